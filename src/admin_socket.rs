@@ -1,0 +1,153 @@
+//! The CLI's way into a running server: a Unix socket `admin.sock` in the data directory,
+//! mode 0600 inside a 0700 directory, that accepts one JSON request line per connection from
+//! the same Unix user and answers one JSON line. sled lets only one process open the store,
+//! so while the server runs this is how `portcullis user ...` reaches it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::password::Password;
+use crate::users::{UserAdmin, UserSummary};
+
+pub const SOCKET_NAME: &str = "admin.sock";
+
+/// Largest request accepted (a password is at most a few KiB).
+const MAX_REQUEST: u64 = 64 * 1024;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    UserAdd { name: String, password: String, admin: bool },
+    UserPasswd { name: String, password: String },
+    UserDel { name: String },
+    UserList,
+    UserUnlock { name: String },
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Request::UserAdd { password, .. } | Request::UserPasswd { password, .. } = self {
+            zeroize::Zeroize::zeroize(password);
+        }
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::UserAdd { name, admin, .. } => write!(f, "UserAdd({name:?}, admin={admin})"),
+            Request::UserPasswd { name, .. } => write!(f, "UserPasswd({name:?})"),
+            Request::UserDel { name } => write!(f, "UserDel({name:?})"),
+            Request::UserList => write!(f, "UserList"),
+            Request::UserUnlock { name } => write!(f, "UserUnlock({name:?})"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Done { message: String },
+    Users { users: Vec<UserSummary> },
+    Error { message: String },
+}
+
+/// Runs a request against the user service (used by the socket server and by the CLI when
+/// no server is running).
+pub async fn execute(users: &UserAdmin, request: &Request, by: &str) -> Response {
+    let result = match request {
+        Request::UserAdd { name, password, admin } => users
+            .add(name, Password::new(password), *admin, by)
+            .await
+            .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
+        Request::UserPasswd { name, password } => users
+            .set_password(name, Password::new(password), by)
+            .await
+            .map(|n| format!("password changed; {n} session(s) ended")),
+        Request::UserDel { name } => {
+            users.delete(name, by).await.map(|n| format!("user deleted; {n} session(s) ended"))
+        }
+        Request::UserUnlock { name } => users.unlock(name, by).await.map(|()| "user unlocked".to_string()),
+        Request::UserList => {
+            return match users.list() {
+                Ok(users) => Response::Users { users },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+    };
+    match result {
+        Ok(message) => Response::Done { message },
+        Err(e) => Response::Error { message: e.to_string() },
+    }
+}
+
+/// Binds the socket (replacing a stale one: holding the store lock proves no other server
+/// uses this directory) and serves it until the task is aborted.
+pub fn serve(data_dir: &Path, users: UserAdmin) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let me = unsafe_uid();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let allowed = stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false);
+            if !allowed {
+                continue;
+            }
+            let users = users.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(60), handle(stream, &users)).await;
+            });
+        }
+    }))
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+async fn handle(stream: UnixStream, users: &UserAdmin) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => execute(users, &request, "cli").await,
+        Err(_) => Response::Error { message: "malformed request".into() },
+    };
+    zeroize::Zeroize::zeroize(&mut line);
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Sends one request to a running server. `Ok(None)` means no server is listening.
+pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut body = serde_json::to_vec(request)?;
+    body.push(b'\n');
+    write.write_all(&body).await?;
+    zeroize::Zeroize::zeroize(&mut body);
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response =
+        serde_json::from_str(&line).map_err(|_| anyhow::anyhow!("the server's admin socket gave no answer"))?;
+    Ok(Some(response))
+}

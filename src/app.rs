@@ -1,0 +1,232 @@
+//! Building and running the server: the shared state, the HTTPS and redirect listeners, the
+//! admin socket and the background tasks, and an orderly shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use poem::http::{header, StatusCode};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{handler, EndpointExt, Request, Response, Server};
+use tokio::task::JoinHandle;
+
+use crate::audit::Audit;
+use crate::authentication::Authenticator;
+use crate::config::Settings;
+use crate::csrf::Csrf;
+use crate::password::{HashPool, Password, PasswordPolicy};
+use crate::session::Sessions;
+use crate::store::Store;
+use crate::users::UserAdmin;
+use crate::{admin_socket, routes, tls};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Settings,
+    pub sessions: Sessions,
+    pub csrf: Csrf,
+    pub auth: Authenticator,
+    pub users: UserAdmin,
+    pub audit: Audit,
+    pub pool: HashPool,
+}
+
+/// The services that sit on one open store; shared by the server and by CLI commands that
+/// run without a server.
+pub struct Services {
+    pub store: Store,
+    pub pool: HashPool,
+    pub sessions: Sessions,
+    pub audit: Audit,
+    pub users: UserAdmin,
+}
+
+impl Services {
+    pub fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
+        let store = Store::open(&settings.data_dir)?;
+        let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
+        let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
+        let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
+        let audit = Audit::open(&settings.log_dir, keep_days)?;
+        let policy = PasswordPolicy { min_length: settings.min_password_length };
+        let users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
+        Ok(Services { store, pool, sessions, audit, users })
+    }
+}
+
+pub struct Application {
+    https: tls::TlsAcceptor,
+    http: Option<poem::listener::TcpAcceptor>,
+    http_addr: Option<SocketAddr>,
+    state: Arc<AppState>,
+    store: Store,
+    background: Vec<JoinHandle<()>>,
+    /// Whether a development certificate was generated at this start.
+    pub generated_certificate: bool,
+    /// The first administrator's password, when this start created them. Shown once.
+    pub initial_admin_password: Option<Password>,
+}
+
+impl Application {
+    /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        let services = Services::open(&settings, settings.hash_worker_count())?;
+        let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
+        if generated_certificate {
+            tracing::warn!(dir = %settings.cert_dir.display(), "generated a self-signed development certificate for localhost and 127.0.0.1");
+        }
+        let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
+        let tls_config = tls::server_config(Arc::clone(&resolver))?;
+        let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, settings.max_connections)
+            .await
+            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
+        let (http, http_addr) = match settings.http_addr {
+            Some(addr) => {
+                let acceptor = TcpListener::bind(addr)
+                    .into_acceptor()
+                    .await
+                    .with_context(|| format!("cannot listen on http_addr {addr}"))?;
+                let local = acceptor.local_addr().first().and_then(|a| a.as_socket_addr().copied());
+                (Some(acceptor), local)
+            }
+            None => (None, None),
+        };
+
+        let initial_admin_password = if services.users.is_empty() {
+            let password = crate::users::generate_password();
+            let copy = Password::new(password.expose());
+            services.users.add("admin", password, true, "first start").await?;
+            Some(copy)
+        } else {
+            None
+        };
+
+        let csrf = Csrf::new(services.store.secret("csrf")?);
+        let auth = Authenticator::new(services.store.clone(), services.pool.clone());
+        let mut background =
+            vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
+        background.push(
+            admin_socket::serve(&settings.data_dir, services.users.clone()).context("cannot open the admin socket")?,
+        );
+        background.push(spawn_session_purge(services.sessions.clone()));
+        let state = Arc::new(AppState {
+            settings,
+            sessions: services.sessions,
+            csrf,
+            auth,
+            users: services.users,
+            audit: services.audit,
+            pool: services.pool,
+        });
+        Ok(Application {
+            https,
+            http,
+            http_addr,
+            state,
+            store: services.store,
+            background,
+            generated_certificate,
+            initial_admin_password,
+        })
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.local_addr()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        Arc::clone(&self.state)
+    }
+
+    /// The origin that redirects point to.
+    pub fn public_origin(&self) -> String {
+        self.state.settings.public_url.clone().unwrap_or_else(|| format!("https://{}", self.https_addr()))
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// finish (up to [`SHUTDOWN_GRACE`]), and flushes the store.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+
+        let origin = self.public_origin();
+        let app = routes::router(Arc::clone(&self.state));
+        let https = Server::new_with_acceptor(self.https)
+            .name("https")
+            .idle_timeout(IDLE_TIMEOUT)
+            .http2_max_concurrent_streams(64)
+            .run_with_graceful_shutdown(app, stopped(stop_rx.clone()), Some(SHUTDOWN_GRACE));
+        let http = async {
+            match self.http {
+                Some(acceptor) => {
+                    let redirect = redirect_to_https
+                        .data(RedirectTarget(origin))
+                        .around(|ep, req| async move { Ok(routes::security_headers(ep.as_ref(), req).await) });
+                    Server::new_with_acceptor(acceptor)
+                        .name("http")
+                        .idle_timeout(Duration::from_secs(10))
+                        .run_with_graceful_shutdown(redirect, stopped(stop_rx.clone()), Some(SHUTDOWN_GRACE))
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let result = tokio::try_join!(https, http);
+        for task in &self.background {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(admin_socket::socket_path(&self.state.settings.data_dir));
+        self.store.flush().await.context("flushing the store at shutdown")?;
+        result.context("server error")?;
+        Ok(())
+    }
+}
+
+fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
+    let every = (sessions.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let purge = sessions.clone();
+            match tokio::task::spawn_blocking(move || purge.purge_expired()).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "session purge failed"),
+                _ => {}
+            }
+        }
+    })
+}
+
+#[derive(Clone)]
+struct RedirectTarget(String);
+
+/// Everything on the plain-HTTP listener: 308 to the same path on HTTPS.
+#[handler]
+fn redirect_to_https(req: &Request, target: poem::web::Data<&RedirectTarget>) -> Response {
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = if path.starts_with('/') { path } else { "/" };
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::LOCATION, format!("{}{}", target.0 .0, path))
+        .finish()
+}

@@ -1,0 +1,166 @@
+//! Authentication events: one JSON line each in `log_dir/auth.log.YYYY-MM-DD` (through
+//! tracing-subscriber's JSON formatter, which escapes every field), and a human line on the
+//! terminal. Attacker-controlled text (usernames, user agents) only ever travels as a field.
+//!
+//! Each application owns its sink (a private tracing `Dispatch`), so several servers in one
+//! process (the test suite) keep separate logs.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tracing::Dispatch;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// The tracing target of audit events; the file sink keeps only these.
+pub const TARGET: &str = "portcullis::audit";
+
+/// Why a login attempt failed or was refused (SPEC.md's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    UnknownUser,
+    BadPassword,
+    CaptchaRequired,
+    BadCaptcha,
+    RateLimited,
+    Csrf,
+    Disabled,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::UnknownUser => "unknown_user",
+            FailureReason::BadPassword => "bad_password",
+            FailureReason::CaptchaRequired => "captcha_required",
+            FailureReason::BadCaptcha => "bad_captcha",
+            FailureReason::RateLimited => "rate_limited",
+            FailureReason::Csrf => "csrf",
+            FailureReason::Disabled => "disabled",
+        }
+    }
+}
+
+/// Who did something, seen from the network.
+#[derive(Clone, Debug, Default)]
+pub struct Client {
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// Something worth an audit line. Event names follow OWASP's logging vocabulary.
+#[derive(Debug)]
+pub enum AuthEvent<'a> {
+    LoginSucceeded { username: &'a str, client: &'a Client },
+    LoginFailed { username: &'a str, client: &'a Client, reason: FailureReason },
+    LoggedOut { username: &'a str, client: &'a Client },
+    SessionsEnded { username: &'a str, count: usize, by: &'a str },
+    UserAdded { username: &'a str, admin: bool, by: &'a str },
+    UserDeleted { username: &'a str, by: &'a str },
+    PasswordChanged { username: &'a str, by: &'a str },
+    UserUnlocked { username: &'a str, by: &'a str },
+}
+
+/// The JSON-lines sink of one application.
+#[derive(Clone)]
+pub struct Audit {
+    file: Option<Dispatch>,
+}
+
+impl Audit {
+    /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them.
+    pub fn open(log_dir: &Path, keep_days: usize) -> anyhow::Result<Self> {
+        crate::store::create_private_dir(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix("auth.log")
+            .max_log_files(keep_days.max(1))
+            .build(log_dir)
+            .with_context(|| format!("cannot open the log in {}", log_dir.display()))?;
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(appender);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        Ok(Audit { file: Some(Dispatch::new(subscriber)) })
+    }
+
+    /// A sink that writes only to the terminal (commands run without a log directory).
+    pub fn terminal_only() -> Self {
+        Audit { file: None }
+    }
+
+    /// Records the event in the file (synchronously, so the line exists before the response
+    /// says the thing happened) and on the terminal.
+    pub fn record(&self, event: &AuthEvent<'_>) {
+        if let Some(file) = &self.file {
+            tracing::dispatcher::with_default(file, || emit(event));
+        }
+        emit(event);
+    }
+}
+
+/// RFC 3339 UTC time, to the millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn emit(event: &AuthEvent<'_>) {
+    let time = rfc3339(crate::store::now_ms());
+    match *event {
+        AuthEvent::LoginSucceeded { username, client } => tracing::info!(
+            target: TARGET, event = "authn_login_success", time, username, ip = client.ip, user_agent = client.user_agent,
+            "login succeeded"
+        ),
+        AuthEvent::LoginFailed { username, client, reason } => tracing::warn!(
+            target: TARGET, event = "authn_login_fail", time, username, ip = client.ip, user_agent = client.user_agent,
+            reason = reason.as_str(), "login failed"
+        ),
+        AuthEvent::LoggedOut { username, client } => tracing::info!(
+            target: TARGET, event = "session_logout", time, username, ip = client.ip, user_agent = client.user_agent,
+            "logged out"
+        ),
+        AuthEvent::SessionsEnded { username, count, by } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count, by, "sessions ended"
+        ),
+        AuthEvent::UserAdded { username, admin, by } => tracing::info!(
+            target: TARGET, event = "user_created", time, username, admin, by, "user added"
+        ),
+        AuthEvent::UserDeleted { username, by } => tracing::info!(
+            target: TARGET, event = "user_deleted", time, username, by, "user deleted"
+        ),
+        AuthEvent::PasswordChanged { username, by } => tracing::info!(
+            target: TARGET, event = "authn_password_change", time, username, by, "password changed"
+        ),
+        AuthEvent::UserUnlocked { username, by } => tracing::info!(
+            target: TARGET, event = "user_unlocked", time, username, by, "user unlocked"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_usernames_stay_inside_one_valid_json_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), 7).unwrap();
+        let client = Client { ip: "10.0.0.1".into(), user_agent: "ua\"}\n{\"forged\":1".into() };
+        let name = "eve\r\n{\"event\":\"authn_login_success\"}\u{1b}[2J\"";
+        audit.record(&AuthEvent::LoginFailed { username: name, client: &client, reason: FailureReason::BadPassword });
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["username"], name);
+        assert_eq!(v["reason"], "bad_password");
+        assert_eq!(v["event"], "authn_login_fail");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+}

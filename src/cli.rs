@@ -1,0 +1,246 @@
+//! The command line: `serve` (the default) and `user ...`. Settings flags are generated from
+//! [`crate::config::KEYS`], so every setting is a `--flag` without a second list to maintain.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+
+use crate::admin_socket::{self, Request, Response};
+use crate::app::{Application, Services};
+use crate::config::{Overrides, Settings, KEYS};
+use crate::store::StoreError;
+use crate::users::UserSummary;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security-hardened login server",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Settings file (default: ./portcullis.toml if present)
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ConfigFlags,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default command)
+    Serve(ConfigFlags),
+    /// Manage users (works whether the server is running or not)
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user
+    Add {
+        name: String,
+        /// Give the user access to the admin pages
+        #[arg(long)]
+        admin: bool,
+        /// Read the password as one line from standard input instead of prompting
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password (ends all their sessions)
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user (ends all their sessions)
+    Del { name: String },
+    /// List users
+    List {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear the user's failure count and captcha demand
+    Unlock { name: String },
+}
+
+/// `--<key-with-dashes> VALUE` for every setting.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigFlags(pub Overrides);
+
+impl FromArgMatches for ConfigFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut o = Overrides::new();
+        for k in KEYS {
+            if let Ok(Some(v)) = m.try_get_one::<String>(k.name) {
+                o.insert(k.name.to_string(), v.clone());
+            }
+        }
+        Ok(ConfigFlags(o))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for ConfigFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(KEYS.iter().map(|k| {
+            let default = if k.default.is_empty() { String::new() } else { format!(" [default: {}]", k.default) };
+            Arg::new(k.name)
+                .long(k.name.replace('_', "-"))
+                .value_name("VALUE")
+                .help(format!("{}{default}", k.help))
+                .help_heading("Settings (also PORTCULLIS_<KEY> or the config file)")
+        }))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    match cli.command {
+        None => runtime.block_on(serve(cli.config, cli.serve.0)),
+        Some(Command::Serve(flags)) => runtime.block_on(serve(cli.config, flags.0)),
+        Some(Command::User(cmd)) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime.block_on(user(settings, cmd))
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
+    crate::telemetry::init_terminal();
+    let settings = Settings::load(config.as_deref(), &flags)?;
+    let app = Application::build(settings).await?;
+    if let Some(password) = &app.initial_admin_password {
+        // Printed to the terminal only (never through tracing, so never into log files).
+        println!();
+        println!("  First start: created the administrator account.");
+        println!("    username: admin");
+        println!("    password: {}", password.expose());
+        println!("  This password is shown only once. Change it with: portcullis user passwd admin");
+        println!();
+    }
+    tracing::info!(https = %app.https_addr(), http = ?app.http_addr(), "portcullis is listening; open {}/", app.public_origin());
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
+    let (request, json) = match cmd {
+        UserCommand::Add { name, admin, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            (Request::UserAdd { name, password, admin }, false)
+        }
+        UserCommand::Passwd { name, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            (Request::UserPasswd { name, password }, false)
+        }
+        UserCommand::Del { name } => (Request::UserDel { name }, false),
+        UserCommand::List { json } => (Request::UserList, json),
+        UserCommand::Unlock { name } => (Request::UserUnlock { name }, false),
+    };
+    let response = match admin_socket::call(&settings.data_dir, &request).await? {
+        Some(response) => response,
+        None => {
+            let services = match Services::open(&settings, 1) {
+                Ok(s) => s,
+                Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
+                    "the store in {} is in use by another process and its admin socket ({}) does not answer",
+                    settings.data_dir.display(),
+                    admin_socket::socket_path(&settings.data_dir).display()
+                ),
+                Err(e) => return Err(e),
+            };
+            let response = admin_socket::execute(&services.users, &request, "cli").await;
+            services.store.flush().await?;
+            response
+        }
+    };
+    match response {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Users { users } => {
+            print_users(&users, json);
+            Ok(())
+        }
+        Response::Error { message } => Err(anyhow!(message)),
+    }
+}
+
+fn print_users(users: &[UserSummary], json: bool) {
+    if json {
+        for u in users {
+            println!("{}", serde_json::to_string(u).unwrap_or_default());
+        }
+        return;
+    }
+    let width = users.iter().map(|u| u.username.chars().count()).max().unwrap_or(4).max(8);
+    println!("{:<width$}  {:<5}  {:<24}  {:<24}  SESSIONS", "USERNAME", "ADMIN", "CREATED", "LAST LOGIN");
+    for u in users {
+        println!(
+            "{:<width$}  {:<5}  {:<24}  {:<24}  {}",
+            u.username.escape_debug().to_string(),
+            if u.admin { "yes" } else { "no" },
+            u.created_at,
+            u.last_login_at.as_deref().unwrap_or("never"),
+            u.active_sessions
+        );
+    }
+}
+
+/// One line from standard input, or a prompt (twice, without echo) on a terminal.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        let trimmed_len = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(trimmed_len);
+        if line.is_empty() {
+            bail!("no password on standard input");
+        }
+        return Ok(line);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt for the password; use --password-stdin");
+    }
+    let first = rpassword::prompt_password("New password: ").context("cannot read the password")?;
+    let mut second = rpassword::prompt_password("Repeat it: ").context("cannot read the password")?;
+    let same = first == second;
+    zeroize::Zeroize::zeroize(&mut second);
+    if !same {
+        bail!("the two passwords differ");
+    }
+    Ok(first)
+}

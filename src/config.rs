@@ -1,0 +1,404 @@
+//! Typed settings: defaults < `portcullis.toml` < `PORTCULLIS_*` environment < `serve` flags.
+//!
+//! Every key is listed once in [`KEYS`]; the same list produces the command-line flags, the
+//! environment variable names and the file's accepted keys, so the three cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// One setting: its key, its default (as it would be written in the file), and a line of help.
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! keys {
+    ($( $name:literal = $default:literal : $help:literal ),* $(,)?) => {
+        pub const KEYS: &[Key] = &[ $( Key { name: $name, default: $default, help: $help } ),* ];
+    };
+}
+
+keys! {
+    "https_addr" = "127.0.0.1:4000" : "HTTPS listener address",
+    "http_addr" = "127.0.0.1:4080" : "plain-HTTP listener that only redirects to HTTPS; `off` disables it",
+    "public_url" = "" : "origin used in redirects (default: derived from https_addr)",
+    "data_dir" = "data" : "sled store and admin socket",
+    "cert_dir" = "certs" : "cert.pem (chain) and key.pem; a self-signed pair is generated when both are absent",
+    "log_dir" = "logs" : "JSON-lines auth/audit log files",
+    "argon2_memory_kib" = "19456" : "argon2id memory cost for new hashes (KiB)",
+    "argon2_iterations" = "2" : "argon2id time cost for new hashes",
+    "argon2_parallelism" = "1" : "argon2id lanes for new hashes",
+    "min_password_length" = "15" : "minimum password length at creation and change",
+    "session_idle_timeout" = "30m" : "a session unused this long ends",
+    "session_absolute_timeout" = "12h" : "a session ends this long after sign-in, used or not",
+    "captcha_after_failures" = "3" : "failed logins per address or username before a captcha is demanded",
+    "failure_window" = "15m" : "how long failed logins count",
+    "trusted_proxies" = "" : "addresses and CIDR ranges whose X-Forwarded-For is believed",
+    "login_quota_per_ip" = "20/1m" : "login attempts per client address: N/DUR, or `off`",
+    "login_quota_per_user" = "10/15m" : "password checks per username: N/DUR, or `off`",
+    "audit_retention" = "90d" : "how long failed-login records and log files are kept",
+    "max_connections" = "1024" : "concurrent connections accepted on the HTTPS listener",
+    "hash_workers" = "0" : "argon2 worker threads (0: one per core)",
+    "hash_queue" = "256" : "password checks waiting for a worker before the server answers 503",
+    "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
+}
+
+/// Errors while reading settings. Each names the key (or file) at fault in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: unknown key `{key}`")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("invalid {key} = {value:?} (from {source_name}): {message}")]
+    Invalid { key: &'static str, value: String, source_name: String, message: String },
+}
+
+/// A rate: a burst of `burst` refilled evenly over `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+/// argon2id cost parameters for new hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub https_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub cert_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub argon2: HashParams,
+    pub min_password_length: usize,
+    pub session_idle_timeout: Duration,
+    pub session_absolute_timeout: Duration,
+    pub captcha_after_failures: u32,
+    pub failure_window: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub login_quota_per_ip: Option<Rate>,
+    pub login_quota_per_user: Option<Rate>,
+    pub audit_retention: Duration,
+    pub max_connections: usize,
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+    pub cert_check_interval: Duration,
+}
+
+/// A raw value and where it came from, before it is parsed into its type.
+#[derive(Clone, Debug)]
+struct Raw {
+    value: toml::Value,
+    source: String,
+}
+
+/// Values given on the command line, keyed by setting name.
+pub type Overrides = BTreeMap<String, String>;
+
+impl Default for Settings {
+    fn default() -> Self {
+        // The defaults are literals written for this parser; failing here is a bug in KEYS.
+        #[allow(clippy::expect_used)]
+        Settings::from_layers(None, &BTreeMap::new(), &Overrides::new()).expect("defaults parse")
+    }
+}
+
+impl Settings {
+    /// Loads settings from the file (explicit path, or `portcullis.toml` if present), the
+    /// process environment and command-line overrides.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match config_file {
+            Some(path) => Some(read_file(path)?),
+            None => {
+                let default = Path::new("portcullis.toml");
+                if default.exists() {
+                    Some(read_file(default)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let env: BTreeMap<String, String> = KEYS
+            .iter()
+            .filter_map(|k| {
+                let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
+                std::env::var(&var).ok().map(|v| (k.name.to_string(), v))
+            })
+            .collect();
+        Self::from_layers(file.as_ref(), &env, overrides)
+    }
+
+    /// Builds settings from explicit layers (used by `load` and by tests).
+    pub fn from_layers(
+        file: Option<&(PathBuf, toml::Table)>,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
+        for key in KEYS {
+            raw.insert(key.name, Raw { value: toml::Value::String(key.default.to_string()), source: "default".into() });
+            if let Some((path, table)) = file {
+                if let Some(v) = table.get(key.name) {
+                    raw.insert(key.name, Raw { value: v.clone(), source: path.display().to_string() });
+                }
+            }
+            if let Some(v) = env.get(key.name) {
+                let source = format!("PORTCULLIS_{}", key.name.to_uppercase());
+                raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
+            }
+            if let Some(v) = flags.get(key.name) {
+                let source = format!("--{}", key.name.replace('_', "-"));
+                raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
+            }
+        }
+        let p = Parser { raw };
+        let settings = Settings {
+            https_addr: p.parse("https_addr", parse_addr)?,
+            http_addr: p.parse("http_addr", |s| if s == "off" { Ok(None) } else { parse_addr(s).map(Some) })?,
+            public_url: p.parse("public_url", parse_public_url)?,
+            data_dir: p.parse("data_dir", parse_path)?,
+            cert_dir: p.parse("cert_dir", parse_path)?,
+            log_dir: p.parse("log_dir", parse_path)?,
+            argon2: HashParams {
+                memory_kib: p.parse("argon2_memory_kib", |s| parse_range(s, 8, 4 * 1024 * 1024))?,
+                iterations: p.parse("argon2_iterations", |s| parse_range(s, 1, 64))?,
+                parallelism: p.parse("argon2_parallelism", |s| parse_range(s, 1, 64))?,
+            },
+            min_password_length: p.parse("min_password_length", |s| parse_range(s, 8, 64))? as usize,
+            session_idle_timeout: p.parse("session_idle_timeout", parse_duration)?,
+            session_absolute_timeout: p.parse("session_absolute_timeout", parse_duration)?,
+            captcha_after_failures: p.parse("captcha_after_failures", |s| parse_range(s, 0, 1000))?,
+            failure_window: p.parse("failure_window", parse_duration)?,
+            trusted_proxies: p.parse_list("trusted_proxies", parse_net)?,
+            login_quota_per_ip: p.parse("login_quota_per_ip", parse_rate)?,
+            login_quota_per_user: p.parse("login_quota_per_user", parse_rate)?,
+            audit_retention: p.parse("audit_retention", parse_duration)?,
+            max_connections: p.parse("max_connections", |s| parse_range(s, 1, 1_000_000))? as usize,
+            hash_workers: p.parse("hash_workers", |s| parse_range(s, 0, 1024))? as usize,
+            hash_queue: p.parse("hash_queue", |s| parse_range(s, 1, 1_000_000))? as usize,
+            cert_check_interval: p.parse("cert_check_interval", parse_duration)?,
+        };
+        if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
+            return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
+        }
+        if settings.session_absolute_timeout < settings.session_idle_timeout {
+            return Err(p.invalid("session_absolute_timeout", "must not be shorter than session_idle_timeout"));
+        }
+        Ok(settings)
+    }
+
+    /// Number of argon2 workers: the setting, or one per core.
+    pub fn hash_worker_count(&self) -> usize {
+        if self.hash_workers > 0 {
+            self.hash_workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    if let Some(key) = table.keys().find(|k| !KEYS.iter().any(|key| key.name == k.as_str())) {
+        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: key.clone() });
+    }
+    Ok((path.to_path_buf(), table))
+}
+
+struct Parser {
+    raw: BTreeMap<&'static str, Raw>,
+}
+
+impl Parser {
+    fn get(&self, key: &'static str) -> &Raw {
+        // Every key in KEYS was inserted by from_layers, and callers only name keys from KEYS.
+        #[allow(clippy::expect_used)]
+        self.raw.get(key).expect("every key has a default")
+    }
+
+    fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
+        let raw = self.get(key);
+        ConfigError::Invalid {
+            key,
+            value: value_text(&raw.value),
+            source_name: raw.source.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    fn parse<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        let raw = self.get(key);
+        let text = match &raw.value {
+            toml::Value::String(s) => s.trim().to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => return Err(self.invalid(key, &format!("expected a string or number, found {}", other.type_str()))),
+        };
+        f(&text).map_err(|m| self.invalid(key, &m))
+    }
+
+    /// A list: a TOML array in the file, a comma-separated string elsewhere.
+    fn parse_list<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, ConfigError> {
+        let raw = self.get(key);
+        let items: Vec<String> = match &raw.value {
+            toml::Value::String(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| self.invalid(key, "expected an array of strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            other => return Err(self.invalid(key, &format!("expected a list, found {}", other.type_str()))),
+        };
+        items.iter().map(|s| f(s).map_err(|m| self.invalid(key, &m))).collect()
+    }
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| "expected an address like 127.0.0.1:4000 or [::1]:4000".to_string())
+}
+
+fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
+fn parse_public_url(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let rest = s.strip_prefix("https://").ok_or("must start with https://")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err("expected an origin like https://login.example.com".into());
+    }
+    Ok(Some(format!("https://{rest}")))
+}
+
+fn parse_range(s: &str, min: u32, max: u32) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| "expected a whole number".to_string())?;
+    if n < min || n > max {
+        return Err(format!("must be between {min} and {max}"));
+    }
+    Ok(n)
+}
+
+/// Durations like `30s`, `15m`, `12h`, `90d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s, 15m or 12h ({e})"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// `N/DUR` (a burst of N refilled evenly over DUR) or `off`.
+pub fn parse_rate(s: &str) -> Result<Option<Rate>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    let (n, d) = s.split_once('/').ok_or("expected N/DURATION like 20/1m, or off")?;
+    let burst: u32 = n.trim().parse().map_err(|_| "expected N/DURATION like 20/1m, or off".to_string())?;
+    if burst == 0 {
+        return Err("the count must be at least 1 (use `off` to disable)".into());
+    }
+    let period = parse_duration(d.trim())?;
+    Ok(Some(Rate { burst, period }))
+}
+
+/// A single address or a CIDR range.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| format!("`{s}` is not an address or CIDR range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(pairs: &[(&str, &str)]) -> Overrides {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::default();
+        assert_eq!(s.https_addr.to_string(), "127.0.0.1:4000");
+        assert_eq!(s.http_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:4080"));
+        assert_eq!(s.argon2, HashParams { memory_kib: 19456, iterations: 2, parallelism: 1 });
+        assert_eq!(s.min_password_length, 15);
+        assert_eq!(s.session_idle_timeout, Duration::from_secs(1800));
+        assert_eq!(s.session_absolute_timeout, Duration::from_secs(12 * 3600));
+        assert_eq!(s.login_quota_per_ip, Some(Rate { burst: 20, period: Duration::from_secs(60) }));
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let file: toml::Table = "min_password_length = 20\nsession_idle_timeout = \"5m\"\ntrusted_proxies = [\"10.0.0.0/8\"]\nhttp_addr = \"off\"".parse().unwrap();
+        let file = (PathBuf::from("p.toml"), file);
+        let env = flags(&[("min_password_length", "30"), ("session_idle_timeout", "7m")]);
+        let s = Settings::from_layers(Some(&file), &env, &flags(&[("min_password_length", "40")])).unwrap();
+        assert_eq!(s.min_password_length, 40);
+        assert_eq!(s.session_idle_timeout, Duration::from_secs(420));
+        assert_eq!(s.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(s.http_addr, None);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_source() {
+        let err =
+            Settings::from_layers(None, &BTreeMap::new(), &flags(&[("session_idle_timeout", "soon")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("session_idle_timeout") && text.contains("--session-idle-timeout"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn lists_are_comma_separated_outside_the_file() {
+        let s = Settings::from_layers(None, &flags(&[("trusted_proxies", "127.0.0.1, 10.0.0.0/8")]), &Overrides::new())
+            .unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(Settings::from_layers(None, &flags(&[("trusted_proxies", "nonsense")]), &Overrides::new()).is_err());
+    }
+
+    #[test]
+    fn rates_parse_or_turn_off() {
+        assert_eq!(parse_rate("off").unwrap(), None);
+        assert_eq!(parse_rate("10/15m").unwrap(), Some(Rate { burst: 10, period: Duration::from_secs(900) }));
+        assert!(parse_rate("0/1m").is_err());
+        assert!(parse_rate("ten").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Domain types that can only hold checked values: parse, don't validate.
+
+use std::fmt;
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Longest username accepted, in characters.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// A username as a person typed it (trimmed, NFKC) and its key: the same text case-folded,
+/// so `Alice`, ` alice ` and `ＡＬＩＣＥ` (full-width) are one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Username {
+    display: String,
+    key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernameError {
+    #[error("the username is empty")]
+    Empty,
+    #[error("the username is longer than {MAX_USERNAME_CHARS} characters")]
+    TooLong,
+    #[error("the username contains control characters or line breaks")]
+    ControlCharacter,
+}
+
+impl Username {
+    pub fn parse(input: &str) -> Result<Self, UsernameError> {
+        let display: String = input.nfkc().collect::<String>().trim().to_string();
+        if display.is_empty() {
+            return Err(UsernameError::Empty);
+        }
+        if display.chars().count() > MAX_USERNAME_CHARS {
+            return Err(UsernameError::TooLong);
+        }
+        if display.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')) {
+            return Err(UsernameError::ControlCharacter);
+        }
+        let key = normalise_key(&display);
+        Ok(Username { display, key })
+    }
+
+    /// Rebuilds a username from a stored record (already checked when it was created).
+    pub fn from_stored(display: String, key: String) -> Self {
+        Username { display, key }
+    }
+
+    /// The name as the person wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+
+    /// The case-folded, normalised form used as the store key and for counting.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The counting key for any text typed as a username, even text that is not a valid username:
+/// trimmed, NFKC, lower-cased, NFKC again (lower-casing can de-normalise).
+pub fn normalise_key(input: &str) -> String {
+    let nfkc: String = input.nfkc().collect();
+    nfkc.trim().to_lowercase().nfkc().collect()
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_width_and_spaces_do_not_make_a_new_user() {
+        let a = Username::parse("Alice").unwrap();
+        let b = Username::parse("  alice ").unwrap();
+        let c = Username::parse("ＡＬＩＣＥ").unwrap();
+        assert_eq!(a.key(), "alice");
+        assert_eq!(a.key(), b.key());
+        assert_eq!(a.key(), c.key());
+        assert_eq!(a.as_str(), "Alice");
+    }
+
+    #[test]
+    fn empty_long_and_control_characters_are_refused() {
+        assert_eq!(Username::parse("   "), Err(UsernameError::Empty));
+        assert_eq!(Username::parse(&"x".repeat(65)), Err(UsernameError::TooLong));
+        assert!(Username::parse(&"x".repeat(64)).is_ok());
+        assert_eq!(Username::parse("a\nb"), Err(UsernameError::ControlCharacter));
+        assert_eq!(Username::parse("a\u{1b}[31mb"), Err(UsernameError::ControlCharacter));
+        assert_eq!(Username::parse("adm\u{202e}in"), Err(UsernameError::ControlCharacter));
+    }
+}

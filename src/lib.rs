@@ -1,0 +1,20 @@
+//! portcullis: a security-hardened login server. The binary is a thin shell around this
+//! library, which the integration tests and benches drive directly.
+
+pub mod admin_socket;
+pub mod app;
+pub mod audit;
+pub mod authentication;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod cookies;
+pub mod csrf;
+pub mod domain;
+pub mod password;
+pub mod routes;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+pub mod users;

@@ -1,0 +1,250 @@
+//! argon2id on a bounded pool: a fixed number of worker threads (one per core by default)
+//! behind a bounded queue. A flood of logins waits in the queue and, past it, is refused with
+//! [`PoolError::Overloaded`], so neither the async workers nor memory are ever swamped: at
+//! most `workers × argon2 memory` is in use for hashing at any moment.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use tokio::sync::oneshot;
+
+use super::Password;
+use crate::config::HashParams;
+
+/// The outcome of a password check.
+#[derive(Debug)]
+pub struct Verified {
+    pub valid: bool,
+    /// A new hash with the current parameters, when the password was right but its stored
+    /// hash used older ones.
+    pub upgraded_hash: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("too many password checks are waiting; try again shortly")]
+    Overloaded,
+    #[error("the hashing pool has stopped")]
+    Stopped,
+    #[error("invalid argon2 parameters: {0}")]
+    Params(String),
+    #[error("hashing failed: {0}")]
+    Hash(String),
+}
+
+enum Job {
+    Verify { password: Password, phc: Option<String>, reply: oneshot::Sender<Verified> },
+    Hash { password: Password, reply: oneshot::Sender<Result<String, PoolError>> },
+}
+
+struct Inner {
+    sender: SyncSender<(Job, tracing::Span)>,
+    waiting: AtomicUsize,
+    workers: usize,
+}
+
+/// A handle to the pool; cheap to clone. The workers stop when the last handle is dropped.
+#[derive(Clone)]
+pub struct HashPool {
+    inner: Arc<Inner>,
+}
+
+/// What each worker needs: the parameters for new hashes and the dummy hash that unknown
+/// users are checked against, so that their answer takes as long as a real one.
+struct Hasher {
+    argon2: Argon2<'static>,
+    params: Params,
+    dummy: String,
+}
+
+impl HashPool {
+    /// Starts `workers` threads behind a queue of `queue` jobs.
+    pub fn start(params: HashParams, workers: usize, queue: usize) -> Result<Self, PoolError> {
+        let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
+            .map_err(|e| PoolError::Params(e.to_string()))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| PoolError::Hash(e.to_string()))?;
+        let dummy = argon2.hash_password(&random).map_err(|e| PoolError::Hash(e.to_string()))?.to_string();
+        let hasher = Arc::new(Hasher { argon2, params, dummy });
+
+        let workers = workers.max(1);
+        let (sender, receiver) = sync_channel::<(Job, tracing::Span)>(queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers });
+        for i in 0..workers {
+            let receiver = Arc::clone(&receiver);
+            let hasher = Arc::clone(&hasher);
+            let inner = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || worker(&receiver, &hasher, &inner))
+                .map_err(|e| PoolError::Hash(format!("cannot start worker: {e}")))?;
+        }
+        Ok(HashPool { inner })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// Jobs queued or running.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Checks `password` against a stored PHC string, or against the dummy hash when there
+    /// is none (unknown user), so both take the same time.
+    pub async fn verify(&self, password: Password, phc: Option<String>) -> Result<Verified, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Verify { password, phc, reply })?;
+        answer.await.map_err(|_| PoolError::Stopped)
+    }
+
+    /// Hashes a new password with the current parameters.
+    pub async fn hash(&self, password: Password) -> Result<String, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Hash { password, reply })?;
+        answer.await.map_err(|_| PoolError::Stopped)?
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        match self.inner.sender.try_send((job, tracing::Span::current())) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(PoolError::Overloaded),
+                    TrySendError::Disconnected(_) => Err(PoolError::Stopped),
+                }
+            }
+        }
+    }
+}
+
+fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
+    lower_priority();
+    loop {
+        let next = match receiver.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((job, span)) = next else { return };
+        let _entered = span.enter();
+        match job {
+            Job::Verify { password, phc, reply } => {
+                let _ = reply.send(hasher.verify(&password, phc.as_deref()));
+            }
+            Job::Hash { password, reply } => {
+                let _ = reply.send(hasher.hash(&password));
+            }
+        }
+        if let Some(inner) = inner.upgrade() {
+            inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hashing threads run at a lower priority (nice 10) than the async workers, so request
+/// handling preempts hashing at once and /healthz stays fast while every core hashes.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+    // this thread's nice value, and failure (e.g. a sandbox forbidding it) is harmless.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+impl Hasher {
+    fn verify(&self, password: &Password, phc: Option<&str>) -> Verified {
+        let parsed = phc.and_then(|p| PasswordHash::new(p).ok());
+        let Some(hash) = parsed else {
+            let _ = self.argon2.verify_password(password.expose().as_bytes(), &self.dummy_hash());
+            return Verified { valid: false, upgraded_hash: None };
+        };
+        let valid = self.argon2.verify_password(password.expose().as_bytes(), &hash).is_ok();
+        let upgraded_hash = if valid && self.is_outdated(&hash) { self.hash(password).ok() } else { None };
+        Verified { valid, upgraded_hash }
+    }
+
+    fn dummy_hash(&self) -> PasswordHash {
+        // The dummy was produced by this hasher at start-up, so it always parses.
+        #[allow(clippy::expect_used)]
+        PasswordHash::new(&self.dummy).expect("dummy hash parses")
+    }
+
+    fn is_outdated(&self, hash: &PasswordHash) -> bool {
+        if hash.algorithm.as_str() != "argon2id" || hash.version != Some(Version::V0x13.into()) {
+            return true;
+        }
+        match Params::try_from(hash) {
+            Ok(p) => {
+                p.m_cost() != self.params.m_cost()
+                    || p.t_cost() != self.params.t_cost()
+                    || p.p_cost() != self.params.p_cost()
+            }
+            Err(_) => true,
+        }
+    }
+
+    fn hash(&self, password: &Password) -> Result<String, PoolError> {
+        self.argon2
+            .hash_password(password.expose().as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| PoolError::Hash(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: HashParams = HashParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+
+    #[tokio::test]
+    async fn a_hash_verifies_and_a_wrong_password_does_not() {
+        let pool = HashPool::start(TINY, 1, 4).unwrap();
+        let phc = pool.hash(Password::new("plum tractor velvet orbit")).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(pool.verify(Password::new("plum tractor velvet orbit"), Some(phc.clone())).await.unwrap().valid);
+        assert!(!pool.verify(Password::new("plum tractor velvet orbiT"), Some(phc)).await.unwrap().valid);
+        assert!(!pool.verify(Password::new("anything"), None).await.unwrap().valid);
+        assert!(!pool.verify(Password::new("anything"), Some("garbage".into())).await.unwrap().valid);
+    }
+
+    #[tokio::test]
+    async fn hashes_with_older_parameters_are_upgraded_after_a_good_password() {
+        let old = HashPool::start(HashParams { memory_kib: 32, ..TINY }, 1, 4).unwrap();
+        let phc = old.hash(Password::new("plum tractor velvet orbit")).await.unwrap();
+        let new = HashPool::start(TINY, 1, 4).unwrap();
+        let wrong = new.verify(Password::new("wrong wrong wrong wrong"), Some(phc.clone())).await.unwrap();
+        assert!(wrong.upgraded_hash.is_none());
+        let right = new.verify(Password::new("plum tractor velvet orbit"), Some(phc)).await.unwrap();
+        let upgraded = right.upgraded_hash.unwrap();
+        assert!(upgraded.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        let again = new.verify(Password::new("plum tractor velvet orbit"), Some(upgraded)).await.unwrap();
+        assert!(again.valid && again.upgraded_hash.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_instead_of_growing() {
+        // Heavier parameters so the single worker is still busy while we fill its queue.
+        let pool = HashPool::start(HashParams { memory_kib: 8192, iterations: 4, parallelism: 1 }, 1, 2).unwrap();
+        let mut pending = Vec::new();
+        let mut refused = 0;
+        for _ in 0..20 {
+            let pool = pool.clone();
+            match pool.submit(Job::Hash { password: Password::new("x"), reply: oneshot::channel().0 }) {
+                Ok(()) => pending.push(()),
+                Err(PoolError::Overloaded) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused >= 17, "only {refused} refused");
+    }
+}

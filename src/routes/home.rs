@@ -1,0 +1,88 @@
+//! `GET /`: the signed-in home page (greeting, the user's sessions, sign-out buttons), and
+//! `POST /sessions/end-others`: "sign out everywhere else".
+
+use askama::Template;
+use poem::http::StatusCode;
+use poem::{handler, Body, Request, Response};
+
+use super::logout::CsrfForm;
+use crate::audit::{rfc3339, AuthEvent};
+use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+
+struct SessionView {
+    created: String,
+    last_seen: String,
+    ip: String,
+    user_agent: String,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage<'a> {
+    username: &'a str,
+    admin: bool,
+    csrf: &'a str,
+    sessions: Vec<SessionView>,
+    ended: Option<usize>,
+}
+
+#[handler]
+pub async fn home(req: &Request, state: State<'_>) -> Response {
+    let Some(session) = current_session(req, &state) else { return see_other("/login") };
+    let sessions = match state.sessions.list(&session.user.key) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list sessions");
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let views = sessions
+        .into_iter()
+        .map(|s| SessionView {
+            created: rfc3339(s.record.created_at),
+            last_seen: rfc3339(s.record.last_seen_at),
+            ip: s.record.ip,
+            user_agent: s.record.user_agent,
+            current: s.token_hash == session.token_hash,
+        })
+        .collect();
+    let ended = req.uri().query().and_then(|q| q.strip_prefix("ended=")).and_then(|n| n.parse().ok());
+    let csrf = state.csrf.session_token(&session.token_hash);
+    html(
+        StatusCode::OK,
+        &HomePage {
+            username: &session.user.display_name,
+            admin: session.user.admin,
+            csrf: &csrf,
+            sessions: views,
+            ended,
+        },
+    )
+}
+
+#[handler]
+pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let Some(session) = current_session(req, &state) else { return see_other("/login") };
+    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
+        return error_page(StatusCode::FORBIDDEN);
+    }
+    match state.sessions.end_all(&session.user.key, Some(&session.token_hash)).await {
+        Ok(count) => {
+            state.audit.record(&AuthEvent::SessionsEnded {
+                username: &session.user.display_name,
+                count,
+                by: &session.user.display_name,
+            });
+            see_other(&format!("/?ended={count}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not end sessions");
+            error_page(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}

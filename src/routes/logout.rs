@@ -1,0 +1,41 @@
+//! `POST /logout`: ends the session on the server (durably), clears the cookie, 303 to /login.
+
+use poem::http::{header, StatusCode};
+use poem::{handler, Body, Request, Response};
+use serde::Deserialize;
+
+use crate::audit::AuthEvent;
+use crate::routes::{current_session, error_page, read_form, see_other, State};
+use crate::session::SESSION_COOKIE;
+use crate::{client, cookies};
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Ends the session and answers with a redirect to the login page and a cleared cookie.
+#[handler]
+pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let mut resp = see_other("/login");
+    if let Some(session) = current_session(req, &state) {
+        if !state.csrf.check_session(&session.token_hash, &form.csrf) {
+            return error_page(StatusCode::FORBIDDEN);
+        }
+        if let Err(e) = state.sessions.end(&session.token_hash).await {
+            tracing::error!(error = %e, "could not end a session");
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let client = client::client(req, &state.settings.trusted_proxies);
+        state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });
+    }
+    if let Ok(v) = cookies::clear(SESSION_COOKIE).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}

@@ -1,0 +1,186 @@
+//! Server-side sessions: 256-bit random tokens kept by the browser, only their SHA-256 kept
+//! in the store; idle and absolute timeouts enforced here, on every request.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::store::{now_ms, SessionRecord, Store, StoreError, StoredSession, UserRecord, SCHEMA_VERSION};
+
+/// The session cookie. `__Host-` makes browsers refuse it unless it is Secure, has Path=/
+/// and no Domain, so a sibling subdomain cannot plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-portcullis";
+
+/// A session token as the browser holds it. Never stored server-side, never logged.
+pub struct SessionToken([u8; 32]);
+
+impl SessionToken {
+    /// 256 bits from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, StoreError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("no randomness: {e}")))?;
+        Ok(SessionToken(bytes))
+    }
+
+    /// Parses a cookie value; anything that is not exactly 32 bytes of base64url is no token.
+    pub fn parse(cookie: &str) -> Option<Self> {
+        if cookie.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        Some(SessionToken(bytes.try_into().ok()?))
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// What the store keys the session by.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0).into()
+    }
+}
+
+impl Drop for SessionToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// A session that is valid now, with its user.
+#[derive(Clone, Debug)]
+pub struct ActiveSession {
+    pub token_hash: [u8; 32],
+    pub record: SessionRecord,
+    pub user: UserRecord,
+}
+
+/// Creates, resolves and ends sessions.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Store,
+    idle: Duration,
+    absolute: Duration,
+}
+
+impl Sessions {
+    pub fn new(store: Store, idle: Duration, absolute: Duration) -> Self {
+        Sessions { store, idle, absolute }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle
+    }
+
+    /// Starts a session for `user_key` and returns the token for the cookie.
+    pub fn create(&self, user_key: &str, ip: &str, user_agent: &str) -> Result<SessionToken, StoreError> {
+        let token = SessionToken::generate()?;
+        let now = now_ms();
+        let record = SessionRecord {
+            schema: SCHEMA_VERSION,
+            user_key: user_key.to_string(),
+            created_at: now,
+            last_seen_at: now,
+            ip: ip.to_string(),
+            user_agent: user_agent.chars().take(200).collect(),
+        };
+        self.store.insert_session(&token.hash(), &record)?;
+        Ok(token)
+    }
+
+    /// Whether a record has passed either timeout at `now`.
+    pub fn is_expired(&self, record: &SessionRecord, now: u64) -> bool {
+        now.saturating_sub(record.last_seen_at) >= self.idle.as_millis() as u64
+            || now.saturating_sub(record.created_at) >= self.absolute.as_millis() as u64
+    }
+
+    /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted
+    /// users) are removed and yield `None`. Activity is recorded at a coarse grain so a page
+    /// view does not always write.
+    pub fn resolve(&self, cookie: &str) -> Result<Option<ActiveSession>, StoreError> {
+        let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
+        let token_hash = token.hash();
+        let Some(record) = self.store.session(&token_hash)? else { return Ok(None) };
+        let now = now_ms();
+        if self.is_expired(&record, now) {
+            self.store.delete_session(&token_hash)?;
+            return Ok(None);
+        }
+        let Some(user) = self.store.user(&record.user_key)? else {
+            self.store.delete_session(&token_hash)?;
+            return Ok(None);
+        };
+        let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
+        if now.saturating_sub(record.last_seen_at) >= grain {
+            self.store.touch_session(&token_hash, now)?;
+        }
+        Ok(Some(ActiveSession { token_hash, record, user }))
+    }
+
+    /// Ends one session, durably.
+    pub async fn end(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let existed = self.store.delete_session(token_hash)?;
+        self.store.flush().await?;
+        Ok(existed)
+    }
+
+    /// Ends all of a user's sessions except `keep`, durably; returns how many ended.
+    pub async fn end_all(&self, user_key: &str, keep: Option<&[u8; 32]>) -> Result<usize, StoreError> {
+        let n = self.store.delete_user_sessions(user_key, keep)?;
+        self.store.flush().await?;
+        Ok(n)
+    }
+
+    /// The user's sessions that are still valid, newest first.
+    pub fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
+        let now = now_ms();
+        let mut sessions: Vec<_> =
+            self.store.user_sessions(user_key)?.into_iter().filter(|s| !self.is_expired(&s.record, now)).collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.record.created_at));
+        Ok(sessions)
+    }
+
+    /// Removes expired sessions so the store does not grow forever.
+    pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        self.store.purge_sessions(|r| self.is_expired(r, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_junk_is_no_token() {
+        let t = SessionToken::generate().unwrap();
+        let encoded = t.encode();
+        assert_eq!(encoded.len(), 43);
+        assert_eq!(SessionToken::parse(&encoded).unwrap().hash(), t.hash());
+        assert!(SessionToken::parse("").is_none());
+        assert!(SessionToken::parse(&"A".repeat(44)).is_none());
+        assert!(SessionToken::parse(&"!".repeat(43)).is_none());
+        assert_ne!(SessionToken::generate().unwrap().encode(), encoded);
+    }
+
+    #[test]
+    fn both_timeouts_expire_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions =
+            Sessions::new(Store::open(dir.path()).unwrap(), Duration::from_secs(60), Duration::from_secs(3600));
+        let r = |created: u64, seen: u64| SessionRecord {
+            schema: 1,
+            user_key: "a".into(),
+            created_at: created,
+            last_seen_at: seen,
+            ip: String::new(),
+            user_agent: String::new(),
+        };
+        let now = 10_000_000;
+        assert!(!sessions.is_expired(&r(now - 1000, now - 1000), now));
+        assert!(sessions.is_expired(&r(now - 1000, now - 61_000), now));
+        assert!(sessions.is_expired(&r(now - 3_601_000, now - 1000), now));
+    }
+}

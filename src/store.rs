@@ -1,0 +1,377 @@
+//! The embedded store (sled): users, sessions and server secrets. This is the one module that
+//! knows sled, its trees and its keys; everything else goes through [`Store`]'s methods.
+//!
+//! Trees:
+//! - `users`: normalised username → JSON [`UserRecord`]
+//! - `sessions`: SHA-256 of the session token → JSON [`SessionRecord`] (the token itself is
+//!   never stored)
+//! - `user_sessions`: username key, 0x00, token hash → () (an index for "end all sessions")
+//! - `meta`: server secrets and the schema version
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record layout; records carry it so later versions can migrate them.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another process")]
+    Locked(String),
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the user already exists")]
+    AlreadyExists,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A user as stored. The password is only ever an argon2id PHC string.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub schema: u32,
+    /// Normalised (NFKC, case-folded) username: the key.
+    pub key: String,
+    /// The username as it was written when the user was created.
+    pub display_name: String,
+    pub password_hash: String,
+    pub admin: bool,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+    pub password_changed_at: u64,
+    pub last_login_at: Option<u64>,
+}
+
+/// A signed-in session, stored under the hash of its token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub schema: u32,
+    pub user_key: String,
+    pub created_at: u64,
+    pub last_seen_at: u64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// A stored session with the hash it is stored under.
+#[derive(Clone, Debug)]
+pub struct StoredSession {
+    pub token_hash: [u8; 32],
+    pub record: SessionRecord,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    sessions: sled::Tree,
+    user_sessions: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        create_private_dir(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let db = match sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Locked(dir.display().to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let store = Store {
+            users: db.open_tree("users")?,
+            sessions: db.open_tree("sessions")?,
+            user_sessions: db.open_tree("user_sessions")?,
+            meta: db.open_tree("meta")?,
+            db,
+        };
+        store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
+        Ok(store)
+    }
+
+    /// Makes every write so far durable. Called before a response or command reports a
+    /// security-relevant change.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A 32-byte server secret with the given name, created at first use.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        let key = format!("secret:{name}");
+        if let Some(v) = self.meta.get(&key)? {
+            return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
+        }
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // compare_and_swap so two first users of the secret agree on one value.
+        let _ = self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&fresh[..]))?;
+        let v = self.meta.get(&key)?.ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+        v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key))
+    }
+
+    // ----- users -----
+
+    pub fn user(&self, key: &str) -> Result<Option<UserRecord>> {
+        self.users.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRecord>> {
+        self.users.iter().map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// Inserts a new user; fails with `AlreadyExists` if the key is taken.
+    pub fn insert_user(&self, user: &UserRecord) -> Result<()> {
+        let value = encode(user)?;
+        match self.users.compare_and_swap(&user.key, None as Option<&[u8]>, Some(value))? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::AlreadyExists),
+        }
+    }
+
+    /// Replaces an existing user record.
+    pub fn update_user(&self, user: &UserRecord) -> Result<()> {
+        self.users.insert(&user.key, encode(user)?)?;
+        Ok(())
+    }
+
+    /// Notes a successful login (and stores `new_hash`, if any), provided the user's hash is
+    /// still `verified_hash`. Returns the updated record, or `None` if the user is gone or
+    /// their password changed in the meantime.
+    pub fn record_login(
+        &self,
+        key: &str,
+        verified_hash: &str,
+        new_hash: Option<&str>,
+        now: u64,
+    ) -> Result<Option<UserRecord>> {
+        let mut updated = None;
+        self.users.fetch_and_update(key, |old| {
+            let mut user: UserRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
+            if user.password_hash != verified_hash {
+                return old.map(|v| v.to_vec());
+            }
+            if let Some(h) = new_hash {
+                user.password_hash = h.to_string();
+            }
+            user.last_login_at = Some(now);
+            let bytes = serde_json::to_vec(&user).ok();
+            updated = Some(user);
+            bytes.or_else(|| old.map(|v| v.to_vec()))
+        })?;
+        Ok(updated)
+    }
+
+    /// Removes a user; returns whether there was one.
+    pub fn delete_user(&self, key: &str) -> Result<bool> {
+        Ok(self.users.remove(key)?.is_some())
+    }
+
+    // ----- sessions -----
+
+    pub fn insert_session(&self, token_hash: &[u8; 32], session: &SessionRecord) -> Result<()> {
+        self.sessions.insert(token_hash, encode(session)?)?;
+        self.user_sessions.insert(index_key(&session.user_key, token_hash), &[])?;
+        Ok(())
+    }
+
+    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        self.sessions.get(token_hash)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Records activity on a session (for the idle timeout).
+    pub fn touch_session(&self, token_hash: &[u8; 32], now: u64) -> Result<()> {
+        self.sessions.fetch_and_update(token_hash, |old| {
+            let mut record: SessionRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
+            record.last_seen_at = record.last_seen_at.max(now);
+            serde_json::to_vec(&record).ok()
+        })?;
+        Ok(())
+    }
+
+    /// Removes one session; returns whether it existed.
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        let Some(old) = self.sessions.remove(token_hash)? else { return Ok(false) };
+        if let Ok(record) = decode::<SessionRecord>(&old) {
+            self.user_sessions.remove(index_key(&record.user_key, token_hash))?;
+        }
+        Ok(true)
+    }
+
+    /// The user's sessions (expired ones included; the caller judges expiry).
+    pub fn user_sessions(&self, user_key: &str) -> Result<Vec<StoredSession>> {
+        let mut out = Vec::new();
+        for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
+            let (k, _) = kv?;
+            let Some(token_hash) = hash_from_index_key(&k) else { continue };
+            match self.session(&token_hash)? {
+                Some(record) => out.push(StoredSession { token_hash, record }),
+                // A crash between the two writes can leave a dangling index entry.
+                None => {
+                    self.user_sessions.remove(k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes all the user's sessions but `keep`; returns how many were removed.
+    pub fn delete_user_sessions(&self, user_key: &str, keep: Option<&[u8; 32]>) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
+            let (k, _) = kv?;
+            let Some(token_hash) = hash_from_index_key(&k) else { continue };
+            if keep == Some(&token_hash) {
+                continue;
+            }
+            if self.sessions.remove(token_hash)?.is_some() {
+                removed += 1;
+            }
+            self.user_sessions.remove(k)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes every session `expired` says is over; returns how many.
+    pub fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let drop = match decode::<SessionRecord>(&v) {
+                Ok(record) => expired(&record),
+                Err(_) => true,
+            };
+            if drop {
+                if let Ok(hash) = <[u8; 32]>::try_from(k.as_ref()) {
+                    self.delete_session(&hash)?;
+                } else {
+                    self.sessions.remove(k)?;
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+fn index_prefix(user_key: &str) -> Vec<u8> {
+    let mut k = user_key.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn index_key(user_key: &str, token_hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = index_prefix(user_key);
+    k.extend_from_slice(token_hash);
+    k
+}
+
+fn hash_from_index_key(k: &[u8]) -> Option<[u8; 32]> {
+    k.len().checked_sub(32).and_then(|start| k[start..].try_into().ok())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Creates `dir` (and parents) readable only by the owner.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(key: &str) -> UserRecord {
+        UserRecord {
+            schema: SCHEMA_VERSION,
+            key: key.into(),
+            display_name: key.into(),
+            password_hash: "$argon2id$...".into(),
+            admin: false,
+            created_at: 1,
+            password_changed_at: 1,
+            last_login_at: None,
+        }
+    }
+
+    fn session(user_key: &str) -> SessionRecord {
+        SessionRecord {
+            schema: SCHEMA_VERSION,
+            user_key: user_key.into(),
+            created_at: 1,
+            last_seen_at: 1,
+            ip: "127.0.0.1".into(),
+            user_agent: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_store_held_elsewhere_is_reported_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+    }
+
+    #[test]
+    fn users_are_unique_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_user(&user("alice")).unwrap();
+        assert!(matches!(store.insert_user(&user("alice")), Err(StoreError::AlreadyExists)));
+        assert_eq!(store.user("alice").unwrap().unwrap().key, "alice");
+        assert!(store.delete_user("alice").unwrap());
+        assert!(store.user("alice").unwrap().is_none());
+    }
+
+    #[test]
+    fn ending_a_users_sessions_keeps_the_one_asked_for_and_others_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_session(&[1; 32], &session("alice")).unwrap();
+        store.insert_session(&[2; 32], &session("alice")).unwrap();
+        store.insert_session(&[3; 32], &session("bob")).unwrap();
+        assert_eq!(store.delete_user_sessions("alice", Some(&[2; 32])).unwrap(), 1);
+        assert!(store.session(&[1; 32]).unwrap().is_none());
+        assert!(store.session(&[2; 32]).unwrap().is_some());
+        assert!(store.session(&[3; 32]).unwrap().is_some());
+        assert_eq!(store.user_sessions("alice").unwrap().len(), 1);
+        assert_eq!(store.purge_sessions(|s| s.user_key == "bob").unwrap(), 1);
+        assert_eq!(store.session_count(), 1);
+    }
+
+    #[test]
+    fn the_secret_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.secret("csrf").unwrap(), store.secret("csrf").unwrap());
+        assert_ne!(store.secret("csrf").unwrap(), store.secret("other").unwrap());
+    }
+}

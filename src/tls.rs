@@ -1,0 +1,335 @@
+//! HTTPS: certificate files (loading, a generated development pair, reload without restart)
+//! and the acceptor that puts rustls, a connection cap and a handshake deadline in front of
+//! poem.
+//!
+//! We use tokio-rustls directly rather than poem's `RustlsListener`: poem's acceptor races
+//! config loading against accepting (a first connection can be dropped), does not check
+//! that key and certificate match, and has no connection cap. Here the certificate lives in a
+//! resolver that a reload task swaps atomically, so there is always exactly one valid pair.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use poem::http::uri::Scheme;
+use poem::listener::Acceptor;
+use poem::web::{LocalAddr, RemoteAddr};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Installs aws-lc-rs as the process's rustls provider (several crates pull rustls in, and
+/// rustls refuses to guess between two compiled-in providers).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+pub fn cert_path(dir: &Path) -> PathBuf {
+    dir.join("cert.pem")
+}
+
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join("key.pem")
+}
+
+/// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
+/// pair for localhost and 127.0.0.1 (the key with mode 0600) and returns true. One without
+/// the other is an error: it usually means a deployment went half-way.
+pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(false),
+        (true, false) => bail!("{} exists but {} is missing", cert.display(), key.display()),
+        (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
+        (false, false) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let generated = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+            ])
+            .context("cannot generate a development certificate")?;
+            write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert, generated.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
+            Ok(true)
+        }
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads the pair in `dir` and checks that the key belongs to the certificate.
+pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", cert.display());
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let certified = CertifiedKey::from_der(chain, key_der, &provider())
+        .with_context(|| format!("{} does not match {}", key.display(), cert.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Serves whichever certificate was loaded last.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(CertResolver { current: RwLock::new(key) })
+    }
+
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = key;
+        }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+/// TLS 1.2 and 1.3 only, forward-secret suites only (aws-lc-rs offers no others), ALPN h2
+/// and http/1.1.
+pub fn server_config(resolver: Arc<CertResolver>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS session tickets")?;
+    Ok(Arc::new(config))
+}
+
+/// What identifies a version of the files on disk.
+fn fingerprint(dir: &Path) -> Option<(SystemTime, u64, SystemTime, u64)> {
+    let c = std::fs::metadata(cert_path(dir)).ok()?;
+    let k = std::fs::metadata(key_path(dir)).ok()?;
+    Some((c.modified().ok()?, c.len(), k.modified().ok()?, k.len()))
+}
+
+/// Re-reads the pair whenever the files change. A pair that is half-written or mismatched
+/// is skipped (and retried at the next change), keeping the one in service.
+pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = fingerprint(&dir);
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = fingerprint(&dir);
+            if now.is_none() || now == seen {
+                continue;
+            }
+            match load_certified_key(&dir) {
+                Ok(key) => {
+                    resolver.replace(key);
+                    seen = now;
+                    tracing::info!(dir = %dir.display(), "certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "certificate change ignored; keeping the current one")
+                }
+            }
+        }
+    })
+}
+
+/// Accepts TCP connections up to a cap and wraps each in a TLS server stream whose handshake
+/// runs lazily in the connection's own task, with a deadline.
+pub struct TlsAcceptor {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
+    slots: Arc<Semaphore>,
+}
+
+impl TlsAcceptor {
+    pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, max_connections: usize) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(TlsAcceptor {
+            listener,
+            local_addr,
+            tls: tokio_rustls::TlsAcceptor::from(config),
+            slots: Arc::new(Semaphore::new(max_connections)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Acceptor for TlsAcceptor {
+    type Io = TlsConnection;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        vec![LocalAddr(self.local_addr.into())]
+    }
+
+    async fn accept(&mut self) -> io::Result<(TlsConnection, LocalAddr, RemoteAddr, Scheme)> {
+        // Waiting for a slot before accepting leaves excess clients in the kernel's backlog
+        // instead of holding memory for them here.
+        let permit = Arc::clone(&self.slots).acquire_owned().await.map_err(|_| io::Error::other("listener closed"))?;
+        let (stream, peer) = self.listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let handshake = self.tls.accept(stream);
+        let handshake = async move {
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+        };
+        let conn = TlsConnection { state: State::Handshaking(Box::pin(handshake)), _slot: permit };
+        Ok((conn, LocalAddr(self.local_addr.into()), RemoteAddr(peer.into()), Scheme::HTTPS))
+    }
+}
+
+type Handshake = Pin<Box<dyn Future<Output = io::Result<TlsStream<TcpStream>>> + Send>>;
+
+enum State {
+    Handshaking(Handshake),
+    Ready(Box<TlsStream<TcpStream>>),
+    Failed,
+}
+
+/// One client connection. Holds its slot under the connection cap until dropped.
+pub struct TlsConnection {
+    state: State,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl TlsConnection {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut TlsStream<TcpStream>>> {
+        if let State::Handshaking(fut) = &mut self.state {
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(Ok(stream)) => self.state = State::Ready(Box::new(stream)),
+                Poll::Ready(Err(e)) => {
+                    self.state = State::Failed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match &mut self.state {
+            State::Ready(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS handshake failed"))),
+        }
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_read(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Ready(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_development_pair_is_generated_once_with_a_private_key() {
+        use std::os::unix::fs::PermissionsExt;
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_certificate(dir.path()).unwrap());
+        assert!(!ensure_certificate(dir.path()).unwrap());
+        let mode = std::fs::metadata(key_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        load_certified_key(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn one_file_without_the_other_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(cert_path(dir.path()), "x").unwrap();
+        let err = ensure_certificate(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("key.pem is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_key_from_another_pair_is_refused() {
+        install_crypto_provider();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        ensure_certificate(a.path()).unwrap();
+        ensure_certificate(b.path()).unwrap();
+        std::fs::copy(key_path(b.path()), key_path(a.path())).unwrap();
+        assert!(load_certified_key(a.path()).is_err());
+    }
+}

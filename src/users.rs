@@ -1,0 +1,171 @@
+//! Managing users: the operations behind `portcullis user ...`, whether the CLI runs them on
+//! the store directly or asks a running server through the admin socket.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{rfc3339, Audit, AuthEvent};
+use crate::domain::{Username, UsernameError};
+use crate::password::{HashPool, Password, PasswordPolicy, PoolError, WeakPassword};
+use crate::session::Sessions;
+use crate::store::{now_ms, Store, StoreError, UserRecord, SCHEMA_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("invalid username: {0}")]
+    InvalidUsername(#[from] UsernameError),
+    #[error("no user named {0:?}")]
+    UnknownUser(String),
+    #[error("a user named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("weak password: {0}")]
+    WeakPassword(#[from] WeakPassword),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hashing(#[from] PoolError),
+}
+
+/// A user as `user list` shows it: never the hash.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserSummary {
+    pub username: String,
+    pub admin: bool,
+    pub created_at: String,
+    pub last_login_at: Option<String>,
+    pub active_sessions: usize,
+}
+
+/// Clears in-memory failure state for a username key.
+pub type UnlockHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct UserAdmin {
+    store: Store,
+    pool: HashPool,
+    policy: PasswordPolicy,
+    sessions: Sessions,
+    audit: Audit,
+    /// Called after `unlock` to clear in-memory failure counts (set by the server).
+    on_unlock: Option<UnlockHook>,
+}
+
+impl UserAdmin {
+    pub fn new(store: Store, pool: HashPool, policy: PasswordPolicy, sessions: Sessions, audit: Audit) -> Self {
+        UserAdmin { store, pool, policy, sessions, audit, on_unlock: None }
+    }
+
+    pub fn with_unlock_hook(mut self, hook: UnlockHook) -> Self {
+        self.on_unlock = Some(hook);
+        self
+    }
+
+    fn existing(&self, name: &str) -> Result<(Username, UserRecord), UserError> {
+        let username = Username::parse(name)?;
+        let record = self.store.user(username.key())?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        Ok((username, record))
+    }
+
+    /// Creates a user, durably.
+    pub async fn add(&self, name: &str, password: Password, admin: bool, by: &str) -> Result<Username, UserError> {
+        let username = Username::parse(name)?;
+        if self.store.user(username.key())?.is_some() {
+            return Err(UserError::AlreadyExists(username.to_string()));
+        }
+        self.policy.check(&password, username.key())?;
+        let hash = self.pool.hash(password).await?;
+        let now = now_ms();
+        let record = UserRecord {
+            schema: SCHEMA_VERSION,
+            key: username.key().to_string(),
+            display_name: username.as_str().to_string(),
+            password_hash: hash,
+            admin,
+            created_at: now,
+            password_changed_at: now,
+            last_login_at: None,
+        };
+        match self.store.insert_user(&record) {
+            Err(StoreError::AlreadyExists) => return Err(UserError::AlreadyExists(username.to_string())),
+            other => other?,
+        }
+        self.store.flush().await?;
+        self.audit.record(&AuthEvent::UserAdded { username: username.as_str(), admin, by });
+        Ok(username)
+    }
+
+    /// Sets a new password and ends all the user's sessions, durably. Returns how many ended.
+    pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<usize, UserError> {
+        let (username, _) = self.existing(name)?;
+        self.policy.check(&password, username.key())?;
+        let hash = self.pool.hash(password).await?;
+        let (_, mut record) = self.existing(name)?;
+        record.password_hash = hash;
+        record.password_changed_at = now_ms();
+        self.store.update_user(&record)?;
+        let ended = self.sessions.end_all(username.key(), None).await?;
+        self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
+        Ok(ended)
+    }
+
+    /// Deletes the user and ends their sessions, durably.
+    pub async fn delete(&self, name: &str, by: &str) -> Result<usize, UserError> {
+        let (username, record) = self.existing(name)?;
+        self.store.delete_user(username.key())?;
+        let ended = self.sessions.end_all(username.key(), None).await?;
+        self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
+        Ok(ended)
+    }
+
+    /// Clears the user's failure count and captcha demand.
+    pub async fn unlock(&self, name: &str, by: &str) -> Result<(), UserError> {
+        let (username, record) = self.existing(name)?;
+        if let Some(hook) = &self.on_unlock {
+            hook(username.key());
+        }
+        self.audit.record(&AuthEvent::UserUnlocked { username: &record.display_name, by });
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<UserSummary>, UserError> {
+        let mut users: Vec<UserSummary> = self
+            .store
+            .users()?
+            .into_iter()
+            .map(|u| {
+                let active_sessions = self.sessions.list(&u.key).map(|s| s.len()).unwrap_or(0);
+                UserSummary {
+                    username: u.display_name,
+                    admin: u.admin,
+                    created_at: rfc3339(u.created_at),
+                    last_login_at: u.last_login_at.map(rfc3339),
+                    active_sessions,
+                }
+            })
+            .collect();
+        users.sort_by_key(|u| u.username.to_lowercase());
+        Ok(users)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.user_count() == 0
+    }
+}
+
+/// A random password for the first administrator: 24 characters from an alphabet without
+/// look-alikes, about 130 bits.
+pub fn generate_password() -> Password {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 24];
+    let _ = getrandom::fill(&mut bytes);
+    let mut text = String::with_capacity(29);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 && i % 6 == 0 {
+            text.push('-');
+        }
+        // 256 % 56 != 0 leaves a slight bias; with 24 characters the entropy stays far above 128 bits.
+        text.push(ALPHABET[*b as usize % ALPHABET.len()] as char);
+    }
+    let password = Password::new(&text);
+    zeroize::Zeroize::zeroize(&mut text);
+    password
+}
