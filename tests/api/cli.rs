@@ -1,0 +1,1 @@
+//! The command line against a stopped and a running server (filled in below).

@@ -1,0 +1,41 @@
+//! Signing out: the session ends on the server, the cookie is cleared, replay fails.
+
+use crate::helpers::{cookie_value, set_cookies, spawn_app, GOOD_PASSWORD};
+
+#[tokio::test]
+async fn logout_ends_the_session_on_the_server_and_a_replayed_cookie_fails() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let token = cookie_value(&app.login("alice", GOOD_PASSWORD).await, "__Host-portcullis").unwrap();
+    let resp = app.logout_with(&app.client).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login");
+    let cleared = set_cookies(&resp).into_iter().find(|c| c.starts_with("__Host-portcullis=")).unwrap();
+    assert!(cleared.contains("Max-Age=0") && cleared.contains("Secure") && cleared.contains("Path=/"), "{cleared}");
+    // An attacker who copied the cookie before logout gets nothing.
+    let replay = app.new_browser();
+    let resp = replay.get(app.url("/")).header("cookie", format!("__Host-portcullis={token}")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login");
+}
+
+#[tokio::test]
+async fn logout_without_the_sessions_csrf_token_is_refused() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    let resp = app.client.post(app.url("/logout")).form(&[("csrf", "forged")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn logout_is_recorded_in_the_auth_log() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    app.logout_with(&app.client).await;
+    let lines = app.log_lines();
+    assert!(lines.iter().any(|l| l["event"] == "authn_login_success" && l["username"] == "alice"));
+    assert!(lines.iter().any(|l| l["event"] == "session_logout" && l["username"] == "alice"));
+}

@@ -1,0 +1,114 @@
+//! Session lifetime: idle and absolute expiry, password change, "sign out everywhere else",
+//! restarts.
+
+use std::time::Duration;
+
+use portcullis::password::Password;
+
+use crate::helpers::{cookie_value, spawn_app, spawn_app_with, spawn_in, GOOD_PASSWORD};
+
+#[tokio::test]
+async fn an_idle_session_expires_on_the_server() {
+    let app = spawn_app_with(|s| {
+        s.session_idle_timeout = Duration::from_secs(2);
+        s.session_absolute_timeout = Duration::from_secs(60);
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 303);
+}
+
+#[tokio::test]
+async fn activity_keeps_a_session_alive_until_the_absolute_timeout() {
+    let app = spawn_app_with(|s| {
+        s.session_idle_timeout = Duration::from_secs(2);
+        s.session_absolute_timeout = Duration::from_secs(4);
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    // Active every ~1 s: the idle timeout never fires...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+    }
+    // ...but the absolute one does.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 303);
+}
+
+#[tokio::test]
+async fn a_password_change_ends_every_session_of_that_user_only() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let (a1, a2, b) = (app.new_browser(), app.new_browser(), app.new_browser());
+    app.login_with(&a1, "alice", GOOD_PASSWORD).await;
+    app.login_with(&a2, "alice", GOOD_PASSWORD).await;
+    app.login_with(&b, "bob", GOOD_PASSWORD).await;
+    let ended = app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test").await.unwrap();
+    assert_eq!(ended, 2);
+    assert_eq!(a1.get(app.url("/")).send().await.unwrap().status(), 303);
+    assert_eq!(a2.get(app.url("/")).send().await.unwrap().status(), 303);
+    assert_eq!(b.get(app.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(app.login_with(&a1, "alice", GOOD_PASSWORD).await.status(), 401);
+    assert_eq!(app.login_with(&a1, "alice", "a whole new passphrase").await.status(), 303);
+}
+
+#[tokio::test]
+async fn deleting_a_user_ends_their_sessions() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    app.state.users.delete("alice", "test").await.unwrap();
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 303);
+}
+
+#[tokio::test]
+async fn the_home_page_lists_sessions_and_can_end_the_others() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let other = app.new_browser();
+    app.login_with(&other, "alice", GOOD_PASSWORD).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    let page = app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(page.matches("<tr").count() - 1, 2, "{page}");
+    assert!(page.contains("this browser"));
+    let csrf = app.home_csrf(&app.client).await;
+    let resp = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(other.get(app.url("/")).send().await.unwrap().status(), 303);
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+    // Without the token nothing happens.
+    let again = app.new_browser();
+    app.login_with(&again, "alice", GOOD_PASSWORD).await;
+    let resp = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", "nope")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(again.get(app.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_users_and_sessions() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let token = cookie_value(&app.login("alice", GOOD_PASSWORD).await, "__Host-portcullis").unwrap();
+    let (dir, settings) = app.stop().await;
+    let app = spawn_in(dir, settings).await;
+    assert!(app.admin_password.is_empty(), "no second admin on restart");
+    let resp =
+        app.client.get(app.url("/")).header("cookie", format!("__Host-portcullis={token}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.login("alice", GOOD_PASSWORD).await.status(), 303);
+}
+
+#[tokio::test]
+async fn first_start_creates_an_admin_whose_password_works_and_is_not_logged() {
+    let app = spawn_app().await;
+    assert!(app.admin_password.len() >= 20);
+    assert_eq!(app.login("admin", &app.admin_password).await.status(), 303);
+    assert!(app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap().contains("administrator"));
+    assert!(!app.log_text().contains(&app.admin_password));
+}
