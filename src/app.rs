@@ -14,9 +14,12 @@ use tokio::task::JoinHandle;
 
 use crate::audit::Audit;
 use crate::authentication::Authenticator;
+use crate::captcha::Captchas;
 use crate::config::Settings;
 use crate::csrf::Csrf;
+use crate::failures::FailureTracker;
 use crate::password::{HashPool, Password, PasswordPolicy};
+use crate::rate_limit::LoginQuotas;
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::users::UserAdmin;
@@ -31,6 +34,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What every handler can reach.
 pub struct AppState {
     pub settings: Settings,
+    pub quotas: LoginQuotas,
+    pub failures: Arc<FailureTracker>,
+    pub captchas: Captchas,
     pub sessions: Sessions,
     pub csrf: Csrf,
     pub auth: Authenticator,
@@ -55,7 +61,7 @@ impl Services {
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
-        let audit = Audit::open(&settings.log_dir, keep_days)?;
+        let audit = Audit::open(&settings.log_dir, keep_days, Some(store.clone()))?;
         let policy = PasswordPolicy { min_length: settings.min_password_length };
         let users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
         Ok(Services { store, pool, sessions, audit, users })
@@ -111,22 +117,31 @@ impl Application {
         };
 
         let csrf = Csrf::new(services.store.secret("csrf")?);
+        let captchas = Captchas::new(services.store.secret("captcha")?);
+        let failures = Arc::new(FailureTracker::new(settings.failure_window, settings.captcha_after_failures));
+        let quotas = LoginQuotas::new(settings.login_quota_per_ip, settings.login_quota_per_user);
+        let unlock = Arc::clone(&failures);
+        let users = services.users.with_unlock_hook(Arc::new(move |key: &str| unlock.clear_username(key)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         let mut background =
             vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
-        background.push(
-            admin_socket::serve(&settings.data_dir, services.users.clone()).context("cannot open the admin socket")?,
-        );
+        background
+            .push(admin_socket::serve(&settings.data_dir, users.clone()).context("cannot open the admin socket")?);
         background.push(spawn_session_purge(services.sessions.clone()));
+        background.push(spawn_retention(services.store.clone(), settings.audit_retention));
         let state = Arc::new(AppState {
             settings,
+            quotas,
+            failures,
+            captchas,
             sessions: services.sessions,
             csrf,
             auth,
-            users: services.users,
+            users,
             audit: services.audit,
             pool: services.pool,
         });
+        background.push(spawn_pruning(Arc::clone(&state)));
         Ok(Application {
             https,
             http,
@@ -211,6 +226,42 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
             match tokio::task::spawn_blocking(move || purge.purge_expired()).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "session purge failed"),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Keeps the in-memory defences small: limiter keys back at a full bucket, failure counts
+/// past the window and expired captcha challenges are dropped.
+fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(crate::rate_limit::PRUNE_EVERY);
+        loop {
+            ticker.tick().await;
+            let state = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || {
+                let now = crate::store::now_ms();
+                state.quotas.prune();
+                state.failures.prune(now);
+                state.captchas.prune(now);
+            })
+            .await;
+        }
+    })
+}
+
+/// Deletes failed-login records older than `audit_retention`, at start and then hourly.
+fn spawn_retention(store: Store, retention: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(3600).min(retention));
+        loop {
+            ticker.tick().await;
+            let cutoff = crate::store::now_ms().saturating_sub(retention.as_millis() as u64);
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.purge_failures_before(cutoff)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "old failed-login records removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "failed-login retention failed"),
                 _ => {}
             }
         }

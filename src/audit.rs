@@ -5,12 +5,16 @@
 //! Each application owns its sink (a private tracing `Dispatch`), so several servers in one
 //! process (the test suite) keep separate logs.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
 use tracing::Dispatch;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::layer::SubscriberExt;
+
+use crate::domain::normalise_key;
+use crate::store::{now_ms, FailureRecord, Store, StoreError};
 
 /// The tracing target of audit events; the file sink keeps only these.
 pub const TARGET: &str = "portcullis::audit";
@@ -43,34 +47,68 @@ impl FailureReason {
 }
 
 /// Who did something, seen from the network.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Client {
-    pub ip: String,
+    pub ip: IpAddr,
     pub user_agent: String,
 }
 
 /// Something worth an audit line. Event names follow OWASP's logging vocabulary.
 #[derive(Debug)]
 pub enum AuthEvent<'a> {
-    LoginSucceeded { username: &'a str, client: &'a Client },
-    LoginFailed { username: &'a str, client: &'a Client, reason: FailureReason },
-    LoggedOut { username: &'a str, client: &'a Client },
-    SessionsEnded { username: &'a str, count: usize, by: &'a str },
-    UserAdded { username: &'a str, admin: bool, by: &'a str },
-    UserDeleted { username: &'a str, by: &'a str },
-    PasswordChanged { username: &'a str, by: &'a str },
-    UserUnlocked { username: &'a str, by: &'a str },
+    /// `after_failures`: how many failures the username had just before (OWASP
+    /// `authn_login_successafterfail` when non-zero).
+    LoginSucceeded {
+        username: &'a str,
+        client: &'a Client,
+        after_failures: usize,
+    },
+    /// `max_reached`: this failure made a count reach the captcha threshold (OWASP
+    /// `authn_login_fail_max`).
+    LoginFailed {
+        username: &'a str,
+        client: &'a Client,
+        reason: FailureReason,
+        max_reached: bool,
+    },
+    LoggedOut {
+        username: &'a str,
+        client: &'a Client,
+    },
+    SessionsEnded {
+        username: &'a str,
+        count: usize,
+        by: &'a str,
+    },
+    UserAdded {
+        username: &'a str,
+        admin: bool,
+        by: &'a str,
+    },
+    UserDeleted {
+        username: &'a str,
+        by: &'a str,
+    },
+    PasswordChanged {
+        username: &'a str,
+        by: &'a str,
+    },
+    UserUnlocked {
+        username: &'a str,
+        by: &'a str,
+    },
 }
 
-/// The JSON-lines sink of one application.
+/// The JSON-lines sink of one application, and the durable store of failed attempts.
 #[derive(Clone)]
 pub struct Audit {
     file: Option<Dispatch>,
+    store: Option<Store>,
 }
 
 impl Audit {
     /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them.
-    pub fn open(log_dir: &Path, keep_days: usize) -> anyhow::Result<Self> {
+    pub fn open(log_dir: &Path, keep_days: usize, store: Option<Store>) -> anyhow::Result<Self> {
         crate::store::create_private_dir(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
@@ -85,12 +123,12 @@ impl Audit {
             .with_span_list(false)
             .with_writer(appender);
         let subscriber = tracing_subscriber::registry().with(layer);
-        Ok(Audit { file: Some(Dispatch::new(subscriber)) })
+        Ok(Audit { file: Some(Dispatch::new(subscriber)), store })
     }
 
     /// A sink that writes only to the terminal (commands run without a log directory).
     pub fn terminal_only() -> Self {
-        Audit { file: None }
+        Audit { file: None, store: None }
     }
 
     /// Records the event in the file (synchronously, so the line exists before the response
@@ -103,6 +141,33 @@ impl Audit {
     }
 }
 
+impl Audit {
+    /// Records a failed or refused login: durably in the store (flushed before this returns,
+    /// so the response never outruns the record), then as a log line.
+    pub async fn record_failure(
+        &self,
+        username: &str,
+        client: &Client,
+        reason: FailureReason,
+        max_reached: bool,
+    ) -> Result<(), StoreError> {
+        let username: String = username.chars().take(256).collect();
+        if let Some(store) = &self.store {
+            let record = FailureRecord {
+                time: now_ms(),
+                ip: client.ip.to_string(),
+                username: username.clone(),
+                reason,
+                user_agent: client.user_agent.clone(),
+            };
+            store.append_failure(&record, &normalise_key(&username))?;
+            store.flush().await?;
+        }
+        self.record(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached });
+        Ok(())
+    }
+}
+
 /// RFC 3339 UTC time, to the millisecond.
 pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
@@ -112,16 +177,22 @@ pub fn rfc3339(ms: u64) -> String {
 fn emit(event: &AuthEvent<'_>) {
     let time = rfc3339(crate::store::now_ms());
     match *event {
-        AuthEvent::LoginSucceeded { username, client } => tracing::info!(
-            target: TARGET, event = "authn_login_success", time, username, ip = client.ip, user_agent = client.user_agent,
-            "login succeeded"
-        ),
-        AuthEvent::LoginFailed { username, client, reason } => tracing::warn!(
-            target: TARGET, event = "authn_login_fail", time, username, ip = client.ip, user_agent = client.user_agent,
-            reason = reason.as_str(), "login failed"
-        ),
+        AuthEvent::LoginSucceeded { username, client, after_failures } => {
+            let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
+            tracing::info!(
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                failures = after_failures, "login succeeded"
+            )
+        }
+        AuthEvent::LoginFailed { username, client, reason, max_reached } => {
+            let event = if max_reached { "authn_login_fail_max" } else { "authn_login_fail" };
+            tracing::warn!(
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                reason = reason.as_str(), "login failed"
+            )
+        }
         AuthEvent::LoggedOut { username, client } => tracing::info!(
-            target: TARGET, event = "session_logout", time, username, ip = client.ip, user_agent = client.user_agent,
+            target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,
             "logged out"
         ),
         AuthEvent::SessionsEnded { username, count, by } => tracing::info!(
@@ -149,10 +220,15 @@ mod tests {
     #[test]
     fn hostile_usernames_stay_inside_one_valid_json_line() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::open(dir.path(), 7).unwrap();
-        let client = Client { ip: "10.0.0.1".into(), user_agent: "ua\"}\n{\"forged\":1".into() };
+        let audit = Audit::open(dir.path(), 7, None).unwrap();
+        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: "ua\"}\n{\"forged\":1".into() };
         let name = "eve\r\n{\"event\":\"authn_login_success\"}\u{1b}[2J\"";
-        audit.record(&AuthEvent::LoginFailed { username: name, client: &client, reason: FailureReason::BadPassword });
+        audit.record(&AuthEvent::LoginFailed {
+            username: name,
+            client: &client,
+            reason: FailureReason::BadPassword,
+            max_reached: false,
+        });
         let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
         let text = std::fs::read_to_string(file).unwrap();
         let lines: Vec<_> = text.lines().collect();

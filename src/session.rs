@@ -75,7 +75,7 @@ impl Sessions {
     }
 
     /// Starts a session for `user_key` and returns the token for the cookie.
-    pub fn create(&self, user_key: &str, ip: &str, user_agent: &str) -> Result<SessionToken, StoreError> {
+    pub fn create(&self, user_key: &str, ip: std::net::IpAddr, user_agent: &str) -> Result<SessionToken, StoreError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let record = SessionRecord {

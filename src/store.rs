@@ -10,7 +10,12 @@
 
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::audit::FailureReason;
 
 /// Version of the record layout; records carry it so later versions can migrate them.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -70,6 +75,45 @@ pub struct Store {
     sessions: sled::Tree,
     user_sessions: sled::Tree,
     meta: sled::Tree,
+    failures: sled::Tree,
+    failures_by_user: sled::Tree,
+    failures_by_ip: sled::Tree,
+    durability: Arc<GroupCommit>,
+}
+
+/// Group commit: callers that ask for durability while a flush is running share the next
+/// one, so a burst of recorded failures costs a few fsyncs, not one each.
+#[derive(Default)]
+struct GroupCommit {
+    requested: AtomicU64,
+    flushed: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// A failed or refused login attempt, as kept in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Unix time in milliseconds.
+    pub time: u64,
+    pub ip: String,
+    /// As typed (cut to 256 characters).
+    pub username: String,
+    pub reason: FailureReason,
+    pub user_agent: String,
+}
+
+/// Which failure records to read. Times are Unix milliseconds; `before` is a keyset cursor
+/// (the key of the last record of the previous page).
+#[derive(Clone, Debug, Default)]
+pub struct FailureQuery {
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    /// Normalised username key.
+    pub user_key: Option<String>,
+    pub ip: Option<ipnet::IpNet>,
+    pub reason: Option<FailureReason>,
+    pub before: Option<Vec<u8>>,
+    pub limit: usize,
 }
 
 impl Store {
@@ -88,6 +132,10 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             user_sessions: db.open_tree("user_sessions")?,
             meta: db.open_tree("meta")?,
+            failures: db.open_tree("failures")?,
+            failures_by_user: db.open_tree("failures_by_user")?,
+            failures_by_ip: db.open_tree("failures_by_ip")?,
+            durability: Arc::new(GroupCommit::default()),
             db,
         };
         store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
@@ -97,7 +145,16 @@ impl Store {
     /// Makes every write so far durable. Called before a response or command reports a
     /// security-relevant change.
     pub async fn flush(&self) -> Result<()> {
+        let g = &self.durability;
+        // Everything this caller wrote happened before this ticket was taken.
+        let ticket = g.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = g.lock.lock().await;
+        if g.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = g.requested.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        g.flushed.store(covers, Ordering::SeqCst);
         Ok(())
     }
 
@@ -267,6 +324,106 @@ impl Store {
     }
 }
 
+impl Store {
+    // ----- failed-login records -----
+
+    /// Appends a failure record (not yet durable: call [`Store::flush`]). `user_key` is the
+    /// normalised form of what was typed, for the username index. Returns the record's key.
+    pub fn append_failure(&self, record: &FailureRecord, user_key: &str) -> Result<Vec<u8>> {
+        let mut key = record.time.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.failures.insert(&key, encode(record)?)?;
+        self.failures_by_user.insert(secondary_key(user_key.as_bytes(), &key), &[])?;
+        self.failures_by_ip.insert(secondary_key(record.ip.as_bytes(), &key), &[])?;
+        Ok(key)
+    }
+
+    /// Records matching `q`, newest first, with their keys (for keyset pagination).
+    pub fn failures(&self, q: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>> {
+        let lo = q.since.unwrap_or(0).to_be_bytes().to_vec();
+        let mut hi = q.until.map_or(u64::MAX, |u| u.saturating_add(1)).to_be_bytes().to_vec();
+        if let Some(before) = &q.before {
+            if before < &hi {
+                hi = before.clone();
+            }
+        }
+        let limit = if q.limit == 0 { usize::MAX } else { q.limit };
+        let mut out = Vec::new();
+        let keep = |key: Vec<u8>, record: FailureRecord, out: &mut Vec<(Vec<u8>, FailureRecord)>| {
+            let ip_ok = q.ip.is_none_or(|net| record.ip.parse::<std::net::IpAddr>().is_ok_and(|ip| net.contains(&ip)));
+            let reason_ok = q.reason.is_none_or(|r| r == record.reason);
+            if ip_ok && reason_ok {
+                out.push((key, record));
+            }
+            out.len() >= limit
+        };
+        // A username or a single address has an index; otherwise scan the time range.
+        let single_ip = q.ip.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr().to_string());
+        let index = match (&q.user_key, &single_ip) {
+            (Some(u), _) => Some((&self.failures_by_user, u.as_bytes().to_vec())),
+            (None, Some(ip)) => Some((&self.failures_by_ip, ip.as_bytes().to_vec())),
+            _ => None,
+        };
+        match index {
+            Some((tree, prefix)) => {
+                let range = secondary_key(&prefix, &lo)..secondary_key(&prefix, &hi);
+                for kv in tree.range(range).rev() {
+                    let (k, _) = kv?;
+                    let key = k[2 + prefix.len()..].to_vec();
+                    let Some(v) = self.failures.get(&key)? else { continue };
+                    let record: FailureRecord = decode(&v)?;
+                    if q.user_key.is_some() && single_ip.is_some() && Some(&record.ip) != single_ip.as_ref() {
+                        continue;
+                    }
+                    if keep(key, record, &mut out) {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for kv in self.failures.range(lo..hi).rev() {
+                    let (k, v) = kv?;
+                    if keep(k.to_vec(), decode(&v)?, &mut out) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes records older than `cutoff` (Unix ms); returns how many.
+    pub fn purge_failures_before(&self, cutoff: u64) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.failures.range(..cutoff.to_be_bytes().to_vec()) {
+            let (k, v) = kv?;
+            if let Ok(record) = decode::<FailureRecord>(&v) {
+                let user_key = crate::domain::normalise_key(&record.username);
+                self.failures_by_user.remove(secondary_key(user_key.as_bytes(), &k))?;
+                self.failures_by_ip.remove(secondary_key(record.ip.as_bytes(), &k))?;
+            }
+            self.failures.remove(k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub fn failure_count(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+/// An index key: the length of `prefix` (u16), `prefix`, then the record key, so one
+/// prefix's entries are a contiguous, time-ordered range whatever bytes it holds.
+fn secondary_key(prefix: &[u8], record_key: &[u8]) -> Vec<u8> {
+    let len = prefix.len().min(u16::MAX as usize);
+    let mut k = Vec::with_capacity(2 + len + record_key.len());
+    k.extend_from_slice(&(len as u16).to_be_bytes());
+    k.extend_from_slice(&prefix[..len]);
+    k.extend_from_slice(record_key);
+    k
+}
+
 fn index_prefix(user_key: &str) -> Vec<u8> {
     let mut k = user_key.as_bytes().to_vec();
     k.push(0);
@@ -365,6 +522,49 @@ mod tests {
         assert_eq!(store.user_sessions("alice").unwrap().len(), 1);
         assert_eq!(store.purge_sessions(|s| s.user_key == "bob").unwrap(), 1);
         assert_eq!(store.session_count(), 1);
+    }
+
+    fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
+        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into() }
+    }
+
+    #[test]
+    fn failure_records_come_back_newest_first_by_range_user_and_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let user = if i % 2 == 0 { "Alice" } else { "bob" };
+            let ip = if i < 5 { "192.0.2.1" } else { "198.51.100.7" };
+            store
+                .append_failure(&failure(1000 + i, ip, user, FailureReason::BadPassword), &user.to_lowercase())
+                .unwrap();
+        }
+        let all = store.failures(&FailureQuery::default()).unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].1.time, 1009);
+        let q = FailureQuery { since: Some(1003), until: Some(1006), ..Default::default() };
+        let times: Vec<u64> = store.failures(&q).unwrap().iter().map(|r| r.1.time).collect();
+        assert_eq!(times, vec![1006, 1005, 1004, 1003]);
+        let q = FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+        assert_eq!(store.failures(&q).unwrap().len(), 5);
+        let q = FailureQuery { ip: Some("198.51.100.0/24".parse().unwrap()), ..Default::default() };
+        assert_eq!(store.failures(&q).unwrap().len(), 5);
+        let q = FailureQuery {
+            ip: Some("192.0.2.1/32".parse().unwrap()),
+            user_key: Some("bob".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.failures(&q).unwrap().iter().map(|r| r.1.time).collect::<Vec<_>>(), vec![1003, 1001]);
+        // Keyset pages.
+        let page1 = store.failures(&FailureQuery { limit: 4, ..Default::default() }).unwrap();
+        let page2 =
+            store.failures(&FailureQuery { limit: 4, before: Some(page1[3].0.clone()), ..Default::default() }).unwrap();
+        assert_eq!(page2[0].1.time, 1005);
+        assert_eq!(store.purge_failures_before(1005).unwrap(), 5);
+        assert_eq!(
+            store.failures(&FailureQuery { user_key: Some("alice".into()), ..Default::default() }).unwrap().len(),
+            2
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! `GET /login`: the form, or straight on for someone already signed in.
+//! `GET /login`: the form (with a captcha when this address has failed too often), or
+//! straight on for someone already signed in.
 
 use poem::http::StatusCode;
 use poem::web::Query;
 use poem::{handler, Request, Response};
 use serde::Deserialize;
 
+use super::Form;
 use crate::routes::{current_session, see_other, State};
 
 #[derive(Deserialize)]
@@ -18,5 +20,7 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     if current_session(req, &state).is_some() {
         return see_other(next.unwrap_or("/"));
     }
-    super::render(req, &state, StatusCode::OK, None, "", next)
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let captcha = state.failures.address_needs_captcha(client.ip, crate::store::now_ms());
+    super::render(req, &state, Form { captcha, ..Form::new(StatusCode::OK, next) }).await
 }

@@ -5,7 +5,7 @@ pub mod get;
 pub mod post;
 
 use askama::Template;
-use poem::http::{header, StatusCode};
+use poem::http::{header, HeaderValue, StatusCode};
 use poem::{Request, Response};
 
 use crate::app::AppState;
@@ -19,34 +19,83 @@ struct LoginPage<'a> {
     next: &'a str,
     username: &'a str,
     error: Option<&'a str>,
+    captcha: Option<&'a str>,
+    new_challenge_href: &'a str,
 }
 
 /// The one message for every wrong username, password or captcha.
 pub const GENERIC_FAILURE: &str = "Incorrect username or password.";
 
+/// What the form page should say and show.
+pub struct Form<'a> {
+    pub status: StatusCode,
+    pub error: Option<String>,
+    pub username: &'a str,
+    pub next: Option<&'a str>,
+    /// Draw a captcha challenge for this visitor.
+    pub captcha: bool,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
+}
+
+impl<'a> Form<'a> {
+    pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
+        Form { status, error: None, username: "", next, captcha: false, retry_after: None }
+    }
+}
+
+/// The visitor's pre-login cookie value, if it looks like one of ours.
+pub fn prelogin(req: &Request) -> Option<String> {
+    cookies::get(req, PRELOGIN_COOKIE).filter(|v| v.len() == 43)
+}
+
 /// Renders the login form with a fresh CSRF token bound to the visitor's pre-login cookie
-/// (set here if the visitor has none yet).
-pub fn render(
-    req: &Request,
-    state: &AppState,
-    status: StatusCode,
-    error: Option<&str>,
-    username: &str,
-    next: Option<&str>,
-) -> Response {
-    let (prelogin, is_new) = match cookies::get(req, PRELOGIN_COOKIE).filter(|v| v.len() == 43) {
+/// (set here if the visitor has none yet) and, when asked, a fresh captcha challenge.
+pub async fn render(req: &Request, state: &AppState, form: Form<'_>) -> Response {
+    let (pre, is_new) = match prelogin(req) {
         Some(v) => (v, false),
         None => (Csrf::new_prelogin(), true),
     };
-    let token = state.csrf.login_token(&prelogin, crate::store::now_ms() / 1000);
-    let page = LoginPage { csrf: &token, next: next.unwrap_or(""), username, error };
-    let mut resp = super::html(status, &page);
+    let now = crate::store::now_ms();
+    let token = state.csrf.login_token(&pre, now / 1000);
+    let captcha = if form.captcha {
+        match state.captchas.issue(&pre, now).await {
+            Ok(uri) => Some(uri),
+            Err(e) => {
+                tracing::error!(error = %e, "captcha failed");
+                return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        }
+    } else {
+        None
+    };
+    let new_challenge_href = match form.next {
+        Some(n) => format!("/login?next={}", urlencode(n)),
+        None => "/login".to_string(),
+    };
+    let page = LoginPage {
+        csrf: &token,
+        next: form.next.unwrap_or(""),
+        username: form.username,
+        error: form.error.as_deref(),
+        captcha: captcha.as_deref(),
+        new_challenge_href: &new_challenge_href,
+    };
+    let mut resp = super::html(form.status, &page);
+    let h = resp.headers_mut();
     if is_new {
-        if let Ok(v) = cookies::set(PRELOGIN_COOKIE, &prelogin, Some(LOGIN_TOKEN_LIFETIME.as_secs())).parse() {
-            resp.headers_mut().append(header::SET_COOKIE, v);
+        if let Ok(v) = cookies::set(PRELOGIN_COOKIE, &pre, Some(LOGIN_TOKEN_LIFETIME.as_secs())).parse() {
+            h.append(header::SET_COOKIE, v);
         }
     }
+    if let Some(secs) = form.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)]).map(|e| e.trim_start_matches('=').to_string()).unwrap_or_default()
 }
 
 /// `next` must be a same-origin relative path: one leading slash, no scheme, no host, no
@@ -59,8 +108,7 @@ pub fn safe_next(next: Option<&str>) -> Option<&str> {
         && n.chars().all(|c| c.is_ascii_graphic())
         && !n.contains('\\')
         && !n.to_ascii_lowercase().contains("%5c")
-        && !n.starts_with("/%2f")
-        && !n.starts_with("/%2F");
+        && !n.to_ascii_lowercase().starts_with("/%2f");
     ok.then_some(n)
 }
 

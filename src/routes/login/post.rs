@@ -1,15 +1,29 @@
-//! `POST /login`: CSRF, credentials, a fresh session, and a 303.
+//! `POST /login`, in the order that keeps each defence cheap and fair:
+//! 1. the per-address quota (every attempt counts),
+//! 2. CSRF,
+//! 3. the captcha, when this address or username has failed too often,
+//! 4. the per-username quota (only attempts that got this far count, so nobody can use up
+//!    a user's quota without solving captchas),
+//! 5. the password, on the hash pool.
+//!
+//! Every refusal is recorded durably before the answer goes out; if it cannot be recorded the
+//! server answers 503 rather than letting unrecorded attempts through.
 
 use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use crate::audit::{AuthEvent, FailureReason};
+use super::{Form, GENERIC_FAILURE};
+use crate::app::AppState;
+use crate::audit::{AuthEvent, Client, FailureReason};
 use crate::authentication::AuthError;
 use crate::csrf::PRELOGIN_COOKIE;
+use crate::domain::normalise_key;
 use crate::password::Password;
+use crate::rate_limit::address_key;
 use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
+use crate::store::now_ms;
 use crate::{client, cookies};
 
 #[derive(Deserialize)]
@@ -20,6 +34,8 @@ pub struct LoginForm {
     password: String,
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
+    captcha: String,
     next: Option<String>,
 }
 
@@ -29,40 +45,95 @@ impl Drop for LoginForm {
     }
 }
 
+/// One attempt being judged.
+struct Attempt<'a> {
+    req: &'a Request,
+    state: &'a AppState,
+    client: Client,
+    username: &'a str,
+    user_key: String,
+    next: Option<&'a str>,
+}
+
+impl Attempt<'_> {
+    /// Records a refusal and answers with the form again.
+    async fn refuse(
+        &self,
+        reason: FailureReason,
+        status: StatusCode,
+        retry_after: Option<u64>,
+        max_reached: bool,
+    ) -> Response {
+        if let Err(e) = self.state.audit.record_failure(self.username, &self.client, reason, max_reached).await {
+            tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let error = match reason {
+            FailureReason::RateLimited => format!(
+                "Too many sign-in attempts. Please wait {} and try again.",
+                humantime::format_duration(std::time::Duration::from_secs(retry_after.unwrap_or(1)))
+            ),
+            FailureReason::Csrf => "This form has expired or was not sent from this site. Please try again.".into(),
+            FailureReason::CaptchaRequired => "Please also type the characters shown in the picture.".into(),
+            _ => GENERIC_FAILURE.into(),
+        };
+        let captcha = self.state.failures.needs_captcha(self.client.ip, &self.user_key, now_ms());
+        let form =
+            Form { error: Some(error), username: self.username, captcha, retry_after, ..Form::new(status, self.next) };
+        super::render(self.req, self.state, form).await
+    }
+}
+
 #[handler]
 pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     let form: LoginForm = match read_form(req, body).await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let client = client::client(req, &state.settings.trusted_proxies);
-    let next = super::safe_next(form.next.as_deref());
-    let now = crate::store::now_ms() / 1000;
+    let user_key: String = normalise_key(&form.username).chars().take(256).collect();
+    let attempt = Attempt {
+        req,
+        state: &state,
+        client: client::client(req, &state.settings.trusted_proxies),
+        username: &form.username,
+        user_key,
+        next: super::safe_next(form.next.as_deref()),
+    };
+    let ip = attempt.client.ip;
+    let now = now_ms();
 
-    let csrf_ok = cookies::get(req, PRELOGIN_COOKIE).is_some_and(|pre| state.csrf.check_login(&pre, &form.csrf, now));
-    if !csrf_ok {
-        state.audit.record(&AuthEvent::LoginFailed {
-            username: &form.username,
-            client: &client,
-            reason: FailureReason::Csrf,
-        });
-        let message = "This form has expired or was not sent from this site. Please sign in again.";
-        return super::render(req, &state, StatusCode::FORBIDDEN, Some(message), &form.username, next);
+    if let Err(wait) = state.quotas.per_address.check(&address_key(ip)) {
+        return attempt.refuse(FailureReason::RateLimited, StatusCode::TOO_MANY_REQUESTS, Some(wait), false).await;
     }
 
-    let password = Password::new(&form.password);
-    let user = match state.auth.authenticate(&form.username, password).await {
+    let prelogin = super::prelogin(req);
+    let csrf_ok = prelogin.as_deref().is_some_and(|pre| state.csrf.check_login(pre, &form.csrf, now / 1000));
+    let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
+        return attempt.refuse(FailureReason::Csrf, StatusCode::FORBIDDEN, None, false).await;
+    };
+
+    if state.failures.needs_captcha(ip, &attempt.user_key, now) {
+        let refused = if form.captcha.trim().is_empty() {
+            Some(FailureReason::CaptchaRequired)
+        } else if !state.captchas.check(&prelogin, &form.captcha, now) {
+            Some(FailureReason::BadCaptcha)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return attempt.refuse(reason, StatusCode::UNAUTHORIZED, None, false).await;
+        }
+    }
+
+    if let Err(wait) = state.quotas.per_username.check(&attempt.user_key) {
+        return attempt.refuse(FailureReason::RateLimited, StatusCode::TOO_MANY_REQUESTS, Some(wait), false).await;
+    }
+
+    let user = match state.auth.authenticate(&form.username, Password::new(&form.password)).await {
         Ok(user) => user,
         Err(AuthError::InvalidCredentials(reason)) => {
-            state.audit.record(&AuthEvent::LoginFailed { username: &form.username, client: &client, reason });
-            return super::render(
-                req,
-                &state,
-                StatusCode::UNAUTHORIZED,
-                Some(super::GENERIC_FAILURE),
-                &form.username,
-                next,
-            );
+            let counted = state.failures.record_failure(ip, &attempt.user_key, now_ms());
+            return attempt.refuse(reason, StatusCode::UNAUTHORIZED, None, counted.reached_threshold).await;
         }
         Err(AuthError::Overloaded) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
         Err(AuthError::Unexpected(e)) => {
@@ -70,6 +141,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
+    let after_failures = state.failures.record_success(&user.key);
 
     // Session fixation: whatever session this browser had is ended, and a new token issued.
     if let Some(old) = cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)) {
@@ -78,16 +150,20 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     }
-    let token = match state.sessions.create(&user.key, &client.ip, &client.user_agent) {
+    let token = match state.sessions.create(&user.key, ip, &attempt.client.user_agent) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "could not create a session");
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
-    state.audit.record(&AuthEvent::LoginSucceeded { username: &user.display_name, client: &client });
+    state.audit.record(&AuthEvent::LoginSucceeded {
+        username: &user.display_name,
+        client: &attempt.client,
+        after_failures,
+    });
 
-    let mut resp = see_other(next.unwrap_or("/"));
+    let mut resp = see_other(attempt.next.unwrap_or("/"));
     let h = resp.headers_mut();
     for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(PRELOGIN_COOKIE)] {
         if let Ok(v) = cookie.parse() {

@@ -1,0 +1,169 @@
+//! Login quotas (governor, keyed): per client address on every `POST /login`, and per
+//! normalised username on every password check.
+//!
+//! Memory: governor keeps one entry per key until `retain_recent` finds it back at a full
+//! bucket, which a background task asks for every few seconds. Keys are therefore bounded by
+//! the addresses (or usernames) seen within one quota period, and additionally by a hard cap
+//! ([`MAX_KEYS`]): past it the limiter is pruned at once, and if it is still full it is
+//! reset (logged). A reset can only forgive the per-address quota of a botnet that already
+//! controls that many addresses; the per-username quota is bounded by the hash pool's rate
+//! (one key per password check) and captchas still apply.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::config::Rate;
+
+/// Most keys one limiter holds before it is pruned (or reset).
+pub const MAX_KEYS: usize = 250_000;
+
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+
+/// A keyed limiter, or none when the quota is `off`.
+pub struct Limiter<K: std::hash::Hash + Eq + Clone> {
+    quota: Option<Quota>,
+    inner: RwLock<Option<Arc<Keyed<K>>>>,
+    clock: DefaultClock,
+    max_keys: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
+    pub fn new(rate: Option<Rate>, max_keys: usize) -> Self {
+        let quota = rate.and_then(quota);
+        let inner = RwLock::new(quota.map(|q| Arc::new(RateLimiter::dashmap(q))));
+        Limiter { quota, inner, clock: DefaultClock::default(), max_keys }
+    }
+
+    fn current(&self) -> Option<Arc<Keyed<K>>> {
+        self.inner.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Takes one unit for `key`. `Err(seconds)` says how long until the next one is allowed
+    /// (rounded up, at least 1).
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        let Some(mut limiter) = self.current() else { return Ok(()) };
+        if limiter.len() >= self.max_keys {
+            self.make_room(&limiter);
+            limiter = self.current().unwrap_or(limiter);
+        }
+        limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            (wait.as_millis().div_ceil(1000) as u64).max(1)
+        })
+    }
+
+    fn make_room(&self, limiter: &Keyed<K>) {
+        limiter.retain_recent();
+        if limiter.len() < self.max_keys {
+            return;
+        }
+        // Resetting is safe only because the other defences still stand; see the module note.
+        tracing::warn!(keys = limiter.len(), "rate limiter full of recent keys: reset");
+        if let (Ok(mut slot), Some(q)) = (self.inner.write(), self.quota) {
+            *slot = Some(Arc::new(RateLimiter::dashmap(q)));
+        }
+    }
+
+    /// Drops keys whose bucket is full again, and gives memory back.
+    pub fn prune(&self) {
+        if let Some(limiter) = self.current() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.current().map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn quota(rate: Rate) -> Option<Quota> {
+    let burst = NonZeroU32::new(rate.burst)?;
+    Quota::with_period(rate.period / rate.burst).map(|q| q.allow_burst(burst))
+}
+
+/// The limiter's key for an address: IPv4 as is, IPv6 by its /64 (one subscriber's usual
+/// allocation, so cycling through it gains nothing).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Both quotas of the login form.
+pub struct LoginQuotas {
+    pub per_address: Limiter<IpAddr>,
+    pub per_username: Limiter<String>,
+}
+
+impl LoginQuotas {
+    pub fn new(per_address: Option<Rate>, per_username: Option<Rate>) -> Self {
+        LoginQuotas {
+            per_address: Limiter::new(per_address, MAX_KEYS),
+            per_username: Limiter::new(per_username, MAX_KEYS),
+        }
+    }
+
+    pub fn prune(&self) {
+        self.per_address.prune();
+        self.per_username.prune();
+    }
+}
+
+/// How often the background task prunes.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refusal_with_a_retry_after() {
+        let l: Limiter<u32> = Limiter::new(Some(Rate { burst: 3, period: Duration::from_secs(60) }), 100);
+        assert!(l.check(&1).is_ok() && l.check(&1).is_ok() && l.check(&1).is_ok());
+        let wait = l.check(&1).unwrap_err();
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert!(l.check(&2).is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn off_means_no_limit() {
+        let l: Limiter<u32> = Limiter::new(None, 100);
+        for _ in 0..1000 {
+            assert!(l.check(&1).is_ok());
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:bbbb::2".parse().unwrap());
+        let c = address_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(address_key("192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn the_key_count_stays_under_the_cap() {
+        let l: Limiter<u32> = Limiter::new(Some(Rate { burst: 5, period: Duration::from_secs(3600) }), 1000);
+        for k in 0..10_000 {
+            let _ = l.check(&k);
+        }
+        assert!(l.len() <= 1000, "{}", l.len());
+    }
+}
