@@ -14,7 +14,7 @@ use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::domain::normalise_key;
-use crate::store::{now_ms, FailureRecord, Store, StoreError};
+use crate::store::{now_ms, FailureQuery, FailureRecord, Store, StoreError};
 
 /// The tracing target of audit events; the file sink keeps only these.
 pub const TARGET: &str = "portcullis::audit";
@@ -165,6 +165,16 @@ impl Audit {
         }
         self.record(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached });
         Ok(())
+    }
+}
+
+impl Audit {
+    /// Failed-login records matching `query`, newest first, with their keyset cursors.
+    pub fn failures(&self, query: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>, StoreError> {
+        match &self.store {
+            Some(store) => store.failures(query),
+            None => Ok(Vec::new()),
+        }
     }
 }
 

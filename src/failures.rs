@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::rate_limit::username_digest;
+
 /// Most keys tracked per kind.
 pub const MAX_KEYS: usize = 250_000;
 
@@ -68,7 +70,7 @@ pub struct FailureTracker {
     window_ms: u64,
     threshold: usize,
     by_address: Counts<IpAddr>,
-    by_username: Counts<String>,
+    by_username: Counts<u128>,
 }
 
 /// What recording a failure changed.
@@ -99,7 +101,7 @@ impl FailureTracker {
 
     /// Whether attempts for this username (normalised key) must carry a captcha.
     pub fn username_needs_captcha(&self, user_key: &str, now: u64) -> bool {
-        self.by_username.count(&user_key.to_string(), self.since(now)) >= self.threshold
+        self.by_username.count(&username_digest(user_key), self.since(now)) >= self.threshold
     }
 
     pub fn needs_captcha(&self, ip: IpAddr, user_key: &str, now: u64) -> bool {
@@ -111,18 +113,18 @@ impl FailureTracker {
         let keep = self.threshold.max(1);
         let since = self.since(now);
         let a = self.by_address.add(&ip, now, since, keep);
-        let u = self.by_username.add(&user_key.to_string(), now, since, keep);
+        let u = self.by_username.add(&username_digest(user_key), now, since, keep);
         Recorded { reached_threshold: a == self.threshold || u == self.threshold }
     }
 
     /// A successful login clears the username's count; returns how many failures it had.
     pub fn record_success(&self, user_key: &str) -> usize {
-        self.by_username.clear(&user_key.to_string())
+        self.by_username.clear(&username_digest(user_key))
     }
 
     /// `user unlock`: clears the username's count and so its captcha demand.
     pub fn clear_username(&self, user_key: &str) {
-        self.by_username.clear(&user_key.to_string());
+        self.by_username.clear(&username_digest(user_key));
     }
 
     pub fn prune(&self, now: u64) {

@@ -104,10 +104,21 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A fixed-size stand-in for a normalised username in the in-memory tables: 16 bytes
+/// instead of up to 256 characters, whatever an attacker types.
+pub fn username_digest(user_key: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(user_key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(first)
+}
+
 /// Both quotas of the login form.
 pub struct LoginQuotas {
     pub per_address: Limiter<IpAddr>,
-    pub per_username: Limiter<String>,
+    /// Keyed by [`username_digest`].
+    pub per_username: Limiter<u128>,
 }
 
 impl LoginQuotas {

@@ -151,6 +151,11 @@ impl TestApp {
         out
     }
 
+    /// Failed-login records in the store, newest first.
+    pub fn records(&self, query: portcullis::store::FailureQuery) -> Vec<portcullis::store::FailureRecord> {
+        self.state.audit.failures(&query).unwrap().into_iter().map(|(_, r)| r).collect()
+    }
+
     /// Everything the server wrote to its log directory, as text.
     pub fn log_text(&self) -> String {
         std::fs::read_dir(&self.settings.log_dir)
@@ -193,4 +198,102 @@ pub fn cookie_value(resp: &reqwest::Response, name: &str) -> Option<String> {
     set_cookies(resp)
         .iter()
         .find_map(|c| c.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap_or("").to_string()))
+}
+
+/// A visitor whose cookies the test manages by hand and who can claim any client address
+/// through X-Forwarded-For (believed only when the server trusts 127.0.0.1 as a proxy).
+pub struct Visitor<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+    pub ip: Option<String>,
+    pub user_agent: String,
+}
+
+impl<'a> Visitor<'a> {
+    pub fn new(app: &'a TestApp, ip: Option<&str>) -> Self {
+        let client = browser_builder(&app.settings.cert_dir).cookie_store(false).build().unwrap();
+        Visitor {
+            app,
+            client,
+            cookies: Default::default(),
+            ip: ip.map(str::to_string),
+            user_agent: "visitor/1.0".into(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.client.request(method, self.app.url(path)).header("user-agent", &self.user_agent);
+        if let Some(ip) = &self.ip {
+            rb = rb.header("x-forwarded-for", ip);
+        }
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rb = rb.header("cookie", jar.join("; "));
+        }
+        rb
+    }
+
+    fn keep_cookies(&mut self, resp: &reqwest::Response) {
+        for c in set_cookies(resp) {
+            let Some((name, rest)) = c.split_once('=') else { continue };
+            let value = rest.split(';').next().unwrap_or("");
+            if value.is_empty() || c.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> (reqwest::StatusCode, String) {
+        let resp = self.request(reqwest::Method::GET, path).send().await.unwrap();
+        self.keep_cookies(&resp);
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    /// POSTs the login form as the page asked for it; returns the response (cookies kept).
+    pub async fn submit(
+        &mut self,
+        page: &str,
+        username: &str,
+        password: &str,
+        captcha: Option<&str>,
+    ) -> reqwest::Response {
+        let csrf = hidden_field(page, "csrf").unwrap_or_default();
+        let mut fields = vec![("username", username), ("password", password), ("csrf", csrf.as_str())];
+        if let Some(c) = captcha {
+            fields.push(("captcha", c));
+        }
+        let resp = self.request(reqwest::Method::POST, "/login").form(&fields).send().await.unwrap();
+        self.keep_cookies(&resp);
+        resp
+    }
+
+    /// GET the form, then POST it.
+    pub async fn attempt(
+        &mut self,
+        username: &str,
+        password: &str,
+        captcha: Option<&str>,
+    ) -> (reqwest::StatusCode, String) {
+        let (_, page) = self.get("/login").await;
+        let resp = self.submit(&page, username, password, captcha).await;
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    /// The answer to this visitor's open captcha (a test-only hook, absent in release builds).
+    pub fn captcha_answer(&self) -> Option<String> {
+        let pre = self.cookies.get("__Host-portcullis-pre")?;
+        self.app.state.captchas.answer_for_tests(pre)
+    }
+
+    pub fn has_session(&self) -> bool {
+        self.cookies.contains_key("__Host-portcullis")
+    }
+}
+
+/// Whether a page shows a captcha challenge.
+pub fn shows_captcha(page: &str) -> bool {
+    page.contains("name=\"captcha\"") && page.contains("data:image/png;base64,")
 }

@@ -1,9 +1,14 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod brute_force;
 mod cli;
 mod helpers;
 mod login;
 mod logout;
+mod memory;
 mod security;
 mod sessions;
+
+#[global_allocator]
+static ALLOCATOR: memory::Counting = memory::Counting;

@@ -20,7 +20,7 @@ use crate::authentication::AuthError;
 use crate::csrf::PRELOGIN_COOKIE;
 use crate::domain::normalise_key;
 use crate::password::Password;
-use crate::rate_limit::address_key;
+use crate::rate_limit::{address_key, username_digest};
 use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::store::now_ms;
@@ -125,7 +125,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     }
 
-    if let Err(wait) = state.quotas.per_username.check(&attempt.user_key) {
+    if let Err(wait) = state.quotas.per_username.check(&username_digest(&attempt.user_key)) {
         return attempt.refuse(FailureReason::RateLimited, StatusCode::TOO_MANY_REQUESTS, Some(wait), false).await;
     }
 

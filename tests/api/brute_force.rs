@@ -1,0 +1,236 @@
+//! Brute-force defence: quotas, captchas after failures, durable records of every refusal,
+//! and log lines nobody can forge.
+
+use std::time::Duration;
+
+use portcullis::config::Rate;
+use portcullis::store::FailureQuery;
+
+use crate::helpers::{shows_captcha, spawn_app_with, TestApp, Visitor, GOOD_PASSWORD};
+
+/// An app that believes X-Forwarded-For from 127.0.0.1, so visitors can play many addresses.
+async fn behind_proxy(configure: impl FnOnce(&mut portcullis::config::Settings)) -> TestApp {
+    spawn_app_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        configure(s);
+    })
+    .await
+}
+
+fn rate(burst: u32, secs: u64) -> Option<Rate> {
+    Some(Rate { burst, period: Duration::from_secs(secs) })
+}
+
+#[tokio::test]
+async fn past_the_address_quota_the_answer_is_429_with_retry_after() {
+    let app = behind_proxy(|s| s.login_quota_per_ip = rate(4, 60)).await;
+    let mut a = Visitor::new(&app, Some("198.51.100.1"));
+    for _ in 0..4 {
+        assert_ne!(a.attempt("nobody", "whatever whatever", None).await.0, 429);
+    }
+    let (_, page) = a.get("/login").await;
+    let resp = a.submit(&page, "nobody", "whatever whatever", None).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().expect("integer Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(resp.text().await.unwrap().contains("Too many sign-in attempts"));
+    // Another address is not affected.
+    let mut b = Visitor::new(&app, Some("198.51.100.2"));
+    assert_ne!(b.attempt("nobody", "whatever whatever", None).await.0, 429);
+}
+
+#[tokio::test]
+async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let app = spawn_app_with(|s| s.login_quota_per_ip = rate(3, 60)).await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let mut v = Visitor::new(&app, Some(&format!("203.0.113.{i}")));
+        statuses.push(v.attempt("nobody", "whatever whatever", None).await.0.as_u16());
+    }
+    assert_eq!(&statuses[3..], &[429, 429], "{statuses:?}");
+    let records = app.records(FailureQuery::default());
+    assert!(records.iter().all(|r| r.ip == "127.0.0.1"), "the spoofed addresses were believed");
+}
+
+#[tokio::test]
+async fn after_n_failures_from_an_address_a_captcha_is_demanded_even_for_the_right_password() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 3).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut attacker = Visitor::new(&app, Some("198.51.100.9"));
+    for name in ["root", "admin2", "guest"] {
+        let (status, page) = attacker.attempt(name, "password password", None).await;
+        assert_eq!(status, 401);
+        assert_eq!(shows_captcha(&page), name == "guest", "captcha shown after the third failure only");
+    }
+    let (_, page) = attacker.get("/login").await;
+    assert!(shows_captcha(&page), "the address is flagged, so the form shows a challenge");
+    let resp = attacker.submit(&page, "alice", GOOD_PASSWORD, None).await;
+    assert_eq!(resp.status(), 401, "the right password without the captcha is refused");
+    assert!(!attacker.has_session());
+    // Solving it lets the right password in.
+    let page = resp.text().await.unwrap();
+    let answer = attacker.captcha_answer().unwrap();
+    let resp = attacker.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.status(), 303);
+}
+
+#[tokio::test]
+async fn after_n_failures_on_a_username_from_many_addresses_that_username_needs_a_captcha() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 3).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for i in 0..3 {
+        let mut v = Visitor::new(&app, Some(&format!("192.0.2.{i}")));
+        assert_eq!(v.attempt(" ALICE", "wrong wrong wrong", None).await.0, 401);
+    }
+    let mut fresh = Visitor::new(&app, Some("192.0.2.200"));
+    let (_, page) = fresh.get("/login").await;
+    assert!(!shows_captcha(&page), "a clean address gets no captcha up front");
+    let resp = fresh.submit(&page, "alice", GOOD_PASSWORD, None).await;
+    assert_eq!(resp.status(), 401);
+    let page = resp.text().await.unwrap();
+    assert!(shows_captcha(&page), "once the username is known, the challenge appears");
+    let records = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() });
+    assert_eq!(records[0].reason.as_str(), "captcha_required");
+}
+
+#[tokio::test]
+async fn a_correct_captcha_answer_works_once_and_not_on_replay() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 1).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut v = Visitor::new(&app, Some("198.51.100.20"));
+    let (_, page) = v.attempt("alice", "wrong wrong wrong", None).await;
+    assert!(shows_captcha(&page));
+    let answer = v.captcha_answer().unwrap();
+    // Accepted (the password is then judged, and is wrong).
+    let resp = v.submit(&page, "alice", "still wrong wrong", Some(&answer.to_uppercase())).await;
+    assert_eq!(resp.status(), 401);
+    let page = resp.text().await.unwrap();
+    // Replaying the same answer fails even with the right password.
+    let resp = v.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.status(), 401);
+    let reasons: Vec<&str> = app
+        .records(FailureQuery::default())
+        .iter()
+        .map(|r| r.reason.as_str())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(reasons[..2], ["bad_captcha", "bad_password"], "{reasons:?}");
+}
+
+#[tokio::test]
+async fn the_real_user_still_signs_in_with_one_captcha_after_a_hammering_from_many_addresses() {
+    let app = behind_proxy(|s| {
+        s.captcha_after_failures = 3;
+        s.login_quota_per_user = rate(10, 900);
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for i in 0..40 {
+        let mut bot = Visitor::new(&app, Some(&format!("10.{}.{}.1", i / 200, i % 200)));
+        let (status, _) = bot.attempt("alice", &format!("guess number {i:04}"), None).await;
+        assert_eq!(status, 401);
+    }
+    let mut alice = Visitor::new(&app, Some("203.0.113.77"));
+    let (status, page) = alice.attempt("alice", GOOD_PASSWORD, None).await;
+    assert_eq!(status, 401);
+    assert!(shows_captcha(&page));
+    let answer = alice.captcha_answer().unwrap();
+    let resp = alice.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.status(), 303, "the bots could not use up alice's quota without solving captchas");
+    let lines = app.log_lines();
+    assert!(lines.iter().any(|l| l["event"] == "authn_login_fail_max"));
+    assert!(lines.iter().any(|l| l["event"] == "authn_login_successafterfail" && l["username"] == "alice"));
+}
+
+#[tokio::test]
+async fn past_the_username_quota_checks_stop_until_it_refills() {
+    let app = behind_proxy(|s| {
+        s.captcha_after_failures = 100;
+        s.login_quota_per_user = rate(3, 900);
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for i in 0..3 {
+        let mut v = Visitor::new(&app, Some(&format!("192.0.2.{i}")));
+        assert_eq!(v.attempt("alice", "wrong wrong wrong", None).await.0, 401);
+    }
+    let mut v = Visitor::new(&app, Some("192.0.2.99"));
+    let (status, _) = v.attempt("Alice", GOOD_PASSWORD, None).await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn every_reason_is_recorded_in_the_store_and_the_json_log() {
+    let app = behind_proxy(|s| {
+        s.captcha_after_failures = 2;
+        s.login_quota_per_ip = rate(8, 600);
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut v = Visitor::new(&app, Some("198.51.100.50"));
+    v.attempt("nobody", "wrong wrong wrong", None).await; // unknown_user
+    v.attempt("alice", "wrong wrong wrong", None).await; // bad_password (now flagged)
+    v.attempt("alice", GOOD_PASSWORD, None).await; // captcha_required
+    v.attempt("alice", GOOD_PASSWORD, Some("nope")).await; // bad_captcha
+    let mut forger = Visitor::new(&app, Some("198.51.100.50"));
+    let (_, _) = forger.get("/login").await;
+    forger.submit("<input name=\"csrf\" value=\"forged\">", "alice", GOOD_PASSWORD, None).await; // csrf
+    for _ in 0..4 {
+        v.attempt("alice", GOOD_PASSWORD, None).await; // ... until rate_limited
+    }
+    let wanted = ["unknown_user", "bad_password", "captcha_required", "bad_captcha", "csrf", "rate_limited"];
+    let stored: Vec<String> =
+        app.records(FailureQuery::default()).iter().map(|r| r.reason.as_str().to_string()).collect();
+    let logged: Vec<String> = app.log_lines().iter().filter_map(|l| l["reason"].as_str().map(str::to_string)).collect();
+    for reason in wanted {
+        assert!(stored.iter().any(|r| r == reason), "{reason} not stored: {stored:?}");
+        assert!(logged.iter().any(|r| r == reason), "{reason} not logged: {logged:?}");
+    }
+    let rec = &app.records(FailureQuery { reason: None, ..Default::default() })[0];
+    assert_eq!(rec.ip, "198.51.100.50");
+    assert_eq!(rec.user_agent, "visitor/1.0");
+    for line in app.log_lines().iter().filter(|l| l["reason"].is_string()) {
+        for field in ["time", "ip", "username", "reason", "user_agent"] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn hostile_usernames_and_user_agents_cannot_forge_log_lines() {
+    let app = behind_proxy(|_| {}).await;
+    let evil = "eve\r\n{\"event\":\"authn_login_success\",\"username\":\"admin\"}\u{1b}[31m\"'\\";
+    let mut v = Visitor::new(&app, Some("198.51.100.66"));
+    // Header values cannot carry control characters, but quotes, braces and backslashes can.
+    v.user_agent = r#"agent"} {\"event\":\"authn_login_success\"}"#.into();
+    v.attempt(evil, "wrong wrong wrong", None).await;
+    let text = app.log_text();
+    for line in text.lines() {
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+        assert_ne!(parsed["event"], "authn_login_success", "forged line: {line}");
+    }
+    let lines = app.log_lines();
+    let failed = lines.iter().find(|l| l["reason"].is_string()).unwrap();
+    assert_eq!(failed["username"], evil);
+    assert_eq!(failed["user_agent"], v.user_agent.as_str());
+    assert!(!text.contains('\u{1b}'), "control characters are escaped in the file");
+}
+
+#[tokio::test]
+async fn no_password_ever_reaches_a_log_file() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 2).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut v = Visitor::new(&app, Some("198.51.100.70"));
+    v.attempt("alice", "Wrong-Pa55word-Marker-1", None).await;
+    v.attempt("nobody", "Wrong-Pa55word-Marker-2", None).await;
+    v.attempt("alice", "Wrong-Pa55word-Marker-3", None).await;
+    let answer = v.captcha_answer();
+    let (_, page) = v.get("/login").await;
+    let answer = answer.or_else(|| v.captcha_answer()).unwrap_or_default();
+    v.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    let text = app.log_text();
+    assert!(!text.contains("Marker"), "a password reached the log");
+    assert!(!text.contains(GOOD_PASSWORD));
+    assert!(!text.contains(&app.admin_password));
+}
