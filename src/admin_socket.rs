@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::audit::Audit;
 use crate::password::Password;
+use crate::review::{review, Answer, FilterArgs};
 use crate::users::{UserAdmin, UserSummary};
 
 pub const SOCKET_NAME: &str = "admin.sock";
 
-/// Largest request accepted (a password is at most a few KiB).
+/// Largest request accepted (a password or a set of filters is at most a few KiB).
 const MAX_REQUEST: u64 = 64 * 1024;
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -30,6 +32,7 @@ pub enum Request {
     UserDel { name: String },
     UserList,
     UserUnlock { name: String },
+    Audit { filters: FilterArgs, summary: bool },
 }
 
 impl Drop for Request {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Request {
             Request::UserDel { name } => write!(f, "UserDel({name:?})"),
             Request::UserList => write!(f, "UserList"),
             Request::UserUnlock { name } => write!(f, "UserUnlock({name:?})"),
+            Request::Audit { summary, .. } => write!(f, "Audit(summary={summary})"),
         }
     }
 }
@@ -57,12 +61,16 @@ impl std::fmt::Debug for Request {
 pub enum Response {
     Done { message: String },
     Users { users: Vec<UserSummary> },
+    Review { answer: Answer },
     Error { message: String },
 }
 
+/// Default number of records `portcullis audit` prints.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
+
 /// Runs a request against the user service (used by the socket server and by the CLI when
 /// no server is running).
-pub async fn execute(users: &UserAdmin, request: &Request, by: &str) -> Response {
+pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &str) -> Response {
     let result = match request {
         Request::UserAdd { name, password, admin } => users
             .add(name, Password::new(password), *admin, by)
@@ -75,12 +83,24 @@ pub async fn execute(users: &UserAdmin, request: &Request, by: &str) -> Response
         Request::UserDel { name } => {
             users.delete(name, by).await.map(|n| format!("user deleted; {n} session(s) ended"))
         }
-        Request::UserUnlock { name } => users.unlock(name, by).await.map(|()| "user unlocked".to_string()),
+        Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
         Request::UserList => {
             return match users.list() {
                 Ok(users) => Response::Users { users },
                 Err(e) => Response::Error { message: e.to_string() },
             }
+        }
+        Request::Audit { filters, summary } => {
+            let (audit, filters, summary) = (audit.clone(), filters.clone(), *summary);
+            let answer = tokio::task::spawn_blocking(move || {
+                review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms())
+            })
+            .await;
+            return match answer {
+                Ok(Ok(answer)) => Response::Review { answer },
+                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(_) => Response::Error { message: "the review failed".into() },
+            };
         }
     };
     match result {
@@ -91,7 +111,7 @@ pub async fn execute(users: &UserAdmin, request: &Request, by: &str) -> Response
 
 /// Binds the socket (replacing a stale one: holding the store lock proves no other server
 /// uses this directory) and serves it until the task is aborted.
-pub fn serve(data_dir: &Path, users: UserAdmin) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(data_dir: &Path, users: UserAdmin, audit: Audit) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
@@ -105,9 +125,9 @@ pub fn serve(data_dir: &Path, users: UserAdmin) -> std::io::Result<tokio::task::
             if !allowed {
                 continue;
             }
-            let users = users.clone();
+            let (users, audit) = (users.clone(), audit.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(60), handle(stream, &users)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), handle(stream, &users, &audit)).await;
             });
         }
     }))
@@ -118,12 +138,12 @@ fn unsafe_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-async fn handle(stream: UnixStream, users: &UserAdmin) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => execute(users, &request, "cli").await,
+        Ok(request) => execute(users, audit, &request, "cli").await,
         Err(_) => Response::Error { message: "malformed request".into() },
     };
     zeroize::Zeroize::zeroize(&mut line);

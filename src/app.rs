@@ -125,8 +125,10 @@ impl Application {
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         let mut background =
             vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
-        background
-            .push(admin_socket::serve(&settings.data_dir, users.clone()).context("cannot open the admin socket")?);
+        background.push(
+            admin_socket::serve(&settings.data_dir, users.clone(), services.audit.clone())
+                .context("cannot open the admin socket")?,
+        );
         background.push(spawn_session_purge(services.sessions.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention));
         let state = Arc::new(AppState {

@@ -169,6 +169,16 @@ impl Audit {
 }
 
 impl Audit {
+    /// Appends a record as it is (for imports and tests: the server itself goes through
+    /// [`Audit::record_failure`]) and makes it durable.
+    pub async fn append(&self, record: &FailureRecord) -> Result<(), StoreError> {
+        if let Some(store) = &self.store {
+            store.append_failure(record, &normalise_key(&record.username))?;
+            store.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Failed-login records matching `query`, newest first, with their keyset cursors.
     pub fn failures(&self, query: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>, StoreError> {
         match &self.store {

@@ -1,7 +1,7 @@
 //! The command line: `serve` (the default) and `user ...`. Settings flags are generated from
 //! [`crate::config::KEYS`], so every setting is a `--flag` without a second list to maintain.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -10,6 +10,7 @@ use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use crate::admin_socket::{self, Request, Response};
 use crate::app::{Application, Services};
 use crate::config::{Overrides, Settings, KEYS};
+use crate::review::{text_summary, text_table, Answer, FilterArgs};
 use crate::store::StoreError;
 use crate::users::UserSummary;
 
@@ -37,6 +38,36 @@ pub enum Command {
     /// Manage users (works whether the server is running or not)
     #[command(subcommand)]
     User(UserCommand),
+    /// Review failed and refused logins, newest first
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only records after this: a duration back from now (2h, 7d) or an RFC 3339 time
+    #[arg(long, value_name = "DUR|RFC3339")]
+    since: Option<String>,
+    /// Only records before this (same forms as --since)
+    #[arg(long, value_name = "DUR|RFC3339")]
+    until: Option<String>,
+    /// Only this username (matched case- and width-insensitively)
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Only this address or CIDR range
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<String>,
+    /// Only this reason (unknown_user, bad_password, captcha_required, bad_captcha, rate_limited, csrf, disabled)
+    #[arg(long, value_name = "R")]
+    reason: Option<String>,
+    /// At most this many records [default: 100]
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// One JSON object per line
+    #[arg(long)]
+    json: bool,
+    /// Totals by reason, top addresses and usernames, counts per hour
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +148,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime.block_on(user(settings, cmd))
         }
+        Some(Command::Audit(args)) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime.block_on(audit(settings, args))
+        }
     }
 }
 
@@ -169,24 +204,7 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::List { json } => (Request::UserList, json),
         UserCommand::Unlock { name } => (Request::UserUnlock { name }, false),
     };
-    let response = match admin_socket::call(&settings.data_dir, &request).await? {
-        Some(response) => response,
-        None => {
-            let services = match Services::open(&settings, 1) {
-                Ok(s) => s,
-                Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
-                    "the store in {} is in use by another process and its admin socket ({}) does not answer",
-                    settings.data_dir.display(),
-                    admin_socket::socket_path(&settings.data_dir).display()
-                ),
-                Err(e) => return Err(e),
-            };
-            let response = admin_socket::execute(&services.users, &request, "cli").await;
-            services.store.flush().await?;
-            response
-        }
-    };
-    match response {
+    match ask(&settings, &request).await? {
         Response::Done { message } => {
             println!("{message}");
             Ok(())
@@ -196,7 +214,68 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Response::Error { message } => Err(anyhow!(message)),
+        Response::Review { .. } => bail!("unexpected answer from the server"),
     }
+}
+
+/// Sends the request to a running server through its admin socket or, when none answers,
+/// carries it out on the store directly.
+async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
+    if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
+        return Ok(response);
+    }
+    if !settings.data_dir.join("db").exists() && matches!(request, Request::Audit { .. }) {
+        bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+    }
+    let services = match Services::open(settings, 1) {
+        Ok(s) => s,
+        Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
+            "the store in {} is in use by another process and its admin socket ({}) does not answer",
+            settings.data_dir.display(),
+            admin_socket::socket_path(&settings.data_dir).display()
+        ),
+        Err(e) => return Err(e),
+    };
+    let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
+    services.store.flush().await?;
+    Ok(response)
+}
+
+async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
+    let filters = FilterArgs {
+        since: args.since,
+        until: args.until,
+        user: args.user,
+        ip: args.ip,
+        reason: args.reason,
+        limit: args.limit,
+        before: None,
+    };
+    // Check the filters here so a typo fails before any store is touched.
+    filters.to_query(crate::store::now_ms(), 1)?;
+    let answer = match ask(&settings, &Request::Audit { filters, summary: args.summary }).await? {
+        Response::Review { answer } => answer,
+        Response::Error { message } => bail!(message),
+        _ => bail!("unexpected answer from the server"),
+    };
+    let mut out = std::io::stdout().lock();
+    match answer {
+        Answer::Summary { summary } if args.json => writeln!(out, "{}", serde_json::to_string(&summary)?)?,
+        Answer::Summary { summary } => write!(out, "{}", text_summary(&summary))?,
+        Answer::Records { records, next } => {
+            if args.json {
+                for r in &records {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                write!(out, "{}", text_table(&records))?;
+            }
+            if next.is_some() {
+                eprintln!("(more records match: raise --limit or narrow the filters)");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_users(users: &[UserSummary], json: bool) {

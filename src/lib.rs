@@ -15,6 +15,7 @@ pub mod domain;
 pub mod failures;
 pub mod password;
 pub mod rate_limit;
+pub mod review;
 pub mod routes;
 pub mod session;
 pub mod store;

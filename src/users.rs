@@ -116,14 +116,14 @@ impl UserAdmin {
         Ok(ended)
     }
 
-    /// Clears the user's failure count and captcha demand.
-    pub async fn unlock(&self, name: &str, by: &str) -> Result<(), UserError> {
+    /// Clears the user's failure count and captcha demand; returns the user's name.
+    pub async fn unlock(&self, name: &str, by: &str) -> Result<String, UserError> {
         let (username, record) = self.existing(name)?;
         if let Some(hook) = &self.on_unlock {
             hook(username.key());
         }
         self.audit.record(&AuthEvent::UserUnlocked { username: &record.display_name, by });
-        Ok(())
+        Ok(record.display_name)
     }
 
     pub fn list(&self) -> Result<Vec<UserSummary>, UserError> {

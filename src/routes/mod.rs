@@ -2,6 +2,7 @@
 //! helpers the handlers share. Handlers call the domain (sessions, authentication, users);
 //! none of them touches the store directly.
 
+mod admin;
 mod health;
 mod home;
 pub mod login;
@@ -29,6 +30,8 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/login", get(login::get::login_form).post(login::post::login))
         .at("/logout", post(logout::logout))
         .at("/sessions/end-others", post(home::end_other_sessions))
+        .at("/admin/failed-logins", get(admin::failed_logins::failed_logins))
+        .at("/admin/unlock", post(admin::unlock::unlock))
         .at("/healthz", get(health::healthz))
         .at("/static/:file", get(static_files::serve))
         .data(state)

@@ -7,6 +7,7 @@ mod helpers;
 mod login;
 mod logout;
 mod memory;
+mod review;
 mod security;
 mod sessions;
 

@@ -1,0 +1,451 @@
+//! Reviewing failed logins: the filters `portcullis audit` and `/admin/failed-logins` share,
+//! summaries (totals by reason, top addresses and usernames, counts per hour), and their text
+//! and SVG renderings.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{rfc3339, FailureReason};
+use crate::domain::normalise_key;
+use crate::store::{FailureQuery, FailureRecord};
+
+/// Most records a summary reads (newest first); beyond, it says it is partial.
+pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// Filters as typed on the command line or in the page's form, before parsing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FilterArgs {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub user: Option<String>,
+    pub ip: Option<String>,
+    pub reason: Option<String>,
+    pub limit: Option<usize>,
+    /// Keyset cursor of the page before (opaque).
+    pub before: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("--since/--until: `{0}` is neither a duration like 2h nor an RFC 3339 time")]
+    Time(String),
+    #[error("--ip: `{0}` is not an address or CIDR range")]
+    Ip(String),
+    #[error("--reason: `{0}` is not one of unknown_user, bad_password, captcha_required, bad_captcha, rate_limited, csrf, disabled")]
+    Reason(String),
+    #[error("--user: the username is empty or too long")]
+    User,
+    #[error("the page cursor is invalid")]
+    Cursor,
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `2h` (that long before `now`) or an RFC 3339 time, as Unix milliseconds.
+pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_ms.saturating_sub(d.as_millis() as u64));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| FilterError::Time(s.to_string()))
+}
+
+pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| FilterError::Reason(s.to_string()))
+}
+
+impl FilterArgs {
+    /// The store query these filters mean. `default_limit` applies when no limit was given.
+    pub fn to_query(&self, now_ms: u64, default_limit: usize) -> Result<FailureQuery, FilterError> {
+        let since = non_empty(&self.since).map(|s| parse_time(s, now_ms)).transpose()?;
+        let until = non_empty(&self.until).map(|s| parse_time(s, now_ms)).transpose()?;
+        let ip = non_empty(&self.ip)
+            .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(s.to_string())))
+            .transpose()?;
+        let reason = non_empty(&self.reason).map(parse_reason).transpose()?;
+        let user_key = match non_empty(&self.user) {
+            Some(u) => {
+                let key = normalise_key(u);
+                if key.is_empty() || key.chars().count() > 256 {
+                    return Err(FilterError::User);
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let before = non_empty(&self.before)
+            .map(|c| URL_SAFE_NO_PAD.decode(c).ok().filter(|b| b.len() == 16).ok_or(FilterError::Cursor))
+            .transpose()?;
+        Ok(FailureQuery { since, until, user_key, ip, reason, before, limit: self.limit.unwrap_or(default_limit) })
+    }
+}
+
+/// The cursor for the page after the one ending with the record stored under `key`.
+pub fn cursor(key: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+/// What a review asks for: a page of records, or a summary.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// Newest first; `next` is the cursor of the following page, if any.
+    Records {
+        records: Vec<RecordView>,
+        next: Option<String>,
+    },
+    Summary {
+        summary: Summary,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs a review against the audit store: a page of at most `limit` records (default
+/// `default_limit`), or a summary of everything matching (ignoring the limit) with 48 hourly
+/// buckets ending at `--until` or now.
+pub fn review(
+    audit: &crate::audit::Audit,
+    args: &FilterArgs,
+    summary: bool,
+    default_limit: usize,
+    now_ms: u64,
+) -> Result<Answer, ReviewError> {
+    let mut q = args.to_query(now_ms, default_limit)?;
+    if summary {
+        q.limit = SUMMARY_SCAN_LIMIT + 1;
+        q.before = None;
+        let mut found: Vec<FailureRecord> = audit.failures(&q)?.into_iter().map(|(_, r)| r).collect();
+        let partial = found.len() > SUMMARY_SCAN_LIMIT;
+        found.truncate(SUMMARY_SCAN_LIMIT);
+        let end = q.until.unwrap_or(now_ms);
+        return Ok(Answer::Summary { summary: summarise(&found, partial, end, 48) });
+    }
+    let limit = q.limit.max(1);
+    q.limit = limit + 1;
+    let mut found = audit.failures(&q)?;
+    let next = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(|(k, _)| cursor(k))
+    } else {
+        None
+    };
+    Ok(Answer::Records { records: found.iter().map(|(_, r)| RecordView::from(r)).collect(), next })
+}
+
+/// A record as shown to people and printed as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordView {
+    pub time: String,
+    pub ip: String,
+    pub username: String,
+    pub reason: String,
+    pub user_agent: String,
+}
+
+impl From<&FailureRecord> for RecordView {
+    fn from(r: &FailureRecord) -> Self {
+        RecordView {
+            time: rfc3339(r.time),
+            ip: r.ip.clone(),
+            username: r.username.clone(),
+            reason: r.reason.as_str().to_string(),
+            user_agent: r.user_agent.clone(),
+        }
+    }
+}
+
+/// A name with its count and when it was first and last seen.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Top {
+    pub value: String,
+    pub count: usize,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Summary {
+    pub total: usize,
+    /// True when more records matched than [`SUMMARY_SCAN_LIMIT`].
+    pub partial: bool,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub by_reason: Vec<(String, usize)>,
+    pub top_addresses: Vec<Top>,
+    pub top_usernames: Vec<Top>,
+    /// (hour start, RFC 3339; count), oldest first, every hour of the span.
+    pub per_hour: Vec<(String, usize)>,
+}
+
+#[derive(Default)]
+struct Seen {
+    count: usize,
+    first: u64,
+    last: u64,
+}
+
+impl Seen {
+    fn add(&mut self, t: u64) {
+        if self.count == 0 || t < self.first {
+            self.first = t;
+        }
+        self.last = self.last.max(t);
+        self.count += 1;
+    }
+}
+
+fn top(map: HashMap<String, Seen>, n: usize) -> Vec<Top> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
+    v.into_iter()
+        .take(n)
+        .map(|(value, s)| Top { value, count: s.count, first_seen: rfc3339(s.first), last_seen: rfc3339(s.last) })
+        .collect()
+}
+
+/// Summarises records. `hours_until` is the end of the per-hour series (its last bucket
+/// holds that instant); the series covers `hours` hours.
+pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hours: usize) -> Summary {
+    let mut reasons: HashMap<&'static str, usize> = HashMap::new();
+    let mut ips: HashMap<String, Seen> = HashMap::new();
+    let mut users: HashMap<String, Seen> = HashMap::new();
+    let last_bucket = hours_until / HOUR_MS;
+    let first_bucket = (last_bucket + 1).saturating_sub(hours as u64);
+    let mut buckets = vec![0usize; hours];
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    for r in records {
+        *reasons.entry(r.reason.as_str()).or_default() += 1;
+        ips.entry(r.ip.clone()).or_default().add(r.time);
+        users.entry(r.username.clone()).or_default().add(r.time);
+        let b = r.time / HOUR_MS;
+        if b >= first_bucket && b <= last_bucket {
+            buckets[(b - first_bucket) as usize] += 1;
+        }
+        first = first.min(r.time);
+        last = last.max(r.time);
+    }
+    let mut by_reason: Vec<(String, usize)> = reasons.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    by_reason.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Summary {
+        total: records.len(),
+        partial,
+        first_seen: (!records.is_empty()).then(|| rfc3339(first)),
+        last_seen: (!records.is_empty()).then(|| rfc3339(last)),
+        by_reason,
+        top_addresses: top(ips, 10),
+        top_usernames: top(users, 10),
+        per_hour: buckets
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (rfc3339((first_bucket + i as u64) * HOUR_MS), c))
+            .collect(),
+    }
+}
+
+/// Text with control, format and bidi characters shown as escapes, so a record cannot move
+/// the cursor, recolour the terminal or reorder what is shown.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn cut(s: &str, width: usize) -> String {
+    let p = printable(s);
+    if p.chars().count() <= width {
+        format!("{p:<width$}")
+    } else {
+        let mut t: String = p.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// An aligned table that fits a 120-column terminal.
+pub fn text_table(records: &[RecordView]) -> String {
+    let ip_w = records.iter().map(|r| r.ip.len()).max().unwrap_or(2).clamp(2, 39);
+    let mut out = format!("{:<24}  {:<ip_w$}  {:<16}  {:<24}  USER AGENT\n", "TIME", "IP", "REASON", "USERNAME");
+    for r in records {
+        out.push_str(&format!(
+            "{:<24}  {}  {:<16}  {}  {}\n",
+            r.time,
+            cut(&r.ip, ip_w),
+            r.reason,
+            cut(&r.username, 24),
+            cut(&r.user_agent, 36).trim_end()
+        ));
+    }
+    out
+}
+
+/// The summary as text, with counts per hour as a bar chart.
+pub fn text_summary(s: &Summary) -> String {
+    let mut out = format!("Failed logins: {}{}\n", s.total, if s.partial { " (newest records only)" } else { "" });
+    if let (Some(f), Some(l)) = (&s.first_seen, &s.last_seen) {
+        out.push_str(&format!("First seen: {f}\nLast seen:  {l}\n"));
+    }
+    out.push_str("\nBy reason:\n");
+    for (reason, n) in &s.by_reason {
+        out.push_str(&format!("  {reason:<18} {n:>8}\n"));
+    }
+    for (title, list) in [("Top addresses", &s.top_addresses), ("Top usernames", &s.top_usernames)] {
+        out.push_str(&format!("\n{title}:\n"));
+        for t in list {
+            out.push_str(&format!("  {} {:>8}  {} .. {}\n", cut(&t.value, 32), t.count, t.first_seen, t.last_seen));
+        }
+    }
+    out.push_str("\nPer hour (UTC):\n");
+    let max = s.per_hour.iter().map(|h| h.1).max().unwrap_or(0).max(1);
+    for (hour, n) in &s.per_hour {
+        let bar = "#".repeat((n * 50).div_ceil(max).min(50));
+        out.push_str(&format!("  {} {:>7} {}\n", &hour[..16.min(hour.len())], n, bar));
+    }
+    out
+}
+
+/// Counts per hour as an SVG bar chart: drawn on the server, no script, no inline CSS (so it
+/// passes the Content-Security-Policy).
+pub fn svg_chart(per_hour: &[(String, usize)]) -> String {
+    const W: usize = 720;
+    const H: usize = 160;
+    const PAD: usize = 28;
+    let n = per_hour.len().max(1);
+    let max = per_hour.iter().map(|h| h.1).max().unwrap_or(0).max(1);
+    let bar_w = (W - PAD) as f64 / n as f64;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="Failed logins per hour, last {n} hours"><title>Failed logins per hour (max {max})</title>"##
+    );
+    svg.push_str(&format!(
+        r##"<line x1="{PAD}" y1="{y}" x2="{W}" y2="{y}" stroke="#cbd5e1" stroke-width="1"/><text x="0" y="12" font-size="11" fill="#475569">{max}</text><text x="0" y="{y}" font-size="11" fill="#475569">0</text>"##,
+        y = H - 20
+    ));
+    for (i, (hour, count)) in per_hour.iter().enumerate() {
+        let h = (*count as f64 / max as f64) * (H - 30) as f64;
+        let x = PAD as f64 + i as f64 * bar_w;
+        let y = (H - 20) as f64 - h;
+        svg.push_str(&format!(
+            r##"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="#1d4ed8"><title>{} UTC: {count}</title></rect>"##,
+            escape_xml(&hour[..16.min(hour.len())]),
+            w = (bar_w - 1.0).max(1.0)
+        ));
+        if i % 6 == 0 {
+            svg.push_str(&format!(
+                r##"<text x="{x:.1}" y="{}" font-size="10" fill="#475569">{}</text>"##,
+                H - 6,
+                escape_xml(hour.get(11..16).unwrap_or(""))
+            ));
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn escape_xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(time: u64, ip: &str, user: &str, reason: FailureReason) -> FailureRecord {
+        FailureRecord { time, ip: ip.into(), username: user.into(), reason, user_agent: "ua".into() }
+    }
+
+    #[test]
+    fn times_are_durations_back_from_now_or_rfc3339() {
+        assert_eq!(parse_time("2h", 10 * HOUR_MS).unwrap(), 8 * HOUR_MS);
+        assert_eq!(parse_time("1970-01-01T01:00:00Z", 0).unwrap(), HOUR_MS);
+        assert!(parse_time("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn filters_parse_into_a_query_or_a_clear_error() {
+        let args = FilterArgs {
+            since: Some("1h".into()),
+            ip: Some("10.0.0.0/8".into()),
+            user: Some(" Alice ".into()),
+            reason: Some("bad_password".into()),
+            ..Default::default()
+        };
+        let q = args.to_query(2 * HOUR_MS, 100).unwrap();
+        assert_eq!(q.since, Some(HOUR_MS));
+        assert_eq!(q.user_key.as_deref(), Some("alice"));
+        assert_eq!(q.reason, Some(FailureReason::BadPassword));
+        assert_eq!(q.limit, 100);
+        let bad = FilterArgs { reason: Some("nope".into()), ..Default::default() };
+        assert!(matches!(bad.to_query(0, 1), Err(FilterError::Reason(_))));
+        let bad = FilterArgs { ip: Some("10.0.0.0/99".into()), ..Default::default() };
+        assert!(matches!(bad.to_query(0, 1), Err(FilterError::Ip(_))));
+        let bad = FilterArgs { before: Some("!!".into()), ..Default::default() };
+        assert_eq!(bad.to_query(0, 1).unwrap_err(), FilterError::Cursor);
+    }
+
+    #[test]
+    fn a_summary_counts_reasons_tops_and_hours() {
+        let h = HOUR_MS;
+        let records = vec![
+            rec(10 * h + 5, "1.1.1.1", "alice", FailureReason::BadPassword),
+            rec(10 * h + 6, "1.1.1.1", "bob", FailureReason::UnknownUser),
+            rec(11 * h + 1, "1.1.1.1", "alice", FailureReason::BadPassword),
+            rec(11 * h + 2, "2.2.2.2", "alice", FailureReason::RateLimited),
+        ];
+        let s = summarise(&records, false, 11 * h + 10, 3);
+        assert_eq!(s.total, 4);
+        assert_eq!(s.by_reason[0], ("bad_password".to_string(), 2));
+        assert_eq!(s.top_addresses[0].value, "1.1.1.1");
+        assert_eq!(s.top_addresses[0].count, 3);
+        assert_eq!(s.top_usernames[0].value, "alice");
+        assert_eq!(s.top_usernames[0].count, 3);
+        assert_eq!(s.per_hour.iter().map(|x| x.1).collect::<Vec<_>>(), vec![0, 2, 2]);
+        assert_eq!(s.first_seen.as_deref(), Some(rfc3339(10 * h + 5).as_str()));
+        let text = text_summary(&s);
+        assert!(text.contains("bad_password") && text.contains('#'));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_text_output() {
+        assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(printable("ok ünïcode"), "ok ünïcode");
+        let table = text_table(&[RecordView {
+            time: "t".into(),
+            ip: "1.1.1.1".into(),
+            username: "eve\r\nforged".into(),
+            reason: "bad_password".into(),
+            user_agent: "x".into(),
+        }]);
+        assert_eq!(table.lines().count(), 2, "{table}");
+    }
+
+    #[test]
+    fn the_chart_is_one_svg_with_a_bar_per_hour_and_no_script() {
+        let per_hour: Vec<(String, usize)> = (0..48).map(|i| (rfc3339(i * HOUR_MS), i as usize)).collect();
+        let svg = svg_chart(&per_hour);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 48);
+        assert!(!svg.contains("<script") && !svg.contains("style="));
+    }
+}

@@ -1,0 +1,37 @@
+//! `POST /admin/unlock`: clear a user's failure count and captcha demand (recorded).
+
+use poem::http::StatusCode;
+use poem::{handler, Body, Request, Response};
+use serde::Deserialize;
+
+use crate::routes::{error_page, read_form, see_other, State};
+
+#[derive(Deserialize)]
+struct UnlockForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+}
+
+#[handler]
+pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: UnlockForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let admin = match super::require_admin(req, &state) {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    if !state.csrf.check_session(&admin.token_hash, &form.csrf) {
+        return error_page(StatusCode::FORBIDDEN);
+    }
+    match state.users.unlock(&form.username, &admin.user.display_name).await {
+        Ok(name) => {
+            let q = serde_urlencoded::to_string([("unlocked", name.as_str())]).unwrap_or_default();
+            see_other(&format!("/admin/failed-logins?{q}"))
+        }
+        Err(_) => see_other("/admin/failed-logins?unlock_failed=1"),
+    }
+}

@@ -1,0 +1,316 @@
+//! Reviewing failed logins: `portcullis audit` (stopped and running server), the admin page
+//! (filters, summary, chart, keyset pages, admin-only), unlock, and the fail2ban filter.
+
+use std::process::{Command, Stdio};
+
+use portcullis::app::Services;
+use portcullis::audit::FailureReason;
+use portcullis::config::Settings;
+use portcullis::store::FailureRecord;
+
+use crate::helpers::{hidden_field, spawn_app, spawn_app_with, test_settings, Visitor, GOOD_PASSWORD};
+
+const HOUR: u64 = 3_600_000;
+
+/// A known set of records: 30 over the last 30 hours (one per hour, newest 30 min ago).
+fn known_records(now: u64) -> Vec<FailureRecord> {
+    (0..30u64)
+        .map(|i| {
+            let (ip, user) = match i % 3 {
+                0 => ("192.0.2.10", "alice"),
+                1 => ("192.0.2.11", "Bob"),
+                _ => ("198.51.100.5", "mallory\u{1b}[31m"),
+            };
+            let reason = match i % 5 {
+                0 => FailureReason::BadPassword,
+                1 => FailureReason::UnknownUser,
+                2 => FailureReason::RateLimited,
+                3 => FailureReason::CaptchaRequired,
+                _ => FailureReason::Csrf,
+            };
+            FailureRecord {
+                time: now - HOUR / 2 - i * HOUR,
+                ip: ip.into(),
+                username: user.into(),
+                reason,
+                user_agent: format!("agent {i}"),
+            }
+        })
+        .collect()
+}
+
+async fn seed(settings: &Settings, records: &[FailureRecord]) {
+    let services = Services::open(settings, 1).unwrap();
+    for r in records {
+        services.audit.append(r).await.unwrap();
+    }
+}
+
+/// Runs `portcullis` with the test's directories; returns (status, stdout, stderr). Runs on
+/// the blocking pool so an in-process server on this test's runtime can answer it.
+async fn portcullis(settings: &Settings, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args)
+        .env("PORTCULLIS_DATA_DIR", &settings.data_dir)
+        .env("PORTCULLIS_LOG_DIR", &settings.log_dir)
+        .env("PORTCULLIS_CERT_DIR", &settings.cert_dir)
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn the_audit_command_filters_a_stopped_servers_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let now = portcullis::store::now_ms();
+    seed(&settings, &known_records(now)).await;
+
+    let (ok, out, _) = portcullis(&settings, &["audit", "--json", "--limit", "1000"]).await;
+    assert!(ok);
+    let all = json_lines(&out);
+    assert_eq!(all.len(), 30);
+    for field in ["time", "ip", "username", "reason", "user_agent"] {
+        assert!(all[0].get(field).is_some(), "{field}");
+    }
+    assert!(all[0]["time"].as_str().unwrap() > all[1]["time"].as_str().unwrap(), "newest first");
+
+    let since = portcullis::audit::rfc3339(now - 5 * HOUR);
+    let cases: Vec<(Vec<&str>, usize)> = vec![
+        (vec!["--since", "10h"], 10),
+        (vec!["--until", "20h"], 10),
+        (vec!["--since", "20h", "--until", "10h"], 10),
+        (vec!["--user", "ALICE"], 10),
+        (vec!["--ip", "192.0.2.0/24"], 20),
+        (vec!["--ip", "198.51.100.5"], 10),
+        (vec!["--reason", "csrf"], 6),
+        (vec!["--user", "bob", "--reason", "unknown_user"], 2),
+        (vec!["--ip", "192.0.2.10", "--since", "12h", "--reason", "bad_password"], 1),
+        (vec!["--since", &since], 5),
+    ];
+    for (args, expected) in cases {
+        let mut a = vec!["audit", "--json", "--limit", "1000"];
+        a.extend_from_slice(&args);
+        let (ok, out, err) = portcullis(&settings, &a).await;
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(json_lines(&out).len(), expected, "{args:?}");
+    }
+
+    let (ok, out, _) = portcullis(&settings, &["audit", "--limit", "3"]).await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 4, "a header and three rows:\n{out}");
+    let (_, table, _) = portcullis(&settings, &["audit", "--user", "mallory\u{1b}[31m"]).await;
+    assert!(!table.contains('\u{1b}') && table.contains("\\u{1b}"), "control characters escaped:\n{table}");
+
+    for bad in [["--since", "soon"], ["--ip", "300.1.1.1"], ["--reason", "nope"]] {
+        let (ok, _, err) = portcullis(&settings, &["audit", bad[0], bad[1]]).await;
+        assert!(!ok);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_summary_counts_match_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let now = portcullis::store::now_ms();
+    seed(&settings, &known_records(now)).await;
+    let (ok, out, _) = portcullis(&settings, &["audit", "--summary", "--json"]).await;
+    assert!(ok);
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["total"], 30);
+    let by_reason: Vec<(String, u64)> = serde_json::from_value(s["by_reason"].clone()).unwrap();
+    assert!(by_reason.iter().all(|(_, n)| *n == 6), "{by_reason:?}");
+    assert_eq!(s["top_addresses"][0]["count"], 10);
+    assert_eq!(s["top_usernames"].as_array().unwrap().len(), 3);
+    let per_hour: Vec<(String, u64)> = serde_json::from_value(s["per_hour"].clone()).unwrap();
+    assert_eq!(per_hour.len(), 48);
+    assert_eq!(per_hour.iter().map(|h| h.1).sum::<u64>(), 30);
+    let (ok, text, _) = portcullis(&settings, &["audit", "--summary", "--since", "3h"]).await;
+    assert!(ok);
+    assert!(text.contains("Failed logins: 3") && text.contains("Per hour") && text.contains('#'), "{text}");
+}
+
+#[tokio::test]
+async fn the_audit_command_reaches_a_running_server() {
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let mut v = Visitor::new(&app, Some("203.0.113.44"));
+    v.attempt("ghost", "wrong wrong wrong", None).await;
+    let (ok, out, err) = portcullis(&app.settings, &["audit", "--json", "--ip", "203.0.113.44"]).await;
+    assert!(ok, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["username"], "ghost");
+    assert_eq!(lines[0]["reason"], "unknown_user");
+}
+
+/// A signed-in admin browser.
+async fn admin_browser(app: &crate::helpers::TestApp) -> reqwest::Client {
+    let client = app.new_browser();
+    assert_eq!(app.login_with(&client, "admin", &app.admin_password).await.status(), 303);
+    client
+}
+
+#[tokio::test]
+async fn the_admin_page_is_for_admins_only() {
+    let app = spawn_app().await;
+    let anon = app.new_browser();
+    let resp = anon.get(app.url("/admin/failed-logins?user=x")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers()["location"].to_str().unwrap().starts_with("/login?next=%2Fadmin%2Ffailed-logins"));
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = app.new_browser();
+    app.login_with(&alice, "alice", GOOD_PASSWORD).await;
+    assert_eq!(alice.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), 403);
+    assert!(!alice.get(app.url("/")).send().await.unwrap().text().await.unwrap().contains("/admin/failed-logins"));
+    let admin = admin_browser(&app).await;
+    let resp = admin.get(app.url("/admin/failed-logins")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert!(admin.get(app.url("/")).send().await.unwrap().text().await.unwrap().contains("/admin/failed-logins"));
+}
+
+#[tokio::test]
+async fn the_admin_page_filters_pages_summarises_and_charts() {
+    let app = spawn_app().await;
+    let now = portcullis::store::now_ms();
+    for r in known_records(now) {
+        app.state.audit.append(&r).await.unwrap();
+    }
+    let admin = admin_browser(&app).await;
+    let get = |q: String| {
+        let admin = admin.clone();
+        let url = app.url(&format!("/admin/failed-logins?{q}"));
+        async move {
+            let resp = admin.get(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    let rows = |page: &str| page.matches("<span class=\"reason").count();
+
+    let (status, page) = get("user=alice&reason=bad_password".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(&page), 2);
+    let (_, page) = get("ip=198.51.100.0%2F24&since=12h".into()).await;
+    assert_eq!(rows(&page), 4);
+    assert!(page.contains("mallory"), "escaped, but shown");
+    assert!(!page.contains('\u{1b}') || page.contains("mallory\u{1b}[31m"));
+
+    // Keyset pages: 30 records, 7 per page, every record once.
+    let mut seen = Vec::new();
+    let mut href = Some("/admin/failed-logins?limit=7".to_string());
+    while let Some(h) = href {
+        let page = admin.get(app.url(&h.replace("&amp;", "&"))).send().await.unwrap().text().await.unwrap();
+        for agent in page.split("<td class=\"ua\">").skip(1) {
+            seen.push(agent.split('<').next().unwrap().to_string());
+        }
+        href = page
+            .split("href=\"")
+            .filter_map(|s| s.split('"').next())
+            .find(|h| h.contains("before="))
+            .map(str::to_string);
+        if seen.len() > 40 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 30, "{seen:?}");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 30);
+
+    // Summary and chart.
+    let (_, page) = get(String::new()).await;
+    assert!(page.contains("30 record(s)"));
+    let svg_start = page.find("<svg").unwrap();
+    let svg_end = page.find("</svg>").unwrap() + "</svg>".len();
+    let svg = &page[svg_start..svg_end];
+    let doc = roxmltree::Document::parse(svg).expect("the chart is well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("rect")).count(), 48);
+
+    let (status, page) = get("since=whenever".into()).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("neither a duration"));
+}
+
+#[tokio::test]
+async fn unlocking_clears_the_captcha_demand_and_is_recorded() {
+    let app = spawn_app_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.captcha_after_failures = 2;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for i in 0..2 {
+        let mut bot = Visitor::new(&app, Some(&format!("10.0.0.{i}")));
+        bot.attempt("alice", "wrong wrong wrong", None).await;
+    }
+    assert!(app.state.failures.username_needs_captcha("alice", portcullis::store::now_ms()));
+    let admin = admin_browser(&app).await;
+    let page = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    // Without the token: refused.
+    let resp = admin.post(app.url("/admin/unlock")).form(&[("username", "alice"), ("csrf", "x")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp =
+        admin.post(app.url("/admin/unlock")).form(&[("username", "Alice"), ("csrf", &csrf)]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let notice =
+        admin.get(app.url(resp.headers()["location"].to_str().unwrap())).send().await.unwrap().text().await.unwrap();
+    assert!(notice.contains("alice is unlocked"));
+    assert!(!app.state.failures.username_needs_captcha("alice", portcullis::store::now_ms()));
+    let mut alice = Visitor::new(&app, Some("203.0.113.5"));
+    assert_eq!(alice.attempt("alice", GOOD_PASSWORD, None).await.0, 303);
+    assert!(app.log_lines().iter().any(|l| l["event"] == "user_unlocked" && l["by"] == "admin"));
+    // The CLI does the same through the admin socket.
+    let (ok, out, err) = portcullis(&app.settings, &["user", "unlock", "alice"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("unlocked"));
+    let (ok, _, err) = portcullis(&app.settings, &["user", "unlock", "nobody"]).await;
+    assert!(!ok && err.lines().count() == 1, "{err}");
+}
+
+#[tokio::test]
+async fn the_fail2ban_filter_matches_failed_login_lines_and_only_their_address() {
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut attacker = Visitor::new(&app, Some("203.0.113.66"));
+    attacker.attempt("x\",\"ip\":\"9.9.9.9", "wrong wrong wrong", None).await;
+    attacker.attempt("alice", "wrong wrong wrong", None).await;
+    let mut alice = Visitor::new(&app, Some("198.51.100.1"));
+    alice.attempt("alice", GOOD_PASSWORD, None).await;
+    let text = app.log_text();
+
+    let conf =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/fail2ban/filter.d/portcullis.conf"))
+            .unwrap();
+    let failregex = conf.lines().find_map(|l| l.strip_prefix("failregex = ")).unwrap();
+    let re = regex::Regex::new(&failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)")).unwrap();
+    let hosts: Vec<&str> =
+        text.lines().filter_map(|l| re.captures(l)).map(|c| c.name("host").unwrap().as_str()).collect();
+    assert_eq!(hosts, vec!["203.0.113.66", "203.0.113.66"], "{text}");
+
+    if let Ok(out) = Command::new("fail2ban-regex")
+        .args(["--print-all-matched", "-v"])
+        .arg(log_file(&app))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/fail2ban/filter.d/portcullis.conf"))
+        .output()
+    {
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(report.contains("203.0.113.66"), "{report}");
+        let hits: Vec<&str> = report.lines().filter(|l| l.starts_with("|      ")).collect();
+        assert!(hits.iter().all(|l| l.contains("203.0.113.66")), "{report}");
+        assert!(report.contains("Date template hits:\n|- [# of hits] date format\n|  [5]"), "{report}");
+        assert!(report.contains("Failregex: 2 total"), "{report}");
+    } else {
+        eprintln!("fail2ban-regex is not installed; checked the regex in Rust only");
+    }
+}
+
+fn log_file(app: &crate::helpers::TestApp) -> std::path::PathBuf {
+    std::fs::read_dir(&app.settings.log_dir).unwrap().next().unwrap().unwrap().path()
+}
