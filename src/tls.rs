@@ -153,8 +153,10 @@ fn fingerprint(dir: &Path) -> Option<(SystemTime, u64, SystemTime, u64)> {
 /// Re-reads the pair whenever the files change. A pair that is half-written or mismatched
 /// is skipped (and retried at the next change), keeping the one in service.
 pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration) -> tokio::task::JoinHandle<()> {
+    // Taken now rather than when the task first runs: a change landing in between would
+    // otherwise become the baseline and never be loaded.
+    let mut seen = fingerprint(&dir);
     tokio::spawn(async move {
-        let mut seen = fingerprint(&dir);
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
