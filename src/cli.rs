@@ -158,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
     crate::telemetry::init_terminal();
     let settings = Settings::load(config.as_deref(), &flags)?;
+    let shutdown = shutdown_signal();
     let app = Application::build(settings).await?;
     if let Some(password) = &app.initial_admin_password {
         // Printed to the terminal only (never through tracing, so never into log files).
@@ -169,25 +170,29 @@ async fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> 
         println!();
     }
     tracing::info!(https = %app.https_addr(), http = ?app.http_addr(), "portcullis is listening; open {}/", app.public_origin());
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a signal arriving after the server says it is listening must
+/// stop it in order, not kill it with the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! { _ = received(interrupt) => {}, _ = received(terminate) => {} }
+    }
 }
 
 async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
