@@ -1,1 +1,487 @@
-//! The command line against a stopped and a running server (filled in below).
+//! The command line: the real `portcullis` binary against a stopped store, against a running
+//! server (through its admin socket), with bad settings, and `serve` itself.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{browser, spawn_app, spawn_in, test_settings, GOOD_PASSWORD};
+
+/// Another password that passes the policy.
+const NEW_PASSWORD: &str = "a whole new passphrase";
+
+/// Nothing the CLI does should take this long; past it the child is killed and the test fails
+/// (instead of hanging the suite).
+const CHILD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What one run of the binary left behind.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Asserts a failure explained on exactly one line of standard error.
+    fn assert_one_line_failure(&self, what: &str) -> &str {
+        assert!(!self.ok(), "{what}: expected a failure, got {self:?}");
+        let err = self.stderr.trim_end_matches('\n');
+        assert!(!err.trim().is_empty(), "{what}: nothing on stderr");
+        assert_eq!(err.lines().count(), 1, "{what}: stderr is not one line: {err:?}");
+        err
+    }
+
+    fn assert_ok(&self, what: &str) {
+        assert!(self.ok(), "{what}: {self:?}");
+    }
+}
+
+/// The binary, in `dir` as working directory, with its data, log and certificate directories
+/// inside `dir` (the same layout as `helpers::test_settings`), whatever the caller's
+/// environment says.
+fn portcullis(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTCULLIS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("PORTCULLIS_DATA_DIR", dir.join("data"))
+        .env("PORTCULLIS_LOG_DIR", dir.join("logs"))
+        .env("PORTCULLIS_CERT_DIR", dir.join("certs"))
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `cmd` to completion on a blocking thread (so an in-process server on this runtime
+/// keeps answering), feeding it `stdin` if given.
+async fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
+    let stdin = stdin.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("the binary starts");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            // The child may exit before reading (a bad flag); a broken pipe is fine then.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+        let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let status = wait_or_kill(&mut child, CHILD_DEADLINE);
+        Run { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits for the child; kills it and fails the test if it outlives `deadline`.
+fn wait_or_kill(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child process did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn cli(dir: &Path, args: &[&str]) -> Run {
+    let mut cmd = portcullis(dir);
+    cmd.args(args);
+    run(cmd, None).await
+}
+
+async fn run_cmd(cmd: Command) -> Run {
+    run(cmd, None).await
+}
+
+async fn cli_with_password(dir: &Path, args: &[&str], password: &str) -> Run {
+    let mut cmd = portcullis(dir);
+    cmd.args(args);
+    run(cmd, Some(&format!("{password}\n"))).await
+}
+
+/// `user list --json`, each line parsed, after checking no line shows a hash.
+async fn list_json(dir: &Path) -> Vec<serde_json::Value> {
+    let run = cli(dir, &["user", "list", "--json"]).await;
+    run.assert_ok("user list --json");
+    assert!(!run.stdout.contains("argon2") && !run.stdout.contains('$'), "a hash in the listing: {}", run.stdout);
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}")))
+        .collect()
+}
+
+fn names(users: &[serde_json::Value]) -> Vec<String> {
+    users.iter().map(|u| u["username"].as_str().unwrap().to_string()).collect()
+}
+
+// --- against a stopped server: the CLI opens the store itself ---------------------------
+
+#[tokio::test]
+async fn user_commands_manage_a_stopped_store_and_the_server_sees_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add alice");
+    cli_with_password(d, &["user", "add", "root", "--admin", "--password-stdin"], GOOD_PASSWORD)
+        .await
+        .assert_ok("add root");
+    cli_with_password(d, &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add bob");
+
+    let table = cli(d, &["user", "list"]).await;
+    table.assert_ok("user list");
+    assert!(table.stdout.contains("alice") && table.stdout.contains("bob"), "{}", table.stdout);
+    assert!(!table.stdout.contains("argon2"), "{}", table.stdout);
+
+    let users = list_json(d).await;
+    assert_eq!(names(&users), ["alice", "bob", "root"]);
+    assert_eq!(users[2]["admin"], true);
+    assert_eq!(users[0]["admin"], false);
+
+    cli_with_password(d, &["user", "passwd", "alice", "--password-stdin"], NEW_PASSWORD)
+        .await
+        .assert_ok("passwd alice");
+    cli(d, &["user", "unlock", "alice"]).await.assert_ok("unlock alice");
+    cli(d, &["user", "del", "bob"]).await.assert_ok("del bob");
+    assert_eq!(names(&list_json(d).await), ["alice", "root"]);
+
+    // A server started on the same store afterwards sees exactly those changes.
+    let settings = test_settings(d);
+    let app = spawn_in(dir, settings).await;
+    assert!(app.admin_password.is_empty(), "users exist, so no first administrator is made");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
+    assert_eq!(app.login_with(&app.new_browser(), "alice", NEW_PASSWORD).await.status(), 303);
+    assert_eq!(app.login_with(&app.new_browser(), "bob", GOOD_PASSWORD).await.status(), 401);
+    assert_eq!(app.login_with(&app.new_browser(), "root", GOOD_PASSWORD).await.status(), 303);
+    let lines = app.log_lines();
+    for event in ["user_created", "authn_password_change", "user_unlocked", "user_deleted"] {
+        assert!(lines.iter().any(|l| l["event"] == event && l["by"] == "cli"), "no {event} by cli");
+    }
+    assert!(!app.log_text().contains(GOOD_PASSWORD) && !app.log_text().contains(NEW_PASSWORD));
+}
+
+#[tokio::test]
+async fn weak_passwords_are_refused_with_one_line_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for weak in ["Tr0ub4dor&3", "123456789123456", "ManchesterUnited"] {
+        let run = cli_with_password(d, &["user", "add", "carol", "--password-stdin"], weak).await;
+        let err = run.assert_one_line_failure(weak);
+        assert!(err.contains("password"), "{err}");
+        assert!(!err.contains(weak), "the refused password is echoed: {err}");
+    }
+    assert!(names(&list_json(d).await).is_empty());
+
+    cli_with_password(d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add carol");
+    let run = cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "123456789123456").await;
+    assert!(run.assert_one_line_failure("weak passwd").contains("common"), "{run:?}");
+    // No password on standard input at all.
+    let run = cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "").await;
+    run.assert_one_line_failure("empty stdin");
+}
+
+#[tokio::test]
+async fn unknown_users_and_bad_flags_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add alice");
+    for args in [&["user", "del", "nobody"][..], &["user", "unlock", "nobody"][..]] {
+        let run = cli(d, args).await;
+        assert!(run.assert_one_line_failure(&args.join(" ")).contains("nobody"), "{run:?}");
+    }
+    let run = cli_with_password(d, &["user", "passwd", "nobody", "--password-stdin"], NEW_PASSWORD).await;
+    assert!(run.assert_one_line_failure("passwd nobody").contains("nobody"));
+    let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], NEW_PASSWORD).await;
+    assert!(run.assert_one_line_failure("add twice").contains("exists"));
+
+    for args in [
+        &["user", "add", "dave", "--bogus"][..],
+        &["user", "list", "--jsn"][..],
+        &["user", "frobnicate"][..],
+        &["user", "del"][..],
+        &["serve", "--no-such-setting", "1"][..],
+    ] {
+        cli(d, args).await.assert_one_line_failure(&args.join(" "));
+    }
+    assert_eq!(names(&list_json(d).await), ["alice"]);
+}
+
+// --- against a running server: through the admin socket ---------------------------------
+
+#[tokio::test]
+async fn user_commands_reach_a_running_server_through_its_admin_socket() {
+    let app = spawn_app().await;
+    let d = app.dir.path();
+
+    cli_with_password(d, &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add bob");
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "bob", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
+
+    let users = list_json(d).await;
+    assert_eq!(names(&users), ["admin", "bob"]);
+    assert_eq!(users[1]["active_sessions"], 1);
+    let table = cli(d, &["user", "list"]).await;
+    table.assert_ok("user list");
+    assert!(table.stdout.contains("bob"));
+
+    cli(d, &["user", "unlock", "bob"]).await.assert_ok("unlock bob");
+    assert!(cli(d, &["user", "del", "nobody"]).await.assert_one_line_failure("del nobody").contains("nobody"));
+    let run = cli_with_password(d, &["user", "add", "carol", "--password-stdin"], "123456789123456").await;
+    run.assert_one_line_failure("weak password through the socket");
+    assert_eq!(names(&list_json(d).await), ["admin", "bob"]);
+    assert!(!app.log_text().contains(GOOD_PASSWORD));
+}
+
+#[tokio::test]
+async fn user_passwd_through_the_cli_ends_the_users_live_sessions() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let (alice, bob) = (app.new_browser(), app.new_browser());
+    app.login_with(&alice, "alice", GOOD_PASSWORD).await;
+    app.login_with(&bob, "bob", GOOD_PASSWORD).await;
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 200);
+
+    let run = cli_with_password(app.dir.path(), &["user", "passwd", "alice", "--password-stdin"], NEW_PASSWORD).await;
+    run.assert_ok("passwd alice");
+    assert!(run.stdout.contains("1 session"), "{}", run.stdout);
+
+    let resp = alice.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(bob.get(app.url("/")).send().await.unwrap().status(), 200, "only alice's sessions end");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
+    assert_eq!(app.login_with(&app.new_browser(), "alice", NEW_PASSWORD).await.status(), 303);
+}
+
+#[tokio::test]
+async fn user_del_through_the_cli_ends_the_users_sessions() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+    cli(app.dir.path(), &["user", "del", "alice"]).await.assert_ok("del alice");
+    let resp = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
+}
+
+#[tokio::test]
+async fn the_admin_socket_is_private_to_its_owner() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let app = spawn_app().await;
+    let socket = app.settings.data_dir.join("admin.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "admin.sock");
+    let dir_mode = std::fs::metadata(&app.settings.data_dir).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o077, 0, "the data directory is open to others: {:o}", dir_mode & 0o777);
+}
+
+#[tokio::test]
+async fn a_locked_store_without_an_answering_socket_is_one_clear_line() {
+    let app = spawn_app().await;
+    std::fs::remove_file(app.settings.data_dir.join("admin.sock")).unwrap();
+    let run = cli(app.dir.path(), &["user", "list"]).await;
+    let err = run.assert_one_line_failure("locked store");
+    assert!(err.contains("in use"), "{err}");
+}
+
+// --- settings ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_bad_setting_value_fails_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let flags = ["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"];
+
+    let mut args = flags.to_vec();
+    args.extend(["--session-idle-timeout", "soon"]);
+    let run = cli(d, &args).await;
+    let err = run.assert_one_line_failure("flag");
+    assert!(err.contains("session_idle_timeout") && err.contains("--session-idle-timeout"), "{err}");
+
+    let mut cmd = portcullis(d);
+    cmd.args(flags).env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "soon");
+    let run = run_cmd(cmd).await;
+    let err = run.assert_one_line_failure("environment");
+    assert!(err.contains("session_idle_timeout") && err.contains("PORTCULLIS_SESSION_IDLE_TIMEOUT"), "{err}");
+
+    std::fs::write(d.join("portcullis.toml"), "min_password_length = \"lots\"\n").unwrap();
+    let run = cli(d, &flags).await;
+    assert!(run.assert_one_line_failure("file").contains("min_password_length"), "{run:?}");
+    // `user` commands read the same settings and refuse the same way.
+    let run = cli(d, &["user", "list"]).await;
+    assert!(run.assert_one_line_failure("user list with a bad file").contains("min_password_length"));
+    assert!(!d.join("data").exists(), "nothing was started");
+}
+
+// --- `serve` itself -----------------------------------------------------------------------
+
+/// A `portcullis serve` child on a free port, with its output read by background threads.
+struct Server {
+    child: Child,
+    addr: String,
+    stdout: mpsc::Receiver<String>,
+    stderr_lines: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Server {
+    /// Starts `serve` in `dir` and waits for its "listening" line.
+    fn start(dir: &Path) -> Server {
+        let mut cmd = portcullis(dir);
+        cmd.args(["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = lines_of(child.stdout.take().unwrap());
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let mut stderr_lines = Vec::new();
+        let until = Instant::now() + CHILD_DEADLINE;
+        let addr = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.split("open https://").nth(1).and_then(|rest| rest.split('/').next());
+                    let found = found.map(str::to_string);
+                    stderr_lines.push(line);
+                    if let Some(addr) = found {
+                        break addr;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("serve never said it was listening; stderr: {stderr_lines:#?}");
+                }
+            }
+        };
+        Server { child, addr, stdout, stderr_lines, stderr }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and everything printed on
+    /// standard output.
+    fn terminate(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = wait_or_kill(&mut self.child, CHILD_DEADLINE);
+        self.stderr_lines.extend(self.stderr.iter());
+        (status, self.stdout.iter().collect(), self.stderr_lines)
+    }
+}
+
+fn client_for(dir: &Path) -> reqwest::Client {
+    browser(&dir.join("certs"))
+}
+
+/// The password the first start printed, if it printed one.
+fn printed_password(stdout: &[String]) -> Option<String> {
+    stdout.iter().find_map(|l| l.trim().strip_prefix("password:").map(|p| p.trim().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: PathBuf = dir.path().to_path_buf();
+
+    let first = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || Server::start(&d)
+    })
+    .await
+    .unwrap();
+    let origin = format!("https://{}", first.addr);
+    assert!(d.join("certs/cert.pem").exists() && d.join("data").is_dir() && d.join("logs").is_dir());
+    let health = client_for(&d).get(format!("{origin}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // A user added through the running server's socket must survive the stop.
+    cli_with_password(&d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add carol");
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    // Never print the generated password itself, even when failing: check where it went
+    // before showing stderr in any message.
+    let password = printed_password(&stdout).expect("the first start prints the administrator's password");
+    assert!(password.len() >= 20, "a short generated password ({} characters)", password.len());
+    assert_eq!(stdout.iter().filter(|l| l.contains(&password)).count(), 1, "printed once");
+    assert!(stdout.iter().any(|l| l.contains("username: admin")));
+    assert!(!stderr.iter().any(|l| l.contains(&password)), "the password reached the log on stderr");
+    assert!(status.success(), "first stop: {status:?}; stderr: {stderr:#?}");
+    assert!(!d.join("data/admin.sock").exists(), "the admin socket is removed at shutdown");
+    let logs: String = std::fs::read_dir(d.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!logs.contains(&password), "the password reached the log files");
+
+    // Second start on the same directories: no new administrator, nothing printed; the
+    // printed password works. SIGTERM right after the "listening" line is a clean stop too.
+    let second = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || Server::start(&d)
+    })
+    .await
+    .unwrap();
+    let origin = format!("https://{}", second.addr);
+    let browser = client_for(&d);
+    let csrf = {
+        let page = browser.get(format!("{origin}/login")).send().await.unwrap().text().await.unwrap();
+        crate::helpers::hidden_field(&page, "csrf").unwrap()
+    };
+    let resp = browser
+        .post(format!("{origin}/login"))
+        .form(&[("username", "admin"), ("password", password.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "the printed password signs in");
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || second.terminate()).await.unwrap();
+    assert!(status.success(), "second stop: {status:?}; stderr: {stderr:#?}");
+    assert!(printed_password(&stdout).is_none() && !stdout.iter().any(|l| l.contains(&password)));
+
+    // Third start, stopped at once: the signal handler is in place before "listening".
+    let third = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || Server::start(&d)
+    })
+    .await
+    .unwrap();
+    let (status, _, stderr) = tokio::task::spawn_blocking(move || third.terminate()).await.unwrap();
+    assert!(status.success(), "immediate stop: {status:?}; stderr: {stderr:#?}");
+
+    assert_eq!(names(&list_json(&d).await), ["admin", "carol"], "users persist across stops");
+}

@@ -4,12 +4,14 @@
 mod brute_force;
 mod cli;
 mod helpers;
+mod load;
 mod login;
 mod logout;
 mod memory;
 mod review;
 mod security;
 mod sessions;
+mod tls;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;

@@ -1,0 +1,140 @@
+//! Under load: a saturated hash pool refuses the excess politely and leaves the rest of the
+//! server responsive; connections past the cap wait for a slot.
+//!
+//! No assertion here is about how long something takes (this runs on small shared
+//! machines); latencies are printed for whoever is curious.
+
+use std::time::{Duration, Instant};
+
+use portcullis::config::HashParams;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::helpers::{spawn_app_with, GOOD_PASSWORD};
+
+const LOGINS: usize = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_the_hash_pool_is_saturated_and_the_excess_gets_503() {
+    let app = spawn_app_with(|s| {
+        s.argon2 = HashParams { memory_kib: 8192, iterations: 3, parallelism: 1 };
+        s.hash_workers = 1;
+        s.hash_queue = 8;
+        // Only the pool may turn logins away here.
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+        s.captcha_after_failures = 1000;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let app = std::sync::Arc::new(app);
+
+    // Every browser loads the form first, so the burst below is only password checks.
+    let mut forms = JoinSet::new();
+    for _ in 0..LOGINS {
+        let app = std::sync::Arc::clone(&app);
+        forms.spawn(async move {
+            let browser = app.new_browser();
+            let csrf = app.login_csrf(&browser).await;
+            (browser, csrf)
+        });
+    }
+    let browsers = forms.join_all().await;
+
+    let mut logins = JoinSet::new();
+    for (browser, csrf) in browsers {
+        let url = app.url("/login");
+        logins.spawn(async move {
+            let form = [("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())];
+            let resp = browser.post(url).form(&form).send().await?;
+            let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap_or("?").to_string());
+            let status = resp.status();
+            resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, retry_after))
+        });
+    }
+
+    // While the burst is being worked off, the cheap routes keep answering.
+    let busy_until = Instant::now() + Duration::from_secs(20);
+    while app.state.pool.waiting() <= app.state.pool.workers() && !logins.is_empty() && Instant::now() < busy_until {
+        tokio::task::yield_now().await;
+    }
+    let mut probes = Vec::new();
+    for _ in 0..5 {
+        let waiting = app.state.pool.waiting();
+        let started = Instant::now();
+        let resp = app.client.get(app.url("/healthz")).send().await.expect("healthz answers under load");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        probes.push((waiting, started.elapsed()));
+    }
+    println!("healthz while saturated (jobs waiting, latency): {probes:?}");
+
+    let mut ok = 0;
+    let mut busy = 0;
+    while let Some(result) = logins.join_next().await {
+        let (status, retry_after) = result.unwrap().expect("every login gets an answer, no connection is dropped");
+        match status.as_u16() {
+            303 => ok += 1,
+            503 => {
+                busy += 1;
+                let secs: u64 = retry_after.expect("503 carries Retry-After").parse().expect("Retry-After in seconds");
+                assert!(secs >= 1);
+            }
+            other => panic!("a login under load got {other}"),
+        }
+    }
+    println!("{LOGINS} concurrent logins: {ok} signed in, {busy} told to retry");
+    assert!(ok >= 1, "nobody got through");
+    assert!(busy >= 1, "the queue of 8 never overflowed with {LOGINS} logins at once");
+    // The queue drains completely (the count drops just after each answer is handed over).
+    let until = Instant::now() + Duration::from_secs(20);
+    while app.state.pool.waiting() > 0 {
+        assert!(Instant::now() < until, "{} jobs still counted as waiting", app.state.pool.waiting());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And once the burst is over, logging in works again for everyone.
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_for_a_slot_instead_of_failing() {
+    let app = spawn_app_with(|s| s.max_connections = 4).await;
+
+    // Four clients that connect and say nothing take every slot (until the handshake timeout).
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let client = app.new_browser();
+    let url = app.url("/healthz");
+    let mut waiting = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    // Not answered while every slot is taken (waiting longer only makes this more certain)...
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+    assert!(early.is_err(), "a fifth connection was served while four held every slot: {early:?}");
+    assert!(!waiting.is_finished());
+
+    // ...and served, not refused, once they leave.
+    drop(idle);
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting request is served once slots free up")
+        .unwrap()
+        .expect("the waiting request succeeds");
+    assert_eq!(status, 200);
+
+    // Many more clients than slots, each making one request and leaving: all are served.
+    let mut clients = JoinSet::new();
+    for _ in 0..24 {
+        let client = app.new_browser();
+        let url = app.url("/healthz");
+        clients.spawn(async move {
+            let status = client.get(url).send().await.map(|r| r.status());
+            drop(client); // closes its connection, freeing the slot
+            status
+        });
+    }
+    for status in clients.join_all().await {
+        assert_eq!(status.expect("served after waiting for a slot"), 200);
+    }
+}

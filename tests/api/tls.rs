@@ -1,0 +1,264 @@
+//! TLS: protocol versions, ALPN, certificate reload without a restart, the first connection
+//! after start, and clients that do not speak TLS at all.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+/// Generous: past this something is wrong, not slow.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn client_trusting(pem: &str) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+}
+
+/// A fresh connection from a client that trusts only `pem`.
+async fn healthz_trusting(app: &TestApp, pem: &str) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let client = client_trusting(pem).pool_max_idle_per_host(0).build().unwrap();
+    client.get(app.url("/healthz")).send().await.map(|r| r.status())
+}
+
+fn current_pem(app: &TestApp) -> String {
+    std::fs::read_to_string(app.settings.cert_dir.join("cert.pem")).unwrap()
+}
+
+/// A new self-signed pair for the names the tests connect to: (certificate PEM, key PEM).
+fn new_pair() -> (String, String) {
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    (pair.cert.pem(), pair.signing_key.serialize_pem())
+}
+
+/// Replaces a file the way a careful deployment does: write beside it, then rename over it.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("pem.new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `openssl s_client` forced to one protocol version; `None` when openssl is not installed.
+/// Returns whether the handshake completed, and what openssl printed.
+fn s_client(addr: std::net::SocketAddr, version_flag: &str) -> Option<(bool, String)> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), version_flag])
+        // OpenSSL 3 disables TLS 1.0/1.1 on its own side at the default security level; lower
+        // it so that the client really offers the old version and the server has to refuse.
+        .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot run openssl: {e}"),
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let completed = out.status.success() && text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+    Some((completed, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_are_accepted_and_older_versions_are_refused() {
+    let app = spawn_app().await;
+    let pem = current_pem(&app);
+
+    for (max, expected) in
+        [(None, reqwest::tls::Version::TLS_1_3), (Some(reqwest::tls::Version::TLS_1_2), reqwest::tls::Version::TLS_1_2)]
+    {
+        let mut builder = client_trusting(&pem).tls_info(true);
+        if let Some(max) = max {
+            builder = builder.tls_version_max(max);
+        }
+        let resp = builder.build().unwrap().get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let info = resp.extensions().get::<reqwest::tls::TlsInfo>().expect("tls info");
+        assert_eq!(info.version(), Some(expected));
+    }
+
+    let addr = app.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        ["-tls1_3", "-tls1_2", "-tls1_1", "-tls1"].map(|flag| (flag, s_client(addr, flag)))
+    })
+    .await
+    .unwrap();
+    for (flag, result) in results {
+        let Some((completed, text)) = result else {
+            println!("note: openssl is not installed; skipping the s_client checks");
+            return;
+        };
+        match flag {
+            "-tls1_3" | "-tls1_2" => assert!(completed, "{flag} refused:\n{text}"),
+            _ => {
+                assert!(!completed, "{flag} accepted:\n{text}");
+                // The server said no (an alert), not the client's own policy.
+                assert!(text.contains("SSL alert number"), "{flag}: refused, but not by the server?\n{text}");
+            }
+        }
+    }
+    let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn alpn_offers_h2_and_http_1_1_still_works() {
+    let app = spawn_app().await;
+    let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+
+    let http1 = client_trusting(&current_pem(&app)).http1_only().build().unwrap();
+    let resp = http1.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+}
+
+/// Waits (polling, bounded by [`PATIENCE`]) until a fresh client trusting only `pem` gets
+/// through.
+async fn wait_until_served(app: &TestApp, pem: &str) {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match healthz_trusting(app, pem).await {
+            Ok(status) => {
+                assert_eq!(status, 200);
+                return;
+            }
+            Err(e) if Instant::now() > until => panic!("the new certificate was never served: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_served_without_a_restart() {
+    let app = spawn_app_with(|s| s.cert_check_interval = Duration::from_millis(200)).await;
+    let old = current_pem(&app);
+    // An existing connection made with the old certificate...
+    let old_client = client_trusting(&old).build().unwrap();
+    assert_eq!(old_client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+
+    let (cert, key) = new_pair();
+    std::fs::write(app.settings.cert_dir.join("key.pem"), &key).unwrap();
+    std::fs::write(app.settings.cert_dir.join("cert.pem"), &cert).unwrap();
+    wait_until_served(&app, &cert).await;
+
+    // ...new connections get the new certificate only.
+    assert!(healthz_trusting(&app, &old).await.is_err(), "the old certificate is still served");
+    assert_eq!(healthz_trusting(&app, &cert).await.unwrap(), 200);
+}
+
+/// Collects the messages of tracing events on this thread (where a current-thread test
+/// runtime also runs the server's tasks), with the moment each arrived.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Captured {
+    fn any_since(&self, since: Instant, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|(at, msg)| *at >= since && msg.contains(needle))
+    }
+}
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push((Instant::now(), message.0));
+    }
+}
+
+#[tokio::test]
+async fn a_mismatched_certificate_pair_is_ignored_and_the_old_one_kept() {
+    let captured = Captured::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let app = spawn_app_with(|s| s.cert_check_interval = Duration::from_millis(100)).await;
+    let old = current_pem(&app);
+
+    // A new certificate with the key of yet another pair.
+    let (cert, _) = new_pair();
+    let (_, other_key) = new_pair();
+    replace(&app.settings.cert_dir.join("key.pem"), &other_key);
+    let before_last_write = Instant::now();
+    replace(&app.settings.cert_dir.join("cert.pem"), &cert);
+
+    // Wait until the reloader has looked at the finished pair and turned it down.
+    let until = Instant::now() + PATIENCE;
+    while !captured.any_since(before_last_write, "certificate change ignored") {
+        assert!(Instant::now() < until, "the reloader never looked at the new files");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!captured.any_since(before_last_write, "certificate reloaded"));
+    assert_eq!(healthz_trusting(&app, &old).await.unwrap(), 200, "the old pair stays in service");
+    assert!(healthz_trusting(&app, &cert).await.is_err(), "half a pair is served");
+
+    // A good pair afterwards is picked up as usual.
+    let (cert, key) = new_pair();
+    replace(&app.settings.cert_dir.join("key.pem"), &key);
+    replace(&app.settings.cert_dir.join("cert.pem"), &cert);
+    wait_until_served(&app, &cert).await;
+}
+
+#[tokio::test]
+async fn the_very_first_connection_after_start_succeeds_every_time() {
+    for round in 0..20 {
+        let app = spawn_app().await;
+        // No warm-up: the request races the server task's first accept.
+        let resp = app.client.get(app.url("/healthz")).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("round {round}: first connection failed: {e:?}"));
+        assert_eq!(resp.status(), 200, "round {round}");
+        app.stop().await;
+    }
+}
+
+/// Sends `bytes` on a raw TCP connection and reads until the server closes it.
+async fn send_raw(app: &TestApp, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut answer = Vec::new();
+    // A reset instead of a clean close is fine too; hanging is not.
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server kept a non-TLS connection open after {bytes:.20?}");
+    answer
+}
+
+#[tokio::test]
+async fn plain_http_and_garbage_on_the_https_port_do_not_harm_the_server() {
+    let app = spawn_app().await;
+    // A stalled handshake (a record header promising more than ever comes) holds its own
+    // connection only.
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await.unwrap();
+
+    let answer = send_raw(&app, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "plain HTTP answered on the HTTPS port");
+    let mut garbage = vec![0u8; 8192];
+    getrandom::fill(&mut garbage).unwrap();
+    garbage[0] = 0x42; // not a TLS record type
+    send_raw(&app, &garbage).await;
+    // A ClientHello record that is not a ClientHello.
+    send_raw(&app, &[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff]).await;
+    // Connect and leave at once, many times.
+    for _ in 0..50 {
+        drop(TcpStream::connect(app.addr).await.unwrap());
+    }
+
+    for _ in 0..3 {
+        let resp = app.new_browser().get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    drop(stalled);
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+}
