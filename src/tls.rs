@@ -172,6 +172,9 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
                     tracing::info!(dir = %dir.display(), "certificate reloaded");
                 }
                 Err(e) => {
+                    // Remember this version too: it is retried when the files change again
+                    // (a half-written pair completes), not warned about every tick.
+                    seen = now;
                     tracing::warn!(error = %format!("{e:#}"), "certificate change ignored; keeping the current one")
                 }
             }

@@ -314,3 +314,22 @@ async fn the_fail2ban_filter_matches_failed_login_lines_and_only_their_address()
 fn log_file(app: &crate::helpers::TestApp) -> std::path::PathBuf {
     std::fs::read_dir(&app.settings.log_dir).unwrap().next().unwrap().unwrap().path()
 }
+
+#[tokio::test]
+async fn log_files_rotate_daily_and_old_ones_are_deleted_past_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.audit_retention = std::time::Duration::from_secs(3 * 86_400);
+    std::fs::create_dir_all(&settings.log_dir).unwrap();
+    for day in 1..=6 {
+        std::fs::write(settings.log_dir.join(format!("auth.log.2020-01-0{day}")), "{}\n").unwrap();
+    }
+    let app = crate::helpers::spawn_in(dir, settings).await;
+    let names: Vec<String> = std::fs::read_dir(&app.settings.log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let today = format!("auth.log.{}", &portcullis::audit::rfc3339(portcullis::store::now_ms())[..10]);
+    assert!(names.contains(&today), "{names:?}");
+    assert!(names.len() <= 4, "three days kept besides today at most: {names:?}");
+}
