@@ -51,8 +51,8 @@ keys! {
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: unknown key `{key}`")]
@@ -213,8 +213,7 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.message().to_string(),

@@ -1,6 +1,9 @@
 //! portcullis: a security-hardened login server. The binary is a thin shell around this
 //! library, which the integration tests and benches drive directly.
 
+// No panicking shortcuts outside tests; the few justified exceptions say why where they are.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod admin_socket;
 pub mod app;
 pub mod audit;

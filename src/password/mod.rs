@@ -71,7 +71,8 @@ impl PasswordPolicy {
         if chars > MAX_PASSWORD_CHARS {
             return Err(WeakPassword::TooLong { max: MAX_PASSWORD_CHARS });
         }
-        let lowered = password.expose().to_lowercase();
+        // A copy of the plaintext: wiped when this check ends.
+        let lowered = zeroize::Zeroizing::new(password.expose().to_lowercase());
         if lowered.trim() == username_key {
             return Err(WeakPassword::SameAsUsername);
         }
