@@ -15,12 +15,7 @@ use crate::store::StoreError;
 use crate::users::UserSummary;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "portcullis",
-    version,
-    about = "A security-hardened login server",
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "portcullis", version, about = "A security-hardened login server")]
 pub struct Cli {
     /// Settings file (default: ./portcullis.toml if present)
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
@@ -139,6 +134,10 @@ impl Args for ConfigFlags {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Settings flags before a subcommand would be silently ignored by `user` and `audit`.
+    if cli.command.is_some() && !cli.serve.0.is_empty() {
+        bail!("settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)");
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     match cli.command {

@@ -180,6 +180,13 @@ pub struct Top {
     pub last_seen: String,
 }
 
+impl Top {
+    /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.
+    pub fn last_seen_short(&self) -> String {
+        self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ")
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
     pub total: usize,
@@ -319,7 +326,9 @@ pub fn text_summary(s: &Summary) -> String {
     }
     out.push_str("\nPer hour (UTC):\n");
     let max = s.per_hour.iter().map(|h| h.1).max().unwrap_or(0).max(1);
-    for (hour, n) in &s.per_hour {
+    // From the first hour with records: a quiet start says nothing.
+    let first = s.per_hour.iter().position(|h| h.1 > 0).unwrap_or(s.per_hour.len().saturating_sub(1));
+    for (hour, n) in &s.per_hour[first..] {
         let bar = "#".repeat((n * 50).div_ceil(max).min(50));
         out.push_str(&format!("  {} {:>7} {}\n", &hour[..16.min(hour.len())], n, bar));
     }

@@ -485,3 +485,19 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
 
     assert_eq!(names(&list_json(&d).await), ["admin", "carol"], "users persist across stops");
 }
+
+#[tokio::test]
+async fn a_config_file_before_the_subcommand_is_read_and_settings_flags_there_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("elsewhere");
+    std::fs::write(dir.path().join("alt.toml"), format!("data_dir = {:?}\n", other.join("data").display().to_string()))
+        .unwrap();
+    let mut cmd = portcullis(dir.path());
+    cmd.env_remove("PORTCULLIS_DATA_DIR").args(["--config", "alt.toml", "user", "add", "carol", "--password-stdin"]);
+    let added = run(cmd, Some(GOOD_PASSWORD)).await;
+    assert!(added.status.success(), "{}", added.stderr);
+    assert!(other.join("data").exists(), "the file's data_dir was used");
+    let wrong = cli(dir.path(), &["--https-addr", "127.0.0.1:0", "user", "list"]).await;
+    assert!(!wrong.status.success());
+    assert_eq!(wrong.stderr.trim().lines().count(), 1, "{}", wrong.stderr);
+}
