@@ -119,19 +119,28 @@ pub struct LoginQuotas {
     pub per_address: Limiter<IpAddr>,
     /// Keyed by [`username_digest`].
     pub per_username: Limiter<u128>,
+    /// Captcha pictures drawn per address ([`CAPTCHA_DRAWS`]): drawing costs a few ms of CPU,
+    /// and `GET /login` is otherwise unlimited, so a flagged address must not be able to
+    /// make the server draw as fast as it can ask.
+    pub captcha_draws: Limiter<IpAddr>,
 }
+
+/// Captcha pictures one address may have drawn: enough for a busy office behind one NAT.
+pub const CAPTCHA_DRAWS: Rate = Rate { burst: 60, period: Duration::from_secs(60) };
 
 impl LoginQuotas {
     pub fn new(per_address: Option<Rate>, per_username: Option<Rate>) -> Self {
         LoginQuotas {
             per_address: Limiter::new(per_address, MAX_KEYS),
             per_username: Limiter::new(per_username, MAX_KEYS),
+            captcha_draws: Limiter::new(Some(CAPTCHA_DRAWS), MAX_KEYS),
         }
     }
 
     pub fn prune(&self) {
         self.per_address.prune();
         self.per_username.prune();
+        self.captcha_draws.prune();
     }
 }
 

@@ -234,3 +234,29 @@ async fn no_password_ever_reaches_a_log_file() {
     assert!(!text.contains(GOOD_PASSWORD));
     assert!(!text.contains(&app.admin_password));
 }
+
+#[tokio::test]
+async fn a_flagged_address_cannot_make_the_server_draw_captchas_without_end() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 1).await;
+    let mut v = Visitor::new(&app, Some("198.51.100.80"));
+    v.attempt("nobody", "wrong wrong wrong", None).await;
+    // Twice the allowance at once, as a script would ask.
+    let asks = 2 * portcullis::rate_limit::CAPTCHA_DRAWS.burst as usize;
+    let results = futures_util::future::join_all((0..asks).map(|_| {
+        let app = &app;
+        async move {
+            let mut v = Visitor::new(app, Some("198.51.100.80"));
+            let (status, page) = v.get("/login").await;
+            (status.as_u16(), shows_captcha(&page))
+        }
+    }))
+    .await;
+    let refused = results.iter().filter(|r| r.0 == 429).count();
+    let drawn = results.iter().filter(|r| r.1).count();
+    assert!(refused > 0, "none of {asks} refused");
+    assert!(results.iter().all(|r| (r.0 == 429 && !r.1) || (r.0 == 200 && r.1)), "{results:?}");
+    assert!(drawn < asks, "{drawn} pictures drawn");
+    // Another address is unaffected.
+    let mut other = Visitor::new(&app, Some("198.51.100.81"));
+    assert_eq!(other.get("/login").await.0, 200);
+}

@@ -21,6 +21,6 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
         return see_other(next.unwrap_or("/"));
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
-    let captcha = state.failures.address_needs_captcha(client.ip, crate::store::now_ms());
+    let captcha = state.failures.address_needs_captcha(client.ip, crate::store::now_ms()).then_some(client.ip);
     super::render(req, &state, Form { captcha, ..Form::new(StatusCode::OK, next) }).await
 }

@@ -32,15 +32,15 @@ pub struct Form<'a> {
     pub error: Option<String>,
     pub username: &'a str,
     pub next: Option<&'a str>,
-    /// Draw a captcha challenge for this visitor.
-    pub captcha: bool,
+    /// Draw a captcha challenge for this visitor, who is at this address.
+    pub captcha: Option<std::net::IpAddr>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
 }
 
 impl<'a> Form<'a> {
     pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
-        Form { status, error: None, username: "", next, captcha: false, retry_after: None }
+        Form { status, error: None, username: "", next, captcha: None, retry_after: None }
     }
 }
 
@@ -51,14 +51,22 @@ pub fn prelogin(req: &Request) -> Option<String> {
 
 /// Renders the login form with a fresh CSRF token bound to the visitor's pre-login cookie
 /// (set here if the visitor has none yet) and, when asked, a fresh captcha challenge.
-pub async fn render(req: &Request, state: &AppState, form: Form<'_>) -> Response {
+pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Response {
     let (pre, is_new) = match prelogin(req) {
         Some(v) => (v, false),
         None => (Csrf::new_prelogin(), true),
     };
     let now = crate::store::now_ms();
     let token = state.csrf.login_token(&pre, now / 1000);
-    let captcha = if form.captcha {
+    if let Some(ip) = form.captcha {
+        if let Err(wait) = state.quotas.captcha_draws.check(&crate::rate_limit::address_key(ip)) {
+            form.captcha = None;
+            form.status = StatusCode::TOO_MANY_REQUESTS;
+            form.retry_after = Some(wait);
+            form.error = Some(format!("Too many new pictures were asked for from your address. Please wait {wait} s."));
+        }
+    }
+    let captcha = if form.captcha.is_some() {
         match state.captchas.issue(&pre, now).await {
             Ok(uri) => Some(uri),
             Err(e) => {

@@ -77,7 +77,8 @@ impl Attempt<'_> {
             FailureReason::CaptchaRequired => "Please also type the characters shown in the picture.".into(),
             _ => GENERIC_FAILURE.into(),
         };
-        let captcha = self.state.failures.needs_captcha(self.client.ip, &self.user_key, now_ms());
+        let captcha =
+            self.state.failures.needs_captcha(self.client.ip, &self.user_key, now_ms()).then_some(self.client.ip);
         let form =
             Form { error: Some(error), username: self.username, captcha, retry_after, ..Form::new(status, self.next) };
         super::render(self.req, self.state, form).await
