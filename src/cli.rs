@@ -35,6 +35,12 @@ pub enum Command {
     User(UserCommand),
     /// Review failed and refused logins, newest first
     Audit(AuditArgs),
+    /// Measure sign-ins per second and latency against a running server (on this machine
+    /// unless --i-own-this-server)
+    Loadtest(crate::loadtest::LoadtestArgs),
+    /// Raw argon2id verifies per second on one thread and on every core (for benches/report.sh)
+    #[command(hide = true)]
+    BenchVerify(crate::loadtest::verify_rate::BenchVerifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +157,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime.block_on(audit(settings, args))
         }
+        Some(Command::Loadtest(args)) => runtime.block_on(crate::loadtest::main(args)),
+        Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod domain;
 pub mod failures;
+pub mod loadtest;
 pub mod password;
 pub mod rate_limit;
 pub mod review;

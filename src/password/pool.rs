@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version, RECOMMENDED_SALT_LEN};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use zeroize::Zeroize;
 
 use super::Password;
 use crate::config::HashParams;
@@ -127,6 +130,7 @@ impl HashPool {
 
 fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
     lower_priority();
+    let mut workspace = Workspace::new();
     loop {
         let next = match receiver.lock() {
             Ok(rx) => rx.recv(),
@@ -136,10 +140,10 @@ fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inn
         let _entered = span.enter();
         match job {
             Job::Verify { password, phc, reply } => {
-                let _ = reply.send(hasher.verify(&password, phc.as_deref()));
+                let _ = reply.send(hasher.verify(&mut workspace, &password, phc.as_deref()));
             }
             Job::Hash { password, reply } => {
-                let _ = reply.send(hasher.hash(&password));
+                let _ = reply.send(hasher.hash(&mut workspace, &password));
             }
         }
         if let Some(inner) = inner.upgrade() {
@@ -161,14 +165,16 @@ fn lower_priority() {
 }
 
 impl Hasher {
-    fn verify(&self, password: &Password, phc: Option<&str>) -> Verified {
+    fn verify(&self, workspace: &mut Workspace, password: &Password, phc: Option<&str>) -> Verified {
         let parsed = phc.and_then(|p| PasswordHash::new(p).ok());
         let Some(hash) = parsed else {
-            let _ = self.argon2.verify_password(password.expose().as_bytes(), &self.dummy_hash());
+            let _ = workspace.verify(password.expose().as_bytes(), &self.dummy_hash());
+            workspace.trim(&self.params);
             return Verified { valid: false, upgraded_hash: None };
         };
-        let valid = self.argon2.verify_password(password.expose().as_bytes(), &hash).is_ok();
-        let upgraded_hash = if valid && self.is_outdated(&hash) { self.hash(password).ok() } else { None };
+        let valid = workspace.verify(password.expose().as_bytes(), &hash);
+        workspace.trim(&self.params);
+        let upgraded_hash = if valid && self.is_outdated(&hash) { self.hash(workspace, password).ok() } else { None };
         Verified { valid, upgraded_hash }
     }
 
@@ -192,11 +198,101 @@ impl Hasher {
         }
     }
 
-    fn hash(&self, password: &Password) -> Result<String, PoolError> {
-        self.argon2
-            .hash_password(password.expose().as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| PoolError::Hash(e.to_string()))
+    fn hash(&self, workspace: &mut Workspace, password: &Password) -> Result<String, PoolError> {
+        workspace.hash(&self.argon2, password.expose().as_bytes())
+    }
+}
+
+/// One worker's argon2 memory: a block buffer reused from one hash to the next and wiped
+/// (zeroize) after every use, so no password-derived memory outlives the job.
+#[derive(Default)]
+pub struct Workspace {
+    blocks: Vec<Block>,
+}
+
+impl Workspace {
+    /// An empty workspace; the buffer is allocated at the first hash, so an idle server
+    /// does not hold it.
+    pub fn new() -> Self {
+        Workspace { blocks: Vec::new() }
+    }
+
+    /// Bytes held between hashes.
+    pub fn held_bytes(&self) -> usize {
+        self.blocks.len() * Block::SIZE
+    }
+
+    /// Runs argon2 into `out` on this workspace's memory, then wipes the memory.
+    fn compute(&mut self, argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
+        let count = argon2.params().block_count();
+        if self.blocks.len() < count {
+            self.blocks.resize(count, Block::new());
+        }
+        let blocks = &mut self.blocks[..count];
+        let result = argon2.hash_password_into_with_memory(password, salt, out, &mut *blocks);
+        for block in blocks.iter_mut() {
+            block.zeroize();
+        }
+        result
+    }
+
+    /// Gives back memory beyond what `params` needs (after checking an older, larger hash),
+    /// so the pool never holds more than `workers × argon2 memory` for long.
+    fn trim(&mut self, params: &Params) {
+        let count = params.block_count();
+        if self.blocks.len() > count {
+            self.blocks.truncate(count);
+            self.blocks.shrink_to_fit();
+        }
+    }
+
+    /// Checks `password` against a parsed PHC hash of any argon2 variant, version and
+    /// parameters, comparing the outputs in constant time.
+    pub fn verify(&mut self, password: &[u8], hash: &PasswordHash) -> bool {
+        let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+        let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else { return false };
+        let version = match hash.version.map(Version::try_from).transpose() {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let Ok(params) = Params::try_from(hash) else { return false };
+        let argon2 = Argon2::new(algorithm, version, params);
+        let mut buffer = [0u8; Output::MAX_LENGTH];
+        let Some(out) = buffer.get_mut(..expected.len()) else { return false };
+        let computed = self.compute(&argon2, password, salt, out).is_ok();
+        let same: bool = expected.as_bytes().ct_eq(out).into();
+        buffer.zeroize();
+        computed && same
+    }
+
+    /// Hashes a new password with a fresh random salt; the PHC string is the one
+    /// `argon2::PasswordHasher::hash_password` would give.
+    pub fn hash(&mut self, argon2: &Argon2<'_>, password: &[u8]) -> Result<String, PoolError> {
+        let mut salt = [0u8; RECOMMENDED_SALT_LEN];
+        getrandom::fill(&mut salt).map_err(|e| PoolError::Hash(e.to_string()))?;
+        self.hash_with_salt(argon2, password, &salt)
+    }
+
+    /// As [`Workspace::hash`], with the salt given (for tests and benches). `argon2` must be
+    /// an argon2id, version 0x13 instance (as the pool's is).
+    pub fn hash_with_salt(&mut self, argon2: &Argon2<'_>, password: &[u8], salt: &[u8]) -> Result<String, PoolError> {
+        let err = |e: &dyn std::fmt::Display| PoolError::Hash(e.to_string());
+        let params = argon2.params();
+        let mut buffer = [0u8; Output::MAX_LENGTH];
+        let out = buffer
+            .get_mut(..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN))
+            .ok_or_else(|| PoolError::Hash("output too long".into()))?;
+        self.compute(argon2, password, salt, out).map_err(|e| err(&e))?;
+        let output = Output::new(out).map_err(|e| err(&e));
+        buffer.zeroize();
+        let phc = PasswordHash {
+            algorithm: argon2::ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(params).map_err(|e| err(&e))?,
+            salt: Some(Salt::new(salt).map_err(|e| err(&e))?),
+            hash: Some(output?),
+        };
+        Ok(phc.to_string())
     }
 }
 
@@ -229,6 +325,46 @@ mod tests {
         assert!(upgraded.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         let again = new.verify(Password::new("plum tractor velvet orbit"), Some(upgraded)).await.unwrap();
         assert!(again.valid && again.upgraded_hash.is_none());
+    }
+
+    #[test]
+    fn the_reused_workspace_gives_the_crates_phc_string_and_verifies_like_it() {
+        use argon2::PasswordVerifier;
+        for (m, t) in [(64, 1), (256, 3), (32, 2)] {
+            let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(m, t, 1, None).unwrap());
+            let salt = [7u8; RECOMMENDED_SALT_LEN];
+            let mut ws = Workspace::new();
+            let ours = ws.hash_with_salt(&argon2, b"plum tractor velvet orbit", &salt).unwrap();
+            let theirs = argon2.hash_password_with_salt(b"plum tractor velvet orbit", &salt).unwrap().to_string();
+            assert_eq!(ours, theirs);
+            let fresh = ws.hash(&argon2, b"plum tractor velvet orbit").unwrap();
+            assert_ne!(fresh, ours, "a fresh salt each time");
+            let parsed = PasswordHash::new(&fresh).unwrap();
+            assert!(argon2.verify_password(b"plum tractor velvet orbit", &parsed).is_ok());
+            assert!(ws.verify(b"plum tractor velvet orbit", &parsed));
+            assert!(!ws.verify(b"plum tractor velvet orbiT", &parsed));
+            // Wiped after use: nothing password-derived is left in the buffer.
+            assert!(ws.blocks.iter().all(|b| format!("{b:?}").bytes().filter(u8::is_ascii_digit).all(|d| d == b'0')));
+        }
+        // Other variants and versions are checked too (older hashes).
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(64, 1, 1, None).unwrap());
+        let old = argon2i.hash_password(b"plum tractor velvet orbit").unwrap().to_string();
+        assert!(Workspace::new().verify(b"plum tractor velvet orbit", &PasswordHash::new(&old).unwrap()));
+    }
+
+    #[test]
+    fn a_larger_older_hash_does_not_leave_the_workspace_larger() {
+        let big = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(512, 1, 1, None).unwrap());
+        let phc = big.hash_password(b"plum tractor velvet orbit").unwrap().to_string();
+        let hasher = Hasher {
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap()),
+            params: Params::new(64, 1, 1, None).unwrap(),
+            dummy: big.hash_password(b"x").unwrap().to_string(),
+        };
+        let mut ws = Workspace::new();
+        let v = hasher.verify(&mut ws, &Password::new("plum tractor velvet orbit"), Some(&phc));
+        assert!(v.valid && v.upgraded_hash.is_some());
+        assert_eq!(ws.held_bytes(), 64 * 1024);
     }
 
     #[tokio::test]

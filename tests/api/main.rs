@@ -5,6 +5,7 @@ mod brute_force;
 mod cli;
 mod helpers;
 mod load;
+mod loadtest;
 mod login;
 mod logout;
 mod memory;

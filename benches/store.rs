@@ -1,0 +1,126 @@
+//! The store's hot paths: creating and resolving a session (every sign-in and every signed-in
+//! page view), appending a failed-login record and reading a one-hour range of them (the
+//! admin page), over stores filled to a realistic size.
+//!
+//! `cargo bench --bench store`. The one-million-record range query is slow to set up (it
+//! fills a store first) and runs only with `PORTCULLIS_BENCH_1M=1`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::audit::FailureReason;
+use portcullis::session::Sessions;
+use portcullis::store::{FailureQuery, FailureRecord, Store, UserRecord, SCHEMA_VERSION};
+
+const HOUR_MS: u64 = 3_600_000;
+const START_MS: u64 = 1_700_000_000_000;
+
+fn user(key: &str) -> UserRecord {
+    UserRecord {
+        schema: SCHEMA_VERSION,
+        key: key.into(),
+        display_name: key.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+            .into(),
+        admin: false,
+        created_at: 1,
+        password_changed_at: 1,
+        last_login_at: None,
+    }
+}
+
+/// Sessions for 1,000 users, 10 each, with one user to measure.
+fn sessions(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sessions = Sessions::new(store.clone(), Duration::from_secs(1800), Duration::from_secs(43_200));
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for u in 0..1000 {
+        let key = format!("user{u}");
+        store.insert_user(&user(&key)).unwrap();
+        for _ in 0..10 {
+            sessions.create(&key, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").unwrap();
+        }
+    }
+    let mut g = c.benchmark_group("session");
+    g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    g.bench_function("create", |b| {
+        b.iter(|| sessions.create(black_box("user7"), ip, "Mozilla/5.0 (X11; Linux x86_64) bench").unwrap())
+    });
+    let token = sessions.create("user8", ip, "bench").unwrap().encode();
+    g.bench_function("resolve", |b| b.iter(|| sessions.resolve(black_box(&token)).unwrap().unwrap()));
+    g.bench_function("resolve_unknown", |b| {
+        b.iter(|| sessions.resolve(black_box("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).unwrap())
+    });
+    g.finish();
+}
+
+fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
+    let name = format!("user{}", i % 5000);
+    let record = FailureRecord {
+        time: START_MS + i * spacing_ms,
+        ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        username: name.clone(),
+        reason: FailureReason::BadPassword,
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
+    };
+    (record, name)
+}
+
+/// Fills `n` records spread over 30 days; returns the store.
+fn filled(dir: &std::path::Path, n: u64) -> Store {
+    let store = Store::open(dir).unwrap();
+    let spacing = (30 * 24 * HOUR_MS / n).max(1);
+    for i in 0..n {
+        let (r, key) = record(i, spacing);
+        store.append_failure(&r, &key).unwrap();
+    }
+    store
+}
+
+/// A one-hour window in the middle of the data, newest first, first page of 100.
+fn hour_query() -> FailureQuery {
+    let since = START_MS + 15 * 24 * HOUR_MS;
+    FailureQuery { since: Some(since), until: Some(since + HOUR_MS), limit: 100, ..Default::default() }
+}
+
+fn failures(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path(), N);
+    let mut g = c.benchmark_group("failures_100k");
+    g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    let mut i = N;
+    g.bench_function("append", |b| {
+        b.iter(|| {
+            i += 1;
+            let (r, key) = record(i, 1);
+            store.append_failure(black_box(&r), &key).unwrap()
+        })
+    });
+    let q = hour_query();
+    g.bench_function("range_1h_limit100", |b| b.iter(|| store.failures(black_box(&q)).unwrap()));
+    let by_user = FailureQuery { user_key: Some("user42".into()), limit: 100, ..Default::default() };
+    g.bench_function("by_user_limit100", |b| b.iter(|| store.failures(black_box(&by_user)).unwrap()));
+    g.finish();
+}
+
+/// One million records (about 1,400 an hour over 30 days), a one-hour page of 100.
+fn audit_range_1m(c: &mut Criterion) {
+    if std::env::var_os("PORTCULLIS_BENCH_1M").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path(), 1_000_000);
+    let mut g = c.benchmark_group("audit_range_1m");
+    g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    let q = hour_query();
+    assert_eq!(store.failures(&q).unwrap().len(), 100);
+    g.bench_function("range_1h_limit100", |b| b.iter(|| store.failures(black_box(&q)).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, sessions, failures, audit_range_1m);
+criterion_main!(benches);

@@ -1,0 +1,808 @@
+//! `portcullis loadtest`: measures how many sign-ins per second (or signed-in page views)
+//! a running portcullis answers, and how fast, the way browsers would drive it.
+//!
+//! Each virtual user has its own HTTP client (so its own keep-alive connection, opened
+//! before the clock starts) and its own cookie jar. In `logins` mode it repeats: GET the
+//! login form, read its hidden fields (csrf, next), POST it, and counts a login only on a
+//! 303 to the expected target with a new session cookie. It then simply forgets its cookies
+//! (as a browser whose window closes) instead of signing out: a sign-out is a second page
+//! view and a durable store write that would make the figure about logouts as much as
+//! logins. The server purges those sessions at their idle timeout. The latency recorded is
+//! the POST /login round trip (the request that carries the password check).
+//!
+//! In `views` mode each virtual user signs in once, then repeats GET / with its session
+//! cookie and counts 200s. With `--probe-rate R`, GET /healthz is sent R times a second on a
+//! separate connection, at fixed times whatever the answers, and its latency is measured
+//! from the moment each probe was due (so a stalled server cannot hide its stall).
+//!
+//! Anything else (another status, a connection error, a form without its fields) is an
+//! error, counted by kind; after one a virtual user pauses 10 ms so a refusing server is not
+//! hammered in a tight loop. Work still in flight when the duration ends is not counted.
+
+pub mod verify_rate;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use hdrhistogram::Histogram;
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// What the virtual users do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Sign in over and over (GET /login, POST /login)
+    Logins,
+    /// Sign in once, then view the home page over and over (GET / with the session cookie)
+    Views,
+}
+
+/// `portcullis loadtest` flags.
+#[derive(clap::Args, Debug)]
+pub struct LoadtestArgs {
+    /// The server, e.g. https://127.0.0.1:4000 (a path such as /login?next=/x is kept)
+    #[arg(long)]
+    pub url: String,
+    /// The account to sign in as
+    #[arg(long)]
+    pub username: String,
+    /// Read the password as one line from standard input instead of prompting
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Virtual users, each with its own connection and cookie jar
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to measure, e.g. 10s or 1m
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Trust only this CA (PEM) for the server's certificate
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// Do not check the server's certificate
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print one JSON object on standard output
+    #[arg(long)]
+    pub json: bool,
+    /// Meanwhile send GET /healthz this many times a second on a separate connection
+    #[arg(long, value_name = "R")]
+    pub probe_rate: Option<f64>,
+    /// logins (the default) or views (signed-in page views)
+    #[arg(long, value_enum, default_value_t = Mode::Logins)]
+    pub mode: Mode,
+    /// Allow a server that is not on this machine (127.0.0.0/8, ::1, localhost)
+    #[arg(long)]
+    pub i_own_this_server: bool,
+}
+
+/// How to check the server's certificate.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// The platform's roots.
+    System,
+    /// Only these PEM certificates.
+    Ca(Vec<u8>),
+    /// Anything (testing only).
+    Insecure,
+}
+
+/// How progress is shown on standard error while the test runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    None,
+    /// One line a second.
+    Lines,
+    /// One line rewritten in place (a terminal).
+    Terminal,
+}
+
+/// A load test to run.
+pub struct Options {
+    pub url: Url,
+    pub username: String,
+    pub password: SecretString,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub trust: Trust,
+    pub probe_rate: Option<f64>,
+    pub mode: Mode,
+    /// `--i-own-this-server`.
+    pub allow_remote: bool,
+    pub progress: Progress,
+}
+
+/// Latency percentiles of one kind of request, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The result; `--json` prints it as one object.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub concurrency: usize,
+    pub duration_s: f64,
+    /// Successful sign-ins (in `views` mode: the one sign-in per virtual user at setup).
+    pub logins: u64,
+    pub errors: u64,
+    /// Sign-ins per second (`null` in `views` mode, where sign-ins are not measured).
+    pub logins_per_sec: Option<f64>,
+    /// Home pages answered 200 (`views` mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub views: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub views_per_sec: Option<f64>,
+    /// Latency of the measured request (POST /login, or GET / in `views` mode).
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Errors by HTTP status ("401", "429", "503", ...) or kind ("connect", "timeout",
+    /// "request", "no_form", "wrong_redirect", "no_session_cookie", "sign_in").
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// GET /healthz at `--probe-rate`, on its own connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_p99_ms: Option<f64>,
+}
+
+/// Refuses anything but a loopback server unless the caller says they own it.
+pub fn check_target(url: &Url, allow_remote: bool) -> anyhow::Result<()> {
+    if !matches!(url.scheme(), "https" | "http") {
+        bail!("--url must be an https:// (or http://) URL");
+    }
+    if allow_remote || is_loopback(url) {
+        return Ok(());
+    }
+    bail!(
+        "refusing to load-test {}: it is not on this machine (127.0.0.0/8, ::1, localhost). \
+         Load-testing a server you do not own is an attack; if it is yours, add --i-own-this-server",
+        url.host_str().unwrap_or("?")
+    )
+}
+
+/// Whether the URL names this machine: 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
+    host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    })
+}
+
+/// The hidden inputs of the first form in `html` that posts to /login, values unescaped.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let form = html.find("action=\"/login\"").map_or(html, |i| &html[i..]);
+    let form = form.find("</form>").map_or(form, |end| &form[..end]);
+    let mut out = Vec::new();
+    let mut rest = form;
+    while let Some(start) = rest.find("<input") {
+        let tag_and_more = &rest[start..];
+        let end = tag_and_more.find('>').unwrap_or(tag_and_more.len());
+        let tag = &tag_and_more[..end];
+        if attribute(tag, "type").is_some_and(|t| t.eq_ignore_ascii_case("hidden")) {
+            if let Some(name) = attribute(tag, "name") {
+                out.push((unescape(name), unescape(attribute(tag, "value").unwrap_or(""))));
+            }
+        }
+        rest = &tag_and_more[end..];
+    }
+    out
+}
+
+/// The double-quoted value of `name="..."` in a tag.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let marker = format!(" {name}=\"");
+    let start = tag.find(&marker)? + marker.len();
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+/// Undoes the HTML escaping askama applies to attribute values.
+fn unescape(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    s.replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A histogram of latencies in microseconds, 1 µs to 10 minutes, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // Constant bounds that hdrhistogram accepts (low ≥ 1, high ≥ 2 × low, sigfig ≤ 5).
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record((d.as_micros() as u64).max(1));
+}
+
+fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    let us = if quantile >= 1.0 { h.max() } else { h.value_at_quantile(quantile) };
+    (us as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// What one virtual user (or the probe) counted.
+struct Tally {
+    ok: u64,
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally { ok: 0, latency: histogram(), errors: BTreeMap::new() }
+    }
+
+    fn error(&mut self, kind: String) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        let _ = self.latency.add(&other.latency);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Live counters for the progress line.
+#[derive(Default)]
+struct Live {
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn error_kind(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect".into()
+    } else {
+        "request".into()
+    }
+}
+
+/// One HTTP client per virtual user: its own connection pool (one keep-alive connection
+/// in practice), no redirects followed, cookies kept by hand in [`VirtualUser`].
+fn client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("portcullis-loadtest/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(8);
+    match trust {
+        Trust::System => {}
+        Trust::Ca(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).context("reading the --ca certificates")?;
+            b = b.tls_certs_only(certs);
+        }
+        Trust::Insecure => b = b.tls_danger_accept_invalid_certs(true),
+    }
+    b.build().context("cannot build the HTTP client")
+}
+
+/// A browser: one client, one cookie jar.
+struct VirtualUser {
+    client: reqwest::Client,
+    jar: BTreeMap<String, String>,
+}
+
+/// A failed step, named for the error breakdown.
+type Failure = String;
+
+impl VirtualUser {
+    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let mut rb = self.client.request(method, url);
+        if !self.jar.is_empty() {
+            let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rb = rb.header(reqwest::header::COOKIE, cookies.join("; "));
+        }
+        rb
+    }
+
+    /// Keeps the cookies a response sets (and forgets those it clears). Returns the names
+    /// of cookies it set to a value.
+    fn keep_cookies(&mut self, resp: &reqwest::Response) -> Vec<String> {
+        let mut set = Vec::new();
+        for header in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            let Some((name, rest)) = text.split_once('=') else { continue };
+            let value = rest.split(';').next().unwrap_or("").trim();
+            let cleared = value.is_empty() || text.to_ascii_lowercase().contains("max-age=0");
+            if cleared {
+                self.jar.remove(name.trim());
+            } else {
+                self.jar.insert(name.trim().to_string(), value.to_string());
+                set.push(name.trim().to_string());
+            }
+        }
+        set
+    }
+
+    /// GET the form, POST it; `Ok(latency of the POST)` on a 303 to the target with a new
+    /// session cookie.
+    async fn sign_in(&mut self, form_url: &Url, username: &str, password: &SecretString) -> Result<Duration, Failure> {
+        let resp = self.request(Method::GET, form_url.clone()).send().await.map_err(|e| error_kind(&e))?;
+        self.keep_cookies(&resp);
+        let status = resp.status();
+        let page = resp.text().await.map_err(|e| error_kind(&e))?;
+        if status != StatusCode::OK {
+            return Err(status.as_u16().to_string());
+        }
+        let hidden = hidden_fields(&page);
+        if !hidden.iter().any(|(k, _)| k == "csrf") {
+            return Err("no_form".into());
+        }
+        let target = hidden.iter().find(|(k, _)| k == "next").map_or("/", |(_, v)| v.as_str());
+        let target = form_url.join(target).map_err(|_| Failure::from("no_form"))?;
+        let mut fields: Vec<(&str, &str)> = vec![("username", username), ("password", password.expose_secret())];
+        fields.extend(hidden.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let post_url = form_url.join("/login").map_err(|_| Failure::from("no_form"))?;
+
+        let started = Instant::now();
+        let resp = self.request(Method::POST, post_url).form(&fields).send().await.map_err(|e| error_kind(&e))?;
+        let set = self.keep_cookies(&resp);
+        let status = resp.status();
+        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let _ = resp.bytes().await.map_err(|e| error_kind(&e))?;
+        let latency = started.elapsed();
+        if status != StatusCode::SEE_OTHER {
+            return Err(status.as_u16().to_string());
+        }
+        if location.and_then(|l| form_url.join(&l).ok()) != Some(target) {
+            return Err("wrong_redirect".into());
+        }
+        if set.is_empty() {
+            return Err("no_session_cookie".into());
+        }
+        Ok(latency)
+    }
+
+    /// GET `url`; `Ok(latency)` on a 200.
+    async fn view(&mut self, url: &Url) -> Result<Duration, Failure> {
+        let started = Instant::now();
+        let resp = self.request(Method::GET, url.clone()).send().await.map_err(|e| error_kind(&e))?;
+        self.keep_cookies(&resp);
+        let status = resp.status();
+        let _ = resp.bytes().await.map_err(|e| error_kind(&e))?;
+        if status != StatusCode::OK {
+            return Err(status.as_u16().to_string());
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Runs the load test and returns what it measured.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    check_target(&opts.url, opts.allow_remote)?;
+    if opts.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if opts.duration.is_zero() {
+        bail!("--duration must be more than 0s");
+    }
+    if let Some(r) = opts.probe_rate {
+        if !(r > 0.0 && r <= 100_000.0) {
+            bail!("--probe-rate must be between 0 and 100000 per second");
+        }
+    }
+    crate::tls::install_crypto_provider();
+    let form_url = if opts.url.path() == "/" && opts.url.query().is_none() {
+        opts.url.join("/login").context("bad --url")?
+    } else {
+        opts.url.clone()
+    };
+    let home_url = opts.url.join("/").context("bad --url")?;
+    let health_url = opts.url.join("/healthz").context("bad --url")?;
+
+    // Open every connection (TLS handshake included) before the clock starts.
+    let mut users = Vec::with_capacity(opts.concurrency);
+    for _ in 0..opts.concurrency {
+        users.push(VirtualUser { client: client(&opts.trust)?, jar: BTreeMap::new() });
+    }
+    for user in &users {
+        let r =
+            user.client.get(health_url.clone()).send().await.with_context(|| format!("cannot reach {health_url}"))?;
+        let _ = r.bytes().await;
+    }
+
+    // Views: every virtual user signs in once (not timed).
+    let mut setup = Tally::new();
+    if opts.mode == Mode::Views {
+        for user in &mut users {
+            let mut signed_in = false;
+            for _ in 0..20 {
+                match user.sign_in(&form_url, &opts.username, &opts.password).await {
+                    Ok(_) => {
+                        setup.ok += 1;
+                        signed_in = true;
+                        break;
+                    }
+                    Err(kind) if kind == "401" || kind == "403" => {
+                        bail!("cannot sign in as {} (HTTP {kind}): check the username and password", opts.username)
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            if !signed_in {
+                setup.error("sign_in".into());
+            }
+        }
+    }
+
+    let probe_client = match opts.probe_rate {
+        Some(_) => {
+            let c = client(&opts.trust)?;
+            let _ = c.get(health_url.clone()).send().await.with_context(|| format!("cannot reach {health_url}"))?;
+            Some(c)
+        }
+        None => None,
+    };
+
+    let live = Arc::new(Live::default());
+    let start = Instant::now();
+    let deadline = start + opts.duration;
+    let password = Arc::new(opts.password);
+    let username = Arc::new(opts.username);
+    let mut tasks = Vec::with_capacity(users.len());
+    for mut user in users.into_iter().filter(|u| opts.mode == Mode::Logins || !u.jar.is_empty()) {
+        let live = Arc::clone(&live);
+        let (form_url, home_url) = (form_url.clone(), home_url.clone());
+        let (password, username) = (Arc::clone(&password), Arc::clone(&username));
+        let mode = opts.mode;
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::new();
+            while Instant::now() < deadline {
+                let step = async {
+                    match mode {
+                        Mode::Logins => {
+                            let r = user.sign_in(&form_url, &username, &password).await;
+                            // Forget the session, as a closed browser would (see the module doc).
+                            user.jar.clear();
+                            r
+                        }
+                        Mode::Views => user.view(&home_url).await,
+                    }
+                };
+                match tokio::time::timeout_at(deadline, step).await {
+                    Err(_) => break,
+                    Ok(Ok(latency)) => {
+                        tally.ok += 1;
+                        record(&mut tally.latency, latency);
+                        live.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(kind)) => {
+                        tally.error(kind);
+                        live.errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+
+    let probe = probe_client.zip(opts.probe_rate).map(|(c, rate)| tokio::spawn(probe(c, health_url, rate, deadline)));
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = spawn_progress(opts.progress, opts.mode, Arc::clone(&live), start, opts.duration, Arc::clone(&done));
+
+    let mut total = Tally::new();
+    for t in tasks {
+        total.merge(t.await.context("a virtual user failed")?);
+    }
+    let elapsed = start.elapsed().max(opts.duration).as_secs_f64();
+    let probe = match probe {
+        Some(p) => Some(p.await.context("the probe failed")?),
+        None => None,
+    };
+    done.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+
+    let errors = total.error_count() + setup.error_count();
+    let mut errors_by_kind = setup.errors.clone();
+    for (k, v) in &total.errors {
+        *errors_by_kind.entry(k.clone()).or_default() += v;
+    }
+    let per_sec = |n: u64| ((n as f64 / elapsed) * 100.0).round() / 100.0;
+    let (logins, logins_per_sec, views, views_per_sec) = match opts.mode {
+        Mode::Logins => (total.ok, Some(per_sec(total.ok)), None, None),
+        Mode::Views => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
+    };
+    Ok(Report {
+        mode: opts.mode,
+        concurrency: opts.concurrency,
+        duration_s: (elapsed * 1000.0).round() / 1000.0,
+        logins,
+        errors,
+        logins_per_sec,
+        views,
+        views_per_sec,
+        p50_ms: ms(&total.latency, 0.50),
+        p90_ms: ms(&total.latency, 0.90),
+        p99_ms: ms(&total.latency, 0.99),
+        max_ms: ms(&total.latency, 1.0),
+        errors_by_kind,
+        probe_p50_ms: probe.as_ref().map(|p| p.p50_ms),
+        probe_p99_ms: probe.as_ref().map(|p| p.p99_ms),
+        probe,
+    })
+}
+
+/// GET /healthz every 1/rate seconds until `deadline`, each on its own task so a slow
+/// answer does not delay the next probe; latency counts from when the probe was due.
+async fn probe(client: reqwest::Client, url: Url, rate: f64, deadline: Instant) -> ProbeReport {
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = Vec::new();
+    let mut sent = 0;
+    loop {
+        let due = ticker.tick().await;
+        if due >= deadline {
+            break;
+        }
+        sent += 1;
+        let (client, url, tally) = (client.clone(), url.clone(), Arc::clone(&tally));
+        inflight.push(tokio::spawn(async move {
+            let outcome = match client.get(url).send().await {
+                Ok(resp) if resp.status() == StatusCode::OK => match resp.bytes().await {
+                    Ok(_) => Ok(due.elapsed()),
+                    Err(e) => Err(error_kind(&e)),
+                },
+                Ok(resp) => Err(resp.status().as_u16().to_string()),
+                Err(e) => Err(error_kind(&e)),
+            };
+            if let Ok(mut t) = tally.lock() {
+                match outcome {
+                    Ok(latency) => {
+                        t.ok += 1;
+                        record(&mut t.latency, latency);
+                    }
+                    Err(kind) => t.error(kind),
+                }
+            }
+        }));
+    }
+    for task in inflight {
+        let _ = task.await;
+    }
+    let t = match tally.lock() {
+        Ok(t) => t,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    ProbeReport {
+        sent,
+        ok: t.ok,
+        errors: t.error_count(),
+        p50_ms: ms(&t.latency, 0.50),
+        p90_ms: ms(&t.latency, 0.90),
+        p99_ms: ms(&t.latency, 0.99),
+        max_ms: ms(&t.latency, 1.0),
+    }
+}
+
+fn spawn_progress(
+    progress: Progress,
+    mode: Mode,
+    live: Arc<Live>,
+    start: Instant,
+    duration: Duration,
+    done: Arc<AtomicBool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if progress == Progress::None {
+        return None;
+    }
+    let noun = match mode {
+        Mode::Logins => "logins",
+        Mode::Views => "views",
+    };
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let finished = done.load(Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64().min(duration.as_secs_f64()).max(0.001);
+            let ok = live.ok.load(Ordering::Relaxed);
+            let line = format!(
+                "loadtest: {secs:.0}s/{:.0}s  {noun} {ok} ({:.1}/s)  errors {}",
+                duration.as_secs_f64(),
+                ok as f64 / secs,
+                live.errors.load(Ordering::Relaxed)
+            );
+            let mut err = std::io::stderr().lock();
+            let _ = match progress {
+                Progress::Terminal if finished => writeln!(err, "\r\x1b[K{line}"),
+                Progress::Terminal => write!(err, "\r\x1b[K{line}"),
+                _ => writeln!(err, "{line}"),
+            };
+            let _ = err.flush();
+            if finished || secs >= duration.as_secs_f64() {
+                if progress == Progress::Terminal && !finished {
+                    let _ = writeln!(err);
+                }
+                return;
+            }
+        }
+    }))
+}
+
+/// Reads the password: one line from standard input, or a prompt without echo.
+fn read_password(from_stdin: bool) -> anyhow::Result<SecretString> {
+    let mut line = String::new();
+    if from_stdin {
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    } else if std::io::stdin().is_terminal() {
+        line = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    } else {
+        bail!("no terminal to prompt for the password; use --password-stdin");
+    }
+    let trimmed = line.trim_end_matches(['\n', '\r']).to_string();
+    zeroize::Zeroize::zeroize(&mut line);
+    if trimmed.is_empty() {
+        bail!("no password given");
+    }
+    Ok(SecretString::from(trimmed))
+}
+
+/// `portcullis loadtest`: parse the flags, run, print.
+pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
+    let url = Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
+    // Refuse before asking for a password.
+    check_target(&url, args.i_own_this_server)?;
+    let trust = match (&args.ca, args.insecure) {
+        (Some(path), _) => {
+            Trust::Ca(std::fs::read(path).with_context(|| format!("cannot read --ca {}", path.display()))?)
+        }
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::System,
+    };
+    let password = read_password(args.password_stdin)?;
+    let progress = if std::io::stderr().is_terminal() { Progress::Terminal } else { Progress::Lines };
+    let report = run(Options {
+        url,
+        username: args.username,
+        password,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        trust,
+        probe_rate: args.probe_rate,
+        mode: args.mode,
+        allow_remote: args.i_own_this_server,
+        progress,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).context("cannot encode the report")?);
+    } else {
+        print!("{}", human(&report));
+    }
+    let succeeded = report.views.unwrap_or(report.logins);
+    if succeeded == 0 {
+        bail!("nothing succeeded ({} errors: {:?})", report.errors, report.errors_by_kind);
+    }
+    Ok(())
+}
+
+/// The report as a few lines of text.
+pub fn human(r: &Report) -> String {
+    let mut s = String::new();
+    let what = match r.mode {
+        Mode::Logins => format!(
+            "logins      {} in {:.1}s = {:.1}/s  (concurrency {})\n",
+            r.logins,
+            r.duration_s,
+            r.logins_per_sec.unwrap_or(0.0),
+            r.concurrency
+        ),
+        Mode::Views => format!(
+            "page views  {} in {:.1}s = {:.1}/s  (concurrency {})\n",
+            r.views.unwrap_or(0),
+            r.duration_s,
+            r.views_per_sec.unwrap_or(0.0),
+            r.concurrency
+        ),
+    };
+    s.push_str(&what);
+    s.push_str(&format!(
+        "latency     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+        r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+    ));
+    s.push_str(&format!("errors      {}", r.errors));
+    if !r.errors_by_kind.is_empty() {
+        let parts: Vec<String> = r.errors_by_kind.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        s.push_str(&format!("  ({})", parts.join(", ")));
+    }
+    s.push('\n');
+    if let Some(p) = &r.probe {
+        s.push_str(&format!(
+            "/healthz    {} sent, {} ok  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+            p.sent, p.ok, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_pass_without_the_flag() {
+        for ok in ["https://127.0.0.1:4000", "https://127.8.9.10/", "https://[::1]:4000", "https://LOCALHOST:1"] {
+            assert!(check_target(&Url::parse(ok).unwrap(), false).is_ok(), "{ok}");
+        }
+        for bad in ["https://192.0.2.1", "https://example.com", "https://[2001:db8::1]", "https://localhost.evil.com"] {
+            let url = Url::parse(bad).unwrap();
+            assert!(check_target(&url, false).is_err(), "{bad}");
+            assert!(check_target(&url, true).is_ok(), "{bad}");
+        }
+        assert!(check_target(&Url::parse("ftp://127.0.0.1").unwrap(), true).is_err());
+    }
+
+    #[test]
+    fn hidden_fields_are_read_and_unescaped() {
+        let page = r#"<form method="post" action="/logout"><input type="hidden" name="csrf" value="other"></form>
+<form method="post" action="/login" autocomplete="on">
+  <input type="hidden" name="csrf" value="abc.def_1">
+  <input type="hidden" name="next" value="/a?b=c&amp;d=&#x27;e&#x27;">
+  <input id="username" name="username" type="text" value="">
+</form>"#;
+        assert_eq!(
+            hidden_fields(page),
+            vec![("csrf".to_string(), "abc.def_1".to_string()), ("next".to_string(), "/a?b=c&d='e'".to_string())]
+        );
+    }
+
+    #[test]
+    fn percentiles_are_in_milliseconds() {
+        let mut h = histogram();
+        for us in 1..=1000u64 {
+            record(&mut h, Duration::from_micros(us * 10));
+        }
+        assert!((ms(&h, 0.5) - 5.0).abs() < 0.01);
+        assert!((ms(&h, 1.0) - 10.0).abs() < 0.02);
+        assert_eq!(ms(&histogram(), 0.99), 0.0);
+    }
+}

@@ -1,0 +1,137 @@
+//! `portcullis bench-verify` (hidden): the raw argon2id verify rate of this machine, on one
+//! thread and on every core, for the bare crate (fresh memory per verify) and for the pool's
+//! reused, wiped [`Workspace`]. `benches/report.sh` divides the server's logins per second
+//! by the best all-core rate measured here in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use serde::Serialize;
+
+use crate::password::pool::Workspace;
+
+/// `portcullis bench-verify` flags.
+#[derive(clap::Args, Debug)]
+pub struct BenchVerifyArgs {
+    /// Seconds to measure each of the four cases
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// argon2id memory (KiB)
+    #[arg(long, default_value_t = 19456)]
+    pub memory_kib: u32,
+    /// argon2id iterations
+    #[arg(long, default_value_t = 2)]
+    pub iterations: u32,
+    /// Threads for the all-core case (default: one per core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Verifies per second.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rates {
+    /// `argon2::PasswordVerifier::verify_password`: fresh memory each time.
+    pub crate_per_sec: f64,
+    /// [`Workspace::verify`]: one buffer per thread, reused and wiped.
+    pub reused_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyRate {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub threads: usize,
+    pub one_thread: Rates,
+    pub all_threads: Rates,
+    /// The faster of the two all-thread rates: the raw rate the server is compared with.
+    pub raw_all_cores_per_sec: f64,
+    /// Milliseconds per verify on one thread, the faster way.
+    pub one_verify_ms: f64,
+}
+
+const PASSWORD: &[u8] = b"correct plum tractor velvet";
+
+/// Verifies on `threads` threads for `seconds`; returns verifies per second.
+fn rate(phc: &str, argon2: &Argon2<'_>, threads: usize, seconds: f64, reuse: bool) -> f64 {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let Ok(hash) = PasswordHash::new(phc) else { return 0 };
+                    let mut ws = Workspace::new();
+                    let mut n = 0u64;
+                    while Instant::now() < until {
+                        let ok = if reuse {
+                            ws.verify(PASSWORD, &hash)
+                        } else {
+                            argon2.verify_password(PASSWORD, &hash).is_ok()
+                        };
+                        n += u64::from(ok);
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Measures the four cases, one after the other.
+pub fn measure(memory_kib: u32, iterations: u32, threads: usize, seconds: f64) -> anyhow::Result<VerifyRate> {
+    let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let phc = argon2.hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("hashing: {e}"))?.to_string();
+    let threads = threads.max(1);
+    let one_thread = Rates {
+        crate_per_sec: rate(&phc, &argon2, 1, seconds, false),
+        reused_per_sec: rate(&phc, &argon2, 1, seconds, true),
+    };
+    let all_threads = Rates {
+        crate_per_sec: rate(&phc, &argon2, threads, seconds, false),
+        reused_per_sec: rate(&phc, &argon2, threads, seconds, true),
+    };
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let best_one = one_thread.crate_per_sec.max(one_thread.reused_per_sec);
+    Ok(VerifyRate {
+        memory_kib,
+        iterations,
+        threads,
+        raw_all_cores_per_sec: round(all_threads.crate_per_sec.max(all_threads.reused_per_sec)),
+        one_verify_ms: if best_one > 0.0 { round(1000.0 / best_one) } else { 0.0 },
+        one_thread: Rates {
+            crate_per_sec: round(one_thread.crate_per_sec),
+            reused_per_sec: round(one_thread.reused_per_sec),
+        },
+        all_threads: Rates {
+            crate_per_sec: round(all_threads.crate_per_sec),
+            reused_per_sec: round(all_threads.reused_per_sec),
+        },
+    })
+}
+
+/// `portcullis bench-verify`.
+pub fn main(args: BenchVerifyArgs) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let r = measure(args.memory_kib, args.iterations, threads, args.seconds)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r).context("cannot encode the result")?);
+    } else {
+        println!("argon2id m={} KiB t={} p=1", r.memory_kib, r.iterations);
+        println!(
+            "1 thread:   crate {:.1}/s  reused {:.1}/s  ({:.1} ms per verify)",
+            r.one_thread.crate_per_sec, r.one_thread.reused_per_sec, r.one_verify_ms
+        );
+        println!(
+            "{} threads: crate {:.1}/s  reused {:.1}/s  (raw all-core rate {:.1}/s)",
+            r.threads, r.all_threads.crate_per_sec, r.all_threads.reused_per_sec, r.raw_all_cores_per_sec
+        );
+    }
+    Ok(())
+}

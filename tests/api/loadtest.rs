@@ -1,0 +1,92 @@
+//! `portcullis loadtest` driven through the library against the real server: it signs in
+//! for real, reports the fields `--json` promises, measures page views, and refuses a
+//! server that is not on this machine.
+
+use std::time::Duration;
+
+use portcullis::loadtest::{self, Mode, Options, Progress, Trust};
+use secrecy::SecretString;
+
+use crate::helpers::{spawn_app_with, GOOD_PASSWORD};
+
+fn options(app: &crate::helpers::TestApp, mode: Mode, url: &str) -> Options {
+    Options {
+        url: url.parse().unwrap(),
+        username: "bench".into(),
+        password: SecretString::from(GOOD_PASSWORD),
+        concurrency: 2,
+        duration: Duration::from_millis(1500),
+        trust: Trust::Ca(std::fs::read(app.settings.cert_dir.join("cert.pem")).unwrap()),
+        probe_rate: Some(20.0),
+        mode,
+        allow_remote: false,
+        progress: Progress::None,
+    }
+}
+
+#[tokio::test]
+async fn logins_are_counted_without_errors_and_the_json_has_its_fields() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let report = loadtest::run(options(&app, Mode::Logins, &app.base)).await.unwrap();
+    assert!(report.logins > 0, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    let json = serde_json::to_value(&report).unwrap();
+    for field in ["logins", "errors", "logins_per_sec", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors_by_kind"] {
+        assert!(json.get(field).is_some_and(|v| !v.is_null()), "{field} missing in {json}");
+    }
+    let probe = &json["probe"];
+    assert!(probe["ok"].as_u64().unwrap() > 0, "{json}");
+    assert!(probe["p99_ms"].is_number(), "{json}");
+    // Each login was a real session: they are on the server now.
+    assert!(app.state.sessions.list("bench").unwrap().len() as u64 >= report.logins);
+}
+
+#[tokio::test]
+async fn a_next_target_is_followed_and_a_wrong_password_is_an_error() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let mut opts = options(&app, Mode::Logins, &app.url("/login?next=/account"));
+    opts.duration = Duration::from_millis(500);
+    opts.probe_rate = None;
+    let report = loadtest::run(opts).await.unwrap();
+    assert!(report.logins > 0 && report.errors == 0, "{report:?}");
+
+    let mut opts = options(&app, Mode::Logins, &app.base);
+    opts.password = SecretString::from("not the password at all");
+    opts.duration = Duration::from_millis(500);
+    opts.probe_rate = None;
+    let report = loadtest::run(opts).await.unwrap();
+    assert_eq!(report.logins, 0);
+    assert!(report.errors > 0 && report.errors_by_kind.contains_key("401"), "{report:?}");
+}
+
+#[tokio::test]
+async fn signed_in_page_views_are_counted() {
+    let app = spawn_app_with(|s| s.login_quota_per_ip = None).await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let mut opts = options(&app, Mode::Views, &app.base);
+    opts.duration = Duration::from_millis(1000);
+    let report = loadtest::run(opts).await.unwrap();
+    assert_eq!(report.logins, 2, "one sign-in per virtual user: {report:?}");
+    assert!(report.views.unwrap() > 0 && report.errors == 0, "{report:?}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["views_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn a_server_elsewhere_is_refused_unless_owned() {
+    let app = spawn_app_with(|_| {}).await;
+    for url in ["https://192.0.2.1:4000", "https://example.com", "https://[2001:db8::1]/"] {
+        let err = loadtest::run(options(&app, Mode::Logins, url)).await.unwrap_err();
+        assert!(format!("{err}").contains("--i-own-this-server"), "{err}");
+    }
+}
