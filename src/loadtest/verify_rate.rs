@@ -1,6 +1,7 @@
 //! `portcullis bench-verify` (hidden): the raw argon2id verify rate of this machine, on one
 //! thread and on every core, for the bare crate (fresh memory per verify) and for the pool's
-//! reused, wiped [`Workspace`]. `benches/report.sh` divides the server's logins per second
+//! reused [`Workspace`] as its workers run it under a flood (jobs back to back, wiped once
+//! idle). `benches/report.sh` divides the server's logins per second
 //! by the best all-core rate measured here in the same run.
 
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ pub struct BenchVerifyArgs {
 pub struct Rates {
     /// `argon2::PasswordVerifier::verify_password`: fresh memory each time.
     pub crate_per_sec: f64,
-    /// [`Workspace::verify`]: one buffer per thread, reused and wiped.
+    /// [`Workspace::verify`]: one buffer per thread, reused (wiped once idle, as the pool does).
     pub reused_per_sec: f64,
 }
 
@@ -64,7 +65,7 @@ fn rate(phc: &str, argon2: &Argon2<'_>, threads: usize, seconds: f64, reuse: boo
             .map(|_| {
                 s.spawn(move || {
                     let Ok(hash) = PasswordHash::new(phc) else { return 0 };
-                    let mut ws = Workspace::new();
+                    let mut ws = Workspace::wiped_when_idle();
                     let mut n = 0u64;
                     while Instant::now() < until {
                         let ok = if reuse {

@@ -130,24 +130,43 @@ impl HashPool {
 
 fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
     lower_priority();
-    let mut workspace = Workspace::new();
+    let mut workspace = Workspace::wiped_when_idle();
+    let mut next = None;
     loop {
-        let next = match receiver.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
+        let job = match next.take() {
+            Some(job) => job,
+            None => {
+                let received = match receiver.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                match received {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
         };
-        let Ok((job, span)) = next else { return };
-        let _entered = span.enter();
-        match job {
-            Job::Verify { password, phc, reply } => {
-                let _ = reply.send(hasher.verify(&mut workspace, &password, phc.as_deref()));
-            }
-            Job::Hash { password, reply } => {
-                let _ = reply.send(hasher.hash(&mut workspace, &password));
-            }
-        }
+        run(job, hasher, &mut workspace);
         if let Some(inner) = inner.upgrade() {
             inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        // A job waiting already: its argon2 pass overwrites the buffer. None: wipe now,
+        // before sleeping on the queue.
+        next = receiver.lock().ok().and_then(|rx| rx.try_recv().ok());
+        if next.is_none() {
+            workspace.wipe();
+        }
+    }
+}
+
+fn run((job, span): (Job, tracing::Span), hasher: &Hasher, workspace: &mut Workspace) {
+    let _entered = span.enter();
+    match job {
+        Job::Verify { password, phc, reply } => {
+            let _ = reply.send(hasher.verify(workspace, &password, phc.as_deref()));
+        }
+        Job::Hash { password, reply } => {
+            let _ = reply.send(hasher.hash(workspace, &password));
         }
     }
 }
@@ -203,18 +222,51 @@ impl Hasher {
     }
 }
 
-/// One worker's argon2 memory: a block buffer reused from one hash to the next and wiped
-/// (zeroize) after every use, so no password-derived memory outlives the job.
-#[derive(Default)]
+/// One worker's argon2 memory: a block buffer reused from one hash to the next, so no
+/// fresh pages are mapped and zeroed for every hash.
+///
+/// Wiping: a [`Workspace::new`] wipes (zeroize) the blocks after every hash. The pool's
+/// workers use [`Workspace::wiped_when_idle`] instead: they call [`Workspace::wipe`] as soon
+/// as no job is waiting, and while jobs queue back to back the next hash's first pass
+/// overwrites every block the previous one wrote (a smaller next hash wipes the rest
+/// first). Under a login flood that saves a full-buffer wipe per hash (about a tenth of a
+/// verify at 19 MiB); password-derived memory still never outlives the busy period, and is
+/// wiped before the buffer is shrunk or freed.
 pub struct Workspace {
     blocks: Vec<Block>,
+    /// Blocks written since the last wipe (a prefix of `blocks`).
+    dirty: usize,
+    wipe_after_each: bool,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace::new()
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+fn wipe_blocks(blocks: &mut [Block]) {
+    for block in blocks {
+        block.zeroize();
+    }
 }
 
 impl Workspace {
-    /// An empty workspace; the buffer is allocated at the first hash, so an idle server
-    /// does not hold it.
+    /// An empty workspace that wipes after every hash; the buffer is allocated at the first
+    /// hash, so an idle server does not hold it.
     pub fn new() -> Self {
-        Workspace { blocks: Vec::new() }
+        Workspace { blocks: Vec::new(), dirty: 0, wipe_after_each: true }
+    }
+
+    /// An empty workspace whose owner calls [`Workspace::wipe`] when it goes idle.
+    pub fn wiped_when_idle() -> Self {
+        Workspace { blocks: Vec::new(), dirty: 0, wipe_after_each: false }
     }
 
     /// Bytes held between hashes.
@@ -222,25 +274,47 @@ impl Workspace {
         self.blocks.len() * Block::SIZE
     }
 
-    /// Runs argon2 into `out` on this workspace's memory, then wipes the memory.
+    /// Whether password-derived memory is held now.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty > 0
+    }
+
+    /// Zeroes every block written since the last wipe.
+    pub fn wipe(&mut self) {
+        let dirty = self.dirty.min(self.blocks.len());
+        wipe_blocks(&mut self.blocks[..dirty]);
+        self.dirty = 0;
+    }
+
+    /// Runs argon2 into `out` on this workspace's memory.
     fn compute(&mut self, argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
         let count = argon2.params().block_count();
         if self.blocks.len() < count {
+            // Growing may move the buffer: wipe what the old one held before it is freed.
+            self.wipe();
             self.blocks.resize(count, Block::new());
         }
-        let blocks = &mut self.blocks[..count];
-        let result = argon2.hash_password_into_with_memory(password, salt, out, &mut *blocks);
-        for block in blocks.iter_mut() {
-            block.zeroize();
+        if self.dirty > count {
+            // This hash overwrites only the first `count` blocks; the rest must not linger.
+            wipe_blocks(&mut self.blocks[count..self.dirty]);
+        }
+        self.dirty = count;
+        let result = argon2.hash_password_into_with_memory(password, salt, out, &mut self.blocks[..count]);
+        if self.wipe_after_each {
+            self.wipe();
         }
         result
     }
 
     /// Gives back memory beyond what `params` needs (after checking an older, larger hash),
-    /// so the pool never holds more than `workers × argon2 memory` for long.
+    /// wiped first, so the pool never holds more than `workers × argon2 memory` for long.
     fn trim(&mut self, params: &Params) {
         let count = params.block_count();
         if self.blocks.len() > count {
+            if self.dirty > count {
+                wipe_blocks(&mut self.blocks[count..self.dirty]);
+                self.dirty = count;
+            }
             self.blocks.truncate(count);
             self.blocks.shrink_to_fit();
         }
@@ -344,12 +418,31 @@ mod tests {
             assert!(ws.verify(b"plum tractor velvet orbit", &parsed));
             assert!(!ws.verify(b"plum tractor velvet orbiT", &parsed));
             // Wiped after use: nothing password-derived is left in the buffer.
-            assert!(ws.blocks.iter().all(|b| format!("{b:?}").bytes().filter(u8::is_ascii_digit).all(|d| d == b'0')));
+            assert!(all_zero(&ws) && !ws.is_dirty());
         }
         // Other variants and versions are checked too (older hashes).
         let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(64, 1, 1, None).unwrap());
         let old = argon2i.hash_password(b"plum tractor velvet orbit").unwrap().to_string();
         assert!(Workspace::new().verify(b"plum tractor velvet orbit", &PasswordHash::new(&old).unwrap()));
+    }
+
+    fn all_zero(ws: &Workspace) -> bool {
+        ws.blocks.iter().all(|b| format!("{b:?}").bytes().filter(u8::is_ascii_digit).all(|d| d == b'0'))
+    }
+
+    #[test]
+    fn a_workspace_wiped_when_idle_is_clean_after_wipe_and_when_a_smaller_hash_follows() {
+        let big = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(256, 1, 1, None).unwrap());
+        let small = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
+        let mut ws = Workspace::wiped_when_idle();
+        let phc = ws.hash(&big, b"plum tractor velvet orbit").unwrap();
+        assert!(ws.is_dirty() && !all_zero(&ws));
+        assert!(ws.verify(b"plum tractor velvet orbit", &PasswordHash::new(&phc).unwrap()));
+        ws.hash(&small, b"plum tractor velvet orbit").unwrap();
+        let tail = Workspace { blocks: ws.blocks[64..].to_vec(), dirty: 0, wipe_after_each: true };
+        assert!(all_zero(&tail), "blocks the smaller hash did not use were wiped");
+        ws.wipe();
+        assert!(!ws.is_dirty() && all_zero(&ws));
     }
 
     #[test]

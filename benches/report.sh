@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+#! benches/report.sh: measures this machine's raw argon2 verify rate, then a release server
+#! under `portcullis loadtest` at several concurrencies, and prints a markdown table
+#! (logins/s and their ratio to the raw rate, latency, /healthz p99 under the flood, RSS),
+#! plus signed-in page views per second. Everything in one run on one machine, so the
+#! ratios hold even when the absolute figures move with the machine's load.
+#!
+#! Usage: benches/report.sh            (from the repository root)
+#! Environment: DURATION (per run, default 10s), CONCURRENCY (default "1 2 4 8 32 500"),
+#!   VERIFY_SECONDS (default 5), PROBE_RATE (default 50), CARGO_TARGET_DIR.
+#! Needs: cargo, curl, python3. The server listens on 127.0.0.1 only, in a temporary
+#! directory that is removed at the end.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONCURRENCY=${CONCURRENCY:-1 2 4 8 32 500}
+VERIFY_SECONDS=${VERIFY_SECONDS:-5}
+PROBE_RATE=${PROBE_RATE:-50}
+TARGET=${CARGO_TARGET_DIR:-target}
+
+echo "building release..." >&2
+cargo build --release --quiet
+BIN=$(realpath "$TARGET/release/portcullis")
+
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "raw verify rate (${VERIFY_SECONDS}s per case)..." >&2
+"$BIN" bench-verify --seconds "$VERIFY_SECONDS" --json > "$WORK/verify.json"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PORTCULLIS_DATA_DIR="$WORK/data" PORTCULLIS_CERT_DIR="$WORK/certs" PORTCULLIS_LOG_DIR="$WORK/logs"
+export PORTCULLIS_HTTPS_ADDR="127.0.0.1:$PORT" PORTCULLIS_HTTP_ADDR=off
+export PORTCULLIS_LOGIN_QUOTA_PER_IP=off PORTCULLIS_LOGIN_QUOTA_PER_USER=off PORTCULLIS_CAPTCHA_AFTER_FAILURES=1000
+unset PORTCULLIS_CONFIG
+cd "$WORK"
+
+# A random password, never printed; one user for the login flood and one for page views
+# (whose home page lists that user's sessions, so it must not inherit the flood's).
+PASSWORD=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+printf '%s\n' "$PASSWORD" | "$BIN" user add bench --password-stdin > /dev/null
+printf '%s\n' "$PASSWORD" | "$BIN" user add viewer --password-stdin > /dev/null
+
+"$BIN" serve > "$WORK/server.out" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    if curl -skf "https://127.0.0.1:$PORT/healthz" > /dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+curl -skf "https://127.0.0.1:$PORT/healthz" > /dev/null
+sleep 2
+
+status() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SERVER_PID/status"; }
+IDLE_KB=$(status VmRSS)
+
+loadtest() { # concurrency, extra flags...
+    local c=$1
+    shift
+    printf '%s\n' "$PASSWORD" | "$BIN" loadtest --url "https://127.0.0.1:$PORT" --ca "$WORK/certs/cert.pem" \
+        --concurrency "$c" --duration "$DURATION" --password-stdin --json "$@" 2>> "$WORK/progress.log"
+}
+
+: > "$WORK/runs.jsonl"
+for c in $CONCURRENCY; do
+    echo "loadtest: $c virtual users for $DURATION..." >&2
+    echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true # reset the peak (VmHWM)
+    out=$(loadtest "$c" --username bench --probe-rate "$PROBE_RATE" || true)
+    out=${out:-null}
+    echo "{\"run\": $out, \"peak_kb\": $(status VmHWM), \"threads\": $(status Threads)}" >> "$WORK/runs.jsonl"
+done
+
+echo "page views: 8 connections for $DURATION..." >&2
+echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true
+views=$(loadtest 8 --username viewer --mode views --probe-rate "$PROBE_RATE" || true)
+views=${views:-null}
+echo "{\"run\": $views, \"peak_kb\": $(status VmHWM)}" > "$WORK/views.json"
+TOTAL_PEAK_KB=$(status VmHWM)
+
+python3 - "$WORK" "$IDLE_KB" "$TOTAL_PEAK_KB" "$DURATION" "$(nproc)" <<'EOF'
+import json, sys
+work, idle_kb, total_peak_kb, duration, cores = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+v = json.load(open(f"{work}/verify.json"))
+raw = v["raw_all_cores_per_sec"]
+mib = lambda kb: f"{kb / 1024:.1f} MiB"
+print(f"argon2id m={v['memory_kib']} KiB t={v['iterations']} p=1, {v['threads']} threads ({cores} cores), {duration} per run")
+print()
+print("| raw verify | crate (fresh memory) | pool workspace (reused) |")
+print("| --- | --- | --- |")
+print(f"| 1 thread | {v['one_thread']['crate_per_sec']:.1f}/s | {v['one_thread']['reused_per_sec']:.1f}/s |")
+print(f"| {v['threads']} threads | {v['all_threads']['crate_per_sec']:.1f}/s | {v['all_threads']['reused_per_sec']:.1f}/s |")
+print()
+print(f"Raw all-core verify rate (the faster way): **{raw:.1f}/s**. Idle RSS: **{mib(idle_kb)}**.")
+print()
+print("| concurrency | logins/s | × raw rate | p50 | p99 | /healthz p99 | errors | peak RSS |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+for line in open(f"{work}/runs.jsonl"):
+    row = json.loads(line)
+    r = row["run"]
+    if not r:
+        print("| ? | run failed | | | | | | |")
+        continue
+    errs = ", ".join(f"{k}: {n}" for k, n in r["errors_by_kind"].items()) or "0"
+    probe = r.get("probe") or {}
+    print(f"| {r['concurrency']} | {r['logins_per_sec']:.1f} | {r['logins_per_sec'] / raw:.3f} | {r['p50_ms']:.1f} ms"
+          f" | {r['p99_ms']:.1f} ms | {probe.get('p99_ms', 0):.1f} ms | {errs} | {mib(row['peak_kb'])} |")
+print()
+row = json.load(open(f"{work}/views.json"))
+r = row["run"]
+if r:
+    probe = r.get("probe") or {}
+    errs = ", ".join(f"{k}: {n}" for k, n in r["errors_by_kind"].items()) or "0"
+    print("| signed-in page views | views/s | p50 | p99 | /healthz p99 | errors | peak RSS |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    print(f"| GET /, 8 connections | {r['views_per_sec']:.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms"
+          f" | {probe.get('p99_ms', 0):.1f} ms | {errs} | {mib(row['peak_kb'])} |")
+else:
+    print("page views: run failed")
+print()
+print(f"Peak RSS over the whole run: {mib(total_peak_kb)}.")
+EOF
