@@ -7,7 +7,10 @@
 #!
 #! Usage: benches/report.sh            (from the repository root)
 #! Environment: DURATION (per run, default 10s), CONCURRENCY (default "1 2 4 8 32 500"),
-#!   VERIFY_SECONDS (default 5), PROBE_RATE (default 50), CARGO_TARGET_DIR.
+#!   VERIFY_SECONDS (default 5), ROW_VERIFY_SECONDS (default 2), PROBE_RATE (default 50),
+#!   CARGO_TARGET_DIR.
+#! Each row's ratio is to the raw all-core rate measured just before and just after that
+#! row's run (the mean of the two), so a machine whose load drifts still gives fair ratios.
 #! Needs: cargo, curl, python3. The server listens on 127.0.0.1 only, in a temporary
 #! directory that is removed at the end.
 set -euo pipefail
@@ -16,6 +19,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 32 500}
 VERIFY_SECONDS=${VERIFY_SECONDS:-5}
+ROW_VERIFY_SECONDS=${ROW_VERIFY_SECONDS:-2}
 PROBE_RATE=${PROBE_RATE:-50}
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -60,6 +64,17 @@ curl -skf "https://127.0.0.1:$PORT/healthz" > /dev/null
 sleep 2
 
 status() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SERVER_PID/status"; }
+TICKS=$(getconf CLK_TCK)
+cpu_ms() { awk -v t="$TICKS" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$SERVER_PID/stat"; }
+settle() { # until the server has finished the previous run's queued hashes (at most 60 s)
+    for _ in $(seq 1 120); do
+        local a b
+        a=$(cpu_ms)
+        sleep 0.5
+        b=$(cpu_ms)
+        if [ $((b - a)) -lt 50 ]; then return; fi
+    done
+}
 IDLE_KB=$(status VmRSS)
 
 loadtest() { # concurrency, extra flags...
@@ -72,13 +87,22 @@ loadtest() { # concurrency, extra flags...
 : > "$WORK/runs.jsonl"
 for c in $CONCURRENCY; do
     echo "loadtest: $c virtual users for $DURATION..." >&2
+    settle
+    raw_before=$("$BIN" bench-verify --seconds "$ROW_VERIFY_SECONDS" --all-cores-only --json)
     echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true # reset the peak (VmHWM)
+    before=$(cpu_ms)
     out=$(loadtest "$c" --username bench --probe-rate "$PROBE_RATE" || true)
+    after=$(cpu_ms) # at once: work the server still does for requests cut at the deadline is left out
+    peak=$(status VmHWM)
     out=${out:-null}
-    echo "{\"run\": $out, \"peak_kb\": $(status VmHWM), \"threads\": $(status Threads)}" >> "$WORK/runs.jsonl"
+    settle
+    raw_after=$("$BIN" bench-verify --seconds "$ROW_VERIFY_SECONDS" --all-cores-only --json)
+    echo "{\"run\": $out, \"peak_kb\": $peak, \"cpu_ms\": $((after - before)), \"raw\": [$raw_before, $raw_after]}" \
+        >> "$WORK/runs.jsonl"
 done
 
 echo "page views: 8 connections for $DURATION..." >&2
+settle
 echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true
 views=$(loadtest 8 --username viewer --mode views --probe-rate "$PROBE_RATE" || true)
 views=${views:-null}
@@ -95,13 +119,21 @@ print(f"argon2id m={v['memory_kib']} KiB t={v['iterations']} p=1, {v['threads']}
 print()
 print("| raw verify | crate (fresh memory) | pool workspace (reused) |")
 print("| --- | --- | --- |")
-print(f"| 1 thread | {v['one_thread']['crate_per_sec']:.1f}/s | {v['one_thread']['reused_per_sec']:.1f}/s |")
-print(f"| {v['threads']} threads | {v['all_threads']['crate_per_sec']:.1f}/s | {v['all_threads']['reused_per_sec']:.1f}/s |")
+for label, k in (("1 thread", "one_thread"), (f"{v['threads']} threads", "all_threads")):
+    x = v[k]
+    print(f"| {label} | {x['crate_per_sec']:.1f}/s ({x['crate_cpu_ms']:.1f} CPU ms each)"
+          f" | {x['reused_per_sec']:.1f}/s ({x['reused_cpu_ms']:.1f} CPU ms each) |")
 print()
-print(f"Raw all-core verify rate (the faster way): **{raw:.1f}/s**. Idle RSS: **{mib(idle_kb)}**.")
+print(f"Raw all-core verify rate at the start (the faster way): **{raw:.1f}/s**; one verify:"
+      f" {v['one_verify_ms']:.1f} ms, {v['one_verify_cpu_ms']:.1f} ms of CPU. Idle RSS: **{mib(idle_kb)}**.")
 print()
-print("| concurrency | logins/s | × raw rate | p50 | p99 | /healthz p99 | errors | peak RSS |")
-print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+print("Each row: the raw all-core verify rate and CPU per verify are measured just before and just")
+print("after that row's run (mean of the two); server CPU per login is the server process's CPU")
+print("time during the run divided by its logins, so its ratio to a raw verify's CPU is")
+print("1 + the server's overhead.")
+print()
+print("| concurrency | logins/s | raw verifies/s | × raw rate | p50 | p99 | /healthz p99 | server CPU/login | × raw verify CPU | errors | peak RSS |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
 for line in open(f"{work}/runs.jsonl"):
     row = json.loads(line)
     r = row["run"]
@@ -110,8 +142,13 @@ for line in open(f"{work}/runs.jsonl"):
         continue
     errs = ", ".join(f"{k}: {n}" for k, n in r["errors_by_kind"].items()) or "0"
     probe = r.get("probe") or {}
-    print(f"| {r['concurrency']} | {r['logins_per_sec']:.1f} | {r['logins_per_sec'] / raw:.3f} | {r['p50_ms']:.1f} ms"
-          f" | {r['p99_ms']:.1f} ms | {probe.get('p99_ms', 0):.1f} ms | {errs} | {mib(row['peak_kb'])} |")
+    per_login = row["cpu_ms"] / r["logins"] if r["logins"] else 0
+    row_raw = sum(x["raw_all_cores_per_sec"] for x in row["raw"]) / len(row["raw"])
+    row_cpu = sum(x["all_cores_verify_cpu_ms"] for x in row["raw"]) / len(row["raw"])
+    spread = " – ".join(f"{x['raw_all_cores_per_sec']:.1f}" for x in row["raw"])
+    print(f"| {r['concurrency']} | {r['logins_per_sec']:.1f} | {row_raw:.1f} ({spread}) | {r['logins_per_sec'] / row_raw:.3f}"
+          f" | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {probe.get('p99_ms', 0):.1f} ms | {per_login:.1f} ms"
+          f" | {per_login / row_cpu:.3f} | {errs} | {mib(row['peak_kb'])} |")
 print()
 row = json.load(open(f"{work}/views.json"))
 r = row["run"]

@@ -16,8 +16,10 @@
 //! from the moment each probe was due (so a stalled server cannot hide its stall).
 //!
 //! Anything else (another status, a connection error, a form without its fields) is an
-//! error, counted by kind; after one a virtual user pauses 10 ms so a refusing server is not
-//! hammered in a tight loop. Work still in flight when the duration ends is not counted.
+//! error, counted by kind. After one a virtual user pauses as a person would: for the
+//! `Retry-After` of a 429 or 503 (at most 1 s), otherwise 10 ms, so the test measures a busy
+//! server rather than a storm of instant retries (an attack, which the quotas are for).
+//! Work still in flight when the duration ends is not counted.
 
 pub mod verify_rate;
 
@@ -323,10 +325,25 @@ fn client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
 struct VirtualUser {
     client: reqwest::Client,
     jar: BTreeMap<String, String>,
+    /// The `Retry-After` of the last refusal.
+    retry_after: Option<u64>,
 }
 
 /// A failed step, named for the error breakdown.
 type Failure = String;
+
+/// How long to wait after a failure: the server's `Retry-After` for 429 and 503, capped.
+fn pause_after(kind: &str, retry_after: Option<u64>) -> Duration {
+    match (kind, retry_after) {
+        ("429" | "503", Some(secs)) => Duration::from_secs(secs.min(1)),
+        ("429" | "503", None) => Duration::from_millis(100),
+        _ => Duration::from_millis(10),
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
+}
 
 impl VirtualUser {
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
@@ -363,6 +380,7 @@ impl VirtualUser {
         let resp = self.request(Method::GET, form_url.clone()).send().await.map_err(|e| error_kind(&e))?;
         self.keep_cookies(&resp);
         let status = resp.status();
+        self.retry_after = retry_after(&resp);
         let page = resp.text().await.map_err(|e| error_kind(&e))?;
         if status != StatusCode::OK {
             return Err(status.as_u16().to_string());
@@ -381,6 +399,7 @@ impl VirtualUser {
         let resp = self.request(Method::POST, post_url).form(&fields).send().await.map_err(|e| error_kind(&e))?;
         let set = self.keep_cookies(&resp);
         let status = resp.status();
+        self.retry_after = retry_after(&resp);
         let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
         let _ = resp.bytes().await.map_err(|e| error_kind(&e))?;
         let latency = started.elapsed();
@@ -402,6 +421,7 @@ impl VirtualUser {
         let resp = self.request(Method::GET, url.clone()).send().await.map_err(|e| error_kind(&e))?;
         self.keep_cookies(&resp);
         let status = resp.status();
+        self.retry_after = retry_after(&resp);
         let _ = resp.bytes().await.map_err(|e| error_kind(&e))?;
         if status != StatusCode::OK {
             return Err(status.as_u16().to_string());
@@ -436,7 +456,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Open every connection (TLS handshake included) before the clock starts.
     let mut users = Vec::with_capacity(opts.concurrency);
     for _ in 0..opts.concurrency {
-        users.push(VirtualUser { client: client(&opts.trust)?, jar: BTreeMap::new() });
+        users.push(VirtualUser { client: client(&opts.trust)?, jar: BTreeMap::new(), retry_after: None });
     }
     for user in &users {
         let r =
@@ -510,9 +530,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         live.ok.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(kind)) => {
+                        let pause = pause_after(&kind, user.retry_after.take());
                         tally.error(kind);
                         live.errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
                     }
                 }
             }
@@ -793,6 +814,14 @@ mod tests {
             hidden_fields(page),
             vec![("csrf".to_string(), "abc.def_1".to_string()), ("next".to_string(), "/a?b=c&d='e'".to_string())]
         );
+    }
+
+    #[test]
+    fn refusals_are_retried_after_the_servers_retry_after_capped_at_a_second() {
+        assert_eq!(pause_after("503", Some(1)), Duration::from_secs(1));
+        assert_eq!(pause_after("429", Some(600)), Duration::from_secs(1));
+        assert_eq!(pause_after("503", None), Duration::from_millis(100));
+        assert_eq!(pause_after("connect", None), Duration::from_millis(10));
     }
 
     #[test]
