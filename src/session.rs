@@ -13,6 +13,10 @@ use crate::store::{now_ms, SessionRecord, Store, StoreError, StoredSession, User
 /// and no Domain, so a sibling subdomain cannot plant or overwrite it.
 pub const SESSION_COOKIE: &str = "__Host-portcullis";
 
+/// Most sessions one user may have at once; signing in beyond it ends the least recently
+/// used one.
+pub const MAX_SESSIONS_PER_USER: usize = 64;
+
 /// A session token as the browser holds it. Never stored server-side, never logged.
 pub struct SessionToken([u8; 32]);
 
@@ -87,7 +91,23 @@ impl Sessions {
             user_agent: user_agent.chars().take(200).collect(),
         };
         self.store.insert_session(&token.hash(), &record)?;
+        self.enforce_limit(user_key)?;
         Ok(token)
+    }
+
+    /// Keeps at most [`MAX_SESSIONS_PER_USER`] sessions per user, ending the least recently
+    /// used (expired ones first), so one account's state, and its home page, stay small.
+    fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
+        let mut sessions = self.store.user_sessions(user_key)?;
+        if sessions.len() <= MAX_SESSIONS_PER_USER {
+            return Ok(());
+        }
+        let now = now_ms();
+        sessions.sort_by_key(|s| (!self.is_expired(&s.record, now), s.record.last_seen_at));
+        for s in &sessions[..sessions.len() - MAX_SESSIONS_PER_USER] {
+            self.store.delete_session(&s.token_hash)?;
+        }
+        Ok(())
     }
 
     /// Whether a record has passed either timeout at `now`.
@@ -163,6 +183,23 @@ mod tests {
         assert!(SessionToken::parse(&"A".repeat(44)).is_none());
         assert!(SessionToken::parse(&"!".repeat(43)).is_none());
         assert_ne!(SessionToken::generate().unwrap().encode(), encoded);
+    }
+
+    #[test]
+    fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
+        let ip = "127.0.0.1".parse().unwrap();
+        let first = sessions.create("alice", ip, "ua").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut later = Vec::new();
+        for _ in 0..MAX_SESSIONS_PER_USER {
+            later.push(sessions.create("alice", ip, "ua").unwrap());
+        }
+        assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
+        assert!(store.session(&first.hash()).unwrap().is_none(), "the oldest went");
+        assert!(store.session(&later[0].hash()).unwrap().is_some());
     }
 
     #[test]
