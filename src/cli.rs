@@ -270,22 +270,30 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
         Response::Error { message } => bail!(message),
         _ => bail!("unexpected answer from the server"),
     };
-    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
+    let mut more = false;
     match answer {
-        Answer::Summary { summary } if args.json => writeln!(out, "{}", serde_json::to_string(&summary)?)?,
-        Answer::Summary { summary } => write!(out, "{}", text_summary(&summary))?,
+        Answer::Summary { summary } if args.json => text = serde_json::to_string(&summary)? + "\n",
+        Answer::Summary { summary } => text = text_summary(&summary),
         Answer::Records { records, next } => {
             if args.json {
                 for r in &records {
-                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                    text.push_str(&serde_json::to_string(r)?);
+                    text.push('\n');
                 }
             } else {
-                write!(out, "{}", text_table(&records))?;
+                text = text_table(&records);
             }
-            if next.is_some() {
-                eprintln!("(more records match: raise --limit or narrow the filters)");
-            }
+            more = next.is_some();
         }
+    }
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // `portcullis audit | head` closing the pipe early is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    if more {
+        eprintln!("(more records match: raise --limit or narrow the filters)");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! most `workers × argon2 memory` is in use for hashing at any moment.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::phc::{Output, ParamsString, Salt};
@@ -128,6 +128,21 @@ impl HashPool {
     }
 }
 
+/// glibc keeps freed heap memory for reuse (and, once a large mmap'd block has been freed,
+/// serves the next ones from the heap too); ask it to return what is free to the system, so
+/// an idle server's RSS really drops back.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by the allocator; it has no
+    // preconditions and cannot affect live allocations.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How long an idle worker keeps its argon2 buffer before freeing it.
+const KEEP_BUFFER_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
     lower_priority();
     let mut workspace = Workspace::wiped_when_idle();
@@ -136,13 +151,23 @@ fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inn
         let job = match next.take() {
             Some(job) => job,
             None => {
+                // Wait for work at most a second at a time, holding the queue only while
+                // waiting: then every idle worker gets its turn to notice the quiet, and gives
+                // its (already wiped) buffer back, so an idle server holds no argon2 memory.
                 let received = match receiver.lock() {
-                    Ok(rx) => rx.recv(),
+                    Ok(rx) => rx.recv_timeout(KEEP_BUFFER_WHEN_IDLE),
                     Err(_) => return,
                 };
                 match received {
                     Ok(job) => job,
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if workspace.held_bytes() > 0 {
+                            workspace.release();
+                            give_back_freed_memory();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
         };
@@ -277,6 +302,12 @@ impl Workspace {
     /// Whether password-derived memory is held now.
     pub fn is_dirty(&self) -> bool {
         self.dirty > 0
+    }
+
+    /// Wipes and frees the buffer (the next hash allocates it again).
+    pub fn release(&mut self) {
+        self.wipe();
+        self.blocks = Vec::new();
     }
 
     /// Zeroes every block written since the last wipe.
@@ -424,6 +455,18 @@ mod tests {
         let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(64, 1, 1, None).unwrap());
         let old = argon2i.hash_password(b"plum tractor velvet orbit").unwrap().to_string();
         assert!(Workspace::new().verify(b"plum tractor velvet orbit", &PasswordHash::new(&old).unwrap()));
+    }
+
+    #[test]
+    fn a_released_workspace_holds_no_memory() {
+        let mut ws = Workspace::wiped_when_idle();
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
+        let mut out = [0u8; 32];
+        ws.compute(&argon2, b"pw", b"saltsaltsalt", &mut out).unwrap();
+        assert!(ws.held_bytes() > 0 && ws.is_dirty());
+        ws.release();
+        assert_eq!(ws.held_bytes(), 0);
+        assert!(!ws.is_dirty());
     }
 
     fn all_zero(ws: &Workspace) -> bool {
