@@ -312,11 +312,20 @@ fn parse_range(s: &str, min: u32, max: u32) -> Result<u32, String> {
     Ok(n)
 }
 
-/// Durations like `30s`, `15m`, `12h`, `90d`.
+/// Longest duration accepted for any setting. Longer ones are surely typos, and they break
+/// things: governor panics on quota periods past 584 years, timers cannot be scheduled past the
+/// end of `Instant`, and milliseconds stop fitting in a u64.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// Durations like `30s`, `15m`, `12h`, `90d`, longer than zero and at most [`MAX_DURATION`]
+/// (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s, 15m or 12h ({e})"))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    if d > MAX_DURATION {
+        return Err("must be at most 100 years".into());
     }
     Ok(d)
 }
@@ -399,5 +408,18 @@ mod tests {
         assert_eq!(parse_rate("10/15m").unwrap(), Some(Rate { burst: 10, period: Duration::from_secs(900) }));
         assert!(parse_rate("0/1m").is_err());
         assert!(parse_rate("ten").is_err());
+    }
+
+    #[test]
+    fn absurdly_long_durations_are_refused_not_a_panic_at_start() {
+        // Found by the config property test: a quota of `1/600years` made governor panic when the
+        // server built its limiters, instead of a one-line error naming the setting.
+        assert!(parse_rate("1/600years").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert_eq!(parse_duration("100years"), Ok(MAX_DURATION));
+        let err = Settings::from_layers(None, &flags(&[("login_quota_per_ip", "1/600years")]), &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("login_quota_per_ip") && err.contains("100 years"), "{err}");
     }
 }
