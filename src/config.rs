@@ -216,10 +216,10 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
-        message: e.message().to_string(),
+        message: escape_controls(e.message()),
     })?;
     if let Some(key) = table.keys().find(|k| !KEYS.iter().any(|key| key.name == k.as_str())) {
-        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: key.clone() });
+        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: escape_controls(key) });
     }
     Ok((path.to_path_buf(), table))
 }
@@ -241,7 +241,8 @@ impl Parser {
             key,
             value: value_text(&raw.value),
             source_name: raw.source.clone(),
-            message: message.to_string(),
+            // Messages quote parts of the value: keep them on one line.
+            message: escape_controls(message),
         }
     }
 
@@ -272,6 +273,13 @@ impl Parser {
         };
         items.iter().map(|s| f(s).map_err(|m| self.invalid(key, &m))).collect()
     }
+}
+
+/// `text` with control characters (line breaks, terminal escapes) written as escapes, for
+/// error messages that quote what someone typed: an error stays one line, and cannot move the
+/// cursor or recolour the terminal it is printed on.
+pub fn escape_controls(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
 fn value_text(v: &toml::Value) -> String {
@@ -408,6 +416,18 @@ mod tests {
         assert_eq!(parse_rate("10/15m").unwrap(), Some(Rate { burst: 10, period: Duration::from_secs(900) }));
         assert!(parse_rate("0/1m").is_err());
         assert!(parse_rate("ten").is_err());
+    }
+
+    #[test]
+    fn errors_quoting_a_value_stay_on_one_line() {
+        // Found by the config fuzz target: a TOML multi-line string in trusted_proxies came
+        // back in the error message with its line breaks.
+        let file: toml::Table = "trusted_proxies = [\"\"\"\n10.0.0.1\n\\u001b[2J\"\"\"]".parse().unwrap();
+        let err = Settings::from_layers(Some(&(PathBuf::from("p.toml"), file)), &BTreeMap::new(), &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
+        assert!(!err.chars().any(char::is_control), "{err:?}");
     }
 
     #[test]
