@@ -9,6 +9,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, FailureReason};
+use crate::config::escape_controls;
 use crate::domain::normalise_key;
 use crate::store::{FailureQuery, FailureRecord};
 
@@ -43,6 +44,8 @@ pub enum FilterError {
     #[error("the page cursor is invalid")]
     Cursor,
 }
+// The values quoted in these messages are escaped (`escape_controls`): they come from the
+// command line, the admin page or the admin socket, and an error must stay one line.
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -57,11 +60,12 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
-        .ok_or_else(|| FilterError::Time(s.to_string()))
+        .ok_or_else(|| FilterError::Time(escape_controls(s)))
 }
 
 pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| FilterError::Reason(s.to_string()))
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| FilterError::Reason(escape_controls(s)))
 }
 
 impl FilterArgs {
@@ -70,7 +74,7 @@ impl FilterArgs {
         let since = non_empty(&self.since).map(|s| parse_time(s, now_ms)).transpose()?;
         let until = non_empty(&self.until).map(|s| parse_time(s, now_ms)).transpose()?;
         let ip = non_empty(&self.ip)
-            .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(s.to_string())))
+            .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(escape_controls(s))))
             .transpose()?;
         let reason = non_empty(&self.reason).map(parse_reason).transpose()?;
         let user_key = match non_empty(&self.user) {
@@ -411,6 +415,16 @@ mod tests {
         assert!(matches!(bad.to_query(0, 1), Err(FilterError::Ip(_))));
         let bad = FilterArgs { before: Some("!!".into()), ..Default::default() };
         assert_eq!(bad.to_query(0, 1).unwrap_err(), FilterError::Cursor);
+        // The flaw the config fuzz target found in settings errors, here too: junk with control
+        // characters came back raw in the one-line error.
+        for bad in [
+            FilterArgs { since: Some("2x\r\u{1b}[2J".into()), ..Default::default() },
+            FilterArgs { ip: Some("1.2.3.4\u{1b}[0m".into()), ..Default::default() },
+            FilterArgs { reason: Some("csrf\u{7}".into()), ..Default::default() },
+        ] {
+            let err = bad.to_query(0, 1).unwrap_err().to_string();
+            assert!(!err.chars().any(char::is_control), "{err:?}");
+        }
     }
 
     #[test]
