@@ -6,7 +6,8 @@ mod admin;
 mod health;
 mod home;
 pub mod login;
-mod logout;
+/// Public for the fuzz targets (the logout form's shape).
+pub mod logout;
 mod static_files;
 
 use std::sync::Arc;

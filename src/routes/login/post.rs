@@ -26,17 +26,19 @@ use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::store::now_ms;
 use crate::{client, cookies};
 
+/// The login form as posted. Public so the fuzz targets and property tests parse exactly
+/// this shape.
 #[derive(Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
-    username: String,
+    pub username: String,
     #[serde(default)]
-    password: String,
+    pub password: String,
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
     #[serde(default)]
-    captcha: String,
-    next: Option<String>,
+    pub captcha: String,
+    pub next: Option<String>,
 }
 
 impl Drop for LoginForm {
