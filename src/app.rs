@@ -94,7 +94,8 @@ impl Application {
         let tls_config = tls::server_config(Arc::clone(&resolver))?;
         let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, settings.max_connections)
             .await
-            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
+            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?
+            .with_timeouts(settings.handshake_timeout, settings.header_read_timeout);
         let (http, http_addr) = match settings.http_addr {
             Some(addr) => {
                 let acceptor = TcpListener::bind(addr)

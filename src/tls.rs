@@ -30,8 +30,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-/// How long a client may take to complete the TLS handshake.
+/// How long a client may take to complete the TLS handshake (the default of the
+/// `handshake_timeout` setting).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's headers (the default of the
+/// `header_read_timeout` setting).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Installs aws-lc-rs as the process's rustls provider (several crates pull rustls in, and
 /// rustls refuses to guess between two compiled-in providers).
@@ -183,12 +188,15 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
 }
 
 /// Accepts TCP connections up to a cap and wraps each in a TLS server stream whose handshake
-/// runs lazily in the connection's own task, with a deadline.
+/// runs lazily in the connection's own task, with a deadline; then gives each request's headers
+/// a deadline too (see [`HeadDeadline`]).
 pub struct TlsAcceptor {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: tokio_rustls::TlsAcceptor,
     slots: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl TlsAcceptor {
@@ -200,7 +208,16 @@ impl TlsAcceptor {
             local_addr,
             tls: tokio_rustls::TlsAcceptor::from(config),
             slots: Arc::new(Semaphore::new(max_connections)),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         })
+    }
+
+    /// Sets how long a client may take over the TLS handshake and over each request's headers.
+    pub fn with_timeouts(mut self, handshake: Duration, header_read: Duration) -> Self {
+        self.handshake_timeout = handshake;
+        self.header_read_timeout = header_read;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -222,12 +239,17 @@ impl Acceptor for TlsAcceptor {
         let (stream, peer) = self.listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let handshake = self.tls.accept(stream);
+        let timeout = self.handshake_timeout;
         let handshake = async move {
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            tokio::time::timeout(timeout, handshake)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
         };
-        let conn = TlsConnection { state: State::Handshaking(Box::pin(handshake)), _slot: permit };
+        let conn = TlsConnection {
+            state: State::Handshaking(Box::pin(handshake)),
+            head: HeadDeadline::new(self.header_read_timeout),
+            _slot: permit,
+        };
         Ok((conn, LocalAddr(self.local_addr.into()), RemoteAddr(peer.into()), Scheme::HTTPS))
     }
 }
@@ -240,9 +262,108 @@ enum State {
     Failed,
 }
 
+/// The slowloris defence: each request's headers must arrive within a deadline.
+///
+/// poem drives hyper without a timer, so hyper's own `header_read_timeout` is off, and poem's
+/// idle timeout restarts with every byte read: a client sending one header byte a minute
+/// would hold its connection (and a slot under the cap) for ever. This watches the decrypted
+/// bytes instead, below hyper, and fails the read once the deadline passes:
+///
+/// - the deadline starts when the TLS handshake completes (the first request), or when the
+///   first byte of a later request arrives on a keep-alive connection, whose idle time in
+///   between is poem's idle timeout's business;
+/// - it ends with the blank line that ends an HTTP/1 request head (`\r\n\r\n`); the body
+///   and the handler's time do not count;
+/// - the server's next write (its response) means the next bytes start a new request.
+///
+/// HTTP/2 frames its requests itself: there the deadline covers only the connection preface
+/// (which ends with a blank line as well), after which hyper's HTTP/2 limits apply.
+struct HeadDeadline {
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A complete head arrived and no response has been written since.
+    head_complete: bool,
+    /// The last bytes of the previous read, for a blank line split across reads.
+    tail: [u8; 3],
+    /// HTTP/2: only the preface is timed.
+    done: bool,
+    /// Nothing has been read yet (an HTTP/2 preface without ALPN shows in the first bytes).
+    fresh: bool,
+}
+
+impl HeadDeadline {
+    fn new(timeout: Duration) -> Self {
+        HeadDeadline { timeout, sleep: None, head_complete: false, tail: [0; 3], done: false, fresh: true }
+    }
+
+    /// The handshake finished: the first request's head is due from now.
+    fn start(&mut self, h2: bool) {
+        self.arm();
+        self.done = h2;
+    }
+
+    fn arm(&mut self) {
+        self.tail = [0; 3];
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// Decrypted bytes arrived.
+    fn on_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || (self.done && !self.armed()) {
+            return;
+        }
+        if std::mem::take(&mut self.fresh) && bytes.starts_with(b"PRI * HTTP/2.0") {
+            self.done = true;
+        }
+        if !self.armed() {
+            if self.head_complete {
+                return; // a body, or a pipelined request behind a complete head
+            }
+            self.arm();
+        }
+        if ends_head(&self.tail, bytes) {
+            self.sleep = None;
+            self.head_complete = true;
+        } else {
+            let mut joined = self.tail.to_vec();
+            joined.extend_from_slice(&bytes[bytes.len().saturating_sub(3)..]);
+            self.tail.copy_from_slice(&joined[joined.len() - 3..]);
+        }
+    }
+
+    /// The server is answering: whatever the client sends next is a new request.
+    fn on_write(&mut self) {
+        if !self.armed() {
+            self.head_complete = false;
+        }
+    }
+
+    /// Whether the deadline has passed (registering for a wake-up if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// Whether `bytes`, after the `tail` of the previous read, contain the blank line ending a head.
+fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
+    const BLANK: &[u8] = b"\r\n\r\n";
+    let mut start = tail.to_vec();
+    start.extend_from_slice(&bytes[..bytes.len().min(3)]);
+    start.windows(4).any(|w| w == BLANK) || bytes.windows(4).any(|w| w == BLANK)
+}
+
 /// One client connection. Holds its slot under the connection cap until dropped.
 pub struct TlsConnection {
     state: State,
+    head: HeadDeadline,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -250,7 +371,10 @@ impl TlsConnection {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut TlsStream<TcpStream>>> {
         if let State::Handshaking(fut) = &mut self.state {
             match fut.as_mut().poll(cx) {
-                Poll::Ready(Ok(stream)) => self.state = State::Ready(Box::new(stream)),
+                Poll::Ready(Ok(stream)) => {
+                    self.head.start(stream.get_ref().1.alpn_protocol() == Some(b"h2"));
+                    self.state = State::Ready(Box::new(stream));
+                }
                 Poll::Ready(Err(e)) => {
                     self.state = State::Failed;
                     return Poll::Ready(Err(e));
@@ -268,9 +392,21 @@ impl TlsConnection {
 impl AsyncRead for TlsConnection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match this.poll_ready(cx) {
-            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_read(cx, buf),
+        let before = buf.filled().len();
+        let stream = match this.poll_ready(cx) {
+            Poll::Ready(Ok(stream)) => stream,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match Pin::new(stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.head.on_read(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.head.expired(cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request headers not received in time")))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -279,6 +415,7 @@ impl AsyncRead for TlsConnection {
 impl AsyncWrite for TlsConnection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.head.on_write();
         match this.poll_ready(cx) {
             Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -3,6 +3,7 @@
 
 mod brute_force;
 mod cli;
+mod exhaustion;
 mod fuzz_props;
 mod helpers;
 mod load;

@@ -1,0 +1,180 @@
+//! Resource exhaustion: idle connections by the thousand, slowloris, a flood of logins far
+//! beyond the hash pool, thousands of visitors who never submit, and a full disk. In each the
+//! server must keep answering `/healthz` and a signed-in user, keep memory bounded, and fail
+//! closed with clear errors.
+//!
+//! No assertion is about time (this runs on small shared machines): latencies and memory are
+//! printed for the record (`cargo test exhaustion -- --nocapture`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
+
+/// Past this something is wrong, not slow.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A TCP connection to `addr` from the loopback address `source` (any 127.x.y.z works on
+/// Linux), so that an attacker and a legitimate client can be told apart by address.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS client that trusts the server's certificate and offers `alpn`.
+pub fn tls_connector(app: &TestApp, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    portcullis::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(app.settings.cert_dir.join("cert.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+pub async fn tls_connect(app: &TestApp, source: IpAddr) -> Tls {
+    let tcp = connect_from(source, app.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tls_connector(app, &[b"http/1.1"]).connect(name, tcp).await.unwrap()
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a raw stream.
+async fn read_response(stream: &mut Tls) -> std::io::Result<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
+                return Ok((status, body));
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed mid-response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `/healthz` on a fresh connection and `/` for a signed-in browser: both must answer.
+/// Returns their latencies.
+async fn probe(app: &TestApp, signed_in: &reqwest::Client) -> (Duration, Duration) {
+    let started = Instant::now();
+    let fresh = app.new_browser();
+    let resp = tokio::time::timeout(PATIENCE, fresh.get(app.url("/healthz")).send())
+        .await
+        .expect("healthz answers in the end")
+        .expect("healthz answers");
+    assert_eq!(resp.status(), 200);
+    let health = started.elapsed();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(PATIENCE, signed_in.get(app.url("/")).send())
+        .await
+        .expect("the signed-in user is answered in the end")
+        .expect("the signed-in user is answered");
+    assert_eq!(resp.status(), 200, "the signed-in user lost their session");
+    (health, started.elapsed())
+}
+
+async fn signed_in_user(app: &TestApp) -> reqwest::Client {
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
+    browser
+}
+
+// --- slowloris ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_off_and_keep_alive_still_works() {
+    let app = spawn_app_with(|s| {
+        s.header_read_timeout = Duration::from_secs(2);
+        s.max_connections = 64;
+    })
+    .await;
+    let alice = signed_in_user(&app).await;
+    let app = Arc::new(app);
+
+    // 40 clients complete TLS, then send a request head one byte every 250 ms: the full head
+    // would take 30 s.
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {}\r\n\r\n", "a".repeat(60));
+    let mut loris = JoinSet::new();
+    for _ in 0..40 {
+        let app = Arc::clone(&app);
+        let head = head.clone();
+        loris.spawn(async move {
+            let mut tls = tls_connect(&app, "127.0.0.3".parse().unwrap()).await;
+            let started = Instant::now();
+            for (sent, byte) in head.bytes().enumerate() {
+                if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+                    return (sent, started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // A closed connection shows as end of stream on the read side.
+                let mut b = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), tls.read(&mut b)).await {
+                    return (sent + 1, started.elapsed());
+                }
+            }
+            (head.len(), started.elapsed())
+        });
+    }
+
+    // Meanwhile everyone else is served. 40 of the 64 slots are held, so fresh connections fit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (health, home) = probe(&app, &alice).await;
+    println!("slowloris: healthz {health:?}, signed-in GET / {home:?} while 40 clients dribble headers");
+
+    let mut cut = Vec::new();
+    while let Some(r) = loris.join_next().await {
+        let (sent, after) = r.unwrap();
+        assert!(sent < head.len(), "a slowloris client delivered its whole head over {after:?}");
+        cut.push(after);
+    }
+    cut.sort();
+    println!("slowloris: all 40 cut off; after {:?} (first) to {:?} (last)", cut[0], cut[cut.len() - 1]);
+
+    // A slow but honest client (the head in 1 s) is served.
+    let mut tls = tls_connect(&app, "127.0.0.1".parse().unwrap()).await;
+    for chunk in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".chunks(5) {
+        tls.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_response(&mut tls).await.unwrap(), (200, "ok".to_string()));
+
+    // Keep-alive: idle longer than the header deadline between requests, on one connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap(), (200, "ok".to_string()), "second request after idling");
+    // A request with a body, then idle again, then another request.
+    tls.write_all(b"POST /logout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\ncsrf=x").await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap().0, 303);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut tls).await.unwrap(), (200, "ok".to_string()), "request after a POST and idling");
+
+    // HTTP/2 connections are not timed after their preface: alice's stays usable after idling.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (health, home) = probe(&app, &alice).await;
+    println!("slowloris: afterwards healthz {health:?}, signed-in GET / {home:?}");
+}
