@@ -199,9 +199,16 @@ pub struct TlsAcceptor {
     header_read_timeout: Duration,
 }
 
+/// Connections the kernel queues for us while every slot is taken (tokio's default is 128:
+/// past the queue, clients see dropped SYNs and retry a second or more later).
+const LISTEN_BACKLOG: u32 = 1024;
+
 impl TlsAcceptor {
     pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, max_connections: usize) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let local_addr = listener.local_addr()?;
         Ok(TlsAcceptor {
             listener,

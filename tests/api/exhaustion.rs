@@ -20,6 +20,30 @@ use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
 /// Past this something is wrong, not slow.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Resident memory of this process (server and clients together), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises this process's open-file limit to its hard limit (thousands of sockets ahead).
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
 /// A TCP connection to `addr` from the loopback address `source` (any 127.x.y.z works on
 /// Linux), so that an attacker and a legitimate client can be told apart by address.
 pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -177,4 +201,84 @@ async fn slowloris_connections_are_cut_off_and_keep_alive_still_works() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (health, home) = probe(&app, &alice).await;
     println!("slowloris: afterwards healthz {health:?}, signed-in GET / {home:?}");
+}
+
+// --- idle connections -----------------------------------------------------------------------
+
+/// Opens `n` TCP connections from `sources` (round robin) that never send a byte; each task
+/// resolves, once the server closes its connection, to how long that took.
+fn idle_connections(addr: SocketAddr, sources: &[IpAddr], n: usize) -> JoinSet<Result<Duration, String>> {
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let source = sources[i % sources.len()];
+        set.spawn(async move {
+            let started = Instant::now();
+            let mut stream = tokio::time::timeout(PATIENCE, connect_from(source, addr))
+                .await
+                .map_err(|_| "connect never completed".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(PATIENCE, stream.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => Ok(started.elapsed()),
+                Ok(Ok(_)) => Err("the server sent bytes to a client that said nothing".into()),
+                Err(_) => Err("the server kept an idle connection open".into()),
+            }
+        });
+    }
+    set
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_connections_wait_for_a_slot_and_are_dropped_after_the_handshake_timeout() {
+    let fds = raise_fd_limit();
+    // Each idle connection costs this process two descriptors (client and server side). 1200
+    // fit in the 256 slots plus the listen backlog (1024): past that the kernel drops SYNs and
+    // clients retry on their own schedule, which tests the kernel rather than the server.
+    let n = 1200.min((fds.saturating_sub(400) / 2) as usize);
+    let app = spawn_app_with(|s| {
+        s.max_connections = 256;
+        s.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let alice = signed_in_user(&app).await;
+    let rss_before = rss_kib();
+
+    // From 30 addresses, 40 connections each: far past the cap.
+    let sources: Vec<IpAddr> = (1..=30).map(|i| format!("127.0.1.{i}").parse().unwrap()).collect();
+    let started = Instant::now();
+    let mut idle = idle_connections(app.addr, &sources, n);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The signed-in user's connection holds its slot; a fresh client queues behind the idle
+    // ones and is served once handshake timeouts give slots back.
+    let (health, home) = probe(&app, &alice).await;
+    let rss_during = rss_kib();
+    println!("{n} idle connections, 256 slots: fresh healthz after {health:?}, signed-in GET / {home:?}");
+
+    let mut closed = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(r) = idle.join_next().await {
+        match r.unwrap() {
+            Ok(d) => closed.push(d),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.is_empty(), "{} of {n} idle connections: {:?}", errors.len(), errors.first());
+    // Slots come back in waves, one handshake timeout apart.
+    let mut waves = std::collections::BTreeMap::new();
+    for d in &closed {
+        *waves.entry(d.as_secs()).or_insert(0) += 1;
+    }
+    println!("idle connections dropped per second since they connected: {waves:?}");
+    closed.sort();
+    println!(
+        "all {n} idle connections dropped by the server, the last after {:?} (total {:?}); RSS {} -> {} -> {} KiB",
+        closed[closed.len() - 1],
+        started.elapsed(),
+        rss_before,
+        rss_during,
+        rss_kib()
+    );
+    let (health, home) = probe(&app, &alice).await;
+    println!("afterwards: healthz {health:?}, signed-in GET / {home:?}");
 }
