@@ -203,6 +203,10 @@ pub struct TlsAcceptor {
 /// past the queue, clients see dropped SYNs and retry a second or more later).
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// How long to pause after a failed `accept` (out of file descriptors, most likely): the
+/// connection stays queued, so retrying at once would fail again and spin a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 impl TlsAcceptor {
     pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, max_connections: usize) -> io::Result<Self> {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -243,7 +247,14 @@ impl Acceptor for TlsAcceptor {
         // Waiting for a slot before accepting leaves excess clients in the kernel's backlog
         // instead of holding memory for them here.
         let permit = Arc::clone(&self.slots).acquire_owned().await.map_err(|_| io::Error::other("listener closed"))?;
-        let (stream, peer) = self.listener.accept().await?;
+        let (stream, peer) = match self.listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                return Err(e);
+            }
+        };
         let _ = stream.set_nodelay(true);
         let handshake = self.tls.accept(stream);
         let timeout = self.handshake_timeout;

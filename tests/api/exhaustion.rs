@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::child::{self, ServerProcess};
 use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
 
 /// Past this something is wrong, not slow.
@@ -281,4 +282,74 @@ async fn thousands_of_idle_connections_wait_for_a_slot_and_are_dropped_after_the
     );
     let (health, home) = probe(&app, &alice).await;
     println!("afterwards: healthz {health:?}, signed-in GET / {home:?}");
+}
+
+/// A client without a cookie jar (cookies are sent by hand) that trusts `cert_dir`.
+fn bare_client(cert_dir: &std::path::Path) -> reqwest::Client {
+    crate::helpers::browser_builder(cert_dir).cookie_store(false).build().unwrap()
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    // 64 descriptors: the store, logs, listener and admin socket take a few dozen; idle
+    // connections take the rest, and accept() then fails with EMFILE.
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(&d, &child::quick_with(&[("--handshake-timeout", "3s")]), |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    });
+    let pid = server.child.id();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(server.url("").trim_start_matches("https://")).await.unwrap());
+    }
+    // Accepting is now failing for want of descriptors. Measure what that costs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ticks, started) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - ticks;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    println!(
+        "out of descriptors: the server used {} ms of CPU in {:?} with 100 connections waiting",
+        used * 1000 / per_second,
+        started.elapsed()
+    );
+    drop(idle);
+    // Once the idle connections are gone (or timed out), it serves again.
+    let client = bare_client(&d.join("certs"));
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match client.get(server.url("/healthz")).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < until, "the server never recovered: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.terminate();
 }

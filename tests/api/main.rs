@@ -2,6 +2,9 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
+// Helpers for tests that run the binary; not every test file uses every one of them.
+#[allow(dead_code)]
+mod child;
 mod cli;
 mod exhaustion;
 mod fuzz_props;

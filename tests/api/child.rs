@@ -1,0 +1,236 @@
+//! The real `portcullis` binary as a child process: `serve` on a free port in a directory of
+//! its own (cheap argon2, quotas off unless asked), its memory, SIGKILL, and CLI commands run
+//! against it. Used where a test needs a separate process: crash safety, disk exhaustion,
+//! server-only memory figures, and what the binary prints.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Nothing here should take this long; past it the test fails instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The binary with its directories under `dir` and no `PORTCULLIS_*` from the caller.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTCULLIS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("PORTCULLIS_DATA_DIR", dir.join("data"))
+        .env("PORTCULLIS_LOG_DIR", dir.join("logs"))
+        .env("PORTCULLIS_CERT_DIR", dir.join("certs"))
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Flags for a quick test server: port 0, no redirect listener, argon2 small, quotas off.
+pub const QUICK: &[&str] = &[
+    "serve",
+    "--https-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "off",
+    "--argon2-memory-kib",
+    "256",
+    "--argon2-iterations",
+    "1",
+    "--login-quota-per-ip",
+    "off",
+    "--login-quota-per-user",
+    "off",
+    "--captcha-after-failures",
+    "1000",
+];
+
+/// [`QUICK`] with some flags' values replaced (or added): `("--hash-workers", "1")`.
+pub fn quick_with(overrides: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    let mut args = QUICK.to_vec();
+    for (flag, value) in overrides {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value,
+            None => args.extend([*flag, *value]),
+        }
+    }
+    args
+}
+
+/// A running `portcullis serve`.
+pub struct ServerProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub origin: String,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl ServerProcess {
+    /// Starts `portcullis` with `args` in `dir` and waits until it says where it listens.
+    /// `setup` may adjust the command (limits, environment) before it starts.
+    pub fn start_with(dir: &Path, args: &[&str], setup: impl FnOnce(&mut Command)) -> ServerProcess {
+        let mut cmd = command(dir);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("the binary starts");
+        let (stdout, stderr) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        collect(child.stdout.take().unwrap(), Arc::clone(&stdout));
+        collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
+        let until = Instant::now() + DEADLINE;
+        let origin = loop {
+            let found = stderr.lock().unwrap().iter().find_map(|l| {
+                l.split("open https://").nth(1).and_then(|rest| rest.split('/').next()).map(|a| format!("https://{a}"))
+            });
+            if let Some(origin) = found {
+                break origin;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("serve exited with {status} before listening: {:#?}", stderr.lock().unwrap());
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve never said it was listening: {:#?}", stderr.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ServerProcess { child, dir: dir.to_path_buf(), origin, stdout, stderr }
+    }
+
+    pub fn start(dir: &Path, args: &[&str]) -> ServerProcess {
+        Self::start_with(dir, args, |_| {})
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// A browser-like client trusting this server's certificate.
+    pub fn browser(&self) -> reqwest::Client {
+        crate::helpers::browser(&self.dir.join("certs"))
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing. (Reaped when dropped.)
+    pub fn sigkill(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!("serve did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed so far, standard output then standard error.
+    pub fn output(&self) -> String {
+        let mut text = self.stdout.lock().unwrap().join("\n");
+        text.push('\n');
+        text.push_str(&self.stderr.lock().unwrap().join("\n"));
+        text
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one CLI run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `portcullis ARGS` in `dir` on a blocking thread, with `stdin` if given.
+pub async fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = command(dir);
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let stdin = stdin.map(|s| format!("{s}\n"));
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("the binary starts");
+        if let Some(text) = stdin {
+            let _ = child.stdin.take().unwrap().write_all(text.as_bytes());
+        }
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+        let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+        let until = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a CLI command did not finish within {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Run { ok: status.success(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    })
+    .await
+    .unwrap()
+}
+
+/// The whole sign-in against a child server: GET the form, POST it. Returns the response
+/// status and the session cookie value if one was set.
+pub async fn login(
+    server: &ServerProcess,
+    client: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> (u16, Option<String>) {
+    let page = client.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
+    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap_or_default();
+    let resp = client
+        .post(server.url("/login"))
+        .form(&[("username", user), ("password", password), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), crate::helpers::cookie_value(&resp, "__Host-portcullis"))
+}
