@@ -415,8 +415,8 @@ mod tests {
         assert!(matches!(bad.to_query(0, 1), Err(FilterError::Ip(_))));
         let bad = FilterArgs { before: Some("!!".into()), ..Default::default() };
         assert_eq!(bad.to_query(0, 1).unwrap_err(), FilterError::Cursor);
-        // The flaw the config fuzz target found in settings errors, here too: junk with control
-        // characters came back raw in the one-line error.
+        // Found by the admin_socket fuzz target: junk with control characters came back raw in
+        // the one-line error.
         for bad in [
             FilterArgs { since: Some("2x\r\u{1b}[2J".into()), ..Default::default() },
             FilterArgs { ip: Some("1.2.3.4\u{1b}[0m".into()), ..Default::default() },
