@@ -95,7 +95,8 @@ impl Application {
         let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, settings.max_connections)
             .await
             .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?
-            .with_timeouts(settings.handshake_timeout, settings.header_read_timeout);
+            .with_timeouts(settings.handshake_timeout, settings.header_read_timeout)
+            .with_per_address_cap(settings.max_connections_per_ip, settings.trusted_proxies.clone());
         let (http, http_addr) = match settings.http_addr {
             Some(addr) => {
                 let acceptor = TcpListener::bind(addr)

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -197,6 +197,7 @@ pub struct TlsAcceptor {
     slots: Arc<Semaphore>,
     handshake_timeout: Duration,
     header_read_timeout: Duration,
+    per_address: Arc<AddressCounts>,
 }
 
 /// Connections the kernel queues for us while every slot is taken (tokio's default is 128:
@@ -206,6 +207,67 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// How long to pause after a failed `accept` (out of file descriptors, most likely): the
 /// connection stays queued, so retrying at once would fail again and spin a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Open connections per client address, for `max_connections_per_ip`.
+struct AddressCounts {
+    max: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// Whether a new connection may stay.
+enum Admission {
+    /// Counted against its address until dropped.
+    Counted(AddressSlot),
+    /// From a trusted proxy: not counted (everyone behind it shares its address).
+    Exempt,
+    /// Its address already holds its share.
+    Refused,
+}
+
+impl AddressCounts {
+    fn new(max: usize, exempt: Vec<ipnet::IpNet>) -> Arc<Self> {
+        Arc::new(AddressCounts { max: max.max(1), exempt, open: Default::default() })
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Admission::Exempt;
+        }
+        let key = crate::rate_limit::address_key(ip);
+        // A poisoned lock only means a thread panicked while holding it; the counts are
+        // plain integers that are never left half-updated, so carry on with them.
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return Admission::Refused;
+        }
+        *n += 1;
+        Admission::Counted(AddressSlot { counts: Arc::clone(self), key })
+    }
+}
+
+/// One connection's place in its address's count; given back when the connection ends.
+struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
 
 impl TlsAcceptor {
     pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, max_connections: usize) -> io::Result<Self> {
@@ -221,7 +283,16 @@ impl TlsAcceptor {
             slots: Arc::new(Semaphore::new(max_connections)),
             handshake_timeout: HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            per_address: AddressCounts::new(max_connections, Vec::new()),
         })
+    }
+
+    /// Caps the connections one client address (IPv6: one /64) may hold at once; addresses in
+    /// `exempt` (trusted proxies) are not capped. Connections past the cap are closed at once,
+    /// so that one host cannot take every slot under `max_connections`.
+    pub fn with_per_address_cap(mut self, max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
+        self.per_address = AddressCounts::new(max, exempt);
+        self
     }
 
     /// Sets how long a client may take over the TLS handshake and over each request's headers.
@@ -247,12 +318,22 @@ impl Acceptor for TlsAcceptor {
         // Waiting for a slot before accepting leaves excess clients in the kernel's backlog
         // instead of holding memory for them here.
         let permit = Arc::clone(&self.slots).acquire_owned().await.map_err(|_| io::Error::other("listener closed"))?;
-        let (stream, peer) = match self.listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept a connection");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                return Err(e);
+        let (stream, peer, address_slot) = loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    return Err(e);
+                }
+            };
+            match self.per_address.admit(peer.ip()) {
+                Admission::Counted(slot) => break (stream, peer, Some(slot)),
+                Admission::Exempt => break (stream, peer, None),
+                Admission::Refused => {
+                    tracing::debug!(peer = %peer.ip(), "connection closed: its address holds its share already");
+                    drop(stream);
+                }
             }
         };
         let _ = stream.set_nodelay(true);
@@ -267,6 +348,7 @@ impl Acceptor for TlsAcceptor {
             state: State::Handshaking(Box::pin(handshake)),
             head: HeadDeadline::new(self.header_read_timeout),
             _slot: permit,
+            _address_slot: address_slot,
         };
         Ok((conn, LocalAddr(self.local_addr.into()), RemoteAddr(peer.into()), Scheme::HTTPS))
     }
@@ -383,6 +465,7 @@ pub struct TlsConnection {
     state: State,
     head: HeadDeadline,
     _slot: OwnedSemaphorePermit,
+    _address_slot: Option<AddressSlot>,
 }
 
 impl TlsConnection {
@@ -481,6 +564,26 @@ mod tests {
         std::fs::write(cert_path(dir.path()), "x").unwrap();
         let err = ensure_certificate(dir.path()).unwrap_err().to_string();
         assert!(err.contains("key.pem is missing"), "{err}");
+    }
+
+    #[test]
+    fn one_address_gets_its_share_of_connections_and_proxies_are_exempt() {
+        let counts = AddressCounts::new(2, vec!["10.0.0.0/8".parse().unwrap()]);
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        let a = counts.admit(ip);
+        let b = counts.admit("::ffff:203.0.113.5".parse().unwrap());
+        assert!(matches!((&a, &b), (Admission::Counted(_), Admission::Counted(_))));
+        assert!(matches!(counts.admit(ip), Admission::Refused));
+        assert!(matches!(counts.admit("203.0.113.6".parse().unwrap()), Admission::Counted(_)));
+        drop(a);
+        assert!(matches!(counts.admit(ip), Admission::Counted(_)), "a slot comes back when its connection ends");
+        // One IPv6 /64 is one address; a trusted proxy is never refused.
+        let v6: Vec<_> =
+            ["2001:db8::1", "2001:db8::2", "2001:db8::3"].iter().map(|a| counts.admit(a.parse().unwrap())).collect();
+        assert!(matches!(v6[2], Admission::Refused));
+        for _ in 0..10 {
+            assert!(matches!(counts.admit("10.1.2.3".parse().unwrap()), Admission::Exempt));
+        }
     }
 
     #[test]

@@ -230,6 +230,54 @@ fn idle_connections(addr: SocketAddr, sources: &[IpAddr], n: usize) -> JoinSet<R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_take_every_connection_slot() {
+    raise_fd_limit();
+    let app = spawn_app_with(|s| {
+        s.max_connections = 256;
+        s.max_connections_per_ip = 64;
+        // Long, so that the connections the cap lets in stay open for the whole test.
+        s.handshake_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let alice = signed_in_user(&app).await;
+    let rss_before = rss_kib();
+
+    // 1000 connections from one address that never send a byte.
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(connect_from(attacker, app.addr).await.unwrap());
+    }
+    // The server closes all but its share at once...
+    let until = Instant::now() + PATIENCE;
+    let mut open = held.len();
+    while open > 64 {
+        assert!(Instant::now() < until, "{open} connections from one address are still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut still = Vec::new();
+        for mut s in held.drain(..) {
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                _ => still.push(s),
+            }
+        }
+        held = still;
+        open = held.len();
+    }
+    // ...and keeps exactly its share, while everyone else is served at once.
+    assert_eq!(open, 64);
+    let (health, home) = probe(&app, &alice).await;
+    println!(
+        "one host, 1000 idle connections: 936 closed at once, 64 held; healthz {health:?}, signed-in GET / {home:?}; \
+         RSS {} -> {} KiB",
+        rss_before,
+        rss_kib()
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_wait_for_a_slot_and_are_dropped_after_the_handshake_timeout() {
     let fds = raise_fd_limit();
     // Each idle connection costs this process two descriptors (client and server side). 1200
@@ -238,13 +286,14 @@ async fn thousands_of_idle_connections_wait_for_a_slot_and_are_dropped_after_the
     let n = 1200.min((fds.saturating_sub(400) / 2) as usize);
     let app = spawn_app_with(|s| {
         s.max_connections = 256;
+        s.max_connections_per_ip = 64;
         s.handshake_timeout = Duration::from_secs(2);
     })
     .await;
     let alice = signed_in_user(&app).await;
     let rss_before = rss_kib();
 
-    // From 30 addresses, 40 connections each: far past the cap.
+    // 30 addresses, 40 connections each: within the per-address cap, far past the global one.
     let sources: Vec<IpAddr> = (1..=30).map(|i| format!("127.0.1.{i}").parse().unwrap()).collect();
     let started = Instant::now();
     let mut idle = idle_connections(app.addr, &sources, n);
