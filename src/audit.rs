@@ -5,12 +5,14 @@
 //! Each application owns its sink (a private tracing `Dispatch`), so several servers in one
 //! process (the test suite) keep separate logs.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
 use tracing::Dispatch;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_appender::rolling::{RollingFileAppender, RollingWriter, Rotation};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::domain::normalise_key;
@@ -99,6 +101,54 @@ pub enum AuthEvent<'a> {
     },
 }
 
+/// Why an authentication record could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write to the auth log (is the disk full?)")]
+    Log,
+}
+
+thread_local! {
+    /// Failed writes to an auth log file on this thread. Events are written synchronously on
+    /// the recording thread, so comparing this before and after tells whether *that* line
+    /// reached the file (tracing-subscriber itself ignores write errors).
+    static LOG_WRITE_FAILURES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The log file appender, counting its failed writes.
+struct CheckedAppender(RollingFileAppender);
+
+struct CheckedWriter<'a>(RollingWriter<'a>);
+
+impl<'a> MakeWriter<'a> for CheckedAppender {
+    type Writer = CheckedWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        CheckedWriter(self.0.make_writer())
+    }
+}
+
+impl CheckedWriter<'_> {
+    fn count<T>(result: std::io::Result<T>) -> std::io::Result<T> {
+        if result.is_err() {
+            LOG_WRITE_FAILURES.with(|n| n.set(n.get() + 1));
+        }
+        result
+    }
+}
+
+impl std::io::Write for CheckedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::count(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::count(self.0.flush())
+    }
+}
+
 /// The JSON-lines sink of one application, and the durable store of failed attempts.
 #[derive(Clone)]
 pub struct Audit {
@@ -121,7 +171,7 @@ impl Audit {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(appender);
+            .with_writer(CheckedAppender(appender));
         let subscriber = tracing_subscriber::registry().with(layer);
         Ok(Audit { file: Some(Dispatch::new(subscriber)), store })
     }
@@ -132,25 +182,42 @@ impl Audit {
     }
 
     /// Records the event in the file (synchronously, so the line exists before the response
-    /// says the thing happened) and on the terminal.
+    /// says the thing happened) and on the terminal. A line that cannot be written is reported
+    /// on the terminal; use [`Audit::record_checked`] where the caller must not go on without it.
     pub fn record(&self, event: &AuthEvent<'_>) {
+        if self.record_checked(event).is_err() {
+            tracing::error!("an authentication event could not be written to the auth log (is the disk full?)");
+        }
+    }
+
+    /// Records the event like [`Audit::record`] and says whether its line reached the log file.
+    pub fn record_checked(&self, event: &AuthEvent<'_>) -> Result<(), AuditError> {
+        let mut written = true;
         if let Some(file) = &self.file {
+            let before = LOG_WRITE_FAILURES.with(Cell::get);
             tracing::dispatcher::with_default(file, || emit(event));
+            written = LOG_WRITE_FAILURES.with(Cell::get) == before;
         }
         emit(event);
+        if written {
+            Ok(())
+        } else {
+            Err(AuditError::Log)
+        }
     }
 }
 
 impl Audit {
     /// Records a failed or refused login: durably in the store (flushed before this returns,
-    /// so the response never outruns the record), then as a log line.
+    /// so the response never outruns the record), then as a log line. Either failing is an
+    /// error: the caller must not answer as if the attempt had been recorded.
     pub async fn record_failure(
         &self,
         username: &str,
         client: &Client,
         reason: FailureReason,
         max_reached: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), AuditError> {
         let username: String = username.chars().take(256).collect();
         if let Some(store) = &self.store {
             let record = FailureRecord {
@@ -163,8 +230,7 @@ impl Audit {
             store.append_failure(&record, &normalise_key(&username))?;
             store.flush().await?;
         }
-        self.record(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached });
-        Ok(())
+        self.record_checked(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached })
     }
 }
 
@@ -258,5 +324,22 @@ mod tests {
         assert_eq!(v["reason"], "bad_password");
         assert_eq!(v["event"], "authn_login_fail");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[tokio::test]
+    async fn a_line_that_cannot_be_written_is_an_error_not_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        // Today's log file is /dev/full: every write fails as on a full disk.
+        let today = &rfc3339(now_ms())[..10];
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("auth.log.{today}"))).unwrap();
+        let audit = Audit::open(dir.path(), 7, None).unwrap();
+        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
+        let event = AuthEvent::LoggedOut { username: "alice", client: &client };
+        assert!(matches!(audit.record_checked(&event), Err(AuditError::Log)));
+        let failed = audit.record_failure("alice", &client, FailureReason::BadPassword, false).await;
+        assert!(matches!(failed, Err(AuditError::Log)));
+        // And a writable log is fine again.
+        let ok = Audit::open(tempfile::tempdir().unwrap().path(), 7, None).unwrap();
+        assert!(ok.record_checked(&event).is_ok());
     }
 }

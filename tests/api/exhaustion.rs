@@ -402,3 +402,32 @@ async fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
     }
     server.terminate();
 }
+
+#[tokio::test]
+async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
+    // Today's (and tomorrow's) log file is /dev/full: every line fails as on a full disk.
+    let logs = tempfile::tempdir().unwrap();
+    let now = portcullis::store::now_ms();
+    for ms in [now, now + 86_400_000] {
+        let day = &portcullis::audit::rfc3339(ms)[..10];
+        std::os::unix::fs::symlink("/dev/full", logs.path().join(format!("auth.log.{day}"))).unwrap();
+    }
+    let log_dir = logs.path().to_path_buf();
+    let app = spawn_app_with(move |s| s.log_dir = log_dir).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+
+    let browser = app.new_browser();
+    let resp = app.login_with(&browser, "alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), 503, "a login that could not be logged went through");
+    assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis").is_none());
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303);
+    assert!(app.state.sessions.list("alice").unwrap().is_empty(), "the unrecorded session was kept");
+
+    let resp = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
+    assert_eq!(resp.status(), 503, "a failed login that could not be logged was answered as usual");
+    assert!(resp.headers().contains_key("retry-after"));
+    // It is still in the store: the durable record does not depend on the log.
+    let records = app.records(portcullis::store::FailureQuery { limit: 10, ..Default::default() });
+    assert_eq!(records.len(), 1);
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+}

@@ -160,11 +160,18 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
-    state.audit.record(&AuthEvent::LoginSucceeded {
+    // A sign-in that cannot be recorded does not happen: end the new session and say so.
+    if let Err(e) = state.audit.record_checked(&AuthEvent::LoginSucceeded {
         username: &user.display_name,
         client: &attempt.client,
         after_failures,
-    });
+    }) {
+        tracing::error!(error = %e, "cannot record a successful login; refusing it");
+        if let Err(e) = state.sessions.end(&token.hash()).await {
+            tracing::error!(error = %e, "could not end the unrecorded session");
+        }
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     let mut resp = see_other(attempt.next.unwrap_or("/"));
     let h = resp.headers_mut();
