@@ -134,7 +134,11 @@ impl Sessions {
         };
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
-            self.store.touch_session(&token_hash, now)?;
+            // Best effort: a full disk must not sign everyone out. Not recording the activity
+            // can only make the idle timeout come sooner, never later.
+            if let Err(e) = self.store.touch_session(&token_hash, now) {
+                tracing::warn!(error = %e, "could not record session activity");
+            }
         }
         Ok(Some(ActiveSession { token_hash, record, user }))
     }

@@ -403,6 +403,186 @@ async fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
     server.terminate();
 }
 
+/// `n` bare clients, each with its HTTP/2 connection already open: a burst of requests on a
+/// cold client would open a connection per request (ALPN is not known yet), and the server
+/// caps connections per address.
+async fn warm_clients(cert_dir: &std::path::Path, healthz: &str, n: usize) -> Vec<reqwest::Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let client = bare_client(cert_dir);
+        let resp = client.get(healthz).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        clients.push(client);
+    }
+    clients
+}
+
+/// `/healthz` on a fresh connection and `/` for a signed-in browser, against a child server.
+async fn probe_child(server: &ServerProcess, signed_in: &reqwest::Client) -> (Duration, Duration) {
+    let started = Instant::now();
+    let resp = server.browser().get(server.url("/healthz")).send().await.expect("healthz answers");
+    assert_eq!(resp.status(), 200);
+    let health = started.elapsed();
+    let started = Instant::now();
+    let resp = signed_in.get(server.url("/")).send().await.expect("the signed-in user is answered");
+    assert_eq!(resp.status(), 200, "the signed-in user lost their session");
+    (health, started.elapsed())
+}
+
+// --- a full disk ------------------------------------------------------------------------------
+
+/// A tmpfs mounted for the length of a test (unmounted when dropped).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `kib` KiB at `at`, when this process may (root); `None` otherwise.
+    /// `PORTCULLIS_TEST_NO_TMPFS=1` skips the mount, to try the other way.
+    fn mount(at: &std::path::Path, kib: u64) -> Option<Tmpfs> {
+        if std::env::var_os("PORTCULLIS_TEST_NO_TMPFS").is_some() {
+            return None;
+        }
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, kib: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k"), "tmpfs"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Makes writes past `bytes` fail in the child (EFBIG) instead of killing it (SIGXFSZ).
+fn file_size_limit(cmd: &mut std::process::Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_the_server_answering_and_refuses_what_it_cannot_record() {
+    const DISK_KIB: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    // The store and the logs on a 1 MiB filesystem (symlinked where the layout expects them),
+    // or, without the right to mount, under a 1 MiB file-size limit.
+    let tmpfs = Tmpfs::mount(&d.join("small"), DISK_KIB);
+    if let Some(fs) = &tmpfs {
+        for sub in ["data", "logs"] {
+            std::fs::create_dir(fs.0.join(sub)).unwrap();
+            std::os::unix::fs::symlink(fs.0.join(sub), d.join(sub)).unwrap();
+        }
+    }
+    let how = if tmpfs.is_some() { "a 1 MiB tmpfs (ENOSPC)" } else { "a 1 MiB file-size limit (EFBIG)" };
+    let limited = tmpfs.is_none();
+    // A short idle timeout, so that sessions record their activity every second (idle / 20).
+    let flags = child::quick_with(&[("--session-idle-timeout", "20s")]);
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(&d, &flags, |cmd| {
+            if limited {
+                file_size_limit(cmd, DISK_KIB * 1024);
+            }
+        })
+    });
+    assert!(child::cli(&d, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.ok);
+    let alice = server.browser();
+    assert_eq!(child::login(&server, &alice, "alice", GOOD_PASSWORD).await.0, 303);
+
+    // Fill it: refused attempts (no CSRF token) are recorded in the store and the log.
+    let clients = warm_clients(&d.join("certs"), &server.url("/healthz"), 4).await;
+    let (long_name, long_agent) = ("u".repeat(250), "a".repeat(250));
+    let mut counts = std::collections::BTreeMap::new();
+    let mut sent = 0;
+    while counts.get(&503).copied().unwrap_or(0) < 20 {
+        assert!(sent < 20_000, "the disk never filled: {counts:?}");
+        let mut batch = JoinSet::new();
+        for i in 0..32 {
+            let client = clients[i % clients.len()].clone();
+            let url = server.url("/login");
+            let form = [("username", format!("{long_name}{sent}-{i}")), ("password", "x".to_string())];
+            let agent = long_agent.clone();
+            batch.spawn(async move { client.post(url).header("user-agent", agent).form(&form).send().await });
+        }
+        while let Some(r) = batch.join_next().await {
+            *counts.entry(r.unwrap().expect("answered").status().as_u16()).or_insert(0) += 1;
+        }
+        sent += 32;
+    }
+    println!("disk full ({how}) after {sent} refused attempts: {counts:?} (403 = recorded, 503 = could not record)");
+
+    // Full: the server still answers, and the signed-in user is still signed in, even once
+    // their session is due to record activity it cannot write.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (health, home) = probe_child(&server, &alice).await;
+    // A wrong password it cannot record is not a plain 401.
+    let stranger = server.browser();
+    let (status, _) = child::login(&server, &stranger, "alice", "not the password at all").await;
+    assert_eq!(status, 503, "a failed login that could not be recorded");
+    // A right password it cannot record does not sign anyone in.
+    let newcomer = server.browser();
+    let (status, cookie) = child::login(&server, &newcomer, "alice", GOOD_PASSWORD).await;
+    assert!(status >= 500, "a login the server could not record answered {status}");
+    if let Some(cookie) = cookie {
+        let resp = bare_client(&d.join("certs"))
+            .get(server.url("/"))
+            .header("cookie", format!("__Host-portcullis={cookie}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "an unrecorded login left a working session");
+    }
+    // Administrative changes fail with one clear line.
+    let run = child::cli(&d, &["user", "add", "carol", "--password-stdin"], Some(GOOD_PASSWORD)).await;
+    assert!(!run.ok, "a user was added to a full disk: {run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    println!(
+        "disk full: healthz {health:?}, signed-in GET / {home:?}; failed login -> 503; right password -> {status}; \
+         user add -> {:?}; server RSS {} KiB",
+        run.stderr.trim(),
+        server.rss_kib()
+    );
+    assert!(server.child.id() > 0);
+    let stopped = tokio::task::block_in_place(|| server.terminate());
+    println!("disk full: SIGTERM -> {stopped} (the final flush cannot succeed)");
+
+    // With room again, the store opens and has everything it acknowledged.
+    if let Some(fs) = &tmpfs {
+        fs.resize(16 * 1024);
+    }
+    let server = tokio::task::block_in_place(|| ServerProcess::start(&d, &flags));
+    assert_eq!(child::login(&server, &server.browser(), "alice", GOOD_PASSWORD).await.0, 303);
+    let run = child::cli(&d, &["audit", "--json", "--limit", "100000"], None).await;
+    assert!(run.ok, "{run:?}");
+    let recorded = run.stdout.lines().count();
+    println!("disk full: after a restart with room, {recorded} refused attempts on record");
+    assert!(recorded >= counts.get(&403).copied().unwrap_or(0), "acknowledged refusals were lost");
+    server.terminate();
+}
+
 #[tokio::test]
 async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     // Today's (and tomorrow's) log file is /dev/full: every line fails as on a full disk.
