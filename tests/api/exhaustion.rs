@@ -1,7 +1,7 @@
-//! Resource exhaustion: idle connections by the thousand, slowloris, a flood of logins far
-//! beyond the hash pool, thousands of visitors who never submit, and a full disk. In each the
-//! server must keep answering `/healthz` and a signed-in user, keep memory bounded, and fail
-//! closed with clear errors.
+//! Resource exhaustion: idle connections by the thousand, slowloris, running out of file
+//! descriptors, a flood of logins far beyond the hash pool, thousands of visitors who never
+//! submit, and a full disk (or an unwritable log). In each the server must keep answering
+//! `/healthz` and a signed-in user, keep memory bounded, and fail closed with clear errors.
 //!
 //! No assertion is about time (this runs on small shared machines): latencies and memory are
 //! printed for the record (`cargo test exhaustion -- --nocapture`).
@@ -16,7 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::child::{self, ServerProcess};
-use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
 
 /// Past this something is wrong, not slow.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -427,6 +427,248 @@ async fn probe_child(server: &ServerProcess, signed_in: &reqwest::Client) -> (Du
     let resp = signed_in.get(server.url("/")).send().await.expect("the signed-in user is answered");
     assert_eq!(resp.status(), 200, "the signed-in user lost their session");
     (health, started.elapsed())
+}
+
+// --- logins far beyond the hash pool ----------------------------------------------------------
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples a process's resident memory until dropped; `peak()` is the highest seen.
+struct RssSampler {
+    pid: u32,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_of(pid)));
+        let p = Arc::clone(&peak);
+        let task = tokio::spawn(async move {
+            loop {
+                p.fetch_max(rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        RssSampler { pid, peak, task }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed).max(rss_of(self.pid))
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A child server with alice signed in on the returned browser.
+async fn child_with_alice(
+    dir: &std::path::Path,
+    flags: &[(&'static str, &'static str)],
+) -> (ServerProcess, reqwest::Client) {
+    let args = child::quick_with(flags);
+    let server = tokio::task::block_in_place(|| ServerProcess::start(dir, &args));
+    let run = child::cli(dir, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await;
+    assert!(run.ok, "{run:?}");
+    let alice = server.browser();
+    assert_eq!(child::login(&server, &alice, "alice", GOOD_PASSWORD).await.0, 303);
+    (server, alice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_far_beyond_the_hash_pool_is_refused_with_503_in_bounded_memory() {
+    const FLOOD: usize = 2000;
+    const ARGON2_KIB: u64 = 4096;
+    const QUEUE: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, alice) = child_with_alice(
+        dir.path(),
+        &[
+            ("--argon2-memory-kib", "4096"),
+            ("--argon2-iterations", "2"),
+            ("--hash-workers", "1"),
+            ("--hash-queue", "16"),
+        ],
+    )
+    .await;
+
+    // One visitor's form (cookie and token), posted over and over on 8 connections.
+    let certs = dir.path().join("certs");
+    let resp = bare_client(&certs).get(server.url("/login")).send().await.unwrap();
+    let pre = crate::helpers::cookie_value(&resp, "__Host-portcullis-pre").unwrap();
+    let csrf = crate::helpers::hidden_field(&resp.text().await.unwrap(), "csrf").unwrap();
+    let cookie = format!("__Host-portcullis-pre={pre}");
+    let clients = warm_clients(&certs, &server.url("/healthz"), 8).await;
+
+    // Two identical floods: the first shows the bound, the second that it does not creep.
+    let rss_before = server.rss_kib();
+    let sampler = RssSampler::start(server.child.id());
+    let mut peaks = Vec::new();
+    for round in 1..=2 {
+        let started = Instant::now();
+        let mut flood = JoinSet::new();
+        for i in 0..FLOOD {
+            let (client, url, cookie, csrf) =
+                (clients[i % 8].clone(), server.url("/login"), cookie.clone(), csrf.clone());
+            flood.spawn(async move {
+                let form = [("username", "alice"), ("password", "not the password at all"), ("csrf", csrf.as_str())];
+                let resp = client.post(url).header("cookie", cookie).form(&form).send().await?;
+                let status = resp.status().as_u16();
+                let retry = resp.headers().contains_key("retry-after");
+                resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, retry))
+            });
+        }
+
+        // While the flood is on, the cheap routes and the signed-in user are answered.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (health, home) = probe_child(&server, &alice).await;
+
+        let mut counts = std::collections::BTreeMap::new();
+        while let Some(r) = flood.join_next().await {
+            let (status, retry) = r.unwrap().expect("every attempt gets an answer");
+            if status == 503 {
+                assert!(retry, "503 without Retry-After");
+            }
+            *counts.entry(status).or_insert(0) += 1;
+        }
+        let peak = sampler.peak();
+        println!(
+            "login flood {round}: {FLOOD} attempts in {:?}: {counts:?} (401 = checked and wrong, 503 = hash pool \
+             full); during it healthz {health:?}, signed-in GET / {home:?}; server RSS {rss_before} KiB before the \
+             first flood, peak so far {peak} KiB (+{} KiB)",
+            started.elapsed(),
+            peak.saturating_sub(rss_before),
+        );
+        assert_eq!(counts.keys().copied().filter(|s| *s != 401 && *s != 503).count(), 0, "{counts:?}");
+        assert!(counts.get(&503).copied().unwrap_or(0) > 0, "the pool never overflowed: {counts:?}");
+        peaks.push(peak);
+    }
+    println!(
+        "login flood: bound: 1 worker x {ARGON2_KIB} KiB argon2, {QUEUE} queued checks, at most 8 x 64 requests in \
+         flight; after both floods RSS {} KiB",
+        server.rss_kib()
+    );
+    // Holding every attempt's hash at once would take FLOOD x 4 MiB = 8 GiB; and a second
+    // flood reuses the first one's memory instead of adding to it.
+    assert!(peaks[0].saturating_sub(rss_before) < 128 * 1024, "server memory grew by {} KiB", peaks[0] - rss_before);
+    assert!(peaks[1].saturating_sub(peaks[0]) < 32 * 1024, "the second flood added {} KiB", peaks[1] - peaks[0]);
+    let (health, home) = probe_child(&server, &alice).await;
+    println!("login flood: afterwards healthz {health:?}, signed-in GET / {home:?}");
+    server.terminate();
+}
+
+// --- visitors who never submit ----------------------------------------------------------------
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// GETs /login `n` times from clients without cookies; every visitor must get the form and
+/// a fresh pre-login cookie.
+async fn visit(clients: &[reqwest::Client], url: &str, n: usize) {
+    let mut visits = JoinSet::new();
+    for i in 0..n {
+        let (client, url) = (clients[i % clients.len()].clone(), url.to_string());
+        visits.spawn(async move {
+            let resp = client.get(url).send().await?;
+            let status = resp.status();
+            let fresh_cookie = crate::helpers::cookie_value(&resp, "__Host-portcullis-pre").is_some();
+            resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, fresh_cookie))
+        });
+    }
+    while let Some(r) = visits.join_next().await {
+        let (status, fresh_cookie) = r.unwrap().expect("every visitor gets the form");
+        assert_eq!(status, 200);
+        assert!(fresh_cookie, "a cookie-less visitor got no pre-login cookie");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_visitors_who_never_submit_cost_the_server_nothing() {
+    const VISITORS: usize = 5000;
+
+    // In-process, to look inside: no table gains an entry.
+    let app = spawn_app().await;
+    let alice = signed_in_user(&app).await;
+    let state = &app.state;
+    let tables = |s: &portcullis::app::AppState| {
+        (s.captchas.len(), s.failures.len(), s.quotas.per_address.len(), s.quotas.per_username.len())
+    };
+    let before = tables(state);
+    let clients = warm_clients(&app.settings.cert_dir, &app.url("/healthz"), 8).await;
+    visit(&clients, &app.url("/login"), VISITORS).await;
+    let (health, home) = probe(&app, &alice).await;
+    // (A key may also go: the limiter forgets addresses back at a full bucket.)
+    let after = tables(state);
+    let grew = after.0 > before.0
+        || after.1 .0 > before.1 .0
+        || after.1 .1 > before.1 .1
+        || after.2 > before.2
+        || after.3 > before.3;
+    assert!(!grew, "(captchas, failure counters, address quota keys, username quota keys): {before:?} -> {after:?}");
+    assert!(state
+        .audit
+        .failures(&portcullis::store::FailureQuery { limit: 1, ..Default::default() })
+        .unwrap()
+        .is_empty());
+    println!(
+        "{VISITORS} visitors who never submit: server tables unchanged {before:?}; healthz {health:?}, GET / {home:?}"
+    );
+
+    // As a separate process, to measure the server alone: memory and disk do not grow.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, alice) = child_with_alice(dir.path(), &[]).await;
+    let certs = dir.path().join("certs");
+    let clients = warm_clients(&certs, &server.url("/healthz"), 8).await;
+    // A first round warms allocator caches and connection buffers; the second is the measure.
+    visit(&clients, &server.url("/login"), 1000).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (store_before, logs_before) = (dir_size(&dir.path().join("data")), dir_size(&dir.path().join("logs")));
+    let rss_before = server.rss_kib();
+    let sampler = RssSampler::start(server.child.id());
+    let started = Instant::now();
+    visit(&clients, &server.url("/login"), VISITORS).await;
+    let elapsed = started.elapsed();
+    let (health, home) = probe_child(&server, &alice).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (peak, rss_after) = (sampler.peak(), server.rss_kib());
+    let (store_after, logs_after) = (dir_size(&dir.path().join("data")), dir_size(&dir.path().join("logs")));
+    println!(
+        "{VISITORS} more visitors in {elapsed:?}: server RSS {rss_before} KiB before, peak {peak} KiB, after {rss_after} KiB \
+         ({} bytes per visitor); store {store_before} -> {store_after} bytes, logs {logs_before} -> {logs_after} bytes; \
+         healthz {health:?}, signed-in GET / {home:?}",
+        rss_after.saturating_sub(rss_before) * 1024 / VISITORS as u64
+    );
+    assert_eq!(logs_after, logs_before, "visitors who never submit were logged");
+    assert!(store_after <= store_before + 64 * 1024, "the store grew from {store_before} to {store_after} bytes");
+    // Stateless: nothing is kept per visitor. (Allocator noise allowed; 5000 kept forms would
+    // show as several MiB.)
+    assert!(rss_after.saturating_sub(rss_before) < 4 * 1024, "server memory grew by {} KiB", rss_after - rss_before);
+    server.terminate();
 }
 
 // --- a full disk ------------------------------------------------------------------------------
