@@ -6,6 +6,7 @@ mod brute_force;
 #[allow(dead_code)]
 mod child;
 mod cli;
+mod crash;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;
