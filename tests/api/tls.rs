@@ -262,3 +262,89 @@ async fn plain_http_and_garbage_on_the_https_port_do_not_harm_the_server() {
     drop(stalled);
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }
+
+/// `openssl s_client` over TLS 1.2 offering only `ciphers`; whether the handshake completed.
+fn s_client_tls12_with(addr: std::net::SocketAddr, ciphers: &str) -> Option<(bool, String)> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-tls1_2", "-cipher", ciphers])
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot run openssl: {e}"),
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let completed = out.status.success() && text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+    Some((completed, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_forward_secret_cipher_suites_are_offered() {
+    // From the inside: every TLS 1.2 suite the server may pick agrees keys with ECDHE (TLS 1.3
+    // suites always use ephemeral key exchange).
+    portcullis::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    portcullis::tls::ensure_certificate(dir.path()).unwrap();
+    let resolver = portcullis::tls::CertResolver::new(portcullis::tls::load_certified_key(dir.path()).unwrap());
+    let config = portcullis::tls::server_config(resolver).unwrap();
+    let mut names = Vec::new();
+    for suite in &config.crypto_provider().cipher_suites {
+        if let rustls::SupportedCipherSuite::Tls12(s) = suite {
+            assert_eq!(s.kx, rustls::crypto::KeyExchangeAlgorithm::ECDHE, "{:?} is not forward secret", s.common.suite);
+        }
+        names.push(format!("{:?}", suite.suite()));
+    }
+    println!("cipher suites offered: {names:?}");
+
+    // From the outside: a client offering only static-RSA (no forward secrecy) suites, or
+    // finite-field DHE, is refused; ECDHE is accepted.
+    let app = spawn_app().await;
+    let addr = app.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        [
+            ("AES128-SHA:AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256", false),
+            ("DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384", false),
+            ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256", true),
+        ]
+        .map(|(ciphers, expected)| (ciphers, expected, s_client_tls12_with(addr, ciphers)))
+    })
+    .await
+    .unwrap();
+    for (ciphers, expected, result) in results {
+        let Some((completed, text)) = result else {
+            println!("note: openssl is not installed; skipping the s_client checks");
+            return;
+        };
+        assert_eq!(completed, expected, "{ciphers}:\n{text}");
+        if !expected {
+            assert!(text.contains("SSL alert number"), "{ciphers}: refused, but not by the server?\n{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_reload_does_not_drop_live_connections() {
+    let app = spawn_app_with(|s| s.cert_check_interval = Duration::from_millis(100)).await;
+    let old = current_pem(&app);
+    // Two live connections made under the old certificate: HTTP/2 and HTTP/1.1 keep-alive.
+    // These clients trust only the old certificate, so a request can succeed after the reload
+    // only on the connection they already hold.
+    let h2 = client_trusting(&old).build().unwrap();
+    let h1 = client_trusting(&old).http1_only().build().unwrap();
+    for c in [&h2, &h1] {
+        assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    }
+
+    let (cert, key) = new_pair();
+    replace(&app.settings.cert_dir.join("key.pem"), &key);
+    replace(&app.settings.cert_dir.join("cert.pem"), &cert);
+    wait_until_served(&app, &cert).await;
+    assert!(healthz_trusting(&app, &old).await.is_err(), "new connections still get the old certificate");
+
+    for (name, c) in [("h2", &h2), ("http/1.1", &h1)] {
+        let resp = c.get(app.url("/healthz")).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("{name}: the live connection was dropped by the reload: {e:?}"));
+        assert_eq!(resp.status(), 200, "{name}");
+    }
+}
