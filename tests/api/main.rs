@@ -2,8 +2,6 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
-// Helpers for tests that run the binary; not every test file uses every one of them.
-#[allow(dead_code)]
 mod child;
 mod cli;
 mod crash;
@@ -16,6 +14,7 @@ mod login;
 mod logout;
 mod memory;
 mod review;
+mod secrets;
 mod security;
 mod sessions;
 mod tls;
