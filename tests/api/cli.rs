@@ -47,19 +47,7 @@ impl Run {
 /// inside `dir` (the same layout as `helpers::test_settings`), whatever the caller's
 /// environment says.
 fn portcullis(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PORTCULLIS_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("PORTCULLIS_DATA_DIR", dir.join("data"))
-        .env("PORTCULLIS_LOG_DIR", dir.join("logs"))
-        .env("PORTCULLIS_CERT_DIR", dir.join("certs"))
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG");
-    cmd
+    crate::child::command(dir)
 }
 
 /// Runs `cmd` to completion on a blocking thread (so an in-process server on this runtime
