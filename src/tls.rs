@@ -566,6 +566,30 @@ mod tests {
         assert!(err.contains("key.pem is missing"), "{err}");
     }
 
+    #[tokio::test]
+    async fn the_blank_line_ending_a_head_is_found_even_split_across_reads() {
+        assert!(ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(ends_head(b"x\r\n", b"\r\nbody"));
+        assert!(ends_head(b"\r\n\r", b"\n"));
+        assert!(ends_head(b"\n\r\n", b"\r\n"));
+        assert!(!ends_head(b"\r\n\r", b"x\n"));
+        let mut d = HeadDeadline::new(Duration::from_secs(20));
+        // A keep-alive request arriving in pieces: armed by its first byte, done at its end.
+        d.on_read(b"GET / HTTP/1.1\r\nHost: x\r");
+        assert!(d.armed());
+        d.on_read(b"\n\r");
+        assert!(d.armed());
+        d.on_read(b"\n");
+        assert!(!d.armed() && d.head_complete);
+        // Its body does not re-arm; the response makes the next bytes a new request.
+        d.on_read(b"csrf=x");
+        assert!(!d.armed());
+        d.on_write();
+        d.on_read(b"G");
+        assert!(d.armed());
+    }
+
     #[test]
     fn one_address_gets_its_share_of_connections_and_proxies_are_exempt() {
         let counts = AddressCounts::new(2, vec!["10.0.0.0/8".parse().unwrap()]);
