@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,38 +182,51 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `portcullis ARGS` in `dir` on a blocking thread, with `stdin` if given.
+/// Runs `portcullis ARGS` in `dir` on a blocking thread, with `stdin` (plus a newline) if given.
 pub async fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     let mut cmd = command(dir);
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let stdin = stdin.map(|s| format!("{s}\n"));
+    cmd.args(args);
+    let (status, stdout, stderr) = run(cmd, stdin.map(|s| format!("{s}\n")).as_deref()).await;
+    Run { ok: status.success(), stdout, stderr }
+}
+
+/// Runs `cmd` to completion on a blocking thread (so an in-process server on this runtime
+/// keeps answering), feeding it `stdin` as is if given; fails the test past [`DEADLINE`].
+pub async fn run(mut cmd: Command, stdin: Option<&str>) -> (ExitStatus, String, String) {
+    let stdin = stdin.map(str::to_string);
     tokio::task::spawn_blocking(move || {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("the binary starts");
         if let Some(text) = stdin {
+            // The child may exit before reading (a bad flag); a broken pipe is fine then.
             let _ = child.stdin.take().unwrap().write_all(text.as_bytes());
         }
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
         let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
         let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("a CLI command did not finish within {DEADLINE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Run { ok: status.success(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+        let status = wait_or_kill(&mut child, DEADLINE);
+        (status, out.join().unwrap(), err.join().unwrap())
     })
     .await
     .unwrap()
+}
+
+/// Waits for the child; kills it and fails the test if it outlives `deadline`.
+pub fn wait_or_kill(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child process did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The whole sign-in against a child server: GET the form, POST it. Returns the response

@@ -1,7 +1,7 @@
 //! The command line: the real `portcullis` binary against a stopped store, against a running
 //! server (through its admin socket), with bad settings, and `serve` itself.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -50,44 +50,10 @@ fn portcullis(dir: &Path) -> Command {
     crate::child::command(dir)
 }
 
-/// Runs `cmd` to completion on a blocking thread (so an in-process server on this runtime
-/// keeps answering), feeding it `stdin` if given.
-async fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
-    let stdin = stdin.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("the binary starts");
-        if let Some(text) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            // The child may exit before reading (a bad flag); a broken pipe is fine then.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-        let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-        let status = wait_or_kill(&mut child, CHILD_DEADLINE);
-        Run { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-    })
-    .await
-    .unwrap()
-}
-
-/// Waits for the child; kills it and fails the test if it outlives `deadline`.
-fn wait_or_kill(child: &mut Child, deadline: Duration) -> ExitStatus {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child process did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Runs `cmd` to completion (see `child::run`), feeding it `stdin` if given.
+async fn run(cmd: Command, stdin: Option<&str>) -> Run {
+    let (status, stdout, stderr) = crate::child::run(cmd, stdin).await;
+    Run { status, stdout, stderr }
 }
 
 async fn cli(dir: &Path, args: &[&str]) -> Run {
@@ -388,7 +354,7 @@ impl Server {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = wait_or_kill(&mut self.child, CHILD_DEADLINE);
+        let status = crate::child::wait_or_kill(&mut self.child, CHILD_DEADLINE);
         self.stderr_lines.extend(self.stderr.iter());
         (status, self.stdout.iter().collect(), self.stderr_lines)
     }
