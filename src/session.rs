@@ -98,12 +98,12 @@ impl Sessions {
     /// Keeps at most [`MAX_SESSIONS_PER_USER`] sessions per user, ending the least recently
     /// used (expired ones first), so one account's state, and its home page, stay small.
     fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
-        let mut sessions = self.store.user_sessions(user_key)?;
+        let mut sessions = self.store.user_session_times(user_key)?;
         if sessions.len() <= MAX_SESSIONS_PER_USER {
             return Ok(());
         }
         let now = now_ms();
-        sessions.sort_by_key(|s| (!self.is_expired(&s.record, now), s.record.last_seen_at));
+        sessions.sort_by_key(|s| (!self.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
         for s in &sessions[..sessions.len() - MAX_SESSIONS_PER_USER] {
             self.store.delete_session(&s.token_hash)?;
         }
@@ -112,8 +112,12 @@ impl Sessions {
 
     /// Whether a record has passed either timeout at `now`.
     pub fn is_expired(&self, record: &SessionRecord, now: u64) -> bool {
-        now.saturating_sub(record.last_seen_at) >= self.idle.as_millis() as u64
-            || now.saturating_sub(record.created_at) >= self.absolute.as_millis() as u64
+        self.has_expired(record.created_at, record.last_seen_at, now)
+    }
+
+    fn has_expired(&self, created_at: u64, last_seen_at: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen_at) >= self.idle.as_millis() as u64
+            || now.saturating_sub(created_at) >= self.absolute.as_millis() as u64
     }
 
     /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted
@@ -204,6 +208,26 @@ mod tests {
         assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
         assert!(store.session(&first.hash()).unwrap().is_none(), "the oldest went");
         assert!(store.session(&later[0].hash()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
+        let ip = "127.0.0.1".parse().unwrap();
+        let first = sessions.create("alice", ip, "ua").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut later = vec![sessions.create("alice", ip, "ua").unwrap()];
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 2..MAX_SESSIONS_PER_USER {
+            later.push(sessions.create("alice", ip, "ua").unwrap());
+        }
+        // The oldest session is used again: the index entry must learn it, not just the record.
+        store.touch_session(&first.hash(), now_ms() + 1000).unwrap();
+        sessions.create("alice", ip, "ua").unwrap();
+        assert!(store.session(&first.hash()).unwrap().is_some(), "the session in use stays");
+        assert!(store.session(&later[0].hash()).unwrap().is_none(), "the least recently used went");
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub struct StoredSession {
     pub record: SessionRecord,
 }
 
+/// When a session began and was last used, as its user's index entry keeps them: enough to
+/// choose which sessions to end without reading and decoding every session record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTimes {
+    pub token_hash: [u8; 32],
+    pub created_at: u64,
+    pub last_seen_at: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -237,7 +246,7 @@ impl Store {
 
     pub fn insert_session(&self, token_hash: &[u8; 32], session: &SessionRecord) -> Result<()> {
         self.sessions.insert(token_hash, encode(session)?)?;
-        self.user_sessions.insert(index_key(&session.user_key, token_hash), &[])?;
+        self.user_sessions.insert(index_key(&session.user_key, token_hash), &index_value(session))?;
         Ok(())
     }
 
@@ -247,11 +256,19 @@ impl Store {
 
     /// Records activity on a session (for the idle timeout).
     pub fn touch_session(&self, token_hash: &[u8; 32], now: u64) -> Result<()> {
+        let mut touched = None;
         self.sessions.fetch_and_update(token_hash, |old| {
             let mut record: SessionRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
             record.last_seen_at = record.last_seen_at.max(now);
-            serde_json::to_vec(&record).ok()
+            let bytes = serde_json::to_vec(&record).ok();
+            touched = Some(record);
+            bytes
         })?;
+        if let Some(record) = touched {
+            let key = index_key(&record.user_key, token_hash);
+            // Only an entry still there: a session ended meanwhile must not be indexed again.
+            let _ = self.user_sessions.fetch_and_update(key, |old| old.map(|_| index_value(&record).to_vec()))?;
+        }
         Ok(())
     }
 
@@ -273,6 +290,29 @@ impl Store {
             match self.session(&token_hash)? {
                 Some(record) => out.push(StoredSession { token_hash, record }),
                 // A crash between the two writes can leave a dangling index entry.
+                None => {
+                    self.user_sessions.remove(k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The user's sessions' times, from the index alone (entries written before the index
+    /// kept times are read from their session record).
+    pub fn user_session_times(&self, user_key: &str) -> Result<Vec<SessionTimes>> {
+        let mut out = Vec::new();
+        for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
+            let (k, v) = kv?;
+            let Some(token_hash) = hash_from_index_key(&k) else { continue };
+            if let Some((created_at, last_seen_at)) = times_from_index_value(&v) {
+                out.push(SessionTimes { token_hash, created_at, last_seen_at });
+                continue;
+            }
+            match self.session(&token_hash)? {
+                Some(r) => {
+                    out.push(SessionTimes { token_hash, created_at: r.created_at, last_seen_at: r.last_seen_at })
+                }
                 None => {
                     self.user_sessions.remove(k)?;
                 }
@@ -436,6 +476,20 @@ fn index_key(user_key: &str, token_hash: &[u8; 32]) -> Vec<u8> {
     k
 }
 
+/// An index entry's value: the session's `created_at` and `last_seen_at`, big-endian.
+fn index_value(session: &SessionRecord) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&session.created_at.to_be_bytes());
+    v[8..].copy_from_slice(&session.last_seen_at.to_be_bytes());
+    v
+}
+
+fn times_from_index_value(v: &[u8]) -> Option<(u64, u64)> {
+    let created = v.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+    let seen = v.get(8..16)?.try_into().ok().map(u64::from_be_bytes)?;
+    Some((created, seen))
+}
+
 fn hash_from_index_key(k: &[u8]) -> Option<[u8; 32]> {
     k.len().checked_sub(32).and_then(|start| k[start..].try_into().ok())
 }
@@ -488,6 +542,33 @@ mod tests {
             ip: "127.0.0.1".into(),
             user_agent: "t".into(),
         }
+    }
+
+    #[test]
+    fn session_times_come_from_the_index_or_from_the_record_for_older_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut newer = session("alice");
+        newer.created_at = 5;
+        newer.last_seen_at = 7;
+        store.insert_session(&[1; 32], &newer).unwrap();
+        store.insert_session(&[2; 32], &session("alice")).unwrap();
+        // An index entry as stores before times were indexed wrote it: no value.
+        store.user_sessions.insert(index_key("alice", &[2; 32]), &[]).unwrap();
+        store.touch_session(&[1; 32], 9).unwrap();
+        let mut times = store.user_session_times("alice").unwrap();
+        times.sort_by_key(|t| t.token_hash);
+        assert_eq!(
+            times,
+            [
+                SessionTimes { token_hash: [1; 32], created_at: 5, last_seen_at: 9 },
+                SessionTimes { token_hash: [2; 32], created_at: 1, last_seen_at: 1 },
+            ]
+        );
+        // Ending a session drops its entry; touching it afterwards does not bring it back.
+        store.delete_session(&[1; 32]).unwrap();
+        store.touch_session(&[1; 32], 11).unwrap();
+        assert_eq!(store.user_session_times("alice").unwrap().len(), 1);
     }
 
     #[test]
