@@ -166,6 +166,10 @@ impl Application {
         self.http_addr
     }
 
+    pub fn hash_workers(&self) -> usize {
+        self.state.pool.workers()
+    }
+
     pub fn state(&self) -> Arc<AppState> {
         Arc::clone(&self.state)
     }

@@ -144,27 +144,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.command.is_some() && !cli.serve.0.is_empty() {
         bail!("settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)");
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     match cli.command {
-        None => runtime.block_on(serve(cli.config, cli.serve.0)),
-        Some(Command::Serve(flags)) => runtime.block_on(serve(cli.config, flags.0)),
+        None => serve(cli.config, cli.serve.0),
+        Some(Command::Serve(flags)) => serve(cli.config, flags.0),
         Some(Command::User(cmd)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            runtime.block_on(user(settings, cmd))
+            runtime(None)?.block_on(user(settings, cmd))
         }
         Some(Command::Audit(args)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            runtime.block_on(audit(settings, args))
+            runtime(None)?.block_on(audit(settings, args))
         }
-        Some(Command::Loadtest(args)) => runtime.block_on(crate::loadtest::main(args)),
+        Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
     }
 }
 
-async fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
-    crate::telemetry::init_terminal();
+/// A tokio runtime with `workers` threads (default: one per core, or TOKIO_WORKER_THREADS).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().context("cannot start the runtime")
+}
+
+/// The server: settings first, since they say how many async workers to start.
+fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref(), &flags)?;
+    runtime(Some(settings.async_worker_count()))?.block_on(serve_until_stopped(settings))
+}
+
+async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
+    crate::telemetry::init_terminal();
     let shutdown = shutdown_signal();
     let app = Application::build(settings).await?;
     if let Some(password) = &app.initial_admin_password {
@@ -176,7 +188,14 @@ async fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> 
         println!("  This password is shown only once. Change it with: portcullis user passwd admin");
         println!();
     }
-    tracing::info!(https = %app.https_addr(), http = ?app.http_addr(), "portcullis is listening; open {}/", app.public_origin());
+    tracing::info!(
+        https = %app.https_addr(),
+        http = ?app.http_addr(),
+        async_workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        hash_workers = app.hash_workers(),
+        "portcullis is listening; open {}/",
+        app.public_origin()
+    );
     app.run_until_stopped(shutdown).await?;
     tracing::info!("stopped");
     Ok(())

@@ -455,3 +455,22 @@ async fn a_config_file_before_the_subcommand_is_read_and_settings_flags_there_ar
     assert!(!wrong.status.success());
     assert_eq!(wrong.stderr.trim().lines().count(), 1, "{}", wrong.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
+    use crate::child::{self, ServerProcess};
+    let start = |args: Vec<&'static str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let server = tokio::task::block_in_place(|| ServerProcess::start(dir.path(), &args));
+        let line = server.output().lines().find(|l| l.contains("is listening")).unwrap_or_default().to_string();
+        drop(server);
+        line
+    };
+    let line = start(child::quick_with(&[("--async-workers", "3"), ("--hash-workers", "1")]));
+    assert!(line.contains("async_workers=3") && line.contains("hash_workers=1"), "{line}");
+    // Defaults: hashing on every core, requests on half of them (at least one).
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let line = start(child::QUICK.to_vec());
+    assert!(line.contains(&format!("async_workers={}", cores.div_ceil(2))), "{line}");
+    assert!(line.contains(&format!("hash_workers={cores}")), "{line}");
+}
