@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use portcullis::config::HashParams;
-use portcullis::password::pool::Workspace;
+use portcullis::password::Workspace;
 use portcullis::password::{HashPool, Password};
 
 const PASSWORD: &[u8] = b"correct plum tractor velvet";

@@ -2,6 +2,7 @@
 //! on a bounded pool of worker threads (see [`pool`]).
 
 pub mod pool;
+pub mod workspace;
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -10,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::UnicodeNormalization;
 
 pub use pool::{HashPool, PoolError, Verified};
+pub use workspace::Workspace;
 
 /// Longest password accepted, in characters: far above NIST's floor of 64, low enough that a
 /// request cannot make argon2 pre-hash megabytes.

@@ -7,13 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::phc::{Output, ParamsString, Salt};
-use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version, RECOMMENDED_SALT_LEN};
-use subtle::ConstantTimeEq;
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
 use tokio::sync::oneshot;
-use zeroize::Zeroize;
 
-use super::Password;
+use super::{Password, Workspace};
 use crate::config::HashParams;
 
 /// The outcome of a password check.
@@ -247,160 +244,6 @@ impl Hasher {
     }
 }
 
-/// One worker's argon2 memory: a block buffer reused from one hash to the next, so no
-/// fresh pages are mapped and zeroed for every hash.
-///
-/// Wiping: a [`Workspace::new`] wipes (zeroize) the blocks after every hash. The pool's
-/// workers use [`Workspace::wiped_when_idle`] instead: they call [`Workspace::wipe`] as soon
-/// as no job is waiting, and while jobs queue back to back the next hash's first pass
-/// overwrites every block the previous one wrote (a smaller next hash wipes the rest
-/// first). Under a login flood that saves a full-buffer wipe per hash (about a tenth of a
-/// verify at 19 MiB); password-derived memory still never outlives the busy period, and is
-/// wiped before the buffer is shrunk or freed.
-pub struct Workspace {
-    blocks: Vec<Block>,
-    /// Blocks written since the last wipe (a prefix of `blocks`).
-    dirty: usize,
-    wipe_after_each: bool,
-}
-
-impl Default for Workspace {
-    fn default() -> Self {
-        Workspace::new()
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        self.wipe();
-    }
-}
-
-fn wipe_blocks(blocks: &mut [Block]) {
-    for block in blocks {
-        block.zeroize();
-    }
-}
-
-impl Workspace {
-    /// An empty workspace that wipes after every hash; the buffer is allocated at the first
-    /// hash, so an idle server does not hold it.
-    pub fn new() -> Self {
-        Workspace { blocks: Vec::new(), dirty: 0, wipe_after_each: true }
-    }
-
-    /// An empty workspace whose owner calls [`Workspace::wipe`] when it goes idle.
-    pub fn wiped_when_idle() -> Self {
-        Workspace { blocks: Vec::new(), dirty: 0, wipe_after_each: false }
-    }
-
-    /// Bytes held between hashes.
-    pub fn held_bytes(&self) -> usize {
-        self.blocks.len() * Block::SIZE
-    }
-
-    /// Whether password-derived memory is held now.
-    pub fn is_dirty(&self) -> bool {
-        self.dirty > 0
-    }
-
-    /// Wipes and frees the buffer (the next hash allocates it again).
-    pub fn release(&mut self) {
-        self.wipe();
-        self.blocks = Vec::new();
-    }
-
-    /// Zeroes every block written since the last wipe.
-    pub fn wipe(&mut self) {
-        let dirty = self.dirty.min(self.blocks.len());
-        wipe_blocks(&mut self.blocks[..dirty]);
-        self.dirty = 0;
-    }
-
-    /// Runs argon2 into `out` on this workspace's memory.
-    fn compute(&mut self, argon2: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
-        let count = argon2.params().block_count();
-        if self.blocks.len() < count {
-            // Growing may move the buffer: wipe what the old one held before it is freed.
-            self.wipe();
-            self.blocks.resize(count, Block::new());
-        }
-        if self.dirty > count {
-            // This hash overwrites only the first `count` blocks; the rest must not linger.
-            wipe_blocks(&mut self.blocks[count..self.dirty]);
-        }
-        self.dirty = count;
-        let result = argon2.hash_password_into_with_memory(password, salt, out, &mut self.blocks[..count]);
-        if self.wipe_after_each {
-            self.wipe();
-        }
-        result
-    }
-
-    /// Gives back memory beyond what `params` needs (after checking an older, larger hash),
-    /// wiped first, so the pool never holds more than `workers × argon2 memory` for long.
-    fn trim(&mut self, params: &Params) {
-        let count = params.block_count();
-        if self.blocks.len() > count {
-            if self.dirty > count {
-                wipe_blocks(&mut self.blocks[count..self.dirty]);
-                self.dirty = count;
-            }
-            self.blocks.truncate(count);
-            self.blocks.shrink_to_fit();
-        }
-    }
-
-    /// Checks `password` against a parsed PHC hash of any argon2 variant, version and
-    /// parameters, comparing the outputs in constant time.
-    pub fn verify(&mut self, password: &[u8], hash: &PasswordHash) -> bool {
-        let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
-        let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else { return false };
-        let version = match hash.version.map(Version::try_from).transpose() {
-            Ok(v) => v.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        let Ok(params) = Params::try_from(hash) else { return false };
-        let argon2 = Argon2::new(algorithm, version, params);
-        let mut buffer = [0u8; Output::MAX_LENGTH];
-        let Some(out) = buffer.get_mut(..expected.len()) else { return false };
-        let computed = self.compute(&argon2, password, salt, out).is_ok();
-        let same: bool = expected.as_bytes().ct_eq(out).into();
-        buffer.zeroize();
-        computed && same
-    }
-
-    /// Hashes a new password with a fresh random salt; the PHC string is the one
-    /// `argon2::PasswordHasher::hash_password` would give.
-    pub fn hash(&mut self, argon2: &Argon2<'_>, password: &[u8]) -> Result<String, PoolError> {
-        let mut salt = [0u8; RECOMMENDED_SALT_LEN];
-        getrandom::fill(&mut salt).map_err(|e| PoolError::Hash(e.to_string()))?;
-        self.hash_with_salt(argon2, password, &salt)
-    }
-
-    /// As [`Workspace::hash`], with the salt given (for tests and benches). `argon2` must be
-    /// an argon2id, version 0x13 instance (as the pool's is).
-    pub fn hash_with_salt(&mut self, argon2: &Argon2<'_>, password: &[u8], salt: &[u8]) -> Result<String, PoolError> {
-        let err = |e: &dyn std::fmt::Display| PoolError::Hash(e.to_string());
-        let params = argon2.params();
-        let mut buffer = [0u8; Output::MAX_LENGTH];
-        let out = buffer
-            .get_mut(..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN))
-            .ok_or_else(|| PoolError::Hash("output too long".into()))?;
-        self.compute(argon2, password, salt, out).map_err(|e| err(&e))?;
-        let output = Output::new(out).map_err(|e| err(&e));
-        buffer.zeroize();
-        let phc = PasswordHash {
-            algorithm: argon2::ARGON2ID_IDENT,
-            version: Some(Version::V0x13.into()),
-            params: ParamsString::try_from(params).map_err(|e| err(&e))?,
-            salt: Some(Salt::new(salt).map_err(|e| err(&e))?),
-            hash: Some(output?),
-        };
-        Ok(phc.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,62 +273,6 @@ mod tests {
         assert!(upgraded.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         let again = new.verify(Password::new("plum tractor velvet orbit"), Some(upgraded)).await.unwrap();
         assert!(again.valid && again.upgraded_hash.is_none());
-    }
-
-    #[test]
-    fn the_reused_workspace_gives_the_crates_phc_string_and_verifies_like_it() {
-        use argon2::PasswordVerifier;
-        for (m, t) in [(64, 1), (256, 3), (32, 2)] {
-            let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(m, t, 1, None).unwrap());
-            let salt = [7u8; RECOMMENDED_SALT_LEN];
-            let mut ws = Workspace::new();
-            let ours = ws.hash_with_salt(&argon2, b"plum tractor velvet orbit", &salt).unwrap();
-            let theirs = argon2.hash_password_with_salt(b"plum tractor velvet orbit", &salt).unwrap().to_string();
-            assert_eq!(ours, theirs);
-            let fresh = ws.hash(&argon2, b"plum tractor velvet orbit").unwrap();
-            assert_ne!(fresh, ours, "a fresh salt each time");
-            let parsed = PasswordHash::new(&fresh).unwrap();
-            assert!(argon2.verify_password(b"plum tractor velvet orbit", &parsed).is_ok());
-            assert!(ws.verify(b"plum tractor velvet orbit", &parsed));
-            assert!(!ws.verify(b"plum tractor velvet orbiT", &parsed));
-            // Wiped after use: nothing password-derived is left in the buffer.
-            assert!(all_zero(&ws) && !ws.is_dirty());
-        }
-        // Other variants and versions are checked too (older hashes).
-        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x10, Params::new(64, 1, 1, None).unwrap());
-        let old = argon2i.hash_password(b"plum tractor velvet orbit").unwrap().to_string();
-        assert!(Workspace::new().verify(b"plum tractor velvet orbit", &PasswordHash::new(&old).unwrap()));
-    }
-
-    #[test]
-    fn a_released_workspace_holds_no_memory() {
-        let mut ws = Workspace::wiped_when_idle();
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
-        let mut out = [0u8; 32];
-        ws.compute(&argon2, b"pw", b"saltsaltsalt", &mut out).unwrap();
-        assert!(ws.held_bytes() > 0 && ws.is_dirty());
-        ws.release();
-        assert_eq!(ws.held_bytes(), 0);
-        assert!(!ws.is_dirty());
-    }
-
-    fn all_zero(ws: &Workspace) -> bool {
-        ws.blocks.iter().all(|b| format!("{b:?}").bytes().filter(u8::is_ascii_digit).all(|d| d == b'0'))
-    }
-
-    #[test]
-    fn a_workspace_wiped_when_idle_is_clean_after_wipe_and_when_a_smaller_hash_follows() {
-        let big = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(256, 1, 1, None).unwrap());
-        let small = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
-        let mut ws = Workspace::wiped_when_idle();
-        let phc = ws.hash(&big, b"plum tractor velvet orbit").unwrap();
-        assert!(ws.is_dirty() && !all_zero(&ws));
-        assert!(ws.verify(b"plum tractor velvet orbit", &PasswordHash::new(&phc).unwrap()));
-        ws.hash(&small, b"plum tractor velvet orbit").unwrap();
-        let tail = Workspace { blocks: ws.blocks[64..].to_vec(), dirty: 0, wipe_after_each: true };
-        assert!(all_zero(&tail), "blocks the smaller hash did not use were wiped");
-        ws.wipe();
-        assert!(!ws.is_dirty() && all_zero(&ws));
     }
 
     #[test]
