@@ -341,3 +341,37 @@ async fn a_certificate_reload_does_not_drop_live_connections() {
         assert_eq!(resp.status(), 200, "{name}");
     }
 }
+
+/// A browser coming back (a new connection, as after an idle close) resumes its TLS session
+/// from a ticket instead of paying for a full handshake with a certificate signature.
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let app = spawn_app().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(current_pem(&app).as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let name = ServerName::try_from(app.addr.ip()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // TLS 1.3 tickets come after the handshake: read an answer so the client has them.
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+}
