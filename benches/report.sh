@@ -8,7 +8,8 @@
 #! Usage: benches/report.sh            (from the repository root)
 #! Environment: DURATION (per run, default 10s), CONCURRENCY (default "1 2 4 8 32 500"),
 #!   VERIFY_SECONDS (default 5), ROW_VERIFY_SECONDS (default 2), PROBE_RATE (default 50),
-#!   CARGO_TARGET_DIR.
+#!   ROUNDS (saturation rounds, default 8), ROUND_DURATION (default 5s), ROUND_CONCURRENCY
+#!   (default 8), ROUND_VERIFY_SECONDS (default 1.5), CARGO_TARGET_DIR.
 #! Each row's ratio is to the raw all-core rate measured just before and just after that
 #! row's run (the mean of the two), so a machine whose load drifts still gives fair ratios.
 #! Needs: cargo, curl, python3. The server listens on 127.0.0.1 only, in a temporary
@@ -21,6 +22,10 @@ CONCURRENCY=${CONCURRENCY:-1 2 4 8 32 500}
 VERIFY_SECONDS=${VERIFY_SECONDS:-5}
 ROW_VERIFY_SECONDS=${ROW_VERIFY_SECONDS:-2}
 PROBE_RATE=${PROBE_RATE:-50}
+ROUNDS=${ROUNDS:-8}
+ROUND_DURATION=${ROUND_DURATION:-5s}
+ROUND_CONCURRENCY=${ROUND_CONCURRENCY:-8}
+ROUND_VERIFY_SECONDS=${ROUND_VERIFY_SECONDS:-1.5}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 echo "building release..." >&2
@@ -66,6 +71,29 @@ sleep 2
 status() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SERVER_PID/status"; }
 TICKS=$(getconf CLK_TCK)
 cpu_ms() { awk -v t="$TICKS" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$SERVER_PID/stat"; }
+# The server's CPU so far split by thread: "ARGON2_MS OTHER_MS" (the argon2-* hashing threads,
+# and everything else: async workers, sled, the log writer). Threads that have exited are
+# counted in neither, so a run's figures are differences of two calls.
+split_cpu_ms() {
+    python3 - "$SERVER_PID" "$TICKS" <<'PY'
+import os, sys
+pid, ticks = sys.argv[1], int(sys.argv[2])
+hash_t = other = 0
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        stat = open(f"/proc/{pid}/task/{t}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    used = int(fields[11]) + int(fields[12])
+    if name.startswith("argon2-"):
+        hash_t += used
+    else:
+        other += used
+print(hash_t * 1000 // ticks, other * 1000 // ticks)
+PY
+}
 settle() { # until the server has finished the previous run's queued hashes (at most 60 s)
     for _ in $(seq 1 120); do
         local a b
@@ -77,11 +105,11 @@ settle() { # until the server has finished the previous run's queued hashes (at 
 }
 IDLE_KB=$(status VmRSS)
 
-loadtest() { # concurrency, extra flags...
-    local c=$1
-    shift
+loadtest() { # concurrency, duration, extra flags...
+    local c=$1 d=$2
+    shift 2
     printf '%s\n' "$PASSWORD" | "$BIN" loadtest --url "https://127.0.0.1:$PORT" --ca "$WORK/certs/cert.pem" \
-        --concurrency "$c" --duration "$DURATION" --password-stdin --json "$@" 2>> "$WORK/progress.log"
+        --concurrency "$c" --duration "$d" --password-stdin --json "$@" 2>> "$WORK/progress.log"
 }
 
 : > "$WORK/runs.jsonl"
@@ -91,20 +119,41 @@ for c in $CONCURRENCY; do
     raw_before=$("$BIN" bench-verify --seconds "$ROW_VERIFY_SECONDS" --all-cores-only --json)
     echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true # reset the peak (VmHWM)
     before=$(cpu_ms)
-    out=$(loadtest "$c" --username bench --probe-rate "$PROBE_RATE" || true)
+    read -r hash_before other_before < <(split_cpu_ms)
+    out=$(loadtest "$c" "$DURATION" --username bench --probe-rate "$PROBE_RATE" || true)
     after=$(cpu_ms) # at once: work the server still does for requests cut at the deadline is left out
+    read -r hash_after other_after < <(split_cpu_ms)
     peak=$(status VmHWM)
     out=${out:-null}
     settle
     raw_after=$("$BIN" bench-verify --seconds "$ROW_VERIFY_SECONDS" --all-cores-only --json)
-    echo "{\"run\": $out, \"peak_kb\": $peak, \"cpu_ms\": $((after - before)), \"raw\": [$raw_before, $raw_after]}" \
+    echo "{\"run\": $out, \"peak_kb\": $peak, \"cpu_ms\": $((after - before)), \"argon2_cpu_ms\": $((hash_after - hash_before)), \"other_cpu_ms\": $((other_after - other_before)), \"raw\": [$raw_before, $raw_after]}" \
         >> "$WORK/runs.jsonl"
+done
+
+# Saturation, repeated: a shared machine's speed drifts by tens of percent within a minute, so
+# one run's ratio says little. Short rounds alternate a raw measurement and a load test, and
+# each round's logins/s is divided by the mean of the raw rates measured just before and
+# just after it; the median round is reported.
+echo "saturation: $ROUNDS rounds of $ROUND_DURATION at $ROUND_CONCURRENCY virtual users..." >&2
+: > "$WORK/rounds.jsonl"
+settle
+raw_prev=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
+for _ in $(seq 1 "$ROUNDS"); do
+    read -r hash_before other_before < <(split_cpu_ms)
+    out=$(loadtest "$ROUND_CONCURRENCY" "$ROUND_DURATION" --username bench || true)
+    read -r hash_after other_after < <(split_cpu_ms)
+    settle
+    raw_next=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
+    echo "{\"run\": ${out:-null}, \"argon2_cpu_ms\": $((hash_after - hash_before)), \"other_cpu_ms\": $((other_after - other_before)), \"raw\": [$raw_prev, $raw_next]}" \
+        >> "$WORK/rounds.jsonl"
+    raw_prev=$raw_next
 done
 
 echo "page views: 8 connections for $DURATION..." >&2
 settle
 echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true
-views=$(loadtest 8 --username viewer --mode views --probe-rate "$PROBE_RATE" || true)
+views=$(loadtest 8 "$DURATION" --username viewer --mode views --probe-rate "$PROBE_RATE" || true)
 views=${views:-null}
 echo "{\"run\": $views, \"peak_kb\": $(status VmHWM)}" > "$WORK/views.json"
 TOTAL_PEAK_KB=$(status VmHWM)
@@ -127,29 +176,65 @@ print()
 print(f"Raw all-core verify rate at the start (the faster way): **{raw:.1f}/s**; one verify:"
       f" {v['one_verify_ms']:.1f} ms, {v['one_verify_cpu_ms']:.1f} ms of CPU. Idle RSS: **{mib(idle_kb)}**.")
 print()
-print("Each row: the raw all-core verify rate and CPU per verify are measured just before and just")
-print("after that row's run (mean of the two); server CPU per login is the server process's CPU")
-print("time during the run divided by its logins, so its ratio to a raw verify's CPU is")
-print("1 + the server's overhead.")
+print("Each row: logins/s ÷ the raw all-core verify rate measured just before and just after that")
+print("row's run (their mean). CPU per login, from the server's threads and the load generator's")
+print("own clock: *argon2* is the hashing threads, *server rest* everything else the server did")
+print("(TLS, HTTP, handlers, sled, the log), *generator* the load generator on the same cores.")
+print("*Server overhead* = server rest ÷ argon2: what the server adds to the hash, measured in")
+print("the same run on the same requests, so the machine's drift hardly moves it.")
 print()
-print("| concurrency | logins/s | raw verifies/s | × raw rate | p50 | p99 | /healthz p99 | server CPU/login | × raw verify CPU | errors | peak RSS |")
+print("| concurrency | logins/s | raw verifies/s | × raw rate | p50 | p99 | /healthz p99 | CPU/login: argon2 · server rest · generator | server overhead | errors | peak RSS |")
 print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+
+def cpu_split(row, r):
+    n = r["logins"] or 1
+    a, o, g = row["argon2_cpu_ms"] / n, row["other_cpu_ms"] / n, r.get("client_cpu_ms", 0) / n
+    return a, o, g, f"{a:.2f} · {o:.2f} · {g:.2f} ms", (f"{100 * o / a:.1f} %" if a else "?")
+
+def raw_of(row):
+    return sum(x["raw_all_cores_per_sec"] for x in row["raw"]) / len(row["raw"])
+
 for line in open(f"{work}/runs.jsonl"):
     row = json.loads(line)
     r = row["run"]
     if not r:
-        print("| ? | run failed | | | | | | |")
+        print("| ? | run failed | | | | | | | | | |")
         continue
     errs = ", ".join(f"{k}: {n}" for k, n in r["errors_by_kind"].items()) or "0"
     probe = r.get("probe") or {}
-    per_login = row["cpu_ms"] / r["logins"] if r["logins"] else 0
-    row_raw = sum(x["raw_all_cores_per_sec"] for x in row["raw"]) / len(row["raw"])
-    row_cpu = sum(x["all_cores_verify_cpu_ms"] for x in row["raw"]) / len(row["raw"])
+    row_raw = raw_of(row)
     spread = " – ".join(f"{x['raw_all_cores_per_sec']:.1f}" for x in row["raw"])
+    _, _, _, split, overhead = cpu_split(row, r)
     print(f"| {r['concurrency']} | {r['logins_per_sec']:.1f} | {row_raw:.1f} ({spread}) | {r['logins_per_sec'] / row_raw:.3f}"
-          f" | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {probe.get('p99_ms', 0):.1f} ms | {per_login:.1f} ms"
-          f" | {per_login / row_cpu:.3f} | {errs} | {mib(row['peak_kb'])} |")
+          f" | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {probe.get('p99_ms', 0):.1f} ms | {split}"
+          f" | {overhead} | {errs} | {mib(row['peak_kb'])} |")
 print()
+
+rounds = [json.loads(l) for l in open(f"{work}/rounds.jsonl")]
+rounds = [x for x in rounds if x["run"] and x["run"]["logins"]]
+if rounds:
+    print(f"Saturation, {len(rounds)} alternating rounds ({rounds[0]['run']['concurrency']} virtual users,"
+          f" {rounds[0]['run']['duration_s']:.0f} s each):")
+    print()
+    print("| round | logins/s | raw verifies/s (before – after) | × raw rate | CPU/login: argon2 · server rest · generator | server overhead |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    ratios, overheads, shares = [], [], []
+    for i, row in enumerate(rounds, 1):
+        r = row["run"]
+        raw_r = raw_of(row)
+        ratio = r["logins_per_sec"] / raw_r
+        a, o, g, split, overhead = cpu_split(row, r)
+        ratios.append(ratio)
+        overheads.append(o / a if a else 0)
+        shares.append(a / (a + o + g) if a else 0)
+        spread = " – ".join(f"{x['raw_all_cores_per_sec']:.1f}" for x in row["raw"])
+        print(f"| {i} | {r['logins_per_sec']:.1f} | {raw_r:.1f} ({spread}) | {ratio:.3f} | {split} | {overhead} |")
+    med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+    print()
+    print(f"**Median × raw rate: {med(ratios):.3f}** (mean {sum(ratios) / len(ratios):.3f},"
+          f" range {min(ratios):.3f} – {max(ratios):.3f}). Median server overhead: **{100 * med(overheads):.1f} %**;"
+          f" argon2's share of all CPU spent per login, generator included: {100 * med(shares):.1f} %.")
+    print()
 row = json.load(open(f"{work}/views.json"))
 r = row["run"]
 if r:
