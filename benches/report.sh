@@ -135,19 +135,23 @@ done
 # one run's ratio says little. Short rounds alternate a raw measurement and a load test, and
 # each round's logins/s is divided by the mean of the raw rates measured just before and
 # just after it; the median round is reported.
-echo "saturation: $ROUNDS rounds of $ROUND_DURATION at $ROUND_CONCURRENCY virtual users..." >&2
+echo "saturation: $ROUNDS rounds of HTTP/2 and HTTP/1.1, $ROUND_DURATION each at $ROUND_CONCURRENCY virtual users..." >&2
 : > "$WORK/rounds.jsonl"
 settle
 raw_prev=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
 for _ in $(seq 1 "$ROUNDS"); do
-    read -r hash_before other_before < <(split_cpu_ms)
-    out=$(loadtest "$ROUND_CONCURRENCY" "$ROUND_DURATION" --username bench || true)
-    read -r hash_after other_after < <(split_cpu_ms)
-    settle
-    raw_next=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
-    echo "{\"run\": ${out:-null}, \"argon2_cpu_ms\": $((hash_after - hash_before)), \"other_cpu_ms\": $((other_after - other_before)), \"raw\": [$raw_prev, $raw_next]}" \
-        >> "$WORK/rounds.jsonl"
-    raw_prev=$raw_next
+    for protocol in h2 http1; do # browsers speak HTTP/2; a reverse proxy, HTTP/1.1
+        flag=()
+        if [ "$protocol" = http1 ]; then flag=(--http1); fi
+        read -r hash_before other_before < <(split_cpu_ms)
+        out=$(loadtest "$ROUND_CONCURRENCY" "$ROUND_DURATION" --username bench "${flag[@]}" || true)
+        read -r hash_after other_after < <(split_cpu_ms)
+        settle
+        raw_next=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
+        echo "{\"run\": ${out:-null}, \"argon2_cpu_ms\": $((hash_after - hash_before)), \"other_cpu_ms\": $((other_after - other_before)), \"raw\": [$raw_prev, $raw_next]}" \
+            >> "$WORK/rounds.jsonl"
+        raw_prev=$raw_next
+    done
 done
 
 echo "page views: 8 connections for $DURATION..." >&2
@@ -212,28 +216,32 @@ print()
 
 rounds = [json.loads(l) for l in open(f"{work}/rounds.jsonl")]
 rounds = [x for x in rounds if x["run"] and x["run"]["logins"]]
+med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
 if rounds:
-    print(f"Saturation, {len(rounds)} alternating rounds ({rounds[0]['run']['concurrency']} virtual users,"
-          f" {rounds[0]['run']['duration_s']:.0f} s each):")
+    print(f"Saturation: alternating rounds of {rounds[0]['run']['concurrency']} virtual users for"
+          f" {rounds[0]['run']['duration_s']:.0f} s, HTTP/2 then HTTP/1.1, each divided by the raw rate"
+          f" measured just before and just after it:")
     print()
-    print("| round | logins/s | raw verifies/s (before – after) | × raw rate | CPU/login: argon2 · server rest · generator | server overhead |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    ratios, overheads, shares = [], [], []
+    print("| round | protocol | logins/s | raw verifies/s (before – after) | × raw rate | CPU/login: argon2 · server rest · generator | server overhead |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    by_protocol = {}
     for i, row in enumerate(rounds, 1):
         r = row["run"]
         raw_r = raw_of(row)
         ratio = r["logins_per_sec"] / raw_r
         a, o, g, split, overhead = cpu_split(row, r)
-        ratios.append(ratio)
-        overheads.append(o / a if a else 0)
-        shares.append(a / (a + o + g) if a else 0)
+        stats = by_protocol.setdefault(r["protocol"], {"ratio": [], "overhead": [], "share": []})
+        stats["ratio"].append(ratio)
+        stats["overhead"].append(o / a if a else 0)
+        stats["share"].append(a / (a + o + g) if a else 0)
         spread = " – ".join(f"{x['raw_all_cores_per_sec']:.1f}" for x in row["raw"])
-        print(f"| {i} | {r['logins_per_sec']:.1f} | {raw_r:.1f} ({spread}) | {ratio:.3f} | {split} | {overhead} |")
-    med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+        print(f"| {(i + 1) // 2} | {r['protocol']} | {r['logins_per_sec']:.1f} | {raw_r:.1f} ({spread}) | {ratio:.3f} | {split} | {overhead} |")
     print()
-    print(f"**Median × raw rate: {med(ratios):.3f}** (mean {sum(ratios) / len(ratios):.3f},"
-          f" range {min(ratios):.3f} – {max(ratios):.3f}). Median server overhead: **{100 * med(overheads):.1f} %**;"
-          f" argon2's share of all CPU spent per login, generator included: {100 * med(shares):.1f} %.")
+    for protocol, st in by_protocol.items():
+        rs = st["ratio"]
+        print(f"- {protocol}: **median × raw rate {med(rs):.3f}** (mean {sum(rs) / len(rs):.3f},"
+              f" range {min(rs):.3f} – {max(rs):.3f}); median server overhead **{100 * med(st['overhead']):.1f} %**;"
+              f" argon2's share of all CPU spent per login, generator included: {100 * med(st['share']):.1f} %.")
     print()
 row = json.load(open(f"{work}/views.json"))
 r = row["run"]

@@ -84,6 +84,10 @@ pub struct LoadtestArgs {
     /// Allow a server that is not on this machine (127.0.0.0/8, ::1, localhost)
     #[arg(long)]
     pub i_own_this_server: bool,
+    /// Speak HTTP/1.1 only, as a reverse proxy in front of portcullis does (default: HTTP/2
+    /// when the server offers it, as browsers do)
+    #[arg(long)]
+    pub http1: bool,
 }
 
 /// How to check the server's certificate.
@@ -120,6 +124,8 @@ pub struct Options {
     /// `--i-own-this-server`.
     pub allow_remote: bool,
     pub progress: Progress,
+    /// `--http1`.
+    pub http1: bool,
 }
 
 /// Latency percentiles of one kind of request, in milliseconds.
@@ -140,6 +146,8 @@ pub struct Report {
     pub mode: Mode,
     pub concurrency: usize,
     pub duration_s: f64,
+    /// The HTTP version the server answered with: "HTTP/2.0" or "HTTP/1.1".
+    pub protocol: String,
     /// Successful sign-ins (in `views` mode: the one sign-in per virtual user at setup).
     pub logins: u64,
     pub errors: u64,
@@ -306,7 +314,7 @@ fn error_kind(e: &reqwest::Error) -> String {
 
 /// One HTTP client per virtual user: its own connection pool (one keep-alive connection
 /// in practice), no redirects followed, cookies kept by hand in [`VirtualUser`].
-fn client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
+fn client(trust: &Trust, http1: bool) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("portcullis-loadtest/", env!("CARGO_PKG_VERSION")))
@@ -320,6 +328,9 @@ fn client(trust: &Trust) -> anyhow::Result<reqwest::Client> {
             b = b.tls_certs_only(certs);
         }
         Trust::Insecure => b = b.tls_danger_accept_invalid_certs(true),
+    }
+    if http1 {
+        b = b.http1_only();
     }
     b.build().context("cannot build the HTTP client")
 }
@@ -459,11 +470,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Open every connection (TLS handshake included) before the clock starts.
     let mut users = Vec::with_capacity(opts.concurrency);
     for _ in 0..opts.concurrency {
-        users.push(VirtualUser { client: client(&opts.trust)?, jar: BTreeMap::new(), retry_after: None });
+        users.push(VirtualUser { client: client(&opts.trust, opts.http1)?, jar: BTreeMap::new(), retry_after: None });
     }
+    let mut protocol = String::new();
     for user in &users {
         let r =
             user.client.get(health_url.clone()).send().await.with_context(|| format!("cannot reach {health_url}"))?;
+        protocol = format!("{:?}", r.version());
         let _ = r.bytes().await;
     }
 
@@ -493,7 +506,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     let probe_client = match opts.probe_rate {
         Some(_) => {
-            let c = client(&opts.trust)?;
+            let c = client(&opts.trust, opts.http1)?;
             let _ = c.get(health_url.clone()).send().await.with_context(|| format!("cannot reach {health_url}"))?;
             Some(c)
         }
@@ -578,6 +591,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         mode: opts.mode,
         concurrency: opts.concurrency,
         duration_s: (elapsed * 1000.0).round() / 1000.0,
+        protocol,
         logins,
         errors,
         logins_per_sec,
@@ -754,6 +768,7 @@ pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
         mode: args.mode,
         allow_remote: args.i_own_this_server,
         progress,
+        http1: args.http1,
     })
     .await?;
     if args.json {
@@ -773,18 +788,20 @@ pub fn human(r: &Report) -> String {
     let mut s = String::new();
     let what = match r.mode {
         Mode::Logins => format!(
-            "logins      {} in {:.1}s = {:.1}/s  (concurrency {})\n",
+            "logins      {} in {:.1}s = {:.1}/s  (concurrency {}, {})\n",
             r.logins,
             r.duration_s,
             r.logins_per_sec.unwrap_or(0.0),
-            r.concurrency
+            r.concurrency,
+            r.protocol
         ),
         Mode::Views => format!(
-            "page views  {} in {:.1}s = {:.1}/s  (concurrency {})\n",
+            "page views  {} in {:.1}s = {:.1}/s  (concurrency {}, {})\n",
             r.views.unwrap_or(0),
             r.duration_s,
             r.views_per_sec.unwrap_or(0.0),
-            r.concurrency
+            r.concurrency,
+            r.protocol
         ),
     };
     s.push_str(&what);
@@ -798,6 +815,7 @@ pub fn human(r: &Report) -> String {
         s.push_str(&format!("  ({})", parts.join(", ")));
     }
     s.push('\n');
+    s.push_str(&format!("generator   {:.0} ms of CPU\n", r.client_cpu_ms));
     if let Some(p) = &r.probe {
         s.push_str(&format!(
             "/healthz    {} sent, {} ok  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",

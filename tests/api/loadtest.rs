@@ -21,6 +21,7 @@ fn options(app: &crate::helpers::TestApp, mode: Mode, url: &str) -> Options {
         mode,
         allow_remote: false,
         progress: Progress::None,
+        http1: false,
     }
 }
 
@@ -42,9 +43,27 @@ async fn logins_are_counted_without_errors_and_the_json_has_its_fields() {
     let probe = &json["probe"];
     assert!(probe["ok"].as_u64().unwrap() > 0, "{json}");
     assert!(probe["p99_ms"].is_number(), "{json}");
+    assert_eq!(report.protocol, "HTTP/2.0", "browsers' protocol by default");
+    assert!(report.client_cpu_ms > 0.0, "{json}");
     // Each login was a real session: they are on the server now (up to the per-user cap).
     let cap = portcullis::session::MAX_SESSIONS_PER_USER as u64;
     assert!(app.state.sessions.list("bench").unwrap().len() as u64 >= report.logins.min(cap));
+}
+
+#[tokio::test]
+async fn http1_speaks_http_1_1_as_a_reverse_proxy_would() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let mut opts = options(&app, Mode::Logins, &app.base);
+    opts.http1 = true;
+    opts.duration = Duration::from_millis(800);
+    let report = loadtest::run(opts).await.unwrap();
+    assert_eq!(report.protocol, "HTTP/1.1");
+    assert!(report.logins > 0 && report.errors == 0, "{report:?}");
 }
 
 #[tokio::test]
