@@ -468,9 +468,9 @@ async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
     };
     let line = start(child::quick_with(&[("--async-workers", "3"), ("--hash-workers", "1")]));
     assert!(line.contains("async_workers=3") && line.contains("hash_workers=1"), "{line}");
-    // Defaults: hashing on every core, requests on half of them (at least one).
+    // Defaults: one of each per core.
     let cores = std::thread::available_parallelism().unwrap().get();
     let line = start(child::QUICK.to_vec());
-    assert!(line.contains(&format!("async_workers={}", cores.div_ceil(2))), "{line}");
+    assert!(line.contains(&format!("async_workers={cores}")), "{line}");
     assert!(line.contains(&format!("hash_workers={cores}")), "{line}");
 }
