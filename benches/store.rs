@@ -28,6 +28,7 @@ fn user(key: &str) -> UserRecord {
         created_at: 1,
         password_changed_at: 1,
         last_login_at: None,
+        disabled: false,
     }
 }
 

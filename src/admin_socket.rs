@@ -32,6 +32,8 @@ pub enum Request {
     UserDel { name: String },
     UserList,
     UserUnlock { name: String },
+    UserDisable { name: String },
+    UserEnable { name: String },
     Audit { filters: FilterArgs, summary: bool },
 }
 
@@ -51,6 +53,8 @@ impl std::fmt::Debug for Request {
             Request::UserDel { name } => write!(f, "UserDel({name:?})"),
             Request::UserList => write!(f, "UserList"),
             Request::UserUnlock { name } => write!(f, "UserUnlock({name:?})"),
+            Request::UserDisable { name } => write!(f, "UserDisable({name:?})"),
+            Request::UserEnable { name } => write!(f, "UserEnable({name:?})"),
             Request::Audit { summary, .. } => write!(f, "Audit(summary={summary})"),
         }
     }
@@ -84,6 +88,13 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             users.delete(name, by).await.map(|n| format!("user deleted; {n} session(s) ended"))
         }
         Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
+        Request::UserDisable { name } => users
+            .set_disabled(name, true, by)
+            .await
+            .map(|(n, ended)| format!("user {n} disabled; {ended} session(s) ended")),
+        Request::UserEnable { name } => {
+            users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
+        }
         Request::UserList => {
             return match users.list() {
                 Ok(users) => Response::Users { users },

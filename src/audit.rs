@@ -99,6 +99,14 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         by: &'a str,
     },
+    UserDisabled {
+        username: &'a str,
+        by: &'a str,
+    },
+    UserEnabled {
+        username: &'a str,
+        by: &'a str,
+    },
 }
 
 /// Why an authentication record could not be made.
@@ -295,6 +303,12 @@ fn emit(event: &AuthEvent<'_>) {
         ),
         AuthEvent::UserUnlocked { username, by } => tracing::info!(
             target: TARGET, event = "user_unlocked", time, username, by, "user unlocked"
+        ),
+        AuthEvent::UserDisabled { username, by } => tracing::warn!(
+            target: TARGET, event = "user_disabled", time, username, by, "user disabled"
+        ),
+        AuthEvent::UserEnabled { username, by } => tracing::info!(
+            target: TARGET, event = "user_enabled", time, username, by, "user enabled"
         ),
     }
 }

@@ -75,6 +75,11 @@ impl Authenticator {
             Some(updated) => user = updated,
             None => return Err(AuthError::InvalidCredentials(FailureReason::BadPassword)),
         }
+        if user.disabled {
+            // Checked after the password, so a disabled account answers in the same time and
+            // with the same 401 as a wrong password: the reason is for the log only.
+            return Err(AuthError::InvalidCredentials(FailureReason::Disabled));
+        }
         Ok(user)
     }
 }

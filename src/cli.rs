@@ -99,6 +99,10 @@ pub enum UserCommand {
     },
     /// Clear the user's failure count and captcha demand
     Unlock { name: String },
+    /// Refuse the user's sign-ins and end their sessions, keeping the account and its records
+    Disable { name: String },
+    /// Let a disabled user sign in again
+    Enable { name: String },
 }
 
 /// `--<key-with-dashes> VALUE` for every setting.
@@ -234,6 +238,8 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Del { name } => (Request::UserDel { name }, false),
         UserCommand::List { json } => (Request::UserList, json),
         UserCommand::Unlock { name } => (Request::UserUnlock { name }, false),
+        UserCommand::Disable { name } => (Request::UserDisable { name }, false),
+        UserCommand::Enable { name } => (Request::UserEnable { name }, false),
     };
     match ask(&settings, &request).await? {
         Response::Done { message } => {
@@ -325,15 +331,19 @@ fn print_users(users: &[UserSummary], json: bool) {
         return;
     }
     let width = users.iter().map(|u| u.username.chars().count()).max().unwrap_or(4).max(8);
-    println!("{:<width$}  {:<5}  {:<24}  {:<24}  SESSIONS", "USERNAME", "ADMIN", "CREATED", "LAST LOGIN");
+    println!(
+        "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  STATE",
+        "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS"
+    );
     for u in users {
         println!(
-            "{:<width$}  {:<5}  {:<24}  {:<24}  {}",
+            "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {}",
             u.username.escape_debug().to_string(),
             if u.admin { "yes" } else { "no" },
             u.created_at,
             u.last_login_at.as_deref().unwrap_or("never"),
-            u.active_sessions
+            u.active_sessions,
+            if u.disabled { "disabled" } else { "active" }
         );
     }
 }

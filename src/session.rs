@@ -132,7 +132,9 @@ impl Sessions {
             self.store.delete_session(&token_hash)?;
             return Ok(None);
         }
-        let Some(user) = self.store.user(&record.user_key)? else {
+        let Some(user) = self.store.user(&record.user_key)?.filter(|u| !u.disabled) else {
+            // Deleted or disabled: disabling ends the sessions too, but a sign-in that was
+            // being checked at that moment may have started one just after.
             self.store.delete_session(&token_hash)?;
             return Ok(None);
         };
@@ -228,6 +230,31 @@ mod tests {
         sessions.create("alice", ip, "ua").unwrap();
         assert!(store.session(&first.hash()).unwrap().is_some(), "the session in use stays");
         assert!(store.session(&later[0].hash()).unwrap().is_none(), "the least recently used went");
+    }
+
+    #[test]
+    fn a_session_of_a_disabled_user_does_not_resolve_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
+        let user = crate::store::UserRecord {
+            schema: SCHEMA_VERSION,
+            key: "alice".into(),
+            display_name: "alice".into(),
+            password_hash: "h".into(),
+            admin: false,
+            created_at: 1,
+            password_changed_at: 1,
+            last_login_at: None,
+            disabled: false,
+        };
+        store.insert_user(&user).unwrap();
+        // As if a sign-in checked just before `user disable` started a session just after it.
+        let token = sessions.create("alice", "127.0.0.1".parse().unwrap(), "ua").unwrap();
+        assert!(sessions.resolve(&token.encode()).unwrap().is_some());
+        store.set_user_disabled("alice", true).unwrap();
+        assert!(sessions.resolve(&token.encode()).unwrap().is_none());
+        assert!(store.session(&token.hash()).unwrap().is_none());
     }
 
     #[test]

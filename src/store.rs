@@ -48,6 +48,10 @@ pub struct UserRecord {
     pub created_at: u64,
     pub password_changed_at: u64,
     pub last_login_at: Option<u64>,
+    /// A disabled user cannot sign in and has no sessions; records from before this field
+    /// existed read as enabled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// A signed-in session, stored under the hash of its token.
@@ -210,9 +214,24 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the user's `disabled` flag in place (so a concurrent login or password change is
+    /// not overwritten); returns the updated record, or `None` if there is no such user.
+    pub fn set_user_disabled(&self, key: &str, disabled: bool) -> Result<Option<UserRecord>> {
+        let mut updated = None;
+        self.users.fetch_and_update(key, |old| {
+            let mut user: UserRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
+            user.disabled = disabled;
+            let bytes = serde_json::to_vec(&user).ok();
+            updated = Some(user);
+            bytes
+        })?;
+        Ok(updated)
+    }
+
     /// Notes a successful login (and stores `new_hash`, if any), provided the user's hash is
-    /// still `verified_hash`. Returns the updated record, or `None` if the user is gone or
-    /// their password changed in the meantime.
+    /// still `verified_hash` and the user is not disabled. Returns the updated record (or, for
+    /// a disabled user, the record unchanged), or `None` if the user is gone or their password
+    /// changed in the meantime.
     pub fn record_login(
         &self,
         key: &str,
@@ -224,6 +243,11 @@ impl Store {
         self.users.fetch_and_update(key, |old| {
             let mut user: UserRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
             if user.password_hash != verified_hash {
+                return old.map(|v| v.to_vec());
+            }
+            if user.disabled {
+                // Disabled while the password was being checked: no login is recorded.
+                updated = Some(user);
                 return old.map(|v| v.to_vec());
             }
             if let Some(h) = new_hash {
@@ -530,6 +554,7 @@ mod tests {
             created_at: 1,
             password_changed_at: 1,
             last_login_at: None,
+            disabled: false,
         }
     }
 
@@ -542,6 +567,21 @@ mod tests {
             ip: "127.0.0.1".into(),
             user_agent: "t".into(),
         }
+    }
+
+    #[test]
+    fn a_user_record_from_before_the_disabled_flag_reads_as_enabled_and_the_flag_is_set_in_place() {
+        let old = r#"{"schema":1,"key":"alice","display_name":"Alice","password_hash":"h","admin":false,"created_at":1,"password_changed_at":1,"last_login_at":null}"#;
+        let user: UserRecord = serde_json::from_str(old).unwrap();
+        assert!(!user.disabled);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_user(&user).unwrap();
+        assert!(store.set_user_disabled("alice", true).unwrap().unwrap().disabled);
+        // A login checked against the same hash meanwhile records nothing and says disabled.
+        let seen = store.record_login("alice", "h", None, 5).unwrap().unwrap();
+        assert!(seen.disabled && seen.last_login_at.is_none());
+        assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
     }
 
     #[test]

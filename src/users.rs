@@ -33,6 +33,8 @@ pub struct UserSummary {
     pub created_at: String,
     pub last_login_at: Option<String>,
     pub active_sessions: usize,
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// Clears in-memory failure state for a username key.
@@ -83,6 +85,7 @@ impl UserAdmin {
             created_at: now,
             password_changed_at: now,
             last_login_at: None,
+            disabled: false,
         };
         match self.store.insert_user(&record) {
             Err(StoreError::AlreadyExists) => return Err(UserError::AlreadyExists(username.to_string())),
@@ -116,6 +119,29 @@ impl UserAdmin {
         Ok(ended)
     }
 
+    /// Disables or enables the user, durably. Disabling also ends their sessions; returns how
+    /// many ended.
+    pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, usize), UserError> {
+        let (username, _) = self.existing(name)?;
+        let record = self
+            .store
+            .set_user_disabled(username.key(), disabled)?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        let ended = if disabled {
+            self.sessions.end_all(username.key(), None).await?
+        } else {
+            self.store.flush().await?;
+            0
+        };
+        let event = if disabled {
+            AuthEvent::UserDisabled { username: &record.display_name, by }
+        } else {
+            AuthEvent::UserEnabled { username: &record.display_name, by }
+        };
+        self.audit.record(&event);
+        Ok((record.display_name, ended))
+    }
+
     /// Clears the user's failure count and captcha demand; returns the user's name.
     pub async fn unlock(&self, name: &str, by: &str) -> Result<String, UserError> {
         let (username, record) = self.existing(name)?;
@@ -139,6 +165,7 @@ impl UserAdmin {
                     created_at: rfc3339(u.created_at),
                     last_login_at: u.last_login_at.map(rfc3339),
                     active_sessions,
+                    disabled: u.disabled,
                 }
             })
             .collect();

@@ -241,6 +241,39 @@ async fn user_del_through_the_cli_ends_the_users_sessions() {
 }
 
 #[tokio::test]
+async fn a_disabled_user_is_refused_like_a_wrong_password_and_signed_out_until_enabled() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = app.new_browser();
+    app.login_with(&alice, "alice", GOOD_PASSWORD).await;
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 200);
+
+    let run = cli(app.dir.path(), &["user", "disable", "alice"]).await;
+    run.assert_ok("disable alice");
+    assert!(run.stdout.contains("disabled; 1 session(s) ended"), "{}", run.stdout);
+    let resp = alice.get(app.url("/")).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+
+    // The right password gets exactly the answer a wrong one gets; only the log says why.
+    let strip = |page: &str| page.replace(&crate::helpers::hidden_field(page, "csrf").unwrap(), "TOKEN");
+    let right = app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await;
+    let (right_status, right_page) = (right.status(), right.text().await.unwrap());
+    let wrong = app.login_with(&app.new_browser(), "alice", "not the right password at all").await;
+    let (wrong_status, wrong_page) = (wrong.status(), wrong.text().await.unwrap());
+    assert_eq!((right_status, strip(&right_page)), (wrong_status, strip(&wrong_page)));
+    assert_eq!(right_status, 401);
+    let log = app.log_text();
+    assert!(log.contains(r#""reason":"disabled""#) && log.contains(r#""event":"user_disabled""#), "{log}");
+    let alice_listed = |users: Vec<serde_json::Value>| users.into_iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(alice_listed(list_json(app.dir.path()).await)["disabled"], true);
+
+    cli(app.dir.path(), &["user", "enable", "alice"]).await.assert_ok("enable alice");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(alice_listed(list_json(app.dir.path()).await)["disabled"], false);
+    cli(app.dir.path(), &["user", "disable", "nobody"]).await.assert_one_line_failure("disable an unknown user");
+}
+
+#[tokio::test]
 async fn the_admin_socket_is_private_to_its_owner() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let app = spawn_app().await;
