@@ -231,10 +231,7 @@ impl AddressCounts {
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = crate::client::canonical(ip);
         if self.exempt.iter().any(|n| n.contains(&ip)) {
             return Admission::Exempt;
         }
@@ -433,9 +430,9 @@ impl HeadDeadline {
             self.sleep = None;
             self.head_complete = true;
         } else {
-            let mut joined = self.tail.to_vec();
-            joined.extend_from_slice(&bytes[bytes.len().saturating_sub(3)..]);
-            self.tail.copy_from_slice(&joined[joined.len() - 3..]);
+            // The last three bytes seen so far, from this read and, if it is shorter, the tail.
+            let (joined, len) = join_tail(&self.tail, &bytes[bytes.len().saturating_sub(3)..]);
+            self.tail.copy_from_slice(&joined[len - 3..len]);
         }
     }
 
@@ -455,9 +452,18 @@ impl HeadDeadline {
 /// Whether `bytes`, after the `tail` of the previous read, contain the blank line ending a head.
 fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
     const BLANK: &[u8] = b"\r\n\r\n";
-    let mut start = tail.to_vec();
-    start.extend_from_slice(&bytes[..bytes.len().min(3)]);
-    start.windows(4).any(|w| w == BLANK) || bytes.windows(4).any(|w| w == BLANK)
+    let (start, len) = join_tail(tail, &bytes[..bytes.len().min(3)]);
+    start[..len].windows(4).any(|w| w == BLANK) || bytes.windows(4).any(|w| w == BLANK)
+}
+
+/// `tail` followed by up to three `more` bytes, on the stack (this runs on every read of a
+/// request head): the bytes and how many are used.
+fn join_tail(tail: &[u8; 3], more: &[u8]) -> ([u8; 6], usize) {
+    let more = &more[..more.len().min(3)];
+    let mut joined = [0u8; 6];
+    joined[..3].copy_from_slice(tail);
+    joined[3..3 + more.len()].copy_from_slice(more);
+    (joined, 3 + more.len())
 }
 
 /// One client connection. Holds its slot under the connection cap until dropped.
