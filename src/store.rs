@@ -208,24 +208,50 @@ impl Store {
         }
     }
 
-    /// Replaces an existing user record.
-    pub fn update_user(&self, user: &UserRecord) -> Result<()> {
-        self.users.insert(&user.key, encode(user)?)?;
-        Ok(())
+    /// Changes a user's record in place, atomically: `change` sees the stored record and says
+    /// whether it changed it (it may run more than once if another write races). Returns the
+    /// record as it is afterwards, or `None` if there is no such user. A record that cannot be
+    /// decoded is left as it is (never deleted) and reported as corrupt.
+    pub fn update_user_with(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut UserRecord) -> bool,
+    ) -> Result<Option<UserRecord>> {
+        let mut after = None;
+        let mut corrupt = None;
+        self.users.fetch_and_update(key, |old| {
+            let old = old?;
+            (after, corrupt) = (None, None);
+            let mut user: UserRecord = match serde_json::from_slice(old) {
+                Ok(user) => user,
+                Err(e) => {
+                    corrupt = Some(e.to_string());
+                    return Some(old.to_vec());
+                }
+            };
+            let unchanged = user.clone();
+            if change(&mut user) {
+                if let Ok(bytes) = serde_json::to_vec(&user) {
+                    after = Some(user);
+                    return Some(bytes);
+                }
+            }
+            after = Some(unchanged);
+            Some(old.to_vec())
+        })?;
+        match corrupt {
+            Some(e) => Err(StoreError::Corrupt(e)),
+            None => Ok(after),
+        }
     }
 
     /// Sets the user's `disabled` flag in place (so a concurrent login or password change is
     /// not overwritten); returns the updated record, or `None` if there is no such user.
     pub fn set_user_disabled(&self, key: &str, disabled: bool) -> Result<Option<UserRecord>> {
-        let mut updated = None;
-        self.users.fetch_and_update(key, |old| {
-            let mut user: UserRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
+        self.update_user_with(key, |user| {
             user.disabled = disabled;
-            let bytes = serde_json::to_vec(&user).ok();
-            updated = Some(user);
-            bytes
-        })?;
-        Ok(updated)
+            true
+        })
     }
 
     /// Notes a successful login (and stores `new_hash`, if any), provided the user's hash is
@@ -239,26 +265,20 @@ impl Store {
         new_hash: Option<&str>,
         now: u64,
     ) -> Result<Option<UserRecord>> {
-        let mut updated = None;
-        self.users.fetch_and_update(key, |old| {
-            let mut user: UserRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
-            if user.password_hash != verified_hash {
-                return old.map(|v| v.to_vec());
-            }
-            if user.disabled {
-                // Disabled while the password was being checked: no login is recorded.
-                updated = Some(user);
-                return old.map(|v| v.to_vec());
+        let mut same_password = false;
+        let user = self.update_user_with(key, |user| {
+            same_password = user.password_hash == verified_hash;
+            // Disabled while the password was being checked: no login is recorded.
+            if !same_password || user.disabled {
+                return false;
             }
             if let Some(h) = new_hash {
                 user.password_hash = h.to_string();
             }
             user.last_login_at = Some(now);
-            let bytes = serde_json::to_vec(&user).ok();
-            updated = Some(user);
-            bytes.or_else(|| old.map(|v| v.to_vec()))
+            true
         })?;
-        Ok(updated)
+        Ok(user.filter(|_| same_password))
     }
 
     /// Removes a user; returns whether there was one.
@@ -582,6 +602,16 @@ mod tests {
         let seen = store.record_login("alice", "h", None, 5).unwrap().unwrap();
         assert!(seen.disabled && seen.last_login_at.is_none());
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unreadable_user_record_is_reported_and_kept_not_deleted_by_an_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.users.insert("alice", &b"not json"[..]).unwrap();
+        assert!(matches!(store.set_user_disabled("alice", true), Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.record_login("alice", "h", None, 5), Err(StoreError::Corrupt(_))));
+        assert_eq!(store.users.get("alice").unwrap().unwrap(), &b"not json"[..]);
     }
 
     #[test]

@@ -101,10 +101,16 @@ impl UserAdmin {
         let (username, _) = self.existing(name)?;
         self.policy.check(&password, username.key())?;
         let hash = self.pool.hash(password).await?;
-        let (_, mut record) = self.existing(name)?;
-        record.password_hash = hash;
-        record.password_changed_at = now_ms();
-        self.store.update_user(&record)?;
+        let now = now_ms();
+        // In place: a `user disable` or a sign-in meanwhile must not be overwritten.
+        let record = self
+            .store
+            .update_user_with(username.key(), |user| {
+                user.password_hash.clone_from(&hash);
+                user.password_changed_at = now;
+                true
+            })?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
         Ok(ended)
@@ -122,24 +128,20 @@ impl UserAdmin {
     /// Disables or enables the user, durably. Disabling also ends their sessions; returns how
     /// many ended.
     pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, usize), UserError> {
-        let (username, _) = self.existing(name)?;
+        let username = Username::parse(name)?;
         let record = self
             .store
             .set_user_disabled(username.key(), disabled)?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-        let ended = if disabled {
-            self.sessions.end_all(username.key(), None).await?
+        let username = record.display_name.as_str();
+        let (ended, event) = if disabled {
+            (self.sessions.end_all(&record.key, None).await?, AuthEvent::UserDisabled { username, by })
         } else {
             self.store.flush().await?;
-            0
-        };
-        let event = if disabled {
-            AuthEvent::UserDisabled { username: &record.display_name, by }
-        } else {
-            AuthEvent::UserEnabled { username: &record.display_name, by }
+            (0, AuthEvent::UserEnabled { username, by })
         };
         self.audit.record(&event);
-        Ok((record.display_name, ended))
+        Ok((record.display_name.clone(), ended))
     }
 
     /// Clears the user's failure count and captcha demand; returns the user's name.
