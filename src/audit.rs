@@ -35,6 +35,22 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, in the order filters and forms list them.
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::UnknownUser,
+        FailureReason::BadPassword,
+        FailureReason::CaptchaRequired,
+        FailureReason::BadCaptcha,
+        FailureReason::RateLimited,
+        FailureReason::Csrf,
+        FailureReason::Disabled,
+    ];
+
+    /// The reason named `name` (as in the log and the records).
+    pub fn parse(name: &str) -> Option<FailureReason> {
+        FailureReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::UnknownUser => "unknown_user",
@@ -227,7 +243,7 @@ impl Audit {
         max_reached: bool,
     ) -> Result<(), AuditError> {
         let username: String = username.chars().take(256).collect();
-        if let Some(store) = &self.store {
+        if self.store.is_some() {
             let record = FailureRecord {
                 time: now_ms(),
                 ip: client.ip.to_string(),
@@ -235,8 +251,7 @@ impl Audit {
                 reason,
                 user_agent: client.user_agent.clone(),
             };
-            store.append_failure(&record, &normalise_key(&username))?;
-            store.flush().await?;
+            self.append(&record).await?;
         }
         self.record_checked(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached })
     }

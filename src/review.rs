@@ -37,7 +37,7 @@ pub enum FilterError {
     Time(String),
     #[error("--ip: `{0}` is not an address or CIDR range")]
     Ip(String),
-    #[error("--reason: `{0}` is not one of unknown_user, bad_password, captcha_required, bad_captcha, rate_limited, csrf, disabled")]
+    #[error("--reason: `{0}` is not one of {names}", names = FailureReason::ALL.map(FailureReason::as_str).join(", "))]
     Reason(String),
     #[error("--user: the username is empty or too long")]
     User,
@@ -64,8 +64,7 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
 }
 
 pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| FilterError::Reason(escape_controls(s)))
+    FailureReason::parse(s).ok_or_else(|| FilterError::Reason(escape_controls(s)))
 }
 
 impl FilterArgs {

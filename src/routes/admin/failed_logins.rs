@@ -4,6 +4,7 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Request, Response};
 
+use crate::audit::FailureReason;
 use crate::review::{review, svg_chart, Answer, FilterArgs, RecordView, Summary};
 use crate::routes::{error_page, html, State};
 use crate::store::now_ms;
@@ -11,9 +12,6 @@ use crate::store::now_ms;
 /// Records per page, by default and at most.
 const PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
-
-pub const REASONS: &[&str] =
-    &["unknown_user", "bad_password", "captcha_required", "bad_captcha", "rate_limited", "csrf", "disabled"];
 
 #[derive(Template)]
 #[template(path = "admin.html")]
@@ -122,7 +120,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         ip: filters.ip.as_deref().unwrap_or(""),
         reason: filters.reason.as_deref().unwrap_or(""),
         limit: filters.limit.unwrap_or(PAGE),
-        reasons: REASONS,
+        reasons: &FailureReason::ALL.map(FailureReason::as_str),
         error,
         notice,
         summary,
