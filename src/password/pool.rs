@@ -125,8 +125,9 @@ impl HashPool {
     }
 }
 
-/// glibc keeps freed heap memory for reuse (and, once a large mmap'd block has been freed,
-/// serves the next ones from the heap too); ask it to return what is free to the system, so
+/// glibc keeps freed heap memory for reuse: after a flood, what the connections and requests
+/// used stays in its free lists (the argon2 buffers are separate mappings, unmapped by
+/// `release`). When the pool goes quiet, ask glibc to return what is free to the system, so
 /// an idle server's RSS really drops back.
 fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -207,13 +208,12 @@ fn lower_priority() {
 
 impl Hasher {
     fn verify(&self, workspace: &mut Workspace, password: &Password, phc: Option<&str>) -> Verified {
-        let parsed = phc.and_then(|p| PasswordHash::new(p).ok());
-        let Some(hash) = parsed else {
-            let _ = workspace.verify(password.expose().as_bytes(), &self.dummy_hash());
-            workspace.trim(&self.params);
-            return Verified { valid: false, upgraded_hash: None };
+        // No user, or a stored hash that does not parse: the dummy takes as long, and fails.
+        let (hash, known) = match phc.and_then(|p| PasswordHash::new(p).ok()) {
+            Some(hash) => (hash, true),
+            None => (self.dummy_hash(), false),
         };
-        let valid = workspace.verify(password.expose().as_bytes(), &hash);
+        let valid = workspace.verify(password.expose().as_bytes(), &hash) && known;
         workspace.trim(&self.params);
         let upgraded_hash = if valid && self.is_outdated(&hash) { self.hash(workspace, password).ok() } else { None };
         Verified { valid, upgraded_hash }
