@@ -77,7 +77,7 @@ fn throughput(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     let (m, t) = SETTINGS[0];
     let phc = argon2(m, t).hash_password(PASSWORD).unwrap().to_string();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = portcullis::config::cores();
     let mut counts = vec![1];
     if cores > 1 {
         counts.push(cores);
@@ -129,7 +129,7 @@ fn pool_overhead(c: &mut Criterion) {
     });
 
     // All cores: as many workers as cores, kept busy by 2 requests per worker in flight.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = portcullis::config::cores();
     let all = rt.block_on(async { HashPool::start(params, cores, 256) }).unwrap();
     g.throughput(Throughput::Elements(cores as u64));
     g.bench_function(BenchmarkId::new("pool_all_workers", cores), |b| {

@@ -46,7 +46,7 @@ pub struct Captchas {
 
 impl Captchas {
     pub fn new(key: [u8; 32]) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = crate::config::cores();
         Captchas { key, open: Mutex::new(HashMap::new()), drawing: Arc::new(Semaphore::new(cores)) }
     }
 

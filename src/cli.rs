@@ -11,7 +11,7 @@ use crate::admin_socket::{self, Request, Response};
 use crate::app::{Application, Services};
 use crate::config::{Overrides, Settings, KEYS};
 use crate::review::{text_summary, text_table, Answer, FilterArgs};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::users::UserSummary;
 
 #[derive(Parser, Debug)]
@@ -261,7 +261,7 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
-    if !settings.data_dir.join("db").exists() && matches!(request, Request::Audit { .. }) {
+    if !Store::exists(&settings.data_dir) && matches!(request, Request::Audit { .. }) {
         bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
     }
     let services = match Services::open(settings, 1) {

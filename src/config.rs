@@ -236,7 +236,8 @@ impl Settings {
     }
 }
 
-fn cores() -> usize {
+/// This machine's cores (as many as the process may use).
+pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 

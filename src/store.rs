@@ -130,6 +130,11 @@ pub struct FailureQuery {
 }
 
 impl Store {
+    /// Whether `dir` holds a store (without opening, so without creating or locking one).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").exists()
+    }
+
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Self> {
         create_private_dir(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;

@@ -263,7 +263,7 @@ fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
         return 0.0;
     }
     let us = if quantile >= 1.0 { h.max() } else { h.value_at_quantile(quantile) };
-    (us as f64 / 1000.0 * 1000.0).round() / 1000.0
+    us as f64 / 1000.0
 }
 
 /// What one virtual user (or the probe) counted.

@@ -18,12 +18,12 @@ pub struct BenchVerifyArgs {
     /// Seconds to measure each of the four cases
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// argon2id memory (KiB)
-    #[arg(long, default_value_t = 19456)]
-    pub memory_kib: u32,
-    /// argon2id iterations
-    #[arg(long, default_value_t = 2)]
-    pub iterations: u32,
+    /// argon2id memory (KiB) [default: the server's argon2_memory_kib default]
+    #[arg(long)]
+    pub memory_kib: Option<u32>,
+    /// argon2id iterations [default: the server's argon2_iterations default]
+    #[arg(long)]
+    pub iterations: Option<u32>,
     /// Threads for the all-core case (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -160,8 +160,12 @@ pub fn measure(
 
 /// `portcullis bench-verify`.
 pub fn main(args: BenchVerifyArgs) -> anyhow::Result<()> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let r = measure(args.memory_kib, args.iterations, threads, args.seconds, args.all_cores_only)?;
+    let threads = args.threads.unwrap_or_else(crate::config::cores);
+    // The server's own defaults, so the raw rate is measured at the cost a login pays.
+    let defaults = crate::config::Settings::default().argon2;
+    let memory_kib = args.memory_kib.unwrap_or(defaults.memory_kib);
+    let iterations = args.iterations.unwrap_or(defaults.iterations);
+    let r = measure(memory_kib, iterations, threads, args.seconds, args.all_cores_only)?;
     if args.json {
         println!("{}", serde_json::to_string(&r).context("cannot encode the result")?);
     } else {
