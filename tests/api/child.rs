@@ -67,15 +67,17 @@ pub struct ServerProcess {
     pub origin: String,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr: joined, after the exit, for the last lines.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             into.lock().unwrap().push(line);
         }
-    });
+    })
 }
 
 impl ServerProcess {
@@ -87,8 +89,10 @@ impl ServerProcess {
         setup(&mut cmd);
         let mut child = cmd.spawn().expect("the binary starts");
         let (stdout, stderr) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-        collect(child.stdout.take().unwrap(), Arc::clone(&stdout));
-        collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
+        ];
         let until = Instant::now() + DEADLINE;
         let origin = loop {
             let found = stderr.lock().unwrap().iter().find_map(|l| {
@@ -107,7 +111,7 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        ServerProcess { child, dir: dir.to_path_buf(), origin, stdout, stderr }
+        ServerProcess { child, dir: dir.to_path_buf(), origin, stdout, stderr, readers }
     }
 
     pub fn start(dir: &Path, args: &[&str]) -> ServerProcess {
@@ -142,20 +146,24 @@ impl ServerProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
+    }
+
+    /// SIGTERM, wait for the exit, and return it with every line printed on standard output
+    /// and standard error.
+    pub fn terminate_with_output(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let status = self.stop();
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        (status, self.stdout.lock().unwrap().clone(), self.stderr.lock().unwrap().clone())
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!("serve did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        wait_or_kill(&mut self.child, DEADLINE)
     }
 
     /// Everything printed so far, standard output then standard error.
@@ -182,11 +190,31 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    pub fn assert_ok(&self, what: &str) {
+        assert!(self.ok, "{what}: {self:?}");
+    }
+
+    /// Asserts a failure explained on exactly one line of standard error.
+    pub fn assert_one_line_failure(&self, what: &str) -> &str {
+        assert!(!self.ok, "{what}: expected a failure, got {self:?}");
+        let err = self.stderr.trim_end_matches('\n');
+        assert!(!err.trim().is_empty(), "{what}: nothing on stderr");
+        assert_eq!(err.lines().count(), 1, "{what}: stderr is not one line: {err:?}");
+        err
+    }
+}
+
 /// Runs `portcullis ARGS` in `dir` on a blocking thread, with `stdin` (plus a newline) if given.
 pub async fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     let mut cmd = command(dir);
     cmd.args(args);
-    let (status, stdout, stderr) = run(cmd, stdin.map(|s| format!("{s}\n")).as_deref()).await;
+    run_cli(cmd, stdin.map(|s| format!("{s}\n")).as_deref()).await
+}
+
+/// As [`cli`] for a command already set up (see [`command`]), with `stdin` as is.
+pub async fn run_cli(cmd: Command, stdin: Option<&str>) -> Run {
+    let (status, stdout, stderr) = run(cmd, stdin).await;
     Run { ok: status.success(), stdout, stderr }
 }
 

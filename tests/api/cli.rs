@@ -1,75 +1,23 @@
 //! The command line: the real `portcullis` binary against a stopped store, against a running
 //! server (through its admin socket), with bad settings, and `serve` itself.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use crate::helpers::{browser, spawn_app, spawn_in, test_settings, GOOD_PASSWORD};
+use crate::child::{self, Run, ServerProcess};
+use crate::helpers::{spawn_app, spawn_in, test_settings, GOOD_PASSWORD};
 
 /// Another password that passes the policy.
 const NEW_PASSWORD: &str = "a whole new passphrase";
 
-/// Nothing the CLI does should take this long; past it the child is killed and the test fails
-/// (instead of hanging the suite).
-const CHILD_DEADLINE: Duration = Duration::from_secs(30);
-
-/// What one run of the binary left behind.
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success()
-    }
-
-    /// Asserts a failure explained on exactly one line of standard error.
-    fn assert_one_line_failure(&self, what: &str) -> &str {
-        assert!(!self.ok(), "{what}: expected a failure, got {self:?}");
-        let err = self.stderr.trim_end_matches('\n');
-        assert!(!err.trim().is_empty(), "{what}: nothing on stderr");
-        assert_eq!(err.lines().count(), 1, "{what}: stderr is not one line: {err:?}");
-        err
-    }
-
-    fn assert_ok(&self, what: &str) {
-        assert!(self.ok(), "{what}: {self:?}");
-    }
-}
-
-/// The binary, in `dir` as working directory, with its data, log and certificate directories
-/// inside `dir` (the same layout as `helpers::test_settings`), whatever the caller's
-/// environment says.
-fn portcullis(dir: &Path) -> Command {
-    crate::child::command(dir)
-}
-
-/// Runs `cmd` to completion (see `child::run`), feeding it `stdin` if given.
-async fn run(cmd: Command, stdin: Option<&str>) -> Run {
-    let (status, stdout, stderr) = crate::child::run(cmd, stdin).await;
-    Run { status, stdout, stderr }
-}
+/// `serve` on a free port, without the redirect listener.
+const SERVE: &[&str] = &["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"];
 
 async fn cli(dir: &Path, args: &[&str]) -> Run {
-    let mut cmd = portcullis(dir);
-    cmd.args(args);
-    run(cmd, None).await
-}
-
-async fn run_cmd(cmd: Command) -> Run {
-    run(cmd, None).await
+    child::cli(dir, args, None).await
 }
 
 async fn cli_with_password(dir: &Path, args: &[&str], password: &str) -> Run {
-    let mut cmd = portcullis(dir);
-    cmd.args(args);
-    run(cmd, Some(&format!("{password}\n"))).await
+    child::cli(dir, args, Some(password)).await
 }
 
 /// `user list --json`, each line parsed, after checking no line shows a hash.
@@ -308,9 +256,9 @@ async fn a_bad_setting_value_fails_with_one_line_naming_the_key() {
     let err = run.assert_one_line_failure("flag");
     assert!(err.contains("session_idle_timeout") && err.contains("--session-idle-timeout"), "{err}");
 
-    let mut cmd = portcullis(d);
+    let mut cmd = child::command(d);
     cmd.args(flags).env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "soon");
-    let run = run_cmd(cmd).await;
+    let run = child::run_cli(cmd, None).await;
     let err = run.assert_one_line_failure("environment");
     assert!(err.contains("session_idle_timeout") && err.contains("PORTCULLIS_SESSION_IDLE_TIMEOUT"), "{err}");
 
@@ -325,78 +273,6 @@ async fn a_bad_setting_value_fails_with_one_line_naming_the_key() {
 
 // --- `serve` itself -----------------------------------------------------------------------
 
-/// A `portcullis serve` child on a free port, with its output read by background threads.
-struct Server {
-    child: Child,
-    addr: String,
-    stdout: mpsc::Receiver<String>,
-    stderr_lines: Vec<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-impl Server {
-    /// Starts `serve` in `dir` and waits for its "listening" line.
-    fn start(dir: &Path) -> Server {
-        let mut cmd = portcullis(dir);
-        cmd.args(["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stdout = lines_of(child.stdout.take().unwrap());
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let mut stderr_lines = Vec::new();
-        let until = Instant::now() + CHILD_DEADLINE;
-        let addr = loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.split("open https://").nth(1).and_then(|rest| rest.split('/').next());
-                    let found = found.map(str::to_string);
-                    stderr_lines.push(line);
-                    if let Some(addr) = found {
-                        break addr;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("serve never said it was listening; stderr: {stderr_lines:#?}");
-                }
-            }
-        };
-        Server { child, addr, stdout, stderr_lines, stderr }
-    }
-
-    /// Sends SIGTERM and waits for the exit; returns the status and everything printed on
-    /// standard output.
-    fn terminate(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = crate::child::wait_or_kill(&mut self.child, CHILD_DEADLINE);
-        self.stderr_lines.extend(self.stderr.iter());
-        (status, self.stdout.iter().collect(), self.stderr_lines)
-    }
-}
-
-fn client_for(dir: &Path) -> reqwest::Client {
-    browser(&dir.join("certs"))
-}
-
 /// The password the first start printed, if it printed one.
 fn printed_password(stdout: &[String]) -> Option<String> {
     stdout.iter().find_map(|l| l.trim().strip_prefix("password:").map(|p| p.trim().to_string()))
@@ -409,17 +285,16 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
 
     let first = tokio::task::spawn_blocking({
         let d = d.clone();
-        move || Server::start(&d)
+        move || ServerProcess::start(&d, SERVE)
     })
     .await
     .unwrap();
-    let origin = format!("https://{}", first.addr);
     assert!(d.join("certs/cert.pem").exists() && d.join("data").is_dir() && d.join("logs").is_dir());
-    let health = client_for(&d).get(format!("{origin}/healthz")).send().await.unwrap();
+    let health = first.browser().get(first.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     // A user added through the running server's socket must survive the stop.
     cli_with_password(&d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add carol");
-    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || first.terminate()).await.unwrap();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || first.terminate_with_output()).await.unwrap();
     // Never print the generated password itself, even when failing: check where it went
     // before showing stderr in any message.
     let password = printed_password(&stdout).expect("the first start prints the administrator's password");
@@ -439,35 +314,24 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
     // printed password works. SIGTERM right after the "listening" line is a clean stop too.
     let second = tokio::task::spawn_blocking({
         let d = d.clone();
-        move || Server::start(&d)
+        move || ServerProcess::start(&d, SERVE)
     })
     .await
     .unwrap();
-    let origin = format!("https://{}", second.addr);
-    let browser = client_for(&d);
-    let csrf = {
-        let page = browser.get(format!("{origin}/login")).send().await.unwrap().text().await.unwrap();
-        crate::helpers::hidden_field(&page, "csrf").unwrap()
-    };
-    let resp = browser
-        .post(format!("{origin}/login"))
-        .form(&[("username", "admin"), ("password", password.as_str()), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303, "the printed password signs in");
-    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || second.terminate()).await.unwrap();
+    let (status, _) = child::login(&second, &second.browser(), "admin", &password).await;
+    assert_eq!(status, 303, "the printed password signs in");
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || second.terminate_with_output()).await.unwrap();
     assert!(status.success(), "second stop: {status:?}; stderr: {stderr:#?}");
     assert!(printed_password(&stdout).is_none() && !stdout.iter().any(|l| l.contains(&password)));
 
     // Third start, stopped at once: the signal handler is in place before "listening".
     let third = tokio::task::spawn_blocking({
         let d = d.clone();
-        move || Server::start(&d)
+        move || ServerProcess::start(&d, SERVE)
     })
     .await
     .unwrap();
-    let (status, _, stderr) = tokio::task::spawn_blocking(move || third.terminate()).await.unwrap();
+    let (status, _, stderr) = tokio::task::spawn_blocking(move || third.terminate_with_output()).await.unwrap();
     assert!(status.success(), "immediate stop: {status:?}; stderr: {stderr:#?}");
 
     assert_eq!(names(&list_json(&d).await), ["admin", "carol"], "users persist across stops");
@@ -479,13 +343,13 @@ async fn a_config_file_before_the_subcommand_is_read_and_settings_flags_there_ar
     let other = dir.path().join("elsewhere");
     std::fs::write(dir.path().join("alt.toml"), format!("data_dir = {:?}\n", other.join("data").display().to_string()))
         .unwrap();
-    let mut cmd = portcullis(dir.path());
+    let mut cmd = child::command(dir.path());
     cmd.env_remove("PORTCULLIS_DATA_DIR").args(["--config", "alt.toml", "user", "add", "carol", "--password-stdin"]);
-    let added = run(cmd, Some(GOOD_PASSWORD)).await;
-    assert!(added.status.success(), "{}", added.stderr);
+    let added = child::run_cli(cmd, Some(GOOD_PASSWORD)).await;
+    assert!(added.ok, "{}", added.stderr);
     assert!(other.join("data").exists(), "the file's data_dir was used");
     let wrong = cli(dir.path(), &["--https-addr", "127.0.0.1:0", "user", "list"]).await;
-    assert!(!wrong.status.success());
+    assert!(!wrong.ok);
     assert_eq!(wrong.stderr.trim().lines().count(), 1, "{}", wrong.stderr);
 }
 
