@@ -195,11 +195,17 @@ mod tests {
         assert_ne!(SessionToken::generate().unwrap().encode(), encoded);
     }
 
-    #[test]
-    fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
+    /// A fresh store (alive as long as the returned directory) and sessions on it.
+    fn open_sessions() -> (tempfile::TempDir, Store, Sessions) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
+        (dir, store, sessions)
+    }
+
+    #[test]
+    fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
+        let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
         let first = sessions.create("alice", ip, "ua").unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -214,9 +220,7 @@ mod tests {
 
     #[test]
     fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
+        let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
         let first = sessions.create("alice", ip, "ua").unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -234,21 +238,8 @@ mod tests {
 
     #[test]
     fn a_session_of_a_disabled_user_does_not_resolve_and_is_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let sessions = Sessions::new(store.clone(), Duration::from_secs(600), Duration::from_secs(3600));
-        let user = crate::store::UserRecord {
-            schema: SCHEMA_VERSION,
-            key: "alice".into(),
-            display_name: "alice".into(),
-            password_hash: "h".into(),
-            admin: false,
-            created_at: 1,
-            password_changed_at: 1,
-            last_login_at: None,
-            disabled: false,
-        };
-        store.insert_user(&user).unwrap();
+        let (_dir, store, sessions) = open_sessions();
+        store.insert_user(&crate::store::tests::user("alice")).unwrap();
         // As if a sign-in checked just before `user disable` started a session just after it.
         let token = sessions.create("alice", "127.0.0.1".parse().unwrap(), "ua").unwrap();
         assert!(sessions.resolve(&token.encode()).unwrap().is_some());

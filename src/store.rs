@@ -566,10 +566,11 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn user(key: &str) -> UserRecord {
+    /// A user record for tests (other modules' too).
+    pub(crate) fn user(key: &str) -> UserRecord {
         UserRecord {
             schema: SCHEMA_VERSION,
             key: key.into(),

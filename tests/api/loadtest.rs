@@ -25,14 +25,20 @@ fn options(app: &crate::helpers::TestApp, mode: Mode, url: &str) -> Options {
     }
 }
 
-#[tokio::test]
-async fn logins_are_counted_without_errors_and_the_json_has_its_fields() {
+/// A server that lets one account sign in as often as the load test likes, with that account.
+async fn bench_app() -> crate::helpers::TestApp {
     let app = spawn_app_with(|s| {
         s.login_quota_per_ip = None;
         s.login_quota_per_user = None;
     })
     .await;
     app.add_user("bench", GOOD_PASSWORD, false).await;
+    app
+}
+
+#[tokio::test]
+async fn logins_are_counted_without_errors_and_the_json_has_its_fields() {
+    let app = bench_app().await;
     let report = loadtest::run(options(&app, Mode::Logins, &app.base)).await.unwrap();
     assert!(report.logins > 0, "{report:?}");
     assert_eq!(report.errors, 0, "{report:?}");
@@ -52,12 +58,7 @@ async fn logins_are_counted_without_errors_and_the_json_has_its_fields() {
 
 #[tokio::test]
 async fn http1_speaks_http_1_1_as_a_reverse_proxy_would() {
-    let app = spawn_app_with(|s| {
-        s.login_quota_per_ip = None;
-        s.login_quota_per_user = None;
-    })
-    .await;
-    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let app = bench_app().await;
     let mut opts = options(&app, Mode::Logins, &app.base);
     opts.http1 = true;
     opts.duration = Duration::from_millis(800);
@@ -68,12 +69,7 @@ async fn http1_speaks_http_1_1_as_a_reverse_proxy_would() {
 
 #[tokio::test]
 async fn a_next_target_is_followed_and_a_wrong_password_is_an_error() {
-    let app = spawn_app_with(|s| {
-        s.login_quota_per_ip = None;
-        s.login_quota_per_user = None;
-    })
-    .await;
-    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let app = bench_app().await;
     let mut opts = options(&app, Mode::Logins, &app.url("/login?next=/account"));
     opts.duration = Duration::from_millis(500);
     opts.probe_rate = None;

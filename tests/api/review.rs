@@ -1,7 +1,7 @@
 //! Reviewing failed logins: `portcullis audit` (stopped and running server), the admin page
 //! (filters, summary, chart, keyset pages, admin-only), unlock, and the fail2ban filter.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use portcullis::app::Services;
 use portcullis::audit::FailureReason;
@@ -46,17 +46,16 @@ async fn seed(settings: &Settings, records: &[FailureRecord]) {
     }
 }
 
-/// Runs `portcullis` with the test's directories; returns (status, stdout, stderr). Runs on
-/// the blocking pool so an in-process server on this test's runtime can answer it.
+/// Runs `portcullis` with the test's directories (see `child::command`, which also clears
+/// the caller's settings and bounds the run); returns (success, stdout, stderr).
 async fn portcullis(settings: &Settings, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    let mut cmd = crate::child::command(settings.data_dir.parent().unwrap_or(std::path::Path::new(".")));
     cmd.args(args)
         .env("PORTCULLIS_DATA_DIR", &settings.data_dir)
         .env("PORTCULLIS_LOG_DIR", &settings.log_dir)
-        .env("PORTCULLIS_CERT_DIR", &settings.cert_dir)
-        .stdin(Stdio::null());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        .env("PORTCULLIS_CERT_DIR", &settings.cert_dir);
+    let run = crate::child::run_cli(cmd, None).await;
+    (run.ok, run.stdout, run.stderr)
 }
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
