@@ -16,7 +16,9 @@ use crate::store::{FailureQuery, FailureRecord};
 /// Most records a summary reads (newest first); beyond, it says it is partial.
 pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
 
-const HOUR_MS: u64 = 3_600_000;
+pub const HOUR_MS: u64 = 3_600_000;
+/// Hours of a summary's per-hour series (and so of the admin page's chart).
+pub const SUMMARY_HOURS: u64 = 48;
 
 /// Filters as typed on the command line or in the page's form, before parsing.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -138,7 +140,7 @@ pub fn review(
         let partial = found.len() > SUMMARY_SCAN_LIMIT;
         found.truncate(SUMMARY_SCAN_LIMIT);
         let end = q.until.unwrap_or(now_ms);
-        return Ok(Answer::Summary { summary: summarise(&found, partial, end, 48) });
+        return Ok(Answer::Summary { summary: summarise(&found, partial, end, SUMMARY_HOURS as usize) });
     }
     let limit = q.limit.max(1);
     q.limit = limit + 1;

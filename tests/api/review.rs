@@ -197,6 +197,7 @@ async fn the_admin_page_filters_pages_summarises_and_charts() {
     let (_, page) = get("ip=198.51.100.0%2F24&since=12h".into()).await;
     assert_eq!(rows(&page), 4);
     assert!(page.contains("mallory"), "escaped, but shown");
+    assert_eq!(page.matches("<rect").count(), 48, "a 12-hour filter still charts 48 hours");
     assert!(!page.contains('\u{1b}') || page.contains("mallory\u{1b}[31m"));
 
     // Keyset pages: 30 records, 7 per page, every record once.

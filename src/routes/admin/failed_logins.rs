@@ -5,7 +5,7 @@ use poem::http::StatusCode;
 use poem::{handler, Request, Response};
 
 use crate::audit::FailureReason;
-use crate::review::{review, svg_chart, Answer, FilterArgs, RecordView, Summary};
+use crate::review::{review, svg_chart, Answer, FilterArgs, RecordView, Summary, HOUR_MS, SUMMARY_HOURS};
 use crate::routes::{error_page, html, State};
 use crate::store::now_ms;
 
@@ -77,8 +77,16 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         let now = now_ms();
         let page = review(&audit, &f, false, PAGE, now);
         let summary = review(&audit, &FilterArgs { before: None, ..f.clone() }, true, PAGE, now);
-        let recent = FilterArgs { since: Some("48h".into()), until: None, before: None, ..f };
-        let chart = review(&audit, &recent, true, PAGE, now);
+        // The summary's own 48-hour series is the chart when its filters reach back 48 hours
+        // and up to now (both scans read newest first, so even a cut-off scan agrees); only
+        // a narrower time filter needs a scan of its own.
+        let reaches_48h = f.to_query(now, PAGE).is_ok_and(|q| {
+            q.until.is_none() && q.since.is_none_or(|since| since <= now.saturating_sub(SUMMARY_HOURS * HOUR_MS))
+        });
+        let chart = (!reaches_48h).then(|| {
+            let recent = FilterArgs { since: Some(format!("{SUMMARY_HOURS}h")), until: None, before: None, ..f };
+            review(&audit, &recent, true, PAGE, now)
+        });
         (page, summary, chart)
     })
     .await;
@@ -99,8 +107,9 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Ok(Answer::Summary { summary }) => Some(summary),
         _ => None,
     };
-    let chart = match chart {
-        Ok(Answer::Summary { summary }) => svg_chart(&summary.per_hour),
+    let chart = match (chart, &summary) {
+        (None, Some(summary)) => svg_chart(&summary.per_hour),
+        (Some(Ok(Answer::Summary { summary })), _) => svg_chart(&summary.per_hour),
         _ => String::new(),
     };
     let next_href = next.map(|cursor| href(&FilterArgs { before: Some(cursor), ..filters.clone() }));
