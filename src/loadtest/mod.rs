@@ -28,7 +28,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -285,13 +285,23 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
         let _ = self.latency.add(&other.latency);
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
+        add_counts(&mut self.errors, &other.errors);
     }
 
     fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Latency percentiles in milliseconds: p50, p90, p99, max.
+    fn percentiles(&self) -> (f64, f64, f64, f64) {
+        let h = &self.latency;
+        (ms(h, 0.50), ms(h, 0.90), ms(h, 0.99), ms(h, 1.0))
+    }
+}
+
+fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
     }
 }
 
@@ -577,11 +587,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let _ = p.await;
     }
 
-    let errors = total.error_count() + setup.error_count();
     let mut errors_by_kind = setup.errors.clone();
-    for (k, v) in &total.errors {
-        *errors_by_kind.entry(k.clone()).or_default() += v;
-    }
+    add_counts(&mut errors_by_kind, &total.errors);
+    let errors = errors_by_kind.values().sum();
+    let (p50_ms, p90_ms, p99_ms, max_ms) = total.percentiles();
     let per_sec = |n: u64| ((n as f64 / elapsed) * 100.0).round() / 100.0;
     let (logins, logins_per_sec, views, views_per_sec) = match opts.mode {
         Mode::Logins => (total.ok, Some(per_sec(total.ok)), None, None),
@@ -597,10 +606,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         logins_per_sec,
         views,
         views_per_sec,
-        p50_ms: ms(&total.latency, 0.50),
-        p90_ms: ms(&total.latency, 0.90),
-        p99_ms: ms(&total.latency, 0.99),
-        max_ms: ms(&total.latency, 1.0),
+        p50_ms,
+        p90_ms,
+        p99_ms,
+        max_ms,
         errors_by_kind,
         probe_p50_ms: probe.as_ref().map(|p| p.p50_ms),
         probe_p99_ms: probe.as_ref().map(|p| p.p99_ms),
@@ -628,7 +637,6 @@ pub(crate) fn cpu_time(clock: libc::clockid_t) -> Duration {
 /// GET /healthz every 1/rate seconds until `deadline`, each on its own task so a slow
 /// answer does not delay the next probe; latency counts from when the probe was due.
 async fn probe(client: reqwest::Client, url: Url, rate: f64, deadline: Instant) -> ProbeReport {
-    let tally = Arc::new(Mutex::new(Tally::new()));
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -640,43 +648,31 @@ async fn probe(client: reqwest::Client, url: Url, rate: f64, deadline: Instant) 
             break;
         }
         sent += 1;
-        let (client, url, tally) = (client.clone(), url.clone(), Arc::clone(&tally));
+        let (client, url) = (client.clone(), url.clone());
         inflight.push(tokio::spawn(async move {
-            let outcome = match client.get(url).send().await {
+            match client.get(url).send().await {
                 Ok(resp) if resp.status() == StatusCode::OK => match resp.bytes().await {
                     Ok(_) => Ok(due.elapsed()),
                     Err(e) => Err(error_kind(&e)),
                 },
                 Ok(resp) => Err(resp.status().as_u16().to_string()),
                 Err(e) => Err(error_kind(&e)),
-            };
-            if let Ok(mut t) = tally.lock() {
-                match outcome {
-                    Ok(latency) => {
-                        t.ok += 1;
-                        record(&mut t.latency, latency);
-                    }
-                    Err(kind) => t.error(kind),
-                }
             }
         }));
     }
+    let mut t = Tally::new();
     for task in inflight {
-        let _ = task.await;
+        match task.await {
+            Ok(Ok(latency)) => {
+                t.ok += 1;
+                record(&mut t.latency, latency);
+            }
+            Ok(Err(kind)) => t.error(kind),
+            Err(_) => {} // a probe task that panicked: nothing to count
+        }
     }
-    let t = match tally.lock() {
-        Ok(t) => t,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    ProbeReport {
-        sent,
-        ok: t.ok,
-        errors: t.error_count(),
-        p50_ms: ms(&t.latency, 0.50),
-        p90_ms: ms(&t.latency, 0.90),
-        p99_ms: ms(&t.latency, 0.99),
-        max_ms: ms(&t.latency, 1.0),
-    }
+    let (p50_ms, p90_ms, p99_ms, max_ms) = t.percentiles();
+    ProbeReport { sent, ok: t.ok, errors: t.error_count(), p50_ms, p90_ms, p99_ms, max_ms }
 }
 
 fn spawn_progress(
