@@ -92,11 +92,9 @@ impl Application {
         }
         let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;
-        let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, settings.max_connections)
+        let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, tls::Limits::from_settings(&settings))
             .await
-            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?
-            .with_timeouts(settings.handshake_timeout, settings.header_read_timeout)
-            .with_per_address_cap(settings.max_connections_per_ip, settings.trusted_proxies.clone());
+            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
         let (http, http_addr) = match settings.http_addr {
             Some(addr) => {
                 let acceptor = TcpListener::bind(addr)

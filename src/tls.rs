@@ -30,13 +30,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-/// How long a client may take to complete the TLS handshake (the default of the
-/// `handshake_timeout` setting).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the HTTPS listener bounds; each field is the setting of the same name.
+pub struct Limits {
+    pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold at once; addresses in
+    /// `exempt` (trusted proxies) are not capped. Connections past the cap are closed at
+    /// once, so that one host cannot take every slot under `max_connections`.
+    pub max_connections_per_ip: usize,
+    pub exempt: Vec<ipnet::IpNet>,
+    /// How long a client may take over the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client may take over each request's headers.
+    pub header_read_timeout: Duration,
+}
 
-/// How long a client may take to send a request's headers (the default of the
-/// `header_read_timeout` setting).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+impl Limits {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Limits {
+            max_connections: settings.max_connections,
+            max_connections_per_ip: settings.max_connections_per_ip,
+            exempt: settings.trusted_proxies.clone(),
+            handshake_timeout: settings.handshake_timeout,
+            header_read_timeout: settings.header_read_timeout,
+        }
+    }
+}
 
 /// Installs aws-lc-rs as the process's rustls provider (several crates pull rustls in, and
 /// rustls refuses to guess between two compiled-in providers).
@@ -267,7 +285,7 @@ impl Drop for AddressSlot {
 }
 
 impl TlsAcceptor {
-    pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, max_connections: usize) -> io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, config: Arc<rustls::ServerConfig>, limits: Limits) -> io::Result<Self> {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
@@ -277,26 +295,11 @@ impl TlsAcceptor {
             listener,
             local_addr,
             tls: tokio_rustls::TlsAcceptor::from(config),
-            slots: Arc::new(Semaphore::new(max_connections)),
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            header_read_timeout: HEADER_READ_TIMEOUT,
-            per_address: AddressCounts::new(max_connections, Vec::new()),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            handshake_timeout: limits.handshake_timeout,
+            header_read_timeout: limits.header_read_timeout,
+            per_address: AddressCounts::new(limits.max_connections_per_ip, limits.exempt),
         })
-    }
-
-    /// Caps the connections one client address (IPv6: one /64) may hold at once; addresses in
-    /// `exempt` (trusted proxies) are not capped. Connections past the cap are closed at once,
-    /// so that one host cannot take every slot under `max_connections`.
-    pub fn with_per_address_cap(mut self, max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
-        self.per_address = AddressCounts::new(max, exempt);
-        self
-    }
-
-    /// Sets how long a client may take over the TLS handshake and over each request's headers.
-    pub fn with_timeouts(mut self, handshake: Duration, header_read: Duration) -> Self {
-        self.handshake_timeout = handshake;
-        self.header_read_timeout = header_read;
-        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
