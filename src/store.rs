@@ -461,9 +461,6 @@ impl Store {
                     let key = k[2 + prefix.len()..].to_vec();
                     let Some(v) = self.failures.get(&key)? else { continue };
                     let record: FailureRecord = decode(&v)?;
-                    if q.user_key.is_some() && single_ip.is_some() && Some(&record.ip) != single_ip.as_ref() {
-                        continue;
-                    }
                     if keep(key, record, &mut out) {
                         break;
                     }
