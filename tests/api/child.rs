@@ -60,6 +60,16 @@ pub fn quick_with(overrides: &[(&'static str, &'static str)]) -> Vec<&'static st
     args
 }
 
+/// Resident memory of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A running `portcullis serve`.
 pub struct ServerProcess {
     pub child: Child,
@@ -129,12 +139,7 @@ impl ServerProcess {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_of(self.child.id())
     }
 
     /// SIGKILL: no shutdown, no flush, nothing. (Reaped when dropped.)
@@ -265,13 +270,23 @@ pub async fn login(
     user: &str,
     password: &str,
 ) -> (u16, Option<String>) {
+    let resp = login_response(server, client, user, password).await;
+    (resp.status().as_u16(), crate::helpers::cookie_value(&resp, "__Host-portcullis"))
+}
+
+/// As [`login`], returning the answer to the POST itself.
+pub async fn login_response(
+    server: &ServerProcess,
+    client: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
     let page = client.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
     let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap_or_default();
-    let resp = client
+    client
         .post(server.url("/login"))
         .form(&[("username", user), ("password", password), ("csrf", csrf.as_str())])
         .send()
         .await
-        .unwrap();
-    (resp.status().as_u16(), crate::helpers::cookie_value(&resp, "__Host-portcullis"))
+        .unwrap()
 }

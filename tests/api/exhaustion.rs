@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::child::{self, ServerProcess};
+use crate::child::{self, rss_of, ServerProcess};
 use crate::helpers::{spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
 
 /// Past this something is wrong, not slow.
@@ -23,12 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Resident memory of this process (server and clients together), in KiB.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::child::rss_of(std::process::id())
 }
 
 /// Raises this process's open-file limit to its hard limit (thousands of sockets ahead).
@@ -432,16 +427,6 @@ async fn probe_child(server: &ServerProcess, signed_in: &reqwest::Client) -> (Du
 }
 
 // --- logins far beyond the hash pool ----------------------------------------------------------
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Samples a process's resident memory until dropped; `peak()` is the highest seen.
 struct RssSampler {

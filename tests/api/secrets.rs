@@ -54,14 +54,7 @@ async fn no_log_page_or_output_ever_shows_a_password_or_a_session_token() {
     let c = server.browser();
     // Failed sign-ins: an old password, a wrong one, an unknown user.
     for (user, pw) in [("alice", alice_first), ("alice", wrong), ("nobody", wrong)] {
-        let page = c.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
-        let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
-        let resp = c
-            .post(server.url("/login"))
-            .form(&[("username", user), ("password", pw), ("csrf", csrf.as_str())])
-            .send()
-            .await
-            .unwrap();
+        let resp = child::login_response(&server, &c, user, pw).await;
         assert_eq!(resp.status(), 401);
         pages.push(("a failed sign-in page".to_string(), resp.text().await.unwrap()));
     }
