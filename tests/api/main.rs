@@ -2,6 +2,7 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
+mod brute_force_races;
 mod child;
 mod cli;
 mod crash;

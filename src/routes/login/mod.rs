@@ -33,7 +33,7 @@ pub struct Form<'a> {
     pub username: &'a str,
     pub next: Option<&'a str>,
     /// Draw a captcha challenge for this visitor, who is at this address.
-    pub captcha: Option<std::net::IpAddr>,
+    pub captcha: Option<crate::client::AddressKey>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
 }
@@ -58,8 +58,8 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     };
     let now = crate::store::now_ms();
     let token = state.csrf.login_token(&pre, now / 1000);
-    if let Some(ip) = form.captcha {
-        if let Err(wait) = state.quotas.captcha_draws.check(&crate::rate_limit::address_key(ip)) {
+    if let Some(address) = form.captcha {
+        if let Err(wait) = state.quotas.captcha_draws.check(&address) {
             form.captcha = None;
             form.status = StatusCode::TOO_MANY_REQUESTS;
             form.retry_after = Some(wait);
