@@ -19,6 +19,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod tls;
+mod user_enumeration;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
