@@ -12,6 +12,7 @@ mod helpers;
 mod load;
 mod loadtest;
 mod login;
+mod login_csrf;
 mod logout;
 mod memory;
 mod review;

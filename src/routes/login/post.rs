@@ -113,8 +113,8 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         return attempt.refuse(FailureReason::RateLimited, StatusCode::TOO_MANY_REQUESTS, Some(wait), false).await;
     }
 
-    let prelogin = super::prelogin(req);
-    let csrf_ok = prelogin.as_deref().is_some_and(|pre| state.csrf.check_login(pre, &form.csrf, now / 1000));
+    let prelogin = super::prelogin(req, &state, now / 1000);
+    let csrf_ok = prelogin.as_ref().is_some_and(|pre| state.csrf.check_login(pre.value(), &form.csrf, now / 1000));
     let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
         return attempt.refuse(FailureReason::Csrf, StatusCode::FORBIDDEN, None, false).await;
     };
@@ -124,7 +124,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     if let Err(CaptchaDemanded) = reservation {
         let refused = if form.captcha.trim().is_empty() {
             Some(FailureReason::CaptchaRequired)
-        } else if !state.captchas.check(&prelogin, &form.captcha, now) {
+        } else if !state.captchas.check(prelogin.value(), &form.captcha, now) {
             Some(FailureReason::BadCaptcha)
         } else {
             None
@@ -154,6 +154,11 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     };
     drop(reservation);
+    // The form signs in once: retired before the session exists, and of two sign-ins sent
+    // with one form at once only the first to get here goes on.
+    if !state.csrf.retire(&prelogin, now_ms() / 1000) {
+        return attempt.refuse(FailureReason::Csrf, StatusCode::FORBIDDEN, None, false).await;
+    }
     let after_failures = state.failures.record_success(&user.key);
 
     // Session fixation: whatever session this browser had is ended, and a new token issued.
