@@ -68,6 +68,7 @@ impl PreLogin {
     }
 }
 
+/// Why a pre-login value could not be issued.
 #[derive(Debug, thiserror::Error)]
 pub enum CsrfError {
     #[error("the system's random source failed: {0}")]

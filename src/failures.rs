@@ -122,6 +122,7 @@ struct Tables {
     by_username: Counts<u128>,
 }
 
+/// The failure counts and checks in flight, per address and per username (module note).
 pub struct FailureTracker {
     window_ms: u64,
     threshold: usize,
