@@ -2,6 +2,7 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
+mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
@@ -11,6 +12,7 @@ mod helpers;
 mod load;
 mod loadtest;
 mod login;
+mod login_csrf;
 mod logout;
 mod memory;
 mod review;
@@ -18,6 +20,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod tls;
+mod user_enumeration;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
