@@ -890,6 +890,37 @@ pub(crate) mod tests {
         assert_eq!(store.failure_total.load(Ordering::SeqCst), 2);
     }
 
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_cap_bounds_the_store_on_disk_not_only_its_record_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.count_failures(Some(500)).unwrap();
+        let mut record = failure(0, "192.0.2.1", "", FailureReason::BadPassword);
+        record.user_agent = "a".repeat(256);
+        let mut sizes = Vec::new();
+        for round in 0..6u64 {
+            for i in 0..1500u64 {
+                record.time = round * 10_000 + i;
+                record.username = format!("{}{i}", "u".repeat(250));
+                store.append_failure(&record, &record.username, Some(500)).unwrap();
+            }
+            store.flush().await.unwrap();
+            sizes.push(dir_bytes(dir.path()));
+        }
+        assert_eq!(store.failure_count(), 500);
+        eprintln!("store size after each 1500 appends, 500 kept: {sizes:?}");
+        // 9,000 records of ~800 bytes (plus their index entries) are ~11 MB; the 500 kept ~1 MB.
+        assert!(sizes[5] < 2 * sizes[1].max(4 << 20), "{sizes:?}");
+    }
+
     #[test]
     fn a_failure_record_from_before_counting_reads_as_one_attempt_and_its_count_can_be_set() {
         let old = r#"{"time":5,"ip":"192.0.2.1","username":"alice","reason":"csrf","user_agent":"ua"}"#;

@@ -5,6 +5,7 @@ mod brute_force;
 mod child;
 mod cli;
 mod crash;
+mod disk;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;
