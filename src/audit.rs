@@ -318,7 +318,8 @@ pub struct Audit {
 impl Audit {
     /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them.
     pub fn open(log_dir: &Path, keep_days: usize, store: Option<Store>) -> anyhow::Result<Self> {
-        crate::store::ensure_private_dir(log_dir).with_context(|| format!("cannot use {}", log_dir.display()))?;
+        crate::store::ensure_private_dir(log_dir, |name| name.starts_with("auth.log"))
+            .with_context(|| format!("cannot use {}", log_dir.display()))?;
         let budget = Arc::new(LogBudget::new(log_dir));
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)

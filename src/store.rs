@@ -164,7 +164,7 @@ impl Store {
 
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Self> {
-        ensure_private_dir(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let db = match sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -640,29 +640,46 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T> {
 }
 
 /// Makes `dir` private to its owner: creates it (and parents) with mode 0700, or, when it
-/// already exists, takes group and other access away from it and from every directory and
-/// regular file inside (0700 / 0600 at most), with a warning per change. Symbolic links
-/// inside are left alone (they may point at things that are not ours, such as `/dev/full`).
+/// already exists, takes group and other access away from it and from the entries in it that
+/// `ours` names (recursively for directories: 0700 / 0600 at most), with a warning per
+/// change. Other entries are left alone (the directory's own 0700 already closes them to
+/// others), so a misconfigured shared directory such as `/var/log` does not have everything
+/// in it changed; symbolic links are never followed inside (they may point at things that
+/// are not ours, such as `/dev/full`).
 ///
 /// Tightening rather than refusing to start: the files are ours and hold secrets (password
 /// hashes, the CSRF and captcha keys, the auth log), so every start that leaves them readable
-/// is a leak; a refusal would leave them exposed until someone acted (issue 11 §4).
+/// is a leak, and a refusal would leave them exposed until someone acted; systemd's
+/// `StateDirectory=` also recreates 0755 directories by default (issue 11 §4, ASVS 4.0
+/// V14.1).
 ///
 /// # Errors
-/// Creating the directory or changing a mode failed (for example the files belong to another
+/// Creating the directory or changing a mode failed (for example it belongs to another
 /// user); the message says which path and how to fix it by hand.
-pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         return Ok(());
     }
-    tighten(dir, true)
+    tighten(dir, true, false)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if ours(&entry.file_name().to_string_lossy()) {
+            tighten(&entry.path(), false, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// The entries sled 0.34 keeps in its directory, and the admin socket.
+pub fn is_store_file(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs" | "admin.sock") || name.starts_with("snap.")
 }
 
 /// Takes group and other permissions away from `path` (following it only when `follow`),
-/// and from everything under it if it is a directory.
-fn tighten(path: &Path, follow: bool) -> std::io::Result<()> {
+/// and, with `recurse`, from everything under it if it is a directory.
+fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
     if !(meta.is_dir() || meta.is_file()) {
@@ -683,9 +700,9 @@ fn tighten(path: &Path, follow: bool) -> std::io::Result<()> {
         })?;
         tracing::warn!(path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"), "took group and other access away from a file portcullis keeps private");
     }
-    if meta.is_dir() {
+    if recurse && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            tighten(&entry?.path(), false)?;
+            tighten(&entry?.path(), false, true)?;
         }
     }
     Ok(())
@@ -936,7 +953,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn existing_directories_and_files_are_made_private_and_symlinks_left_alone() {
+    fn an_existing_directory_and_our_files_in_it_are_made_private_and_symlinks_and_others_left_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -948,12 +965,21 @@ pub(crate) mod tests {
         for (p, m) in [(&data, 0o755), (&data.join("blobs"), 0o775), (&data.join("db"), 0o644), (&outside, 0o644)] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         }
-        ensure_private_dir(&data).unwrap();
+        std::fs::write(data.join("blobs/1"), b"z").unwrap();
+        std::fs::write(data.join("notes.txt"), b"z").unwrap();
+        for p in [data.join("blobs/1"), data.join("notes.txt")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, data.join("db.link")).unwrap();
+        ensure_private_dir(&data, |n| is_store_file(n) || n == "link").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("blobs")), 0o700);
+        assert_eq!(mode(&data.join("blobs/1")), 0o600);
         assert_eq!(mode(&data.join("db")), 0o600);
         assert_eq!(mode(&outside), 0o644, "a symlink's target is not ours to change");
+        // Not a file of ours: left alone (the directory's 0700 closes it to others).
+        assert_eq!(mode(&data.join("notes.txt")), 0o644);
     }
 
     #[test]
