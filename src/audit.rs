@@ -154,7 +154,7 @@ pub enum AuditError {
 }
 
 /// What refused attempts may cost on disk, from the settings (see the module docs).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct DiskLimits {
     /// Most failure records kept in the store (`audit_max_records`); `None`: no cap.
     pub max_records: Option<u64>,
@@ -166,6 +166,8 @@ pub struct DiskLimits {
     pub reserve_bytes: u64,
     /// The directories whose filesystems hold the store and the log.
     pub watch: Vec<PathBuf>,
+    /// The minute (+1, so 0 means never) in which the reserve was last reported.
+    reserve_warned: AtomicU64,
 }
 
 impl DiskLimits {
@@ -175,6 +177,7 @@ impl DiskLimits {
             log_bytes_per_day: Some(settings.audit_log_bytes_per_day),
             reserve_bytes: settings.disk_reserve_bytes,
             watch: vec![settings.data_dir.clone(), settings.log_dir.clone()],
+            reserve_warned: AtomicU64::new(0),
         }
     }
 
@@ -528,6 +531,14 @@ impl Audit {
     /// Appends and flushes a record, unless the disk is below its reserve.
     async fn append_checked(&self, record: &FailureRecord) -> Result<Vec<u8>, AuditError> {
         if self.limits.below_reserve() {
+            // Once a minute, not once a refusal: the terminal (the journal) is disk too.
+            let minute = record.time / MINUTE_MS + 1;
+            if self.limits.reserve_warned.swap(minute, Ordering::Relaxed) != minute {
+                tracing::error!(
+                    reserve_mib = self.limits.reserve_bytes >> 20,
+                    "less free disk space than disk_reserve_mib: refused logins are answered 503 and not recorded"
+                );
+            }
             return Err(AuditError::Reserve);
         }
         Ok(self.append(record).await?.unwrap_or_default())

@@ -176,6 +176,9 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
     let free_at_reserve = free();
     println!("reserve reached after {sent} wrong passwords: {counts:?}; {free_at_reserve} KiB of {DISK_KIB} KiB free");
     assert!(free_at_reserve >= 1024, "refusals ate into the reserve: {free_at_reserve} KiB free");
+    // Said once a minute on the terminal, not once per refusal.
+    let said = server.stderr.lock().unwrap().iter().filter(|l| l.contains("disk_reserve_mib")).count();
+    assert!((1..=2).contains(&said), "{said} lines about the reserve");
     // The reserve is there for sign-ins.
     let alice = server.browser();
     let signed_in = child::login(&server, &alice, "alice", GOOD_PASSWORD).await.0;

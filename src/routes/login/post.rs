@@ -67,7 +67,10 @@ impl Attempt<'_> {
         max_reached: bool,
     ) -> Response {
         if let Err(e) = self.state.audit.record_failure(self.username, &self.client, reason, max_reached).await {
-            tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            // (Below the disk reserve, Audit says so once a minute, not once per refusal.)
+            if !matches!(e, crate::audit::AuditError::Reserve) {
+                tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            }
             return error_page(StatusCode::SERVICE_UNAVAILABLE);
         }
         let error = match reason {
