@@ -214,9 +214,11 @@ fn counted_per_minute(reason: FailureReason) -> bool {
     matches!(reason, FailureReason::RateLimited | FailureReason::Csrf)
 }
 
-/// Most (address, reason) pairs counted at once; past it refusals get records of their own
-/// (still bounded by `audit_max_records`), so this table cannot grow without bound.
-const MAX_COUNTED: usize = 100_000;
+/// Most (address, reason) pairs counted at once (each holds its first record, under 2 KiB:
+/// at most about 40 MiB); past it refusals get records of their own (still bounded by
+/// `audit_max_records` and the reserve), so this table cannot grow without bound. Entries
+/// leave within seconds after their minute ends.
+const MAX_COUNTED: usize = 20_000;
 
 const MINUTE_MS: u64 = 60_000;
 
