@@ -27,13 +27,17 @@ pub enum AuthError {
     InvalidCredentials(FailureReason),
     #[error("too many password checks in progress")]
     Overloaded,
+    /// The store failed (for example a full disk): the caller answers 503 or 500 as
+    /// `StoreError::is_unavailable` says.
+    #[error(transparent)]
+    Store(StoreError),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
-        AuthError::Unexpected(e.into())
+        AuthError::Store(e)
     }
 }
 

@@ -148,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.command.is_some() && !cli.serve.0.is_empty() {
         bail!("settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)");
     }
+    // Before any command creates a file: the store, logs, key and socket are the owner's only.
+    crate::store::private_umask();
     match cli.command {
         None => serve(cli.config, cli.serve.0),
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),

@@ -105,6 +105,19 @@ pub fn error_page(status: StatusCode) -> Response {
     resp
 }
 
+/// The answer when the store failed: 503 with `Retry-After` when it cannot be used (an I/O
+/// error such as a full disk, after which sled refuses writes), as SPEC.md and SECURITY.md
+/// promise (fail closed, never a 500 for a full disk); 500 for anything else. Logs the error
+/// once with `what` happened.
+pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
+    tracing::error!(error = %e, "{what}");
+    if e.is_unavailable() {
+        error_page(StatusCode::SERVICE_UNAVAILABLE)
+    } else {
+        error_page(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
 /// Renders a template as an HTML response.
 pub fn html<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {

@@ -6,6 +6,7 @@ mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
+mod disk;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;

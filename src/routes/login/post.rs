@@ -24,7 +24,7 @@ use crate::domain::normalise_key;
 use crate::failures::CaptchaDemanded;
 use crate::password::Password;
 use crate::rate_limit::username_digest;
-use crate::routes::{error_page, read_form, see_other, State};
+use crate::routes::{error_page, read_form, see_other, store_error, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::store::now_ms;
 use crate::{client, cookies};
@@ -70,7 +70,10 @@ impl Attempt<'_> {
         max_reached: bool,
     ) -> Response {
         if let Err(e) = self.state.audit.record_failure(self.username, &self.client, reason, max_reached).await {
-            tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            // (Below the disk reserve, Audit says so once a minute, not once per refusal.)
+            if !matches!(e, crate::audit::AuditError::Reserve) {
+                tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            }
             return error_page(StatusCode::SERVICE_UNAVAILABLE);
         }
         let error = match reason {
@@ -148,6 +151,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             return attempt.refuse(reason, StatusCode::UNAUTHORIZED, None, counted.reached_threshold).await;
         }
         Err(AuthError::Overloaded) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
+        Err(AuthError::Store(e)) => return store_error(&e, "login failed: the store cannot be used"),
         Err(AuthError::Unexpected(e)) => {
             tracing::error!(error = %format!("{e:#}"), "login failed unexpectedly");
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
@@ -164,16 +168,12 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     // Session fixation: whatever session this browser had is ended, and a new token issued.
     if let Some(old) = cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)) {
         if let Err(e) = state.sessions.end(&old.hash()).await {
-            tracing::error!(error = %e, "could not end the previous session");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+            return store_error(&e, "could not end the previous session");
         }
     }
     let token = match state.sessions.create(&user.key, ip, &attempt.client.user_agent) {
         Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "could not create a session");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
-        }
+        Err(e) => return store_error(&e, "could not create a session"),
     };
     // A sign-in that cannot be recorded does not happen: end the new session and say so.
     if let Err(e) = state.audit.record_checked(&AuthEvent::LoginSucceeded {
