@@ -40,12 +40,14 @@ impl Csrf {
     }
 
     /// A fresh random value for the pre-login cookie.
-    pub fn new_prelogin() -> String {
+    ///
+    /// # Errors
+    /// [`RandomError`](crate::random::RandomError) when the random source fails: every visitor
+    /// would then share one value (and its captcha slot), so no form is served instead.
+    pub fn new_prelogin() -> Result<String, crate::random::RandomError> {
         let mut bytes = [0u8; 32];
-        // Without randomness every visitor would share a value; the CSRF check would still
-        // hold (the attacker cannot compute the HMAC), so a failure here is not fatal.
-        let _ = getrandom::fill(&mut bytes);
-        URL_SAFE_NO_PAD.encode(bytes)
+        crate::random::fill(&mut bytes)?;
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
     }
 
     /// The hidden-field token for a login form, bound to the pre-login cookie and the time.

@@ -54,7 +54,13 @@ pub fn prelogin(req: &Request) -> Option<String> {
 pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Response {
     let (pre, is_new) = match prelogin(req) {
         Some(v) => (v, false),
-        None => (Csrf::new_prelogin(), true),
+        None => match Csrf::new_prelogin() {
+            Ok(v) => (v, true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a pre-login cookie");
+                return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        },
     };
     let now = crate::store::now_ms();
     let token = state.csrf.login_token(&pre, now / 1000);
