@@ -203,9 +203,7 @@ pub fn generate_password() -> Result<Password, RandomError> {
 }
 
 /// [`generate_password`] with the random source given (so a failing one can be tested).
-fn generate_password_from(
-    fill: impl FnOnce(&mut [u8]) -> Result<(), RandomError>,
-) -> Result<Password, RandomError> {
+fn generate_password_from(fill: impl FnOnce(&mut [u8]) -> Result<(), RandomError>) -> Result<Password, RandomError> {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut bytes = zeroize::Zeroizing::new([0u8; 24]);
     fill(bytes.as_mut_slice())?;

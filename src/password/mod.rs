@@ -283,8 +283,10 @@ mod tests {
         );
         // Varied words past the estimated part: accepted, and never cut.
         let words = ["plum", "tractor", "velvet", "orbit", "gravel", "otter", "lantern", "quince", "harbour", "mosaic"];
-        let strong: String =
-            (0..120).map(|i: usize| words[i.wrapping_mul(7).wrapping_add(i / 10) % words.len()]).collect::<Vec<_>>().join(" ");
+        let strong: String = (0..120)
+            .map(|i: usize| words[i.wrapping_mul(7).wrapping_add(i / 10) % words.len()])
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(strong.chars().count() > ESTIMATE_CHARS && strong.chars().count() <= MAX_PASSWORD_CHARS);
         assert_eq!(POLICY.check(&Password::new(&strong), "bob"), Ok(()));
     }

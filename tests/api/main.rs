@@ -8,6 +8,7 @@ mod crash;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;
+mod http_edges;
 mod load;
 mod loadtest;
 mod login;
