@@ -18,6 +18,7 @@ mod review;
 mod secrets;
 mod security;
 mod sessions;
+mod terminal;
 mod tls;
 
 #[global_allocator]
