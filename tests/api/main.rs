@@ -14,6 +14,7 @@ mod loadtest;
 mod login;
 mod logout;
 mod memory;
+mod password_policy;
 mod review;
 mod secrets;
 mod security;
