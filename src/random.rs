@@ -27,9 +27,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_message_names_the_random_source_not_the_store() {
-        let message = RandomError::from(getrandom::Error::UNSUPPORTED).to_string();
-        assert!(message.contains("random source"), "{message}");
-        assert!(!message.contains("store") && !message.contains("unreadable"), "{message}");
+    fn a_random_source_failure_is_reported_as_such_by_the_store_and_the_hash_pool() {
+        let failed = RandomError::from(getrandom::Error::UNSUPPORTED);
+        let store = crate::store::StoreError::from(failed);
+        assert!(matches!(store, crate::store::StoreError::Random(_)));
+        let pool = crate::password::PoolError::from(failed);
+        for message in [failed.to_string(), store.to_string(), pool.to_string()] {
+            assert!(message.contains("random source"), "{message}");
+            assert!(!message.contains("store") && !message.contains("unreadable"), "{message}");
+        }
     }
 }
