@@ -74,8 +74,10 @@ pub enum Guessable {
     KeyboardPattern,
     #[error("it is built from dates or years; use several different words")]
     Dates,
-    #[error("it is built from common words or passwords; add another uncommon word or two")]
+    #[error("it is built from common words, names or passwords; add another uncommon word or two")]
     CommonWords,
+    #[error("it is too predictable; add another uncommon word or two")]
+    Predictable,
 }
 
 /// The name of the service, refused inside passwords like the username (NIST SP 800-63B rev 4
@@ -85,9 +87,9 @@ pub const SERVICE_NAME: &str = "portcullis";
 /// Only this many characters are given to the strength estimator, NIST's 64 (the length every
 /// verifier must accept): its matching grows faster than linearly with the length, and a
 /// crafted password of l33t symbols costs 0.17-0.37 s of CPU at 64 characters against
-/// 0.4-1.5 s at zxcvbn's own cut of 100 (zxcvbn built optimised, busy 2-core machine). A password whose
-/// first 64 characters are guessable is refused whatever follows; one whose first 64 are
-/// not is at least as hard to guess as they are.
+/// 0.4-1.5 s at zxcvbn's own cut of 100 (zxcvbn built optimised, busy 2-core machine). A
+/// password whose first 64 characters are guessable is refused whatever follows; one whose
+/// first 64 are not is at least as hard to guess as they are.
 pub const ESTIMATE_CHARS: usize = 64;
 
 /// The least zxcvbn score a new password needs: 3 means more than 10^8 guesses, zxcvbn's
@@ -125,6 +127,8 @@ impl PasswordPolicy {
             return Err(WeakPassword::Common);
         }
         let head = zeroize::Zeroizing::new(password.expose().chars().take(ESTIMATE_CHARS).collect::<String>());
+        // zxcvbn keeps pieces of what it matched in the estimate, which it gives no way to
+        // wipe: they live only until this function returns.
         let estimate = zxcvbn::zxcvbn(&head, &[username_key, SERVICE_NAME]);
         if estimate.score() < MIN_SCORE {
             return Err(WeakPassword::Guessable(why_guessable(&estimate, username_key)));
@@ -152,7 +156,8 @@ fn why_guessable(estimate: &zxcvbn::Entropy, username_key: &str) -> Guessable {
             Guessable::KeyboardPattern
         }
         Some(Warning::RecentYearsAreEasyToGuess | Warning::DatesAreOftenEasyToGuess) => Guessable::Dates,
-        _ => Guessable::CommonWords,
+        Some(_) => Guessable::CommonWords,
+        None => Guessable::Predictable,
     }
 }
 
