@@ -2,6 +2,7 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
+mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
@@ -12,6 +13,7 @@ mod http_edges;
 mod load;
 mod loadtest;
 mod login;
+mod login_csrf;
 mod logout;
 mod memory;
 mod password_policy;
@@ -21,6 +23,7 @@ mod security;
 mod sessions;
 mod terminal;
 mod tls;
+mod user_enumeration;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
