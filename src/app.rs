@@ -109,7 +109,9 @@ impl Application {
         };
 
         let initial_admin_password = if services.users.is_empty() {
-            let password = crate::users::generate_password();
+            // A password from a failed random source would be predictable: no start without one.
+            let password =
+                crate::users::generate_password().context("cannot create the first administrator's password")?;
             let copy = Password::new(password.expose());
             services.users.add("admin", password, true, "first start").await?;
             Some(copy)

@@ -71,8 +71,8 @@ impl PreLogin {
 /// Why a pre-login value could not be issued.
 #[derive(Debug, thiserror::Error)]
 pub enum CsrfError {
-    #[error("the system's random source failed: {0}")]
-    Random(String),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 #[derive(Clone)]
@@ -105,7 +105,7 @@ impl Csrf {
     /// would share one id, and one sign-in would retire everyone's forms.
     pub fn issue_prelogin(&self, now_secs: u64) -> Result<PreLogin, CsrfError> {
         let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| CsrfError::Random(e.to_string()))?;
+        crate::random::fill(&mut id)?;
         let tag = self.prelogin_tag(now_secs, &id);
         let mut bytes = Vec::with_capacity(PRELOGIN_BYTES);
         bytes.extend_from_slice(&now_secs.to_be_bytes());

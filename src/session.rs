@@ -22,9 +22,12 @@ pub struct SessionToken([u8; 32]);
 
 impl SessionToken {
     /// 256 bits from the operating system's CSPRNG.
+    ///
+    /// # Errors
+    /// [`StoreError::Random`] when the random source fails.
     pub fn generate() -> Result<Self, StoreError> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("no randomness: {e}")))?;
+        crate::random::fill(&mut bytes)?;
         Ok(SessionToken(bytes))
     }
 

@@ -28,6 +28,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
+    /// A new secret could not be made: the store itself is fine.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error("the user already exists")]
     AlreadyExists,
 }
@@ -211,7 +214,7 @@ impl Store {
             return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
         }
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        crate::random::fill(&mut fresh)?;
         // compare_and_swap so two first users of the secret agree on one value.
         let _ = self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&fresh[..]))?;
         let v = self.meta.get(&key)?.ok_or_else(|| StoreError::Corrupt(key.clone()))?;

@@ -35,6 +35,8 @@ pub enum PoolError {
     Params(String),
     #[error("hashing failed: {0}")]
     Hash(String),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 enum Job {
@@ -72,7 +74,7 @@ impl HashPool {
             .map_err(|e| PoolError::Params(e.to_string()))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| PoolError::Hash(e.to_string()))?;
+        crate::random::fill(&mut random)?;
         let dummy = argon2.hash_password(&random).map_err(|e| PoolError::Hash(e.to_string()))?.to_string();
         let work = Arc::new(AtomicU64::new(0));
         let hasher = Arc::new(Hasher { argon2, params, dummy, work: Arc::clone(&work) });
