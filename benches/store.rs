@@ -66,6 +66,7 @@ fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
         username: name.clone(),
         reason: FailureReason::BadPassword,
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
+        typed: None,
     };
     (record, name)
 }

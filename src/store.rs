@@ -109,10 +109,16 @@ pub struct FailureRecord {
     /// Unix time in milliseconds.
     pub time: u64,
     pub ip: String,
-    /// As typed (cut to 256 characters).
+    /// The identity checked: the user's stored spelling when the user exists, otherwise the
+    /// normalised form of what was typed (`domain::normalise_key`, cut to 256 characters).
+    /// Records made before `typed` existed hold what was typed here.
     pub username: String,
     pub reason: FailureReason,
     pub user_agent: String,
+    /// What was typed (cut to 256 characters), when it differs from `username`: padding,
+    /// case or width. Absent in records made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed: Option<String>,
 }
 
 /// Which failure records to read. Times are Unix milliseconds; `before` is a keyset cursor
@@ -679,7 +685,7 @@ pub(crate) mod tests {
     }
 
     fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into() }
+        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into(), typed: None }
     }
 
     #[test]
