@@ -7,6 +7,7 @@ use poem::{handler, Body, Request, Response};
 
 use super::logout::CsrfForm;
 use crate::audit::{rfc3339, AuthEvent};
+use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, error_page, html, read_form, see_other, State};
 
 struct SessionView {
@@ -24,7 +25,7 @@ struct HomePage<'a> {
     admin: bool,
     csrf: &'a str,
     sessions: Vec<SessionView>,
-    ended: Option<usize>,
+    notice: Option<String>,
 }
 
 #[handler]
@@ -47,18 +48,20 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
             current: s.token_hash == session.token_hash,
         })
         .collect();
-    let ended = req.uri().query().and_then(|q| q.strip_prefix("ended=")).and_then(|n| n.parse().ok());
+    // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
+    let notice = flash::take(req).map(|n| n.text());
     let csrf = state.csrf.session_token(&session.token_hash);
-    html(
+    let page = html(
         StatusCode::OK,
         &HomePage {
             username: &session.user.display_name,
             admin: session.user.admin,
             csrf: &csrf,
             sessions: views,
-            ended,
+            notice,
         },
-    )
+    );
+    flash::cleared(req, page)
 }
 
 #[handler]
@@ -78,7 +81,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 count,
                 by: &session.user.display_name,
             });
-            see_other(&format!("/?ended={count}"))
+            Notice::SessionsEnded { count }.attach(see_other("/"))
         }
         Err(e) => {
             tracing::error!(error = %e, "could not end sessions");
