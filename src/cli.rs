@@ -301,7 +301,9 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
     let mut text = String::new();
     let mut more = false;
     match answer {
-        Answer::Summary { summary } if args.json => text = escape_json(&serde_json::to_string(&summary)?).into_owned() + "\n",
+        Answer::Summary { summary } if args.json => {
+            text = escape_json(&serde_json::to_string(&summary)?).into_owned() + "\n"
+        }
         Answer::Summary { summary } => text = text_summary(&summary),
         Answer::Records { records, next } => {
             if args.json {

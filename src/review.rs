@@ -46,8 +46,8 @@ pub enum FilterError {
     Ip(String),
     #[error("--reason: `{0}` is not one of {names}", names = FailureReason::ALL.map(FailureReason::as_str).join(", "))]
     Reason(String),
-    #[error("--since/--until: `{0}` is before 1970-01-01T00:00:00Z")]
-    BeforeEpoch(String),
+    #[error("--since/--until: `{0}` is outside the years 1970 to 9999")]
+    OutOfRange(String),
     #[error("--user: the username is empty or too long")]
     User,
     #[error("--limit: `{0}` is not a whole number from 1 to {1}")]
@@ -65,22 +65,30 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 /// `2h` (that long before `now`) or an RFC 3339 time, as Unix milliseconds.
 ///
 /// No arithmetic here wraps or truncates: a duration reaching back before 1970 means "since
-/// the beginning" (no record is older), which is 0 exactly; an RFC 3339 time before 1970 is
-/// refused, since it names an instant the store cannot hold.
+/// the beginning" (no record is older), which is 0 exactly; an RFC 3339 time outside 1970 to
+/// 9999 is refused with its own message, since it names an instant the store cannot hold.
 pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
     if let Ok(d) = humantime::parse_duration(s) {
         let back = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         return Ok(now_ms.saturating_sub(back));
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| FilterError::Time(escape_controls(s)))?;
-    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| FilterError::BeforeEpoch(escape_controls(s)))?;
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| match e {
+        humantime::TimestampError::OutOfRange => FilterError::OutOfRange(escape_controls(s)),
+        _ => FilterError::Time(escape_controls(s)),
+    })?;
+    let since_epoch =
+        t.duration_since(std::time::UNIX_EPOCH).map_err(|_| FilterError::OutOfRange(escape_controls(s)))?;
     // RFC 3339 years end at 9999, far inside u64 milliseconds; saturate all the same.
     Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A page size typed as text (the admin page's form): a whole number from 1 to `max`.
 pub fn parse_limit(s: &str, max: usize) -> Result<usize, FilterError> {
-    s.trim().parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| FilterError::Limit(escape_controls(s), max))
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| FilterError::Limit(escape_controls(s), max))
 }
 
 pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
@@ -431,6 +439,15 @@ mod tests {
         assert_eq!(parse_time("2h", 10 * HOUR_MS).unwrap(), 8 * HOUR_MS);
         assert_eq!(parse_time("1970-01-01T01:00:00Z", 0).unwrap(), HOUR_MS);
         assert!(parse_time("yesterday", 0).is_err());
+        // Just over 2^64 ms back: `as u64` made it 34 minutes.
+        assert_eq!(parse_time("5124095576031h", 10 * HOUR_MS).unwrap(), 0);
+        assert_eq!(parse_time("1969-12-31T23:00:00Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:00:00Z".into())));
+        assert_eq!(parse_limit("50", 500), Ok(50));
+        for bad in ["0", "-1", "501", "abc", "18446744073709551616"] {
+            assert!(matches!(parse_limit(bad, 500), Err(FilterError::Limit(..))), "{bad}");
+        }
+        let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
+        assert!(matches!(huge.to_query(0, 1), Err(FilterError::Limit(..))));
     }
 
     #[test]

@@ -684,6 +684,15 @@ pub(crate) mod tests {
         assert_eq!(store.session_count(), 1);
     }
 
+    #[test]
+    fn a_failure_record_written_before_typed_existed_still_reads() {
+        let old = br#"{"time":5,"ip":"192.0.2.1","username":"  alice","reason":"bad_password","user_agent":"ua"}"#;
+        let record: FailureRecord = decode(old).unwrap();
+        assert_eq!((record.username.as_str(), record.typed.as_deref()), ("  alice", None));
+        // And a record without `typed` is written without it, as before.
+        assert!(!String::from_utf8(encode(&record).unwrap()).unwrap().contains("typed"));
+    }
+
     fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
         FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into(), typed: None }
     }

@@ -87,9 +87,30 @@ mod tests {
     /// Characters that look like nothing or break lines; each made look-alike usernames or
     /// forged lines before (issue 10, §5 and §6).
     const HIDDEN: &[char] = &[
-        '\u{0}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{ad}', '\u{34f}', '\u{61c}', '\u{115f}', '\u{180e}',
-        '\u{200b}', '\u{200d}', '\u{200e}', '\u{2028}', '\u{2029}', '\u{202e}', '\u{2060}', '\u{2066}', '\u{3164}',
-        '\u{fe0f}', '\u{feff}', '\u{ffa0}', '\u{e0001}', '\u{e007f}',
+        '\u{0}',
+        '\u{1b}',
+        '\u{7f}',
+        '\u{85}',
+        '\u{9b}',
+        '\u{ad}',
+        '\u{34f}',
+        '\u{61c}',
+        '\u{115f}',
+        '\u{180e}',
+        '\u{200b}',
+        '\u{200d}',
+        '\u{200e}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{202e}',
+        '\u{2060}',
+        '\u{2066}',
+        '\u{3164}',
+        '\u{fe0f}',
+        '\u{feff}',
+        '\u{ffa0}',
+        '\u{e0001}',
+        '\u{e007f}',
     ];
 
     #[test]

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod admin_review;
 mod brute_force;
 mod child;
 mod cli;
@@ -8,6 +9,7 @@ mod crash;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;
+mod identities;
 mod load;
 mod loadtest;
 mod login;

@@ -113,8 +113,15 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
             // Refused with its reason; the form keeps what was sent so it can be corrected.
             let q: Query = serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
             let limit = q.limit.clone().unwrap_or_default();
-            let sent = FilterArgs { since: q.since, until: q.until, user: q.user, ip: q.ip, reason: q.reason, ..Default::default() };
-            let page = Shown { error: Some(e.to_string().replace("--", "")), notice, ..Shown::default() };
+            let sent = FilterArgs {
+                since: q.since,
+                until: q.until,
+                user: q.user,
+                ip: q.ip,
+                reason: q.reason,
+                ..Default::default()
+            };
+            let page = Shown { error: Some(for_page(&e.to_string())), notice, ..Shown::default() };
             return flash::cleared(req, render(&state, &admin, &sent, &limit, StatusCode::BAD_REQUEST, page));
         }
     };
@@ -147,7 +154,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Ok(_) => (Vec::new(), None),
         Err(e) => {
             status = StatusCode::BAD_REQUEST;
-            error = Some(e.to_string().replace("--", ""));
+            error = Some(for_page(&e.to_string()));
             (Vec::new(), None)
         }
     };
@@ -171,6 +178,15 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
     };
     let limit = filters.limit.unwrap_or(PAGE).to_string();
     flash::cleared(req, render(&state, &admin, &filters, &limit, status, page))
+}
+
+/// An error message for the page: the CLI's flag names (`--since/--until: ...`) without their
+/// dashes; the quoted value after them is left exactly as it was (escaped).
+fn for_page(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((fields, rest)) if fields.starts_with("--") => format!("{}: {rest}", fields.replace("--", "")),
+        _ => message.to_string(),
+    }
 }
 
 /// What the page shows besides the form.
