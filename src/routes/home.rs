@@ -9,6 +9,7 @@ use super::logout::CsrfForm;
 use crate::audit::{rfc3339, AuthEvent};
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+use crate::text::printable;
 
 struct SessionView {
     created: String,
@@ -44,7 +45,8 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
             created: rfc3339(s.record.created_at),
             last_seen: rfc3339(s.record.last_seen_at),
             ip: s.record.ip,
-            user_agent: s.record.user_agent,
+            // Invisible and control characters shown as escapes, as on every other page.
+            user_agent: printable(&s.record.user_agent).into_owned(),
             current: s.token_hash == session.token_hash,
         })
         .collect();
@@ -54,7 +56,8 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
     let page = html(
         StatusCode::OK,
         &HomePage {
-            username: &session.user.display_name,
+            // A name stored before invisible characters were refused shows them escaped.
+            username: &printable(&session.user.display_name),
             admin: session.user.admin,
             csrf: &csrf,
             sessions: views,

@@ -211,7 +211,7 @@ fn render(
 ) -> Response {
     let csrf = state.csrf.session_token(&admin.token_hash);
     let page = AdminPage {
-        admin: &admin.user.display_name,
+        admin: &crate::text::printable(&admin.user.display_name),
         csrf: &csrf,
         since: filters.since.as_deref().unwrap_or(""),
         until: filters.until.as_deref().unwrap_or(""),
