@@ -18,12 +18,14 @@ fn agents(page: &str) -> Vec<String> {
     page.split("<td class=\"ua\">").skip(1).map(|a| a.split('<').next().unwrap().to_string()).collect()
 }
 
-/// The href of the page's *Older records* link, unescaped.
-fn older_link(page: &str) -> Option<String> {
+/// The href of the page's *Older records* link, as a browser reads it: askama writes `&` as
+/// `&#38;`, and a test that only undid `&amp;` sent `#38;limit=50` as a fragment, which hid
+/// the broken link.
+pub(crate) fn older_link(page: &str) -> Option<String> {
     page.split("href=\"")
         .filter_map(|s| s.split('"').next())
         .find(|h| h.contains("before="))
-        .map(|h| h.replace("&amp;", "&"))
+        .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"))
 }
 
 #[tokio::test]
