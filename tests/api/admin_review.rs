@@ -66,6 +66,7 @@ async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form
         ("ip=10.0.0.0%2F99&limit=50", "10.0.0.0/99"),
         ("before=%21%21&limit=50", "cursor"),
         ("since=1969-12-31T00:00:00Z", "1970 to 9999"),
+        ("user=alice&user=bob&limit=50", "duplicate"),
     ] {
         let (status, page) = get(query).await;
         assert_eq!(status, 400, "{query}");
