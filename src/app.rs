@@ -239,7 +239,7 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
 }
 
 /// Keeps the in-memory defences small: limiter keys back at a full bucket, failure counts
-/// past the window and expired captcha challenges are dropped.
+/// past the window, expired captcha challenges and retired pre-login ids are dropped.
 fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(crate::rate_limit::PRUNE_EVERY);
@@ -251,6 +251,7 @@ fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
                 state.quotas.prune();
                 state.failures.prune(now);
                 state.captchas.prune(now);
+                state.csrf.prune(now / 1000);
             })
             .await;
         }

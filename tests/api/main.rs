@@ -3,6 +3,7 @@
 
 mod admin_review;
 mod brute_force;
+mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
@@ -13,6 +14,7 @@ mod identities;
 mod load;
 mod loadtest;
 mod login;
+mod login_csrf;
 mod logout;
 mod memory;
 mod review;
@@ -20,6 +22,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod tls;
+mod user_enumeration;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
