@@ -1,6 +1,7 @@
 //! Authentication events: one JSON line each in `log_dir/auth.log.YYYY-MM-DD` (through
-//! tracing-subscriber's JSON formatter, which escapes every field), and a human line on the
-//! terminal. Attacker-controlled text (usernames, user agents) only ever travels as a field.
+//! tracing-subscriber's JSON formatter, then [`crate::text::escape_json`] for the controls,
+//! line breaks and bidi characters it leaves raw), and a human line on the terminal.
+//! Attacker-controlled text (usernames, user agents) only ever travels as a field.
 //!
 //! Each application owns its sink (a private tracing `Dispatch`), so several servers in one
 //! process (the test suite) keep separate logs.
@@ -24,7 +25,7 @@ use tracing_appender::rolling::{RollingFileAppender, RollingWriter, Rotation};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::domain::normalise_key;
+use crate::domain::{normalise_key, Username};
 use crate::store::{now_ms, FailureQuery, FailureRecord, Store, StoreError};
 
 /// The tracing target of audit events; the file sink keeps only these.
@@ -91,9 +92,11 @@ pub enum AuthEvent<'a> {
         after_failures: usize,
     },
     /// `max_reached`: this failure made a count reach the captcha threshold (OWASP
-    /// `authn_login_fail_max`).
+    /// `authn_login_fail_max`). `username` is the identity checked, `typed` what was typed
+    /// when it differs (see [`FailureRecord`]).
     LoginFailed {
         username: &'a str,
+        typed: Option<&'a str>,
         client: &'a Client,
         reason: FailureReason,
         max_reached: bool,
@@ -299,10 +302,18 @@ impl CheckedWriter<'_> {
 }
 
 impl std::io::Write for CheckedWriter<'_> {
+    /// Writes `buf` whole, with the characters serde_json leaves raw escaped. tracing-subscriber
+    /// hands each line over in one `write_all`, so `buf` is a whole line (valid UTF-8) and
+    /// writing it whole means the escaping never sees half a line.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = Self::count(self.0.write(buf))?;
-        self.1.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        let escaped = std::str::from_utf8(buf).map(crate::text::escape_json);
+        let bytes = match &escaped {
+            Ok(text) => text.as_bytes(),
+            Err(_) => buf,
+        };
+        Self::count(self.0.write_all(bytes))?;
+        self.1.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -411,14 +422,15 @@ impl Audit {
         reason: FailureReason,
         max_reached: bool,
     ) -> Result<(), AuditError> {
-        let username: String = username.chars().take(256).collect();
+        let (identity, typed) = self.identity(username)?;
         let now = now_ms();
         let record = FailureRecord {
             time: now,
             ip: client.ip.to_string(),
-            username: username.clone(),
+            username: identity.clone(),
             reason,
             user_agent: client.user_agent.clone(),
+            typed: typed.clone(),
             count: 1,
         };
         let slot = (client.key(), reason);
@@ -464,7 +476,10 @@ impl Audit {
                 }
             }
         }
-        self.log_failure(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached }, now)
+        self.log_failure(
+            &AuthEvent::LoginFailed { username: &identity, typed: typed.as_deref(), client, reason, max_reached },
+            now,
+        )
     }
 
     /// Writes a failure's log line unless today's failed-login lines are over the limit;
@@ -545,7 +560,27 @@ impl Audit {
         }
         Ok(self.append(record).await?.unwrap_or_default())
     }
+
+    /// The identity a failed attempt with `typed` as the username was checked as: the user's
+    /// stored spelling when the user exists (the same lookup as [`crate::authentication`]),
+    /// else the normalised input, so `audit --user alice`, the admin filter and the summary's
+    /// top usernames find `"   alice"` and `ALICE` under alice. Also what was typed (cut to
+    /// 256 characters) when it differs.
+    fn identity(&self, typed: &str) -> Result<(String, Option<String>), StoreError> {
+        let cut = |s: &str| -> String { s.chars().take(MAX_RECORDED_CHARS).collect() };
+        let stored = match (&self.store, Username::parse(typed)) {
+            (Some(store), Ok(name)) => store.user(name.key())?.map(|u| u.display_name),
+            _ => None,
+        };
+        let identity = stored.unwrap_or_else(|| cut(&normalise_key(typed)));
+        let typed = cut(typed);
+        Ok(if typed == identity { (identity, None) } else { (identity, Some(typed)) })
+    }
 }
+
+/// Longest username or typed text kept in a failed-login record, in characters (a form field
+/// may hold 16 KiB).
+pub const MAX_RECORDED_CHARS: usize = 256;
 
 impl Audit {
     /// Appends a record as it is (for imports and tests: the server itself goes through
@@ -585,11 +620,12 @@ fn emit(event: &AuthEvent<'_>) {
                 failures = after_failures, "login succeeded"
             )
         }
-        AuthEvent::LoginFailed { username, client, reason, max_reached } => {
+        AuthEvent::LoginFailed { username, typed, client, reason, max_reached } => {
             let event = if max_reached { "authn_login_fail_max" } else { "authn_login_fail" };
+            // `typed` after `ip`: the fail2ban filter reads event, time, username, ip in order.
             tracing::warn!(
                 target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
-                reason = reason.as_str(), "login failed"
+                typed, reason = reason.as_str(), "login failed"
             )
         }
         AuthEvent::LoginFailedRepeatedly { first, count, minute } => tracing::warn!(
@@ -637,6 +673,7 @@ mod tests {
         let name = "eve\r\n{\"event\":\"authn_login_success\"}\u{1b}[2J\"";
         audit.record(&AuthEvent::LoginFailed {
             username: name,
+            typed: None,
             client: &client,
             reason: FailureReason::BadPassword,
             max_reached: false,

@@ -13,6 +13,7 @@ use crate::app::{Application, Services};
 use crate::config::{Overrides, Settings, KEYS};
 use crate::review::{text_summary, text_table, Answer, FilterArgs};
 use crate::store::{Store, StoreError};
+use crate::text::{escape_json, printable};
 use crate::users::UserSummary;
 
 #[derive(Parser, Debug)]
@@ -246,7 +247,9 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     };
     match ask(&settings, &request).await? {
         Response::Done { message } => {
-            println!("{message}");
+            // Messages name users; a stored name from before the rules were tightened may
+            // hold invisible characters.
+            println!("{}", printable(&message));
             Ok(())
         }
         Response::Users { users } => {
@@ -301,12 +304,16 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
     let mut text = String::new();
     let mut more = false;
     match answer {
-        Answer::Summary { summary } if args.json => text = serde_json::to_string(&summary)? + "\n",
+        Answer::Summary { summary } if args.json => {
+            text = escape_json(&serde_json::to_string(&summary)?).into_owned() + "\n"
+        }
         Answer::Summary { summary } => text = text_summary(&summary),
         Answer::Records { records, next } => {
             if args.json {
                 for r in &records {
-                    text.push_str(&serde_json::to_string(r)?);
+                    // JSON that a terminal may show: C1 controls, line separators and
+                    // invisible characters escaped too, as in the log.
+                    text.push_str(&escape_json(&serde_json::to_string(r)?));
                     text.push('\n');
                 }
             } else {
@@ -329,19 +336,22 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
 fn print_users(users: &[UserSummary], json: bool) {
     if json {
         for u in users {
-            println!("{}", serde_json::to_string(u).unwrap_or_default());
+            println!("{}", escape_json(&serde_json::to_string(u).unwrap_or_default()));
         }
         return;
     }
-    let width = users.iter().map(|u| u.username.chars().count()).max().unwrap_or(4).max(8);
+    // Names are shown escaped: a user made before invisible characters were refused must not
+    // read as another (`admin` + U+2060 shows as `admin\u{2060}`).
+    let names: Vec<String> = users.iter().map(|u| printable(&u.username).into_owned()).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(8);
     println!(
         "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  STATE",
         "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS"
     );
-    for u in users {
+    for (u, name) in users.iter().zip(&names) {
         println!(
             "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {}",
-            u.username.escape_debug().to_string(),
+            name,
             if u.admin { "yes" } else { "no" },
             u.created_at,
             u.last_login_at.as_deref().unwrap_or("never"),

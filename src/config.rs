@@ -317,11 +317,12 @@ impl Parser {
     }
 }
 
-/// `text` with control characters (line breaks, terminal escapes) written as escapes, for
-/// error messages that quote what someone typed: an error stays one line, and cannot move the
-/// cursor or recolour the terminal it is printed on.
+/// `text` with control and invisible characters (line breaks, terminal escapes, bidi) written
+/// as escapes, for error messages that quote what someone typed: an error stays one line, and
+/// cannot move the cursor, recolour or reorder the terminal it is printed on
+/// ([`crate::text::printable`]).
 pub fn escape_controls(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+    crate::text::printable(text).into_owned()
 }
 
 fn value_text(v: &toml::Value) -> String {

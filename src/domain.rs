@@ -4,6 +4,8 @@ use std::fmt;
 
 use unicode_normalization::UnicodeNormalization;
 
+use crate::text::is_hidden;
+
 /// Longest username accepted, in characters.
 pub const MAX_USERNAME_CHARS: usize = 64;
 
@@ -21,7 +23,7 @@ pub enum UsernameError {
     Empty,
     #[error("the username is longer than {MAX_USERNAME_CHARS} characters")]
     TooLong,
-    #[error("the username contains control characters or line breaks")]
+    #[error("the username contains invisible, control, bidi or line-break characters")]
     ControlCharacter,
 }
 
@@ -34,7 +36,9 @@ impl Username {
         if display.chars().count() > MAX_USERNAME_CHARS {
             return Err(UsernameError::TooLong);
         }
-        if display.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')) {
+        // Invisible characters make a second user who reads as the first (`alice` + U+2060):
+        // refused by Unicode property, not by a list (UTS #39 §3.1; see `text::is_hidden`).
+        if display.chars().any(is_hidden) {
             return Err(UsernameError::ControlCharacter);
         }
         let key = normalise_key(&display);
@@ -93,5 +97,19 @@ mod tests {
         assert_eq!(Username::parse("a\nb"), Err(UsernameError::ControlCharacter));
         assert_eq!(Username::parse("a\u{1b}[31mb"), Err(UsernameError::ControlCharacter));
         assert_eq!(Username::parse("adm\u{202e}in"), Err(UsernameError::ControlCharacter));
+    }
+
+    #[test]
+    fn invisible_characters_do_not_make_a_look_alike_user() {
+        // Each of these was accepted as a new user that reads as `alice` (issue 10, §5).
+        for c in ['\u{200b}', '\u{2060}', '\u{feff}', '\u{ad}', '\u{180e}', '\u{34f}', '\u{3164}', '\u{e0001}'] {
+            for name in [format!("alice{c}"), format!("al{c}ice"), format!("{c}alice")] {
+                assert_eq!(Username::parse(&name), Err(UsernameError::ControlCharacter), "U+{:04X}", c as u32);
+            }
+        }
+        // Line separators are whitespace: trimmed around a name, refused inside one.
+        assert_eq!(Username::parse("al\u{2028}ice"), Err(UsernameError::ControlCharacter));
+        assert!(Username::parse("Zoë Ångström").is_ok());
+        assert!(Username::parse("김민수").is_ok());
     }
 }

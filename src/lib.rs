@@ -25,5 +25,6 @@ pub mod routes;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod users;

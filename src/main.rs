@@ -18,14 +18,19 @@ fn main() -> ExitCode {
             let text = e.to_string();
             let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let message = first.join(" ");
-            eprintln!("portcullis: {} (see portcullis --help)", message.trim_start_matches("error: "));
+            // clap quotes the argument it refused, which may hold anything.
+            let message = portcullis::text::printable(message.trim_start_matches("error: ")).into_owned();
+            eprintln!("portcullis: {message} (see portcullis --help)");
             return ExitCode::from(2);
         }
     };
     match portcullis::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portcullis: {}", format!("{e:#}").replace('\n', " "));
+            // Errors quote names and values someone typed (or stored, before the rules were
+            // tightened): escaped, so the line stays one line and shows what is there.
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("portcullis: {}", portcullis::text::printable(&message));
             ExitCode::FAILURE
         }
     }

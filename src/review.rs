@@ -12,9 +12,14 @@ use crate::audit::{rfc3339, FailureReason};
 use crate::config::escape_controls;
 use crate::domain::normalise_key;
 use crate::store::{FailureQuery, FailureRecord};
+use crate::text::printable;
 
 /// Most records a summary reads (newest first); beyond, it says it is partial.
 pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
+
+/// Largest `--limit` (records in one answer): they are all held in memory and sent as one
+/// line over the admin socket, so a larger value is refused rather than quietly cut.
+pub const MAX_LIMIT: usize = 1_000_000;
 
 pub const HOUR_MS: u64 = 3_600_000;
 /// Hours of a summary's per-hour series (and so of the admin page's chart).
@@ -41,8 +46,12 @@ pub enum FilterError {
     Ip(String),
     #[error("--reason: `{0}` is not one of {names}", names = FailureReason::ALL.map(FailureReason::as_str).join(", "))]
     Reason(String),
+    #[error("--since/--until: `{0}` is outside the years 1970 to 9999")]
+    OutOfRange(String),
     #[error("--user: the username is empty or too long")]
     User,
+    #[error("--limit: `{0}` is not a whole number from 1 to {1}")]
+    Limit(String, usize),
     #[error("the page cursor is invalid")]
     Cursor,
 }
@@ -54,15 +63,32 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 }
 
 /// `2h` (that long before `now`) or an RFC 3339 time, as Unix milliseconds.
+///
+/// No arithmetic here wraps or truncates: a duration reaching back before 1970 means "since
+/// the beginning" (no record is older), which is 0 exactly; an RFC 3339 time outside 1970 to
+/// 9999 is refused with its own message, since it names an instant the store cannot hold.
 pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_ms.saturating_sub(d.as_millis() as u64));
+        let back = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        return Ok(now_ms.saturating_sub(back));
     }
-    humantime::parse_rfc3339_weak(s)
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| match e {
+        humantime::TimestampError::OutOfRange => FilterError::OutOfRange(escape_controls(s)),
+        _ => FilterError::Time(escape_controls(s)),
+    })?;
+    let since_epoch =
+        t.duration_since(std::time::UNIX_EPOCH).map_err(|_| FilterError::OutOfRange(escape_controls(s)))?;
+    // RFC 3339 years end at 9999, far inside u64 milliseconds; saturate all the same.
+    Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A page size typed as text (the admin page's form): a whole number from 1 to `max`.
+pub fn parse_limit(s: &str, max: usize) -> Result<usize, FilterError> {
+    s.trim()
+        .parse::<usize>()
         .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .ok_or_else(|| FilterError::Time(escape_controls(s)))
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| FilterError::Limit(escape_controls(s), max))
 }
 
 pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
@@ -70,8 +96,14 @@ pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
 }
 
 impl FilterArgs {
-    /// The store query these filters mean. `default_limit` applies when no limit was given.
+    /// The store query these filters mean. `default_limit` applies when no limit was given; a
+    /// limit outside 1..=[`MAX_LIMIT`] is refused (never wrapped to "no limit" or clamped).
     pub fn to_query(&self, now_ms: u64, default_limit: usize) -> Result<FailureQuery, FilterError> {
+        let limit = match self.limit {
+            None => default_limit,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(n) => return Err(FilterError::Limit(n.to_string(), MAX_LIMIT)),
+        };
         let since = non_empty(&self.since).map(|s| parse_time(s, now_ms)).transpose()?;
         let until = non_empty(&self.until).map(|s| parse_time(s, now_ms)).transpose()?;
         let ip = non_empty(&self.ip)
@@ -91,7 +123,7 @@ impl FilterArgs {
         let before = non_empty(&self.before)
             .map(|c| URL_SAFE_NO_PAD.decode(c).ok().filter(|b| b.len() == 16).ok_or(FilterError::Cursor))
             .transpose()?;
-        Ok(FailureQuery { since, until, user_key, ip, reason, before, limit: self.limit.unwrap_or(default_limit) })
+        Ok(FailureQuery { since, until, user_key, ip, reason, before, limit })
     }
 }
 
@@ -142,7 +174,9 @@ pub fn review(
         let end = q.until.unwrap_or(now_ms);
         return Ok(Answer::Summary { summary: summarise(&found, partial, end, SUMMARY_HOURS as usize) });
     }
-    let limit = q.limit.max(1);
+    // `to_query` bounds the limit, so one more (to know whether a next page exists) fits; and
+    // 0 would mean "no limit" to the store.
+    let limit = q.limit.clamp(1, MAX_LIMIT);
     q.limit = limit + 1;
     let mut found = audit.failures(&q)?;
     let next = if found.len() > limit {
@@ -159,6 +193,7 @@ pub fn review(
 pub struct RecordView {
     pub time: String,
     pub ip: String,
+    /// The identity checked (see [`FailureRecord::username`]).
     pub username: String,
     pub reason: String,
     pub user_agent: String,
@@ -166,10 +201,29 @@ pub struct RecordView {
     /// minute); 1 for records from before counting, and when absent from JSON.
     #[serde(default = "one")]
     pub count: u64,
+    /// What was typed, when it differs from `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed: Option<String>,
 }
 
 fn one() -> u64 {
     1
+}
+
+impl RecordView {
+    /// The fields with invisible and control characters escaped, for pages and terminals
+    /// (HTML escaping alone shows `admin` + U+2060 as `admin`).
+    pub fn shown(&self) -> RecordView {
+        RecordView {
+            time: printable(&self.time).into_owned(),
+            ip: printable(&self.ip).into_owned(),
+            username: printable(&self.username).into_owned(),
+            reason: printable(&self.reason).into_owned(),
+            user_agent: printable(&self.user_agent).into_owned(),
+            count: self.count,
+            typed: self.typed.as_deref().map(|t| printable(t).into_owned()),
+        }
+    }
 }
 
 impl From<&FailureRecord> for RecordView {
@@ -181,6 +235,7 @@ impl From<&FailureRecord> for RecordView {
             reason: r.reason.as_str().to_string(),
             user_agent: r.user_agent.clone(),
             count: r.count.max(1),
+            typed: r.typed.clone(),
         }
     }
 }
@@ -195,6 +250,11 @@ pub struct Top {
 }
 
 impl Top {
+    /// The value with invisible and control characters escaped, for pages.
+    pub fn shown(&self) -> String {
+        printable(&self.value).into_owned()
+    }
+
     /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.
     pub fn last_seen_short(&self) -> String {
         self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ")
@@ -283,20 +343,6 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
             .map(|(i, c)| (rfc3339((first_bucket + i as u64) * HOUR_MS), c))
             .collect(),
     }
-}
-
-/// Text with control, format and bidi characters shown as escapes, so a record cannot move
-/// the cursor, recolour the terminal or reorder what is shown.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn cut(s: &str, width: usize) -> String {
@@ -402,7 +448,15 @@ mod tests {
     use super::*;
 
     fn rec(time: u64, ip: &str, user: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord { time, ip: ip.into(), username: user.into(), reason, user_agent: "ua".into(), count: 1 }
+        FailureRecord {
+            time,
+            ip: ip.into(),
+            username: user.into(),
+            reason,
+            user_agent: "ua".into(),
+            count: 1,
+            typed: None,
+        }
     }
 
     #[test]
@@ -410,6 +464,15 @@ mod tests {
         assert_eq!(parse_time("2h", 10 * HOUR_MS).unwrap(), 8 * HOUR_MS);
         assert_eq!(parse_time("1970-01-01T01:00:00Z", 0).unwrap(), HOUR_MS);
         assert!(parse_time("yesterday", 0).is_err());
+        // Just over 2^64 ms back: `as u64` made it 34 minutes.
+        assert_eq!(parse_time("5124095576031h", 10 * HOUR_MS).unwrap(), 0);
+        assert_eq!(parse_time("1969-12-31T23:00:00Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:00:00Z".into())));
+        assert_eq!(parse_limit("50", 500), Ok(50));
+        for bad in ["0", "-1", "501", "abc", "18446744073709551616"] {
+            assert!(matches!(parse_limit(bad, 500), Err(FilterError::Limit(..))), "{bad}");
+        }
+        let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
+        assert!(matches!(huge.to_query(0, 1), Err(FilterError::Limit(..))));
     }
 
     #[test]
@@ -499,6 +562,7 @@ mod tests {
             reason: "bad_password".into(),
             user_agent: "x".into(),
             count: 1,
+            typed: None,
         }]);
         assert_eq!(table.lines().count(), 2, "{table}");
     }

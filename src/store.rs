@@ -126,10 +126,16 @@ pub struct FailureRecord {
     /// Unix time in milliseconds.
     pub time: u64,
     pub ip: String,
-    /// As typed (cut to 256 characters).
+    /// The identity checked: the user's stored spelling when the user exists, otherwise the
+    /// normalised form of what was typed (`domain::normalise_key`, cut to 256 characters).
+    /// Records made before `typed` existed hold what was typed here.
     pub username: String,
     pub reason: FailureReason,
     pub user_agent: String,
+    /// What was typed (cut to 256 characters), when it differs from `username`: padding,
+    /// case or width. Absent in records made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed: Option<String>,
     /// How many attempts this record stands for: more than 1 when refusals from one address
     /// for one reason within one minute were counted into its first record (see
     /// `audit::Audit::record_failure`). Records from before this field existed read as 1.
@@ -842,8 +848,25 @@ pub(crate) mod tests {
         assert_eq!(store.session_count(), 1);
     }
 
+    #[test]
+    fn a_failure_record_written_before_typed_existed_still_reads() {
+        let old = br#"{"time":5,"ip":"192.0.2.1","username":"  alice","reason":"bad_password","user_agent":"ua"}"#;
+        let record: FailureRecord = decode(old).unwrap();
+        assert_eq!((record.username.as_str(), record.typed.as_deref()), ("  alice", None));
+        // And a record without `typed` is written without it, as before.
+        assert!(!String::from_utf8(encode(&record).unwrap()).unwrap().contains("typed"));
+    }
+
     fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into(), count: 1 }
+        FailureRecord {
+            time,
+            ip: ip.into(),
+            username: username.into(),
+            reason,
+            user_agent: "ua".into(),
+            typed: None,
+            count: 1,
+        }
     }
 
     #[test]

@@ -65,9 +65,27 @@ impl UserAdmin {
     }
 
     fn existing(&self, name: &str) -> Result<(Username, UserRecord), UserError> {
-        let username = Username::parse(name)?;
-        let record = self.store.user(username.key())?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-        Ok((username, record))
+        let key = self.existing_key(name)?;
+        let record = self.store.user(&key)?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        Ok((Username::from_stored(record.display_name.clone(), key), record))
+    }
+
+    /// The store key of an existing user named `name`. A name the current rules refuse (say
+    /// `admin` + U+2060, accepted before invisible characters were) still finds its user, so
+    /// such an account can be disabled, deleted or given a new password.
+    fn existing_key(&self, name: &str) -> Result<String, UserError> {
+        match Username::parse(name) {
+            Ok(username) => Ok(username.key().to_string()),
+            Err(UsernameError::ControlCharacter) => {
+                let key = crate::domain::normalise_key(name);
+                if self.store.user(&key)?.is_some() {
+                    Ok(key)
+                } else {
+                    Err(UserError::UnknownUser(name.to_string()))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The password if it meets the policy for this user (judged off the async workers).
@@ -140,11 +158,9 @@ impl UserAdmin {
     /// Disables or enables the user, durably. Disabling also ends their sessions; returns how
     /// many ended.
     pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, usize), UserError> {
-        let username = Username::parse(name)?;
-        let record = self
-            .store
-            .set_user_disabled(username.key(), disabled)?
-            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        let key = self.existing_key(name)?;
+        let record =
+            self.store.set_user_disabled(&key, disabled)?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let username = record.display_name.as_str();
         let (ended, event) = if disabled {
             (self.sessions.end_all(&record.key, None).await?, AuthEvent::UserDisabled { username, by })

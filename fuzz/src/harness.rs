@@ -311,6 +311,8 @@ pub fn check_filters(args: &FilterArgs) {
             assert_eq!(q.reason.is_some(), given(&args.reason).is_some());
             assert_eq!(q.before.as_ref().map(Vec::len).unwrap_or(16), 16);
             assert_eq!(q.limit, args.limit.unwrap_or(100));
+            // 0 means "no limit" to the store; it and anything past the bound are refused.
+            assert!((1..=portcullis::review::MAX_LIMIT).contains(&q.limit), "limit {} accepted", q.limit);
             if let Some(ip) = given(&args.ip) {
                 assert!(parse_net(&ip).is_ok(), "{ip:?} accepted as an address");
             }
@@ -328,7 +330,7 @@ pub fn check_filters(args: &FilterArgs) {
         }
         Err(e) => {
             let text = e.to_string();
-            assert!(!text.chars().any(char::is_control), "an error that is not one clean line: {text:?}");
+            assert!(!text.chars().any(portcullis::text::is_hidden), "an error that is not one clean line: {text:?}");
         }
     }
 }

@@ -7,7 +7,9 @@ use poem::{handler, Body, Request, Response};
 
 use super::logout::CsrfForm;
 use crate::audit::{rfc3339, AuthEvent};
+use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+use crate::text::printable;
 
 struct SessionView {
     created: String,
@@ -24,7 +26,7 @@ struct HomePage<'a> {
     admin: bool,
     csrf: &'a str,
     sessions: Vec<SessionView>,
-    ended: Option<usize>,
+    notice: Option<String>,
 }
 
 #[handler]
@@ -40,22 +42,26 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
             created: rfc3339(s.record.created_at),
             last_seen: rfc3339(s.record.last_seen_at),
             ip: s.record.ip,
-            user_agent: s.record.user_agent,
+            // Invisible and control characters shown as escapes, as on every other page.
+            user_agent: printable(&s.record.user_agent).into_owned(),
             current: s.token_hash == session.token_hash,
         })
         .collect();
-    let ended = req.uri().query().and_then(|q| q.strip_prefix("ended=")).and_then(|n| n.parse().ok());
+    // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
+    let notice = flash::take(req).map(|n| n.text());
     let csrf = state.csrf.session_token(&session.token_hash);
-    html(
+    let page = html(
         StatusCode::OK,
         &HomePage {
-            username: &session.user.display_name,
+            // A name stored before invisible characters were refused shows them escaped.
+            username: &printable(&session.user.display_name),
             admin: session.user.admin,
             csrf: &csrf,
             sessions: views,
-            ended,
+            notice,
         },
-    )
+    );
+    flash::cleared(req, page)
 }
 
 #[handler]
@@ -75,7 +81,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 count,
                 by: &session.user.display_name,
             });
-            see_other(&format!("/?ended={count}"))
+            Notice::SessionsEnded { count }.attach(see_other("/"))
         }
         Err(e) => crate::routes::store_error(&e, "could not end sessions"),
     }

@@ -3,6 +3,7 @@
 //! none of them touches the store directly.
 
 mod admin;
+mod flash;
 mod health;
 mod home;
 pub mod login;

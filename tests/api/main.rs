@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod admin_review;
 mod brute_force;
 mod brute_force_races;
 mod child;
@@ -11,6 +12,7 @@ mod exhaustion;
 mod fuzz_props;
 mod helpers;
 mod http_edges;
+mod identities;
 mod load;
 mod loadtest;
 mod login;

@@ -10,10 +10,10 @@ use portcullis::store::FailureRecord;
 
 use crate::helpers::{hidden_field, spawn_app, spawn_app_with, test_settings, Visitor, GOOD_PASSWORD};
 
-const HOUR: u64 = 3_600_000;
+pub(crate) const HOUR: u64 = 3_600_000;
 
 /// A known set of records: 30 over the last 30 hours (one per hour, newest 30 min ago).
-fn known_records(now: u64) -> Vec<FailureRecord> {
+pub(crate) fn known_records(now: u64) -> Vec<FailureRecord> {
     (0..30u64)
         .map(|i| {
             let (ip, user) = match i % 3 {
@@ -35,12 +35,13 @@ fn known_records(now: u64) -> Vec<FailureRecord> {
                 reason,
                 user_agent: format!("agent {i}"),
                 count: 1,
+                typed: None,
             }
         })
         .collect()
 }
 
-async fn seed(settings: &Settings, records: &[FailureRecord]) {
+pub(crate) async fn seed(settings: &Settings, records: &[FailureRecord]) {
     let services = Services::open(settings, 1).unwrap();
     for r in records {
         services.audit.append(r).await.unwrap();
@@ -49,7 +50,7 @@ async fn seed(settings: &Settings, records: &[FailureRecord]) {
 
 /// Runs `portcullis` with the test's directories (see `child::command`, which also clears
 /// the caller's settings and bounds the run); returns (success, stdout, stderr).
-async fn portcullis(settings: &Settings, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn portcullis(settings: &Settings, args: &[&str]) -> (bool, String, String) {
     let mut cmd = crate::child::command(settings.data_dir.parent().unwrap_or(std::path::Path::new(".")));
     cmd.args(args)
         .env("PORTCULLIS_DATA_DIR", &settings.data_dir)
@@ -59,7 +60,7 @@ async fn portcullis(settings: &Settings, args: &[&str]) -> (bool, String, String
     (run.ok, run.stdout, run.stderr)
 }
 
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
@@ -149,7 +150,7 @@ async fn the_audit_command_reaches_a_running_server() {
 }
 
 /// A signed-in admin browser.
-async fn admin_browser(app: &crate::helpers::TestApp) -> reqwest::Client {
+pub(crate) async fn admin_browser(app: &crate::helpers::TestApp) -> reqwest::Client {
     let client = app.new_browser();
     assert_eq!(app.login_with(&client, "admin", &app.admin_password).await.status(), 303);
     client
@@ -204,21 +205,20 @@ async fn the_admin_page_filters_pages_summarises_and_charts() {
     // Keyset pages: 30 records, 7 per page, every record once.
     let mut seen = Vec::new();
     let mut href = Some("/admin/failed-logins?limit=7".to_string());
+    let mut pages = 0;
     while let Some(h) = href {
-        let page = admin.get(app.url(&h.replace("&amp;", "&"))).send().await.unwrap().text().await.unwrap();
+        pages += 1;
+        let page = admin.get(app.url(&h)).send().await.unwrap().text().await.unwrap();
         for agent in page.split("<td class=\"ua\">").skip(1) {
             seen.push(agent.split('<').next().unwrap().to_string());
         }
-        href = page
-            .split("href=\"")
-            .filter_map(|s| s.split('"').next())
-            .find(|h| h.contains("before="))
-            .map(str::to_string);
+        href = crate::admin_review::older_link(&page);
         if seen.len() > 40 {
             break;
         }
     }
     assert_eq!(seen.len(), 30, "{seen:?}");
+    assert_eq!(pages, 5, "7 per page: the page size applies");
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 30);

@@ -5,8 +5,10 @@ use poem::http::StatusCode;
 use poem::{handler, Request, Response};
 
 use crate::audit::FailureReason;
-use crate::review::{review, svg_chart, Answer, FilterArgs, RecordView, Summary, HOUR_MS, SUMMARY_HOURS};
-use crate::routes::{error_page, html, State};
+use crate::review::{
+    parse_limit, review, svg_chart, Answer, FilterArgs, FilterError, RecordView, Summary, HOUR_MS, SUMMARY_HOURS,
+};
+use crate::routes::{error_page, flash, html, State};
 use crate::store::now_ms;
 
 /// Records per page, by default and at most.
@@ -23,7 +25,7 @@ struct AdminPage<'a> {
     user: &'a str,
     ip: &'a str,
     reason: &'a str,
-    limit: usize,
+    limit: &'a str,
     reasons: &'a [&'a str],
     error: Option<String>,
     notice: Option<String>,
@@ -34,12 +36,48 @@ struct AdminPage<'a> {
     first_href: Option<String>,
 }
 
+/// The page's query as sent: every value text, parsed below with its own message. (With
+/// `#[serde(flatten)]` serde_urlencoded cannot read a number, so `limit=50` made the whole
+/// query fail and the page fell back to no filters at all.)
 #[derive(serde::Deserialize, Default)]
 struct Query {
-    #[serde(flatten)]
-    filters: FilterArgs,
-    unlocked: Option<String>,
-    unlock_failed: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    user: Option<String>,
+    ip: Option<String>,
+    reason: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// Why the page's query cannot be used: shown on the page (400), never replaced by defaults.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error("the query does not parse: {0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+impl Query {
+    /// The filters this query asks for, or why it cannot be used.
+    fn parse(raw: Option<&str>) -> Result<FilterArgs, QueryError> {
+        let q: Query = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| QueryError::Syntax(crate::text::printable(&e.to_string()).into_owned()))?;
+        let limit = match q.limit.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => parse_limit(s, MAX_PAGE)?,
+            None => PAGE,
+        };
+        Ok(FilterArgs {
+            since: q.since,
+            until: q.until,
+            user: q.user,
+            ip: q.ip,
+            reason: q.reason,
+            limit: Some(limit),
+            before: q.before,
+        })
+    }
 }
 
 fn href(filters: &FilterArgs) -> String {
@@ -67,9 +105,26 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let query: Query = req.uri().query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
-    let mut filters = query.filters;
-    filters.limit = Some(filters.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE));
+    // A notice only from what this server did (a cookie set by the action), never the URL.
+    let notice = flash::take(req).map(|n| n.text());
+    let filters = match Query::parse(req.uri().query()) {
+        Ok(filters) => filters,
+        Err(e) => {
+            // Refused with its reason; the form keeps what was sent so it can be corrected.
+            let q: Query = serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+            let limit = q.limit.clone().unwrap_or_default();
+            let sent = FilterArgs {
+                since: q.since,
+                until: q.until,
+                user: q.user,
+                ip: q.ip,
+                reason: q.reason,
+                ..Default::default()
+            };
+            let page = Shown { error: Some(for_page(&e.to_string())), notice, ..Shown::default() };
+            return flash::cleared(req, render(&state, &admin, &sent, &limit, StatusCode::BAD_REQUEST, page));
+        }
+    };
 
     let audit = state.audit.clone();
     let f = filters.clone();
@@ -99,12 +154,12 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Ok(_) => (Vec::new(), None),
         Err(e) => {
             status = StatusCode::BAD_REQUEST;
-            error = Some(e.to_string().replace("--", ""));
+            error = Some(for_page(&e.to_string()));
             (Vec::new(), None)
         }
     };
     let summary = match summary {
-        Ok(Answer::Summary { summary }) => Some(summary),
+        Ok(Answer::Summary { summary }) if error.is_none() => Some(summary),
         _ => None,
     };
     let chart = match (chart, &summary) {
@@ -112,31 +167,66 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         (Some(Ok(Answer::Summary { summary })), _) => svg_chart(&summary.per_hour),
         _ => String::new(),
     };
-    let next_href = next.map(|cursor| href(&FilterArgs { before: Some(cursor), ..filters.clone() }));
-    let first_href = filters.before.is_some().then(|| href(&FilterArgs { before: None, ..filters.clone() }));
-    let notice = match (query.unlocked, query.unlock_failed) {
-        (Some(name), _) => Some(format!("{name} is unlocked: failure count and captcha demand cleared.")),
-        (None, Some(_)) => Some("No such user to unlock.".to_string()),
-        _ => None,
+    let page = Shown {
+        error,
+        notice,
+        summary,
+        chart,
+        records: records.iter().map(RecordView::shown).collect(),
+        next_href: next.map(|cursor| href(&FilterArgs { before: Some(cursor), ..filters.clone() })),
+        first_href: filters.before.is_some().then(|| href(&FilterArgs { before: None, ..filters.clone() })),
     };
+    let limit = filters.limit.unwrap_or(PAGE).to_string();
+    flash::cleared(req, render(&state, &admin, &filters, &limit, status, page))
+}
+
+/// An error message for the page: the CLI's flag names (`--since/--until: ...`) without their
+/// dashes; the quoted value after them is left exactly as it was (escaped).
+fn for_page(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((fields, rest)) if fields.starts_with("--") => format!("{}: {rest}", fields.replace("--", "")),
+        _ => message.to_string(),
+    }
+}
+
+/// What the page shows besides the form.
+#[derive(Default)]
+struct Shown {
+    error: Option<String>,
+    notice: Option<String>,
+    summary: Option<Summary>,
+    chart: String,
+    records: Vec<RecordView>,
+    next_href: Option<String>,
+    first_href: Option<String>,
+}
+
+fn render(
+    state: &crate::app::AppState,
+    admin: &crate::session::ActiveSession,
+    filters: &FilterArgs,
+    limit: &str,
+    status: StatusCode,
+    shown: Shown,
+) -> Response {
     let csrf = state.csrf.session_token(&admin.token_hash);
     let page = AdminPage {
-        admin: &admin.user.display_name,
+        admin: &crate::text::printable(&admin.user.display_name),
         csrf: &csrf,
         since: filters.since.as_deref().unwrap_or(""),
         until: filters.until.as_deref().unwrap_or(""),
         user: filters.user.as_deref().unwrap_or(""),
         ip: filters.ip.as_deref().unwrap_or(""),
         reason: filters.reason.as_deref().unwrap_or(""),
-        limit: filters.limit.unwrap_or(PAGE),
+        limit,
         reasons: &FailureReason::ALL.map(FailureReason::as_str),
-        error,
-        notice,
-        summary,
-        chart,
-        records,
-        next_href,
-        first_href,
+        error: shown.error,
+        notice: shown.notice,
+        summary: shown.summary,
+        chart: shown.chart,
+        records: shown.records,
+        next_href: shown.next_href,
+        first_href: shown.first_href,
     };
     html(status, &page)
 }

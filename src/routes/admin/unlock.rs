@@ -4,6 +4,7 @@ use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
+use crate::routes::flash::Notice;
 use crate::routes::{error_page, read_form, see_other, State};
 
 #[derive(Deserialize)]
@@ -27,12 +28,12 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
     if !state.csrf.check_session(&admin.token_hash, &form.csrf) {
         return error_page(StatusCode::FORBIDDEN);
     }
-    match state.users.unlock(&form.username, &admin.user.display_name).await {
-        Ok(name) => {
-            let q = serde_urlencoded::to_string([("unlocked", name.as_str())]).unwrap_or_default();
-            see_other(&format!("/admin/failed-logins?{q}"))
-        }
-        Err(crate::users::UserError::Store(e)) => crate::routes::store_error(&e, "could not unlock a user"),
-        Err(_) => see_other("/admin/failed-logins?unlock_failed=1"),
-    }
+    // What happened travels in a one-time cookie, not the URL: a link anyone can make must not
+    // be able to show "… is unlocked".
+    let notice = match state.users.unlock(&form.username, &admin.user.display_name).await {
+        Ok(name) => Notice::Unlocked { name },
+        Err(crate::users::UserError::Store(e)) => return crate::routes::store_error(&e, "could not unlock a user"),
+        Err(_) => Notice::NoSuchUser,
+    };
+    notice.attach(see_other("/admin/failed-logins"))
 }

@@ -1,0 +1,70 @@
+//! One-time notices ("alice is unlocked", "signed out of 2 other sessions") carried from an
+//! action to the page it redirects to. The action sets them in a short-lived `__Host-` cookie
+//! and the page clears it when it shows them, so a notice only ever reports what the server
+//! did: it never comes from a query parameter anyone can put in a link. Only this origin, over
+//! HTTPS, can set a `__Host-` cookie (RFC 6265bis §4.1.3.2), so no other site can forge one.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use poem::http::header::SET_COOKIE;
+use poem::{Request, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::cookies;
+
+/// The cookie's name.
+pub const FLASH_COOKIE: &str = "__Host-portcullis-flash";
+
+/// How long a notice waits for its page, in seconds (the redirect follows at once).
+const MAX_AGE_SECS: u64 = 60;
+
+/// What an action did, to tell the person who did it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    /// `POST /admin/unlock` cleared this user's counts (the stored spelling).
+    Unlocked { name: String },
+    /// `POST /admin/unlock` named no existing user.
+    NoSuchUser,
+    /// *Sign out everywhere else* ended this many sessions.
+    SessionsEnded { count: usize },
+}
+
+impl Notice {
+    /// The sentence shown, with invisible characters in names escaped.
+    pub fn text(&self) -> String {
+        match self {
+            Notice::Unlocked { name } => {
+                format!("{} is unlocked: failure count and captcha demand cleared.", crate::text::printable(name))
+            }
+            Notice::NoSuchUser => "No such user to unlock.".to_string(),
+            Notice::SessionsEnded { count } => format!("Signed out of {count} other session(s)."),
+        }
+    }
+
+    /// Adds the cookie that carries this notice to `resp` (a redirect to the page).
+    pub fn attach(&self, mut resp: Response) -> Response {
+        let value = URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default());
+        if let Ok(v) = cookies::set(FLASH_COOKIE, &value, Some(MAX_AGE_SECS)).parse() {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+        resp
+    }
+}
+
+/// The notice this request carries, if any; pass the page to [`cleared`] so it shows once.
+pub fn take(req: &Request) -> Option<Notice> {
+    let value = cookies::get(req, FLASH_COOKIE)?;
+    let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `resp` with the notice cookie removed, when the request had one.
+pub fn cleared(req: &Request, mut resp: Response) -> Response {
+    if cookies::get(req, FLASH_COOKIE).is_some() {
+        if let Ok(v) = cookies::clear(FLASH_COOKIE).parse() {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+    resp
+}

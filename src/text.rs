@@ -1,0 +1,149 @@
+//! Text that people cannot see or that moves the reader: which characters a username may not
+//! hold, and how attacker-controlled text is escaped for terminals and JSON lines.
+//!
+//! The set comes from the Unicode property tables (via `icu_properties`), not a hand-picked
+//! list: a list misses look-alikes such as U+2060, U+3164 or the tag characters.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint, GeneralCategory};
+use icu_properties::{CodePointMapData, CodePointSetData};
+
+/// Whether `c` is invisible, reorders or breaks text, or drives a terminal: a control (Cc:
+/// C0, DEL, C1), a format character (Cf, which includes the bidi controls, U+200B..U+200F,
+/// U+2060, U+FEFF, U+00AD and the tag characters), a line or paragraph separator (Zl, Zp:
+/// U+2028, U+2029), a surrogate or private-use code point, or any Default_Ignorable_Code_Point
+/// (such as U+034F, U+115F, U+3164, U+FFA0 and the variation selectors).
+///
+/// Sources: Unicode UAX #44 (General_Category, Default_Ignorable_Code_Point, Bidi_Control),
+/// UTS #39 §3.1 (identifier restrictions) and UTS #55 (source-code spoofing with bidi).
+pub fn is_hidden(c: char) -> bool {
+    if c.is_ascii() {
+        // Fast path for the common case: only C0 and DEL are hidden in ASCII.
+        return c.is_ascii_control();
+    }
+    let gc = CodePointMapData::<GeneralCategory>::new().get(c);
+    matches!(
+        gc,
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+            | GeneralCategory::Surrogate
+            | GeneralCategory::PrivateUse
+    ) || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+        || CodePointSetData::new::<BidiControl>().contains(c)
+}
+
+/// `s` for a terminal: every [`is_hidden`] character written as a Rust-style escape
+/// (`\u{2060}`), so a record cannot move the cursor, recolour the terminal, reorder what is
+/// shown or pass for another name. Borrowed when nothing needed escaping.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_hidden) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One serialised JSON text (as serde_json writes it: every character outside ASCII is inside
+/// a string) with every [`is_hidden`] character written as a JSON `\uXXXX` escape (a
+/// surrogate pair above U+FFFF). serde_json escapes only C0, `"` and `\`; this also covers
+/// DEL, C1 (U+0085 is a line break to many readers), U+2028/U+2029 and the bidi controls, so
+/// a line stays one line to every Unicode-aware reader (RFC 8259 §7 allows any escape).
+pub fn escape_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(is_hidden) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        // ASCII controls outside strings would be JSON whitespace (\t \n \r), which a caller's
+        // line framing needs as is; inside strings serde_json has escaped them already.
+        if is_hidden(c) && !c.is_ascii_whitespace() {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Characters that look like nothing or break lines; each made look-alike usernames or
+    /// forged lines before (issue 10, §5 and §6).
+    const HIDDEN: &[char] = &[
+        '\u{0}',
+        '\u{1b}',
+        '\u{7f}',
+        '\u{85}',
+        '\u{9b}',
+        '\u{ad}',
+        '\u{34f}',
+        '\u{61c}',
+        '\u{115f}',
+        '\u{180e}',
+        '\u{200b}',
+        '\u{200d}',
+        '\u{200e}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{202e}',
+        '\u{2060}',
+        '\u{2066}',
+        '\u{3164}',
+        '\u{fe0f}',
+        '\u{feff}',
+        '\u{ffa0}',
+        '\u{e0001}',
+        '\u{e007f}',
+    ];
+
+    #[test]
+    fn invisible_control_and_reordering_characters_are_hidden_and_letters_are_not() {
+        for c in HIDDEN {
+            assert!(is_hidden(*c), "U+{:04X}", *c as u32);
+        }
+        for c in ['a', 'Z', ' ', '~', 'é', 'ü', 'Ａ', 'ß', '中', 'ㄱ', '😀', '\u{301}'] {
+            assert!(!is_hidden(c), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn printable_escapes_every_hidden_character_and_keeps_the_rest() {
+        assert_eq!(printable("admin\u{2060}"), "admin\\u{2060}");
+        assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(printable("ok ünïcode"), "ok ünïcode");
+        assert!(matches!(printable("plain"), Cow::Borrowed(_)));
+        for c in HIDDEN {
+            let shown = printable(&format!("x{c}y")).into_owned();
+            assert!(!shown.chars().any(is_hidden), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_json_has_no_raw_line_break_and_reads_back_the_same() {
+        let value = "x\u{9b}2J\u{85}\u{2028}\u{2029}\u{7f}\u{202e}\u{e0001}\"\n";
+        let json = serde_json::json!({ "username": value }).to_string();
+        let escaped = escape_json(&json);
+        assert!(escaped.is_ascii(), "{escaped}");
+        assert!(escaped.contains("\\u009b") && escaped.contains("\\udb40\\udc01"), "{escaped}");
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back["username"], value);
+        assert_eq!(escape_json("{\"a\":1}\n"), "{\"a\":1}\n", "framing whitespace stays");
+    }
+}

@@ -1,0 +1,211 @@
+//! Reviewing failed logins, issue 10 §4 and §10: every filter value applies exactly or is
+//! refused with its reason (page, CLI and admin socket alike), the page's own links and form
+//! work, and status notices come only from what the server did.
+
+use portcullis::admin_socket::{self, Request, Response};
+use portcullis::review::FilterArgs;
+
+use crate::helpers::{hidden_field, spawn_app, spawn_app_with, test_settings, Visitor, GOOD_PASSWORD};
+use crate::review::{admin_browser, json_lines, known_records, portcullis, seed, HOUR};
+
+/// Rows in a page of the admin table.
+fn rows(page: &str) -> usize {
+    page.matches("<span class=\"reason").count()
+}
+
+/// Each record's user agent, in page order (they are unique in `known_records`).
+fn agents(page: &str) -> Vec<String> {
+    page.split("<td class=\"ua\">").skip(1).map(|a| a.split('<').next().unwrap().to_string()).collect()
+}
+
+/// The href of the page's *Older records* link, as a browser reads it: askama writes `&` as
+/// `&#38;`, and a test that only undid `&amp;` sent `#38;limit=50` as a fragment, which hid
+/// the broken link.
+pub(crate) fn older_link(page: &str) -> Option<String> {
+    page.split("href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|h| h.contains("before="))
+        .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form_sends() {
+    let app = spawn_app().await;
+    let now = portcullis::store::now_ms();
+    for r in known_records(now) {
+        app.state.audit.append(&r).await.unwrap();
+    }
+    let admin = admin_browser(&app).await;
+    let get = |q: &str| {
+        let (admin, url) = (admin.clone(), app.url(&format!("/admin/failed-logins?{q}")));
+        async move {
+            let resp = admin.get(url).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    // What the form submits: every field, the empty ones too, and the page size.
+    let (status, page) = get("since=&until=&user=alice&ip=&reason=&limit=50").await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(&page), 10, "alice's records only");
+    let (status, page) = get("user=alice&reason=bad_password&limit=50").await;
+    assert_eq!((status, rows(&page)), (reqwest::StatusCode::OK, 2));
+    let (_, page) = get("limit=4").await;
+    assert_eq!(rows(&page), 4, "the page size applies");
+
+    // A value that does not parse is refused with its message, never replaced by defaults.
+    for (query, says) in [
+        ("reason=bogus&limit=50", "bogus"),
+        ("reason=bogus", "bogus"),
+        ("since=whenever&limit=50", "whenever"),
+        ("limit=abc", "abc"),
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=501", "501"),
+        ("limit=18446744073709551616", "limit"),
+        ("user=alice&limit=18446744073709551615", "limit"),
+        ("ip=10.0.0.0%2F99&limit=50", "10.0.0.0/99"),
+        ("before=%21%21&limit=50", "cursor"),
+        ("since=1969-12-31T00:00:00Z", "1970 to 9999"),
+        ("user=alice&user=bob&limit=50", "duplicate"),
+    ] {
+        let (status, page) = get(query).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(rows(&page), 0, "{query}: no records in place of an error");
+        let alert = page.split("role=\"alert\">").nth(1).and_then(|a| a.split('<').next()).unwrap_or("");
+        assert!(alert.contains(says), "{query}: {alert:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_older_records_link_reaches_every_older_record_once() {
+    let app = spawn_app().await;
+    let now = portcullis::store::now_ms();
+    // 55 records, as in the issue: the default page is 50.
+    for i in 0..55u64 {
+        let mut r = known_records(now)[0].clone();
+        r.time = now - HOUR - i * 1000;
+        r.user_agent = format!("agent {i}");
+        app.state.audit.append(&r).await.unwrap();
+    }
+    let admin = admin_browser(&app).await;
+    let first = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
+    let newest = agents(&first);
+    assert_eq!(newest.len(), 50);
+    let link = older_link(&first).expect("an Older records link");
+    let resp = admin.get(app.url(&link)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let second = resp.text().await.unwrap();
+    let older = agents(&second);
+    assert_eq!(older, (50..55).map(|i| format!("agent {i}")).collect::<Vec<_>>(), "{link}");
+    assert!(older_link(&second).is_none(), "nothing older than the oldest");
+}
+
+#[tokio::test]
+async fn a_status_notice_cannot_be_put_in_a_link() {
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let admin = admin_browser(&app).await;
+    let page = admin
+        .get(app.url("/admin/failed-logins?unlocked=Your+account+is+compromised%2C+call+555-0100&unlock_failed=1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("compromised") && !page.contains("is unlocked") && !page.contains("No such user"), "{page}");
+    let home = admin.get(app.url("/?ended=9999")).send().await.unwrap().text().await.unwrap();
+    assert!(!home.contains("9999") && !home.contains("Signed out of"), "{home}");
+
+    // The real actions say what they did, once.
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let resp =
+        admin.post(app.url("/admin/unlock")).form(&[("username", "ALICE"), ("csrf", &csrf)]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(!location.contains("alice"), "the notice is not in the URL: {location}");
+    let shown = admin.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(shown.contains("alice is unlocked"), "{shown}");
+    let again = admin.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(!again.contains("is unlocked"), "a notice shows once");
+    let resp =
+        admin.post(app.url("/admin/unlock")).form(&[("username", "nobody"), ("csrf", &csrf)]).send().await.unwrap();
+    let shown =
+        admin.get(app.url(resp.headers()["location"].to_str().unwrap())).send().await.unwrap().text().await.unwrap();
+    assert!(shown.contains("No such user to unlock"), "{shown}");
+
+    let mut other = Visitor::new(&app, Some("203.0.113.9"));
+    assert_eq!(other.attempt("admin", &app.admin_password, None).await.0, 303);
+    let csrf = app.home_csrf(&admin).await;
+    let resp = admin.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/");
+    let home = admin.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Signed out of 1 other session(s)."), "{home}");
+    let home = admin.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(!home.contains("Signed out of"), "a notice shows once");
+}
+
+#[tokio::test]
+async fn audit_values_that_used_to_wrap_apply_exactly_or_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let now = portcullis::store::now_ms();
+    seed(&settings, &known_records(now)).await;
+
+    // 5124095576031 hours is just over 2^64 milliseconds: truncated, it meant "34 minutes".
+    let (ok, out, err) =
+        portcullis(&settings, &["audit", "--json", "--limit", "1000", "--since", "5124095576031h"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out).len(), 30, "since long before 1970 is everything");
+    let (ok, out, err) = portcullis(&settings, &["audit", "--json", "--until", "5124095576031h"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out).len(), 0, "until long before 1970 is nothing");
+    let (ok, out, _) = portcullis(&settings, &["audit", "--json", "--since", "999999999999h"]).await;
+    assert!(ok);
+    assert_eq!(json_lines(&out).len(), 30);
+    let (ok, out, _) = portcullis(&settings, &["audit", "--json", "--limit", "1000000"]).await;
+    assert!(ok);
+    assert_eq!(json_lines(&out).len(), 30);
+
+    for bad in [
+        vec!["--limit", "0"],
+        vec!["--limit", "18446744073709551615"],
+        vec!["--limit", "1000001"],
+        vec!["--limit", "99999999999999999999999"],
+        vec!["--since", "1969-12-31T23:00:00Z"],
+        vec!["--since", "99999999999999999999h"],
+    ] {
+        let mut args = vec!["audit"];
+        args.extend_from_slice(&bad);
+        let (ok, out, err) = portcullis(&settings, &args).await;
+        assert!(!ok, "{bad:?} was accepted: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+        assert!(err.starts_with("portcullis: "), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_socket_refuses_a_limit_that_would_wrap_and_applies_a_huge_since() {
+    let app = spawn_app().await;
+    let now = portcullis::store::now_ms();
+    for r in known_records(now) {
+        app.state.audit.append(&r).await.unwrap();
+    }
+    let ask = |filters: FilterArgs| {
+        let dir = app.settings.data_dir.clone();
+        async move { admin_socket::call(&dir, &Request::Audit { filters, summary: false }).await.unwrap().unwrap() }
+    };
+    for limit in [usize::MAX, 0, portcullis::review::MAX_LIMIT + 1] {
+        match ask(FilterArgs { limit: Some(limit), ..Default::default() }).await {
+            Response::Error { message } => assert!(message.contains("limit"), "{message}"),
+            other => panic!("limit {limit} was not refused: {other:?}"),
+        }
+    }
+    match ask(FilterArgs { since: Some("5124095576031h".into()), limit: Some(1000), ..Default::default() }).await {
+        Response::Review { answer: portcullis::review::Answer::Records { records, .. } } => {
+            assert_eq!(records.len(), 30)
+        }
+        other => panic!("{other:?}"),
+    }
+}
