@@ -93,6 +93,7 @@ pub fn error_page(status: StatusCode) -> Response {
         }
         StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This page cannot be used that way."),
         StatusCode::PAYLOAD_TOO_LARGE => ("Too large", "The form sent was larger than this server accepts."),
+        StatusCode::REQUEST_TIMEOUT => ("Too slow", "The form did not arrive in time. Please try again."),
         StatusCode::FORBIDDEN => ("Not allowed", "You do not have access to this page."),
         StatusCode::SERVICE_UNAVAILABLE => ("Busy", "The server is busy. Please try again in a moment."),
         s if s.is_client_error() => ("Bad request", "The server could not understand this request."),
@@ -124,8 +125,8 @@ pub fn see_other(location: &str) -> Response {
     Response::builder().status(StatusCode::SEE_OTHER).header(header::LOCATION, location).finish()
 }
 
-/// Reads a form body of at most [`MAX_FORM_BYTES`]; answers 413 for more and 400 for a body
-/// that is not a form. The raw bytes (which may hold a password) are wiped after parsing.
+/// Reads a form body of at most [`MAX_FORM_BYTES`]; answers 413 for more, 408 for a body that
+/// did not arrive within `body_read_timeout`, and 400 for a body that is not a form. The raw bytes (which may hold a password) are wiped after parsing.
 pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> Result<T, Response> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -135,6 +136,10 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     let bytes = match body.into_bytes_limit(MAX_FORM_BYTES).await {
         Ok(b) => b,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE)),
+        // The body stopped short of `body_read_timeout` (see `serve`).
+        Err(poem::error::ReadBodyError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(error_page(StatusCode::REQUEST_TIMEOUT))
+        }
         Err(_) => return Err(error_page(StatusCode::BAD_REQUEST)),
     };
     let mut raw = Vec::from(bytes);
