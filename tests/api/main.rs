@@ -17,6 +17,7 @@ mod review;
 mod secrets;
 mod security;
 mod sessions;
+mod stalls;
 mod tls;
 
 #[global_allocator]
