@@ -136,9 +136,13 @@ impl ConnectionTask {
             hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let in_flight = activity.begin();
                 let endpoint = Arc::clone(&endpoint);
+                // A request without a body (most GETs) owes nothing more.
+                let has_body = !hyper::body::Body::is_end_stream(req.body());
                 let mut req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
-                let body = req.take_body();
-                req.set_body(poem::Body::from_bytes_stream(BodyDeadline::new(body, body_timeout)));
+                if has_body {
+                    let body = req.take_body();
+                    req.set_body(poem::Body::from_bytes_stream(BodyDeadline::new(body, body_timeout)));
+                }
                 async move {
                     let resp: hyper::Response<BoxBody<Bytes, io::Error>> = endpoint.get_response(req).await.into();
                     drop(in_flight);
