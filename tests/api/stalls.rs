@@ -185,6 +185,20 @@ async fn an_http2_frame_that_stops_half_way_is_cut_off() {
     closed_by_server(&mut conn).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_that_ignores_the_graceful_close_is_dropped() {
+    // The client completes its preface and then neither acknowledges SETTINGS nor answers the
+    // PING of the server's graceful close: that close alone would wait for ever.
+    let app = app_with_deadlines(|s| s.idle_timeout = Duration::from_secs(1)).await;
+    let mut conn = tls(&app.settings.cert_dir, app.addr, "127.0.0.1".parse().unwrap(), &[b"h2"]).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    conn.write_all(&out).await.unwrap();
+    let got = closed_by_server(&mut conn).await.unwrap();
+    // It did ask first: a GOAWAY frame (type 7) is among what the server sent.
+    assert!(got.windows(2).any(|w| w == [0x7, 0x0]), "no GOAWAY before the close");
+}
+
 async fn h2_client(cert_dir: &std::path::Path, addr: SocketAddr, source: IpAddr) -> h2::client::SendRequest<Bytes> {
     let conn = tls(cert_dir, addr, source, &[b"h2"]).await;
     let (send, connection) = h2::client::handshake(conn).await.unwrap();
