@@ -42,8 +42,9 @@ pub const MAX_STREAMS: u32 = 8;
 
 /// HTTP/2 flow-control windows (RFC 9113 §6.9): how much request body a client may send
 /// before the server has read it. One stream may send a whole form (16 KiB) at once; the
-/// connection as a whole at most four. (hyper's defaults are 1 MiB each.)
+/// connection as a whole at most four. (hyper's defaults are 1 MiB each.) In bytes.
 pub const STREAM_WINDOW: u32 = 16 * 1024;
+/// The connection-level window (RFC 9113 §6.9.1), in bytes: see [`STREAM_WINDOW`].
 pub const CONNECTION_WINDOW: u32 = 64 * 1024;
 
 /// Largest request head: HTTP/2's header list (RFC 9113 §6.5.2, SETTINGS_MAX_HEADER_LIST_SIZE)
@@ -75,6 +76,8 @@ pub struct Options {
 
 /// Serves `listener` with `endpoint` until `shutdown` completes; then stops accepting, asks
 /// every connection to close, and gives them [`CLOSE_GRACE`] before dropping the rest.
+/// Never fails: accept errors are retried (see [`Backoff`]) and a connection's errors end
+/// only that connection.
 pub async fn serve<E>(mut listener: Listener, endpoint: E, options: Options, shutdown: impl Future<Output = ()>)
 where
     E: IntoEndpoint,
@@ -276,7 +279,9 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The pause after a first failure.
     pub const FIRST: Duration = Duration::from_millis(10);
+    /// The longest pause: at most one failed accept (and one log line) a second.
     pub const MOST: Duration = Duration::from_secs(1);
 
     /// `what` names the listener in the log.

@@ -32,19 +32,23 @@ use crate::stall::Owed;
 /// What a listener bounds; each field is the setting of the same name (for the redirector,
 /// the `http_` one where there is one).
 pub struct Limits {
+    /// Connections served at once; the rest wait in the kernel's listen queue.
     pub max_connections: usize,
     /// Connections one client address (IPv6: one /64) may hold at once; addresses in
     /// `exempt` (trusted proxies) are not capped. Connections past the cap are closed at
     /// once, so that one host cannot take every slot under `max_connections`.
     pub max_connections_per_ip: usize,
+    /// Trusted proxies (`trusted_proxies`): everyone behind one shares its address.
     pub exempt: Vec<ipnet::IpNet>,
     /// How long a client may take over the TLS handshake.
     pub handshake_timeout: Duration,
-    /// How long a client may take over each request's headers.
+    /// How long a client may take over each request head, HTTP/2 frame or header block once
+    /// begun (see [`crate::stall`]).
     pub header_read_timeout: Duration,
 }
 
 impl Limits {
+    /// The HTTPS listener's limits.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         Limits {
             max_connections: settings.max_connections,
@@ -319,6 +323,7 @@ impl Listener {
         })
     }
 
+    /// The address actually bound (port 0 becomes a free port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
