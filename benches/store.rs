@@ -66,6 +66,7 @@ fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
         username: name.clone(),
         reason: FailureReason::BadPassword,
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
+        count: 1,
     };
     (record, name)
 }
@@ -76,7 +77,7 @@ fn filled(dir: &std::path::Path, n: u64) -> Store {
     let spacing = (30 * 24 * HOUR_MS / n).max(1);
     for i in 0..n {
         let (r, key) = record(i, spacing);
-        store.append_failure(&r, &key).unwrap();
+        store.append_failure(&r, &key, None).unwrap();
     }
     store
 }
@@ -98,7 +99,7 @@ fn failures(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let (r, key) = record(i, 1);
-            store.append_failure(black_box(&r), &key).unwrap()
+            store.append_failure(black_box(&r), &key, None).unwrap()
         })
     });
     let q = hour_query();

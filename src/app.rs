@@ -61,7 +61,8 @@ impl Services {
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
-        let audit = Audit::open(&settings.log_dir, keep_days, Some(store.clone()))?;
+        let audit = Audit::open(&settings.log_dir, keep_days, Some(store.clone()))?
+            .with_limits(crate::audit::DiskLimits::from_settings(settings));
         let policy = PasswordPolicy { min_length: settings.min_password_length };
         let users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
         Ok(Services { store, pool, sessions, audit, users })
@@ -104,7 +105,9 @@ impl Application {
         };
 
         let initial_admin_password = if services.users.is_empty() {
-            let password = crate::users::generate_password();
+            // A password from a failed random source would be predictable: no start without one.
+            let password =
+                crate::users::generate_password().context("cannot create the first administrator's password")?;
             let copy = Password::new(password.expose());
             services.users.add("admin", password, true, "first start").await?;
             Some(copy)
@@ -126,7 +129,8 @@ impl Application {
                 .context("cannot open the admin socket")?,
         );
         background.push(spawn_session_purge(services.sessions.clone()));
-        background.push(spawn_retention(services.store.clone(), settings.audit_retention));
+        background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
+        background.push(spawn_count_closing(services.audit.clone()));
         let state = Arc::new(AppState {
             settings,
             quotas,
@@ -219,6 +223,9 @@ impl Application {
             task.abort();
         }
         let _ = std::fs::remove_file(admin_socket::socket_path(&self.state.settings.data_dir));
+        if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {
+            tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
+        }
         self.store.flush().await.context("flushing the store at shutdown")?;
         Ok(())
     }
@@ -241,7 +248,7 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
 }
 
 /// Keeps the in-memory defences small: limiter keys back at a full bucket, failure counts
-/// past the window and expired captcha challenges are dropped.
+/// past the window, expired captcha challenges and retired pre-login ids are dropped.
 fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(crate::rate_limit::PRUNE_EVERY);
@@ -253,15 +260,37 @@ fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
                 state.quotas.prune();
                 state.failures.prune(now);
                 state.captchas.prune(now);
+                state.csrf.prune(now / 1000);
             })
             .await;
         }
     })
 }
 
-/// Deletes failed-login records older than `audit_retention`, at start and then hourly.
-fn spawn_retention(store: Store, retention: Duration) -> JoinHandle<()> {
+/// Writes the counts of repeated refusals whose minute is over (see `Audit::close_counts`).
+fn spawn_count_closing(audit: Audit) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            if let Err(e) = audit.close_counts(crate::store::now_ms(), false).await {
+                tracing::warn!(error = %e, "cannot write the counts of repeated refusals");
+            }
+        }
+    })
+}
+
+/// Counts the failed-login records once (so `audit_max_records` applies from then on,
+/// dropping the oldest beyond it), then deletes records older than `audit_retention`, at
+/// start and hourly.
+fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let counting = store.clone();
+        match tokio::task::spawn_blocking(move || counting.count_failures(Some(max_records))).await {
+            Ok(Ok(n)) => tracing::debug!(records = n, "failed-login records counted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot count the failed-login records"),
+            Err(_) => {}
+        }
         let mut ticker = tokio::time::interval(Duration::from_secs(3600).min(retention));
         loop {
             ticker.tick().await;

@@ -4,10 +4,19 @@
 //!
 //! Each application owns its sink (a private tracing `Dispatch`), so several servers in one
 //! process (the test suite) keep separate logs.
+//!
+//! What refused attempts may cost on disk is bounded (issue 11 §1): repeated flood refusals
+//! from one address are counted into one record per minute ([`Audit::record_failure`]), the
+//! store keeps at most `audit_max_records` of them, a day's log takes at most
+//! `audit_log_mib_per_day` of failed-login lines, and below `disk_reserve_mib` of free space
+//! refusals are not recorded at all (503), so they can never be what fills the disk.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tracing::Dispatch;
@@ -22,7 +31,7 @@ use crate::store::{now_ms, FailureQuery, FailureRecord, Store, StoreError};
 pub const TARGET: &str = "portcullis::audit";
 
 /// Why a login attempt failed or was refused (SPEC.md's `reason`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     UnknownUser,
@@ -89,6 +98,14 @@ pub enum AuthEvent<'a> {
         reason: FailureReason,
         max_reached: bool,
     },
+    /// Refusals from one address for one reason within one minute, counted instead of
+    /// logged one by one (`authn_login_fail_repeat`); `first` is the first of them (which
+    /// had its own line), `count` all of them, `minute` the minute's start (Unix ms).
+    LoginFailedRepeatedly {
+        first: &'a FailureRecord,
+        count: u64,
+        minute: u64,
+    },
     LoggedOut {
         username: &'a str,
         client: &'a Client,
@@ -132,6 +149,124 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error("cannot write to the auth log (is the disk full?)")]
     Log,
+    #[error("less free disk space than disk_reserve_mib is left; refusals are not recorded")]
+    Reserve,
+}
+
+/// What refused attempts may cost on disk, from the settings (see the module docs).
+#[derive(Debug, Default)]
+pub struct DiskLimits {
+    /// Most failure records kept in the store (`audit_max_records`); `None`: no cap.
+    pub max_records: Option<u64>,
+    /// Bytes of one day's log file after which failed-login lines are no longer written
+    /// (`audit_log_mib_per_day`); `None`: no limit.
+    pub log_bytes_per_day: Option<u64>,
+    /// Free bytes each of `watch`'s filesystems must keep for a refusal to be recorded
+    /// (`disk_reserve_mib`); 0: none.
+    pub reserve_bytes: u64,
+    /// The directories whose filesystems hold the store and the log.
+    pub watch: Vec<PathBuf>,
+    /// The minute (+1, so 0 means never) in which the reserve was last reported.
+    reserve_warned: AtomicU64,
+}
+
+impl DiskLimits {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        DiskLimits {
+            max_records: Some(settings.audit_max_records),
+            log_bytes_per_day: Some(settings.audit_log_bytes_per_day),
+            reserve_bytes: settings.disk_reserve_bytes,
+            watch: vec![settings.data_dir.clone(), settings.log_dir.clone()],
+            reserve_warned: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether some watched filesystem has less than the reserve free. A filesystem that
+    /// cannot be asked (statvfs fails) does not stop recording: the write itself will say.
+    fn below_reserve(&self) -> bool {
+        self.reserve_bytes > 0
+            && self.watch.iter().any(|dir| free_bytes(dir).is_some_and(|free| free < self.reserve_bytes))
+    }
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer; statvfs
+    // initialises `st` when it returns 0, and only then is it read.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Reasons whose repeats are counted per address and minute instead of stored one by one:
+/// refusals that checked nothing about any user (past the quota, or without a valid CSRF
+/// token), which is what a scripted flood is made of. Each attempt that reached a password,
+/// a captcha or a username quota keeps its own record.
+fn counted_per_minute(reason: FailureReason) -> bool {
+    matches!(reason, FailureReason::RateLimited | FailureReason::Csrf)
+}
+
+/// Most (address, reason) pairs counted at once (each holds its first record, under 2 KiB:
+/// at most about 40 MiB); past it refusals get records of their own (still bounded by
+/// `audit_max_records` and the reserve), so this table cannot grow without bound. Entries
+/// leave within seconds after their minute ends.
+const MAX_COUNTED: usize = 20_000;
+
+const MINUTE_MS: u64 = 60_000;
+
+/// The refusals of one address for one reason in one minute: the first is stored (and
+/// logged) at once; the rest only add to `count`, written into that record when the minute
+/// is over ([`Audit::close_counts`]).
+struct Counted {
+    minute: u64,
+    /// The stored record's key, once it is written.
+    key: Option<Vec<u8>>,
+    first: FailureRecord,
+    count: u64,
+}
+
+/// How many bytes today's log file has taken, against `audit_log_mib_per_day`.
+struct LogBudget {
+    /// The limit in bytes; `u64::MAX`: none.
+    limit: AtomicU64,
+    /// The UTC day (days since the epoch) `bytes` is about.
+    day: AtomicU64,
+    bytes: AtomicU64,
+    /// Whether today's file already says that the limit was reached.
+    announced: AtomicBool,
+}
+
+impl LogBudget {
+    fn new(log_dir: &Path) -> Self {
+        let now = now_ms();
+        let today = log_dir.join(format!("auth.log.{}", &rfc3339(now)[..10]));
+        let bytes = std::fs::metadata(today).map(|m| m.len()).unwrap_or(0);
+        LogBudget {
+            limit: AtomicU64::new(u64::MAX),
+            day: AtomicU64::new(now / 86_400_000),
+            bytes: AtomicU64::new(bytes),
+            announced: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a failed-login line may still be written today; a new UTC day (a new file)
+    /// starts from zero.
+    fn admits(&self, now: u64) -> bool {
+        let day = now / 86_400_000;
+        if self.day.swap(day, Ordering::SeqCst) != day {
+            self.bytes.store(0, Ordering::SeqCst);
+            self.announced.store(false, Ordering::SeqCst);
+        }
+        self.bytes.load(Ordering::SeqCst) < self.limit.load(Ordering::SeqCst)
+    }
 }
 
 thread_local! {
@@ -141,16 +276,16 @@ thread_local! {
     static LOG_WRITE_FAILURES: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The log file appender, counting its failed writes.
-struct CheckedAppender(RollingFileAppender);
+/// The log file appender, counting its failed writes and the bytes it wrote today.
+struct CheckedAppender(RollingFileAppender, Arc<LogBudget>);
 
-struct CheckedWriter<'a>(RollingWriter<'a>);
+struct CheckedWriter<'a>(RollingWriter<'a>, &'a LogBudget);
 
 impl<'a> MakeWriter<'a> for CheckedAppender {
     type Writer = CheckedWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        CheckedWriter(self.0.make_writer())
+        CheckedWriter(self.0.make_writer(), &self.1)
     }
 }
 
@@ -165,7 +300,9 @@ impl CheckedWriter<'_> {
 
 impl std::io::Write for CheckedWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Self::count(self.0.write(buf))
+        let n = Self::count(self.0.write(buf))?;
+        self.1.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -178,12 +315,17 @@ impl std::io::Write for CheckedWriter<'_> {
 pub struct Audit {
     file: Option<Dispatch>,
     store: Option<Store>,
+    limits: Arc<DiskLimits>,
+    budget: Arc<LogBudget>,
+    counted: Arc<Mutex<HashMap<(crate::client::AddressKey, FailureReason), Counted>>>,
 }
 
 impl Audit {
     /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them.
     pub fn open(log_dir: &Path, keep_days: usize, store: Option<Store>) -> anyhow::Result<Self> {
-        crate::store::create_private_dir(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+        crate::store::ensure_private_dir(log_dir, |name| name.starts_with("auth.log"))
+            .with_context(|| format!("cannot use {}", log_dir.display()))?;
+        let budget = Arc::new(LogBudget::new(log_dir));
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
             .filename_prefix("auth.log")
@@ -195,14 +337,33 @@ impl Audit {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(CheckedAppender(appender));
+            .with_writer(CheckedAppender(appender, Arc::clone(&budget)));
         let subscriber = tracing_subscriber::registry().with(layer);
-        Ok(Audit { file: Some(Dispatch::new(subscriber)), store })
+        Ok(Audit {
+            file: Some(Dispatch::new(subscriber)),
+            store,
+            limits: Arc::default(),
+            budget,
+            counted: Arc::default(),
+        })
     }
 
     /// A sink that writes only to the terminal (commands run without a log directory).
     pub fn terminal_only() -> Self {
-        Audit { file: None, store: None }
+        Audit {
+            file: None,
+            store: None,
+            limits: Arc::default(),
+            budget: Arc::new(LogBudget::new(Path::new(""))),
+            counted: Arc::default(),
+        }
+    }
+
+    /// The same sink with disk limits (without them nothing is capped).
+    pub fn with_limits(mut self, limits: DiskLimits) -> Self {
+        self.budget.limit.store(limits.log_bytes_per_day.unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Records the event in the file (synchronously, so the line exists before the response
@@ -235,6 +396,14 @@ impl Audit {
     /// Records a failed or refused login: durably in the store (flushed before this returns,
     /// so the response never outruns the record), then as a log line. Either failing is an
     /// error: the caller must not answer as if the attempt had been recorded.
+    ///
+    /// Bounded on disk: a refusal that checked nothing about any user (`rate_limited`,
+    /// `csrf`) is stored only when it is the first from its address (IPv6: its /64) for that
+    /// reason in the current minute; later ones add to that record's `count` (written when
+    /// the minute is over, see [`Audit::close_counts`]) and to one log line
+    /// `authn_login_fail_repeat`. Below the free-space reserve nothing is written and the
+    /// answer is [`AuditError::Reserve`]. Past the day's log limit the line is left out (the
+    /// store still has the record).
     pub async fn record_failure(
         &self,
         username: &str,
@@ -243,29 +412,152 @@ impl Audit {
         max_reached: bool,
     ) -> Result<(), AuditError> {
         let username: String = username.chars().take(256).collect();
-        if self.store.is_some() {
-            let record = FailureRecord {
-                time: now_ms(),
-                ip: client.ip.to_string(),
-                username: username.clone(),
-                reason,
-                user_agent: client.user_agent.clone(),
+        let now = now_ms();
+        let record = FailureRecord {
+            time: now,
+            ip: client.ip.to_string(),
+            username: username.clone(),
+            reason,
+            user_agent: client.user_agent.clone(),
+            count: 1,
+        };
+        let slot = (client.key(), reason);
+        let mut counting = false;
+        if self.store.is_some() && counted_per_minute(reason) {
+            let minute = now / MINUTE_MS;
+            let closed = {
+                let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+                match counted.get_mut(&slot) {
+                    Some(c) if c.minute == minute => {
+                        c.count += 1;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                let closed = counted.remove(&slot);
+                if counted.len() < MAX_COUNTED {
+                    counted.insert(slot, Counted { minute, key: None, first: record.clone(), count: 1 });
+                    counting = true;
+                }
+                closed
             };
-            self.append(&record).await?;
+            if let Some(closed) = closed {
+                self.close(closed);
+            }
         }
-        self.record_checked(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached })
+        if self.store.is_some() {
+            let written = self.append_checked(&record).await;
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            match written {
+                Ok(key) if counting => {
+                    if let Some(c) = counted.get_mut(&slot).filter(|c| c.minute == now / MINUTE_MS) {
+                        c.key = Some(key);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Nothing was recorded: the next refusal must try (and answer) afresh.
+                    if counting {
+                        counted.remove(&slot);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.log_failure(&AuthEvent::LoginFailed { username: &username, client, reason, max_reached }, now)
+    }
+
+    /// Writes a failure's log line unless today's failed-login lines are over the limit;
+    /// the first line left out is replaced by one saying so.
+    fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
+        if !self.budget.admits(now) {
+            if !self.budget.announced.swap(true, Ordering::SeqCst) {
+                let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
+                let time = rfc3339(now);
+                let announce = || {
+                    tracing::warn!(
+                        target: TARGET, event = "audit_log_limit", time, limit_mib,
+                        "the auth log reached audit_log_mib_per_day: further failed logins today are kept in the store only"
+                    )
+                };
+                if let Some(file) = &self.file {
+                    tracing::dispatcher::with_default(file, announce);
+                }
+                announce();
+            }
+            return Ok(());
+        }
+        self.record_checked(event)
+    }
+
+    /// Brings the records of minutes that are over (all of them with `all`, at shutdown) up
+    /// to their count, writes their `authn_login_fail_repeat` lines, and makes it durable.
+    /// Called every few seconds by the server.
+    pub async fn close_counts(&self, now: u64, all: bool) -> Result<(), StoreError> {
+        let minute = now / MINUTE_MS;
+        let closed: Vec<Counted> = {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            let done: Vec<_> = counted.iter().filter(|(_, c)| all || c.minute < minute).map(|(k, _)| *k).collect();
+            done.into_iter().filter_map(|k| counted.remove(&k)).collect()
+        };
+        let mut wrote = false;
+        for c in closed {
+            wrote |= self.close(c);
+        }
+        match &self.store {
+            Some(store) if wrote => store.flush().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes one closed minute's count into its record and its log line; returns whether
+    /// the store was written.
+    fn close(&self, c: Counted) -> bool {
+        if c.count <= 1 {
+            return false;
+        }
+        let mut wrote = false;
+        if let (Some(store), Some(key)) = (&self.store, &c.key) {
+            match store.set_failure_count(key, c.count) {
+                Ok(()) => wrote = true,
+                Err(e) => tracing::error!(error = %e, "cannot write the count of repeated refusals"),
+            }
+        }
+        let event = AuthEvent::LoginFailedRepeatedly { first: &c.first, count: c.count, minute: c.minute * MINUTE_MS };
+        if let Err(e) = self.log_failure(&event, now_ms()) {
+            tracing::error!(error = %e, "cannot log the count of repeated refusals");
+        }
+        wrote
+    }
+
+    /// Appends and flushes a record, unless the disk is below its reserve.
+    async fn append_checked(&self, record: &FailureRecord) -> Result<Vec<u8>, AuditError> {
+        if self.limits.below_reserve() {
+            // Once a minute, not once a refusal: the terminal (the journal) is disk too.
+            let minute = record.time / MINUTE_MS + 1;
+            if self.limits.reserve_warned.swap(minute, Ordering::Relaxed) != minute {
+                tracing::error!(
+                    reserve_mib = self.limits.reserve_bytes >> 20,
+                    "less free disk space than disk_reserve_mib: refused logins are answered 503 and not recorded"
+                );
+            }
+            return Err(AuditError::Reserve);
+        }
+        Ok(self.append(record).await?.unwrap_or_default())
     }
 }
 
 impl Audit {
     /// Appends a record as it is (for imports and tests: the server itself goes through
-    /// [`Audit::record_failure`]) and makes it durable.
-    pub async fn append(&self, record: &FailureRecord) -> Result<(), StoreError> {
+    /// [`Audit::record_failure`]) and makes it durable. Returns its key (`None` without a
+    /// store). The oldest records go past `audit_max_records`.
+    pub async fn append(&self, record: &FailureRecord) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(store) = &self.store {
-            store.append_failure(record, &normalise_key(&record.username))?;
+            let key = store.append_failure(record, &normalise_key(&record.username), self.limits.max_records)?;
             store.flush().await?;
+            return Ok(Some(key));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Failed-login records matching `query`, newest first, with their keyset cursors.
@@ -300,6 +592,11 @@ fn emit(event: &AuthEvent<'_>) {
                 reason = reason.as_str(), "login failed"
             )
         }
+        AuthEvent::LoginFailedRepeatedly { first, count, minute } => tracing::warn!(
+            target: TARGET, event = "authn_login_fail_repeat", time, username = first.username, ip = first.ip,
+            user_agent = first.user_agent, reason = first.reason.as_str(), count, minute = rfc3339(minute),
+            "login attempts refused, counted per address and minute"
+        ),
         AuthEvent::LoggedOut { username, client } => tracing::info!(
             target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,
             "logged out"
@@ -370,5 +667,84 @@ mod tests {
         // And a writable log is fine again.
         let ok = Audit::open(tempfile::tempdir().unwrap().path(), 7, None).unwrap();
         assert!(ok.record_checked(&event).is_ok());
+    }
+
+    fn lines(dir: &Path) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            out.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refusals_from_one_address_is_one_record_per_reason_and_minute_with_its_count() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
+        // One IPv6 /64 is one address, as for the quota.
+        for i in 0..50u32 {
+            let client = Client { ip: format!("2001:db8::{i:x}").parse().unwrap(), user_agent: "bot".into() };
+            let name = format!("{}{i}", "u".repeat(250));
+            audit.record_failure(&name, &client, FailureReason::RateLimited, false).await.unwrap();
+            audit.record_failure(&name, &client, FailureReason::Csrf, false).await.unwrap();
+        }
+        // Password checks keep a record each.
+        let other = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new() };
+        for _ in 0..3 {
+            audit.record_failure("alice", &other, FailureReason::BadPassword, false).await.unwrap();
+        }
+        audit.close_counts(now_ms(), true).await.unwrap();
+        let records: Vec<FailureRecord> =
+            audit.failures(&FailureQuery::default()).unwrap().into_iter().map(|(_, r)| r).collect();
+        for reason in [FailureReason::RateLimited, FailureReason::Csrf] {
+            let of: Vec<_> = records.iter().filter(|r| r.reason == reason).collect();
+            // (Two when the minute turned over during the test.)
+            assert!((1..=2).contains(&of.len()), "{of:?}");
+            assert_eq!(of.iter().map(|r| r.count).sum::<u64>(), 50);
+        }
+        assert_eq!(records.iter().filter(|r| r.reason == FailureReason::BadPassword && r.count == 1).count(), 3);
+        let lines = lines(logs.path());
+        let repeats: Vec<_> = lines.iter().filter(|l| l["event"] == "authn_login_fail_repeat").collect();
+        assert!((2..=4).contains(&repeats.len()), "{repeats:?}");
+        assert!(lines.len() <= 3 + 4 + 4, "{} lines", lines.len());
+    }
+
+    #[tokio::test]
+    async fn below_the_free_space_reserve_a_refusal_is_not_recorded_and_says_so() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { reserve_bytes: u64::MAX, watch: vec![data.path().into()], ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        for reason in [FailureReason::BadPassword, FailureReason::Csrf, FailureReason::Csrf] {
+            let got = audit.record_failure("alice", &client, reason, false).await;
+            assert!(matches!(got, Err(AuditError::Reserve)), "{got:?}");
+        }
+        assert_eq!(store.failure_count(), 0);
+        assert!(lines(logs.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn past_the_days_log_limit_failures_are_kept_in_the_store_only_and_the_log_says_so_once() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { log_bytes_per_day: Some(1), ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        for _ in 0..5 {
+            audit.record_failure("alice", &client, FailureReason::BadPassword, false).await.unwrap();
+        }
+        assert_eq!(store.failure_count(), 5);
+        let events: Vec<String> = lines(logs.path()).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();
+        // (A line written just before midnight and the rest after it would make two days.)
+        assert!(events.len() <= 4, "{events:?}");
+        assert_eq!(events[0], "authn_login_fail");
+        assert_eq!(events[1], "audit_log_limit");
+        // Other events are never left out.
+        let event = AuthEvent::LoggedOut { username: "alice", client: &client };
+        assert!(audit.record_checked(&event).is_ok());
+        assert_eq!(lines(logs.path()).last().unwrap()["event"], "session_logout");
     }
 }

@@ -88,7 +88,9 @@ impl Captchas {
         Ok(format!("data:image/png;base64,{}", STANDARD.encode(png)))
     }
 
-    /// Checks an answer against the visitor's open challenge and consumes it either way.
+    /// Checks an answer against the visitor's open challenge and consumes it either way. The
+    /// challenge is taken out of the table under its lock before it is judged, so requests
+    /// sending the same answer at once get one acceptance between them.
     pub fn check(&self, prelogin: &str, answer: &str, now_ms: u64) -> bool {
         let slot = self.slot(prelogin);
         let Some(challenge) = self.open.lock().ok().and_then(|mut open| open.remove(&slot)) else { return false };
@@ -162,5 +164,24 @@ mod tests {
         c.issue("w", 0).await.unwrap();
         c.prune(CHALLENGE_TTL.as_millis() as u64 + 1);
         assert!(c.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_answer_sent_by_many_requests_at_once_is_accepted_once() {
+        let c = std::sync::Arc::new(Captchas::new([1; 32]));
+        c.issue("v", 1000).await.unwrap();
+        let answer = c.answer_for_tests("v").unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, barrier, answer) = (c.clone(), barrier.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    c.check("v", &answer, 1001)
+                })
+            })
+            .collect();
+        let accepted = handles.into_iter().map(|h| h.join().unwrap()).filter(|&ok| ok).count();
+        assert_eq!(accepted, 1, "the challenge is taken out under the lock, then judged");
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::admin_socket::{self, Request, Response};
 use crate::app::{Application, Services};
@@ -148,6 +149,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.command.is_some() && !cli.serve.0.is_empty() {
         bail!("settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)");
     }
+    // Before any command creates a file: the store, logs, key and socket are the owner's only.
+    crate::store::private_umask();
     match cli.command {
         None => serve(cli.config, cli.serve.0),
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
@@ -348,27 +351,58 @@ fn print_users(users: &[UserSummary], json: bool) {
     }
 }
 
-/// One line from standard input, or a prompt (twice, without echo) on a terminal.
+/// One line from standard input, or a prompt (twice, without echo) on a terminal. Every
+/// copy this function holds is wiped on every path, errors included.
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     if from_stdin {
-        let mut line = String::new();
+        // Room for the longest accepted password (4 bytes a character) and a line ending, so
+        // reading never reallocates and leaves a partial copy behind in freed memory.
+        let mut line = Zeroizing::new(String::with_capacity(4 * crate::password::MAX_PASSWORD_CHARS + 2));
         std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
         let trimmed_len = line.trim_end_matches(['\n', '\r']).len();
         line.truncate(trimmed_len);
         if line.is_empty() {
             bail!("no password on standard input");
         }
-        return Ok(line);
+        return Ok(std::mem::take(&mut *line));
     }
     if !std::io::stdin().is_terminal() {
         bail!("no terminal to prompt for the password; use --password-stdin");
     }
-    let first = rpassword::prompt_password("New password: ").context("cannot read the password")?;
-    let mut second = rpassword::prompt_password("Repeat it: ").context("cannot read the password")?;
+    let mut first = Zeroizing::new(rpassword::prompt_password("New password: ").context("cannot read the password")?);
+    let mut second = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("cannot read the password")?);
+    confirmed(&mut first, &mut second).ok_or_else(|| anyhow!("the two passwords differ"))
+}
+
+/// The password typed twice, when both match. Both inputs are wiped either way: only the
+/// returned value (which the caller wipes after use) still holds it.
+fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
     let same = first == second;
-    zeroize::Zeroize::zeroize(&mut second);
+    second.zeroize();
     if !same {
-        bail!("the two passwords differ");
+        first.zeroize();
+        return None;
     }
-    Ok(first)
+    Some(std::mem::take(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_typed_twice_differently_is_wiped_both_times() {
+        let (mut first, mut second) =
+            ("plum tractor velvet orbit".to_string(), "plum tractor velvet orbiT".to_string());
+        assert_eq!(confirmed(&mut first, &mut second), None);
+        assert!(first.is_empty() && second.is_empty());
+    }
+
+    #[test]
+    fn a_password_typed_twice_the_same_is_returned_once() {
+        let (mut first, mut second) =
+            ("plum tractor velvet orbit".to_string(), "plum tractor velvet orbit".to_string());
+        assert_eq!(confirmed(&mut first, &mut second).as_deref(), Some("plum tractor velvet orbit"));
+        assert!(first.is_empty() && second.is_empty());
+    }
 }

@@ -1,5 +1,6 @@
 //! Who is on the other end: the client address (believing X-Forwarded-For only from trusted
-//! proxies) and the user agent, as audit records want them.
+//! proxies), the user agent, as audit records want them, and the one key ([`AddressKey`])
+//! every per-address defence counts by.
 
 use std::net::IpAddr;
 
@@ -7,6 +8,46 @@ use ipnet::IpNet;
 use poem::Request;
 
 use crate::audit::Client;
+
+/// "The client address" as every per-address defence counts it: the login quota, the
+/// failure counts that demand a captcha, captcha drawing and the connection caps. IPv4 is one
+/// address; IPv6 is its /64, one subscriber's usual allocation (RFC 6177, RIPE-690 §4.2), so
+/// cycling through it gains nothing; an IPv4 client seen through an IPv6 socket
+/// (`::ffff:a.b.c.d`) is the IPv4 address it is. The field is private: the only way to get a
+/// key is [`AddressKey::of`], so no defence can count by a different notion of address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddressKey(IpAddr);
+
+impl AddressKey {
+    /// The key for a client address.
+    pub fn of(ip: IpAddr) -> Self {
+        match canonical(ip) {
+            IpAddr::V6(v6) => AddressKey(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+            v4 => AddressKey(v4),
+        }
+    }
+
+    /// The address the key stands for (for IPv6, the first address of the /64).
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V6(_) => write!(f, "{}/64", self.0),
+            v4 => v4.fmt(f),
+        }
+    }
+}
+
+impl Client {
+    /// This client's key for every per-address defence.
+    pub fn key(&self) -> AddressKey {
+        AddressKey::of(self.ip)
+    }
+}
 
 /// The client address: the TCP peer, unless the peer is a trusted proxy, in which case the
 /// right-most X-Forwarded-For entry that is not itself a trusted proxy. Entries left of that
@@ -82,6 +123,17 @@ mod tests {
         assert_eq!(ip.to_string(), "198.51.100.7");
         let ip = client_ip("127.0.0.1".parse().unwrap(), &["6.6.6.6", "198.51.100.8:5555"], &trusted);
         assert_eq!(ip.to_string(), "198.51.100.8");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| AddressKey::of(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("192.0.2.1").to_string(), "192.0.2.1");
+        assert_eq!(key("2001:db8:1:2::9").to_string(), "2001:db8:1:2::/64");
     }
 
     #[test]

@@ -42,6 +42,9 @@ keys! {
     "login_quota_per_ip" = "20/1m" : "login attempts per client address: N/DUR, or `off`",
     "login_quota_per_user" = "10/15m" : "password checks per username: N/DUR, or `off`",
     "audit_retention" = "90d" : "how long failed-login records and log files are kept",
+    "audit_max_records" = "100000" : "most failed-login records kept in the store; past it the oldest are dropped",
+    "audit_log_mib_per_day" = "32" : "MiB of failed-login lines one day's auth log may take; past it they are kept in the store only",
+    "disk_reserve_mib" = "64" : "free MiB on the data and log disks kept for sign-ins: below it refusals are answered 503, not recorded",
     "max_connections" = "1024" : "concurrent connections accepted on the HTTPS listener",
     "max_connections_per_ip" = "32" : "concurrent connections one client address (IPv6: one /64) may hold; trusted proxies are exempt",
     "http_max_connections" = "64" : "concurrent connections accepted on the plain-HTTP redirector (http_addr)",
@@ -102,6 +105,12 @@ pub struct Settings {
     pub login_quota_per_ip: Option<Rate>,
     pub login_quota_per_user: Option<Rate>,
     pub audit_retention: Duration,
+    /// Most failed-login records kept (oldest dropped first).
+    pub audit_max_records: u64,
+    /// Bytes of failed-login lines one day's auth log file may take.
+    pub audit_log_bytes_per_day: u64,
+    /// Free bytes on the data and log filesystems below which refusals are not recorded.
+    pub disk_reserve_bytes: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub http_max_connections: usize,
@@ -204,6 +213,10 @@ impl Settings {
             login_quota_per_ip: p.parse("login_quota_per_ip", parse_rate)?,
             login_quota_per_user: p.parse("login_quota_per_user", parse_rate)?,
             audit_retention: p.parse("audit_retention", parse_duration)?,
+            audit_max_records: p.parse("audit_max_records", |s| parse_range(s, 1, 1_000_000_000))?.into(),
+            audit_log_bytes_per_day: u64::from(p.parse("audit_log_mib_per_day", |s| parse_range(s, 1, 1_048_576))?)
+                << 20,
+            disk_reserve_bytes: u64::from(p.parse("disk_reserve_mib", |s| parse_range(s, 0, 1_048_576))?) << 20,
             max_connections: p.parse("max_connections", |s| parse_range(s, 1, 1_000_000))? as usize,
             max_connections_per_ip: p.parse("max_connections_per_ip", |s| parse_range(s, 1, 1_000_000))? as usize,
             http_max_connections: p.parse("http_max_connections", |s| parse_range(s, 1, 1_000_000))? as usize,

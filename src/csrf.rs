@@ -4,7 +4,16 @@
 //! The pre-login state is the `__Host-portcullis-pre` cookie itself plus the time inside the
 //! token, so it costs the server no memory per visitor (bounded by construction) and expires
 //! after [`LOGIN_TOKEN_LIFETIME`].
+//!
+//! Only pre-login values the server issued are accepted ([`Csrf::prelogin`]): each is the time
+//! it was issued, a random id and an HMAC tag over both, so a client cannot choose its own
+//! value (OWASP CSRF Prevention Cheat Sheet, "signed double-submit cookie"), and each expires
+//! after [`PRELOGIN_LIFETIME`]. A successful sign-in retires its value ([`Csrf::retire`]), so the
+//! pair of cookie and token cannot sign in a second time; retired ids are kept in memory until
+//! they would have expired anyway, at most [`MAX_RETIRED`] of them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,14 +27,64 @@ pub const PRELOGIN_COOKIE: &str = "__Host-portcullis-pre";
 /// How long a login form stays valid.
 pub const LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 3600);
 
+/// How long a pre-login value is accepted: twice a form's lifetime, and a value older than
+/// one form lifetime is replaced when the next form is drawn, so every form shown stays valid
+/// for its whole [`LOGIN_TOKEN_LIFETIME`].
+pub const PRELOGIN_LIFETIME: Duration = Duration::from_secs(2 * LOGIN_TOKEN_LIFETIME.as_secs());
+
+/// Most retired pre-login ids kept. Sign-ins are bounded by the hash pool's rate, so this
+/// covers about 17 per second for a whole [`PRELOGIN_LIFETIME`]; past it the retired ids closest
+/// to expiry are forgotten first (32 bytes each, 8 MiB in all).
+pub const MAX_RETIRED: usize = 250_000;
+
+/// Bytes in a pre-login value: issue time (8), random id (16), tag (16).
+const PRELOGIN_BYTES: usize = 40;
+
+/// Characters in a pre-login value: [`PRELOGIN_BYTES`] in unpadded base64url.
+const PRELOGIN_CHARS: usize = 54;
+
+/// A pre-login cookie value this server issued, not expired and not retired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreLogin {
+    value: String,
+    id: [u8; 16],
+    issued: u64,
+}
+
+impl PreLogin {
+    /// The cookie value, which login tokens and captcha challenges are bound to.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// Unix time in seconds after which the value is no longer accepted.
+    pub fn expires_at(&self) -> u64 {
+        self.issued.saturating_add(PRELOGIN_LIFETIME.as_secs())
+    }
+
+    /// Whether a form drawn now with this value stays valid for a whole form lifetime.
+    pub fn lasts_a_form(&self, now_secs: u64) -> bool {
+        now_secs.saturating_sub(self.issued) <= PRELOGIN_LIFETIME.as_secs() - LOGIN_TOKEN_LIFETIME.as_secs()
+    }
+}
+
+/// Why a pre-login value could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrfError {
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
+}
+
 #[derive(Clone)]
 pub struct Csrf {
     key: [u8; 32],
+    /// Ids of pre-login values that have signed someone in, with their expiry (Unix seconds).
+    retired: Arc<Mutex<HashMap<[u8; 16], u64>>>,
 }
 
 impl Csrf {
     pub fn new(key: [u8; 32]) -> Self {
-        Csrf { key }
+        Csrf { key, retired: Arc::default() }
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -39,13 +98,76 @@ impl Csrf {
         mac
     }
 
-    /// A fresh random value for the pre-login cookie.
-    pub fn new_prelogin() -> String {
-        let mut bytes = [0u8; 32];
-        // Without randomness every visitor would share a value; the CSRF check would still
-        // hold (the attacker cannot compute the HMAC), so a failure here is not fatal.
-        let _ = getrandom::fill(&mut bytes);
-        URL_SAFE_NO_PAD.encode(bytes)
+    /// A new pre-login value, issued at `now_secs`.
+    ///
+    /// # Errors
+    /// [`CsrfError::Random`] when the system's random source fails: without it every visitor
+    /// would share one id, and one sign-in would retire everyone's forms.
+    pub fn issue_prelogin(&self, now_secs: u64) -> Result<PreLogin, CsrfError> {
+        let mut id = [0u8; 16];
+        crate::random::fill(&mut id)?;
+        let tag = self.prelogin_tag(now_secs, &id);
+        let mut bytes = Vec::with_capacity(PRELOGIN_BYTES);
+        bytes.extend_from_slice(&now_secs.to_be_bytes());
+        bytes.extend_from_slice(&id);
+        bytes.extend_from_slice(&tag[..16]);
+        Ok(PreLogin { value: URL_SAFE_NO_PAD.encode(bytes), id, issued: now_secs })
+    }
+
+    fn prelogin_tag(&self, issued: u64, id: &[u8; 16]) -> [u8; 32] {
+        self.mac(&[b"prelogin", &issued.to_be_bytes(), id]).finalize().into_bytes().into()
+    }
+
+    /// Parses a pre-login cookie value: `None` unless this server issued it (the tag checks,
+    /// in constant time), it has not expired at `now_secs` and it has not been retired.
+    pub fn prelogin(&self, cookie: &str, now_secs: u64) -> Option<PreLogin> {
+        if cookie.len() != PRELOGIN_CHARS {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        let (issued, rest) = bytes.split_first_chunk::<8>()?;
+        let (id, tag) = rest.split_first_chunk::<16>()?;
+        let issued = u64::from_be_bytes(*issued);
+        let mac = self.mac(&[b"prelogin", &issued.to_be_bytes(), id]);
+        mac.verify_truncated_left(tag).ok()?;
+        // The same 60 s of clock skew as login tokens.
+        if issued > now_secs.saturating_add(60) || now_secs.saturating_sub(issued) > PRELOGIN_LIFETIME.as_secs() {
+            return None;
+        }
+        let pre = PreLogin { value: cookie.to_string(), id: *id, issued };
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&pre.id);
+        (!retired).then_some(pre)
+    }
+
+    /// Retires a pre-login value after it signed someone in; returns `false` if it was
+    /// already retired (two sign-ins with the same form at once: only one may proceed). The
+    /// test and the insertion are one critical section.
+    pub fn retire(&self, pre: &PreLogin, now_secs: u64) -> bool {
+        // A poisoned lock leaves a plain map of ids, consistent after any panic: carry on.
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if retired.len() >= MAX_RETIRED && !retired.contains_key(&pre.id) {
+            retired.retain(|_, &mut expires| expires > now_secs);
+            if retired.len() >= MAX_RETIRED {
+                let mut by_expiry: Vec<_> = retired.iter().map(|(id, &e)| (e, *id)).collect();
+                by_expiry.sort_unstable();
+                for (_, id) in by_expiry.into_iter().take(MAX_RETIRED / 10) {
+                    retired.remove(&id);
+                }
+            }
+        }
+        retired.insert(pre.id, pre.expires_at()).is_none()
+    }
+
+    /// Forgets retired ids that have expired anyway.
+    pub fn prune(&self, now_secs: u64) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|_, &mut expires| expires > now_secs);
+        retired.shrink_to_fit();
+    }
+
+    /// Retired pre-login ids held.
+    pub fn retired_len(&self) -> usize {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The hidden-field token for a login form, bound to the pre-login cookie and the time.
@@ -106,6 +228,52 @@ mod tests {
         assert!(!csrf.check_login("cookie-a", &t, 0));
         let t = csrf.login_token("cookie-a", 0);
         assert!(!csrf.check_login("cookie-a", &t, u64::MAX));
+    }
+
+    #[test]
+    fn only_pre_login_values_the_server_issued_are_accepted_until_they_expire() {
+        let csrf = Csrf::new([7; 32]);
+        let now = 1_000_000;
+        let pre = csrf.issue_prelogin(now).unwrap();
+        assert_eq!(csrf.prelogin(pre.value(), now + 10).as_ref(), Some(&pre));
+        assert!(Csrf::new([8; 32]).prelogin(pre.value(), now).is_none(), "another key did not issue it");
+        let end = now + PRELOGIN_LIFETIME.as_secs();
+        assert!(csrf.prelogin(pre.value(), end).is_some());
+        assert!(csrf.prelogin(pre.value(), end + 1).is_none(), "expired");
+        assert!(pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs()));
+        assert!(!pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs() + 1));
+        // Values of the old kind (32 random bytes) and tampered values are refused.
+        assert!(csrf.prelogin(&URL_SAFE_NO_PAD.encode([9u8; 32]), now).is_none());
+        let mut bytes = URL_SAFE_NO_PAD.decode(pre.value()).unwrap();
+        bytes[10] ^= 1;
+        assert!(csrf.prelogin(&URL_SAFE_NO_PAD.encode(&bytes), now).is_none());
+        for junk in ["", "x", &"A".repeat(54), &"%".repeat(54)] {
+            assert!(csrf.prelogin(junk, now).is_none(), "{junk:?}");
+        }
+        assert_ne!(csrf.issue_prelogin(now).unwrap(), pre, "ids are random");
+    }
+
+    #[test]
+    fn a_retired_pre_login_value_is_refused_and_retiring_twice_says_so() {
+        let csrf = Csrf::new([7; 32]);
+        let pre = csrf.issue_prelogin(1_000).unwrap();
+        assert!(csrf.retire(&pre, 1_001));
+        assert!(!csrf.retire(&pre, 1_001), "the second sign-in with one form is refused");
+        assert!(csrf.prelogin(pre.value(), 1_002).is_none());
+        assert!(csrf.clone().prelogin(pre.value(), 1_002).is_none(), "clones share the retired set");
+        csrf.prune(pre.expires_at() + 1);
+        assert_eq!(csrf.retired_len(), 0);
+    }
+
+    #[test]
+    fn the_retired_set_stays_under_its_cap() {
+        let csrf = Csrf::new([7; 32]);
+        for i in 0..(MAX_RETIRED + 10) as u64 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            csrf.retire(&PreLogin { value: String::new(), id, issued: 1_000 + i }, 1_000);
+        }
+        assert!(csrf.retired_len() <= MAX_RETIRED);
     }
 
     #[test]

@@ -1,141 +1,284 @@
-//! Failed password checks, counted per client address and per username within
-//! `failure_window`. Once either count reaches `captcha_after_failures`, attempts for that
-//! address or username must carry a solved captcha. A success clears the username's count
+//! Failed password checks, counted per client address ([`AddressKey`]) and per username
+//! within `failure_window`. Once either count reaches `captcha_after_failures`, attempts for
+//! that address or username must carry a solved captcha. A success clears the username's count
 //! (NIST SP 800-63B), so the real user is never locked out; counts also lapse with time.
+//!
+//! Checks that run at the same moment: a password check without a captcha first *reserves* an
+//! attempt ([`FailureTracker::reserve`]); the test "failures plus attempts in flight below the
+//! threshold" and the reservation happen under one lock, so however many requests arrive at
+//! once, at most `captcha_after_failures` checks run for one address or username before a
+//! captcha is demanded. A reservation becomes a failure, or is released when the check
+//! succeeds or ends in an error. Both tables sit behind one lock so the address and the
+//! username are judged and reserved together.
 //!
 //! Memory: a key is added only by a password check (so at most the hash pool's rate times the
 //! window), holds at most `threshold` timestamps, and is dropped once its newest failure leaves
-//! the window. A hard cap ([`MAX_KEYS`]) stops new keys beyond it.
+//! the window and nothing is in flight for it. A hard cap ([`MAX_KEYS`]) stops new keys beyond
+//! it.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::client::AddressKey;
 use crate::rate_limit::username_digest;
 
 /// Most keys tracked per kind.
 pub const MAX_KEYS: usize = 250_000;
 
+/// One key's recent failures and the checks in flight for it.
+#[derive(Default)]
+struct Entry {
+    times: VecDeque<u64>,
+    pending: usize,
+}
+
+impl Entry {
+    fn failures(&self, since: u64) -> usize {
+        self.times.iter().filter(|&&x| x > since).count()
+    }
+
+    fn live(&self, since: u64) -> bool {
+        self.pending > 0 || self.times.back().is_some_and(|&x| x > since)
+    }
+}
+
 struct Counts<K> {
-    map: Mutex<HashMap<K, VecDeque<u64>>>,
+    map: HashMap<K, Entry>,
 }
 
 impl<K: Hash + Eq + Clone> Counts<K> {
     fn new() -> Self {
-        Counts { map: Mutex::new(HashMap::new()) }
+        Counts { map: HashMap::new() }
     }
 
-    fn count(&self, key: &K, since: u64) -> usize {
-        let Ok(map) = self.map.lock() else { return 0 };
-        map.get(key).map_or(0, |t| t.iter().filter(|&&x| x > since).count())
+    /// Failures within the window plus checks in flight.
+    fn load(&self, key: &K, since: u64) -> usize {
+        self.map.get(key).map_or(0, |e| e.failures(since) + e.pending)
     }
 
-    /// Adds a failure and returns the count within the window.
-    fn add(&self, key: &K, now: u64, since: u64, keep: usize) -> usize {
-        let Ok(mut map) = self.map.lock() else { return 0 };
-        if !map.contains_key(key) && map.len() >= MAX_KEYS {
-            map.retain(|_, t| t.back().is_some_and(|&x| x > since));
-            if map.len() >= MAX_KEYS {
-                return 0;
+    /// The entry for `key`, made if there is room (see [`MAX_KEYS`]).
+    fn entry(&mut self, key: &K, since: u64) -> Option<&mut Entry> {
+        if !self.map.contains_key(key) && self.map.len() >= MAX_KEYS {
+            self.map.retain(|_, e| e.live(since));
+            if self.map.len() >= MAX_KEYS {
+                return None;
             }
         }
-        let times = map.entry(key.clone()).or_default();
-        times.retain(|&x| x > since);
-        times.push_back(now);
-        while times.len() > keep {
-            times.pop_front();
+        Some(self.map.entry(key.clone()).or_default())
+    }
+
+    /// Adds a failure; returns whether it made the count within the window reach `threshold`
+    /// (it was below before), so each crossing is reported once.
+    fn add(&mut self, key: &K, now: u64, since: u64, threshold: usize) -> bool {
+        let Some(e) = self.entry(key, since) else { return false };
+        e.times.retain(|&x| x > since);
+        let before = e.times.len();
+        e.times.push_back(now);
+        while e.times.len() > threshold.max(1) {
+            e.times.pop_front();
         }
-        times.len()
+        before < threshold && e.times.len() >= threshold
     }
 
-    fn clear(&self, key: &K) -> usize {
-        self.map.lock().ok().and_then(|mut m| m.remove(key)).map_or(0, |t| t.len())
-    }
-
-    fn prune(&self, since: u64) {
-        if let Ok(mut map) = self.map.lock() {
-            map.retain(|_, t| t.back().is_some_and(|&x| x > since));
-            map.shrink_to_fit();
+    fn reserve(&mut self, key: &K, since: u64) -> bool {
+        match self.entry(key, since) {
+            Some(e) => {
+                e.pending += 1;
+                true
+            }
+            None => false,
         }
     }
 
-    fn len(&self) -> usize {
-        self.map.lock().map_or(0, |m| m.len())
+    fn release(&mut self, key: &K) {
+        if let Some(e) = self.map.get_mut(key) {
+            e.pending = e.pending.saturating_sub(1);
+            if e.pending == 0 && e.times.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+
+    /// Forgets the failures (not the checks in flight); returns how many there were.
+    fn clear(&mut self, key: &K) -> usize {
+        let Some(e) = self.map.get_mut(key) else { return 0 };
+        let n = std::mem::take(&mut e.times).len();
+        if e.pending == 0 {
+            self.map.remove(key);
+        }
+        n
+    }
+
+    fn prune(&mut self, since: u64) {
+        self.map.retain(|_, e| e.live(since));
+        self.map.shrink_to_fit();
     }
 }
 
+struct Tables {
+    by_address: Counts<AddressKey>,
+    by_username: Counts<u128>,
+}
+
+/// The failure counts and checks in flight, per address and per username (module note).
 pub struct FailureTracker {
     window_ms: u64,
     threshold: usize,
-    by_address: Counts<IpAddr>,
-    by_username: Counts<u128>,
+    tables: Mutex<Tables>,
 }
 
 /// What recording a failure changed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Recorded {
-    /// This failure made a count reach the threshold (OWASP `authn_login_fail_max`).
+    /// This failure made a count reach the threshold (OWASP `authn_login_fail_max`); true
+    /// for exactly one failure per crossing.
     pub reached_threshold: bool,
 }
 
+/// The address or the username has reached the threshold (failures and checks in flight
+/// together): this attempt needs a solved captcha before its password is checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaptchaDemanded;
+
+/// A password check allowed to run without a captcha, counted while it runs. Dropping it
+/// (a success, a quota refusal, an overloaded pool, an error) gives the place back;
+/// [`Reservation::failed`] turns it into a failure.
+#[must_use]
+pub struct Reservation<'a> {
+    tracker: &'a FailureTracker,
+    address: AddressKey,
+    /// `None` when the table was full and the key could not be tracked.
+    username: Option<u128>,
+    address_held: bool,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    /// The check failed: the reservation becomes a failure on both counts.
+    pub fn failed(mut self, now: u64) -> Recorded {
+        self.done = true;
+        let t = self.tracker;
+        let since = t.since(now);
+        let mut tables = t.lock();
+        if self.address_held {
+            tables.by_address.release(&self.address);
+        }
+        if let Some(u) = self.username {
+            tables.by_username.release(&u);
+        }
+        let a = tables.by_address.add(&self.address, now, since, t.threshold);
+        let u = self.username.is_some_and(|u| tables.by_username.add(&u, now, since, t.threshold));
+        Recorded { reached_threshold: a || u }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut tables = self.tracker.lock();
+        if self.address_held {
+            tables.by_address.release(&self.address);
+        }
+        if let Some(u) = self.username {
+            tables.by_username.release(&u);
+        }
+    }
+}
+
 impl FailureTracker {
+    /// `window`: how long a failure counts; `threshold`: `captcha_after_failures`.
     pub fn new(window: Duration, threshold: u32) -> Self {
         FailureTracker {
             window_ms: window.as_millis() as u64,
             threshold: threshold as usize,
-            by_address: Counts::new(),
-            by_username: Counts::new(),
+            tables: Mutex::new(Tables { by_address: Counts::new(), by_username: Counts::new() }),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // A poisoned lock only means a thread panicked holding it; every update leaves the
+        // counts consistent (plain integers and timestamps), so carry on with them.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn since(&self, now: u64) -> u64 {
         now.saturating_sub(self.window_ms)
     }
 
-    /// Whether attempts from this address must carry a captcha.
-    pub fn address_needs_captcha(&self, ip: IpAddr, now: u64) -> bool {
-        self.by_address.count(&ip, self.since(now)) >= self.threshold
+    /// Whether attempts from this address must carry a captcha (`now` in ms).
+    pub fn address_needs_captcha(&self, address: AddressKey, now: u64) -> bool {
+        self.lock().by_address.load(&address, self.since(now)) >= self.threshold
     }
 
     /// Whether attempts for this username (normalised key) must carry a captcha.
     pub fn username_needs_captcha(&self, user_key: &str, now: u64) -> bool {
-        self.by_username.count(&username_digest(user_key), self.since(now)) >= self.threshold
+        self.lock().by_username.load(&username_digest(user_key), self.since(now)) >= self.threshold
     }
 
-    pub fn needs_captcha(&self, ip: IpAddr, user_key: &str, now: u64) -> bool {
-        self.address_needs_captcha(ip, now) || self.username_needs_captcha(user_key, now)
-    }
-
-    /// Counts a failed password check.
-    pub fn record_failure(&self, ip: IpAddr, user_key: &str, now: u64) -> Recorded {
-        let keep = self.threshold.max(1);
+    /// Whether attempts from this address or for this username must carry a captcha.
+    pub fn needs_captcha(&self, address: AddressKey, user_key: &str, now: u64) -> bool {
         let since = self.since(now);
-        let a = self.by_address.add(&ip, now, since, keep);
-        let u = self.by_username.add(&username_digest(user_key), now, since, keep);
-        Recorded { reached_threshold: a == self.threshold || u == self.threshold }
+        let tables = self.lock();
+        tables.by_address.load(&address, since) >= self.threshold
+            || tables.by_username.load(&username_digest(user_key), since) >= self.threshold
+    }
+
+    /// Reserves a password check without a captcha, or says a captcha is demanded: the test
+    /// and the reservation are one critical section, so concurrent attempts cannot all pass
+    /// the test before any of them counts.
+    ///
+    /// # Errors
+    /// [`CaptchaDemanded`] when the address's or the username's failures plus checks in
+    /// flight within the window have reached `captcha_after_failures`.
+    pub fn reserve(&self, address: AddressKey, user_key: &str, now: u64) -> Result<Reservation<'_>, CaptchaDemanded> {
+        let since = self.since(now);
+        let digest = username_digest(user_key);
+        let mut tables = self.lock();
+        if tables.by_address.load(&address, since) >= self.threshold
+            || tables.by_username.load(&digest, since) >= self.threshold
+        {
+            return Err(CaptchaDemanded);
+        }
+        let address_held = tables.by_address.reserve(&address, since);
+        let username = tables.by_username.reserve(&digest, since).then_some(digest);
+        Ok(Reservation { tracker: self, address, username, address_held, done: false })
+    }
+
+    /// Counts a failed password check that ran without a reservation (its captcha was
+    /// solved).
+    pub fn record_failure(&self, address: AddressKey, user_key: &str, now: u64) -> Recorded {
+        let since = self.since(now);
+        let mut tables = self.lock();
+        let a = tables.by_address.add(&address, now, since, self.threshold);
+        let u = tables.by_username.add(&username_digest(user_key), now, since, self.threshold);
+        Recorded { reached_threshold: a || u }
     }
 
     /// A successful login clears the username's count; returns how many failures it had.
     pub fn record_success(&self, user_key: &str) -> usize {
-        self.by_username.clear(&username_digest(user_key))
+        self.lock().by_username.clear(&username_digest(user_key))
     }
 
     /// `user unlock`: clears the username's count and so its captcha demand.
     pub fn clear_username(&self, user_key: &str) {
-        self.by_username.clear(&username_digest(user_key));
+        self.lock().by_username.clear(&username_digest(user_key));
     }
 
     pub fn prune(&self, now: u64) {
         let since = self.since(now);
-        self.by_address.prune(since);
-        self.by_username.prune(since);
+        let mut tables = self.lock();
+        tables.by_address.prune(since);
+        tables.by_username.prune(since);
     }
 
     /// Keys tracked: (addresses, usernames).
     pub fn len(&self) -> (usize, usize) {
-        (self.by_address.len(), self.by_username.len())
+        let tables = self.lock();
+        (tables.by_address.map.len(), tables.by_username.map.len())
     }
 }
 
@@ -143,37 +286,97 @@ impl FailureTracker {
 mod tests {
     use super::*;
 
-    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
-    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+    fn key(ip: &str) -> AddressKey {
+        AddressKey::of(ip.parse().unwrap())
+    }
 
     #[test]
     fn the_threshold_triggers_per_address_and_per_username() {
+        let (ip, other) = (key("192.0.2.1"), key("192.0.2.2"));
         let t = FailureTracker::new(Duration::from_secs(60), 3);
-        assert!(!t.record_failure(IP, "alice", 1000).reached_threshold);
-        assert!(!t.record_failure(IP, "bob", 1001).reached_threshold);
-        assert!(!t.needs_captcha(IP, "carol", 1002));
-        assert!(t.record_failure(IP, "carol", 1002).reached_threshold);
-        assert!(t.address_needs_captcha(IP, 1003));
+        assert!(!t.record_failure(ip, "alice", 1000).reached_threshold);
+        assert!(!t.record_failure(ip, "bob", 1001).reached_threshold);
+        assert!(!t.needs_captcha(ip, "carol", 1002));
+        assert!(t.record_failure(ip, "carol", 1002).reached_threshold);
+        assert!(t.address_needs_captcha(ip, 1003));
         assert!(!t.username_needs_captcha("alice", 1003));
         // The same username from other addresses.
-        t.record_failure(OTHER, "dave", 1);
+        t.record_failure(other, "dave", 1);
         let t2 = FailureTracker::new(Duration::from_secs(60), 2);
-        t2.record_failure(IP, "dave", 1000);
-        t2.record_failure(OTHER, "dave", 1001);
+        t2.record_failure(ip, "dave", 1000);
+        t2.record_failure(other, "dave", 1001);
         assert!(t2.username_needs_captcha("dave", 1002));
     }
 
     #[test]
     fn counts_lapse_after_the_window_and_a_success_clears_the_username() {
+        let ip = key("192.0.2.1");
         let t = FailureTracker::new(Duration::from_secs(60), 2);
-        t.record_failure(IP, "alice", 1000);
-        t.record_failure(IP, "alice", 2000);
+        t.record_failure(ip, "alice", 1000);
+        t.record_failure(ip, "alice", 2000);
         assert!(t.username_needs_captcha("alice", 3000));
         assert!(!t.username_needs_captcha("alice", 2000 + 60_001));
         assert_eq!(t.record_success("alice"), 2);
         assert!(!t.username_needs_captcha("alice", 3000));
-        assert!(t.address_needs_captcha(IP, 3000), "the address still has its count");
+        assert!(t.address_needs_captcha(ip, 3000), "the address still has its count");
         t.prune(10_000_000);
         assert_eq!(t.len(), (0, 0));
+    }
+
+    #[test]
+    fn at_most_the_threshold_of_checks_run_at_once_before_a_captcha() {
+        let t = FailureTracker::new(Duration::from_secs(60), 3);
+        let ip = key("192.0.2.1");
+        let held: Vec<_> = (0..3).map(|_| t.reserve(ip, "alice", 1000).expect("within the threshold")).collect();
+        assert_eq!(t.reserve(ip, "alice", 1000).err(), Some(CaptchaDemanded), "three checks in flight");
+        assert_eq!(t.reserve(key("192.0.2.9"), "alice", 1000).err(), Some(CaptchaDemanded), "per username too");
+        assert_eq!(t.reserve(ip, "bob", 1000).err(), Some(CaptchaDemanded), "per address too");
+        assert!(t.needs_captcha(ip, "carol", 1000));
+        let crossings: Vec<bool> = held.into_iter().map(|r| r.failed(1001).reached_threshold).collect();
+        assert_eq!(crossings, [false, false, true], "the crossing is reported once");
+        assert!(!t.record_failure(ip, "alice", 1002).reached_threshold, "past the threshold is no new crossing");
+    }
+
+    #[test]
+    fn a_released_reservation_gives_its_place_back() {
+        let t = FailureTracker::new(Duration::from_secs(60), 1);
+        let ip = key("192.0.2.1");
+        let r = t.reserve(ip, "alice", 1000).unwrap();
+        assert!(t.reserve(ip, "alice", 1000).is_err());
+        drop(r);
+        assert!(t.reserve(ip, "alice", 1000).is_ok(), "a success or an error does not count");
+        assert_eq!(t.len(), (0, 0), "nothing is kept for a released check");
+    }
+
+    #[test]
+    fn a_success_clears_the_count_but_not_the_checks_still_in_flight() {
+        let t = FailureTracker::new(Duration::from_secs(60), 2);
+        let ip = key("192.0.2.1");
+        t.record_failure(key("192.0.2.7"), "alice", 1000);
+        let in_flight = t.reserve(ip, "alice", 1000).unwrap();
+        assert_eq!(t.record_success("alice"), 1);
+        let r = t.reserve(key("192.0.2.8"), "alice", 1001).unwrap();
+        assert!(t.reserve(key("192.0.2.9"), "alice", 1001).is_err(), "two in flight");
+        drop((in_flight, r));
+    }
+
+    #[test]
+    fn threads_racing_for_one_username_get_at_most_the_threshold_of_checks() {
+        let t = std::sync::Arc::new(FailureTracker::new(Duration::from_secs(60), 3));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let handles: Vec<_> = (0..16u8)
+            .map(|i| {
+                let (t, barrier) = (t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let r = t.reserve(key(&format!("198.51.100.{i}")), "alice", 1000);
+                    std::thread::sleep(Duration::from_millis(20));
+                    r.map(|r| r.failed(1001).reached_threshold)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3, "{results:?}");
+        assert_eq!(results.iter().filter(|r| r == &&Ok(true)).count(), 1, "{results:?}");
     }
 }

@@ -162,6 +162,14 @@ pub struct RecordView {
     pub username: String,
     pub reason: String,
     pub user_agent: String,
+    /// How many attempts the record stands for (refusals from one address counted per
+    /// minute); 1 for records from before counting, and when absent from JSON.
+    #[serde(default = "one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl From<&FailureRecord> for RecordView {
@@ -172,6 +180,7 @@ impl From<&FailureRecord> for RecordView {
             username: r.username.clone(),
             reason: r.reason.as_str().to_string(),
             user_agent: r.user_agent.clone(),
+            count: r.count.max(1),
         }
     }
 }
@@ -194,6 +203,7 @@ impl Top {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
+    /// Attempts (a record counted per minute adds its `count`).
     pub total: usize,
     /// True when more records matched than [`SUMMARY_SCAN_LIMIT`].
     pub partial: bool,
@@ -214,12 +224,12 @@ struct Seen {
 }
 
 impl Seen {
-    fn add(&mut self, t: u64) {
+    fn add(&mut self, t: u64, n: usize) {
         if self.count == 0 || t < self.first {
             self.first = t;
         }
         self.last = self.last.max(t);
-        self.count += 1;
+        self.count += n;
     }
 }
 
@@ -242,13 +252,17 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     let first_bucket = (last_bucket + 1).saturating_sub(hours as u64);
     let mut buckets = vec![0usize; hours];
     let (mut first, mut last) = (u64::MAX, 0u64);
+    let mut total = 0usize;
     for r in records {
-        *reasons.entry(r.reason.as_str()).or_default() += 1;
-        ips.entry(r.ip.clone()).or_default().add(r.time);
-        users.entry(r.username.clone()).or_default().add(r.time);
+        // A record counted per minute stands for `count` attempts.
+        let n = usize::try_from(r.count.max(1)).unwrap_or(usize::MAX);
+        total = total.saturating_add(n);
+        *reasons.entry(r.reason.as_str()).or_default() += n;
+        ips.entry(r.ip.clone()).or_default().add(r.time, n);
+        users.entry(r.username.clone()).or_default().add(r.time, n);
         let b = r.time / HOUR_MS;
         if b >= first_bucket && b <= last_bucket {
-            buckets[(b - first_bucket) as usize] += 1;
+            buckets[(b - first_bucket) as usize] += n;
         }
         first = first.min(r.time);
         last = last.max(r.time);
@@ -256,7 +270,7 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     let mut by_reason: Vec<(String, usize)> = reasons.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     by_reason.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Summary {
-        total: records.len(),
+        total,
         partial,
         first_seen: (!records.is_empty()).then(|| rfc3339(first)),
         last_seen: (!records.is_empty()).then(|| rfc3339(last)),
@@ -299,15 +313,17 @@ fn cut(s: &str, width: usize) -> String {
 /// An aligned table that fits a 120-column terminal.
 pub fn text_table(records: &[RecordView]) -> String {
     let ip_w = records.iter().map(|r| r.ip.len()).max().unwrap_or(2).clamp(2, 39);
-    let mut out = format!("{:<24}  {:<ip_w$}  {:<16}  {:<24}  USER AGENT\n", "TIME", "IP", "REASON", "USERNAME");
+    let mut out =
+        format!("{:<24}  {:<ip_w$}  {:<16}  {:>5}  {:<24}  USER AGENT\n", "TIME", "IP", "REASON", "COUNT", "USERNAME");
     for r in records {
         out.push_str(&format!(
-            "{:<24}  {}  {:<16}  {}  {}\n",
+            "{:<24}  {}  {:<16}  {:>5}  {}  {}\n",
             r.time,
             cut(&r.ip, ip_w),
             r.reason,
+            r.count,
             cut(&r.username, 24),
-            cut(&r.user_agent, 36).trim_end()
+            cut(&r.user_agent, 30).trim_end()
         ));
     }
     out
@@ -386,7 +402,7 @@ mod tests {
     use super::*;
 
     fn rec(time: u64, ip: &str, user: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord { time, ip: ip.into(), username: user.into(), reason, user_agent: "ua".into() }
+        FailureRecord { time, ip: ip.into(), username: user.into(), reason, user_agent: "ua".into(), count: 1 }
     }
 
     #[test]
@@ -451,6 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn a_record_counted_per_minute_weighs_its_count_in_a_summary_and_shows_it_in_the_table() {
+        let h = HOUR_MS;
+        let mut counted = rec(10 * h, "1.1.1.1", "x", FailureReason::RateLimited);
+        counted.count = 40;
+        let records = vec![counted.clone(), rec(10 * h + 1, "2.2.2.2", "alice", FailureReason::BadPassword)];
+        let s = summarise(&records, false, 10 * h + 10, 2);
+        assert_eq!(s.total, 41);
+        assert_eq!(s.by_reason[0], ("rate_limited".to_string(), 40));
+        assert_eq!(s.top_addresses[0].count, 40);
+        assert_eq!(s.per_hour.iter().map(|x| x.1).collect::<Vec<_>>(), vec![0, 41]);
+        let view = RecordView::from(&counted);
+        assert_eq!(view.count, 40);
+        let table = text_table(&[view]);
+        assert!(table.lines().next().unwrap().contains("COUNT") && table.contains("   40  "), "{table}");
+        // JSON from before the field reads as one attempt.
+        let old: RecordView =
+            serde_json::from_str(r#"{"time":"t","ip":"1.1.1.1","username":"u","reason":"csrf","user_agent":"ua"}"#)
+                .unwrap();
+        assert_eq!(old.count, 1);
+    }
+
+    #[test]
     fn control_characters_are_escaped_in_text_output() {
         assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\u{a}c");
         assert_eq!(printable("ok ünïcode"), "ok ünïcode");
@@ -460,6 +498,7 @@ mod tests {
             username: "eve\r\nforged".into(),
             reason: "bad_password".into(),
             user_agent: "x".into(),
+            count: 1,
         }]);
         assert_eq!(table.lines().count(), 2, "{table}");
     }

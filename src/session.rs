@@ -22,9 +22,12 @@ pub struct SessionToken([u8; 32]);
 
 impl SessionToken {
     /// 256 bits from the operating system's CSPRNG.
+    ///
+    /// # Errors
+    /// [`StoreError::Random`] when the random source fails.
     pub fn generate() -> Result<Self, StoreError> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("no randomness: {e}")))?;
+        crate::random::fill(&mut bytes)?;
         Ok(SessionToken(bytes))
     }
 
@@ -97,6 +100,10 @@ impl Sessions {
 
     /// Keeps at most [`MAX_SESSIONS_PER_USER`] sessions per user, ending the least recently
     /// used (expired ones first), so one account's state, and its home page, stay small.
+    ///
+    /// Safe without a lock when sign-ins race: every caller sorts the same index in the same
+    /// order (ties keep the index's order) and ends a prefix of it, so together they end
+    /// exactly the oldest ones past the cap, and the last to look sees every new session.
     fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
         let mut sessions = self.store.user_session_times(user_key)?;
         if sessions.len() <= MAX_SESSIONS_PER_USER {
@@ -216,6 +223,29 @@ mod tests {
         assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
         assert!(store.session(&first.hash()).unwrap().is_none(), "the oldest went");
         assert!(store.session(&later[0].hash()).unwrap().is_some());
+    }
+
+    #[test]
+    fn simultaneous_sign_ins_at_the_limit_end_only_as_many_sessions_as_needed() {
+        let (_dir, store, sessions) = open_sessions();
+        let ip = "127.0.0.1".parse().unwrap();
+        for _ in 0..MAX_SESSIONS_PER_USER - 8 {
+            sessions.create("alice", ip, "ua").unwrap();
+        }
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(24));
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                let (sessions, barrier) = (sessions.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    sessions.create("alice", ip, "ua").unwrap()
+                })
+            })
+            .collect();
+        let new: Vec<SessionToken> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
+        let kept = new.iter().filter(|t| store.session(&t.hash()).unwrap().is_some()).count();
+        assert_eq!(kept, 24, "the older sessions go first, never one just handed out");
     }
 
     #[test]

@@ -28,8 +28,20 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
+    /// A new secret could not be made: the store itself is fine.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error("the user already exists")]
     AlreadyExists,
+}
+
+impl StoreError {
+    /// Whether the store could not do its work (an I/O failure such as a full disk, or sled
+    /// refusing after one): the caller answers 503, as for an overloaded server, rather than
+    /// 500. SECURITY.md: a store that cannot write fails closed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sled(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -92,7 +104,12 @@ pub struct Store {
     failures_by_user: sled::Tree,
     failures_by_ip: sled::Tree,
     durability: Arc<GroupCommit>,
+    /// How many failure records there are, once counted ([`Store::count_failures`]);
+    /// `UNCOUNTED` until then, when the cap is not enforced on append.
+    failure_total: Arc<AtomicU64>,
 }
+
+const UNCOUNTED: u64 = u64::MAX;
 
 /// Group commit: callers that ask for durability while a flush is running share the next
 /// one, so a burst of recorded failures costs a few fsyncs, not one each.
@@ -113,6 +130,19 @@ pub struct FailureRecord {
     pub username: String,
     pub reason: FailureReason,
     pub user_agent: String,
+    /// How many attempts this record stands for: more than 1 when refusals from one address
+    /// for one reason within one minute were counted into its first record (see
+    /// `audit::Audit::record_failure`). Records from before this field existed read as 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// Which failure records to read. Times are Unix milliseconds; `before` is a keyset cursor
@@ -137,7 +167,7 @@ impl Store {
 
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Self> {
-        create_private_dir(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let db = match sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -154,6 +184,7 @@ impl Store {
             failures_by_user: db.open_tree("failures_by_user")?,
             failures_by_ip: db.open_tree("failures_by_ip")?,
             durability: Arc::new(GroupCommit::default()),
+            failure_total: Arc::new(AtomicU64::new(UNCOUNTED)),
             db,
         };
         store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
@@ -183,7 +214,7 @@ impl Store {
             return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
         }
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        crate::random::fill(&mut fresh)?;
         // compare_and_swap so two first users of the secret agree on one value.
         let _ = self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&fresh[..]))?;
         let v = self.meta.get(&key)?.ok_or_else(|| StoreError::Corrupt(key.clone()))?;
@@ -418,13 +449,78 @@ impl Store {
 
     /// Appends a failure record (not yet durable: call [`Store::flush`]). `user_key` is the
     /// normalised form of what was typed, for the username index. Returns the record's key.
-    pub fn append_failure(&self, record: &FailureRecord, user_key: &str) -> Result<Vec<u8>> {
+    ///
+    /// With `max_records` (and once the records were counted, see [`Store::count_failures`]),
+    /// the oldest records are dropped so that at most that many are kept: whatever floods
+    /// in, the records cannot grow past it (issue 11 §1).
+    pub fn append_failure(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Vec<u8>> {
         let mut key = record.time.to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.failures.insert(&key, encode(record)?)?;
         self.failures_by_user.insert(secondary_key(user_key.as_bytes(), &key), &[])?;
         self.failures_by_ip.insert(secondary_key(record.ip.as_bytes(), &key), &[])?;
+        // Not counted yet: the count runs at start, in the background; until then no cap.
+        if self.failure_total.load(Ordering::SeqCst) == UNCOUNTED {
+            return Ok(key);
+        }
+        let total = self.failure_total.fetch_add(1, Ordering::SeqCst);
+        if let Some(max) = max_records {
+            let mut total = total.saturating_add(1);
+            while total > max.max(1) {
+                let Some((k, v)) = self.failures.pop_min()? else { break };
+                self.remove_failure_indexes(&k, &v)?;
+                total = self.failure_total.fetch_sub(1, Ordering::SeqCst) - 1;
+            }
+        }
         Ok(key)
+    }
+
+    /// Counts the failure records (a scan: run it off the async workers) so that the cap of
+    /// [`Store::append_failure`] applies from now on, and drops the oldest beyond
+    /// `max_records`. Returns how many there are.
+    pub fn count_failures(&self, max_records: Option<u64>) -> Result<u64> {
+        let mut n = 0u64;
+        for kv in self.failures.iter() {
+            kv?;
+            n += 1;
+        }
+        if let Some(max) = max_records {
+            while n > max {
+                let Some((k, v)) = self.failures.pop_min()? else { break };
+                self.remove_failure_indexes(&k, &v)?;
+                n -= 1;
+            }
+        }
+        // Appends since the scan began are not in `n`; the cap then lags by that many until
+        // the next purge, which is harmless.
+        self.failure_total.store(n, Ordering::SeqCst);
+        Ok(n)
+    }
+
+    /// Sets the `count` of the record stored under `key` (an aggregated refusal, see
+    /// `Audit::record_failure`). A record already dropped (by the cap or retention) stays
+    /// dropped. Not yet durable: call [`Store::flush`].
+    pub fn set_failure_count(&self, key: &[u8], count: u64) -> Result<()> {
+        self.failures.fetch_and_update(key, |old| {
+            let old = old?;
+            match serde_json::from_slice::<FailureRecord>(old) {
+                Ok(mut record) => {
+                    record.count = count;
+                    serde_json::to_vec(&record).ok().or_else(|| Some(old.to_vec()))
+                }
+                Err(_) => Some(old.to_vec()),
+            }
+        })?;
+        Ok(())
+    }
+
+    fn remove_failure_indexes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        if let Ok(record) = decode::<FailureRecord>(value) {
+            let user_key = crate::domain::normalise_key(&record.username);
+            self.failures_by_user.remove(secondary_key(user_key.as_bytes(), key))?;
+            self.failures_by_ip.remove(secondary_key(record.ip.as_bytes(), key))?;
+        }
+        Ok(())
     }
 
     /// Records matching `q`, newest first, with their keys (for keyset pagination).
@@ -483,12 +579,10 @@ impl Store {
         let mut removed = 0;
         for kv in self.failures.range(..cutoff.to_be_bytes().to_vec()) {
             let (k, v) = kv?;
-            if let Ok(record) = decode::<FailureRecord>(&v) {
-                let user_key = crate::domain::normalise_key(&record.username);
-                self.failures_by_user.remove(secondary_key(user_key.as_bytes(), &k))?;
-                self.failures_by_ip.remove(secondary_key(record.ip.as_bytes(), &k))?;
+            self.remove_failure_indexes(&k, &v)?;
+            if self.failures.remove(k)?.is_some() && self.failure_total.load(Ordering::SeqCst) != UNCOUNTED {
+                self.failure_total.fetch_sub(1, Ordering::SeqCst);
             }
-            self.failures.remove(k)?;
             removed += 1;
         }
         Ok(removed)
@@ -548,13 +642,83 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Creates `dir` (and parents) readable only by the owner.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes `dir` private to its owner: creates it (and parents) with mode 0700, or, when it
+/// already exists, takes group and other access away from it and from the entries in it that
+/// `ours` names (recursively for directories: 0700 / 0600 at most), with a warning per
+/// change. Other entries are left alone (the directory's own 0700 already closes them to
+/// others), so a misconfigured shared directory such as `/var/log` does not have everything
+/// in it changed; symbolic links are never followed inside (they may point at things that
+/// are not ours, such as `/dev/full`).
+///
+/// Tightening rather than refusing to start: the files are ours and hold secrets (password
+/// hashes, the CSRF and captcha keys, the auth log), so every start that leaves them readable
+/// is a leak, and a refusal would leave them exposed until someone acted; systemd's
+/// `StateDirectory=` also recreates 0755 directories by default (issue 11 §4, ASVS 4.0
+/// V14.1).
+///
+/// # Errors
+/// Creating the directory or changing a mode failed (for example it belongs to another
+/// user); the message says which path and how to fix it by hand.
+pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        return Ok(());
+    }
+    tighten(dir, true, false)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if ours(&entry.file_name().to_string_lossy()) {
+            tighten(&entry.path(), false, true)?;
+        }
     }
     Ok(())
+}
+
+/// The entries sled 0.34 keeps in its directory, and the admin socket.
+pub fn is_store_file(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs" | "admin.sock") || name.starts_with("snap.")
+}
+
+/// Takes group and other permissions away from `path` (following it only when `follow`),
+/// and, with `recurse`, from everything under it if it is a directory.
+fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
+    if !(meta.is_dir() || meta.is_file()) {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let private = mode & 0o700;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is mode {mode:04o} and cannot be made private ({e}): run `chmod -R go-rwx {}` as its owner",
+                    path.display(),
+                    path.display()
+                ),
+            )
+        })?;
+        tracing::warn!(path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"), "took group and other access away from a file portcullis keeps private");
+    }
+    if recurse && meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            tighten(&entry?.path(), false, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the process's file-creation mask to 0o077, so that every file and directory this
+/// process creates (store files, log files, the generated key, the admin socket) is readable
+/// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).
+pub fn private_umask() {
+    // SAFETY: umask(2) only sets the process's mask; it cannot fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -679,7 +843,7 @@ pub(crate) mod tests {
     }
 
     fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into() }
+        FailureRecord { time, ip: ip.into(), username: username.into(), reason, user_agent: "ua".into(), count: 1 }
     }
 
     #[test]
@@ -690,7 +854,7 @@ pub(crate) mod tests {
             let user = if i % 2 == 0 { "Alice" } else { "bob" };
             let ip = if i < 5 { "192.0.2.1" } else { "198.51.100.7" };
             store
-                .append_failure(&failure(1000 + i, ip, user, FailureReason::BadPassword), &user.to_lowercase())
+                .append_failure(&failure(1000 + i, ip, user, FailureReason::BadPassword), &user.to_lowercase(), None)
                 .unwrap();
         }
         let all = store.failures(&FailureQuery::default()).unwrap();
@@ -719,6 +883,106 @@ pub(crate) mod tests {
             store.failures(&FailureQuery { user_key: Some("alice".into()), ..Default::default() }).unwrap().len(),
             2
         );
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_failure_records_go_with_their_index_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Before the count, nothing is dropped; the count itself trims to the cap.
+        for i in 0..5u64 {
+            store
+                .append_failure(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3))
+                .unwrap();
+        }
+        assert_eq!(store.failure_count(), 5);
+        assert_eq!(store.count_failures(Some(3)).unwrap(), 3);
+        for i in 5..10u64 {
+            store
+                .append_failure(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3))
+                .unwrap();
+        }
+        let times: Vec<u64> = store.failures(&FailureQuery::default()).unwrap().iter().map(|r| r.1.time).collect();
+        assert_eq!(times, vec![1009, 1008, 1007]);
+        assert_eq!(store.failures_by_user.len(), 3);
+        assert_eq!(store.failures_by_ip.len(), 3);
+        assert_eq!(store.purge_failures_before(1008).unwrap(), 1);
+        assert_eq!(store.failure_total.load(Ordering::SeqCst), 2);
+    }
+
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_cap_bounds_the_store_on_disk_not_only_its_record_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.count_failures(Some(500)).unwrap();
+        let mut record = failure(0, "192.0.2.1", "", FailureReason::BadPassword);
+        record.user_agent = "a".repeat(256);
+        let mut sizes = Vec::new();
+        for round in 0..6u64 {
+            for i in 0..1500u64 {
+                record.time = round * 10_000 + i;
+                record.username = format!("{}{i}", "u".repeat(250));
+                store.append_failure(&record, &record.username, Some(500)).unwrap();
+            }
+            store.flush().await.unwrap();
+            sizes.push(dir_bytes(dir.path()));
+        }
+        assert_eq!(store.failure_count(), 500);
+        eprintln!("store size after each 1500 appends, 500 kept: {sizes:?}");
+        // 9,000 records of ~800 bytes (plus their index entries) are ~11 MB; the 500 kept ~1 MB.
+        assert!(sizes[5] < 2 * sizes[1].max(4 << 20), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_failure_record_from_before_counting_reads_as_one_attempt_and_its_count_can_be_set() {
+        let old = r#"{"time":5,"ip":"192.0.2.1","username":"alice","reason":"csrf","user_agent":"ua"}"#;
+        let record: FailureRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.count, 1);
+        // A count of one is not written, so records stay as they were.
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = store.append_failure(&record, "alice", None).unwrap();
+        store.set_failure_count(&key, 42).unwrap();
+        assert_eq!(store.failures(&FailureQuery::default()).unwrap()[0].1.count, 42);
+    }
+
+    #[test]
+    fn an_existing_directory_and_our_files_in_it_are_made_private_and_symlinks_and_others_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("blobs")).unwrap();
+        std::fs::write(data.join("db"), b"x").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+        for (p, m) in [(&data, 0o755), (&data.join("blobs"), 0o775), (&data.join("db"), 0o644), (&outside, 0o644)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        std::fs::write(data.join("blobs/1"), b"z").unwrap();
+        std::fs::write(data.join("notes.txt"), b"z").unwrap();
+        for p in [data.join("blobs/1"), data.join("notes.txt")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, data.join("db.link")).unwrap();
+        ensure_private_dir(&data, |n| is_store_file(n) || n == "link").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("blobs")), 0o700);
+        assert_eq!(mode(&data.join("blobs/1")), 0o600);
+        assert_eq!(mode(&data.join("db")), 0o600);
+        assert_eq!(mode(&outside), 0o644, "a symlink's target is not ours to change");
+        // Not a file of ours: left alone (the directory's 0700 closes it to others).
+        assert_eq!(mode(&data.join("notes.txt")), 0o644);
     }
 
     #[test]

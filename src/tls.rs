@@ -267,7 +267,7 @@ impl AddressCounts {
         if self.exempt.iter().any(|n| n.contains(&ip)) {
             return Admission::Exempt;
         }
-        let key = crate::rate_limit::address_key(ip);
+        let key = crate::client::AddressKey::of(ip).ip();
         // A poisoned lock only means a thread panicked while holding it; the counts are
         // plain integers that are never left half-updated, so carry on with them.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, Audit, AuthEvent};
 use crate::domain::{Username, UsernameError};
-use crate::password::{HashPool, Password, PasswordPolicy, PoolError, WeakPassword};
+use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
+use crate::random::RandomError;
 use crate::session::Sessions;
 use crate::store::{now_ms, Store, StoreError, UserRecord, SCHEMA_VERSION};
 
@@ -19,6 +20,8 @@ pub enum UserError {
     AlreadyExists(String),
     #[error("weak password: {0}")]
     WeakPassword(#[from] WeakPassword),
+    #[error("the password check stopped unexpectedly")]
+    PolicyCheck,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -67,13 +70,22 @@ impl UserAdmin {
         Ok((username, record))
     }
 
+    /// The password if it meets the policy for this user (judged off the async workers).
+    async fn checked(&self, password: Password, username_key: &str) -> Result<Password, UserError> {
+        match self.policy.check_in_turn(password, username_key).await {
+            Ok(p) => Ok(p),
+            Err(PolicyError::Weak(why)) => Err(UserError::WeakPassword(why)),
+            Err(PolicyError::Stopped) => Err(UserError::PolicyCheck),
+        }
+    }
+
     /// Creates a user, durably.
     pub async fn add(&self, name: &str, password: Password, admin: bool, by: &str) -> Result<Username, UserError> {
         let username = Username::parse(name)?;
         if self.store.user(username.key())?.is_some() {
             return Err(UserError::AlreadyExists(username.to_string()));
         }
-        self.policy.check(&password, username.key())?;
+        let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
         let now = now_ms();
         let record = UserRecord {
@@ -99,7 +111,7 @@ impl UserAdmin {
     /// Sets a new password and ends all the user's sessions, durably. Returns how many ended.
     pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<usize, UserError> {
         let (username, _) = self.existing(name)?;
-        self.policy.check(&password, username.key())?;
+        let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
         let now = now_ms();
         // In place: a `user disable` or a sign-in meanwhile must not be overwritten.
@@ -182,10 +194,19 @@ impl UserAdmin {
 
 /// A random password for the first administrator: 24 characters from an alphabet without
 /// look-alikes, about 130 bits.
-pub fn generate_password() -> Password {
+///
+/// # Errors
+/// [`RandomError`] when the system's random source fails: the password would be predictable,
+/// so none is made.
+pub fn generate_password() -> Result<Password, RandomError> {
+    generate_password_from(crate::random::fill)
+}
+
+/// [`generate_password`] with the random source given (so a failing one can be tested).
+fn generate_password_from(fill: impl FnOnce(&mut [u8]) -> Result<(), RandomError>) -> Result<Password, RandomError> {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 24];
-    let _ = getrandom::fill(&mut bytes);
+    let mut bytes = zeroize::Zeroizing::new([0u8; 24]);
+    fill(bytes.as_mut_slice())?;
     let mut text = String::with_capacity(29);
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 && i % 6 == 0 {
@@ -196,5 +217,23 @@ pub fn generate_password() -> Password {
     }
     let password = Password::new(&text);
     zeroize::Zeroize::zeroize(&mut text);
-    password
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_random_source_gives_no_password() {
+        let failed = generate_password_from(|_| Err(getrandom::Error::UNSUPPORTED.into()));
+        assert!(failed.is_err());
+    }
+
+    #[test]
+    fn generated_passwords_differ() {
+        let (a, b) = (generate_password().unwrap(), generate_password().unwrap());
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.char_count(), 24 + 3);
+    }
 }

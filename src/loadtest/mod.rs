@@ -721,18 +721,18 @@ fn spawn_progress(
     }))
 }
 
-/// Reads the password: one line from standard input, or a prompt without echo.
+/// Reads the password: one line from standard input, or a prompt without echo. What was read
+/// is wiped on every path, a failed read included.
 fn read_password(from_stdin: bool) -> anyhow::Result<SecretString> {
-    let mut line = String::new();
+    let mut line = zeroize::Zeroizing::new(String::new());
     if from_stdin {
         std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
     } else if std::io::stdin().is_terminal() {
-        line = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        *line = rpassword::prompt_password("Password: ").context("cannot read the password")?;
     } else {
         bail!("no terminal to prompt for the password; use --password-stdin");
     }
     let trimmed = line.trim_end_matches(['\n', '\r']).to_string();
-    zeroize::Zeroize::zeroize(&mut line);
     if trimmed.is_empty() {
         bail!("no password given");
     }

@@ -2,8 +2,11 @@
 //! behind a bounded queue. A flood of logins waits in the queue and, past it, is refused with
 //! [`PoolError::Overloaded`], so neither the async workers nor memory are ever swamped: at
 //! most `workers × argon2 memory` is in use for hashing at any moment.
+//!
+//! The pool counts the argon2 work its checks have done ([`HashPool::verify_work`]), so tests
+//! can compare what a known and an unknown username cost without timing them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +35,8 @@ pub enum PoolError {
     Params(String),
     #[error("hashing failed: {0}")]
     Hash(String),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 enum Job {
@@ -43,6 +48,7 @@ struct Inner {
     sender: SyncSender<(Job, tracing::Span)>,
     waiting: AtomicUsize,
     workers: usize,
+    work: Arc<AtomicU64>,
 }
 
 /// A handle to the pool; cheap to clone. The workers stop when the last handle is dropped.
@@ -57,6 +63,8 @@ struct Hasher {
     argon2: Argon2<'static>,
     params: Params,
     dummy: String,
+    /// KiB × passes of every check run (see [`HashPool::verify_work`]).
+    work: Arc<AtomicU64>,
 }
 
 impl HashPool {
@@ -66,14 +74,15 @@ impl HashPool {
             .map_err(|e| PoolError::Params(e.to_string()))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| PoolError::Hash(e.to_string()))?;
+        crate::random::fill(&mut random)?;
         let dummy = argon2.hash_password(&random).map_err(|e| PoolError::Hash(e.to_string()))?.to_string();
-        let hasher = Arc::new(Hasher { argon2, params, dummy });
+        let work = Arc::new(AtomicU64::new(0));
+        let hasher = Arc::new(Hasher { argon2, params, dummy, work: Arc::clone(&work) });
 
         let workers = workers.max(1);
         let (sender, receiver) = sync_channel::<(Job, tracing::Span)>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers });
+        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers, work });
         for i in 0..workers {
             let receiver = Arc::clone(&receiver);
             let hasher = Arc::clone(&hasher);
@@ -95,8 +104,18 @@ impl HashPool {
         self.inner.waiting.load(Ordering::Relaxed)
     }
 
-    /// Checks `password` against a stored PHC string, or against the dummy hash when there
-    /// is none (unknown user), so both take the same time.
+    /// The argon2 work all password checks have done since start, in KiB × passes (the
+    /// memory cost times the time cost of each hash checked). What a check costs depends on
+    /// these two and nothing an attacker controls, so comparing this figure before and
+    /// after a check says what the check cost without measuring time.
+    pub fn verify_work(&self) -> u64 {
+        self.inner.work.load(Ordering::Relaxed)
+    }
+
+    /// Checks `password` against a stored PHC string, or against the pool's dummy hash (made
+    /// with the current parameters) when there is none. For unknown users, pass a dummy
+    /// shaped like the stored hashes ([`dummy_like`]), so both take the same work even when
+    /// the stored hashes were made with other parameters.
     pub async fn verify(&self, password: Password, phc: Option<String>) -> Result<Verified, PoolError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Verify { password, phc, reply })?;
@@ -214,6 +233,9 @@ impl Hasher {
             None => (self.dummy_hash(), false),
         };
         let valid = workspace.verify(password.expose().as_bytes(), &hash) && known;
+        if let Ok(p) = Params::try_from(&hash) {
+            self.work.fetch_add(u64::from(p.m_cost()) * u64::from(p.t_cost()), Ordering::Relaxed);
+        }
         workspace.trim(&self.params);
         let upgraded_hash = if valid && self.is_outdated(&hash) { self.hash(workspace, password).ok() } else { None };
         Verified { valid, upgraded_hash }
@@ -242,6 +264,34 @@ impl Hasher {
     fn hash(&self, workspace: &mut Workspace, password: &Password) -> Result<String, PoolError> {
         workspace.hash(&self.argon2, password.expose().as_bytes())
     }
+}
+
+/// A stand-in for `stored`, for checking the passwords of unknown users: the same algorithm,
+/// version, parameters and output length, so checking it costs the same work, with a zero salt
+/// and output that no password produces. `None` if `stored` is not a PHC string with a salt
+/// and an output.
+pub fn dummy_like(stored: &str) -> Option<String> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    use base64::Engine;
+    let hash = PasswordHash::new(stored).ok()?;
+    let (salt, output) = (hash.salt?, hash.hash?);
+    // `$alg$v=..$params` is everything before the last two fields (salt and output).
+    let shape = stored.rsplitn(3, '$').nth(2)?;
+    let salt_len = salt.len();
+    let dummy = format!(
+        "{shape}${}${}",
+        STANDARD_NO_PAD.encode(vec![0u8; salt_len.max(8)]),
+        STANDARD_NO_PAD.encode(vec![0u8; output.len()])
+    );
+    PasswordHash::new(&dummy).ok()?;
+    Some(dummy)
+}
+
+/// What makes two stored hashes cost the same to check: everything but the salt and output,
+/// and the output's length. `None` for strings that are not PHC hashes.
+pub fn shape_of(stored: &str) -> Option<(String, usize)> {
+    let hash = PasswordHash::new(stored).ok()?;
+    Some((stored.rsplitn(3, '$').nth(2)?.to_string(), hash.hash?.len()))
 }
 
 #[cfg(test)]
@@ -283,6 +333,7 @@ mod tests {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap()),
             params: Params::new(64, 1, 1, None).unwrap(),
             dummy: big.hash_password(b"x").unwrap().to_string(),
+            work: Arc::default(),
         };
         let mut ws = Workspace::new();
         let v = hasher.verify(&mut ws, &Password::new("plum tractor velvet orbit"), Some(&phc));
@@ -305,5 +356,26 @@ mod tests {
             }
         }
         assert!(refused >= 17, "only {refused} refused");
+    }
+
+    #[tokio::test]
+    async fn a_dummy_like_a_stored_hash_costs_the_same_work_and_matches_no_password() {
+        let old = HashPool::start(HashParams { memory_kib: 32, iterations: 3, parallelism: 1 }, 1, 4).unwrap();
+        let phc = old.hash(Password::new("plum tractor velvet orbit")).await.unwrap();
+        let pool = HashPool::start(TINY, 1, 4).unwrap();
+        let dummy = dummy_like(&phc).unwrap();
+        assert_eq!(shape_of(&dummy), shape_of(&phc));
+        let cost = |p: Option<String>| {
+            let pool = pool.clone();
+            async move {
+                let before = pool.verify_work();
+                let v = pool.verify(Password::new("plum tractor velvet orbit"), p).await.unwrap();
+                (pool.verify_work() - before, v.valid)
+            }
+        };
+        assert_eq!(cost(Some(phc)).await, (32 * 3, true));
+        assert_eq!(cost(Some(dummy)).await, (32 * 3, false));
+        assert_eq!(cost(None).await, (64, false), "the pool's own dummy has the current parameters");
+        assert!(dummy_like("garbage").is_none());
     }
 }

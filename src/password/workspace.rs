@@ -138,7 +138,7 @@ impl Workspace {
     /// `argon2::PasswordHasher::hash_password` would give.
     pub fn hash(&mut self, argon2: &Argon2<'_>, password: &[u8]) -> Result<String, PoolError> {
         let mut salt = [0u8; RECOMMENDED_SALT_LEN];
-        getrandom::fill(&mut salt).map_err(|e| PoolError::Hash(e.to_string()))?;
+        crate::random::fill(&mut salt)?;
         self.hash_with_salt(argon2, password, &salt)
     }
 

@@ -32,10 +32,7 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
     let Some(session) = current_session(req, &state) else { return see_other("/login") };
     let sessions = match state.sessions.list(&session.user.key) {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "could not list sessions");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
-        }
+        Err(e) => return crate::routes::store_error(&e, "could not list sessions"),
     };
     let views = sessions
         .into_iter()
@@ -80,9 +77,6 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             });
             see_other(&format!("/?ended={count}"))
         }
-        Err(e) => {
-            tracing::error!(error = %e, "could not end sessions");
-            error_page(StatusCode::INTERNAL_SERVER_ERROR)
-        }
+        Err(e) => crate::routes::store_error(&e, "could not end sessions"),
     }
 }

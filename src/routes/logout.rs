@@ -28,8 +28,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
             return error_page(StatusCode::FORBIDDEN);
         }
         if let Err(e) = state.sessions.end(&session.token_hash).await {
-            tracing::error!(error = %e, "could not end a session");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+            return crate::routes::store_error(&e, "could not end a session");
         }
         let client = client::client(req, &state.settings.trusted_proxies);
         state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use askama::Template;
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::web::Data;
-use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, RouteMethod};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
@@ -26,17 +26,36 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// The application's routes wrapped in its middleware.
 pub fn router(state: Arc<AppState>) -> impl Endpoint {
+    // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
-        .at("/", get(home::home))
-        .at("/login", get(login::get::login_form).post(login::post::login))
-        .at("/logout", post(logout::logout))
-        .at("/sessions/end-others", post(home::end_other_sessions))
-        .at("/admin/failed-logins", get(admin::failed_logins::failed_logins))
-        .at("/admin/unlock", post(admin::unlock::unlock))
-        .at("/healthz", get(health::healthz))
-        .at("/static/:file", get(static_files::serve))
+        .at("/", allowing(GET, get(home::home)))
+        .at("/login", allowing("GET, HEAD, POST", get(login::get::login_form).post(login::post::login)))
+        .at("/logout", allowing(POST, post(logout::logout)))
+        .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
+        .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
+        .at("/admin/unlock", allowing(POST, post(admin::unlock::unlock)))
+        .at("/healthz", allowing(GET, get(health::healthz)))
+        .at("/static/:file", allowing(GET, get(static_files::serve)))
         .data(state)
         .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })
+}
+
+const GET: &str = "GET, HEAD";
+const POST: &str = "POST";
+
+/// A route's methods, whose 405 answer carries `Allow: {allow}` (RFC 9110 §15.5.6: a 405
+/// must list the methods the resource supports). `allow` must name the methods `route` has.
+fn allowing(allow: &'static str, route: RouteMethod) -> impl Endpoint<Output = Response> {
+    route.around(move |ep, req| async move {
+        match ep.call(req).await {
+            Err(e) if e.status() == StatusCode::METHOD_NOT_ALLOWED => {
+                let mut resp = error_page(StatusCode::METHOD_NOT_ALLOWED);
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                Ok(resp)
+            }
+            other => other.map(IntoResponse::into_response),
+        }
+    })
 }
 
 /// The Content-Security-Policy: nothing but our own stylesheet and images, no scripts at all.
@@ -45,9 +64,10 @@ frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
 /// Adds the security headers to every response, errors included (poem returns routing and
 /// body errors as `Err`, which would otherwise skip response middleware), and gives error
-/// statuses a page.
+/// statuses a page. Only a static file that was found may be cached; everything else,
+/// `/static/` errors included, is `no-store`.
 pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
-    let cacheable = req.uri().path().starts_with("/static/");
+    let static_path = req.uri().path().starts_with("/static/");
     let mut resp = match ep.call(req).await {
         Ok(r) => r.into_response(),
         Err(e) => {
@@ -63,6 +83,7 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
             }
         }
     };
+    let status_ok = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
     let h = resp.headers_mut();
     h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
@@ -72,7 +93,7 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     h.insert("permissions-policy", HeaderValue::from_static("camera=(), microphone=(), geolocation=(), payment=()"));
-    if !cacheable {
+    if !(static_path && status_ok) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
@@ -94,6 +115,9 @@ pub fn error_page(status: StatusCode) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This page cannot be used that way."),
         StatusCode::PAYLOAD_TOO_LARGE => ("Too large", "The form sent was larger than this server accepts."),
         StatusCode::REQUEST_TIMEOUT => ("Too slow", "The form did not arrive in time. Please try again."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("Not a form", "This address accepts only forms sent from this site's pages. Please use the page's form.")
+        }
         StatusCode::FORBIDDEN => ("Not allowed", "You do not have access to this page."),
         StatusCode::SERVICE_UNAVAILABLE => ("Busy", "The server is busy. Please try again in a moment."),
         s if s.is_client_error() => ("Bad request", "The server could not understand this request."),
@@ -104,6 +128,19 @@ pub fn error_page(status: StatusCode) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
+}
+
+/// The answer when the store failed: 503 with `Retry-After` when it cannot be used (an I/O
+/// error such as a full disk, after which sled refuses writes), as SPEC.md and SECURITY.md
+/// promise (fail closed, never a 500 for a full disk); 500 for anything else. Logs the error
+/// once with `what` happened.
+pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
+    tracing::error!(error = %e, "{what}");
+    if e.is_unavailable() {
+        error_page(StatusCode::SERVICE_UNAVAILABLE)
+    } else {
+        error_page(StatusCode::INTERNAL_SERVER_ERROR)
+    }
 }
 
 /// Renders a template as an HTML response.
@@ -125,9 +162,18 @@ pub fn see_other(location: &str) -> Response {
     Response::builder().status(StatusCode::SEE_OTHER).header(header::LOCATION, location).finish()
 }
 
-/// Reads a form body of at most [`MAX_FORM_BYTES`]; answers 413 for more, 408 for a body that
-/// did not arrive within `body_read_timeout`, and 400 for a body that is not a form. The raw bytes (which may hold a password) are wiped after parsing.
+/// Reads a form body of at most [`MAX_FORM_BYTES`]; answers 415 for a body not declared as a
+/// form (see [`is_form`]), 413 for more, 408 for a body that did not arrive within
+/// `body_read_timeout` (see `serve`), and 400 for a body that is not a form. Every POST
+/// handler calls this first, so a refused body costs nothing else (no quota, no record).
+/// The raw bytes (which may hold a password) are wiped after parsing.
 pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> Result<T, Response> {
+    if !is_form(req) {
+        let mut resp = error_page(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // RFC 9110 §15.5.16: say which content codings would have been accepted.
+        resp.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        return Err(resp);
+    }
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
@@ -148,6 +194,26 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     parsed.map_err(|_| error_page(StatusCode::BAD_REQUEST))
 }
 
+/// Whether the body is declared as what our forms send (HTML §4.10.21.7): exactly one
+/// `Content-Type` of `application/x-www-form-urlencoded` (case-insensitive, RFC 9110 §8.3.1)
+/// with no parameter but an optional `charset=utf-8` (the only charset the parser decodes),
+/// and no content coding. Anything else, a missing type included, is refused: a form posted
+/// as `text/plain` is how cross-site requests avoid a CORS preflight.
+pub fn is_form(req: &Request) -> bool {
+    let mut types = req.headers().get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (types.next(), types.next()) else { return false };
+    let Some(mime) = value.to_str().ok().and_then(|v| v.parse::<mime::Mime>().ok()) else { return false };
+    let form = mime.essence_str() == mime::APPLICATION_WWW_FORM_URLENCODED.essence_str();
+    let params_ok =
+        mime.params().all(|(name, value)| name == mime::CHARSET && value.as_str().eq_ignore_ascii_case("utf-8"));
+    let coded = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("identity"))));
+    form && params_ok && !coded
+}
+
 /// The signed-in session for this request, if any.
 pub fn current_session(req: &Request, state: &AppState) -> Option<ActiveSession> {
     let cookie = crate::cookies::get(req, SESSION_COOKIE)?;
@@ -162,3 +228,62 @@ pub fn current_session(req: &Request, state: &AppState) -> Option<ActiveSession>
 
 /// State extractor shorthand.
 pub type State<'a> = Data<&'a Arc<AppState>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&str, &str)]) -> Request {
+        let mut b = Request::builder().method(poem::http::Method::POST).uri_str("/login");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn urlencoded_forms_are_recognised_in_any_case_with_or_without_a_utf8_charset() {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-URLEncoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=utf-8",
+            "application/x-www-form-urlencoded; charset=\"utf-8\"",
+        ] {
+            assert!(is_form(&post(&[("content-type", ct)])), "{ct}");
+        }
+        assert!(is_form(&post(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-encoding", "identity")
+        ])));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_form() {
+        assert!(!is_form(&post(&[])));
+        for ct in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "multipart/form-data; boundary=x",
+            "application/json",
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "application/x-www-form-urlencoded; boundary=x",
+            "application/vnd.evil+x-www-form-urlencoded",
+            "application/x-www-form-urlencoded-x",
+            "",
+            "application/x-www-form-urlencoded, text/plain",
+        ] {
+            assert!(!is_form(&post(&[("content-type", ct)])), "{ct:?}");
+        }
+        let twice = Request::builder()
+            .method(poem::http::Method::POST)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-type", "text/plain")
+            .finish();
+        assert!(!is_form(&twice));
+        assert!(!is_form(&post(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-encoding", "gzip")
+        ])));
+    }
+}

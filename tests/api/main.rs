@@ -2,23 +2,30 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod brute_force;
+mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
+mod disk;
 mod exhaustion;
 mod fuzz_props;
 mod helpers;
+mod http_edges;
 mod load;
 mod loadtest;
 mod login;
+mod login_csrf;
 mod logout;
 mod memory;
+mod password_policy;
 mod review;
 mod secrets;
 mod security;
 mod sessions;
 mod stalls;
+mod terminal;
 mod tls;
+mod user_enumeration;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;

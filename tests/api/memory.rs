@@ -6,9 +6,10 @@ use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use portcullis::client::AddressKey;
 use portcullis::config::Rate;
 use portcullis::failures::FailureTracker;
-use portcullis::rate_limit::{address_key, username_digest, LoginQuotas};
+use portcullis::rate_limit::{username_digest, LoginQuotas};
 
 pub struct Counting;
 
@@ -53,9 +54,9 @@ fn a_hundred_thousand_attacking_addresses_and_usernames_stay_within_the_stated_m
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
         // 64-character usernames: the longest accepted.
         let user = format!("{i:0>64}");
-        let _ = quotas.per_address.check(&address_key(ip));
+        let _ = quotas.per_address.check(&AddressKey::of(ip));
         let _ = quotas.per_username.check(&username_digest(&user));
-        failures.record_failure(ip, &user, now);
+        failures.record_failure(AddressKey::of(ip), &user, now);
     }
     let used = net_allocated() - before;
     assert_eq!(quotas.per_address.len(), 100_000);

@@ -34,6 +34,7 @@ fn known_records(now: u64) -> Vec<FailureRecord> {
                 username: user.into(),
                 reason,
                 user_agent: format!("agent {i}"),
+                count: 1,
             }
         })
         .collect()

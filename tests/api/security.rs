@@ -28,7 +28,10 @@ async fn every_kind_of_response_carries_the_security_headers() {
     assert_security_headers(&c.get(app.url("/static/style.css")).send().await.unwrap(), "static");
     assert_security_headers(&c.get(app.url("/nope")).send().await.unwrap(), "404");
     assert_security_headers(&c.delete(app.url("/login")).send().await.unwrap(), "405");
-    assert_security_headers(&c.post(app.url("/login")).body("x".repeat(100_000)).send().await.unwrap(), "413");
+    let big =
+        c.post(app.url("/login")).header("content-type", "application/x-www-form-urlencoded").body("x".repeat(100_000));
+    assert_security_headers(&big.send().await.unwrap(), "413");
+    assert_security_headers(&c.post(app.url("/login")).body("csrf=x").send().await.unwrap(), "415");
     assert_security_headers(&c.post(app.url("/login")).form(&[("csrf", "x")]).send().await.unwrap(), "403");
     assert_security_headers(&app.login("alice", "wrong password!!").await, "401");
     assert_security_headers(&app.login("alice", GOOD_PASSWORD).await, "303 after login");

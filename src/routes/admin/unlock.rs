@@ -32,6 +32,7 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
             let q = serde_urlencoded::to_string([("unlocked", name.as_str())]).unwrap_or_default();
             see_other(&format!("/admin/failed-logins?{q}"))
         }
+        Err(crate::users::UserError::Store(e)) => crate::routes::store_error(&e, "could not unlock a user"),
         Err(_) => see_other("/admin/failed-logins?unlock_failed=1"),
     }
 }

@@ -21,6 +21,7 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
         return see_other(next.unwrap_or("/"));
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
-    let captcha = state.failures.address_needs_captcha(client.ip, crate::store::now_ms()).then_some(client.ip);
+    let key = client.key();
+    let captcha = state.failures.address_needs_captcha(key, crate::store::now_ms()).then_some(key);
     super::render(req, &state, Form { captcha, ..Form::new(StatusCode::OK, next) }).await
 }

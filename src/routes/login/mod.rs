@@ -10,7 +10,7 @@ use poem::{Request, Response};
 
 use crate::app::AppState;
 use crate::cookies;
-use crate::csrf::{Csrf, LOGIN_TOKEN_LIFETIME, PRELOGIN_COOKIE};
+use crate::csrf::{PreLogin, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -33,7 +33,7 @@ pub struct Form<'a> {
     pub username: &'a str,
     pub next: Option<&'a str>,
     /// Draw a captcha challenge for this visitor, who is at this address.
-    pub captcha: Option<std::net::IpAddr>,
+    pub captcha: Option<crate::client::AddressKey>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
 }
@@ -44,22 +44,31 @@ impl<'a> Form<'a> {
     }
 }
 
-/// The visitor's pre-login cookie value, if it looks like one of ours.
-pub fn prelogin(req: &Request) -> Option<String> {
-    cookies::get(req, PRELOGIN_COOKIE).filter(|v| v.len() == 43)
+/// The visitor's pre-login cookie, if this server issued it and it is neither expired nor
+/// retired (see [`crate::csrf`]).
+pub fn prelogin(req: &Request, state: &AppState, now_secs: u64) -> Option<PreLogin> {
+    cookies::get(req, PRELOGIN_COOKIE).and_then(|v| state.csrf.prelogin(&v, now_secs))
 }
 
 /// Renders the login form with a fresh CSRF token bound to the visitor's pre-login cookie
-/// (set here if the visitor has none yet) and, when asked, a fresh captcha challenge.
+/// (issued here if the visitor has none the server accepts, or one too old to last the
+/// form's lifetime) and, when asked, a fresh captcha challenge.
 pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Response {
-    let (pre, is_new) = match prelogin(req) {
-        Some(v) => (v, false),
-        None => (Csrf::new_prelogin(), true),
-    };
     let now = crate::store::now_ms();
-    let token = state.csrf.login_token(&pre, now / 1000);
-    if let Some(ip) = form.captcha {
-        if let Err(wait) = state.quotas.captcha_draws.check(&crate::rate_limit::address_key(ip)) {
+    let now_secs = now / 1000;
+    let (pre, is_new) = match prelogin(req, state, now_secs).filter(|p| p.lasts_a_form(now_secs)) {
+        Some(p) => (p, false),
+        None => match state.csrf.issue_prelogin(now_secs) {
+            Ok(p) => (p, true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot issue a pre-login cookie");
+                return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        },
+    };
+    let token = state.csrf.login_token(pre.value(), now_secs);
+    if let Some(address) = form.captcha {
+        if let Err(wait) = state.quotas.captcha_draws.check(&address) {
             form.captcha = None;
             form.status = StatusCode::TOO_MANY_REQUESTS;
             form.retry_after = Some(wait);
@@ -67,7 +76,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         }
     }
     let captcha = if form.captcha.is_some() {
-        match state.captchas.issue(&pre, now).await {
+        match state.captchas.issue(pre.value(), now).await {
             Ok(uri) => Some(uri),
             Err(e) => {
                 tracing::error!(error = %e, "captcha failed");
@@ -92,7 +101,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     let mut resp = super::html(form.status, &page);
     let h = resp.headers_mut();
     if is_new {
-        if let Ok(v) = cookies::set(PRELOGIN_COOKIE, &pre, Some(LOGIN_TOKEN_LIFETIME.as_secs())).parse() {
+        if let Ok(v) = cookies::set(PRELOGIN_COOKIE, pre.value(), Some(PRELOGIN_LIFETIME.as_secs())).parse() {
             h.append(header::SET_COOKIE, v);
         }
     }

@@ -1,7 +1,9 @@
 //! `POST /login`, in the order that keeps each defence cheap and fair:
 //! 1. the per-address quota (every attempt counts),
 //! 2. CSRF,
-//! 3. the captcha, when this address or username has failed too often,
+//! 3. the captcha, when this address or username has failed too often; otherwise the
+//!    attempt reserves its place among the `captcha_after_failures` checks allowed without
+//!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
 //!    a user's quota without solving captchas),
 //! 5. the password, on the hash pool.
@@ -19,9 +21,10 @@ use crate::audit::{AuthEvent, Client, FailureReason};
 use crate::authentication::AuthError;
 use crate::csrf::PRELOGIN_COOKIE;
 use crate::domain::normalise_key;
+use crate::failures::CaptchaDemanded;
 use crate::password::Password;
-use crate::rate_limit::{address_key, username_digest};
-use crate::routes::{error_page, read_form, see_other, State};
+use crate::rate_limit::username_digest;
+use crate::routes::{error_page, read_form, see_other, store_error, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::store::now_ms;
 use crate::{client, cookies};
@@ -67,7 +70,10 @@ impl Attempt<'_> {
         max_reached: bool,
     ) -> Response {
         if let Err(e) = self.state.audit.record_failure(self.username, &self.client, reason, max_reached).await {
-            tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            // (Below the disk reserve, Audit says so once a minute, not once per refusal.)
+            if !matches!(e, crate::audit::AuditError::Reserve) {
+                tracing::error!(error = %e, "cannot record a failed login; refusing service");
+            }
             return error_page(StatusCode::SERVICE_UNAVAILABLE);
         }
         let error = match reason {
@@ -79,8 +85,8 @@ impl Attempt<'_> {
             FailureReason::CaptchaRequired => "Please also type the characters shown in the picture.".into(),
             _ => GENERIC_FAILURE.into(),
         };
-        let captcha =
-            self.state.failures.needs_captcha(self.client.ip, &self.user_key, now_ms()).then_some(self.client.ip);
+        let key = self.client.key();
+        let captcha = self.state.failures.needs_captcha(key, &self.user_key, now_ms()).then_some(key);
         let form =
             Form { error: Some(error), username: self.username, captcha, retry_after, ..Form::new(status, self.next) };
         super::render(self.req, self.state, form).await
@@ -103,22 +109,25 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         next: super::safe_next(form.next.as_deref()),
     };
     let ip = attempt.client.ip;
+    let address = attempt.client.key();
     let now = now_ms();
 
-    if let Err(wait) = state.quotas.per_address.check(&address_key(ip)) {
+    if let Err(wait) = state.quotas.per_address.check(&address) {
         return attempt.refuse(FailureReason::RateLimited, StatusCode::TOO_MANY_REQUESTS, Some(wait), false).await;
     }
 
-    let prelogin = super::prelogin(req);
-    let csrf_ok = prelogin.as_deref().is_some_and(|pre| state.csrf.check_login(pre, &form.csrf, now / 1000));
+    let prelogin = super::prelogin(req, &state, now / 1000);
+    let csrf_ok = prelogin.as_ref().is_some_and(|pre| state.csrf.check_login(pre.value(), &form.csrf, now / 1000));
     let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
         return attempt.refuse(FailureReason::Csrf, StatusCode::FORBIDDEN, None, false).await;
     };
 
-    if state.failures.needs_captcha(ip, &attempt.user_key, now) {
+    // Held until the password is judged: dropped (released) on any other way out.
+    let reservation = state.failures.reserve(address, &attempt.user_key, now);
+    if let Err(CaptchaDemanded) = reservation {
         let refused = if form.captcha.trim().is_empty() {
             Some(FailureReason::CaptchaRequired)
-        } else if !state.captchas.check(&prelogin, &form.captcha, now) {
+        } else if !state.captchas.check(prelogin.value(), &form.captcha, now) {
             Some(FailureReason::BadCaptcha)
         } else {
             None
@@ -135,30 +144,36 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     let user = match state.auth.authenticate(&form.username, Password::new(&form.password)).await {
         Ok(user) => user,
         Err(AuthError::InvalidCredentials(reason)) => {
-            let counted = state.failures.record_failure(ip, &attempt.user_key, now_ms());
+            let counted = match reservation {
+                Ok(r) => r.failed(now_ms()),
+                Err(CaptchaDemanded) => state.failures.record_failure(address, &attempt.user_key, now_ms()),
+            };
             return attempt.refuse(reason, StatusCode::UNAUTHORIZED, None, counted.reached_threshold).await;
         }
         Err(AuthError::Overloaded) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
+        Err(AuthError::Store(e)) => return store_error(&e, "login failed: the store cannot be used"),
         Err(AuthError::Unexpected(e)) => {
             tracing::error!(error = %format!("{e:#}"), "login failed unexpectedly");
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
+    drop(reservation);
+    // The form signs in once: retired before the session exists, and of two sign-ins sent
+    // with one form at once only the first to get here goes on.
+    if !state.csrf.retire(&prelogin, now_ms() / 1000) {
+        return attempt.refuse(FailureReason::Csrf, StatusCode::FORBIDDEN, None, false).await;
+    }
     let after_failures = state.failures.record_success(&user.key);
 
     // Session fixation: whatever session this browser had is ended, and a new token issued.
     if let Some(old) = cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)) {
         if let Err(e) = state.sessions.end(&old.hash()).await {
-            tracing::error!(error = %e, "could not end the previous session");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+            return store_error(&e, "could not end the previous session");
         }
     }
     let token = match state.sessions.create(&user.key, ip, &attempt.client.user_agent) {
         Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "could not create a session");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
-        }
+        Err(e) => return store_error(&e, "could not create a session"),
     };
     // A sign-in that cannot be recorded does not happen: end the new session and say so.
     if let Err(e) = state.audit.record_checked(&AuthEvent::LoginSucceeded {

@@ -1,0 +1,144 @@
+//! HTTP edges: form bodies of the wrong type (415 before any other work), the methods each
+//! route has (405 with `Allow`), and which responses may be cached.
+
+use portcullis::store::FailureQuery;
+
+use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
+
+/// Every route that takes a form.
+const POST_ROUTES: &[&str] = &["/login", "/logout", "/sessions/end-others", "/admin/unlock"];
+
+/// Body types that are not a form this server reads (`None`: no Content-Type at all).
+const NOT_FORMS: &[Option<&str>] = &[
+    None,
+    Some("text/plain"),
+    Some("text/plain; charset=utf-8"),
+    Some("multipart/form-data; boundary=x"),
+    Some("application/json"),
+    Some("application/x-www-form-urlencoded; charset=iso-8859-1"),
+];
+
+/// An administrator signed in on a fresh browser, with the home page's CSRF token.
+async fn signed_in_admin(app: &TestApp) -> (reqwest::Client, String) {
+    app.add_user("alice", GOOD_PASSWORD, true).await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    let csrf = app.home_csrf(&browser).await;
+    (browser, csrf)
+}
+
+async fn post_as(client: &reqwest::Client, url: String, content_type: Option<&str>, body: String) -> reqwest::Response {
+    let mut req = client.post(url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_post_route_answers_415_with_the_error_page_for_a_body_that_is_not_a_form() {
+    let app = spawn_app().await;
+    let (browser, csrf) = signed_in_admin(&app).await;
+    // A valid body in every other respect: only its declared type is wrong.
+    let body = format!("csrf={csrf}&username=alice");
+    for route in POST_ROUTES {
+        for ct in NOT_FORMS {
+            let resp = post_as(&browser, app.url(route), *ct, body.clone()).await;
+            assert_eq!(resp.status(), 415, "{route} with {ct:?}");
+            assert_eq!(resp.headers()["cache-control"], "no-store", "{route} with {ct:?}");
+            assert!(resp.headers().contains_key("content-security-policy"), "{route}");
+            assert!(resp.text().await.unwrap().contains("Not a form"), "{route} with {ct:?}");
+        }
+    }
+    // None of them did anything: the session is still there (no logout, no end-others).
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
+    assert!(app.log_lines().iter().all(|l| l["event"] != "user_unlocked"), "unlock ran");
+}
+
+#[tokio::test]
+async fn a_login_posted_as_text_plain_signs_nobody_in_and_costs_no_quota_or_record() {
+    // One attempt per address per hour: any 415 that counted would shut out the real one.
+    let app = spawn_app_with(|s| s.login_quota_per_ip = portcullis::config::parse_rate("1/1h").unwrap()).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let page = app.client.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let body =
+        serde_urlencoded::to_string([("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", &csrf)]).unwrap();
+    for ct in NOT_FORMS {
+        let resp = post_as(&app.client, app.url("/login"), *ct, body.clone()).await;
+        assert_eq!(resp.status(), 415, "{ct:?}");
+        assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis").is_none(), "{ct:?} signed in");
+    }
+    assert!(app.records(FailureQuery { limit: 100, ..Default::default() }).is_empty(), "a 415 was recorded");
+    let resp = post_as(&app.client, app.url("/login"), Some("application/x-www-form-urlencoded"), body).await;
+    assert_eq!(resp.status(), 303, "the 415s used up the quota");
+}
+
+#[tokio::test]
+async fn a_form_is_accepted_in_any_case_with_or_without_a_utf8_charset() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-URLEncoded",
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "application/x-www-form-urlencoded;charset=\"utf-8\"",
+    ] {
+        let browser = app.new_browser();
+        let csrf = app.login_csrf(&browser).await;
+        let body =
+            serde_urlencoded::to_string([("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", &csrf)]).unwrap();
+        assert_eq!(post_as(&browser, app.url("/login"), Some(ct), body).await.status(), 303, "{ct}");
+    }
+}
+
+#[tokio::test]
+async fn every_405_lists_the_methods_its_route_has_in_allow() {
+    let app = spawn_app().await;
+    let routes: &[(&str, &[&str])] = &[
+        ("/", &["GET", "HEAD"]),
+        ("/login", &["GET", "HEAD", "POST"]),
+        ("/logout", &["POST"]),
+        ("/sessions/end-others", &["POST"]),
+        ("/admin/failed-logins", &["GET", "HEAD"]),
+        ("/admin/unlock", &["POST"]),
+        ("/healthz", &["GET", "HEAD"]),
+        ("/static/style.css", &["GET", "HEAD"]),
+    ];
+    let all = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+    for (route, allowed) in routes {
+        for method in all {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let resp = app
+                .client
+                .request(m, app.url(route))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .send()
+                .await
+                .unwrap();
+            if allowed.contains(&method) {
+                assert_ne!(resp.status(), 405, "{method} {route}");
+                continue;
+            }
+            assert_eq!(resp.status(), 405, "{method} {route}");
+            let allow = resp.headers().get("allow").unwrap_or_else(|| panic!("{method} {route}: no Allow"));
+            let listed: Vec<&str> = allow.to_str().unwrap().split(',').map(str::trim).collect();
+            assert_eq!(&listed, allowed, "{method} {route}");
+            assert_eq!(resp.headers()["cache-control"], "no-store", "{method} {route}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_a_static_file_that_exists_may_be_cached() {
+    let app = spawn_app().await;
+    let found = app.client.get(app.url("/static/style.css")).send().await.unwrap();
+    assert_eq!(found.status(), 200);
+    assert!(found.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    let missing = app.client.get(app.url("/static/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["cache-control"], "no-store");
+    let wrong_method = app.client.post(app.url("/static/style.css")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["cache-control"], "no-store");
+}
