@@ -130,8 +130,9 @@ pub fn serve(data_dir: &Path, users: UserAdmin, audit: Audit) -> std::io::Result
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let me = unsafe_uid();
     Ok(tokio::spawn(async move {
+        let mut backoff = crate::serve::Backoff::new("admin socket");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (stream, _) = backoff.accept(|| listener.accept()).await;
             let allowed = stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false);
             if !allowed {
                 continue;

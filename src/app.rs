@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use poem::http::{header, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{handler, EndpointExt, Request, Response, Server};
+use poem::{handler, EndpointExt, Request, Response};
 use tokio::task::JoinHandle;
 
 use crate::audit::Audit;
@@ -23,13 +22,14 @@ use crate::rate_limit::LoginQuotas;
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::users::UserAdmin;
-use crate::{admin_socket, routes, tls};
+use crate::{admin_socket, routes, serve, tls};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = serve::CLOSE_GRACE;
 
-/// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The idle timeout on the redirector, where keep-alive is off and this only bounds a slow
+/// response.
+const REDIRECT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler can reach.
 pub struct AppState {
@@ -70,9 +70,8 @@ impl Services {
 }
 
 pub struct Application {
-    https: tls::TlsAcceptor,
-    http: Option<poem::listener::TcpAcceptor>,
-    http_addr: Option<SocketAddr>,
+    https: tls::Listener,
+    http: Option<tls::Listener>,
     state: Arc<AppState>,
     store: Store,
     background: Vec<JoinHandle<()>>,
@@ -93,19 +92,16 @@ impl Application {
         }
         let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;
-        let https = tls::TlsAcceptor::bind(settings.https_addr, tls_config, tls::Limits::from_settings(&settings))
+        let https = tls::Listener::bind(settings.https_addr, Some(tls_config), tls::Limits::from_settings(&settings))
             .await
             .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
-        let (http, http_addr) = match settings.http_addr {
-            Some(addr) => {
-                let acceptor = TcpListener::bind(addr)
-                    .into_acceptor()
+        let http = match settings.http_addr {
+            Some(addr) => Some(
+                tls::Listener::bind(addr, None, tls::Limits::redirector_from_settings(&settings))
                     .await
-                    .with_context(|| format!("cannot listen on http_addr {addr}"))?;
-                let local = acceptor.local_addr().first().and_then(|a| a.as_socket_addr().copied());
-                (Some(acceptor), local)
-            }
-            None => (None, None),
+                    .with_context(|| format!("cannot listen on http_addr {addr}"))?,
+            ),
+            None => None,
         };
 
         let initial_admin_password = if services.users.is_empty() {
@@ -151,7 +147,6 @@ impl Application {
         Ok(Application {
             https,
             http,
-            http_addr,
             state,
             store: services.store,
             background,
@@ -165,7 +160,7 @@ impl Application {
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+        self.http.as_ref().map(tls::Listener::local_addr)
     }
 
     pub fn hash_workers(&self) -> usize {
@@ -195,27 +190,35 @@ impl Application {
 
         let origin = self.public_origin();
         let app = routes::router(Arc::clone(&self.state));
-        let https = Server::new_with_acceptor(self.https)
-            .name("https")
-            .idle_timeout(IDLE_TIMEOUT)
-            .http2_max_concurrent_streams(64)
-            .run_with_graceful_shutdown(app, stopped(stop_rx.clone()), Some(SHUTDOWN_GRACE));
+        let settings = &self.state.settings;
+        let https = serve::serve(
+            self.https,
+            app,
+            serve::Options {
+                name: "https",
+                idle_timeout: settings.idle_timeout,
+                body_read_timeout: settings.body_read_timeout,
+                keep_alive: true,
+                http2: true,
+            },
+            stopped(stop_rx.clone()),
+        );
         let http = async {
-            match self.http {
-                Some(acceptor) => {
-                    let redirect = redirect_to_https
-                        .data(RedirectTarget(origin))
-                        .around(|ep, req| async move { Ok(routes::security_headers(ep.as_ref(), req).await) });
-                    Server::new_with_acceptor(acceptor)
-                        .name("http")
-                        .idle_timeout(Duration::from_secs(10))
-                        .run_with_graceful_shutdown(redirect, stopped(stop_rx.clone()), Some(SHUTDOWN_GRACE))
-                        .await
-                }
-                None => Ok(()),
+            if let Some(listener) = self.http {
+                let redirect = redirect_to_https
+                    .data(RedirectTarget(origin))
+                    .around(|ep, req| async move { Ok(routes::security_headers(ep.as_ref(), req).await) });
+                let options = serve::Options {
+                    name: "http",
+                    idle_timeout: REDIRECT_IDLE_TIMEOUT,
+                    body_read_timeout: settings.body_read_timeout,
+                    keep_alive: false,
+                    http2: false,
+                };
+                serve::serve(listener, redirect, options, stopped(stop_rx.clone())).await;
             }
         };
-        let result = tokio::try_join!(https, http);
+        tokio::join!(https, http);
         for task in &self.background {
             task.abort();
         }
@@ -224,7 +227,6 @@ impl Application {
             tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
         }
         self.store.flush().await.context("flushing the store at shutdown")?;
-        result.context("server error")?;
         Ok(())
     }
 }

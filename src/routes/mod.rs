@@ -115,6 +115,7 @@ pub fn error_page(status: StatusCode) -> Response {
         }
         StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This page cannot be used that way."),
         StatusCode::PAYLOAD_TOO_LARGE => ("Too large", "The form sent was larger than this server accepts."),
+        StatusCode::REQUEST_TIMEOUT => ("Too slow", "The form did not arrive in time. Please try again."),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             ("Not a form", "This address accepts only forms sent from this site's pages. Please use the page's form.")
         }
@@ -163,7 +164,8 @@ pub fn see_other(location: &str) -> Response {
 }
 
 /// Reads a form body of at most [`MAX_FORM_BYTES`]; answers 415 for a body not declared as a
-/// form (see [`is_form`]), 413 for more and 400 for a body that is not a form. Every POST
+/// form (see [`is_form`]), 413 for more, 408 for a body that did not arrive within
+/// `body_read_timeout` (see `serve`), and 400 for a body that is not a form. Every POST
 /// handler calls this first, so a refused body costs nothing else (no quota, no record).
 /// The raw bytes (which may hold a password) are wiped after parsing.
 pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> Result<T, Response> {
@@ -181,6 +183,10 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     let bytes = match body.into_bytes_limit(MAX_FORM_BYTES).await {
         Ok(b) => b,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE)),
+        // The body stopped short of `body_read_timeout` (see `serve`).
+        Err(poem::error::ReadBodyError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(error_page(StatusCode::REQUEST_TIMEOUT))
+        }
         Err(_) => return Err(error_page(StatusCode::BAD_REQUEST)),
     };
     let mut raw = Vec::from(bytes);

@@ -130,6 +130,8 @@ async fn slowloris_connections_are_cut_off_and_keep_alive_still_works() {
     let app = spawn_app_with(|s| {
         s.header_read_timeout = Duration::from_secs(2);
         s.max_connections = 64;
+        // All 40 come from one address.
+        s.max_connections_per_ip = 64;
     })
     .await;
     let alice = signed_in_user(&app).await;

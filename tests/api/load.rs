@@ -24,6 +24,8 @@ async fn healthz_answers_while_the_hash_pool_is_saturated_and_the_excess_gets_50
         s.login_quota_per_ip = None;
         s.login_quota_per_user = None;
         s.captcha_after_failures = 1000;
+        // Each of the 60 browsers holds a connection, all from 127.0.0.1.
+        s.max_connections_per_ip = 128;
     })
     .await;
     app.add_user("alice", GOOD_PASSWORD, false).await;

@@ -24,6 +24,7 @@ mod review;
 mod secrets;
 mod security;
 mod sessions;
+mod stalls;
 mod terminal;
 mod tls;
 mod user_enumeration;

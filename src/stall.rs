@@ -1,0 +1,298 @@
+//! What a client owes, and by when: once a request head (HTTP/1.1) or a frame or header
+//! block (HTTP/2) has begun, the rest of it must arrive within a deadline, or the connection
+//! is cut. This is the slowloris defence for both protocols; request bodies have their own
+//! deadline in `serve` (a whole body within `body_read_timeout`), and a connection with no
+//! request in flight is closed by the idle rule there.
+//!
+//! The tracker sees only the decrypted bytes, below hyper. It parses as little as it must:
+//! the end of an HTTP/1 head, and the 9-byte header of each HTTP/2 frame (RFC 9113 §4.1).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tracks what the client owes on one connection and holds the deadline for it.
+pub struct Owed {
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    protocol: Protocol,
+}
+
+enum Protocol {
+    /// Not known yet: the first `matched` bytes equal the HTTP/2 preface so far. hyper serves
+    /// a connection that starts with the preface as HTTP/2 whatever ALPN said.
+    Sniffing {
+        matched: usize,
+    },
+    Http1(Head),
+    Http2(Frames),
+}
+
+/// Where an HTTP/1 request head stands. RFC 9112 §2.2: a server ignores empty lines before
+/// the request line, so those are owed bytes too rather than a finished head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Head {
+    /// A response went out since the last head; nothing is owed until the next byte.
+    Between,
+    /// Empty lines before a request line.
+    Leading,
+    /// Inside a line.
+    Line,
+    /// Just after a line feed: another one (optionally after a CR) ends the head.
+    LineFeed,
+    LineFeedCr,
+    /// The head is complete; its body and the handler are not this tracker's business.
+    Complete,
+}
+
+impl Head {
+    fn next(self, byte: u8) -> Head {
+        match (self, byte) {
+            (Head::Complete, _) => Head::Complete,
+            (Head::Between | Head::Leading, b'\r' | b'\n') => Head::Leading,
+            (Head::LineFeed | Head::LineFeedCr, b'\n') => Head::Complete,
+            (Head::LineFeed, b'\r') => Head::LineFeedCr,
+            (_, b'\n') => Head::LineFeed,
+            _ => Head::Line,
+        }
+    }
+
+    fn owed(self) -> bool {
+        !matches!(self, Head::Between | Head::Complete)
+    }
+}
+
+/// HTTP/2 framing: how far into the preface, the current frame's header or its payload the
+/// client is, and whether a header block (HEADERS or PUSH_PROMISE without END_HEADERS) is
+/// waiting for its CONTINUATION frames.
+#[derive(Debug, Default)]
+struct Frames {
+    preface_left: usize,
+    header: [u8; 9],
+    header_len: usize,
+    payload_left: usize,
+    block_open: bool,
+}
+
+impl Frames {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(bytes.len());
+                self.preface_left -= n;
+                bytes = &bytes[n..];
+            } else if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == 9 {
+                    self.header_len = 0;
+                    let h = self.header;
+                    self.payload_left = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    const END_HEADERS: u8 = 0x4;
+                    match h[3] {
+                        // HEADERS, PUSH_PROMISE (RFC 9113 §6.2, §6.6)
+                        0x1 | 0x5 => self.block_open = h[4] & END_HEADERS == 0,
+                        // CONTINUATION (§6.10)
+                        0x9 if h[4] & END_HEADERS != 0 => self.block_open = false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn owed(&self) -> bool {
+        self.preface_left > 0 || self.header_len > 0 || self.payload_left > 0 || self.block_open
+    }
+}
+
+impl Owed {
+    /// A tracker for a connection whose protocol will show in its first bytes.
+    pub fn new(timeout: Duration) -> Self {
+        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 } }
+    }
+
+    /// The connection is ready (TLS handshake done, or a plain connection accepted): its
+    /// first request is due from now. `h2`: ALPN chose HTTP/2, so the preface comes first.
+    pub fn start(&mut self, h2: bool) {
+        if h2 {
+            self.protocol = Protocol::Http2(Frames { preface_left: PREFACE.len(), ..Default::default() });
+        }
+        self.arm();
+    }
+
+    fn arm(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether a deadline is running.
+    pub fn armed(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// Decrypted bytes arrived.
+    pub fn on_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Protocol::Sniffing { matched } = self.protocol {
+            let n = (PREFACE.len() - matched).min(bytes.len());
+            if bytes[..n] == PREFACE[matched..matched + n] {
+                self.protocol = if matched + n == PREFACE.len() {
+                    Protocol::Http2(Frames::default())
+                } else {
+                    Protocol::Sniffing { matched: matched + n }
+                };
+                self.feed(&bytes[n..]);
+            } else {
+                // HTTP/1: what looked like the preface so far was the start of its head.
+                self.protocol = Protocol::Http1(Head::Leading);
+                self.feed(&PREFACE[..matched]);
+                self.feed(bytes);
+            }
+        } else {
+            self.feed(bytes);
+        }
+        let owed = match &self.protocol {
+            Protocol::Sniffing { .. } => true,
+            Protocol::Http1(head) => head.owed(),
+            Protocol::Http2(frames) => frames.owed(),
+        };
+        match (owed, self.armed()) {
+            (true, false) => self.arm(),
+            (false, true) => self.sleep = None,
+            _ => {}
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        match &mut self.protocol {
+            Protocol::Sniffing { .. } => {}
+            Protocol::Http1(head) => {
+                for &b in bytes {
+                    *head = head.next(b);
+                    if *head == Head::Complete {
+                        break; // the rest is a body or a pipelined request
+                    }
+                }
+            }
+            Protocol::Http2(frames) => frames.feed(bytes),
+        }
+    }
+
+    /// The server is writing. In HTTP/1 that is a response (or a 100 Continue) to a complete
+    /// head, so whatever the client sends next starts a new request.
+    pub fn on_write(&mut self) {
+        if let Protocol::Http1(head) = &mut self.protocol {
+            if *head == Head::Complete {
+                *head = Head::Between;
+            }
+        }
+    }
+
+    /// Whether the deadline has passed (registering for a wake-up if not).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(chunks: &[&[u8]]) -> Owed {
+        let mut o = Owed::new(Duration::from_secs(20));
+        o.start(false);
+        for c in chunks {
+            o.on_read(c);
+        }
+        o
+    }
+
+    #[tokio::test]
+    async fn an_http1_head_is_owed_until_its_blank_line_however_it_is_split() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let o = fed(&[&head[..split], &head[split..]]);
+            assert!(!o.armed(), "split at {split}");
+            assert!(fed(&[&head[..split]]).armed() || split == 0, "split at {split}");
+        }
+        // Bare line feeds end a head as well (httparse accepts them).
+        assert!(!fed(&[b"GET / HTTP/1.1\nHost: x\n\n"]).armed());
+        assert!(fed(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).armed());
+    }
+
+    #[tokio::test]
+    async fn empty_lines_before_the_request_line_do_not_end_the_head() {
+        // The bypass of issue 11: "\r\n\r\n" first, then a head dribbled for ever.
+        let o = fed(&[b"\r\n\r\n", b"GET / HTTP/1.1\r\n", b"Host: x\r\n"]);
+        assert!(o.armed());
+        let o = fed(&[b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
+        assert!(!o.armed());
+    }
+
+    #[tokio::test]
+    async fn after_a_response_the_next_byte_starts_a_new_deadline_and_a_body_does_not() {
+        let mut o = fed(&[b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\n"]);
+        assert!(!o.armed());
+        o.on_read(b"csrf=x");
+        assert!(!o.armed(), "a body is not a head");
+        o.on_write();
+        assert!(!o.armed(), "an idle keep-alive connection owes nothing");
+        o.on_read(b"\r\n");
+        assert!(o.armed(), "empty lines after a response begin the next head");
+        o.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!o.armed());
+    }
+
+    #[tokio::test]
+    async fn an_http2_preface_and_frames_are_owed_until_complete() {
+        let mut o = Owed::new(Duration::from_secs(20));
+        o.start(true);
+        assert!(o.armed(), "the preface is due");
+        o.on_read(&PREFACE[..10]);
+        assert!(o.armed());
+        o.on_read(&PREFACE[10..]);
+        assert!(!o.armed());
+        // SETTINGS, empty: a whole frame.
+        o.on_read(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        assert!(!o.armed());
+        // A frame header promising 5 bytes, then 3 of them.
+        o.on_read(&[0, 0, 5, 0x0, 0, 0, 0, 0, 1, 1, 2, 3]);
+        assert!(o.armed());
+        o.on_read(&[4, 5]);
+        assert!(!o.armed());
+        // HEADERS without END_HEADERS: owed until a CONTINUATION with END_HEADERS.
+        o.on_read(&[0, 0, 1, 0x1, 0x0, 0, 0, 0, 3, 0x82]);
+        assert!(o.armed());
+        o.on_read(&[0, 0, 1, 0x9, 0x0, 0, 0, 0, 3, 0x84]);
+        assert!(o.armed());
+        o.on_read(&[0, 0, 1, 0x9, 0x4, 0, 0, 0, 3, 0x87]);
+        assert!(!o.armed());
+        // Part of a frame header.
+        o.on_read(&[0, 0]);
+        assert!(o.armed());
+    }
+
+    #[tokio::test]
+    async fn the_preface_without_alpn_is_recognised_and_a_head_like_it_is_not() {
+        let o = fed(&[&PREFACE[..5], &PREFACE[5..], &[0, 0, 0, 0x4, 0, 0, 0, 0, 0]]);
+        assert!(matches!(o.protocol, Protocol::Http2(_)) && !o.armed());
+        let o = fed(&[b"PRI", b"NT / HTTP/1.1\r\n\r\n"]);
+        assert!(matches!(o.protocol, Protocol::Http1(Head::Complete)));
+    }
+}
