@@ -932,6 +932,38 @@ mod tests {
         crate::store::conformance::run(&mut SledHarness::default()).await;
     }
 
+    /// Copies a store's files as they are on disk now: what a process killed at this moment
+    /// would leave behind.
+    fn snapshot(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::create_dir_all(to.join(path.file_name().unwrap())).unwrap();
+                snapshot(&path, &to.join(path.file_name().unwrap()));
+            } else {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_is_on_disk_when_it_returns_without_a_flush_by_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        store.users.insert(&crate::store::conformance::user("alice"), "h").await.unwrap();
+        store.sessions.insert(&[7; 32], &crate::store::conformance::session("alice", 1, 1)).await.unwrap();
+        let record = failure(5, "192.0.2.1", "alice", FailureReason::Csrf);
+        store.failures.append(&record, "alice", None).await.unwrap();
+        store.users.set_disabled("alice", true).await.unwrap();
+        // Taken at once, while the store is open: sled's own periodic flush has not run.
+        let copy = tempfile::tempdir().unwrap();
+        snapshot(dir.path(), copy.path());
+        let reopened = crate::store::Store::open(copy.path()).unwrap();
+        assert!(reopened.users.get("alice").await.unwrap().unwrap().disabled);
+        assert!(reopened.sessions.get(&[7; 32]).await.unwrap().is_some());
+        assert_eq!(reopened.failures.count().await.unwrap(), 1);
+    }
+
     #[test]
     fn a_store_held_elsewhere_is_reported_locked() {
         let dir = tempfile::tempdir().unwrap();
