@@ -743,15 +743,15 @@ impl SessionStore for SledStore {
         self.durable(existed).await
     }
 
+    // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
+    // of (redone if lost), so they do not wait for a flush, and a disk that cannot be written
+    // does not stop them (a signed-in user still sees their page; SECURITY.md).
     async fn list_for_user(&self, user_key: &str) -> Result<Vec<StoredSession>> {
-        let found = self.user_sessions(user_key)?;
-        // Reading may have dropped dangling index entries.
-        self.durable(found).await
+        self.user_sessions(user_key)
     }
 
     async fn times_for_user(&self, user_key: &str) -> Result<Vec<SessionTimes>> {
-        let found = self.user_session_times(user_key)?;
-        self.durable(found).await
+        self.user_session_times(user_key)
     }
 
     async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize> {
