@@ -19,7 +19,7 @@ use crate::audit::FailureReason;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-pub mod sled;
+mod sled;
 
 mod fs;
 pub use fs::{ensure_private_dir, private_umask};
