@@ -143,6 +143,9 @@ pub enum ReviewError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The summary's worker thread ended without an answer (a bug: it panicked).
+    #[error("the summary could not be made")]
+    Stopped,
 }
 
 /// Runs a review against the audit store: a page of at most `limit` records (default
@@ -163,7 +166,11 @@ pub async fn review(
         let partial = found.len() > SUMMARY_SCAN_LIMIT;
         found.truncate(SUMMARY_SCAN_LIMIT);
         let end = q.until.unwrap_or(now_ms);
-        return Ok(Answer::Summary { summary: summarise(&found, partial, end, SUMMARY_HOURS as usize) });
+        // Up to SUMMARY_SCAN_LIMIT records to count: not on an async worker.
+        let summary = tokio::task::spawn_blocking(move || summarise(&found, partial, end, SUMMARY_HOURS as usize))
+            .await
+            .map_err(|_| ReviewError::Stopped)?;
+        return Ok(Answer::Summary { summary });
     }
     // `to_query` bounds the limit, so one more (to know whether a next page exists) fits; and
     // 0 would mean "no limit" to the store.
