@@ -205,6 +205,10 @@ pub struct FailureQuery {
 
 /// Users. Updates are explicit compare-and-swap operations: none loses a concurrent change,
 /// and none deletes a record it cannot read (it reports [`StoreError::Corrupt`]).
+///
+/// Every method of every trait here may fail with [`StoreError::Unavailable`] (the engine
+/// cannot work: answer 503) or [`StoreError::Corrupt`] (a stored record cannot be read);
+/// each write is durable when it returns `Ok`.
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// The user under `key` (normalised), if any.
@@ -213,6 +217,7 @@ pub trait UserStore: Send + Sync {
     async fn credential(&self, key: &str) -> Result<Option<Credential>>;
     /// Every user, in no particular order.
     async fn list(&self) -> Result<Vec<User>>;
+    /// How many users there are.
     async fn count(&self) -> Result<u64>;
     /// Adds a user with the given hash.
     ///
@@ -245,7 +250,10 @@ pub trait UserStore: Send + Sync {
 /// Server-side sessions, by token hash, with a per-user index.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// Stores a new session under its token's hash (replacing one with the same hash: with
+    /// 256-bit random tokens that does not happen).
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()>;
+    /// The session stored under `token_hash`, expired or not.
     async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>>;
     /// Records activity at `now` (never moving `last_seen_at` back); a session ended
     /// meanwhile stays ended.
@@ -261,6 +269,7 @@ pub trait SessionStore: Send + Sync {
     /// Removes every session idle for `idle_ms` or older than `absolute_ms` at `now` (all
     /// Unix/duration milliseconds), and any it cannot read; returns how many.
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize>;
+    /// How many sessions are stored, expired ones included.
     async fn count(&self) -> Result<u64>;
 }
 
@@ -277,6 +286,7 @@ pub trait FailureStore: Send + Sync {
     async fn query(&self, q: &FailureQuery) -> Result<Vec<(Cursor, FailureRecord)>>;
     /// Deletes records older than `cutoff` (Unix ms); returns how many.
     async fn purge_before(&self, cutoff: u64) -> Result<usize>;
+    /// How many records are stored.
     async fn count(&self) -> Result<u64>;
     /// Counts the records, drops the oldest beyond `max_records`, and from then on applies
     /// the cap on append (a scan: the server runs it once, in the background, at start).
