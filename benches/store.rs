@@ -4,26 +4,38 @@
 //!
 //! `cargo bench --bench store`. The one-million-record range query is slow to set up (it
 //! fills a store first) and runs only with `PORTCULLIS_BENCH_1M=1`.
+//!
+//! Every store write is durable when it returns, so each measured write includes its share
+//! of a group-commit fsync; stores are filled with many writes in flight, as a busy server
+//! would make them.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::future::join_all;
 use portcullis::audit::FailureReason;
 use portcullis::session::Sessions;
-use portcullis::store::{FailureQuery, FailureRecord, Store, UserRecord, SCHEMA_VERSION};
+use portcullis::store::{FailureQuery, FailureRecord, Store, User};
+use tokio::runtime::Runtime;
 
 const HOUR_MS: u64 = 3_600_000;
 const START_MS: u64 = 1_700_000_000_000;
 
-fn user(key: &str) -> UserRecord {
-    UserRecord {
-        schema: SCHEMA_VERSION,
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+
+/// Writes in flight at once while filling a store.
+const FILL_BATCH: u64 = 512;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+fn user(key: &str) -> User {
+    User {
         key: key.into(),
         display_name: key.into(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
-            .into(),
         admin: false,
         created_at: 1,
         password_changed_at: 1,
@@ -35,25 +47,31 @@ fn user(key: &str) -> UserRecord {
 /// Sessions for 1,000 users, 10 each, with one user to measure.
 fn sessions(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
     let store = Store::open(dir.path()).unwrap();
     let sessions = Sessions::new(store.clone(), Duration::from_secs(1800), Duration::from_secs(43_200));
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    for u in 0..1000 {
-        let key = format!("user{u}");
-        store.insert_user(&user(&key)).unwrap();
-        for _ in 0..10 {
-            sessions.create(&key, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").unwrap();
+    rt.block_on(join_all((0..1000).map(|u| {
+        let (store, sessions) = (store.clone(), sessions.clone());
+        async move {
+            let key = format!("user{u}");
+            store.users.insert(&user(&key), HASH).await.unwrap();
+            for _ in 0..10 {
+                sessions.create(&key, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").await.unwrap();
+            }
         }
-    }
+    })));
     let mut g = c.benchmark_group("session");
     g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     g.bench_function("create", |b| {
-        b.iter(|| sessions.create(black_box("user7"), ip, "Mozilla/5.0 (X11; Linux x86_64) bench").unwrap())
+        b.iter(|| {
+            rt.block_on(sessions.create(black_box("user7"), ip, "Mozilla/5.0 (X11; Linux x86_64) bench")).unwrap()
+        })
     });
-    let token = sessions.create("user8", ip, "bench").unwrap().encode();
-    g.bench_function("resolve", |b| b.iter(|| sessions.resolve(black_box(&token)).unwrap().unwrap()));
+    let token = rt.block_on(sessions.create("user8", ip, "bench")).unwrap().encode();
+    g.bench_function("resolve", |b| b.iter(|| rt.block_on(sessions.resolve(black_box(&token))).unwrap().unwrap()));
     g.bench_function("resolve_unknown", |b| {
-        b.iter(|| sessions.resolve(black_box("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).unwrap())
+        b.iter(|| rt.block_on(sessions.resolve(black_box("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).unwrap())
     });
     g.finish();
 }
@@ -73,12 +91,17 @@ fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
 }
 
 /// Fills `n` records spread over 30 days; returns the store.
-fn filled(dir: &std::path::Path, n: u64) -> Store {
+fn filled(rt: &Runtime, dir: &std::path::Path, n: u64) -> Store {
     let store = Store::open(dir).unwrap();
     let spacing = (30 * 24 * HOUR_MS / n).max(1);
-    for i in 0..n {
-        let (r, key) = record(i, spacing);
-        store.append_failure(&r, &key, None).unwrap();
+    for start in (0..n).step_by(FILL_BATCH as usize) {
+        rt.block_on(join_all((start..n.min(start + FILL_BATCH)).map(|i| {
+            let store = store.clone();
+            async move {
+                let (r, key) = record(i, spacing);
+                store.failures.append(&r, &key, None).await.unwrap();
+            }
+        })));
     }
     store
 }
@@ -92,7 +115,8 @@ fn hour_query() -> FailureQuery {
 fn failures(c: &mut Criterion) {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let store = filled(dir.path(), N);
+    let rt = runtime();
+    let store = filled(&rt, dir.path(), N);
     let mut g = c.benchmark_group("failures_100k");
     g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let mut i = N;
@@ -100,13 +124,15 @@ fn failures(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let (r, key) = record(i, 1);
-            store.append_failure(black_box(&r), &key, None).unwrap()
+            rt.block_on(store.failures.append(black_box(&r), &key, None)).unwrap()
         })
     });
     let q = hour_query();
-    g.bench_function("range_1h_limit100", |b| b.iter(|| store.failures(black_box(&q)).unwrap()));
+    g.bench_function("range_1h_limit100", |b| b.iter(|| rt.block_on(store.failures.query(black_box(&q))).unwrap()));
     let by_user = FailureQuery { user_key: Some("user42".into()), limit: 100, ..Default::default() };
-    g.bench_function("by_user_limit100", |b| b.iter(|| store.failures(black_box(&by_user)).unwrap()));
+    g.bench_function("by_user_limit100", |b| {
+        b.iter(|| rt.block_on(store.failures.query(black_box(&by_user))).unwrap())
+    });
     g.finish();
 }
 
@@ -116,12 +142,13 @@ fn audit_range_1m(c: &mut Criterion) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = filled(dir.path(), 1_000_000);
+    let rt = runtime();
+    let store = filled(&rt, dir.path(), 1_000_000);
     let mut g = c.benchmark_group("audit_range_1m");
     g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     let q = hour_query();
-    assert_eq!(store.failures(&q).unwrap().len(), 100);
-    g.bench_function("range_1h_limit100", |b| b.iter(|| store.failures(black_box(&q)).unwrap()));
+    assert_eq!(rt.block_on(store.failures.query(&q)).unwrap().len(), 100);
+    g.bench_function("range_1h_limit100", |b| b.iter(|| rt.block_on(store.failures.query(black_box(&q))).unwrap()));
     g.finish();
 }
 

@@ -96,15 +96,16 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
         }
         Request::UserList => {
-            return match users.list() {
+            return match users.list().await {
                 Ok(users) => Response::Users { users },
                 Err(e) => Response::Error { message: e.to_string() },
             }
         }
         Request::Audit { filters, summary } => {
             let (audit, filters, summary) = (audit.clone(), filters.clone(), *summary);
-            let answer = tokio::task::spawn_blocking(move || {
-                review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms())
+            // In a task of its own, so a panic in a review is an error answer, not a lost socket.
+            let answer = tokio::spawn(async move {
+                review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms()).await
             })
             .await;
             return match answer {

@@ -73,7 +73,6 @@ pub struct Application {
     https: tls::Listener,
     http: Option<tls::Listener>,
     state: Arc<AppState>,
-    store: Store,
     background: Vec<JoinHandle<()>>,
     /// Whether a development certificate was generated at this start.
     pub generated_certificate: bool,
@@ -104,7 +103,7 @@ impl Application {
             None => None,
         };
 
-        let initial_admin_password = if services.users.is_empty() {
+        let initial_admin_password = if services.users.is_empty().await? {
             // A password from a failed random source would be predictable: no start without one.
             let password =
                 crate::users::generate_password().context("cannot create the first administrator's password")?;
@@ -115,8 +114,8 @@ impl Application {
             None
         };
 
-        let csrf = Csrf::new(services.store.secret("csrf")?);
-        let captchas = Captchas::new(services.store.secret("captcha")?);
+        let csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
+        let captchas = Captchas::new(services.store.secrets.secret("captcha").await?);
         let failures = Arc::new(FailureTracker::new(settings.failure_window, settings.captcha_after_failures));
         let quotas = LoginQuotas::new(settings.login_quota_per_ip, settings.login_quota_per_user);
         let unlock = Arc::clone(&failures);
@@ -144,15 +143,7 @@ impl Application {
             pool: services.pool,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
-        Ok(Application {
-            https,
-            http,
-            state,
-            store: services.store,
-            background,
-            generated_certificate,
-            initial_admin_password,
-        })
+        Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })
     }
 
     pub fn https_addr(&self) -> SocketAddr {
@@ -177,7 +168,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
-    /// finish (up to [`SHUTDOWN_GRACE`]), and flushes the store.
+    /// finish (up to [`SHUTDOWN_GRACE`]), and writes the last counts of repeated refusals
+    /// (every other store write was durable when it returned).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -226,7 +218,6 @@ impl Application {
         if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {
             tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
         }
-        self.store.flush().await.context("flushing the store at shutdown")?;
         Ok(())
     }
 }
@@ -237,10 +228,9 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            let purge = sessions.clone();
-            match tokio::task::spawn_blocking(move || purge.purge_expired()).await {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "session purge failed"),
+            match sessions.purge_expired().await {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "session purge failed"),
                 _ => {}
             }
         }
@@ -285,20 +275,17 @@ fn spawn_count_closing(audit: Audit) -> JoinHandle<()> {
 /// start and hourly.
 fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let counting = store.clone();
-        match tokio::task::spawn_blocking(move || counting.count_failures(Some(max_records))).await {
-            Ok(Ok(n)) => tracing::debug!(records = n, "failed-login records counted"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot count the failed-login records"),
-            Err(_) => {}
+        match store.failures.enforce_cap(Some(max_records)).await {
+            Ok(n) => tracing::debug!(records = n, "failed-login records counted"),
+            Err(e) => tracing::warn!(error = %e, "cannot count the failed-login records"),
         }
         let mut ticker = tokio::time::interval(Duration::from_secs(3600).min(retention));
         loop {
             ticker.tick().await;
             let cutoff = crate::store::now_ms().saturating_sub(retention.as_millis() as u64);
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.purge_failures_before(cutoff)).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "old failed-login records removed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "failed-login retention failed"),
+            match store.failures.purge_before(cutoff).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "old failed-login records removed"),
+                Err(e) => tracing::warn!(error = %e, "failed-login retention failed"),
                 _ => {}
             }
         }

@@ -26,7 +26,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::domain::{normalise_key, Username};
-use crate::store::{now_ms, FailureQuery, FailureRecord, Store, StoreError};
+use crate::store::{now_ms, Cursor, FailureQuery, FailureRecord, Store, StoreError};
 
 /// The tracing target of audit events; the file sink keeps only these.
 pub const TARGET: &str = "portcullis::audit";
@@ -230,8 +230,8 @@ const MINUTE_MS: u64 = 60_000;
 /// is over ([`Audit::close_counts`]).
 struct Counted {
     minute: u64,
-    /// The stored record's key, once it is written.
-    key: Option<Vec<u8>>,
+    /// The stored record's cursor, once it is written.
+    key: Option<Cursor>,
     first: FailureRecord,
     count: u64,
 }
@@ -422,7 +422,7 @@ impl Audit {
         reason: FailureReason,
         max_reached: bool,
     ) -> Result<(), AuditError> {
-        let (identity, typed) = self.identity(username)?;
+        let (identity, typed) = self.identity(username).await?;
         let now = now_ms();
         let record = FailureRecord {
             time: now,
@@ -454,7 +454,7 @@ impl Audit {
                 closed
             };
             if let Some(closed) = closed {
-                self.close(closed);
+                self.close(closed).await;
             }
         }
         if self.store.is_some() {
@@ -463,7 +463,7 @@ impl Audit {
             match written {
                 Ok(key) if counting => {
                     if let Some(c) = counted.get_mut(&slot).filter(|c| c.minute == now / MINUTE_MS) {
-                        c.key = Some(key);
+                        c.key = key;
                     }
                 }
                 Ok(_) => {}
@@ -515,26 +515,20 @@ impl Audit {
             let done: Vec<_> = counted.iter().filter(|(_, c)| all || c.minute < minute).map(|(k, _)| *k).collect();
             done.into_iter().filter_map(|k| counted.remove(&k)).collect()
         };
-        let mut wrote = false;
         for c in closed {
-            wrote |= self.close(c);
+            self.close(c).await;
         }
-        match &self.store {
-            Some(store) if wrote => store.flush().await,
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
-    /// Writes one closed minute's count into its record and its log line; returns whether
-    /// the store was written.
-    fn close(&self, c: Counted) -> bool {
+    /// Writes one closed minute's count into its record (durably) and its log line.
+    async fn close(&self, c: Counted) {
         if c.count <= 1 {
-            return false;
+            return;
         }
-        let mut wrote = false;
         if let (Some(store), Some(key)) = (&self.store, &c.key) {
-            match store.set_failure_count(key, c.count) {
-                Ok(()) => wrote = true,
+            match store.failures.set_count(key, c.count).await {
+                Ok(()) => {}
                 Err(e) => tracing::error!(error = %e, "cannot write the count of repeated refusals"),
             }
         }
@@ -542,11 +536,10 @@ impl Audit {
         if let Err(e) = self.log_failure(&event, now_ms()) {
             tracing::error!(error = %e, "cannot log the count of repeated refusals");
         }
-        wrote
     }
 
     /// Appends and flushes a record, unless the disk is below its reserve.
-    async fn append_checked(&self, record: &FailureRecord) -> Result<Vec<u8>, AuditError> {
+    async fn append_checked(&self, record: &FailureRecord) -> Result<Option<Cursor>, AuditError> {
         if self.limits.below_reserve() {
             // Once a minute, not once a refusal: the terminal (the journal) is disk too.
             let minute = record.time / MINUTE_MS + 1;
@@ -558,7 +551,7 @@ impl Audit {
             }
             return Err(AuditError::Reserve);
         }
-        Ok(self.append(record).await?.unwrap_or_default())
+        Ok(self.append(record).await?)
     }
 
     /// The identity a failed attempt with `typed` as the username was checked as: the user's
@@ -566,10 +559,10 @@ impl Audit {
     /// else the normalised input, so `audit --user alice`, the admin filter and the summary's
     /// top usernames find `"   alice"` and `ALICE` under alice. Also what was typed (cut to
     /// 256 characters) when it differs.
-    fn identity(&self, typed: &str) -> Result<(String, Option<String>), StoreError> {
+    async fn identity(&self, typed: &str) -> Result<(String, Option<String>), StoreError> {
         let cut = |s: &str| -> String { s.chars().take(MAX_RECORDED_CHARS).collect() };
         let stored = match (&self.store, Username::parse(typed)) {
-            (Some(store), Ok(name)) => store.user(name.key())?.map(|u| u.display_name),
+            (Some(store), Ok(name)) => store.users.get(name.key()).await?.map(|u| u.display_name),
             _ => None,
         };
         let identity = stored.unwrap_or_else(|| cut(&normalise_key(typed)));
@@ -584,21 +577,20 @@ pub const MAX_RECORDED_CHARS: usize = 256;
 
 impl Audit {
     /// Appends a record as it is (for imports and tests: the server itself goes through
-    /// [`Audit::record_failure`]) and makes it durable. Returns its key (`None` without a
+    /// [`Audit::record_failure`]) and makes it durable. Returns its cursor (`None` without a
     /// store). The oldest records go past `audit_max_records`.
-    pub async fn append(&self, record: &FailureRecord) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn append(&self, record: &FailureRecord) -> Result<Option<Cursor>, StoreError> {
         if let Some(store) = &self.store {
-            let key = store.append_failure(record, &normalise_key(&record.username), self.limits.max_records)?;
-            store.flush().await?;
-            return Ok(Some(key));
+            let key = normalise_key(&record.username);
+            return Ok(Some(store.failures.append(record, &key, self.limits.max_records).await?));
         }
         Ok(None)
     }
 
     /// Failed-login records matching `query`, newest first, with their keyset cursors.
-    pub fn failures(&self, query: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>, StoreError> {
+    pub async fn failures(&self, query: &FailureQuery) -> Result<Vec<(Cursor, FailureRecord)>, StoreError> {
         match &self.store {
-            Some(store) => store.failures(query),
+            Some(store) => store.failures.query(query).await,
             None => Ok(Vec::new()),
         }
     }
@@ -734,7 +726,7 @@ mod tests {
         }
         audit.close_counts(now_ms(), true).await.unwrap();
         let records: Vec<FailureRecord> =
-            audit.failures(&FailureQuery::default()).unwrap().into_iter().map(|(_, r)| r).collect();
+            audit.failures(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r).collect();
         for reason in [FailureReason::RateLimited, FailureReason::Csrf] {
             let of: Vec<_> = records.iter().filter(|r| r.reason == reason).collect();
             // (Two when the minute turned over during the test.)
@@ -759,7 +751,7 @@ mod tests {
             let got = audit.record_failure("alice", &client, reason, false).await;
             assert!(matches!(got, Err(AuditError::Reserve)), "{got:?}");
         }
-        assert_eq!(store.failure_count(), 0);
+        assert_eq!(store.failures.count().await.unwrap(), 0);
         assert!(lines(logs.path()).is_empty());
     }
 
@@ -773,7 +765,7 @@ mod tests {
         for _ in 0..5 {
             audit.record_failure("alice", &client, FailureReason::BadPassword, false).await.unwrap();
         }
-        assert_eq!(store.failure_count(), 5);
+        assert_eq!(store.failures.count().await.unwrap(), 5);
         let events: Vec<String> = lines(logs.path()).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();
         // (A line written just before midnight and the rest after it would make two days.)
         assert!(events.len() <= 4, "{events:?}");

@@ -11,13 +11,12 @@
 
 use crate::audit::FailureReason;
 use crate::domain::Username;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::password::pool::{dummy_like, shape_of};
+use crate::password::pool::dummy_like;
 use crate::password::{HashPool, Password, PoolError, MAX_PASSWORD_CHARS};
-use crate::store::{now_ms, Store, StoreError, UserRecord};
+use crate::store::{now_ms, Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -71,64 +70,69 @@ impl Authenticator {
 
     /// A dummy shaped like the most common kind of stored hash, or `None` (no users, or none
     /// parses) for the pool's own dummy with the current parameters.
-    fn dummy_for_unknown(&self) -> Result<Option<String>, StoreError> {
-        // A poisoned lock holds only a cached choice, valid whatever panicked: carry on.
-        let mut cache = self.dummy.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, dummy)) = cache.as_ref().filter(|(at, _)| at.elapsed() < DUMMY_REFRESH) {
-            return Ok(dummy.clone());
-        }
-        let mut kinds: HashMap<(String, usize), (usize, String)> = HashMap::new();
-        for user in self.store.users()? {
-            if let Some(shape) = shape_of(&user.password_hash) {
-                kinds.entry(shape).or_insert((0, user.password_hash)).0 += 1;
+    async fn dummy_for_unknown(&self) -> Result<Option<String>, StoreError> {
+        {
+            // A poisoned lock holds only a cached choice, valid whatever panicked: carry on.
+            let cache = self.dummy.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, dummy)) = cache.as_ref().filter(|(at, _)| at.elapsed() < DUMMY_REFRESH) {
+                return Ok(dummy.clone());
             }
         }
-        // The most common kind; ties go to the larger shape string, so the choice is stable.
-        let dummy = kinds
-            .into_iter()
-            .max_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0)))
-            .and_then(|(_, (_, example))| dummy_like(&example));
-        *cache = Some((Instant::now(), dummy.clone()));
+        // Not under the lock (it is not held across an await): two refreshes may race, and
+        // both store an equally good choice.
+        let dummy = self.store.users.most_common_hash().await?.and_then(|example| dummy_like(&example));
+        *self.dummy.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), dummy.clone()));
         Ok(dummy)
     }
 
-    /// Checks a username and password as typed. On success returns the user's record (with
-    /// its last-login time updated).
+    /// Checks a username and password as typed. On success returns the user (with the
+    /// last-login time updated).
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidCredentials`] for any refusal (the same answer for all);
+    /// [`AuthError::Overloaded`] when the hash pool's queue is full; [`AuthError::Store`].
     #[tracing::instrument(name = "authenticate", skip_all)]
-    pub async fn authenticate(&self, typed_username: &str, password: Password) -> Result<UserRecord, AuthError> {
+    pub async fn authenticate(&self, typed_username: &str, password: Password) -> Result<User, AuthError> {
         if password.char_count() > MAX_PASSWORD_CHARS {
             // No stored password can be this long; refusing it early is the same answer for
             // every username, so it says nothing about who exists.
-            let user = Username::parse(typed_username).ok().and_then(|u| self.store.user(u.key()).ok().flatten());
+            let user = match Username::parse(typed_username) {
+                Ok(u) => self.store.users.get(u.key()).await.ok().flatten(),
+                Err(_) => None,
+            };
             let reason = if user.is_some() { FailureReason::BadPassword } else { FailureReason::UnknownUser };
             return Err(AuthError::InvalidCredentials(reason));
         }
         let user = match Username::parse(typed_username) {
-            Ok(name) => self.store.user(name.key())?,
+            Ok(name) => self.store.users.credential(name.key()).await?,
             Err(_) => None,
         };
         let phc = match &user {
-            Some(u) => Some(u.password_hash.clone()),
-            None => self.dummy_for_unknown()?,
+            Some(c) => Some(c.password_hash.clone()),
+            None => self.dummy_for_unknown().await?,
         };
         let verified = self.pool.verify(password, phc).await?;
-        let Some(mut user) = user else {
+        let Some(credential) = user else {
             return Err(AuthError::InvalidCredentials(FailureReason::UnknownUser));
         };
         if !verified.valid {
             return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
         }
         if verified.upgraded_hash.is_some() {
-            tracing::info!(username = %user.display_name, "password hash upgraded to the current parameters");
+            tracing::info!(username = %credential.user.display_name, "password hash upgraded to the current parameters");
             // The mix of stored kinds has changed: choose the dummy again next time.
             *self.dummy.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         // Written as a compare-and-swap on the hash we verified: if the password was changed
         // while we were hashing, the old password must not let anyone in.
-        match self.store.record_login(&user.key, &user.password_hash, verified.upgraded_hash.as_deref(), now_ms())? {
-            Some(updated) => user = updated,
-            None => return Err(AuthError::InvalidCredentials(FailureReason::BadPassword)),
-        }
+        let recorded = self
+            .store
+            .users
+            .record_login(&credential.user.key, &credential.password_hash, verified.upgraded_hash.as_deref(), now_ms())
+            .await?;
+        let Some(user) = recorded else {
+            return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
+        };
         if user.disabled {
             // Checked after the password, so a disabled account answers in the same time and
             // with the same 401 as a wrong password: the reason is for the log only.

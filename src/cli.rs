@@ -279,9 +279,8 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         ),
         Err(e) => return Err(e),
     };
-    let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
-    services.store.flush().await?;
-    Ok(response)
+    // Every store write is durable when it returns: nothing to flush here.
+    Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await)
 }
 
 async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {

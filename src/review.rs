@@ -4,14 +4,12 @@
 
 use std::collections::HashMap;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, FailureReason};
 use crate::config::escape_controls;
 use crate::domain::normalise_key;
-use crate::store::{FailureQuery, FailureRecord};
+use crate::store::{Cursor, FailureQuery, FailureRecord};
 use crate::text::printable;
 
 /// Most records a summary reads (newest first); beyond, it says it is partial.
@@ -120,16 +118,9 @@ impl FilterArgs {
             }
             None => None,
         };
-        let before = non_empty(&self.before)
-            .map(|c| URL_SAFE_NO_PAD.decode(c).ok().filter(|b| b.len() == 16).ok_or(FilterError::Cursor))
-            .transpose()?;
+        let before = non_empty(&self.before).map(|c| Cursor::parse(c).ok_or(FilterError::Cursor)).transpose()?;
         Ok(FailureQuery { since, until, user_key, ip, reason, before, limit })
     }
-}
-
-/// The cursor for the page after the one ending with the record stored under `key`.
-pub fn cursor(key: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(key)
 }
 
 /// What a review asks for: a page of records, or a summary.
@@ -152,12 +143,15 @@ pub enum ReviewError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The summary's worker thread ended without an answer (a bug: it panicked).
+    #[error("the summary could not be made")]
+    Stopped,
 }
 
 /// Runs a review against the audit store: a page of at most `limit` records (default
 /// `default_limit`), or a summary of everything matching (ignoring the limit) with 48 hourly
 /// buckets ending at `--until` or now.
-pub fn review(
+pub async fn review(
     audit: &crate::audit::Audit,
     args: &FilterArgs,
     summary: bool,
@@ -168,20 +162,24 @@ pub fn review(
     if summary {
         q.limit = SUMMARY_SCAN_LIMIT + 1;
         q.before = None;
-        let mut found: Vec<FailureRecord> = audit.failures(&q)?.into_iter().map(|(_, r)| r).collect();
+        let mut found: Vec<FailureRecord> = audit.failures(&q).await?.into_iter().map(|(_, r)| r).collect();
         let partial = found.len() > SUMMARY_SCAN_LIMIT;
         found.truncate(SUMMARY_SCAN_LIMIT);
         let end = q.until.unwrap_or(now_ms);
-        return Ok(Answer::Summary { summary: summarise(&found, partial, end, SUMMARY_HOURS as usize) });
+        // Up to SUMMARY_SCAN_LIMIT records to count: not on an async worker.
+        let summary = tokio::task::spawn_blocking(move || summarise(&found, partial, end, SUMMARY_HOURS as usize))
+            .await
+            .map_err(|_| ReviewError::Stopped)?;
+        return Ok(Answer::Summary { summary });
     }
     // `to_query` bounds the limit, so one more (to know whether a next page exists) fits; and
     // 0 would mean "no limit" to the store.
     let limit = q.limit.clamp(1, MAX_LIMIT);
     q.limit = limit + 1;
-    let mut found = audit.failures(&q)?;
+    let mut found = audit.failures(&q).await?;
     let next = if found.len() > limit {
         found.truncate(limit);
-        found.last().map(|(k, _)| cursor(k))
+        found.last().map(|(k, _)| k.encode())
     } else {
         None
     };

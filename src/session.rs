@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, SessionRecord, Store, StoreError, StoredSession, UserRecord, SCHEMA_VERSION};
+use crate::store::{now_ms, Session, Store, StoreError, StoredSession, TokenHash, User};
 
 /// The session cookie. `__Host-` makes browsers refuse it unless it is Secure, has Path=/
 /// and no Domain, so a sibling subdomain cannot plant or overwrite it.
@@ -59,9 +59,9 @@ impl Drop for SessionToken {
 /// A session that is valid now, with its user.
 #[derive(Clone, Debug)]
 pub struct ActiveSession {
-    pub token_hash: [u8; 32],
-    pub record: SessionRecord,
-    pub user: UserRecord,
+    pub token_hash: TokenHash,
+    pub record: Session,
+    pub user: User,
 }
 
 /// Creates, resolves and ends sessions.
@@ -82,19 +82,23 @@ impl Sessions {
     }
 
     /// Starts a session for `user_key` and returns the token for the cookie.
-    pub fn create(&self, user_key: &str, ip: std::net::IpAddr, user_agent: &str) -> Result<SessionToken, StoreError> {
+    pub async fn create(
+        &self,
+        user_key: &str,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Result<SessionToken, StoreError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
-        let record = SessionRecord {
-            schema: SCHEMA_VERSION,
+        let record = Session {
             user_key: user_key.to_string(),
             created_at: now,
             last_seen_at: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),
         };
-        self.store.insert_session(&token.hash(), &record)?;
-        self.enforce_limit(user_key)?;
+        self.store.sessions.insert(&token.hash(), &record).await?;
+        self.enforce_limit(user_key).await?;
         Ok(token)
     }
 
@@ -104,21 +108,21 @@ impl Sessions {
     /// Safe without a lock when sign-ins race: every caller sorts the same index in the same
     /// order (ties keep the index's order) and ends a prefix of it, so together they end
     /// exactly the oldest ones past the cap, and the last to look sees every new session.
-    fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
-        let mut sessions = self.store.user_session_times(user_key)?;
+    async fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
+        let mut sessions = self.store.sessions.times_for_user(user_key).await?;
         if sessions.len() <= MAX_SESSIONS_PER_USER {
             return Ok(());
         }
         let now = now_ms();
         sessions.sort_by_key(|s| (!self.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
         for s in &sessions[..sessions.len() - MAX_SESSIONS_PER_USER] {
-            self.store.delete_session(&s.token_hash)?;
+            self.store.sessions.delete(&s.token_hash).await?;
         }
         Ok(())
     }
 
     /// Whether a record has passed either timeout at `now`.
-    pub fn is_expired(&self, record: &SessionRecord, now: u64) -> bool {
+    pub fn is_expired(&self, record: &Session, now: u64) -> bool {
         self.has_expired(record.created_at, record.last_seen_at, now)
     }
 
@@ -130,26 +134,26 @@ impl Sessions {
     /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted
     /// users) are removed and yield `None`. Activity is recorded at a coarse grain so a page
     /// view does not always write.
-    pub fn resolve(&self, cookie: &str) -> Result<Option<ActiveSession>, StoreError> {
+    pub async fn resolve(&self, cookie: &str) -> Result<Option<ActiveSession>, StoreError> {
         let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
         let token_hash = token.hash();
-        let Some(record) = self.store.session(&token_hash)? else { return Ok(None) };
+        let Some(record) = self.store.sessions.get(&token_hash).await? else { return Ok(None) };
         let now = now_ms();
         if self.is_expired(&record, now) {
-            self.store.delete_session(&token_hash)?;
+            self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
-        let Some(user) = self.store.user(&record.user_key)?.filter(|u| !u.disabled) else {
+        let Some(user) = self.store.users.get(&record.user_key).await?.filter(|u| !u.disabled) else {
             // Deleted or disabled: disabling ends the sessions too, but a sign-in that was
             // being checked at that moment may have started one just after.
-            self.store.delete_session(&token_hash)?;
+            self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
             // Best effort: a full disk must not sign everyone out. Not recording the activity
             // can only make the idle timeout come sooner, never later.
-            if let Err(e) = self.store.touch_session(&token_hash, now) {
+            if let Err(e) = self.store.sessions.touch(&token_hash, now).await {
                 tracing::warn!(error = %e, "could not record session activity");
             }
         }
@@ -157,32 +161,34 @@ impl Sessions {
     }
 
     /// Ends one session, durably.
-    pub async fn end(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let existed = self.store.delete_session(token_hash)?;
-        self.store.flush().await?;
-        Ok(existed)
+    pub async fn end(&self, token_hash: &TokenHash) -> Result<bool, StoreError> {
+        self.store.sessions.delete(token_hash).await
     }
 
     /// Ends all of a user's sessions except `keep`, durably; returns how many ended.
-    pub async fn end_all(&self, user_key: &str, keep: Option<&[u8; 32]>) -> Result<usize, StoreError> {
-        let n = self.store.delete_user_sessions(user_key, keep)?;
-        self.store.flush().await?;
-        Ok(n)
+    pub async fn end_all(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize, StoreError> {
+        self.store.sessions.delete_for_user(user_key, keep).await
     }
 
     /// The user's sessions that are still valid, newest first.
-    pub fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
+    pub async fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
         let now = now_ms();
-        let mut sessions: Vec<_> =
-            self.store.user_sessions(user_key)?.into_iter().filter(|s| !self.is_expired(&s.record, now)).collect();
+        let mut sessions: Vec<_> = self
+            .store
+            .sessions
+            .list_for_user(user_key)
+            .await?
+            .into_iter()
+            .filter(|s| !self.is_expired(&s.record, now))
+            .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.record.created_at));
         Ok(sessions)
     }
 
     /// Removes expired sessions so the store does not grow forever.
-    pub fn purge_expired(&self) -> Result<usize, StoreError> {
-        let now = now_ms();
-        self.store.purge_sessions(|r| self.is_expired(r, now))
+    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let (idle, absolute) = (self.idle.as_millis() as u64, self.absolute.as_millis() as u64);
+        self.store.sessions.purge_expired(idle, absolute, now_ms()).await
     }
 }
 
@@ -210,81 +216,86 @@ mod tests {
         (dir, store, sessions)
     }
 
-    #[test]
-    fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", ip, "ua").unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        let first = sessions.create("alice", ip, "ua").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let mut later = Vec::new();
         for _ in 0..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", ip, "ua").unwrap());
+            later.push(sessions.create("alice", ip, "ua").await.unwrap());
         }
-        assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
-        assert!(store.session(&first.hash()).unwrap().is_none(), "the oldest went");
-        assert!(store.session(&later[0].hash()).unwrap().is_some());
+        assert_eq!(sessions.list("alice").await.unwrap().len(), MAX_SESSIONS_PER_USER);
+        assert!(store.sessions.get(&first.hash()).await.unwrap().is_none(), "the oldest went");
+        assert!(store.sessions.get(&later[0].hash()).await.unwrap().is_some());
     }
 
-    #[test]
-    fn simultaneous_sign_ins_at_the_limit_end_only_as_many_sessions_as_needed() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn simultaneous_sign_ins_at_the_limit_end_only_as_many_sessions_as_needed() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
         for _ in 0..MAX_SESSIONS_PER_USER - 8 {
-            sessions.create("alice", ip, "ua").unwrap();
+            sessions.create("alice", ip, "ua").await.unwrap();
         }
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(24));
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(24));
         let handles: Vec<_> = (0..24)
             .map(|_| {
                 let (sessions, barrier) = (sessions.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    sessions.create("alice", ip, "ua").unwrap()
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    sessions.create("alice", ip, "ua").await.unwrap()
                 })
             })
             .collect();
-        let new: Vec<SessionToken> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(sessions.list("alice").unwrap().len(), MAX_SESSIONS_PER_USER);
-        let kept = new.iter().filter(|t| store.session(&t.hash()).unwrap().is_some()).count();
+        let mut new: Vec<SessionToken> = Vec::new();
+        for h in handles {
+            new.push(h.await.unwrap());
+        }
+        assert_eq!(sessions.list("alice").await.unwrap().len(), MAX_SESSIONS_PER_USER);
+        let mut kept = 0;
+        for t in &new {
+            kept += usize::from(store.sessions.get(&t.hash()).await.unwrap().is_some());
+        }
         assert_eq!(kept, 24, "the older sessions go first, never one just handed out");
     }
 
-    #[test]
-    fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", ip, "ua").unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        let mut later = vec![sessions.create("alice", ip, "ua").unwrap()];
-        std::thread::sleep(Duration::from_millis(5));
+        let first = sessions.create("alice", ip, "ua").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut later = vec![sessions.create("alice", ip, "ua").await.unwrap()];
+        tokio::time::sleep(Duration::from_millis(5)).await;
         for _ in 2..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", ip, "ua").unwrap());
+            later.push(sessions.create("alice", ip, "ua").await.unwrap());
         }
         // The oldest session is used again: the index entry must learn it, not just the record.
-        store.touch_session(&first.hash(), now_ms() + 1000).unwrap();
-        sessions.create("alice", ip, "ua").unwrap();
-        assert!(store.session(&first.hash()).unwrap().is_some(), "the session in use stays");
-        assert!(store.session(&later[0].hash()).unwrap().is_none(), "the least recently used went");
+        store.sessions.touch(&first.hash(), now_ms() + 1000).await.unwrap();
+        sessions.create("alice", ip, "ua").await.unwrap();
+        assert!(store.sessions.get(&first.hash()).await.unwrap().is_some(), "the session in use stays");
+        assert!(store.sessions.get(&later[0].hash()).await.unwrap().is_none(), "the least recently used went");
     }
 
-    #[test]
-    fn a_session_of_a_disabled_user_does_not_resolve_and_is_removed() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_session_of_a_disabled_user_does_not_resolve_and_is_removed() {
         let (_dir, store, sessions) = open_sessions();
-        store.insert_user(&crate::store::tests::user("alice")).unwrap();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
         // As if a sign-in checked just before `user disable` started a session just after it.
-        let token = sessions.create("alice", "127.0.0.1".parse().unwrap(), "ua").unwrap();
-        assert!(sessions.resolve(&token.encode()).unwrap().is_some());
-        store.set_user_disabled("alice", true).unwrap();
-        assert!(sessions.resolve(&token.encode()).unwrap().is_none());
-        assert!(store.session(&token.hash()).unwrap().is_none());
+        let token = sessions.create("alice", "127.0.0.1".parse().unwrap(), "ua").await.unwrap();
+        assert!(sessions.resolve(&token.encode()).await.unwrap().is_some());
+        store.users.set_disabled("alice", true).await.unwrap();
+        assert!(sessions.resolve(&token.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&token.hash()).await.unwrap().is_none());
     }
 
-    #[test]
-    fn both_timeouts_expire_a_session() {
+    #[tokio::test]
+    async fn both_timeouts_expire_a_session() {
         let dir = tempfile::tempdir().unwrap();
         let sessions =
             Sessions::new(Store::open(dir.path()).unwrap(), Duration::from_secs(60), Duration::from_secs(3600));
-        let r = |created: u64, seen: u64| SessionRecord {
-            schema: 1,
+        let r = |created: u64, seen: u64| Session {
             user_key: "a".into(),
             created_at: created,
             last_seen_at: seen,

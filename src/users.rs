@@ -8,7 +8,7 @@ use crate::domain::{Username, UsernameError};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
 use crate::session::Sessions;
-use crate::store::{now_ms, Store, StoreError, UserRecord, SCHEMA_VERSION};
+use crate::store::{now_ms, Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -64,21 +64,21 @@ impl UserAdmin {
         self
     }
 
-    fn existing(&self, name: &str) -> Result<(Username, UserRecord), UserError> {
-        let key = self.existing_key(name)?;
-        let record = self.store.user(&key)?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+    async fn existing(&self, name: &str) -> Result<(Username, User), UserError> {
+        let key = self.existing_key(name).await?;
+        let record = self.store.users.get(&key).await?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         Ok((Username::from_stored(record.display_name.clone(), key), record))
     }
 
     /// The store key of an existing user named `name`. A name the current rules refuse (say
     /// `admin` + U+2060, accepted before invisible characters were) still finds its user, so
     /// such an account can be disabled, deleted or given a new password.
-    fn existing_key(&self, name: &str) -> Result<String, UserError> {
+    async fn existing_key(&self, name: &str) -> Result<String, UserError> {
         match Username::parse(name) {
             Ok(username) => Ok(username.key().to_string()),
             Err(UsernameError::ControlCharacter) => {
                 let key = crate::domain::normalise_key(name);
-                if self.store.user(&key)?.is_some() {
+                if self.store.users.get(&key).await?.is_some() {
                     Ok(key)
                 } else {
                     Err(UserError::UnknownUser(name.to_string()))
@@ -100,46 +100,41 @@ impl UserAdmin {
     /// Creates a user, durably.
     pub async fn add(&self, name: &str, password: Password, admin: bool, by: &str) -> Result<Username, UserError> {
         let username = Username::parse(name)?;
-        if self.store.user(username.key())?.is_some() {
+        if self.store.users.get(username.key()).await?.is_some() {
             return Err(UserError::AlreadyExists(username.to_string()));
         }
         let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
         let now = now_ms();
-        let record = UserRecord {
-            schema: SCHEMA_VERSION,
+        let user = User {
             key: username.key().to_string(),
             display_name: username.as_str().to_string(),
-            password_hash: hash,
             admin,
             created_at: now,
             password_changed_at: now,
             last_login_at: None,
             disabled: false,
         };
-        match self.store.insert_user(&record) {
+        match self.store.users.insert(&user, &hash).await {
             Err(StoreError::AlreadyExists) => return Err(UserError::AlreadyExists(username.to_string())),
             other => other?,
         }
-        self.store.flush().await?;
         self.audit.record(&AuthEvent::UserAdded { username: username.as_str(), admin, by });
         Ok(username)
     }
 
     /// Sets a new password and ends all the user's sessions, durably. Returns how many ended.
     pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<usize, UserError> {
-        let (username, _) = self.existing(name)?;
+        let (username, _) = self.existing(name).await?;
         let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
         let now = now_ms();
         // In place: a `user disable` or a sign-in meanwhile must not be overwritten.
         let record = self
             .store
-            .update_user_with(username.key(), |user| {
-                user.password_hash.clone_from(&hash);
-                user.password_changed_at = now;
-                true
-            })?
+            .users
+            .set_password_hash(username.key(), &hash, now)
+            .await?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
@@ -148,8 +143,8 @@ impl UserAdmin {
 
     /// Deletes the user and ends their sessions, durably.
     pub async fn delete(&self, name: &str, by: &str) -> Result<usize, UserError> {
-        let (username, record) = self.existing(name)?;
-        self.store.delete_user(username.key())?;
+        let (username, record) = self.existing(name).await?;
+        self.store.users.delete(username.key()).await?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
         Ok(ended)
@@ -158,14 +153,17 @@ impl UserAdmin {
     /// Disables or enables the user, durably. Disabling also ends their sessions; returns how
     /// many ended.
     pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, usize), UserError> {
-        let key = self.existing_key(name)?;
-        let record =
-            self.store.set_user_disabled(&key, disabled)?.ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        let key = self.existing_key(name).await?;
+        let record = self
+            .store
+            .users
+            .set_disabled(&key, disabled)
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let username = record.display_name.as_str();
         let (ended, event) = if disabled {
             (self.sessions.end_all(&record.key, None).await?, AuthEvent::UserDisabled { username, by })
         } else {
-            self.store.flush().await?;
             (0, AuthEvent::UserEnabled { username, by })
         };
         self.audit.record(&event);
@@ -174,7 +172,7 @@ impl UserAdmin {
 
     /// Clears the user's failure count and captcha demand; returns the user's name.
     pub async fn unlock(&self, name: &str, by: &str) -> Result<String, UserError> {
-        let (username, record) = self.existing(name)?;
+        let (username, record) = self.existing(name).await?;
         if let Some(hook) = &self.on_unlock {
             hook(username.key());
         }
@@ -182,29 +180,27 @@ impl UserAdmin {
         Ok(record.display_name)
     }
 
-    pub fn list(&self) -> Result<Vec<UserSummary>, UserError> {
-        let mut users: Vec<UserSummary> = self
-            .store
-            .users()?
-            .into_iter()
-            .map(|u| {
-                let active_sessions = self.sessions.list(&u.key).map(|s| s.len()).unwrap_or(0);
-                UserSummary {
-                    username: u.display_name,
-                    admin: u.admin,
-                    created_at: rfc3339(u.created_at),
-                    last_login_at: u.last_login_at.map(rfc3339),
-                    active_sessions,
-                    disabled: u.disabled,
-                }
-            })
-            .collect();
+    /// Every user with their count of valid sessions, by name.
+    pub async fn list(&self) -> Result<Vec<UserSummary>, UserError> {
+        let mut users = Vec::new();
+        for u in self.store.users.list().await? {
+            let active_sessions = self.sessions.list(&u.key).await.map(|s| s.len()).unwrap_or(0);
+            users.push(UserSummary {
+                username: u.display_name,
+                admin: u.admin,
+                created_at: rfc3339(u.created_at),
+                last_login_at: u.last_login_at.map(rfc3339),
+                active_sessions,
+                disabled: u.disabled,
+            });
+        }
         users.sort_by_key(|u| u.username.to_lowercase());
         Ok(users)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.store.user_count() == 0
+    /// Whether there are no users yet (the first start).
+    pub async fn is_empty(&self) -> Result<bool, UserError> {
+        Ok(self.store.users.count().await? == 0)
     }
 }
 

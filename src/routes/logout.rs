@@ -23,7 +23,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let mut resp = see_other("/login");
-    if let Some(session) = current_session(req, &state) {
+    if let Some(session) = current_session(req, &state).await {
         if !state.csrf.check_session(&session.token_hash, &form.csrf) {
             return error_page(StatusCode::FORBIDDEN);
         }

@@ -216,9 +216,9 @@ pub fn is_form(req: &Request) -> bool {
 }
 
 /// The signed-in session for this request, if any.
-pub fn current_session(req: &Request, state: &AppState) -> Option<ActiveSession> {
+pub async fn current_session(req: &Request, state: &AppState) -> Option<ActiveSession> {
     let cookie = crate::cookies::get(req, SESSION_COOKIE)?;
-    match state.sessions.resolve(&cookie) {
+    match state.sessions.resolve(&cookie).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "session lookup failed");

@@ -48,7 +48,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
         statuses.push(v.attempt("nobody", "whatever whatever", None).await.0.as_u16());
     }
     assert_eq!(&statuses[3..], &[429, 429], "{statuses:?}");
-    let records = app.records(FailureQuery::default());
+    let records = app.records(FailureQuery::default()).await;
     assert!(records.iter().all(|r| r.ip == "127.0.0.1"), "the spoofed addresses were believed");
 }
 
@@ -89,7 +89,7 @@ async fn after_n_failures_on_a_username_from_many_addresses_that_username_needs_
     assert_eq!(resp.status(), 401);
     let page = resp.text().await.unwrap();
     assert!(shows_captcha(&page), "once the username is known, the challenge appears");
-    let records = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() });
+    let records = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() }).await;
     assert_eq!(records[0].reason.as_str(), "captcha_required");
 }
 
@@ -108,7 +108,7 @@ async fn a_correct_captcha_answer_works_once_and_not_on_replay() {
     // Replaying the same answer fails even with the right password.
     let resp = v.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
     assert_eq!(resp.status(), 401);
-    let reasons: Vec<&str> = app.records(FailureQuery::default()).iter().map(|r| r.reason.as_str()).collect();
+    let reasons: Vec<&str> = app.records(FailureQuery::default()).await.iter().map(|r| r.reason.as_str()).collect();
     assert_eq!(reasons[..2], ["bad_captcha", "bad_password"], "{reasons:?}");
 }
 
@@ -175,13 +175,13 @@ async fn every_reason_is_recorded_in_the_store_and_the_json_log() {
     }
     let wanted = ["unknown_user", "bad_password", "captcha_required", "bad_captcha", "csrf", "rate_limited"];
     let stored: Vec<String> =
-        app.records(FailureQuery::default()).iter().map(|r| r.reason.as_str().to_string()).collect();
+        app.records(FailureQuery::default()).await.iter().map(|r| r.reason.as_str().to_string()).collect();
     let logged: Vec<String> = app.log_lines().iter().filter_map(|l| l["reason"].as_str().map(str::to_string)).collect();
     for reason in wanted {
         assert!(stored.iter().any(|r| r == reason), "{reason} not stored: {stored:?}");
         assert!(logged.iter().any(|r| r == reason), "{reason} not logged: {logged:?}");
     }
-    let rec = &app.records(FailureQuery::default())[0];
+    let rec = &app.records(FailureQuery::default()).await[0];
     assert_eq!(rec.ip, "198.51.100.50");
     assert_eq!(rec.user_agent, "visitor/1.0");
     for line in app.log_lines().iter().filter(|l| l["reason"].is_string()) {

@@ -37,7 +37,7 @@ async fn ten_at_once(app: &TestApp, addresses: impl Fn(usize) -> String) -> (usi
     .map(|r| r.status().as_u16())
     .collect::<Vec<_>>();
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
-    let records = app.records(FailureQuery::default());
+    let records = app.records(FailureQuery::default()).await;
     let count = |reason: &str| records.iter().filter(|r| r.reason.as_str() == reason).count();
     (count("bad_password"), count("captcha_required"))
 }
@@ -80,7 +80,7 @@ async fn failures_past_the_threshold_with_solved_captchas_write_no_new_fail_max_
         page = resp.text().await.unwrap();
     }
     let reasons: Vec<String> =
-        app.records(FailureQuery::default()).iter().map(|r| r.reason.as_str().to_string()).collect();
+        app.records(FailureQuery::default()).await.iter().map(|r| r.reason.as_str().to_string()).collect();
     assert_eq!(reasons.iter().filter(|r| *r == "bad_password").count(), 5, "{reasons:?}");
     assert_eq!(fail_max_lines(&app), 1);
 }
@@ -97,7 +97,7 @@ async fn six_usernames_from_one_ipv6_64_meet_a_captcha_after_three() {
     }
     assert_eq!(shown, [false, false, true, true, true, true]);
     let reasons: Vec<String> =
-        app.records(FailureQuery::default()).iter().rev().map(|r| r.reason.as_str().to_string()).collect();
+        app.records(FailureQuery::default()).await.iter().rev().map(|r| r.reason.as_str().to_string()).collect();
     assert_eq!(reasons[3..], ["captcha_required"; 3], "{reasons:?}");
     // The form shown on arrival agrees: the whole /64 is flagged, another /64 is not.
     let (_, page) = Visitor::new(&app, Some("2001:db8:1:2:ffff::9")).get("/login").await;

@@ -622,6 +622,7 @@ async fn thousands_of_visitors_who_never_submit_cost_the_server_nothing() {
     assert!(state
         .audit
         .failures(&portcullis::store::FailureQuery { limit: 1, ..Default::default() })
+        .await
         .unwrap()
         .is_empty());
     println!(
@@ -833,13 +834,13 @@ async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     assert_eq!(resp.status(), 503, "a login that could not be logged went through");
     assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis").is_none());
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303);
-    assert!(app.state.sessions.list("alice").unwrap().is_empty(), "the unrecorded session was kept");
+    assert!(app.state.sessions.list("alice").await.unwrap().is_empty(), "the unrecorded session was kept");
 
     let resp = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
     assert_eq!(resp.status(), 503, "a failed login that could not be logged was answered as usual");
     assert!(resp.headers().contains_key("retry-after"));
     // It is still in the store: the durable record does not depend on the log.
-    let records = app.records(portcullis::store::FailureQuery { limit: 10, ..Default::default() });
+    let records = app.records(portcullis::store::FailureQuery { limit: 10, ..Default::default() }).await;
     assert_eq!(records.len(), 1);
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }

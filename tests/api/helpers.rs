@@ -152,8 +152,8 @@ impl TestApp {
     }
 
     /// Failed-login records in the store, newest first.
-    pub fn records(&self, query: portcullis::store::FailureQuery) -> Vec<portcullis::store::FailureRecord> {
-        self.state.audit.failures(&query).unwrap().into_iter().map(|(_, r)| r).collect()
+    pub async fn records(&self, query: portcullis::store::FailureQuery) -> Vec<portcullis::store::FailureRecord> {
+        self.state.audit.failures(&query).await.unwrap().into_iter().map(|(_, r)| r).collect()
     }
 
     /// Everything the server wrote to its log directory, as text.

@@ -69,7 +69,7 @@ async fn a_login_posted_as_text_plain_signs_nobody_in_and_costs_no_quota_or_reco
         assert_eq!(resp.status(), 415, "{ct:?}");
         assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis").is_none(), "{ct:?} signed in");
     }
-    assert!(app.records(FailureQuery { limit: 100, ..Default::default() }).is_empty(), "a 415 was recorded");
+    assert!(app.records(FailureQuery { limit: 100, ..Default::default() }).await.is_empty(), "a 415 was recorded");
     let resp = post_as(&app.client, app.url("/login"), Some("application/x-www-form-urlencoded"), body).await;
     assert_eq!(resp.status(), 303, "the 415s used up the quota");
 }

@@ -6,7 +6,7 @@
 use portcullis::app::Services;
 use portcullis::audit::FailureReason;
 use portcullis::domain::normalise_key;
-use portcullis::store::{FailureQuery, FailureRecord, UserRecord, SCHEMA_VERSION};
+use portcullis::store::{FailureQuery, FailureRecord, User};
 use portcullis::text::is_hidden;
 
 use crate::helpers::{spawn_app_with, test_settings, Visitor, GOOD_PASSWORD};
@@ -60,7 +60,7 @@ async fn a_padded_or_wide_username_is_recorded_as_the_user_it_was_checked_as() {
     v.attempt("   Ghost  ", "wrong wrong wrong", None).await;
 
     // The store: under the stored spelling, with what was typed (cut to 256) beside it.
-    let alice = app.records(FailureQuery { user_key: Some("alice".into()), limit: 100, ..Default::default() });
+    let alice = app.records(FailureQuery { user_key: Some("alice".into()), limit: 100, ..Default::default() }).await;
     assert_eq!(alice.len(), 3, "{alice:?}");
     assert!(alice.iter().all(|r| r.username == "Alice" && r.reason == FailureReason::BadPassword), "{alice:?}");
     let mut kept: Vec<String> = alice.iter().filter_map(|r| r.typed.clone()).collect();
@@ -68,7 +68,7 @@ async fn a_padded_or_wide_username_is_recorded_as_the_user_it_was_checked_as() {
     let mut expected = vec![" ".repeat(256), "\u{3000}alice\u{3000}".into(), "ＡＬＩＣＥ".into()];
     expected.sort();
     assert_eq!(kept, expected);
-    let ghost = app.records(FailureQuery { user_key: Some("ghost".into()), limit: 100, ..Default::default() });
+    let ghost = app.records(FailureQuery { user_key: Some("ghost".into()), limit: 100, ..Default::default() }).await;
     assert_eq!(ghost.len(), 1);
     assert_eq!((ghost[0].username.as_str(), ghost[0].typed.as_deref()), ("ghost", Some("   Ghost  ")));
 
@@ -111,20 +111,17 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
     let lookalike = "admin\u{2060}";
     {
         let services = Services::open(&settings, 1).unwrap();
-        services
-            .store
-            .insert_user(&UserRecord {
-                schema: SCHEMA_VERSION,
-                key: normalise_key(lookalike),
-                display_name: lookalike.into(),
-                password_hash: "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
-                admin: false,
-                created_at: 0,
-                password_changed_at: 0,
-                last_login_at: None,
-                disabled: false,
-            })
-            .unwrap();
+        let user = User {
+            key: normalise_key(lookalike),
+            display_name: lookalike.into(),
+            admin: false,
+            created_at: 0,
+            password_changed_at: 0,
+            last_login_at: None,
+            disabled: false,
+        };
+        let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        services.store.users.insert(&user, hash).await.unwrap();
         let record = FailureRecord {
             time: portcullis::store::now_ms(),
             ip: "192.0.2.1".into(),
@@ -135,7 +132,6 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
             count: 1,
         };
         services.audit.append(&record).await.unwrap();
-        services.store.flush().await.unwrap();
     }
     let raw = |text: &str| text.chars().any(|c| c != '\n' && is_hidden(c));
     for args in [

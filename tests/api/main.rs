@@ -25,6 +25,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod stalls;
+mod store_seam;
 mod terminal;
 mod tls;
 mod user_enumeration;

@@ -101,7 +101,7 @@ fn href(filters: &FilterArgs) -> String {
 
 #[handler]
 pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
-    let admin = match super::require_admin(req, &state) {
+    let admin = match super::require_admin(req, &state).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -128,20 +128,23 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
 
     let audit = state.audit.clone();
     let f = filters.clone();
-    let results = tokio::task::spawn_blocking(move || {
+    // In a task of its own, so a panic in a review is a 500 page, not a dropped connection.
+    let results = tokio::spawn(async move {
         let now = now_ms();
-        let page = review(&audit, &f, false, PAGE, now);
-        let summary = review(&audit, &FilterArgs { before: None, ..f.clone() }, true, PAGE, now);
+        let page = review(&audit, &f, false, PAGE, now).await;
+        let summary = review(&audit, &FilterArgs { before: None, ..f.clone() }, true, PAGE, now).await;
         // The summary's own 48-hour series is the chart when its filters reach back 48 hours
         // and up to now (both scans read newest first, so even a cut-off scan agrees); only
         // a narrower time filter needs a scan of its own.
         let reaches_48h = f.to_query(now, PAGE).is_ok_and(|q| {
             q.until.is_none() && q.since.is_none_or(|since| since <= now.saturating_sub(SUMMARY_HOURS * HOUR_MS))
         });
-        let chart = (!reaches_48h).then(|| {
+        let chart = if reaches_48h {
+            None
+        } else {
             let recent = FilterArgs { since: Some(format!("{SUMMARY_HOURS}h")), until: None, before: None, ..f };
-            review(&audit, &recent, true, PAGE, now)
-        });
+            Some(review(&audit, &recent, true, PAGE, now).await)
+        };
         (page, summary, chart)
     })
     .await;

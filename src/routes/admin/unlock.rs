@@ -21,7 +21,7 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let admin = match super::require_admin(req, &state) {
+    let admin = match super::require_admin(req, &state).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

@@ -171,7 +171,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             return store_error(&e, "could not end the previous session");
         }
     }
-    let token = match state.sessions.create(&user.key, ip, &attempt.client.user_agent) {
+    let token = match state.sessions.create(&user.key, ip, &attempt.client.user_agent).await {
         Ok(t) => t,
         Err(e) => return store_error(&e, "could not create a session"),
     };

@@ -1,11 +1,14 @@
-//! The embedded store (sled): users, sessions and server secrets. This is the one module that
-//! knows sled, its trees and its keys; everything else goes through [`Store`]'s methods.
+//! The sled engine: the embedded, single-process store behind the traits of [`super`]. This is
+//! the one module that knows sled, its trees and its keys. Each trait method does its sled
+//! writes, then waits for the group-commit flush, so it is durable when it returns.
 //!
 //! Trees:
 //! - `users`: normalised username → JSON [`UserRecord`]
 //! - `sessions`: SHA-256 of the session token → JSON [`SessionRecord`] (the token itself is
 //!   never stored)
 //! - `user_sessions`: username key, 0x00, token hash → () (an index for "end all sessions")
+//! - `failures`: time (ms, BE) + sled id (BE) → JSON [`FailureRecord`]; `failures_by_user` and
+//!   `failures_by_ip`: length-prefixed user key or address + that key → ()
 //! - `meta`: server secrets and the schema version
 
 use std::path::Path;
@@ -13,98 +16,116 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::FailureReason;
+use super::{
+    Credential, Cursor, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
+    SessionTimes, StoreError, StoredSession, TokenHash, User, UserStore,
+};
 
 /// Version of the record layout; records carry it so later versions can migrate them.
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the store at {0} is in use by another process")]
-    Locked(String),
-    #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("a stored record is unreadable: {0}")]
-    Corrupt(String),
-    /// A new secret could not be made: the store itself is fine.
-    #[error(transparent)]
-    Random(#[from] crate::random::RandomError),
-    #[error("the user already exists")]
-    AlreadyExists,
-}
-
-impl StoreError {
-    /// Whether the store could not do its work (an I/O failure such as a full disk, or sled
-    /// refusing after one): the caller answers 503, as for an overloaded server, rather than
-    /// 500. SECURITY.md: a store that cannot write fails closed.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Sled(_))
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> Self {
+        StoreError::Unavailable(Box::new(e))
     }
 }
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
 /// A user as stored. The password is only ever an argon2id PHC string.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub schema: u32,
+struct UserRecord {
+    schema: u32,
     /// Normalised (NFKC, case-folded) username: the key.
-    pub key: String,
-    /// The username as it was written when the user was created.
-    pub display_name: String,
-    pub password_hash: String,
-    pub admin: bool,
+    key: String,
+    display_name: String,
+    password_hash: String,
+    admin: bool,
     /// Unix time in milliseconds.
-    pub created_at: u64,
-    pub password_changed_at: u64,
-    pub last_login_at: Option<u64>,
-    /// A disabled user cannot sign in and has no sessions; records from before this field
-    /// existed read as enabled.
+    created_at: u64,
+    password_changed_at: u64,
+    last_login_at: Option<u64>,
+    /// Records from before this field existed read as enabled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub disabled: bool,
+    disabled: bool,
 }
 
-/// A signed-in session, stored under the hash of its token.
+impl UserRecord {
+    fn user(&self) -> User {
+        User {
+            key: self.key.clone(),
+            display_name: self.display_name.clone(),
+            admin: self.admin,
+            created_at: self.created_at,
+            password_changed_at: self.password_changed_at,
+            last_login_at: self.last_login_at,
+            disabled: self.disabled,
+        }
+    }
+
+    fn new(user: &User, password_hash: &str) -> Self {
+        UserRecord {
+            schema: SCHEMA_VERSION,
+            key: user.key.clone(),
+            display_name: user.display_name.clone(),
+            password_hash: password_hash.to_string(),
+            admin: user.admin,
+            created_at: user.created_at,
+            password_changed_at: user.password_changed_at,
+            last_login_at: user.last_login_at,
+            disabled: user.disabled,
+        }
+    }
+}
+
+/// A signed-in session as stored, under the hash of its token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub schema: u32,
-    pub user_key: String,
-    pub created_at: u64,
-    pub last_seen_at: u64,
-    pub ip: String,
-    pub user_agent: String,
+struct SessionRecord {
+    schema: u32,
+    user_key: String,
+    created_at: u64,
+    last_seen_at: u64,
+    ip: String,
+    user_agent: String,
 }
 
-/// A stored session with the hash it is stored under.
-#[derive(Clone, Debug)]
-pub struct StoredSession {
-    pub token_hash: [u8; 32],
-    pub record: SessionRecord,
+impl SessionRecord {
+    fn session(self) -> Session {
+        Session {
+            user_key: self.user_key,
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+            ip: self.ip,
+            user_agent: self.user_agent,
+        }
+    }
+
+    fn new(s: &Session) -> Self {
+        SessionRecord {
+            schema: SCHEMA_VERSION,
+            user_key: s.user_key.clone(),
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            ip: s.ip.clone(),
+            user_agent: s.user_agent.clone(),
+        }
+    }
 }
 
-/// When a session began and was last used, as its user's index entry keeps them: enough to
-/// choose which sessions to end without reading and decoding every session record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionTimes {
-    pub token_hash: [u8; 32],
-    pub created_at: u64,
-    pub last_seen_at: u64,
-}
-
+/// The sled engine: one process, one directory.
 #[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    users: sled::Tree,
-    sessions: sled::Tree,
-    user_sessions: sled::Tree,
-    meta: sled::Tree,
-    failures: sled::Tree,
-    failures_by_user: sled::Tree,
-    failures_by_ip: sled::Tree,
+pub struct SledStore {
+    db: ::sled::Db,
+    users: ::sled::Tree,
+    sessions: ::sled::Tree,
+    user_sessions: ::sled::Tree,
+    meta: ::sled::Tree,
+    failures: ::sled::Tree,
+    failures_by_user: ::sled::Tree,
+    failures_by_ip: ::sled::Tree,
     durability: Arc<GroupCommit>,
-    /// How many failure records there are, once counted ([`Store::count_failures`]);
+    /// How many failure records there are, once counted ([`SledStore::count_failures`]);
     /// `UNCOUNTED` until then, when the cap is not enforced on append.
     failure_total: Arc<AtomicU64>,
 }
@@ -120,52 +141,7 @@ struct GroupCommit {
     lock: tokio::sync::Mutex<()>,
 }
 
-/// A failed or refused login attempt, as kept in the store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureRecord {
-    /// Unix time in milliseconds.
-    pub time: u64,
-    pub ip: String,
-    /// The identity checked: the user's stored spelling when the user exists, otherwise the
-    /// normalised form of what was typed (`domain::normalise_key`, cut to 256 characters).
-    /// Records made before `typed` existed hold what was typed here.
-    pub username: String,
-    pub reason: FailureReason,
-    pub user_agent: String,
-    /// What was typed (cut to 256 characters), when it differs from `username`: padding,
-    /// case or width. Absent in records made before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub typed: Option<String>,
-    /// How many attempts this record stands for: more than 1 when refusals from one address
-    /// for one reason within one minute were counted into its first record (see
-    /// `audit::Audit::record_failure`). Records from before this field existed read as 1.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
-    pub count: u64,
-}
-
-fn one() -> u64 {
-    1
-}
-
-fn is_one(n: &u64) -> bool {
-    *n == 1
-}
-
-/// Which failure records to read. Times are Unix milliseconds; `before` is a keyset cursor
-/// (the key of the last record of the previous page).
-#[derive(Clone, Debug, Default)]
-pub struct FailureQuery {
-    pub since: Option<u64>,
-    pub until: Option<u64>,
-    /// Normalised username key.
-    pub user_key: Option<String>,
-    pub ip: Option<ipnet::IpNet>,
-    pub reason: Option<FailureReason>,
-    pub before: Option<Vec<u8>>,
-    pub limit: usize,
-}
-
-impl Store {
+impl SledStore {
     /// Whether `dir` holds a store (without opening, so without creating or locking one).
     pub fn exists(dir: &Path) -> bool {
         dir.join("db").exists()
@@ -173,15 +149,15 @@ impl Store {
 
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Self> {
-        ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let db = match sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
+        super::ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let db = match ::sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 return Err(StoreError::Locked(dir.display().to_string()))
             }
             Err(e) => return Err(e.into()),
         };
-        let store = Store {
+        let store = SledStore {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
             user_sessions: db.open_tree("user_sessions")?,
@@ -197,9 +173,8 @@ impl Store {
         Ok(store)
     }
 
-    /// Makes every write so far durable. Called before a response or command reports a
-    /// security-relevant change.
-    pub async fn flush(&self) -> Result<()> {
+    /// Makes every write so far durable. Every trait method calls it before it returns.
+    async fn flush(&self) -> Result<()> {
         let g = &self.durability;
         // Everything this caller wrote happened before this ticket was taken.
         let ticket = g.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -214,7 +189,7 @@ impl Store {
     }
 
     /// A 32-byte server secret with the given name, created at first use.
-    pub fn secret(&self, name: &str) -> Result<[u8; 32]> {
+    fn load_secret(&self, name: &str) -> Result<[u8; 32]> {
         let key = format!("secret:{name}");
         if let Some(v) = self.meta.get(&key)? {
             return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
@@ -229,20 +204,20 @@ impl Store {
 
     // ----- users -----
 
-    pub fn user(&self, key: &str) -> Result<Option<UserRecord>> {
+    fn user(&self, key: &str) -> Result<Option<UserRecord>> {
         self.users.get(key)?.map(|v| decode(&v)).transpose()
     }
 
-    pub fn user_count(&self) -> usize {
+    fn user_count(&self) -> usize {
         self.users.len()
     }
 
-    pub fn users(&self) -> Result<Vec<UserRecord>> {
+    fn users(&self) -> Result<Vec<UserRecord>> {
         self.users.iter().map(|kv| decode(&kv?.1)).collect()
     }
 
     /// Inserts a new user; fails with `AlreadyExists` if the key is taken.
-    pub fn insert_user(&self, user: &UserRecord) -> Result<()> {
+    fn insert_user(&self, user: &UserRecord) -> Result<()> {
         let value = encode(user)?;
         match self.users.compare_and_swap(&user.key, None as Option<&[u8]>, Some(value))? {
             Ok(()) => Ok(()),
@@ -254,7 +229,7 @@ impl Store {
     /// whether it changed it (it may run more than once if another write races). Returns the
     /// record as it is afterwards, or `None` if there is no such user. A record that cannot be
     /// decoded is left as it is (never deleted) and reported as corrupt.
-    pub fn update_user_with(
+    fn update_user_with(
         &self,
         key: &str,
         mut change: impl FnMut(&mut UserRecord) -> bool,
@@ -289,7 +264,7 @@ impl Store {
 
     /// Sets the user's `disabled` flag in place (so a concurrent login or password change is
     /// not overwritten); returns the updated record, or `None` if there is no such user.
-    pub fn set_user_disabled(&self, key: &str, disabled: bool) -> Result<Option<UserRecord>> {
+    fn set_user_disabled(&self, key: &str, disabled: bool) -> Result<Option<UserRecord>> {
         self.update_user_with(key, |user| {
             user.disabled = disabled;
             true
@@ -300,7 +275,7 @@ impl Store {
     /// still `verified_hash` and the user is not disabled. Returns the updated record (or, for
     /// a disabled user, the record unchanged), or `None` if the user is gone or their password
     /// changed in the meantime.
-    pub fn record_login(
+    fn login_cas(
         &self,
         key: &str,
         verified_hash: &str,
@@ -324,24 +299,24 @@ impl Store {
     }
 
     /// Removes a user; returns whether there was one.
-    pub fn delete_user(&self, key: &str) -> Result<bool> {
+    fn delete_user(&self, key: &str) -> Result<bool> {
         Ok(self.users.remove(key)?.is_some())
     }
 
     // ----- sessions -----
 
-    pub fn insert_session(&self, token_hash: &[u8; 32], session: &SessionRecord) -> Result<()> {
+    fn insert_session(&self, token_hash: &[u8; 32], session: &SessionRecord) -> Result<()> {
         self.sessions.insert(token_hash, encode(session)?)?;
         self.user_sessions.insert(index_key(&session.user_key, token_hash), &index_value(session))?;
         Ok(())
     }
 
-    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+    fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
         self.sessions.get(token_hash)?.map(|v| decode(&v)).transpose()
     }
 
     /// Records activity on a session (for the idle timeout).
-    pub fn touch_session(&self, token_hash: &[u8; 32], now: u64) -> Result<()> {
+    fn touch_session(&self, token_hash: &[u8; 32], now: u64) -> Result<()> {
         let mut touched = None;
         self.sessions.fetch_and_update(token_hash, |old| {
             let mut record: SessionRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
@@ -359,7 +334,7 @@ impl Store {
     }
 
     /// Removes one session; returns whether it existed.
-    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+    fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         let Some(old) = self.sessions.remove(token_hash)? else { return Ok(false) };
         if let Ok(record) = decode::<SessionRecord>(&old) {
             self.user_sessions.remove(index_key(&record.user_key, token_hash))?;
@@ -368,13 +343,13 @@ impl Store {
     }
 
     /// The user's sessions (expired ones included; the caller judges expiry).
-    pub fn user_sessions(&self, user_key: &str) -> Result<Vec<StoredSession>> {
+    fn user_sessions(&self, user_key: &str) -> Result<Vec<StoredSession>> {
         let mut out = Vec::new();
         for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
             let (k, _) = kv?;
             let Some(token_hash) = hash_from_index_key(&k) else { continue };
             match self.session(&token_hash)? {
-                Some(record) => out.push(StoredSession { token_hash, record }),
+                Some(record) => out.push(StoredSession { token_hash, record: record.session() }),
                 // A crash between the two writes can leave a dangling index entry.
                 None => {
                     self.user_sessions.remove(k)?;
@@ -386,7 +361,7 @@ impl Store {
 
     /// The user's sessions' times, from the index alone (entries written before the index
     /// kept times are read from their session record).
-    pub fn user_session_times(&self, user_key: &str) -> Result<Vec<SessionTimes>> {
+    fn user_session_times(&self, user_key: &str) -> Result<Vec<SessionTimes>> {
         let mut out = Vec::new();
         for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
             let (k, v) = kv?;
@@ -408,7 +383,7 @@ impl Store {
     }
 
     /// Removes all the user's sessions but `keep`; returns how many were removed.
-    pub fn delete_user_sessions(&self, user_key: &str, keep: Option<&[u8; 32]>) -> Result<usize> {
+    fn delete_user_sessions(&self, user_key: &str, keep: Option<&[u8; 32]>) -> Result<usize> {
         let mut removed = 0;
         for kv in self.user_sessions.scan_prefix(index_prefix(user_key)) {
             let (k, _) = kv?;
@@ -425,7 +400,7 @@ impl Store {
     }
 
     /// Removes every session `expired` says is over; returns how many.
-    pub fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<usize> {
+    fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<usize> {
         let mut removed = 0;
         for kv in self.sessions.iter() {
             let (k, v) = kv?;
@@ -445,21 +420,21 @@ impl Store {
         Ok(removed)
     }
 
-    pub fn session_count(&self) -> usize {
+    fn session_count(&self) -> usize {
         self.sessions.len()
     }
 }
 
-impl Store {
+impl SledStore {
     // ----- failed-login records -----
 
-    /// Appends a failure record (not yet durable: call [`Store::flush`]). `user_key` is the
+    /// Appends a failure record (not yet durable: call [`SledStore::flush`]). `user_key` is the
     /// normalised form of what was typed, for the username index. Returns the record's key.
     ///
-    /// With `max_records` (and once the records were counted, see [`Store::count_failures`]),
+    /// With `max_records` (and once the records were counted, see [`SledStore::count_failures`]),
     /// the oldest records are dropped so that at most that many are kept: whatever floods
     /// in, the records cannot grow past it (issue 11 §1).
-    pub fn append_failure(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Vec<u8>> {
+    fn append_failure(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Vec<u8>> {
         let mut key = record.time.to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.failures.insert(&key, encode(record)?)?;
@@ -482,9 +457,9 @@ impl Store {
     }
 
     /// Counts the failure records (a scan: run it off the async workers) so that the cap of
-    /// [`Store::append_failure`] applies from now on, and drops the oldest beyond
+    /// [`SledStore::append_failure`] applies from now on, and drops the oldest beyond
     /// `max_records`. Returns how many there are.
-    pub fn count_failures(&self, max_records: Option<u64>) -> Result<u64> {
+    fn count_failures(&self, max_records: Option<u64>) -> Result<u64> {
         let mut n = 0u64;
         for kv in self.failures.iter() {
             kv?;
@@ -505,8 +480,8 @@ impl Store {
 
     /// Sets the `count` of the record stored under `key` (an aggregated refusal, see
     /// `Audit::record_failure`). A record already dropped (by the cap or retention) stays
-    /// dropped. Not yet durable: call [`Store::flush`].
-    pub fn set_failure_count(&self, key: &[u8], count: u64) -> Result<()> {
+    /// dropped. Not yet durable: call [`SledStore::flush`].
+    fn set_failure_count(&self, key: &[u8], count: u64) -> Result<()> {
         self.failures.fetch_and_update(key, |old| {
             let old = old?;
             match serde_json::from_slice::<FailureRecord>(old) {
@@ -530,12 +505,12 @@ impl Store {
     }
 
     /// Records matching `q`, newest first, with their keys (for keyset pagination).
-    pub fn failures(&self, q: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>> {
+    fn failures(&self, q: &FailureQuery) -> Result<Vec<(Vec<u8>, FailureRecord)>> {
         let lo = q.since.unwrap_or(0).to_be_bytes().to_vec();
         let mut hi = q.until.map_or(u64::MAX, |u| u.saturating_add(1)).to_be_bytes().to_vec();
-        if let Some(before) = &q.before {
-            if before < &hi {
-                hi = before.clone();
+        if let Some(before) = q.before.map(|c| c.to_bytes().to_vec()) {
+            if before < hi {
+                hi = before;
             }
         }
         let limit = if q.limit == 0 { usize::MAX } else { q.limit };
@@ -581,7 +556,7 @@ impl Store {
     }
 
     /// Deletes records older than `cutoff` (Unix ms); returns how many.
-    pub fn purge_failures_before(&self, cutoff: u64) -> Result<usize> {
+    fn purge_failures_before(&self, cutoff: u64) -> Result<usize> {
         let mut removed = 0;
         for kv in self.failures.range(..cutoff.to_be_bytes().to_vec()) {
             let (k, v) = kv?;
@@ -594,7 +569,7 @@ impl Store {
         Ok(removed)
     }
 
-    pub fn failure_count(&self) -> usize {
+    fn failure_count(&self) -> usize {
         self.failures.len()
     }
 }
@@ -648,96 +623,206 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Makes `dir` private to its owner: creates it (and parents) with mode 0700, or, when it
-/// already exists, takes group and other access away from it and from the entries in it that
-/// `ours` names (recursively for directories: 0700 / 0600 at most), with a warning per
-/// change. Other entries are left alone (the directory's own 0700 already closes them to
-/// others), so a misconfigured shared directory such as `/var/log` does not have everything
-/// in it changed; symbolic links are never followed inside (they may point at things that
-/// are not ours, such as `/dev/full`).
-///
-/// Tightening rather than refusing to start: the files are ours and hold secrets (password
-/// hashes, the CSRF and captcha keys, the auth log), so every start that leaves them readable
-/// is a leak, and a refusal would leave them exposed until someone acted; systemd's
-/// `StateDirectory=` also recreates 0755 directories by default (issue 11 §4, ASVS 4.0
-/// V14.1).
-///
-/// # Errors
-/// Creating the directory or changing a mode failed (for example it belongs to another
-/// user); the message says which path and how to fix it by hand.
-pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        return Ok(());
-    }
-    tighten(dir, true, false)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if ours(&entry.file_name().to_string_lossy()) {
-            tighten(&entry.path(), false, true)?;
-        }
-    }
-    Ok(())
-}
-
 /// The entries sled 0.34 keeps in its directory, and the admin socket.
 pub fn is_store_file(name: &str) -> bool {
     matches!(name, "db" | "conf" | "blobs" | "admin.sock") || name.starts_with("snap.")
 }
 
-/// Takes group and other permissions away from `path` (following it only when `follow`),
-/// and, with `recurse`, from everything under it if it is a directory.
-fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
-    if !(meta.is_dir() || meta.is_file()) {
-        return Ok(());
+/// A store key for a failure record, from its cursor.
+fn failure_key(at: &Cursor) -> [u8; 16] {
+    at.to_bytes()
+}
+
+fn cursor_of(key: &[u8]) -> Result<Cursor> {
+    let bytes: [u8; 16] = key.try_into().map_err(|_| StoreError::Corrupt("a failure record key".into()))?;
+    Ok(Cursor::from_bytes(&bytes))
+}
+
+impl SledStore {
+    /// Runs a scan on the blocking pool (sled calls are synchronous; a scan is not short).
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&SledStore) -> Result<T> + Send + 'static) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("a store task ended: {e}").into()))?
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        let private = mode & 0o700;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "{} is mode {mode:04o} and cannot be made private ({e}): run `chmod -R go-rwx {}` as its owner",
-                    path.display(),
-                    path.display()
-                ),
-            )
+
+    /// `value`, once every write before this call is durable.
+    async fn durable<T>(&self, value: T) -> Result<T> {
+        self.flush().await?;
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl UserStore for SledStore {
+    async fn get(&self, key: &str) -> Result<Option<User>> {
+        Ok(self.user(key)?.map(|r| r.user()))
+    }
+
+    async fn credential(&self, key: &str) -> Result<Option<Credential>> {
+        Ok(self.user(key)?.map(|r| Credential { user: r.user(), password_hash: r.password_hash }))
+    }
+
+    async fn list(&self) -> Result<Vec<User>> {
+        self.blocking(|s| Ok(s.users()?.iter().map(UserRecord::user).collect())).await
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.user_count() as u64)
+    }
+
+    async fn insert(&self, user: &User, password_hash: &str) -> Result<()> {
+        self.insert_user(&UserRecord::new(user, password_hash))?;
+        self.durable(()).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let existed = self.delete_user(key)?;
+        self.durable(existed).await
+    }
+
+    async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
+        let after = self.update_user_with(key, |user| {
+            user.password_hash = password_hash.to_string();
+            user.password_changed_at = now;
+            true
         })?;
-        tracing::warn!(path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"), "took group and other access away from a file portcullis keeps private");
+        self.durable(after.map(|r| r.user())).await
     }
-    if recurse && meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            tighten(&entry?.path(), false, true)?;
-        }
+
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {
+        let after = self.set_user_disabled(key, disabled)?;
+        self.durable(after.map(|r| r.user())).await
     }
-    Ok(())
+
+    async fn record_login(
+        &self,
+        key: &str,
+        verified_hash: &str,
+        upgraded_hash: Option<&str>,
+        now: u64,
+    ) -> Result<Option<User>> {
+        let after = self.login_cas(key, verified_hash, upgraded_hash, now)?;
+        self.durable(after.map(|r| r.user())).await
+    }
+
+    async fn most_common_hash(&self) -> Result<Option<String>> {
+        self.blocking(|s| {
+            let mut kinds: std::collections::HashMap<(String, usize), (usize, String)> = Default::default();
+            for user in s.users()? {
+                if let Some(shape) = crate::password::pool::shape_of(&user.password_hash) {
+                    kinds.entry(shape).or_insert((0, user.password_hash)).0 += 1;
+                }
+            }
+            // The most common kind; ties go to the larger shape string, so the choice is stable.
+            Ok(kinds.into_iter().max_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0))).map(|(_, (_, example))| example))
+        })
+        .await
+    }
 }
 
-/// Sets the process's file-creation mask to 0o077, so that every file and directory this
-/// process creates (store files, log files, the generated key, the admin socket) is readable
-/// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).
-pub fn private_umask() {
-    // SAFETY: umask(2) only sets the process's mask; it cannot fail and touches no memory.
-    unsafe {
-        libc::umask(0o077);
+#[async_trait]
+impl SessionStore for SledStore {
+    async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()> {
+        self.insert_session(token_hash, &SessionRecord::new(session))?;
+        self.durable(()).await
+    }
+
+    async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
+        Ok(self.session(token_hash)?.map(SessionRecord::session))
+    }
+
+    async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()> {
+        self.touch_session(token_hash, now)?;
+        self.durable(()).await
+    }
+
+    async fn delete(&self, token_hash: &TokenHash) -> Result<bool> {
+        let existed = self.delete_session(token_hash)?;
+        self.durable(existed).await
+    }
+
+    // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
+    // of (redone if lost), so they do not wait for a flush, and a disk that cannot be written
+    // does not stop them (a signed-in user still sees their page; SECURITY.md).
+    async fn list_for_user(&self, user_key: &str) -> Result<Vec<StoredSession>> {
+        self.user_sessions(user_key)
+    }
+
+    async fn times_for_user(&self, user_key: &str) -> Result<Vec<SessionTimes>> {
+        self.user_session_times(user_key)
+    }
+
+    async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize> {
+        let n = self.delete_user_sessions(user_key, keep)?;
+        self.durable(n).await
+    }
+
+    async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
+        let n = self
+            .blocking(move |s| {
+                s.purge_sessions(|r| {
+                    now.saturating_sub(r.last_seen_at) >= idle_ms || now.saturating_sub(r.created_at) >= absolute_ms
+                })
+            })
+            .await?;
+        self.durable(n).await
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.session_count() as u64)
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+#[async_trait]
+impl FailureStore for SledStore {
+    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor> {
+        let key = self.append_failure(record, user_key, max_records)?;
+        let at = cursor_of(&key)?;
+        self.durable(at).await
+    }
+
+    async fn set_count(&self, at: &Cursor, count: u64) -> Result<()> {
+        self.set_failure_count(&failure_key(at), count)?;
+        self.durable(()).await
+    }
+
+    async fn query(&self, q: &FailureQuery) -> Result<Vec<(Cursor, FailureRecord)>> {
+        let q = q.clone();
+        self.blocking(move |s| s.failures(&q)?.into_iter().map(|(k, r)| Ok((cursor_of(&k)?, r))).collect()).await
+    }
+
+    async fn purge_before(&self, cutoff: u64) -> Result<usize> {
+        let n = self.blocking(move |s| s.purge_failures_before(cutoff)).await?;
+        self.durable(n).await
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.failure_count() as u64)
+    }
+
+    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64> {
+        let n = self.blocking(move |s| s.count_failures(max_records)).await?;
+        self.durable(n).await
+    }
+}
+
+#[async_trait]
+impl SecretStore for SledStore {
+    async fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        let key = self.load_secret(name)?;
+        self.durable(key).await
+    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::audit::FailureReason;
+    use crate::store::ensure_private_dir;
 
-    /// A user record for tests (other modules' too).
-    pub(crate) fn user(key: &str) -> UserRecord {
+    fn user(key: &str) -> UserRecord {
         UserRecord {
             schema: SCHEMA_VERSION,
             key: key.into(),
@@ -768,11 +853,11 @@ pub(crate) mod tests {
         let user: UserRecord = serde_json::from_str(old).unwrap();
         assert!(!user.disabled);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.insert_user(&user).unwrap();
         assert!(store.set_user_disabled("alice", true).unwrap().unwrap().disabled);
         // A login checked against the same hash meanwhile records nothing and says disabled.
-        let seen = store.record_login("alice", "h", None, 5).unwrap().unwrap();
+        let seen = store.login_cas("alice", "h", None, 5).unwrap().unwrap();
         assert!(seen.disabled && seen.last_login_at.is_none());
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
     }
@@ -780,17 +865,17 @@ pub(crate) mod tests {
     #[test]
     fn an_unreadable_user_record_is_reported_and_kept_not_deleted_by_an_update() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.users.insert("alice", &b"not json"[..]).unwrap();
         assert!(matches!(store.set_user_disabled("alice", true), Err(StoreError::Corrupt(_))));
-        assert!(matches!(store.record_login("alice", "h", None, 5), Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.login_cas("alice", "h", None, 5), Err(StoreError::Corrupt(_))));
         assert_eq!(store.users.get("alice").unwrap().unwrap(), &b"not json"[..]);
     }
 
     #[test]
     fn session_times_come_from_the_index_or_from_the_record_for_older_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let mut newer = session("alice");
         newer.created_at = 5;
         newer.last_seen_at = 7;
@@ -814,17 +899,82 @@ pub(crate) mod tests {
         assert_eq!(store.user_session_times("alice").unwrap().len(), 1);
     }
 
+    /// The sled side of the conformance suite: a temporary directory per store.
+    #[derive(Default)]
+    struct SledHarness {
+        dirs: Vec<tempfile::TempDir>,
+    }
+
+    #[async_trait]
+    impl crate::store::conformance::Harness for SledHarness {
+        async fn fresh(&mut self) -> crate::store::Store {
+            self.dirs.push(tempfile::tempdir().unwrap());
+            crate::store::Store::open(self.dirs[self.dirs.len() - 1].path()).unwrap()
+        }
+
+        async fn reopen(&mut self, store: crate::store::Store) -> crate::store::Store {
+            drop(store);
+            // sled releases its lock file once its background flusher has let go of the last
+            // handle; that thread is not ours to join, so wait for the lock to be free.
+            let dir = self.dirs[self.dirs.len() - 1].path();
+            for _ in 0..500 {
+                match crate::store::Store::open(dir) {
+                    Err(StoreError::Locked(_)) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    other => return other.unwrap(),
+                }
+            }
+            panic!("the store was never released");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_sled_engine_passes_the_store_conformance_suite() {
+        crate::store::conformance::run(&mut SledHarness::default()).await;
+    }
+
+    /// Copies a store's files as they are on disk now: what a process killed at this moment
+    /// would leave behind.
+    fn snapshot(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::create_dir_all(to.join(path.file_name().unwrap())).unwrap();
+                snapshot(&path, &to.join(path.file_name().unwrap()));
+            } else {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_is_on_disk_when_it_returns_without_a_flush_by_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        store.users.insert(&crate::store::conformance::user("alice"), "h").await.unwrap();
+        store.sessions.insert(&[7; 32], &crate::store::conformance::session("alice", 1, 1)).await.unwrap();
+        let record = failure(5, "192.0.2.1", "alice", FailureReason::Csrf);
+        store.failures.append(&record, "alice", None).await.unwrap();
+        store.users.set_disabled("alice", true).await.unwrap();
+        // Taken at once, while the store is open: sled's own periodic flush has not run.
+        let copy = tempfile::tempdir().unwrap();
+        snapshot(dir.path(), copy.path());
+        let reopened = crate::store::Store::open(copy.path()).unwrap();
+        assert!(reopened.users.get("alice").await.unwrap().unwrap().disabled);
+        assert!(reopened.sessions.get(&[7; 32]).await.unwrap().is_some());
+        assert_eq!(reopened.failures.count().await.unwrap(), 1);
+    }
+
     #[test]
     fn a_store_held_elsewhere_is_reported_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+        let _first = SledStore::open(dir.path()).unwrap();
+        assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Locked(_))));
     }
 
     #[test]
     fn users_are_unique_by_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.insert_user(&user("alice")).unwrap();
         assert!(matches!(store.insert_user(&user("alice")), Err(StoreError::AlreadyExists)));
         assert_eq!(store.user("alice").unwrap().unwrap().key, "alice");
@@ -835,7 +985,7 @@ pub(crate) mod tests {
     #[test]
     fn ending_a_users_sessions_keeps_the_one_asked_for_and_others_users() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.insert_session(&[1; 32], &session("alice")).unwrap();
         store.insert_session(&[2; 32], &session("alice")).unwrap();
         store.insert_session(&[3; 32], &session("bob")).unwrap();
@@ -872,7 +1022,7 @@ pub(crate) mod tests {
     #[test]
     fn failure_records_come_back_newest_first_by_range_user_and_address() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         for i in 0..10u64 {
             let user = if i % 2 == 0 { "Alice" } else { "bob" };
             let ip = if i < 5 { "192.0.2.1" } else { "198.51.100.7" };
@@ -898,8 +1048,9 @@ pub(crate) mod tests {
         assert_eq!(store.failures(&q).unwrap().iter().map(|r| r.1.time).collect::<Vec<_>>(), vec![1003, 1001]);
         // Keyset pages.
         let page1 = store.failures(&FailureQuery { limit: 4, ..Default::default() }).unwrap();
-        let page2 =
-            store.failures(&FailureQuery { limit: 4, before: Some(page1[3].0.clone()), ..Default::default() }).unwrap();
+        let page2 = store
+            .failures(&FailureQuery { limit: 4, before: cursor_of(&page1[3].0).ok(), ..Default::default() })
+            .unwrap();
         assert_eq!(page2[0].1.time, 1005);
         assert_eq!(store.purge_failures_before(1005).unwrap(), 5);
         assert_eq!(
@@ -911,7 +1062,7 @@ pub(crate) mod tests {
     #[test]
     fn past_the_cap_the_oldest_failure_records_go_with_their_index_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         // Before the count, nothing is dropped; the count itself trims to the cap.
         for i in 0..5u64 {
             store
@@ -944,7 +1095,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_cap_bounds_the_store_on_disk_not_only_its_record_count() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.count_failures(Some(500)).unwrap();
         let mut record = failure(0, "192.0.2.1", "", FailureReason::BadPassword);
         record.user_agent = "a".repeat(256);
@@ -972,7 +1123,7 @@ pub(crate) mod tests {
         // A count of one is not written, so records stay as they were.
         assert_eq!(serde_json::to_string(&record).unwrap(), old);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let key = store.append_failure(&record, "alice", None).unwrap();
         store.set_failure_count(&key, 42).unwrap();
         assert_eq!(store.failures(&FailureQuery::default()).unwrap()[0].1.count, 42);
@@ -1011,8 +1162,8 @@ pub(crate) mod tests {
     #[test]
     fn the_secret_is_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.secret("csrf").unwrap(), store.secret("csrf").unwrap());
-        assert_ne!(store.secret("csrf").unwrap(), store.secret("other").unwrap());
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_secret("csrf").unwrap(), store.load_secret("csrf").unwrap());
+        assert_ne!(store.load_secret("csrf").unwrap(), store.load_secret("other").unwrap());
     }
 }

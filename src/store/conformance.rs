@@ -1,0 +1,347 @@
+//! The store conformance suite: what every engine must do, written once against the traits of
+//! [`super`] and run on each engine (sled in this crate's unit tests; another engine runs
+//! [`run`] with its own [`Harness`], with the `conformance` feature outside this crate's tests).
+//!
+//! It checks behaviour a caller relies on, not an engine's layout: round trips, the
+//! compare-and-swap updates under concurrent callers, keyset paging that neither skips nor
+//! repeats, the record cap, secrets agreed on by concurrent first users, and that what a
+//! method wrote is there after the store is closed and opened again.
+
+use async_trait::async_trait;
+
+use super::{FailureQuery, FailureRecord, Session, Store, StoreError, User};
+use crate::audit::FailureReason;
+
+/// How the suite gets stores from an engine.
+#[async_trait]
+pub trait Harness: Send {
+    /// A handle on a new, empty store.
+    async fn fresh(&mut self) -> Store;
+    /// Closes `store` (the last handle on the store [`Harness::fresh`] returned last) and opens
+    /// the same store again.
+    async fn reopen(&mut self, store: Store) -> Store;
+}
+
+/// Two valid argon2id PHC strings of different kinds (memory 1 MiB and 2 MiB).
+pub const HASH_A: &str = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+const HASH_A2: &str = "$argon2id$v=19$m=1024,t=1,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYQ";
+const HASH_B: &str = "$argon2id$v=19$m=2048,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+/// A user for tests, enabled, never signed in, created at 1 ms.
+pub fn user(key: &str) -> User {
+    User {
+        key: key.into(),
+        display_name: key.to_uppercase(),
+        admin: false,
+        created_at: 1,
+        password_changed_at: 1,
+        last_login_at: None,
+        disabled: false,
+    }
+}
+
+/// A session for tests.
+pub fn session(user_key: &str, created_at: u64, last_seen_at: u64) -> Session {
+    Session { user_key: user_key.into(), created_at, last_seen_at, ip: "192.0.2.1".into(), user_agent: "ua".into() }
+}
+
+/// A failure record for tests.
+pub fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
+    FailureRecord {
+        time,
+        ip: ip.into(),
+        username: username.into(),
+        reason,
+        user_agent: "ua".into(),
+        typed: None,
+        count: 1,
+    }
+}
+
+/// Runs every check, each on a fresh store. Panics (naming the check) at the first failure.
+pub async fn run(harness: &mut dyn Harness) {
+    users_round_trip(&harness.fresh().await).await;
+    user_updates_are_explicit_and_compare_and_swap(&harness.fresh().await).await;
+    concurrent_updates_lose_nothing(&harness.fresh().await).await;
+    the_most_common_hash_kind_is_found(&harness.fresh().await).await;
+    sessions_round_trip_and_expire(&harness.fresh().await).await;
+    failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
+    the_record_cap_keeps_the_newest(&harness.fresh().await).await;
+    secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
+    let store = harness.fresh().await;
+    let secret = write_everything(&store).await;
+    let store = harness.reopen(store).await;
+    everything_written_is_there(&store, secret).await;
+}
+
+async fn users_round_trip(store: &Store) {
+    let u = &store.users;
+    assert!(u.get("alice").await.unwrap().is_none(), "users: an empty store has no alice");
+    u.insert(&user("alice"), HASH_A).await.unwrap();
+    assert!(matches!(u.insert(&user("alice"), HASH_B).await, Err(StoreError::AlreadyExists)), "users: unique keys");
+    assert_eq!(u.get("alice").await.unwrap(), Some(user("alice")), "users: get");
+    let c = u.credential("alice").await.unwrap().unwrap();
+    assert_eq!((c.user, c.password_hash.as_str()), (user("alice"), HASH_A), "users: the first insert's hash stays");
+    u.insert(&user("bob"), HASH_B).await.unwrap();
+    let mut keys: Vec<String> = u.list().await.unwrap().into_iter().map(|u| u.key).collect();
+    keys.sort();
+    assert_eq!(keys, ["alice", "bob"], "users: list");
+    assert_eq!(u.count().await.unwrap(), 2, "users: count");
+    assert!(u.delete("alice").await.unwrap(), "users: delete says it deleted");
+    assert!(!u.delete("alice").await.unwrap(), "users: a second delete finds nothing");
+    assert!(u.get("alice").await.unwrap().is_none() && u.credential("alice").await.unwrap().is_none());
+    assert_eq!(u.count().await.unwrap(), 1);
+}
+
+async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
+    let u = &store.users;
+    u.insert(&user("alice"), HASH_A).await.unwrap();
+    assert!(u.set_password_hash("nobody", HASH_B, 5).await.unwrap().is_none(), "updates: unknown user");
+    assert!(u.set_disabled("nobody", true).await.unwrap().is_none());
+    assert!(u.record_login("nobody", HASH_A, None, 5).await.unwrap().is_none());
+
+    // A login verified against a hash that is no longer stored records nothing.
+    assert!(u.record_login("alice", HASH_B, None, 5).await.unwrap().is_none(), "updates: stale hash");
+    assert_eq!(u.get("alice").await.unwrap().unwrap().last_login_at, None);
+    // The verified hash: recorded, with the upgrade.
+    let after = u.record_login("alice", HASH_A, Some(HASH_B), 7).await.unwrap().unwrap();
+    assert_eq!(after.last_login_at, Some(7));
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B, "updates: upgrade stored");
+
+    let changed = u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
+    assert_eq!((changed.password_changed_at, changed.last_login_at), (9, Some(7)), "updates: only what was asked");
+    assert!(u.record_login("alice", HASH_B, None, 10).await.unwrap().is_none(), "updates: old password refused");
+
+    // Disabled: a login checked against the right hash records nothing and says disabled.
+    assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);
+    let seen = u.record_login("alice", HASH_A2, None, 11).await.unwrap().unwrap();
+    assert!(seen.disabled && seen.last_login_at == Some(7), "updates: disabled user not signed in");
+    assert!(!u.set_disabled("alice", false).await.unwrap().unwrap().disabled);
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2);
+}
+
+async fn concurrent_updates_lose_nothing(store: &Store) {
+    let u = &store.users;
+    u.insert(&user("alice"), HASH_A).await.unwrap();
+    // Sixteen sign-ins verified the same hash and each upgrades it: one wins, the rest see
+    // the hash changed under them.
+    let upgrades: Vec<String> = (0..16).map(|i| format!("{HASH_B}{i}")).collect();
+    let tasks: Vec<_> = upgrades
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let (users, h) = (store.users.clone(), h.clone());
+            tokio::spawn(async move { users.record_login("alice", HASH_A, Some(&h), i as u64 + 1).await.unwrap() })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await.unwrap().is_some() {
+            won.push(i);
+        }
+    }
+    assert_eq!(won.len(), 1, "races: exactly one of the upgrades from one verified hash wins: {won:?}");
+    let stored = u.credential("alice").await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, upgrades[won[0]], "races: the winner's hash is stored");
+
+    // Logins, a disable and a password change at once: each change is kept.
+    let current = stored.password_hash.clone();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let (users, current) = (store.users.clone(), current.clone());
+        tasks.push(tokio::spawn(async move {
+            users.record_login("alice", &current, None, 100 + i).await.unwrap();
+        }));
+    }
+    let users = store.users.clone();
+    tasks.push(tokio::spawn(async move {
+        users.set_disabled("alice", true).await.unwrap();
+    }));
+    let users = store.users.clone();
+    tasks.push(tokio::spawn(async move {
+        users.set_password_hash("alice", HASH_A2, 500).await.unwrap();
+    }));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = u.credential("alice").await.unwrap().unwrap();
+    assert!(c.user.disabled, "races: the disable was not lost");
+    assert_eq!((c.password_hash.as_str(), c.user.password_changed_at), (HASH_A2, 500), "races: the new password");
+    assert!(u.record_login("alice", &current, None, 999).await.unwrap().is_none(), "races: old password refused");
+}
+
+async fn the_most_common_hash_kind_is_found(store: &Store) {
+    let u = &store.users;
+    assert_eq!(u.most_common_hash().await.unwrap(), None, "hash kinds: none without users");
+    u.insert(&user("a"), HASH_B).await.unwrap();
+    u.insert(&user("b"), HASH_A).await.unwrap();
+    u.insert(&user("c"), HASH_A2).await.unwrap();
+    let example = u.most_common_hash().await.unwrap().unwrap();
+    let shape = crate::password::pool::shape_of;
+    assert_eq!(shape(&example), shape(HASH_A), "hash kinds: two of kind A, one of B");
+}
+
+async fn sessions_round_trip_and_expire(store: &Store) {
+    let s = &store.sessions;
+    s.insert(&[1; 32], &session("alice", 1000, 1000)).await.unwrap();
+    s.insert(&[2; 32], &session("alice", 2000, 2000)).await.unwrap();
+    s.insert(&[3; 32], &session("bob", 3000, 3000)).await.unwrap();
+    assert_eq!(s.get(&[1; 32]).await.unwrap(), Some(session("alice", 1000, 1000)), "sessions: get");
+    assert!(s.get(&[9; 32]).await.unwrap().is_none());
+    assert_eq!(s.count().await.unwrap(), 3);
+
+    s.touch(&[1; 32], 5000).await.unwrap();
+    s.touch(&[1; 32], 4000).await.unwrap();
+    assert_eq!(s.get(&[1; 32]).await.unwrap().unwrap().last_seen_at, 5000, "sessions: touch never goes back");
+    let mut times = s.times_for_user("alice").await.unwrap();
+    times.sort_by_key(|t| t.token_hash);
+    let got: Vec<_> = times.iter().map(|t| (t.token_hash[0], t.created_at, t.last_seen_at)).collect();
+    assert_eq!(got, [(1, 1000, 5000), (2, 2000, 2000)], "sessions: times follow touches");
+    let mut listed: Vec<_> = s.list_for_user("alice").await.unwrap().into_iter().map(|x| x.token_hash[0]).collect();
+    listed.sort();
+    assert_eq!(listed, [1, 2], "sessions: list for a user");
+
+    // Ending a session drops it; touching it afterwards does not bring it back.
+    assert!(s.delete(&[2; 32]).await.unwrap() && !s.delete(&[2; 32]).await.unwrap());
+    s.touch(&[2; 32], 6000).await.unwrap();
+    assert!(s.get(&[2; 32]).await.unwrap().is_none(), "sessions: a touch does not revive");
+    assert_eq!(s.times_for_user("alice").await.unwrap().len(), 1);
+
+    s.insert(&[4; 32], &session("alice", 4000, 4000)).await.unwrap();
+    assert_eq!(s.delete_for_user("alice", Some(&[4; 32])).await.unwrap(), 1, "sessions: all but one");
+    assert!(s.get(&[1; 32]).await.unwrap().is_none() && s.get(&[4; 32]).await.unwrap().is_some());
+    assert!(s.get(&[3; 32]).await.unwrap().is_some(), "sessions: other users' stay");
+
+    // Idle 1 s, absolute 10 s, at 10 500 ms: [3] idle (seen 3000), [5] too old, [6] fresh.
+    s.insert(&[4; 32], &session("alice", 4000, 10_000)).await.unwrap();
+    s.insert(&[5; 32], &session("carol", 400, 10_400)).await.unwrap();
+    s.insert(&[6; 32], &session("carol", 9000, 10_400)).await.unwrap();
+    assert_eq!(s.purge_expired(1000, 10_000, 10_500).await.unwrap(), 2, "sessions: purge both timeouts");
+    let mut alive = Vec::new();
+    for h in [3u8, 4, 5, 6] {
+        alive.push(s.get(&[h; 32]).await.unwrap().is_some());
+    }
+    assert_eq!(alive, [false, true, false, true]);
+    assert_eq!(s.list_for_user("carol").await.unwrap().len(), 1, "sessions: purge cleans the user index");
+}
+
+async fn failures_query_and_page_without_gaps_or_repeats(store: &Store) {
+    let f = &store.failures;
+    let mut cursors = Vec::new();
+    for i in 0..10u64 {
+        let user = if i % 2 == 0 { "alice" } else { "bob" };
+        let ip = if i < 5 { "192.0.2.1" } else { "198.51.100.7" };
+        let reason = if i == 9 { FailureReason::Csrf } else { FailureReason::BadPassword };
+        // Two records share each millisecond: cursors still order them.
+        cursors.push(f.append(&failure(1000 + i / 2, ip, user, reason), user, None).await.unwrap());
+    }
+    assert_eq!(f.count().await.unwrap(), 10);
+    let all = f.query(&FailureQuery::default()).await.unwrap();
+    let got: Vec<_> = all.iter().map(|(c, _)| *c).collect();
+    let mut expected = cursors.clone();
+    expected.reverse();
+    assert_eq!(got, expected, "failures: newest first, in append order within a millisecond");
+
+    let times = |v: Vec<(super::Cursor, FailureRecord)>| v.into_iter().map(|(_, r)| r.time).collect::<Vec<_>>();
+    let q = FailureQuery { since: Some(1001), until: Some(1002), ..Default::default() };
+    assert_eq!(times(f.query(&q).await.unwrap()), [1002, 1002, 1001, 1001], "failures: inclusive range");
+    let q = FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 5, "failures: by user");
+    let q = FailureQuery { ip: Some("198.51.100.0/24".parse().unwrap()), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 5, "failures: by network");
+    let q =
+        FailureQuery { ip: Some("192.0.2.1/32".parse().unwrap()), user_key: Some("bob".into()), ..Default::default() };
+    assert_eq!(times(f.query(&q).await.unwrap()), [1001, 1000], "failures: by address and user");
+    let q = FailureQuery { reason: Some(FailureReason::Csrf), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 1, "failures: by reason");
+
+    // Keyset pages of 3, with and without a filter, meet every record once.
+    for user_key in [None, Some("alice".to_string())] {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let q = FailureQuery { limit: 3, before, user_key: user_key.clone(), ..Default::default() };
+            let page = f.query(&q).await.unwrap();
+            let Some((last, _)) = page.last() else { break };
+            before = Some(*last);
+            seen.extend(page.iter().map(|(c, _)| *c));
+        }
+        let want: Vec<_> =
+            all.iter().filter(|(_, r)| user_key.as_deref().is_none_or(|u| r.username == u)).map(|(c, _)| *c).collect();
+        assert_eq!(seen, want, "failures: paging by cursor ({user_key:?})");
+    }
+    // A cursor survives its text form.
+    let text = cursors[3].encode();
+    assert_eq!(super::Cursor::parse(&text), Some(cursors[3]));
+
+    f.set_count(&cursors[9], 42).await.unwrap();
+    let newest = f.query(&FailureQuery { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(newest[0].1.count, 42, "failures: set count");
+
+    assert_eq!(f.purge_before(1002).await.unwrap(), 4, "failures: purge before a time");
+    assert_eq!(f.count().await.unwrap(), 6);
+    let q = FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 3, "failures: purge cleans the indexes");
+    // A purged record's count cannot be set (it stays purged).
+    f.set_count(&cursors[0], 5).await.unwrap();
+    assert_eq!(f.count().await.unwrap(), 6);
+}
+
+async fn the_record_cap_keeps_the_newest(store: &Store) {
+    let f = &store.failures;
+    for i in 0..5u64 {
+        f.append(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3)).await.unwrap();
+    }
+    assert_eq!(f.enforce_cap(Some(3)).await.unwrap(), 3, "cap: counting trims to the cap");
+    for i in 5..10u64 {
+        f.append(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3)).await.unwrap();
+    }
+    let records = f.query(&FailureQuery::default()).await.unwrap();
+    let times: Vec<u64> = records.iter().map(|(_, r)| r.time).collect();
+    assert_eq!(times, [1009, 1008, 1007], "cap: the newest are kept");
+    assert_eq!(f.count().await.unwrap(), 3);
+    let q = FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 3, "cap: dropped records leave no index entries");
+    let q = FailureQuery { ip: Some("192.0.2.1/32".parse().unwrap()), ..Default::default() };
+    assert_eq!(f.query(&q).await.unwrap().len(), 3);
+}
+
+async fn secrets_are_stable_and_agreed_on(store: &Store) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let secrets = store.secrets.clone();
+            tokio::spawn(async move { secrets.secret("csrf").await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "secrets: concurrent first users agree");
+    assert_eq!(store.secrets.secret("csrf").await.unwrap(), seen[0], "secrets: stable");
+    assert_ne!(store.secrets.secret("captcha").await.unwrap(), seen[0], "secrets: one per name");
+}
+
+/// What [`everything_written_is_there`] checks after a reopen; returns the secret made.
+async fn write_everything(store: &Store) -> [u8; 32] {
+    store.users.insert(&user("alice"), HASH_A).await.unwrap();
+    store.users.record_login("alice", HASH_A, Some(HASH_B), 77).await.unwrap();
+    store.users.insert(&user("bob"), HASH_A).await.unwrap();
+    store.users.set_disabled("bob", true).await.unwrap();
+    store.sessions.insert(&[1; 32], &session("alice", 10, 10)).await.unwrap();
+    store.sessions.touch(&[1; 32], 20).await.unwrap();
+    let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap();
+    store.failures.set_count(&at, 3).await.unwrap();
+    store.secrets.secret("csrf").await.unwrap()
+}
+
+async fn everything_written_is_there(store: &Store, secret: [u8; 32]) {
+    let alice = store.users.credential("alice").await.unwrap().expect("durability: alice");
+    assert_eq!((alice.user.last_login_at, alice.password_hash.as_str()), (Some(77), HASH_B), "durability: login");
+    assert!(store.users.get("bob").await.unwrap().unwrap().disabled, "durability: disable");
+    assert_eq!(store.sessions.get(&[1; 32]).await.unwrap().unwrap().last_seen_at, 20, "durability: session");
+    let records = store.failures.query(&FailureQuery::default()).await.unwrap();
+    assert_eq!(records.len(), 1, "durability: failure record");
+    assert_eq!(records[0].1.count, 3, "durability: its count");
+    assert_eq!(store.secrets.secret("csrf").await.unwrap(), secret, "durability: the secret");
+}

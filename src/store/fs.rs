@@ -1,0 +1,78 @@
+//! Keeping what portcullis writes private to its owner: the data and log directories and the
+//! process's file-creation mask, whatever the engine.
+
+use std::path::Path;
+
+/// Makes `dir` private to its owner: creates it (and parents) with mode 0700, or, when it
+/// already exists, takes group and other access away from it and from the entries in it that
+/// `ours` names (recursively for directories: 0700 / 0600 at most), with a warning per
+/// change. Other entries are left alone (the directory's own 0700 already closes them to
+/// others), so a misconfigured shared directory such as `/var/log` does not have everything
+/// in it changed; symbolic links are never followed inside (they may point at things that
+/// are not ours, such as `/dev/full`).
+///
+/// Tightening rather than refusing to start: the files are ours and hold secrets (password
+/// hashes, the CSRF and captcha keys, the auth log), so every start that leaves them readable
+/// is a leak, and a refusal would leave them exposed until someone acted; systemd's
+/// `StateDirectory=` also recreates 0755 directories by default (issue 11 §4, ASVS 4.0
+/// V14.1).
+///
+/// # Errors
+/// Creating the directory or changing a mode failed (for example it belongs to another
+/// user); the message says which path and how to fix it by hand.
+pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        return Ok(());
+    }
+    tighten(dir, true, false)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if ours(&entry.file_name().to_string_lossy()) {
+            tighten(&entry.path(), false, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes group and other permissions away from `path` (following it only when `follow`),
+/// and, with `recurse`, from everything under it if it is a directory.
+fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
+    if !(meta.is_dir() || meta.is_file()) {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let private = mode & 0o700;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is mode {mode:04o} and cannot be made private ({e}): run `chmod -R go-rwx {}` as its owner",
+                    path.display(),
+                    path.display()
+                ),
+            )
+        })?;
+        tracing::warn!(path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"), "took group and other access away from a file portcullis keeps private");
+    }
+    if recurse && meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            tighten(&entry?.path(), false, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the process's file-creation mask to 0o077, so that every file and directory this
+/// process creates (store files, log files, the generated key, the admin socket) is readable
+/// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).
+pub fn private_umask() {
+    // SAFETY: umask(2) only sets the process's mask; it cannot fail and touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
+}

@@ -1,0 +1,342 @@
+//! Storage in domain terms: the async traits every engine implements, the types they speak,
+//! and [`Store`], the handle the services hold. Engines live beside this file (`sled.rs`, the
+//! default and today the only one); nothing outside `src/store/` names an engine type.
+//!
+//! Every write is durable when its method returns (the sled engine shares one fsync among
+//! concurrent writers), so no caller flushes. No method takes a closure: each change is an
+//! explicit operation an engine can do atomically (sled: compare-and-swap; SQL: one
+//! statement), so the same traits fit an engine shared by several instances.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::FailureReason;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod sled;
+
+mod fs;
+pub use fs::{ensure_private_dir, private_umask};
+
+/// The errors of the storage layer, whatever the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another process")]
+    Locked(String),
+    /// The engine could not do its work (an I/O failure such as a full disk, a lost database
+    /// connection): see [`StoreError::is_unavailable`].
+    #[error("store error: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+    /// A new secret could not be made: the store itself is fine.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
+    #[error("the user already exists")]
+    AlreadyExists,
+}
+
+impl StoreError {
+    /// Whether the store could not do its work (an I/O failure such as a full disk, or the
+    /// engine refusing after one): the caller answers 503, as for an overloaded server, rather
+    /// than 500. SECURITY.md: a store that cannot write fails closed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The SHA-256 of a session token: what sessions are stored under (the token never is).
+pub type TokenHash = [u8; 32];
+
+/// A user as the domain sees one: everything but the password hash, which only
+/// [`UserStore::credential`] gives out (to authentication).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Normalised (NFKC, case-folded) username: the key.
+    pub key: String,
+    /// The username as it was written when the user was created.
+    pub display_name: String,
+    pub admin: bool,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+    pub password_changed_at: u64,
+    pub last_login_at: Option<u64>,
+    /// A disabled user cannot sign in and has no sessions.
+    pub disabled: bool,
+}
+
+/// A user with the stored password hash (an argon2id PHC string), for checking a password.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A signed-in session (stored under the hash of its token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user_key: String,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+    pub last_seen_at: u64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// A stored session with the hash it is stored under.
+#[derive(Clone, Debug)]
+pub struct StoredSession {
+    pub token_hash: TokenHash,
+    pub record: Session,
+}
+
+/// When a session began and was last used: enough to choose which sessions to end without
+/// reading every session record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTimes {
+    pub token_hash: TokenHash,
+    pub created_at: u64,
+    pub last_seen_at: u64,
+}
+
+/// A failed or refused login attempt, as kept in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Unix time in milliseconds.
+    pub time: u64,
+    pub ip: String,
+    /// The identity checked: the user's stored spelling when the user exists, otherwise the
+    /// normalised form of what was typed (`domain::normalise_key`, cut to 256 characters).
+    /// Records made before `typed` existed hold what was typed here.
+    pub username: String,
+    pub reason: FailureReason,
+    pub user_agent: String,
+    /// What was typed (cut to 256 characters), when it differs from `username`: padding,
+    /// case or width. Absent in records made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed: Option<String>,
+    /// How many attempts this record stands for: more than 1 when refusals from one address
+    /// for one reason within one minute were counted into its first record (see
+    /// `audit::Audit::record_failure`). Records from before this field existed read as 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// A failure record's place in time order: names the record (to set its count) and is the
+/// keyset cursor of a page (the records after it, newest first). Opaque outside the store:
+/// the only other form it has is the text of [`Cursor::encode`] (base64url of 16 bytes, the
+/// same as the raw sled keys earlier versions put in links).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    /// Unix milliseconds of the record.
+    time: u64,
+    /// Unique among records (an engine's sequence), so equal times still order.
+    seq: u64,
+}
+
+impl Cursor {
+    /// For engines: the record's time (Unix ms) and its engine-unique sequence number.
+    // The sled engine uses the byte form; these are for engines keyed by (time, id) columns.
+    #[allow(dead_code)]
+    pub(crate) fn new(time: u64, seq: u64) -> Self {
+        Cursor { time, seq }
+    }
+
+    /// For engines: `(time, seq)` as given to [`Cursor::new`].
+    #[allow(dead_code)]
+    pub(crate) fn parts(&self) -> (u64, u64) {
+        (self.time, self.seq)
+    }
+
+    /// The text form, for links and the CLI.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.to_bytes())
+    }
+
+    /// Parses [`Cursor::encode`]'s text; anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; 16] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
+        Some(Self::from_bytes(&bytes))
+    }
+
+    pub(crate) fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.time.to_be_bytes());
+        b[8..].copy_from_slice(&self.seq.to_be_bytes());
+        b
+    }
+
+    pub(crate) fn from_bytes(b: &[u8; 16]) -> Self {
+        let half = |r: &[u8]| r.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        Cursor { time: half(&b[..8]), seq: half(&b[8..]) }
+    }
+}
+
+/// Which failure records to read. Times are Unix milliseconds, inclusive.
+#[derive(Clone, Debug, Default)]
+pub struct FailureQuery {
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    /// Normalised username key.
+    pub user_key: Option<String>,
+    pub ip: Option<ipnet::IpNet>,
+    pub reason: Option<FailureReason>,
+    /// Only records older than this one (the last of the previous page).
+    pub before: Option<Cursor>,
+    /// At most this many; 0 for no limit.
+    pub limit: usize,
+}
+
+/// Users. Updates are explicit compare-and-swap operations: none loses a concurrent change,
+/// and none deletes a record it cannot read (it reports [`StoreError::Corrupt`]).
+///
+/// Every method of every trait here may fail with [`StoreError::Unavailable`] (the engine
+/// cannot work: answer 503) or [`StoreError::Corrupt`] (a stored record cannot be read);
+/// each write is durable when it returns `Ok`.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// The user under `key` (normalised), if any.
+    async fn get(&self, key: &str) -> Result<Option<User>>;
+    /// The user with their password hash: for authentication only.
+    async fn credential(&self, key: &str) -> Result<Option<Credential>>;
+    /// Every user, in no particular order.
+    async fn list(&self) -> Result<Vec<User>>;
+    /// How many users there are.
+    async fn count(&self) -> Result<u64>;
+    /// Adds a user with the given hash.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the key is taken.
+    async fn insert(&self, user: &User, password_hash: &str) -> Result<()>;
+    /// Removes a user; returns whether there was one.
+    async fn delete(&self, key: &str) -> Result<bool>;
+    /// Stores a new password hash and `password_changed_at = now`; `None` if no such user.
+    async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>>;
+    /// Sets the `disabled` flag; `None` if no such user.
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
+    /// Notes a successful login at `now` (and stores `upgraded_hash`, if any), provided the
+    /// stored hash is still `verified_hash` and the user is not disabled. Returns the user as
+    /// stored afterwards (for a disabled user, unchanged), or `None` if the user is gone or
+    /// the password changed meanwhile: the old password must not let anyone in.
+    async fn record_login(
+        &self,
+        key: &str,
+        verified_hash: &str,
+        upgraded_hash: Option<&str>,
+        now: u64,
+    ) -> Result<Option<User>>;
+    /// One stored hash of the most common kind (algorithm, version, parameters and output
+    /// length, as `password::shape_of` says), to shape the dummy that unknown usernames are
+    /// checked against; `None` without users.
+    async fn most_common_hash(&self) -> Result<Option<String>>;
+}
+
+/// Server-side sessions, by token hash, with a per-user index.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session under its token's hash (replacing one with the same hash: with
+    /// 256-bit random tokens that does not happen).
+    async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()>;
+    /// The session stored under `token_hash`, expired or not.
+    async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>>;
+    /// Records activity at `now` (never moving `last_seen_at` back); a session ended
+    /// meanwhile stays ended.
+    async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()>;
+    /// Removes one session; returns whether it existed.
+    async fn delete(&self, token_hash: &TokenHash) -> Result<bool>;
+    /// The user's sessions, expired ones included (the caller judges expiry).
+    async fn list_for_user(&self, user_key: &str) -> Result<Vec<StoredSession>>;
+    /// The user's sessions' times (cheaper than [`SessionStore::list_for_user`]).
+    async fn times_for_user(&self, user_key: &str) -> Result<Vec<SessionTimes>>;
+    /// Removes all the user's sessions but `keep`; returns how many were removed.
+    async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize>;
+    /// Removes every session idle for `idle_ms` or older than `absolute_ms` at `now` (all
+    /// Unix/duration milliseconds), and any it cannot read; returns how many.
+    async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize>;
+    /// How many sessions are stored, expired ones included.
+    async fn count(&self) -> Result<u64>;
+}
+
+/// Failed-login records, time-ordered, with a cap on how many are kept (issue 11 §1).
+#[async_trait]
+pub trait FailureStore: Send + Sync {
+    /// Appends a record; `user_key` is the normalised form of what was typed, for queries by
+    /// user. With `max_records` (once [`FailureStore::enforce_cap`] has run) the oldest
+    /// records go so that at most that many are kept. Returns the record's cursor.
+    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor>;
+    /// Sets the `count` of the record at `at`; a record already dropped stays dropped.
+    async fn set_count(&self, at: &Cursor, count: u64) -> Result<()>;
+    /// Records matching `q`, newest first, each with its cursor.
+    async fn query(&self, q: &FailureQuery) -> Result<Vec<(Cursor, FailureRecord)>>;
+    /// Deletes records older than `cutoff` (Unix ms); returns how many.
+    async fn purge_before(&self, cutoff: u64) -> Result<usize>;
+    /// How many records are stored.
+    async fn count(&self) -> Result<u64>;
+    /// Counts the records, drops the oldest beyond `max_records`, and from then on applies
+    /// the cap on append (a scan: the server runs it once, in the background, at start).
+    /// Returns how many are kept.
+    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64>;
+}
+
+/// Named server keys.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The 32-byte secret called `name`, created at first use; concurrent first uses (from
+    /// any instance) agree on one value.
+    async fn secret(&self, name: &str) -> Result<[u8; 32]>;
+}
+
+/// The storage handle the services hold: one engine behind four traits. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub failures: Arc<dyn FailureStore>,
+    pub secrets: Arc<dyn SecretStore>,
+}
+
+impl Store {
+    /// Whether `dir` holds a sled store (without opening, so without creating or locking one).
+    pub fn exists(dir: &Path) -> bool {
+        self::sled::SledStore::exists(dir)
+    }
+
+    /// Opens (creating if needed) the sled store in `dir`. Only one process may hold it.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds it; [`StoreError::Unavailable`] when
+    /// it cannot be opened.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self::from_engine(self::sled::SledStore::open(dir)?))
+    }
+
+    /// A handle on one engine that implements every trait.
+    pub fn from_engine<E>(engine: E) -> Self
+    where
+        E: UserStore + SessionStore + FailureStore + SecretStore + 'static,
+    {
+        let engine = Arc::new(engine);
+        Store { users: engine.clone(), sessions: engine.clone(), failures: engine.clone(), secrets: engine }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
