@@ -123,13 +123,10 @@ impl Authenticator {
             // The mix of stored kinds has changed: choose the dummy again next time.
             *self.dummy.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        // Written as a compare-and-swap on the hash we verified: if the password was changed
-        // while we were hashing, the old password must not let anyone in.
-        let recorded = self
-            .store
-            .users
-            .record_login(&credential.user.key, &credential.password_hash, verified.upgraded_hash.as_deref(), now_ms())
-            .await?;
+        // Written as a compare-and-swap on the password we verified: if it was changed while we
+        // were hashing, the old password must not let anyone in; a concurrent upgrade of the
+        // same password's hash is no change.
+        let recorded = self.store.users.record_login(&credential, verified.upgraded_hash.as_deref(), now_ms()).await?;
         let Some(user) = recorded else {
             return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
         };

@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 
-use super::{FailureQuery, FailureRecord, Session, Store, StoreError, User};
+use super::{Credential, FailureQuery, FailureRecord, Session, Store, StoreError, User};
 use crate::audit::FailureReason;
 
 /// How the suite gets stores from an engine.
@@ -93,29 +93,44 @@ async fn users_round_trip(store: &Store) {
     assert_eq!(u.count().await.unwrap(), 1);
 }
 
+/// The credential a sign-in would have verified: `key`'s stored one.
+async fn verified(store: &Store, key: &str) -> Credential {
+    store.users.credential(key).await.unwrap().unwrap()
+}
+
 async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     let u = &store.users;
     u.insert(&user("alice"), HASH_A).await.unwrap();
     assert!(u.set_password_hash("nobody", HASH_B, 5).await.unwrap().is_none(), "updates: unknown user");
     assert!(u.set_disabled("nobody", true).await.unwrap().is_none());
-    assert!(u.record_login("nobody", HASH_A, None, 5).await.unwrap().is_none());
+    let nobody = Credential { user: user("nobody"), password_hash: HASH_A.into() };
+    assert!(u.record_login(&nobody, None, 5).await.unwrap().is_none());
 
-    // A login verified against a hash that is no longer stored records nothing.
-    assert!(u.record_login("alice", HASH_B, None, 5).await.unwrap().is_none(), "updates: stale hash");
-    assert_eq!(u.get("alice").await.unwrap().unwrap().last_login_at, None);
-    // The verified hash: recorded, with the upgrade.
-    let after = u.record_login("alice", HASH_A, Some(HASH_B), 7).await.unwrap().unwrap();
+    // The verified password: recorded, with the upgrade.
+    let first = verified(store, "alice").await;
+    let after = u.record_login(&first, Some(HASH_B), 7).await.unwrap().unwrap();
     assert_eq!(after.last_login_at, Some(7));
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B, "updates: upgrade stored");
+    // Verified before that upgrade, recorded after it: the same password, so a sign-in, and
+    // its own upgrade does not replace the one already stored.
+    let late = u.record_login(&first, Some("late-upgrade"), 8).await.unwrap().unwrap();
+    assert_eq!(late.last_login_at, Some(8), "updates: an upgrade by another sign-in is no password change");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B);
 
     let changed = u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
-    assert_eq!((changed.password_changed_at, changed.last_login_at), (9, Some(7)), "updates: only what was asked");
-    assert!(u.record_login("alice", HASH_B, None, 10).await.unwrap().is_none(), "updates: old password refused");
+    assert_eq!((changed.password_changed_at, changed.last_login_at), (9, Some(8)), "updates: only what was asked");
+    assert!(u.record_login(&first, None, 10).await.unwrap().is_none(), "updates: old password refused");
+    // Two changes within one millisecond are still two passwords.
+    let second = verified(store, "alice").await;
+    let again = u.set_password_hash("alice", HASH_A, 9).await.unwrap().unwrap();
+    assert!(again.password_changed_at > second.user.password_changed_at, "updates: the generation increases");
+    assert!(u.record_login(&second, None, 10).await.unwrap().is_none(), "updates: same-millisecond change");
+    u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
 
     // Disabled: a login checked against the right hash records nothing and says disabled.
     assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);
-    let seen = u.record_login("alice", HASH_A2, None, 11).await.unwrap().unwrap();
-    assert!(seen.disabled && seen.last_login_at == Some(7), "updates: disabled user not signed in");
+    let seen = u.record_login(&verified(store, "alice").await, None, 11).await.unwrap().unwrap();
+    assert!(seen.disabled && seen.last_login_at == Some(8), "updates: disabled user not signed in");
     assert!(!u.set_disabled("alice", false).await.unwrap().unwrap().disabled);
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2);
 }
@@ -123,34 +138,30 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
 async fn concurrent_updates_lose_nothing(store: &Store) {
     let u = &store.users;
     u.insert(&user("alice"), HASH_A).await.unwrap();
-    // Sixteen sign-ins verified the same hash and each upgrades it: one wins, the rest see
-    // the hash changed under them.
+    // Sixteen sign-ins verified the same password and each upgrades its hash: every one is a
+    // sign-in, and exactly one of the upgrades is stored.
+    let first = verified(store, "alice").await;
     let upgrades: Vec<String> = (0..16).map(|i| format!("{HASH_B}{i}")).collect();
     let tasks: Vec<_> = upgrades
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            let (users, h) = (store.users.clone(), h.clone());
-            tokio::spawn(async move { users.record_login("alice", HASH_A, Some(&h), i as u64 + 1).await.unwrap() })
+            let (users, h, first) = (store.users.clone(), h.clone(), first.clone());
+            tokio::spawn(async move { users.record_login(&first, Some(&h), i as u64 + 1).await.unwrap() })
         })
         .collect();
-    let mut won = Vec::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        if t.await.unwrap().is_some() {
-            won.push(i);
-        }
+    for t in tasks {
+        assert!(t.await.unwrap().is_some(), "races: a concurrent upgrade never refuses the right password");
     }
-    assert_eq!(won.len(), 1, "races: exactly one of the upgrades from one verified hash wins: {won:?}");
     let stored = u.credential("alice").await.unwrap().unwrap();
-    assert_eq!(stored.password_hash, upgrades[won[0]], "races: the winner's hash is stored");
+    assert!(upgrades.contains(&stored.password_hash), "races: one of the upgrades is stored");
 
     // Logins, a disable and a password change at once: each change is kept.
-    let current = stored.password_hash.clone();
     let mut tasks = Vec::new();
     for i in 0..8u64 {
-        let (users, current) = (store.users.clone(), current.clone());
+        let (users, stored) = (store.users.clone(), stored.clone());
         tasks.push(tokio::spawn(async move {
-            users.record_login("alice", &current, None, 100 + i).await.unwrap();
+            users.record_login(&stored, None, 100 + i).await.unwrap();
         }));
     }
     let users = store.users.clone();
@@ -167,7 +178,7 @@ async fn concurrent_updates_lose_nothing(store: &Store) {
     let c = u.credential("alice").await.unwrap().unwrap();
     assert!(c.user.disabled, "races: the disable was not lost");
     assert_eq!((c.password_hash.as_str(), c.user.password_changed_at), (HASH_A2, 500), "races: the new password");
-    assert!(u.record_login("alice", &current, None, 999).await.unwrap().is_none(), "races: old password refused");
+    assert!(u.record_login(&stored, None, 999).await.unwrap().is_none(), "races: old password refused");
 }
 
 async fn the_most_common_hash_kind_is_found(store: &Store) {
@@ -325,7 +336,7 @@ async fn secrets_are_stable_and_agreed_on(store: &Store) {
 /// What [`everything_written_is_there`] checks after a reopen; returns the secret made.
 async fn write_everything(store: &Store) -> [u8; 32] {
     store.users.insert(&user("alice"), HASH_A).await.unwrap();
-    store.users.record_login("alice", HASH_A, Some(HASH_B), 77).await.unwrap();
+    store.users.record_login(&verified(store, "alice").await, Some(HASH_B), 77).await.unwrap();
     store.users.insert(&user("bob"), HASH_A).await.unwrap();
     store.users.set_disabled("bob", true).await.unwrap();
     store.sessions.insert(&[1; 32], &session("alice", 10, 10)).await.unwrap();

@@ -226,21 +226,20 @@ pub trait UserStore: Send + Sync {
     async fn insert(&self, user: &User, password_hash: &str) -> Result<()>;
     /// Removes a user; returns whether there was one.
     async fn delete(&self, key: &str) -> Result<bool>;
-    /// Stores a new password hash and `password_changed_at = now`; `None` if no such user.
+    /// Stores a new password hash and sets `password_changed_at` to `now`, or one more than
+    /// its previous value if that is not earlier (it identifies the password: see
+    /// [`UserStore::record_login`]); `None` if no such user.
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>>;
     /// Sets the `disabled` flag; `None` if no such user.
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
-    /// Notes a successful login at `now` (and stores `upgraded_hash`, if any), provided the
-    /// stored hash is still `verified_hash` and the user is not disabled. Returns the user as
+    /// Notes a successful login at `now` by the password `verified` was read with, provided
+    /// that password is still the user's (its `password_changed_at` is unchanged: a hash
+    /// upgrade by a concurrent sign-in is not a password change) and the user is not disabled.
+    /// `upgraded_hash` is stored only if the stored hash is still `verified`'s (a concurrent
+    /// sign-in may have upgraded it first; either upgrade is as good). Returns the user as
     /// stored afterwards (for a disabled user, unchanged), or `None` if the user is gone or
     /// the password changed meanwhile: the old password must not let anyone in.
-    async fn record_login(
-        &self,
-        key: &str,
-        verified_hash: &str,
-        upgraded_hash: Option<&str>,
-        now: u64,
-    ) -> Result<Option<User>>;
+    async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>>;
     /// One stored hash of the most common kind (algorithm, version, parameters and output
     /// length, as `password::shape_of` says), to shape the dummy that unknown usernames are
     /// checked against; `None` without users.

@@ -275,21 +275,15 @@ impl SledStore {
     /// still `verified_hash` and the user is not disabled. Returns the updated record (or, for
     /// a disabled user, the record unchanged), or `None` if the user is gone or their password
     /// changed in the meantime.
-    fn login_cas(
-        &self,
-        key: &str,
-        verified_hash: &str,
-        new_hash: Option<&str>,
-        now: u64,
-    ) -> Result<Option<UserRecord>> {
+    fn login_cas(&self, verified: &Credential, new_hash: Option<&str>, now: u64) -> Result<Option<UserRecord>> {
         let mut same_password = false;
-        let user = self.update_user_with(key, |user| {
-            same_password = user.password_hash == verified_hash;
+        let user = self.update_user_with(&verified.user.key, |user| {
+            same_password = user.password_changed_at == verified.user.password_changed_at;
             // Disabled while the password was being checked: no login is recorded.
             if !same_password || user.disabled {
                 return false;
             }
-            if let Some(h) = new_hash {
+            if let Some(h) = new_hash.filter(|_| user.password_hash == verified.password_hash) {
                 user.password_hash = h.to_string();
             }
             user.last_login_at = Some(now);
@@ -685,7 +679,9 @@ impl UserStore for SledStore {
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
         let after = self.update_user_with(key, |user| {
             user.password_hash = password_hash.to_string();
-            user.password_changed_at = now;
+            // Strictly increasing, so two changes within one millisecond are still two
+            // passwords to `record_login`.
+            user.password_changed_at = now.max(user.password_changed_at.saturating_add(1));
             true
         })?;
         self.durable(after.map(|r| r.user())).await
@@ -696,14 +692,8 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
-    async fn record_login(
-        &self,
-        key: &str,
-        verified_hash: &str,
-        upgraded_hash: Option<&str>,
-        now: u64,
-    ) -> Result<Option<User>> {
-        let after = self.login_cas(key, verified_hash, upgraded_hash, now)?;
+    async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
+        let after = self.login_cas(verified, upgraded_hash, now)?;
         self.durable(after.map(|r| r.user())).await
     }
 
@@ -857,7 +847,8 @@ mod tests {
         store.insert_user(&user).unwrap();
         assert!(store.set_user_disabled("alice", true).unwrap().unwrap().disabled);
         // A login checked against the same hash meanwhile records nothing and says disabled.
-        let seen = store.login_cas("alice", "h", None, 5).unwrap().unwrap();
+        let verified = Credential { user: user.user(), password_hash: "h".into() };
+        let seen = store.login_cas(&verified, None, 5).unwrap().unwrap();
         assert!(seen.disabled && seen.last_login_at.is_none());
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
     }
@@ -868,7 +859,8 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         store.users.insert("alice", &b"not json"[..]).unwrap();
         assert!(matches!(store.set_user_disabled("alice", true), Err(StoreError::Corrupt(_))));
-        assert!(matches!(store.login_cas("alice", "h", None, 5), Err(StoreError::Corrupt(_))));
+        let verified = Credential { user: crate::store::conformance::user("alice"), password_hash: "h".into() };
+        assert!(matches!(store.login_cas(&verified, None, 5), Err(StoreError::Corrupt(_))));
         assert_eq!(store.users.get("alice").unwrap().unwrap(), &b"not json"[..]);
     }
 

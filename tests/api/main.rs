@@ -10,6 +10,7 @@ mod crash;
 mod disk;
 mod exhaustion;
 mod fuzz_props;
+mod hash_upgrade;
 mod helpers;
 mod http_edges;
 mod identities;
