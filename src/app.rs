@@ -20,6 +20,7 @@ use crate::failures::FailureTracker;
 use crate::password::{HashPool, Password, PasswordPolicy};
 use crate::rate_limit::LoginQuotas;
 use crate::session::Sessions;
+use crate::sign_in::SignIn;
 use crate::store::Store;
 use crate::users::UserAdmin;
 use crate::{admin_socket, routes, serve, tls};
@@ -34,9 +35,11 @@ const REDIRECT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every handler can reach.
 pub struct AppState {
     pub settings: Settings,
-    pub quotas: LoginQuotas,
+    pub quotas: Arc<LoginQuotas>,
     pub failures: Arc<FailureTracker>,
-    pub captchas: Captchas,
+    pub captchas: Arc<Captchas>,
+    /// The brute-force sequence of a password sign-in (`POST /login`).
+    pub sign_in: SignIn,
     pub sessions: Sessions,
     pub csrf: Csrf,
     pub auth: Authenticator,
@@ -116,9 +119,9 @@ impl Application {
         };
 
         let csrf = Csrf::new(services.store.secret("csrf")?);
-        let captchas = Captchas::new(services.store.secret("captcha")?);
+        let captchas = Arc::new(Captchas::new(services.store.secret("captcha")?));
         let failures = Arc::new(FailureTracker::new(settings.failure_window, settings.captcha_after_failures));
-        let quotas = LoginQuotas::new(settings.login_quota_per_ip, settings.login_quota_per_user);
+        let quotas = Arc::new(LoginQuotas::new(settings.login_quota_per_ip, settings.login_quota_per_user));
         let unlock = Arc::clone(&failures);
         let users = services.users.with_unlock_hook(Arc::new(move |key: &str| unlock.clear_username(key)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
@@ -131,8 +134,18 @@ impl Application {
         background.push(spawn_session_purge(services.sessions.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
+        let sign_in = SignIn {
+            quotas: Arc::clone(&quotas),
+            failures: Arc::clone(&failures),
+            captchas: Arc::clone(&captchas),
+            csrf: csrf.clone(),
+            auth: auth.clone(),
+            sessions: services.sessions.clone(),
+            audit: services.audit.clone(),
+        };
         let state = Arc::new(AppState {
             settings,
+            sign_in,
             quotas,
             failures,
             captchas,

@@ -24,6 +24,7 @@ pub mod review;
 pub mod routes;
 pub mod serve;
 pub mod session;
+pub mod sign_in;
 pub mod stall;
 pub mod store;
 pub mod telemetry;
