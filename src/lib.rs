@@ -8,6 +8,7 @@ pub mod admin_socket;
 pub mod app;
 pub mod audit;
 pub mod authentication;
+pub mod brute_force;
 pub mod captcha;
 pub mod cli;
 pub mod client;

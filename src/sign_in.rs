@@ -7,6 +7,11 @@
 //! 3. the captcha, when this address or username has failed too often; otherwise the
 //!    attempt reserves its place among the `captcha_after_failures` checks allowed without
 //!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
+//!
+//! All of the brute-force state (quotas, failure counts and reservations, open challenges,
+//! retired pre-login ids) is reached through [`BruteForceState`], which several instances
+//! can share; when it cannot be reached the attempt fails closed (503).
+//!
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
 //!    a user's quota without solving captchas or passing CSRF),
 //! 5. the password, on the hash pool (an unknown user costs and answers the same),
@@ -21,12 +26,14 @@ use std::sync::Arc;
 
 use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
 use crate::authentication::{AuthError, Authenticator};
+use crate::brute_force::{BruteForceState, Held, QuotaKey, StateError};
 use crate::captcha::Captchas;
+use crate::config::Rate;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
-use crate::failures::{CaptchaDemanded, FailureTracker};
+use crate::failures::CaptchaDemanded;
 use crate::password::Password;
-use crate::rate_limit::{username_digest, LoginQuotas};
+use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions};
 use crate::store::{now_ms, StoreError};
 
@@ -90,6 +97,8 @@ pub enum SignInError {
     },
     #[error("sign-in failed unexpectedly")]
     Unexpected(#[source] anyhow::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl SignInError {
@@ -109,11 +118,15 @@ impl SignInError {
     }
 }
 
-/// The sign-in service: the defences and the domain services a password sign-in uses.
+/// The sign-in service: the defences and the domain services a password sign-in uses. The
+/// brute-force state is reached only through [`BruteForceState`], so it can be shared.
 #[derive(Clone)]
 pub struct SignIn {
-    pub quotas: Arc<LoginQuotas>,
-    pub failures: Arc<FailureTracker>,
+    pub state: Arc<dyn BruteForceState>,
+    /// `login_quota_per_ip` (`None`: off).
+    pub per_address: Option<Rate>,
+    /// `login_quota_per_user` (`None`: off).
+    pub per_username: Option<Rate>,
     pub captchas: Arc<Captchas>,
     pub csrf: Csrf,
     pub auth: Authenticator,
@@ -126,51 +139,65 @@ impl SignIn {
     ///
     /// # Errors
     /// [`SignInError`] when the attempt cannot be judged or recorded (the pool is full, the
-    /// store or the log cannot write): the client gets a 503 (or 500), never a sign-in or a
-    /// refusal that was not recorded.
+    /// store, the log or the brute-force state cannot be used): the client gets a 503 (or
+    /// 500), never a sign-in or a refusal that was not recorded.
     #[tracing::instrument(name = "sign_in", skip_all)]
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
         let Attempt { client, username, password, csrf, prelogin, captcha, previous_session } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
-        let judged = Judged { service: self, client, username, user_key: &user_key };
+        let digest = username_digest(&user_key);
+        let judged = Judged { service: self, client, username, digest };
         let address = client.key();
         let now = now_ms();
 
-        if let Err(wait) = self.quotas.per_address.check(&address) {
-            return judged.refuse(FailureReason::RateLimited, Some(wait), false).await;
+        if let Some(rate) = self.per_address {
+            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now).await? {
+                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+            }
         }
 
-        let prelogin = prelogin.and_then(|v| self.csrf.prelogin(v, now / 1000));
+        let prelogin = match prelogin.and_then(|v| self.csrf.prelogin(v, now / 1000)) {
+            Some(pre) if !self.state.is_retired(pre.id()).await? => Some(pre),
+            _ => None,
+        };
         let csrf_ok = prelogin.as_ref().is_some_and(|pre| self.csrf.check_login(pre.value(), csrf, now / 1000));
         let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
 
-        // Held until the password is judged: dropped (released) on any other way out.
-        let reservation = self.failures.reserve(address, &user_key, now);
-        if let Err(CaptchaDemanded) = reservation {
-            let refused = if captcha.trim().is_empty() {
-                Some(FailureReason::CaptchaRequired)
-            } else if !self.captchas.check(prelogin.value(), captcha, now) {
-                Some(FailureReason::BadCaptcha)
-            } else {
+        // Held until the password is judged: given back on any other way out.
+        let reservation = match self.state.reserve(address, digest, now).await? {
+            Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
+            Err(CaptchaDemanded) => {
+                let refused = if captcha.trim().is_empty() {
+                    Some(FailureReason::CaptchaRequired)
+                } else if !self.captchas.check(prelogin.value(), captcha, now).await? {
+                    Some(FailureReason::BadCaptcha)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    return judged.refuse(reason, None, false).await;
+                }
                 None
-            };
-            if let Some(reason) = refused {
-                return judged.refuse(reason, None, false).await;
             }
-        }
+        };
 
-        if let Err(wait) = self.quotas.per_username.check(&username_digest(&user_key)) {
-            return judged.refuse(FailureReason::RateLimited, Some(wait), false).await;
+        if let Some(rate) = self.per_username {
+            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
+                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+            }
         }
 
         let user = match self.auth.authenticate(username, password).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
                 let counted = match reservation {
-                    Ok(r) => r.failed(now_ms()),
-                    Err(CaptchaDemanded) => self.failures.record_failure(address, &user_key, now_ms()),
+                    Some(r) => r.fail(now_ms()).await?,
+                    None => self.state.record_failure(address, digest, now_ms()).await?,
                 };
                 return judged.refuse(reason, None, counted.reached_threshold).await;
             }
@@ -180,13 +207,15 @@ impl SignIn {
             }
             Err(AuthError::Unexpected(e)) => return Err(SignInError::Unexpected(e)),
         };
-        drop(reservation);
+        if let Some(r) = reservation {
+            r.release().await?;
+        }
         // The form signs in once: retired before the session exists, and of two sign-ins sent
         // with one form at once only the first to get here goes on.
-        if !self.csrf.retire(&prelogin, now_ms() / 1000) {
+        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         }
-        let after_failures = self.failures.record_success(&user.key);
+        let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
 
         // Session fixation: whatever session this browser had is ended, and a new token issued.
         if let Some(old) = &previous_session {
@@ -218,7 +247,7 @@ struct Judged<'a> {
     service: &'a SignIn,
     client: &'a Client,
     username: &'a str,
-    user_key: &'a str,
+    digest: u128,
 }
 
 impl Judged<'_> {
@@ -234,7 +263,7 @@ impl Judged<'_> {
             .record_failure(self.username, self.client, reason, max_reached)
             .await
             .map_err(SignInError::RefusalUnrecorded)?;
-        let captcha_demanded = s.failures.needs_captcha(self.client.key(), self.user_key, now_ms());
+        let captcha_demanded = s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?;
         Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
     }
 }
@@ -245,6 +274,7 @@ mod tests {
 
     use super::*;
     use crate::app::Services;
+    use crate::brute_force::InMemory;
     use crate::config::{HashParams, Rate, Settings};
 
     const GOOD: &str = "quartz lantern velvet 8127 orbit";
@@ -270,10 +300,13 @@ mod tests {
         };
         let services = Services::open(&settings, 1).unwrap();
         services.users.add("alice", Password::new(GOOD), false, "test").await.unwrap();
+        let state: Arc<dyn BruteForceState> =
+            Arc::new(InMemory::new(per_address, per_username, Duration::from_secs(900), captcha_after));
         let service = SignIn {
-            quotas: Arc::new(LoginQuotas::new(per_address, per_username)),
-            failures: Arc::new(FailureTracker::new(Duration::from_secs(900), captcha_after)),
-            captchas: Arc::new(Captchas::new([3; 32])),
+            captchas: Arc::new(Captchas::new([3; 32], Arc::clone(&state))),
+            state,
+            per_address,
+            per_username,
             csrf: Csrf::new([4; 32]),
             auth: Authenticator::new(services.store.clone(), services.pool.clone()),
             sessions: services.sessions.clone(),
@@ -367,7 +400,9 @@ mod tests {
         f.service.captchas.issue(&form.prelogin, now_ms()).await.unwrap();
         let answer = f.service.captchas.answer_for_tests(&form.prelogin).unwrap();
         assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, &answer).await));
-        assert!(!f.service.failures.username_needs_captcha("alice", now_ms()), "a success clears the username");
+        let elsewhere = crate::client::AddressKey::of("192.0.2.99".parse().unwrap());
+        let demanded = f.service.state.needs_captcha(elsewhere, Some(username_digest("alice")), now_ms()).await;
+        assert!(!demanded.unwrap(), "a success clears the username");
     }
 
     #[tokio::test]
@@ -390,7 +425,7 @@ mod tests {
         let other = f.form();
         let r = refusal(f.try_with(&form, &other.csrf, "alice", GOOD, "").await);
         assert_eq!(r.reason, FailureReason::Csrf, "a token bound to another visitor");
-        assert!(!f.service.failures.address_needs_captcha(f.client.key(), now_ms()));
+        assert!(!f.service.state.needs_captcha(f.client.key(), None, now_ms()).await.unwrap());
     }
 
     #[tokio::test]
@@ -411,5 +446,92 @@ mod tests {
         assert!(f.service.sessions.resolve(&old.encode()).unwrap().is_none(), "the old session ended");
         assert!(f.service.sessions.resolve(&new.encode()).unwrap().is_some());
         assert_ne!(old.encode(), new.encode());
+    }
+
+    /// A brute-force state that cannot be reached (a shared database that is down).
+    struct Unreachable;
+
+    fn down<T>() -> Result<T, StateError> {
+        Err(StateError(anyhow::anyhow!("the database is down")))
+    }
+
+    #[async_trait::async_trait]
+    impl BruteForceState for Unreachable {
+        async fn take(&self, _: QuotaKey, _: Rate, _: u64) -> Result<Result<(), crate::brute_force::Wait>, StateError> {
+            down()
+        }
+        async fn reserve(
+            &self,
+            _: crate::client::AddressKey,
+            _: u128,
+            _: u64,
+        ) -> Result<Result<crate::failures::Reservation, CaptchaDemanded>, StateError> {
+            down()
+        }
+        async fn fail(&self, _: crate::failures::Reservation, _: u64) -> Result<crate::failures::Recorded, StateError> {
+            down()
+        }
+        async fn release(&self, _: crate::failures::Reservation) -> Result<(), StateError> {
+            down()
+        }
+        async fn record_failure(
+            &self,
+            _: crate::client::AddressKey,
+            _: u128,
+            _: u64,
+        ) -> Result<crate::failures::Recorded, StateError> {
+            down()
+        }
+        async fn needs_captcha(
+            &self,
+            _: crate::client::AddressKey,
+            _: Option<u128>,
+            _: u64,
+        ) -> Result<bool, StateError> {
+            down()
+        }
+        async fn clear_username(&self, _: u128) -> Result<usize, StateError> {
+            down()
+        }
+        async fn open_challenge(&self, _: [u8; 32], _: [u8; 32], _: u64, _: u64) -> Result<(), StateError> {
+            down()
+        }
+        async fn take_challenge(&self, _: [u8; 32], _: u64) -> Result<Option<[u8; 32]>, StateError> {
+            down()
+        }
+        async fn retire(&self, _: [u8; 16], _: u64, _: u64) -> Result<bool, StateError> {
+            down()
+        }
+        async fn is_retired(&self, _: [u8; 16]) -> Result<bool, StateError> {
+            down()
+        }
+        async fn prune(&self, _: u64) -> Result<(), StateError> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_brute_force_state_fails_closed_with_or_without_quotas() {
+        for quotas in [rate(100), None] {
+            let mut f = fixture(quotas, quotas, 100).await;
+            let state: Arc<dyn BruteForceState> = Arc::new(Unreachable);
+            f.service.captchas = Arc::new(Captchas::new([3; 32], Arc::clone(&state)));
+            f.service.state = state;
+            let form = f.form();
+            let attempt = Attempt {
+                client: &f.client,
+                username: "alice",
+                password: Password::new(GOOD),
+                csrf: &form.csrf,
+                prelogin: Some(&form.prelogin),
+                captcha: "",
+                previous_session: None,
+            };
+            let err = match f.service.attempt(attempt).await {
+                Err(e) => e,
+                Ok(_) => panic!("judged without its state"),
+            };
+            assert!(matches!(err, SignInError::State(_)) && err.is_unavailable(), "{err:?}");
+        }
     }
 }
