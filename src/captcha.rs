@@ -210,6 +210,24 @@ mod tests {
         assert!(!c.check("v", &answer, 1000 + CHALLENGE_TTL.as_millis() as u64).await.unwrap());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_answer_sent_by_many_requests_at_once_is_accepted_once() {
+        let c = Arc::new(captchas());
+        c.issue("v", 1000).await.unwrap();
+        let answer = c.answer_for_tests("v").unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, answer) = (Arc::clone(&c), answer.clone());
+                tokio::spawn(async move { c.check("v", &answer, 1001).await.unwrap() })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(accepted, 1, "the state takes the challenge out once, then it is judged");
+    }
+
     #[test]
     fn the_table_takes_a_challenge_once_drops_expired_ones_and_stays_under_its_cap() {
         let t = ChallengeTable::default();
