@@ -13,13 +13,14 @@ use tokio::task::JoinHandle;
 
 use crate::audit::Audit;
 use crate::authentication::Authenticator;
+use crate::brute_force::{BruteForceState, InMemory};
 use crate::captcha::Captchas;
 use crate::config::Settings;
 use crate::csrf::Csrf;
-use crate::failures::FailureTracker;
 use crate::password::{HashPool, Password, PasswordPolicy};
-use crate::rate_limit::LoginQuotas;
+use crate::rate_limit::username_digest;
 use crate::session::Sessions;
+use crate::sign_in::SignIn;
 use crate::store::Store;
 use crate::users::UserAdmin;
 use crate::{admin_socket, routes, serve, tls};
@@ -34,9 +35,15 @@ const REDIRECT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every handler can reach.
 pub struct AppState {
     pub settings: Settings,
-    pub quotas: LoginQuotas,
-    pub failures: Arc<FailureTracker>,
-    pub captchas: Captchas,
+    /// The brute-force state every defence consults (shared between instances when an
+    /// engine provides it).
+    pub brute_force: Arc<dyn BruteForceState>,
+    /// The same state when it lives in this process: for the pruning task, measurements
+    /// and tests.
+    pub in_memory: Option<Arc<InMemory>>,
+    pub captchas: Arc<Captchas>,
+    /// The brute-force sequence of a password sign-in (`POST /login`).
+    pub sign_in: SignIn,
     pub sessions: Sessions,
     pub csrf: Csrf,
     pub auth: Authenticator,
@@ -115,11 +122,20 @@ impl Application {
         };
 
         let csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
-        let captchas = Captchas::new(services.store.secrets.secret("captcha").await?);
-        let failures = Arc::new(FailureTracker::new(settings.failure_window, settings.captcha_after_failures));
-        let quotas = LoginQuotas::new(settings.login_quota_per_ip, settings.login_quota_per_user);
-        let unlock = Arc::clone(&failures);
-        let users = services.users.with_unlock_hook(Arc::new(move |key: &str| unlock.clear_username(key)));
+        let in_memory = Arc::new(InMemory::new(
+            settings.login_quota_per_ip,
+            settings.login_quota_per_user,
+            settings.failure_window,
+            settings.captcha_after_failures,
+        ));
+        let brute_force: Arc<dyn BruteForceState> = Arc::clone(&in_memory) as Arc<dyn BruteForceState>;
+        let captchas =
+            Arc::new(Captchas::new(services.store.secrets.secret("captcha").await?, Arc::clone(&brute_force)));
+        let unlock = Arc::clone(&brute_force);
+        let users = services.users.with_unlock_hook(Arc::new(move |key: &str| {
+            let (state, digest) = (Arc::clone(&unlock), username_digest(key));
+            Box::pin(async move { state.clear_username(digest).await.map(|_| ()) })
+        }));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         let mut background =
             vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
@@ -130,10 +146,21 @@ impl Application {
         background.push(spawn_session_purge(services.sessions.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
+        let sign_in = SignIn {
+            state: Arc::clone(&brute_force),
+            per_address: settings.login_quota_per_ip,
+            per_username: settings.login_quota_per_user,
+            captchas: Arc::clone(&captchas),
+            csrf: csrf.clone(),
+            auth: auth.clone(),
+            sessions: services.sessions.clone(),
+            audit: services.audit.clone(),
+        };
         let state = Arc::new(AppState {
             settings,
-            quotas,
-            failures,
+            sign_in,
+            brute_force,
+            in_memory: Some(in_memory),
             captchas,
             sessions: services.sessions,
             csrf,
@@ -237,22 +264,16 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
     })
 }
 
-/// Keeps the in-memory defences small: limiter keys back at a full bucket, failure counts
+/// Keeps the brute-force state small: limiter keys back at a full bucket, failure counts
 /// past the window, expired captcha challenges and retired pre-login ids are dropped.
 fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(crate::rate_limit::PRUNE_EVERY);
         loop {
             ticker.tick().await;
-            let state = Arc::clone(&state);
-            let _ = tokio::task::spawn_blocking(move || {
-                let now = crate::store::now_ms();
-                state.quotas.prune();
-                state.failures.prune(now);
-                state.captchas.prune(now);
-                state.csrf.prune(now / 1000);
-            })
-            .await;
+            if let Err(e) = state.brute_force.prune(crate::store::now_ms()).await {
+                tracing::warn!(error = %e, "cannot prune the brute-force state");
+            }
         }
     })
 }

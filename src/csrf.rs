@@ -8,12 +8,13 @@
 //! Only pre-login values the server issued are accepted ([`Csrf::prelogin`]): each is the time
 //! it was issued, a random id and an HMAC tag over both, so a client cannot choose its own
 //! value (OWASP CSRF Prevention Cheat Sheet, "signed double-submit cookie"), and each expires
-//! after [`PRELOGIN_LIFETIME`]. A successful sign-in retires its value ([`Csrf::retire`]), so the
-//! pair of cookie and token cannot sign in a second time; retired ids are kept in memory until
-//! they would have expired anyway, at most [`MAX_RETIRED`] of them.
+//! after [`PRELOGIN_LIFETIME`]. A successful sign-in retires its value's id in the
+//! [`crate::brute_force::BruteForceState`], so the pair of cookie and token cannot sign in a
+//! second time; in memory ([`RetiredSet`]) retired ids are kept until they would have expired
+//! anyway, at most [`MAX_RETIRED`] of them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -62,6 +63,11 @@ impl PreLogin {
         self.issued.saturating_add(PRELOGIN_LIFETIME.as_secs())
     }
 
+    /// The random id, which retiring the value records.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
     /// Whether a form drawn now with this value stays valid for a whole form lifetime.
     pub fn lasts_a_form(&self, now_secs: u64) -> bool {
         now_secs.saturating_sub(self.issued) <= PRELOGIN_LIFETIME.as_secs() - LOGIN_TOKEN_LIFETIME.as_secs()
@@ -78,13 +84,11 @@ pub enum CsrfError {
 #[derive(Clone)]
 pub struct Csrf {
     key: [u8; 32],
-    /// Ids of pre-login values that have signed someone in, with their expiry (Unix seconds).
-    retired: Arc<Mutex<HashMap<[u8; 16], u64>>>,
 }
 
 impl Csrf {
     pub fn new(key: [u8; 32]) -> Self {
-        Csrf { key, retired: Arc::default() }
+        Csrf { key }
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -119,7 +123,8 @@ impl Csrf {
     }
 
     /// Parses a pre-login cookie value: `None` unless this server issued it (the tag checks,
-    /// in constant time), it has not expired at `now_secs` and it has not been retired.
+    /// in constant time) and it has not expired at `now_secs`. Whether it was retired is the
+    /// brute-force state's to say (`is_retired` with [`PreLogin::id`]).
     pub fn prelogin(&self, cookie: &str, now_secs: u64) -> Option<PreLogin> {
         if cookie.len() != PRELOGIN_CHARS {
             return None;
@@ -134,40 +139,7 @@ impl Csrf {
         if issued > now_secs.saturating_add(60) || now_secs.saturating_sub(issued) > PRELOGIN_LIFETIME.as_secs() {
             return None;
         }
-        let pre = PreLogin { value: cookie.to_string(), id: *id, issued };
-        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&pre.id);
-        (!retired).then_some(pre)
-    }
-
-    /// Retires a pre-login value after it signed someone in; returns `false` if it was
-    /// already retired (two sign-ins with the same form at once: only one may proceed). The
-    /// test and the insertion are one critical section.
-    pub fn retire(&self, pre: &PreLogin, now_secs: u64) -> bool {
-        // A poisoned lock leaves a plain map of ids, consistent after any panic: carry on.
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        if retired.len() >= MAX_RETIRED && !retired.contains_key(&pre.id) {
-            retired.retain(|_, &mut expires| expires > now_secs);
-            if retired.len() >= MAX_RETIRED {
-                let mut by_expiry: Vec<_> = retired.iter().map(|(id, &e)| (e, *id)).collect();
-                by_expiry.sort_unstable();
-                for (_, id) in by_expiry.into_iter().take(MAX_RETIRED / 10) {
-                    retired.remove(&id);
-                }
-            }
-        }
-        retired.insert(pre.id, pre.expires_at()).is_none()
-    }
-
-    /// Forgets retired ids that have expired anyway.
-    pub fn prune(&self, now_secs: u64) {
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.retain(|_, &mut expires| expires > now_secs);
-        retired.shrink_to_fit();
-    }
-
-    /// Retired pre-login ids held.
-    pub fn retired_len(&self) -> usize {
-        self.retired.lock().unwrap_or_else(|e| e.into_inner()).len()
+        Some(PreLogin { value: cookie.to_string(), id: *id, issued })
     }
 
     /// The hidden-field token for a login form, bound to the pre-login cookie and the time.
@@ -200,6 +172,57 @@ impl Csrf {
     pub fn check_session(&self, session_hash: &[u8; 32], token: &str) -> bool {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(token) else { return false };
         self.mac(&[b"session", session_hash]).verify_slice(&tag).is_ok()
+    }
+}
+
+/// Ids of pre-login values that have signed someone in, with their expiry (Unix ms): the
+/// in-memory part of the brute-force state, bounded by [`MAX_RETIRED`].
+#[derive(Default)]
+pub struct RetiredSet {
+    ids: Mutex<HashMap<[u8; 16], u64>>,
+}
+
+impl RetiredSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], u64>> {
+        // A poisoned lock leaves a plain map of ids, consistent after any panic: carry on.
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Retires `id` until `expires_at_ms`; returns `false` if it was already retired (two
+    /// sign-ins with the same form at once: only one may proceed). The test and the insertion
+    /// are one critical section.
+    pub fn retire(&self, id: [u8; 16], expires_at_ms: u64, now_ms: u64) -> bool {
+        let mut retired = self.lock();
+        if retired.len() >= MAX_RETIRED && !retired.contains_key(&id) {
+            retired.retain(|_, &mut expires| expires > now_ms);
+            if retired.len() >= MAX_RETIRED {
+                let mut by_expiry: Vec<_> = retired.iter().map(|(id, &e)| (e, *id)).collect();
+                by_expiry.sort_unstable();
+                for (_, id) in by_expiry.into_iter().take(MAX_RETIRED / 10) {
+                    retired.remove(&id);
+                }
+            }
+        }
+        retired.insert(id, expires_at_ms).is_none()
+    }
+
+    pub fn contains(&self, id: &[u8; 16]) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Forgets retired ids that have expired anyway.
+    pub fn prune(&self, now_ms: u64) {
+        let mut retired = self.lock();
+        retired.retain(|_, &mut expires| expires > now_ms);
+        retired.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -254,26 +277,27 @@ mod tests {
     }
 
     #[test]
-    fn a_retired_pre_login_value_is_refused_and_retiring_twice_says_so() {
+    fn retiring_twice_says_so_and_expired_ids_are_forgotten() {
         let csrf = Csrf::new([7; 32]);
         let pre = csrf.issue_prelogin(1_000).unwrap();
-        assert!(csrf.retire(&pre, 1_001));
-        assert!(!csrf.retire(&pre, 1_001), "the second sign-in with one form is refused");
-        assert!(csrf.prelogin(pre.value(), 1_002).is_none());
-        assert!(csrf.clone().prelogin(pre.value(), 1_002).is_none(), "clones share the retired set");
-        csrf.prune(pre.expires_at() + 1);
-        assert_eq!(csrf.retired_len(), 0);
+        let retired = RetiredSet::default();
+        let expires = pre.expires_at() * 1000;
+        assert!(retired.retire(pre.id(), expires, 1_001_000));
+        assert!(!retired.retire(pre.id(), expires, 1_001_000), "the second sign-in with one form is refused");
+        assert!(retired.contains(&pre.id()));
+        retired.prune(expires + 1);
+        assert!(retired.is_empty());
     }
 
     #[test]
     fn the_retired_set_stays_under_its_cap() {
-        let csrf = Csrf::new([7; 32]);
+        let retired = RetiredSet::default();
         for i in 0..(MAX_RETIRED + 10) as u64 {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
-            csrf.retire(&PreLogin { value: String::new(), id, issued: 1_000 + i }, 1_000);
+            retired.retire(id, 1_000_000 + i, 1_000);
         }
-        assert!(csrf.retired_len() <= MAX_RETIRED);
+        assert!(retired.len() <= MAX_RETIRED);
     }
 
     #[test]

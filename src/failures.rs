@@ -142,51 +142,19 @@ pub struct Recorded {
 #[derive(Debug, PartialEq, Eq)]
 pub struct CaptchaDemanded;
 
-/// A password check allowed to run without a captcha, counted while it runs. Dropping it
-/// (a success, a quota refusal, an overloaded pool, an error) gives the place back;
-/// [`Reservation::failed`] turns it into a failure.
+/// A password check allowed to run without a captcha, counted while it runs, as plain
+/// values (so a shared store can hold it too). It must end in [`FailureTracker::fail`] or
+/// [`FailureTracker::release`] (a success, a quota refusal, an overloaded pool, an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-pub struct Reservation<'a> {
-    tracker: &'a FailureTracker,
-    address: AddressKey,
-    /// `None` when the table was full and the key could not be tracked.
-    username: Option<u128>,
-    address_held: bool,
-    done: bool,
-}
-
-impl Reservation<'_> {
-    /// The check failed: the reservation becomes a failure on both counts.
-    pub fn failed(mut self, now: u64) -> Recorded {
-        self.done = true;
-        let t = self.tracker;
-        let since = t.since(now);
-        let mut tables = t.lock();
-        if self.address_held {
-            tables.by_address.release(&self.address);
-        }
-        if let Some(u) = self.username {
-            tables.by_username.release(&u);
-        }
-        let a = tables.by_address.add(&self.address, now, since, t.threshold);
-        let u = self.username.is_some_and(|u| tables.by_username.add(&u, now, since, t.threshold));
-        Recorded { reached_threshold: a || u }
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut tables = self.tracker.lock();
-        if self.address_held {
-            tables.by_address.release(&self.address);
-        }
-        if let Some(u) = self.username {
-            tables.by_username.release(&u);
-        }
-    }
+pub struct Reservation {
+    pub address: AddressKey,
+    /// [`username_digest`] of the normalised username.
+    pub username: u128,
+    /// Whether each count took the reservation (`false` when its table was full and the key
+    /// could not be tracked).
+    pub address_held: bool,
+    pub username_held: bool,
 }
 
 impl FailureTracker {
@@ -234,38 +202,72 @@ impl FailureTracker {
     /// # Errors
     /// [`CaptchaDemanded`] when the address's or the username's failures plus checks in
     /// flight within the window have reached `captcha_after_failures`.
-    pub fn reserve(&self, address: AddressKey, user_key: &str, now: u64) -> Result<Reservation<'_>, CaptchaDemanded> {
+    pub fn reserve(&self, address: AddressKey, username: u128, now: u64) -> Result<Reservation, CaptchaDemanded> {
         let since = self.since(now);
-        let digest = username_digest(user_key);
         let mut tables = self.lock();
         if tables.by_address.load(&address, since) >= self.threshold
-            || tables.by_username.load(&digest, since) >= self.threshold
+            || tables.by_username.load(&username, since) >= self.threshold
         {
             return Err(CaptchaDemanded);
         }
         let address_held = tables.by_address.reserve(&address, since);
-        let username = tables.by_username.reserve(&digest, since).then_some(digest);
-        Ok(Reservation { tracker: self, address, username, address_held, done: false })
+        let username_held = tables.by_username.reserve(&username, since);
+        Ok(Reservation { address, username, address_held, username_held })
+    }
+
+    /// Gives a reservation's place back: the check succeeded or ended in an error.
+    pub fn release(&self, r: Reservation) {
+        let mut tables = self.lock();
+        Self::unhold(&mut tables, &r);
+    }
+
+    fn unhold(tables: &mut Tables, r: &Reservation) {
+        if r.address_held {
+            tables.by_address.release(&r.address);
+        }
+        if r.username_held {
+            tables.by_username.release(&r.username);
+        }
+    }
+
+    /// The reserved check failed: the reservation becomes a failure on both counts.
+    pub fn fail(&self, r: Reservation, now: u64) -> Recorded {
+        let since = self.since(now);
+        let mut tables = self.lock();
+        Self::unhold(&mut tables, &r);
+        let a = tables.by_address.add(&r.address, now, since, self.threshold);
+        let u = r.username_held && tables.by_username.add(&r.username, now, since, self.threshold);
+        Recorded { reached_threshold: a || u }
     }
 
     /// Counts a failed password check that ran without a reservation (its captcha was
     /// solved).
     pub fn record_failure(&self, address: AddressKey, user_key: &str, now: u64) -> Recorded {
+        self.record_failure_of(address, username_digest(user_key), now)
+    }
+
+    /// [`FailureTracker::record_failure`] for a username already digested.
+    pub fn record_failure_of(&self, address: AddressKey, username: u128, now: u64) -> Recorded {
         let since = self.since(now);
         let mut tables = self.lock();
         let a = tables.by_address.add(&address, now, since, self.threshold);
-        let u = tables.by_username.add(&username_digest(user_key), now, since, self.threshold);
+        let u = tables.by_username.add(&username, now, since, self.threshold);
         Recorded { reached_threshold: a || u }
     }
 
-    /// A successful login clears the username's count; returns how many failures it had.
-    pub fn record_success(&self, user_key: &str) -> usize {
-        self.lock().by_username.clear(&username_digest(user_key))
+    /// Whether attempts from this address, or for this username (a [`username_digest`]) when
+    /// given, must carry a captcha.
+    pub fn needs_captcha_of(&self, address: AddressKey, username: Option<u128>, now: u64) -> bool {
+        let since = self.since(now);
+        let tables = self.lock();
+        tables.by_address.load(&address, since) >= self.threshold
+            || username.is_some_and(|u| tables.by_username.load(&u, since) >= self.threshold)
     }
 
-    /// `user unlock`: clears the username's count and so its captcha demand.
-    pub fn clear_username(&self, user_key: &str) {
-        self.lock().by_username.clear(&username_digest(user_key));
+    /// Clears the username's count (a success, or `user unlock`) and so its captcha demand;
+    /// returns how many failures it had. Checks in flight stay counted.
+    pub fn clear_username(&self, username: u128) -> usize {
+        self.lock().by_username.clear(&username)
     }
 
     pub fn prune(&self, now: u64) {
@@ -288,6 +290,10 @@ mod tests {
 
     fn key(ip: &str) -> AddressKey {
         AddressKey::of(ip.parse().unwrap())
+    }
+
+    fn d(user: &str) -> u128 {
+        username_digest(user)
     }
 
     #[test]
@@ -316,7 +322,7 @@ mod tests {
         t.record_failure(ip, "alice", 2000);
         assert!(t.username_needs_captcha("alice", 3000));
         assert!(!t.username_needs_captcha("alice", 2000 + 60_001));
-        assert_eq!(t.record_success("alice"), 2);
+        assert_eq!(t.clear_username(d("alice")), 2);
         assert!(!t.username_needs_captcha("alice", 3000));
         assert!(t.address_needs_captcha(ip, 3000), "the address still has its count");
         t.prune(10_000_000);
@@ -327,12 +333,12 @@ mod tests {
     fn at_most_the_threshold_of_checks_run_at_once_before_a_captcha() {
         let t = FailureTracker::new(Duration::from_secs(60), 3);
         let ip = key("192.0.2.1");
-        let held: Vec<_> = (0..3).map(|_| t.reserve(ip, "alice", 1000).expect("within the threshold")).collect();
-        assert_eq!(t.reserve(ip, "alice", 1000).err(), Some(CaptchaDemanded), "three checks in flight");
-        assert_eq!(t.reserve(key("192.0.2.9"), "alice", 1000).err(), Some(CaptchaDemanded), "per username too");
-        assert_eq!(t.reserve(ip, "bob", 1000).err(), Some(CaptchaDemanded), "per address too");
+        let held: Vec<_> = (0..3).map(|_| t.reserve(ip, d("alice"), 1000).expect("within the threshold")).collect();
+        assert_eq!(t.reserve(ip, d("alice"), 1000).err(), Some(CaptchaDemanded), "three checks in flight");
+        assert_eq!(t.reserve(key("192.0.2.9"), d("alice"), 1000).err(), Some(CaptchaDemanded), "per username too");
+        assert_eq!(t.reserve(ip, d("bob"), 1000).err(), Some(CaptchaDemanded), "per address too");
         assert!(t.needs_captcha(ip, "carol", 1000));
-        let crossings: Vec<bool> = held.into_iter().map(|r| r.failed(1001).reached_threshold).collect();
+        let crossings: Vec<bool> = held.into_iter().map(|r| t.fail(r, 1001).reached_threshold).collect();
         assert_eq!(crossings, [false, false, true], "the crossing is reported once");
         assert!(!t.record_failure(ip, "alice", 1002).reached_threshold, "past the threshold is no new crossing");
     }
@@ -341,10 +347,11 @@ mod tests {
     fn a_released_reservation_gives_its_place_back() {
         let t = FailureTracker::new(Duration::from_secs(60), 1);
         let ip = key("192.0.2.1");
-        let r = t.reserve(ip, "alice", 1000).unwrap();
-        assert!(t.reserve(ip, "alice", 1000).is_err());
-        drop(r);
-        assert!(t.reserve(ip, "alice", 1000).is_ok(), "a success or an error does not count");
+        let r = t.reserve(ip, d("alice"), 1000).unwrap();
+        assert!(t.reserve(ip, d("alice"), 1000).is_err());
+        t.release(r);
+        let r = t.reserve(ip, d("alice"), 1000).expect("a success or an error does not count");
+        t.release(r);
         assert_eq!(t.len(), (0, 0), "nothing is kept for a released check");
     }
 
@@ -353,11 +360,12 @@ mod tests {
         let t = FailureTracker::new(Duration::from_secs(60), 2);
         let ip = key("192.0.2.1");
         t.record_failure(key("192.0.2.7"), "alice", 1000);
-        let in_flight = t.reserve(ip, "alice", 1000).unwrap();
-        assert_eq!(t.record_success("alice"), 1);
-        let r = t.reserve(key("192.0.2.8"), "alice", 1001).unwrap();
-        assert!(t.reserve(key("192.0.2.9"), "alice", 1001).is_err(), "two in flight");
-        drop((in_flight, r));
+        let in_flight = t.reserve(ip, d("alice"), 1000).unwrap();
+        assert_eq!(t.clear_username(d("alice")), 1);
+        let r = t.reserve(key("192.0.2.8"), d("alice"), 1001).unwrap();
+        assert!(t.reserve(key("192.0.2.9"), d("alice"), 1001).is_err(), "two in flight");
+        t.release(in_flight);
+        t.release(r);
     }
 
     #[test]
@@ -369,9 +377,9 @@ mod tests {
                 let (t, barrier) = (t.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    let r = t.reserve(key(&format!("198.51.100.{i}")), "alice", 1000);
+                    let r = t.reserve(key(&format!("198.51.100.{i}")), d("alice"), 1000);
                     std::thread::sleep(Duration::from_millis(20));
-                    r.map(|r| r.failed(1001).reached_threshold)
+                    r.map(|r| t.fail(r, 1001).reached_threshold)
                 })
             })
             .collect();

@@ -25,36 +25,60 @@ pub const MAX_KEYS: usize = 250_000;
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
 
+/// The rate a limiter was made for, and the limiter (`None`: no limit).
+type Made<K> = (Option<Rate>, Option<Arc<Keyed<K>>>);
+
 /// A keyed limiter, or none when the quota is `off`.
 pub struct Limiter<K: std::hash::Hash + Eq + Clone> {
-    quota: Option<Quota>,
-    inner: RwLock<Option<Arc<Keyed<K>>>>,
+    /// The rate the limiter was made for, and the limiter (`None`: no limit).
+    inner: RwLock<Made<K>>,
     clock: DefaultClock,
     max_keys: usize,
 }
 
+fn keyed<K: std::hash::Hash + Eq + Clone>(rate: Option<Rate>) -> Option<Arc<Keyed<K>>> {
+    rate.and_then(quota).map(|q| Arc::new(RateLimiter::dashmap(q)))
+}
+
 impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
     pub fn new(rate: Option<Rate>, max_keys: usize) -> Self {
-        let quota = rate.and_then(quota);
-        let inner = RwLock::new(quota.map(|q| Arc::new(RateLimiter::dashmap(q))));
-        Limiter { quota, inner, clock: DefaultClock::default(), max_keys }
+        Limiter { inner: RwLock::new((rate, keyed(rate))), clock: DefaultClock::default(), max_keys }
     }
 
     fn current(&self) -> Option<Arc<Keyed<K>>> {
-        self.inner.read().ok().and_then(|l| l.clone())
+        self.inner.read().ok().and_then(|l| l.1.clone())
     }
 
     /// Takes one unit for `key`. `Err(seconds)` says how long until the next one is allowed
     /// (rounded up, at least 1).
     pub fn check(&self, key: &K) -> Result<(), u64> {
-        let Some(mut limiter) = self.current() else { return Ok(()) };
+        self.check_in(self.current(), key).map_err(|ms| ms.div_ceil(1000).max(1))
+    }
+
+    /// Takes one unit for `key` under `rate` (GCRA, as governor implements it). A limiter
+    /// made for another rate is replaced first, forgetting its keys: rates change only with
+    /// the settings. `Err(ms)` is the wait until the next unit, in milliseconds (at least 1).
+    pub fn take(&self, rate: Rate, key: &K) -> Result<(), u64> {
+        let same = self.inner.read().ok().is_some_and(|l| l.0 == Some(rate));
+        if !same {
+            if let Ok(mut slot) = self.inner.write() {
+                if slot.0 != Some(rate) {
+                    *slot = (Some(rate), keyed(Some(rate)));
+                }
+            }
+        }
+        self.check_in(self.current(), key)
+    }
+
+    fn check_in(&self, limiter: Option<Arc<Keyed<K>>>, key: &K) -> Result<(), u64> {
+        let Some(mut limiter) = limiter else { return Ok(()) };
         if limiter.len() >= self.max_keys {
             self.make_room(&limiter);
             limiter = self.current().unwrap_or(limiter);
         }
         limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
-            (wait.as_millis().div_ceil(1000) as u64).max(1)
+            (wait.as_millis() as u64).max(1)
         })
     }
 
@@ -65,8 +89,8 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
         }
         // Resetting is safe only because the other defences still stand; see the module note.
         tracing::warn!(keys = limiter.len(), "rate limiter full of recent keys: reset");
-        if let (Ok(mut slot), Some(q)) = (self.inner.write(), self.quota) {
-            *slot = Some(Arc::new(RateLimiter::dashmap(q)));
+        if let Ok(mut slot) = self.inner.write() {
+            slot.1 = keyed(slot.0);
         }
     }
 

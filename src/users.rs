@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, Audit, AuthEvent};
+use crate::brute_force::StateError;
 use crate::domain::{Username, UsernameError};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
@@ -26,6 +27,8 @@ pub enum UserError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Hashing(#[from] PoolError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A user as `user list` shows it: never the hash.
@@ -40,8 +43,11 @@ pub struct UserSummary {
     pub disabled: bool,
 }
 
-/// Clears in-memory failure state for a username key.
-pub type UnlockHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+/// Clears the brute-force failure state for a username key (set by the server; the state
+/// may be shared, so this can fail).
+pub type UnlockHook = std::sync::Arc<
+    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>> + Send + Sync,
+>;
 
 #[derive(Clone)]
 pub struct UserAdmin {
@@ -174,7 +180,7 @@ impl UserAdmin {
     pub async fn unlock(&self, name: &str, by: &str) -> Result<String, UserError> {
         let (username, record) = self.existing(name).await?;
         if let Some(hook) = &self.on_unlock {
-            hook(username.key());
+            hook(username.key()).await?;
         }
         self.audit.record(&AuthEvent::UserUnlocked { username: &record.display_name, by });
         Ok(record.display_name)

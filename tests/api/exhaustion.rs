@@ -604,9 +604,7 @@ async fn thousands_of_visitors_who_never_submit_cost_the_server_nothing() {
     let app = spawn_app().await;
     let alice = signed_in_user(&app).await;
     let state = &app.state;
-    let tables = |s: &portcullis::app::AppState| {
-        (s.captchas.len(), s.failures.len(), s.quotas.per_address.len(), s.quotas.per_username.len())
-    };
+    let tables = |s: &portcullis::app::AppState| s.in_memory.as_ref().expect("the state is in memory").sizes();
     let before = tables(state);
     let clients = warm_clients(&app.settings.cert_dir, &app.url("/healthz"), 8).await;
     visit(&clients, &app.url("/login"), VISITORS).await;

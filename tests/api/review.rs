@@ -250,7 +250,12 @@ async fn unlocking_clears_the_captcha_demand_and_is_recorded() {
         let mut bot = Visitor::new(&app, Some(&format!("10.0.0.{i}")));
         bot.attempt("alice", "wrong wrong wrong", None).await;
     }
-    assert!(app.state.failures.username_needs_captcha("alice", portcullis::store::now_ms()));
+    let alice_demands_a_captcha = || async {
+        let digest = portcullis::rate_limit::username_digest("alice");
+        let elsewhere = portcullis::client::AddressKey::of("198.51.100.77".parse().unwrap());
+        app.state.brute_force.needs_captcha(elsewhere, Some(digest), portcullis::store::now_ms()).await.unwrap()
+    };
+    assert!(alice_demands_a_captcha().await);
     let admin = admin_browser(&app).await;
     let page = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
     let csrf = hidden_field(&page, "csrf").unwrap();
@@ -263,7 +268,7 @@ async fn unlocking_clears_the_captcha_demand_and_is_recorded() {
     let notice =
         admin.get(app.url(resp.headers()["location"].to_str().unwrap())).send().await.unwrap().text().await.unwrap();
     assert!(notice.contains("alice is unlocked"));
-    assert!(!app.state.failures.username_needs_captcha("alice", portcullis::store::now_ms()));
+    assert!(!alice_demands_a_captcha().await);
     let mut alice = Visitor::new(&app, Some("203.0.113.5"));
     assert_eq!(alice.attempt("alice", GOOD_PASSWORD, None).await.0, 303);
     assert!(app.log_lines().iter().any(|l| l["event"] == "user_unlocked" && l["by"] == "admin"));

@@ -33,6 +33,10 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
     let notice = match state.users.unlock(&form.username, &admin.user.display_name).await {
         Ok(name) => Notice::Unlocked { name },
         Err(crate::users::UserError::Store(e)) => return crate::routes::store_error(&e, "could not unlock a user"),
+        Err(crate::users::UserError::State(e)) => {
+            tracing::error!(error = %e, "could not unlock a user");
+            return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        }
         Err(_) => Notice::NoSuchUser,
     };
     notice.attach(see_other("/admin/failed-logins"))

@@ -7,7 +7,7 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
-use crate::routes::{current_session, see_other, State};
+use crate::routes::{current_session, error_page, see_other, State};
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -22,6 +22,12 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();
-    let captcha = state.failures.address_needs_captcha(key, crate::store::now_ms()).then_some(key);
+    let captcha = match state.brute_force.needs_captcha(key, None, crate::store::now_ms()).await {
+        Ok(demanded) => demanded.then_some(key),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the failure counts");
+            return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
     super::render(req, &state, Form { captcha, ..Form::new(StatusCode::OK, next) }).await
 }

@@ -9,8 +9,10 @@ use poem::http::{header, HeaderValue, StatusCode};
 use poem::{Request, Response};
 
 use crate::app::AppState;
+use crate::brute_force::{QuotaKey, StateError};
 use crate::cookies;
 use crate::csrf::{PreLogin, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
+use crate::rate_limit::CAPTCHA_DRAWS;
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -46,8 +48,14 @@ impl<'a> Form<'a> {
 
 /// The visitor's pre-login cookie, if this server issued it and it is neither expired nor
 /// retired (see [`crate::csrf`]).
-pub fn prelogin(req: &Request, state: &AppState, now_secs: u64) -> Option<PreLogin> {
-    cookies::get(req, PRELOGIN_COOKIE).and_then(|v| state.csrf.prelogin(&v, now_secs))
+///
+/// # Errors
+/// [`StateError`] when the brute-force state cannot say whether it was retired.
+pub async fn prelogin(req: &Request, state: &AppState, now_secs: u64) -> Result<Option<PreLogin>, StateError> {
+    let Some(pre) = cookies::get(req, PRELOGIN_COOKIE).and_then(|v| state.csrf.prelogin(&v, now_secs)) else {
+        return Ok(None);
+    };
+    Ok((!state.brute_force.is_retired(pre.id()).await?).then_some(pre))
 }
 
 /// Renders the login form with a fresh CSRF token bound to the visitor's pre-login cookie
@@ -56,7 +64,14 @@ pub fn prelogin(req: &Request, state: &AppState, now_secs: u64) -> Option<PreLog
 pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Response {
     let now = crate::store::now_ms();
     let now_secs = now / 1000;
-    let (pre, is_new) = match prelogin(req, state, now_secs).filter(|p| p.lasts_a_form(now_secs)) {
+    let current = match prelogin(req, state, now_secs).await {
+        Ok(p) => p.filter(|p| p.lasts_a_form(now_secs)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the pre-login cookie");
+            return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let (pre, is_new) = match current {
         Some(p) => (p, false),
         None => match state.csrf.issue_prelogin(now_secs) {
             Ok(p) => (p, true),
@@ -68,7 +83,15 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     };
     let token = state.csrf.login_token(pre.value(), now_secs);
     if let Some(address) = form.captcha {
-        if let Err(wait) = state.quotas.captcha_draws.check(&address) {
+        let drawn = match state.brute_force.take(QuotaKey::CaptchaDraws(address), CAPTCHA_DRAWS, now).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count captcha pictures");
+                return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        };
+        if let Err(wait) = drawn {
+            let wait = wait.retry_after_secs();
             form.captcha = None;
             form.status = StatusCode::TOO_MANY_REQUESTS;
             form.retry_after = Some(wait);

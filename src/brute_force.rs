@@ -1,0 +1,441 @@
+//! The brute-force state a sign-in consults, behind one trait so that several instances can
+//! share it (issue 12 §3; SPEC "Several instances, one truth"): the per-address and
+//! per-username quotas (GCRA), the failure counts that demand a captcha with their atomic
+//! reservation, the open captcha challenges and the retired pre-login ids.
+//!
+//! Each method is one operation with plain parameters (keys as bytes or digests, rates as
+//! [`Rate`], times in Unix milliseconds), so an engine can do it in one statement. Each
+//! check-then-act (a quota unit, a reservation, taking a challenge, retiring an id) must be
+//! atomic in the implementation: that is what keeps N instances to what one enforces.
+//! [`InMemory`] is the implementation of one process (the default, with sled), built from
+//! [`crate::rate_limit`], [`crate::failures`], [`crate::captcha::ChallengeTable`] and
+//! [`crate::csrf::RetiredSet`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::captcha::ChallengeTable;
+use crate::client::AddressKey;
+use crate::config::Rate;
+use crate::csrf::RetiredSet;
+use crate::failures::{CaptchaDemanded, FailureTracker, Recorded, Reservation};
+use crate::rate_limit::LoginQuotas;
+
+/// The shared state cannot be reached or written: the attempt is refused with a 503 (fail
+/// closed), never let through unchecked.
+#[derive(Debug, thiserror::Error)]
+#[error("the brute-force state cannot be used")]
+pub struct StateError(#[source] pub anyhow::Error);
+
+/// Which quota a unit is taken from, and whose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKey {
+    /// `login_quota_per_ip`: every `POST /login` from this address.
+    Address(AddressKey),
+    /// `login_quota_per_user`: every password check for this username
+    /// ([`crate::rate_limit::username_digest`] of the normalised key).
+    Username(u128),
+    /// [`crate::rate_limit::CAPTCHA_DRAWS`]: captcha pictures drawn for this address.
+    CaptchaDraws(AddressKey),
+}
+
+impl QuotaKey {
+    /// The quota's name, for an engine's key column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QuotaKey::Address(_) => "address",
+            QuotaKey::Username(_) => "username",
+            QuotaKey::CaptchaDraws(_) => "captcha_draws",
+        }
+    }
+
+    /// The key as bytes: 4 or 16 for an address (IPv6 by /64, see [`AddressKey`]), 16 for a
+    /// username digest (big-endian).
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            QuotaKey::Address(a) | QuotaKey::CaptchaDraws(a) => match a.ip() {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            },
+            QuotaKey::Username(u) => u.to_be_bytes().to_vec(),
+        }
+    }
+}
+
+/// A quota refused a unit: how long until the next one, in milliseconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub ms: u64,
+}
+
+impl Wait {
+    /// The wait as a `Retry-After` (RFC 9110 §10.2.3): whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.ms.div_ceil(1000).max(1)
+    }
+}
+
+/// What must be shared between instances for the brute-force defences (module note). Every
+/// method may fail with [`StateError`], which callers answer with a 503.
+#[async_trait]
+pub trait BruteForceState: Send + Sync {
+    /// Takes one unit of `rate` for `key` at `now_ms` (GCRA: a burst of `rate.burst`,
+    /// refilled evenly over `rate.period`), or says how long to wait for the next one. The
+    /// test and the take are atomic.
+    async fn take(&self, key: QuotaKey, rate: Rate, now_ms: u64) -> Result<Result<(), Wait>, StateError>;
+
+    /// Reserves a password check without a captcha for this address and username (a
+    /// `username_digest`), or says a captcha is demanded: the test "failures within the
+    /// window plus checks in flight below `captcha_after_failures`" and the reservation are
+    /// atomic (the race fixed in fix-a), for the address and the username together. The
+    /// window and threshold are the implementation's, from the settings. The reservation
+    /// must end in [`BruteForceState::fail`] or [`BruteForceState::release`]; an engine
+    /// shared by instances should also let it lapse after a while, in case its holder dies.
+    async fn reserve(
+        &self,
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Result<Reservation, CaptchaDemanded>, StateError>;
+
+    /// The reserved check failed at `now_ms`: the reservation becomes a failure on both counts.
+    async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError>;
+
+    /// The reserved check succeeded or ended in an error: its place is given back.
+    async fn release(&self, reservation: Reservation) -> Result<(), StateError>;
+
+    /// Counts a failed check that ran without a reservation (its captcha was solved).
+    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError>;
+
+    /// Whether attempts from this address, or for this username when given, must carry a
+    /// solved captcha at `now_ms` (failures within the window plus checks in flight).
+    async fn needs_captcha(&self, address: AddressKey, username: Option<u128>, now_ms: u64)
+        -> Result<bool, StateError>;
+
+    /// Clears the username's failures (a success, or `user unlock`); returns how many it had.
+    /// Checks in flight stay counted.
+    async fn clear_username(&self, username: u128) -> Result<usize, StateError>;
+
+    /// Opens (or replaces) the captcha challenge in `slot` (a keyed hash of the visitor's
+    /// pre-login value), keeping only the keyed hash of its answer, until `expires_at_ms`.
+    async fn open_challenge(
+        &self,
+        slot: [u8; 32],
+        answer_hash: [u8; 32],
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StateError>;
+
+    /// Takes the challenge out of `slot`, once: of concurrent takers only one gets it.
+    /// `None` if there is none or it expired at `now_ms`.
+    async fn take_challenge(&self, slot: [u8; 32], now_ms: u64) -> Result<Option<[u8; 32]>, StateError>;
+
+    /// Retires a pre-login id until `expires_at_ms` (when the value would lapse anyway);
+    /// `false` if it was already retired. Atomic: of two sign-ins with one form, one goes on.
+    async fn retire(&self, id: [u8; 16], expires_at_ms: u64, now_ms: u64) -> Result<bool, StateError>;
+
+    /// Whether a pre-login id has been retired.
+    async fn is_retired(&self, id: [u8; 16]) -> Result<bool, StateError>;
+
+    /// Forgets what has lapsed at `now_ms` (quota keys back at a full bucket, failures past
+    /// the window, expired challenges and retired ids).
+    async fn prune(&self, now_ms: u64) -> Result<(), StateError>;
+}
+
+/// The brute-force state of one process, in memory. Bounded: every table has a hard cap
+/// (see each module).
+pub struct InMemory {
+    pub quotas: LoginQuotas,
+    pub failures: FailureTracker,
+    pub challenges: ChallengeTable,
+    pub retired: RetiredSet,
+}
+
+impl InMemory {
+    /// `window` and `threshold`: `failure_window` and `captcha_after_failures`; the quota
+    /// rates are those the callers pass (`login_quota_per_ip`, `login_quota_per_user`).
+    pub fn new(per_address: Option<Rate>, per_username: Option<Rate>, window: Duration, threshold: u32) -> Self {
+        InMemory {
+            quotas: LoginQuotas::new(per_address, per_username),
+            failures: FailureTracker::new(window, threshold),
+            challenges: ChallengeTable::default(),
+            retired: RetiredSet::default(),
+        }
+    }
+
+    /// No quotas, a 15-minute window and a threshold of 3: for unit tests.
+    pub fn for_tests() -> Self {
+        InMemory::new(None, None, Duration::from_secs(900), 3)
+    }
+
+    /// Keys tracked, for tests and measurements: (captcha challenges, (failure addresses,
+    /// failure usernames), per-address quota keys, per-username quota keys).
+    pub fn sizes(&self) -> (usize, (usize, usize), usize, usize) {
+        (self.challenges.len(), self.failures.len(), self.quotas.per_address.len(), self.quotas.per_username.len())
+    }
+}
+
+#[async_trait]
+impl BruteForceState for InMemory {
+    async fn take(&self, key: QuotaKey, rate: Rate, _now_ms: u64) -> Result<Result<(), Wait>, StateError> {
+        // governor keeps its own monotonic clock, which a wall clock stepping back cannot fool.
+        let taken = match key {
+            QuotaKey::Address(a) => self.quotas.per_address.take(rate, &a),
+            QuotaKey::Username(u) => self.quotas.per_username.take(rate, &u),
+            QuotaKey::CaptchaDraws(a) => self.quotas.captcha_draws.take(rate, &a),
+        };
+        Ok(taken.map_err(|ms| Wait { ms }))
+    }
+
+    async fn reserve(
+        &self,
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Result<Reservation, CaptchaDemanded>, StateError> {
+        Ok(self.failures.reserve(address, username, now_ms))
+    }
+
+    async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
+        Ok(self.failures.fail(reservation, now_ms))
+    }
+
+    async fn release(&self, reservation: Reservation) -> Result<(), StateError> {
+        self.failures.release(reservation);
+        Ok(())
+    }
+
+    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
+        Ok(self.failures.record_failure_of(address, username, now_ms))
+    }
+
+    async fn needs_captcha(
+        &self,
+        address: AddressKey,
+        username: Option<u128>,
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        Ok(self.failures.needs_captcha_of(address, username, now_ms))
+    }
+
+    async fn clear_username(&self, username: u128) -> Result<usize, StateError> {
+        Ok(self.failures.clear_username(username))
+    }
+
+    async fn open_challenge(
+        &self,
+        slot: [u8; 32],
+        answer_hash: [u8; 32],
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StateError> {
+        self.challenges.open(slot, answer_hash, expires_at_ms, now_ms);
+        Ok(())
+    }
+
+    async fn take_challenge(&self, slot: [u8; 32], now_ms: u64) -> Result<Option<[u8; 32]>, StateError> {
+        Ok(self.challenges.take(&slot, now_ms))
+    }
+
+    async fn retire(&self, id: [u8; 16], expires_at_ms: u64, now_ms: u64) -> Result<bool, StateError> {
+        Ok(self.retired.retire(id, expires_at_ms, now_ms))
+    }
+
+    async fn is_retired(&self, id: [u8; 16]) -> Result<bool, StateError> {
+        Ok(self.retired.contains(&id))
+    }
+
+    async fn prune(&self, now_ms: u64) -> Result<(), StateError> {
+        self.quotas.prune();
+        self.failures.prune(now_ms);
+        self.challenges.prune(now_ms);
+        self.retired.prune(now_ms);
+        Ok(())
+    }
+}
+
+/// A reservation held by a sign-in in progress: given back if the attempt ends any other way
+/// than [`Held::fail`] or [`Held::release`] (a dropped request future included), so a client
+/// that hangs up cannot leave a check counted for ever.
+pub struct Held {
+    state: Arc<dyn BruteForceState>,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    pub fn new(state: Arc<dyn BruteForceState>, reservation: Reservation) -> Self {
+        Held { state, reservation: Some(reservation) }
+    }
+
+    /// The check failed: see [`BruteForceState::fail`].
+    ///
+    /// # Errors
+    /// [`StateError`] from the state.
+    pub async fn fail(mut self, now_ms: u64) -> Result<Recorded, StateError> {
+        match self.reservation.take() {
+            Some(r) => self.state.fail(r, now_ms).await,
+            None => Ok(Recorded { reached_threshold: false }),
+        }
+    }
+
+    /// The check is over without a failure: see [`BruteForceState::release`].
+    ///
+    /// # Errors
+    /// [`StateError`] from the state.
+    pub async fn release(mut self) -> Result<(), StateError> {
+        match self.reservation.take() {
+            Some(r) => self.state.release(r).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(r) = self.reservation.take() else { return };
+        let state = Arc::clone(&self.state);
+        // Drop cannot wait: the release runs as its own task (every caller is on the runtime).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = state.release(r).await {
+                    tracing::warn!(error = %e, "could not give back a password-check reservation");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::username_digest;
+
+    fn state(threshold: u32) -> Arc<dyn BruteForceState> {
+        Arc::new(InMemory::new(None, None, Duration::from_secs(60), threshold))
+    }
+
+    fn ip(n: u8) -> AddressKey {
+        AddressKey::of(IpAddr::from([192, 0, 2, n]))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reservations_get_at_most_the_threshold_of_checks() {
+        let s = state(3);
+        let alice = username_digest("alice");
+        let tasks: Vec<_> = (0..32u8)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.reserve(ip(i), alice, 1000).await.unwrap() })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await.unwrap() {
+                granted.push(r);
+            }
+        }
+        assert_eq!(granted.len(), 3, "three checks in flight, then a captcha");
+        let mut crossings = 0;
+        for r in granted {
+            crossings += usize::from(s.fail(r, 1001).await.unwrap().reached_threshold);
+        }
+        assert_eq!(crossings, 1, "the crossing is reported once");
+        assert!(s.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
+        assert!(!s.needs_captcha(ip(200), None, 1002).await.unwrap(), "another address, no username");
+        assert_eq!(s.clear_username(alice).await.unwrap(), 3);
+        assert!(!s.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_held_reservation_dropped_unfinished_is_given_back() {
+        let s = state(1);
+        let r = s.reserve(ip(1), username_digest("alice"), 1000).await.unwrap().unwrap();
+        let held = Held::new(Arc::clone(&s), r);
+        assert!(s.reserve(ip(2), username_digest("alice"), 1000).await.unwrap().is_err());
+        drop(held);
+        // The release runs as a task of its own: let it.
+        for _ in 0..100 {
+            if s.reserve(ip(2), username_digest("alice"), 1000).await.unwrap().is_ok() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the reservation was never given back");
+    }
+
+    #[tokio::test]
+    async fn a_quota_allows_its_burst_then_says_how_long_to_wait_per_key() {
+        let s = state(3);
+        let rate = Rate { burst: 3, period: Duration::from_secs(60) };
+        let key = QuotaKey::Address(ip(1));
+        for _ in 0..3 {
+            assert_eq!(s.take(key, rate, 0).await.unwrap(), Ok(()));
+        }
+        let wait = s.take(key, rate, 0).await.unwrap().unwrap_err();
+        assert!((1..=20_000).contains(&wait.ms), "one unit every 20 s: {wait:?}");
+        assert!((1..=20).contains(&wait.retry_after_secs()));
+        assert_eq!(s.take(QuotaKey::Address(ip(2)), rate, 0).await.unwrap(), Ok(()), "keys are independent");
+        assert_eq!(s.take(QuotaKey::CaptchaDraws(ip(1)), rate, 0).await.unwrap(), Ok(()), "quotas are independent");
+    }
+
+    #[tokio::test]
+    async fn a_spent_quota_refills_after_its_emission_interval() {
+        let s = state(3);
+        // One unit every 50 ms; waiting longer only makes the refill surer on a loaded machine.
+        let rate = Rate { burst: 1, period: Duration::from_millis(50) };
+        let key = QuotaKey::Username(username_digest("alice"));
+        assert_eq!(s.take(key, rate, 0).await.unwrap(), Ok(()));
+        let wait = s.take(key, rate, 0).await.unwrap().unwrap_err();
+        tokio::time::sleep(Duration::from_millis(wait.ms + 20)).await;
+        assert_eq!(s.take(key, rate, 0).await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_challenge_is_taken_once_by_concurrent_takers_and_not_after_it_expires() {
+        let s = state(3);
+        s.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.take_challenge([1; 32], 1001).await.unwrap() })
+            })
+            .collect();
+        let mut got = 0;
+        for t in tasks {
+            got += usize::from(t.await.unwrap() == Some([7; 32]));
+        }
+        assert_eq!(got, 1);
+        s.open_challenge([2; 32], [7; 32], 5000, 1000).await.unwrap();
+        assert_eq!(s.take_challenge([2; 32], 5000).await.unwrap(), None, "expired");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pre_login_id_is_retired_once_by_concurrent_sign_ins() {
+        let s = state(3);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.retire([5; 16], 10_000, 1000).await.unwrap() })
+            })
+            .collect();
+        let mut first = 0;
+        for t in tasks {
+            first += usize::from(t.await.unwrap());
+        }
+        assert_eq!(first, 1);
+        assert!(s.is_retired([5; 16]).await.unwrap());
+        s.prune(10_001).await.unwrap();
+        assert!(!s.is_retired([5; 16]).await.unwrap(), "forgotten once it would have expired anyway");
+    }
+
+    #[test]
+    fn quota_keys_are_plain_bytes() {
+        assert_eq!(QuotaKey::Address(ip(7)).bytes(), vec![192, 0, 2, 7]);
+        assert_eq!(QuotaKey::Username(1).bytes().len(), 16);
+        let v6 = AddressKey::of("2001:db8::1".parse().unwrap());
+        assert_eq!(QuotaKey::CaptchaDraws(v6).bytes()[8..], [0; 8], "IPv6 by /64");
+    }
+}

@@ -1,0 +1,538 @@
+//! The sign-in policy: the brute-force sequence of a password sign-in, free of HTTP, so the
+//! login form (and any later sign-in path) only reads its input, calls [`SignIn::attempt`]
+//! and renders the [`Outcome`]. The order keeps each defence cheap and fair:
+//! 1. the per-address quota (every attempt counts),
+//! 2. CSRF: the pre-login value must be one this server issued, unexpired and not retired,
+//!    and the form's token must be bound to it,
+//! 3. the captcha, when this address or username has failed too often; otherwise the
+//!    attempt reserves its place among the `captcha_after_failures` checks allowed without
+//!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
+//!
+//! All of the brute-force state (quotas, failure counts and reservations, open challenges,
+//! retired pre-login ids) is reached through [`BruteForceState`], which several instances
+//! can share; when it cannot be reached the attempt fails closed (503).
+//!
+//! 4. the per-username quota (only attempts that got this far count, so nobody can use up
+//!    a user's quota without solving captchas or passing CSRF),
+//! 5. the password, on the hash pool (an unknown user costs and answers the same),
+//! 6. on success: the pre-login value is retired (the form signs in once), the username's
+//!    failure count is cleared, the previous session ends and a new one is made, and the
+//!    success is recorded; a success that cannot be recorded does not happen.
+//!
+//! Every refusal is recorded durably before it is reported; if it cannot be recorded the
+//! attempt is [`SignInError`] (503) rather than an unrecorded refusal (OWASP ASVS 4.0 §7.2.1).
+
+use std::sync::Arc;
+
+use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
+use crate::authentication::{AuthError, Authenticator};
+use crate::brute_force::{BruteForceState, Held, QuotaKey, StateError};
+use crate::captcha::Captchas;
+use crate::config::Rate;
+use crate::csrf::Csrf;
+use crate::domain::normalise_key;
+use crate::failures::CaptchaDemanded;
+use crate::password::Password;
+use crate::rate_limit::username_digest;
+use crate::session::{SessionToken, Sessions};
+use crate::store::{now_ms, StoreError};
+
+/// Characters of the typed username kept as the key of the per-username defences: enough
+/// for any accepted username (64), bounded whatever an attacker types.
+const USER_KEY_CHARS: usize = 256;
+
+/// One sign-in attempt, as the client sent it. Nothing here has been checked.
+pub struct Attempt<'a> {
+    /// Who is asking (address after `trusted_proxies`, user agent).
+    pub client: &'a Client,
+    /// The username as typed.
+    pub username: &'a str,
+    pub password: Password,
+    /// The form's CSRF token.
+    pub csrf: &'a str,
+    /// The `__Host-portcullis-pre` cookie's value, if any.
+    pub prelogin: Option<&'a str>,
+    /// The captcha answer as typed (empty when none was sent).
+    pub captcha: &'a str,
+    /// The browser's current session, ended on success (session fixation, OWASP ASVS 3.2.1).
+    pub previous_session: Option<SessionToken>,
+}
+
+/// What became of an attempt. (No `Debug`: it can hold a session token.)
+pub enum Outcome {
+    /// Signed in: the new session's token, for the cookie. The pre-login value is retired.
+    SignedIn { token: SessionToken },
+    /// Refused, and recorded.
+    Refused(Refusal),
+}
+
+/// Why an attempt was refused, and what the client must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The SPEC's `reason`, for the log and to choose the message and status; an unknown
+    /// user and a wrong password must be shown the same.
+    pub reason: FailureReason,
+    /// Seconds to wait (a `Retry-After`), for a quota refusal; at least 1.
+    pub retry_after: Option<u64>,
+    /// Whether the next attempt from this address or for this username must carry a solved
+    /// captcha.
+    pub captcha_demanded: bool,
+}
+
+/// Why an attempt could not be judged. Each is a 503 except where
+/// [`SignInError::is_unavailable`] says otherwise (a 500).
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("too many password checks in progress")]
+    Overloaded,
+    #[error("cannot record a failed login; refusing service")]
+    RefusalUnrecorded(#[source] AuditError),
+    #[error("cannot record a successful login; refusing it")]
+    SuccessUnrecorded(#[source] AuditError),
+    #[error("{what}")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    #[error("sign-in failed unexpectedly")]
+    Unexpected(#[source] anyhow::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl SignInError {
+    /// Whether the attempt may succeed later (503), as opposed to a fault (500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            SignInError::Store { source, .. } => source.is_unavailable(),
+            SignInError::Unexpected(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Whether the error is worth a log line of its own: an overloaded pool is the normal
+    /// answer to a flood, and being below the disk reserve is said once a minute by `Audit`.
+    pub fn is_worth_logging(&self) -> bool {
+        !matches!(self, SignInError::Overloaded | SignInError::RefusalUnrecorded(AuditError::Reserve))
+    }
+}
+
+/// The sign-in service: the defences and the domain services a password sign-in uses. The
+/// brute-force state is reached only through [`BruteForceState`], so it can be shared.
+#[derive(Clone)]
+pub struct SignIn {
+    pub state: Arc<dyn BruteForceState>,
+    /// `login_quota_per_ip` (`None`: off).
+    pub per_address: Option<Rate>,
+    /// `login_quota_per_user` (`None`: off).
+    pub per_username: Option<Rate>,
+    pub captchas: Arc<Captchas>,
+    pub csrf: Csrf,
+    pub auth: Authenticator,
+    pub sessions: Sessions,
+    pub audit: Audit,
+}
+
+impl SignIn {
+    /// Judges one attempt in the order of the module note.
+    ///
+    /// # Errors
+    /// [`SignInError`] when the attempt cannot be judged or recorded (the pool is full, the
+    /// store, the log or the brute-force state cannot be used): the client gets a 503 (or
+    /// 500), never a sign-in or a refusal that was not recorded.
+    #[tracing::instrument(name = "sign_in", skip_all)]
+    pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
+        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session } = attempt;
+        let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
+        let digest = username_digest(&user_key);
+        let judged = Judged { service: self, client, username, digest };
+        let address = client.key();
+        let now = now_ms();
+
+        if let Some(rate) = self.per_address {
+            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now).await? {
+                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+            }
+        }
+
+        let prelogin = match prelogin.and_then(|v| self.csrf.prelogin(v, now / 1000)) {
+            Some(pre) if !self.state.is_retired(pre.id()).await? => Some(pre),
+            _ => None,
+        };
+        let csrf_ok = prelogin.as_ref().is_some_and(|pre| self.csrf.check_login(pre.value(), csrf, now / 1000));
+        let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
+
+        // Held until the password is judged: given back on any other way out.
+        let reservation = match self.state.reserve(address, digest, now).await? {
+            Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
+            Err(CaptchaDemanded) => {
+                let refused = if captcha.trim().is_empty() {
+                    Some(FailureReason::CaptchaRequired)
+                } else if !self.captchas.check(prelogin.value(), captcha, now).await? {
+                    Some(FailureReason::BadCaptcha)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    return judged.refuse(reason, None, false).await;
+                }
+                None
+            }
+        };
+
+        if let Some(rate) = self.per_username {
+            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
+                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+            }
+        }
+
+        let user = match self.auth.authenticate(username, password).await {
+            Ok(user) => user,
+            Err(AuthError::InvalidCredentials(reason)) => {
+                let counted = match reservation {
+                    Some(r) => r.fail(now_ms()).await?,
+                    None => self.state.record_failure(address, digest, now_ms()).await?,
+                };
+                return judged.refuse(reason, None, counted.reached_threshold).await;
+            }
+            Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
+            Err(AuthError::Store(source)) => {
+                return Err(SignInError::Store { what: "login failed: the store cannot be used", source })
+            }
+            Err(AuthError::Unexpected(e)) => return Err(SignInError::Unexpected(e)),
+        };
+        if let Some(r) = reservation {
+            r.release().await?;
+        }
+        // The form signs in once: retired before the session exists, and of two sign-ins sent
+        // with one form at once only the first to get here goes on.
+        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        }
+        let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
+
+        // Session fixation: whatever session this browser had is ended, and a new token issued.
+        if let Some(old) = &previous_session {
+            if let Err(source) = self.sessions.end(&old.hash()).await {
+                return Err(SignInError::Store { what: "could not end the previous session", source });
+            }
+        }
+        let token = self
+            .sessions
+            .create(&user.key, client.ip, &client.user_agent)
+            .await
+            .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
+        // A sign-in that cannot be recorded does not happen: end the new session and say so.
+        if let Err(e) = self.audit.record_checked(&AuthEvent::LoginSucceeded {
+            username: &user.display_name,
+            client,
+            after_failures,
+        }) {
+            if let Err(e) = self.sessions.end(&token.hash()).await {
+                tracing::error!(error = %e, "could not end the unrecorded session");
+            }
+            return Err(SignInError::SuccessUnrecorded(e));
+        }
+        Ok(Outcome::SignedIn { token })
+    }
+}
+
+/// An attempt being judged, with what every refusal needs.
+struct Judged<'a> {
+    service: &'a SignIn,
+    client: &'a Client,
+    username: &'a str,
+    digest: u128,
+}
+
+impl Judged<'_> {
+    /// Records a refusal durably, then reports it with whether a captcha is now demanded.
+    async fn refuse(
+        &self,
+        reason: FailureReason,
+        retry_after: Option<u64>,
+        max_reached: bool,
+    ) -> Result<Outcome, SignInError> {
+        let s = self.service;
+        s.audit
+            .record_failure(self.username, self.client, reason, max_reached)
+            .await
+            .map_err(SignInError::RefusalUnrecorded)?;
+        let captcha_demanded = s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?;
+        Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::app::Services;
+    use crate::brute_force::InMemory;
+    use crate::config::{HashParams, Rate, Settings};
+
+    const GOOD: &str = "quartz lantern velvet 8127 orbit";
+
+    /// A sign-in service on a temporary store, with `alice` (password [`GOOD`]).
+    struct Fixture {
+        service: SignIn,
+        client: Client,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rate(burst: u32) -> Option<Rate> {
+        Some(Rate { burst, period: Duration::from_secs(3600) })
+    }
+
+    async fn fixture(per_address: Option<Rate>, per_username: Option<Rate>, captcha_after: u32) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: dir.path().join("data"),
+            log_dir: dir.path().join("logs"),
+            argon2: HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            ..Settings::default()
+        };
+        let services = Services::open(&settings, 1).unwrap();
+        services.users.add("alice", Password::new(GOOD), false, "test").await.unwrap();
+        let state: Arc<dyn BruteForceState> =
+            Arc::new(InMemory::new(per_address, per_username, Duration::from_secs(900), captcha_after));
+        let service = SignIn {
+            captchas: Arc::new(Captchas::new([3; 32], Arc::clone(&state))),
+            state,
+            per_address,
+            per_username,
+            csrf: Csrf::new([4; 32]),
+            auth: Authenticator::new(services.store.clone(), services.pool.clone()),
+            sessions: services.sessions.clone(),
+            audit: services.audit.clone(),
+        };
+        let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
+        Fixture { service, client, _dir: dir }
+    }
+
+    /// A visitor's form: a pre-login value and the CSRF token bound to it.
+    struct Form {
+        prelogin: String,
+        csrf: String,
+    }
+
+    impl Fixture {
+        fn form(&self) -> Form {
+            let now = now_ms() / 1000;
+            let pre = self.service.csrf.issue_prelogin(now).unwrap();
+            Form { csrf: self.service.csrf.login_token(pre.value(), now), prelogin: pre.value().to_string() }
+        }
+
+        async fn try_with(&self, form: &Form, csrf: &str, user: &str, password: &str, captcha: &str) -> Outcome {
+            let attempt = Attempt {
+                client: &self.client,
+                username: user,
+                password: Password::new(password),
+                csrf,
+                prelogin: Some(&form.prelogin),
+                captcha,
+                previous_session: None,
+            };
+            self.service.attempt(attempt).await.unwrap()
+        }
+
+        async fn attempt(&self, user: &str, password: &str) -> Outcome {
+            let form = self.form();
+            self.try_with(&form, &form.csrf, user, password, "").await
+        }
+
+        async fn forged(&self, user: &str, password: &str) -> Outcome {
+            self.try_with(&self.form(), "forged", user, password, "").await
+        }
+    }
+
+    fn refusal(outcome: Outcome) -> Refusal {
+        match outcome {
+            Outcome::Refused(r) => r,
+            Outcome::SignedIn { .. } => panic!("signed in"),
+        }
+    }
+
+    fn signed_in(outcome: &Outcome) -> bool {
+        matches!(outcome, Outcome::SignedIn { .. })
+    }
+
+    #[tokio::test]
+    async fn the_per_address_quota_is_spent_before_csrf_is_checked() {
+        let f = fixture(rate(2), None, 100).await;
+        assert_eq!(refusal(f.forged("alice", GOOD).await).reason, FailureReason::Csrf);
+        assert_eq!(refusal(f.forged("alice", GOOD).await).reason, FailureReason::Csrf);
+        let r = refusal(f.attempt("alice", GOOD).await);
+        assert_eq!(r.reason, FailureReason::RateLimited, "even a good form waits once the quota is spent");
+        assert!(r.retry_after.is_some_and(|s| s >= 1), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn csrf_failures_do_not_spend_the_per_username_quota() {
+        let f = fixture(None, rate(1), 100).await;
+        for _ in 0..5 {
+            assert_eq!(refusal(f.forged("alice", GOOD).await).reason, FailureReason::Csrf);
+        }
+        assert!(signed_in(&f.attempt("alice", GOOD).await), "the one unit is still there");
+        let r = refusal(f.attempt("alice", GOOD).await);
+        assert_eq!(r.reason, FailureReason::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn a_captcha_is_demanded_from_the_threshold_on_and_a_solved_one_lets_the_password_through() {
+        let f = fixture(None, None, 2).await;
+        let first = refusal(f.attempt("alice", "wrong").await);
+        assert_eq!((first.reason, first.captcha_demanded), (FailureReason::BadPassword, false));
+        let second = refusal(f.attempt("alice", "wrong").await);
+        assert_eq!((second.reason, second.captcha_demanded), (FailureReason::BadPassword, true));
+        // The right password is not even checked without the captcha.
+        assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired);
+        let form = f.form();
+        f.service.captchas.issue(&form.prelogin, now_ms()).await.unwrap();
+        let r = refusal(f.try_with(&form, &form.csrf, "alice", GOOD, "wrong").await);
+        assert_eq!((r.reason, r.captcha_demanded), (FailureReason::BadCaptcha, true));
+        f.service.captchas.issue(&form.prelogin, now_ms()).await.unwrap();
+        let answer = f.service.captchas.answer_for_tests(&form.prelogin).unwrap();
+        assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, &answer).await));
+        let elsewhere = crate::client::AddressKey::of("192.0.2.99".parse().unwrap());
+        let demanded = f.service.state.needs_captcha(elsewhere, Some(username_digest("alice")), now_ms()).await;
+        assert!(!demanded.unwrap(), "a success clears the username");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_and_a_wrong_password_are_refused_alike() {
+        let f = fixture(None, None, 100).await;
+        let unknown = refusal(f.attempt("mallory", "wrong").await);
+        let wrong = refusal(f.attempt("alice", "wrong").await);
+        assert_eq!(unknown.reason, FailureReason::UnknownUser);
+        assert_eq!(wrong.reason, FailureReason::BadPassword);
+        assert_eq!(Refusal { reason: FailureReason::BadPassword, ..unknown }, wrong, "only the log's reason differs");
+    }
+
+    #[tokio::test]
+    async fn a_form_signs_in_once_and_csrf_is_checked_before_the_password() {
+        let f = fixture(None, None, 100).await;
+        let form = f.form();
+        assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, "").await));
+        let again = refusal(f.try_with(&form, &form.csrf, "alice", GOOD, "").await);
+        assert_eq!(again.reason, FailureReason::Csrf, "the pre-login value is retired");
+        let other = f.form();
+        let r = refusal(f.try_with(&form, &other.csrf, "alice", GOOD, "").await);
+        assert_eq!(r.reason, FailureReason::Csrf, "a token bound to another visitor");
+        assert!(!f.service.state.needs_captcha(f.client.key(), None, now_ms()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_ends_the_previous_session_and_makes_a_new_one() {
+        let f = fixture(None, None, 100).await;
+        let Outcome::SignedIn { token: old } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        let form = f.form();
+        let attempt = Attempt {
+            client: &f.client,
+            username: "Alice",
+            password: Password::new(GOOD),
+            csrf: &form.csrf,
+            prelogin: Some(&form.prelogin),
+            captcha: "",
+            previous_session: SessionToken::parse(&old.encode()),
+        };
+        let Outcome::SignedIn { token: new } = f.service.attempt(attempt).await.unwrap() else { panic!("refused") };
+        assert!(f.service.sessions.resolve(&old.encode()).await.unwrap().is_none(), "the old session ended");
+        assert!(f.service.sessions.resolve(&new.encode()).await.unwrap().is_some());
+        assert_ne!(old.encode(), new.encode());
+    }
+
+    /// A brute-force state that cannot be reached (a shared database that is down).
+    struct Unreachable;
+
+    fn down<T>() -> Result<T, StateError> {
+        Err(StateError(anyhow::anyhow!("the database is down")))
+    }
+
+    #[async_trait::async_trait]
+    impl BruteForceState for Unreachable {
+        async fn take(&self, _: QuotaKey, _: Rate, _: u64) -> Result<Result<(), crate::brute_force::Wait>, StateError> {
+            down()
+        }
+        async fn reserve(
+            &self,
+            _: crate::client::AddressKey,
+            _: u128,
+            _: u64,
+        ) -> Result<Result<crate::failures::Reservation, CaptchaDemanded>, StateError> {
+            down()
+        }
+        async fn fail(&self, _: crate::failures::Reservation, _: u64) -> Result<crate::failures::Recorded, StateError> {
+            down()
+        }
+        async fn release(&self, _: crate::failures::Reservation) -> Result<(), StateError> {
+            down()
+        }
+        async fn record_failure(
+            &self,
+            _: crate::client::AddressKey,
+            _: u128,
+            _: u64,
+        ) -> Result<crate::failures::Recorded, StateError> {
+            down()
+        }
+        async fn needs_captcha(
+            &self,
+            _: crate::client::AddressKey,
+            _: Option<u128>,
+            _: u64,
+        ) -> Result<bool, StateError> {
+            down()
+        }
+        async fn clear_username(&self, _: u128) -> Result<usize, StateError> {
+            down()
+        }
+        async fn open_challenge(&self, _: [u8; 32], _: [u8; 32], _: u64, _: u64) -> Result<(), StateError> {
+            down()
+        }
+        async fn take_challenge(&self, _: [u8; 32], _: u64) -> Result<Option<[u8; 32]>, StateError> {
+            down()
+        }
+        async fn retire(&self, _: [u8; 16], _: u64, _: u64) -> Result<bool, StateError> {
+            down()
+        }
+        async fn is_retired(&self, _: [u8; 16]) -> Result<bool, StateError> {
+            down()
+        }
+        async fn prune(&self, _: u64) -> Result<(), StateError> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_brute_force_state_fails_closed_with_or_without_quotas() {
+        for quotas in [rate(100), None] {
+            let mut f = fixture(quotas, quotas, 100).await;
+            let state: Arc<dyn BruteForceState> = Arc::new(Unreachable);
+            f.service.captchas = Arc::new(Captchas::new([3; 32], Arc::clone(&state)));
+            f.service.state = state;
+            let form = f.form();
+            let attempt = Attempt {
+                client: &f.client,
+                username: "alice",
+                password: Password::new(GOOD),
+                csrf: &form.csrf,
+                prelogin: Some(&form.prelogin),
+                captcha: "",
+                previous_session: None,
+            };
+            let err = match f.service.attempt(attempt).await {
+                Err(e) => e,
+                Ok(_) => panic!("judged without its state"),
+            };
+            assert!(matches!(err, SignInError::State(_)) && err.is_unavailable(), "{err:?}");
+        }
+    }
+}
