@@ -2,6 +2,7 @@
 //! summaries (totals by reason, top addresses and usernames, counts per hour), and their text
 //! and SVG renderings.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -48,6 +49,8 @@ pub enum FilterError {
     Reason(String),
     #[error("--since/--until: `{0}` is outside the years 1970 to 9999")]
     OutOfRange(String),
+    #[error("--since/--until: `{0}` is not a valid RFC 3339 time: {1}")]
+    BadDate(String, String),
     #[error("--user: the username is empty or too long")]
     User,
     #[error("--limit: `{0}` is not a whole number from 1 to {1}")]
@@ -72,14 +75,31 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
         let back = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         return Ok(now_ms.saturating_sub(back));
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| match e {
-        humantime::TimestampError::OutOfRange => FilterError::OutOfRange(escape_controls(s)),
-        _ => FilterError::Time(escape_controls(s)),
-    })?;
-    let since_epoch =
-        t.duration_since(std::time::UNIX_EPOCH).map_err(|_| FilterError::OutOfRange(escape_controls(s)))?;
-    // RFC 3339 years end at 9999, far inside u64 milliseconds; saturate all the same.
-    Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    let t = parse_rfc3339(s)?;
+    // `time` reads four-digit years only, so the upper bound (9999) holds by construction.
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| FilterError::OutOfRange(escape_controls(s)))
+}
+
+/// A full RFC 3339 date-time (§5.6: any offset, `T`/`t` or a space between date and time,
+/// `Z`/`z`, fractions, leap seconds), by the `time` crate's parser.
+///
+/// # Errors
+/// [`FilterError::BadDate`] with the parser's own reason when `s` starts like a date
+/// (`2026-02-30T10:00:00Z`: the day is out of range), [`FilterError::Time`] otherwise.
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, FilterError> {
+    use time::format_description::well_known::Rfc3339;
+    // RFC 3339 §5.6 allows a space for the `T`; the `time` parser reads only `T` or `t`.
+    let spaced = s.as_bytes().get(10) == Some(&b' ');
+    let with_t = if spaced { Cow::Owned(format!("{}T{}", &s[..10], &s[11..])) } else { Cow::Borrowed(s) };
+    time::OffsetDateTime::parse(&with_t, &Rfc3339).map_err(|e| {
+        let looks_like_a_date = s.len() >= 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
+        if looks_like_a_date {
+            FilterError::BadDate(escape_controls(s), e.to_string())
+        } else {
+            FilterError::Time(escape_controls(s))
+        }
+    })
 }
 
 /// A page size typed as text (the admin page's form): a whole number from 1 to `max`.
@@ -473,6 +493,32 @@ mod tests {
         }
         let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
         assert!(matches!(huge.to_query(0, 1), Err(FilterError::Limit(..))));
+    }
+
+    #[test]
+    fn every_rfc3339_form_is_read_and_bad_dates_say_what_is_wrong() {
+        // 2026-11-30T09:00:00Z, written five ways; each was refused before (task F, item 4).
+        let nine = 1_796_029_200_000;
+        for s in [
+            "2026-11-30T10:00:00+01:00",
+            "2026-11-30T08:00:00-01:00",
+            "2026-11-30t09:00:00z",
+            "2026-11-30 09:00:00Z",
+            "2026-11-30T09:00:00.000Z",
+        ] {
+            assert_eq!(parse_time(s, 0), Ok(nine), "{s}");
+        }
+        for (s, why) in [("2026-02-30T10:00:00Z", "day"), ("2026-11-30T25:00:00Z", "hour"), ("2026-13-01T00:00:00Z", "month")] {
+            match parse_time(s, 0) {
+                Err(e @ FilterError::BadDate(..)) => assert!(e.to_string().contains(why), "{s}: {e}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_time("1969-12-31T23:59:59Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:59:59Z".into())));
+        assert_eq!(parse_time("1970-01-01T01:00:00+01:00", 5), Ok(0));
+        assert!(parse_time("9999-12-31T23:59:59.999Z", 0).is_ok());
+        assert!(matches!(parse_time("2026-11-30T10:00:00", 0), Err(FilterError::BadDate(..))), "an offset is required");
+        assert!(matches!(parse_time("noon", 0), Err(FilterError::Time(_))));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod logout;
 mod memory;
 mod password_policy;
 mod review;
+mod review_times;
 mod secrets;
 mod security;
 mod sessions;
