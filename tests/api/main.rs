@@ -18,6 +18,7 @@ mod loadtest;
 mod login;
 mod login_csrf;
 mod logout;
+mod lookalikes;
 mod memory;
 mod password_policy;
 mod review;
