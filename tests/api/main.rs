@@ -7,6 +7,7 @@ mod brute_force_races;
 mod child;
 mod cli;
 mod crash;
+mod descriptors;
 mod disk;
 mod exhaustion;
 mod fuzz_props;
