@@ -21,6 +21,7 @@ mod login_csrf;
 mod logout;
 mod lookalikes;
 mod memory;
+mod notices;
 mod password_policy;
 mod review;
 mod review_times;

@@ -35,5 +35,5 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(crate::users::UserError::Store(e)) => return crate::routes::store_error(&e, "could not unlock a user"),
         Err(_) => Notice::NoSuchUser,
     };
-    notice.attach(see_other("/admin/failed-logins"))
+    notice.attach(&state.csrf, &admin.token_hash, see_other("/admin/failed-logins"))
 }
