@@ -365,15 +365,42 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     }
 }
 
+/// `s` escaped and fitted to `width` columns, cut before an escape rather than inside one
+/// (`…z\u{2…` hid which character was there).
 fn cut(s: &str, width: usize) -> String {
     let p = printable(s);
     if p.chars().count() <= width {
-        format!("{p:<width$}")
-    } else {
-        let mut t: String = p.chars().take(width.saturating_sub(1)).collect();
-        t.push('…');
-        t
+        return format!("{p:<width$}");
     }
+    let mut t = String::new();
+    let mut used = 0;
+    for unit in escape_units(&p) {
+        let n = unit.chars().count();
+        if used + n > width.saturating_sub(1) {
+            break;
+        }
+        t.push_str(unit);
+        used += n;
+    }
+    t.push('…');
+    format!("{t:<width$}")
+}
+
+/// `s` in pieces that must not be split: each `\u{…}` escape whole, every other character
+/// alone.
+fn escape_units(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        let first = rest.chars().next()?;
+        let len = if rest.starts_with("\\u{") {
+            rest.find('}').filter(|end| *end <= 10).map_or(1, |end| end + 1)
+        } else {
+            first.len_utf8()
+        };
+        let (unit, tail) = rest.split_at(len);
+        rest = tail;
+        Some(unit)
+    })
 }
 
 /// An aligned table that fits a 120-column terminal.
@@ -493,6 +520,18 @@ mod tests {
         }
         let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
         assert!(matches!(huge.to_query(0, 1), Err(FilterError::Limit(..))));
+    }
+
+    #[test]
+    fn a_cut_never_splits_an_escape() {
+        let name = format!("{}\u{2060}\u{2060}tail", "z".repeat(21));
+        let shown = cut(&name, 24);
+        assert_eq!(shown.chars().count(), 24, "{shown:?}");
+        assert!(shown.starts_with(&"z".repeat(21)) && shown.trim_end().ends_with('…'), "{shown:?}");
+        assert!(!shown.contains('\\'), "half an escape: {shown:?}");
+        let shown = cut(&format!("ab\u{2060}{}", "c".repeat(40)), 12);
+        assert!(shown.starts_with("ab\\u{2060}c"), "{shown:?}");
+        assert_eq!(cut("short", 8), "short   ");
     }
 
     #[test]
