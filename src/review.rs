@@ -267,6 +267,15 @@ pub struct Top {
     pub count: usize,
     pub first_seen: String,
     pub last_seen: String,
+    /// When the last record is one counted per minute (issue 11): how many refusals it
+    /// stands for. Only the first one's time is stored, so `last_seen` is the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_of: Option<u64>,
+}
+
+/// " (first of N in that minute)" when the last record counted several refusals.
+fn first_of(n: Option<u64>) -> String {
+    n.map(|n| format!(" (first of {n} in that minute)")).unwrap_or_default()
 }
 
 impl Top {
@@ -277,7 +286,8 @@ impl Top {
 
     /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.
     pub fn last_seen_short(&self) -> String {
-        self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ")
+        let at = self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ");
+        format!("{at}{}", first_of(self.last_seen_of))
     }
 }
 
@@ -289,6 +299,9 @@ pub struct Summary {
     pub partial: bool,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
+    /// As [`Top::last_seen_of`], for `last_seen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_of: Option<u64>,
     pub by_reason: Vec<(String, usize)>,
     pub top_addresses: Vec<Top>,
     pub top_usernames: Vec<Top>,
@@ -301,6 +314,8 @@ struct Seen {
     count: usize,
     first: u64,
     last: u64,
+    /// The count of the record at `last`.
+    last_count: u64,
 }
 
 impl Seen {
@@ -308,8 +323,16 @@ impl Seen {
         if self.count == 0 || t < self.first {
             self.first = t;
         }
-        self.last = self.last.max(t);
+        if self.count == 0 || t >= self.last {
+            self.last = t;
+            self.last_count = n as u64;
+        }
         self.count += n;
+    }
+
+    /// [`Top::last_seen_of`] for what was seen.
+    fn last_of(&self) -> Option<u64> {
+        (self.last_count > 1).then_some(self.last_count)
     }
 }
 
@@ -318,7 +341,13 @@ fn top(map: HashMap<String, Seen>, n: usize) -> Vec<Top> {
     v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
     v.into_iter()
         .take(n)
-        .map(|(value, s)| Top { value, count: s.count, first_seen: rfc3339(s.first), last_seen: rfc3339(s.last) })
+        .map(|(value, s)| Top {
+            value,
+            count: s.count,
+            first_seen: rfc3339(s.first),
+            last_seen: rfc3339(s.last),
+            last_seen_of: s.last_of(),
+        })
         .collect()
 }
 
@@ -331,7 +360,7 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     let last_bucket = hours_until / HOUR_MS;
     let first_bucket = (last_bucket + 1).saturating_sub(hours as u64);
     let mut buckets = vec![0usize; hours];
-    let (mut first, mut last) = (u64::MAX, 0u64);
+    let mut all = Seen::default();
     let mut total = 0usize;
     for r in records {
         // A record counted per minute stands for `count` attempts.
@@ -344,16 +373,16 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
         if b >= first_bucket && b <= last_bucket {
             buckets[(b - first_bucket) as usize] += n;
         }
-        first = first.min(r.time);
-        last = last.max(r.time);
+        all.add(r.time, n);
     }
     let mut by_reason: Vec<(String, usize)> = reasons.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     by_reason.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Summary {
         total,
         partial,
-        first_seen: (!records.is_empty()).then(|| rfc3339(first)),
-        last_seen: (!records.is_empty()).then(|| rfc3339(last)),
+        first_seen: (!records.is_empty()).then(|| rfc3339(all.first)),
+        last_seen: (!records.is_empty()).then(|| rfc3339(all.last)),
+        last_seen_of: all.last_of(),
         by_reason,
         top_addresses: top(ips, 10),
         top_usernames: top(users, 10),
@@ -426,7 +455,7 @@ pub fn text_table(records: &[RecordView]) -> String {
 pub fn text_summary(s: &Summary) -> String {
     let mut out = format!("Failed logins: {}{}\n", s.total, if s.partial { " (newest records only)" } else { "" });
     if let (Some(f), Some(l)) = (&s.first_seen, &s.last_seen) {
-        out.push_str(&format!("First seen: {f}\nLast seen:  {l}\n"));
+        out.push_str(&format!("First seen: {f}\nLast seen:  {l}{}\n", first_of(s.last_seen_of)));
     }
     out.push_str("\nBy reason:\n");
     for (reason, n) in &s.by_reason {
@@ -435,7 +464,14 @@ pub fn text_summary(s: &Summary) -> String {
     for (title, list) in [("Top addresses", &s.top_addresses), ("Top usernames", &s.top_usernames)] {
         out.push_str(&format!("\n{title}:\n"));
         for t in list {
-            out.push_str(&format!("  {} {:>8}  {} .. {}\n", cut(&t.value, 32), t.count, t.first_seen, t.last_seen));
+            out.push_str(&format!(
+                "  {} {:>8}  {} .. {}{}\n",
+                cut(&t.value, 32),
+                t.count,
+                t.first_seen,
+                t.last_seen,
+                first_of(t.last_seen_of)
+            ));
         }
     }
     out.push_str("\nPer hour (UTC):\n");
@@ -634,6 +670,24 @@ mod tests {
             serde_json::from_str(r#"{"time":"t","ip":"1.1.1.1","username":"u","reason":"csrf","user_agent":"ua"}"#)
                 .unwrap();
         assert_eq!(old.count, 1);
+    }
+
+    #[test]
+    fn last_seen_of_a_counted_record_says_it_is_the_first_of_its_minute() {
+        let h = HOUR_MS;
+        let mut counted = rec(10 * h + 5, "1.1.1.1", "x", FailureReason::RateLimited);
+        counted.count = 40;
+        let records = vec![rec(10 * h, "1.1.1.1", "x", FailureReason::BadPassword), counted];
+        let s = summarise(&records, false, 10 * h + 10, 2);
+        assert_eq!(s.last_seen_of, Some(40));
+        assert_eq!(s.top_addresses[0].last_seen_of, Some(40));
+        let text = text_summary(&s);
+        assert!(text.contains("Last seen:  1970-01-01T10:00:00.005Z (first of 40 in that minute)"), "{text}");
+        assert!(s.top_addresses[0].last_seen_short().ends_with("(first of 40 in that minute)"));
+        // A single refusal last: its time is exact, nothing added.
+        let s = summarise(&[rec(10 * h, "1.1.1.1", "x", FailureReason::BadPassword)], false, 10 * h, 1);
+        assert_eq!(s.last_seen_of, None);
+        assert!(!text_summary(&s).contains("first of"));
     }
 
     #[test]
