@@ -114,7 +114,11 @@ impl Application {
         let services = Services::open(&settings, settings.hash_worker_count())?;
         let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
         if generated_certificate {
-            tracing::warn!(dir = %settings.cert_dir.display(), "generated a self-signed development certificate for localhost and 127.0.0.1");
+            tracing::warn!(
+                dir = %settings.cert_dir.display(),
+                "generated a self-signed development certificate for {}",
+                tls::DEV_CERT_NAMES.join(", ")
+            );
         }
         let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;

@@ -25,9 +25,13 @@ pub enum UsernameError {
     TooLong,
     #[error("the username contains invisible, control, bidi or line-break characters")]
     ControlCharacter,
-    #[error("the username contains U+{0:04X}, which is not a letter, digit or mark allowed in names (Unicode UTS #39)")]
+    #[error(
+        "the username contains U+{0:04X}, which is not a letter, digit or mark allowed in names (Unicode UTS #39)"
+    )]
     NotAnIdentifierCharacter(u32),
-    #[error("the username mixes letters of different scripts (such as Latin and Cyrillic), which can pass for another name")]
+    #[error(
+        "the username mixes letters of different scripts (such as Latin and Cyrillic), which can pass for another name"
+    )]
     MixedScripts,
     #[error("the username has two or more spaces in a row, which a page shows as one")]
     SpaceRun,
@@ -169,7 +173,8 @@ mod tests {
         }
         assert_eq!(Username::parse_new("\u{430}dmin"), Err(UsernameError::MixedScripts));
         assert_eq!(Username::parse_new("a  b"), Err(UsernameError::SpaceRun));
-        for good in ["alice", "Zoë Ångström", "김민수", "田中さくら", "jean-luc.picard_2", "Дмитрий", "a b"] {
+        for good in ["alice", "Zoë Ångström", "김민수", "田中さくら", "jean-luc.picard_2", "Дмитрий", "a b"]
+        {
             assert!(Username::parse_new(good).is_ok(), "{good}");
         }
         // Sign-in still reads a name stored before these rules.

@@ -93,7 +93,8 @@ fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, FilterError> {
     let spaced = s.as_bytes().get(10) == Some(&b' ');
     let with_t = if spaced { Cow::Owned(format!("{}T{}", &s[..10], &s[11..])) } else { Cow::Borrowed(s) };
     time::OffsetDateTime::parse(&with_t, &Rfc3339).map_err(|e| {
-        let looks_like_a_date = s.len() >= 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
+        let looks_like_a_date =
+            s.len() >= 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
         if looks_like_a_date {
             FilterError::BadDate(escape_controls(s), e.to_string())
         } else {
@@ -583,7 +584,9 @@ mod tests {
         ] {
             assert_eq!(parse_time(s, 0), Ok(nine), "{s}");
         }
-        for (s, why) in [("2026-02-30T10:00:00Z", "day"), ("2026-11-30T25:00:00Z", "hour"), ("2026-13-01T00:00:00Z", "month")] {
+        for (s, why) in
+            [("2026-02-30T10:00:00Z", "day"), ("2026-11-30T25:00:00Z", "hour"), ("2026-13-01T00:00:00Z", "month")]
+        {
             match parse_time(s, 0) {
                 Err(e @ FilterError::BadDate(..)) => assert!(e.to_string().contains(why), "{s}: {e}"),
                 other => panic!("{s}: {other:?}"),

@@ -276,9 +276,17 @@ mod tests {
         users.add("a b", password(), false, "test").await.unwrap();
         for twin in ["\u{430}dmin", "adrnin", "ADMIN", "a  b"] {
             let refused = users.add(twin, password(), false, "test").await;
-            assert!(matches!(refused, Err(UserError::LooksLike(_) | UserError::AlreadyExists(_) | UserError::InvalidUsername(_))), "{twin}: {refused:?}");
+            assert!(
+                matches!(
+                    refused,
+                    Err(UserError::LooksLike(_) | UserError::AlreadyExists(_) | UserError::InvalidUsername(_))
+                ),
+                "{twin}: {refused:?}"
+            );
         }
-        assert!(matches!(users.add("adrnin", password(), false, "test").await, Err(UserError::LooksLike(n)) if n == "admin"));
+        assert!(
+            matches!(users.add("adrnin", password(), false, "test").await, Err(UserError::LooksLike(n)) if n == "admin")
+        );
         users.add("alice", password(), false, "test").await.unwrap();
         assert_eq!(users.list().unwrap().len(), 3);
     }

@@ -160,7 +160,8 @@ fn fold(text: &str) -> String {
 /// rev 4 §3.1.1.2 asks to refuse context-specific words, and zxcvbn alone passes them once
 /// enough other characters surround them (`aliceportcullis2026`).
 fn contains_context_word(folded: &str, username_key: &str) -> bool {
-    folded.contains(SERVICE_NAME) || (username_key.chars().count() >= MIN_CONTEXT_NAME_CHARS && folded.contains(username_key))
+    folded.contains(SERVICE_NAME)
+        || (username_key.chars().count() >= MIN_CONTEXT_NAME_CHARS && folded.contains(username_key))
 }
 
 /// The reason to give for a low estimate: the username or service name when either was
@@ -314,7 +315,10 @@ mod tests {
     fn the_estimate_sees_the_password_as_the_rules_do_case_folded_and_trimmed() {
         for p in ["Password1234567!", " password1234567!", "PASSWORD1234567!", "Sunshine2026!!!!", "Monkey123456789!"] {
             assert!(
-                matches!(POLICY.check(&Password::new(p), "bob"), Err(WeakPassword::Guessable(_) | WeakPassword::Common)),
+                matches!(
+                    POLICY.check(&Password::new(p), "bob"),
+                    Err(WeakPassword::Guessable(_) | WeakPassword::Common)
+                ),
                 "{p:?}"
             );
         }
