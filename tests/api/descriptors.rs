@@ -30,7 +30,7 @@ fn nofile_limit(cmd: &mut std::process::Command, n: u64) {
 async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_room_for_a_real_client() {
     crate::exhaustion::raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
-    let args = child::quick_with(&[("--http-addr", "127.0.0.1:0"), ("--handshake-timeout", "60s")]);
+    let args = child::quick_with(&[("--http-addr", "127.0.0.1:0"), ("--handshake-timeout", "2s")]);
     let server =
         tokio::task::block_in_place(|| ServerProcess::start_with(dir.path(), &args, |cmd| nofile_limit(cmd, 256)));
     let warnings: Vec<String> =
@@ -39,11 +39,13 @@ async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_ro
     assert!(warnings[0].contains("max_connections lowered from 1024 to 182"), "{}", warnings[0]);
     assert!(warnings[0].contains("ulimit -Hn"), "{}", warnings[0]);
 
-    // 170 silent TLS connections from 10 addresses (17 each, under the per-address cap),
-    // below the lowered cap: a real client is still answered, and nothing ran out.
+    // 240 silent TLS connections from 10 addresses (24 each, under the per-address cap):
+    // more than 256 descriptors hold beside the store and logs. At the old cap of 1024 they
+    // ran accept out of descriptors (EMFILE); now 182 are served and the rest wait in the
+    // listen queue until the silent ones time out, and a real client gets in.
     let https = server.url("").trim_start_matches("https://").parse().unwrap();
     let mut silent = Vec::new();
-    for i in 0..170 {
+    for i in 0..240 {
         let source: IpAddr = format!("127.0.5.{}", 1 + i % 10).parse().unwrap();
         silent.push(connect_from(source, https).await.unwrap());
     }
@@ -53,7 +55,8 @@ async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_ro
         .expect("a real client was kept out")
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(!server.output().contains("Too many open files"), "{}", server.output());
+    let output = server.output();
+    assert!(!output.contains("cannot accept a connection"), "accept failed: {output}");
     drop(silent);
     server.terminate();
 }
