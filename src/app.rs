@@ -87,14 +87,44 @@ pub struct Application {
     pub initial_admin_password: Option<Password>,
 }
 
+/// Raises the open-files limit and lowers the connection caps to what it holds (see
+/// [`crate::descriptors`]), with one warning line when it had to lower them.
+fn fit_descriptors(settings: &mut Settings) {
+    let http = if settings.http_addr.is_some() { settings.http_max_connections } else { 0 };
+    let fit = crate::descriptors::raise_and_fit(settings.max_connections, http);
+    if fit.lowered(settings.max_connections, http) {
+        tracing::warn!(
+            open_files_limit = fit.limit,
+            max_connections = fit.https,
+            http_max_connections = fit.http,
+            "the open-files limit holds only {} connections: max_connections lowered from {} to {} and http_max_connections from {} to {}; raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) to at least {}",
+            fit.limit.saturating_sub(crate::descriptors::RESERVE),
+            settings.max_connections,
+            fit.https,
+            http,
+            fit.http,
+            (settings.max_connections + http) as u64 + crate::descriptors::RESERVE,
+        );
+        settings.max_connections = fit.https;
+        if settings.http_addr.is_some() {
+            settings.http_max_connections = fit.http;
+        }
+    }
+}
+
 impl Application {
     /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
+        fit_descriptors(&mut settings);
         let services = Services::open(&settings, settings.hash_worker_count())?;
         let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
         if generated_certificate {
-            tracing::warn!(dir = %settings.cert_dir.display(), "generated a self-signed development certificate for localhost and 127.0.0.1");
+            tracing::warn!(
+                dir = %settings.cert_dir.display(),
+                "generated a self-signed development certificate for {}",
+                tls::DEV_CERT_NAMES.join(", ")
+            );
         }
         let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;

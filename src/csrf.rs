@@ -173,6 +173,18 @@ impl Csrf {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(token) else { return false };
         self.mac(&[b"session", session_hash]).verify_slice(&tag).is_ok()
     }
+
+    /// A tag binding `payload` (a one-time notice) to the session it was made for, so that a
+    /// client can neither write its own notice nor carry one to another session.
+    pub fn notice_tag(&self, session_hash: &[u8; 32], payload: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(&[b"notice", session_hash, payload]).finalize().into_bytes())
+    }
+
+    /// Whether `tag` is [`Csrf::notice_tag`] for this session and payload (constant time).
+    pub fn check_notice(&self, session_hash: &[u8; 32], payload: &[u8], tag: &str) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
+        self.mac(&[b"notice", session_hash, payload]).verify_slice(&tag).is_ok()
+    }
 }
 
 /// Ids of pre-login values that have signed someone in, with their expiry (Unix ms): the

@@ -25,6 +25,16 @@ pub enum UsernameError {
     TooLong,
     #[error("the username contains invisible, control, bidi or line-break characters")]
     ControlCharacter,
+    #[error(
+        "the username contains U+{0:04X}, which is not a letter, digit or mark allowed in names (Unicode UTS #39)"
+    )]
+    NotAnIdentifierCharacter(u32),
+    #[error(
+        "the username mixes letters of different scripts (such as Latin and Cyrillic), which can pass for another name"
+    )]
+    MixedScripts,
+    #[error("the username has two or more spaces in a row, which a page shows as one")]
+    SpaceRun,
 }
 
 impl Username {
@@ -43,6 +53,37 @@ impl Username {
         }
         let key = normalise_key(&display);
         Ok(Username { display, key })
+    }
+
+    /// [`Username::parse`] plus the rules for a name being created (Unicode UTS #39 §3.1 and
+    /// §5): every non-ASCII character must have identifier status Allowed (this refuses blanks
+    /// that are not format characters, such as U+2800, U+FFFC or U+1D159), all letters must be
+    /// of one script (Han with Hiragana/Katakana or Hangul counts as one, as UTS #39 §5.1
+    /// says), and no run of two spaces may appear. Sign-in keeps using [`Username::parse`], so
+    /// names created before these rules keep working.
+    ///
+    /// # Errors
+    /// [`UsernameError`] naming the rule broken.
+    pub fn parse_new(input: &str) -> Result<Self, UsernameError> {
+        use unicode_security::{GeneralSecurityProfile, MixedScript};
+        let username = Username::parse(input)?;
+        if let Some(c) = username.display.chars().find(|c| !c.is_ascii() && !c.identifier_allowed()) {
+            return Err(UsernameError::NotAnIdentifierCharacter(u32::from(c)));
+        }
+        if !username.display.as_str().is_single_script() {
+            return Err(UsernameError::MixedScripts);
+        }
+        if username.display.contains("  ") {
+            return Err(UsernameError::SpaceRun);
+        }
+        Ok(username)
+    }
+
+    /// What the name looks like: the UTS #39 §4 confusable skeleton of its key with runs of
+    /// whitespace read as one space. Two names with the same skeleton can pass for each other
+    /// (`admin` and Cyrillic `аdmin`, `rn` and `m`, `a  b` and `a b`).
+    pub fn skeleton(&self) -> String {
+        skeleton_of_key(&self.key)
     }
 
     /// Rebuilds a username from a stored record (already checked when it was created).
@@ -66,6 +107,12 @@ impl Username {
 pub fn normalise_key(input: &str) -> String {
     let nfkc: String = input.nfkc().collect();
     nfkc.trim().to_lowercase().nfkc().collect()
+}
+
+/// [`Username::skeleton`] for a stored key.
+pub fn skeleton_of_key(key: &str) -> String {
+    let looks: String = unicode_security::skeleton(key).collect();
+    looks.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl fmt::Display for Username {
@@ -111,5 +158,36 @@ mod tests {
         assert_eq!(Username::parse("al\u{2028}ice"), Err(UsernameError::ControlCharacter));
         assert!(Username::parse("Zoë Ångström").is_ok());
         assert!(Username::parse("김민수").is_ok());
+    }
+
+    #[test]
+    fn new_names_refuse_blank_symbols_mixed_scripts_and_space_runs() {
+        // Each was accepted as a new user that reads as `alice` or `admin` (task F, item 2).
+        for c in ['\u{2800}', '\u{1d159}', '\u{fffc}', '\u{16fe4}'] {
+            assert_eq!(
+                Username::parse_new(&format!("alice{c}")),
+                Err(UsernameError::NotAnIdentifierCharacter(c as u32)),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        assert_eq!(Username::parse_new("\u{430}dmin"), Err(UsernameError::MixedScripts));
+        assert_eq!(Username::parse_new("a  b"), Err(UsernameError::SpaceRun));
+        for good in ["alice", "Zoë Ångström", "김민수", "田中さくら", "jean-luc.picard_2", "Дмитрий", "a b"]
+        {
+            assert!(Username::parse_new(good).is_ok(), "{good}");
+        }
+        // Sign-in still reads a name stored before these rules.
+        assert!(Username::parse("\u{430}dmin").is_ok());
+    }
+
+    #[test]
+    fn look_alike_names_share_a_skeleton_and_different_names_do_not() {
+        let looks = |s: &str| Username::parse(s).unwrap().skeleton();
+        assert_eq!(looks("admin"), looks("\u{430}dmin"));
+        assert_eq!(looks("admin"), looks("adrnin"));
+        assert_eq!(looks("a b"), skeleton_of_key("a  b"));
+        assert_eq!(looks("Alice"), looks("alice"));
+        assert_ne!(looks("alice"), looks("alicia"));
     }
 }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod cookies;
 pub mod csrf;
+pub mod descriptors;
 pub mod domain;
 pub mod failures;
 pub mod loadtest;

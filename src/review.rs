@@ -2,6 +2,7 @@
 //! summaries (totals by reason, top addresses and usernames, counts per hour), and their text
 //! and SVG renderings.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,8 @@ pub enum FilterError {
     Reason(String),
     #[error("--since/--until: `{0}` is outside the years 1970 to 9999")]
     OutOfRange(String),
+    #[error("--since/--until: `{0}` is not a valid RFC 3339 time: {1}")]
+    BadDate(String, String),
     #[error("--user: the username is empty or too long")]
     User,
     #[error("--limit: `{0}` is not a whole number from 1 to {1}")]
@@ -70,14 +73,32 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
         let back = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         return Ok(now_ms.saturating_sub(back));
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| match e {
-        humantime::TimestampError::OutOfRange => FilterError::OutOfRange(escape_controls(s)),
-        _ => FilterError::Time(escape_controls(s)),
-    })?;
-    let since_epoch =
-        t.duration_since(std::time::UNIX_EPOCH).map_err(|_| FilterError::OutOfRange(escape_controls(s)))?;
-    // RFC 3339 years end at 9999, far inside u64 milliseconds; saturate all the same.
-    Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    let t = parse_rfc3339(s)?;
+    // `time` reads four-digit years only, so the upper bound (9999) holds by construction.
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| FilterError::OutOfRange(escape_controls(s)))
+}
+
+/// A full RFC 3339 date-time (§5.6: any offset, `T`/`t` or a space between date and time,
+/// `Z`/`z`, fractions, leap seconds), by the `time` crate's parser.
+///
+/// # Errors
+/// [`FilterError::BadDate`] with the parser's own reason when `s` starts like a date
+/// (`2026-02-30T10:00:00Z`: the day is out of range), [`FilterError::Time`] otherwise.
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, FilterError> {
+    use time::format_description::well_known::Rfc3339;
+    // RFC 3339 §5.6 allows a space for the `T`; the `time` parser reads only `T` or `t`.
+    let spaced = s.as_bytes().get(10) == Some(&b' ');
+    let with_t = if spaced { Cow::Owned(format!("{}T{}", &s[..10], &s[11..])) } else { Cow::Borrowed(s) };
+    time::OffsetDateTime::parse(&with_t, &Rfc3339).map_err(|e| {
+        let looks_like_a_date =
+            s.len() >= 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
+        if looks_like_a_date {
+            FilterError::BadDate(escape_controls(s), e.to_string())
+        } else {
+            FilterError::Time(escape_controls(s))
+        }
+    })
 }
 
 /// A page size typed as text (the admin page's form): a whole number from 1 to `max`.
@@ -245,6 +266,15 @@ pub struct Top {
     pub count: usize,
     pub first_seen: String,
     pub last_seen: String,
+    /// When the last record is one counted per minute (issue 11): how many refusals it
+    /// stands for. Only the first one's time is stored, so `last_seen` is the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_of: Option<u64>,
+}
+
+/// " (first of N in that minute)" when the last record counted several refusals.
+fn first_of(n: Option<u64>) -> String {
+    n.map(|n| format!(" (first of {n} in that minute)")).unwrap_or_default()
 }
 
 impl Top {
@@ -255,7 +285,8 @@ impl Top {
 
     /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.
     pub fn last_seen_short(&self) -> String {
-        self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ")
+        let at = self.last_seen.get(5..19).unwrap_or(&self.last_seen).replace('T', " ");
+        format!("{at}{}", first_of(self.last_seen_of))
     }
 }
 
@@ -267,6 +298,9 @@ pub struct Summary {
     pub partial: bool,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
+    /// As [`Top::last_seen_of`], for `last_seen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_of: Option<u64>,
     pub by_reason: Vec<(String, usize)>,
     pub top_addresses: Vec<Top>,
     pub top_usernames: Vec<Top>,
@@ -279,6 +313,8 @@ struct Seen {
     count: usize,
     first: u64,
     last: u64,
+    /// The count of the record at `last`.
+    last_count: u64,
 }
 
 impl Seen {
@@ -286,8 +322,16 @@ impl Seen {
         if self.count == 0 || t < self.first {
             self.first = t;
         }
-        self.last = self.last.max(t);
+        if self.count == 0 || t >= self.last {
+            self.last = t;
+            self.last_count = n as u64;
+        }
         self.count += n;
+    }
+
+    /// [`Top::last_seen_of`] for what was seen.
+    fn last_of(&self) -> Option<u64> {
+        (self.last_count > 1).then_some(self.last_count)
     }
 }
 
@@ -296,7 +340,13 @@ fn top(map: HashMap<String, Seen>, n: usize) -> Vec<Top> {
     v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
     v.into_iter()
         .take(n)
-        .map(|(value, s)| Top { value, count: s.count, first_seen: rfc3339(s.first), last_seen: rfc3339(s.last) })
+        .map(|(value, s)| Top {
+            value,
+            count: s.count,
+            first_seen: rfc3339(s.first),
+            last_seen: rfc3339(s.last),
+            last_seen_of: s.last_of(),
+        })
         .collect()
 }
 
@@ -309,7 +359,7 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     let last_bucket = hours_until / HOUR_MS;
     let first_bucket = (last_bucket + 1).saturating_sub(hours as u64);
     let mut buckets = vec![0usize; hours];
-    let (mut first, mut last) = (u64::MAX, 0u64);
+    let mut all = Seen::default();
     let mut total = 0usize;
     for r in records {
         // A record counted per minute stands for `count` attempts.
@@ -322,16 +372,16 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
         if b >= first_bucket && b <= last_bucket {
             buckets[(b - first_bucket) as usize] += n;
         }
-        first = first.min(r.time);
-        last = last.max(r.time);
+        all.add(r.time, n);
     }
     let mut by_reason: Vec<(String, usize)> = reasons.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     by_reason.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Summary {
         total,
         partial,
-        first_seen: (!records.is_empty()).then(|| rfc3339(first)),
-        last_seen: (!records.is_empty()).then(|| rfc3339(last)),
+        first_seen: (!records.is_empty()).then(|| rfc3339(all.first)),
+        last_seen: (!records.is_empty()).then(|| rfc3339(all.last)),
+        last_seen_of: all.last_of(),
         by_reason,
         top_addresses: top(ips, 10),
         top_usernames: top(users, 10),
@@ -343,15 +393,42 @@ pub fn summarise(records: &[FailureRecord], partial: bool, hours_until: u64, hou
     }
 }
 
+/// `s` escaped and fitted to `width` columns, cut before an escape rather than inside one
+/// (`…z\u{2…` hid which character was there).
 fn cut(s: &str, width: usize) -> String {
     let p = printable(s);
     if p.chars().count() <= width {
-        format!("{p:<width$}")
-    } else {
-        let mut t: String = p.chars().take(width.saturating_sub(1)).collect();
-        t.push('…');
-        t
+        return format!("{p:<width$}");
     }
+    let mut t = String::new();
+    let mut used = 0;
+    for unit in escape_units(&p) {
+        let n = unit.chars().count();
+        if used + n > width.saturating_sub(1) {
+            break;
+        }
+        t.push_str(unit);
+        used += n;
+    }
+    t.push('…');
+    format!("{t:<width$}")
+}
+
+/// `s` in pieces that must not be split: each `\u{…}` escape whole, every other character
+/// alone.
+fn escape_units(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        let first = rest.chars().next()?;
+        let len = if rest.starts_with("\\u{") {
+            rest.find('}').filter(|end| *end <= 10).map_or(1, |end| end + 1)
+        } else {
+            first.len_utf8()
+        };
+        let (unit, tail) = rest.split_at(len);
+        rest = tail;
+        Some(unit)
+    })
 }
 
 /// An aligned table that fits a 120-column terminal.
@@ -377,7 +454,7 @@ pub fn text_table(records: &[RecordView]) -> String {
 pub fn text_summary(s: &Summary) -> String {
     let mut out = format!("Failed logins: {}{}\n", s.total, if s.partial { " (newest records only)" } else { "" });
     if let (Some(f), Some(l)) = (&s.first_seen, &s.last_seen) {
-        out.push_str(&format!("First seen: {f}\nLast seen:  {l}\n"));
+        out.push_str(&format!("First seen: {f}\nLast seen:  {l}{}\n", first_of(s.last_seen_of)));
     }
     out.push_str("\nBy reason:\n");
     for (reason, n) in &s.by_reason {
@@ -386,7 +463,14 @@ pub fn text_summary(s: &Summary) -> String {
     for (title, list) in [("Top addresses", &s.top_addresses), ("Top usernames", &s.top_usernames)] {
         out.push_str(&format!("\n{title}:\n"));
         for t in list {
-            out.push_str(&format!("  {} {:>8}  {} .. {}\n", cut(&t.value, 32), t.count, t.first_seen, t.last_seen));
+            out.push_str(&format!(
+                "  {} {:>8}  {} .. {}{}\n",
+                cut(&t.value, 32),
+                t.count,
+                t.first_seen,
+                t.last_seen,
+                first_of(t.last_seen_of)
+            ));
         }
     }
     out.push_str("\nPer hour (UTC):\n");
@@ -474,6 +558,46 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_never_splits_an_escape() {
+        let name = format!("{}\u{2060}\u{2060}tail", "z".repeat(21));
+        let shown = cut(&name, 24);
+        assert_eq!(shown.chars().count(), 24, "{shown:?}");
+        assert!(shown.starts_with(&"z".repeat(21)) && shown.trim_end().ends_with('…'), "{shown:?}");
+        assert!(!shown.contains('\\'), "half an escape: {shown:?}");
+        let shown = cut(&format!("ab\u{2060}{}", "c".repeat(40)), 12);
+        assert!(shown.starts_with("ab\\u{2060}c"), "{shown:?}");
+        assert_eq!(cut("short", 8), "short   ");
+    }
+
+    #[test]
+    fn every_rfc3339_form_is_read_and_bad_dates_say_what_is_wrong() {
+        // 2026-11-30T09:00:00Z, written five ways; each was refused before (task F, item 4).
+        let nine = 1_796_029_200_000;
+        for s in [
+            "2026-11-30T10:00:00+01:00",
+            "2026-11-30T08:00:00-01:00",
+            "2026-11-30t09:00:00z",
+            "2026-11-30 09:00:00Z",
+            "2026-11-30T09:00:00.000Z",
+        ] {
+            assert_eq!(parse_time(s, 0), Ok(nine), "{s}");
+        }
+        for (s, why) in
+            [("2026-02-30T10:00:00Z", "day"), ("2026-11-30T25:00:00Z", "hour"), ("2026-13-01T00:00:00Z", "month")]
+        {
+            match parse_time(s, 0) {
+                Err(e @ FilterError::BadDate(..)) => assert!(e.to_string().contains(why), "{s}: {e}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_time("1969-12-31T23:59:59Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:59:59Z".into())));
+        assert_eq!(parse_time("1970-01-01T01:00:00+01:00", 5), Ok(0));
+        assert!(parse_time("9999-12-31T23:59:59.999Z", 0).is_ok());
+        assert!(matches!(parse_time("2026-11-30T10:00:00", 0), Err(FilterError::BadDate(..))), "an offset is required");
+        assert!(matches!(parse_time("noon", 0), Err(FilterError::Time(_))));
+    }
+
+    #[test]
     fn filters_parse_into_a_query_or_a_clear_error() {
         let args = FilterArgs {
             since: Some("1h".into()),
@@ -547,6 +671,24 @@ mod tests {
             serde_json::from_str(r#"{"time":"t","ip":"1.1.1.1","username":"u","reason":"csrf","user_agent":"ua"}"#)
                 .unwrap();
         assert_eq!(old.count, 1);
+    }
+
+    #[test]
+    fn last_seen_of_a_counted_record_says_it_is_the_first_of_its_minute() {
+        let h = HOUR_MS;
+        let mut counted = rec(10 * h + 5, "1.1.1.1", "x", FailureReason::RateLimited);
+        counted.count = 40;
+        let records = vec![rec(10 * h, "1.1.1.1", "x", FailureReason::BadPassword), counted];
+        let s = summarise(&records, false, 10 * h + 10, 2);
+        assert_eq!(s.last_seen_of, Some(40));
+        assert_eq!(s.top_addresses[0].last_seen_of, Some(40));
+        let text = text_summary(&s);
+        assert!(text.contains("Last seen:  1970-01-01T10:00:00.005Z (first of 40 in that minute)"), "{text}");
+        assert!(s.top_addresses[0].last_seen_short().ends_with("(first of 40 in that minute)"));
+        // A single refusal last: its time is exact, nothing added.
+        let s = summarise(&[rec(10 * h, "1.1.1.1", "x", FailureReason::BadPassword)], false, 10 * h, 1);
+        assert_eq!(s.last_seen_of, None);
+        assert!(!text_summary(&s).contains("first of"));
     }
 
     #[test]

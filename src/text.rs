@@ -36,16 +36,26 @@ pub fn is_hidden(c: char) -> bool {
         || CodePointSetData::new::<BidiControl>().contains(c)
 }
 
-/// `s` for a terminal: every [`is_hidden`] character written as a Rust-style escape
+/// Whether [`printable`] escapes `c`: every [`is_hidden`] character, and every non-ASCII
+/// character whose UTS #39 identifier status is not Allowed. That second set holds the blanks
+/// that are not format characters (U+2800 Braille blank, U+FFFC, U+1D159, U+16FE4) and the
+/// symbols no new username may hold, so a name shown escaped is one the current rules would
+/// refuse (see `Username::parse_new`), judged by the same tables.
+pub fn needs_escape(c: char) -> bool {
+    use unicode_security::GeneralSecurityProfile;
+    is_hidden(c) || (!c.is_ascii() && !c.identifier_allowed())
+}
+
+/// `s` for a terminal or page: every [`needs_escape`] character written as a Rust-style escape
 /// (`\u{2060}`), so a record cannot move the cursor, recolour the terminal, reorder what is
 /// shown or pass for another name. Borrowed when nothing needed escaping.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_hidden) {
+    if !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if is_hidden(c) {
+        if needs_escape(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -133,6 +143,14 @@ mod tests {
             let shown = printable(&format!("x{c}y")).into_owned();
             assert!(!shown.chars().any(is_hidden), "{shown:?}");
         }
+    }
+
+    #[test]
+    fn printable_escapes_blanks_that_are_not_format_characters() {
+        for c in ['\u{2800}', '\u{fffc}', '\u{3164}', '\u{1d159}', '\u{16fe4}', '\u{a0}', '\u{2003}'] {
+            assert_eq!(printable(&format!("alice{c}")), format!("alice\\u{{{:x}}}", c as u32), "U+{:04X}", c as u32);
+        }
+        assert_eq!(printable("Zoë 김민수 Дмитрий 田中"), "Zoë 김민수 Дмитрий 田中");
     }
 
     #[test]

@@ -90,8 +90,11 @@ pub fn key_path(dir: &Path) -> PathBuf {
     dir.join("key.pem")
 }
 
+/// The names a generated development certificate covers; the start-up line names them all.
+pub const DEV_CERT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 /// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
-/// pair for localhost and 127.0.0.1 (the key with mode 0600) and returns true. One without
+/// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
 /// the other is an error: it usually means a deployment went half-way.
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
     let (cert, key) = (cert_path(dir), key_path(dir));
@@ -101,12 +104,8 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
         (false, false) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let generated = rcgen::generate_simple_self_signed(vec![
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-                "::1".to_string(),
-            ])
-            .context("cannot generate a development certificate")?;
+            let generated = rcgen::generate_simple_self_signed(DEV_CERT_NAMES.map(str::to_string).to_vec())
+                .context("cannot generate a development certificate")?;
             write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
             std::fs::write(&cert, generated.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
             Ok(true)

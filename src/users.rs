@@ -19,6 +19,8 @@ pub enum UserError {
     UnknownUser(String),
     #[error("a user named {0:?} already exists")]
     AlreadyExists(String),
+    #[error("the username looks like that of the existing user {0:?}")]
+    LooksLike(String),
     #[error("weak password: {0}")]
     WeakPassword(#[from] WeakPassword),
     #[error("the password check stopped unexpectedly")]
@@ -105,9 +107,18 @@ impl UserAdmin {
 
     /// Creates a user, durably.
     pub async fn add(&self, name: &str, password: Password, admin: bool, by: &str) -> Result<Username, UserError> {
-        let username = Username::parse(name)?;
+        let username = Username::parse_new(name)?;
         if self.store.users.get(username.key()).await?.is_some() {
             return Err(UserError::AlreadyExists(username.to_string()));
+        }
+        // A second name that reads as an existing one (UTS #39 §4 confusables: Cyrillic `а`
+        // for Latin `a`, `rn` for `m`) is refused. One pass over the users: `user add` is an
+        // administrator's act, not a request path.
+        let looks = username.skeleton();
+        if let Some(twin) =
+            self.store.users.list().await?.into_iter().find(|u| crate::domain::skeleton_of_key(&u.key) == looks)
+        {
+            return Err(UserError::LooksLike(crate::text::printable(&twin.display_name).into_owned()));
         }
         let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
@@ -246,6 +257,42 @@ mod tests {
     fn a_failing_random_source_gives_no_password() {
         let failed = generate_password_from(|_| Err(getrandom::Error::UNSUPPORTED.into()));
         assert!(failed.is_err());
+    }
+
+    async fn admin_on(dir: &std::path::Path) -> UserAdmin {
+        let settings = crate::config::Settings {
+            data_dir: dir.join("data"),
+            log_dir: dir.join("logs"),
+            cert_dir: dir.join("certs"),
+            argon2: crate::config::HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            ..Default::default()
+        };
+        let services = crate::app::Services::open(&settings, 1).unwrap();
+        services.users.clone()
+    }
+
+    #[tokio::test]
+    async fn a_new_name_that_reads_as_an_existing_one_is_refused_and_the_old_one_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = admin_on(dir.path()).await;
+        let password = || Password::new("plum tractor velvet orbit");
+        users.add("admin", password(), true, "test").await.unwrap();
+        users.add("a b", password(), false, "test").await.unwrap();
+        for twin in ["\u{430}dmin", "adrnin", "ADMIN", "a  b"] {
+            let refused = users.add(twin, password(), false, "test").await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(UserError::LooksLike(_) | UserError::AlreadyExists(_) | UserError::InvalidUsername(_))
+                ),
+                "{twin}: {refused:?}"
+            );
+        }
+        assert!(
+            matches!(users.add("adrnin", password(), false, "test").await, Err(UserError::LooksLike(n)) if n == "admin")
+        );
+        users.add("alice", password(), false, "test").await.unwrap();
+        assert_eq!(users.list().await.unwrap().len(), 3);
     }
 
     #[test]

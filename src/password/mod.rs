@@ -92,9 +92,11 @@ pub const SERVICE_NAME: &str = "portcullis";
 /// first 64 are not is at least as hard to guess as they are.
 pub const ESTIMATE_CHARS: usize = 64;
 
-/// The least zxcvbn score a new password needs: 3 means more than 10^8 guesses, zxcvbn's
-/// "safely unguessable" mark for a slow hash (argon2id here) even if the store leaked.
-pub const MIN_SCORE: zxcvbn::Score = zxcvbn::Score::Three;
+/// The least zxcvbn score a new password needs: 4, more than 10^10 guesses, zxcvbn's "very
+/// unguessable" mark. Score 3 starts at exactly 10^8, which a common word with a digit run and
+/// a symbol reaches (`password1234567!`, `sunshine2026!!!!`) at the 15-character minimum;
+/// passphrases of a few uncommon words and generated passwords score far above 10^10.
+pub const MIN_SCORE: zxcvbn::Score = zxcvbn::Score::Four;
 
 /// The rules for a new password (NIST SP 800-63B rev 4 §3.1.1.2): a minimum length, a
 /// generous maximum, a block-list of common passwords, a strength estimate (zxcvbn) that
@@ -118,15 +120,22 @@ impl PasswordPolicy {
         if chars > MAX_PASSWORD_CHARS {
             return Err(WeakPassword::TooLong { max: MAX_PASSWORD_CHARS });
         }
-        // A copy of the plaintext: wiped when this check ends.
-        let lowered = zeroize::Zeroizing::new(password.expose().to_lowercase());
-        if lowered.trim() == username_key {
+        // What every rule below judges: the password case-folded, NFKC again (folding can
+        // de-normalise) and trimmed, as usernames are keyed; a copy wiped when this check ends.
+        // Judging the typed form let `Alice...` or a leading space slip past the rules.
+        let whole = zeroize::Zeroizing::new(fold(password.expose()));
+        // A password of spaces alone is judged whole (and refused as a repeat).
+        let folded: &str = if whole.trim().is_empty() { &whole } else { whole.trim() };
+        if folded == username_key {
             return Err(WeakPassword::SameAsUsername);
         }
-        if common_passwords().contains(lowered.as_str()) {
+        if contains_context_word(folded, username_key) {
+            return Err(WeakPassword::Guessable(Guessable::ContextWords));
+        }
+        if common_passwords().contains(folded) {
             return Err(WeakPassword::Common);
         }
-        let head = zeroize::Zeroizing::new(password.expose().chars().take(ESTIMATE_CHARS).collect::<String>());
+        let head = zeroize::Zeroizing::new(folded.chars().take(ESTIMATE_CHARS).collect::<String>());
         // zxcvbn keeps pieces of what it matched in the estimate, which it gives no way to
         // wipe: they live only until this function returns.
         let estimate = zxcvbn::zxcvbn(&head, &[username_key, SERVICE_NAME]);
@@ -135,6 +144,24 @@ impl PasswordPolicy {
         }
         Ok(())
     }
+}
+
+/// Shortest username key refused inside a password: a shorter name (`al`, `bob`) turns up
+/// inside too many good passphrases to refuse by itself; zxcvbn still weighs it as a user input.
+pub const MIN_CONTEXT_NAME_CHARS: usize = 4;
+
+/// `text` case-folded the way username keys are (NFKC, lower case, NFKC again).
+fn fold(text: &str) -> String {
+    text.nfkc().collect::<String>().to_lowercase().nfkc().collect()
+}
+
+/// Whether the folded password holds the username key (when at least
+/// [`MIN_CONTEXT_NAME_CHARS`] long) or [`SERVICE_NAME`] anywhere inside it: NIST SP 800-63B
+/// rev 4 §3.1.1.2 asks to refuse context-specific words, and zxcvbn alone passes them once
+/// enough other characters surround them (`aliceportcullis2026`).
+fn contains_context_word(folded: &str, username_key: &str) -> bool {
+    folded.contains(SERVICE_NAME)
+        || (username_key.chars().count() >= MIN_CONTEXT_NAME_CHARS && folded.contains(username_key))
 }
 
 /// The reason to give for a low estimate: the username or service name when either was
@@ -255,6 +282,46 @@ mod tests {
         // The message says why, in words the person choosing can act on.
         let message = WeakPassword::Guessable(Guessable::ContextWords).to_string();
         assert!(message.contains("username"), "{message}");
+    }
+
+    #[test]
+    fn the_username_or_service_name_anywhere_in_any_case_is_refused() {
+        // Each passed for `alice` before (task F, item 1).
+        for p in [
+            "Alicealicealice1",
+            " alicealicealice1",
+            "aliceportcullis2026",
+            "Portcullis2026!!",
+            "alice@portcullis.local",
+            "Alice1234567890!",
+            "my friend ALICE likes plums",
+            "ＡＬＩＣＥ tractor velvet orbit",
+        ] {
+            assert_eq!(
+                POLICY.check(&Password::new(p), "alice"),
+                Err(WeakPassword::Guessable(Guessable::ContextWords)),
+                "{p:?}"
+            );
+        }
+        assert_eq!(
+            POLICY.check(&Password::new("   PORTCULLIS tractor velvet orbit"), "bob"),
+            Err(WeakPassword::Guessable(Guessable::ContextWords))
+        );
+        // A short name is left to the estimate: "bob" inside a good phrase is fine.
+        assert_eq!(POLICY.check(&Password::new("kebob tractor velvet orbit"), "bob"), Ok(()));
+    }
+
+    #[test]
+    fn the_estimate_sees_the_password_as_the_rules_do_case_folded_and_trimmed() {
+        for p in ["Password1234567!", " password1234567!", "PASSWORD1234567!", "Sunshine2026!!!!", "Monkey123456789!"] {
+            assert!(
+                matches!(
+                    POLICY.check(&Password::new(p), "bob"),
+                    Err(WeakPassword::Guessable(_) | WeakPassword::Common)
+                ),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! action to the page it redirects to. The action sets them in a short-lived `__Host-` cookie
 //! and the page clears it when it shows them, so a notice only ever reports what the server
 //! did: it never comes from a query parameter anyone can put in a link. Only this origin, over
-//! HTTPS, can set a `__Host-` cookie (RFC 6265bis §4.1.3.2), so no other site can forge one.
+//! HTTPS, can set a `__Host-` cookie (RFC 6265bis §4.1.3.2), so no other site can forge one;
+//! the client itself could, so the value carries an HMAC under the server's CSRF key bound to
+//! the session ([`Csrf::notice_tag`]), and a notice without a valid one is dropped.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -11,6 +13,7 @@ use poem::{Request, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::cookies;
+use crate::csrf::Csrf;
 
 /// The cookie's name.
 pub const FLASH_COOKIE: &str = "__Host-portcullis-flash";
@@ -42,9 +45,11 @@ impl Notice {
         }
     }
 
-    /// Adds the cookie that carries this notice to `resp` (a redirect to the page).
-    pub fn attach(&self, mut resp: Response) -> Response {
-        let value = URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default());
+    /// Adds the cookie that carries this notice, signed for the session whose token hash is
+    /// `session_hash`, to `resp` (a redirect to the page).
+    pub fn attach(&self, csrf: &Csrf, session_hash: &[u8; 32], mut resp: Response) -> Response {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let value = format!("{}.{}", URL_SAFE_NO_PAD.encode(&json), csrf.notice_tag(session_hash, &json));
         if let Ok(v) = cookies::set(FLASH_COOKIE, &value, Some(MAX_AGE_SECS)).parse() {
             resp.headers_mut().append(SET_COOKIE, v);
         }
@@ -52,10 +57,15 @@ impl Notice {
     }
 }
 
-/// The notice this request carries, if any; pass the page to [`cleared`] so it shows once.
-pub fn take(req: &Request) -> Option<Notice> {
+/// The notice this request carries, if any and if signed for this session; pass the page to
+/// [`cleared`] so it shows once (a forged one is cleared too, unshown).
+pub fn take(req: &Request, csrf: &Csrf, session_hash: &[u8; 32]) -> Option<Notice> {
     let value = cookies::get(req, FLASH_COOKIE)?;
-    let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
+    let (body, tag) = value.split_once('.')?;
+    let bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
+    if !csrf.check_notice(session_hash, &bytes, tag) {
+        return None;
+    }
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -48,7 +48,7 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
         })
         .collect();
     // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
-    let notice = flash::take(req).map(|n| n.text());
+    let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
     let csrf = state.csrf.session_token(&session.token_hash);
     let page = html(
         StatusCode::OK,
@@ -81,7 +81,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 count,
                 by: &session.user.display_name,
             });
-            Notice::SessionsEnded { count }.attach(see_other("/"))
+            Notice::SessionsEnded { count }.attach(&state.csrf, &session.token_hash, see_other("/"))
         }
         Err(e) => crate::routes::store_error(&e, "could not end sessions"),
     }

@@ -203,7 +203,9 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
 pub fn is_form(req: &Request) -> bool {
     let mut types = req.headers().get_all(header::CONTENT_TYPE).iter();
     let (Some(value), None) = (types.next(), types.next()) else { return false };
-    let Some(mime) = value.to_str().ok().and_then(|v| v.parse::<mime::Mime>().ok()) else { return false };
+    let Some(mime) = value.to_str().ok().and_then(|v| parameters_tidied(v).parse::<mime::Mime>().ok()) else {
+        return false;
+    };
     let form = mime.essence_str() == mime::APPLICATION_WWW_FORM_URLENCODED.essence_str();
     let params_ok =
         mime.params().all(|(name, value)| name == mime::CHARSET && value.as_str().eq_ignore_ascii_case("utf-8"));
@@ -213,6 +215,20 @@ pub fn is_form(req: &Request) -> bool {
         .iter()
         .any(|v| v.to_str().map_or(true, |v| v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("identity"))));
     form && params_ok && !coded
+}
+
+/// A media type with the optional whitespace and empty parameters RFC 9110 §5.6.6 allows
+/// (`parameters = *( OWS ";" OWS [ parameter ] )`) taken out, since the `mime` parser refuses
+/// a space before `;`. A `;` inside a quoted value splits it, and the broken halves then fail
+/// to parse: refused, which is right for a form type whose only allowed parameter is utf-8.
+fn parameters_tidied(value: &str) -> String {
+    let mut parts = value.split(';').map(str::trim);
+    let mut out = parts.next().unwrap_or("").to_string();
+    for p in parts.filter(|p| !p.is_empty()) {
+        out.push_str("; ");
+        out.push_str(p);
+    }
+    out
 }
 
 /// The signed-in session for this request, if any.
@@ -250,6 +266,11 @@ mod tests {
             "application/x-www-form-urlencoded; charset=UTF-8",
             "application/x-www-form-urlencoded;charset=utf-8",
             "application/x-www-form-urlencoded; charset=\"utf-8\"",
+            // RFC 9110 §8.3: optional whitespace around `;`, empty parameters.
+            "application/x-www-form-urlencoded ; charset=\"utf-8\"",
+            "application/x-www-form-urlencoded\t;charset=utf-8",
+            "application/x-www-form-urlencoded;",
+            "application/x-www-form-urlencoded ;; charset=UTF-8",
         ] {
             assert!(is_form(&post(&[("content-type", ct)])), "{ct}");
         }
@@ -273,6 +294,9 @@ mod tests {
             "application/x-www-form-urlencoded-x",
             "",
             "application/x-www-form-urlencoded, text/plain",
+            "application/x-www-form-urlencoded ; charset=\"utf-8;x\"",
+            "application/x-www-form-urlencoded ; charset=latin1",
+            " ; charset=utf-8",
         ] {
             assert!(!is_form(&post(&[("content-type", ct)])), "{ct:?}");
         }

@@ -57,7 +57,11 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
                 ),
             )
         })?;
-        tracing::warn!(path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"), "took group and other access away from a file portcullis keeps private");
+        let what = if meta.is_dir() { "a directory" } else { "a file" };
+        tracing::warn!(
+            path = %path.display(), from = %format!("{mode:04o}"), to = %format!("{private:04o}"),
+            "took group and other access away from {what} portcullis keeps private"
+        );
     }
     if recurse && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {

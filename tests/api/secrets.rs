@@ -30,8 +30,9 @@ async fn no_log_page_or_output_ever_shows_a_password_or_a_session_token() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     // Passwords with characters that encodings change.
-    let alice_first = "alice's first <secret> & \"phrase\" 1";
-    let alice_second = "alice second pass+phrase=100%";
+    // Neither holds "alice": a password with the username inside is refused.
+    let alice_first = "her first <secret> & \"phrase\" 1";
+    let alice_second = "her second pass+phrase=100%";
     let bob_pw = "bob's admin passphrase ünïcödé";
     let wrong = "a wrong guess for alice's account";
     let weak = "123456789123456";

@@ -106,7 +106,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     // A notice only from what this server did (a cookie set by the action), never the URL.
-    let notice = flash::take(req).map(|n| n.text());
+    let notice = flash::take(req, &state.csrf, &admin.token_hash).map(|n| n.text());
     let filters = match Query::parse(req.uri().query()) {
         Ok(filters) => filters,
         Err(e) => {

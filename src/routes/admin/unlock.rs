@@ -39,5 +39,5 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
         }
         Err(_) => Notice::NoSuchUser,
     };
-    notice.attach(see_other("/admin/failed-logins"))
+    notice.attach(&state.csrf, &admin.token_hash, see_other("/admin/failed-logins"))
 }

@@ -1,0 +1,62 @@
+//! The open-files limit against the connection caps, with the real binary (task F, item 3):
+//! under a low RLIMIT_NOFILE the server lowers its caps with one warning line, so silent
+//! connections meet the cap (and wait in the listen queue) instead of running HTTPS out of
+//! descriptors.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::child::{self, ServerProcess};
+use crate::exhaustion::connect_from;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Sets the child's soft and hard open-files limit to `n` (so raising it cannot help).
+fn nofile_limit(cmd: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_room_for_a_real_client() {
+    crate::exhaustion::raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let args = child::quick_with(&[("--http-addr", "127.0.0.1:0"), ("--handshake-timeout", "2s")]);
+    let server =
+        tokio::task::block_in_place(|| ServerProcess::start_with(dir.path(), &args, |cmd| nofile_limit(cmd, 256)));
+    let warnings: Vec<String> =
+        server.output().lines().filter(|l| l.contains("open-files limit")).map(str::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{}", server.output());
+    assert!(warnings[0].contains("max_connections lowered from 1024 to 182"), "{}", warnings[0]);
+    assert!(warnings[0].contains("ulimit -Hn"), "{}", warnings[0]);
+
+    // 240 silent TLS connections from 10 addresses (24 each, under the per-address cap):
+    // more than 256 descriptors hold beside the store and logs. At the old cap of 1024 they
+    // ran accept out of descriptors (EMFILE); now 182 are served and the rest wait in the
+    // listen queue until the silent ones time out, and a real client gets in.
+    let https = server.url("").trim_start_matches("https://").parse().unwrap();
+    let mut silent = Vec::new();
+    for i in 0..240 {
+        let source: IpAddr = format!("127.0.5.{}", 1 + i % 10).parse().unwrap();
+        silent.push(connect_from(source, https).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = tokio::time::timeout(PATIENCE, server.browser().get(server.url("/healthz")).send())
+        .await
+        .expect("a real client was kept out")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let output = server.output();
+    assert!(!output.contains("cannot accept a connection"), "accept failed: {output}");
+    drop(silent);
+    server.terminate();
+}

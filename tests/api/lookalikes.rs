@@ -1,0 +1,62 @@
+//! Look-alike usernames through the CLI (task F, item 2): blanks that are not format
+//! characters, mixed scripts, confusable skeletons and space runs make no new user, and an
+//! old name holding a blank is shown escaped.
+
+use portcullis::app::Services;
+use portcullis::domain::normalise_key;
+use portcullis::store::User;
+
+use crate::helpers::{test_settings, GOOD_PASSWORD};
+use crate::review::portcullis;
+
+async fn user_add(dir: &std::path::Path, name: &str) -> crate::child::Run {
+    let mut cmd = crate::child::command(dir);
+    cmd.args(["user", "add", name, "--password-stdin"]);
+    crate::child::run_cli(cmd, Some(&format!("{GOOD_PASSWORD}\n"))).await
+}
+
+#[tokio::test]
+async fn user_add_refuses_names_that_read_as_another_and_user_list_shows_old_ones_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    // An old user from before the rule: `alice` + U+2800 (Braille blank) reads as `alice`.
+    let old = "alice\u{2800}";
+    {
+        let services = Services::open(&settings, 1).unwrap();
+        let user = User {
+            key: normalise_key(old),
+            display_name: old.into(),
+            admin: false,
+            created_at: 0,
+            password_changed_at: 0,
+            last_login_at: None,
+            disabled: false,
+        };
+        let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        services.store.users.insert(&user, hash).await.unwrap();
+    }
+    let run = user_add(dir.path(), "admin").await;
+    assert!(run.ok, "{}", run.stderr);
+    let run = user_add(dir.path(), "a b").await;
+    assert!(run.ok, "{}", run.stderr);
+    for (twin, why) in [
+        ("\u{430}dmin", "scripts"),
+        ("adrnin", "looks like"),
+        ("a  b", "spaces"),
+        ("bob\u{2800}", "U+2800"),
+        ("bob\u{fffc}", "U+FFFC"),
+        ("bob\u{1d159}", "U+1D159"),
+        ("bob\u{16fe4}", "U+16FE4"),
+    ] {
+        let run = user_add(dir.path(), twin).await;
+        assert!(!run.ok, "{twin:?} made a user");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains(why), "{twin:?}: {}", run.stderr);
+    }
+    let (ok, out, err) = portcullis(&settings, &["user", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("alice\\u{2800}") && !out.contains('\u{2800}'), "{out}");
+    // The old user still answers to every `user` command.
+    let (ok, _, err) = portcullis(&settings, &["user", "disable", old]).await;
+    assert!(ok, "{err}");
+}
