@@ -20,6 +20,8 @@ mod login_csrf;
 mod logout;
 mod memory;
 mod password_policy;
+mod pg;
+mod postgres;
 mod review;
 mod secrets;
 mod security;
