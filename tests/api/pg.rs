@@ -7,7 +7,8 @@
 //! As root the server runs as the `postgres` user (initdb refuses root). It is stopped when
 //! the test binary exits (an `atexit` hook), and if the binary is killed instead the server
 //! gets SIGQUIT from the kernel (PR_SET_PDEATHSIG, armed in a thread that lives as long as
-//! the process), so no postgres outlives `cargo test`.
+//! the process), so no postgres outlives `cargo test`; the directory such a run leaves is
+//! removed by the next run.
 //!
 //! Without the binaries the tests print why and pass as skipped, unless
 //! `PORTCULLIS_REQUIRE_ALL` is set (as `.ci/run` does): then they fail.
@@ -149,6 +150,7 @@ fn free_port() -> u16 {
 fn start() -> Result<Cluster, String> {
     let bin = bin_dir()?;
     let user = server_user()?;
+    remove_abandoned();
     let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir().map_err(|e| e.to_string())?.keep();
     let started = start_in(&bin, user, &dir);
     if started.is_err() {
@@ -231,6 +233,32 @@ fn start_in(bin: &Path, user: Option<(libc::uid_t, libc::gid_t)>, dir: &Path) ->
         ca_file,
         other_ca_file,
     })
+}
+
+/// Removes the directories of earlier runs that were killed (their server died with them, by
+/// the parent-death signal, but the directory stayed): older than ten minutes, so a run still
+/// starting is left alone, and without a live postmaster.
+fn remove_abandoned() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = e.file_name().to_str().is_some_and(|n| n.starts_with("portcullis-pg-"));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600));
+        if !ours || !old {
+            continue;
+        }
+        let live = std::fs::read_to_string(path.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<libc::pid_t>().ok())
+            // SAFETY: signal 0 only checks that the process exists.
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !live {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn wait_until_ready(bin: &Path, socket: &Path, port: u16, dir: &Path) -> Result<(), String> {

@@ -338,3 +338,23 @@ async fn the_purge_drops_exactly_what_no_longer_counts() {
     assert!(bf::take_quota(&c, "q", b"new", rate, 50_000).await.unwrap().is_err(), "a live quota row stays");
     assert_eq!(bf::purge_expired(&c, 50_000).await.unwrap(), bf::Purged::default());
 }
+
+#[tokio::test]
+async fn the_audit_filters_have_indexes_to_use() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    // On an empty table the planner prefers a scan; forbid it to see which index serves.
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    for (query, index) in [
+        ("SELECT id FROM failures WHERE ip <<= '10.0.0.0/8' ORDER BY ip, time_ms DESC LIMIT 100", "failures_by_ip"),
+        (
+            "SELECT id FROM failures WHERE user_key = 'alice' ORDER BY time_ms DESC, id DESC LIMIT 100",
+            "failures_by_user",
+        ),
+        ("SELECT id FROM failures WHERE time_ms < 5 ORDER BY time_ms DESC, id DESC LIMIT 100", "failures_by_time"),
+    ] {
+        let plan: Vec<String> =
+            c.query(&format!("EXPLAIN {query}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert!(plan.iter().any(|l| l.contains(index)), "{query}: {plan:#?}");
+    }
+}
