@@ -1,6 +1,7 @@
 //! The PostgreSQL engine's building blocks (issue 12): the `database_url` setting
 //! ([`url::DatabaseUrl`]), the connection pool with TLS ([`connect`]), the schema and its
-//! migrations ([`migrate`]), and the shared brute-force state as SQL ([`brute_force`]).
+//! migrations ([`migrate`]), the shared server secrets ([`secrets`]) and the shared
+//! brute-force state as SQL ([`brute_force`]).
 //!
 //! Nothing here is wired into the server yet: the storage traits (`src/store/`) will be
 //! implemented over these pieces. Every function takes a client or pool, so one instance or
@@ -9,6 +10,7 @@
 pub mod brute_force;
 pub mod connect;
 pub mod migrate;
+pub mod secrets;
 pub mod url;
 
 /// Errors of the PostgreSQL engine, at its boundary.
@@ -24,6 +26,9 @@ pub enum PgError {
     /// The pool or the TLS configuration could not be built.
     #[error("database setup: {0}")]
     Setup(String),
+    /// The system's random source failed (a new secret could not be made).
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     /// The database holds a schema newer than this build knows: refuse rather than guess.
     #[error("the database schema is version {found}, newer than this portcullis knows ({known}); upgrade portcullis")]
     SchemaTooNew { found: i32, known: i32 },
@@ -37,7 +42,7 @@ impl PgError {
         match self {
             PgError::Pool(_) => true,
             PgError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
-            PgError::Setup(_) | PgError::SchemaTooNew { .. } => false,
+            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
         }
     }
 }

@@ -358,3 +358,28 @@ async fn the_audit_filters_have_indexes_to_use() {
         assert!(plan.iter().any(|l| l.contains(index)), "{query}: {plan:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_asking_for_a_new_secret_at_once_all_get_the_same_one() {
+    let Some((_, pool)) = migrated().await else { return };
+    let barrier = Arc::new(tokio::sync::Barrier::new(12));
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap()
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.unwrap());
+    }
+    values.dedup();
+    assert_eq!(values.len(), 1, "one value for everyone");
+    let c = pool.get().await.unwrap();
+    assert_eq!(portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap(), values[0], "kept");
+    assert_ne!(portcullis::postgres::secrets::secret(&c, "captcha").await.unwrap(), values[0], "one per name");
+}
