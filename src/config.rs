@@ -57,6 +57,8 @@ keys! {
     "async_workers" = "0" : "threads answering requests, beside the argon2 workers (0: one per core)",
     "hash_queue" = "256" : "password checks waiting for a worker before the server answers 503",
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
+    "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
+    "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
 }
 
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
@@ -123,6 +125,10 @@ pub struct Settings {
     pub async_workers: usize,
     pub hash_queue: usize,
     pub cert_check_interval: Duration,
+    /// The PostgreSQL store, when set (issue 12); its password never shows when printed.
+    pub database_url: Option<crate::postgres::url::DatabaseUrl>,
+    /// This instance's name (the host name unless set).
+    pub instance_name: String,
 }
 
 /// A raw value and where it came from, before it is parsed into its type.
@@ -230,6 +236,14 @@ impl Settings {
             async_workers: p.parse("async_workers", |s| parse_range(s, 0, 1024))? as usize,
             hash_queue: p.parse("hash_queue", |s| parse_range(s, 1, 1_000_000))? as usize,
             cert_check_interval: p.parse("cert_check_interval", parse_duration)?,
+            database_url: p.parse("database_url", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    crate::postgres::url::DatabaseUrl::parse(s).map(Some)
+                }
+            })?,
+            instance_name: p.parse("instance_name", parse_instance_name)?,
         };
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
@@ -279,6 +293,10 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
     Ok((path.to_path_buf(), table))
 }
 
+/// Settings whose value may hold a password: an error quoting them shows `***` instead
+/// (SPEC.md: the database password never appears in an error).
+const SECRET_BEARING: &[&str] = &["database_url"];
+
 struct Parser {
     raw: BTreeMap<&'static str, Raw>,
 }
@@ -292,9 +310,13 @@ impl Parser {
 
     fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
         let raw = self.get(key);
+        let mut value = value_text(&raw.value);
+        if SECRET_BEARING.contains(&key) {
+            value = crate::postgres::url::redact(&value);
+        }
         ConfigError::Invalid {
             key,
-            value: value_text(&raw.value),
+            value,
             source_name: raw.source.clone(),
             // Messages quote parts of the value: keep them on one line.
             message: escape_controls(message),
@@ -366,6 +388,21 @@ fn parse_public_url(s: &str) -> Result<Option<String>, String> {
         return Err("expected an origin like https://login.example.com".into());
     }
     Ok(Some(format!("https://{rest}")))
+}
+
+/// An instance name: the host name when empty; at most 64 printable characters, since it is
+/// written into every log line and failed-login record.
+fn parse_instance_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(crate::postgres::url::host_name());
+    }
+    if s.chars().count() > 64
+        || s.chars().any(|c| c.is_control() || c.is_whitespace())
+        || crate::text::printable(s) != s
+    {
+        return Err("must be at most 64 characters, without spaces or control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_range(s: &str, min: u32, max: u32) -> Result<u32, String> {
@@ -484,6 +521,41 @@ mod tests {
             .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
         assert!(!err.chars().any(char::is_control), "{err:?}");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_showing_its_password() {
+        let err = Settings::from_layers(
+            None,
+            &flags(&[("database_url", "postgres://app:hunter2-secret@db/auth?sslmode=maybe")]),
+            &Overrides::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database_url") && err.contains("sslmode"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let s = Settings::from_layers(
+            None,
+            &flags(&[("database_url", "postgres://app:hunter2@db/auth")]),
+            &Overrides::new(),
+        )
+        .unwrap();
+        assert_eq!(s.database_url.as_ref().map(|u| u.dbname()), Some("auth"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(Settings::default().database_url.is_none(), "sled stays the default");
+    }
+
+    #[test]
+    fn the_instance_name_defaults_to_the_host_name_and_is_one_printable_word() {
+        assert!(!Settings::default().instance_name.is_empty());
+        let named = Settings::from_layers(None, &flags(&[("instance_name", "web-2")]), &Overrides::new()).unwrap();
+        assert_eq!(named.instance_name, "web-2");
+        for bad in ["two words".to_string(), "esc\u{1b}[2J".to_string(), "x".repeat(65)] {
+            assert!(
+                Settings::from_layers(None, &flags(&[("instance_name", &bad)]), &Overrides::new()).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

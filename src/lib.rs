@@ -20,6 +20,7 @@ pub mod domain;
 pub mod failures;
 pub mod loadtest;
 pub mod password;
+pub mod postgres;
 pub mod random;
 pub mod rate_limit;
 pub mod review;

@@ -24,6 +24,8 @@ mod lookalikes;
 mod memory;
 mod notices;
 mod password_policy;
+mod pg;
+mod postgres;
 mod review;
 mod review_times;
 mod secrets;

@@ -1,0 +1,205 @@
+//! Connections to the database: a deadpool-postgres pool over tokio-postgres, with TLS
+//! through tokio-postgres-rustls (rustls and aws-lc-rs, as the listeners). What each
+//! `sslmode` checks follows libpq (PostgreSQL 15 docs §34.19.1, table 34.1); see [`SslMode`].
+//!
+//! Every wait is bounded ([`TIMEOUT`]), so a database that is down or unreachable turns into
+//! an error the caller answers with 503 (fail closed), and the pool makes new connections by
+//! itself once the database answers again: no restart is needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::url::{DatabaseUrl, SslMode};
+use super::PgError;
+
+/// Longest wait for a new connection, for a free one from the pool, or for a recycled one's
+/// check: past it the caller gets an error (and answers 503).
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections one instance keeps at most. Requests that need the database are bounded by
+/// the async workers and the hash pool; 16 covers both on a few cores while leaving a default
+/// PostgreSQL (`max_connections` 100) room for several instances.
+pub const POOL_SIZE: usize = 16;
+
+/// A pool of connections to `url`, none opened yet (the first use connects).
+///
+/// # Errors
+/// [`PgError::Setup`] when the TLS settings cannot be built (an unreadable or empty
+/// `sslrootcert`, no system roots for `verify-full`).
+pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Pool, PgError> {
+    let mut config = url.driver_config();
+    config.connect_timeout(TIMEOUT).keepalives(true).keepalives_idle(Duration::from_secs(30));
+    let manager = Manager::from_config(
+        config,
+        make_tls(url)?,
+        // Fast: a connection the driver has not seen fail is reused without a round trip; one
+        // that failed is dropped and replaced on the next get.
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts { wait: Some(TIMEOUT), create: Some(TIMEOUT), recycle: Some(TIMEOUT) })
+        .build()
+        .map_err(|e| PgError::Setup(e.to_string()))
+}
+
+/// One connection outside a pool (migrations at start, and tools), with its driver task
+/// spawned on the current runtime.
+///
+/// # Errors
+/// As [`pool`], and [`PgError::Db`] when the database cannot be reached or refuses.
+pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, PgError> {
+    let mut config = url.driver_config();
+    config.connect_timeout(TIMEOUT);
+    let (client, connection) = config.connect(make_tls(url)?).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The TLS connector for `url`'s `sslmode`. `disable` still gets one (it is never used),
+/// so the pool has one type whatever the mode.
+fn make_tls(url: &DatabaseUrl) -> Result<MakeRustlsConnect, PgError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgError::Setup(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match url.ssl_mode() {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoCheck(provider)),
+        SslMode::VerifyCa => Arc::new(ChainOnly { roots: Arc::new(roots(url)?), provider }),
+        SslMode::VerifyFull => {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(url)?), provider)
+                .build()
+                .map_err(|e| PgError::Setup(e.to_string()))?
+        }
+    };
+    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The roots to check the server against: `sslrootcert`, else the system's.
+fn roots(url: &DatabaseUrl) -> Result<RootCertStore, PgError> {
+    let mut store = RootCertStore::empty();
+    match url.root_cert() {
+        Some(path) => {
+            let shown = path.display();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| PgError::Setup(format!("cannot read sslrootcert {shown}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
+                store.add(cert).map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(found.certs);
+        }
+    }
+    if store.is_empty() {
+        return Err(PgError::Setup("no root certificates to verify the database with (set sslrootcert)".into()));
+    }
+    Ok(store)
+}
+
+/// `prefer` and `require` without a root file: encryption against passive listeners only, as
+/// libpq does. The handshake's signatures are still checked, so the session keys are bound
+/// to the certificate presented (which tls-server-end-point channel binding then pins).
+#[derive(Debug)]
+struct NoCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to one of the roots; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

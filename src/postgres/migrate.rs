@@ -1,0 +1,50 @@
+//! The schema, created and upgraded at start by versioned SQL files compiled into the binary.
+//!
+//! All pending migrations run in one transaction that first takes a transaction-scoped
+//! advisory lock ([`LOCK_KEY`]): when several instances start at once, one applies them and
+//! the others wait, then find nothing left to do. A failure rolls everything back, so a
+//! database is always at one whole version. A database at a newer version than this build
+//! knows is refused (an older binary must not write to a schema it does not understand).
+
+use super::PgError;
+
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one that has
+/// shipped; add the next.
+pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The schema version this build writes.
+pub const LATEST: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory lock key of migrations ("portcull" in ASCII): the single-bigint lock space,
+/// apart from the two-integer keys the brute-force functions use.
+pub const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
+
+/// Brings the database's schema to [`LATEST`]; returns the version it found.
+///
+/// # Errors
+/// [`PgError::Db`] when a statement fails (nothing is applied then), and
+/// [`PgError::SchemaTooNew`] when the database is ahead of this build.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    // Under the lock, so two first starts cannot race to create it.
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS portcullis_schema (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM portcullis_schema", &[]).await?.get(0);
+    if found > LATEST {
+        return Err(PgError::SchemaTooNew { found, known: LATEST });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&version]).await?;
+        tracing::info!(version, "database schema migrated");
+    }
+    tx.commit().await?;
+    Ok(found)
+}

@@ -1,0 +1,48 @@
+//! The PostgreSQL engine's building blocks (issue 12): the `database_url` setting
+//! ([`url::DatabaseUrl`]), the connection pool with TLS ([`connect`]), the schema and its
+//! migrations ([`migrate`]), the shared server secrets ([`secrets`]) and the shared
+//! brute-force state as SQL ([`brute_force`]).
+//!
+//! Nothing here is wired into the server yet: the storage traits (`src/store/`) will be
+//! implemented over these pieces. Every function takes a client or pool, so one instance or
+//! many on one database behave the same: the database serialises what must be serialised.
+
+pub mod brute_force;
+pub mod connect;
+pub mod migrate;
+pub mod secrets;
+pub mod url;
+
+/// Errors of the PostgreSQL engine, at its boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database answered with an error, or the connection failed. The message comes from
+    /// the driver and never holds the password (tokio-postgres redacts it).
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool in time (the database is down or slow).
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The pool or the TLS configuration could not be built.
+    #[error("database setup: {0}")]
+    Setup(String),
+    /// The system's random source failed (a new secret could not be made).
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
+    /// The database holds a schema newer than this build knows: refuse rather than guess.
+    #[error("the database schema is version {found}, newer than this portcullis knows ({known}); upgrade portcullis")]
+    SchemaTooNew { found: i32, known: i32 },
+}
+
+impl PgError {
+    /// Whether the database could not be reached or could not do the work (as opposed to a
+    /// bug in a statement): the caller answers 503 and fails closed (SPEC.md, "Several
+    /// instances, one truth").
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Pool(_) => true,
+            PgError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
+        }
+    }
+}

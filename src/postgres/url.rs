@@ -1,0 +1,389 @@
+//! `database_url`: where the PostgreSQL store is, parsed once into a type that cannot show
+//! its password (SPEC.md: the database password never appears in a log line, an error or
+//! `--help`).
+//!
+//! Accepted forms, a subset of libpq's connection URIs (PostgreSQL 15 docs §34.1.1):
+//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=…&sslrootcert=FILE]` and
+//! `postgres:///DBNAME?host=/run/postgresql` (a Unix socket directory). `postgresql://` is
+//! the same. Other query parameters are refused, so a typo is an error, not a silent default.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// How TLS to the database is used: libpq's `sslmode` values (PostgreSQL 15 docs §34.19.3,
+/// table 34.1), except `allow`, which tries plaintext first and so protects nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate; plaintext otherwise.
+    /// libpq's default, and so ours: it stops passive listeners only.
+    Prefer,
+    /// TLS always, certificate not checked (libpq: unless a root file is given, which makes
+    /// it `VerifyCa`; [`DatabaseUrl::ssl_mode`] applies that rule).
+    Require,
+    /// TLS always, certificate chain checked against the roots, host name not checked.
+    VerifyCa,
+    /// TLS always, chain and host name checked: the only mode that stops an active attacker.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, String> {
+        match s {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(format!(
+                "sslmode `{}` is not supported: use disable, prefer, require, verify-ca or verify-full",
+                crate::text::printable(other)
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A host name or an IP address (IPv6 without brackets).
+    Tcp(String),
+    /// A directory holding the server's Unix socket (`.s.PGSQL.PORT`).
+    Socket(PathBuf),
+}
+
+/// A parsed `database_url`. `Debug` and `Display` show `***` for the password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    user: String,
+    password: Option<SecretString>,
+    endpoint: Endpoint,
+    port: u16,
+    dbname: String,
+    ssl_mode: SslMode,
+    root_cert: Option<PathBuf>,
+}
+
+/// PostgreSQL's default port.
+pub const DEFAULT_PORT: u16 = 5432;
+
+impl DatabaseUrl {
+    /// Parses a `postgres://` URL (module docs).
+    ///
+    /// # Errors
+    /// A one-line message saying what is wrong; it never quotes the password.
+    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
+        let url = url::Url::parse(text.trim()).map_err(|e| format!("not a postgres:// URL ({e})"))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err("must start with postgres:// or postgresql://".into());
+        }
+        let decode = |s: &str| -> Result<String, String> {
+            percent_decode(s).ok_or_else(|| "holds a %-escape that is not UTF-8".to_string())
+        };
+        let mut user = decode(url.username())?;
+        let password = match url.password() {
+            Some(p) => Some(SecretString::from(decode(p)?)),
+            None => None,
+        };
+        let mut endpoint = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => {
+                let d = decode(d)?;
+                // libpq: a host starting with a slash (written %2F) is a socket directory.
+                if d.starts_with('/') {
+                    Some(Endpoint::Socket(PathBuf::from(d)))
+                } else {
+                    Some(Endpoint::Tcp(d))
+                }
+            }
+            Some(url::Host::Ipv4(a)) => Some(Endpoint::Tcp(a.to_string())),
+            Some(url::Host::Ipv6(a)) => Some(Endpoint::Tcp(a.to_string())),
+            _ => None,
+        };
+        let mut port = url.port();
+        let mut ssl_mode = None;
+        let mut root_cert = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "host" if value.starts_with('/') => endpoint = Some(Endpoint::Socket(PathBuf::from(value.as_ref()))),
+                "host" if !value.is_empty() => endpoint = Some(Endpoint::Tcp(value.into_owned())),
+                "port" => port = Some(value.parse().map_err(|_| "port must be a number from 1 to 65535".to_string())?),
+                "user" => user = value.into_owned(),
+                "sslmode" => ssl_mode = Some(SslMode::parse(&value)?),
+                "sslrootcert" if !value.is_empty() => root_cert = Some(PathBuf::from(value.as_ref())),
+                "password" => return Err("put the password before the @ (postgres://USER:PASSWORD@HOST/DB)".into()),
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{}`: only host, port, user, sslmode and sslrootcert are accepted",
+                        crate::text::printable(other)
+                    ))
+                }
+            }
+        }
+        if port == Some(0) {
+            return Err("port must be a number from 1 to 65535".into());
+        }
+        let endpoint = endpoint.ok_or("names no host: use postgres://HOST/DB or postgres:///DB?host=/socket/dir")?;
+        if user.is_empty() {
+            // libpq's default: the operating-system user (peer authentication on a socket).
+            user = os_user().ok_or("names no user, and the operating-system user is unknown")?;
+        }
+        let path = decode(url.path().trim_start_matches('/'))?;
+        if path.contains('/') {
+            return Err("the path must be just the database name".into());
+        }
+        // libpq's default database is the user's name.
+        let dbname = if path.is_empty() { user.clone() } else { path };
+        Ok(DatabaseUrl {
+            user,
+            password,
+            endpoint,
+            port: port.unwrap_or(DEFAULT_PORT),
+            dbname,
+            ssl_mode: ssl_mode.unwrap_or(SslMode::Prefer),
+            root_cert,
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    /// The password, for the driver only.
+    pub fn password(&self) -> Option<&SecretString> {
+        self.password.as_ref()
+    }
+
+    /// The root certificates file (`sslrootcert`), if given.
+    pub fn root_cert(&self) -> Option<&std::path::Path> {
+        self.root_cert.as_deref()
+    }
+
+    /// The TLS mode in effect, with libpq's rules applied: TLS is never used on a Unix socket
+    /// (the server does not offer it there), and `require` with a root file is `verify-ca`.
+    pub fn ssl_mode(&self) -> SslMode {
+        match (&self.endpoint, self.ssl_mode) {
+            (Endpoint::Socket(_), _) => SslMode::Disable,
+            (Endpoint::Tcp(_), SslMode::Require) if self.root_cert.is_some() => SslMode::VerifyCa,
+            (Endpoint::Tcp(_), mode) => mode,
+        }
+    }
+
+    /// The same database with another name (tests make one database per test).
+    pub fn with_dbname(&self, dbname: &str) -> DatabaseUrl {
+        DatabaseUrl { dbname: dbname.to_string(), ..self.clone() }
+    }
+
+    /// The driver's configuration (without TLS, which [`super::connect`] adds).
+    pub fn driver_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.user(&self.user).dbname(&self.dbname).port(self.port).application_name("portcullis");
+        match &self.endpoint {
+            Endpoint::Tcp(host) => c.host(host),
+            Endpoint::Socket(dir) => c.host_path(dir),
+        };
+        if let Some(p) = &self.password {
+            c.password(p.expose_secret());
+        }
+        c.ssl_mode(match self.ssl_mode() {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
+        c
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    /// The URL with `***` for the password, for logs and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let user = enc(&self.user);
+        let pass = if self.password.is_some() { ":***" } else { "" };
+        let db = enc(&self.dbname);
+        match &self.endpoint {
+            Endpoint::Tcp(host) if host.contains(':') => write!(f, "postgres://{user}{pass}@[{host}]")?,
+            Endpoint::Tcp(host) => write!(f, "postgres://{user}{pass}@{}", enc(host))?,
+            // libpq's form for a socket directory as the host: the slashes written %2F.
+            Endpoint::Socket(dir) => write!(f, "postgres://{user}{pass}@{}", enc(&dir.to_string_lossy()))?,
+        }
+        write!(f, ":{}/{db}?sslmode={}", self.port, self.ssl_mode.as_str())?;
+        if let Some(root) = &self.root_cert {
+            write!(f, "&sslrootcert={}", enc(&root.to_string_lossy()))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `text` (a `database_url` as written, perhaps not parseable) with any password replaced by
+/// `***`, for an error message that quotes the value.
+pub fn redact(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else { return text.to_string() };
+    let rest = &text[scheme_end + 3..];
+    // The authority ends at the first '/', '?' or '#'; the userinfo at its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return text.to_string() };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &text[..scheme_end + 3], &rest[..colon], &rest[at..]),
+        None => text.to_string(),
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+/// The effective user's login name (libpq's default user).
+fn os_user() -> Option<String> {
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf`, whose sizes it is given; the name
+    // pointer it returns points into `buf`, read before `buf` goes out of scope.
+    unsafe {
+        let mut pwd = std::mem::MaybeUninit::<libc::passwd>::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(libc::geteuid(), pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr((*result).pw_name);
+        name.to_str().ok().map(str::to_string)
+    }
+}
+
+/// This machine's host name (the default `instance_name`), or `portcullis` when it has none.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "portcullis".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_url_parses_with_its_parts_and_libpq_defaults() {
+        let u = DatabaseUrl::parse("postgres://app:s%40cret@db.example.com/auth").unwrap();
+        assert_eq!(u.user(), "app");
+        assert_eq!(u.password().unwrap().expose_secret(), "s@cret");
+        assert_eq!(u.endpoint(), &Endpoint::Tcp("db.example.com".into()));
+        assert_eq!(u.port(), 5432);
+        assert_eq!(u.dbname(), "auth");
+        assert_eq!(u.ssl_mode(), SslMode::Prefer, "libpq's default");
+        let u =
+            DatabaseUrl::parse("postgresql://app@[::1]:6543/auth?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!(u.endpoint(), &Endpoint::Tcp("::1".into()));
+        assert_eq!((u.port(), u.ssl_mode()), (6543, SslMode::VerifyFull));
+        assert_eq!(u.root_cert(), Some(std::path::Path::new("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn a_socket_url_names_the_directory_and_never_uses_tls() {
+        let u = DatabaseUrl::parse("postgres:///auth?host=/run/postgresql&sslmode=require").unwrap();
+        assert_eq!(u.endpoint(), &Endpoint::Socket("/run/postgresql".into()));
+        assert_eq!(u.dbname(), "auth");
+        assert!(!u.user().is_empty(), "the operating-system user");
+        assert_eq!(u.ssl_mode(), SslMode::Disable, "libpq uses no TLS on a socket");
+        let u = DatabaseUrl::parse("postgres://me@%2Fvar%2Frun%2Fpostgresql/auth").unwrap();
+        assert_eq!(u.endpoint(), &Endpoint::Socket("/var/run/postgresql".into()));
+    }
+
+    #[test]
+    fn require_with_a_root_file_verifies_the_chain_as_libpq_does() {
+        let u = DatabaseUrl::parse("postgres://a@h/d?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(u.ssl_mode(), SslMode::VerifyCa);
+        assert_eq!(DatabaseUrl::parse("postgres://a@h/d?sslmode=require").unwrap().ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_display_or_errors() {
+        let u = DatabaseUrl::parse("postgres://app:hunter2-secret@db/auth?sslmode=require").unwrap();
+        for text in [format!("{u}"), format!("{u:?}"), format!("{:?}", Some(u.clone()))] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+        assert_eq!(u.to_string(), "postgres://app:***@db:5432/auth?sslmode=require");
+        let driver = format!("{:?}", u.driver_config());
+        assert!(!driver.contains("hunter2"), "{driver}");
+        for bad in [
+            "postgres://app:hunter2-secret@db/auth?sslmode=allow",
+            "postgres://app:hunter2-secret@db/auth?bogus=1",
+            "postgres://app:hunter2-secret@db:99999/auth",
+            "postgres://app:hunter2-secret@db/a/b",
+        ] {
+            let err = DatabaseUrl::parse(bad).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(!redact(bad).contains("hunter2"), "{}", redact(bad));
+        }
+        assert_eq!(redact("postgres://a:b@c/d"), "postgres://a:***@c/d");
+        assert_eq!(redact("postgres://a:p@ss@c/d"), "postgres://a:***@c/d");
+        assert_eq!(redact("postgres://a@c/d"), "postgres://a@c/d");
+    }
+
+    #[test]
+    fn what_libpq_would_misread_is_refused() {
+        for bad in [
+            "mysql://a@h/d",
+            "postgres://a@h/d?sslmode=allow",
+            "postgres://a@h/d?sslmode=verify_full",
+            "postgres://a@h/d?connect_timeout=1",
+            "postgres://a@h/d?password=x",
+            "postgres://a@h:0/d",
+            "postgres:///d",
+            "not a url",
+        ] {
+            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips_without_the_password() {
+        for text in [
+            "postgres://app@db.example.com:5433/auth?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+            "postgres://app@[::1]:5432/auth?sslmode=disable",
+            "postgres://app@%2Frun%2Fpostgresql:5432/auth?sslmode=prefer",
+        ] {
+            let u = DatabaseUrl::parse(text).unwrap();
+            assert_eq!(u.to_string(), text);
+            assert_eq!(DatabaseUrl::parse(&u.to_string()).unwrap().to_string(), text);
+        }
+    }
+}

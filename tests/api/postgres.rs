@@ -1,0 +1,385 @@
+//! The PostgreSQL engine's building blocks against a real server (`pg.rs`): connecting with
+//! each `sslmode`, migrations racing at start, and the shared brute-force operations, each
+//! with its concurrency test (N tasks at once on one key get exactly what one would allow).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::config::Rate;
+use portcullis::postgres::brute_force as bf;
+use portcullis::postgres::connect::{connect, pool};
+use portcullis::postgres::migrate::{migrate, LATEST};
+use portcullis::postgres::url::DatabaseUrl;
+use portcullis::postgres::PgError;
+
+use crate::pg;
+
+/// A fresh database with the schema, and a pool on it.
+async fn migrated() -> Option<(DatabaseUrl, deadpool_postgres::Pool)> {
+    let url = pg::database().await?;
+    migrate(&mut connect(&url).await.unwrap()).await.unwrap();
+    let pool = pool(&url, 32).unwrap();
+    Some((url, pool))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_migrating_one_fresh_database_at_once_apply_each_version_once() {
+    let Some(url) = pg::database().await else { return };
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { migrate(&mut connect(&url).await.unwrap()).await })
+        })
+        .collect();
+    let mut found = Vec::new();
+    for t in tasks {
+        found.push(t.await.unwrap().expect("every migrator succeeds"));
+    }
+    found.sort();
+    assert_eq!(found, vec![0, LATEST, LATEST, LATEST], "one applied, three found it done");
+    let client = connect(&url).await.unwrap();
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM portcullis_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=LATEST).collect::<Vec<_>>());
+    let tables: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tables >= 8, "{tables}");
+}
+
+#[tokio::test]
+async fn a_database_ahead_of_this_build_is_refused_and_left_alone() {
+    let Some(url) = pg::database().await else { return };
+    let mut client = connect(&url).await.unwrap();
+    assert_eq!(migrate(&mut client).await.unwrap(), 0);
+    assert_eq!(migrate(&mut client).await.unwrap(), LATEST, "a second start finds nothing to do");
+    client.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&(LATEST + 1)]).await.unwrap();
+    let err = migrate(&mut client).await.unwrap_err();
+    assert!(matches!(err, PgError::SchemaTooNew { found, known } if found == LATEST + 1 && known == LATEST), "{err}");
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_nothing_behind() {
+    let Some(url) = pg::database().await else { return };
+    let mut client = connect(&url).await.unwrap();
+    // A table in the way of migration 1: the whole transaction must roll back.
+    client.batch_execute("CREATE TABLE bf_captchas (x int)").await.unwrap();
+    assert!(migrate(&mut client).await.is_err());
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('users', 'portcullis_schema')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "no half-applied schema");
+}
+
+/// Whether the server sees this connection as TLS.
+async fn uses_tls(client: &tokio_postgres::Client) -> bool {
+    client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn each_sslmode_does_what_libpq_does() {
+    let Some(cluster) = pg::cluster() else { return };
+    let db = pg::create_database(cluster).await;
+    let ca = cluster.ca_file.display().to_string();
+    let other = cluster.other_ca_file.display().to_string();
+    let url = |host: &str, query: &str| {
+        let base = cluster.tcp_base.replace("127.0.0.1", host);
+        DatabaseUrl::parse(&format!("{base}/{db}?{query}")).unwrap()
+    };
+    for (u, tls) in [
+        (url("127.0.0.1", "sslmode=disable"), false),
+        (url("127.0.0.1", "sslmode=prefer"), true),
+        (url("127.0.0.1", "sslmode=require"), true),
+        (url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")), true),
+        (url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")), true),
+        (url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}")), true),
+    ] {
+        let client = connect(&u).await.unwrap_or_else(|e| panic!("{u}: {e}"));
+        assert_eq!(uses_tls(&client).await, tls, "{u}");
+        // The pool connects the same way.
+        let p = pool(&u, 1).unwrap();
+        assert_eq!(uses_tls(&p.get().await.unwrap()).await, tls, "{u}");
+    }
+    // A certificate from another CA is refused by the verifying modes (and by require with a
+    // root file, which libpq treats as verify-ca), accepted by require alone.
+    for q in [
+        format!("sslmode=verify-ca&sslrootcert={other}"),
+        format!("sslmode=verify-full&sslrootcert={other}"),
+        format!("sslmode=require&sslrootcert={other}"),
+    ] {
+        let u = url("127.0.0.1", &q);
+        assert!(connect(&u).await.is_err(), "{u}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_database_password_fails_without_the_password_in_the_error() {
+    let Some(cluster) = pg::cluster() else { return };
+    let base = cluster.tcp_base.replace("postgres:pw-", "postgres:wrongpw-");
+    let u = DatabaseUrl::parse(&format!("{base}/postgres?sslmode=disable")).unwrap();
+    let err = connect(&u).await.unwrap_err();
+    let shown = format!("{err} {err:?} {u} {u:?}");
+    assert!(!shown.contains("wrongpw"), "{shown}");
+    let pool_err = pool(&u, 1).unwrap().get().await.unwrap_err();
+    assert!(!format!("{pool_err} {pool_err:?}").contains("wrongpw"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_an_unavailable_error_within_the_timeout() {
+    // A port nothing listens on: refused at once, and classed as unavailable (answer 503).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let u = DatabaseUrl::parse(&format!("postgres://x:y@127.0.0.1:{port}/db?sslmode=disable")).unwrap();
+    let err = pool(&u, 1).unwrap().get().await.map(|_| ()).unwrap_err();
+    assert!(PgError::from(err).is_unavailable());
+}
+
+const MINUTE: Rate = Rate { burst: 3, period: Duration::from_secs(60) };
+
+#[tokio::test]
+async fn the_gcra_quota_allows_a_burst_then_refills_one_unit_per_interval() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    let t0 = 1_700_000_000_000u64;
+    for _ in 0..3 {
+        assert_eq!(bf::take_quota(&c, "per_address", b"k", MINUTE, t0).await.unwrap(), Ok(()));
+    }
+    // Burst used: the next unit is one interval (20 s) away.
+    assert_eq!(bf::take_quota(&c, "per_address", b"k", MINUTE, t0).await.unwrap(), Err(20));
+    assert_eq!(bf::take_quota(&c, "per_address", b"k", MINUTE, t0 + 15_500).await.unwrap(), Err(5));
+    assert_eq!(bf::take_quota(&c, "per_username", b"k", MINUTE, t0).await.unwrap(), Ok(()), "quotas are separate");
+    assert_eq!(bf::take_quota(&c, "per_address", b"other", MINUTE, t0).await.unwrap(), Ok(()), "keys are separate");
+    // One interval later: exactly one unit.
+    assert_eq!(bf::take_quota(&c, "per_address", b"k", MINUTE, t0 + 20_000).await.unwrap(), Ok(()));
+    assert!(bf::take_quota(&c, "per_address", b"k", MINUTE, t0 + 20_000).await.unwrap().is_err());
+    // A full period idle: the whole burst again, and no more.
+    let later = t0 + 20_000 + 60_000;
+    for _ in 0..3 {
+        assert_eq!(bf::take_quota(&c, "per_address", b"k", MINUTE, later).await.unwrap(), Ok(()));
+    }
+    assert!(bf::take_quota(&c, "per_address", b"k", MINUTE, later).await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_takes_at_once_on_one_key_get_exactly_the_burst() {
+    let Some((_, pool)) = migrated().await else { return };
+    let rate = Rate { burst: 5, period: Duration::from_secs(3600) };
+    let barrier = Arc::new(tokio::sync::Barrier::new(24));
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                bf::take_quota(&c, "per_username", b"alice", rate, 1_000_000).await.unwrap().is_ok()
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 5);
+}
+
+const WINDOW: u64 = 15 * 60_000;
+
+#[tokio::test]
+async fn reservations_and_failures_demand_a_captcha_at_the_threshold_until_the_window_passes() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    let addr = bf::address_key(portcullis::client::AddressKey::of("192.0.2.1".parse().unwrap()));
+    let (alice, bob) = (bf::username_key("alice"), bf::username_key("bob"));
+    let t = 10_000_000u64;
+    let r1 = bf::reserve_check(&c, &addr, &alice, t, 3).await.unwrap().unwrap();
+    let r2 = bf::reserve_check(&c, &addr, &alice, t, 3).await.unwrap().unwrap();
+    let r3 = bf::reserve_check(&c, &addr, &bob, t, 3).await.unwrap().unwrap();
+    assert!(
+        bf::reserve_check(&c, &addr, &bf::username_key("carol"), t, 3).await.unwrap().is_none(),
+        "the address is full"
+    );
+    assert!(bf::needs_captcha(&c, &addr, &bob, t, 3).await.unwrap());
+    // A success gives its place back.
+    bf::release_check(&c, r3).await.unwrap();
+    assert!(!bf::needs_captcha(&c, &addr, &bob, t, 3).await.unwrap());
+    // Failures count; the third one reaches the threshold, and says so once.
+    assert!(!bf::fail_check(&c, &addr, &alice, Some(r1), t + 1, WINDOW, 3).await.unwrap());
+    assert!(!bf::fail_check(&c, &addr, &alice, Some(r2), t + 2, WINDOW, 3).await.unwrap());
+    assert!(bf::fail_check(&c, &addr, &alice, None, t + 3, WINDOW, 3).await.unwrap(), "the crossing");
+    assert!(!bf::fail_check(&c, &addr, &alice, None, t + 4, WINDOW, 3).await.unwrap(), "reported once");
+    let other_addr = bf::address_key(portcullis::client::AddressKey::of("192.0.2.2".parse().unwrap()));
+    assert!(bf::reserve_check(&c, &other_addr, &alice, t + 5, 3).await.unwrap().is_none(), "alice is flagged");
+    // A success for alice clears her failures (not the address's).
+    assert_eq!(bf::clear_username(&c, &alice, t + 6).await.unwrap(), 4);
+    assert!(bf::reserve_check(&c, &other_addr, &alice, t + 7, 3).await.unwrap().is_some());
+    assert!(bf::needs_captcha(&c, &addr, &bob, t + 7, 3).await.unwrap(), "the address still is");
+    // Past the window nothing counts.
+    assert!(!bf::needs_captcha(&c, &addr, &bob, t + 4 + WINDOW, 3).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_reservation_never_reported_back_lapses() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    let t = 5_000_000u64;
+    for _ in 0..2 {
+        let _lost = bf::reserve_check(&c, b"a", b"u", t, 2).await.unwrap().unwrap();
+    }
+    assert!(bf::reserve_check(&c, b"a", b"u", t, 2).await.unwrap().is_none());
+    assert!(bf::reserve_check(&c, b"a", b"u", t + bf::RESERVATION_HOLD_MS, 2).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_checks_at_once_for_one_username_reserve_exactly_the_threshold() {
+    let Some((_, pool)) = migrated().await else { return };
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20u8)
+        .map(|i| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                // Every attempt from its own address: only the username can stop them.
+                let r = bf::reserve_check(&c, &[10, 0, 0, i], &bf::username_key("alice"), 1_000, 3).await.unwrap();
+                r.is_some()
+            })
+        })
+        .collect();
+    let mut reserved = 0;
+    for t in tasks {
+        reserved += usize::from(t.await.unwrap());
+    }
+    assert_eq!(reserved, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captcha_challenge_is_taken_once_even_by_many_at_once() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    bf::put_captcha(&c, &[1; 32], &[2; 32], 10_000).await.unwrap();
+    assert_eq!(bf::take_captcha(&c, &[1; 32], 5_000).await.unwrap(), Some([2; 32]));
+    assert_eq!(bf::take_captcha(&c, &[1; 32], 5_000).await.unwrap(), None, "single use");
+    // A late answer consumes the challenge and gets nothing.
+    bf::put_captcha(&c, &[1; 32], &[3; 32], 10_000).await.unwrap();
+    assert_eq!(bf::take_captcha(&c, &[1; 32], 10_000).await.unwrap(), None);
+    assert_eq!(bf::take_captcha(&c, &[1; 32], 5_000).await.unwrap(), None);
+    // A new challenge replaces the open one.
+    bf::put_captcha(&c, &[1; 32], &[4; 32], 10_000).await.unwrap();
+    bf::put_captcha(&c, &[1; 32], &[5; 32], 10_000).await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                bf::take_captcha(&c, &[1; 32], 5_000).await.unwrap()
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.extend(t.await.unwrap());
+    }
+    assert_eq!(got, vec![[5; 32]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_login_id_retires_once_even_by_many_at_once() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    assert!(!bf::is_retired(&c, &[7; 16]).await.unwrap());
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                bf::retire_prelogin(&c, &[7; 16], 9_000).await.unwrap()
+            })
+        })
+        .collect();
+    let mut first = 0;
+    for t in tasks {
+        first += usize::from(t.await.unwrap());
+    }
+    assert_eq!(first, 1);
+    assert!(bf::is_retired(&c, &[7; 16]).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_purge_drops_exactly_what_no_longer_counts() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    let rate = Rate { burst: 1, period: Duration::from_secs(10) };
+    bf::take_quota(&c, "q", b"old", rate, 0).await.unwrap().unwrap();
+    bf::take_quota(&c, "q", b"new", rate, 50_000).await.unwrap().unwrap();
+    bf::fail_check(&c, b"a", b"u", None, 0, 1_000, 3).await.unwrap();
+    let _held = bf::reserve_check(&c, b"a", b"u", 50_000, 3).await.unwrap().unwrap();
+    bf::put_captcha(&c, &[1; 32], &[1; 32], 1_000).await.unwrap();
+    bf::put_captcha(&c, &[2; 32], &[1; 32], 90_000).await.unwrap();
+    bf::retire_prelogin(&c, &[1; 16], 1_000).await.unwrap();
+    bf::retire_prelogin(&c, &[2; 16], 90_000).await.unwrap();
+    let purged = bf::purge_expired(&c, 50_000).await.unwrap();
+    assert_eq!(purged, bf::Purged { quotas: 1, attempts: 2, captchas: 1, retired: 1 });
+    assert!(bf::is_retired(&c, &[2; 16]).await.unwrap());
+    assert!(bf::take_quota(&c, "q", b"new", rate, 50_000).await.unwrap().is_err(), "a live quota row stays");
+    assert_eq!(bf::purge_expired(&c, 50_000).await.unwrap(), bf::Purged::default());
+}
+
+#[tokio::test]
+async fn the_audit_filters_have_indexes_to_use() {
+    let Some((_, pool)) = migrated().await else { return };
+    let c = pool.get().await.unwrap();
+    // On an empty table the planner prefers a scan; forbid it to see which index serves.
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    for (query, index) in [
+        ("SELECT id FROM failures WHERE ip <<= '10.0.0.0/8' ORDER BY ip, time_ms DESC LIMIT 100", "failures_by_ip"),
+        (
+            "SELECT id FROM failures WHERE user_key = 'alice' ORDER BY time_ms DESC, id DESC LIMIT 100",
+            "failures_by_user",
+        ),
+        ("SELECT id FROM failures WHERE time_ms < 5 ORDER BY time_ms DESC, id DESC LIMIT 100", "failures_by_time"),
+    ] {
+        let plan: Vec<String> =
+            c.query(&format!("EXPLAIN {query}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert!(plan.iter().any(|l| l.contains(index)), "{query}: {plan:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_asking_for_a_new_secret_at_once_all_get_the_same_one() {
+    let Some((_, pool)) = migrated().await else { return };
+    let barrier = Arc::new(tokio::sync::Barrier::new(12));
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let c = pool.get().await.unwrap();
+                barrier.wait().await;
+                portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap()
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.unwrap());
+    }
+    values.dedup();
+    assert_eq!(values.len(), 1, "one value for everyone");
+    let c = pool.get().await.unwrap();
+    assert_eq!(portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap(), values[0], "kept");
+    assert_ne!(portcullis::postgres::secrets::secret(&c, "captcha").await.unwrap(), values[0], "one per name");
+}
