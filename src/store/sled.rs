@@ -810,6 +810,7 @@ impl SecretStore for SledStore {
 mod tests {
     use super::*;
     use crate::audit::FailureReason;
+    use crate::store::conformance::failure;
     use crate::store::ensure_private_dir;
 
     fn user(key: &str) -> UserRecord {
@@ -997,18 +998,6 @@ mod tests {
         assert_eq!((record.username.as_str(), record.typed.as_deref()), ("  alice", None));
         // And a record without `typed` is written without it, as before.
         assert!(!String::from_utf8(encode(&record).unwrap()).unwrap().contains("typed"));
-    }
-
-    fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> FailureRecord {
-        FailureRecord {
-            time,
-            ip: ip.into(),
-            username: username.into(),
-            reason,
-            user_agent: "ua".into(),
-            typed: None,
-            count: 1,
-        }
     }
 
     #[test]

@@ -6,25 +6,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::child::nofile_limit;
 use crate::child::{self, ServerProcess};
 use crate::exhaustion::connect_from;
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Sets the child's soft and hard open-files limit to `n` (so raising it cannot help).
-fn nofile_limit(cmd: &mut std::process::Command, n: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_room_for_a_real_client() {

@@ -111,17 +111,7 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
     let lookalike = "admin\u{2060}";
     {
         let services = Services::open(&settings, 1).unwrap();
-        let user = User {
-            key: normalise_key(lookalike),
-            display_name: lookalike.into(),
-            admin: false,
-            created_at: 0,
-            password_changed_at: 0,
-            last_login_at: None,
-            disabled: false,
-        };
-        let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-        services.store.users.insert(&user, hash).await.unwrap();
+        insert_old_user(&services, lookalike).await;
         let record = FailureRecord {
             time: portcullis::store::now_ms(),
             ip: "192.0.2.1".into(),
@@ -152,4 +142,20 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
     let (ok, _, err) = portcullis(&settings, &["user", "del", "bob\u{2060}\u{1b}[2J"]).await;
     assert!(!ok);
     assert!(!raw(&err) && err.trim().lines().count() == 1, "{err:?}");
+}
+
+/// Stores a user named `name` as an older version could have (no check of the name), so tests
+/// can see how names that today's rules refuse are shown.
+pub(crate) async fn insert_old_user(services: &Services, name: &str) {
+    let user = User {
+        key: normalise_key(name),
+        display_name: name.into(),
+        admin: false,
+        created_at: 0,
+        password_changed_at: 0,
+        last_login_at: None,
+        disabled: false,
+    };
+    let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    services.store.users.insert(&user, hash).await.unwrap();
 }

@@ -3,8 +3,6 @@
 //! old name holding a blank is shown escaped.
 
 use portcullis::app::Services;
-use portcullis::domain::normalise_key;
-use portcullis::store::User;
 
 use crate::helpers::{test_settings, GOOD_PASSWORD};
 use crate::review::portcullis;
@@ -23,17 +21,7 @@ async fn user_add_refuses_names_that_read_as_another_and_user_list_shows_old_one
     let old = "alice\u{2800}";
     {
         let services = Services::open(&settings, 1).unwrap();
-        let user = User {
-            key: normalise_key(old),
-            display_name: old.into(),
-            admin: false,
-            created_at: 0,
-            password_changed_at: 0,
-            last_login_at: None,
-            disabled: false,
-        };
-        let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-        services.store.users.insert(&user, hash).await.unwrap();
+        crate::identities::insert_old_user(&services, old).await;
     }
     let run = user_add(dir.path(), "admin").await;
     assert!(run.ok, "{}", run.stderr);

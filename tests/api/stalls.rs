@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::child::{self, ServerProcess};
+use crate::child::{self, nofile_limit, ServerProcess};
 use crate::exhaustion::{connect_from, raise_fd_limit};
 use crate::helpers::{spawn_app_with, TestApp};
 
@@ -354,21 +354,6 @@ async fn the_redirector_times_out_silent_connections() {
 /// Descriptors process `pid` has open.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-/// Sets the child's open-files limit.
-fn nofile_limit(cmd: &mut std::process::Command, n: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
