@@ -1,6 +1,7 @@
 //! Storage in domain terms: the async traits every engine implements, the types they speak,
 //! and [`Store`], the handle the services hold. Engines live beside this file (`sled.rs`, the
-//! default and today the only one); nothing outside `src/store/` names an engine type.
+//! default, and `postgres.rs`, chosen by `database_url`); nothing outside `src/store/` names an
+//! engine type.
 //!
 //! Every write is durable when its method returns (the sled engine shares one fsync among
 //! concurrent writers), so no caller flushes. No method takes a closure: each change is an
@@ -19,6 +20,7 @@ use crate::audit::FailureReason;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod postgres;
 mod sled;
 
 mod fs;
@@ -323,6 +325,16 @@ impl Store {
     /// it cannot be opened.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self::from_engine(self::sled::SledStore::open(dir)?))
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
+    /// several instances start at once), for a store shared by every instance on it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
+    /// connection or a migration, or holds a newer schema than this build knows.
+    pub async fn connect(url: &crate::postgres::url::DatabaseUrl) -> Result<Self> {
+        Ok(Self::from_engine(self::postgres::PgStore::open(url).await?))
     }
 
     /// A handle on one engine that implements every trait.

@@ -32,6 +32,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod stalls;
+mod store_postgres;
 mod store_seam;
 mod terminal;
 mod tls;
