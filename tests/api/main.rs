@@ -3,6 +3,7 @@
 
 mod admin_review;
 mod brute_force;
+mod brute_force_pg;
 mod brute_force_races;
 mod child;
 mod cli;
