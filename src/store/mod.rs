@@ -310,6 +310,9 @@ pub struct Store {
     pub sessions: Arc<dyn SessionStore>,
     pub failures: Arc<dyn FailureStore>,
     pub secrets: Arc<dyn SecretStore>,
+    /// The PostgreSQL engine's pool, for the brute-force state it shares
+    /// ([`Store::shared_brute_force`]); `None` on sled.
+    pg_pool: Option<deadpool_postgres::Pool>,
 }
 
 impl Store {
@@ -334,7 +337,22 @@ impl Store {
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
     /// connection or a migration, or holds a newer schema than this build knows.
     pub async fn connect(url: &crate::postgres::url::DatabaseUrl) -> Result<Self> {
-        Ok(Self::from_engine(self::postgres::PgStore::open(url).await?))
+        let engine = self::postgres::PgStore::open(url).await?;
+        let pool = engine.pool().clone();
+        Ok(Store { pg_pool: Some(pool), ..Self::from_engine(engine) })
+    }
+
+    /// The brute-force state every instance on this store shares, when the engine can hold
+    /// one (PostgreSQL, on the store's own pool); `None` on sled, whose single process keeps
+    /// it in memory (`brute_force::InMemory`). `window` and `threshold` are
+    /// `failure_window` and `captcha_after_failures` (issue 12 §3).
+    pub fn shared_brute_force(
+        &self,
+        window: std::time::Duration,
+        threshold: u32,
+    ) -> Option<Arc<dyn crate::brute_force::BruteForceState>> {
+        let pool = self.pg_pool.clone()?;
+        Some(Arc::new(crate::postgres::state::PgBruteForce::new(pool, window, threshold)))
     }
 
     /// A handle on one engine that implements every trait.
@@ -343,7 +361,13 @@ impl Store {
         E: UserStore + SessionStore + FailureStore + SecretStore + 'static,
     {
         let engine = Arc::new(engine);
-        Store { users: engine.clone(), sessions: engine.clone(), failures: engine.clone(), secrets: engine }
+        Store {
+            users: engine.clone(),
+            sessions: engine.clone(),
+            failures: engine.clone(),
+            secrets: engine,
+            pg_pool: None,
+        }
     }
 }
 

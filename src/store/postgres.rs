@@ -123,6 +123,11 @@ impl PgStore {
         Ok(PgStore { pool: pool(url, POOL_SIZE)? })
     }
 
+    /// The pool, for the brute-force state that shares it (`Store::shared_brute_force`).
+    pub(super) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
     }

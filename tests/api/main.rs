@@ -26,6 +26,7 @@ mod memory;
 mod notices;
 mod password_policy;
 mod pg;
+mod pg_app;
 mod postgres;
 mod review;
 mod review_times;

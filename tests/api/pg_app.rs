@@ -1,0 +1,116 @@
+//! The server and the CLI on PostgreSQL (`database_url`) end to end, each test on a fresh
+//! database of the throwaway cluster (`pg.rs`; skipped without it unless
+//! `PORTCULLIS_REQUIRE_ALL` is set): a sign-in, a sign-out and a failure recorded and read by
+//! `portcullis audit` from the database itself; and two instances on one database sharing
+//! sessions, sign-outs and the failure counts that demand a captcha.
+
+use portcullis::postgres::url::DatabaseUrl;
+use portcullis::store::{FailureQuery, Store};
+use reqwest::StatusCode;
+
+use crate::child;
+use crate::helpers::{shows_captcha, spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::pg;
+
+/// `portcullis ARGS` in a directory of its own (no store, no socket there), with only the
+/// database in common with the servers.
+async fn cli_on(url: &DatabaseUrl, args: &[&str]) -> child::Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
+    child::run_cli(cmd, None).await
+}
+
+/// Whether `client` is signed in on `app`: the home page answers, rather than sending it to
+/// the sign-in form.
+async fn signed_in(app: &TestApp, client: &reqwest::Client) -> bool {
+    let resp = client.get(app.url("/")).send().await.unwrap();
+    match resp.status() {
+        StatusCode::OK => true,
+        StatusCode::SEE_OTHER => {
+            assert_eq!(resp.headers()["location"], "/login");
+            false
+        }
+        other => panic!("GET / answered {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_sign_in_a_sign_out_and_a_failure_the_cli_reads_from_the_database() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    assert!(app.state.in_memory.is_none(), "the brute-force state is the database's");
+    assert!(!app.settings.data_dir.join("db").exists() && !app.settings.data_dir.join("conf").exists());
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let db = Store::connect(&url).await.unwrap();
+
+    let resp = app.login("alice", "not the password at all").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the form again, with an error");
+    assert!(!signed_in(&app, &app.client).await);
+    let records = app.records(FailureQuery::default()).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].username, "alice");
+
+    let resp = app.login("alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(signed_in(&app, &app.client).await);
+    assert_eq!(db.sessions.count().await.unwrap(), 1, "the session is in the database");
+    app.logout_with(&app.client).await;
+    assert!(!signed_in(&app, &app.client).await, "signed out");
+    assert_eq!(db.sessions.count().await.unwrap(), 0);
+
+    // The CLI, with nothing but the database_url: no admin socket, no data directory.
+    let audit = cli_on(&url, &["audit", "--since", "1h"]).await;
+    audit.assert_ok("audit on the database");
+    assert!(audit.stdout.contains("alice") && audit.stdout.contains("bad_password"), "{audit:?}");
+    let json = cli_on(&url, &["audit", "--json"]).await;
+    json.assert_ok("audit --json");
+    let users = cli_on(&url, &["user", "list"]).await;
+    users.assert_ok("user list on the database");
+    assert!(users.stdout.contains("alice") && users.stdout.contains("admin"), "{users:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_counts() {
+    let Some(url) = pg::database().await else { return };
+    let one = spawn_app_with(|s| {
+        s.database_url = Some(url.clone());
+        s.captcha_after_failures = 2;
+    })
+    .await;
+    // The second instance serves the same certificate, so one browser trusts both; its
+    // cookies (host-only, no port) go to both, as behind one load balancer.
+    let cert_dir = one.settings.cert_dir.clone();
+    let two = spawn_app_with(|s| {
+        s.database_url = Some(url.clone());
+        s.captcha_after_failures = 2;
+        s.cert_dir = cert_dir;
+    })
+    .await;
+    assert!(two.admin_password.is_empty(), "the first administrator is made once, by the first instance");
+    one.add_user("alice", GOOD_PASSWORD, false).await;
+
+    let browser = one.new_browser();
+    assert_eq!(one.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    assert!(signed_in(&two, &browser).await, "a session made on one is valid on the other");
+    // The sign-out form of the second instance carries a CSRF token the first would accept
+    // too (one key, from the database).
+    two.logout_with(&browser).await;
+    assert!(!signed_in(&one, &browser).await, "a sign-out on one ends the session on both");
+    assert!(!signed_in(&two, &browser).await);
+
+    // One failure on each instance reaches the threshold of 2: the next attempt, on either,
+    // must carry a solved captcha, even with the right password.
+    let attacker = one.new_browser();
+    assert_eq!(one.login_with(&attacker, "alice", "wrong guess number one").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(two.login_with(&attacker, "alice", "wrong guess number two").await.status(), StatusCode::UNAUTHORIZED);
+    let resp = one.login_with(&attacker, "alice", GOOD_PASSWORD).await;
+    assert_ne!(resp.status(), StatusCode::SEE_OTHER, "not signed in without the captcha");
+    assert!(shows_captcha(&resp.text().await.unwrap()), "the captcha is demanded");
+    assert!(!signed_in(&one, &attacker).await);
+    let records = two.records(FailureQuery::default()).await;
+    assert_eq!(records.len(), 3, "every instance's failures in one place: {records:?}");
+    two.stop().await;
+    one.stop().await;
+}
