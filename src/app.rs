@@ -75,9 +75,9 @@ impl Services {
     pub async fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
         let store = match &settings.database_url {
             // The URL's Display shows no password.
-            Some(url) => {
-                Store::connect(url).await.with_context(|| format!("cannot open the PostgreSQL store at {url}"))?
-            }
+            Some(url) => Store::connect(url, &settings.instance_name)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
             None => Store::open(&settings.data_dir)?,
         };
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;

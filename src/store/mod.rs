@@ -332,12 +332,14 @@ impl Store {
 
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
     /// several instances start at once), for a store shared by every instance on it.
+    /// `instance` (`instance_name`) is written into the failed-login records this handle
+    /// appends (SPEC.md, "Several instances, one truth"), in the table's `instance` column.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
     /// connection or a migration, or holds a newer schema than this build knows.
-    pub async fn connect(url: &crate::postgres::url::DatabaseUrl) -> Result<Self> {
-        let engine = self::postgres::PgStore::open(url).await?;
+    pub async fn connect(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
+        let engine = self::postgres::PgStore::open(url, instance).await?;
         let pool = engine.pool().clone();
         Ok(Store { pg_pool: Some(pool), ..Self::from_engine(engine) })
     }

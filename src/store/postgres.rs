@@ -46,6 +46,8 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// The engine: a pool on one database whose schema is current.
 pub struct PgStore {
     pool: Pool,
+    /// `instance_name`, for the failure records' `instance` column.
+    instance: String,
 }
 
 /// Unix ms as PostgreSQL's bigint (times past year 292 million saturate).
@@ -112,15 +114,15 @@ fn failure_of(row: &Row) -> Result<(Cursor, FailureRecord)> {
 impl PgStore {
     /// Connects to `url`, brings its schema to the current version (safe when several
     /// instances start at once: see `postgres::migrate`), and returns the engine with a pool
-    /// of [`POOL_SIZE`] connections.
+    /// of [`POOL_SIZE`] connections; `instance` goes into the failure records it appends.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses, or holds a
     /// newer schema than this build knows.
-    pub async fn open(url: &DatabaseUrl) -> Result<Self> {
+    pub async fn open(url: &DatabaseUrl, instance: &str) -> Result<Self> {
         let mut client = connect(url).await?;
         migrate(&mut client).await?;
-        Ok(PgStore { pool: pool(url, POOL_SIZE)? })
+        Ok(PgStore { pool: pool(url, POOL_SIZE)?, instance: instance.to_string() })
     }
 
     /// The pool, for the brute-force state that shares it (`Store::shared_brute_force`).
@@ -378,8 +380,8 @@ impl FailureStore for PgStore {
             .await?
             .query_one(
                 "WITH ins AS (
-                     INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count)
-                     VALUES ($1, $2::text::inet, $3, $4, $5, $6, $7, $8) RETURNING id),
+                     INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance)
+                     VALUES ($1, $2::text::inet, $3, $4, $5, $6, $7, $8, $10) RETURNING id),
                  capped AS (
                      DELETE FROM failures WHERE $9::bigint IS NOT NULL AND id <= (SELECT id FROM ins) - $9)
                  SELECT id FROM ins",
@@ -393,6 +395,7 @@ impl FailureStore for PgStore {
                     &record.user_agent,
                     &ms(record.count.max(1)),
                     &cap,
+                    &self.instance,
                 ],
             )
             .await?;

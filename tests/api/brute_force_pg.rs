@@ -20,7 +20,7 @@ use crate::pg;
 /// Two states on one fresh, migrated database, as two instances would hold them.
 async fn two_instances(threshold: u32) -> Option<(Arc<dyn BruteForceState>, Arc<dyn BruteForceState>)> {
     let url = pg::database().await?;
-    Store::connect(&url).await.expect("the schema is made");
+    Store::connect(&url, "test").await.expect("the schema is made");
     let state = |_: ()| -> Arc<dyn BruteForceState> {
         Arc::new(PgBruteForce::new(pool(&url, 16).unwrap(), Duration::from_secs(60), threshold))
     };

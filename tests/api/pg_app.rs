@@ -42,7 +42,7 @@ async fn on_postgresql_a_sign_in_a_sign_out_and_a_failure_the_cli_reads_from_the
     assert!(app.state.in_memory.is_none(), "the brute-force state is the database's");
     assert!(!app.settings.data_dir.join("db").exists() && !app.settings.data_dir.join("conf").exists());
     app.add_user("alice", GOOD_PASSWORD, false).await;
-    let db = Store::connect(&url).await.unwrap();
+    let db = Store::connect(&url, "test").await.unwrap();
 
     let resp = app.login("alice", "not the password at all").await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the form again, with an error");
@@ -77,6 +77,7 @@ async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_coun
     let one = spawn_app_with(|s| {
         s.database_url = Some(url.clone());
         s.captcha_after_failures = 2;
+        s.instance_name = "web-1".into();
     })
     .await;
     // The second instance serves the same certificate, so one browser trusts both; its
@@ -86,6 +87,7 @@ async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_coun
         s.database_url = Some(url.clone());
         s.captcha_after_failures = 2;
         s.cert_dir = cert_dir;
+        s.instance_name = "web-2".into();
     })
     .await;
     assert!(two.admin_password.is_empty(), "the first administrator is made once, by the first instance");
@@ -111,6 +113,15 @@ async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_coun
     assert!(!signed_in(&one, &attacker).await);
     let records = two.records(FailureQuery::default()).await;
     assert_eq!(records.len(), 3, "every instance's failures in one place: {records:?}");
+    let db = portcullis::postgres::connect::connect(&url).await.unwrap();
+    let by_instance: Vec<(String, i64)> = db
+        .query("SELECT instance, count(*) FROM failures GROUP BY instance ORDER BY instance", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(by_instance, [("web-1".to_string(), 2), ("web-2".to_string(), 1)], "each record names its instance");
     two.stop().await;
     one.stop().await;
 }

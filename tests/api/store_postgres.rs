@@ -19,7 +19,7 @@ struct PgHarness {
 impl Harness for PgHarness {
     async fn fresh(&mut self) -> Store {
         let url = pg::database().await.expect("checked by the test before the suite runs");
-        let store = Store::connect(&url).await.expect("a fresh database opens");
+        let store = Store::connect(&url, "conformance").await.expect("a fresh database opens");
         self.last = Some(url);
         store
     }
@@ -27,7 +27,7 @@ impl Harness for PgHarness {
     async fn reopen(&mut self, store: Store) -> Store {
         drop(store);
         let url = self.last.as_ref().expect("fresh ran first");
-        Store::connect(url).await.expect("the database opens again")
+        Store::connect(url, "conformance").await.expect("the database opens again")
     }
 }
 
