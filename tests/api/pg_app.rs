@@ -125,3 +125,32 @@ async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_coun
     two.stop().await;
     one.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_session() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    let csrf = app.login_csrf(&browser).await;
+    let signed = app.new_browser();
+    assert_eq!(app.login_with(&signed, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+
+    // The database disappears under the running server (its connections are ended too).
+    let cluster = pg::cluster().expect("the database above came from it");
+    let admin = portcullis::postgres::connect::connect(&cluster.socket_url.with_dbname("postgres")).await.unwrap();
+    admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", url.dbname())).await.unwrap();
+
+    for password in [GOOD_PASSWORD, "not the password at all"] {
+        let resp = browser
+            .post(app.url("/login"))
+            .form(&[("username", "alice"), ("password", password), ("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "fail closed, whatever the password");
+    }
+    let home = signed.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::SERVICE_UNAVAILABLE, "a signed-in visitor is not shown as signed out");
+    app.stop().await;
+}
