@@ -173,8 +173,13 @@ impl Application {
             let password =
                 crate::users::generate_password().context("cannot create the first administrator's password")?;
             let copy = Password::new(password.expose());
-            services.users.add("admin", password, true, "first start").await?;
-            Some(copy)
+            match services.users.add("admin", password, true, "first start").await {
+                Ok(_) => Some(copy),
+                // Another instance on the same database made it at the same moment, and shows
+                // its password; this one has none to show.
+                Err(crate::users::UserError::AlreadyExists(_)) => None,
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };

@@ -154,3 +154,20 @@ async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_
     assert_eq!(home.status(), StatusCode::SERVICE_UNAVAILABLE, "a signed-in visitor is not shown as signed out");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_first_started_together_on_an_empty_database_all_start_and_one_shows_the_admin_password() {
+    let Some(url) = pg::database().await else { return };
+    let start = || {
+        let url = url.clone();
+        spawn_app_with(move |s| s.database_url = Some(url))
+    };
+    let (a, b, c) = tokio::join!(start(), start(), start());
+    let shown = [&a, &b, &c].iter().filter(|app| !app.admin_password.is_empty()).count();
+    assert_eq!(shown, 1, "one first administrator, its password shown once");
+    let db = Store::connect(&url, "test").await.unwrap();
+    assert_eq!(db.users.count().await.unwrap(), 1);
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
