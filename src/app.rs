@@ -175,9 +175,14 @@ impl Application {
             let copy = Password::new(password.expose());
             match services.users.add("admin", password, true, "first start").await {
                 Ok(_) => Some(copy),
-                // Another instance on the same database made it at the same moment, and shows
-                // its password; this one has none to show.
-                Err(crate::users::UserError::AlreadyExists(_)) => None,
+                // Another instance on the same database made it at the same moment (found by
+                // name, or by the lookalike check), and shows its password; this one has none
+                // to show.
+                Err(crate::users::UserError::AlreadyExists(_) | crate::users::UserError::LooksLike(_))
+                    if services.store.users.get("admin").await?.is_some() =>
+                {
+                    None
+                }
                 Err(e) => return Err(e.into()),
             }
         } else {
