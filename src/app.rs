@@ -60,20 +60,48 @@ pub struct Services {
     pub sessions: Sessions,
     pub audit: Audit,
     pub users: UserAdmin,
+    /// The brute-force state the store's engine shares between instances (PostgreSQL), which
+    /// `user unlock` clears; `None` on sled, where it lives in the server's memory.
+    pub shared_brute_force: Option<Arc<dyn BruteForceState>>,
 }
 
 impl Services {
-    pub fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
-        let store = Store::open(&settings.data_dir)?;
+    /// Opens the store `settings` name: PostgreSQL at `database_url` (its schema migrated
+    /// first) when set, otherwise sled in `data_dir`; and the services on it.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or reached, the hash pool cannot start, or the audit
+    /// log cannot be opened.
+    pub async fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
+        let store = match &settings.database_url {
+            // The URL's Display shows no password.
+            Some(url) => Store::connect(url, &settings.instance_name)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
+            None => Store::open(&settings.data_dir)?,
+        };
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
         let audit = Audit::open(&settings.log_dir, keep_days, Some(store.clone()))?
             .with_limits(crate::audit::DiskLimits::from_settings(settings));
         let policy = PasswordPolicy { min_length: settings.min_password_length };
-        let users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
-        Ok(Services { store, pool, sessions, audit, users })
+        let shared_brute_force = store.shared_brute_force(settings.failure_window, settings.captcha_after_failures);
+        let mut users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
+        if let Some(state) = &shared_brute_force {
+            users = users.with_unlock_hook(unlock_hook(Arc::clone(state)));
+        }
+        Ok(Services { store, pool, sessions, audit, users, shared_brute_force })
     }
+}
+
+/// What `user unlock` does to the brute-force state besides the store: clears the username's
+/// failures there.
+fn unlock_hook(state: Arc<dyn BruteForceState>) -> crate::users::UnlockHook {
+    Arc::new(move |key: &str| {
+        let (state, digest) = (Arc::clone(&state), username_digest(key));
+        Box::pin(async move { state.clear_username(digest).await.map(|_| ()) })
+    })
 }
 
 pub struct Application {
@@ -117,7 +145,7 @@ impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings);
-        let services = Services::open(&settings, settings.hash_worker_count())?;
+        let services = Services::open(&settings, settings.hash_worker_count()).await?;
         let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
         if generated_certificate {
             tracing::warn!(
@@ -145,34 +173,50 @@ impl Application {
             let password =
                 crate::users::generate_password().context("cannot create the first administrator's password")?;
             let copy = Password::new(password.expose());
-            services.users.add("admin", password, true, "first start").await?;
-            Some(copy)
+            match services.users.add("admin", password, true, "first start").await {
+                Ok(_) => Some(copy),
+                // Another instance on the same database made it at the same moment (found by
+                // name, or by the lookalike check), and shows its password; this one has none
+                // to show.
+                Err(crate::users::UserError::AlreadyExists(_) | crate::users::UserError::LooksLike(_))
+                    if services.store.users.get("admin").await?.is_some() =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
 
         let csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
-        let in_memory = Arc::new(InMemory::new(
-            settings.login_quota_per_ip,
-            settings.login_quota_per_user,
-            settings.failure_window,
-            settings.captcha_after_failures,
-        ));
-        let brute_force: Arc<dyn BruteForceState> = Arc::clone(&in_memory) as Arc<dyn BruteForceState>;
+        // With PostgreSQL the state is the database's, shared by every instance on it; with
+        // sled it is this process's.
+        let (brute_force, in_memory) = match services.shared_brute_force.clone() {
+            Some(shared) => (shared, None),
+            None => {
+                let in_memory = Arc::new(InMemory::new(
+                    settings.login_quota_per_ip,
+                    settings.login_quota_per_user,
+                    settings.failure_window,
+                    settings.captcha_after_failures,
+                ));
+                (Arc::clone(&in_memory) as Arc<dyn BruteForceState>, Some(in_memory))
+            }
+        };
         let captchas =
             Arc::new(Captchas::new(services.store.secrets.secret("captcha").await?, Arc::clone(&brute_force)));
-        let unlock = Arc::clone(&brute_force);
-        let users = services.users.with_unlock_hook(Arc::new(move |key: &str| {
-            let (state, digest) = (Arc::clone(&unlock), username_digest(key));
-            Box::pin(async move { state.clear_username(digest).await.map(|_| ()) })
-        }));
+        let users = services.users.with_unlock_hook(unlock_hook(Arc::clone(&brute_force)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         let mut background =
             vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
-        background.push(
-            admin_socket::serve(&settings.data_dir, users.clone(), services.audit.clone())
-                .context("cannot open the admin socket")?,
-        );
+        // With PostgreSQL the CLI works on the database itself, from any host: no socket.
+        if settings.database_url.is_none() {
+            background.push(
+                admin_socket::serve(&settings.data_dir, users.clone(), services.audit.clone())
+                    .context("cannot open the admin socket")?,
+            );
+        }
         background.push(spawn_session_purge(services.sessions.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
@@ -190,7 +234,7 @@ impl Application {
             settings,
             sign_in,
             brute_force,
-            in_memory: Some(in_memory),
+            in_memory,
             captchas,
             sessions: services.sessions,
             csrf,

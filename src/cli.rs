@@ -263,14 +263,21 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
 
 /// Sends the request to a running server through its admin socket or, when none answers,
 /// carries it out on the store directly.
+///
+/// With `database_url` there is no socket: the database is the one truth every instance
+/// shares, so the command works on it directly (SPEC.md, "Several instances, one truth").
 async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
+    if settings.database_url.is_some() {
+        let services = Services::open(settings, 1).await?;
+        return Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await);
+    }
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
     if !Store::exists(&settings.data_dir) && matches!(request, Request::Audit { .. }) {
         bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
     }
-    let services = match Services::open(settings, 1) {
+    let services = match Services::open(settings, 1).await {
         Ok(s) => s,
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
             "the store in {} is in use by another process and its admin socket ({}) does not answer",

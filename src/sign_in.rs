@@ -299,7 +299,7 @@ mod tests {
             argon2: HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
             ..Settings::default()
         };
-        let services = Services::open(&settings, 1).unwrap();
+        let services = Services::open(&settings, 1).await.unwrap();
         services.users.add("alice", Password::new(GOOD), false, "test").await.unwrap();
         let state: Arc<dyn BruteForceState> =
             Arc::new(InMemory::new(per_address, per_username, Duration::from_secs(900), captcha_after));

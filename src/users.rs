@@ -267,7 +267,7 @@ mod tests {
             argon2: crate::config::HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
             ..Default::default()
         };
-        let services = crate::app::Services::open(&settings, 1).unwrap();
+        let services = crate::app::Services::open(&settings, 1).await.unwrap();
         services.users.clone()
     }
 

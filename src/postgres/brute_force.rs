@@ -54,6 +54,21 @@ pub async fn take_quota(
     rate: Rate,
     now_ms: u64,
 ) -> Result<Result<(), u64>, PgError> {
+    Ok(take_quota_ms(client, quota, key, rate, now_ms).await?.map_err(|ms| ms.div_ceil(1000).max(1)))
+}
+
+/// As [`take_quota`], with the wait in milliseconds (at least 1), as
+/// [`crate::brute_force::Wait`] holds it.
+///
+/// # Errors
+/// As [`take_quota`].
+pub async fn take_quota_ms(
+    client: &Client,
+    quota: &str,
+    key: &[u8],
+    rate: Rate,
+    now_ms: u64,
+) -> Result<Result<(), u64>, PgError> {
     let burst = i64::from(rate.burst.max(1));
     let interval = (ms(rate.period.as_millis() as u64) / burst).max(1);
     let limit = interval.saturating_mul(burst);
@@ -80,7 +95,7 @@ pub async fn take_quota(
         None => now + limit,
     };
     let wait_ms = refused_tat + interval - limit - now;
-    Ok(Err((wait_ms.max(1) as u64).div_ceil(1000).max(1)))
+    Ok(Err(wait_ms.max(1) as u64))
 }
 
 /// How long a reserved password check holds its place when its instance never reports back
@@ -154,6 +169,42 @@ pub async fn fail_check(
 /// [`RESERVATION_HOLD_MS`]).
 pub async fn release_check(client: &Client, reservation: Reservation) -> Result<(), PgError> {
     client.execute("DELETE FROM bf_attempts WHERE id = ANY($1) AND pending", &[&reservation.ids]).await?;
+    Ok(())
+}
+
+/// Records a failed password check that holds a reservation known only by its keys (the
+/// trait's [`crate::failures::Reservation`] carries no row ids): one place in flight of
+/// `address` and one of `username` become failures counting for `window_ms`. Under the same
+/// locks as [`reserve_check`] (`bf_fail_held`, migration 2), so concurrent ends never take
+/// one place twice. Returns whether either count of failures reached `threshold` from below.
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer.
+pub async fn fail_held(
+    client: &Client,
+    address: &[u8],
+    username: &[u8],
+    now_ms: u64,
+    window_ms: u64,
+    threshold: u32,
+) -> Result<bool, PgError> {
+    let row = client
+        .query_one(
+            "SELECT bf_fail_held($1, $2, $3, $4, $5)",
+            &[&address, &username, &ms(now_ms), &ms(window_ms), &(threshold as i32)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Gives back one place in flight of `address` and one of `username` (a reservation known by
+/// its keys: see [`fail_held`]), under the same locks.
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer (the places then lapse after
+/// [`RESERVATION_HOLD_MS`]).
+pub async fn release_held(client: &Client, address: &[u8], username: &[u8]) -> Result<(), PgError> {
+    client.execute("SELECT bf_release_held($1, $2)", &[&address, &username]).await?;
     Ok(())
 }
 
@@ -243,16 +294,18 @@ pub async fn take_captcha(client: &Client, slot: &[u8; 32], now_ms: u64) -> Resu
 }
 
 /// Retires a pre-login id after it signed someone in, until `expires_at_ms` (when the id
-/// would expire anyway). Returns `false` when it was already retired: of two sign-ins with
-/// one form at once, on any instances, only one may proceed.
+/// would expire anyway). Returns `false` when it was already retired and still is at
+/// `now_ms` (a lapsed row not yet purged is taken over): of two sign-ins with one form at
+/// once, on any instances, only one may proceed.
 ///
 /// # Errors
 /// [`PgError`] when the database cannot answer.
-pub async fn retire_prelogin(client: &Client, id: &[u8; 16], expires_at_ms: u64) -> Result<bool, PgError> {
+pub async fn retire_prelogin(client: &Client, id: &[u8; 16], expires_at_ms: u64, now_ms: u64) -> Result<bool, PgError> {
     let n = client
         .execute(
-            "INSERT INTO bf_retired_prelogins (id, expires_at_ms) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-            &[&&id[..], &ms(expires_at_ms)],
+            "INSERT INTO bf_retired_prelogins AS r (id, expires_at_ms) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms WHERE r.expires_at_ms <= $3",
+            &[&&id[..], &ms(expires_at_ms), &ms(now_ms)],
         )
         .await?;
     Ok(n == 1)

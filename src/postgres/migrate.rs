@@ -10,7 +10,10 @@ use super::PgError;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one that has
 /// shipped; add the next.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_sessions_apart_held_reservations.sql"),
+];
 
 /// The schema version this build writes.
 pub const LATEST: i32 = MIGRATIONS.len() as i32;

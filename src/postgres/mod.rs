@@ -1,16 +1,16 @@
 //! The PostgreSQL engine's building blocks (issue 12): the `database_url` setting
 //! ([`url::DatabaseUrl`]), the connection pool with TLS ([`connect`]), the schema and its
 //! migrations ([`migrate`]), the shared server secrets ([`secrets`]) and the shared
-//! brute-force state as SQL ([`brute_force`]).
+//! brute-force state as SQL ([`brute_force`]) and behind the `BruteForceState` trait ([`state`]).
 //!
-//! Nothing here is wired into the server yet: the storage traits (`src/store/`) will be
-//! implemented over these pieces. Every function takes a client or pool, so one instance or
+//! The storage traits' engine over these pieces is `src/store/postgres.rs`. Every function takes a client or pool, so one instance or
 //! many on one database behave the same: the database serialises what must be serialised.
 
 pub mod brute_force;
 pub mod connect;
 pub mod migrate;
 pub mod secrets;
+pub mod state;
 pub mod url;
 
 /// Errors of the PostgreSQL engine, at its boundary.

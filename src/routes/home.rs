@@ -31,7 +31,11 @@ struct HomePage<'a> {
 
 #[handler]
 pub async fn home(req: &Request, state: State<'_>) -> Response {
-    let Some(session) = current_session(req, &state).await else { return see_other("/login") };
+    let session = match current_session(req, &state).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return see_other("/login"),
+        Err(resp) => return resp,
+    };
     let sessions = match state.sessions.list(&session.user.key).await {
         Ok(s) => s,
         Err(e) => return crate::routes::store_error(&e, "could not list sessions"),
@@ -70,7 +74,11 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let Some(session) = current_session(req, &state).await else { return see_other("/login") };
+    let session = match current_session(req, &state).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return see_other("/login"),
+        Err(resp) => return resp,
+    };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return error_page(StatusCode::FORBIDDEN);
     }

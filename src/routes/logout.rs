@@ -23,7 +23,11 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let mut resp = see_other("/login");
-    if let Some(session) = current_session(req, &state).await {
+    let current = match current_session(req, &state).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    if let Some(session) = current {
         if !state.csrf.check_session(&session.token_hash, &form.csrf) {
             return error_page(StatusCode::FORBIDDEN);
         }

@@ -231,16 +231,14 @@ fn parameters_tidied(value: &str) -> String {
     out
 }
 
-/// The signed-in session for this request, if any.
-pub async fn current_session(req: &Request, state: &AppState) -> Option<ActiveSession> {
-    let cookie = crate::cookies::get(req, SESSION_COOKIE)?;
-    match state.sessions.resolve(&cookie).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "session lookup failed");
-            None
-        }
-    }
+/// The signed-in session for this request, if any; or, when the store cannot say, the
+/// response to send instead (503 when it is unavailable): a signed-in visitor is never shown
+/// as signed out because the store did not answer (SPEC.md, "Several instances, one truth").
+// The error is the very response the handler returns at once; boxing it gains nothing.
+#[allow(clippy::result_large_err)]
+pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
+    let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
+    state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
 }
 
 /// State extractor shorthand.

@@ -7,6 +7,9 @@
 //! repeats, the record cap, secrets agreed on by concurrent first users, and that what a
 //! method wrote is there after the store is closed and opened again.
 
+// A test suite (built outside `cfg(test)` only for other crates' tests): a failed check panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use async_trait::async_trait;
 
 use super::{Credential, FailureQuery, FailureRecord, Session, Store, StoreError, User};

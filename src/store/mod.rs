@@ -1,6 +1,7 @@
 //! Storage in domain terms: the async traits every engine implements, the types they speak,
 //! and [`Store`], the handle the services hold. Engines live beside this file (`sled.rs`, the
-//! default and today the only one); nothing outside `src/store/` names an engine type.
+//! default, and `postgres.rs`, chosen by `database_url`); nothing outside `src/store/` names an
+//! engine type.
 //!
 //! Every write is durable when its method returns (the sled engine shares one fsync among
 //! concurrent writers), so no caller flushes. No method takes a closure: each change is an
@@ -19,6 +20,7 @@ use crate::audit::FailureReason;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod postgres;
 mod sled;
 
 mod fs;
@@ -308,6 +310,9 @@ pub struct Store {
     pub sessions: Arc<dyn SessionStore>,
     pub failures: Arc<dyn FailureStore>,
     pub secrets: Arc<dyn SecretStore>,
+    /// The PostgreSQL engine's pool, for the brute-force state it shares
+    /// ([`Store::shared_brute_force`]); `None` on sled.
+    pg_pool: Option<deadpool_postgres::Pool>,
 }
 
 impl Store {
@@ -325,13 +330,46 @@ impl Store {
         Ok(Self::from_engine(self::sled::SledStore::open(dir)?))
     }
 
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
+    /// several instances start at once), for a store shared by every instance on it.
+    /// `instance` (`instance_name`) is written into the failed-login records this handle
+    /// appends (SPEC.md, "Several instances, one truth"), in the table's `instance` column.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
+    /// connection or a migration, or holds a newer schema than this build knows.
+    pub async fn connect(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
+        let engine = self::postgres::PgStore::open(url, instance).await?;
+        let pool = engine.pool().clone();
+        Ok(Store { pg_pool: Some(pool), ..Self::from_engine(engine) })
+    }
+
+    /// The brute-force state every instance on this store shares, when the engine can hold
+    /// one (PostgreSQL, on the store's own pool); `None` on sled, whose single process keeps
+    /// it in memory (`brute_force::InMemory`). `window` and `threshold` are
+    /// `failure_window` and `captcha_after_failures` (issue 12 §3).
+    pub fn shared_brute_force(
+        &self,
+        window: std::time::Duration,
+        threshold: u32,
+    ) -> Option<Arc<dyn crate::brute_force::BruteForceState>> {
+        let pool = self.pg_pool.clone()?;
+        Some(Arc::new(crate::postgres::state::PgBruteForce::new(pool, window, threshold)))
+    }
+
     /// A handle on one engine that implements every trait.
     pub fn from_engine<E>(engine: E) -> Self
     where
         E: UserStore + SessionStore + FailureStore + SecretStore + 'static,
     {
         let engine = Arc::new(engine);
-        Store { users: engine.clone(), sessions: engine.clone(), failures: engine.clone(), secrets: engine }
+        Store {
+            users: engine.clone(),
+            sessions: engine.clone(),
+            failures: engine.clone(),
+            secrets: engine,
+            pg_pool: None,
+        }
     }
 }
 

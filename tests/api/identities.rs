@@ -110,7 +110,7 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
     // A user and a record from before the rule: `admin` + U+2060, which reads as `admin`.
     let lookalike = "admin\u{2060}";
     {
-        let services = Services::open(&settings, 1).unwrap();
+        let services = Services::open(&settings, 1).await.unwrap();
         insert_old_user(&services, lookalike).await;
         let record = FailureRecord {
             time: portcullis::store::now_ms(),

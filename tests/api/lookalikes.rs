@@ -20,7 +20,7 @@ async fn user_add_refuses_names_that_read_as_another_and_user_list_shows_old_one
     // An old user from before the rule: `alice` + U+2800 (Braille blank) reads as `alice`.
     let old = "alice\u{2800}";
     {
-        let services = Services::open(&settings, 1).unwrap();
+        let services = Services::open(&settings, 1).await.unwrap();
         crate::identities::insert_old_user(&services, old).await;
     }
     let run = user_add(dir.path(), "admin").await;

@@ -3,6 +3,7 @@
 
 mod admin_review;
 mod brute_force;
+mod brute_force_pg;
 mod brute_force_races;
 mod child;
 mod cli;
@@ -25,6 +26,7 @@ mod memory;
 mod notices;
 mod password_policy;
 mod pg;
+mod pg_app;
 mod postgres;
 mod review;
 mod review_times;
@@ -32,6 +34,7 @@ mod secrets;
 mod security;
 mod sessions;
 mod stalls;
+mod store_postgres;
 mod store_seam;
 mod terminal;
 mod tls;

@@ -307,7 +307,7 @@ async fn a_pre_login_id_retires_once_even_by_many_at_once() {
             tokio::spawn(async move {
                 let c = pool.get().await.unwrap();
                 barrier.wait().await;
-                bf::retire_prelogin(&c, &[7; 16], 9_000).await.unwrap()
+                bf::retire_prelogin(&c, &[7; 16], 9_000, 1_000).await.unwrap()
             })
         })
         .collect();
@@ -330,8 +330,8 @@ async fn the_purge_drops_exactly_what_no_longer_counts() {
     let _held = bf::reserve_check(&c, b"a", b"u", 50_000, 3).await.unwrap().unwrap();
     bf::put_captcha(&c, &[1; 32], &[1; 32], 1_000).await.unwrap();
     bf::put_captcha(&c, &[2; 32], &[1; 32], 90_000).await.unwrap();
-    bf::retire_prelogin(&c, &[1; 16], 1_000).await.unwrap();
-    bf::retire_prelogin(&c, &[2; 16], 90_000).await.unwrap();
+    bf::retire_prelogin(&c, &[1; 16], 1_000, 0).await.unwrap();
+    bf::retire_prelogin(&c, &[2; 16], 90_000, 0).await.unwrap();
     let purged = bf::purge_expired(&c, 50_000).await.unwrap();
     assert_eq!(purged, bf::Purged { quotas: 1, attempts: 2, captchas: 1, retired: 1 });
     assert!(bf::is_retired(&c, &[2; 16]).await.unwrap());

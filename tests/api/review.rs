@@ -42,7 +42,7 @@ pub(crate) fn known_records(now: u64) -> Vec<FailureRecord> {
 }
 
 pub(crate) async fn seed(settings: &Settings, records: &[FailureRecord]) {
-    let services = Services::open(settings, 1).unwrap();
+    let services = Services::open(settings, 1).await.unwrap();
     for r in records {
         services.audit.append(r).await.unwrap();
     }

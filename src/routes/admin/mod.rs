@@ -15,7 +15,7 @@ use crate::session::ActiveSession;
 // The error is the very response the handler returns at once; boxing it gains nothing.
 #[allow(clippy::result_large_err)]
 async fn require_admin(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
-    let Some(session) = current_session(req, state).await else {
+    let Some(session) = current_session(req, state).await? else {
         let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let next = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
         return Err(see_other(&format!("/login?{next}")));

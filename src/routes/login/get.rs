@@ -17,8 +17,10 @@ pub struct LoginQuery {
 #[handler]
 pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
-    if current_session(req, &state).await.is_some() {
-        return see_other(next.unwrap_or("/"));
+    match current_session(req, &state).await {
+        Ok(Some(_)) => return see_other(next.unwrap_or("/")),
+        Ok(None) => {}
+        Err(resp) => return resp,
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();

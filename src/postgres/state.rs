@@ -1,0 +1,151 @@
+//! [`BruteForceState`] on PostgreSQL: the operations of [`super::brute_force`] behind the
+//! trait the sign-in service uses, so every instance on one database enforces the quotas,
+//! failure counts, captcha challenges and retired pre-login ids one instance would (SPEC.md,
+//! "Several instances, one truth"; issue 12 §3). Nothing is kept in the process.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+
+use super::brute_force as bf;
+use super::PgError;
+use crate::brute_force::{BruteForceState, QuotaKey, StateError, Wait};
+use crate::client::AddressKey;
+use crate::config::Rate;
+use crate::failures::{CaptchaDemanded, Recorded, Reservation};
+
+impl From<PgError> for StateError {
+    fn from(e: PgError) -> Self {
+        StateError(anyhow::Error::new(e).context("shared brute-force state in PostgreSQL"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StateError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PgError::from(e).into()
+    }
+}
+
+/// The shared brute-force state over a pool on a migrated database.
+pub struct PgBruteForce {
+    pool: Pool,
+    /// `failure_window`, in milliseconds.
+    window_ms: u64,
+    /// `captcha_after_failures`.
+    threshold: u32,
+}
+
+impl PgBruteForce {
+    /// `window` and `threshold`: `failure_window` and `captcha_after_failures`, as for
+    /// [`crate::brute_force::InMemory::new`]; the database's schema must be current
+    /// (`migrate::migrate`, which `Store::connect` runs).
+    pub fn new(pool: Pool, window: Duration, threshold: u32) -> Self {
+        PgBruteForce { pool, window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX), threshold }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+fn username_bytes(digest: u128) -> Vec<u8> {
+    digest.to_be_bytes().to_vec()
+}
+
+#[async_trait]
+impl BruteForceState for PgBruteForce {
+    async fn take(&self, key: QuotaKey, rate: Rate, now_ms: u64) -> Result<Result<(), Wait>, StateError> {
+        let c = self.client().await?;
+        let taken = bf::take_quota_ms(&c, key.kind(), &key.bytes(), rate, now_ms).await?;
+        Ok(taken.map_err(|ms| Wait { ms }))
+    }
+
+    async fn reserve(
+        &self,
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Result<Reservation, CaptchaDemanded>, StateError> {
+        let c = self.client().await?;
+        let held =
+            bf::reserve_check(&c, &bf::address_key(address), &username_bytes(username), now_ms, self.threshold).await?;
+        // The rows are found again by their keys when the reservation ends (`bf_take_held`).
+        Ok(match held {
+            Some(_rows) => Ok(Reservation { address, username, address_held: true, username_held: true }),
+            None => Err(CaptchaDemanded),
+        })
+    }
+
+    async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(reservation.address), username_bytes(reservation.username));
+        let reached = bf::fail_held(&c, &a, &u, now_ms, self.window_ms, self.threshold).await?;
+        Ok(Recorded { reached_threshold: reached })
+    }
+
+    async fn release(&self, reservation: Reservation) -> Result<(), StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(reservation.address), username_bytes(reservation.username));
+        Ok(bf::release_held(&c, &a, &u).await?)
+    }
+
+    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(address), username_bytes(username));
+        let reached = bf::fail_check(&c, &a, &u, None, now_ms, self.window_ms, self.threshold).await?;
+        Ok(Recorded { reached_threshold: reached })
+    }
+
+    async fn needs_captcha(
+        &self,
+        address: AddressKey,
+        username: Option<u128>,
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        let c = self.client().await?;
+        // No username: an empty key, which no 16-byte username key equals.
+        let u = username.map(username_bytes).unwrap_or_default();
+        Ok(bf::needs_captcha(&c, &bf::address_key(address), &u, now_ms, self.threshold).await?)
+    }
+
+    async fn clear_username(&self, username: u128) -> Result<usize, StateError> {
+        let c = self.client().await?;
+        // Every failure row it had, lapsed or not yet pruned, as the in-memory count answers
+        // (the trait passes no time): a cutoff of 0 counts them all.
+        let n = bf::clear_username(&c, &username_bytes(username), 0).await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn open_challenge(
+        &self,
+        slot: [u8; 32],
+        answer_hash: [u8; 32],
+        expires_at_ms: u64,
+        _now_ms: u64,
+    ) -> Result<(), StateError> {
+        let c = self.client().await?;
+        Ok(bf::put_captcha(&c, &slot, &answer_hash, expires_at_ms).await?)
+    }
+
+    async fn take_challenge(&self, slot: [u8; 32], now_ms: u64) -> Result<Option<[u8; 32]>, StateError> {
+        let c = self.client().await?;
+        Ok(bf::take_captcha(&c, &slot, now_ms).await?)
+    }
+
+    async fn retire(&self, id: [u8; 16], expires_at_ms: u64, now_ms: u64) -> Result<bool, StateError> {
+        let c = self.client().await?;
+        Ok(bf::retire_prelogin(&c, &id, expires_at_ms, now_ms).await?)
+    }
+
+    async fn is_retired(&self, id: [u8; 16]) -> Result<bool, StateError> {
+        let c = self.client().await?;
+        Ok(bf::is_retired(&c, &id).await?)
+    }
+
+    async fn prune(&self, now_ms: u64) -> Result<(), StateError> {
+        let c = self.client().await?;
+        bf::purge_expired(&c, now_ms).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The server and the CLI on PostgreSQL (`database_url`) end to end, each test on a fresh
+//! database of the throwaway cluster (`pg.rs`; skipped without it unless
+//! `PORTCULLIS_REQUIRE_ALL` is set): a sign-in, a sign-out and a failure recorded and read by
+//! `portcullis audit` from the database itself; and two instances on one database sharing
+//! sessions, sign-outs and the failure counts that demand a captcha.
+
+use portcullis::postgres::url::DatabaseUrl;
+use portcullis::store::{FailureQuery, Store};
+use reqwest::StatusCode;
+
+use crate::child;
+use crate::helpers::{shows_captcha, spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::pg;
+
+/// `portcullis ARGS` in a directory of its own (no store, no socket there), with only the
+/// database in common with the servers.
+async fn cli_on(url: &DatabaseUrl, args: &[&str]) -> child::Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
+    child::run_cli(cmd, None).await
+}
+
+/// Whether `client` is signed in on `app`: the home page answers, rather than sending it to
+/// the sign-in form.
+async fn signed_in(app: &TestApp, client: &reqwest::Client) -> bool {
+    let resp = client.get(app.url("/")).send().await.unwrap();
+    match resp.status() {
+        StatusCode::OK => true,
+        StatusCode::SEE_OTHER => {
+            assert_eq!(resp.headers()["location"], "/login");
+            false
+        }
+        other => panic!("GET / answered {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_sign_in_a_sign_out_and_a_failure_the_cli_reads_from_the_database() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    assert!(app.state.in_memory.is_none(), "the brute-force state is the database's");
+    assert!(!app.settings.data_dir.join("db").exists() && !app.settings.data_dir.join("conf").exists());
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let db = Store::connect(&url, "test").await.unwrap();
+
+    let resp = app.login("alice", "not the password at all").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the form again, with an error");
+    assert!(!signed_in(&app, &app.client).await);
+    let records = app.records(FailureQuery::default()).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].username, "alice");
+
+    let resp = app.login("alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(signed_in(&app, &app.client).await);
+    assert_eq!(db.sessions.count().await.unwrap(), 1, "the session is in the database");
+    app.logout_with(&app.client).await;
+    assert!(!signed_in(&app, &app.client).await, "signed out");
+    assert_eq!(db.sessions.count().await.unwrap(), 0);
+
+    // The CLI, with nothing but the database_url: no admin socket, no data directory.
+    let audit = cli_on(&url, &["audit", "--since", "1h"]).await;
+    audit.assert_ok("audit on the database");
+    assert!(audit.stdout.contains("alice") && audit.stdout.contains("bad_password"), "{audit:?}");
+    let json = cli_on(&url, &["audit", "--json"]).await;
+    json.assert_ok("audit --json");
+    let users = cli_on(&url, &["user", "list"]).await;
+    users.assert_ok("user list on the database");
+    assert!(users.stdout.contains("alice") && users.stdout.contains("admin"), "{users:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_counts() {
+    let Some(url) = pg::database().await else { return };
+    let one = spawn_app_with(|s| {
+        s.database_url = Some(url.clone());
+        s.captcha_after_failures = 2;
+        s.instance_name = "web-1".into();
+    })
+    .await;
+    // The second instance serves the same certificate, so one browser trusts both; its
+    // cookies (host-only, no port) go to both, as behind one load balancer.
+    let cert_dir = one.settings.cert_dir.clone();
+    let two = spawn_app_with(|s| {
+        s.database_url = Some(url.clone());
+        s.captcha_after_failures = 2;
+        s.cert_dir = cert_dir;
+        s.instance_name = "web-2".into();
+    })
+    .await;
+    assert!(two.admin_password.is_empty(), "the first administrator is made once, by the first instance");
+    one.add_user("alice", GOOD_PASSWORD, false).await;
+
+    let browser = one.new_browser();
+    assert_eq!(one.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    assert!(signed_in(&two, &browser).await, "a session made on one is valid on the other");
+    // The sign-out form of the second instance carries a CSRF token the first would accept
+    // too (one key, from the database).
+    two.logout_with(&browser).await;
+    assert!(!signed_in(&one, &browser).await, "a sign-out on one ends the session on both");
+    assert!(!signed_in(&two, &browser).await);
+
+    // One failure on each instance reaches the threshold of 2: the next attempt, on either,
+    // must carry a solved captcha, even with the right password.
+    let attacker = one.new_browser();
+    assert_eq!(one.login_with(&attacker, "alice", "wrong guess number one").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(two.login_with(&attacker, "alice", "wrong guess number two").await.status(), StatusCode::UNAUTHORIZED);
+    let resp = one.login_with(&attacker, "alice", GOOD_PASSWORD).await;
+    assert_ne!(resp.status(), StatusCode::SEE_OTHER, "not signed in without the captcha");
+    assert!(shows_captcha(&resp.text().await.unwrap()), "the captcha is demanded");
+    assert!(!signed_in(&one, &attacker).await);
+    let records = two.records(FailureQuery::default()).await;
+    assert_eq!(records.len(), 3, "every instance's failures in one place: {records:?}");
+    let db = portcullis::postgres::connect::connect(&url).await.unwrap();
+    let by_instance: Vec<(String, i64)> = db
+        .query("SELECT instance, count(*) FROM failures GROUP BY instance ORDER BY instance", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(by_instance, [("web-1".to_string(), 2), ("web-2".to_string(), 1)], "each record names its instance");
+    two.stop().await;
+    one.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_session() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    let csrf = app.login_csrf(&browser).await;
+    let signed = app.new_browser();
+    assert_eq!(app.login_with(&signed, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+
+    // The database disappears under the running server (its connections are ended too).
+    let cluster = pg::cluster().expect("the database above came from it");
+    let admin = portcullis::postgres::connect::connect(&cluster.socket_url.with_dbname("postgres")).await.unwrap();
+    admin.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", url.dbname())).await.unwrap();
+
+    for password in [GOOD_PASSWORD, "not the password at all"] {
+        let resp = browser
+            .post(app.url("/login"))
+            .form(&[("username", "alice"), ("password", password), ("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "fail closed, whatever the password");
+    }
+    let home = signed.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::SERVICE_UNAVAILABLE, "a signed-in visitor is not shown as signed out");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_first_started_together_on_an_empty_database_all_start_and_one_shows_the_admin_password() {
+    let Some(url) = pg::database().await else { return };
+    let start = || {
+        let url = url.clone();
+        spawn_app_with(move |s| s.database_url = Some(url))
+    };
+    let (a, b, c) = tokio::join!(start(), start(), start());
+    let shown = [&a, &b, &c].iter().filter(|app| !app.admin_password.is_empty()).count();
+    assert_eq!(shown, 1, "one first administrator, its password shown once");
+    let db = Store::connect(&url, "test").await.unwrap();
+    assert_eq!(db.users.count().await.unwrap(), 1);
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
