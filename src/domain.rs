@@ -79,11 +79,11 @@ impl Username {
         Ok(username)
     }
 
-    /// What the name looks like: the UTS #39 §4 confusable skeleton of its key with runs of
-    /// whitespace read as one space. Two names with the same skeleton can pass for each other
-    /// (`admin` and Cyrillic `аdmin`, `rn` and `m`, `a  b` and `a b`).
+    /// What the name looks like: see [`looks_of`]. Two names that look the same can pass for
+    /// each other (`admin` and Cyrillic `аdmin`, `rn` and `m`, `aIice` and `alice`, `a  b` and
+    /// `a b`).
     pub fn skeleton(&self) -> String {
-        skeleton_of_key(&self.key)
+        looks_of(&self.display)
     }
 
     /// Rebuilds a username from a stored record (already checked when it was created).
@@ -109,9 +109,12 @@ pub fn normalise_key(input: &str) -> String {
     nfkc.trim().to_lowercase().nfkc().collect()
 }
 
-/// [`Username::skeleton`] for a stored key.
-pub fn skeleton_of_key(key: &str) -> String {
-    let looks: String = unicode_security::skeleton(key).collect();
+/// What a name as written looks like: the UTS #39 §4 confusable skeleton of the name as
+/// written (so a capital `I` still reads as `l`), case-folded as keys are, and skeletoned again
+/// (so case-folding cannot make a new confusable), with runs of whitespace read as one space.
+pub fn looks_of(display: &str) -> String {
+    let written: String = unicode_security::skeleton(display).collect();
+    let looks: String = unicode_security::skeleton(&normalise_key(&written)).collect();
     looks.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -186,8 +189,10 @@ mod tests {
         let looks = |s: &str| Username::parse(s).unwrap().skeleton();
         assert_eq!(looks("admin"), looks("\u{430}dmin"));
         assert_eq!(looks("admin"), looks("adrnin"));
-        assert_eq!(looks("a b"), skeleton_of_key("a  b"));
+        assert_eq!(looks("a b"), looks_of("a  b"));
         assert_eq!(looks("Alice"), looks("alice"));
+        assert_eq!(looks("aIice"), looks("alice"), "a capital I reads as l");
+        assert_eq!(looks("paypaI"), looks("paypal"));
         assert_ne!(looks("alice"), looks("alicia"));
     }
 }

@@ -116,7 +116,7 @@ impl UserAdmin {
         // administrator's act, not a request path.
         let looks = username.skeleton();
         if let Some(twin) =
-            self.store.users.list().await?.into_iter().find(|u| crate::domain::skeleton_of_key(&u.key) == looks)
+            self.store.users.list().await?.into_iter().find(|u| crate::domain::looks_of(&u.display_name) == looks)
         {
             return Err(UserError::LooksLike(crate::text::printable(&twin.display_name).into_owned()));
         }
