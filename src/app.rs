@@ -133,11 +133,29 @@ fn fit_descriptors(settings: &mut Settings) {
             fit.http,
             (settings.max_connections + http) as u64 + crate::descriptors::RESERVE,
         );
+        // The per-address caps shrink with the totals, so it still takes as many addresses
+        // as before to hold every slot.
+        settings.max_connections_per_ip = scaled(settings.max_connections_per_ip, fit.https, settings.max_connections);
         settings.max_connections = fit.https;
         if settings.http_addr.is_some() {
+            settings.http_max_connections_per_ip =
+                scaled(settings.http_max_connections_per_ip, fit.http, settings.http_max_connections);
             settings.http_max_connections = fit.http;
         }
+        tracing::warn!(
+            max_connections_per_ip = settings.max_connections_per_ip,
+            http_max_connections_per_ip = settings.http_max_connections_per_ip,
+            "the per-address caps were lowered in the same proportion"
+        );
     }
+}
+
+/// `per_ip` lowered as `total` is lowered to `fitted` (at least 1, never raised).
+fn scaled(per_ip: usize, fitted: usize, total: usize) -> usize {
+    if total == 0 || fitted >= total {
+        return per_ip;
+    }
+    (per_ip.saturating_mul(fitted) / total).clamp(1, per_ip.max(1))
 }
 
 impl Application {
@@ -399,4 +417,16 @@ fn redirect_to_https(req: &Request, target: poem::web::Data<&RedirectTarget>) ->
         .status(StatusCode::PERMANENT_REDIRECT)
         .header(header::LOCATION, format!("{}{}", target.0 .0, path))
         .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn per_address_caps_shrink_with_their_totals_but_never_to_zero_or_up() {
+        assert_eq!(super::scaled(32, 182, 1024), 5);
+        assert_eq!(super::scaled(4, 26, 64), 1);
+        assert_eq!(super::scaled(4, 1, 64), 1);
+        assert_eq!(super::scaled(32, 1024, 1024), 32);
+        assert_eq!(super::scaled(32, 2048, 1024), 32);
+    }
 }

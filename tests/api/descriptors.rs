@@ -24,6 +24,10 @@ async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_ro
     assert_eq!(warnings.len(), 1, "{}", server.output());
     assert!(warnings[0].contains("max_connections lowered from 1024 to 182"), "{}", warnings[0]);
     assert!(warnings[0].contains("ulimit -Hn"), "{}", warnings[0]);
+    // 32 per address of 1024 becomes 5 of 182: still about 32 addresses to hold every slot.
+    let per_ip = server.output().lines().find(|l| l.contains("per-address caps were lowered")).map(str::to_string);
+    let per_ip = per_ip.unwrap_or_else(|| panic!("no per-address line: {}", server.output()));
+    assert!(per_ip.contains("max_connections_per_ip=5"), "{per_ip}");
 
     // 240 silent TLS connections from 10 addresses (24 each, under the per-address cap):
     // more than 256 descriptors hold beside the store and logs. At the old cap of 1024 they
