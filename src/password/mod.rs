@@ -152,7 +152,9 @@ pub const MIN_CONTEXT_NAME_CHARS: usize = 4;
 
 /// `text` case-folded the way username keys are (NFKC, lower case, NFKC again).
 fn fold(text: &str) -> String {
-    text.nfkc().collect::<String>().to_lowercase().nfkc().collect()
+    // Invisible characters (a soft hyphen inside `al\u{ad}ice`) add nothing a person sees, so
+    // the rules judge the password without them.
+    text.nfkc().collect::<String>().to_lowercase().nfkc().filter(|c| !crate::text::is_hidden(*c)).collect()
 }
 
 /// Whether the folded password holds the username key (when at least
@@ -286,8 +288,10 @@ mod tests {
 
     #[test]
     fn the_username_or_service_name_anywhere_in_any_case_is_refused() {
-        // Each passed for `alice` before (task F, item 1).
+        // Each passed for `alice` before (task F, item 1; the hidden characters, a later review).
         for p in [
+            "al\u{ad}ice quiet meadow kettle",
+            "ali\u{200b}ce quiet meadow kettle",
             "Alicealicealice1",
             " alicealicealice1",
             "aliceportcullis2026",
