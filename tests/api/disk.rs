@@ -150,7 +150,8 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
         std::fs::create_dir(fs.0.join(sub)).unwrap();
         std::os::unix::fs::symlink(fs.0.join(sub), d.join(sub)).unwrap();
     }
-    let flags = child::quick_with(&[("--disk-reserve-mib", "2")]);
+    // Room for the flood's connections from one address (the per-address cap is not tested here).
+    let flags = child::quick_with(&[("--disk-reserve-mib", "2"), ("--max-connections-per-ip", "512")]);
     let server = tokio::task::block_in_place(|| ServerProcess::start(&d, &flags));
     assert!(child::cli(&d, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.ok);
     let free = || free_bytes(&fs.0) / 1024;

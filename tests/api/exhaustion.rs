@@ -732,7 +732,13 @@ async fn a_full_disk_keeps_the_server_answering_and_refuses_what_it_cannot_recor
     // A short idle timeout, so that sessions record their activity every second (idle / 20);
     // no free-space reserve, so that refusals really fill the disk (tests/api/disk.rs has
     // the reserve).
-    let flags = child::quick_with(&[("--session-idle-timeout", "20s"), ("--disk-reserve-mib", "0")]);
+    // And room for the flood's connections from one address: this test is about the disk, and
+    // 32 requests at once from 127.0.0.1 (plus the pool's idle ones) met the per-address cap.
+    let flags = child::quick_with(&[
+        ("--session-idle-timeout", "20s"),
+        ("--disk-reserve-mib", "0"),
+        ("--max-connections-per-ip", "512"),
+    ]);
     let server = tokio::task::block_in_place(|| {
         ServerProcess::start_with(&d, &flags, |cmd| {
             if limited {
