@@ -50,6 +50,8 @@ pub struct AppState {
     pub users: UserAdmin,
     pub audit: Audit,
     pub pool: HashPool,
+    /// The storage handle, for `GET /readyz` only: handlers reach data through the services.
+    pub store: Store,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -260,6 +262,7 @@ impl Application {
             users,
             audit: services.audit,
             pool: services.pool,
+            store: services.store,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
         Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })

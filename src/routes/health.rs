@@ -1,9 +1,24 @@
 //! `GET /healthz`: liveness, with no session and no store access, so it answers even while
-//! every core is hashing.
+//! every core is hashing. `GET /readyz`: readiness for load balancers, 200 while the store
+//! answers and 503 while it does not (SPEC, "Several instances, one truth").
 
-use poem::handler;
+use poem::http::StatusCode;
+use poem::{handler, IntoResponse, Response};
+
+use crate::routes::State;
 
 #[handler]
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+#[handler]
+pub async fn readyz(state: State<'_>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        }
+    }
 }

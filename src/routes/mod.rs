@@ -36,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
         .at("/admin/unlock", allowing(POST, post(admin::unlock::unlock)))
         .at("/healthz", allowing(GET, get(health::healthz)))
+        .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
         .data(state)
         .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })

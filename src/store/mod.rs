@@ -316,6 +316,19 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether the store answers now, for `GET /readyz`: on PostgreSQL one `SELECT 1` through
+    /// the pool (within the pool's bounded waits); sled runs in this process and answers
+    /// whenever it is open.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached or does not answer.
+    pub async fn ready(&self) -> Result<()> {
+        let Some(pool) = &self.pg_pool else { return Ok(()) };
+        let client = pool.get().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        client.simple_query("SELECT 1").await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(())
+    }
+
     /// Whether `dir` holds a sled store (without opening, so without creating or locking one).
     pub fn exists(dir: &Path) -> bool {
         self::sled::SledStore::exists(dir)

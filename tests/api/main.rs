@@ -28,6 +28,7 @@ mod password_policy;
 mod pg;
 mod pg_app;
 mod postgres;
+mod readiness;
 mod review;
 mod review_times;
 mod secrets;
