@@ -213,6 +213,20 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// refusals that checked nothing about any user (past the quota, or without a valid CSRF
 /// token), which is what a scripted flood is made of. Each attempt that reached a password,
 /// a captcha or a username quota keeps its own record.
+/// What refusals are counted by: the client address and the reason.
+type Slot = (crate::client::AddressKey, FailureReason);
+
+/// Adds one to `slot`'s count if its counted minute is `minute`; returns whether it did.
+fn add_to_open_minute(counted: &mut HashMap<Slot, Counted>, slot: &Slot, minute: u64) -> bool {
+    match counted.get_mut(slot) {
+        Some(c) if c.minute == minute => {
+            c.count += 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 fn counted_per_minute(reason: FailureReason) -> bool {
     matches!(reason, FailureReason::RateLimited | FailureReason::Csrf)
 }
@@ -328,7 +342,7 @@ pub struct Audit {
     store: Option<Store>,
     limits: Arc<DiskLimits>,
     budget: Arc<LogBudget>,
-    counted: Arc<Mutex<HashMap<(crate::client::AddressKey, FailureReason), Counted>>>,
+    counted: Arc<Mutex<HashMap<Slot, Counted>>>,
 }
 
 impl Audit {
@@ -422,8 +436,18 @@ impl Audit {
         reason: FailureReason,
         max_reached: bool,
     ) -> Result<(), AuditError> {
-        let (identity, typed) = self.identity(username).await?;
         let now = now_ms();
+        let slot = (client.key(), reason);
+        let counts = self.store.is_some() && counted_per_minute(reason);
+        // A repeat inside an open minute only adds to its count: in a flood this is the common
+        // case, so it comes before the store lookup of the identity.
+        if counts {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            if add_to_open_minute(&mut counted, &slot, now / MINUTE_MS) {
+                return Ok(());
+            }
+        }
+        let (identity, typed) = self.identity(username).await?;
         let record = FailureRecord {
             time: now,
             ip: client.ip.to_string(),
@@ -433,18 +457,14 @@ impl Audit {
             typed: typed.clone(),
             count: 1,
         };
-        let slot = (client.key(), reason);
         let mut counting = false;
-        if self.store.is_some() && counted_per_minute(reason) {
+        if counts {
             let minute = now / MINUTE_MS;
             let closed = {
                 let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
-                match counted.get_mut(&slot) {
-                    Some(c) if c.minute == minute => {
-                        c.count += 1;
-                        return Ok(());
-                    }
-                    _ => {}
+                // Another refusal may have opened this minute during the lookup.
+                if add_to_open_minute(&mut counted, &slot, minute) {
+                    return Ok(());
                 }
                 let closed = counted.remove(&slot);
                 if counted.len() < MAX_COUNTED {
