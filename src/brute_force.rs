@@ -308,6 +308,111 @@ impl Drop for Held {
     }
 }
 
+/// Checks every [`BruteForceState`] must pass, written once against the trait and run on each
+/// implementation. `one` and `two` are two instances on the same state (a state that lives in
+/// one process passes itself twice); `three` is made with a captcha threshold of 3, `single`
+/// with 1.
+#[cfg(any(test, feature = "conformance"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod conformance {
+    use super::*;
+    use crate::rate_limit::username_digest;
+
+    type State = Arc<dyn BruteForceState>;
+
+    pub fn ip(n: u8) -> AddressKey {
+        AddressKey::of(IpAddr::from([192, 0, 2, n]))
+    }
+
+    /// 32 reservations at once for one username, spread over both instances: exactly the
+    /// threshold (3) is granted, the crossing is reported once, and both instances see it.
+    pub async fn concurrent_reservations_get_at_most_the_threshold(one: &State, two: &State) {
+        let alice = username_digest("alice");
+        let tasks: Vec<_> = (0..32u8)
+            .map(|i| {
+                let s = if i % 2 == 0 { Arc::clone(one) } else { Arc::clone(two) };
+                tokio::spawn(async move { (i, s.reserve(ip(i), alice, 1000).await.unwrap()) })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for t in tasks {
+            if let (i, Ok(r)) = t.await.unwrap() {
+                granted.push((i, r));
+            }
+        }
+        assert_eq!(granted.len(), 3, "three checks in flight, then a captcha");
+        let mut crossings = 0;
+        for (i, r) in granted {
+            let s = if i % 2 == 0 { two } else { one };
+            crossings += usize::from(s.fail(r, 1001).await.unwrap().reached_threshold);
+        }
+        assert_eq!(crossings, 1, "the crossing is reported once");
+        assert!(one.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
+        assert!(two.needs_captcha(ip(200), Some(alice), 1002).await.unwrap(), "the other instance sees it");
+        assert!(!two.needs_captcha(ip(200), None, 1002).await.unwrap(), "another address, no username");
+        assert_eq!(two.clear_username(alice).await.unwrap(), 3);
+        assert!(!one.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
+    }
+
+    /// With a threshold of 1: a released reservation, and a [`Held`] one dropped unfinished,
+    /// are given back to every instance.
+    pub async fn released_or_dropped_reservations_are_given_back(one: &State, two: &State) {
+        let alice = username_digest("alice");
+        let r = one.reserve(ip(1), alice, 1000).await.unwrap().unwrap();
+        assert!(two.reserve(ip(2), alice, 1000).await.unwrap().is_err(), "held");
+        two.release(r).await.unwrap();
+        let r = two.reserve(ip(2), alice, 1000).await.unwrap().expect("given back");
+        let held = Held::new(Arc::clone(two), r);
+        assert!(one.reserve(ip(3), alice, 1000).await.unwrap().is_err());
+        drop(held);
+        // The release runs as a task of its own: let it.
+        for _ in 0..500 {
+            if one.reserve(ip(3), alice, 1000).await.unwrap().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the reservation was never given back");
+    }
+
+    /// 16 takers at once over both instances: one gets the challenge; none after it expires.
+    pub async fn a_challenge_is_taken_once_and_not_after_it_expires(one: &State, two: &State) {
+        one.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let s = if i % 2 == 0 { Arc::clone(one) } else { Arc::clone(two) };
+                tokio::spawn(async move { s.take_challenge([1; 32], 1001).await.unwrap() })
+            })
+            .collect();
+        let mut got = 0;
+        for t in tasks {
+            got += usize::from(t.await.unwrap() == Some([7; 32]));
+        }
+        assert_eq!(got, 1);
+        one.open_challenge([2; 32], [7; 32], 5000, 1000).await.unwrap();
+        assert_eq!(two.take_challenge([2; 32], 5000).await.unwrap(), None, "expired");
+    }
+
+    /// 16 sign-ins with one pre-login id over both instances: one retires it; it is
+    /// forgotten once it would have expired anyway.
+    pub async fn a_pre_login_id_is_retired_once(one: &State, two: &State) {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let s = if i % 2 == 0 { Arc::clone(one) } else { Arc::clone(two) };
+                tokio::spawn(async move { s.retire([5; 16], 10_000, 1000).await.unwrap() })
+            })
+            .collect();
+        let mut first = 0;
+        for t in tasks {
+            first += usize::from(t.await.unwrap());
+        }
+        assert_eq!(first, 1);
+        assert!(two.is_retired([5; 16]).await.unwrap());
+        one.prune(10_001).await.unwrap();
+        assert!(!one.is_retired([5; 16]).await.unwrap(), "forgotten once it would have expired anyway");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,53 +422,18 @@ mod tests {
         Arc::new(InMemory::new(None, None, Duration::from_secs(60), threshold))
     }
 
-    fn ip(n: u8) -> AddressKey {
-        AddressKey::of(IpAddr::from([192, 0, 2, n]))
-    }
+    use conformance::ip;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_reservations_get_at_most_the_threshold_of_checks() {
         let s = state(3);
-        let alice = username_digest("alice");
-        let tasks: Vec<_> = (0..32u8)
-            .map(|i| {
-                let s = Arc::clone(&s);
-                tokio::spawn(async move { s.reserve(ip(i), alice, 1000).await.unwrap() })
-            })
-            .collect();
-        let mut granted = Vec::new();
-        for t in tasks {
-            if let Ok(r) = t.await.unwrap() {
-                granted.push(r);
-            }
-        }
-        assert_eq!(granted.len(), 3, "three checks in flight, then a captcha");
-        let mut crossings = 0;
-        for r in granted {
-            crossings += usize::from(s.fail(r, 1001).await.unwrap().reached_threshold);
-        }
-        assert_eq!(crossings, 1, "the crossing is reported once");
-        assert!(s.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
-        assert!(!s.needs_captcha(ip(200), None, 1002).await.unwrap(), "another address, no username");
-        assert_eq!(s.clear_username(alice).await.unwrap(), 3);
-        assert!(!s.needs_captcha(ip(200), Some(alice), 1002).await.unwrap());
+        conformance::concurrent_reservations_get_at_most_the_threshold(&s, &s).await;
     }
 
     #[tokio::test]
-    async fn a_held_reservation_dropped_unfinished_is_given_back() {
+    async fn a_released_or_held_reservation_dropped_unfinished_is_given_back() {
         let s = state(1);
-        let r = s.reserve(ip(1), username_digest("alice"), 1000).await.unwrap().unwrap();
-        let held = Held::new(Arc::clone(&s), r);
-        assert!(s.reserve(ip(2), username_digest("alice"), 1000).await.unwrap().is_err());
-        drop(held);
-        // The release runs as a task of its own: let it.
-        for _ in 0..100 {
-            if s.reserve(ip(2), username_digest("alice"), 1000).await.unwrap().is_ok() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("the reservation was never given back");
+        conformance::released_or_dropped_reservations_are_given_back(&s, &s).await;
     }
 
     #[tokio::test]
@@ -396,39 +466,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_challenge_is_taken_once_by_concurrent_takers_and_not_after_it_expires() {
         let s = state(3);
-        s.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
-        let tasks: Vec<_> = (0..16)
-            .map(|_| {
-                let s = Arc::clone(&s);
-                tokio::spawn(async move { s.take_challenge([1; 32], 1001).await.unwrap() })
-            })
-            .collect();
-        let mut got = 0;
-        for t in tasks {
-            got += usize::from(t.await.unwrap() == Some([7; 32]));
-        }
-        assert_eq!(got, 1);
-        s.open_challenge([2; 32], [7; 32], 5000, 1000).await.unwrap();
-        assert_eq!(s.take_challenge([2; 32], 5000).await.unwrap(), None, "expired");
+        conformance::a_challenge_is_taken_once_and_not_after_it_expires(&s, &s).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pre_login_id_is_retired_once_by_concurrent_sign_ins() {
         let s = state(3);
-        let tasks: Vec<_> = (0..16)
-            .map(|_| {
-                let s = Arc::clone(&s);
-                tokio::spawn(async move { s.retire([5; 16], 10_000, 1000).await.unwrap() })
-            })
-            .collect();
-        let mut first = 0;
-        for t in tasks {
-            first += usize::from(t.await.unwrap());
-        }
-        assert_eq!(first, 1);
-        assert!(s.is_retired([5; 16]).await.unwrap());
-        s.prune(10_001).await.unwrap();
-        assert!(!s.is_retired([5; 16]).await.unwrap(), "forgotten once it would have expired anyway");
+        conformance::a_pre_login_id_is_retired_once(&s, &s).await;
     }
 
     #[test]
