@@ -27,13 +27,7 @@ struct AdminPage<'a> {
     reason: &'a str,
     limit: &'a str,
     reasons: &'a [&'a str],
-    error: Option<String>,
-    notice: Option<String>,
-    summary: Option<Summary>,
-    chart: String,
-    records: Vec<RecordView>,
-    next_href: Option<String>,
-    first_href: Option<String>,
+    shown: Shown,
 }
 
 /// The page's query as sent: every value text, parsed below with its own message. (With
@@ -223,13 +217,7 @@ fn render(
         reason: filters.reason.as_deref().unwrap_or(""),
         limit,
         reasons: &FailureReason::ALL.map(FailureReason::as_str),
-        error: shown.error,
-        notice: shown.notice,
-        summary: shown.summary,
-        chart: shown.chart,
-        records: shown.records,
-        next_href: shown.next_href,
-        first_href: shown.first_href,
+        shown,
     };
     html(status, &page)
 }
