@@ -77,8 +77,8 @@ fn make_tls(url: &DatabaseUrl) -> Result<MakeRustlsConnect, PgError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| PgError::Setup(e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = match url.ssl_mode() {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoCheck(provider)),
-        SslMode::VerifyCa => Arc::new(ChainOnly { roots: Arc::new(roots(url)?), provider }),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(WithoutHostName { roots: None, provider }),
+        SslMode::VerifyCa => Arc::new(WithoutHostName { roots: Some(Arc::new(roots(url)?)), provider }),
         SslMode::VerifyFull => {
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(url)?), provider)
                 .build()
@@ -113,55 +113,18 @@ fn roots(url: &DatabaseUrl) -> Result<RootCertStore, PgError> {
     Ok(store)
 }
 
-/// `prefer` and `require` without a root file: encryption against passive listeners only, as
-/// libpq does. The handshake's signatures are still checked, so the session keys are bound
-/// to the certificate presented (which tls-server-end-point channel binding then pins).
+/// The verifier for the modes that do not check the host name. Without `roots` (`prefer`, and
+/// `require` without a root file): encryption against passive listeners only, as libpq does.
+/// With them (`verify-ca`): the chain must lead to one of the roots. Either way the
+/// handshake's signatures are checked, so the session keys are bound to the certificate
+/// presented (which tls-server-end-point channel binding then pins).
 #[derive(Debug)]
-struct NoCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to one of the roots; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct WithoutHostName {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for WithoutHostName {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -170,14 +133,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
