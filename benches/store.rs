@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::future::join_all;
 use portcullis::audit::FailureReason;
 use portcullis::session::Sessions;
-use portcullis::store::{FailureQuery, FailureRecord, Store, User};
+use portcullis::store::{Factors, FailureQuery, FailureRecord, Store, User};
 use tokio::runtime::Runtime;
 
 const HOUR_MS: u64 = 3_600_000;
@@ -57,7 +57,7 @@ fn sessions(c: &mut Criterion) {
             let key = format!("user{u}");
             store.users.insert(&user(&key), HASH).await.unwrap();
             for _ in 0..10 {
-                sessions.create(&key, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").await.unwrap();
+                sessions.create(&key, Factors::One, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").await.unwrap();
             }
         }
     })));
@@ -65,10 +65,11 @@ fn sessions(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     g.bench_function("create", |b| {
         b.iter(|| {
-            rt.block_on(sessions.create(black_box("user7"), ip, "Mozilla/5.0 (X11; Linux x86_64) bench")).unwrap()
+            rt.block_on(sessions.create(black_box("user7"), Factors::One, ip, "Mozilla/5.0 (X11; Linux x86_64) bench"))
+                .unwrap()
         })
     });
-    let token = rt.block_on(sessions.create("user8", ip, "bench")).unwrap().encode();
+    let token = rt.block_on(sessions.create("user8", Factors::One, ip, "bench")).unwrap().encode();
     g.bench_function("resolve", |b| b.iter(|| rt.block_on(sessions.resolve(black_box(&token))).unwrap().unwrap()));
     g.bench_function("resolve_unknown", |b| {
         b.iter(|| rt.block_on(sessions.resolve(black_box("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).unwrap())

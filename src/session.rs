@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, Session, Store, StoreError, StoredSession, TokenHash, User};
+use crate::store::{now_ms, Factors, Session, Store, StoreError, StoredSession, TokenHash, User};
 
 /// The session cookie. `__Host-` makes browsers refuse it unless it is Secure, has Path=/
 /// and no Domain, so a sibling subdomain cannot plant or overwrite it.
@@ -81,10 +81,12 @@ impl Sessions {
         self.idle
     }
 
-    /// Starts a session for `user_key` and returns the token for the cookie.
+    /// Starts a session for `user_key`, signed in with `factors`, and returns the token for
+    /// the cookie.
     pub async fn create(
         &self,
         user_key: &str,
+        factors: Factors,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
@@ -96,6 +98,7 @@ impl Sessions {
             last_seen_at: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),
+            factors,
         };
         self.store.sessions.insert(&token.hash(), &record).await?;
         self.enforce_limit(user_key).await?;
@@ -220,11 +223,11 @@ mod tests {
     async fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", ip, "ua").await.unwrap();
+        let first = sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut later = Vec::new();
         for _ in 0..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", ip, "ua").await.unwrap());
+            later.push(sessions.create("alice", Factors::One, ip, "ua").await.unwrap());
         }
         assert_eq!(sessions.list("alice").await.unwrap().len(), MAX_SESSIONS_PER_USER);
         assert!(store.sessions.get(&first.hash()).await.unwrap().is_none(), "the oldest went");
@@ -236,7 +239,7 @@ mod tests {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
         for _ in 0..MAX_SESSIONS_PER_USER - 8 {
-            sessions.create("alice", ip, "ua").await.unwrap();
+            sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
         }
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(24));
         let handles: Vec<_> = (0..24)
@@ -244,7 +247,7 @@ mod tests {
                 let (sessions, barrier) = (sessions.clone(), barrier.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    sessions.create("alice", ip, "ua").await.unwrap()
+                    sessions.create("alice", Factors::One, ip, "ua").await.unwrap()
                 })
             })
             .collect();
@@ -264,16 +267,16 @@ mod tests {
     async fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", ip, "ua").await.unwrap();
+        let first = sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let mut later = vec![sessions.create("alice", ip, "ua").await.unwrap()];
+        let mut later = vec![sessions.create("alice", Factors::One, ip, "ua").await.unwrap()];
         tokio::time::sleep(Duration::from_millis(5)).await;
         for _ in 2..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", ip, "ua").await.unwrap());
+            later.push(sessions.create("alice", Factors::One, ip, "ua").await.unwrap());
         }
         // The oldest session is used again: the index entry must learn it, not just the record.
         store.sessions.touch(&first.hash(), now_ms() + 1000).await.unwrap();
-        sessions.create("alice", ip, "ua").await.unwrap();
+        sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
         assert!(store.sessions.get(&first.hash()).await.unwrap().is_some(), "the session in use stays");
         assert!(store.sessions.get(&later[0].hash()).await.unwrap().is_none(), "the least recently used went");
     }
@@ -283,7 +286,7 @@ mod tests {
         let (_dir, store, sessions) = open_sessions();
         store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
         // As if a sign-in checked just before `user disable` started a session just after it.
-        let token = sessions.create("alice", "127.0.0.1".parse().unwrap(), "ua").await.unwrap();
+        let token = sessions.create("alice", Factors::One, "127.0.0.1".parse().unwrap(), "ua").await.unwrap();
         assert!(sessions.resolve(&token.encode()).await.unwrap().is_some());
         store.users.set_disabled("alice", true).await.unwrap();
         assert!(sessions.resolve(&token.encode()).await.unwrap().is_none());
@@ -301,6 +304,7 @@ mod tests {
             last_seen_at: seen,
             ip: String::new(),
             user_agent: String::new(),
+            factors: Factors::One,
         };
         let now = 10_000_000;
         assert!(!sessions.is_expired(&r(now - 1000, now - 1000), now));

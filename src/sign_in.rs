@@ -35,7 +35,7 @@ use crate::failures::CaptchaDemanded;
 use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions};
-use crate::store::{now_ms, StoreError};
+use crate::store::{now_ms, Factors, StoreError};
 
 /// Characters of the typed username kept as the key of the per-username defences: enough
 /// for any accepted username (64), bounded whatever an attacker types.
@@ -225,7 +225,7 @@ impl SignIn {
         }
         let token = self
             .sessions
-            .create(&user.key, client.ip, &client.user_agent)
+            .create(&user.key, Factors::One, client.ip, &client.user_agent)
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
         // A sign-in that cannot be recorded does not happen: end the new session and say so.

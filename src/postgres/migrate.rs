@@ -13,6 +13,7 @@ use super::PgError;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sessions_apart_held_reservations.sql"),
+    include_str!("migrations/0003_session_factors.sql"),
 ];
 
 /// The schema version this build writes.

@@ -12,7 +12,7 @@
 
 use async_trait::async_trait;
 
-use super::{Credential, FailureQuery, FailureRecord, Session, Store, StoreError, User};
+use super::{Credential, Factors, FailureQuery, FailureRecord, Session, Store, StoreError, User};
 use crate::audit::FailureReason;
 
 /// How the suite gets stores from an engine.
@@ -45,7 +45,14 @@ pub fn user(key: &str) -> User {
 
 /// A session for tests.
 pub fn session(user_key: &str, created_at: u64, last_seen_at: u64) -> Session {
-    Session { user_key: user_key.into(), created_at, last_seen_at, ip: "192.0.2.1".into(), user_agent: "ua".into() }
+    Session {
+        user_key: user_key.into(),
+        created_at,
+        last_seen_at,
+        ip: "192.0.2.1".into(),
+        user_agent: "ua".into(),
+        factors: Factors::One,
+    }
 }
 
 /// A failure record for tests.
@@ -201,6 +208,10 @@ async fn sessions_round_trip_and_expire(store: &Store) {
     s.insert(&[2; 32], &session("alice", 2000, 2000)).await.unwrap();
     s.insert(&[3; 32], &session("bob", 3000, 3000)).await.unwrap();
     assert_eq!(s.get(&[1; 32]).await.unwrap(), Some(session("alice", 1000, 1000)), "sessions: get");
+    let two = Session { factors: Factors::Two, ..session("dave", 1500, 1500) };
+    s.insert(&[7; 32], &two).await.unwrap();
+    assert_eq!(s.get(&[7; 32]).await.unwrap(), Some(two), "sessions: the factor count round-trips");
+    assert!(s.delete(&[7; 32]).await.unwrap());
     assert!(s.get(&[9; 32]).await.unwrap().is_none());
     assert_eq!(s.count().await.unwrap(), 3);
 

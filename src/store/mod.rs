@@ -91,6 +91,41 @@ pub struct Session {
     pub last_seen_at: u64,
     pub ip: String,
     pub user_agent: String,
+    /// How many authentication factors the sign-in proved (NIST SP 800-63B §4: one factor is
+    /// AAL1, two are AAL2); the forward-auth `two_factor` policy reads it.
+    pub factors: Factors,
+}
+
+/// The number of distinct authentication factors a session was signed in with.
+///
+/// Stored as the number itself (1 or 2). An unknown stored number reads as [`Factors::One`],
+/// so a damaged record can only lose a session rights, never grant them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Factors {
+    /// Something you know (a password) or one passkey without user verification.
+    #[default]
+    One,
+    /// Two factors: a password and a second factor, or a user-verified passkey.
+    Two,
+}
+
+impl Factors {
+    /// The count as stored: 1 or 2.
+    pub fn count(self) -> u8 {
+        match self {
+            Factors::One => 1,
+            Factors::Two => 2,
+        }
+    }
+
+    /// Reads a stored count; anything but 2 is one factor (see the type's docs).
+    pub fn from_count(n: i64) -> Self {
+        if n == 2 {
+            Factors::Two
+        } else {
+            Factors::One
+        }
+    }
 }
 
 /// A stored session with the hash it is stored under.

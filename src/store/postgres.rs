@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    Credential, Cursor, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
+    Credential, Cursor, Factors, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
     SessionTimes, StoreError, StoredSession, TokenHash, User, UserStore,
 };
 use crate::audit::FailureReason;
@@ -75,7 +75,7 @@ fn user_of(row: &Row) -> User {
     }
 }
 
-const SESSION_COLUMNS: &str = "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash";
+const SESSION_COLUMNS: &str = "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors";
 
 fn session_of(row: &Row) -> Session {
     Session {
@@ -84,6 +84,7 @@ fn session_of(row: &Row) -> Session {
         last_seen_at: unms(row.get(2)),
         ip: row.get(3),
         user_agent: row.get(4),
+        factors: Factors::from_count(row.get::<_, i16>(6).into()),
     }
 }
 
@@ -269,10 +270,10 @@ impl SessionStore for PgStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (token_hash) DO UPDATE SET user_key = $2, created_at_ms = $3,
-                     last_seen_at_ms = $4, ip = $5, user_agent = $6",
+                     last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7",
                 &[
                     &&token_hash[..],
                     &session.user_key,
@@ -280,6 +281,7 @@ impl SessionStore for PgStore {
                     &ms(session.last_seen_at),
                     &session.ip,
                     &session.user_agent,
+                    &i16::from(session.factors.count()),
                 ],
             )
             .await?;

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Credential, Cursor, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
+    Credential, Cursor, Factors, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
     SessionTimes, StoreError, StoredSession, TokenHash, User, UserStore,
 };
 
@@ -88,6 +88,13 @@ struct SessionRecord {
     last_seen_at: u64,
     ip: String,
     user_agent: String,
+    /// `Factors::count`; records written before factors were kept had one.
+    #[serde(default = "one_factor")]
+    factors: u8,
+}
+
+fn one_factor() -> u8 {
+    1
 }
 
 impl SessionRecord {
@@ -98,6 +105,7 @@ impl SessionRecord {
             last_seen_at: self.last_seen_at,
             ip: self.ip,
             user_agent: self.user_agent,
+            factors: Factors::from_count(self.factors.into()),
         }
     }
 
@@ -109,6 +117,7 @@ impl SessionRecord {
             last_seen_at: s.last_seen_at,
             ip: s.ip.clone(),
             user_agent: s.user_agent.clone(),
+            factors: s.factors.count(),
         }
     }
 }
@@ -835,6 +844,7 @@ mod tests {
             last_seen_at: 1,
             ip: "127.0.0.1".into(),
             user_agent: "t".into(),
+            factors: 1,
         }
     }
 
