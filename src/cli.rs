@@ -84,7 +84,8 @@ pub enum StoreCommand {
     #[command(after_help = STORE_COPY_EXAMPLE)]
     Copy {
         /// Where to: a postgres:// URL (its schema is created) or a directory for a sled
-        /// store; it must hold no records
+        /// store; it must hold no records. `-` reads it from standard input (keeps a
+        /// password out of the process list)
         #[arg(long, value_name = "TARGET")]
         to: String,
     },
@@ -98,6 +99,8 @@ copied and the status is non-zero. The database password is never printed.
 Examples:
   # From the sled store in data_dir to PostgreSQL, then set database_url to it:
   portcullis store copy --to 'postgres://portcullis:PASSWORD@db.example.com/portcullis?sslmode=verify-full'
+  # The same, with the URL (and its password) out of the process list:
+  printenv TARGET_URL | portcullis store copy --to -
   # Back, from the database in database_url to a new sled directory:
   PORTCULLIS_DATABASE_URL='postgres://...' portcullis store copy --to /var/lib/portcullis/data";
 
@@ -357,7 +360,13 @@ impl std::fmt::Display for Target {
 /// configured store and the target (migrating a database's schema), refuses a target that
 /// holds anything, copies, and prints the counts only once every write is durable.
 async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
-    let target = Target::parse(to)?;
+    let target = if to == "-" {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
+        Target::parse(line.trim_end_matches(['\n', '\r']))?
+    } else {
+        Target::parse(to)?
+    };
     let from = match &settings.database_url {
         Some(url) => Store::connect(url, &settings.instance_name)
             .await

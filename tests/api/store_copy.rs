@@ -140,8 +140,8 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let before = snapshot(a.path(), None).await;
     assert!(before.0.lines().count() == 3 && before.0.contains(r#""instance":"web-a""#), "{}", before.0);
 
-    // sled → PostgreSQL.
-    let copied = cli(a.path(), None, &["store", "copy", "--to", &target], None).await;
+    // sled → PostgreSQL, the URL (with its password) read from standard input.
+    let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
     copied.assert_ok("copy to PostgreSQL");
     assert!(
         copied.stdout.starts_with("copied 3 users, 1 session, 3 failed-login records and 2 secrets into postgres://"),
