@@ -161,11 +161,8 @@ impl UserStore for PgStore {
     }
 
     async fn insert(&self, user: &User, password_hash: &str) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        insert_user(&tx, user, password_hash).await?;
-        tx.commit().await?;
-        Ok(())
+        let client = self.client().await?;
+        insert_user(&**client, user, password_hash).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -256,7 +253,7 @@ impl UserStore for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for c in users {
-            insert_user(&tx, &c.user, &c.password_hash).await?;
+            insert_user(&*tx, &c.user, &c.password_hash).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -272,7 +269,11 @@ fn page(limit: usize) -> i64 {
 ///
 /// # Errors
 /// [`StoreError::AlreadyExists`] when the key is taken.
-async fn insert_user(client: &tokio_postgres::Transaction<'_>, user: &User, password_hash: &str) -> Result<()> {
+async fn insert_user(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    user: &User,
+    password_hash: &str,
+) -> Result<()> {
     let inserted = client
         .execute(
             "INSERT INTO users (key, display_name, password_hash, admin, disabled, created_at_ms,
