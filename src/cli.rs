@@ -389,6 +389,15 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             if settings.database_url.is_none() && same_directory(dir, &settings.data_dir) {
                 bail!("the target {} is the configured store itself", dir.display());
             }
+            // Opening a store makes its directory private (0700) and writes into it: never do
+            // that to a directory named by mistake (`--to /etc`). A new or empty directory, or
+            // a sled store (checked for records below), only.
+            if !Store::exists(dir) && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+                bail!(
+                    "the target directory {} holds other files: give a new or empty directory for the sled store",
+                    dir.display()
+                );
+            }
             Store::open(dir).map_err(|e| match e {
                 StoreError::Locked(dir) => anyhow!("the target store in {dir} is in use by a running server"),
                 other => anyhow!(other).context(format!("cannot open the target store in {}", dir.display())),

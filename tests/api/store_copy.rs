@@ -201,6 +201,16 @@ async fn a_target_that_is_not_empty_is_refused_in_one_line_and_left_as_it_was() 
     refused.assert_one_line_failure("a copy into a sled store that holds records");
     let users = cli(full.path(), None, &["user", "list"], None).await;
     assert!(users.stdout.contains("bob") && !users.stdout.contains("alice"), "{users:?}");
+    // Nor into a directory that holds anything but a store, which is left as it was.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    std::fs::set_permissions(other.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    let before = mode(other.path());
+    let refused = cli(a.path(), None, &["store", "copy", "--to", other.path().to_str().unwrap()], None).await;
+    assert!(refused.assert_one_line_failure("a directory of other files").contains("other files"));
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written there");
+    assert_eq!(mode(other.path()), before, "nor its mode changed");
     // Nor into the configured store itself.
     let own = a.path().join("data");
     cli(a.path(), None, &["store", "copy", "--to", own.to_str().unwrap()], None)
