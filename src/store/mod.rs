@@ -418,7 +418,8 @@ impl Store {
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
     /// several instances start at once), for a store shared by every instance on it.
     /// `instance` (`instance_name`) is written into the failed-login records this handle
-    /// appends (SPEC.md, "Several instances, one truth"), in the table's `instance` column.
+    /// appends without one of their own (SPEC.md, "Several instances, one truth"); records
+    /// that name an instance (all the server makes, and every imported one) keep theirs.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
