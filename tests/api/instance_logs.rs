@@ -24,12 +24,11 @@ async fn every_log_line_and_failure_record_names_the_instance_on_either_engine()
                 }
             })
         });
-        let admin_password =
-            server.stdout.lock().unwrap().iter().find_map(|l| l.trim().strip_prefix("password: ").map(str::to_string));
+        let admin_password = crate::store_copy::first_admin_password(&server).await;
         let client = server.browser();
         let (status, _) = child::login(&server, &client, "admin", "not the password at all").await;
         assert_eq!(status, 401);
-        let (status, _) = child::login(&server, &client, "admin", &admin_password.expect("first start")).await;
+        let (status, _) = child::login(&server, &client, "admin", &admin_password).await;
         assert_eq!(status, 303);
 
         let mut audit = child::command(dir.path());

@@ -71,6 +71,21 @@ async fn signed_in(server: &ServerProcess, session: &str) -> bool {
     resp.unwrap().status() == 200
 }
 
+/// The password the first start printed for `admin` (its standard output is read by another
+/// thread, which may not have got there yet when the server says it listens).
+pub(crate) async fn first_admin_password(server: &ServerProcess) -> String {
+    let until = std::time::Instant::now() + child::DEADLINE;
+    loop {
+        let found =
+            server.stdout.lock().unwrap().iter().find_map(|l| l.trim().strip_prefix("password: ").map(str::to_string));
+        if let Some(password) = found {
+            return password;
+        }
+        assert!(std::time::Instant::now() < until, "the first start printed no password: {}", server.output());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn start(dir: &Path, url: Option<&str>, name: &'static str) -> ServerProcess {
     let args = child::quick_with(&[("--instance-name", name)]);
     tokio::task::block_in_place(|| {
@@ -118,10 +133,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     // The original, on sled: the first-start admin, alice, a disabled bob, a session,
     // failures of several kinds, and two sign-in forms handed out but not yet used.
     let server = start(a.path(), None, "web-a");
-    let admin_password = {
-        let out = server.stdout.lock().unwrap().clone();
-        out.iter().find_map(|l| l.trim().strip_prefix("password: ").map(str::to_string)).expect("first start")
-    };
+    let admin_password = first_admin_password(&server).await;
     for (name, args) in [
         ("alice", vec!["user", "add", "alice", "--password-stdin"]),
         ("bob", vec!["user", "add", "bob", "--password-stdin"]),
