@@ -87,6 +87,7 @@ fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
         count: 1,
         typed: None,
+        instance: String::new(),
     };
     (record, name)
 }

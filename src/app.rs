@@ -85,7 +85,7 @@ impl Services {
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
-        let audit = Audit::open(&settings.log_dir, keep_days, Some(store.clone()))?
+        let audit = Audit::open_as(&settings.log_dir, keep_days, Some(store.clone()), &settings.instance_name)?
             .with_limits(crate::audit::DiskLimits::from_settings(settings));
         let policy = PasswordPolicy { min_length: settings.min_password_length };
         let shared_brute_force = store.shared_brute_force(settings.failure_window, settings.captcha_after_failures);

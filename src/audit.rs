@@ -343,11 +343,24 @@ pub struct Audit {
     limits: Arc<DiskLimits>,
     budget: Arc<LogBudget>,
     counted: Arc<Mutex<HashMap<Slot, Counted>>>,
+    /// `instance_name`: in every log line and in the failure records this sink makes.
+    instance: Arc<str>,
 }
 
 impl Audit {
-    /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them.
+    /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them,
+    /// as the instance named after this host (`instance_name`'s default): see [`Audit::open_as`].
     pub fn open(log_dir: &Path, keep_days: usize, store: Option<Store>) -> anyhow::Result<Self> {
+        Self::open_as(log_dir, keep_days, store, &crate::postgres::url::host_name())
+    }
+
+    /// As [`Audit::open`], for the instance `instance` (`instance_name`): every line of the log
+    /// carries it as `instance`, and so does every failure record this sink stores (SPEC.md,
+    /// "Several instances, one truth").
+    ///
+    /// # Errors
+    /// When `log_dir` cannot be made private or the log file cannot be opened.
+    pub fn open_as(log_dir: &Path, keep_days: usize, store: Option<Store>, instance: &str) -> anyhow::Result<Self> {
         crate::store::ensure_private_dir(log_dir, |name| name.starts_with("auth.log"))
             .with_context(|| format!("cannot use {}", log_dir.display()))?;
         let budget = Arc::new(LogBudget::new(log_dir));
@@ -357,11 +370,11 @@ impl Audit {
             .max_log_files(keep_days.max(1))
             .build(log_dir)
             .with_context(|| format!("cannot open the log in {}", log_dir.display()))?;
+        let format =
+            tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false).with_span_list(false);
         let layer = tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .event_format(crate::telemetry::WithInstance::json(format, instance))
             .with_writer(CheckedAppender(appender, Arc::clone(&budget)));
         let subscriber = tracing_subscriber::registry().with(layer);
         Ok(Audit {
@@ -370,6 +383,7 @@ impl Audit {
             limits: Arc::default(),
             budget,
             counted: Arc::default(),
+            instance: instance.into(),
         })
     }
 
@@ -381,6 +395,7 @@ impl Audit {
             limits: Arc::default(),
             budget: Arc::new(LogBudget::new(Path::new(""))),
             counted: Arc::default(),
+            instance: crate::postgres::url::host_name().into(),
         }
     }
 
@@ -456,6 +471,7 @@ impl Audit {
             user_agent: client.user_agent.clone(),
             typed: typed.clone(),
             count: 1,
+            instance: self.instance.to_string(),
         };
         let mut counting = false;
         if counts {

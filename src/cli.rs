@@ -11,6 +11,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::admin_socket::{self, Request, Response};
 use crate::app::{Application, Services};
 use crate::config::{Overrides, Settings, KEYS};
+use crate::postgres::url::DatabaseUrl;
 use crate::review::{text_summary, text_table, Answer, FilterArgs};
 use crate::store::{Store, StoreError};
 use crate::text::{escape_json, printable};
@@ -37,6 +38,9 @@ pub enum Command {
     User(UserCommand),
     /// Review failed and refused logins, newest first
     Audit(AuditArgs),
+    /// Work on the store as a whole: copy it into another engine
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Measure sign-ins per second and latency against a running server (on this machine
     /// unless --i-own-this-server)
     Loadtest(crate::loadtest::LoadtestArgs),
@@ -72,6 +76,33 @@ pub struct AuditArgs {
     #[arg(long)]
     summary: bool,
 }
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy the configured store (data_dir, or database_url when set) into an empty target:
+    /// users with their hashes and factors, sessions, failed-login records and secrets
+    #[command(after_help = STORE_COPY_EXAMPLE)]
+    Copy {
+        /// Where to: a postgres:// URL (its schema is created) or a directory for a sled
+        /// store; it must hold no records. `-` reads it from standard input (keeps a
+        /// password out of the process list)
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+    },
+}
+
+const STORE_COPY_EXAMPLE: &str = "\
+Stop every server on the store first (a running server holds a sled store, and keeps writing
+to a database). The counts copied are printed at the end; on any error nothing is reported
+copied and the status is non-zero. The database password is never printed.
+
+Examples:
+  # From the sled store in data_dir to PostgreSQL, then set database_url to it:
+  portcullis store copy --to 'postgres://portcullis:PASSWORD@db.example.com/portcullis?sslmode=verify-full'
+  # The same, with the URL (and its password) out of the process list:
+  printenv TARGET_URL | portcullis store copy --to -
+  # Back, from the database in database_url to a new sled directory:
+  PORTCULLIS_DATABASE_URL='postgres://...' portcullis store copy --to /var/lib/portcullis/data";
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
@@ -163,6 +194,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime(None)?.block_on(audit(settings, args))
         }
+        Some(Command::Store(StoreCommand::Copy { to })) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime(None)?.block_on(store_copy(settings, &to))
+        }
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
     }
@@ -184,7 +219,7 @@ fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
 }
 
 async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
-    crate::telemetry::init_terminal();
+    crate::telemetry::init_terminal(&settings.instance_name);
     let shutdown = shutdown_signal();
     let app = Application::build(settings).await?;
     if let Some(password) = &app.initial_admin_password {
@@ -288,6 +323,99 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     };
     // Every store write is durable when it returns: nothing to flush here.
     Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await)
+}
+
+/// Where `store copy` writes: a database or a sled directory.
+enum Target {
+    Database(DatabaseUrl),
+    Directory(PathBuf),
+}
+
+impl Target {
+    /// A `postgres://` or `postgresql://` URL, else a directory. Errors never quote the
+    /// password (`DatabaseUrl::parse`).
+    fn parse(text: &str) -> anyhow::Result<Target> {
+        let lower = text.trim_start().to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return DatabaseUrl::parse(text).map(Target::Database).map_err(|e| anyhow!("invalid --to URL: {e}"));
+        }
+        if text.is_empty() || lower.contains("://") {
+            bail!("--to must be a postgres:// URL or a directory");
+        }
+        Ok(Target::Directory(PathBuf::from(text)))
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// The URL with `***` for the password, or the directory.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Database(url) => write!(f, "{url}"),
+            Target::Directory(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// `portcullis store copy --to TARGET` (SPEC.md, "Several instances, one truth"): opens the
+/// configured store and the target (migrating a database's schema), refuses a target that
+/// holds anything, copies, and prints the counts only once every write is durable.
+async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
+    let target = if to == "-" {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
+        Target::parse(line.trim_end_matches(['\n', '\r']))?
+    } else {
+        Target::parse(to)?
+    };
+    let from = match &settings.database_url {
+        Some(url) => Store::connect(url, &settings.instance_name)
+            .await
+            .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
+        None => {
+            if !Store::exists(&settings.data_dir) {
+                bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+            }
+            Store::open(&settings.data_dir).map_err(|e| match e {
+                StoreError::Locked(dir) => anyhow!("the store in {dir} is in use by a running server: stop it first"),
+                other => anyhow!(other).context(format!("cannot open the store in {}", settings.data_dir.display())),
+            })?
+        }
+    };
+    let into = match &target {
+        Target::Database(url) => Store::connect(url, &settings.instance_name)
+            .await
+            .with_context(|| format!("cannot open the target database {url}"))?,
+        Target::Directory(dir) => {
+            if settings.database_url.is_none() && same_directory(dir, &settings.data_dir) {
+                bail!("the target {} is the configured store itself", dir.display());
+            }
+            // Opening a store makes its directory private (0700) and writes into it: never do
+            // that to a directory named by mistake (`--to /etc`). A new or empty directory, or
+            // a sled store (checked for records below), only.
+            if !Store::exists(dir) && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+                bail!(
+                    "the target directory {} holds other files: give a new or empty directory for the sled store",
+                    dir.display()
+                );
+            }
+            Store::open(dir).map_err(|e| match e {
+                StoreError::Locked(dir) => anyhow!("the target store in {dir} is in use by a running server"),
+                other => anyhow!(other).context(format!("cannot open the target store in {}", dir.display())),
+            })?
+        }
+    };
+    let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
+    println!("copied {copied} into {target}");
+    Ok(())
+}
+
+/// Whether two paths name one existing directory (a target that does not exist yet is not
+/// the source).
+fn same_directory(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {

@@ -223,6 +223,10 @@ pub struct RecordView {
     /// What was typed, when it differs from `username`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typed: Option<String>,
+    /// The `instance_name` of the server that recorded it; absent for records made before
+    /// instances were kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 fn one() -> u64 {
@@ -241,6 +245,7 @@ impl RecordView {
             user_agent: printable(&self.user_agent).into_owned(),
             count: self.count,
             typed: self.typed.as_deref().map(|t| printable(t).into_owned()),
+            instance: printable(&self.instance).into_owned(),
         }
     }
 }
@@ -255,6 +260,7 @@ impl From<&FailureRecord> for RecordView {
             user_agent: r.user_agent.clone(),
             count: r.count.max(1),
             typed: r.typed.clone(),
+            instance: r.instance.clone(),
         }
     }
 }
@@ -538,6 +544,7 @@ mod tests {
             user_agent: "ua".into(),
             count: 1,
             typed: None,
+            instance: String::new(),
         }
     }
 
@@ -703,6 +710,7 @@ mod tests {
             user_agent: "x".into(),
             count: 1,
             typed: None,
+            instance: String::new(),
         }]);
         assert_eq!(table.lines().count(), 2, "{table}");
     }

@@ -1,21 +1,78 @@
 //! Terminal logging: human-readable lines on standard error, filtered by `RUST_LOG`
-//! (default `info`). The JSON audit files are per application, see [`crate::audit`].
+//! (default `info`). The JSON audit files are per application, see [`crate::audit`]. Every
+//! line of both names the instance that wrote it ([`WithInstance`]).
 
 use std::io::IsTerminal;
 
+use tracing::{Event, Subscriber};
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-pub fn init_terminal() {
+/// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
+pub fn init_terminal(instance: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,poem=warn,sled=warn"));
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let format = tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(escaped_fields())
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_target(false)
+        .event_format(WithInstance::text(format, instance))
         .try_init();
+}
+
+/// An event format that adds this process's `instance_name` to every line another format
+/// writes (SPEC.md, "Several instances, one truth": `instance` in every log line), so lines
+/// gathered from several instances say where each came from. It is added at the end: the
+/// JSON log's first field stays `timestamp` and its failed-login fields stay in the order
+/// the fail2ban filter reads.
+pub struct WithInstance<F> {
+    inner: F,
+    /// What goes before the line's end: ` instance=NAME`, or `,"instance":"NAME"` for JSON.
+    suffix: String,
+    /// Whether the line is a JSON object (the suffix goes before its closing brace).
+    json: bool,
+}
+
+impl<F> WithInstance<F> {
+    /// For text lines: ` instance=NAME` before the line break. The name is printable
+    /// (`config::parse_instance_name`); it is escaped anyway, as every terminal field is.
+    pub fn text(inner: F, instance: &str) -> Self {
+        WithInstance { inner, suffix: format!(" instance={}", crate::text::printable(instance)), json: false }
+    }
+
+    /// For JSON lines: an `"instance"` member before the closing brace.
+    pub fn json(inner: F, instance: &str) -> Self {
+        let name = serde_json::to_string(instance).unwrap_or_else(|_| "\"\"".into());
+        WithInstance { inner, suffix: format!(",\"instance\":{name}"), json: true }
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithInstance<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.trim_end_matches('\n');
+        let body = if self.json { body.strip_suffix('}') } else { Some(body) };
+        match body {
+            Some(body) => {
+                writer.write_str(body)?;
+                writer.write_str(&self.suffix)?;
+                writer.write_str(if self.json { "}\n" } else { "\n" })
+            }
+            // Not an object (no formatter of ours writes one): the line as it is.
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Whether to colour the terminal log: only on a terminal (a file or the journal would keep
@@ -90,5 +147,37 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert!(!text.trim_end_matches('\n').chars().any(crate::text::is_hidden), "{text:?}");
         assert!(text.contains("admin\\u{2060}"), "{text}");
+    }
+
+    #[test]
+    fn every_terminal_and_json_line_ends_with_the_instance_name() {
+        let (terminal, json) = (Buffer::default(), Buffer::default());
+        let (t, j) = (terminal.clone(), json.clone());
+        let text_format = tracing_subscriber::fmt::format().with_target(false).with_ansi(false);
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(escaped_fields())
+            .with_ansi(false)
+            .event_format(WithInstance::text(text_format, "web-2"))
+            .with_writer(move || t.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(username = "alice", "one");
+            tracing::warn!("two");
+        });
+        let text = String::from_utf8(terminal.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().all(|l| l.ends_with(" instance=web-2")), "{text}");
+
+        let json_format = tracing_subscriber::fmt::format().json().flatten_event(true);
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .event_format(WithInstance::json(json_format, "web-\"3"))
+            .with_writer(move || j.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || tracing::info!(event = "x", "one"));
+        let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!((v["instance"].as_str(), v["event"].as_str()), (Some("web-\"3"), Some("x")), "{text}");
+        assert!(text.starts_with("{\"timestamp\":"), "the fail2ban date pattern reads the start: {text}");
     }
 }

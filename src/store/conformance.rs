@@ -12,6 +12,7 @@
 
 use async_trait::async_trait;
 
+use super::copy::{copy, Copied, CopyError};
 use super::{Credential, Factors, FailureQuery, FailureRecord, Session, Store, StoreError, User};
 use crate::audit::FailureReason;
 
@@ -65,6 +66,7 @@ pub fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> Fa
         user_agent: "ua".into(),
         typed: None,
         count: 1,
+        instance: "web-1".into(),
     }
 }
 
@@ -78,6 +80,10 @@ pub async fn run(harness: &mut dyn Harness) {
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
+    failure_records_keep_their_instance(&harness.fresh().await).await;
+    let (from, to) = (harness.fresh().await, harness.fresh().await);
+    every_record_survives_export_and_import(&from, &to).await;
+    drop((from, to));
     let store = harness.fresh().await;
     let secret = write_everything(&store).await;
     let store = harness.reopen(store).await;
@@ -369,4 +375,106 @@ async fn everything_written_is_there(store: &Store, secret: [u8; 32]) {
     assert_eq!(records.len(), 1, "durability: failure record");
     assert_eq!(records[0].1.count, 3, "durability: its count");
     assert_eq!(store.secrets.secret("csrf").await.unwrap(), secret, "durability: the secret");
+}
+
+async fn failure_records_keep_their_instance(store: &Store) {
+    let f = &store.failures;
+    let mut one = failure(1000, "192.0.2.1", "alice", FailureReason::BadPassword);
+    one.instance = "web-2".into();
+    f.append(&one, "alice", None).await.unwrap();
+    f.append(&failure(1001, "192.0.2.1", "alice", FailureReason::BadPassword), "alice", None).await.unwrap();
+    let got: Vec<String> =
+        f.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r.instance).collect();
+    assert_eq!(got, ["web-1", "web-2"], "instance: each record keeps the instance that wrote it");
+}
+
+/// Everything `store copy` moves, read back whole from a copy: users (`==` on the whole
+/// record, so a field an engine does not carry fails here), sessions, failure records in
+/// order, and secrets; paged exports meet every record once; a target that is not empty is
+/// refused untouched.
+async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
+    let u = &from.users;
+    u.insert(&user("alice"), HASH_A).await.unwrap();
+    u.record_login(&verified(from, "alice").await, Some(HASH_B), 77).await.unwrap();
+    u.insert(&User { admin: true, ..user("root") }, HASH_A2).await.unwrap();
+    u.insert(&user("bob"), HASH_A).await.unwrap();
+    u.set_disabled("bob", true).await.unwrap();
+    let two = Session { factors: Factors::Two, ..session("alice", 10, 20) };
+    from.sessions.insert(&[1; 32], &two).await.unwrap();
+    from.sessions.insert(&[2; 32], &session("bob", 30, 40)).await.unwrap();
+    from.sessions.insert(&[3; 32], &session("root", 50, 60)).await.unwrap();
+    for i in 0..7u64 {
+        // Pairs of records share a millisecond: the copy keeps their order.
+        let mut r = failure(5000 + i / 2, "2001:db8::1", &format!("user{i}"), FailureReason::ALL[i as usize]);
+        r.typed = (i % 2 == 0).then(|| format!("  User{i}"));
+        r.count = i + 1;
+        r.instance = format!("web-{i}");
+        from.failures.append(&r, &r.username, None).await.unwrap();
+    }
+    let csrf = from.secrets.secret("csrf").await.unwrap();
+    let captcha = from.secrets.secret("captcha").await.unwrap();
+
+    // Paged exports meet every record once, in their order.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = u.export(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.user.key.clone());
+        paged.extend(page.iter().map(|c| c.user.key.clone()));
+    }
+    assert_eq!(paged, ["alice", "bob", "root"], "export: users in key order, paged");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = from.sessions.export(after.as_ref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.token_hash);
+        paged.extend(page.iter().map(|s| s.token_hash[0]));
+    }
+    assert_eq!(paged, [1, 2, 3], "export: sessions in hash order, paged");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = from.failures.export(after, 3).await.unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        paged.extend(page.into_iter().map(|(_, r)| r));
+    }
+    let newest_first: Vec<FailureRecord> =
+        from.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(paged, newest_first.iter().rev().cloned().collect::<Vec<_>>(), "export: failures oldest first");
+
+    let copied = copy(from, to).await.unwrap();
+    assert_eq!(copied, Copied { users: 3, sessions: 3, failures: 7, secrets: 2 }, "copy: the counts");
+    let sorted_users = |mut v: Vec<Credential>| {
+        v.sort_by(|a, b| a.user.key.cmp(&b.user.key));
+        v
+    };
+    assert_eq!(
+        sorted_users(to.users.export(None, usize::MAX).await.unwrap()),
+        sorted_users(u.export(None, usize::MAX).await.unwrap()),
+        "copy: users whole, hashes included"
+    );
+    assert_eq!(
+        to.sessions.export(None, usize::MAX).await.unwrap(),
+        from.sessions.export(None, usize::MAX).await.unwrap(),
+        "copy: sessions whole, factors included"
+    );
+    let copied_records: Vec<FailureRecord> =
+        to.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(copied_records, newest_first, "copy: failure records in order, with typed, count and instance");
+    let q = FailureQuery { user_key: Some("user3".into()), ..Default::default() };
+    assert_eq!(to.failures.query(&q).await.unwrap().len(), 1, "copy: the username filter finds copied records");
+    assert_eq!(to.secrets.secret("csrf").await.unwrap(), csrf, "copy: the CSRF key");
+    assert_eq!(to.secrets.secret("captcha").await.unwrap(), captcha, "copy: the captcha key");
+    assert!(to.users.record_login(&verified(to, "alice").await, None, 99).await.unwrap().is_some());
+
+    // A second copy into the same target: refused, and nothing more is written.
+    match copy(from, to).await {
+        Err(CopyError::NotEmpty(held)) => assert_eq!(held, copied, "copy: the refusal says what is there"),
+        other => panic!("copy into a store that is not empty: {other:?}"),
+    }
+    assert_eq!(to.failures.count().await.unwrap(), 7, "copy: a refused copy writes nothing");
+    assert_eq!(to.users.count().await.unwrap(), 3);
 }

@@ -20,6 +20,7 @@ use crate::audit::FailureReason;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod copy;
 mod postgres;
 mod sled;
 
@@ -76,7 +77,12 @@ pub struct User {
 }
 
 /// A user with the stored password hash (an argon2id PHC string), for checking a password.
-#[derive(Clone, Debug)]
+///
+/// It is also the whole user as `store copy` moves it ([`UserStore::export`]): whatever a
+/// later change keeps with a user (groups, second factors) must be reachable from here, or
+/// copies lose it. The conformance suite compares exported users whole (`==`), so an engine
+/// that drops a field fails it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     pub user: User,
     pub password_hash: String,
@@ -129,7 +135,7 @@ impl Factors {
 }
 
 /// A stored session with the hash it is stored under.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSession {
     pub token_hash: TokenHash,
     pub record: Session,
@@ -165,6 +171,10 @@ pub struct FailureRecord {
     /// `audit::Audit::record_failure`). Records from before this field existed read as 1.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub count: u64,
+    /// The `instance_name` of the server that recorded it (SPEC.md, "Several instances, one
+    /// truth"); empty in records made before it was kept, and not written then.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 fn one() -> u64 {
@@ -281,6 +291,14 @@ pub trait UserStore: Send + Sync {
     /// length, as `password::shape_of` says), to shape the dummy that unknown usernames are
     /// checked against; `None` without users.
     async fn most_common_hash(&self) -> Result<Option<String>>;
+    /// Up to `limit` whole users (with their hashes), in key order, those after the key
+    /// `after`: a page of what `store copy` moves (see [`Credential`]).
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<Credential>>;
+    /// Stores exported users exactly as they are (every field, the hash as is), durably.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when a key is taken (the copy's target must be empty).
+    async fn import(&self, users: &[Credential]) -> Result<()>;
 }
 
 /// Server-side sessions, by token hash, with a per-user index.
@@ -307,6 +325,11 @@ pub trait SessionStore: Send + Sync {
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize>;
     /// How many sessions are stored, expired ones included.
     async fn count(&self) -> Result<u64>;
+    /// Up to `limit` stored sessions in token-hash order, those after `after`: a page of
+    /// what `store copy` moves.
+    async fn export(&self, after: Option<&TokenHash>, limit: usize) -> Result<Vec<StoredSession>>;
+    /// Stores exported sessions as they are (times and factors included), durably.
+    async fn import(&self, sessions: &[StoredSession]) -> Result<()>;
 }
 
 /// Failed-login records, time-ordered, with a cap on how many are kept (issue 11 §1).
@@ -328,6 +351,13 @@ pub trait FailureStore: Send + Sync {
     /// the cap on append (a scan: the server runs it once, in the background, at start).
     /// Returns how many are kept.
     async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64>;
+    /// Up to `limit` records, oldest first, those after `after`, each with its cursor: a
+    /// page of what `store copy` moves (paged, so a million records are never all in memory).
+    async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>>;
+    /// Appends exported records in the order given, as they are (`typed`, `count` and
+    /// `instance` included; no cap applied), durably. Each is found by the username filter
+    /// under the normalised form of its `username`, as `audit::Audit::append` files it.
+    async fn import(&self, records: &[FailureRecord]) -> Result<()>;
 }
 
 /// Named server keys.
@@ -336,6 +366,13 @@ pub trait SecretStore: Send + Sync {
     /// The 32-byte secret called `name`, created at first use; concurrent first uses (from
     /// any instance) agree on one value.
     async fn secret(&self, name: &str) -> Result<[u8; 32]>;
+    /// Every secret made so far, by name (there are a few): what `store copy` moves.
+    async fn export(&self) -> Result<Vec<(String, [u8; 32])>>;
+    /// Stores exported secrets under their names, durably.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when a name is taken (the copy's target must be empty).
+    async fn import(&self, secrets: &[(String, [u8; 32])]) -> Result<()>;
 }
 
 /// The storage handle the services hold: one engine behind four traits. Cheap to clone.
@@ -381,7 +418,8 @@ impl Store {
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
     /// several instances start at once), for a store shared by every instance on it.
     /// `instance` (`instance_name`) is written into the failed-login records this handle
-    /// appends (SPEC.md, "Several instances, one truth"), in the table's `instance` column.
+    /// appends without one of their own (SPEC.md, "Several instances, one truth"); records
+    /// that name an instance (all the server makes, and every imported one) keep theirs.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the

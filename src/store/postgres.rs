@@ -93,7 +93,7 @@ fn token_hash_of(row: &Row, i: usize) -> Result<TokenHash> {
     bytes.try_into().map_err(|_| StoreError::Corrupt("a session's token hash is not 32 bytes".into()))
 }
 
-const FAILURE_COLUMNS: &str = "id, time_ms, host(ip), username, reason, user_agent, typed, count";
+const FAILURE_COLUMNS: &str = "id, time_ms, host(ip), username, reason, user_agent, typed, count, instance";
 
 fn failure_of(row: &Row) -> Result<(Cursor, FailureRecord)> {
     let reason: String = row.get(4);
@@ -108,6 +108,7 @@ fn failure_of(row: &Row) -> Result<(Cursor, FailureRecord)> {
         user_agent: row.get(5),
         typed: row.get(6),
         count: unms(row.get(7)).max(1),
+        instance: row.get(8),
     };
     Ok((Cursor::new(record.time, unms(id)), record))
 }
@@ -160,29 +161,8 @@ impl UserStore for PgStore {
     }
 
     async fn insert(&self, user: &User, password_hash: &str) -> Result<()> {
-        let inserted = self
-            .client()
-            .await?
-            .execute(
-                "INSERT INTO users (key, display_name, password_hash, admin, disabled, created_at_ms,
-                                    password_changed_at_ms, last_login_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
-                &[
-                    &user.key,
-                    &user.display_name,
-                    &password_hash,
-                    &user.admin,
-                    &user.disabled,
-                    &ms(user.created_at),
-                    &ms(user.password_changed_at),
-                    &user.last_login_at.map(ms),
-                ],
-            )
-            .await?;
-        if inserted == 0 {
-            return Err(StoreError::AlreadyExists);
-        }
-        Ok(())
+        let client = self.client().await?;
+        insert_user(&**client, user, password_hash).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -262,6 +242,59 @@ impl UserStore for PgStore {
         // The most common kind; ties go to the larger shape string, so the choice is stable.
         Ok(kinds.into_iter().max_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0))).map(|(_, (_, example))| example))
     }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<Credential>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2");
+        let rows = self.client().await?.query(&sql, &[&after, &page(limit)]).await?;
+        Ok(rows.iter().map(|r| Credential { user: user_of(r), password_hash: r.get(7) }).collect())
+    }
+
+    async fn import(&self, users: &[Credential]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for c in users {
+            insert_user(&*tx, &c.user, &c.password_hash).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A page size as SQL's LIMIT.
+fn page(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The one mapping of a user to its row (`insert` and `import`).
+///
+/// # Errors
+/// [`StoreError::AlreadyExists`] when the key is taken.
+async fn insert_user(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    user: &User,
+    password_hash: &str,
+) -> Result<()> {
+    let inserted = client
+        .execute(
+            "INSERT INTO users (key, display_name, password_hash, admin, disabled, created_at_ms,
+                                password_changed_at_ms, last_login_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
+            &[
+                &user.key,
+                &user.display_name,
+                &password_hash,
+                &user.admin,
+                &user.disabled,
+                &ms(user.created_at),
+                &ms(user.password_changed_at),
+                &user.last_login_at.map(ms),
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists);
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -362,6 +395,49 @@ impl SessionStore for PgStore {
         let n: i64 = self.client().await?.query_one("SELECT count(*) FROM sessions", &[]).await?.get(0);
         Ok(unms(n))
     }
+
+    async fn export(&self, after: Option<&TokenHash>, limit: usize) -> Result<Vec<StoredSession>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE $1::bytea IS NULL OR token_hash > $1
+             ORDER BY token_hash LIMIT $2"
+        );
+        let after = after.map(|a| &a[..]);
+        let rows = self.client().await?.query(&sql, &[&after, &page(limit)]).await?;
+        rows.iter().map(|r| Ok(StoredSession { token_hash: token_hash_of(r, 5)?, record: session_of(r) })).collect()
+    }
+
+    async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING",
+            )
+            .await?;
+        for s in sessions {
+            let r = &s.record;
+            let inserted = tx
+                .execute(
+                    &statement,
+                    &[
+                        &&s.token_hash[..],
+                        &r.user_key,
+                        &ms(r.created_at),
+                        &ms(r.last_seen_at),
+                        &r.ip,
+                        &r.user_agent,
+                        &i16::from(r.factors.count()),
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// `Cursor`'s sequence as the `id` column.
@@ -397,7 +473,8 @@ impl FailureStore for PgStore {
                     &record.user_agent,
                     &ms(record.count.max(1)),
                     &cap,
-                    &self.instance,
+                    // A record from a caller that names no instance is this handle's.
+                    &if record.instance.is_empty() { &self.instance } else { &record.instance },
                 ],
             )
             .await?;
@@ -479,6 +556,57 @@ impl FailureStore for PgStore {
         let n: i64 = client.query_one("SELECT count(*) FROM failures", &[]).await?.get(0);
         Ok(unms(n))
     }
+
+    async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>> {
+        let client = self.client().await?;
+        // Two statements rather than one with `$1 IS NULL OR ...`, so each pages by the
+        // (time_ms, id) index instead of scanning.
+        let rows = match after {
+            Some(a) => {
+                let sql = format!(
+                    "SELECT {FAILURE_COLUMNS} FROM failures WHERE (time_ms, id) > ($1, $2)
+                     ORDER BY time_ms, id LIMIT $3"
+                );
+                client.query(&sql, &[&ms(a.parts().0), &cursor_id(&a), &page(limit)]).await?
+            }
+            None => {
+                let sql = format!("SELECT {FAILURE_COLUMNS} FROM failures ORDER BY time_ms, id LIMIT $1");
+                client.query(&sql, &[&page(limit)]).await?
+            }
+        };
+        rows.iter().map(failure_of).collect()
+    }
+
+    async fn import(&self, records: &[FailureRecord]) -> Result<()> {
+        // One statement per page, rows in the order given: the ids (the cursors' sequence)
+        // are drawn in that order, so records of one millisecond keep their order.
+        let mut cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<String>, Vec<Option<&str>>) = Default::default();
+        let mut rest: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
+        for r in records {
+            cols.0.push(ms(r.time));
+            cols.1.push(&r.ip);
+            cols.2.push(&r.username);
+            cols.3.push(crate::domain::normalise_key(&r.username));
+            cols.4.push(r.typed.as_deref());
+            rest.0.push(r.reason.as_str());
+            rest.1.push(&r.user_agent);
+            rest.2.push(ms(r.count.max(1)));
+            rest.3.push(&r.instance);
+        }
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance)
+                 SELECT t, i::inet, u, k, ty, r, ua, c, ins
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::text[], $8::bigint[], $9::text[]) WITH ORDINALITY
+                      AS x(t, i, u, k, ty, r, ua, c, ins, n)
+                 ORDER BY n",
+                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &rest.0, &rest.1, &rest.2, &rest.3],
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -486,5 +614,36 @@ impl SecretStore for PgStore {
     async fn secret(&self, name: &str) -> Result<[u8; 32]> {
         let client = self.client().await?;
         Ok(crate::postgres::secrets::secret(&client, name).await?)
+    }
+
+    async fn export(&self) -> Result<Vec<(String, [u8; 32])>> {
+        let rows = self.client().await?.query("SELECT name, value FROM secrets ORDER BY name", &[]).await?;
+        rows.iter()
+            .map(|r| {
+                let (name, value): (String, Vec<u8>) = (r.get(0), r.get(1));
+                let value = value.try_into().map_err(|_| StoreError::Corrupt(format!("secret {name}")))?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
+    async fn import(&self, secrets: &[(String, [u8; 32])]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let now = ms(super::now_ms());
+        for (name, value) in secrets {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO secrets (name, value, created_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[name, &&value[..], &now],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

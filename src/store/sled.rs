@@ -199,7 +199,7 @@ impl SledStore {
 
     /// A 32-byte server secret with the given name, created at first use.
     fn load_secret(&self, name: &str) -> Result<[u8; 32]> {
-        let key = format!("secret:{name}");
+        let key = format!("{SECRET_PREFIX}{name}");
         if let Some(v) = self.meta.get(&key)? {
             return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
         }
@@ -719,6 +719,32 @@ impl UserStore for SledStore {
         })
         .await
     }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<Credential>> {
+        let after = after.map(|a| a.as_bytes().to_vec());
+        self.blocking(move |s| {
+            let range = match after {
+                Some(a) => s.users.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => s.users.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let r: UserRecord = decode(&kv?.1)?;
+                    Ok(Credential { user: r.user(), password_hash: r.password_hash })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import(&self, users: &[Credential]) -> Result<()> {
+        for c in users {
+            // The one mapping of a user to its record, shared with `insert`.
+            self.insert_user(&UserRecord::new(&c.user, &c.password_hash))?;
+        }
+        self.durable(()).await
+    }
 }
 
 #[async_trait]
@@ -772,6 +798,33 @@ impl SessionStore for SledStore {
     async fn count(&self) -> Result<u64> {
         Ok(self.session_count() as u64)
     }
+
+    async fn export(&self, after: Option<&TokenHash>, limit: usize) -> Result<Vec<StoredSession>> {
+        let after = after.map(|a| a.to_vec());
+        self.blocking(move |s| {
+            let range = match after {
+                Some(a) => s.sessions.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => s.sessions.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    let token_hash = <[u8; 32]>::try_from(k.as_ref())
+                        .map_err(|_| StoreError::Corrupt("a session key is not 32 bytes".into()))?;
+                    Ok(StoredSession { token_hash, record: decode::<SessionRecord>(&v)?.session() })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
+        for s in sessions {
+            self.insert_session(&s.token_hash, &SessionRecord::new(&s.record))?;
+        }
+        self.durable(()).await
+    }
 }
 
 #[async_trait]
@@ -805,6 +858,39 @@ impl FailureStore for SledStore {
         let n = self.blocking(move |s| s.count_failures(max_records)).await?;
         self.durable(n).await
     }
+
+    async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>> {
+        self.blocking(move |s| {
+            let range = match after {
+                Some(a) => {
+                    s.failures.range((std::ops::Bound::Excluded(a.to_bytes().to_vec()), std::ops::Bound::Unbounded))
+                }
+                None => s.failures.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((cursor_of(&k)?, decode(&v)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import(&self, records: &[FailureRecord]) -> Result<()> {
+        let records = records.to_vec();
+        // Appended in order: each gets a larger sled id, so records of one millisecond keep
+        // their order. No cap: the copy moves what the source kept.
+        self.blocking(move |s| {
+            for r in &records {
+                s.append_failure(r, &crate::domain::normalise_key(&r.username), None)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.durable(()).await
+    }
 }
 
 #[async_trait]
@@ -813,7 +899,31 @@ impl SecretStore for SledStore {
         let key = self.load_secret(name)?;
         self.durable(key).await
     }
+
+    async fn export(&self) -> Result<Vec<(String, [u8; 32])>> {
+        let mut out = Vec::new();
+        for kv in self.meta.scan_prefix(SECRET_PREFIX) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[SECRET_PREFIX.len()..]).into_owned();
+            let value = v.as_ref().try_into().map_err(|_| StoreError::Corrupt(format!("secret {name}")))?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    async fn import(&self, secrets: &[(String, [u8; 32])]) -> Result<()> {
+        for (name, value) in secrets {
+            let key = format!("{SECRET_PREFIX}{name}");
+            if self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&value[..]))?.is_err() {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        self.durable(()).await
+    }
 }
+
+/// The `meta` tree's prefix of server secrets: `secret:NAME` → 32 bytes.
+const SECRET_PREFIX: &str = "secret:";
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,7 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
             user_agent: "ua\u{202e}".into(),
             typed: None,
             count: 1,
+            instance: String::new(),
         };
         services.audit.append(&record).await.unwrap();
     }

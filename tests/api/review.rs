@@ -36,6 +36,7 @@ pub(crate) fn known_records(now: u64) -> Vec<FailureRecord> {
                 user_agent: format!("agent {i}"),
                 count: 1,
                 typed: None,
+                instance: String::new(),
             }
         })
         .collect()

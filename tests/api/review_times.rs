@@ -19,6 +19,7 @@ fn at(time: u64, agent: &str) -> FailureRecord {
         user_agent: agent.into(),
         count: 1,
         typed: None,
+        instance: String::new(),
     }
 }
 

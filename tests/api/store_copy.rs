@@ -1,0 +1,262 @@
+//! `portcullis store copy --to TARGET` with the real binary: sled → PostgreSQL → sled keeps
+//! every user (who signs in with the same password on a server started on the copy), the
+//! sessions (a cookie issued before still works), the failed-login records (`audit --json`
+//! identical, `instance` included) and the secrets (a sign-in form issued before is accepted).
+//! And what it refuses: a target that is not empty, a bad or unreachable URL, a sled store a
+//! running server holds; none of it printing the database password. PostgreSQL tests are
+//! skipped without it unless `PORTCULLIS_REQUIRE_ALL` is set (`pg.rs`).
+
+use std::path::Path;
+
+use portcullis::postgres::url::DatabaseUrl;
+
+use crate::child::{self, Run, ServerProcess};
+use crate::helpers::{browser_builder, cookie_value, hidden_field, GOOD_PASSWORD};
+use crate::pg;
+
+const SESSION: &str = "__Host-portcullis";
+const PRELOGIN: &str = "__Host-portcullis-pre";
+
+/// `portcullis ARGS` in `dir` (sled store in `dir/data`), on the database `url` when given.
+async fn cli(dir: &Path, url: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = child::command(dir);
+    if let Some(url) = url {
+        cmd.env("PORTCULLIS_DATABASE_URL", url);
+    }
+    cmd.args(args);
+    child::run_cli(cmd, stdin.map(|s| format!("{s}\n")).as_deref()).await
+}
+
+/// A client for one child server (its own certificate), cookies handled by the test.
+fn client(server: &ServerProcess) -> reqwest::Client {
+    browser_builder(&server.dir.join("certs")).cookie_store(false).build().unwrap()
+}
+
+/// A sign-in form from `server`: its pre-login cookie and CSRF token.
+async fn form(server: &ServerProcess) -> (String, String) {
+    let resp = client(server).get(server.url("/login")).send().await.unwrap();
+    let pre = cookie_value(&resp, PRELOGIN).expect("a pre-login cookie");
+    let csrf = hidden_field(&resp.text().await.unwrap(), "csrf").expect("a CSRF token");
+    (pre, csrf)
+}
+
+/// Posts a sign-in with a form's cookie and token; returns the status.
+async fn sign_in_with(server: &ServerProcess, (pre, csrf): &(String, String), user: &str, password: &str) -> u16 {
+    let resp = client(server)
+        .post(server.url("/login"))
+        .header("cookie", format!("{PRELOGIN}={pre}"))
+        .form(&[("username", user), ("password", password), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// Signs in with a fresh form; returns the status and the session cookie, if any.
+async fn sign_in(server: &ServerProcess, user: &str, password: &str) -> (u16, Option<String>) {
+    let (pre, csrf) = form(server).await;
+    let resp = client(server)
+        .post(server.url("/login"))
+        .header("cookie", format!("{PRELOGIN}={pre}"))
+        .form(&[("username", user), ("password", password), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), cookie_value(&resp, SESSION))
+}
+
+/// Whether `session` is signed in on `server` (the home page answers instead of redirecting).
+async fn signed_in(server: &ServerProcess, session: &str) -> bool {
+    let resp = client(server).get(server.url("/")).header("cookie", format!("{SESSION}={session}")).send().await;
+    resp.unwrap().status() == 200
+}
+
+/// The password the first start printed for `admin` (its standard output is read by another
+/// thread, which may not have got there yet when the server says it listens).
+pub(crate) async fn first_admin_password(server: &ServerProcess) -> String {
+    let until = std::time::Instant::now() + child::DEADLINE;
+    loop {
+        let found =
+            server.stdout.lock().unwrap().iter().find_map(|l| l.trim().strip_prefix("password: ").map(str::to_string));
+        if let Some(password) = found {
+            return password;
+        }
+        assert!(std::time::Instant::now() < until, "the first start printed no password: {}", server.output());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn start(dir: &Path, url: Option<&str>, name: &'static str) -> ServerProcess {
+    let args = child::quick_with(&[("--instance-name", name)]);
+    tokio::task::block_in_place(|| {
+        ServerProcess::start_with(dir, &args, |cmd| {
+            if let Some(url) = url {
+                cmd.env("PORTCULLIS_DATABASE_URL", url);
+            }
+        })
+    })
+}
+
+fn stop(server: ServerProcess) {
+    let status = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "{status}");
+}
+
+/// `audit --json` and `user list --json` of a store, read with no server running.
+async fn snapshot(dir: &Path, url: Option<&str>) -> (String, String) {
+    let audit = cli(dir, url, &["audit", "--json", "--limit", "1000"], None).await;
+    audit.assert_ok("audit --json");
+    let users = cli(dir, url, &["user", "list", "--json"], None).await;
+    users.assert_ok("user list --json");
+    (audit.stdout, users.stdout)
+}
+
+/// The TCP URL of the fresh database `url` names, with the cluster's password in it.
+fn with_password(url: &DatabaseUrl) -> String {
+    let cluster = pg::cluster().expect("checked by the caller");
+    format!("{}/{}?sslmode=disable", cluster.tcp_base, url.dbname())
+}
+
+/// The password in the cluster's TCP URL, to look for in output.
+fn cluster_password() -> String {
+    let base = &pg::cluster().expect("checked by the caller").tcp_base;
+    let userinfo = base.trim_start_matches("postgres://").split('@').next().unwrap();
+    userinfo.split(':').nth(1).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_secrets() {
+    let Some(url) = pg::database().await else { return };
+    let target = with_password(&url);
+    let (a, p, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+
+    // The original, on sled: the first-start admin, alice, a disabled bob, a session,
+    // failures of several kinds, and two sign-in forms handed out but not yet used.
+    let server = start(a.path(), None, "web-a");
+    let admin_password = first_admin_password(&server).await;
+    for (name, args) in [
+        ("alice", vec!["user", "add", "alice", "--password-stdin"]),
+        ("bob", vec!["user", "add", "bob", "--password-stdin"]),
+    ] {
+        cli(a.path(), None, &args, Some(GOOD_PASSWORD)).await.assert_ok(name);
+    }
+    cli(a.path(), None, &["user", "disable", "bob"], None).await.assert_ok("disable bob");
+    let (status, session) = sign_in(&server, "alice", GOOD_PASSWORD).await;
+    assert_eq!(status, 303);
+    let session = session.expect("a session cookie");
+    for (user, password) in [("alice", "wrong wrong wrong"), ("  ALICE", "wrong again, again"), ("mallory", "x")] {
+        assert_eq!(sign_in(&server, user, password).await.0, 401);
+    }
+    let (form_for_pg, form_for_sled) = (form(&server).await, form(&server).await);
+    stop(server);
+    let before = snapshot(a.path(), None).await;
+    assert!(before.0.lines().count() == 3 && before.0.contains(r#""instance":"web-a""#), "{}", before.0);
+
+    // sled → PostgreSQL, the URL (with its password) read from standard input.
+    let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
+    copied.assert_ok("copy to PostgreSQL");
+    assert!(
+        copied.stdout.starts_with("copied 3 users, 1 session, 3 failed-login records and 2 secrets into postgres://"),
+        "{copied:?}"
+    );
+    let password = cluster_password();
+    assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
+    assert_eq!(snapshot(p.path(), Some(&target)).await, before, "audit and users read the same from the copy");
+
+    let server = start(p.path(), Some(&target), "web-p");
+    assert!(signed_in(&server, &session).await, "the session cookie holds on the copy");
+    assert_eq!(sign_in_with(&server, &form_for_pg, "alice", GOOD_PASSWORD).await, 303, "a form issued before");
+    assert_eq!(sign_in(&server, "admin", &admin_password).await.0, 303, "the admin's password");
+    assert_eq!(sign_in(&server, "bob", GOOD_PASSWORD).await.0, 401, "bob is still disabled");
+    stop(server);
+    let middle = snapshot(p.path(), Some(&target)).await;
+    assert!(middle.0.contains(r#""instance":"web-p""#), "{}", middle.0);
+
+    // PostgreSQL → sled.
+    let data = b.path().join("data");
+    let copied = cli(p.path(), Some(&target), &["store", "copy", "--to", data.to_str().unwrap()], None).await;
+    copied.assert_ok("copy to sled");
+    assert!(
+        copied.stdout.starts_with("copied 3 users, 3 sessions, 4 failed-login records and 2 secrets into "),
+        "{copied:?}"
+    );
+    assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
+    assert_eq!(snapshot(b.path(), None).await, middle, "audit and users read the same from the second copy");
+
+    let server = start(b.path(), None, "web-b");
+    assert!(signed_in(&server, &session).await, "the first session still holds");
+    assert_eq!(sign_in_with(&server, &form_for_sled, "alice", GOOD_PASSWORD).await, 303);
+    assert_eq!(sign_in(&server, "admin", &admin_password).await.0, 303);
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_is_not_empty_is_refused_in_one_line_and_left_as_it_was() {
+    let Some(url) = pg::database().await else { return };
+    let target = url.to_string();
+    let a = tempfile::tempdir().unwrap();
+    cli(a.path(), None, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.assert_ok("add");
+    cli(a.path(), None, &["store", "copy", "--to", &target], None).await.assert_ok("the first copy");
+    let before = snapshot(a.path(), Some(&target)).await;
+
+    let again = cli(a.path(), None, &["store", "copy", "--to", &target], None).await;
+    let err = again.assert_one_line_failure("a copy into a database that holds records");
+    assert!(err.contains("not empty") && err.contains("1 user"), "{err}");
+    assert!(!again.stdout.contains("copied"), "{again:?}");
+    assert_eq!(snapshot(a.path(), Some(&target)).await, before, "nothing written");
+
+    // A sled directory holding a store with records: the same.
+    let full = tempfile::tempdir().unwrap();
+    cli(full.path(), None, &["user", "add", "bob", "--password-stdin"], Some(GOOD_PASSWORD)).await.assert_ok("add");
+    let into = full.path().join("data");
+    let refused = cli(a.path(), None, &["store", "copy", "--to", into.to_str().unwrap()], None).await;
+    refused.assert_one_line_failure("a copy into a sled store that holds records");
+    let users = cli(full.path(), None, &["user", "list"], None).await;
+    assert!(users.stdout.contains("bob") && !users.stdout.contains("alice"), "{users:?}");
+    // Nor into a directory that holds anything but a store, which is left as it was.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    std::fs::set_permissions(other.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    let before = mode(other.path());
+    let refused = cli(a.path(), None, &["store", "copy", "--to", other.path().to_str().unwrap()], None).await;
+    assert!(refused.assert_one_line_failure("a directory of other files").contains("other files"));
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written there");
+    assert_eq!(mode(other.path()), before, "nor its mode changed");
+    // Nor into the configured store itself.
+    let own = a.path().join("data");
+    cli(a.path(), None, &["store", "copy", "--to", own.to_str().unwrap()], None)
+        .await
+        .assert_one_line_failure("a copy into itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_unreachable_target_is_one_line_without_the_password() {
+    let a = tempfile::tempdir().unwrap();
+    cli(a.path(), None, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.assert_ok("add");
+    for to in [
+        "postgres://portcullis:Sekr3t-pw@127.0.0.1:1/db?sslmode=bogus",
+        "postgres://portcullis:Sekr3t-pw@127.0.0.1:1/db?password=Sekr3t-pw",
+        "postgres://portcullis:Sekr3t-pw@127.0.0.1:1/db?sslmode=disable",
+        "mysql://portcullis:Sekr3t-pw@127.0.0.1/db",
+    ] {
+        let run = cli(a.path(), None, &["store", "copy", "--to", to], None).await;
+        let err = run.assert_one_line_failure(to);
+        assert!(!err.contains("Sekr3t") && !run.stdout.contains("Sekr3t"), "{run:?}");
+        assert!(!run.stdout.contains("copied"), "{run:?}");
+    }
+    let help = cli(a.path(), None, &["store", "copy", "--help"], None).await;
+    help.assert_ok("--help");
+    assert!(help.stdout.contains("--to <TARGET>") && help.stdout.contains("Example"), "{help:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_store_held_by_a_running_server_is_not_copied_and_the_line_says_to_stop_it() {
+    let a = tempfile::tempdir().unwrap();
+    let server = start(a.path(), None, "web-a");
+    let into = tempfile::tempdir().unwrap();
+    let run = cli(a.path(), None, &["store", "copy", "--to", into.path().join("data").to_str().unwrap()], None).await;
+    let err = run.assert_one_line_failure("a copy of a store in use");
+    assert!(err.contains("stop it first"), "{err}");
+    stop(server);
+}
