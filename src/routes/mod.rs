@@ -31,6 +31,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
     Route::new()
         .at("/", allowing(GET, get(home::home)))
         .at("/login", allowing("GET, HEAD, POST", get(login::get::login_form).post(login::post::login)))
+        .at(
+            login::second_factor::PATH,
+            allowing("GET, HEAD, POST", get(login::second_factor::show).post(login::second_factor::submit)),
+        )
         .at("/logout", allowing(POST, post(logout::logout)))
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
