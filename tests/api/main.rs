@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod account;
 mod admin_review;
 mod brute_force;
 mod brute_force_pg;
@@ -39,6 +40,7 @@ mod store_postgres;
 mod store_seam;
 mod terminal;
 mod tls;
+mod totp;
 mod user_enumeration;
 
 #[global_allocator]
