@@ -12,6 +12,7 @@ mod crash;
 mod descriptors;
 mod disk;
 mod exhaustion;
+mod factors_pg;
 mod fuzz_props;
 mod hash_upgrade;
 mod helpers;

@@ -295,3 +295,62 @@ async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
     assert_eq!(resp.status(), 403);
     assert_eq!(reasons(&app, "alice").await, [FailureReason::Csrf]);
 }
+
+/// CPU seconds this process has used (user + system).
+fn cpu_secs() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: a valid out-pointer; getrusage fills it when it returns 0.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+#[tokio::test]
+async fn a_two_step_sign_in_costs_one_argon2_verify_like_a_password_only_one() {
+    const N: usize = 12;
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 1000;
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+        // The default (OWASP) parameters, so the figure below means what it says.
+        s.argon2 = portcullis::config::Settings::default().argon2;
+    })
+    .await;
+    let step = fresh_step().await;
+    let mut secrets = Vec::new();
+    for i in 0..N {
+        let (plain, two) = (format!("plain{i}"), format!("twostep{i}"));
+        app.add_user(&plain, GOOD_PASSWORD, false).await;
+        app.add_user(&two, GOOD_PASSWORD, false).await;
+        let secret = totp::new_secret().unwrap().to_vec();
+        assert!(app.state.factors.enrol_totp(&two, &secret, &code(&secret, step - 1)).await.unwrap());
+        secrets.push(secret);
+    }
+    let pool = &app.state.pool;
+
+    let (work, cpu) = (pool.verify_work(), cpu_secs());
+    for i in 0..N {
+        let resp = app.login_with(&app.new_browser(), &format!("plain{i}"), GOOD_PASSWORD).await;
+        assert_eq!(resp.headers()["location"], "/");
+    }
+    let (plain_work, plain_cpu) = (pool.verify_work() - work, cpu_secs() - cpu);
+
+    let (work, cpu) = (pool.verify_work(), cpu_secs());
+    for (i, secret) in secrets.iter().enumerate() {
+        let (_, resp) = two_steps(&app, &format!("twostep{i}"), "code", &code(secret, step)).await;
+        assert_eq!(resp.status(), 303);
+    }
+    let (two_work, two_cpu) = (pool.verify_work() - work, cpu_secs() - cpu);
+    assert!(plain_work > 0);
+    assert_eq!(two_work, plain_work, "the same argon2 work: one verify per sign-in, none for the code");
+    // A figure for the report, not a check (the machine is shared): CPU of the whole process,
+    // test client and TLS included.
+    println!(
+        "CPU per sign-in: password only {:.1} ms, password + TOTP {:.1} ms (n = {N})",
+        plain_cpu * 1000.0 / N as f64,
+        two_cpu * 1000.0 / N as f64
+    );
+}
