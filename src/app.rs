@@ -242,6 +242,16 @@ impl Application {
         }
         let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
             .context("cannot open the factor key (data_dir/factor.key)")?;
+        // A key that does not open the store's second factors (an instance started without
+        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
+        if let Some((user, totp)) = services.store.factors.any_totp().await? {
+            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
+                anyhow::bail!(
+                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
+                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+                );
+            }
+        }
         let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key));
         background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));

@@ -354,3 +354,32 @@ async fn a_two_step_sign_in_costs_one_argon2_verify_like_a_password_only_one() {
         two_cpu * 1000.0 / N as f64
     );
 }
+
+#[tokio::test]
+async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refuses_to_start() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let secret = totp::new_secret().unwrap();
+    let now = now_ms() / 1000;
+    assert!(app.state.factors.enrol_totp("alice", &secret, &totp::code_at(&secret, now).unwrap()).await.unwrap());
+    let (dir, settings) = app.stop().await;
+    let key = settings.data_dir.join("factor.key");
+    assert!(!std::fs::read_to_string(&key).unwrap().contains(&totp::base32(&secret)));
+    // Started without the key that sealed them (a new instance, a lost file): a new key is
+    // made, and the server says what is wrong instead of failing every TOTP sign-in.
+    std::fs::remove_file(&key).unwrap();
+    let mut err = String::new();
+    // The stopped server's aborted tasks let go of the store when the runtime drops them.
+    for _ in 0..200 {
+        err = match portcullis::app::Application::build(settings.clone()).await {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => panic!("started with the wrong factor key"),
+        };
+        if !err.contains("in use by another process") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(err.contains("factor.key") && err.contains("copy"), "{err}");
+    drop(dir);
+}
