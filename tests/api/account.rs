@@ -63,8 +63,7 @@ async fn the_account_page_is_for_signed_in_users_and_the_home_page_links_to_it()
     assert!(home.contains("href=\"/account\""), "{home}");
     let resp = alice.get(app.url("/account")).send().await.unwrap();
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(!csp.contains("script-src"), "no script on /account: {csp}");
+    // (The CSP is the passkey work's to judge: a passkey button may bring `script-src 'self'`.)
     let page = resp.text().await.unwrap();
     for needle in [
         "action=\"/account/password\"",
@@ -81,7 +80,7 @@ async fn the_account_page_is_for_signed_in_users_and_the_home_page_links_to_it()
     ] {
         assert!(page.contains(needle), "{needle} missing from /account");
     }
-    assert!(!page.contains("<script"));
+    assert!(!page.contains("<script>"), "never an inline script");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ async fn sign_in(app: &TestApp, browser: &reqwest::Client, name: &str) {
 async fn enrol(app: &TestApp, browser: &reqwest::Client, step: u64) -> (Vec<u8>, Vec<String>) {
     let resp = browser.get(app.url("/account/totp")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    assert_no_script(&resp);
     let page = resp.text().await.unwrap();
     let b32 = hidden_field(&page, "secret").expect("the secret is in the form");
     assert!(page.contains("data:image/svg+xml;base64,"), "a QR code drawn by the server");
@@ -66,6 +67,8 @@ async fn enrol(app: &TestApp, browser: &reqwest::Client, step: u64) -> (Vec<u8>,
     assert!(wrong_page.contains("not right"), "{wrong_page}");
     let resp = browser.post(app.url("/account/totp")).form(&form(code(&secret, step - 1))).send().await.unwrap();
     assert_eq!(resp.status(), 200, "the first time, the recovery codes are shown");
+    assert_no_script(&resp);
+    assert_eq!(resp.headers()["cache-control"], "no-store", "codes shown once are not cached");
     let codes = recovery_codes(&resp.text().await.unwrap());
     assert_eq!(codes.len(), 10);
     (secret, codes)
@@ -79,9 +82,17 @@ async fn password_step(app: &TestApp, browser: &reqwest::Client, name: &str) -> 
     resp
 }
 
+/// The page's Content-Security-Policy allows no script (only pages with a passkey button may).
+fn assert_no_script(resp: &reqwest::Response) {
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+}
+
 /// The second step's form token.
 async fn second_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
-    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    // (No CSP check here: the passkey button may bring `script-src 'self'` to this page.)
+    let resp = browser.get(app.url("/login/second-factor")).send().await.unwrap();
+    let page = resp.text().await.unwrap();
     hidden_field(&page, "csrf").expect("the second-factor form")
 }
 
