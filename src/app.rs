@@ -17,6 +17,7 @@ use crate::brute_force::{BruteForceState, InMemory};
 use crate::captcha::Captchas;
 use crate::config::Settings;
 use crate::csrf::Csrf;
+use crate::factors::SecondFactors;
 use crate::password::{HashPool, Password, PasswordPolicy};
 use crate::rate_limit::username_digest;
 use crate::session::Sessions;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub pool: HashPool,
     /// The storage handle, for `GET /readyz` only: handlers reach data through the services.
     pub store: Store,
+    /// Users' second factors (TOTP, recovery codes) and pending two-step sign-ins.
+    pub factors: SecondFactors,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -237,7 +240,20 @@ impl Application {
                     .context("cannot open the admin socket")?,
             );
         }
-        background.push(spawn_session_purge(services.sessions.clone()));
+        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
+            .context("cannot open the factor key (data_dir/factor.key)")?;
+        // A key that does not open the store's second factors (an instance started without
+        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
+        if let Some((user, totp)) = services.store.factors.any_totp().await? {
+            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
+                anyhow::bail!(
+                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
+                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+                );
+            }
+        }
+        let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key));
+        background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
         let sign_in = SignIn {
@@ -249,6 +265,8 @@ impl Application {
             auth: auth.clone(),
             sessions: services.sessions.clone(),
             audit: services.audit.clone(),
+            factors: factors.clone(),
+            policy: settings.second_factor,
         };
         let state = Arc::new(AppState {
             settings,
@@ -263,6 +281,7 @@ impl Application {
             audit: services.audit,
             pool: services.pool,
             store: services.store,
+            factors,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
         Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })
@@ -344,7 +363,7 @@ impl Application {
     }
 }
 
-fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
+fn spawn_session_purge(sessions: Sessions, factors: SecondFactors) -> JoinHandle<()> {
     let every = (sessions.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
@@ -354,6 +373,10 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
                 Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "session purge failed"),
                 _ => {}
+            }
+            // Pending two-step sign-ins that were never finished.
+            if let Err(e) = factors.purge().await {
+                tracing::warn!(error = %e, "pending sign-in purge failed");
             }
         }
     })

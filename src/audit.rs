@@ -42,11 +42,15 @@ pub enum FailureReason {
     RateLimited,
     Csrf,
     Disabled,
+    /// A wrong second factor (TOTP or recovery code) after the right password.
+    BadSecondFactor,
+    /// A TOTP code whose time step was already used (RFC 6238 §5.2).
+    ReusedCode,
 }
 
 impl FailureReason {
     /// Every reason, in the order filters and forms list them.
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::UnknownUser,
         FailureReason::BadPassword,
         FailureReason::CaptchaRequired,
@@ -54,6 +58,8 @@ impl FailureReason {
         FailureReason::RateLimited,
         FailureReason::Csrf,
         FailureReason::Disabled,
+        FailureReason::BadSecondFactor,
+        FailureReason::ReusedCode,
     ];
 
     /// The reason named `name` (as in the log and the records).
@@ -70,6 +76,8 @@ impl FailureReason {
             FailureReason::RateLimited => "rate_limited",
             FailureReason::Csrf => "csrf",
             FailureReason::Disabled => "disabled",
+            FailureReason::BadSecondFactor => "bad_second_factor",
+            FailureReason::ReusedCode => "reused_code",
         }
     }
 }
@@ -140,6 +148,21 @@ pub enum AuthEvent<'a> {
         by: &'a str,
     },
     UserEnabled {
+        username: &'a str,
+        by: &'a str,
+    },
+    /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`).
+    MfaAdded {
+        username: &'a str,
+        kind: &'a str,
+    },
+    /// A second factor removed on `/account`.
+    MfaRemoved {
+        username: &'a str,
+        kind: &'a str,
+    },
+    /// `user reset-factors`: every second factor removed and the sessions ended.
+    FactorsReset {
         username: &'a str,
         by: &'a str,
     },
@@ -685,6 +708,15 @@ fn emit(event: &AuthEvent<'_>) {
         ),
         AuthEvent::UserEnabled { username, by } => tracing::info!(
             target: TARGET, event = "user_enabled", time, username, by, "user enabled"
+        ),
+        AuthEvent::MfaAdded { username, kind } => tracing::info!(
+            target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
+        ),
+        AuthEvent::MfaRemoved { username, kind } => tracing::warn!(
+            target: TARGET, event = "mfa_removed", time, username, kind, by = username, "second factor removed"
+        ),
+        AuthEvent::FactorsReset { username, by } => tracing::warn!(
+            target: TARGET, event = "user_factors_reset", time, username, by, "second factors reset"
         ),
     }
 }

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod account;
 mod admin_review;
 mod brute_force;
 mod brute_force_pg;
@@ -11,6 +12,7 @@ mod crash;
 mod descriptors;
 mod disk;
 mod exhaustion;
+mod factors_pg;
 mod fuzz_props;
 mod hash_upgrade;
 mod helpers;
@@ -41,6 +43,7 @@ mod store_postgres;
 mod store_seam;
 mod terminal;
 mod tls;
+mod totp;
 mod user_enumeration;
 
 #[global_allocator]
