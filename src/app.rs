@@ -52,6 +52,8 @@ pub struct AppState {
     pub pool: HashPool,
     /// The storage handle, for `GET /readyz` only: handlers reach data through the services.
     pub store: Store,
+    /// What `GET /metrics` shows; counts nothing when `metrics_addr` is off.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -109,6 +111,7 @@ fn unlock_hook(state: Arc<dyn BruteForceState>) -> crate::users::UnlockHook {
 pub struct Application {
     https: tls::Listener,
     http: Option<tls::Listener>,
+    metrics: Option<tls::Listener>,
     state: Arc<AppState>,
     background: Vec<JoinHandle<()>>,
     /// Whether a development certificate was generated at this start.
@@ -187,6 +190,21 @@ impl Application {
             ),
             None => None,
         };
+        let mut background = Vec::new();
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                tls::Listener::bind(addr, None, crate::metrics::limits(&settings))
+                    .await
+                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics = if metrics_listener.is_some() {
+            crate::metrics::Metrics::new(&services.pool)
+        } else {
+            crate::metrics::Metrics::off()
+        };
+        background.extend(metrics.spawn_session_count(services.store.clone()));
 
         let initial_admin_password = if services.users.is_empty().await? {
             // A password from a failed random source would be predictable: no start without one.
@@ -228,8 +246,7 @@ impl Application {
             Arc::new(Captchas::new(services.store.secrets.secret("captcha").await?, Arc::clone(&brute_force)));
         let users = services.users.with_unlock_hook(unlock_hook(Arc::clone(&brute_force)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
-        let mut background =
-            vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
+        background.push(tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval));
         // With PostgreSQL the CLI works on the database itself, from any host: no socket.
         if settings.database_url.is_none() {
             background.push(
@@ -263,9 +280,18 @@ impl Application {
             audit: services.audit,
             pool: services.pool,
             store: services.store,
+            metrics,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
-        Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })
+        Ok(Application {
+            https,
+            http,
+            metrics: metrics_listener,
+            state,
+            background,
+            generated_certificate,
+            initial_admin_password,
+        })
     }
 
     pub fn https_addr(&self) -> SocketAddr {
@@ -274,6 +300,11 @@ impl Application {
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(tls::Listener::local_addr)
+    }
+
+    /// The metrics listener's address, when `metrics_addr` is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(tls::Listener::local_addr)
     }
 
     pub fn hash_workers(&self) -> usize {
@@ -332,7 +363,21 @@ impl Application {
                 serve::serve(listener, redirect, options, stopped(stop_rx.clone())).await;
             }
         };
-        tokio::join!(https, http);
+        let metrics = async {
+            if let Some(listener) = self.metrics {
+                let options = serve::Options {
+                    name: "metrics",
+                    idle_timeout: settings.idle_timeout,
+                    body_read_timeout: settings.body_read_timeout,
+                    // Prometheus keeps its connection between scrapes.
+                    keep_alive: true,
+                    http2: false,
+                };
+                let endpoint = crate::metrics::endpoint(self.state.metrics.clone());
+                serve::serve(listener, endpoint, options, stopped(stop_rx.clone())).await;
+            }
+        };
+        tokio::join!(https, http, metrics);
         for task in &self.background {
             task.abort();
         }

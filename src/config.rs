@@ -59,6 +59,7 @@ keys! {
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
+    "metrics_addr" = "off" : "plain-HTTP listener serving only GET /metrics (Prometheus text format), for loopback or a private network; `off` disables it",
 }
 
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
@@ -129,6 +130,8 @@ pub struct Settings {
     pub database_url: Option<crate::postgres::url::DatabaseUrl>,
     /// This instance's name (the host name unless set).
     pub instance_name: String,
+    /// The metrics listener (`GET /metrics`), when on.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A raw value and where it came from, before it is parsed into its type.
@@ -244,6 +247,7 @@ impl Settings {
                 }
             })?,
             instance_name: p.parse("instance_name", parse_instance_name)?,
+            metrics_addr: p.parse("metrics_addr", |s| if s == "off" { Ok(None) } else { parse_addr(s).map(Some) })?,
         };
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));

@@ -23,6 +23,7 @@ mod login_csrf;
 mod logout;
 mod lookalikes;
 mod memory;
+mod metrics;
 mod notices;
 mod password_policy;
 mod pg;

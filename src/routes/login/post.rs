@@ -10,6 +10,7 @@ use super::{Form, GENERIC_FAILURE};
 use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::PRELOGIN_COOKIE;
+use crate::metrics::LoginResult;
 use crate::password::Password;
 use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
@@ -55,7 +56,13 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
     };
     let next = super::safe_next(form.next.as_deref());
-    match state.sign_in.attempt(attempt).await {
+    let outcome = state.sign_in.attempt(attempt).await;
+    match &outcome {
+        Ok(Outcome::SignedIn { .. }) => state.metrics.login_attempt(LoginResult::Success),
+        Ok(Outcome::Refused(refusal)) => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
+        Err(_) => {}
+    }
+    match outcome {
         Ok(Outcome::SignedIn { token }) => {
             let mut resp = see_other(next.unwrap_or("/"));
             let h = resp.headers_mut();
