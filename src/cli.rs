@@ -37,6 +37,9 @@ pub enum Command {
     User(UserCommand),
     /// Review failed and refused logins, newest first
     Audit(AuditArgs),
+    /// Check the settings before a (re)start, like `nginx -t`
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measure sign-ins per second and latency against a running server (on this machine
     /// unless --i-own-this-server)
     Loadtest(crate::loadtest::LoadtestArgs),
@@ -107,6 +110,26 @@ pub enum UserCommand {
     Enable { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Read the settings as `serve` would (file < PORTCULLIS_* < flags) and print every
+    /// effective setting with its source, secrets masked (exit 0); or the first error, naming
+    /// the key and its source, in one line (exit 2). Opens, creates and changes nothing.
+    Check(ConfigFlags),
+}
+
+/// A failure with an exit status of its own (any other error exits with 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+/// Exit status of `config check` for settings that do not load (as `nginx -t` and `sshd -t`
+/// fail with a status of their own, scripts can tell a bad file from a crash).
+pub const CONFIG_INVALID: u8 = 2;
+
 /// `--<key-with-dashes> VALUE` for every setting.
 #[derive(Debug, Default, Clone)]
 pub struct ConfigFlags(pub Overrides);
@@ -163,8 +186,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime(None)?.block_on(audit(settings, args))
         }
+        Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
+    }
+}
+
+/// `portcullis config check`: every effective setting as `key = value  # source`, aligned,
+/// which is also valid TOML.
+fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
+    let settings =
+        Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
+    let width = settings.iter().map(|s| s.key.len() + 3 + s.value.chars().count()).max().unwrap_or(0);
+    let mut text = String::new();
+    for s in &settings {
+        let line = format!("{} = {}", s.key, s.value);
+        text.push_str(&format!("{line:<width$}  # {}\n", s.source));
+    }
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
     }
 }
 

@@ -7,6 +7,7 @@ mod brute_force_pg;
 mod brute_force_races;
 mod child;
 mod cli;
+mod config_check;
 mod crash;
 mod descriptors;
 mod disk;
