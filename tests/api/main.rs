@@ -39,6 +39,7 @@ mod sessions;
 mod stalls;
 mod store_postgres;
 mod store_seam;
+mod systemd;
 mod terminal;
 mod tls;
 mod user_enumeration;
