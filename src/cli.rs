@@ -17,7 +17,12 @@ use crate::text::{escape_json, printable};
 use crate::users::UserSummary;
 
 #[derive(Parser, Debug)]
-#[command(name = "portcullis", version, about = "A security-hardened login server")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security-hardened login server",
+    after_help = "Example:\n  portcullis --config /etc/portcullis/portcullis.toml   start the server with these settings"
+)]
 pub struct Cli {
     /// Settings file (default: ./portcullis.toml if present)
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
@@ -31,20 +36,27 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default command)
+    #[command(
+        after_help = "Example:\n  portcullis serve --https-addr 0.0.0.0:443 --public-url https://login.example.com"
+    )]
     Serve(ConfigFlags),
     /// Manage users (works whether the server is running or not)
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  portcullis user add alice --admin")]
     User(UserCommand),
     /// Review failed and refused logins, newest first
+    #[command(after_help = "Example:\n  portcullis audit --since 24h --reason bad_password --limit 50")]
     Audit(AuditArgs),
     /// Check the settings before a (re)start, like `nginx -t`
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  portcullis config check --config /etc/portcullis/portcullis.toml")]
     Config(ConfigCommand),
     /// Measure sign-ins per second and latency against a running server (on this machine
     /// unless --i-own-this-server)
+    #[command(
+        after_help = "Example:\n  echo 'plum tractor velvet orbit' | portcullis loadtest --url https://127.0.0.1:4000 \\\n      --username bench --password-stdin --duration 10s --ca certs/cert.pem --json"
+    )]
     Loadtest(crate::loadtest::LoadtestArgs),
     /// Raw argon2id verifies per second on one thread and on every core (for benches/report.sh)
-    #[command(hide = true)]
+    #[command(hide = true, after_help = "Example:\n  portcullis bench-verify --seconds 5")]
     BenchVerify(crate::loadtest::verify_rate::BenchVerifyArgs),
 }
 
@@ -79,6 +91,9 @@ pub struct AuditArgs {
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create a user
+    #[command(
+        after_help = "Example:\n  echo 'correct plum tractor velvet' | portcullis user add alice --password-stdin"
+    )]
     Add {
         name: String,
         /// Give the user access to the admin pages
@@ -89,32 +104,43 @@ pub enum UserCommand {
         password_stdin: bool,
     },
     /// Set a user's password (ends all their sessions)
+    #[command(after_help = "Example:\n  portcullis user passwd alice   (prompts twice)")]
     Passwd {
         name: String,
         #[arg(long)]
         password_stdin: bool,
     },
     /// Delete a user (ends all their sessions)
+    #[command(after_help = "Example:\n  portcullis user del alice")]
     Del { name: String },
     /// List users
+    #[command(after_help = "Example:\n  portcullis user list --json")]
     List {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
     },
     /// Clear the user's failure count and captcha demand
+    #[command(after_help = "Example:\n  portcullis user unlock alice")]
     Unlock { name: String },
     /// Refuse the user's sign-ins and end their sessions, keeping the account and its records
+    #[command(after_help = "Example:\n  portcullis user disable alice")]
     Disable { name: String },
     /// Let a disabled user sign in again
+    #[command(after_help = "Example:\n  portcullis user enable alice")]
     Enable { name: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
-    /// Read the settings as `serve` would (file < PORTCULLIS_* < flags) and print every
+    /// Check the settings and show each with where it came from
+    ///
+    /// Reads the settings as `serve` would (file < PORTCULLIS_* < flags) and prints every
     /// effective setting with its source, secrets masked (exit 0); or the first error, naming
     /// the key and its source, in one line (exit 2). Opens, creates and changes nothing.
+    #[command(
+        after_help = "Example:\n  portcullis config check --config /etc/portcullis/portcullis.toml --metrics-addr 127.0.0.1:9464"
+    )]
     Check(ConfigFlags),
 }
 
@@ -446,6 +472,33 @@ fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command and subcommand, hidden ones included, with its path.
+    fn every_command(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_says_what_it_does_and_shows_an_example() {
+        let mut all = Vec::new();
+        every_command(&<Cli as clap::CommandFactory>::command(), "portcullis".into(), &mut all);
+        assert!(all.len() > 10, "{}", all.len());
+        for (path, cmd) in all {
+            if path.ends_with(" help") {
+                continue; // clap's own `help` subcommand
+            }
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.trim().is_empty(), "`{path} --help` does not say what it does");
+            let example = cmd.get_after_help().map(|a| a.to_string()).unwrap_or_default();
+            assert!(
+                example.starts_with("Example:\n  ") && example.contains(&path),
+                "`{path} --help` shows no example of itself: {example:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_password_typed_twice_differently_is_wiped_both_times() {
