@@ -80,7 +80,9 @@ async fn a_bad_value_from_each_layer_is_one_line_naming_the_key_and_its_source_w
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "session_idle_timeout = \"soon\"\n").unwrap();
     std::fs::write(dir.path().join("good.toml"), "min_password_length = 20\n").unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str, &str); 3] = [
+    /// Arguments, environment, the key at fault, and the source the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 3] = [
         (&["--config", "bad.toml"], &[], "session_idle_timeout", "file bad.toml"),
         (
             &["--config", "good.toml"],
