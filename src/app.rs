@@ -381,6 +381,12 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
+        // An aborted task is dropped, with the store handle it holds, only when its runtime
+        // next gets to it: wait for that, so the store can be reopened once this returns (a
+        // restart on a loaded machine found it still locked).
+        for task in self.background {
+            let _ = task.await;
+        }
         let _ = std::fs::remove_file(admin_socket::socket_path(&self.state.settings.data_dir));
         if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {
             tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
