@@ -217,3 +217,25 @@ async fn one_address_cannot_hold_more_than_its_share_of_metrics_connections() {
 fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
 }
+
+#[tokio::test]
+async fn sessions_active_is_the_count_of_stored_sessions_taken_in_the_background() {
+    let app = with_metrics(|_| {}).await;
+    let admin = app.admin_password.clone();
+    for _ in 0..2 {
+        let mut browser = Visitor::new(&app, Some("198.51.100.4"));
+        assert_eq!(browser.attempt("admin", &admin, None).await.0, 303);
+    }
+    // The server counts every 15 s; a second counter's first count is at once.
+    let task = app.state.metrics.spawn_session_count(app.state.store.clone()).expect("metrics are on");
+    let mut seen = None;
+    for _ in 0..300 {
+        seen = samples(&app.state.metrics.render()).get("portcullis_sessions_active").copied();
+        if seen == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    assert_eq!(seen, Some(2.0));
+}
