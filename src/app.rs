@@ -55,6 +55,8 @@ pub struct AppState {
     pub store: Store,
     /// Users' second factors (TOTP, recovery codes) and pending two-step sign-ins.
     pub factors: SecondFactors,
+    /// What `GET /metrics` shows; counts nothing when `metrics_addr` is off.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -112,6 +114,7 @@ fn unlock_hook(state: Arc<dyn BruteForceState>) -> crate::users::UnlockHook {
 pub struct Application {
     https: tls::Listener,
     http: Option<tls::Listener>,
+    metrics: Option<tls::Listener>,
     state: Arc<AppState>,
     background: Vec<JoinHandle<()>>,
     /// Whether a development certificate was generated at this start.
@@ -190,6 +193,21 @@ impl Application {
             ),
             None => None,
         };
+        let mut background = Vec::new();
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                tls::Listener::bind(addr, None, crate::metrics::limits(&settings))
+                    .await
+                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics = if metrics_listener.is_some() {
+            crate::metrics::Metrics::new(&services.pool)
+        } else {
+            crate::metrics::Metrics::off()
+        };
+        background.extend(metrics.spawn_session_count(services.store.clone()));
 
         let initial_admin_password = if services.users.is_empty().await? {
             // A password from a failed random source would be predictable: no start without one.
@@ -231,8 +249,7 @@ impl Application {
             Arc::new(Captchas::new(services.store.secrets.secret("captcha").await?, Arc::clone(&brute_force)));
         let users = services.users.with_unlock_hook(unlock_hook(Arc::clone(&brute_force)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
-        let mut background =
-            vec![tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval)];
+        background.push(tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval));
         // With PostgreSQL the CLI works on the database itself, from any host: no socket.
         if settings.database_url.is_none() {
             background.push(
@@ -282,9 +299,18 @@ impl Application {
             pool: services.pool,
             store: services.store,
             factors,
+            metrics,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
-        Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })
+        Ok(Application {
+            https,
+            http,
+            metrics: metrics_listener,
+            state,
+            background,
+            generated_certificate,
+            initial_admin_password,
+        })
     }
 
     pub fn https_addr(&self) -> SocketAddr {
@@ -293,6 +319,11 @@ impl Application {
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(tls::Listener::local_addr)
+    }
+
+    /// The metrics listener's address, when `metrics_addr` is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(tls::Listener::local_addr)
     }
 
     pub fn hash_workers(&self) -> usize {
@@ -351,9 +382,29 @@ impl Application {
                 serve::serve(listener, redirect, options, stopped(stop_rx.clone())).await;
             }
         };
-        tokio::join!(https, http);
+        let metrics = async {
+            if let Some(listener) = self.metrics {
+                let options = serve::Options {
+                    name: "metrics",
+                    idle_timeout: settings.idle_timeout,
+                    body_read_timeout: settings.body_read_timeout,
+                    // Prometheus keeps its connection between scrapes.
+                    keep_alive: true,
+                    http2: false,
+                };
+                let endpoint = crate::metrics::endpoint(self.state.metrics.clone());
+                serve::serve(listener, endpoint, options, stopped(stop_rx.clone())).await;
+            }
+        };
+        tokio::join!(https, http, metrics);
         for task in &self.background {
             task.abort();
+        }
+        // An aborted task is dropped, with the store handle it holds, only when its runtime
+        // next gets to it: wait for that, so the store can be reopened once this returns (a
+        // restart on a loaded machine found it still locked).
+        for task in self.background {
+            let _ = task.await;
         }
         let _ = std::fs::remove_file(admin_socket::socket_path(&self.state.settings.data_dir));
         if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {

@@ -18,7 +18,12 @@ use crate::text::{escape_json, printable};
 use crate::users::UserSummary;
 
 #[derive(Parser, Debug)]
-#[command(name = "portcullis", version, about = "A security-hardened login server")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security-hardened login server",
+    after_help = "Example:\n  portcullis --config /etc/portcullis/portcullis.toml   start the server with these settings"
+)]
 pub struct Cli {
     /// Settings file (default: ./portcullis.toml if present)
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
@@ -32,20 +37,33 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default command)
+    #[command(
+        after_help = "Example:\n  portcullis serve --https-addr 0.0.0.0:443 --public-url https://login.example.com"
+    )]
     Serve(ConfigFlags),
     /// Manage users (works whether the server is running or not)
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  portcullis user add alice --admin")]
     User(UserCommand),
     /// Review failed and refused logins, newest first
+    #[command(after_help = "Example:\n  portcullis audit --since 24h --reason bad_password --limit 50")]
     Audit(AuditArgs),
     /// Work on the store as a whole: copy it into another engine
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  portcullis store copy --to postgres:///portcullis?host=/run/postgresql"
+    )]
     Store(StoreCommand),
+    /// Check the settings before a (re)start, like `nginx -t`
+    #[command(subcommand, after_help = "Example:\n  portcullis config check --config /etc/portcullis/portcullis.toml")]
+    Config(ConfigCommand),
     /// Measure sign-ins per second and latency against a running server (on this machine
     /// unless --i-own-this-server)
+    #[command(
+        after_help = "Example:\n  echo 'plum tractor velvet orbit' | portcullis loadtest --url https://127.0.0.1:4000 \\\n      --username bench --password-stdin --duration 10s --ca certs/cert.pem --json"
+    )]
     Loadtest(crate::loadtest::LoadtestArgs),
     /// Raw argon2id verifies per second on one thread and on every core (for benches/report.sh)
-    #[command(hide = true)]
+    #[command(hide = true, after_help = "Example:\n  portcullis bench-verify --seconds 5")]
     BenchVerify(crate::loadtest::verify_rate::BenchVerifyArgs),
 }
 
@@ -107,6 +125,9 @@ Examples:
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create a user
+    #[command(
+        after_help = "Example:\n  echo 'correct plum tractor velvet' | portcullis user add alice --password-stdin"
+    )]
     Add {
         name: String,
         /// Give the user access to the admin pages
@@ -117,30 +138,63 @@ pub enum UserCommand {
         password_stdin: bool,
     },
     /// Set a user's password (ends all their sessions)
+    #[command(after_help = "Example:\n  portcullis user passwd alice   (prompts twice)")]
     Passwd {
         name: String,
         #[arg(long)]
         password_stdin: bool,
     },
     /// Delete a user (ends all their sessions)
+    #[command(after_help = "Example:\n  portcullis user del alice")]
     Del { name: String },
     /// List users
+    #[command(after_help = "Example:\n  portcullis user list --json")]
     List {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
     },
     /// Clear the user's failure count and captcha demand
+    #[command(after_help = "Example:\n  portcullis user unlock alice")]
     Unlock { name: String },
     /// Refuse the user's sign-ins and end their sessions, keeping the account and its records
+    #[command(after_help = "Example:\n  portcullis user disable alice")]
     Disable { name: String },
     /// Let a disabled user sign in again
+    #[command(after_help = "Example:\n  portcullis user enable alice")]
     Enable { name: String },
     /// List the user's second factors (authenticator app, recovery codes, passkeys)
+    #[command(after_help = "Example:\n  portcullis user factors alice")]
     Factors { name: String },
     /// Remove all the user's second factors and end their sessions (a lost phone)
+    #[command(after_help = "Example:\n  portcullis user reset-factors alice")]
     ResetFactors { name: String },
 }
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Check the settings and show each with where it came from
+    ///
+    /// Reads the settings as `serve` would (file < PORTCULLIS_* < flags) and prints every
+    /// effective setting with its source, secrets masked (exit 0); or the first error, naming
+    /// the key and its source, in one line (exit 2). Opens, creates and changes nothing.
+    #[command(
+        after_help = "Example:\n  portcullis config check --config /etc/portcullis/portcullis.toml --metrics-addr 127.0.0.1:9464"
+    )]
+    Check(ConfigFlags),
+}
+
+/// A failure with an exit status of its own (any other error exits with 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+/// Exit status of `config check` for settings that do not load (as `nginx -t` and `sshd -t`
+/// fail with a status of their own, scripts can tell a bad file from a crash).
+pub const CONFIG_INVALID: u8 = 2;
 
 /// `--<key-with-dashes> VALUE` for every setting.
 #[derive(Debug, Default, Clone)]
@@ -202,8 +256,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime(None)?.block_on(store_copy(settings, &to))
         }
+        Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
+    }
+}
+
+/// `portcullis config check`: every effective setting as `key = value  # source`, aligned,
+/// which is also valid TOML.
+fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
+    let settings =
+        Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
+    let width = settings.iter().map(|s| s.key.len() + 3 + s.value.chars().count()).max().unwrap_or(0);
+    let mut text = String::new();
+    for s in &settings {
+        let line = format!("{} = {}", s.key, s.value);
+        text.push_str(&format!("{line:<width$}  # {}\n", s.source));
+    }
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
     }
 }
 
@@ -539,6 +611,33 @@ fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command and subcommand, hidden ones included, with its path.
+    fn every_command(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_commands_help_says_what_it_does_and_shows_an_example() {
+        let mut all = Vec::new();
+        every_command(&<Cli as clap::CommandFactory>::command(), "portcullis".into(), &mut all);
+        assert!(all.len() > 10, "{}", all.len());
+        for (path, cmd) in all {
+            if path.ends_with(" help") {
+                continue; // clap's own `help` subcommand
+            }
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.trim().is_empty(), "`{path} --help` does not say what it does");
+            let example = cmd.get_after_help().map(|a| a.to_string()).unwrap_or_default();
+            assert!(
+                (example.contains("Example:\n  ") || example.contains("Examples:\n  ")) && example.contains(&path),
+                "`{path} --help` shows no example of itself: {example:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_password_typed_twice_differently_is_wiped_both_times() {

@@ -61,6 +61,7 @@ keys! {
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
     "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",
     "totp_issuer" = "portcullis" : "the issuer authenticator apps show beside the account",
+    "metrics_addr" = "off" : "plain-HTTP listener serving only GET /metrics (Prometheus text format), for loopback or a private network; `off` disables it",
 }
 
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
@@ -135,6 +136,8 @@ pub struct Settings {
     pub second_factor: SecondFactorPolicy,
     /// The issuer in `otpauth://` URIs.
     pub totp_issuer: String,
+    /// The metrics listener (`GET /metrics`), when on.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The `second_factor` setting: whose accounts must have a second factor (NIST SP 800-63B
@@ -192,25 +195,25 @@ impl Settings {
     /// Loads settings from the file (explicit path, or `portcullis.toml` if present), the
     /// process environment and command-line overrides.
     pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let file = match config_file {
-            Some(path) => Some(read_file(path)?),
-            None => {
-                let default = Path::new("portcullis.toml");
-                if default.exists() {
-                    Some(read_file(default)?)
-                } else {
-                    None
-                }
-            }
-        };
-        let env: BTreeMap<String, String> = KEYS
-            .iter()
-            .filter_map(|k| {
-                let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
-                std::env::var(&var).ok().map(|v| (k.name.to_string(), v))
-            })
-            .collect();
+        let (file, env) = read_layers(config_file)?;
         Self::from_layers(file.as_ref(), &env, overrides)
+    }
+
+    /// What `portcullis config check` shows: the same layers as [`Settings::load`], checked
+    /// the same way, then every key in [`KEYS`] with its effective value (secrets masked) and
+    /// the layer it came from. Reads the file and the environment; opens nothing else.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] [`Settings::load`] would fail with.
+    pub fn check(config_file: Option<&Path>, overrides: &Overrides) -> Result<Vec<Effective>, ConfigError> {
+        let (file, env) = read_layers(config_file)?;
+        Self::from_layers(file.as_ref(), &env, overrides)?;
+        let raw = layered(file.as_ref(), &env, overrides);
+        Ok(KEYS
+            .iter()
+            .filter_map(|k| raw.get(k.name).map(|r| (k.name, r)))
+            .map(|(key, r)| Effective { key, value: shown_value(key, &r.value), source: r.source.clone() })
+            .collect())
     }
 
     /// Builds settings from explicit layers (used by `load` and by tests).
@@ -219,23 +222,7 @@ impl Settings {
         env: &BTreeMap<String, String>,
         flags: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
-        for key in KEYS {
-            raw.insert(key.name, Raw { value: toml::Value::String(key.default.to_string()), source: "default".into() });
-            if let Some((path, table)) = file {
-                if let Some(v) = table.get(key.name) {
-                    raw.insert(key.name, Raw { value: v.clone(), source: path.display().to_string() });
-                }
-            }
-            if let Some(v) = env.get(key.name) {
-                let source = format!("PORTCULLIS_{}", key.name.to_uppercase());
-                raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
-            }
-            if let Some(v) = flags.get(key.name) {
-                let source = format!("--{}", key.name.replace('_', "-"));
-                raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
-            }
-        }
+        let raw = layered(file, env, flags);
         let p = Parser { raw };
         let settings = Settings {
             https_addr: p.parse("https_addr", parse_addr)?,
@@ -291,6 +278,7 @@ impl Settings {
                     Ok(s.to_string())
                 }
             })?,
+            metrics_addr: p.parse("metrics_addr", |s| if s == "off" { Ok(None) } else { parse_addr(s).map(Some) })?,
         };
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
@@ -321,6 +309,81 @@ impl Settings {
             cores()
         }
     }
+}
+
+/// The file layer (the named file, or `portcullis.toml` when present) and the environment
+/// layer (`PORTCULLIS_<KEY>` for every key).
+fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Table)>, Overrides), ConfigError> {
+    let file = match config_file {
+        Some(path) => Some(read_file(path)?),
+        None => {
+            let default = Path::new("portcullis.toml");
+            if default.exists() {
+                Some(read_file(default)?)
+            } else {
+                None
+            }
+        }
+    };
+    let env: Overrides = KEYS
+        .iter()
+        .filter_map(|k| {
+            let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
+            std::env::var(&var).ok().map(|v| (k.name.to_string(), v))
+        })
+        .collect();
+    Ok((file, env))
+}
+
+/// Every key's raw value from the highest layer that sets it, and where it came from
+/// (`default`, `file PATH`, `env PORTCULLIS_KEY`, `flag --key`).
+fn layered(
+    file: Option<&(PathBuf, toml::Table)>,
+    env: &BTreeMap<String, String>,
+    flags: &Overrides,
+) -> BTreeMap<&'static str, Raw> {
+    let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
+    for key in KEYS {
+        raw.insert(key.name, Raw { value: toml::Value::String(key.default.to_string()), source: "default".into() });
+        if let Some((path, table)) = file {
+            if let Some(v) = table.get(key.name) {
+                let source = format!("file {}", escape_controls(&path.display().to_string()));
+                raw.insert(key.name, Raw { value: v.clone(), source });
+            }
+        }
+        if let Some(v) = env.get(key.name) {
+            let source = format!("env PORTCULLIS_{}", key.name.to_uppercase());
+            raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
+        }
+        if let Some(v) = flags.get(key.name) {
+            let source = format!("flag --{}", key.name.replace('_', "-"));
+            raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
+        }
+    }
+    raw
+}
+
+/// One setting as `config check` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub key: &'static str,
+    /// The value as TOML would write it, one line, secrets masked.
+    pub value: String,
+    /// `default`, `file PATH`, `env PORTCULLIS_KEY` or `flag --key`.
+    pub source: String,
+}
+
+/// A value as a one-line TOML value, its secrets masked: the password in a URL-valued
+/// setting ([`SECRET_BEARING`]), and all of a setting named like a secret.
+fn shown_value(key: &str, value: &toml::Value) -> String {
+    if ["_secret", "_password", "_token"].iter().any(|s| key.ends_with(s)) {
+        return "\"***\"".into();
+    }
+    let value = match value {
+        toml::Value::String(s) if SECRET_BEARING.contains(&key) => toml::Value::String(crate::postgres::url::redact(s)),
+        other => other.clone(),
+    };
+    escape_controls(&value.to_string())
 }
 
 /// This machine's cores (as many as the process may use).

@@ -20,6 +20,7 @@ pub mod domain;
 pub mod factors;
 pub mod failures;
 pub mod loadtest;
+pub mod metrics;
 pub mod password;
 pub mod postgres;
 pub mod random;

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             // tightened): escaped, so the line stays one line and shows what is there.
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("portcullis: {}", portcullis::text::printable(&message));
-            ExitCode::FAILURE
+            e.downcast_ref::<portcullis::cli::Failure>().map_or(ExitCode::FAILURE, |f| ExitCode::from(f.status))
         }
     }
 }

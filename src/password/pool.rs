@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
 use tokio::sync::oneshot;
@@ -49,6 +49,8 @@ struct Inner {
     waiting: AtomicUsize,
     workers: usize,
     work: Arc<AtomicU64>,
+    /// Where each run's time goes (`portcullis_password_hash_seconds`), once metrics are on.
+    runs: OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A handle to the pool; cheap to clone. The workers stop when the last handle is dropped.
@@ -82,7 +84,7 @@ impl HashPool {
         let workers = workers.max(1);
         let (sender, receiver) = sync_channel::<(Job, tracing::Span)>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers, work });
+        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers, work, runs: OnceLock::new() });
         for i in 0..workers {
             let receiver = Arc::clone(&receiver);
             let hasher = Arc::clone(&hasher);
@@ -97,6 +99,12 @@ impl HashPool {
 
     pub fn workers(&self) -> usize {
         self.inner.workers
+    }
+
+    /// Records how long each later hash or verification takes on its worker into `runs`
+    /// (the first histogram given stays).
+    pub fn observe_runs(&self, runs: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.inner.runs.set(runs);
     }
 
     /// Jobs queued or running.
@@ -188,9 +196,13 @@ fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inn
                 }
             }
         };
+        let started = std::time::Instant::now();
         run(job, hasher, &mut workspace);
         if let Some(inner) = inner.upgrade() {
             inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Some(runs) = inner.runs.get() {
+                runs.observe(started.elapsed().as_secs_f64());
+            }
         }
         // A job waiting already: its argon2 pass overwrites the buffer. None: wipe now,
         // before sleeping on the queue.

@@ -28,6 +28,7 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// The application's routes wrapped in its middleware.
 pub fn router(state: Arc<AppState>) -> impl Endpoint {
+    let metrics = state.metrics.clone();
     // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
         .at("/", allowing(GET, get(home::home)))
@@ -48,6 +49,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/healthz", allowing(GET, get(health::healthz)))
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
+        .around(move |ep, req| {
+            let metrics = metrics.clone();
+            async move { crate::metrics::count(&metrics, ep.as_ref(), req).await }
+        })
         .data(state)
         .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })
 }

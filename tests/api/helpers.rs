@@ -16,6 +16,8 @@ pub const GOOD_PASSWORD: &str = "correct plum tractor velvet";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The metrics listener, when `metrics_addr` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -57,6 +59,7 @@ pub async fn spawn_in(dir: tempfile::TempDir, settings: Settings) -> TestApp {
     let admin_password = app.initial_admin_password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
     let addr = app.https_addr();
     let http_addr = app.http_addr().unwrap_or(addr);
+    let metrics_addr = app.metrics_addr();
     let state = app.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -67,6 +70,7 @@ pub async fn spawn_in(dir: tempfile::TempDir, settings: Settings) -> TestApp {
     TestApp {
         addr,
         http_addr,
+        metrics_addr,
         base,
         client,
         dir,

@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::PRELOGIN_COOKIE;
 use crate::factors::MFA_COOKIE;
+use crate::metrics::LoginResult;
 use crate::password::Password;
 use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
@@ -57,7 +58,14 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         next: super::safe_next(form.next.as_deref()),
     };
     let next = super::safe_next(form.next.as_deref());
-    match state.sign_in.attempt(attempt).await {
+    let outcome = state.sign_in.attempt(attempt).await;
+    match &outcome {
+        Ok(Outcome::SignedIn { .. }) => state.metrics.login_attempt(LoginResult::Success),
+        Ok(Outcome::Refused(refusal)) => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
+        // Counted when the second step ends (routes::login::second_factor).
+        Ok(Outcome::SecondFactorNeeded { .. }) | Err(_) => {}
+    }
+    match outcome {
         Ok(Outcome::SecondFactorNeeded { pending }) => {
             let mut resp = see_other(super::second_factor::PATH);
             let lifetime = crate::factors::PENDING_LIFETIME.as_secs();

@@ -5,6 +5,7 @@
 //! session cookie (two factors) on success, the form again with 401 for a wrong or reused
 //! code, and 303 to `/login` when there is no pending sign-in to finish.
 
+use crate::metrics::LoginResult;
 use askama::Template;
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::{handler, Body, Request, Response};
@@ -109,6 +110,11 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             });
         }
     };
+    match &outcome {
+        StepOutcome::SignedIn { .. } => state.metrics.login_attempt(LoginResult::Success),
+        StepOutcome::Refused { refusal, .. } => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
+        StepOutcome::Restart => {}
+    }
     match outcome {
         StepOutcome::SignedIn { token, next } => {
             let next = super::safe_next(next.as_deref()).unwrap_or("/");

@@ -1,0 +1,129 @@
+//! `portcullis config check` (SPEC.md, "Operations"): the same layers as `serve`; every
+//! effective setting with its source, secrets masked, exit 0; the first error in one line
+//! naming the key and its source, exit 2; nothing opened, created or changed.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::child;
+
+/// The binary in `dir` with no `PORTCULLIS_*` from the caller, and `env` set.
+fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTCULLIS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["config", "check"]).args(args).envs(env.iter().copied());
+    cmd
+}
+
+struct Checked {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(cmd: Command) -> Checked {
+    let (status, stdout, stderr) = child::run(cmd, None).await;
+    Checked { status: status.code().unwrap_or(-1), stdout, stderr }
+}
+
+/// The line `config check` printed for `key`.
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+#[tokio::test]
+async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.toml"), "min_password_length = 20\ntrusted_proxies = [\"10.0.0.0/8\"]\n")
+        .unwrap();
+    let cmd = check(
+        dir.path(),
+        &["--config", "site.toml", "--http-addr", "off"],
+        &[("PORTCULLIS_SESSION_IDLE_TIMEOUT", "5m")],
+    );
+    let out = run(cmd).await;
+    assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    // Every key in KEYS, once, in order: keys other branches add show up by themselves.
+    let keys: Vec<&str> = out.stdout.lines().map(|l| l.split(" = ").next().unwrap()).collect();
+    let expected: Vec<&str> = portcullis::config::KEYS.iter().map(|k| k.name).collect();
+    assert_eq!(keys, expected);
+    assert!(line(&out.stdout, "min_password_length").ends_with("# file site.toml"), "{}", out.stdout);
+    assert!(line(&out.stdout, "trusted_proxies").contains("[\"10.0.0.0/8\"]"), "{}", out.stdout);
+    let idle = line(&out.stdout, "session_idle_timeout");
+    assert!(idle.contains("\"5m\"") && idle.ends_with("# env PORTCULLIS_SESSION_IDLE_TIMEOUT"), "{idle}");
+    assert!(line(&out.stdout, "http_addr").ends_with("# flag --http-addr"), "{}", out.stdout);
+    assert!(line(&out.stdout, "https_addr").ends_with("# default"), "{}", out.stdout);
+    // What it prints is a settings file that checks the same.
+    let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert_eq!(printed["min_password_length"].as_integer(), Some(20));
+}
+
+#[tokio::test]
+async fn an_unknown_key_in_the_file_is_one_line_naming_it_and_the_file_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("portcullis.toml"), "min_pasword_length = 20\n").unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert_eq!(out.status, 2, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("min_pasword_length") && out.stderr.contains("portcullis.toml"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn a_bad_value_from_each_layer_is_one_line_naming_the_key_and_its_source_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "session_idle_timeout = \"soon\"\n").unwrap();
+    std::fs::write(dir.path().join("good.toml"), "min_password_length = 20\n").unwrap();
+    /// Arguments, environment, the key at fault, and the source the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (&["--config", "bad.toml"], &[], "session_idle_timeout", "file bad.toml"),
+        (
+            &["--config", "good.toml"],
+            &[("PORTCULLIS_MAX_CONNECTIONS", "lots")],
+            "max_connections",
+            "env PORTCULLIS_MAX_CONNECTIONS",
+        ),
+        (&["--config", "good.toml", "--metrics-addr", "everywhere"], &[], "metrics_addr", "flag --metrics-addr"),
+    ];
+    for (args, env, key, source) in cases {
+        let out = run(check(dir.path(), args, env)).await;
+        assert_eq!(out.status, 2, "{key}: {}{}", out.stdout, out.stderr);
+        let err = out.stderr.trim_end();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(key) && err.contains(source), "{key} from {source}: {err}");
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
+}
+
+#[tokio::test]
+async fn the_database_password_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        run(check(dir.path(), &[], &[("PORTCULLIS_DATABASE_URL", "postgres://app:hunter2-secret@db/auth")])).await;
+    assert_eq!(good.status, 0, "{}", good.stderr);
+    assert!(line(&good.stdout, "database_url").contains("postgres://app:***@db/auth"), "{}", good.stdout);
+    let bad =
+        run(check(dir.path(), &["--database-url", "postgres://app:hunter2-secret@db/auth?sslmode=maybe"], &[])).await;
+    assert_eq!(bad.status, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("database_url"), "{}", bad.stderr);
+    for out in [&good, &bad] {
+        assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"), "{}{}", out.stdout, out.stderr);
+    }
+}
+
+#[tokio::test]
+async fn config_check_creates_nothing_in_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // Relative defaults (data/, logs/, certs/) would land here if anything opened them.
+    let out = run(check(dir.path(), &["--https-addr", "127.0.0.1:1", "--metrics-addr", "127.0.0.1:2"], &[])).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "config check created {left:?}");
+}

@@ -1,0 +1,241 @@
+//! `GET /metrics` on `metrics_addr` (SPEC.md, "Operations"): the counters move by exactly
+//! what happened, labels carry no username, address or raw path, `promtool check metrics`
+//! accepts the text, and the listener answers nothing but `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use portcullis::config::Rate;
+use portcullis::metrics::AuthzResult;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, Visitor};
+use crate::pg::REQUIRE_ALL;
+
+async fn with_metrics(configure: impl FnOnce(&mut portcullis::config::Settings)) -> TestApp {
+    spawn_app_with(|s| {
+        s.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        configure(s);
+    })
+    .await
+}
+
+async fn scrape_text(app: &TestApp) -> String {
+    let addr = app.metrics_addr.expect("metrics are on");
+    let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    resp.text().await.unwrap()
+}
+
+/// Every sample as `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
+    let get = |m: &BTreeMap<String, f64>| m.get(key).copied().unwrap_or(0.0);
+    assert!(after.contains_key(key), "no sample {key}");
+    get(after) - get(before)
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_the_sign_ins_failures_and_refusals_that_happened() {
+    let app = with_metrics(|s| {
+        s.captcha_after_failures = 1000;
+        s.login_quota_per_ip = Some(Rate { burst: 7, period: Duration::from_secs(3600) });
+    })
+    .await;
+    let before = samples(&scrape_text(&app).await);
+    let admin = app.admin_password.clone();
+
+    // Two sign-ins, three wrong passwords and an unknown user, from one address.
+    let mut a = Visitor::new(&app, Some("198.51.100.1"));
+    for _ in 0..2 {
+        let mut browser = Visitor::new(&app, Some("198.51.100.1"));
+        assert_eq!(browser.attempt("admin", &admin, None).await.0, 303);
+    }
+    for _ in 0..3 {
+        assert_eq!(a.attempt("admin", "not the password at all", None).await.0, 401);
+    }
+    assert_eq!(a.attempt("alice-the-secret-name", "whatever whatever", None).await.0, 401);
+    // A form without its CSRF token, from another.
+    let mut b = Visitor::new(&app, Some("198.51.100.2"));
+    let resp = b.submit("", "admin", "whatever whatever", None).await;
+    assert_eq!(resp.status(), 403);
+    // Seven unknown users and then the address quota, from a third.
+    let mut c = Visitor::new(&app, Some("198.51.100.3"));
+    for _ in 0..7 {
+        assert_eq!(c.attempt("ghost", "whatever whatever", None).await.0, 401);
+    }
+    assert_eq!(c.attempt("ghost", "whatever whatever", None).await.0, 429);
+    // A path nobody routes, holding a name.
+    let resp = app.client.get(app.url("/nope/alice-the-secret-name")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let text = scrape_text(&app).await;
+    let after = samples(&text);
+    let login = |result: &str, reason: &str| {
+        delta(&before, &after, &format!("portcullis_login_attempts_total{{result=\"{result}\",reason=\"{reason}\"}}"))
+    };
+    assert_eq!(login("success", "none"), 2.0);
+    assert_eq!(login("failure", "bad_password"), 3.0);
+    assert_eq!(login("failure", "unknown_user"), 8.0);
+    assert_eq!(login("refused", "csrf"), 1.0);
+    assert_eq!(login("refused", "rate_limited"), 1.0);
+    assert_eq!(login("refused", "captcha_required"), 0.0);
+    assert_eq!(login("failure", "bad_captcha"), 0.0);
+    let http = |route: &str, status: u16| {
+        delta(&before, &after, &format!("portcullis_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"))
+    };
+    assert_eq!(http("/login", 303), 2.0);
+    assert_eq!(http("/login", 401), 11.0);
+    assert_eq!(http("/login", 403), 1.0);
+    assert_eq!(http("/login", 429), 1.0);
+    assert_eq!(http("unmatched", 404), 1.0);
+    // Every POST /login is timed; every password check ran once on the pool (the dummy hash
+    // for unknown users included), and refusals before the check ran none.
+    assert_eq!(delta(&before, &after, "portcullis_login_duration_seconds_count"), 15.0);
+    assert_eq!(delta(&before, &after, "portcullis_password_hash_seconds_count"), 13.0);
+    assert_eq!(after["portcullis_password_hash_queue_depth"], 0.0);
+    assert!(after.contains_key("portcullis_sessions_active"), "{text}");
+    assert_eq!(after[&format!("portcullis_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
+    // Bounded labels: no username, address or raw path anywhere.
+    for secret in ["alice-the-secret-name", "ghost", "198.51.100", "127.0.0.1", "/nope"] {
+        assert!(!text.contains(secret), "{secret} leaked into the metrics:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_authz_decision_recorded_is_counted_under_its_result_and_timed() {
+    let app = with_metrics(|_| {}).await;
+    let before = samples(&scrape_text(&app).await);
+    app.state.metrics.record_authz(AuthzResult::Allowed, Duration::from_millis(3));
+    app.state.metrics.record_authz(AuthzResult::Allowed, Duration::from_millis(4));
+    app.state.metrics.record_authz(AuthzResult::Forbidden, Duration::from_millis(1));
+    let after = samples(&scrape_text(&app).await);
+    let authz =
+        |result: &str| delta(&before, &after, &format!("portcullis_authz_requests_total{{result=\"{result}\"}}"));
+    assert_eq!(authz("allowed"), 2.0);
+    assert_eq!(authz("forbidden"), 1.0);
+    assert_eq!(authz("unauthenticated"), 0.0);
+    assert_eq!(authz("bad_request"), 0.0);
+    assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 3.0);
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_after_traffic() {
+    let Some(promtool) = which("promtool") else {
+        if std::env::var_os(REQUIRE_ALL).is_some() {
+            panic!("promtool is missing (Debian package `prometheus`) and {REQUIRE_ALL} is set");
+        }
+        eprintln!("skipped: promtool is missing (Debian package `prometheus`)");
+        return;
+    };
+    let app = with_metrics(|_| {}).await;
+    let mut v = Visitor::new(&app, Some("198.51.100.7"));
+    v.attempt("admin", &app.admin_password.clone(), None).await;
+    v.attempt("nobody", "whatever whatever", None).await;
+    app.state.metrics.record_authz(AuthzResult::Unauthenticated, Duration::from_millis(2));
+    let text = scrape_text(&app).await;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_metrics_listener_answers_only_get_metrics() {
+    let app = with_metrics(|_| {}).await;
+    let addr = app.metrics_addr.unwrap();
+    let client = reqwest::Client::new();
+    for path in ["/", "/login", "/metrics/", "/healthz"] {
+        let resp = client.get(format!("http://{addr}{path}")).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    let resp = client.post(format!("http://{addr}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    let resp = client.head(format!("http://{addr}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_are_off_unless_an_address_is_set() {
+    let app = spawn_app().await;
+    assert_eq!(app.metrics_addr, None);
+    assert!(!app.state.metrics.is_on());
+    assert_eq!(app.state.metrics.render(), "");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_on_the_metrics_listener_is_disconnected() {
+    let app = with_metrics(|s| s.header_read_timeout = Duration::from_secs(1)).await;
+    let mut conn = tokio::net::TcpStream::connect(app.metrics_addr.unwrap()).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    // Generous: the deadline is 1 s, a loaded machine may take longer to act on it.
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 30 s");
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_metrics_connections() {
+    let app = with_metrics(|s| s.trusted_proxies.clear()).await;
+    let addr = app.metrics_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..portcullis::metrics::MAX_CONNECTIONS_PER_IP {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the server accept them all before the one past the cap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection past the cap was not closed: {read:?}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn sessions_active_is_the_count_of_stored_sessions_taken_in_the_background() {
+    let app = with_metrics(|_| {}).await;
+    let admin = app.admin_password.clone();
+    for _ in 0..2 {
+        let mut browser = Visitor::new(&app, Some("198.51.100.4"));
+        assert_eq!(browser.attempt("admin", &admin, None).await.0, 303);
+    }
+    // The server counts every 15 s; a second counter's first count is at once.
+    let task = app.state.metrics.spawn_session_count(app.state.store.clone()).expect("metrics are on");
+    let mut seen = None;
+    for _ in 0..300 {
+        seen = samples(&app.state.metrics.render()).get("portcullis_sessions_active").copied();
+        if seen == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    assert_eq!(seen, Some(2.0));
+}
