@@ -42,11 +42,13 @@ pub enum FailureReason {
     RateLimited,
     Csrf,
     Disabled,
+    /// A passkey's answer failed verification or named no known passkey (issue 14).
+    BadPasskey,
 }
 
 impl FailureReason {
     /// Every reason, in the order filters and forms list them.
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::UnknownUser,
         FailureReason::BadPassword,
         FailureReason::CaptchaRequired,
@@ -54,6 +56,7 @@ impl FailureReason {
         FailureReason::RateLimited,
         FailureReason::Csrf,
         FailureReason::Disabled,
+        FailureReason::BadPasskey,
     ];
 
     /// The reason named `name` (as in the log and the records).
@@ -70,6 +73,7 @@ impl FailureReason {
             FailureReason::RateLimited => "rate_limited",
             FailureReason::Csrf => "csrf",
             FailureReason::Disabled => "disabled",
+            FailureReason::BadPasskey => "bad_passkey",
         }
     }
 }
@@ -142,6 +146,26 @@ pub enum AuthEvent<'a> {
     UserEnabled {
         username: &'a str,
         by: &'a str,
+    },
+    /// A sign-in with a passkey (two factors): `authn_login_success` (or `…successafterfail`)
+    /// with `method` `passkey` and the passkey's name.
+    PasskeyLoginSucceeded {
+        username: &'a str,
+        client: &'a Client,
+        after_failures: usize,
+        passkey: &'a str,
+    },
+    /// A second factor added on `/account` (`mfa_added` with its `kind`, SPEC.md).
+    FactorAdded {
+        username: &'a str,
+        kind: &'a str,
+        name: &'a str,
+    },
+    /// A second factor removed on `/account` (`mfa_removed` with its `kind`).
+    FactorRemoved {
+        username: &'a str,
+        kind: &'a str,
+        name: &'a str,
     },
 }
 
@@ -669,6 +693,19 @@ fn emit(event: &AuthEvent<'_>) {
         ),
         AuthEvent::UserEnabled { username, by } => tracing::info!(
             target: TARGET, event = "user_enabled", time, username, by, "user enabled"
+        ),
+        AuthEvent::PasskeyLoginSucceeded { username, client, after_failures, passkey } => {
+            let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
+            tracing::info!(
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                failures = after_failures, method = "passkey", passkey, "login succeeded"
+            )
+        }
+        AuthEvent::FactorAdded { username, kind, name } => tracing::info!(
+            target: TARGET, event = "mfa_added", time, username, kind, name, by = username, "second factor added"
+        ),
+        AuthEvent::FactorRemoved { username, kind, name } => tracing::info!(
+            target: TARGET, event = "mfa_removed", time, username, kind, name, by = username, "second factor removed"
         ),
     }
 }

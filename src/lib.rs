@@ -19,6 +19,7 @@ pub mod descriptors;
 pub mod domain;
 pub mod failures;
 pub mod loadtest;
+pub mod passkeys;
 pub mod password;
 pub mod postgres;
 pub mod random;

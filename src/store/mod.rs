@@ -20,6 +20,7 @@ use crate::audit::FailureReason;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod passkeys;
 mod postgres;
 mod sled;
 
@@ -338,13 +339,14 @@ pub trait SecretStore: Send + Sync {
     async fn secret(&self, name: &str) -> Result<[u8; 32]>;
 }
 
-/// The storage handle the services hold: one engine behind four traits. Cheap to clone.
+/// The storage handle the services hold: one engine behind five traits. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub failures: Arc<dyn FailureStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub passkeys: Arc<dyn passkeys::PasskeyStore>,
     /// The PostgreSQL engine's pool, for the brute-force state it shares
     /// ([`Store::shared_brute_force`]); `None` on sled.
     pg_pool: Option<deadpool_postgres::Pool>,
@@ -408,14 +410,15 @@ impl Store {
     /// A handle on one engine that implements every trait.
     pub fn from_engine<E>(engine: E) -> Self
     where
-        E: UserStore + SessionStore + FailureStore + SecretStore + 'static,
+        E: UserStore + SessionStore + FailureStore + SecretStore + passkeys::PasskeyStore + 'static,
     {
         let engine = Arc::new(engine);
         Store {
             users: engine.clone(),
             sessions: engine.clone(),
             failures: engine.clone(),
-            secrets: engine,
+            secrets: engine.clone(),
+            passkeys: engine,
             pg_pool: None,
         }
     }

@@ -10,6 +10,9 @@
 //! - `failures`: time (ms, BE) + sled id (BE) → JSON [`FailureRecord`]; `failures_by_user` and
 //!   `failures_by_ip`: length-prefixed user key or address + that key → ()
 //! - `meta`: server secrets and the schema version
+//! - passkeys and open WebAuthn ceremonies: see `passkeys.rs` beside this file
+
+mod passkeys;
 
 use std::path::Path;
 
@@ -681,6 +684,8 @@ impl UserStore for SledStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        // Passkeys first: a user made later under the same name must not inherit them.
+        self.delete_user_passkeys(key)?;
         let existed = self.delete_user(key)?;
         self.durable(existed).await
     }
