@@ -2,6 +2,7 @@
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
 mod admin_review;
+mod browser;
 mod brute_force;
 mod brute_force_pg;
 mod brute_force_races;
