@@ -17,6 +17,7 @@ use crate::brute_force::{BruteForceState, InMemory};
 use crate::captcha::Captchas;
 use crate::config::Settings;
 use crate::csrf::Csrf;
+use crate::factors::SecondFactors;
 use crate::password::{HashPool, Password, PasswordPolicy};
 use crate::rate_limit::username_digest;
 use crate::session::Sessions;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub store: Store,
     /// WebAuthn: passkeys and their ceremonies (issue 14).
     pub passkeys: crate::passkeys::Passkeys,
+    /// Users' second factors (TOTP, recovery codes) and pending two-step sign-ins.
+    pub factors: SecondFactors,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -239,7 +242,19 @@ impl Application {
                     .context("cannot open the admin socket")?,
             );
         }
-        background.push(spawn_session_purge(services.sessions.clone()));
+        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
+            .context("cannot open the factor key (data_dir/factor.key)")?;
+        let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
+        let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
+        let rp_id = crate::passkeys::rp_id(settings.webauthn_rp_id.as_deref(), &origin)
+            .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
+        let passkeys = crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin)?;
+        if !passkeys.enabled() {
+            tracing::info!(rp_id, "passkeys are off: WebAuthn needs a host name, not an IP address (set public_url)");
+        }
+        background.push(spawn_ceremony_purge(passkeys.clone()));
+        let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key)).with_passkeys(passkeys.clone());
+        background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
         let sign_in = SignIn {
@@ -251,16 +266,9 @@ impl Application {
             auth: auth.clone(),
             sessions: services.sessions.clone(),
             audit: services.audit.clone(),
+            factors: factors.clone(),
+            policy: settings.second_factor,
         };
-        let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
-        let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
-        let rp_id = crate::passkeys::rp_id(settings.webauthn_rp_id.as_deref(), &origin)
-            .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
-        let passkeys = crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin)?;
-        if !passkeys.enabled() {
-            tracing::info!(rp_id, "passkeys are off: WebAuthn needs a host name, not an IP address (set public_url)");
-        }
-        background.push(spawn_ceremony_purge(passkeys.clone()));
         let state = Arc::new(AppState {
             passkeys,
             settings,
@@ -275,6 +283,7 @@ impl Application {
             audit: services.audit,
             pool: services.pool,
             store: services.store,
+            factors,
         });
         background.push(spawn_pruning(Arc::clone(&state)));
         Ok(Application { https, http, state, background, generated_certificate, initial_admin_password })
@@ -369,7 +378,7 @@ fn spawn_ceremony_purge(passkeys: crate::passkeys::Passkeys) -> JoinHandle<()> {
     })
 }
 
-fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
+fn spawn_session_purge(sessions: Sessions, factors: SecondFactors) -> JoinHandle<()> {
     let every = (sessions.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
@@ -379,6 +388,10 @@ fn spawn_session_purge(sessions: Sessions) -> JoinHandle<()> {
                 Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "session purge failed"),
                 _ => {}
+            }
+            // Pending two-step sign-ins that were never finished.
+            if let Err(e) = factors.purge().await {
+                tracing::warn!(error = %e, "pending sign-in purge failed");
             }
         }
     })

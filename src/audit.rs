@@ -44,11 +44,15 @@ pub enum FailureReason {
     Disabled,
     /// A passkey's answer failed verification or named no known passkey (issue 14).
     BadPasskey,
+    /// A wrong second factor (TOTP or recovery code) after the right password.
+    BadSecondFactor,
+    /// A TOTP code whose time step was already used (RFC 6238 §5.2).
+    ReusedCode,
 }
 
 impl FailureReason {
     /// Every reason, in the order filters and forms list them.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::UnknownUser,
         FailureReason::BadPassword,
         FailureReason::CaptchaRequired,
@@ -57,6 +61,8 @@ impl FailureReason {
         FailureReason::Csrf,
         FailureReason::Disabled,
         FailureReason::BadPasskey,
+        FailureReason::BadSecondFactor,
+        FailureReason::ReusedCode,
     ];
 
     /// The reason named `name` (as in the log and the records).
@@ -74,6 +80,8 @@ impl FailureReason {
             FailureReason::Csrf => "csrf",
             FailureReason::Disabled => "disabled",
             FailureReason::BadPasskey => "bad_passkey",
+            FailureReason::BadSecondFactor => "bad_second_factor",
+            FailureReason::ReusedCode => "reused_code",
         }
     }
 }
@@ -155,17 +163,20 @@ pub enum AuthEvent<'a> {
         after_failures: usize,
         passkey: &'a str,
     },
-    /// A second factor added on `/account` (`mfa_added` with its `kind`, SPEC.md).
-    FactorAdded {
+    /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`).
+    MfaAdded {
         username: &'a str,
         kind: &'a str,
-        name: &'a str,
     },
-    /// A second factor removed on `/account` (`mfa_removed` with its `kind`).
-    FactorRemoved {
+    /// A second factor removed on `/account`.
+    MfaRemoved {
         username: &'a str,
         kind: &'a str,
-        name: &'a str,
+    },
+    /// `user reset-factors`: every second factor removed and the sessions ended.
+    FactorsReset {
+        username: &'a str,
+        by: &'a str,
     },
 }
 
@@ -701,11 +712,14 @@ fn emit(event: &AuthEvent<'_>) {
                 failures = after_failures, method = "passkey", passkey, "login succeeded"
             )
         }
-        AuthEvent::FactorAdded { username, kind, name } => tracing::info!(
-            target: TARGET, event = "mfa_added", time, username, kind, name, by = username, "second factor added"
+        AuthEvent::MfaAdded { username, kind } => tracing::info!(
+            target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
         ),
-        AuthEvent::FactorRemoved { username, kind, name } => tracing::info!(
-            target: TARGET, event = "mfa_removed", time, username, kind, name, by = username, "second factor removed"
+        AuthEvent::MfaRemoved { username, kind } => tracing::warn!(
+            target: TARGET, event = "mfa_removed", time, username, kind, by = username, "second factor removed"
+        ),
+        AuthEvent::FactorsReset { username, by } => tracing::warn!(
+            target: TARGET, event = "user_factors_reset", time, username, by, "second factors reset"
         ),
     }
 }

@@ -60,6 +60,8 @@ keys! {
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
     "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: public_url's host; passkeys are off when that is an IP address)",
+    "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",
+    "totp_issuer" = "portcullis" : "the issuer authenticator apps show beside the account",
 }
 
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
@@ -130,8 +132,45 @@ pub struct Settings {
     pub database_url: Option<crate::postgres::url::DatabaseUrl>,
     /// This instance's name (the host name unless set).
     pub instance_name: String,
+    /// Who must have a second factor (issue 14).
+    pub second_factor: SecondFactorPolicy,
+    /// The issuer in `otpauth://` URIs.
+    pub totp_issuer: String,
     /// The WebAuthn relying-party id (`None`: `public_url`'s host).
     pub webauthn_rp_id: Option<String>,
+}
+
+/// The `second_factor` setting: whose accounts must have a second factor (NIST SP 800-63B
+/// §4.2: AAL2 needs two factors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecondFactorPolicy {
+    /// Nobody must; anyone may.
+    #[default]
+    Optional,
+    /// Administrators must.
+    Admins,
+    /// Everyone must.
+    All,
+}
+
+impl SecondFactorPolicy {
+    /// Whether a user (an administrator or not) must have a second factor.
+    pub fn requires(self, admin: bool) -> bool {
+        match self {
+            SecondFactorPolicy::Optional => false,
+            SecondFactorPolicy::Admins => admin,
+            SecondFactorPolicy::All => true,
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "optional" => Ok(SecondFactorPolicy::Optional),
+            "admins" => Ok(SecondFactorPolicy::Admins),
+            "all" => Ok(SecondFactorPolicy::All),
+            _ => Err("must be `optional`, `admins` or `all`".into()),
+        }
+    }
 }
 
 /// A raw value and where it came from, before it is parsed into its type.
@@ -248,6 +287,14 @@ impl Settings {
             })?,
             instance_name: p.parse("instance_name", parse_instance_name)?,
             webauthn_rp_id: p.parse("webauthn_rp_id", parse_rp_id)?,
+            second_factor: p.parse("second_factor", SecondFactorPolicy::parse)?,
+            totp_issuer: p.parse("totp_issuer", |s| {
+                if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control() || c == ':') {
+                    Err("must be 1 to 64 printable characters without `:`".to_string())
+                } else {
+                    Ok(s.to_string())
+                }
+            })?,
         };
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));

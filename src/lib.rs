@@ -17,6 +17,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod descriptors;
 pub mod domain;
+pub mod factors;
 pub mod failures;
 pub mod loadtest;
 pub mod passkeys;

@@ -14,8 +14,7 @@ use std::time::Duration;
 use url::Url;
 use webauthn_rs::prelude::{
     CreationChallengeResponse, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
-    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Uuid,
-    Webauthn, WebauthnBuilder,
+    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Uuid, Webauthn, WebauthnBuilder,
 };
 
 use crate::session::SessionToken;
@@ -68,7 +67,8 @@ pub enum PasskeyError {
 impl PasskeyError {
     /// Whether the store could not answer (503).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, PasskeyError::Store(e) if e.is_unavailable()) || matches!(self, PasskeyError::Store(StoreError::Random(_)))
+        matches!(self, PasskeyError::Store(e) if e.is_unavailable())
+            || matches!(self, PasskeyError::Store(StoreError::Random(_)))
     }
 }
 
@@ -303,7 +303,8 @@ impl Passkeys {
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         let (handle, id) =
             webauthn.identify_discoverable_authentication(&cred).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        let stored = self.store.passkeys.passkey(id).await?.ok_or_else(|| PasskeyError::Rejected("unknown passkey".into()))?;
+        let stored =
+            self.store.passkeys.passkey(id).await?.ok_or_else(|| PasskeyError::Rejected("unknown passkey".into()))?;
         if stored.user_handle != *handle.as_bytes() {
             return Err(PasskeyError::Rejected("user handle does not match the passkey".into()));
         }

@@ -15,9 +15,19 @@
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
 //!    a user's quota without solving captchas or passing CSRF),
 //! 5. the password, on the hash pool (an unknown user costs and answers the same),
-//! 6. on success: the pre-login value is retired (the form signs in once), the username's
-//!    failure count is cleared, the previous session ends and a new one is made, and the
-//!    success is recorded; a success that cannot be recorded does not happen.
+//! 6. on success: the pre-login value is retired (the form signs in once); then, for a user
+//!    with a second factor, a pending sign-in is started ([`Outcome::SecondFactorNeeded`]) and
+//!    nothing else happens: the username's failures stay counted until the second factor is
+//!    given at [`SignIn::second_step`]. Otherwise the username's failure count is cleared,
+//!    the previous session ends and a new one is made, and the success is recorded; a success
+//!    that cannot be recorded does not happen.
+//!
+//! The second step ([`SignIn::second_step`], `/login/second-factor`) runs the same defences
+//! around the factor check: the pending sign-in (single use, 5 minutes, bound to the user's
+//! password), CSRF bound to it, the per-address quota, the captcha threshold (reached, the
+//! pending sign-in ends and the password must be given again, with the captcha), the
+//! per-username quota, then the factor; a wrong or reused code counts as a failure like a
+//! wrong password. It costs no argon2 verify: one per two-step sign-in in all.
 //!
 //! Every refusal is recorded durably before it is reported; if it cannot be recorded the
 //! attempt is [`SignInError`] (503) rather than an unrecorded refusal (OWASP ASVS 4.0 §7.2.1).
@@ -32,8 +42,10 @@ use crate::authentication::{AuthError, Authenticator};
 use crate::brute_force::{BruteForceState, Held, QuotaKey, StateError};
 use crate::captcha::Captchas;
 use crate::config::Rate;
+use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
+use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
 use crate::failures::CaptchaDemanded;
 use crate::password::Password;
 use crate::rate_limit::username_digest;
@@ -59,14 +71,46 @@ pub struct Attempt<'a> {
     pub captcha: &'a str,
     /// The browser's current session, ended on success (session fixation, OWASP ASVS 3.2.1).
     pub previous_session: Option<SessionToken>,
+    /// Where to go afterwards (already checked by `safe_next`), kept with a pending sign-in.
+    pub next: Option<&'a str>,
 }
 
 /// What became of an attempt. (No `Debug`: it can hold a session token.)
 pub enum Outcome {
     /// Signed in: the new session's token, for the cookie. The pre-login value is retired.
-    SignedIn { token: SessionToken },
+    /// `must_enrol`: the `second_factor` policy wants a second factor this user lacks, so
+    /// the session may use `/account` only until one is enrolled.
+    SignedIn { token: SessionToken, must_enrol: bool },
+    /// The password was right and a second factor is owed: the pending sign-in's token, for
+    /// the `__Host-portcullis-mfa` cookie. No session exists yet.
+    SecondFactorNeeded { pending: SessionToken },
     /// Refused, and recorded.
     Refused(Refusal),
+}
+
+/// One attempt at the second step, as the client sent it.
+pub struct SecondAttempt<'a> {
+    pub client: &'a Client,
+    /// The `__Host-portcullis-mfa` cookie's value, if any.
+    pub pending: Option<&'a str>,
+    /// The form's CSRF token (bound to the pending sign-in).
+    pub csrf: &'a str,
+    /// What the client offers; `None` when the form was empty.
+    pub proof: Option<Proof>,
+    /// The browser's current session, ended on success.
+    pub previous_session: Option<SessionToken>,
+}
+
+/// What became of a second-step attempt.
+pub enum StepOutcome {
+    /// Signed in with two factors; `next` as given at the first step.
+    SignedIn { token: SessionToken, next: Option<String> },
+    /// Refused and recorded. `restart`: the pending sign-in is over (the captcha threshold
+    /// was reached), so the password must be given again.
+    Refused { refusal: Refusal, restart: bool },
+    /// No pending sign-in (none, expired, used, or the user or password changed): start at
+    /// `/login` again. Nothing was checked, so nothing is recorded.
+    Restart,
 }
 
 /// Why an attempt was refused, and what the client must do next.
@@ -102,6 +146,8 @@ pub enum SignInError {
     Unexpected(#[source] anyhow::Error),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("second factor not judged")]
+    Factor(#[from] FactorError),
 }
 
 impl SignInError {
@@ -110,6 +156,7 @@ impl SignInError {
         match self {
             SignInError::Store { source, .. } => source.is_unavailable(),
             SignInError::Unexpected(_) => false,
+            SignInError::Factor(e) => e.is_unavailable(),
             _ => true,
         }
     }
@@ -135,6 +182,10 @@ pub struct SignIn {
     pub auth: Authenticator,
     pub sessions: Sessions,
     pub audit: Audit,
+    /// Users' second factors and pending two-step sign-ins.
+    pub factors: SecondFactors,
+    /// `second_factor`: who must have one.
+    pub policy: SecondFactorPolicy,
 }
 
 impl SignIn {
@@ -146,7 +197,7 @@ impl SignIn {
     /// 500), never a sign-in or a refusal that was not recorded.
     #[tracing::instrument(name = "sign_in", skip_all)]
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
-        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session } = attempt;
+        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
         let digest = username_digest(&user_key);
         let judged = Judged { service: self, client, username, digest };
@@ -218,17 +269,45 @@ impl SignIn {
         if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         }
+        let factors = self
+            .factors
+            .summary(&user.key)
+            .await
+            .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
+        if factors.has_second_factor() {
+            // The password alone proves one factor: no session, and the failures stay counted.
+            let pending = self
+                .factors
+                .begin(&user, next)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not start a two-step sign-in", source })?;
+            return Ok(Outcome::SecondFactorNeeded { pending });
+        }
+        let token = self.complete(&user, Factors::One, client, previous_session.as_ref()).await?;
+        Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin) })
+    }
+
+    /// The end of every sign-in: the username's failures cleared, the browser's previous
+    /// session ended and a new one made with `factors`, the success recorded (a success that
+    /// cannot be recorded does not happen).
+    async fn complete(
+        &self,
+        user: &crate::store::User,
+        factors: Factors,
+        client: &Client,
+        previous_session: Option<&SessionToken>,
+    ) -> Result<SessionToken, SignInError> {
         let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
 
         // Session fixation: whatever session this browser had is ended, and a new token issued.
-        if let Some(old) = &previous_session {
+        if let Some(old) = previous_session {
             if let Err(source) = self.sessions.end(&old.hash()).await {
                 return Err(SignInError::Store { what: "could not end the previous session", source });
             }
         }
         let token = self
             .sessions
-            .create(&user.key, Factors::One, client.ip, &client.user_agent)
+            .create(&user.key, factors, client.ip, &client.user_agent)
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
@@ -242,7 +321,87 @@ impl SignIn {
             }
             return Err(SignInError::SuccessUnrecorded(e));
         }
-        Ok(Outcome::SignedIn { token })
+        Ok(token)
+    }
+
+    /// Judges a second-step attempt in the order of the module note.
+    ///
+    /// # Errors
+    /// [`SignInError`] when the attempt cannot be judged or recorded: a 503 (or 500).
+    #[tracing::instrument(name = "second_factor", skip_all)]
+    pub async fn second_step(&self, attempt: SecondAttempt<'_>) -> Result<StepOutcome, SignInError> {
+        let SecondAttempt { client, pending, csrf, proof, previous_session } = attempt;
+        let store_err = |what| move |source| SignInError::Store { what, source };
+        let Some(cookie) = pending else { return Ok(StepOutcome::Restart) };
+        let Some((hash, _pending, user)) =
+            self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
+        else {
+            return Ok(StepOutcome::Restart);
+        };
+        let digest = username_digest(&user.key);
+        let judged = Judged { service: self, client, username: &user.display_name, digest };
+        let refused = |o: Outcome| match o {
+            Outcome::Refused(refusal) => StepOutcome::Refused { refusal, restart: false },
+            // `refuse` only ever answers `Refused`.
+            _ => StepOutcome::Restart,
+        };
+        if !self.csrf.check_session(&hash, csrf) {
+            return Ok(refused(judged.refuse(FailureReason::Csrf, None, false).await?));
+        }
+        let address = client.key();
+        let now = now_ms();
+        if let Some(rate) = self.per_address {
+            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now).await? {
+                let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
+                return Ok(refused(o));
+            }
+        }
+        let Some(proof) = proof else {
+            // Nothing typed: nothing checked, nothing counted.
+            let refusal =
+                Refusal { reason: FailureReason::BadSecondFactor, retry_after: None, captcha_demanded: false };
+            return Ok(StepOutcome::Refused { refusal, restart: false });
+        };
+        // Past the captcha threshold the code is not even checked: the sign-in starts again
+        // at the password, where the captcha is asked for.
+        let reservation = match self.state.reserve(address, digest, now).await? {
+            Ok(r) => Held::new(Arc::clone(&self.state), r),
+            Err(CaptchaDemanded) => {
+                self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))?;
+                let Outcome::Refused(refusal) = judged.refuse(FailureReason::CaptchaRequired, None, false).await?
+                else {
+                    return Ok(StepOutcome::Restart);
+                };
+                return Ok(StepOutcome::Refused { refusal, restart: true });
+            }
+        };
+        if let Some(rate) = self.per_username {
+            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
+                reservation.release().await?;
+                let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
+                return Ok(refused(o));
+            }
+        }
+        match self.factors.verify(&user.key, &proof, now / 1000).await? {
+            Verdict::Refused(reason) => {
+                let counted = reservation.fail(now_ms()).await?;
+                Ok(refused(judged.refuse(reason, None, counted.reached_threshold).await?))
+            }
+            Verdict::Accepted(_) => {
+                reservation.release().await?;
+                // Single use: of two attempts that both got here, one goes on.
+                let Some(pending) =
+                    self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
+                else {
+                    return Ok(StepOutcome::Restart);
+                };
+                if !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
+                    return Ok(StepOutcome::Restart);
+                }
+                let token = self.complete(&pending.2, Factors::Two, client, previous_session.as_ref()).await?;
+                Ok(StepOutcome::SignedIn { token, next: pending.1.next })
+            }
+        }
     }
 }
 
@@ -315,6 +474,11 @@ mod tests {
             auth: Authenticator::new(services.store.clone(), services.pool.clone()),
             sessions: services.sessions.clone(),
             audit: services.audit.clone(),
+            factors: SecondFactors::new(
+                services.store.clone(),
+                Arc::new(crate::factors::FactorKey::from_bytes(&[5; 32])),
+            ),
+            policy: SecondFactorPolicy::Optional,
         };
         let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
         Fixture { service, client, _dir: dir }
@@ -342,6 +506,7 @@ mod tests {
                 prelogin: Some(&form.prelogin),
                 captcha,
                 previous_session: None,
+                next: None,
             };
             self.service.attempt(attempt).await.unwrap()
         }
@@ -359,7 +524,7 @@ mod tests {
     fn refusal(outcome: Outcome) -> Refusal {
         match outcome {
             Outcome::Refused(r) => r,
-            Outcome::SignedIn { .. } => panic!("signed in"),
+            Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => panic!("signed in"),
         }
     }
 
@@ -435,7 +600,7 @@ mod tests {
     #[tokio::test]
     async fn a_sign_in_ends_the_previous_session_and_makes_a_new_one() {
         let f = fixture(None, None, 100).await;
-        let Outcome::SignedIn { token: old } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        let Outcome::SignedIn { token: old, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
         let form = f.form();
         let attempt = Attempt {
             client: &f.client,
@@ -445,8 +610,9 @@ mod tests {
             prelogin: Some(&form.prelogin),
             captcha: "",
             previous_session: SessionToken::parse(&old.encode()),
+            next: None,
         };
-        let Outcome::SignedIn { token: new } = f.service.attempt(attempt).await.unwrap() else { panic!("refused") };
+        let Outcome::SignedIn { token: new, .. } = f.service.attempt(attempt).await.unwrap() else { panic!("refused") };
         assert!(f.service.sessions.resolve(&old.encode()).await.unwrap().is_none(), "the old session ended");
         assert!(f.service.sessions.resolve(&new.encode()).await.unwrap().is_some());
         assert_ne!(old.encode(), new.encode());
@@ -530,6 +696,7 @@ mod tests {
                 prelogin: Some(&form.prelogin),
                 captcha: "",
                 previous_session: None,
+                next: None,
             };
             let err = match f.service.attempt(attempt).await {
                 Err(e) => e,

@@ -32,10 +32,15 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
     Route::new()
         .at("/", allowing(GET, get(home::home)))
         .at("/login", allowing("GET, HEAD, POST", get(login::get::login_form).post(login::post::login)))
+        .at(
+            login::second_factor::PATH,
+            allowing("GET, HEAD, POST", get(login::second_factor::show).post(login::second_factor::submit)),
+        )
         .at("/logout", allowing(POST, post(logout::logout)))
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
         .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))
+        .at("/login/second-factor/passkey/begin", allowing(POST, post(passkeys::second_factor_begin)))
         .at("/account/passkeys", allowing("GET, HEAD, POST", get(passkeys::list).post(passkeys::register)))
         .at("/account/passkeys/begin", allowing(POST, post(passkeys::register_begin)))
         .at("/account/passkeys/rename", allowing(POST, post(passkeys::rename)))

@@ -159,7 +159,8 @@ pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Respons
     match state.sign_in.begin_passkey(&state.passkeys, &client, &form.csrf, prelogin.as_deref()).await {
         Ok(BeginOutcome::Begun(b)) => begun(b),
         Ok(BeginOutcome::Refused(r)) if r.reason == FailureReason::RateLimited => {
-            let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "Too many sign-in attempts. Please wait and try again.");
+            let mut resp =
+                json_error(StatusCode::TOO_MANY_REQUESTS, "Too many sign-in attempts. Please wait and try again.");
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after.unwrap_or(1)));
             resp
         }
@@ -200,7 +201,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     };
     let next = super::login::safe_next(form.next.as_deref());
     let mut resp = match state.sign_in.with_passkey(&state.passkeys, attempt).await {
-        Ok(Outcome::SignedIn { token }) => {
+        Ok(Outcome::SignedIn { token, .. }) => {
             let mut resp = see_other(next.unwrap_or("/"));
             let cookie = cookies::set(SESSION_COOKIE, &token.encode(), None);
             for c in [cookie, cookies::clear(crate::csrf::PRELOGIN_COOKIE)] {
@@ -210,12 +211,16 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
             }
             resp
         }
-        Ok(Outcome::Refused(refusal)) => {
-            super::login::post::refused(req, &state, "", next, &client, refusal).await
-        }
+        Ok(Outcome::Refused(refusal)) => super::login::post::refused(req, &state, "", next, &client, refusal).await,
+        // A passkey sign-in never asks for another factor.
+        Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
             tracing::error!(error = %e, "passkey sign-in not judged");
-            error_page(if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR })
+            error_page(if e.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            })
         }
     };
     // The ceremony was used (or void): the cookie goes either way.
@@ -313,10 +318,10 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         state.passkeys.finish_registration(&session.user, ceremony.as_deref(), &form.credential, &form.name).await;
     let mut resp = match result {
         Ok(added) => {
-            state.audit.record(&AuthEvent::FactorAdded {
+            tracing::info!(passkey = %added.name, "passkey added");
+            state.audit.record(&AuthEvent::MfaAdded {
                 username: &session.user.display_name,
-                kind: "passkey",
-                name: &added.name,
+                kind: crate::factors::FactorKind::Passkey.as_str(),
             });
             see_other(ACCOUNT_PASSKEYS)
         }
@@ -344,7 +349,10 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
 }
 
 fn credential_id(text: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(text).ok().filter(|b| !b.is_empty() && b.len() <= crate::store::passkeys::MAX_CREDENTIAL_ID_BYTES)
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .filter(|b| !b.is_empty() && b.len() <= crate::store::passkeys::MAX_CREDENTIAL_ID_BYTES)
 }
 
 #[handler]
@@ -362,8 +370,13 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(true) => see_other(ACCOUNT_PASSKEYS),
         Ok(false) => error_page(StatusCode::NOT_FOUND),
         Err(PasskeyError::BadName) => {
-            page(&state, &session, StatusCode::BAD_REQUEST, Some("Please give the passkey a name of 1 to 64 characters."))
-                .await
+            page(
+                &state,
+                &session,
+                StatusCode::BAD_REQUEST,
+                Some("Please give the passkey a name of 1 to 64 characters."),
+            )
+            .await
         }
         Err(e) => passkey_failure(&e, "could not rename a passkey"),
     }
@@ -382,14 +395,53 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
     match state.passkeys.remove(&session.user.key, &id).await {
         Ok(Some(removed)) => {
-            state.audit.record(&AuthEvent::FactorRemoved {
+            tracing::info!(passkey = %removed.name, "passkey removed");
+            state.audit.record(&AuthEvent::MfaRemoved {
                 username: &session.user.display_name,
-                kind: "passkey",
-                name: &removed.name,
+                kind: crate::factors::FactorKind::Passkey.as_str(),
             });
             see_other(ACCOUNT_PASSKEYS)
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),
         Err(e) => passkey_failure(&e, "could not remove a passkey"),
+    }
+}
+
+// ----- the second step of a sign-in -----
+
+/// `POST /login/second-factor/passkey/begin`: the options for the pending sign-in's user's
+/// passkeys (the password was right; the `__Host-portcullis-mfa` cookie names the pending
+/// sign-in, and the form's CSRF token is bound to it). The answer is posted to
+/// `/login/second-factor` as `credential`.
+#[handler]
+pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfOnly = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let Some(cookie) = cookies::get(req, crate::factors::MFA_COOKIE) else {
+        return json_error(StatusCode::UNAUTHORIZED, "Please sign in again.");
+    };
+    let (hash, user) = match state.factors.pending(&cookie).await {
+        Ok(Some((hash, _, user))) => (hash, user),
+        Ok(None) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read a pending sign-in");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "The server is busy. Please try again.");
+        }
+    };
+    if !state.csrf.check_session(&hash, &form.csrf) {
+        return json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.");
+    }
+    match state.passkeys.begin_second_factor(&user.key).await {
+        Ok(b) => begun(b),
+        Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
+        Err(PasskeyError::Rejected(_)) => json_error(StatusCode::BAD_REQUEST, "You have no passkey."),
+        Err(e) => {
+            tracing::error!(error = %e, "passkey check not begun");
+            let status =
+                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            json_error(status, "The server could not start a passkey check. Please try again.")
+        }
     }
 }

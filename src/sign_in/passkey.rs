@@ -168,13 +168,14 @@ impl SignIn {
             }
             return Err(SignInError::SuccessUnrecorded(e));
         }
-        Ok(Outcome::SignedIn { token })
+        // A user-verified passkey is two factors: the `second_factor` policy is met.
+        Ok(Outcome::SignedIn { token, must_enrol: false })
     }
 }
 
 fn refusal(outcome: Result<Outcome, SignInError>) -> Result<Option<super::Refusal>, SignInError> {
     match outcome? {
         Outcome::Refused(r) => Ok(Some(r)),
-        Outcome::SignedIn { .. } => Ok(None),
+        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => Ok(None),
     }
 }

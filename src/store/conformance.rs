@@ -13,7 +13,10 @@
 use async_trait::async_trait;
 
 use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
-use super::{Credential, Factors, FailureQuery, FailureRecord, Session, Store, StoreError, User};
+use super::{
+    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, Store, StoreError,
+    TotpFactor, User,
+};
 use crate::audit::FailureReason;
 
 /// How the suite gets stores from an engine.
@@ -82,6 +85,8 @@ pub async fn run(harness: &mut dyn Harness) {
     passkeys_round_trip_and_belong_to_their_user(&harness.fresh().await).await;
     passkey_counters_only_move_forward(&harness.fresh().await).await;
     ceremonies_are_taken_once_and_expire(&harness.fresh().await).await;
+    second_factors_round_trip_and_are_used_once(&harness.fresh().await).await;
+    pending_sign_ins_are_taken_once_and_purged(&harness.fresh().await).await;
     let store = harness.fresh().await;
     let secret = write_everything(&store).await;
     let store = harness.reopen(store).await;
@@ -461,7 +466,12 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     store.failures.set_count(&at, 3).await.unwrap();
     store.passkeys.add_passkey(&passkey(b"pk", "alice", 30)).await.unwrap();
     store.passkeys.record_passkey_use(b"pk", "used", 4, 40).await.unwrap();
-    let ceremony = Ceremony { kind: CeremonyKind::Register, user_key: Some("alice".into()), state: "s".into(), expires_at: u64::MAX / 2 };
+    let ceremony = Ceremony {
+        kind: CeremonyKind::Register,
+        user_key: Some("alice".into()),
+        state: "s".into(),
+        expires_at: u64::MAX / 2,
+    };
     store.passkeys.put_ceremony(&[5; 32], &ceremony).await.unwrap();
     store.secrets.secret("csrf").await.unwrap()
 }
@@ -478,4 +488,89 @@ async fn everything_written_is_there(store: &Store, secret: [u8; 32]) {
     let pk = store.passkeys.passkey(b"pk").await.unwrap().expect("durability: the passkey");
     assert_eq!((pk.sign_count, pk.passkey.as_str()), (4, "used"), "durability: the passkey's use");
     assert!(store.passkeys.take_ceremony(&[5; 32], 1).await.unwrap().is_some(), "durability: the ceremony");
+}
+
+async fn second_factors_round_trip_and_are_used_once(store: &Store) {
+    let f = &store.factors;
+    store.users.insert(&user("alice"), HASH_A).await.unwrap();
+    assert_eq!(f.summary("alice").await.unwrap(), FactorSummary::default(), "factors: none at first");
+    let totp = TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 5 };
+    assert!(!f.set_totp("nobody", &totp).await.unwrap(), "factors: no TOTP for an unknown user");
+    assert!(!f.set_recovery_codes("nobody", &[[1; 32]]).await.unwrap());
+    assert!(f.set_totp("alice", &totp).await.unwrap());
+    assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: TOTP round trip");
+    assert!(f.summary("alice").await.unwrap().has_second_factor());
+
+    // A step is accepted once, and never one earlier than the latest.
+    assert!(f.use_totp_step("alice", 100).await.unwrap(), "factors: a first step");
+    assert!(!f.use_totp_step("alice", 100).await.unwrap(), "factors: the same step again");
+    assert!(!f.use_totp_step("alice", 99).await.unwrap(), "factors: an older step");
+    let racers: Vec<_> = (0..8).map(|_| f.use_totp_step("alice", 101)).collect();
+    let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1, "factors: of concurrent uses of one step, exactly one wins");
+
+    // Recovery codes: each once; a new set voids the old.
+    assert!(f.set_recovery_codes("alice", &[[1; 32], [2; 32], [3; 32]]).await.unwrap());
+    assert_eq!(f.summary("alice").await.unwrap().recovery_codes, 3);
+    assert!(f.use_recovery_code("alice", &[2; 32]).await.unwrap());
+    assert!(!f.use_recovery_code("alice", &[2; 32]).await.unwrap(), "factors: a recovery code is used once");
+    assert!(!f.use_recovery_code("bob", &[1; 32]).await.unwrap());
+    assert!(f.set_recovery_codes("alice", &[[9; 32]]).await.unwrap());
+    assert!(!f.use_recovery_code("alice", &[1; 32]).await.unwrap(), "factors: new codes void the old");
+    assert_eq!(f.summary("alice").await.unwrap(), FactorSummary { totp: true, recovery_codes: 1, passkeys: 0 });
+
+    assert!(f.remove_totp("alice").await.unwrap());
+    assert!(!f.remove_totp("alice").await.unwrap(), "factors: a second removal finds nothing");
+    assert!(f.totp("alice").await.unwrap().is_none());
+    assert!(!f.use_totp_step("alice", 101).await.unwrap(), "factors: used steps outlive the removal");
+    assert!(f.set_totp("alice", &totp).await.unwrap());
+    let cleared = f.clear("alice").await.unwrap();
+    assert_eq!(cleared, FactorSummary { totp: true, recovery_codes: 1, passkeys: 0 }, "factors: clear says what was");
+    assert_eq!(f.summary("alice").await.unwrap(), FactorSummary::default(), "factors: cleared");
+}
+
+/// Runs futures at once and waits for them all (no extra dependency for the suite).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+async fn pending_sign_ins_are_taken_once_and_purged(store: &Store) {
+    let f = &store.factors;
+    let p = PendingSignIn {
+        user_key: "alice".into(),
+        password_changed_at: 3,
+        created_at: 10,
+        expires_at: 1_000,
+        next: Some("/account".into()),
+    };
+    f.insert_pending(&[1; 32], &p).await.unwrap();
+    f.insert_pending(&[2; 32], &PendingSignIn { expires_at: 5_000, next: None, ..p.clone() }).await.unwrap();
+    assert_eq!(f.pending(&[1; 32]).await.unwrap(), Some(p), "pending: round trip");
+    assert!(f.take_pending(&[1; 32]).await.unwrap(), "pending: taken");
+    assert!(!f.take_pending(&[1; 32]).await.unwrap(), "pending: taken once");
+    assert!(f.pending(&[1; 32]).await.unwrap().is_none());
+    f.insert_pending(&[3; 32], &PendingSignIn { expires_at: 500, ..f.pending(&[2; 32]).await.unwrap().unwrap() })
+        .await
+        .unwrap();
+    assert_eq!(f.purge_pending(2_000).await.unwrap(), 1, "pending: the expired one goes");
+    assert!(f.pending(&[2; 32]).await.unwrap().is_some(), "pending: the live one stays");
 }

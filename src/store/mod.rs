@@ -331,6 +331,88 @@ pub trait FailureStore: Send + Sync {
     async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64>;
 }
 
+/// A TOTP authenticator as stored: the shared secret sealed under the factor key kept outside
+/// the store (`factors::FactorKey`), so a copy of the store alone cannot compute codes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotpFactor {
+    /// The sealed secret (opaque to the store).
+    pub sealed_secret: Vec<u8>,
+    /// Unix ms of the enrolment.
+    pub created_at: u64,
+}
+
+/// Which second factors a user has, and how many of each: the one answer to "has this user a
+/// second factor?" (sign-in, the `second_factor` policy, `user factors`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactorSummary {
+    /// An authenticator app (TOTP) is enrolled.
+    pub totp: bool,
+    /// Unused recovery codes left.
+    pub recovery_codes: usize,
+    /// Registered passkeys. (The passkey engine fills this; until it lands, 0.)
+    pub passkeys: usize,
+}
+
+impl FactorSummary {
+    /// Whether the user has a second factor to sign in with: an authenticator app or a passkey.
+    /// Recovery codes stand in for one (a lost phone) but are not one by themselves.
+    pub fn has_second_factor(&self) -> bool {
+        self.totp || self.passkeys > 0
+    }
+}
+
+/// A sign-in whose password was right and whose second factor is still owed, stored under the
+/// SHA-256 of the `__Host-portcullis-mfa` cookie's token (so several instances share it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSignIn {
+    pub user_key: String,
+    /// The user's `password_changed_at` when the password was checked: a change since then
+    /// voids the pending sign-in.
+    pub password_changed_at: u64,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms after which the pending sign-in is void.
+    pub expires_at: u64,
+    /// Where to go after the sign-in (already checked by `safe_next`).
+    pub next: Option<String>,
+}
+
+/// Users' second factors and pending two-step sign-ins. Each update is one atomic operation,
+/// so a TOTP time step or a recovery code is accepted once even across instances.
+#[async_trait]
+pub trait FactorStore: Send + Sync {
+    /// What second factors `user_key` has (all zero for an unknown user).
+    async fn summary(&self, user_key: &str) -> Result<FactorSummary>;
+    /// The user's TOTP authenticator, if enrolled.
+    async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>>;
+    /// Enrols (or replaces) the user's TOTP authenticator; `false` if no such user.
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool>;
+    /// Removes the user's TOTP authenticator; returns whether there was one.
+    async fn remove_totp(&self, user_key: &str) -> Result<bool>;
+    /// Records that the TOTP time step `step` (RFC 6238 §4: `T`) was used, if it is later than
+    /// every step used before for this user; returns `false` (refuse: a reused code) otherwise.
+    /// RFC 6238 §5.2: a code is accepted at most once.
+    async fn use_totp_step(&self, user_key: &str, step: u64) -> Result<bool>;
+    /// Replaces the user's recovery codes (their keyed hashes) with `hashes`; the old ones are
+    /// void. `false` if no such user.
+    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool>;
+    /// Uses up the recovery code whose keyed hash is `hash`; `false` if the user has no such
+    /// unused code.
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool>;
+    /// Removes every second factor of the user (TOTP, recovery codes; the passkey engine adds
+    /// its own); returns what there was.
+    async fn clear(&self, user_key: &str) -> Result<FactorSummary>;
+    /// Stores a pending sign-in under `token_hash`.
+    async fn insert_pending(&self, token_hash: &TokenHash, pending: &PendingSignIn) -> Result<()>;
+    /// The pending sign-in under `token_hash`, expired or not.
+    async fn pending(&self, token_hash: &TokenHash) -> Result<Option<PendingSignIn>>;
+    /// Removes the pending sign-in; returns whether it was there (of two callers, one gets
+    /// `true`: that is what makes the cookie single-use).
+    async fn take_pending(&self, token_hash: &TokenHash) -> Result<bool>;
+    /// Removes pending sign-ins that expired before `now` (Unix ms); returns how many.
+    async fn purge_pending(&self, now: u64) -> Result<usize>;
+}
+
 /// Named server keys.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
@@ -347,6 +429,7 @@ pub struct Store {
     pub failures: Arc<dyn FailureStore>,
     pub secrets: Arc<dyn SecretStore>,
     pub passkeys: Arc<dyn passkeys::PasskeyStore>,
+    pub factors: Arc<dyn FactorStore>,
     /// The PostgreSQL engine's pool, for the brute-force state it shares
     /// ([`Store::shared_brute_force`]); `None` on sled.
     pg_pool: Option<deadpool_postgres::Pool>,
@@ -410,7 +493,7 @@ impl Store {
     /// A handle on one engine that implements every trait.
     pub fn from_engine<E>(engine: E) -> Self
     where
-        E: UserStore + SessionStore + FailureStore + SecretStore + passkeys::PasskeyStore + 'static,
+        E: UserStore + SessionStore + FailureStore + SecretStore + FactorStore + passkeys::PasskeyStore + 'static,
     {
         let engine = Arc::new(engine);
         Store {
@@ -418,6 +501,7 @@ impl Store {
             sessions: engine.clone(),
             failures: engine.clone(),
             secrets: engine.clone(),
+            factors: engine.clone(),
             passkeys: engine,
             pg_pool: None,
         }

@@ -13,8 +13,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    Credential, Cursor, Factors, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
-    SessionTimes, StoreError, StoredSession, TokenHash, User, UserStore,
+    Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
+    Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
+    UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, POOL_SIZE};
@@ -488,5 +489,187 @@ impl SecretStore for PgStore {
     async fn secret(&self, name: &str) -> Result<[u8; 32]> {
         let client = self.client().await?;
         Ok(crate::postgres::secrets::secret(&client, name).await?)
+    }
+}
+
+fn summary_of(row: Option<&Row>) -> FactorSummary {
+    match row {
+        Some(r) => FactorSummary {
+            totp: r.get::<_, Option<Vec<u8>>>(0).is_some(),
+            recovery_codes: usize::try_from(r.get::<_, i32>(1)).unwrap_or(0),
+            passkeys: 0,
+        },
+        None => FactorSummary::default(),
+    }
+}
+
+/// A TOTP step as PostgreSQL's bigint (steps are Unix seconds / 30: far below the limit).
+fn step_of(step: u64) -> i64 {
+    i64::try_from(step).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl FactorStore for PgStore {
+    async fn summary(&self, user_key: &str) -> Result<FactorSummary> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT totp_sealed, coalesce(cardinality(recovery_hashes), 0) FROM second_factors WHERE user_key = $1",
+                &[&user_key],
+            )
+            .await?;
+        Ok(summary_of(row.as_ref()))
+    }
+
+    async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT totp_sealed, totp_created_at_ms FROM second_factors WHERE user_key = $1 AND totp_sealed IS NOT NULL",
+                &[&user_key],
+            )
+            .await?;
+        Ok(row
+            .map(|r| TotpFactor { sealed_secret: r.get(0), created_at: unms(r.get::<_, Option<i64>>(1).unwrap_or(0)) }))
+    }
+
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms)
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
+                 ON CONFLICT (user_key) DO UPDATE
+                 SET totp_sealed = excluded.totp_sealed, totp_created_at_ms = excluded.totp_created_at_ms",
+                &[&user_key, &totp.sealed_secret, &ms(totp.created_at)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn remove_totp(&self, user_key: &str) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE second_factors SET totp_sealed = NULL, totp_created_at_ms = NULL
+                 WHERE user_key = $1 AND totp_sealed IS NOT NULL",
+                &[&user_key],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn use_totp_step(&self, user_key: &str, step: u64) -> Result<bool> {
+        // One statement under the row lock: of two instances offered the same step, one wins.
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO second_factors (user_key, last_totp_step) VALUES ($1, $2)
+                 ON CONFLICT (user_key) DO UPDATE SET last_totp_step = excluded.last_totp_step
+                 WHERE second_factors.last_totp_step IS NULL OR second_factors.last_totp_step < excluded.last_totp_step",
+                &[&user_key, &step_of(step)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool> {
+        let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO second_factors (user_key, recovery_hashes)
+                 SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
+                 ON CONFLICT (user_key) DO UPDATE SET recovery_hashes = excluded.recovery_hashes",
+                &[&user_key, &hashes],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE second_factors SET recovery_hashes = array_remove(recovery_hashes, $2)
+                 WHERE user_key = $1 AND $2 = ANY(recovery_hashes)",
+                &[&user_key, &&hash[..]],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn clear(&self, user_key: &str) -> Result<FactorSummary> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM second_factors WHERE user_key = $1
+                 RETURNING totp_sealed, coalesce(cardinality(recovery_hashes), 0)",
+                &[&user_key],
+            )
+            .await?;
+        Ok(summary_of(row.as_ref()))
+    }
+
+    async fn insert_pending(&self, token_hash: &TokenHash, p: &PendingSignIn) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO pending_sign_ins
+                 (token_hash, user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &&token_hash[..],
+                    &p.user_key,
+                    &ms(p.password_changed_at),
+                    &ms(p.created_at),
+                    &ms(p.expires_at),
+                    &p.next,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, token_hash: &TokenHash) -> Result<Option<PendingSignIn>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next
+                 FROM pending_sign_ins WHERE token_hash = $1",
+                &[&&token_hash[..]],
+            )
+            .await?;
+        Ok(row.map(|r| PendingSignIn {
+            user_key: r.get(0),
+            password_changed_at: unms(r.get(1)),
+            created_at: unms(r.get(2)),
+            expires_at: unms(r.get(3)),
+            next: r.get(4),
+        }))
+    }
+
+    async fn take_pending(&self, token_hash: &TokenHash) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute("DELETE FROM pending_sign_ins WHERE token_hash = $1", &[&&token_hash[..]])
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn purge_pending(&self, now: u64) -> Result<usize> {
+        let n =
+            self.client().await?.execute("DELETE FROM pending_sign_ins WHERE expires_at_ms < $1", &[&ms(now)]).await?;
+        Ok(n as usize)
     }
 }

@@ -10,7 +10,10 @@
 //! - `failures`: time (ms, BE) + sled id (BE) → JSON [`FailureRecord`]; `failures_by_user` and
 //!   `failures_by_ip`: length-prefixed user key or address + that key → ()
 //! - `meta`: server secrets and the schema version
-//! - passkeys and open WebAuthn ceremonies: see `passkeys.rs` beside this file
+//! - `factors`: username key → JSON [`FactorRecord`] (sealed TOTP secret, last TOTP step,
+//!   recovery-code hashes)
+//! - `pending_sign_ins`: SHA-256 of the `__Host-portcullis-mfa` token → JSON [`PendingRecord`]
+//! - passkeys and open WebAuthn ceremonies: see `sled/passkeys.rs`
 
 mod passkeys;
 
@@ -23,8 +26,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Credential, Cursor, Factors, FailureQuery, FailureRecord, FailureStore, Result, SecretStore, Session, SessionStore,
-    SessionTimes, StoreError, StoredSession, TokenHash, User, UserStore,
+    Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
+    Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
+    UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -125,6 +129,43 @@ impl SessionRecord {
     }
 }
 
+/// A user's second factors as stored. Every field has a serde default, so records written
+/// before a field existed (or by a build that knew fewer factors) still read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct FactorRecord {
+    #[serde(default)]
+    totp: Option<TotpRecord>,
+    /// The latest TOTP time step accepted (RFC 6238 §5.2: none is accepted twice).
+    #[serde(default)]
+    last_totp_step: Option<u64>,
+    /// Keyed hashes of the unused recovery codes.
+    #[serde(default)]
+    recovery: Vec<[u8; 32]>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TotpRecord {
+    sealed: Vec<u8>,
+    created_at: u64,
+}
+
+impl FactorRecord {
+    fn summary(&self) -> FactorSummary {
+        FactorSummary { totp: self.totp.is_some(), recovery_codes: self.recovery.len(), passkeys: 0 }
+    }
+}
+
+/// A pending two-step sign-in as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PendingRecord {
+    user_key: String,
+    password_changed_at: u64,
+    created_at: u64,
+    expires_at: u64,
+    #[serde(default)]
+    next: Option<String>,
+}
+
 /// The sled engine: one process, one directory.
 #[derive(Clone)]
 pub struct SledStore {
@@ -136,6 +177,8 @@ pub struct SledStore {
     failures: ::sled::Tree,
     failures_by_user: ::sled::Tree,
     failures_by_ip: ::sled::Tree,
+    factors: ::sled::Tree,
+    pending_sign_ins: ::sled::Tree,
     durability: Arc<GroupCommit>,
     /// How many failure records there are, once counted ([`SledStore::count_failures`]);
     /// `UNCOUNTED` until then, when the cap is not enforced on append.
@@ -177,6 +220,8 @@ impl SledStore {
             failures: db.open_tree("failures")?,
             failures_by_user: db.open_tree("failures_by_user")?,
             failures_by_ip: db.open_tree("failures_by_ip")?,
+            factors: db.open_tree("factors")?,
+            pending_sign_ins: db.open_tree("pending_sign_ins")?,
             durability: Arc::new(GroupCommit::default()),
             failure_total: Arc::new(AtomicU64::new(UNCOUNTED)),
             db,
@@ -631,7 +676,7 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T> {
 
 /// The entries sled 0.34 keeps in its directory, and the admin socket.
 pub fn is_store_file(name: &str) -> bool {
-    matches!(name, "db" | "conf" | "blobs" | "admin.sock") || name.starts_with("snap.")
+    matches!(name, "db" | "conf" | "blobs" | "admin.sock" | "factor.key") || name.starts_with("snap.")
 }
 
 /// A store key for a failure record, from its cursor.
@@ -809,6 +854,158 @@ impl FailureStore for SledStore {
     async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64> {
         let n = self.blocking(move |s| s.count_failures(max_records)).await?;
         self.durable(n).await
+    }
+}
+
+impl SledStore {
+    // ----- second factors -----
+
+    fn factor_record(&self, user_key: &str) -> Result<FactorRecord> {
+        Ok(self.factors.get(user_key)?.map(|v| decode(&v)).transpose()?.unwrap_or_default())
+    }
+
+    /// Changes the user's factor record atomically: `change` sees the stored record (or the
+    /// default) and says whether it changed it; returns that answer. A record that cannot be
+    /// decoded is left as it is and reported as corrupt.
+    fn update_factors(&self, user_key: &str, mut change: impl FnMut(&mut FactorRecord) -> bool) -> Result<bool> {
+        let mut changed = false;
+        let mut corrupt = None;
+        self.factors.fetch_and_update(user_key, |old| {
+            (changed, corrupt) = (false, None);
+            let mut record: FactorRecord = match old.map(serde_json::from_slice).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => {
+                    corrupt = Some(e.to_string());
+                    return old.map(<[u8]>::to_vec);
+                }
+            };
+            changed = change(&mut record);
+            if !changed {
+                return old.map(<[u8]>::to_vec);
+            }
+            serde_json::to_vec(&record).ok().or_else(|| old.map(<[u8]>::to_vec))
+        })?;
+        match corrupt {
+            Some(e) => Err(StoreError::Corrupt(e)),
+            None => Ok(changed),
+        }
+    }
+
+    fn user_exists(&self, user_key: &str) -> Result<bool> {
+        Ok(self.users.contains_key(user_key)?)
+    }
+}
+
+#[async_trait]
+impl FactorStore for SledStore {
+    async fn summary(&self, user_key: &str) -> Result<FactorSummary> {
+        Ok(self.factor_record(user_key)?.summary())
+    }
+
+    async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {
+        Ok(self.factor_record(user_key)?.totp.map(|t| TotpFactor { sealed_secret: t.sealed, created_at: t.created_at }))
+    }
+
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
+        if !self.user_exists(user_key)? {
+            return Ok(false);
+        }
+        let set = self.update_factors(user_key, |r| {
+            r.totp = Some(TotpRecord { sealed: totp.sealed_secret.clone(), created_at: totp.created_at });
+            true
+        })?;
+        self.durable(set).await
+    }
+
+    async fn remove_totp(&self, user_key: &str) -> Result<bool> {
+        let removed = self.update_factors(user_key, |r| r.totp.take().is_some())?;
+        self.durable(removed).await
+    }
+
+    async fn use_totp_step(&self, user_key: &str, step: u64) -> Result<bool> {
+        let fresh = self.update_factors(user_key, |r| {
+            if r.last_totp_step.is_some_and(|last| last >= step) {
+                return false;
+            }
+            r.last_totp_step = Some(step);
+            true
+        })?;
+        self.durable(fresh).await
+    }
+
+    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool> {
+        if !self.user_exists(user_key)? {
+            return Ok(false);
+        }
+        let set = self.update_factors(user_key, |r| {
+            r.recovery = hashes.to_vec();
+            true
+        })?;
+        self.durable(set).await
+    }
+
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool> {
+        let used = self.update_factors(user_key, |r| {
+            let before = r.recovery.len();
+            r.recovery.retain(|h| h != hash);
+            r.recovery.len() != before
+        })?;
+        self.durable(used).await
+    }
+
+    async fn clear(&self, user_key: &str) -> Result<FactorSummary> {
+        let old = self.factors.remove(user_key)?;
+        let summary = match old {
+            Some(v) => decode::<FactorRecord>(&v).map(|r| r.summary()).unwrap_or_default(),
+            None => FactorSummary::default(),
+        };
+        self.durable(summary).await
+    }
+
+    async fn insert_pending(&self, token_hash: &TokenHash, p: &PendingSignIn) -> Result<()> {
+        let record = PendingRecord {
+            user_key: p.user_key.clone(),
+            password_changed_at: p.password_changed_at,
+            created_at: p.created_at,
+            expires_at: p.expires_at,
+            next: p.next.clone(),
+        };
+        self.pending_sign_ins.insert(token_hash, encode(&record)?)?;
+        self.durable(()).await
+    }
+
+    async fn pending(&self, token_hash: &TokenHash) -> Result<Option<PendingSignIn>> {
+        let Some(v) = self.pending_sign_ins.get(token_hash)? else { return Ok(None) };
+        let r: PendingRecord = decode(&v)?;
+        Ok(Some(PendingSignIn {
+            user_key: r.user_key,
+            password_changed_at: r.password_changed_at,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            next: r.next,
+        }))
+    }
+
+    async fn take_pending(&self, token_hash: &TokenHash) -> Result<bool> {
+        let taken = self.pending_sign_ins.remove(token_hash)?.is_some();
+        self.durable(taken).await
+    }
+
+    async fn purge_pending(&self, now: u64) -> Result<usize> {
+        let removed = self
+            .blocking(move |s| {
+                let mut n = 0;
+                for kv in s.pending_sign_ins.iter() {
+                    let (k, v) = kv?;
+                    if decode::<PendingRecord>(&v).map_or(true, |r| r.expires_at < now) {
+                        s.pending_sign_ins.remove(k)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        self.durable(removed).await
     }
 }
 

@@ -68,5 +68,5 @@ async fn a_passkey_registered_in_chromium_signs_in_with_no_password_and_no_captc
     );
 }
 
-/// Whether `/login/second-factor` offers a passkey (the second-factor flow has landed).
-const SECOND_FACTOR_PAGE: bool = false;
+/// Also sign in with the password and the passkey as the second factor.
+const SECOND_FACTOR_PAGE: bool = true;

@@ -165,7 +165,10 @@ async fn a_passkey_signs_in_without_a_captcha_after_the_address_failed_three_tim
     let (mut device, _) = register(&app, &browser, "key").await;
     let stranger = app.new_browser();
     for _ in 0..3 {
-        assert_eq!(app.login_with(&stranger, "alice", "wrong password entirely").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login_with(&stranger, "alice", "wrong password entirely").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     let form = stranger.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
     assert!(form.contains("name=\"captcha\""), "the password form now demands a captcha");
@@ -308,4 +311,73 @@ async fn without_a_host_name_there_is_no_passkey_button_and_no_script() {
     assert!(!resp.text().await.unwrap().contains("passkey"));
     let csrf = app.login_csrf(&app.client).await;
     assert_eq!(begin_sign_in(&app, &app.client, &csrf).await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Password, then the passkey at `/login/second-factor`: the second page's response.
+async fn password_then_passkey(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    name: &str,
+    device: &mut Device,
+) -> reqwest::Response {
+    let resp = app.login_with(browser, name, GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/login/second-factor", "a user with a passkey owes a second factor");
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert_eq!(csp, portcullis::routes::PASSKEY_CSP, "the second-factor page has a passkey button");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Use a passkey"), "{page}");
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let begin = browser
+        .post(app.url("/login/second-factor/passkey/begin"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begin.status(), StatusCode::OK);
+    let options = json(begin).await;
+    let allowed = options["publicKey"]["allowCredentials"].as_array().unwrap().len();
+    assert!(allowed >= 1, "only the user's own passkeys are offered: {options}");
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let credential = match device.soft.do_authentication(origin(app), rcr) {
+        Ok(answer) => serde_json::to_string(&answer).unwrap(),
+        // Not a passkey of this user's: answer with it anyway, as a stolen key would.
+        Err(_) => "{}".to_string(),
+    };
+    browser
+        .post(app.url("/login/second-factor"))
+        .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_passkey_is_the_second_factor_after_the_right_password() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    app.logout_with(&browser).await;
+    let resp = password_then_passkey(&app, &browser, "alice", &mut device).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/");
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), StatusCode::OK);
+    assert!(factors_of(&app, "alice").await.contains(&Factors::Two));
+}
+
+#[tokio::test]
+async fn another_users_passkey_is_a_wrong_second_factor_and_counted() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let (_alices, _) = register(&app, &alice, "alice's").await;
+    let mallory = signed_in_browser(&app, "mallory").await;
+    let (mut mallorys, _) = register(&app, &mallory, "mallory's").await;
+    let thief = app.new_browser();
+    let resp = password_then_passkey(&app, &thief, "alice", &mut mallorys).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("not accepted"));
+    let fail = app.log_lines().into_iter().find(|l| l["reason"] == "bad_second_factor").expect("logged");
+    assert_eq!(fail["username"], "alice");
+    assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "no session from it");
 }

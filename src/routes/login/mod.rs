@@ -3,6 +3,7 @@
 
 pub mod get;
 pub mod post;
+pub mod second_factor;
 
 use askama::Template;
 use poem::http::{header, HeaderValue, StatusCode};

@@ -10,6 +10,7 @@ use super::{Form, GENERIC_FAILURE};
 use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::PRELOGIN_COOKIE;
+use crate::factors::MFA_COOKIE;
 use crate::password::Password;
 use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
@@ -53,11 +54,25 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         prelogin: prelogin.as_deref(),
         captcha: &form.captcha,
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
+        next: super::safe_next(form.next.as_deref()),
     };
     let next = super::safe_next(form.next.as_deref());
     match state.sign_in.attempt(attempt).await {
-        Ok(Outcome::SignedIn { token }) => {
-            let mut resp = see_other(next.unwrap_or("/"));
+        Ok(Outcome::SecondFactorNeeded { pending }) => {
+            let mut resp = see_other(super::second_factor::PATH);
+            let lifetime = crate::factors::PENDING_LIFETIME.as_secs();
+            let h = resp.headers_mut();
+            for cookie in [cookies::set(MFA_COOKIE, &pending.encode(), Some(lifetime)), cookies::clear(PRELOGIN_COOKIE)]
+            {
+                if let Ok(v) = cookie.parse() {
+                    h.append(header::SET_COOKIE, v);
+                }
+            }
+            resp
+        }
+        Ok(Outcome::SignedIn { token, must_enrol }) => {
+            // The `second_factor` policy: enrol first, then go on.
+            let mut resp = see_other(if must_enrol { "/account" } else { next.unwrap_or("/") });
             let h = resp.headers_mut();
             for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(PRELOGIN_COOKIE)] {
                 if let Ok(v) = cookie.parse() {
@@ -117,7 +132,7 @@ pub(crate) async fn refused(
 }
 
 /// An error and its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

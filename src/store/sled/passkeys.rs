@@ -182,8 +182,12 @@ impl PasskeyStore for SledStore {
     }
 
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
-        let record =
-            CeremonyRecord { kind: c.kind, user_key: c.user_key.clone(), state: c.state.clone(), expires_at: c.expires_at };
+        let record = CeremonyRecord {
+            kind: c.kind,
+            user_key: c.user_key.clone(),
+            state: c.state.clone(),
+            expires_at: c.expires_at,
+        };
         self.ceremonies()?.insert(key, encode(&record)?)?;
         self.durable(()).await
     }

@@ -1,0 +1,207 @@
+//! The factor key: 32 random bytes in `data_dir/factor.key`, outside the store, under which
+//! TOTP secrets are sealed (AES-256-GCM) and recovery codes are hashed (HMAC-SHA-256). A copy
+//! of the store (a sled directory without this file, or a PostgreSQL dump) therefore gives
+//! neither the codes an authenticator app computes nor a way to test recovery-code guesses
+//! offline (OWASP ASVS 4.0 §6.4.1: keys apart from the data they protect).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// The file name in `data_dir`.
+pub const KEY_FILE: &str = "factor.key";
+
+/// Sealed-secret format version (the first byte of every sealed value).
+const VERSION: u8 = 1;
+/// Bytes of the key id after the version byte: tells "another key" from "damaged".
+const KEY_ID_LEN: usize = 4;
+
+/// Why the factor key or a sealed value cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or create the factor key {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the factor key {0} is not 64 hexadecimal digits")]
+    Malformed(PathBuf),
+    #[error("a second factor was sealed under another factor key: every instance needs the same data_dir/factor.key")]
+    OtherKey,
+    #[error("a sealed second factor is damaged")]
+    Damaged,
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
+}
+
+/// The factor key and the subkeys derived from it.
+pub struct FactorKey {
+    seal: LessSafeKey,
+    recovery: Zeroizing<[u8; 32]>,
+    id: [u8; KEY_ID_LEN],
+}
+
+impl std::fmt::Debug for FactorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FactorKey({:02x?})", self.id)
+    }
+}
+
+/// HMAC-SHA-256 of `parts` (each length-prefixed, so no two lists collide) under `key`.
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC takes keys of any length: `new_from_slice` cannot fail.
+    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(key) else { return [0; 32] };
+    for p in parts {
+        m.update(&(p.len() as u64).to_be_bytes());
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+impl FactorKey {
+    /// The key from 32 bytes.
+    pub fn from_bytes(master: &[u8; 32]) -> Self {
+        let seal_key = Zeroizing::new(mac(master, &[b"portcullis totp seal v1"]));
+        let recovery = Zeroizing::new(mac(master, &[b"portcullis recovery codes v1"]));
+        let digest = Sha256::digest([&b"portcullis factor key id\0"[..], master].concat());
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        // AES-256 takes any 32-byte key: this cannot fail.
+        let unbound = UnboundKey::new(&AES_256_GCM, &seal_key[..]).unwrap_or_else(|_| unreachable!());
+        FactorKey { seal: LessSafeKey::new(unbound), recovery, id }
+    }
+
+    /// Reads `dir/factor.key`, creating it (mode 0600, 32 random bytes as hex) when absent.
+    ///
+    /// # Errors
+    /// [`KeyError::Io`] when the file cannot be read or written, [`KeyError::Malformed`] when
+    /// it does not hold 64 hex digits, [`KeyError::Random`] when no random bytes are to be had.
+    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(KEY_FILE);
+        let io = |source| KeyError::Io { path: path.clone(), source };
+        crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let mut master = Zeroizing::new([0u8; 32]);
+        crate::random::fill(&mut master[..])?;
+        let hex = Zeroizing::new(master.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        // create_new: of two first starts, one writes and the other reads what it wrote.
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(mut f) => {
+                f.write_all(format!("{}\n", hex.as_str()).as_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Ok(Self::from_bytes(&master))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(&path).map_err(io)?;
+                Self::parse(&text).ok_or(KeyError::Malformed(path))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut master = Zeroizing::new([0u8; 32]);
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            master[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self::from_bytes(&master))
+    }
+
+    /// Seals `secret` for `user_key` (the user is the associated data, so a sealed secret
+    /// moved to another user's record does not open): version, key id, nonce, ciphertext.
+    ///
+    /// # Errors
+    /// [`KeyError::Random`] when no nonce can be drawn.
+    pub fn seal(&self, user_key: &str, secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        crate::random::fill(&mut nonce)?;
+        let mut buf = secret.to_vec();
+        self.seal
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(user_key.as_bytes()), &mut buf)
+            .map_err(|_| KeyError::Damaged)?;
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + buf.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        zeroize::Zeroize::zeroize(&mut buf);
+        Ok(out)
+    }
+
+    /// Opens what [`FactorKey::seal`] sealed for `user_key`.
+    ///
+    /// # Errors
+    /// [`KeyError::OtherKey`] when it was sealed under another factor key, [`KeyError::Damaged`]
+    /// when it does not open.
+    pub fn open(&self, user_key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let head = 1 + KEY_ID_LEN + NONCE_LEN;
+        if sealed.len() < head || sealed[0] != VERSION {
+            return Err(KeyError::Damaged);
+        }
+        if sealed[1..1 + KEY_ID_LEN] != self.id {
+            return Err(KeyError::OtherKey);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1 + KEY_ID_LEN..head]).map_err(|_| KeyError::Damaged)?;
+        let mut buf = Zeroizing::new(sealed[head..].to_vec());
+        let len = self
+            .seal
+            .open_in_place(nonce, Aad::from(user_key.as_bytes()), &mut buf)
+            .map_err(|_| KeyError::Damaged)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// The keyed hash a recovery code is stored as (HMAC-SHA-256 under a subkey, over the
+    /// user and the normalised code): without the key file, stolen hashes cannot be tested.
+    pub fn recovery_hash(&self, user_key: &str, code: &str) -> [u8; 32] {
+        mac(&self.recovery[..], &[user_key.as_bytes(), code.as_bytes()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_secret_opens_only_for_its_user_under_its_key() {
+        let key = FactorKey::from_bytes(&[7; 32]);
+        let sealed = key.seal("alice", b"twenty bytes secret!").unwrap();
+        assert_eq!(&key.open("alice", &sealed).unwrap()[..], b"twenty bytes secret!");
+        assert!(!sealed.windows(6).any(|w| w == b"twenty"), "the secret is not in clear");
+        assert!(matches!(key.open("bob", &sealed), Err(KeyError::Damaged)));
+        let other = FactorKey::from_bytes(&[8; 32]);
+        assert!(matches!(other.open("alice", &sealed), Err(KeyError::OtherKey)));
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(key.open("alice", &flipped), Err(KeyError::Damaged)));
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = FactorKey::load_or_create(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = FactorKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.id, b.id);
+        std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
+        assert!(matches!(FactorKey::load_or_create(dir.path()), Err(KeyError::Malformed(_))));
+    }
+}

@@ -1,0 +1,279 @@
+//! Second factors: what a user can prove besides the password, and the checks of each.
+//! [`FactorKind`] names the kinds (the log's `kind`), [`Proof`] is what a client offers at
+//! `/login/second-factor`, and [`SecondFactors`] checks a proof against the store (each TOTP
+//! step and each recovery code is accepted once) and manages enrolment. NIST SP 800-63B §5.1.4
+//! (single-factor OTP devices) and §5.1.2 (look-up secrets) are the rules followed.
+
+pub mod key;
+pub mod recovery;
+pub mod totp;
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::audit::FailureReason;
+use crate::session::SessionToken;
+use crate::store::{now_ms, FactorSummary, PendingSignIn, Store, StoreError, TokenHash, TotpFactor, User};
+pub use key::{FactorKey, KeyError};
+
+/// The cookie that carries a pending two-step sign-in between the password and the second
+/// factor (`__Host-`: this origin only, Secure, Path=/).
+pub const MFA_COOKIE: &str = "__Host-portcullis-mfa";
+
+/// How long a pending two-step sign-in lasts (SPEC.md: 5 minutes).
+pub const PENDING_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// A kind of second factor, as logged (`mfa_added`/`mfa_removed` `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactorKind {
+    /// An authenticator app (RFC 6238).
+    Totp,
+    /// A set of single-use recovery codes.
+    RecoveryCodes,
+    /// A passkey (WebAuthn, user-verified): see [`crate::passkeys`].
+    Passkey,
+}
+
+impl FactorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactorKind::Totp => "totp",
+            FactorKind::RecoveryCodes => "recovery_codes",
+            FactorKind::Passkey => "passkey",
+        }
+    }
+}
+
+/// What a client offers as its second factor. Holds a secret: no `Debug`.
+pub enum Proof {
+    /// A TOTP code as typed or pasted.
+    Totp(Zeroizing<String>),
+    /// A recovery code as typed.
+    RecoveryCode(Zeroizing<String>),
+    /// A passkey's answer (`PublicKeyCredential` JSON) to the ceremony bound to the browser's
+    /// `__Host-portcullis-webauthn` cookie (its value, if sent).
+    Passkey { ceremony: Option<String>, credential: String },
+}
+
+impl Proof {
+    /// The proof a form's fields make: `code` (the one-time-code input; a recovery code typed
+    /// there is read as one) or `recovery_code`. `None` when both are empty.
+    pub fn from_fields(code: &str, recovery_code: &str) -> Option<Proof> {
+        if !recovery_code.trim().is_empty() {
+            return Some(Proof::RecoveryCode(Zeroizing::new(recovery_code.to_string())));
+        }
+        let code = code.trim();
+        if code.is_empty() {
+            None
+        } else if totp::normalise_code(code).is_none() && recovery::normalise(code).is_some() {
+            Some(Proof::RecoveryCode(Zeroizing::new(code.to_string())))
+        } else {
+            Some(Proof::Totp(Zeroizing::new(code.to_string())))
+        }
+    }
+}
+
+/// What a proof came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted(FactorKind),
+    /// Refused, with the log's reason (`bad_second_factor` or `reused_code`).
+    Refused(FailureReason),
+}
+
+/// Why a proof could not be judged or a factor not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum FactorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot make a TOTP secret or QR code: {0}")]
+    Totp(#[from] totp::TotpError),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
+}
+
+impl FactorError {
+    /// Whether the store could not be used (answer 503, fail closed).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, FactorError::Store(e) if e.is_unavailable()) || matches!(self, FactorError::Random(_))
+    }
+}
+
+/// The second-factor service: checks and enrolment, over the store and the factor key.
+#[derive(Clone)]
+pub struct SecondFactors {
+    store: Store,
+    key: Arc<FactorKey>,
+    /// Checks passkey proofs; `None` (no passkey proof accepted) until set.
+    passkeys: Option<crate::passkeys::Passkeys>,
+}
+
+impl SecondFactors {
+    pub fn new(store: Store, key: Arc<FactorKey>) -> Self {
+        SecondFactors { store, key, passkeys: None }
+    }
+
+    /// The same service, checking passkey proofs with `passkeys`.
+    pub fn with_passkeys(mut self, passkeys: crate::passkeys::Passkeys) -> Self {
+        self.passkeys = Some(passkeys);
+        self
+    }
+
+    /// What factors the user has.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn summary(&self, user_key: &str) -> Result<FactorSummary, StoreError> {
+        let mut summary = self.store.factors.summary(user_key).await?;
+        summary.passkeys = self.store.passkeys.passkeys_of(user_key).await?.len();
+        Ok(summary)
+    }
+
+    /// Checks `proof` for `user_key` at `now_secs` and uses it up when accepted (a TOTP step
+    /// is accepted once, RFC 6238 §5.2; a recovery code once, NIST SP 800-63B §5.1.2.2).
+    ///
+    /// # Errors
+    /// [`FactorError`] when the store cannot be used or the secret cannot be opened.
+    pub async fn verify(&self, user_key: &str, proof: &Proof, now_secs: u64) -> Result<Verdict, FactorError> {
+        let bad = Verdict::Refused(FailureReason::BadSecondFactor);
+        match proof {
+            Proof::Totp(code) => {
+                let Some(stored) = self.store.factors.totp(user_key).await? else { return Ok(bad) };
+                let secret = self.key.open(user_key, &stored.sealed_secret)?;
+                let Some(step) = totp::check(&secret, code, now_secs) else { return Ok(bad) };
+                if self.store.factors.use_totp_step(user_key, step).await? {
+                    Ok(Verdict::Accepted(FactorKind::Totp))
+                } else {
+                    Ok(Verdict::Refused(FailureReason::ReusedCode))
+                }
+            }
+            Proof::RecoveryCode(code) => {
+                let Some(code) = recovery::normalise(code).map(Zeroizing::new) else { return Ok(bad) };
+                let hash = self.key.recovery_hash(user_key, &code);
+                if self.store.factors.use_recovery_code(user_key, &hash).await? {
+                    Ok(Verdict::Accepted(FactorKind::RecoveryCodes))
+                } else {
+                    Ok(bad)
+                }
+            }
+            Proof::Passkey { ceremony, credential } => {
+                let Some(passkeys) = &self.passkeys else { return Ok(bad) };
+                // The ceremony is taken (one use) and the counter noted inside; any refusal
+                // (no ceremony, another user's passkey, a bad signature) is a wrong factor.
+                match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
+                    Ok(_) => Ok(Verdict::Accepted(FactorKind::Passkey)),
+                    Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "passkey refused as a second factor");
+                        Ok(bad)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Enrols `secret` as the user's authenticator if `code` is valid for it now; the code's
+    /// step counts as used. Returns whether it was enrolled (`false`: wrong code, or no user).
+    ///
+    /// # Errors
+    /// [`FactorError`] when the store cannot be used.
+    pub async fn enrol_totp(&self, user_key: &str, secret: &[u8], code: &str) -> Result<bool, FactorError> {
+        let now = now_ms();
+        let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(false) };
+        let sealed = self.key.seal(user_key, secret)?;
+        if !self.store.factors.set_totp(user_key, &TotpFactor { sealed_secret: sealed, created_at: now }).await? {
+            return Ok(false);
+        }
+        // The enrolment code cannot sign in afterwards (its step, or a later one, is taken).
+        self.store.factors.use_totp_step(user_key, step).await?;
+        Ok(true)
+    }
+
+    /// Removes the user's authenticator app; when no other second factor is left the recovery
+    /// codes go too (they stand in for a factor the user no longer has). Returns whether there
+    /// was one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be used.
+    pub async fn remove_totp(&self, user_key: &str) -> Result<bool, StoreError> {
+        let removed = self.store.factors.remove_totp(user_key).await?;
+        if !self.summary(user_key).await?.has_second_factor() {
+            self.store.factors.set_recovery_codes(user_key, &[]).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Makes a new set of recovery codes for the user (the old ones are void) and returns them
+    /// to be shown once; `None` if no such user.
+    ///
+    /// # Errors
+    /// [`FactorError`] when no random bytes can be had or the store cannot be used.
+    pub async fn new_recovery_codes(&self, user_key: &str) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
+        let codes = recovery::generate()?;
+        let hashes: Vec<[u8; 32]> =
+            codes.iter().filter_map(|c| recovery::normalise(c)).map(|c| self.key.recovery_hash(user_key, &c)).collect();
+        Ok(self.store.factors.set_recovery_codes(user_key, &hashes).await?.then_some(codes))
+    }
+}
+
+impl SecondFactors {
+    /// Starts a two-step sign-in for `user` (whose password was just verified): a pending
+    /// sign-in in the store, under the hash of the returned token (the cookie's value).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write or no random token can be made.
+    pub async fn begin(&self, user: &User, next: Option<&str>) -> Result<SessionToken, StoreError> {
+        let token = SessionToken::generate()?;
+        let now = now_ms();
+        let pending = PendingSignIn {
+            user_key: user.key.clone(),
+            password_changed_at: user.password_changed_at,
+            created_at: now,
+            expires_at: now.saturating_add(PENDING_LIFETIME.as_millis() as u64),
+            next: next.map(str::to_string),
+        };
+        self.store.factors.insert_pending(&token.hash(), &pending).await?;
+        Ok(token)
+    }
+
+    /// The pending sign-in a cookie value names, if it is one, unexpired, and its user still
+    /// exists, is enabled and has the password that was checked (otherwise it is removed).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn pending(&self, cookie: &str) -> Result<Option<(TokenHash, PendingSignIn, User)>, StoreError> {
+        let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
+        let hash = token.hash();
+        let Some(pending) = self.store.factors.pending(&hash).await? else { return Ok(None) };
+        let user = self.store.users.get(&pending.user_key).await?;
+        let valid = pending.expires_at > now_ms();
+        match user {
+            Some(u) if valid && !u.disabled && u.password_changed_at == pending.password_changed_at => {
+                Ok(Some((hash, pending, u)))
+            }
+            _ => {
+                self.store.factors.take_pending(&hash).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends a pending sign-in; `true` for the one caller that ended it (single use).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write.
+    pub async fn finish(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        self.store.factors.take_pending(hash).await
+    }
+
+    /// Removes pending sign-ins past their lifetime; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write.
+    pub async fn purge(&self) -> Result<usize, StoreError> {
+        self.store.factors.purge_pending(now_ms()).await
+    }
+}

@@ -1,0 +1,70 @@
+//! Recovery codes: ten single-use codes shown once, for when the authenticator is lost. Each
+//! is 10 characters from a 32-letter alphabet (50 bits), shown as `xxxxx-xxxxx`, and kept only
+//! as a keyed hash (`FactorKey::recovery_hash`): online guessing meets the sign-in quotas,
+//! and offline guessing needs the key file as well as the store.
+
+use zeroize::Zeroizing;
+
+/// How many codes a set has.
+pub const COUNT: usize = 10;
+/// Characters per code.
+const LEN: usize = 10;
+/// Digits and lower-case letters without i, l, o, u (read alike, or rude words).
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// A new set of codes, as shown (`xxxxx-xxxxx`).
+///
+/// # Errors
+/// [`crate::random::RandomError`] when the random source fails.
+pub fn generate() -> Result<Vec<Zeroizing<String>>, crate::random::RandomError> {
+    let mut codes = Vec::with_capacity(COUNT);
+    for _ in 0..COUNT {
+        let mut bytes = Zeroizing::new([0u8; LEN]);
+        crate::random::fill(&mut bytes[..])?;
+        let mut code = Zeroizing::new(String::with_capacity(LEN + 1));
+        for (i, b) in bytes.iter().enumerate() {
+            if i == LEN / 2 {
+                code.push('-');
+            }
+            // 256 is a multiple of 32: taking the low five bits is uniform.
+            code.push(ALPHABET[usize::from(b & 31)] as char);
+        }
+        codes.push(code);
+    }
+    Ok(codes)
+}
+
+/// A code as typed, in the form it is hashed in, if it can be one: case, spaces and dashes
+/// ignored, and the letters people type for the missing ones read as what they look like.
+pub fn normalise(typed: &str) -> Option<String> {
+    let code: String = typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| match c.to_ascii_lowercase() {
+            'i' | 'l' => '1',
+            'o' => '0',
+            'u' => 'v',
+            c => c,
+        })
+        .collect();
+    (code.len() == LEN && code.bytes().all(|b| ALPHABET.contains(&b))).then_some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_ten_distinct_and_read_back_however_typed() {
+        let codes = generate().unwrap();
+        assert_eq!(codes.len(), COUNT);
+        let mut seen: Vec<String> = codes.iter().map(|c| normalise(c).unwrap()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), COUNT);
+        let first = codes[0].as_str();
+        assert_eq!(normalise(&first.to_uppercase().replace('-', " ")), normalise(first));
+        assert_eq!(normalise("O1234-5678L").as_deref(), Some("0123456781"));
+        assert_eq!(normalise("12345"), None);
+    }
+}

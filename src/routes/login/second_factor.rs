@@ -1,0 +1,216 @@
+//! `/login/second-factor`: the second step of a sign-in for a user with a second factor.
+//! `GET` shows the form (one code field that takes a pasted code, and a recovery code), bound
+//! to the pending sign-in named by the `__Host-portcullis-mfa` cookie; `POST` asks the sign-in
+//! service ([`crate::sign_in::SignIn::second_step`]) and renders its outcome: 303 with the
+//! session cookie (two factors) on success, the form again with 401 for a wrong or reused
+//! code, and 303 to `/login` when there is no pending sign-in to finish.
+
+use askama::Template;
+use poem::http::{header, HeaderValue, StatusCode};
+use poem::{handler, Body, Request, Response};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::audit::FailureReason;
+use crate::factors::{Proof, MFA_COOKIE};
+use crate::routes::{error_page, html, read_form, see_other, State};
+use crate::session::{SessionToken, SESSION_COOKIE};
+use crate::sign_in::{SecondAttempt, StepOutcome};
+use crate::{client, cookies};
+
+/// The route.
+pub const PATH: &str = "/login/second-factor";
+
+#[derive(Template)]
+#[template(path = "second_factor.html")]
+struct SecondFactorPage<'a> {
+    csrf: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+    /// The pending sign-in is over: only a link back to `/login`.
+    restart: bool,
+    /// The user has a passkey: offer it (and load `static/passkey.js`).
+    passkey: bool,
+}
+
+/// The form as posted. (The codes are wiped on drop.)
+#[derive(Deserialize)]
+pub struct SecondFactorForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub recovery_code: String,
+    /// A passkey's answer (JSON), from `static/passkey.js`.
+    #[serde(default)]
+    pub credential: String,
+}
+
+impl Drop for SecondFactorForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.code);
+        zeroize::Zeroize::zeroize(&mut self.recovery_code);
+    }
+}
+
+/// To `/login`, forgetting the pending sign-in's cookie.
+fn restart() -> Response {
+    let mut resp = see_other("/login");
+    if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[handler]
+pub async fn show(req: &Request, state: State<'_>) -> Response {
+    let Some(cookie) = cookies::get(req, MFA_COOKIE) else { return restart() };
+    match state.factors.pending(&cookie).await {
+        Ok(Some((hash, _, user))) => {
+            let passkey = match has_passkey(&state, &user.key).await {
+                Ok(p) => p,
+                Err(resp) => return resp,
+            };
+            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, passkey)
+        }
+        Ok(None) => restart(),
+        Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
+    }
+}
+
+/// Whether the user can use a passkey here (has one, and passkeys are on).
+// The error is the very response the handler returns at once.
+#[allow(clippy::result_large_err)]
+async fn has_passkey(state: &AppState, user_key: &str) -> Result<bool, Response> {
+    if !state.passkeys.enabled() {
+        return Ok(false);
+    }
+    state.passkeys.has_any(user_key).await.map_err(|e| match e {
+        crate::passkeys::PasskeyError::Store(e) => crate::routes::store_error(&e, "could not list passkeys"),
+        _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
+    })
+}
+
+fn render(
+    state: &AppState,
+    hash: &[u8; 32],
+    username: &str,
+    status: StatusCode,
+    error: Option<&str>,
+    restart: bool,
+    passkey: bool,
+) -> Response {
+    let csrf = state.csrf.session_token(hash);
+    let username = crate::text::printable(username);
+    let resp = html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey });
+    if passkey {
+        crate::routes::passkeys::with_passkey_script(resp)
+    } else {
+        resp
+    }
+}
+
+#[handler]
+pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: SecondFactorForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let client = client::client(req, &state.settings.trusted_proxies);
+    let cookie = cookies::get(req, MFA_COOKIE);
+    let attempt = SecondAttempt {
+        client: &client,
+        pending: cookie.as_deref(),
+        csrf: &form.csrf,
+        proof: if form.credential.is_empty() {
+            Proof::from_fields(&form.code, &form.recovery_code)
+        } else {
+            let ceremony = cookies::get(req, crate::passkeys::CEREMONY_COOKIE);
+            Some(Proof::Passkey { ceremony, credential: form.credential.clone() })
+        },
+        previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
+    };
+    let outcome = match state.sign_in.second_step(attempt).await {
+        Ok(o) => o,
+        Err(e) => {
+            if e.is_worth_logging() {
+                tracing::error!(error = %super::post::error_chain(&e), "second factor not judged");
+            }
+            return error_page(if e.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            });
+        }
+    };
+    match outcome {
+        StepOutcome::SignedIn { token, next } => {
+            let next = super::safe_next(next.as_deref()).unwrap_or("/");
+            let mut resp = see_other(next);
+            let h = resp.headers_mut();
+            for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(MFA_COOKIE)] {
+                if let Ok(v) = cookie.parse() {
+                    h.append(header::SET_COOKIE, v);
+                }
+            }
+            resp
+        }
+        StepOutcome::Restart => restart(),
+        StepOutcome::Refused { refusal, restart: over } => {
+            let (status, message) = match refusal.reason {
+                FailureReason::RateLimited => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Too many attempts. Please wait {} and try again.",
+                        humantime::format_duration(std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1)))
+                    ),
+                ),
+                FailureReason::Csrf => (
+                    StatusCode::FORBIDDEN,
+                    "This form has expired or was not sent from this site. Please try again.".to_string(),
+                ),
+                FailureReason::CaptchaRequired => (
+                    StatusCode::UNAUTHORIZED,
+                    "Too many wrong attempts. Please sign in again with your password.".to_string(),
+                ),
+                _ if !form.credential.is_empty() => {
+                    (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
+                }
+                _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
+                    (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
+                }
+                _ => (StatusCode::UNAUTHORIZED, "That code is not right, or was already used.".to_string()),
+            };
+            // The page needs the pending sign-in's name and token binding: read it again (a
+            // refusal never ends it, except past the captcha threshold).
+            let pending = match &cookie {
+                Some(c) if !over => match state.factors.pending(c).await {
+                    Ok(p) => p,
+                    Err(e) => return crate::routes::store_error(&e, "could not read a pending sign-in"),
+                },
+                _ => None,
+            };
+            let mut resp = match pending {
+                Some((hash, _, user)) => {
+                    let passkey = match has_passkey(&state, &user.key).await {
+                        Ok(p) => p,
+                        Err(resp) => return resp,
+                    };
+                    render(&state, &hash, &user.display_name, status, Some(&message), false, passkey)
+                }
+                None => {
+                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, false);
+                    if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
+                        r.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                    r
+                }
+            };
+            if let Some(secs) = refusal.retry_after {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            resp
+        }
+    }
+}
