@@ -215,7 +215,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         // A passkey sign-in never asks for another factor.
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
-            tracing::error!(error = %e, "passkey sign-in not judged");
+            tracing::error!(error = %super::login::post::error_chain(&e), "passkey sign-in not judged");
             error_page(if e.is_unavailable() {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {

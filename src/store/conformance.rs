@@ -82,6 +82,7 @@ pub async fn run(harness: &mut dyn Harness) {
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
+    every_failure_reason_can_be_recorded(&harness.fresh().await).await;
     passkeys_round_trip_and_belong_to_their_user(&harness.fresh().await).await;
     passkey_counters_only_move_forward(&harness.fresh().await).await;
     ceremonies_are_taken_once_and_expire(&harness.fresh().await).await;
@@ -91,6 +92,18 @@ pub async fn run(harness: &mut dyn Harness) {
     let secret = write_everything(&store).await;
     let store = harness.reopen(store).await;
     everything_written_is_there(&store, secret).await;
+}
+
+/// Every reason the code can give is one the engine accepts (a SQL CHECK that lags behind
+/// `FailureReason::ALL` would turn a refusal into a 503).
+async fn every_failure_reason_can_be_recorded(store: &Store) {
+    for (i, reason) in FailureReason::ALL.into_iter().enumerate() {
+        let record = failure(100 + i as u64, "192.0.2.1", "eve", reason);
+        store.failures.append(&record, "eve", None).await.unwrap_or_else(|e| panic!("failures: {reason:?}: {e}"));
+    }
+    let reasons: Vec<_> =
+        store.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r.reason).collect();
+    assert_eq!(reasons.len(), FailureReason::ALL.len(), "failures: one record per reason");
 }
 
 /// A passkey record for tests: credential id `id`, owned by `user_key`, made at `created_at`.

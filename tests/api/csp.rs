@@ -23,6 +23,7 @@ const WITHOUT: &[&str] = &[
     "/no-such-page",
     "/logout",
     "/login/passkey",
+    "/login/second-factor",
     "/account/passkeys/begin",
 ];
 

@@ -27,6 +27,7 @@ mod lookalikes;
 mod memory;
 mod notices;
 mod passkeys;
+mod passkeys_pg;
 mod password_policy;
 mod pg;
 mod pg_app;

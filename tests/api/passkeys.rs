@@ -22,7 +22,7 @@ use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse};
 
 use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
 
-async fn json(resp: reqwest::Response) -> serde_json::Value {
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&resp.text().await.unwrap()).unwrap()
 }
 
@@ -54,7 +54,7 @@ pub struct Device {
     user_handle: Vec<u8>,
 }
 
-async fn signed_in_browser(app: &TestApp, name: &str) -> reqwest::Client {
+pub async fn signed_in_browser(app: &TestApp, name: &str) -> reqwest::Client {
     app.add_user(name, GOOD_PASSWORD, false).await;
     let browser = app.new_browser();
     assert_eq!(app.login_with(&browser, name, GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
@@ -67,7 +67,7 @@ async fn account_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
 }
 
 /// Registers a passkey named `name` for the browser's user; returns the device and the answer.
-async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (Device, reqwest::Response) {
+pub async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (Device, reqwest::Response) {
     let csrf = account_csrf(app, browser).await;
     let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(begin.status(), StatusCode::OK);
@@ -93,17 +93,17 @@ async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (Devi
 }
 
 /// The login form's CSRF token for `browser`.
-async fn login_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
+pub async fn login_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
     app.login_csrf(browser).await
 }
 
 /// Begins a passkey sign-in; the options (status 200) or the refusal.
-async fn begin_sign_in(app: &TestApp, browser: &reqwest::Client, csrf: &str) -> reqwest::Response {
+pub async fn begin_sign_in(app: &TestApp, browser: &reqwest::Client, csrf: &str) -> reqwest::Response {
     browser.post(app.url("/login/passkey/begin")).form(&[("csrf", csrf)]).send().await.unwrap()
 }
 
 /// The device's answer to `options`, as a browser's JSON.
-fn assert_with(app: &TestApp, device: &mut Device, mut options: serde_json::Value) -> String {
+pub fn assert_with(app: &TestApp, device: &mut Device, mut options: serde_json::Value) -> String {
     let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
     options["publicKey"]["allowCredentials"] = serde_json::json!([{ "type": "public-key", "id": id }]);
     let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
@@ -125,11 +125,11 @@ async fn sign_in(app: &TestApp, browser: &reqwest::Client, device: &mut Device) 
     finish(app, browser, &csrf, &credential).await
 }
 
-async fn finish(app: &TestApp, browser: &reqwest::Client, csrf: &str, credential: &str) -> reqwest::Response {
+pub async fn finish(app: &TestApp, browser: &reqwest::Client, csrf: &str, credential: &str) -> reqwest::Response {
     browser.post(app.url("/login/passkey")).form(&[("csrf", csrf), ("credential", credential)]).send().await.unwrap()
 }
 
-async fn factors_of(app: &TestApp, user: &str) -> Vec<Factors> {
+pub async fn factors_of(app: &TestApp, user: &str) -> Vec<Factors> {
     app.state.sessions.list(user).await.unwrap().into_iter().map(|s| s.record.factors).collect()
 }
 

@@ -25,3 +25,11 @@ CREATE TABLE IF NOT EXISTS webauthn_ceremonies (
     expires_at_ms bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webauthn_ceremonies_by_expiry ON webauthn_ceremonies (expires_at_ms);
+
+-- The failure reason of a refused passkey sign-in. The list is whole (the second factor's
+-- reasons of 0005 included), so this file stands alone whatever order it is applied in
+-- after 0005.
+ALTER TABLE failures DROP CONSTRAINT IF EXISTS failures_reason_check;
+ALTER TABLE failures ADD CONSTRAINT failures_reason_check CHECK (reason IN ('unknown_user',
+    'bad_password', 'captcha_required', 'bad_captcha', 'rate_limited', 'csrf', 'disabled',
+    'bad_second_factor', 'reused_code', 'bad_passkey'));

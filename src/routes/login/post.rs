@@ -132,7 +132,7 @@ pub(crate) async fn refused(
 }
 
 /// An error and its sources, on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
