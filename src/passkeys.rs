@@ -184,7 +184,7 @@ impl Passkeys {
                 Uuid::from_bytes(b)
             }
         };
-        let exclude: Vec<_> = existing.iter().map(|p| p.id.clone().into()).collect();
+        let exclude: Vec<_> = existing.iter().map(|p| p.id.clone()).collect();
         let (ccr, state): (CreationChallengeResponse, PasskeyRegistration) = webauthn
             .start_passkey_registration(handle, &user.display_name, &user.display_name, Some(exclude))
             .map_err(|e| PasskeyError::Rejected(e.to_string()))?;

@@ -59,28 +59,24 @@ impl SignIn {
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
         let judged = Judged { service: self, client, username: "", digest: username_digest("") };
-        if let Some(refused) = self.gate(&judged, csrf, prelogin).await? {
+        if let Some(refused) = self.address_quota(&judged).await? {
             return Ok(BeginOutcome::Refused(refused));
+        }
+        if self.valid_prelogin(csrf, prelogin, now_ms()).await?.is_none() {
+            return Ok(BeginOutcome::Refused(refusal(judged.refuse(FailureReason::Csrf, None, false).await)?));
         }
         let begun = passkeys.begin_sign_in().await.map_err(store("could not begin a passkey sign-in"))?;
         Ok(BeginOutcome::Begun(begun))
     }
 
-    /// The per-address quota and CSRF, refusing (recorded) when either fails.
-    async fn gate(
-        &self,
-        judged: &Judged<'_>,
-        csrf: &str,
-        prelogin: Option<&str>,
-    ) -> Result<Option<super::Refusal>, SignInError> {
-        let now = now_ms();
+    /// The per-address quota (every attempt counts, before any store lookup), refusing
+    /// (recorded) when it is used up.
+    async fn address_quota(&self, judged: &Judged<'_>) -> Result<Option<super::Refusal>, SignInError> {
         if let Some(rate) = self.per_address {
-            if let Err(wait) = self.state.take(QuotaKey::Address(judged.client.key()), rate, now).await? {
-                return refusal(judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await);
+            if let Err(wait) = self.state.take(QuotaKey::Address(judged.client.key()), rate, now_ms()).await? {
+                let refused = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+                return Ok(Some(refusal(refused)?));
             }
-        }
-        if self.valid_prelogin(csrf, prelogin, now).await?.is_none() {
-            return refusal(judged.refuse(FailureReason::Csrf, None, false).await);
         }
         Ok(None)
     }
@@ -104,13 +100,17 @@ impl SignIn {
     /// As [`SignIn::attempt`].
     #[tracing::instrument(name = "sign_in_passkey", skip_all)]
     pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
+        let anonymous = Judged { service: self, client: a.client, username: "", digest: username_digest("") };
+        if let Some(refused) = self.address_quota(&anonymous).await? {
+            return Ok(Outcome::Refused(refused));
+        }
         let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
         let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
         let digest = username_digest(&user_key);
         let judged = Judged { service: self, client: a.client, username: &user_key, digest };
-        if let Some(refused) = self.gate(&judged, a.csrf, a.prelogin).await? {
-            return Ok(Outcome::Refused(refused));
-        }
+        let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
         let address = a.client.key();
         if claimed.is_some() {
             if let Some(rate) = self.per_username {
@@ -140,11 +140,8 @@ impl SignIn {
             Err(source) => return Err(SignInError::Store { what: "could not read the passkey's user", source }),
         };
         // The form signs in once, as for a password.
-        let now = now_ms();
-        if let Some(pre) = self.valid_prelogin(a.csrf, a.prelogin, now).await? {
-            if !self.state.retire(pre.id(), pre.expires_at().saturating_mul(1000), now).await? {
-                return judged.refuse(FailureReason::Csrf, None, false).await;
-            }
+        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
         }
         let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
         if let Some(old) = &a.previous_session {
@@ -173,9 +170,12 @@ impl SignIn {
     }
 }
 
-fn refusal(outcome: Result<Outcome, SignInError>) -> Result<Option<super::Refusal>, SignInError> {
+/// The refusal `Judged::refuse` answered (it answers nothing else).
+fn refusal(outcome: Result<Outcome, SignInError>) -> Result<super::Refusal, SignInError> {
     match outcome? {
-        Outcome::Refused(r) => Ok(Some(r)),
-        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => Ok(None),
+        Outcome::Refused(r) => Ok(r),
+        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => {
+            Err(SignInError::Unexpected(anyhow::anyhow!("a refusal was not a refusal")))
+        }
     }
 }

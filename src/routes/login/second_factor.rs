@@ -31,6 +31,8 @@ struct SecondFactorPage<'a> {
     restart: bool,
     /// The user has a passkey: offer it (and load `static/passkey.js`).
     passkey: bool,
+    /// The user has an authenticator app: ask for its code.
+    totp: bool,
 }
 
 /// The form as posted. (The codes are wiped on drop.)
@@ -68,28 +70,24 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
     let Some(cookie) = cookies::get(req, MFA_COOKIE) else { return restart() };
     match state.factors.pending(&cookie).await {
         Ok(Some((hash, _, user))) => {
-            let passkey = match has_passkey(&state, &user.key).await {
-                Ok(p) => p,
+            let offers = match offers(&state, &user.key).await {
+                Ok(o) => o,
                 Err(resp) => return resp,
             };
-            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, passkey)
+            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers)
         }
         Ok(None) => restart(),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
     }
 }
 
-/// Whether the user can use a passkey here (has one, and passkeys are on).
+/// What the page offers the user: (an authenticator app, a passkey when passkeys are on).
 // The error is the very response the handler returns at once.
 #[allow(clippy::result_large_err)]
-async fn has_passkey(state: &AppState, user_key: &str) -> Result<bool, Response> {
-    if !state.passkeys.enabled() {
-        return Ok(false);
-    }
-    state.passkeys.has_any(user_key).await.map_err(|e| match e {
-        crate::passkeys::PasskeyError::Store(e) => crate::routes::store_error(&e, "could not list passkeys"),
-        _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
-    })
+async fn offers(state: &AppState, user_key: &str) -> Result<(bool, bool), Response> {
+    let summary =
+        state.factors.summary(user_key).await.map_err(|e| crate::routes::store_error(&e, "could not read factors"))?;
+    Ok((summary.totp, summary.passkeys > 0 && state.passkeys.enabled()))
 }
 
 fn render(
@@ -99,11 +97,11 @@ fn render(
     status: StatusCode,
     error: Option<&str>,
     restart: bool,
-    passkey: bool,
+    (totp, passkey): (bool, bool),
 ) -> Response {
     let csrf = state.csrf.session_token(hash);
     let username = crate::text::printable(username);
-    let resp = html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey });
+    let resp = html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp });
     if passkey {
         crate::routes::passkeys::with_passkey_script(resp)
     } else {
@@ -193,14 +191,14 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             };
             let mut resp = match pending {
                 Some((hash, _, user)) => {
-                    let passkey = match has_passkey(&state, &user.key).await {
-                        Ok(p) => p,
+                    let offers = match offers(&state, &user.key).await {
+                        Ok(o) => o,
                         Err(resp) => return resp,
                     };
-                    render(&state, &hash, &user.display_name, status, Some(&message), false, passkey)
+                    render(&state, &hash, &user.display_name, status, Some(&message), false, offers)
                 }
                 None => {
-                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, false);
+                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, (false, false));
                     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
                         r.headers_mut().append(header::SET_COOKIE, v);
                     }
