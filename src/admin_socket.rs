@@ -34,6 +34,8 @@ pub enum Request {
     UserUnlock { name: String },
     UserDisable { name: String },
     UserEnable { name: String },
+    UserFactors { name: String },
+    UserResetFactors { name: String },
     Audit { filters: FilterArgs, summary: bool },
 }
 
@@ -55,6 +57,8 @@ impl std::fmt::Debug for Request {
             Request::UserUnlock { name } => write!(f, "UserUnlock({name:?})"),
             Request::UserDisable { name } => write!(f, "UserDisable({name:?})"),
             Request::UserEnable { name } => write!(f, "UserEnable({name:?})"),
+            Request::UserFactors { name } => write!(f, "UserFactors({name:?})"),
+            Request::UserResetFactors { name } => write!(f, "UserResetFactors({name:?})"),
             Request::Audit { summary, .. } => write!(f, "Audit(summary={summary})"),
         }
     }
@@ -95,6 +99,18 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         Request::UserEnable { name } => {
             users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
         }
+        Request::UserFactors { name } => users.factors(name).await.map(|(n, f)| {
+            format!(
+                "{n}: authenticator app: {}; recovery codes left: {}; passkeys: {}",
+                if f.totp { "yes" } else { "no" },
+                f.recovery_codes,
+                f.passkeys
+            )
+        }),
+        Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
+            let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
+            format!("second factors of {n} reset ({removed} removed); {ended} session(s) ended")
+        }),
         Request::UserList => {
             return match users.list().await {
                 Ok(users) => Response::Users { users },

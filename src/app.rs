@@ -244,6 +244,16 @@ impl Application {
         }
         let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
             .context("cannot open the factor key (data_dir/factor.key)")?;
+        // A key that does not open the store's second factors (an instance started without
+        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
+        if let Some((user, totp)) = services.store.factors.any_totp().await? {
+            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
+                anyhow::bail!(
+                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
+                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+                );
+            }
+        }
         let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
         let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
         let rp_id = crate::passkeys::rp_id(settings.webauthn_rp_id.as_deref(), &origin)

@@ -137,4 +137,25 @@ impl Authenticator {
         }
         Ok(user)
     }
+
+    /// Whether `password` is `user_key`'s current password (for a change of password: the
+    /// same check as a sign-in, on the hash pool, but no sign-in is recorded). An unknown user
+    /// is checked against the dummy, so it costs the same.
+    ///
+    /// # Errors
+    /// [`AuthError::Overloaded`] when the pool is full, [`AuthError::Store`] when the store
+    /// cannot answer.
+    #[tracing::instrument(name = "verify_current", skip_all)]
+    pub async fn verify_current(&self, user_key: &str, password: Password) -> Result<bool, AuthError> {
+        if password.char_count() > MAX_PASSWORD_CHARS {
+            return Ok(false);
+        }
+        let credential = self.store.users.credential(user_key).await?;
+        let phc = match &credential {
+            Some(c) => Some(c.password_hash.clone()),
+            None => self.dummy_for_unknown().await?,
+        };
+        let verified = self.pool.verify(password, phc).await?;
+        Ok(credential.is_some() && verified.valid)
+    }
 }

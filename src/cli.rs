@@ -105,6 +105,10 @@ pub enum UserCommand {
     Disable { name: String },
     /// Let a disabled user sign in again
     Enable { name: String },
+    /// List the user's second factors (authenticator app, recovery codes, passkeys)
+    Factors { name: String },
+    /// Remove all the user's second factors and end their sessions (a lost phone)
+    ResetFactors { name: String },
 }
 
 /// `--<key-with-dashes> VALUE` for every setting.
@@ -244,6 +248,8 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Unlock { name } => (Request::UserUnlock { name }, false),
         UserCommand::Disable { name } => (Request::UserDisable { name }, false),
         UserCommand::Enable { name } => (Request::UserEnable { name }, false),
+        UserCommand::Factors { name } => (Request::UserFactors { name }, false),
+        UserCommand::ResetFactors { name } => (Request::UserResetFactors { name }, false),
     };
     match ask(&settings, &request).await? {
         Response::Done { message } => {

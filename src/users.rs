@@ -9,7 +9,7 @@ use crate::domain::{Username, UsernameError};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
 use crate::session::Sessions;
-use crate::store::{now_ms, Store, StoreError, User};
+use crate::store::{now_ms, FactorSummary, Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -158,9 +158,28 @@ impl UserAdmin {
         Ok(ended)
     }
 
-    /// Deletes the user and ends their sessions, durably.
+    /// The user's second factors (what `user factors` prints), with the stored name.
+    pub async fn factors(&self, name: &str) -> Result<(String, FactorSummary), UserError> {
+        let (username, record) = self.existing(name).await?;
+        Ok((record.display_name, self.store.factors.summary(username.key()).await?))
+    }
+
+    /// Removes every second factor of the user and ends their sessions, durably (a lost phone:
+    /// the user signs in with the password alone, then enrols again). Returns the stored name,
+    /// what was removed, and how many sessions ended.
+    pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
+        let (username, record) = self.existing(name).await?;
+        let removed = self.store.factors.clear(username.key()).await?;
+        let ended = self.sessions.end_all(username.key(), None).await?;
+        self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
+        Ok((record.display_name, removed, ended))
+    }
+
+    /// Deletes the user (with their second factors) and ends their sessions, durably.
     pub async fn delete(&self, name: &str, by: &str) -> Result<usize, UserError> {
         let (username, record) = self.existing(name).await?;
+        // Factors first: a user re-created under this name must not inherit them.
+        self.store.factors.clear(username.key()).await?;
         self.store.users.delete(username.key()).await?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });

@@ -31,6 +31,12 @@ pub enum Notice {
     NoSuchUser,
     /// *Sign out everywhere else* ended this many sessions.
     SessionsEnded { count: usize },
+    /// `POST /account/password` changed the password, ending this many other sessions.
+    PasswordChanged { ended: usize },
+    /// An authenticator app was turned on.
+    TotpEnabled,
+    /// The authenticator app was removed.
+    TotpRemoved,
 }
 
 impl Notice {
@@ -42,6 +48,11 @@ impl Notice {
             }
             Notice::NoSuchUser => "No such user to unlock.".to_string(),
             Notice::SessionsEnded { count } => format!("Signed out of {count} other session(s)."),
+            Notice::PasswordChanged { ended } => {
+                format!("Your password is changed. {ended} other session(s) were signed out.")
+            }
+            Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
+            Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
         }
     }
 

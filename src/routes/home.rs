@@ -5,18 +5,32 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 
-use super::logout::CsrfForm;
 use crate::audit::{rfc3339, AuthEvent};
 use crate::routes::flash::{self, Notice};
-use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+use crate::routes::{current_session, enrolled_session, error_page, html, read_form, see_other, State};
 use crate::text::printable;
 
-struct SessionView {
-    created: String,
-    last_seen: String,
-    ip: String,
-    user_agent: String,
-    current: bool,
+pub(super) struct SessionView {
+    pub created: String,
+    pub last_seen: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub current: bool,
+}
+
+/// The user's sessions as the pages show them, newest first.
+pub(super) fn session_views(sessions: Vec<crate::store::StoredSession>, current: &[u8; 32]) -> Vec<SessionView> {
+    sessions
+        .into_iter()
+        .map(|s| SessionView {
+            created: rfc3339(s.record.created_at),
+            last_seen: rfc3339(s.record.last_seen_at),
+            ip: s.record.ip,
+            // Invisible and control characters shown as escapes, as on every other page.
+            user_agent: printable(&s.record.user_agent).into_owned(),
+            current: &s.token_hash == current,
+        })
+        .collect()
 }
 
 #[derive(Template)]
@@ -31,7 +45,7 @@ struct HomePage<'a> {
 
 #[handler]
 pub async fn home(req: &Request, state: State<'_>) -> Response {
-    let session = match current_session(req, &state).await {
+    let session = match enrolled_session(req, &state).await {
         Ok(Some(session)) => session,
         Ok(None) => return see_other("/login"),
         Err(resp) => return resp,
@@ -40,17 +54,7 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(e) => return crate::routes::store_error(&e, "could not list sessions"),
     };
-    let views = sessions
-        .into_iter()
-        .map(|s| SessionView {
-            created: rfc3339(s.record.created_at),
-            last_seen: rfc3339(s.record.last_seen_at),
-            ip: s.record.ip,
-            // Invisible and control characters shown as escapes, as on every other page.
-            user_agent: printable(&s.record.user_agent).into_owned(),
-            current: s.token_hash == session.token_hash,
-        })
-        .collect();
+    let views = session_views(sessions, &session.token_hash);
     // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
     let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
     let csrf = state.csrf.session_token(&session.token_hash);
@@ -68,9 +72,18 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
     flash::cleared(req, page)
 }
 
+/// *Sign out everywhere else*, from the home page or `/account` (`from=account`: back there).
+#[derive(serde::Deserialize)]
+pub struct EndOthersForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub from: String,
+}
+
 #[handler]
 pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> Response {
-    let form: CsrfForm = match read_form(req, body).await {
+    let form: EndOthersForm = match read_form(req, body).await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -89,7 +102,8 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 count,
                 by: &session.user.display_name,
             });
-            Notice::SessionsEnded { count }.attach(&state.csrf, &session.token_hash, see_other("/"))
+            let back = if form.from == "account" { "/account" } else { "/" };
+            Notice::SessionsEnded { count }.attach(&state.csrf, &session.token_hash, see_other(back))
         }
         Err(e) => crate::routes::store_error(&e, "could not end sessions"),
     }

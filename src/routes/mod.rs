@@ -2,6 +2,7 @@
 //! helpers the handlers share. Handlers call the domain (sessions, authentication, users);
 //! none of them touches the store directly.
 
+mod account;
 mod admin;
 mod flash;
 mod health;
@@ -37,6 +38,11 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
             allowing("GET, HEAD, POST", get(login::second_factor::show).post(login::second_factor::submit)),
         )
         .at("/logout", allowing(POST, post(logout::logout)))
+        .at("/account", allowing(GET, get(account::show)))
+        .at("/account/password", allowing(POST, post(account::password::change)))
+        .at("/account/totp", allowing("GET, HEAD, POST", get(account::totp::enrol).post(account::totp::confirm)))
+        .at("/account/totp/remove", allowing(POST, post(account::totp::remove)))
+        .at("/account/recovery-codes", allowing(POST, post(account::totp::new_recovery_codes)))
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
         .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))
@@ -264,6 +270,31 @@ fn parameters_tidied(value: &str) -> String {
 pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
     let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
     state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
+}
+
+/// The signed-in session for a page other than `/account`, or the response to send instead:
+/// like [`current_session`], and a 303 to `/account` while the `second_factor` policy wants a
+/// second factor this user has not enrolled (SPEC.md: "can use nothing else until they
+/// enrol one").
+#[allow(clippy::result_large_err)]
+pub async fn enrolled_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
+    let Some(session) = current_session(req, state).await? else { return Ok(None) };
+    match must_enrol(state, &session.user).await {
+        Ok(false) => Ok(Some(session)),
+        Ok(true) => Err(see_other("/account")),
+        Err(e) => Err(store_error(&e, "could not read the user's second factors")),
+    }
+}
+
+/// Whether the `second_factor` policy wants a second factor `user` does not have.
+///
+/// # Errors
+/// [`crate::store::StoreError`] when the store cannot say.
+pub async fn must_enrol(state: &AppState, user: &crate::store::User) -> Result<bool, crate::store::StoreError> {
+    if !state.settings.second_factor.requires(user.admin) {
+        return Ok(false);
+    }
+    Ok(!state.factors.summary(&user.key).await?.has_second_factor())
 }
 
 /// State extractor shorthand.

@@ -3,7 +3,8 @@
 //! with the `__Host-portcullis-webauthn` cookie; the page then posts the browser's answer as an
 //! ordinary form field, so a finish is a normal form post (CSRF, 303, error pages).
 //! - `POST /login/passkey/begin`, `POST /login/passkey`: discoverable sign-in from `/login`.
-//! - `GET /account/passkeys`: the user's passkeys (also included on `/account`).
+//! - `GET /account/passkeys`: the passkeys section alone (it is also on `/account`); errors of
+//!   the forms below are shown there.
 //! - `POST /account/passkeys/begin`, `POST /account/passkeys`: register one, with a name.
 //! - `POST /account/passkeys/rename`, `POST /account/passkeys/remove`.
 
@@ -23,8 +24,8 @@ use crate::sign_in::{BeginOutcome, Outcome, PasskeyAttempt};
 use crate::text::printable;
 use crate::{client, cookies};
 
-/// Where the account's passkey list lives (after any change, the browser goes back there).
-pub const ACCOUNT_PASSKEYS: &str = "/account/passkeys";
+/// Where the browser goes after a change: the account page's passkeys section.
+pub const ACCOUNT_PASSKEYS: &str = "/account#passkeys-heading";
 
 /// Largest credential JSON accepted from a browser, in bytes (well under the form cap).
 const MAX_CREDENTIAL_JSON: usize = 12 * 1024;

@@ -510,8 +510,10 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     let totp = TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 5 };
     assert!(!f.set_totp("nobody", &totp).await.unwrap(), "factors: no TOTP for an unknown user");
     assert!(!f.set_recovery_codes("nobody", &[[1; 32]]).await.unwrap());
+    assert!(f.any_totp().await.unwrap().is_none(), "factors: nobody has TOTP yet");
     assert!(f.set_totp("alice", &totp).await.unwrap());
     assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: TOTP round trip");
+    assert_eq!(f.any_totp().await.unwrap(), Some(("alice".to_string(), totp.clone())), "factors: any_totp");
     assert!(f.summary("alice").await.unwrap().has_second_factor());
 
     // A step is accepted once, and never one earlier than the latest.

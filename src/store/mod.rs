@@ -387,6 +387,9 @@ pub trait FactorStore: Send + Sync {
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>>;
     /// Enrols (or replaces) the user's TOTP authenticator; `false` if no such user.
     async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool>;
+    /// Some user's TOTP authenticator, if any user has one (to check at start that the factor
+    /// key opens what the store holds).
+    async fn any_totp(&self) -> Result<Option<(String, TotpFactor)>>;
     /// Removes the user's TOTP authenticator; returns whether there was one.
     async fn remove_totp(&self, user_key: &str) -> Result<bool>;
     /// Records that the TOTP time step `step` (RFC 6238 §4: `T`) was used, if it is later than

@@ -535,6 +535,23 @@ impl FactorStore for PgStore {
             .map(|r| TotpFactor { sealed_secret: r.get(0), created_at: unms(r.get::<_, Option<i64>>(1).unwrap_or(0)) }))
     }
 
+    async fn any_totp(&self) -> Result<Option<(String, TotpFactor)>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT user_key, totp_sealed, totp_created_at_ms FROM second_factors
+                 WHERE totp_sealed IS NOT NULL LIMIT 1",
+                &[],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let factor =
+                TotpFactor { sealed_secret: r.get(1), created_at: unms(r.get::<_, Option<i64>>(2).unwrap_or(0)) };
+            (r.get(0), factor)
+        }))
+    }
+
     async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
         let n = self
             .client()

@@ -906,6 +906,21 @@ impl FactorStore for SledStore {
         Ok(self.factor_record(user_key)?.totp.map(|t| TotpFactor { sealed_secret: t.sealed, created_at: t.created_at }))
     }
 
+    async fn any_totp(&self) -> Result<Option<(String, TotpFactor)>> {
+        self.blocking(|s| {
+            for kv in s.factors.iter() {
+                let (k, v) = kv?;
+                let Ok(record) = decode::<FactorRecord>(&v) else { continue };
+                if let Some(t) = record.totp {
+                    let user = String::from_utf8_lossy(&k).into_owned();
+                    return Ok(Some((user, TotpFactor { sealed_secret: t.sealed, created_at: t.created_at })));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
         if !self.user_exists(user_key)? {
             return Ok(false);

@@ -7,11 +7,12 @@ use crate::helpers::GOOD_PASSWORD;
 use crate::passkeys::passkey_app;
 
 /// Pages that have a passkey button, and so may load `/static/passkey.js`.
-const WITH_PASSKEY_BUTTON: &[&str] = &["/login", "/login?next=/account/passkeys", "/account/passkeys"];
+const WITH_PASSKEY_BUTTON: &[&str] = &["/login", "/login?next=/account/passkeys", "/account", "/account/passkeys"];
 
 /// Every other GET route, and error pages.
 const WITHOUT: &[&str] = &[
     "/",
+    "/account/totp",
     "/admin/failed-logins",
     "/admin/failed-logins?reason=bad_passkey",
     "/healthz",

@@ -6,7 +6,24 @@ use portcullis::store::FailureQuery;
 use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
 
 /// Every route that takes a form.
-const POST_ROUTES: &[&str] = &["/login", "/logout", "/sessions/end-others", "/admin/unlock"];
+const POST_ROUTES: &[&str] = &[
+    "/login",
+    "/logout",
+    "/sessions/end-others",
+    "/admin/unlock",
+    "/login/second-factor",
+    "/account/password",
+    "/account/totp",
+    "/account/totp/remove",
+    "/account/recovery-codes",
+    "/login/passkey",
+    "/login/passkey/begin",
+    "/login/second-factor/passkey/begin",
+    "/account/passkeys",
+    "/account/passkeys/begin",
+    "/account/passkeys/rename",
+    "/account/passkeys/remove",
+];
 
 /// Body types that are not a form this server reads (`None`: no Content-Type at all).
 const NOT_FORMS: &[Option<&str>] = &[
@@ -102,6 +119,19 @@ async fn every_405_lists_the_methods_its_route_has_in_allow() {
         ("/sessions/end-others", &["POST"]),
         ("/admin/failed-logins", &["GET", "HEAD"]),
         ("/admin/unlock", &["POST"]),
+        ("/login/second-factor", &["GET", "HEAD", "POST"]),
+        ("/account", &["GET", "HEAD"]),
+        ("/account/password", &["POST"]),
+        ("/account/totp", &["GET", "HEAD", "POST"]),
+        ("/account/totp/remove", &["POST"]),
+        ("/account/recovery-codes", &["POST"]),
+        ("/login/passkey", &["POST"]),
+        ("/login/passkey/begin", &["POST"]),
+        ("/login/second-factor/passkey/begin", &["POST"]),
+        ("/account/passkeys", &["GET", "HEAD", "POST"]),
+        ("/account/passkeys/begin", &["POST"]),
+        ("/account/passkeys/rename", &["POST"]),
+        ("/account/passkeys/remove", &["POST"]),
         ("/healthz", &["GET", "HEAD"]),
         ("/static/style.css", &["GET", "HEAD"]),
     ];

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against the real server over real TLS on
 //! port 0 with a temporary store (see `helpers::spawn_app`).
 
+mod account;
 mod admin_review;
 mod browser;
 mod brute_force;
@@ -13,6 +14,7 @@ mod csp;
 mod descriptors;
 mod disk;
 mod exhaustion;
+mod factors_pg;
 mod fuzz_props;
 mod hash_upgrade;
 mod helpers;
@@ -43,6 +45,7 @@ mod store_postgres;
 mod store_seam;
 mod terminal;
 mod tls;
+mod totp;
 mod user_enumeration;
 
 #[global_allocator]

@@ -87,17 +87,17 @@ try {
   check(page.url() === `${base}/`, `after the password: ${page.url()}`);
 
   step('register a passkey on the account page');
-  await page.goto(`${base}/account/passkeys`);
-  await shoot(page, 'account-passkeys-empty');
+  await page.goto(`${base}/account`);
+  await shoot(page, 'account-empty');
   const add = page.locator('form[data-passkey="create"] button[type=submit]');
   await add.waitFor({ state: 'visible' });
   await page.fill('#passkey-name', 'Virtual authenticator');
-  await Promise.all([page.waitForURL(`${base}/account/passkeys`, { waitUntil: 'load' }), add.click()]);
+  await Promise.all([page.waitForURL(`${base}/account#passkeys-heading`, { waitUntil: 'load' }), add.click()]);
   await page.waitForSelector('text=Virtual authenticator');
   check(await page.locator('.passkey-list li').count() === 1, 'one passkey listed');
   const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
   check(credentials.length === 1 && credentials[0].isResidentCredential, 'one resident credential on the authenticator');
-  await shoot(page, 'account-passkeys');
+  await shoot(page, 'account');
 
   step('sign out');
   await signOut(page);

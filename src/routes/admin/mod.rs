@@ -8,14 +8,14 @@ use poem::http::StatusCode;
 use poem::{Request, Response};
 
 use crate::app::AppState;
-use crate::routes::{current_session, error_page, see_other};
+use crate::routes::{enrolled_session, error_page, see_other};
 use crate::session::ActiveSession;
 
 /// The signed-in administrator, or the response to send instead.
 // The error is the very response the handler returns at once; boxing it gains nothing.
 #[allow(clippy::result_large_err)]
 async fn require_admin(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
-    let Some(session) = current_session(req, state).await? else {
+    let Some(session) = enrolled_session(req, state).await? else {
         let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let next = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
         return Err(see_other(&format!("/login?{next}")));

@@ -1,0 +1,103 @@
+//! `/account`: the signed-in user's own page: sessions (with *sign out everywhere else*), a
+//! password change ([`password`]), the authenticator app and recovery codes ([`totp`]), and
+//! the passkeys section (`templates/account_passkeys.html`, its routes in `routes::passkeys`).
+//! Every action is a plain form with a CSRF token bound to the session; adding a passkey
+//! needs `static/passkey.js`, so when passkeys are on the page has `PASSKEY_CSP`.
+
+pub mod password;
+pub mod totp;
+
+use askama::Template;
+use poem::http::StatusCode;
+use poem::{handler, Request, Response};
+
+use super::home::{session_views, SessionView};
+use crate::audit::rfc3339;
+use crate::routes::flash;
+use crate::routes::{current_session, html, see_other, store_error, State};
+use crate::session::ActiveSession;
+use crate::store::FactorSummary;
+use crate::text::printable;
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    sessions: Vec<SessionView>,
+    notice: Option<String>,
+    /// The password form's error, shown beside it.
+    password_error: Option<&'a str>,
+    factors: FactorSummary,
+    /// When the authenticator app was set up (RFC 3339), if it is.
+    totp_since: Option<String>,
+    /// The `second_factor` policy wants a factor this user lacks.
+    must_enrol: bool,
+    /// The passkeys section (`templates/account_passkeys.html`).
+    passkeys: Vec<crate::routes::passkeys::PasskeyView>,
+    passkeys_enabled: bool,
+    passkey_error: Option<&'a str>,
+}
+
+#[handler]
+pub async fn show(req: &Request, state: State<'_>) -> Response {
+    let session = match current_session(req, &state).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return see_other("/login?next=/account"),
+        Err(resp) => return resp,
+    };
+    let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
+    let page = render(&state, &session, StatusCode::OK, notice, None).await;
+    flash::cleared(req, page)
+}
+
+/// The page for `session`, with `status`, a notice and the password form's error.
+pub(super) async fn render(
+    state: &crate::app::AppState,
+    session: &ActiveSession,
+    status: StatusCode,
+    notice: Option<String>,
+    password_error: Option<&str>,
+) -> Response {
+    let user = &session.user;
+    let sessions = match state.sessions.list(&user.key).await {
+        Ok(s) => s,
+        Err(e) => return store_error(&e, "could not list sessions"),
+    };
+    let factors = match state.factors.summary(&user.key).await {
+        Ok(f) => f,
+        Err(e) => return store_error(&e, "could not read the user's second factors"),
+    };
+    let totp_since = match state.store.factors.totp(&user.key).await {
+        Ok(t) => t.map(|t| rfc3339(t.created_at)),
+        Err(e) => return store_error(&e, "could not read the user's authenticator"),
+    };
+    let passkeys = match crate::routes::passkeys::views(state, &user.key).await {
+        Ok(v) => v,
+        Err(crate::passkeys::PasskeyError::Store(e)) => return store_error(&e, "could not list passkeys"),
+        Err(_) => Vec::new(),
+    };
+    let passkeys_enabled = state.passkeys.enabled();
+    let csrf = state.csrf.session_token(&session.token_hash);
+    let page = html(
+        status,
+        &AccountPage {
+            username: &printable(&user.display_name),
+            csrf: &csrf,
+            sessions: session_views(sessions, &session.token_hash),
+            notice,
+            password_error,
+            factors,
+            totp_since,
+            must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),
+            passkeys,
+            passkeys_enabled,
+            passkey_error: None,
+        },
+    );
+    if passkeys_enabled {
+        crate::routes::passkeys::with_passkey_script(page)
+    } else {
+        page
+    }
+}

@@ -1,0 +1,138 @@
+//! `POST /account/password`: a user changes their own password (SPEC.md, "Second factors and
+//! the account page"). The current password is checked on the hash pool like a sign-in and
+//! counts like one: it spends the per-username quota, and a wrong one is a recorded
+//! `bad_password` failure that counts toward the captcha threshold, so a stolen session
+//! cannot be used to guess the password faster than the login form allows. Success ends every
+//! other session and gives this browser a new token (OWASP ASVS 4.0 §3.3.3, §3.2.1).
+
+use poem::http::{header, HeaderValue, StatusCode};
+use poem::{handler, Body, Request, Response};
+use serde::Deserialize;
+
+use crate::audit::FailureReason;
+use crate::authentication::AuthError;
+use crate::brute_force::QuotaKey;
+use crate::password::Password;
+use crate::rate_limit::username_digest;
+use crate::routes::flash::Notice;
+use crate::routes::{current_session, error_page, read_form, see_other, State};
+use crate::session::SESSION_COOKIE;
+use crate::store::now_ms;
+use crate::users::UserError;
+use crate::{client, cookies};
+
+/// The form as posted; the passwords are wiped on drop.
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub current: String,
+    #[serde(default)]
+    pub new: String,
+    #[serde(default)]
+    pub repeat: String,
+}
+
+impl Drop for PasswordForm {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.current);
+        zeroize::Zeroize::zeroize(&mut self.new);
+        zeroize::Zeroize::zeroize(&mut self.repeat);
+    }
+}
+
+#[handler]
+pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: PasswordForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match current_session(req, &state).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return see_other("/login"),
+        Err(resp) => return resp,
+    };
+    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
+        return error_page(StatusCode::FORBIDDEN);
+    }
+    let again = |status, message: &'static str| {
+        let session = session.clone();
+        let state = state.0.clone();
+        async move { super::render(&state, &session, status, None, Some(message)).await }
+    };
+    if form.new != form.repeat {
+        return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
+    }
+    let user = &session.user;
+    let client = client::client(req, &state.settings.trusted_proxies);
+    let digest = username_digest(&user.key);
+    let now = now_ms();
+    if let Some(rate) = state.settings.login_quota_per_user {
+        match state.brute_force.take(QuotaKey::Username(digest), rate, now).await {
+            Ok(Ok(())) => {}
+            Ok(Err(wait)) => {
+                let mut resp =
+                    again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.").await;
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.retry_after_secs()));
+                return resp;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the brute-force state");
+                return error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        }
+    }
+    match state.auth.verify_current(&user.key, Password::new(&form.current)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Counted and recorded like a wrong password at the login form.
+            let counted = match state.brute_force.record_failure(client.key(), digest, now_ms()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot count a failed password check");
+                    return error_page(StatusCode::SERVICE_UNAVAILABLE);
+                }
+            };
+            let recorded = state
+                .audit
+                .record_failure(&user.display_name, &client, FailureReason::BadPassword, counted.reached_threshold)
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "cannot record a failed password check");
+                return error_page(StatusCode::SERVICE_UNAVAILABLE);
+            }
+            return again(StatusCode::UNAUTHORIZED, "Your current password is not right.").await;
+        }
+        Err(AuthError::Overloaded) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
+        Err(AuthError::Store(e)) => return crate::routes::store_error(&e, "could not check the password"),
+        Err(e) => {
+            tracing::error!(error = %e, "password check failed");
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+    // Ends every session of the user (this one too) and logs `authn_password_change`.
+    let ended = match state.users.set_password(&user.display_name, Password::new(&form.new), &user.display_name).await {
+        Ok(n) => n,
+        Err(UserError::WeakPassword(why)) => {
+            let message = format!("Please choose another new password: {why}.");
+            return super::render(&state, &session, StatusCode::BAD_REQUEST, None, Some(&message)).await;
+        }
+        Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
+        Err(UserError::Hashing(_)) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => {
+            tracing::error!(error = %e, "password change failed");
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    // This browser goes on with a new token, as many factors as before.
+    let token = match state.sessions.create(&user.key, session.record.factors, client.ip, &client.user_agent).await {
+        Ok(t) => t,
+        Err(e) => return crate::routes::store_error(&e, "could not create a session"),
+    };
+    let mut resp = see_other("/account");
+    if let Ok(v) = cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Notice::PasswordChanged { ended: ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
+}

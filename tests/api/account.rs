@@ -1,0 +1,248 @@
+//! `/account` over real HTTPS: the page, the password change (the current password counted
+//! like a sign-in, weak or mismatched new ones refused, other sessions ended and this one
+//! rotated), the `second_factor` policy's redirects, removing the authenticator app, and the
+//! `user factors` / `user reset-factors` commands through a running server's admin socket.
+
+use portcullis::audit::FailureReason;
+use portcullis::factors::totp;
+use portcullis::store::{now_ms, FailureQuery};
+
+use crate::child;
+use crate::helpers::{cookie_value, hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
+
+const NEW_PASSWORD: &str = "marble orchard quietly 4471";
+
+async fn account_page(app: &TestApp, browser: &reqwest::Client) -> String {
+    let resp = browser.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+async fn change(app: &TestApp, browser: &reqwest::Client, current: &str, new: &str, repeat: &str) -> reqwest::Response {
+    let csrf = hidden_field(&account_page(app, browser).await, "csrf").unwrap();
+    browser
+        .post(app.url("/account/password"))
+        .form(&[("csrf", csrf.as_str()), ("current", current), ("new", new), ("repeat", repeat)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A signed-in browser for `name`.
+async fn signed_in(app: &TestApp, name: &str) -> reqwest::Client {
+    let b = app.new_browser();
+    assert_eq!(app.login_with(&b, name, GOOD_PASSWORD).await.status(), 303);
+    b
+}
+
+/// Enrols an authenticator app for the signed-in `browser`; returns the secret.
+async fn enrol(app: &TestApp, browser: &reqwest::Client) -> Vec<u8> {
+    let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let b32 = hidden_field(&page, "secret").unwrap();
+    let secret = totp::from_base32(&b32).unwrap().to_vec();
+    let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
+    let form = [
+        ("csrf", hidden_field(&page, "csrf").unwrap()),
+        ("secret", b32),
+        ("tag", hidden_field(&page, "tag").unwrap()),
+        ("code", code),
+    ];
+    assert_eq!(browser.post(app.url("/account/totp")).form(&form).send().await.unwrap().status(), 200);
+    secret
+}
+
+#[tokio::test]
+async fn the_account_page_is_for_signed_in_users_and_the_home_page_links_to_it() {
+    let app = spawn_app().await;
+    let resp = app.new_browser().get(app.url("/account")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login?next=/account");
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    let home = alice.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("href=\"/account\""), "{home}");
+    let resp = alice.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    // (The CSP is the passkey work's to judge: a passkey button may bring `script-src 'self'`.)
+    let page = resp.text().await.unwrap();
+    for needle in [
+        "action=\"/account/password\"",
+        "name=\"current\"",
+        "name=\"new\"",
+        "name=\"repeat\"",
+        "Authenticator app",
+        "Passkeys",
+        "Recovery codes",
+        "this browser",
+        "<label for=\"current\">",
+        "<label for=\"new\">",
+        "<label for=\"repeat\">",
+    ] {
+        assert!(page.contains(needle), "{needle} missing from /account");
+    }
+    assert!(!page.contains("<script>"), "never an inline script");
+}
+
+#[tokio::test]
+async fn a_wrong_current_password_is_401_counted_and_recorded_like_a_failed_sign_in() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_user =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) })
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await; // one unit of the quota
+    let resp = change(&app, &alice, "not my password", NEW_PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("current password is not right"));
+    let records = app.records(FailureQuery { user_key: Some("alice".into()), ..FailureQuery::default() }).await;
+    assert_eq!(records.iter().map(|r| r.reason).collect::<Vec<_>>(), [FailureReason::BadPassword]);
+    assert!(app.log_lines().iter().any(|l| l["event"] == "authn_login_fail" && l["reason"] == "bad_password"));
+    assert_eq!(change(&app, &alice, "still wrong", NEW_PASSWORD, NEW_PASSWORD).await.status(), 401);
+    let resp = change(&app, &alice, GOOD_PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(resp.status(), 429, "the per-username quota is spent by the checks");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(!app.log_text().contains("not my password"));
+}
+
+#[tokio::test]
+async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    let resp = change(&app, &alice, GOOD_PASSWORD, NEW_PASSWORD, "something else entirely").await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("differ"));
+    let resp = change(&app, &alice, GOOD_PASSWORD, "short", "short").await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("too short"));
+    let resp = change(&app, &alice, GOOD_PASSWORD, "password1234567890", "password1234567890").await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "unchanged");
+}
+
+#[tokio::test]
+async fn a_password_change_ends_the_other_sessions_and_rotates_this_one() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    let other = signed_in(&app, "alice").await;
+    let before = app.state.sessions.list("alice").await.unwrap();
+    assert_eq!(before.len(), 2);
+    let resp = change(&app, &alice, GOOD_PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/account");
+    let token = cookie_value(&resp, "__Host-portcullis").expect("a fresh session cookie");
+    let after = app.state.sessions.list("alice").await.unwrap();
+    assert_eq!(after.len(), 1, "only this browser's new session");
+    assert!(before.iter().all(|b| b.token_hash != after[0].token_hash), "the session token is new");
+    assert!(app.state.sessions.resolve(&token).await.unwrap().is_some());
+    assert_eq!(other.get(app.url("/")).send().await.unwrap().status(), 303, "the other browser is signed out");
+    let page = account_page(&app, &alice).await;
+    assert!(page.contains("Your password is changed"), "the notice");
+    let log = app.log_lines();
+    assert!(log
+        .iter()
+        .any(|l| l["event"] == "authn_password_change" && l["username"] == "alice" && l["by"] == "alice"));
+    assert!(!app.log_text().contains(NEW_PASSWORD));
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
+    assert_eq!(app.login_with(&app.new_browser(), "alice", NEW_PASSWORD).await.status(), 303);
+}
+
+#[tokio::test]
+async fn with_second_factor_all_a_user_without_one_can_use_only_the_account_page_until_enrolled() {
+    let app = spawn_app_with(|s| s.second_factor = portcullis::config::SecondFactorPolicy::All).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = app.new_browser();
+    let resp = app.login_with(&alice, "alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/account", "sent to enrol right after signing in");
+    for path in ["/", "/admin/failed-logins"] {
+        let resp = alice.get(app.url(path)).send().await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/account"), "{path}");
+    }
+    let page = account_page(&app, &alice).await;
+    assert!(page.contains("requires a second factor"));
+    enrol(&app, &alice).await;
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 200, "enrolled: free to go");
+}
+
+#[tokio::test]
+async fn with_second_factor_admins_only_administrators_are_sent_to_enrol() {
+    let app = spawn_app_with(|s| s.second_factor = portcullis::config::SecondFactorPolicy::Admins).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("root", GOOD_PASSWORD, true).await;
+    let resp = app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/");
+    let root = app.new_browser();
+    let resp = app.login_with(&root, "root", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/account");
+    assert_eq!(root.get(app.url("/admin/failed-logins")).send().await.unwrap().headers()["location"], "/account");
+}
+
+#[tokio::test]
+async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_again() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    enrol(&app, &alice).await;
+    assert_eq!(
+        app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"],
+        "/login/second-factor"
+    );
+    let csrf = hidden_field(&account_page(&app, &alice).await, "csrf").unwrap();
+    let resp = alice.post(app.url("/account/totp/remove")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(app.log_lines().iter().any(|l| l["event"] == "mfa_removed" && l["kind"] == "totp"));
+    let summary = app.state.factors.summary("alice").await.unwrap();
+    assert_eq!((summary.totp, summary.recovery_codes), (false, 0), "the codes go with the last factor");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"], "/");
+    // Without a CSRF token nothing is removed.
+    let resp = alice.post(app.url("/account/totp/remove")).form(&[("csrf", "forged")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn an_enrolment_form_with_a_secret_the_server_did_not_give_this_session_is_refused() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    let page = alice.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let chosen = totp::base32(&[7u8; totp::SECRET_BYTES]);
+    let code = totp::code_at(&[7u8; totp::SECRET_BYTES], now_ms() / 1000).unwrap();
+    let form = [
+        ("csrf", hidden_field(&page, "csrf").unwrap()),
+        ("secret", chosen),
+        ("tag", hidden_field(&page, "tag").unwrap()),
+        ("code", code),
+    ];
+    assert_eq!(alice.post(app.url("/account/totp")).form(&form).send().await.unwrap().status(), 400);
+    assert!(!app.state.factors.summary("alice").await.unwrap().totp);
+}
+
+#[tokio::test]
+async fn user_factors_and_reset_factors_work_through_a_running_servers_admin_socket() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    enrol(&app, &alice).await;
+    let d = app.dir.path();
+    let run = child::cli(d, &["user", "factors", "alice"], None).await;
+    run.assert_ok("user factors");
+    assert!(
+        run.stdout.contains("authenticator app: yes") && run.stdout.contains("recovery codes left: 10"),
+        "{}",
+        run.stdout
+    );
+    let run = child::cli(d, &["user", "reset-factors", "alice"], None).await;
+    run.assert_ok("user reset-factors");
+    assert!(run.stdout.contains("1 session(s) ended"), "{}", run.stdout);
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 303, "sessions ended");
+    assert!(app
+        .log_lines()
+        .iter()
+        .any(|l| l["event"] == "user_factors_reset" && l["username"] == "alice" && l["by"] == "cli"));
+    let run = child::cli(d, &["user", "factors", "alice"], None).await;
+    assert!(run.stdout.contains("authenticator app: no"), "{}", run.stdout);
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"], "/");
+    child::cli(d, &["user", "factors", "nobody"], None).await.assert_one_line_failure("factors of nobody");
+}

@@ -1,0 +1,74 @@
+//! Second factors on PostgreSQL (`database_url`): a two-step sign-in whose TOTP step is
+//! recorded in the database (so a second instance with the same factor key refuses the
+//! reused code), and `user factors` / `user reset-factors` run against the database directly.
+//! Skipped without the throwaway cluster (`pg.rs`) unless `PORTCULLIS_REQUIRE_ALL` is set.
+
+use portcullis::factors::totp;
+use portcullis::store::now_ms;
+
+use crate::child;
+use crate::helpers::{hidden_field, spawn_app_with, GOOD_PASSWORD};
+use crate::pg;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_totp_step_is_used_once_across_instances_and_the_cli_resets_factors() {
+    let Some(url) = pg::database().await else { return };
+    let one = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    // The second instance shares the first one's factor key, as the README says to set up.
+    let two = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    std::fs::copy(one.settings.data_dir.join("factor.key"), two.settings.data_dir.join("factor.key")).unwrap();
+    let two = {
+        let (dir, settings) = two.stop().await;
+        crate::helpers::spawn_in(dir, settings).await
+    };
+    one.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = one.new_browser();
+    assert_eq!(one.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    let page = browser.get(one.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let b32 = hidden_field(&page, "secret").unwrap();
+    let secret = totp::from_base32(&b32).unwrap().to_vec();
+    let secs = now_ms() / 1000;
+    if secs % totp::STEP_SECS >= 25 {
+        tokio::time::sleep(std::time::Duration::from_secs(totp::STEP_SECS - secs % totp::STEP_SECS)).await;
+    }
+    let step = now_ms() / 1000 / totp::STEP_SECS;
+    let form = [
+        ("csrf", hidden_field(&page, "csrf").unwrap()),
+        ("secret", b32),
+        ("tag", hidden_field(&page, "tag").unwrap()),
+        ("code", totp::code_at(&secret, (step - 1) * totp::STEP_SECS).unwrap()),
+    ];
+    assert_eq!(browser.post(one.url("/account/totp")).form(&form).send().await.unwrap().status(), 200);
+
+    let code = totp::code_at(&secret, step * totp::STEP_SECS).unwrap();
+    for (app, want) in [(&one, 303), (&two, 401)] {
+        let b = app.new_browser();
+        let resp = app.login_with(&b, "alice", GOOD_PASSWORD).await;
+        assert_eq!(resp.headers()["location"], "/login/second-factor");
+        let page = b.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+        let csrf = hidden_field(&page, "csrf").unwrap();
+        let resp = b
+            .post(app.url("/login/second-factor"))
+            .form(&[("csrf", csrf.as_str()), ("code", code.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "the step is used once, whichever instance sees it");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
+        child::run_cli(cmd, None)
+    };
+    let shown = run(&["user", "factors", "alice"]).await;
+    shown.assert_ok("user factors on the database");
+    assert!(shown.stdout.contains("authenticator app: yes"), "{shown:?}");
+    run(&["user", "reset-factors", "alice"]).await.assert_ok("user reset-factors on the database");
+    assert_eq!(browser.get(one.url("/")).send().await.unwrap().status(), 303, "alice's sessions ended");
+    let resp = two.login_with(&two.new_browser(), "alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/", "password only again");
+    one.stop().await;
+    two.stop().await;
+}
