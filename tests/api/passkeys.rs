@@ -381,3 +381,17 @@ async fn another_users_passkey_is_a_wrong_second_factor_and_counted() {
     assert_eq!(fail["username"], "alice");
     assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "no session from it");
 }
+
+#[tokio::test]
+async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    let (_, summary) = app.state.users.factors("alice").await.unwrap();
+    assert_eq!(summary.passkeys, 1, "user factors counts the passkey");
+    let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
+    assert_eq!(removed.passkeys, 1, "reset-factors removes passkeys too");
+    assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
+    let resp = sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a reset passkey signs nobody in");
+}
