@@ -395,3 +395,24 @@ async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a reset passkey signs nobody in");
 }
+
+#[tokio::test]
+async fn passkey_sign_ins_use_the_address_quota_like_passwords() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.login_quota_per_ip =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) });
+    })
+    .await;
+    let browser = app.new_browser();
+    let csrf = login_csrf(&app, &browser).await;
+    assert_eq!(begin_sign_in(&app, &browser, &csrf).await.status(), StatusCode::OK);
+    assert_eq!(begin_sign_in(&app, &browser, &csrf).await.status(), StatusCode::OK);
+    assert_eq!(finish(&app, &browser, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED, "the third attempt");
+    let refused = begin_sign_in(&app, &browser, &csrf).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let resp = finish(&app, &browser, &csrf, "{}").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(app.log_lines().iter().any(|l| l["reason"] == "rate_limited"), "refusals are recorded");
+}
