@@ -53,6 +53,8 @@ pub struct AppState {
     pub pool: HashPool,
     /// The storage handle, for `GET /readyz` only: handlers reach data through the services.
     pub store: Store,
+    /// WebAuthn: passkeys and their ceremonies (issue 14).
+    pub passkeys: crate::passkeys::Passkeys,
     /// Users' second factors (TOTP, recovery codes) and pending two-step sign-ins.
     pub factors: SecondFactors,
     /// What `GET /metrics` shows; counts nothing when `metrics_addr` is off.
@@ -269,7 +271,16 @@ impl Application {
                 );
             }
         }
-        let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key));
+        let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
+        let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
+        let rp_id = crate::passkeys::rp_id(settings.webauthn_rp_id.as_deref(), &origin)
+            .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
+        let passkeys = crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin)?;
+        if !passkeys.enabled() {
+            tracing::info!(rp_id, "passkeys are off: WebAuthn needs a host name, not an IP address (set public_url)");
+        }
+        background.push(spawn_ceremony_purge(passkeys.clone()));
+        let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key)).with_passkeys(passkeys.clone());
         background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
@@ -286,6 +297,7 @@ impl Application {
             policy: settings.second_factor,
         };
         let state = Arc::new(AppState {
+            passkeys,
             settings,
             sign_in,
             brute_force,
@@ -412,6 +424,19 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Removes expired passkey ceremonies once a minute (each lives [`crate::passkeys::CEREMONY_LIFETIME`]).
+fn spawn_ceremony_purge(passkeys: crate::passkeys::Passkeys) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = passkeys.purge().await {
+                tracing::warn!(error = %e, "could not purge expired passkey ceremonies");
+            }
+        }
+    })
 }
 
 fn spawn_session_purge(sessions: Sessions, factors: SecondFactors) -> JoinHandle<()> {

@@ -42,6 +42,8 @@ pub enum FailureReason {
     RateLimited,
     Csrf,
     Disabled,
+    /// A passkey's answer failed verification or named no known passkey (issue 14).
+    BadPasskey,
     /// A wrong second factor (TOTP or recovery code) after the right password.
     BadSecondFactor,
     /// A TOTP code whose time step was already used (RFC 6238 §5.2).
@@ -50,7 +52,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, in the order filters and forms list them.
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::UnknownUser,
         FailureReason::BadPassword,
         FailureReason::CaptchaRequired,
@@ -58,6 +60,7 @@ impl FailureReason {
         FailureReason::RateLimited,
         FailureReason::Csrf,
         FailureReason::Disabled,
+        FailureReason::BadPasskey,
         FailureReason::BadSecondFactor,
         FailureReason::ReusedCode,
     ];
@@ -76,6 +79,7 @@ impl FailureReason {
             FailureReason::RateLimited => "rate_limited",
             FailureReason::Csrf => "csrf",
             FailureReason::Disabled => "disabled",
+            FailureReason::BadPasskey => "bad_passkey",
             FailureReason::BadSecondFactor => "bad_second_factor",
             FailureReason::ReusedCode => "reused_code",
         }
@@ -150,6 +154,14 @@ pub enum AuthEvent<'a> {
     UserEnabled {
         username: &'a str,
         by: &'a str,
+    },
+    /// A sign-in with a passkey (two factors): `authn_login_success` (or `…successafterfail`)
+    /// with `method` `passkey` and the passkey's name.
+    PasskeyLoginSucceeded {
+        username: &'a str,
+        client: &'a Client,
+        after_failures: usize,
+        passkey: &'a str,
     },
     /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`).
     MfaAdded {
@@ -709,6 +721,13 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::UserEnabled { username, by } => tracing::info!(
             target: TARGET, event = "user_enabled", time, username, by, "user enabled"
         ),
+        AuthEvent::PasskeyLoginSucceeded { username, client, after_failures, passkey } => {
+            let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
+            tracing::info!(
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                failures = after_failures, method = "passkey", passkey, "login succeeded"
+            )
+        }
         AuthEvent::MfaAdded { username, kind } => tracing::info!(
             target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
         ),

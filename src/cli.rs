@@ -81,7 +81,7 @@ pub struct AuditArgs {
     /// Only this address or CIDR range
     #[arg(long, value_name = "ADDR")]
     ip: Option<String>,
-    /// Only this reason (unknown_user, bad_password, captcha_required, bad_captcha, rate_limited, csrf, disabled)
+    /// Only this reason (unknown_user, bad_password, captcha_required, bad_captcha, rate_limited, csrf, disabled, bad_second_factor, reused_code, bad_passkey)
     #[arg(long, value_name = "R")]
     reason: Option<String>,
     /// At most this many records [default: 100]

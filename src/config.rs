@@ -59,6 +59,7 @@ keys! {
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
+    "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: public_url's host; passkeys are off when that is an IP address)",
     "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",
     "totp_issuer" = "portcullis" : "the issuer authenticator apps show beside the account",
     "metrics_addr" = "off" : "plain-HTTP listener serving only GET /metrics (Prometheus text format), for loopback or a private network; `off` disables it",
@@ -138,6 +139,8 @@ pub struct Settings {
     pub totp_issuer: String,
     /// The metrics listener (`GET /metrics`), when on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The WebAuthn relying-party id (`None`: `public_url`'s host).
+    pub webauthn_rp_id: Option<String>,
 }
 
 /// The `second_factor` setting: whose accounts must have a second factor (NIST SP 800-63B
@@ -270,6 +273,7 @@ impl Settings {
                 }
             })?,
             instance_name: p.parse("instance_name", parse_instance_name)?,
+            webauthn_rp_id: p.parse("webauthn_rp_id", parse_rp_id)?,
             second_factor: p.parse("second_factor", SecondFactorPolicy::parse)?,
             totp_issuer: p.parse("totp_issuer", |s| {
                 if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control() || c == ':') {
@@ -498,6 +502,27 @@ fn parse_public_url(s: &str) -> Result<Option<String>, String> {
         return Err("expected an origin like https://login.example.com".into());
     }
     Ok(Some(format!("https://{rest}")))
+}
+
+/// A WebAuthn relying-party id: a registrable domain or `localhost` (W3C WebAuthn §5.1.3: a
+/// valid domain string, lower case; the browser checks it against the page's origin and the
+/// server at start against `public_url`). Empty: derived from `public_url`.
+fn parse_rp_id(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let s = s.to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if s.len() > 253 || s.parse::<std::net::IpAddr>().is_ok() || !s.split('.').all(label_ok) {
+        return Err("expected a domain name such as example.com (no scheme, port or IP address)".into());
+    }
+    Ok(Some(s))
 }
 
 /// An instance name: the host name when empty; at most 64 printable characters, since it is

@@ -21,6 +21,7 @@ pub mod factors;
 pub mod failures;
 pub mod loadtest;
 pub mod metrics;
+pub mod passkeys;
 pub mod password;
 pub mod postgres;
 pub mod random;

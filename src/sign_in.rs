@@ -32,6 +32,9 @@
 //! Every refusal is recorded durably before it is reported; if it cannot be recorded the
 //! attempt is [`SignInError`] (503) rather than an unrecorded refusal (OWASP ASVS 4.0 §7.2.1).
 
+mod passkey;
+pub use passkey::{BeginOutcome, PasskeyAttempt};
+
 use std::sync::Arc;
 
 use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};

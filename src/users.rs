@@ -161,7 +161,9 @@ impl UserAdmin {
     /// The user's second factors (what `user factors` prints), with the stored name.
     pub async fn factors(&self, name: &str) -> Result<(String, FactorSummary), UserError> {
         let (username, record) = self.existing(name).await?;
-        Ok((record.display_name, self.store.factors.summary(username.key()).await?))
+        let mut summary = self.store.factors.summary(username.key()).await?;
+        summary.passkeys = self.store.passkeys.passkeys_of(username.key()).await?.len();
+        Ok((record.display_name, summary))
     }
 
     /// Removes every second factor of the user and ends their sessions, durably (a lost phone:
@@ -169,7 +171,9 @@ impl UserAdmin {
     /// what was removed, and how many sessions ended.
     pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
         let (username, record) = self.existing(name).await?;
-        let removed = self.store.factors.clear(username.key()).await?;
+        let mut removed = self.store.factors.clear(username.key()).await?;
+        // Passkeys are second factors too: a reset after a lost device must revoke them.
+        removed.passkeys = self.store.passkeys.remove_passkeys_of(username.key()).await?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         Ok((record.display_name, removed, ended))

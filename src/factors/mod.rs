@@ -31,6 +31,8 @@ pub enum FactorKind {
     Totp,
     /// A set of single-use recovery codes.
     RecoveryCodes,
+    /// A passkey (WebAuthn, user-verified): see [`crate::passkeys`].
+    Passkey,
 }
 
 impl FactorKind {
@@ -38,6 +40,7 @@ impl FactorKind {
         match self {
             FactorKind::Totp => "totp",
             FactorKind::RecoveryCodes => "recovery_codes",
+            FactorKind::Passkey => "passkey",
         }
     }
 }
@@ -48,6 +51,9 @@ pub enum Proof {
     Totp(Zeroizing<String>),
     /// A recovery code as typed.
     RecoveryCode(Zeroizing<String>),
+    /// A passkey's answer (`PublicKeyCredential` JSON) to the ceremony bound to the browser's
+    /// `__Host-portcullis-webauthn` cookie (its value, if sent).
+    Passkey { ceremony: Option<String>, credential: String },
 }
 
 impl Proof {
@@ -101,11 +107,19 @@ impl FactorError {
 pub struct SecondFactors {
     store: Store,
     key: Arc<FactorKey>,
+    /// Checks passkey proofs; `None` (no passkey proof accepted) until set.
+    passkeys: Option<crate::passkeys::Passkeys>,
 }
 
 impl SecondFactors {
     pub fn new(store: Store, key: Arc<FactorKey>) -> Self {
-        SecondFactors { store, key }
+        SecondFactors { store, key, passkeys: None }
+    }
+
+    /// The same service, checking passkey proofs with `passkeys`.
+    pub fn with_passkeys(mut self, passkeys: crate::passkeys::Passkeys) -> Self {
+        self.passkeys = Some(passkeys);
+        self
     }
 
     /// What factors the user has.
@@ -113,7 +127,9 @@ impl SecondFactors {
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
     pub async fn summary(&self, user_key: &str) -> Result<FactorSummary, StoreError> {
-        self.store.factors.summary(user_key).await
+        let mut summary = self.store.factors.summary(user_key).await?;
+        summary.passkeys = self.store.passkeys.passkeys_of(user_key).await?.len();
+        Ok(summary)
     }
 
     /// Checks `proof` for `user_key` at `now_secs` and uses it up when accepted (a TOTP step
@@ -141,6 +157,19 @@ impl SecondFactors {
                     Ok(Verdict::Accepted(FactorKind::RecoveryCodes))
                 } else {
                     Ok(bad)
+                }
+            }
+            Proof::Passkey { ceremony, credential } => {
+                let Some(passkeys) = &self.passkeys else { return Ok(bad) };
+                // The ceremony is taken (one use) and the counter noted inside; any refusal
+                // (no ceremony, another user's passkey, a bad signature) is a wrong factor.
+                match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
+                    Ok(_) => Ok(Verdict::Accepted(FactorKind::Passkey)),
+                    Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "passkey refused as a second factor");
+                        Ok(bad)
+                    }
                 }
             }
         }
@@ -171,7 +200,7 @@ impl SecondFactors {
     /// [`StoreError`] when the store cannot be used.
     pub async fn remove_totp(&self, user_key: &str) -> Result<bool, StoreError> {
         let removed = self.store.factors.remove_totp(user_key).await?;
-        if !self.store.factors.summary(user_key).await?.has_second_factor() {
+        if !self.summary(user_key).await?.has_second_factor() {
             self.store.factors.set_recovery_codes(user_key, &[]).await?;
         }
         Ok(removed)

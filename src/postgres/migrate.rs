@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     // 0004 is forward auth's (issue 13); this build does not have it yet. The lead renumbers
     // at merge; each file stands alone.
     include_str!("migrations/0005_second_factors.sql"),
+    include_str!("migrations/0006_passkeys.sql"),
 ];
 
 /// The schema version this build writes.

@@ -10,6 +10,7 @@ mod home;
 pub mod login;
 /// Public for the fuzz targets (the logout form's shape).
 pub mod logout;
+pub mod passkeys;
 mod static_files;
 
 use std::sync::Arc;
@@ -44,6 +45,13 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/account/totp/remove", allowing(POST, post(account::totp::remove)))
         .at("/account/recovery-codes", allowing(POST, post(account::totp::new_recovery_codes)))
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
+        .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
+        .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))
+        .at("/login/second-factor/passkey/begin", allowing(POST, post(passkeys::second_factor_begin)))
+        .at("/account/passkeys", allowing("GET, HEAD, POST", get(passkeys::list).post(passkeys::register)))
+        .at("/account/passkeys/begin", allowing(POST, post(passkeys::register_begin)))
+        .at("/account/passkeys/rename", allowing(POST, post(passkeys::rename)))
+        .at("/account/passkeys/remove", allowing(POST, post(passkeys::remove)))
         .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
         .at("/admin/unlock", allowing(POST, post(admin::unlock::unlock)))
         .at("/healthz", allowing(GET, get(health::healthz)))
@@ -79,6 +87,17 @@ fn allowing(allow: &'static str, route: RouteMethod) -> impl Endpoint<Output = R
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
 frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
+/// The Content-Security-Policy of a page with a passkey button (SPEC.md: only those pages
+/// may run a script, and only `static/passkey.js` from this origin; no inline script). The
+/// script fetches the ceremony's options from this origin, hence `connect-src 'self'`.
+pub const PASSKEY_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+/// A response extension set by handlers of pages with a passkey button (see
+/// [`passkeys::with_passkey_script`]); never sent to the client.
+#[derive(Clone, Copy, Debug)]
+pub struct PasskeyScript;
+
 /// Adds the security headers to every response, errors included (poem returns routing and
 /// body errors as `Err`, which would otherwise skip response middleware), and gives error
 /// statuses a page. Only a static file that was found may be cached; everything else,
@@ -101,9 +120,10 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
         }
     };
     let status_ok = resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED;
+    let scripts = resp.extensions().get::<PasskeyScript>().is_some();
     let h = resp.headers_mut();
     h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if scripts { PASSKEY_CSP } else { CSP }));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -7,6 +7,8 @@ use poem::{handler, Response};
 const FILES: &[(&str, &str, &[u8])] = &[
     ("style.css", "text/css; charset=utf-8", include_bytes!("../../static/style.css")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../../static/favicon.svg")),
+    // The one script (passkeys), allowed only on pages with a passkey button (PASSKEY_CSP).
+    ("passkey.js", "text/javascript; charset=utf-8", include_bytes!("../../static/passkey.js")),
 ];
 
 #[handler]

@@ -13,6 +13,7 @@
 use async_trait::async_trait;
 
 use super::copy::{copy, Copied, CopyError};
+use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
 use super::{
     Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, Store, StoreError,
     TotpFactor, User,
@@ -87,12 +88,126 @@ pub async fn run(harness: &mut dyn Harness) {
     let (from, to) = (harness.fresh().await, harness.fresh().await);
     every_record_survives_export_and_import(&from, &to).await;
     drop((from, to));
+    every_failure_reason_can_be_recorded(&harness.fresh().await).await;
+    passkeys_round_trip_and_belong_to_their_user(&harness.fresh().await).await;
+    passkey_counters_only_move_forward(&harness.fresh().await).await;
+    ceremonies_are_taken_once_and_expire(&harness.fresh().await).await;
     second_factors_round_trip_and_are_used_once(&harness.fresh().await).await;
     pending_sign_ins_are_taken_once_and_purged(&harness.fresh().await).await;
     let store = harness.fresh().await;
     let secret = write_everything(&store).await;
     let store = harness.reopen(store).await;
     everything_written_is_there(&store, secret).await;
+}
+
+/// Every reason the code can give is one the engine accepts (a SQL CHECK that lags behind
+/// `FailureReason::ALL` would turn a refusal into a 503).
+async fn every_failure_reason_can_be_recorded(store: &Store) {
+    for (i, reason) in FailureReason::ALL.into_iter().enumerate() {
+        let record = failure(100 + i as u64, "192.0.2.1", "eve", reason);
+        store.failures.append(&record, "eve", None).await.unwrap_or_else(|e| panic!("failures: {reason:?}: {e}"));
+    }
+    let reasons: Vec<_> =
+        store.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r.reason).collect();
+    assert_eq!(reasons.len(), FailureReason::ALL.len(), "failures: one record per reason");
+}
+
+/// A passkey record for tests: credential id `id`, owned by `user_key`, made at `created_at`.
+pub fn passkey(id: &[u8], user_key: &str, created_at: u64) -> StoredPasskey {
+    StoredPasskey {
+        id: id.to_vec(),
+        user_key: user_key.into(),
+        user_handle: [7; 16],
+        name: "phone".into(),
+        passkey: r#"{"cred":{}}"#.into(),
+        created_at,
+        last_used_at: None,
+        sign_count: 0,
+    }
+}
+
+async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
+    let p = &store.passkeys;
+    store.users.insert(&user("alice"), HASH_A).await.unwrap();
+    store.users.insert(&user("bob"), HASH_A).await.unwrap();
+    p.add_passkey(&passkey(b"k2", "alice", 20)).await.unwrap();
+    p.add_passkey(&passkey(b"k1", "alice", 10)).await.unwrap();
+    p.add_passkey(&passkey(b"kb", "bob", 5)).await.unwrap();
+    assert!(
+        matches!(p.add_passkey(&passkey(b"k1", "bob", 30)).await, Err(StoreError::AlreadyExists)),
+        "passkeys: a credential id is registered once, to anyone"
+    );
+    let ids: Vec<Vec<u8>> = p.passkeys_of("alice").await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(ids, [b"k1".to_vec(), b"k2".to_vec()], "passkeys: a user's list, oldest first");
+    assert_eq!(p.passkey(b"k1").await.unwrap(), Some(passkey(b"k1", "alice", 10)), "passkeys: get by id");
+    assert!(!p.rename_passkey("bob", b"k1", "mine").await.unwrap(), "passkeys: another user cannot rename it");
+    assert!(p.rename_passkey("alice", b"k1", "laptop").await.unwrap(), "passkeys: rename");
+    assert_eq!(p.passkey(b"k1").await.unwrap().unwrap().name, "laptop");
+    assert!(!p.remove_passkey("bob", b"k1").await.unwrap(), "passkeys: another user cannot remove it");
+    assert!(p.remove_passkey("alice", b"k1").await.unwrap(), "passkeys: remove");
+    assert!(p.passkey(b"k1").await.unwrap().is_none() && !p.remove_passkey("alice", b"k1").await.unwrap());
+    assert!(store.users.delete("alice").await.unwrap());
+    assert!(p.passkey(b"k2").await.unwrap().is_none(), "passkeys: deleting a user removes their passkeys");
+    assert!(p.passkeys_of("alice").await.unwrap().is_empty());
+    assert_eq!(p.remove_passkeys_of("bob").await.unwrap(), 1, "passkeys: remove all of a user's");
+    assert!(p.passkey(b"kb").await.unwrap().is_none());
+}
+
+async fn passkey_counters_only_move_forward(store: &Store) {
+    let p = &store.passkeys;
+    store.users.insert(&user("alice"), HASH_A).await.unwrap();
+    p.add_passkey(&passkey(b"zero", "alice", 1)).await.unwrap();
+    assert!(p.record_passkey_use(b"zero", "z1", 0, 50).await.unwrap(), "passkeys: a counter-less key is noted");
+    assert!(p.record_passkey_use(b"zero", "z2", 0, 60).await.unwrap());
+    let z = p.passkey(b"zero").await.unwrap().unwrap();
+    assert_eq!((z.passkey.as_str(), z.last_used_at), ("z2", Some(60)));
+    p.add_passkey(&passkey(b"c", "alice", 2)).await.unwrap();
+    assert!(p.record_passkey_use(b"c", "c5", 5, 70).await.unwrap());
+    assert!(!p.record_passkey_use(b"c", "c5again", 5, 80).await.unwrap(), "passkeys: a repeated counter is refused");
+    assert!(!p.record_passkey_use(b"c", "c4", 4, 80).await.unwrap(), "passkeys: a counter going back is refused");
+    assert!(!p.record_passkey_use(b"c", "c0", 0, 80).await.unwrap(), "passkeys: a counter reset is refused");
+    let c = p.passkey(b"c").await.unwrap().unwrap();
+    assert_eq!((c.passkey.as_str(), c.sign_count, c.last_used_at), ("c5", 5, Some(70)));
+    assert!(!p.record_passkey_use(b"gone", "x", 9, 80).await.unwrap(), "passkeys: no such passkey");
+    let racers = (0..8u32).map(|i| {
+        let p = std::sync::Arc::clone(p);
+        tokio::spawn(async move { p.record_passkey_use(b"c", "race", 6 + i % 2, 90).await.unwrap() })
+    });
+    let noted = futures_count(racers).await;
+    assert!((1..=2).contains(&noted), "passkeys: concurrent uses with equal counters are noted once ({noted})");
+    assert_eq!(p.passkey(b"c").await.unwrap().unwrap().sign_count, 7);
+}
+
+async fn futures_count(tasks: impl Iterator<Item = tokio::task::JoinHandle<bool>>) -> usize {
+    let mut n = 0;
+    for t in tasks.collect::<Vec<_>>() {
+        n += usize::from(t.await.unwrap());
+    }
+    n
+}
+
+async fn ceremonies_are_taken_once_and_expire(store: &Store) {
+    let p = &store.passkeys;
+    let c = Ceremony {
+        kind: CeremonyKind::SignIn,
+        user_key: None,
+        state: r#"{"challenge":"x"}"#.into(),
+        expires_at: 1_000,
+    };
+    p.put_ceremony(&[1; 32], &c).await.unwrap();
+    let r = Ceremony { kind: CeremonyKind::Register, user_key: Some("alice".into()), ..c.clone() };
+    p.put_ceremony(&[2; 32], &r).await.unwrap();
+    p.put_ceremony(&[3; 32], &Ceremony { expires_at: 500, ..c.clone() }).await.unwrap();
+    assert!(p.take_ceremony(&[9; 32], 10).await.unwrap().is_none(), "ceremonies: unknown key");
+    let racers = (0..6).map(|_| {
+        let p = std::sync::Arc::clone(p);
+        tokio::spawn(async move { p.take_ceremony(&[1; 32], 10).await.unwrap().is_some() })
+    });
+    assert_eq!(futures_count(racers).await, 1, "ceremonies: taken exactly once by concurrent callers");
+    assert!(p.take_ceremony(&[3; 32], 500).await.unwrap().is_none(), "ceremonies: an expired one is void");
+    p.put_ceremony(&[4; 32], &Ceremony { expires_at: 400, ..c.clone() }).await.unwrap();
+    assert_eq!(p.purge_ceremonies(600).await.unwrap(), 1, "ceremonies: purge removes the expired");
+    assert_eq!(p.take_ceremony(&[2; 32], 999).await.unwrap(), Some(r), "ceremonies: round trip");
 }
 
 async fn users_round_trip(store: &Store) {
@@ -368,6 +483,15 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     store.sessions.touch(&[1; 32], 20).await.unwrap();
     let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap();
     store.failures.set_count(&at, 3).await.unwrap();
+    store.passkeys.add_passkey(&passkey(b"pk", "alice", 30)).await.unwrap();
+    store.passkeys.record_passkey_use(b"pk", "used", 4, 40).await.unwrap();
+    let ceremony = Ceremony {
+        kind: CeremonyKind::Register,
+        user_key: Some("alice".into()),
+        state: "s".into(),
+        expires_at: u64::MAX / 2,
+    };
+    store.passkeys.put_ceremony(&[5; 32], &ceremony).await.unwrap();
     store.secrets.secret("csrf").await.unwrap()
 }
 
@@ -380,6 +504,9 @@ async fn everything_written_is_there(store: &Store, secret: [u8; 32]) {
     assert_eq!(records.len(), 1, "durability: failure record");
     assert_eq!(records[0].1.count, 3, "durability: its count");
     assert_eq!(store.secrets.secret("csrf").await.unwrap(), secret, "durability: the secret");
+    let pk = store.passkeys.passkey(b"pk").await.unwrap().expect("durability: the passkey");
+    assert_eq!((pk.sign_count, pk.passkey.as_str()), (4, "used"), "durability: the passkey's use");
+    assert!(store.passkeys.take_ceremony(&[5; 32], 1).await.unwrap().is_some(), "durability: the ceremony");
 }
 
 async fn failure_records_keep_their_instance(store: &Store) {

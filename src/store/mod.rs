@@ -21,6 +21,7 @@ use crate::audit::FailureReason;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod copy;
+pub mod passkeys;
 mod postgres;
 mod sled;
 
@@ -467,6 +468,7 @@ pub struct Store {
     pub sessions: Arc<dyn SessionStore>,
     pub failures: Arc<dyn FailureStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub passkeys: Arc<dyn passkeys::PasskeyStore>,
     pub factors: Arc<dyn FactorStore>,
     /// The PostgreSQL engine's pool, for the brute-force state it shares
     /// ([`Store::shared_brute_force`]); `None` on sled.
@@ -532,7 +534,7 @@ impl Store {
     /// A handle on one engine that implements every trait.
     pub fn from_engine<E>(engine: E) -> Self
     where
-        E: UserStore + SessionStore + FailureStore + SecretStore + FactorStore + 'static,
+        E: UserStore + SessionStore + FailureStore + SecretStore + FactorStore + passkeys::PasskeyStore + 'static,
     {
         let engine = Arc::new(engine);
         Store {
@@ -540,7 +542,8 @@ impl Store {
             sessions: engine.clone(),
             failures: engine.clone(),
             secrets: engine.clone(),
-            factors: engine,
+            factors: engine.clone(),
+            passkeys: engine,
             pg_pool: None,
         }
     }

@@ -5,6 +5,8 @@
 //! in the process. Each statement runs in its own transaction: a write is durable when its
 //! commit returns, which is before the method does.
 
+mod passkeys;
+
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;

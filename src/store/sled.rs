@@ -13,6 +13,9 @@
 //! - `factors`: username key → JSON [`FactorRecord`] (sealed TOTP secret, last TOTP step,
 //!   recovery-code hashes)
 //! - `pending_sign_ins`: SHA-256 of the `__Host-portcullis-mfa` token → JSON [`PendingRecord`]
+//! - passkeys and open WebAuthn ceremonies: see `sled/passkeys.rs`
+
+mod passkeys;
 
 use std::path::Path;
 
@@ -726,6 +729,8 @@ impl UserStore for SledStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        // Passkeys first: a user made later under the same name must not inherit them.
+        self.delete_user_passkeys(key)?;
         let existed = self.delete_user(key)?;
         self.durable(existed).await
     }

@@ -16,6 +16,13 @@ const POST_ROUTES: &[&str] = &[
     "/account/totp",
     "/account/totp/remove",
     "/account/recovery-codes",
+    "/login/passkey",
+    "/login/passkey/begin",
+    "/login/second-factor/passkey/begin",
+    "/account/passkeys",
+    "/account/passkeys/begin",
+    "/account/passkeys/rename",
+    "/account/passkeys/remove",
 ];
 
 /// Body types that are not a form this server reads (`None`: no Content-Type at all).
@@ -118,6 +125,13 @@ async fn every_405_lists_the_methods_its_route_has_in_allow() {
         ("/account/totp", &["GET", "HEAD", "POST"]),
         ("/account/totp/remove", &["POST"]),
         ("/account/recovery-codes", &["POST"]),
+        ("/login/passkey", &["POST"]),
+        ("/login/passkey/begin", &["POST"]),
+        ("/login/second-factor/passkey/begin", &["POST"]),
+        ("/account/passkeys", &["GET", "HEAD", "POST"]),
+        ("/account/passkeys/begin", &["POST"]),
+        ("/account/passkeys/rename", &["POST"]),
+        ("/account/passkeys/remove", &["POST"]),
         ("/healthz", &["GET", "HEAD"]),
         ("/static/style.css", &["GET", "HEAD"]),
     ];

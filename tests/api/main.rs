@@ -3,6 +3,7 @@
 
 mod account;
 mod admin_review;
+mod browser;
 mod brute_force;
 mod brute_force_pg;
 mod brute_force_races;
@@ -10,6 +11,7 @@ mod child;
 mod cli;
 mod config_check;
 mod crash;
+mod csp;
 mod descriptors;
 mod disk;
 mod exhaustion;
@@ -29,6 +31,8 @@ mod lookalikes;
 mod memory;
 mod metrics;
 mod notices;
+mod passkeys;
+mod passkeys_pg;
 mod password_policy;
 mod pg;
 mod pg_app;

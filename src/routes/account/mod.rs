@@ -1,7 +1,8 @@
 //! `/account`: the signed-in user's own page: sessions (with *sign out everywhere else*), a
 //! password change ([`password`]), the authenticator app and recovery codes ([`totp`]), and
-//! the passkeys section (`templates/account_passkeys.html`). No script: every action is a
-//! plain form with a CSRF token bound to the session.
+//! the passkeys section (`templates/account_passkeys.html`, its routes in `routes::passkeys`).
+//! Every action is a plain form with a CSRF token bound to the session; adding a passkey
+//! needs `static/passkey.js`, so when passkeys are on the page has `PASSKEY_CSP`.
 
 pub mod password;
 pub mod totp;
@@ -32,6 +33,10 @@ struct AccountPage<'a> {
     totp_since: Option<String>,
     /// The `second_factor` policy wants a factor this user lacks.
     must_enrol: bool,
+    /// The passkeys section (`templates/account_passkeys.html`).
+    passkeys: Vec<crate::routes::passkeys::PasskeyView>,
+    passkeys_enabled: bool,
+    passkey_error: Option<&'a str>,
 }
 
 #[handler]
@@ -67,8 +72,14 @@ pub(super) async fn render(
         Ok(t) => t.map(|t| rfc3339(t.created_at)),
         Err(e) => return store_error(&e, "could not read the user's authenticator"),
     };
+    let passkeys = match crate::routes::passkeys::views(state, &user.key).await {
+        Ok(v) => v,
+        Err(crate::passkeys::PasskeyError::Store(e)) => return store_error(&e, "could not list passkeys"),
+        Err(_) => Vec::new(),
+    };
+    let passkeys_enabled = state.passkeys.enabled();
     let csrf = state.csrf.session_token(&session.token_hash);
-    html(
+    let page = html(
         status,
         &AccountPage {
             username: &printable(&user.display_name),
@@ -79,6 +90,14 @@ pub(super) async fn render(
             factors,
             totp_since,
             must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),
+            passkeys,
+            passkeys_enabled,
+            passkey_error: None,
         },
-    )
+    );
+    if passkeys_enabled {
+        crate::routes::passkeys::with_passkey_script(page)
+    } else {
+        page
+    }
 }

@@ -24,6 +24,8 @@ struct LoginPage<'a> {
     error: Option<&'a str>,
     captcha: Option<&'a str>,
     new_challenge_href: &'a str,
+    /// Show *Sign in with a passkey* (and load `static/passkey.js`).
+    passkey: bool,
 }
 
 /// The one message for every wrong username, password or captcha.
@@ -121,8 +123,12 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         error: form.error.as_deref(),
         captcha: captcha.as_deref(),
         new_challenge_href: &new_challenge_href,
+        passkey: state.passkeys.enabled(),
     };
     let mut resp = super::html(form.status, &page);
+    if page.passkey {
+        resp = super::passkeys::with_passkey_script(resp);
+    }
     let h = resp.headers_mut();
     if is_new {
         if let Ok(v) = cookies::set(PRELOGIN_COOKIE, pre.value(), Some(PRELOGIN_LIFETIME.as_secs())).parse() {

@@ -105,7 +105,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
 
 /// The form again, saying why: 429 for a quota (with `Retry-After`), 403 for CSRF, and 401
 /// with one message for every wrong username, password or captcha.
-async fn refused(
+pub(crate) async fn refused(
     req: &Request,
     state: &AppState,
     username: &str,
@@ -124,6 +124,10 @@ async fn refused(
         FailureReason::Csrf => {
             (StatusCode::FORBIDDEN, "This form has expired or was not sent from this site. Please try again.".into())
         }
+        FailureReason::BadPasskey => (
+            StatusCode::UNAUTHORIZED,
+            "That passkey was not accepted. Please try again, or sign in with your password.".into(),
+        ),
         FailureReason::CaptchaRequired => {
             (StatusCode::UNAUTHORIZED, "Please also type the characters shown in the picture.".into())
         }
@@ -136,7 +140,7 @@ async fn refused(
 }
 
 /// An error and its sources, on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -30,6 +30,10 @@ struct SecondFactorPage<'a> {
     error: Option<&'a str>,
     /// The pending sign-in is over: only a link back to `/login`.
     restart: bool,
+    /// The user has a passkey: offer it (and load `static/passkey.js`).
+    passkey: bool,
+    /// The user has an authenticator app: ask for its code.
+    totp: bool,
 }
 
 /// The form as posted. (The codes are wiped on drop.)
@@ -41,6 +45,9 @@ pub struct SecondFactorForm {
     pub code: String,
     #[serde(default)]
     pub recovery_code: String,
+    /// A passkey's answer (JSON), from `static/passkey.js`.
+    #[serde(default)]
+    pub credential: String,
 }
 
 impl Drop for SecondFactorForm {
@@ -63,10 +70,25 @@ fn restart() -> Response {
 pub async fn show(req: &Request, state: State<'_>) -> Response {
     let Some(cookie) = cookies::get(req, MFA_COOKIE) else { return restart() };
     match state.factors.pending(&cookie).await {
-        Ok(Some((hash, _, user))) => render(&state, &hash, &user.display_name, StatusCode::OK, None, false),
+        Ok(Some((hash, _, user))) => {
+            let offers = match offers(&state, &user.key).await {
+                Ok(o) => o,
+                Err(resp) => return resp,
+            };
+            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers)
+        }
         Ok(None) => restart(),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
     }
+}
+
+/// What the page offers the user: (an authenticator app, a passkey when passkeys are on).
+// The error is the very response the handler returns at once.
+#[allow(clippy::result_large_err)]
+async fn offers(state: &AppState, user_key: &str) -> Result<(bool, bool), Response> {
+    let summary =
+        state.factors.summary(user_key).await.map_err(|e| crate::routes::store_error(&e, "could not read factors"))?;
+    Ok((summary.totp, summary.passkeys > 0 && state.passkeys.enabled()))
 }
 
 fn render(
@@ -76,10 +98,16 @@ fn render(
     status: StatusCode,
     error: Option<&str>,
     restart: bool,
+    (totp, passkey): (bool, bool),
 ) -> Response {
     let csrf = state.csrf.session_token(hash);
     let username = crate::text::printable(username);
-    html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart })
+    let resp = html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp });
+    if passkey {
+        crate::routes::passkeys::with_passkey_script(resp)
+    } else {
+        resp
+    }
 }
 
 #[handler]
@@ -94,7 +122,12 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         client: &client,
         pending: cookie.as_deref(),
         csrf: &form.csrf,
-        proof: Proof::from_fields(&form.code, &form.recovery_code),
+        proof: if form.credential.is_empty() {
+            Proof::from_fields(&form.code, &form.recovery_code)
+        } else {
+            let ceremony = cookies::get(req, crate::passkeys::CEREMONY_COOKIE);
+            Some(Proof::Passkey { ceremony, credential: form.credential.clone() })
+        },
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
     };
     let outcome = match state.sign_in.second_step(attempt).await {
@@ -145,6 +178,9 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                     StatusCode::UNAUTHORIZED,
                     "Too many wrong attempts. Please sign in again with your password.".to_string(),
                 ),
+                _ if !form.credential.is_empty() => {
+                    (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
+                }
                 _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
                     (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
                 }
@@ -160,9 +196,15 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                 _ => None,
             };
             let mut resp = match pending {
-                Some((hash, _, user)) => render(&state, &hash, &user.display_name, status, Some(&message), false),
+                Some((hash, _, user)) => {
+                    let offers = match offers(&state, &user.key).await {
+                        Ok(o) => o,
+                        Err(resp) => return resp,
+                    };
+                    render(&state, &hash, &user.display_name, status, Some(&message), false, offers)
+                }
                 None => {
-                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true);
+                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, (false, false));
                     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
                         r.headers_mut().append(header::SET_COOKIE, v);
                     }

@@ -1,0 +1,459 @@
+//! Passkeys (WebAuthn, W3C Web Authentication Level 3) with webauthn-rs: registration on
+//! `/account`, discoverable sign-in from `/login`, and a passkey as the second factor. The
+//! protocol (challenges, origin and RP-id checks, signatures, user verification) is
+//! webauthn-rs's; this module keeps its ceremony state in the store, bound to the browser by
+//! a random cookie, for [`CEREMONY_LIFETIME`] and one use, and keeps the passkeys per user.
+//!
+//! User verification is required in every ceremony (SPEC.md "Second factors"), so a passkey
+//! sign-in proves two factors: the device (something you have) and its PIN or biometric.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+use webauthn_rs::prelude::{
+    CreationChallengeResponse, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
+    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use crate::session::SessionToken;
+use crate::store::passkeys::{Ceremony, CeremonyKind, StoredPasskey, MAX_CREDENTIAL_ID_BYTES};
+use crate::store::{now_ms, Store, StoreError, User};
+
+/// The cookie that binds an open ceremony to the browser that began it (`__Host-`: Secure,
+/// Path=/, no Domain; HttpOnly, so the page's script never sees it).
+pub const CEREMONY_COOKIE: &str = "__Host-portcullis-webauthn";
+
+/// How long a begun ceremony may be finished: long enough to find and touch a security key,
+/// short enough that a stolen challenge is soon void (W3C WebAuthn §15.1 recommends a
+/// timeout of 5 minutes for user verification).
+pub const CEREMONY_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Longest passkey name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Most passkeys one user may register (bounds the account page and each sign-in's work).
+pub const MAX_PER_USER: usize = 20;
+
+/// Why a passkey operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasskeyError {
+    /// The relying-party id is an IP address, which browsers refuse (W3C WebAuthn §5.1.3
+    /// step 8): set `public_url` (or `webauthn_rp_id`) to a host name.
+    #[error("passkeys need a host name, not an IP address, as the relying-party id")]
+    Disabled,
+    /// No open ceremony for this browser: never begun, already used, expired, or begun for
+    /// something else or someone else.
+    #[error("no open passkey ceremony for this browser")]
+    NoCeremony,
+    /// The browser's answer failed webauthn-rs's checks, or names a credential this server
+    /// does not know, or one of another user.
+    #[error("the passkey was not accepted: {0}")]
+    Rejected(String),
+    /// The passkey is registered already (to this user or another).
+    #[error("this passkey is registered already")]
+    Duplicate,
+    /// The name is empty, too long or holds control characters.
+    #[error("a passkey name is 1 to 64 printable characters")]
+    BadName,
+    /// The user has [`MAX_PER_USER`] passkeys.
+    #[error("at most {MAX_PER_USER} passkeys per user")]
+    TooMany,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PasskeyError {
+    /// Whether the store could not answer (503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, PasskeyError::Store(e) if e.is_unavailable())
+            || matches!(self, PasskeyError::Store(StoreError::Random(_)))
+    }
+}
+
+/// A begun ceremony: the options for `navigator.credentials` and the cookie value to bind it.
+pub struct Begun {
+    /// JSON for the browser (`{"publicKey": …}`); holds no secret.
+    pub options: String,
+    /// The [`CEREMONY_COOKIE`] value.
+    pub cookie: String,
+}
+
+/// A registration's server state: webauthn-rs's, and the user handle offered with it (kept
+/// with the passkey, to match the handle a discoverable sign-in returns).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Registration {
+    handle: [u8; 16],
+    state: PasskeyRegistration,
+}
+
+/// A verified passkey use: whose it is.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub user_key: String,
+    pub passkey_name: String,
+}
+
+/// The passkey service.
+#[derive(Clone)]
+pub struct Passkeys {
+    webauthn: Option<Arc<Webauthn>>,
+    store: Store,
+}
+
+/// The relying-party id for `webauthn_rp_id` (when set) or `origin`'s host (SPEC.md:
+/// `webauthn_rp_id` defaults to `cookie_domain`, else `public_url`'s host).
+pub fn rp_id(setting: Option<&str>, origin: &Url) -> Option<String> {
+    match setting {
+        Some(s) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => origin.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()),
+    }
+}
+
+impl Passkeys {
+    /// The service for relying party `rp_id` at `origin` (`public_url`). With an IP address
+    /// as `rp_id` passkeys are off ([`Passkeys::enabled`] is false) and every ceremony is
+    /// [`PasskeyError::Disabled`].
+    ///
+    /// # Errors
+    /// When `origin`'s host is neither `rp_id` nor under it (W3C WebAuthn §5.1.3 step 8): a
+    /// setting error, reported at start.
+    pub fn new(store: Store, rp_id: &str, origin: &Url) -> anyhow::Result<Self> {
+        if rp_id.parse::<IpAddr>().is_ok() {
+            return Ok(Passkeys { webauthn: None, store });
+        }
+        let webauthn = WebauthnBuilder::new(rp_id, origin)
+            .map_err(|e| anyhow::anyhow!("webauthn_rp_id {rp_id:?} does not fit public_url {origin}: {e}"))?
+            .rp_name("portcullis")
+            .timeout(CEREMONY_LIFETIME)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot set up WebAuthn for {rp_id:?} at {origin}: {e}"))?;
+        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store })
+    }
+
+    /// Whether passkeys can be used here (see [`Passkeys::new`]).
+    pub fn enabled(&self) -> bool {
+        self.webauthn.is_some()
+    }
+
+    fn webauthn(&self) -> Result<&Webauthn, PasskeyError> {
+        self.webauthn.as_deref().ok_or(PasskeyError::Disabled)
+    }
+
+    /// The user `key` names (to check a passkey's owner still exists and is enabled).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn user(&self, key: &str) -> Result<Option<User>, StoreError> {
+        self.store.users.get(key).await
+    }
+
+    /// The user's passkeys, oldest first.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`].
+    pub async fn list(&self, user_key: &str) -> Result<Vec<StoredPasskey>, PasskeyError> {
+        Ok(self.store.passkeys.passkeys_of(user_key).await?)
+    }
+
+    /// Whether the user has a passkey.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`].
+    pub async fn has_any(&self, user_key: &str) -> Result<bool, PasskeyError> {
+        Ok(!self.list(user_key).await?.is_empty())
+    }
+
+    /// Begins adding a passkey to `user`'s account: a discoverable credential with user
+    /// verification, none of the user's present passkeys again.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Disabled`], [`PasskeyError::TooMany`], [`PasskeyError::Store`].
+    pub async fn begin_registration(&self, user: &User) -> Result<Begun, PasskeyError> {
+        let webauthn = self.webauthn()?;
+        let existing = self.list(&user.key).await?;
+        if existing.len() >= MAX_PER_USER {
+            return Err(PasskeyError::TooMany);
+        }
+        let handle = match existing.first() {
+            Some(p) => Uuid::from_bytes(p.user_handle),
+            None => {
+                let mut b = [0u8; 16];
+                crate::random::fill(&mut b).map_err(StoreError::from)?;
+                Uuid::from_bytes(b)
+            }
+        };
+        let exclude: Vec<_> = existing.iter().map(|p| p.id.clone()).collect();
+        let (ccr, state): (CreationChallengeResponse, PasskeyRegistration) = webauthn
+            .start_passkey_registration(handle, &user.display_name, &user.display_name, Some(exclude))
+            .map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        // webauthn-rs leaves resident keys "discouraged" for plain passkeys; signing in from
+        // /login without a username needs a discoverable credential (W3C WebAuthn §6.2.2).
+        // (webauthn-rs does not export the proto type; the JSON is the browser's input anyway.)
+        let mut ccr = serde_json::to_value(&ccr).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        if let Some(sel) = ccr.pointer_mut("/publicKey/authenticatorSelection").and_then(|v| v.as_object_mut()) {
+            sel.insert("residentKey".into(), "required".into());
+            sel.insert("requireResidentKey".into(), true.into());
+        }
+        let state = Registration { handle: *handle.as_bytes(), state };
+        self.open(CeremonyKind::Register, Some(&user.key), &state, &ccr).await
+    }
+
+    /// Finishes adding a passkey for `user`, named `name`, from the browser's answer
+    /// `credential` (JSON) and the ceremony cookie.
+    ///
+    /// # Errors
+    /// [`PasskeyError::NoCeremony`] unless this browser began a registration for this user
+    /// within [`CEREMONY_LIFETIME`] and has not finished it; [`PasskeyError::Rejected`];
+    /// [`PasskeyError::Duplicate`]; [`PasskeyError::BadName`]; [`PasskeyError::Store`].
+    pub async fn finish_registration(
+        &self,
+        user: &User,
+        cookie: Option<&str>,
+        credential: &str,
+        name: &str,
+    ) -> Result<StoredPasskey, PasskeyError> {
+        let name = parse_name(name)?;
+        let webauthn = self.webauthn()?;
+        let Registration { handle, state } = self.take(cookie, CeremonyKind::Register, Some(&user.key)).await?;
+        let reg: RegisterPublicKeyCredential =
+            serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+        let passkey: Passkey =
+            webauthn.finish_passkey_registration(&reg, &state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        if passkey.cred_id().len() > MAX_CREDENTIAL_ID_BYTES {
+            return Err(PasskeyError::Rejected("credential id too long".into()));
+        }
+        let stored = StoredPasskey {
+            id: passkey.cred_id().to_vec(),
+            user_key: user.key.clone(),
+            user_handle: handle,
+            name,
+            passkey: serde_json::to_string(&passkey).map_err(|e| PasskeyError::Rejected(e.to_string()))?,
+            created_at: now_ms(),
+            last_used_at: None,
+            sign_count: 0,
+        };
+        match self.store.passkeys.add_passkey(&stored).await {
+            Ok(()) => Ok(stored),
+            Err(StoreError::AlreadyExists) => Err(PasskeyError::Duplicate),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renames the user's passkey `id`; false when the user has no such passkey.
+    ///
+    /// # Errors
+    /// [`PasskeyError::BadName`], [`PasskeyError::Store`].
+    pub async fn rename(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool, PasskeyError> {
+        let name = parse_name(name)?;
+        Ok(self.store.passkeys.rename_passkey(user_key, id, &name).await?)
+    }
+
+    /// Removes the user's passkey `id`; the removed one, or `None` when the user has no such passkey.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`].
+    pub async fn remove(&self, user_key: &str, id: &[u8]) -> Result<Option<StoredPasskey>, PasskeyError> {
+        let Some(p) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
+            return Ok(None);
+        };
+        Ok(self.store.passkeys.remove_passkey(user_key, id).await?.then_some(p))
+    }
+
+    /// Begins a discoverable sign-in (no username: the authenticator offers its passkeys for
+    /// this site; W3C WebAuthn §7.2 with an empty `allowCredentials`).
+    ///
+    /// # Errors
+    /// [`PasskeyError::Disabled`], [`PasskeyError::Store`].
+    pub async fn begin_sign_in(&self) -> Result<Begun, PasskeyError> {
+        let (mut rcr, state): (RequestChallengeResponse, DiscoverableAuthentication) =
+            self.webauthn()?.start_discoverable_authentication().map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        // webauthn-rs asks for conditional mediation (autofill); ours is a button.
+        rcr.mediation = None;
+        self.open(CeremonyKind::SignIn, None, &state, &rcr).await
+    }
+
+    /// The credential id and user handle a sign-in answer claims, before it is verified, so
+    /// the caller can apply the per-user defences to the user it names. `None` for an
+    /// answer that is not a credential or names no known passkey.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`].
+    pub async fn claimed(&self, credential: &str) -> Result<Option<StoredPasskey>, PasskeyError> {
+        let Ok(cred) = serde_json::from_str::<PublicKeyCredential>(credential) else { return Ok(None) };
+        let id = cred.get_credential_id();
+        if id.is_empty() || id.len() > MAX_CREDENTIAL_ID_BYTES {
+            return Ok(None);
+        }
+        Ok(self.store.passkeys.passkey(id).await?)
+    }
+
+    /// Finishes a discoverable sign-in: verifies the answer against the ceremony this browser
+    /// began and the passkey it names (whose user handle must match), and notes the use.
+    ///
+    /// # Errors
+    /// [`PasskeyError::NoCeremony`]; [`PasskeyError::Rejected`] for an unknown passkey, a
+    /// wrong user handle, a failed verification, or a signature counter that did not move
+    /// forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
+    pub async fn finish_sign_in(&self, cookie: Option<&str>, credential: &str) -> Result<Verified, PasskeyError> {
+        let webauthn = self.webauthn()?;
+        let state: DiscoverableAuthentication = self.take(cookie, CeremonyKind::SignIn, None).await?;
+        let cred: PublicKeyCredential =
+            serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+        let (handle, id) =
+            webauthn.identify_discoverable_authentication(&cred).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        let stored =
+            self.store.passkeys.passkey(id).await?.ok_or_else(|| PasskeyError::Rejected("unknown passkey".into()))?;
+        if stored.user_handle != *handle.as_bytes() {
+            return Err(PasskeyError::Rejected("user handle does not match the passkey".into()));
+        }
+        let mut passkey: Passkey = parse_passkey(&stored)?;
+        let result = webauthn
+            .finish_discoverable_authentication_v2(&cred, state, &passkey)
+            .map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        self.note_use(&stored, &mut passkey, &result).await
+    }
+
+    /// Begins a passkey check for `user_key` as the second factor (the user is known: the
+    /// password was right), offering only that user's passkeys.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Disabled`], [`PasskeyError::Rejected`] when the user has no passkey,
+    /// [`PasskeyError::Store`].
+    pub async fn begin_second_factor(&self, user_key: &str) -> Result<Begun, PasskeyError> {
+        let webauthn = self.webauthn()?;
+        let keys = self.list(user_key).await?.iter().map(parse_passkey).collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(PasskeyError::Rejected("no passkey".into()));
+        }
+        let (rcr, state): (RequestChallengeResponse, PasskeyAuthentication) =
+            webauthn.start_passkey_authentication(&keys).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        self.open(CeremonyKind::SecondFactor, Some(user_key), &state, &rcr).await
+    }
+
+    /// Finishes a second-factor passkey check for `user_key`.
+    ///
+    /// # Errors
+    /// As [`Passkeys::finish_sign_in`]; the passkey must be `user_key`'s.
+    pub async fn finish_second_factor(
+        &self,
+        user_key: &str,
+        cookie: Option<&str>,
+        credential: &str,
+    ) -> Result<Verified, PasskeyError> {
+        let webauthn = self.webauthn()?;
+        let state: PasskeyAuthentication = self.take(cookie, CeremonyKind::SecondFactor, Some(user_key)).await?;
+        let cred: PublicKeyCredential =
+            serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+        let stored = self
+            .store
+            .passkeys
+            .passkey(cred.get_credential_id())
+            .await?
+            .filter(|p| p.user_key == user_key)
+            .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
+        let mut passkey = parse_passkey(&stored)?;
+        let result =
+            webauthn.finish_passkey_authentication(&cred, &state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        self.note_use(&stored, &mut passkey, &result).await
+    }
+
+    async fn note_use(
+        &self,
+        stored: &StoredPasskey,
+        passkey: &mut Passkey,
+        result: &webauthn_rs::prelude::AuthenticationResult,
+    ) -> Result<Verified, PasskeyError> {
+        if !result.user_verified() {
+            // webauthn-rs requires it already; kept here so a change there cannot weaken us.
+            return Err(PasskeyError::Rejected("user not verified".into()));
+        }
+        passkey.update_credential(result);
+        let json = serde_json::to_string(&*passkey).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        if !self.store.passkeys.record_passkey_use(&stored.id, &json, result.counter(), now_ms()).await? {
+            return Err(PasskeyError::Rejected("signature counter did not move forward".into()));
+        }
+        Ok(Verified { user_key: stored.user_key.clone(), passkey_name: stored.name.clone() })
+    }
+
+    /// Stores a ceremony's state under a new cookie's hash; returns the options and cookie.
+    async fn open<S: serde::Serialize, O: serde::Serialize>(
+        &self,
+        kind: CeremonyKind,
+        user_key: Option<&str>,
+        state: &S,
+        options: &O,
+    ) -> Result<Begun, PasskeyError> {
+        let token = SessionToken::generate()?;
+        let ceremony = Ceremony {
+            kind,
+            user_key: user_key.map(str::to_string),
+            state: serde_json::to_string(state).map_err(|e| PasskeyError::Rejected(e.to_string()))?,
+            expires_at: now_ms() + CEREMONY_LIFETIME.as_millis() as u64,
+        };
+        self.store.passkeys.put_ceremony(&token.hash(), &ceremony).await?;
+        let options = serde_json::to_string(options).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        Ok(Begun { options, cookie: token.encode() })
+    }
+
+    /// Takes (once) the ceremony bound to `cookie`, if it is of `kind` for `user_key`.
+    async fn take<S: serde::de::DeserializeOwned>(
+        &self,
+        cookie: Option<&str>,
+        kind: CeremonyKind,
+        user_key: Option<&str>,
+    ) -> Result<S, PasskeyError> {
+        let token = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?;
+        let c = self.store.passkeys.take_ceremony(&token.hash(), now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
+        if c.kind != kind || c.user_key.as_deref() != user_key {
+            return Err(PasskeyError::NoCeremony);
+        }
+        serde_json::from_str(&c.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
+    }
+
+    /// Removes expired ceremonies (a background task calls this).
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`].
+    pub async fn purge(&self) -> Result<usize, PasskeyError> {
+        Ok(self.store.passkeys.purge_ceremonies(now_ms()).await?)
+    }
+}
+
+fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
+    serde_json::from_str(&stored.passkey).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
+}
+
+/// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden or control.
+///
+/// # Errors
+/// [`PasskeyError::BadName`].
+pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
+    let name = name.trim();
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c));
+    ok.then(|| name.to_string()).ok_or(PasskeyError::BadName)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(parse_name("  my phone ").unwrap(), "my phone");
+        for bad in ["", "   ", "a\nb", "x\u{202e}y", &"n".repeat(65)] {
+            assert!(parse_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_rp_id_is_the_setting_or_else_the_public_host() {
+        let origin = Url::parse("https://login.example.com:8443").unwrap();
+        assert_eq!(rp_id(None, &origin).as_deref(), Some("login.example.com"));
+        assert_eq!(rp_id(Some("example.com"), &origin).as_deref(), Some("example.com"));
+        assert_eq!(rp_id(Some(""), &origin).as_deref(), Some("login.example.com"));
+    }
+}

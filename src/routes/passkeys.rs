@@ -1,0 +1,458 @@
+//! Passkey routes (issue 14). Each `…/begin` answers the JSON options for
+//! `navigator.credentials` (read by `static/passkey.js`) and binds the ceremony to the browser
+//! with the `__Host-portcullis-webauthn` cookie; the page then posts the browser's answer as an
+//! ordinary form field, so a finish is a normal form post (CSRF, 303, error pages).
+//! - `POST /login/passkey/begin`, `POST /login/passkey`: discoverable sign-in from `/login`.
+//! - `GET /account/passkeys`: the passkeys section alone (it is also on `/account`); errors of
+//!   the forms below are shown there.
+//! - `POST /account/passkeys/begin`, `POST /account/passkeys`: register one, with a name.
+//! - `POST /account/passkeys/rename`, `POST /account/passkeys/remove`.
+
+use askama::Template;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use poem::http::{header, HeaderValue, StatusCode};
+use poem::{handler, Body, Request, Response};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::audit::{rfc3339, AuthEvent, FailureReason};
+use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
+use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
+use crate::sign_in::{BeginOutcome, Outcome, PasskeyAttempt};
+use crate::text::printable;
+use crate::{client, cookies};
+
+/// Where the browser goes after a change: the account page's passkeys section.
+pub const ACCOUNT_PASSKEYS: &str = "/account#passkeys-heading";
+
+/// Largest credential JSON accepted from a browser, in bytes (well under the form cap).
+const MAX_CREDENTIAL_JSON: usize = 12 * 1024;
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    credential: String,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RegisterForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+pub struct RenameForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+}
+
+/// One passkey as the account page shows it.
+pub struct PasskeyView {
+    /// The credential id, base64url (the form's `id`).
+    pub id: String,
+    pub name: String,
+    /// RFC 3339 (for `datetime`) and as shown (to the minute, UTC).
+    pub created: String,
+    pub created_text: String,
+    pub last_used: Option<String>,
+    pub last_used_text: Option<String>,
+}
+
+/// `2026-11-30T13:31:57.025Z` as `2026-11-30 13:31 UTC`.
+fn minute(rfc3339: &str) -> String {
+    format!("{} UTC", rfc3339.get(..16).unwrap_or(rfc3339).replace('T', " "))
+}
+
+/// The user's passkeys for the page (`templates/account_passkeys.html` reads `passkeys`,
+/// `passkeys_enabled`, `passkey_error` and `csrf`).
+///
+/// # Errors
+/// The store's.
+pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>, PasskeyError> {
+    Ok(state
+        .passkeys
+        .list(user_key)
+        .await?
+        .into_iter()
+        .map(|p| PasskeyView {
+            id: URL_SAFE_NO_PAD.encode(&p.id),
+            name: printable(&p.name).into_owned(),
+            created: rfc3339(p.created_at),
+            created_text: minute(&rfc3339(p.created_at)),
+            last_used: p.last_used_at.map(rfc3339),
+            last_used_text: p.last_used_at.map(|t| minute(&rfc3339(t))),
+        })
+        .collect())
+}
+
+#[derive(Template)]
+#[template(path = "passkeys.html")]
+struct PasskeysPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    passkeys: Vec<PasskeyView>,
+    passkeys_enabled: bool,
+    passkey_error: Option<&'a str>,
+}
+
+/// Marks a page as one with a passkey button: [`super::security_headers`] gives it
+/// [`super::PASSKEY_CSP`] (scripts from this origin only) instead of the script-free CSP.
+pub fn with_passkey_script(mut resp: Response) -> Response {
+    resp.extensions_mut().insert(super::PasskeyScript);
+    resp
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    Response::builder().status(status).content_type("application/json").body(body)
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// The options with the ceremony cookie.
+fn begun(b: Begun) -> Response {
+    let mut resp = json(StatusCode::OK, b.options);
+    if let Ok(v) = cookies::set(CEREMONY_COOKIE, &b.cookie, Some(CEREMONY_LIFETIME.as_secs())).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn passkey_failure(e: &PasskeyError, what: &str) -> Response {
+    match e {
+        PasskeyError::Store(s) => crate::routes::store_error(s, what),
+        PasskeyError::Disabled => error_page(StatusCode::NOT_FOUND),
+        _ => error_page(StatusCode::BAD_REQUEST),
+    }
+}
+
+// ----- sign-in from /login -----
+
+#[handler]
+pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfOnly = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if !state.passkeys.enabled() {
+        return json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server.");
+    }
+    let client = client::client(req, &state.settings.trusted_proxies);
+    let prelogin = cookies::get(req, crate::csrf::PRELOGIN_COOKIE);
+    match state.sign_in.begin_passkey(&state.passkeys, &client, &form.csrf, prelogin.as_deref()).await {
+        Ok(BeginOutcome::Begun(b)) => begun(b),
+        Ok(BeginOutcome::Refused(r)) if r.reason == FailureReason::RateLimited => {
+            let mut resp =
+                json_error(StatusCode::TOO_MANY_REQUESTS, "Too many sign-in attempts. Please wait and try again.");
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after.unwrap_or(1)));
+            resp
+        }
+        Ok(BeginOutcome::Refused(_)) => {
+            json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "passkey sign-in not begun");
+            let status =
+                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            json_error(status, "The server could not start a passkey sign-in. Please try again.")
+        }
+    }
+}
+
+#[handler]
+pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: SignInForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if !state.passkeys.enabled() {
+        return error_page(StatusCode::NOT_FOUND);
+    }
+    if form.credential.len() > MAX_CREDENTIAL_JSON {
+        return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let client = client::client(req, &state.settings.trusted_proxies);
+    let prelogin = cookies::get(req, crate::csrf::PRELOGIN_COOKIE);
+    let ceremony = cookies::get(req, CEREMONY_COOKIE);
+    let attempt = PasskeyAttempt {
+        client: &client,
+        csrf: &form.csrf,
+        prelogin: prelogin.as_deref(),
+        ceremony: ceremony.as_deref(),
+        credential: &form.credential,
+        previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
+    };
+    let next = super::login::safe_next(form.next.as_deref());
+    let mut resp = match state.sign_in.with_passkey(&state.passkeys, attempt).await {
+        Ok(Outcome::SignedIn { token, .. }) => {
+            let mut resp = see_other(next.unwrap_or("/"));
+            let cookie = cookies::set(SESSION_COOKIE, &token.encode(), None);
+            for c in [cookie, cookies::clear(crate::csrf::PRELOGIN_COOKIE)] {
+                if let Ok(v) = c.parse() {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            resp
+        }
+        Ok(Outcome::Refused(refusal)) => super::login::post::refused(req, &state, "", next, &client, refusal).await,
+        // A passkey sign-in never asks for another factor.
+        Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
+        Err(e) => {
+            tracing::error!(error = %super::login::post::error_chain(&e), "passkey sign-in not judged");
+            error_page(if e.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            })
+        }
+    };
+    // The ceremony was used (or void): the cookie goes either way.
+    if let Ok(v) = cookies::clear(CEREMONY_COOKIE).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+// ----- the account's passkeys -----
+
+/// The signed-in session, or the response to send instead (303 to /login, 503).
+async fn signed_in(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
+    match current_session(req, state).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(see_other("/login")),
+        Err(resp) => Err(resp),
+    }
+}
+
+/// The signed-in session whose CSRF token `csrf` is, or the response (403 for a bad token).
+async fn signed_in_with(req: &Request, state: &AppState, csrf: &str) -> Result<ActiveSession, Response> {
+    let session = signed_in(req, state).await?;
+    if !state.csrf.check_session(&session.token_hash, csrf) {
+        return Err(error_page(StatusCode::FORBIDDEN));
+    }
+    Ok(session)
+}
+
+async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, error: Option<&str>) -> Response {
+    let passkeys = match views(state, &session.user.key).await {
+        Ok(v) => v,
+        Err(e) => return passkey_failure(&e, "could not list passkeys"),
+    };
+    let csrf = state.csrf.session_token(&session.token_hash);
+    let page = PasskeysPage {
+        username: &printable(&session.user.display_name),
+        csrf: &csrf,
+        passkeys,
+        passkeys_enabled: state.passkeys.enabled(),
+        passkey_error: error,
+    };
+    with_passkey_script(html(status, &page))
+}
+
+#[handler]
+pub async fn list(req: &Request, state: State<'_>) -> Response {
+    match signed_in(req, &state).await {
+        Ok(session) => page(&state, &session, StatusCode::OK, None).await,
+        Err(resp) => resp,
+    }
+}
+
+#[handler]
+pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfOnly = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match signed_in(req, &state).await {
+        Ok(s) => s,
+        Err(_) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
+    };
+    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
+        return json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.");
+    }
+    match state.passkeys.begin_registration(&session.user).await {
+        Ok(b) => begun(b),
+        Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
+        Err(PasskeyError::TooMany) => json_error(StatusCode::BAD_REQUEST, &PasskeyError::TooMany.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "passkey registration not begun");
+            let status =
+                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            json_error(status, "The server could not start adding a passkey. Please try again.")
+        }
+    }
+}
+
+#[handler]
+pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: RegisterForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match signed_in_with(req, &state, &form.csrf).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    if form.credential.len() > MAX_CREDENTIAL_JSON {
+        return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let ceremony = cookies::get(req, CEREMONY_COOKIE);
+    let result =
+        state.passkeys.finish_registration(&session.user, ceremony.as_deref(), &form.credential, &form.name).await;
+    let mut resp = match result {
+        Ok(added) => {
+            tracing::info!(passkey = %added.name, "passkey added");
+            state.audit.record(&AuthEvent::MfaAdded {
+                username: &session.user.display_name,
+                kind: crate::factors::FactorKind::Passkey.as_str(),
+            });
+            see_other(ACCOUNT_PASSKEYS)
+        }
+        Err(e @ PasskeyError::Store(_)) => passkey_failure(&e, "could not add a passkey"),
+        Err(e) => {
+            let message = match e {
+                PasskeyError::BadName => "Please give the passkey a name of 1 to 64 characters.".to_string(),
+                PasskeyError::Duplicate => "That passkey is registered already.".to_string(),
+                PasskeyError::NoCeremony => {
+                    "Adding the passkey took too long or was not started here. Please try again.".to_string()
+                }
+                PasskeyError::Disabled => "Passkeys are not available on this server.".to_string(),
+                other => {
+                    tracing::info!(error = %other, "passkey registration refused");
+                    "The passkey could not be added. Please try again.".to_string()
+                }
+            };
+            page(&state, &session, StatusCode::BAD_REQUEST, Some(&message)).await
+        }
+    };
+    if let Ok(v) = cookies::clear(CEREMONY_COOKIE).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn credential_id(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .filter(|b| !b.is_empty() && b.len() <= crate::store::passkeys::MAX_CREDENTIAL_ID_BYTES)
+}
+
+#[handler]
+pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: RenameForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match signed_in_with(req, &state, &form.csrf).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
+    match state.passkeys.rename(&session.user.key, &id, &form.name).await {
+        Ok(true) => see_other(ACCOUNT_PASSKEYS),
+        Ok(false) => error_page(StatusCode::NOT_FOUND),
+        Err(PasskeyError::BadName) => {
+            page(
+                &state,
+                &session,
+                StatusCode::BAD_REQUEST,
+                Some("Please give the passkey a name of 1 to 64 characters."),
+            )
+            .await
+        }
+        Err(e) => passkey_failure(&e, "could not rename a passkey"),
+    }
+}
+
+#[handler]
+pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: RemoveForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match signed_in_with(req, &state, &form.csrf).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
+    match state.passkeys.remove(&session.user.key, &id).await {
+        Ok(Some(removed)) => {
+            tracing::info!(passkey = %removed.name, "passkey removed");
+            state.audit.record(&AuthEvent::MfaRemoved {
+                username: &session.user.display_name,
+                kind: crate::factors::FactorKind::Passkey.as_str(),
+            });
+            see_other(ACCOUNT_PASSKEYS)
+        }
+        Ok(None) => error_page(StatusCode::NOT_FOUND),
+        Err(e) => passkey_failure(&e, "could not remove a passkey"),
+    }
+}
+
+// ----- the second step of a sign-in -----
+
+/// `POST /login/second-factor/passkey/begin`: the options for the pending sign-in's user's
+/// passkeys (the password was right; the `__Host-portcullis-mfa` cookie names the pending
+/// sign-in, and the form's CSRF token is bound to it). The answer is posted to
+/// `/login/second-factor` as `credential`.
+#[handler]
+pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: CsrfOnly = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let Some(cookie) = cookies::get(req, crate::factors::MFA_COOKIE) else {
+        return json_error(StatusCode::UNAUTHORIZED, "Please sign in again.");
+    };
+    let (hash, user) = match state.factors.pending(&cookie).await {
+        Ok(Some((hash, _, user))) => (hash, user),
+        Ok(None) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read a pending sign-in");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "The server is busy. Please try again.");
+        }
+    };
+    if !state.csrf.check_session(&hash, &form.csrf) {
+        return json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.");
+    }
+    match state.passkeys.begin_second_factor(&user.key).await {
+        Ok(b) => begun(b),
+        Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
+        Err(PasskeyError::Rejected(_)) => json_error(StatusCode::BAD_REQUEST, "You have no passkey."),
+        Err(e) => {
+            tracing::error!(error = %e, "passkey check not begun");
+            let status =
+                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            json_error(status, "The server could not start a passkey check. Please try again.")
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Signing in with a passkey from `/login` (a discoverable credential: no username, no
+//! password, no captcha). The same defences as a password sign-in, in the same order where
+//! they apply (see the parent module):
+//! 1. the per-address quota (beginning a ceremony counts too: it makes a store record),
+//! 2. CSRF, bound to the pre-login cookie,
+//! 3. no captcha: a user-verified passkey is not guessable, and this is the accessible way
+//!    past the picture (WCAG 2.2 SC 3.3.8, "Accessible Authentication (Minimum)"),
+//! 4. the per-username quota, for the user the answer names (before it is verified),
+//! 5. the assertion (webauthn-rs); a failure counts like a wrong password: it adds to the
+//!    address's and the user's failure counts, and is recorded with reason `bad_passkey`,
+//! 6. on success the same as a password sign-in, with a session of [`Factors::Two`].
+
+use super::{Judged, Outcome, SignIn, SignInError};
+use crate::audit::{AuthEvent, Client, FailureReason};
+use crate::brute_force::QuotaKey;
+use crate::passkeys::{Begun, PasskeyError, Passkeys};
+use crate::rate_limit::username_digest;
+use crate::session::SessionToken;
+use crate::store::{now_ms, Factors, StoreError};
+
+/// A passkey sign-in as the client sent it. Nothing here has been checked.
+pub struct PasskeyAttempt<'a> {
+    pub client: &'a Client,
+    /// The form's CSRF token.
+    pub csrf: &'a str,
+    /// The `__Host-portcullis-pre` cookie's value, if any.
+    pub prelogin: Option<&'a str>,
+    /// The `__Host-portcullis-webauthn` cookie's value, if any.
+    pub ceremony: Option<&'a str>,
+    /// The browser's `PublicKeyCredential`, as JSON.
+    pub credential: &'a str,
+    /// The browser's current session, ended on success.
+    pub previous_session: Option<SessionToken>,
+}
+
+/// What beginning a passkey sign-in gave.
+pub enum BeginOutcome {
+    Begun(Begun),
+    Refused(super::Refusal),
+}
+
+fn store(what: &'static str) -> impl FnOnce(PasskeyError) -> SignInError {
+    move |e| match e {
+        PasskeyError::Store(source) => SignInError::Store { what, source },
+        other => SignInError::Unexpected(anyhow::anyhow!(other)),
+    }
+}
+
+impl SignIn {
+    /// Begins a passkey sign-in: the address quota and CSRF, then a ceremony.
+    ///
+    /// # Errors
+    /// As [`SignIn::attempt`]; [`SignInError::Unexpected`] when passkeys are off.
+    pub async fn begin_passkey(
+        &self,
+        passkeys: &Passkeys,
+        client: &Client,
+        csrf: &str,
+        prelogin: Option<&str>,
+    ) -> Result<BeginOutcome, SignInError> {
+        let judged = Judged { service: self, client, username: "", digest: username_digest("") };
+        if let Some(refused) = self.address_quota(&judged).await? {
+            return Ok(BeginOutcome::Refused(refused));
+        }
+        if self.valid_prelogin(csrf, prelogin, now_ms()).await?.is_none() {
+            return Ok(BeginOutcome::Refused(refusal(judged.refuse(FailureReason::Csrf, None, false).await)?));
+        }
+        let begun = passkeys.begin_sign_in().await.map_err(store("could not begin a passkey sign-in"))?;
+        Ok(BeginOutcome::Begun(begun))
+    }
+
+    /// The per-address quota (every attempt counts, before any store lookup), refusing
+    /// (recorded) when it is used up.
+    async fn address_quota(&self, judged: &Judged<'_>) -> Result<Option<super::Refusal>, SignInError> {
+        if let Some(rate) = self.per_address {
+            if let Err(wait) = self.state.take(QuotaKey::Address(judged.client.key()), rate, now_ms()).await? {
+                let refused = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+                return Ok(Some(refusal(refused)?));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn valid_prelogin(
+        &self,
+        csrf: &str,
+        prelogin: Option<&str>,
+        now: u64,
+    ) -> Result<Option<crate::csrf::PreLogin>, SignInError> {
+        let pre = match prelogin.and_then(|v| self.csrf.prelogin(v, now / 1000)) {
+            Some(pre) if !self.state.is_retired(pre.id()).await? => pre,
+            _ => return Ok(None),
+        };
+        Ok(self.csrf.check_login(pre.value(), csrf, now / 1000).then_some(pre))
+    }
+
+    /// Judges a passkey sign-in in the order of the module note.
+    ///
+    /// # Errors
+    /// As [`SignIn::attempt`].
+    #[tracing::instrument(name = "sign_in_passkey", skip_all)]
+    pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
+        let anonymous = Judged { service: self, client: a.client, username: "", digest: username_digest("") };
+        if let Some(refused) = self.address_quota(&anonymous).await? {
+            return Ok(Outcome::Refused(refused));
+        }
+        let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
+        let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
+        let digest = username_digest(&user_key);
+        let judged = Judged { service: self, client: a.client, username: &user_key, digest };
+        let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
+        let address = a.client.key();
+        if claimed.is_some() {
+            if let Some(rate) = self.per_username {
+                if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now_ms()).await? {
+                    return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+                }
+            }
+        }
+        let verified = match passkeys.finish_sign_in(a.ceremony, a.credential).await {
+            Ok(v) => v,
+            Err(PasskeyError::Store(source)) => {
+                return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "passkey refused");
+                let counted = self.state.record_failure(address, digest, now_ms()).await?;
+                return judged.refuse(FailureReason::BadPasskey, None, counted.reached_threshold).await;
+            }
+        };
+        let user = match passkeys.user(&verified.user_key).await {
+            Ok(Some(u)) if !u.disabled => u,
+            Ok(found) => {
+                let reason = if found.is_some() { FailureReason::Disabled } else { FailureReason::UnknownUser };
+                let counted = self.state.record_failure(address, digest, now_ms()).await?;
+                return judged.refuse(reason, None, counted.reached_threshold).await;
+            }
+            Err(source) => return Err(SignInError::Store { what: "could not read the passkey's user", source }),
+        };
+        // The form signs in once, as for a password.
+        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        }
+        let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
+        if let Some(old) = &a.previous_session {
+            if let Err(source) = self.sessions.end(&old.hash()).await {
+                return Err(SignInError::Store { what: "could not end the previous session", source });
+            }
+        }
+        let token = self
+            .sessions
+            .create(&user.key, Factors::Two, a.client.ip, &a.client.user_agent)
+            .await
+            .map_err(|source: StoreError| SignInError::Store { what: "could not create a session", source })?;
+        if let Err(e) = self.audit.record_checked(&AuthEvent::PasskeyLoginSucceeded {
+            username: &user.display_name,
+            client: a.client,
+            after_failures,
+            passkey: &verified.passkey_name,
+        }) {
+            if let Err(e) = self.sessions.end(&token.hash()).await {
+                tracing::error!(error = %e, "could not end the unrecorded session");
+            }
+            return Err(SignInError::SuccessUnrecorded(e));
+        }
+        // A user-verified passkey is two factors: the `second_factor` policy is met.
+        Ok(Outcome::SignedIn { token, must_enrol: false })
+    }
+}
+
+/// The refusal `Judged::refuse` answered (it answers nothing else).
+fn refusal(outcome: Result<Outcome, SignInError>) -> Result<super::Refusal, SignInError> {
+    match outcome? {
+        Outcome::Refused(r) => Ok(r),
+        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => {
+            Err(SignInError::Unexpected(anyhow::anyhow!("a refusal was not a refusal")))
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Passkeys in the store: each user's WebAuthn credentials and the server-side state of open
+//! WebAuthn ceremonies (registration and sign-in), in domain terms. Both engines implement
+//! [`PasskeyStore`] (sled in `sled/passkeys.rs`, PostgreSQL in `postgres/passkeys.rs`), so a
+//! ceremony begun on one instance can be finished on another.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Result, TokenHash};
+
+/// Longest credential id WebAuthn allows (W3C WebAuthn Level 3 §5.1.2: at most 1023 bytes).
+pub const MAX_CREDENTIAL_ID_BYTES: usize = 1023;
+
+/// One registered passkey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPasskey {
+    /// The credential id the authenticator chose (at most [`MAX_CREDENTIAL_ID_BYTES`]):
+    /// unique across all users.
+    pub id: Vec<u8>,
+    /// The owner's normalised username.
+    pub user_key: String,
+    /// The WebAuthn user handle (a random UUID per user, never the username: W3C WebAuthn §14.6.1)
+    /// the authenticator returns in a discoverable sign-in.
+    pub user_handle: [u8; 16],
+    /// The name the user gave it (printable, at most 64 characters).
+    pub name: String,
+    /// The `webauthn_rs::prelude::Passkey` as JSON: public key, algorithm, counter, flags.
+    pub passkey: String,
+    /// Unix ms.
+    pub created_at: u64,
+    pub last_used_at: Option<u64>,
+    /// The authenticator's signature counter at its last use (0 for authenticators without one).
+    pub sign_count: u32,
+}
+
+/// What an open ceremony is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CeremonyKind {
+    /// Adding a passkey to a signed-in user's account.
+    Register,
+    /// Signing in with a discoverable passkey from `/login` (no username typed).
+    SignIn,
+    /// A passkey as the second factor, after the password, on `/login/second-factor`.
+    SecondFactor,
+}
+
+impl CeremonyKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeremonyKind::Register => "register",
+            CeremonyKind::SignIn => "sign_in",
+            CeremonyKind::SecondFactor => "second_factor",
+        }
+    }
+
+    /// The kind stored as `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [CeremonyKind::Register, CeremonyKind::SignIn, CeremonyKind::SecondFactor].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The server's half of an open ceremony, stored under the SHA-256 of the random value in the
+/// browser's ceremony cookie (so it is bound to that browser) until it is taken once or expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ceremony {
+    pub kind: CeremonyKind,
+    /// The user it is for: the signed-in user (register), the user whose password was right
+    /// (second factor), none for a discoverable sign-in.
+    pub user_key: Option<String>,
+    /// webauthn-rs's state (`PasskeyRegistration`, `DiscoverableAuthentication` or
+    /// `PasskeyAuthentication`) as JSON: it holds the challenge and must never reach the client.
+    pub state: String,
+    /// Unix ms after which it is void.
+    pub expires_at: u64,
+}
+
+/// Passkeys and open ceremonies. Errors as for every store trait ([`super::UserStore`]):
+/// [`super::StoreError::Unavailable`] (503) or [`super::StoreError::Corrupt`]; writes are
+/// durable when they return.
+#[async_trait]
+pub trait PasskeyStore: Send + Sync {
+    /// Adds a passkey.
+    ///
+    /// # Errors
+    /// [`super::StoreError::AlreadyExists`] when its credential id is registered already (to
+    /// anyone: W3C WebAuthn §7.1 step 26).
+    async fn add_passkey(&self, passkey: &StoredPasskey) -> Result<()>;
+    /// The passkey with this credential id, whoever owns it.
+    async fn passkey(&self, id: &[u8]) -> Result<Option<StoredPasskey>>;
+    /// The user's passkeys, oldest first.
+    async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>>;
+    /// Renames the user's passkey; false when the user has no such passkey.
+    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool>;
+    /// Removes the user's passkey; false when the user has no such passkey.
+    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool>;
+    /// Removes all the user's passkeys (reset, deletion); returns how many.
+    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize>;
+    /// Notes a use at `now` with the authenticator's new counter and the updated `passkey`
+    /// JSON, provided the counter moved forward (or both are 0, for authenticators without a
+    /// counter): a counter that goes back may be a cloned authenticator (W3C WebAuthn §6.1.1),
+    /// and of two concurrent uses only one with a higher counter wins. Returns whether it
+    /// was noted; false too when the passkey is gone.
+    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool>;
+    /// Stores an open ceremony under `key` (the SHA-256 of the browser's ceremony cookie),
+    /// replacing one with the same key.
+    async fn put_ceremony(&self, key: &TokenHash, ceremony: &Ceremony) -> Result<()>;
+    /// Removes and returns the ceremony under `key` if it has not expired at `now`: a
+    /// ceremony is finished at most once, even when two instances try at the same moment.
+    async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>>;
+    /// Removes the ceremonies expired at `now`; returns how many.
+    async fn purge_ceremonies(&self, now: u64) -> Result<usize>;
+}

@@ -1,0 +1,115 @@
+//! [`PasskeyStore`] on PostgreSQL: the `passkeys` and `webauthn_ceremonies` tables of
+//! migration `0006_passkeys.sql`. Each method is one statement, so instances sharing the
+//! database agree: a ceremony is taken by exactly one `DELETE … RETURNING`, and a counter only
+//! moves forward under the row lock.
+
+use async_trait::async_trait;
+use tokio_postgres::Row;
+
+use super::{ms, unms, PgStore};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
+use crate::store::{Result, StoreError, TokenHash};
+
+const COLUMNS: &str = "id, user_key, user_handle, name, passkey, created_at_ms, last_used_at_ms, sign_count";
+
+fn passkey_of(row: &Row) -> Result<StoredPasskey> {
+    let handle: Vec<u8> = row.get(2);
+    Ok(StoredPasskey {
+        id: row.get(0),
+        user_key: row.get(1),
+        user_handle: handle.try_into().map_err(|_| StoreError::Corrupt("a passkey's user handle".into()))?,
+        name: row.get(3),
+        passkey: row.get(4),
+        created_at: unms(row.get(5)),
+        last_used_at: row.get::<_, Option<i64>>(6).map(unms),
+        sign_count: u32::try_from(row.get::<_, i64>(7)).unwrap_or(u32::MAX),
+    })
+}
+
+#[async_trait]
+impl PasskeyStore for PgStore {
+    async fn add_passkey(&self, p: &StoredPasskey) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO passkeys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+        );
+        let added = self
+            .client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &p.id,
+                    &p.user_key,
+                    &&p.user_handle[..],
+                    &p.name,
+                    &p.passkey,
+                    &ms(p.created_at),
+                    &p.last_used_at.map(ms),
+                    &i64::from(p.sign_count),
+                ],
+            )
+            .await?;
+        if added == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn passkey(&self, id: &[u8]) -> Result<Option<StoredPasskey>> {
+        let sql = format!("SELECT {COLUMNS} FROM passkeys WHERE id = $1");
+        self.client().await?.query_opt(&sql, &[&id]).await?.as_ref().map(passkey_of).transpose()
+    }
+
+    async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>> {
+        let sql = format!("SELECT {COLUMNS} FROM passkeys WHERE user_key = $1 ORDER BY created_at_ms, id");
+        self.client().await?.query(&sql, &[&user_key]).await?.iter().map(passkey_of).collect()
+    }
+
+    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool> {
+        let sql = "UPDATE passkeys SET name = $3 WHERE user_key = $1 AND id = $2";
+        Ok(self.client().await?.execute(sql, &[&user_key, &id, &name]).await? > 0)
+    }
+
+    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
+        let sql = "DELETE FROM passkeys WHERE user_key = $1 AND id = $2";
+        Ok(self.client().await?.execute(sql, &[&user_key, &id]).await? > 0)
+    }
+
+    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize> {
+        let n = self.client().await?.execute("DELETE FROM passkeys WHERE user_key = $1", &[&user_key]).await?;
+        Ok(n as usize)
+    }
+
+    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool> {
+        // The WHERE is the compare, re-checked on the latest row after a concurrent update.
+        let sql = "UPDATE passkeys SET passkey = $2, sign_count = $3, last_used_at_ms = $4
+                   WHERE id = $1 AND (sign_count < $3 OR (sign_count = 0 AND $3 = 0))";
+        let n = self.client().await?.execute(sql, &[&id, &passkey, &i64::from(sign_count), &ms(now)]).await?;
+        Ok(n > 0)
+    }
+
+    async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
+        let sql = "INSERT INTO webauthn_ceremonies (key, kind, user_key, state, expires_at_ms)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (key) DO UPDATE SET kind = $2, user_key = $3, state = $4, expires_at_ms = $5";
+        self.client()
+            .await?
+            .execute(sql, &[&&key[..], &c.kind.as_str(), &c.user_key, &c.state, &ms(c.expires_at)])
+            .await?;
+        Ok(())
+    }
+
+    async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        let sql = "DELETE FROM webauthn_ceremonies WHERE key = $1 RETURNING kind, user_key, state, expires_at_ms";
+        let Some(row) = self.client().await?.query_opt(sql, &[&&key[..]]).await? else { return Ok(None) };
+        let kind: String = row.get(0);
+        let kind = CeremonyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("ceremony kind {kind:?}")))?;
+        let expires_at = unms(row.get(3));
+        Ok((expires_at > now).then(|| Ceremony { kind, user_key: row.get(1), state: row.get(2), expires_at }))
+    }
+
+    async fn purge_ceremonies(&self, now: u64) -> Result<usize> {
+        let sql = "DELETE FROM webauthn_ceremonies WHERE expires_at_ms <= $1";
+        Ok(self.client().await?.execute(sql, &[&ms(now)]).await? as usize)
+    }
+}

@@ -1,0 +1,225 @@
+//! [`PasskeyStore`] on sled. Trees:
+//! - `passkeys`: credential id → JSON [`PasskeyRecord`]
+//! - `user_passkeys`: username key, 0x00, credential id → () (each user's list)
+//! - `ceremonies`: SHA-256 of the ceremony cookie → JSON [`CeremonyRecord`]
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, index_prefix, SledStore, SCHEMA_VERSION};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
+use crate::store::{Result, StoreError, TokenHash};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PasskeyRecord {
+    schema: u32,
+    user_key: String,
+    user_handle: [u8; 16],
+    name: String,
+    passkey: String,
+    created_at: u64,
+    last_used_at: Option<u64>,
+    sign_count: u32,
+}
+
+impl PasskeyRecord {
+    fn new(p: &StoredPasskey) -> Self {
+        PasskeyRecord {
+            schema: SCHEMA_VERSION,
+            user_key: p.user_key.clone(),
+            user_handle: p.user_handle,
+            name: p.name.clone(),
+            passkey: p.passkey.clone(),
+            created_at: p.created_at,
+            last_used_at: p.last_used_at,
+            sign_count: p.sign_count,
+        }
+    }
+
+    fn stored(self, id: &[u8]) -> StoredPasskey {
+        StoredPasskey {
+            id: id.to_vec(),
+            user_key: self.user_key,
+            user_handle: self.user_handle,
+            name: self.name,
+            passkey: self.passkey,
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            sign_count: self.sign_count,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CeremonyRecord {
+    kind: CeremonyKind,
+    user_key: Option<String>,
+    state: String,
+    expires_at: u64,
+}
+
+fn owner_key(user_key: &str, id: &[u8]) -> Vec<u8> {
+    let mut k = index_prefix(user_key);
+    k.extend_from_slice(id);
+    k
+}
+
+impl SledStore {
+    fn passkeys(&self) -> Result<::sled::Tree> {
+        Ok(self.db.open_tree("passkeys")?)
+    }
+
+    fn user_passkeys(&self) -> Result<::sled::Tree> {
+        Ok(self.db.open_tree("user_passkeys")?)
+    }
+
+    fn ceremonies(&self) -> Result<::sled::Tree> {
+        Ok(self.db.open_tree("ceremonies")?)
+    }
+
+    /// The passkey `id` if `user_key` owns it.
+    fn owned(&self, user_key: &str, id: &[u8]) -> Result<Option<PasskeyRecord>> {
+        let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
+        let record: PasskeyRecord = decode(&v)?;
+        Ok((record.user_key == user_key).then_some(record))
+    }
+
+    /// Removes every passkey of `user_key`; returns how many (also used when a user is deleted).
+    pub(super) fn delete_user_passkeys(&self, user_key: &str) -> Result<usize> {
+        let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
+        let prefix = index_prefix(user_key);
+        let mut removed = 0;
+        for kv in index.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            if passkeys.remove(&k[prefix.len()..])?.is_some() {
+                removed += 1;
+            }
+            index.remove(k)?;
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl PasskeyStore for SledStore {
+    async fn add_passkey(&self, p: &StoredPasskey) -> Result<()> {
+        let bytes = encode(&PasskeyRecord::new(p))?;
+        if self.passkeys()?.compare_and_swap(&p.id, None as Option<&[u8]>, Some(bytes))?.is_err() {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.user_passkeys()?.insert(owner_key(&p.user_key, &p.id), &[])?;
+        self.durable(()).await
+    }
+
+    async fn passkey(&self, id: &[u8]) -> Result<Option<StoredPasskey>> {
+        let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
+        Ok(Some(decode::<PasskeyRecord>(&v)?.stored(id)))
+    }
+
+    async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>> {
+        let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
+        let prefix = index_prefix(user_key);
+        let mut out = Vec::new();
+        for kv in index.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = &k[prefix.len()..];
+            if let Some(v) = passkeys.get(id)? {
+                out.push(decode::<PasskeyRecord>(&v)?.stored(id));
+            }
+        }
+        out.sort_by_key(|p| p.created_at);
+        Ok(out)
+    }
+
+    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool> {
+        let mut renamed = false;
+        self.passkeys()?.fetch_and_update(id, |old| {
+            let bytes = old?;
+            let mut record: PasskeyRecord = match serde_json::from_slice(bytes) {
+                Ok(r) => r,
+                Err(_) => return Some(bytes.to_vec()),
+            };
+            if record.user_key != user_key {
+                return Some(bytes.to_vec());
+            }
+            record.name = name.to_string();
+            renamed = true;
+            serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
+        })?;
+        self.durable(renamed).await
+    }
+
+    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
+        if self.owned(user_key, id)?.is_none() {
+            return Ok(false);
+        }
+        let removed = self.passkeys()?.remove(id)?.is_some();
+        self.user_passkeys()?.remove(owner_key(user_key, id))?;
+        self.durable(removed).await
+    }
+
+    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize> {
+        let removed = self.delete_user_passkeys(user_key)?;
+        self.durable(removed).await
+    }
+
+    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool> {
+        let mut noted = false;
+        self.passkeys()?.fetch_and_update(id, |old| {
+            let bytes = old?;
+            let Ok(mut record) = serde_json::from_slice::<PasskeyRecord>(bytes) else { return Some(bytes.to_vec()) };
+            let forward = sign_count > record.sign_count || (sign_count == 0 && record.sign_count == 0);
+            if !forward {
+                return Some(bytes.to_vec());
+            }
+            record.sign_count = sign_count;
+            record.passkey = passkey.to_string();
+            record.last_used_at = Some(now);
+            noted = true;
+            serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
+        })?;
+        self.durable(noted).await
+    }
+
+    async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
+        let record = CeremonyRecord {
+            kind: c.kind,
+            user_key: c.user_key.clone(),
+            state: c.state.clone(),
+            expires_at: c.expires_at,
+        };
+        self.ceremonies()?.insert(key, encode(&record)?)?;
+        self.durable(()).await
+    }
+
+    async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        // `remove` returns the value it removed: of two callers only one gets it.
+        let Some(v) = self.ceremonies()?.remove(key)? else { return Ok(None) };
+        self.flush().await?;
+        let r: CeremonyRecord = decode(&v)?;
+        Ok((r.expires_at > now).then_some(Ceremony {
+            kind: r.kind,
+            user_key: r.user_key,
+            state: r.state,
+            expires_at: r.expires_at,
+        }))
+    }
+
+    async fn purge_ceremonies(&self, now: u64) -> Result<usize> {
+        let n = self
+            .blocking(move |s| {
+                let tree = s.ceremonies()?;
+                let mut removed = 0;
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    let expired = decode::<CeremonyRecord>(&v).map_or(true, |r| r.expires_at <= now);
+                    if expired && tree.remove(k)?.is_some() {
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            })
+            .await?;
+        self.durable(n).await
+    }
+}

@@ -1,0 +1,418 @@
+//! Passkeys over real HTTPS against a software authenticator (webauthn-authenticator-rs's
+//! `SoftPasskey`): registration on the account page, discoverable sign-in from /login (no
+//! password, no captcha, two factors), and what must be refused: replays, a ceremony from
+//! another browser, missing CSRF, another user's passkey. The browser test
+//! (`browser.rs`) covers the same with Chromium's virtual authenticator.
+//!
+//! `SoftPasskey` makes neither resident keys nor user-verified assertions on its own: the
+//! test asks it for a non-resident key (the `requireResidentKey` option is the client's
+//! input, not signed), lets it set the UV flag (`falsify_uv`), gives it the credential id to
+//! use, and adds the user handle a resident key would return (not covered by the signature,
+//! W3C WebAuthn §6.3.3). What the server verifies is unchanged.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use portcullis::config::Settings;
+use portcullis::store::Factors;
+use reqwest::StatusCode;
+use url::Url;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse};
+
+use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
+
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+}
+
+/// A free port on 127.0.0.1 (taken and let go: the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `public_url` https://localhost:PORT, so the relying-party id is `localhost` (WebAuthn
+/// refuses IP addresses).
+pub fn on_localhost(s: &mut Settings) {
+    let port = free_port();
+    s.https_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    s.public_url = Some(format!("https://localhost:{port}"));
+}
+
+pub async fn passkey_app() -> TestApp {
+    spawn_app_with(on_localhost).await
+}
+
+fn origin(app: &TestApp) -> Url {
+    Url::parse(app.settings.public_url.as_deref().unwrap()).unwrap()
+}
+
+/// A user's software authenticator with what a resident key would remember.
+pub struct Device {
+    soft: SoftPasskey,
+    credential_id: Vec<u8>,
+    user_handle: Vec<u8>,
+}
+
+pub async fn signed_in_browser(app: &TestApp, name: &str) -> reqwest::Client {
+    app.add_user(name, GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, name, GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    browser
+}
+
+async fn account_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
+    let page = browser.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+    hidden_field(&page, "csrf").expect("the passkeys page has a csrf field")
+}
+
+/// Registers a passkey named `name` for the browser's user; returns the device and the answer.
+pub async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (Device, reqwest::Response) {
+    let csrf = account_csrf(app, browser).await;
+    let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(begin.status(), StatusCode::OK);
+    let mut options: serde_json::Value = json(begin).await;
+    let pk = &mut options["publicKey"];
+    assert_eq!(pk["authenticatorSelection"]["residentKey"], "required", "a discoverable credential is asked for");
+    assert_eq!(pk["authenticatorSelection"]["userVerification"], "required");
+    let user_handle = URL_SAFE_NO_PAD.decode(pk["user"]["id"].as_str().unwrap()).unwrap();
+    pk["authenticatorSelection"]["residentKey"] = "discouraged".into();
+    pk["authenticatorSelection"]["requireResidentKey"] = false.into();
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let mut soft = SoftPasskey::new(true);
+    let answer = soft.do_registration(origin(app), ccr).expect("the soft passkey registers");
+    let credential_id = answer.raw_id.to_vec();
+    let json = serde_json::to_string(&answer).unwrap();
+    let resp = browser
+        .post(app.url("/account/passkeys"))
+        .form(&[("csrf", csrf.as_str()), ("credential", json.as_str()), ("name", name)])
+        .send()
+        .await
+        .unwrap();
+    (Device { soft, credential_id, user_handle }, resp)
+}
+
+/// The login form's CSRF token for `browser`.
+pub async fn login_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
+    app.login_csrf(browser).await
+}
+
+/// Begins a passkey sign-in; the options (status 200) or the refusal.
+pub async fn begin_sign_in(app: &TestApp, browser: &reqwest::Client, csrf: &str) -> reqwest::Response {
+    browser.post(app.url("/login/passkey/begin")).form(&[("csrf", csrf)]).send().await.unwrap()
+}
+
+/// The device's answer to `options`, as a browser's JSON.
+pub fn assert_with(app: &TestApp, device: &mut Device, mut options: serde_json::Value) -> String {
+    let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+    options["publicKey"]["allowCredentials"] = serde_json::json!([{ "type": "public-key", "id": id }]);
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let answer = device.soft.do_authentication(origin(app), rcr).expect("the soft passkey signs");
+    let mut json = serde_json::to_value(&answer).unwrap();
+    json["response"]["userHandle"] = URL_SAFE_NO_PAD.encode(&device.user_handle).into();
+    json.to_string()
+}
+
+/// A whole passkey sign-in in `browser`; the finishing response.
+async fn sign_in(app: &TestApp, browser: &reqwest::Client, device: &mut Device) -> reqwest::Response {
+    let csrf = login_csrf(app, browser).await;
+    let begin = begin_sign_in(app, browser, &csrf).await;
+    assert_eq!(begin.status(), StatusCode::OK);
+    let options: serde_json::Value = json(begin).await;
+    assert!(options["publicKey"]["allowCredentials"].as_array().is_none_or(|a| a.is_empty()), "discoverable");
+    assert!(options.get("mediation").is_none_or(|m| m.is_null()), "a button, not autofill: {options}");
+    let credential = assert_with(app, device, options);
+    finish(app, browser, &csrf, &credential).await
+}
+
+pub async fn finish(app: &TestApp, browser: &reqwest::Client, csrf: &str, credential: &str) -> reqwest::Response {
+    browser.post(app.url("/login/passkey")).form(&[("csrf", csrf), ("credential", credential)]).send().await.unwrap()
+}
+
+pub async fn factors_of(app: &TestApp, user: &str) -> Vec<Factors> {
+    app.state.sessions.list(user).await.unwrap().into_iter().map(|s| s.record.factors).collect()
+}
+
+#[tokio::test]
+async fn a_passkey_registered_on_the_account_page_signs_in_from_login_with_two_factors_and_no_password() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, resp) = register(&app, &browser, "my laptop").await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let page = browser.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("my laptop") && page.contains("never used"), "{page}");
+    let added = app.log_lines().into_iter().find(|l| l["event"] == "mfa_added").expect("mfa_added is logged");
+    assert_eq!((added["kind"].as_str(), added["username"].as_str()), (Some("passkey"), Some("alice")));
+
+    let other = app.new_browser();
+    let resp = sign_in(&app, &other, &mut device).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/");
+    let home = other.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::OK);
+    assert!(home.text().await.unwrap().contains("Hello, alice"));
+    assert!(factors_of(&app, "alice").await.contains(&Factors::Two), "a passkey session has two factors");
+    let ok = app.log_lines().into_iter().find(|l| l["method"] == "passkey").expect("the sign-in is logged");
+    assert_eq!(ok["event"], "authn_login_success");
+    let page = other.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("last used"), "the use is noted: {page}");
+}
+
+#[tokio::test]
+async fn a_passkey_signs_in_without_a_captcha_after_the_address_failed_three_times() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    let stranger = app.new_browser();
+    for _ in 0..3 {
+        assert_eq!(
+            app.login_with(&stranger, "alice", "wrong password entirely").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let form = stranger.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains("name=\"captcha\""), "the password form now demands a captcha");
+    assert!(form.contains("Sign in with a passkey"));
+    let resp = sign_in(&app, &stranger, &mut device).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "no captcha on the passkey path");
+    let ok = app.log_lines().into_iter().find(|l| l["method"] == "passkey").unwrap();
+    assert_eq!(ok["event"], "authn_login_successafterfail");
+}
+
+#[tokio::test]
+async fn a_replayed_assertion_is_refused_counted_and_logged_as_bad_passkey() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    let thief = app.new_browser();
+    let csrf = login_csrf(&app, &thief).await;
+    let options: serde_json::Value = json(begin_sign_in(&app, &thief, &csrf).await).await;
+    let credential = assert_with(&app, &mut device, options);
+    assert_eq!(finish(&app, &thief, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+
+    // The same answer again, on a new ceremony (and a new form): its challenge is not this one.
+    let again = app.new_browser();
+    for _ in 0..3 {
+        let csrf = login_csrf(&app, &again).await;
+        assert_eq!(begin_sign_in(&app, &again, &csrf).await.status(), StatusCode::OK);
+        let resp = finish(&app, &again, &csrf, &credential).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.text().await.unwrap().contains("That passkey was not accepted"));
+    }
+    let fails: Vec<_> = app.log_lines().into_iter().filter(|l| l["reason"] == "bad_passkey").collect();
+    assert_eq!(fails.len(), 3, "each failure is logged");
+    assert_eq!(fails[0]["username"], "alice", "the passkey's owner is the identity checked");
+    assert_eq!(fails[2]["event"], "authn_login_fail_max", "the third counts to the captcha threshold");
+    let form = again.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains("name=\"captcha\""), "failed assertions count like failed sign-ins");
+}
+
+#[tokio::test]
+async fn a_ceremony_begun_in_one_browser_cannot_be_finished_in_another_or_twice() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    let first = app.new_browser();
+    let csrf = login_csrf(&app, &first).await;
+    let options: serde_json::Value = json(begin_sign_in(&app, &first, &csrf).await).await;
+    let credential = assert_with(&app, &mut device, options);
+    let second = app.new_browser();
+    let csrf2 = login_csrf(&app, &second).await;
+    assert_eq!(finish(&app, &second, &csrf2, &credential).await.status(), StatusCode::UNAUTHORIZED);
+    // A wrong answer uses the ceremony up: the right one cannot follow it.
+    assert_eq!(finish(&app, &first, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(finish(&app, &first, &csrf, &credential).await.status(), StatusCode::UNAUTHORIZED);
+    assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "nobody signed in with it");
+}
+
+#[tokio::test]
+async fn passkey_forms_without_their_csrf_token_are_refused() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let stranger = app.new_browser();
+    let _ = login_csrf(&app, &stranger).await;
+    assert_eq!(begin_sign_in(&app, &stranger, "forged").await.status(), StatusCode::FORBIDDEN);
+    let resp = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", "forged")]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    for path in ["/account/passkeys", "/account/passkeys/rename", "/account/passkeys/remove"] {
+        let resp = browser
+            .post(app.url(path))
+            .form(&[("csrf", "forged"), ("id", "AAAA"), ("name", "x"), ("credential", "{}")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    let csrf_log = app.log_lines().into_iter().filter(|l| l["reason"] == "csrf").count();
+    assert!(csrf_log >= 1, "a refused passkey sign-in is recorded like any refused sign-in");
+}
+
+#[tokio::test]
+async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_logged() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &alice, "old name").await;
+    let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+    let bob = signed_in_browser(&app, "bob").await;
+    let bob_csrf = account_csrf(&app, &bob).await;
+    for path in ["/account/passkeys/rename", "/account/passkeys/remove"] {
+        let form = [("csrf", bob_csrf.as_str()), ("id", id.as_str()), ("name", "mine now")];
+        let resp = bob.post(app.url(path)).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let csrf = account_csrf(&app, &alice).await;
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "  ")];
+    assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 400);
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name>")];
+    assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
+    let page = alice.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("new &#60;name&#62;") || page.contains("new &lt;name&gt;"), "escaped: {page}");
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
+    assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
+    let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
+    assert_eq!(removed["kind"], "passkey");
+    let resp = sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a removed passkey signs nobody in");
+}
+
+#[tokio::test]
+async fn a_deleted_users_passkey_does_not_sign_in_a_new_user_of_the_same_name() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    app.state.users.delete("alice", "test").await.unwrap();
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let resp = sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn registration_with_a_bad_name_or_a_forged_answer_is_a_400_with_the_reason() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (_, resp) = register(&app, &browser, "").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("name of 1 to 64"));
+    let csrf = account_csrf(&app, &browser).await;
+    let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(begin.status(), StatusCode::OK);
+    let form = [("csrf", csrf.as_str()), ("credential", "{\"not\":\"a credential\"}"), ("name", "x")];
+    let resp = browser.post(app.url("/account/passkeys")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn without_a_host_name_there_is_no_passkey_button_and_no_script() {
+    let app = spawn_app().await; // https://127.0.0.1:PORT: WebAuthn refuses IP addresses
+    let resp = app.client.get(app.url("/login")).send().await.unwrap();
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(!csp.contains("script-src"), "{csp}");
+    assert!(!resp.text().await.unwrap().contains("passkey"));
+    let csrf = app.login_csrf(&app.client).await;
+    assert_eq!(begin_sign_in(&app, &app.client, &csrf).await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Password, then the passkey at `/login/second-factor`: the second page's response.
+async fn password_then_passkey(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    name: &str,
+    device: &mut Device,
+) -> reqwest::Response {
+    let resp = app.login_with(browser, name, GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/login/second-factor", "a user with a passkey owes a second factor");
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert_eq!(csp, portcullis::routes::PASSKEY_CSP, "the second-factor page has a passkey button");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Use a passkey"), "{page}");
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let begin = browser
+        .post(app.url("/login/second-factor/passkey/begin"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begin.status(), StatusCode::OK);
+    let options = json(begin).await;
+    let allowed = options["publicKey"]["allowCredentials"].as_array().unwrap().len();
+    assert!(allowed >= 1, "only the user's own passkeys are offered: {options}");
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let credential = match device.soft.do_authentication(origin(app), rcr) {
+        Ok(answer) => serde_json::to_string(&answer).unwrap(),
+        // Not a passkey of this user's: answer with it anyway, as a stolen key would.
+        Err(_) => "{}".to_string(),
+    };
+    browser
+        .post(app.url("/login/second-factor"))
+        .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_passkey_is_the_second_factor_after_the_right_password() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    app.logout_with(&browser).await;
+    let resp = password_then_passkey(&app, &browser, "alice", &mut device).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/");
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), StatusCode::OK);
+    assert!(factors_of(&app, "alice").await.contains(&Factors::Two));
+}
+
+#[tokio::test]
+async fn another_users_passkey_is_a_wrong_second_factor_and_counted() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let (_alices, _) = register(&app, &alice, "alice's").await;
+    let mallory = signed_in_browser(&app, "mallory").await;
+    let (mut mallorys, _) = register(&app, &mallory, "mallory's").await;
+    let thief = app.new_browser();
+    let resp = password_then_passkey(&app, &thief, "alice", &mut mallorys).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("not accepted"));
+    let fail = app.log_lines().into_iter().find(|l| l["reason"] == "bad_second_factor").expect("logged");
+    assert_eq!(fail["username"], "alice");
+    assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "no session from it");
+}
+
+#[tokio::test]
+async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    let (_, summary) = app.state.users.factors("alice").await.unwrap();
+    assert_eq!(summary.passkeys, 1, "user factors counts the passkey");
+    let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
+    assert_eq!(removed.passkeys, 1, "reset-factors removes passkeys too");
+    assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
+    let resp = sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a reset passkey signs nobody in");
+}
+
+#[tokio::test]
+async fn passkey_sign_ins_use_the_address_quota_like_passwords() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.login_quota_per_ip =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) });
+    })
+    .await;
+    let browser = app.new_browser();
+    let csrf = login_csrf(&app, &browser).await;
+    assert_eq!(begin_sign_in(&app, &browser, &csrf).await.status(), StatusCode::OK);
+    assert_eq!(begin_sign_in(&app, &browser, &csrf).await.status(), StatusCode::OK);
+    assert_eq!(finish(&app, &browser, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED, "the third attempt");
+    let refused = begin_sign_in(&app, &browser, &csrf).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let resp = finish(&app, &browser, &csrf, "{}").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(app.log_lines().iter().any(|l| l["reason"] == "rate_limited"), "refusals are recorded");
+}

@@ -1,0 +1,45 @@
+//! Passkeys on PostgreSQL with two instances: a ceremony begun on one is finished on the
+//! other (its state is in the database, bound to the browser's cookie), and used once there.
+
+use portcullis::store::Factors;
+use reqwest::StatusCode;
+
+use crate::helpers::spawn_app_with;
+use crate::passkeys::{
+    assert_with, begin_sign_in, factors_of, finish, json, login_csrf, on_localhost, register, signed_in_browser,
+};
+use crate::pg;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_sign_in_begun_on_one_instance_finishes_on_another_once() {
+    let Some(url) = pg::database().await else { return };
+    let one = spawn_app_with(|s| {
+        on_localhost(s);
+        s.database_url = Some(url.clone());
+    })
+    .await;
+    let (public_url, cert_dir) = (one.settings.public_url.clone(), one.settings.cert_dir.clone());
+    let two = spawn_app_with(|s| {
+        s.database_url = Some(url.clone());
+        s.cert_dir = cert_dir;
+        // Both instances serve one site: the same origin and relying party.
+        s.public_url = public_url;
+    })
+    .await;
+    let browser = signed_in_browser(&one, "alice").await;
+    let (mut device, resp) = register(&one, &browser, "key").await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+
+    // One browser (cookies go to both: same host), two instances.
+    let visitor = one.new_browser();
+    let csrf = login_csrf(&one, &visitor).await;
+    let options = json(begin_sign_in(&one, &visitor, &csrf).await).await;
+    let credential = assert_with(&one, &mut device, options);
+    let resp = finish(&two, &visitor, &csrf, &credential).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "finished on the other instance");
+    assert!(factors_of(&two, "alice").await.contains(&Factors::Two));
+    // The ceremony is gone on both: a second finish on the first instance finds nothing.
+    let again = one.new_browser();
+    let csrf = login_csrf(&one, &again).await;
+    assert_eq!(finish(&one, &again, &csrf, &credential).await.status(), StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,141 @@
+// Passkeys in a real browser (issue 14): Debian's headless Chromium driven by playwright-core,
+// with Chrome's virtual WebAuthn authenticator (DevTools `WebAuthn` domain: CTAP2, internal
+// transport, resident keys, user verification). Run by tests/api/browser.rs against a server
+// it started; never downloads a browser.
+//
+// Environment: PORTCULLIS_URL (https://localhost:PORT), PORTCULLIS_USER, PORTCULLIS_PASSWORD,
+// PORTCULLIS_CHROMIUM (default /usr/bin/chromium), PORTCULLIS_SCREENSHOTS (a directory; none
+// taken when unset), PORTCULLIS_SECOND_FACTOR=1 to also sign in with password + passkey.
+// Prints one line per step; exits non-zero at the first failure.
+import { chromium } from 'playwright-core';
+import path from 'node:path';
+
+const base = process.env.PORTCULLIS_URL;
+const user = process.env.PORTCULLIS_USER;
+const password = process.env.PORTCULLIS_PASSWORD;
+const shots = process.env.PORTCULLIS_SCREENSHOTS || '';
+const secondFactor = process.env.PORTCULLIS_SECOND_FACTOR === '1';
+if (!base || !user || !password) {
+  console.error('PORTCULLIS_URL, PORTCULLIS_USER and PORTCULLIS_PASSWORD are required');
+  process.exit(2);
+}
+
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+
+function step(text) {
+  console.log(`step: ${text}`);
+}
+
+function check(condition, message) {
+  if (!condition) { throw new Error(message); }
+}
+
+async function shoot(page, name) {
+  if (!shots) { return; }
+  for (const [label, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    await page.setViewportSize(size);
+    await page.screenshot({ path: path.join(shots, `${name}-${label}.png`), fullPage: true });
+  }
+  await page.setViewportSize(DESKTOP);
+}
+
+async function signInWithPassword(page, pass) {
+  await page.goto(`${base}/login`);
+  await page.fill('#username', user);
+  await page.fill('#password', pass);
+  await Promise.all([page.waitForLoadState('load'), page.click('form[action="/login"] button[type=submit]')]);
+}
+
+async function signOut(page) {
+  await page.goto(`${base}/`);
+  await Promise.all([page.waitForURL(`${base}/login`), page.click('form[action="/logout"] button')]);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.PORTCULLIS_CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
+});
+let failed = false;
+try {
+  // The development certificate is self-signed (it names localhost).
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP });
+  const page = await context.newPage();
+  const scriptErrors = [];
+  page.on('pageerror', (e) => scriptErrors.push(String(e)));
+  // Console errors, but not the network ones the wrong passwords cause on purpose (401).
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) { scriptErrors.push(m.text()); }
+  });
+
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('WebAuthn.enable', { enableUI: false });
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2',
+      transport: 'internal',
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+
+  step('sign in with the password');
+  await signInWithPassword(page, password);
+  check(page.url() === `${base}/`, `after the password: ${page.url()}`);
+
+  step('register a passkey on the account page');
+  await page.goto(`${base}/account`);
+  await shoot(page, 'account-empty');
+  const add = page.locator('form[data-passkey="create"] button[type=submit]');
+  await add.waitFor({ state: 'visible' });
+  await page.fill('#passkey-name', 'Virtual authenticator');
+  await Promise.all([page.waitForURL(`${base}/account#passkeys-heading`, { waitUntil: 'load' }), add.click()]);
+  await page.waitForSelector('text=Virtual authenticator');
+  check(await page.locator('.passkey-list li').count() === 1, 'one passkey listed');
+  const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+  check(credentials.length === 1 && credentials[0].isResidentCredential, 'one resident credential on the authenticator');
+  await shoot(page, 'account');
+
+  step('sign out');
+  await signOut(page);
+  await shoot(page, 'login');
+
+  if (secondFactor) {
+    step('password, then the passkey as the second factor');
+    await signInWithPassword(page, password);
+    check(page.url().startsWith(`${base}/login/second-factor`), `after the password: ${page.url()}`);
+    await shoot(page, 'second-factor');
+    const second = page.locator('form[data-passkey="get"] button[type=submit]');
+    await second.waitFor({ state: 'visible' });
+    await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), second.click()]);
+    check((await page.textContent('h1')).includes(user), 'signed in with password and passkey');
+    await signOut(page);
+  }
+
+  step('fail three times with a wrong password: the captcha is demanded');
+  for (let i = 0; i < 3; i++) {
+    await signInWithPassword(page, 'not the password at all');
+  }
+  await page.goto(`${base}/login`);
+  check(await page.locator('#captcha').count() === 1, 'the password form demands a captcha');
+  await shoot(page, 'login-captcha');
+
+  step('sign in with the passkey: no username, no password, no captcha');
+  const passkeyButton = page.locator('form[data-passkey="get"] button[type=submit]');
+  await passkeyButton.waitFor({ state: 'visible' });
+  await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), passkeyButton.click()]);
+  check((await page.textContent('h1')).includes(user), 'the home page greets the user');
+
+  check(scriptErrors.length === 0, `script errors: ${scriptErrors.join(' | ')}`);
+  step('done');
+  await context.close();
+} catch (e) {
+  failed = true;
+  console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
