@@ -350,9 +350,12 @@ pub fn admin_request(data: &[u8]) {
 pub fn check_admin_request(req: &admin_socket::Request) {
     // Debug output does not depend on the password at all.
     let other = match req {
-        admin_socket::Request::UserAdd { name, admin, .. } => {
-            Some(admin_socket::Request::UserAdd { name: name.clone(), password: String::new(), admin: *admin })
-        }
+        admin_socket::Request::UserAdd { name, admin, groups, .. } => Some(admin_socket::Request::UserAdd {
+            name: name.clone(),
+            password: String::new(),
+            admin: *admin,
+            groups: groups.clone(),
+        }),
         admin_socket::Request::UserPasswd { name, .. } => {
             Some(admin_socket::Request::UserPasswd { name: name.clone(), password: String::new() })
         }

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sessions_apart_held_reservations.sql"),
     include_str!("migrations/0003_session_factors.sql"),
+    include_str!("migrations/0004_groups.sql"),
 ];
 
 /// The schema version this build writes.
