@@ -27,6 +27,7 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// The application's routes wrapped in its middleware.
 pub fn router(state: Arc<AppState>) -> impl Endpoint {
+    let scope = crate::cookies::Scope::new(state.settings.cookie_domain.as_ref().map(|d| d.as_str().to_string()));
     // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
         .at("/", allowing(GET, get(home::home)))
@@ -39,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
         .data(state)
+        .around(move |ep, req| {
+            let scope = scope.clone();
+            async move { crate::cookies::scoped(ep.as_ref(), req, scope).await }
+        })
         .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })
 }
 
