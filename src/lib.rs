@@ -18,6 +18,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod descriptors;
 pub mod domain;
+pub mod forward_auth;
 pub mod failures;
 pub mod loadtest;
 pub mod password;

@@ -3,6 +3,8 @@
 //! none of them touches the store directly.
 
 mod admin;
+/// Public for the metrics work: [`authz::verify`] returns what each verify was.
+pub mod authz;
 mod flash;
 mod health;
 mod home;
@@ -36,6 +38,8 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
         .at("/admin/unlock", allowing(POST, post(admin::unlock::unlock)))
+        .at("/api/authz/forward-auth", allowing(GET, get(authz::forward_auth)))
+        .at("/api/authz/auth-request", allowing(GET, get(authz::auth_request)))
         .at("/healthz", allowing(GET, get(health::healthz)))
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))

@@ -29,6 +29,7 @@ mod password_policy;
 mod pg;
 mod pg_app;
 mod postgres;
+mod proxies;
 mod readiness;
 mod review;
 mod review_times;

@@ -29,6 +29,8 @@ pub struct LoginForm {
     #[serde(default)]
     pub captcha: String,
     pub next: Option<String>,
+    /// Forward auth's return address, checked before use.
+    pub rd: Option<String>,
 }
 
 impl Drop for LoginForm {
@@ -55,9 +57,10 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
     };
     let next = super::safe_next(form.next.as_deref());
+    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
     match state.sign_in.attempt(attempt).await {
         Ok(Outcome::SignedIn { token }) => {
-            let mut resp = see_other(next.unwrap_or("/"));
+            let mut resp = see_other(rd.as_deref().or(next).unwrap_or("/"));
             let h = resp.headers_mut();
             for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(PRELOGIN_COOKIE)] {
                 if let Ok(v) = cookie.parse() {
@@ -66,7 +69,9 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             }
             resp
         }
-        Ok(Outcome::Refused(refusal)) => refused(req, &state, &form.username, next, &client, refusal).await,
+        Ok(Outcome::Refused(refusal)) => {
+            refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
+        }
         Err(e) => {
             if e.is_worth_logging() {
                 tracing::error!(error = %error_chain(&e), "sign-in not judged");
@@ -87,6 +92,7 @@ async fn refused(
     state: &AppState,
     username: &str,
     next: Option<&str>,
+    rd: Option<&str>,
     client: &Client,
     refusal: Refusal,
 ) -> Response {
@@ -108,7 +114,7 @@ async fn refused(
     };
     let captcha = refusal.captcha_demanded.then_some(client.key());
     let form =
-        Form { error: Some(error), username, captcha, retry_after: refusal.retry_after, ..Form::new(status, next) };
+        Form { error: Some(error), username, captcha, rd, retry_after: refusal.retry_after, ..Form::new(status, next) };
     super::render(req, state, form).await
 }
 
