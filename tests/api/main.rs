@@ -11,6 +11,7 @@ mod crash;
 mod descriptors;
 mod disk;
 mod exhaustion;
+mod forward_auth;
 mod groups;
 mod fuzz_props;
 mod hash_upgrade;
