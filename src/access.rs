@@ -210,16 +210,18 @@ impl Rule {
             }
             let items = strings(value).map_err(fail)?;
             match field {
-                "domain" => rule.domains = items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?,
+                "domain" => {
+                    rule.domains =
+                        items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
+                }
                 "path" => {
                     rule.paths = items
                         .iter()
                         .map(|s| {
                             // Bounded compiled size: a rule cannot make every request slow.
-                            regex::RegexBuilder::new(s)
-                                .size_limit(1 << 20)
-                                .build()
-                                .map_err(|e| format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string())))
+                            regex::RegexBuilder::new(s).size_limit(1 << 20).build().map_err(|e| {
+                                format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string()))
+                            })
                         })
                         .collect::<Result<_, _>>()
                         .map_err(fail)?
@@ -230,7 +232,9 @@ impl Rule {
                         .map(|m| {
                             let m = m.trim().to_ascii_uppercase();
                             // RFC 9110 §9.1: a method is a token.
-                            if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)) {
+                            if !m.is_empty()
+                                && m.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+                            {
                                 Ok(m)
                             } else {
                                 Err(format!("`{m}` is not an HTTP method"))
@@ -240,7 +244,8 @@ impl Rule {
                         .map_err(fail)?
                 }
                 "networks" => {
-                    rule.networks = items.iter().map(|s| crate::config::parse_net(s)).collect::<Result<_, _>>().map_err(fail)?
+                    rule.networks =
+                        items.iter().map(|s| crate::config::parse_net(s)).collect::<Result<_, _>>().map_err(fail)?
                 }
                 "users" => {
                     rule.users = items
@@ -263,7 +268,11 @@ impl Rule {
                         .collect::<Result<_, _>>()
                         .map_err(fail)?
                 }
-                _ => return Err(format!("{field}: unknown field (domain, path, methods, networks, users, groups, policy)")),
+                _ => {
+                    return Err(format!(
+                        "{field}: unknown field (domain, path, methods, networks, users, groups, policy)"
+                    ))
+                }
             }
         }
         rule.policy = policy.ok_or("policy: missing (bypass, one_factor, two_factor or deny)")?;
@@ -349,7 +358,10 @@ mod tests {
         let admin = Subject { user_key: "root", groups: &admins };
         let alice = Subject { user_key: "alice", groups: &[] };
         let d = |t: &Target<'_>, s: Option<&Subject<'_>>| a.decide(t, s);
-        assert_eq!(d(&target("app.example.com", "/public/x", "POST"), None), Decision::Policy(Policy::Bypass, DecidedBy::Rule(1)));
+        assert_eq!(
+            d(&target("app.example.com", "/public/x", "POST"), None),
+            Decision::Policy(Policy::Bypass, DecidedBy::Rule(1))
+        );
         assert_eq!(d(&target("app.example.com", "/admin", "GET"), None), Decision::SignInFirst(DecidedBy::Rule(2)));
         assert_eq!(
             d(&target("app.example.com", "/admin", "GET"), Some(&admin)),
@@ -360,24 +372,48 @@ mod tests {
             Decision::Policy(Policy::Deny, DecidedBy::Rule(3)),
             "a subject that does not match goes on to the next rule"
         );
-        assert_eq!(d(&target("app.example.com", "/x", "GET"), None), Decision::Policy(Policy::OneFactor, DecidedBy::Rule(4)));
-        assert_eq!(d(&target("app.example.com", "/x", "POST"), None), Decision::Policy(Policy::Deny, DecidedBy::Default));
+        assert_eq!(
+            d(&target("app.example.com", "/x", "GET"), None),
+            Decision::Policy(Policy::OneFactor, DecidedBy::Rule(4))
+        );
+        assert_eq!(
+            d(&target("app.example.com", "/x", "POST"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
         let elsewhere = Target { client: "198.51.100.1".parse().unwrap(), ..target("app.example.com", "/x", "GET") };
         assert_eq!(d(&elsewhere, None), Decision::Policy(Policy::Deny, DecidedBy::Default));
-        assert_eq!(d(&target("wiki.example.com", "/", "GET"), Some(&alice)), Decision::Policy(Policy::OneFactor, DecidedBy::Rule(5)));
-        assert_eq!(d(&target("wiki.example.com", "/", "GET"), Some(&admin)), Decision::Policy(Policy::Deny, DecidedBy::Default));
+        assert_eq!(
+            d(&target("wiki.example.com", "/", "GET"), Some(&alice)),
+            Decision::Policy(Policy::OneFactor, DecidedBy::Rule(5))
+        );
+        assert_eq!(
+            d(&target("wiki.example.com", "/", "GET"), Some(&admin)),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
         // `*.example.com` is on a dot boundary and not the apex.
-        assert_eq!(d(&target("evil-example.com", "/admin", "GET"), None), Decision::Policy(Policy::Deny, DecidedBy::Default));
-        assert_eq!(d(&target("example.com", "/admin", "GET"), None), Decision::Policy(Policy::Deny, DecidedBy::Default));
+        assert_eq!(
+            d(&target("evil-example.com", "/admin", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+        assert_eq!(
+            d(&target("example.com", "/admin", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
         assert_eq!(d(&target("a.b.example.com", "/admin", "GET"), None), Decision::SignInFirst(DecidedBy::Rule(2)));
-        assert_eq!(Access::default().decide(&target("x", "/", "GET"), None), Decision::Policy(Policy::Deny, DecidedBy::Default));
+        assert_eq!(
+            Access::default().decide(&target("x", "/", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
     }
 
     #[test]
     fn an_invalid_rule_is_one_line_naming_its_position_and_field() {
         for (text, want) in [
             ("[[access.rules]]\npath = [\"(\"]\npolicy = \"deny\"", "access.rules #1 path:"),
-            ("[[access.rules]]\npolicy = \"deny\"\n[[access.rules]]\ndomain = \"a b\"\npolicy = \"deny\"", "access.rules #2 domain:"),
+            (
+                "[[access.rules]]\npolicy = \"deny\"\n[[access.rules]]\ndomain = \"a b\"\npolicy = \"deny\"",
+                "access.rules #2 domain:",
+            ),
             ("[[access.rules]]\nmethods = [\"G ET\"]\npolicy = \"deny\"", "access.rules #1 methods:"),
             ("[[access.rules]]\nnetworks = [\"10.0.0.0/33\"]\npolicy = \"deny\"", "access.rules #1 networks:"),
             ("[[access.rules]]\ngroups = [\"a,b\"]\npolicy = \"deny\"", "access.rules #1 groups:"),
@@ -411,7 +447,11 @@ mod tests {
             methods: m.iter().map(|s| s.to_string()).collect(),
             networks: Vec::new(),
             users: Vec::new(),
-            groups: if policy == Policy::Bypass { Vec::new() } else { g.iter().map(|s| Group::parse(s).unwrap()).collect() },
+            groups: if policy == Policy::Bypass {
+                Vec::new()
+            } else {
+                g.iter().map(|s| Group::parse(s).unwrap()).collect()
+            },
             policy,
         })
     }

@@ -43,13 +43,27 @@ pub enum Request {
         #[serde(default)]
         remove: Vec<Group>,
     },
-    UserPasswd { name: String, password: String },
-    UserDel { name: String },
+    UserPasswd {
+        name: String,
+        password: String,
+    },
+    UserDel {
+        name: String,
+    },
     UserList,
-    UserUnlock { name: String },
-    UserDisable { name: String },
-    UserEnable { name: String },
-    Audit { filters: FilterArgs, summary: bool },
+    UserUnlock {
+        name: String,
+    },
+    UserDisable {
+        name: String,
+    },
+    UserEnable {
+        name: String,
+    },
+    Audit {
+        filters: FilterArgs,
+        summary: bool,
+    },
 }
 
 impl Drop for Request {

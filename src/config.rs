@@ -310,9 +310,8 @@ impl Settings {
                 }
             })?,
             access: match file {
-                Some((path, table)) => crate::access::Access::from_file(table).map_err(|message| {
-                    ConfigError::Parse { path: path.clone(), message: escape_controls(&message) }
-                })?,
+                Some((path, table)) => crate::access::Access::from_file(table)
+                    .map_err(|message| ConfigError::Parse { path: path.clone(), message: escape_controls(&message) })?,
                 None => crate::access::Access::default(),
             },
         };

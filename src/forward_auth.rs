@@ -362,10 +362,15 @@ mod tests {
         };
         assert_eq!(g.target(Flavour::AuthRequest, &ar).unwrap().url, "https://app.example.com/x?y");
         assert_eq!(g.target(Flavour::ForwardAuth, &ar), Err(TargetError::Missing("X-Forwarded-Host")));
-        let both_differ = Described { original_url: Some("https://other.example.com/"), original_method: Some("GET"), ..fa.clone() };
+        let both_differ =
+            Described { original_url: Some("https://other.example.com/"), original_method: Some("GET"), ..fa.clone() };
         assert_eq!(g.target(Flavour::ForwardAuth, &both_differ), Err(TargetError::Contradictory));
         assert_eq!(g.target(Flavour::AuthRequest, &both_differ), Err(TargetError::Contradictory));
-        let both_agree = Described { original_url: Some("https://app.example.com/public/../%61dmin?x=%2F"), original_method: Some("GET"), ..fa.clone() };
+        let both_agree = Described {
+            original_url: Some("https://app.example.com/public/../%61dmin?x=%2F"),
+            original_method: Some("GET"),
+            ..fa.clone()
+        };
         assert!(g.target(Flavour::AuthRequest, &both_agree).is_ok());
         let listed = Described { forwarded_host: Some("app.example.com, evil.net"), ..fa.clone() };
         assert_eq!(g.target(Flavour::ForwardAuth, &listed), Err(TargetError::Repeated("X-Forwarded-Host")));

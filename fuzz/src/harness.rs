@@ -221,7 +221,7 @@ pub fn check_rd(rd: &str) {
     assert_eq!(gate.safe_rd(&out).as_deref(), Some(out.as_str()), "not stable: {rd:?} -> {out}");
     let login = url::Url::parse(&gate.login_location(&out)).expect("the login location parses");
     let back: Vec<String> = login.query_pairs().filter(|(k, _)| k == "rd").map(|(_, v)| v.into_owned()).collect();
-    assert_eq!(back, [out.clone()], "rd did not survive the round trip");
+    assert_eq!(back, std::slice::from_ref(&out), "rd did not survive the round trip");
 }
 
 // --- X-Forwarded-For -----------------------------------------------------------------------

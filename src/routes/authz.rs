@@ -48,7 +48,12 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let groups = session.as_ref().map(|s| s.user.effective_groups()).unwrap_or_default();
     let subject = session.as_ref().map(|s| Subject { user_key: &s.user.key, groups: &groups });
-    let t = Target { host: &target.host, path_and_query: &target.path_and_query, method: &target.method, client: client.ip };
+    let t = Target {
+        host: &target.host,
+        path_and_query: &target.path_and_query,
+        method: &target.method,
+        client: client.ip,
+    };
     let decision = state.settings.access.decide(&t, subject.as_ref());
     let factors = session.as_ref().map(|s| s.record.factors);
     let allowed = match decision {
@@ -92,7 +97,13 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
             };
             let username = session.as_ref().map(|s| s.user.display_name.as_str()).unwrap_or("");
             let path = target.path_and_query.split('?').next().unwrap_or("");
-            state.audit.record(&AuthEvent::AuthzDenied { username, client: &client, host: &target.host, path, rule: &by });
+            state.audit.record(&AuthEvent::AuthzDenied {
+                username,
+                client: &client,
+                host: &target.host,
+                path,
+                rule: &by,
+            });
             (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden)
         }
     }

@@ -86,25 +86,59 @@ async fn missing_or_contradictory_headers_and_targets_off_the_gated_hosts_get_40
     let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
         ("no headers", get("/api/authz/forward-auth")),
         ("no headers (nginx)", get("/api/authz/auth-request")),
-        ("nginx's header at forward-auth", get("/api/authz/forward-auth").header("x-original-url", "https://app.example.test/").header("x-original-method", "GET")),
-        ("no method", get("/api/authz/auth-request").header("x-original-url", "https://app.example.test/")),
         (
-            "two hosts",
-            forward_auth(&app, "/", &[]).header("x-forwarded-host", "evil.example.test"),
+            "nginx's header at forward-auth",
+            get("/api/authz/forward-auth")
+                .header("x-original-url", "https://app.example.test/")
+                .header("x-original-method", "GET"),
         ),
-        ("the nginx URL disagrees", forward_auth(&app, "/", &[]).header("x-original-url", "https://other.example.test/").header("x-original-method", "GET")),
-        ("another method", forward_auth(&app, "/", &[("x-original-url", "https://app.example.test/"), ("x-original-method", "POST")])),
-        ("plain http", get("/api/authz/auth-request").header("x-original-url", "http://app.example.test/").header("x-original-method", "GET")),
-        ("off the domain", get("/api/authz/auth-request").header("x-original-url", "https://evil-example.test/").header("x-original-method", "GET")),
-        ("user info", get("/api/authz/auth-request").header("x-original-url", "https://a@app.example.test/").header("x-original-method", "GET")),
-        ("backslash", get("/api/authz/auth-request").header("x-original-url", "https://app.example.test\\@evil.test/").header("x-original-method", "GET")),
+        ("no method", get("/api/authz/auth-request").header("x-original-url", "https://app.example.test/")),
+        ("two hosts", forward_auth(&app, "/", &[]).header("x-forwarded-host", "evil.example.test")),
+        (
+            "the nginx URL disagrees",
+            forward_auth(&app, "/", &[])
+                .header("x-original-url", "https://other.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "another method",
+            forward_auth(&app, "/", &[("x-original-url", "https://app.example.test/"), ("x-original-method", "POST")]),
+        ),
+        (
+            "plain http",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "http://app.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "off the domain",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://evil-example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "user info",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://a@app.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "backslash",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://app.example.test\\@evil.test/")
+                .header("x-original-method", "GET"),
+        ),
     ];
     for (what, req) in cases {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{what}");
     }
     // The same headers, agreeing, are fine.
-    let ok = forward_auth(&app, "/public/x", &[("x-original-url", "https://app.example.test/public/x"), ("x-original-method", "get")]);
+    let ok = forward_auth(
+        &app,
+        "/public/x",
+        &[("x-original-url", "https://app.example.test/public/x"), ("x-original-method", "get")],
+    );
     assert_eq!(ok.send().await.unwrap().status(), StatusCode::OK);
 }
 
@@ -181,13 +215,16 @@ async fn a_verify_writes_nothing_within_the_activity_grain() {
 async fn a_signed_in_visitor_is_sent_to_rd_at_once_and_a_bad_rd_goes_home() {
     let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
     let cookie = session_cookie(&app, Factors::One).await;
-    let go = |rd: &str| {
-        app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send()
-    };
+    let go = |rd: &str| app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send();
     let resp = go("https://app.example.test/p?q=1&r=%2F").await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()["location"], "https://app.example.test/p?q=1&r=%2F");
-    for bad in ["https://evil-example.test/", "http://app.example.test/", "https://evil.test\\@app.example.test/", "//app.example.test/"] {
+    for bad in [
+        "https://evil-example.test/",
+        "http://app.example.test/",
+        "https://evil.test\\@app.example.test/",
+        "//app.example.test/",
+    ] {
         let resp = go(bad).await.unwrap();
         assert_eq!(resp.headers()["location"], "/", "{bad}");
     }
@@ -209,7 +246,9 @@ async fn an_invalid_rule_or_cookie_domain_stops_the_start_with_one_line() {
     let run = crate::child::cli(dir.path(), &args, None).await;
     let err = run.assert_one_line_failure("a bad rule");
     assert!(err.contains("access.rules #2 path"), "{err}");
-    for (public, domain) in [("https://login.example.co.uk", "co.uk"), ("https://login.evil-example.test", "example.test")] {
+    for (public, domain) in
+        [("https://login.example.co.uk", "co.uk"), ("https://login.evil-example.test", "example.test")]
+    {
         let mut args = serve.to_vec();
         args.extend(["--public-url", public, "--cookie-domain", domain]);
         let elsewhere = tempfile::tempdir().unwrap();

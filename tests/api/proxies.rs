@@ -99,7 +99,10 @@ async fn portcullis(pki: &Pki) -> TestApp {
     std::fs::copy(&pki.key, settings.cert_dir.join("key.pem")).unwrap();
     let app = spawn_in(dir, settings).await;
     let users = &app.state.users;
-    users.add_in_groups("alice", Password::new(GOOD_PASSWORD), false, vec![Group::parse("dev").unwrap()], "test").await.unwrap();
+    users
+        .add_in_groups("alice", Password::new(GOOD_PASSWORD), false, vec![Group::parse("dev").unwrap()], "test")
+        .await
+        .unwrap();
     users.add("bob", Password::new(GOOD_PASSWORD), false, "test").await.unwrap();
     app
 }
@@ -158,7 +161,11 @@ impl Proxy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the proxy exited ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
-            assert!(Instant::now() < deadline, "the proxy did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not start: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -183,7 +190,8 @@ fn binary(name: &str) -> Option<PathBuf> {
 
 /// A README configuration with the example names, ports and paths replaced by the test's.
 fn configured(file: &str, pki: &Pki, proxy_port: u16, auth: SocketAddr, app: SocketAddr) -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/forward-auth").join(file)).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/forward-auth").join(file)).unwrap();
     let replaced = text
         .replace("/etc/ssl/app.example.com/fullchain.pem", pki.chain.to_str().unwrap())
         .replace("/etc/ssl/app.example.com/privkey.pem", pki.key.to_str().unwrap())
@@ -311,7 +319,9 @@ fn unescape(html: &str) -> String {
             "gt" => Some('>'),
             "quot" => Some('"'),
             "apos" => Some('\''),
-            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32),
+            e if e.starts_with("#x") || e.starts_with("#X") => {
+                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
+            }
             e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
             _ => None,
         };
@@ -342,17 +352,22 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(landed, original, "back on the exact original URL");
 
     // The application sees who, and in which groups; a forged Remote-User never reaches it.
-    let seen = echoed(alice.get(&landed).header("remote-user", "admin").header("remote-groups", "admins").send().await.unwrap()).await;
+    let seen = echoed(
+        alice.get(&landed).header("remote-user", "admin").header("remote-groups", "admins").send().await.unwrap(),
+    )
+    .await;
     assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
     assert_eq!(seen["remote_groups"], serde_json::json!(["dev"]), "{seen}");
     assert_eq!(seen["uri"], "/page/one?x=1&y=a%2Fb&z=%C3%A9");
 
     let anonymous = browser(pki);
     // A bypass path works signed out, and a forged identity is still dropped.
-    let seen = echoed(anonymous.get(format!("{base}/public/x")).header("remote-user", "admin").send().await.unwrap()).await;
+    let seen =
+        echoed(anonymous.get(format!("{base}/public/x")).header("remote-user", "admin").send().await.unwrap()).await;
     assert!(seen["remote_user"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
     // An XHR gets 401, not a redirect; a POST gets 303.
-    let xhr = anonymous.get(format!("{base}/api/data")).header("x-requested-with", "XMLHttpRequest").send().await.unwrap();
+    let xhr =
+        anonymous.get(format!("{base}/api/data")).header("x-requested-with", "XMLHttpRequest").send().await.unwrap();
     assert_eq!(xhr.status(), StatusCode::UNAUTHORIZED);
     let json = anonymous.get(format!("{base}/api/data")).header("accept", "application/json").send().await.unwrap();
     assert_eq!(json.status(), StatusCode::UNAUTHORIZED);
@@ -361,7 +376,10 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert!(post.headers()["location"].to_str().unwrap().starts_with(&login_prefix));
 
     // A deny rule gives 403, and is logged.
-    assert_eq!(alice.get(format!("{base}/denied")).header("accept", PAGE).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        alice.get(format!("{base}/denied")).header("accept", PAGE).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
     // A groups rule lets alice (dev) in and keeps bob out.
     assert_eq!(echoed(alice.get(format!("{base}/team/x")).send().await.unwrap()).await["remote_user"][0], "alice");
     let bob = browser(pki);
@@ -384,7 +402,14 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(form.status(), StatusCode::OK, "the form, not a redirect back");
 
     // Signing out ends access at once, and lands where rd says.
-    let home = alice.get(format!("{}/", app.settings.public_url.as_deref().unwrap())).send().await.unwrap().text().await.unwrap();
+    let home = alice
+        .get(format!("{}/", app.settings.public_url.as_deref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = hidden_field(&home, "csrf").unwrap();
     let out = alice
         .post(format!("{}/logout", app.settings.public_url.as_deref().unwrap()))
@@ -432,7 +457,11 @@ fn denied_lines(app: &TestApp) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&app.settings.log_dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
-        out.extend(text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "authz_denied"));
+        out.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["event"] == "authz_denied"),
+        );
     }
     out
 }
@@ -446,7 +475,12 @@ async fn through_a_real_nginx_every_forward_auth_promise_holds() {
     let proxy = start_nginx(&bin, &pki, app.addr, upstream().await).await;
     the_whole_story(&app, &pki, &proxy).await;
     let denied = denied_lines(&app);
-    assert!(denied.iter().any(|l| l["username"] == "alice" && l["path"] == "/denied" && l["rule"] == "2" && l["host"] == APP_HOST), "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|l| l["username"] == "alice" && l["path"] == "/denied" && l["rule"] == "2" && l["host"] == APP_HOST),
+        "{denied:?}"
+    );
     assert!(denied.iter().any(|l| l["username"] == "bob" && l["rule"] == "4"), "{denied:?}");
 }
 
