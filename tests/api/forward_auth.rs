@@ -256,3 +256,23 @@ async fn an_invalid_rule_or_cookie_domain_stops_the_start_with_one_line() {
         assert!(run.assert_one_line_failure(domain).contains("cookie_domain"), "{run:?}");
     }
 }
+
+#[tokio::test]
+async fn with_a_cookie_domain_every_cookie_is_secure_prefixed_with_the_domain() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let resp = app.client.get(app.url("/login")).send().await.unwrap();
+    let cookies: Vec<String> =
+        resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(!cookies.is_empty());
+    for c in &cookies {
+        assert!(c.starts_with("__Secure-portcullis") && c.ends_with("; Domain=example.test"), "{c}");
+        assert!(c.contains("; Secure; HttpOnly; SameSite=Lax"), "{c}");
+    }
+    // A signed-in request is read under the same name; the host-only name is not read.
+    let cookie = session_cookie(&app, Factors::One).await;
+    let host_only = cookie.replace("__Secure-", "__Host-");
+    let ok = forward_auth(&app, "/page", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let ignored = forward_auth(&app, "/page", &[("cookie", &host_only)]).send().await.unwrap();
+    assert_eq!(ignored.status(), StatusCode::FOUND);
+}
