@@ -93,6 +93,10 @@ pub struct LoadtestArgs {
     /// In verify mode: the gated address asked about (default: --url's origin + /)
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
+    /// In get mode: sign in once at this portcullis first and send its cookies with every GET
+    /// (to measure an application gated by forward auth, through its proxy)
+    #[arg(long, value_name = "URL")]
+    pub sign_in_url: Option<String>,
     /// Allow a server that is not on this machine (127.0.0.0/8, ::1, localhost)
     #[arg(long)]
     pub i_own_this_server: bool,
@@ -140,6 +144,8 @@ pub struct Options {
     pub http1: bool,
     /// `--target` (verify mode).
     pub target: Option<Url>,
+    /// `--sign-in-url` (get mode).
+    pub sign_in_url: Option<Url>,
 }
 
 /// Latency percentiles of one kind of request, in milliseconds.
@@ -480,6 +486,9 @@ impl VirtualUser {
 /// Runs the load test and returns what it measured.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     check_target(&opts.url, opts.allow_remote)?;
+    if let Some(url) = &opts.sign_in_url {
+        check_target(url, opts.allow_remote)?;
+    }
     if opts.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -518,7 +527,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // Views: every virtual user signs in once (not timed).
     let mut setup = Tally::new();
-    if matches!(opts.mode, Mode::Views | Mode::Verify) {
+    let signs_in_once = matches!(opts.mode, Mode::Views | Mode::Verify) || opts.sign_in_url.is_some();
+    let form_url = match (&opts.sign_in_url, opts.mode) {
+        (Some(url), Mode::Get) if url.path() == "/" && url.query().is_none() => {
+            url.join("/login").context("bad --sign-in-url")?
+        }
+        (Some(url), Mode::Get) => url.clone(),
+        _ => form_url,
+    };
+    if signs_in_once {
         for user in &mut users {
             let mut signed_in = false;
             for _ in 0..20 {
@@ -556,7 +573,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let password = Arc::new(opts.password);
     let username = Arc::new(opts.username);
     let mut tasks = Vec::with_capacity(users.len());
-    let signs_in_once = matches!(opts.mode, Mode::Views | Mode::Verify);
     for mut user in users.into_iter().filter(|u| !signs_in_once || !u.jar.is_empty()) {
         let live = Arc::clone(&live);
         let (form_url, home_url) = (form_url.clone(), home_url.clone());
@@ -628,7 +644,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let (logins, logins_per_sec, views, views_per_sec) = match opts.mode {
         Mode::Logins => (total.ok, Some(per_sec(total.ok)), None, None),
         Mode::Views | Mode::Verify => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
-        Mode::Get => (0, None, Some(total.ok), Some(per_sec(total.ok))),
+        Mode::Get => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
     };
     Ok(Report {
         mode: opts.mode,
@@ -803,6 +819,10 @@ pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
         http1: args.http1,
         target: match &args.target {
             Some(t) => Some(Url::parse(t).with_context(|| format!("--target {t:?} is not a URL"))?),
+            None => None,
+        },
+        sign_in_url: match &args.sign_in_url {
+            Some(u) => Some(Url::parse(u).with_context(|| format!("--sign-in-url {u:?} is not a URL"))?),
             None => None,
         },
     })

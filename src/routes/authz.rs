@@ -67,12 +67,20 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
         Some(true) => {
             let user = session.as_ref().map(|s| s.user.display_name.as_str()).unwrap_or("");
             let groups = groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(",");
+            // A username may hold any letter (UTF-8 bytes are valid field content, RFC 9110
+            // §5.5 obs-text); it has no control characters (domain::Username), and groups are
+            // ASCII (domain::Group). Should a stored name still not fit a header, the request is
+            // refused rather than let through without its identity.
+            let (Ok(user_value), Ok(groups_value)) =
+                (HeaderValue::from_bytes(user.as_bytes()), HeaderValue::from_str(&groups))
+            else {
+                tracing::error!("a username or group cannot be sent in a header");
+                return (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden);
+            };
             let mut resp = status(StatusCode::OK);
             let h = resp.headers_mut();
-            // A username may hold any letter (UTF-8 bytes are valid field content, RFC 9110
-            // §5.5 obs-text); it has no control characters (domain::Username).
-            h.insert("remote-user", HeaderValue::from_bytes(user.as_bytes()).unwrap_or(HeaderValue::from_static("")));
-            h.insert("remote-groups", HeaderValue::from_str(&groups).unwrap_or(HeaderValue::from_static("")));
+            h.insert("remote-user", user_value);
+            h.insert("remote-groups", groups_value);
             (resp, AuthzResult::Allowed)
         }
         Some(false) => {

@@ -876,6 +876,7 @@ mod tests {
         let old = r#"{"schema":1,"key":"alice","display_name":"Alice","password_hash":"h","admin":false,"created_at":1,"password_changed_at":1,"last_login_at":null}"#;
         let user: UserRecord = serde_json::from_str(old).unwrap();
         assert!(!user.disabled);
+        assert!(user.groups.is_empty(), "a record from before groups is in none");
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         store.insert_user(&user).unwrap();

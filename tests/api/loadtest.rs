@@ -23,6 +23,7 @@ fn options(app: &crate::helpers::TestApp, mode: Mode, url: &str) -> Options {
         progress: Progress::None,
         http1: false,
         target: None,
+        sign_in_url: None,
     }
 }
 
