@@ -45,7 +45,11 @@ EOF
 "$BIN" --config "$work/portcullis.toml" serve >"$work/serve.log" 2>&1 &
 pids+=($!)
 wait_port "$PC"
-echo "$PASSWORD" | "$BIN" --config "$work/portcullis.toml" user add bench --password-stdin >/dev/null
+# The port opens a moment before the admin socket answers: retry briefly.
+for _ in $(seq 50); do
+    echo "$PASSWORD" | "$BIN" --config "$work/portcullis.toml" user add bench --password-stdin >/dev/null 2>&1 && break
+    sleep 0.2
+done
 
 # nginx: the static file, the application (plain HTTP), and the gated application built from
 # the README's configuration (names, ports and files replaced; the per-subrequest timing log
