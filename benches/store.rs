@@ -41,6 +41,7 @@ fn user(key: &str) -> User {
         password_changed_at: 1,
         last_login_at: None,
         disabled: false,
+        groups: Vec::new(),
     }
 }
 

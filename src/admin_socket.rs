@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::audit::Audit;
+use crate::domain::Group;
 use crate::password::Password;
 use crate::review::{review, Answer, FilterArgs};
 use crate::users::{UserAdmin, UserSummary};
@@ -27,16 +28,48 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
-    UserAdd { name: String, password: String, admin: bool },
-    UserPasswd { name: String, password: String },
-    UserDel { name: String },
+    UserAdd {
+        name: String,
+        password: String,
+        admin: bool,
+        #[serde(default)]
+        groups: Vec<Group>,
+    },
+    /// With neither list, only shows the user's groups.
+    UserGroups {
+        name: String,
+        #[serde(default)]
+        add: Vec<Group>,
+        #[serde(default)]
+        remove: Vec<Group>,
+    },
+    UserPasswd {
+        name: String,
+        password: String,
+    },
+    UserDel {
+        name: String,
+    },
     UserList,
-    UserUnlock { name: String },
-    UserDisable { name: String },
-    UserEnable { name: String },
-    UserFactors { name: String },
-    UserResetFactors { name: String },
-    Audit { filters: FilterArgs, summary: bool },
+    UserUnlock {
+        name: String,
+    },
+    UserDisable {
+        name: String,
+    },
+    UserEnable {
+        name: String,
+    },
+    UserFactors {
+        name: String,
+    },
+    UserResetFactors {
+        name: String,
+    },
+    Audit {
+        filters: FilterArgs,
+        summary: bool,
+    },
 }
 
 impl Drop for Request {
@@ -50,7 +83,10 @@ impl Drop for Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::UserAdd { name, admin, .. } => write!(f, "UserAdd({name:?}, admin={admin})"),
+            Request::UserAdd { name, admin, groups, .. } => {
+                write!(f, "UserAdd({name:?}, admin={admin}, groups={groups:?})")
+            }
+            Request::UserGroups { name, add, remove } => write!(f, "UserGroups({name:?}, +{add:?}, -{remove:?})"),
             Request::UserPasswd { name, .. } => write!(f, "UserPasswd({name:?})"),
             Request::UserDel { name } => write!(f, "UserDel({name:?})"),
             Request::UserList => write!(f, "UserList"),
@@ -80,14 +116,18 @@ pub const DEFAULT_AUDIT_LIMIT: usize = 100;
 /// no server is running).
 pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &str) -> Response {
     let result = match request {
-        Request::UserAdd { name, password, admin } => users
-            .add(name, Password::new(password), *admin, by)
+        Request::UserAdd { name, password, admin, groups } => users
+            .add_in_groups(name, Password::new(password), *admin, groups.clone(), by)
             .await
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
         Request::UserPasswd { name, password } => users
             .set_password(name, Password::new(password), by)
             .await
             .map(|n| format!("password changed; {n} session(s) ended")),
+        Request::UserGroups { name, add, remove } => users.change_groups(name, add, remove, by).await.map(|(n, g)| {
+            let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
+            format!("user {n} is in: {}", if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") })
+        }),
         Request::UserDel { name } => {
             users.delete(name, by).await.map(|n| format!("user deleted; {n} session(s) ended"))
         }

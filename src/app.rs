@@ -273,8 +273,11 @@ impl Application {
         }
         let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
         let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
-        let rp_id = crate::passkeys::rp_id(settings.webauthn_rp_id.as_deref(), &origin)
-            .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
+        let rp_id = crate::passkeys::rp_id(
+            settings.webauthn_rp_id.as_deref().or(settings.cookie_domain.as_ref().map(|d| d.as_str())),
+            &origin,
+        )
+        .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
         let passkeys = crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin)?;
         if !passkeys.enabled() {
             tracing::info!(rp_id, "passkeys are off: WebAuthn needs a host name, not an IP address (set public_url)");

@@ -178,6 +178,23 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         by: &'a str,
     },
+    /// `groups`: the user's listed groups afterwards, comma-separated.
+    GroupsChanged {
+        username: &'a str,
+        groups: &'a str,
+        by: &'a str,
+    },
+    /// A forward-auth verify answered 403 (SPEC.md, "Gating other applications"): `username`
+    /// is empty for an anonymous request, `host` and `path` are the target's (as the proxy
+    /// sent them: attacker-controlled, escaped like every field), `rule` the deciding rule's
+    /// position (from 1) or `default`.
+    AuthzDenied {
+        username: &'a str,
+        client: &'a Client,
+        host: &'a str,
+        path: &'a str,
+        rule: &'a str,
+    },
 }
 
 /// Why an authentication record could not be made.
@@ -736,6 +753,13 @@ fn emit(event: &AuthEvent<'_>) {
         ),
         AuthEvent::FactorsReset { username, by } => tracing::warn!(
             target: TARGET, event = "user_factors_reset", time, username, by, "second factors reset"
+        ),
+        AuthEvent::GroupsChanged { username, groups, by } => tracing::info!(
+            target: TARGET, event = "user_groups_changed", time, username, groups, by, "groups changed"
+        ),
+        AuthEvent::AuthzDenied { username, client, host, path, rule } => tracing::warn!(
+            target: TARGET, event = "authz_denied", time, username, ip = %client.ip, host, path, rule,
+            "forward-auth request denied"
         ),
     }
 }

@@ -59,10 +59,11 @@ keys! {
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
-    "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: public_url's host; passkeys are off when that is an IP address)",
+    "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: cookie_domain, else public_url's host; passkeys are off when that is an IP address)",
     "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",
     "totp_issuer" = "portcullis" : "the issuer authenticator apps show beside the account",
     "metrics_addr" = "off" : "plain-HTTP listener serving only GET /metrics (Prometheus text format), for loopback or a private network; `off` disables it",
+    "cookie_domain" = "" : "share the session cookie with every host under this domain (e.g. example.com) for forward auth: it must cover public_url's host and not be a public suffix (default: host-only cookies)",
 }
 
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
@@ -139,8 +140,12 @@ pub struct Settings {
     pub totp_issuer: String,
     /// The metrics listener (`GET /metrics`), when on.
     pub metrics_addr: Option<SocketAddr>,
-    /// The WebAuthn relying-party id (`None`: `public_url`'s host).
+    /// The WebAuthn relying-party id (`None`: `cookie_domain`, else `public_url`'s host).
     pub webauthn_rp_id: Option<String>,
+    /// The domain cookies are shared under (forward auth), when set.
+    pub cookie_domain: Option<CookieDomain>,
+    /// Forward-auth access rules (`[access]`, file only).
+    pub access: crate::access::Access,
 }
 
 /// The `second_factor` setting: whose accounts must have a second factor (NIST SP 800-63B
@@ -174,6 +179,59 @@ impl SecondFactorPolicy {
             _ => Err("must be `optional`, `admins` or `all`".into()),
         }
     }
+}
+
+/// A checked `cookie_domain`: a lower-case DNS name with at least one dot, not an address, and
+/// not a public suffix by Mozilla's Public Suffix List (the `psl` crate), since a cookie for
+/// `co.uk` or `github.io` would reach strangers' sites (RFC 6265 §5.3 step 5; browsers refuse
+/// such cookies anyway). Whether it covers `public_url` is checked with the other settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieDomain(String);
+
+impl CookieDomain {
+    /// Parses the setting's value (a leading dot, as old cookie syntax wrote it, is dropped).
+    ///
+    /// # Errors
+    /// A one-line reason.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = s.trim().trim_start_matches('.').to_ascii_lowercase();
+        if !d.contains('.') {
+            return Err("must contain a dot (a domain like example.com)".into());
+        }
+        if d.parse::<std::net::IpAddr>().is_ok() {
+            return Err("must be a domain name, not an address".into());
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if d.len() > 253 || !d.split('.').all(label_ok) {
+            return Err("must be a DNS name of letters, digits, `-` and dots (IDNs in their xn-- form)".into());
+        }
+        if psl::domain(d.as_bytes()).is_none() {
+            return Err("is a public suffix: a cookie for it would reach other people's sites".into());
+        }
+        Ok(CookieDomain(d))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `host` (a lower-case host name, no port) is this domain or under it on a dot
+    /// boundary: `a.example.com` is under `example.com`, `evil-example.com` is not.
+    pub fn covers(&self, host: &str) -> bool {
+        host == self.0 || host.strip_suffix(self.0.as_str()).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
+    }
+}
+
+/// The host of an `https://` origin such as `public_url`, lower-cased, without port.
+pub fn origin_host(origin: &str) -> Option<String> {
+    let url = url::Url::parse(origin).ok()?;
+    Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
 }
 
 /// A raw value and where it came from, before it is parsed into its type.
@@ -283,7 +341,35 @@ impl Settings {
                 }
             })?,
             metrics_addr: p.parse("metrics_addr", |s| if s == "off" { Ok(None) } else { parse_addr(s).map(Some) })?,
+            cookie_domain: p.parse("cookie_domain", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    CookieDomain::parse(s).map(Some)
+                }
+            })?,
+            access: match file {
+                Some((path, table)) => crate::access::Access::from_file(table)
+                    .map_err(|message| ConfigError::Parse { path: path.clone(), message: escape_controls(&message) })?,
+                None => crate::access::Access::default(),
+            },
         };
+        if let Some(domain) = &settings.cookie_domain {
+            let host = settings.public_url.as_deref().and_then(origin_host);
+            match host {
+                None => return Err(p.invalid("cookie_domain", "needs public_url set to a host under it")),
+                Some(h) if h.parse::<std::net::IpAddr>().is_ok() => {
+                    return Err(p.invalid("cookie_domain", "needs public_url to name a host, not an address"))
+                }
+                Some(h) if !domain.covers(&h) => {
+                    return Err(p.invalid(
+                        "cookie_domain",
+                        &format!("does not cover public_url's host {h} (it must be that host or a parent of it)"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
         }
@@ -401,7 +487,10 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
         path: path.to_path_buf(),
         message: escape_controls(e.message()),
     })?;
-    if let Some(key) = table.keys().find(|k| !KEYS.iter().any(|key| key.name == k.as_str())) {
+    // `access` is a table of the file only (SPEC.md): no environment variable or flag.
+    if let Some(key) =
+        table.keys().find(|k| k.as_str() != crate::access::FILE_KEY && !KEYS.iter().any(|key| key.name == k.as_str()))
+    {
         return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: escape_controls(key) });
     }
     Ok((path.to_path_buf(), table))
@@ -691,6 +780,38 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_cookie_domain_must_be_a_registrable_parent_of_public_url() {
+        let with = |pairs: &[(&str, &str)]| Settings::from_layers(None, &flags(pairs), &Overrides::new());
+        let s = with(&[("public_url", "https://login.example.com"), ("cookie_domain", ".Example.COM")]).unwrap();
+        assert_eq!(s.cookie_domain.as_ref().map(CookieDomain::as_str), Some("example.com"));
+        assert!(with(&[("public_url", "https://example.com:8443"), ("cookie_domain", "example.com")]).is_ok());
+        for (public, domain) in [
+            ("https://login.example.com", "com"),
+            ("https://login.example.co.uk", "co.uk"),
+            ("https://me.github.io", "github.io"),
+            ("https://login.evil-example.com", "example.com"),
+            ("https://login.example.org", "example.com"),
+            ("https://127.0.0.1", "0.0.1"),
+            ("https://login.example.com", "exa mple.com"),
+            ("https://login.example.com", "sub.login.example.com"),
+        ] {
+            let err = with(&[("public_url", public), ("cookie_domain", domain)]).unwrap_err().to_string();
+            assert!(err.contains("cookie_domain") && !err.contains('\n'), "{public} {domain}: {err}");
+        }
+        let err = with(&[("cookie_domain", "example.com")]).unwrap_err().to_string();
+        assert!(err.contains("public_url"), "{err}");
+        assert!(Settings::default().cookie_domain.is_none());
+    }
+
+    #[test]
+    fn covering_is_on_a_dot_boundary() {
+        let d = CookieDomain::parse("example.com").unwrap();
+        assert!(d.covers("example.com") && d.covers("a.example.com") && d.covers("a.b.example.com"));
+        assert!(!d.covers("evil-example.com") && !d.covers("example.com.evil.net") && !d.covers(".example.com"));
+        assert!(!d.covers("xexample.com") && !d.covers("com"));
     }
 
     #[test]

@@ -118,6 +118,81 @@ pub fn looks_of(display: &str) -> String {
     looks.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Longest group name accepted, in characters.
+pub const MAX_GROUP_CHARS: usize = 64;
+
+/// The group every administrator is in without being listed (SPEC.md, "Gating other
+/// applications").
+pub const ADMINS_GROUP: &str = "admins";
+
+/// A group name: 1 to [`MAX_GROUP_CHARS`] of ASCII lower-case letters, digits, `-`, `_` and
+/// `.`, starting with a letter or digit. Upper-case letters are lowered on parse, so `Ops` and
+/// `ops` are one group. The alphabet is narrow on purpose: groups travel to applications in
+/// the comma-separated `Remote-Groups` header (so no comma, space or non-ASCII byte), and are
+/// written in access rules and on command lines where a look-alike would be a hole.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Group(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("the group name is empty")]
+    Empty,
+    #[error("the group name is longer than {MAX_GROUP_CHARS} characters")]
+    TooLong,
+    #[error("a group name holds only a-z, 0-9, `-`, `_` and `.`, and starts with a letter or digit")]
+    BadCharacter,
+}
+
+impl Group {
+    /// Parses a group name (see the type's docs for the rule).
+    ///
+    /// # Errors
+    /// [`GroupError`] naming the rule broken.
+    pub fn parse(input: &str) -> Result<Self, GroupError> {
+        let name = input.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(GroupError::Empty);
+        }
+        if name.len() > MAX_GROUP_CHARS {
+            return Err(GroupError::TooLong);
+        }
+        let first_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !first_ok || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)) {
+            return Err(GroupError::BadCharacter);
+        }
+        Ok(Group(name))
+    }
+
+    /// The `admins` group.
+    pub fn admins() -> Self {
+        Group(ADMINS_GROUP.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Group {
+    type Error = GroupError;
+    fn try_from(s: String) -> Result<Self, GroupError> {
+        Group::parse(&s)
+    }
+}
+
+impl From<Group> for String {
+    fn from(g: Group) -> String {
+        g.0
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display)
@@ -182,6 +257,22 @@ mod tests {
         }
         // Sign-in still reads a name stored before these rules.
         assert!(Username::parse("\u{430}dmin").is_ok());
+    }
+
+    #[test]
+    fn group_names_are_lowered_and_hold_only_a_narrow_ascii_alphabet() {
+        assert_eq!(Group::parse(" Ops ").unwrap().as_str(), "ops");
+        for good in ["admins", "team-a", "x_1.dev", "9lives"] {
+            assert!(Group::parse(good).is_ok(), "{good}");
+        }
+        assert_eq!(Group::parse(""), Err(GroupError::Empty));
+        assert_eq!(Group::parse(&"g".repeat(65)), Err(GroupError::TooLong));
+        for bad in ["a,b", "a b", "-x", ".x", "gr\u{f6}up", "a\nb", "\u{430}dmins", "a;b"] {
+            assert_eq!(Group::parse(bad), Err(GroupError::BadCharacter), "{bad:?}");
+        }
+        let back: Group = serde_json::from_str("\"ops\"").unwrap();
+        assert_eq!(back, Group::parse("ops").unwrap());
+        assert!(serde_json::from_str::<Group>("\"a,b\"").is_err());
     }
 
     #[test]

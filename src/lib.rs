@@ -4,6 +4,7 @@
 // No panicking shortcuts outside tests; the few justified exceptions say why where they are.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod access;
 pub mod admin_socket;
 pub mod app;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod descriptors;
 pub mod domain;
 pub mod factors;
 pub mod failures;
+pub mod forward_auth;
 pub mod loadtest;
 pub mod metrics;
 pub mod passkeys;

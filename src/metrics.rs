@@ -63,33 +63,9 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// At most this many from one address.
 pub const MAX_CONNECTIONS_PER_IP: usize = 4;
 
-/// A forward-auth decision (SPEC.md, "Gating other applications"), the `result` label of
-/// `portcullis_authz_requests_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthzResult {
-    /// 200: let through.
-    Allowed,
-    /// 302/303/401: not signed in, or not with enough factors.
-    Unauthenticated,
-    /// 403: signed in but not allowed (or a peer outside `trusted_proxies`).
-    Forbidden,
-    /// 400: a header missing, a target not `https`, or outside the cookie's domain.
-    BadRequest,
-}
-
-impl AuthzResult {
-    pub const ALL: [AuthzResult; 4] =
-        [AuthzResult::Allowed, AuthzResult::Unauthenticated, AuthzResult::Forbidden, AuthzResult::BadRequest];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthzResult::Allowed => "allowed",
-            AuthzResult::Unauthenticated => "unauthenticated",
-            AuthzResult::Forbidden => "forbidden",
-            AuthzResult::BadRequest => "bad_request",
-        }
-    }
-}
+/// A forward-auth decision: the `result` label of `portcullis_authz_requests_total`
+/// (SPEC's four, and `unavailable` for a verify the store could not judge).
+pub use crate::forward_auth::AuthzResult;
 
 /// How a sign-in attempt ended, for `portcullis_login_attempts_total{result,reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

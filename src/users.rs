@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, Audit, AuthEvent};
 use crate::brute_force::StateError;
-use crate::domain::{Username, UsernameError};
+use crate::domain::{Group, Username, UsernameError};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
 use crate::session::Sessions;
@@ -43,6 +43,9 @@ pub struct UserSummary {
     pub active_sessions: usize,
     #[serde(default)]
     pub disabled: bool,
+    /// The groups access rules see, `admins` included for an administrator.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// Clears the brute-force failure state for a username key (set by the server; the state
@@ -107,6 +110,20 @@ impl UserAdmin {
 
     /// Creates a user, durably.
     pub async fn add(&self, name: &str, password: Password, admin: bool, by: &str) -> Result<Username, UserError> {
+        self.add_in_groups(name, password, admin, Vec::new(), by).await
+    }
+
+    /// Creates a user listed in `groups`, durably.
+    pub async fn add_in_groups(
+        &self,
+        name: &str,
+        password: Password,
+        admin: bool,
+        mut groups: Vec<Group>,
+        by: &str,
+    ) -> Result<Username, UserError> {
+        groups.sort();
+        groups.dedup();
         let username = Username::parse_new(name)?;
         if self.store.users.get(username.key()).await?.is_some() {
             return Err(UserError::AlreadyExists(username.to_string()));
@@ -131,6 +148,7 @@ impl UserAdmin {
             password_changed_at: now,
             last_login_at: None,
             disabled: false,
+            groups,
         };
         match self.store.users.insert(&user, &hash).await {
             Err(StoreError::AlreadyExists) => return Err(UserError::AlreadyExists(username.to_string())),
@@ -210,6 +228,28 @@ impl UserAdmin {
         Ok((record.display_name.clone(), ended))
     }
 
+    /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name
+    /// and listed groups afterwards. Sessions stay: every verify reads the user's groups afresh,
+    /// so a removal takes effect at the next request.
+    pub async fn change_groups(
+        &self,
+        name: &str,
+        add: &[Group],
+        remove: &[Group],
+        by: &str,
+    ) -> Result<(String, Vec<Group>), UserError> {
+        let key = self.existing_key(name).await?;
+        let record = self
+            .store
+            .users
+            .change_groups(&key, add, remove)
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        let listed = record.groups.iter().map(Group::as_str).collect::<Vec<_>>().join(",");
+        self.audit.record(&AuthEvent::GroupsChanged { username: &record.display_name, groups: &listed, by });
+        Ok((record.display_name, record.groups))
+    }
+
     /// Clears the user's failure count and captcha demand; returns the user's name.
     pub async fn unlock(&self, name: &str, by: &str) -> Result<String, UserError> {
         let (username, record) = self.existing(name).await?;
@@ -225,7 +265,9 @@ impl UserAdmin {
         let mut users = Vec::new();
         for u in self.store.users.list().await? {
             let active_sessions = self.sessions.list(&u.key).await.map(|s| s.len()).unwrap_or(0);
+            let groups = u.effective_groups().into_iter().map(String::from).collect();
             users.push(UserSummary {
+                groups,
                 username: u.display_name,
                 admin: u.admin,
                 created_at: rfc3339(u.created_at),

@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("audit_filters", audit_filters),
     ("admin_socket", admin_request),
     ("config", config_file),
+    ("rd", rd_target),
 ];
 
 fn text(data: &[u8]) -> String {
@@ -185,6 +186,42 @@ pub fn check_safe_next(next: &str) {
     assert!(resolved.username().is_empty() && resolved.password().is_none(), "{out:?} -> {resolved}");
     // And it survives as a header value.
     assert!(poem::http::HeaderValue::from_str(out).is_ok(), "{out:?}");
+}
+
+// --- `rd` (forward auth's return address) ---------------------------------------------------
+
+/// The whole input is the `rd` value, checked for `cookie_domain = example.test` with
+/// `public_url = https://login.example.test`.
+pub fn rd_target(data: &[u8]) {
+    check_rd(&text(data));
+}
+
+/// Whatever `safe_rd` lets through is an https URL on example.test or under it on a dot
+/// boundary, without user info, that a browser resolves to the same place, that fits in a
+/// header, that a second check leaves as it is, and that survives the trip through
+/// `/login?rd=` intact.
+pub fn check_rd(rd: &str) {
+    let settings = Settings {
+        public_url: Some("https://login.example.test".into()),
+        cookie_domain: Some(portcullis::config::CookieDomain::parse("example.test").expect("a valid domain")),
+        ..Settings::default()
+    };
+    let gate = portcullis::forward_auth::Gate::new(&settings);
+    let Some(out) = gate.safe_rd(rd) else { return };
+    assert!(!rd.contains('\\') && !rd.chars().any(char::is_control), "{rd:?}");
+    let url = url::Url::parse(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    assert_eq!(url.scheme(), "https", "{rd:?} -> {out}");
+    assert!(url.username().is_empty() && url.password().is_none(), "{rd:?} -> {out}");
+    let host = url.host_str().unwrap_or_default();
+    assert!(host == "example.test" || host.ends_with(".example.test"), "{rd:?} -> {out}");
+    // As a Location header, resolved against any page of ours, it is the same URL.
+    let base = url::Url::parse("https://login.example.test/login").expect("a valid base");
+    assert_eq!(base.join(&out).ok().as_ref(), Some(&url), "{rd:?} -> {out}");
+    assert!(poem::http::HeaderValue::from_str(&out).is_ok(), "{out:?}");
+    assert_eq!(gate.safe_rd(&out).as_deref(), Some(out.as_str()), "not stable: {rd:?} -> {out}");
+    let login = url::Url::parse(&gate.login_location(&out)).expect("the login location parses");
+    let back: Vec<String> = login.query_pairs().filter(|(k, _)| k == "rd").map(|(_, v)| v.into_owned()).collect();
+    assert_eq!(back, std::slice::from_ref(&out), "rd did not survive the round trip");
 }
 
 // --- X-Forwarded-For -----------------------------------------------------------------------
@@ -350,9 +387,12 @@ pub fn admin_request(data: &[u8]) {
 pub fn check_admin_request(req: &admin_socket::Request) {
     // Debug output does not depend on the password at all.
     let other = match req {
-        admin_socket::Request::UserAdd { name, admin, .. } => {
-            Some(admin_socket::Request::UserAdd { name: name.clone(), password: String::new(), admin: *admin })
-        }
+        admin_socket::Request::UserAdd { name, admin, groups, .. } => Some(admin_socket::Request::UserAdd {
+            name: name.clone(),
+            password: String::new(),
+            admin: *admin,
+            groups: groups.clone(),
+        }),
         admin_socket::Request::UserPasswd { name, .. } => {
             Some(admin_socket::Request::UserPasswd { name: name.clone(), password: String::new() })
         }

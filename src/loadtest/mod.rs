@@ -11,7 +11,11 @@
 //! the POST /login round trip (the request that carries the password check).
 //!
 //! In `views` mode each virtual user signs in once, then repeats GET / with its session
-//! cookie and counts 200s. With `--probe-rate R`, GET /healthz is sent R times a second on a
+//! cookie and counts 200s. In `verify` mode it signs in once, then asks
+//! `GET /api/authz/auth-request` about `--target` (as nginx's `auth_request` does, so the
+//! machine running this must be in the server's `trusted_proxies`) and counts 200s. In `get`
+//! mode it only repeats GET `--url` (no sign-in), to compare with another server, such as
+//! nginx serving a small static file, with the same client. With `--probe-rate R`, GET /healthz is sent R times a second on a
 //! separate connection, at fixed times whatever the answers, and its latency is measured
 //! from the moment each probe was due (so a stalled server cannot hide its stall).
 //!
@@ -46,6 +50,10 @@ pub enum Mode {
     Logins,
     /// Sign in once, then view the home page over and over (GET / with the session cookie)
     Views,
+    /// Sign in once, then ask the forward-auth endpoint about --target over and over
+    Verify,
+    /// GET --url over and over, without signing in (a baseline: any server, any file)
+    Get,
 }
 
 /// `portcullis loadtest` flags.
@@ -78,9 +86,17 @@ pub struct LoadtestArgs {
     /// Meanwhile send GET /healthz this many times a second on a separate connection
     #[arg(long, value_name = "R")]
     pub probe_rate: Option<f64>,
-    /// logins (the default) or views (signed-in page views)
+    /// logins (the default), views (signed-in page views), verify (forward-auth verifies) or
+    /// get (plain GETs of --url)
     #[arg(long, value_enum, default_value_t = Mode::Logins)]
     pub mode: Mode,
+    /// In verify mode: the gated address asked about (default: --url's origin + /)
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// In get mode: sign in once at this portcullis first and send its cookies with every GET
+    /// (to measure an application gated by forward auth, through its proxy)
+    #[arg(long, value_name = "URL")]
+    pub sign_in_url: Option<String>,
     /// Allow a server that is not on this machine (127.0.0.0/8, ::1, localhost)
     #[arg(long)]
     pub i_own_this_server: bool,
@@ -126,6 +142,10 @@ pub struct Options {
     pub progress: Progress,
     /// `--http1`.
     pub http1: bool,
+    /// `--target` (verify mode).
+    pub target: Option<Url>,
+    /// `--sign-in-url` (get mode).
+    pub sign_in_url: Option<Url>,
 }
 
 /// Latency percentiles of one kind of request, in milliseconds.
@@ -148,12 +168,13 @@ pub struct Report {
     pub duration_s: f64,
     /// The HTTP version the server answered with: "HTTP/2.0" or "HTTP/1.1".
     pub protocol: String,
-    /// Successful sign-ins (in `views` mode: the one sign-in per virtual user at setup).
+    /// Successful sign-ins (in `views` and `verify` modes: the one sign-in per virtual user at
+    /// setup; 0 in `get` mode).
     pub logins: u64,
     pub errors: u64,
     /// Sign-ins per second (`null` in `views` mode, where sign-ins are not measured).
     pub logins_per_sec: Option<f64>,
-    /// Home pages answered 200 (`views` mode only).
+    /// Requests answered 200 in `views` (home pages), `verify` (verifies) and `get` modes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub views: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -439,10 +460,18 @@ impl VirtualUser {
         Ok(latency)
     }
 
-    /// GET `url`; `Ok(latency)` on a 200.
+    /// GET `url` (with `headers`); `Ok(latency)` on a 200.
     async fn view(&mut self, url: &Url) -> Result<Duration, Failure> {
+        self.get_with(url, &[]).await
+    }
+
+    async fn get_with(&mut self, url: &Url, headers: &[(&str, &str)]) -> Result<Duration, Failure> {
         let started = Instant::now();
-        let resp = self.request(Method::GET, url.clone()).send().await.map_err(|e| error_kind(&e))?;
+        let mut rb = self.request(Method::GET, url.clone());
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let resp = rb.send().await.map_err(|e| error_kind(&e))?;
         self.keep_cookies(&resp);
         let status = resp.status();
         self.retry_after = retry_after(&resp);
@@ -457,6 +486,9 @@ impl VirtualUser {
 /// Runs the load test and returns what it measured.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     check_target(&opts.url, opts.allow_remote)?;
+    if let Some(url) = &opts.sign_in_url {
+        check_target(url, opts.allow_remote)?;
+    }
     if opts.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -475,6 +507,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         opts.url.clone()
     };
     let home_url = opts.url.join("/").context("bad --url")?;
+    let verify_url = opts.url.join("/api/authz/auth-request").context("bad --url")?;
+    let target = Arc::new(opts.target.clone().unwrap_or_else(|| home_url.clone()).to_string());
+    let get_url = opts.url.clone();
     let health_url = opts.url.join("/healthz").context("bad --url")?;
 
     // Open every connection (TLS handshake included) before the clock starts.
@@ -492,7 +527,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     // Views: every virtual user signs in once (not timed).
     let mut setup = Tally::new();
-    if opts.mode == Mode::Views {
+    let signs_in_once = matches!(opts.mode, Mode::Views | Mode::Verify) || opts.sign_in_url.is_some();
+    let form_url = match (&opts.sign_in_url, opts.mode) {
+        (Some(url), Mode::Get) if url.path() == "/" && url.query().is_none() => {
+            url.join("/login").context("bad --sign-in-url")?
+        }
+        (Some(url), Mode::Get) => url.clone(),
+        _ => form_url,
+    };
+    if signs_in_once {
         for user in &mut users {
             let mut signed_in = false;
             for _ in 0..20 {
@@ -530,9 +573,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let password = Arc::new(opts.password);
     let username = Arc::new(opts.username);
     let mut tasks = Vec::with_capacity(users.len());
-    for mut user in users.into_iter().filter(|u| opts.mode == Mode::Logins || !u.jar.is_empty()) {
+    for mut user in users.into_iter().filter(|u| !signs_in_once || !u.jar.is_empty()) {
         let live = Arc::clone(&live);
         let (form_url, home_url) = (form_url.clone(), home_url.clone());
+        let (verify_url, get_url, target) = (verify_url.clone(), get_url.clone(), Arc::clone(&target));
         let (password, username) = (Arc::clone(&password), Arc::clone(&username));
         let mode = opts.mode;
         tasks.push(tokio::spawn(async move {
@@ -547,6 +591,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             r
                         }
                         Mode::Views => user.view(&home_url).await,
+                        Mode::Verify => {
+                            let headers = [("x-original-url", target.as_str()), ("x-original-method", "GET")];
+                            user.get_with(&verify_url, &headers).await
+                        }
+                        Mode::Get => user.view(&get_url).await,
                     }
                 };
                 match tokio::time::timeout_at(deadline, step).await {
@@ -594,7 +643,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let per_sec = |n: u64| ((n as f64 / elapsed) * 100.0).round() / 100.0;
     let (logins, logins_per_sec, views, views_per_sec) = match opts.mode {
         Mode::Logins => (total.ok, Some(per_sec(total.ok)), None, None),
-        Mode::Views => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
+        Mode::Views | Mode::Verify => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
+        Mode::Get => (setup.ok, None, Some(total.ok), Some(per_sec(total.ok))),
     };
     Ok(Report {
         mode: opts.mode,
@@ -689,6 +739,8 @@ fn spawn_progress(
     let noun = match mode {
         Mode::Logins => "logins",
         Mode::Views => "views",
+        Mode::Verify => "verifies",
+        Mode::Get => "requests",
     };
     Some(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -765,6 +817,14 @@ pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
         allow_remote: args.i_own_this_server,
         progress,
         http1: args.http1,
+        target: match &args.target {
+            Some(t) => Some(Url::parse(t).with_context(|| format!("--target {t:?} is not a URL"))?),
+            None => None,
+        },
+        sign_in_url: match &args.sign_in_url {
+            Some(u) => Some(Url::parse(u).with_context(|| format!("--sign-in-url {u:?} is not a URL"))?),
+            None => None,
+        },
     })
     .await?;
     if args.json {
@@ -791,8 +851,13 @@ pub fn human(r: &Report) -> String {
             r.concurrency,
             r.protocol
         ),
-        Mode::Views => format!(
-            "page views  {} in {:.1}s = {:.1}/s  (concurrency {}, {})\n",
+        Mode::Views | Mode::Verify | Mode::Get => format!(
+            "{}  {} in {:.1}s = {:.1}/s  (concurrency {}, {})\n",
+            match r.mode {
+                Mode::Verify => "verifies  ",
+                Mode::Get => "requests  ",
+                _ => "page views",
+            },
             r.views.unwrap_or(0),
             r.duration_s,
             r.views_per_sec.unwrap_or(0.0),

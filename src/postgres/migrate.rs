@@ -14,8 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sessions_apart_held_reservations.sql"),
     include_str!("migrations/0003_session_factors.sql"),
-    // 0004 is forward auth's (issue 13); this build does not have it yet. The lead renumbers
-    // at merge; each file stands alone.
+    include_str!("migrations/0004_groups.sql"),
     include_str!("migrations/0005_second_factors.sql"),
     include_str!("migrations/0006_passkeys.sql"),
 ];

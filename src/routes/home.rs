@@ -6,6 +6,7 @@ use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 
 use crate::audit::{rfc3339, AuthEvent};
+use crate::forward_auth::Gate;
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, enrolled_session, error_page, html, read_form, see_other, State};
 use crate::text::printable;
@@ -41,10 +42,19 @@ struct HomePage<'a> {
     csrf: &'a str,
     sessions: Vec<SessionView>,
     notice: Option<String>,
+    /// Carried into the sign-out form: an application's "sign out" link can name where to
+    /// land afterwards (checked like every `rd`).
+    rd: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct HomeQuery {
+    rd: Option<String>,
 }
 
 #[handler]
-pub async fn home(req: &Request, state: State<'_>) -> Response {
+pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Query<HomeQuery>>) -> Response {
+    let rd = query.as_ref().and_then(|q| q.rd.as_deref()).and_then(|rd| Gate::new(&state.settings).safe_rd(rd));
     let session = match enrolled_session(req, &state).await {
         Ok(Some(session)) => session,
         Ok(None) => return see_other("/login"),
@@ -67,6 +77,7 @@ pub async fn home(req: &Request, state: State<'_>) -> Response {
             csrf: &csrf,
             sessions: views,
             notice,
+            rd,
         },
     );
     flash::cleared(req, page)

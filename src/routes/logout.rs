@@ -13,6 +13,10 @@ use crate::{client, cookies};
 pub struct CsrfForm {
     #[serde(default)]
     pub csrf: String,
+    /// Where to go afterwards (forward auth's return address, checked before use); only
+    /// `POST /logout` reads it.
+    #[serde(default)]
+    pub rd: Option<String>,
 }
 
 /// Ends the session and answers with a redirect to the login page and a cleared cookie.
@@ -22,7 +26,8 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let mut resp = see_other("/login");
+    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
+    let mut resp = see_other(rd.as_deref().unwrap_or("/login"));
     let current = match current_session(req, &state).await {
         Ok(s) => s,
         Err(resp) => return resp,

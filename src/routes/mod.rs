@@ -4,6 +4,8 @@
 
 mod account;
 mod admin;
+/// Public for the metrics work: [`authz::verify`] returns what each verify was.
+pub mod authz;
 mod flash;
 mod health;
 mod home;
@@ -30,6 +32,7 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 /// The application's routes wrapped in its middleware.
 pub fn router(state: Arc<AppState>) -> impl Endpoint {
     let metrics = state.metrics.clone();
+    let scope = crate::cookies::Scope::new(state.settings.cookie_domain.as_ref().map(|d| d.as_str().to_string()));
     // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
         .at("/", allowing(GET, get(home::home)))
@@ -54,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/account/passkeys/remove", allowing(POST, post(passkeys::remove)))
         .at("/admin/failed-logins", allowing(GET, get(admin::failed_logins::failed_logins)))
         .at("/admin/unlock", allowing(POST, post(admin::unlock::unlock)))
+        .at("/api/authz/forward-auth", allowing(GET, get(authz::forward_auth)))
+        .at("/api/authz/auth-request", allowing(GET, get(authz::auth_request)))
         .at("/healthz", allowing(GET, get(health::healthz)))
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
@@ -62,6 +67,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
             async move { crate::metrics::count(&metrics, ep.as_ref(), req).await }
         })
         .data(state)
+        .around(move |ep, req| {
+            let scope = scope.clone();
+            async move { crate::cookies::scoped(ep.as_ref(), req, scope).await }
+        })
         .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })
 }
 

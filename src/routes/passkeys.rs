@@ -43,6 +43,8 @@ pub struct SignInForm {
     #[serde(default)]
     credential: String,
     next: Option<String>,
+    /// Forward auth's return address, checked before use.
+    rd: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -211,9 +213,10 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
     };
     let next = super::login::safe_next(form.next.as_deref());
+    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
     let mut resp = match state.sign_in.with_passkey(&state.passkeys, attempt).await {
         Ok(Outcome::SignedIn { token, .. }) => {
-            let mut resp = see_other(next.unwrap_or("/"));
+            let mut resp = see_other(rd.as_deref().or(next).unwrap_or("/"));
             let cookie = cookies::set(SESSION_COOKIE, &token.encode(), None);
             for c in [cookie, cookies::clear(crate::csrf::PRELOGIN_COOKIE)] {
                 if let Ok(v) = c.parse() {
@@ -222,7 +225,9 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
             }
             resp
         }
-        Ok(Outcome::Refused(refusal)) => super::login::post::refused(req, &state, "", next, &client, refusal).await,
+        Ok(Outcome::Refused(refusal)) => {
+            super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal).await
+        }
         // A passkey sign-in never asks for another factor.
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {

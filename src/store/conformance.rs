@@ -45,6 +45,7 @@ pub fn user(key: &str) -> User {
         password_changed_at: 1,
         last_login_at: None,
         disabled: false,
+        groups: Vec::new(),
     }
 }
 
@@ -77,6 +78,7 @@ pub fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> Fa
 /// Runs every check, each on a fresh store. Panics (naming the check) at the first failure.
 pub async fn run(harness: &mut dyn Harness) {
     users_round_trip(&harness.fresh().await).await;
+    groups_change_atomically_and_round_trip(&harness.fresh().await).await;
     user_updates_are_explicit_and_compare_and_swap(&harness.fresh().await).await;
     concurrent_updates_lose_nothing(&harness.fresh().await).await;
     the_most_common_hash_kind_is_found(&harness.fresh().await).await;
@@ -227,6 +229,36 @@ async fn users_round_trip(store: &Store) {
     assert!(!u.delete("alice").await.unwrap(), "users: a second delete finds nothing");
     assert!(u.get("alice").await.unwrap().is_none() && u.credential("alice").await.unwrap().is_none());
     assert_eq!(u.count().await.unwrap(), 1);
+}
+
+async fn groups_change_atomically_and_round_trip(store: &Store) {
+    use crate::domain::Group;
+    let g = |s: &str| Group::parse(s).unwrap();
+    let u = &store.users;
+    let mut listed = user("carol");
+    listed.groups = vec![g("dev"), g("ops")];
+    u.insert(&listed, HASH_A).await.unwrap();
+    assert_eq!(u.get("carol").await.unwrap().unwrap().groups, [g("dev"), g("ops")], "groups: insert keeps them");
+    let after = u.change_groups("carol", &[g("wiki"), g("dev"), g("admins")], &[g("ops"), g("nope")]).await.unwrap();
+    assert_eq!(after.unwrap().groups, [g("admins"), g("dev"), g("wiki")], "groups: added, removed, sorted, no repeats");
+    assert_eq!(u.get("carol").await.unwrap().unwrap().groups, [g("admins"), g("dev"), g("wiki")]);
+    assert!(u.change_groups("nobody", &[g("x")], &[]).await.unwrap().is_none(), "groups: no such user");
+    // Concurrent additions of different groups: none is lost.
+    let names: Vec<String> = (0..16).map(|i| format!("g{i}")).collect();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (store, n) = (store.clone(), g(n));
+            tokio::spawn(async move { store.users.change_groups("carol", &[n], &[]).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let have = u.get("carol").await.unwrap().unwrap().groups;
+    assert!(names.iter().all(|n| have.contains(&g(n))), "groups: concurrent changes lose nothing: {have:?}");
+    // Other fields are untouched by a change of groups.
+    assert_eq!(u.credential("carol").await.unwrap().unwrap().password_hash, HASH_A);
 }
 
 /// The credential a sign-in would have verified: `key`'s stored one.
@@ -479,6 +511,7 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     store.users.record_login(&verified(store, "alice").await, Some(HASH_B), 77).await.unwrap();
     store.users.insert(&user("bob"), HASH_A).await.unwrap();
     store.users.set_disabled("bob", true).await.unwrap();
+    store.users.change_groups("bob", &[crate::domain::Group::parse("ops").unwrap()], &[]).await.unwrap();
     store.sessions.insert(&[1; 32], &session("alice", 10, 10)).await.unwrap();
     store.sessions.touch(&[1; 32], 20).await.unwrap();
     let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap();
@@ -498,7 +531,9 @@ async fn write_everything(store: &Store) -> [u8; 32] {
 async fn everything_written_is_there(store: &Store, secret: [u8; 32]) {
     let alice = store.users.credential("alice").await.unwrap().expect("durability: alice");
     assert_eq!((alice.user.last_login_at, alice.password_hash.as_str()), (Some(77), HASH_B), "durability: login");
-    assert!(store.users.get("bob").await.unwrap().unwrap().disabled, "durability: disable");
+    let bob = store.users.get("bob").await.unwrap().unwrap();
+    assert!(bob.disabled, "durability: disable");
+    assert_eq!(bob.groups, [crate::domain::Group::parse("ops").unwrap()], "durability: groups");
     assert_eq!(store.sessions.get(&[1; 32]).await.unwrap().unwrap().last_seen_at, 20, "durability: session");
     let records = store.failures.query(&FailureQuery::default()).await.unwrap();
     assert_eq!(records.len(), 1, "durability: failure record");

@@ -75,6 +75,23 @@ pub struct User {
     pub last_login_at: Option<u64>,
     /// A disabled user cannot sign in and has no sessions.
     pub disabled: bool,
+    /// The groups the user is listed in, sorted, without repeats (`admins` is implied for an
+    /// administrator, not stored: see [`User::effective_groups`]).
+    pub groups: Vec<crate::domain::Group>,
+}
+
+impl User {
+    /// The groups access rules and `Remote-Groups` see: the listed ones, plus `admins` for an
+    /// administrator (SPEC.md, "Gating other applications"), sorted, without repeats.
+    pub fn effective_groups(&self) -> Vec<crate::domain::Group> {
+        let mut groups = self.groups.clone();
+        if self.admin {
+            groups.push(crate::domain::Group::admins());
+        }
+        groups.sort();
+        groups.dedup();
+        groups
+    }
 }
 
 /// A user with the stored password hash (an argon2id PHC string), for checking a password.
@@ -280,6 +297,15 @@ pub trait UserStore: Send + Sync {
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>>;
     /// Sets the `disabled` flag; `None` if no such user.
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
+    /// Adds the groups in `add` and then removes those in `remove`, in one atomic change (a
+    /// concurrent change of the same user's groups is not lost); returns the user afterwards,
+    /// or `None` if no such user.
+    async fn change_groups(
+        &self,
+        key: &str,
+        add: &[crate::domain::Group],
+        remove: &[crate::domain::Group],
+    ) -> Result<Option<User>>;
     /// Notes a successful login at `now` by the password `verified` was read with, provided
     /// that password is still the user's (its `password_changed_at` is unchanged: a hash
     /// upgrade by a concurrent sign-in is not a password change) and the user is not disabled.

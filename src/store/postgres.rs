@@ -64,10 +64,25 @@ fn unms(t: i64) -> u64 {
 }
 
 const USER_COLUMNS: &str =
-    "key, display_name, admin, created_at_ms, password_changed_at_ms, last_login_at_ms, disabled, password_hash";
+    "key, display_name, admin, created_at_ms, password_changed_at_ms, last_login_at_ms, disabled, password_hash, groups";
+
+/// A row's groups; a name that does not parse (written by hand, or by a later version with
+/// other rules) is left out: it can only take access away, never give it.
+fn groups_of(row: &Row) -> Vec<crate::domain::Group> {
+    let names: Vec<String> = row.get(8);
+    let mut groups: Vec<_> = names.iter().filter_map(|g| crate::domain::Group::parse(g).ok()).collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+fn group_names(groups: &[crate::domain::Group]) -> Vec<String> {
+    groups.iter().map(|g| g.as_str().to_string()).collect()
+}
 
 fn user_of(row: &Row) -> User {
     User {
+        groups: groups_of(row),
         key: row.get(0),
         display_name: row.get(1),
         admin: row.get(2),
@@ -189,6 +204,22 @@ impl UserStore for PgStore {
         Ok(self.client().await?.query_opt(&sql, &[&key, &disabled]).await?.as_ref().map(user_of))
     }
 
+    async fn change_groups(
+        &self,
+        key: &str,
+        add: &[crate::domain::Group],
+        remove: &[crate::domain::Group],
+    ) -> Result<Option<User>> {
+        // One statement: the row lock orders concurrent changes, each on the latest groups.
+        let sql = format!(
+            "UPDATE users SET groups = ARRAY(
+                 SELECT DISTINCT g FROM unnest(groups || $2::text[]) AS g WHERE g <> ALL($3::text[]) ORDER BY g)
+             WHERE key = $1 RETURNING {USER_COLUMNS}"
+        );
+        let row = self.client().await?.query_opt(&sql, &[&key, &group_names(add), &group_names(remove)]).await?;
+        Ok(row.as_ref().map(user_of))
+    }
+
     async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
         // The update's WHERE is the compare: the same password generation, not disabled. It is
         // re-checked on the row's latest version after any concurrent update commits, so a
@@ -280,8 +311,8 @@ async fn insert_user(
     let inserted = client
         .execute(
             "INSERT INTO users (key, display_name, password_hash, admin, disabled, created_at_ms,
-                                password_changed_at_ms, last_login_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
+                                password_changed_at_ms, last_login_at_ms, groups)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING",
             &[
                 &user.key,
                 &user.display_name,
@@ -291,6 +322,7 @@ async fn insert_user(
                 &ms(user.created_at),
                 &ms(user.password_changed_at),
                 &user.last_login_at.map(ms),
+                &group_names(&user.groups),
             ],
         )
         .await?;

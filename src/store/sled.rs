@@ -56,6 +56,9 @@ struct UserRecord {
     /// Records from before this field existed read as enabled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     disabled: bool,
+    /// Records from before groups existed read as in no group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<crate::domain::Group>,
 }
 
 impl UserRecord {
@@ -68,6 +71,7 @@ impl UserRecord {
             password_changed_at: self.password_changed_at,
             last_login_at: self.last_login_at,
             disabled: self.disabled,
+            groups: self.groups.clone(),
         }
     }
 
@@ -82,6 +86,7 @@ impl UserRecord {
             password_changed_at: user.password_changed_at,
             last_login_at: user.last_login_at,
             disabled: user.disabled,
+            groups: user.groups.clone(),
         }
     }
 }
@@ -751,6 +756,23 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
+    async fn change_groups(
+        &self,
+        key: &str,
+        add: &[crate::domain::Group],
+        remove: &[crate::domain::Group],
+    ) -> Result<Option<User>> {
+        let after = self.update_user_with(key, |user| {
+            let before = user.groups.clone();
+            user.groups.extend(add.iter().cloned());
+            user.groups.retain(|g| !remove.contains(g));
+            user.groups.sort();
+            user.groups.dedup();
+            user.groups != before
+        })?;
+        self.durable(after.map(|r| r.user())).await
+    }
+
     async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
         let after = self.login_cas(verified, upgraded_hash, now)?;
         self.durable(after.map(|r| r.user())).await
@@ -1160,6 +1182,7 @@ mod tests {
             password_changed_at: 1,
             last_login_at: None,
             disabled: false,
+            groups: Vec::new(),
         }
     }
 
@@ -1180,6 +1203,7 @@ mod tests {
         let old = r#"{"schema":1,"key":"alice","display_name":"Alice","password_hash":"h","admin":false,"created_at":1,"password_changed_at":1,"last_login_at":null}"#;
         let user: UserRecord = serde_json::from_str(old).unwrap();
         assert!(!user.disabled);
+        assert!(user.groups.is_empty(), "a record from before groups is in none");
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         store.insert_user(&user).unwrap();

@@ -129,6 +129,17 @@ proptest! {
     }
 
     #[test]
+    fn rd_never_leaves_the_cookie_domain(
+        rd in pieces(&[
+            "https://", "HTTPS://", "http://", "https:", "//", "/", "\\", "%2f", "%5c", "%09", "%0a", "%00", "@", ":",
+            "?", "#", "&", "=", ".", "..", "example.test", "app.example.test", "evil-example.test", "evil.test",
+            "xn--80ak6aa92e.example.test", "\u{3002}", "／", "＼", "\t", "\n", " ", ":443", "a",
+        ], 8),
+    ) {
+        harness::check_rd(&rd);
+    }
+
+    #[test]
     fn client_ip_is_the_peer_or_from_the_header(
         peer in prop_oneof![ip_from_pool(), any::<IpAddr>()],
         trusted in prop::collection::vec((ip_from_pool(), 0u8..=128), 0..4),

@@ -156,6 +156,7 @@ pub(crate) async fn insert_old_user(services: &Services, name: &str) {
         password_changed_at: 0,
         last_login_at: None,
         disabled: false,
+        groups: Vec::new(),
     };
     let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
     services.store.users.insert(&user, hash).await.unwrap();

@@ -22,6 +22,8 @@ fn options(app: &crate::helpers::TestApp, mode: Mode, url: &str) -> Options {
         allow_remote: false,
         progress: Progress::None,
         http1: false,
+        target: None,
+        sign_in_url: None,
     }
 }
 
@@ -105,4 +107,25 @@ async fn a_server_elsewhere_is_refused_unless_owned() {
         let err = loadtest::run(options(&app, Mode::Logins, url)).await.unwrap_err();
         assert!(format!("{err}").contains("--i-own-this-server"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn verify_mode_counts_forward_auth_verifies_of_a_signed_in_user() {
+    let app = spawn_app_with(|s| {
+        s.public_url = Some("https://localhost".into());
+        s.trusted_proxies = vec![portcullis::config::parse_net("127.0.0.1").unwrap()];
+        let rules = "[[access.rules]]\npolicy = \"one_factor\"\n";
+        s.access = portcullis::access::Access::from_file(&format!("[access]\n{rules}").parse().unwrap()).unwrap();
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let mut opts = options(&app, Mode::Verify, &app.base);
+    opts.target = Some("https://localhost/wiki?page=1".parse().unwrap());
+    let report = loadtest::run(opts).await.unwrap();
+    assert!(report.views.unwrap() > 0, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(loadtest::human(&report).contains("verifies"));
+    // The same client against a plain URL: the baseline mode.
+    let report = loadtest::run(options(&app, Mode::Get, &app.url("/healthz"))).await.unwrap();
+    assert!(report.views.unwrap() > 0 && report.errors == 0, "{report:?}");
 }

@@ -7,18 +7,31 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
+use crate::forward_auth::Gate;
 use crate::routes::{current_session, error_page, see_other, State};
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
+    /// Forward auth's return address (SPEC.md, "Gating other applications").
+    rd: Option<String>,
 }
 
 #[handler]
 pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
+    let rd = query.as_ref().and_then(|q| q.rd.as_deref()).and_then(|rd| Gate::new(&state.settings).safe_rd(rd));
+    let mut error = None;
     match current_session(req, &state).await {
-        Ok(Some(_)) => return see_other(next.unwrap_or("/")),
+        Ok(Some(session)) => match &rd {
+            // Sent on at once only when the session is enough for that address; otherwise
+            // verify would send the browser straight back here, for ever.
+            Some(url) if crate::routes::authz::session_suffices(req, &state, url, &session) => return see_other(url),
+            Some(_) => {
+                error = Some("That page needs you to sign in with a second factor.".to_string());
+            }
+            None => return see_other(next.unwrap_or("/")),
+        },
         Ok(None) => {}
         Err(resp) => return resp,
     }
@@ -31,5 +44,5 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
             return error_page(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    super::render(req, &state, Form { captcha, ..Form::new(StatusCode::OK, next) }).await
+    super::render(req, &state, Form { captcha, rd: rd.as_deref(), error, ..Form::new(StatusCode::OK, next) }).await
 }

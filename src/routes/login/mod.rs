@@ -20,6 +20,7 @@ use crate::rate_limit::CAPTCHA_DRAWS;
 struct LoginPage<'a> {
     csrf: &'a str,
     next: &'a str,
+    rd: &'a str,
     username: &'a str,
     error: Option<&'a str>,
     captcha: Option<&'a str>,
@@ -37,6 +38,9 @@ pub struct Form<'a> {
     pub error: Option<String>,
     pub username: &'a str,
     pub next: Option<&'a str>,
+    /// Where to go after signing in, on another gated host: already checked
+    /// ([`crate::forward_auth::Gate::safe_rd`]).
+    pub rd: Option<&'a str>,
     /// Draw a captcha challenge for this visitor, who is at this address.
     pub captcha: Option<crate::client::AddressKey>,
     /// Seconds for a `Retry-After` header (429).
@@ -45,7 +49,7 @@ pub struct Form<'a> {
 
 impl<'a> Form<'a> {
     pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
-        Form { status, error: None, username: "", next, captcha: None, retry_after: None }
+        Form { status, error: None, username: "", next, rd: None, captcha: None, retry_after: None }
     }
 }
 
@@ -112,13 +116,21 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     } else {
         None
     };
-    let new_challenge_href = match form.next {
-        Some(n) => format!("/login?next={}", urlencode(n)),
-        None => "/login".to_string(),
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(n) = form.next {
+        query.push(("next", n));
+    }
+    if let Some(rd) = form.rd {
+        query.push(("rd", rd));
+    }
+    let new_challenge_href = match serde_urlencoded::to_string(&query) {
+        Ok(q) if !q.is_empty() => format!("/login?{q}"),
+        _ => "/login".to_string(),
     };
     let page = LoginPage {
         csrf: &token,
         next: form.next.unwrap_or(""),
+        rd: form.rd.unwrap_or(""),
         username: form.username,
         error: form.error.as_deref(),
         captcha: captcha.as_deref(),
@@ -139,10 +151,6 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
-}
-
-fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)]).map(|e| e.trim_start_matches('=').to_string()).unwrap_or_default()
 }
 
 /// `next` must be a same-origin relative path: one leading slash, no scheme, no host, no

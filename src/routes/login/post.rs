@@ -31,6 +31,8 @@ pub struct LoginForm {
     #[serde(default)]
     pub captcha: String,
     pub next: Option<String>,
+    /// Forward auth's return address, checked before use.
+    pub rd: Option<String>,
 }
 
 impl Drop for LoginForm {
@@ -47,6 +49,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let client = client::client(req, &state.settings.trusted_proxies);
     let prelogin = cookies::get(req, PRELOGIN_COOKIE);
+    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
     let attempt = Attempt {
         client: &client,
         username: &form.username,
@@ -55,7 +58,8 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         prelogin: prelogin.as_deref(),
         captcha: &form.captcha,
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
-        next: super::safe_next(form.next.as_deref()),
+        // A second step ends where this one would have: at `rd` (checked again there) or `next`.
+        next: rd.as_deref().or(super::safe_next(form.next.as_deref())),
     };
     let next = super::safe_next(form.next.as_deref());
     let outcome = state.sign_in.attempt(attempt).await;
@@ -80,7 +84,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         }
         Ok(Outcome::SignedIn { token, must_enrol }) => {
             // The `second_factor` policy: enrol first, then go on.
-            let mut resp = see_other(if must_enrol { "/account" } else { next.unwrap_or("/") });
+            let mut resp = see_other(if must_enrol { "/account" } else { rd.as_deref().or(next).unwrap_or("/") });
             let h = resp.headers_mut();
             for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(PRELOGIN_COOKIE)] {
                 if let Ok(v) = cookie.parse() {
@@ -89,7 +93,9 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             }
             resp
         }
-        Ok(Outcome::Refused(refusal)) => refused(req, &state, &form.username, next, &client, refusal).await,
+        Ok(Outcome::Refused(refusal)) => {
+            refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
+        }
         Err(e) => {
             if e.is_worth_logging() {
                 tracing::error!(error = %error_chain(&e), "sign-in not judged");
@@ -110,6 +116,7 @@ pub(crate) async fn refused(
     state: &AppState,
     username: &str,
     next: Option<&str>,
+    rd: Option<&str>,
     client: &Client,
     refusal: Refusal,
 ) -> Response {
@@ -135,7 +142,7 @@ pub(crate) async fn refused(
     };
     let captcha = refusal.captcha_demanded.then_some(client.key());
     let form =
-        Form { error: Some(error), username, captcha, retry_after: refusal.retry_after, ..Form::new(status, next) };
+        Form { error: Some(error), username, captcha, rd, retry_after: refusal.retry_after, ..Form::new(status, next) };
     super::render(req, state, form).await
 }
 

@@ -150,7 +150,8 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     match outcome {
         StepOutcome::SignedIn { token, next } => {
-            let next = super::safe_next(next.as_deref()).unwrap_or("/");
+            let rd = next.as_deref().and_then(|n| crate::forward_auth::Gate::new(&state.settings).safe_rd(n));
+            let next = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
             let mut resp = see_other(next);
             let h = resp.headers_mut();
             for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(MFA_COOKIE)] {

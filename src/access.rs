@@ -1,0 +1,522 @@
+//! Forward-auth access rules (`[access]` in the settings file, SPEC.md "Gating other
+//! applications"): an ordered list of rules, each a set of conditions on the target request
+//! (host, path and query, method, client network) and on who asks (users, groups), and a
+//! policy. The first rule whose every given condition holds decides; when none does,
+//! `default_policy` does (`deny` unless set). Parsed once at start: an invalid rule stops the
+//! program with one line naming its position and field.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::domain::{normalise_key, Group};
+
+/// The settings file's table for these rules (file only: no environment variable or flag).
+pub const FILE_KEY: &str = "access";
+
+/// What a rule (or the default) asks of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// No sign-in needed.
+    Bypass,
+    /// Signed in.
+    OneFactor,
+    /// Signed in with a second factor (NIST SP 800-63B AAL2).
+    TwoFactor,
+    /// Never.
+    #[default]
+    Deny,
+}
+
+impl Policy {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "bypass" => Ok(Policy::Bypass),
+            "one_factor" => Ok(Policy::OneFactor),
+            "two_factor" => Ok(Policy::TwoFactor),
+            "deny" => Ok(Policy::Deny),
+            _ => Err("must be one of bypass, one_factor, two_factor, deny".into()),
+        }
+    }
+}
+
+/// A `domain` entry: an exact host name, or `*.example.com` for every host under
+/// `example.com` (at any depth, on a dot boundary, not `example.com` itself).
+#[derive(Clone, Debug)]
+enum HostPattern {
+    Exact(String),
+    Under(String),
+}
+
+impl HostPattern {
+    fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let (under, name) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, s),
+        };
+        let label_ok = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if name.is_empty() || !name.split('.').all(label_ok) {
+            return Err(format!("`{name}` is not a host name or *.domain"));
+        }
+        Ok(if under { HostPattern::Under(name) } else { HostPattern::Exact(name) })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host == h,
+            HostPattern::Under(d) => host.strip_suffix(d.as_str()).is_some_and(|r| r.len() > 1 && r.ends_with('.')),
+        }
+    }
+}
+
+/// One `[[access.rules]]` table. An empty list means "any" for that condition.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    domains: Vec<HostPattern>,
+    paths: Vec<Regex>,
+    /// Upper-case method names.
+    methods: Vec<String>,
+    networks: Vec<IpNet>,
+    /// Normalised username keys.
+    users: Vec<String>,
+    groups: Vec<Group>,
+    pub policy: Policy,
+}
+
+/// The request a proxy asks about.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    /// Lower-case host name, no port.
+    pub host: &'a str,
+    /// The path and query, normalised (see `authz::target`).
+    pub path_and_query: &'a str,
+    /// Upper-case method.
+    pub method: &'a str,
+    pub client: IpAddr,
+}
+
+/// Who asks: a signed-in user's key and effective groups.
+#[derive(Clone, Debug)]
+pub struct Subject<'a> {
+    pub user_key: &'a str,
+    pub groups: &'a [Group],
+}
+
+/// Which rule decided: its position in the file (from 1), or the default policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    Rule(usize),
+    Default,
+}
+
+impl std::fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecidedBy::Rule(n) => write!(f, "{n}"),
+            DecidedBy::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// The outcome of the rules for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This policy applies.
+    Policy(Policy, DecidedBy),
+    /// An anonymous request reached a rule that names users or groups, with every other
+    /// condition met: who asks must be known first (so it must sign in; once signed in the
+    /// rules are asked again with the subject).
+    SignInFirst(DecidedBy),
+}
+
+/// The `[access]` settings.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub default_policy: Policy,
+    pub rules: Vec<Rule>,
+}
+
+impl Access {
+    /// Reads `[access]` from the settings file's table (absent: no rules, default deny).
+    ///
+    /// # Errors
+    /// One line naming the place at fault: `access.default_policy`, or `access.rules #N
+    /// field: reason` (N from 1).
+    pub fn from_file(file: &toml::Table) -> Result<Self, String> {
+        let Some(value) = file.get(FILE_KEY) else { return Ok(Access::default()) };
+        let table = value.as_table().ok_or("`access` must be a table ([access])")?;
+        let mut access = Access::default();
+        for (key, value) in table {
+            match key.as_str() {
+                "default_policy" => {
+                    let s = value.as_str().ok_or("access.default_policy must be a string")?;
+                    access.default_policy = Policy::parse(s).map_err(|m| format!("access.default_policy {m}"))?;
+                }
+                "rules" => {
+                    let rules = value.as_array().ok_or("access.rules must be a list of tables ([[access.rules]])")?;
+                    for (i, rule) in rules.iter().enumerate() {
+                        let rule = Rule::parse(rule).map_err(|m| format!("access.rules #{} {m}", i + 1))?;
+                        access.rules.push(rule);
+                    }
+                }
+                other => return Err(format!("access: unknown key `{other}`")),
+            }
+        }
+        Ok(access)
+    }
+
+    /// Asks the rules about `target` for `subject` (`None`: not signed in). First match wins.
+    pub fn decide(&self, target: &Target<'_>, subject: Option<&Subject<'_>>) -> Decision {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let by = DecidedBy::Rule(i + 1);
+            if !rule.matches_request(target) {
+                continue;
+            }
+            if rule.users.is_empty() && rule.groups.is_empty() {
+                return Decision::Policy(rule.policy, by);
+            }
+            match subject {
+                None => return Decision::SignInFirst(by),
+                Some(s) if rule.matches_subject(s) => return Decision::Policy(rule.policy, by),
+                Some(_) => {}
+            }
+        }
+        Decision::Policy(self.default_policy, DecidedBy::Default)
+    }
+}
+
+impl Rule {
+    fn parse(value: &toml::Value) -> Result<Self, String> {
+        let table = value.as_table().ok_or(": must be a table")?;
+        let mut rule = Rule {
+            domains: Vec::new(),
+            paths: Vec::new(),
+            methods: Vec::new(),
+            networks: Vec::new(),
+            users: Vec::new(),
+            groups: Vec::new(),
+            policy: Policy::Deny,
+        };
+        let mut policy = None;
+        for (key, value) in table {
+            let field = key.as_str();
+            let fail = |m: String| format!("{field}: {m}");
+            if field == "policy" {
+                let s = value.as_str().ok_or_else(|| fail("must be a string".into()))?;
+                policy = Some(Policy::parse(s).map_err(fail)?);
+                continue;
+            }
+            let items = strings(value).map_err(fail)?;
+            match field {
+                "domain" => {
+                    rule.domains =
+                        items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
+                }
+                "path" => {
+                    rule.paths = items
+                        .iter()
+                        .map(|s| {
+                            // Bounded compiled size: a rule cannot make every request slow.
+                            regex::RegexBuilder::new(s).size_limit(1 << 20).build().map_err(|e| {
+                                format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string()))
+                            })
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?
+                }
+                "methods" => {
+                    rule.methods = items
+                        .iter()
+                        .map(|m| {
+                            let m = m.trim().to_ascii_uppercase();
+                            // RFC 9110 §9.1: a method is a token.
+                            if !m.is_empty()
+                                && m.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+                            {
+                                Ok(m)
+                            } else {
+                                Err(format!("`{m}` is not an HTTP method"))
+                            }
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?
+                }
+                "networks" => {
+                    rule.networks =
+                        items.iter().map(|s| crate::config::parse_net(s)).collect::<Result<_, _>>().map_err(fail)?
+                }
+                "users" => {
+                    rule.users = items
+                        .iter()
+                        .map(|s| {
+                            let key = normalise_key(s);
+                            if key.is_empty() {
+                                Err("a user name is empty".to_string())
+                            } else {
+                                Ok(key)
+                            }
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?
+                }
+                "groups" => {
+                    rule.groups = items
+                        .iter()
+                        .map(|s| Group::parse(s).map_err(|e| format!("`{s}`: {e}")))
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?
+                }
+                _ => {
+                    return Err(format!(
+                        "{field}: unknown field (domain, path, methods, networks, users, groups, policy)"
+                    ))
+                }
+            }
+        }
+        rule.policy = policy.ok_or("policy: missing (bypass, one_factor, two_factor or deny)")?;
+        if rule.policy == Policy::Bypass && !(rule.users.is_empty() && rule.groups.is_empty()) {
+            let field = if rule.users.is_empty() { "groups" } else { "users" };
+            return Err(format!("{field}: a bypass rule may not name users or groups (it needs no sign-in)"));
+        }
+        Ok(rule)
+    }
+
+    fn matches_request(&self, t: &Target<'_>) -> bool {
+        (self.domains.is_empty() || self.domains.iter().any(|d| d.matches(t.host)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query)))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == t.method))
+            && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&t.client)))
+    }
+
+    fn matches_subject(&self, s: &Subject<'_>) -> bool {
+        self.users.iter().any(|u| u == s.user_key) || self.groups.iter().any(|g| s.groups.contains(g))
+    }
+}
+
+/// A list of strings (a lone string is a list of one).
+fn strings(value: &toml::Value) -> Result<Vec<String>, String> {
+    match value {
+        toml::Value::String(s) => Ok(vec![s.clone()]),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| "must be a list of strings".to_string()))
+            .collect(),
+        _ => Err("must be a list of strings".into()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn access(toml_text: &str) -> Result<Access, String> {
+        Access::from_file(&toml_text.parse::<toml::Table>().unwrap())
+    }
+
+    fn target<'a>(host: &'a str, path: &'a str, method: &'a str) -> Target<'a> {
+        Target { host, path_and_query: path, method, client: "192.0.2.7".parse().unwrap() }
+    }
+
+    const RULES: &str = r#"
+        [access]
+        default_policy = "deny"
+        [[access.rules]]
+        domain = ["app.example.com"]
+        path = ["^/public/"]
+        policy = "bypass"
+        [[access.rules]]
+        domain = ["*.example.com"]
+        path = ["^/admin"]
+        groups = ["admins"]
+        policy = "two_factor"
+        [[access.rules]]
+        domain = ["*.example.com"]
+        path = ["^/admin"]
+        policy = "deny"
+        [[access.rules]]
+        domain = ["app.example.com"]
+        methods = ["GET", "head"]
+        networks = ["192.0.2.0/24"]
+        policy = "one_factor"
+        [[access.rules]]
+        domain = ["wiki.example.com"]
+        users = ["Alice"]
+        policy = "one_factor"
+    "#;
+
+    #[test]
+    fn the_first_matching_rule_decides_and_the_default_otherwise() {
+        let a = access(RULES).unwrap();
+        let admins = [Group::admins()];
+        let admin = Subject { user_key: "root", groups: &admins };
+        let alice = Subject { user_key: "alice", groups: &[] };
+        let d = |t: &Target<'_>, s: Option<&Subject<'_>>| a.decide(t, s);
+        assert_eq!(
+            d(&target("app.example.com", "/public/x", "POST"), None),
+            Decision::Policy(Policy::Bypass, DecidedBy::Rule(1))
+        );
+        assert_eq!(d(&target("app.example.com", "/admin", "GET"), None), Decision::SignInFirst(DecidedBy::Rule(2)));
+        assert_eq!(
+            d(&target("app.example.com", "/admin", "GET"), Some(&admin)),
+            Decision::Policy(Policy::TwoFactor, DecidedBy::Rule(2))
+        );
+        assert_eq!(
+            d(&target("app.example.com", "/admin", "GET"), Some(&alice)),
+            Decision::Policy(Policy::Deny, DecidedBy::Rule(3)),
+            "a subject that does not match goes on to the next rule"
+        );
+        assert_eq!(
+            d(&target("app.example.com", "/x", "GET"), None),
+            Decision::Policy(Policy::OneFactor, DecidedBy::Rule(4))
+        );
+        assert_eq!(
+            d(&target("app.example.com", "/x", "POST"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+        let elsewhere = Target { client: "198.51.100.1".parse().unwrap(), ..target("app.example.com", "/x", "GET") };
+        assert_eq!(d(&elsewhere, None), Decision::Policy(Policy::Deny, DecidedBy::Default));
+        assert_eq!(
+            d(&target("wiki.example.com", "/", "GET"), Some(&alice)),
+            Decision::Policy(Policy::OneFactor, DecidedBy::Rule(5))
+        );
+        assert_eq!(
+            d(&target("wiki.example.com", "/", "GET"), Some(&admin)),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+        // `*.example.com` is on a dot boundary and not the apex.
+        assert_eq!(
+            d(&target("evil-example.com", "/admin", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+        assert_eq!(
+            d(&target("example.com", "/admin", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+        assert_eq!(d(&target("a.b.example.com", "/admin", "GET"), None), Decision::SignInFirst(DecidedBy::Rule(2)));
+        assert_eq!(
+            Access::default().decide(&target("x", "/", "GET"), None),
+            Decision::Policy(Policy::Deny, DecidedBy::Default)
+        );
+    }
+
+    #[test]
+    fn an_invalid_rule_is_one_line_naming_its_position_and_field() {
+        for (text, want) in [
+            ("[[access.rules]]\npath = [\"(\"]\npolicy = \"deny\"", "access.rules #1 path:"),
+            (
+                "[[access.rules]]\npolicy = \"deny\"\n[[access.rules]]\ndomain = \"a b\"\npolicy = \"deny\"",
+                "access.rules #2 domain:",
+            ),
+            ("[[access.rules]]\nmethods = [\"G ET\"]\npolicy = \"deny\"", "access.rules #1 methods:"),
+            ("[[access.rules]]\nnetworks = [\"10.0.0.0/33\"]\npolicy = \"deny\"", "access.rules #1 networks:"),
+            ("[[access.rules]]\ngroups = [\"a,b\"]\npolicy = \"deny\"", "access.rules #1 groups:"),
+            ("[[access.rules]]\nusers = [\"alice\"]\npolicy = \"bypass\"", "access.rules #1 users:"),
+            ("[[access.rules]]\ngroups = [\"ops\"]\npolicy = \"bypass\"", "access.rules #1 groups:"),
+            ("[[access.rules]]\ndomain = [\"a.example.com\"]", "access.rules #1 policy:"),
+            ("[[access.rules]]\npolicy = \"allow\"", "access.rules #1 policy:"),
+            ("[[access.rules]]\nhost = [\"x\"]\npolicy = \"deny\"", "access.rules #1 host:"),
+            ("[[access.rules]]\npath = 3\npolicy = \"deny\"", "access.rules #1 path:"),
+            ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
+            ("[access]\nrule = []", "access: unknown key"),
+        ] {
+            let err = access(text).unwrap_err();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+    }
+
+    fn any_policy() -> impl Strategy<Value = Policy> {
+        prop_oneof![Just(Policy::Bypass), Just(Policy::OneFactor), Just(Policy::TwoFactor), Just(Policy::Deny)]
+    }
+
+    fn any_rule() -> impl Strategy<Value = Rule> {
+        let hosts = prop::sample::subsequence(vec!["a.example.com", "*.example.com", "b.example.org"], 0..=2);
+        let paths = prop::sample::subsequence(vec!["^/a", "^/b", "x"], 0..=2);
+        let methods = prop::sample::subsequence(vec!["GET", "POST"], 0..=1);
+        let groups = prop::sample::subsequence(vec!["ops", "dev"], 0..=1);
+        (hosts, paths, methods, groups, any_policy()).prop_map(|(h, p, m, g, policy)| Rule {
+            domains: h.iter().map(|s| HostPattern::parse(s).unwrap()).collect(),
+            paths: p.iter().map(|s| Regex::new(s).unwrap()).collect(),
+            methods: m.iter().map(|s| s.to_string()).collect(),
+            networks: Vec::new(),
+            users: Vec::new(),
+            groups: if policy == Policy::Bypass {
+                Vec::new()
+            } else {
+                g.iter().map(|s| Group::parse(s).unwrap()).collect()
+            },
+            policy,
+        })
+    }
+
+    fn any_target() -> impl Strategy<Value = (String, String, String)> {
+        (
+            prop::sample::select(vec!["a.example.com", "c.example.com", "b.example.org", "example.com"]),
+            prop::sample::select(vec!["/a", "/b/x", "/c", "/ax?q=x"]),
+            prop::sample::select(vec!["GET", "POST", "PUT"]),
+        )
+            .prop_map(|(h, p, m)| (h.to_string(), p.to_string(), m.to_string()))
+    }
+
+    proptest! {
+        #[test]
+        fn rules_after_the_deciding_one_never_change_the_decision(
+            rules in prop::collection::vec(any_rule(), 0..6),
+            extra in prop::collection::vec(any_rule(), 0..4),
+            default in any_policy(),
+            (h, p, m) in any_target(),
+            signed_in in any::<bool>(),
+        ) {
+            let groups = [Group::parse("ops").unwrap()];
+            let subject = Subject { user_key: "u", groups: &groups };
+            let subject = signed_in.then_some(&subject);
+            let t = target(&h, &p, &m);
+            let before = Access { default_policy: default, rules: rules.clone() };
+            let decided = before.decide(&t, subject);
+            if let Decision::Policy(_, DecidedBy::Rule(_)) | Decision::SignInFirst(_) = decided {
+                let mut longer = rules.clone();
+                longer.extend(extra);
+                prop_assert_eq!(Access { default_policy: default, rules: longer }.decide(&t, subject), decided);
+            }
+        }
+
+        #[test]
+        fn a_first_rule_that_matches_everything_decides(
+            rules in prop::collection::vec(any_rule(), 0..6),
+            policy in any_policy(),
+            (h, p, m) in any_target(),
+        ) {
+            let everything = Rule { domains: vec![], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy };
+            let mut all = vec![everything];
+            all.extend(rules);
+            let a = Access { default_policy: Policy::Deny, rules: all };
+            prop_assert_eq!(a.decide(&target(&h, &p, &m), None), Decision::Policy(policy, DecidedBy::Rule(1)));
+        }
+
+        #[test]
+        fn a_rule_that_cannot_match_changes_nothing_but_positions(
+            rules in prop::collection::vec(any_rule(), 0..6),
+            (h, p, m) in any_target(),
+        ) {
+            let never = Rule { domains: vec![HostPattern::parse("nowhere.invalid").unwrap()], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy: Policy::Bypass };
+            let t = target(&h, &p, &m);
+            let plain = Access { default_policy: Policy::Deny, rules: rules.clone() }.decide(&t, None);
+            let mut with = vec![never];
+            with.extend(rules);
+            let shifted = Access { default_policy: Policy::Deny, rules: with }.decide(&t, None);
+            let shift = |d: Decision| match d {
+                Decision::Policy(p, DecidedBy::Rule(n)) => Decision::Policy(p, DecidedBy::Rule(n + 1)),
+                Decision::SignInFirst(DecidedBy::Rule(n)) => Decision::SignInFirst(DecidedBy::Rule(n + 1)),
+                other => other,
+            };
+            prop_assert_eq!(shifted, shift(plain));
+        }
+    }
+}

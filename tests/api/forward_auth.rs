@@ -1,0 +1,278 @@
+//! The forward-auth endpoints asked directly (as a proxy would, without one): hostile peers,
+//! contradictory headers, Caddy's extra query string, the two-factor rule, and that a verify
+//! writes nothing on most requests. `proxies.rs` drives the same endpoints through real
+//! nginx and Caddy.
+
+use portcullis::access::Access;
+use portcullis::config::{parse_net, CookieDomain, Settings};
+use portcullis::store::Factors;
+use reqwest::StatusCode;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+const RULES: &str = r#"
+[access]
+[[access.rules]]
+path = ["^/public/"]
+policy = "bypass"
+[[access.rules]]
+path = ["^/secure/"]
+policy = "two_factor"
+[[access.rules]]
+domain = ["*.example.test"]
+policy = "one_factor"
+"#;
+
+fn gated(s: &mut Settings, trusted: &str) {
+    s.public_url = Some("https://login.example.test".into());
+    s.cookie_domain = Some(CookieDomain::parse("example.test").unwrap());
+    s.trusted_proxies = if trusted.is_empty() { vec![] } else { vec![parse_net(trusted).unwrap()] };
+    s.access = Access::from_file(&RULES.parse().unwrap()).unwrap();
+}
+
+/// A session for alice with `factors`, as the cookie header a proxy would pass on.
+async fn session_cookie(app: &TestApp, factors: Factors) -> String {
+    if app.state.store.users.get("alice").await.unwrap().is_none() {
+        app.add_user("alice", crate::helpers::GOOD_PASSWORD, false).await;
+    }
+    let token = app.state.sessions.create("alice", factors, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    format!("__Secure-portcullis={}", token.encode())
+}
+
+/// A forward-auth request for `uri` on app.example.test with `extra` headers.
+fn forward_auth(app: &TestApp, uri: &str, extra: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let mut req = app
+        .client
+        .get(app.url("/api/authz/forward-auth"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "app.example.test")
+        .header("x-forwarded-uri", uri)
+        .header("x-forwarded-method", "GET")
+        .header("accept", "text/html");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_a_trusted_proxy_gets_403_whatever_it_sends() {
+    let app = spawn_app_with(|s| gated(s, "")).await;
+    let cookie = session_cookie(&app, Factors::Two).await;
+    for path in ["/api/authz/forward-auth", "/api/authz/auth-request"] {
+        let resp = app
+            .client
+            .get(app.url(path))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "app.example.test")
+            .header("x-forwarded-uri", "/public/x")
+            .header("x-forwarded-method", "GET")
+            .header("x-original-url", "https://app.example.test/public/x")
+            .header("x-original-method", "GET")
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(resp.headers().get("remote-user").is_none(), "{path}: no identity leaks");
+    }
+}
+
+#[tokio::test]
+async fn missing_or_contradictory_headers_and_targets_off_the_gated_hosts_get_400() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let get = |path: &str| app.client.get(app.url(path));
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("no headers", get("/api/authz/forward-auth")),
+        ("no headers (nginx)", get("/api/authz/auth-request")),
+        (
+            "nginx's header at forward-auth",
+            get("/api/authz/forward-auth")
+                .header("x-original-url", "https://app.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        ("no method", get("/api/authz/auth-request").header("x-original-url", "https://app.example.test/")),
+        ("two hosts", forward_auth(&app, "/", &[]).header("x-forwarded-host", "evil.example.test")),
+        (
+            "the nginx URL disagrees",
+            forward_auth(&app, "/", &[])
+                .header("x-original-url", "https://other.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "another method",
+            forward_auth(&app, "/", &[("x-original-url", "https://app.example.test/"), ("x-original-method", "POST")]),
+        ),
+        (
+            "plain http",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "http://app.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "off the domain",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://evil-example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "user info",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://a@app.example.test/")
+                .header("x-original-method", "GET"),
+        ),
+        (
+            "backslash",
+            get("/api/authz/auth-request")
+                .header("x-original-url", "https://app.example.test\\@evil.test/")
+                .header("x-original-method", "GET"),
+        ),
+    ];
+    for (what, req) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{what}");
+    }
+    // The same headers, agreeing, are fine.
+    let ok = forward_auth(
+        &app,
+        "/public/x",
+        &[("x-original-url", "https://app.example.test/public/x"), ("x-original-method", "get")],
+    );
+    assert_eq!(ok.send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn caddys_query_string_on_the_verify_request_is_tolerated_and_never_trusted() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let plain = forward_auth(&app, "/page?a=1", &[]).send().await.unwrap();
+    let with_query = app
+        .client
+        .get(app.url("/api/authz/forward-auth?rd=https://evil.test/&x-forwarded-host=evil.test&a=1"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "app.example.test")
+        .header("x-forwarded-uri", "/page?a=1")
+        .header("x-forwarded-method", "GET")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::FOUND);
+    assert_eq!(with_query.status(), StatusCode::FOUND);
+    assert_eq!(plain.headers()["location"], with_query.headers()["location"]);
+    assert_eq!(
+        plain.headers()["location"],
+        "https://login.example.test/login?rd=https%3A%2F%2Fapp.example.test%2Fpage%3Fa%3D1"
+    );
+}
+
+#[tokio::test]
+async fn a_two_factor_rule_never_allows_a_one_factor_session() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let one = session_cookie(&app, Factors::One).await;
+    let two = session_cookie(&app, Factors::Two).await;
+    let ask = |cookie: &str, flavour: &str| {
+        let req = if flavour == "nginx" {
+            app.client
+                .get(app.url("/api/authz/auth-request"))
+                .header("x-original-url", "https://app.example.test/secure/x")
+                .header("x-original-method", "GET")
+        } else {
+            forward_auth(&app, "/secure/x", &[])
+        };
+        req.header("cookie", cookie.to_string()).send()
+    };
+    for flavour in ["nginx", "caddy"] {
+        let refused = ask(&one, flavour).await.unwrap();
+        assert_ne!(refused.status(), StatusCode::OK, "{flavour}");
+        assert!(refused.headers()["location"].to_str().unwrap().contains("/login?rd="), "{flavour}");
+        let allowed = ask(&two, flavour).await.unwrap();
+        assert_eq!(allowed.status(), StatusCode::OK, "{flavour}: two factors pass");
+        assert_eq!(allowed.headers()["remote-user"], "alice");
+    }
+    // The one-factor session is fine where one factor is asked.
+    let page = forward_auth(&app, "/page", &[("cookie", &one)]).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["remote-groups"], "");
+}
+
+#[tokio::test]
+async fn a_verify_writes_nothing_within_the_activity_grain() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    let token = portcullis::session::SessionToken::parse(cookie.split_once('=').unwrap().1).unwrap();
+    let before = app.state.store.sessions.get(&token.hash()).await.unwrap().unwrap();
+    for _ in 0..50 {
+        let resp = forward_auth(&app, "/page", &[("cookie", &cookie)]).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let after = app.state.store.sessions.get(&token.hash()).await.unwrap().unwrap();
+    // The idle timeout is 30 min, so its grain is 30 s: no touch within the loop.
+    assert_eq!(after.last_seen_at, before.last_seen_at, "50 verifies wrote the session");
+}
+
+#[tokio::test]
+async fn a_signed_in_visitor_is_sent_to_rd_at_once_and_a_bad_rd_goes_home() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    let go = |rd: &str| app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send();
+    let resp = go("https://app.example.test/p?q=1&r=%2F").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "https://app.example.test/p?q=1&r=%2F");
+    for bad in [
+        "https://evil-example.test/",
+        "http://app.example.test/",
+        "https://evil.test\\@app.example.test/",
+        "//app.example.test/",
+    ] {
+        let resp = go(bad).await.unwrap();
+        assert_eq!(resp.headers()["location"], "/", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_rule_or_cookie_domain_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    let serve = ["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"];
+    std::fs::write(
+        &config,
+        "public_url = \"https://login.example.test\"\n[access]\n[[access.rules]]\npolicy = \"bypass\"\n\
+         [[access.rules]]\npath = [\"^/(unclosed\"]\npolicy = \"deny\"\n",
+    )
+    .unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend(serve);
+    let run = crate::child::cli(dir.path(), &args, None).await;
+    let err = run.assert_one_line_failure("a bad rule");
+    assert!(err.contains("access.rules #2 path"), "{err}");
+    for (public, domain) in
+        [("https://login.example.co.uk", "co.uk"), ("https://login.evil-example.test", "example.test")]
+    {
+        let mut args = serve.to_vec();
+        args.extend(["--public-url", public, "--cookie-domain", domain]);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let run = crate::child::cli(elsewhere.path(), &args, None).await;
+        assert!(run.assert_one_line_failure(domain).contains("cookie_domain"), "{run:?}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_cookie_domain_every_cookie_is_secure_prefixed_with_the_domain() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let resp = app.client.get(app.url("/login")).send().await.unwrap();
+    let cookies: Vec<String> =
+        resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(!cookies.is_empty());
+    for c in &cookies {
+        assert!(c.starts_with("__Secure-portcullis") && c.ends_with("; Domain=example.test"), "{c}");
+        assert!(c.contains("; Secure; HttpOnly; SameSite=Lax"), "{c}");
+    }
+    // A signed-in request is read under the same name; the host-only name is not read.
+    let cookie = session_cookie(&app, Factors::One).await;
+    let host_only = cookie.replace("__Secure-", "__Host-");
+    let ok = forward_auth(&app, "/page", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let ignored = forward_auth(&app, "/page", &[("cookie", &host_only)]).send().await.unwrap();
+    assert_eq!(ignored.status(), StatusCode::FOUND);
+}

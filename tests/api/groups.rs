@@ -1,0 +1,82 @@
+//! Groups on users (issue 13): `user add --group`, `user groups --add/--remove`, `user list`,
+//! with `admins` implied for administrators; through a running server's admin socket, on a
+//! stopped server's store, and on PostgreSQL (`database_url`).
+
+use portcullis::domain::Group;
+
+use crate::child::{self, Run};
+use crate::helpers::{spawn_app, GOOD_PASSWORD};
+use crate::pg;
+
+/// `portcullis ARGS` with `env` set, in `dir`.
+async fn cli(dir: &std::path::Path, env: &[(&str, String)], args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = child::command(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args);
+    child::run_cli(cmd, stdin).await
+}
+
+/// The `groups` of `name` in `user list --json`.
+fn listed_groups(run: &Run, name: &str) -> Vec<String> {
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|u| u["username"] == name)
+        .unwrap_or_else(|| panic!("{name} in {}", run.stdout))["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The whole group story on one store, however the CLI reaches it.
+async fn groups_story(dir: &std::path::Path, env: &[(&str, String)]) {
+    let pw = format!("{GOOD_PASSWORD}\n");
+    cli(dir, env, &["user", "add", "carol", "--group", "Dev", "--group", "ops", "--password-stdin"], Some(&pw))
+        .await
+        .assert_ok("user add with groups");
+    cli(dir, env, &["user", "add", "root2", "--admin", "--password-stdin"], Some(&pw)).await.assert_ok("admin");
+    let list = cli(dir, env, &["user", "list", "--json"], None).await;
+    assert_eq!(listed_groups(&list, "carol"), ["dev", "ops"]);
+    assert_eq!(listed_groups(&list, "root2"), ["admins"], "administrators are in admins without being listed");
+    let changed = cli(dir, env, &["user", "groups", "carol", "--add", "wiki", "--remove", "ops"], None).await;
+    changed.assert_ok("user groups");
+    assert!(changed.stdout.contains("dev, wiki"), "{changed:?}");
+    let shown = cli(dir, env, &["user", "groups", "carol"], None).await;
+    assert!(shown.stdout.contains("dev, wiki"), "{shown:?}");
+    let table = cli(dir, env, &["user", "list"], None).await;
+    assert!(table.stdout.contains("GROUPS") && table.stdout.contains("dev,wiki"), "{table:?}");
+    // A bad group name is one line, and nothing changes.
+    let bad = cli(dir, env, &["user", "groups", "carol", "--add", "a,b"], None).await;
+    assert!(!bad.ok && bad.stderr.contains("group"), "{bad:?}");
+    let unknown = cli(dir, env, &["user", "groups", "nobody", "--add", "x"], None).await;
+    unknown.assert_one_line_failure("unknown user");
+    let list = cli(dir, env, &["user", "list", "--json"], None).await;
+    assert_eq!(listed_groups(&list, "carol"), ["dev", "wiki"]);
+}
+
+#[tokio::test]
+async fn groups_are_set_listed_and_changed_through_a_running_servers_socket() {
+    let app = spawn_app().await;
+    let dir = app.settings.data_dir.parent().unwrap().to_path_buf();
+    groups_story(&dir, &[]).await;
+    // The running server sees them at once.
+    let carol = app.state.store.users.get("carol").await.unwrap().unwrap();
+    assert_eq!(carol.groups, [Group::parse("dev").unwrap(), Group::parse("wiki").unwrap()]);
+}
+
+#[tokio::test]
+async fn groups_are_set_listed_and_changed_on_a_stopped_servers_store() {
+    let dir = tempfile::tempdir().unwrap();
+    groups_story(dir.path(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_set_listed_and_changed_on_postgresql() {
+    let Some(url) = pg::database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    groups_story(dir.path(), &[("PORTCULLIS_DATABASE_URL", url.to_string())]).await;
+}

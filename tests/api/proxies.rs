@@ -1,0 +1,506 @@
+//! Forward auth through real proxies (issue 13): a real nginx (`auth_request`) and a real Caddy
+//! (`forward_auth`), each started here from the README's configuration
+//! (`contrib/forward-auth/`, with the example names and paths replaced) in a temporary
+//! directory on free loopback ports, with TLS from a test CA, in front of a small upstream that
+//! echoes the identity headers it received. Through each, as a browser: every bullet of the
+//! issue's "How it is tested".
+//!
+//! Without the `nginx` or `caddy` binary a test prints why and passes as skipped, unless
+//! `PORTCULLIS_REQUIRE_ALL` is set (as `.ci/run` does): then it fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis::access::Access;
+use portcullis::config::{parse_net, CookieDomain};
+use portcullis::domain::Group;
+use portcullis::password::Password;
+use portcullis::session::SessionToken;
+use portcullis::store::{now_ms, Factors, Session};
+use reqwest::StatusCode;
+
+use crate::helpers::{hidden_field, spawn_in, test_settings, TestApp, GOOD_PASSWORD};
+use crate::pg::REQUIRE_ALL;
+
+const DOMAIN: &str = "example.test";
+const LOGIN_HOST: &str = "login.example.test";
+const APP_HOST: &str = "app.example.test";
+
+/// The rules every proxy test runs under.
+const RULES: &str = r#"
+[access]
+default_policy = "deny"
+[[access.rules]]
+domain = ["app.example.test"]
+path = ["^/public/"]
+policy = "bypass"
+[[access.rules]]
+path = ["^/denied"]
+policy = "deny"
+[[access.rules]]
+path = ["^/team/"]
+groups = ["dev"]
+policy = "one_factor"
+[[access.rules]]
+path = ["^/team/"]
+policy = "deny"
+[[access.rules]]
+path = ["^/secure/"]
+policy = "two_factor"
+[[access.rules]]
+domain = ["*.example.test"]
+policy = "one_factor"
+"#;
+
+/// A test CA, and a certificate it signed for the test hosts (PEM: CA, leaf chain, key).
+struct Pki {
+    ca: PathBuf,
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis proxy test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = [LOGIN_HOST, APP_HOST, "localhost", "127.0.0.1"].map(str::to_string).to_vec();
+    let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &*ca).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let p = Pki { ca: dir.join("ca.pem"), chain: dir.join("chain.pem"), key: dir.join("key.pem") };
+    std::fs::write(&p.ca, ca.pem()).unwrap();
+    std::fs::write(&p.chain, format!("{}{}", cert.pem(), ca.pem())).unwrap();
+    std::fs::write(&p.key, key.serialize_pem()).unwrap();
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// portcullis as the proxies' auth server: public_url on login.example.test, the domain
+/// cookie, 127.0.0.1 trusted, the rules above; alice in `dev`, bob in no group.
+async fn portcullis(pki: &Pki) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    let port = free_port();
+    settings.https_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    settings.http_addr = None;
+    settings.public_url = Some(format!("https://{LOGIN_HOST}:{port}"));
+    settings.cookie_domain = Some(CookieDomain::parse(DOMAIN).unwrap());
+    settings.trusted_proxies = vec![parse_net("127.0.0.1").unwrap()];
+    settings.access = Access::from_file(&RULES.parse().unwrap()).unwrap();
+    std::fs::create_dir_all(&settings.cert_dir).unwrap();
+    std::fs::copy(&pki.chain, settings.cert_dir.join("cert.pem")).unwrap();
+    std::fs::copy(&pki.key, settings.cert_dir.join("key.pem")).unwrap();
+    let app = spawn_in(dir, settings).await;
+    let users = &app.state.users;
+    users
+        .add_in_groups("alice", Password::new(GOOD_PASSWORD), false, vec![Group::parse("dev").unwrap()], "test")
+        .await
+        .unwrap();
+    users.add("bob", Password::new(GOOD_PASSWORD), false, "test").await.unwrap();
+    app
+}
+
+/// The upstream application: answers every request with the identity headers it received,
+/// as JSON (`remote_user` and `remote_groups`: every value of each, so a forged second copy
+/// would show), plus the method and URI.
+async fn upstream() -> SocketAddr {
+    use poem::listener::{Acceptor, Listener};
+    #[poem::handler]
+    fn echo(req: &poem::Request) -> poem::web::Json<serde_json::Value> {
+        let all = |name: &str| -> Vec<String> {
+            req.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+        };
+        poem::web::Json(serde_json::json!({
+            "remote_user": all("remote-user"),
+            "remote_groups": all("remote-groups"),
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+        }))
+    }
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap();
+    let addr = acceptor.local_addr()[0].as_socket_addr().copied().unwrap();
+    let app = poem::Route::new().at("/*", echo).at("/", echo);
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    addr
+}
+
+/// A running proxy process, stopped when dropped.
+struct Proxy {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn base(&self) -> String {
+        format!("https://{APP_HOST}:{}", self.port)
+    }
+
+    /// Waits until the proxy accepts connections (or fails the test with its log).
+    async fn ready(mut self) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return self;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the proxy exited ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not start: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The binary, from PATH or /usr/sbin; `None` (with the reason printed) when missing and
+/// [`REQUIRE_ALL`] is unset.
+fn binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var_os(REQUIRE_ALL).is_some() {
+            panic!("the {name} proxy test cannot run (no {name} binary) and {REQUIRE_ALL} is set");
+        }
+        eprintln!("skipped: the {name} proxy test needs Debian's {name} package");
+    }
+    found
+}
+
+/// A README configuration with the example names, ports and paths replaced by the test's.
+fn configured(file: &str, pki: &Pki, proxy_port: u16, auth: SocketAddr, app: SocketAddr) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/forward-auth").join(file)).unwrap();
+    let replaced = text
+        .replace("/etc/ssl/app.example.com/fullchain.pem", pki.chain.to_str().unwrap())
+        .replace("/etc/ssl/app.example.com/privkey.pem", pki.key.to_str().unwrap())
+        .replace("/etc/ssl/certs/ca-certificates.crt", pki.ca.to_str().unwrap())
+        .replace("127.0.0.1:4000", &auth.to_string())
+        .replace("127.0.0.1:8080", &app.to_string())
+        .replace("login.example.com", LOGIN_HOST);
+    match file {
+        "nginx.conf" => replaced
+            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{proxy_port} ssl;"))
+            .replace("app.example.com", APP_HOST),
+        _ => replaced.replace("app.example.com {", &format!("https://{APP_HOST}:{proxy_port} {{")),
+    }
+}
+
+async fn start_nginx(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    std::fs::write(d.join("site.conf"), configured("nginx.conf", pki, port, auth, app)).unwrap();
+    let temp = |name: &str| d.join(name).display().to_string();
+    let main = format!(
+        "daemon off;\nmaster_process off;\npid {pid};\nerror_log {log} info;\nevents {{}}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path {t1};\n  proxy_temp_path {t2};\n  fastcgi_temp_path {t3};\n  uwsgi_temp_path {t4};\n  \
+         scgi_temp_path {t5};\n  include {site};\n}}\n",
+        pid = temp("nginx.pid"),
+        log = temp("error.log"),
+        t1 = temp("client_body"),
+        t2 = temp("proxy"),
+        t3 = temp("fastcgi"),
+        t4 = temp("uwsgi"),
+        t5 = temp("scgi"),
+        site = temp("site.conf"),
+    );
+    std::fs::write(d.join("nginx.conf"), main).unwrap();
+    let child = Command::new(bin)
+        .args(["-p", &temp(""), "-c", &temp("nginx.conf"), "-e", &temp("error.log")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Proxy { child, port, log: d.join("error.log"), _dir: dir }.ready().await
+}
+
+async fn start_caddy(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    // Test-only global options: no admin endpoint, no certificate automation or redirect
+    // listener, everything Caddy keeps in the temporary directory.
+    let global = format!(
+        "{{\n    admin off\n    auto_https off\n    http_port {}\n    storage file_system {}\n}}\n\n",
+        free_port(),
+        d.join("storage").display()
+    );
+    std::fs::write(d.join("Caddyfile"), global + &configured("Caddyfile", pki, port, auth, app)).unwrap();
+    let log = d.join("caddy.log");
+    let child = Command::new(bin)
+        .args(["run", "--config", &d.join("Caddyfile").display().to_string(), "--adapter", "caddyfile"])
+        .env("HOME", d)
+        .env("XDG_DATA_HOME", d.join("data"))
+        .env("XDG_CONFIG_HOME", d.join("config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proxy { child, port, log, _dir: dir }.ready().await
+}
+
+/// A browser that trusts the test CA, keeps cookies, does not follow redirects, and finds
+/// every test host on loopback.
+fn browser(pki: &Pki) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(LOGIN_HOST, lo)
+        .resolve(APP_HOST, lo)
+        .build()
+        .unwrap()
+}
+
+const PAGE: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+async fn echoed(resp: reqwest::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), StatusCode::OK, "expected the application's answer");
+    serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+}
+
+/// Signs `client` in as `user` the way a browser does after being sent to the form: the
+/// form at `location` (with its `rd`), then the POST. Returns where the 303 goes.
+async fn sign_in_at(client: &reqwest::Client, location: &str, user: &str) -> String {
+    let form = client.get(location).header("accept", PAGE).send().await.unwrap();
+    assert_eq!(form.status(), StatusCode::OK, "{location}");
+    let body = form.text().await.unwrap();
+    let csrf = hidden_field(&body, "csrf").unwrap();
+    let rd = hidden_field(&body, "rd").expect("the form carries rd");
+    let rd = unescape(&rd);
+    let login = url::Url::parse(location).unwrap().join("/login").unwrap().to_string();
+    let resp = client
+        .post(&login)
+        .form(&[("username", user), ("password", GOOD_PASSWORD), ("csrf", &csrf), ("rd", &rd)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "sign-in as {user}");
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// HTML character references as askama writes them, back to text.
+fn unescape(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find(';') else { break };
+        let entity = &rest[i + 1..i + end];
+        let c = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e if e.starts_with("#x") || e.starts_with("#X") => {
+                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
+            }
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match c {
+            Some(c) => out.push(c),
+            None => out.push_str(&rest[i..i + end + 1]),
+        }
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every bullet of the issue's "How it is tested", through `proxy`.
+async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
+    let base = proxy.base();
+    let alice = browser(pki);
+
+    // An anonymous page request goes to the sign-in page with rd; signing in lands back on
+    // the exact original URL, path and query.
+    let original = format!("{base}/page/one?x=1&y=a%2Fb&z=%C3%A9");
+    let resp = alice.get(&original).header("accept", PAGE).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let login_prefix = format!("{}/login?rd=", app.settings.public_url.as_deref().unwrap());
+    assert!(location.starts_with(&login_prefix), "{location}");
+    let landed = sign_in_at(&alice, &location, "alice").await;
+    assert_eq!(landed, original, "back on the exact original URL");
+
+    // The application sees who, and in which groups; a forged Remote-User never reaches it.
+    let seen = echoed(
+        alice.get(&landed).header("remote-user", "admin").header("remote-groups", "admins").send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
+    assert_eq!(seen["remote_groups"], serde_json::json!(["dev"]), "{seen}");
+    assert_eq!(seen["uri"], "/page/one?x=1&y=a%2Fb&z=%C3%A9");
+
+    let anonymous = browser(pki);
+    // A bypass path works signed out, and a forged identity is still dropped.
+    let seen =
+        echoed(anonymous.get(format!("{base}/public/x")).header("remote-user", "admin").send().await.unwrap()).await;
+    assert!(seen["remote_user"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
+    // An XHR gets 401, not a redirect; a POST gets 303.
+    let xhr =
+        anonymous.get(format!("{base}/api/data")).header("x-requested-with", "XMLHttpRequest").send().await.unwrap();
+    assert_eq!(xhr.status(), StatusCode::UNAUTHORIZED);
+    let json = anonymous.get(format!("{base}/api/data")).header("accept", "application/json").send().await.unwrap();
+    assert_eq!(json.status(), StatusCode::UNAUTHORIZED);
+    let post = anonymous.post(format!("{base}/form")).header("accept", PAGE).form(&[("a", "b")]).send().await.unwrap();
+    assert_eq!(post.status(), StatusCode::SEE_OTHER);
+    assert!(post.headers()["location"].to_str().unwrap().starts_with(&login_prefix));
+
+    // A deny rule gives 403, and is logged.
+    assert_eq!(
+        alice.get(format!("{base}/denied")).header("accept", PAGE).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    // A groups rule lets alice (dev) in and keeps bob out.
+    assert_eq!(echoed(alice.get(format!("{base}/team/x")).send().await.unwrap()).await["remote_user"][0], "alice");
+    let bob = browser(pki);
+    let resp = bob.get(format!("{base}/team/x")).header("accept", PAGE).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let back = sign_in_at(&bob, resp.headers()["location"].to_str().unwrap(), "bob").await;
+    assert_eq!(bob.get(&back).header("accept", PAGE).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // Elsewhere bob is in, with no group.
+    let seen = echoed(bob.get(format!("{base}/page")).send().await.unwrap()).await;
+    assert_eq!(seen["remote_user"], serde_json::json!(["bob"]), "{seen}");
+    // No group: empty, or (nginx drops an empty header) absent.
+    assert!(seen["remote_groups"].as_array().unwrap().iter().all(|g| g == ""), "{seen}");
+
+    // A two_factor rule refuses a one-factor session (sent to sign in), and the sign-in page
+    // does not send it straight back (no loop).
+    let secure = format!("{base}/secure/x");
+    let resp = alice.get(&secure).header("accept", PAGE).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND, "one factor is not two");
+    let form = alice.get(resp.headers()["location"].to_str().unwrap()).send().await.unwrap();
+    assert_eq!(form.status(), StatusCode::OK, "the form, not a redirect back");
+
+    // Signing out ends access at once, and lands where rd says.
+    let home = alice
+        .get(format!("{}/", app.settings.public_url.as_deref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden_field(&home, "csrf").unwrap();
+    let out = alice
+        .post(format!("{}/logout", app.settings.public_url.as_deref().unwrap()))
+        .form(&[("csrf", csrf.as_str()), ("rd", original.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(out.headers()["location"], original.as_str());
+    assert_eq!(alice.get(&original).header("accept", PAGE).send().await.unwrap().status(), StatusCode::FOUND);
+
+    // An expired session is refused; the same session made now is let in (so the refusal is
+    // the expiry's).
+    let cookieless = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(APP_HOST, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .build()
+        .unwrap();
+    for (age_ms, want) in [(13 * 3_600_000, StatusCode::FOUND), (0, StatusCode::OK)] {
+        let token = SessionToken::generate().unwrap();
+        let then = now_ms() - age_ms;
+        let record = Session {
+            user_key: "alice".into(),
+            created_at: then,
+            last_seen_at: then,
+            ip: "127.0.0.1".into(),
+            user_agent: "test".into(),
+            factors: Factors::One,
+        };
+        app.state.store.sessions.insert(&token.hash(), &record).await.unwrap();
+        let resp = cookieless
+            .get(format!("{base}/page"))
+            .header("accept", PAGE)
+            .header("cookie", format!("__Secure-portcullis={}", token.encode()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "a session {age_ms} ms old");
+    }
+}
+
+/// The `authz_denied` lines in the auth log.
+fn denied_lines(app: &TestApp) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&app.settings.log_dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["event"] == "authz_denied"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_real_nginx_every_forward_auth_promise_holds() {
+    let Some(bin) = binary("nginx") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let app = portcullis(&pki).await;
+    let proxy = start_nginx(&bin, &pki, app.addr, upstream().await).await;
+    the_whole_story(&app, &pki, &proxy).await;
+    let denied = denied_lines(&app);
+    assert!(
+        denied
+            .iter()
+            .any(|l| l["username"] == "alice" && l["path"] == "/denied" && l["rule"] == "2" && l["host"] == APP_HOST),
+        "{denied:?}"
+    );
+    assert!(denied.iter().any(|l| l["username"] == "bob" && l["rule"] == "4"), "{denied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_real_caddy_every_forward_auth_promise_holds() {
+    let Some(bin) = binary("caddy") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let app = portcullis(&pki).await;
+    let proxy = start_caddy(&bin, &pki, app.addr, upstream().await).await;
+    the_whole_story(&app, &pki, &proxy).await;
+    assert!(denied_lines(&app).iter().any(|l| l["path"] == "/denied" && l["rule"] == "2"));
+}
+
+#[test]
+fn the_readme_shows_the_configurations_the_tests_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for file in ["nginx.conf", "Caddyfile", "traefik.yml"] {
+        let text = std::fs::read_to_string(root.join("contrib/forward-auth").join(file)).unwrap();
+        assert!(readme.contains(text.trim_end()), "README.md does not show contrib/forward-auth/{file} as it is");
+    }
+}
