@@ -16,6 +16,7 @@ mod hash_upgrade;
 mod helpers;
 mod http_edges;
 mod identities;
+mod instances;
 mod load;
 mod loadtest;
 mod login;
