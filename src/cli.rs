@@ -43,6 +43,9 @@ pub enum Command {
     /// Raw argon2id verifies per second on one thread and on every core (for benches/report.sh)
     #[command(hide = true)]
     BenchVerify(crate::loadtest::verify_rate::BenchVerifyArgs),
+    /// Times the audit review over many records on PostgreSQL (for benches/engines.sh)
+    #[command(hide = true)]
+    BenchAudit(crate::loadtest::audit_bench::BenchAuditArgs),
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +168,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
+        Some(Command::BenchAudit(args)) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime(None)?.block_on(crate::loadtest::audit_bench::main(settings, args))
+        }
     }
 }
 
