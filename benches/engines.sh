@@ -252,8 +252,17 @@ measure() {
 
     echo "$engine: signed-in page views for $DURATION..." >&2
     settle "$pid"
+    local view_stmts=null view_db_before=0 view_db_after=0
+    if [ "$engine" = postgresql ]; then
+        psql_ -d bench -c "SELECT pg_stat_statements_reset()" > /dev/null
+        view_db_before=$(pg_cpu_ms)
+    fi
     run=$(loadtest "$port" "$name" "$CONCURRENCY" "$DURATION" viewer --mode views)
-    echo "{\"engine\": \"$engine\", \"kind\": \"views\", \"run\": $run}" >> "$WORK/rows.jsonl"
+    if [ "$engine" = postgresql ]; then
+        view_db_after=$(pg_cpu_ms)
+        view_stmts=$(psql_ -d bench -c "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = 'bench') AND query NOT LIKE '%pg_stat_statements_reset%'")
+    fi
+    echo "{\"engine\": \"$engine\", \"kind\": \"views\", \"run\": $run, \"statements\": $view_stmts, \"db_cpu_ms\": $((view_db_after - view_db_before))}" >> "$WORK/rows.jsonl"
 
     echo "$engine: syscalls per sign-in under strace ($STRACE_DURATION)..." >&2
     settle "$pid"
@@ -345,6 +354,9 @@ for e in ENGINES:
     if vr and vr["run"]:
         c["views"] = vr["run"]["views_per_sec"]
         c["views_p99"] = vr["run"]["p99_ms"]
+        if e == "postgresql" and vr["run"]["views"]:
+            c["view_stmts"] = (vr["statements"] or 0) / vr["run"]["views"]
+            c["view_db_ms"] = vr["db_cpu_ms"] / vr["run"]["views"]
     sr = get(e, "strace")
     if sr and sr["counted"] and sr["counted"]["run"] and sr["counted"]["run"]["logins"]:
         n = sr["counted"]["run"]["logins"]
@@ -377,6 +389,7 @@ print(f"| server CPU per login − raw verify CPU, ÷ raw verify CPU | {cell('sl
 sv, pv = cells["sled"].get("views"), cells["postgresql"].get("views")
 ratio_v = f"**{pv / sv:.2f} × sled**" if sv and pv else "–"
 print(f"| signed-in page views/s (p99) | {sv or 0:.0f} ({cells['sled'].get('views_p99', 0):.2f} ms) | {pv or 0:.0f} ({cells['postgresql'].get('views_p99', 0):.2f} ms); {ratio_v} | ≥ 0.5 × sled |")
+print(f"| per page view: statements · database CPU | – | {cell('postgresql', 'view_stmts', lambda x: f'{x:.2f}')} · {cell('postgresql', 'view_db_ms', lambda x: f'{x:.3f} ms')} | |")
 print(f"| **idle RSS** | {cell('sled', 'idle', mib)} | {cell('postgresql', 'idle', mib)} | ≤ 40 MiB (PostgreSQL) |")
 print(f"| fsync-family calls per sign-in (strace) | {cell('sled', 'fsyncs', lambda x: f'{x:.2f}')} ({cell('sled', 'fsync_detail')}) | {cell('postgresql', 'fsyncs', lambda x: f'{x:.2f}')} ({cell('postgresql', 'fsync_detail')}) | |")
 pg = cells["postgresql"]
