@@ -12,11 +12,13 @@
 #!   (default 8), ROUND_VERIFY_SECONDS (default 1.5), CARGO_TARGET_DIR.
 #! Each row's ratio is to the raw all-core rate measured just before and just after that
 #! row's run (the mean of the two), so a machine whose load drifts still gives fair ratios.
-#! Needs: cargo, curl, python3. The server listens on 127.0.0.1 only, in a temporary
-#! directory that is removed at the end.
+#! Then, unless ENGINES=off, benches/engines.sh: sled and PostgreSQL side by side.
+#! Needs: cargo, curl, python3 (engines.sh: the postgresql package). The server listens on
+#! 127.0.0.1 only, in a temporary directory that is removed at the end.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+HERE=$(pwd)
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 32 500}
 VERIFY_SECONDS=${VERIFY_SECONDS:-5}
@@ -259,3 +261,11 @@ else:
 print()
 print(f"Peak RSS over the whole run: {mib(total_peak_kb)}.")
 EOF
+
+if [ "${ENGINES:-on}" != off ]; then
+    kill -TERM "$SERVER_PID" 2> /dev/null && wait "$SERVER_PID" 2> /dev/null || true
+    echo
+    echo "### sled and PostgreSQL side by side (benches/engines.sh)"
+    echo
+    "$HERE/benches/engines.sh"
+fi

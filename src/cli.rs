@@ -66,6 +66,12 @@ pub enum Command {
     /// Raw argon2id verifies per second on one thread and on every core (for benches/report.sh)
     #[command(hide = true, after_help = "Example:\n  portcullis bench-verify --seconds 5")]
     BenchVerify(crate::loadtest::verify_rate::BenchVerifyArgs),
+    /// Times the audit review over many records on PostgreSQL (for benches/engines.sh)
+    #[command(
+        hide = true,
+        after_help = "Example:\n  PORTCULLIS_DATABASE_URL=postgres:///bench?host=/tmp portcullis bench-audit --records 1000000 --hours 24"
+    )]
+    BenchAudit(crate::loadtest::audit_bench::BenchAuditArgs),
 }
 
 #[derive(Args, Debug)]
@@ -279,6 +285,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
+        Some(Command::BenchAudit(args)) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime(None)?.block_on(crate::loadtest::audit_bench::main(settings, args))
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 //! server rather than a storm of instant retries (an attack, which the quotas are for).
 //! Work still in flight when the duration ends is not counted.
 
+pub mod audit_bench;
 pub mod verify_rate;
 
 use std::collections::BTreeMap;

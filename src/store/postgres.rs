@@ -1,8 +1,8 @@
 //! The PostgreSQL engine: the storage traits of [`super`] over a deadpool of tokio-postgres
 //! connections, on the schema of `src/postgres/migrations/` (issue 12 §2). Several instances
 //! share one database, so every update is one statement that tests and changes a row under
-//! its row lock (the SQL form of the sled engine's compare-and-swap), and nothing is cached
-//! in the process. Each statement runs in its own transaction: a write is durable when its
+//! its row lock (the SQL form of the sled engine's compare-and-swap), and no data is cached
+//! in the process (prepared statements are, per connection: [`Conn`]). Each statement runs in its own transaction: a write is durable when its
 //! commit returns, which is before the method does.
 
 mod passkeys;
@@ -150,8 +150,58 @@ impl PgStore {
         &self.pool
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        Ok(self.pool.get().await?)
+    async fn client(&self) -> Result<Conn> {
+        Ok(Conn(self.pool.get().await?))
+    }
+}
+
+/// A pooled connection whose statements are prepared once per connection and then reused
+/// (deadpool's statement cache): one round trip per statement instead of two (Parse and
+/// Describe, then Bind and Execute) and no parsing or planning per call. Measured in
+/// BENCHMARKS.md ("sled and PostgreSQL side by side"): every signed-in page view and half of
+/// a sign-in's statements go through here. Only fixed SQL texts may use it (the cache is
+/// unbounded); [`Conn::uncached`] is for text built from values.
+struct Conn(deadpool_postgres::Object);
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    async fn query(&self, sql: &str, params: Params<'_>) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.0.query(&self.0.prepare_cached(sql).await?, params).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        self.0.query_opt(&self.0.prepare_cached(sql).await?, params).await
+    }
+
+    async fn query_one(&self, sql: &str, params: Params<'_>) -> std::result::Result<Row, tokio_postgres::Error> {
+        self.0.query_one(&self.0.prepare_cached(sql).await?, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Params<'_>) -> std::result::Result<u64, tokio_postgres::Error> {
+        self.0.execute(&self.0.prepare_cached(sql).await?, params).await
+    }
+
+    /// The connection itself, for SQL built from values (prepared afresh, not cached).
+    fn uncached(&self) -> &tokio_postgres::Client {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -180,7 +230,7 @@ impl UserStore for PgStore {
 
     async fn insert(&self, user: &User, password_hash: &str) -> Result<()> {
         let client = self.client().await?;
-        insert_user(&**client, user, password_hash).await
+        insert_user(&***client, user, password_hash).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -563,7 +613,8 @@ impl FailureStore for PgStore {
             sql.push_str(&format!(" LIMIT {}", q.limit));
         }
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-        let rows = self.client().await?.query(&sql, &refs).await?;
+        // The text holds the limit: prepared afresh, so the statement cache stays bounded.
+        let rows = self.client().await?.uncached().query(&sql, &refs).await?;
         rows.iter().map(failure_of).collect()
     }
 

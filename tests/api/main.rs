@@ -24,6 +24,7 @@ mod helpers;
 mod http_edges;
 mod identities;
 mod instance_logs;
+mod instances;
 mod load;
 mod loadtest;
 mod login;

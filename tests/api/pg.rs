@@ -162,10 +162,39 @@ fn start() -> Result<Cluster, String> {
 
 fn start_in(bin: &Path, user: Option<(libc::uid_t, libc::gid_t)>, dir: &Path) -> Result<Cluster, String> {
     let dir = dir.to_path_buf();
+    let (password, ca_file, other_ca_file) = init_cluster(bin, user, &dir)?;
+    let port = free_port();
+    let child = postgres_command(bin, user, &dir, port)?.spawn().map_err(|e| format!("cannot start postgres: {e}"))?;
+    *RUNNING.lock().unwrap() = Some(Running { pid: child.id() as libc::pid_t, dir: dir.clone() });
+    // SAFETY: registers a plain extern "C" function.
+    unsafe { libc::atexit(stop_at_exit) };
+
+    let socket = dir.join("socket");
+    let socket_url = DatabaseUrl::parse(&format!(
+        "postgres://postgres@{}:{port}/postgres",
+        url::form_urlencoded::byte_serialize(socket.to_string_lossy().as_bytes()).collect::<String>()
+    ))
+    .map_err(|e| e.to_string())?;
+    wait_until_ready(bin, &socket, port, &dir)?;
+    Ok(Cluster {
+        socket_url,
+        tcp_base: format!("postgres://postgres:{password}@127.0.0.1:{port}"),
+        ca_file,
+        other_ca_file,
+    })
+}
+
+/// Makes a cluster in `dir/data` (its socket directory `dir/socket`, TLS on with a test CA's
+/// certificate); returns the superuser's password and the CA files (signer, stranger).
+fn init_cluster(
+    bin: &Path,
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    dir: &Path,
+) -> Result<(String, PathBuf, PathBuf), String> {
     let data = dir.join("data");
     let socket = dir.join("socket");
     std::fs::create_dir(&socket).map_err(|e| e.to_string())?;
-    for p in [&dir, &socket] {
+    for p in [dir, &socket] {
         chown(p, user);
     }
     let password = format!("pw-{:x}", rand_u64());
@@ -197,12 +226,25 @@ fn start_in(bin: &Path, user: Option<(libc::uid_t, libc::gid_t)>, dir: &Path) ->
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         chown(&path, user);
     }
+    Ok((password, ca_file, other_ca_file))
+}
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+/// The postmaster of the cluster in `dir` (`data`, `socket`), on `port`, logging to
+/// `server.log` there, and sent SIGQUIT by the kernel when the thread that spawns it ends.
+fn postgres_command(
+    bin: &Path,
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    dir: &Path,
+    port: u16,
+) -> Result<Command, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin.join("postgres"));
     as_server_user(&mut cmd, user)
-        .args(["-D".as_ref(), data.as_os_str(), "-k".as_ref(), socket.as_os_str()])
+        .args(["-D".as_ref(), dir.join("data").as_os_str(), "-k".as_ref(), dir.join("socket").as_os_str()])
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
         // A throwaway cluster: durability off for speed; the tests check logic, not disks.
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
@@ -216,23 +258,127 @@ fn start_in(bin: &Path, user: Option<(libc::uid_t, libc::gid_t)>, dir: &Path) ->
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("cannot start postgres: {e}"))?;
-    *RUNNING.lock().unwrap() = Some(Running { pid: child.id() as libc::pid_t, dir: dir.clone() });
-    // SAFETY: registers a plain extern "C" function.
-    unsafe { libc::atexit(stop_at_exit) };
+    Ok(cmd)
+}
 
-    let socket_url = DatabaseUrl::parse(&format!(
-        "postgres://postgres@{}:{port}/postgres",
-        url::form_urlencoded::byte_serialize(socket.to_string_lossy().as_bytes()).collect::<String>()
-    ))
-    .map_err(|e| e.to_string())?;
-    wait_until_ready(bin, &socket, port, &dir)?;
-    Ok(Cluster {
-        socket_url,
-        tcp_base: format!("postgres://postgres:{password}@127.0.0.1:{port}"),
-        ca_file,
-        other_ca_file,
-    })
+/// A cluster of one test's own, for a test that stops the database server under running
+/// instances and starts it again: same data directory, same socket, same port. Killed
+/// (SIGQUIT) and removed when dropped.
+pub struct PrivateCluster {
+    /// Superuser `postgres` over the socket, database `postgres`.
+    pub socket_url: DatabaseUrl,
+    bin: PathBuf,
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    dir: PathBuf,
+    port: u16,
+    pid: Option<libc::pid_t>,
+}
+
+/// Runs `job` on a thread that lives as long as the test binary: the postmasters it spawns
+/// get the parent-death signal when the binary ends, not when a test's thread does.
+fn on_spawner_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> T {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("postgres-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("a thread starts");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    sender.lock().unwrap().send(job).expect("the spawner thread lives");
+    rx.recv().expect("the spawner thread answers")
+}
+
+impl PrivateCluster {
+    /// Makes and starts a cluster of its own; `None` (with the reason printed) as
+    /// [`cluster`] when PostgreSQL cannot run here.
+    pub fn start() -> Option<PrivateCluster> {
+        let made = (|| -> Result<PrivateCluster, String> {
+            let bin = bin_dir()?;
+            let user = server_user()?;
+            let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir().map_err(|e| e.to_string())?.keep();
+            let mut cluster = PrivateCluster {
+                socket_url: DatabaseUrl::parse("postgres://postgres@localhost/postgres").map_err(|e| e.to_string())?,
+                bin,
+                user,
+                dir,
+                port: free_port(),
+                pid: None,
+            };
+            init_cluster(&cluster.bin, cluster.user, &cluster.dir)?;
+            cluster.socket_url = DatabaseUrl::parse(&format!(
+                "postgres://postgres@{}:{}/postgres",
+                url::form_urlencoded::byte_serialize(cluster.dir.join("socket").to_string_lossy().as_bytes())
+                    .collect::<String>(),
+                cluster.port
+            ))
+            .map_err(|e| e.to_string())?;
+            cluster.start_server()?;
+            Ok(cluster)
+        })();
+        match made {
+            Ok(c) => Some(c),
+            Err(why) if std::env::var_os(REQUIRE_ALL).is_some() => {
+                panic!("PostgreSQL tests cannot run ({why}) and {REQUIRE_ALL} is set")
+            }
+            Err(why) => {
+                eprintln!("skipped: PostgreSQL tests need Debian's postgresql package ({why})");
+                None
+            }
+        }
+    }
+
+    /// Starts the server again (same data, socket and port) and waits until it answers.
+    pub fn start_server(&mut self) -> Result<(), String> {
+        assert!(self.pid.is_none(), "the server is already running");
+        let cmd = postgres_command(&self.bin, self.user, &self.dir, self.port)?;
+        let pid = on_spawner_thread(move || {
+            let mut cmd = cmd;
+            cmd.spawn().map(|c| c.id() as libc::pid_t).map_err(|e| format!("cannot start postgres: {e}"))
+        })?;
+        self.pid = Some(pid);
+        wait_until_ready(&self.bin, &self.dir.join("socket"), self.port, &self.dir)
+    }
+
+    /// Stops the server (fast shutdown: its sessions are ended, then it exits) and waits
+    /// until it has exited.
+    pub fn stop_server(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: signalling our own child, then reaping it (on any thread: it is ours).
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: as in stop_server; SIGQUIT is the immediate shutdown.
+            unsafe {
+                libc::kill(pid, libc::SIGQUIT);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Removes the directories of earlier runs that were killed (their server died with them, by
