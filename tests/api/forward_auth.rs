@@ -276,3 +276,34 @@ async fn with_a_cookie_domain_every_cookie_is_secure_prefixed_with_the_domain() 
     let ignored = forward_auth(&app, "/page", &[("cookie", &host_only)]).send().await.unwrap();
     assert_eq!(ignored.status(), StatusCode::FOUND);
 }
+
+#[tokio::test]
+async fn every_verify_is_counted_in_the_authz_metrics_under_what_it_answered() {
+    use crate::metrics::{delta, samples, scrape_text, with_metrics};
+    let app = with_metrics(|s| {
+        gated(s, "127.0.0.1/32");
+        let rules =
+            RULES.replace("[access]\n", "[access]\n[[access.rules]]\npath = [\"^/closed/\"]\npolicy = \"deny\"\n");
+        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    })
+    .await;
+    let one = session_cookie(&app, Factors::One).await;
+    let before = samples(&scrape_text(&app).await);
+    let answers = [
+        forward_auth(&app, "/anything", &[("cookie", &one)]).send().await.unwrap().status(),
+        forward_auth(&app, "/anything", &[]).send().await.unwrap().status(),
+        forward_auth(&app, "/secure/x", &[("cookie", &one)]).send().await.unwrap().status(),
+        app.client.get(app.url("/api/authz/forward-auth")).send().await.unwrap().status(),
+        forward_auth(&app, "/closed/x", &[("cookie", &one)]).send().await.unwrap().status(),
+    ];
+    let after = samples(&scrape_text(&app).await);
+    let authz =
+        |result: &str| delta(&before, &after, &format!("portcullis_authz_requests_total{{result=\"{result}\"}}"));
+    let statuses: Vec<u16> = answers.iter().map(|s| s.as_u16()).collect();
+    assert_eq!(statuses, [200, 302, 302, 400, 403], "{statuses:?}");
+    assert_eq!(authz("allowed"), 1.0, "{statuses:?}");
+    assert_eq!(authz("unauthenticated"), 2.0, "{statuses:?}");
+    assert_eq!(authz("bad_request"), 1.0);
+    assert_eq!(authz("forbidden"), 1.0);
+    assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 5.0);
+}

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::{spawn_app, spawn_app_with, TestApp, Visitor};
 use crate::pg::REQUIRE_ALL;
 
-async fn with_metrics(configure: impl FnOnce(&mut portcullis::config::Settings)) -> TestApp {
+pub(crate) async fn with_metrics(configure: impl FnOnce(&mut portcullis::config::Settings)) -> TestApp {
     spawn_app_with(|s| {
         s.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
@@ -21,7 +21,7 @@ async fn with_metrics(configure: impl FnOnce(&mut portcullis::config::Settings))
     .await
 }
 
-async fn scrape_text(app: &TestApp) -> String {
+pub(crate) async fn scrape_text(app: &TestApp) -> String {
     let addr = app.metrics_addr.expect("metrics are on");
     let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -31,7 +31,7 @@ async fn scrape_text(app: &TestApp) -> String {
 }
 
 /// Every sample as `name{labels}` → value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
@@ -41,7 +41,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, key: &str) -> f64 {
     let get = |m: &BTreeMap<String, f64>| m.get(key).copied().unwrap_or(0.0);
     assert!(after.contains_key(key), "no sample {key}");
     get(after) - get(before)
