@@ -758,6 +758,13 @@ mod tests {
         .to_string();
         assert!(err.contains("database_url") && err.contains("sslmode"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+        // A password that stops the URL parser (a `#`, found in review) is not quoted either.
+        for bad in ["postgres://app:hun#ter2@db:5432/auth", "postgres://app@db/auth?password=hunter2"] {
+            let err = Settings::from_layers(None, &flags(&[("database_url", bad)]), &Overrides::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("database_url") && !err.contains("hunter2") && !err.contains("hun#"), "{err}");
+        }
         let s = Settings::from_layers(
             None,
             &flags(&[("database_url", "postgres://app:hunter2@db/auth")]),

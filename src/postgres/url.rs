@@ -247,15 +247,26 @@ impl fmt::Debug for DatabaseUrl {
 /// `text` (a `database_url` as written, perhaps not parseable) with any password replaced by
 /// `***`, for an error message that quotes the value.
 pub fn redact(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else { return text.to_string() };
-    let rest = &text[scheme_end + 3..];
-    // The authority ends at the first '/', '?' or '#'; the userinfo at its last '@'.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return text.to_string() };
-    match rest[..at].find(':') {
-        Some(colon) => format!("{}{}:***{}", &text[..scheme_end + 3], &rest[..colon], &rest[at..]),
+    // Written for text that may not parse: a password may hold `#`, `/`, `?` or `@` unencoded,
+    // so the userinfo runs to the LAST `@` (a host cannot hold one), whatever comes between.
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let rest = &text[start..];
+    let mut out = match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &text[..start], &rest[..colon], &rest[at..]),
+            None => text.to_string(),
+        },
         None => text.to_string(),
+    };
+    // libpq's `?password=…` form (refused, but quoted in the refusal otherwise).
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let value_start = from + i + "password=".len();
+        let value_end = out[value_start..].find('&').map_or(out.len(), |e| value_start + e);
+        out.replace_range(value_start..value_end, "***");
+        from = value_start + 3;
     }
+    out
 }
 
 fn enc(s: &str) -> String {
@@ -356,6 +367,18 @@ mod tests {
         assert_eq!(redact("postgres://a:b@c/d"), "postgres://a:***@c/d");
         assert_eq!(redact("postgres://a:p@ss@c/d"), "postgres://a:***@c/d");
         assert_eq!(redact("postgres://a@c/d"), "postgres://a@c/d");
+        // Passwords that stop a URL parser (found in review): never quoted back.
+        for (bad, secret) in [
+            ("postgres://pc:Sek#r3t@127.0.0.1:55432/pc", "Sek#r3t"),
+            ("postgres://pc:a/b?c@h/d", "a/b?c"),
+            ("postgres://a@h/d?sslmode=require&password=Sekr3tDbPass", "Sekr3tDbPass"),
+            ("postgres://a@h/d?PASSWORD=Sekr3tDbPass&password=again", "again"),
+            ("pc:Sekr3t@h/d", "Sekr3t"),
+        ] {
+            let err = DatabaseUrl::parse(bad).unwrap_err();
+            assert!(!err.contains(secret), "{err}");
+            assert!(!redact(bad).contains(secret), "{}", redact(bad));
+        }
     }
 
     #[test]
