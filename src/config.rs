@@ -270,11 +270,27 @@ impl Settings {
         let (file, env) = read_layers(config_file)?;
         Self::from_layers(file.as_ref(), &env, overrides)?;
         let raw = layered(file.as_ref(), &env, overrides);
-        Ok(KEYS
+        let mut shown: Vec<Effective> = KEYS
             .iter()
             .filter_map(|k| raw.get(k.name).map(|r| (k.name, r)))
             .map(|(key, r)| Effective { key, value: shown_value(key, &r.value), source: r.source.clone() })
-            .collect())
+            .collect();
+        // `[access]` is file only: shown as the inline table it is equal to, so the whole
+        // output stays one valid TOML document.
+        let access = file.as_ref().and_then(|(path, table)| table.get("access").map(|t| (path, t.clone())));
+        shown.push(match access {
+            Some((path, table)) => Effective {
+                key: "access",
+                value: escape_controls(&table.to_string()),
+                source: format!("file {}", escape_controls(&path.display().to_string())),
+            },
+            None => Effective {
+                key: "access",
+                value: r#"{ default_policy = "deny", rules = [] }"#.into(),
+                source: "default".into(),
+            },
+        });
+        Ok(shown)
     }
 
     /// Builds settings from explicit layers (used by `load` and by tests).

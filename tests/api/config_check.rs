@@ -39,8 +39,12 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 #[tokio::test]
 async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("site.toml"), "min_password_length = 20\ntrusted_proxies = [\"10.0.0.0/8\"]\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("site.toml"),
+        "min_password_length = 20\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [access]\ndefault_policy = \"deny\"\n[[access.rules]]\npath = [\"^/public/\"]\npolicy = \"bypass\"\n",
+    )
+    .unwrap();
     let cmd = check(
         dir.path(),
         &["--config", "site.toml", "--http-addr", "off"],
@@ -51,8 +55,10 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     // Every key in KEYS, once, in order: keys other branches add show up by themselves.
     let keys: Vec<&str> = out.stdout.lines().map(|l| l.split(" = ").next().unwrap()).collect();
-    let expected: Vec<&str> = portcullis::config::KEYS.iter().map(|k| k.name).collect();
+    let mut expected: Vec<&str> = portcullis::config::KEYS.iter().map(|k| k.name).collect();
+    expected.push("access"); // file only, last
     assert_eq!(keys, expected);
+    assert!(line(&out.stdout, "access").ends_with("# file site.toml"), "{}", out.stdout);
     assert!(line(&out.stdout, "min_password_length").ends_with("# file site.toml"), "{}", out.stdout);
     assert!(line(&out.stdout, "trusted_proxies").contains("[\"10.0.0.0/8\"]"), "{}", out.stdout);
     let idle = line(&out.stdout, "session_idle_timeout");
@@ -62,6 +68,7 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     // What it prints is a settings file that checks the same.
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
     assert_eq!(printed["min_password_length"].as_integer(), Some(20));
+    assert_eq!(printed["access"]["rules"][0]["policy"].as_str(), Some("bypass"), "{}", out.stdout);
 }
 
 #[tokio::test]
