@@ -105,7 +105,8 @@ pub struct AuditArgs {
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Copy the configured store (data_dir, or database_url when set) into an empty target:
-    /// users with their hashes and factors, sessions, failed-login records and secrets
+    /// users with their hashes, second factors and passkeys, sessions, failed-login records
+    /// and secrets
     #[command(after_help = STORE_COPY_EXAMPLE)]
     Copy {
         /// Where to: a postgres:// URL (its schema is created) or a directory for a sled
@@ -120,6 +121,8 @@ const STORE_COPY_EXAMPLE: &str = "\
 Stop every server on the store first (a running server holds a sled store, and keeps writing
 to a database). The counts copied are printed at the end; on any error nothing is reported
 copied and the status is non-zero. The database password is never printed.
+Second factors are keyed by data_dir/factor.key: it is copied into a sled target; servers
+on a database target need the same file in their data_dir (mode 0600).
 
 Examples:
   # From the sled store in data_dir to PostgreSQL, then set database_url to it:
