@@ -105,7 +105,8 @@ pub struct AuditArgs {
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Copy the configured store (data_dir, or database_url when set) into an empty target:
-    /// users with their hashes and factors, sessions, failed-login records and secrets
+    /// users with their hashes, second factors and passkeys, sessions, failed-login records
+    /// and secrets
     #[command(after_help = STORE_COPY_EXAMPLE)]
     Copy {
         /// Where to: a postgres:// URL (its schema is created) or a directory for a sled
@@ -120,6 +121,8 @@ const STORE_COPY_EXAMPLE: &str = "\
 Stop every server on the store first (a running server holds a sled store, and keeps writing
 to a database). The counts copied are printed at the end; on any error nothing is reported
 copied and the status is non-zero. The database password is never printed.
+Second factors are keyed by data_dir/factor.key: it is copied into a sled target; servers
+on a database target need the same file in their data_dir (mode 0600).
 
 Examples:
   # From the sled store in data_dir to PostgreSQL, then set database_url to it:
@@ -513,9 +516,73 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             })?
         }
     };
+    // The factor key before any record: TOTP secrets and recovery codes are useless without
+    // it, so a copy that cannot carry it writes nothing.
+    let key_file = settings.data_dir.join(crate::factors::key::KEY_FILE);
+    let key_carried = match &target {
+        Target::Directory(dir) => carry_factor_key(&key_file, dir)?,
+        Target::Database(_) => false,
+    };
     let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
     println!("copied {copied} into {target}");
+    if copied.factors > 0 {
+        // Without the same key, copied TOTP users cannot finish a sign-in and recovery codes
+        // do not match: say so where the operator looks (README, "Moving between engines").
+        match (&target, key_carried) {
+            (_, true) => println!("copied {} into {target} (second factors are sealed under it)", key_file.display()),
+            (Target::Database(_), _) => println!(
+                "second factors are sealed under {}: every server on {target} needs the same file in its data_dir (mode 0600)",
+                key_file.display()
+            ),
+            (Target::Directory(_), false) => println!(
+                "second factors are sealed under a factor.key that is not in {}: the servers on {target} need the one they were made with",
+                settings.data_dir.display()
+            ),
+        }
+    }
     Ok(())
+}
+
+/// Copies the factor key `key_file` (if there is one) into the sled target directory `dir`
+/// as `factor.key`, mode 0600 and synced, so the copy's TOTP secrets open and its recovery
+/// codes match (`factors::key`). A key already there must be the same one. Returns whether
+/// the target now holds the source's key.
+///
+/// # Errors
+/// When the key cannot be read or written, or the target holds a different key.
+fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = match std::fs::read(key_file) {
+        Ok(key) => Zeroizing::new(key),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(anyhow!(e).context(format!("cannot read the factor key {}", key_file.display()))),
+    };
+    let into = dir.join(crate::factors::key::KEY_FILE);
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&into) {
+        Ok(mut f) => {
+            f.write_all(&key)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("cannot write {}", into.display()))?;
+            // The directory entry too, so the key is there whenever the records are.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {}", dir.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let there =
+                Zeroizing::new(std::fs::read(&into).with_context(|| format!("cannot read {}", into.display()))?);
+            if there.trim_ascii() != key.trim_ascii() {
+                bail!(
+                    "the target holds another factor key ({}): remove it, or copy into a new directory",
+                    into.display()
+                );
+            }
+            Ok(true)
+        }
+        Err(e) => Err(anyhow!(e).context(format!("cannot write {}", into.display()))),
+    }
 }
 
 /// Whether two paths name one existing directory (a target that does not exist yet is not

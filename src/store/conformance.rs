@@ -16,7 +16,7 @@ use super::copy::{copy, Copied, CopyError};
 use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
 use super::{
     Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, Store, StoreError,
-    TotpFactor, User,
+    TotpFactor, User, UserFactors,
 };
 use crate::audit::FailureReason;
 
@@ -89,6 +89,9 @@ pub async fn run(harness: &mut dyn Harness) {
     failure_records_keep_their_instance(&harness.fresh().await).await;
     let (from, to) = (harness.fresh().await, harness.fresh().await);
     every_record_survives_export_and_import(&from, &to).await;
+    drop((from, to));
+    let (from, to) = (harness.fresh().await, harness.fresh().await);
+    a_target_holding_only_second_factors_is_not_empty(&from, &to).await;
     drop((from, to));
     every_failure_reason_can_be_recorded(&harness.fresh().await).await;
     passkeys_round_trip_and_belong_to_their_user(&harness.fresh().await).await;
@@ -580,6 +583,21 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     }
     let csrf = from.secrets.secret("csrf").await.unwrap();
     let captcha = from.secrets.secret("captcha").await.unwrap();
+    // Second factors with every field set (alice), with only a used step (bob, whose TOTP
+    // was removed: the step must still hold on the copy), and passkeys with every field set.
+    let f = &from.factors;
+    f.set_totp("alice", &TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }).await.unwrap();
+    assert!(f.use_totp_step("alice", 12_345).await.unwrap());
+    f.set_recovery_codes("alice", &[[4; 32], [5; 32]]).await.unwrap();
+    f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }).await.unwrap();
+    assert!(f.use_totp_step("bob", 77).await.unwrap());
+    assert!(f.remove_totp("bob").await.unwrap());
+    let p = &from.passkeys;
+    let used = StoredPasskey { user_handle: [3; 16], name: "laptop".into(), ..passkey(b"k-used", "alice", 14) };
+    p.add_passkey(&used).await.unwrap();
+    assert!(p.record_passkey_use(b"k-used", r#"{"cred":{"n":7}}"#, 7, 15).await.unwrap());
+    p.add_passkey(&passkey(b"k-new", "root", 16)).await.unwrap();
+    p.add_passkey(&passkey(&[0xff; 1023], "root", 17)).await.unwrap();
 
     // Paged exports meet every record once, in their order.
     let mut paged = Vec::new();
@@ -612,8 +630,51 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
         from.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r).collect();
     assert_eq!(paged, newest_first.iter().rev().cloned().collect::<Vec<_>>(), "export: failures oldest first");
 
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = f.export(after.as_deref(), 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_key.clone());
+        paged.extend(page);
+    }
+    let factors = vec![
+        UserFactors {
+            user_key: "alice".into(),
+            totp: Some(TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }),
+            last_totp_step: Some(12_345),
+            recovery_hashes: vec![[4; 32], [5; 32]],
+        },
+        UserFactors { user_key: "bob".into(), totp: None, last_totp_step: Some(77), recovery_hashes: vec![] },
+    ];
+    assert_eq!(paged, factors, "export: second factors whole, in user order, paged");
+    let mut paged = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = p.export_passkeys(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.extend(page.into_iter().map(|k| k.id));
+    }
+    assert_eq!(paged, [b"k-new".to_vec(), b"k-used".to_vec(), vec![0xff; 1023]], "export: passkeys in id order, paged");
+
     let copied = copy(from, to).await.unwrap();
-    assert_eq!(copied, Copied { users: 3, sessions: 3, failures: 7, secrets: 2 }, "copy: the counts");
+    assert_eq!(
+        copied,
+        Copied { users: 3, factors: 2, passkeys: 3, sessions: 3, failures: 7, secrets: 2 },
+        "copy: the counts"
+    );
+    assert_eq!(to.factors.export(None, usize::MAX).await.unwrap(), factors, "copy: second factors whole");
+    assert!(!to.factors.use_totp_step("alice", 12_345).await.unwrap(), "copy: a used TOTP step stays used");
+    assert!(!to.factors.use_totp_step("bob", 77).await.unwrap(), "copy: a used step without TOTP stays used");
+    assert_eq!(
+        to.passkeys.export_passkeys(None, usize::MAX).await.unwrap(),
+        p.export_passkeys(None, usize::MAX).await.unwrap(),
+        "copy: passkeys whole (name, times, sign count, user handle)"
+    );
+    let copied_used = to.passkeys.passkey(b"k-used").await.unwrap().unwrap();
+    assert_eq!((copied_used.sign_count, copied_used.last_used_at, copied_used.user_handle), (7, Some(15), [3; 16]));
+    assert_eq!(to.passkeys.passkeys_of("root").await.unwrap().len(), 2, "copy: passkeys found by their owner");
     let sorted_users = |mut v: Vec<Credential>| {
         v.sort_by(|a, b| a.user.key.cmp(&b.user.key));
         v
@@ -643,7 +704,22 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
         other => panic!("copy into a store that is not empty: {other:?}"),
     }
     assert_eq!(to.failures.count().await.unwrap(), 7, "copy: a refused copy writes nothing");
+    assert_eq!(to.passkeys.count_passkeys().await.unwrap(), 3);
+
     assert_eq!(to.users.count().await.unwrap(), 3);
+}
+
+/// The emptiness check counts second-factor records too: a copy over a user's leftover used
+/// TOTP step could otherwise fail halfway (or, merged, accept a used code again).
+async fn a_target_holding_only_second_factors_is_not_empty(from: &Store, to: &Store) {
+    let leftover = UserFactors { user_key: "gone".into(), last_totp_step: Some(5), ..Default::default() };
+    to.factors.import(&[leftover]).await.unwrap();
+    match copy(from, to).await {
+        Err(CopyError::NotEmpty(held)) => {
+            assert_eq!(held, Copied { factors: 1, ..Copied::default() }, "copy: second factors count as records")
+        }
+        other => panic!("copy into a store holding second factors: {other:?}"),
+    }
 }
 
 async fn second_factors_round_trip_and_are_used_once(store: &Store) {

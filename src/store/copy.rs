@@ -4,10 +4,18 @@
 //! of any kind in memory.
 //!
 //! What is copied: users whole (hashes and every other field, see [`super::Credential`]),
+//! their second factors whole (sealed TOTP secret, the latest TOTP step used, recovery-code
+//! hashes: [`super::UserFactors`]) and passkeys (name, times, sign count, user handle),
 //! sessions (token hashes, times, factors), failed-login records in time order (`typed`,
 //! `count`, `instance`), and the server secrets (CSRF and captcha keys), so sessions, forms
 //! and challenges issued before still hold on the copy. Not copied: the brute-force state
-//! (quotas, failure counts in the window, open challenges), which lapses within minutes.
+//! (quotas, failure counts in the window, open challenges), which lapses within minutes, and
+//! for the same reason pending two-step sign-ins and open WebAuthn ceremonies (minutes at
+//! most): a user halfway through a sign-in during the move starts it again.
+//!
+//! The TOTP secrets stay sealed and recovery codes stay keyed under `data_dir/factor.key`,
+//! which is not in any store: the servers on the copy need the same file (the CLI copies it
+//! into a sled target directory and says so for a database target).
 
 use super::{Cursor, Store, StoreError, TokenHash};
 
@@ -18,19 +26,24 @@ pub const PAGE: usize = 1000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Copied {
     pub users: u64,
+    /// Users' second-factor records (each: TOTP, recovery codes, the used step).
+    pub factors: u64,
+    pub passkeys: u64,
     pub sessions: u64,
     pub failures: u64,
     pub secrets: u64,
 }
 
 impl std::fmt::Display for Copied {
-    /// `3 users, 1 session, 12 failed-login records and 2 secrets`.
+    /// `3 users, 2 second factors, 1 passkey, 1 session, 12 failed-login records and 2 secrets`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
         write!(
             f,
-            "{}, {}, {} and {}",
+            "{}, {}, {}, {}, {} and {}",
             n(self.users, "user", "users"),
+            n(self.factors, "second factor", "second factors"),
+            n(self.passkeys, "passkey", "passkeys"),
             n(self.sessions, "session", "sessions"),
             n(self.failures, "failed-login record", "failed-login records"),
             n(self.secrets, "secret", "secrets")
@@ -57,6 +70,8 @@ pub enum CopyError {
 pub async fn holds(store: &Store) -> Result<Copied, StoreError> {
     Ok(Copied {
         users: store.users.count().await?,
+        factors: store.factors.count().await?,
+        passkeys: store.passkeys.count_passkeys().await?,
         sessions: store.sessions.count().await?,
         failures: store.failures.count().await?,
         secrets: store.secrets.export().await?.len() as u64,
@@ -75,8 +90,7 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
     if there != Copied::default() {
         return Err(CopyError::NotEmpty(there));
     }
-    // A new kind of record (one with its own table or tree, e.g. passkeys or recovery codes)
-    // needs an export/import pair on its trait, a block here, a count in `Copied` and a line
+    // A new kind of record (one with its own table or tree) needs an export/import pair on its trait, a block here, a count in `Copied` and a line
     // in the conformance check `every_record_survives_export_and_import`. A new field of an
     // existing kind needs nothing here: the pairs move whole records.
     let mut copied = Copied::default();
@@ -92,6 +106,25 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
         after = Some(last.user.key.clone());
         to.users.import(&page).await?;
         copied.users += page.len() as u64;
+    }
+
+    // After the users: on PostgreSQL a passkey's owner must exist.
+    let mut after: Option<String> = None;
+    loop {
+        let page = from.factors.export(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_key.clone());
+        to.factors.import(&page).await?;
+        copied.factors += page.len() as u64;
+    }
+
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = from.passkeys.export_passkeys(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        to.passkeys.import_passkeys(&page).await?;
+        copied.passkeys += page.len() as u64;
     }
 
     let mut after: Option<TokenHash> = None;

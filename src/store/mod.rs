@@ -397,6 +397,22 @@ pub struct TotpFactor {
     pub created_at: u64,
 }
 
+/// One user's second factors whole, as `store copy` moves them ([`FactorStore::export`]):
+/// the sealed TOTP secret, the latest TOTP step used (without it a copy would accept again a
+/// code already used: RFC 6238 §5.2) and the unused recovery codes' keyed hashes. The
+/// conformance suite compares exported records whole (`==`), so an engine that drops a field
+/// fails it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserFactors {
+    /// The owner's normalised username.
+    pub user_key: String,
+    pub totp: Option<TotpFactor>,
+    /// The latest RFC 6238 time step accepted for this user.
+    pub last_totp_step: Option<u64>,
+    /// Keyed hashes of the unused recovery codes, in stored order.
+    pub recovery_hashes: Vec<[u8; 32]>,
+}
+
 /// Which second factors a user has, and how many of each: the one answer to "has this user a
 /// second factor?" (sign-in, the `second_factor` policy, `user factors`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -470,6 +486,17 @@ pub trait FactorStore: Send + Sync {
     async fn take_pending(&self, token_hash: &TokenHash) -> Result<bool>;
     /// Removes pending sign-ins that expired before `now` (Unix ms); returns how many.
     async fn purge_pending(&self, now: u64) -> Result<usize>;
+    /// How many users have a second-factor record (TOTP, recovery codes or a used step).
+    async fn count(&self) -> Result<u64>;
+    /// Up to `limit` users' factor records whole, in user-key order, those after `after`: a
+    /// page of what `store copy` moves. Pending sign-ins are not in it (see `store::copy`).
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserFactors>>;
+    /// Stores exported factor records exactly as they are, durably.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when a user already has a record (the copy's target must
+    /// be empty).
+    async fn import(&self, factors: &[UserFactors]) -> Result<()>;
 }
 
 /// Named server keys.

@@ -111,4 +111,15 @@ pub trait PasskeyStore: Send + Sync {
     async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>>;
     /// Removes the ceremonies expired at `now`; returns how many.
     async fn purge_ceremonies(&self, now: u64) -> Result<usize>;
+    /// How many passkeys are registered, to anyone.
+    async fn count_passkeys(&self) -> Result<u64>;
+    /// Up to `limit` passkeys whole (name, times, sign count, user handle), in credential-id
+    /// order, those after the id `after`: a page of what `store copy` moves. Open ceremonies
+    /// are not in it (see `store::copy`).
+    async fn export_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPasskey>>;
+    /// Stores exported passkeys exactly as they are, durably.
+    ///
+    /// # Errors
+    /// [`super::StoreError::AlreadyExists`] when a credential id is registered already.
+    async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()>;
 }

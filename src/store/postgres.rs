@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
     Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
-    UserStore,
+    UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, POOL_SIZE};
@@ -930,5 +930,71 @@ impl FactorStore for PgStore {
         let n =
             self.client().await?.execute("DELETE FROM pending_sign_ins WHERE expires_at_ms < $1", &[&ms(now)]).await?;
         Ok(n as usize)
+    }
+
+    async fn count(&self) -> Result<u64> {
+        let n: i64 = self.client().await?.query_one("SELECT count(*) FROM second_factors", &[]).await?.get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserFactors>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes
+                 FROM second_factors WHERE $1::text IS NULL OR user_key > $1 ORDER BY user_key LIMIT $2",
+                &[&after, &page(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let user_key: String = r.get(0);
+                let totp = r.get::<_, Option<Vec<u8>>>(1).map(|sealed_secret| TotpFactor {
+                    sealed_secret,
+                    created_at: unms(r.get::<_, Option<i64>>(2).unwrap_or(0)),
+                });
+                let recovery_hashes = r
+                    .get::<_, Vec<Vec<u8>>>(4)
+                    .into_iter()
+                    .map(|h| {
+                        h.try_into().map_err(|_| StoreError::Corrupt(format!("a recovery code hash of {user_key}")))
+                    })
+                    .collect::<Result<_>>()?;
+                let last_totp_step = r.get::<_, Option<i64>>(3).map(|s| u64::try_from(s).unwrap_or(0));
+                Ok(UserFactors { user_key, totp, last_totp_step, recovery_hashes })
+            })
+            .collect()
+    }
+
+    async fn import(&self, factors: &[UserFactors]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_key) DO NOTHING",
+            )
+            .await?;
+        for f in factors {
+            let hashes: Vec<&[u8]> = f.recovery_hashes.iter().map(|h| &h[..]).collect();
+            let inserted = tx
+                .execute(
+                    &statement,
+                    &[
+                        &f.user_key,
+                        &f.totp.as_ref().map(|t| &t.sealed_secret),
+                        &f.totp.as_ref().map(|t| ms(t.created_at)),
+                        &f.last_totp_step.map(step_of),
+                        &hashes,
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
     Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
-    UserStore,
+    UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -1129,6 +1129,50 @@ impl FactorStore for SledStore {
             })
             .await?;
         self.durable(removed).await
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(self.factors.len() as u64)
+    }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserFactors>> {
+        let after = after.map(|a| a.as_bytes().to_vec());
+        self.blocking(move |s| {
+            let range = match after {
+                Some(a) => s.factors.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => s.factors.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    let user_key = String::from_utf8(k.to_vec())
+                        .map_err(|_| StoreError::Corrupt("a second-factor record's key".into()))?;
+                    let r: FactorRecord = decode(&v)?;
+                    Ok(UserFactors {
+                        user_key,
+                        totp: r.totp.map(|t| TotpFactor { sealed_secret: t.sealed, created_at: t.created_at }),
+                        last_totp_step: r.last_totp_step,
+                        recovery_hashes: r.recovery,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import(&self, factors: &[UserFactors]) -> Result<()> {
+        for f in factors {
+            let record = FactorRecord {
+                totp: f.totp.as_ref().map(|t| TotpRecord { sealed: t.sealed_secret.clone(), created_at: t.created_at }),
+                last_totp_step: f.last_totp_step,
+                recovery: f.recovery_hashes.clone(),
+            };
+            if self.factors.compare_and_swap(&f.user_key, None as Option<&[u8]>, Some(encode(&record)?))?.is_err() {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        self.durable(()).await
     }
 }
 

@@ -114,7 +114,7 @@ pub fn assert_with(app: &TestApp, device: &mut Device, mut options: serde_json::
 }
 
 /// A whole passkey sign-in in `browser`; the finishing response.
-async fn sign_in(app: &TestApp, browser: &reqwest::Client, device: &mut Device) -> reqwest::Response {
+pub(crate) async fn sign_in(app: &TestApp, browser: &reqwest::Client, device: &mut Device) -> reqwest::Response {
     let csrf = login_csrf(app, browser).await;
     let begin = begin_sign_in(app, browser, &csrf).await;
     assert_eq!(begin.status(), StatusCode::OK);

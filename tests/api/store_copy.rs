@@ -2,10 +2,13 @@
 //! every user (who signs in with the same password on a server started on the copy), the
 //! sessions (a cookie issued before still works), the failed-login records (`audit --json`
 //! identical, `instance` included) and the secrets (a sign-in form issued before is accepted).
+//! Second factors go too: a TOTP user is still asked for a code (which works, as does a
+//! recovery code, once) and a passkey still signs in, on a server started on the copy.
 //! And what it refuses: a target that is not empty, a bad or unreachable URL, a sled store a
 //! running server holds; none of it printing the database password. PostgreSQL tests are
 //! skipped without it unless `PORTCULLIS_REQUIRE_ALL` is set (`pg.rs`).
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use portcullis::postgres::url::DatabaseUrl;
@@ -156,7 +159,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
     copied.assert_ok("copy to PostgreSQL");
     assert!(
-        copied.stdout.starts_with("copied 3 users, 1 session, 3 failed-login records and 2 secrets into postgres://"),
+        copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 1 session, 3 failed-login records and 2 secrets into postgres://"),
         "{copied:?}"
     );
     let password = cluster_password();
@@ -177,7 +180,9 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let copied = cli(p.path(), Some(&target), &["store", "copy", "--to", data.to_str().unwrap()], None).await;
     copied.assert_ok("copy to sled");
     assert!(
-        copied.stdout.starts_with("copied 3 users, 3 sessions, 4 failed-login records and 2 secrets into "),
+        copied.stdout.starts_with(
+            "copied 3 users, 0 second factors, 0 passkeys, 3 sessions, 4 failed-login records and 2 secrets into "
+        ),
         "{copied:?}"
     );
     assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
@@ -259,4 +264,66 @@ async fn a_sled_store_held_by_a_running_server_is_not_copied_and_the_line_says_t
     let err = run.assert_one_line_failure("a copy of a store in use");
     assert!(err.contains("stop it first"), "{err}");
     stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_factors_and_passkeys_survive_sled_to_postgresql_to_sled() {
+    use crate::helpers::{spawn_app_with, spawn_in, test_settings};
+    use crate::{passkeys, totp};
+    let Some(url) = pg::database().await else { return };
+    let target = with_password(&url);
+
+    // The original, on sled: tina with an authenticator app and recovery codes, pat with a
+    // passkey (a software authenticator on https://localhost).
+    let app = spawn_app_with(passkeys::on_localhost).await;
+    app.add_user("tina", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    totp::sign_in(&app, &browser, "tina").await;
+    let step = totp::fresh_step().await;
+    let (secret, codes) = totp::enrol(&app, &browser, step).await;
+    let browser = passkeys::signed_in_browser(&app, "pat").await;
+    let (mut device, resp) = passkeys::register(&app, &browser, "phone").await;
+    assert!(resp.status().is_redirection() || resp.status().is_success(), "{}", resp.status());
+    let (a, _) = app.stop().await;
+
+    // sled → PostgreSQL: the report counts them and says the servers there need factor.key,
+    // which the operator copies into the PostgreSQL servers' data_dir.
+    let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
+    copied.assert_ok("copy to PostgreSQL");
+    assert!(copied.stdout.contains(" 1 second factor, 1 passkey, "), "{copied:?}");
+    assert!(copied.stdout.contains("factor.key: every server on postgres://"), "{copied:?}");
+    let p = tempfile::tempdir().unwrap();
+    let p_data = p.path().join("data");
+    std::fs::DirBuilder::new().mode(0o700).create(&p_data).unwrap();
+    std::fs::copy(a.path().join("data/factor.key"), p_data.join("factor.key")).unwrap();
+
+    // PostgreSQL → sled: the key file goes with the records, private.
+    let b = tempfile::tempdir().unwrap();
+    let data = b.path().join("data");
+    let copied = cli(p.path(), Some(&target), &["store", "copy", "--to", data.to_str().unwrap()], None).await;
+    copied.assert_ok("copy to sled");
+    assert!(copied.stdout.contains(" 1 second factor, 1 passkey, "), "{copied:?}");
+    assert!(copied.stdout.contains("factor.key into "), "{copied:?}");
+    let key = data.join("factor.key");
+    assert_eq!(std::fs::read(&key).unwrap(), std::fs::read(a.path().join("data/factor.key")).unwrap());
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A server on the second copy.
+    let mut settings = test_settings(b.path());
+    passkeys::on_localhost(&mut settings);
+    settings.login_quota_per_user = None;
+    let app = spawn_in(b, settings).await;
+    let browser = app.new_browser();
+    let resp = app.login_with(&browser, "tina", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/login/second-factor", "the password alone is not enough");
+    let now = portcullis::store::now_ms() / 1000 / portcullis::factors::totp::STEP_SECS;
+    let (_, resp) = totp::two_steps(&app, "tina", "code", &totp::code(&secret, now.max(step))).await;
+    assert_eq!(resp.status(), 303, "a code from the copied secret");
+    let (_, resp) = totp::two_steps(&app, "tina", "recovery_code", &codes[0]).await;
+    assert_eq!(resp.status(), 303, "a copied recovery code");
+    let (_, resp) = totp::two_steps(&app, "tina", "recovery_code", &codes[0]).await;
+    assert_eq!(resp.status(), 401, "a recovery code works once on the copy too");
+    let resp = passkeys::sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), 303, "the passkey signs in on the copy");
+    app.stop().await;
 }

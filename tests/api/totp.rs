@@ -13,7 +13,7 @@ use crate::helpers::{cookie_value, hidden_field, set_cookies, spawn_app_with, Te
 
 /// The current TOTP time step, past the first 25 s of it (waiting for the next one if need
 /// be), so that a test has a whole step before the server's clock moves on.
-async fn fresh_step() -> u64 {
+pub(crate) async fn fresh_step() -> u64 {
     let secs = now_ms() / 1000;
     if secs % totp::STEP_SECS >= 25 {
         tokio::time::sleep(std::time::Duration::from_secs(totp::STEP_SECS - secs % totp::STEP_SECS)).await;
@@ -22,7 +22,7 @@ async fn fresh_step() -> u64 {
 }
 
 /// The code an authenticator app shows for `secret` at time step `step`.
-fn code(secret: &[u8], step: u64) -> String {
+pub(crate) fn code(secret: &[u8], step: u64) -> String {
     totp::code_at(secret, step * totp::STEP_SECS).unwrap()
 }
 
@@ -34,7 +34,7 @@ fn recovery_codes(page: &str) -> Vec<String> {
 }
 
 /// Signs `browser` in with the password alone (the user has no second factor yet).
-async fn sign_in(app: &TestApp, browser: &reqwest::Client, name: &str) {
+pub(crate) async fn sign_in(app: &TestApp, browser: &reqwest::Client, name: &str) {
     let resp = app.login_with(browser, name, GOOD_PASSWORD).await;
     assert_eq!(resp.status(), 303);
 }
@@ -42,7 +42,7 @@ async fn sign_in(app: &TestApp, browser: &reqwest::Client, name: &str) {
 /// Enrols an authenticator app on `/account/totp` as a person does, with the code of the
 /// step before `step` (one step of drift is allowed), so that `step` itself is still unused.
 /// Returns the secret and the recovery codes shown once.
-async fn enrol(app: &TestApp, browser: &reqwest::Client, step: u64) -> (Vec<u8>, Vec<String>) {
+pub(crate) async fn enrol(app: &TestApp, browser: &reqwest::Client, step: u64) -> (Vec<u8>, Vec<String>) {
     let resp = browser.get(app.url("/account/totp")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_no_script(&resp);
@@ -102,7 +102,12 @@ async fn submit(app: &TestApp, browser: &reqwest::Client, field: &str, value: &s
 }
 
 /// Password then `value` in `field`: the second step's answer.
-async fn two_steps(app: &TestApp, name: &str, field: &str, value: &str) -> (reqwest::Client, reqwest::Response) {
+pub(crate) async fn two_steps(
+    app: &TestApp,
+    name: &str,
+    field: &str,
+    value: &str,
+) -> (reqwest::Client, reqwest::Response) {
     let browser = app.new_browser();
     password_step(app, &browser, name).await;
     let resp = submit(app, &browser, field, value).await;

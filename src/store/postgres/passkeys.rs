@@ -112,4 +112,43 @@ impl PasskeyStore for PgStore {
         let sql = "DELETE FROM webauthn_ceremonies WHERE expires_at_ms <= $1";
         Ok(self.client().await?.execute(sql, &[&ms(now)]).await? as usize)
     }
+
+    async fn count_passkeys(&self) -> Result<u64> {
+        let n: i64 = self.client().await?.query_one("SELECT count(*) FROM passkeys", &[]).await?.get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn export_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPasskey>> {
+        // bytea compares bytewise, as sled orders its keys: both engines page alike.
+        let sql = format!("SELECT {COLUMNS} FROM passkeys WHERE $1::bytea IS NULL OR id > $1 ORDER BY id LIMIT $2");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.client().await?.query(&sql, &[&after, &limit]).await?.iter().map(passkey_of).collect()
+    }
+
+    async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()> {
+        // One transaction: a page is there whole or not at all.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let sql = format!(
+            "INSERT INTO passkeys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+        );
+        let statement = tx.prepare(&sql).await?;
+        for p in passkeys {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &p.id,
+                &p.user_key,
+                &&p.user_handle[..],
+                &p.name,
+                &p.passkey,
+                &ms(p.created_at),
+                &p.last_used_at.map(ms),
+                &i64::from(p.sign_count),
+            ];
+            if tx.execute(&statement, &params).await? == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -222,4 +222,40 @@ impl PasskeyStore for SledStore {
             .await?;
         self.durable(n).await
     }
+
+    async fn count_passkeys(&self) -> Result<u64> {
+        Ok(self.passkeys()?.len() as u64)
+    }
+
+    async fn export_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPasskey>> {
+        let after = after.map(<[u8]>::to_vec);
+        self.blocking(move |s| {
+            let tree = s.passkeys()?;
+            let range = match after {
+                Some(a) => tree.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => tree.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok(decode::<PasskeyRecord>(&v)?.stored(&k))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()> {
+        let (tree, index) = (self.passkeys()?, self.user_passkeys()?);
+        for p in passkeys {
+            // The one mapping of a passkey to its record, shared with `add_passkey`.
+            let bytes = encode(&PasskeyRecord::new(p))?;
+            if tree.compare_and_swap(&p.id, None as Option<&[u8]>, Some(bytes))?.is_err() {
+                return Err(StoreError::AlreadyExists);
+            }
+            index.insert(owner_key(&p.user_key, &p.id), &[])?;
+        }
+        self.durable(()).await
+    }
 }
