@@ -307,3 +307,56 @@ async fn every_verify_is_counted_in_the_authz_metrics_under_what_it_answered() {
     assert_eq!(authz("forbidden"), 1.0);
     assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 5.0);
 }
+
+/// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
+fn gated_with_admin_denied(s: &mut Settings) {
+    gated(s, "127.0.0.1");
+    let rules = r#"
+[access]
+[[access.rules]]
+path = ["^/public/"]
+policy = "bypass"
+[[access.rules]]
+path = ["^/admin"]
+policy = "deny"
+[[access.rules]]
+domain = ["*.example.test"]
+policy = "one_factor"
+"#;
+    s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_rule() {
+    let app = spawn_app_with(gated_with_admin_denied).await;
+    let cookie = session_cookie(&app, Factors::Two).await;
+    let nginx = |path: &str| {
+        app.client
+            .get(app.url("/api/authz/auth-request"))
+            .header("x-original-url", format!("https://app.example.test{path}"))
+            .header("x-original-method", "GET")
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
+    // Read as the application will see them: `/admin`, so denied.
+    for path in ["//admin/secret", "//admin", "/admin;jsessionid=1/secret", "///admin", "/%61dmin//x"] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::FORBIDDEN, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::FORBIDDEN, "forward-auth {path}");
+    }
+    // Read differently by different servers: refused, never matched as under `/public/`.
+    for path in [
+        "/public/..;/admin",
+        "/public/..%2fadmin",
+        "/public/..%2Fadmin",
+        "/%2fadmin",
+        "/public/..%5cadmin",
+        "/public//../admin",
+    ] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    // And the plain readings still pass.
+    assert_eq!(caddy("//public//x").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);
+}
