@@ -360,3 +360,72 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     assert_eq!(caddy("//public//x").await.unwrap().status(), StatusCode::OK);
     assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_user_the_second_factor_policy_sends_to_enrol_reaches_no_application_first() {
+    use portcullis::config::SecondFactorPolicy;
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        s.second_factor = SecondFactorPolicy::All;
+    })
+    .await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    // A verify answers as for no session: the sign-in redirect, or 401 to nginx.
+    let caddy = forward_auth(&app, "/page", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(caddy.status(), StatusCode::FOUND);
+    assert!(caddy.headers()["location"].to_str().unwrap().contains("/login?rd="));
+    assert!(caddy.headers().get("remote-user").is_none());
+    let nginx = app
+        .client
+        .get(app.url("/api/authz/auth-request"))
+        .header("x-original-url", "https://app.example.test/page")
+        .header("x-original-method", "GET")
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nginx.status(), StatusCode::UNAUTHORIZED);
+    // A bypass stays a bypass: it asks nobody to be signed in.
+    let public = forward_auth(&app, "/public/x", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::OK);
+    // /login?rd= sends them to enrol, not on to the application.
+    let rd = "https://app.example.test/page";
+    let resp =
+        app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send().await.unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
+    // And so does a sign-in that carries rd.
+    // By hand, as the jar keeps no `Domain=example.test` cookie for this test server's address.
+    let form = app.client.get(app.url("/login")).query(&[("rd", rd)]).send().await.unwrap();
+    let prelogin: Vec<String> = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let csrf = crate::helpers::hidden_field(&form.text().await.unwrap(), "csrf").unwrap();
+    let resp = app
+        .client
+        .post(app.url("/login"))
+        .header("cookie", prelogin.join("; "))
+        .form(&[("username", "alice"), ("password", crate::helpers::GOOD_PASSWORD), ("csrf", &csrf), ("rd", rd)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
+}
+
+#[tokio::test]
+async fn with_second_factor_admins_only_an_administrator_without_one_is_kept_from_applications() {
+    use portcullis::config::SecondFactorPolicy;
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        s.second_factor = SecondFactorPolicy::Admins;
+    })
+    .await;
+    app.add_user("root", crate::helpers::GOOD_PASSWORD, true).await;
+    let token = app.state.sessions.create("root", Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    let root = format!("__Secure-portcullis={}", token.encode());
+    let alice = session_cookie(&app, Factors::One).await;
+    assert_eq!(forward_auth(&app, "/page", &[("cookie", &alice)]).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(forward_auth(&app, "/page", &[("cookie", &root)]).send().await.unwrap().status(), StatusCode::FOUND);
+}
