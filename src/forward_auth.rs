@@ -69,9 +69,10 @@ pub struct TargetRequest {
     pub url: String,
     /// Lower-case host, no port.
     pub host: String,
-    /// The path with dot segments resolved and unreserved characters decoded (RFC 3986
-    /// §5.2.4, §6.2.2.2), plus `?query` as sent: what access rules match, so `/%61dmin` and
-    /// `/public/../admin` are `/admin` to a rule as they are to the application.
+    /// The path as [`normalise_path`] reads it (unreserved characters decoded, repeated
+    /// slashes merged, `;params` dropped, dot segments resolved), plus `?query` as sent: what
+    /// access rules match, so `/%61dmin`, `//admin`, `/admin;x=1` and `/public/../admin` are
+    /// `/admin` to a rule as they are to the application.
     pub path_and_query: String,
     /// Upper-case method.
     pub method: String,
@@ -90,6 +91,8 @@ pub enum TargetError {
     Outside,
     #[error("the method is not an HTTP method")]
     BadMethod,
+    #[error("the path reads differently to different servers ({0})")]
+    AmbiguousPath(&'static str),
 }
 
 /// The headers that describe the target, each at most once.
@@ -202,7 +205,9 @@ impl Gate {
     fn parse_url(&self, raw: &str) -> Result<(String, String, String), TargetError> {
         let url = self.checked_url(raw).ok_or(TargetError::Outside)?;
         let host = url.host_str().unwrap_or_default().to_string();
-        let mut path_and_query = decode_unreserved(url.path()).into_owned();
+        // From the raw text, not `url.path()`: the URL parser has already resolved dot
+        // segments without merging slashes, one reading of several (see `normalise_path`).
+        let mut path_and_query = normalise_path(raw_path(raw))?;
         if let Some(q) = url.query() {
             path_and_query.push('?');
             path_and_query.push_str(q);
@@ -235,6 +240,102 @@ impl Gate {
         let Some(url::Host::Domain(host)) = url.host() else { return None };
         self.covers(host).then_some(url)
     }
+}
+
+/// The path of a URL that [`Gate::checked_url`] accepted, as sent: from the first `/` after
+/// the authority up to `?` or `#` (`""` when there is none). The authority holds no `/`,
+/// `?`, `#` or `\\` there (a backslash is refused), so the first of them ends it.
+fn raw_path(raw: &str) -> &str {
+    let after_scheme = raw.get(8..).unwrap_or("");
+    let rest = after_scheme.find(['/', '?', '#']).map_or("", |i| &after_scheme[i..]);
+    if !rest.starts_with('/') {
+        return "";
+    }
+    rest.find(['?', '#']).map_or(rest, |i| &rest[..i])
+}
+
+/// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the
+/// normalised path is the ASCII form rules were always matched against.
+const PATH_ENCODE: &AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// The path access rules match: what the application is handed under every plausible reading
+/// of `raw` by the proxy and the application's server, or an error when those readings part.
+///
+/// - Percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2): `/%61dmin` is
+///   `/admin`, `%2e` is `.`.
+/// - Repeated slashes are merged, as nginx (`merge_slashes`), Caddy and Go's `path.Clean` do
+///   before routing: `//admin` is `/admin`.
+/// - `;params` are dropped from each segment, as servlet containers do (Tomcat, Jetty; Servlet
+///   spec §3.5 path parameters): `/admin;jsessionid=1/x` is `/admin/x`.
+/// - Dot segments are resolved (RFC 3986 §5.2.4), after the merge, as nginx does.
+///
+/// # Errors
+/// [`TargetError::AmbiguousPath`] (a 400) where servers disagree, so no single string can be
+/// what every application sees:
+/// - an encoded `/` or `\\` (`%2F`, `%5C`): most servers keep `/public/..%2Fadmin` as one
+///   segment under `/public/`, but some decode it first (Tomcat with `ALLOW_ENCODED_SLASH`,
+///   Jetty, many frameworks' routers, IIS for `\\`) and serve `/admin`. Matching it as decoded
+///   would be safe for that case but not for `/admin%2F..%2Fpublic/x`, which a decoding rule
+///   reads as `/public/x` while a server that keeps it routes it under `/admin`. Refusing is
+///   the only answer safe in both directions, and browsers never send these for a plain link;
+/// - a dot segment with parameters (`..;`, `.;x`): a servlet container resolves
+///   `/admin/..;/public/x` to `/public/x`, every other server keeps it under `/admin`;
+/// - a `..` after an empty segment (`/public//../admin`): merged first (nginx) it is `/admin`,
+///   resolved first (RFC 3986, the WHATWG URL parser) it is `/public/admin`.
+pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
+    let encoded = utf8_percent_encode(raw, PATH_ENCODE).to_string();
+    let lower = encoded.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(TargetError::AmbiguousPath("an encoded slash or backslash"));
+    }
+    let decoded = decode_unreserved(&encoded);
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let mut seen_empty = false;
+    // Whether the path ends in a directory (`/a/`, `/a/.`, `/a/b/..`): RFC 3986 §5.2.4 keeps
+    // the trailing slash there.
+    let mut trailing_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let (name, params) = match segment.split_once(';') {
+            Some((name, _)) => (name, true),
+            None => (*segment, false),
+        };
+        trailing_slash = false;
+        match name {
+            "." | ".." if params => return Err(TargetError::AmbiguousPath("a dot segment with parameters")),
+            ".." if seen_empty => return Err(TargetError::AmbiguousPath("a dot segment after repeated slashes")),
+            ".." => {
+                out.pop();
+                trailing_slash = true;
+            }
+            "." => trailing_slash = true,
+            "" => {
+                // An empty name with parameters (`/;x/admin`) is an empty segment too.
+                seen_empty |= !last;
+                trailing_slash = true;
+            }
+            _ => out.push(name),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for segment in &out {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if trailing_slash || path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
 }
 
 /// `path` with percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-`,
@@ -414,7 +515,93 @@ mod tests {
         assert_eq!(decode_unreserved("/x%41"), "/xA");
     }
 
+    #[test]
+    fn paths_are_read_as_the_application_sees_them_and_ambiguous_ones_are_refused() {
+        for (raw, want) in [
+            ("", "/"),
+            ("/", "/"),
+            ("//admin", "/admin"),
+            ("//admin//secret", "/admin/secret"),
+            ("/admin///", "/admin/"),
+            ("/%61dmin", "/admin"),
+            ("/public/../admin", "/admin"),
+            ("/public/%2e%2E/admin", "/admin"),
+            ("/public/./x/.", "/public/x/"),
+            ("/a/b/..", "/a/"),
+            ("/../admin", "/admin"),
+            ("/admin;jsessionid=1/secret", "/admin/secret"),
+            ("/;x/admin", "/admin"),
+            ("/admin/;x", "/admin/"),
+            ("/caf\u{e9}/a b", "/caf%C3%A9/a%20b"),
+            ("/x%3By/%25", "/x%3By/%25"),
+        ] {
+            assert_eq!(normalise_path(raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        for raw in [
+            "/public/..%2fadmin",
+            "/%2fadmin",
+            "/%2Fadmin",
+            "/public/..%5Cadmin",
+            "/public/..;/admin",
+            "/admin/..;/public/x",
+            "/public/.;x/admin",
+            "/public/%2e%2e;/admin",
+            "/public//../admin",
+            "//../admin",
+        ] {
+            assert!(matches!(normalise_path(raw), Err(TargetError::AmbiguousPath(_))), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn the_raw_path_is_cut_from_the_url_as_sent() {
+        assert_eq!(raw_path("https://app.example.com//admin/x?y=//z#f"), "//admin/x");
+        assert_eq!(raw_path("https://app.example.com"), "");
+        assert_eq!(raw_path("https://app.example.com?x=/y"), "");
+        assert_eq!(raw_path("https://app.example.com:8443/public/..;/a"), "/public/..;/a");
+        let g = gate(Some("example.com"));
+        let d = |url| Described { original_url: Some(url), original_method: Some("GET"), ..Default::default() };
+        let t = g.target(Flavour::AuthRequest, &d("https://app.example.com//admin/secret?q=//x")).unwrap();
+        assert_eq!(t.path_and_query, "/admin/secret?q=//x");
+        assert!(matches!(
+            g.target(Flavour::AuthRequest, &d("https://app.example.com/public/..%2fadmin")),
+            Err(TargetError::AmbiguousPath(_))
+        ));
+    }
+
     proptest! {
+        /// Whatever path is read, the answer is one a rule can trust: no repeated slash, no
+        /// dot segment, no parameters, no encoded separator, and reading it again changes nothing.
+        #[test]
+        fn a_normalised_path_is_a_fixed_point_with_nothing_left_to_read_two_ways(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "", ".", "..", "admin", "public", "%2e", "%2E%2e", "..;", ".;x", "a;b=c", ";", "%2f", "%5C", "%61", "x%3By", "\u{e9}",
+            ]), 0..8),
+        ) {
+            let raw = format!("/{}", parts.join("/"));
+            if let Ok(path) = normalise_path(&raw) {
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!path.contains("//"), "{} -> {}", raw, path);
+                prop_assert!(!path.contains(';'), "{} -> {}", raw, path);
+                prop_assert!(path.split('/').all(|s| s != "." && s != ".."), "{} -> {}", raw, path);
+                let lower = path.to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
+                prop_assert_eq!(normalise_path(&path), Ok(path.clone()));
+            }
+            // Whenever a path under `/public/` would climb out of it by any reading, it is
+            // refused or read as outside: never matched as inside.
+            let climbing = format!("/public/{}", parts.join("/"));
+            if parts.iter().any(|p| p.starts_with("..") || p.to_ascii_lowercase().starts_with("%2e%2e")) {
+                if let Ok(path) = normalise_path(&climbing) {
+                    let first_climb = parts.iter().position(|p| p.starts_with("..") || p.to_ascii_lowercase().starts_with("%2e%2e")).unwrap();
+                    let depth_before = parts[..first_climb].iter().filter(|p| !matches!(**p, "" | "." | "%2e" | ";")).count();
+                    if depth_before == 0 && !parts.contains(&"public") {
+                        prop_assert!(!path.starts_with("/public/"), "{} -> {}", climbing, path);
+                    }
+                }
+            }
+        }
+
         #[test]
         fn whatever_rd_lets_through_is_https_on_a_gated_host(
             scheme in prop::sample::select(vec!["https://", "HTTPS://", "http://", "https:", "https:/", "//", ""]),

@@ -12,7 +12,7 @@ use crate::access::{Decision, Policy, Subject, Target};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::forward_auth::{wants_page, AuthzResult, Described, Flavour, Gate, TargetError};
-use crate::routes::{current_session, State};
+use crate::routes::{current_session, must_enrol, store_error, State};
 use crate::store::Factors;
 
 #[handler]
@@ -53,6 +53,17 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     let session = match current_session(req, state).await {
         Ok(s) => s,
         Err(resp) => return (resp, AuthzResult::Unavailable),
+    };
+    // The `second_factor` policy: a user it wants a second factor from "can use nothing else
+    // until they enrol one" (SPEC.md), applications included. Such a session is answered as no
+    // session at all (the sign-in redirect or 401), and `/login` then sends them to /account.
+    let session = match session {
+        Some(s) => match must_enrol(state, &s.user).await {
+            Ok(false) => Some(s),
+            Ok(true) => None,
+            Err(e) => return (store_error(&e, "could not read the user's second factors"), AuthzResult::Unavailable),
+        },
+        None => None,
     };
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let groups = session.as_ref().map(|s| s.user.effective_groups()).unwrap_or_default();

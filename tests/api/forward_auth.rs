@@ -307,3 +307,125 @@ async fn every_verify_is_counted_in_the_authz_metrics_under_what_it_answered() {
     assert_eq!(authz("forbidden"), 1.0);
     assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 5.0);
 }
+
+/// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
+fn gated_with_admin_denied(s: &mut Settings) {
+    gated(s, "127.0.0.1");
+    let rules = r#"
+[access]
+[[access.rules]]
+path = ["^/public/"]
+policy = "bypass"
+[[access.rules]]
+path = ["^/admin"]
+policy = "deny"
+[[access.rules]]
+domain = ["*.example.test"]
+policy = "one_factor"
+"#;
+    s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_rule() {
+    let app = spawn_app_with(gated_with_admin_denied).await;
+    let cookie = session_cookie(&app, Factors::Two).await;
+    let nginx = |path: &str| {
+        app.client
+            .get(app.url("/api/authz/auth-request"))
+            .header("x-original-url", format!("https://app.example.test{path}"))
+            .header("x-original-method", "GET")
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
+    // Read as the application will see them: `/admin`, so denied.
+    for path in ["//admin/secret", "//admin", "/admin;jsessionid=1/secret", "///admin", "/%61dmin//x"] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::FORBIDDEN, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::FORBIDDEN, "forward-auth {path}");
+    }
+    // Read differently by different servers: refused, never matched as under `/public/`.
+    for path in [
+        "/public/..;/admin",
+        "/public/..%2fadmin",
+        "/public/..%2Fadmin",
+        "/%2fadmin",
+        "/public/..%5cadmin",
+        "/public//../admin",
+    ] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    // And the plain readings still pass.
+    assert_eq!(caddy("//public//x").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_user_the_second_factor_policy_sends_to_enrol_reaches_no_application_first() {
+    use portcullis::config::SecondFactorPolicy;
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        s.second_factor = SecondFactorPolicy::All;
+    })
+    .await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    // A verify answers as for no session: the sign-in redirect, or 401 to nginx.
+    let caddy = forward_auth(&app, "/page", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(caddy.status(), StatusCode::FOUND);
+    assert!(caddy.headers()["location"].to_str().unwrap().contains("/login?rd="));
+    assert!(caddy.headers().get("remote-user").is_none());
+    let nginx = app
+        .client
+        .get(app.url("/api/authz/auth-request"))
+        .header("x-original-url", "https://app.example.test/page")
+        .header("x-original-method", "GET")
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nginx.status(), StatusCode::UNAUTHORIZED);
+    // A bypass stays a bypass: it asks nobody to be signed in.
+    let public = forward_auth(&app, "/public/x", &[("cookie", &cookie)]).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::OK);
+    // /login?rd= sends them to enrol, not on to the application.
+    let rd = "https://app.example.test/page";
+    let resp =
+        app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send().await.unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
+    // And so does a sign-in that carries rd.
+    // By hand, as the jar keeps no `Domain=example.test` cookie for this test server's address.
+    let form = app.client.get(app.url("/login")).query(&[("rd", rd)]).send().await.unwrap();
+    let prelogin: Vec<String> = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let csrf = crate::helpers::hidden_field(&form.text().await.unwrap(), "csrf").unwrap();
+    let resp = app
+        .client
+        .post(app.url("/login"))
+        .header("cookie", prelogin.join("; "))
+        .form(&[("username", "alice"), ("password", crate::helpers::GOOD_PASSWORD), ("csrf", &csrf), ("rd", rd)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
+}
+
+#[tokio::test]
+async fn with_second_factor_admins_only_an_administrator_without_one_is_kept_from_applications() {
+    use portcullis::config::SecondFactorPolicy;
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        s.second_factor = SecondFactorPolicy::Admins;
+    })
+    .await;
+    app.add_user("root", crate::helpers::GOOD_PASSWORD, true).await;
+    let token = app.state.sessions.create("root", Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    let root = format!("__Secure-portcullis={}", token.encode());
+    let alice = session_cookie(&app, Factors::One).await;
+    assert_eq!(forward_auth(&app, "/page", &[("cookie", &alice)]).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(forward_auth(&app, "/page", &[("cookie", &root)]).send().await.unwrap().status(), StatusCode::FOUND);
+}

@@ -109,7 +109,7 @@ async fn portcullis(pki: &Pki) -> TestApp {
 
 /// The upstream application: answers every request with the identity headers it received,
 /// as JSON (`remote_user` and `remote_groups`: every value of each, so a forged second copy
-/// would show), plus the method and URI.
+/// would show, and the same for the `Remote_User` spelling), plus the method and URI.
 async fn upstream() -> SocketAddr {
     use poem::listener::{Acceptor, Listener};
     #[poem::handler]
@@ -120,6 +120,9 @@ async fn upstream() -> SocketAddr {
         poem::web::Json(serde_json::json!({
             "remote_user": all("remote-user"),
             "remote_groups": all("remote-groups"),
+            // The underscore spelling, which CGI/WSGI/PHP/Rack fold into the same variable.
+            "remote_user_underscore": all("remote_user"),
+            "remote_groups_underscore": all("remote_groups"),
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
         }))
@@ -353,18 +356,39 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
 
     // The application sees who, and in which groups; a forged Remote-User never reaches it.
     let seen = echoed(
-        alice.get(&landed).header("remote-user", "admin").header("remote-groups", "admins").send().await.unwrap(),
+        alice
+            .get(&landed)
+            .header("remote-user", "admin")
+            .header("remote-groups", "admins")
+            .header("remote_user", "admin")
+            .header("remote_groups", "admins")
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
     assert_eq!(seen["remote_groups"], serde_json::json!(["dev"]), "{seen}");
+    assert_eq!(seen["remote_user_underscore"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["remote_groups_underscore"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["uri"], "/page/one?x=1&y=a%2Fb&z=%C3%A9");
 
     let anonymous = browser(pki);
     // A bypass path works signed out, and a forged identity is still dropped.
-    let seen =
-        echoed(anonymous.get(format!("{base}/public/x")).header("remote-user", "admin").send().await.unwrap()).await;
+    let seen = echoed(
+        anonymous
+            .get(format!("{base}/public/x"))
+            .header("remote-user", "admin")
+            .header("remote_user", "admin")
+            .header("remote_groups", "admins")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(seen["remote_user"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
+    assert_eq!(seen["remote_user_underscore"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["remote_groups_underscore"], serde_json::json!([]), "{seen}");
     // An XHR gets 401, not a redirect; a POST gets 303.
     let xhr =
         anonymous.get(format!("{base}/api/data")).header("x-requested-with", "XMLHttpRequest").send().await.unwrap();
@@ -375,11 +399,15 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(post.status(), StatusCode::SEE_OTHER);
     assert!(post.headers()["location"].to_str().unwrap().starts_with(&login_prefix));
 
-    // A deny rule gives 403, and is logged.
-    assert_eq!(
-        alice.get(format!("{base}/denied")).header("accept", PAGE).send().await.unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
+    // A deny rule gives 403, and is logged; doubled slashes, which the proxy merges before
+    // the application sees the path, do not get past it.
+    for path in ["/denied", "//denied", "//denied//x"] {
+        assert_eq!(
+            alice.get(format!("{base}{path}")).header("accept", PAGE).send().await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
     // A groups rule lets alice (dev) in and keeps bob out.
     assert_eq!(echoed(alice.get(format!("{base}/team/x")).send().await.unwrap()).await["remote_user"][0], "alice");
     let bob = browser(pki);

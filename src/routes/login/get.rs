@@ -23,15 +23,26 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     let rd = query.as_ref().and_then(|q| q.rd.as_deref()).and_then(|rd| Gate::new(&state.settings).safe_rd(rd));
     let mut error = None;
     match current_session(req, &state).await {
-        Ok(Some(session)) => match &rd {
-            // Sent on at once only when the session is enough for that address; otherwise
-            // verify would send the browser straight back here, for ever.
-            Some(url) if crate::routes::authz::session_suffices(req, &state, url, &session) => return see_other(url),
-            Some(_) => {
-                error = Some("That page needs you to sign in with a second factor.".to_string());
+        Ok(Some(session)) => {
+            // The `second_factor` policy first: a user who must enrol goes nowhere else, the
+            // application in `rd` included (SPEC.md, "can use nothing else until they enrol").
+            match crate::routes::must_enrol(&state, &session.user).await {
+                Ok(true) => return see_other("/account"),
+                Ok(false) => {}
+                Err(e) => return crate::routes::store_error(&e, "could not read the user's second factors"),
             }
-            None => return see_other(next.unwrap_or("/")),
-        },
+            match &rd {
+                // Sent on at once only when the session is enough for that address; otherwise
+                // verify would send the browser straight back here, for ever.
+                Some(url) if crate::routes::authz::session_suffices(req, &state, url, &session) => {
+                    return see_other(url)
+                }
+                Some(_) => {
+                    error = Some("That page needs you to sign in with a second factor.".to_string());
+                }
+                None => return see_other(next.unwrap_or("/")),
+            }
+        }
         Ok(None) => {}
         Err(resp) => return resp,
     }
