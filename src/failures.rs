@@ -46,8 +46,12 @@ pub const RESERVATION_HOLD_MS: u64 = RESERVATION_HOLD.as_millis() as u64;
 struct Entry {
     times: VecDeque<u64>,
     /// When each check in flight stops counting if it is never ended ([`RESERVATION_HOLD`]),
-    /// oldest first. At most `threshold` live ones (a reservation needs room below it).
-    pending: VecDeque<u64>,
+    /// oldest first. At most `threshold` live ones (a reservation needs room below it). Boxed
+    /// and made only while checks are in flight: most keys only ever hold failures, and the
+    /// entry stays as small as a plain count would (README, memory per attacker).
+    // The box is the point (8 bytes against a deque's 32 in every entry), not an oversight.
+    #[allow(clippy::box_collection)]
+    pending: Option<Box<VecDeque<u64>>>,
 }
 
 /// The instants a count is judged at: `now`, and `since` (`now` less the window).
@@ -63,7 +67,7 @@ impl Entry {
     }
 
     fn in_flight(&self, now: u64) -> usize {
-        self.pending.iter().filter(|&&x| x > now).count()
+        self.pending.as_ref().map_or(0, |p| p.iter().filter(|&&x| x > now).count())
     }
 
     fn live(&self, at: At) -> bool {
@@ -113,8 +117,9 @@ impl<K: Hash + Eq + Clone> Counts<K> {
         match self.entry(key, at) {
             Some(e) => {
                 // Lapsed places go first, so the list stays within the threshold.
-                e.pending.retain(|&x| x > at.now);
-                e.pending.push_back(at.now.saturating_add(RESERVATION_HOLD_MS));
+                let p = e.pending.get_or_insert_with(Box::default);
+                p.retain(|&x| x > at.now);
+                p.push_back(at.now.saturating_add(RESERVATION_HOLD_MS));
                 true
             }
             None => false,
@@ -125,8 +130,13 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     /// goes: if an older one was stranded, what stays counted is what lapses soonest.
     fn release(&mut self, key: &K) {
         if let Some(e) = self.map.get_mut(key) {
-            e.pending.pop_back();
-            if e.pending.is_empty() && e.times.is_empty() {
+            if let Some(p) = &mut e.pending {
+                p.pop_back();
+                if p.is_empty() {
+                    e.pending = None;
+                }
+            }
+            if e.pending.is_none() && e.times.is_empty() {
                 self.map.remove(key);
             }
         }
@@ -136,7 +146,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     fn clear(&mut self, key: &K) -> usize {
         let Some(e) = self.map.get_mut(key) else { return 0 };
         let n = std::mem::take(&mut e.times).len();
-        if e.pending.is_empty() {
+        if e.pending.is_none() {
             self.map.remove(key);
         }
         n
@@ -144,7 +154,12 @@ impl<K: Hash + Eq + Clone> Counts<K> {
 
     fn prune(&mut self, at: At) {
         self.map.retain(|_, e| {
-            e.pending.retain(|&x| x > at.now);
+            if let Some(p) = &mut e.pending {
+                p.retain(|&x| x > at.now);
+                if p.is_empty() {
+                    e.pending = None;
+                }
+            }
             e.live(at)
         });
         self.map.shrink_to_fit();
