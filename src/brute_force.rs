@@ -92,8 +92,11 @@ pub trait BruteForceState: Send + Sync {
     /// window plus checks in flight below `captcha_after_failures`" and the reservation are
     /// atomic (the race fixed in fix-a), for the address and the username together. The
     /// window and threshold are the implementation's, from the settings. The reservation
-    /// must end in [`BruteForceState::fail`] or [`BruteForceState::release`]; an engine
-    /// shared by instances should also let it lapse after a while, in case its holder dies.
+    /// must end in [`BruteForceState::fail`] or [`BruteForceState::release`]; if neither
+    /// comes (its holder died, or its release was lost to an outage) it stops counting at
+    /// `now_ms` plus [`crate::failures::RESERVATION_HOLD`] on every engine, so it cannot keep
+    /// the real user behind a captcha. A failure counts for the whole window from when it
+    /// lands, whenever that is.
     async fn reserve(
         &self,
         address: AddressKey,
@@ -375,6 +378,36 @@ pub mod conformance {
         panic!("the reservation was never given back");
     }
 
+    /// With a threshold of 1 and a window of 60 s: a reservation whose end never comes (its
+    /// release was lost to an outage) counts on every instance for its lifetime
+    /// ([`crate::failures::RESERVATION_HOLD`]) and not after it; a reserved check that fails
+    /// late still counts for the whole window from when its failure lands.
+    pub async fn a_stranded_reservation_stops_counting_after_its_lifetime(one: &State, two: &State) {
+        use crate::failures::RESERVATION_HOLD_MS as HOLD;
+        let alice = username_digest("alice");
+        let _stranded = one.reserve(ip(1), alice, 1000).await.unwrap().unwrap();
+        assert!(two.reserve(ip(2), alice, 1000 + HOLD - 1).await.unwrap().is_err(), "held while it may run");
+        assert!(two.needs_captcha(ip(2), Some(alice), 1000 + HOLD - 1).await.unwrap());
+        assert!(!two.needs_captcha(ip(2), Some(alice), 1000 + HOLD).await.unwrap(), "lapsed");
+        assert!(!one.needs_captcha(ip(1), None, 1000 + HOLD).await.unwrap(), "for its address too");
+        // The real user's checks go on as if it had never been, however many.
+        for n in 0..3 {
+            let t = 1000 + HOLD + n;
+            let r = two.reserve(ip(2), alice, t).await.unwrap().expect("not held by the stranded one");
+            one.release(r).await.unwrap();
+            assert!(!two.needs_captcha(ip(2), Some(alice), t).await.unwrap(), "each end gives its place back");
+        }
+        one.prune(1000 + HOLD + 10).await.unwrap();
+        // A check that fails late counts for the whole window (60 s) from its failure.
+        let bob = username_digest("bob");
+        let r = two.reserve(ip(3), bob, 200_000).await.unwrap().unwrap();
+        let failed_at = 200_000 + HOLD - 1;
+        one.fail(r, failed_at).await.unwrap();
+        assert!(two.needs_captcha(ip(4), Some(bob), 200_000 + HOLD + 1).await.unwrap(), "past the hold, in the window");
+        assert!(two.needs_captcha(ip(4), Some(bob), failed_at + 59_999).await.unwrap());
+        assert!(!two.needs_captcha(ip(4), Some(bob), failed_at + 60_000).await.unwrap(), "past the window");
+    }
+
     /// 16 takers at once over both instances: one gets the challenge; none after it expires.
     pub async fn a_challenge_is_taken_once_and_not_after_it_expires(one: &State, two: &State) {
         one.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
@@ -434,6 +467,12 @@ mod tests {
     async fn a_released_or_held_reservation_dropped_unfinished_is_given_back() {
         let s = state(1);
         conformance::released_or_dropped_reservations_are_given_back(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_reservation_whose_release_never_comes_stops_counting_after_its_lifetime() {
+        let s = state(1);
+        conformance::a_stranded_reservation_stops_counting_after_its_lifetime(&s, &s).await;
     }
 
     #[tokio::test]

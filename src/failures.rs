@@ -9,7 +9,9 @@
 //! once, at most `captcha_after_failures` checks run for one address or username before a
 //! captcha is demanded. A reservation becomes a failure, or is released when the check
 //! succeeds or ends in an error. Both tables sit behind one lock so the address and the
-//! username are judged and reserved together.
+//! username are judged and reserved together. A reservation whose end never comes (its
+//! release was lost) stops counting after [`RESERVATION_HOLD`], so it cannot keep the real
+//! user behind a captcha; a failure, whenever it lands, counts for the whole window.
 //!
 //! Memory: a key is added only by a password check (so at most the hash pool's rate times the
 //! window), holds at most `threshold` timestamps, and is dropped once its newest failure leaves
@@ -27,11 +29,36 @@ use crate::rate_limit::username_digest;
 /// Most keys tracked per kind.
 pub const MAX_KEYS: usize = 250_000;
 
+/// How long a reservation counts when its end never comes (a release lost to a database
+/// outage, an instance killed mid-check). It must outlast any password check with its wait:
+/// the hash queue is bounded by count (`hash_queue`, 256 by default), so a check waits at most
+/// that many verifies (about 3 s on 2 cores at the default argon2 cost) plus its own, plus the
+/// shared state's round trips (each bounded by the pool's connect and wait timeouts). A
+/// minute is an order of magnitude above that, and short enough that a stranded reservation
+/// never holds a real user behind a captcha for long.
+pub const RESERVATION_HOLD: Duration = Duration::from_secs(60);
+
+/// [`RESERVATION_HOLD`] in milliseconds.
+pub const RESERVATION_HOLD_MS: u64 = RESERVATION_HOLD.as_millis() as u64;
+
 /// One key's recent failures and the checks in flight for it.
 #[derive(Default)]
 struct Entry {
     times: VecDeque<u64>,
-    pending: usize,
+    /// When each check in flight stops counting if it is never ended ([`RESERVATION_HOLD`]),
+    /// oldest first. At most `threshold` live ones (a reservation needs room below it). Boxed
+    /// and made only while checks are in flight: most keys only ever hold failures, and the
+    /// entry stays as small as a plain count would (README, memory per attacker).
+    // The box is the point (8 bytes against a deque's 32 in every entry), not an oversight.
+    #[allow(clippy::box_collection)]
+    pending: Option<Box<VecDeque<u64>>>,
+}
+
+/// The instants a count is judged at: `now`, and `since` (`now` less the window).
+#[derive(Clone, Copy)]
+struct At {
+    now: u64,
+    since: u64,
 }
 
 impl Entry {
@@ -39,8 +66,12 @@ impl Entry {
         self.times.iter().filter(|&&x| x > since).count()
     }
 
-    fn live(&self, since: u64) -> bool {
-        self.pending > 0 || self.times.back().is_some_and(|&x| x > since)
+    fn in_flight(&self, now: u64) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.iter().filter(|&&x| x > now).count())
+    }
+
+    fn live(&self, at: At) -> bool {
+        self.in_flight(at.now) > 0 || self.times.back().is_some_and(|&x| x > at.since)
     }
 }
 
@@ -53,15 +84,15 @@ impl<K: Hash + Eq + Clone> Counts<K> {
         Counts { map: HashMap::new() }
     }
 
-    /// Failures within the window plus checks in flight.
-    fn load(&self, key: &K, since: u64) -> usize {
-        self.map.get(key).map_or(0, |e| e.failures(since) + e.pending)
+    /// Failures within the window plus checks in flight that have not lapsed.
+    fn load(&self, key: &K, at: At) -> usize {
+        self.map.get(key).map_or(0, |e| e.failures(at.since) + e.in_flight(at.now))
     }
 
     /// The entry for `key`, made if there is room (see [`MAX_KEYS`]).
-    fn entry(&mut self, key: &K, since: u64) -> Option<&mut Entry> {
+    fn entry(&mut self, key: &K, at: At) -> Option<&mut Entry> {
         if !self.map.contains_key(key) && self.map.len() >= MAX_KEYS {
-            self.map.retain(|_, e| e.live(since));
+            self.map.retain(|_, e| e.live(at));
             if self.map.len() >= MAX_KEYS {
                 return None;
             }
@@ -71,31 +102,41 @@ impl<K: Hash + Eq + Clone> Counts<K> {
 
     /// Adds a failure; returns whether it made the count within the window reach `threshold`
     /// (it was below before), so each crossing is reported once.
-    fn add(&mut self, key: &K, now: u64, since: u64, threshold: usize) -> bool {
-        let Some(e) = self.entry(key, since) else { return false };
-        e.times.retain(|&x| x > since);
+    fn add(&mut self, key: &K, at: At, threshold: usize) -> bool {
+        let Some(e) = self.entry(key, at) else { return false };
+        e.times.retain(|&x| x > at.since);
         let before = e.times.len();
-        e.times.push_back(now);
+        e.times.push_back(at.now);
         while e.times.len() > threshold.max(1) {
             e.times.pop_front();
         }
         before < threshold && e.times.len() >= threshold
     }
 
-    fn reserve(&mut self, key: &K, since: u64) -> bool {
-        match self.entry(key, since) {
+    fn reserve(&mut self, key: &K, at: At) -> bool {
+        match self.entry(key, at) {
             Some(e) => {
-                e.pending += 1;
+                // Lapsed places go first, so the list stays within the threshold.
+                let p = e.pending.get_or_insert_with(Box::default);
+                p.retain(|&x| x > at.now);
+                p.push_back(at.now.saturating_add(RESERVATION_HOLD_MS));
                 true
             }
             None => false,
         }
     }
 
+    /// Ends one check in flight. Any place of a key is as good as another, so the newest
+    /// goes: if an older one was stranded, what stays counted is what lapses soonest.
     fn release(&mut self, key: &K) {
         if let Some(e) = self.map.get_mut(key) {
-            e.pending = e.pending.saturating_sub(1);
-            if e.pending == 0 && e.times.is_empty() {
+            if let Some(p) = &mut e.pending {
+                p.pop_back();
+                if p.is_empty() {
+                    e.pending = None;
+                }
+            }
+            if e.pending.is_none() && e.times.is_empty() {
                 self.map.remove(key);
             }
         }
@@ -105,14 +146,22 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     fn clear(&mut self, key: &K) -> usize {
         let Some(e) = self.map.get_mut(key) else { return 0 };
         let n = std::mem::take(&mut e.times).len();
-        if e.pending == 0 {
+        if e.pending.is_none() {
             self.map.remove(key);
         }
         n
     }
 
-    fn prune(&mut self, since: u64) {
-        self.map.retain(|_, e| e.live(since));
+    fn prune(&mut self, at: At) {
+        self.map.retain(|_, e| {
+            if let Some(p) = &mut e.pending {
+                p.retain(|&x| x > at.now);
+                if p.is_empty() {
+                    e.pending = None;
+                }
+            }
+            e.live(at)
+        });
         self.map.shrink_to_fit();
     }
 }
@@ -173,26 +222,26 @@ impl FailureTracker {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn since(&self, now: u64) -> u64 {
-        now.saturating_sub(self.window_ms)
+    fn at(&self, now: u64) -> At {
+        At { now, since: now.saturating_sub(self.window_ms) }
     }
 
     /// Whether attempts from this address must carry a captcha (`now` in ms).
     pub fn address_needs_captcha(&self, address: AddressKey, now: u64) -> bool {
-        self.lock().by_address.load(&address, self.since(now)) >= self.threshold
+        self.lock().by_address.load(&address, self.at(now)) >= self.threshold
     }
 
     /// Whether attempts for this username (normalised key) must carry a captcha.
     pub fn username_needs_captcha(&self, user_key: &str, now: u64) -> bool {
-        self.lock().by_username.load(&username_digest(user_key), self.since(now)) >= self.threshold
+        self.lock().by_username.load(&username_digest(user_key), self.at(now)) >= self.threshold
     }
 
     /// Whether attempts from this address or for this username must carry a captcha.
     pub fn needs_captcha(&self, address: AddressKey, user_key: &str, now: u64) -> bool {
-        let since = self.since(now);
+        let at = self.at(now);
         let tables = self.lock();
-        tables.by_address.load(&address, since) >= self.threshold
-            || tables.by_username.load(&username_digest(user_key), since) >= self.threshold
+        tables.by_address.load(&address, at) >= self.threshold
+            || tables.by_username.load(&username_digest(user_key), at) >= self.threshold
     }
 
     /// Reserves a password check without a captcha, or says a captcha is demanded: the test
@@ -203,15 +252,15 @@ impl FailureTracker {
     /// [`CaptchaDemanded`] when the address's or the username's failures plus checks in
     /// flight within the window have reached `captcha_after_failures`.
     pub fn reserve(&self, address: AddressKey, username: u128, now: u64) -> Result<Reservation, CaptchaDemanded> {
-        let since = self.since(now);
+        let at = self.at(now);
         let mut tables = self.lock();
-        if tables.by_address.load(&address, since) >= self.threshold
-            || tables.by_username.load(&username, since) >= self.threshold
+        if tables.by_address.load(&address, at) >= self.threshold
+            || tables.by_username.load(&username, at) >= self.threshold
         {
             return Err(CaptchaDemanded);
         }
-        let address_held = tables.by_address.reserve(&address, since);
-        let username_held = tables.by_username.reserve(&username, since);
+        let address_held = tables.by_address.reserve(&address, at);
+        let username_held = tables.by_username.reserve(&username, at);
         Ok(Reservation { address, username, address_held, username_held })
     }
 
@@ -232,11 +281,11 @@ impl FailureTracker {
 
     /// The reserved check failed: the reservation becomes a failure on both counts.
     pub fn fail(&self, r: Reservation, now: u64) -> Recorded {
-        let since = self.since(now);
+        let at = self.at(now);
         let mut tables = self.lock();
         Self::unhold(&mut tables, &r);
-        let a = tables.by_address.add(&r.address, now, since, self.threshold);
-        let u = r.username_held && tables.by_username.add(&r.username, now, since, self.threshold);
+        let a = tables.by_address.add(&r.address, at, self.threshold);
+        let u = r.username_held && tables.by_username.add(&r.username, at, self.threshold);
         Recorded { reached_threshold: a || u }
     }
 
@@ -248,20 +297,20 @@ impl FailureTracker {
 
     /// [`FailureTracker::record_failure`] for a username already digested.
     pub fn record_failure_of(&self, address: AddressKey, username: u128, now: u64) -> Recorded {
-        let since = self.since(now);
+        let at = self.at(now);
         let mut tables = self.lock();
-        let a = tables.by_address.add(&address, now, since, self.threshold);
-        let u = tables.by_username.add(&username, now, since, self.threshold);
+        let a = tables.by_address.add(&address, at, self.threshold);
+        let u = tables.by_username.add(&username, at, self.threshold);
         Recorded { reached_threshold: a || u }
     }
 
     /// Whether attempts from this address, or for this username (a [`username_digest`]) when
     /// given, must carry a captcha.
     pub fn needs_captcha_of(&self, address: AddressKey, username: Option<u128>, now: u64) -> bool {
-        let since = self.since(now);
+        let at = self.at(now);
         let tables = self.lock();
-        tables.by_address.load(&address, since) >= self.threshold
-            || username.is_some_and(|u| tables.by_username.load(&u, since) >= self.threshold)
+        tables.by_address.load(&address, at) >= self.threshold
+            || username.is_some_and(|u| tables.by_username.load(&u, at) >= self.threshold)
     }
 
     /// Clears the username's count (a success, or `user unlock`) and so its captcha demand;
@@ -271,10 +320,10 @@ impl FailureTracker {
     }
 
     pub fn prune(&self, now: u64) {
-        let since = self.since(now);
+        let at = self.at(now);
         let mut tables = self.lock();
-        tables.by_address.prune(since);
-        tables.by_username.prune(since);
+        tables.by_address.prune(at);
+        tables.by_username.prune(at);
     }
 
     /// Keys tracked: (addresses, usernames).

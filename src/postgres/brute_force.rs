@@ -169,9 +169,10 @@ pub async fn take_quota_ms(
     Ok(Err(wait_ms.max(1) as u64))
 }
 
-/// How long a reserved password check holds its place when its instance never reports back
-/// (killed mid-check): longer than any check takes (the hash queue's wait plus one verify).
-pub const RESERVATION_HOLD_MS: u64 = 60_000;
+/// How long a reserved password check holds its place when its end never comes (an instance
+/// killed mid-check, a release lost to a database outage): the same lifetime as in memory,
+/// [`crate::failures::RESERVATION_HOLD`], which says what bounds a check.
+pub const RESERVATION_HOLD_MS: u64 = crate::failures::RESERVATION_HOLD_MS;
 
 /// A password check running without a captcha, counted for its address and username until
 /// [`fail_check`] or [`release_check`] (or, if neither comes, for

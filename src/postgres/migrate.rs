@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_groups.sql"),
     include_str!("migrations/0005_second_factors.sql"),
     include_str!("migrations/0006_passkeys.sql"),
+    include_str!("migrations/0007_pending_lifetime.sql"),
 ];
 
 /// The schema version this build writes.

@@ -40,6 +40,12 @@ async fn a_released_or_dropped_reservation_is_given_back_on_every_instance() {
 }
 
 #[tokio::test]
+async fn a_reservation_whose_release_never_comes_stops_counting_on_every_instance_after_its_lifetime() {
+    let Some((one, two)) = two_instances(1).await else { return };
+    conformance::a_stranded_reservation_stops_counting_after_its_lifetime(&one, &two).await;
+}
+
+#[tokio::test]
 async fn a_quota_allows_its_burst_over_both_instances_then_says_how_long_to_wait() {
     let Some((one, two)) = two_instances(3).await else { return };
     let rate = Rate { burst: 3, period: Duration::from_secs(60) };
