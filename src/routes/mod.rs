@@ -286,6 +286,31 @@ pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<A
     state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
 }
 
+/// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)
+/// without one, 503 when the store cannot say.
+pub(crate) async fn signed_in(req: &Request, state: &AppState, signed_out: &str) -> Result<ActiveSession, Response> {
+    match current_session(req, state).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(see_other(signed_out)),
+        Err(resp) => Err(resp),
+    }
+}
+
+/// [`signed_in`] for a form that changes something: the session's CSRF token must be `csrf`
+/// (403 otherwise).
+pub(crate) async fn signed_in_with(
+    req: &Request,
+    state: &AppState,
+    signed_out: &str,
+    csrf: &str,
+) -> Result<ActiveSession, Response> {
+    let session = signed_in(req, state, signed_out).await?;
+    if !state.csrf.check_session(&session.token_hash, csrf) {
+        return Err(error_page(StatusCode::FORBIDDEN));
+    }
+    Ok(session)
+}
+
 /// The signed-in session for a page other than `/account`, or the response to send instead:
 /// like [`current_session`], and a 303 to `/account` while the `second_factor` policy wants a
 /// second factor this user has not enrolled (SPEC.md: "can use nothing else until they

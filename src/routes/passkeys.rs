@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::audit::{rfc3339, AuthEvent, FailureReason};
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
-use crate::routes::{current_session, error_page, html, read_form, see_other, State};
+use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
 use crate::sign_in::{BeginOutcome, Outcome, PasskeyAttempt};
 use crate::text::printable;
@@ -248,23 +248,8 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
 
 // ----- the account's passkeys -----
 
-/// The signed-in session, or the response to send instead (303 to /login, 503).
-async fn signed_in(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
-    match current_session(req, state).await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(see_other("/login")),
-        Err(resp) => Err(resp),
-    }
-}
-
-/// The signed-in session whose CSRF token `csrf` is, or the response (403 for a bad token).
-async fn signed_in_with(req: &Request, state: &AppState, csrf: &str) -> Result<ActiveSession, Response> {
-    let session = signed_in(req, state).await?;
-    if !state.csrf.check_session(&session.token_hash, csrf) {
-        return Err(error_page(StatusCode::FORBIDDEN));
-    }
-    Ok(session)
-}
+/// Where a signed-out visitor to these routes is sent.
+const SIGNED_OUT: &str = "/login";
 
 async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, error: Option<&str>) -> Response {
     let passkeys = match views(state, &session.user.key).await {
@@ -284,7 +269,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
 
 #[handler]
 pub async fn list(req: &Request, state: State<'_>) -> Response {
-    match signed_in(req, &state).await {
+    match signed_in(req, &state, SIGNED_OUT).await {
         Ok(session) => page(&state, &session, StatusCode::OK, None).await,
         Err(resp) => resp,
     }
@@ -296,7 +281,7 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in(req, &state).await {
+    let session = match signed_in(req, &state, SIGNED_OUT).await {
         Ok(s) => s,
         Err(_) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
     };
@@ -322,7 +307,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, &form.csrf).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -377,7 +362,7 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, &form.csrf).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -404,7 +389,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, &form.csrf).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

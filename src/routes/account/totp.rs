@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::{totp, FactorError, FactorKind};
 use crate::routes::flash::Notice;
-use crate::routes::{current_session, error_page, html, read_form, see_other, store_error, State};
+use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, store_error, State};
 use crate::session::ActiveSession;
 
 #[derive(Template)]
@@ -77,13 +77,8 @@ fn tag_payload(secret_b32: &str) -> Vec<u8> {
     [b"totp-enrol\0".as_slice(), secret_b32.as_bytes()].concat()
 }
 
-async fn signed_in(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
-    match current_session(req, state).await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(see_other("/login?next=/account")),
-        Err(resp) => Err(resp),
-    }
-}
+/// Where a signed-out visitor to these routes is sent.
+const SIGNED_OUT: &str = "/login?next=/account";
 
 fn factor_error(e: &FactorError, what: &str) -> Response {
     tracing::error!(error = %e, "{what}");
@@ -132,7 +127,7 @@ async fn enrol_page(
 
 #[handler]
 pub async fn enrol(req: &Request, state: State<'_>) -> Response {
-    let session = match signed_in(req, &state).await {
+    let session = match signed_in(req, &state, SIGNED_OUT).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -149,13 +144,10 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in(req, &state).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
-    }
     // Only a secret this server put in this session's form.
     let tagged = state.csrf.check_notice(&session.token_hash, &tag_payload(&form.secret), &form.tag);
     let Some(secret) = totp::from_base32(&form.secret).filter(|_| tagged) else {
@@ -188,13 +180,10 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in(req, &state).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
-    }
     match state.factors.remove_totp(&session.user.key).await {
         Ok(true) => {
             let username = &session.user.display_name;
@@ -212,13 +201,10 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in(req, &state).await {
+    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
-    }
     // Codes stand in for a second factor: without one there is nothing to recover.
     match state.factors.summary(&session.user.key).await {
         Ok(f) if f.has_second_factor() => {}
