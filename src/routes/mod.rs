@@ -182,10 +182,16 @@ pub fn error_page(status: StatusCode) -> Response {
 /// once with `what` happened.
 pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
     tracing::error!(error = %e, "{what}");
-    if e.is_unavailable() {
-        error_page(StatusCode::SERVICE_UNAVAILABLE)
+    error_page(fault_status(e.is_unavailable()))
+}
+
+/// The status of a request the server could not judge: 503 when a part it needs cannot be
+/// reached (fail closed; the client may retry), 500 for a fault of its own.
+pub fn fault_status(unavailable: bool) -> StatusCode {
+    if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
     } else {
-        error_page(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::INTERNAL_SERVER_ERROR
     }
 }
 

@@ -182,8 +182,7 @@ pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Respons
         }
         Err(e) => {
             tracing::error!(error = %e, "passkey sign-in not begun");
-            let status =
-                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start a passkey sign-in. Please try again.")
         }
     }
@@ -232,11 +231,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
             tracing::error!(error = %super::login::post::error_chain(&e), "passkey sign-in not judged");
-            error_page(if e.is_unavailable() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            })
+            error_page(crate::routes::fault_status(e.is_unavailable()))
         }
     };
     // The ceremony was used (or void): the cookie goes either way.
@@ -294,8 +289,7 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
         Err(PasskeyError::TooMany) => json_error(StatusCode::BAD_REQUEST, &PasskeyError::TooMany.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "passkey registration not begun");
-            let status =
-                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start adding a passkey. Please try again.")
         }
     }
@@ -440,8 +434,7 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
         Err(PasskeyError::Rejected(_)) => json_error(StatusCode::BAD_REQUEST, "You have no passkey."),
         Err(e) => {
             tracing::error!(error = %e, "passkey check not begun");
-            let status =
-                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start a passkey check. Please try again.")
         }
     }

@@ -82,7 +82,7 @@ const SIGNED_OUT: &str = "/login?next=/account";
 
 fn factor_error(e: &FactorError, what: &str) -> Response {
     tracing::error!(error = %e, "{what}");
-    error_page(if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR })
+    error_page(crate::routes::fault_status(e.is_unavailable()))
 }
 
 /// The enrolment page for `secret`.

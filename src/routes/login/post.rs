@@ -100,11 +100,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             if e.is_worth_logging() {
                 tracing::error!(error = %error_chain(&e), "sign-in not judged");
             }
-            error_page(if e.is_unavailable() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            })
+            error_page(crate::routes::fault_status(e.is_unavailable()))
         }
     }
 }

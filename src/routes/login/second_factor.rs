@@ -136,11 +136,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             if e.is_worth_logging() {
                 tracing::error!(error = %super::post::error_chain(&e), "second factor not judged");
             }
-            return error_page(if e.is_unavailable() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            });
+            return error_page(crate::routes::fault_status(e.is_unavailable()));
         }
     };
     match &outcome {
