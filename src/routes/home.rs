@@ -6,7 +6,6 @@ use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 
 use crate::audit::{rfc3339, AuthEvent};
-use crate::forward_auth::Gate;
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, enrolled_session, error_page, html, read_form, see_other, State};
 use crate::text::printable;
@@ -54,7 +53,7 @@ pub struct HomeQuery {
 
 #[handler]
 pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Query<HomeQuery>>) -> Response {
-    let rd = query.as_ref().and_then(|q| q.rd.as_deref()).and_then(|rd| Gate::new(&state.settings).safe_rd(rd));
+    let rd = crate::routes::login::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
     let session = match enrolled_session(req, &state).await {
         Ok(Some(session)) => session,
         Ok(None) => return see_other("/login"),

@@ -26,7 +26,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
+    let rd = crate::routes::login::checked_rd(&state, form.rd.as_deref());
     let mut resp = see_other(rd.as_deref().unwrap_or("/login"));
     let current = match current_session(req, &state).await {
         Ok(s) => s,

@@ -212,7 +212,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
     };
     let next = super::login::safe_next(form.next.as_deref());
-    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
+    let rd = super::login::checked_rd(&state, form.rd.as_deref());
     let mut resp = match state.sign_in.with_passkey(&state.passkeys, attempt).await {
         Ok(Outcome::SignedIn { token, .. }) => {
             let mut resp = see_other(rd.as_deref().or(next).unwrap_or("/"));

@@ -7,7 +7,6 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
-use crate::forward_auth::Gate;
 use crate::routes::{current_session, error_page, see_other, State};
 
 #[derive(Deserialize)]
@@ -20,7 +19,7 @@ pub struct LoginQuery {
 #[handler]
 pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
-    let rd = query.as_ref().and_then(|q| q.rd.as_deref()).and_then(|rd| Gate::new(&state.settings).safe_rd(rd));
+    let rd = super::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
     let mut error = None;
     match current_session(req, &state).await {
         Ok(Some(session)) => {

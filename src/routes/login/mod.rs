@@ -153,6 +153,11 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     resp
 }
 
+/// `rd` when it passes forward auth's open-redirect check ([`crate::forward_auth::Gate::safe_rd`]).
+pub fn checked_rd(state: &crate::app::AppState, rd: Option<&str>) -> Option<String> {
+    rd.and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd))
+}
+
 /// `next` must be a same-origin relative path: one leading slash, no scheme, no host, no
 /// backslashes or control characters (browsers treat `/\evil.com` as `//evil.com`).
 pub fn safe_next(next: Option<&str>) -> Option<&str> {

@@ -49,7 +49,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let client = client::client(req, &state.settings.trusted_proxies);
     let prelogin = cookies::get(req, PRELOGIN_COOKIE);
-    let rd = form.rd.as_deref().and_then(|rd| crate::forward_auth::Gate::new(&state.settings).safe_rd(rd));
+    let rd = super::checked_rd(&state, form.rd.as_deref());
     let attempt = Attempt {
         client: &client,
         username: &form.username,

@@ -146,7 +146,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     match outcome {
         StepOutcome::SignedIn { token, next } => {
-            let rd = next.as_deref().and_then(|n| crate::forward_auth::Gate::new(&state.settings).safe_rd(n));
+            let rd = super::checked_rd(&state, next.as_deref());
             let next = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
             let mut resp = see_other(next);
             let h = resp.headers_mut();
