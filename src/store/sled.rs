@@ -192,13 +192,35 @@ pub struct SledStore {
 
 const UNCOUNTED: u64 = u64::MAX;
 
-/// Group commit: callers that ask for durability while a flush is running share the next
-/// one, so a burst of recorded failures costs a few fsyncs, not one each.
-#[derive(Default)]
+/// Group commit on a thread of its own: a caller that wants its writes durable sends a
+/// request after writing; the thread takes every request waiting, flushes once, and answers
+/// them all, so a burst of writes costs a few fsyncs, not one each. Its own thread, not
+/// `sled::Db::flush_async`: that runs each flush on sled's I/O pool, whose `notify_all` wakes
+/// every idle pool thread per job, which cost more CPU per sign-in than the rest of the server.
 struct GroupCommit {
-    requested: AtomicU64,
-    flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
+    requests: std::sync::Mutex<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+}
+
+impl GroupCommit {
+    /// Starts the flushing thread; it ends when the last [`SledStore`] clone is dropped.
+    fn start(db: ::sled::Db) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
+        std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || {
+                // Every request was sent after its writes, so one flush begun after it is
+                // received covers them all.
+                while let Ok(first) = rx.recv() {
+                    let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
+                    let result = db.flush().map(drop).map_err(|e| e.to_string());
+                    for w in waiting {
+                        let _ = w.send(result.clone()); // a caller that went away needs no answer
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(GroupCommit { requests: std::sync::Mutex::new(tx) })
+    }
 }
 
 impl SledStore {
@@ -227,7 +249,7 @@ impl SledStore {
             failures_by_ip: db.open_tree("failures_by_ip")?,
             factors: db.open_tree("factors")?,
             pending_sign_ins: db.open_tree("pending_sign_ins")?,
-            durability: Arc::new(GroupCommit::default()),
+            durability: Arc::new(GroupCommit::start(db.clone())?),
             failure_total: Arc::new(AtomicU64::new(UNCOUNTED)),
             db,
         };
@@ -237,17 +259,17 @@ impl SledStore {
 
     /// Makes every write so far durable. Every trait method calls it before it returns.
     async fn flush(&self) -> Result<()> {
-        let g = &self.durability;
-        // Everything this caller wrote happened before this ticket was taken.
-        let ticket = g.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = g.lock.lock().await;
-        if g.flushed.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = match self.durability.requests.lock() {
+            Ok(requests) => requests.send(tx).is_ok(),
+            Err(_) => false, // a panic while holding it: the sender is still whole, but be safe
+        };
+        let flushed = if sent { rx.await.ok() } else { None };
+        match flushed {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(StoreError::Unavailable(format!("cannot flush the store: {e}").into())),
+            None => Err(StoreError::Unavailable("the store's flushing thread has ended".into())),
         }
-        let covers = g.requested.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
-        g.flushed.store(covers, Ordering::SeqCst);
-        Ok(())
     }
 
     /// A 32-byte server secret with the given name, created at first use.
