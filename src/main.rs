@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Errors quote names and values someone typed (or stored, before the rules were
             // tightened): escaped, so the line stays one line and shows what is there.
-            let message = format!("{e:#}").replace('\n', " ");
+            let message = portcullis::text::error_chain(e.as_ref()).replace('\n', " ");
             eprintln!("portcullis: {}", portcullis::text::printable(&message));
             e.downcast_ref::<portcullis::cli::Failure>().map_or(ExitCode::FAILURE, |f| ExitCode::from(f.status))
         }

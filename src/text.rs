@@ -1,5 +1,6 @@
 //! Text that people cannot see or that moves the reader: which characters a username may not
-//! hold, and how attacker-controlled text is escaped for terminals and JSON lines.
+//! hold, how attacker-controlled text is escaped for terminals and JSON lines, and how an
+//! error and its causes become one line.
 //!
 //! The set comes from the Unicode property tables (via `icu_properties`), not a hand-picked
 //! list: a list misses look-alikes such as U+2060, U+3164 or the tag characters.
@@ -90,6 +91,23 @@ pub fn escape_json(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An error and its sources on one line, `outer: inner: …`. A source whose message the line
+/// already ends with is not repeated: an error type that quotes its source in its own message
+/// (thiserror's `"…: {0}"` beside `#[source]`) still appears once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +181,22 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
         assert_eq!(back["username"], value);
         assert_eq!(escape_json("{\"a\":1}\n"), "{\"a\":1}\n", "framing whitespace stays");
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_and_a_cause_quoted_by_its_wrapper_appears_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("disk full")]
+        struct Io;
+        #[derive(Debug, thiserror::Error)]
+        #[error("store error: {0}")]
+        struct Quoting(#[source] Io);
+        #[derive(Debug, thiserror::Error)]
+        #[error("could not record")]
+        struct Plain(#[source] Quoting);
+        assert_eq!(error_chain(&Quoting(Io)), "store error: disk full");
+        assert_eq!(error_chain(&Plain(Quoting(Io))), "could not record: store error: disk full");
+        let e = anyhow::Error::new(Quoting(Io)).context("cannot copy");
+        assert_eq!(error_chain(e.as_ref()), "cannot copy: store error: disk full");
     }
 }

@@ -213,7 +213,7 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
                     // Remember this version too: it is retried when the files change again
                     // (a half-written pair completes), not warned about every tick.
                     seen = now;
-                    tracing::warn!(error = %format!("{e:#}"), "certificate change ignored; keeping the current one")
+                    tracing::warn!(error = %crate::text::error_chain(e.as_ref()), "certificate change ignored; keeping the current one")
                 }
             }
         }

@@ -181,7 +181,7 @@ pub fn error_page(status: StatusCode) -> Response {
 /// promise (fail closed, never a 500 for a full disk); 500 for anything else. Logs the error
 /// once with `what` happened.
 pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
-    tracing::error!(error = %e, "{what}");
+    tracing::error!(error = %crate::text::error_chain(e), "{what}");
     error_page(fault_status(e.is_unavailable()))
 }
 

@@ -230,7 +230,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         // A passkey sign-in never asks for another factor.
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
-            tracing::error!(error = %super::login::post::error_chain(&e), "passkey sign-in not judged");
+            tracing::error!(error = %crate::text::error_chain(&e), "passkey sign-in not judged");
             error_page(crate::routes::fault_status(e.is_unavailable()))
         }
     };

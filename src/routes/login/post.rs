@@ -98,7 +98,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         }
         Err(e) => {
             if e.is_worth_logging() {
-                tracing::error!(error = %error_chain(&e), "sign-in not judged");
+                tracing::error!(error = %crate::text::error_chain(&e), "sign-in not judged");
             }
             error_page(crate::routes::fault_status(e.is_unavailable()))
         }
@@ -140,16 +140,4 @@ pub(crate) async fn refused(
     let form =
         Form { error: Some(error), username, captcha, rd, retry_after: refusal.retry_after, ..Form::new(status, next) };
     super::render(req, state, form).await
-}
-
-/// An error and its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -134,7 +134,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(o) => o,
         Err(e) => {
             if e.is_worth_logging() {
-                tracing::error!(error = %super::post::error_chain(&e), "second factor not judged");
+                tracing::error!(error = %crate::text::error_chain(&e), "second factor not judged");
             }
             return error_page(crate::routes::fault_status(e.is_unavailable()));
         }
