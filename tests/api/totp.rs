@@ -206,7 +206,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
 
     // New recovery codes void the old ones.
     let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("8 unused recovery code(s) left"), "{page}");
+    assert!(page.contains("8 unused recovery codes left"), "{page}");
     let csrf = hidden_field(&page, "csrf").unwrap();
     let resp = first.post(app.url("/account/recovery-codes")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -215,6 +215,14 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert_eq!(resp.status(), 401, "an old code after new ones were made");
     let (_, resp) = two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
     assert_eq!(resp.status(), 303);
+
+    // The count reads as English, and the last codes say to make new ones.
+    app.state.store.factors.set_recovery_codes("alice", &[[7u8; 32]]).await.unwrap();
+    let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("1 unused recovery code left") && page.contains("consider making new ones"), "{page}");
+    app.state.store.factors.set_recovery_codes("alice", &[]).await.unwrap();
+    let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("No unused recovery codes left"), "{page}");
 }
 
 #[tokio::test]
