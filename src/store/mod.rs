@@ -313,6 +313,12 @@ pub trait UserStore: Send + Sync {
     /// sign-in may have upgraded it first; either upgrade is as good). Returns the user as
     /// stored afterwards (for a disabled user, unchanged), or `None` if the user is gone or
     /// the password changed meanwhile: the old password must not let anyone in.
+    ///
+    /// The one write that may return before it is durable: an engine may leave it to the
+    /// caller's next durable write (a sled flush covers every earlier write), since a sign-in
+    /// always writes its session next. Lost in a crash before that, it costs only a stale
+    /// last-sign-in time or a hash upgraded again at the next sign-in; the check itself is a
+    /// read, and a failed one lets nobody in.
     async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>>;
     /// One stored hash of the most common kind (algorithm, version, parameters and output
     /// length, as `password::shape_of` says), to shape the dummy that unknown usernames are

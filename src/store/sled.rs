@@ -796,8 +796,9 @@ impl UserStore for SledStore {
     }
 
     async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
-        let after = self.login_cas(verified, upgraded_hash, now)?;
-        self.durable(after.map(|r| r.user())).await
+        // Not flushed here (see the trait): the sign-in's session, written next, is, and a
+        // sled flush makes every earlier write durable with it. One fsync per sign-in, not two.
+        Ok(self.login_cas(verified, upgraded_hash, now)?.map(|r| r.user()))
     }
 
     async fn most_common_hash(&self) -> Result<Option<String>> {
