@@ -502,9 +502,14 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
                 bail!("the target {} is the configured store itself", dir.display());
             }
             // Opening a store makes its directory private (0700) and writes into it: never do
-            // that to a directory named by mistake (`--to /etc`). A new or empty directory, or
-            // a sled store (checked for records below), only.
-            if !Store::exists(dir) && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            // that to a directory named by mistake (`--to /etc`). A new or empty directory, one
+            // holding only a factor key (compared with ours below), or a sled store (checked
+            // for records below), only.
+            let other_files = std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| e.file_name() != std::ffi::OsStr::new(crate::factors::key::KEY_FILE))
+            });
+            refuse_another_factor_key(&settings.data_dir.join(crate::factors::key::KEY_FILE), dir)?;
+            if !Store::exists(dir) && other_files {
                 bail!(
                     "the target directory {} holds other files: give a new or empty directory for the sled store",
                     dir.display()
@@ -571,18 +576,30 @@ fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let there =
-                Zeroizing::new(std::fs::read(&into).with_context(|| format!("cannot read {}", into.display()))?);
-            if there.trim_ascii() != key.trim_ascii() {
-                bail!(
-                    "the target holds another factor key ({}): remove it, or copy into a new directory",
-                    into.display()
-                );
-            }
+            refuse_another_factor_key(key_file, dir)?;
             Ok(true)
         }
         Err(e) => Err(anyhow!(e).context(format!("cannot write {}", into.display()))),
     }
+}
+
+/// Refuses the sled target directory `dir` when it holds a factor key other than the one in
+/// `key_file` (checked before anything is written there, and again when the key is carried).
+///
+/// # Errors
+/// When the target's key differs, or cannot be read.
+fn refuse_another_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let into = dir.join(crate::factors::key::KEY_FILE);
+    let there = match std::fs::read(&into) {
+        Ok(there) => Zeroizing::new(there),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!(e).context(format!("cannot read {}", into.display()))),
+    };
+    let Ok(ours) = std::fs::read(key_file).map(Zeroizing::new) else { return Ok(()) };
+    if there.trim_ascii() != ours.trim_ascii() {
+        bail!("the target holds another factor key ({}): remove it, or copy into a new directory", into.display());
+    }
+    Ok(())
 }
 
 /// Whether two paths name one existing directory (a target that does not exist yet is not

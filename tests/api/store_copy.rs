@@ -327,3 +327,30 @@ async fn second_factors_and_passkeys_survive_sled_to_postgresql_to_sled() {
     assert_eq!(resp.status(), 303, "the passkey signs in on the copy");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_target_holding_only_the_same_factor_key_is_taken_and_another_key_is_refused_before_any_write() {
+    let a = tempfile::tempdir().unwrap();
+    cli(a.path(), None, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.assert_ok("add");
+    let ours = format!("{}\n", "ab".repeat(32));
+    std::fs::write(a.path().join("data/factor.key"), &ours).unwrap();
+
+    // The key put in place first, as README's "Moving between engines" shows: the copy goes in.
+    let same = tempfile::tempdir().unwrap();
+    let into = same.path().join("data");
+    std::fs::DirBuilder::new().mode(0o700).create(&into).unwrap();
+    std::fs::write(into.join("factor.key"), &ours).unwrap();
+    cli(a.path(), None, &["store", "copy", "--to", into.to_str().unwrap()], None).await.assert_ok("same key");
+    let users = cli(same.path(), None, &["user", "list"], None).await;
+    assert!(users.stdout.contains("alice"), "{users:?}");
+
+    // Another key: refused in one line, and the directory is left as it was.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("factor.key"), format!("{}\n", "cd".repeat(32))).unwrap();
+    std::fs::set_permissions(other.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let refused = cli(a.path(), None, &["store", "copy", "--to", other.path().to_str().unwrap()], None).await;
+    assert!(refused.assert_one_line_failure("another factor key").contains("another factor key"));
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written there");
+    let mode = std::fs::metadata(other.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "nor its mode changed");
+}
