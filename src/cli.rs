@@ -475,7 +475,8 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     let target = if to == "-" {
         let mut line = Zeroizing::new(String::new());
         std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
-        Target::parse(line.trim_end_matches(['\n', '\r']))?
+        // Spaces around it are a slip of the pen (`echo " $URL"`), never part of a URL or path.
+        Target::parse(line.trim())?
     } else {
         Target::parse(to)?
     };

@@ -268,12 +268,21 @@ impl Settings {
     /// The first [`ConfigError`] [`Settings::load`] would fail with.
     pub fn check(config_file: Option<&Path>, overrides: &Overrides) -> Result<Vec<Effective>, ConfigError> {
         let (file, env) = read_layers(config_file)?;
-        Self::from_layers(file.as_ref(), &env, overrides)?;
+        let settings = Self::from_layers(file.as_ref(), &env, overrides)?;
         let raw = layered(file.as_ref(), &env, overrides);
         let mut shown: Vec<Effective> = KEYS
             .iter()
             .filter_map(|k| raw.get(k.name).map(|r| (k.name, r)))
-            .map(|(key, r)| Effective { key, value: shown_value(key, &r.value), source: r.source.clone() })
+            .map(|(key, r)| {
+                // An empty name means the host name: show the name the server will use.
+                let value = match key {
+                    "instance_name" => {
+                        escape_controls(&toml::Value::String(settings.instance_name.clone()).to_string())
+                    }
+                    _ => shown_value(key, &r.value),
+                };
+                Effective { key, value, source: r.source.clone() }
+            })
             .collect();
         // `[access]` is file only: shown as the inline table it is equal to, so the whole
         // output stays one valid TOML document.

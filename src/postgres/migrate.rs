@@ -34,6 +34,9 @@ pub const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
 /// [`PgError::SchemaTooNew`] when the database is ahead of this build.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError> {
     let tx = client.transaction().await?;
+    // "relation already exists, skipping" and the like are expected at every start: keep
+    // PostgreSQL's notices out of the log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
     // Under the lock, so two first starts cannot race to create it.
     tx.batch_execute(

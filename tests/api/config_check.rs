@@ -65,6 +65,9 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     assert!(idle.contains("\"5m\"") && idle.ends_with("# env PORTCULLIS_SESSION_IDLE_TIMEOUT"), "{idle}");
     assert!(line(&out.stdout, "http_addr").ends_with("# flag --http-addr"), "{}", out.stdout);
     assert!(line(&out.stdout, "https_addr").ends_with("# default"), "{}", out.stdout);
+    // An empty instance name means the host name: the line shows the name the server uses.
+    let host = portcullis::postgres::url::host_name();
+    assert!(line(&out.stdout, "instance_name").starts_with(&format!("instance_name = \"{host}\"")), "{}", out.stdout);
     // What it prints is a settings file that checks the same.
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
     assert_eq!(printed["min_password_length"].as_integer(), Some(20));

@@ -287,8 +287,9 @@ async fn second_factors_and_passkeys_survive_sled_to_postgresql_to_sled() {
     let (a, _) = app.stop().await;
 
     // sled → PostgreSQL: the report counts them and says the servers there need factor.key,
-    // which the operator copies into the PostgreSQL servers' data_dir.
-    let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
+    // which the operator copies into the PostgreSQL servers' data_dir. (Spaces around the URL
+    // on standard input are not part of it.)
+    let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&format!("  {target} "))).await;
     copied.assert_ok("copy to PostgreSQL");
     assert!(copied.stdout.contains(" 1 second factor, 1 passkey, "), "{copied:?}");
     assert!(copied.stdout.contains("factor.key: every server on postgres://"), "{copied:?}");
