@@ -232,6 +232,30 @@ impl Application {
             None
         };
 
+        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
+            .context("cannot open the factor key (data_dir/factor.key)")?;
+        // A key that does not open the store's second factors (an instance started without
+        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
+        if let Some((user, totp)) = services.store.factors.any_totp().await? {
+            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
+                anyhow::bail!(
+                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
+                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+                );
+            }
+        }
+        // Checked before any background task holds the store, so a refusal lets go of it.
+        // The first start records the key's fingerprint; an instance with another key (one
+        // started without the first one's factor.key) refuses to start rather than keying
+        // second factors no other instance can check.
+        let fingerprint = factor_key.fingerprint();
+        let recorded = services.store.secrets.claim(crate::factors::key::FINGERPRINT_NAME, &fingerprint).await?;
+        if recorded != fingerprint {
+            anyhow::bail!(
+                "{} is not the factor key this store was first used with: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
+                settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+            );
+        }
         let csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
         // With PostgreSQL the state is the database's, shared by every instance on it; with
         // sled it is this process's.
@@ -258,18 +282,6 @@ impl Application {
                 admin_socket::serve(&settings.data_dir, users.clone(), services.audit.clone())
                     .context("cannot open the admin socket")?,
             );
-        }
-        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
-            .context("cannot open the factor key (data_dir/factor.key)")?;
-        // A key that does not open the store's second factors (an instance started without
-        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
-        if let Some((user, totp)) = services.store.factors.any_totp().await? {
-            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
-                anyhow::bail!(
-                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
-                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
-                );
-            }
         }
         let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
         let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;

@@ -115,7 +115,25 @@ pub enum StoreCommand {
         #[arg(long, value_name = "TARGET")]
         to: String,
     },
+    /// For a lost data_dir/factor.key: remove every user's authenticator app and recovery
+    /// codes (unusable without it; passkeys stay) and the key's recorded fingerprint, so the
+    /// servers start with a new factor.key
+    #[command(after_help = FORGET_FACTOR_KEY_EXAMPLE)]
+    ForgetFactorKey {
+        /// Do it (without this, nothing is changed)
+        #[arg(long)]
+        yes: bool,
+    },
 }
+
+const FORGET_FACTOR_KEY_EXAMPLE: &str = "\
+A server whose factor.key is not the one the store was first used with refuses to start. Copy
+the right one from another instance or a backup if you can: this command is for a key lost for
+good. Users with an authenticator app sign in with their password (and passkeys) until they set
+it up again. Stop the servers first with sled.
+
+Example:
+  portcullis store forget-factor-key --yes";
 
 const STORE_COPY_EXAMPLE: &str = "\
 Stop every server on the store first (a running server holds a sled store, and keeps writing
@@ -284,6 +302,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Store(StoreCommand::Copy { to })) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
             runtime(None)?.block_on(store_copy(settings, &to))
+        }
+        Some(Command::Store(StoreCommand::ForgetFactorKey { yes })) => {
+            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            runtime(None)?.block_on(forget_factor_key(settings, yes))
         }
         Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
@@ -480,20 +502,7 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     } else {
         Target::parse(to)?
     };
-    let from = match &settings.database_url {
-        Some(url) => Store::connect(url, &settings.instance_name)
-            .await
-            .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
-        None => {
-            if !Store::exists(&settings.data_dir) {
-                bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
-            }
-            Store::open(&settings.data_dir).map_err(|e| match e {
-                StoreError::Locked(dir) => anyhow!("the store in {dir} is in use by a running server: stop it first"),
-                other => anyhow!(other).context(format!("cannot open the store in {}", settings.data_dir.display())),
-            })?
-        }
-    };
+    let from = open_configured(&settings).await?;
     let into = match &target {
         Target::Database(url) => Store::connect(url, &settings.instance_name)
             .await
@@ -546,6 +555,56 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// The configured store, opened by this process: the database in `database_url`, or the
+/// sled store in `data_dir`, which must exist and not be held by a running server.
+async fn open_configured(settings: &Settings) -> anyhow::Result<Store> {
+    Ok(match &settings.database_url {
+        Some(url) => Store::connect(url, &settings.instance_name)
+            .await
+            .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
+        None => {
+            if !Store::exists(&settings.data_dir) {
+                bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+            }
+            Store::open(&settings.data_dir).map_err(|e| match e {
+                StoreError::Locked(dir) => anyhow!("the store in {dir} is in use by a running server: stop it first"),
+                other => anyhow!(other).context(format!("cannot open the store in {}", settings.data_dir.display())),
+            })?
+        }
+    })
+}
+
+/// `portcullis store forget-factor-key --yes`: removes every user's TOTP secret and recovery
+/// codes (sealed or keyed under the lost key, so unusable) and the key's recorded
+/// fingerprint; the next server start records its own `data_dir/factor.key`.
+async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> {
+    if !yes {
+        return Err(Failure {
+            status: 2,
+            message: "this removes every user's authenticator app and recovery codes and the recorded factor key: run it again with --yes".into(),
+        }
+        .into());
+    }
+    let store = open_configured(&settings).await?;
+    let mut cleared = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.factors.export(after.as_deref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_key.clone());
+        for user in &page {
+            let removed = store.factors.clear(&user.user_key).await?;
+            cleared += u64::from(removed.totp || removed.recovery_codes > 0);
+        }
+    }
+    let forgotten = store.secrets.forget(crate::factors::key::FINGERPRINT_NAME).await?;
+    println!(
+        "removed the authenticator apps and recovery codes of {cleared} user(s); {}",
+        if forgotten { "the next server start records its data_dir/factor.key" } else { "no factor key was recorded" }
+    );
     Ok(())
 }
 

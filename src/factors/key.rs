@@ -17,6 +17,9 @@ pub const KEY_FILE: &str = "factor.key";
 
 /// Sealed-secret format version (the first byte of every sealed value).
 const VERSION: u8 = 1;
+/// The name under which the store keeps [`FactorKey::fingerprint`] (among its secrets).
+pub const FINGERPRINT_NAME: &str = "factor_key_fingerprint";
+
 /// Bytes of the key id after the version byte: tells "another key" from "damaged".
 const KEY_ID_LEN: usize = 4;
 
@@ -44,6 +47,7 @@ pub struct FactorKey {
     seal: LessSafeKey,
     recovery: Zeroizing<[u8; 32]>,
     id: [u8; KEY_ID_LEN],
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for FactorKey {
@@ -71,9 +75,18 @@ impl FactorKey {
         let digest = Sha256::digest([&b"portcullis factor key id\0"[..], master].concat());
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        let fingerprint = Sha256::digest([&b"portcullis factor key fingerprint\0"[..], master].concat()).into();
         // AES-256 takes any 32-byte key: this cannot fail.
         let unbound = UnboundKey::new(&AES_256_GCM, &seal_key[..]).unwrap_or_else(|_| unreachable!());
-        FactorKey { seal: LessSafeKey::new(unbound), recovery, id }
+        FactorKey { seal: LessSafeKey::new(unbound), recovery, id, fingerprint }
+    }
+
+    /// A SHA-256 fingerprint of the key (32 bytes), which tells keys apart and reveals
+    /// nothing of them: the store records it at first start ([`FINGERPRINT_NAME`]), so an
+    /// instance with another key refuses to start instead of keying factors no other
+    /// instance can check.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// Reads `dir/factor.key`, creating it (mode 0600, 32 random bytes as hex) when absent.

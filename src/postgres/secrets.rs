@@ -4,30 +4,27 @@
 
 use super::PgError;
 
-/// The 32-byte secret `name`, made from the system's random source at first use. When
-/// several instances ask for a new name at once, one value wins and all of them get it.
+/// The value called `name`, set to `value` unless it has one: when several instances claim a
+/// new name at once, one value wins and all of them get it.
 ///
 /// # Errors
-/// [`PgError::Random`] when the random source fails, [`PgError::Db`] when the database
-/// cannot answer; [`PgError::Setup`] when the stored value is not 32 bytes (the schema's
-/// check makes that impossible short of tampering).
-pub async fn secret(client: &tokio_postgres::Client, name: &str) -> Result<[u8; 32], PgError> {
-    let mut fresh = [0u8; 32];
-    crate::random::fill(&mut fresh)?;
+/// [`PgError::Db`] when the database cannot answer; [`PgError::Setup`] when the stored value
+/// is not 32 bytes (the schema's check makes that impossible short of tampering).
+pub async fn claim(client: &tokio_postgres::Client, name: &str, value: &[u8; 32]) -> Result<[u8; 32], PgError> {
     let now = i64::try_from(crate::store::now_ms()).unwrap_or(i64::MAX);
     let row = client
         .query_opt(
             "WITH ins AS (INSERT INTO secrets (name, value, created_at_ms) VALUES ($1, $2, $3)
                           ON CONFLICT (name) DO NOTHING RETURNING value)
              SELECT value FROM ins UNION ALL SELECT value FROM secrets WHERE name = $1",
-            &[&name, &&fresh[..], &now],
+            &[&name, &&value[..], &now],
         )
         .await?;
-    let value: Vec<u8> = match row {
+    let stored: Vec<u8> = match row {
         Some(row) => row.get(0),
         // Another instance's insert committed after this statement's snapshot was taken: the
         // conflict saw it, the read did not. A new statement sees it.
         None => client.query_one("SELECT value FROM secrets WHERE name = $1", &[&name]).await?.get(0),
     };
-    value.try_into().map_err(|_| PgError::Setup(format!("stored secret {name} is not 32 bytes")))
+    stored.try_into().map_err(|_| PgError::Setup(format!("stored secret {name} is not 32 bytes")))
 }

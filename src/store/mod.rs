@@ -508,9 +508,18 @@ pub trait FactorStore: Send + Sync {
 /// Named server keys.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
-    /// The 32-byte secret called `name`, created at first use; concurrent first uses (from
-    /// any instance) agree on one value.
-    async fn secret(&self, name: &str) -> Result<[u8; 32]>;
+    /// The 32-byte secret called `name`, created at first use (from the system's random
+    /// source); concurrent first uses (from any instance) agree on one value.
+    async fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+        crate::random::fill(&mut fresh[..])?;
+        self.claim(name, &fresh).await
+    }
+    /// The value called `name`, set durably to `value` unless it has one already: what every
+    /// instance then agrees on (of concurrent first claims from any instance, one wins).
+    async fn claim(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]>;
+    /// Forgets the value called `name`, durably; whether there was one.
+    async fn forget(&self, name: &str) -> Result<bool>;
     /// Every secret made so far, by name (there are a few): what `store copy` moves.
     async fn export(&self) -> Result<Vec<(String, [u8; 32])>>;
     /// Stores exported secrets under their names, durably.

@@ -697,9 +697,13 @@ impl FailureStore for PgStore {
 
 #[async_trait]
 impl SecretStore for PgStore {
-    async fn secret(&self, name: &str) -> Result<[u8; 32]> {
+    async fn claim(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]> {
         let client = self.client().await?;
-        Ok(crate::postgres::secrets::secret(&client, name).await?)
+        Ok(crate::postgres::secrets::claim(&client, name, value).await?)
+    }
+
+    async fn forget(&self, name: &str) -> Result<bool> {
+        Ok(self.client().await?.execute("DELETE FROM secrets WHERE name = $1", &[&name]).await? > 0)
     }
 
     async fn export(&self) -> Result<Vec<(String, [u8; 32])>> {

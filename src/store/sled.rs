@@ -272,18 +272,15 @@ impl SledStore {
         }
     }
 
-    /// A 32-byte server secret with the given name, created at first use.
-    fn load_secret(&self, name: &str) -> Result<[u8; 32]> {
+    /// The value called `name`, set to `value` unless it has one (not yet durable).
+    fn claim_secret(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]> {
         let key = format!("{SECRET_PREFIX}{name}");
-        if let Some(v) = self.meta.get(&key)? {
-            return v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key));
-        }
-        let mut fresh = [0u8; 32];
-        crate::random::fill(&mut fresh)?;
-        // compare_and_swap so two first users of the secret agree on one value.
-        let _ = self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&fresh[..]))?;
-        let v = self.meta.get(&key)?.ok_or_else(|| StoreError::Corrupt(key.clone()))?;
-        v.as_ref().try_into().map_err(|_| StoreError::Corrupt(key))
+        // compare_and_swap so two first claims agree on one value.
+        let stored = match self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&value[..]))? {
+            Ok(()) => return Ok(*value),
+            Err(cas) => cas.current.ok_or_else(|| StoreError::Corrupt(key.clone()))?,
+        };
+        stored.as_ref().try_into().map_err(|_| StoreError::Corrupt(key))
     }
 
     // ----- users -----
@@ -1201,9 +1198,14 @@ impl FactorStore for SledStore {
 
 #[async_trait]
 impl SecretStore for SledStore {
-    async fn secret(&self, name: &str) -> Result<[u8; 32]> {
-        let key = self.load_secret(name)?;
-        self.durable(key).await
+    async fn claim(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]> {
+        let stored = self.claim_secret(name, value)?;
+        self.durable(stored).await
+    }
+
+    async fn forget(&self, name: &str) -> Result<bool> {
+        let gone = self.meta.remove(format!("{SECRET_PREFIX}{name}"))?.is_some();
+        self.durable(gone).await
     }
 
     async fn export(&self) -> Result<Vec<(String, [u8; 32])>> {
@@ -1572,7 +1574,7 @@ mod tests {
     fn the_secret_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.load_secret("csrf").unwrap(), store.load_secret("csrf").unwrap());
-        assert_ne!(store.load_secret("csrf").unwrap(), store.load_secret("other").unwrap());
+        assert_eq!(store.claim_secret("csrf", &[1; 32]).unwrap(), [1; 32]);
+        assert_eq!(store.claim_secret("csrf", &[2; 32]).unwrap(), [1; 32], "the first claim stays");
     }
 }

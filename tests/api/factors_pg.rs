@@ -15,12 +15,7 @@ async fn on_postgresql_a_totp_step_is_used_once_across_instances_and_the_cli_res
     let Some(url) = pg::database().await else { return };
     let one = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
     // The second instance shares the first one's factor key, as the README says to set up.
-    let two = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
-    std::fs::copy(one.settings.data_dir.join("factor.key"), two.settings.data_dir.join("factor.key")).unwrap();
-    let two = {
-        let (dir, settings) = two.stop().await;
-        crate::helpers::spawn_in(dir, settings).await
-    };
+    let two = crate::helpers::spawn_beside(&one, |s| s.database_url = Some(url.clone())).await;
     one.add_user("alice", GOOD_PASSWORD, false).await;
     let browser = one.new_browser();
     assert_eq!(one.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);

@@ -53,6 +53,25 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_in(dir, settings).await
 }
 
+/// Puts `from_data_dir`'s `factor.key` into `to_data_dir` (made, private, if need be), as an
+/// operator does for every instance on one database before its first start (README,
+/// "Several instances on PostgreSQL").
+pub fn share_factor_key(from_data_dir: &std::path::Path, to_data_dir: &std::path::Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(to_data_dir).unwrap();
+    std::fs::copy(from_data_dir.join("factor.key"), to_data_dir.join("factor.key")).unwrap();
+}
+
+/// Starts another instance beside `first` (its own directory, `first`'s factor key),
+/// configured by `configure` (the database URL, certificates … are the caller's to set).
+pub async fn spawn_beside(first: &TestApp, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    share_factor_key(&first.settings.data_dir, &settings.data_dir);
+    configure(&mut settings);
+    spawn_in(dir, settings).await
+}
+
 /// Starts a server on an existing directory (for restart tests).
 pub async fn spawn_in(dir: tempfile::TempDir, settings: Settings) -> TestApp {
     // A restart in the same process: a connection task of the stopped server may still hold

@@ -39,7 +39,8 @@ struct Instances {
 
 impl Instances {
     /// Starts `n` instances named a, b, c … on `url`, with [`child::QUICK`]'s flags and
-    /// `overrides`, one after the other (the first makes the schema and the certificate).
+    /// `overrides`, one after the other (the first makes the schema, the certificate and the
+    /// factor key, which the others get before they start, as README says).
     fn start(url: &DatabaseUrl, n: usize, overrides: &[(&'static str, &'static str)]) -> Instances {
         let args = child::quick_with(overrides);
         let mut servers: Vec<ServerProcess> = Vec::new();
@@ -52,6 +53,7 @@ impl Instances {
                 for name in ["cert.pem", "key.pem"] {
                     std::fs::copy(first.dir.join("certs").join(name), certs.join(name)).unwrap();
                 }
+                crate::helpers::share_factor_key(&first.dir.join("data"), &dir.path().join("data"));
             }
             let name = ["a", "b", "c", "d"][i];
             let server = ServerProcess::start_with(dir.path(), &args, |cmd| {

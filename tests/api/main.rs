@@ -15,6 +15,7 @@ mod csp;
 mod descriptors;
 mod disk;
 mod exhaustion;
+mod factor_key;
 mod factors_pg;
 mod forward_auth;
 mod fuzz_props;

@@ -19,7 +19,7 @@ async fn a_passkey_sign_in_begun_on_one_instance_finishes_on_another_once() {
     })
     .await;
     let (public_url, cert_dir) = (one.settings.public_url.clone(), one.settings.cert_dir.clone());
-    let two = spawn_app_with(|s| {
+    let two = crate::helpers::spawn_beside(&one, |s| {
         s.database_url = Some(url.clone());
         s.cert_dir = cert_dir;
         // Both instances serve one site: the same origin and relying party.

@@ -83,7 +83,7 @@ async fn two_instances_on_one_database_share_sessions_sign_outs_and_failure_coun
     // The second instance serves the same certificate, so one browser trusts both; its
     // cookies (host-only, no port) go to both, as behind one load balancer.
     let cert_dir = one.settings.cert_dir.clone();
-    let two = spawn_app_with(|s| {
+    let two = crate::helpers::spawn_beside(&one, |s| {
         s.database_url = Some(url.clone());
         s.captcha_after_failures = 2;
         s.cert_dir = cert_dir;
@@ -158,9 +158,16 @@ async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_first_started_together_on_an_empty_database_all_start_and_one_shows_the_admin_password() {
     let Some(url) = pg::database().await else { return };
+    // One factor key, in place before the first start, as the README says to set up.
+    let key = tempfile::tempdir().unwrap();
+    std::fs::write(key.path().join("factor.key"), format!("{}\n", "5a".repeat(32))).unwrap();
     let start = || {
         let url = url.clone();
-        spawn_app_with(move |s| s.database_url = Some(url))
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::helpers::test_settings(dir.path());
+        crate::helpers::share_factor_key(key.path(), &settings.data_dir);
+        settings.database_url = Some(url);
+        crate::helpers::spawn_in(dir, settings)
     };
     let (a, b, c) = tokio::join!(start(), start(), start());
     let shown = [&a, &b, &c].iter().filter(|app| !app.admin_password.is_empty()).count();

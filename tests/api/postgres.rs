@@ -363,13 +363,13 @@ async fn the_audit_filters_have_indexes_to_use() {
 async fn instances_asking_for_a_new_secret_at_once_all_get_the_same_one() {
     let Some((_, pool)) = migrated().await else { return };
     let barrier = Arc::new(tokio::sync::Barrier::new(12));
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
+    let tasks: Vec<_> = (0..12u8)
+        .map(|i| {
             let (pool, barrier) = (pool.clone(), barrier.clone());
             tokio::spawn(async move {
                 let c = pool.get().await.unwrap();
                 barrier.wait().await;
-                portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap()
+                portcullis::postgres::secrets::claim(&c, "csrf", &[i; 32]).await.unwrap()
             })
         })
         .collect();
@@ -380,6 +380,6 @@ async fn instances_asking_for_a_new_secret_at_once_all_get_the_same_one() {
     values.dedup();
     assert_eq!(values.len(), 1, "one value for everyone");
     let c = pool.get().await.unwrap();
-    assert_eq!(portcullis::postgres::secrets::secret(&c, "csrf").await.unwrap(), values[0], "kept");
-    assert_ne!(portcullis::postgres::secrets::secret(&c, "captcha").await.unwrap(), values[0], "one per name");
+    assert_eq!(portcullis::postgres::secrets::claim(&c, "csrf", &[99; 32]).await.unwrap(), values[0], "kept");
+    assert_eq!(portcullis::postgres::secrets::claim(&c, "captcha", &[99; 32]).await.unwrap(), [99; 32], "one per name");
 }

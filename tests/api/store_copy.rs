@@ -159,13 +159,15 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
     copied.assert_ok("copy to PostgreSQL");
     assert!(
-        copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 1 session, 3 failed-login records and 2 secrets into postgres://"),
+        copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 1 session, 3 failed-login records and 3 secrets into postgres://"),
         "{copied:?}"
     );
     let password = cluster_password();
     assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
     assert_eq!(snapshot(p.path(), Some(&target)).await, before, "audit and users read the same from the copy");
 
+    // The servers on the copy get the factor key the store was first used with (README).
+    crate::helpers::share_factor_key(&a.path().join("data"), &p.path().join("data"));
     let server = start(p.path(), Some(&target), "web-p");
     assert!(signed_in(&server, &session).await, "the session cookie holds on the copy");
     assert_eq!(sign_in_with(&server, &form_for_pg, "alice", GOOD_PASSWORD).await, 303, "a form issued before");
@@ -181,7 +183,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     copied.assert_ok("copy to sled");
     assert!(
         copied.stdout.starts_with(
-            "copied 3 users, 0 second factors, 0 passkeys, 3 sessions, 4 failed-login records and 2 secrets into "
+            "copied 3 users, 0 second factors, 0 passkeys, 3 sessions, 4 failed-login records and 3 secrets into "
         ),
         "{copied:?}"
     );

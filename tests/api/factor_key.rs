@@ -1,0 +1,105 @@
+//! The factor key's fingerprint (SECURITY.md, README "Several instances on PostgreSQL"): the
+//! first start records it in the store, a server with another `data_dir/factor.key` refuses to
+//! start (on sled after a lost file, on PostgreSQL an instance started without the first one's
+//! key), and `portcullis store forget-factor-key --yes` is the way out when a key is lost for
+//! good: every TOTP secret and recovery code goes (they cannot be checked anyway), then a
+//! server starts with a new key.
+
+use portcullis::app::Application;
+use portcullis::factors::totp;
+use portcullis::store::now_ms;
+
+use crate::child;
+use crate::helpers::{spawn_app_with, spawn_in, test_settings, GOOD_PASSWORD};
+use crate::pg;
+
+/// Why the server would not start with `settings` (retrying while a stopped server in this
+/// process still holds its sled store); panics if it starts.
+async fn refusal(settings: &portcullis::config::Settings) -> String {
+    for _ in 0..200 {
+        let err = match Application::build(settings.clone()).await {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => panic!("started with another factor key"),
+        };
+        if !err.contains("in use by another process") {
+            return err;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the store was never released")
+}
+
+#[tokio::test]
+async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_what_it_keyed() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let (dir, settings) = app.stop().await;
+    // No second factor anywhere yet: the fingerprint alone tells the keys apart.
+    std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "11".repeat(32))).unwrap();
+    let err = refusal(&settings).await;
+    assert!(
+        err.contains("is not the factor key this store was first used with") && err.contains("forget-factor-key"),
+        "{err}"
+    );
+
+    // Back with the right key, with a TOTP user; then the key is lost for good.
+    std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
+    let root = dir.path().to_path_buf();
+    // The CLI waits, a bounded while, for this process's stopped server to let go of the store.
+    let cli = |args: &'static [&'static str]| {
+        let root = root.clone();
+        async move {
+            for _ in 0..200 {
+                let mut cmd = child::command(&root);
+                cmd.args(args);
+                let run = child::run_cli(cmd, None).await;
+                if !run.stderr.contains("in use by a running server") {
+                    return run;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("the store was never released")
+        }
+    };
+    let forgot = cli(&["store", "forget-factor-key", "--yes"]).await;
+    forgot.assert_ok("forget with no factors");
+    assert!(
+        forgot.stdout.contains("of 0 user(s)") && forgot.stdout.contains("records its data_dir/factor.key"),
+        "{forgot:?}"
+    );
+    let app = spawn_in(dir, settings).await;
+    let secret = totp::new_secret().unwrap();
+    let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
+    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
+    let (dir, settings) = app.stop().await;
+    std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
+    assert!(refusal(&settings).await.contains("copy factor.key"));
+
+    let asked = cli(&["store", "forget-factor-key"]).await;
+    asked.assert_one_line_failure("without --yes");
+    let forgot = cli(&["store", "forget-factor-key", "--yes"]).await;
+    forgot.assert_ok("forget");
+    assert!(forgot.stdout.contains("of 1 user(s)"), "{forgot:?}");
+    let app = spawn_in(dir, settings).await;
+    assert!(!app.state.factors.summary("alice").await.unwrap().totp, "the sealed secret went");
+    let browser = app.new_browser();
+    let resp = app.login_with(&browser, "alice", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/", "the password signs in again");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_an_instance_started_without_the_first_ones_key_refuses_to_start() {
+    let Some(url) = pg::database().await else { return };
+    let one = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.database_url = Some(url.clone());
+    let err = refusal(&settings).await;
+    assert!(err.contains("is not the factor key this store was first used with"), "{err}");
+    // With the first one's key, it starts.
+    crate::helpers::share_factor_key(&one.settings.data_dir, &settings.data_dir);
+    let two = spawn_in(dir, settings).await;
+    two.stop().await;
+    one.stop().await;
+}
