@@ -337,7 +337,7 @@ impl Held {
     pub async fn fail(mut self, now_ms: u64) -> Result<Recorded, StateError> {
         match self.reservation.take() {
             Some(r) => self.state.fail(r, now_ms).await,
-            None => Ok(Recorded { reached_threshold: false }),
+            None => Ok(Recorded { reached_threshold: false, captcha_demanded: None }),
         }
     }
 
@@ -506,6 +506,29 @@ pub mod conformance {
         assert!(!two.needs_captcha(ip(2), Some(alice), 1004).await.unwrap(), "every place given back");
     }
 
+    /// With a threshold of 3: where a failure says whether a captcha is now demanded, it says
+    /// what [`BruteForceState::needs_captcha`] would, with or without a reservation.
+    pub async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(one: &State, two: &State) {
+        let bob = username_digest("bob");
+        for i in 0..4u8 {
+            let counted = match one.reserve(ip(20 + i), bob, 1000).await.unwrap() {
+                Ok(r) => two.fail(r, 1000).await.unwrap(),
+                Err(CaptchaDemanded) => two.record_failure(ip(20 + i), bob, 1000).await.unwrap(),
+            };
+            let asked = one.needs_captcha(ip(20 + i), Some(bob), 1000).await.unwrap();
+            assert_eq!(counted.captcha_demanded.unwrap_or(asked), asked, "after failure {i}");
+            assert_eq!(asked, i >= 2, "the third failure reaches the threshold");
+        }
+        // An address at the threshold demands one, whichever username.
+        let carol = username_digest("carol");
+        for _ in 0..2 {
+            two.record_failure(ip(30), carol, 1000).await.unwrap();
+        }
+        let counted = one.record_failure(ip(30), username_digest("dave"), 1000).await.unwrap();
+        assert_ne!(counted.captcha_demanded, Some(false), "the address has three");
+        assert!(two.needs_captcha(ip(30), None, 1000).await.unwrap());
+    }
+
     /// 16 takers at once over both instances: one gets the challenge; none after it expires.
     pub async fn a_challenge_is_taken_once_and_not_after_it_expires(one: &State, two: &State) {
         one.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
@@ -577,6 +600,12 @@ mod tests {
     async fn a_success_ends_its_check_retires_its_form_once_and_clears_the_username() {
         let s = state(3);
         conformance::a_success_ends_its_check_retires_its_form_and_clears_the_username(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right() {
+        let s = state(3);
+        conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&s, &s).await;
     }
 
     #[tokio::test]

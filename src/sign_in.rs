@@ -46,7 +46,7 @@ use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
 use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
-use crate::failures::CaptchaDemanded;
+use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions};
@@ -256,7 +256,7 @@ impl SignIn {
                     Some(r) => r.fail(now_ms()).await?,
                     None => self.state.record_failure(address, digest, now_ms()).await?,
                 };
-                return judged.refuse(reason, None, counted.reached_threshold).await;
+                return judged.refuse_counted(reason, counted).await;
             }
             Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => {
@@ -390,7 +390,7 @@ impl SignIn {
         match self.factors.verify(&user.key, &proof, now / 1000).await? {
             Verdict::Refused(reason) => {
                 let counted = reservation.fail(now_ms()).await?;
-                Ok(refused(judged.refuse(reason, None, counted.reached_threshold).await?))
+                Ok(refused(judged.refuse_counted(reason, counted).await?))
             }
             Verdict::Accepted(_) => {
                 // Single use: of two attempts that both got here, one goes on.
@@ -431,12 +431,31 @@ impl Judged<'_> {
         retry_after: Option<u64>,
         max_reached: bool,
     ) -> Result<Outcome, SignInError> {
+        self.refuse_with(reason, retry_after, max_reached, None).await
+    }
+
+    /// [`Judged::refuse`] for a failure the state has just counted (for this client's address
+    /// and this username), which may already say whether a captcha is now demanded.
+    async fn refuse_counted(&self, reason: FailureReason, counted: Recorded) -> Result<Outcome, SignInError> {
+        self.refuse_with(reason, None, counted.reached_threshold, counted.captcha_demanded).await
+    }
+
+    async fn refuse_with(
+        &self,
+        reason: FailureReason,
+        retry_after: Option<u64>,
+        max_reached: bool,
+        captcha_demanded: Option<bool>,
+    ) -> Result<Outcome, SignInError> {
         let s = self.service;
         s.audit
             .record_failure(self.username, self.client, reason, max_reached)
             .await
             .map_err(SignInError::RefusalUnrecorded)?;
-        let captcha_demanded = s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?;
+        let captcha_demanded = match captcha_demanded {
+            Some(known) => known,
+            None => s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?,
+        };
         Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
     }
 }

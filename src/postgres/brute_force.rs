@@ -353,6 +353,32 @@ pub async fn end_check(
     Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
 }
 
+/// Records a failed password check at `now_ms` (as [`fail_held`] when `held`, else as
+/// [`fail_check`] without a reservation) and says, in the same round trip
+/// (`bf_fail_counted`, migration 8), whether the threshold was reached from below and whether
+/// attempts from `address` or for `username` must now carry a captcha ([`needs_captcha`]).
+/// Synchronous: a failure is durable before it is reported.
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer.
+pub async fn fail_counted(
+    client: &Client,
+    address: &[u8],
+    username: &[u8],
+    held: bool,
+    now_ms: u64,
+    window_ms: u64,
+    threshold: u32,
+) -> Result<(bool, bool), PgError> {
+    let row = client
+        .query_one(
+            "SELECT reached, demanded FROM bf_fail_counted($1, $2, $3, $4, $5, $6)",
+            &[&address, &username, &held, &ms(now_ms), &ms(window_ms), &(threshold as i32)],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Whether attempts from `address` or for `username` must carry a captcha at `now_ms`
 /// (failures within the window plus checks in flight have reached `threshold`).
 ///

@@ -71,10 +71,7 @@ impl BruteForceState for PgBruteForce {
     }
 
     async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
-        let c = self.client().await?;
-        let (a, u) = (bf::address_key(reservation.address), username_bytes(reservation.username));
-        let reached = bf::fail_held(&c, &a, &u, now_ms, self.window_ms, self.threshold).await?;
-        Ok(Recorded { reached_threshold: reached })
+        self.failed(reservation.address, reservation.username, true, now_ms).await
     }
 
     async fn release(&self, reservation: Reservation) -> Result<(), StateError> {
@@ -82,10 +79,7 @@ impl BruteForceState for PgBruteForce {
     }
 
     async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
-        let c = self.client().await?;
-        let (a, u) = (bf::address_key(address), username_bytes(username));
-        let reached = bf::fail_check(&c, &a, &u, None, now_ms, self.window_ms, self.threshold).await?;
-        Ok(Recorded { reached_threshold: reached })
+        self.failed(address, username, false, now_ms).await
     }
 
     async fn needs_captcha(
@@ -173,6 +167,21 @@ impl BruteForceState for PgBruteForce {
 }
 
 impl PgBruteForce {
+    /// A failure of a reserved check (`held`) or of one without a reservation, with whether a
+    /// captcha is now demanded, in one round trip: the refusal that follows need not ask.
+    async fn failed(
+        &self,
+        address: AddressKey,
+        username: u128,
+        held: bool,
+        now_ms: u64,
+    ) -> Result<Recorded, StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(address), username_bytes(username));
+        let (reached, demanded) = bf::fail_counted(&c, &a, &u, held, now_ms, self.window_ms, self.threshold).await?;
+        Ok(Recorded { reached_threshold: reached, captcha_demanded: Some(demanded) })
+    }
+
     /// [`BruteForceState::reserve_for_form`] (with a pre-login id) or
     /// [`BruteForceState::reserve`] (without) in one round trip: `None` when the id is retired.
     async fn begin(

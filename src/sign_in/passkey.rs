@@ -127,7 +127,7 @@ impl SignIn {
             Err(e) => {
                 tracing::debug!(error = %e, "passkey refused");
                 let counted = self.state.record_failure(address, digest, now_ms()).await?;
-                return judged.refuse(FailureReason::BadPasskey, None, counted.reached_threshold).await;
+                return judged.refuse_counted(FailureReason::BadPasskey, counted).await;
             }
         };
         let user = match passkeys.user(&verified.user_key).await {
@@ -135,7 +135,7 @@ impl SignIn {
             Ok(found) => {
                 let reason = if found.is_some() { FailureReason::Disabled } else { FailureReason::UnknownUser };
                 let counted = self.state.record_failure(address, digest, now_ms()).await?;
-                return judged.refuse(reason, None, counted.reached_threshold).await;
+                return judged.refuse_counted(reason, counted).await;
             }
             Err(source) => return Err(SignInError::Store { what: "could not read the passkey's user", source }),
         };

@@ -46,6 +46,8 @@ async fn reservations_and_their_ends_commit_asynchronously_while_failures_and_se
     assert_eq!(commit_mode(&mut c, &fail).await, "on", "a failure of a reserved check");
     let fail = format!("SELECT bf_fail({a}, {u}, ARRAY[]::bigint[], 1000, 60000, 3)");
     assert_eq!(commit_mode(&mut c, &fail).await, "on", "a failure with a solved captcha");
+    let fail = format!("SELECT bf_fail_counted({a}, {u}, false, 1000, 60000, 3)");
+    assert_eq!(commit_mode(&mut c, &fail).await, "on", "a failure with the captcha demand");
     let start = r"SELECT session_start('\x01'::bytea, decode(repeat('ab', 32), 'hex'), 'alice', 1, 1, '192.0.2.1',
                                      'ua', 1::smallint, 64, 600000, 3600000, 1)";
     assert_eq!(commit_mode(&mut c, start).await, "on", "a session");

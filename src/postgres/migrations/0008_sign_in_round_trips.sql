@@ -1,5 +1,5 @@
 -- Schema v8: fewer statements, round trips and WAL flushes per sign-in (issue 12's targets:
--- on a small machine the database shares the cores with argon2). Three functions, each one
+-- on a small machine the database shares the cores with argon2). Four functions, each one
 -- round trip, for steps a sign-in always takes together; the functions they replace stay for
 -- the other callers (and for older binaries during a rolling upgrade).
 --
@@ -100,3 +100,26 @@ BEGIN
 END
 $$;
 
+
+-- A failed password check (bf_fail_held for a reserved one, `held`; bf_fail for one that ran
+-- with a solved captcha), and whether attempts from `address` or for `username` must now carry
+-- a captcha (failures and checks in flight at `now_ms` against `threshold`, as needs_captcha
+-- asks), in one round trip: the refusal that follows needs both. Synchronous, as every failure.
+CREATE FUNCTION bf_fail_counted(address bytea, username bytea, held boolean, now_ms bigint,
+                                window_ms bigint, threshold integer,
+                                OUT reached boolean, OUT demanded boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF held THEN
+        reached := bf_fail_held(address, username, now_ms, window_ms, threshold);
+    ELSE
+        reached := bf_fail(address, username, ARRAY[]::bigint[], now_ms, window_ms, threshold);
+    END IF;
+    SELECT count(*) FILTER (WHERE scope = 'address' AND key = address) >= threshold
+        OR count(*) FILTER (WHERE scope = 'username' AND key = username) >= threshold
+    INTO demanded
+    FROM bf_attempts
+    WHERE ((scope = 'address' AND key = address) OR (scope = 'username' AND key = username))
+      AND expires_at_ms > now_ms;
+END
+$$;
