@@ -78,8 +78,22 @@ impl Wait {
     }
 }
 
+/// A pre-login id to retire when a check succeeds: the form signs in once (see
+/// [`BruteForceState::retire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retire {
+    /// The pre-login value's id.
+    pub id: [u8; 16],
+    /// When the value would lapse anyway (Unix ms): the retirement is kept until then.
+    pub expires_at_ms: u64,
+}
+
 /// What must be shared between instances for the brute-force defences (module note). Every
 /// method may fail with [`StateError`], which callers answer with a 503.
+///
+/// The steps a sign-in always takes together also exist as one method each
+/// ([`BruteForceState::reserve_for_form`], [`BruteForceState::succeed`]): the defaults run the
+/// single steps in order; an engine across a network does each in one round trip.
 #[async_trait]
 pub trait BruteForceState: Send + Sync {
     /// Takes one unit of `rate` for `key` at `now_ms` (GCRA: a burst of `rate.burst`,
@@ -146,6 +160,49 @@ pub trait BruteForceState: Send + Sync {
     /// Forgets what has lapsed at `now_ms` (quota keys back at a full bucket, failures past
     /// the window, expired challenges and retired ids).
     async fn prune(&self, now_ms: u64) -> Result<(), StateError>;
+
+    /// The start of a password check sent with a form: `None` when the form's pre-login id
+    /// `prelogin` is retired (it signed someone in already: refuse as CSRF; nothing is
+    /// reserved), otherwise [`BruteForceState::reserve`]'s answer.
+    async fn reserve_for_form(
+        &self,
+        prelogin: [u8; 16],
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
+        if self.is_retired(prelogin).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.reserve(address, username, now_ms).await?))
+    }
+
+    /// The end of a check that did not fail, at `now_ms`: `reservation`'s place given back
+    /// (when there is one), the form's pre-login id retired (when `retire` is given; atomic as
+    /// [`BruteForceState::retire`]), then the failures of the username digest `clear` cleared
+    /// (when given; NIST SP 800-63B §5.2.2: a success resets the count). Returns `None` when
+    /// the id was already retired (the form signed in before: refuse as CSRF; nothing is
+    /// cleared), otherwise how many failures were cleared (0 without `clear`).
+    async fn succeed(
+        &self,
+        reservation: Option<Reservation>,
+        retire: Option<Retire>,
+        clear: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Option<usize>, StateError> {
+        if let Some(r) = reservation {
+            self.release(r).await?;
+        }
+        if let Some(Retire { id, expires_at_ms }) = retire {
+            if !self.retire(id, expires_at_ms, now_ms).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(match clear {
+            Some(username) => self.clear_username(username).await?,
+            None => 0,
+        }))
+    }
 }
 
 /// The brute-force state of one process, in memory. Bounded: every table has a hard cap
@@ -280,7 +337,7 @@ impl Held {
     pub async fn fail(mut self, now_ms: u64) -> Result<Recorded, StateError> {
         match self.reservation.take() {
             Some(r) => self.state.fail(r, now_ms).await,
-            None => Ok(Recorded { reached_threshold: false }),
+            None => Ok(Recorded { reached_threshold: false, captcha_demanded: None }),
         }
     }
 
@@ -293,6 +350,23 @@ impl Held {
             Some(r) => self.state.release(r).await,
             None => Ok(()),
         }
+    }
+}
+
+impl Held {
+    /// The check is over without a failure, and what a success does besides: see
+    /// [`BruteForceState::succeed`].
+    ///
+    /// # Errors
+    /// [`StateError`] from the state.
+    pub async fn succeed(
+        mut self,
+        retire: Option<Retire>,
+        clear: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Option<usize>, StateError> {
+        let reservation = self.reservation.take();
+        self.state.succeed(reservation, retire, clear, now_ms).await
     }
 }
 
@@ -408,6 +482,53 @@ pub mod conformance {
         assert!(!two.needs_captcha(ip(4), Some(bob), failed_at + 60_000).await.unwrap(), "past the window");
     }
 
+    /// With a threshold of 3: a success ends its check, retires its form once and clears the
+    /// username's failures, on every instance; a form once retired starts no check.
+    pub async fn a_success_ends_its_check_retires_its_form_and_clears_the_username(one: &State, two: &State) {
+        let alice = username_digest("alice");
+        two.record_failure(ip(9), alice, 1000).await.unwrap();
+        let r = one.reserve_for_form([3; 16], ip(1), alice, 1000).await.unwrap().expect("not retired").unwrap();
+        let retire = Retire { id: [3; 16], expires_at_ms: 10_000 };
+        assert_eq!(two.succeed(Some(r), Some(retire), Some(alice), 1001).await.unwrap(), Some(1), "one cleared");
+        assert!(one.reserve_for_form([3; 16], ip(1), alice, 1002).await.unwrap().is_none(), "the form is retired");
+        assert!(two.is_retired([3; 16]).await.unwrap());
+        assert_eq!(one.succeed(None, Some(retire), Some(alice), 1002).await.unwrap(), None, "retired once");
+        // Neither the failure nor the check is counted any more: three places are free.
+        let mut held = Vec::new();
+        for i in 0..3 {
+            let r = two.reserve_for_form([10 + i; 16], ip(2), alice, 1003).await.unwrap().unwrap();
+            held.push(r.expect("a free place"));
+        }
+        assert!(one.reserve(ip(3), alice, 1003).await.unwrap().is_err(), "the threshold still holds");
+        for r in held {
+            assert_eq!(one.succeed(Some(r), None, None, 1004).await.unwrap(), Some(0), "a bare release");
+        }
+        assert!(!two.needs_captcha(ip(2), Some(alice), 1004).await.unwrap(), "every place given back");
+    }
+
+    /// With a threshold of 3: where a failure says whether a captcha is now demanded, it says
+    /// what [`BruteForceState::needs_captcha`] would, with or without a reservation.
+    pub async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(one: &State, two: &State) {
+        let bob = username_digest("bob");
+        for i in 0..4u8 {
+            let counted = match one.reserve(ip(20 + i), bob, 1000).await.unwrap() {
+                Ok(r) => two.fail(r, 1000).await.unwrap(),
+                Err(CaptchaDemanded) => two.record_failure(ip(20 + i), bob, 1000).await.unwrap(),
+            };
+            let asked = one.needs_captcha(ip(20 + i), Some(bob), 1000).await.unwrap();
+            assert_eq!(counted.captcha_demanded.unwrap_or(asked), asked, "after failure {i}");
+            assert_eq!(asked, i >= 2, "the third failure reaches the threshold");
+        }
+        // An address at the threshold demands one, whichever username.
+        let carol = username_digest("carol");
+        for _ in 0..2 {
+            two.record_failure(ip(30), carol, 1000).await.unwrap();
+        }
+        let counted = one.record_failure(ip(30), username_digest("dave"), 1000).await.unwrap();
+        assert_ne!(counted.captcha_demanded, Some(false), "the address has three");
+        assert!(two.needs_captcha(ip(30), None, 1000).await.unwrap());
+    }
+
     /// 16 takers at once over both instances: one gets the challenge; none after it expires.
     pub async fn a_challenge_is_taken_once_and_not_after_it_expires(one: &State, two: &State) {
         one.open_challenge([1; 32], [7; 32], 5000, 1000).await.unwrap();
@@ -473,6 +594,18 @@ mod tests {
     async fn a_reservation_whose_release_never_comes_stops_counting_after_its_lifetime() {
         let s = state(1);
         conformance::a_stranded_reservation_stops_counting_after_its_lifetime(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_success_ends_its_check_retires_its_form_once_and_clears_the_username() {
+        let s = state(3);
+        conformance::a_success_ends_its_check_retires_its_form_and_clears_the_username(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right() {
+        let s = state(3);
+        conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&s, &s).await;
     }
 
     #[tokio::test]

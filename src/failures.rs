@@ -184,6 +184,10 @@ pub struct Recorded {
     /// This failure made a count reach the threshold (OWASP `authn_login_fail_max`); true
     /// for exactly one failure per crossing.
     pub reached_threshold: bool,
+    /// Whether attempts from this address or for this username must now carry a captcha
+    /// ([`crate::brute_force::BruteForceState::needs_captcha`] right after this failure), when
+    /// the state learned it in the same step; `None`: ask it.
+    pub captcha_demanded: Option<bool>,
 }
 
 /// The address or the username has reached the threshold (failures and checks in flight
@@ -286,7 +290,7 @@ impl FailureTracker {
         Self::unhold(&mut tables, &r);
         let a = tables.by_address.add(&r.address, at, self.threshold);
         let u = r.username_held && tables.by_username.add(&r.username, at, self.threshold);
-        Recorded { reached_threshold: a || u }
+        Recorded { reached_threshold: a || u, captcha_demanded: None }
     }
 
     /// Counts a failed password check that ran without a reservation (its captcha was
@@ -301,7 +305,7 @@ impl FailureTracker {
         let mut tables = self.lock();
         let a = tables.by_address.add(&address, at, self.threshold);
         let u = tables.by_username.add(&username, at, self.threshold);
-        Recorded { reached_threshold: a || u }
+        Recorded { reached_threshold: a || u, captcha_demanded: None }
     }
 
     /// Whether attempts from this address, or for this username (a [`username_digest`]) when

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, Factors, Session, Store, StoreError, StoredSession, TokenHash, User};
+use crate::store::{now_ms, Factors, Session, SessionCap, Store, StoreError, StoredSession, TokenHash, User};
 
 /// The session cookie. `__Host-` makes browsers refuse it unless it is Secure, has Path=/
 /// and no Domain, so a sibling subdomain cannot plant or overwrite it.
@@ -90,6 +90,27 @@ impl Sessions {
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
+        self.create_in_place_of(None, user_key, factors, ip, user_agent).await
+    }
+
+    /// As [`Sessions::create`], ending `previous` (the browser's session before a sign-in,
+    /// whoever's: session fixation, OWASP ASVS 3.2.1) in the same durable step.
+    ///
+    /// Keeps at most [`MAX_SESSIONS_PER_USER`] sessions per user, ending the least recently
+    /// used (expired ones first), so one account's state, and its home page, stay small; safe
+    /// when sign-ins race ([`crate::store::SessionStore::start`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write (nothing of it happened then, or the
+    /// previous session alone ended) or the random source fails.
+    pub async fn create_in_place_of(
+        &self,
+        previous: Option<&TokenHash>,
+        user_key: &str,
+        factors: Factors,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Result<SessionToken, StoreError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let record = Session {
@@ -100,28 +121,17 @@ impl Sessions {
             user_agent: user_agent.chars().take(200).collect(),
             factors,
         };
-        self.store.sessions.insert(&token.hash(), &record).await?;
-        self.enforce_limit(user_key).await?;
+        self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
         Ok(token)
     }
 
-    /// Keeps at most [`MAX_SESSIONS_PER_USER`] sessions per user, ending the least recently
-    /// used (expired ones first), so one account's state, and its home page, stay small.
-    ///
-    /// Safe without a lock when sign-ins race: every caller sorts the same index in the same
-    /// order (ties keep the index's order) and ends a prefix of it, so together they end
-    /// exactly the oldest ones past the cap, and the last to look sees every new session.
-    async fn enforce_limit(&self, user_key: &str) -> Result<(), StoreError> {
-        let mut sessions = self.store.sessions.times_for_user(user_key).await?;
-        if sessions.len() <= MAX_SESSIONS_PER_USER {
-            return Ok(());
+    /// The per-user cap with this service's timeouts.
+    fn cap(&self) -> SessionCap {
+        SessionCap {
+            max_per_user: MAX_SESSIONS_PER_USER,
+            idle_ms: self.idle.as_millis() as u64,
+            absolute_ms: self.absolute.as_millis() as u64,
         }
-        let now = now_ms();
-        sessions.sort_by_key(|s| (!self.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
-        for s in &sessions[..sessions.len() - MAX_SESSIONS_PER_USER] {
-            self.store.sessions.delete(&s.token_hash).await?;
-        }
-        Ok(())
     }
 
     /// Whether a record has passed either timeout at `now`.
@@ -130,8 +140,7 @@ impl Sessions {
     }
 
     fn has_expired(&self, created_at: u64, last_seen_at: u64, now: u64) -> bool {
-        now.saturating_sub(last_seen_at) >= self.idle.as_millis() as u64
-            || now.saturating_sub(created_at) >= self.absolute.as_millis() as u64
+        self.cap().has_expired(created_at, last_seen_at, now)
     }
 
     /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted

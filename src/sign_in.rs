@@ -39,14 +39,14 @@ use std::sync::Arc;
 
 use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
 use crate::authentication::{AuthError, Authenticator};
-use crate::brute_force::{BruteForceState, Held, QuotaKey, StateError};
+use crate::brute_force::{BruteForceState, Held, QuotaKey, Retire, StateError};
 use crate::captcha::Captchas;
 use crate::config::Rate;
 use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
 use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
-use crate::failures::CaptchaDemanded;
+use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions};
@@ -210,17 +210,20 @@ impl SignIn {
             }
         }
 
-        let prelogin = match prelogin.and_then(|v| self.csrf.prelogin(v, now / 1000)) {
-            Some(pre) if !self.state.is_retired(pre.id()).await? => Some(pre),
-            _ => None,
+        // The signature and the token's binding first (no state needed); whether the value
+        // was retired comes with the reservation, in one step of the state.
+        let prelogin = prelogin
+            .and_then(|v| self.csrf.prelogin(v, now / 1000))
+            .filter(|pre| self.csrf.check_login(pre.value(), csrf, now / 1000));
+        let Some(prelogin) = prelogin else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let csrf_ok = prelogin.as_ref().is_some_and(|pre| self.csrf.check_login(pre.value(), csrf, now / 1000));
-        let Some(prelogin) = prelogin.filter(|_| csrf_ok) else {
+        let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, now).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
 
         // Held until the password is judged: given back on any other way out.
-        let reservation = match self.state.reserve(address, digest, now).await? {
+        let reservation = match reserved {
             Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
             Err(CaptchaDemanded) => {
                 let refused = if captcha.trim().is_empty() {
@@ -253,7 +256,7 @@ impl SignIn {
                     Some(r) => r.fail(now_ms()).await?,
                     None => self.state.record_failure(address, digest, now_ms()).await?,
                 };
-                return judged.refuse(reason, None, counted.reached_threshold).await;
+                return judged.refuse_counted(reason, counted).await;
             }
             Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => {
@@ -261,19 +264,25 @@ impl SignIn {
             }
             Err(AuthError::Unexpected(e)) => return Err(SignInError::Unexpected(e)),
         };
-        if let Some(r) = reservation {
-            r.release().await?;
-        }
-        // The form signs in once: retired before the session exists, and of two sign-ins sent
-        // with one form at once only the first to get here goes on.
-        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
-            return judged.refuse(FailureReason::Csrf, None, false).await;
-        }
         let factors = self
             .factors
             .summary(&user.key)
             .await
             .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
+        // One step of the state: the check's place given back; the form retired (it signs in
+        // once: retired before the session exists, and of two sign-ins sent with one form at
+        // once only the first to get here goes on); and, for a user who is signed in by the
+        // password alone, the username's failures cleared (with a second factor owed they stay
+        // counted until it is given).
+        let retire = Retire { id: prelogin.id(), expires_at_ms: prelogin.expires_at().saturating_mul(1000) };
+        let clear = (!factors.has_second_factor()).then(|| username_digest(&user.key));
+        let ended = match reservation {
+            Some(r) => r.succeed(Some(retire), clear, now_ms()).await?,
+            None => self.state.succeed(None, Some(retire), clear, now_ms()).await?,
+        };
+        let Some(after_failures) = ended else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
         if factors.has_second_factor() {
             // The password alone proves one factor: no session, and the failures stay counted.
             let pending = self
@@ -283,31 +292,27 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not start a two-step sign-in", source })?;
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
-        let token = self.complete(&user, Factors::One, client, previous_session.as_ref()).await?;
+        let token = self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures).await?;
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin) })
     }
 
-    /// The end of every sign-in: the username's failures cleared, the browser's previous
-    /// session ended and a new one made with `factors`, the success recorded (a success that
-    /// cannot be recorded does not happen).
+    /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
+    /// how many there were): the browser's previous session ended and a new one made with
+    /// `factors` in one durable step, the success recorded (a success that cannot be recorded
+    /// does not happen).
     async fn complete(
         &self,
         user: &crate::store::User,
         factors: Factors,
         client: &Client,
         previous_session: Option<&SessionToken>,
+        after_failures: usize,
     ) -> Result<SessionToken, SignInError> {
-        let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
-
         // Session fixation: whatever session this browser had is ended, and a new token issued.
-        if let Some(old) = previous_session {
-            if let Err(source) = self.sessions.end(&old.hash()).await {
-                return Err(SignInError::Store { what: "could not end the previous session", source });
-            }
-        }
+        let previous = previous_session.map(SessionToken::hash);
         let token = self
             .sessions
-            .create(&user.key, factors, client.ip, &client.user_agent)
+            .create_in_place_of(previous.as_ref(), &user.key, factors, client.ip, &client.user_agent)
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
@@ -385,20 +390,25 @@ impl SignIn {
         match self.factors.verify(&user.key, &proof, now / 1000).await? {
             Verdict::Refused(reason) => {
                 let counted = reservation.fail(now_ms()).await?;
-                Ok(refused(judged.refuse(reason, None, counted.reached_threshold).await?))
+                Ok(refused(judged.refuse_counted(reason, counted).await?))
             }
             Verdict::Accepted(_) => {
-                reservation.release().await?;
                 // Single use: of two attempts that both got here, one goes on.
                 let Some(pending) =
                     self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
                 else {
+                    reservation.release().await?;
                     return Ok(StepOutcome::Restart);
                 };
                 if !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
+                    reservation.release().await?;
                     return Ok(StepOutcome::Restart);
                 }
-                let token = self.complete(&pending.2, Factors::Two, client, previous_session.as_ref()).await?;
+                // The check's place given back and the username's failures cleared, in one step.
+                let cleared = reservation.succeed(None, Some(username_digest(&pending.2.key)), now_ms()).await?;
+                let after_failures = cleared.unwrap_or(0);
+                let token =
+                    self.complete(&pending.2, Factors::Two, client, previous_session.as_ref(), after_failures).await?;
                 Ok(StepOutcome::SignedIn { token, next: pending.1.next })
             }
         }
@@ -421,12 +431,31 @@ impl Judged<'_> {
         retry_after: Option<u64>,
         max_reached: bool,
     ) -> Result<Outcome, SignInError> {
+        self.refuse_with(reason, retry_after, max_reached, None).await
+    }
+
+    /// [`Judged::refuse`] for a failure the state has just counted (for this client's address
+    /// and this username), which may already say whether a captcha is now demanded.
+    async fn refuse_counted(&self, reason: FailureReason, counted: Recorded) -> Result<Outcome, SignInError> {
+        self.refuse_with(reason, None, counted.reached_threshold, counted.captcha_demanded).await
+    }
+
+    async fn refuse_with(
+        &self,
+        reason: FailureReason,
+        retry_after: Option<u64>,
+        max_reached: bool,
+        captcha_demanded: Option<bool>,
+    ) -> Result<Outcome, SignInError> {
         let s = self.service;
         s.audit
             .record_failure(self.username, self.client, reason, max_reached)
             .await
             .map_err(SignInError::RefusalUnrecorded)?;
-        let captcha_demanded = s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?;
+        let captcha_demanded = match captcha_demanded {
+            Some(known) => known,
+            None => s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?,
+        };
         Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
     }
 }

@@ -179,8 +179,7 @@ impl UserAdmin {
     /// The user's second factors (what `user factors` prints), with the stored name.
     pub async fn factors(&self, name: &str) -> Result<(String, FactorSummary), UserError> {
         let (username, record) = self.existing(name).await?;
-        let mut summary = self.store.factors.summary(username.key()).await?;
-        summary.passkeys = self.store.passkeys.passkeys_of(username.key()).await?.len();
+        let summary = self.store.factors.summary(username.key()).await?;
         Ok((record.display_name, summary))
     }
 

@@ -127,9 +127,7 @@ impl SecondFactors {
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
     pub async fn summary(&self, user_key: &str) -> Result<FactorSummary, StoreError> {
-        let mut summary = self.store.factors.summary(user_key).await?;
-        summary.passkeys = self.store.passkeys.passkeys_of(user_key).await?.len();
-        Ok(summary)
+        self.store.factors.summary(user_key).await
     }
 
     /// Checks `proof` for `user_key` at `now_secs` and uses it up when accepted (a TOTP step

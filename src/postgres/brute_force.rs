@@ -2,7 +2,9 @@
 //! database (SPEC.md, "Several instances, one truth"): the GCRA quotas, the failure counts
 //! that demand a captcha with their reservations, open captcha challenges, and retired
 //! pre-login ids. Each operation is one statement (one round trip); where atomicity spans
-//! two keys it is a function in the schema (`bf_reserve`, `bf_fail`, migration 1).
+//! two keys it is a function in the schema (`bf_reserve`, `bf_fail`, migration 1), and so are
+//! the steps a sign-in always takes together (`bf_begin_check`, `bf_end_check`, migration 8,
+//! whose commits do not wait for the WAL flush: it says why).
 //!
 //! Times are Unix milliseconds passed in by the caller (`now_ms`), never the database's
 //! clock, so the same rules hold as in memory and tests can move time. Keys are bytes: the
@@ -278,6 +280,103 @@ pub async fn fail_held(
 pub async fn release_held(client: &Client, address: &[u8], username: &[u8]) -> Result<(), PgError> {
     client.execute("SELECT bf_release_held($1, $2)", &[&address, &username]).await?;
     Ok(())
+}
+
+/// What [`begin_check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begun {
+    /// The form's pre-login id is retired: nothing was reserved.
+    Retired,
+    /// A captcha is demanded: nothing was reserved.
+    CaptchaDemanded,
+    /// A place was reserved for `address` and `username` (ended by key: [`fail_held`],
+    /// [`end_check`]).
+    Reserved,
+}
+
+/// The start of a password check in one round trip (`bf_begin_check`, migration 8): whether
+/// the form's pre-login id `prelogin` (if any) is retired, and if not, [`reserve_check`]'s
+/// test and reservation. A reservation commits without waiting for the WAL flush: it guards
+/// only against concurrent attempts, which a crash ends too (the migration says why; a
+/// failure is always flushed).
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer.
+pub async fn begin_check(
+    client: &Client,
+    prelogin: Option<&[u8; 16]>,
+    address: &[u8],
+    username: &[u8],
+    now_ms: u64,
+    threshold: u32,
+) -> Result<Begun, PgError> {
+    let prelogin = prelogin.map(|id| &id[..]);
+    let row = client
+        .query_one(
+            "SELECT bf_begin_check($1, $2, $3, $4, $5, $6)",
+            &[&prelogin, &address, &username, &ms(now_ms), &(threshold as i32), &ms(RESERVATION_HOLD_MS)],
+        )
+        .await?;
+    Ok(match row.get::<_, i16>(0) {
+        0 => Begun::Retired,
+        1 => Begun::CaptchaDemanded,
+        _ => Begun::Reserved,
+    })
+}
+
+/// The end of a password check that did not fail, in one round trip (`bf_end_check`,
+/// migration 8): the place held for `held` (address and username keys; `None`: no
+/// reservation) given back, the pre-login id `retire` (with when it lapses, Unix ms) retired,
+/// and the failures of the username key `clear` forgotten, each when given. `None` when the id
+/// was already retired (nothing cleared then), otherwise how many failures were cleared.
+/// Commits without waiting for the WAL flush: a sign-in that reports success has flushed it
+/// since (its session); see the migration.
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer (a reservation then lapses after
+/// [`RESERVATION_HOLD_MS`]).
+pub async fn end_check(
+    client: &Client,
+    held: Option<(&[u8], &[u8])>,
+    retire: Option<(&[u8; 16], u64)>,
+    clear: Option<&[u8]>,
+    now_ms: u64,
+) -> Result<Option<u64>, PgError> {
+    let (address, username) = (held.map(|h| h.0), held.map(|h| h.1));
+    let (id, expires) = (retire.map(|r| &r.0[..]), retire.map(|r| ms(r.1)));
+    let row = client
+        .query_one(
+            "SELECT bf_end_check($1, $2, $3, $4, $5, $6)",
+            &[&address, &username, &id, &expires, &clear, &ms(now_ms)],
+        )
+        .await?;
+    Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
+}
+
+/// Records a failed password check at `now_ms` (as [`fail_held`] when `held`, else as
+/// [`fail_check`] without a reservation) and says, in the same round trip
+/// (`bf_fail_counted`, migration 8), whether the threshold was reached from below and whether
+/// attempts from `address` or for `username` must now carry a captcha ([`needs_captcha`]).
+/// Synchronous: a failure is durable before it is reported.
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer.
+pub async fn fail_counted(
+    client: &Client,
+    address: &[u8],
+    username: &[u8],
+    held: bool,
+    now_ms: u64,
+    window_ms: u64,
+    threshold: u32,
+) -> Result<(bool, bool), PgError> {
+    let row = client
+        .query_one(
+            "SELECT reached, demanded FROM bf_fail_counted($1, $2, $3, $4, $5, $6)",
+            &[&address, &username, &held, &ms(now_ms), &ms(window_ms), &(threshold as i32)],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Whether attempts from `address` or for `username` must carry a captcha at `now_ms`

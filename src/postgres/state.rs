@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 
 use super::brute_force as bf;
 use super::PgError;
-use crate::brute_force::{BruteForceState, QuotaKey, StateError, Wait};
+use crate::brute_force::{BruteForceState, QuotaKey, Retire, StateError, Wait};
 use crate::client::AddressKey;
 use crate::config::Rate;
 use crate::failures::{CaptchaDemanded, Recorded, Reservation};
@@ -67,34 +67,19 @@ impl BruteForceState for PgBruteForce {
         username: u128,
         now_ms: u64,
     ) -> Result<Result<Reservation, CaptchaDemanded>, StateError> {
-        let c = self.client().await?;
-        let held =
-            bf::reserve_check(&c, &bf::address_key(address), &username_bytes(username), now_ms, self.threshold).await?;
-        // The rows are found again by their keys when the reservation ends (`bf_take_held`).
-        Ok(match held {
-            Some(_rows) => Ok(Reservation { address, username, address_held: true, username_held: true }),
-            None => Err(CaptchaDemanded),
-        })
+        Ok(self.begin(None, address, username, now_ms).await?.unwrap_or(Err(CaptchaDemanded)))
     }
 
     async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
-        let c = self.client().await?;
-        let (a, u) = (bf::address_key(reservation.address), username_bytes(reservation.username));
-        let reached = bf::fail_held(&c, &a, &u, now_ms, self.window_ms, self.threshold).await?;
-        Ok(Recorded { reached_threshold: reached })
+        self.failed(reservation.address, reservation.username, true, now_ms).await
     }
 
     async fn release(&self, reservation: Reservation) -> Result<(), StateError> {
-        let c = self.client().await?;
-        let (a, u) = (bf::address_key(reservation.address), username_bytes(reservation.username));
-        Ok(bf::release_held(&c, &a, &u).await?)
+        self.succeed(Some(reservation), None, None, 0).await.map(|_| ())
     }
 
     async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
-        let c = self.client().await?;
-        let (a, u) = (bf::address_key(address), username_bytes(username));
-        let reached = bf::fail_check(&c, &a, &u, None, now_ms, self.window_ms, self.threshold).await?;
-        Ok(Recorded { reached_threshold: reached })
+        self.failed(address, username, false, now_ms).await
     }
 
     async fn needs_captcha(
@@ -147,5 +132,72 @@ impl BruteForceState for PgBruteForce {
         let c = self.client().await?;
         bf::purge_expired(&c, now_ms).await?;
         Ok(())
+    }
+
+    async fn reserve_for_form(
+        &self,
+        prelogin: [u8; 16],
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
+        self.begin(Some(&prelogin), address, username, now_ms).await
+    }
+
+    async fn succeed(
+        &self,
+        reservation: Option<Reservation>,
+        retire: Option<Retire>,
+        clear: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Option<usize>, StateError> {
+        let c = self.client().await?;
+        let held = reservation.map(|r| (bf::address_key(r.address), username_bytes(r.username)));
+        let clear = clear.map(username_bytes);
+        let cleared = bf::end_check(
+            &c,
+            held.as_ref().map(|(a, u)| (&a[..], &u[..])),
+            retire.as_ref().map(|r| (&r.id, r.expires_at_ms)),
+            clear.as_deref(),
+            now_ms,
+        )
+        .await?;
+        Ok(cleared.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+    }
+}
+
+impl PgBruteForce {
+    /// A failure of a reserved check (`held`) or of one without a reservation, with whether a
+    /// captcha is now demanded, in one round trip: the refusal that follows need not ask.
+    async fn failed(
+        &self,
+        address: AddressKey,
+        username: u128,
+        held: bool,
+        now_ms: u64,
+    ) -> Result<Recorded, StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(address), username_bytes(username));
+        let (reached, demanded) = bf::fail_counted(&c, &a, &u, held, now_ms, self.window_ms, self.threshold).await?;
+        Ok(Recorded { reached_threshold: reached, captcha_demanded: Some(demanded) })
+    }
+
+    /// [`BruteForceState::reserve_for_form`] (with a pre-login id) or
+    /// [`BruteForceState::reserve`] (without) in one round trip: `None` when the id is retired.
+    async fn begin(
+        &self,
+        prelogin: Option<&[u8; 16]>,
+        address: AddressKey,
+        username: u128,
+        now_ms: u64,
+    ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
+        let c = self.client().await?;
+        let (a, u) = (bf::address_key(address), username_bytes(username));
+        Ok(match bf::begin_check(&c, prelogin, &a, &u, now_ms, self.threshold).await? {
+            bf::Begun::Retired => None,
+            bf::Begun::CaptchaDemanded => Some(Err(CaptchaDemanded)),
+            // The rows are found again by their keys when the reservation ends (`bf_take_held`).
+            bf::Begun::Reserved => Some(Ok(Reservation { address, username, address_held: true, username_held: true })),
+        })
     }
 }

@@ -12,7 +12,7 @@
 
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{AuthEvent, Client, FailureReason};
-use crate::brute_force::QuotaKey;
+use crate::brute_force::{QuotaKey, Retire};
 use crate::passkeys::{Begun, PasskeyError, Passkeys};
 use crate::rate_limit::username_digest;
 use crate::session::SessionToken;
@@ -127,7 +127,7 @@ impl SignIn {
             Err(e) => {
                 tracing::debug!(error = %e, "passkey refused");
                 let counted = self.state.record_failure(address, digest, now_ms()).await?;
-                return judged.refuse(FailureReason::BadPasskey, None, counted.reached_threshold).await;
+                return judged.refuse_counted(FailureReason::BadPasskey, counted).await;
             }
         };
         let user = match passkeys.user(&verified.user_key).await {
@@ -135,23 +135,22 @@ impl SignIn {
             Ok(found) => {
                 let reason = if found.is_some() { FailureReason::Disabled } else { FailureReason::UnknownUser };
                 let counted = self.state.record_failure(address, digest, now_ms()).await?;
-                return judged.refuse(reason, None, counted.reached_threshold).await;
+                return judged.refuse_counted(reason, counted).await;
             }
             Err(source) => return Err(SignInError::Store { what: "could not read the passkey's user", source }),
         };
-        // The form signs in once, as for a password.
-        if !self.state.retire(prelogin.id(), prelogin.expires_at().saturating_mul(1000), now_ms()).await? {
+        // The form signs in once, as for a password, and the username's failures are
+        // cleared, in one step of the state.
+        let retire = Retire { id: prelogin.id(), expires_at_ms: prelogin.expires_at().saturating_mul(1000) };
+        let ended = self.state.succeed(None, Some(retire), Some(username_digest(&user.key)), now_ms()).await?;
+        let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
-        }
-        let after_failures = self.state.clear_username(username_digest(&user.key)).await?;
-        if let Some(old) = &a.previous_session {
-            if let Err(source) = self.sessions.end(&old.hash()).await {
-                return Err(SignInError::Store { what: "could not end the previous session", source });
-            }
-        }
+        };
+        // Session fixation: the previous session ends with the new one's start.
+        let previous = a.previous_session.as_ref().map(SessionToken::hash);
         let token = self
             .sessions
-            .create(&user.key, Factors::Two, a.client.ip, &a.client.user_agent)
+            .create_in_place_of(previous.as_ref(), &user.key, Factors::Two, a.client.ip, &a.client.user_agent)
             .await
             .map_err(|source: StoreError| SignInError::Store { what: "could not create a session", source })?;
         if let Err(e) = self.audit.record_checked(&AuthEvent::PasskeyLoginSucceeded {

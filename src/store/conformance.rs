@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use super::copy::{copy, Copied, CopyError};
 use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
 use super::{
-    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, Store, StoreError,
-    TotpFactor, User, UserFactors,
+    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, SessionCap, Store,
+    StoreError, TotpFactor, User, UserFactors,
 };
 use crate::audit::FailureReason;
 
@@ -83,6 +83,8 @@ pub async fn run(harness: &mut dyn Harness) {
     concurrent_updates_lose_nothing(&harness.fresh().await).await;
     the_most_common_hash_kind_is_found(&harness.fresh().await).await;
     sessions_round_trip_and_expire(&harness.fresh().await).await;
+    a_session_starts_in_place_of_the_previous_one_within_the_cap(&harness.fresh().await).await;
+    simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
@@ -144,6 +146,9 @@ async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
     );
     let ids: Vec<Vec<u8>> = p.passkeys_of("alice").await.unwrap().into_iter().map(|k| k.id).collect();
     assert_eq!(ids, [b"k1".to_vec(), b"k2".to_vec()], "passkeys: a user's list, oldest first");
+    let summary = store.factors.summary("alice").await.unwrap();
+    assert_eq!(summary, FactorSummary { totp: false, recovery_codes: 0, passkeys: 2 }, "factors: passkeys count");
+    assert!(summary.has_second_factor(), "factors: a passkey is a second factor");
     assert_eq!(p.passkey(b"k1").await.unwrap(), Some(passkey(b"k1", "alice", 10)), "passkeys: get by id");
     assert!(!p.rename_passkey("bob", b"k1", "mine").await.unwrap(), "passkeys: another user cannot rename it");
     assert!(p.rename_passkey("alice", b"k1", "laptop").await.unwrap(), "passkeys: rename");
@@ -409,6 +414,58 @@ async fn sessions_round_trip_and_expire(store: &Store) {
     }
     assert_eq!(alive, [false, true, false, true]);
     assert_eq!(s.list_for_user("carol").await.unwrap().len(), 1, "sessions: purge cleans the user index");
+}
+
+/// Starting a session ends the previous one (whoever's it was) and keeps the owner within the
+/// cap: expired sessions go first, then the least recently used; other users' stay.
+async fn a_session_starts_in_place_of_the_previous_one_within_the_cap(store: &Store) {
+    let s = &store.sessions;
+    // Idle 1 s, absolute 10 s, at most 3 each.
+    let cap = SessionCap { max_per_user: 3, idle_ms: 1000, absolute_ms: 10_000 };
+    s.insert(&[1; 32], &session("bob", 1000, 1000)).await.unwrap();
+    s.start(Some(&[1; 32]), &[2; 32], &session("alice", 20_000, 20_000), cap, 20_000).await.unwrap();
+    assert!(s.get(&[1; 32]).await.unwrap().is_none(), "sessions: start ends the previous session");
+    assert_eq!(s.get(&[2; 32]).await.unwrap(), Some(session("alice", 20_000, 20_000)), "sessions: start stores");
+    s.start(Some(&[9; 32]), &[3; 32], &session("alice", 20_100, 20_100), cap, 20_100).await.unwrap();
+    // [4]: seen last of all, but past the absolute timeout: it goes before any live one.
+    s.insert(&[4; 32], &session("alice", 1, 20_150)).await.unwrap();
+    s.insert(&[8; 32], &session("carol", 1, 1)).await.unwrap();
+    s.start(None, &[5; 32], &session("alice", 20_200, 20_200), cap, 20_200).await.unwrap();
+    let mut kept: Vec<u8> = s.times_for_user("alice").await.unwrap().iter().map(|t| t.token_hash[0]).collect();
+    kept.sort();
+    assert_eq!(kept, [2, 3, 5], "sessions: past the cap an expired session goes first");
+    s.start(None, &[6; 32], &session("alice", 20_300, 20_300), cap, 20_300).await.unwrap();
+    let mut kept: Vec<u8> = s.times_for_user("alice").await.unwrap().iter().map(|t| t.token_hash[0]).collect();
+    kept.sort();
+    assert_eq!(kept, [3, 5, 6], "sessions: then the least recently used");
+    assert!(s.get(&[8; 32]).await.unwrap().is_some(), "sessions: another user's sessions are not counted or ended");
+}
+
+/// 12 sign-ins of one user at once, at a cap of 16 over 8 older sessions: exactly the 4
+/// oldest go, never one just started (issue 10's race, on every engine).
+async fn simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(store: &Store) {
+    let cap = SessionCap { max_per_user: 16, idle_ms: 600_000, absolute_ms: 3_600_000 };
+    for i in 0..8u8 {
+        let t = 1000 + u64::from(i);
+        store.sessions.start(None, &[i; 32], &session("alice", t, t), cap, t).await.unwrap();
+    }
+    let starts: Vec<_> = (0..12u8)
+        .map(|i| {
+            let sessions = std::sync::Arc::clone(&store.sessions);
+            tokio::spawn(async move {
+                let hash = [100 + i; 32];
+                sessions.start(None, &hash, &session("alice", 5000, 5000), cap, 5000).await.unwrap();
+            })
+        })
+        .collect();
+    for t in starts {
+        t.await.unwrap();
+    }
+    let mut kept: Vec<u8> =
+        store.sessions.times_for_user("alice").await.unwrap().iter().map(|t| t.token_hash[0]).collect();
+    kept.sort();
+    let want: Vec<u8> = (4..8).chain(100..112).collect();
+    assert_eq!(kept, want, "sessions: simultaneous starts end the oldest past the cap, no more and no fewer");
 }
 
 async fn failures_query_and_page_without_gaps_or_repeats(store: &Store) {

@@ -168,6 +168,25 @@ pub struct SessionTimes {
     pub last_seen_at: u64,
 }
 
+/// How many sessions one user may have, and the timeouts that say which go first past that
+/// (all milliseconds): see [`SessionStore::start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionCap {
+    pub max_per_user: usize,
+    /// `session_idle_timeout`.
+    pub idle_ms: u64,
+    /// `session_absolute_timeout`.
+    pub absolute_ms: u64,
+}
+
+impl SessionCap {
+    /// Whether a session made at `created_at` and last seen at `last_seen_at` has passed
+    /// either timeout at `now` (all Unix ms).
+    pub fn has_expired(&self, created_at: u64, last_seen_at: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen_at) >= self.idle_ms || now.saturating_sub(created_at) >= self.absolute_ms
+    }
+}
+
 /// A failed or refused login attempt, as kept in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -363,6 +382,38 @@ pub trait SessionStore: Send + Sync {
     async fn export(&self, after: Option<&TokenHash>, limit: usize) -> Result<Vec<StoredSession>>;
     /// Stores exported sessions as they are (times and factors included), durably.
     async fn import(&self, sessions: &[StoredSession]) -> Result<()>;
+
+    /// Starts a session, durably, as a sign-in does: `previous` (the browser's session before
+    /// it, whoever's, if any) removed (session fixation, OWASP ASVS 3.2.1), `session` stored
+    /// under `token_hash`, then the owner's sessions beyond `cap.max_per_user` removed,
+    /// expired ones (at `now`, Unix ms) first, then the least recently used. Sign-ins of one
+    /// user racing each other together remove exactly the sessions past the cap, never one
+    /// just started. The default runs the single steps (safe without a lock: every caller
+    /// sorts the same index in the same order, ties keeping the index's order, and removes a
+    /// prefix of it, and the last to look sees every new session); an engine across a network
+    /// does it in one round trip and one commit.
+    async fn start(
+        &self,
+        previous: Option<&TokenHash>,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: SessionCap,
+        now: u64,
+    ) -> Result<()> {
+        if let Some(old) = previous {
+            self.delete(old).await?;
+        }
+        self.insert(token_hash, session).await?;
+        let mut sessions = self.times_for_user(&session.user_key).await?;
+        if sessions.len() <= cap.max_per_user {
+            return Ok(());
+        }
+        sessions.sort_by_key(|s| (!cap.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
+        for s in &sessions[..sessions.len() - cap.max_per_user] {
+            self.delete(&s.token_hash).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Failed-login records, time-ordered, with a cap on how many are kept (issue 11 §1).
@@ -427,7 +478,7 @@ pub struct FactorSummary {
     pub totp: bool,
     /// Unused recovery codes left.
     pub recovery_codes: usize,
-    /// Registered passkeys. (The passkey engine fills this; until it lands, 0.)
+    /// Registered passkeys.
     pub passkeys: usize,
 }
 
@@ -459,7 +510,8 @@ pub struct PendingSignIn {
 /// so a TOTP time step or a recovery code is accepted once even across instances.
 #[async_trait]
 pub trait FactorStore: Send + Sync {
-    /// What second factors `user_key` has (all zero for an unknown user).
+    /// What second factors `user_key` has, passkeys included (all zero for an unknown user):
+    /// one read, as a sign-in asks it.
     async fn summary(&self, user_key: &str) -> Result<FactorSummary>;
     /// The user's TOTP authenticator, if enrolled.
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>>;
@@ -480,8 +532,9 @@ pub trait FactorStore: Send + Sync {
     /// Uses up the recovery code whose keyed hash is `hash`; `false` if the user has no such
     /// unused code.
     async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool>;
-    /// Removes every second factor of the user (TOTP, recovery codes; the passkey engine adds
-    /// its own); returns what there was.
+    /// Removes every second factor of the user but passkeys (TOTP, recovery codes; passkeys go
+    /// with [`passkeys::PasskeyStore::remove_passkeys_of`], so `passkeys` is 0 here); returns
+    /// what there was.
     async fn clear(&self, user_key: &str) -> Result<FactorSummary>;
     /// Stores a pending sign-in under `token_hash`.
     async fn insert_pending(&self, token_hash: &TokenHash, pending: &PendingSignIn) -> Result<()>;

@@ -491,6 +491,39 @@ impl SessionStore for PgStore {
         rows.iter().map(|r| Ok(StoredSession { token_hash: token_hash_of(r, 5)?, record: session_of(r) })).collect()
     }
 
+    async fn start(
+        &self,
+        previous: Option<&TokenHash>,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: super::SessionCap,
+        now: u64,
+    ) -> Result<()> {
+        // One round trip and one commit (`session_start`, migration 8), under a per-user lock
+        // so racing sign-ins of one user end exactly the sessions past the cap.
+        self.client()
+            .await?
+            .execute(
+                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &previous.map(|p| &p[..]),
+                    &&token_hash[..],
+                    &session.user_key,
+                    &ms(session.created_at),
+                    &ms(session.last_seen_at),
+                    &session.ip,
+                    &session.user_agent,
+                    &i16::from(session.factors.count()),
+                    &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
+                    &ms(cap.idle_ms),
+                    &ms(cap.absolute_ms),
+                    &ms(now),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -749,6 +782,11 @@ fn summary_of(row: Option<&Row>) -> FactorSummary {
     }
 }
 
+/// One statement for every kind of second factor (a sign-in asks before it decides).
+const SUMMARY_SQL: &str = "SELECT (SELECT totp_sealed FROM second_factors WHERE user_key = $1),
+        coalesce((SELECT cardinality(recovery_hashes) FROM second_factors WHERE user_key = $1), 0),
+        (SELECT count(*) FROM passkeys WHERE user_key = $1)";
+
 /// A TOTP step as PostgreSQL's bigint (steps are Unix seconds / 30: far below the limit).
 fn step_of(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
@@ -757,15 +795,9 @@ fn step_of(step: u64) -> i64 {
 #[async_trait]
 impl FactorStore for PgStore {
     async fn summary(&self, user_key: &str) -> Result<FactorSummary> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT totp_sealed, coalesce(cardinality(recovery_hashes), 0) FROM second_factors WHERE user_key = $1",
-                &[&user_key],
-            )
-            .await?;
-        Ok(summary_of(row.as_ref()))
+        let row = self.client().await?.query_one(SUMMARY_SQL, &[&user_key]).await?;
+        let passkeys = usize::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+        Ok(FactorSummary { passkeys, ..summary_of(Some(&row)) })
     }
 
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {

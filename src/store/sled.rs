@@ -1027,7 +1027,8 @@ impl SledStore {
 #[async_trait]
 impl FactorStore for SledStore {
     async fn summary(&self, user_key: &str) -> Result<FactorSummary> {
-        Ok(self.factor_record(user_key)?.summary())
+        let passkeys = self.passkey_count(user_key)?;
+        Ok(FactorSummary { passkeys, ..self.factor_record(user_key)?.summary() })
     }
 
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {

@@ -77,6 +77,20 @@ async fn a_pre_login_id_is_retired_once_by_concurrent_sign_ins_on_two_instances(
 }
 
 #[tokio::test]
+async fn a_success_ends_its_check_retires_its_form_once_and_clears_the_username_on_every_instance() {
+    let Some((one, two)) = two_instances(3).await else { return };
+    conformance::a_success_ends_its_check_retires_its_form_and_clears_the_username(&one, &two).await;
+}
+
+#[tokio::test]
+async fn a_failure_on_either_instance_says_whether_a_captcha_is_now_demanded_in_the_same_round_trip() {
+    let Some((one, two)) = two_instances(3).await else { return };
+    conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&one, &two).await;
+    let counted = one.record_failure(ip(40), username_digest("erin"), 1000).await.unwrap();
+    assert_eq!(counted.captcha_demanded, Some(false), "PostgreSQL answers it with the failure");
+}
+
+#[tokio::test]
 async fn a_failure_with_a_solved_captcha_counts_without_a_reservation() {
     let Some((one, two)) = two_instances(2).await else { return };
     let bob = username_digest("bob");

@@ -48,6 +48,7 @@ mod review_times;
 mod secrets;
 mod security;
 mod sessions;
+mod sign_in_pg;
 mod stalls;
 mod store_copy;
 mod store_postgres;

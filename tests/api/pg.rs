@@ -367,6 +367,22 @@ impl PrivateCluster {
     }
 }
 
+impl PrivateCluster {
+    /// Kills the server as a crash would (SIGQUIT: immediate shutdown, no checkpoint, so only
+    /// what the WAL on disk holds is there after [`PrivateCluster::start_server`]) and waits
+    /// until it has exited.
+    pub fn crash_server(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: as in stop_server.
+            unsafe {
+                libc::kill(pid, libc::SIGQUIT);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+}
+
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {

@@ -84,6 +84,19 @@ impl SledStore {
         Ok((record.user_key == user_key).then_some(record))
     }
 
+    /// How many passkeys `user_key` has (those [`PasskeyStore::passkeys_of`] lists), without
+    /// reading them: for the factor summary.
+    pub(super) fn passkey_count(&self, user_key: &str) -> Result<usize> {
+        let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
+        let prefix = index_prefix(user_key);
+        let mut n = 0;
+        for kv in index.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            n += usize::from(passkeys.contains_key(&k[prefix.len()..])?);
+        }
+        Ok(n)
+    }
+
     /// Removes every passkey of `user_key`; returns how many (also used when a user is deleted).
     pub(super) fn delete_user_passkeys(&self, user_key: &str) -> Result<usize> {
         let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
