@@ -185,6 +185,18 @@ impl SessionCap {
     pub fn has_expired(&self, created_at: u64, last_seen_at: u64, now: u64) -> bool {
         now.saturating_sub(last_seen_at) >= self.idle_ms || now.saturating_sub(created_at) >= self.absolute_ms
     }
+
+    /// Of one user's `sessions`, those past the cap at `now`: expired ones first, then the
+    /// least recently used (ties keep the given order, so every caller sorting the same index
+    /// picks the same ones).
+    pub fn past_the_cap(&self, mut sessions: Vec<SessionTimes>, now: u64) -> Vec<SessionTimes> {
+        if sessions.len() <= self.max_per_user {
+            return Vec::new();
+        }
+        sessions.sort_by_key(|s| (!self.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
+        sessions.truncate(sessions.len() - self.max_per_user);
+        sessions
+    }
 }
 
 /// A failed or refused login attempt, as kept in the store.
@@ -404,12 +416,7 @@ pub trait SessionStore: Send + Sync {
             self.delete(old).await?;
         }
         self.insert(token_hash, session).await?;
-        let mut sessions = self.times_for_user(&session.user_key).await?;
-        if sessions.len() <= cap.max_per_user {
-            return Ok(());
-        }
-        sessions.sort_by_key(|s| (!cap.has_expired(s.created_at, s.last_seen_at, now), s.last_seen_at));
-        for s in &sessions[..sessions.len() - cap.max_per_user] {
+        for s in cap.past_the_cap(self.times_for_user(&session.user_key).await?, now) {
             self.delete(&s.token_hash).await?;
         }
         Ok(())

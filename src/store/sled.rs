@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
-    UserFactors, UserStore,
+    Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash,
+    TotpFactor, User, UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -858,6 +858,25 @@ impl SessionStore for SledStore {
     async fn delete(&self, token_hash: &TokenHash) -> Result<bool> {
         let existed = self.delete_session(token_hash)?;
         self.durable(existed).await
+    }
+
+    async fn start(
+        &self,
+        previous: Option<&TokenHash>,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: SessionCap,
+        now: u64,
+    ) -> Result<()> {
+        // The trait's steps in its order, and one flush for them all: one fsync per sign-in.
+        if let Some(old) = previous {
+            self.delete_session(old)?;
+        }
+        self.insert_session(token_hash, &SessionRecord::new(session))?;
+        for s in cap.past_the_cap(self.user_session_times(&session.user_key)?, now) {
+            self.delete_session(&s.token_hash)?;
+        }
+        self.durable(()).await
     }
 
     // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
