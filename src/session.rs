@@ -134,33 +134,70 @@ impl Sessions {
             || now.saturating_sub(created_at) >= self.absolute.as_millis() as u64
     }
 
-    /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted
-    /// users) are removed and yield `None`. Activity is recorded at a coarse grain so a page
-    /// view does not always write.
+    /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted or
+    /// disabled users) are removed and yield `None`. Activity is recorded at a coarse grain so
+    /// a page view does not always write. One store read ([`crate::store::SessionStore::resolve`]:
+    /// one statement on PostgreSQL), plus a write now and then.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read the session or its user, or cannot remove a
+    /// session found over: the caller fails closed (503), never answers "signed out".
     pub async fn resolve(&self, cookie: &str) -> Result<Option<ActiveSession>, StoreError> {
+        Ok(self.lookup(cookie, false).await?.map(|(session, _)| session))
+    }
+
+    /// [`Sessions::resolve`], with the user's sessions that are still valid, newest first (what
+    /// [`Sessions::list`] gives), from the same single store read: a page that shows them (the
+    /// home page, `/account`) costs one statement on PostgreSQL instead of three.
+    ///
+    /// # Errors
+    /// As [`Sessions::resolve`].
+    pub async fn resolve_listing(
+        &self,
+        cookie: &str,
+    ) -> Result<Option<(ActiveSession, Vec<StoredSession>)>, StoreError> {
+        self.lookup(cookie, true).await
+    }
+
+    /// The session for `cookie` and, with `listing`, the user's valid sessions, newest first
+    /// (empty without).
+    async fn lookup(
+        &self,
+        cookie: &str,
+        listing: bool,
+    ) -> Result<Option<(ActiveSession, Vec<StoredSession>)>, StoreError> {
         let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
         let token_hash = token.hash();
-        let Some(record) = self.store.sessions.get(&token_hash).await? else { return Ok(None) };
+        let Some(found) = self.store.sessions.resolve(&token_hash, listing).await? else { return Ok(None) };
+        let record = found.session;
         let now = now_ms();
         if self.is_expired(&record, now) {
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
-        let Some(user) = self.store.users.get(&record.user_key).await?.filter(|u| !u.disabled) else {
+        let Some(user) = found.user.filter(|u| !u.disabled) else {
             // Deleted or disabled: disabling ends the sessions too, but a sign-in that was
             // being checked at that moment may have started one just after.
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
+        let mut user_sessions = self.valid_newest_first(found.user_sessions, now);
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
             // Best effort: a full disk must not sign everyone out. Not recording the activity
             // can only make the idle timeout come sooner, never later.
-            if let Err(e) = self.store.sessions.touch(&token_hash, now).await {
-                tracing::warn!(error = %e, "could not record session activity");
+            match self.store.sessions.touch(&token_hash, now).await {
+                // The list was read before the touch: show this session as a list read after
+                // it would (as the page did when it listed separately).
+                Ok(()) => {
+                    for s in user_sessions.iter_mut().filter(|s| s.token_hash == token_hash) {
+                        s.record.last_seen_at = s.record.last_seen_at.max(now);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record session activity"),
             }
         }
-        Ok(Some(ActiveSession { token_hash, record, user }))
+        Ok(Some((ActiveSession { token_hash, record, user }, user_sessions)))
     }
 
     /// Ends one session, durably.
@@ -175,17 +212,16 @@ impl Sessions {
 
     /// The user's sessions that are still valid, newest first.
     pub async fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
-        let now = now_ms();
-        let mut sessions: Vec<_> = self
-            .store
-            .sessions
-            .list_for_user(user_key)
-            .await?
-            .into_iter()
-            .filter(|s| !self.is_expired(&s.record, now))
-            .collect();
+        let sessions = self.store.sessions.list_for_user(user_key).await?;
+        Ok(self.valid_newest_first(sessions, now_ms()))
+    }
+
+    /// The one rule for a session list a user sees ([`Sessions::list`],
+    /// [`Sessions::resolve_listing`]): those still valid at `now` (Unix ms), newest first.
+    fn valid_newest_first(&self, sessions: Vec<StoredSession>, now: u64) -> Vec<StoredSession> {
+        let mut sessions: Vec<_> = sessions.into_iter().filter(|s| !self.is_expired(&s.record, now)).collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.record.created_at));
-        Ok(sessions)
+        sessions
     }
 
     /// Removes expired sessions so the store does not grow forever.

@@ -14,8 +14,8 @@ use tokio_postgres::Row;
 
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
-    UserFactors, UserStore,
+    Resolved, Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash,
+    TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, POOL_SIZE};
@@ -96,15 +96,36 @@ fn user_of(row: &Row) -> User {
 const SESSION_COLUMNS: &str = "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors";
 
 fn session_of(row: &Row) -> Session {
+    session_at(row, 0)
+}
+
+/// The session whose [`SESSION_COLUMNS`] start at column `base` of `row`.
+fn session_at(row: &Row, base: usize) -> Session {
     Session {
-        user_key: row.get(0),
-        created_at: unms(row.get(1)),
-        last_seen_at: unms(row.get(2)),
-        ip: row.get(3),
-        user_agent: row.get(4),
-        factors: Factors::from_count(row.get::<_, i16>(6).into()),
+        user_key: row.get(base),
+        created_at: unms(row.get(base + 1)),
+        last_seen_at: unms(row.get(base + 2)),
+        ip: row.get(base + 3),
+        user_agent: row.get(base + 4),
+        factors: Factors::from_count(row.get::<_, i16>(base + 6).into()),
     }
 }
+
+/// [`SessionStore::resolve`]'s statement: the user's columns first (as [`user_of`] reads
+/// them, the password hash left out: a page view has no use for it), then the session's
+/// ([`SESSION_COLUMNS`] from column 9), then, when `$2`, each session of the same user (from
+/// column 16), one row per such session; NULLs where a LEFT JOIN found nothing. The session's
+/// own row is among the user's, so with `$2` there is one row per session of the user.
+/// Both joins go by index (`users` primary key, `sessions_by_user`); with `$2` false the
+/// second is never run (a one-time filter in the plan).
+const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
+        u.last_login_at_ms, u.disabled, NULL::text, u.groups,
+        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
+        o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors
+ FROM sessions s
+ LEFT JOIN users u ON u.key = s.user_key
+ LEFT JOIN sessions o ON $2::boolean AND o.user_key = s.user_key
+ WHERE s.token_hash = $1";
 
 fn token_hash_of(row: &Row, i: usize) -> Result<TokenHash> {
     let bytes: Vec<u8> = row.get(i);
@@ -409,6 +430,17 @@ impl SessionStore for PgStore {
     async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1");
         Ok(self.client().await?.query_opt(&sql, &[&&token_hash[..]]).await?.as_ref().map(session_of))
+    }
+
+    async fn resolve(&self, token_hash: &TokenHash, with_user_sessions: bool) -> Result<Option<Resolved>> {
+        let rows = self.client().await?.query(RESOLVE_SQL, &[&&token_hash[..], &with_user_sessions]).await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let user = first.get::<_, Option<String>>(0).is_some().then(|| user_of(first));
+        let mut user_sessions = Vec::new();
+        for row in rows.iter().filter(|r| r.get::<_, Option<Vec<u8>>>(21).is_some()) {
+            user_sessions.push(StoredSession { token_hash: token_hash_of(row, 21)?, record: session_at(row, 16) });
+        }
+        Ok(Some(Resolved { session: session_at(first, 9), user, user_sessions }))
     }
 
     async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()> {
