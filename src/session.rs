@@ -329,6 +329,61 @@ mod tests {
         assert!(store.sessions.get(&token.hash()).await.unwrap().is_none());
     }
 
+    /// A session stored directly under a fresh token, with the given times.
+    async fn stored(store: &Store, user_key: &str, created_at: u64, last_seen_at: u64) -> SessionToken {
+        let token = SessionToken::generate().unwrap();
+        let record = crate::store::conformance::session(user_key, created_at, last_seen_at);
+        store.sessions.insert(&token.hash(), &record).await.unwrap();
+        token
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_list_read_with_the_session_is_the_list_sessions_gives() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let now = now_ms();
+        let current = stored(&store, "alice", now - 5_000, now - 1_000).await;
+        stored(&store, "alice", now - 9_000, now - 2_000).await;
+        stored(&store, "alice", now - 1_000, now - 1_000).await;
+        stored(&store, "alice", now - 7_200_000, now - 1_000).await; // past the absolute timeout
+        stored(&store, "alice", now - 900_000, now - 900_000).await; // idle too long
+        stored(&store, "bob", now - 1_000, now - 1_000).await;
+        let (active, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
+        assert_eq!(active.user.key, "alice");
+        assert_eq!(listed, sessions.list("alice").await.unwrap(), "the same filter and order as Sessions::list");
+        let created: Vec<u64> = listed.iter().map(|s| now - s.record.created_at).collect();
+        assert_eq!(created, [1_000, 5_000, 9_000], "valid ones, newest first, alice's only");
+        assert!(sessions.resolve(&current.encode()).await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_listed_session_touched_by_its_own_request_shows_as_seen_now() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let before = now_ms();
+        // Last seen a minute ago: past the 30 s grain of a 600 s idle timeout, so it is touched.
+        let current = stored(&store, "alice", before - 120_000, before - 60_000).await;
+        let (_, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
+        assert!(listed[0].record.last_seen_at >= before, "the page shows this request's activity");
+        assert_eq!(listed, sessions.list("alice").await.unwrap(), "as a list read after the touch says");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_listing_resolve_ends_expired_sessions_and_those_of_deleted_users() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let now = now_ms();
+        let idle = stored(&store, "alice", now - 900_000, now - 900_000).await;
+        assert!(sessions.resolve_listing(&idle.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&idle.hash()).await.unwrap().is_none(), "an expired session is removed");
+        let orphan = stored(&store, "carol", now - 1_000, now - 1_000).await;
+        assert!(sessions.resolve_listing(&orphan.encode()).await.unwrap().is_none());
+        assert!(sessions.resolve(&orphan.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&orphan.hash()).await.unwrap().is_none(), "a deleted user's session is removed");
+        assert!(sessions.resolve_listing(&SessionToken::generate().unwrap().encode()).await.unwrap().is_none());
+        assert!(sessions.resolve_listing("not a token").await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn both_timeouts_expire_a_session() {
         let dir = tempfile::tempdir().unwrap();
