@@ -111,20 +111,29 @@ fn session_at(row: &Row, base: usize) -> Session {
     }
 }
 
-/// [`SessionStore::resolve`]'s statement: the user's columns first (as [`user_of`] reads
-/// them, the password hash left out: a page view has no use for it), then the session's
-/// ([`SESSION_COLUMNS`] from column 9), then, when `$2`, each session of the same user (from
-/// column 16), one row per such session; NULLs where a LEFT JOIN found nothing. The session's
-/// own row is among the user's, so with `$2` there is one row per session of the user.
-/// Both joins go by index (`users` primary key, `sessions_by_user`); with `$2` false the
-/// second is never run (a one-time filter in the plan).
+/// [`SessionStore::resolve`]'s statement without the user's sessions: the user's columns
+/// first (as [`user_of`] reads them, the password hash left out: a page view has no use for
+/// it), then the session's ([`SESSION_COLUMNS`] from column 9); NULL user columns when the
+/// user is gone. One row, or none without such a session; both lookups by primary key.
 const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
+        u.last_login_at_ms, u.disabled, NULL::text, u.groups,
+        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors
+ FROM sessions s
+ LEFT JOIN users u ON u.key = s.user_key
+ WHERE s.token_hash = $1";
+
+/// [`RESOLVE_SQL`] with each session of the same user from column 16 (by `sessions_by_user`):
+/// one row per such session, the session's own among them (so an inner join: never a row
+/// without one, whose NULLs [`token_hash_of`] could not read). A text of its own rather than
+/// one with a `$2` switch: a cached generic plan keeps such a switch as a join filter and
+/// scans the user's sessions even when it is off.
+const RESOLVE_LISTING_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
         u.last_login_at_ms, u.disabled, NULL::text, u.groups,
         s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
         o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors
  FROM sessions s
  LEFT JOIN users u ON u.key = s.user_key
- LEFT JOIN sessions o ON $2::boolean AND o.user_key = s.user_key
+ JOIN sessions o ON o.user_key = s.user_key
  WHERE s.token_hash = $1";
 
 fn token_hash_of(row: &Row, i: usize) -> Result<TokenHash> {
@@ -433,12 +442,15 @@ impl SessionStore for PgStore {
     }
 
     async fn resolve(&self, token_hash: &TokenHash, with_user_sessions: bool) -> Result<Option<Resolved>> {
-        let rows = self.client().await?.query(RESOLVE_SQL, &[&&token_hash[..], &with_user_sessions]).await?;
+        let sql = if with_user_sessions { RESOLVE_LISTING_SQL } else { RESOLVE_SQL };
+        let rows = self.client().await?.query(sql, &[&&token_hash[..]]).await?;
         let Some(first) = rows.first() else { return Ok(None) };
         let user = first.get::<_, Option<String>>(0).is_some().then(|| user_of(first));
         let mut user_sessions = Vec::new();
-        for row in rows.iter().filter(|r| r.get::<_, Option<Vec<u8>>>(21).is_some()) {
-            user_sessions.push(StoredSession { token_hash: token_hash_of(row, 21)?, record: session_at(row, 16) });
+        if with_user_sessions {
+            for row in &rows {
+                user_sessions.push(StoredSession { token_hash: token_hash_of(row, 21)?, record: session_at(row, 16) });
+            }
         }
         Ok(Some(Resolved { session: session_at(first, 9), user, user_sessions }))
     }
