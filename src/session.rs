@@ -143,33 +143,70 @@ impl Sessions {
         self.cap().has_expired(created_at, last_seen_at, now)
     }
 
-    /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted
-    /// users) are removed and yield `None`. Activity is recorded at a coarse grain so a page
-    /// view does not always write.
+    /// Looks up the session for a cookie value. Expired sessions (and sessions of deleted or
+    /// disabled users) are removed and yield `None`. Activity is recorded at a coarse grain so
+    /// a page view does not always write. One store read ([`crate::store::SessionStore::resolve`]:
+    /// one statement on PostgreSQL), plus a write now and then.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read the session or its user, or cannot remove a
+    /// session found over: the caller fails closed (503), never answers "signed out".
     pub async fn resolve(&self, cookie: &str) -> Result<Option<ActiveSession>, StoreError> {
+        Ok(self.lookup(cookie, false).await?.map(|(session, _)| session))
+    }
+
+    /// [`Sessions::resolve`], with the user's sessions that are still valid, newest first (what
+    /// [`Sessions::list`] gives), from the same single store read: a page that shows them (the
+    /// home page, `/account`) costs one statement on PostgreSQL instead of three.
+    ///
+    /// # Errors
+    /// As [`Sessions::resolve`].
+    pub async fn resolve_listing(
+        &self,
+        cookie: &str,
+    ) -> Result<Option<(ActiveSession, Vec<StoredSession>)>, StoreError> {
+        self.lookup(cookie, true).await
+    }
+
+    /// The session for `cookie` and, with `listing`, the user's valid sessions, newest first
+    /// (empty without).
+    async fn lookup(
+        &self,
+        cookie: &str,
+        listing: bool,
+    ) -> Result<Option<(ActiveSession, Vec<StoredSession>)>, StoreError> {
         let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
         let token_hash = token.hash();
-        let Some(record) = self.store.sessions.get(&token_hash).await? else { return Ok(None) };
+        let Some(found) = self.store.sessions.resolve(&token_hash, listing).await? else { return Ok(None) };
+        let record = found.session;
         let now = now_ms();
         if self.is_expired(&record, now) {
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
-        let Some(user) = self.store.users.get(&record.user_key).await?.filter(|u| !u.disabled) else {
+        let Some(user) = found.user.filter(|u| !u.disabled) else {
             // Deleted or disabled: disabling ends the sessions too, but a sign-in that was
             // being checked at that moment may have started one just after.
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
+        let mut user_sessions = self.valid_newest_first(found.user_sessions, now);
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
             // Best effort: a full disk must not sign everyone out. Not recording the activity
             // can only make the idle timeout come sooner, never later.
-            if let Err(e) = self.store.sessions.touch(&token_hash, now).await {
-                tracing::warn!(error = %e, "could not record session activity");
+            match self.store.sessions.touch(&token_hash, now).await {
+                // The list was read before the touch: show this session as a list read after
+                // it would (as the page did when it listed separately).
+                Ok(()) => {
+                    for s in user_sessions.iter_mut().filter(|s| s.token_hash == token_hash) {
+                        s.record.last_seen_at = s.record.last_seen_at.max(now);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record session activity"),
             }
         }
-        Ok(Some(ActiveSession { token_hash, record, user }))
+        Ok(Some((ActiveSession { token_hash, record, user }, user_sessions)))
     }
 
     /// Ends one session, durably.
@@ -184,17 +221,16 @@ impl Sessions {
 
     /// The user's sessions that are still valid, newest first.
     pub async fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
-        let now = now_ms();
-        let mut sessions: Vec<_> = self
-            .store
-            .sessions
-            .list_for_user(user_key)
-            .await?
-            .into_iter()
-            .filter(|s| !self.is_expired(&s.record, now))
-            .collect();
+        let sessions = self.store.sessions.list_for_user(user_key).await?;
+        Ok(self.valid_newest_first(sessions, now_ms()))
+    }
+
+    /// The one rule for a session list a user sees ([`Sessions::list`],
+    /// [`Sessions::resolve_listing`]): those still valid at `now` (Unix ms), newest first.
+    fn valid_newest_first(&self, sessions: Vec<StoredSession>, now: u64) -> Vec<StoredSession> {
+        let mut sessions: Vec<_> = sessions.into_iter().filter(|s| !self.is_expired(&s.record, now)).collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.record.created_at));
-        Ok(sessions)
+        sessions
     }
 
     /// Removes expired sessions so the store does not grow forever.
@@ -300,6 +336,61 @@ mod tests {
         store.users.set_disabled("alice", true).await.unwrap();
         assert!(sessions.resolve(&token.encode()).await.unwrap().is_none());
         assert!(store.sessions.get(&token.hash()).await.unwrap().is_none());
+    }
+
+    /// A session stored directly under a fresh token, with the given times.
+    async fn stored(store: &Store, user_key: &str, created_at: u64, last_seen_at: u64) -> SessionToken {
+        let token = SessionToken::generate().unwrap();
+        let record = crate::store::conformance::session(user_key, created_at, last_seen_at);
+        store.sessions.insert(&token.hash(), &record).await.unwrap();
+        token
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_list_read_with_the_session_is_the_list_sessions_gives() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let now = now_ms();
+        let current = stored(&store, "alice", now - 5_000, now - 1_000).await;
+        stored(&store, "alice", now - 9_000, now - 2_000).await;
+        stored(&store, "alice", now - 1_000, now - 1_000).await;
+        stored(&store, "alice", now - 7_200_000, now - 1_000).await; // past the absolute timeout
+        stored(&store, "alice", now - 900_000, now - 900_000).await; // idle too long
+        stored(&store, "bob", now - 1_000, now - 1_000).await;
+        let (active, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
+        assert_eq!(active.user.key, "alice");
+        assert_eq!(listed, sessions.list("alice").await.unwrap(), "the same filter and order as Sessions::list");
+        let created: Vec<u64> = listed.iter().map(|s| now - s.record.created_at).collect();
+        assert_eq!(created, [1_000, 5_000, 9_000], "valid ones, newest first, alice's only");
+        assert!(sessions.resolve(&current.encode()).await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_listed_session_touched_by_its_own_request_shows_as_seen_now() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let before = now_ms();
+        // Last seen a minute ago: past the 30 s grain of a 600 s idle timeout, so it is touched.
+        let current = stored(&store, "alice", before - 120_000, before - 60_000).await;
+        let (_, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
+        assert!(listed[0].record.last_seen_at >= before, "the page shows this request's activity");
+        assert_eq!(listed, sessions.list("alice").await.unwrap(), "as a list read after the touch says");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_listing_resolve_ends_expired_sessions_and_those_of_deleted_users() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let now = now_ms();
+        let idle = stored(&store, "alice", now - 900_000, now - 900_000).await;
+        assert!(sessions.resolve_listing(&idle.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&idle.hash()).await.unwrap().is_none(), "an expired session is removed");
+        let orphan = stored(&store, "carol", now - 1_000, now - 1_000).await;
+        assert!(sessions.resolve_listing(&orphan.encode()).await.unwrap().is_none());
+        assert!(sessions.resolve(&orphan.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&orphan.hash()).await.unwrap().is_none(), "a deleted user's session is removed");
+        assert!(sessions.resolve_listing(&SessionToken::generate().unwrap().encode()).await.unwrap().is_none());
+        assert!(sessions.resolve_listing("not a token").await.unwrap().is_none());
     }
 
     #[tokio::test]

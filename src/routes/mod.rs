@@ -292,6 +292,17 @@ pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<A
     state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
 }
 
+/// [`current_session`] with the user's valid sessions, newest first, from the same store read
+/// (`Sessions::resolve_listing`): for the pages that list them.
+#[allow(clippy::result_large_err)]
+pub async fn current_session_listing(
+    req: &Request,
+    state: &AppState,
+) -> Result<Option<(ActiveSession, Vec<crate::store::StoredSession>)>, Response> {
+    let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
+    state.sessions.resolve_listing(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
+}
+
 /// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)
 /// without one, 503 when the store cannot say.
 pub(crate) async fn signed_in(req: &Request, state: &AppState, signed_out: &str) -> Result<ActiveSession, Response> {
@@ -324,8 +335,26 @@ pub(crate) async fn signed_in_with(
 #[allow(clippy::result_large_err)]
 pub async fn enrolled_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
     let Some(session) = current_session(req, state).await? else { return Ok(None) };
+    enrolled(state, session).await.map(Some)
+}
+
+/// [`enrolled_session`] with the user's valid sessions, newest first, as
+/// [`current_session_listing`] reads them.
+#[allow(clippy::result_large_err)]
+pub async fn enrolled_session_listing(
+    req: &Request,
+    state: &AppState,
+) -> Result<Option<(ActiveSession, Vec<crate::store::StoredSession>)>, Response> {
+    let Some((session, sessions)) = current_session_listing(req, state).await? else { return Ok(None) };
+    Ok(Some((enrolled(state, session).await?, sessions)))
+}
+
+/// `session` if the `second_factor` policy lets it use pages other than `/account`, else
+/// the 303 there (or a 503 when the store cannot say).
+#[allow(clippy::result_large_err)]
+async fn enrolled(state: &AppState, session: ActiveSession) -> Result<ActiveSession, Response> {
     match must_enrol(state, &session.user).await {
-        Ok(false) => Ok(Some(session)),
+        Ok(false) => Ok(session),
         Ok(true) => Err(see_other("/account")),
         Err(e) => Err(store_error(&e, "could not read the user's second factors")),
     }

@@ -85,6 +85,7 @@ pub async fn run(harness: &mut dyn Harness) {
     sessions_round_trip_and_expire(&harness.fresh().await).await;
     a_session_starts_in_place_of_the_previous_one_within_the_cap(&harness.fresh().await).await;
     simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
+    a_session_resolves_with_its_user_and_only_that_users_sessions(&harness.fresh().await).await;
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
@@ -466,6 +467,64 @@ async fn simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(store: &St
     kept.sort();
     let want: Vec<u8> = (4..8).chain(100..112).collect();
     assert_eq!(kept, want, "sessions: simultaneous starts end the oldest past the cap, no more and no fewer");
+}
+
+/// `SessionStore::resolve`: the session, its user, and (when asked) that user's sessions and
+/// nobody else's, whatever their times (expiry is the caller's judgement).
+async fn a_session_resolves_with_its_user_and_only_that_users_sessions(store: &Store) {
+    let s = &store.sessions;
+    let alice = User { groups: vec![crate::domain::Group::parse("staff").unwrap()], ..user("alice") };
+    store.users.insert(&alice, HASH_A).await.unwrap();
+    store.users.insert(&user("bob"), HASH_A).await.unwrap();
+    assert!(s.resolve(&[1; 32], false).await.unwrap().is_none(), "resolve: no session");
+    assert!(s.resolve(&[1; 32], true).await.unwrap().is_none(), "resolve: no session, listing");
+
+    s.insert(&[1; 32], &session("alice", 1000, 1000)).await.unwrap();
+    let alone = s.resolve(&[1; 32], true).await.unwrap().expect("resolve: a session");
+    let one = vec![super::StoredSession { token_hash: [1; 32], record: session("alice", 1000, 1000) }];
+    assert_eq!(alone.user_sessions, one, "resolve: a lone session lists itself");
+
+    let two = Session { factors: Factors::Two, ..session("alice", 2000, 2500) };
+    s.insert(&[2; 32], &two).await.unwrap();
+    // Long expired: still listed, the caller judges.
+    s.insert(&[3; 32], &session("alice", 1, 1)).await.unwrap();
+    s.insert(&[4; 32], &session("bob", 4000, 4000)).await.unwrap();
+    s.insert(&[5; 32], &session("bob", 5000, 5000)).await.unwrap();
+    s.insert(&[6; 32], &session("alicia", 6000, 6000)).await.unwrap();
+
+    let plain = s.resolve(&[2; 32], false).await.unwrap().expect("resolve: a session");
+    assert_eq!(plain.session, two, "resolve: the session whole");
+    assert_eq!(plain.user.as_ref(), Some(&alice), "resolve: its user whole");
+    assert!(plain.user_sessions.is_empty(), "resolve: no list unless asked");
+
+    let listed = s.resolve(&[2; 32], true).await.unwrap().expect("resolve: a session");
+    assert_eq!((&listed.session, listed.user.as_ref()), (&two, Some(&alice)), "resolve: the same, listing");
+    let mut got = listed.user_sessions.clone();
+    got.sort_by_key(|x| x.token_hash);
+    let mut want = s.list_for_user("alice").await.unwrap();
+    want.sort_by_key(|x| x.token_hash);
+    assert_eq!(got, want, "resolve: the list is list_for_user's, times and factors included");
+    let hashes: Vec<u8> = got.iter().map(|x| x.token_hash[0]).collect();
+    assert_eq!(hashes, [1, 2, 3], "resolve: every session of the user and no other user's");
+
+    let bobs = s.resolve(&[5; 32], true).await.unwrap().expect("resolve: bob's session");
+    let mut hashes: Vec<u8> = bobs.user_sessions.iter().map(|x| x.token_hash[0]).collect();
+    hashes.sort();
+    assert_eq!((bobs.user.map(|u| u.key), hashes), (Some("bob".into()), vec![4, 5]), "resolve: bob's own");
+
+    store.users.set_disabled("bob", true).await.unwrap();
+    let disabled = s.resolve(&[4; 32], false).await.unwrap().expect("resolve: the session stays");
+    assert!(disabled.user.expect("resolve: a disabled user is there").disabled, "resolve: disabled shows");
+
+    // A user deleted (or never stored): the session still resolves, without a user.
+    assert!(store.users.delete("alice").await.unwrap());
+    let orphan = s.resolve(&[1; 32], true).await.unwrap().expect("resolve: the session outlives its user");
+    assert_eq!((orphan.session, orphan.user), (session("alice", 1000, 1000), None), "resolve: user gone");
+    assert_eq!(orphan.user_sessions.len(), 3, "resolve: the list does not need the user");
+    let nobody = s.resolve(&[6; 32], false).await.unwrap().expect("resolve: a session of no user");
+    assert!(nobody.user.is_none(), "resolve: no such user");
+    assert!(s.delete(&[2; 32]).await.unwrap());
+    assert!(s.resolve(&[2; 32], true).await.unwrap().is_none(), "resolve: an ended session is gone");
 }
 
 async fn failures_query_and_page_without_gaps_or_repeats(store: &Store) {

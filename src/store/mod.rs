@@ -159,6 +159,20 @@ pub struct StoredSession {
     pub record: Session,
 }
 
+/// What one signed-in request needs from the store, in one read ([`SessionStore::resolve`]):
+/// the session under a token hash, its user, and (when asked) all that user's sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The session, expired or not (the caller judges expiry).
+    pub session: Session,
+    /// The session's user; `None` when no user is stored under its `user_key` (deleted).
+    /// Disabled users are here, with `disabled` set: the caller refuses them.
+    pub user: Option<User>,
+    /// Every session of that user, expired ones and this one included, in no particular
+    /// order (as [`SessionStore::list_for_user`] gives them); empty unless asked for.
+    pub user_sessions: Vec<StoredSession>,
+}
+
 /// When a session began and was last used: enough to choose which sessions to end without
 /// reading every session record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,6 +387,12 @@ pub trait SessionStore: Send + Sync {
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()>;
     /// The session stored under `token_hash`, expired or not.
     async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>>;
+    /// The session under `token_hash` with its user and, if `with_user_sessions`, every
+    /// session of that user: what [`SessionStore::get`], [`UserStore::get`] and
+    /// [`SessionStore::list_for_user`] would say, read together so a signed-in page view costs
+    /// one statement on an engine shared over the network (one join on PostgreSQL; issue 12's
+    /// page-view target). `None` when no session is stored under `token_hash`.
+    async fn resolve(&self, token_hash: &TokenHash, with_user_sessions: bool) -> Result<Option<Resolved>>;
     /// Records activity at `now` (never moving `last_seen_at` back); a session ended
     /// meanwhile stays ended.
     async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()>;

@@ -14,8 +14,8 @@ use tokio_postgres::Row;
 
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User,
-    UserFactors, UserStore,
+    Resolved, Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash,
+    TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, POOL_SIZE};
@@ -96,15 +96,45 @@ fn user_of(row: &Row) -> User {
 const SESSION_COLUMNS: &str = "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors";
 
 fn session_of(row: &Row) -> Session {
+    session_at(row, 0)
+}
+
+/// The session whose [`SESSION_COLUMNS`] start at column `base` of `row`.
+fn session_at(row: &Row, base: usize) -> Session {
     Session {
-        user_key: row.get(0),
-        created_at: unms(row.get(1)),
-        last_seen_at: unms(row.get(2)),
-        ip: row.get(3),
-        user_agent: row.get(4),
-        factors: Factors::from_count(row.get::<_, i16>(6).into()),
+        user_key: row.get(base),
+        created_at: unms(row.get(base + 1)),
+        last_seen_at: unms(row.get(base + 2)),
+        ip: row.get(base + 3),
+        user_agent: row.get(base + 4),
+        factors: Factors::from_count(row.get::<_, i16>(base + 6).into()),
     }
 }
+
+/// [`SessionStore::resolve`]'s statement without the user's sessions: the user's columns
+/// first (as [`user_of`] reads them, the password hash left out: a page view has no use for
+/// it), then the session's ([`SESSION_COLUMNS`] from column 9); NULL user columns when the
+/// user is gone. One row, or none without such a session; both lookups by primary key.
+const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
+        u.last_login_at_ms, u.disabled, NULL::text, u.groups,
+        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors
+ FROM sessions s
+ LEFT JOIN users u ON u.key = s.user_key
+ WHERE s.token_hash = $1";
+
+/// [`RESOLVE_SQL`] with each session of the same user from column 16 (by `sessions_by_user`):
+/// one row per such session, the session's own among them (so an inner join: never a row
+/// without one, whose NULLs [`token_hash_of`] could not read). A text of its own rather than
+/// one with a `$2` switch: a cached generic plan keeps such a switch as a join filter and
+/// scans the user's sessions even when it is off.
+const RESOLVE_LISTING_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
+        u.last_login_at_ms, u.disabled, NULL::text, u.groups,
+        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
+        o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors
+ FROM sessions s
+ LEFT JOIN users u ON u.key = s.user_key
+ JOIN sessions o ON o.user_key = s.user_key
+ WHERE s.token_hash = $1";
 
 fn token_hash_of(row: &Row, i: usize) -> Result<TokenHash> {
     let bytes: Vec<u8> = row.get(i);
@@ -409,6 +439,20 @@ impl SessionStore for PgStore {
     async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1");
         Ok(self.client().await?.query_opt(&sql, &[&&token_hash[..]]).await?.as_ref().map(session_of))
+    }
+
+    async fn resolve(&self, token_hash: &TokenHash, with_user_sessions: bool) -> Result<Option<Resolved>> {
+        let sql = if with_user_sessions { RESOLVE_LISTING_SQL } else { RESOLVE_SQL };
+        let rows = self.client().await?.query(sql, &[&&token_hash[..]]).await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let user = first.get::<_, Option<String>>(0).is_some().then(|| user_of(first));
+        let mut user_sessions = Vec::new();
+        if with_user_sessions {
+            for row in &rows {
+                user_sessions.push(StoredSession { token_hash: token_hash_of(row, 21)?, record: session_at(row, 16) });
+            }
+        }
+        Ok(Some(Resolved { session: session_at(first, 9), user, user_sessions }))
     }
 
     async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()> {

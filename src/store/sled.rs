@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash,
-    TotpFactor, User, UserFactors, UserStore,
+    Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession,
+    TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -848,6 +848,14 @@ impl SessionStore for SledStore {
 
     async fn get(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         Ok(self.session(token_hash)?.map(SessionRecord::session))
+    }
+
+    async fn resolve(&self, token_hash: &TokenHash, with_user_sessions: bool) -> Result<Option<Resolved>> {
+        // In process: the three reads cost no round trip here, so they stay three.
+        let Some(record) = self.session(token_hash)? else { return Ok(None) };
+        let user = self.user(&record.user_key)?.map(|r| r.user());
+        let user_sessions = if with_user_sessions { self.user_sessions(&record.user_key)? } else { Vec::new() };
+        Ok(Some(Resolved { session: record.session(), user, user_sessions }))
     }
 
     async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()> {

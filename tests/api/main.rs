@@ -35,6 +35,7 @@ mod lookalikes;
 mod memory;
 mod metrics;
 mod notices;
+mod page_views_pg;
 mod passkeys;
 mod passkeys_pg;
 mod password_policy;

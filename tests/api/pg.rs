@@ -249,6 +249,7 @@ fn postgres_command(
         // A throwaway cluster: durability off for speed; the tests check logic, not disks.
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
         .args(["-c", "ssl=on", "-c", "max_connections=200"])
+        .args(stat_statements(bin))
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
     // SAFETY: prctl is async-signal-safe. Set after the uid change (which clears it).
@@ -259,6 +260,16 @@ fn postgres_command(
         });
     }
     Ok(cmd)
+}
+
+/// `pg_stat_statements` preloaded where it is installed (Debian's package has it), for tests
+/// that count the statements a request costs (`page_views_pg.rs`); nothing otherwise.
+fn stat_statements(bin: &Path) -> Vec<&'static str> {
+    if bin.with_file_name("lib").join("pg_stat_statements.so").exists() {
+        vec!["-c", "shared_preload_libraries=pg_stat_statements"]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A cluster of one test's own, for a test that stops the database server under running

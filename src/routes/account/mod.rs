@@ -14,9 +14,9 @@ use poem::{handler, Request, Response};
 use super::home::{session_views, SessionView};
 use crate::audit::rfc3339;
 use crate::routes::flash;
-use crate::routes::{current_session, html, see_other, store_error, State};
+use crate::routes::{current_session_listing, html, see_other, store_error, State};
 use crate::session::ActiveSession;
-use crate::store::FactorSummary;
+use crate::store::{FactorSummary, StoredSession};
 use crate::text::printable;
 
 #[derive(Template)]
@@ -41,13 +41,14 @@ struct AccountPage<'a> {
 
 #[handler]
 pub async fn show(req: &Request, state: State<'_>) -> Response {
-    let session = match current_session(req, &state).await {
-        Ok(Some(s)) => s,
+    // The session and the user's sessions in one store read.
+    let (session, sessions) = match current_session_listing(req, &state).await {
+        Ok(Some(found)) => found,
         Ok(None) => return see_other("/login?next=/account"),
         Err(resp) => return resp,
     };
     let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
-    let page = render(&state, &session, StatusCode::OK, notice, None).await;
+    let page = render_listed(&state, &session, Some(sessions), StatusCode::OK, notice, None).await;
     flash::cleared(req, page)
 }
 
@@ -59,10 +60,26 @@ pub(super) async fn render(
     notice: Option<String>,
     password_error: Option<&str>,
 ) -> Response {
+    render_listed(state, session, None, status, notice, password_error).await
+}
+
+/// [`render`], with the user's sessions when they were read already (valid ones, newest
+/// first, as `Sessions::list` gives them); `None` reads them here.
+async fn render_listed(
+    state: &crate::app::AppState,
+    session: &ActiveSession,
+    sessions: Option<Vec<StoredSession>>,
+    status: StatusCode,
+    notice: Option<String>,
+    password_error: Option<&str>,
+) -> Response {
     let user = &session.user;
-    let sessions = match state.sessions.list(&user.key).await {
-        Ok(s) => s,
-        Err(e) => return store_error(&e, "could not list sessions"),
+    let sessions = match sessions {
+        Some(s) => s,
+        None => match state.sessions.list(&user.key).await {
+            Ok(s) => s,
+            Err(e) => return store_error(&e, "could not list sessions"),
+        },
     };
     let factors = match state.factors.summary(&user.key).await {
         Ok(f) => f,
