@@ -128,7 +128,11 @@ serve() {
         if curl -skf "https://127.0.0.1:$port/healthz" > /dev/null 2>&1; then break; fi
         sleep 0.1
     done
-    curl -skf "https://127.0.0.1:$port/healthz" > /dev/null
+    if ! curl -skf "https://127.0.0.1:$port/healthz" > /dev/null; then
+        echo "engines.sh: the $name server did not start:" >&2
+        tail -n 5 "$WORK/$name/server.out" >&2
+        exit 1
+    fi
     printf -v "PORT_$name" '%s' "$port"
     printf -v "PID_$name" '%s' "$pid"
 }
@@ -281,6 +285,9 @@ kill -TERM "$PID_sled" && wait "$PID_sled" 2> /dev/null || true
 measure postgresql pg1 PORTCULLIS_DATABASE_URL="$DB_URL"
 
 echo "postgresql: two instances sharing the cores, $DURATION..." >&2
+# The second instance gets the first one's factor key before it starts, as README says.
+mkdir -p -m 700 "$WORK/pg2/data"
+install -m 0600 "$WORK/pg1/data/factor.key" "$WORK/pg2/data/factor.key"
 serve pg2 PORTCULLIS_DATABASE_URL="$DB_URL"
 loadtest "$PORT_pg2" pg2 "$CONCURRENCY" 2s bench > /dev/null
 settle "$PID_pg1" "$PID_pg2"
