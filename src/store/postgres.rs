@@ -304,12 +304,16 @@ impl UserStore for PgStore {
         // The update's WHERE is the compare: the same password generation, not disabled. It is
         // re-checked on the row's latest version after any concurrent update commits, so a
         // password change or a disable in between wins. The second branch answers a disabled
-        // user (unchanged); no row at all means gone or another password.
+        // user (unchanged); no row at all means gone or another password. Its commit does not
+        // wait for the WAL flush (the trait allows it): the sign-in's session, committed next
+        // and waited for, flushes it with it; lost in a crash before that, it costs a stale
+        // last-sign-in time or a hash upgraded again.
         let sql = format!(
-            "WITH up AS (
+            "WITH no_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+             up AS (
                  UPDATE users SET last_login_at_ms = $3,
                      password_hash = CASE WHEN $4::text IS NOT NULL AND password_hash = $5 THEN $4 ELSE password_hash END
-                 WHERE key = $1 AND password_changed_at_ms = $2 AND NOT disabled
+                 WHERE key = $1 AND password_changed_at_ms = $2 AND NOT disabled AND EXISTS (SELECT 1 FROM no_wait)
                  RETURNING {USER_COLUMNS})
              SELECT {USER_COLUMNS} FROM up
              UNION ALL

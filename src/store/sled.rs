@@ -198,14 +198,29 @@ const UNCOUNTED: u64 = u64::MAX;
 /// `sled::Db::flush_async`: that runs each flush on sled's I/O pool, whose `notify_all` wakes
 /// every idle pool thread per job, which cost more CPU per sign-in than the rest of the server.
 struct GroupCommit {
-    requests: std::sync::Mutex<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+    /// `None` once dropping: the thread then ends.
+    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    /// Ends the thread and waits for it, so the store (and sled's lock on its directory) is
+    /// released when the last handle goes, as a restart or the CLI right after expects.
+    fn drop(&mut self) {
+        if let Ok(requests) = self.requests.get_mut() {
+            requests.take();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join(); // it only flushes; a panic there has already been reported
+        }
+    }
 }
 
 impl GroupCommit {
     /// Starts the flushing thread; it ends when the last [`SledStore`] clone is dropped.
     fn start(db: ::sled::Db) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-flush".into())
             .spawn(move || {
                 // Every request was sent after its writes, so one flush begun after it is
@@ -219,7 +234,7 @@ impl GroupCommit {
                 }
             })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(GroupCommit { requests: std::sync::Mutex::new(tx) })
+        Ok(GroupCommit { requests: std::sync::Mutex::new(Some(tx)), thread: Some(thread) })
     }
 }
 
@@ -261,7 +276,7 @@ impl SledStore {
     async fn flush(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = match self.durability.requests.lock() {
-            Ok(requests) => requests.send(tx).is_ok(),
+            Ok(requests) => requests.as_ref().is_some_and(|r| r.send(tx).is_ok()),
             Err(_) => false, // a panic while holding it: the sender is still whole, but be safe
         };
         let flushed = if sent { rx.await.ok() } else { None };
