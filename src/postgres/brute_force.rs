@@ -10,83 +10,15 @@
 //! clock, so the same rules hold as in memory and tests can move time. Keys are bytes: the
 //! caller passes [`address_key`] and [`username_key`], the same keys the in-memory tables use.
 
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
-
 use crate::client::AddressKey;
 use crate::config::Rate;
 
+pub use super::db::Statements;
 use super::PgError;
 
-/// The connection the functions here run on: a plain driver connection (tools, tests), or a
-/// pooled one ([`Statements`]).
+/// The connection the functions here run on: a pooled one ([`super::db::Conn`]) or a plain
+/// driver connection (tools, tests), every statement bounded by [`super::db::TIMEOUT`].
 type Client = dyn Statements;
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-/// What the functions here ask of a connection. A pooled connection prepares each statement
-/// once and reuses it (deadpool's statement cache: one round trip instead of two, no parse
-/// or plan per call; BENCHMARKS.md, "sled and PostgreSQL side by side"); a plain one
-/// prepares per call. Every SQL text here is fixed, so the cache stays bounded.
-#[async_trait::async_trait]
-pub trait Statements: Sync {
-    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error>;
-    async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error>;
-    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error>;
-    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error>;
-}
-
-#[async_trait::async_trait]
-impl Statements for tokio_postgres::Client {
-    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
-        tokio_postgres::Client::query(self, sql, params).await
-    }
-    async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error> {
-        tokio_postgres::Client::query_one(self, sql, params).await
-    }
-    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
-        tokio_postgres::Client::query_opt(self, sql, params).await
-    }
-    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-        tokio_postgres::Client::execute(self, sql, params).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Statements for deadpool_postgres::Object {
-    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
-        Statements::query(&**self, sql, params).await
-    }
-    async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error> {
-        Statements::query_one(&**self, sql, params).await
-    }
-    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
-        Statements::query_opt(&**self, sql, params).await
-    }
-    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-        Statements::execute(&**self, sql, params).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Statements for deadpool_postgres::ClientWrapper {
-    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        tokio_postgres::Client::query(self, &statement, params).await
-    }
-    async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        tokio_postgres::Client::query_one(self, &statement, params).await
-    }
-    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        tokio_postgres::Client::query_opt(self, &statement, params).await
-    }
-    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.prepare_cached(sql).await?;
-        tokio_postgres::Client::execute(self, &statement, params).await
-    }
-}
 
 /// The bytes an address is counted under: its [`AddressKey`] (an IPv4 address, or the /64
 /// of an IPv6 one) in network order, 4 or 16 bytes.

@@ -2,7 +2,7 @@
 //! through tokio-postgres-rustls (rustls and aws-lc-rs, as the listeners). What each
 //! `sslmode` checks follows libpq (PostgreSQL 15 docs §34.19.1, table 34.1); see [`SslMode`].
 //!
-//! Every wait is bounded ([`TIMEOUT`]), so a database that is down or unreachable turns into
+//! Every wait is bounded ([`TIMEOUT`]; each statement's by [`super::db`]), so a database that is down or unreachable turns into
 //! an error the caller answers with 503 (fail closed), and the pool makes new connections by
 //! itself once the database answers again: no restart is needed.
 
@@ -17,11 +17,17 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::db::Db;
 use super::url::{DatabaseUrl, SslMode};
 use super::PgError;
 
-/// Longest wait for a new connection, for a free one from the pool, or for a recycled one's
-/// check: past it the caller gets an error (and answers 503).
+/// Longest wait for the schema's migrations at start (`PgStore::open`): they may wait for
+/// another instance's migrations (an advisory lock) or build an index on a large table.
+pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest wait for a new connection, for a free one from the pool, for a recycled one's
+/// check, and for the answer to each statement (`db`): past it the caller gets an error (and
+/// answers 503). A hung database is a database that is down.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections one instance keeps at most. Requests that need the database are bounded by
@@ -29,12 +35,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// PostgreSQL (`max_connections` 100) room for several instances.
 pub const POOL_SIZE: usize = 16;
 
-/// A pool of connections to `url`, none opened yet (the first use connects).
+/// A pool of connections to `url`, none opened yet (the first use connects), every statement
+/// bounded by [`TIMEOUT`] ([`Db`]).
 ///
 /// # Errors
 /// [`PgError::Setup`] when the TLS settings cannot be built (an unreadable or empty
 /// `sslrootcert`, no system roots for `verify-full`).
-pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Pool, PgError> {
+pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Db, PgError> {
     let mut config = url.driver_config();
     config.connect_timeout(TIMEOUT).keepalives(true).keepalives_idle(Duration::from_secs(30));
     let manager = Manager::from_config(
@@ -49,18 +56,23 @@ pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Pool, PgError> {
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts { wait: Some(TIMEOUT), create: Some(TIMEOUT), recycle: Some(TIMEOUT) })
         .build()
+        .map(Db::new)
         .map_err(|e| PgError::Setup(e.to_string()))
 }
 
 /// One connection outside a pool (migrations at start, and tools), with its driver task
-/// spawned on the current runtime.
+/// spawned on the current runtime. The whole handshake is bounded by [`TIMEOUT`]: a stopped
+/// server accepts the TCP connection (the kernel does) but never answers the startup.
 ///
 /// # Errors
-/// As [`pool`], and [`PgError::Db`] when the database cannot be reached or refuses.
+/// As [`pool`], [`PgError::Db`] when the database cannot be reached or refuses, and
+/// [`PgError::Timeout`] when it does not answer.
 pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, PgError> {
     let mut config = url.driver_config();
     config.connect_timeout(TIMEOUT);
-    let (client, connection) = config.connect(make_tls(url)?).await?;
+    let tls = make_tls(url)?;
+    let (client, connection) =
+        tokio::time::timeout(TIMEOUT, config.connect(tls)).await.map_err(|_| PgError::Timeout(TIMEOUT))??;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection ended");

@@ -1,5 +1,6 @@
 //! The PostgreSQL engine's building blocks (issue 12): the `database_url` setting
-//! ([`url::DatabaseUrl`]), the connection pool with TLS ([`connect`]), the schema and its
+//! ([`url::DatabaseUrl`]), the connection pool with TLS ([`connect`]) whose every round trip
+//! is bounded ([`db`]), the schema and its
 //! migrations ([`migrate`]), the shared server secrets ([`secrets`]) and the shared
 //! brute-force state as SQL ([`brute_force`]) and behind the `BruteForceState` trait ([`state`]).
 //!
@@ -8,6 +9,7 @@
 
 pub mod brute_force;
 pub mod connect;
+pub mod db;
 pub mod migrate;
 pub mod secrets;
 pub mod state;
@@ -23,6 +25,10 @@ pub enum PgError {
     /// No connection could be had from the pool in time (the database is down or slow).
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The database did not answer within the limit (it is stopped, hung or cut off): the
+    /// connection is not reused (`db`).
+    #[error("the database did not answer within {} s", .0.as_secs())]
+    Timeout(std::time::Duration),
     /// The pool or the TLS configuration could not be built.
     #[error("database setup: {0}")]
     Setup(String),
@@ -40,7 +46,7 @@ impl PgError {
     /// instances, one truth").
     pub fn is_unavailable(&self) -> bool {
         match self {
-            PgError::Pool(_) => true,
+            PgError::Pool(_) | PgError::Timeout(_) => true,
             PgError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
             PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
         }

@@ -2,15 +2,17 @@
 //! checks with the same keys: a token or challenge issued by one is accepted by the others
 //! (SPEC.md, "Several instances, one truth").
 
+use super::db::Statements;
 use super::PgError;
 
 /// The value called `name`, set to `value` unless it has one: when several instances claim a
 /// new name at once, one value wins and all of them get it.
 ///
 /// # Errors
-/// [`PgError::Db`] when the database cannot answer; [`PgError::Setup`] when the stored value
-/// is not 32 bytes (the schema's check makes that impossible short of tampering).
-pub async fn claim(client: &tokio_postgres::Client, name: &str, value: &[u8; 32]) -> Result<[u8; 32], PgError> {
+/// [`PgError::Db`] or [`PgError::Timeout`] when the database cannot answer; [`PgError::Setup`]
+/// when the stored value is not 32 bytes (the schema's check makes that impossible short of
+/// tampering).
+pub async fn claim(client: &dyn Statements, name: &str, value: &[u8; 32]) -> Result<[u8; 32], PgError> {
     let now = i64::try_from(crate::store::now_ms()).unwrap_or(i64::MAX);
     let row = client
         .query_opt(

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 
 use super::brute_force as bf;
+use super::db::{Conn, Db};
 use super::PgError;
 use crate::brute_force::{BruteForceState, QuotaKey, Retire, StateError, Wait};
 use crate::client::AddressKey;
@@ -21,15 +21,10 @@ impl From<PgError> for StateError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for StateError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        PgError::from(e).into()
-    }
-}
-
 /// The shared brute-force state over a pool on a migrated database.
 pub struct PgBruteForce {
-    pool: Pool,
+    /// Every statement bounded (`db`): a hung database fails the attempt closed.
+    pool: Db,
     /// `failure_window`, in milliseconds.
     window_ms: u64,
     /// `captcha_after_failures`.
@@ -40,11 +35,11 @@ impl PgBruteForce {
     /// `window` and `threshold`: `failure_window` and `captcha_after_failures`, as for
     /// [`crate::brute_force::InMemory::new`]; the database's schema must be current
     /// (`migrate::migrate`, which `Store::connect` runs).
-    pub fn new(pool: Pool, window: Duration, threshold: u32) -> Self {
+    pub fn new(pool: Db, window: Duration, threshold: u32) -> Self {
         PgBruteForce { pool, window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX), threshold }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StateError> {
+    async fn client(&self) -> Result<Conn, StateError> {
         Ok(self.pool.get().await?)
     }
 }

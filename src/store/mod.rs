@@ -620,20 +620,20 @@ pub struct Store {
     pub factors: Arc<dyn FactorStore>,
     /// The PostgreSQL engine's pool, for the brute-force state it shares
     /// ([`Store::shared_brute_force`]); `None` on sled.
-    pg_pool: Option<deadpool_postgres::Pool>,
+    pg_pool: Option<crate::postgres::db::Db>,
 }
 
 impl Store {
     /// Whether the store answers now, for `GET /readyz`: on PostgreSQL one `SELECT 1` through
-    /// the pool (within the pool's bounded waits); sled runs in this process and answers
+    /// the pool (within the pool's bounded waits, and the statement's: a hung database is not
+    /// ready); sled runs in this process and answers
     /// whenever it is open.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached or does not answer.
     pub async fn ready(&self) -> Result<()> {
         let Some(pool) = &self.pg_pool else { return Ok(()) };
-        let client = pool.get().await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        client.simple_query("SELECT 1").await.map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
 

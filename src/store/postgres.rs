@@ -2,13 +2,13 @@
 //! connections, on the schema of `src/postgres/migrations/` (issue 12 §2). Several instances
 //! share one database, so every update is one statement that tests and changes a row under
 //! its row lock (the SQL form of the sled engine's compare-and-swap), and no data is cached
-//! in the process (prepared statements are, per connection: [`Conn`]). Each statement runs in its own transaction: a write is durable when its
+//! in the process (prepared statements are, per connection: [`Conn`], which also bounds every
+//! round trip). Each statement runs in its own transaction: a write is durable when its
 //! commit returns, which is before the method does.
 
 mod passkeys;
 
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -18,7 +18,8 @@ use super::{
     TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
-use crate::postgres::connect::{connect, pool, POOL_SIZE};
+use crate::postgres::connect::{connect, pool, MIGRATE_TIMEOUT, POOL_SIZE};
+use crate::postgres::db::{Conn, Db, Statements};
 use crate::postgres::migrate::migrate;
 use crate::postgres::url::DatabaseUrl;
 use crate::postgres::PgError;
@@ -40,15 +41,10 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        PgError::from(e).into()
-    }
-}
-
 /// The engine: a pool on one database whose schema is current.
 pub struct PgStore {
-    pool: Pool,
+    /// Every statement bounded (`postgres::db`): a hung database fails closed, as a down one.
+    pool: Db,
     /// `instance_name`, for the failure records' `instance` column.
     instance: String,
 }
@@ -171,67 +167,21 @@ impl PgStore {
     /// newer schema than this build knows.
     pub async fn open(url: &DatabaseUrl, instance: &str) -> Result<Self> {
         let mut client = connect(url).await?;
-        migrate(&mut client).await?;
+        tokio::time::timeout(MIGRATE_TIMEOUT, migrate(&mut client))
+            .await
+            .map_err(|_| PgError::Timeout(MIGRATE_TIMEOUT))??;
         Ok(PgStore { pool: pool(url, POOL_SIZE)?, instance: instance.to_string() })
     }
 
     /// The pool, for the brute-force state that shares it (`Store::shared_brute_force`).
-    pub(super) fn pool(&self) -> &Pool {
+    pub(super) fn pool(&self) -> &Db {
         &self.pool
     }
 
+    /// A connection whose statements are prepared once per connection and bounded by
+    /// `postgres::db::TIMEOUT` ([`Conn`]): the only way the engine reaches the database.
     async fn client(&self) -> Result<Conn> {
-        Ok(Conn(self.pool.get().await?))
-    }
-}
-
-/// A pooled connection whose statements are prepared once per connection and then reused
-/// (deadpool's statement cache): one round trip per statement instead of two (Parse and
-/// Describe, then Bind and Execute) and no parsing or planning per call. Measured in
-/// BENCHMARKS.md ("sled and PostgreSQL side by side"): every signed-in page view and half of
-/// a sign-in's statements go through here. Only fixed SQL texts may use it (the cache is
-/// unbounded); [`Conn::uncached`] is for text built from values.
-struct Conn(deadpool_postgres::Object);
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-impl Conn {
-    async fn query(&self, sql: &str, params: Params<'_>) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
-        self.0.query(&self.0.prepare_cached(sql).await?, params).await
-    }
-
-    async fn query_opt(
-        &self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
-        self.0.query_opt(&self.0.prepare_cached(sql).await?, params).await
-    }
-
-    async fn query_one(&self, sql: &str, params: Params<'_>) -> std::result::Result<Row, tokio_postgres::Error> {
-        self.0.query_one(&self.0.prepare_cached(sql).await?, params).await
-    }
-
-    async fn execute(&self, sql: &str, params: Params<'_>) -> std::result::Result<u64, tokio_postgres::Error> {
-        self.0.execute(&self.0.prepare_cached(sql).await?, params).await
-    }
-
-    /// The connection itself, for SQL built from values (prepared afresh, not cached).
-    fn uncached(&self) -> &tokio_postgres::Client {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for Conn {
-    type Target = deadpool_postgres::Object;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+        Ok(self.pool.get().await?)
     }
 }
 
@@ -260,7 +210,7 @@ impl UserStore for PgStore {
 
     async fn insert(&self, user: &User, password_hash: &str) -> Result<()> {
         let client = self.client().await?;
-        insert_user(&***client, user, password_hash).await
+        insert_user(&client, user, password_hash).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -371,7 +321,7 @@ impl UserStore for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for c in users {
-            insert_user(&*tx, &c.user, &c.password_hash).await?;
+            insert_user(&tx, &c.user, &c.password_hash).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -387,11 +337,7 @@ fn page(limit: usize) -> i64 {
 ///
 /// # Errors
 /// [`StoreError::AlreadyExists`] when the key is taken.
-async fn insert_user(
-    client: &(impl tokio_postgres::GenericClient + Sync),
-    user: &User,
-    password_hash: &str,
-) -> Result<()> {
+async fn insert_user(client: &dyn Statements, user: &User, password_hash: &str) -> Result<()> {
     let inserted = client
         .execute(
             "INSERT INTO users (key, display_name, password_hash, admin, disabled, created_at_ms,
@@ -575,17 +521,14 @@ impl SessionStore for PgStore {
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement = tx
-            .prepare(
-                "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING",
-            )
-            .await?;
+        let statement =
+            "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING";
         for s in sessions {
             let r = &s.record;
             let inserted = tx
                 .execute(
-                    &statement,
+                    statement,
                     &[
                         &&s.token_hash[..],
                         &r.user_key,
@@ -695,7 +638,7 @@ impl FailureStore for PgStore {
         }
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         // The text holds the limit: prepared afresh, so the statement cache stays bounded.
-        let rows = self.client().await?.uncached().query(&sql, &refs).await?;
+        let rows = self.client().await?.query_uncached(&sql, &refs).await?;
         rows.iter().map(failure_of).collect()
     }
 
@@ -1054,17 +997,14 @@ impl FactorStore for PgStore {
     async fn import(&self, factors: &[UserFactors]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement = tx
-            .prepare(
-                "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_key) DO NOTHING",
-            )
-            .await?;
+        let statement =
+            "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_key) DO NOTHING";
         for f in factors {
             let hashes: Vec<&[u8]> = f.recovery_hashes.iter().map(|h| &h[..]).collect();
             let inserted = tx
                 .execute(
-                    &statement,
+                    statement,
                     &[
                         &f.user_key,
                         &f.totp.as_ref().map(|t| &t.sealed_secret),

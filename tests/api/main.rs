@@ -12,6 +12,7 @@ mod cli;
 mod config_check;
 mod crash;
 mod csp;
+mod db_hang;
 mod descriptors;
 mod disk;
 mod exhaustion;

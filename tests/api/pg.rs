@@ -364,6 +364,11 @@ impl PrivateCluster {
         wait_until_ready(&self.bin, &self.dir.join("socket"), self.port, &self.dir)
     }
 
+    /// The postmaster's process id while the server runs (for tests that signal it).
+    pub fn postmaster_pid(&self) -> Option<libc::pid_t> {
+        self.pid
+    }
+
     /// Stops the server (fast shutdown: its sessions are ended, then it exits) and waits
     /// until it has exited.
     pub fn stop_server(&mut self) {

@@ -132,7 +132,7 @@ impl PasskeyStore for PgStore {
         let sql = format!(
             "INSERT INTO passkeys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
         );
-        let statement = tx.prepare(&sql).await?;
+
         for p in passkeys {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
                 &p.id,
@@ -144,7 +144,7 @@ impl PasskeyStore for PgStore {
                 &p.last_used_at.map(ms),
                 &i64::from(p.sign_count),
             ];
-            if tx.execute(&statement, &params).await? == 0 {
+            if tx.execute(&sql, &params).await? == 0 {
                 return Err(StoreError::AlreadyExists);
             }
         }

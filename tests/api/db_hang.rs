@@ -1,0 +1,181 @@
+//! A database that stops answering but keeps its sockets open (a hung server, or a network
+//! partition) is a database that is down: `/readyz` and sign-ins answer 503 within the
+//! statement limit instead of waiting for TCP to give up, the CLI fails with one line, and
+//! everything answers again once the server does, without a restart (SPEC.md, "Several
+//! instances, one truth").
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::child;
+use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::pg::PrivateCluster;
+
+/// Far above the 5 s limit (a pool wait, then a statement's) and far below the minutes a
+/// hung connection waited before: generous for a loaded 2-core machine.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// The cluster's postmaster and every process it forked, stopped with SIGSTOP: the kernel
+/// still accepts connections and keeps the open ones, but nothing answers. Dropping it sends
+/// SIGCONT, so a failing test never leaves a stopped cluster behind.
+struct Frozen(Vec<libc::pid_t>);
+
+impl Frozen {
+    fn stop(cluster: &PrivateCluster) -> Frozen {
+        let postmaster = cluster.postmaster_pid().expect("the private cluster runs");
+        // The postmaster first, so it forks no new backend while its children are stopped.
+        let mut pids = vec![postmaster];
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(postmaster, libc::SIGSTOP) };
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            if ppid == Some(postmaster) {
+                // SAFETY: a child of the postmaster this test started.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                pids.push(pid);
+            }
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: the processes stopped above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// A cluster of the test's own (it is stopped, which would stall every other test on a
+/// shared one), with an empty database `portcullis` on it.
+async fn private_database() -> Option<(PrivateCluster, portcullis::postgres::url::DatabaseUrl)> {
+    let cluster = PrivateCluster::start()?;
+    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
+    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
+    drop(admin);
+    let url = cluster.socket_url.with_dbname("portcullis");
+    Some((cluster, url))
+}
+
+async fn readyz(app: &TestApp, client: &reqwest::Client) -> StatusCode {
+    client.get(app.url("/readyz")).send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_gets_503_within_the_limit_and_everything_recovers_after_it_resumes() {
+    let Some((cluster, url)) = private_database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    // Open pooled connections: the fault was a statement sent on one that never answers.
+    assert_eq!(readyz(&app, &app.client).await, StatusCode::OK);
+    assert_eq!(app.login("alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    // Forms fetched while the database answers, posted while it does not.
+    let mut forms = Vec::new();
+    for _ in 0..3 {
+        let client = app.new_browser();
+        let csrf = app.login_csrf(&client).await;
+        forms.push((client, csrf));
+    }
+
+    let frozen = Frozen::stop(&cluster);
+    let started = Instant::now();
+    let probes = (0..3).map(|_| async { (readyz(&app, &app.new_browser()).await, started.elapsed()) });
+    let sign_ins = forms.iter().map(|(client, csrf)| async {
+        let resp = client
+            .post(app.url("/login"))
+            .form(&[("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.headers().contains_key("retry-after"), started.elapsed())
+    });
+    let (probes, sign_ins) = tokio::time::timeout(
+        BOUND * 2,
+        futures_util::future::join(futures_util::future::join_all(probes), futures_util::future::join_all(sign_ins)),
+    )
+    .await
+    .expect("every request answers while the database is stopped");
+    for (status, took) in probes {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "/readyz while the database is stopped");
+        assert!(took < BOUND, "/readyz answered after {took:?}");
+    }
+    for (status, retry_after, took) in sign_ins {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a sign-in while the database is stopped");
+        assert!(retry_after, "a 503 says when to retry");
+        assert!(took < BOUND, "a sign-in answered after {took:?}");
+    }
+
+    drop(frozen);
+    let mut status = readyz(&app, &app.client).await;
+    let resumed = Instant::now();
+    while status != StatusCode::OK && resumed.elapsed() < BOUND {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = readyz(&app, &app.client).await;
+    }
+    assert_eq!(status, StatusCode::OK, "ready again once the database answers");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_command_against_a_database_that_stops_answering_fails_with_one_line_instead_of_hanging() {
+    let Some((cluster, url)) = private_database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
+        child::run_cli(cmd, None)
+    };
+    run(&["user", "list"]).await.assert_ok("the database answers");
+
+    let frozen = Frozen::stop(&cluster);
+    let started = Instant::now();
+    let failed = run(&["user", "list"]).await;
+    let took = started.elapsed();
+    drop(frozen);
+    let line = failed.assert_one_line_failure("user list with the database stopped");
+    assert!(took < BOUND, "the CLI gave up after {took:?}");
+    assert!(line.contains("database"), "{line}");
+
+    run(&["user", "list"]).await.assert_ok("the database answers again");
+}
+
+/// The server process behind a pooled connection.
+async fn backend(c: &portcullis::postgres::db::Conn) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn a_statement_past_the_limit_fails_as_unavailable_and_its_connection_never_returns_to_the_pool() {
+    let Some(url) = crate::pg::database().await else { return };
+    // One connection at most: a reused one would show the same server process.
+    let pool = portcullis::postgres::connect::pool(&url, 1).unwrap();
+    let c = pool.get().await.unwrap();
+    let first = backend(&c).await;
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(backend(&c).await, first, "a connection that finished its calls is reused");
+
+    let started = Instant::now();
+    let err = c.query("SELECT pg_sleep(8)", &[]).await.unwrap_err();
+    assert!(matches!(err, portcullis::postgres::PgError::Timeout(_)), "{err}");
+    assert!(err.is_unavailable(), "answered 503, as a database that is down");
+    assert!(started.elapsed() < Duration::from_secs(8), "the limit, not the statement, ended the wait");
+    drop(c);
+    let c = pool.get().await.unwrap();
+    let second = backend(&c).await;
+    assert_ne!(second, first, "the timed-out connection was dropped, not reused");
+
+    // A caller that gives up mid-call (its future dropped) leaves the same unknown state.
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), c.query("SELECT pg_sleep(3)", &[])).await;
+    assert!(gave_up.is_err());
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_ne!(backend(&c).await, second, "an abandoned call's connection was dropped, not reused");
+}
