@@ -48,7 +48,7 @@ pub enum Command {
     /// Review failed and refused logins, newest first
     #[command(after_help = "Example:\n  portcullis audit --since 24h --reason bad_password --limit 50")]
     Audit(AuditArgs),
-    /// Work on the store as a whole: copy it into another engine
+    /// Work on the store as a whole: copy it into another engine, or forget a lost factor key
     #[command(
         subcommand,
         after_help = "Example:\n  portcullis store copy --to postgres:///portcullis?host=/run/postgresql"
