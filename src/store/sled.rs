@@ -197,9 +197,12 @@ const UNCOUNTED: u64 = u64::MAX;
 /// them all, so a burst of writes costs a few fsyncs, not one each. Its own thread, not
 /// `sled::Db::flush_async`: that runs each flush on sled's I/O pool, whose `notify_all` wakes
 /// every idle pool thread per job, which cost more CPU per sign-in than the rest of the server.
+/// A durability request: answered once a flush begun after it was sent has ended.
+type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 struct GroupCommit {
     /// `None` once dropping: the thread then ends.
-    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>>>,
+    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushRequest>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -219,7 +222,7 @@ impl Drop for GroupCommit {
 impl GroupCommit {
     /// Starts the flushing thread; it ends when the last [`SledStore`] clone is dropped.
     fn start(db: ::sled::Db) -> Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
+        let (tx, rx) = std::sync::mpsc::channel::<FlushRequest>();
         let thread = std::thread::Builder::new()
             .name("store-flush".into())
             .spawn(move || {
