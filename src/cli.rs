@@ -130,7 +130,8 @@ const FORGET_FACTOR_KEY_EXAMPLE: &str = "\
 A server whose factor.key is not the one the store was first used with refuses to start. Copy
 the right one from another instance or a backup if you can: this command is for a key lost for
 good. Users with an authenticator app sign in with their password (and passkeys) until they set
-it up again. Stop the servers first with sled.
+it up again. Stop every server on the store first (with sled the command refuses while one
+runs; with PostgreSQL a server left running would go on sealing factors under the old key).
 
 Example:
   portcullis store forget-factor-key --yes";
@@ -503,6 +504,8 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
         Target::parse(to)?
     };
     let from = open_configured(&settings).await?;
+    // Before the target is made: a copy a server could not start on is no copy.
+    refuse_a_key_the_source_was_not_used_with(&from, &settings.data_dir.join(crate::factors::key::KEY_FILE)).await?;
     let into = match &target {
         Target::Database(url) => Store::connect(url, &settings.instance_name)
             .await
@@ -588,7 +591,15 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
         }
         .into());
     }
-    let store = open_configured(&settings).await?;
+    // Opened as the `user` commands open it, for the auth log: each user whose factors go is
+    // logged as a reset, as `user reset-factors` logs one.
+    let services = match Services::open(&settings, 1).await {
+        Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => {
+            bail!("the store in {} is in use by a running server: stop it first", settings.data_dir.display())
+        }
+        other => other?,
+    };
+    let store = &services.store;
     let mut cleared = 0u64;
     let mut after: Option<String> = None;
     loop {
@@ -597,7 +608,13 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
         after = Some(last.user_key.clone());
         for user in &page {
             let removed = store.factors.clear(&user.user_key).await?;
-            cleared += u64::from(removed.totp || removed.recovery_codes > 0);
+            if removed.totp || removed.recovery_codes > 0 {
+                cleared += 1;
+                let name = store.users.get(&user.user_key).await?.map_or(user.user_key.clone(), |u| u.display_name);
+                services
+                    .audit
+                    .record(&crate::audit::AuthEvent::FactorsReset { username: &name, by: "store forget-factor-key" });
+            }
         }
     }
     let forgotten = store.secrets.forget(crate::factors::key::FINGERPRINT_NAME).await?;
@@ -641,6 +658,31 @@ fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow
         }
         Err(e) => Err(anyhow!(e).context(format!("cannot write {}", into.display()))),
     }
+}
+
+/// Refuses a copy from a store whose recorded factor-key fingerprint is not that of the key in
+/// `key_file` (this host's `data_dir/factor.key`, which a sled target gets): a server on the
+/// copy would refuse to start.
+///
+/// # Errors
+/// When the fingerprints differ, or the store or the key cannot be read.
+async fn refuse_a_key_the_source_was_not_used_with(from: &Store, key_file: &std::path::Path) -> anyhow::Result<()> {
+    let recorded = from.secrets.export().await?.into_iter().find(|(n, _)| n == crate::factors::key::FINGERPRINT_NAME);
+    let Some((_, recorded)) = recorded else { return Ok(()) };
+    let text = match std::fs::read_to_string(key_file) {
+        Ok(text) => Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!(e).context(format!("cannot read the factor key {}", key_file.display()))),
+    };
+    let key = crate::factors::FactorKey::parse(&text)
+        .ok_or_else(|| anyhow!("the factor key {} is not 64 hexadecimal digits", key_file.display()))?;
+    if key.fingerprint() != recorded {
+        bail!(
+            "{} is not the factor key this store was first used with: copy the right one here first (servers on the copy need it)",
+            key_file.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses the sled target directory `dir` when it holds a factor key other than the one in

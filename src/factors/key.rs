@@ -122,7 +122,9 @@ impl FactorKey {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// The key from the text of a `factor.key` file: 64 hexadecimal digits, surrounding
+    /// whitespace ignored; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         if text.len() != 64 {
             return None;

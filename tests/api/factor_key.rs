@@ -80,6 +80,19 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     let forgot = cli(&["store", "forget-factor-key", "--yes"]).await;
     forgot.assert_ok("forget");
     assert!(forgot.stdout.contains("of 1 user(s)"), "{forgot:?}");
+    // Logged as `user reset-factors` logs a reset, naming the command.
+    let log: String = std::fs::read_dir(root.join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("auth.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        log.lines().any(|l| l.contains("\"user_factors_reset\"")
+            && l.contains("store forget-factor-key")
+            && l.contains("alice")),
+        "{log}"
+    );
     let app = spawn_in(dir, settings).await;
     assert!(!app.state.factors.summary("alice").await.unwrap().totp, "the sealed secret went");
     let browser = app.new_browser();
@@ -102,4 +115,30 @@ async fn on_postgresql_an_instance_started_without_the_first_ones_key_refuses_to
     let two = spawn_in(dir, settings).await;
     two.stop().await;
     one.stop().await;
+}
+
+#[tokio::test]
+async fn store_copy_refuses_a_local_factor_key_the_store_was_not_first_used_with_before_writing() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let (dir, settings) = app.stop().await;
+    // This host's key is not the one the store recorded (a refused start left a new one).
+    std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "22".repeat(32))).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let into = target.path().join("copy");
+    let mut run = None;
+    for _ in 0..200 {
+        let mut cmd = child::command(dir.path());
+        cmd.args(["store", "copy", "--to", into.to_str().unwrap()]);
+        let r = child::run_cli(cmd, None).await;
+        if !r.stderr.contains("in use by a running server") {
+            run = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let run = run.expect("the store was released");
+    let err = run.assert_one_line_failure("a copy with the wrong local key");
+    assert!(err.contains("is not the factor key this store was first used with"), "{err}");
+    assert!(!into.exists(), "nothing written");
 }
