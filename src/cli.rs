@@ -131,7 +131,8 @@ A server whose factor.key is not the one the store was first used with refuses t
 the right one from another instance or a backup if you can: this command is for a key lost for
 good. Users with an authenticator app sign in with their password (and passkeys) until they set
 it up again. Stop every server on the store first (with sled the command refuses while one
-runs; with PostgreSQL a server left running would go on sealing factors under the old key).
+runs; with PostgreSQL a server left running with the old key refuses to enrol factors once a
+new instance has recorded its own key).
 
 Example:
   portcullis store forget-factor-key --yes";

@@ -177,10 +177,12 @@ impl SecondFactors {
     /// step counts as used. Returns whether it was enrolled (`false`: wrong code, or no user).
     ///
     /// # Errors
-    /// [`FactorError`] when the store cannot be used.
+    /// [`FactorError`] when the store cannot be used, or records another factor key
+    /// ([`KeyError::OtherKey`]).
     pub async fn enrol_totp(&self, user_key: &str, secret: &[u8], code: &str) -> Result<bool, FactorError> {
         let now = now_ms();
         let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(false) };
+        self.keys_agree().await?;
         let sealed = self.key.seal(user_key, secret)?;
         if !self.store.factors.set_totp(user_key, &TotpFactor { sealed_secret: sealed, created_at: now }).await? {
             return Ok(false);
@@ -188,6 +190,21 @@ impl SecondFactors {
         // The enrolment code cannot sign in afterwards (its step, or a later one, is taken).
         self.store.factors.use_totp_step(user_key, step).await?;
         Ok(true)
+    }
+
+    /// Checks, before keying anything, that this server's factor key is the one the store
+    /// records (and records it if none is, as after `store forget-factor-key`): a server left
+    /// running with another key must not seal factors the others cannot open.
+    ///
+    /// # Errors
+    /// [`KeyError::OtherKey`] when the store records another key; [`FactorError::Store`]
+    /// when it cannot be read.
+    async fn keys_agree(&self) -> Result<(), FactorError> {
+        let ours = self.key.fingerprint();
+        if self.store.secrets.claim(key::FINGERPRINT_NAME, &ours).await? != ours {
+            return Err(KeyError::OtherKey.into());
+        }
+        Ok(())
     }
 
     /// Removes the user's authenticator app; when no other second factor is left the recovery
@@ -208,8 +225,10 @@ impl SecondFactors {
     /// to be shown once; `None` if no such user.
     ///
     /// # Errors
-    /// [`FactorError`] when no random bytes can be had or the store cannot be used.
+    /// [`FactorError`] when no random bytes can be had, the store cannot be used, or it
+    /// records another factor key ([`KeyError::OtherKey`]).
     pub async fn new_recovery_codes(&self, user_key: &str) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
+        self.keys_agree().await?;
         let codes = recovery::generate()?;
         let hashes: Vec<[u8; 32]> =
             codes.iter().filter_map(|c| recovery::normalise(c)).map(|c| self.key.recovery_hash(user_key, &c)).collect();

@@ -142,3 +142,27 @@ async fn store_copy_refuses_a_local_factor_key_the_store_was_not_first_used_with
     assert!(err.contains("is not the factor key this store was first used with"), "{err}");
     assert!(!into.exists(), "nothing written");
 }
+
+#[tokio::test]
+async fn a_running_server_keys_no_factor_once_the_store_records_another_key() {
+    use portcullis::factors::key::FINGERPRINT_NAME;
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    // As after `store forget-factor-key` with this server left running, and another instance
+    // started with a new key.
+    let secrets = &app.state.store.secrets;
+    assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
+    secrets.claim(FINGERPRINT_NAME, &[9; 32]).await.unwrap();
+    let secret = totp::new_secret().unwrap();
+    let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
+    let other_key = |e: portcullis::factors::FactorError| {
+        matches!(e, portcullis::factors::FactorError::Key(portcullis::factors::KeyError::OtherKey))
+    };
+    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.is_err_and(other_key));
+    assert!(app.state.factors.new_recovery_codes("alice").await.is_err_and(other_key));
+    assert!(!app.state.factors.summary("alice").await.unwrap().totp, "nothing sealed");
+    // Forgotten with no instance recording another key: this server's key is recorded again.
+    assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
+    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
+    app.stop().await;
+}
