@@ -223,6 +223,21 @@ pub async fn run_cli(cmd: Command, stdin: Option<&str>) -> Run {
     Run { ok: status.success(), stdout, stderr }
 }
 
+/// `portcullis ARGS` in `dir` ([`command`]'s environment), tried again a bounded while as long
+/// as a server stopped in this process still holds the sled store.
+pub async fn run_cli_when_released(dir: &Path, args: &[&str]) -> Run {
+    for _ in 0..200 {
+        let mut cmd = command(dir);
+        cmd.args(args);
+        let run = run_cli(cmd, None).await;
+        if !run.stderr.contains("in use by a running server") {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the store in {} was never released", dir.display())
+}
+
 /// Runs `cmd` to completion on a blocking thread (so an in-process server on this runtime
 /// keeps answering), feeding it `stdin` as is if given; fails the test past [`DEADLINE`].
 pub async fn run(mut cmd: Command, stdin: Option<&str>) -> (ExitStatus, String, String) {

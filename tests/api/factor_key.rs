@@ -5,7 +5,6 @@
 //! good: every TOTP secret and recovery code goes (they cannot be checked anyway), then a
 //! server starts with a new key.
 
-use portcullis::app::Application;
 use portcullis::factors::totp;
 use portcullis::store::now_ms;
 
@@ -13,20 +12,12 @@ use crate::child;
 use crate::helpers::{spawn_app_with, spawn_in, test_settings, GOOD_PASSWORD};
 use crate::pg;
 
-/// Why the server would not start with `settings` (retrying while a stopped server in this
-/// process still holds its sled store); panics if it starts.
+/// Why the server would not start with `settings`; panics if it starts.
 async fn refusal(settings: &portcullis::config::Settings) -> String {
-    for _ in 0..200 {
-        let err = match Application::build(settings.clone()).await {
-            Err(e) => format!("{e:#}"),
-            Ok(_) => panic!("started with another factor key"),
-        };
-        if !err.contains("in use by another process") {
-            return err;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    match crate::helpers::build_when_released(settings).await {
+        Err(e) => e,
+        Ok(_) => panic!("started with another factor key"),
     }
-    panic!("the store was never released")
 }
 
 #[tokio::test]
@@ -45,22 +36,7 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     // Back with the right key, with a TOTP user; then the key is lost for good.
     std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
     let root = dir.path().to_path_buf();
-    // The CLI waits, a bounded while, for this process's stopped server to let go of the store.
-    let cli = |args: &'static [&'static str]| {
-        let root = root.clone();
-        async move {
-            for _ in 0..200 {
-                let mut cmd = child::command(&root);
-                cmd.args(args);
-                let run = child::run_cli(cmd, None).await;
-                if !run.stderr.contains("in use by a running server") {
-                    return run;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            panic!("the store was never released")
-        }
-    };
+    let cli = |args: &'static [&'static str]| child::run_cli_when_released(&root, args);
     let forgot = cli(&["store", "forget-factor-key", "--yes"]).await;
     forgot.assert_ok("forget with no factors");
     assert!(
@@ -126,18 +102,7 @@ async fn store_copy_refuses_a_local_factor_key_the_store_was_not_first_used_with
     std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "22".repeat(32))).unwrap();
     let target = tempfile::tempdir().unwrap();
     let into = target.path().join("copy");
-    let mut run = None;
-    for _ in 0..200 {
-        let mut cmd = child::command(dir.path());
-        cmd.args(["store", "copy", "--to", into.to_str().unwrap()]);
-        let r = child::run_cli(cmd, None).await;
-        if !r.stderr.contains("in use by a running server") {
-            run = Some(r);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let run = run.expect("the store was released");
+    let run = child::run_cli_when_released(dir.path(), &["store", "copy", "--to", into.to_str().unwrap()]).await;
     let err = run.assert_one_line_failure("a copy with the wrong local key");
     assert!(err.contains("is not the factor key this store was first used with"), "{err}");
     assert!(!into.exists(), "nothing written");

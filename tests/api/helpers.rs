@@ -72,22 +72,26 @@ pub async fn spawn_beside(first: &TestApp, configure: impl FnOnce(&mut Settings)
     spawn_in(dir, settings).await
 }
 
-/// Starts a server on an existing directory (for restart tests).
-pub async fn spawn_in(dir: tempfile::TempDir, settings: Settings) -> TestApp {
-    // A restart in the same process: a connection task of the stopped server may still hold
-    // the sled store for a moment after `stop` (a new process, as in production, never
-    // meets this). Wait for it, a bounded while, rather than fail on a loaded machine.
+/// `Application::build(settings)`, or why it failed (the whole chain, one line). A restart in
+/// the same process: a connection task of the stopped server may still hold the sled store
+/// for a moment after `stop` (a new process, as in production, never meets this), so a build
+/// refused for that is tried again, a bounded while, rather than fail on a loaded machine.
+pub async fn build_when_released(settings: &Settings) -> Result<Application, String> {
     let mut tries = 0;
-    let app = loop {
+    loop {
         match Application::build(settings.clone()).await {
-            Ok(app) => break app,
             Err(e) if tries < 100 && format!("{e:#}").contains("in use by another process") => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("server builds: {e:#}"),
+            other => return other.map_err(|e| format!("{e:#}")),
         }
-    };
+    }
+}
+
+/// Starts a server on an existing directory (for restart tests).
+pub async fn spawn_in(dir: tempfile::TempDir, settings: Settings) -> TestApp {
+    let app = build_when_released(&settings).await.unwrap_or_else(|e| panic!("server builds: {e}"));
     let admin_password = app.initial_admin_password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
     let addr = app.https_addr();
     let http_addr = app.http_addr().unwrap_or(addr);

@@ -392,18 +392,10 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     // Started without the key that sealed them (a new instance, a lost file): a new key is
     // made, and the server says what is wrong instead of failing every TOTP sign-in.
     std::fs::remove_file(&key).unwrap();
-    let mut err = String::new();
-    // The stopped server's aborted tasks let go of the store when the runtime drops them.
-    for _ in 0..200 {
-        err = match portcullis::app::Application::build(settings.clone()).await {
-            Err(e) => format!("{e:#}"),
-            Ok(_) => panic!("started with the wrong factor key"),
-        };
-        if !err.contains("in use by another process") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let err = match crate::helpers::build_when_released(&settings).await {
+        Err(e) => e,
+        Ok(_) => panic!("started with the wrong factor key"),
+    };
     assert!(err.contains("factor.key") && err.contains("copy"), "{err}");
     drop(dir);
 }
