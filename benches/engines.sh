@@ -62,8 +62,8 @@ cleanup() {
 }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-TICKS=$(getconf CLK_TCK)
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 echo "starting a throwaway PostgreSQL ($PGBIN)..." >&2
@@ -143,28 +143,7 @@ cli() { # ENGINE-ENV... -- ARGS: the CLI with the given environment
     env -u PORTCULLIS_CONFIG PORTCULLIS_DATA_DIR="$WORK/cli/data" PORTCULLIS_LOG_DIR="$WORK/cli/logs" "${envs[@]}" "$BIN" "$@"
 }
 
-cpu_ms() { awk -v t="$TICKS" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$1/stat"; }
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
-split_cpu_ms() { # PID: "ARGON2_MS OTHER_MS" over the server's live threads
-    python3 - "$1" "$TICKS" <<'PY'
-import os, sys
-pid, ticks = sys.argv[1], int(sys.argv[2])
-hash_t = other = 0
-for t in os.listdir(f"/proc/{pid}/task"):
-    try:
-        stat = open(f"/proc/{pid}/task/{t}/stat").read()
-    except OSError:
-        continue
-    name = stat[stat.index("(") + 1:stat.rindex(")")]
-    f = stat[stat.rindex(")") + 2:].split()
-    used = int(f[11]) + int(f[12])
-    if name.startswith("argon2-"):
-        hash_t += used
-    else:
-        other += used
-print(hash_t * 1000 // ticks, other * 1000 // ticks)
-PY
-}
 settle() { # PID...: until the servers have finished queued work (at most 60 s)
     for _ in $(seq 1 120); do
         local a=0 b=0 p

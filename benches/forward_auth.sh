@@ -21,7 +21,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 PC=$(free_port); PN=$(free_port); PG=$(free_port); PA=$(free_port)
 PASSWORD='plum tractor velvet orbit'

@@ -36,7 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 PASSWORD=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 unset PORTCULLIS_CONFIG
 declare -A PORT PID
@@ -69,8 +70,6 @@ start off off
 curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^portcullis_build_info' \
     || { echo "the metrics listener does not answer" >&2; exit 1; }
 
-TICKS=$(getconf CLK_TCK)
-cpu_ms() { awk -v t="$TICKS" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$1/stat"; }
 
 run() { # name → "cpu_ms views"
     local name=$1 scraper=

@@ -73,37 +73,14 @@ curl -skf "https://127.0.0.1:$PORT/healthz" > /dev/null
 sleep 2
 
 status() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SERVER_PID/status"; }
-TICKS=$(getconf CLK_TCK)
-cpu_ms() { awk -v t="$TICKS" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$SERVER_PID/stat"; }
-# The server's CPU so far split by thread: "ARGON2_MS OTHER_MS" (the argon2-* hashing threads,
-# and everything else: async workers, sled, the log writer). Threads that have exited are
-# counted in neither, so a run's figures are differences of two calls.
-split_cpu_ms() {
-    python3 - "$SERVER_PID" "$TICKS" <<'PY'
-import os, sys
-pid, ticks = sys.argv[1], int(sys.argv[2])
-hash_t = other = 0
-for t in os.listdir(f"/proc/{pid}/task"):
-    try:
-        stat = open(f"/proc/{pid}/task/{t}/stat").read()
-    except OSError:
-        continue
-    name = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()
-    used = int(fields[11]) + int(fields[12])
-    if name.startswith("argon2-"):
-        hash_t += used
-    else:
-        other += used
-print(hash_t * 1000 // ticks, other * 1000 // ticks)
-PY
-}
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 settle() { # until the server has finished the previous run's queued hashes (at most 60 s)
     for _ in $(seq 1 120); do
         local a b
-        a=$(cpu_ms)
+        a=$(cpu_ms "$SERVER_PID")
         sleep 0.5
-        b=$(cpu_ms)
+        b=$(cpu_ms "$SERVER_PID")
         if [ $((b - a)) -lt 50 ]; then return; fi
     done
 }
@@ -122,11 +99,11 @@ for c in $CONCURRENCY; do
     settle
     raw_before=$("$BIN" bench-verify --seconds "$ROW_VERIFY_SECONDS" --all-cores-only --json)
     echo 5 > "/proc/$SERVER_PID/clear_refs" 2>/dev/null || true # reset the peak (VmHWM)
-    before=$(cpu_ms)
-    read -r hash_before other_before < <(split_cpu_ms)
+    before=$(cpu_ms "$SERVER_PID")
+    read -r hash_before other_before < <(split_cpu_ms "$SERVER_PID")
     out=$(loadtest "$c" "$DURATION" --username bench --probe-rate "$PROBE_RATE") || tail -n 1 "$WORK/progress.log" >&2
-    after=$(cpu_ms) # at once: work the server still does for requests cut at the deadline is left out
-    read -r hash_after other_after < <(split_cpu_ms)
+    after=$(cpu_ms "$SERVER_PID") # at once: work the server still does for requests cut at the deadline is left out
+    read -r hash_after other_after < <(split_cpu_ms "$SERVER_PID")
     peak=$(status VmHWM)
     out=${out:-null}
     settle
@@ -147,9 +124,9 @@ for _ in $(seq 1 "$ROUNDS"); do
     for protocol in h2 http1; do # browsers speak HTTP/2; a reverse proxy, HTTP/1.1
         flag=()
         if [ "$protocol" = http1 ]; then flag=(--http1); fi
-        read -r hash_before other_before < <(split_cpu_ms)
+        read -r hash_before other_before < <(split_cpu_ms "$SERVER_PID")
         out=$(loadtest "$ROUND_CONCURRENCY" "$ROUND_DURATION" --username bench "${flag[@]}" || true)
-        read -r hash_after other_after < <(split_cpu_ms)
+        read -r hash_after other_after < <(split_cpu_ms "$SERVER_PID")
         settle
         raw_next=$("$BIN" bench-verify --seconds "$ROUND_VERIFY_SECONDS" --all-cores-only --json)
         echo "{\"run\": ${out:-null}, \"argon2_cpu_ms\": $((hash_after - hash_before)), \"other_cpu_ms\": $((other_after - other_before)), \"raw\": [$raw_prev, $raw_next]}" \
