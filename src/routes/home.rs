@@ -5,18 +5,14 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 
-use crate::audit::{rfc3339, AuthEvent};
+use crate::audit::AuthEvent;
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
 use crate::text::printable;
 
 pub(super) struct SessionView {
-    /// RFC 3339 with milliseconds, for the `datetime` attribute.
-    pub created: String,
-    pub last_seen: String,
-    /// The same to the minute, for people: `2026-11-30 15:42 UTC`.
-    pub created_shown: String,
-    pub last_seen_shown: String,
+    pub created: super::Moment,
+    pub last_seen: super::Moment,
     pub ip: String,
     pub user_agent: String,
     pub current: bool,
@@ -27,23 +23,14 @@ pub(super) fn session_views(sessions: Vec<crate::store::StoredSession>, current:
     sessions
         .into_iter()
         .map(|s| SessionView {
-            created: rfc3339(s.record.created_at),
-            last_seen: rfc3339(s.record.last_seen_at),
-            created_shown: to_the_minute(s.record.created_at),
-            last_seen_shown: to_the_minute(s.record.last_seen_at),
+            created: super::Moment::at(s.record.created_at),
+            last_seen: super::Moment::at(s.record.last_seen_at),
             ip: s.record.ip,
             // Invisible and control characters shown as escapes, as on every other page.
             user_agent: printable(&s.record.user_agent).into_owned(),
             current: &s.token_hash == current,
         })
         .collect()
-}
-
-/// `2026-11-30 15:42 UTC` for Unix milliseconds `ms`.
-fn to_the_minute(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms / 1000);
-    let full = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-30T15:42:19Z
-    format!("{} UTC", full.get(..16).unwrap_or(&full).replace('T', " "))
 }
 
 #[derive(Template)]
@@ -126,14 +113,5 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             Notice::SessionsEnded { count }.attach(&state.csrf, &session.token_hash, see_other(back))
         }
         Err(e) => crate::routes::store_error(&e, "could not end sessions"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn session_times_are_shown_to_the_minute_in_utc() {
-        assert_eq!(super::to_the_minute(1_796_053_339_123), "2026-11-30 15:42 UTC");
-        assert_eq!(super::to_the_minute(0), "1970-01-01 00:00 UTC");
     }
 }

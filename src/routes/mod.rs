@@ -185,6 +185,22 @@ pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
     error_page(fault_status(e.is_unavailable()))
 }
 
+/// A time as the pages show it: RFC 3339 with milliseconds for a `<time datetime>`, and to the
+/// minute in UTC for people (`2026-11-30 15:42 UTC`).
+pub struct Moment {
+    pub rfc3339: String,
+    pub minute: String,
+}
+
+impl Moment {
+    /// The time `ms` (Unix milliseconds).
+    pub fn at(ms: u64) -> Self {
+        let rfc3339 = crate::audit::rfc3339(ms);
+        let minute = format!("{} UTC", rfc3339.get(..16).unwrap_or(&rfc3339).replace('T', " "));
+        Moment { rfc3339, minute }
+    }
+}
+
 /// The status of a request the server could not judge: 503 when a part it needs cannot be
 /// reached (fail closed; the client may retry), 500 for a fault of its own.
 pub fn fault_status(unavailable: bool) -> StatusCode {
@@ -376,6 +392,13 @@ pub type State<'a> = Data<&'a Arc<AppState>>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_are_shown_to_the_minute_in_utc_beside_their_rfc_3339_form() {
+        let m = super::Moment::at(1_796_053_339_123);
+        assert_eq!((m.rfc3339.as_str(), m.minute.as_str()), ("2026-11-30T15:42:19.123Z", "2026-11-30 15:42 UTC"));
+        assert_eq!(super::Moment::at(0).minute, "1970-01-01 00:00 UTC");
+    }
+
     use super::*;
 
     fn post(headers: &[(&str, &str)]) -> Request {

@@ -16,7 +16,7 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::audit::{rfc3339, AuthEvent, FailureReason};
+use crate::audit::{AuthEvent, FailureReason};
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
 use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
@@ -80,16 +80,8 @@ pub struct PasskeyView {
     /// The credential id, base64url (the form's `id`).
     pub id: String,
     pub name: String,
-    /// RFC 3339 (for `datetime`) and as shown (to the minute, UTC).
-    pub created: String,
-    pub created_text: String,
-    pub last_used: Option<String>,
-    pub last_used_text: Option<String>,
-}
-
-/// `2026-11-30T13:31:57.025Z` as `2026-11-30 13:31 UTC`.
-fn minute(rfc3339: &str) -> String {
-    format!("{} UTC", rfc3339.get(..16).unwrap_or(rfc3339).replace('T', " "))
+    pub created: super::Moment,
+    pub last_used: Option<super::Moment>,
 }
 
 /// The user's passkeys for the page (`templates/account_passkeys.html` reads `passkeys`,
@@ -106,10 +98,8 @@ pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>,
         .map(|p| PasskeyView {
             id: URL_SAFE_NO_PAD.encode(&p.id),
             name: printable(&p.name).into_owned(),
-            created: rfc3339(p.created_at),
-            created_text: minute(&rfc3339(p.created_at)),
-            last_used: p.last_used_at.map(rfc3339),
-            last_used_text: p.last_used_at.map(|t| minute(&rfc3339(t))),
+            created: super::Moment::at(p.created_at),
+            last_used: p.last_used_at.map(super::Moment::at),
         })
         .collect())
 }

@@ -12,7 +12,6 @@ use poem::http::StatusCode;
 use poem::{handler, Request, Response};
 
 use super::home::{session_views, SessionView};
-use crate::audit::rfc3339;
 use crate::routes::flash;
 use crate::routes::{current_session_listing, html, see_other, store_error, State};
 use crate::session::ActiveSession;
@@ -30,7 +29,7 @@ struct AccountPage<'a> {
     password_error: Option<&'a str>,
     factors: FactorSummary,
     /// When the authenticator app was set up (RFC 3339), if it is.
-    totp_since: Option<String>,
+    totp_since: Option<crate::routes::Moment>,
     /// The `second_factor` policy wants a factor this user lacks.
     must_enrol: bool,
     /// The passkeys section (`templates/account_passkeys.html`).
@@ -86,7 +85,7 @@ async fn render_listed(
         Err(e) => return store_error(&e, "could not read the user's second factors"),
     };
     let totp_since = match state.store.factors.totp(&user.key).await {
-        Ok(t) => t.map(|t| rfc3339(t.created_at)),
+        Ok(t) => t.map(|t| crate::routes::Moment::at(t.created_at)),
         Err(e) => return store_error(&e, "could not read the user's authenticator"),
     };
     let passkeys = match crate::routes::passkeys::views(state, &user.key).await {
