@@ -202,7 +202,7 @@ type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 struct GroupCommit {
     /// `None` once dropping: the thread then ends.
-    requests: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushRequest>>>,
+    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -210,9 +210,7 @@ impl Drop for GroupCommit {
     /// Ends the thread and waits for it, so the store (and sled's lock on its directory) is
     /// released when the last handle goes, as a restart or the CLI right after expects.
     fn drop(&mut self) {
-        if let Ok(requests) = self.requests.get_mut() {
-            requests.take();
-        }
+        self.requests.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join(); // it only flushes; a panic there has already been reported
         }
@@ -237,7 +235,7 @@ impl GroupCommit {
                 }
             })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(GroupCommit { requests: std::sync::Mutex::new(Some(tx)), thread: Some(thread) })
+        Ok(GroupCommit { requests: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -278,10 +276,7 @@ impl SledStore {
     /// Makes every write so far durable. Every trait method calls it before it returns.
     async fn flush(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = match self.durability.requests.lock() {
-            Ok(requests) => requests.as_ref().is_some_and(|r| r.send(tx).is_ok()),
-            Err(_) => false, // a panic while holding it: the sender is still whole, but be safe
-        };
+        let sent = self.durability.requests.as_ref().is_some_and(|r| r.send(tx).is_ok());
         let flushed = if sent { rx.await.ok() } else { None };
         match flushed {
             Some(Ok(())) => Ok(()),
