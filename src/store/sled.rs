@@ -407,6 +407,7 @@ impl SledStore {
     fn touch_session(&self, token_hash: &[u8; 32], now: u64) -> Result<()> {
         let mut touched = None;
         self.sessions.fetch_and_update(token_hash, |old| {
+            touched = None;
             let mut record: SessionRecord = old.and_then(|v| serde_json::from_slice(v).ok())?;
             record.last_seen_at = record.last_seen_at.max(now);
             let bytes = serde_json::to_vec(&record).ok();

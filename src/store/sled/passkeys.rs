@@ -147,6 +147,8 @@ impl PasskeyStore for SledStore {
     async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool> {
         let mut renamed = false;
         self.passkeys()?.fetch_and_update(id, |old| {
+            // sled calls this again when another writer got in first: only the last call counts.
+            renamed = false;
             let bytes = old?;
             let mut record: PasskeyRecord = match serde_json::from_slice(bytes) {
                 Ok(r) => r,
@@ -179,6 +181,9 @@ impl PasskeyStore for SledStore {
     async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool> {
         let mut noted = false;
         self.passkeys()?.fetch_and_update(id, |old| {
+            // sled calls this again when another writer got in first: only the last call
+            // counts, or a replayed counter that lost the race would be reported as noted.
+            noted = false;
             let bytes = old?;
             let Ok(mut record) = serde_json::from_slice::<PasskeyRecord>(bytes) else { return Some(bytes.to_vec()) };
             let forward = sign_count > record.sign_count || (sign_count == 0 && record.sign_count == 0);
