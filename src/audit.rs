@@ -125,6 +125,12 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         client: &'a Client,
     },
+    /// A signed-in user typed their password again on `/account/confirm` before changing a
+    /// second factor (`authn_reauth_success`; a wrong one is an `authn_login_fail`).
+    Reauthenticated {
+        username: &'a str,
+        client: &'a Client,
+    },
     SessionsEnded {
         username: &'a str,
         count: usize,
@@ -716,6 +722,10 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::LoggedOut { username, client } => tracing::info!(
             target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,
             "logged out"
+        ),
+        AuthEvent::Reauthenticated { username, client } => tracing::info!(
+            target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
+            user_agent = client.user_agent, "password confirmed again"
         ),
         AuthEvent::SessionsEnded { username, count, by } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count, by, "sessions ended"

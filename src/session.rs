@@ -17,6 +17,13 @@ pub const SESSION_COOKIE: &str = "__Host-portcullis";
 /// used one.
 pub const MAX_SESSIONS_PER_USER: usize = 64;
 
+/// How long after signing in (or confirming the password again) a session may add or remove
+/// a second factor without being asked for the password: 10 minutes. A session stolen later
+/// than that cannot bind the thief's own authenticator, or remove the owner's (OWASP ASVS
+/// 4.0 §3.7.1, re-authentication before sensitive changes; NIST SP 800-63B §6.1.2.1, binding
+/// an authenticator needs a fresh authentication).
+pub const RECENT_AUTHENTICATION: Duration = Duration::from_secs(10 * 60);
+
 /// A session token as the browser holds it. Never stored server-side, never logged.
 pub struct SessionToken([u8; 32]);
 
@@ -62,6 +69,15 @@ pub struct ActiveSession {
     pub token_hash: TokenHash,
     pub record: Session,
     pub user: User,
+}
+
+impl ActiveSession {
+    /// Whether the session proved who it is within [`RECENT_AUTHENTICATION`] of `now_ms`
+    /// (Unix milliseconds): a session's start is its last sign-in, password change or
+    /// confirmation, since each of them issues a new session.
+    pub fn authenticated_recently(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.record.created_at) <= RECENT_AUTHENTICATION.as_millis() as u64
+    }
 }
 
 /// Creates, resolves and ends sessions.

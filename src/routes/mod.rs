@@ -44,6 +44,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/logout", allowing(POST, post(logout::logout)))
         .at("/account", allowing(GET, get(account::show)))
         .at("/account/password", allowing(POST, post(account::password::change)))
+        .at(
+            account::confirm::PATH,
+            allowing("GET, HEAD, POST", get(account::confirm::show).post(account::confirm::confirm)),
+        )
         .at("/account/totp", allowing("GET, HEAD, POST", get(account::totp::enrol).post(account::totp::confirm)))
         .at("/account/totp/remove", allowing(POST, post(account::totp::remove)))
         .at("/account/recovery-codes", allowing(POST, post(account::totp::new_recovery_codes)))

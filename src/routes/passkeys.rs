@@ -15,12 +15,14 @@ use poem::http::{header, HeaderValue, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
+use super::account::confirm::{signed_in_recently, Then};
 use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
 use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
 use crate::sign_in::{BeginOutcome, Outcome, PasskeyAttempt};
+use crate::store::now_ms;
 use crate::text::printable;
 use crate::{client, cookies};
 
@@ -112,6 +114,8 @@ struct PasskeysPage<'a> {
     passkeys: Vec<PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// The session may add a passkey without confirming its password first.
+    recent: bool,
 }
 
 /// Marks a page as one with a passkey button: [`super::security_headers`] gives it
@@ -248,6 +252,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
         passkeys,
         passkeys_enabled: state.passkeys.enabled(),
         passkey_error: error,
+        recent: session.authenticated_recently(now_ms()),
     };
     with_passkey_script(html(status, &page))
 }
@@ -273,6 +278,9 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.");
     }
+    if !session.authenticated_recently(now_ms()) {
+        return json_error(StatusCode::FORBIDDEN, "Please reload the page and confirm your password first.");
+    }
     match state.passkeys.begin_registration(&session.user).await {
         Ok(b) => begun(b),
         Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
@@ -291,7 +299,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Passkeys).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -373,7 +381,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Passkeys).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

@@ -45,6 +45,7 @@ mod pg_app;
 mod postgres;
 mod proxies;
 mod readiness;
+mod reauthentication;
 mod review;
 mod review_times;
 mod secrets;

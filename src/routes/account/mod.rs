@@ -4,6 +4,7 @@
 //! Every action is a plain form with a CSRF token bound to the session; adding a passkey
 //! needs `static/passkey.js`, so when passkeys are on the page has `PASSKEY_CSP`.
 
+pub mod confirm;
 pub mod password;
 pub mod totp;
 
@@ -36,6 +37,9 @@ struct AccountPage<'a> {
     passkeys: Vec<crate::routes::passkeys::PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// The session may add or remove a second factor without confirming its password first
+    /// ([`confirm`]).
+    recent: bool,
 }
 
 #[handler]
@@ -109,6 +113,7 @@ async fn render_listed(
             passkeys,
             passkeys_enabled,
             passkey_error: None,
+            recent: session.authenticated_recently(crate::store::now_ms()),
         },
     );
     if passkeys_enabled {

@@ -9,6 +9,7 @@ use poem::http::{header, HeaderValue, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
+use crate::app::AppState;
 use crate::audit::FailureReason;
 use crate::authentication::AuthError;
 use crate::brute_force::QuotaKey;
@@ -16,6 +17,7 @@ use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, error_page, read_form, see_other, State};
+use crate::session::ActiveSession;
 use crate::session::SESSION_COOKIE;
 use crate::store::now_ms;
 use crate::users::UserError;
@@ -64,53 +66,19 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
     }
+    match check_current(req, &state, &session, &form.current).await {
+        Ok(()) => {}
+        Err(NotConfirmed::Wrong) => {
+            return again(StatusCode::UNAUTHORIZED, "Your current password is not right.").await
+        }
+        Err(NotConfirmed::TooMany { retry_after }) => {
+            let resp = again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.");
+            return with_retry_after(resp.await, retry_after);
+        }
+        Err(NotConfirmed::Fault(resp)) => return resp,
+    }
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
-    let digest = username_digest(&user.key);
-    let now = now_ms();
-    if let Some(rate) = state.settings.login_quota_per_user {
-        match state.brute_force.take(QuotaKey::Username(digest), rate, now).await {
-            Ok(Ok(())) => {}
-            Ok(Err(wait)) => {
-                let mut resp =
-                    again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.").await;
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.retry_after_secs()));
-                return resp;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach the brute-force state");
-                return error_page(StatusCode::SERVICE_UNAVAILABLE);
-            }
-        }
-    }
-    match state.auth.verify_current(&user.key, Password::new(&form.current)).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // Counted and recorded like a wrong password at the login form.
-            let counted = match state.brute_force.record_failure(client.key(), digest, now_ms()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot count a failed password check");
-                    return error_page(StatusCode::SERVICE_UNAVAILABLE);
-                }
-            };
-            let recorded = state
-                .audit
-                .record_failure(&user.display_name, &client, FailureReason::BadPassword, counted.reached_threshold)
-                .await;
-            if let Err(e) = recorded {
-                tracing::error!(error = %e, "cannot record a failed password check");
-                return error_page(StatusCode::SERVICE_UNAVAILABLE);
-            }
-            return again(StatusCode::UNAUTHORIZED, "Your current password is not right.").await;
-        }
-        Err(AuthError::Overloaded) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
-        Err(AuthError::Store(e)) => return crate::routes::store_error(&e, "could not check the password"),
-        Err(e) => {
-            tracing::error!(error = %e, "password check failed");
-            return error_page(StatusCode::INTERNAL_SERVER_ERROR);
-        }
-    }
     // Ends every session of the user (this one too) and logs `authn_password_change`.
     let ended = match state.users.set_password(&user.display_name, Password::new(&form.new), &user.display_name).await {
         Ok(n) => n,
@@ -135,4 +103,77 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     Notice::PasswordChanged { ended: ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
+}
+
+/// Why [`check_current`] did not accept the password.
+pub(super) enum NotConfirmed {
+    /// Not the user's password; counted and recorded like a wrong password at the login form.
+    Wrong,
+    /// The per-username quota is spent: try again after `retry_after` seconds.
+    TooMany { retry_after: u64 },
+    /// The store or the hash pool failed: this answer (503 or 500) is to be sent as it is.
+    Fault(Response),
+}
+
+/// Checks that `current` is the signed-in user's password, the way a sign-in would: on the
+/// hash pool, spending the per-username quota, and a wrong one counted toward the captcha
+/// threshold and recorded as an `authn_login_fail` with reason `bad_password`. So a stolen
+/// session cannot guess the password faster than the login form allows.
+///
+/// # Errors
+/// [`NotConfirmed`] saying why not.
+pub(super) async fn check_current(
+    req: &Request,
+    state: &AppState,
+    session: &ActiveSession,
+    current: &str,
+) -> Result<(), NotConfirmed> {
+    let user = &session.user;
+    let client = client::client(req, &state.settings.trusted_proxies);
+    let digest = username_digest(&user.key);
+    if let Some(rate) = state.settings.login_quota_per_user {
+        match state.brute_force.take(QuotaKey::Username(digest), rate, now_ms()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(wait)) => return Err(NotConfirmed::TooMany { retry_after: wait.retry_after_secs() }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the brute-force state");
+                return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+            }
+        }
+    }
+    match state.auth.verify_current(&user.key, Password::new(current)).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let counted = match state.brute_force.record_failure(client.key(), digest, now_ms()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot count a failed password check");
+                    return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+                }
+            };
+            let recorded = state
+                .audit
+                .record_failure(&user.display_name, &client, FailureReason::BadPassword, counted.reached_threshold)
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "cannot record a failed password check");
+                return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+            }
+            Err(NotConfirmed::Wrong)
+        }
+        Err(AuthError::Overloaded) => Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE))),
+        Err(AuthError::Store(e)) => {
+            Err(NotConfirmed::Fault(crate::routes::store_error(&e, "could not check the password")))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "password check failed");
+            Err(NotConfirmed::Fault(error_page(StatusCode::INTERNAL_SERVER_ERROR)))
+        }
+    }
+}
+
+/// `resp` with `Retry-After: {secs}` (RFC 9110 §10.2.3).
+pub(super) fn with_retry_after(mut resp: Response, secs: u64) -> Response {
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }

@@ -15,11 +15,12 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::confirm::{recently_authenticated, signed_in_recently, Then};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::{totp, FactorError, FactorKind};
 use crate::routes::flash::Notice;
-use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, store_error, State};
+use crate::routes::{error_page, html, read_form, see_other, signed_in, store_error, State};
 use crate::session::ActiveSession;
 
 #[derive(Template)]
@@ -131,6 +132,10 @@ pub async fn enrol(req: &Request, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
+    let session = match recently_authenticated(session, Then::Totp) {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
     let secret = match totp::new_secret() {
         Ok(s) => s,
         Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
@@ -144,7 +149,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Totp).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -180,7 +185,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -201,7 +206,7 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

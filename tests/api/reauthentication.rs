@@ -1,0 +1,169 @@
+//! Changing second factors needs a recent authentication (`/account/confirm`): a session
+//! whose sign-in is older than `RECENT_AUTHENTICATION` cannot add or remove a TOTP app,
+//! passkey or recovery codes until its password is typed again; the right one renews the
+//! session, a wrong one counts like a failed sign-in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::audit::FailureReason;
+use portcullis::session::{SessionToken, MAX_SESSIONS_PER_USER, RECENT_AUTHENTICATION};
+use portcullis::store::{now_ms, Factors, FailureQuery, Session, SessionCap};
+use reqwest::StatusCode;
+
+use crate::helpers::{browser_builder, cookie_value, hidden_field, TestApp, GOOD_PASSWORD};
+use crate::passkeys::{passkey_app, register, signed_in_browser};
+
+/// A browser holding a session for `user` that signed in `ago` before now (and was used just
+/// now), as if its owner had stepped away, or a thief had taken the cookie.
+/// Returns the browser and its cookie's value.
+async fn browser_signed_in_ago(
+    app: &TestApp,
+    user: &str,
+    ago: Duration,
+    factors: Factors,
+) -> (reqwest::Client, String) {
+    let token = SessionToken::generate().unwrap();
+    let now = now_ms();
+    let record = Session {
+        user_key: user.to_string(),
+        created_at: now - ago.as_millis() as u64,
+        last_seen_at: now,
+        ip: "127.0.0.1".into(),
+        user_agent: "portcullis-tests/1.0".into(),
+        factors,
+    };
+    let cap = SessionCap { max_per_user: MAX_SESSIONS_PER_USER, idle_ms: 3_600_000, absolute_ms: 86_400_000 };
+    app.state.store.sessions.start(None, &token.hash(), &record, cap, now).await.unwrap();
+    (browser_signed_in_with_cookie(app, &token.encode()), token.encode())
+}
+
+fn stale() -> Duration {
+    RECENT_AUTHENTICATION + Duration::from_secs(60)
+}
+
+async fn csrf_of(browser: &reqwest::Client, url: String) -> String {
+    let page = browser.get(url).send().await.unwrap().text().await.unwrap();
+    hidden_field(&page, "csrf").expect("a csrf field")
+}
+
+async fn post(app: &TestApp, browser: &reqwest::Client, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    browser.post(app.url(path)).form(form).send().await.unwrap()
+}
+
+fn location(resp: &reqwest::Response) -> &str {
+    resp.headers().get("location").map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until_it_confirms_the_password() {
+    let app = passkey_app().await;
+    let fresh = signed_in_browser(&app, "alice").await;
+    let (_device, added) = register(&app, &fresh, "laptop").await;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER, "a fresh sign-in adds a passkey at once");
+    crate::totp::enrol(&app, &fresh, now_ms() / 1000 / 30).await;
+    let before = app.state.factors.summary("alice").await.unwrap();
+    assert!(before.totp && before.passkeys == 1 && before.recovery_codes == 10, "{before:?}");
+    let passkey_id =
+        hidden_field(&fresh.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap(), "id")
+            .expect("the passkey's id in its remove form");
+
+    let (thief, old_cookie) = browser_signed_in_ago(&app, "alice", stale(), Factors::Two).await;
+    let csrf = csrf_of(&thief, app.url("/account")).await;
+    let asked = |resp: &reqwest::Response, next: &str| {
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{}", resp.url());
+        assert_eq!(location(resp), format!("/account/confirm{next}"), "{}", resp.url());
+    };
+    asked(&thief.get(app.url("/account/totp")).send().await.unwrap(), "?next=/account/totp");
+    asked(&post(&app, &thief, "/account/totp/remove", &[("csrf", &csrf)]).await, "");
+    asked(&post(&app, &thief, "/account/recovery-codes", &[("csrf", &csrf)]).await, "");
+    let remove = [("csrf", csrf.as_str()), ("id", passkey_id.as_str())];
+    asked(&post(&app, &thief, "/account/passkeys/remove", &remove).await, "?next=/account/passkeys");
+    let begin = post(&app, &thief, "/account/passkeys/begin", &[("csrf", &csrf)]).await;
+    assert_eq!(begin.status(), StatusCode::FORBIDDEN, "no registration ceremony begins");
+    assert!(begin.text().await.unwrap().contains("confirm your password"));
+    let finish = [("csrf", csrf.as_str()), ("credential", "{}"), ("name", "thief")];
+    asked(&post(&app, &thief, "/account/passkeys", &finish).await, "?next=/account/passkeys");
+    assert_eq!(app.state.factors.summary("alice").await.unwrap(), before, "nothing changed");
+    let page = thief.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("href=\"/account/confirm?next=/account/passkeys\""), "the add button asks first: {page}");
+    assert!(!page.contains("data-begin=\"/account/passkeys/begin\""), "{page}");
+    // Renaming is no change of factors: allowed.
+    let rename = [("csrf", csrf.as_str()), ("id", passkey_id.as_str()), ("name", "old laptop")];
+    assert_eq!(post(&app, &thief, "/account/passkeys/rename", &rename).await.status(), StatusCode::SEE_OTHER);
+
+    // The confirmation page; a wrong password is refused and counted like a failed sign-in.
+    let resp = thief.get(app.url("/account/confirm?next=/account/passkeys")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Confirm your password") && page.contains("autocomplete=\"current-password\""), "{page}");
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let wrong = [("csrf", csrf.as_str()), ("current", "not the password"), ("next", "/account/passkeys")];
+    let resp = post(&app, &thief, "/account/confirm", &wrong).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("That is not your password."));
+    let failures = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() }).await;
+    assert!(failures.iter().any(|r| r.reason == FailureReason::BadPassword), "{failures:?}");
+    assert!(app.log_lines().iter().any(|l| l["event"] == "authn_login_fail" && l["reason"] == "bad_password"));
+    asked(&post(&app, &thief, "/account/totp/remove", &[("csrf", &csrf)]).await, "");
+
+    // The right one: a new session (the old token is worth nothing), back where it was going.
+    let right = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("next", "/account/passkeys")];
+    let resp = post(&app, &thief, "/account/confirm", &right).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account/passkeys"));
+    let renewed = cookie_value(&resp, "__Host-portcullis").expect("a new session cookie");
+    assert_ne!(renewed, old_cookie, "the session token is rotated");
+    let old = browser_signed_in_with_cookie(&app, &old_cookie);
+    assert_eq!(old.get(app.url("/account")).send().await.unwrap().status(), StatusCode::SEE_OTHER, "the old one ended");
+    let line = app.log_lines().into_iter().find(|l| l["event"] == "authn_reauth_success").expect("logged");
+    assert_eq!(line["username"], "alice");
+    assert!(!app.log_text().contains(GOOD_PASSWORD), "the password is never logged");
+    let sessions = app.state.sessions.list("alice").await.unwrap();
+    let newest = sessions.iter().max_by_key(|s| s.record.created_at).unwrap();
+    assert_eq!(newest.record.factors, Factors::Two, "the renewed session keeps the factors it had");
+
+    // Now the changes go through.
+    let csrf = csrf_of(&thief, app.url("/account")).await;
+    let resp = post(&app, &thief, "/account/totp/remove", &[("csrf", &csrf)]).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account"));
+    assert!(!app.state.factors.summary("alice").await.unwrap().totp);
+    let again = thief.get(app.url("/account/confirm")).send().await.unwrap();
+    assert_eq!((again.status(), location(&again)), (StatusCode::SEE_OTHER, "/account"), "nothing to confirm now");
+}
+
+#[tokio::test]
+async fn a_confirmation_goes_on_only_to_the_account_pages() {
+    let app = passkey_app().await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let (bob, _) = browser_signed_in_ago(&app, "bob", stale(), Factors::One).await;
+    for next in ["https://evil.example/", "//evil.example/x", "/admin/unlock", "/logout"] {
+        let page =
+            bob.get(app.url(&format!("/account/confirm?next={next}"))).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("name=\"next\" value=\"/account\""), "{next}: {page}");
+    }
+    let csrf = csrf_of(&bob, app.url("/account/confirm")).await;
+    let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("next", "https://evil.example/")];
+    let resp = post(&app, &bob, "/account/confirm", &form).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account"));
+}
+
+#[tokio::test]
+async fn the_confirmation_form_needs_its_csrf_token_and_a_session() {
+    let app = passkey_app().await;
+    app.add_user("carol", GOOD_PASSWORD, false).await;
+    let (carol, _) = browser_signed_in_ago(&app, "carol", stale(), Factors::One).await;
+    let forged = post(&app, &carol, "/account/confirm", &[("csrf", "forged"), ("current", GOOD_PASSWORD)]).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(cookie_value(&forged, "__Host-portcullis").is_none(), "no new session for a forged form");
+    let nobody = app.new_browser();
+    let resp = post(&app, &nobody, "/account/confirm", &[("csrf", "x"), ("current", GOOD_PASSWORD)]).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login?next=/account"));
+}
+
+/// A browser that holds `cookie` as its session cookie.
+fn browser_signed_in_with_cookie(app: &TestApp, cookie: &str) -> reqwest::Client {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let url: url::Url = app.url("/").parse().unwrap();
+    jar.add_cookie_str(&format!("__Host-portcullis={cookie}; Secure; Path=/"), &url);
+    browser_builder(&app.settings.cert_dir).cookie_provider(jar).build().unwrap()
+}
