@@ -299,6 +299,10 @@ impl Application {
         background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
         background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
         background.push(spawn_count_closing(services.audit.clone()));
+        // PostgreSQL's readiness check is real; sled's always passes, so there the store counts
+        // as working again only after an interval without a fault.
+        let quiet = if settings.database_url.is_some() { crate::fault_log::TICK } else { crate::fault_log::INTERVAL };
+        background.push(crate::fault_log::spawn_watch(services.store.clone(), quiet));
         let sign_in = SignIn {
             state: Arc::clone(&brute_force),
             per_address: settings.login_quota_per_ip,

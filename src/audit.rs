@@ -469,7 +469,9 @@ impl Audit {
     /// on the terminal; use [`Audit::record_checked`] where the caller must not go on without it.
     pub fn record(&self, event: &AuthEvent<'_>) {
         if self.record_checked(event).is_err() {
-            tracing::error!("an authentication event could not be written to the auth log (is the disk full?)");
+            // Once per event while the disk is full would be the flood `fault_log` bounds.
+            let what = "an authentication event could not be written to the auth log (is the disk full?)";
+            crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &AuditError::Log);
         }
     }
 

@@ -378,7 +378,8 @@ impl Drop for Held {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(e) = state.release(r).await {
-                    tracing::warn!(error = %e, "could not give back a password-check reservation");
+                    let what = "could not give back a password-check reservation";
+                    crate::fault_log::report(what, crate::fault_log::Severity::Warn, true, &e);
                 }
             });
         }

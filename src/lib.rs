@@ -20,6 +20,7 @@ pub mod descriptors;
 pub mod domain;
 pub mod factors;
 pub mod failures;
+pub mod fault_log;
 pub mod forward_auth;
 pub mod loadtest;
 pub mod metrics;

@@ -219,7 +219,12 @@ impl Sessions {
                         s.record.last_seen_at = s.record.last_seen_at.max(now);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not record session activity"),
+                Err(e) => crate::fault_log::report(
+                    "could not record session activity",
+                    crate::fault_log::Severity::Warn,
+                    e.is_unavailable(),
+                    &e,
+                ),
             }
         }
         Ok(Some((ActiveSession { token_hash, record, user }, user_sessions)))

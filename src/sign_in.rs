@@ -322,7 +322,12 @@ impl SignIn {
             after_failures,
         }) {
             if let Err(e) = self.sessions.end(&token.hash()).await {
-                tracing::error!(error = %e, "could not end the unrecorded session");
+                crate::fault_log::report(
+                    "could not end the unrecorded session",
+                    crate::fault_log::Severity::Error,
+                    e.is_unavailable(),
+                    &e,
+                );
             }
             return Err(SignInError::SuccessUnrecorded(e));
         }

@@ -5,6 +5,7 @@
 use poem::http::StatusCode;
 use poem::{handler, IntoResponse, Response};
 
+use crate::fault_log::Severity;
 use crate::routes::State;
 
 #[handler]
@@ -17,7 +18,8 @@ pub async fn readyz(state: State<'_>) -> Response {
     match state.store.ready().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: the store does not answer");
+            // A load balancer asks every few seconds, each of them: bounded like the rest.
+            crate::fault_log::report("not ready: the store does not answer", Severity::Warn, true, &e);
             (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
         }
     }

@@ -24,6 +24,7 @@ use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Request, Response, Ro
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
+use crate::fault_log::Severity;
 use crate::session::{ActiveSession, SESSION_COOKIE};
 
 /// Largest form body accepted.
@@ -183,10 +184,18 @@ pub fn error_page(status: StatusCode) -> Response {
 /// The answer when the store failed: 503 with `Retry-After` when it cannot be used (an I/O
 /// error such as a full disk, after which sled refuses writes), as SPEC.md and SECURITY.md
 /// promise (fail closed, never a 500 for a full disk); 500 for anything else. Logs the error
-/// once with `what` happened.
-pub fn store_error(e: &crate::store::StoreError, what: &str) -> Response {
-    tracing::error!(error = %crate::text::error_chain(e), "{what}");
-    error_page(fault_status(e.is_unavailable()))
+/// with `what` happened through [`crate::fault_log`] (bounded while the store is down).
+pub fn store_error(e: &crate::store::StoreError, what: &'static str) -> Response {
+    let unavailable = e.is_unavailable();
+    crate::fault_log::report(what, Severity::Error, unavailable, &crate::text::error_chain(e));
+    error_page(fault_status(unavailable))
+}
+
+/// The 503 page for a part that did not answer (the brute-force state, the random source),
+/// with the error logged through [`crate::fault_log`] under `what`.
+pub fn unavailable(what: &'static str, error: &dyn std::fmt::Display) -> Response {
+    crate::fault_log::report(what, Severity::Error, true, error);
+    error_page(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// A time as the pages show it: RFC 3339 with milliseconds for a `<time datetime>`, and to the

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::account::confirm::{signed_in_recently, Then};
 use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
+use crate::fault_log::Severity;
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
 use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
@@ -142,7 +143,7 @@ fn begun(b: Begun) -> Response {
     resp
 }
 
-fn passkey_failure(e: &PasskeyError, what: &str) -> Response {
+fn passkey_failure(e: &PasskeyError, what: &'static str) -> Response {
     match e {
         PasskeyError::Store(s) => crate::routes::store_error(s, what),
         PasskeyError::Disabled => error_page(StatusCode::NOT_FOUND),
@@ -175,7 +176,7 @@ pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Respons
             json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.")
         }
         Err(e) => {
-            tracing::error!(error = %e, "passkey sign-in not begun");
+            crate::fault_log::report("passkey sign-in not begun", Severity::Error, e.is_unavailable(), &e);
             let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start a passkey sign-in. Please try again.")
         }
@@ -224,7 +225,8 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         // A passkey sign-in never asks for another factor.
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
-            tracing::error!(error = %crate::text::error_chain(&e), "passkey sign-in not judged");
+            let chain = crate::text::error_chain(&e);
+            crate::fault_log::report("passkey sign-in not judged", Severity::Error, e.is_unavailable(), &chain);
             error_page(crate::routes::fault_status(e.is_unavailable()))
         }
     };
@@ -286,7 +288,7 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
         Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
         Err(PasskeyError::TooMany) => json_error(StatusCode::BAD_REQUEST, &PasskeyError::TooMany.to_string()),
         Err(e) => {
-            tracing::error!(error = %e, "passkey registration not begun");
+            crate::fault_log::report("passkey registration not begun", Severity::Error, e.is_unavailable(), &e);
             let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start adding a passkey. Please try again.")
         }
@@ -419,7 +421,7 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
         Ok(Some((hash, _, user))) => (hash, user),
         Ok(None) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
         Err(e) => {
-            tracing::error!(error = %e, "could not read a pending sign-in");
+            crate::fault_log::report("could not read a pending sign-in", Severity::Error, e.is_unavailable(), &e);
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "The server is busy. Please try again.");
         }
     };
@@ -431,7 +433,7 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
         Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
         Err(PasskeyError::Rejected(_)) => json_error(StatusCode::BAD_REQUEST, "You have no passkey."),
         Err(e) => {
-            tracing::error!(error = %e, "passkey check not begun");
+            crate::fault_log::report("passkey check not begun", Severity::Error, e.is_unavailable(), &e);
             let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start a passkey check. Please try again.")
         }

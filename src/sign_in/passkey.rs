@@ -160,7 +160,12 @@ impl SignIn {
             passkey: &verified.passkey_name,
         }) {
             if let Err(e) = self.sessions.end(&token.hash()).await {
-                tracing::error!(error = %e, "could not end the unrecorded session");
+                crate::fault_log::report(
+                    "could not end the unrecorded session",
+                    crate::fault_log::Severity::Error,
+                    e.is_unavailable(),
+                    &e,
+                );
             }
             return Err(SignInError::SuccessUnrecorded(e));
         }

@@ -89,7 +89,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
         Err(UserError::Hashing(_)) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
         Err(e) => {
-            tracing::error!(error = %e, "password change failed");
+            crate::fault_log::report("password change failed", crate::fault_log::Severity::Error, false, &e);
             return error_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
@@ -136,8 +136,7 @@ pub(super) async fn check_current(
             Ok(Ok(())) => {}
             Ok(Err(wait)) => return Err(NotConfirmed::TooMany { retry_after: wait.retry_after_secs() }),
             Err(e) => {
-                tracing::error!(error = %e, "cannot reach the brute-force state");
-                return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+                return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot reach the brute-force state", &e)));
             }
         }
     }
@@ -147,8 +146,8 @@ pub(super) async fn check_current(
             let counted = match state.brute_force.record_failure(client.key(), digest, now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot count a failed password check");
-                    return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+                    let what = "cannot count a failed password check";
+                    return Err(NotConfirmed::Fault(crate::routes::unavailable(what, &e)));
                 }
             };
             let recorded = state
@@ -156,8 +155,8 @@ pub(super) async fn check_current(
                 .record_failure(&user.display_name, &client, FailureReason::BadPassword, counted.reached_threshold)
                 .await;
             if let Err(e) = recorded {
-                tracing::error!(error = %e, "cannot record a failed password check");
-                return Err(NotConfirmed::Fault(error_page(StatusCode::SERVICE_UNAVAILABLE)));
+                let what = "cannot record a failed password check";
+                return Err(NotConfirmed::Fault(crate::routes::unavailable(what, &e)));
             }
             Err(NotConfirmed::Wrong)
         }
@@ -166,7 +165,7 @@ pub(super) async fn check_current(
             Err(NotConfirmed::Fault(crate::routes::store_error(&e, "could not check the password")))
         }
         Err(e) => {
-            tracing::error!(error = %e, "password check failed");
+            crate::fault_log::report("password check failed", crate::fault_log::Severity::Error, false, &e);
             Err(NotConfirmed::Fault(error_page(StatusCode::INTERNAL_SERVER_ERROR)))
         }
     }

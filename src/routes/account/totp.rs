@@ -81,8 +81,8 @@ fn tag_payload(secret_b32: &str) -> Vec<u8> {
 /// Where a signed-out visitor to these routes is sent.
 const SIGNED_OUT: &str = "/login?next=/account";
 
-fn factor_error(e: &FactorError, what: &str) -> Response {
-    tracing::error!(error = %e, "{what}");
+fn factor_error(e: &FactorError, what: &'static str) -> Response {
+    crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), e);
     error_page(crate::routes::fault_status(e.is_unavailable()))
 }
 

@@ -34,8 +34,7 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(name) => Notice::Unlocked { name },
         Err(crate::users::UserError::Store(e)) => return crate::routes::store_error(&e, "could not unlock a user"),
         Err(crate::users::UserError::State(e)) => {
-            tracing::error!(error = %e, "could not unlock a user");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE);
+            return crate::routes::unavailable("could not unlock a user", &e);
         }
         Err(_) => Notice::NoSuchUser,
     };

@@ -7,7 +7,7 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
-use crate::routes::{current_session, error_page, see_other, State};
+use crate::routes::{current_session, see_other, State};
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -50,8 +50,7 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     let captcha = match state.brute_force.needs_captcha(key, None, crate::store::now_ms()).await {
         Ok(demanded) => demanded.then_some(key),
         Err(e) => {
-            tracing::error!(error = %e, "cannot read the failure counts");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE);
+            return crate::routes::unavailable("cannot read the failure counts", &e);
         }
     };
     super::render(req, &state, Form { captcha, rd: rd.as_deref(), error, ..Form::new(StatusCode::OK, next) }).await

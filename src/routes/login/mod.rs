@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::brute_force::{QuotaKey, StateError};
 use crate::cookies;
 use crate::csrf::{PreLogin, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
+use crate::fault_log::Severity;
 use crate::rate_limit::CAPTCHA_DRAWS;
 
 #[derive(Template)]
@@ -74,8 +75,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
     let current = match prelogin(req, state, now_secs).await {
         Ok(p) => p.filter(|p| p.lasts_a_form(now_secs)),
         Err(e) => {
-            tracing::error!(error = %e, "cannot check the pre-login cookie");
-            return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+            return crate::routes::unavailable("cannot check the pre-login cookie", &e);
         }
     };
     let (pre, is_new) = match current {
@@ -83,7 +83,8 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         None => match state.csrf.issue_prelogin(now_secs) {
             Ok(p) => (p, true),
             Err(e) => {
-                tracing::error!(error = %e, "cannot issue a pre-login cookie");
+                // The random source, not the store: no outage, but bounded all the same.
+                crate::fault_log::report("cannot issue a pre-login cookie", Severity::Error, false, &e);
                 return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
             }
         },
@@ -93,8 +94,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         let drawn = match state.brute_force.take(QuotaKey::CaptchaDraws(address), CAPTCHA_DRAWS, now).await {
             Ok(taken) => taken,
             Err(e) => {
-                tracing::error!(error = %e, "cannot count captcha pictures");
-                return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
+                return crate::routes::unavailable("cannot count captcha pictures", &e);
             }
         };
         if let Err(wait) = drawn {
@@ -109,7 +109,8 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         match state.captchas.issue(pre.value(), now).await {
             Ok(uri) => Some(uri),
             Err(e) => {
-                tracing::error!(error = %e, "captcha failed");
+                let unavailable = matches!(e, crate::captcha::CaptchaError::State(_));
+                crate::fault_log::report("captcha failed", Severity::Error, unavailable, &e);
                 return super::error_page(StatusCode::SERVICE_UNAVAILABLE);
             }
         }

@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::PRELOGIN_COOKIE;
 use crate::factors::MFA_COOKIE;
+use crate::fault_log::Severity;
 use crate::metrics::LoginResult;
 use crate::password::Password;
 use crate::routes::{error_page, read_form, see_other, State};
@@ -98,7 +99,8 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         }
         Err(e) => {
             if e.is_worth_logging() {
-                tracing::error!(error = %crate::text::error_chain(&e), "sign-in not judged");
+                let chain = crate::text::error_chain(&e);
+                crate::fault_log::report("sign-in not judged", Severity::Error, e.is_unavailable(), &chain);
             }
             error_page(crate::routes::fault_status(e.is_unavailable()))
         }

@@ -5,6 +5,7 @@
 //! session cookie (two factors) on success, the form again with 401 for a wrong or reused
 //! code, and 303 to `/login` when there is no pending sign-in to finish.
 
+use crate::fault_log::Severity;
 use crate::metrics::LoginResult;
 use askama::Template;
 use poem::http::{header, HeaderValue, StatusCode};
@@ -134,7 +135,8 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(o) => o,
         Err(e) => {
             if e.is_worth_logging() {
-                tracing::error!(error = %crate::text::error_chain(&e), "second factor not judged");
+                let chain = crate::text::error_chain(&e);
+                crate::fault_log::report("second factor not judged", Severity::Error, e.is_unavailable(), &chain);
             }
             return error_page(crate::routes::fault_status(e.is_unavailable()));
         }
