@@ -18,6 +18,7 @@ mod disk;
 mod exhaustion;
 mod factor_key;
 mod factors_pg;
+mod fault_log;
 mod forward_auth;
 mod fuzz_props;
 mod groups;
