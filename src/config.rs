@@ -57,7 +57,7 @@ keys! {
     "async_workers" = "0" : "threads answering requests, beside the argon2 workers (0: one per core)",
     "hash_queue" = "256" : "password checks waiting for a worker before the server answers 503",
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
-    "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or postgres:///DB?host=/run/postgresql (default: the sled store in data_dir)",
+    "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or, for a Unix socket, postgres://USER@/DB?host=/run/postgresql[&port=PORT] (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
     "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: cookie_domain, else public_url's host; passkeys are off when that is an IP address)",
     "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",

@@ -2,10 +2,15 @@
 //! its password (SPEC.md: the database password never appears in a log line, an error or
 //! `--help`).
 //!
-//! Accepted forms, a subset of libpq's connection URIs (PostgreSQL 15 docs §34.1.1):
-//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=…&sslrootcert=FILE]` and
-//! `postgres:///DBNAME?host=/run/postgresql` (a Unix socket directory). `postgresql://` is
-//! the same. Other query parameters are refused, so a typo is an error, not a silent default.
+//! Accepted forms, a subset of libpq's connection URIs (PostgreSQL 15 docs §34.1.1.2):
+//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=…&sslrootcert=FILE]`, with the
+//! host and port also accepted as query parameters (`?host=…&port=…`, which win over the
+//! authority's, as in libpq), so a Unix socket directory is written either
+//! `postgres://USER@/DBNAME?host=/run/postgresql` (libpq's documented form; the host part
+//! may be empty, or hold only `:PORT`) or percent-encoded as the host
+//! (`postgres://USER@%2Frun%2Fpostgresql/DBNAME`). `postgresql://` is the same. Other query
+//! parameters, and libpq's lists of several hosts, are refused, so a typo is an error, not
+//! a silent default.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -65,6 +70,66 @@ pub enum Endpoint {
     Socket(PathBuf),
 }
 
+impl Endpoint {
+    /// libpq's reading of a `host` value: a directory when it starts with `/`, a host name or
+    /// address otherwise (PostgreSQL 15 docs §34.1.2, `host`).
+    fn parse(value: &str) -> Result<Endpoint, String> {
+        if value.starts_with('/') {
+            return Ok(Endpoint::Socket(PathBuf::from(value)));
+        }
+        check_host(value)?;
+        Ok(Endpoint::Tcp(value.to_string()))
+    }
+}
+
+/// Refuses what libpq would read differently or no resolver could find: an empty host, a
+/// list of hosts (libpq tries each in turn; we connect to one), a relative socket path.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        Err("host is empty: name a host, an address, or a socket directory starting with /".into())
+    } else if host.contains(',') {
+        Err("names several hosts: only one host is supported".into())
+    } else if host.contains('/') || host.chars().any(char::is_whitespace) || host.chars().any(char::is_control) {
+        Err(format!(
+            "host `{}` is neither a host name, an address, nor a socket directory starting with /",
+            crate::text::printable(host)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `text` with a stand-in host when its authority has none (`postgres://USER@/DB`,
+/// `postgres://USER@:5433/DB`, `postgres:///DB`), and whether it had none. The authority
+/// ends at the first `/`, `?` or `#` (RFC 3986 §3.2), and its host starts after the last `@`.
+fn with_stand_in_host(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    let Some(scheme_end) = text.find("://") else { return (text.into(), false) };
+    let start = scheme_end + 3;
+    let rest = &text[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
+    let host_and_port = &rest[host_start..authority_end];
+    if !host_and_port.is_empty() && !host_and_port.starts_with(':') {
+        return (text.into(), false);
+    }
+    let at = start + host_start;
+    (format!("{}stand-in.invalid{}", &text[..at], &text[at..]).into(), true)
+}
+
+/// The query's `key=value` pairs, percent-decoded as libpq decodes them (a `+` stays a `+`:
+/// it is not a form).
+fn query_params(query: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let decode = |s: &str| percent_decode(s).ok_or_else(|| "holds a %-escape that is not UTF-8".to_string());
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("parameter `{}` has no value (KEY=VALUE)", crate::text::printable(&decode(pair)?)));
+        };
+        out.push((decode(key)?, decode(value)?));
+    }
+    Ok(out)
+}
+
 /// A parsed `database_url`. `Debug` and `Display` show `***` for the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
@@ -86,7 +151,11 @@ impl DatabaseUrl {
     /// # Errors
     /// A one-line message saying what is wrong; it never quotes the password.
     pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
-        let url = url::Url::parse(text.trim()).map_err(|e| format!("not a postgres:// URL ({e})"))?;
+        // The URL standard's parser refuses an empty host after a user (`USER@/DB`) or before
+        // a port (`:5433`); libpq reads it as "no host here" (a `host` parameter, or its
+        // default, supplies one). Parsed with a stand-in host, which is then ignored.
+        let (text, no_host) = with_stand_in_host(text.trim());
+        let url = url::Url::parse(&text).map_err(|e| format!("not a postgres:// URL ({e})"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err("must start with postgres:// or postgresql://".into());
         }
@@ -99,6 +168,7 @@ impl DatabaseUrl {
             None => None,
         };
         let mut endpoint = match url.host() {
+            _ if no_host => None,
             Some(url::Host::Domain(d)) if !d.is_empty() => {
                 let d = decode(d)?;
                 // libpq: a host starting with a slash (written %2F) is a socket directory.
@@ -115,14 +185,14 @@ impl DatabaseUrl {
         let mut port = url.port();
         let mut ssl_mode = None;
         let mut root_cert = None;
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "host" if value.starts_with('/') => endpoint = Some(Endpoint::Socket(PathBuf::from(value.as_ref()))),
-                "host" if !value.is_empty() => endpoint = Some(Endpoint::Tcp(value.into_owned())),
+        for (key, value) in query_params(url.query().unwrap_or(""))? {
+            match key.as_str() {
+                "host" => endpoint = Some(Endpoint::parse(&value)?),
                 "port" => port = Some(value.parse().map_err(|_| "port must be a number from 1 to 65535".to_string())?),
-                "user" => user = value.into_owned(),
+                "user" => user = value,
                 "sslmode" => ssl_mode = Some(SslMode::parse(&value)?),
-                "sslrootcert" if !value.is_empty() => root_cert = Some(PathBuf::from(value.as_ref())),
+                "sslrootcert" if value.is_empty() => return Err("sslrootcert is empty: name a PEM file".into()),
+                "sslrootcert" => root_cert = Some(PathBuf::from(value)),
                 "password" => return Err("put the password before the @ (postgres://USER:PASSWORD@HOST/DB)".into()),
                 other => {
                     return Err(format!(
@@ -135,7 +205,11 @@ impl DatabaseUrl {
         if port == Some(0) {
             return Err("port must be a number from 1 to 65535".into());
         }
-        let endpoint = endpoint.ok_or("names no host: use postgres://HOST/DB or postgres:///DB?host=/socket/dir")?;
+        let endpoint =
+            endpoint.ok_or("names no host: use postgres://HOST/DB or postgres://USER@/DB?host=/socket/dir")?;
+        if let Endpoint::Tcp(host) = &endpoint {
+            check_host(host)?;
+        }
         if user.is_empty() {
             // libpq's default: the operating-system user (peer authentication on a socket).
             user = os_user().ok_or("names no user, and the operating-system user is unknown")?;
@@ -335,6 +409,61 @@ mod tests {
         assert_eq!(u.ssl_mode(), SslMode::Disable, "libpq uses no TLS on a socket");
         let u = DatabaseUrl::parse("postgres://me@%2Fvar%2Frun%2Fpostgresql/auth").unwrap();
         assert_eq!(u.endpoint(), &Endpoint::Socket("/var/run/postgresql".into()));
+    }
+
+    #[test]
+    fn libpqs_socket_form_with_an_empty_host_and_the_host_as_a_parameter_is_accepted() {
+        let socket = Endpoint::Socket("/path/to/socket".into());
+        for (text, user, port, db) in [
+            ("postgres://user@/db?host=/path/to/socket", "user", 5432, "db"),
+            ("postgresql://user:pw@/db?host=/path/to/socket", "user", 5432, "db"),
+            ("postgres://user@/db?host=/path/to/socket&port=5433", "user", 5433, "db"),
+            ("postgres://user@:5433/db?host=/path/to/socket", "user", 5433, "db"),
+            ("postgres://:5433/db?host=/path/to/socket&user=user", "user", 5433, "db"),
+            ("postgres://user@/db?host=%2Fpath%2Fto%2Fsocket", "user", 5432, "db"),
+            ("postgres://user@/?host=/path/to/socket", "user", 5432, "user"),
+            ("postgres://user@/db?port=5433&host=/path/to/socket&sslmode=disable", "user", 5433, "db"),
+            // The parameter wins over the authority's host, as in libpq.
+            ("postgres://user@db.example.com/db?host=/path/to/socket", "user", 5432, "db"),
+            ("postgres://user@%2Fother/db?host=/path/to/socket", "user", 5432, "db"),
+        ] {
+            let u = DatabaseUrl::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((u.endpoint(), u.user(), u.port(), u.dbname()), (&socket, user, port, db), "{text}");
+            assert_eq!(u.ssl_mode(), SslMode::Disable, "{text}");
+            // What it shows (logs, `config check`) reads back as the same place.
+            let again = DatabaseUrl::parse(&u.to_string()).unwrap();
+            assert_eq!((again.endpoint(), again.port(), again.dbname()), (&socket, port, db), "{u}");
+        }
+        let u = DatabaseUrl::parse("postgres://me@/db?host=/run/a+b").unwrap();
+        assert_eq!(u.endpoint(), &Endpoint::Socket("/run/a+b".into()), "a + is not a space, as in libpq");
+        let u = DatabaseUrl::parse("postgres://me@/db?host=db.example.com&port=6543").unwrap();
+        assert_eq!((u.endpoint(), u.port()), (&Endpoint::Tcp("db.example.com".into()), 6543));
+        assert_eq!(u.ssl_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn a_malformed_host_or_port_is_refused_in_one_line_without_the_password() {
+        for (bad, says) in [
+            ("postgres://user:hunter2@/db", "names no host"),
+            ("postgres://user:hunter2@:5433/db", "names no host"),
+            ("postgres://user:hunter2@/db?host=", "host is empty"),
+            ("postgres://user:hunter2@/db?host=relative/dir", "neither a host name"),
+            ("postgres://user:hunter2@/db?host=a,b", "several hosts"),
+            ("postgres://user:hunter2@a,b/db", "several hosts"),
+            ("postgres://user:hunter2@/db?host=/s&port=", "port must be"),
+            ("postgres://user:hunter2@/db?host=/s&port=0", "port must be"),
+            ("postgres://user:hunter2@/db?host=/s&port=5432,5433", "port must be"),
+            ("postgres://user:hunter2@:0/db?host=/s", "port must be"),
+            ("postgres://user:hunter2@:x/db?host=/s", "port"),
+            ("postgres://user:hunter2@/db?host=/s&sslrootcert=", "sslrootcert is empty"),
+            ("postgres://user:hunter2@/db?host=/s&sslmode", "no value"),
+            ("postgres://user:hunter2@/db/x?host=/s", "just the database name"),
+        ] {
+            let err = DatabaseUrl::parse(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains("hunter2") && !err.contains('\n'), "{bad}: {err}");
+            assert!(!err.contains("stand-in"), "the stand-in host never shows: {err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! `database_url` in libpq's socket form, `postgres://USER@/DB?host=/socket/dir&port=N` (an
+//! empty host and the socket directory as a parameter), against the test cluster: the server
+//! and the CLI both reach the database with it; a malformed one is refused in one line that
+//! names the setting and not the password.
+
+use portcullis::postgres::url::Endpoint;
+
+use crate::child::{self, ServerProcess};
+use crate::pg;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_and_the_cli_reach_the_database_through_libpqs_host_parameter() {
+    let Some(db) = pg::database().await else { return };
+    let Endpoint::Socket(socket) = db.endpoint() else { panic!("the test cluster is reached over its socket") };
+    let url = format!("postgres://postgres@/{}?host={}&port={}", db.dbname(), socket.display(), db.port());
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(dir.path(), child::QUICK, |cmd| {
+            cmd.env("PORTCULLIS_DATABASE_URL", &url);
+        })
+    });
+    let client = server.browser();
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the database answers through the socket named in ?host=");
+    let admin_password = crate::store_copy::first_admin_password(&server).await;
+    let (status, _) = child::login(&server, &client, "admin", &admin_password).await;
+    assert_eq!(status, 303, "signed in, so the users are in that database");
+    drop(server);
+
+    let mut list = child::command(dir.path());
+    list.env("PORTCULLIS_DATABASE_URL", &url).args(["user", "list"]);
+    let list = child::run_cli(list, None).await;
+    list.assert_ok("user list with the ?host= form");
+    assert!(list.stdout.contains("admin"), "{list:?}");
+}
+
+#[tokio::test]
+async fn a_database_url_with_an_empty_host_parameter_is_refused_in_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, says) in [
+        ("postgres://app:hunter2-secret@/db?host=", "host is empty"),
+        ("postgres://app:hunter2-secret@/db?host=a,b", "several hosts"),
+        ("postgres://app:hunter2-secret@/db", "names no host"),
+    ] {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", bad).args(["user", "list"]);
+        let run = child::run_cli(cmd, None).await;
+        let line = run.assert_one_line_failure(bad);
+        assert!(line.contains("database_url"), "{line}");
+        assert!(line.contains(says), "{line}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+}
