@@ -1,6 +1,7 @@
 //! `GET /healthz`: liveness, with no session and no store access, so it answers even while
 //! every core is hashing. `GET /readyz`: readiness for load balancers, 200 while the store
-//! answers and 503 while it does not (SPEC, "Several instances, one truth").
+//! can take writes and 503 while it cannot (down, hung, or a read-only database: every
+//! sign-in writes), with the reason logged (SPEC, "Several instances, one truth").
 
 use poem::http::StatusCode;
 use poem::{handler, IntoResponse, Response};
@@ -17,7 +18,7 @@ pub async fn readyz(state: State<'_>) -> Response {
     match state.store.ready().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: the store does not answer");
+            tracing::warn!(error = %e, "not ready: the store cannot take writes");
             (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
         }
     }
