@@ -259,11 +259,15 @@ impl UserAdmin {
         Ok(record.display_name)
     }
 
-    /// Every user with their count of valid sessions, by name.
+    /// Every user with their count of valid sessions, by name: one store read (one statement
+    /// on PostgreSQL), not one per user.
+    ///
+    /// # Errors
+    /// [`UserError`] when the store cannot read users or sessions: a listing with counts it
+    /// could not read would be wrong, so there is none.
     pub async fn list(&self) -> Result<Vec<UserSummary>, UserError> {
         let mut users = Vec::new();
-        for u in self.store.users.list().await? {
-            let active_sessions = self.sessions.list(&u.key).await.map(|s| s.len()).unwrap_or(0);
+        for (u, active_sessions) in self.sessions.users_with_valid_counts().await? {
             let groups = u.effective_groups().into_iter().map(String::from).collect();
             users.push(UserSummary {
                 groups,

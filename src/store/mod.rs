@@ -327,6 +327,11 @@ pub trait UserStore: Send + Sync {
     async fn credential(&self, key: &str) -> Result<Option<Credential>>;
     /// Every user, in no particular order.
     async fn list(&self) -> Result<Vec<User>>;
+    /// Every user, in no particular order, with how many of their sessions are still valid
+    /// at `now` (Unix ms) by `cap`'s timeouts ([`SessionCap::has_expired`]; its
+    /// `max_per_user` plays no part): what `user list` shows, read at once, so on PostgreSQL
+    /// the listing is one statement however many users there are, not one more per user.
+    async fn list_with_sessions(&self, cap: SessionCap, now: u64) -> Result<Vec<(User, usize)>>;
     /// How many users there are.
     async fn count(&self) -> Result<u64>;
     /// Adds a user with the given hash.

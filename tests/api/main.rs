@@ -60,6 +60,7 @@ mod terminal;
 mod tls;
 mod totp;
 mod user_enumeration;
+mod user_list;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
