@@ -237,6 +237,12 @@ impl UserAdmin {
         remove: &[Group],
         by: &str,
     ) -> Result<(String, Vec<Group>), UserError> {
+        if add.is_empty() && remove.is_empty() {
+            // `user groups NAME` alone shows the groups: a read, with no write and no event
+            // saying they changed.
+            let (_, record) = self.existing(name).await?;
+            return Ok((record.display_name, record.groups));
+        }
         let key = self.existing_key(name).await?;
         let record = self
             .store

@@ -44,6 +44,7 @@ mod pg;
 mod pg_app;
 mod postgres;
 mod proxies;
+mod read_only_cli;
 mod readiness;
 mod review;
 mod review_times;
