@@ -72,6 +72,25 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether carrying the request out may change the store or record an event: `false` for
+    /// the reads (`user list`, `user factors`, `user groups NAME` without changes, `audit`),
+    /// which the CLI runs without an auth log, so they leave nothing where they run.
+    pub fn writes(&self) -> bool {
+        match self {
+            Request::UserList | Request::UserFactors { .. } | Request::Audit { .. } => false,
+            Request::UserGroups { add, remove, .. } => !add.is_empty() || !remove.is_empty(),
+            Request::UserAdd { .. }
+            | Request::UserPasswd { .. }
+            | Request::UserDel { .. }
+            | Request::UserUnlock { .. }
+            | Request::UserDisable { .. }
+            | Request::UserEnable { .. }
+            | Request::UserResetFactors { .. } => true,
+        }
+    }
+}
+
 impl Drop for Request {
     fn drop(&mut self) {
         if let Request::UserAdd { password, .. } | Request::UserPasswd { password, .. } = self {

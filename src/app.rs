@@ -82,6 +82,17 @@ impl Services {
     /// When the store cannot be opened or reached, the hash pool cannot start, or the audit
     /// log cannot be opened.
     pub async fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
+        Self::open_with(settings, hash_workers, true).await
+    }
+
+    /// As [`Services::open`], for a command that records nothing (`user list`, `audit`):
+    /// without the auth log, so it makes no `log_dir` where it runs. Errors as
+    /// [`Services::open`].
+    pub async fn open_reading(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
+        Self::open_with(settings, hash_workers, false).await
+    }
+
+    async fn open_with(settings: &Settings, hash_workers: usize, log: bool) -> anyhow::Result<Self> {
         let store = match &settings.database_url {
             // The URL's Display shows no password.
             Some(url) => Store::connect(url, &settings.instance_name)
@@ -92,8 +103,12 @@ impl Services {
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
-        let audit = Audit::open_as(&settings.log_dir, keep_days, Some(store.clone()), &settings.instance_name)?
-            .with_limits(crate::audit::DiskLimits::from_settings(settings));
+        let audit = if log {
+            Audit::open_as(&settings.log_dir, keep_days, Some(store.clone()), &settings.instance_name)?
+                .with_limits(crate::audit::DiskLimits::from_settings(settings))
+        } else {
+            Audit::reading(store.clone(), &settings.instance_name)
+        };
         let policy = PasswordPolicy { min_length: settings.min_password_length };
         let shared_brute_force = store.shared_brute_force(settings.failure_window, settings.captcha_after_failures);
         let mut users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());

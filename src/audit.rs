@@ -457,6 +457,13 @@ impl Audit {
         }
     }
 
+    /// A sink with no log file, on `store`: for commands that only read records (`audit`,
+    /// `user list`), which must leave nothing behind where they run (no `log_dir` made). An
+    /// event recorded anyway goes to the terminal only.
+    pub fn reading(store: Store, instance: &str) -> Self {
+        Audit { store: Some(store), instance: instance.into(), ..Self::terminal_only() }
+    }
+
     /// The same sink with disk limits (without them nothing is capped).
     pub fn with_limits(mut self, limits: DiskLimits) -> Self {
         self.budget.limit.store(limits.log_bytes_per_day.unwrap_or(u64::MAX), Ordering::SeqCst);

@@ -437,18 +437,29 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
 ///
 /// With `database_url` there is no socket: the database is the one truth every instance
 /// shares, so the command works on it directly (SPEC.md, "Several instances, one truth").
+///
+/// A request that writes nothing ([`Request::writes`]) opens no auth log, and on sled needs
+/// a store already there: a read leaves no directory behind where it runs (README, "where CLI
+/// events go with database_url").
 async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
+    let open = |settings| async move {
+        if request.writes() {
+            Services::open(settings, 1).await
+        } else {
+            Services::open_reading(settings, 1).await
+        }
+    };
     if settings.database_url.is_some() {
-        let services = Services::open(settings, 1).await?;
+        let services = open(settings).await?;
         return Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await);
     }
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
-    if !Store::exists(&settings.data_dir) && matches!(request, Request::Audit { .. }) {
+    if !Store::exists(&settings.data_dir) && !request.writes() {
         bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
     }
-    let services = match Services::open(settings, 1).await {
+    let services = match open(settings).await {
         Ok(s) => s,
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
             "the store in {} is in use by another process and its admin socket ({}) does not answer",

@@ -246,6 +246,15 @@ impl Sessions {
         Ok(self.valid_newest_first(sessions, now_ms()))
     }
 
+    /// Every user with their count of sessions still valid now (by [`Sessions::list`]'s
+    /// rule), read at once: one statement on PostgreSQL, however many users.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read them: never a count of 0 instead.
+    pub async fn users_with_valid_counts(&self) -> Result<Vec<(crate::store::User, usize)>, StoreError> {
+        self.store.users.list_with_sessions(self.cap(), now_ms()).await
+    }
+
     /// The one rule for a session list a user sees ([`Sessions::list`],
     /// [`Sessions::resolve_listing`]): those still valid at `now` (Unix ms), newest first.
     fn valid_newest_first(&self, sessions: Vec<StoredSession>, now: u64) -> Vec<StoredSession> {

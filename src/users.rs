@@ -237,6 +237,12 @@ impl UserAdmin {
         remove: &[Group],
         by: &str,
     ) -> Result<(String, Vec<Group>), UserError> {
+        if add.is_empty() && remove.is_empty() {
+            // `user groups NAME` alone shows the groups: a read, with no write and no event
+            // saying they changed.
+            let (_, record) = self.existing(name).await?;
+            return Ok((record.display_name, record.groups));
+        }
         let key = self.existing_key(name).await?;
         let record = self
             .store
@@ -259,11 +265,15 @@ impl UserAdmin {
         Ok(record.display_name)
     }
 
-    /// Every user with their count of valid sessions, by name.
+    /// Every user with their count of valid sessions, by name: one store read (one statement
+    /// on PostgreSQL), not one per user.
+    ///
+    /// # Errors
+    /// [`UserError`] when the store cannot read users or sessions: a listing with counts it
+    /// could not read would be wrong, so there is none.
     pub async fn list(&self) -> Result<Vec<UserSummary>, UserError> {
         let mut users = Vec::new();
-        for u in self.store.users.list().await? {
-            let active_sessions = self.sessions.list(&u.key).await.map(|s| s.len()).unwrap_or(0);
+        for (u, active_sessions) in self.sessions.users_with_valid_counts().await? {
             let groups = u.effective_groups().into_iter().map(String::from).collect();
             users.push(UserSummary {
                 groups,

@@ -13,7 +13,9 @@
 //! it detaches it (`deadpool::managed::Object::take`) and closes its socket (deadpool aborts
 //! the connection task), so a stopped server costs at most the pool's size in sockets and
 //! the pool opens fresh connections once the server answers again. A write that timed out may
-//! still commit when the server wakes: the caller has answered 503, never a success.
+//! still commit when the server wakes: the caller has answered 503, never a success. Nor
+//! does a connection whose server turned out read-only (a refused write, or
+//! [`Conn::writable`] for `/readyz`): it would stay so, and a new one may not.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,9 +39,25 @@ async fn bounded<T>(
     busy.store(true, Ordering::Relaxed);
     let answer = tokio::time::timeout(TIMEOUT, call).await.map_err(|_| PgError::Timeout(TIMEOUT))?;
     // Finished, with rows or with the database's error: the connection is in a known state.
-    busy.store(false, Ordering::Relaxed);
+    // But one whose write was refused as read-only refuses every later write too (its server
+    // is a standby, or its session began with `default_transaction_read_only` on, which a
+    // later `ALTER DATABASE` does not change): it is not reused, so the pool's next
+    // connection can reach the writable primary after a failover or read the changed default.
+    busy.store(is_read_only_refusal(&answer), Ordering::Relaxed);
     Ok(answer?)
 }
+
+/// Whether the database refused a statement because the transaction is read-only (SQLSTATE
+/// 25006, `read_only_sql_transaction`).
+fn is_read_only_refusal<T>(answer: &Result<T, tokio_postgres::Error>) -> bool {
+    matches!(answer, Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION))
+}
+
+/// The one statement that says whether a write transaction is possible on a connection's
+/// server: whether it is in recovery (a hot standby, which refuses every write) and whether
+/// a transaction begins read-only there (`default_transaction_read_only`, set for the server,
+/// the database, the role or the session; PostgreSQL docs, "Client Connection Defaults").
+const WRITABLE: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')";
 
 /// A pool of connections to one database whose every statement is bounded by [`TIMEOUT`].
 #[derive(Clone)]
@@ -117,6 +135,31 @@ impl Conn {
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, PgError> {
         let c = self.client();
         bounded(&self.busy, c.simple_query(sql)).await
+    }
+
+    /// Whether this connection's server takes writes now, in one round trip ([`WRITABLE`]):
+    /// for `GET /readyz`, which must not call ready a database that answers reads but refuses
+    /// every write (a standby after a failover, `default_transaction_read_only` on).
+    ///
+    /// # Errors
+    /// [`PgError::ReadOnly`] with the reason when it does not (the connection is then not
+    /// reused: see [`bounded`]); otherwise as [`Conn::query`].
+    pub async fn writable(&self) -> Result<(), PgError> {
+        let messages = self.simple_query(WRITABLE).await?;
+        let row = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        // The simple protocol answers in text: `t`/`f` for a boolean, `on`/`off` for the setting.
+        let refusal = match row.map(|r| (r.get(0), r.get(1))) {
+            Some((Some("f"), Some("off"))) => return Ok(()),
+            Some((Some("t"), _)) => PgError::ReadOnly("it is in recovery (a hot standby)"),
+            Some((_, Some("on"))) => PgError::ReadOnly("transactions begin read-only (default_transaction_read_only)"),
+            _ => PgError::ReadOnly("it did not say whether it takes writes"),
+        };
+        // As for a refused write: this connection would stay read-only, a new one may not.
+        self.busy.store(true, Ordering::Relaxed);
+        Err(refusal)
     }
 
     /// Begins a transaction; it rolls back unless [`Tx::commit`] is called.

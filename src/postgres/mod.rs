@@ -29,6 +29,10 @@ pub enum PgError {
     /// connection is not reused (`db`).
     #[error("the database did not answer within {} s", .0.as_secs())]
     Timeout(std::time::Duration),
+    /// The database answers but takes no writes (why: a standby in recovery, or transactions
+    /// that begin read-only), so nothing that records anything can work there.
+    #[error("the database takes no writes: {0}")]
+    ReadOnly(&'static str),
     /// The pool or the TLS configuration could not be built.
     #[error("database setup: {0}")]
     Setup(String),
@@ -46,8 +50,14 @@ impl PgError {
     /// instances, one truth").
     pub fn is_unavailable(&self) -> bool {
         match self {
-            PgError::Pool(_) | PgError::Timeout(_) => true,
-            PgError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            PgError::Pool(_) | PgError::Timeout(_) | PgError::ReadOnly(_) => true,
+            // A write refused as read-only (a standby, `default_transaction_read_only`) is the
+            // database unable to do the work, not a wrong statement.
+            PgError::Db(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none()
+                    || e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+            }
             PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
         }
     }

@@ -83,6 +83,7 @@ pub async fn run(harness: &mut dyn Harness) {
     concurrent_updates_lose_nothing(&harness.fresh().await).await;
     the_most_common_hash_kind_is_found(&harness.fresh().await).await;
     sessions_round_trip_and_expire(&harness.fresh().await).await;
+    users_list_with_their_valid_sessions_counted(&harness.fresh().await).await;
     a_session_starts_in_place_of_the_previous_one_within_the_cap(&harness.fresh().await).await;
     simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
     a_session_resolves_with_its_user_and_only_that_users_sessions(&harness.fresh().await).await;
@@ -419,6 +420,30 @@ async fn sessions_round_trip_and_expire(store: &Store) {
     }
     assert_eq!(alive, [false, true, false, true]);
     assert_eq!(s.list_for_user("carol").await.unwrap().len(), 1, "sessions: purge cleans the user index");
+}
+
+/// `user list` in one read: every user (those without sessions too) with the sessions still
+/// valid by the timeouts, both limits exclusive as `SessionCap::has_expired` says; sessions of
+/// a key that is no user are no row.
+async fn users_list_with_their_valid_sessions_counted(store: &Store) {
+    for key in ["alice", "bob", "carol"] {
+        store.users.insert(&user(key), HASH_A).await.unwrap();
+    }
+    let s = &store.sessions;
+    s.insert(&[1; 32], &session("alice", 1000, 9800)).await.unwrap(); // valid
+    s.insert(&[2; 32], &session("alice", 1000, 8000)).await.unwrap(); // idle 2 s
+    s.insert(&[3; 32], &session("alice", 0, 9900)).await.unwrap(); // exactly 10 s old
+    s.insert(&[4; 32], &session("alice", 1000, 9000)).await.unwrap(); // exactly 1 s idle
+    s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap(); // seen after `now`: no age
+    s.insert(&[6; 32], &session("ghost", 9000, 9900)).await.unwrap(); // no such user
+    let cap = SessionCap { max_per_user: 1, idle_ms: 1000, absolute_ms: 10_000 };
+    let mut listed: Vec<_> =
+        store.users.list_with_sessions(cap, 10_000).await.unwrap().into_iter().map(|(u, n)| (u.key, n)).collect();
+    listed.sort();
+    let want = [("alice".to_string(), 1), ("bob".to_string(), 1), ("carol".to_string(), 0)];
+    assert_eq!(listed, want, "users: listed with their valid sessions");
+    let alice = store.users.list_with_sessions(cap, 10_000).await.unwrap().into_iter().find(|(u, _)| u.key == "alice");
+    assert_eq!(alice.map(|(u, _)| u), Some(user("alice")), "users: the listing holds the whole user");
 }
 
 /// Starting a session ends the previous one (whoever's it was) and keeps the owner within the

@@ -327,6 +327,11 @@ pub trait UserStore: Send + Sync {
     async fn credential(&self, key: &str) -> Result<Option<Credential>>;
     /// Every user, in no particular order.
     async fn list(&self) -> Result<Vec<User>>;
+    /// Every user, in no particular order, with how many of their sessions are still valid
+    /// at `now` (Unix ms) by `cap`'s timeouts ([`SessionCap::has_expired`]; its
+    /// `max_per_user` plays no part): what `user list` shows, read at once, so on PostgreSQL
+    /// the listing is one statement however many users there are, not one more per user.
+    async fn list_with_sessions(&self, cap: SessionCap, now: u64) -> Result<Vec<(User, usize)>>;
     /// How many users there are.
     async fn count(&self) -> Result<u64>;
     /// Adds a user with the given hash.
@@ -624,16 +629,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Whether the store answers now, for `GET /readyz`: on PostgreSQL one `SELECT 1` through
-    /// the pool (within the pool's bounded waits, and the statement's: a hung database is not
-    /// ready); sled runs in this process and answers
-    /// whenever it is open.
+    /// Whether the store can take writes now, for `GET /readyz`: every sign-in writes, so a
+    /// store that only answers reads is not ready. On PostgreSQL one statement through the
+    /// pool asks whether the server is in recovery (a hot standby) or begins transactions
+    /// read-only (`Conn::writable`), within the pool's bounded waits and the statement's
+    /// (`postgres::db::TIMEOUT`: a hung database is not ready); sled runs in this process and
+    /// answers whenever it is open.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the database cannot be reached or does not answer.
+    /// [`StoreError::Unavailable`] when the database cannot be reached, does not answer, or
+    /// takes no writes (the message says which).
     pub async fn ready(&self) -> Result<()> {
         let Some(pool) = &self.pg_pool else { return Ok(()) };
-        pool.get().await?.simple_query("SELECT 1").await?;
+        pool.get().await?.writable().await?;
         Ok(())
     }
 

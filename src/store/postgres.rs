@@ -14,8 +14,8 @@ use tokio_postgres::Row;
 
 use super::{
     Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Resolved, Result, SecretStore, Session, SessionStore, SessionTimes, StoreError, StoredSession, TokenHash,
-    TotpFactor, User, UserFactors, UserStore,
+    Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession,
+    TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, MIGRATE_TIMEOUT, POOL_SIZE};
@@ -201,6 +201,21 @@ impl UserStore for PgStore {
     async fn list(&self) -> Result<Vec<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users");
         Ok(self.client().await?.query(&sql, &[]).await?.iter().map(user_of).collect())
+    }
+
+    async fn list_with_sessions(&self, cap: SessionCap, now: u64) -> Result<Vec<(User, usize)>> {
+        // One statement: the users and one grouped count of their valid sessions, by the
+        // rule of `SessionCap::has_expired` negated (neither idle nor old for the limit; a
+        // time ahead of `now` counts as no age, as its saturating subtraction does).
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, coalesce(valid.n, 0) FROM users
+             LEFT JOIN (SELECT user_key, count(*) AS n FROM sessions
+                        WHERE greatest($3::bigint - last_seen_at_ms, 0) < $1::bigint
+                          AND greatest($3::bigint - created_at_ms, 0) < $2::bigint
+                        GROUP BY user_key) valid ON valid.user_key = users.key"
+        );
+        let rows = self.client().await?.query(&sql, &[&ms(cap.idle_ms), &ms(cap.absolute_ms), &ms(now)]).await?;
+        Ok(rows.iter().map(|r| (user_of(r), unms(r.get(9)) as usize)).collect())
     }
 
     async fn count(&self) -> Result<u64> {

@@ -757,6 +757,22 @@ impl UserStore for SledStore {
         self.blocking(|s| Ok(s.users()?.iter().map(UserRecord::user).collect())).await
     }
 
+    async fn list_with_sessions(&self, cap: SessionCap, now: u64) -> Result<Vec<(User, usize)>> {
+        // In this process, one index scan per user costs no round trip; what matters is that
+        // an unreadable session fails the listing instead of counting as none.
+        self.blocking(move |s| {
+            s.users()?
+                .iter()
+                .map(|r| {
+                    let times = s.user_session_times(&r.key)?;
+                    let valid = times.iter().filter(|t| !cap.has_expired(t.created_at, t.last_seen_at, now)).count();
+                    Ok((r.user(), valid))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn count(&self) -> Result<u64> {
         Ok(self.user_count() as u64)
     }
@@ -1335,6 +1351,19 @@ mod tests {
         let verified = Credential { user: crate::store::conformance::user("alice"), password_hash: "h".into() };
         assert!(matches!(store.login_cas(&verified, None, 5), Err(StoreError::Corrupt(_))));
         assert_eq!(store.users.get("alice").unwrap().unwrap(), &b"not json"[..]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_session_fails_the_user_listing_instead_of_counting_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.insert_user(&user("alice")).unwrap();
+        // An index entry from before times were indexed (no value), whose record is not JSON.
+        store.user_sessions.insert(index_key("alice", &[1; 32]), &[]).unwrap();
+        store.sessions.insert([1; 32], &b"not json"[..]).unwrap();
+        let cap = SessionCap { max_per_user: 1, idle_ms: 1000, absolute_ms: 1000 };
+        let listed = store.list_with_sessions(cap, 1).await;
+        assert!(matches!(listed, Err(StoreError::Corrupt(_))), "{listed:?}");
     }
 
     #[test]

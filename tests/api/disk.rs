@@ -283,10 +283,11 @@ async fn existing_loose_directories_and_files_are_made_private_by_the_cli_and_by
     assert_private(d, "after `user add`");
     assert!(walk(&d.join("data")).len() > 2, "the store was not created");
 
+    // A command that writes (and logs): one that only reads opens no log (read_only_cli.rs).
     loosen(d);
-    let run = child::cli(d, &["user", "list"], None).await;
-    run.assert_ok("user list");
-    assert_private(d, "after `user list`");
+    let run = child::cli(d, &["user", "unlock", "alice"], None).await;
+    run.assert_ok("user unlock");
+    assert_private(d, "after `user unlock`");
 
     loosen(d);
     let server = tokio::task::block_in_place(|| ServerProcess::start(d, child::QUICK));
@@ -323,8 +324,9 @@ async fn a_directory_that_cannot_be_made_private_stops_the_cli_with_one_line_say
     // data/ stays root's: nobody cannot chmod it.
     let mut cmd = child::command(d);
     use std::os::unix::process::CommandExt;
-    cmd.uid(nobody).gid(nobody).args(["user", "list"]);
+    // A command that writes: one that only reads says there is no store in data/ yet.
+    cmd.uid(nobody).gid(nobody).args(["user", "unlock", "alice"]);
     let run = child::run_cli(cmd, None).await;
-    let err = run.assert_one_line_failure("user list on a data_dir owned by root, as nobody");
+    let err = run.assert_one_line_failure("user unlock on a data_dir owned by root, as nobody");
     assert!(err.contains("chmod -R go-rwx") && err.contains("data"), "{err}");
 }

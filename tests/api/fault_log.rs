@@ -100,7 +100,7 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     }
     let counted = recovered.iter().any(|l| l.contains("cannot read the failure counts (and ") && l.contains(" error="));
     assert!(counted, "a fault past the interval is written with the count before it: {recovered:#?}");
-    let (readyz, _) = accounted(&recovered, "not ready: the store does not answer");
+    let (readyz, _) = accounted(&recovered, "not ready: the store cannot take writes");
     assert!((1..=most).contains(&readyz), "{recovered:#?}");
     let ends: Vec<&String> = recovered.iter().filter(|l| l.contains("the store works again")).collect();
     assert_eq!(ends.len(), 1, "{ends:#?}");

@@ -46,6 +46,7 @@ mod pg;
 mod pg_app;
 mod postgres;
 mod proxies;
+mod read_only_cli;
 mod readiness;
 mod reauthentication;
 mod review;
@@ -63,6 +64,7 @@ mod terminal;
 mod tls;
 mod totp;
 mod user_enumeration;
+mod user_list;
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;

@@ -384,6 +384,17 @@ impl PrivateCluster {
 }
 
 impl PrivateCluster {
+    /// Stops the server and starts it again as a hot standby with no primary: it answers
+    /// reads and refuses every write (in recovery), as the server a failover left a client
+    /// on may, until `SELECT pg_promote()` makes it a primary again.
+    pub fn restart_as_standby(&mut self) -> Result<(), String> {
+        self.stop_server();
+        let signal = self.dir.join("data").join("standby.signal");
+        std::fs::write(&signal, "").map_err(|e| e.to_string())?;
+        chown(&signal, self.user);
+        self.start_server()
+    }
+
     /// Kills the server as a crash would (SIGQUIT: immediate shutdown, no checkpoint, so only
     /// what the WAL on disk holds is there after [`PrivateCluster::start_server`]) and waits
     /// until it has exited.
