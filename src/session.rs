@@ -69,14 +69,18 @@ pub struct ActiveSession {
     pub token_hash: TokenHash,
     pub record: Session,
     pub user: User,
+    /// When this browser last typed the password again for this session (Unix ms), as the
+    /// web layer read it from its signed cookie (`routes::account::confirm`); `None` here.
+    pub confirmed_at: Option<u64>,
 }
 
 impl ActiveSession {
     /// Whether the session proved who it is within [`RECENT_AUTHENTICATION`] of `now_ms`
-    /// (Unix milliseconds): a session's start is its last sign-in, password change or
-    /// confirmation, since each of them issues a new session.
+    /// (Unix milliseconds): its start (a sign-in or a password change, each of which issues a
+    /// new session) or its last confirmation of the password ([`ActiveSession::confirmed_at`]).
     pub fn authenticated_recently(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.record.created_at) <= RECENT_AUTHENTICATION.as_millis() as u64
+        let last = self.record.created_at.max(self.confirmed_at.unwrap_or(0));
+        now_ms.saturating_sub(last) <= RECENT_AUTHENTICATION.as_millis() as u64
     }
 }
 
@@ -227,7 +231,7 @@ impl Sessions {
                 ),
             }
         }
-        Ok(Some((ActiveSession { token_hash, record, user }, user_sessions)))
+        Ok(Some((ActiveSession { token_hash, record, user, confirmed_at: None }, user_sessions)))
     }
 
     /// Ends one session, durably.

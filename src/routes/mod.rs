@@ -318,7 +318,8 @@ fn parameters_tidied(value: &str) -> String {
 #[allow(clippy::result_large_err)]
 pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
     let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
-    state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
+    let found = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
+    Ok(found.map(|s| account::confirm::with_confirmation(req, state, s)))
 }
 
 /// [`current_session`] with the user's valid sessions, newest first, from the same store read
@@ -329,7 +330,8 @@ pub async fn current_session_listing(
     state: &AppState,
 ) -> Result<Option<(ActiveSession, Vec<crate::store::StoredSession>)>, Response> {
     let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
-    state.sessions.resolve_listing(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
+    let found = state.sessions.resolve_listing(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
+    Ok(found.map(|(s, listed)| (account::confirm::with_confirmation(req, state, s), listed)))
 }
 
 /// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)

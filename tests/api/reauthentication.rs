@@ -107,20 +107,39 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     assert!(app.log_lines().iter().any(|l| l["event"] == "authn_login_fail" && l["reason"] == "bad_password"));
     asked(&post(&app, &thief, "/account/totp/remove", &[("csrf", &csrf)]).await, "");
 
-    // The right one: a new session (the old token is worth nothing), back where it was going.
+    // The right one: remembered for this session only, in a signed cookie; the session itself
+    // (token, start, factors) stays as it was, so its absolute timeout still counts from the
+    // sign-in and parallel confirmations make no new sessions.
     let right = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("next", "/account/passkeys")];
     let resp = post(&app, &thief, "/account/confirm", &right).await;
     assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account/passkeys"));
-    let renewed = cookie_value(&resp, "__Host-portcullis").expect("a new session cookie");
-    assert_ne!(renewed, old_cookie, "the session token is rotated");
-    let old = browser_signed_in_with_cookie(&app, &old_cookie);
-    assert_eq!(old.get(app.url("/account")).send().await.unwrap().status(), StatusCode::SEE_OTHER, "the old one ended");
+    assert!(cookie_value(&resp, "__Host-portcullis").is_none(), "the session is not replaced");
+    let confirmed = cookie_value(&resp, "__Host-portcullis-confirmed").expect("the confirmation's cookie");
+    let set = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert!(set.iter().any(|c| c.starts_with("__Host-portcullis-confirmed=") && c.contains("Max-Age=600")), "{set:?}");
     let line = app.log_lines().into_iter().find(|l| l["event"] == "authn_reauth_success").expect("logged");
     assert_eq!(line["username"], "alice");
     assert!(!app.log_text().contains(GOOD_PASSWORD), "the password is never logged");
     let sessions = app.state.sessions.list("alice").await.unwrap();
-    let newest = sessions.iter().max_by_key(|s| s.record.created_at).unwrap();
-    assert_eq!(newest.record.factors, Factors::Two, "the renewed session keeps the factors it had");
+    let same = sessions.iter().find(|s| s.record.created_at < now_ms() - RECENT_AUTHENTICATION.as_millis() as u64);
+    assert!(same.is_some_and(|s| s.record.factors == Factors::Two), "the stale session is still the one: {sessions:?}");
+
+    // The confirmation belongs to its session: another stale session of alice's that shows the
+    // same cookie is still asked.
+    let (_, other_cookie) = browser_signed_in_ago(&app, "alice", stale(), Factors::Two).await;
+    let other = browser_with_cookies(
+        &app,
+        &[("__Host-portcullis", &other_cookie), ("__Host-portcullis-confirmed", &confirmed)],
+    );
+    let other_csrf = csrf_of(&other, app.url("/account")).await;
+    asked(&post(&app, &other, "/account/totp/remove", &[("csrf", &other_csrf)]).await, "");
+    assert!(app.state.factors.summary("alice").await.unwrap().totp);
+    // Nor can the time in it be moved: a cookie with a later time and the old tag is ignored.
+    let (_, tag) = confirmed.split_once('.').unwrap();
+    let moved = format!("{}.{tag}", now_ms() + 1);
+    let forged =
+        browser_with_cookies(&app, &[("__Host-portcullis", &old_cookie), ("__Host-portcullis-confirmed", &moved)]);
+    asked(&post(&app, &forged, "/account/totp/remove", &[("csrf", &csrf)]).await, "");
 
     // Now the changes go through.
     let csrf = csrf_of(&thief, app.url("/account")).await;
@@ -129,6 +148,29 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     assert!(!app.state.factors.summary("alice").await.unwrap().totp);
     let again = thief.get(app.url("/account/confirm")).send().await.unwrap();
     assert_eq!((again.status(), location(&again)), (StatusCode::SEE_OTHER, "/account"), "nothing to confirm now");
+}
+
+#[tokio::test]
+async fn past_the_captcha_threshold_a_session_asked_for_its_password_is_ended_instead_of_guessing_on() {
+    let app = passkey_app().await;
+    app.add_user("dave", GOOD_PASSWORD, false).await;
+    let (dave, _) = browser_signed_in_ago(&app, "dave", stale(), Factors::One).await;
+    let csrf = csrf_of(&dave, app.url("/account/confirm")).await;
+    for i in 0..app.settings.captcha_after_failures {
+        let guess = format!("guess number {i}");
+        let resp = post(&app, &dave, "/account/confirm", &[("csrf", &csrf), ("current", &guess)]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    // Past the threshold no password is checked here, the right one included: the login form,
+    // with its captcha, is the only place left to try.
+    let resp = post(&app, &dave, "/account/confirm", &[("csrf", &csrf), ("current", GOOD_PASSWORD)]).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login?next=/account"));
+    assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_none());
+    assert!(app.state.sessions.list("dave").await.unwrap().is_empty(), "the session is ended on the server");
+    let line = app.log_lines().into_iter().find(|l| l["event"] == "session_revoked").expect("logged");
+    assert_eq!((line["username"].as_str(), line["by"].as_str()), (Some("dave"), Some("captcha threshold")));
+    let form = dave.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
+    assert!(crate::helpers::shows_captcha(&form), "the login form asks for the captcha");
 }
 
 #[tokio::test]
@@ -162,8 +204,15 @@ async fn the_confirmation_form_needs_its_csrf_token_and_a_session() {
 
 /// A browser that holds `cookie` as its session cookie.
 fn browser_signed_in_with_cookie(app: &TestApp, cookie: &str) -> reqwest::Client {
+    browser_with_cookies(app, &[("__Host-portcullis", cookie)])
+}
+
+/// A browser whose jar holds these cookies (name, value).
+fn browser_with_cookies(app: &TestApp, cookies: &[(&str, &str)]) -> reqwest::Client {
     let jar = Arc::new(reqwest::cookie::Jar::default());
     let url: url::Url = app.url("/").parse().unwrap();
-    jar.add_cookie_str(&format!("__Host-portcullis={cookie}; Secure; Path=/"), &url);
+    for (name, value) in cookies {
+        jar.add_cookie_str(&format!("{name}={value}; Secure; Path=/"), &url);
+    }
     browser_builder(&app.settings.cert_dir).cookie_provider(jar).build().unwrap()
 }

@@ -2,8 +2,11 @@
 //! factor, once its sign-in is older than [`RECENT_AUTHENTICATION`] (OWASP ASVS 4.0 §3.7.1;
 //! NIST SP 800-63B §6.1.2.1). Without it a stolen session could register the thief's own
 //! passkey (which then signs in without the password) or remove the owner's factors.
-//! The right password gives this browser a new session (a new token, same factors), whose
-//! start is the confirmation; a wrong one counts like a wrong password at the login form.
+//! The right password is remembered for [`RECENT_AUTHENTICATION`] in a cookie signed for this
+//! session ([`CONFIRMED_COOKIE`]): the session itself is unchanged, so its absolute timeout,
+//! its factors and its token stay what they were. A wrong one counts like a wrong password at
+//! the login form, and past the captcha threshold the session is ended
+//! ([`super::password::check_current`]).
 
 use askama::Template;
 use poem::http::{header, StatusCode};
@@ -15,13 +18,18 @@ use super::password::{check_current, with_retry_after, NotConfirmed};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::routes::{html, read_form, see_other, signed_in, signed_in_with, State};
-use crate::session::{ActiveSession, RECENT_AUTHENTICATION, SESSION_COOKIE};
+use crate::session::{ActiveSession, RECENT_AUTHENTICATION};
 use crate::store::now_ms;
 use crate::text::printable;
 use crate::{client, cookies};
 
 /// This page.
 pub const PATH: &str = "/account/confirm";
+
+/// Remembers a confirmation: `{unix ms}.{tag}`, the tag an HMAC of the time under the
+/// server's key and this session's token hash, so it is worth nothing to another session,
+/// cannot be moved forward in time, and ends with the session. `__Host-` as the session's.
+pub const CONFIRMED_COOKIE: &str = "__Host-portcullis-confirmed";
 const SIGNED_OUT: &str = "/login?next=/account";
 
 /// Where a confirmation goes on to: one of the pages whose changes ask for it. Anything
@@ -150,26 +158,32 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 retry_after,
             );
         }
-        Err(NotConfirmed::Fault(resp)) => return resp,
+        Err(NotConfirmed::Fault(resp) | NotConfirmed::SignedOut(resp)) => return resp,
     }
-    // A new token whose session starts now: the confirmation is the session's start, and a
-    // token seen before it (in a log, a stolen cookie) is worth nothing after it.
-    let user = &session.user;
+    let now = now_ms();
     let client = client::client(req, &state.settings.trusted_proxies);
-    let token = match state
-        .sessions
-        .create_in_place_of(Some(&session.token_hash), &user.key, session.record.factors, client.ip, &client.user_agent)
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => return crate::routes::store_error(&e, "could not renew the session"),
-    };
-    state.audit.record(&AuthEvent::Reauthenticated { username: &user.display_name, client: &client });
+    state.audit.record(&AuthEvent::Reauthenticated { username: &session.user.display_name, client: &client });
     let mut resp = see_other(then.path());
-    if let Ok(v) = cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
+    let value = format!("{now}.{}", state.csrf.notice_tag(&session.token_hash, &confirmed_payload(now)));
+    if let Ok(v) = cookies::set(CONFIRMED_COOKIE, &value, Some(RECENT_AUTHENTICATION.as_secs())).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+fn confirmed_payload(at_ms: u64) -> Vec<u8> {
+    format!("confirmed:{at_ms}").into_bytes()
+}
+
+/// `session` with the time of its last confirmation, read from this request's
+/// [`CONFIRMED_COOKIE`] when its tag is right for this session (otherwise `None`).
+pub(crate) fn with_confirmation(req: &Request, state: &AppState, mut session: ActiveSession) -> ActiveSession {
+    session.confirmed_at = cookies::get(req, CONFIRMED_COOKIE).and_then(|v| {
+        let (at, tag) = v.split_once('.')?;
+        let at: u64 = at.parse().ok()?;
+        state.csrf.check_notice(&session.token_hash, &confirmed_payload(at), tag).then_some(at)
+    });
+    session
 }
 
 fn page(state: &AppState, session: &ActiveSession, then: Then, status: StatusCode, error: Option<&str>) -> Response {

@@ -75,7 +75,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             let resp = again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.");
             return with_retry_after(resp.await, retry_after);
         }
-        Err(NotConfirmed::Fault(resp)) => return resp,
+        Err(NotConfirmed::Fault(resp) | NotConfirmed::SignedOut(resp)) => return resp,
     }
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
@@ -113,12 +113,18 @@ pub(super) enum NotConfirmed {
     TooMany { retry_after: u64 },
     /// The store or the hash pool failed: this answer (503 or 500) is to be sent as it is.
     Fault(Response),
+    /// The username or address has failed often enough to be asked for a captcha, which only
+    /// the login form gives: this session is ended (a holder who does not know the password
+    /// is likely a thief) and the answer is this 303 to `/login`.
+    SignedOut(Response),
 }
 
 /// Checks that `current` is the signed-in user's password, the way a sign-in would: on the
 /// hash pool, spending the per-username quota, and a wrong one counted toward the captcha
-/// threshold and recorded as an `authn_login_fail` with reason `bad_password`. So a stolen
-/// session cannot guess the password faster than the login form allows.
+/// threshold and recorded as an `authn_login_fail` with reason `bad_password`. Past that
+/// threshold no password is checked here: the session is ended and the holder sent to the
+/// login form, whose captcha is then demanded. So a stolen session cannot guess the password
+/// faster than the login form allows, nor spend the user's quota beyond the threshold.
 ///
 /// # Errors
 /// [`NotConfirmed`] saying why not.
@@ -131,6 +137,13 @@ pub(super) async fn check_current(
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
     let digest = username_digest(&user.key);
+    match state.brute_force.needs_captcha(client.key(), Some(digest), now_ms()).await {
+        Ok(false) => {}
+        Ok(true) => return Err(NotConfirmed::SignedOut(sign_out_for_captcha(state, session).await)),
+        Err(e) => {
+            return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot read the failure counts", &e)));
+        }
+    }
     if let Some(rate) = state.settings.login_quota_per_user {
         match state.brute_force.take(QuotaKey::Username(digest), rate, now_ms()).await {
             Ok(Ok(())) => {}
@@ -169,6 +182,22 @@ pub(super) async fn check_current(
             Err(NotConfirmed::Fault(error_page(StatusCode::INTERNAL_SERVER_ERROR)))
         }
     }
+}
+
+/// Ends `session` because its holder reached the captcha threshold, logged `session_revoked`
+/// (`by`: `captcha threshold`); the answer is a 303 to the login form with the session cookie
+/// cleared, or 503 when the store cannot end it.
+async fn sign_out_for_captcha(state: &AppState, session: &ActiveSession) -> Response {
+    if let Err(e) = state.sessions.end(&session.token_hash).await {
+        return crate::routes::store_error(&e, "could not end a session");
+    }
+    let username = &session.user.display_name;
+    state.audit.record(&crate::audit::AuthEvent::SessionsEnded { username, count: 1, by: "captcha threshold" });
+    let mut resp = see_other("/login?next=/account");
+    if let Ok(v) = cookies::clear(SESSION_COOKIE).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// `resp` with `Retry-After: {secs}` (RFC 9110 §10.2.3).
