@@ -216,3 +216,23 @@ fn browser_with_cookies(app: &TestApp, cookies: &[(&str, &str)]) -> reqwest::Cli
     }
     browser_builder(&app.settings.cert_dir).cookie_provider(jar).build().unwrap()
 }
+
+#[tokio::test]
+async fn the_password_form_also_ends_the_session_past_the_captcha_threshold() {
+    let app = passkey_app().await;
+    app.add_user("erin", GOOD_PASSWORD, false).await;
+    let (erin, _) = browser_signed_in_ago(&app, "erin", Duration::from_secs(5), Factors::One).await;
+    let csrf = csrf_of(&erin, app.url("/account")).await;
+    let new = "a new long passphrase 2231";
+    let change = |current: String| {
+        let form = [("csrf", csrf.as_str()), ("current", current.as_str()), ("new", new), ("repeat", new)];
+        erin.post(app.url("/account/password")).form(&form).send()
+    };
+    for i in 0..app.settings.captcha_after_failures {
+        assert_eq!(change(format!("guess {i}")).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = change(GOOD_PASSWORD.to_string()).await.unwrap();
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login?next=/account"));
+    assert!(app.state.sessions.list("erin").await.unwrap().is_empty());
+    assert!(app.state.auth.verify_current("erin", portcullis::password::Password::new(GOOD_PASSWORD)).await.unwrap());
+}
