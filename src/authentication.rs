@@ -97,7 +97,9 @@ impl Authenticator {
             // No stored password can be this long; refusing it early is the same answer for
             // every username, so it says nothing about who exists.
             let user = match Username::parse(typed_username) {
-                Ok(u) => self.store.users.get(u.key()).await.ok().flatten(),
+                // Only for the recorded reason, but a store that cannot say is a fault (503), not
+                // an unknown user.
+                Ok(u) => self.store.users.get(u.key()).await?,
                 Err(_) => None,
             };
             let reason = if user.is_some() { FailureReason::BadPassword } else { FailureReason::UnknownUser };
