@@ -131,11 +131,39 @@ impl Sessions {
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
+        self.start(previous, user_key, factors, None, ip, user_agent).await
+    }
+
+    /// A new token for a session that goes on from `continued` (after a password change,
+    /// which ends every session of the user): same user, factors and start, so its absolute
+    /// timeout still counts from the sign-in (OWASP ASVS 4.0 §3.3.1); only the token is new.
+    ///
+    /// # Errors
+    /// As [`Sessions::create_in_place_of`].
+    pub async fn renew(
+        &self,
+        continued: &ActiveSession,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Result<SessionToken, StoreError> {
+        let record = &continued.record;
+        self.start(None, &record.user_key, record.factors, Some(record.created_at), ip, user_agent).await
+    }
+
+    async fn start(
+        &self,
+        previous: Option<&TokenHash>,
+        user_key: &str,
+        factors: Factors,
+        started_at: Option<u64>,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Result<SessionToken, StoreError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let record = Session {
             user_key: user_key.to_string(),
-            created_at: now,
+            created_at: started_at.unwrap_or(now),
             last_seen_at: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),

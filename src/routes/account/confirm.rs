@@ -5,7 +5,7 @@
 //! The right password is remembered for [`RECENT_AUTHENTICATION`] in a cookie signed for this
 //! session ([`CONFIRMED_COOKIE`]): the session itself is unchanged, so its absolute timeout,
 //! its factors and its token stay what they were. A wrong one counts like a wrong password at
-//! the login form, and past the captcha threshold the session is ended
+//! the login form, and past the captcha threshold no password is checked here
 //! ([`super::password::check_current`]).
 
 use askama::Template;
@@ -158,17 +158,26 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 retry_after,
             );
         }
-        Err(NotConfirmed::Fault(resp) | NotConfirmed::SignedOut(resp)) => return resp,
+        Err(NotConfirmed::CaptchaDemanded) => {
+            return page(&state, &session, then, StatusCode::FORBIDDEN, Some(super::password::CAPTCHA_DEMANDED))
+        }
+        Err(NotConfirmed::Fault(resp)) => return resp,
     }
-    let now = now_ms();
     let client = client::client(req, &state.settings.trusted_proxies);
     state.audit.record(&AuthEvent::Reauthenticated { username: &session.user.display_name, client: &client });
     let mut resp = see_other(then.path());
-    let value = format!("{now}.{}", state.csrf.notice_tag(&session.token_hash, &confirmed_payload(now)));
+    remember_confirmation(&state, &session.token_hash, &mut resp);
+    resp
+}
+
+/// Adds to `resp` the [`CONFIRMED_COOKIE`] saying the session whose token hash is
+/// `session_hash` typed its password now.
+pub(crate) fn remember_confirmation(state: &AppState, session_hash: &[u8; 32], resp: &mut Response) {
+    let now = now_ms();
+    let value = format!("{now}.{}", state.csrf.notice_tag(session_hash, &confirmed_payload(now)));
     if let Ok(v) = cookies::set(CONFIRMED_COOKIE, &value, Some(RECENT_AUTHENTICATION.as_secs())).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
-    resp
 }
 
 fn confirmed_payload(at_ms: u64) -> Vec<u8> {

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::audit::FailureReason;
 use crate::authentication::AuthError;
-use crate::brute_force::QuotaKey;
+use crate::brute_force::{Held, QuotaKey};
+use crate::failures::CaptchaDemanded;
 use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::routes::flash::Notice;
@@ -75,7 +76,8 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             let resp = again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.");
             return with_retry_after(resp.await, retry_after);
         }
-        Err(NotConfirmed::Fault(resp) | NotConfirmed::SignedOut(resp)) => return resp,
+        Err(NotConfirmed::CaptchaDemanded) => return again(StatusCode::FORBIDDEN, CAPTCHA_DEMANDED).await,
+        Err(NotConfirmed::Fault(resp)) => return resp,
     }
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
@@ -94,7 +96,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     };
     // This browser goes on with a new token, as many factors as before.
-    let token = match state.sessions.create(&user.key, session.record.factors, client.ip, &client.user_agent).await {
+    let token = match state.sessions.renew(&session, client.ip, &client.user_agent).await {
         Ok(t) => t,
         Err(e) => return crate::routes::store_error(&e, "could not create a session"),
     };
@@ -102,8 +104,13 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if let Ok(v) = cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
+    // The session keeps its start, so the password just typed counts as a confirmation.
+    super::confirm::remember_confirmation(&state, &token.hash(), &mut resp);
     Notice::PasswordChanged { ended: ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
 }
+
+/// What the account's password forms say once [`check_current`] no longer checks.
+pub(super) const CAPTCHA_DEMANDED: &str = "There have been too many wrong passwords for this account. To go on, sign out and sign in again (you will be asked to type the characters in a picture), or try again later.";
 
 /// Why [`check_current`] did not accept the password.
 pub(super) enum NotConfirmed {
@@ -113,18 +120,18 @@ pub(super) enum NotConfirmed {
     TooMany { retry_after: u64 },
     /// The store or the hash pool failed: this answer (503 or 500) is to be sent as it is.
     Fault(Response),
-    /// The username or address has failed often enough to be asked for a captcha, which only
-    /// the login form gives: this session is ended (a holder who does not know the password
-    /// is likely a thief) and the answer is this 303 to `/login`.
-    SignedOut(Response),
+    /// The username or address has failed often enough (checks in flight included) to be
+    /// asked for a captcha, which only the login form gives: no password is checked here.
+    CaptchaDemanded,
 }
 
 /// Checks that `current` is the signed-in user's password, the way a sign-in would: on the
-/// hash pool, spending the per-username quota, and a wrong one counted toward the captcha
-/// threshold and recorded as an `authn_login_fail` with reason `bad_password`. Past that
-/// threshold no password is checked here: the session is ended and the holder sent to the
-/// login form, whose captcha is then demanded. So a stolen session cannot guess the password
-/// faster than the login form allows, nor spend the user's quota beyond the threshold.
+/// hash pool, under a reservation of the captcha threshold (so concurrent checks cannot pass
+/// it either), spending the per-username quota, and a wrong one counted toward the threshold
+/// and recorded as an `authn_login_fail` with reason `bad_password`. Past the threshold no
+/// password is checked here: only the login form, with its captcha, takes guesses then. So a
+/// stolen session cannot guess the password faster than the login form allows, nor spend the
+/// user's quota beyond the threshold.
 ///
 /// # Errors
 /// [`NotConfirmed`] saying why not.
@@ -137,13 +144,14 @@ pub(super) async fn check_current(
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
     let digest = username_digest(&user.key);
-    match state.brute_force.needs_captcha(client.key(), Some(digest), now_ms()).await {
-        Ok(false) => {}
-        Ok(true) => return Err(NotConfirmed::SignedOut(sign_out_for_captcha(state, session).await)),
+    // Given back on every way out but a failure (a dropped request included).
+    let held = match state.brute_force.reserve(client.key(), digest, now_ms()).await {
+        Ok(Ok(r)) => Held::new(std::sync::Arc::clone(&state.brute_force), r),
+        Ok(Err(CaptchaDemanded)) => return Err(NotConfirmed::CaptchaDemanded),
         Err(e) => {
             return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot read the failure counts", &e)));
         }
-    }
+    };
     if let Some(rate) = state.settings.login_quota_per_user {
         match state.brute_force.take(QuotaKey::Username(digest), rate, now_ms()).await {
             Ok(Ok(())) => {}
@@ -154,9 +162,11 @@ pub(super) async fn check_current(
         }
     }
     match state.auth.verify_current(&user.key, Password::new(current)).await {
-        Ok(true) => Ok(()),
+        Ok(true) => held.release().await.map_err(|e| {
+            NotConfirmed::Fault(crate::routes::unavailable("could not give back a password-check reservation", &e))
+        }),
         Ok(false) => {
-            let counted = match state.brute_force.record_failure(client.key(), digest, now_ms()).await {
+            let counted = match held.fail(now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
                     let what = "cannot count a failed password check";
@@ -182,22 +192,6 @@ pub(super) async fn check_current(
             Err(NotConfirmed::Fault(error_page(StatusCode::INTERNAL_SERVER_ERROR)))
         }
     }
-}
-
-/// Ends `session` because its holder reached the captcha threshold, logged `session_revoked`
-/// (`by`: `captcha threshold`); the answer is a 303 to the login form with the session cookie
-/// cleared, or 503 when the store cannot end it.
-async fn sign_out_for_captcha(state: &AppState, session: &ActiveSession) -> Response {
-    if let Err(e) = state.sessions.end(&session.token_hash).await {
-        return crate::routes::store_error(&e, "could not end a session");
-    }
-    let username = &session.user.display_name;
-    state.audit.record(&crate::audit::AuthEvent::SessionsEnded { username, count: 1, by: "captcha threshold" });
-    let mut resp = see_other("/login?next=/account");
-    if let Ok(v) = cookies::clear(SESSION_COOKIE).parse() {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
-    resp
 }
 
 /// `resp` with `Retry-After: {secs}` (RFC 9110 §10.2.3).
