@@ -1,7 +1,8 @@
 //! Changing second factors needs a recent authentication (`/account/confirm`): a session
 //! whose sign-in is older than `RECENT_AUTHENTICATION` cannot add or remove a TOTP app,
-//! passkey or recovery codes until its password is typed again; the right one renews the
-//! session, a wrong one counts like a failed sign-in.
+//! passkey or recovery codes until its password is typed again; the right one gives a cookie
+//! signed for the session, a wrong one counts like a failed sign-in, and refusals are recorded
+//! like the login form's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,4 +276,59 @@ async fn a_password_change_gives_a_new_token_but_keeps_the_sessions_start_and_co
     assert_eq!(sessions[0].record.factors, Factors::Two);
     // Recent enough to change a factor without another prompt.
     assert_eq!(fay.get(app.url("/account/totp")).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn password_checks_refused_on_the_account_pages_are_recorded_like_the_login_forms_refusals() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        crate::passkeys::on_localhost(s);
+        s.captcha_after_failures = 3;
+        s.login_quota_per_user = Some(portcullis::config::Rate { burst: 2, period: Duration::from_secs(900) });
+    })
+    .await;
+    app.add_user("frank", GOOD_PASSWORD, false).await;
+    let (frank, _) = browser_signed_in_ago(&app, "frank", stale(), Factors::One).await;
+    let csrf = csrf_of(&frank, app.url("/account/confirm")).await;
+    let guess = |n: u32| {
+        let g = format!("guess number {n}");
+        let frank = frank.clone();
+        let (url, csrf) = (app.url("/account/confirm"), csrf.clone());
+        async move { frank.post(url).form(&[("csrf", csrf.as_str()), ("current", g.as_str())]).send().await.unwrap() }
+    };
+    for n in 0..2 {
+        assert_eq!(guess(n).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let limited = guess(2).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    let reasons = |app: &TestApp| {
+        let lines = app.log_lines();
+        let mut r: Vec<String> = lines
+            .iter()
+            .filter(|l| l["event"] == "authn_login_fail" && l["username"] == "frank")
+            .map(|l| l["reason"].as_str().unwrap().to_string())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(reasons(&app), ["bad_password", "bad_password", "rate_limited"]);
+    let records = app.records(FailureQuery::default()).await;
+    assert!(records.iter().any(|r| r.reason == FailureReason::RateLimited && r.username == "frank"));
+
+    // Past the captcha threshold (a third failure, here from the login form), the refusal
+    // names the captcha, in the log and in the store.
+    app.state
+        .brute_force
+        .record_failure(
+            portcullis::client::AddressKey::of(std::net::IpAddr::from([127, 0, 0, 1])),
+            portcullis::rate_limit::username_digest("frank"),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let refused = guess(3).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(reasons(&app).contains(&"captcha_required".to_string()), "{:?}", reasons(&app));
+    let records = app.records(FailureQuery::default()).await;
+    assert!(records.iter().any(|r| r.reason == FailureReason::CaptchaRequired && r.username == "frank"));
 }

@@ -147,7 +147,10 @@ pub(super) async fn check_current(
     // Given back on every way out but a failure (a dropped request included).
     let held = match state.brute_force.reserve(client.key(), digest, now_ms()).await {
         Ok(Ok(r)) => Held::new(std::sync::Arc::clone(&state.brute_force), r),
-        Ok(Err(CaptchaDemanded)) => return Err(NotConfirmed::CaptchaDemanded),
+        Ok(Err(CaptchaDemanded)) => {
+            refusal_recorded(state, session, &client, FailureReason::CaptchaRequired).await?;
+            return Err(NotConfirmed::CaptchaDemanded);
+        }
         Err(e) => {
             return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot read the failure counts", &e)));
         }
@@ -155,7 +158,14 @@ pub(super) async fn check_current(
     if let Some(rate) = state.settings.login_quota_per_user {
         match state.brute_force.take(QuotaKey::Username(digest), rate, now_ms()).await {
             Ok(Ok(())) => {}
-            Ok(Err(wait)) => return Err(NotConfirmed::TooMany { retry_after: wait.retry_after_secs() }),
+            Ok(Err(wait)) => {
+                held.release().await.map_err(|e| {
+                    let what = "could not give back a password-check reservation";
+                    NotConfirmed::Fault(crate::routes::unavailable(what, &e))
+                })?;
+                refusal_recorded(state, session, &client, FailureReason::RateLimited).await?;
+                return Err(NotConfirmed::TooMany { retry_after: wait.retry_after_secs() });
+            }
             Err(e) => {
                 return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot reach the brute-force state", &e)));
             }
@@ -191,6 +201,26 @@ pub(super) async fn check_current(
             crate::fault_log::report("password check failed", crate::fault_log::Severity::Error, false, &e);
             Err(NotConfirmed::Fault(error_page(StatusCode::INTERNAL_SERVER_ERROR)))
         }
+    }
+}
+
+/// Records a password check refused before any password was checked (`captcha_required` past
+/// the threshold, `rate_limited` past the per-username quota), as the login form records its
+/// refusals, so the audit shows a stolen session probing the account pages.
+///
+/// # Errors
+/// [`NotConfirmed::Fault`] (503) when the record cannot be written: the refusal is not sent
+/// as if it had been recorded.
+async fn refusal_recorded(
+    state: &AppState,
+    session: &ActiveSession,
+    client: &crate::audit::Client,
+    reason: FailureReason,
+) -> Result<(), NotConfirmed> {
+    // Not a failure that counts toward the threshold: nothing was checked.
+    match state.audit.record_failure(&session.user.display_name, client, reason, false).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(NotConfirmed::Fault(crate::routes::unavailable("cannot record a refused password check", &e))),
     }
 }
 
