@@ -353,8 +353,20 @@ fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
 
 async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
     crate::telemetry::init_terminal(&settings.instance_name);
-    let shutdown = shutdown_signal();
-    let app = Application::build(settings).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let Some(app) = build_when_the_database_is_there(settings, stopped(stop_rx.clone())).await? else {
+        tracing::info!("stopped before the database was there");
+        return Ok(());
+    };
+    let shutdown = stopped(stop_rx);
     if let Some(password) = &app.initial_admin_password {
         // Printed to the terminal only (never through tracing, so never into log files).
         println!();
@@ -375,6 +387,43 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The longest wait between two tries to reach a database that is not there yet.
+const DATABASE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`Application::build`], tried again while the database is not there yet (PostgreSQL
+/// started after portcullis at boot, or a failover under way: [`PgError::is_not_there_yet`]),
+/// after 1, 2, 4 … up to 30 s, with one warning per try. A supervisor's restart limit
+/// (systemd gives up after five starts in ten seconds) would otherwise leave the instance
+/// down for good after a short outage at boot. Any other error stops the start at once.
+/// `None` when `stop` (SIGTERM or Ctrl-C) comes first.
+///
+/// [`PgError::is_not_there_yet`]: crate::postgres::PgError::is_not_there_yet
+async fn build_when_the_database_is_there(
+    settings: Settings,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Application>> {
+    let mut stop = std::pin::pin!(stop);
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        let error = match Application::build(settings.clone()).await {
+            Ok(app) => return Ok(Some(app)),
+            Err(e) => e,
+        };
+        let not_there_yet =
+            error.chain().any(|c| c.downcast_ref::<crate::postgres::PgError>().is_some_and(|e| e.is_not_there_yet()));
+        if !not_there_yet || settings.database_url.is_none() {
+            return Err(error);
+        }
+        let why = crate::text::error_chain(error.as_ref());
+        tracing::warn!(error = %why, retry_in_s = wait.as_secs(), "waiting for the database");
+        tokio::select! {
+            _ = &mut stop => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(DATABASE_RETRY_MAX);
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when

@@ -61,4 +61,51 @@ impl PgError {
             PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
         }
     }
+
+    /// Whether this is a database that is not there *yet*, as at boot when portcullis starts
+    /// before PostgreSQL or during a failover: nothing listens (connection refused, no socket
+    /// file), the connection broke or timed out, the server is starting up, shutting down or
+    /// in recovery (SQLSTATE 57P03, class 08), has no free connection slot (53300), or takes
+    /// no writes yet. Not a wrong password, a missing database, a certificate that does not
+    /// verify, a host name that does not resolve or a schema too new: those stay wrong
+    /// however long one waits, so `serve` stops at once with one line for them.
+    pub fn is_not_there_yet(&self) -> bool {
+        use std::io::ErrorKind;
+        use tokio_postgres::error::SqlState;
+        match self {
+            PgError::Pool(_) | PgError::Timeout(_) | PgError::ReadOnly(_) => true,
+            PgError::Db(e) => match e.as_db_error() {
+                Some(db) => {
+                    let code = db.code();
+                    code == &SqlState::CANNOT_CONNECT_NOW
+                        || code == &SqlState::TOO_MANY_CONNECTIONS
+                        || code == &SqlState::ADMIN_SHUTDOWN
+                        || code == &SqlState::READ_ONLY_SQL_TRANSACTION
+                        || code.code().starts_with("08")
+                }
+                None if e.is_closed() => true,
+                None => {
+                    let io = std::iter::successors(std::error::Error::source(e), |s| s.source())
+                        .find_map(|s| s.downcast_ref::<std::io::Error>());
+                    io.is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            ErrorKind::ConnectionRefused
+                                | ErrorKind::ConnectionReset
+                                | ErrorKind::ConnectionAborted
+                                | ErrorKind::NotConnected
+                                | ErrorKind::NotFound
+                                | ErrorKind::TimedOut
+                                | ErrorKind::AddrNotAvailable
+                                | ErrorKind::UnexpectedEof
+                                | ErrorKind::BrokenPipe
+                                | ErrorKind::HostUnreachable
+                                | ErrorKind::NetworkUnreachable
+                        )
+                    })
+                }
+            },
+            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
+        }
+    }
 }

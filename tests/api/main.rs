@@ -12,6 +12,7 @@ mod cli;
 mod config_check;
 mod crash;
 mod csp;
+mod database_start;
 mod database_url;
 mod db_hang;
 mod descriptors;

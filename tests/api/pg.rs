@@ -143,7 +143,7 @@ fn chown(path: &Path, user: Option<(libc::uid_t, libc::gid_t)>) {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
