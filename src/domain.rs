@@ -103,10 +103,13 @@ impl Username {
 }
 
 /// The counting key for any text typed as a username, even text that is not a valid username:
-/// trimmed, NFKC, lower-cased, NFKC again (lower-casing can de-normalise).
+/// trimmed, NFKC, lower-cased, NFKC again (lower-casing can de-normalise). U+0000 becomes
+/// U+FFFD: no valid username holds a control character, so no user's key changes, and every
+/// engine can look the key up (PostgreSQL's text cannot hold U+0000, and a lookup that the
+/// database refuses would be a fault, 503, instead of an unknown user).
 pub fn normalise_key(input: &str) -> String {
     let nfkc: String = input.nfkc().collect();
-    nfkc.trim().to_lowercase().nfkc().collect()
+    nfkc.trim().to_lowercase().nfkc().map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
 /// What a name as written looks like: the UTS #39 §4 confusable skeleton of the name as

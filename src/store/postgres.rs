@@ -569,6 +569,17 @@ fn cursor_id(c: &Cursor) -> i64 {
     ms(c.parts().1)
 }
 
+/// `s` as PostgreSQL's `text` can hold it: U+0000 (which it refuses) as U+FFFD. Failure
+/// records keep what an attacker typed, and a NUL in it must be recorded, not turned into a
+/// database fault (a 503 and a false outage in the log) or a failed `store copy`.
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 #[async_trait]
 impl FailureStore for PgStore {
     async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor> {
@@ -589,16 +600,16 @@ impl FailureStore for PgStore {
                  SELECT id FROM ins",
                 &[
                     &ms(record.time),
-                    &record.ip,
-                    &record.username,
-                    &user_key,
-                    &record.typed,
+                    &pg_text(&record.ip),
+                    &pg_text(&record.username),
+                    &pg_text(user_key),
+                    &record.typed.as_deref().map(pg_text),
                     &record.reason.as_str(),
-                    &record.user_agent,
+                    &pg_text(&record.user_agent),
                     &ms(record.count.max(1)),
                     &cap,
                     // A record from a caller that names no instance is this handle's.
-                    &if record.instance.is_empty() { &self.instance } else { &record.instance },
+                    &pg_text(if record.instance.is_empty() { &self.instance } else { &record.instance }),
                 ],
             )
             .await?;
@@ -705,18 +716,19 @@ impl FailureStore for PgStore {
     async fn import(&self, records: &[FailureRecord]) -> Result<()> {
         // One statement per page, rows in the order given: the ids (the cursors' sequence)
         // are drawn in that order, so records of one millisecond keep their order.
-        let mut cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<String>, Vec<Option<&str>>) = Default::default();
-        let mut rest: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
+        type Text<'a> = std::borrow::Cow<'a, str>;
+        let mut cols: (Vec<i64>, Vec<Text>, Vec<Text>, Vec<String>, Vec<Option<Text>>) = Default::default();
+        let mut rest: (Vec<&str>, Vec<Text>, Vec<i64>, Vec<Text>) = Default::default();
         for r in records {
             cols.0.push(ms(r.time));
-            cols.1.push(&r.ip);
-            cols.2.push(&r.username);
+            cols.1.push(pg_text(&r.ip));
+            cols.2.push(pg_text(&r.username));
             cols.3.push(crate::domain::normalise_key(&r.username));
-            cols.4.push(r.typed.as_deref());
+            cols.4.push(r.typed.as_deref().map(pg_text));
             rest.0.push(r.reason.as_str());
-            rest.1.push(&r.user_agent);
+            rest.1.push(pg_text(&r.user_agent));
             rest.2.push(ms(r.count.max(1)));
-            rest.3.push(&r.instance);
+            rest.3.push(pg_text(&r.instance));
         }
         self.client()
             .await?

@@ -178,3 +178,44 @@ async fn instances_first_started_together_on_an_empty_database_all_start_and_one
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_nul_in_a_typed_username_is_an_unknown_user_recorded_not_a_database_fault() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    // PostgreSQL's text cannot hold U+0000: the lookup and the record must not reach it so.
+    let resp = app.login("ali\0ce", GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "an unknown user, as on sled");
+    let records = app.records(FailureQuery::default()).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].reason.as_str(), "unknown_user");
+    assert_eq!(records[0].username, "ali\u{FFFD}ce");
+    assert!(!app.log_text().contains("works again"), "no database fault was logged");
+
+    let admin = crate::review::admin_browser(&app).await;
+    let page = admin.get(app.url("/admin/failed-logins?user=ali%00ce")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let text = page.text().await.unwrap();
+    assert!(!text.contains("store error") && text.contains("unknown_user"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_review_page_answers_503_without_the_drivers_words_when_the_database_is_gone() {
+    let Some(mut cluster) = pg::PrivateCluster::start() else { return };
+    let admin_conn = portcullis::postgres::connect::connect(&cluster.socket_url).await.unwrap();
+    admin_conn.batch_execute("CREATE DATABASE portcullis").await.unwrap();
+    drop(admin_conn);
+    let url = cluster.socket_url.with_dbname("portcullis");
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    let admin = crate::review::admin_browser(&app).await;
+    assert_eq!(admin.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), StatusCode::OK);
+    tokio::task::block_in_place(|| cluster.stop_server());
+    let resp = admin.get(app.url("/admin/failed-logins?user=alice")).send().await.unwrap();
+    // The session itself cannot be read either: whichever read fails first, it is a 503.
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("database error") && !text.contains("store error"), "{text}");
+    app.stop().await;
+}

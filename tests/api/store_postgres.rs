@@ -38,3 +38,26 @@ async fn the_postgresql_engine_passes_the_store_conformance_suite() {
     }
     run(&mut PgHarness::default()).await;
 }
+
+#[tokio::test]
+async fn text_with_a_nul_is_kept_with_u_fffd_in_its_place_instead_of_failing_the_write() {
+    let Some(url) = pg::database().await else { return };
+    let store = Store::connect(&url, "test").await.unwrap();
+    let mut record = portcullis::store::conformance::failure(
+        1_000,
+        "192.0.2.1",
+        "bob\0by",
+        portcullis::audit::FailureReason::UnknownUser,
+    );
+    record.typed = Some("Bob\0By".into());
+    record.user_agent = "agent\0x".into();
+    // Written as a sign-in writes it, and as `store copy` brings a sled store's records.
+    store.failures.append(&record, "bob\0by", None).await.expect("a record with a NUL is written");
+    store.failures.import(std::slice::from_ref(&record)).await.expect("and imported");
+    let back = store.failures.export(None, 10).await.unwrap();
+    assert_eq!(back.len(), 2);
+    for (_, r) in back {
+        assert_eq!((r.username.as_str(), r.typed.as_deref()), ("bob\u{FFFD}by", Some("Bob\u{FFFD}By")));
+        assert_eq!(r.user_agent, "agent\u{FFFD}x");
+    }
+}

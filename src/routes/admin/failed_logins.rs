@@ -149,6 +149,11 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
     let (records, next) = match page {
         Ok(Answer::Records { records, next }) => (records, next),
         Ok(_) => (Vec::new(), None),
+        // The store failing is a fault (503, logged), not a bad filter to show on the page.
+        Err(crate::review::ReviewError::Store(e)) => {
+            return crate::routes::store_error(&e, "could not read the failed-login records")
+        }
+        Err(crate::review::ReviewError::Stopped) => return error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
             status = StatusCode::BAD_REQUEST;
             error = Some(for_page(&e.to_string()));
