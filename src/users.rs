@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{rfc3339, Audit, AuthEvent};
 use crate::brute_force::StateError;
-use crate::domain::{Group, Username, UsernameError};
+use crate::domain::{Group, Username, UsernameError, ADMINS_GROUP};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
 use crate::session::Sessions;
@@ -25,6 +25,11 @@ pub enum UserError {
     WeakPassword(#[from] WeakPassword),
     #[error("the password check stopped unexpectedly")]
     PolicyCheck,
+    /// `admins` is given by the administrator flag alone (SPEC.md, "Gating other
+    /// applications"): listed by hand it would reach applications as `Remote-Groups: admins`
+    /// for someone portcullis does not treat as an administrator.
+    #[error("the admins group cannot be listed: it follows the administrator flag (portcullis user add NAME --admin)")]
+    ReservedGroup,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -122,6 +127,9 @@ impl UserAdmin {
         mut groups: Vec<Group>,
         by: &str,
     ) -> Result<Username, UserError> {
+        if groups.iter().any(|g| g.as_str() == ADMINS_GROUP) {
+            return Err(UserError::ReservedGroup);
+        }
         groups.sort();
         groups.dedup();
         let username = Username::parse_new(name)?;
@@ -237,11 +245,16 @@ impl UserAdmin {
         remove: &[Group],
         by: &str,
     ) -> Result<(String, Vec<Group>), UserError> {
+        // Removing it stays possible: a listing made before this rule can be taken back.
+        if add.iter().any(|g| g.as_str() == ADMINS_GROUP) {
+            return Err(UserError::ReservedGroup);
+        }
         if add.is_empty() && remove.is_empty() {
             // `user groups NAME` alone shows the groups: a read, with no write and no event
             // saying they changed.
             let (_, record) = self.existing(name).await?;
-            return Ok((record.display_name, record.groups));
+            let groups = record.effective_groups();
+            return Ok((record.display_name, groups));
         }
         let key = self.existing_key(name).await?;
         let record = self
@@ -252,7 +265,9 @@ impl UserAdmin {
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let listed = record.groups.iter().map(Group::as_str).collect::<Vec<_>>().join(",");
         self.audit.record(&AuthEvent::GroupsChanged { username: &record.display_name, groups: &listed, by });
-        Ok((record.display_name, record.groups))
+        // What access rules and applications see: `admins` included for an administrator.
+        let groups = record.effective_groups();
+        Ok((record.display_name, groups))
     }
 
     /// Clears the user's failure count and captcha demand; returns the user's name.

@@ -54,8 +54,17 @@ async fn groups_story(dir: &std::path::Path, env: &[(&str, String)]) {
     assert!(!bad.ok && bad.stderr.contains("group"), "{bad:?}");
     let unknown = cli(dir, env, &["user", "groups", "nobody", "--add", "x"], None).await;
     unknown.assert_one_line_failure("unknown user");
+    // `admins` follows the administrator flag: it cannot be listed by hand, at `user add` or
+    // later, and an administrator's groups as shown include it.
+    let reserved = cli(dir, env, &["user", "groups", "carol", "--add", "admins"], None).await;
+    assert!(reserved.assert_one_line_failure("admins listed by hand").contains("administrator flag"));
+    let reserved = cli(dir, env, &["user", "add", "dave", "--group", "admins", "--password-stdin"], Some(&pw)).await;
+    reserved.assert_one_line_failure("user add --group admins");
+    let admin = cli(dir, env, &["user", "groups", "root2", "--add", "ops"], None).await;
+    assert!(admin.stdout.contains("admins, ops"), "{admin:?}");
     let list = cli(dir, env, &["user", "list", "--json"], None).await;
     assert_eq!(listed_groups(&list, "carol"), ["dev", "wiki"]);
+    assert!(!list.stdout.contains("\"dave\""), "{list:?}");
 }
 
 #[tokio::test]
