@@ -223,7 +223,18 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
     assert!(p.take_ceremony(&[3; 32], 500).await.unwrap().is_none(), "ceremonies: an expired one is void");
     p.put_ceremony(&[4; 32], &Ceremony { expires_at: 400, ..c.clone() }).await.unwrap();
     assert_eq!(p.purge_ceremonies(600).await.unwrap(), 1, "ceremonies: purge removes the expired");
-    assert_eq!(p.take_ceremony(&[2; 32], 999).await.unwrap(), Some(r), "ceremonies: round trip");
+    assert_eq!(p.take_ceremony(&[2; 32], 999).await.unwrap(), Some(r.clone()), "ceremonies: round trip");
+
+    // One open registration per user: a new one ends the user's others, and no one else's.
+    let bob = Ceremony { user_key: Some("bob".into()), ..r.clone() };
+    let alice_signs_in = Ceremony { kind: CeremonyKind::SecondFactor, ..r.clone() };
+    for (k, c) in [(5u8, &r), (6, &r), (7, &bob), (8, &alice_signs_in), (9, &r)] {
+        p.put_ceremony(&[k; 32], c).await.unwrap();
+    }
+    for (k, kept) in [(5u8, false), (6, false), (7, true), (8, true), (9, true)] {
+        let found = p.take_ceremony(&[k; 32], 10).await.unwrap().is_some();
+        assert_eq!(found, kept, "ceremonies: registration {k} kept: {kept}");
+    }
 }
 
 async fn users_round_trip(store: &Store) {

@@ -104,7 +104,9 @@ pub trait PasskeyStore: Send + Sync {
     /// was noted; false too when the passkey is gone.
     async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool>;
     /// Stores an open ceremony under `key` (the SHA-256 of the browser's ceremony cookie),
-    /// replacing one with the same key.
+    /// replacing one with the same key. A registration also ends the user's other open
+    /// registrations: one open at a time per user, so a signed-in client cannot fill the
+    /// store by starting registrations it never finishes (each lives 5 minutes).
     async fn put_ceremony(&self, key: &TokenHash, ceremony: &Ceremony) -> Result<()>;
     /// Removes and returns the ceremony under `key` if it has not expired at `now`: a
     /// ceremony is finished at most once, even when two instances try at the same moment.

@@ -206,7 +206,24 @@ impl PasskeyStore for SledStore {
             state: c.state.clone(),
             expires_at: c.expires_at,
         };
-        self.ceremonies()?.insert(key, encode(&record)?)?;
+        let tree = self.ceremonies()?;
+        if c.kind == CeremonyKind::Register {
+            let (key, user) = (*key, c.user_key.clone());
+            self.blocking(move |s| {
+                let tree = s.ceremonies()?;
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    let same = decode::<CeremonyRecord>(&v)
+                        .is_ok_and(|r| r.kind == CeremonyKind::Register && r.user_key == user);
+                    if same && k.as_ref() != key.as_slice() {
+                        tree.remove(k)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        tree.insert(key, encode(&record)?)?;
         self.durable(()).await
     }
 
