@@ -131,7 +131,12 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
-    json(status, serde_json::json!({ "error": message }).to_string())
+    let mut resp = json(status, serde_json::json!({ "error": message }).to_string());
+    // As every other 503 (`routes::error_page`): when to try again (RFC 9110 §10.2.3).
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, poem::http::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// The options with the ceremony cookie.
@@ -437,5 +442,17 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
             let status = crate::routes::fault_status(e.is_unavailable());
             json_error(status, "The server could not start a passkey check. Please try again.")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_503_says_when_to_try_again_like_every_other_503() {
+        let resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "busy");
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("1"));
+        assert!(json_error(StatusCode::FORBIDDEN, "no").headers().get(header::RETRY_AFTER).is_none());
     }
 }
