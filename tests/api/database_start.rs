@@ -24,11 +24,8 @@ fn wait_for_line(child: &mut std::process::Child, lines: &std::sync::Mutex<Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_started_before_its_database_waits_for_it_then_serves_without_a_restart() {
-    let Some(mut cluster) = PrivateCluster::start() else { return };
-    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
-    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin);
-    let url = cluster.socket_url.with_dbname("portcullis").to_string();
+    let Some((mut cluster, url)) = PrivateCluster::with_database().await else { return };
+    let url = url.to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut add = child::command(dir.path());
     add.env("PORTCULLIS_DATABASE_URL", &url).args(["user", "add", "alice", "--password-stdin"]);

@@ -52,24 +52,13 @@ impl Drop for Frozen {
     }
 }
 
-/// A cluster of the test's own (it is stopped, which would stall every other test on a
-/// shared one), with an empty database `portcullis` on it.
-async fn private_database() -> Option<(PrivateCluster, portcullis::postgres::url::DatabaseUrl)> {
-    let cluster = PrivateCluster::start()?;
-    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
-    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin);
-    let url = cluster.socket_url.with_dbname("portcullis");
-    Some((cluster, url))
-}
-
 async fn readyz(app: &TestApp, client: &reqwest::Client) -> StatusCode {
     client.get(app.url("/readyz")).send().await.unwrap().status()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_answering_gets_503_within_the_limit_and_everything_recovers_after_it_resumes() {
-    let Some((cluster, url)) = private_database().await else { return };
+    let Some((cluster, url)) = PrivateCluster::with_database().await else { return };
     let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
     // Open pooled connections: the fault was a statement sent on one that never answers.
@@ -125,7 +114,7 @@ async fn a_database_that_stops_answering_gets_503_within_the_limit_and_everythin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_command_against_a_database_that_stops_answering_fails_with_one_line_instead_of_hanging() {
-    let Some((cluster, url)) = private_database().await else { return };
+    let Some((cluster, url)) = PrivateCluster::with_database().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &'static [&'static str]| {
         let mut cmd = child::command(dir.path());

@@ -35,11 +35,8 @@ fn accounted(stderr: &[String], what: &str) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_count_and_once_when_it_is_over() {
-    let Some(mut cluster) = PrivateCluster::start() else { return };
-    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
-    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin);
-    let url = cluster.socket_url.with_dbname("portcullis").to_string();
+    let Some((mut cluster, url)) = PrivateCluster::with_database().await else { return };
+    let url = url.to_string();
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| {
         ServerProcess::start_with(dir.path(), child::QUICK, |cmd| {

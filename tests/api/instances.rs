@@ -462,11 +462,7 @@ async fn kill_9_of_one_instance_during_a_login_flood_loses_no_acknowledged_write
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_server_stopped_during_a_flood_only_503s_then_everything_recovers_without_a_restart() {
-    let Some(mut cluster) = pg::PrivateCluster::start() else { return };
-    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
-    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin);
-    let url = cluster.socket_url.with_dbname("portcullis");
+    let Some((mut cluster, url)) = pg::PrivateCluster::with_database().await else { return };
     let mut three = Instances::start(&url, 3, &[]);
     let workers = 4;
     add_flood_users(&three, workers).await;

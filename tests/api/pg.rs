@@ -314,6 +314,17 @@ fn on_spawner_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static
 }
 
 impl PrivateCluster {
+    /// [`PrivateCluster::start`] with an empty database `portcullis` on it, and its URL.
+    pub async fn with_database() -> Option<(PrivateCluster, DatabaseUrl)> {
+        let cluster = PrivateCluster::start()?;
+        let admin =
+            portcullis::postgres::connect::connect(&cluster.socket_url).await.expect("the private cluster answers");
+        admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
+        drop(admin);
+        let url = cluster.socket_url.with_dbname("portcullis");
+        Some((cluster, url))
+    }
+
     /// Makes and starts a cluster of its own; `None` (with the reason printed) as
     /// [`cluster`] when PostgreSQL cannot run here.
     pub fn start() -> Option<PrivateCluster> {

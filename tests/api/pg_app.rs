@@ -203,11 +203,7 @@ async fn on_postgresql_a_nul_in_a_typed_username_is_an_unknown_user_recorded_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_review_page_answers_503_without_the_drivers_words_when_the_database_is_gone() {
-    let Some(mut cluster) = pg::PrivateCluster::start() else { return };
-    let admin_conn = portcullis::postgres::connect::connect(&cluster.socket_url).await.unwrap();
-    admin_conn.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin_conn);
-    let url = cluster.socket_url.with_dbname("portcullis");
+    let Some((mut cluster, url)) = pg::PrivateCluster::with_database().await else { return };
     let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
     let admin = crate::review::admin_browser(&app).await;
     assert_eq!(admin.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), StatusCode::OK);

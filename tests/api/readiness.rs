@@ -144,11 +144,7 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_while_the_database_is_a_hot_standby_and_200_once_it_is_promoted() {
-    let Some(mut cluster) = pg::PrivateCluster::start() else { return };
-    let admin = portcullis::postgres::connect::connect(&cluster.socket_url).await.unwrap();
-    admin.batch_execute("CREATE DATABASE portcullis").await.unwrap();
-    drop(admin);
-    let url = cluster.socket_url.with_dbname("portcullis");
+    let Some((mut cluster, url)) = pg::PrivateCluster::with_database().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = server_on(&url, dir.path()).await;
     let client = server.browser();
