@@ -328,7 +328,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(e @ PasskeyError::Store(_)) => passkey_failure(&e, "could not add a passkey"),
         Err(e) => {
             let message = match e {
-                PasskeyError::BadName => "Please give the passkey a name of 1 to 64 characters.".to_string(),
+                PasskeyError::BadName => "Please give the passkey a name of 1 to 64 characters, with no control or invisible characters (such as direction marks).".to_string(),
                 PasskeyError::Duplicate => "That passkey is registered already.".to_string(),
                 PasskeyError::NoCeremony => {
                     "Adding the passkey took too long or was not started here. Please try again.".to_string()
@@ -374,7 +374,7 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
                 &state,
                 &session,
                 StatusCode::BAD_REQUEST,
-                Some("Please give the passkey a name of 1 to 64 characters."),
+                Some("Please give the passkey a name of 1 to 64 characters, with no control or invisible characters (such as direction marks)."),
             )
             .await
         }

@@ -293,6 +293,10 @@ async fn registration_with_a_bad_name_or_a_forged_answer_is_a_400_with_the_reaso
     let (_, resp) = register(&app, &browser, "").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(resp.text().await.unwrap().contains("name of 1 to 64"));
+    // A name refused for a hidden character says so, not only the length.
+    let (_, resp) = register(&app, &browser, "x\u{202e}y").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("invisible characters"));
     let csrf = account_csrf(&app, &browser).await;
     let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(begin.status(), StatusCode::OK);
