@@ -38,6 +38,15 @@ pub enum UserError {
     State(#[from] StateError),
 }
 
+/// [`UserError::ReservedGroup`] when `groups` lists `admins`, which only the administrator
+/// flag gives.
+fn refuse_reserved(groups: &[Group]) -> Result<(), UserError> {
+    match groups.iter().any(|g| g.as_str() == ADMINS_GROUP) {
+        true => Err(UserError::ReservedGroup),
+        false => Ok(()),
+    }
+}
+
 /// A user as `user list` shows it: never the hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserSummary {
@@ -127,9 +136,7 @@ impl UserAdmin {
         mut groups: Vec<Group>,
         by: &str,
     ) -> Result<Username, UserError> {
-        if groups.iter().any(|g| g.as_str() == ADMINS_GROUP) {
-            return Err(UserError::ReservedGroup);
-        }
+        refuse_reserved(&groups)?;
         groups.sort();
         groups.dedup();
         let username = Username::parse_new(name)?;
@@ -246,9 +253,7 @@ impl UserAdmin {
         by: &str,
     ) -> Result<(String, Vec<Group>), UserError> {
         // Removing it stays possible: a listing made before this rule can be taken back.
-        if add.iter().any(|g| g.as_str() == ADMINS_GROUP) {
-            return Err(UserError::ReservedGroup);
-        }
+        refuse_reserved(add)?;
         if add.is_empty() && remove.is_empty() {
             // `user groups NAME` alone shows the groups: a read, with no write and no event
             // saying they changed.
