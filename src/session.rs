@@ -76,8 +76,8 @@ pub struct ActiveSession {
 
 impl ActiveSession {
     /// Whether the session proved who it is within [`RECENT_AUTHENTICATION`] of `now_ms`
-    /// (Unix milliseconds): its start (a sign-in or a password change, each of which issues a
-    /// new session) or its last confirmation of the password ([`ActiveSession::confirmed_at`]).
+    /// (Unix milliseconds): its sign-in (the session's start) or its last confirmation of the
+    /// password ([`ActiveSession::confirmed_at`], which a password change also sets).
     pub fn authenticated_recently(&self, now_ms: u64) -> bool {
         let last = self.record.created_at.max(self.confirmed_at.unwrap_or(0));
         now_ms.saturating_sub(last) <= RECENT_AUTHENTICATION.as_millis() as u64

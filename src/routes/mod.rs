@@ -174,10 +174,17 @@ pub fn error_page(status: StatusCode) -> Response {
         s if s.is_client_error() => ("Bad request", "The server could not understand this request."),
         _ => ("Something went wrong", "The server could not complete this request. Please try again."),
     };
-    let mut resp = html(status, &ErrorPage { title, message });
+    let resp = html(status, &ErrorPage { title, message });
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return with_retry_after(resp, 1);
     }
+    resp
+}
+
+/// `resp` with `Retry-After: {secs}` (RFC 9110 §10.2.3): every 429 and 503 says when to try
+/// again (a 503 after 1 s).
+pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 

@@ -11,7 +11,7 @@
 use askama::Template;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use poem::http::{header, HeaderValue, StatusCode};
+use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
@@ -131,10 +131,10 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
-    let mut resp = json(status, serde_json::json!({ "error": message }).to_string());
-    // As every other 503 (`routes::error_page`): when to try again (RFC 9110 §10.2.3).
+    let resp = json(status, serde_json::json!({ "error": message }).to_string());
+    // As every other 503 (`routes::error_page`).
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, poem::http::HeaderValue::from_static("1"));
+        return crate::routes::with_retry_after(resp, 1);
     }
     resp
 }
@@ -172,10 +172,9 @@ pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Respons
     match state.sign_in.begin_passkey(&state.passkeys, &client, &form.csrf, prelogin.as_deref()).await {
         Ok(BeginOutcome::Begun(b)) => begun(b),
         Ok(BeginOutcome::Refused(r)) if r.reason == FailureReason::RateLimited => {
-            let mut resp =
+            let resp =
                 json_error(StatusCode::TOO_MANY_REQUESTS, "Too many sign-in attempts. Please wait and try again.");
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after.unwrap_or(1)));
-            resp
+            crate::routes::with_retry_after(resp, r.retry_after.unwrap_or(1))
         }
         Ok(BeginOutcome::Refused(_)) => {
             json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.")

@@ -14,10 +14,10 @@ use poem::web::Query;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use super::password::{check_current, with_retry_after, NotConfirmed};
+use super::password::{check_current, NotConfirmed};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
-use crate::routes::{html, read_form, see_other, signed_in, signed_in_with, State};
+use crate::routes::{html, read_form, see_other, signed_in, signed_in_with, with_retry_after, State};
 use crate::session::{ActiveSession, RECENT_AUTHENTICATION};
 use crate::store::now_ms;
 use crate::text::printable;

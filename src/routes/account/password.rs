@@ -5,7 +5,7 @@
 //! cannot be used to guess the password faster than the login form allows. Success ends every
 //! other session and gives this browser a new token (OWASP ASVS 4.0 §3.3.3, §3.2.1).
 
-use poem::http::{header, HeaderValue, StatusCode};
+use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
@@ -17,7 +17,7 @@ use crate::failures::CaptchaDemanded;
 use crate::password::Password;
 use crate::rate_limit::username_digest;
 use crate::routes::flash::Notice;
-use crate::routes::{current_session, error_page, read_form, see_other, State};
+use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
 use crate::session::ActiveSession;
 use crate::session::SESSION_COOKIE;
 use crate::store::now_ms;
@@ -222,10 +222,4 @@ async fn refusal_recorded(
         Ok(()) => Ok(()),
         Err(e) => Err(NotConfirmed::Fault(crate::routes::unavailable("cannot record a refused password check", &e))),
     }
-}
-
-/// `resp` with `Retry-After: {secs}` (RFC 9110 §10.2.3).
-pub(super) fn with_retry_after(mut resp: Response, secs: u64) -> Response {
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    resp
 }

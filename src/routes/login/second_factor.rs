@@ -8,7 +8,7 @@
 use crate::fault_log::Severity;
 use crate::metrics::LoginResult;
 use askama::Template;
-use poem::http::{header, HeaderValue, StatusCode};
+use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
@@ -210,10 +210,10 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                     r
                 }
             };
-            if let Some(secs) = refusal.retry_after {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            match refusal.retry_after {
+                Some(secs) => crate::routes::with_retry_after(resp, secs),
+                None => resp,
             }
-            resp
         }
     }
 }
