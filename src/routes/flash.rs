@@ -37,6 +37,9 @@ pub enum Notice {
     TotpEnabled,
     /// The authenticator app was removed.
     TotpRemoved,
+    /// `GET /login?rd=` for an application whose rule asks two factors, from a user who has no
+    /// second factor to sign in with: signing in again could only give one factor again.
+    SecondFactorNeeded,
 }
 
 impl Notice {
@@ -53,6 +56,9 @@ impl Notice {
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
             Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
+            Notice::SecondFactorNeeded => "The page you opened needs a second factor, and your account has none yet. \
+                 Set one up below, then open the page again and sign in with it."
+                .to_string(),
         }
     }
 

@@ -429,3 +429,40 @@ async fn with_second_factor_admins_only_an_administrator_without_one_is_kept_fro
     assert_eq!(forward_auth(&app, "/page", &[("cookie", &alice)]).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(forward_auth(&app, "/page", &[("cookie", &root)]).send().await.unwrap().status(), StatusCode::FOUND);
 }
+
+#[tokio::test]
+async fn a_one_factor_session_sent_back_from_a_two_factor_page_signs_in_again_only_if_it_can() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    let rd = "https://app.example.test/secure/x";
+    let go = || app.client.get(app.url("/login")).query(&[("rd", rd)]).header("cookie", cookie.clone()).send();
+    // No second factor to sign in with: the sign-in form would give one factor again, and the
+    // application would send the browser back for ever. The account page says what to do.
+    let resp = go().await.unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
+    let notice = crate::helpers::set_cookies(&resp)
+        .into_iter()
+        .find(|c| c.starts_with("__Secure-portcullis-flash="))
+        .expect("a notice for the account page");
+    let notice = notice.split(';').next().unwrap();
+    let page = app
+        .client
+        .get(app.url("/account"))
+        .header("cookie", format!("{cookie}; {notice}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("needs a second factor, and your account has none yet"), "{page}");
+
+    // With an authenticator app set up since, signing in again is the way: the form, saying so.
+    let secret = portcullis::factors::totp::new_secret().unwrap();
+    let step = portcullis::store::now_ms() / 1000 / portcullis::factors::totp::STEP_SECS;
+    let code = portcullis::factors::totp::code_at(&secret, step * portcullis::factors::totp::STEP_SECS).unwrap();
+    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
+    let resp = go().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().contains("That page needs you to sign in with a second factor."));
+}

@@ -422,12 +422,14 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert!(seen["remote_groups"].as_array().unwrap().iter().all(|g| g == ""), "{seen}");
 
     // A two_factor rule refuses a one-factor session (sent to sign in), and the sign-in page
-    // does not send it straight back (no loop).
+    // does not send it straight back (no loop): alice has no second factor to sign in with,
+    // so she is sent to set one up.
     let secure = format!("{base}/secure/x");
     let resp = alice.get(&secure).header("accept", PAGE).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FOUND, "one factor is not two");
-    let form = alice.get(resp.headers()["location"].to_str().unwrap()).send().await.unwrap();
-    assert_eq!(form.status(), StatusCode::OK, "the form, not a redirect back");
+    let sent = alice.get(resp.headers()["location"].to_str().unwrap()).send().await.unwrap();
+    assert_eq!(sent.status(), StatusCode::SEE_OTHER, "not a redirect back");
+    assert_eq!(sent.headers()["location"], "/account");
 
     // Signing out ends access at once, and lands where rd says.
     let home = alice

@@ -7,6 +7,7 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
+use crate::routes::flash::Notice;
 use crate::routes::{current_session, see_other, State};
 
 #[derive(Deserialize)]
@@ -36,9 +37,21 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
                 Some(url) if crate::routes::authz::session_suffices(req, &state, url, &session) => {
                     return see_other(url)
                 }
-                Some(_) => {
-                    error = Some("That page needs you to sign in with a second factor.".to_string());
-                }
+                // Signing in again helps only someone with a second factor to sign in with;
+                // anyone else would come back here for ever, so they are sent to enrol one.
+                Some(_) => match state.factors.summary(&session.user.key).await {
+                    Ok(factors) if factors.has_second_factor() => {
+                        error = Some("That page needs you to sign in with a second factor.".to_string());
+                    }
+                    Ok(_) => {
+                        return Notice::SecondFactorNeeded.attach(
+                            &state.csrf,
+                            &session.token_hash,
+                            see_other("/account"),
+                        )
+                    }
+                    Err(e) => return crate::routes::store_error(&e, "could not read the user's second factors"),
+                },
                 None => return see_other(next.unwrap_or("/")),
             }
         }
