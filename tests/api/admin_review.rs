@@ -67,6 +67,8 @@ async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form
         ("before=%21%21&limit=50", "cursor"),
         ("since=1969-12-31T00:00:00Z", "1970 to 9999"),
         ("user=alice&user=bob&limit=50", "duplicate"),
+        ("user=%ff&limit=50", "not UTF-8"),
+        ("ip=1.2.3.4&reason=bad_password%c3&limit=50", "not UTF-8"),
     ] {
         let (status, page) = get(query).await;
         assert_eq!(status, 400, "{query}");

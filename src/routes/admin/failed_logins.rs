@@ -56,7 +56,13 @@ enum QueryError {
 impl Query {
     /// The filters this query asks for, or why it cannot be used.
     fn parse(raw: Option<&str>) -> Result<FilterArgs, QueryError> {
-        let q: Query = serde_urlencoded::from_str(raw.unwrap_or(""))
+        let raw = raw.unwrap_or("");
+        // serde_urlencoded decodes a %-escape that is not UTF-8 to U+FFFD, so `user=%ff` would
+        // search for that character instead of being refused.
+        if !raw.split('&').all(|pair| percent_encoding::percent_decode_str(pair).decode_utf8().is_ok()) {
+            return Err(QueryError::Syntax("a %-escape is not UTF-8 text".into()));
+        }
+        let q: Query = serde_urlencoded::from_str(raw)
             .map_err(|e| QueryError::Syntax(crate::text::printable(&e.to_string()).into_owned()))?;
         let limit = match q.limit.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             Some(s) => parse_limit(s, MAX_PAGE)?,
