@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::Hook;
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -55,9 +56,30 @@ pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Db, PgError> {
         .max_size(size.max(1))
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts { wait: Some(TIMEOUT), create: Some(TIMEOUT), recycle: Some(TIMEOUT) })
+        .post_create(Hook::async_fn(|client, _| Box::pin(server_limits(client))))
         .build()
         .map(Db::new)
         .map_err(|e| PgError::Setup(e.to_string()))
+}
+
+/// The database's side of [`TIMEOUT`], set on each new pooled connection: a statement the
+/// client gave up on is cancelled by the server too, a second later (so the client's limit is
+/// the one a caller meets) (else a dropped connection's query runs on,
+/// holding its locks, until it next writes to the socket), and a transaction left open by a
+/// client that vanished without closing its socket (a partition: no FIN) ends after twice the
+/// limit instead of holding its row locks until TCP keepalive notices. Sent as `SET` rather
+/// than the startup `options`, which connection poolers such as PgBouncer refuse.
+async fn server_limits(client: &mut deadpool_postgres::ClientWrapper) -> Result<(), HookError> {
+    let ms = TIMEOUT.as_millis();
+    let sql = format!(
+        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+        ms + 1000,
+        ms.saturating_mul(2)
+    );
+    match tokio::time::timeout(TIMEOUT, client.batch_execute(&sql)).await {
+        Ok(done) => done.map_err(HookError::Backend),
+        Err(_) => Err(HookError::Message("the database did not answer the session settings in time".into())),
+    }
 }
 
 /// One connection outside a pool (migrations at start, and tools), with its driver task

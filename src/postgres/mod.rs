@@ -57,6 +57,9 @@ impl PgError {
                 e.is_closed()
                     || e.as_db_error().is_none()
                     || e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+                    // Cancelled: by the server's own limit (`connect::server_limits`) or an
+                    // operator's `pg_cancel_backend`; either way the database did not do it.
+                    || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
             }
             PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
         }

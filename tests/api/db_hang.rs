@@ -160,6 +160,35 @@ async fn a_statement_past_the_limit_fails_as_unavailable_and_its_connection_neve
     let c = pool.get().await.unwrap();
     let second = backend(&c).await;
     assert_ne!(second, first, "the timed-out connection was dropped, not reused");
+    // The database stops the statement too, a second after the client's limit, instead of
+    // sleeping on to 8 s (PostgreSQL does not notice the closed socket while it sleeps).
+    let still_running = || async {
+        c.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&first])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut waited = 0;
+    while still_running().await > 0 && waited < 25 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(still_running().await, 0, "the abandoned statement still runs {:?} after it began", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(7900));
+    let limits = c
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((limits.get::<_, String>(0), limits.get::<_, String>(1)), ("6s".to_string(), "10s".to_string()));
+    // Should the server's limit strike first (or an operator cancel the statement), the caller
+    // still answers 503, not 500.
+    c.simple_query("SET statement_timeout = 50").await.unwrap();
+    let cancelled = c.query("SELECT pg_sleep(1)", &[]).await.unwrap_err();
+    assert!(cancelled.is_unavailable(), "{cancelled}");
+    c.simple_query("SET statement_timeout = 6000").await.unwrap();
 
     // A caller that gives up mid-call (its future dropped) leaves the same unknown state.
     let gave_up = tokio::time::timeout(Duration::from_millis(200), c.query("SELECT pg_sleep(3)", &[])).await;
