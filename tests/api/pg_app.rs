@@ -2,7 +2,8 @@
 //! database of the throwaway cluster (`pg.rs`; skipped without it unless
 //! `PORTCULLIS_REQUIRE_ALL` is set): a sign-in, a sign-out and a failure recorded and read by
 //! `portcullis audit` from the database itself; and two instances on one database sharing
-//! sessions, sign-outs and the failure counts that demand a captcha.
+//! sessions, sign-outs and the failure counts that demand a captcha; and, with one table held
+//! locked, which read a 503 came from.
 
 use portcullis::postgres::url::DatabaseUrl;
 use portcullis::store::{FailureQuery, Store};
@@ -213,5 +214,61 @@ async fn the_admin_review_page_answers_503_without_the_drivers_words_when_the_da
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let text = resp.text().await.unwrap();
     assert!(!text.contains("database error") && !text.contains("store error"), "{text}");
+    app.stop().await;
+}
+
+/// Holds `table` locked against every read, from a connection of its own, until the returned
+/// client is dropped: a database that hangs on that table alone, so a test can tell which
+/// read a request failed on.
+async fn lock(url: &DatabaseUrl, table: &str) -> tokio_postgres::Client {
+    let holder = portcullis::postgres::connect::connect(url).await.unwrap();
+    holder.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).await.unwrap();
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_review_page_answers_503_at_once_when_its_own_read_of_the_records_fails() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    let admin = crate::review::admin_browser(&app).await;
+    assert_eq!(admin.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), StatusCode::OK);
+    // The session (sessions, users) reads; the records (failures) hang past the 5 s limit.
+    let holder = lock(&url, "failures").await;
+    let started = std::time::Instant::now();
+    let resp = admin.get(app.url("/admin/failed-logins?user=alice")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("database error") && !text.contains("store error"), "{text}");
+    // One wait, not one per read (the page, its summary, its chart): 5 s, not 15.
+    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+    drop(holder);
+    assert_eq!(admin.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_say_who_an_over_long_password_was_for_is_a_503_not_an_unknown_user() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let long = "x".repeat(1025);
+    // The brute-force state answers; the lookup of who the password was for hangs.
+    let holder = lock(&url, "users").await;
+    let started = std::time::Instant::now();
+    let resp = app.login("alice", &long).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // At the lookup's own limit (5 s). Had its failure been taken for an unknown user, the
+    // refusal's record (which looks up the stored spelling of the name) would have waited a
+    // second 5 s before a 503 from elsewhere.
+    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+    drop(holder);
+    assert!(app.records(FailureQuery::default()).await.is_empty(), "no guess at the reason was recorded");
+    // And with the store back, the same attempt is refused as a wrong password of alice's.
+    let resp = app.login("alice", &long).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let records = app.records(FailureQuery::default()).await;
+    assert_eq!(records.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(), ["bad_password"]);
     app.stop().await;
 }

@@ -6,7 +6,8 @@ use poem::{handler, Request, Response};
 
 use crate::audit::FailureReason;
 use crate::review::{
-    parse_limit, review, svg_chart, Answer, FilterArgs, FilterError, RecordView, Summary, HOUR_MS, SUMMARY_HOURS,
+    parse_limit, review, svg_chart, Answer, FilterArgs, FilterError, RecordView, ReviewError, Summary, HOUR_MS,
+    SUMMARY_HOURS,
 };
 use crate::routes::{error_page, flash, html, State};
 use crate::store::now_ms;
@@ -132,7 +133,12 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
     let results = tokio::spawn(async move {
         let now = now_ms();
         let page = review(&audit, &f, false, PAGE, now).await;
-        let summary = review(&audit, &FilterArgs { before: None, ..f.clone() }, true, PAGE, now).await;
+        if let Err(ReviewError::Store(_)) = &page {
+            // The page is a 503 whatever else is read; each further read of a hung database
+            // would only add its own wait (5 s) before the answer.
+            return (page, None, None);
+        }
+        let summary = Some(review(&audit, &FilterArgs { before: None, ..f.clone() }, true, PAGE, now).await);
         // The summary's own 48-hour series is the chart when its filters reach back 48 hours
         // and up to now (both scans read newest first, so even a cut-off scan agrees); only
         // a narrower time filter needs a scan of its own.
@@ -156,10 +162,8 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Ok(Answer::Records { records, next }) => (records, next),
         Ok(_) => (Vec::new(), None),
         // The store failing is a fault (503, logged), not a bad filter to show on the page.
-        Err(crate::review::ReviewError::Store(e)) => {
-            return crate::routes::store_error(&e, "could not read the failed-login records")
-        }
-        Err(crate::review::ReviewError::Stopped) => return error_page(StatusCode::INTERNAL_SERVER_ERROR),
+        Err(ReviewError::Store(e)) => return crate::routes::store_error(&e, "could not read the failed-login records"),
+        Err(ReviewError::Stopped) => return error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
             status = StatusCode::BAD_REQUEST;
             error = Some(for_page(&e.to_string()));
@@ -167,7 +171,11 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         }
     };
     let summary = match summary {
-        Ok(Answer::Summary { summary }) if error.is_none() => Some(summary),
+        Some(Ok(Answer::Summary { summary })) if error.is_none() => Some(summary),
+        // Nor is a page without its summary because the store failed between the two reads.
+        Some(Err(ReviewError::Store(e))) => {
+            return crate::routes::store_error(&e, "could not read the failed-login records")
+        }
         _ => None,
     };
     let chart = match (chart, &summary) {
