@@ -62,6 +62,12 @@ impl Notice {
         }
     }
 
+    /// Whether the notice asks the person to do something (shown as an alert) rather than
+    /// reporting what was done.
+    pub fn asks_action(&self) -> bool {
+        matches!(self, Notice::SecondFactorNeeded)
+    }
+
     /// Adds the cookie that carries this notice, signed for the session whose token hash is
     /// `session_hash`, to `resp` (a redirect to the page).
     pub fn attach(&self, csrf: &Csrf, session_hash: &[u8; 32], mut resp: Response) -> Response {

@@ -455,7 +455,10 @@ async fn a_one_factor_session_sent_back_from_a_two_factor_page_signs_in_again_on
         .text()
         .await
         .unwrap();
-    assert!(page.contains("needs a second factor, and your account has none yet"), "{page}");
+    assert!(
+        page.contains("role=\"alert\">The page you opened needs a second factor, and your account has none yet"),
+        "shown as something to do, not as news: {page}"
+    );
 
     // With an authenticator app set up since, signing in again is the way: the form, saying so.
     let secret = portcullis::factors::totp::new_secret().unwrap();

@@ -26,6 +26,8 @@ struct AccountPage<'a> {
     csrf: &'a str,
     sessions: Vec<SessionView>,
     notice: Option<String>,
+    /// The notice asks for something to be done (shown as an alert, not as news).
+    notice_alert: bool,
     /// The password form's error, shown beside it.
     password_error: Option<&'a str>,
     factors: FactorSummary,
@@ -50,20 +52,19 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
         Ok(None) => return see_other("/login?next=/account"),
         Err(resp) => return resp,
     };
-    let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
+    let notice = flash::take(req, &state.csrf, &session.token_hash);
     let page = render_listed(&state, &session, Some(sessions), StatusCode::OK, notice, None).await;
     flash::cleared(req, page)
 }
 
-/// The page for `session`, with `status`, a notice and the password form's error.
+/// The page for `session`, with `status` and the password form's error.
 pub(super) async fn render(
     state: &crate::app::AppState,
     session: &ActiveSession,
     status: StatusCode,
-    notice: Option<String>,
     password_error: Option<&str>,
 ) -> Response {
-    render_listed(state, session, None, status, notice, password_error).await
+    render_listed(state, session, None, status, None, password_error).await
 }
 
 /// [`render`], with the user's sessions when they were read already (valid ones, newest
@@ -73,7 +74,7 @@ async fn render_listed(
     session: &ActiveSession,
     sessions: Option<Vec<StoredSession>>,
     status: StatusCode,
-    notice: Option<String>,
+    notice: Option<flash::Notice>,
     password_error: Option<&str>,
 ) -> Response {
     let user = &session.user;
@@ -105,7 +106,8 @@ async fn render_listed(
             username: &printable(&user.display_name),
             csrf: &csrf,
             sessions: session_views(sessions, &session.token_hash),
-            notice,
+            notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
+            notice: notice.map(|n| n.text()),
             password_error,
             factors,
             totp_since,

@@ -62,7 +62,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let again = |status, message: &'static str| {
         let session = session.clone();
         let state = state.0.clone();
-        async move { super::render(&state, &session, status, None, Some(message)).await }
+        async move { super::render(&state, &session, status, Some(message)).await }
     };
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
@@ -86,7 +86,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(n) => n,
         Err(UserError::WeakPassword(why)) => {
             let message = format!("Please choose another new password: {why}.");
-            return super::render(&state, &session, StatusCode::BAD_REQUEST, None, Some(&message)).await;
+            return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message)).await;
         }
         Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
         Err(UserError::Hashing(_)) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
