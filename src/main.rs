@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = match portcullis::cli::Cli::try_parse() {
@@ -15,7 +15,14 @@ fn main() -> ExitCode {
         // A bad command line: clap explains it over several lines (usage, tips); the
         // contract is one line on standard error.
         Err(e) => {
-            let text = e.to_string();
+            // clap's text strips every escape sequence, its own colours and any in the refused
+            // argument alike, so `bo\e[2Jgus` would be shown as `bogus`. Rendered again
+            // without colours, the argument keeps what was typed, for `printable` to escape.
+            let plain = portcullis::cli::Cli::command().styles(clap::builder::Styles::plain()).try_get_matches();
+            let text = match plain {
+                Err(plain) => plain.render().ansi().to_string(),
+                Ok(_) => e.to_string(),
+            };
             let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let message = first.join(" ");
             // clap quotes the argument it refused, which may hold anything.

@@ -123,6 +123,15 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
     ] {
         cli(d, args).await.assert_one_line_failure(&args.join(" "));
     }
+    // What was typed is shown escaped, not stripped of its escape sequences (nor obeyed).
+    for (args, shown) in [
+        (&["bo\u{1b}[2Jgus"][..], "bo\\u{1b}[2Jgus"),
+        (&["user", "add", "dave", "--x\u{1b}]0;title\u{7}"][..], "--x\\u{1b}]0;title\\u{7}"),
+    ] {
+        let run = cli(d, args).await;
+        let line = run.assert_one_line_failure(&args.join(" "));
+        assert!(line.contains(shown) && !line.contains('\u{1b}'), "{line:?}");
+    }
     assert_eq!(names(&list_json(d).await), ["alice"]);
 }
 
