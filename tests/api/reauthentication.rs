@@ -332,3 +332,37 @@ async fn password_checks_refused_on_the_account_pages_are_recorded_like_the_logi
     let records = app.records(FailureQuery::default()).await;
     assert!(records.iter().any(|r| r.reason == FailureReason::CaptchaRequired && r.username == "frank"));
 }
+
+#[tokio::test]
+async fn a_session_hammering_the_account_forms_past_the_threshold_is_held_to_the_address_quota() {
+    // The login form's bound on what one address can make the server record: its quota.
+    let app = crate::helpers::spawn_app_with(|s| {
+        crate::passkeys::on_localhost(s);
+        s.captcha_after_failures = 3;
+        s.login_quota_per_ip = Some(portcullis::config::Rate { burst: 6, period: Duration::from_secs(3600) });
+    })
+    .await;
+    app.add_user("gina", GOOD_PASSWORD, false).await;
+    let (gina, _) = browser_signed_in_ago(&app, "gina", stale(), Factors::One).await;
+    let csrf = csrf_of(&gina, app.url("/account/confirm")).await;
+    let mut statuses = Vec::new();
+    for n in 0..40 {
+        let g = format!("guess number {n}");
+        let form = [("csrf", csrf.as_str()), ("current", g.as_str()), ("next", "/account")];
+        let path = if n % 2 == 0 { "/account/confirm" } else { "/account/password" };
+        let form: Vec<(&str, &str)> = if path == "/account/password" {
+            vec![("csrf", csrf.as_str()), ("current", g.as_str()), ("new", "x"), ("repeat", "x")]
+        } else {
+            form.to_vec()
+        };
+        statuses.push(post(&app, &gina, path, &form).await.status().as_u16());
+    }
+    // 3 wrong passwords, 3 refusals past the threshold, then 429 only.
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 34, "{statuses:?}");
+    let records = app.records(FailureQuery::default()).await;
+    // One record per check or refusal within the quota, and one for the minute's 429s.
+    assert!(records.len() <= 8, "{} records for 40 requests: {records:?}", records.len());
+    assert_eq!(records.iter().filter(|r| r.reason == FailureReason::RateLimited).count(), 1);
+}

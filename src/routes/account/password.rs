@@ -126,8 +126,8 @@ pub(super) enum NotConfirmed {
 }
 
 /// Checks that `current` is the signed-in user's password, the way a sign-in would: on the
-/// hash pool, under a reservation of the captcha threshold (so concurrent checks cannot pass
-/// it either), spending the per-username quota, and a wrong one counted toward the threshold
+/// hash pool, spending the per-address quota, under a reservation of the captcha threshold
+/// (so concurrent checks cannot pass it either), spending the per-username quota, and a wrong one counted toward the threshold
 /// and recorded as an `authn_login_fail` with reason `bad_password`. Past the threshold no
 /// password is checked here: only the login form, with its captcha, takes guesses then. So a
 /// stolen session cannot guess the password faster than the login form allows, nor spend the
@@ -144,6 +144,21 @@ pub(super) async fn check_current(
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
     let digest = username_digest(&user.key);
+    // The login form's per-address quota first, as there: past it every check is refused with
+    // 429 and counted per minute, so a session hammering a form past the captcha threshold
+    // (each a 403 of its own) writes no more records than the login form would let it.
+    if let Some(rate) = state.settings.login_quota_per_ip {
+        match state.brute_force.take(QuotaKey::Address(client.key()), rate, now_ms()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(wait)) => {
+                refusal_recorded(state, session, &client, FailureReason::RateLimited).await?;
+                return Err(NotConfirmed::TooMany { retry_after: wait.retry_after_secs() });
+            }
+            Err(e) => {
+                return Err(NotConfirmed::Fault(crate::routes::unavailable("cannot reach the brute-force state", &e)));
+            }
+        }
+    }
     // Given back on every way out but a failure (a dropped request included).
     let held = match state.brute_force.reserve(client.key(), digest, now_ms()).await {
         Ok(Ok(r)) => Held::new(std::sync::Arc::clone(&state.brute_force), r),
