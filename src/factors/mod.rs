@@ -257,7 +257,8 @@ impl SecondFactors {
     }
 
     /// The pending sign-in a cookie value names, if it is one, unexpired, and its user still
-    /// exists, is enabled and has the password that was checked (otherwise it is removed).
+    /// exists, is enabled, has the password that was checked and a second factor to give
+    /// (otherwise it is removed: after `user reset-factors` the step could only be failed).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot answer.
@@ -267,11 +268,17 @@ impl SecondFactors {
         let Some(pending) = self.store.factors.pending(&hash).await? else { return Ok(None) };
         let user = self.store.users.get(&pending.user_key).await?;
         let valid = pending.expires_at > now_ms();
+        let user = match user {
+            Some(u) if valid && !u.disabled && u.password_changed_at == pending.password_changed_at => Some(u),
+            _ => None,
+        };
+        let user = match user {
+            Some(u) if self.summary(&u.key).await?.has_second_factor() => Some(u),
+            _ => None,
+        };
         match user {
-            Some(u) if valid && !u.disabled && u.password_changed_at == pending.password_changed_at => {
-                Ok(Some((hash, pending, u)))
-            }
-            _ => {
+            Some(u) => Ok(Some((hash, pending, u))),
+            None => {
                 self.store.factors.take_pending(&hash).await?;
                 Ok(None)
             }

@@ -301,6 +301,22 @@ async fn the_second_step_without_a_pending_sign_in_or_with_a_foreign_token_goes_
 }
 
 #[tokio::test]
+async fn resetting_the_users_factors_ends_a_pending_second_step() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("nora", GOOD_PASSWORD, false).await;
+    let nora = app.new_browser();
+    sign_in(&app, &nora, "nora").await;
+    enrol(&app, &nora, fresh_step().await).await;
+    let browser = app.new_browser();
+    password_step(&app, &browser, "nora").await;
+    assert_eq!(browser.get(app.url("/login/second-factor")).send().await.unwrap().status(), 200);
+    app.state.users.reset_factors("nora", "test").await.unwrap();
+    // No factor is left to give: the step is over, as after a password change.
+    let resp = browser.get(app.url("/login/second-factor")).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+}
+
+#[tokio::test]
 async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
     let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
