@@ -103,6 +103,24 @@ async fn the_older_records_link_reaches_every_older_record_once() {
 }
 
 #[tokio::test]
+async fn filter_values_from_a_link_are_put_back_into_the_form_escaped() {
+    let app = spawn_app().await;
+    let admin = admin_browser(&app).await;
+    for query in ["user=ad%1B%5B2Jmin%E2%80%AE&limit=50", "ip=%00%E2%80%AE1.2.3.4", "since=x%1By"] {
+        let page =
+            admin.get(app.url(&format!("/admin/failed-logins?{query}"))).send().await.unwrap().text().await.unwrap();
+        for raw in ['\u{0}', '\u{1b}', '\u{202e}'] {
+            assert!(!page.contains(raw), "{query}: {raw:?} in the page");
+        }
+        assert!(page.contains("\\u{"), "{query}: shown escaped");
+    }
+    // The unlock box, pre-filled from `user`, holds the escaped text: no look-alike name.
+    let page =
+        admin.get(app.url("/admin/failed-logins?user=adm%E2%80%8Bin")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("value=\"adm\\u{200b}in\""), "{page}");
+}
+
+#[tokio::test]
 async fn a_status_notice_cannot_be_put_in_a_link() {
     let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;

@@ -226,13 +226,19 @@ fn render(
     shown: Shown,
 ) -> Response {
     let csrf = state.csrf.session_token(&admin.token_hash);
+    // The values put back into the fields come from the URL, which anyone can send an
+    // administrator: shown as every page shows such text (`\u{…}` for controls and invisible
+    // characters), so a link cannot pre-fill a look-alike name into the unlock box.
+    let field = |v: &Option<String>| crate::text::printable(v.as_deref().unwrap_or("")).into_owned();
+    let (since, until, user, ip) =
+        (field(&filters.since), field(&filters.until), field(&filters.user), field(&filters.ip));
     let page = AdminPage {
         admin: &crate::text::printable(&admin.user.display_name),
         csrf: &csrf,
-        since: filters.since.as_deref().unwrap_or(""),
-        until: filters.until.as_deref().unwrap_or(""),
-        user: filters.user.as_deref().unwrap_or(""),
-        ip: filters.ip.as_deref().unwrap_or(""),
+        since: &since,
+        until: &until,
+        user: &user,
+        ip: &ip,
         reason: filters.reason.as_deref().unwrap_or(""),
         limit,
         reasons: &FailureReason::ALL.map(FailureReason::as_str),
