@@ -74,10 +74,18 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
         return Ok(now_ms.saturating_sub(back));
     }
     let t = parse_rfc3339(s)?;
-    // `time` reads four-digit years only, so the upper bound (9999) holds by construction.
+    // `time` reads four-digit years only, but an offset can still carry the last one past
+    // 9999 in UTC (`9999-12-31T23:59:59-23:59`), as it carries the first before 1970: both
+    // ends are checked in UTC.
     let ms = t.unix_timestamp_nanos() / 1_000_000;
-    u64::try_from(ms).map_err(|_| FilterError::OutOfRange(escape_controls(s)))
+    u64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms <= LAST_MS_OF_9999)
+        .ok_or_else(|| FilterError::OutOfRange(escape_controls(s)))
 }
+
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds.
+const LAST_MS_OF_9999: u64 = 253_402_300_799_999;
 
 /// A full RFC 3339 date-time (§5.6: any offset, `T`/`t` or a space between date and time,
 /// `Z`/`z`, fractions, leap seconds), by the `time` crate's parser.
@@ -598,6 +606,10 @@ mod tests {
             }
         }
         assert_eq!(parse_time("1969-12-31T23:59:59Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:59:59Z".into())));
+        assert_eq!(parse_time("9999-12-31T23:59:59.999Z", 0), Ok(LAST_MS_OF_9999));
+        for (s, why) in [("9999-12-31T23:59:59-23:59", "10000 in UTC"), ("1970-01-01T00:00:00+23:59", "1969 in UTC")] {
+            assert_eq!(parse_time(s, 0), Err(FilterError::OutOfRange(s.into())), "{why}");
+        }
         assert_eq!(parse_time("1970-01-01T01:00:00+01:00", 5), Ok(0));
         assert!(parse_time("9999-12-31T23:59:59.999Z", 0).is_ok());
         assert!(matches!(parse_time("2026-11-30T10:00:00", 0), Err(FilterError::BadDate(..))), "an offset is required");
