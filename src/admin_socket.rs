@@ -230,8 +230,17 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line).await?;
+    let cut_short = line.len() as u64 >= MAX_REQUEST && !line.ends_with('\n');
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => execute(users, audit, &request, "cli").await,
+        // Only a value far past every limit (64-character usernames, 1024-character
+        // passwords) makes a request this long: say so rather than "malformed".
+        Err(_) if cut_short => Response::Error {
+            message: format!(
+                "the request is longer than {} KiB: no username or password may be that long",
+                MAX_REQUEST / 1024
+            ),
+        },
         Err(_) => Response::Error { message: "malformed request".into() },
     };
     zeroize::Zeroize::zeroize(&mut line);

@@ -155,6 +155,12 @@ async fn user_commands_reach_a_running_server_through_its_admin_socket() {
     assert!(table.stdout.contains("bob"));
 
     cli(d, &["user", "unlock", "bob"]).await.assert_ok("unlock bob");
+    // A value past the socket's request size says what is wrong, not "malformed request".
+    let huge = "a".repeat(70_000);
+    let run = cli(d, &["user", "unlock", &huge]).await;
+    assert!(run.assert_one_line_failure("unlock a 70,000-character name").contains("longer than 64 KiB"), "{run:?}");
+    let run = cli_with_password(d, &["user", "add", "carl", "--password-stdin"], &huge).await;
+    assert!(run.assert_one_line_failure("a 70,000-character password").contains("longer than 64 KiB"), "{run:?}");
     assert!(cli(d, &["user", "del", "nobody"]).await.assert_one_line_failure("del nobody").contains("nobody"));
     let run = cli_with_password(d, &["user", "add", "carol", "--password-stdin"], "123456789123456").await;
     run.assert_one_line_failure("weak password through the socket");
