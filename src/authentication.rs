@@ -85,14 +85,20 @@ impl Authenticator {
         Ok(dummy)
     }
 
-    /// Checks a username and password as typed. On success returns the user (with the
-    /// last-login time updated).
+    /// Checks a username and password as typed. On success returns the user, with the
+    /// last sign-in time updated when `completes_sign_in` (no second step follows: a sign-in
+    /// that stops at the second step has not happened, SECURITY.md).
     ///
     /// # Errors
     /// [`AuthError::InvalidCredentials`] for any refusal (the same answer for all);
     /// [`AuthError::Overloaded`] when the hash pool's queue is full; [`AuthError::Store`].
     #[tracing::instrument(name = "authenticate", skip_all)]
-    pub async fn authenticate(&self, typed_username: &str, password: Password) -> Result<User, AuthError> {
+    pub async fn authenticate(
+        &self,
+        typed_username: &str,
+        password: Password,
+        completes_sign_in: bool,
+    ) -> Result<User, AuthError> {
         if password.char_count() > MAX_PASSWORD_CHARS {
             // No stored password can be this long; refusing it early is the same answer for
             // every username, so it says nothing about who exists.
@@ -128,7 +134,11 @@ impl Authenticator {
         // Written as a compare-and-swap on the password we verified: if it was changed while we
         // were hashing, the old password must not let anyone in; a concurrent upgrade of the
         // same password's hash is no change.
-        let recorded = self.store.users.record_login(&credential, verified.upgraded_hash.as_deref(), now_ms()).await?;
+        let recorded = self
+            .store
+            .users
+            .record_login(&credential, verified.upgraded_hash.as_deref(), completes_sign_in.then(now_ms))
+            .await?;
         let Some(user) = recorded else {
             return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
         };
@@ -138,6 +148,16 @@ impl Authenticator {
             return Err(AuthError::InvalidCredentials(FailureReason::Disabled));
         }
         Ok(user)
+    }
+
+    /// Sets `user_key`'s last sign-in time to now, at the end of a sign-in whose password
+    /// step did not ([`Authenticator::authenticate`] with `completes_sign_in` false) or that
+    /// had none (a passkey).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write.
+    pub async fn record_sign_in(&self, user_key: &str) -> Result<(), crate::store::StoreError> {
+        self.store.users.record_sign_in(user_key, now_ms()).await
     }
 
     /// Whether `password` is `user_key`'s current password (for a change of password: the

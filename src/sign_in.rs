@@ -249,7 +249,17 @@ impl SignIn {
             }
         }
 
-        let user = match self.auth.authenticate(username, password).await {
+        // Read before the password is checked, so the check knows whether it ends the sign-in
+        // (and sets the last sign-in time) or only opens the second step. Nobody's key has no
+        // factors; the read costs the same either way.
+        let summary = |key: String| async move {
+            self.factors
+                .summary(&key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
+        };
+        let mut factors = summary(user_key.clone()).await?;
+        let user = match self.auth.authenticate(username, password, !factors.has_second_factor()).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
                 let counted = match reservation {
@@ -264,11 +274,11 @@ impl SignIn {
             }
             Err(AuthError::Unexpected(e)) => return Err(SignInError::Unexpected(e)),
         };
-        let factors = self
-            .factors
-            .summary(&user.key)
-            .await
-            .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
+        if user.key != user_key {
+            // Not for any valid username (its key is the counting key); should one differ,
+            // the second factor is judged on the user's own.
+            factors = summary(user.key.clone()).await?;
+        }
         // One step of the state: the check's place given back; the form retired (it signs in
         // once: retired before the session exists, and of two sign-ins sent with one form at
         // once only the first to get here goes on); and, for a user who is signed in by the
@@ -308,6 +318,13 @@ impl SignIn {
         previous_session: Option<&SessionToken>,
         after_failures: usize,
     ) -> Result<SessionToken, SignInError> {
+        if factors == Factors::Two {
+            // The password step left the last sign-in time alone: this is the sign-in.
+            self.auth
+                .record_sign_in(&user.key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not record the sign-in", source })?;
+        }
         // Session fixation: whatever session this browser had is ended, and a new token issued.
         let previous = previous_session.map(SessionToken::hash);
         let token = self

@@ -146,6 +146,10 @@ impl SignIn {
         let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
+        self.auth
+            .record_sign_in(&user.key)
+            .await
+            .map_err(|source| SignInError::Store { what: "could not record the sign-in", source })?;
         // Session fixation: the previous session ends with the new one's start.
         let previous = a.previous_session.as_ref().map(SessionToken::hash);
         let token = self

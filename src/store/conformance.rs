@@ -297,35 +297,45 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     assert!(u.set_password_hash("nobody", HASH_B, 5).await.unwrap().is_none(), "updates: unknown user");
     assert!(u.set_disabled("nobody", true).await.unwrap().is_none());
     let nobody = Credential { user: user("nobody"), password_hash: HASH_A.into() };
-    assert!(u.record_login(&nobody, None, 5).await.unwrap().is_none());
+    assert!(u.record_login(&nobody, None, Some(5)).await.unwrap().is_none());
 
     // The verified password: recorded, with the upgrade.
     let first = verified(store, "alice").await;
-    let after = u.record_login(&first, Some(HASH_B), 7).await.unwrap().unwrap();
+    let after = u.record_login(&first, Some(HASH_B), Some(7)).await.unwrap().unwrap();
     assert_eq!(after.last_login_at, Some(7));
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B, "updates: upgrade stored");
     // Verified before that upgrade, recorded after it: the same password, so a sign-in, and
     // its own upgrade does not replace the one already stored.
-    let late = u.record_login(&first, Some("late-upgrade"), 8).await.unwrap().unwrap();
+    let late = u.record_login(&first, Some("late-upgrade"), Some(8)).await.unwrap().unwrap();
     assert_eq!(late.last_login_at, Some(8), "updates: an upgrade by another sign-in is no password change");
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B);
 
     let changed = u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
     assert_eq!((changed.password_changed_at, changed.last_login_at), (9, Some(8)), "updates: only what was asked");
-    assert!(u.record_login(&first, None, 10).await.unwrap().is_none(), "updates: old password refused");
+    assert!(u.record_login(&first, None, Some(10)).await.unwrap().is_none(), "updates: old password refused");
     // Two changes within one millisecond are still two passwords.
     let second = verified(store, "alice").await;
     let again = u.set_password_hash("alice", HASH_A, 9).await.unwrap().unwrap();
     assert!(again.password_changed_at > second.user.password_changed_at, "updates: the generation increases");
-    assert!(u.record_login(&second, None, 10).await.unwrap().is_none(), "updates: same-millisecond change");
+    assert!(u.record_login(&second, None, Some(10)).await.unwrap().is_none(), "updates: same-millisecond change");
     u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
 
     // Disabled: a login checked against the right hash records nothing and says disabled.
     assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);
-    let seen = u.record_login(&verified(store, "alice").await, None, 11).await.unwrap().unwrap();
+    let seen = u.record_login(&verified(store, "alice").await, None, Some(11)).await.unwrap().unwrap();
     assert!(seen.disabled && seen.last_login_at == Some(8), "updates: disabled user not signed in");
     assert!(!u.set_disabled("alice", false).await.unwrap().unwrap().disabled);
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2);
+
+    // A password that only opens the second step: checked and upgraded, but no sign-in yet.
+    let opened = u.record_login(&verified(store, "alice").await, Some(HASH_B), None).await.unwrap().unwrap();
+    assert_eq!(opened.last_login_at, Some(8), "updates: no sign-in time before the second step");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B, "updates: upgraded all the same");
+    // The second step (or a passkey) ends the sign-in.
+    u.record_sign_in("alice", 12).await.unwrap();
+    assert_eq!(u.get("alice").await.unwrap().unwrap().last_login_at, Some(12), "updates: the sign-in recorded");
+    u.record_sign_in("nobody", 13).await.unwrap();
+    assert!(u.get("nobody").await.unwrap().is_none(), "updates: no user made by a sign-in time");
 }
 
 async fn concurrent_updates_lose_nothing(store: &Store) {
@@ -340,7 +350,7 @@ async fn concurrent_updates_lose_nothing(store: &Store) {
         .enumerate()
         .map(|(i, h)| {
             let (users, h, first) = (store.users.clone(), h.clone(), first.clone());
-            tokio::spawn(async move { users.record_login(&first, Some(&h), i as u64 + 1).await.unwrap() })
+            tokio::spawn(async move { users.record_login(&first, Some(&h), Some(i as u64 + 1)).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -354,7 +364,7 @@ async fn concurrent_updates_lose_nothing(store: &Store) {
     for i in 0..8u64 {
         let (users, stored) = (store.users.clone(), stored.clone());
         tasks.push(tokio::spawn(async move {
-            users.record_login(&stored, None, 100 + i).await.unwrap();
+            users.record_login(&stored, None, Some(100 + i)).await.unwrap();
         }));
     }
     let users = store.users.clone();
@@ -371,7 +381,7 @@ async fn concurrent_updates_lose_nothing(store: &Store) {
     let c = u.credential("alice").await.unwrap().unwrap();
     assert!(c.user.disabled, "races: the disable was not lost");
     assert_eq!((c.password_hash.as_str(), c.user.password_changed_at), (HASH_A2, 500), "races: the new password");
-    assert!(u.record_login(&stored, None, 999).await.unwrap().is_none(), "races: old password refused");
+    assert!(u.record_login(&stored, None, Some(999)).await.unwrap().is_none(), "races: old password refused");
 }
 
 async fn the_most_common_hash_kind_is_found(store: &Store) {
@@ -673,7 +683,7 @@ async fn secrets_are_stable_and_agreed_on(store: &Store) {
 /// What [`everything_written_is_there`] checks after a reopen; returns the secret made.
 async fn write_everything(store: &Store) -> [u8; 32] {
     store.users.insert(&user("alice"), HASH_A).await.unwrap();
-    store.users.record_login(&verified(store, "alice").await, Some(HASH_B), 77).await.unwrap();
+    store.users.record_login(&verified(store, "alice").await, Some(HASH_B), Some(77)).await.unwrap();
     store.users.insert(&user("bob"), HASH_A).await.unwrap();
     store.users.set_disabled("bob", true).await.unwrap();
     store.users.change_groups("bob", &[crate::domain::Group::parse("ops").unwrap()], &[]).await.unwrap();
@@ -727,7 +737,7 @@ async fn failure_records_keep_their_instance(store: &Store) {
 async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     let u = &from.users;
     u.insert(&user("alice"), HASH_A).await.unwrap();
-    u.record_login(&verified(from, "alice").await, Some(HASH_B), 77).await.unwrap();
+    u.record_login(&verified(from, "alice").await, Some(HASH_B), Some(77)).await.unwrap();
     u.insert(&User { admin: true, ..user("root") }, HASH_A2).await.unwrap();
     u.insert(&user("bob"), HASH_A).await.unwrap();
     u.set_disabled("bob", true).await.unwrap();
@@ -858,7 +868,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     assert_eq!(to.failures.query(&q).await.unwrap().len(), 1, "copy: the username filter finds copied records");
     assert_eq!(to.secrets.secret("csrf").await.unwrap(), csrf, "copy: the CSRF key");
     assert_eq!(to.secrets.secret("captcha").await.unwrap(), captcha, "copy: the captcha key");
-    assert!(to.users.record_login(&verified(to, "alice").await, None, 99).await.unwrap().is_some());
+    assert!(to.users.record_login(&verified(to, "alice").await, None, Some(99)).await.unwrap().is_some());
 
     // A second copy into the same target: refused, and nothing more is written.
     match copy(from, to).await {

@@ -369,7 +369,21 @@ pub trait UserStore: Send + Sync {
     /// always writes its session next. Lost in a crash before that, it costs only a stale
     /// last-sign-in time or a hash upgraded again at the next sign-in; the check itself is a
     /// read, and a failed one lets nobody in.
-    async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>>;
+    ///
+    /// `signed_in_at` (Unix ms) becomes the user's last sign-in time; `None` leaves it, for a
+    /// password that only opens a second step: the sign-in has not happened yet
+    /// ([`UserStore::record_sign_in`] sets it when it does).
+    async fn record_login(
+        &self,
+        verified: &Credential,
+        upgraded_hash: Option<&str>,
+        signed_in_at: Option<u64>,
+    ) -> Result<Option<User>>;
+    /// Sets the user's last sign-in time to `at` (Unix ms) at the end of a sign-in whose
+    /// password was checked before ([`UserStore::record_login`] with `None`) or that had no
+    /// password (a passkey); nothing if no such user. Durable as `record_login` is: the
+    /// session written next makes it so.
+    async fn record_sign_in(&self, key: &str, at: u64) -> Result<()>;
     /// One stored hash of the most common kind (algorithm, version, parameters and output
     /// length, as `password::shape_of` says), to shape the dummy that unknown usernames are
     /// checked against; `None` without users.

@@ -265,7 +265,12 @@ impl UserStore for PgStore {
         Ok(row.as_ref().map(user_of))
     }
 
-    async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
+    async fn record_login(
+        &self,
+        verified: &Credential,
+        upgraded_hash: Option<&str>,
+        signed_in_at: Option<u64>,
+    ) -> Result<Option<User>> {
         // The update's WHERE is the compare: the same password generation, not disabled. It is
         // re-checked on the row's latest version after any concurrent update commits, so a
         // password change or a disable in between wins. The second branch answers a disabled
@@ -276,7 +281,7 @@ impl UserStore for PgStore {
         let sql = format!(
             "WITH no_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
              up AS (
-                 UPDATE users SET last_login_at_ms = $3,
+                 UPDATE users SET last_login_at_ms = COALESCE($3, last_login_at_ms),
                      password_hash = CASE WHEN $4::text IS NOT NULL AND password_hash = $5 THEN $4 ELSE password_hash END
                  WHERE key = $1 AND password_changed_at_ms = $2 AND NOT disabled AND EXISTS (SELECT 1 FROM no_wait)
                  RETURNING {USER_COLUMNS})
@@ -293,13 +298,27 @@ impl UserStore for PgStore {
                 &[
                     &verified.user.key,
                     &ms(verified.user.password_changed_at),
-                    &ms(now),
+                    &signed_in_at.map(ms),
                     &upgraded_hash,
                     &verified.password_hash,
                 ],
             )
             .await?;
         Ok(row.as_ref().map(user_of))
+    }
+
+    async fn record_sign_in(&self, key: &str, at: u64) -> Result<()> {
+        // Committed without waiting for the WAL flush, as `record_login`: the session's commit,
+        // next and waited for, flushes it with it.
+        self.client()
+            .await?
+            .execute(
+                "WITH no_wait AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+                 UPDATE users SET last_login_at_ms = $2 WHERE key = $1 AND EXISTS (SELECT 1 FROM no_wait)",
+                &[&key, &ms(at)],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn most_common_hash(&self) -> Result<Option<String>> {

@@ -369,7 +369,12 @@ impl SledStore {
     /// still `verified_hash` and the user is not disabled. Returns the updated record (or, for
     /// a disabled user, the record unchanged), or `None` if the user is gone or their password
     /// changed in the meantime.
-    fn login_cas(&self, verified: &Credential, new_hash: Option<&str>, now: u64) -> Result<Option<UserRecord>> {
+    fn login_cas(
+        &self,
+        verified: &Credential,
+        new_hash: Option<&str>,
+        signed_in_at: Option<u64>,
+    ) -> Result<Option<UserRecord>> {
         let mut same_password = false;
         let user = self.update_user_with(&verified.user.key, |user| {
             same_password = user.password_changed_at == verified.user.password_changed_at;
@@ -380,7 +385,9 @@ impl SledStore {
             if let Some(h) = new_hash.filter(|_| user.password_hash == verified.password_hash) {
                 user.password_hash = h.to_string();
             }
-            user.last_login_at = Some(now);
+            if signed_in_at.is_some() {
+                user.last_login_at = signed_in_at;
+            }
             true
         })?;
         Ok(user.filter(|_| same_password))
@@ -822,10 +829,24 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
-    async fn record_login(&self, verified: &Credential, upgraded_hash: Option<&str>, now: u64) -> Result<Option<User>> {
+    async fn record_login(
+        &self,
+        verified: &Credential,
+        upgraded_hash: Option<&str>,
+        signed_in_at: Option<u64>,
+    ) -> Result<Option<User>> {
         // Not flushed here (see the trait): the sign-in's session, written next, is, and a
         // sled flush makes every earlier write durable with it. One fsync per sign-in, not two.
-        Ok(self.login_cas(verified, upgraded_hash, now)?.map(|r| r.user()))
+        Ok(self.login_cas(verified, upgraded_hash, signed_in_at)?.map(|r| r.user()))
+    }
+
+    async fn record_sign_in(&self, key: &str, at: u64) -> Result<()> {
+        // Not flushed, as `record_login`: the session comes next.
+        self.update_user_with(key, |user| {
+            user.last_login_at = Some(at);
+            true
+        })?;
+        Ok(())
     }
 
     async fn most_common_hash(&self) -> Result<Option<String>> {
@@ -1337,7 +1358,7 @@ mod tests {
         assert!(store.set_user_disabled("alice", true).unwrap().unwrap().disabled);
         // A login checked against the same hash meanwhile records nothing and says disabled.
         let verified = Credential { user: user.user(), password_hash: "h".into() };
-        let seen = store.login_cas(&verified, None, 5).unwrap().unwrap();
+        let seen = store.login_cas(&verified, None, Some(5)).unwrap().unwrap();
         assert!(seen.disabled && seen.last_login_at.is_none());
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
     }
@@ -1349,7 +1370,7 @@ mod tests {
         store.users.insert("alice", &b"not json"[..]).unwrap();
         assert!(matches!(store.set_user_disabled("alice", true), Err(StoreError::Corrupt(_))));
         let verified = Credential { user: crate::store::conformance::user("alice"), password_hash: "h".into() };
-        assert!(matches!(store.login_cas(&verified, None, 5), Err(StoreError::Corrupt(_))));
+        assert!(matches!(store.login_cas(&verified, None, Some(5)), Err(StoreError::Corrupt(_))));
         assert_eq!(store.users.get("alice").unwrap().unwrap(), &b"not json"[..]);
     }
 

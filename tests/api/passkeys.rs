@@ -173,8 +173,11 @@ async fn a_passkey_signs_in_without_a_captcha_after_the_address_failed_three_tim
     let form = stranger.get(app.url("/login")).send().await.unwrap().text().await.unwrap();
     assert!(form.contains("name=\"captcha\""), "the password form now demands a captcha");
     assert!(form.contains("Sign in with a passkey"));
+    let last_sign_in = || async { app.state.store.users.get("alice").await.unwrap().unwrap().last_login_at };
+    let before = last_sign_in().await;
     let resp = sign_in(&app, &stranger, &mut device).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "no captcha on the passkey path");
+    assert!(last_sign_in().await > before, "a passkey sign-in is a sign-in: LAST LOGIN moves");
     let ok = app.log_lines().into_iter().find(|l| l["method"] == "passkey").unwrap();
     assert_eq!(ok["event"], "authn_login_successafterfail");
 }

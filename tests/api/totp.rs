@@ -137,9 +137,12 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert!(log.iter().any(|l| l["event"] == "mfa_added" && l["kind"] == "recovery_codes"));
 
     // The password alone now gives no session, only the short-lived second-step cookie.
+    let last_sign_in = || async { app.state.store.users.get("alice").await.unwrap().unwrap().last_login_at };
+    let signed_in_before = last_sign_in().await;
     let browser = app.new_browser();
     let resp = password_step(&app, &browser, "alice").await;
     assert!(cookie_value(&resp, "__Host-portcullis").is_none(), "no session before the second factor");
+    assert_eq!(last_sign_in().await, signed_in_before, "nobody signed in yet: LAST LOGIN unchanged");
     let mfa = set_cookies(&resp).into_iter().find(|c| c.starts_with("__Host-portcullis-mfa=")).unwrap();
     for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=300"] {
         assert!(mfa.contains(attr), "{mfa}");
@@ -162,6 +165,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let active = app.state.sessions.resolve(&session).await.unwrap().unwrap();
     assert_eq!(active.record.factors, Factors::Two, "signed in with two factors");
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
+    assert!(last_sign_in().await > signed_in_before, "the sign-in happened with the second factor");
 
     // The pending sign-in was single use: its cookie and form are worth nothing now.
     let replay = app
