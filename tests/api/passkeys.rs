@@ -138,7 +138,15 @@ async fn a_passkey_registered_on_the_account_page_signs_in_from_login_with_two_f
     let app = passkey_app().await;
     let browser = signed_in_browser(&app, "alice").await;
     let (mut device, resp) = register(&app, &browser, "my laptop").await;
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    // The first second factor comes with recovery codes, shown once, as for an authenticator app.
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let codes = resp.text().await.unwrap();
+    assert!(codes.contains("Your passkey is added.") && codes.matches("<li><code>").count() == 10, "{codes}");
+    assert_eq!(app.state.factors.summary("alice").await.unwrap().recovery_codes, 10);
+    let (_, again) = register(&app, &browser, "my phone").await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER, "codes only with the first factor");
+    assert_eq!(app.state.factors.summary("alice").await.unwrap().recovery_codes, 10, "the same codes");
     let page = browser.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("my laptop") && page.contains("never used"), "{page}");
     let added = app.log_lines().into_iter().find(|l| l["event"] == "mfa_added").expect("mfa_added is logged");
@@ -422,4 +430,36 @@ async fn passkey_sign_ins_use_the_address_quota_like_passwords() {
     let resp = finish(&app, &browser, &csrf, "{}").await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(app.log_lines().iter().any(|l| l["reason"] == "rate_limited"), "refusals are recorded");
+}
+
+#[tokio::test]
+async fn a_user_whose_only_factor_is_a_passkey_signs_in_with_a_recovery_code_when_passkeys_are_off() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "hank").await;
+    let (_, resp) = register(&app, &browser, "key").await;
+    let page = resp.text().await.unwrap();
+    let codes: Vec<String> =
+        page.split("<li><code>").skip(1).map(|c| c[..c.find("</code>").unwrap()].to_string()).collect();
+    assert_eq!(codes.len(), 10, "{page}");
+    // The same store, served where passkeys cannot work (an address, not a host name).
+    let (dir, mut settings) = app.stop().await;
+    settings.public_url = None;
+    let app = crate::helpers::spawn_in(dir, settings).await;
+    assert!(!app.state.passkeys.enabled());
+    let other = app.new_browser();
+    let resp = app.login_with(&other, "hank", GOOD_PASSWORD).await;
+    assert_eq!(resp.headers()["location"], "/login/second-factor");
+    let step = other.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        step.contains("passkeys are off on this server for now") && step.contains("<details class=\"recovery\" open>")
+    );
+    assert!(!step.contains("use your passkey to finish"), "{step}");
+    let csrf = hidden_field(&step, "csrf").unwrap();
+    let resp = other
+        .post(app.url("/login/second-factor"))
+        .form(&[("csrf", csrf.as_str()), ("recovery_code", codes[0].as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/"));
 }

@@ -293,7 +293,7 @@ async fn second_factors_and_passkeys_survive_sled_to_postgresql_to_sled() {
     // on standard input are not part of it.)
     let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&format!("  {target} "))).await;
     copied.assert_ok("copy to PostgreSQL");
-    assert!(copied.stdout.contains(" 1 second factor, 1 passkey, "), "{copied:?}");
+    assert!(copied.stdout.contains(" 2 second factors, 1 passkey, "), "{copied:?}");
     assert!(copied.stdout.contains("factor.key: every server on postgres://"), "{copied:?}");
     let p = tempfile::tempdir().unwrap();
     let p_data = p.path().join("data");
@@ -305,7 +305,7 @@ async fn second_factors_and_passkeys_survive_sled_to_postgresql_to_sled() {
     let data = b.path().join("data");
     let copied = cli(p.path(), Some(&target), &["store", "copy", "--to", data.to_str().unwrap()], None).await;
     copied.assert_ok("copy to sled");
-    assert!(copied.stdout.contains(" 1 second factor, 1 passkey, "), "{copied:?}");
+    assert!(copied.stdout.contains(" 2 second factors, 1 passkey, "), "{copied:?}");
     assert!(copied.stdout.contains("factor.key into "), "{copied:?}");
     let key = data.join("factor.key");
     assert_eq!(std::fs::read(&key).unwrap(), std::fs::read(a.path().join("data/factor.key")).unwrap());

@@ -92,7 +92,12 @@ try {
   const add = page.locator('form[data-passkey="create"] button[type=submit]');
   await add.waitFor({ state: 'visible' });
   await page.fill('#passkey-name', 'Virtual authenticator');
-  await Promise.all([page.waitForURL(`${base}/account#passkeys-heading`, { waitUntil: 'load' }), add.click()]);
+  // The first second factor comes with recovery codes, shown once.
+  await Promise.all([page.waitForURL(`${base}/account/passkeys`, { waitUntil: 'load' }), add.click()]);
+  await page.waitForSelector('text=Your passkey is added.');
+  check(await page.locator('ol.codes li').count() === 10, 'ten recovery codes shown');
+  await shoot(page, 'recovery-codes');
+  await Promise.all([page.waitForURL(`${base}/account`, { waitUntil: 'load' }), page.click('text=I have saved them')]);
   await page.waitForSelector('text=Virtual authenticator');
   check(await page.locator('.passkey-list li').count() === 1, 'one passkey listed');
   const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });

@@ -220,7 +220,7 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
 }
 
 /// Makes a new set of recovery codes and shows them, once.
-async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
+pub(crate) async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
     let codes = match state.factors.new_recovery_codes(&session.user.key).await {
         Ok(Some(c)) => c,
         Ok(None) => return see_other("/login"),
