@@ -60,9 +60,9 @@ fn location(resp: &reqwest::Response) -> &str {
 async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until_it_confirms_the_password() {
     let app = passkey_app().await;
     let fresh = signed_in_browser(&app, "alice").await;
+    crate::totp::enrol(&app, &fresh, now_ms() / 1000 / 30).await;
     let (_device, added) = register(&app, &fresh, "laptop").await;
     assert_eq!(added.status(), StatusCode::SEE_OTHER, "a fresh sign-in adds a passkey at once");
-    crate::totp::enrol(&app, &fresh, now_ms() / 1000 / 30).await;
     let before = app.state.factors.summary("alice").await.unwrap();
     assert!(before.totp && before.passkeys == 1 && before.recovery_codes == 10, "{before:?}");
     let passkey_id =
