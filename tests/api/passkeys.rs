@@ -463,3 +463,32 @@ async fn a_user_whose_only_factor_is_a_passkey_signs_in_with_a_recovery_code_whe
         .unwrap();
     assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/"));
 }
+
+#[tokio::test]
+async fn removing_the_last_factor_voids_the_recovery_codes_and_the_next_factor_brings_a_fresh_set() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let codes_of = |page: String| -> Vec<String> {
+        page.split("<li><code>").skip(1).map(|c| c[..c.find("</code>").unwrap()].to_string()).collect()
+    };
+    let (device, resp) = register(&app, &alice, "the thief's key").await;
+    let first = codes_of(resp.text().await.unwrap());
+    assert_eq!(first.len(), 10);
+    let csrf = account_csrf(&app, &alice).await;
+    let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
+    assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
+    let summary = app.state.factors.summary("alice").await.unwrap();
+    assert_eq!((summary.passkeys, summary.recovery_codes), (0, 0), "no factor left: no codes standing in for one");
+
+    let (_, resp) = register(&app, &alice, "the owner's key").await;
+    assert_eq!(resp.status(), StatusCode::OK, "the next first factor brings its own codes");
+    let fresh = codes_of(resp.text().await.unwrap());
+    assert_eq!(fresh.len(), 10);
+    assert!(fresh.iter().all(|c| !first.contains(c)));
+    // The first set signs nobody in; the fresh one does.
+    let (_, old) = crate::totp::two_steps(&app, "alice", "recovery_code", &first[0]).await;
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let (_, new) = crate::totp::two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
+    assert_eq!(new.status(), StatusCode::SEE_OTHER);
+}
