@@ -283,6 +283,43 @@ impl Args for ConfigFlags {
     }
 }
 
+/// The one line (without the `portcullis: ` prefix) for a command line clap refused, from
+/// `args` as given (the program's name first).
+///
+/// clap's own text breaks lines and strips escape sequences, its colours and any in the refused
+/// argument alike, so `bo<ESC>[2Jgus` read as `bogus` and a newline typed in an argument read as
+/// one of clap's. The line is built from a second parse of `args` escaped as [`printable`]
+/// shows text, without colours: the quoted argument keeps all of what was typed, on one line.
+pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap would print the command's help: name the command that wants a subcommand.
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut path = vec!["portcullis".to_string()];
+        for arg in args.iter().skip(1) {
+            let Some(sub) = arg.to_str().and_then(|a| command.find_subcommand(a)).cloned() else { continue };
+            path.push(sub.get_name().to_string());
+            command = sub;
+        }
+        let path = path.join(" ");
+        return format!("`{path}` needs a subcommand (see {path} --help)");
+    }
+    let escaped: Vec<String> = args.iter().map(|a| printable(&a.to_string_lossy()).into_owned()).collect();
+    let plain = <Cli as clap::CommandFactory>::command().styles(clap::builder::Styles::plain());
+    let text = match plain.try_get_matches_from(&escaped) {
+        Err(again) if again.kind() == error.kind() => again.render().ansi().to_string(),
+        _ => error.to_string(),
+    };
+    // The first paragraph: clap's usage and tips follow a blank line.
+    let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let message = first.join(" ");
+    format!("{} (see portcullis --help)", printable(message.trim_start_matches("error: ")))
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command failed on, with context; [`Failure`] carries an exit status other
+/// than 1.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // Settings flags before a subcommand would be silently ignored by `user` and `audit`.
     if cli.command.is_some() && !cli.serve.0.is_empty() {

@@ -127,6 +127,12 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
     for (args, shown) in [
         (&["bo\u{1b}[2Jgus"][..], "bo\\u{1b}[2Jgus"),
         (&["user", "add", "dave", "--x\u{1b}]0;title\u{7}"][..], "--x\\u{1b}]0;title\\u{7}"),
+        // A newline typed in an argument is not one of clap's line breaks.
+        (&["audit", "--limit", "1\n2"][..], "'1\\u{a}2'"),
+        (&["bo\n\ngus"][..], "'bo\\u{a}\\u{a}gus'"),
+        (&["user", "del", "a\nb"][..], "\"a\\nb\""),
+        // A command without its subcommand says so (clap would print the whole help).
+        (&["user"][..], "`portcullis user` needs a subcommand (see portcullis user --help)"),
     ] {
         let run = cli(d, args).await;
         let line = run.assert_one_line_failure(&args.join(" "));
