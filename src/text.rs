@@ -65,6 +65,38 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The inverse of [`printable`]: each `\u{…}` escape of a character [`needs_escape`] is
+/// turned back into the character; any other text, a `\u{41}` included, is left as it is. For
+/// what an administrator copies from a page or gets back in a form field (the admin page puts
+/// filter values back escaped), so searching for what is shown finds what it shows.
+pub fn unprintable(s: &str) -> Cow<'_, str> {
+    if !s.contains("\\u{") {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("\\u{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        let decoded = after.find('}').filter(|end| (1..=6).contains(end)).and_then(|end| {
+            let c = u32::from_str_radix(&after[..end], 16).ok().and_then(char::from_u32)?;
+            needs_escape(c).then_some((c, end))
+        });
+        match decoded {
+            Some((c, end)) => {
+                out.push(c);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("\\u{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// One serialised JSON text (as serde_json writes it: every character outside ASCII is inside
 /// a string) with every [`is_hidden`] character written as a JSON `\uXXXX` escape (a
 /// surrogate pair above U+FFFF). serde_json escapes only C0, `"` and `\`; this also covers
@@ -110,6 +142,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unprintable_undoes_printable_and_nothing_else() {
+        for s in ["alice", "\u{ff21}lice", "a\u{1b}[2Jb\u{202e}", "adm\u{200b}in", "x\u{0}y", "ok \u{10ffff}"] {
+            assert_eq!(super::unprintable(&super::printable(s)), s, "{s:?}");
+        }
+        for literal in ["\\u{41}", "\\u{}", "\\u{zz}", "\\u{1234567}", "\\u{d800}", "a\\u{", "\\u{200b"] {
+            assert_eq!(super::unprintable(literal), literal, "{literal:?}");
+        }
+        assert_eq!(super::unprintable("\\u{200b}\\u{41}"), "\u{200b}\\u{41}");
+    }
+
     use super::*;
 
     /// Characters that look like nothing or break lines; each made look-alike usernames or

@@ -118,6 +118,26 @@ async fn filter_values_from_a_link_are_put_back_into_the_form_escaped() {
     let page =
         admin.get(app.url("/admin/failed-logins?user=adm%E2%80%8Bin")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("value=\"adm\\u{200b}in\""), "{page}");
+
+    // And the escaped text means what it shows: sent back, it searches and unlocks as before.
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for _ in 0..2 {
+        assert_eq!(app.login("alice", "not her password at all").await.status(), 401);
+    }
+    let rows = |page: &str| page.matches("<span class=\"reason").count();
+    let page =
+        admin.get(app.url("/admin/failed-logins?user=%EF%BC%A1lice")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(rows(&page), 2, "fullwidth Ａlice is alice");
+    let shown = hidden_field(&page, "user").expect("the user field");
+    assert_eq!(shown, "\\u{ff21}lice");
+    let again = admin.get(app.url("/admin/failed-logins")).query(&[("user", shown.as_str())]).send().await.unwrap();
+    assert_eq!(rows(&again.text().await.unwrap()), 2, "the field sent back finds the same records");
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let form = [("username", shown.as_str()), ("csrf", csrf.as_str())];
+    let resp = admin.post(app.url("/admin/unlock")).form(&form).send().await.unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let notice = admin.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(notice.contains("alice is unlocked"), "{notice}");
 }
 
 #[tokio::test]

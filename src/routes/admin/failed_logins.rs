@@ -72,7 +72,8 @@ impl Query {
         Ok(FilterArgs {
             since: q.since,
             until: q.until,
-            user: q.user,
+            // As the page shows names and puts them back into the field: escaped.
+            user: q.user.map(|u| crate::text::unprintable(&u).into_owned()),
             ip: q.ip,
             reason: q.reason,
             limit: Some(limit),

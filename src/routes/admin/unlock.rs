@@ -30,7 +30,9 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     // What happened travels in a one-time cookie, not the URL: a link anyone can make must not
     // be able to show "… is unlocked".
-    let notice = match state.users.unlock(&form.username, &admin.user.display_name).await {
+    // The box may hold a name as pages show it (`adm\u{2060}in`), pre-filled or copied.
+    let username = crate::text::unprintable(&form.username);
+    let notice = match state.users.unlock(&username, &admin.user.display_name).await {
         Ok(name) => Notice::Unlocked { name },
         Err(crate::users::UserError::Store(e)) => return crate::routes::store_error(&e, "could not unlock a user"),
         Err(crate::users::UserError::State(e)) => {
