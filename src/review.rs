@@ -55,6 +55,10 @@ pub enum FilterError {
     Limit(String, usize),
     #[error("the page cursor is invalid")]
     Cursor,
+    /// `--since` later than `--until`: no record can be in between (`10d` is before `20d`
+    /// is not, which is the easy slip).
+    #[error("--since/--until: the start `{0}` is after the end `{1}`, so nothing is in between")]
+    Reversed(String, String),
 }
 // The values quoted in these messages are escaped (`escape_controls`): they come from the
 // command line, the admin page or the admin socket, and an error must stay one line.
@@ -133,6 +137,12 @@ impl FilterArgs {
         };
         let since = non_empty(&self.since).map(|s| parse_time(s, now_ms)).transpose()?;
         let until = non_empty(&self.until).map(|s| parse_time(s, now_ms)).transpose()?;
+        if let (Some(since), Some(until)) = (since, until) {
+            if since > until {
+                let shown = |s: &Option<String>| escape_controls(s.as_deref().unwrap_or("").trim());
+                return Err(FilterError::Reversed(shown(&self.since), shown(&self.until)));
+            }
+        }
         let ip = non_empty(&self.ip)
             .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(escape_controls(s))))
             .transpose()?;
@@ -607,6 +617,13 @@ mod tests {
         }
         assert_eq!(parse_time("1969-12-31T23:59:59Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:59:59Z".into())));
         assert_eq!(parse_time("9999-12-31T23:59:59.999Z", 0), Ok(LAST_MS_OF_9999));
+        let reversed = FilterArgs { since: Some("10d".into()), until: Some(" 20d".into()), ..FilterArgs::default() };
+        assert_eq!(
+            reversed.to_query(100 * 86_400_000, 50).err(),
+            Some(FilterError::Reversed("10d".into(), "20d".into()))
+        );
+        let forward = FilterArgs { since: Some("20d".into()), until: Some("10d".into()), ..FilterArgs::default() };
+        assert!(forward.to_query(100 * 86_400_000, 50).is_ok());
         for (s, why) in [("9999-12-31T23:59:59-23:59", "10000 in UTC"), ("1970-01-01T00:00:00+23:59", "1969 in UTC")] {
             assert_eq!(parse_time(s, 0), Err(FilterError::OutOfRange(s.into())), "{why}");
         }
