@@ -438,8 +438,7 @@ async fn a_user_whose_only_factor_is_a_passkey_signs_in_with_a_recovery_code_whe
     let browser = signed_in_browser(&app, "hank").await;
     let (_, resp) = register(&app, &browser, "key").await;
     let page = resp.text().await.unwrap();
-    let codes: Vec<String> =
-        page.split("<li><code>").skip(1).map(|c| c[..c.find("</code>").unwrap()].to_string()).collect();
+    let codes = crate::totp::recovery_codes(&page);
     assert_eq!(codes.len(), 10, "{page}");
     // The same store, served where passkeys cannot work (an address, not a host name).
     let (dir, mut settings) = app.stop().await;
@@ -468,9 +467,7 @@ async fn a_user_whose_only_factor_is_a_passkey_signs_in_with_a_recovery_code_whe
 async fn removing_the_last_factor_voids_the_recovery_codes_and_the_next_factor_brings_a_fresh_set() {
     let app = passkey_app().await;
     let alice = signed_in_browser(&app, "alice").await;
-    let codes_of = |page: String| -> Vec<String> {
-        page.split("<li><code>").skip(1).map(|c| c[..c.find("</code>").unwrap()].to_string()).collect()
-    };
+    let codes_of = |page: String| crate::totp::recovery_codes(&page);
     let (device, resp) = register(&app, &alice, "the thief's key").await;
     let first = codes_of(resp.text().await.unwrap());
     assert_eq!(first.len(), 10);

@@ -27,7 +27,7 @@ pub(crate) fn code(secret: &[u8], step: u64) -> String {
 }
 
 /// The texts of the `<code>` elements in a page's recovery-code list.
-fn recovery_codes(page: &str) -> Vec<String> {
+pub(crate) fn recovery_codes(page: &str) -> Vec<String> {
     let list = &page[page.find("class=\"codes\"").expect("a list of codes")..];
     let list = &list[..list.find("</ol>").unwrap()];
     list.split("<code>").skip(1).map(|c| c[..c.find("</code>").unwrap()].to_string()).collect()
