@@ -49,14 +49,17 @@ pub fn needs_escape(c: char) -> bool {
 
 /// `s` for a terminal or page: every [`needs_escape`] character written as a Rust-style escape
 /// (`\u{2060}`), so a record cannot move the cursor, recolour the terminal, reorder what is
-/// shown or pass for another name. Borrowed when nothing needed escaping.
+/// shown or pass for another name. A backslash that begins `\u{` is written `\u{5c}`, so a
+/// name typed as the text `\u{ff4d}` cannot pass for the escaped `ｍ` either, and
+/// [`unprintable`] can undo the escaping exactly. Borrowed when nothing needed escaping.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
+    let escapes = |at: usize, c: char| needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{"));
+    if !s.char_indices().any(|(at, c)| escapes(at, c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if needs_escape(c) {
+    for (at, c) in s.char_indices() {
+        if escapes(at, c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -65,10 +68,11 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The inverse of [`printable`]: each `\u{…}` escape of a character [`needs_escape`] is
-/// turned back into the character; any other text, a `\u{41}` included, is left as it is. For
-/// what an administrator copies from a page or gets back in a form field (the admin page puts
-/// filter values back escaped), so searching for what is shown finds what it shows.
+/// The inverse of [`printable`]: each escape it writes (`\u{…}` in its exact form, lower-case
+/// hex, of a [`needs_escape`] character or of a backslash) is turned back into the character;
+/// any other text, `\u{41}` or `\u{A}` included, is left as it is. For what an administrator
+/// sends back from a page (the admin page puts filter values back escaped), so searching for
+/// what is shown finds exactly what it shows.
 pub fn unprintable(s: &str) -> Cow<'_, str> {
     if !s.contains("\\u{") {
         return Cow::Borrowed(s);
@@ -80,7 +84,8 @@ pub fn unprintable(s: &str) -> Cow<'_, str> {
         let after = &rest[at + 3..];
         let decoded = after.find('}').filter(|end| (1..=6).contains(end)).and_then(|end| {
             let c = u32::from_str_radix(&after[..end], 16).ok().and_then(char::from_u32)?;
-            needs_escape(c).then_some((c, end))
+            let canonical = c.escape_unicode().to_string() == rest[at..at + 3 + end + 1];
+            (canonical && (needs_escape(c) || c == '\\')).then_some((c, end))
         });
         match decoded {
             Some((c, end)) => {
@@ -144,10 +149,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     #[test]
     fn unprintable_undoes_printable_and_nothing_else() {
-        for s in ["alice", "\u{ff21}lice", "a\u{1b}[2Jb\u{202e}", "adm\u{200b}in", "x\u{0}y", "ok \u{10ffff}"] {
+        for s in [
+            "alice",
+            "\u{ff21}lice",
+            "a\u{1b}[2Jb\u{202e}",
+            "adm\u{200b}in",
+            "x\u{0}y",
+            "ok \u{10ffff}",
+            // Typed as text: shown so it cannot pass for the escaped character, and undone exactly.
+            "\\u{ff4d}6",
+            "m2\\u{200b}",
+            "\\\\u{41} \\ \\u",
+        ] {
             assert_eq!(super::unprintable(&super::printable(s)), s, "{s:?}");
         }
-        for literal in ["\\u{41}", "\\u{}", "\\u{zz}", "\\u{1234567}", "\\u{d800}", "a\\u{", "\\u{200b"] {
+        assert_ne!(super::printable("\\u{ff4d}6"), super::printable("\u{ff4d}6"));
+        assert_eq!(super::printable("a\\b \\u"), "a\\b \\u", "a backslash alone is left alone");
+        for literal in
+            ["\\u{41}", "\\u{}", "\\u{zz}", "\\u{1234567}", "\\u{d800}", "a\\u{", "\\u{200b", "\\u{A}", "\\u{0a}"]
+        {
             assert_eq!(super::unprintable(literal), literal, "{literal:?}");
         }
         assert_eq!(super::unprintable("\\u{200b}\\u{41}"), "\u{200b}\\u{41}");

@@ -138,6 +138,27 @@ async fn filter_values_from_a_link_are_put_back_into_the_form_escaped() {
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let notice = admin.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
     assert!(notice.contains("alice is unlocked"), "{notice}");
+
+    // A name typed as the text of an escape is not the escaped character: shown apart, found
+    // apart, and its unlock box unlocks nobody else.
+    for _ in 0..3 {
+        assert_eq!(app.login("\\u{ff21}lice", "not her password at all").await.status(), 401);
+    }
+    // Reached as the admin reaches it: from the summary's top usernames.
+    let summary = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
+    let link = "/admin/failed-logins?user=%5Cu%7B5c%7Du%7Bff21%7Dlice";
+    assert!(summary.contains(&format!("href=\"{link}\"")), "{summary}");
+    let page = admin.get(app.url(link)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(rows(&page), 3, "the text's own records, not alice's");
+    let shown = hidden_field(&page, "user").expect("the user field");
+    assert_eq!(shown, "\\u{5c}u{ff21}lice");
+    let again = admin.get(app.url("/admin/failed-logins")).query(&[("user", shown.as_str())]).send().await.unwrap();
+    assert_eq!(rows(&again.text().await.unwrap()), 3, "sent back, still the text's own records");
+    let form = [("username", shown.as_str()), ("csrf", csrf.as_str())];
+    let resp = admin.post(app.url("/admin/unlock")).form(&form).send().await.unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let notice = admin.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(notice.contains("No such user to unlock"), "{notice}");
 }
 
 #[tokio::test]

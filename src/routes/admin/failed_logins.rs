@@ -83,10 +83,12 @@ impl Query {
 }
 
 fn href(filters: &FilterArgs) -> String {
+    // The user as the page shows it, which the page reads back (`Query::parse`).
+    let user = filters.user.as_deref().map(|u| crate::text::printable(u).into_owned());
     let pairs: Vec<(&str, &str)> = [
         ("since", &filters.since),
         ("until", &filters.until),
-        ("user", &filters.user),
+        ("user", &user),
         ("ip", &filters.ip),
         ("reason", &filters.reason),
         ("before", &filters.before),
