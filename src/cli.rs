@@ -293,10 +293,28 @@ impl Args for ConfigFlags {
 pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
     if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         // clap would print the command's help: name the command that wants a subcommand.
-        let mut command = <Cli as clap::CommandFactory>::command();
+        let root = <Cli as clap::CommandFactory>::command();
+        let mut command = root.clone();
         let mut path = vec!["portcullis".to_string()];
-        for arg in args.iter().skip(1) {
-            let Some(sub) = arg.to_str().and_then(|a| command.find_subcommand(a)).cloned() else { continue };
+        // Whether an option (on this command or a global one on the root) takes a value, so the
+        // next argument is that value, not a subcommand (`--config user store`).
+        let takes_value = |command: &clap::Command, option: &str| {
+            let named = |o: &clap::Arg| match option.strip_prefix("--") {
+                Some(long) => o.get_long() == Some(long),
+                None => option.len() == 2 && o.get_short().is_some_and(|c| option.ends_with(c)),
+            };
+            let takes = |c: &clap::Command| c.get_arguments().any(|o| named(o) && o.get_action().takes_values());
+            takes(command) || takes(&root)
+        };
+        let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
+        while let Some(arg) = rest.next() {
+            if arg.starts_with('-') {
+                if !arg.contains('=') && takes_value(&command, arg) {
+                    rest.next();
+                }
+                continue;
+            }
+            let Some(sub) = command.find_subcommand(arg).cloned() else { continue };
             path.push(sub.get_name().to_string());
             command = sub;
         }
@@ -305,14 +323,19 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
     }
     let escaped: Vec<String> = args.iter().map(|a| printable(&a.to_string_lossy()).into_owned()).collect();
     let plain = <Cli as clap::CommandFactory>::command().styles(clap::builder::Styles::plain());
-    let text = match plain.try_get_matches_from(&escaped) {
-        Err(again) if again.kind() == error.kind() => again.render().ansi().to_string(),
-        _ => error.to_string(),
+    // The arguments in the second parse's text are escaped already; clap's own words need none.
+    // Only should it not fail the same way is clap's first text escaped here (stripped of what
+    // it stripped, but one line).
+    let (text, escaped_already) = match plain.try_get_matches_from(&escaped) {
+        Err(again) if again.kind() == error.kind() => (again.render().ansi().to_string(), true),
+        _ => (error.to_string(), false),
     };
     // The first paragraph: clap's usage and tips follow a blank line.
     let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let message = first.join(" ");
-    format!("{} (see portcullis --help)", printable(message.trim_start_matches("error: ")))
+    let message = message.trim_start_matches("error: ");
+    let message = if escaped_already { message.into() } else { printable(message) };
+    format!("{message} (see portcullis --help)")
 }
 
 /// Runs a parsed command line.

@@ -133,6 +133,9 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         (&["user", "del", "a\nb"][..], "\"a\\nb\""),
         // A command without its subcommand says so (clap would print the whole help).
         (&["user"][..], "`portcullis user` needs a subcommand (see portcullis user --help)"),
+        // An option's value is not a subcommand, even when it is spelt like one.
+        (&["--config", "audit", "user"][..], "`portcullis user` needs a subcommand"),
+        (&["--config=audit", "store"][..], "`portcullis store` needs a subcommand"),
     ] {
         let run = cli(d, args).await;
         let line = run.assert_one_line_failure(&args.join(" "));
