@@ -73,9 +73,14 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 /// the beginning" (no record is older), which is 0 exactly; an RFC 3339 time outside 1970 to
 /// 9999 is refused with its own message, since it names an instant the store cannot hold.
 pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
+    Ok(u64::try_from(signed_time(s, now_ms)?.max(0)).unwrap_or(0))
+}
+
+/// [`parse_time`] before a duration reaching back past 1970 is clamped to it, so that two such
+/// times still compare as typed (`--since 100000d --until 200000d` is reversed too).
+fn signed_time(s: &str, now_ms: u64) -> Result<i128, FilterError> {
     if let Ok(d) = humantime::parse_duration(s) {
-        let back = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        return Ok(now_ms.saturating_sub(back));
+        return Ok(i128::from(now_ms) - i128::try_from(d.as_millis()).unwrap_or(i128::MAX / 2));
     }
     let t = parse_rfc3339(s)?;
     // `time` reads four-digit years only, but an offset can still carry the last one past
@@ -85,6 +90,7 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
     u64::try_from(ms)
         .ok()
         .filter(|ms| *ms <= LAST_MS_OF_9999)
+        .map(i128::from)
         .ok_or_else(|| FilterError::OutOfRange(escape_controls(s)))
 }
 
@@ -135,14 +141,16 @@ impl FilterArgs {
             Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
             Some(n) => return Err(FilterError::Limit(n.to_string(), MAX_LIMIT)),
         };
-        let since = non_empty(&self.since).map(|s| parse_time(s, now_ms)).transpose()?;
-        let until = non_empty(&self.until).map(|s| parse_time(s, now_ms)).transpose()?;
+        let since = non_empty(&self.since).map(|s| signed_time(s, now_ms)).transpose()?;
+        let until = non_empty(&self.until).map(|s| signed_time(s, now_ms)).transpose()?;
         if let (Some(since), Some(until)) = (since, until) {
             if since > until {
                 let shown = |s: &Option<String>| escape_controls(s.as_deref().unwrap_or("").trim());
                 return Err(FilterError::Reversed(shown(&self.since), shown(&self.until)));
             }
         }
+        let clamped = |t: Option<i128>| t.map(|t| u64::try_from(t.max(0)).unwrap_or(0));
+        let (since, until) = (clamped(since), clamped(until));
         let ip = non_empty(&self.ip)
             .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(escape_controls(s))))
             .transpose()?;
@@ -622,6 +630,9 @@ mod tests {
             reversed.to_query(100 * 86_400_000, 50).err(),
             Some(FilterError::Reversed("10d".into(), "20d".into()))
         );
+        let before_1970 =
+            FilterArgs { since: Some("100000d".into()), until: Some("200000d".into()), ..FilterArgs::default() };
+        assert!(matches!(before_1970.to_query(100 * 86_400_000, 50), Err(FilterError::Reversed(..))));
         let forward = FilterArgs { since: Some("20d".into()), until: Some("10d".into()), ..FilterArgs::default() };
         assert!(forward.to_query(100 * 86_400_000, 50).is_ok());
         for (s, why) in [("9999-12-31T23:59:59-23:59", "10000 in UTC"), ("1970-01-01T00:00:00+23:59", "1969 in UTC")] {
