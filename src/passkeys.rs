@@ -251,6 +251,8 @@ impl Passkeys {
     }
 
     /// Removes the user's passkey `id`; the removed one, or `None` when the user has no such passkey.
+    /// The last second factor removed takes the recovery codes with it
+    /// ([`crate::factors::void_codes_without_factor`]).
     ///
     /// # Errors
     /// [`PasskeyError::Store`].
@@ -258,7 +260,11 @@ impl Passkeys {
         let Some(p) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
             return Ok(None);
         };
-        Ok(self.store.passkeys.remove_passkey(user_key, id).await?.then_some(p))
+        if !self.store.passkeys.remove_passkey(user_key, id).await? {
+            return Ok(None);
+        }
+        crate::factors::void_codes_without_factor(&self.store, user_key).await?;
+        Ok(Some(p))
     }
 
     /// Begins a discoverable sign-in (no username: the authenticator offers its passkeys for

@@ -102,6 +102,20 @@ impl FactorError {
     }
 }
 
+/// Voids the user's recovery codes once no second factor is left: every way of removing the
+/// last authenticator app or passkey ends here. They stand in for a factor: kept, they would
+/// wait to come back into use with the next one, which would then bring no fresh set, so codes
+/// handed to whoever added a factor the owner has since removed would work again.
+///
+/// # Errors
+/// [`StoreError`] when the store cannot read or write.
+pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> Result<(), StoreError> {
+    if !store.factors.summary(user_key).await?.has_second_factor() {
+        store.factors.set_recovery_codes(user_key, &[]).await?;
+    }
+    Ok(())
+}
+
 /// The second-factor service: checks and enrolment, over the store and the factor key.
 #[derive(Clone)]
 pub struct SecondFactors {
@@ -215,22 +229,8 @@ impl SecondFactors {
     /// [`StoreError`] when the store cannot be used.
     pub async fn remove_totp(&self, user_key: &str) -> Result<bool, StoreError> {
         let removed = self.store.factors.remove_totp(user_key).await?;
-        self.void_codes_without_factor(user_key).await?;
+        void_codes_without_factor(&self.store, user_key).await?;
         Ok(removed)
-    }
-
-    /// Voids the user's recovery codes once no second factor is left (after removing the
-    /// last authenticator app or passkey). They stand in for a factor: kept, they would wait to
-    /// come back into use with the next one, which would then bring no fresh set, so codes
-    /// handed to whoever added a factor the owner has since removed would work again.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot read or write.
-    pub async fn void_codes_without_factor(&self, user_key: &str) -> Result<(), StoreError> {
-        if !self.summary(user_key).await?.has_second_factor() {
-            self.store.factors.set_recovery_codes(user_key, &[]).await?;
-        }
-        Ok(())
     }
 
     /// Makes a new set of recovery codes for the user (the old ones are void) and returns them

@@ -407,9 +407,6 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
                 username: &session.user.display_name,
                 kind: crate::factors::FactorKind::Passkey.as_str(),
             });
-            if let Err(e) = state.factors.void_codes_without_factor(&session.user.key).await {
-                return crate::routes::store_error(&e, "could not void the recovery codes");
-            }
             see_other(ACCOUNT_PASSKEYS)
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),
