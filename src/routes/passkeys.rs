@@ -322,15 +322,11 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
                 username: &session.user.display_name,
                 kind: crate::factors::FactorKind::Passkey.as_str(),
             });
-            // As with an authenticator app: the first factor comes with recovery codes, or a
-            // user whose passkey is lost (or whose server turns passkeys off) is locked out.
-            match state.factors.summary(&session.user.key).await {
-                Ok(s) if s.recovery_codes == 0 => {
-                    crate::routes::account::totp::issue_codes(&state, &session, "Your passkey is added.").await
-                }
-                Ok(_) => see_other(ACCOUNT_PASSKEYS),
-                Err(e) => crate::routes::store_error(&e, "could not read the user's second factors"),
-            }
+            // As with an authenticator app (a server that turns passkeys off must not lock
+            // the user out either).
+            let otherwise = see_other(ACCOUNT_PASSKEYS);
+            crate::routes::account::totp::codes_with_first_factor(&state, &session, "Your passkey is added.", otherwise)
+                .await
         }
         Err(e @ PasskeyError::Store(_)) => passkey_failure(&e, "could not add a passkey"),
         Err(e) => {

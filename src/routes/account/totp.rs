@@ -168,15 +168,24 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message)).await;
     }
     state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
-    // The first factor comes with recovery codes (a lost phone must not lock the user out).
-    let summary = match state.factors.summary(&user.key).await {
-        Ok(s) => s,
-        Err(e) => return store_error(&e, "could not read the user's second factors"),
-    };
-    if summary.recovery_codes == 0 {
-        return issue_codes(&state, &session, "Your authenticator app is set up.").await;
+    let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
+    codes_with_first_factor(&state, &session, "Your authenticator app is set up.", otherwise).await
+}
+
+/// After a second factor was added: the recovery codes, shown once under `headline`, when the
+/// user has none (the first factor comes with them, so a lost phone or key does not lock the
+/// user out); else `otherwise`.
+pub(crate) async fn codes_with_first_factor(
+    state: &AppState,
+    session: &ActiveSession,
+    headline: &str,
+    otherwise: Response,
+) -> Response {
+    match state.factors.summary(&session.user.key).await {
+        Ok(s) if s.recovery_codes == 0 => issue_codes(state, session, headline).await,
+        Ok(_) => otherwise,
+        Err(e) => store_error(&e, "could not read the user's second factors"),
     }
-    Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"))
 }
 
 #[handler]
@@ -220,7 +229,7 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
 }
 
 /// Makes a new set of recovery codes and shows them, once.
-pub(crate) async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
+async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
     let codes = match state.factors.new_recovery_codes(&session.user.key).await {
         Ok(Some(c)) => c,
         Ok(None) => return see_other("/login"),
