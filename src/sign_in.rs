@@ -252,13 +252,11 @@ impl SignIn {
         // Read before the password is checked, so the check knows whether it ends the sign-in
         // (and sets the last sign-in time) or only opens the second step. Nobody's key has no
         // factors; the read costs the same either way.
-        let summary = |key: String| async move {
-            self.factors
-                .summary(&key)
-                .await
-                .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
-        };
-        let mut factors = summary(user_key.clone()).await?;
+        let factors = self
+            .factors
+            .summary(&user_key)
+            .await
+            .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
         let user = match self.auth.authenticate(username, password, !factors.has_second_factor()).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
@@ -274,11 +272,9 @@ impl SignIn {
             }
             Err(AuthError::Unexpected(e)) => return Err(SignInError::Unexpected(e)),
         };
-        if user.key != user_key {
-            // Not for any valid username (its key is the counting key); should one differ,
-            // the second factor is judged on the user's own.
-            factors = summary(user.key.clone()).await?;
-        }
+        // The factors read above are this user's: a username's key is `normalise_key` of what
+        // was typed (`Username::parse`), at most 64 characters, so the counting key is the same.
+        debug_assert_eq!(user.key, user_key);
         // One step of the state: the check's place given back; the form retired (it signs in
         // once: retired before the session exists, and of two sign-ins sent with one form at
         // once only the first to get here goes on); and, for a user who is signed in by the

@@ -278,12 +278,13 @@ impl SecondFactors {
         let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
         let hash = token.hash();
         let Some(pending) = self.store.factors.pending(&hash).await? else { return Ok(None) };
-        let user = self.store.users.get(&pending.user_key).await?;
         let valid = pending.expires_at > now_ms();
-        let user = match user {
-            Some(u) if valid && !u.disabled && u.password_changed_at == pending.password_changed_at => Some(u),
-            _ => None,
-        };
+        let user = self
+            .store
+            .users
+            .get(&pending.user_key)
+            .await?
+            .filter(|u| valid && !u.disabled && u.password_changed_at == pending.password_changed_at);
         let user = match user {
             Some(u) if self.summary(&u.key).await?.has_second_factor() => Some(u),
             _ => None,
