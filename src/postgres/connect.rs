@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Hook;
-use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -62,13 +61,13 @@ pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Db, PgError> {
         .map_err(|e| PgError::Setup(e.to_string()))
 }
 
-/// The database's side of [`TIMEOUT`], set on each new pooled connection: a statement the
-/// client gave up on is cancelled by the server too, a second later (so the client's limit is
-/// the one a caller meets) (else a dropped connection's query runs on,
-/// holding its locks, until it next writes to the socket), and a transaction left open by a
-/// client that vanished without closing its socket (a partition: no FIN) ends after twice the
-/// limit instead of holding its row locks until TCP keepalive notices. Sent as `SET` rather
-/// than the startup `options`, which connection poolers such as PgBouncer refuse.
+/// The database's side of [`TIMEOUT`], set on each new pooled connection. A statement the
+/// client gave up on is cancelled by the server too, a second later, so the client's limit is
+/// the one a caller meets (else the query of a dropped connection runs on, holding its locks,
+/// until it next writes to the socket). A transaction left open by a client that vanished
+/// without closing its socket (a partition: no FIN) ends after twice the limit instead of
+/// holding its row locks until TCP keepalive notices. Sent as `SET` rather than the startup
+/// `options`, which connection poolers such as PgBouncer refuse.
 async fn server_limits(client: &mut deadpool_postgres::ClientWrapper) -> Result<(), HookError> {
     let ms = TIMEOUT.as_millis();
     let sql = format!(

@@ -127,8 +127,9 @@ pub(super) enum NotConfirmed {
 
 /// Checks that `current` is the signed-in user's password, the way a sign-in would: on the
 /// hash pool, spending the per-address quota, under a reservation of the captcha threshold
-/// (so concurrent checks cannot pass it either), spending the per-username quota, and a wrong one counted toward the threshold
-/// and recorded as an `authn_login_fail` with reason `bad_password`. Past the threshold no
+/// (so concurrent checks cannot pass it either), spending the per-username quota, and a wrong
+/// one counted toward the threshold and recorded as an `authn_login_fail` with reason
+/// `bad_password`. Past the threshold no
 /// password is checked here: only the login form, with its captcha, takes guesses then. So a
 /// stolen session cannot guess the password faster than the login form allows, nor spend the
 /// user's quota beyond the threshold.
