@@ -396,27 +396,55 @@ async fn insert_user(client: &dyn Statements, user: &User, password_hash: &str) 
     Ok(())
 }
 
+/// The seven columns a session row is written with, `$1` to `$7` in [`INSERT_SESSION`] and
+/// in `session_start` (migration 8).
+const INSERT_SESSION: &str = "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, \
+                              user_agent, factors) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// A session as its row's column values, so the three statements that write one bind them
+/// alike: times in milliseconds as `bigint`, the factor count as `smallint`.
+struct SessionRow<'a> {
+    token_hash: &'a [u8],
+    session: &'a Session,
+    created_at_ms: i64,
+    last_seen_at_ms: i64,
+    factors: i16,
+}
+
+impl<'a> SessionRow<'a> {
+    fn new(token_hash: &'a TokenHash, session: &'a Session) -> Self {
+        SessionRow {
+            token_hash: &token_hash[..],
+            session,
+            created_at_ms: ms(session.created_at),
+            last_seen_at_ms: ms(session.last_seen_at),
+            factors: i16::from(session.factors.count()),
+        }
+    }
+
+    /// `$1` to `$7`: token hash, user key, created, last seen, address, user agent, factors.
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.token_hash,
+            &self.session.user_key,
+            &self.created_at_ms,
+            &self.last_seen_at_ms,
+            &self.session.ip,
+            &self.session.user_agent,
+            &self.factors,
+        ]
+    }
+}
+
 #[async_trait]
 impl SessionStore for PgStore {
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (token_hash) DO UPDATE SET user_key = $2, created_at_ms = $3,
-                     last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7",
-                &[
-                    &&token_hash[..],
-                    &session.user_key,
-                    &ms(session.created_at),
-                    &ms(session.last_seen_at),
-                    &session.ip,
-                    &session.user_agent,
-                    &i16::from(session.factors.count()),
-                ],
-            )
-            .await?;
+        let sql = format!(
+            "{INSERT_SESSION} ON CONFLICT (token_hash) DO UPDATE SET user_key = $2, created_at_ms = $3,
+                 last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7"
+        );
+        let row = SessionRow::new(token_hash, session);
+        self.client().await?.execute(&sql, &row.params()).await?;
         Ok(())
     }
 
@@ -529,19 +557,21 @@ impl SessionStore for PgStore {
     ) -> Result<()> {
         // One round trip and one commit (`session_start`, migration 8), under a per-user lock
         // so racing sign-ins of one user end exactly the sessions past the cap.
+        let row = SessionRow::new(token_hash, session);
+        let [hash, user_key, created, last_seen, ip, user_agent, factors] = row.params();
         self.client()
             .await?
             .execute(
                 "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     &previous.map(|p| &p[..]),
-                    &&token_hash[..],
-                    &session.user_key,
-                    &ms(session.created_at),
-                    &ms(session.last_seen_at),
-                    &session.ip,
-                    &session.user_agent,
-                    &i16::from(session.factors.count()),
+                    hash,
+                    user_key,
+                    created,
+                    last_seen,
+                    ip,
+                    user_agent,
+                    factors,
                     &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
                     &ms(cap.idle_ms),
                     &ms(cap.absolute_ms),
@@ -555,25 +585,10 @@ impl SessionStore for PgStore {
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement =
-            "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent, factors)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING";
+        let statement = format!("{INSERT_SESSION} ON CONFLICT (token_hash) DO NOTHING");
         for s in sessions {
-            let r = &s.record;
-            let inserted = tx
-                .execute(
-                    statement,
-                    &[
-                        &&s.token_hash[..],
-                        &r.user_key,
-                        &ms(r.created_at),
-                        &ms(r.last_seen_at),
-                        &r.ip,
-                        &r.user_agent,
-                        &i16::from(r.factors.count()),
-                    ],
-                )
-                .await?;
+            let row = SessionRow::new(&s.token_hash, &s.record);
+            let inserted = tx.execute(&statement, &row.params()).await?;
             if inserted == 0 {
                 return Err(StoreError::AlreadyExists);
             }
