@@ -298,14 +298,14 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not start a two-step sign-in", source })?;
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
-        let token = self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures).await?;
+        let token = self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures, None).await?;
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin) })
     }
 
     /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
     /// how many there were): the browser's previous session ended and a new one made with
     /// `factors` in one durable step, the success recorded (a success that cannot be recorded
-    /// does not happen).
+    /// does not happen). `passkey` names the passkey a passkey sign-in used, for its record.
     async fn complete(
         &self,
         user: &crate::store::User,
@@ -313,6 +313,7 @@ impl SignIn {
         client: &Client,
         previous_session: Option<&SessionToken>,
         after_failures: usize,
+        passkey: Option<&str>,
     ) -> Result<SessionToken, SignInError> {
         if factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
@@ -329,11 +330,12 @@ impl SignIn {
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
-        if let Err(e) = self.audit.record_checked(&AuthEvent::LoginSucceeded {
-            username: &user.display_name,
-            client,
-            after_failures,
-        }) {
+        let username = &user.display_name;
+        let succeeded = match passkey {
+            Some(passkey) => AuthEvent::PasskeyLoginSucceeded { username, client, after_failures, passkey },
+            None => AuthEvent::LoginSucceeded { username, client, after_failures },
+        };
+        if let Err(e) = self.audit.record_checked(&succeeded) {
             if let Err(e) = self.sessions.end(&token.hash()).await {
                 crate::fault_log::report(
                     "could not end the unrecorded session",
@@ -425,8 +427,9 @@ impl SignIn {
                 // The check's place given back and the username's failures cleared, in one step.
                 let cleared = reservation.succeed(None, Some(username_digest(&pending.2.key)), now_ms()).await?;
                 let after_failures = cleared.unwrap_or(0);
-                let token =
-                    self.complete(&pending.2, Factors::Two, client, previous_session.as_ref(), after_failures).await?;
+                let token = self
+                    .complete(&pending.2, Factors::Two, client, previous_session.as_ref(), after_failures, None)
+                    .await?;
                 Ok(StepOutcome::SignedIn { token, next: pending.1.next })
             }
         }

@@ -11,12 +11,12 @@
 //! 6. on success the same as a password sign-in, with a session of [`Factors::Two`].
 
 use super::{Judged, Outcome, SignIn, SignInError};
-use crate::audit::{AuthEvent, Client, FailureReason};
+use crate::audit::{Client, FailureReason};
 use crate::brute_force::{QuotaKey, Retire};
 use crate::passkeys::{Begun, PasskeyError, Passkeys};
 use crate::rate_limit::username_digest;
 use crate::session::SessionToken;
-use crate::store::{now_ms, Factors, StoreError};
+use crate::store::{now_ms, Factors};
 
 /// A passkey sign-in as the client sent it. Nothing here has been checked.
 pub struct PasskeyAttempt<'a> {
@@ -146,33 +146,9 @@ impl SignIn {
         let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        self.auth
-            .record_sign_in(&user.key)
-            .await
-            .map_err(|source| SignInError::Store { what: "could not record the sign-in", source })?;
-        // Session fixation: the previous session ends with the new one's start.
-        let previous = a.previous_session.as_ref().map(SessionToken::hash);
-        let token = self
-            .sessions
-            .create_in_place_of(previous.as_ref(), &user.key, Factors::Two, a.client.ip, &a.client.user_agent)
-            .await
-            .map_err(|source: StoreError| SignInError::Store { what: "could not create a session", source })?;
-        if let Err(e) = self.audit.record_checked(&AuthEvent::PasskeyLoginSucceeded {
-            username: &user.display_name,
-            client: a.client,
-            after_failures,
-            passkey: &verified.passkey_name,
-        }) {
-            if let Err(e) = self.sessions.end(&token.hash()).await {
-                crate::fault_log::report(
-                    "could not end the unrecorded session",
-                    crate::fault_log::Severity::Error,
-                    e.is_unavailable(),
-                    &e,
-                );
-            }
-            return Err(SignInError::SuccessUnrecorded(e));
-        }
+        let previous = a.previous_session.as_ref();
+        let name = Some(verified.passkey_name.as_str());
+        let token = self.complete(&user, Factors::Two, a.client, previous, after_failures, name).await?;
         // A user-verified passkey is two factors: the `second_factor` policy is met.
         Ok(Outcome::SignedIn { token, must_enrol: false })
     }
