@@ -489,3 +489,21 @@ async fn removing_the_last_factor_voids_the_recovery_codes_and_the_next_factor_b
     let (_, new) = crate::totp::two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
     assert_eq!(new.status(), StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn codes_a_user_kept_without_any_factor_give_way_to_a_fresh_set_with_the_first_factor() {
+    // A store written before the last factor's removal voided its codes can hold codes for a
+    // user with no second factor; whoever added the removed factor may have them.
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let stale = [[7u8; 32]; 10];
+    assert!(app.state.store.factors.set_recovery_codes("alice", &stale).await.unwrap());
+    let (_, resp) = register(&app, &alice, "the owner's key").await;
+    assert_eq!(resp.status(), StatusCode::OK, "the first factor brings its own codes: {:?}", resp.headers());
+    let fresh = crate::totp::recovery_codes(&resp.text().await.unwrap());
+    assert_eq!(fresh.len(), 10);
+    let summary = app.state.factors.summary("alice").await.unwrap();
+    assert_eq!((summary.passkeys, summary.recovery_codes), (1, 10));
+    let (_, new) = crate::totp::two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
+    assert_eq!(new.status(), StatusCode::SEE_OTHER, "the fresh set is the one that works");
+}

@@ -172,9 +172,11 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     codes_with_first_factor(&state, &session, "Your authenticator app is set up.", otherwise).await
 }
 
-/// After a second factor was added: the recovery codes, shown once under `headline`, when the
-/// user has none (the first factor comes with them, so a lost phone or key does not lock the
-/// user out); else `otherwise`.
+/// After a second factor was added: a fresh set of recovery codes, shown once under
+/// `headline`, when the new factor is the user's only one (the first factor comes with them,
+/// so a lost phone or key does not lock the user out) or the user has none left; else
+/// `otherwise`. Codes found beside a first factor predate it (a store written before removing
+/// the last factor voided them): they are replaced, never revived.
 pub(crate) async fn codes_with_first_factor(
     state: &AppState,
     session: &ActiveSession,
@@ -182,7 +184,9 @@ pub(crate) async fn codes_with_first_factor(
     otherwise: Response,
 ) -> Response {
     match state.factors.summary(&session.user.key).await {
-        Ok(s) if s.recovery_codes == 0 => issue_codes(state, session, headline).await,
+        Ok(s) if s.recovery_codes == 0 || usize::from(s.totp) + s.passkeys == 1 => {
+            issue_codes(state, session, headline).await
+        }
         Ok(_) => otherwise,
         Err(e) => store_error(&e, "could not read the user's second factors"),
     }
