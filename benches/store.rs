@@ -56,9 +56,10 @@ fn sessions(c: &mut Criterion) {
         let (store, sessions) = (store.clone(), sessions.clone());
         async move {
             let key = format!("user{u}");
-            store.users.insert(&user(&key), HASH).await.unwrap();
+            let user = user(&key);
+            store.users.insert(&user, HASH).await.unwrap();
             for _ in 0..10 {
-                sessions.create(&key, Factors::One, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").await.unwrap();
+                sessions.create(&user, Factors::One, ip, "Mozilla/5.0 (X11; Linux x86_64) bench").await.unwrap();
             }
         }
     })));
@@ -66,11 +67,16 @@ fn sessions(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     g.bench_function("create", |b| {
         b.iter(|| {
-            rt.block_on(sessions.create(black_box("user7"), Factors::One, ip, "Mozilla/5.0 (X11; Linux x86_64) bench"))
-                .unwrap()
+            rt.block_on(sessions.create(
+                black_box(&user("user7")),
+                Factors::One,
+                ip,
+                "Mozilla/5.0 (X11; Linux x86_64) bench",
+            ))
+            .unwrap()
         })
     });
-    let token = rt.block_on(sessions.create("user8", Factors::One, ip, "bench")).unwrap().encode();
+    let token = rt.block_on(sessions.create(&user("user8"), Factors::One, ip, "bench")).unwrap().encode();
     g.bench_function("resolve", |b| b.iter(|| rt.block_on(sessions.resolve(black_box(&token))).unwrap().unwrap()));
     g.bench_function("resolve_unknown", |b| {
         b.iter(|| rt.block_on(sessions.resolve(black_box("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).unwrap())

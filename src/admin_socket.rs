@@ -142,7 +142,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         Request::UserPasswd { name, password } => users
             .set_password(name, Password::new(password), by)
             .await
-            .map(|n| format!("password changed; {n} session(s) ended")),
+            .map(|set| format!("password changed; {} session(s) ended", set.sessions_ended)),
         Request::UserGroups { name, add, remove } => users.change_groups(name, add, remove, by).await.map(|(n, g)| {
             let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
             format!("user {n} is in: {}", if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") })

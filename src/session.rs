@@ -101,16 +101,17 @@ impl Sessions {
         self.idle
     }
 
-    /// Starts a session for `user_key`, signed in with `factors`, and returns the token for
-    /// the cookie.
+    /// Starts a session for `user` (as read when the sign-in checked it: its password
+    /// generation is the session's), signed in with `factors`, and returns the token for the
+    /// cookie.
     pub async fn create(
         &self,
-        user_key: &str,
+        user: &User,
         factors: Factors,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
-        self.create_in_place_of(None, user_key, factors, ip, user_agent).await
+        self.create_in_place_of(None, user, factors, ip, user_agent).await
     }
 
     /// As [`Sessions::create`], ending `previous` (the browser's session before a sign-in,
@@ -126,34 +127,37 @@ impl Sessions {
     pub async fn create_in_place_of(
         &self,
         previous: Option<&TokenHash>,
-        user_key: &str,
+        user: &User,
         factors: Factors,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
-        self.start(previous, user_key, factors, None, ip, user_agent).await
+        self.start(previous, user, factors, None, ip, user_agent).await
     }
 
-    /// A new token for a session that goes on from `continued` (after a password change,
-    /// which ends every session of the user): same user, factors and start, so its absolute
-    /// timeout still counts from the sign-in (OWASP ASVS 4.0 §3.3.1); only the token is new.
+    /// A new token for a session that goes on from `continued` after a password change,
+    /// which ends every session of the user: `changed` is the user as the change left it (the
+    /// new password generation). Same factors and start, so its absolute timeout still counts
+    /// from the sign-in (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
     ///
     /// # Errors
     /// As [`Sessions::create_in_place_of`].
     pub async fn renew(
         &self,
         continued: &ActiveSession,
+        changed: &User,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
         let record = &continued.record;
-        self.start(None, &record.user_key, record.factors, Some(record.created_at), ip, user_agent).await
+        debug_assert_eq!(record.user_key, changed.key);
+        self.start(None, changed, record.factors, Some(record.created_at), ip, user_agent).await
     }
 
     async fn start(
         &self,
         previous: Option<&TokenHash>,
-        user_key: &str,
+        user: &User,
         factors: Factors,
         started_at: Option<u64>,
         ip: std::net::IpAddr,
@@ -162,12 +166,13 @@ impl Sessions {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let record = Session {
-            user_key: user_key.to_string(),
+            user_key: user.key.clone(),
             created_at: started_at.unwrap_or(now),
             last_seen_at: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),
             factors,
+            password_changed_at: user.password_changed_at,
         };
         self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
         Ok(token)
@@ -232,13 +237,15 @@ impl Sessions {
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
-        let Some(user) = found.user.filter(|u| !u.disabled) else {
-            // Deleted or disabled: disabling ends the sessions too, but a sign-in that was
-            // being checked at that moment may have started one just after.
+        let generation = record.password_changed_at;
+        let Some(user) = found.user.filter(|u| !u.disabled && u.password_changed_at == generation) else {
+            // Deleted, disabled, or its password changed since the sign-in: each of those ends
+            // the sessions too, but a sign-in that was being checked at that moment may have
+            // started one just after.
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
-        let mut user_sessions = self.valid_newest_first(found.user_sessions, now);
+        let mut user_sessions = self.valid_newest_first(found.user_sessions, generation, now);
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
             // Best effort: a full disk must not sign everyone out. Not recording the activity
@@ -273,9 +280,9 @@ impl Sessions {
     }
 
     /// The user's sessions that are still valid, newest first.
-    pub async fn list(&self, user_key: &str) -> Result<Vec<StoredSession>, StoreError> {
-        let sessions = self.store.sessions.list_for_user(user_key).await?;
-        Ok(self.valid_newest_first(sessions, now_ms()))
+    pub async fn list(&self, user: &User) -> Result<Vec<StoredSession>, StoreError> {
+        let sessions = self.store.sessions.list_for_user(&user.key).await?;
+        Ok(self.valid_newest_first(sessions, user.password_changed_at, now_ms()))
     }
 
     /// Every user with their count of sessions still valid now (by [`Sessions::list`]'s
@@ -288,9 +295,11 @@ impl Sessions {
     }
 
     /// The one rule for a session list a user sees ([`Sessions::list`],
-    /// [`Sessions::resolve_listing`]): those still valid at `now` (Unix ms), newest first.
-    fn valid_newest_first(&self, sessions: Vec<StoredSession>, now: u64) -> Vec<StoredSession> {
-        let mut sessions: Vec<_> = sessions.into_iter().filter(|s| !self.is_expired(&s.record, now)).collect();
+    /// [`Sessions::resolve_listing`]): those of the user's password generation `generation`
+    /// still valid at `now` (Unix ms), newest first.
+    fn valid_newest_first(&self, sessions: Vec<StoredSession>, generation: u64, now: u64) -> Vec<StoredSession> {
+        let valid = |s: &StoredSession| s.record.password_changed_at == generation && !self.is_expired(&s.record, now);
+        let mut sessions: Vec<_> = sessions.into_iter().filter(valid).collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.record.created_at));
         sessions
     }
@@ -326,17 +335,22 @@ mod tests {
         (dir, store, sessions)
     }
 
+    /// The user the tests' sessions are for (stored or not, as each test needs).
+    fn alice() -> User {
+        crate::store::conformance::user("alice")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn signing_in_past_the_limit_ends_the_least_recently_used_session() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
+        let first = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut later = Vec::new();
         for _ in 0..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", Factors::One, ip, "ua").await.unwrap());
+            later.push(sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap());
         }
-        assert_eq!(sessions.list("alice").await.unwrap().len(), MAX_SESSIONS_PER_USER);
+        assert_eq!(sessions.list(&alice()).await.unwrap().len(), MAX_SESSIONS_PER_USER);
         assert!(store.sessions.get(&first.hash()).await.unwrap().is_none(), "the oldest went");
         assert!(store.sessions.get(&later[0].hash()).await.unwrap().is_some());
     }
@@ -346,7 +360,7 @@ mod tests {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
         for _ in 0..MAX_SESSIONS_PER_USER - 8 {
-            sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
+            sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         }
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(24));
         let handles: Vec<_> = (0..24)
@@ -354,7 +368,7 @@ mod tests {
                 let (sessions, barrier) = (sessions.clone(), barrier.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    sessions.create("alice", Factors::One, ip, "ua").await.unwrap()
+                    sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap()
                 })
             })
             .collect();
@@ -362,7 +376,7 @@ mod tests {
         for h in handles {
             new.push(h.await.unwrap());
         }
-        assert_eq!(sessions.list("alice").await.unwrap().len(), MAX_SESSIONS_PER_USER);
+        assert_eq!(sessions.list(&alice()).await.unwrap().len(), MAX_SESSIONS_PER_USER);
         let mut kept = 0;
         for t in &new {
             kept += usize::from(store.sessions.get(&t.hash()).await.unwrap().is_some());
@@ -374,16 +388,16 @@ mod tests {
     async fn a_session_in_use_outlives_newer_idle_ones_at_the_limit() {
         let (_dir, store, sessions) = open_sessions();
         let ip = "127.0.0.1".parse().unwrap();
-        let first = sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
+        let first = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let mut later = vec![sessions.create("alice", Factors::One, ip, "ua").await.unwrap()];
+        let mut later = vec![sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap()];
         tokio::time::sleep(Duration::from_millis(5)).await;
         for _ in 2..MAX_SESSIONS_PER_USER {
-            later.push(sessions.create("alice", Factors::One, ip, "ua").await.unwrap());
+            later.push(sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap());
         }
         // The oldest session is used again: the index entry must learn it, not just the record.
         store.sessions.touch(&first.hash(), now_ms() + 1000).await.unwrap();
-        sessions.create("alice", Factors::One, ip, "ua").await.unwrap();
+        sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         assert!(store.sessions.get(&first.hash()).await.unwrap().is_some(), "the session in use stays");
         assert!(store.sessions.get(&later[0].hash()).await.unwrap().is_none(), "the least recently used went");
     }
@@ -393,11 +407,31 @@ mod tests {
         let (_dir, store, sessions) = open_sessions();
         store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
         // As if a sign-in checked just before `user disable` started a session just after it.
-        let token = sessions.create("alice", Factors::One, "127.0.0.1".parse().unwrap(), "ua").await.unwrap();
+        let token = sessions.create(&alice(), Factors::One, "127.0.0.1".parse().unwrap(), "ua").await.unwrap();
         assert!(sessions.resolve(&token.encode()).await.unwrap().is_some());
         store.users.set_disabled("alice", true).await.unwrap();
         assert!(sessions.resolve(&token.encode()).await.unwrap().is_none());
         assert!(store.sessions.get(&token.hash()).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_session_begun_under_an_older_password_does_not_resolve_is_not_listed_and_is_removed() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&alice(), "$argon2id$...").await.unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let current = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
+        // A password change (generation 1 → 2) ends every session; then a sign-in whose
+        // password was checked before the change stores its session (the racing order).
+        let changed = store.users.set_password_hash("alice", "$argon2id$new", 2).await.unwrap().unwrap();
+        assert_eq!(sessions.end_all("alice", None).await.unwrap(), 1);
+        let late = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
+        let renewed = sessions.create(&changed, Factors::One, ip, "ua").await.unwrap();
+        assert!(sessions.list(&changed).await.unwrap().iter().all(|s| s.token_hash != late.hash()));
+        let (_, listed) = sessions.resolve_listing(&renewed.encode()).await.unwrap().unwrap();
+        assert_eq!(listed.len(), 1, "only the session of the new password is listed");
+        assert!(sessions.resolve(&late.encode()).await.unwrap().is_none());
+        assert!(store.sessions.get(&late.hash()).await.unwrap().is_none(), "removed when seen");
+        assert!(sessions.resolve(&current.encode()).await.unwrap().is_none());
     }
 
     /// A session stored directly under a fresh token, with the given times.
@@ -421,7 +455,7 @@ mod tests {
         stored(&store, "bob", now - 1_000, now - 1_000).await;
         let (active, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
         assert_eq!(active.user.key, "alice");
-        assert_eq!(listed, sessions.list("alice").await.unwrap(), "the same filter and order as Sessions::list");
+        assert_eq!(listed, sessions.list(&alice()).await.unwrap(), "the same filter and order as Sessions::list");
         let created: Vec<u64> = listed.iter().map(|s| now - s.record.created_at).collect();
         assert_eq!(created, [1_000, 5_000, 9_000], "valid ones, newest first, alice's only");
         assert!(sessions.resolve(&current.encode()).await.unwrap().is_some());
@@ -436,7 +470,7 @@ mod tests {
         let current = stored(&store, "alice", before - 120_000, before - 60_000).await;
         let (_, listed) = sessions.resolve_listing(&current.encode()).await.unwrap().expect("signed in");
         assert!(listed[0].record.last_seen_at >= before, "the page shows this request's activity");
-        assert_eq!(listed, sessions.list("alice").await.unwrap(), "as a list read after the touch says");
+        assert_eq!(listed, sessions.list(&alice()).await.unwrap(), "as a list read after the touch says");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,6 +501,7 @@ mod tests {
             ip: String::new(),
             user_agent: String::new(),
             factors: Factors::One,
+            password_changed_at: 1,
         };
         let now = 10_000_000;
         assert!(!sessions.is_expired(&r(now - 1000, now - 1000), now));

@@ -326,7 +326,7 @@ impl SignIn {
         let previous = previous_session.map(SessionToken::hash);
         let token = self
             .sessions
-            .create_in_place_of(previous.as_ref(), &user.key, factors, client.ip, &client.user_agent)
+            .create_in_place_of(previous.as_ref(), user, factors, client.ip, &client.user_agent)
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
         // A sign-in that cannot be recorded does not happen: end the new session and say so.

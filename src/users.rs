@@ -47,6 +47,15 @@ fn refuse_reserved(groups: &[Group]) -> Result<(), UserError> {
     }
 }
 
+/// What [`UserAdmin::set_password`] did.
+#[derive(Debug)]
+pub struct PasswordSet {
+    /// The user as the change left it.
+    pub user: User,
+    /// How many of the user's sessions ended.
+    pub sessions_ended: usize,
+}
+
 /// A user as `user list` shows it: never the hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserSummary {
@@ -173,8 +182,10 @@ impl UserAdmin {
         Ok(username)
     }
 
-    /// Sets a new password and ends all the user's sessions, durably. Returns how many ended.
-    pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<usize, UserError> {
+    /// Sets a new password and ends all the user's sessions, durably. Returns the user as the
+    /// change left it (its new password generation, which the sessions ended here and any a
+    /// racing sign-in starts are not of) and how many sessions ended.
+    pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<PasswordSet, UserError> {
         let (username, _) = self.existing(name).await?;
         let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
@@ -188,7 +199,7 @@ impl UserAdmin {
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
-        Ok(ended)
+        Ok(PasswordSet { user: record, sessions_ended: ended })
     }
 
     /// The user's second factors (what `user factors` prints), with the stored name.

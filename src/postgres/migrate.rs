@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_passkeys.sql"),
     include_str!("migrations/0007_pending_lifetime.sql"),
     include_str!("migrations/0008_sign_in_round_trips.sql"),
+    include_str!("migrations/0009_session_password_generation.sql"),
 ];
 
 /// The schema version this build writes.

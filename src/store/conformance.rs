@@ -58,6 +58,8 @@ pub fn session(user_key: &str, created_at: u64, last_seen_at: u64) -> Session {
         ip: "192.0.2.1".into(),
         user_agent: "ua".into(),
         factors: Factors::One,
+        // As `user` makes them.
+        password_changed_at: 1,
     }
 }
 

@@ -118,6 +118,11 @@ pub struct Session {
     /// How many authentication factors the sign-in proved (NIST SP 800-63B §4: one factor is
     /// AAL1, two are AAL2); the forward-auth `two_factor` policy reads it.
     pub factors: Factors,
+    /// The user's password generation when the session began (`User::password_changed_at`,
+    /// Unix ms). A session of another generation than its user's is over: a password change
+    /// ends every session, even one that a sign-in whose password was checked just before
+    /// the change stored just after the change ended the others.
+    pub password_changed_at: u64,
 }
 
 /// The number of distinct authentication factors a session was signed in with.

@@ -89,7 +89,8 @@ fn user_of(row: &Row) -> User {
     }
 }
 
-const SESSION_COLUMNS: &str = "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors";
+const SESSION_COLUMNS: &str =
+    "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors, password_changed_at_ms";
 
 fn session_of(row: &Row) -> Session {
     session_at(row, 0)
@@ -104,21 +105,28 @@ fn session_at(row: &Row, base: usize) -> Session {
         ip: row.get(base + 3),
         user_agent: row.get(base + 4),
         factors: Factors::from_count(row.get::<_, i16>(base + 6).into()),
+        password_changed_at: unms(row.get(base + 7)),
     }
 }
 
 /// [`SessionStore::resolve`]'s statement without the user's sessions: the user's columns
 /// first (as [`user_of`] reads them, the password hash left out: a page view has no use for
-/// it), then the session's ([`SESSION_COLUMNS`] from column 9); NULL user columns when the
+/// it), then the session's ([`SESSION_COLUMNS`] from column [`RESOLVED_SESSION`]); NULL user columns when the
 /// user is gone. One row, or none without such a session; both lookups by primary key.
 const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
         u.last_login_at_ms, u.disabled, NULL::text, u.groups,
-        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors
+        s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
+        s.password_changed_at_ms
  FROM sessions s
  LEFT JOIN users u ON u.key = s.user_key
  WHERE s.token_hash = $1";
 
-/// [`RESOLVE_SQL`] with each session of the same user from column 16 (by `sessions_by_user`):
+/// Where the resolved session's columns begin in [`RESOLVE_SQL`]'s and
+/// [`RESOLVE_LISTING_SQL`]'s rows, and where the listed session's begin in the latter's.
+const RESOLVED_SESSION: usize = 9;
+const LISTED_SESSION: usize = 17;
+
+/// [`RESOLVE_SQL`] with each session of the same user from column [`LISTED_SESSION`] (by `sessions_by_user`):
 /// one row per such session, the session's own among them (so an inner join: never a row
 /// without one, whose NULLs [`token_hash_of`] could not read). A text of its own rather than
 /// one with a `$2` switch: a cached generic plan keeps such a switch as a join filter and
@@ -126,7 +134,9 @@ const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_m
 const RESOLVE_LISTING_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
         u.last_login_at_ms, u.disabled, NULL::text, u.groups,
         s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
-        o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors
+        s.password_changed_at_ms,
+        o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors,
+        o.password_changed_at_ms
  FROM sessions s
  LEFT JOIN users u ON u.key = s.user_key
  JOIN sessions o ON o.user_key = s.user_key
@@ -396,10 +406,10 @@ async fn insert_user(client: &dyn Statements, user: &User, password_hash: &str) 
     Ok(())
 }
 
-/// The seven columns a session row is written with, `$1` to `$7` in [`INSERT_SESSION`] and
-/// in `session_start` (migration 8).
+/// The eight columns a session row is written with, `$1` to `$8` in [`INSERT_SESSION`] and
+/// in `session_start` (migration 9).
 const INSERT_SESSION: &str = "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, \
-                              user_agent, factors) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                              user_agent, factors, password_changed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// A session as its row's column values, so the three statements that write one bind them
 /// alike: times in milliseconds as `bigint`, the factor count as `smallint`.
@@ -409,6 +419,7 @@ struct SessionRow<'a> {
     created_at_ms: i64,
     last_seen_at_ms: i64,
     factors: i16,
+    password_changed_at_ms: i64,
 }
 
 impl<'a> SessionRow<'a> {
@@ -419,11 +430,13 @@ impl<'a> SessionRow<'a> {
             created_at_ms: ms(session.created_at),
             last_seen_at_ms: ms(session.last_seen_at),
             factors: i16::from(session.factors.count()),
+            password_changed_at_ms: ms(session.password_changed_at),
         }
     }
 
-    /// `$1` to `$7`: token hash, user key, created, last seen, address, user agent, factors.
-    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+    /// `$1` to `$8`: token hash, user key, created, last seen, address, user agent, factors,
+    /// password generation.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.token_hash,
             &self.session.user_key,
@@ -432,6 +445,7 @@ impl<'a> SessionRow<'a> {
             &self.session.ip,
             &self.session.user_agent,
             &self.factors,
+            &self.password_changed_at_ms,
         ]
     }
 }
@@ -441,7 +455,7 @@ impl SessionStore for PgStore {
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()> {
         let sql = format!(
             "{INSERT_SESSION} ON CONFLICT (token_hash) DO UPDATE SET user_key = $2, created_at_ms = $3,
-                 last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7"
+                 last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7, password_changed_at_ms = $8"
         );
         let row = SessionRow::new(token_hash, session);
         self.client().await?.execute(&sql, &row.params()).await?;
@@ -461,10 +475,13 @@ impl SessionStore for PgStore {
         let mut user_sessions = Vec::new();
         if with_user_sessions {
             for row in &rows {
-                user_sessions.push(StoredSession { token_hash: token_hash_of(row, 21)?, record: session_at(row, 16) });
+                user_sessions.push(StoredSession {
+                    token_hash: token_hash_of(row, LISTED_SESSION + 5)?,
+                    record: session_at(row, LISTED_SESSION),
+                });
             }
         }
-        Ok(Some(Resolved { session: session_at(first, 9), user, user_sessions }))
+        Ok(Some(Resolved { session: session_at(first, RESOLVED_SESSION), user, user_sessions }))
     }
 
     async fn touch(&self, token_hash: &TokenHash, now: u64) -> Result<()> {
@@ -558,11 +575,11 @@ impl SessionStore for PgStore {
         // One round trip and one commit (`session_start`, migration 8), under a per-user lock
         // so racing sign-ins of one user end exactly the sessions past the cap.
         let row = SessionRow::new(token_hash, session);
-        let [hash, user_key, created, last_seen, ip, user_agent, factors] = row.params();
+        let [hash, user_key, created, last_seen, ip, user_agent, factors, generation] = row.params();
         self.client()
             .await?
             .execute(
-                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 &[
                     &previous.map(|p| &p[..]),
                     hash,
@@ -572,6 +589,7 @@ impl SessionStore for PgStore {
                     ip,
                     user_agent,
                     factors,
+                    generation,
                     &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
                     &ms(cap.idle_ms),
                     &ms(cap.absolute_ms),

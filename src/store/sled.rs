@@ -34,6 +34,9 @@ use super::{
 /// Version of the record layout; records carry it so later versions can migrate them.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The `meta` key set once [`SledStore::fill_session_generations`] has run.
+const GENERATIONS_FILLED: &str = "session_generations_filled";
+
 impl From<::sled::Error> for StoreError {
     fn from(e: ::sled::Error) -> Self {
         StoreError::Unavailable(Box::new(e))
@@ -103,6 +106,10 @@ struct SessionRecord {
     /// `Factors::count`; records written before factors were kept had one.
     #[serde(default = "one_factor")]
     factors: u8,
+    /// `Session::password_changed_at`. Records written before it was kept read 0, which is
+    /// no user's: `open` fills them in from their users first ([`GENERATIONS_FILLED`]).
+    #[serde(default)]
+    password_changed_at: u64,
 }
 
 fn one_factor() -> u8 {
@@ -118,6 +125,7 @@ impl SessionRecord {
             ip: self.ip,
             user_agent: self.user_agent,
             factors: Factors::from_count(self.factors.into()),
+            password_changed_at: self.password_changed_at,
         }
     }
 
@@ -130,6 +138,7 @@ impl SessionRecord {
             ip: s.ip.clone(),
             user_agent: s.user_agent.clone(),
             factors: s.factors.count(),
+            password_changed_at: s.password_changed_at,
         }
     }
 }
@@ -270,7 +279,33 @@ impl SledStore {
             db,
         };
         store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
+        store.fill_session_generations()?;
         Ok(store)
+    }
+
+    /// Once per store: gives each session written before sessions kept their user's password
+    /// generation the generation its user has now (those sessions outlived every password
+    /// change so far, so they are of it), and flushes. A session without a user stays at 0:
+    /// it resolves to nothing either way.
+    fn fill_session_generations(&self) -> Result<()> {
+        if self.meta.get(GENERATIONS_FILLED)?.is_some() {
+            return Ok(());
+        }
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            // An unreadable record is left as it is, to be reported where it is read.
+            let Ok(mut record) = decode::<SessionRecord>(&v) else { continue };
+            if record.password_changed_at != 0 {
+                continue;
+            }
+            if let Some(user) = self.user(&record.user_key)? {
+                record.password_changed_at = user.password_changed_at;
+                self.sessions.insert(k, encode(&record)?)?;
+            }
+        }
+        self.meta.insert(GENERATIONS_FILLED, &[1])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Makes every write so far durable. Every trait method calls it before it returns.
@@ -1343,6 +1378,7 @@ mod tests {
             ip: "127.0.0.1".into(),
             user_agent: "t".into(),
             factors: 1,
+            password_changed_at: 1,
         }
     }
 
@@ -1361,6 +1397,24 @@ mod tests {
         let seen = store.login_cas(&verified, None, Some(5)).unwrap().unwrap();
         assert!(seen.disabled && seen.last_login_at.is_none());
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
+    }
+
+    #[test]
+    fn sessions_from_before_generations_get_their_users_generation_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.insert_user(&UserRecord { password_changed_at: 7, ..user("alice") }).unwrap();
+            let old = r#"{"schema":1,"user_key":"alice","created_at":5,"last_seen_at":6,"ip":"127.0.0.1","user_agent":"t","factors":1}"#;
+            store.sessions.insert([1u8; 32], old.as_bytes()).unwrap();
+            store.sessions.insert([2u8; 32], &b"not json"[..]).unwrap();
+            store.meta.remove(GENERATIONS_FILLED).unwrap(); // as a store written before it
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).expect("an unreadable session does not stop the store");
+        assert_eq!(store.session(&[1u8; 32]).unwrap().unwrap().password_changed_at, 7);
+        assert_eq!(store.sessions.get([2u8; 32]).unwrap().unwrap(), &b"not json"[..]);
+        assert!(store.meta.get(GENERATIONS_FILLED).unwrap().is_some());
     }
 
     #[test]

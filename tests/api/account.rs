@@ -127,13 +127,13 @@ async fn a_password_change_ends_the_other_sessions_and_rotates_this_one() {
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let alice = signed_in(&app, "alice").await;
     let other = signed_in(&app, "alice").await;
-    let before = app.state.sessions.list("alice").await.unwrap();
+    let before = app.sessions_of("alice").await;
     assert_eq!(before.len(), 2);
     let resp = change(&app, &alice, GOOD_PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/account");
     let token = cookie_value(&resp, "__Host-portcullis").expect("a fresh session cookie");
-    let after = app.state.sessions.list("alice").await.unwrap();
+    let after = app.sessions_of("alice").await;
     assert_eq!(after.len(), 1, "only this browser's new session");
     assert!(before.iter().all(|b| b.token_hash != after[0].token_hash), "the session token is new");
     assert!(app.state.sessions.resolve(&token).await.unwrap().is_some());

@@ -35,7 +35,8 @@ async fn session_cookie(app: &TestApp, factors: Factors) -> String {
     if app.state.store.users.get("alice").await.unwrap().is_none() {
         app.add_user("alice", crate::helpers::GOOD_PASSWORD, false).await;
     }
-    let token = app.state.sessions.create("alice", factors, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    let alice = app.state.store.users.get("alice").await.unwrap().unwrap();
+    let token = app.state.sessions.create(&alice, factors, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
     format!("__Secure-portcullis={}", token.encode())
 }
 
@@ -423,7 +424,8 @@ async fn with_second_factor_admins_only_an_administrator_without_one_is_kept_fro
     })
     .await;
     app.add_user("root", crate::helpers::GOOD_PASSWORD, true).await;
-    let token = app.state.sessions.create("root", Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    let user = app.state.store.users.get("root").await.unwrap().unwrap();
+    let token = app.state.sessions.create(&user, Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
     let root = format!("__Secure-portcullis={}", token.encode());
     let alice = session_cookie(&app, Factors::One).await;
     assert_eq!(forward_auth(&app, "/page", &[("cookie", &alice)]).send().await.unwrap().status(), StatusCode::OK);

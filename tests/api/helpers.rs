@@ -143,6 +143,12 @@ impl TestApp {
         browser(&self.settings.cert_dir)
     }
 
+    /// The valid sessions of the user stored under `key`, newest first (as `/account` lists them).
+    pub async fn sessions_of(&self, key: &str) -> Vec<portcullis::store::StoredSession> {
+        let user = self.state.store.users.get(key).await.unwrap().expect("a user of that name");
+        self.state.sessions.list(&user).await.unwrap()
+    }
+
     pub async fn add_user(&self, name: &str, password: &str, admin: bool) {
         self.state.users.add(name, Password::new(password), admin, "test").await.unwrap();
     }

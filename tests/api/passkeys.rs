@@ -130,7 +130,7 @@ pub async fn finish(app: &TestApp, browser: &reqwest::Client, csrf: &str, creden
 }
 
 pub async fn factors_of(app: &TestApp, user: &str) -> Vec<Factors> {
-    app.state.sessions.list(user).await.unwrap().into_iter().map(|s| s.record.factors).collect()
+    app.sessions_of(user).await.into_iter().map(|s| s.record.factors).collect()
 }
 
 #[tokio::test]

@@ -272,3 +272,37 @@ async fn a_store_that_cannot_say_who_an_over_long_password_was_for_is_a_503_not_
     assert_eq!(records.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(), ["bad_password"]);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_checked_before_a_password_change_and_stored_after_it_gets_no_session() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    // Hold the per-user lock a session's start takes, so the sign-in waits there: after its
+    // password check, before its session is stored.
+    let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
+    holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
+    let browser = app.new_browser();
+    let csrf = app.login_csrf(&browser).await;
+    let (b, login_url) = (browser.clone(), app.url("/login"));
+    let sign_in = tokio::spawn(async move {
+        let form = [("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())];
+        b.post(login_url).form(&form).send().await.unwrap().status()
+    });
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    for _ in 0..100 {
+        if holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0), 1, "the sign-in waits at its session");
+    let set =
+        app.state.users.set_password("alice", portcullis::password::Password::new("nimbus crater tulip 5531"), "test");
+    assert_eq!(set.await.unwrap().sessions_ended, 0, "the sign-in's session is not there yet to be ended");
+    holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
+    assert_eq!(sign_in.await.unwrap(), StatusCode::SEE_OTHER);
+    assert!(!signed_in(&app, &browser).await, "a session begun under the old password is over");
+    assert!(app.sessions_of("alice").await.is_empty());
+    app.stop().await;
+}

@@ -83,6 +83,48 @@ async fn a_failing_migration_leaves_nothing_behind() {
     assert_eq!(n, 0, "no half-applied schema");
 }
 
+#[tokio::test]
+async fn sessions_from_before_v9_take_their_users_password_generation_and_v8_binaries_still_start_sessions() {
+    let Some(url) = pg::database().await else { return };
+    let mut client = connect(&url).await.unwrap();
+    // A database at v8 with a user and a session, as an older build left it.
+    client.batch_execute("CREATE TABLE portcullis_schema (version integer PRIMARY KEY)").await.unwrap();
+    for (i, sql) in portcullis::postgres::migrate::MIGRATIONS[..8].iter().enumerate() {
+        client.batch_execute(sql).await.unwrap();
+        client.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await.unwrap();
+    }
+    client
+        .batch_execute(
+            "INSERT INTO users (key, display_name, admin, created_at_ms, password_changed_at_ms, password_hash)
+             VALUES ('alice', 'alice', false, 1, 77, 'h');
+             INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, user_agent)
+             VALUES (decode(repeat('01', 32), 'hex'), 'alice', 5, 6, '127.0.0.1', 'ua'),
+                    (decode(repeat('02', 32), 'hex'), 'gone', 5, 6, '127.0.0.1', 'ua')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(migrate(&mut client).await.unwrap(), 8);
+    let generation = |hash: u8| {
+        let client = &client;
+        async move {
+            let sql = "SELECT password_changed_at_ms FROM sessions WHERE token_hash = $1";
+            let hash = vec![hash; 32];
+            client.query_one(sql, &[&hash]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    assert_eq!((generation(1).await, generation(2).await), (77, 0), "a session without a user is of no generation");
+    // An older binary's call during a rolling upgrade: the generation is the user's.
+    client
+        .execute(
+            "SELECT session_start(NULL, decode(repeat('03', 32), 'hex'), 'alice', 9, 9, '127.0.0.1', 'ua',
+                                  1::smallint, 10, 1000, 1000, 9)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(generation(3).await, 77);
+}
+
 /// Whether the server sees this connection as TLS.
 async fn uses_tls(client: &dyn portcullis::postgres::db::Statements) -> bool {
     client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)

@@ -33,6 +33,7 @@ async fn browser_signed_in_ago(
         ip: "127.0.0.1".into(),
         user_agent: "portcullis-tests/1.0".into(),
         factors,
+        password_changed_at: app.state.store.users.get(user).await.unwrap().unwrap().password_changed_at,
     };
     let cap = SessionCap { max_per_user: MAX_SESSIONS_PER_USER, idle_ms: 3_600_000, absolute_ms: 86_400_000 };
     app.state.store.sessions.start(None, &token.hash(), &record, cap, now).await.unwrap();
@@ -121,7 +122,7 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     let line = app.log_lines().into_iter().find(|l| l["event"] == "authn_reauth_success").expect("logged");
     assert_eq!(line["username"], "alice");
     assert!(!app.log_text().contains(GOOD_PASSWORD), "the password is never logged");
-    let sessions = app.state.sessions.list("alice").await.unwrap();
+    let sessions = app.sessions_of("alice").await;
     let same = sessions.iter().find(|s| s.record.created_at < now_ms() - RECENT_AUTHENTICATION.as_millis() as u64);
     assert!(same.is_some_and(|s| s.record.factors == Factors::Two), "the stale session is still the one: {sessions:?}");
 
@@ -262,7 +263,7 @@ async fn a_password_change_gives_a_new_token_but_keeps_the_sessions_start_and_co
     let app = passkey_app().await;
     app.add_user("fay", GOOD_PASSWORD, false).await;
     let (fay, old) = browser_signed_in_ago(&app, "fay", stale(), Factors::Two).await;
-    let started = app.state.sessions.list("fay").await.unwrap()[0].record.created_at;
+    let started = app.sessions_of("fay").await[0].record.created_at;
     let csrf = csrf_of(&fay, app.url("/account")).await;
     let new = "a new long passphrase 7310";
     let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new), ("repeat", new)];
@@ -270,7 +271,7 @@ async fn a_password_change_gives_a_new_token_but_keeps_the_sessions_start_and_co
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_ne!(cookie_value(&resp, "__Host-portcullis").unwrap(), old, "a new token");
     assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_some(), "the password just typed counts");
-    let sessions = app.state.sessions.list("fay").await.unwrap();
+    let sessions = app.sessions_of("fay").await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].record.created_at, started, "the absolute timeout still counts from the sign-in");
     assert_eq!(sessions[0].record.factors, Factors::Two);

@@ -49,8 +49,8 @@ async fn a_password_change_ends_every_session_of_that_user_only() {
     app.login_with(&a1, "alice", GOOD_PASSWORD).await;
     app.login_with(&a2, "alice", GOOD_PASSWORD).await;
     app.login_with(&b, "bob", GOOD_PASSWORD).await;
-    let ended = app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test").await.unwrap();
-    assert_eq!(ended, 2);
+    let set = app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test").await.unwrap();
+    assert_eq!(set.sessions_ended, 2);
     assert_eq!(a1.get(app.url("/")).send().await.unwrap().status(), 303);
     assert_eq!(a2.get(app.url("/")).send().await.unwrap().status(), 303);
     assert_eq!(b.get(app.url("/")).send().await.unwrap().status(), 200);

@@ -80,7 +80,7 @@ async fn render_listed(
     let user = &session.user;
     let sessions = match sessions {
         Some(s) => s,
-        None => match state.sessions.list(&user.key).await {
+        None => match state.sessions.list(user).await {
             Ok(s) => s,
             Err(e) => return store_error(&e, "could not list sessions"),
         },

@@ -82,8 +82,8 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
     // Ends every session of the user (this one too) and logs `authn_password_change`.
-    let ended = match state.users.set_password(&user.display_name, Password::new(&form.new), &user.display_name).await {
-        Ok(n) => n,
+    let set = match state.users.set_password(&user.display_name, Password::new(&form.new), &user.display_name).await {
+        Ok(set) => set,
         Err(UserError::WeakPassword(why)) => {
             let message = format!("Please choose another new password: {why}.");
             return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message)).await;
@@ -96,7 +96,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     };
     // This browser goes on with a new token, as many factors as before.
-    let token = match state.sessions.renew(&session, client.ip, &client.user_agent).await {
+    let token = match state.sessions.renew(&session, &set.user, client.ip, &client.user_agent).await {
         Ok(t) => t,
         Err(e) => return crate::routes::store_error(&e, "could not create a session"),
     };
@@ -106,7 +106,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     // The session keeps its start, so the password just typed counts as a confirmation.
     super::confirm::remember_confirmation(&state, &token.hash(), &mut resp);
-    Notice::PasswordChanged { ended: ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
+    Notice::PasswordChanged { ended: set.sessions_ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
 }
 
 /// What the account's password forms say once [`check_current`] no longer checks.
