@@ -227,15 +227,21 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
     assert_eq!(p.purge_ceremonies(600).await.unwrap(), 1, "ceremonies: purge removes the expired");
     assert_eq!(p.take_ceremony(&[2; 32], 999).await.unwrap(), Some(r.clone()), "ceremonies: round trip");
 
-    // One open registration per user: a new one ends the user's others, and no one else's.
+    // One open registration and one open second-factor check per user: a new one ends the
+    // user's others of its kind, and no one else's; discoverable sign-ins are not a user's.
     let bob = Ceremony { user_key: Some("bob".into()), ..r.clone() };
-    let alice_signs_in = Ceremony { kind: CeremonyKind::SecondFactor, ..r.clone() };
-    for (k, c) in [(5u8, &r), (6, &r), (7, &bob), (8, &alice_signs_in), (9, &r)] {
+    let second = Ceremony { kind: CeremonyKind::SecondFactor, ..r.clone() };
+    let bob_second = Ceremony { user_key: Some("bob".into()), ..second.clone() };
+    let puts = [(5u8, &r), (6, &r), (7, &bob), (8, &second), (9, &r), (10, &second), (11, &bob_second), (12, &second)];
+    for (k, c) in puts.into_iter().chain([(13, &c), (14, &c)]) {
         p.put_ceremony(&[k; 32], c).await.unwrap();
     }
-    for (k, kept) in [(5u8, false), (6, false), (7, true), (8, true), (9, true)] {
+    for (k, kept) in [(5u8, false), (6, false), (7, true), (8, false), (9, true), (10, false), (11, true), (12, true)]
+        .into_iter()
+        .chain([(13, true), (14, true)])
+    {
         let found = p.take_ceremony(&[k; 32], 10).await.unwrap().is_some();
-        assert_eq!(found, kept, "ceremonies: registration {k} kept: {kept}");
+        assert_eq!(found, kept, "ceremonies: ceremony {k} kept: {kept}");
     }
 }
 

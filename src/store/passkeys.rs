@@ -55,6 +55,15 @@ impl CeremonyKind {
         }
     }
 
+    /// Whether a user has at most one open ceremony of this kind: a new one ends the others
+    /// ([`PasskeyStore::put_ceremony`]). A registration (signed in) and a second-factor check
+    /// (the password was right) each name their user, so neither can fill the store by being
+    /// begun again and again; a discoverable sign-in names nobody, and the login form's
+    /// per-address quota bounds it instead.
+    pub fn one_per_user(self) -> bool {
+        matches!(self, CeremonyKind::Register | CeremonyKind::SecondFactor)
+    }
+
     /// The kind stored as `s`, if any.
     pub fn parse(s: &str) -> Option<Self> {
         [CeremonyKind::Register, CeremonyKind::SignIn, CeremonyKind::SecondFactor].into_iter().find(|k| k.as_str() == s)
@@ -104,9 +113,10 @@ pub trait PasskeyStore: Send + Sync {
     /// was noted; false too when the passkey is gone.
     async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool>;
     /// Stores an open ceremony under `key` (the SHA-256 of the browser's ceremony cookie),
-    /// replacing one with the same key. A registration also ends the user's other open
-    /// registrations: one open at a time per user, so a signed-in client cannot fill the
-    /// store by starting registrations it never finishes (each lives 5 minutes).
+    /// replacing one with the same key. A ceremony of a kind that is
+    /// [`CeremonyKind::one_per_user`] also ends the user's other open ones of that kind, so a
+    /// client cannot fill the store by beginning ceremonies it never finishes (each lives 5
+    /// minutes).
     async fn put_ceremony(&self, key: &TokenHash, ceremony: &Ceremony) -> Result<()>;
     /// Removes and returns the ceremony under `key` if it has not expired at `now`: a
     /// ceremony is finished at most once, even when two instances try at the same moment.

@@ -507,3 +507,20 @@ async fn codes_a_user_kept_without_any_factor_give_way_to_a_fresh_set_with_the_f
     let (_, new) = crate::totp::two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
     assert_eq!(new.status(), StatusCode::SEE_OTHER, "the fresh set is the one that works");
 }
+
+#[tokio::test]
+async fn beginning_the_second_steps_passkey_check_again_and_again_keeps_one_ceremony() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    register(&app, &owner, "laptop").await;
+    app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap();
+    let b = app.new_browser();
+    assert_eq!(app.login_with(&b, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = b.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    for _ in 0..50 {
+        let r = b.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]).send().await;
+        assert_eq!(r.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 1, "one open check per user");
+}

@@ -207,14 +207,13 @@ impl PasskeyStore for SledStore {
             expires_at: c.expires_at,
         };
         let tree = self.ceremonies()?;
-        if c.kind == CeremonyKind::Register {
-            let (key, user) = (*key, c.user_key.clone());
+        if c.kind.one_per_user() {
+            let (key, kind, user) = (*key, c.kind, c.user_key.clone());
             self.blocking(move |s| {
                 let tree = s.ceremonies()?;
                 for kv in tree.iter() {
                     let (k, v) = kv?;
-                    let same = decode::<CeremonyRecord>(&v)
-                        .is_ok_and(|r| r.kind == CeremonyKind::Register && r.user_key == user);
+                    let same = decode::<CeremonyRecord>(&v).is_ok_and(|r| r.kind == kind && r.user_key == user);
                     if same && k.as_ref() != key.as_slice() {
                         tree.remove(k)?;
                     }
