@@ -5,10 +5,15 @@
 //! 2. CSRF, bound to the pre-login cookie,
 //! 3. no captcha: a user-verified passkey is not guessable, and this is the accessible way
 //!    past the picture (WCAG 2.2 SC 3.3.8, "Accessible Authentication (Minimum)"),
-//! 4. the per-username quota, for the user the answer names (before it is verified),
-//! 5. the assertion (webauthn-rs); a failure counts like a wrong password: it adds to the
-//!    address's and the user's failure counts, and is recorded with reason `bad_passkey`,
-//! 6. on success the same as a password sign-in, with a session of [`Factors::Two`].
+//! 4. the assertion (webauthn-rs); a failure adds to the address's failure count and is
+//!    recorded with reason `bad_passkey` for the user the answer names,
+//! 5. on success the same as a password sign-in, with a session of [`Factors::Two`].
+//!
+//! No per-username defence: an assertion is a signature, nothing to guess, and the
+//! credential id that names its user is not a secret. Spending the named user's quota or
+//! failure count would let anyone who has seen an id (a second step's options list them)
+//! keep that user's password sign-in at 429 or behind the captcha without solving one. The
+//! per-address quota and count bound the attempts.
 
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{Client, FailureReason};
@@ -104,21 +109,14 @@ impl SignIn {
         if let Some(refused) = self.address_quota(&anonymous).await? {
             return Ok(Outcome::Refused(refused));
         }
+        // The user the answer names, for the record only (see the module note).
         let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
         let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
-        let digest = username_digest(&user_key);
-        let judged = Judged { service: self, client: a.client, username: &user_key, digest };
+        let judged = Judged { username: &user_key, ..anonymous };
         let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let address = a.client.key();
-        if claimed.is_some() {
-            if let Some(rate) = self.per_username {
-                if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now_ms()).await? {
-                    return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
-                }
-            }
-        }
+        let (address, digest) = (a.client.key(), anonymous.digest);
         let verified = match passkeys.finish_sign_in(a.ceremony, a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {

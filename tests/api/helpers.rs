@@ -292,6 +292,13 @@ impl<'a> Visitor<'a> {
         }
     }
 
+    /// POSTs `fields` as a form to `path`; returns the status (cookies kept).
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> reqwest::StatusCode {
+        let resp = self.request(reqwest::Method::POST, path).form(fields).send().await.unwrap();
+        self.keep_cookies(&resp);
+        resp.status()
+    }
+
     pub async fn get(&mut self, path: &str) -> (reqwest::StatusCode, String) {
         let resp = self.request(reqwest::Method::GET, path).send().await.unwrap();
         self.keep_cookies(&resp);

@@ -20,7 +20,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::WebauthnAuthenticator;
 use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse};
 
-use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, Visitor, GOOD_PASSWORD};
 
 pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&resp.text().await.unwrap()).unwrap()
@@ -506,6 +506,37 @@ async fn codes_a_user_kept_without_any_factor_give_way_to_a_fresh_set_with_the_f
     assert_eq!((summary.passkeys, summary.recovery_codes), (1, 10));
     let (_, new) = crate::totp::two_steps(&app, "alice", "recovery_code", &fresh[0]).await;
     assert_eq!(new.status(), StatusCode::SEE_OTHER, "the fresh set is the one that works");
+}
+
+#[tokio::test]
+async fn a_credential_id_seen_by_others_neither_spends_its_users_quota_nor_keeps_them_behind_the_captcha() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.trusted_proxies = vec![portcullis::config::parse_net("127.0.0.1").unwrap()];
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    register(&app, &owner, "laptop").await;
+    let id = URL_SAFE_NO_PAD.encode(&app.state.passkeys.list("alice").await.unwrap()[0].id);
+    let forged = serde_json::json!({
+        "id": id, "rawId": id, "type": "public-key", "extensions": {},
+        "response": {"authenticatorData": "AAAA", "clientDataJSON": "AAAA", "signature": "AAAA", "userHandle": null}
+    })
+    .to_string();
+    // Someone who has seen alice's credential id, from many addresses, no captcha solved.
+    for i in 0..12 {
+        let mut v = Visitor::new(&app, Some(&format!("198.51.100.{}", i + 1)));
+        let (_, page) = v.get("/login").await;
+        let csrf = hidden_field(&page, "csrf").unwrap();
+        let status = v.post_form("/login/passkey", &[("csrf", csrf.as_str()), ("credential", forged.as_str())]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let records = app.records(portcullis::store::FailureQuery::default()).await;
+    assert!(records.iter().filter(|r| r.username == "alice" && r.reason.as_str() == "bad_passkey").count() >= 12);
+    // Alice, from her own address, signs in with her password at once: no 429, no captcha.
+    let mut alice = Visitor::new(&app, Some("203.0.113.5"));
+    let (status, _) = alice.attempt("alice", GOOD_PASSWORD, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]
