@@ -33,6 +33,9 @@ const RULES: &str = r#"
 [access]
 default_policy = "deny"
 [[access.rules]]
+domain = ["open.example.test"]
+policy = "bypass"
+[[access.rules]]
 domain = ["app.example.test"]
 path = ["^/public/"]
 policy = "bypass"
@@ -205,6 +208,7 @@ fn configured(file: &str, pki: &Pki, proxy_port: u16, auth: SocketAddr, app: Soc
     match file {
         "nginx.conf" => replaced
             .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{proxy_port} ssl;"))
+            .replace("https://app.example.com$request_uri", &format!("https://{APP_HOST}:{proxy_port}$request_uri"))
             .replace("app.example.com", APP_HOST),
         _ => replaced.replace("app.example.com {", &format!("https://{APP_HOST}:{proxy_port} {{")),
     }
@@ -415,6 +419,12 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(resp.status(), StatusCode::FOUND);
     let back = sign_in_at(&bob, resp.headers()["location"].to_str().unwrap(), "bob").await;
     assert_eq!(bob.get(&back).header("accept", PAGE).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A Host header naming another gated host, one that lets everyone in, decides nothing:
+    // the proxy asks about its own host, whose rule keeps bob out.
+    let spoofed = bob.get(format!("{base}/team/x")).header("host", "open.example.test").send().await.unwrap();
+    let status = spoofed.status();
+    let body = spoofed.text().await.unwrap();
+    assert!(!body.contains("remote_user"), "the application answered a spoofed Host: {status} {body}");
     // Elsewhere bob is in, with no group.
     let seen = echoed(bob.get(format!("{base}/page")).send().await.unwrap()).await;
     assert_eq!(seen["remote_user"], serde_json::json!(["bob"]), "{seen}");
@@ -509,10 +519,10 @@ async fn through_a_real_nginx_every_forward_auth_promise_holds() {
     assert!(
         denied
             .iter()
-            .any(|l| l["username"] == "alice" && l["path"] == "/denied" && l["rule"] == "2" && l["host"] == APP_HOST),
+            .any(|l| l["username"] == "alice" && l["path"] == "/denied" && l["rule"] == "3" && l["host"] == APP_HOST),
         "{denied:?}"
     );
-    assert!(denied.iter().any(|l| l["username"] == "bob" && l["rule"] == "4"), "{denied:?}");
+    assert!(denied.iter().any(|l| l["username"] == "bob" && l["rule"] == "5"), "{denied:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +533,7 @@ async fn through_a_real_caddy_every_forward_auth_promise_holds() {
     let app = portcullis(&pki).await;
     let proxy = start_caddy(&bin, &pki, app.addr, upstream().await).await;
     the_whole_story(&app, &pki, &proxy).await;
-    assert!(denied_lines(&app).iter().any(|l| l["path"] == "/denied" && l["rule"] == "2"));
+    assert!(denied_lines(&app).iter().any(|l| l["path"] == "/denied" && l["rule"] == "3"));
 }
 
 #[test]
