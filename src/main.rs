@@ -24,9 +24,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors quote names and values someone typed (or stored, before the rules were
-            // tightened): escaped, newlines too, so the line stays one line and shows what is there.
+            // tightened), most of them escaped already: what is left is escaped, newlines too,
+            // so the line stays one line and shows what is there.
             let message = portcullis::text::error_chain(e.as_ref());
-            eprintln!("portcullis: {}", portcullis::text::printable(&message));
+            eprintln!("portcullis: {}", portcullis::text::escape_hidden(&message));
             e.downcast_ref::<portcullis::cli::Failure>().map_or(ExitCode::FAILURE, |f| ExitCode::from(f.status))
         }
     }

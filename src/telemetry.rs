@@ -85,11 +85,13 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool 
 /// Field formatting for the terminal: every value (the message too) with invisible, control,
 /// line-break and bidi characters escaped (`\u{1b}`), so a username or an error quoting one
 /// cannot forge a line, recolour the terminal or pass for another name
-/// ([`crate::text::printable`]). Strings are quoted as `Debug` quotes them.
+/// ([`crate::text::escape_hidden`]). Strings are quoted as `Debug` quotes them.
 pub fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
     tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        // `Debug` has escaped a string's controls and backslashes already; what it leaves
+        // (bidi, format characters) and `Display` values get escaped here, once.
         let text = format!("{value:?}");
-        let shown = crate::text::printable(&text);
+        let shown = crate::text::escape_hidden(&text);
         if field.name() == "message" {
             write!(w, "{shown}")
         } else {
@@ -147,6 +149,26 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert!(!text.trim_end_matches('\n').chars().any(crate::text::is_hidden), "{text:?}");
         assert!(text.contains("admin\\u{2060}"), "{text}");
+    }
+
+    #[test]
+    fn each_field_is_escaped_once_and_a_typed_escape_reads_as_typed() {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(escaped_fields())
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(username = "c1\u{9b}x", typed = "m\\u{9b}", agent = "evil\u{202e}RTL", "x");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        // U+009B is escaped by `Debug`, U+202E here; a typed `\u{9b}` keeps its doubled backslash.
+        assert!(text.contains(r#"username="c1\u{9b}x""#), "{text}");
+        assert!(text.contains(r#"agent="evil\u{202e}RTL""#), "{text}");
+        assert!(text.contains(r#"typed="m\\u{9b}""#), "{text}");
+        assert!(!text.contains("u{5c}"), "{text}");
     }
 
     #[test]

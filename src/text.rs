@@ -68,6 +68,26 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` with every [`needs_escape`] character escaped as [`printable`] does, and nothing else:
+/// for a last pass over text whose backslashes are already unambiguous (Rust's `Debug`
+/// quoting writes a typed backslash `\\`) and which may hold escapes already, a field's
+/// `Debug` value or an error line quoting values escaped before. [`printable`] would write
+/// those escapes' backslashes again (`\u{5c}u{9b}` for an escaped U+009B).
+pub fn escape_hidden(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The inverse of [`printable`]: each escape it writes (`\u{…}` in its exact form, lower-case
 /// hex, of a [`needs_escape`] character or of a backslash) is turned back into the character;
 /// any other text, `\u{41}` or `\u{A}` included, is left as it is. For what an administrator

@@ -137,3 +137,12 @@ async fn config_check_creates_nothing_in_an_empty_directory() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "config check created {left:?}");
 }
+
+#[tokio::test]
+async fn a_refused_value_is_quoted_with_its_controls_escaped_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_INSTANCE_NAME", "x\u{1b}y z")])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains(r#"instance_name = "x\u{1b}y z""#), "{}", out.stderr);
+    assert!(!out.stderr.contains("u{5c}"), "the escape's backslash is not escaped again: {}", out.stderr);
+}
