@@ -226,27 +226,6 @@ impl Application {
         };
         background.extend(metrics.spawn_session_count(services.store.clone()));
 
-        let initial_admin_password = if services.users.is_empty().await? {
-            // A password from a failed random source would be predictable: no start without one.
-            let password =
-                crate::users::generate_password().context("cannot create the first administrator's password")?;
-            let copy = Password::new(password.expose());
-            match services.users.add("admin", password, true, "first start").await {
-                Ok(_) => Some(copy),
-                // Another instance on the same database made it at the same moment (found by
-                // name, or by the lookalike check), and shows its password; this one has none
-                // to show.
-                Err(crate::users::UserError::AlreadyExists(_) | crate::users::UserError::LooksLike(_))
-                    if services.store.users.get("admin").await?.is_some() =>
-                {
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            None
-        };
-
         let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
             .context("cannot open the factor key (data_dir/factor.key)")?;
         // A key that does not open the store's second factors (an instance started without
@@ -318,6 +297,29 @@ impl Application {
         // as working again only after an interval without a fault.
         let quiet = if settings.database_url.is_some() { crate::fault_log::TICK } else { crate::fault_log::INTERVAL };
         background.push(crate::fault_log::spawn_watch(services.store.clone(), quiet));
+        // Last of the steps that can fail: a start refused after the administrator was made
+        // would lose the password shown only once.
+        let initial_admin_password = if users.is_empty().await? {
+            // A password from a failed random source would be predictable: no start without one.
+            let password =
+                crate::users::generate_password().context("cannot create the first administrator's password")?;
+            let copy = Password::new(password.expose());
+            match users.add("admin", password, true, "first start").await {
+                Ok(_) => Some(copy),
+                // Another instance on the same database made it at the same moment (found by
+                // name, or by the lookalike check), and shows its password; this one has none
+                // to show.
+                Err(crate::users::UserError::AlreadyExists(_) | crate::users::UserError::LooksLike(_))
+                    if services.store.users.get("admin").await?.is_some() =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+
         let sign_in = SignIn {
             state: Arc::clone(&brute_force),
             per_address: settings.login_quota_per_ip,

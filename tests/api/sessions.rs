@@ -112,3 +112,17 @@ async fn first_start_creates_an_admin_whose_password_works_and_is_not_logged() {
     assert!(app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap().contains("administrator"));
     assert!(!app.log_text().contains(&app.admin_password));
 }
+
+#[tokio::test]
+async fn a_first_start_that_fails_makes_no_administrator_whose_password_nobody_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = crate::helpers::test_settings(dir.path());
+    // Something in the way of the admin socket: the start fails after the store is open.
+    std::fs::create_dir_all(settings.data_dir.join("admin.sock/in-the-way")).unwrap();
+    let err = crate::helpers::build_when_released(&settings).await.err().expect("the start fails");
+    assert!(err.contains("admin socket"), "{err}");
+    std::fs::remove_dir_all(settings.data_dir.join("admin.sock")).unwrap();
+    let app = crate::helpers::spawn_in(dir, settings).await;
+    assert!(!app.admin_password.is_empty(), "the next start makes the administrator and shows the password");
+    assert_eq!(app.login("admin", &app.admin_password).await.status(), 303);
+}
