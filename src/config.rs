@@ -59,7 +59,7 @@ keys! {
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or, for a Unix socket, postgres://USER@/DB?host=/run/postgresql[&port=PORT] (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",
-    "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys (default: cookie_domain, else public_url's host; passkeys are off when that is an IP address)",
+    "webauthn_rp_id" = "" : "the WebAuthn relying-party id for passkeys: public_url's host or a parent of it that is not a public suffix (default: cookie_domain, else public_url's host; passkeys are off when that is an IP address)",
     "second_factor" = "optional" : "who must have a second factor: `optional`, `admins` or `all`; those in scope without one are sent to /account until they enrol",
     "totp_issuer" = "portcullis" : "the issuer authenticator apps show beside the account",
     "metrics_addr" = "off" : "plain-HTTP listener serving only GET /metrics (Prometheus text format), for loopback or a private network; `off` disables it",
@@ -393,6 +393,23 @@ impl Settings {
                     ))
                 }
                 Some(_) => {}
+            }
+        }
+        if let Some(rp_id) = &settings.webauthn_rp_id {
+            // W3C WebAuthn §5.1.3: the relying-party id is the origin's host or a registrable
+            // parent of it; a browser refuses any other, so every ceremony would fail.
+            let host =
+                settings.public_url.as_deref().and_then(origin_host).filter(|h| h.parse::<std::net::IpAddr>().is_err());
+            let Some(host) = host else {
+                return Err(p.invalid("webauthn_rp_id", "needs public_url set to a host name it covers"));
+            };
+            let parent = host.strip_suffix(rp_id.as_str()).is_some_and(|rest| rest.len() > 1 && rest.ends_with('.'));
+            if host != *rp_id && !parent {
+                let why = format!("must be public_url's host {host} or a parent of it");
+                return Err(p.invalid("webauthn_rp_id", &why));
+            }
+            if parent && psl::domain(rp_id.as_bytes()).is_none() {
+                return Err(p.invalid("webauthn_rp_id", "is a public suffix: browsers refuse it as a relying party"));
             }
         }
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
@@ -812,6 +829,31 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_webauthn_rp_id_must_be_public_urls_host_or_a_registrable_parent_of_it() {
+        let with = |pairs: &[(&str, &str)]| Settings::from_layers(None, &flags(pairs), &Overrides::new());
+        for (public, rp_id) in [
+            ("https://login.example.com", "login.example.com"),
+            ("https://login.example.com", "example.com"),
+            ("https://localhost:4000", "localhost"),
+        ] {
+            let s = with(&[("public_url", public), ("webauthn_rp_id", rp_id)]).unwrap();
+            assert_eq!(s.webauthn_rp_id.as_deref(), Some(rp_id));
+        }
+        for (public, rp_id) in [
+            ("https://login.example.com", "evil.com"),
+            ("https://login.example.com", "ample.com"),
+            ("https://login.example.com", "com"),
+            ("https://login.example.co.uk", "co.uk"),
+            ("https://example.com", "login.example.com"),
+            ("https://127.0.0.1:4000", "example.com"),
+        ] {
+            let err = with(&[("public_url", public), ("webauthn_rp_id", rp_id)]).unwrap_err().to_string();
+            assert!(err.contains("webauthn_rp_id") && !err.contains('\n'), "{public} {rp_id}: {err}");
+        }
+        assert!(with(&[("webauthn_rp_id", "example.com")]).unwrap_err().to_string().contains("needs public_url"));
     }
 
     #[test]
