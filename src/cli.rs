@@ -82,7 +82,8 @@ pub struct AuditArgs {
     /// Only records before this (same forms as --since)
     #[arg(long, value_name = "DUR|RFC3339")]
     until: Option<String>,
-    /// Only this username (matched case- and width-insensitively)
+    /// Only this username (matched case- and width-insensitively; as the table shows it,
+    /// escapes such as \u{1b} included)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
     /// Only this address or CIDR range
@@ -838,7 +839,8 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
     let filters = FilterArgs {
         since: args.since,
         until: args.until,
-        user: args.user,
+        // As the table shows names: escaped, so what is copied from it finds its records.
+        user: args.user.map(|u| crate::text::unprintable(&u).into_owned()),
         ip: args.ip,
         reason: args.reason,
         limit: args.limit,

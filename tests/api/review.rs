@@ -107,6 +107,9 @@ async fn the_audit_command_filters_a_stopped_servers_store() {
     assert_eq!(out.lines().count(), 4, "a header and three rows:\n{out}");
     let (_, table, _) = portcullis(&settings, &["audit", "--user", "mallory\u{1b}[31m"]).await;
     assert!(!table.contains('\u{1b}') && table.contains("\\u{1b}"), "control characters escaped:\n{table}");
+    // The name as the table shows it finds the same records.
+    let (_, again, _) = portcullis(&settings, &["audit", "--user", "mallory\\u{1b}[31m"]).await;
+    assert_eq!(again, table);
 
     for bad in [["--since", "soon"], ["--ip", "300.1.1.1"], ["--reason", "nope"]] {
         let (ok, _, err) = portcullis(&settings, &["audit", bad[0], bad[1]]).await;
