@@ -196,8 +196,8 @@ pub enum ReviewError {
 }
 
 /// Runs a review against the audit store: a page of at most `limit` records (default
-/// `default_limit`), or a summary of everything matching (ignoring the limit) with 48 hourly
-/// buckets ending at `--until` or now.
+/// `default_limit`), or a summary of everything matching (ignoring the limit) with hourly
+/// buckets ending at `--until` or now: from the hour of `--since`, at most 48.
 pub async fn review(
     audit: &crate::audit::Audit,
     args: &FilterArgs,
@@ -213,8 +213,12 @@ pub async fn review(
         let partial = found.len() > SUMMARY_SCAN_LIMIT;
         found.truncate(SUMMARY_SCAN_LIMIT);
         let end = q.until.unwrap_or(now_ms);
+        // The hours the filter spans, at most SUMMARY_HOURS: an hour before `--since` has no
+        // records because none were asked for, not because there were none.
+        let hours = q.since.map_or(SUMMARY_HOURS, |since| (end / HOUR_MS + 1).saturating_sub(since / HOUR_MS));
+        let hours = hours.clamp(1, SUMMARY_HOURS) as usize;
         // Up to SUMMARY_SCAN_LIMIT records to count: not on an async worker.
-        let summary = tokio::task::spawn_blocking(move || summarise(&found, partial, end, SUMMARY_HOURS as usize))
+        let summary = tokio::task::spawn_blocking(move || summarise(&found, partial, end, hours))
             .await
             .map_err(|_| ReviewError::Stopped)?;
         return Ok(Answer::Summary { summary });

@@ -138,6 +138,13 @@ async fn the_audit_summary_counts_match_the_records() {
     let (ok, text, _) = portcullis(&settings, &["audit", "--summary", "--since", "3h"]).await;
     assert!(ok);
     assert!(text.contains("Failed logins: 3") && text.contains("Per hour") && text.contains('#'), "{text}");
+    // The series spans the hours asked for: from the hour of --since to now.
+    let (ok, out, _) = portcullis(&settings, &["audit", "--summary", "--since", "3h", "--json"]).await;
+    assert!(ok);
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let per_hour: Vec<(String, u64)> = serde_json::from_value(s["per_hour"].clone()).unwrap();
+    assert_eq!(per_hour.len(), 4, "{per_hour:?}");
+    assert_eq!(per_hour.iter().map(|h| h.1).sum::<u64>(), 3);
 }
 
 #[tokio::test]
