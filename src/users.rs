@@ -178,6 +178,11 @@ impl UserAdmin {
             Err(StoreError::AlreadyExists) => return Err(UserError::AlreadyExists(username.to_string())),
             other => other?,
         }
+        // A new user has no second factor. One stored under this name now was written for a
+        // deleted namesake by a request that checked the user still existed just before the
+        // delete: it would ask the new user for a code they never set up.
+        self.store.factors.clear(username.key()).await?;
+        self.store.passkeys.remove_passkeys_of(username.key()).await?;
         self.audit.record(&AuthEvent::UserAdded { username: username.as_str(), admin, by });
         Ok(username)
     }

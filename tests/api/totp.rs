@@ -419,3 +419,18 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     assert!(err.contains("factor.key") && err.contains("copy"), "{err}");
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_new_user_never_inherits_factors_written_for_a_deleted_namesake() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("dana", GOOD_PASSWORD, false).await;
+    // What a request that checked dana still existed just before `user del` could leave: a
+    // second factor stored after the delete cleared them (the store's delete alone here).
+    assert!(app.state.store.factors.set_recovery_codes("dana", &[[7u8; 32]; 10]).await.unwrap());
+    assert!(app.state.store.users.delete("dana").await.unwrap());
+    assert_eq!(app.state.store.factors.summary("dana").await.unwrap().recovery_codes, 10, "left behind");
+    app.add_user("dana", GOOD_PASSWORD, false).await;
+    let summary = app.state.factors.summary("dana").await.unwrap();
+    assert!(!summary.has_second_factor() && summary.recovery_codes == 0, "{summary:?}");
+    assert_eq!(app.login("dana", GOOD_PASSWORD).await.headers()["location"], "/", "signed in with the password alone");
+}
