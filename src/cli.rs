@@ -636,6 +636,12 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             if settings.database_url.is_none() && same_directory(dir, &settings.data_dir) {
                 bail!("the target {} is the configured store itself", dir.display());
             }
+            if dir.exists() && !dir.is_dir() {
+                bail!(
+                    "the target {} is not a directory: give a new or empty directory for the sled store",
+                    dir.display()
+                );
+            }
             // Opening a store makes its directory private (0700) and writes into it: never do
             // that to a directory named by mistake (`--to /etc`). A new or empty directory, one
             // holding only a factor key (compared with ours below), or a sled store (checked

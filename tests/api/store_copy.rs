@@ -230,6 +230,11 @@ async fn a_target_that_is_not_empty_is_refused_in_one_line_and_left_as_it_was() 
     assert!(refused.assert_one_line_failure("a directory of other files").contains("other files"));
     assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written there");
     assert_eq!(mode(other.path()), before, "nor its mode changed");
+    // Nor onto a file, which is named as what it is.
+    let file = other.path().join("notes.txt");
+    let refused = cli(a.path(), None, &["store", "copy", "--to", file.to_str().unwrap()], None).await;
+    assert!(refused.assert_one_line_failure("a file").contains("is not a directory"), "{refused:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
     // Nor into the configured store itself.
     let own = a.path().join("data");
     cli(a.path(), None, &["store", "copy", "--to", own.to_str().unwrap()], None)
