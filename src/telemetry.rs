@@ -131,8 +131,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn terminal_lines_escape_controls_and_invisible_characters_in_every_field() {
+    /// What the terminal formatter writes for the events `log` emits.
+    fn terminal_text(log: impl FnOnce()) -> String {
         let buffer = Buffer::default();
         let out = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -140,12 +140,18 @@ mod tests {
             .with_ansi(false)
             .with_writer(move || out.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn terminal_lines_escape_controls_and_invisible_characters_in_every_field() {
+        let text = terminal_text(|| {
             let name = "admin\u{2060}\u{1b}[2J\u{85}\u{2028}x";
             let error = format!("no user named {name}");
             tracing::warn!(username = name, error = %error, "{}", format_args!("upgraded {name}"));
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert!(!text.trim_end_matches('\n').chars().any(crate::text::is_hidden), "{text:?}");
         assert!(text.contains("admin\\u{2060}"), "{text}");
@@ -153,17 +159,9 @@ mod tests {
 
     #[test]
     fn each_field_is_escaped_once_and_a_typed_escape_reads_as_typed() {
-        let buffer = Buffer::default();
-        let out = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(escaped_fields())
-            .with_ansi(false)
-            .with_writer(move || out.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let text = terminal_text(|| {
             tracing::warn!(username = "c1\u{9b}x", typed = "m\\u{9b}", agent = "evil\u{202e}RTL", "x");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         // U+009B is escaped by `Debug`, U+202E here; a typed `\u{9b}` keeps its doubled backslash.
         assert!(text.contains(r#"username="c1\u{9b}x""#), "{text}");
         assert!(text.contains(r#"agent="evil\u{202e}RTL""#), "{text}");
