@@ -287,7 +287,8 @@ const PATH_ENCODE: &AsciiSet = &percent_encoding::CONTROLS
 ///   would be safe for that case but not for `/admin%2F..%2Fpublic/x`, which a decoding rule
 ///   reads as `/public/x` while a server that keeps it routes it under `/admin`. Refusing is
 ///   the only answer safe in both directions, and browsers never send these for a plain link;
-/// - a dot segment with parameters (`..;`, `.;x`): a servlet container resolves
+/// - a dot segment with parameters (`..;`, `.;x`, or `..%3B`, which a server that decodes
+///   before it strips parameters reads the same): a servlet container resolves
 ///   `/admin/..;/public/x` to `/public/x`, every other server keeps it under `/admin`;
 /// - a `..` after an empty segment (`/public//../admin`): merged first (nginx) it is `/admin`,
 ///   resolved first (RFC 3986, the WHATWG URL parser) it is `/public/admin`.
@@ -311,7 +312,11 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
             None => (*segment, false),
         };
         trailing_slash = false;
+        // `..%3B` too: a server that decodes before it strips parameters reads it as `..;`.
+        let encoded_params =
+            name.to_ascii_lowercase().split_once("%3b").is_some_and(|(head, _)| head == "." || head == "..");
         match name {
+            _ if encoded_params => return Err(TargetError::AmbiguousPath("a dot segment with parameters")),
             "." | ".." if params => return Err(TargetError::AmbiguousPath("a dot segment with parameters")),
             ".." if seen_empty => return Err(TargetError::AmbiguousPath("a dot segment after repeated slashes")),
             ".." => {
@@ -546,6 +551,10 @@ mod tests {
             "/admin/..;/public/x",
             "/public/.;x/admin",
             "/public/%2e%2e;/admin",
+            "/public/..%3b/y",
+            "/public/..%3B/y",
+            "/public/%2e%2e%3b/y",
+            "/public/%2e%3b/y",
             "/public//../admin",
             "//../admin",
         ] {
