@@ -391,7 +391,14 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
         let line = format!("{} = {}", s.key, s.value);
         text.push_str(&format!("{line:<width$}  # {}\n", s.source));
     }
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
+    print_out(&text)
+}
+
+/// Writes `text` to standard output. A reader that went away (`| head`) ends the output
+/// quietly, as for any Unix filter; any other failure to write is an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to standard output"),
     }
@@ -430,12 +437,21 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
     let shutdown = stopped(stop_rx);
     if let Some(password) = &app.initial_admin_password {
         // Printed to the terminal only (never through tracing, so never into log files).
-        println!();
-        println!("  First start: created the administrator account.");
-        println!("    username: admin");
-        println!("    password: {}", password.expose());
-        println!("  This password is shown only once. Change it with: portcullis user passwd admin");
-        println!();
+        let text = zeroize::Zeroizing::new(format!(
+            "\n  First start: created the administrator account.\n    username: admin\n    password: {}\n  \
+             This password is shown only once. Change it with: portcullis user passwd admin\n\n",
+            password.expose()
+        ));
+        let shown = {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        };
+        // An administrator whose password nobody saw is of use to no one: not kept, so the
+        // next start (with somewhere to write) makes one and shows its password.
+        if let Err(e) = shown {
+            app.state().users.delete("admin", "first start").await?;
+            bail!("cannot show the first administrator's password on standard output ({e}): the account was not kept");
+        }
     }
     tracing::info!(
         https = %app.https_addr(),
@@ -527,16 +543,10 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::ResetFactors { name } => (Request::UserResetFactors { name }, false),
     };
     match ask(&settings, &request).await? {
-        Response::Done { message } => {
-            // Messages name users; a stored name from before the rules were tightened may
-            // hold invisible characters.
-            println!("{}", printable(&message));
-            Ok(())
-        }
-        Response::Users { users } => {
-            print_users(&users, json);
-            Ok(())
-        }
+        // Messages name users; a stored name from before the rules were tightened may hold
+        // invisible characters.
+        Response::Done { message } => print_out(&format!("{}\n", printable(&message))),
+        Response::Users { users } => print_out(&users_text(&users, json)),
         Response::Error { message } => Err(anyhow!(message)),
         Response::Review { .. } => bail!("unexpected answer from the server"),
     }
@@ -670,23 +680,23 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
         Target::Database(_) => false,
     };
     let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
-    println!("copied {copied} into {target}");
+    let mut text = format!("copied {copied} into {target}\n");
     if copied.factors > 0 {
         // Without the same key, copied TOTP users cannot finish a sign-in and recovery codes
         // do not match: say so where the operator looks (README, "Moving between engines").
-        match (&target, key_carried) {
-            (_, true) => println!("copied {} into {target} (second factors are sealed under it)", key_file.display()),
-            (Target::Database(_), _) => println!(
-                "second factors are sealed under {}: every server on {target} needs the same file in its data_dir (mode 0600)",
+        text += &match (&target, key_carried) {
+            (_, true) => format!("copied {} into {target} (second factors are sealed under it)\n", key_file.display()),
+            (Target::Database(_), _) => format!(
+                "second factors are sealed under {}: every server on {target} needs the same file in its data_dir (mode 0600)\n",
                 key_file.display()
             ),
-            (Target::Directory(_), false) => println!(
-                "second factors are sealed under a factor.key that is not in {}: the servers on {target} need the one they were made with",
+            (Target::Directory(_), false) => format!(
+                "second factors are sealed under a factor.key that is not in {}: the servers on {target} need the one they were made with\n",
                 settings.data_dir.display()
             ),
-        }
+        };
     }
-    Ok(())
+    print_out(&text)
 }
 
 /// The configured store, opened by this process: the database in `database_url`, or the
@@ -746,11 +756,10 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
         }
     }
     let forgotten = store.secrets.forget(crate::factors::key::FINGERPRINT_NAME).await?;
-    println!(
-        "removed the authenticator apps and recovery codes of {cleared} user(s); {}",
+    print_out(&format!(
+        "removed the authenticator apps and recovery codes of {cleared} user(s); {}\n",
         if forgotten { "the next server start records its data_dir/factor.key" } else { "no factor key was recorded" }
-    );
-    Ok(())
+    ))
 }
 
 /// Copies the factor key `key_file` (if there is one) into the sled target directory `dir`
@@ -880,36 +889,33 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
             more = next.is_some();
         }
     }
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        // `portcullis audit | head` closing the pipe early is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-        other => other?,
-    }
+    print_out(&text)?;
     if more {
         eprintln!("(more records match: raise --limit or narrow the filters)");
     }
     Ok(())
 }
 
-fn print_users(users: &[UserSummary], json: bool) {
+/// `user list` as text: a table, or JSON lines with `json`.
+fn users_text(users: &[UserSummary], json: bool) -> String {
     if json {
-        for u in users {
-            println!("{}", escape_json(&serde_json::to_string(u).unwrap_or_default()));
-        }
-        return;
+        return users
+            .iter()
+            .map(|u| format!("{}\n", escape_json(&serde_json::to_string(u).unwrap_or_default())))
+            .collect();
     }
     // Names are shown escaped: a user made before invisible characters were refused must not
     // read as another (`admin` + U+2060 shows as `admin\u{2060}`).
     let names: Vec<String> = users.iter().map(|u| printable(&u.username).into_owned()).collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(8);
-    println!(
-        "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  GROUPS",
+    let mut text = format!(
+        "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  GROUPS\n",
         "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS", "STATE"
     );
     for (u, name) in users.iter().zip(&names) {
         // Group names are a narrow ASCII alphabet (domain::Group): nothing to escape.
-        println!(
-            "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  {}",
+        text += &format!(
+            "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  {}\n",
             name,
             if u.admin { "yes" } else { "no" },
             u.created_at,
@@ -919,6 +925,7 @@ fn print_users(users: &[UserSummary], json: bool) {
             if u.groups.is_empty() { "-".to_string() } else { u.groups.join(",") }
         );
     }
+    text
 }
 
 /// One line from standard input, or a prompt (twice, without echo) on a terminal. Every

@@ -395,3 +395,38 @@ async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
     assert!(line.contains(&format!("async_workers={cores}")), "{line}");
     assert!(line.contains(&format!("hash_workers={cores}")), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_cannot_show_the_password_keeps_no_administrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full to make standard output fail");
+        return;
+    };
+    let mut cmd = child::command(d);
+    cmd.args(SERVE).stdout(full).stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("cannot show the first administrator's password"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let users = cli(d, &["user", "list"]).await;
+    assert!(users.ok && !users.stdout.contains("admin"), "{users:?}");
+}
+
+#[tokio::test]
+async fn user_list_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_with_password(d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add carol");
+    // A reader that is gone before the listing is written (`| head` that has had enough).
+    let mut cmd = child::command(d);
+    cmd.args(["user", "list"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?} {stderr}", out.status);
+}
