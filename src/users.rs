@@ -222,6 +222,14 @@ impl UserAdmin {
         let mut removed = self.store.factors.clear(username.key()).await?;
         // Passkeys are second factors too: a reset after a lost device must revoke them.
         removed.passkeys = self.store.passkeys.remove_passkeys_of(username.key()).await?;
+        // Then a new credential generation: a sign-in that read the user before it and proved
+        // a factor removed just now starts a session of the old one, which is over whenever
+        // it is stored (a sign-in that reads the user after it finds no factor to prove).
+        self.store
+            .users
+            .renew_generation(username.key(), now_ms())
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let ended = self.sessions.end_all(username.key(), None).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         Ok((record.display_name, removed, ended))

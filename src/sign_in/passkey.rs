@@ -117,6 +117,16 @@ impl SignIn {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
         let (address, digest) = (a.client.key(), anonymous.digest);
+        // The user as read before the passkey is checked: its credential generation is the
+        // session's, so a `user reset-factors` that removes this passkey after the check ends
+        // the session however late it is stored (`UserAdmin::reset_factors`).
+        let named = match &claimed {
+            Some(p) => passkeys
+                .user(&p.user_key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
+            None => None,
+        };
         let verified = match passkeys.finish_sign_in(a.ceremony, a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
@@ -128,14 +138,15 @@ impl SignIn {
                 return judged.refuse_counted(FailureReason::BadPasskey, counted).await;
             }
         };
-        let user = match passkeys.user(&verified.user_key).await {
-            Ok(Some(u)) if !u.disabled => u,
-            Ok(found) => {
+        // The verified passkey is the claimed one (the same credential id), so its user is
+        // `named`, unless the passkey moved meanwhile (removed and registered again).
+        let user = match named.filter(|u| u.key == verified.user_key) {
+            Some(u) if !u.disabled => u,
+            found => {
                 let reason = if found.is_some() { FailureReason::Disabled } else { FailureReason::UnknownUser };
                 let counted = self.state.record_failure(address, digest, now_ms()).await?;
                 return judged.refuse_counted(reason, counted).await;
             }
-            Err(source) => return Err(SignInError::Store { what: "could not read the passkey's user", source }),
         };
         // The form signs in once, as for a password, and the username's failures are
         // cleared, in one step of the state.

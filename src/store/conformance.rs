@@ -327,6 +327,13 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     assert!(again.password_changed_at > second.user.password_changed_at, "updates: the generation increases");
     assert!(u.record_login(&second, None, Some(10)).await.unwrap().is_none(), "updates: same-millisecond change");
     u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
+    // A new generation without a new password: the hash stays, the generation moves on.
+    let before = verified(store, "alice").await;
+    let renewed = u.renew_generation("alice", 9).await.unwrap().unwrap();
+    assert!(renewed.password_changed_at > before.user.password_changed_at, "updates: renewed generation");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2, "updates: hash kept");
+    assert!(u.record_login(&before, None, Some(10)).await.unwrap().is_none(), "updates: check from before refused");
+    assert!(u.renew_generation("nobody", 9).await.unwrap().is_none(), "updates: renew an unknown user");
 
     // Disabled: a login checked against the right hash records nothing and says disabled.
     assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);

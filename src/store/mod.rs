@@ -71,6 +71,10 @@ pub struct User {
     pub admin: bool,
     /// Unix time in milliseconds.
     pub created_at: u64,
+    /// The user's credential generation (Unix ms): when the password last changed, or the
+    /// second factors were reset by `user reset-factors`. A session or pending sign-in begun
+    /// under another generation is over, and a password check made under one records no
+    /// sign-in under the next ([`UserStore::record_login`]).
     pub password_changed_at: u64,
     pub last_login_at: Option<u64>,
     /// A disabled user cannot sign in and has no sessions.
@@ -118,10 +122,10 @@ pub struct Session {
     /// How many authentication factors the sign-in proved (NIST SP 800-63B §4: one factor is
     /// AAL1, two are AAL2); the forward-auth `two_factor` policy reads it.
     pub factors: Factors,
-    /// The user's password generation when the session began (`User::password_changed_at`,
+    /// The user's credential generation when the session began (`User::password_changed_at`,
     /// Unix ms). A session of another generation than its user's is over: a password change
-    /// ends every session, even one that a sign-in whose password was checked just before
-    /// the change stored just after the change ended the others.
+    /// or a reset of the second factors ends every session, even one that a sign-in checked
+    /// just before the change stored just after the change ended the others.
     pub password_changed_at: u64,
 }
 
@@ -350,6 +354,11 @@ pub trait UserStore: Send + Sync {
     /// its previous value if that is not earlier (it identifies the password: see
     /// [`UserStore::record_login`]); `None` if no such user.
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>>;
+    /// Starts a new credential generation without a new password: `password_changed_at` as
+    /// [`UserStore::set_password_hash`] sets it, the hash kept (`user reset-factors`: sessions
+    /// a sign-in with a removed factor starts after the reset are of the old generation).
+    /// `None` if no such user.
+    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>>;
     /// Sets the `disabled` flag; `None` if no such user.
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
     /// Adds the groups in `add` and then removes those in `remove`, in one atomic change (a

@@ -254,6 +254,15 @@ impl UserStore for PgStore {
         Ok(row.as_ref().map(user_of))
     }
 
+    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
+        let sql = format!(
+            "UPDATE users SET password_changed_at_ms = GREATEST($2::bigint, password_changed_at_ms + 1)
+             WHERE key = $1 RETURNING {USER_COLUMNS}"
+        );
+        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now)]).await?;
+        Ok(row.as_ref().map(user_of))
+    }
+
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {
         let sql = format!("UPDATE users SET disabled = $2 WHERE key = $1 RETURNING {USER_COLUMNS}");
         Ok(self.client().await?.query_opt(&sql, &[&key, &disabled]).await?.as_ref().map(user_of))

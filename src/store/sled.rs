@@ -842,6 +842,14 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
+    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
+        let after = self.update_user_with(key, |user| {
+            user.password_changed_at = now.max(user.password_changed_at.saturating_add(1));
+            true
+        })?;
+        self.durable(after.map(|r| r.user())).await
+    }
+
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {
         let after = self.set_user_disabled(key, disabled)?;
         self.durable(after.map(|r| r.user())).await

@@ -43,3 +43,48 @@ async fn a_passkey_sign_in_begun_on_one_instance_finishes_on_another_once() {
     let csrf = login_csrf(&one, &again).await;
     assert_eq!(finish(&one, &again, &csrf, &credential).await.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_gets_no_session() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.database_url = Some(url.clone());
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "the lost key").await;
+    // Whoever holds the lost key signs in; the session's start waits on the per-user lock
+    // held here, after the passkey was checked.
+    let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
+    holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
+    let thief = app.new_browser();
+    let csrf = login_csrf(&app, &thief).await;
+    let options = json(begin_sign_in(&app, &thief, &csrf).await).await;
+    let credential = assert_with(&app, &mut device, options);
+    let (t, base) = (thief.clone(), app.url("/login/passkey"));
+    let sign_in = tokio::spawn(async move {
+        t.post(base)
+            .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    for _ in 0..100 {
+        if holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0), 1, "the sign-in waits at its session");
+    let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
+    assert_eq!(removed.passkeys, 1);
+    holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
+    assert_eq!(sign_in.await.unwrap(), StatusCode::SEE_OTHER);
+    let home = thief.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::SEE_OTHER, "the lost key's session is over");
+    assert!(app.sessions_of("alice").await.is_empty());
+    app.stop().await;
+}
