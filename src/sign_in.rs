@@ -381,12 +381,7 @@ impl SignIn {
                 return Ok(refused(o));
             }
         }
-        let Some(proof) = proof else {
-            // Nothing typed: nothing checked, nothing counted.
-            let refusal =
-                Refusal { reason: FailureReason::BadSecondFactor, retry_after: None, captcha_demanded: false };
-            return Ok(StepOutcome::Refused { refusal, restart: false });
-        };
+        let Some(proof) = proof else { return Ok(nothing_checked()) };
         // Past the captcha threshold the code is not even checked: the sign-in starts again
         // at the password, where the captcha is asked for.
         let reservation = match self.state.reserve(address, digest, now).await? {
@@ -408,6 +403,10 @@ impl SignIn {
             }
         }
         match self.factors.verify(&user.key, &proof, now / 1000).await? {
+            Verdict::Unchecked => {
+                reservation.release().await?;
+                Ok(nothing_checked())
+            }
             Verdict::Refused(reason) => {
                 let counted = reservation.fail(now_ms()).await?;
                 Ok(refused(judged.refuse_counted(reason, counted).await?))
@@ -434,6 +433,13 @@ impl SignIn {
             }
         }
     }
+}
+
+/// A second step in which nothing was checked (nothing typed, or a passkey answer whose
+/// ceremony had ended): refused, neither recorded nor counted; the form is shown again.
+fn nothing_checked() -> StepOutcome {
+    let refusal = Refusal { reason: FailureReason::BadSecondFactor, retry_after: None, captcha_demanded: false };
+    StepOutcome::Refused { refusal, restart: false }
 }
 
 /// An attempt being judged, with what every refusal needs.

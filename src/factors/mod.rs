@@ -80,6 +80,10 @@ pub enum Verdict {
     Accepted(FactorKind),
     /// Refused, with the log's reason (`bad_second_factor` or `reused_code`).
     Refused(FailureReason),
+    /// Nothing was checked: the passkey answer's ceremony is not this browser's open one (it
+    /// expired, or another sign-in of the user began one since, which ends it). Not a wrong
+    /// factor: nothing was guessed.
+    Unchecked,
 }
 
 /// Why a proof could not be judged or a factor not changed.
@@ -174,10 +178,12 @@ impl SecondFactors {
             Proof::Passkey { ceremony, credential } => {
                 let Some(passkeys) = &self.passkeys else { return Ok(bad) };
                 // The ceremony is taken (one use) and the counter noted inside; any refusal
-                // (no ceremony, another user's passkey, a bad signature) is a wrong factor.
+                // of an answer checked (another user's passkey, a bad signature) is a wrong
+                // factor.
                 match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
                     Ok(_) => Ok(Verdict::Accepted(FactorKind::Passkey)),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
+                    Err(crate::passkeys::PasskeyError::NoCeremony) => Ok(Verdict::Unchecked),
                     Err(e) => {
                         tracing::debug!(error = %e, "passkey refused as a second factor");
                         Ok(bad)

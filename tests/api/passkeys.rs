@@ -555,3 +555,31 @@ async fn beginning_the_second_steps_passkey_check_again_and_again_keeps_one_cere
     }
     assert_eq!(app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 1, "one open check per user");
 }
+
+#[tokio::test]
+async fn a_passkey_check_ended_by_another_sign_in_of_the_user_is_not_a_wrong_factor() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "laptop").await;
+    // Two pending sign-ins of alice; the second's passkey check ends the first's.
+    let (first, second) = (app.new_browser(), app.new_browser());
+    let begin = |browser: reqwest::Client| {
+        let app = &app;
+        async move {
+            assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+            let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+            let csrf = hidden_field(&page, "csrf").unwrap();
+            let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
+            (csrf, json(begun.send().await.unwrap()).await)
+        }
+    };
+    let (csrf, options) = begin(first.clone()).await;
+    begin(second.clone()).await;
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
+    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
+    let resp = first.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the ended check signs nobody in");
+    assert!(!app.log_text().contains("bad_second_factor"), "and is no failure: nothing was checked");
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty());
+}
