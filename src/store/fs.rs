@@ -26,6 +26,14 @@ pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::R
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         return Ok(());
     }
+    // A file named by mistake (`--log-dir /etc/passwd`, or a link to one) is refused before
+    // its mode is touched.
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
     tighten(dir, true, false)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

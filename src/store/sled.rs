@@ -1725,6 +1725,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_or_a_link_to_one_named_as_a_directory_is_refused_with_its_mode_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passwd");
+        std::fs::write(&file, b"root:x:0:0").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("logs");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        for named in [&file, &link] {
+            let err = ensure_private_dir(named, |_| true).unwrap_err();
+            assert!(err.to_string().contains("is not a directory"), "{err}");
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
+    #[test]
     fn the_secret_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
