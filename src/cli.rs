@@ -524,23 +524,26 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 }
 
 async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
+    // An existing user's name as `user list` shows it (a name from before invisible characters
+    // were refused is shown escaped: `admin\u{2060}`) names that user.
+    let shown = |name: String| crate::text::unprintable(&name).into_owned();
     let (request, json) = match cmd {
         UserCommand::Add { name, admin, groups, password_stdin } => {
             let password = read_password(password_stdin)?;
             (Request::UserAdd { name, password, admin, groups }, false)
         }
-        UserCommand::Groups { name, add, remove } => (Request::UserGroups { name, add, remove }, false),
+        UserCommand::Groups { name, add, remove } => (Request::UserGroups { name: shown(name), add, remove }, false),
         UserCommand::Passwd { name, password_stdin } => {
             let password = read_password(password_stdin)?;
-            (Request::UserPasswd { name, password }, false)
+            (Request::UserPasswd { name: shown(name), password }, false)
         }
-        UserCommand::Del { name } => (Request::UserDel { name }, false),
+        UserCommand::Del { name } => (Request::UserDel { name: shown(name) }, false),
         UserCommand::List { json } => (Request::UserList, json),
-        UserCommand::Unlock { name } => (Request::UserUnlock { name }, false),
-        UserCommand::Disable { name } => (Request::UserDisable { name }, false),
-        UserCommand::Enable { name } => (Request::UserEnable { name }, false),
-        UserCommand::Factors { name } => (Request::UserFactors { name }, false),
-        UserCommand::ResetFactors { name } => (Request::UserResetFactors { name }, false),
+        UserCommand::Unlock { name } => (Request::UserUnlock { name: shown(name) }, false),
+        UserCommand::Disable { name } => (Request::UserDisable { name: shown(name) }, false),
+        UserCommand::Enable { name } => (Request::UserEnable { name: shown(name) }, false),
+        UserCommand::Factors { name } => (Request::UserFactors { name: shown(name) }, false),
+        UserCommand::ResetFactors { name } => (Request::UserResetFactors { name: shown(name) }, false),
     };
     match ask(&settings, &request).await? {
         // Messages name users; a stored name from before the rules were tightened may hold

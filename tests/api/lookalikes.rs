@@ -44,7 +44,11 @@ async fn user_add_refuses_names_that_read_as_another_and_user_list_shows_old_one
     let (ok, out, err) = portcullis(&settings, &["user", "list"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("alice\\u{2800}") && !out.contains('\u{2800}'), "{out}");
-    // The old user still answers to every `user` command.
+    // The old user still answers to every `user` command, by name or as the list shows it.
     let (ok, _, err) = portcullis(&settings, &["user", "disable", old]).await;
     assert!(ok, "{err}");
+    let (ok, out, err) = portcullis(&settings, &["user", "enable", "alice\\u{2800}"]).await;
+    assert!(ok && out.contains("enabled"), "{out}{err}");
+    let (ok, out, err) = portcullis(&settings, &["user", "factors", "alice\\u{2800}"]).await;
+    assert!(ok, "{out}{err}");
 }
