@@ -649,7 +649,11 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             if settings.database_url.is_none() && same_directory(dir, &settings.data_dir) {
                 bail!("the target {} is the configured store itself", dir.display());
             }
-            if dir.exists() && !dir.is_dir() {
+            // A file, a path through one (`file/`) or a link to nothing is not a directory a
+            // store can be made in; only a path that does not exist at all is made.
+            let new = matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+                && std::fs::symlink_metadata(dir).is_err();
+            if !new && !dir.is_dir() {
                 bail!(
                     "the target {} is not a directory: give a new or empty directory for the sled store",
                     dir.display()

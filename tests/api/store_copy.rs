@@ -232,8 +232,13 @@ async fn a_target_that_is_not_empty_is_refused_in_one_line_and_left_as_it_was() 
     assert_eq!(mode(other.path()), before, "nor its mode changed");
     // Nor onto a file, which is named as what it is.
     let file = other.path().join("notes.txt");
-    let refused = cli(a.path(), None, &["store", "copy", "--to", file.to_str().unwrap()], None).await;
-    assert!(refused.assert_one_line_failure("a file").contains("is not a directory"), "{refused:?}");
+    let dangling = a.path().join("dangling");
+    std::os::unix::fs::symlink(a.path().join("nothing"), &dangling).unwrap();
+    let through_file = format!("{}/", file.display());
+    for to in [file.to_str().unwrap(), &through_file, dangling.to_str().unwrap()] {
+        let refused = cli(a.path(), None, &["store", "copy", "--to", to], None).await;
+        assert!(refused.assert_one_line_failure("a file").contains("is not a directory"), "{to}: {refused:?}");
+    }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
     // Nor into the configured store itself.
     let own = a.path().join("data");
