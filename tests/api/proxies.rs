@@ -157,15 +157,16 @@ impl Proxy {
         format!("https://{APP_HOST}:{}", self.port)
     }
 
-    /// Waits until the proxy accepts connections (or fails the test with its log).
-    async fn ready(mut self) -> Self {
+    /// Waits until the proxy accepts connections; its log if it exited instead (a test fails
+    /// if it does neither within 30 s).
+    async fn ready(mut self) -> Result<Self, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return self;
+                return Ok(self);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the proxy exited ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                return Err(format!("({status}) {}", std::fs::read_to_string(&self.log).unwrap_or_default()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -214,10 +215,26 @@ fn configured(file: &str, pki: &Pki, proxy_port: u16, auth: SocketAddr, app: Soc
     }
 }
 
+/// A proxy `spawn`ed on a free port, once it accepts connections. Tried again on another port
+/// when the one found free was taken before the proxy bound it (tests run side by side).
+async fn on_a_free_port(spawn: impl Fn(u16) -> Proxy) -> Proxy {
+    for _ in 0..5 {
+        match spawn(free_port()).ready().await {
+            Ok(proxy) => return proxy,
+            Err(log) if log.to_ascii_lowercase().contains("address already in use") => continue,
+            Err(log) => panic!("the proxy exited {log}"),
+        }
+    }
+    panic!("the proxy found no free port in five tries");
+}
+
 async fn start_nginx(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -> Proxy {
+    on_a_free_port(|port| spawn_nginx(bin, pki, port, auth, app)).await
+}
+
+fn spawn_nginx(bin: &Path, pki: &Pki, port: u16, auth: SocketAddr, app: SocketAddr) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
     std::fs::write(d.join("site.conf"), configured("nginx.conf", pki, port, auth, app)).unwrap();
     let temp = |name: &str| d.join(name).display().to_string();
     let main = format!(
@@ -241,13 +258,16 @@ async fn start_nginx(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -
         .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
-    Proxy { child, port, log: d.join("error.log"), _dir: dir }.ready().await
+    Proxy { child, port, log: d.join("error.log"), _dir: dir }
 }
 
 async fn start_caddy(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -> Proxy {
+    on_a_free_port(|port| spawn_caddy(bin, pki, port, auth, app)).await
+}
+
+fn spawn_caddy(bin: &Path, pki: &Pki, port: u16, auth: SocketAddr, app: SocketAddr) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
     // Test-only global options: no admin endpoint, no certificate automation or redirect
     // listener, everything Caddy keeps in the temporary directory.
     let global = format!(
@@ -267,7 +287,7 @@ async fn start_caddy(bin: &Path, pki: &Pki, auth: SocketAddr, app: SocketAddr) -
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Proxy { child, port, log, _dir: dir }.ready().await
+    Proxy { child, port, log, _dir: dir }
 }
 
 /// A browser that trusts the test CA, keeps cookies, does not follow redirects, and finds
