@@ -71,14 +71,7 @@ async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_get
             .unwrap()
             .status()
     });
-    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
-    for _ in 0..100 {
-        if holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0), 1, "the sign-in waits at its session");
+    assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the sign-in waits at its session");
     let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
     assert_eq!(removed.passkeys, 1);
     holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();

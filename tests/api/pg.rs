@@ -514,3 +514,17 @@ fn certificates() -> (String, String, String) {
     let cert = params.signed_by(&key, &*ca).unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
+
+/// How many sessions wait for an advisory lock, once one does (or after 2 s): for a test that
+/// holds a lock a request will wait on, to act while that request waits.
+pub async fn advisory_lock_waiters(client: &tokio_postgres::Client) -> i64 {
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    for _ in 0..100 {
+        let n: i64 = client.query_one(waiting, &[]).await.unwrap().get(0);
+        if n > 0 {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    0
+}

@@ -289,14 +289,7 @@ async fn a_sign_in_checked_before_a_password_change_and_stored_after_it_gets_no_
         let form = [("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())];
         b.post(login_url).form(&form).send().await.unwrap().status()
     });
-    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
-    for _ in 0..100 {
-        if holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0), 1, "the sign-in waits at its session");
+    assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the sign-in waits at its session");
     let set =
         app.state.users.set_password("alice", portcullis::password::Password::new("nimbus crater tulip 5531"), "test");
     assert_eq!(set.await.unwrap().sessions_ended, 0, "the sign-in's session is not there yet to be ended");
