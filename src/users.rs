@@ -258,6 +258,13 @@ impl UserAdmin {
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let username = record.display_name.as_str();
         let (ended, event) = if disabled {
+            // A new credential generation too: a session a sign-in checked just before the
+            // disable stores after it is over for good, not again after `user enable`.
+            self.store
+                .users
+                .renew_generation(&record.key, now_ms())
+                .await?
+                .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
             (self.sessions.end_all(&record.key, None).await?, AuthEvent::UserDisabled { username, by })
         } else {
             (0, AuthEvent::UserEnabled { username, by })

@@ -71,8 +71,8 @@ pub struct User {
     pub admin: bool,
     /// Unix time in milliseconds.
     pub created_at: u64,
-    /// The user's credential generation (Unix ms): when the password last changed, or the
-    /// second factors were reset by `user reset-factors`. A session or pending sign-in begun
+    /// The user's credential generation (Unix ms): when the password last changed, the
+    /// second factors were reset (`user reset-factors`) or the user was disabled. A session or pending sign-in begun
     /// under another generation is over, and a password check made under one records no
     /// sign-in under the next ([`UserStore::record_login`]).
     pub password_changed_at: u64,

@@ -126,3 +126,17 @@ async fn a_first_start_that_fails_makes_no_administrator_whose_password_nobody_s
     assert!(!app.admin_password.is_empty(), "the next start makes the administrator and shows the password");
     assert_eq!(app.login("admin", &app.admin_password).await.status(), 303);
 }
+
+#[tokio::test]
+async fn a_session_a_sign_in_stores_after_a_disable_stays_over_after_the_enable() {
+    let app = spawn_app().await;
+    app.add_user("frank", GOOD_PASSWORD, false).await;
+    // The user as a sign-in read it just before `user disable`; its session stored after.
+    let before = app.state.store.users.get("frank").await.unwrap().unwrap();
+    app.state.users.set_disabled("frank", true, "test").await.unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let late = app.state.sessions.create(&before, portcullis::store::Factors::One, ip, "ua").await.unwrap();
+    app.state.users.set_disabled("frank", false, "test").await.unwrap();
+    assert!(app.state.sessions.resolve(&late.encode()).await.unwrap().is_none());
+    assert_eq!(app.login("frank", GOOD_PASSWORD).await.status(), 303, "frank signs in again as usual");
+}
