@@ -394,6 +394,15 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     print_out(&text)
 }
 
+/// Whether standard output is `/dev/null` (the same device), where nothing written is seen.
+fn stdout_is_the_null_device() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata("/dev/stdout"), std::fs::metadata("/dev/null")) {
+        (Ok(out), Ok(null)) => out.file_type().is_char_device() && out.rdev() == null.rdev(),
+        _ => false,
+    }
+}
+
 /// Writes `text` to standard output. A reader that went away (`| head`) ends the output
 /// quietly, as for any Unix filter; any other failure to write is an error.
 fn print_out(text: &str) -> anyhow::Result<()> {
@@ -442,7 +451,10 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
              This password is shown only once. Change it with: portcullis user passwd admin\n\n",
             password.expose()
         ));
-        let shown = {
+        let shown = if stdout_is_the_null_device() {
+            // Also what a closed standard output becomes: the runtime opens /dev/null there.
+            Err(std::io::Error::other("it is /dev/null"))
+        } else {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes()).and_then(|()| out.flush())
         };

@@ -398,22 +398,25 @@ async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_that_cannot_show_the_password_keeps_no_administrator() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
-        eprintln!("skipped: no /dev/full to make standard output fail");
-        return;
-    };
-    let mut cmd = child::command(d);
-    cmd.args(SERVE).stdout(full).stderr(std::process::Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.contains("cannot show the first administrator's password"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let users = cli(d, &["user", "list"]).await;
-    assert!(users.ok && !users.stdout.contains("admin"), "{users:?}");
+    // A full disk, and /dev/null (where a closed standard output ends up too).
+    for device in ["/dev/full", "/dev/null"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let Ok(out) = std::fs::OpenOptions::new().write(true).open(device) else {
+            eprintln!("skipped: no {device}");
+            continue;
+        };
+        let mut cmd = child::command(d);
+        cmd.args(SERVE).stdout(out).stderr(std::process::Stdio::piped());
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{device}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.contains("cannot show the first administrator's password"), "{device}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let users = cli(d, &["user", "list"]).await;
+        assert!(users.ok && !users.stdout.contains("admin"), "{device}: {users:?}");
+    }
 }
 
 #[tokio::test]
