@@ -101,7 +101,7 @@ impl Sessions {
         self.idle
     }
 
-    /// Starts a session for `user` (as read when the sign-in checked it: its password
+    /// Starts a session for `user` (as read when the sign-in checked it: its credential
     /// generation is the session's), signed in with `factors`, and returns the token for the
     /// cookie.
     pub async fn create(
@@ -137,7 +137,7 @@ impl Sessions {
 
     /// A new token for a session that goes on from `continued` after a password change,
     /// which ends every session of the user: `changed` is the user as the change left it (the
-    /// new password generation). Same factors and start, so its absolute timeout still counts
+    /// new credential generation). Same factors and start, so its absolute timeout still counts
     /// from the sign-in (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
     ///
     /// # Errors
@@ -239,9 +239,9 @@ impl Sessions {
         }
         let generation = record.password_changed_at;
         let Some(user) = found.user.filter(|u| !u.disabled && u.password_changed_at == generation) else {
-            // Deleted, disabled, or its password changed since the sign-in: each of those ends
-            // the sessions too, but a sign-in that was being checked at that moment may have
-            // started one just after.
+            // Deleted, disabled, or of another credential generation (a password change, a
+            // factor reset or a disable since): each ends the sessions too, but a sign-in that
+            // was being checked at that moment may have started one just after.
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
@@ -295,7 +295,7 @@ impl Sessions {
     }
 
     /// The one rule for a session list a user sees ([`Sessions::list`],
-    /// [`Sessions::resolve_listing`]): those of the user's password generation `generation`
+    /// [`Sessions::resolve_listing`]): those of the user's credential generation `generation`
     /// still valid at `now` (Unix ms), newest first.
     fn valid_newest_first(&self, sessions: Vec<StoredSession>, generation: u64, now: u64) -> Vec<StoredSession> {
         let valid = |s: &StoredSession| s.record.password_changed_at == generation && !self.is_expired(&s.record, now);

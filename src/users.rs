@@ -188,7 +188,7 @@ impl UserAdmin {
     }
 
     /// Sets a new password and ends all the user's sessions, durably. Returns the user as the
-    /// change left it (its new password generation, which the sessions ended here and any a
+    /// change left it (its new credential generation, which the sessions ended here and any a
     /// racing sign-in starts are not of) and how many sessions ended.
     pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<PasswordSet, UserError> {
         let (username, _) = self.existing(name).await?;

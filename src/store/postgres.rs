@@ -290,7 +290,7 @@ impl UserStore for PgStore {
         upgraded_hash: Option<&str>,
         signed_in_at: Option<u64>,
     ) -> Result<Option<User>> {
-        // The update's WHERE is the compare: the same password generation, not disabled. It is
+        // The update's WHERE is the compare: the same credential generation, not disabled. It is
         // re-checked on the row's latest version after any concurrent update commits, so a
         // password change or a disable in between wins. The second branch answers a disabled
         // user (unchanged); no row at all means gone or another password. Its commit does not
@@ -444,7 +444,7 @@ impl<'a> SessionRow<'a> {
     }
 
     /// `$1` to `$8`: token hash, user key, created, last seen, address, user agent, factors,
-    /// password generation.
+    /// credential generation.
     fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.token_hash,

@@ -1,7 +1,8 @@
--- Schema v9: each session keeps its user's password generation (users.password_changed_at_ms)
--- from when it began; a session of another generation than its user's is over (store::Session).
--- A password change ends every session, but a sign-in whose password was checked just before
--- the change could store its session just after: that session is of the old generation.
+-- Schema v9: each session keeps its user's credential generation (users.password_changed_at_ms:
+-- a password change, a factor reset or a disable starts a new one) from when it began; a
+-- session of another generation than its user's is over (store::Session). Each of those ends
+-- every session, but a sign-in checked just before could store its session just after: that
+-- session is of the old generation.
 ALTER TABLE sessions ADD COLUMN password_changed_at_ms bigint NOT NULL DEFAULT 0;
 -- Sessions from before outlived every password change so far: they are of the current one.
 UPDATE sessions s SET password_changed_at_ms = u.password_changed_at_ms FROM users u WHERE u.key = s.user_key;
