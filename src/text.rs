@@ -53,19 +53,7 @@ pub fn needs_escape(c: char) -> bool {
 /// name typed as the text `\u{ff4d}` cannot pass for the escaped `ｍ` either, and
 /// [`unprintable`] can undo the escaping exactly. Borrowed when nothing needed escaping.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    let escapes = |at: usize, c: char| needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{"));
-    if !s.char_indices().any(|(at, c)| escapes(at, c)) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for (at, c) in s.char_indices() {
-        if escapes(at, c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    escaped_where(s, |at, c| needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{")))
 }
 
 /// `s` with every [`needs_escape`] character escaped as [`printable`] does, and nothing else:
@@ -74,12 +62,18 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 /// `Debug` value or an error line quoting values escaped before. [`printable`] would write
 /// those escapes' backslashes again (`\u{5c}u{9b}` for an escaped U+009B).
 pub fn escape_hidden(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
+    escaped_where(s, |_, c| needs_escape(c))
+}
+
+/// `s` with each character for which `escapes(byte offset, character)` holds written as a
+/// Rust-style escape (`\u{2060}`); borrowed when there is none.
+fn escaped_where(s: &str, escapes: impl Fn(usize, char) -> bool) -> Cow<'_, str> {
+    if !s.char_indices().any(|(at, c)| escapes(at, c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if needs_escape(c) {
+    for (at, c) in s.char_indices() {
+        if escapes(at, c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
