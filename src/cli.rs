@@ -406,11 +406,16 @@ fn stdout_is_the_null_device() -> bool {
 /// Writes `text` to standard output. A reader that went away (`| head`) ends the output
 /// quietly, as for any Unix filter; any other failure to write is an error.
 fn print_out(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match write_stdout(text) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to standard output"),
     }
+}
+
+/// `text` written to standard output and flushed.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
 }
 
 /// A tokio runtime with `workers` threads (default: one per core, or TOKIO_WORKER_THREADS).
@@ -455,8 +460,7 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
             // Also what a closed standard output becomes: the runtime opens /dev/null there.
             Err(std::io::Error::other("it is /dev/null"))
         } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            write_stdout(&text)
         };
         // An administrator whose password nobody saw is of use to no one: not kept, so the
         // next start (with somewhere to write) makes one and shows its password.
