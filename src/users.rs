@@ -181,8 +181,7 @@ impl UserAdmin {
         // A new user has no second factor. One stored under this name now was written for a
         // deleted namesake by a request that checked the user still existed just before the
         // delete: it would ask the new user for a code they never set up.
-        self.store.factors.clear(username.key()).await?;
-        self.store.passkeys.remove_passkeys_of(username.key()).await?;
+        self.remove_second_factors(username.key()).await?;
         self.audit.record(&AuthEvent::UserAdded { username: username.as_str(), admin, by });
         Ok(username)
     }
@@ -219,20 +218,34 @@ impl UserAdmin {
     /// what was removed, and how many sessions ended.
     pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
         let (username, record) = self.existing(name).await?;
-        let mut removed = self.store.factors.clear(username.key()).await?;
-        // Passkeys are second factors too: a reset after a lost device must revoke them.
-        removed.passkeys = self.store.passkeys.remove_passkeys_of(username.key()).await?;
-        // Then a new credential generation: a sign-in that read the user before it and proved
-        // a factor removed just now starts a session of the old one, which is over whenever
-        // it is stored (a sign-in that reads the user after it finds no factor to prove).
-        self.store
-            .users
-            .renew_generation(username.key(), now_ms())
-            .await?
-            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-        let ended = self.sessions.end_all(username.key(), None).await?;
+        let removed = self.remove_second_factors(username.key()).await?;
+        // After the removal: a sign-in that read the user before and proved a factor removed
+        // just now starts a session of the old generation; one that reads it after finds no
+        // factor to prove.
+        let ended = self.end_generation(username.key(), name).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         Ok((record.display_name, removed, ended))
+    }
+
+    /// Removes every second factor of the user `key`: authenticator app, recovery codes and
+    /// passkeys. Returns what was removed.
+    async fn remove_second_factors(&self, key: &str) -> Result<FactorSummary, UserError> {
+        let mut removed = self.store.factors.clear(key).await?;
+        removed.passkeys = self.store.passkeys.remove_passkeys_of(key).await?;
+        Ok(removed)
+    }
+
+    /// Starts a new credential generation for the user `key` (`name` as typed, for the error)
+    /// and ends their sessions: every session begun under the old one is over, including one a
+    /// sign-in checked before now stores later (`store::Session::password_changed_at`).
+    /// Returns how many sessions ended.
+    async fn end_generation(&self, key: &str, name: &str) -> Result<usize, UserError> {
+        self.store
+            .users
+            .renew_generation(key, now_ms())
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        Ok(self.sessions.end_all(key, None).await?)
     }
 
     /// Deletes the user (with their second factors) and ends their sessions, durably.
@@ -258,14 +271,9 @@ impl UserAdmin {
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let username = record.display_name.as_str();
         let (ended, event) = if disabled {
-            // A new credential generation too: a session a sign-in checked just before the
-            // disable stores after it is over for good, not again after `user enable`.
-            self.store
-                .users
-                .renew_generation(&record.key, now_ms())
-                .await?
-                .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-            (self.sessions.end_all(&record.key, None).await?, AuthEvent::UserDisabled { username, by })
+            // So a session a sign-in checked just before the disable stores after it is over
+            // for good, not again after `user enable`.
+            (self.end_generation(&record.key, name).await?, AuthEvent::UserDisabled { username, by })
         } else {
             (0, AuthEvent::UserEnabled { username, by })
         };
