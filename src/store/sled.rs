@@ -65,6 +65,12 @@ struct UserRecord {
 }
 
 impl UserRecord {
+    /// A new credential generation at `now`: strictly increasing, so two changes within one
+    /// millisecond are still two generations to `record_login` and the sessions.
+    fn renew_generation(&mut self, now: u64) {
+        self.password_changed_at = now.max(self.password_changed_at.saturating_add(1));
+    }
+
     fn user(&self) -> User {
         User {
             key: self.key.clone(),
@@ -834,9 +840,7 @@ impl UserStore for SledStore {
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
         let after = self.update_user_with(key, |user| {
             user.password_hash = password_hash.to_string();
-            // Strictly increasing, so two changes within one millisecond are still two
-            // passwords to `record_login`.
-            user.password_changed_at = now.max(user.password_changed_at.saturating_add(1));
+            user.renew_generation(now);
             true
         })?;
         self.durable(after.map(|r| r.user())).await
@@ -844,7 +848,7 @@ impl UserStore for SledStore {
 
     async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
         let after = self.update_user_with(key, |user| {
-            user.password_changed_at = now.max(user.password_changed_at.saturating_add(1));
+            user.renew_generation(now);
             true
         })?;
         self.durable(after.map(|r| r.user())).await
