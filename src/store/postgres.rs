@@ -59,6 +59,11 @@ fn unms(t: i64) -> u64 {
     u64::try_from(t).unwrap_or(0)
 }
 
+/// The `SET` item of a new credential generation at `$2` (Unix ms): strictly increasing, so
+/// two changes within one millisecond are still two generations to `record_login` and the
+/// sessions; the row lock orders concurrent changes.
+const NEW_GENERATION: &str = "password_changed_at_ms = GREATEST($2::bigint, password_changed_at_ms + 1)";
+
 const USER_COLUMNS: &str =
     "key, display_name, admin, created_at_ms, password_changed_at_ms, last_login_at_ms, disabled, password_hash, groups";
 
@@ -243,22 +248,14 @@ impl UserStore for PgStore {
     }
 
     async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
-        // Strictly increasing, so two changes within one millisecond are still two passwords
-        // to `record_login`; the row lock orders concurrent changes.
-        let sql = format!(
-            "UPDATE users SET password_hash = $2,
-                              password_changed_at_ms = GREATEST($3::bigint, password_changed_at_ms + 1)
-             WHERE key = $1 RETURNING {USER_COLUMNS}"
-        );
-        let row = self.client().await?.query_opt(&sql, &[&key, &password_hash, &ms(now)]).await?;
+        let sql =
+            format!("UPDATE users SET {NEW_GENERATION}, password_hash = $3 WHERE key = $1 RETURNING {USER_COLUMNS}");
+        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &password_hash]).await?;
         Ok(row.as_ref().map(user_of))
     }
 
     async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
-        let sql = format!(
-            "UPDATE users SET password_changed_at_ms = GREATEST($2::bigint, password_changed_at_ms + 1)
-             WHERE key = $1 RETURNING {USER_COLUMNS}"
-        );
+        let sql = format!("UPDATE users SET {NEW_GENERATION} WHERE key = $1 RETURNING {USER_COLUMNS}");
         let row = self.client().await?.query_opt(&sql, &[&key, &ms(now)]).await?;
         Ok(row.as_ref().map(user_of))
     }
