@@ -546,7 +546,12 @@ impl FactorSummary {
     /// Whether the user has a second factor to sign in with: an authenticator app or a passkey.
     /// Recovery codes stand in for one (a lost phone) but are not one by themselves.
     pub fn has_second_factor(&self) -> bool {
-        self.totp || self.passkeys > 0
+        self.second_factors() > 0
+    }
+
+    /// How many second factors the user has: the authenticator app and each passkey.
+    pub fn second_factors(&self) -> usize {
+        usize::from(self.totp) + self.passkeys
     }
 }
 

@@ -184,9 +184,7 @@ pub(crate) async fn codes_with_first_factor(
     otherwise: Response,
 ) -> Response {
     match state.factors.summary(&session.user.key).await {
-        Ok(s) if s.recovery_codes == 0 || usize::from(s.totp) + s.passkeys == 1 => {
-            issue_codes(state, session, headline).await
-        }
+        Ok(s) if s.recovery_codes == 0 || s.second_factors() == 1 => issue_codes(state, session, headline).await,
         Ok(_) => otherwise,
         Err(e) => store_error(&e, "could not read the user's second factors"),
     }
