@@ -126,6 +126,20 @@ pub struct Refusal {
     pub captcha_demanded: bool,
 }
 
+/// What [`SignIn::check_password`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// The user's password.
+    Right,
+    /// Not the user's password; counted and recorded like a wrong password at the login form.
+    Wrong,
+    /// A quota is spent: try again after `retry_after` seconds.
+    TooMany { retry_after: u64 },
+    /// The username or address has failed often enough (checks in flight included) to be
+    /// asked for a captcha, which only the login form gives: no password was checked.
+    CaptchaDemanded,
+}
+
 /// Why an attempt could not be judged. Each is a 503 except where
 /// [`SignInError::is_unavailable`] says otherwise (a 500).
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +316,65 @@ impl SignIn {
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin) })
     }
 
+    /// Checks that `password` is `user`'s for a signed-in account form (`/account/confirm`,
+    /// `/account/password`), the way [`SignIn::attempt`] checks one: the per-address quota,
+    /// a reservation of the captcha threshold (so concurrent checks cannot pass it either),
+    /// the per-username quota, the hash on the pool; a wrong one counted toward the threshold
+    /// and recorded as `bad_password`, each refusal before it recorded too. Past the threshold
+    /// no password is checked: only the login form, with its captcha, takes guesses then. So
+    /// a stolen session cannot guess faster than the login form allows, nor write more
+    /// records. Nothing here signs anyone in or clears a failure.
+    ///
+    /// # Errors
+    /// As [`SignIn::attempt`].
+    pub async fn check_password(
+        &self,
+        client: &Client,
+        user: &crate::store::User,
+        password: Password,
+    ) -> Result<PasswordCheck, SignInError> {
+        let digest = username_digest(&user.key);
+        let judged = Judged { service: self, client, username: &user.display_name, digest };
+        let address = client.key();
+        if let Some(rate) = self.per_address {
+            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now_ms()).await? {
+                judged.record(FailureReason::RateLimited, false).await?;
+                return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
+            }
+        }
+        // Given back on every way out but a failure (a dropped request included).
+        let held = match self.state.reserve(address, digest, now_ms()).await? {
+            Ok(r) => Held::new(Arc::clone(&self.state), r),
+            Err(CaptchaDemanded) => {
+                judged.record(FailureReason::CaptchaRequired, false).await?;
+                return Ok(PasswordCheck::CaptchaDemanded);
+            }
+        };
+        if let Some(rate) = self.per_username {
+            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now_ms()).await? {
+                held.release().await?;
+                judged.record(FailureReason::RateLimited, false).await?;
+                return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
+            }
+        }
+        match self.auth.verify_current(&user.key, password).await {
+            Ok(true) => {
+                held.release().await?;
+                Ok(PasswordCheck::Right)
+            }
+            Ok(false) => {
+                let counted = held.fail(now_ms()).await?;
+                judged.record(FailureReason::BadPassword, counted.reached_threshold).await?;
+                Ok(PasswordCheck::Wrong)
+            }
+            Err(AuthError::Overloaded) => Err(SignInError::Overloaded),
+            Err(AuthError::Store(source)) => Err(SignInError::Store { what: "could not check the password", source }),
+            // `verify_current` answers a wrong password with `false`, not with this.
+            Err(e @ AuthError::InvalidCredentials(_)) => Err(SignInError::Unexpected(anyhow::anyhow!(e))),
+            Err(AuthError::Unexpected(e)) => Err(SignInError::Unexpected(e)),
+        }
+    }
+
     /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
     /// how many there were): the browser's previous session ended and a new one made with
     /// `factors` in one durable step, the success recorded (a success that cannot be recorded
@@ -461,6 +534,16 @@ impl Judged<'_> {
         self.refuse_with(reason, retry_after, max_reached, None).await
     }
 
+    /// Records the refusal (`max_reached`: the failure that reached the captcha threshold);
+    /// one that cannot be recorded is not made.
+    async fn record(&self, reason: FailureReason, max_reached: bool) -> Result<(), SignInError> {
+        let s = self.service;
+        s.audit
+            .record_failure(self.username, self.client, reason, max_reached)
+            .await
+            .map_err(SignInError::RefusalUnrecorded)
+    }
+
     /// [`Judged::refuse`] for a failure the state has just counted (for this client's address
     /// and this username), which may already say whether a captcha is now demanded.
     async fn refuse_counted(&self, reason: FailureReason, counted: Recorded) -> Result<Outcome, SignInError> {
@@ -475,10 +558,7 @@ impl Judged<'_> {
         captcha_demanded: Option<bool>,
     ) -> Result<Outcome, SignInError> {
         let s = self.service;
-        s.audit
-            .record_failure(self.username, self.client, reason, max_reached)
-            .await
-            .map_err(SignInError::RefusalUnrecorded)?;
+        self.record(reason, max_reached).await?;
         let captcha_demanded = match captcha_demanded {
             Some(known) => known,
             None => s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?,

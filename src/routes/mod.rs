@@ -231,6 +231,17 @@ pub fn fault_status(unavailable: bool) -> StatusCode {
     }
 }
 
+/// The answer when a sign-in, a second step or an account form's password check could not be
+/// judged: 503, or 500 for a fault, logged under `what` unless it is the normal answer to a
+/// flood ([`crate::sign_in::SignInError::is_worth_logging`]).
+pub(crate) fn not_judged(what: &'static str, e: &crate::sign_in::SignInError) -> Response {
+    if e.is_worth_logging() {
+        let chain = crate::text::error_chain(e);
+        crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &chain);
+    }
+    error_page(fault_status(e.is_unavailable()))
+}
+
 /// Renders a template as an HTML response.
 pub fn html<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {

@@ -14,11 +14,12 @@ use poem::web::Query;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use super::password::{check_current, NotConfirmed};
+use super::password::check_current;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::routes::{html, read_form, see_other, signed_in, signed_in_with, with_retry_after, State};
 use crate::session::{ActiveSession, RECENT_AUTHENTICATION};
+use crate::sign_in::PasswordCheck;
 use crate::store::now_ms;
 use crate::text::printable;
 use crate::{client, cookies};
@@ -147,21 +148,21 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     match check_current(req, &state, &session, &form.current).await {
-        Ok(()) => {}
-        Err(NotConfirmed::Wrong) => {
+        Ok(PasswordCheck::Right) => {}
+        Ok(PasswordCheck::Wrong) => {
             return page(&state, &session, then, StatusCode::UNAUTHORIZED, Some("That is not your password."))
         }
-        Err(NotConfirmed::TooMany { retry_after }) => {
+        Ok(PasswordCheck::TooMany { retry_after }) => {
             let message = "Too many password checks. Please wait and try again.";
             return with_retry_after(
                 page(&state, &session, then, StatusCode::TOO_MANY_REQUESTS, Some(message)),
                 retry_after,
             );
         }
-        Err(NotConfirmed::CaptchaDemanded) => {
+        Ok(PasswordCheck::CaptchaDemanded) => {
             return page(&state, &session, then, StatusCode::FORBIDDEN, Some(super::password::CAPTCHA_DEMANDED))
         }
-        Err(NotConfirmed::Fault(resp)) => return resp,
+        Err(resp) => return resp,
     }
     let client = client::client(req, &state.settings.trusted_proxies);
     state.audit.record(&AuthEvent::Reauthenticated { username: &session.user.display_name, client: &client });

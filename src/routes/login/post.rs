@@ -11,10 +11,9 @@ use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::PRELOGIN_COOKIE;
 use crate::factors::MFA_COOKIE;
-use crate::fault_log::Severity;
 use crate::metrics::LoginResult;
 use crate::password::Password;
-use crate::routes::{error_page, read_form, see_other, State};
+use crate::routes::{read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::sign_in::{Attempt, Outcome, Refusal};
 use crate::{client, cookies};
@@ -97,13 +96,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(Outcome::Refused(refusal)) => {
             refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
         }
-        Err(e) => {
-            if e.is_worth_logging() {
-                let chain = crate::text::error_chain(&e);
-                crate::fault_log::report("sign-in not judged", Severity::Error, e.is_unavailable(), &chain);
-            }
-            error_page(crate::routes::fault_status(e.is_unavailable()))
-        }
+        Err(e) => crate::routes::not_judged("sign-in not judged", &e),
     }
 }
 

@@ -5,7 +5,6 @@
 //! session cookie (two factors) on success, the form again with 401 for a wrong or reused
 //! code, and 303 to `/login` when there is no pending sign-in to finish.
 
-use crate::fault_log::Severity;
 use crate::metrics::LoginResult;
 use askama::Template;
 use poem::http::{header, StatusCode};
@@ -15,7 +14,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::audit::FailureReason;
 use crate::factors::{Proof, MFA_COOKIE};
-use crate::routes::{error_page, html, read_form, see_other, State};
+use crate::routes::{html, read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
 use crate::sign_in::{SecondAttempt, StepOutcome};
 use crate::{client, cookies};
@@ -133,13 +132,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let outcome = match state.sign_in.second_step(attempt).await {
         Ok(o) => o,
-        Err(e) => {
-            if e.is_worth_logging() {
-                let chain = crate::text::error_chain(&e);
-                crate::fault_log::report("second factor not judged", Severity::Error, e.is_unavailable(), &chain);
-            }
-            return error_page(crate::routes::fault_status(e.is_unavailable()));
-        }
+        Err(e) => return crate::routes::not_judged("second factor not judged", &e),
     };
     match &outcome {
         StepOutcome::SignedIn { .. } => state.metrics.login_attempt(LoginResult::Success),
