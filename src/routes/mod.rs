@@ -51,7 +51,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         )
         .at("/account/totp", allowing("GET, HEAD, POST", get(account::totp::enrol).post(account::totp::confirm)))
         .at("/account/totp/remove", allowing(POST, post(account::totp::remove)))
-        .at("/account/recovery-codes", allowing(POST, post(account::totp::new_recovery_codes)))
+        .at("/account/recovery-codes", allowing(POST, post(account::recovery_codes::new_recovery_codes)))
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
         .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))

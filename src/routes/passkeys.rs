@@ -16,6 +16,7 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use super::account::confirm::{signed_in_recently, Then};
+use super::account::CsrfOnly;
 use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
 use crate::fault_log::Severity;
@@ -32,12 +33,6 @@ pub const ACCOUNT_PASSKEYS: &str = "/account#passkeys-heading";
 
 /// Largest credential JSON accepted from a browser, in bytes (well under the form cap).
 const MAX_CREDENTIAL_JSON: usize = 12 * 1024;
-
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
 
 #[derive(Deserialize)]
 pub struct SignInForm {
@@ -325,8 +320,13 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             // As with an authenticator app (a server that turns passkeys off must not lock
             // the user out either).
             let otherwise = see_other(ACCOUNT_PASSKEYS);
-            crate::routes::account::totp::codes_with_first_factor(&state, &session, "Your passkey is added.", otherwise)
-                .await
+            crate::routes::account::recovery_codes::codes_with_first_factor(
+                &state,
+                &session,
+                "Your passkey is added.",
+                otherwise,
+            )
+            .await
         }
         Err(e @ PasskeyError::Store(_)) => passkey_failure(&e, "could not add a passkey"),
         Err(e) => {

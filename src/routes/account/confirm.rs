@@ -31,7 +31,7 @@ pub const PATH: &str = "/account/confirm";
 /// server's key and this session's token hash, so it is worth nothing to another session,
 /// cannot be moved forward in time, and ends with the session. `__Host-` as the session's.
 pub const CONFIRMED_COOKIE: &str = "__Host-portcullis-confirmed";
-const SIGNED_OUT: &str = "/login?next=/account";
+use super::SIGNED_OUT;
 
 /// Where a confirmation goes on to: one of the pages whose changes ask for it. Anything
 /// else sent as `next` reads as `/account`, so the parameter cannot redirect elsewhere.

@@ -1,11 +1,13 @@
 //! `/account`: the signed-in user's own page: sessions (with *sign out everywhere else*), a
-//! password change ([`password`]), the authenticator app and recovery codes ([`totp`]), and
+//! password change ([`password`]), the authenticator app ([`totp`]), recovery codes
+//! ([`recovery_codes`]), and
 //! the passkeys section (`templates/account_passkeys.html`, its routes in `routes::passkeys`).
 //! Every action is a plain form with a CSRF token bound to the session; adding a passkey
 //! needs `static/passkey.js`, so when passkeys are on the page has `PASSKEY_CSP`.
 
 pub mod confirm;
 pub mod password;
+pub mod recovery_codes;
 pub mod totp;
 
 use askama::Template;
@@ -18,6 +20,16 @@ use crate::routes::{current_session_listing, html, see_other, store_error, State
 use crate::session::ActiveSession;
 use crate::store::{FactorSummary, StoredSession};
 use crate::text::printable;
+
+/// Where a signed-out visitor to the account's routes is sent.
+const SIGNED_OUT: &str = "/login?next=/account";
+
+/// A form with only the CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
 
 #[derive(Template)]
 #[template(path = "account.html")]

@@ -1,9 +1,10 @@
-//! The authenticator app (TOTP) and recovery codes on `/account`:
+//! The authenticator app (TOTP) on `/account`:
 //! - `GET /account/totp`: a new secret, shown as a QR code drawn here (an SVG image, no
 //!   script), as base32 text and as the `otpauth://` URI, with a form for the first code;
 //! - `POST /account/totp`: enrols the secret if the code is valid for it (nothing changes
-//!   otherwise); the first time, ten recovery codes are made and shown once;
-//! - `POST /account/totp/remove` and `POST /account/recovery-codes` (new codes void the old).
+//!   otherwise); the first time, ten recovery codes are made and shown once
+//!   (`recovery_codes`);
+//! - `POST /account/totp/remove`.
 //!
 //! The secret travels in the enrolment form, tagged with an HMAC bound to the session, so the
 //! server keeps no state for an enrolment that is never finished, and nobody can make another
@@ -13,9 +14,10 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
-use zeroize::Zeroizing;
 
 use super::confirm::{recently_authenticated, signed_in_recently, Then};
+use super::recovery_codes::codes_with_first_factor;
+use super::{CsrfOnly, SIGNED_OUT};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::{totp, FactorError, FactorKind};
@@ -35,14 +37,6 @@ struct EnrolPage<'a> {
     qr: &'a str,
     error: Option<&'a str>,
     replaces: bool,
-}
-
-#[derive(Template)]
-#[template(path = "recovery_codes.html")]
-struct CodesPage<'a> {
-    codes: &'a [Zeroizing<String>],
-    /// Shown above the codes: what just happened.
-    headline: &'a str,
 }
 
 /// The enrolment form as posted.
@@ -65,23 +59,13 @@ impl Drop for EnrolForm {
     }
 }
 
-/// A form with only the CSRF token.
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 /// What binds a secret in the form to this session (domain-separated from notices, whose
 /// payloads are JSON objects).
 fn tag_payload(secret_b32: &str) -> Vec<u8> {
     [b"totp-enrol\0".as_slice(), secret_b32.as_bytes()].concat()
 }
 
-/// Where a signed-out visitor to these routes is sent.
-const SIGNED_OUT: &str = "/login?next=/account";
-
-fn factor_error(e: &FactorError, what: &'static str) -> Response {
+pub(super) fn factor_error(e: &FactorError, what: &'static str) -> Response {
     crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), e);
     error_page(crate::routes::fault_status(e.is_unavailable()))
 }
@@ -172,24 +156,6 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     codes_with_first_factor(&state, &session, "Your authenticator app is set up.", otherwise).await
 }
 
-/// After a second factor was added: a fresh set of recovery codes, shown once under
-/// `headline`, when the new factor is the user's only one (the first factor comes with them,
-/// so a lost phone or key does not lock the user out) or the user has none left; else
-/// `otherwise`. Codes found beside a first factor predate it (a store written before removing
-/// the last factor voided them): they are replaced, never revived.
-pub(crate) async fn codes_with_first_factor(
-    state: &AppState,
-    session: &ActiveSession,
-    headline: &str,
-    otherwise: Response,
-) -> Response {
-    match state.factors.summary(&session.user.key).await {
-        Ok(s) if s.recovery_codes == 0 || s.second_factors() == 1 => issue_codes(state, session, headline).await,
-        Ok(_) => otherwise,
-        Err(e) => store_error(&e, "could not read the user's second factors"),
-    }
-}
-
 #[handler]
 pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     let form: CsrfOnly = match read_form(req, body).await {
@@ -209,35 +175,4 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(false) => see_other("/account"),
         Err(e) => store_error(&e, "could not remove the authenticator"),
     }
-}
-
-#[handler]
-pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> Response {
-    let form: CsrfOnly = match read_form(req, body).await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
-    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
-    // Codes stand in for a second factor: without one there is nothing to recover.
-    match state.factors.summary(&session.user.key).await {
-        Ok(f) if f.has_second_factor() => {}
-        Ok(_) => return see_other("/account"),
-        Err(e) => return store_error(&e, "could not read the user's second factors"),
-    }
-    issue_codes(&state, &session, "Your new recovery codes are ready; the old ones no longer work.").await
-}
-
-/// Makes a new set of recovery codes and shows them, once.
-async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
-    let codes = match state.factors.new_recovery_codes(&session.user.key).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return see_other("/login"),
-        Err(e) => return factor_error(&e, "could not make recovery codes"),
-    };
-    let username = &session.user.display_name;
-    state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::RecoveryCodes.as_str() });
-    html(StatusCode::OK, &CodesPage { codes: &codes, headline })
 }
