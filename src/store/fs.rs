@@ -23,6 +23,14 @@ use std::path::Path;
 pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
+        // A link to nothing is not created through: where it points was chosen by whoever made
+        // the link, and "File exists" would not say what is wrong.
+        if let Ok(target) = std::fs::read_link(dir.components().as_path()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is a link to {}, which does not exist", dir.display(), target.display()),
+            ));
+        }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         return Ok(());
     }
@@ -86,5 +94,31 @@ pub fn private_umask() {
     // SAFETY: umask(2) only sets the process's mask; it cannot fail and touches no memory.
     unsafe {
         libc::umask(0o077);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dangling_link_is_named_as_one_with_or_without_a_trailing_slash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let link = tmp.path().join("logs");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &link).unwrap();
+        for dir in [link.clone(), Path::new(&format!("{}/", link.display())).to_path_buf()] {
+            let e = ensure_private_dir(&dir, |_| true).unwrap_err();
+            assert!(e.to_string().contains("is a link to") && e.to_string().contains("nowhere"), "{dir:?}: {e}");
+        }
+        assert!(!tmp.path().join("nowhere").exists(), "nothing made where the link points");
+    }
+
+    #[test]
+    fn a_missing_directory_is_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        ensure_private_dir(&dir, |_| true).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700);
     }
 }
