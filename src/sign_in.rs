@@ -27,7 +27,11 @@
 //! password), CSRF bound to it, the per-address quota, the captcha threshold (reached, the
 //! pending sign-in ends and the password must be given again, with the captcha), the
 //! per-username quota, then the factor; a wrong or reused code counts as a failure like a
-//! wrong password. It costs no argon2 verify: one per two-step sign-in in all.
+//! wrong password. A pending sign-in whose password step solved the captcha meets no
+//! threshold but carries one check, used up by it (right: signed in; wrong: the password and
+//! a captcha again), so failures others caused never keep the user who solved it out, and
+//! every guess past the threshold costs a captcha. It costs no argon2 verify: one per
+//! two-step sign-in in all.
 //!
 //! Every refusal is recorded durably before it is reported; if it cannot be recorded the
 //! attempt is [`SignInError`] (503) rather than an unrecorded refusal (OWASP ASVS 4.0 §7.2.1).
@@ -296,6 +300,7 @@ impl SignIn {
         // counted until it is given).
         let retire = Retire { id: prelogin.id(), expires_at_ms: prelogin.expires_at().saturating_mul(1000) };
         let clear = (!factors.has_second_factor()).then(|| username_digest(&user.key));
+        let captcha_solved = reservation.is_none();
         let ended = match reservation {
             Some(r) => r.succeed(Some(retire), clear, now_ms()).await?,
             None => self.state.succeed(None, Some(retire), clear, now_ms()).await?,
@@ -307,7 +312,7 @@ impl SignIn {
             // The password alone proves one factor: no session, and the failures stay counted.
             let pending = self
                 .factors
-                .begin(&user, next)
+                .begin(&user, next, captcha_solved)
                 .await
                 .map_err(|source| SignInError::Store { what: "could not start a two-step sign-in", source })?;
             return Ok(Outcome::SecondFactorNeeded { pending });
@@ -431,7 +436,7 @@ impl SignIn {
         let SecondAttempt { client, pending, csrf, proof, previous_session } = attempt;
         let store_err = |what| move |source| SignInError::Store { what, source };
         let Some(cookie) = pending else { return Ok(StepOutcome::Restart) };
-        let Some((hash, _pending, user)) =
+        let Some((hash, first, user)) =
             self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
         else {
             return Ok(StepOutcome::Restart);
@@ -455,54 +460,91 @@ impl SignIn {
             }
         }
         let Some(proof) = proof else { return Ok(nothing_checked()) };
-        // Past the captcha threshold the code is not even checked: the sign-in starts again
-        // at the password, where the captcha is asked for.
-        let reservation = match self.state.reserve(address, digest, now).await? {
-            Ok(r) => Held::new(Arc::clone(&self.state), r),
-            Err(CaptchaDemanded) => {
-                self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))?;
-                let Outcome::Refused(refusal) = judged.refuse(FailureReason::CaptchaRequired, None, false).await?
-                else {
-                    return Ok(StepOutcome::Restart);
-                };
-                return Ok(StepOutcome::Refused { refusal, restart: true });
+        // A pending sign-in whose password step solved the captcha carries one code check,
+        // whatever the counts say by now: failures others caused (three wrong passwords typed
+        // for this name, or by colleagues behind one address) cannot keep the user who solved
+        // it from the second step, and each guess still costs a solved captcha, as on the
+        // login form. Any other pending sign-in meets the threshold here: past it the code is
+        // not even checked, and the sign-in starts again at the password, where the captcha
+        // is asked for.
+        let one_check = first.captcha_solved;
+        let reservation = if one_check {
+            None
+        } else {
+            match self.state.reserve(address, digest, now).await? {
+                Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
+                Err(CaptchaDemanded) => {
+                    self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))?;
+                    let Outcome::Refused(refusal) = judged.refuse(FailureReason::CaptchaRequired, None, false).await?
+                    else {
+                        return Ok(StepOutcome::Restart);
+                    };
+                    return Ok(StepOutcome::Refused { refusal, restart: true });
+                }
             }
         };
         if let Some(rate) = self.per_username {
             if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
-                reservation.release().await?;
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
                 let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
                 return Ok(refused(o));
             }
         }
+        // The one check is used up before it is made, so two requests with the cookie get one.
+        if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
+            return Ok(StepOutcome::Restart);
+        }
         match self.factors.verify(&user.key, &proof, now / 1000).await? {
-            Verdict::Unchecked => {
-                reservation.release().await?;
-                Ok(nothing_checked())
-            }
+            Verdict::Unchecked => match reservation {
+                Some(r) => {
+                    r.release().await?;
+                    Ok(nothing_checked())
+                }
+                None => Ok(StepOutcome::Restart),
+            },
             Verdict::Refused(reason) => {
-                let counted = reservation.fail(now_ms()).await?;
-                Ok(refused(judged.refuse_counted(reason, counted).await?))
+                let counted = match reservation {
+                    Some(r) => r.fail(now_ms()).await?,
+                    None => self.state.record_failure(address, digest, now_ms()).await?,
+                };
+                match judged.refuse_counted(reason, counted).await? {
+                    Outcome::Refused(refusal) => Ok(StepOutcome::Refused { refusal, restart: one_check }),
+                    _ => Ok(StepOutcome::Restart),
+                }
             }
             Verdict::Accepted(_) => {
-                // Single use: of two attempts that both got here, one goes on.
-                let Some(pending) =
-                    self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
-                else {
-                    reservation.release().await?;
-                    return Ok(StepOutcome::Restart);
+                let (user, next, cleared) = match reservation {
+                    // Single use: of two attempts that both got here, one goes on.
+                    Some(r) => {
+                        let Some((_, pending, user)) = self
+                            .factors
+                            .pending(cookie)
+                            .await
+                            .map_err(store_err("could not read a pending sign-in"))?
+                        else {
+                            r.release().await?;
+                            return Ok(StepOutcome::Restart);
+                        };
+                        if !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
+                            r.release().await?;
+                            return Ok(StepOutcome::Restart);
+                        }
+                        // The check's place given back and the username's failures cleared, in
+                        // one step.
+                        let cleared = r.succeed(None, Some(username_digest(&user.key)), now_ms()).await?;
+                        (user, pending.next, cleared)
+                    }
+                    None => {
+                        let cleared = self.state.succeed(None, None, Some(digest), now_ms()).await?;
+                        (user, first.next, cleared)
+                    }
                 };
-                if !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
-                    reservation.release().await?;
-                    return Ok(StepOutcome::Restart);
-                }
-                // The check's place given back and the username's failures cleared, in one step.
-                let cleared = reservation.succeed(None, Some(username_digest(&pending.2.key)), now_ms()).await?;
                 let after_failures = cleared.unwrap_or(0);
-                let token = self
-                    .complete(&pending.2, Factors::Two, client, previous_session.as_ref(), after_failures, None)
-                    .await?;
-                Ok(StepOutcome::SignedIn { token, next: pending.1.next })
+                let token =
+                    self.complete(&user, Factors::Two, client, previous_session.as_ref(), after_failures, None).await?;
+                Ok(StepOutcome::SignedIn { token, next })
             }
         }
     }

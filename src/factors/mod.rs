@@ -256,11 +256,17 @@ impl SecondFactors {
 
 impl SecondFactors {
     /// Starts a two-step sign-in for `user` (whose password was just verified): a pending
-    /// sign-in in the store, under the hash of the returned token (the cookie's value).
+    /// sign-in in the store, under the hash of the returned token (the cookie's value);
+    /// `captcha_solved`: the password step solved the captcha ([`PendingSignIn::captcha_solved`]).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot write or no random token can be made.
-    pub async fn begin(&self, user: &User, next: Option<&str>) -> Result<SessionToken, StoreError> {
+    pub async fn begin(
+        &self,
+        user: &User,
+        next: Option<&str>,
+        captcha_solved: bool,
+    ) -> Result<SessionToken, StoreError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let pending = PendingSignIn {
@@ -269,6 +275,7 @@ impl SecondFactors {
             created_at: now,
             expires_at: now.saturating_add(PENDING_LIFETIME.as_millis() as u64),
             next: next.map(str::to_string),
+            captcha_solved,
         };
         self.store.factors.insert_pending(&token.hash(), &pending).await?;
         Ok(token)

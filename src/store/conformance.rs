@@ -982,10 +982,13 @@ async fn pending_sign_ins_are_taken_once_and_purged(store: &Store) {
         created_at: 10,
         expires_at: 1_000,
         next: Some("/account".into()),
+        captcha_solved: true,
     };
     f.insert_pending(&[1; 32], &p).await.unwrap();
-    f.insert_pending(&[2; 32], &PendingSignIn { expires_at: 5_000, next: None, ..p.clone() }).await.unwrap();
+    let plain = PendingSignIn { expires_at: 5_000, next: None, captcha_solved: false, ..p.clone() };
+    f.insert_pending(&[2; 32], &plain).await.unwrap();
     assert_eq!(f.pending(&[1; 32]).await.unwrap(), Some(p), "pending: round trip");
+    assert_eq!(f.pending(&[2; 32]).await.unwrap(), Some(plain), "pending: round trip, no captcha");
     assert!(f.take_pending(&[1; 32]).await.unwrap(), "pending: taken");
     assert!(!f.take_pending(&[1; 32]).await.unwrap(), "pending: taken once");
     assert!(f.pending(&[1; 32]).await.unwrap().is_none());

@@ -569,6 +569,11 @@ pub struct PendingSignIn {
     pub expires_at: u64,
     /// Where to go after the sign-in (already checked by `safe_next`).
     pub next: Option<String>,
+    /// The password step was past the captcha threshold and solved the captcha. Such a
+    /// pending sign-in carries one code check whatever the failure counts say by then, and is
+    /// used up by it: one guess per solved captcha, as on the login form, and the real user,
+    /// who solved it, is never kept from the second step by failures others caused.
+    pub captcha_solved: bool,
 }
 
 /// Users' second factors and pending two-step sign-ins. Each update is one atomic operation,

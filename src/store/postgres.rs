@@ -995,8 +995,8 @@ impl FactorStore for PgStore {
             .await?
             .execute(
                 "INSERT INTO pending_sign_ins
-                 (token_hash, user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 (token_hash, user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &&token_hash[..],
                     &p.user_key,
@@ -1004,6 +1004,7 @@ impl FactorStore for PgStore {
                     &ms(p.created_at),
                     &ms(p.expires_at),
                     &p.next,
+                    &p.captcha_solved,
                 ],
             )
             .await?;
@@ -1015,7 +1016,7 @@ impl FactorStore for PgStore {
             .client()
             .await?
             .query_opt(
-                "SELECT user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next
+                "SELECT user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved
                  FROM pending_sign_ins WHERE token_hash = $1",
                 &[&&token_hash[..]],
             )
@@ -1026,6 +1027,7 @@ impl FactorStore for PgStore {
             created_at: unms(r.get(2)),
             expires_at: unms(r.get(3)),
             next: r.get(4),
+            captcha_solved: r.get(5),
         }))
     }
 

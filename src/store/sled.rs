@@ -184,6 +184,8 @@ struct PendingRecord {
     expires_at: u64,
     #[serde(default)]
     next: Option<String>,
+    #[serde(default)]
+    captcha_solved: bool,
 }
 
 /// The sled engine: one process, one directory.
@@ -1238,6 +1240,7 @@ impl FactorStore for SledStore {
             created_at: p.created_at,
             expires_at: p.expires_at,
             next: p.next.clone(),
+            captcha_solved: p.captcha_solved,
         };
         self.pending_sign_ins.insert(token_hash, encode(&record)?)?;
         self.durable(()).await
@@ -1252,6 +1255,7 @@ impl FactorStore for SledStore {
             created_at: r.created_at,
             expires_at: r.expires_at,
             next: r.next,
+            captcha_solved: r.captcha_solved,
         }))
     }
 

@@ -299,6 +299,12 @@ impl<'a> Visitor<'a> {
         resp.status()
     }
 
+    /// POSTs `fields` as a form to `path` with this visitor's cookies, keeping none it is sent
+    /// (so several can be in flight at once).
+    pub async fn post_form_as_is(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.request(reqwest::Method::POST, path).form(fields).send().await.unwrap()
+    }
+
     pub async fn get(&mut self, path: &str) -> (reqwest::StatusCode, String) {
         let resp = self.request(reqwest::Method::GET, path).send().await.unwrap();
         self.keep_cookies(&resp);

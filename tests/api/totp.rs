@@ -9,7 +9,9 @@ use portcullis::factors::totp;
 use portcullis::rate_limit::username_digest;
 use portcullis::store::{now_ms, Factors, FailureQuery};
 
-use crate::helpers::{cookie_value, hidden_field, set_cookies, spawn_app_with, TestApp, GOOD_PASSWORD};
+use crate::helpers::{
+    cookie_value, hidden_field, set_cookies, shows_captcha, spawn_app_with, TestApp, Visitor, GOOD_PASSWORD,
+};
 
 /// The current TOTP time step, past the first 25 s of it (waiting for the next one if need
 /// be), so that a test has a whole step before the server's clock moves on.
@@ -433,4 +435,115 @@ async fn a_new_user_never_inherits_factors_written_for_a_deleted_namesake() {
     let summary = app.state.factors.summary("dana").await.unwrap();
     assert!(!summary.has_second_factor() && summary.recovery_codes == 0, "{summary:?}");
     assert_eq!(app.login("dana", GOOD_PASSWORD).await.headers()["location"], "/", "signed in with the password alone");
+}
+
+/// Past the threshold, solves the captcha and gives the right password as `visitor`; returns
+/// the second step's CSRF token.
+async fn password_with_captcha(visitor: &mut Visitor<'_>) -> String {
+    let (status, page) = visitor.attempt("alice", GOOD_PASSWORD, None).await;
+    assert_eq!(status, 401);
+    assert!(shows_captcha(&page), "the threshold is reached: {page}");
+    let answer = visitor.captcha_answer().unwrap();
+    let resp = visitor.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.headers()["location"], "/login/second-factor");
+    let (_, page) = visitor.get("/login/second-factor").await;
+    hidden_field(&page, "csrf").expect("the second-factor form")
+}
+
+/// Three wrong passwords typed for alice by a stranger, or three failures of colleagues
+/// behind her address, once kept her from ever finishing a password-and-code sign-in: the
+/// second step refused every code past the threshold and sent her back to the captcha, which
+/// changed nothing (found by a review). A solved captcha now carries the code check.
+#[tokio::test]
+async fn failures_others_caused_never_keep_a_two_factor_user_who_solved_the_captcha_out() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 3;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let step = fresh_step().await;
+    let (secret, recovery) = enrol(&app, &first, step).await;
+    let digest = username_digest("alice");
+
+    // The username's count, by a stranger from elsewhere.
+    let mut stranger = Visitor::new(&app, Some("198.51.100.66"));
+    for _ in 0..3 {
+        assert_eq!(stranger.attempt("alice", "not the password at all", None).await.0, 401);
+    }
+    let mut alice = Visitor::new(&app, Some("203.0.113.5"));
+    let csrf = password_with_captcha(&mut alice).await;
+    let status = alice.post_form("/login/second-factor", &[("csrf", &csrf), ("code", &code(&secret, step))]).await;
+    assert_eq!(status, 303, "password, captcha and the right code sign in");
+    assert!(alice.has_session());
+    let elsewhere = AddressKey::of("192.0.2.200".parse().unwrap());
+    assert!(
+        !app.state.brute_force.needs_captcha(elsewhere, Some(digest), now_ms()).await.unwrap(),
+        "the completed sign-in clears the username's failures"
+    );
+
+    // The address's count, by colleagues behind one address failing for other names.
+    let colleagues = "198.51.100.10";
+    let mut colleague = Visitor::new(&app, Some(colleagues));
+    for name in ["bob", "carol", "dave"] {
+        assert_eq!(colleague.attempt(name, "not the password at all", None).await.0, 401);
+    }
+    let mut alice = Visitor::new(&app, Some(colleagues));
+    let csrf = password_with_captcha(&mut alice).await;
+    // (This time step's code is used: a recovery code.)
+    let status = alice.post_form("/login/second-factor", &[("csrf", &csrf), ("recovery_code", &recovery[0])]).await;
+    assert_eq!(status, 303, "password, captcha and a recovery code sign in behind a failing address too");
+}
+
+/// A solved captcha buys one code check past the threshold, not a pending sign-in to guess
+/// codes with: a wrong code ends it (the password and a captcha again), and two requests sent
+/// at once with it get one check between them.
+#[tokio::test]
+async fn past_the_threshold_each_code_check_costs_a_solved_captcha() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 3;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let step = fresh_step().await;
+    let (secret, _) = enrol(&app, &first, step).await;
+    let mut thief = Visitor::new(&app, Some("198.51.100.66"));
+    for _ in 0..3 {
+        assert_eq!(thief.attempt("alice", "not the password at all", None).await.0, 401);
+    }
+
+    // One wrong code: counted, recorded, and the pending sign-in is over.
+    let csrf = password_with_captcha(&mut thief).await;
+    let resp = thief.post_form_as_is("/login/second-factor", &[("csrf", &csrf), ("code", "000000")]).await;
+    assert_eq!(resp.status(), 401);
+    assert!(set_cookies(&resp).iter().any(|c| c.starts_with("__Host-portcullis-mfa=;")), "the pending sign-in ends");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("sign in again with your password"), "{page}");
+    let resp = thief.post_form_as_is("/login/second-factor", &[("csrf", &csrf), ("code", &code(&secret, step))]).await;
+    assert_eq!(resp.status(), 303, "its cookie checks nothing more");
+    assert_eq!(resp.headers()["location"], "/login");
+    let got = reasons(&app, "alice").await;
+    assert_eq!(got[0], FailureReason::BadSecondFactor, "{got:?}");
+    assert_eq!(got.iter().filter(|r| **r == FailureReason::BadPassword).count(), 3, "{got:?}");
+    assert_eq!(got.len(), 5, "three wrong passwords, the captcha asked for, one wrong code: {got:?}");
+
+    // Two codes at once with one solved captcha: one is checked, the other finds it used.
+    let mut thief = Visitor::new(&app, Some("198.51.100.66"));
+    let csrf = password_with_captcha(&mut thief).await;
+    let fields_a = [("csrf", csrf.as_str()), ("code", "111111")];
+    let fields_b = [("csrf", csrf.as_str()), ("code", "222222")];
+    let (a, b) = tokio::join!(
+        thief.post_form_as_is("/login/second-factor", &fields_a),
+        thief.post_form_as_is("/login/second-factor", &fields_b)
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 401], "one check, one restart");
+    let got = reasons(&app, "alice").await;
+    assert_eq!(got.iter().filter(|r| **r == FailureReason::BadSecondFactor).count(), 2, "{got:?}");
 }

@@ -170,12 +170,20 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                     StatusCode::UNAUTHORIZED,
                     "Too many wrong attempts. Please sign in again with your password.".to_string(),
                 ),
+                _ if over && !form.credential.is_empty() => (
+                    StatusCode::UNAUTHORIZED,
+                    "That passkey was not accepted. Please sign in again with your password.".to_string(),
+                ),
                 _ if !form.credential.is_empty() => {
                     (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
                 }
                 _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
                     (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
                 }
+                _ if over => (
+                    StatusCode::UNAUTHORIZED,
+                    "That code is not right, or was already used. Please sign in again with your password.".to_string(),
+                ),
                 _ => (StatusCode::UNAUTHORIZED, "That code is not right, or was already used.".to_string()),
             };
             // The page needs the pending sign-in's name and token binding: read it again (a
