@@ -274,6 +274,11 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
     };
     let session = match signed_in(req, &state, SIGNED_OUT).await {
         Ok(s) => s,
+        // A store that cannot say whose session this is answers its fault (already logged),
+        // never "signed out".
+        Err(resp) if resp.status().is_server_error() => {
+            return json_error(resp.status(), "The server could not check your session. Please try again.")
+        }
         Err(_) => return json_error(StatusCode::UNAUTHORIZED, "Please sign in again."),
     };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {

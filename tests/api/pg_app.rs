@@ -136,6 +136,8 @@ async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_
     let csrf = app.login_csrf(&browser).await;
     let signed = app.new_browser();
     assert_eq!(app.login_with(&signed, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let account = signed.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let session_csrf = crate::helpers::hidden_field(&account, "csrf").expect("the account page's forms");
 
     // The database disappears under the running server (its connections are ended too).
     let cluster = pg::cluster().expect("the database above came from it");
@@ -153,6 +155,11 @@ async fn when_the_database_is_gone_sign_ins_fail_closed_with_503_never_401_or_a_
     }
     let home = signed.get(app.url("/")).send().await.unwrap();
     assert_eq!(home.status(), StatusCode::SERVICE_UNAVAILABLE, "a signed-in visitor is not shown as signed out");
+    // Nor by the one JSON route a signed-in page calls (it once said "Please sign in again").
+    let begin =
+        signed.post(app.url("/account/passkeys/begin")).form(&[("csrf", session_csrf.as_str())]).send().await.unwrap();
+    assert_eq!(begin.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!begin.text().await.unwrap().contains("sign in again"));
     app.stop().await;
 }
 
