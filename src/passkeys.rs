@@ -263,7 +263,7 @@ impl Passkeys {
         if !self.store.passkeys.remove_passkey(user_key, id).await? {
             return Ok(None);
         }
-        crate::factors::void_codes_without_factor(&self.store, user_key).await?;
+        crate::factors::void_codes_without_factor(&self.store, user_key).await;
         Ok(Some(p))
     }
 

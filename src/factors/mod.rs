@@ -107,17 +107,25 @@ impl FactorError {
 }
 
 /// Voids the user's recovery codes once no second factor is left: every way of removing the
-/// last authenticator app or passkey ends here. They stand in for a factor: kept, they would
-/// wait to come back into use with the next one, which would then bring no fresh set, so codes
-/// handed to whoever added a factor the owner has since removed would work again.
+/// last authenticator app or passkey ends here, after the removal. They stand in for a factor:
+/// kept, they would wait to come back into use with the next one, so codes handed to whoever
+/// added a factor the owner has since removed could work again.
 ///
-/// # Errors
-/// [`StoreError`] when the store cannot read or write.
-pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> Result<(), StoreError> {
-    if !store.factors.summary(user_key).await?.has_second_factor() {
-        store.factors.set_recovery_codes(user_key, &[]).await?;
+/// A store that fails here is reported, not returned: the removal before it happened and is
+/// answered and logged as one. Codes left behind sign nobody in (without a second factor no
+/// second step is asked for, and new codes need a factor), and the next first factor replaces
+/// them whatever is stored (`routes::account::recovery_codes::codes_with_first_factor`).
+pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) {
+    let voided = async {
+        if !store.factors.summary(user_key).await?.has_second_factor() {
+            store.factors.set_recovery_codes(user_key, &[]).await?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    if let Err(e) = voided.await {
+        let what = "could not void the recovery codes left without a second factor";
+        crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
     }
-    Ok(())
 }
 
 /// The second-factor service: checks and enrolment, over the store and the factor key.
@@ -204,12 +212,12 @@ impl SecondFactors {
         let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(false) };
         self.keys_agree().await?;
         let sealed = self.key.seal(user_key, secret)?;
-        if !self.store.factors.set_totp(user_key, &TotpFactor { sealed_secret: sealed, created_at: now }).await? {
-            return Ok(false);
-        }
-        // The enrolment code cannot sign in afterwards (its step, or a later one, is taken).
+        // The enrolment code cannot sign in afterwards: its step is taken (or a later one was)
+        // before the authenticator is stored, so a store failing between the two writes leaves
+        // a used step and no authenticator, never an authenticator whose enrolment code still
+        // signs in after a 503. A refusal (the step was used before) changes nothing here.
         self.store.factors.use_totp_step(user_key, step).await?;
-        Ok(true)
+        Ok(self.store.factors.set_totp(user_key, &TotpFactor { sealed_secret: sealed, created_at: now }).await?)
     }
 
     /// Checks, before keying anything, that this server's factor key is the one the store
@@ -235,7 +243,7 @@ impl SecondFactors {
     /// [`StoreError`] when the store cannot be used.
     pub async fn remove_totp(&self, user_key: &str) -> Result<bool, StoreError> {
         let removed = self.store.factors.remove_totp(user_key).await?;
-        void_codes_without_factor(&self.store, user_key).await?;
+        void_codes_without_factor(&self.store, user_key).await;
         Ok(removed)
     }
 
