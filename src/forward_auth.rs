@@ -93,6 +93,8 @@ pub enum TargetError {
     BadMethod,
     #[error("the path reads differently to different servers ({0})")]
     AmbiguousPath(&'static str),
+    #[error("header {0} holds more than its part of the URL")]
+    Malformed(&'static str),
 }
 
 /// The headers that describe the target, each at most once.
@@ -161,6 +163,15 @@ impl Gate {
             if host.contains(',') {
                 return Err(TargetError::Repeated("X-Forwarded-Host"));
             }
+            // Each header holds its part only: a scheme or host carrying `/`, `?` or `#` would
+            // move what follows into a path or query no proxy described (`Host:
+            // app/public/x?` before `/admin`). Proxies send a scheme and `host[:port]`.
+            if !proto.trim().chars().all(|c| c.is_ascii_alphabetic()) {
+                return Err(TargetError::Malformed("X-Forwarded-Proto"));
+            }
+            if !host.trim().chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) {
+                return Err(TargetError::Malformed("X-Forwarded-Host"));
+            }
             if !uri.starts_with('/') {
                 return Err(TargetError::Outside);
             }
@@ -193,6 +204,14 @@ impl Gate {
             (_, Some(f), None) => f,
             (_, None, Some(o)) => o,
         };
+        // A request target never holds a fragment (RFC 9112 §3.2), and nginx passes a `#` sent
+        // in the request line on as it is, in `$request_uri` and to the application, where Go's
+        // `net/http` (Caddy's `file_server`, `http.FileServer`) reads it as a path character and
+        // resolves the dot segments after it: `/public/x#/../../admin` is `/admin` there, while a
+        // URL parser judges `/public/x`. Refused, as the other paths servers read two ways.
+        if raw.contains('#') {
+            return Err(TargetError::AmbiguousPath("a '#' in the request target"));
+        }
         let method = method.trim().to_ascii_uppercase();
         if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)) {
             return Err(TargetError::BadMethod);
@@ -487,12 +506,40 @@ mod tests {
             ..fa.clone()
         };
         assert!(g.target(Flavour::AuthRequest, &both_agree).is_ok());
+        let fragment = Described {
+            original_url: Some("https://app.example.com/public/x#/../../admin"),
+            original_method: Some("GET"),
+            ..Default::default()
+        };
+        assert_eq!(
+            g.target(Flavour::AuthRequest, &fragment),
+            Err(TargetError::AmbiguousPath("a '#' in the request target"))
+        );
         let listed = Described { forwarded_host: Some("app.example.com, evil.net"), ..fa.clone() };
         assert_eq!(g.target(Flavour::ForwardAuth, &listed), Err(TargetError::Repeated("X-Forwarded-Host")));
         for (d, want) in [
             (Described { forwarded_proto: Some("http"), ..fa.clone() }, TargetError::Outside),
             (Described { forwarded_host: Some("evil-example.com"), ..fa.clone() }, TargetError::Outside),
-            (Described { forwarded_host: Some("a@app.example.com"), ..fa.clone() }, TargetError::Outside),
+            (
+                Described { forwarded_host: Some("a@app.example.com"), ..fa.clone() },
+                TargetError::Malformed("X-Forwarded-Host"),
+            ),
+            (
+                Described {
+                    forwarded_host: Some("app.example.com/public/x?"),
+                    forwarded_uri: Some("/admin"),
+                    ..fa.clone()
+                },
+                TargetError::Malformed("X-Forwarded-Host"),
+            ),
+            (
+                Described { forwarded_proto: Some("https://app.example.com/public?"), ..fa.clone() },
+                TargetError::Malformed("X-Forwarded-Proto"),
+            ),
+            (
+                Described { forwarded_uri: Some("/public/x#/../../admin"), ..fa.clone() },
+                TargetError::AmbiguousPath("a '#' in the request target"),
+            ),
             (Described { forwarded_uri: Some("x"), ..fa.clone() }, TargetError::Outside),
             (Described { forwarded_method: None, ..fa.clone() }, TargetError::Missing("X-Forwarded-Method")),
             (Described { forwarded_method: Some("G T"), ..fa.clone() }, TargetError::BadMethod),

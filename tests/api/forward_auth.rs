@@ -130,6 +130,22 @@ async fn missing_or_contradictory_headers_and_targets_off_the_gated_hosts_get_40
                 .header("x-original-method", "GET"),
         ),
     ];
+    // A scheme or host holding more than its part (a proxy that copies `Host` unchecked would
+    // otherwise let `app.example.test/public/x?` put `/admin` in a bypassed query).
+    let described = |proto: &str, host: &str| {
+        get("/api/authz/forward-auth")
+            .header("x-forwarded-proto", proto)
+            .header("x-forwarded-host", host)
+            .header("x-forwarded-uri", "/admin")
+            .header("x-forwarded-method", "GET")
+    };
+    let mut cases = cases;
+    cases.extend([
+        ("a host with a query", described("https", "app.example.test/public/x?")),
+        ("a host with a path", described("https", "app.example.test/public")),
+        ("a host with a fragment", described("https", "app.example.test#")),
+        ("a scheme with a host and path", described("https://app.example.test/public/x?a=", "app.example.test")),
+    ]);
     for (what, req) in cases {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{what}");
@@ -353,6 +369,9 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/%2fadmin",
         "/public/..%5cadmin",
         "/public//../admin",
+        // nginx passes a `#` in the request line on as it is; Go's servers resolve what follows.
+        "/public/x#/../../admin",
+        "/public/x#",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
