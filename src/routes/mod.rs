@@ -118,6 +118,7 @@ pub struct PasskeyScript;
 /// `/static/` errors included, is `no-store`.
 pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
     let static_path = req.uri().path().starts_with("/static/");
+    let head = req.method() == poem::http::Method::HEAD;
     let mut resp = match ep.call(req).await {
         Ok(r) => r.into_response(),
         Err(e) => {
@@ -146,6 +147,12 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
     h.insert("permissions-policy", HeaderValue::from_static("camera=(), microphone=(), geolocation=(), payment=()"));
     if !(static_path && status_ok) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    // A HEAD answer has no body (RFC 9110 §9.3.2). poem drops it for GET routes, but not from
+    // the error pages made here for a HEAD with no route or no GET, and HTTP/2 ends a stream
+    // that sends one with PROTOCOL_ERROR.
+    if head {
+        resp.set_body(());
     }
     resp
 }

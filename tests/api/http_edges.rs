@@ -172,3 +172,21 @@ async fn only_a_static_file_that_exists_may_be_cached() {
     assert_eq!(wrong_method.status(), 405);
     assert_eq!(wrong_method.headers()["cache-control"], "no-store");
 }
+
+/// HEAD over HTTP/2 on a path with no route (404) or a route without GET (405) ended the
+/// stream with PROTOCOL_ERROR after the status (found by a review): the error page's body was
+/// sent on a HEAD answer. Every HEAD answer now carries the headers and no body, as poem's
+/// HEAD on a GET route does.
+#[tokio::test]
+async fn head_over_http2_on_error_answers_ends_cleanly_with_the_headers() {
+    let app = spawn_app().await;
+    let h2 = crate::helpers::browser_builder(&app.settings.cert_dir).http2_prior_knowledge().build().unwrap();
+    for (path, status) in [("/nonexistent", 404), ("/logout", 405), ("/account/password", 405), ("/login", 200)] {
+        let resp = h2.head(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "{path}");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        assert_eq!(resp.headers()["x-frame-options"], "DENY", "{path}: the security headers");
+        let body = resp.bytes().await;
+        assert!(body.as_ref().is_ok_and(|b| b.is_empty()), "{path}: {body:?}");
+    }
+}
