@@ -356,10 +356,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
         Some(Command::User(cmd)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            runtime(None)?.block_on(user(settings, cmd))
+            // The password first, while the terminal is still ours to open.
+            let (request, json) = user_request(cmd)?;
+            act_as_the_servers_user(&settings)?;
+            runtime(None)?.block_on(user(settings, &request, json))
         }
         Some(Command::Audit(args)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            act_as_the_servers_user(&settings)?;
             runtime(None)?.block_on(audit(settings, args))
         }
         Some(Command::Store(StoreCommand::Copy { to })) => {
@@ -378,6 +382,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime(None)?.block_on(crate::loadtest::audit_bench::main(settings, args))
         }
     }
+}
+
+/// Run by root on a server's directories, `user` and `audit` become the user who owns them
+/// ([`crate::store::act_as_owner_of`]) before the runtime starts: the auth log file or store
+/// snapshot they write stays the server's to open (README, "Running as a service").
+fn act_as_the_servers_user(settings: &Settings) -> anyhow::Result<()> {
+    crate::store::act_as_owner_of(&[&settings.data_dir, &settings.log_dir])?;
+    Ok(())
 }
 
 /// `portcullis config check`: every effective setting as `key = value  # source`, aligned,
@@ -539,7 +551,9 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
-async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
+/// The admin request a `user` command makes (reading the new password, for `add` and
+/// `passwd`), and whether its answer is wanted as JSON.
+fn user_request(cmd: UserCommand) -> anyhow::Result<(Request, bool)> {
     // An existing user's name as `user list` shows it (a name from before invisible characters
     // were refused is shown escaped: `admin\u{2060}`) names that user.
     let shown = |name: String| crate::text::unprintable(&name).into_owned();
@@ -561,7 +575,11 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Factors { name } => (Request::UserFactors { name: shown(name) }, false),
         UserCommand::ResetFactors { name } => (Request::UserResetFactors { name: shown(name) }, false),
     };
-    match ask(&settings, &request).await? {
+    Ok((request, json))
+}
+
+async fn user(settings: Settings, request: &Request, json: bool) -> anyhow::Result<()> {
+    match ask(&settings, request).await? {
         // Messages name users; a stored name from before the rules were tightened may hold
         // invisible characters.
         Response::Done { message } => print_out(&format!("{}\n", printable(&message))),
@@ -595,8 +613,19 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
-    if !Store::exists(&settings.data_dir) && !request.writes() {
-        bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+    if !Store::exists(&settings.data_dir) {
+        // A data_dir with a factor key and no store is a PostgreSQL instance's: a command run
+        // without its database_url (kept in an EnvironmentFile, say) must not make a new, empty
+        // sled store there and report success.
+        if settings.data_dir.join(crate::factors::key::KEY_FILE).exists() {
+            bail!(
+                "{} holds a factor key but no store: set database_url (or PORTCULLIS_DATABASE_URL) as the servers have it",
+                settings.data_dir.display()
+            );
+        }
+        if !request.writes() {
+            bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+        }
     }
     let services = match open(settings).await {
         Ok(s) => s,

@@ -87,6 +87,49 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// When run by root, becomes the user who owns the first of `dirs` that exists (following
+/// links), if that is not root: its uid, its gid and no supplementary groups, before anything
+/// is opened. A command an administrator runs as root on a service's directories (systemd's
+/// `DynamicUser=` gives them a uid of their own) would otherwise leave root's files in them,
+/// a log file or a store snapshot the server can then not open, and its next start fails.
+/// Returns the uid taken, if one was. Nothing changes for anyone but root, who only loses
+/// power by it.
+///
+/// Call it before any thread is started: the uid of the whole process changes.
+///
+/// # Errors
+/// A directory that cannot be read, or a change of ids refused by the kernel.
+pub fn act_as_owner_of(dirs: &[&Path]) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let Some(meta) = dirs.iter().find_map(|d| std::fs::metadata(d).ok()) else { return Ok(None) };
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    let failed = |what: &str| {
+        let e = std::io::Error::last_os_error();
+        std::io::Error::new(e.kind(), format!("cannot {what} {} to act as the directories' owner: {e}", meta.uid()))
+    };
+    // SAFETY: setgroups with a count of 0 reads no memory; setgid and setuid take plain ids.
+    // glibc applies each to every thread of the process. Groups first: after setuid there is
+    // no right left to change them.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(failed("drop the supplementary groups for uid"));
+        }
+        if libc::setgid(meta.gid()) != 0 {
+            return Err(failed("take the group of uid"));
+        }
+        if libc::setuid(meta.uid()) != 0 {
+            return Err(failed("become uid"));
+        }
+    }
+    Ok(Some(meta.uid()))
+}
+
 /// Sets the process's file-creation mask to 0o077, so that every file and directory this
 /// process creates (store files, log files, the generated key, the admin socket) is readable
 /// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).

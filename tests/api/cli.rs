@@ -433,3 +433,71 @@ async fn user_list_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("panicked"), "{:?} {stderr}", out.status);
 }
+
+/// Every file under `dir` (itself included) with its owner's uid.
+fn owners(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = vec![(dir.to_path_buf(), std::fs::symlink_metadata(dir).unwrap().uid())];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            out.extend(owners(&path));
+        } else {
+            out.push((path.clone(), std::fs::symlink_metadata(&path).unwrap().uid()));
+        }
+    }
+    out
+}
+
+/// Run by root on a service's directories (systemd's `DynamicUser=` gives them a uid of their
+/// own), `user` and `audit` act as the directories' owner: the store snapshot and the day's
+/// auth log they write are the server's to open. As root's, they once kept the service from
+/// starting again (found by a review).
+#[tokio::test]
+async fn user_commands_run_by_root_leave_only_files_the_directories_owner_can_open() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os(crate::pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
+        eprintln!("skipped: acting as the directories' owner is what root does; not root here");
+        return;
+    }
+    const SERVICE_UID: u32 = 4242;
+    let dir = tempfile::tempdir().unwrap();
+    // The service's user may pass through the test's directory, as through /var/lib.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    for d in ["data", "logs"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+        std::os::unix::fs::chown(dir.path().join(d), Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    }
+    cli_with_password(dir.path(), &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD)
+        .await
+        .assert_ok("user add as root");
+    cli_with_password(dir.path(), &["user", "passwd", "alice", "--password-stdin"], "another quite long pass phrase")
+        .await
+        .assert_ok("user passwd as root");
+    cli(dir.path(), &["audit"]).await.assert_ok("audit as root");
+    for d in ["data", "logs"] {
+        let files = owners(&dir.path().join(d));
+        assert!(files.len() >= 2, "something was written: {files:?}");
+        assert!(files.iter().all(|(_, uid)| *uid == SERVICE_UID), "only the owner's files: {files:?}");
+    }
+    // A directory of root's own is used as root, as always.
+    let own = tempfile::tempdir().unwrap();
+    cli_with_password(own.path(), &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    assert!(owners(&own.path().join("data")).iter().all(|(_, uid)| *uid == 0));
+}
+
+/// A PostgreSQL instance's data_dir holds its factor key and no store. A command run there
+/// without the database_url (kept in an EnvironmentFile the shell did not read) once made a
+/// new, empty sled store beside the key and said `user carol added` (found by a review).
+#[tokio::test]
+async fn a_command_in_a_database_instances_data_dir_without_database_url_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/factor.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+    let refused = cli_with_password(dir.path(), &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await;
+    assert!(refused.assert_one_line_failure("user add").contains("database_url"), "{refused:?}");
+    cli(dir.path(), &["user", "list"]).await.assert_one_line_failure("user list");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["factor.key"], "no store made beside the key");
+}
