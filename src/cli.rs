@@ -907,7 +907,12 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
         since: args.since,
         until: args.until,
         // As the table shows names: escaped, so what is copied from it finds its records.
-        user: args.user.map(|u| crate::text::unprintable(&u).into_owned()),
+        user: match args.user {
+            // The admin page's form sends an unused filter empty; a flag given empty is a
+            // mistake, not "every user".
+            Some(u) if u.trim().is_empty() => bail!("--user: the username is empty"),
+            u => u.map(|u| crate::text::unprintable(&u).into_owned()),
+        },
         ip: args.ip,
         reason: args.reason,
         limit: args.limit,
