@@ -226,6 +226,20 @@ impl Application {
         };
         background.extend(metrics.spawn_session_count(services.store.clone()));
 
+        // A missing key is made only for a store that never had one: otherwise the start is
+        // refused before a new key is written, which would only stand in the way of the right
+        // one (an instance started before its factor.key was copied in).
+        let key_file = settings.data_dir.join(crate::factors::key::KEY_FILE);
+        if !key_file.try_exists().unwrap_or(true) {
+            let recorded = services.store.secrets.export().await?;
+            let keyed = recorded.iter().any(|(name, _)| name == crate::factors::key::FINGERPRINT_NAME);
+            if keyed || services.store.factors.any_totp().await?.is_some() {
+                anyhow::bail!(
+                    "there is no {}, and this store's second factors are keyed with one: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
+                    key_file.display()
+                );
+            }
+        }
         let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
             .context("cannot open the factor key (data_dir/factor.key)")?;
         // A key that does not open the store's second factors (an instance started without

@@ -49,7 +49,10 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
     let (dir, settings) = app.stop().await;
     std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
-    assert!(refusal(&settings).await.contains("copy factor.key"));
+    // A missing key is named as missing, and no new one is left in the way of the right one.
+    let err = refusal(&settings).await;
+    assert!(err.contains("there is no") && err.contains("copy factor.key"), "{err}");
+    assert!(!settings.data_dir.join("factor.key").exists(), "no key made by a refused start");
 
     let asked = cli(&["store", "forget-factor-key"]).await;
     asked.assert_one_line_failure("without --yes");
@@ -85,7 +88,16 @@ async fn on_postgresql_an_instance_started_without_the_first_ones_key_refuses_to
     let mut settings = test_settings(dir.path());
     settings.database_url = Some(url.clone());
     let err = refusal(&settings).await;
+    assert!(err.contains("there is no") && err.contains("copy factor.key from another instance"), "{err}");
+    // The refused start made no key of its own (it once left one, which a copy then had to
+    // replace).
+    assert!(!settings.data_dir.join("factor.key").exists());
+    // With another key in place, it is told apart by the fingerprint.
+    std::fs::create_dir_all(&settings.data_dir).unwrap();
+    std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "11".repeat(32))).unwrap();
+    let err = refusal(&settings).await;
     assert!(err.contains("is not the factor key this store was first used with"), "{err}");
+    std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
     // With the first one's key, it starts.
     crate::helpers::share_factor_key(&one.settings.data_dir, &settings.data_dir);
     let two = spawn_in(dir, settings).await;
