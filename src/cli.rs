@@ -613,6 +613,15 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
+    if let Err(e) = std::fs::read_dir(&settings.data_dir) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            // Not "no store": there may well be one, another user's.
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(&settings.data_dir).map(|m| m.uid()).ok();
+            let owner = owner.map(|u| format!(" (it belongs to uid {u})")).unwrap_or_default();
+            bail!("cannot read {}{owner}: run this as its owner", settings.data_dir.display());
+        }
+    }
     if !Store::exists(&settings.data_dir) {
         // A data_dir with a factor key and no store is a PostgreSQL instance's: a command run
         // without its database_url (kept in an EnvironmentFile, say) must not make a new, empty

@@ -130,6 +130,17 @@ pub fn act_as_owner_of(dirs: &[&Path]) -> std::io::Result<Option<u32>> {
     Ok(Some(meta.uid()))
 }
 
+/// The first entry of `dir` (or `dir` itself) that belongs to a user other than this process's,
+/// with that user's uid: what to name when a store or log cannot be opened for permissions.
+pub(crate) fn foreign_entry(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let foreign =
+        |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.uid() != me).map(|m| (p.to_path_buf(), m.uid()));
+    foreign(dir).or_else(|| std::fs::read_dir(dir).ok()?.flatten().find_map(|e| foreign(&e.path())))
+}
+
 /// Sets the process's file-creation mask to 0o077, so that every file and directory this
 /// process creates (store files, log files, the generated key, the admin socket) is readable
 /// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).

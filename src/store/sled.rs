@@ -270,6 +270,19 @@ impl SledStore {
             Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 return Err(StoreError::Locked(dir.display().to_string()))
             }
+            // sled names no file: say which one is another user's (a command run as root in a
+            // service's directory leaves such files).
+            Err(::sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let why = match super::fs::foreign_entry(dir) {
+                    Some((path, uid)) => {
+                        format!("{} belongs to uid {uid}: run portcullis as its owner", path.display())
+                    }
+                    None => e.to_string(),
+                };
+                return Err(StoreError::Unavailable(
+                    format!("cannot open the store in {}: {why}", dir.display()).into(),
+                ));
+            }
             Err(e) => return Err(e.into()),
         };
         let store = SledStore {

@@ -501,3 +501,42 @@ async fn a_command_in_a_database_instances_data_dir_without_database_url_is_refu
     let left: Vec<_> = std::fs::read_dir(dir.path().join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["factor.key"], "no store made beside the key");
 }
+
+/// A store another user's files keep this process from opening is named as such, with the
+/// file, not "no store" or a bare "Permission denied" (found by an operator's review).
+#[tokio::test]
+async fn a_store_another_users_files_keep_closed_is_named_with_its_owner() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os(crate::pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
+        eprintln!("skipped: needs root, to run the commands as another user");
+        return;
+    }
+    const OTHER: u32 = 4243;
+    let as_other = |dir: &Path, args: &[&str]| {
+        let mut cmd = child::command(dir);
+        cmd.args(args).uid(OTHER).gid(OTHER);
+        child::run_cli(cmd, None)
+    };
+    // A store of root's: the other user cannot read the directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    cli_with_password(dir.path(), &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    let refused = as_other(dir.path(), &["user", "list"]).await;
+    let line = refused.assert_one_line_failure("user list as another user");
+    assert!(line.contains("cannot read") && line.contains("uid 0") && !line.contains("no store"), "{line}");
+
+    // The other user's store with one file of root's in it (as root's commands once left).
+    let data = dir.path().join("data");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "conf" {
+            std::process::Command::new("chown").arg("-R").arg(format!("{OTHER}:{OTHER}")).arg(&path).status().unwrap();
+        }
+    }
+    std::os::unix::fs::chown(&data, Some(OTHER), Some(OTHER)).unwrap();
+    let refused = as_other(dir.path(), &["user", "list"]).await;
+    let line = refused.assert_one_line_failure("user list on a store with a file of root's");
+    assert!(line.contains("conf") && line.contains("belongs to uid 0"), "{line}");
+}
