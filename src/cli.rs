@@ -397,7 +397,11 @@ fn act_as_the_servers_user(settings: &Settings) -> anyhow::Result<()> {
 fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
-    let width = settings.iter().map(|s| s.key.len() + 3 + s.value.chars().count()).max().unwrap_or(0);
+    // Aligned to the widest line that fits a terminal; a longer one (the `access` rules on one
+    // line) has its comment right after it, not every other line padded to its width.
+    const WIDE: usize = 64;
+    let len = |s: &crate::config::Effective| s.key.len() + 3 + s.value.chars().count();
+    let width = settings.iter().map(len).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
     for s in &settings {
         let line = format!("{} = {}", s.key, s.value);

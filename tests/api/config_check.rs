@@ -59,6 +59,9 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     expected.push("access"); // file only, last
     assert_eq!(keys, expected);
     assert!(line(&out.stdout, "access").ends_with("# file site.toml"), "{}", out.stdout);
+    // The long `access` line does not pad every other line to its width (found by reviews).
+    let widest = out.stdout.lines().filter(|l| !l.starts_with("access = ")).map(str::len).max().unwrap();
+    assert!(widest < 120, "{}", out.stdout);
     assert!(line(&out.stdout, "min_password_length").ends_with("# file site.toml"), "{}", out.stdout);
     assert!(line(&out.stdout, "trusted_proxies").contains("[\"10.0.0.0/8\"]"), "{}", out.stdout);
     let idle = line(&out.stdout, "session_idle_timeout");
