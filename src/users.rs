@@ -149,8 +149,9 @@ impl UserAdmin {
         groups.sort();
         groups.dedup();
         let username = Username::parse_new(name)?;
-        if self.store.users.get(username.key()).await?.is_some() {
-            return Err(UserError::AlreadyExists(username.to_string()));
+        if let Some(existing) = self.store.users.get(username.key()).await? {
+            // Named as stored: `ＡＤＭＩＮ` is the existing `admin`, not a user "ADMIN".
+            return Err(UserError::AlreadyExists(crate::text::printable(&existing.display_name).into_owned()));
         }
         // A second name that reads as an existing one (UTS #39 §4 confusables: Cyrillic `а`
         // for Latin `a`, `rn` for `m`) is refused. One pass over the users: `user add` is an

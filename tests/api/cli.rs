@@ -113,6 +113,10 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
     assert!(run.assert_one_line_failure("passwd nobody").contains("nobody"));
     let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], NEW_PASSWORD).await;
     assert!(run.assert_one_line_failure("add twice").contains("exists"));
+    // Named as stored, not as typed: fullwidth `ＡＬＩＣＥ` is the existing `alice`.
+    let run = cli_with_password(d, &["user", "add", "ＡＬＩＣＥ", "--password-stdin"], NEW_PASSWORD).await;
+    let line = run.assert_one_line_failure("add a spelling of alice");
+    assert!(line.contains("\"alice\" already exists"), "{line}");
 
     for args in [
         &["user", "add", "dave", "--bogus"][..],
