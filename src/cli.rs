@@ -51,7 +51,7 @@ pub enum Command {
     /// Work on the store as a whole: copy it into another engine, or forget a lost factor key
     #[command(
         subcommand,
-        after_help = "Example:\n  portcullis store copy --to postgres:///portcullis?host=/run/postgresql"
+        after_help = "Example:\n  portcullis store copy --to 'postgres://portcullis@/portcullis?host=/run/postgresql'"
     )]
     Store(StoreCommand),
     /// Check the settings before a (re)start, like `nginx -t`
@@ -160,6 +160,8 @@ pub enum UserCommand {
         after_help = "Example:\n  echo 'correct plum tractor velvet' | portcullis user add alice --password-stdin"
     )]
     Add {
+        /// The new user's name: at most 64 visible characters of one script, matched without regard
+        /// to case or width (README, "Managing users")
         name: String,
         /// Give the user access to the admin pages (and the group `admins`)
         #[arg(long)]
@@ -174,6 +176,7 @@ pub enum UserCommand {
     /// Show or change the groups a user is listed in (administrators are also in `admins`)
     #[command(after_help = "Example:\n  portcullis user groups alice --add wiki-editors --remove interns")]
     Groups {
+        /// The user, as `user list` shows the name
         name: String,
         /// Add the user to this group (repeat for more)
         #[arg(long, value_name = "G", value_parser = parse_group)]
@@ -185,13 +188,18 @@ pub enum UserCommand {
     /// Set a user's password (ends all their sessions)
     #[command(after_help = "Example:\n  portcullis user passwd alice   (prompts twice)")]
     Passwd {
+        /// The user, as `user list` shows the name
         name: String,
+        /// Read the password as one line from standard input instead of prompting
         #[arg(long)]
         password_stdin: bool,
     },
     /// Delete a user (ends all their sessions)
     #[command(after_help = "Example:\n  portcullis user del alice")]
-    Del { name: String },
+    Del {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
     /// List users
     #[command(after_help = "Example:\n  portcullis user list --json")]
     List {
@@ -201,19 +209,34 @@ pub enum UserCommand {
     },
     /// Clear the user's failure count and captcha demand
     #[command(after_help = "Example:\n  portcullis user unlock alice")]
-    Unlock { name: String },
+    Unlock {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
     /// Refuse the user's sign-ins and end their sessions, keeping the account and its records
     #[command(after_help = "Example:\n  portcullis user disable alice")]
-    Disable { name: String },
+    Disable {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
     /// Let a disabled user sign in again
     #[command(after_help = "Example:\n  portcullis user enable alice")]
-    Enable { name: String },
+    Enable {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
     /// List the user's second factors (authenticator app, recovery codes, passkeys)
     #[command(after_help = "Example:\n  portcullis user factors alice")]
-    Factors { name: String },
+    Factors {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
     /// Remove all the user's second factors and end their sessions (a lost phone)
     #[command(after_help = "Example:\n  portcullis user reset-factors alice")]
-    ResetFactors { name: String },
+    ResetFactors {
+        /// The user, as `user list` shows the name
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -321,6 +344,18 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
         }
         let path = path.join(" ");
         return format!("`{path}` needs a subcommand (see {path} --help)");
+    }
+    if error.kind() == clap::error::ErrorKind::UnknownArgument {
+        // A settings flag after another command (`user list --data-dir X`): `portcullis --help`
+        // lists it, so say where it goes rather than that it does not exist.
+        let invalid = error.get(clap::error::ContextKind::InvalidArg).map(ToString::to_string).unwrap_or_default();
+        let long = invalid.split('=').next().unwrap_or("").strip_prefix("--").unwrap_or("");
+        let root = <Cli as clap::CommandFactory>::command();
+        if !long.is_empty() && root.get_arguments().any(|a| a.get_long() == Some(long)) {
+            return format!(
+                "--{long} is a setting of `serve`: other commands read portcullis.toml and PORTCULLIS_* only (see portcullis --help)"
+            );
+        }
     }
     let escaped: Vec<String> = args.iter().map(|a| printable(&a.to_string_lossy()).into_owned()).collect();
     let plain = <Cli as clap::CommandFactory>::command().styles(clap::builder::Styles::plain());
@@ -487,7 +522,7 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(
         https = %app.https_addr(),
-        http = ?app.http_addr(),
+        http = %app.http_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),
         async_workers = tokio::runtime::Handle::current().metrics().num_workers(),
         hash_workers = app.hash_workers(),
         "portcullis is listening; open {}/",

@@ -127,6 +127,9 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
     ] {
         cli(d, args).await.assert_one_line_failure(&args.join(" "));
     }
+    // A settings flag `portcullis --help` lists, after another command: told where it goes.
+    let run = cli(d, &["user", "list", "--data-dir", "elsewhere"]).await;
+    assert!(run.assert_one_line_failure("user list --data-dir").contains("a setting of `serve`"), "{run:?}");
     // What was typed is shown escaped, not stripped of its escape sequences (nor obeyed).
     for (args, shown) in [
         (&["bo\u{1b}[2Jgus"][..], "bo\\u{1b}[2Jgus"),
