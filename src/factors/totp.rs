@@ -45,9 +45,9 @@ pub fn new_secret() -> Result<Zeroizing<Vec<u8>>, crate::random::RandomError> {
     Ok(s)
 }
 
-/// The secret as base32 (RFC 4648, no padding), as apps take it typed.
-pub fn base32(secret: &[u8]) -> String {
-    totp_rs::Secret::from(secret.to_vec()).to_base32()
+/// The secret as base32 (RFC 4648, no padding), as apps take it typed; wiped when dropped.
+pub fn base32(secret: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(totp_rs::Secret::from(secret.to_vec()).to_base32())
 }
 
 /// The secret from its base32 form, if it is a valid one of [`SECRET_BYTES`].
@@ -60,8 +60,8 @@ pub fn from_base32(text: &str) -> Option<Zeroizing<Vec<u8>>> {
 ///
 /// # Errors
 /// [`TotpError`] when the label cannot be encoded.
-pub fn uri(secret: &[u8], issuer: &str, account: &str) -> Result<String, TotpError> {
-    build(secret, Some(issuer), account)?.to_url().map_err(|e| TotpError(e.to_string()))
+pub fn uri(secret: &[u8], issuer: &str, account: &str) -> Result<Zeroizing<String>, TotpError> {
+    build(secret, Some(issuer), account)?.to_url().map(Zeroizing::new).map_err(|e| TotpError(e.to_string()))
 }
 
 /// A code as typed or pasted, if it is one: the digits, with spaces, tabs and dashes that
@@ -86,11 +86,17 @@ pub fn code_at(secret: &[u8], time_secs: u64) -> Option<String> {
 ///
 /// # Errors
 /// [`TotpError`] when the text is too long for a QR code.
-pub fn qr_data_uri(text: &str) -> Result<String, TotpError> {
+/// Wiped when dropped, as the text it draws (an `otpauth://` URI holds the secret); the
+/// QR code's own modules are not (the `qrcode` crate offers no way).
+pub fn qr_data_uri(text: &str) -> Result<Zeroizing<String>, TotpError> {
     use base64::Engine;
     let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| TotpError(e.to_string()))?;
-    let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(220, 220).quiet_zone(true).build();
-    Ok(format!("data:image/svg+xml;base64,{}", base64::engine::general_purpose::STANDARD.encode(svg)))
+    let svg = Zeroizing::new(
+        code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(220, 220).quiet_zone(true).build(),
+    );
+    let mut uri = Zeroizing::new(String::from("data:image/svg+xml;base64,"));
+    base64::engine::general_purpose::STANDARD.encode_string(svg.as_bytes(), &mut uri);
+    Ok(uri)
 }
 
 #[cfg(test)]
@@ -131,9 +137,9 @@ mod tests {
     fn the_uri_carries_the_issuer_and_the_base32_secret() {
         let secret = [1u8; SECRET_BYTES];
         let uri = uri(&secret, "portcullis", "ali:ce").unwrap();
-        assert!(uri.starts_with("otpauth://totp/"), "{uri}");
-        assert!(uri.contains(&format!("secret={}", base32(&secret))), "{uri}");
-        assert!(uri.contains("issuer=portcullis"), "{uri}");
+        assert!(uri.starts_with("otpauth://totp/"), "{}", *uri);
+        assert!(uri.contains(&format!("secret={}", *base32(&secret))), "{}", *uri);
+        assert!(uri.contains("issuer=portcullis"), "{}", *uri);
         assert_eq!(from_base32(&base32(&secret)).unwrap().as_slice(), &secret);
         assert!(qr_data_uri(&uri).unwrap().starts_with("data:image/svg+xml;base64,"));
     }

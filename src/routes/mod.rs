@@ -250,6 +250,26 @@ pub(crate) fn not_judged(what: &'static str, e: &crate::sign_in::SignInError) ->
 }
 
 /// Renders a template as an HTML response.
+/// [`html`] for a page that shows a secret (a TOTP secret, recovery codes): the rendered
+/// bytes are wiped when the server lets go of them, after sending (what TLS copied to encrypt
+/// is rustls's to clear).
+pub fn html_with_secret<T: Template>(status: StatusCode, page: &T) -> Response {
+    let mut rendered = zeroize::Zeroizing::new(String::new());
+    match page.render_into(&mut *rendered) {
+        Ok(()) => {
+            let bytes = zeroize::Zeroizing::new(std::mem::take(&mut *rendered).into_bytes());
+            Response::builder()
+                .status(status)
+                .content_type("text/html; charset=utf-8")
+                .body(poem::Body::from_bytes(bytes::Bytes::from_owner(bytes)))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            error_page(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
 pub fn html<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {
         Ok(body) => Response::builder().status(status).content_type("text/html; charset=utf-8").body(body),

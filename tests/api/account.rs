@@ -211,7 +211,7 @@ async fn an_enrolment_form_with_a_secret_the_server_did_not_give_this_session_is
     let code = totp::code_at(&[7u8; totp::SECRET_BYTES], now_ms() / 1000).unwrap();
     let form = [
         ("csrf", hidden_field(&page, "csrf").unwrap()),
-        ("secret", chosen),
+        ("secret", chosen.to_string()),
         ("tag", hidden_field(&page, "tag").unwrap()),
         ("code", code),
     ];

@@ -410,7 +410,7 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     assert!(app.state.factors.enrol_totp("alice", &secret, &totp::code_at(&secret, now).unwrap()).await.unwrap());
     let (dir, settings) = app.stop().await;
     let key = settings.data_dir.join("factor.key");
-    assert!(!std::fs::read_to_string(&key).unwrap().contains(&totp::base32(&secret)));
+    assert!(!std::fs::read_to_string(&key).unwrap().contains(totp::base32(&secret).as_str()));
     // Started without the key that sealed them (a new instance, a lost file): a new key is
     // made, and the server says what is wrong instead of failing every TOTP sign-in.
     std::fs::remove_file(&key).unwrap();

@@ -14,7 +14,7 @@ use super::{CsrfOnly, SIGNED_OUT};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::FactorKind;
-use crate::routes::{html, read_form, see_other, store_error, State};
+use crate::routes::{html_with_secret, read_form, see_other, store_error, State};
 use crate::session::ActiveSession;
 
 #[derive(Template)]
@@ -71,5 +71,5 @@ async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) 
     };
     let username = &session.user.display_name;
     state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::RecoveryCodes.as_str() });
-    html(StatusCode::OK, &CodesPage { codes: &codes, headline })
+    html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline })
 }

@@ -14,6 +14,7 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::confirm::{recently_authenticated, signed_in_recently, Then};
 use super::recovery_codes::codes_with_first_factor;
@@ -22,7 +23,7 @@ use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::{totp, FactorError, FactorKind};
 use crate::routes::flash::Notice;
-use crate::routes::{error_page, html, read_form, see_other, signed_in, store_error, State};
+use crate::routes::{error_page, html_with_secret, read_form, see_other, signed_in, store_error, State};
 use crate::session::ActiveSession;
 
 #[derive(Template)]
@@ -79,8 +80,13 @@ async fn enrol_page(
     error: Option<&str>,
 ) -> Response {
     let b32 = totp::base32(secret);
-    let grouped =
-        b32.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(" ");
+    let mut grouped = Zeroizing::new(String::with_capacity(b32.len() * 5 / 4 + 1));
+    for (i, c) in b32.chars().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
     let uri = match totp::uri(secret, &state.settings.totp_issuer, &session.user.display_name) {
         Ok(u) => u,
         Err(e) => return factor_error(&e.into(), "cannot make the otpauth URI"),
@@ -95,7 +101,7 @@ async fn enrol_page(
     };
     let csrf = state.csrf.session_token(&session.token_hash);
     let tag = state.csrf.notice_tag(&session.token_hash, &tag_payload(&b32));
-    html(
+    html_with_secret(
         status,
         &EnrolPage {
             csrf: &csrf,
