@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_sign_in_round_trips.sql"),
     include_str!("migrations/0009_session_password_generation.sql"),
     include_str!("migrations/0010_pending_captcha.sql"),
+    include_str!("migrations/0011_one_ceremony_per_user.sql"),
 ];
 
 /// The schema version this build writes.

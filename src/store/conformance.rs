@@ -243,6 +243,21 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
         let found = p.take_ceremony(&[k; 32], 10).await.unwrap().is_some();
         assert_eq!(found, kept, "ceremonies: ceremony {k} kept: {kept}");
     }
+    // Begun at once, as many times as anyone likes: one stays open (a review found two
+    // begins could each remove the other's before their own insert).
+    let carol = Ceremony { user_key: Some("carol".into()), ..r.clone() };
+    let racers = (20..36u8).map(|k| {
+        let (p, carol) = (std::sync::Arc::clone(p), carol.clone());
+        tokio::spawn(async move { p.put_ceremony(&[k; 32], &carol).await.unwrap() })
+    });
+    for racer in racers.collect::<Vec<_>>() {
+        racer.await.unwrap();
+    }
+    let mut open = 0;
+    for k in 20..36u8 {
+        open += usize::from(p.take_ceremony(&[k; 32], 10).await.unwrap().is_some());
+    }
+    assert_eq!(open, 1, "ceremonies: one open registration after concurrent begins");
 }
 
 async fn users_round_trip(store: &Store) {

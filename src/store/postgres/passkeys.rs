@@ -89,18 +89,18 @@ impl PasskeyStore for PgStore {
     }
 
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
-        let sql = "WITH replaced AS (
-                       DELETE FROM webauthn_ceremonies
-                       WHERE $6 AND kind = $2 AND user_key = $3 AND key <> $1)
-                   INSERT INTO webauthn_ceremonies (key, kind, user_key, state, expires_at_ms)
-                   VALUES ($1, $2, $3, $4, $5)
-                   ON CONFLICT (key) DO UPDATE SET kind = $2, user_key = $3, state = $4, expires_at_ms = $5";
+        // One per user where the kind says so: the user's puts of that kind take turns in the
+        // function (schema v11), so however many begin at once, one stays open.
+        let sql = if c.kind.one_per_user() {
+            "SELECT ceremony_put_one_per_user($1, $2, $3, $4, $5)"
+        } else {
+            "INSERT INTO webauthn_ceremonies (key, kind, user_key, state, expires_at_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET kind = $2, user_key = $3, state = $4, expires_at_ms = $5"
+        };
         self.client()
             .await?
-            .execute(
-                sql,
-                &[&&key[..], &c.kind.as_str(), &c.user_key, &c.state, &ms(c.expires_at), &c.kind.one_per_user()],
-            )
+            .execute(sql, &[&&key[..], &c.kind.as_str(), &c.user_key, &c.state, &ms(c.expires_at)])
             .await?;
         Ok(())
     }

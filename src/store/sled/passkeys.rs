@@ -10,6 +10,9 @@ use super::{decode, encode, index_prefix, SledStore, SCHEMA_VERSION};
 use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
+/// Orders ceremony puts in this process (one process holds a sled store): see `put_ceremony`.
+static CEREMONY_PUTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PasskeyRecord {
     schema: u32,
@@ -206,11 +209,15 @@ impl PasskeyStore for SledStore {
             state: c.state.clone(),
             expires_at: c.expires_at,
         };
-        let tree = self.ceremonies()?;
-        if c.kind.one_per_user() {
-            let (key, kind, user) = (*key, c.kind, c.user_key.clone());
-            self.blocking(move |s| {
-                let tree = s.ceremonies()?;
+        let value = encode(&record)?;
+        let (key, kind, user) = (*key, c.kind, c.user_key.clone());
+        self.blocking(move |s| {
+            let tree = s.ceremonies()?;
+            // The others' removal and the insert are one step: two begins at once would each
+            // remove the other's before inserting, and both stay open. The lock guards no
+            // data, only the order, so a poisoned one is as good.
+            let _one_at_a_time = CEREMONY_PUTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kind.one_per_user() {
                 for kv in tree.iter() {
                     let (k, v) = kv?;
                     let same = decode::<CeremonyRecord>(&v).is_ok_and(|r| r.kind == kind && r.user_key == user);
@@ -218,11 +225,11 @@ impl PasskeyStore for SledStore {
                         tree.remove(k)?;
                     }
                 }
-                Ok(())
-            })
-            .await?;
-        }
-        tree.insert(key, encode(&record)?)?;
+            }
+            tree.insert(key, value)?;
+            Ok(())
+        })
+        .await?;
         self.durable(()).await
     }
 
