@@ -407,6 +407,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Store(StoreCommand::ForgetFactorKey { yes })) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            act_as_the_servers_user(&settings)?;
             runtime(None)?.block_on(forget_factor_key(settings, yes))
         }
         Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
@@ -419,9 +420,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Run by root on a server's directories, `user` and `audit` become the user who owns them
-/// ([`crate::store::act_as_owner_of`]) before the runtime starts: the auth log file or store
-/// snapshot they write stays the server's to open (README, "Running as a service").
+/// Run by root on a server's directories, `user`, `audit` and `store forget-factor-key` become
+/// the user who owns them ([`crate::store::act_as_owner_of`]) before the runtime starts: the
+/// auth log file or store snapshot they write stays the server's to open (README, "Running as
+/// a service"). Directories of two owners are refused later, by `ensure_private_dir`.
 fn act_as_the_servers_user(settings: &Settings) -> anyhow::Result<()> {
     crate::store::act_as_owner_of(&[&settings.data_dir, &settings.log_dir])?;
     Ok(())

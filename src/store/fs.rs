@@ -18,8 +18,8 @@ use std::path::Path;
 /// V14.1).
 ///
 /// # Errors
-/// Creating the directory or changing a mode failed (for example it belongs to another
-/// user); the message says which path and how to fix it by hand.
+/// The directory belongs to another user than this process's, or creating it or changing a
+/// mode failed; the message says which path and how to fix it by hand.
 pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
@@ -36,11 +36,31 @@ pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::R
     }
     // A file named by mistake (`--log-dir /etc/passwd`, or a link to one) is refused before
     // its mode is touched.
-    if !std::fs::metadata(dir)?.is_dir() {
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
             format!("{} is not a directory", dir.display()),
         ));
+    }
+    // Another user's directory is not used, as ssh's StrictModes and PostgreSQL's data
+    // directory check refuse theirs. Only root could have gone on: its files there would be
+    // left for that user's server to trip over, and that user could point the names root
+    // opens (the day's log file) at any file on the host.
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to uid {}, not to this process (uid {me}): run portcullis as its owner",
+                    dir.display(),
+                    meta.uid()
+                ),
+            ));
+        }
     }
     tighten(dir, true, false)?;
     for entry in std::fs::read_dir(dir)? {

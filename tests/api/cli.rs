@@ -483,6 +483,11 @@ async fn user_commands_run_by_root_leave_only_files_the_directories_owner_can_op
         .await
         .assert_ok("user passwd as root");
     cli(dir.path(), &["audit"]).await.assert_ok("audit as root");
+    // The lost-key way out too, on a day whose log file it makes (it once made it root's).
+    for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    cli(dir.path(), &["store", "forget-factor-key", "--yes"]).await.assert_ok("forget-factor-key as root");
     for d in ["data", "logs"] {
         let files = owners(&dir.path().join(d));
         assert!(files.len() >= 2, "something was written: {files:?}");
@@ -492,6 +497,24 @@ async fn user_commands_run_by_root_leave_only_files_the_directories_owner_can_op
     let own = tempfile::tempdir().unwrap();
     cli_with_password(own.path(), &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
     assert!(owners(&own.path().join("data")).iter().all(|(_, uid)| *uid == 0));
+
+    // But not beside another user's: a log_dir of uid 4242 next to root's data_dir is refused,
+    // before its owner's link could turn root's append to the day's log into a write to any
+    // file (found by a review).
+    let victim = own.path().join("victim");
+    std::fs::write(&victim, "root's own\n").unwrap();
+    let logs = own.path().join("logs");
+    std::fs::remove_dir_all(&logs).unwrap();
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    let today = format!("auth.log.{}", &portcullis::audit::rfc3339(portcullis::store::now_ms())[..10]);
+    std::os::unix::fs::symlink(&victim, logs.join(today)).unwrap();
+    let refused = cli_with_password(own.path(), &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await;
+    assert!(
+        refused.assert_one_line_failure("a log_dir of another user's").contains("belongs to uid 4242"),
+        "{refused:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
 }
 
 /// A PostgreSQL instance's data_dir holds its factor key and no store. A command run there

@@ -437,6 +437,23 @@ async fn a_new_user_never_inherits_factors_written_for_a_deleted_namesake() {
     assert_eq!(app.login("dana", GOOD_PASSWORD).await.headers()["location"], "/", "signed in with the password alone");
 }
 
+/// A server with a captcha threshold of 3 that believes `X-Forwarded-For` from the tests,
+/// and `alice` with an authenticator app: the app, the enrolment's time step, the secret and
+/// the recovery codes.
+async fn alice_with_an_authenticator_behind_a_threshold_of_3() -> (TestApp, u64, Vec<u8>, Vec<String>) {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 3;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let step = fresh_step().await;
+    let (secret, recovery) = enrol(&app, &first, step).await;
+    (app, step, secret, recovery)
+}
+
 /// Past the threshold, solves the captcha and gives the right password as `visitor`; returns
 /// the second step's CSRF token.
 async fn password_with_captcha(visitor: &mut Visitor<'_>) -> String {
@@ -456,16 +473,7 @@ async fn password_with_captcha(visitor: &mut Visitor<'_>) -> String {
 /// changed nothing (found by a review). A solved captcha now carries the code check.
 #[tokio::test]
 async fn failures_others_caused_never_keep_a_two_factor_user_who_solved_the_captcha_out() {
-    let app = spawn_app_with(|s| {
-        s.captcha_after_failures = 3;
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-    })
-    .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let step = fresh_step().await;
-    let (secret, recovery) = enrol(&app, &first, step).await;
+    let (app, step, secret, recovery) = alice_with_an_authenticator_behind_a_threshold_of_3().await;
     let digest = username_digest("alice");
 
     // The username's count, by a stranger from elsewhere.
@@ -502,16 +510,7 @@ async fn failures_others_caused_never_keep_a_two_factor_user_who_solved_the_capt
 /// at once with it get one check between them.
 #[tokio::test]
 async fn past_the_threshold_each_code_check_costs_a_solved_captcha() {
-    let app = spawn_app_with(|s| {
-        s.captcha_after_failures = 3;
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-    })
-    .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let step = fresh_step().await;
-    let (secret, _) = enrol(&app, &first, step).await;
+    let (app, step, secret, _) = alice_with_an_authenticator_behind_a_threshold_of_3().await;
     let mut thief = Visitor::new(&app, Some("198.51.100.66"));
     for _ in 0..3 {
         assert_eq!(thief.attempt("alice", "not the password at all", None).await.0, 401);

@@ -31,6 +31,18 @@ pub struct CsrfOnly {
     pub csrf: String,
 }
 
+/// The session that posted a CSRF-only account form (remove the authenticator, new recovery
+/// codes), if it authenticated recently; otherwise the answer to send: the form's error, the
+/// sign-in page, or `/account/confirm` with `/account` to come back to.
+async fn recent_session_posting(
+    req: &Request,
+    body: poem::Body,
+    state: &crate::app::AppState,
+) -> Result<ActiveSession, Response> {
+    let form: CsrfOnly = crate::routes::read_form(req, body).await?;
+    confirm::signed_in_recently(req, state, SIGNED_OUT, &form.csrf, confirm::Then::Account).await
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage<'a> {

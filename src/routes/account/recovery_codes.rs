@@ -8,13 +8,11 @@ use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use zeroize::Zeroizing;
 
-use super::confirm::{signed_in_recently, Then};
 use super::totp::factor_error;
-use super::{CsrfOnly, SIGNED_OUT};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::FactorKind;
-use crate::routes::{html_with_secret, read_form, see_other, store_error, State};
+use crate::routes::{html_with_secret, see_other, store_error, State};
 use crate::session::ActiveSession;
 
 #[derive(Template)]
@@ -45,11 +43,7 @@ pub(crate) async fn codes_with_first_factor(
 
 #[handler]
 pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> Response {
-    let form: CsrfOnly = match read_form(req, body).await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
-    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
+    let session = match super::recent_session_posting(req, body, &state).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::confirm::{recently_authenticated, signed_in_recently, Then};
 use super::recovery_codes::codes_with_first_factor;
-use super::{CsrfOnly, SIGNED_OUT};
+use super::SIGNED_OUT;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::factors::{totp, FactorError, FactorKind};
@@ -164,11 +164,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
 
 #[handler]
 pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
-    let form: CsrfOnly = match read_form(req, body).await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
-    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
+    let session = match super::recent_session_posting(req, body, &state).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
