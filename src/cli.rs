@@ -382,7 +382,12 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // Settings flags before a subcommand would be silently ignored by `user` and `audit`.
     if cli.command.is_some() && !cli.serve.0.is_empty() {
-        bail!("settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)");
+        // A usage error, with clap's status for one (2), as the same flag after the command.
+        return Err(Failure {
+            status: 2,
+            message: "settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)".into(),
+        }
+        .into());
     }
     // Before any command creates a file: the store, logs, key and socket are the owner's only.
     crate::store::private_umask();

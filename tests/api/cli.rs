@@ -130,6 +130,11 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
     // A settings flag `portcullis --help` lists, after another command: told where it goes.
     let run = cli(d, &["user", "list", "--data-dir", "elsewhere"]).await;
     assert!(run.assert_one_line_failure("user list --data-dir").contains("a setting of `serve`"), "{run:?}");
+    // Before the command or after it, a usage error's status: 2.
+    for args in [&["--data-dir", "x", "user", "list"][..], &["user", "list", "--data-dir", "x"][..]] {
+        let status = child::command(d).args(args).output().unwrap().status;
+        assert_eq!(status.code(), Some(2), "{args:?}");
+    }
     // What was typed is shown escaped, not stripped of its escape sequences (nor obeyed).
     for (args, shown) in [
         (&["bo\u{1b}[2Jgus"][..], "bo\\u{1b}[2Jgus"),
