@@ -385,7 +385,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // A usage error, with clap's status for one (2), as the same flag after the command.
         return Err(Failure {
             status: 2,
-            message: "settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)".into(),
+            message: "settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)"
+                .into(),
         }
         .into());
     }
@@ -396,14 +397,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
         Some(Command::User(cmd)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            // The password first, while the terminal is still ours to open.
             let (request, json) = user_request(cmd)?;
-            act_as_the_servers_user(&settings)?;
             runtime(None)?.block_on(user(settings, &request, json))
         }
         Some(Command::Audit(args)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            act_as_the_servers_user(&settings)?;
             runtime(None)?.block_on(audit(settings, args))
         }
         Some(Command::Store(StoreCommand::Copy { to })) => {
@@ -412,7 +410,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Store(StoreCommand::ForgetFactorKey { yes })) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            act_as_the_servers_user(&settings)?;
             runtime(None)?.block_on(forget_factor_key(settings, yes))
         }
         Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
@@ -423,15 +420,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime(None)?.block_on(crate::loadtest::audit_bench::main(settings, args))
         }
     }
-}
-
-/// Run by root on a server's directories, `user`, `audit` and `store forget-factor-key` become
-/// the user who owns them ([`crate::store::act_as_owner_of`]) before the runtime starts: the
-/// auth log file or store snapshot they write stays the server's to open (README, "Running as
-/// a service"). Directories of two owners are refused later, by `ensure_private_dir`.
-fn act_as_the_servers_user(settings: &Settings) -> anyhow::Result<()> {
-    crate::store::act_as_owner_of(&[&settings.data_dir, &settings.log_dir])?;
-    Ok(())
 }
 
 /// `portcullis config check`: every effective setting as `key = value  # source`, aligned,
@@ -659,13 +647,19 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
     }
+    // Another user's store (a service's) is that user's server's to open: root opening it
+    // would leave files the server cannot open, and follow links its owner planted. Its
+    // socket is the way in.
+    if let Some((dir, uid)) = crate::store::foreign_entry(&settings.data_dir).filter(|(d, _)| *d == settings.data_dir) {
+        bail!(
+            "{} belongs to uid {uid} and no server answers on its admin socket: start the server (the commands go through it) or run this as uid {uid}",
+            dir.display()
+        );
+    }
     if let Err(e) = std::fs::read_dir(&settings.data_dir) {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
-            // Not "no store": there may well be one, another user's.
-            use std::os::unix::fs::MetadataExt;
-            let owner = std::fs::metadata(&settings.data_dir).map(|m| m.uid()).ok();
-            let owner = owner.map(|u| format!(" (it belongs to uid {u})")).unwrap_or_default();
-            bail!("cannot read {}{owner}: run this as its owner", settings.data_dir.display());
+            // Not "no store": there may well be one, out of reach.
+            bail!("cannot read {}: {e}", settings.data_dir.display());
         }
     }
     if !Store::exists(&settings.data_dir) {

@@ -107,58 +107,20 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// When run by root, becomes the user who owns the first of `dirs` that exists (following
-/// links), if that is not root: its uid, its gid and no supplementary groups, before anything
-/// is opened. A command an administrator runs as root on a service's directories (systemd's
-/// `DynamicUser=` gives them a uid of their own) would otherwise leave root's files in them,
-/// a log file or a store snapshot the server can then not open, and its next start fails.
-/// Returns the uid taken, if one was. Nothing changes for anyone but root, who only loses
-/// power by it.
-///
-/// Call it before any thread is started: the uid of the whole process changes.
-///
-/// # Errors
-/// A directory that cannot be read, or a change of ids refused by the kernel.
-pub fn act_as_owner_of(dirs: &[&Path]) -> std::io::Result<Option<u32>> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let Some(meta) = dirs.iter().find_map(|d| std::fs::metadata(d).ok()) else { return Ok(None) };
-    if meta.uid() == 0 {
-        return Ok(None);
-    }
-    let failed = |what: &str| {
-        let e = std::io::Error::last_os_error();
-        std::io::Error::new(e.kind(), format!("cannot {what} {} to act as the directories' owner: {e}", meta.uid()))
-    };
-    // SAFETY: setgroups with a count of 0 reads no memory; setgid and setuid take plain ids.
-    // glibc applies each to every thread of the process. Groups first: after setuid there is
-    // no right left to change them.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(failed("drop the supplementary groups for uid"));
-        }
-        if libc::setgid(meta.gid()) != 0 {
-            return Err(failed("take the group of uid"));
-        }
-        if libc::setuid(meta.uid()) != 0 {
-            return Err(failed("become uid"));
-        }
-    }
-    Ok(Some(meta.uid()))
-}
-
 /// The first entry of `dir` (or `dir` itself) that belongs to a user other than this process's,
 /// with that user's uid: what to name when a store or log cannot be opened for permissions.
-pub(crate) fn foreign_entry(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
+pub fn foreign_entry(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let foreign =
-        |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.uid() != me).map(|m| (p.to_path_buf(), m.uid()));
-    foreign(dir).or_else(|| std::fs::read_dir(dir).ok()?.flatten().find_map(|e| foreign(&e.path())))
+    let foreign = |p: &Path, meta: std::io::Result<std::fs::Metadata>| {
+        meta.ok().filter(|m| m.uid() != me).map(|m| (p.to_path_buf(), m.uid()))
+    };
+    // The directory through a link (systemd's `DynamicUser=` links `/var/lib/NAME` to
+    // `private/NAME`); what is in it as it is.
+    foreign(dir, std::fs::metadata(dir)).or_else(|| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| foreign(&e.path(), std::fs::symlink_metadata(e.path())))
+    })
 }
 
 /// Sets the process's file-creation mask to 0o077, so that every file and directory this
