@@ -169,7 +169,7 @@ impl Gate {
             if !proto.trim().chars().all(|c| c.is_ascii_alphabetic()) {
                 return Err(TargetError::Malformed("X-Forwarded-Proto"));
             }
-            if !host.trim().chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) {
+            if !host.trim().chars().all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c)) {
                 return Err(TargetError::Malformed("X-Forwarded-Host"));
             }
             if !uri.starts_with('/') {
@@ -506,6 +506,8 @@ mod tests {
             ..fa.clone()
         };
         assert!(g.target(Flavour::AuthRequest, &both_agree).is_ok());
+        let underscore = Described { forwarded_host: Some("my_app.example.com"), ..fa.clone() };
+        assert_eq!(g.target(Flavour::ForwardAuth, &underscore).map(|t| t.host), Ok("my_app.example.com".into()));
         let fragment = Described {
             original_url: Some("https://app.example.com/public/x#/../../admin"),
             original_method: Some("GET"),
@@ -524,6 +526,9 @@ mod tests {
                 Described { forwarded_host: Some("a@app.example.com"), ..fa.clone() },
                 TargetError::Malformed("X-Forwarded-Host"),
             ),
+            // An underscore is no part of a URL's syntax: a host with one is judged as it is,
+            // as nginx's X-Original-URL has it judged (found by a review).
+            (Described { forwarded_host: Some("my_app.example.net"), ..fa.clone() }, TargetError::Outside),
             (
                 Described {
                     forwarded_host: Some("app.example.com/public/x?"),

@@ -240,9 +240,10 @@ impl SignIn {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
 
-        // Held until the password is judged: given back on any other way out.
-        let reservation = match reserved {
-            Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
+        // Held until the password is judged: given back on any other way out. Past the
+        // threshold there is none, and the captcha, solved, goes with a second step.
+        let (reservation, captcha_solved) = match reserved {
+            Ok(r) => (Some(Held::new(Arc::clone(&self.state), r)), false),
             Err(CaptchaDemanded) => {
                 let refused = if captcha.trim().is_empty() {
                     Some(FailureReason::CaptchaRequired)
@@ -254,7 +255,7 @@ impl SignIn {
                 if let Some(reason) = refused {
                     return judged.refuse(reason, None, false).await;
                 }
-                None
+                (None, true)
             }
         };
 
@@ -300,7 +301,6 @@ impl SignIn {
         // counted until it is given).
         let retire = Retire { id: prelogin.id(), expires_at_ms: prelogin.expires_at().saturating_mul(1000) };
         let clear = (!factors.has_second_factor()).then(|| username_digest(&user.key));
-        let captcha_solved = reservation.is_none();
         let ended = match reservation {
             Some(r) => r.succeed(Some(retire), clear, now_ms()).await?,
             None => self.state.succeed(None, Some(retire), clear, now_ms()).await?,
@@ -497,13 +497,20 @@ impl SignIn {
             return Ok(StepOutcome::Restart);
         }
         match self.factors.verify(&user.key, &proof, now / 1000).await? {
-            Verdict::Unchecked => match reservation {
-                Some(r) => {
-                    r.release().await?;
-                    Ok(nothing_checked())
+            Verdict::Unchecked => {
+                match reservation {
+                    Some(r) => r.release().await?,
+                    // Nothing was checked, so the one check is not spent: the pending sign-in
+                    // goes back as it was (a passkey answer whose ceremony another begin had
+                    // ended would otherwise cost a password and a captcha again).
+                    None => self
+                        .factors
+                        .put_back(&hash, &first)
+                        .await
+                        .map_err(store_err("could not keep a pending sign-in"))?,
                 }
-                None => Ok(StepOutcome::Restart),
-            },
+                Ok(nothing_checked())
+            }
             Verdict::Refused(reason) => {
                 let counted = match reservation {
                     Some(r) => r.fail(now_ms()).await?,

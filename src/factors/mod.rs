@@ -289,6 +289,15 @@ impl SecondFactors {
         Ok(token)
     }
 
+    /// Stores `pending` again under `hash`, as it was before [`SecondFactors::finish`] took it:
+    /// for a step that turned out to check nothing.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write.
+    pub async fn put_back(&self, hash: &TokenHash, pending: &PendingSignIn) -> Result<(), StoreError> {
+        self.store.factors.insert_pending(hash, pending).await
+    }
+
     /// The pending sign-in a cookie value names, if it is one, unexpired, and its user still
     /// exists, is enabled, has the password that was checked and a second factor to give
     /// (otherwise it is removed: after `user reset-factors` the step could only be failed).

@@ -94,7 +94,10 @@ pub fn qr_data_uri(text: &str) -> Result<Zeroizing<String>, TotpError> {
     let svg = Zeroizing::new(
         code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(220, 220).quiet_zone(true).build(),
     );
-    let mut uri = Zeroizing::new(String::from("data:image/svg+xml;base64,"));
+    const PREFIX: &str = "data:image/svg+xml;base64,";
+    // Sized before it is written, so no copy of the secret is left behind by a reallocation.
+    let mut uri = Zeroizing::new(String::with_capacity(PREFIX.len() + svg.len().div_ceil(3) * 4));
+    uri.push_str(PREFIX);
     base64::engine::general_purpose::STANDARD.encode_string(svg.as_bytes(), &mut uri);
     Ok(uri)
 }

@@ -249,20 +249,16 @@ pub(crate) fn not_judged(what: &'static str, e: &crate::sign_in::SignInError) ->
     error_page(fault_status(e.is_unavailable()))
 }
 
-/// Renders a template as an HTML response.
-/// [`html`] for a page that shows a secret (a TOTP secret, recovery codes): the rendered
-/// bytes are wiped when the server lets go of them, after sending (what TLS copied to encrypt
-/// is rustls's to clear).
+/// [`html`] for a page that shows a secret (a TOTP secret, recovery codes): rendered into a
+/// buffer that wipes what it outgrows ([`WipingBuffer`]), whose bytes are wiped when the server
+/// lets go of them after sending (what TLS copied to encrypt is rustls's to clear).
 pub fn html_with_secret<T: Template>(status: StatusCode, page: &T) -> Response {
-    let mut rendered = zeroize::Zeroizing::new(String::new());
-    match page.render_into(&mut *rendered) {
-        Ok(()) => {
-            let bytes = zeroize::Zeroizing::new(std::mem::take(&mut *rendered).into_bytes());
-            Response::builder()
-                .status(status)
-                .content_type("text/html; charset=utf-8")
-                .body(poem::Body::from_bytes(bytes::Bytes::from_owner(bytes)))
-        }
+    let mut rendered = WipingBuffer(zeroize::Zeroizing::new(Vec::with_capacity(T::SIZE_HINT.max(16 * 1024))));
+    match page.render_into(&mut rendered) {
+        Ok(()) => Response::builder()
+            .status(status)
+            .content_type("text/html; charset=utf-8")
+            .body(poem::Body::from_bytes(bytes::Bytes::from_owner(rendered.0))),
         Err(e) => {
             tracing::error!(error = %e, "template failed");
             error_page(StatusCode::INTERNAL_SERVER_ERROR)
@@ -270,6 +266,24 @@ pub fn html_with_secret<T: Template>(status: StatusCode, page: &T) -> Response {
     }
 }
 
+/// A text buffer that, when it must grow, copies into a new one and wipes the old: a `String`
+/// growing by reallocation leaves each outgrown copy in freed memory.
+struct WipingBuffer(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Write for WipingBuffer {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.len() + s.len() > self.0.capacity() {
+            let mut grown = Vec::with_capacity((self.0.len() + s.len()).max(self.0.capacity() * 2));
+            grown.extend_from_slice(&self.0);
+            // The old buffer is wiped as it is dropped.
+            self.0 = zeroize::Zeroizing::new(grown);
+        }
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Renders a template as an HTML response with `status` (a 500 page if it cannot).
 pub fn html<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {
         Ok(body) => Response::builder().status(status).content_type("text/html; charset=utf-8").body(body),
@@ -452,6 +466,19 @@ pub type State<'a> = Data<&'a Arc<AppState>>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_wiping_buffer_grows_into_a_new_allocation_holding_everything_written() {
+        use std::fmt::Write;
+        let mut b = super::WipingBuffer(zeroize::Zeroizing::new(Vec::with_capacity(4)));
+        let first = b.0.as_ptr();
+        for piece in ["ab", "cd", "efghij", &"k".repeat(100)] {
+            b.write_str(piece).unwrap();
+        }
+        assert_eq!(&b.0[..10], b"abcdefghij");
+        assert_eq!(b.0.len(), 110);
+        assert_ne!(b.0.as_ptr(), first, "grown by a copy (the outgrown one wiped as it dropped)");
+    }
+
     #[test]
     fn times_are_shown_to_the_minute_in_utc_beside_their_rfc_3339_form() {
         let m = super::Moment::at(1_796_053_339_123);

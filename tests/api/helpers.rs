@@ -299,6 +299,13 @@ impl<'a> Visitor<'a> {
         resp.status()
     }
 
+    /// POSTs `fields` as a form to `path`; returns the response (cookies kept).
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let resp = self.request(reqwest::Method::POST, path).form(fields).send().await.unwrap();
+        self.keep_cookies(&resp);
+        resp
+    }
+
     /// POSTs `fields` as a form to `path` with this visitor's cookies, keeping none it is sent
     /// (so several can be in flight at once).
     pub async fn post_form_as_is(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {

@@ -583,3 +583,42 @@ async fn a_passkey_check_ended_by_another_sign_in_of_the_user_is_not_a_wrong_fac
     assert!(!app.log_text().contains("bad_second_factor"), "and is no failure: nothing was checked");
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty());
 }
+
+/// Past the captcha threshold a pending sign-in carries one check, used up by it; a passkey
+/// answer whose check another sign-in of the user had ended checks nothing, so the one check
+/// is kept and the browser can answer again (a review found it spent, sending the user back to
+/// the password and a captcha).
+#[tokio::test]
+async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one_check() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.captcha_after_failures = 3;
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "laptop").await;
+    for _ in 0..3 {
+        app.login_with(&app.new_browser(), "alice", "not the password at all").await;
+    }
+    let (mut first, mut second) = (Visitor::new(&app, None), Visitor::new(&app, None));
+    let first_csrf = crate::totp::password_with_captcha(&mut first).await;
+    let second_csrf = crate::totp::password_with_captcha(&mut second).await;
+    let begin = "/login/second-factor/passkey/begin";
+    let options = json(first.post(begin, &[("csrf", first_csrf.as_str())]).await).await;
+    second.post(begin, &[("csrf", second_csrf.as_str())]).await;
+    let answer = |device: &mut Device, options: serde_json::Value| {
+        let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+        serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap()
+    };
+    let ended = answer(&mut device, options);
+    let resp =
+        first.post("/login/second-factor", &[("csrf", first_csrf.as_str()), ("credential", ended.as_str())]).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the ended check signs nobody in, and the form stays");
+    // The same pending sign-in, checked again: signed in, no password or captcha asked.
+    let options = json(first.post(begin, &[("csrf", first_csrf.as_str())]).await).await;
+    let fresh = answer(&mut device, options);
+    let resp =
+        first.post("/login/second-factor", &[("csrf", first_csrf.as_str()), ("credential", fresh.as_str())]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(first.has_session(), "{:?}", resp.headers());
+}

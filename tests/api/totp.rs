@@ -456,7 +456,7 @@ async fn alice_with_an_authenticator_behind_a_threshold_of_3() -> (TestApp, u64,
 
 /// Past the threshold, solves the captcha and gives the right password as `visitor`; returns
 /// the second step's CSRF token.
-async fn password_with_captcha(visitor: &mut Visitor<'_>) -> String {
+pub(crate) async fn password_with_captcha(visitor: &mut Visitor<'_>) -> String {
     let (status, page) = visitor.attempt("alice", GOOD_PASSWORD, None).await;
     assert_eq!(status, 401);
     assert!(shows_captcha(&page), "the threshold is reached: {page}");

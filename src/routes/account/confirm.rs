@@ -15,6 +15,7 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use super::password::check_current;
+use super::SIGNED_OUT;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
 use crate::routes::{html, read_form, see_other, signed_in, signed_in_with, with_retry_after, State};
@@ -31,7 +32,6 @@ pub const PATH: &str = "/account/confirm";
 /// server's key and this session's token hash, so it is worth nothing to another session,
 /// cannot be moved forward in time, and ends with the session. `__Host-` as the session's.
 pub const CONFIRMED_COOKIE: &str = "__Host-portcullis-confirmed";
-use super::SIGNED_OUT;
 
 /// Where a confirmation goes on to: one of the pages whose changes ask for it. Anything
 /// else sent as `next` reads as `/account`, so the parameter cannot redirect elsewhere.

@@ -62,8 +62,8 @@ impl Drop for EnrolForm {
 
 /// What binds a secret in the form to this session (domain-separated from notices, whose
 /// payloads are JSON objects).
-fn tag_payload(secret_b32: &str) -> Vec<u8> {
-    [b"totp-enrol\0".as_slice(), secret_b32.as_bytes()].concat()
+fn tag_payload(secret_b32: &str) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new([b"totp-enrol\0".as_slice(), secret_b32.as_bytes()].concat())
 }
 
 pub(super) fn factor_error(e: &FactorError, what: &'static str) -> Response {

@@ -216,7 +216,8 @@ impl PasskeyStore for SledStore {
             // The others' removal and the insert are one step: two begins at once would each
             // remove the other's before inserting, and both stay open. The lock guards no
             // data, only the order, so a poisoned one is as good.
-            let _one_at_a_time = CEREMONY_PUTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _one_at_a_time =
+                kind.one_per_user().then(|| CEREMONY_PUTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             if kind.one_per_user() {
                 for kv in tree.iter() {
                     let (k, v) = kv?;
