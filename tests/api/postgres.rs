@@ -125,6 +125,32 @@ async fn sessions_from_before_v9_take_their_users_password_generation_and_v8_bin
     assert_eq!(generation(3).await, 77);
 }
 
+/// Two begins of one user's passkey registration at once keep one ceremony: the second waits
+/// for the first's turn to end, then its delete sees the first's row (schema v11). v6's single
+/// statement let each miss the other's row, and both stayed (found by a review; this order is
+/// held open deterministically rather than hoped for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_concurrent_ceremony_puts_take_turns_and_keep_one() {
+    let Some(url) = pg::database().await else { return };
+    let mut first = connect(&url).await.unwrap();
+    migrate(&mut first).await.unwrap();
+    let second = connect(&url).await.unwrap();
+    let watcher = connect(&url).await.unwrap();
+    let put = "SELECT ceremony_put_one_per_user(decode(repeat($1, 32), 'hex'), 'register', 'alice', 's', 9)";
+    let tx = first.transaction().await.unwrap();
+    tx.execute(put, &[&"01"]).await.unwrap();
+    let racing = tokio::spawn(async move { second.execute(put, &[&"02"]).await.map(|_| ()) });
+    assert_eq!(pg::advisory_lock_waiters(&watcher).await, 1, "the second begin waits for the first's turn");
+    tx.commit().await.unwrap();
+    racing.await.unwrap().unwrap();
+    let open: i64 = watcher
+        .query_one("SELECT count(*) FROM webauthn_ceremonies WHERE kind = 'register' AND user_key = 'alice'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 1, "one open registration");
+}
+
 /// Whether the server sees this connection as TLS.
 async fn uses_tls(client: &dyn portcullis::postgres::db::Statements) -> bool {
     client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0)
