@@ -251,12 +251,39 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
 }
 
 /// Sends one request to a running server. `Ok(None)` means no server is listening.
+///
+/// Only to the server of this `data_dir`: the socket must be a socket, not a link, and owned
+/// by `data_dir`'s owner, and the process answering must run as that owner. Otherwise that
+/// owner (a service's user, which root's commands talk to) could point root's requests, with
+/// their passwords, at another user's server.
+///
+/// # Errors
+/// A socket that is not this `data_dir`'s server's; a request or answer that cannot be sent
+/// or read.
 pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let path = socket_path(data_dir);
+    let Ok(socket) = std::fs::symlink_metadata(&path) else { return Ok(None) };
+    let owner = std::fs::metadata(data_dir)?.uid();
+    if !socket.file_type().is_socket() || socket.uid() != owner {
+        anyhow::bail!(
+            "{} is not the admin socket of the server that owns {} (a socket of uid {owner}): remove it, or find who put it there",
+            path.display(),
+            data_dir.display()
+        );
+    }
     let stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
+    let answering = stream.peer_cred().map(|c| c.uid())?;
+    if answering != owner {
+        anyhow::bail!(
+            "the process answering on {} runs as uid {answering}, not as {}'s owner (uid {owner}): not asked",
+            path.display(),
+            data_dir.display()
+        );
+    }
     let (read, mut write) = stream.into_split();
     let mut body = serde_json::to_vec(request)?;
     body.push(b'\n');

@@ -555,3 +555,27 @@ async fn a_store_another_users_files_keep_closed_is_named_with_its_owner() {
     let line = refused.assert_one_line_failure("user list on a store with a file of root's");
     assert!(line.contains("conf") && line.contains("belongs to uid 0"), "{line}");
 }
+
+/// The CLI talks only to the server of its data_dir: an `admin.sock` that is a link (to
+/// another server's socket) or a socket of another user is refused before anything is sent.
+/// A service's user could otherwise point root's commands, passwords included, at another
+/// user's server (found by a review).
+#[tokio::test]
+async fn the_admin_socket_must_be_the_data_dirs_own() {
+    let dir = tempfile::tempdir().unwrap();
+    cli_with_password(dir.path(), &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    // Another server's socket, elsewhere, that would answer anything.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("admin.sock");
+    let listener = tokio::net::UnixListener::bind(&other).unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+    std::os::unix::fs::symlink(&other, dir.path().join("data/admin.sock")).unwrap();
+    let run = cli(dir.path(), &["user", "list"]).await;
+    assert!(run.assert_one_line_failure("a linked socket").contains("is not the admin socket"), "{run:?}");
+    assert!(!accepted.is_finished(), "nothing connected to the other socket");
+    accepted.abort();
+    // A plain file in its place is no socket either.
+    std::fs::remove_file(dir.path().join("data/admin.sock")).unwrap();
+    std::fs::write(dir.path().join("data/admin.sock"), "").unwrap();
+    cli(dir.path(), &["user", "list"]).await.assert_one_line_failure("a file for a socket");
+}
