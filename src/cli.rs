@@ -42,7 +42,7 @@ pub enum Command {
         after_help = "Example:\n  portcullis serve --https-addr 0.0.0.0:443 --public-url https://login.example.com"
     )]
     Serve(ConfigFlags),
-    /// Manage users (works whether the server is running or not)
+    /// Manage users (through the running server's admin socket, or on its stopped store)
     #[command(subcommand, after_help = "Example:\n  portcullis user add alice --admin")]
     User(UserCommand),
     /// Review failed and refused logins, newest first
@@ -641,6 +641,16 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         }
     };
     if settings.database_url.is_some() {
+        // Its events go to the auth log here; a service's log directory is not this user's.
+        if let Some((dir, uid)) = crate::store::foreign_entry(&settings.log_dir).filter(|(d, _)| *d == settings.log_dir)
+        {
+            if request.writes() {
+                bail!(
+                    "{} belongs to uid {uid}: give the commands a log directory of their own (PORTCULLIS_LOG_DIR=…) for their administrative events",
+                    dir.display()
+                );
+            }
+        }
         let services = open(settings).await?;
         return Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await);
     }
@@ -732,6 +742,9 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     } else {
         Target::parse(to)?
     };
+    // data_dir's factor key is read (and carried) even when the store is a database: from a
+    // directory of this user's only, on a path nobody else can change.
+    crate::store::ensure_ours(&settings.data_dir).context("cannot read data_dir's factor key")?;
     let from = open_configured(&settings).await?;
     // Before the target is made: a copy a server could not start on is no copy.
     refuse_a_key_the_source_was_not_used_with(&from, &settings.data_dir.join(crate::factors::key::KEY_FILE)).await?;

@@ -22,6 +22,7 @@ use std::path::Path;
 /// mode failed; the message says which path and how to fix it by hand.
 pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    trusted_ancestors(dir)?;
     if !dir.exists() {
         // A link to nothing is not created through: where it points was chosen by whoever made
         // the link, and "File exists" would not say what is wrong.
@@ -43,25 +44,7 @@ pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::R
             format!("{} is not a directory", dir.display()),
         ));
     }
-    // Another user's directory is not used, as ssh's StrictModes and PostgreSQL's data
-    // directory check refuse theirs. Only root could have gone on: its files there would be
-    // left for that user's server to trip over, and that user could point the names root
-    // opens (the day's log file) at any file on the host.
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} belongs to uid {}, not to this process (uid {me}): run portcullis as its owner",
-                    dir.display(),
-                    meta.uid()
-                ),
-            ));
-        }
-    }
+    refuse_foreign(dir, &meta)?;
     tighten(dir, true, false)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -102,6 +85,79 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     if recurse && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             tighten(&entry?.path(), false, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a directory of another user's (`meta` is `dir`'s, links followed), as ssh's
+/// StrictModes and PostgreSQL's data directory check refuse theirs. Only root could have gone
+/// on: its files there would be left for that user's server to trip over, and that user could
+/// point the names root opens (the day's log file, `factor.key`) at any file on the host.
+fn refuse_foreign(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to this process (uid {me}): run portcullis as its owner",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks, without changing anything, that `dir` is one portcullis may read its own files
+/// from: this process's user's (if it exists), on a path nobody else can change. For a
+/// directory only read, such as `data_dir` for its `factor.key` when the store is a database.
+///
+/// # Errors
+/// As [`ensure_private_dir`] refuses another user's directory or path.
+pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
+    trusted_ancestors(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(meta) => refuse_foreign(dir, &meta),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Checks that nobody but root and this process's user can change what `dir` names: every
+/// directory above it, along the path as written and along the path it resolves to, belongs
+/// to root or to this process's user and is not writable by others unless sticky (as `/tmp`).
+/// Otherwise the owner of such a directory could swap the entry for a link to a directory of
+/// this process's (`logs -> /etc`, then made 0700) or swap it back and forth while the store
+/// is opened. (Group write is let be: distributions make `/var/log` writable by a log group.)
+///
+/// # Errors
+/// `PermissionDenied` naming the first such directory and its owner.
+fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let written = std::path::absolute(dir)?;
+    let resolved = std::fs::canonicalize(dir).ok();
+    let parents = written.ancestors().skip(1).chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
+    for parent in parents {
+        let Ok(meta) = std::fs::metadata(parent) else { continue };
+        let others_write = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
+        if (meta.uid() != 0 && meta.uid() != me) || others_write {
+            let why = if others_write {
+                "anyone may change it".to_string()
+            } else {
+                format!("it belongs to uid {}", meta.uid())
+            };
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is inside {}, and {why}: put it where only root or its own user can change the path",
+                    dir.display(),
+                    parent.display()
+                ),
+            ));
         }
     }
     Ok(())

@@ -500,6 +500,22 @@ async fn root_never_opens_another_users_store_or_log_directory() {
         "{refused:?}"
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+
+    // Root's command run in a directory of uid 4242's, whose `logs` that user made a link to a
+    // directory of root's (`/etc`, say): refused, the directory's mode left as it was.
+    let theirs = own.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    let roots = own.path().join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::set_permissions(&roots, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&roots, theirs.join("logs")).unwrap();
+    let refused = cli_with_password(&theirs, &["user", "add", "dave", "--password-stdin"], GOOD_PASSWORD).await;
+    let line = refused.assert_one_line_failure("a path another user can change");
+    assert!(line.contains("belongs to uid 4242") && line.contains("theirs"), "{line}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&roots).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o755, "root's directory untouched");
+    assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0);
 }
 
 /// A PostgreSQL instance's data_dir holds its factor key and no store. A command run there

@@ -367,3 +367,53 @@ async fn a_sled_target_holding_only_the_same_factor_key_is_taken_and_another_key
     let mode = std::fs::metadata(other.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "nor its mode changed");
 }
+
+/// With database_url, `store copy` still reads data_dir's factor key to carry it: from a
+/// directory of this user's only. Root once followed a link the owner of a service's data_dir
+/// made there and carried another user's key into root's copy (found by a review).
+#[tokio::test]
+async fn a_copy_reads_no_factor_key_from_another_users_data_dir() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os(pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
+        eprintln!("skipped: needs root, to give data_dir to another user");
+        return;
+    }
+    let Some(url) = pg::database().await else { return };
+    let a = tempfile::tempdir().unwrap();
+    let data = a.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("factor.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+    std::os::unix::fs::chown(&data, Some(4242), Some(4242)).unwrap();
+    let to = a.path().join("copy");
+    let refused =
+        cli(a.path(), Some(&with_password(&url)), &["store", "copy", "--to", to.to_str().unwrap()], None).await;
+    assert!(refused.assert_one_line_failure("another user's data_dir").contains("belongs to uid 4242"), "{refused:?}");
+    assert!(!to.exists(), "no copy made");
+}
+
+/// With database_url, root's commands on a host whose log_dir is a service's are told to
+/// take a log directory of their own, and work with one (found by a review: the refusal
+/// never named the way out).
+#[tokio::test]
+async fn with_a_database_the_commands_take_a_log_directory_of_their_own() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os(pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
+        eprintln!("skipped: needs root, to give log_dir to another user");
+        return;
+    }
+    let Some(url) = pg::database().await else { return };
+    let url = with_password(&url);
+    let a = tempfile::tempdir().unwrap();
+    std::fs::create_dir(a.path().join("logs")).unwrap();
+    std::os::unix::fs::chown(a.path().join("logs"), Some(4242), Some(4242)).unwrap();
+    let add = ["user", "add", "alice", "--password-stdin"];
+    let refused = cli(a.path(), Some(&url), &add, Some(GOOD_PASSWORD)).await;
+    assert!(refused.assert_one_line_failure("a service's log_dir").contains("PORTCULLIS_LOG_DIR"), "{refused:?}");
+    let mut cmd = child::command(a.path());
+    cmd.env("PORTCULLIS_DATABASE_URL", &url).env("PORTCULLIS_LOG_DIR", a.path().join("admin-logs")).args(add);
+    child::run_cli(cmd, Some(&format!("{GOOD_PASSWORD}\n"))).await.assert_ok("with a log directory of its own");
+    assert_eq!(std::fs::read_dir(a.path().join("logs")).unwrap().count(), 0, "nothing in the service's");
+    assert_eq!(std::fs::read_dir(a.path().join("admin-logs")).unwrap().count(), 1, "the event logged here");
+}
