@@ -454,10 +454,7 @@ async fn user_list_into_a_closed_pipe_ends_quietly() {
 /// log_dir is refused too.
 #[tokio::test]
 async fn root_never_opens_another_users_store_or_log_directory() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os(crate::pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
-        eprintln!("skipped: needs root, whose commands are the ones refused");
+    if !crate::helpers::root_or_skip("whose commands are the ones refused") {
         return;
     }
     const SERVICE_UID: u32 = 4242;
@@ -538,10 +535,7 @@ async fn a_command_in_a_database_instances_data_dir_without_database_url_is_refu
 #[tokio::test]
 async fn a_store_another_users_files_keep_closed_is_named_with_its_owner() {
     use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os(crate::pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
-        eprintln!("skipped: needs root, to run the commands as another user");
+    if !crate::helpers::root_or_skip("to run the commands as another user") {
         return;
     }
     const OTHER: u32 = 4243;

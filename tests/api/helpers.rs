@@ -363,3 +363,16 @@ impl<'a> Visitor<'a> {
 pub fn shows_captcha(page: &str) -> bool {
     page.contains("name=\"captcha\"") && page.contains("data:image/png;base64,")
 }
+
+/// Whether this test runs as root, which it needs `for_what` (to give directories to another
+/// user, or run commands as one); if not, it says it skips, and fails under
+/// `PORTCULLIS_REQUIRE_ALL` (`.ci/run` runs as root).
+pub fn root_or_skip(for_what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var_os(crate::pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run: {for_what}");
+    eprintln!("skipped: needs root, {for_what}");
+    false
+}

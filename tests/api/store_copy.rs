@@ -373,10 +373,7 @@ async fn a_sled_target_holding_only_the_same_factor_key_is_taken_and_another_key
 /// made there and carried another user's key into root's copy (found by a review).
 #[tokio::test]
 async fn a_copy_reads_no_factor_key_from_another_users_data_dir() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os(pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
-        eprintln!("skipped: needs root, to give data_dir to another user");
+    if !crate::helpers::root_or_skip("to give data_dir to another user") {
         return;
     }
     let Some(url) = pg::database().await else { return };
@@ -397,10 +394,7 @@ async fn a_copy_reads_no_factor_key_from_another_users_data_dir() {
 /// never named the way out).
 #[tokio::test]
 async fn with_a_database_the_commands_take_a_log_directory_of_their_own() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os(pg::REQUIRE_ALL).is_none(), "this test needs root under .ci/run");
-        eprintln!("skipped: needs root, to give log_dir to another user");
+    if !crate::helpers::root_or_skip("to give log_dir to another user") {
         return;
     }
     let Some(url) = pg::database().await else { return };
