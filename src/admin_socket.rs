@@ -262,6 +262,9 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
 /// or read.
 pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // On a path another user could change, "data_dir's owner" would be whoever that user
+    // pointed it at (another user's server, its socket and its process all agreeing).
+    crate::store::trusted_ancestors(data_dir)?;
     let path = socket_path(data_dir);
     let Ok(socket) = std::fs::symlink_metadata(&path) else { return Ok(None) };
     let owner = std::fs::metadata(data_dir)?.uid();

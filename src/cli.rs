@@ -1032,16 +1032,19 @@ fn users_text(users: &[UserSummary], json: bool) -> String {
         "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS", "STATE"
     );
     for (u, name) in users.iter().zip(&names) {
-        // Group names are a narrow ASCII alphabet (domain::Group): nothing to escape.
+        // Every field escaped, not only names: the answer came over a socket, and what a
+        // server of ours keeps to a narrow alphabet (groups, times) another process answering
+        // there need not (found by a review).
+        let groups = if u.groups.is_empty() { "-".to_string() } else { u.groups.join(",") };
         text += &format!(
             "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  {}\n",
             name,
             if u.admin { "yes" } else { "no" },
-            u.created_at,
-            u.last_login_at.as_deref().unwrap_or("never"),
+            printable(&u.created_at),
+            printable(u.last_login_at.as_deref().unwrap_or("never")),
             u.active_sessions,
             if u.disabled { "disabled" } else { "active" },
-            if u.groups.is_empty() { "-".to_string() } else { u.groups.join(",") }
+            printable(&groups)
         );
     }
     text
@@ -1084,6 +1087,22 @@ fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_user_table_escapes_every_field_an_answer_brings() {
+        let u = crate::users::UserSummary {
+            username: "eve".into(),
+            admin: false,
+            created_at: "2026\u{1b}[2J".into(),
+            last_login_at: Some("\u{9b}31m".into()),
+            active_sessions: 0,
+            disabled: false,
+            groups: vec!["ops\u{1b}]0;title\u{7}".into()],
+        };
+        let text = super::users_text(&[u], false);
+        assert!(!text.chars().any(|c| c == '\u{1b}' || c == '\u{9b}' || c == '\u{7}'), "{text:?}");
+        assert!(text.contains("ops\\u{1b}]0;title\\u{7}"), "{text}");
+    }
+
     use super::*;
 
     /// Every command and subcommand, hidden ones included, with its path.

@@ -133,12 +133,30 @@ pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
 /// is opened. (Group write is let be: distributions make `/var/log` writable by a log group.)
 ///
 /// # Errors
-/// `PermissionDenied` naming the first such directory and its owner.
-fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
+/// `PermissionDenied` naming the first such directory (or link) and its owner.
+pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     let written = std::path::absolute(dir)?;
+    // A link on the way, the directory's own name included, is followed only if root or this
+    // user made it: one that a member of a group-writable directory's group put there (as in
+    // `/var/log`, root:syslog 0775 on Ubuntu) could point anywhere (fs.protected_symlinks
+    // guards only sticky directories).
+    for step in written.ancestors() {
+        let Ok(meta) = std::fs::symlink_metadata(step) else { continue };
+        if meta.file_type().is_symlink() && meta.uid() != 0 && meta.uid() != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} passes through {}, a link of uid {}: put it where only root or its own user can change the path",
+                    dir.display(),
+                    step.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+    }
     let resolved = std::fs::canonicalize(dir).ok();
     let parents = written.ancestors().skip(1).chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
     for parent in parents {

@@ -513,6 +513,34 @@ async fn root_never_opens_another_users_store_or_log_directory() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&roots).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755, "root's directory untouched");
     assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0);
+
+    // From that directory, its `data` a link to a directory of root's with a server answering:
+    // the socket is not used either (uid 4242 could have aimed `data` at any server whose
+    // directory, socket and process agree).
+    let served = own.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let listener = tokio::net::UnixListener::bind(served.join("admin.sock")).unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+    std::os::unix::fs::symlink(&served, theirs.join("data")).unwrap();
+    let refused = child::cli(&theirs, &["user", "list"], None).await;
+    assert!(refused.assert_one_line_failure("a socket on another user's path").contains("uid 4242"), "{refused:?}");
+    assert!(!accepted.is_finished(), "nothing connected");
+    accepted.abort();
+
+    // A link that a member of a group-writable directory's group made (as in Ubuntu's
+    // /var/log, root:syslog 0775), pointing at a directory of root's: not followed.
+    let shared = own.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(0), Some(SERVICE_UID)).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+    std::os::unix::fs::symlink(&roots, shared.join("admin-logs")).unwrap();
+    std::os::unix::fs::lchown(shared.join("admin-logs"), Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    let mut cmd = child::command(own.path());
+    cmd.env("PORTCULLIS_LOG_DIR", shared.join("admin-logs")).args(["user", "add", "erin", "--password-stdin"]);
+    let refused = child::run_cli(cmd, Some(&format!("{GOOD_PASSWORD}\n"))).await;
+    assert!(refused.assert_one_line_failure("another user's link").contains("a link of uid 4242"), "{refused:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&roots).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o755, "root's directory untouched");
 }
 
 /// A PostgreSQL instance's data_dir holds its factor key and no store. A command run there
