@@ -125,57 +125,71 @@ pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Checks that nobody but root and this process's user can change what `dir` names: every
-/// directory above it, along the path as written and along the path it resolves to, belongs
-/// to root or to this process's user and is not writable by others unless sticky (as `/tmp`).
-/// Otherwise the owner of such a directory could swap the entry for a link to a directory of
-/// this process's (`logs -> /etc`, then made 0700) or swap it back and forth while the store
-/// is opened. (Group write is let be: distributions make `/var/log` writable by a log group.)
+/// Checks that nobody but root and this process's user can change what `dir` names. The path
+/// is followed one component at a time, as the kernel would, links included: every directory
+/// a component is looked up in belongs to root or to this process's user and is not writable
+/// by others unless sticky (as `/tmp`), and every link met belongs to root or to this user.
+/// Otherwise the owner of such a directory or link could aim the name elsewhere (a relative
+/// `logs` at `/etc`, then made 0700; a `data` at another server's socket) or swap it back and
+/// forth while the store is opened. Group write is let be: distributions make `/var/log`
+/// writable by a log group (a member could still rename one of root's entries into place).
 ///
 /// # Errors
-/// `PermissionDenied` naming the first such directory (or link) and its owner.
+/// `PermissionDenied` naming the first such directory or link and its owner.
 pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    use std::path::{Component, PathBuf};
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let written = std::path::absolute(dir)?;
-    // A link on the way, the directory's own name included, is followed only if root or this
-    // user made it: one that a member of a group-writable directory's group put there (as in
-    // `/var/log`, root:syslog 0775 on Ubuntu) could point anywhere (fs.protected_symlinks
-    // guards only sticky directories).
-    for step in written.ancestors() {
-        let Ok(meta) = std::fs::symlink_metadata(step) else { continue };
-        if meta.file_type().is_symlink() && meta.uid() != 0 && meta.uid() != me {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} passes through {}, a link of uid {}: put it where only root or its own user can change the path",
-                    dir.display(),
-                    step.display(),
-                    meta.uid()
-                ),
-            ));
-        }
-    }
-    let resolved = std::fs::canonicalize(dir).ok();
-    let parents = written.ancestors().skip(1).chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
-    for parent in parents {
-        let Ok(meta) = std::fs::metadata(parent) else { continue };
-        let others_write = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
-        if (meta.uid() != 0 && meta.uid() != me) || others_write {
-            let why = if others_write {
-                "anyone may change it".to_string()
-            } else {
-                format!("it belongs to uid {}", meta.uid())
-            };
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} is inside {}, and {why}: put it where only root or its own user can change the path",
-                    dir.display(),
-                    parent.display()
-                ),
-            ));
+    let refuse = |what: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} {what}: put it where only root or its own user can change the path", dir.display()),
+        ))
+    };
+    let mut pending: std::collections::VecDeque<PathBuf> =
+        std::path::absolute(dir)?.components().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut current = PathBuf::from("/");
+    // As the kernel's ELOOP: a chain of links this long is no path.
+    let mut links = 0;
+    while let Some(step) = pending.pop_front() {
+        match step.components().next() {
+            Some(Component::RootDir) => current = PathBuf::from("/"),
+            Some(Component::CurDir) | None => {}
+            Some(Component::ParentDir) => {
+                current.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let meta = std::fs::metadata(&current)?;
+                let others_write = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
+                if others_write {
+                    return refuse(format!("is inside {}, which anyone may change", current.display()));
+                }
+                if meta.uid() != 0 && meta.uid() != me {
+                    return refuse(format!("is inside {}, which belongs to uid {}", current.display(), meta.uid()));
+                }
+                let next = current.join(name);
+                let Ok(entry) = std::fs::symlink_metadata(&next) else {
+                    // Not there yet: what is made from here on is made by this process.
+                    return Ok(());
+                };
+                if !entry.file_type().is_symlink() {
+                    current = next;
+                    continue;
+                }
+                if entry.uid() != 0 && entry.uid() != me {
+                    return refuse(format!("passes through {}, a link of uid {}", next.display(), entry.uid()));
+                }
+                links += 1;
+                if links > 40 {
+                    return refuse("passes through too many links".to_string());
+                }
+                let target = std::fs::read_link(&next)?;
+                for c in target.components().rev() {
+                    pending.push_front(PathBuf::from(c.as_os_str()));
+                }
+            }
+            Some(Component::Prefix(_)) => {}
         }
     }
     Ok(())

@@ -541,6 +541,20 @@ async fn root_never_opens_another_users_store_or_log_directory() {
     assert!(refused.assert_one_line_failure("another user's link").contains("a link of uid 4242"), "{refused:?}");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&roots).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755, "root's directory untouched");
+
+    // Root's own link whose target lies in a directory of uid 4242's: followed one step at a
+    // time, the path meets that directory, whose owner could swap the entry (found by a review:
+    // only the written path's and the resolved path's parents were checked).
+    std::os::unix::fs::symlink(&roots, theirs.join("swapped")).unwrap();
+    std::os::unix::fs::lchown(theirs.join("swapped"), Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    std::os::unix::fs::symlink(theirs.join("swapped"), own.path().join("via-root")).unwrap();
+    let mut cmd = child::command(own.path());
+    cmd.env("PORTCULLIS_LOG_DIR", own.path().join("via-root")).args(["user", "add", "frank", "--password-stdin"]);
+    let refused = child::run_cli(cmd, Some(&format!("{GOOD_PASSWORD}\n"))).await;
+    let line = refused.assert_one_line_failure("a root link into another user's directory");
+    assert!(line.contains("theirs") && line.contains("uid 4242"), "{line}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&roots).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o755, "root's directory untouched");
 }
 
 /// A PostgreSQL instance's data_dir holds its factor key and no store. A command run there
