@@ -307,6 +307,9 @@ impl Args for ConfigFlags {
     }
 }
 
+/// Where settings flags belong, for both places they can be given wrongly.
+const SETTINGS_FLAGS_GO_TO_SERVE: &str = "other commands read portcullis.toml and PORTCULLIS_* only";
+
 /// The one line (without the `portcullis: ` prefix) for a command line clap refused, from
 /// `args` as given (the program's name first).
 ///
@@ -352,9 +355,7 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
         let long = invalid.split('=').next().unwrap_or("").strip_prefix("--").unwrap_or("");
         let root = <Cli as clap::CommandFactory>::command();
         if !long.is_empty() && root.get_arguments().any(|a| a.get_long() == Some(long)) {
-            return format!(
-                "--{long} is a setting of `serve`: other commands read portcullis.toml and PORTCULLIS_* only (see portcullis --help)"
-            );
+            return format!("--{long} is a setting of `serve`: {SETTINGS_FLAGS_GO_TO_SERVE} (see portcullis --help)");
         }
     }
     let escaped: Vec<String> = args.iter().map(|a| printable(&a.to_string_lossy()).into_owned()).collect();
@@ -385,8 +386,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // A usage error, with clap's status for one (2), as the same flag after the command.
         return Err(Failure {
             status: 2,
-            message: "settings flags go after `serve` (other commands read portcullis.toml and PORTCULLIS_* only)"
-                .into(),
+            message: format!("settings flags go after `serve` ({SETTINGS_FLAGS_GO_TO_SERVE})"),
         }
         .into());
     }
@@ -397,8 +397,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
         Some(Command::User(cmd)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
-            let (request, json) = user_request(cmd)?;
-            runtime(None)?.block_on(user(settings, &request, json))
+            runtime(None)?.block_on(user(settings, cmd))
         }
         Some(Command::Audit(args)) => {
             let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
@@ -585,9 +584,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
-/// The admin request a `user` command makes (reading the new password, for `add` and
-/// `passwd`), and whether its answer is wanted as JSON.
-fn user_request(cmd: UserCommand) -> anyhow::Result<(Request, bool)> {
+async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     // An existing user's name as `user list` shows it (a name from before invisible characters
     // were refused is shown escaped: `admin\u{2060}`) names that user.
     let shown = |name: String| crate::text::unprintable(&name).into_owned();
@@ -609,11 +606,7 @@ fn user_request(cmd: UserCommand) -> anyhow::Result<(Request, bool)> {
         UserCommand::Factors { name } => (Request::UserFactors { name: shown(name) }, false),
         UserCommand::ResetFactors { name } => (Request::UserResetFactors { name: shown(name) }, false),
     };
-    Ok((request, json))
-}
-
-async fn user(settings: Settings, request: &Request, json: bool) -> anyhow::Result<()> {
-    match ask(&settings, request).await? {
+    match ask(&settings, &request).await? {
         // Messages name users; a stored name from before the rules were tightened may hold
         // invisible characters.
         Response::Done { message } => print_out(&format!("{}\n", printable(&message))),
@@ -642,14 +635,11 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     };
     if settings.database_url.is_some() {
         // Its events go to the auth log here; a service's log directory is not this user's.
-        if let Some((dir, uid)) = crate::store::foreign_entry(&settings.log_dir).filter(|(d, _)| *d == settings.log_dir)
-        {
-            if request.writes() {
-                bail!(
-                    "{} belongs to uid {uid}: give the commands a log directory of their own (PORTCULLIS_LOG_DIR=…) for their administrative events",
-                    dir.display()
-                );
-            }
+        if let Some(uid) = crate::store::foreign_owner(&settings.log_dir).filter(|_| request.writes()) {
+            bail!(
+                "{} belongs to uid {uid}: give the commands a log directory of their own (PORTCULLIS_LOG_DIR=…) for their administrative events",
+                settings.log_dir.display()
+            );
         }
         let services = open(settings).await?;
         return Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await);
@@ -660,10 +650,10 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     // Another user's store (a service's) is that user's server's to open: root opening it
     // would leave files the server cannot open, and follow links its owner planted. Its
     // socket is the way in.
-    if let Some((dir, uid)) = crate::store::foreign_entry(&settings.data_dir).filter(|(d, _)| *d == settings.data_dir) {
+    if let Some(uid) = crate::store::foreign_owner(&settings.data_dir) {
         bail!(
             "{} belongs to uid {uid} and no server answers on its admin socket: start the server (the commands go through it) or run this as uid {uid}",
-            dir.display()
+            settings.data_dir.display()
         );
     }
     if let Err(e) = std::fs::read_dir(&settings.data_dir) {
@@ -1087,6 +1077,8 @@ fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_user_table_escapes_every_field_an_answer_brings() {
         let u = crate::users::UserSummary {
@@ -1102,8 +1094,6 @@ mod tests {
         assert!(!text.chars().any(|c| c == '\u{1b}' || c == '\u{9b}' || c == '\u{7}'), "{text:?}");
         assert!(text.contains("ops\\u{1b}]0;title\\u{7}"), "{text}");
     }
-
-    use super::*;
 
     /// Every command and subcommand, hidden ones included, with its path.
     fn every_command(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {

@@ -207,6 +207,21 @@ pub struct SignIn {
 }
 
 impl SignIn {
+    /// Counts a failed check for this address and username digest: the reservation becomes the
+    /// failure when the check held one, else (its captcha was solved) the failure is recorded
+    /// on its own.
+    async fn count_failure(
+        &self,
+        reservation: Option<Held>,
+        address: crate::client::AddressKey,
+        digest: u128,
+    ) -> Result<Recorded, StateError> {
+        match reservation {
+            Some(r) => r.fail(now_ms()).await,
+            None => self.state.record_failure(address, digest, now_ms()).await,
+        }
+    }
+
     /// Judges one attempt in the order of the module note.
     ///
     /// # Errors
@@ -279,10 +294,7 @@ impl SignIn {
         let user = match self.auth.authenticate(username, password, !factors.has_second_factor()).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
-                let counted = match reservation {
-                    Some(r) => r.fail(now_ms()).await?,
-                    None => self.state.record_failure(address, digest, now_ms()).await?,
-                };
+                let counted = self.count_failure(reservation, address, digest).await?;
                 return judged.refuse_counted(reason, counted).await;
             }
             Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
@@ -512,10 +524,7 @@ impl SignIn {
                 Ok(nothing_checked())
             }
             Verdict::Refused(reason) => {
-                let counted = match reservation {
-                    Some(r) => r.fail(now_ms()).await?,
-                    None => self.state.record_failure(address, digest, now_ms()).await?,
-                };
+                let counted = self.count_failure(reservation, address, digest).await?;
                 match judged.refuse_counted(reason, counted).await? {
                     Outcome::Refused(refusal) => Ok(StepOutcome::Refused { refusal, restart: one_check }),
                     _ => Ok(StepOutcome::Restart),

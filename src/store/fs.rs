@@ -195,6 +195,11 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The uid of `dir`'s owner (links followed) when that is not this process's user.
+pub fn foreign_owner(dir: &Path) -> Option<u32> {
+    foreign_entry(dir).filter(|(found, _)| found == dir).map(|(_, uid)| uid)
+}
+
 /// The first entry of `dir` (or `dir` itself) that belongs to a user other than this process's,
 /// with that user's uid: what to name when a store or log cannot be opened for permissions.
 pub fn foreign_entry(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
