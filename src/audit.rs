@@ -121,6 +121,13 @@ pub enum AuthEvent<'a> {
         count: u64,
         minute: u64,
     },
+    /// The right password for a user who has a second factor: no sign-in yet, a pending one
+    /// awaits the factor (`authn_login_mfa_pending`). Logged so that a password someone else
+    /// knows shows up even when they stop at the second step (they learnt it was right).
+    SecondFactorPending {
+        username: &'a str,
+        client: &'a Client,
+    },
     LoggedOut {
         username: &'a str,
         client: &'a Client,
@@ -727,6 +734,10 @@ fn emit(event: &AuthEvent<'_>) {
             target: TARGET, event = "authn_login_fail_repeat", time, username = first.username, ip = first.ip,
             user_agent = first.user_agent, reason = first.reason.as_str(), count, minute = rfc3339(minute),
             "login attempts refused, counted per address and minute"
+        ),
+        AuthEvent::SecondFactorPending { username, client } => tracing::info!(
+            target: TARGET, event = "authn_login_mfa_pending", time, username, ip = %client.ip,
+            user_agent = client.user_agent, "password right, second factor owed"
         ),
         AuthEvent::LoggedOut { username, client } => tracing::info!(
             target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,

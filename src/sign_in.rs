@@ -8,19 +8,20 @@
 //!    attempt reserves its place among the `captcha_after_failures` checks allowed without
 //!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
 //!
-//! All of the brute-force state (quotas, failure counts and reservations, open challenges,
-//! retired pre-login ids) is reached through [`BruteForceState`], which several instances
-//! can share; when it cannot be reached the attempt fails closed (503).
-//!
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
 //!    a user's quota without solving captchas or passing CSRF),
 //! 5. the password, on the hash pool (an unknown user costs and answers the same),
 //! 6. on success: the pre-login value is retired (the form signs in once); then, for a user
 //!    with a second factor, a pending sign-in is started ([`Outcome::SecondFactorNeeded`]) and
-//!    nothing else happens: the username's failures stay counted until the second factor is
-//!    given at [`SignIn::second_step`]. Otherwise the username's failure count is cleared,
-//!    the previous session ends and a new one is made, and the success is recorded; a success
+//!    logged (`authn_login_mfa_pending`), and nothing else happens: the username's failures
+//!    stay counted until the second factor is given at [`SignIn::second_step`]. Otherwise the
+//!    username's failure count is cleared, the previous session ends and a new one is made,
+//!    and the success is recorded; a success (or a right password owing its second factor)
 //!    that cannot be recorded does not happen.
+//!
+//! All of the brute-force state (quotas, failure counts and reservations, open challenges,
+//! retired pre-login ids) is reached through [`BruteForceState`], which several instances
+//! can share; when it cannot be reached the attempt fails closed (503).
 //!
 //! The second step ([`SignIn::second_step`], `/login/second-factor`) runs the same defences
 //! around the factor check: the pending sign-in (single use, 5 minutes, bound to the user's
@@ -327,6 +328,16 @@ impl SignIn {
                 .begin(&user, next, captcha_solved)
                 .await
                 .map_err(|source| SignInError::Store { what: "could not start a two-step sign-in", source })?;
+            // Like a success, a right password that cannot be recorded is not answered as one.
+            let owed = AuthEvent::SecondFactorPending { username: &user.display_name, client };
+            if let Err(e) = self.audit.record_checked(&owed) {
+                // Its cookie is never sent; the record would only lapse in five minutes.
+                if let Err(e) = self.factors.finish(&pending.hash()).await {
+                    let what = "could not end an unrecorded pending sign-in";
+                    crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
+                }
+                return Err(SignInError::SuccessUnrecorded(e));
+            }
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
         let token = self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures, None).await?;

@@ -839,6 +839,15 @@ async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis").is_none());
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303);
     assert!(app.sessions_of("alice").await.is_empty(), "the unrecorded session was kept");
+    // Nor is a right password that only opens the second step (its line says it was right).
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let totp = portcullis::store::TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 1 };
+    assert!(app.state.store.factors.set_totp("bob", &totp).await.unwrap());
+    let resp = app.login_with(&app.new_browser(), "bob", GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), 503, "an unlogged right password was answered with the second step");
+    assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis-mfa").is_none());
+    let far = portcullis::store::now_ms() + 3_600_000;
+    assert_eq!(app.state.store.factors.purge_pending(far).await.unwrap(), 0, "the pending sign-in was kept");
 
     let resp = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
     assert_eq!(resp.status(), 503, "a failed login that could not be logged was answered as usual");

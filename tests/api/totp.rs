@@ -145,6 +145,16 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let resp = password_step(&app, &browser, "alice").await;
     assert!(cookie_value(&resp, "__Host-portcullis").is_none(), "no session before the second factor");
     assert_eq!(last_sign_in().await, signed_in_before, "nobody signed in yet: LAST LOGIN unchanged");
+    // The right password is on record even if nobody ever gives the code (a sign that
+    // someone else knows it), and it is no success.
+    let log = app.log_lines();
+    let last = log.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["username"], &last["ip"]),
+        (&"authn_login_mfa_pending".into(), &"alice".into(), &"127.0.0.1".into())
+    );
+    let successes = |log: &[serde_json::Value]| log.iter().filter(|l| l["event"] == "authn_login_success").count();
+    let successes_before = successes(&log);
     let mfa = set_cookies(&resp).into_iter().find(|c| c.starts_with("__Host-portcullis-mfa=")).unwrap();
     for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=300"] {
         assert!(mfa.contains(attr), "{mfa}");
@@ -166,6 +176,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let session = cookie_value(&resp, "__Host-portcullis").expect("a session cookie");
     let active = app.state.sessions.resolve(&session).await.unwrap().unwrap();
     assert_eq!(active.record.factors, Factors::Two, "signed in with two factors");
+    assert_eq!(successes(&app.log_lines()), successes_before + 1, "the sign-in is logged once, at the second step");
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
     assert!(last_sign_in().await > signed_in_before, "the sign-in happened with the second factor");
 
