@@ -67,11 +67,12 @@ pub fn pool(url: &DatabaseUrl, size: usize) -> Result<Db, PgError> {
 /// until it next writes to the socket). A transaction left open by a client that vanished
 /// without closing its socket (a partition: no FIN) ends after twice the limit instead of
 /// holding its row locks until TCP keepalive notices. Sent as `SET` rather than the startup
-/// `options`, which connection poolers such as PgBouncer refuse.
+/// `options`, which connection poolers such as PgBouncer refuse. The isolation level too: see
+/// [`ISOLATION`].
 async fn server_limits(client: &mut deadpool_postgres::ClientWrapper) -> Result<(), HookError> {
     let ms = TIMEOUT.as_millis();
     let sql = format!(
-        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+        "{ISOLATION}; SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
         ms + 1000,
         ms.saturating_mul(2)
     );
@@ -80,6 +81,14 @@ async fn server_limits(client: &mut deadpool_postgres::ClientWrapper) -> Result<
         Err(_) => Err(HookError::Message("the database did not answer the session settings in time".into())),
     }
 }
+
+/// Every statement portcullis sends is written for READ COMMITTED, PostgreSQL's default: its
+/// functions take an advisory lock, then read with a fresh snapshot per statement, which sees
+/// what the lock's previous holder wrote. A database whose default is REPEATABLE READ (`ALTER
+/// DATABASE … SET default_transaction_isolation`) would take the snapshot before the lock wait
+/// and let 32 concurrent checks past a threshold of 3; SERIALIZABLE would fail them. So each
+/// connection sets it for itself.
+const ISOLATION: &str = "SET default_transaction_isolation = 'read committed'";
 
 /// One connection outside a pool (migrations at start, and tools), with its driver task
 /// spawned on the current runtime. The whole handshake is bounded by [`TIMEOUT`]: a stopped
@@ -99,6 +108,7 @@ pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, PgErro
             tracing::debug!(error = %e, "database connection ended");
         }
     });
+    tokio::time::timeout(TIMEOUT, client.batch_execute(ISOLATION)).await.map_err(|_| PgError::Timeout(TIMEOUT))??;
     Ok(client)
 }
 

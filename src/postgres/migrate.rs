@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_session_password_generation.sql"),
     include_str!("migrations/0010_pending_captcha.sql"),
     include_str!("migrations/0011_one_ceremony_per_user.sql"),
+//X
 ];
 
 /// The schema version this build writes.
@@ -37,7 +38,9 @@ pub const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
 /// [`PgError::Db`] when a statement fails (nothing is applied then), and
 /// [`PgError::SchemaTooNew`] when the database is ahead of this build.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError> {
-    let tx = client.transaction().await?;
+    // READ COMMITTED whatever the database's default (see `connect::ISOLATION`): the checks
+    // below must see what a migrator that held the lock before committed.
+    let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::ReadCommitted).start().await?;
     // "relation already exists, skipping" and the like are expected at every start: keep
     // PostgreSQL's notices out of the log.
     tx.batch_execute("SET LOCAL client_min_messages = warning").await?;

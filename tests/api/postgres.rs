@@ -54,6 +54,38 @@ async fn four_instances_migrating_one_fresh_database_at_once_apply_each_version_
     assert!(tables >= 8, "{tables}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_whose_default_isolation_is_stricter_is_still_used_read_committed() {
+    use portcullis::brute_force::{conformance, BruteForceState};
+    for level in ["repeatable read", "serializable"] {
+        let Some(url) = pg::database().await else { return };
+        let admin = connect(&url).await.unwrap();
+        let name: String = admin.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+        let alter = format!("ALTER DATABASE {name} SET default_transaction_isolation = '{level}'");
+        admin.batch_execute(&alter).await.unwrap();
+        // Migrators starting together each wait for the one before, and see what it made.
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { migrate(&mut connect(&url).await.unwrap()).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap_or_else(|e| panic!("{level}: a migrator failed: {e}"));
+        }
+        // The captcha threshold holds across two instances' pools (no snapshot from before
+        // the lock, no serialization failures).
+        let state = || -> Arc<dyn BruteForceState> {
+            Arc::new(portcullis::postgres::state::PgBruteForce::new(
+                pool(&url, 16).unwrap(),
+                Duration::from_secs(60),
+                3,
+            ))
+        };
+        conformance::concurrent_reservations_get_at_most_the_threshold(&state(), &state()).await;
+    }
+}
+
 #[tokio::test]
 async fn a_database_ahead_of_this_build_is_refused_and_left_alone() {
     let Some(url) = pg::database().await else { return };
