@@ -124,8 +124,14 @@ pub trait BruteForceState: Send + Sync {
     /// The reserved check succeeded or ended in an error: its place is given back.
     async fn release(&self, reservation: Reservation) -> Result<(), StateError>;
 
-    /// Counts a failed check that ran without a reservation (its captcha was solved).
-    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError>;
+    /// Counts a failed check that ran without a reservation (its captcha was solved, or it
+    /// named no username to count: `None`, a passkey sign-in, counted for the address alone).
+    async fn record_failure(
+        &self,
+        address: AddressKey,
+        username: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Recorded, StateError>;
 
     /// Whether attempts from this address, or for this username when given, must carry a
     /// solved captcha at `now_ms` (failures within the window plus checks in flight).
@@ -268,7 +274,12 @@ impl BruteForceState for InMemory {
         Ok(())
     }
 
-    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
+    async fn record_failure(
+        &self,
+        address: AddressKey,
+        username: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Recorded, StateError> {
         Ok(self.failures.record_failure_of(address, username, now_ms))
     }
 
@@ -487,7 +498,7 @@ pub mod conformance {
     /// username's failures, on every instance; a form once retired starts no check.
     pub async fn a_success_ends_its_check_retires_its_form_and_clears_the_username(one: &State, two: &State) {
         let alice = username_digest("alice");
-        two.record_failure(ip(9), alice, 1000).await.unwrap();
+        two.record_failure(ip(9), Some(alice), 1000).await.unwrap();
         let r = one.reserve_for_form([3; 16], ip(1), alice, 1000).await.unwrap().expect("not retired").unwrap();
         let retire = Retire { id: [3; 16], expires_at_ms: 10_000 };
         assert_eq!(two.succeed(Some(r), Some(retire), Some(alice), 1001).await.unwrap(), Some(1), "one cleared");
@@ -514,7 +525,7 @@ pub mod conformance {
         for i in 0..4u8 {
             let counted = match one.reserve(ip(20 + i), bob, 1000).await.unwrap() {
                 Ok(r) => two.fail(r, 1000).await.unwrap(),
-                Err(CaptchaDemanded) => two.record_failure(ip(20 + i), bob, 1000).await.unwrap(),
+                Err(CaptchaDemanded) => two.record_failure(ip(20 + i), Some(bob), 1000).await.unwrap(),
             };
             let asked = one.needs_captcha(ip(20 + i), Some(bob), 1000).await.unwrap();
             assert_eq!(counted.captcha_demanded.unwrap_or(asked), asked, "after failure {i}");
@@ -523,11 +534,34 @@ pub mod conformance {
         // An address at the threshold demands one, whichever username.
         let carol = username_digest("carol");
         for _ in 0..2 {
-            two.record_failure(ip(30), carol, 1000).await.unwrap();
+            two.record_failure(ip(30), Some(carol), 1000).await.unwrap();
         }
-        let counted = one.record_failure(ip(30), username_digest("dave"), 1000).await.unwrap();
+        let counted = one.record_failure(ip(30), Some(username_digest("dave")), 1000).await.unwrap();
         assert_ne!(counted.captcha_demanded, Some(false), "the address has three");
         assert!(two.needs_captcha(ip(30), None, 1000).await.unwrap());
+    }
+
+    /// With a threshold of 3: failures that name no username (passkey sign-ins) count for
+    /// their address alone, and however many failures a key gets, it keeps only the threshold
+    /// of them (nothing reads more; a flood must not make each failure dearer).
+    pub async fn failures_count_for_the_address_alone_and_stay_at_the_threshold(one: &State, two: &State) {
+        let nobody = username_digest("");
+        for i in 0..3u8 {
+            let s = if i % 2 == 0 { one } else { two };
+            let counted = s.record_failure(ip(50), None, 1000).await.unwrap();
+            assert_eq!(counted.reached_threshold, i == 2, "failure {i}");
+        }
+        assert!(one.needs_captcha(ip(50), None, 1000).await.unwrap(), "the address has three");
+        assert!(!two.needs_captcha(ip(51), Some(nobody), 1000).await.unwrap(), "no username was counted");
+        assert_eq!(one.clear_username(nobody).await.unwrap(), 0);
+        let erin = username_digest("erin");
+        for i in 0..40u8 {
+            let s = if i % 2 == 0 { one } else { two };
+            s.record_failure(ip(60 + i), Some(erin), 1000 + u64::from(i)).await.unwrap();
+        }
+        assert!(one.needs_captcha(ip(59), Some(erin), 1100).await.unwrap());
+        assert_eq!(two.clear_username(erin).await.unwrap(), 3, "a username keeps the threshold of failures");
+        assert!(!one.needs_captcha(ip(59), Some(erin), 1100).await.unwrap(), "cleared");
     }
 
     /// 16 takers at once over both instances: one gets the challenge; none after it expires.
@@ -607,6 +641,12 @@ mod tests {
     async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right() {
         let s = state(3);
         conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn failures_count_for_the_address_alone_and_stay_at_the_threshold() {
+        let s = state(3);
+        conformance::failures_count_for_the_address_alone_and_stay_at_the_threshold(&s, &s).await;
     }
 
     #[tokio::test]

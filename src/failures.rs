@@ -296,15 +296,16 @@ impl FailureTracker {
     /// Counts a failed password check that ran without a reservation (its captcha was
     /// solved).
     pub fn record_failure(&self, address: AddressKey, user_key: &str, now: u64) -> Recorded {
-        self.record_failure_of(address, username_digest(user_key), now)
+        self.record_failure_of(address, Some(username_digest(user_key)), now)
     }
 
-    /// [`FailureTracker::record_failure`] for a username already digested.
-    pub fn record_failure_of(&self, address: AddressKey, username: u128, now: u64) -> Recorded {
+    /// [`FailureTracker::record_failure`] for a username already digested, or for the
+    /// address alone (`None`).
+    pub fn record_failure_of(&self, address: AddressKey, username: Option<u128>, now: u64) -> Recorded {
         let at = self.at(now);
         let mut tables = self.lock();
         let a = tables.by_address.add(&address, at, self.threshold);
-        let u = tables.by_username.add(&username, at, self.threshold);
+        let u = username.is_some_and(|u| tables.by_username.add(&u, at, self.threshold));
         Recorded { reached_threshold: a || u, captcha_demanded: None }
     }
 

@@ -219,7 +219,7 @@ impl SignIn {
     ) -> Result<Recorded, StateError> {
         match reservation {
             Some(r) => r.fail(now_ms()).await,
-            None => self.state.record_failure(address, digest, now_ms()).await,
+            None => self.state.record_failure(address, Some(digest), now_ms()).await,
         }
     }
 
@@ -234,7 +234,7 @@ impl SignIn {
         let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
         let digest = username_digest(&user_key);
-        let judged = Judged { service: self, client, username, digest };
+        let judged = Judged { service: self, client, username, digest: Some(digest) };
         let address = client.key();
         let now = now_ms();
 
@@ -362,7 +362,7 @@ impl SignIn {
         password: Password,
     ) -> Result<PasswordCheck, SignInError> {
         let digest = username_digest(&user.key);
-        let judged = Judged { service: self, client, username: &user.display_name, digest };
+        let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let address = client.key();
         if let Some(rate) = self.per_address {
             if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now_ms()).await? {
@@ -465,7 +465,7 @@ impl SignIn {
             return Ok(StepOutcome::Restart);
         };
         let digest = username_digest(&user.key);
-        let judged = Judged { service: self, client, username: &user.display_name, digest };
+        let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let refused = |o: Outcome| match o {
             Outcome::Refused(refusal) => StepOutcome::Refused { refusal, restart: false },
             // `refuse` only ever answers `Refused`.
@@ -589,7 +589,9 @@ struct Judged<'a> {
     service: &'a SignIn,
     client: &'a Client,
     username: &'a str,
-    digest: u128,
+    /// The username's key digest, for the captcha question; `None`: the attempt names none to
+    /// count (a passkey sign-in).
+    digest: Option<u128>,
 }
 
 impl Judged<'_> {
@@ -630,7 +632,7 @@ impl Judged<'_> {
         self.record(reason, max_reached).await?;
         let captcha_demanded = match captcha_demanded {
             Some(known) => known,
-            None => s.state.needs_captcha(self.client.key(), Some(self.digest), now_ms()).await?,
+            None => s.state.needs_captcha(self.client.key(), self.digest, now_ms()).await?,
         };
         Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
     }
@@ -852,7 +854,7 @@ mod tests {
         async fn record_failure(
             &self,
             _: crate::client::AddressKey,
-            _: u128,
+            _: Option<u128>,
             _: u64,
         ) -> Result<crate::failures::Recorded, StateError> {
             down()

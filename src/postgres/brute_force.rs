@@ -289,14 +289,15 @@ pub async fn end_check(
 /// [`fail_check`] without a reservation) and says, in the same round trip
 /// (`bf_fail_counted`, migration 8), whether the threshold was reached from below and whether
 /// attempts from `address` or for `username` must now carry a captcha ([`needs_captcha`]).
-/// Synchronous: a failure is durable before it is reported.
+/// Synchronous: a failure is durable before it is reported. `username` `None` counts the
+/// failure for the address alone (never with `held`; schema v12).
 ///
 /// # Errors
 /// [`PgError`] when the database cannot answer.
 pub async fn fail_counted(
     client: &Client,
     address: &[u8],
-    username: &[u8],
+    username: Option<&[u8]>,
     held: bool,
     now_ms: u64,
     window_ms: u64,

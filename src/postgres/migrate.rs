@@ -22,7 +22,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_session_password_generation.sql"),
     include_str!("migrations/0010_pending_captcha.sql"),
     include_str!("migrations/0011_one_ceremony_per_user.sql"),
-//X
+    include_str!("migrations/0012_bounded_failure_counts.sql"),
 ];
 
 /// The schema version this build writes.

@@ -66,14 +66,19 @@ impl BruteForceState for PgBruteForce {
     }
 
     async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
-        self.failed(reservation.address, reservation.username, true, now_ms).await
+        self.failed(reservation.address, Some(reservation.username), true, now_ms).await
     }
 
     async fn release(&self, reservation: Reservation) -> Result<(), StateError> {
         self.succeed(Some(reservation), None, None, 0).await.map(|_| ())
     }
 
-    async fn record_failure(&self, address: AddressKey, username: u128, now_ms: u64) -> Result<Recorded, StateError> {
+    async fn record_failure(
+        &self,
+        address: AddressKey,
+        username: Option<u128>,
+        now_ms: u64,
+    ) -> Result<Recorded, StateError> {
         self.failed(address, username, false, now_ms).await
     }
 
@@ -167,13 +172,14 @@ impl PgBruteForce {
     async fn failed(
         &self,
         address: AddressKey,
-        username: u128,
+        username: Option<u128>,
         held: bool,
         now_ms: u64,
     ) -> Result<Recorded, StateError> {
         let c = self.client().await?;
-        let (a, u) = (bf::address_key(address), username_bytes(username));
-        let (reached, demanded) = bf::fail_counted(&c, &a, &u, held, now_ms, self.window_ms, self.threshold).await?;
+        let (a, u) = (bf::address_key(address), username.map(username_bytes));
+        let (reached, demanded) =
+            bf::fail_counted(&c, &a, u.as_deref(), held, now_ms, self.window_ms, self.threshold).await?;
         Ok(Recorded { reached_threshold: reached, captcha_demanded: Some(demanded) })
     }
 

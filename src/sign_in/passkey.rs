@@ -63,7 +63,7 @@ impl SignIn {
         csrf: &str,
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
-        let judged = Judged { service: self, client, username: "", digest: username_digest("") };
+        let judged = Judged { service: self, client, username: "", digest: None };
         if let Some(refused) = self.address_quota(&judged).await? {
             return Ok(BeginOutcome::Refused(refused));
         }
@@ -105,7 +105,7 @@ impl SignIn {
     /// As [`SignIn::attempt`].
     #[tracing::instrument(name = "sign_in_passkey", skip_all)]
     pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
-        let anonymous = Judged { service: self, client: a.client, username: "", digest: username_digest("") };
+        let anonymous = Judged { service: self, client: a.client, username: "", digest: None };
         if let Some(refused) = self.address_quota(&anonymous).await? {
             return Ok(Outcome::Refused(refused));
         }
@@ -116,7 +116,7 @@ impl SignIn {
         let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let (address, digest) = (a.client.key(), anonymous.digest);
+        let address = a.client.key();
         // The user as read before the passkey is checked: its credential generation is the
         // session's, so a `user reset-factors` that removes this passkey after the check ends
         // the session however late it is stored (`UserAdmin::reset_factors`).
@@ -134,7 +134,7 @@ impl SignIn {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "passkey refused");
-                let counted = self.state.record_failure(address, digest, now_ms()).await?;
+                let counted = self.state.record_failure(address, None, now_ms()).await?;
                 return judged.refuse_counted(FailureReason::BadPasskey, counted).await;
             }
         };
@@ -144,7 +144,7 @@ impl SignIn {
             Some(u) if !u.disabled => u,
             found => {
                 let reason = if found.is_some() { FailureReason::Disabled } else { FailureReason::UnknownUser };
-                let counted = self.state.record_failure(address, digest, now_ms()).await?;
+                let counted = self.state.record_failure(address, None, now_ms()).await?;
                 return judged.refuse_counted(reason, counted).await;
             }
         };

@@ -10,19 +10,26 @@ use portcullis::brute_force::{conformance, BruteForceState, QuotaKey};
 use portcullis::config::Rate;
 use portcullis::postgres::connect::pool;
 use portcullis::postgres::state::PgBruteForce;
+use portcullis::postgres::url::DatabaseUrl;
 use portcullis::rate_limit::username_digest;
 use portcullis::store::Store;
 
 use crate::pg;
 
+type State = Arc<dyn BruteForceState>;
+
 /// Two states on one fresh, migrated database, as two instances would hold them.
-async fn two_instances(threshold: u32) -> Option<(Arc<dyn BruteForceState>, Arc<dyn BruteForceState>)> {
+async fn two_instances(threshold: u32) -> Option<(State, State)> {
+    two_instances_and_url(threshold).await.map(|(one, two, _)| (one, two))
+}
+
+/// [`two_instances`], and the database's URL.
+async fn two_instances_and_url(threshold: u32) -> Option<(State, State, DatabaseUrl)> {
     let url = pg::database().await?;
     Store::connect(&url, "test").await.expect("the schema is made");
-    let state = |_: ()| -> Arc<dyn BruteForceState> {
-        Arc::new(PgBruteForce::new(pool(&url, 16).unwrap(), Duration::from_secs(60), threshold))
-    };
-    Some((state(()), state(())))
+    let state =
+        |_: ()| -> State { Arc::new(PgBruteForce::new(pool(&url, 16).unwrap(), Duration::from_secs(60), threshold)) };
+    Some((state(()), state(()), url))
 }
 
 use conformance::ip;
@@ -86,16 +93,30 @@ async fn a_success_ends_its_check_retires_its_form_once_and_clears_the_username_
 async fn a_failure_on_either_instance_says_whether_a_captcha_is_now_demanded_in_the_same_round_trip() {
     let Some((one, two)) = two_instances(3).await else { return };
     conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&one, &two).await;
-    let counted = one.record_failure(ip(40), username_digest("erin"), 1000).await.unwrap();
+    let counted = one.record_failure(ip(40), Some(username_digest("erin")), 1000).await.unwrap();
     assert_eq!(counted.captcha_demanded, Some(false), "PostgreSQL answers it with the failure");
+}
+
+#[tokio::test]
+async fn failures_count_for_the_address_alone_when_they_name_no_username_and_stay_at_the_threshold_per_key() {
+    let Some((one, two, url)) = two_instances_and_url(3).await else { return };
+    conformance::failures_count_for_the_address_alone_and_stay_at_the_threshold(&one, &two).await;
+    // In rows: an address flooded with failures keeps three, however many it sent.
+    for i in 0..30 {
+        one.record_failure(ip(7), None, 2000 + i).await.unwrap();
+    }
+    let c = portcullis::postgres::connect::connect(&url).await.unwrap();
+    let most = "SELECT max(n) FROM (SELECT count(*) AS n FROM bf_attempts GROUP BY scope, key) k";
+    let rows: i64 = c.query_one(most, &[]).await.unwrap().get(0);
+    assert_eq!(rows, 3, "failure rows are bounded per key");
 }
 
 #[tokio::test]
 async fn a_failure_with_a_solved_captcha_counts_without_a_reservation() {
     let Some((one, two)) = two_instances(2).await else { return };
     let bob = username_digest("bob");
-    assert!(!one.record_failure(ip(1), bob, 1000).await.unwrap().reached_threshold);
-    assert!(two.record_failure(ip(2), bob, 1000).await.unwrap().reached_threshold, "the second reaches 2");
+    assert!(!one.record_failure(ip(1), Some(bob), 1000).await.unwrap().reached_threshold);
+    assert!(two.record_failure(ip(2), Some(bob), 1000).await.unwrap().reached_threshold, "the second reaches 2");
     assert!(one.reserve(ip(3), bob, 1000).await.unwrap().is_err());
     assert!(one.reserve(ip(3), bob, 61_001).await.unwrap().is_ok(), "failures count for the window only");
 }

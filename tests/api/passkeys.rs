@@ -533,6 +533,9 @@ async fn a_credential_id_seen_by_others_neither_spends_its_users_quota_nor_keeps
     }
     let records = app.records(portcullis::store::FailureQuery::default()).await;
     assert!(records.iter().filter(|r| r.username == "alice" && r.reason.as_str() == "bad_passkey").count() >= 12);
+    // Nor under one key shared by every passkey failure (on PostgreSQL, one lock for all).
+    let nobody = portcullis::rate_limit::username_digest("");
+    assert_eq!(app.state.brute_force.clear_username(nobody).await.unwrap(), 0, "counted under a username");
     // Alice, from her own address, signs in with her password at once: no 429, no captcha.
     let mut alice = Visitor::new(&app, Some("203.0.113.5"));
     let (status, _) = alice.attempt("alice", GOOD_PASSWORD, None).await;

@@ -322,7 +322,7 @@ async fn password_checks_refused_on_the_account_pages_are_recorded_like_the_logi
         .brute_force
         .record_failure(
             portcullis::client::AddressKey::of(std::net::IpAddr::from([127, 0, 0, 1])),
-            portcullis::rate_limit::username_digest("frank"),
+            Some(portcullis::rate_limit::username_digest("frank")),
             now_ms(),
         )
         .await
