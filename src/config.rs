@@ -77,6 +77,11 @@ pub enum ConfigError {
     UnknownKey { path: PathBuf, key: String },
     #[error("invalid {key} = {value:?} (from {source_name}): {message}")]
     Invalid { key: &'static str, value: String, source_name: String, message: String },
+    /// A `PORTCULLIS_*` variable that is not UTF-8 (its value is not shown: it may hold a
+    /// password). Ignoring it would start on the default, say a new sled store instead of
+    /// the database `database_url` names.
+    #[error("environment variable {var} is not valid UTF-8")]
+    NotUnicode { var: String },
 }
 
 /// A rate: a burst of `burst` refilled evenly over `period`.
@@ -457,13 +462,17 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
             }
         }
     };
-    let env: Overrides = KEYS
-        .iter()
-        .filter_map(|k| {
-            let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
-            std::env::var(&var).ok().map(|v| (k.name.to_string(), v))
-        })
-        .collect();
+    let mut env = Overrides::new();
+    for k in KEYS {
+        let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
+        match std::env::var(&var) {
+            Ok(v) => {
+                env.insert(k.name.to_string(), v);
+            }
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => return Err(ConfigError::NotUnicode { var }),
+        }
+    }
     Ok((file, env))
 }
 

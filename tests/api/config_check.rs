@@ -7,8 +7,8 @@ use std::process::Command;
 
 use crate::child;
 
-/// The binary in `dir` with no `PORTCULLIS_*` from the caller, and `env` set.
-fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+/// The binary in `dir` with no `PORTCULLIS_*` from the caller.
+fn bare(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     cmd.current_dir(dir);
     for (key, _) in std::env::vars_os() {
@@ -16,6 +16,12 @@ fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
             cmd.env_remove(key);
         }
     }
+    cmd
+}
+
+/// `config check` with `args` in `dir` ([`bare`]), and `env` set.
+fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = bare(dir);
     cmd.args(["config", "check"]).args(args).envs(env.iter().copied());
     cmd
 }
@@ -148,4 +154,26 @@ async fn a_refused_value_is_quoted_with_its_controls_escaped_once() {
     assert_eq!(out.status, 2, "{}", out.stderr);
     assert!(out.stderr.contains(r#"instance_name = "x\u{1b}y z""#), "{}", out.stderr);
     assert!(!out.stderr.contains("u{5c}"), "the escape's backslash is not escaped again: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_variable_that_is_not_utf8_stops_the_program_instead_of_falling_back_to_the_default() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let url = OsStr::from_bytes(b"postgres://app:hunter2-secret@/auth?host=/run/pg\xff");
+    let mut cmd = check(dir.path(), &[], &[]);
+    cmd.env("PORTCULLIS_DATABASE_URL", url);
+    let out = run(cmd).await;
+    assert_eq!(out.status, 2, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("PORTCULLIS_DATABASE_URL is not valid UTF-8"), "{}", out.stderr);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    // `serve` likewise: not a first start on a new sled store beside the database.
+    let mut serve = bare(dir.path());
+    serve.args(["serve", "--https-addr", "127.0.0.1:0", "--http-addr", "off"]).env("PORTCULLIS_DATABASE_URL", url);
+    let (status, stdout, stderr) = child::run(serve, None).await;
+    assert!(!status.success() && !stdout.contains("administrator"), "{stdout}{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "serve created {left:?}");
 }
