@@ -209,6 +209,11 @@ impl Rule {
                 continue;
             }
             let items = strings(value).map_err(fail)?;
+            // A field left out matches everything, so an emptied list (a template with no
+            // entries) would turn a narrow rule into one for every host, path or person.
+            if items.is_empty() {
+                return Err(fail("an empty list (leave the field out to match everything)".into()));
+            }
             match field {
                 "domain" => {
                     rule.domains =
@@ -423,6 +428,10 @@ mod tests {
             ("[[access.rules]]\npolicy = \"allow\"", "access.rules #1 policy:"),
             ("[[access.rules]]\nhost = [\"x\"]\npolicy = \"deny\"", "access.rules #1 host:"),
             ("[[access.rules]]\npath = 3\npolicy = \"deny\"", "access.rules #1 path:"),
+            ("[[access.rules]]\ndomain = []\npolicy = \"bypass\"", "access.rules #1 domain: an empty list"),
+            ("[[access.rules]]\npath = []\npolicy = \"bypass\"", "access.rules #1 path: an empty list"),
+            ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
+            ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
             ("[access]\nrule = []", "access: unknown key"),
         ] {
