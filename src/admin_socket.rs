@@ -261,6 +261,21 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
 /// A socket that is not this `data_dir`'s server's; a request or answer that cannot be sent
 /// or read.
 pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+    call_within(data_dir, request, ANSWER_TIMEOUT).await
+}
+
+/// How long a command waits for the server's answer: longer than any request takes (a
+/// password hashed behind a flood of sign-ins takes seconds at most), short enough that a
+/// stopped server (SIGSTOP, a hung disk) gets a clear line instead of a command that never
+/// returns. The server gives each connection 60 s.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`call`], waiting at most `timeout` for the answer once connected.
+///
+/// # Errors
+/// As [`call`], and when no answer comes within `timeout` (a request that writes may still
+/// be carried out: the message says so) or the socket may not be used (permission).
+pub async fn call_within(data_dir: &Path, request: &Request, timeout: Duration) -> anyhow::Result<Option<Response>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     // On a path another user could change, "data_dir's owner" would be whoever that user
     // pointed it at (another user's server, its socket and its process all agreeing).
@@ -277,6 +292,10 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
     }
     let stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "cannot use the admin socket {}: permission denied (run this as uid {owner}, the server's user, or as root)",
+            path.display()
+        ),
         Err(_) => return Ok(None),
     };
     let answering = stream.peer_cred().map(|c| c.uid())?;
@@ -290,10 +309,23 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
     let (read, mut write) = stream.into_split();
     let mut body = serde_json::to_vec(request)?;
     body.push(b'\n');
-    write.write_all(&body).await?;
-    zeroize::Zeroize::zeroize(&mut body);
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    let exchange = async {
+        write.write_all(&body).await?;
+        BufReader::new(read).read_line(&mut line).await
+    };
+    let answered = tokio::time::timeout(timeout, exchange).await;
+    zeroize::Zeroize::zeroize(&mut body);
+    if answered.is_err() {
+        let maybe =
+            if request.writes() { " (it may still carry the request out: look before trying again)" } else { "" };
+        anyhow::bail!(
+            "the server of {} did not answer on its admin socket within {} s: is it stopped or stuck?{maybe}",
+            data_dir.display(),
+            timeout.as_secs()
+        );
+    }
+    answered??;
     let response =
         serde_json::from_str(&line).map_err(|_| anyhow::anyhow!("the server's admin socket gave no answer"))?;
     Ok(Some(response))

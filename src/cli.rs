@@ -652,7 +652,7 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     // socket is the way in.
     if let Some(uid) = crate::store::foreign_owner(&settings.data_dir) {
         bail!(
-            "{} belongs to uid {uid} and no server answers on its admin socket: start the server (the commands go through it) or run this as uid {uid}",
+            "{} belongs to uid {uid} and its admin socket took no command from this user: run it as uid {uid} or as root, with the server running (the commands go through it)",
             settings.data_dir.display()
         );
     }

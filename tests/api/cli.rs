@@ -631,3 +631,29 @@ async fn the_admin_socket_must_be_the_data_dirs_own() {
     std::fs::write(dir.path().join("data/admin.sock"), "").unwrap();
     cli(dir.path(), &["user", "list"]).await.assert_one_line_failure("a file for a socket");
 }
+
+/// A server that holds the socket but never answers (stopped with SIGSTOP, stuck on a disk):
+/// the command gives up with one line instead of waiting for ever, and a write says it may
+/// still happen.
+#[tokio::test]
+async fn a_server_that_never_answers_on_its_socket_is_given_up_on() {
+    use portcullis::admin_socket::{call_within, socket_path, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let listener = tokio::net::UnixListener::bind(socket_path(&data)).unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            kept.push(stream);
+        }
+    });
+    let wait = std::time::Duration::from_secs(1);
+    let err = call_within(&data, &Request::UserList, wait).await.unwrap_err().to_string();
+    assert!(err.contains("did not answer on its admin socket within 1 s") && !err.contains("may still"), "{err}");
+    let del = Request::UserDel { name: "alice".into() };
+    let err = call_within(&data, &del, wait).await.unwrap_err().to_string();
+    assert!(err.contains("it may still carry the request out"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    held.abort();
+}
