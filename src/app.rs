@@ -283,6 +283,10 @@ impl Application {
             Arc::new(Captchas::new(services.store.secrets.secret("captcha").await?, Arc::clone(&brute_force)));
         let users = services.users.with_unlock_hook(unlock_hook(Arc::clone(&brute_force)));
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
+        if let Err(e) = auth.choose_dummy().await {
+            // The first unknown username will count them instead.
+            tracing::warn!(error = %e, "could not count the stored password hashes at start");
+        }
         background.push(tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval));
         // With PostgreSQL the CLI works on the database itself, from any host: no socket.
         if settings.database_url.is_none() {

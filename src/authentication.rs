@@ -7,7 +7,8 @@
 //! usernames are checked against a dummy shaped like the most common kind of stored hash
 //! (same algorithm, version, parameters and output length), as the OWASP Authentication
 //! Cheat Sheet asks: the same response time whether or not the user exists. The kinds are
-//! recounted from the store every [`DUMMY_REFRESH`] and after each upgrade.
+//! counted at start and recounted in the background every [`DUMMY_REFRESH`] and after each
+//! upgrade, never while a sign-in waits.
 
 use crate::audit::FailureReason;
 use crate::domain::Username;
@@ -53,8 +54,17 @@ impl From<PoolError> for AuthError {
 /// (users added or removed meanwhile shift the most common kind only slowly).
 pub const DUMMY_REFRESH: Duration = Duration::from_secs(60);
 
-/// The dummy for unknown usernames and when it was chosen; `None` until first needed.
-type DummyCache = Option<(Instant, Option<String>)>;
+/// The dummy for unknown usernames and when it was chosen.
+#[derive(Default)]
+struct DummyCache {
+    /// When it was chosen, and the choice (`None`: the pool's own dummy); `None` before the
+    /// first choice.
+    chosen: Option<(Instant, Option<String>)>,
+    /// A hash upgrade changed the mix of stored kinds: choose again.
+    stale: bool,
+    /// A recount is running in the background.
+    refreshing: bool,
+}
 
 #[derive(Clone)]
 pub struct Authenticator {
@@ -68,20 +78,65 @@ impl Authenticator {
         Authenticator { store, pool, dummy: Arc::default() }
     }
 
+    /// Chooses the dummy for unknown usernames now (at start), so that no sign-in waits for
+    /// the count.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot count the hashes (the first unknown username then
+    /// counts them).
+    pub async fn choose_dummy(&self) -> Result<(), StoreError> {
+        self.recount().await.map(|_| ())
+    }
+
+    /// Counts the stored hashes' kinds and keeps a dummy like the most common one.
+    async fn recount(&self) -> Result<Option<String>, StoreError> {
+        let dummy = self.store.users.most_common_hash().await?.and_then(|example| dummy_like(&example));
+        let mut cache = self.cache();
+        cache.chosen = Some((Instant::now(), dummy.clone()));
+        cache.stale = false;
+        Ok(dummy)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, DummyCache> {
+        // A poisoned lock holds only a cached choice, valid whatever panicked: carry on.
+        self.dummy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A dummy shaped like the most common kind of stored hash, or `None` (no users, or none
     /// parses) for the pool's own dummy with the current parameters.
+    ///
+    /// An unknown username never waits for the recount (a scan of every user: hundreds of
+    /// milliseconds with 100,000 of them, which would tell it from a known one by time): a
+    /// choice that is due is made again in the background while this one is used. Only before
+    /// the first choice ([`Authenticator::choose_dummy`] failed at start) is it made here.
     async fn dummy_for_unknown(&self) -> Result<Option<String>, StoreError> {
-        {
-            // A poisoned lock holds only a cached choice, valid whatever panicked: carry on.
-            let cache = self.dummy.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, dummy)) = cache.as_ref().filter(|(at, _)| at.elapsed() < DUMMY_REFRESH) {
-                return Ok(dummy.clone());
-            }
+        let chosen = {
+            let mut cache = self.cache();
+            cache.chosen.clone().map(|(at, dummy)| {
+                let due = (cache.stale || at.elapsed() >= DUMMY_REFRESH) && !cache.refreshing;
+                cache.refreshing |= due;
+                (dummy, due)
+            })
+        };
+        let (dummy, due) = match chosen {
+            Some(chosen) => chosen,
+            None => return self.recount().await,
+        };
+        if !due {
+            return Ok(dummy);
         }
-        // Not under the lock (it is not held across an await): two refreshes may race, and
-        // both store an equally good choice.
-        let dummy = self.store.users.most_common_hash().await?.and_then(|example| dummy_like(&example));
-        *self.dummy.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), dummy.clone()));
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.recount().await {
+                crate::fault_log::report(
+                    "could not recount the stored password hashes for the unknown-user dummy",
+                    crate::fault_log::Severity::Warn,
+                    e.is_unavailable(),
+                    &e,
+                );
+            }
+            this.cache().refreshing = false;
+        });
         Ok(dummy)
     }
 
@@ -128,8 +183,8 @@ impl Authenticator {
         }
         if verified.upgraded_hash.is_some() {
             tracing::info!(username = %credential.user.display_name, "password hash upgraded to the current parameters");
-            // The mix of stored kinds has changed: choose the dummy again next time.
-            *self.dummy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // The mix of stored kinds has changed: choose the dummy again.
+            self.cache().stale = true;
         }
         // Written as a compare-and-swap on the password we verified: if it was changed while we
         // were hashing, the old password must not let anyone in; a concurrent upgrade of the
@@ -179,5 +234,52 @@ impl Authenticator {
         };
         let verified = self.pool.verify(password, phc).await?;
         Ok(credential.is_some() && verified.valid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Services;
+    use crate::config::{HashParams, Settings};
+    use argon2::password_hash::PasswordHasher;
+
+    /// An unknown username never waits for the recount of stored hashes: a choice that is due
+    /// is used once more while the background recount makes the next.
+    #[tokio::test]
+    async fn an_unknown_username_uses_the_chosen_dummy_while_a_due_recount_runs_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: dir.path().join("data"),
+            log_dir: dir.path().join("logs"),
+            argon2: HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            ..Settings::default()
+        };
+        let services = Services::open(&settings, 1).await.unwrap();
+        services.users.add("alice", Password::new("quartz lantern velvet 8127 orbit"), false, "test").await.unwrap();
+        let auth = Authenticator::new(services.store.clone(), services.pool.clone());
+        auth.choose_dummy().await.unwrap();
+        let first = auth.dummy_for_unknown().await.unwrap().unwrap();
+        assert!(first.contains("m=1024"), "{first}");
+
+        // Most stored hashes are now of another kind, and the choice is due.
+        let params = argon2::Params::new(2048, 1, 1, None).unwrap();
+        let other = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        for key in ["bob", "carol", "dave"] {
+            let hash = other.hash_password(b"irrelevant").unwrap().to_string();
+            services.store.users.insert(&crate::store::conformance::user(key), &hash).await.unwrap();
+        }
+        let past = Instant::now().checked_sub(DUMMY_REFRESH + Duration::from_secs(1)).unwrap();
+        auth.cache().chosen.as_mut().unwrap().0 = past;
+        let during = auth.dummy_for_unknown().await.unwrap().unwrap();
+        assert_eq!(during, first, "the recount was awaited");
+        for _ in 0..200 {
+            if !auth.cache().refreshing {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = auth.dummy_for_unknown().await.unwrap().unwrap();
+        assert!(after.contains("m=2048"), "the background recount chose the common kind: {after}");
     }
 }
