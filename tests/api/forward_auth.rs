@@ -369,6 +369,11 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/%2fadmin",
         "/public/..%5cadmin",
         "/public//../admin",
+        // Dot segments: Go's servers resolve them, Flask and Express route them as sent.
+        "/admin/../public/x",
+        "/public/../admin",
+        "/admin/%2e%2e/public/x",
+        "/admin/./x",
         // nginx passes a `#` in the request line on as it is; Go's servers resolve what follows.
         "/public/x#/../../admin",
         "/public/x#",
