@@ -70,10 +70,15 @@ pub struct TargetRequest {
     /// Lower-case host, no port.
     pub host: String,
     /// The path as [`normalise_path`] reads it (unreserved characters decoded, repeated
-    /// slashes merged, `;params` dropped, dot segments resolved), plus `?query` as sent: what
-    /// access rules match, so `/%61dmin`, `//admin`, `/admin;x=1` and `/public/../admin` are
-    /// `/admin` to a rule as they are to the application.
+    /// slashes merged, `;params` dropped), plus `?query` as sent: what access rules match, so
+    /// `/%61dmin`, `//admin` and `/admin;x=1` are `/admin` to a rule as they are to the
+    /// application, if it reads paths that way.
     pub path_and_query: String,
+    /// The path as sent (only characters a URL may not hold percent-encoded), plus the query:
+    /// the reading of an application that routes on the raw path (Express, for one, matches
+    /// `/%70ublic/x` against no `/public/` route and `/public;x/a` against none either). A
+    /// verify whose answer would differ between the two readings is refused (400).
+    pub literal_path_and_query: String,
     /// Upper-case method.
     pub method: String,
 }
@@ -217,7 +222,9 @@ impl Gate {
             return Err(TargetError::BadMethod);
         }
         let (url, host, path_and_query) = self.parse_url(&raw)?;
-        Ok(TargetRequest { url, host, path_and_query, method })
+        let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
+        let literal_path_and_query = format!("{}{query}", literal_path(raw_path(&raw)));
+        Ok(TargetRequest { url, host, path_and_query, literal_path_and_query, method })
     }
 
     /// `(url, host, normalised path and query)` of an https URL on a gated host.
@@ -271,6 +278,16 @@ fn raw_path(raw: &str) -> &str {
         return "";
     }
     rest.find(['?', '#']).map_or(rest, |i| &rest[..i])
+}
+
+/// `raw` as an application that routes on the path as sent reads it: characters a URL may
+/// not hold percent-encoded (as the URL parser does, so rules see ASCII), nothing decoded,
+/// merged or dropped; `/` for an empty path.
+pub fn literal_path(raw: &str) -> String {
+    if raw.is_empty() {
+        return "/".into();
+    }
+    utf8_percent_encode(raw, PATH_ENCODE).to_string()
 }
 
 /// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the

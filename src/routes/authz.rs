@@ -76,13 +76,19 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     };
     let decision = state.settings.access.decide(&t, subject.as_ref());
     let factors = session.as_ref().map(|s| s.record.factors);
-    let allowed = match decision {
-        Decision::Policy(Policy::Bypass, _) => Some(true),
-        Decision::Policy(Policy::OneFactor, _) => Some(factors.is_some()),
-        Decision::Policy(Policy::TwoFactor, _) => Some(factors == Some(Factors::Two)),
-        Decision::Policy(Policy::Deny, _) => None,
-        Decision::SignInFirst(_) => Some(false),
-    };
+    let allowed = allowed_for(decision, factors);
+    // Applications read paths differently (some decode, merge and drop `;params` before they
+    // route, some route on the path as sent): where the two readings would get different
+    // answers, no answer is safe for both.
+    if target.literal_path_and_query != target.path_and_query {
+        let literal = Target { path_and_query: &target.literal_path_and_query, ..t };
+        if allowed_for(state.settings.access.decide(&literal, subject.as_ref()), factors) != allowed {
+            tracing::debug!(
+                "forward-auth request refused: the path as sent and as normalised are answered differently"
+            );
+            return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
+        }
+    }
     match allowed {
         Some(true) => {
             let user = session.as_ref().map(|s| s.user.display_name.as_str()).unwrap_or("");
@@ -134,6 +140,18 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
             });
             (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden)
         }
+    }
+}
+
+/// What `decision` means for a session with `factors` (`None`: not signed in): `Some(true)`
+/// allowed, `Some(false)` sign in (again) first, `None` denied.
+fn allowed_for(decision: Decision, factors: Option<Factors>) -> Option<bool> {
+    match decision {
+        Decision::Policy(Policy::Bypass, _) => Some(true),
+        Decision::Policy(Policy::OneFactor, _) => Some(factors.is_some()),
+        Decision::Policy(Policy::TwoFactor, _) => Some(factors == Some(Factors::Two)),
+        Decision::Policy(Policy::Deny, _) => None,
+        Decision::SignInFirst(_) => Some(false),
     }
 }
 

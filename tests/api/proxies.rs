@@ -455,20 +455,28 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(post.status(), StatusCode::SEE_OTHER);
     assert!(post.headers()["location"].to_str().unwrap().starts_with(&login_prefix));
 
-    // A deny rule gives 403, and is logged; doubled slashes, which the proxy merges before
-    // the application sees the path, do not get past it.
-    for path in ["/denied", "//denied", "//denied//x"] {
-        assert_eq!(
-            alice.get(format!("{base}{path}")).header("accept", PAGE).send().await.unwrap().status(),
-            StatusCode::FORBIDDEN,
-            "{path}"
-        );
+    // A deny rule gives 403, and is logged; doubled slashes, which some applications merge
+    // before they route and others do not, do not get past it (refused: nginx shows its
+    // auth_request's 400 as 500).
+    for path in ["/denied", "/denied//x", "//denied", "//denied//x"] {
+        let status = alice.get(format!("{base}{path}")).header("accept", PAGE).send().await.unwrap().status();
+        let plain = !path.starts_with("//");
+        assert!(if plain { status == StatusCode::FORBIDDEN } else { status.as_u16() >= 400 }, "{path}: {status}");
     }
     // Dot segments, which these proxies pass on as sent and applications read two ways
     // (Go's servers resolve them, Flask and Express route them as written), never reach the
     // application past a rule (found by a review: an anonymous visitor reached a denied path
     // through the bypass rule for `/public/`).
-    for target in ["/denied/../public/x", "/denied/%2e%2e/public/x", "/public/../denied", "/denied/./x"] {
+    // Nor do paths that are under `/public/` only once decoded or stripped of `;params`, which
+    // an application routing on the path as sent (as this one does) serves from elsewhere.
+    for target in [
+        "/denied/../public/x",
+        "/denied/%2e%2e/public/x",
+        "/public/../denied",
+        "/denied/./x",
+        "/%70ublic/x",
+        "/public;x/y",
+    ] {
         let (status, answer) = raw_get(pki, proxy, target).await;
         assert!(!answer.contains("remote_user"), "the application answered {target}: {answer}");
         assert!((400..=599).contains(&status), "{target}: {answer}");
