@@ -534,9 +534,20 @@ pub fn cores() -> usize {
 
 fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: escape_controls(e.message()),
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // Where, so a long file's mistake can be found; the message alone, not the quoted
+        // source line (it may hold database_url's password).
+        let at = e.span().map(|span| {
+            let before = text.get(..span.start).unwrap_or(&text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        let message = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: escape_controls(&format!("{}{message}", at.unwrap_or_default())),
+        }
     })?;
     // `access` is a table of the file only (SPEC.md): no environment variable or flag.
     if let Some(key) =

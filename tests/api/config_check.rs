@@ -177,3 +177,15 @@ async fn a_variable_that_is_not_utf8_stops_the_program_instead_of_falling_back_t
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "serve created {left:?}");
 }
+
+#[tokio::test]
+async fn a_file_that_is_not_toml_is_one_line_saying_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "# site settings\nmin_password_length = 20\nsession_idle_timeout = \"15m\ndatabase_url = \"postgres://a:hunter2@db/x\"\n";
+    std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+    let out = run(check(dir.path(), &["--config", "bad.toml"], &[])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("bad.toml: line 3, column "), "{}", out.stderr);
+    assert!(!out.stderr.contains("\\u{a}") && !out.stderr.contains("hunter2"), "{}", out.stderr);
+}
