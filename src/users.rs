@@ -202,8 +202,10 @@ impl UserAdmin {
             .set_password_hash(username.key(), &hash, now)
             .await?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-        let ended = self.sessions.end_all(username.key(), None).await?;
+        // Logged once it has happened, whatever comes next: the new generation already ends
+        // every session at its next use; removing them is housekeeping that may fail alone.
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
+        let ended = self.sessions.end_all(username.key(), None).await?;
         Ok(PasswordSet { user: record, sessions_ended: ended })
     }
 
@@ -220,11 +222,11 @@ impl UserAdmin {
     pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
         let (username, record) = self.existing(name).await?;
         let removed = self.remove_second_factors(username.key()).await?;
+        self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         // After the removal: a sign-in that read the user before and proved a factor removed
         // just now starts a session of the old generation; one that reads it after finds no
         // factor to prove.
         let ended = self.end_generation(username.key(), name).await?;
-        self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         Ok((record.display_name, removed, ended))
     }
 
@@ -255,8 +257,10 @@ impl UserAdmin {
         // Factors first: a user re-created under this name must not inherit them.
         self.store.factors.clear(username.key()).await?;
         self.store.users.delete(username.key()).await?;
-        let ended = self.sessions.end_all(username.key(), None).await?;
+        // Logged once it has happened: a session of a user who is gone is refused at its next
+        // use whether or not the removal below succeeds.
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
+        let ended = self.sessions.end_all(username.key(), None).await?;
         Ok(ended)
     }
 
@@ -271,14 +275,16 @@ impl UserAdmin {
             .await?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let username = record.display_name.as_str();
-        let (ended, event) = if disabled {
-            // So a session a sign-in checked just before the disable stores after it is over
-            // for good, not again after `user enable`.
-            (self.end_generation(&record.key, name).await?, AuthEvent::UserDisabled { username, by })
+        // Logged once it has happened: a disabled user's sessions are refused at their next
+        // use whether or not ending them below succeeds.
+        self.audit.record(&if disabled {
+            AuthEvent::UserDisabled { username, by }
         } else {
-            (0, AuthEvent::UserEnabled { username, by })
-        };
-        self.audit.record(&event);
+            AuthEvent::UserEnabled { username, by }
+        });
+        // So a session a sign-in checked just before the disable stores after it is over for
+        // good, not again after `user enable`.
+        let ended = if disabled { self.end_generation(&record.key, name).await? } else { 0 };
         Ok((record.display_name.clone(), ended))
     }
 

@@ -128,3 +128,42 @@ async fn on_postgresql_a_factor_write_failing_half_way_leaves_nothing_half_done(
     assert_eq!(resp.headers()["location"], "/", "the codes left behind ask for no second step");
     app.stop().await;
 }
+
+/// An administrative change that happened is logged even when ending the user's sessions
+/// afterwards fails (found by a review: the change was durable, the command said it failed,
+/// and no line said it happened). The sessions are refused at their next use all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_change_whose_session_cleanup_fails_is_still_logged() {
+    use portcullis::password::Password;
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    for name in ["alice", "bob", "carol"] {
+        app.add_user(name, GOOD_PASSWORD, false).await;
+    }
+    let alice = app.new_browser();
+    for name in ["alice", "bob", "carol"] {
+        let browser = if name == "alice" { alice.clone() } else { app.new_browser() };
+        assert_eq!(app.login_with(&browser, name, GOOD_PASSWORD).await.status(), 303);
+    }
+    let db = portcullis::postgres::connect::connect(&url).await.unwrap();
+    db.batch_execute(
+        "CREATE FUNCTION refused_by_the_test() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER no_session_ends BEFORE DELETE ON sessions FOR EACH ROW
+             EXECUTE FUNCTION refused_by_the_test();",
+    )
+    .await
+    .unwrap();
+    let users = &app.state.users;
+    let new = Password::new("a different passphrase 4417 tundra");
+    assert!(users.set_password("alice", new, "test").await.is_err(), "the cleanup failed");
+    assert!(users.set_disabled("bob", true, "test").await.is_err());
+    assert!(users.delete("carol", "test").await.is_err());
+    let events: Vec<_> = app.log_lines().iter().map(|l| (l["event"].clone(), l["username"].clone())).collect();
+    for (event, who) in [("authn_password_change", "alice"), ("user_disabled", "bob"), ("user_deleted", "carol")] {
+        assert!(events.contains(&(event.into(), who.into())), "{event} for {who} not logged: {events:?}");
+    }
+    db.batch_execute("DROP TRIGGER no_session_ends ON sessions").await.unwrap();
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 303, "the old session is refused");
+    app.stop().await;
+}
