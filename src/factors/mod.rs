@@ -86,6 +86,17 @@ pub enum Verdict {
     Unchecked,
 }
 
+/// How an authenticator enrolment ended ([`SecondFactors::enrol_totp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enrolment {
+    Enrolled,
+    /// The code is not valid for the secret now: nothing changed.
+    WrongCode,
+    /// The user's authenticator is no longer the one the enrolment began with (another
+    /// window enrolled or removed one first), or the user is gone: nothing changed.
+    Changed,
+}
+
 /// Why a proof could not be judged or a factor not changed.
 #[derive(Debug, thiserror::Error)]
 pub enum FactorError {
@@ -201,15 +212,31 @@ impl SecondFactors {
         }
     }
 
-    /// Enrols `secret` as the user's authenticator if `code` is valid for it now; the code's
-    /// step counts as used. Returns whether it was enrolled (`false`: wrong code, or no user).
+    /// When the user's authenticator app was enrolled (Unix ms), if they have one: what an
+    /// enrolment page shows it would replace ([`SecondFactors::enrol_totp`]'s `replacing`).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn totp_enrolled_at(&self, user_key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.store.factors.totp(user_key).await?.map(|t| t.created_at))
+    }
+
+    /// Enrols `secret` as the user's authenticator if `code` is valid for it now and the
+    /// authenticator they have is still `replacing` ([`SecondFactors::totp_enrolled_at`] when
+    /// the enrolment began; `None`: none); the code's step counts as used.
     ///
     /// # Errors
     /// [`FactorError`] when the store cannot be used, or records another factor key
     /// ([`KeyError::OtherKey`]).
-    pub async fn enrol_totp(&self, user_key: &str, secret: &[u8], code: &str) -> Result<bool, FactorError> {
+    pub async fn enrol_totp(
+        &self,
+        user_key: &str,
+        secret: &[u8],
+        code: &str,
+        replacing: Option<u64>,
+    ) -> Result<Enrolment, FactorError> {
         let now = now_ms();
-        let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(false) };
+        let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(Enrolment::WrongCode) };
         self.keys_agree().await?;
         let sealed = self.key.seal(user_key, secret)?;
         // The enrolment code cannot sign in afterwards: its step is taken (or a later one was)
@@ -217,7 +244,13 @@ impl SecondFactors {
         // a used step and no authenticator, never an authenticator whose enrolment code still
         // signs in after a 503. A refusal (the step was used before) changes nothing here.
         self.store.factors.use_totp_step(user_key, step).await?;
-        Ok(self.store.factors.set_totp(user_key, &TotpFactor { sealed_secret: sealed, created_at: now }).await?)
+        let totp = TotpFactor { sealed_secret: sealed, created_at: now };
+        if self.store.factors.set_totp(user_key, &totp, replacing).await? {
+            Ok(Enrolment::Enrolled)
+        } else {
+            // Another enrolment (another window) or a removal came first, or the user is gone.
+            Ok(Enrolment::Changed)
+        }
     }
 
     /// Checks, before keying anything, that this server's factor key is the one the store

@@ -788,10 +788,10 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     // Second factors with every field set (alice), with only a used step (bob, whose TOTP
     // was removed: the step must still hold on the copy), and passkeys with every field set.
     let f = &from.factors;
-    f.set_totp("alice", &TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }).await.unwrap();
+    f.set_totp("alice", &TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }, None).await.unwrap();
     assert!(f.use_totp_step("alice", 12_345).await.unwrap());
     f.set_recovery_codes("alice", &[[4; 32], [5; 32]]).await.unwrap();
-    f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }).await.unwrap();
+    f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }, None).await.unwrap();
     assert!(f.use_totp_step("bob", 77).await.unwrap());
     assert!(f.remove_totp("bob").await.unwrap());
     let p = &from.passkeys;
@@ -929,11 +929,36 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     store.users.insert(&user("alice"), HASH_A).await.unwrap();
     assert_eq!(f.summary("alice").await.unwrap(), FactorSummary::default(), "factors: none at first");
     let totp = TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 5 };
-    assert!(!f.set_totp("nobody", &totp).await.unwrap(), "factors: no TOTP for an unknown user");
+    assert!(!f.set_totp("nobody", &totp, None).await.unwrap(), "factors: no TOTP for an unknown user");
     assert!(!f.set_recovery_codes("nobody", &[[1; 32]]).await.unwrap());
     assert!(f.any_totp().await.unwrap().is_none(), "factors: nobody has TOTP yet");
-    assert!(f.set_totp("alice", &totp).await.unwrap());
+    assert!(f.set_totp("alice", &totp, None).await.unwrap());
     assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: TOTP round trip");
+    // Enrolments are compare-and-set on the authenticator they replace: of two begun from one
+    // state (two windows), one is stored; a replacement names the one it replaces.
+    let other = TotpFactor { sealed_secret: vec![4, 5], created_at: 6 };
+    assert!(!f.set_totp("alice", &other, None).await.unwrap(), "factors: one is there already");
+    assert!(!f.set_totp("alice", &other, Some(4)).await.unwrap(), "factors: not the one there");
+    assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: unchanged");
+    let racers: Vec<_> = (0..6u8)
+        .map(|i| {
+            let t = TotpFactor { sealed_secret: vec![i], created_at: 10 + u64::from(i) };
+            async move { f.set_totp("alice", &t, Some(5)).await }
+        })
+        .collect();
+    let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1, "factors: of concurrent replacements of one authenticator, exactly one is stored");
+    assert!(f.remove_totp("alice").await.unwrap());
+    let racers: Vec<_> = (0..6u8)
+        .map(|i| {
+            let t = TotpFactor { sealed_secret: vec![i], created_at: 20 + u64::from(i) };
+            async move { f.set_totp("alice", &t, None).await }
+        })
+        .collect();
+    let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1, "factors: of concurrent first enrolments, exactly one is stored");
+    assert!(f.remove_totp("alice").await.unwrap());
+    assert!(f.set_totp("alice", &totp, None).await.unwrap());
     assert_eq!(f.any_totp().await.unwrap(), Some(("alice".to_string(), totp.clone())), "factors: any_totp");
     assert!(f.summary("alice").await.unwrap().has_second_factor());
 
@@ -959,7 +984,7 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     assert!(!f.remove_totp("alice").await.unwrap(), "factors: a second removal finds nothing");
     assert!(f.totp("alice").await.unwrap().is_none());
     assert!(!f.use_totp_step("alice", 101).await.unwrap(), "factors: used steps outlive the removal");
-    assert!(f.set_totp("alice", &totp).await.unwrap());
+    assert!(f.set_totp("alice", &totp, None).await.unwrap());
     let cleared = f.clear("alice").await.unwrap();
     assert_eq!(cleared, FactorSummary { totp: true, recovery_codes: 1, passkeys: 0 }, "factors: clear says what was");
     assert_eq!(f.summary("alice").await.unwrap(), FactorSummary::default(), "factors: cleared");

@@ -585,8 +585,11 @@ pub trait FactorStore: Send + Sync {
     async fn summary(&self, user_key: &str) -> Result<FactorSummary>;
     /// The user's TOTP authenticator, if enrolled.
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>>;
-    /// Enrols (or replaces) the user's TOTP authenticator; `false` if no such user.
-    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool>;
+    /// Enrols (or replaces) the user's TOTP authenticator if the one they have now is
+    /// `replacing` (its `created_at`; `None`: they have none), in one step: of two enrolments
+    /// begun from the same state, one is stored. `false` if no such user, or the authenticator
+    /// changed meanwhile.
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor, replacing: Option<u64>) -> Result<bool>;
     /// Some user's TOTP authenticator, if any user has one (to check at start that the factor
     /// key opens what the store holds).
     async fn any_totp(&self) -> Result<Option<(String, TotpFactor)>>;

@@ -906,18 +906,36 @@ impl FactorStore for PgStore {
         }))
     }
 
-    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
-        let n = self
-            .client()
-            .await?
-            .execute(
-                "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms)
-                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
-                 ON CONFLICT (user_key) DO UPDATE
-                 SET totp_sealed = excluded.totp_sealed, totp_created_at_ms = excluded.totp_created_at_ms",
-                &[&user_key, &totp.sealed_secret, &ms(totp.created_at)],
-            )
-            .await?;
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor, replacing: Option<u64>) -> Result<bool> {
+        // Each statement's WHERE is judged on the row as an enrolment before it left it (a
+        // concurrent one waits for its row lock, then the condition is checked again), so of
+        // two begun from one state one is stored. `created_at` as `totp` reads it: 0 for an
+        // authenticator stored without one.
+        let client = self.client().await?;
+        let (sealed, created) = (&totp.sealed_secret, ms(totp.created_at));
+        let n = match replacing {
+            None => {
+                client
+                    .execute(
+                        "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms)
+                         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
+                         ON CONFLICT (user_key) DO UPDATE
+                         SET totp_sealed = excluded.totp_sealed, totp_created_at_ms = excluded.totp_created_at_ms
+                         WHERE second_factors.totp_sealed IS NULL",
+                        &[&user_key, sealed, &created],
+                    )
+                    .await?
+            }
+            Some(at) => {
+                client
+                    .execute(
+                        "UPDATE second_factors SET totp_sealed = $2, totp_created_at_ms = $3
+                         WHERE user_key = $1 AND totp_sealed IS NOT NULL AND coalesce(totp_created_at_ms, 0) = $4",
+                        &[&user_key, sealed, &created, &ms(at)],
+                    )
+                    .await?
+            }
+        };
         Ok(n > 0)
     }
 

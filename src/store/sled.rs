@@ -1190,11 +1190,14 @@ impl FactorStore for SledStore {
         .await
     }
 
-    async fn set_totp(&self, user_key: &str, totp: &TotpFactor) -> Result<bool> {
+    async fn set_totp(&self, user_key: &str, totp: &TotpFactor, replacing: Option<u64>) -> Result<bool> {
         if !self.user_exists(user_key)? {
             return Ok(false);
         }
         let set = self.update_factors(user_key, |r| {
+            if r.totp.as_ref().map(|t| t.created_at) != replacing {
+                return false;
+            }
             r.totp = Some(TotpRecord { sealed: totp.sealed_secret.clone(), created_at: totp.created_at });
             true
         })?;

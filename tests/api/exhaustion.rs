@@ -842,7 +842,7 @@ async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     // Nor is a right password that only opens the second step (its line says it was right).
     app.add_user("bob", GOOD_PASSWORD, false).await;
     let totp = portcullis::store::TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 1 };
-    assert!(app.state.store.factors.set_totp("bob", &totp).await.unwrap());
+    assert!(app.state.store.factors.set_totp("bob", &totp, None).await.unwrap());
     let resp = app.login_with(&app.new_browser(), "bob", GOOD_PASSWORD).await;
     assert_eq!(resp.status(), 503, "an unlogged right password was answered with the second step");
     assert!(crate::helpers::cookie_value(&resp, "__Host-portcullis-mfa").is_none());

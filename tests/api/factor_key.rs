@@ -46,7 +46,10 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     let app = spawn_in(dir, settings).await;
     let secret = totp::new_secret().unwrap();
     let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
-    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
+    assert_eq!(
+        app.state.factors.enrol_totp("alice", &secret, &code, None).await.unwrap(),
+        portcullis::factors::Enrolment::Enrolled
+    );
     let (dir, settings) = app.stop().await;
     std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
     // A missing key is named as missing, and no new one is left in the way of the right one.
@@ -135,11 +138,14 @@ async fn a_running_server_keys_no_factor_once_the_store_records_another_key() {
     let other_key = |e: portcullis::factors::FactorError| {
         matches!(e, portcullis::factors::FactorError::Key(portcullis::factors::KeyError::OtherKey))
     };
-    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.is_err_and(other_key));
+    assert!(app.state.factors.enrol_totp("alice", &secret, &code, None).await.is_err_and(other_key));
     assert!(app.state.factors.new_recovery_codes("alice").await.is_err_and(other_key));
     assert!(!app.state.factors.summary("alice").await.unwrap().totp, "nothing sealed");
     // Forgotten with no instance recording another key: this server's key is recorded again.
     assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
-    assert!(app.state.factors.enrol_totp("alice", &secret, &code).await.unwrap());
+    assert_eq!(
+        app.state.factors.enrol_totp("alice", &secret, &code, None).await.unwrap(),
+        portcullis::factors::Enrolment::Enrolled
+    );
     app.stop().await;
 }

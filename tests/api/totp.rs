@@ -5,7 +5,7 @@
 
 use portcullis::audit::FailureReason;
 use portcullis::client::AddressKey;
-use portcullis::factors::totp;
+use portcullis::factors::{totp, FactorKind, Proof, Verdict};
 use portcullis::rate_limit::username_digest;
 use portcullis::store::{now_ms, Factors, FailureQuery};
 
@@ -383,7 +383,10 @@ async fn a_two_step_sign_in_costs_one_argon2_verify_like_a_password_only_one() {
         app.add_user(&plain, GOOD_PASSWORD, false).await;
         app.add_user(&two, GOOD_PASSWORD, false).await;
         let secret = totp::new_secret().unwrap().to_vec();
-        assert!(app.state.factors.enrol_totp(&two, &secret, &code(&secret, step - 1)).await.unwrap());
+        assert_eq!(
+            app.state.factors.enrol_totp(&two, &secret, &code(&secret, step - 1), None).await.unwrap(),
+            portcullis::factors::Enrolment::Enrolled
+        );
         secrets.push(secret);
     }
     let pool = &app.state.pool;
@@ -418,7 +421,10 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let secret = totp::new_secret().unwrap();
     let now = now_ms() / 1000;
-    assert!(app.state.factors.enrol_totp("alice", &secret, &totp::code_at(&secret, now).unwrap()).await.unwrap());
+    assert_eq!(
+        app.state.factors.enrol_totp("alice", &secret, &totp::code_at(&secret, now).unwrap(), None).await.unwrap(),
+        portcullis::factors::Enrolment::Enrolled
+    );
     let (dir, settings) = app.stop().await;
     let key = settings.data_dir.join("factor.key");
     assert!(!std::fs::read_to_string(&key).unwrap().contains(totp::base32(&secret).as_str()));
@@ -556,4 +562,64 @@ async fn past_the_threshold_each_code_check_costs_a_solved_captcha() {
     assert_eq!(statuses, [303, 401], "one check, one restart");
     let got = reasons(&app, "alice").await;
     assert_eq!(got.iter().filter(|r| **r == FailureReason::BadSecondFactor).count(), 2, "{got:?}");
+}
+
+/// Two windows enrolling at once: one authenticator is stored, and the other window is told
+/// so (409) instead of being shown recovery codes that would never work (found by a review:
+/// both said "turned on", and the codes of one did not sign in). Replacing still works, from
+/// the state the page was shown in.
+#[tokio::test]
+async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() {
+    let app = spawn_app_with(|s| s.login_quota_per_user = None).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    sign_in(&app, &browser, "alice").await;
+    let step = fresh_step().await;
+    let page = |app: &TestApp, browser: &reqwest::Client| {
+        let (app, browser) = (app.url("/account/totp"), browser.clone());
+        async move { browser.get(app).send().await.unwrap().text().await.unwrap() }
+    };
+    let form = |page: &str, code_of: &dyn Fn(&[u8]) -> String| {
+        let b32 = hidden_field(page, "secret").unwrap();
+        let secret = totp::from_base32(&b32).unwrap().to_vec();
+        let fields = vec![
+            ("csrf", hidden_field(page, "csrf").unwrap()),
+            ("secret", b32),
+            ("tag", hidden_field(page, "tag").unwrap()),
+            ("replacing", hidden_field(page, "replacing").unwrap_or_default()),
+            ("code", code_of(&secret)),
+        ];
+        (secret, fields)
+    };
+    let (first, second) = (page(&app, &browser).await, page(&app, &browser).await);
+    let (secret_a, form_a) = form(&first, &|s| code(s, step - 1));
+    let (secret_b, form_b) = form(&second, &|s| code(s, step - 1));
+    let a = browser.post(app.url("/account/totp")).form(&form_a).send().await.unwrap();
+    assert_eq!(a.status(), 200, "the first is set up, with codes");
+    let b = browser.post(app.url("/account/totp")).form(&form_b).send().await.unwrap();
+    assert_eq!(b.status(), 409);
+    let text = b.text().await.unwrap();
+    assert!(text.contains("changed in another window") && !text.contains("class=\"codes\""), "{text}");
+    // Which authenticator is stored: its code for a later step is accepted (that step is
+    // then used, so each check takes its own).
+    let accepted = |secret: Vec<u8>, at: u64| {
+        let factors = app.state.factors.clone();
+        async move {
+            let proof = Proof::Totp(code(&secret, at).into());
+            factors.verify("alice", &proof, at * totp::STEP_SECS).await.unwrap() == Verdict::Accepted(FactorKind::Totp)
+        }
+    };
+    assert!(accepted(secret_a.clone(), step + 1).await, "the first window's authenticator");
+    assert!(!accepted(secret_b, step + 2).await, "not the second's");
+
+    // Replacing, from a page shown now: stored; a page from before the replacement: refused.
+    let (stale, fresh) = (first, page(&app, &browser).await);
+    assert!(fresh.contains("keeps working until this one is confirmed"), "the page says it replaces");
+    let (secret_c, form_c) = form(&fresh, &|s| code(s, step));
+    let c = browser.post(app.url("/account/totp")).form(&form_c).send().await.unwrap();
+    assert!(c.status().as_u16() < 400, "replaced: {}", c.status());
+    let (_, form_stale) = form(&stale, &|s| code(s, step));
+    let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();
+    assert_eq!(late.status(), 409, "a page from before the replacement");
+    assert!(accepted(secret_c, step + 3).await, "the replacement is stored");
 }

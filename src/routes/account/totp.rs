@@ -21,7 +21,7 @@ use super::recovery_codes::codes_with_first_factor;
 use super::SIGNED_OUT;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
-use crate::factors::{totp, FactorError, FactorKind};
+use crate::factors::{totp, Enrolment, FactorError, FactorKind};
 use crate::routes::flash::Notice;
 use crate::routes::{error_page, html_with_secret, read_form, see_other, signed_in, store_error, State};
 use crate::session::ActiveSession;
@@ -34,6 +34,8 @@ struct EnrolPage<'a> {
     /// The secret in groups of four, for typing.
     secret_grouped: &'a str,
     tag: &'a str,
+    /// When the authenticator this enrolment replaces was enrolled (Unix ms), empty for none.
+    replacing: &'a str,
     uri: &'a str,
     qr: &'a str,
     error: Option<&'a str>,
@@ -50,6 +52,8 @@ pub struct EnrolForm {
     #[serde(default)]
     pub tag: String,
     #[serde(default)]
+    pub replacing: String,
+    #[serde(default)]
     pub code: String,
 }
 
@@ -60,10 +64,11 @@ impl Drop for EnrolForm {
     }
 }
 
-/// What binds a secret in the form to this session (domain-separated from notices, whose
-/// payloads are JSON objects).
-fn tag_payload(secret_b32: &str) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new([b"totp-enrol\0".as_slice(), secret_b32.as_bytes()].concat())
+/// What binds a secret in the form to this session, and to the authenticator it replaces
+/// (`replacing`: the form's field; domain-separated from notices, whose payloads are JSON
+/// objects).
+fn tag_payload(secret_b32: &str, replacing: &str) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new([b"totp-enrol\0".as_slice(), secret_b32.as_bytes(), b"\0", replacing.as_bytes()].concat())
 }
 
 pub(super) fn factor_error(e: &FactorError, what: &'static str) -> Response {
@@ -95,12 +100,15 @@ async fn enrol_page(
         Ok(q) => q,
         Err(e) => return factor_error(&e.into(), "cannot draw the QR code"),
     };
-    let replaces = match state.factors.summary(&session.user.key).await {
-        Ok(f) => f.totp,
+    // What the enrolment replaces, bound into the form: of two enrolments begun from one state
+    // (two windows), one is stored, and the other is told so rather than shown codes that
+    // would never work.
+    let replacing = match state.factors.totp_enrolled_at(&session.user.key).await {
+        Ok(at) => at.map(|ms| ms.to_string()).unwrap_or_default(),
         Err(e) => return store_error(&e, "could not read the user's second factors"),
     };
     let csrf = state.csrf.session_token(&session.token_hash);
-    let tag = state.csrf.notice_tag(&session.token_hash, &tag_payload(&b32));
+    let tag = state.csrf.notice_tag(&session.token_hash, &tag_payload(&b32, &replacing));
     html_with_secret(
         status,
         &EnrolPage {
@@ -108,10 +116,11 @@ async fn enrol_page(
             secret: &b32,
             secret_grouped: &grouped,
             tag: &tag,
+            replacing: &replacing,
             uri: &uri,
             qr: &qr,
             error,
-            replaces,
+            replaces: !replacing.is_empty(),
         },
     )
 }
@@ -143,19 +152,38 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    // Only a secret this server put in this session's form.
-    let tagged = state.csrf.check_notice(&session.token_hash, &tag_payload(&form.secret), &form.tag);
-    let Some(secret) = totp::from_base32(&form.secret).filter(|_| tagged) else {
+    // Only a secret this server put in this session's form, for the state it was shown in.
+    let payload = tag_payload(&form.secret, &form.replacing);
+    let tagged = state.csrf.check_notice(&session.token_hash, &payload, &form.tag);
+    let replacing = match form.replacing.as_str() {
+        "" => Some(None),
+        ms => ms.parse::<u64>().ok().map(Some),
+    };
+    let (Some(secret), Some(replacing)) = (totp::from_base32(&form.secret).filter(|_| tagged), replacing) else {
         return error_page(StatusCode::BAD_REQUEST);
     };
     let user = &session.user;
-    let enrolled = match state.factors.enrol_totp(&user.key, &secret, &form.code).await {
+    let enrolled = match state.factors.enrol_totp(&user.key, &secret, &form.code, replacing).await {
         Ok(e) => e,
         Err(e) => return factor_error(&e, "could not enrol an authenticator"),
     };
-    if !enrolled {
-        let message = "That code is not right. Type the code the app shows now (and check that the phone's clock is set automatically).";
-        return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message)).await;
+    match enrolled {
+        Enrolment::Enrolled => {}
+        Enrolment::WrongCode => {
+            let message = "That code is not right. Type the code the app shows now (and check that the phone's clock is set automatically).";
+            return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message)).await;
+        }
+        Enrolment::Changed => {
+            // This secret is worth nothing now: remove it from the app, start again.
+            let message =
+                "Your authenticator app was changed in another window meanwhile, so this one was not set up: \
+                remove the entry you just added from the app, and scan this new code if you want to replace it.";
+            let fresh = match totp::new_secret() {
+                Ok(s) => s,
+                Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
+            };
+            return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message)).await;
+        }
     }
     state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
     let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
