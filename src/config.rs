@@ -229,7 +229,13 @@ impl CookieDomain {
     /// Whether `host` (a lower-case host name, no port) is this domain or under it on a dot
     /// boundary: `a.example.com` is under `example.com`, `evil-example.com` is not.
     pub fn covers(&self, host: &str) -> bool {
-        host == self.0 || host.strip_suffix(self.0.as_str()).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
+        // Every label before the domain a name (`..example.com`, which resolves nowhere, is not
+        // under it either).
+        host == self.0
+            || host
+                .strip_suffix(self.0.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|labels| labels.split('.').all(|l| !l.is_empty()))
     }
 }
 
@@ -906,6 +912,7 @@ mod tests {
         assert!(d.covers("example.com") && d.covers("a.example.com") && d.covers("a.b.example.com"));
         assert!(!d.covers("evil-example.com") && !d.covers("example.com.evil.net") && !d.covers(".example.com"));
         assert!(!d.covers("xexample.com") && !d.covers("com"));
+        assert!(!d.covers("..example.com") && !d.covers("a..example.com") && !d.covers(".a.example.com"));
     }
 
     #[test]
