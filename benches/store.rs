@@ -161,5 +161,43 @@ fn audit_range_1m(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sessions, failures, audit_range_1m);
+/// Beginning a passkey registration (one open per user: the user's previous one ends) while
+/// 20,000 discoverable sign-in ceremonies are open, as anyone may open them from `/login`.
+fn ceremonies(c: &mut Criterion) {
+    use portcullis::store::passkeys::{Ceremony, CeremonyKind};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store = Store::open(dir.path()).unwrap();
+    let far = START_MS * 2;
+    let open = |kind, user_key: Option<&str>| Ceremony {
+        kind,
+        user_key: user_key.map(str::to_string),
+        state: "{}".into(),
+        expires_at: far,
+    };
+    for batch in 0..(20_000 / FILL_BATCH) {
+        rt.block_on(join_all((0..FILL_BATCH).map(|i| {
+            let store = store.clone();
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(batch * FILL_BATCH + i).to_be_bytes());
+            let ceremony = open(CeremonyKind::SignIn, None);
+            async move { store.passkeys.put_ceremony(&key, &ceremony).await.unwrap() }
+        })));
+    }
+    let mut g = c.benchmark_group("ceremony");
+    g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    let mut n = 0u64;
+    g.bench_function("register_begin_among_20k_open", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut key = [0xffu8; 32];
+            key[..8].copy_from_slice(&n.to_be_bytes());
+            rt.block_on(store.passkeys.put_ceremony(black_box(&key), &open(CeremonyKind::Register, Some("alice"))))
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sessions, failures, ceremonies, audit_range_1m);
 criterion_main!(benches);

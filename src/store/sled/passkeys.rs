@@ -80,6 +80,12 @@ impl SledStore {
         Ok(self.db.open_tree("ceremonies")?)
     }
 
+    /// For the kinds a user has one open ceremony of: `kind NUL user_key` → the key of the one
+    /// put last (it may have been taken or purged since).
+    fn ceremony_owners(&self) -> Result<::sled::Tree> {
+        Ok(self.db.open_tree("ceremony_owners")?)
+    }
+
     /// The passkey `id` if `user_key` owns it.
     fn owned(&self, user_key: &str, id: &[u8]) -> Result<Option<PasskeyRecord>> {
         let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
@@ -219,11 +225,12 @@ impl PasskeyStore for SledStore {
             let _one_at_a_time =
                 kind.one_per_user().then(|| CEREMONY_PUTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             if kind.one_per_user() {
-                for kv in tree.iter() {
-                    let (k, v) = kv?;
-                    let same = decode::<CeremonyRecord>(&v).is_ok_and(|r| r.kind == kind && r.user_key == user);
-                    if same && k.as_ref() != key.as_slice() {
-                        tree.remove(k)?;
+                // The user's previous one, found by its owner entry: no reading of every open
+                // ceremony (anyone may open sign-in ones) at each begin.
+                let owner = [kind.as_str().as_bytes(), b"\0", user.as_deref().unwrap_or_default().as_bytes()].concat();
+                if let Some(previous) = s.ceremony_owners()?.insert(owner, key.as_slice())? {
+                    if previous.as_ref() != key.as_slice() {
+                        tree.remove(previous)?;
                     }
                 }
             }
