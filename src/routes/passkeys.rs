@@ -134,6 +134,27 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     resp
 }
 
+/// The per-address quota (`login_quota_per_ip`), which beginning a ceremony spends as a
+/// sign-in attempt does: each begin is a durable write, so a signed-in user or a pending
+/// sign-in looping on one must not make the store write without bound. A refusal is a 429
+/// with `Retry-After`; a state that cannot answer, a 503.
+async fn ceremony_quota(req: &Request, state: &AppState) -> Result<(), Response> {
+    let Some(rate) = state.settings.login_quota_per_ip else { return Ok(()) };
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let key = crate::brute_force::QuotaKey::Address(client.key());
+    match state.brute_force.take(key, rate, now_ms()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(wait)) => Err(crate::routes::with_retry_after(
+            json_error(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Please wait a moment and try again."),
+            wait.retry_after_secs(),
+        )),
+        Err(e) => {
+            crate::fault_log::report("could not take a quota", Severity::Error, true, &e);
+            Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "The server is busy. Please try again."))
+        }
+    }
+}
+
 /// The options with the ceremony cookie.
 fn begun(b: Begun) -> Response {
     let mut resp = json(StatusCode::OK, b.options);
@@ -286,6 +307,9 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
     }
     if !session.authenticated_recently(now_ms()) {
         return json_error(StatusCode::FORBIDDEN, "Please reload the page and confirm your password first.");
+    }
+    if let Err(resp) = ceremony_quota(req, &state).await {
+        return resp;
     }
     match state.passkeys.begin_registration(&session.user).await {
         Ok(b) => begun(b),
@@ -440,6 +464,9 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
     };
     if !state.csrf.check_session(&hash, &form.csrf) {
         return json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.");
+    }
+    if let Err(resp) = ceremony_quota(req, &state).await {
+        return resp;
     }
     match state.passkeys.begin_second_factor(&user.key).await {
         Ok(b) => begun(b),

@@ -552,11 +552,33 @@ async fn beginning_the_second_steps_passkey_check_again_and_again_keeps_one_cere
     assert_eq!(app.login_with(&b, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
     let page = b.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
     let csrf = hidden_field(&page, "csrf").unwrap();
-    for _ in 0..50 {
+    // Each begin is a durable write: the address quota (20 a minute, the sign-in took one)
+    // bounds them as it bounds sign-in attempts.
+    let mut begun = 0;
+    let refused = loop {
         let r = b.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]).send().await;
-        assert_eq!(r.unwrap().status(), StatusCode::OK);
-    }
+        let r = r.unwrap();
+        if r.status() != StatusCode::OK {
+            break r;
+        }
+        begun += 1;
+        assert!(begun <= 20, "no quota");
+    };
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after") && begun >= 10, "{begun}");
     assert_eq!(app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 1, "one open check per user");
+    // Registrations on the account page too.
+    let mut begun = 0;
+    let refused = loop {
+        let csrf = account_csrf(&app, &owner).await;
+        let r = owner.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+        if r.status() != StatusCode::OK {
+            break r;
+        }
+        begun += 1;
+        assert!(begun <= 20, "no quota");
+    };
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "{begun}");
 }
 
 #[tokio::test]
