@@ -710,12 +710,17 @@ fn parse_range(s: &str, min: u32, max: u32) -> Result<u32, String> {
 /// end of `Instant`, and milliseconds stop fitting in a u64.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
-/// Durations like `30s`, `15m`, `12h`, `90d`, longer than zero and at most [`MAX_DURATION`]
-/// (100 years).
+/// Shortest duration accepted for any setting. Shorter ones are surely typos, and they break
+/// things quietly: a `cert_check_interval` of `1ns` kept a core busy, a quota of `1/1ns` is no
+/// quota, a `handshake_timeout` of `1ms` refuses every client.
+pub const MIN_DURATION: Duration = Duration::from_secs(1);
+
+/// Durations like `30s`, `15m`, `12h`, `90d`, at least [`MIN_DURATION`] (1 second) and at
+/// most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s, 15m or 12h ({e})"))?;
-    if d.is_zero() {
-        return Err("must be longer than zero".into());
+    if d < MIN_DURATION {
+        return Err("must be at least 1 second".into());
     }
     if d > MAX_DURATION {
         return Err("must be at most 100 years".into());
@@ -922,6 +927,12 @@ mod tests {
         assert!(parse_rate("1/600years").is_err());
         assert!(parse_duration("18446744073709551615s").is_err());
         assert_eq!(parse_duration("100years"), Ok(MAX_DURATION));
+        // And absurdly short ones, which quietly break things.
+        for short in ["0s", "1ns", "999ms"] {
+            assert_eq!(parse_duration(short), Err("must be at least 1 second".into()), "{short}");
+        }
+        assert!(parse_rate("1/1ns").is_err());
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
         let err = Settings::from_layers(None, &flags(&[("login_quota_per_ip", "1/600years")]), &Overrides::new())
             .unwrap_err()
             .to_string();
