@@ -329,5 +329,5 @@ async fn a_directory_that_cannot_be_made_private_stops_the_cli_with_one_line_say
     let run = child::run_cli(cmd, None).await;
     let err = run.assert_one_line_failure("user unlock on a data_dir owned by root, as nobody");
     // Another user's directory is refused as such, before any mode is tried.
-    assert!(err.contains("data belongs to uid 0") && err.contains("run this as uid 0"), "{err}");
+    assert!(err.contains("data belongs to uid 0") && err.contains("run it as uid 0"), "{err}");
 }
