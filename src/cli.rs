@@ -785,7 +785,11 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     };
     let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
     let mut text = format!("copied {copied} into {target}\n");
-    if copied.factors > 0 {
+    // The key's fingerprint travels with the secrets: servers on the copy refuse to start
+    // without that key even when no user has a second factor yet.
+    let fingerprint =
+        from.secrets.export().await?.iter().any(|(name, _)| name == crate::factors::key::FINGERPRINT_NAME);
+    if copied.factors > 0 || fingerprint {
         // Without the same key, copied TOTP users cannot finish a sign-in and recovery codes
         // do not match: say so where the operator looks (README, "Moving between engines").
         text += &match (&target, key_carried) {

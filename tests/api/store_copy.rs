@@ -162,6 +162,9 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
         copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 1 session, 3 failed-login records and 3 secrets into postgres://"),
         "{copied:?}"
     );
+    // No second factor yet, but the store records its key: the servers there need it (they
+    // refuse to start without it), and the report says so.
+    assert!(copied.stdout.contains("factor.key: every server on postgres://"), "{copied:?}");
     let password = cluster_password();
     assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
     assert_eq!(snapshot(p.path(), Some(&target)).await, before, "audit and users read the same from the copy");
