@@ -93,6 +93,21 @@ impl Services {
     }
 
     async fn open_with(settings: &Settings, hash_workers: usize, log: bool) -> anyhow::Result<Self> {
+        if let (Some(url), false) = (&settings.database_url, log) {
+            // A read makes nothing, as on sled ("no store in data"): a mistyped database name
+            // is said to be one, not given a new, empty schema and answered with nothing.
+            let client = crate::postgres::connect::connect(url)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?;
+            let made: bool = client
+                .query_one("SELECT to_regclass('portcullis_schema') IS NOT NULL", &[])
+                .await
+                .with_context(|| format!("cannot read the PostgreSQL store at {url}"))?
+                .get(0);
+            if !made {
+                anyhow::bail!("no portcullis store in the database at {url} yet (is database_url right?)");
+            }
+        }
         let store = match &settings.database_url {
             // The URL's Display shows no password.
             Some(url) => Store::connect(url, &settings.instance_name)

@@ -51,3 +51,25 @@ async fn a_database_url_with_an_empty_host_parameter_is_refused_in_one_line_nami
         assert!(!line.contains("hunter2"), "{line}");
     }
 }
+
+/// A command that only reads, on a database portcullis never used (a mistyped name, say),
+/// says so in one line and makes nothing there, as on sled ("no store in data").
+#[tokio::test]
+async fn a_read_on_a_database_without_a_store_says_so_and_makes_nothing() {
+    let Some(db) = pg::database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["user", "list"][..], &["audit"][..]] {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", db.to_string()).args(args);
+        let run = child::run_cli(cmd, None).await;
+        let line = run.assert_one_line_failure("a read on an empty database");
+        assert!(line.contains("no portcullis store in the database"), "{line}");
+    }
+    let client = portcullis::postgres::connect::connect(&db).await.unwrap();
+    let tables: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "the read made a schema");
+}

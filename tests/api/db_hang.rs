@@ -121,6 +121,8 @@ async fn a_cli_command_against_a_database_that_stops_answering_fails_with_one_li
         cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
         child::run_cli(cmd, None)
     };
+    // A store in it (a read makes none).
+    portcullis::store::Store::connect(&url, "test").await.expect("the schema is made");
     run(&["user", "list"]).await.assert_ok("the database answers");
 
     let frozen = Frozen::stop(&cluster);
