@@ -74,11 +74,10 @@ pub struct TargetRequest {
     /// `/%61dmin`, `//admin` and `/admin;x=1` are `/admin` to a rule as they are to the
     /// application, if it reads paths that way.
     pub path_and_query: String,
-    /// The path as sent (only characters a URL may not hold percent-encoded), plus the query:
-    /// the reading of an application that routes on the raw path (Express, for one, matches
-    /// `/%70ublic/x` against no `/public/` route and `/public;x/a` against none either). A
-    /// verify whose answer would differ between the two readings is refused (400).
-    pub literal_path_and_query: String,
+    /// Other readings of the path, each plus the query, that applications make (see
+    /// [`other_readings`]). A verify whose answer would differ for any of them is refused
+    /// (400): no answer is right for every application.
+    pub other_readings: Vec<String>,
     /// Upper-case method.
     pub method: String,
 }
@@ -223,8 +222,13 @@ impl Gate {
         }
         let (url, host, path_and_query) = self.parse_url(&raw)?;
         let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
-        let literal_path_and_query = format!("{}{query}", literal_path(raw_path(&raw)));
-        Ok(TargetRequest { url, host, path_and_query, literal_path_and_query, method })
+        let path = path_and_query.find('?').map_or(path_and_query.as_str(), |i| &path_and_query[..i]);
+        let other_readings = other_readings(raw_path(&raw), path)
+            .into_iter()
+            .filter(|p| p != path)
+            .map(|p| format!("{p}{query}"))
+            .collect();
+        Ok(TargetRequest { url, host, path_and_query, other_readings, method })
     }
 
     /// `(url, host, normalised path and query)` of an https URL on a gated host.
@@ -280,14 +284,27 @@ fn raw_path(raw: &str) -> &str {
     rest.find(['?', '#']).map_or(rest, |i| &rest[..i])
 }
 
-/// `raw` as an application that routes on the path as sent reads it: characters a URL may
-/// not hold percent-encoded (as the URL parser does, so rules see ASCII), nothing decoded,
-/// merged or dropped; `/` for an empty path.
-pub fn literal_path(raw: &str) -> String {
-    if raw.is_empty() {
-        return "/".into();
+/// The readings of the path `raw` (as sent; `normalised` is [`normalise_path`]'s) that
+/// applications make besides the normalised one, each found routing a request past a rule
+/// that the normalised reading applied (by reviews, through real nginx and Caddy):
+/// - as sent (characters a URL may not hold percent-encoded, so rules see ASCII, nothing
+///   decoded, merged or dropped): routers that match the raw path (Express) send
+///   `/%70ublic/x` and `/public;x/a` elsewhere than `/public/`;
+/// - lower-cased: case-insensitive routers (Express's default, Koa, ASP.NET Core) serve
+///   `/ADMIN/users` from the `/admin` handler;
+/// - a path that begins with `//`, read as a URL with an authority (WHATWG `new URL(path,
+///   base)`, as Node's documentation shows, PHP's `parse_url`): `//x/admin` is `/admin`.
+pub fn other_readings(raw: &str, normalised: &str) -> Vec<String> {
+    let literal = if raw.is_empty() { "/".to_string() } else { utf8_percent_encode(raw, PATH_ENCODE).to_string() };
+    let mut readings = vec![normalised.to_ascii_lowercase(), literal.to_ascii_lowercase()];
+    if let Some(after) = literal.strip_prefix("//") {
+        let path = after.find('/').map_or("/", |i| &after[i..]);
+        readings.push(path.to_string());
+        readings.push(path.to_ascii_lowercase());
     }
-    utf8_percent_encode(raw, PATH_ENCODE).to_string()
+    readings.insert(0, literal);
+    readings.dedup();
+    readings
 }
 
 /// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the

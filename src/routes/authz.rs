@@ -78,13 +78,13 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     let factors = session.as_ref().map(|s| s.record.factors);
     let allowed = allowed_for(decision, factors);
     // Applications read paths differently (some decode, merge and drop `;params` before they
-    // route, some route on the path as sent): where the two readings would get different
-    // answers, no answer is safe for both.
-    if target.literal_path_and_query != target.path_and_query {
-        let literal = Target { path_and_query: &target.literal_path_and_query, ..t };
-        if allowed_for(state.settings.access.decide(&literal, subject.as_ref()), factors) != allowed {
+    // route, some route on the path as sent, some ignore case): where the readings would get
+    // different answers, no answer is safe for every application.
+    for reading in &target.other_readings {
+        let other = Target { path_and_query: reading, ..t };
+        if allowed_for(state.settings.access.decide(&other, subject.as_ref()), factors) != allowed {
             tracing::debug!(
-                "forward-auth request refused: the path as sent and as normalised are answered differently"
+                "forward-auth request refused: applications' readings of the path are answered differently"
             );
             return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
         }

@@ -367,6 +367,16 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
+    // Case-insensitive routers (Express's default) serve `/ADMIN` from `/admin`; WHATWG's
+    // `new URL("//x/admin", base)` (Node's documented way) reads `x` as a host and routes
+    // `/admin` (found by a review, signed in as a one-factor user).
+    for path in ["/ADMIN/users", "/Admin", "//x/admin/users", "//x/ADMIN"] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    for path in ["/Docs/Page", "//docs/page", "/PUBLIC/x"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
+    }
     // Anonymous: under the bypass rule to one reading, not to the other (an application that
     // routes on the path as sent matches no `/public/` route and may serve a catch-all).
     for path in ["/%70ublic/x", "/public;x/secret", "//public/x"] {
