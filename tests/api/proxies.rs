@@ -120,12 +120,15 @@ async fn upstream() -> SocketAddr {
         let all = |name: &str| -> Vec<String> {
             req.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
         };
+        let rewrites: Vec<String> = [all("x-original-url"), all("x-rewrite-url"), all("x-forwarded-prefix")].concat();
         poem::web::Json(serde_json::json!({
             "remote_user": all("remote-user"),
             "remote_groups": all("remote-groups"),
             // The underscore spelling, which CGI/WSGI/PHP/Rack fold into the same variable.
             "remote_user_underscore": all("remote_user"),
             "remote_groups_underscore": all("remote_groups"),
+            // Headers some frameworks route by instead of the request line.
+            "rewrites": rewrites,
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
         }))
@@ -428,6 +431,20 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(seen["remote_user_underscore"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["remote_groups_underscore"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["uri"], "/page/one?x=1&y=a%2Fb&z=%C3%A9");
+    // Nor does a path to route by in a header the application may read instead of the
+    // request line.
+    let seen = echoed(
+        alice
+            .get(&landed)
+            .header("x-original-url", "/denied")
+            .header("x-rewrite-url", "/denied")
+            .header("x-forwarded-prefix", "/denied")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(seen["rewrites"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
 
     let anonymous = browser(pki);
     // A bypass path works signed out, and a forged identity is still dropped.
