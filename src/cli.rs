@@ -586,12 +586,14 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 
 async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     // An existing user's name as `user list` shows it (a name from before invisible characters
-    // were refused is shown escaped: `admin\u{2060}`) names that user.
+    // were refused is shown escaped: `admin\u{2060}`) names that user. `user add` reads names
+    // the same way, so the text that adds a user is the text that names it afterwards (a
+    // literal `\u{` is typed `\u{5c}u{`, as the table shows it).
     let shown = |name: String| crate::text::unprintable(&name).into_owned();
     let (request, json) = match cmd {
         UserCommand::Add { name, admin, groups, password_stdin } => {
             let password = read_password(password_stdin)?;
-            (Request::UserAdd { name, password, admin, groups }, false)
+            (Request::UserAdd { name: shown(name), password, admin, groups }, false)
         }
         UserCommand::Groups { name, add, remove } => (Request::UserGroups { name: shown(name), add, remove }, false),
         UserCommand::Passwd { name, password_stdin } => {

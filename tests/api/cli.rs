@@ -657,3 +657,19 @@ async fn a_server_that_never_answers_on_its_socket_is_given_up_on() {
     assert!(!err.contains('\n'), "{err}");
     held.abort();
 }
+
+/// `user add` reads a name as the other `user` commands do, escapes included, so the text
+/// that adds a user names it afterwards (found by a review: `user add 'a\u{1b}b'` stored the
+/// backslash, and `user del` with the same text found nobody).
+#[tokio::test]
+async fn user_add_reads_names_as_the_other_user_commands_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = cli_with_password(dir.path(), &["user", "add", "a\\u{1b}b", "--password-stdin"], GOOD_PASSWORD).await;
+    refused.assert_one_line_failure("an escaped control character is a control character");
+    let added =
+        cli_with_password(dir.path(), &["user", "add", "a\\u{5c}u{41}b", "--password-stdin"], GOOD_PASSWORD).await;
+    added.assert_ok("a literal backslash, typed as the table shows it");
+    let list = cli(dir.path(), &["user", "list"]).await;
+    assert!(list.stdout.contains("a\\u{5c}u{41}b "), "{list:?}");
+    cli(dir.path(), &["user", "del", "a\\u{5c}u{41}b"]).await.assert_ok("the same text names it");
+}
