@@ -93,6 +93,12 @@ impl Services {
     }
 
     async fn open_with(settings: &Settings, hash_workers: usize, log: bool) -> anyhow::Result<Self> {
+        if log {
+            // The log directory is judged before the store is opened: a command refused for its
+            // log directory must not leave a new, empty store behind.
+            crate::store::ensure_private_dir(&settings.log_dir, |name| name.starts_with("auth.log"))
+                .with_context(|| format!("cannot use {}", settings.log_dir.display()))?;
+        }
         if let (Some(url), false) = (&settings.database_url, log) {
             // A read makes nothing, as on sled ("no store in data"): a mistyped database name
             // is said to be one, not given a new, empty schema and answered with nothing.

@@ -673,3 +673,15 @@ async fn user_add_reads_names_as_the_other_user_commands_do() {
     assert!(list.stdout.contains("a\\u{5c}u{41}b "), "{list:?}");
     cli(dir.path(), &["user", "del", "a\\u{5c}u{41}b"]).await.assert_ok("the same text names it");
 }
+
+/// A command refused for its log directory leaves no store behind (found by a review: the
+/// store was made first, then the log directory refused).
+#[tokio::test]
+async fn a_command_refused_for_its_log_directory_makes_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("logs"), "not a directory").unwrap();
+    let run = cli_with_password(dir.path(), &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await;
+    let line = run.assert_one_line_failure("user add with a file for log_dir");
+    assert!(line.contains("logs"), "{line}");
+    assert!(!dir.path().join("data").exists(), "a store was made");
+}
