@@ -30,6 +30,9 @@ pub enum UserError {
     /// for someone portcullis does not treat as an administrator.
     #[error("the admins group cannot be listed: it follows the administrator flag (portcullis user add NAME --admin)")]
     ReservedGroup,
+    /// `user groups NAME --add G --remove G`: which one was meant cannot be known.
+    #[error("the group {0:?} is both added and removed: give it once")]
+    AddedAndRemoved(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -300,6 +303,9 @@ impl UserAdmin {
     ) -> Result<(String, Vec<Group>), UserError> {
         // Removing it stays possible: a listing made before this rule can be taken back.
         refuse_reserved(add)?;
+        if let Some(both) = add.iter().find(|g| remove.contains(g)) {
+            return Err(UserError::AddedAndRemoved(both.as_str().to_string()));
+        }
         if add.is_empty() && remove.is_empty() {
             // `user groups NAME` alone shows the groups: a read, with no write and no event
             // saying they changed.

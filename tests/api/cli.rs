@@ -685,3 +685,15 @@ async fn a_command_refused_for_its_log_directory_makes_no_store() {
     assert!(line.contains("logs"), "{line}");
     assert!(!dir.path().join("data").exists(), "a store was made");
 }
+
+/// A group both added and removed in one command is refused, not settled by whichever the
+/// code applies last (found by a review: the removal won, silently).
+#[tokio::test]
+async fn a_group_both_added_and_removed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    cli_with_password(dir.path(), &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    let run = cli(dir.path(), &["user", "groups", "alice", "--add", "dev", "--remove", "dev"]).await;
+    assert!(run.assert_one_line_failure("add and remove").contains("both added and removed"), "{run:?}");
+    let shown = cli(dir.path(), &["user", "groups", "alice"]).await;
+    assert!(!shown.stdout.contains("dev"), "{shown:?}");
+}
