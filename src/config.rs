@@ -461,7 +461,8 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
         Some(path) => Some(read_file(path)?),
         None => {
             let default = Path::new("portcullis.toml");
-            if default.exists() {
+            // A link to nothing is a file that was meant to be read, not an absent one.
+            if default.symlink_metadata().is_ok() {
                 Some(read_file(default)?)
             } else {
                 None

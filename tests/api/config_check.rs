@@ -189,3 +189,12 @@ async fn a_file_that_is_not_toml_is_one_line_saying_where() {
     assert!(out.stderr.contains("bad.toml: line 3, column "), "{}", out.stderr);
     assert!(!out.stderr.contains("\\u{a}") && !out.stderr.contains("hunter2"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_portcullis_toml_that_links_to_nothing_is_an_error_not_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.toml"), dir.path().join("portcullis.toml")).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert_eq!(out.status, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("portcullis.toml"), "{}", out.stderr);
+}
