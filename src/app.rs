@@ -596,6 +596,22 @@ fn redirect_to_https(req: &Request, target: poem::web::Data<&RedirectTarget>) ->
         .finish()
 }
 
+/// Services on a temporary sled store in `dir`, with argon2 at 1 MiB and one pass (cheap for
+/// unit tests) and the user `alice` with `password`: what unit tests of the domain services
+/// build on.
+#[cfg(test)]
+pub(crate) async fn services_with_alice(dir: &std::path::Path, password: &str) -> Services {
+    let settings = Settings {
+        data_dir: dir.join("data"),
+        log_dir: dir.join("logs"),
+        argon2: crate::config::HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        ..Settings::default()
+    };
+    let services = Services::open(&settings, 1).await.unwrap();
+    services.users.add("alice", crate::password::Password::new(password), false, "test").await.unwrap();
+    services
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

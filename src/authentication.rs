@@ -240,8 +240,6 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::Services;
-    use crate::config::{HashParams, Settings};
     use argon2::password_hash::PasswordHasher;
 
     /// An unknown username never waits for the recount of stored hashes: a choice that is due
@@ -249,14 +247,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_username_uses_the_chosen_dummy_while_a_due_recount_runs_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            data_dir: dir.path().join("data"),
-            log_dir: dir.path().join("logs"),
-            argon2: HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
-            ..Settings::default()
-        };
-        let services = Services::open(&settings, 1).await.unwrap();
-        services.users.add("alice", Password::new("quartz lantern velvet 8127 orbit"), false, "test").await.unwrap();
+        let services = crate::app::services_with_alice(dir.path(), "quartz lantern velvet 8127 orbit").await;
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         auth.choose_dummy().await.unwrap();
         let first = auth.dummy_for_unknown().await.unwrap().unwrap();

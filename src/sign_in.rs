@@ -643,9 +643,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::app::Services;
     use crate::brute_force::InMemory;
-    use crate::config::{HashParams, Rate, Settings};
+    use crate::config::Rate;
 
     const GOOD: &str = "quartz lantern velvet 8127 orbit";
 
@@ -662,14 +661,7 @@ mod tests {
 
     async fn fixture(per_address: Option<Rate>, per_username: Option<Rate>, captcha_after: u32) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            data_dir: dir.path().join("data"),
-            log_dir: dir.path().join("logs"),
-            argon2: HashParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
-            ..Settings::default()
-        };
-        let services = Services::open(&settings, 1).await.unwrap();
-        services.users.add("alice", Password::new(GOOD), false, "test").await.unwrap();
+        let services = crate::app::services_with_alice(dir.path(), GOOD).await;
         let state: Arc<dyn BruteForceState> =
             Arc::new(InMemory::new(per_address, per_username, Duration::from_secs(900), captcha_after));
         let service = SignIn {
