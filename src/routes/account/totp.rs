@@ -1,9 +1,10 @@
 //! The authenticator app (TOTP) on `/account`:
 //! - `GET /account/totp`: a new secret, shown as a QR code drawn here (an SVG image, no
 //!   script), as base32 text and as the `otpauth://` URI, with a form for the first code;
-//! - `POST /account/totp`: enrols the secret if the code is valid for it (nothing changes
-//!   otherwise); the first time, ten recovery codes are made and shown once
-//!   (`recovery_codes`);
+//! - `POST /account/totp`: enrols the secret if the code is valid for it and the user's
+//!   authenticator is still the one the page was shown with (nothing changes otherwise: 400,
+//!   or 409 when another window enrolled or removed one first); the first time, ten recovery
+//!   codes are made and shown once (`recovery_codes`);
 //! - `POST /account/totp/remove`.
 //!
 //! The secret travels in the enrolment form, tagged with an HMAC bound to the session, so the
