@@ -223,7 +223,7 @@ impl Gate {
         let (url, host, path_and_query) = self.parse_url(&raw)?;
         let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
         let path = path_and_query.find('?').map_or(path_and_query.as_str(), |i| &path_and_query[..i]);
-        let other_readings = other_readings(raw_path(&raw), path)
+        let other_readings = other_readings(raw_path(&raw), path)?
             .into_iter()
             .filter(|p| p != path)
             .map(|p| format!("{p}{query}"))
@@ -293,18 +293,26 @@ fn raw_path(raw: &str) -> &str {
 /// - lower-cased: case-insensitive routers (Express's default, Koa, ASP.NET Core) serve
 ///   `/ADMIN/users` from the `/admin` handler;
 /// - a path that begins with `//`, read as a URL with an authority (WHATWG `new URL(path,
-///   base)`, as Node's documentation shows, PHP's `parse_url`): `//x/admin` is `/admin`.
-pub fn other_readings(raw: &str, normalised: &str) -> Vec<String> {
+///   base)`, as Node's documentation shows, PHP's `parse_url`): the parser skips every
+///   leading slash, takes what follows up to the next slash as a host, and the rest is the
+///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent, normalised
+///   (an application may decode it after parsing: `//x/%61dmin`) and lower-cased.
+///
+/// # Errors
+/// [`TargetError::AmbiguousPath`] when the path after such an authority is one servers read
+/// two ways ([`normalise_path`]'s refusals).
+pub fn other_readings(raw: &str, normalised: &str) -> Result<Vec<String>, TargetError> {
     let literal = if raw.is_empty() { "/".to_string() } else { utf8_percent_encode(raw, PATH_ENCODE).to_string() };
-    let mut readings = vec![normalised.to_ascii_lowercase(), literal.to_ascii_lowercase()];
-    if let Some(after) = literal.strip_prefix("//") {
+    let mut readings = vec![literal.clone(), normalised.to_ascii_lowercase(), literal.to_ascii_lowercase()];
+    if literal.starts_with("//") {
+        let after = literal.trim_start_matches('/');
         let path = after.find('/').map_or("/", |i| &after[i..]);
-        readings.push(path.to_string());
-        readings.push(path.to_ascii_lowercase());
+        let decoded = normalise_path(path)?;
+        readings.extend([path.to_ascii_lowercase(), decoded.to_ascii_lowercase(), path.to_string(), decoded]);
     }
-    readings.insert(0, literal);
+    readings.sort_unstable();
     readings.dedup();
-    readings
+    Ok(readings)
 }
 
 /// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the
