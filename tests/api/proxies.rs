@@ -120,7 +120,8 @@ async fn upstream() -> SocketAddr {
         let all = |name: &str| -> Vec<String> {
             req.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
         };
-        let rewrites: Vec<String> = [all("x-original-url"), all("x-rewrite-url"), all("x-forwarded-prefix")].concat();
+        let names = ["x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-path"];
+        let rewrites: Vec<String> = names.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
         poem::web::Json(serde_json::json!({
             "remote_user": all("remote-user"),
             "remote_groups": all("remote-groups"),
@@ -437,8 +438,13 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
         alice
             .get(&landed)
             .header("x-original-url", "/denied")
+            .header("x_original_url", "/denied")
+            .header("x-original-uri", "/denied")
             .header("x-rewrite-url", "/denied")
+            .header("x_rewrite_url", "/denied")
             .header("x-forwarded-prefix", "/denied")
+            .header("x_forwarded_prefix", "/denied")
+            .header("x-forwarded-path", "/denied")
             .send()
             .await
             .unwrap(),
