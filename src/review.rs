@@ -119,11 +119,13 @@ fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, FilterError> {
     })
 }
 
-/// A page size typed as text (the admin page's form): a whole number from 1 to `max`.
+/// A page size typed as text (the admin page's form): a whole number from 1 to `max`, in
+/// digits only (Rust's parser would take `+5` too).
 pub fn parse_limit(s: &str, max: usize) -> Result<usize, FilterError> {
-    s.trim()
-        .parse::<usize>()
-        .ok()
+    let digits = s.trim();
+    Some(digits)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<usize>().ok())
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| FilterError::Limit(escape_controls(s), max))
 }
@@ -587,7 +589,7 @@ mod tests {
         assert_eq!(parse_time("5124095576031h", 10 * HOUR_MS).unwrap(), 0);
         assert_eq!(parse_time("1969-12-31T23:00:00Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:00:00Z".into())));
         assert_eq!(parse_limit("50", 500), Ok(50));
-        for bad in ["0", "-1", "501", "abc", "18446744073709551616"] {
+        for bad in ["0", "-1", "501", "abc", "18446744073709551616", "+5", ""] {
             assert!(matches!(parse_limit(bad, 500), Err(FilterError::Limit(..))), "{bad}");
         }
         let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
