@@ -76,6 +76,9 @@ impl HostPattern {
 pub struct Rule {
     domains: Vec<HostPattern>,
     paths: Vec<Regex>,
+    /// `paths` matching without regard to case: how a case-insensitive router (Express's
+    /// default, ASP.NET Core) sends a path to a handler ([`Access::decide_ignoring_case`]).
+    paths_folded: Vec<Regex>,
     /// Upper-case method names.
     methods: Vec<String>,
     networks: Vec<IpNet>,
@@ -169,9 +172,20 @@ impl Access {
 
     /// Asks the rules about `target` for `subject` (`None`: not signed in). First match wins.
     pub fn decide(&self, target: &Target<'_>, subject: Option<&Subject<'_>>) -> Decision {
+        self.decide_with(target, subject, false)
+    }
+
+    /// [`Access::decide`] with every path rule matched without regard to case: the answer for
+    /// an application whose router ignores case, which serves `/ADMIN` from `/admin`'s handler
+    /// and `/account/login` from `/Account/Login`'s.
+    pub fn decide_ignoring_case(&self, target: &Target<'_>, subject: Option<&Subject<'_>>) -> Decision {
+        self.decide_with(target, subject, true)
+    }
+
+    fn decide_with(&self, target: &Target<'_>, subject: Option<&Subject<'_>>, folded: bool) -> Decision {
         for (i, rule) in self.rules.iter().enumerate() {
             let by = DecidedBy::Rule(i + 1);
-            if !rule.matches_request(target) {
+            if !rule.matches_request(target, folded) {
                 continue;
             }
             if rule.users.is_empty() && rule.groups.is_empty() {
@@ -193,6 +207,7 @@ impl Rule {
         let mut rule = Rule {
             domains: Vec::new(),
             paths: Vec::new(),
+            paths_folded: Vec::new(),
             methods: Vec::new(),
             networks: Vec::new(),
             users: Vec::new(),
@@ -220,16 +235,15 @@ impl Rule {
                         items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
                 }
                 "path" => {
-                    rule.paths = items
-                        .iter()
-                        .map(|s| {
-                            // Bounded compiled size: a rule cannot make every request slow.
-                            regex::RegexBuilder::new(s).size_limit(1 << 20).build().map_err(|e| {
-                                format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string()))
-                            })
+                    // Bounded compiled size: a rule cannot make every request slow.
+                    let compile = |s: &String, folded: bool| {
+                        regex::RegexBuilder::new(s).size_limit(1 << 20).case_insensitive(folded).build().map_err(|e| {
+                            format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string()))
                         })
-                        .collect::<Result<_, _>>()
-                        .map_err(fail)?
+                    };
+                    rule.paths = items.iter().map(|s| compile(s, false)).collect::<Result<_, _>>().map_err(fail)?;
+                    rule.paths_folded =
+                        items.iter().map(|s| compile(s, true)).collect::<Result<_, _>>().map_err(fail)?;
                 }
                 "methods" => {
                     rule.methods = items
@@ -288,9 +302,10 @@ impl Rule {
         Ok(rule)
     }
 
-    fn matches_request(&self, t: &Target<'_>) -> bool {
+    fn matches_request(&self, t: &Target<'_>, folded: bool) -> bool {
+        let paths = if folded { &self.paths_folded } else { &self.paths };
         (self.domains.is_empty() || self.domains.iter().any(|d| d.matches(t.host)))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query)))
+            && (paths.is_empty() || paths.iter().any(|p| p.is_match(t.path_and_query)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == t.method))
             && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&t.client)))
     }
@@ -453,6 +468,7 @@ mod tests {
         (hosts, paths, methods, groups, any_policy()).prop_map(|(h, p, m, g, policy)| Rule {
             domains: h.iter().map(|s| HostPattern::parse(s).unwrap()).collect(),
             paths: p.iter().map(|s| Regex::new(s).unwrap()).collect(),
+            paths_folded: p.iter().map(|s| Regex::new(&format!("(?i){s}")).unwrap()).collect(),
             methods: m.iter().map(|s| s.to_string()).collect(),
             networks: Vec::new(),
             users: Vec::new(),
@@ -502,7 +518,7 @@ mod tests {
             policy in any_policy(),
             (h, p, m) in any_target(),
         ) {
-            let everything = Rule { domains: vec![], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy };
+            let everything = Rule { domains: vec![], paths: vec![], paths_folded: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy };
             let mut all = vec![everything];
             all.extend(rules);
             let a = Access { default_policy: Policy::Deny, rules: all };
@@ -514,7 +530,7 @@ mod tests {
             rules in prop::collection::vec(any_rule(), 0..6),
             (h, p, m) in any_target(),
         ) {
-            let never = Rule { domains: vec![HostPattern::parse("nowhere.invalid").unwrap()], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy: Policy::Bypass };
+            let never = Rule { domains: vec![HostPattern::parse("nowhere.invalid").unwrap()], paths: vec![], paths_folded: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy: Policy::Bypass };
             let t = target(&h, &p, &m);
             let plain = Access { default_policy: Policy::Deny, rules: rules.clone() }.decide(&t, None);
             let mut with = vec![never];

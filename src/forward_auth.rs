@@ -223,11 +223,8 @@ impl Gate {
         let (url, host, path_and_query) = self.parse_url(&raw)?;
         let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
         let path = path_and_query.find('?').map_or(path_and_query.as_str(), |i| &path_and_query[..i]);
-        let other_readings = other_readings(raw_path(&raw), path)?
-            .into_iter()
-            .filter(|p| p != path)
-            .map(|p| format!("{p}{query}"))
-            .collect();
+        let other_readings =
+            other_readings(raw_path(&raw))?.into_iter().filter(|p| p != path).map(|p| format!("{p}{query}")).collect();
         Ok(TargetRequest { url, host, path_and_query, other_readings, method })
     }
 
@@ -284,31 +281,33 @@ fn raw_path(raw: &str) -> &str {
     rest.find(['?', '#']).map_or(rest, |i| &rest[..i])
 }
 
-/// The readings of the path `raw` (as sent; `normalised` is [`normalise_path`]'s) that
-/// applications make besides the normalised one, each found routing a request past a rule
+/// The readings of the path `raw` (as sent) that applications make besides
+/// [`normalise_path`]'s, each found routing a request past a rule
 /// that the normalised reading applied (by reviews, through real nginx and Caddy):
 /// - as sent (characters a URL may not hold percent-encoded, so rules see ASCII, nothing
 ///   decoded, merged or dropped): routers that match the raw path (Express) send
 ///   `/%70ublic/x` and `/public;x/a` elsewhere than `/public/`;
-/// - lower-cased: case-insensitive routers (Express's default, Koa, ASP.NET Core) serve
-///   `/ADMIN/users` from the `/admin` handler;
 /// - a path that begins with `//`, read as a URL with an authority (WHATWG `new URL(path,
 ///   base)`, as Node's documentation shows, PHP's `parse_url`): the parser skips every
 ///   leading slash, takes what follows up to the next slash as a host, and the rest is the
-///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent, normalised
-///   (an application may decode it after parsing: `//x/%61dmin`) and lower-cased.
+///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent and normalised
+///   (an application may decode it after parsing: `//x/%61dmin`).
+///
+/// Case-insensitive routers (Express's default, Koa, ASP.NET Core), which serve `/ADMIN/users`
+/// from the `/admin` handler, are not a reading of the path but of the rules: see
+/// [`crate::access::Access::decide_ignoring_case`].
 ///
 /// # Errors
 /// [`TargetError::AmbiguousPath`] when the path after such an authority is one servers read
 /// two ways ([`normalise_path`]'s refusals).
-pub fn other_readings(raw: &str, normalised: &str) -> Result<Vec<String>, TargetError> {
+pub fn other_readings(raw: &str) -> Result<Vec<String>, TargetError> {
     let literal = if raw.is_empty() { "/".to_string() } else { utf8_percent_encode(raw, PATH_ENCODE).to_string() };
-    let mut readings = vec![literal.clone(), normalised.to_ascii_lowercase(), literal.to_ascii_lowercase()];
+    let mut readings = vec![literal.clone()];
     if literal.starts_with("//") {
         let after = literal.trim_start_matches('/');
         let path = after.find('/').map_or("/", |i| &after[i..]);
         let decoded = normalise_path(path)?;
-        readings.extend([path.to_ascii_lowercase(), decoded.to_ascii_lowercase(), path.to_string(), decoded]);
+        readings.extend([path.to_string(), decoded]);
     }
     readings.sort_unstable();
     readings.dedup();

@@ -80,9 +80,12 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     // Applications read paths differently (some decode, merge and drop `;params` before they
     // route, some route on the path as sent, some ignore case): where the readings would get
     // different answers, no answer is safe for every application.
-    for reading in &target.other_readings {
+    let access = &state.settings.access;
+    let normalised = std::iter::once(&target.path_and_query);
+    for reading in normalised.chain(&target.other_readings) {
         let other = Target { path_and_query: reading, ..t };
-        if allowed_for(state.settings.access.decide(&other, subject.as_ref()), factors) != allowed {
+        let answers = [access.decide(&other, subject.as_ref()), access.decide_ignoring_case(&other, subject.as_ref())];
+        if answers.into_iter().any(|d| allowed_for(d, factors) != allowed) {
             tracing::debug!(
                 "forward-auth request refused: applications' readings of the path are answered differently"
             );

@@ -524,3 +524,46 @@ async fn a_one_factor_session_sent_back_from_a_two_factor_page_signs_in_again_on
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.text().await.unwrap().contains("That page needs you to sign in with a second factor."));
 }
+
+/// Rules written with capital letters (an ASP.NET application's PascalCase paths) apply as
+/// written: a case-insensitive router is one more reading of the rules, not a lower-cased
+/// path (found by a review: the lower-cased path met no rule, and the application's own
+/// sign-in page answered 400).
+#[tokio::test]
+async fn rules_with_capital_letters_apply_and_other_cases_of_their_paths_are_refused() {
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        let rules = r#"
+[access]
+[[access.rules]]
+path = ["^/Account/Login"]
+policy = "bypass"
+[[access.rules]]
+path = ["^/Admin"]
+policy = "deny"
+[[access.rules]]
+domain = ["*.example.test"]
+policy = "one_factor"
+"#;
+        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    })
+    .await;
+    let anonymous = |path: &'static str| {
+        let app = &app;
+        async move { forward_auth(app, path, &[]).send().await.unwrap().status() }
+    };
+    assert_eq!(anonymous("/Account/Login").await, StatusCode::OK, "the bypass as written");
+    assert_eq!(anonymous("/Account/Login?ReturnUrl=%2F").await, StatusCode::OK);
+    assert_eq!(anonymous("/Home/Index").await, StatusCode::FOUND, "sign in first");
+    // Another case of a rule's path: the bypass to a case-insensitive router, the default to
+    // a case-sensitive one.
+    assert_eq!(anonymous("/account/login").await, StatusCode::BAD_REQUEST);
+    let cookie = session_cookie(&app, Factors::Two).await;
+    let signed_in = |path: &'static str| {
+        let (app, cookie) = (&app, cookie.clone());
+        async move { forward_auth(app, path, &[("cookie", &cookie)]).send().await.unwrap().status() }
+    };
+    assert_eq!(signed_in("/Admin/Users").await, StatusCode::FORBIDDEN);
+    assert_eq!(signed_in("/admin/users").await, StatusCode::BAD_REQUEST, "denied to a case-insensitive router");
+    assert_eq!(signed_in("/Home/Index").await, StatusCode::OK);
+}
