@@ -622,4 +622,19 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();
     assert_eq!(late.status(), 409, "a page from before the replacement");
     assert!(accepted(secret_c, step + 3).await, "the replacement is stored");
+
+    // A mistyped code shows the page again for the state its enrolment began from, so a
+    // window overtaken meanwhile still gets the 409 (found by a source review: the page read
+    // the store again and turned into a replacement of the other window's authenticator).
+    let (one, two) = (page(&app, &browser).await, page(&app, &browser).await);
+    let (_, form_one) = form(&one, &|s| code(s, step));
+    assert!(browser.post(app.url("/account/totp")).form(&form_one).send().await.unwrap().status().as_u16() < 400);
+    let (_, mistyped) = form(&two, &|_| "000000".into());
+    let again = browser.post(app.url("/account/totp")).form(&mistyped).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    let again = again.text().await.unwrap();
+    assert_eq!(hidden_field(&again, "replacing"), hidden_field(&two, "replacing"), "the state it began from");
+    let (_, retyped) = form(&again, &|s| code(s, step));
+    let late = browser.post(app.url("/account/totp")).form(&retyped).send().await.unwrap();
+    assert_eq!(late.status(), 409, "overtaken, whatever was mistyped on the way");
 }

@@ -77,13 +77,15 @@ pub(super) fn factor_error(e: &FactorError, what: &'static str) -> Response {
     error_page(crate::routes::fault_status(e.is_unavailable()))
 }
 
-/// The enrolment page for `secret`.
+/// The enrolment page for `secret`, for the authenticator `replacing` (the form's checked
+/// field when the page is shown again for the same enrolment; `None`: the store's now).
 async fn enrol_page(
     state: &AppState,
     session: &ActiveSession,
     secret: &[u8],
     status: StatusCode,
     error: Option<&str>,
+    replacing: Option<&str>,
 ) -> Response {
     let b32 = totp::base32(secret);
     let mut grouped = Zeroizing::new(String::with_capacity(b32.len() * 5 / 4 + 1));
@@ -104,9 +106,14 @@ async fn enrol_page(
     // What the enrolment replaces, bound into the form: of two enrolments begun from one state
     // (two windows), one is stored, and the other is told so rather than shown codes that
     // would never work.
-    let replacing = match state.factors.totp_enrolled_at(&session.user.key).await {
-        Ok(at) => at.map(|ms| ms.to_string()).unwrap_or_default(),
-        Err(e) => return store_error(&e, "could not read the user's second factors"),
+    // A page shown again (a wrong code) keeps the state its enrolment began from: reading the
+    // store again would let a mistyped code turn "set up" into "replace" another window's.
+    let replacing = match replacing {
+        Some(r) => r.to_string(),
+        None => match state.factors.totp_enrolled_at(&session.user.key).await {
+            Ok(at) => at.map(|ms| ms.to_string()).unwrap_or_default(),
+            Err(e) => return store_error(&e, "could not read the user's second factors"),
+        },
     };
     let csrf = state.csrf.session_token(&session.token_hash);
     let tag = state.csrf.notice_tag(&session.token_hash, &tag_payload(&b32, &replacing));
@@ -140,7 +147,7 @@ pub async fn enrol(req: &Request, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
     };
-    enrol_page(&state, &session, &secret, StatusCode::OK, None).await
+    enrol_page(&state, &session, &secret, StatusCode::OK, None, None).await
 }
 
 #[handler]
@@ -172,7 +179,8 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Enrolment::Enrolled => {}
         Enrolment::WrongCode => {
             let message = "That code is not right. Type the code the app shows now (and check that the phone's clock is set automatically).";
-            return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message)).await;
+            let began = Some(form.replacing.as_str());
+            return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message), began).await;
         }
         Enrolment::Changed => {
             // This secret is worth nothing now: remove it from the app, start again.
@@ -183,7 +191,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 Ok(s) => s,
                 Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
             };
-            return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message)).await;
+            return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message), None).await;
         }
     }
     state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
