@@ -60,10 +60,22 @@ struct DummyCache {
     /// When it was chosen, and the choice (`None`: the pool's own dummy); `None` before the
     /// first choice.
     chosen: Option<(Instant, Option<String>)>,
-    /// A hash upgrade changed the mix of stored kinds: choose again.
-    stale: bool,
+    /// Hash upgrades so far (each changes the mix of stored kinds), and how many the choice
+    /// counted: when they differ, it is chosen again (an upgrade during a count is not lost).
+    upgrades: u64,
+    counted_upgrades: u64,
     /// A recount is running in the background.
     refreshing: bool,
+}
+
+/// Ends the background recount's turn however it ends (an error, a panic, a cancelled task),
+/// so a later unknown username starts the next.
+struct Refreshing(Arc<Mutex<DummyCache>>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).refreshing = false;
+    }
 }
 
 #[derive(Clone)]
@@ -90,10 +102,11 @@ impl Authenticator {
 
     /// Counts the stored hashes' kinds and keeps a dummy like the most common one.
     async fn recount(&self) -> Result<Option<String>, StoreError> {
+        let upgrades = self.cache().upgrades;
         let dummy = self.store.users.most_common_hash().await?.and_then(|example| dummy_like(&example));
         let mut cache = self.cache();
         cache.chosen = Some((Instant::now(), dummy.clone()));
-        cache.stale = false;
+        cache.counted_upgrades = upgrades;
         Ok(dummy)
     }
 
@@ -107,26 +120,28 @@ impl Authenticator {
     ///
     /// An unknown username never waits for the recount (a scan of every user: hundreds of
     /// milliseconds with 100,000 of them, which would tell it from a known one by time): a
-    /// choice that is due is made again in the background while this one is used. Only before
-    /// the first choice ([`Authenticator::choose_dummy`] failed at start) is it made here.
-    async fn dummy_for_unknown(&self) -> Result<Option<String>, StoreError> {
-        let chosen = {
+    /// choice that is due is made again in the background while this one is used. Before the
+    /// first choice ([`Authenticator::choose_dummy`] failed at start) that is the pool's own.
+    fn dummy_for_unknown(&self) -> Option<String> {
+        let (dummy, due) = {
             let mut cache = self.cache();
-            cache.chosen.clone().map(|(at, dummy)| {
-                let due = (cache.stale || at.elapsed() >= DUMMY_REFRESH) && !cache.refreshing;
-                cache.refreshing |= due;
-                (dummy, due)
-            })
-        };
-        let (dummy, due) = match chosen {
-            Some(chosen) => chosen,
-            None => return self.recount().await,
+            let (dummy, due) = match &cache.chosen {
+                Some((at, dummy)) => {
+                    (dummy.clone(), cache.upgrades != cache.counted_upgrades || at.elapsed() >= DUMMY_REFRESH)
+                }
+                None => (None, true),
+            };
+            let due = due && !cache.refreshing;
+            cache.refreshing |= due;
+            (dummy, due)
         };
         if !due {
-            return Ok(dummy);
+            return dummy;
         }
         let this = self.clone();
+        let turn = Refreshing(Arc::clone(&self.dummy));
         tokio::spawn(async move {
+            let _turn = turn;
             if let Err(e) = this.recount().await {
                 crate::fault_log::report(
                     "could not recount the stored password hashes for the unknown-user dummy",
@@ -135,9 +150,8 @@ impl Authenticator {
                     &e,
                 );
             }
-            this.cache().refreshing = false;
         });
-        Ok(dummy)
+        dummy
     }
 
     /// Checks a username and password as typed. On success returns the user, with the
@@ -172,7 +186,7 @@ impl Authenticator {
         };
         let phc = match &user {
             Some(c) => Some(c.password_hash.clone()),
-            None => self.dummy_for_unknown().await?,
+            None => self.dummy_for_unknown(),
         };
         let verified = self.pool.verify(password, phc).await?;
         let Some(credential) = user else {
@@ -184,7 +198,7 @@ impl Authenticator {
         if verified.upgraded_hash.is_some() {
             tracing::info!(username = %credential.user.display_name, "password hash upgraded to the current parameters");
             // The mix of stored kinds has changed: choose the dummy again.
-            self.cache().stale = true;
+            self.cache().upgrades += 1;
         }
         // Written as a compare-and-swap on the password we verified: if it was changed while we
         // were hashing, the old password must not let anyone in; a concurrent upgrade of the
@@ -230,7 +244,7 @@ impl Authenticator {
         let credential = self.store.users.credential(user_key).await?;
         let phc = match &credential {
             Some(c) => Some(c.password_hash.clone()),
-            None => self.dummy_for_unknown().await?,
+            None => self.dummy_for_unknown(),
         };
         let verified = self.pool.verify(password, phc).await?;
         Ok(credential.is_some() && verified.valid)
@@ -250,7 +264,7 @@ mod tests {
         let services = crate::app::services_with_alice(dir.path(), "quartz lantern velvet 8127 orbit").await;
         let auth = Authenticator::new(services.store.clone(), services.pool.clone());
         auth.choose_dummy().await.unwrap();
-        let first = auth.dummy_for_unknown().await.unwrap().unwrap();
+        let first = auth.dummy_for_unknown().unwrap();
         assert!(first.contains("m=1024"), "{first}");
 
         // Most stored hashes are now of another kind, and the choice is due.
@@ -262,7 +276,7 @@ mod tests {
         }
         let past = Instant::now().checked_sub(DUMMY_REFRESH + Duration::from_secs(1)).unwrap();
         auth.cache().chosen.as_mut().unwrap().0 = past;
-        let during = auth.dummy_for_unknown().await.unwrap().unwrap();
+        let during = auth.dummy_for_unknown().unwrap();
         assert_eq!(during, first, "the recount was awaited");
         for _ in 0..200 {
             if !auth.cache().refreshing {
@@ -270,7 +284,19 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let after = auth.dummy_for_unknown().await.unwrap().unwrap();
+        let after = auth.dummy_for_unknown().unwrap();
         assert!(after.contains("m=2048"), "the background recount chose the common kind: {after}");
+
+        // Before any choice (the count at start failed), the pool's own dummy at once, and the
+        // count in the background: no unknown username waits for a scan.
+        let fresh = Authenticator::new(services.store.clone(), services.pool.clone());
+        assert_eq!(fresh.dummy_for_unknown(), None, "the pool's own, not a count awaited");
+        for _ in 0..200 {
+            if !fresh.cache().refreshing {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(fresh.dummy_for_unknown().unwrap().contains("m=2048"), "counted in the background");
     }
 }
