@@ -325,22 +325,21 @@ async fn every_verify_is_counted_in_the_authz_metrics_under_what_it_answered() {
     assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 5.0);
 }
 
+/// A gate with a `bypass` on `bypassed`, a `deny` on `denied` (path regexes) and `one_factor`
+/// for the rest of `*.example.test`.
+fn gated_with_rules(s: &mut Settings, bypassed: &str, denied: &str) {
+    gated(s, "127.0.0.1");
+    let rules = format!(
+        "[access]\n[[access.rules]]\npath = [\"{bypassed}\"]\npolicy = \"bypass\"\n\
+         [[access.rules]]\npath = [\"{denied}\"]\npolicy = \"deny\"\n\
+         [[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n"
+    );
+    s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+}
+
 /// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
 fn gated_with_admin_denied(s: &mut Settings) {
-    gated(s, "127.0.0.1");
-    let rules = r#"
-[access]
-[[access.rules]]
-path = ["^/public/"]
-policy = "bypass"
-[[access.rules]]
-path = ["^/admin"]
-policy = "deny"
-[[access.rules]]
-domain = ["*.example.test"]
-policy = "one_factor"
-"#;
-    s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    gated_with_rules(s, "^/public/", "^/admin");
 }
 
 #[tokio::test]
@@ -531,23 +530,7 @@ async fn a_one_factor_session_sent_back_from_a_two_factor_page_signs_in_again_on
 /// sign-in page answered 400).
 #[tokio::test]
 async fn rules_with_capital_letters_apply_and_other_cases_of_their_paths_are_refused() {
-    let app = spawn_app_with(|s| {
-        gated(s, "127.0.0.1");
-        let rules = r#"
-[access]
-[[access.rules]]
-path = ["^/Account/Login"]
-policy = "bypass"
-[[access.rules]]
-path = ["^/Admin"]
-policy = "deny"
-[[access.rules]]
-domain = ["*.example.test"]
-policy = "one_factor"
-"#;
-        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
-    })
-    .await;
+    let app = spawn_app_with(|s| gated_with_rules(s, "^/Account/Login", "^/Admin")).await;
     let anonymous = |path: &'static str| {
         let app = &app;
         async move { forward_auth(app, path, &[]).send().await.unwrap().status() }
