@@ -99,23 +99,13 @@ impl Services {
             crate::store::ensure_private_dir(&settings.log_dir, |name| name.starts_with("auth.log"))
                 .with_context(|| format!("cannot use {}", settings.log_dir.display()))?;
         }
-        if let (Some(url), false) = (&settings.database_url, log) {
-            // A read makes nothing, as on sled ("no store in data"): a mistyped database name
-            // is said to be one, not given a new, empty schema and answered with nothing.
-            let client = crate::postgres::connect::connect(url)
-                .await
-                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?;
-            let made: bool = client
-                .query_one("SELECT to_regclass('portcullis_schema') IS NOT NULL", &[])
-                .await
-                .with_context(|| format!("cannot read the PostgreSQL store at {url}"))?
-                .get(0);
-            if !made {
-                anyhow::bail!("no portcullis store in the database at {url} yet (is database_url right?)");
-            }
-        }
         let store = match &settings.database_url {
             // The URL's Display shows no password.
+            // A read makes nothing, as on sled ("no store in data"): a mistyped database name
+            // is said to be one, not given a new, empty schema and answered with nothing.
+            Some(url) if !log => Store::connect_existing(url, &settings.instance_name)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
             Some(url) => Store::connect(url, &settings.instance_name)
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,

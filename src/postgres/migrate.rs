@@ -32,6 +32,14 @@ pub const LATEST: i32 = MIGRATIONS.len() as i32;
 /// apart from the two-integer keys the brute-force functions use.
 pub const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
 
+/// Whether the database holds a portcullis schema at all (any version).
+///
+/// # Errors
+/// [`PgError::Db`] when the question cannot be asked.
+pub async fn has_schema(client: &tokio_postgres::Client) -> Result<bool, PgError> {
+    Ok(client.query_one("SELECT to_regclass('portcullis_schema') IS NOT NULL", &[]).await?.get(0))
+}
+
 /// Brings the database's schema to [`LATEST`]; returns the version it found.
 ///
 /// # Errors

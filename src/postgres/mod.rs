@@ -39,6 +39,10 @@ pub enum PgError {
     /// The system's random source failed (a new secret could not be made).
     #[error(transparent)]
     Random(#[from] crate::random::RandomError),
+    /// A command that only reads found no portcullis schema in the database (a mistyped
+    /// database name, say): it makes none ([`crate::store::Store::connect_existing`]).
+    #[error("no portcullis store in the database yet (is database_url right?)")]
+    NoStore,
     /// The database holds a schema newer than this build knows: refuse rather than guess.
     #[error("the database schema is version {found}, newer than this portcullis knows ({known}); upgrade portcullis")]
     SchemaTooNew { found: i32, known: i32 },
@@ -61,7 +65,7 @@ impl PgError {
                     // operator's `pg_cancel_backend`; either way the database did not do it.
                     || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
             }
-            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
+            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } | PgError::NoStore => false,
         }
     }
 
@@ -108,7 +112,7 @@ impl PgError {
                     })
                 }
             },
-            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } => false,
+            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } | PgError::NoStore => false,
         }
     }
 }

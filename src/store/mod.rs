@@ -710,7 +710,20 @@ impl Store {
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
     /// connection or a migration, or holds a newer schema than this build knows.
     pub async fn connect(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
-        let engine = self::postgres::PgStore::open(url, instance).await?;
+        Self::open_database(url, instance, true).await
+    }
+
+    /// [`Store::connect`] for a command that only reads: a database holding no portcullis
+    /// schema is refused rather than given one, as `Store::exists` guards a sled directory.
+    ///
+    /// # Errors
+    /// As [`Store::connect`], and [`StoreError::Unavailable`] when the database holds no store.
+    pub async fn connect_existing(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
+        Self::open_database(url, instance, false).await
+    }
+
+    async fn open_database(url: &crate::postgres::url::DatabaseUrl, instance: &str, make: bool) -> Result<Self> {
+        let engine = self::postgres::PgStore::open(url, instance, make).await?;
         let pool = engine.pool().clone();
         Ok(Store { pg_pool: Some(pool), ..Self::from_engine(engine) })
     }

@@ -176,12 +176,17 @@ impl PgStore {
     /// Connects to `url`, brings its schema to the current version (safe when several
     /// instances start at once: see `postgres::migrate`), and returns the engine with a pool
     /// of [`POOL_SIZE`] connections; `instance` goes into the failure records it appends.
+    /// `make`: a database without a schema gets one; otherwise it is refused (a read makes
+    /// nothing).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the database cannot be reached, refuses, or holds a
-    /// newer schema than this build knows.
-    pub async fn open(url: &DatabaseUrl, instance: &str) -> Result<Self> {
+    /// [`StoreError::Unavailable`] when the database cannot be reached, refuses, holds a
+    /// newer schema than this build knows, or (not `make`) none at all.
+    pub async fn open(url: &DatabaseUrl, instance: &str, make: bool) -> Result<Self> {
         let mut client = connect(url).await?;
+        if !make && !crate::postgres::migrate::has_schema(&client).await? {
+            return Err(PgError::NoStore.into());
+        }
         tokio::time::timeout(MIGRATE_TIMEOUT, migrate(&mut client))
             .await
             .map_err(|_| PgError::Timeout(MIGRATE_TIMEOUT))??;
