@@ -44,8 +44,9 @@ use std::sync::Arc;
 
 use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
 use crate::authentication::{AuthError, Authenticator};
-use crate::brute_force::{BruteForceState, Held, QuotaKey, Retire, StateError};
+use crate::brute_force::{BruteForceState, Held, QuotaKey, Retire, StateError, Wait};
 use crate::captcha::Captchas;
+use crate::client::AddressKey;
 use crate::config::Rate;
 use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
@@ -208,6 +209,28 @@ pub struct SignIn {
 }
 
 impl SignIn {
+    /// Spends one of the address's attempts (`login_quota_per_ip`; none set: free). `Err`:
+    /// none left, with how long to wait.
+    ///
+    /// # Errors
+    /// [`StateError`] when the brute-force state cannot answer.
+    pub async fn spend_address_quota(&self, address: AddressKey, now: u64) -> Result<Result<(), Wait>, StateError> {
+        self.spend(self.per_address, QuotaKey::Address(address), now).await
+    }
+
+    /// Spends one of the username's password checks (`login_quota_per_user`), as
+    /// [`SignIn::spend_address_quota`].
+    async fn spend_username_quota(&self, digest: u128, now: u64) -> Result<Result<(), Wait>, StateError> {
+        self.spend(self.per_username, QuotaKey::Username(digest), now).await
+    }
+
+    async fn spend(&self, rate: Option<Rate>, key: QuotaKey, now: u64) -> Result<Result<(), Wait>, StateError> {
+        match rate {
+            Some(rate) => self.state.take(key, rate, now).await,
+            None => Ok(Ok(())),
+        }
+    }
+
     /// Counts a failed check for this address and username digest: the reservation becomes the
     /// failure when the check held one, else (its captcha was solved) the failure is recorded
     /// on its own.
@@ -238,10 +261,8 @@ impl SignIn {
         let address = client.key();
         let now = now_ms();
 
-        if let Some(rate) = self.per_address {
-            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now).await? {
-                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
-            }
+        if let Err(wait) = self.spend_address_quota(address, now).await? {
+            return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
         }
 
         // The signature and the token's binding first (no state needed); whether the value
@@ -275,13 +296,11 @@ impl SignIn {
             }
         };
 
-        if let Some(rate) = self.per_username {
-            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
-                if let Some(r) = reservation {
-                    r.release().await?;
-                }
-                return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+        if let Err(wait) = self.spend_username_quota(digest, now).await? {
+            if let Some(r) = reservation {
+                r.release().await?;
             }
+            return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
         }
 
         // Read before the password is checked, so the check knows whether it ends the sign-in
@@ -364,11 +383,9 @@ impl SignIn {
         let digest = username_digest(&user.key);
         let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let address = client.key();
-        if let Some(rate) = self.per_address {
-            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now_ms()).await? {
-                judged.record(FailureReason::RateLimited, false).await?;
-                return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
-            }
+        if let Err(wait) = self.spend_address_quota(address, now_ms()).await? {
+            judged.record(FailureReason::RateLimited, false).await?;
+            return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
         }
         // Given back on every way out but a failure (a dropped request included).
         let held = match self.state.reserve(address, digest, now_ms()).await? {
@@ -378,12 +395,10 @@ impl SignIn {
                 return Ok(PasswordCheck::CaptchaDemanded);
             }
         };
-        if let Some(rate) = self.per_username {
-            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now_ms()).await? {
-                held.release().await?;
-                judged.record(FailureReason::RateLimited, false).await?;
-                return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
-            }
+        if let Err(wait) = self.spend_username_quota(digest, now_ms()).await? {
+            held.release().await?;
+            judged.record(FailureReason::RateLimited, false).await?;
+            return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
         }
         match self.auth.verify_current(&user.key, password).await {
             Ok(true) => {
@@ -476,11 +491,9 @@ impl SignIn {
         }
         let address = client.key();
         let now = now_ms();
-        if let Some(rate) = self.per_address {
-            if let Err(wait) = self.state.take(QuotaKey::Address(address), rate, now).await? {
-                let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
-                return Ok(refused(o));
-            }
+        if let Err(wait) = self.spend_address_quota(address, now).await? {
+            let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
+            return Ok(refused(o));
         }
         let Some(proof) = proof else { return Ok(nothing_checked()) };
         // A pending sign-in whose password step solved the captcha carries one code check,
@@ -506,14 +519,12 @@ impl SignIn {
                 }
             }
         };
-        if let Some(rate) = self.per_username {
-            if let Err(wait) = self.state.take(QuotaKey::Username(digest), rate, now).await? {
-                if let Some(r) = reservation {
-                    r.release().await?;
-                }
-                let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
-                return Ok(refused(o));
+        if let Err(wait) = self.spend_username_quota(digest, now).await? {
+            if let Some(r) = reservation {
+                r.release().await?;
             }
+            let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
+            return Ok(refused(o));
         }
         // The one check is used up before it is made, so two requests with the cookie get one.
         if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {

@@ -139,10 +139,8 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 /// sign-in looping on one must not make the store write without bound. A refusal is a 429
 /// with `Retry-After`; a state that cannot answer, a 503.
 async fn ceremony_quota(req: &Request, state: &AppState) -> Result<(), Response> {
-    let Some(rate) = state.settings.login_quota_per_ip else { return Ok(()) };
     let client = crate::client::client(req, &state.settings.trusted_proxies);
-    let key = crate::brute_force::QuotaKey::Address(client.key());
-    match state.brute_force.take(key, rate, now_ms()).await {
+    match state.sign_in.spend_address_quota(client.key(), now_ms()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(wait)) => Err(crate::routes::with_retry_after(
             json_error(StatusCode::TOO_MANY_REQUESTS, "Too many attempts. Please wait a moment and try again."),

@@ -17,7 +17,7 @@
 
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{Client, FailureReason};
-use crate::brute_force::{QuotaKey, Retire};
+use crate::brute_force::Retire;
 use crate::passkeys::{Begun, PasskeyError, Passkeys};
 use crate::rate_limit::username_digest;
 use crate::session::SessionToken;
@@ -77,11 +77,9 @@ impl SignIn {
     /// The per-address quota (every attempt counts, before any store lookup), refusing
     /// (recorded) when it is used up.
     async fn address_quota(&self, judged: &Judged<'_>) -> Result<Option<super::Refusal>, SignInError> {
-        if let Some(rate) = self.per_address {
-            if let Err(wait) = self.state.take(QuotaKey::Address(judged.client.key()), rate, now_ms()).await? {
-                let refused = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
-                return Ok(Some(refusal(refused)?));
-            }
+        if let Err(wait) = self.spend_address_quota(judged.client.key(), now_ms()).await? {
+            let refused = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
+            return Ok(Some(refusal(refused)?));
         }
         Ok(None)
     }
