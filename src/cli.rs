@@ -738,8 +738,12 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     // directory of this user's only, on a path nobody else can change.
     crate::store::ensure_ours(&settings.data_dir).context("cannot read data_dir's factor key")?;
     let from = open_configured(&settings).await?;
-    // Before the target is made: a copy a server could not start on is no copy.
-    refuse_a_key_the_source_was_not_used_with(&from, &settings.data_dir.join(crate::factors::key::KEY_FILE)).await?;
+    // The key's fingerprint travels with the secrets: servers on the copy refuse to start
+    // without that key even when no user has a second factor yet. Before the target is made:
+    // a copy a server could not start on is no copy.
+    let secrets = from.secrets.export().await?;
+    let fingerprint = secrets.into_iter().find(|(n, _)| n == crate::factors::key::FINGERPRINT_NAME).map(|(_, f)| f);
+    refuse_a_key_the_source_was_not_used_with(fingerprint, &settings.data_dir.join(crate::factors::key::KEY_FILE))?;
     let into = match &target {
         Target::Database(url) => Store::connect(url, &settings.instance_name)
             .await
@@ -787,11 +791,7 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     };
     let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
     let mut text = format!("copied {copied} into {target}\n");
-    // The key's fingerprint travels with the secrets: servers on the copy refuse to start
-    // without that key even when no user has a second factor yet.
-    let fingerprint =
-        from.secrets.export().await?.iter().any(|(name, _)| name == crate::factors::key::FINGERPRINT_NAME);
-    if copied.factors > 0 || fingerprint {
+    if copied.factors > 0 || fingerprint.is_some() {
         // Without the same key, copied TOTP users cannot finish a sign-in and recovery codes
         // do not match: say so where the operator looks (README, "Moving between engines").
         text += &match (&target, key_carried) {
@@ -907,15 +907,17 @@ fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow
     }
 }
 
-/// Refuses a copy from a store whose recorded factor-key fingerprint is not that of the key in
-/// `key_file` (this host's `data_dir/factor.key`, which a sled target gets): a server on the
-/// copy would refuse to start.
+/// Refuses a copy from a store whose recorded factor-key fingerprint (`recorded`, if any) is
+/// not that of the key in `key_file` (this host's `data_dir/factor.key`, which a sled target
+/// gets): a server on the copy would refuse to start.
 ///
 /// # Errors
-/// When the fingerprints differ, or the store or the key cannot be read.
-async fn refuse_a_key_the_source_was_not_used_with(from: &Store, key_file: &std::path::Path) -> anyhow::Result<()> {
-    let recorded = from.secrets.export().await?.into_iter().find(|(n, _)| n == crate::factors::key::FINGERPRINT_NAME);
-    let Some((_, recorded)) = recorded else { return Ok(()) };
+/// When the fingerprints differ, or the key cannot be read.
+fn refuse_a_key_the_source_was_not_used_with(
+    recorded: Option<[u8; 32]>,
+    key_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Some(recorded) = recorded else { return Ok(()) };
     let text = match std::fs::read_to_string(key_file) {
         Ok(text) => Zeroizing::new(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
