@@ -392,6 +392,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Before any command creates a file: the store, logs, key and socket are the owner's only.
     crate::store::private_umask();
+    for line in crate::config::ignored_variables() {
+        eprintln!("portcullis: warning: {line}");
+    }
     match cli.command {
         None => serve(cli.config, cli.serve.0),
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),

@@ -483,6 +483,48 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
     Ok((file, env))
 }
 
+/// `PORTCULLIS_*` names that are not settings but are known: the CLI's `--config` and the
+/// variables the project's own tests, benches and browser script read.
+const OTHER_VARIABLES: &[&str] = &[
+    "PORTCULLIS_CONFIG",
+    "PORTCULLIS_BENCH_1M",
+    "PORTCULLIS_BIN",
+    "PORTCULLIS_CHROMIUM",
+    "PORTCULLIS_PASSWORD",
+    "PORTCULLIS_REQUIRE_ALL",
+    "PORTCULLIS_SCREENSHOTS",
+    "PORTCULLIS_TEST_NO_TMPFS",
+    "PORTCULLIS_URL",
+    "PORTCULLIS_USER",
+];
+
+/// One line for each `PORTCULLIS_*` variable in the process environment that names no
+/// setting, saying it is ignored and, when one is close (at most 3 edits), which setting's
+/// variable was probably meant: a typo such as `PORTCULLIS_DATABSE_URL` would otherwise
+/// leave `database_url` unset without a word, and the server would start on a new sled
+/// store. Names are shown with their controls escaped; values never (they may hold
+/// passwords). Variables in [`OTHER_VARIABLES`] are not reported.
+pub fn ignored_variables() -> Vec<String> {
+    let settings: Vec<String> = KEYS.iter().map(|k| format!("PORTCULLIS_{}", k.name.to_uppercase())).collect();
+    let mut lines = Vec::new();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if !name.starts_with("PORTCULLIS_") || settings.iter().any(|s| *s == name) || OTHER_VARIABLES.contains(&&*name)
+        {
+            continue;
+        }
+        let closest = settings
+            .iter()
+            .map(|s| (strsim::levenshtein(s, &name.to_uppercase()), s))
+            .filter(|(distance, _)| *distance <= 3)
+            .min_by_key(|(distance, _)| *distance);
+        let hint = closest.map(|(_, s)| format!(" (did you mean {s}?)")).unwrap_or_default();
+        lines.push(format!("{} is not a setting and is ignored{hint}", escape_controls(&name)));
+    }
+    lines.sort();
+    lines
+}
+
 /// Every key's raw value from the highest layer that sets it, and where it came from
 /// (`default`, `file PATH`, `env PORTCULLIS_KEY`, `flag --key`).
 fn layered(

@@ -198,3 +198,29 @@ async fn a_portcullis_toml_that_links_to_nothing_is_an_error_not_the_defaults() 
     assert_eq!(out.status, 2, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("portcullis.toml"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_variable_that_names_no_setting_is_warned_about_with_the_setting_it_was_probably_meant_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("PORTCULLIS_DATABSE_URL", "postgres://app:hunter2@db/auth"), ("PORTCULLIS_NO_SUCH_THING", "1")];
+    let out = run(check(dir.path(), &[], &env)).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "warning: PORTCULLIS_DATABSE_URL is not a setting and is ignored (did you mean PORTCULLIS_DATABASE_URL?)"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("warning: PORTCULLIS_NO_SUCH_THING is not a setting and is ignored\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"), "a value is never shown: {}", out.stderr);
+    // The settings' own variables, --config's, and the project's test variables are not warned about.
+    std::fs::write(dir.path().join("site.toml"), "").unwrap();
+    let env = [("PORTCULLIS_DATABASE_URL", ""), ("PORTCULLIS_REQUIRE_ALL", "1"), ("PORTCULLIS_CONFIG", "site.toml")];
+    let out = run(check(dir.path(), &[], &env)).await;
+    assert_eq!((out.status, out.stderr.as_str()), (0, ""));
+}
