@@ -174,6 +174,13 @@ async fn the_admin_page_is_for_admins_only() {
     let resp = anon.get(app.url("/admin/failed-logins?user=x")).send().await.unwrap();
     assert_eq!(resp.status(), 303);
     assert!(resp.headers()["location"].to_str().unwrap().starts_with("/login?next=%2Fadmin%2Ffailed-logins"));
+    // A form posted without a session goes back to the page that holds it after signing in,
+    // not to the POST-only route (405 when followed).
+    let resp = anon.post(app.url("/admin/unlock")).form(&[("csrf", "x"), ("username", "bob")]).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()),
+        (303, "/login?next=%2Fadmin%2Ffailed-logins")
+    );
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let alice = app.new_browser();
     app.login_with(&alice, "alice", GOOD_PASSWORD).await;

@@ -16,7 +16,14 @@ use crate::session::ActiveSession;
 #[allow(clippy::result_large_err)]
 async fn require_admin(req: &Request, state: &AppState) -> Result<ActiveSession, Response> {
     let Some(session) = enrolled_session(req, state).await? else {
-        let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        // Back where the visitor was after signing in; a form's POST cannot be followed there
+        // (405), so after one the page that holds the admin forms.
+        let here = match *req.method() {
+            poem::http::Method::GET | poem::http::Method::HEAD => {
+                req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            }
+            _ => "/admin/failed-logins",
+        };
         let next = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
         return Err(see_other(&format!("/login?{next}")));
     };
