@@ -78,9 +78,12 @@ impl ActiveSession {
     /// Whether the session proved who it is within [`RECENT_AUTHENTICATION`] of `now_ms`
     /// (Unix milliseconds): its sign-in (the session's start) or its last confirmation of the
     /// password ([`ActiveSession::confirmed_at`], which a password change also sets).
+    /// A proof stamped further ahead of `now_ms` than [`crate::store::CLOCK_SKEW_MS`] (a clock
+    /// stepped back) is not recent: the window is not stretched by the step.
     pub fn authenticated_recently(&self, now_ms: u64) -> bool {
         let last = self.record.created_at.max(self.confirmed_at.unwrap_or(0));
-        now_ms.saturating_sub(last) <= RECENT_AUTHENTICATION.as_millis() as u64
+        !crate::store::is_ahead_of(last, now_ms)
+            && now_ms.saturating_sub(last) <= RECENT_AUTHENTICATION.as_millis() as u64
     }
 }
 
@@ -507,5 +510,25 @@ mod tests {
         assert!(!sessions.is_expired(&r(now - 1000, now - 1000), now));
         assert!(sessions.is_expired(&r(now - 1000, now - 61_000), now));
         assert!(sessions.is_expired(&r(now - 3_601_000, now - 1000), now));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_session_stamped_ahead_of_the_clock_by_more_than_the_skew_is_expired_and_not_recent() {
+        // The clock stepped back by an hour (an NTP step, a restored snapshot): a session made
+        // before the step must not live its timeouts plus the hour.
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&crate::store::conformance::user("alice"), "$argon2id$...").await.unwrap();
+        let now = now_ms();
+        let skew = crate::store::CLOCK_SKEW_MS;
+        let near = stored(&store, "alice", now + skew / 2, now + skew / 2).await;
+        let resolved = sessions.resolve(&near.encode()).await.unwrap().expect("within the skew: valid");
+        assert!(resolved.authenticated_recently(now_ms()));
+        let stepped = stored(&store, "alice", now - 1000, now + 3_600_000).await;
+        assert!(sessions.resolve(&stepped.encode()).await.unwrap().is_none(), "seen an hour ahead: expired");
+        let made_ahead = stored(&store, "alice", now + 3_600_000, now).await;
+        assert!(sessions.resolve(&made_ahead.encode()).await.unwrap().is_none(), "made an hour ahead: expired");
+        let mut recent = resolved.clone();
+        recent.confirmed_at = Some(now + 3_600_000);
+        assert!(!recent.authenticated_recently(now), "a proof an hour ahead is not recent");
     }
 }

@@ -486,6 +486,9 @@ async fn users_list_with_their_valid_sessions_counted(store: &Store) {
     s.insert(&[3; 32], &session("alice", 0, 9900)).await.unwrap(); // exactly 10 s old
     s.insert(&[4; 32], &session("alice", 1000, 9000)).await.unwrap(); // exactly 1 s idle
     s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap(); // seen after `now`: no age
+                                                                      // Stamped further ahead than the clock skew allowed (a clock stepped back): not valid.
+    s.insert(&[7; 32], &session("carol", 9999, 10_000 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
+    s.insert(&[8; 32], &session("carol", 10_000 + super::CLOCK_SKEW_MS + 1, 10_000)).await.unwrap();
     s.insert(&[6; 32], &session("ghost", 9000, 9900)).await.unwrap(); // no such user
     let cap = SessionCap { max_per_user: 1, idle_ms: 1000, absolute_ms: 10_000 };
     let mut listed: Vec<_> =

@@ -202,11 +202,28 @@ pub struct SessionCap {
     pub absolute_ms: u64,
 }
 
+/// How far ahead of this process's clock a stored time may be and still be believed
+/// (milliseconds): instances on one database stamp with their own clocks, which NTP keeps
+/// within a few milliseconds of each other. A time further ahead means a clock stepped back
+/// (an NTP step, a virtual machine restored from a snapshot) or an instance whose clock is
+/// wrong; counting it as no age would let a session outlive its timeouts by the step.
+pub const CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Whether `at` (Unix ms) is further ahead of `now` than [`CLOCK_SKEW_MS`] allows.
+pub fn is_ahead_of(at: u64, now: u64) -> bool {
+    at > now.saturating_add(CLOCK_SKEW_MS)
+}
+
 impl SessionCap {
     /// Whether a session made at `created_at` and last seen at `last_seen_at` has passed
-    /// either timeout at `now` (all Unix ms).
+    /// either timeout at `now` (all Unix ms). A time up to [`CLOCK_SKEW_MS`] ahead of `now`
+    /// counts as no age; one further ahead as expired (fail closed when the clock stepped
+    /// back: the timeouts of OWASP ASVS 4.0 §3.3.1 and §3.3.2 are not stretched by the step).
     pub fn has_expired(&self, created_at: u64, last_seen_at: u64, now: u64) -> bool {
-        now.saturating_sub(last_seen_at) >= self.idle_ms || now.saturating_sub(created_at) >= self.absolute_ms
+        is_ahead_of(created_at, now)
+            || is_ahead_of(last_seen_at, now)
+            || now.saturating_sub(last_seen_at) >= self.idle_ms
+            || now.saturating_sub(created_at) >= self.absolute_ms
     }
 
     /// Of one user's `sessions`, those past the cap at `now`: expired ones first, then the

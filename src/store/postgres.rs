@@ -226,15 +226,20 @@ impl UserStore for PgStore {
     async fn list_with_sessions(&self, cap: SessionCap, now: u64) -> Result<Vec<(User, usize)>> {
         // One statement: the users and one grouped count of their valid sessions, by the
         // rule of `SessionCap::has_expired` negated (neither idle nor old for the limit; a
-        // time ahead of `now` counts as no age, as its saturating subtraction does).
+        // time ahead of `now` counts as no age, as its saturating subtraction does, unless it
+        // is further ahead than the clock skew allowed, $4).
         let sql = format!(
             "SELECT {USER_COLUMNS}, coalesce(valid.n, 0) FROM users
              LEFT JOIN (SELECT user_key, count(*) AS n FROM sessions
                         WHERE greatest($3::bigint - last_seen_at_ms, 0) < $1::bigint
                           AND greatest($3::bigint - created_at_ms, 0) < $2::bigint
+                          AND greatest(last_seen_at_ms, created_at_ms) <= $4::bigint
                         GROUP BY user_key) valid ON valid.user_key = users.key"
         );
-        let rows = self.client().await?.query(&sql, &[&ms(cap.idle_ms), &ms(cap.absolute_ms), &ms(now)]).await?;
+        let newest = ms(now.saturating_add(super::CLOCK_SKEW_MS));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&ms(cap.idle_ms), &ms(cap.absolute_ms), &ms(now), &newest];
+        let rows = self.client().await?.query(&sql, &params).await?;
         Ok(rows.iter().map(|r| (user_of(r), unms(r.get(9)) as usize)).collect())
     }
 
