@@ -486,14 +486,16 @@ impl SignIn {
             // `refuse` only ever answers `Refused`.
             _ => StepOutcome::Restart,
         };
-        if !self.csrf.check_session(&hash, csrf) {
-            return Ok(refused(judged.refuse(FailureReason::Csrf, None, false).await?));
-        }
+        // The quota first, as on the password step: every attempt counts, a forged one too,
+        // so a loop of bad CSRF tokens cannot make store work the quota does not meter.
         let address = client.key();
         let now = now_ms();
         if let Err(wait) = self.spend_address_quota(address, now).await? {
             let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
             return Ok(refused(o));
+        }
+        if !self.csrf.check_session(&hash, csrf) {
+            return Ok(refused(judged.refuse(FailureReason::Csrf, None, false).await?));
         }
         let Some(proof) = proof else { return Ok(nothing_checked()) };
         // A pending sign-in whose password step solved the captcha carries one code check,

@@ -353,6 +353,31 @@ async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
     assert_eq!(reasons(&app, "alice").await, [FailureReason::Csrf]);
 }
 
+#[tokio::test]
+async fn forged_second_step_forms_spend_the_per_address_quota() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 100;
+        s.login_quota_per_ip =
+            Some(portcullis::config::Rate { burst: 12, period: std::time::Duration::from_secs(3600) });
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    enrol(&app, &first, fresh_step().await).await;
+    let browser = app.new_browser();
+    password_step(&app, &browser, "alice").await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let form = [("csrf", "forged"), ("code", "123456")];
+        statuses
+            .push(browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap().status().as_u16());
+    }
+    // Every attempt counts, a forged one too: the quota runs out before the loop does.
+    assert_eq!(statuses.first(), Some(&403), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+}
+
 /// CPU seconds this process has used (user + system).
 fn cpu_secs() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
