@@ -186,7 +186,7 @@ impl SecondFactors {
                 }
             }
             Proof::RecoveryCode(code) => {
-                let Some(code) = recovery::normalise(code).map(Zeroizing::new) else { return Ok(bad) };
+                let Some(code) = recovery::normalise(code) else { return Ok(bad) };
                 let hash = self.key.recovery_hash(user_key, &code);
                 if self.store.factors.use_recovery_code(user_key, &hash).await? {
                     Ok(Verdict::Accepted(FactorKind::RecoveryCodes))

@@ -36,17 +36,15 @@ pub fn generate() -> Result<Vec<Zeroizing<String>>, crate::random::RandomError> 
 
 /// A code as typed, in the form it is hashed in, if it can be one: case, spaces and dashes
 /// ignored, and the letters people type for the missing ones read as what they look like.
-pub fn normalise(typed: &str) -> Option<String> {
-    let code: String = typed
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .map(|c| match c.to_ascii_lowercase() {
-            'i' | 'l' => '1',
-            'o' => '0',
-            'u' => 'v',
-            c => c,
-        })
-        .collect();
+pub fn normalise(typed: &str) -> Option<Zeroizing<String>> {
+    // Wiped when dropped, a code or not; sized up front so no reallocation leaves a copy.
+    let mut code = Zeroizing::new(String::with_capacity(typed.len()));
+    code.extend(typed.chars().filter(|c| !c.is_whitespace() && *c != '-').map(|c| match c.to_ascii_lowercase() {
+        'i' | 'l' => '1',
+        'o' => '0',
+        'u' => 'v',
+        c => c,
+    }));
     (code.len() == LEN && code.bytes().all(|b| ALPHABET.contains(&b))).then_some(code)
 }
 
@@ -58,13 +56,20 @@ mod tests {
     fn codes_are_ten_distinct_and_read_back_however_typed() {
         let codes = generate().unwrap();
         assert_eq!(codes.len(), COUNT);
-        let mut seen: Vec<String> = codes.iter().map(|c| normalise(c).unwrap()).collect();
+        let mut seen: Vec<String> = codes.iter().map(|c| normalise(c).unwrap().to_string()).collect();
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), COUNT);
         let first = codes[0].as_str();
         assert_eq!(normalise(&first.to_uppercase().replace('-', " ")), normalise(first));
-        assert_eq!(normalise("O1234-5678L").as_deref(), Some("0123456781"));
+        assert_eq!(normalise("O1234-5678L").as_deref().map(String::as_str), Some("0123456781"));
         assert_eq!(normalise("12345"), None);
+    }
+
+    #[test]
+    fn the_normalised_code_is_wiped_when_dropped() {
+        // The type is the test: a plain String would leave the code in freed memory.
+        let code: Option<Zeroizing<String>> = normalise("O1234-5678L");
+        assert!(code.is_some());
     }
 }
