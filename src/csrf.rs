@@ -136,7 +136,9 @@ impl Csrf {
         let mac = self.mac(&[b"prelogin", &issued.to_be_bytes(), id]);
         mac.verify_truncated_left(tag).ok()?;
         // The same 60 s of clock skew as login tokens.
-        if issued > now_secs.saturating_add(60) || now_secs.saturating_sub(issued) > PRELOGIN_LIFETIME.as_secs() {
+        // Valid while younger than the lifetime, never at it: its retirement, if it signed in,
+        // is kept until `expires_at`, and is pruned from that second on.
+        if issued > now_secs.saturating_add(60) || now_secs.saturating_sub(issued) >= PRELOGIN_LIFETIME.as_secs() {
             return None;
         }
         Some(PreLogin { value: cookie.to_string(), id: *id, issued })
@@ -273,8 +275,9 @@ mod tests {
         assert_eq!(csrf.prelogin(pre.value(), now + 10).as_ref(), Some(&pre));
         assert!(Csrf::new([8; 32]).prelogin(pre.value(), now).is_none(), "another key did not issue it");
         let end = now + PRELOGIN_LIFETIME.as_secs();
-        assert!(csrf.prelogin(pre.value(), end).is_some());
-        assert!(csrf.prelogin(pre.value(), end + 1).is_none(), "expired");
+        assert!(csrf.prelogin(pre.value(), end - 1).is_some());
+        assert_eq!(end, pre.expires_at());
+        assert!(csrf.prelogin(pre.value(), end).is_none(), "expired from the second its retirement may be pruned");
         assert!(pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs()));
         assert!(!pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs() + 1));
         // Values of the old kind (32 random bytes) and tampered values are refused.
