@@ -297,7 +297,15 @@ impl Settings {
             .collect();
         // `[access]` is file only: shown as the inline table it is equal to, so the whole
         // output stays one valid TOML document.
+        // What the file leaves out is shown as the default it takes.
         let access = file.as_ref().and_then(|(path, table)| table.get("access").map(|t| (path, t.clone())));
+        let access = access.map(|(path, mut table)| {
+            if let toml::Value::Table(t) = &mut table {
+                t.entry("default_policy").or_insert_with(|| toml::Value::String("deny".into()));
+                t.entry("rules").or_insert_with(|| toml::Value::Array(Vec::new()));
+            }
+            (path, table)
+        });
         shown.push(match access {
             Some((path, table)) => Effective {
                 key: "access",
@@ -628,12 +636,21 @@ impl Parser {
         if SECRET_BEARING.contains(&key) {
             value = crate::postgres::url::redact(&value);
         }
+        // One line on a terminal: a value pasted by mistake (a certificate, a 5 KB blob) is
+        // shown by its start.
+        const SHOWN_CHARS: usize = 100;
+        let mut message = message.to_string();
+        let chars = value.chars().count();
+        if chars > SHOWN_CHARS {
+            value = value.chars().take(SHOWN_CHARS).collect();
+            message.push_str(&format!(" (the value's first {SHOWN_CHARS} of {chars} characters shown)"));
+        }
         ConfigError::Invalid {
             key,
             value,
             source_name: raw.source.clone(),
             // Messages quote parts of the value: keep them on one line.
-            message: escape_controls(message),
+            message: escape_controls(&message),
         }
     }
 

@@ -224,3 +224,33 @@ async fn a_variable_that_names_no_setting_is_warned_about_with_the_setting_it_wa
     let out = run(check(dir.path(), &[], &env)).await;
     assert_eq!((out.status, out.stderr.as_str()), (0, ""));
 }
+
+#[tokio::test]
+async fn an_access_table_that_leaves_out_its_default_policy_is_shown_with_the_default_it_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("site.toml"),
+        "[access]\n[[access.rules]]\npath = [\"^/public/\"]\npolicy = \"bypass\"\n",
+    )
+    .unwrap();
+    let out = run(check(dir.path(), &["--config", "site.toml"], &[])).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert_eq!(printed["access"]["default_policy"].as_str(), Some("deny"), "{}", out.stdout);
+    std::fs::write(dir.path().join("empty.toml"), "[access]\n").unwrap();
+    let out = run(check(dir.path(), &["--config", "empty.toml"], &[])).await;
+    let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert_eq!(printed["access"]["rules"].as_array().map(Vec::len), Some(0), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn a_long_refused_value_is_shown_by_its_start_on_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(5000);
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_SESSION_IDLE_TIMEOUT", long.as_str())])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.len() < 400, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("\"{}\"", "x".repeat(100))), "{}", out.stderr);
+    assert!(out.stderr.contains("(the value's first 100 of 5000 characters shown)"), "{}", out.stderr);
+}
