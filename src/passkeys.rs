@@ -30,6 +30,17 @@ pub const CEREMONY_COOKIE: &str = "__Host-portcullis-webauthn";
 /// timeout of 5 minutes for user verification).
 pub const CEREMONY_LIFETIME: Duration = Duration::from_secs(300);
 
+/// Discoverable sign-ins one process begins per second at most, after a burst of
+/// [`SIGN_IN_BEGIN_BURST`]. Their ceremonies name no user, so the one-per-user bound of the
+/// other kinds cannot hold them, and the per-address quota does not bound many addresses (an
+/// IPv6 /48 holds 65,536 /64s): this keeps the open ones under about
+/// `SIGN_IN_BEGINS_PER_SEC × CEREMONY_LIFETIME` = 15,000 per instance (some 9 MB of store at
+/// about 600 bytes each) whatever the addresses. Past it a begin is a 503; the password form
+/// is untouched.
+pub const SIGN_IN_BEGINS_PER_SEC: u32 = 50;
+/// The burst [`SIGN_IN_BEGINS_PER_SEC`] allows (a crowd pressing the button after an outage).
+pub const SIGN_IN_BEGIN_BURST: u32 = 500;
+
 /// Longest passkey name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 
@@ -60,6 +71,9 @@ pub enum PasskeyError {
     /// The user has [`MAX_PER_USER`] passkeys.
     #[error("at most {MAX_PER_USER} passkeys per user")]
     TooMany,
+    /// More discoverable sign-ins are being begun than [`SIGN_IN_BEGINS_PER_SEC`] allows (503).
+    #[error("too many passkey sign-ins are being begun; try again in a moment")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -100,6 +114,16 @@ pub struct Verified {
 pub struct Passkeys {
     webauthn: Option<Arc<Webauthn>>,
     store: Store,
+    /// [`SIGN_IN_BEGINS_PER_SEC`], for this process (shared by clones).
+    sign_in_begins: Arc<governor::DefaultDirectRateLimiter>,
+}
+
+/// The limiter of discoverable sign-in begins.
+fn sign_in_begins() -> Arc<governor::DefaultDirectRateLimiter> {
+    // Both constants are non-zero literals.
+    let per_sec = std::num::NonZeroU32::new(SIGN_IN_BEGINS_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(SIGN_IN_BEGIN_BURST).unwrap_or(std::num::NonZeroU32::MIN);
+    Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)))
 }
 
 /// The relying-party id for `webauthn_rp_id` (when set) or `origin`'s host (SPEC.md:
@@ -121,7 +145,7 @@ impl Passkeys {
     /// setting error, reported at start.
     pub fn new(store: Store, rp_id: &str, origin: &Url) -> anyhow::Result<Self> {
         if rp_id.parse::<IpAddr>().is_ok() {
-            return Ok(Passkeys { webauthn: None, store });
+            return Ok(Passkeys { webauthn: None, store, sign_in_begins: sign_in_begins() });
         }
         let webauthn = WebauthnBuilder::new(rp_id, origin)
             .map_err(|e| anyhow::anyhow!("webauthn_rp_id {rp_id:?} does not fit public_url {origin}: {e}"))?
@@ -129,7 +153,7 @@ impl Passkeys {
             .timeout(CEREMONY_LIFETIME)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up WebAuthn for {rp_id:?} at {origin}: {e}"))?;
-        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store })
+        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins: sign_in_begins() })
     }
 
     /// Whether passkeys can be used here (see [`Passkeys::new`]).
@@ -271,8 +295,12 @@ impl Passkeys {
     /// this site; W3C WebAuthn §7.2 with an empty `allowCredentials`).
     ///
     /// # Errors
-    /// [`PasskeyError::Disabled`], [`PasskeyError::Store`].
+    /// [`PasskeyError::Disabled`]; [`PasskeyError::Busy`] past [`SIGN_IN_BEGINS_PER_SEC`];
+    /// [`PasskeyError::Store`].
     pub async fn begin_sign_in(&self) -> Result<Begun, PasskeyError> {
+        if self.webauthn.is_some() && self.sign_in_begins.check().is_err() {
+            return Err(PasskeyError::Busy);
+        }
         let (mut rcr, state): (RequestChallengeResponse, DiscoverableAuthentication) =
             self.webauthn()?.start_discoverable_authentication().map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         // webauthn-rs asks for conditional mediation (autofill); ours is a button.
@@ -453,6 +481,33 @@ mod tests {
         for bad in ["", "   ", "a\nb", "x\u{202e}y", &"n".repeat(65)] {
             assert!(parse_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn discoverable_sign_ins_past_the_processs_rate_are_busy_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let origin = Url::parse("https://localhost:4000").unwrap();
+        let limited =
+            governor::Quota::per_hour(std::num::NonZeroU32::MIN).allow_burst(std::num::NonZeroU32::new(3).unwrap());
+        let passkeys = Passkeys {
+            sign_in_begins: Arc::new(governor::RateLimiter::direct(limited)),
+            ..Passkeys::new(store.clone(), "localhost", &origin).unwrap()
+        };
+        let mut cookies = Vec::new();
+        for _ in 0..3 {
+            cookies.push(passkeys.begin_sign_in().await.unwrap().cookie);
+        }
+        assert!(matches!(passkeys.begin_sign_in().await, Err(PasskeyError::Busy)));
+        // The three begun are open (each can be taken once); the refused one left nothing.
+        for c in &cookies {
+            let token = SessionToken::parse(c).unwrap();
+            assert!(store.passkeys.take_ceremony(&token.hash(), now_ms()).await.unwrap().is_some());
+        }
+        assert_eq!(store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 0);
+        // The other kinds are bounded per user instead, and not held back by this one.
+        let alice = crate::store::conformance::user("alice");
+        assert!(passkeys.begin_registration(&alice).await.is_ok());
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct PasskeyAttempt<'a> {
 pub enum BeginOutcome {
     Begun(Begun),
     Refused(super::Refusal),
+    /// Too many discoverable sign-ins begun at once on this instance
+    /// ([`crate::passkeys::SIGN_IN_BEGINS_PER_SEC`]): a 503, not the client's doing.
+    Busy,
 }
 
 fn store(what: &'static str) -> impl FnOnce(PasskeyError) -> SignInError {
@@ -70,8 +73,11 @@ impl SignIn {
         if self.valid_prelogin(csrf, prelogin, now_ms()).await?.is_none() {
             return Ok(BeginOutcome::Refused(refusal(judged.refuse(FailureReason::Csrf, None, false).await)?));
         }
-        let begun = passkeys.begin_sign_in().await.map_err(store("could not begin a passkey sign-in"))?;
-        Ok(BeginOutcome::Begun(begun))
+        match passkeys.begin_sign_in().await {
+            Ok(begun) => Ok(BeginOutcome::Begun(begun)),
+            Err(PasskeyError::Busy) => Ok(BeginOutcome::Busy),
+            Err(e) => Err(store("could not begin a passkey sign-in")(e)),
+        }
     }
 
     /// The per-address quota (every attempt counts, before any store lookup), refusing

@@ -268,14 +268,18 @@ impl<'a> Visitor<'a> {
         }
     }
 
+    /// The cookies this visitor holds, as a `Cookie` header's value.
+    pub fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self.client.request(method, self.app.url(path)).header("user-agent", &self.user_agent);
         if let Some(ip) = &self.ip {
             rb = rb.header("x-forwarded-for", ip);
         }
         if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            rb = rb.header("cookie", jar.join("; "));
+            rb = rb.header("cookie", self.cookie_header());
         }
         rb
     }

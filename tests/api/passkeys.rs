@@ -647,3 +647,45 @@ async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert!(first.has_session(), "{:?}", resp.headers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discoverable_sign_ins_begun_from_many_addresses_are_bounded_per_second_not_per_address() {
+    use portcullis::passkeys::{SIGN_IN_BEGINS_PER_SEC, SIGN_IN_BEGIN_BURST};
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.trusted_proxies = vec![portcullis::config::parse_net("127.0.0.1").unwrap()];
+    })
+    .await;
+    // One form, its begins sent as from 1,000 addresses (each within its own quota), 32 at once.
+    let mut v = Visitor::new(&app, Some("198.51.100.1"));
+    let (_, page) = v.get("/login").await;
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let cookie = v.cookie_header();
+    let client = app.new_browser();
+    let started = std::time::Instant::now();
+    use futures_util::StreamExt;
+    let answers: Vec<(u16, Option<String>)> = futures_util::stream::iter(0..1000u32)
+        .map(|i| {
+            let req = client
+                .post(app.url("/login/passkey/begin"))
+                .header("cookie", cookie.clone())
+                .header("x-forwarded-for", format!("2001:db8:{:x}::1", i + 1))
+                .form(&[("csrf", csrf.as_str())]);
+            async move {
+                let resp = req.send().await.unwrap();
+                let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (resp.status().as_u16(), retry)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let begun = answers.iter().filter(|(s, _)| *s == 200).count();
+    let bound = f64::from(SIGN_IN_BEGIN_BURST) + f64::from(SIGN_IN_BEGINS_PER_SEC) * elapsed + 1.0;
+    assert!((begun as f64) <= bound, "{begun} begun in {elapsed:.1} s, more than {bound:.0}");
+    assert!(begun >= SIGN_IN_BEGIN_BURST as usize, "the burst is served: {begun}");
+    for (status, retry) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!((*status, retry.as_deref()), (503, Some("1")), "past the rate: busy, not the client's fault");
+    }
+}
