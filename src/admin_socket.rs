@@ -232,7 +232,13 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
     BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line).await?;
     let cut_short = line.len() as u64 >= MAX_REQUEST && !line.ends_with('\n');
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => execute(users, audit, &request, "cli").await,
+        Ok(mut request) => {
+            if let Request::Audit { filters, summary: false } = &mut request {
+                // A longer page is cut, its `next` saying where the rest begins.
+                filters.limit = Some(filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).min(RECORDS_PER_ANSWER));
+            }
+            execute(users, audit, &request, "cli").await
+        }
         // Only a value far past every limit (64-character usernames, 1024-character
         // passwords) makes a request this long: say so rather than "malformed".
         Err(_) if cut_short => Response::Error {
@@ -261,8 +267,33 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
 /// A socket that is not this `data_dir`'s server's; a request or answer that cannot be sent
 /// or read.
 pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
-    call_within(data_dir, request, ANSWER_TIMEOUT).await
+    let Request::Audit { filters, summary: false } = request else {
+        return call_within(data_dir, request, ANSWER_TIMEOUT).await;
+    };
+    // The server answers at most RECORDS_PER_ANSWER records at a time: ask page after page,
+    // each after the last one's cursor, and hand the caller one answer of all of them.
+    let wanted = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    let mut records = Vec::new();
+    let mut filters = filters.clone();
+    loop {
+        filters.limit = Some((wanted - records.len()).min(RECORDS_PER_ANSWER));
+        let page = Request::Audit { filters: filters.clone(), summary: false };
+        let Some(answer) = call_within(data_dir, &page, ANSWER_TIMEOUT).await? else { return Ok(None) };
+        let Response::Review { answer: Answer::Records { records: mut more, next } } = answer else {
+            return Ok(Some(answer));
+        };
+        records.append(&mut more);
+        if records.len() >= wanted || next.is_none() {
+            return Ok(Some(Response::Review { answer: Answer::Records { records, next } }));
+        }
+        filters.before = next;
+    }
 }
+
+/// Most failed-login records one answer on the socket carries. The server builds an answer
+/// in memory before it sends it, so `audit --limit 1000000` asked at once took a server to
+/// 1 GiB (a review measured); [`call`] asks for more in pages of this many instead.
+pub const RECORDS_PER_ANSWER: usize = 5_000;
 
 /// How long a command waits for the server's answer: longer than any request takes (a
 /// password hashed behind a flood of sign-ins takes seconds at most), short enough that a

@@ -23,6 +23,7 @@ pub mod failures;
 pub mod fault_log;
 pub mod forward_auth;
 pub mod loadtest;
+pub mod memory;
 pub mod metrics;
 pub mod passkeys;
 pub mod password;

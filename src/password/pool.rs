@@ -152,19 +152,6 @@ impl HashPool {
     }
 }
 
-/// glibc keeps freed heap memory for reuse: after a flood, what the connections and requests
-/// used stays in its free lists (the argon2 buffers are separate mappings, unmapped by
-/// `release`). When the pool goes quiet, ask glibc to return what is free to the system, so
-/// an idle server's RSS really drops back.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by the allocator; it has no
-    // preconditions and cannot affect live allocations.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// How long an idle worker keeps its argon2 buffer before freeing it.
 const KEEP_BUFFER_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -188,7 +175,7 @@ fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inn
                     Err(RecvTimeoutError::Timeout) => {
                         if workspace.held_bytes() > 0 {
                             workspace.release();
-                            give_back_freed_memory();
+                            crate::memory::give_back_freed();
                         }
                         continue;
                     }

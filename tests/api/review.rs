@@ -357,3 +357,35 @@ async fn log_files_rotate_daily_and_old_ones_are_deleted_past_the_retention() {
     assert!(names.contains(&today), "{names:?}");
     assert!(names.len() <= 4, "three days kept besides today at most: {names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_audit_through_a_running_server_comes_in_pages_the_server_can_hold() {
+    use portcullis::admin_socket::{call_within, Request, Response, ANSWER_TIMEOUT, RECORDS_PER_ANSWER};
+    use portcullis::review::{Answer, FilterArgs};
+    let app = spawn_app().await;
+    let now = portcullis::store::now_ms();
+    let many = 2 * RECORDS_PER_ANSWER + 3;
+    let records: Vec<FailureRecord> = (0..many as u64)
+        .map(|i| FailureRecord { time: now - 1000 - i, ..known_records(now)[(i % 30) as usize].clone() })
+        .collect();
+    app.state.store.failures.import(&records).await.unwrap();
+    // The server answers one request with at most a page, and says where the rest begins.
+    let filters = FilterArgs { limit: Some(1_000_000), ..FilterArgs::default() };
+    let asked = Request::Audit { filters, summary: false };
+    let answer = call_within(&app.settings.data_dir, &asked, ANSWER_TIMEOUT).await.unwrap().unwrap();
+    let Response::Review { answer: Answer::Records { records: page, next } } = answer else { panic!("records") };
+    assert_eq!((page.len(), next.is_some()), (RECORDS_PER_ANSWER, true));
+    // The command asks page after page: every record once, in order, and nothing more said.
+    let (ok, out, err) = portcullis(&app.settings, &["audit", "--json", "--limit", "1000000"]).await;
+    assert!(ok, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), many);
+    assert!(!err.contains("more records match"), "{err}");
+    let times: Vec<&str> = lines.iter().map(|l| l["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first across pages");
+    // A limit between pages stops there, and says more match.
+    let (ok, out, err) = portcullis(&app.settings, &["audit", "--json", "--limit", "5003"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out).len(), 5003);
+    assert!(err.contains("more records match"), "{err}");
+}
