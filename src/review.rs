@@ -230,7 +230,11 @@ pub async fn review(
     } else {
         None
     };
-    Ok(Answer::Records { records: found.iter().map(|(_, r)| RecordView::from(r)).collect(), next })
+    let records = found.iter().map(|(_, r)| RecordView::from(r)).collect();
+    drop(found);
+    // A page can be thousands of records (the socket's), read at a person's pace.
+    crate::memory::give_back_freed();
+    Ok(Answer::Records { records, next })
 }
 
 /// Records read from the store at a time while summarising: a summary holds its tallies
