@@ -90,6 +90,11 @@ impl Authenticator {
         Authenticator { store, pool, dummy: Arc::default() }
     }
 
+    /// Whether the hash pool would likely take a check now ([`HashPool::has_room`]).
+    pub fn has_room(&self) -> bool {
+        self.pool.has_room()
+    }
+
     /// Chooses the dummy for unknown usernames now (at start), so that no sign-in waits for
     /// the count.
     ///

@@ -1,13 +1,13 @@
 //! The sign-in policy: the brute-force sequence of a password sign-in, free of HTTP, so the
 //! login form (and any later sign-in path) only reads its input, calls [`SignIn::attempt`]
 //! and renders the [`Outcome`]. The order keeps each defence cheap and fair:
+//! 0. a hash pool with no room is a 503 at once, before anything is spent or recorded,
 //! 1. the per-address quota (every attempt counts),
 //! 2. CSRF: the pre-login value must be one this server issued, unexpired and not retired,
 //!    and the form's token must be bound to it,
 //! 3. the captcha, when this address or username has failed too often; otherwise the
 //!    attempt reserves its place among the `captcha_after_failures` checks allowed without
 //!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
-//!
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
 //!    a user's quota without solving captchas or passing CSRF),
 //! 5. the password, on the hash pool (an unknown user costs and answers the same),
@@ -261,6 +261,12 @@ impl SignIn {
         let address = client.key();
         let now = now_ms();
 
+        // A full hash pool is a 503 before anything is spent: in a flood from elsewhere, the
+        // real user's tries would otherwise use up their address's quota on checks that never
+        // ran, and meet 429 once the flood was over (a review saw Retry-After: 80).
+        if !self.auth.has_room() {
+            return Err(SignInError::Overloaded);
+        }
         if let Err(wait) = self.spend_address_quota(address, now).await? {
             return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
         }
@@ -383,6 +389,10 @@ impl SignIn {
         let digest = username_digest(&user.key);
         let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let address = client.key();
+        // As at sign-in: a full pool spends nothing.
+        if !self.auth.has_room() {
+            return Err(SignInError::Overloaded);
+        }
         if let Err(wait) = self.spend_address_quota(address, now_ms()).await? {
             judged.record(FailureReason::RateLimited, false).await?;
             return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
@@ -665,6 +675,7 @@ mod tests {
     struct Fixture {
         service: SignIn,
         client: Client,
+        store: crate::store::Store,
         _dir: tempfile::TempDir,
     }
 
@@ -693,7 +704,7 @@ mod tests {
             policy: SecondFactorPolicy::Optional,
         };
         let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
-        Fixture { service, client, _dir: dir }
+        Fixture { service, client, store: services.store.clone(), _dir: dir }
     }
 
     /// A visitor's form: a pre-login value and the CSRF token bound to it.
@@ -752,6 +763,40 @@ mod tests {
         let r = refusal(f.attempt("alice", GOOD).await);
         assert_eq!(r.reason, FailureReason::RateLimited, "even a good form waits once the quota is spent");
         assert!(r.retry_after.is_some_and(|s| s >= 1), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_hash_pool_is_a_503_before_the_address_quota_is_spent() {
+        let mut f = fixture(rate(1), None, 100).await;
+        // One worker and a queue of one, both held by slow hashes of the pool's own.
+        let slow = crate::config::HashParams { memory_kib: 32 * 1024, iterations: 24, parallelism: 1 };
+        let pool = crate::password::pool::HashPool::start(slow, 1, 1).unwrap();
+        f.service.auth = Authenticator::new(f.store.clone(), pool.clone());
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let pool = pool.clone();
+            busy.push(tokio::spawn(async move { pool.hash(crate::password::Password::new("x")).await }));
+            // The worker takes the first before the second is queued (a hash takes far longer).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!pool.has_room());
+        let form = f.form();
+        let attempt = Attempt {
+            client: &f.client,
+            username: "alice",
+            password: Password::new(GOOD),
+            csrf: &form.csrf,
+            prelogin: Some(&form.prelogin),
+            captcha: "",
+            previous_session: None,
+            next: None,
+        };
+        assert!(matches!(f.service.attempt(attempt).await, Err(SignInError::Overloaded)));
+        for b in busy {
+            b.await.unwrap().unwrap();
+        }
+        // The one unit of the address's quota is still there: the 503 spent nothing.
+        assert!(signed_in(&f.attempt("alice", GOOD).await));
     }
 
     #[tokio::test]

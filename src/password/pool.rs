@@ -47,6 +47,8 @@ enum Job {
 struct Inner {
     sender: SyncSender<(Job, tracing::Span)>,
     waiting: AtomicUsize,
+    /// Jobs the pool takes at once: the queue and one running per worker.
+    capacity: usize,
     workers: usize,
     work: Arc<AtomicU64>,
     /// Where each run's time goes (`portcullis_password_hash_seconds`), once metrics are on.
@@ -84,7 +86,9 @@ impl HashPool {
         let workers = workers.max(1);
         let (sender, receiver) = sync_channel::<(Job, tracing::Span)>(queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        let inner = Arc::new(Inner { sender, waiting: AtomicUsize::new(0), workers, work, runs: OnceLock::new() });
+        let capacity = queue.max(1) + workers;
+        let inner =
+            Arc::new(Inner { sender, waiting: AtomicUsize::new(0), capacity, workers, work, runs: OnceLock::new() });
         for i in 0..workers {
             let receiver = Arc::clone(&receiver);
             let hasher = Arc::clone(&hasher);
@@ -110,6 +114,14 @@ impl HashPool {
     /// Jobs queued or running.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Whether a job submitted now would likely be taken (fewer than the queue plus the
+    /// workers are waiting or running). A hint, not a promise: the pool may fill before the
+    /// job comes. A sign-in asks first, so that in a flood it answers 503 before it spends
+    /// the client's quotas on a check that would not run.
+    pub fn has_room(&self) -> bool {
+        self.inner.waiting.load(Ordering::Relaxed) < self.inner.capacity
     }
 
     /// The argon2 work all password checks have done since start, in KiB × passes (the
