@@ -353,6 +353,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
                 &state,
                 &session,
                 "Your passkey is added.",
+                false,
                 otherwise,
             )
             .await

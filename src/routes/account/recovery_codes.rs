@@ -27,15 +27,20 @@ struct CodesPage<'a> {
 /// `headline`, when the new factor is the user's only one (the first factor comes with them,
 /// so a lost phone or key does not lock the user out) or the user has none left; else
 /// `otherwise`. Codes found beside a first factor predate it (a store written before removing
-/// the last factor voided them): they are replaced, never revived.
+/// the last factor voided them): they are replaced, never revived. A factor that `replaced`
+/// one of its kind (an authenticator app set up on a new phone) is no first factor: the
+/// user's codes stay as they are, printed for the account rather than for a device.
 pub(crate) async fn codes_with_first_factor(
     state: &AppState,
     session: &ActiveSession,
     headline: &str,
+    replaced: bool,
     otherwise: Response,
 ) -> Response {
     match state.factors.summary(&session.user.key).await {
-        Ok(s) if s.recovery_codes == 0 || s.second_factors() == 1 => issue_codes(state, session, headline).await,
+        Ok(s) if s.recovery_codes == 0 || (!replaced && s.second_factors() == 1) => {
+            issue_codes(state, session, headline).await
+        }
         Ok(_) => otherwise,
         Err(e) => store_error(&e, "could not read the user's second factors"),
     }

@@ -4,7 +4,7 @@
 //! - `POST /account/totp`: enrols the secret if the code is valid for it and the user's
 //!   authenticator is still the one the page was shown with (nothing changes otherwise: 400,
 //!   or 409 when another window enrolled or removed one first); the first time, ten recovery
-//!   codes are made and shown once (`recovery_codes`);
+//!   codes are made and shown once (`recovery_codes`; a replaced app keeps the user's);
 //! - `POST /account/totp/remove`.
 //!
 //! The secret travels in the enrolment form, tagged with an HMAC bound to the session, so the
@@ -196,7 +196,8 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
     let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
-    codes_with_first_factor(&state, &session, "Your authenticator app is set up.", otherwise).await
+    let replaced = replacing.is_some();
+    codes_with_first_factor(&state, &session, "Your authenticator app is set up.", replaced, otherwise).await
 }
 
 #[handler]
