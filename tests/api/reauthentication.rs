@@ -222,6 +222,17 @@ async fn the_confirmation_form_needs_its_csrf_token_and_a_session() {
     let nobody = app.new_browser();
     let resp = post(&app, &nobody, "/account/confirm", &[("csrf", "x"), ("current", GOOD_PASSWORD)]).await;
     assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login?next=/account"));
+    // A signed-out visit to a page behind the confirmation comes back to that page after the
+    // sign-in (which is recent by then), not to /account (a review's nit).
+    for (path, back) in [
+        ("/account/totp", "/login?next=/account/totp"),
+        ("/account/passkeys", "/login?next=/account/passkeys"),
+        ("/account/confirm?next=/account/totp", "/login?next=/account/totp"),
+        ("/account/confirm", "/login?next=/account"),
+    ] {
+        let resp = nobody.get(app.url(path)).send().await.unwrap();
+        assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, back), "{path}");
+    }
 }
 
 /// A browser that holds `cookie` as its session cookie.
