@@ -11,9 +11,15 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
+/// What the terminal log shows unless `RUST_LOG` says otherwise. The HTTP/2 library's own
+/// warnings are left out: each names a client's misbehaviour it has already dealt with (a
+/// rapid-reset connection answered with GOAWAY logs one), so a flood of such clients wrote a
+/// line each, and nothing in them is the operator's to act on.
+pub const DEFAULT_FILTER: &str = "info,poem=warn,sled=warn,h2=error";
+
 /// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
 pub fn init_terminal(instance: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,poem=warn,sled=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let format = tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi);
     let _ = tracing_subscriber::fmt()
@@ -143,6 +149,22 @@ mod tests {
         tracing::subscriber::with_default(subscriber, log);
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         text
+    }
+
+    #[test]
+    fn the_default_filter_keeps_the_http2_librarys_warnings_about_clients_out() {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(DEFAULT_FILTER))
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "h2::proto::streams::recv", "remotely-reset pending-accept streams reached limit");
+            tracing::warn!(target: "portcullis::audit", "login failed");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("remotely-reset") && text.contains("login failed"), "{text}");
     }
 
     #[test]
