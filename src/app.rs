@@ -313,7 +313,8 @@ impl Application {
             &origin,
         )
         .with_context(|| format!("public_url {origin} has no host for webauthn_rp_id"))?;
-        let passkeys = crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin)?;
+        let passkeys =
+            crate::passkeys::Passkeys::new(services.store.clone(), &rp_id, &origin, settings.login_quota_per_ip)?;
         if !passkeys.enabled() {
             tracing::info!(rp_id, "passkeys are off: WebAuthn needs a host name, not an IP address (set public_url)");
         }

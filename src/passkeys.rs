@@ -116,6 +116,10 @@ pub struct Passkeys {
     store: Store,
     /// [`SIGN_IN_BEGINS_PER_SEC`], for this process (shared by clones).
     sign_in_begins: Arc<governor::DefaultDirectRateLimiter>,
+    /// Discoverable sign-ins one address may begin (`login_quota_per_ip`'s rate, counted
+    /// apart from the password form's, in this process): pressing the passkey button while
+    /// the server is busy must not use up the address's password sign-ins.
+    begins_per_address: Arc<crate::rate_limit::Limiter<crate::client::AddressKey>>,
 }
 
 /// The limiter of discoverable sign-in begins.
@@ -143,9 +147,15 @@ impl Passkeys {
     /// # Errors
     /// When `origin`'s host is neither `rp_id` nor under it (W3C WebAuthn §5.1.3 step 8): a
     /// setting error, reported at start.
-    pub fn new(store: Store, rp_id: &str, origin: &Url) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Store,
+        rp_id: &str,
+        origin: &Url,
+        per_address: Option<crate::config::Rate>,
+    ) -> anyhow::Result<Self> {
+        let begins_per_address = Arc::new(crate::rate_limit::Limiter::new(per_address, crate::rate_limit::MAX_KEYS));
         if rp_id.parse::<IpAddr>().is_ok() {
-            return Ok(Passkeys { webauthn: None, store, sign_in_begins: sign_in_begins() });
+            return Ok(Passkeys { webauthn: None, store, sign_in_begins: sign_in_begins(), begins_per_address });
         }
         let webauthn = WebauthnBuilder::new(rp_id, origin)
             .map_err(|e| anyhow::anyhow!("webauthn_rp_id {rp_id:?} does not fit public_url {origin}: {e}"))?
@@ -153,7 +163,7 @@ impl Passkeys {
             .timeout(CEREMONY_LIFETIME)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up WebAuthn for {rp_id:?} at {origin}: {e}"))?;
-        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins: sign_in_begins() })
+        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins: sign_in_begins(), begins_per_address })
     }
 
     /// Whether passkeys can be used here (see [`Passkeys::new`]).
@@ -289,6 +299,12 @@ impl Passkeys {
         }
         crate::factors::void_codes_without_factor(&self.store, user_key).await;
         Ok(Some(p))
+    }
+
+    /// Takes one of `address`'s discoverable sign-in begins; `Err(seconds)` to wait when its
+    /// quota is spent.
+    pub fn spend_begin_quota(&self, address: &crate::client::AddressKey) -> Result<(), u64> {
+        self.begins_per_address.check(address)
     }
 
     /// Begins a discoverable sign-in (no username: the authenticator offers its passkeys for
@@ -451,6 +467,8 @@ impl Passkeys {
     /// # Errors
     /// [`PasskeyError::Store`].
     pub async fn purge(&self) -> Result<usize, PasskeyError> {
+        // The per-address begin quota's keys back at a full bucket go too.
+        self.begins_per_address.prune();
         Ok(self.store.passkeys.purge_ceremonies(now_ms()).await?)
     }
 }
@@ -492,7 +510,7 @@ mod tests {
             governor::Quota::per_hour(std::num::NonZeroU32::MIN).allow_burst(std::num::NonZeroU32::new(3).unwrap());
         let passkeys = Passkeys {
             sign_in_begins: Arc::new(governor::RateLimiter::direct(limited)),
-            ..Passkeys::new(store.clone(), "localhost", &origin).unwrap()
+            ..Passkeys::new(store.clone(), "localhost", &origin, None).unwrap()
         };
         let mut cookies = Vec::new();
         for _ in 0..3 {

@@ -1,7 +1,9 @@
 //! Signing in with a passkey from `/login` (a discoverable credential: no username, no
 //! password, no captcha). The same defences as a password sign-in, in the same order where
 //! they apply (see the parent module):
-//! 1. the per-address quota (beginning a ceremony counts too: it makes a store record),
+//! 1. the per-address quota (beginning a ceremony counts against a quota of its own at the
+//!    same rate, in this process, since it makes a store record; the answer against the
+//!    password form's),
 //! 2. CSRF, bound to the pre-login cookie,
 //! 3. no captcha: a user-verified passkey is not guessable, and this is the accessible way
 //!    past the picture (WCAG 2.2 SC 3.3.8, "Accessible Authentication (Minimum)"),
@@ -18,6 +20,7 @@
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{Client, FailureReason};
 use crate::brute_force::Retire;
+use crate::fault_log::Severity;
 use crate::passkeys::{Begun, PasskeyError, Passkeys};
 use crate::rate_limit::username_digest;
 use crate::session::SessionToken;
@@ -67,15 +70,22 @@ impl SignIn {
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
         let judged = Judged { service: self, client, username: "", digest: None };
-        if let Some(refused) = self.address_quota(&judged).await? {
-            return Ok(BeginOutcome::Refused(refused));
+        // A quota of its own, not the password form's: a button pressed again and again (the
+        // server busy, an office behind one address) must not use up the address's sign-ins.
+        if let Err(wait) = passkeys.spend_begin_quota(&client.key()) {
+            let refused = judged.refuse(FailureReason::RateLimited, Some(wait), false).await;
+            return Ok(BeginOutcome::Refused(refusal(refused)?));
         }
         if self.valid_prelogin(csrf, prelogin, now_ms()).await?.is_none() {
             return Ok(BeginOutcome::Refused(refusal(judged.refuse(FailureReason::Csrf, None, false).await)?));
         }
         match passkeys.begin_sign_in().await {
             Ok(begun) => Ok(BeginOutcome::Begun(begun)),
-            Err(PasskeyError::Busy) => Ok(BeginOutcome::Busy),
+            Err(e @ PasskeyError::Busy) => {
+                // Once per kind per 10 s, with the count: a flood, or a crowd, the operator sees.
+                crate::fault_log::report("passkey sign-ins refused: too many begun", Severity::Warn, false, &e);
+                Ok(BeginOutcome::Busy)
+            }
             Err(e) => Err(store("could not begin a passkey sign-in")(e)),
         }
     }
