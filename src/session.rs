@@ -81,9 +81,12 @@ impl ActiveSession {
     /// A proof stamped further ahead of `now_ms` than [`crate::store::CLOCK_SKEW_MS`] (a clock
     /// stepped back) is not recent: the window is not stretched by the step.
     pub fn authenticated_recently(&self, now_ms: u64) -> bool {
-        let last = self.record.created_at.max(self.confirmed_at.unwrap_or(0));
-        !crate::store::is_ahead_of(last, now_ms)
-            && now_ms.saturating_sub(last) <= RECENT_AUTHENTICATION.as_millis() as u64
+        // Each proof on its own: one stamped ahead must not hide the other.
+        let recent = |at: u64| {
+            !crate::store::is_ahead_of(at, now_ms)
+                && now_ms.saturating_sub(at) <= RECENT_AUTHENTICATION.as_millis() as u64
+        };
+        recent(self.record.created_at) || self.confirmed_at.is_some_and(recent)
     }
 }
 
@@ -236,6 +239,16 @@ impl Sessions {
         let Some(found) = self.store.sessions.resolve(&token_hash, listing).await? else { return Ok(None) };
         let record = found.session;
         let now = now_ms();
+        let newest = record.created_at.max(record.last_seen_at);
+        if crate::store::is_ahead_of(newest, now) {
+            // This clock stepped back, or another instance's runs ahead: the timeouts cannot
+            // be judged, so the session is refused, but kept (an instance whose own clock is
+            // wrong must not end every session it reads), and the operator is told.
+            let ahead = format!("{} s ahead", (newest - now) / 1000);
+            let what = "a session is stamped ahead of this clock: check the clocks (NTP)";
+            crate::fault_log::report(what, crate::fault_log::Severity::Warn, false, &ahead);
+            return Ok(None);
+        }
         if self.is_expired(&record, now) {
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
@@ -524,11 +537,17 @@ mod tests {
         let resolved = sessions.resolve(&near.encode()).await.unwrap().expect("within the skew: valid");
         assert!(resolved.authenticated_recently(now_ms()));
         let stepped = stored(&store, "alice", now - 1000, now + 3_600_000).await;
-        assert!(sessions.resolve(&stepped.encode()).await.unwrap().is_none(), "seen an hour ahead: expired");
+        assert!(sessions.resolve(&stepped.encode()).await.unwrap().is_none(), "seen an hour ahead: refused");
         let made_ahead = stored(&store, "alice", now + 3_600_000, now).await;
-        assert!(sessions.resolve(&made_ahead.encode()).await.unwrap().is_none(), "made an hour ahead: expired");
-        let mut recent = resolved.clone();
-        recent.confirmed_at = Some(now + 3_600_000);
-        assert!(!recent.authenticated_recently(now), "a proof an hour ahead is not recent");
+        assert!(sessions.resolve(&made_ahead.encode()).await.unwrap().is_none(), "made an hour ahead: refused");
+        // Refused, not removed: an instance whose own clock runs behind must not end every
+        // session the others made.
+        assert!(store.sessions.get(&stepped.hash()).await.unwrap().is_some());
+        let mut old = resolved.clone();
+        old.record.created_at = now - 3_600_000;
+        old.confirmed_at = Some(now + 3_600_000);
+        assert!(!old.authenticated_recently(now), "a proof an hour ahead is not recent");
+        old.record.created_at = now - 1000;
+        assert!(old.authenticated_recently(now), "nor does it hide a sign-in that is");
     }
 }
