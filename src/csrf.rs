@@ -28,6 +28,10 @@ pub const PRELOGIN_COOKIE: &str = "__Host-portcullis-pre";
 /// How long a login form stays valid.
 pub const LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 3600);
 
+/// How long past a pre-login value's expiry its retirement is kept (see
+/// [`PreLogin::retired_until_ms`]): longer than any sign-in takes, queue included.
+pub const RETIREMENT_SLACK: Duration = Duration::from_secs(300);
+
 /// How long a pre-login value is accepted: twice a form's lifetime, and a value older than
 /// one form lifetime is replaced when the next form is drawn, so every form shown stays valid
 /// for its whole [`LOGIN_TOKEN_LIFETIME`].
@@ -68,9 +72,17 @@ impl PreLogin {
         self.id
     }
 
+    /// Until when (Unix ms) a retirement of this value must be kept: past its expiry by
+    /// [`RETIREMENT_SLACK`], since a sign-in judged valid just before the expiry retires the
+    /// value only after its password check, which can wait seconds in the hash queue; a
+    /// retirement already lapsed then would let a second sign-in with the same form through.
+    pub fn retired_until_ms(&self) -> u64 {
+        self.expires_at().saturating_add(RETIREMENT_SLACK.as_secs()).saturating_mul(1000)
+    }
+
     /// Whether a form drawn now with this value stays valid for a whole form lifetime.
     pub fn lasts_a_form(&self, now_secs: u64) -> bool {
-        now_secs.saturating_sub(self.issued) <= PRELOGIN_LIFETIME.as_secs() - LOGIN_TOKEN_LIFETIME.as_secs()
+        now_secs.saturating_sub(self.issued) < PRELOGIN_LIFETIME.as_secs() - LOGIN_TOKEN_LIFETIME.as_secs()
     }
 }
 
@@ -278,8 +290,12 @@ mod tests {
         assert!(csrf.prelogin(pre.value(), end - 1).is_some());
         assert_eq!(end, pre.expires_at());
         assert!(csrf.prelogin(pre.value(), end).is_none(), "expired from the second its retirement may be pruned");
-        assert!(pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs()));
-        assert!(!pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs() + 1));
+        // A form drawn with it has a token whose every second the value outlives.
+        assert!(pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs() - 1));
+        assert!(!pre.lasts_a_form(now + LOGIN_TOKEN_LIFETIME.as_secs()));
+        // Its retirement outlives it by longer than a sign-in can wait for its password check.
+        assert_eq!(pre.retired_until_ms(), (end + RETIREMENT_SLACK.as_secs()) * 1000);
+        assert!(RETIREMENT_SLACK >= std::time::Duration::from_secs(60));
         // Values of the old kind (32 random bytes) and tampered values are refused.
         assert!(csrf.prelogin(&URL_SAFE_NO_PAD.encode([9u8; 32]), now).is_none());
         let mut bytes = URL_SAFE_NO_PAD.decode(pre.value()).unwrap();
