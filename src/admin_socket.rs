@@ -234,8 +234,12 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(mut request) => {
             if let Request::Audit { filters, summary: false } = &mut request {
-                // A longer page is cut, its `next` saying where the rest begins.
-                filters.limit = Some(filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).min(RECORDS_PER_ANSWER));
+                // A longer page is cut, its `next` saying where the rest begins; a limit no
+                // command may ask for is left for the review to refuse.
+                let limit = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+                if limit <= crate::review::MAX_LIMIT {
+                    filters.limit = Some(limit.min(RECORDS_PER_ANSWER));
+                }
             }
             execute(users, audit, &request, "cli").await
         }
@@ -275,6 +279,16 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
     let wanted = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
     let mut records = Vec::new();
     let mut filters = filters.clone();
+    // `--since 1h` read again for each page would slide the window while the pages come:
+    // the times are fixed once, here.
+    let now = crate::store::now_ms();
+    for time in [&mut filters.since, &mut filters.until].into_iter().flatten() {
+        if humantime::parse_duration(time.trim()).is_ok() {
+            if let Ok(ms) = crate::review::parse_time(time.trim(), now) {
+                *time = crate::audit::rfc3339(ms);
+            }
+        }
+    }
     loop {
         filters.limit = Some((wanted - records.len()).min(RECORDS_PER_ANSWER));
         let page = Request::Audit { filters: filters.clone(), summary: false };
@@ -282,8 +296,10 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
         let Response::Review { answer: Answer::Records { records: mut more, next } } = answer else {
             return Ok(Some(answer));
         };
+        // An empty page ends it whatever it says: a cursor that brings nothing would repeat.
+        let stalled = more.is_empty();
         records.append(&mut more);
-        if records.len() >= wanted || next.is_none() {
+        if records.len() >= wanted || next.is_none() || stalled {
             return Ok(Some(Response::Review { answer: Answer::Records { records, next } }));
         }
         filters.before = next;

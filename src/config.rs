@@ -517,8 +517,9 @@ pub fn ignored_variables() -> Vec<String> {
     let mut lines = Vec::new();
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if !name.starts_with("PORTCULLIS_") || settings.iter().any(|s| *s == name) || OTHER_VARIABLES.contains(&&*name)
-        {
+        // Any case: `portcullis_database_url` is a different variable, which nothing reads.
+        let known = settings.iter().any(|s| *s == name) || OTHER_VARIABLES.contains(&&*name);
+        if !name.to_ascii_uppercase().starts_with("PORTCULLIS_") || known {
             continue;
         }
         let closest = settings
@@ -643,6 +644,10 @@ impl Parser {
         let chars = value.chars().count();
         if chars > SHOWN_CHARS {
             value = value.chars().take(SHOWN_CHARS).collect();
+            // The parser's reason may quote the value too (a list's bad entry).
+            if message.chars().count() > 2 * SHOWN_CHARS {
+                message = format!("{}…", message.chars().take(2 * SHOWN_CHARS).collect::<String>());
+            }
             message.push_str(&format!(" (the value's first {SHOWN_CHARS} of {chars} characters shown)"));
         }
         ConfigError::Invalid {

@@ -486,7 +486,9 @@ async fn users_list_with_their_valid_sessions_counted(store: &Store) {
     s.insert(&[3; 32], &session("alice", 0, 9900)).await.unwrap(); // exactly 10 s old
     s.insert(&[4; 32], &session("alice", 1000, 9000)).await.unwrap(); // exactly 1 s idle
     s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap(); // seen after `now`: no age
-                                                                      // Stamped further ahead than the clock skew allowed (a clock stepped back): not valid.
+                                                                      // Exactly as far ahead as the clock skew allows: valid on every engine.
+    s.insert(&[9; 32], &session("bob", 9999, 10_000 + super::CLOCK_SKEW_MS)).await.unwrap();
+    // Stamped further ahead than the clock skew allowed (a clock stepped back): not valid.
     s.insert(&[7; 32], &session("carol", 9999, 10_000 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
     s.insert(&[8; 32], &session("carol", 10_000 + super::CLOCK_SKEW_MS + 1, 10_000)).await.unwrap();
     s.insert(&[6; 32], &session("ghost", 9000, 9900)).await.unwrap(); // no such user
@@ -494,7 +496,7 @@ async fn users_list_with_their_valid_sessions_counted(store: &Store) {
     let mut listed: Vec<_> =
         store.users.list_with_sessions(cap, 10_000).await.unwrap().into_iter().map(|(u, n)| (u.key, n)).collect();
     listed.sort();
-    let want = [("alice".to_string(), 1), ("bob".to_string(), 1), ("carol".to_string(), 0)];
+    let want = [("alice".to_string(), 1), ("bob".to_string(), 2), ("carol".to_string(), 0)];
     assert_eq!(listed, want, "users: listed with their valid sessions");
     let alice = store.users.list_with_sessions(cap, 10_000).await.unwrap().into_iter().find(|(u, _)| u.key == "alice");
     assert_eq!(alice.map(|(u, _)| u), Some(user("alice")), "users: the listing holds the whole user");

@@ -202,7 +202,11 @@ async fn a_portcullis_toml_that_links_to_nothing_is_an_error_not_the_defaults() 
 #[tokio::test]
 async fn a_variable_that_names_no_setting_is_warned_about_with_the_setting_it_was_probably_meant_for() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("PORTCULLIS_DATABSE_URL", "postgres://app:hunter2@db/auth"), ("PORTCULLIS_NO_SUCH_THING", "1")];
+    let env = [
+        ("PORTCULLIS_DATABSE_URL", "postgres://app:hunter2@db/auth"),
+        ("PORTCULLIS_NO_SUCH_THING", "1"),
+        ("portcullis_log_dir", "/tmp/x"),
+    ];
     let out = run(check(dir.path(), &[], &env)).await;
     assert_eq!(out.status, 0, "{}", out.stderr);
     assert!(
@@ -214,6 +218,11 @@ async fn a_variable_that_names_no_setting_is_warned_about_with_the_setting_it_wa
     );
     assert!(
         out.stderr.contains("warning: PORTCULLIS_NO_SUCH_THING is not a setting and is ignored\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("portcullis_log_dir is not a setting and is ignored (did you mean PORTCULLIS_LOG_DIR?)"),
         "{}",
         out.stderr
     );
@@ -253,4 +262,9 @@ async fn a_long_refused_value_is_shown_by_its_start_on_one_short_line() {
     assert!(out.stderr.len() < 400, "{}", out.stderr);
     assert!(out.stderr.contains(&format!("\"{}\"", "x".repeat(100))), "{}", out.stderr);
     assert!(out.stderr.contains("(the value's first 100 of 5000 characters shown)"), "{}", out.stderr);
+    // A reason that quotes the value (a list's bad entry) is shortened too.
+    let proxies = format!("10.0.0.1,{}", "x".repeat(3000));
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_TRUSTED_PROXIES", proxies.as_str())])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.len() < 600, "{} bytes: {}", out.stderr.len(), out.stderr);
 }

@@ -375,6 +375,11 @@ async fn a_long_audit_through_a_running_server_comes_in_pages_the_server_can_hol
     let answer = call_within(&app.settings.data_dir, &asked, ANSWER_TIMEOUT).await.unwrap().unwrap();
     let Response::Review { answer: Answer::Records { records: page, next } } = answer else { panic!("records") };
     assert_eq!((page.len(), next.is_some()), (RECORDS_PER_ANSWER, true));
+    // A limit no command may ask for is refused, not quietly cut to a page.
+    let filters = FilterArgs { limit: Some(2_000_000), ..FilterArgs::default() };
+    let asked = Request::Audit { filters, summary: false };
+    let answer = call_within(&app.settings.data_dir, &asked, ANSWER_TIMEOUT).await.unwrap().unwrap();
+    assert!(matches!(answer, Response::Error { .. }), "{answer:?}");
     // The command asks page after page: every record once, in order, and nothing more said.
     let (ok, out, err) = portcullis(&app.settings, &["audit", "--json", "--limit", "1000000"]).await;
     assert!(ok, "{err}");
