@@ -271,12 +271,16 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
 /// A socket that is not this `data_dir`'s server's; a request or answer that cannot be sent
 /// or read.
 pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+    // The server answers at most RECORDS_PER_ANSWER records at a time: ask page after page,
+    // each after the last one's cursor, and hand the caller one answer of all of them. A
+    // limit no command may ask for goes as it is, for the server to refuse.
     let Request::Audit { filters, summary: false } = request else {
         return call_within(data_dir, request, ANSWER_TIMEOUT).await;
     };
-    // The server answers at most RECORDS_PER_ANSWER records at a time: ask page after page,
-    // each after the last one's cursor, and hand the caller one answer of all of them.
     let wanted = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if !(1..=crate::review::MAX_LIMIT).contains(&wanted) {
+        return call_within(data_dir, request, ANSWER_TIMEOUT).await;
+    }
     let mut records = Vec::new();
     let mut filters = filters.clone();
     // `--since 1h` read again for each page would slide the window while the pages come:
