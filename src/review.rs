@@ -249,14 +249,29 @@ fn give_back_freed_memory() {
 /// 300-character fields took a server to 843 MB, a review measured).
 const SUMMARY_BATCH: usize = 5_000;
 
+/// Summaries counted at once in this process; more wait their turn. A summary's tallies
+/// hold one entry per distinct address and username (tens of MB over 100,000 records of long
+/// attacker-chosen names), so sixteen admin page views at once took a server from 266 to
+/// 634 MB (a review measured); in turn, an admin waits a little longer instead.
+const SUMMARIES_AT_ONCE: usize = 2;
+
+/// The turns of [`SUMMARIES_AT_ONCE`].
+fn summary_turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SUMMARIES_AT_ONCE);
+    &TURNS
+}
+
 /// The summary of up to [`SUMMARY_SCAN_LIMIT`] records matching `q` (newest first), read in
 /// batches of [`SUMMARY_BATCH`] and counted off the async workers; partial when more match.
+/// At most [`SUMMARIES_AT_ONCE`] are counted at a time.
 async fn summarise_in_batches(
     audit: &crate::audit::Audit,
     mut q: FailureQuery,
     end: u64,
     hours: usize,
 ) -> Result<Summary, ReviewError> {
+    // The semaphore is never closed, so acquiring fails only if it were.
+    let _turn = summary_turns().acquire().await.map_err(|_| ReviewError::Stopped)?;
     q.before = None;
     let mut tally = Tally::new(end, hours);
     let mut counted = 0;
@@ -857,6 +872,20 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 48);
         assert!(!svg.contains("<script") && !svg.contains("style="));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn summaries_past_the_number_at_once_wait_their_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("data")).unwrap();
+        let audit = crate::audit::Audit::open(&dir.path().join("logs"), 1, Some(store)).unwrap();
+        let args = FilterArgs::default();
+        let taken = summary_turns().acquire_many(SUMMARIES_AT_ONCE as u32).await.unwrap();
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(200), review(&audit, &args, true, 100, HOUR_MS));
+        assert!(waiting.await.is_err(), "every turn taken: it waits");
+        drop(taken);
+        assert!(matches!(review(&audit, &args, true, 100, HOUR_MS).await, Ok(Answer::Summary { .. })));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
