@@ -720,7 +720,15 @@ mod tests {
             Form { csrf: self.service.csrf.login_token(pre.value(), now), prelogin: pre.value().to_string() }
         }
 
-        async fn try_with(&self, form: &Form, csrf: &str, user: &str, password: &str, captcha: &str) -> Outcome {
+        /// The attempt's result, an error included.
+        async fn judge(
+            &self,
+            form: &Form,
+            csrf: &str,
+            user: &str,
+            password: &str,
+            captcha: &str,
+        ) -> Result<Outcome, SignInError> {
             let attempt = Attempt {
                 client: &self.client,
                 username: user,
@@ -731,7 +739,11 @@ mod tests {
                 previous_session: None,
                 next: None,
             };
-            self.service.attempt(attempt).await.unwrap()
+            self.service.attempt(attempt).await
+        }
+
+        async fn try_with(&self, form: &Form, csrf: &str, user: &str, password: &str, captcha: &str) -> Outcome {
+            self.judge(form, csrf, user, password, captcha).await.unwrap()
         }
 
         async fn attempt(&self, user: &str, password: &str) -> Outcome {
@@ -781,17 +793,7 @@ mod tests {
         }
         assert!(!pool.has_room());
         let form = f.form();
-        let attempt = Attempt {
-            client: &f.client,
-            username: "alice",
-            password: Password::new(GOOD),
-            csrf: &form.csrf,
-            prelogin: Some(&form.prelogin),
-            captcha: "",
-            previous_session: None,
-            next: None,
-        };
-        assert!(matches!(f.service.attempt(attempt).await, Err(SignInError::Overloaded)));
+        assert!(matches!(f.judge(&form, &form.csrf, "alice", GOOD, "").await, Err(SignInError::Overloaded)));
         for b in busy {
             b.await.unwrap().unwrap();
         }
@@ -945,17 +947,7 @@ mod tests {
             f.service.captchas = Arc::new(Captchas::new([3; 32], Arc::clone(&state)));
             f.service.state = state;
             let form = f.form();
-            let attempt = Attempt {
-                client: &f.client,
-                username: "alice",
-                password: Password::new(GOOD),
-                csrf: &form.csrf,
-                prelogin: Some(&form.prelogin),
-                captcha: "",
-                previous_session: None,
-                next: None,
-            };
-            let err = match f.service.attempt(attempt).await {
+            let err = match f.judge(&form, &form.csrf, "alice", GOOD, "").await {
                 Err(e) => e,
                 Ok(_) => panic!("judged without its state"),
             };

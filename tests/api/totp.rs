@@ -5,6 +5,7 @@
 
 use portcullis::audit::FailureReason;
 use portcullis::client::AddressKey;
+use portcullis::config::Settings;
 use portcullis::factors::{totp, FactorKind, Proof, Verdict};
 use portcullis::rate_limit::username_digest;
 use portcullis::store::{now_ms, Factors, FailureQuery};
@@ -279,21 +280,31 @@ async fn wrong_codes_count_toward_the_captcha_threshold_and_the_right_password_a
     assert_eq!(got.iter().filter(|r| **r == FailureReason::BadSecondFactor).count(), 2);
 }
 
-#[tokio::test]
-async fn wrong_codes_spend_the_per_username_quota() {
+/// Alice with an authenticator app, under a captcha threshold of 100 and `configure`d
+/// settings, and a browser past her password (two password sign-ins spent).
+async fn alice_at_the_second_step(configure: impl FnOnce(&mut Settings)) -> (TestApp, reqwest::Client) {
     let app = spawn_app_with(|s| {
         s.captcha_after_failures = 100;
-        s.login_quota_per_user =
-            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) });
+        configure(s);
     })
     .await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let first = app.new_browser();
-    sign_in(&app, &first, "alice").await; // 1
-    let step = fresh_step().await;
-    enrol(&app, &first, step).await;
+    sign_in(&app, &first, "alice").await;
+    enrol(&app, &first, fresh_step().await).await;
     let browser = app.new_browser();
-    password_step(&app, &browser, "alice").await; // 2
+    password_step(&app, &browser, "alice").await;
+    (app, browser)
+}
+
+#[tokio::test]
+async fn wrong_codes_spend_the_per_username_quota() {
+    let (app, browser) = alice_at_the_second_step(|s| {
+        s.login_quota_per_user =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) });
+    })
+    .await;
+    // Two spent by the password steps.
     assert_eq!(submit(&app, &browser, "code", "111111").await.status(), 401); // 3
     let resp = submit(&app, &browser, "code", "222222").await;
     assert_eq!(resp.status(), 429);
@@ -355,18 +366,11 @@ async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
 
 #[tokio::test]
 async fn forged_second_step_forms_spend_the_per_address_quota() {
-    let app = spawn_app_with(|s| {
-        s.captcha_after_failures = 100;
+    let (app, browser) = alice_at_the_second_step(|s| {
         s.login_quota_per_ip =
             Some(portcullis::config::Rate { burst: 12, period: std::time::Duration::from_secs(3600) });
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    enrol(&app, &first, fresh_step().await).await;
-    let browser = app.new_browser();
-    password_step(&app, &browser, "alice").await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
         let form = [("csrf", "forged"), ("code", "123456")];
