@@ -242,11 +242,14 @@ impl Sessions {
         let newest = record.created_at.max(record.last_seen_at);
         if crate::store::is_ahead_of(newest, now) {
             // This clock stepped back, or another instance's runs ahead: the timeouts cannot
-            // be judged, so the session is refused, but kept (an instance whose own clock is
-            // wrong must not end every session it reads), and the operator is told.
+            // be judged, so the session ends (kept, it would revive once the clock caught up,
+            // its timeouts stretched by the step, and a sign-out meanwhile would end nothing),
+            // and the operator is told: an instance whose clock runs behind signs users out
+            // until its clock is put right.
             let ahead = format!("{} s ahead", (newest - now) / 1000);
-            let what = "a session is stamped ahead of this clock: check the clocks (NTP)";
+            let what = "a session stamped ahead of this clock was ended: check the clocks (NTP)";
             crate::fault_log::report(what, crate::fault_log::Severity::Warn, false, &ahead);
+            self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
         if self.is_expired(&record, now) {
@@ -540,9 +543,9 @@ mod tests {
         assert!(sessions.resolve(&stepped.encode()).await.unwrap().is_none(), "seen an hour ahead: refused");
         let made_ahead = stored(&store, "alice", now + 3_600_000, now).await;
         assert!(sessions.resolve(&made_ahead.encode()).await.unwrap().is_none(), "made an hour ahead: refused");
-        // Refused, not removed: an instance whose own clock runs behind must not end every
-        // session the others made.
-        assert!(store.sessions.get(&stepped.hash()).await.unwrap().is_some());
+        // Ended, not kept to revive with its timeouts stretched once the clock catches up
+        // (a review: a sign-out meanwhile ended nothing).
+        assert!(store.sessions.get(&stepped.hash()).await.unwrap().is_none());
         let mut old = resolved.clone();
         old.record.created_at = now - 3_600_000;
         old.confirmed_at = Some(now + 3_600_000);
