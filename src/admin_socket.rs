@@ -178,10 +178,12 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         }
         Request::Audit { filters, summary } => {
             let (audit, filters, summary) = (audit.clone(), filters.clone(), *summary);
-            // In a task of its own, so a panic in a review is an error answer, not a lost socket.
-            let answer = tokio::spawn(async move {
+            // In a task of its own, so a panic in a review is an error answer, not a lost socket;
+            // ended with the connection.
+            let answer = crate::review::Spawned::new(async move {
                 review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms()).await
             })
+            .finished()
             .await;
             return match answer {
                 Ok(Ok(answer)) => Response::Review { answer },

@@ -646,7 +646,8 @@ impl Parser {
             value = value.chars().take(SHOWN_CHARS).collect();
             // The parser's reason may quote the value too (a list's bad entry).
             if message.chars().count() > 2 * SHOWN_CHARS {
-                message = format!("{}…", message.chars().take(2 * SHOWN_CHARS).collect::<String>());
+                // ASCII: the message is escaped afterwards, and `…` would show as `\u{2026}`.
+                message = format!("{}...", message.chars().take(2 * SHOWN_CHARS).collect::<String>());
             }
             message.push_str(&format!(" (the value's first {SHOWN_CHARS} of {chars} characters shown)"));
         }

@@ -249,6 +249,33 @@ fn give_back_freed_memory() {
 /// 300-character fields took a server to 843 MB, a review measured).
 const SUMMARY_BATCH: usize = 5_000;
 
+/// A review run in a task of its own (so a panic in it is an error answer, not a lost
+/// connection), aborted when whoever awaits it goes away: a page view or a socket request
+/// that is closed must not go on counting summaries other reviews wait their turn for.
+pub struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Spawned<T> {
+    /// Spawns `work` on the runtime.
+    pub fn new(work: impl std::future::Future<Output = T> + Send + 'static) -> Self
+    where
+        T: Send + 'static,
+    {
+        Spawned(tokio::spawn(work))
+    }
+
+    /// Its result; `Err` when it panicked.
+    pub async fn finished(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        // Nothing once it has finished.
+        self.0.abort();
+    }
+}
+
 /// Summaries counted at once in this process; more wait their turn. A summary's tallies
 /// hold one entry per distinct address and username (tens of MB over 100,000 records of long
 /// attacker-chosen names), so sixteen admin page views at once took a server from 266 to
@@ -872,6 +899,22 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 48);
         assert!(!svg.contains("<script") && !svg.contains("style="));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_review_whose_asker_went_away_stops() {
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&taken);
+        let spawned = Spawned::new(async move {
+            let _turn = summary_turns().acquire().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(spawned);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        // Aborted at its next await, its turn (a permit, dropped with it) given back.
+        assert!(!taken.load(std::sync::atomic::Ordering::SeqCst), "aborted with its asker");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

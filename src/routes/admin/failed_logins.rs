@@ -132,8 +132,9 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
 
     let audit = state.audit.clone();
     let f = filters.clone();
-    // In a task of its own, so a panic in a review is a 500 page, not a dropped connection.
-    let results = tokio::spawn(async move {
+    // In a task of its own, so a panic in a review is a 500 page, not a dropped connection;
+    // ended with the page view.
+    let results = crate::review::Spawned::new(async move {
         let now = now_ms();
         let page = review(&audit, &f, false, PAGE, now).await;
         if let Err(ReviewError::Store(_)) = &page {
@@ -156,6 +157,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         };
         (page, summary, chart)
     })
+    .finished()
     .await;
     let Ok((page, summary, chart)) = results else { return error_page(StatusCode::INTERNAL_SERVER_ERROR) };
 
