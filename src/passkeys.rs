@@ -528,6 +528,21 @@ mod tests {
         assert!(passkeys.begin_registration(&alice).await.is_ok());
     }
 
+    #[tokio::test]
+    async fn the_purge_forgets_addresses_whose_begin_quota_is_full_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Url::parse("https://localhost:4000").unwrap();
+        let quick = crate::config::Rate { burst: 1, period: std::time::Duration::from_millis(20) };
+        let passkeys = Passkeys::new(Store::open(dir.path()).unwrap(), "localhost", &origin, Some(quick)).unwrap();
+        let address = crate::client::AddressKey::of("192.0.2.7".parse().unwrap());
+        passkeys.spend_begin_quota(&address).unwrap();
+        assert!(passkeys.spend_begin_quota(&address).is_err(), "one begin per 20 ms");
+        assert_eq!(passkeys.begins_per_address.len(), 1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        passkeys.purge().await.unwrap();
+        assert_eq!(passkeys.begins_per_address.len(), 0, "pruned with the ceremonies");
+    }
+
     #[test]
     fn the_rp_id_is_the_setting_or_else_the_public_host() {
         let origin = Url::parse("https://login.example.com:8443").unwrap();

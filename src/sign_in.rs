@@ -802,6 +802,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_form_that_signed_in_stays_retired_past_its_expiry_by_the_slack() {
+        let f = fixture(None, None, 100).await;
+        let form = f.form();
+        assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, "").await));
+        let pre = f.service.csrf.prelogin(&form.prelogin, now_ms() / 1000).unwrap();
+        let expiry_ms = pre.expires_at() * 1000;
+        // A sign-in judged valid just before the expiry retires after its check: the
+        // retirement must outlive the expiry, or a second sign-in with the form gets through.
+        f.service.state.prune(expiry_ms + 60_000).await.unwrap();
+        assert!(f.service.state.is_retired(pre.id()).await.unwrap(), "kept past the expiry");
+        f.service.state.prune(pre.retired_until_ms() + 1).await.unwrap();
+        assert!(!f.service.state.is_retired(pre.id()).await.unwrap(), "then forgotten");
+    }
+
+    #[tokio::test]
     async fn csrf_failures_do_not_spend_the_per_username_quota() {
         let f = fixture(None, rate(1), 100).await;
         for _ in 0..5 {

@@ -673,3 +673,28 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     let late = browser.post(app.url("/account/totp")).form(&retyped).send().await.unwrap();
     assert_eq!(late.status(), 409, "overtaken, whatever was mistyped on the way");
 }
+
+#[tokio::test]
+async fn an_authenticator_set_up_again_with_no_recovery_codes_left_brings_a_fresh_set() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    sign_in(&app, &browser, "alice").await;
+    let step = fresh_step().await;
+    enrol(&app, &browser, step).await;
+    // Every code used up (or never printed): a user must not be left without any.
+    app.state.store.factors.set_recovery_codes("alice", &[]).await.unwrap();
+    let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let b32 = hidden_field(&page, "secret").unwrap();
+    let secret = totp::from_base32(&b32).unwrap().to_vec();
+    let form = [
+        ("csrf", hidden_field(&page, "csrf").unwrap()),
+        ("secret", b32),
+        ("tag", hidden_field(&page, "tag").unwrap()),
+        ("replacing", hidden_field(&page, "replacing").expect("the page replaces an authenticator")),
+        ("code", code(&secret, step)),
+    ];
+    let resp = browser.post(app.url("/account/totp")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "codes shown");
+    assert_eq!(recovery_codes(&resp.text().await.unwrap()).len(), 10);
+}
