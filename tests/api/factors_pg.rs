@@ -9,6 +9,7 @@ use portcullis::store::now_ms;
 use crate::child;
 use crate::helpers::{hidden_field, spawn_app_with, GOOD_PASSWORD};
 use crate::pg;
+use crate::totp::enrolment_form;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_a_totp_step_is_used_once_across_instances_and_the_cli_resets_factors() {
@@ -92,14 +93,7 @@ async fn on_postgresql_a_factor_write_failing_half_way_leaves_nothing_half_done(
     .unwrap();
     let enrol = || async {
         let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
-        let b32 = hidden_field(&page, "secret").unwrap();
-        let secret = totp::from_base32(&b32).unwrap().to_vec();
-        let form = [
-            ("csrf", hidden_field(&page, "csrf").unwrap()),
-            ("secret", b32),
-            ("tag", hidden_field(&page, "tag").unwrap()),
-            ("code", totp::code_at(&secret, now_ms() / 1000).unwrap()),
-        ];
+        let (_, form) = enrolment_form(&page, &|s| totp::code_at(s, now_ms() / 1000).unwrap());
         browser.post(app.url("/account/totp")).form(&form).send().await.unwrap()
     };
     let refused = enrol().await;

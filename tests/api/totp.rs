@@ -42,6 +42,21 @@ pub(crate) async fn sign_in(app: &TestApp, browser: &reqwest::Client, name: &str
     assert_eq!(resp.status(), 303);
 }
 
+/// The authenticator form on `page` (`/account/totp`) filled in with the code `code_of` gives
+/// for its secret, and the secret.
+pub(crate) fn enrolment_form(page: &str, code_of: &dyn Fn(&[u8]) -> String) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    let b32 = hidden_field(page, "secret").unwrap();
+    let secret = totp::from_base32(&b32).unwrap().to_vec();
+    let fields = vec![
+        ("csrf", hidden_field(page, "csrf").unwrap()),
+        ("secret", b32),
+        ("tag", hidden_field(page, "tag").unwrap()),
+        ("replacing", hidden_field(page, "replacing").unwrap_or_default()),
+        ("code", code_of(&secret)),
+    ];
+    (secret, fields)
+}
+
 /// Enrols an authenticator app on `/account/totp` as a person does, with the code of the
 /// step before `step` (one step of drift is allowed), so that `step` itself is still unused.
 /// Returns the secret and the recovery codes shown once.
@@ -608,21 +623,9 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
         let (app, browser) = (app.url("/account/totp"), browser.clone());
         async move { browser.get(app).send().await.unwrap().text().await.unwrap() }
     };
-    let form = |page: &str, code_of: &dyn Fn(&[u8]) -> String| {
-        let b32 = hidden_field(page, "secret").unwrap();
-        let secret = totp::from_base32(&b32).unwrap().to_vec();
-        let fields = vec![
-            ("csrf", hidden_field(page, "csrf").unwrap()),
-            ("secret", b32),
-            ("tag", hidden_field(page, "tag").unwrap()),
-            ("replacing", hidden_field(page, "replacing").unwrap_or_default()),
-            ("code", code_of(&secret)),
-        ];
-        (secret, fields)
-    };
     let (first, second) = (page(&app, &browser).await, page(&app, &browser).await);
-    let (secret_a, form_a) = form(&first, &|s| code(s, step - 1));
-    let (secret_b, form_b) = form(&second, &|s| code(s, step - 1));
+    let (secret_a, form_a) = enrolment_form(&first, &|s| code(s, step - 1));
+    let (secret_b, form_b) = enrolment_form(&second, &|s| code(s, step - 1));
     let a = browser.post(app.url("/account/totp")).form(&form_a).send().await.unwrap();
     assert_eq!(a.status(), 200, "the first is set up, with codes");
     let codes = recovery_codes(&a.text().await.unwrap());
@@ -645,7 +648,7 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     // Replacing, from a page shown now: stored; a page from before the replacement: refused.
     let (stale, fresh) = (first, page(&app, &browser).await);
     assert!(fresh.contains("keeps working until this one is confirmed"), "the page says it replaces");
-    let (secret_c, form_c) = form(&fresh, &|s| code(s, step));
+    let (secret_c, form_c) = enrolment_form(&fresh, &|s| code(s, step));
     let c = browser.post(app.url("/account/totp")).form(&form_c).send().await.unwrap();
     // A new phone for the same factor: the printed codes stay good, no new set replaces them
     // (a review found them silently voided).
@@ -653,7 +656,7 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     let kept =
         app.state.factors.verify("alice", &Proof::RecoveryCode(codes[0].clone().into()), step * totp::STEP_SECS).await;
     assert_eq!(kept.unwrap(), Verdict::Accepted(FactorKind::RecoveryCodes), "the codes from before still work");
-    let (_, form_stale) = form(&stale, &|s| code(s, step));
+    let (_, form_stale) = enrolment_form(&stale, &|s| code(s, step));
     let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();
     assert_eq!(late.status(), 409, "a page from before the replacement");
     assert!(accepted(secret_c, step + 3).await, "the replacement is stored");
@@ -662,14 +665,14 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     // window overtaken meanwhile still gets the 409 (found by a source review: the page read
     // the store again and turned into a replacement of the other window's authenticator).
     let (one, two) = (page(&app, &browser).await, page(&app, &browser).await);
-    let (_, form_one) = form(&one, &|s| code(s, step));
+    let (_, form_one) = enrolment_form(&one, &|s| code(s, step));
     assert!(browser.post(app.url("/account/totp")).form(&form_one).send().await.unwrap().status().as_u16() < 400);
-    let (_, mistyped) = form(&two, &|_| "000000".into());
+    let (_, mistyped) = enrolment_form(&two, &|_| "000000".into());
     let again = browser.post(app.url("/account/totp")).form(&mistyped).send().await.unwrap();
     assert_eq!(again.status(), 400);
     let again = again.text().await.unwrap();
     assert_eq!(hidden_field(&again, "replacing"), hidden_field(&two, "replacing"), "the state it began from");
-    let (_, retyped) = form(&again, &|s| code(s, step));
+    let (_, retyped) = enrolment_form(&again, &|s| code(s, step));
     let late = browser.post(app.url("/account/totp")).form(&retyped).send().await.unwrap();
     assert_eq!(late.status(), 409, "overtaken, whatever was mistyped on the way");
 }
@@ -685,15 +688,8 @@ async fn an_authenticator_set_up_again_with_no_recovery_codes_left_brings_a_fres
     // Every code used up (or never printed): a user must not be left without any.
     app.state.store.factors.set_recovery_codes("alice", &[]).await.unwrap();
     let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
-    let b32 = hidden_field(&page, "secret").unwrap();
-    let secret = totp::from_base32(&b32).unwrap().to_vec();
-    let form = [
-        ("csrf", hidden_field(&page, "csrf").unwrap()),
-        ("secret", b32),
-        ("tag", hidden_field(&page, "tag").unwrap()),
-        ("replacing", hidden_field(&page, "replacing").expect("the page replaces an authenticator")),
-        ("code", code(&secret, step)),
-    ];
+    assert!(hidden_field(&page, "replacing").is_some(), "the page replaces an authenticator");
+    let (_, form) = enrolment_form(&page, &|s| code(s, step));
     let resp = browser.post(app.url("/account/totp")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), 200, "codes shown");
     assert_eq!(recovery_codes(&resp.text().await.unwrap()).len(), 10);
