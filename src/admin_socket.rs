@@ -284,17 +284,8 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
         return call_within(data_dir, request, ANSWER_TIMEOUT).await;
     }
     let mut records = Vec::new();
-    let mut filters = filters.clone();
-    // `--since 1h` read again for each page would slide the window while the pages come:
-    // the times are fixed once, here.
-    let now = crate::store::now_ms();
-    for time in [&mut filters.since, &mut filters.until].into_iter().flatten() {
-        if humantime::parse_duration(time.trim()).is_ok() {
-            if let Ok(ms) = crate::review::parse_time(time.trim(), now) {
-                *time = crate::audit::rfc3339(ms);
-            }
-        }
-    }
+    // `--since 1h` read again for each page would slide the window while the pages come.
+    let mut filters = filters.with_times_fixed(crate::store::now_ms());
     loop {
         filters.limit = Some((wanted - records.len()).min(RECORDS_PER_ANSWER));
         let page = Request::Audit { filters: filters.clone(), summary: false };

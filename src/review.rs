@@ -136,6 +136,21 @@ pub fn parse_reason(s: &str) -> Result<FailureReason, FilterError> {
 }
 
 impl FilterArgs {
+    /// These filters with a relative `since` or `until` (`1h`) written as the RFC 3339 time it
+    /// means at `now_ms`, so that pages asked for one after another read the same window.
+    /// Anything else, a time that does not parse included, is left for [`FilterArgs::to_query`].
+    pub fn with_times_fixed(&self, now_ms: u64) -> FilterArgs {
+        let mut fixed = self.clone();
+        for time in [&mut fixed.since, &mut fixed.until].into_iter().flatten() {
+            if humantime::parse_duration(time.trim()).is_ok() {
+                if let Ok(ms) = parse_time(time.trim(), now_ms) {
+                    *time = rfc3339(ms);
+                }
+            }
+        }
+        fixed
+    }
+
     /// The store query these filters mean. `default_limit` applies when no limit was given; a
     /// limit outside 1..=[`MAX_LIMIT`] is refused (never wrapped to "no limit" or clamped).
     pub fn to_query(&self, now_ms: u64, default_limit: usize) -> Result<FailureQuery, FilterError> {
@@ -899,6 +914,17 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 48);
         assert!(!svg.contains("<script") && !svg.contains("style="));
+    }
+
+    #[test]
+    fn relative_times_are_fixed_for_paging_and_the_window_stays_the_same() {
+        let args =
+            FilterArgs { since: Some("2h".into()), until: Some("2026-11-30T09:00:00Z".into()), ..Default::default() };
+        let fixed = args.with_times_fixed(3 * HOUR_MS);
+        assert_eq!(fixed.since.as_deref(), Some(rfc3339(HOUR_MS).as_str()));
+        assert_eq!(fixed.until, args.until, "an RFC 3339 time is left as it is");
+        let later = 5 * HOUR_MS;
+        assert_eq!(fixed.to_query(later, 1).unwrap().since, args.to_query(3 * HOUR_MS, 1).unwrap().since);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
