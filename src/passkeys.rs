@@ -154,8 +154,9 @@ impl Passkeys {
         per_address: Option<crate::config::Rate>,
     ) -> anyhow::Result<Self> {
         let begins_per_address = Arc::new(crate::rate_limit::Limiter::new(per_address, crate::rate_limit::MAX_KEYS));
+        let sign_in_begins = sign_in_begins();
         if rp_id.parse::<IpAddr>().is_ok() {
-            return Ok(Passkeys { webauthn: None, store, sign_in_begins: sign_in_begins(), begins_per_address });
+            return Ok(Passkeys { webauthn: None, store, sign_in_begins, begins_per_address });
         }
         let webauthn = WebauthnBuilder::new(rp_id, origin)
             .map_err(|e| anyhow::anyhow!("webauthn_rp_id {rp_id:?} does not fit public_url {origin}: {e}"))?
@@ -163,7 +164,7 @@ impl Passkeys {
             .timeout(CEREMONY_LIFETIME)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up WebAuthn for {rp_id:?} at {origin}: {e}"))?;
-        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins: sign_in_begins(), begins_per_address })
+        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins, begins_per_address })
     }
 
     /// Whether passkeys can be used here (see [`Passkeys::new`]).

@@ -239,20 +239,18 @@ impl Sessions {
         let Some(found) = self.store.sessions.resolve(&token_hash, listing).await? else { return Ok(None) };
         let record = found.session;
         let now = now_ms();
-        let newest = record.created_at.max(record.last_seen_at);
-        if crate::store::is_ahead_of(newest, now) {
-            // This clock stepped back, or another instance's runs ahead: the timeouts cannot
-            // be judged, so the session ends (kept, it would revive once the clock caught up,
-            // its timeouts stretched by the step, and a sign-out meanwhile would end nothing),
-            // and the operator is told: an instance whose clock runs behind signs users out
-            // until its clock is put right.
-            let ahead = format!("{} s ahead", (newest - now) / 1000);
-            let what = "a session stamped ahead of this clock was ended: check the clocks (NTP)";
-            crate::fault_log::report(what, crate::fault_log::Severity::Warn, false, &ahead);
-            self.store.sessions.delete(&token_hash).await?;
-            return Ok(None);
-        }
         if self.is_expired(&record, now) {
+            let newest = record.created_at.max(record.last_seen_at);
+            if crate::store::is_ahead_of(newest, now) {
+                // This clock stepped back, or another instance's runs ahead (`is_expired`
+                // counts such a stamp as expired: kept, the session would revive once the clock
+                // caught up, its timeouts stretched by the step, and a sign-out meanwhile would
+                // end nothing). The operator is told: an instance whose clock runs behind signs
+                // users out until its clock is put right.
+                let ahead = format!("{} s ahead", (newest - now) / 1000);
+                let what = "a session stamped ahead of this clock was ended: check the clocks (NTP)";
+                crate::fault_log::report(what, crate::fault_log::Severity::Warn, false, &ahead);
+            }
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         }
