@@ -13,3 +13,10 @@ pub fn give_back_freed() {
         libc::malloc_trim(0);
     }
 }
+
+/// [`give_back_freed`] on the runtime's blocking threads, from async code: it locks every
+/// arena in turn, which an async worker must not wait for. Must be called within a tokio
+/// runtime.
+pub fn give_back_freed_off_the_workers() {
+    drop(tokio::task::spawn_blocking(give_back_freed));
+}

@@ -231,7 +231,7 @@ pub async fn review(
         let hours = q.since.map_or(SUMMARY_HOURS, |since| (end / HOUR_MS + 1).saturating_sub(since / HOUR_MS));
         let hours = hours.clamp(1, SUMMARY_HOURS) as usize;
         let summary = summarise_in_batches(audit, q, end, hours).await?;
-        give_back_freed_memory();
+        crate::memory::give_back_freed_off_the_workers();
         return Ok(Answer::Summary { summary });
     }
     // `to_query` bounds the limit, so one more (to know whether a next page exists) fits; and
@@ -249,14 +249,9 @@ pub async fn review(
     drop(found);
     // A page of the socket's size is thousands of records; the admin page's 100 are nothing.
     if records.len() > 1000 {
-        give_back_freed_memory();
+        crate::memory::give_back_freed_off_the_workers();
     }
     Ok(Answer::Records { records, next })
-}
-
-/// [`crate::memory::give_back_freed`] off the async workers (it locks every arena in turn).
-fn give_back_freed_memory() {
-    drop(tokio::task::spawn_blocking(crate::memory::give_back_freed));
 }
 
 /// Records read from the store at a time while summarising: a summary holds its tallies
