@@ -296,28 +296,18 @@ impl Settings {
             })
             .collect();
         // `[access]` is file only: shown as the inline table it is equal to, so the whole
-        // output stays one valid TOML document.
-        // What the file leaves out is shown as the default it takes.
-        let access = file.as_ref().and_then(|(path, table)| table.get("access").map(|t| (path, t.clone())));
-        let access = access.map(|(path, mut table)| {
-            if let toml::Value::Table(t) = &mut table {
-                t.entry("default_policy").or_insert_with(|| toml::Value::String("deny".into()));
-                t.entry("rules").or_insert_with(|| toml::Value::Array(Vec::new()));
-            }
-            (path, table)
-        });
-        shown.push(match access {
-            Some((path, table)) => Effective {
-                key: "access",
-                value: escape_controls(&table.to_string()),
-                source: format!("file {}", escape_controls(&path.display().to_string())),
-            },
-            None => Effective {
-                key: "access",
-                value: r#"{ default_policy = "deny", rules = [] }"#.into(),
-                source: "default".into(),
-            },
-        });
+        // output stays one valid TOML document; what the file leaves out (or all of it, with
+        // no `[access]`) is shown as the default it takes.
+        let (mut access, source) = match file.as_ref().and_then(|(path, table)| table.get("access").map(|t| (path, t)))
+        {
+            Some((path, table)) => (table.clone(), format!("file {}", escape_controls(&path.display().to_string()))),
+            None => (toml::Value::Table(toml::Table::new()), "default".into()),
+        };
+        if let toml::Value::Table(t) = &mut access {
+            t.entry("default_policy").or_insert_with(|| toml::Value::String("deny".into()));
+            t.entry("rules").or_insert_with(|| toml::Value::Array(Vec::new()));
+        }
+        shown.push(Effective { key: "access", value: escape_controls(&access.to_string()), source });
         Ok(shown)
     }
 
@@ -462,6 +452,11 @@ impl Settings {
     }
 }
 
+/// The environment variable of setting `key`: `PORTCULLIS_` and the key in upper case.
+fn env_name(key: &str) -> String {
+    format!("PORTCULLIS_{}", key.to_uppercase())
+}
+
 /// The file layer (the named file, or `portcullis.toml` when present) and the environment
 /// layer (`PORTCULLIS_<KEY>` for every key).
 fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Table)>, Overrides), ConfigError> {
@@ -479,7 +474,7 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
     };
     let mut env = Overrides::new();
     for k in KEYS {
-        let var = format!("PORTCULLIS_{}", k.name.to_uppercase());
+        let var = env_name(k.name);
         match std::env::var(&var) {
             Ok(v) => {
                 env.insert(k.name.to_string(), v);
@@ -513,7 +508,7 @@ const OTHER_VARIABLES: &[&str] = &[
 /// store. Names are shown with their controls escaped; values never (they may hold
 /// passwords). Variables in [`OTHER_VARIABLES`] are not reported.
 pub fn ignored_variables() -> Vec<String> {
-    let settings: Vec<String> = KEYS.iter().map(|k| format!("PORTCULLIS_{}", k.name.to_uppercase())).collect();
+    let settings: Vec<String> = KEYS.iter().map(|k| env_name(k.name)).collect();
     let mut lines = Vec::new();
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
@@ -551,7 +546,7 @@ fn layered(
             }
         }
         if let Some(v) = env.get(key.name) {
-            let source = format!("env PORTCULLIS_{}", key.name.to_uppercase());
+            let source = format!("env {}", env_name(key.name));
             raw.insert(key.name, Raw { value: toml::Value::String(v.clone()), source });
         }
         if let Some(v) = flags.get(key.name) {
