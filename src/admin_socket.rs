@@ -374,3 +374,98 @@ pub async fn call_within(data_dir: &Path, request: &Request, timeout: Duration) 
         serde_json::from_str(&line).map_err(|_| anyhow::anyhow!("the server's admin socket gave no answer"))?;
     Ok(Some(response))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::review::RecordView;
+
+    fn record(n: usize) -> RecordView {
+        RecordView {
+            time: format!("2026-12-01T00:00:{:02}Z", n % 60),
+            ip: "192.0.2.1".into(),
+            username: "alice".into(),
+            reason: "bad_password".into(),
+            user_agent: String::new(),
+            count: 1,
+            typed: None,
+            instance: String::new(),
+        }
+    }
+
+    /// A stand-in for the server on `data_dir`'s socket (the client's paging is what is
+    /// tested, not the server's): answers the requests it gets with `pages` in turn, and
+    /// keeps the filters each asked with.
+    fn stand_in(data_dir: &Path, pages: Vec<Answer>) -> (Arc<Mutex<Vec<FilterArgs>>>, tokio::task::JoinHandle<()>) {
+        let listener = UnixListener::bind(socket_path(data_dir)).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&asked);
+        let task = tokio::spawn(async move {
+            for page in pages {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                BufReader::new(read).read_line(&mut line).await.unwrap();
+                let request: Request = serde_json::from_str(&line).unwrap();
+                let Request::Audit { filters, .. } = &request else { panic!("not a review") };
+                kept.lock().unwrap().push(filters.clone());
+                let mut out = serde_json::to_vec(&Response::Review { answer: page }).unwrap();
+                out.push(b'\n');
+                write.write_all(&out).await.unwrap();
+            }
+        });
+        (asked, task)
+    }
+
+    fn records_of(response: Option<Response>) -> (usize, Option<String>) {
+        match response {
+            Some(Response::Review { answer: Answer::Records { records, next } }) => (records.len(), next),
+            _ => panic!("no page of records"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_fixes_relative_times_once_and_asks_page_after_page_from_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = (0..RECORDS_PER_ANSWER).map(record).collect();
+        let pages = vec![
+            Answer::Records { records: full, next: Some("c1".into()) },
+            Answer::Records { records: vec![record(0)], next: Some("c2".into()) },
+        ];
+        let (asked, task) = stand_in(dir.path(), pages);
+        let filters = FilterArgs {
+            since: Some("1h".into()),
+            until: Some("10m".into()),
+            limit: Some(RECORDS_PER_ANSWER + 1),
+            ..Default::default()
+        };
+        let answer = call(dir.path(), &Request::Audit { filters, summary: false }).await.unwrap();
+        assert_eq!(records_of(answer), (RECORDS_PER_ANSWER + 1, Some("c2".into())), "both pages, as one answer");
+        task.await.unwrap();
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 2);
+        // `1h` read again by the server for the second page would slide the window.
+        let since = asked[0].since.as_deref().unwrap();
+        assert!(humantime::parse_rfc3339(since).is_ok(), "a time, not a duration: {since}");
+        assert_eq!((&asked[1].since, &asked[1].until), (&asked[0].since, &asked[0].until), "the same times");
+        assert_eq!((asked[0].limit, asked[1].limit), (Some(RECORDS_PER_ANSWER), Some(1)));
+        assert_eq!((asked[0].before.as_deref(), asked[1].before.as_deref()), (None, Some("c1")));
+    }
+
+    #[tokio::test]
+    async fn an_empty_page_ends_the_paging_whatever_its_cursor_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = vec![
+            Answer::Records { records: vec![], next: Some("c1".into()) },
+            Answer::Records { records: vec![record(0)], next: None },
+        ];
+        let (asked, task) = stand_in(dir.path(), pages);
+        let filters = FilterArgs { limit: Some(10), ..Default::default() };
+        let answer = call(dir.path(), &Request::Audit { filters, summary: false }).await.unwrap();
+        assert_eq!(records_of(answer).0, 0, "no second request");
+        task.abort();
+        assert_eq!(asked.lock().unwrap().len(), 1);
+    }
+}

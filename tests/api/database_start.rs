@@ -55,7 +55,7 @@ async fn serve_started_before_its_database_waits_for_it_then_serves_without_a_re
 #[tokio::test]
 async fn sigterm_while_serve_waits_for_its_database_stops_it_cleanly() {
     // Nothing listens on this port: a database that is not there (no PostgreSQL needed).
-    let port = crate::pg::free_port();
+    let port = crate::helpers::free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = child::command(dir.path());
     cmd.args(child::QUICK)

@@ -226,6 +226,11 @@ impl TestApp {
     }
 }
 
+/// A free port on 127.0.0.1 (taken and let go: the server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The value of `<input type="hidden" name="NAME" value="...">` in a page.
 pub fn hidden_field(html: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");

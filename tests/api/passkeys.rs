@@ -20,15 +20,10 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::WebauthnAuthenticator;
 use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse};
 
-use crate::helpers::{hidden_field, spawn_app, spawn_app_with, TestApp, Visitor, GOOD_PASSWORD};
+use crate::helpers::{free_port, hidden_field, spawn_app, spawn_app_with, TestApp, Visitor, GOOD_PASSWORD};
 
 pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&resp.text().await.unwrap()).unwrap()
-}
-
-/// A free port on 127.0.0.1 (taken and let go: the server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `public_url` https://localhost:PORT, so the relying-party id is `localhost` (WebAuthn
@@ -164,6 +159,28 @@ async fn a_passkey_registered_on_the_account_page_signs_in_from_login_with_two_f
     assert_eq!(ok["event"], "authn_login_success");
     let page = other.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("last used"), "the use is noted: {page}");
+}
+
+#[tokio::test]
+async fn a_form_a_passkey_signed_in_with_stays_retired_past_its_expiry_by_the_slack() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "my laptop").await;
+    let other = app.new_browser();
+    let form = other.get(app.url("/login")).send().await.unwrap();
+    let prelogin = crate::helpers::cookie_value(&form, "__Host-portcullis-pre").expect("a pre-login cookie");
+    let csrf = hidden_field(&form.text().await.unwrap(), "csrf").unwrap();
+    let begin = begin_sign_in(&app, &other, &csrf).await;
+    let credential = assert_with(&app, &mut device, json(begin).await);
+    assert_eq!(finish(&app, &other, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let pre = app.state.csrf.prelogin(&prelogin, now).expect("the form's pre-login value");
+    // A passkey sign-in judged just before the expiry retires the form after its checks, as a
+    // password's does: the retirement must outlive the expiry.
+    app.state.brute_force.prune(pre.expires_at() * 1000 + 60_000).await.unwrap();
+    assert!(app.state.brute_force.is_retired(pre.id()).await.unwrap(), "kept past the expiry");
+    app.state.brute_force.prune(pre.retired_until_ms() + 1).await.unwrap();
+    assert!(!app.state.brute_force.is_retired(pre.id()).await.unwrap(), "then forgotten");
 }
 
 #[tokio::test]
@@ -694,4 +711,44 @@ async fn discoverable_sign_ins_begun_from_many_addresses_are_bounded_per_second_
     for (status, retry) in answers.iter().filter(|(s, _)| *s != 200) {
         assert_eq!((*status, retry.as_deref()), (503, Some("1")), "past the rate: busy, not the client's fault");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discoverable_sign_ins_refused_for_the_rate_are_logged_once_per_interval_with_the_count() {
+    use crate::child::{quick_with, ServerProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    // Passkeys need a host name; the flags need 'static strings (a test's leak).
+    let addr: &'static str = Box::leak(format!("127.0.0.1:{port}").into_boxed_str());
+    let public: &'static str = Box::leak(format!("https://localhost:{port}").into_boxed_str());
+    let args = quick_with(&[("--https-addr", addr), ("--public-url", public)]);
+    let server = tokio::task::block_in_place(|| ServerProcess::start(dir.path(), &args));
+    let client = server.browser();
+    let page = client.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    use futures_util::StreamExt;
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..1000u32)
+        .map(|_| {
+            let req = client.post(server.url("/login/passkey/begin")).form(&[("csrf", csrf.as_str())]);
+            async move { req.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let busy = statuses.iter().filter(|s| **s == 503).count();
+    assert!(busy > 0, "past the burst some are refused: {statuses:?}");
+    let stderr = server.stderr.lock().unwrap().clone();
+    let lines: Vec<&String> =
+        stderr.iter().filter(|l| l.contains("passkey sign-ins refused: too many begun")).collect();
+    // The first refusal at once, then at most one line per 10 s: not one per refusal.
+    let most = 1 + elapsed.as_secs() as usize / 10;
+    assert!(
+        !lines.is_empty() && lines.len() <= most,
+        "{} lines for {busy} refusals in {elapsed:?}: {lines:#?}",
+        lines.len()
+    );
+    assert!(lines[0].contains("WARN"), "a warning: {}", lines[0]);
+    drop(server);
 }

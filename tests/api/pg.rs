@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::helpers::free_port;
 use portcullis::postgres::url::DatabaseUrl;
 
 /// Environment variable that turns a skip (no PostgreSQL binaries) into a failure.
@@ -141,10 +142,6 @@ fn chown(path: &Path, user: Option<(libc::uid_t, libc::gid_t)>) {
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start() -> Result<Cluster, String> {

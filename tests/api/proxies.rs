@@ -21,7 +21,7 @@ use portcullis::session::SessionToken;
 use portcullis::store::{now_ms, Factors, Session};
 use reqwest::StatusCode;
 
-use crate::helpers::{hidden_field, spawn_in, test_settings, TestApp, GOOD_PASSWORD};
+use crate::helpers::{free_port, hidden_field, spawn_in, test_settings, TestApp, GOOD_PASSWORD};
 use crate::pg::REQUIRE_ALL;
 
 const DOMAIN: &str = "example.test";
@@ -79,10 +79,6 @@ fn pki(dir: &Path) -> Pki {
     std::fs::write(&p.chain, format!("{}{}", cert.pem(), ca.pem())).unwrap();
     std::fs::write(&p.key, key.serialize_pem()).unwrap();
     p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// portcullis as the proxies' auth server: public_url on login.example.test, the domain
