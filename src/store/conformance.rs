@@ -464,13 +464,17 @@ async fn sessions_round_trip_and_expire(store: &Store) {
     s.insert(&[4; 32], &session("alice", 4000, 10_000)).await.unwrap();
     s.insert(&[5; 32], &session("carol", 400, 10_400)).await.unwrap();
     s.insert(&[6; 32], &session("carol", 9000, 10_400)).await.unwrap();
-    assert_eq!(s.purge_expired(1000, 10_000, 10_500).await.unwrap(), 2, "sessions: purge both timeouts");
+    // [7] stamped further ahead than the clock skew allows, [9] exactly as far as it allows.
+    s.insert(&[7; 32], &session("carol", 9000, 10_500 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
+    s.insert(&[9; 32], &session("carol", 9000, 10_500 + super::CLOCK_SKEW_MS)).await.unwrap();
+    let purged = s.purge_expired(1000, 10_000, 10_500).await.unwrap();
+    assert_eq!(purged, 3, "sessions: purge both timeouts and a stamp too far ahead");
     let mut alive = Vec::new();
-    for h in [3u8, 4, 5, 6] {
+    for h in [3u8, 4, 5, 6, 7, 9] {
         alive.push(s.get(&[h; 32]).await.unwrap().is_some());
     }
-    assert_eq!(alive, [false, true, false, true]);
-    assert_eq!(s.list_for_user("carol").await.unwrap().len(), 1, "sessions: purge cleans the user index");
+    assert_eq!(alive, [false, true, false, true, false, true]);
+    assert_eq!(s.list_for_user("carol").await.unwrap().len(), 2, "sessions: purge cleans the user index");
 }
 
 /// `user list` in one read: every user (those without sessions too) with the sessions still
@@ -485,8 +489,8 @@ async fn users_list_with_their_valid_sessions_counted(store: &Store) {
     s.insert(&[2; 32], &session("alice", 1000, 8000)).await.unwrap(); // idle 2 s
     s.insert(&[3; 32], &session("alice", 0, 9900)).await.unwrap(); // exactly 10 s old
     s.insert(&[4; 32], &session("alice", 1000, 9000)).await.unwrap(); // exactly 1 s idle
-    s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap(); // seen after `now`: no age
-                                                                      // Exactly as far ahead as the clock skew allows: valid on every engine.
+                                                                      // [5] seen after `now`: no age; [9] exactly as far ahead as the clock skew allows: valid.
+    s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap();
     s.insert(&[9; 32], &session("bob", 9999, 10_000 + super::CLOCK_SKEW_MS)).await.unwrap();
     // Stamped further ahead than the clock skew allowed (a clock stepped back): not valid.
     s.insert(&[7; 32], &session("carol", 9999, 10_000 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
@@ -524,6 +528,12 @@ async fn a_session_starts_in_place_of_the_previous_one_within_the_cap(store: &St
     let mut kept: Vec<u8> = s.times_for_user("alice").await.unwrap().iter().map(|t| t.token_hash[0]).collect();
     kept.sort();
     assert_eq!(kept, [3, 5, 6], "sessions: then the least recently used");
+    // [7]: stamped further ahead than the clock skew allows, so expired, not the newest.
+    s.insert(&[7; 32], &session("alice", 20_400, 20_400 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
+    s.start(None, &[10; 32], &session("alice", 20_400, 20_400), cap, 20_400).await.unwrap();
+    let mut kept: Vec<u8> = s.times_for_user("alice").await.unwrap().iter().map(|t| t.token_hash[0]).collect();
+    kept.sort();
+    assert_eq!(kept, [5, 6, 10], "sessions: a session stamped ahead goes first");
     assert!(s.get(&[8; 32]).await.unwrap().is_some(), "sessions: another user's sessions are not counted or ended");
 }
 

@@ -553,13 +553,16 @@ impl SessionStore for PgStore {
     }
 
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
-        // The sled engine's rule: idle or old for at least the limit.
+        // `SessionCap::has_expired`, as the sled engine: idle or old for at least the limit,
+        // or stamped further ahead than the clock skew allows ($4).
+        let newest = ms(now.saturating_add(super::CLOCK_SKEW_MS));
         let n = self
             .client()
             .await?
             .execute(
-                "DELETE FROM sessions WHERE $3::bigint - last_seen_at_ms >= $1 OR $3::bigint - created_at_ms >= $2",
-                &[&ms(idle_ms), &ms(absolute_ms), &ms(now)],
+                "DELETE FROM sessions WHERE $3::bigint - last_seen_at_ms >= $1 OR $3::bigint - created_at_ms >= $2
+                    OR greatest(last_seen_at_ms, created_at_ms) > $4::bigint",
+                &[&ms(idle_ms), &ms(absolute_ms), &ms(now), &newest],
             )
             .await?;
         Ok(n as usize)

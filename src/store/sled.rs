@@ -1019,9 +1019,8 @@ impl SessionStore for SledStore {
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         let n = self
             .blocking(move |s| {
-                s.purge_sessions(|r| {
-                    now.saturating_sub(r.last_seen_at) >= idle_ms || now.saturating_sub(r.created_at) >= absolute_ms
-                })
+                let cap = super::SessionCap { max_per_user: usize::MAX, idle_ms, absolute_ms };
+                s.purge_sessions(|r| cap.has_expired(r.created_at, r.last_seen_at, now))
             })
             .await?;
         self.durable(n).await
