@@ -357,13 +357,22 @@ impl Settings {
             async_workers: p.parse("async_workers", |s| parse_range(s, 0, 1024))? as usize,
             hash_queue: p.parse("hash_queue", |s| parse_range(s, 1, 1_000_000))? as usize,
             cert_check_interval: p.parse("cert_check_interval", parse_duration)?,
-            database_url: p.parse("database_url", |s| {
-                if s.is_empty() {
-                    Ok(None)
-                } else {
-                    crate::postgres::url::DatabaseUrl::parse(s).map(Some)
-                }
-            })?,
+            database_url: if p.given_empty("database_url") {
+                // `PORTCULLIS_DATABASE_URL="$PGURL"` with `$PGURL` unset in a new shell: read
+                // as "not set", an instance of a cluster would start alone on a new sled store.
+                return Err(p.invalid(
+                    "database_url",
+                    "is empty: give a postgres:// URL, or leave it out (unset the variable, remove the line) for the sled store in data_dir",
+                ));
+            } else {
+                p.parse("database_url", |s| {
+                    if s.is_empty() {
+                        Ok(None)
+                    } else {
+                        crate::postgres::url::DatabaseUrl::parse(s).map(Some)
+                    }
+                })?
+            },
             instance_name: p.parse("instance_name", parse_instance_name)?,
             webauthn_rp_id: p.parse("webauthn_rp_id", parse_rp_id)?,
             second_factor: p.parse("second_factor", SecondFactorPolicy::parse)?,
@@ -655,6 +664,13 @@ impl Parser {
         }
     }
 
+    /// Whether `key` was given (in the file, the environment or a flag) as an empty or blank
+    /// string, rather than left at its default.
+    fn given_empty(&self, key: &'static str) -> bool {
+        let raw = self.get(key);
+        raw.source != "default" && raw.value.as_str().is_some_and(|s| s.trim().is_empty())
+    }
+
     fn parse<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
         let raw = self.get(key);
         let text = match &raw.value {
@@ -908,6 +924,13 @@ mod tests {
         assert_eq!(s.database_url.as_ref().map(|u| u.dbname()), Some("auth"));
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(Settings::default().database_url.is_none(), "sled stays the default");
+        // Given, but empty (a shell variable that was not set): not silently the sled store.
+        for empty in ["", "  "] {
+            let err = Settings::from_layers(None, &flags(&[("database_url", empty)]), &Overrides::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("database_url") && err.contains("is empty"), "{err}");
+        }
     }
 
     #[test]

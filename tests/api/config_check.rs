@@ -229,9 +229,23 @@ async fn a_variable_that_names_no_setting_is_warned_about_with_the_setting_it_wa
     assert!(!out.stderr.contains("hunter2"), "a value is never shown: {}", out.stderr);
     // The settings' own variables, --config's, and the project's test variables are not warned about.
     std::fs::write(dir.path().join("site.toml"), "").unwrap();
-    let env = [("PORTCULLIS_DATABASE_URL", ""), ("PORTCULLIS_REQUIRE_ALL", "1"), ("PORTCULLIS_CONFIG", "site.toml")];
+    let env =
+        [("PORTCULLIS_INSTANCE_NAME", "one"), ("PORTCULLIS_REQUIRE_ALL", "1"), ("PORTCULLIS_CONFIG", "site.toml")];
     let out = run(check(dir.path(), &[], &env)).await;
     assert_eq!((out.status, out.stderr.as_str()), (0, ""));
+}
+
+#[tokio::test]
+async fn an_empty_database_url_is_refused_not_taken_for_the_sled_store() {
+    // `PORTCULLIS_DATABASE_URL="$PGURL"` in a shell where PGURL is not set.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_DATABASE_URL", "")])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("database_url") && out.stderr.contains("is empty"), "{}", out.stderr);
+    std::fs::write(dir.path().join("site.toml"), "database_url = \"\"\n").unwrap();
+    let out = run(check(dir.path(), &["--config", "site.toml"], &[])).await;
+    assert_eq!(out.status, 2, "in the file too: {}", out.stderr);
 }
 
 #[tokio::test]
