@@ -242,11 +242,10 @@ impl Application {
         // one (an instance started before its factor.key was copied in).
         let key_file = settings.data_dir.join(crate::factors::key::KEY_FILE);
         if !key_file.try_exists().unwrap_or(true) {
-            let recorded = services.store.secrets.export().await?;
-            let keyed = recorded.iter().any(|(name, _)| name == crate::factors::key::FINGERPRINT_NAME);
+            let keyed = services.store.secrets.get(crate::factors::key::FINGERPRINT_NAME).await?.is_some();
             if keyed || services.store.factors.any_totp().await?.is_some() {
                 anyhow::bail!(
-                    "there is no {}, and this store's second factors are keyed with one: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
+                    "there is no {}, and this store was first used with one: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
                     key_file.display()
                 );
             }

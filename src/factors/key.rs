@@ -98,7 +98,9 @@ impl FactorKey {
         use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(KEY_FILE);
         let io = |source| KeyError::Io { path: path.clone(), source };
-        crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
+        // A key copied in with the wrong mode (`install -m 0644`) is made private as the
+        // store's own files are.
+        crate::store::ensure_private_dir(dir, |name| name == KEY_FILE).map_err(io)?;
         match std::fs::read_to_string(&path) {
             Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -216,6 +218,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let b = FactorKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.id, b.id);
+        // Copied in readable by others (`install -m 0644`): made private, and still the key.
+        let file = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(FactorKey::load_or_create(dir.path()).unwrap().id, a.id);
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
         assert!(matches!(FactorKey::load_or_create(dir.path()), Err(KeyError::Malformed(_))));
     }

@@ -268,6 +268,19 @@ impl SecondFactors {
         Ok(())
     }
 
+    /// Whether the store records a factor key other than this server's: another was recorded
+    /// after `store forget-factor-key` while this server ran on. It can then neither open
+    /// what the other servers seal nor seal what they can open, so it is not ready
+    /// (`GET /readyz`). No key recorded is no disagreement: the next enrolment records this
+    /// server's.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn has_another_key(&self) -> Result<bool, StoreError> {
+        let recorded = self.store.secrets.get(key::FINGERPRINT_NAME).await?;
+        Ok(recorded.is_some_and(|r| r != self.key.fingerprint()))
+    }
+
     /// Removes the user's authenticator app; when no other second factor is left the recovery
     /// codes go too (they stand in for a factor the user no longer has). Returns whether there
     /// was one.

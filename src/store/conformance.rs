@@ -718,10 +718,13 @@ async fn secrets_are_stable_and_agreed_on(store: &Store) {
     assert_eq!(store.secrets.secret("csrf").await.unwrap(), seen[0], "secrets: stable");
     assert_ne!(store.secrets.secret("captcha").await.unwrap(), seen[0], "secrets: one per name");
     // A claimed value: the first claim stays, until it is forgotten.
+    assert_eq!(store.secrets.get("fingerprint").await.unwrap(), None, "secrets: none before the claim");
     assert_eq!(store.secrets.claim("fingerprint", &[7; 32]).await.unwrap(), [7; 32], "secrets: claimed");
+    assert_eq!(store.secrets.get("fingerprint").await.unwrap(), Some([7; 32]), "secrets: read");
     assert_eq!(store.secrets.claim("fingerprint", &[8; 32]).await.unwrap(), [7; 32], "secrets: the first claim stays");
     assert!(store.secrets.forget("fingerprint").await.unwrap(), "secrets: forgotten");
     assert!(!store.secrets.forget("fingerprint").await.unwrap(), "secrets: forgotten once");
+    assert_eq!(store.secrets.get("fingerprint").await.unwrap(), None, "secrets: none once forgotten");
     assert_eq!(store.secrets.claim("fingerprint", &[8; 32]).await.unwrap(), [8; 32], "secrets: claimed anew");
 }
 

@@ -662,6 +662,8 @@ pub trait SecretStore: Send + Sync {
     /// The value called `name`, set durably to `value` unless it has one already: what every
     /// instance then agrees on (of concurrent first claims from any instance, one wins).
     async fn claim(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]>;
+    /// The value called `name`, if it has one; never creates it.
+    async fn get(&self, name: &str) -> Result<Option<[u8; 32]>>;
     /// Forgets the value called `name`, durably; whether there was one.
     async fn forget(&self, name: &str) -> Result<bool>;
     /// Every secret made so far, by name (there are a few): what `store copy` moves.

@@ -824,6 +824,13 @@ impl SecretStore for PgStore {
         Ok(crate::postgres::secrets::claim(&client, name, value).await?)
     }
 
+    async fn get(&self, name: &str) -> Result<Option<[u8; 32]>> {
+        let row = self.client().await?.query_opt("SELECT value FROM secrets WHERE name = $1", &[&name]).await?;
+        let Some(row) = row else { return Ok(None) };
+        let value: Vec<u8> = row.get(0);
+        Ok(Some(value.try_into().map_err(|_| StoreError::Corrupt(format!("secret {name}")))?))
+    }
+
     async fn forget(&self, name: &str) -> Result<bool> {
         Ok(self.client().await?.execute("DELETE FROM secrets WHERE name = $1", &[&name]).await? > 0)
     }

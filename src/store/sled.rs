@@ -1348,6 +1348,11 @@ impl SecretStore for SledStore {
         self.durable(stored).await
     }
 
+    async fn get(&self, name: &str) -> Result<Option<[u8; 32]>> {
+        let Some(v) = self.meta.get(format!("{SECRET_PREFIX}{name}"))? else { return Ok(None) };
+        Ok(Some(v.as_ref().try_into().map_err(|_| StoreError::Corrupt(format!("secret {name}")))?))
+    }
+
     async fn forget(&self, name: &str) -> Result<bool> {
         let gone = self.meta.remove(format!("{SECRET_PREFIX}{name}"))?.is_some();
         self.durable(gone).await

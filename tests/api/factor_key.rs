@@ -124,15 +124,20 @@ async fn store_copy_refuses_a_local_factor_key_the_store_was_not_first_used_with
 }
 
 #[tokio::test]
-async fn a_running_server_keys_no_factor_once_the_store_records_another_key() {
+async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records_another_key() {
     use portcullis::factors::key::FINGERPRINT_NAME;
     let app = spawn_app_with(|_| {}).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
+    let ready = || async { app.client.get(app.url("/readyz")).send().await.unwrap().status().as_u16() };
+    assert_eq!(ready().await, 200);
     // As after `store forget-factor-key` with this server left running, and another instance
     // started with a new key.
     let secrets = &app.state.store.secrets;
     assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
+    assert_eq!(ready().await, 200, "no key recorded: nothing disagrees yet");
     secrets.claim(FINGERPRINT_NAME, &[9; 32]).await.unwrap();
+    // A load balancer takes it out: the servers with the recorded key serve second factors.
+    assert_eq!(ready().await, 503);
     let secret = totp::new_secret().unwrap();
     let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
     let other_key = |e: portcullis::factors::FactorError| {
@@ -147,5 +152,6 @@ async fn a_running_server_keys_no_factor_once_the_store_records_another_key() {
         app.state.factors.enrol_totp("alice", &secret, &code, None).await.unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
+    assert_eq!(ready().await, 200);
     app.stop().await;
 }
