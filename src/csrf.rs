@@ -93,6 +93,13 @@ pub enum CsrfError {
     Random(#[from] crate::random::RandomError),
 }
 
+/// Bytes of [`Csrf::seal_ceremony`]'s tag (128 bits, as the pre-login value's).
+const CEREMONY_TAG_BYTES: usize = 16;
+
+/// Longest sealed ceremony cookie opened: webauthn-rs's discoverable state is a few hundred
+/// bytes; a browser keeps cookies up to 4 KiB.
+const MAX_CEREMONY_COOKIE_CHARS: usize = 4096;
+
 #[derive(Clone)]
 pub struct Csrf {
     key: [u8; 32],
@@ -178,6 +185,42 @@ impl Csrf {
         self.mac(&[b"login", prelogin.as_bytes(), time]).verify_slice(tag).is_ok()
     }
 
+    /// A discoverable passkey sign-in's server state (`state`, webauthn-rs's, as JSON) as the
+    /// browser keeps it until the finish, in the ceremony cookie: the state and its expiry
+    /// (`expires_at_secs`) with a 128-bit HMAC tag binding them to the pre-login value `pre`.
+    /// Nothing is stored, so beginning sign-ins costs the server no store (a flood of begins
+    /// from many addresses once filled it), and any instance with the secret can finish one.
+    /// The state holds nothing secret (its challenge is in the options the page gets); the
+    /// tag keeps a client from choosing it. A ceremony is used once because its pre-login
+    /// value is: a sign-in retires it ([`crate::brute_force::BruteForceState::succeed`]).
+    pub fn seal_ceremony(&self, pre: &PreLogin, state: &str, expires_at_secs: u64) -> String {
+        let expires = expires_at_secs.to_be_bytes();
+        let tag = self.mac(&[b"passkey sign-in", &pre.id, &expires, state.as_bytes()]).finalize().into_bytes();
+        let mut out = Vec::with_capacity(8 + state.len() + CEREMONY_TAG_BYTES);
+        out.extend_from_slice(&expires);
+        out.extend_from_slice(state.as_bytes());
+        out.extend_from_slice(&tag[..CEREMONY_TAG_BYTES]);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// The state [`Csrf::seal_ceremony`] sealed into `cookie` for `pre`, if the tag checks (in
+    /// constant time) and it has not expired at `now_secs`; `None` for anything else (another
+    /// form's, altered, expired, or no sealed ceremony at all).
+    pub fn open_ceremony(&self, pre: &PreLogin, cookie: &str, now_secs: u64) -> Option<String> {
+        if cookie.len() > MAX_CEREMONY_COOKIE_CHARS {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        let (expires, rest) = bytes.split_first_chunk::<8>()?;
+        let (state, tag) = rest.split_at_checked(rest.len().checked_sub(CEREMONY_TAG_BYTES)?)?;
+        let mac = self.mac(&[b"passkey sign-in", &pre.id, expires, state]);
+        mac.verify_truncated_left(tag).ok()?;
+        if now_secs >= u64::from_be_bytes(*expires) {
+            return None;
+        }
+        String::from_utf8(state.to_vec()).ok()
+    }
+
     /// The hidden-field token for forms shown to a signed-in user.
     pub fn session_token(&self, session_hash: &[u8; 32]) -> String {
         URL_SAFE_NO_PAD.encode(self.mac(&[b"session", session_hash]).finalize().into_bytes())
@@ -255,6 +298,29 @@ impl RetiredSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_ceremony_opens_only_for_its_form_unaltered_and_until_it_expires() {
+        let csrf = Csrf::new([7; 32]);
+        let now = 1_000_000;
+        let (pre, other) = (csrf.issue_prelogin(now).unwrap(), csrf.issue_prelogin(now).unwrap());
+        let state = r#"{"challenge":"abc"}"#;
+        let sealed = csrf.seal_ceremony(&pre, state, now + 300);
+        assert_eq!(csrf.open_ceremony(&pre, &sealed, now + 299).as_deref(), Some(state));
+        assert_eq!(csrf.open_ceremony(&pre, &sealed, now + 300), None, "expired at the second it ends");
+        assert_eq!(csrf.open_ceremony(&other, &sealed, now), None, "another form's");
+        assert_eq!(Csrf::new([8; 32]).open_ceremony(&pre, &sealed, now), None, "another server's secret");
+        // Any byte changed (the expiry, the state, the tag) and it does not open.
+        let bytes = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+        for i in 0..bytes.len() {
+            let mut altered = bytes.clone();
+            altered[i] ^= 1;
+            assert_eq!(csrf.open_ceremony(&pre, &URL_SAFE_NO_PAD.encode(&altered), now), None, "byte {i}");
+        }
+        for junk in ["", "%%%", "AAAA", &"A".repeat(5000), &sealed[..sealed.len() - 2]] {
+            assert_eq!(csrf.open_ceremony(&pre, junk, now), None, "{junk:.20}");
+        }
+    }
 
     #[test]
     fn a_login_token_works_only_with_its_cookie_and_only_for_a_while() {

@@ -1,8 +1,11 @@
 //! Passkeys (WebAuthn, W3C Web Authentication Level 3) with webauthn-rs: registration on
 //! `/account`, discoverable sign-in from `/login`, and a passkey as the second factor. The
 //! protocol (challenges, origin and RP-id checks, signatures, user verification) is
-//! webauthn-rs's; this module keeps its ceremony state in the store, bound to the browser by
-//! a random cookie, for [`CEREMONY_LIFETIME`] and one use, and keeps the passkeys per user.
+//! webauthn-rs's; this module keeps the passkeys per user, and the state of a registration or
+//! a second-factor check in the store, bound to the browser by a random cookie, for
+//! [`CEREMONY_LIFETIME`] and one use. A discoverable sign-in names no user, so nothing bounds
+//! how many are begun: its state goes to the browser instead, sealed to the sign-in form
+//! (`csrf::Csrf::seal_ceremony`), and the store keeps none.
 //!
 //! User verification is required in every ceremony (SPEC.md "Second factors"), so a passkey
 //! sign-in proves two factors: the device (something you have) and its PIN or biometric.
@@ -29,17 +32,6 @@ pub const CEREMONY_COOKIE: &str = "__Host-portcullis-webauthn";
 /// short enough that a stolen challenge is soon void (W3C WebAuthn §15.1 recommends a
 /// timeout of 5 minutes for user verification).
 pub const CEREMONY_LIFETIME: Duration = Duration::from_secs(300);
-
-/// Discoverable sign-ins one process begins per second at most, after a burst of
-/// [`SIGN_IN_BEGIN_BURST`]. Their ceremonies name no user, so the one-per-user bound of the
-/// other kinds cannot hold them, and the per-address quota does not bound many addresses (an
-/// IPv6 /48 holds 65,536 /64s): this keeps the open ones under about
-/// `SIGN_IN_BEGINS_PER_SEC × CEREMONY_LIFETIME` = 15,000 per instance (some 9 MB of store at
-/// about 600 bytes each) whatever the addresses. Past it a begin is a 503; the password form
-/// is untouched.
-pub const SIGN_IN_BEGINS_PER_SEC: u32 = 50;
-/// The burst [`SIGN_IN_BEGINS_PER_SEC`] allows (a crowd pressing the button after an outage).
-pub const SIGN_IN_BEGIN_BURST: u32 = 500;
 
 /// Longest passkey name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -71,9 +63,6 @@ pub enum PasskeyError {
     /// The user has [`MAX_PER_USER`] passkeys.
     #[error("at most {MAX_PER_USER} passkeys per user")]
     TooMany,
-    /// More discoverable sign-ins are being begun than [`SIGN_IN_BEGINS_PER_SEC`] allows (503).
-    #[error("too many passkey sign-ins are being begun; try again in a moment")]
-    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -92,6 +81,13 @@ pub struct Begun {
     pub options: String,
     /// The [`CEREMONY_COOKIE`] value.
     pub cookie: String,
+}
+
+/// A begun discoverable sign-in: the options for `navigator.credentials`, and webauthn-rs's
+/// state as JSON, for the caller to seal into the ceremony cookie (nothing is stored).
+pub struct BegunSignIn {
+    pub options: String,
+    pub state: zeroize::Zeroizing<String>,
 }
 
 /// A registration's server state: webauthn-rs's, and the user handle offered with it (kept
@@ -114,20 +110,10 @@ pub struct Verified {
 pub struct Passkeys {
     webauthn: Option<Arc<Webauthn>>,
     store: Store,
-    /// [`SIGN_IN_BEGINS_PER_SEC`], for this process (shared by clones).
-    sign_in_begins: Arc<governor::DefaultDirectRateLimiter>,
     /// Discoverable sign-ins one address may begin (`login_quota_per_ip`'s rate, counted
-    /// apart from the password form's, in this process): pressing the passkey button while
-    /// the server is busy must not use up the address's password sign-ins.
+    /// apart from the password form's, in this process): pressing the passkey button again
+    /// and again must not use up the address's password sign-ins.
     begins_per_address: Arc<crate::rate_limit::Limiter<crate::client::AddressKey>>,
-}
-
-/// The limiter of discoverable sign-in begins.
-fn sign_in_begins() -> Arc<governor::DefaultDirectRateLimiter> {
-    // Both constants are non-zero literals.
-    let per_sec = std::num::NonZeroU32::new(SIGN_IN_BEGINS_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN);
-    let burst = std::num::NonZeroU32::new(SIGN_IN_BEGIN_BURST).unwrap_or(std::num::NonZeroU32::MIN);
-    Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)))
 }
 
 /// The relying-party id for `webauthn_rp_id` (when set) or `origin`'s host (SPEC.md:
@@ -154,9 +140,8 @@ impl Passkeys {
         per_address: Option<crate::config::Rate>,
     ) -> anyhow::Result<Self> {
         let begins_per_address = Arc::new(crate::rate_limit::Limiter::new(per_address, crate::rate_limit::MAX_KEYS));
-        let sign_in_begins = sign_in_begins();
         if rp_id.parse::<IpAddr>().is_ok() {
-            return Ok(Passkeys { webauthn: None, store, sign_in_begins, begins_per_address });
+            return Ok(Passkeys { webauthn: None, store, begins_per_address });
         }
         let webauthn = WebauthnBuilder::new(rp_id, origin)
             .map_err(|e| anyhow::anyhow!("webauthn_rp_id {rp_id:?} does not fit public_url {origin}: {e}"))?
@@ -164,7 +149,7 @@ impl Passkeys {
             .timeout(CEREMONY_LIFETIME)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up WebAuthn for {rp_id:?} at {origin}: {e}"))?;
-        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, sign_in_begins, begins_per_address })
+        Ok(Passkeys { webauthn: Some(Arc::new(webauthn)), store, begins_per_address })
     }
 
     /// Whether passkeys can be used here (see [`Passkeys::new`]).
@@ -309,20 +294,20 @@ impl Passkeys {
     }
 
     /// Begins a discoverable sign-in (no username: the authenticator offers its passkeys for
-    /// this site; W3C WebAuthn §7.2 with an empty `allowCredentials`).
+    /// this site; W3C WebAuthn §7.2 with an empty `allowCredentials`). The state is the
+    /// caller's to keep (the module note): nothing is stored.
     ///
     /// # Errors
-    /// [`PasskeyError::Disabled`]; [`PasskeyError::Busy`] past [`SIGN_IN_BEGINS_PER_SEC`];
-    /// [`PasskeyError::Store`].
-    pub async fn begin_sign_in(&self) -> Result<Begun, PasskeyError> {
-        if self.webauthn.is_some() && self.sign_in_begins.check().is_err() {
-            return Err(PasskeyError::Busy);
-        }
+    /// [`PasskeyError::Disabled`]; [`PasskeyError::Rejected`] when webauthn-rs cannot begin
+    /// (no random challenge) or its state cannot be written.
+    pub fn begin_sign_in(&self) -> Result<BegunSignIn, PasskeyError> {
         let (mut rcr, state): (RequestChallengeResponse, DiscoverableAuthentication) =
             self.webauthn()?.start_discoverable_authentication().map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         // webauthn-rs asks for conditional mediation (autofill); ours is a button.
         rcr.mediation = None;
-        self.open(CeremonyKind::SignIn, None, &state, &rcr).await
+        let state = serde_json::to_string(&state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        let options = serde_json::to_string(&rcr).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
+        Ok(BegunSignIn { options, state: zeroize::Zeroizing::new(state) })
     }
 
     /// The credential id and user handle a sign-in answer claims, before it is verified, so
@@ -340,16 +325,19 @@ impl Passkeys {
         Ok(self.store.passkeys.passkey(id).await?)
     }
 
-    /// Finishes a discoverable sign-in: verifies the answer against the ceremony this browser
-    /// began and the passkey it names (whose user handle must match), and notes the use.
+    /// Finishes a discoverable sign-in: verifies the answer against `state` (what
+    /// [`Passkeys::begin_sign_in`] gave, as the browser kept it, its seal checked by the
+    /// caller; `None` when there was none that opened) and the passkey the answer names (whose
+    /// user handle must match), and notes the use.
     ///
     /// # Errors
     /// [`PasskeyError::NoCeremony`]; [`PasskeyError::Rejected`] for an unknown passkey, a
     /// wrong user handle, a failed verification, or a signature counter that did not move
     /// forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
-    pub async fn finish_sign_in(&self, cookie: Option<&str>, credential: &str) -> Result<Verified, PasskeyError> {
+    pub async fn finish_sign_in(&self, state: Option<&str>, credential: &str) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
-        let state: DiscoverableAuthentication = self.take(cookie, CeremonyKind::SignIn, None).await?;
+        let state: DiscoverableAuthentication =
+            serde_json::from_str(state.ok_or(PasskeyError::NoCeremony)?).map_err(|_| PasskeyError::NoCeremony)?;
         let cred: PublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         let (handle, id) =
@@ -503,30 +491,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn discoverable_sign_ins_past_the_processs_rate_are_busy_and_store_nothing() {
+    async fn discoverable_sign_ins_store_nothing_and_a_state_that_is_not_one_is_no_ceremony() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let origin = Url::parse("https://localhost:4000").unwrap();
-        let limited =
-            governor::Quota::per_hour(std::num::NonZeroU32::MIN).allow_burst(std::num::NonZeroU32::new(3).unwrap());
-        let passkeys = Passkeys {
-            sign_in_begins: Arc::new(governor::RateLimiter::direct(limited)),
-            ..Passkeys::new(store.clone(), "localhost", &origin, None).unwrap()
-        };
-        let mut cookies = Vec::new();
-        for _ in 0..3 {
-            cookies.push(passkeys.begin_sign_in().await.unwrap().cookie);
+        let passkeys = Passkeys::new(store.clone(), "localhost", &origin, None).unwrap();
+        for _ in 0..100 {
+            let begun = passkeys.begin_sign_in().unwrap();
+            assert!(begun.options.contains("challenge") && begun.state.contains("challenge"));
         }
-        assert!(matches!(passkeys.begin_sign_in().await, Err(PasskeyError::Busy)));
-        // The three begun are open (each can be taken once); the refused one left nothing.
-        for c in &cookies {
-            let token = SessionToken::parse(c).unwrap();
-            assert!(store.passkeys.take_ceremony(&token.hash(), now_ms()).await.unwrap().is_some());
+        assert_eq!(store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 0, "none stored");
+        for state in [None, Some(""), Some("{}"), Some("not json")] {
+            assert!(matches!(passkeys.finish_sign_in(state, "{}").await, Err(PasskeyError::NoCeremony)), "{state:?}");
         }
-        assert_eq!(store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 0);
-        // The other kinds are bounded per user instead, and not held back by this one.
-        let alice = crate::store::conformance::user("alice");
-        assert!(passkeys.begin_registration(&alice).await.is_ok());
     }
 
     #[tokio::test]

@@ -193,8 +193,6 @@ pub async fn login_begin(req: &Request, body: Body, state: State<'_>) -> Respons
         Ok(BeginOutcome::Refused(_)) => {
             json_error(StatusCode::FORBIDDEN, "This page has expired. Please reload it and try again.")
         }
-        // Retry-After: 1, as every 503 (`json_error`).
-        Ok(BeginOutcome::Busy) => json_error(StatusCode::SERVICE_UNAVAILABLE, "The server is busy. Please try again."),
         Err(e) => {
             crate::fault_log::report("passkey sign-in not begun", Severity::Error, e.is_unavailable(), &e);
             let status = crate::routes::fault_status(e.is_unavailable());

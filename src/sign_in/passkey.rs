@@ -2,9 +2,10 @@
 //! password, no captcha). The same defences as a password sign-in, in the same order where
 //! they apply (see the parent module):
 //! 1. the per-address quota (beginning a ceremony counts against a quota of its own at the
-//!    same rate, in this process, since it makes a store record; the answer against the
-//!    password form's),
-//! 2. CSRF, bound to the pre-login cookie,
+//!    same rate, in this process; the answer against the password form's),
+//! 2. CSRF, bound to the pre-login cookie; the ceremony's state, sealed to that cookie's
+//!    value when it began (`csrf::Csrf::seal_ceremony`), is kept by the browser, not the
+//!    store, and is used once because the value is retired by the sign-in,
 //! 3. no captcha: a user-verified passkey is not guessable, and this is the accessible way
 //!    past the picture (WCAG 2.2 SC 3.3.8, "Accessible Authentication (Minimum)"),
 //! 4. the assertion (webauthn-rs); a failure adds to the address's failure count and is
@@ -20,8 +21,7 @@
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{Client, FailureReason};
 use crate::brute_force::Retire;
-use crate::fault_log::Severity;
-use crate::passkeys::{Begun, PasskeyError, Passkeys};
+use crate::passkeys::{Begun, PasskeyError, Passkeys, CEREMONY_LIFETIME};
 use crate::rate_limit::username_digest;
 use crate::session::SessionToken;
 use crate::store::{now_ms, Factors};
@@ -45,9 +45,6 @@ pub struct PasskeyAttempt<'a> {
 pub enum BeginOutcome {
     Begun(Begun),
     Refused(super::Refusal),
-    /// Too many discoverable sign-ins begun at once on this instance
-    /// ([`crate::passkeys::SIGN_IN_BEGINS_PER_SEC`]): a 503, not the client's doing.
-    Busy,
 }
 
 fn store(what: &'static str) -> impl FnOnce(PasskeyError) -> SignInError {
@@ -58,7 +55,8 @@ fn store(what: &'static str) -> impl FnOnce(PasskeyError) -> SignInError {
 }
 
 impl SignIn {
-    /// Begins a passkey sign-in: the address quota and CSRF, then a ceremony.
+    /// Begins a passkey sign-in: the address quota and CSRF, then a ceremony sealed to the
+    /// pre-login value (nothing stored).
     ///
     /// # Errors
     /// As [`SignIn::attempt`]; [`SignInError::Unexpected`] when passkeys are off.
@@ -76,18 +74,14 @@ impl SignIn {
             let refused = judged.refuse(FailureReason::RateLimited, Some(wait), false).await;
             return Ok(BeginOutcome::Refused(refusal(refused)?));
         }
-        if self.valid_prelogin(csrf, prelogin, now_ms()).await?.is_none() {
+        let now = now_ms();
+        let Some(prelogin) = self.valid_prelogin(csrf, prelogin, now).await? else {
             return Ok(BeginOutcome::Refused(refusal(judged.refuse(FailureReason::Csrf, None, false).await)?));
-        }
-        match passkeys.begin_sign_in().await {
-            Ok(begun) => Ok(BeginOutcome::Begun(begun)),
-            Err(e @ PasskeyError::Busy) => {
-                // Once per kind per 10 s, with the count: a flood, or a crowd, the operator sees.
-                crate::fault_log::report("passkey sign-ins refused: too many begun", Severity::Warn, false, &e);
-                Ok(BeginOutcome::Busy)
-            }
-            Err(e) => Err(store("could not begin a passkey sign-in")(e)),
-        }
+        };
+        let begun = passkeys.begin_sign_in().map_err(store("could not begin a passkey sign-in"))?;
+        let expires_at = now / 1000 + CEREMONY_LIFETIME.as_secs();
+        let cookie = self.csrf.seal_ceremony(&prelogin, &begun.state, expires_at);
+        Ok(BeginOutcome::Begun(Begun { options: begun.options, cookie }))
     }
 
     /// The per-address quota (every attempt counts, before any store lookup), refusing
@@ -141,7 +135,9 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
             None => None,
         };
-        let verified = match passkeys.finish_sign_in(a.ceremony, a.credential).await {
+        let state = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000));
+        let state = state.map(zeroize::Zeroizing::new);
+        let verified = match passkeys.finish_sign_in(state.as_deref().map(String::as_str), a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })

@@ -39,7 +39,9 @@ pub struct StoredPasskey {
 pub enum CeremonyKind {
     /// Adding a passkey to a signed-in user's account.
     Register,
-    /// Signing in with a discoverable passkey from `/login` (no username typed).
+    /// Signing in with a discoverable passkey from `/login` (no username typed): stored by
+    /// earlier versions only. Its state now travels sealed in the browser's cookie
+    /// (`csrf::Csrf::seal_ceremony`); those stored before expire with the rest.
     SignIn,
     /// A passkey as the second factor, after the password, on `/login/second-factor`.
     SecondFactor,
