@@ -236,6 +236,13 @@ async fn a_signed_in_visitor_is_sent_to_rd_at_once_and_a_bad_rd_goes_home() {
     let resp = go("https://app.example.test/p?q=1&r=%2F").await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()["location"], "https://app.example.test/p?q=1&r=%2F");
+    // A fragment stays in the browser (the proxy never sees it), and a path the proxy's check
+    // refuses is its answer to give: both are sent on, as after a sign-in, not to enrol a
+    // second factor the address does not need.
+    for rd in ["https://app.example.test/x#/dashboard", "https://app.example.test/a%2Fb"] {
+        let resp = go(rd).await.unwrap();
+        assert_eq!(resp.headers()["location"], rd);
+    }
     for bad in [
         "https://evil-example.test/",
         "http://app.example.test/",

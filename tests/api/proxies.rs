@@ -118,6 +118,9 @@ async fn upstream() -> SocketAddr {
         };
         let names = ["x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-path"];
         let rewrites: Vec<String> = names.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
+        let overrides = ["x-http-method-override", "x-http-method", "x-method-override"];
+        let overrides: Vec<String> =
+            overrides.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
         poem::web::Json(serde_json::json!({
             "remote_user": all("remote-user"),
             "remote_groups": all("remote-groups"),
@@ -126,6 +129,9 @@ async fn upstream() -> SocketAddr {
             "remote_groups_underscore": all("remote_groups"),
             // Headers some frameworks route by instead of the request line.
             "rewrites": rewrites,
+            // Headers some frameworks take the method from instead of the request line.
+            "method_overrides": overrides,
+            "host": all("host"),
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
         }))
@@ -447,6 +453,41 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     )
     .await;
     assert!(seen["rewrites"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
+    // Nor a method to act on other than the one the rules judged.
+    let seen = echoed(
+        alice
+            .get(&landed)
+            .header("x-http-method-override", "DELETE")
+            .header("x_http_method_override", "DELETE")
+            .header("x-http-method", "DELETE")
+            .header("x-method-override", "DELETE")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(seen["method_overrides"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
+    // The client's own target headers (a load balancer in front adds X-Forwarded-Proto) are
+    // not taken for a second description of the target: the request is judged and served.
+    let seen = echoed(
+        alice
+            .get(&landed)
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "other.example.test")
+            .header("x-forwarded-uri", "/denied")
+            .header("x-forwarded-method", "DELETE")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
+    // An absolute request line naming another host: the application is told the host that
+    // was judged (or the proxy serves no such site).
+    let (_, answer) = raw_get(pki, proxy, "https://other.example.test/public/x").await;
+    if answer.contains("remote_user") {
+        assert!(answer.contains(&format!("\"host\":[\"{APP_HOST}")), "{answer}");
+    }
 
     let anonymous = browser(pki);
     // A bypass path works signed out, and a forged identity is still dropped.
