@@ -345,6 +345,19 @@ async fn raw_get(pki: &Pki, proxy: &Proxy, target: &str) -> (u16, String) {
     (status, answer)
 }
 
+/// What the application saw of a GET of `url` by `client` with `headers` added.
+async fn seen_with(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut req = client.get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    echoed(req.send().await.unwrap()).await
+}
+
 async fn echoed(resp: reqwest::Response) -> serde_json::Value {
     assert_eq!(resp.status(), StatusCode::OK, "expected the application's answer");
     serde_json::from_str(&resp.text().await.unwrap()).unwrap()
@@ -417,16 +430,10 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(landed, original, "back on the exact original URL");
 
     // The application sees who, and in which groups; a forged Remote-User never reaches it.
-    let seen = echoed(
-        alice
-            .get(&landed)
-            .header("remote-user", "admin")
-            .header("remote-groups", "admins")
-            .header("remote_user", "admin")
-            .header("remote_groups", "admins")
-            .send()
-            .await
-            .unwrap(),
+    let seen = seen_with(
+        &alice,
+        &landed,
+        &[("remote-user", "admin"), ("remote-groups", "admins"), ("remote_user", "admin"), ("remote_groups", "admins")],
     )
     .await;
     assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
@@ -436,49 +443,46 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(seen["uri"], "/page/one?x=1&y=a%2Fb&z=%C3%A9");
     // Nor does a path to route by in a header the application may read instead of the
     // request line.
-    let seen = echoed(
-        alice
-            .get(&landed)
-            .header("x-original-url", "/denied")
-            .header("x_original_url", "/denied")
-            .header("x-original-uri", "/denied")
-            .header("x-rewrite-url", "/denied")
-            .header("x_rewrite_url", "/denied")
-            .header("x-forwarded-prefix", "/denied")
-            .header("x_forwarded_prefix", "/denied")
-            .header("x-forwarded-path", "/denied")
-            .send()
-            .await
-            .unwrap(),
+    let seen = seen_with(
+        &alice,
+        &landed,
+        &[
+            ("x-original-url", "/denied"),
+            ("x_original_url", "/denied"),
+            ("x-original-uri", "/denied"),
+            ("x-rewrite-url", "/denied"),
+            ("x_rewrite_url", "/denied"),
+            ("x-forwarded-prefix", "/denied"),
+            ("x_forwarded_prefix", "/denied"),
+            ("x-forwarded-path", "/denied"),
+        ],
     )
     .await;
     assert!(seen["rewrites"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
     // Nor a method to act on other than the one the rules judged.
-    let seen = echoed(
-        alice
-            .get(&landed)
-            .header("x-http-method-override", "DELETE")
-            .header("x_http_method_override", "DELETE")
-            .header("x-http-method", "DELETE")
-            .header("x-method-override", "DELETE")
-            .send()
-            .await
-            .unwrap(),
+    let seen = seen_with(
+        &alice,
+        &landed,
+        &[
+            ("x-http-method-override", "DELETE"),
+            ("x_http_method_override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+        ],
     )
     .await;
     assert!(seen["method_overrides"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
     // The client's own target headers (a load balancer in front adds X-Forwarded-Proto) are
     // not taken for a second description of the target: the request is judged and served.
-    let seen = echoed(
-        alice
-            .get(&landed)
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", "other.example.test")
-            .header("x-forwarded-uri", "/denied")
-            .header("x-forwarded-method", "DELETE")
-            .send()
-            .await
-            .unwrap(),
+    let seen = seen_with(
+        &alice,
+        &landed,
+        &[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "other.example.test"),
+            ("x-forwarded-uri", "/denied"),
+            ("x-forwarded-method", "DELETE"),
+        ],
     )
     .await;
     assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
@@ -491,15 +495,10 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
 
     let anonymous = browser(pki);
     // A bypass path works signed out, and a forged identity is still dropped.
-    let seen = echoed(
-        anonymous
-            .get(format!("{base}/public/x"))
-            .header("remote-user", "admin")
-            .header("remote_user", "admin")
-            .header("remote_groups", "admins")
-            .send()
-            .await
-            .unwrap(),
+    let seen = seen_with(
+        &anonymous,
+        format!("{base}/public/x"),
+        &[("remote-user", "admin"), ("remote_user", "admin"), ("remote_groups", "admins")],
     )
     .await;
     assert!(seen["remote_user"].as_array().unwrap().iter().all(|v| v == ""), "{seen}");
