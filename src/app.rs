@@ -274,7 +274,7 @@ impl Application {
                 settings.data_dir.join(crate::factors::key::KEY_FILE).display()
             );
         }
-        let csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
+        let mut csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
         // With PostgreSQL the state is the database's, shared by every instance on it; with
         // sled it is this process's.
         let (brute_force, in_memory) = match services.shared_brute_force.clone() {
@@ -286,6 +286,8 @@ impl Application {
                     settings.failure_window,
                     settings.captcha_after_failures,
                 ));
+                // Its retired pre-login ids go with the process, so must its sealed ceremonies.
+                csrf = csrf.ceremonies_of_this_process()?;
                 (Arc::clone(&in_memory) as Arc<dyn BruteForceState>, Some(in_memory))
             }
         };

@@ -103,11 +103,31 @@ const MAX_CEREMONY_COOKIE_CHARS: usize = 4096;
 #[derive(Clone)]
 pub struct Csrf {
     key: [u8; 32],
+    /// This process's own value in the sealed ceremonies' tags, when retired pre-login ids
+    /// are kept in its memory: see [`Csrf::ceremonies_of_this_process`].
+    ceremony_epoch: Option<[u8; 16]>,
 }
 
 impl Csrf {
     pub fn new(key: [u8; 32]) -> Self {
-        Csrf { key }
+        Csrf { key, ceremony_epoch: None }
+    }
+
+    /// This service, its sealed ceremonies ([`Csrf::seal_ceremony`]) opening only in this
+    /// process. For a brute-force state kept in memory (sled): a sealed sign-in is used once
+    /// because its form is retired, and a restart forgets the retirements, so a finish request
+    /// replayed after a restart would sign in again (with an authenticator that keeps no
+    /// signature counter, as synced passkeys do not). A restart voids the open ones instead:
+    /// 5 minutes of them at most, which start again. With a shared state every instance must
+    /// open every other's, and the retirements survive restarts.
+    ///
+    /// # Errors
+    /// [`CsrfError::Random`] when the system's random source fails.
+    pub fn ceremonies_of_this_process(mut self) -> Result<Self, CsrfError> {
+        let mut epoch = [0u8; 16];
+        crate::random::fill(&mut epoch)?;
+        self.ceremony_epoch = Some(epoch);
+        Ok(self)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
@@ -195,7 +215,8 @@ impl Csrf {
     /// value is: a sign-in retires it ([`crate::brute_force::BruteForceState::succeed`]).
     pub fn seal_ceremony(&self, pre: &PreLogin, state: &str, expires_at_secs: u64) -> String {
         let expires = expires_at_secs.to_be_bytes();
-        let tag = self.mac(&[b"passkey sign-in", &pre.id, &expires, state.as_bytes()]).finalize().into_bytes();
+        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
+        let tag = self.mac(&[b"passkey sign-in", epoch, &pre.id, &expires, state.as_bytes()]).finalize().into_bytes();
         let mut out = Vec::with_capacity(8 + state.len() + CEREMONY_TAG_BYTES);
         out.extend_from_slice(&expires);
         out.extend_from_slice(state.as_bytes());
@@ -213,7 +234,8 @@ impl Csrf {
         let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
         let (expires, rest) = bytes.split_first_chunk::<8>()?;
         let (state, tag) = rest.split_at_checked(rest.len().checked_sub(CEREMONY_TAG_BYTES)?)?;
-        let mac = self.mac(&[b"passkey sign-in", &pre.id, expires, state]);
+        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
+        let mac = self.mac(&[b"passkey sign-in", epoch, &pre.id, expires, state]);
         mac.verify_truncated_left(tag).ok()?;
         if now_secs >= u64::from_be_bytes(*expires) {
             return None;
@@ -320,6 +342,12 @@ mod tests {
         for junk in ["", "%%%", "AAAA", &"A".repeat(5000), &sealed[..sealed.len() - 2]] {
             assert_eq!(csrf.open_ceremony(&pre, junk, now), None, "{junk:.20}");
         }
+        // Bound to this process: another one (a restart) with the same secret does not open it.
+        let here = Csrf::new([7; 32]).ceremonies_of_this_process().unwrap();
+        let sealed = here.seal_ceremony(&pre, state, now + 300);
+        assert_eq!(here.open_ceremony(&pre, &sealed, now).as_deref(), Some(state));
+        assert_eq!(csrf.open_ceremony(&pre, &sealed, now), None);
+        assert_eq!(Csrf::new([7; 32]).ceremonies_of_this_process().unwrap().open_ceremony(&pre, &sealed, now), None);
     }
 
     #[test]

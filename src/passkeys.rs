@@ -87,7 +87,8 @@ pub struct Begun {
 /// state as JSON, for the caller to seal into the ceremony cookie (nothing is stored).
 pub struct BegunSignIn {
     pub options: String,
-    pub state: zeroize::Zeroizing<String>,
+    /// Holds nothing secret (its challenge is in `options` too).
+    pub state: String,
 }
 
 /// A registration's server state: webauthn-rs's, and the user handle offered with it (kept
@@ -307,7 +308,7 @@ impl Passkeys {
         rcr.mediation = None;
         let state = serde_json::to_string(&state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         let options = serde_json::to_string(&rcr).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        Ok(BegunSignIn { options, state: zeroize::Zeroizing::new(state) })
+        Ok(BegunSignIn { options, state })
     }
 
     /// The credential id and user handle a sign-in answer claims, before it is verified, so

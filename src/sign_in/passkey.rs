@@ -68,8 +68,9 @@ impl SignIn {
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
         let judged = Judged { service: self, client, username: "", digest: None };
-        // A quota of its own, not the password form's: a button pressed again and again (the
-        // server busy, an office behind one address) must not use up the address's sign-ins.
+        // A quota of its own, not the password form's: a button pressed again and again (a
+        // passkey not found, an office behind one address) must not use up the address's
+        // sign-ins.
         if let Err(wait) = passkeys.spend_begin_quota(&client.key()) {
             let refused = judged.refuse(FailureReason::RateLimited, Some(wait), false).await;
             return Ok(BeginOutcome::Refused(refusal(refused)?));
@@ -136,8 +137,7 @@ impl SignIn {
             None => None,
         };
         let state = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000));
-        let state = state.map(zeroize::Zeroizing::new);
-        let verified = match passkeys.finish_sign_in(state.as_deref().map(String::as_str), a.credential).await {
+        let verified = match passkeys.finish_sign_in(state.as_deref(), a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })

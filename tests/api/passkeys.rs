@@ -739,3 +739,44 @@ async fn a_sign_in_ceremony_is_sealed_to_its_form_and_signs_in_once() {
     assert_eq!(finish_as(with_sealed(&one), csrf).await, StatusCode::FORBIDDEN, "replayed");
     assert_eq!(app.sessions_of("alice").await.len(), sessions + 1, "no second session");
 }
+
+#[tokio::test]
+async fn on_sled_a_restart_voids_the_sign_in_ceremonies_begun_before_it() {
+    // With sled the forms retired by sign-ins are in memory, forgotten by a restart: a finish
+    // request replayed after one must not sign in again, so its ceremony does not open.
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "my laptop").await;
+    let mut v = Visitor::new(&app, None);
+    let (_, page) = v.get("/login").await;
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let options = json(v.post("/login/passkey/begin", &[("csrf", csrf.as_str())]).await).await;
+    let cookies = v.cookie_header();
+    drop(v);
+    let (dir, settings) = app.stop().await;
+    let app = crate::helpers::spawn_in(dir, settings).await;
+    let credential = assert_with(&app, &mut device, options);
+    let finish = |credential: String, cookies: String| {
+        let (client, url, csrf) = (app.new_browser(), app.url("/login/passkey"), csrf.clone());
+        async move {
+            let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
+            client.post(url).header("cookie", cookies).form(&form).send().await.unwrap().status()
+        }
+    };
+    assert_eq!(finish(credential, cookies.clone()).await, StatusCode::UNAUTHORIZED, "begun before the restart");
+    // The same form begins again after it, and signs in.
+    let fresh = app.new_browser();
+    let resp = fresh
+        .post(app.url("/login/passkey/begin"))
+        .header("cookie", cookies.clone())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let sealed = crate::helpers::cookie_value(&resp, "__Host-portcullis-webauthn").unwrap();
+    let credential = assert_with(&app, &mut device, json(resp).await);
+    let others = cookies.split("; ").filter(|c| !c.starts_with("__Host-portcullis-webauthn="));
+    let ceremony = format!("__Host-portcullis-webauthn={sealed}");
+    let cookies = others.chain([ceremony.as_str()]).collect::<Vec<_>>();
+    assert_eq!(finish(credential, cookies.join("; ")).await, StatusCode::SEE_OTHER);
+}
