@@ -67,6 +67,28 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// A key copied in readable by others (`install -m 0644`) is made private (0600), with a
+/// warning, when it is this process's user's own; one of another owner (`root:portcullis
+/// 0640`, as configuration tools install secrets) is left as it is, with a warning, since its
+/// mode is not ours to change and the server may still read it. Nothing is done for a key
+/// that is private already or not there.
+fn make_private_if_ours(path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() || mode & 0o077 == 0 {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (from, path_shown) = (format!("{mode:04o}"), path.display());
+    if meta.uid() == me && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).is_ok() {
+        tracing::warn!(path = %path_shown, from = %from, to = "0600", "took group and other access away from the factor key");
+    } else {
+        tracing::warn!(path = %path_shown, mode = %from, owner = meta.uid(), "the factor key is readable by others than its owner: make it mode 0600");
+    }
+}
+
 impl FactorKey {
     /// The key from 32 bytes.
     pub fn from_bytes(master: &[u8; 32]) -> Self {
@@ -98,9 +120,8 @@ impl FactorKey {
         use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(KEY_FILE);
         let io = |source| KeyError::Io { path: path.clone(), source };
-        // A key copied in with the wrong mode (`install -m 0644`) is made private as the
-        // store's own files are.
-        crate::store::ensure_private_dir(dir, |name| name == KEY_FILE).map_err(io)?;
+        crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
+        make_private_if_ours(&path);
         match std::fs::read_to_string(&path) {
             Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -223,6 +244,15 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(FactorKey::load_or_create(dir.path()).unwrap().id, a.id);
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        // Another owner's (`root:portcullis 0640` as configuration tools install it, seen from
+        // root here): not ours to change, and no reason to refuse the start.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+            assert_eq!(FactorKey::load_or_create(dir.path()).unwrap().id, a.id);
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+            std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+        }
         std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
         assert!(matches!(FactorKey::load_or_create(dir.path()), Err(KeyError::Malformed(_))));
     }
