@@ -132,6 +132,8 @@ async fn upstream() -> SocketAddr {
             // Headers some frameworks take the method from instead of the request line.
             "method_overrides": overrides,
             "host": all("host"),
+            "x_forwarded_host": all("x-forwarded-host"),
+            "forwarded": all("forwarded"),
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
         }))
@@ -482,10 +484,14 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
             ("x-forwarded-host", "other.example.test"),
             ("x-forwarded-uri", "/denied"),
             ("x-forwarded-method", "DELETE"),
+            ("forwarded", "host=other.example.test;proto=https"),
         ],
     )
     .await;
     assert_eq!(seen["remote_user"], serde_json::json!(["alice"]), "{seen}");
+    // Nor is the application told of the client's host: frameworks trusting the proxy read it.
+    let hosts = seen["x_forwarded_host"].as_array().unwrap().iter().chain(seen["forwarded"].as_array().unwrap());
+    assert!(hosts.into_iter().all(|h| !h.as_str().unwrap().contains("other.example.test")), "{seen}");
     // An absolute request line naming another host: the application is told the host that
     // was judged (or the proxy serves no such site).
     let (_, answer) = raw_get(pki, proxy, "https://other.example.test/public/x").await;
