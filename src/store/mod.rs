@@ -456,7 +456,8 @@ pub trait SessionStore: Send + Sync {
     async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize>;
     /// Removes every session idle for `idle_ms` or older than `absolute_ms` at `now` (all
     /// Unix/duration milliseconds), or stamped further ahead of `now` than [`CLOCK_SKEW_MS`]
-    /// allows ([`SessionCap::has_expired`]), and any it cannot read; returns how many.
+    /// allows ([`SessionCap::has_expired`]; an engine with a clock of its own judges that from
+    /// the later of `now` and its clock), and any it cannot read; returns how many.
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize>;
     /// How many sessions are stored, expired ones included.
     async fn count(&self) -> Result<u64>;

@@ -554,15 +554,17 @@ impl SessionStore for PgStore {
 
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         // `SessionCap::has_expired`, as the sled engine: idle or old for at least the limit,
-        // or stamped further ahead than the clock skew allows ($4).
-        let newest = ms(now.saturating_add(super::CLOCK_SKEW_MS));
+        // or stamped further ahead than the clock skew allows ($4) of the later of this
+        // instance's clock and the database's. Every instance purges: one whose clock runs
+        // behind must not purge every session its peers stamped since (it ends those it reads).
         let n = self
             .client()
             .await?
             .execute(
                 "DELETE FROM sessions WHERE $3::bigint - last_seen_at_ms >= $1 OR $3::bigint - created_at_ms >= $2
-                    OR greatest(last_seen_at_ms, created_at_ms) > $4::bigint",
-                &[&ms(idle_ms), &ms(absolute_ms), &ms(now), &newest],
+                    OR greatest(last_seen_at_ms, created_at_ms)
+                       > greatest($3::bigint, (extract(epoch from clock_timestamp()) * 1000)::bigint) + $4::bigint",
+                &[&ms(idle_ms), &ms(absolute_ms), &ms(now), &ms(super::CLOCK_SKEW_MS)],
             )
             .await?;
         Ok(n as usize)

@@ -61,3 +61,17 @@ async fn text_with_a_nul_is_kept_with_u_fffd_in_its_place_instead_of_failing_the
         assert_eq!(r.user_agent, "agent\u{FFFD}x");
     }
 }
+
+#[tokio::test]
+async fn an_instance_whose_clock_runs_behind_does_not_purge_the_sessions_its_peers_stamp() {
+    use portcullis::store::conformance::session;
+    let Some(url) = pg::database().await else { return };
+    let store = Store::connect(&url, "test").await.unwrap();
+    let now = portcullis::store::now_ms();
+    store.sessions.insert(&[1; 32], &session("alice", now, now)).await.unwrap();
+    // Its clock two minutes behind the database's (and its peers'): the session looks stamped
+    // ahead to it, but not to the database.
+    let purged = store.sessions.purge_expired(3_600_000, 86_400_000, now - 120_000).await.unwrap();
+    assert_eq!(purged, 0);
+    assert!(store.sessions.get(&[1; 32]).await.unwrap().is_some());
+}
