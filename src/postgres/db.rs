@@ -57,7 +57,8 @@ fn is_read_only_refusal<T>(answer: &Result<T, tokio_postgres::Error>) -> bool {
 /// server: whether it is in recovery (a hot standby, which refuses every write) and whether
 /// a transaction begins read-only there (`default_transaction_read_only`, set for the server,
 /// the database, the role or the session; PostgreSQL docs, "Client Connection Defaults").
-const WRITABLE: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')";
+const WRITABLE: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), \
+                        (extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// A pool of connections to one database whose every statement is bounded by [`TIMEOUT`].
 #[derive(Clone)]
@@ -139,20 +140,28 @@ impl Conn {
 
     /// Whether this connection's server takes writes now, in one round trip ([`WRITABLE`]):
     /// for `GET /readyz`, which must not call ready a database that answers reads but refuses
-    /// every write (a standby after a failover, `default_transaction_read_only` on).
+    /// every write (a standby after a failover, `default_transaction_read_only` on). The
+    /// answer is how far the database's clock is ahead of this process's (milliseconds,
+    /// negative when behind), taken against the middle of the round trip.
     ///
     /// # Errors
     /// [`PgError::ReadOnly`] with the reason when it does not (the connection is then not
     /// reused: see [`bounded`]); otherwise as [`Conn::query`].
-    pub async fn writable(&self) -> Result<(), PgError> {
+    pub async fn writable(&self) -> Result<i64, PgError> {
+        let sent = crate::store::now_ms();
         let messages = self.simple_query(WRITABLE).await?;
+        let middle = (sent + crate::store::now_ms()) / 2;
         let row = messages.iter().find_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         });
         // The simple protocol answers in text: `t`/`f` for a boolean, `on`/`off` for the setting.
         let refusal = match row.map(|r| (r.get(0), r.get(1))) {
-            Some((Some("f"), Some("off"))) => return Ok(()),
+            Some((Some("f"), Some("off"))) => {
+                let clock = row.and_then(|r| r.get(2)).and_then(|t| t.parse::<i64>().ok());
+                let middle = i64::try_from(middle).unwrap_or(i64::MAX);
+                return Ok(clock.map_or(0, |c| c.saturating_sub(middle)));
+            }
             Some((Some("t"), _)) => PgError::ReadOnly("it is in recovery (a hot standby)"),
             Some((_, Some("on"))) => PgError::ReadOnly("transactions begin read-only (default_transaction_read_only)"),
             _ => PgError::ReadOnly("it did not say whether it takes writes"),

@@ -698,13 +698,15 @@ impl Store {
     /// (`postgres::db::TIMEOUT`: a hung database is not ready); sled runs in this process and
     /// answers whenever it is open.
     ///
+    /// The answer is how far the database's clock is ahead of this process's, in
+    /// milliseconds (negative: behind), `None` for sled (no clock but this process's).
+    ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, does not answer, or
     /// takes no writes (the message says which).
-    pub async fn ready(&self) -> Result<()> {
-        let Some(pool) = &self.pg_pool else { return Ok(()) };
-        pool.get().await?.writable().await?;
-        Ok(())
+    pub async fn ready(&self) -> Result<Option<i64>> {
+        let Some(pool) = &self.pg_pool else { return Ok(None) };
+        Ok(Some(pool.get().await?.writable().await?))
     }
 
     /// Whether `dir` holds a sled store (without opening, so without creating or locking one).

@@ -186,3 +186,46 @@ async fn a_connection_whose_write_was_refused_as_read_only_never_returns_to_the_
     assert_ne!(backend(&c).await, first, "a fresh connection, not the read-only one");
     assert_eq!(c.execute("CREATE TABLE t (a int)", &[]).await.unwrap(), 0, "which takes writes");
 }
+
+/// libfaketime, to run a server whose clock is off the database's; `None` (the test says so
+/// and skips, or fails under `PORTCULLIS_REQUIRE_ALL`) where Debian's `faketime` is missing.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = std::fs::read_dir("/usr/lib").ok()?.flatten().find_map(|arch| {
+        let lib = arch.path().join("faketime/libfaketime.so.1");
+        lib.exists().then_some(lib)
+    });
+    if found.is_none() {
+        assert!(std::env::var_os(pg::REQUIRE_ALL).is_none(), "libfaketime is missing and {} is set", pg::REQUIRE_ALL);
+        eprintln!("skipped: libfaketime is missing (Debian's faketime package)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_on_a_host_whose_clock_is_more_than_a_minute_off_the_databases() {
+    let Some(faketime) = libfaketime() else { return };
+    let Some(url) = pg::database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Two minutes behind: it would stamp sessions its peers take for stale, and end theirs as
+    // stamped ahead.
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(dir.path(), child::QUICK, |cmd| {
+            cmd.env("PORTCULLIS_DATABASE_URL", url.to_string())
+                .env("LD_PRELOAD", &faketime)
+                .env("FAKETIME", "-2m")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        })
+    });
+    let client = server.browser();
+    stays_unready(&server, &client).await;
+    let said = "this host's clock is 120 s behind the database's (more than 60 s): check NTP";
+    until_ready_is(&server, &client, StatusCode::SERVICE_UNAVAILABLE, Some(said)).await;
+    // The same server with the right time is ready.
+    drop(server);
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(dir.path(), child::QUICK, |cmd| {
+            cmd.env("PORTCULLIS_DATABASE_URL", url.to_string());
+        })
+    });
+    until_ready_is(&server, &server.browser(), StatusCode::OK, None).await;
+}
