@@ -136,8 +136,14 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
             None => None,
         };
-        let state = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000));
-        let verified = match passkeys.finish_sign_in(state.as_deref(), a.credential).await {
+        // No ceremony that opens (expired, begun in another browser or with another form, or
+        // before a restart on sled): nothing was checked, nothing guessed, so it is an expired
+        // form (403, reload), as for a password form, not a refused passkey counted towards
+        // the address's captcha (a restart would otherwise count every sign-in in flight).
+        let Some(state) = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000)) else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
+        let verified = match passkeys.finish_sign_in(Some(&state), a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })

@@ -246,11 +246,12 @@ async fn a_ceremony_begun_in_one_browser_cannot_be_finished_in_another_or_twice(
     let credential = assert_with(&app, &mut device, options);
     let second = app.new_browser();
     let csrf2 = login_csrf(&app, &second).await;
-    assert_eq!(finish(&app, &second, &csrf2, &credential).await.status(), StatusCode::UNAUTHORIZED);
+    // No ceremony there: an expired form (403), nothing checked.
+    assert_eq!(finish(&app, &second, &csrf2, &credential).await.status(), StatusCode::FORBIDDEN);
     // Any answer ends the ceremony in the browser (its cookie is cleared): the right one
     // cannot follow a wrong one.
     assert_eq!(finish(&app, &first, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(finish(&app, &first, &csrf, &credential).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(finish(&app, &first, &csrf, &credential).await.status(), StatusCode::FORBIDDEN);
     assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "nobody signed in with it");
 }
 
@@ -447,9 +448,10 @@ async fn passkey_sign_ins_use_the_address_quota_like_passwords_and_begins_a_quot
     let refused = begin_sign_in(&app, &browser, &csrf).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
-    // The answers (attempts, as a password is) spend the address's quota, untouched so far.
-    for _ in 0..3 {
-        assert_eq!(finish(&app, &browser, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED);
+    // The answers (attempts, as a password is) spend the address's quota, untouched so far:
+    // refused, a wrong answer (401), then with its ceremony ended, an expired form (403).
+    for want in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::FORBIDDEN] {
+        assert_eq!(finish(&app, &browser, &csrf, "{}").await.status(), want);
     }
     let resp = finish(&app, &browser, &csrf, "{}").await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -552,6 +554,7 @@ async fn a_credential_id_seen_by_others_neither_spends_its_users_quota_nor_keeps
         let mut v = Visitor::new(&app, Some(&format!("198.51.100.{}", i + 1)));
         let (_, page) = v.get("/login").await;
         let csrf = hidden_field(&page, "csrf").unwrap();
+        assert_eq!(v.post_form("/login/passkey/begin", &[("csrf", csrf.as_str())]).await, StatusCode::OK);
         let status = v.post_form("/login/passkey", &[("csrf", csrf.as_str()), ("credential", forged.as_str())]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
@@ -731,7 +734,7 @@ async fn a_sign_in_ceremony_is_sealed_to_its_form_and_signs_in_once() {
         }
     };
     let with_sealed = |v: &Visitor| format!("{}; __Host-portcullis-webauthn={sealed}", v.cookie_header());
-    assert_eq!(finish_as(with_sealed(&two), two_csrf).await, StatusCode::UNAUTHORIZED, "another form's");
+    assert_eq!(finish_as(with_sealed(&two), two_csrf).await, StatusCode::FORBIDDEN, "another form's: none");
     assert_eq!(app.sessions_of("alice").await.len(), sessions, "no session");
     // With its own form it signs in, once: the form is retired, and the ceremony with it.
     assert_eq!(finish_as(with_sealed(&one), csrf.clone()).await, StatusCode::SEE_OTHER);
@@ -763,7 +766,9 @@ async fn on_sled_a_restart_voids_the_sign_in_ceremonies_begun_before_it() {
             client.post(url).header("cookie", cookies).form(&form).send().await.unwrap().status()
         }
     };
-    assert_eq!(finish(credential, cookies.clone()).await, StatusCode::UNAUTHORIZED, "begun before the restart");
+    assert_eq!(finish(credential, cookies.clone()).await, StatusCode::FORBIDDEN, "begun before the restart: none");
+    let counted = app.log_lines().iter().filter(|l| l["reason"] == "bad_passkey").count();
+    assert_eq!(counted, 0, "not a refused passkey: nothing was checked");
     // The same form begins again after it, and signs in.
     let fresh = app.new_browser();
     let resp = fresh
