@@ -67,11 +67,11 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// A key copied in readable by others (`install -m 0644`) is made private (0600), with a
-/// warning, when it is this process's user's own; one of another owner (`root:portcullis
+/// A key copied in readable by others (`install -m 0644`) loses group and other access, with
+/// a warning, when it is this process's user's own; one of another owner (`root:portcullis
 /// 0640`, as configuration tools install secrets) is left as it is, with a warning, since its
 /// mode is not ours to change and the server may still read it. Nothing is done for a key
-/// that is private already or not there.
+/// that is private already or not there; a change that fails is warned about, with its error.
 fn make_private_if_ours(path: &Path) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(meta) = std::fs::symlink_metadata(path) else { return };
@@ -81,11 +81,20 @@ fn make_private_if_ours(path: &Path) {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let (from, path_shown) = (format!("{mode:04o}"), path.display());
-    if meta.uid() == me && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).is_ok() {
-        tracing::warn!(path = %path_shown, from = %from, to = "0600", "took group and other access away from the factor key");
-    } else {
-        tracing::warn!(path = %path_shown, mode = %from, owner = meta.uid(), "the factor key is readable by others than its owner: make it mode 0600");
+    let (private, shown) = (mode & 0o700, path.display());
+    let (from, to) = (format!("{mode:04o}"), format!("{private:04o}"));
+    let advice = "give it to the service's user, mode 0600";
+    if meta.uid() != me {
+        tracing::warn!(path = %shown, mode = %from, owner = meta.uid(), "the factor key is readable by others than its owner: {advice}");
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)) {
+        Ok(()) => {
+            tracing::warn!(path = %shown, from = %from, to = %to, "took group and other access away from the factor key")
+        }
+        Err(e) => {
+            tracing::warn!(path = %shown, mode = %from, error = %e, "the factor key is readable by others: {advice}")
+        }
     }
 }
 

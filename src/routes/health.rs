@@ -36,9 +36,9 @@ async fn is_ready(state: &crate::app::AppState) -> bool {
         }
     };
     // Instances stamp sessions with their own clocks, and end those stamped further ahead
-    // than the skew allows: one whose clock is that far off the database's (and so, with NTP
-    // on the others, off theirs) would sign users out, or stretch their timeouts.
-    if let Some(ms) = offset.filter(|ms| ms.unsigned_abs() > crate::store::CLOCK_SKEW_MS) {
+    // than the skew allows: two that far apart would sign users out, or stretch their
+    // timeouts. Each within half of it of the database is within all of it of the others.
+    if let Some(ms) = offset.filter(|ms| ms.unsigned_abs() > CLOCK_LIMIT_MS) {
         let e = ClockOff { database_ahead_ms: ms };
         crate::fault_log::report("not ready: this host's clock is off the database's", Severity::Error, false, &e);
         return false;
@@ -59,21 +59,26 @@ async fn is_ready(state: &crate::app::AppState) -> bool {
     }
 }
 
-/// How far this host's clock is off the database's, for the log.
+/// How far this host's clock may be off the database's and the host still be ready
+/// (milliseconds): half of [`crate::store::CLOCK_SKEW_MS`], so that any two ready instances
+/// are within the skew of each other. The offset is measured against the middle of one round
+/// trip, off by at most half of it (milliseconds on a network a database is used over).
+pub const CLOCK_LIMIT_MS: u64 = crate::store::CLOCK_SKEW_MS / 2;
+
+/// How far this host's clock is off the database's, for the log. Either may be the wrong one:
+/// with every instance off by the same amount, it is the database's.
 struct ClockOff {
     database_ahead_ms: i64,
 }
 
 impl std::fmt::Display for ClockOff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (secs, way) = (
-            (self.database_ahead_ms.unsigned_abs() + 500) / 1000,
-            if self.database_ahead_ms > 0 { "behind" } else { "ahead of" },
-        );
+        let secs = self.database_ahead_ms.unsigned_abs() as f64 / 1000.0;
+        let way = if self.database_ahead_ms > 0 { "behind" } else { "ahead of" };
         write!(
             f,
-            "this host's clock is {secs} s {way} the database's (more than {} s): check NTP",
-            crate::store::CLOCK_SKEW_MS / 1000
+            "this host's clock is {secs:.1} s {way} the database's (more than {} s): check NTP on both",
+            CLOCK_LIMIT_MS / 1000
         )
     }
 }

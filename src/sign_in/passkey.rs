@@ -126,6 +126,13 @@ impl SignIn {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
         let address = a.client.key();
+        // No ceremony that opens (expired, begun in another browser or with another form, or
+        // before a restart on sled): nothing was checked, nothing guessed, so it is an expired
+        // form (403, reload), as for a password form, not a refused passkey counted towards
+        // the address's captcha (a restart would otherwise count every sign-in in flight).
+        let Some(state) = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000)) else {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        };
         // The user as read before the passkey is checked: its credential generation is the
         // session's, so a `user reset-factors` that removes this passkey after the check ends
         // the session however late it is stored (`UserAdmin::reset_factors`).
@@ -135,13 +142,6 @@ impl SignIn {
                 .await
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
             None => None,
-        };
-        // No ceremony that opens (expired, begun in another browser or with another form, or
-        // before a restart on sled): nothing was checked, nothing guessed, so it is an expired
-        // form (403, reload), as for a password form, not a refused passkey counted towards
-        // the address's captcha (a restart would otherwise count every sign-in in flight).
-        let Some(state) = a.ceremony.and_then(|c| self.csrf.open_ceremony(&prelogin, c, now_ms() / 1000)) else {
-            return judged.refuse(FailureReason::Csrf, None, false).await;
         };
         let verified = match passkeys.finish_sign_in(Some(&state), a.credential).await {
             Ok(v) => v,

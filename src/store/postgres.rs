@@ -554,16 +554,20 @@ impl SessionStore for PgStore {
 
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         // `SessionCap::has_expired`, as the sled engine: idle or old for at least the limit,
-        // or stamped further ahead than the clock skew allows ($4) of the later of this
-        // instance's clock and the database's. Every instance purges: one whose clock runs
-        // behind must not purge every session its peers stamped since (it ends those it reads).
+        // or stamped further ahead than the clock skew allows ($4). Every instance purges, the
+        // one whose clock is wrong too (its `/readyz` 503 does not stop its background tasks):
+        // ages are judged by the earlier of its clock and the database's, so a clock running
+        // fast purges no live session, and "ahead" by the later, so one running behind purges
+        // none its peers stamped. A session is still judged by the reader's clock when read.
         let n = self
             .client()
             .await?
             .execute(
-                "DELETE FROM sessions WHERE $3::bigint - last_seen_at_ms >= $1 OR $3::bigint - created_at_ms >= $2
-                    OR greatest(last_seen_at_ms, created_at_ms)
-                       > greatest($3::bigint, (extract(epoch from clock_timestamp()) * 1000)::bigint) + $4::bigint",
+                "WITH t AS (SELECT (extract(epoch from statement_timestamp()) * 1000)::bigint AS db)
+                 DELETE FROM sessions USING t
+                 WHERE least($3::bigint, t.db) - last_seen_at_ms >= $1
+                    OR least($3::bigint, t.db) - created_at_ms >= $2
+                    OR greatest(last_seen_at_ms, created_at_ms) > greatest($3::bigint, t.db) + $4::bigint",
                 &[&ms(idle_ms), &ms(absolute_ms), &ms(now), &ms(super::CLOCK_SKEW_MS)],
             )
             .await?;

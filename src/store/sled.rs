@@ -1537,6 +1537,20 @@ mod tests {
         crate::store::conformance::run(&mut SledHarness::default()).await;
     }
 
+    #[tokio::test]
+    async fn the_purge_keeps_a_stamp_exactly_as_far_ahead_as_the_skew_allows_and_no_further() {
+        // The exact boundary (the conformance suite's check keeps a margin: PostgreSQL's clock
+        // moves while it runs). This process's clock is the only one here.
+        use crate::store::conformance::session;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let skew = crate::store::CLOCK_SKEW_MS;
+        store.sessions.insert(&[1; 32], &session("a", 10_000, 10_000 + skew)).await.unwrap();
+        store.sessions.insert(&[2; 32], &session("a", 10_000, 10_000 + skew + 1)).await.unwrap();
+        assert_eq!(store.sessions.purge_expired(3_600_000, 86_400_000, 10_000).await.unwrap(), 1);
+        assert!(store.sessions.get(&[1; 32]).await.unwrap().is_some());
+    }
+
     /// Copies a store's files as they are on disk now: what a process killed at this moment
     /// would leave behind.
     fn snapshot(from: &Path, to: &Path) {

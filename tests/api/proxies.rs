@@ -134,6 +134,7 @@ async fn upstream() -> SocketAddr {
             "host": all("host"),
             "x_forwarded_host": all("x-forwarded-host"),
             "forwarded": all("forwarded"),
+            "x_forwarded_port": all("x-forwarded-port"),
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
         }))
@@ -485,6 +486,7 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
             ("x-forwarded-uri", "/denied"),
             ("x-forwarded-method", "DELETE"),
             ("forwarded", "host=other.example.test;proto=https"),
+            ("x-forwarded-port", "8443"),
         ],
     )
     .await;
@@ -492,6 +494,7 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     // Nor is the application told of the client's host: frameworks trusting the proxy read it.
     let hosts = seen["x_forwarded_host"].as_array().unwrap().iter().chain(seen["forwarded"].as_array().unwrap());
     assert!(hosts.into_iter().all(|h| !h.as_str().unwrap().contains("other.example.test")), "{seen}");
+    assert!(seen["x_forwarded_port"].as_array().unwrap().iter().all(|p| p != "8443"), "{seen}");
     // An absolute request line naming another host: the application is told the host that
     // was judged (or the proxy serves no such site).
     let (_, answer) = raw_get(pki, proxy, "https://other.example.test/public/x").await;

@@ -75,3 +75,18 @@ async fn an_instance_whose_clock_runs_behind_does_not_purge_the_sessions_its_pee
     assert_eq!(purged, 0);
     assert!(store.sessions.get(&[1; 32]).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn an_instance_whose_clock_runs_fast_does_not_purge_live_sessions() {
+    use portcullis::store::conformance::session;
+    let Some(url) = pg::database().await else { return };
+    let store = Store::connect(&url, "test").await.unwrap();
+    let now = portcullis::store::now_ms();
+    store.sessions.insert(&[1; 32], &session("alice", now - 60_000, now)).await.unwrap();
+    store.sessions.insert(&[2; 32], &session("alice", now - 60_000, now - 3_600_000)).await.unwrap();
+    // Its clock two hours fast, an idle timeout of one hour: by the database's clock [1] was
+    // seen just now; [2] is idle by either clock.
+    let purged = store.sessions.purge_expired(3_600_000, 86_400_000, now + 7_200_000).await.unwrap();
+    assert_eq!(purged, 1);
+    assert!(store.sessions.get(&[1; 32]).await.unwrap().is_some());
+}
