@@ -271,21 +271,21 @@ impl Passkeys {
         Ok(self.store.passkeys.rename_passkey(user_key, id, &name).await?)
     }
 
-    /// Removes the user's passkey `id`; the removed one, or `None` when the user has no such passkey.
-    /// The last second factor removed takes the recovery codes with it
-    /// ([`crate::factors::void_codes_without_factor`]).
+    /// Removes the user's passkey `id`; the removed one and how many recovery codes went with
+    /// it (the last second factor removed takes them: [`crate::factors::void_codes_without_factor`]),
+    /// or `None` when the user has no such passkey.
     ///
     /// # Errors
     /// [`PasskeyError::Store`].
-    pub async fn remove(&self, user_key: &str, id: &[u8]) -> Result<Option<StoredPasskey>, PasskeyError> {
+    pub async fn remove(&self, user_key: &str, id: &[u8]) -> Result<Option<(StoredPasskey, usize)>, PasskeyError> {
         let Some(p) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
             return Ok(None);
         };
         if !self.store.passkeys.remove_passkey(user_key, id).await? {
             return Ok(None);
         }
-        crate::factors::void_codes_without_factor(&self.store, user_key).await;
-        Ok(Some(p))
+        let codes_voided = crate::factors::void_codes_without_factor(&self.store, user_key).await;
+        Ok(Some((p, codes_voided)))
     }
 
     /// Takes one of `address`'s discoverable sign-in begins; `Err(seconds)` to wait when its

@@ -122,21 +122,27 @@ impl FactorError {
 /// kept, they would wait to come back into use with the next one, so codes handed to whoever
 /// added a factor the owner has since removed could work again.
 ///
+/// Returns how many codes were voided, for the caller to log their removal beside the
+/// factor's (`mfa_removed` with kind `recovery_codes`).
+///
 /// A store that fails here is reported, not returned: the removal before it happened and is
 /// answered and logged as one. Codes left behind sign nobody in (without a second factor no
 /// second step is asked for, and new codes need a factor), and the next first factor replaces
 /// them whatever is stored (`routes::account::recovery_codes::codes_with_first_factor`).
-pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) {
+pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> usize {
     let voided = async {
-        if !store.factors.summary(user_key).await?.has_second_factor() {
-            store.factors.set_recovery_codes(user_key, &[]).await?;
+        let summary = store.factors.summary(user_key).await?;
+        if summary.has_second_factor() || summary.recovery_codes == 0 {
+            return Ok(0);
         }
-        Ok::<(), StoreError>(())
+        store.factors.set_recovery_codes(user_key, &[]).await?;
+        Ok::<usize, StoreError>(summary.recovery_codes)
     };
-    if let Err(e) = voided.await {
+    voided.await.unwrap_or_else(|e| {
         let what = "could not void the recovery codes left without a second factor";
         crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
-    }
+        0
+    })
 }
 
 /// The second-factor service: checks and enrolment, over the store and the factor key.
@@ -282,15 +288,16 @@ impl SecondFactors {
     }
 
     /// Removes the user's authenticator app; when no other second factor is left the recovery
-    /// codes go too (they stand in for a factor the user no longer has). Returns whether there
-    /// was one.
+    /// codes go too (they stand in for a factor the user no longer has). Returns `None` when
+    /// there was no app, else how many recovery codes went with it.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be used.
-    pub async fn remove_totp(&self, user_key: &str) -> Result<bool, StoreError> {
-        let removed = self.store.factors.remove_totp(user_key).await?;
-        void_codes_without_factor(&self.store, user_key).await;
-        Ok(removed)
+    pub async fn remove_totp(&self, user_key: &str) -> Result<Option<usize>, StoreError> {
+        if !self.store.factors.remove_totp(user_key).await? {
+            return Ok(None);
+        }
+        Ok(Some(void_codes_without_factor(&self.store, user_key).await))
     }
 
     /// Makes a new set of recovery codes for the user (the old ones are void) and returns them

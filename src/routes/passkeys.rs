@@ -425,12 +425,14 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
     match state.passkeys.remove(&session.user.key, &id).await {
-        Ok(Some(removed)) => {
+        Ok(Some((removed, codes_voided))) => {
             tracing::info!(passkey = %removed.name, "passkey removed");
-            state.audit.record(&AuthEvent::MfaRemoved {
-                username: &session.user.display_name,
-                kind: crate::factors::FactorKind::Passkey.as_str(),
-            });
+            let username = &session.user.display_name;
+            state.audit.record(&AuthEvent::MfaRemoved { username, kind: crate::factors::FactorKind::Passkey.as_str() });
+            if codes_voided > 0 {
+                let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
+                state.audit.record(&AuthEvent::MfaRemoved { username, kind });
+            }
             see_other(ACCOUNT_PASSKEYS)
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),

@@ -193,6 +193,8 @@ async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_a
     let resp = alice.post(app.url("/account/totp/remove")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(resp.status(), 303);
     assert!(app.log_lines().iter().any(|l| l["event"] == "mfa_removed" && l["kind"] == "totp"));
+    let codes_removed = |l: &serde_json::Value| l["event"] == "mfa_removed" && l["kind"] == "recovery_codes";
+    assert!(app.log_lines().iter().any(codes_removed), "the codes that went with it are logged too");
     let summary = app.state.factors.summary("alice").await.unwrap();
     assert_eq!((summary.totp, summary.recovery_codes), (false, 0), "the codes go with the last factor");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"], "/");

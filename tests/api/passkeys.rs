@@ -503,6 +503,14 @@ async fn removing_the_last_factor_voids_the_recovery_codes_and_the_next_factor_b
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let summary = app.state.factors.summary("alice").await.unwrap();
     assert_eq!((summary.passkeys, summary.recovery_codes), (0, 0), "no factor left: no codes standing in for one");
+    // Both removals are logged: the passkey's, and the codes' that went with it.
+    let removed: Vec<String> = app
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "mfa_removed")
+        .map(|l| l["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(removed, ["passkey", "recovery_codes"]);
 
     let (_, resp) = register(&app, &alice, "the owner's key").await;
     assert_eq!(resp.status(), StatusCode::OK, "the next first factor brings its own codes");

@@ -207,12 +207,15 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     match state.factors.remove_totp(&session.user.key).await {
-        Ok(true) => {
+        Ok(Some(codes_voided)) => {
             let username = &session.user.display_name;
             state.audit.record(&AuthEvent::MfaRemoved { username, kind: FactorKind::Totp.as_str() });
+            if codes_voided > 0 {
+                state.audit.record(&AuthEvent::MfaRemoved { username, kind: FactorKind::RecoveryCodes.as_str() });
+            }
             Notice::TotpRemoved.attach(&state.csrf, &session.token_hash, see_other("/account"))
         }
-        Ok(false) => see_other("/account"),
+        Ok(None) => see_other("/account"),
         Err(e) => store_error(&e, "could not remove the authenticator"),
     }
 }
