@@ -218,6 +218,7 @@ async fn the_admin_page_filters_pages_summarises_and_charts() {
     assert_eq!(rows(&page), 4);
     assert!(page.contains("mallory"), "escaped, but shown");
     assert_eq!(page.matches("<rect").count(), 48, "a 12-hour filter still charts 48 hours");
+    assert!(page.contains("the time filters apply to the summary and records, not here"), "and says so");
     assert!(!page.contains('\u{1b}') || page.contains("mallory\u{1b}[31m"));
 
     // Keyset pages: 30 records, 7 per page, every record once.
@@ -243,7 +244,7 @@ async fn the_admin_page_filters_pages_summarises_and_charts() {
 
     // Summary and chart.
     let (_, page) = get(String::new()).await;
-    assert!(page.contains("30 record(s)"));
+    assert!(page.contains("30 failed attempt(s)"));
     let svg_start = page.find("<svg").unwrap();
     let svg_end = page.find("</svg>").unwrap() + "</svg>".len();
     let svg = &page[svg_start..svg_end];
