@@ -76,14 +76,14 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// Only records after this: a duration back from now (2h, 7d) or an RFC 3339 time
+    /// Only records after this: a duration back from now (2h, 7d), `now`, or an RFC 3339 time
     #[arg(long, value_name = "DUR|RFC3339")]
     since: Option<String>,
     /// Only records before this (same forms as --since)
     #[arg(long, value_name = "DUR|RFC3339")]
     until: Option<String>,
-    /// Only this username (matched case- and width-insensitively; as the table shows it,
-    /// escapes such as \u{1b} included)
+    /// Only this username (matched case- and width-insensitively; as the table or `--json`
+    /// shows it, escapes such as \u{1b} included; the table cuts names past 23 characters)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
     /// Only this address or CIDR range

@@ -40,7 +40,7 @@ pub struct FilterArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error("--since/--until: `{0}` is neither a duration like 2h nor an RFC 3339 time")]
+    #[error("--since/--until: `{0}` is neither a duration like 2h, `now`, nor an RFC 3339 time")]
     Time(String),
     #[error("--ip: `{0}` is not an address or CIDR range")]
     Ip(String),
@@ -80,6 +80,10 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
 /// [`parse_time`] before a duration reaching back past 1970 is clamped to it, so that two such
 /// times still compare as typed (`--since 100000d --until 200000d` is reversed too).
 fn signed_time(s: &str, now_ms: u64) -> Result<i128, FilterError> {
+    // What the page's Until field shows when empty.
+    if s.trim().eq_ignore_ascii_case("now") {
+        return Ok(i128::from(now_ms));
+    }
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(i128::from(now_ms) - i128::try_from(d.as_millis()).unwrap_or(i128::MAX / 2));
     }
@@ -142,7 +146,7 @@ impl FilterArgs {
     pub fn with_times_fixed(&self, now_ms: u64) -> FilterArgs {
         let mut fixed = self.clone();
         for time in [&mut fixed.since, &mut fixed.until].into_iter().flatten() {
-            if humantime::parse_duration(time.trim()).is_ok() {
+            if humantime::parse_duration(time.trim()).is_ok() || time.trim().eq_ignore_ascii_case("now") {
                 if let Ok(ms) = parse_time(time.trim(), now_ms) {
                     *time = rfc3339(ms);
                 }
@@ -613,11 +617,15 @@ fn escape_units(s: &str) -> impl Iterator<Item = &str> {
 /// An aligned table that fits a 120-column terminal.
 pub fn text_table(records: &[RecordView]) -> String {
     let ip_w = records.iter().map(|r| r.ip.len()).max().unwrap_or(2).clamp(2, 39);
-    let mut out =
-        format!("{:<24}  {:<ip_w$}  {:<16}  {:>5}  {:<24}  USER AGENT\n", "TIME", "IP", "REASON", "COUNT", "USERNAME");
+    // The longest reason's name (`bad_second_factor`), so that COUNT stays in its column.
+    let reason_w = FailureReason::ALL.iter().map(|r| r.as_str().len()).max().unwrap_or(6);
+    let mut out = format!(
+        "{:<24}  {:<ip_w$}  {:<reason_w$}  {:>5}  {:<24}  USER AGENT\n",
+        "TIME", "IP", "REASON", "COUNT", "USERNAME"
+    );
     for r in records {
         out.push_str(&format!(
-            "{:<24}  {}  {:<16}  {:>5}  {}  {}\n",
+            "{:<24}  {}  {:<reason_w$}  {:>5}  {}  {}\n",
             r.time,
             cut(&r.ip, ip_w),
             r.reason,
@@ -903,6 +911,25 @@ mod tests {
     }
 
     #[test]
+    fn the_count_column_stays_in_line_for_every_reason() {
+        let row = |reason: &str| RecordView {
+            time: "2026-12-01T00:00:00.000Z".into(),
+            ip: "192.0.2.1".into(),
+            username: "alice".into(),
+            reason: reason.into(),
+            user_agent: "x".into(),
+            count: 7,
+            typed: None,
+            instance: String::new(),
+        };
+        let rows: Vec<RecordView> = FailureReason::ALL.iter().map(|r| row(r.as_str())).collect();
+        let table = text_table(&rows);
+        let ends: Vec<usize> =
+            table.lines().map(|l| l.find("COUNT").map_or_else(|| l.find('7').unwrap() + 1, |i| i + 5)).collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{table}");
+    }
+
+    #[test]
     fn the_chart_is_one_svg_with_a_bar_per_hour_and_no_script() {
         let per_hour: Vec<(String, usize)> = (0..48).map(|i| (rfc3339(i * HOUR_MS), i as usize)).collect();
         let svg = svg_chart(&per_hour);
@@ -920,6 +947,10 @@ mod tests {
         assert_eq!(fixed.until, args.until, "an RFC 3339 time is left as it is");
         let later = 5 * HOUR_MS;
         assert_eq!(fixed.to_query(later, 1).unwrap().since, args.to_query(3 * HOUR_MS, 1).unwrap().since);
+        // `now`, as the page's Until field shows when empty, is the time of asking, fixed too.
+        let args = FilterArgs { until: Some(" NOW ".into()), ..Default::default() };
+        assert_eq!(args.to_query(later, 1).unwrap().until, Some(later));
+        assert_eq!(args.with_times_fixed(later).until.as_deref(), Some(rfc3339(later).as_str()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

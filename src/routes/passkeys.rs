@@ -20,6 +20,7 @@ use super::account::CsrfOnly;
 use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
 use crate::fault_log::Severity;
+use crate::metrics::LoginResult;
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
 use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
@@ -226,7 +227,13 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     };
     let next = super::login::safe_next(form.next.as_deref());
     let rd = super::login::checked_rd(&state, form.rd.as_deref());
-    let mut resp = match state.sign_in.with_passkey(&state.passkeys, attempt).await {
+    let judged = state.sign_in.with_passkey(&state.passkeys, attempt).await;
+    match &judged {
+        Ok(Outcome::SignedIn { .. }) => state.metrics.login_attempt(LoginResult::Success),
+        Ok(Outcome::Refused(refusal)) => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
+        _ => {}
+    }
+    let mut resp = match judged {
         Ok(Outcome::SignedIn { token, .. }) => {
             let mut resp = see_other(rd.as_deref().or(next).unwrap_or("/"));
             let cookie = cookies::set(SESSION_COOKIE, &token.encode(), None);

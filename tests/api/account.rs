@@ -118,6 +118,11 @@ async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
     assert!(resp.text().await.unwrap().contains("too short"));
     let resp = change(&app, &alice, GOOD_PASSWORD, "password1234567890", "password1234567890").await;
     assert_eq!(resp.status(), 400);
+    // The same password again: nothing would change but the other sessions' end.
+    let resp = change(&app, &alice, GOOD_PASSWORD, GOOD_PASSWORD, GOOD_PASSWORD).await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("the one you have now"));
+    assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_password_change"), "no change logged");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "unchanged");
 }
 

@@ -793,3 +793,22 @@ async fn on_sled_a_restart_voids_the_sign_in_ceremonies_begun_before_it() {
     let cookies = others.chain([ceremony.as_str()]).collect::<Vec<_>>();
     assert_eq!(finish(credential, cookies.join("; ")).await, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn passkey_sign_ins_are_counted_in_the_login_attempts_metric() {
+    use crate::metrics::{delta, samples, scrape_text, with_metrics};
+    let app = with_metrics(on_localhost).await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "laptop").await;
+    let before = samples(&scrape_text(&app).await);
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut device).await.status(), StatusCode::SEE_OTHER);
+    let other = app.new_browser();
+    let csrf = login_csrf(&app, &other).await;
+    assert_eq!(begin_sign_in(&app, &other, &csrf).await.status(), StatusCode::OK);
+    assert_eq!(finish(&app, &other, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED);
+    let after = samples(&scrape_text(&app).await);
+    let login = |result: &str, reason: &str| {
+        delta(&before, &after, &format!("portcullis_login_attempts_total{{result=\"{result}\",reason=\"{reason}\"}}"))
+    };
+    assert_eq!((login("success", "none"), login("failure", "bad_passkey")), (1.0, 1.0));
+}

@@ -62,6 +62,12 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
     }
+    // Nothing to hash or check: the user typed both. (NFKC, as passwords are compared.)
+    let same =
+        crate::password::Password::new(&form.new).expose() == crate::password::Password::new(&form.current).expose();
+    if same && !form.new.is_empty() {
+        return again(StatusCode::BAD_REQUEST, "The new password is the one you have now: choose another.").await;
+    }
     match check_current(req, &state, &session, &form.current).await {
         Ok(PasswordCheck::Right) => {}
         Ok(PasswordCheck::Wrong) => {
