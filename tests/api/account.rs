@@ -118,6 +118,11 @@ async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
     assert!(resp.text().await.unwrap().contains("too short"));
     let resp = change(&app, &alice, GOOD_PASSWORD, "password1234567890", "password1234567890").await;
     assert_eq!(resp.status(), 400);
+    // No current password: a form not filled in, nothing checked or recorded.
+    let resp = change(&app, &alice, "", NEW_PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("Type your current password"));
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
     // The same password again: nothing would change but the other sessions' end.
     let resp = change(&app, &alice, GOOD_PASSWORD, GOOD_PASSWORD, GOOD_PASSWORD).await;
     assert_eq!(resp.status(), 400);

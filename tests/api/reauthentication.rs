@@ -219,6 +219,11 @@ async fn the_confirmation_form_needs_its_csrf_token_and_a_session() {
     let forged = post(&app, &carol, "/account/confirm", &[("csrf", "forged"), ("current", GOOD_PASSWORD)]).await;
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     assert!(cookie_value(&forged, "__Host-portcullis").is_none(), "no new session for a forged form");
+    // No password typed: a form not filled in (400), nothing checked or recorded.
+    let csrf = csrf_of(&carol, app.url("/account/confirm")).await;
+    let empty = post(&app, &carol, "/account/confirm", &[("csrf", csrf.as_str()), ("current", "")]).await;
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
     let nobody = app.new_browser();
     let resp = post(&app, &nobody, "/account/confirm", &[("csrf", "x"), ("current", GOOD_PASSWORD)]).await;
     assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login?next=/account"));

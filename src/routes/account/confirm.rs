@@ -157,6 +157,10 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
+    // Nothing typed is a form not filled in (400), not a guess to count and record.
+    if form.current.is_empty() {
+        return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."));
+    }
     match check_current(req, &state, &session, &form.current).await {
         Ok(PasswordCheck::Right) => {}
         Ok(PasswordCheck::Wrong) => {

@@ -59,6 +59,10 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         let state = state.0.clone();
         async move { super::render(&state, &session, status, Some(message)).await }
     };
+    // Nothing typed is a form not filled in (400), not a guess to count and record.
+    if form.current.is_empty() {
+        return again(StatusCode::BAD_REQUEST, "Type your current password.").await;
+    }
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
     }
