@@ -239,7 +239,7 @@ async fn handle(stream: UnixStream, users: &UserAdmin, audit: &Audit) -> std::io
                 // A longer page is cut, its `next` saying where the rest begins; a limit no
                 // command may ask for is left for the review to refuse.
                 let limit = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
-                if limit <= crate::review::MAX_LIMIT {
+                if crate::review::is_allowed_limit(limit) {
                     filters.limit = Some(limit.min(RECORDS_PER_ANSWER));
                 }
             }
@@ -280,7 +280,7 @@ pub async fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<R
         return call_within(data_dir, request, ANSWER_TIMEOUT).await;
     };
     let wanted = filters.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
-    if !(1..=crate::review::MAX_LIMIT).contains(&wanted) {
+    if !crate::review::is_allowed_limit(wanted) {
         return call_within(data_dir, request, ANSWER_TIMEOUT).await;
     }
     let mut records = Vec::new();

@@ -21,6 +21,12 @@ pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
 /// value is refused rather than quietly cut.
 pub const MAX_LIMIT: usize = 1_000_000;
 
+/// Whether `n` is a `--limit` a review may be asked for: 1 to [`MAX_LIMIT`] (0 would mean
+/// "no limit" to the store).
+pub fn is_allowed_limit(n: usize) -> bool {
+    (1..=MAX_LIMIT).contains(&n)
+}
+
 pub const HOUR_MS: u64 = 3_600_000;
 /// Hours of a summary's per-hour series (and so of the admin page's chart).
 pub const SUMMARY_HOURS: u64 = 48;
@@ -80,12 +86,8 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, FilterError> {
 /// [`parse_time`] before a duration reaching back past 1970 is clamped to it, so that two such
 /// times still compare as typed (`--since 100000d --until 200000d` is reversed too).
 fn signed_time(s: &str, now_ms: u64) -> Result<i128, FilterError> {
-    // What the page's Until field shows when empty.
-    if s.trim().eq_ignore_ascii_case("now") {
-        return Ok(i128::from(now_ms));
-    }
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(i128::from(now_ms) - i128::try_from(d.as_millis()).unwrap_or(i128::MAX / 2));
+    if let Some(ms) = relative_time(s, now_ms) {
+        return Ok(ms);
     }
     let t = parse_rfc3339(s)?;
     // `time` reads four-digit years only, but an offset can still carry the last one past
@@ -97,6 +99,17 @@ fn signed_time(s: &str, now_ms: u64) -> Result<i128, FilterError> {
         .filter(|ms| *ms <= LAST_MS_OF_9999)
         .map(i128::from)
         .ok_or_else(|| FilterError::OutOfRange(escape_controls(s)))
+}
+
+/// The time `s` means at `now_ms` when it is relative to it: `now` (what the page's Until
+/// field shows when empty) or a duration back from it; `None` for anything else.
+fn relative_time(s: &str, now_ms: u64) -> Option<i128> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("now") {
+        return Some(i128::from(now_ms));
+    }
+    let d = humantime::parse_duration(s).ok()?;
+    Some(i128::from(now_ms) - i128::try_from(d.as_millis()).unwrap_or(i128::MAX / 2))
 }
 
 /// 9999-12-31T23:59:59.999Z in Unix milliseconds.
@@ -146,8 +159,8 @@ impl FilterArgs {
     pub fn with_times_fixed(&self, now_ms: u64) -> FilterArgs {
         let mut fixed = self.clone();
         for time in [&mut fixed.since, &mut fixed.until].into_iter().flatten() {
-            if humantime::parse_duration(time.trim()).is_ok() || time.trim().eq_ignore_ascii_case("now") {
-                if let Ok(ms) = parse_time(time.trim(), now_ms) {
+            if relative_time(time, now_ms).is_some() {
+                if let Ok(ms) = parse_time(time, now_ms) {
                     *time = rfc3339(ms);
                 }
             }
@@ -160,7 +173,7 @@ impl FilterArgs {
     pub fn to_query(&self, now_ms: u64, default_limit: usize) -> Result<FailureQuery, FilterError> {
         let limit = match self.limit {
             None => default_limit,
-            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(n) if is_allowed_limit(n) => n,
             Some(n) => return Err(FilterError::Limit(n.to_string(), MAX_LIMIT)),
         };
         let since = non_empty(&self.since).map(|s| signed_time(s, now_ms)).transpose()?;
