@@ -88,6 +88,14 @@ pub struct Retire {
     pub expires_at_ms: u64,
 }
 
+impl Retire {
+    /// The retirement of `pre`, the pre-login value a sign-in succeeded with: kept past its
+    /// expiry by the slack ([`crate::csrf::PreLogin::retired_until_ms`]).
+    pub fn of(pre: &crate::csrf::PreLogin) -> Self {
+        Retire { id: pre.id(), expires_at_ms: pre.retired_until_ms() }
+    }
+}
+
 /// What must be shared between instances for the brute-force defences (module note). Every
 /// method may fail with [`StateError`], which callers answer with a 503.
 ///

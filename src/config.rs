@@ -319,6 +319,14 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let raw = layered(file, env, flags);
         let p = Parser { raw };
+        if p.given_empty("database_url") {
+            // `PORTCULLIS_DATABASE_URL="$PGURL"` with `$PGURL` unset in a new shell: read as
+            // "not set", an instance of a cluster would start alone on a new sled store.
+            return Err(p.invalid(
+                "database_url",
+                "is empty: give a postgres:// URL, or leave it out (unset the variable, remove the line) for the sled store in data_dir",
+            ));
+        }
         let settings = Settings {
             https_addr: p.parse("https_addr", parse_addr)?,
             http_addr: p.parse("http_addr", |s| if s == "off" { Ok(None) } else { parse_addr(s).map(Some) })?,
@@ -357,22 +365,13 @@ impl Settings {
             async_workers: p.parse("async_workers", |s| parse_range(s, 0, 1024))? as usize,
             hash_queue: p.parse("hash_queue", |s| parse_range(s, 1, 1_000_000))? as usize,
             cert_check_interval: p.parse("cert_check_interval", parse_duration)?,
-            database_url: if p.given_empty("database_url") {
-                // `PORTCULLIS_DATABASE_URL="$PGURL"` with `$PGURL` unset in a new shell: read
-                // as "not set", an instance of a cluster would start alone on a new sled store.
-                return Err(p.invalid(
-                    "database_url",
-                    "is empty: give a postgres:// URL, or leave it out (unset the variable, remove the line) for the sled store in data_dir",
-                ));
-            } else {
-                p.parse("database_url", |s| {
-                    if s.is_empty() {
-                        Ok(None)
-                    } else {
-                        crate::postgres::url::DatabaseUrl::parse(s).map(Some)
-                    }
-                })?
-            },
+            database_url: p.parse("database_url", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    crate::postgres::url::DatabaseUrl::parse(s).map(Some)
+                }
+            })?,
             instance_name: p.parse("instance_name", parse_instance_name)?,
             webauthn_rp_id: p.parse("webauthn_rp_id", parse_rp_id)?,
             second_factor: p.parse("second_factor", SecondFactorPolicy::parse)?,

@@ -215,8 +215,7 @@ impl Csrf {
     /// value is: a sign-in retires it ([`crate::brute_force::BruteForceState::succeed`]).
     pub fn seal_ceremony(&self, pre: &PreLogin, state: &str, expires_at_secs: u64) -> String {
         let expires = expires_at_secs.to_be_bytes();
-        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
-        let tag = self.mac(&[b"passkey sign-in", epoch, &pre.id, &expires, state.as_bytes()]).finalize().into_bytes();
+        let tag = self.ceremony_mac(pre, &expires, state.as_bytes()).finalize().into_bytes();
         let mut out = Vec::with_capacity(8 + state.len() + CEREMONY_TAG_BYTES);
         out.extend_from_slice(&expires);
         out.extend_from_slice(state.as_bytes());
@@ -234,13 +233,18 @@ impl Csrf {
         let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
         let (expires, rest) = bytes.split_first_chunk::<8>()?;
         let (state, tag) = rest.split_at_checked(rest.len().checked_sub(CEREMONY_TAG_BYTES)?)?;
-        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
-        let mac = self.mac(&[b"passkey sign-in", epoch, &pre.id, expires, state]);
-        mac.verify_truncated_left(tag).ok()?;
+        self.ceremony_mac(pre, expires, state).verify_truncated_left(tag).ok()?;
         if now_secs >= u64::from_be_bytes(*expires) {
             return None;
         }
         String::from_utf8(state.to_vec()).ok()
+    }
+
+    /// The MAC over a sealed ceremony: its expiry and state, bound to the form's pre-login id
+    /// and, when there is one, this process's own value.
+    fn ceremony_mac(&self, pre: &PreLogin, expires: &[u8; 8], state: &[u8]) -> Hmac<Sha256> {
+        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
+        self.mac(&[b"passkey sign-in", epoch, &pre.id, expires, state])
     }
 
     /// The hidden-field token for forms shown to a signed-in user.

@@ -337,7 +337,7 @@ impl SignIn {
         // once only the first to get here goes on); and, for a user who is signed in by the
         // password alone, the username's failures cleared (with a second factor owed they stay
         // counted until it is given).
-        let retire = Retire { id: prelogin.id(), expires_at_ms: prelogin.retired_until_ms() };
+        let retire = Retire::of(&prelogin);
         let clear = (!factors.has_second_factor()).then(|| username_digest(&user.key));
         let ended = match reservation {
             Some(r) => r.succeed(Some(retire), clear, now_ms()).await?,
