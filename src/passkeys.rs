@@ -328,17 +328,16 @@ impl Passkeys {
 
     /// Finishes a discoverable sign-in: verifies the answer against `state` (what
     /// [`Passkeys::begin_sign_in`] gave, as the browser kept it, its seal checked by the
-    /// caller; `None` when there was none that opened) and the passkey the answer names (whose
-    /// user handle must match), and notes the use.
+    /// caller) and the passkey the answer names (whose user handle must match), and notes the
+    /// use.
     ///
     /// # Errors
-    /// [`PasskeyError::NoCeremony`]; [`PasskeyError::Rejected`] for an unknown passkey, a
+    /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`] for an unknown passkey, a
     /// wrong user handle, a failed verification, or a signature counter that did not move
     /// forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
-    pub async fn finish_sign_in(&self, state: Option<&str>, credential: &str) -> Result<Verified, PasskeyError> {
+    pub async fn finish_sign_in(&self, state: &str, credential: &str) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
-        let state: DiscoverableAuthentication =
-            serde_json::from_str(state.ok_or(PasskeyError::NoCeremony)?).map_err(|_| PasskeyError::NoCeremony)?;
+        let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
         let cred: PublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         let (handle, id) =
@@ -502,7 +501,7 @@ mod tests {
             assert!(begun.options.contains("challenge") && begun.state.contains("challenge"));
         }
         assert_eq!(store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 0, "none stored");
-        for state in [None, Some(""), Some("{}"), Some("not json")] {
+        for state in ["", "{}", "not json"] {
             assert!(matches!(passkeys.finish_sign_in(state, "{}").await, Err(PasskeyError::NoCeremony)), "{state:?}");
         }
     }

@@ -145,6 +145,15 @@ pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> 
     })
 }
 
+/// A code as typed (TOTP, recovery) without the spaces, tabs and dashes people and apps put in
+/// it, each other character through `map`. Wiped when dropped, a code or not; sized up front
+/// so no reallocation leaves a copy behind.
+fn compact_code(typed: &str, map: impl Fn(char) -> char) -> Zeroizing<String> {
+    let mut code = Zeroizing::new(String::with_capacity(typed.len()));
+    code.extend(typed.chars().filter(|c| !c.is_whitespace() && *c != '-').map(map));
+    code
+}
+
 /// The second-factor service: checks and enrolment, over the store and the factor key.
 #[derive(Clone)]
 pub struct SecondFactors {

@@ -37,14 +37,12 @@ pub fn generate() -> Result<Vec<Zeroizing<String>>, crate::random::RandomError> 
 /// A code as typed, in the form it is hashed in, if it can be one: case, spaces and dashes
 /// ignored, and the letters people type for the missing ones read as what they look like.
 pub fn normalise(typed: &str) -> Option<Zeroizing<String>> {
-    // Wiped when dropped, a code or not; sized up front so no reallocation leaves a copy.
-    let mut code = Zeroizing::new(String::with_capacity(typed.len()));
-    code.extend(typed.chars().filter(|c| !c.is_whitespace() && *c != '-').map(|c| match c.to_ascii_lowercase() {
+    let code = super::compact_code(typed, |c| match c.to_ascii_lowercase() {
         'i' | 'l' => '1',
         'o' => '0',
         'u' => 'v',
         c => c,
-    }));
+    });
     (code.len() == LEN && code.bytes().all(|b| ALPHABET.contains(&b))).then_some(code)
 }
 

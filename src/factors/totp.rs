@@ -65,12 +65,9 @@ pub fn uri(secret: &[u8], issuer: &str, account: &str) -> Result<Zeroizing<Strin
 }
 
 /// A code as typed or pasted, if it is one: the digits, with spaces, tabs and dashes that
-/// apps put in the middle taken out.
-/// Wiped when dropped, whether it is a code or not; sized up front so no copy is left behind
-/// by a reallocation.
+/// apps put in the middle taken out; wiped when dropped ([`super::compact_code`]).
 pub fn normalise_code(typed: &str) -> Option<Zeroizing<String>> {
-    let mut digits = Zeroizing::new(String::with_capacity(typed.len()));
-    digits.extend(typed.chars().filter(|c| !c.is_whitespace() && *c != '-'));
+    let digits = super::compact_code(typed, |c| c);
     (digits.len() == DIGITS && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
 }
 

@@ -286,7 +286,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
 
 #[handler]
 pub async fn list(req: &Request, state: State<'_>) -> Response {
-    match signed_in(req, &state, Then::Passkeys.sign_in_url()).await {
+    match signed_in(req, &state, &Then::Passkeys.sign_in_url()).await {
         Ok(session) => page(&state, &session, StatusCode::OK, None).await,
         Err(resp) => resp,
     }

@@ -143,7 +143,7 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
             None => None,
         };
-        let verified = match passkeys.finish_sign_in(Some(&state), a.credential).await {
+        let verified = match passkeys.finish_sign_in(&state, a.credential).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })

@@ -53,12 +53,8 @@ impl Then {
     }
 
     /// The sign-in form that comes back to `self`'s page.
-    pub fn sign_in_url(self) -> &'static str {
-        match self {
-            Then::Account => "/login?next=/account",
-            Then::Totp => "/login?next=/account/totp",
-            Then::Passkeys => "/login?next=/account/passkeys",
-        }
+    pub fn sign_in_url(self) -> String {
+        format!("/login?next={}", self.path())
     }
 
     pub fn path(self) -> &'static str {
@@ -136,7 +132,7 @@ impl Drop for ConfirmForm {
 pub async fn show(req: &Request, state: State<'_>, query: Option<Query<ConfirmQuery>>) -> Response {
     let then = Then::parse(query.as_ref().and_then(|q| q.next.as_deref()));
     // Signed out: a sign-in is recent, so straight on to the page the confirmation was for.
-    let session = match signed_in(req, &state, then.sign_in_url()).await {
+    let session = match signed_in(req, &state, &then.sign_in_url()).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

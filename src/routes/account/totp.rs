@@ -135,7 +135,7 @@ async fn enrol_page(
 
 #[handler]
 pub async fn enrol(req: &Request, state: State<'_>) -> Response {
-    let session = match signed_in(req, &state, Then::Totp.sign_in_url()).await {
+    let session = match signed_in(req, &state, &Then::Totp.sign_in_url()).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
