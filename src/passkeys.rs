@@ -332,9 +332,10 @@ impl Passkeys {
     /// use.
     ///
     /// # Errors
-    /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`] for an unknown passkey, a
-    /// wrong user handle, a failed verification, or a signature counter that did not move
-    /// forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
+    /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`]
+    /// for an unknown passkey, a wrong user handle, a failed verification, or a signature
+    /// counter that did not move forward (a cloned authenticator, W3C WebAuthn §6.1.1);
+    /// [`PasskeyError::Store`].
     pub async fn finish_sign_in(&self, state: &str, credential: &str) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
         let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
