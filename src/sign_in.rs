@@ -144,6 +144,9 @@ pub enum PasswordCheck {
     /// The username or address has failed often enough (checks in flight included) to be
     /// asked for a captcha, which only the login form gives: no password was checked.
     CaptchaDemanded,
+    /// Nothing was typed: a form not filled in, not a guess, so nothing was checked, counted
+    /// or recorded.
+    NothingTyped,
 }
 
 /// Why an attempt could not be judged. Each is a 503 except where
@@ -376,7 +379,8 @@ impl SignIn {
     /// and recorded as `bad_password`, each refusal before it recorded too. Past the threshold
     /// no password is checked: only the login form, with its captcha, takes guesses then. So
     /// a stolen session cannot guess faster than the login form allows, nor write more
-    /// records. Nothing here signs anyone in or clears a failure.
+    /// records. An empty password is no guess ([`PasswordCheck::NothingTyped`]). Nothing here
+    /// signs anyone in or clears a failure.
     ///
     /// # Errors
     /// As [`SignIn::attempt`].
@@ -386,6 +390,9 @@ impl SignIn {
         user: &crate::store::User,
         password: Password,
     ) -> Result<PasswordCheck, SignInError> {
+        if password.expose().is_empty() {
+            return Ok(PasswordCheck::NothingTyped);
+        }
         let digest = username_digest(&user.key);
         let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let address = client.key();

@@ -153,10 +153,6 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    // Nothing typed is a form not filled in (400), not a guess to count and record.
-    if form.current.is_empty() {
-        return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."));
-    }
     match check_current(req, &state, &session, &form.current).await {
         Ok(PasswordCheck::Right) => {}
         Ok(PasswordCheck::Wrong) => {
@@ -168,6 +164,9 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 page(&state, &session, then, StatusCode::TOO_MANY_REQUESTS, Some(message)),
                 retry_after,
             );
+        }
+        Ok(PasswordCheck::NothingTyped) => {
+            return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."))
         }
         Ok(PasswordCheck::CaptchaDemanded) => {
             return page(&state, &session, then, StatusCode::FORBIDDEN, Some(super::password::CAPTCHA_DEMANDED))

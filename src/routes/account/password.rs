@@ -59,10 +59,6 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         let state = state.0.clone();
         async move { super::render(&state, &session, status, Some(message)).await }
     };
-    // Nothing typed is a form not filled in (400), not a guess to count and record.
-    if form.current.is_empty() {
-        return again(StatusCode::BAD_REQUEST, "Type your current password.").await;
-    }
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
     }
@@ -82,6 +78,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             return with_retry_after(resp.await, retry_after);
         }
         Ok(PasswordCheck::CaptchaDemanded) => return again(StatusCode::FORBIDDEN, CAPTCHA_DEMANDED).await,
+        Ok(PasswordCheck::NothingTyped) => return again(StatusCode::BAD_REQUEST, "Type your current password.").await,
         Err(resp) => return resp,
     }
     let user = &session.user;
