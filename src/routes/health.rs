@@ -2,7 +2,7 @@
 //! every core is hashing. `GET /readyz`: readiness for load balancers, 200 while the store
 //! can take writes and 503 while it cannot (down, hung, or a read-only database: every
 //! sign-in writes), records another factor key than this server's, or keeps a time more than
-//! a minute off this host's clock, with the reason logged (SPEC, "Several instances, one
+//! 30 s off this host's clock, with the reason logged (SPEC, "Several instances, one
 //! truth").
 
 use poem::http::StatusCode;
@@ -28,35 +28,33 @@ pub async fn readyz(state: State<'_>) -> Response {
 /// Whether this instance may be sent requests now; when not, the reason is logged (a load
 /// balancer asks every few seconds, each of them: the lines are bounded like the rest).
 async fn is_ready(state: &crate::app::AppState) -> bool {
-    let offset = match state.store.ready().await {
-        Ok(offset) => offset,
+    match not_ready(state).await {
+        Ok(None) => true,
+        Ok(Some(why)) => {
+            crate::fault_log::report(why.what(), Severity::Error, false, &why);
+            false
+        }
         Err(e) => {
             crate::fault_log::report("not ready: the store cannot take writes", Severity::Warn, true, &e);
-            return false;
+            false
         }
-    };
+    }
+}
+
+/// Why this instance is not ready though its store answers; `None` when it is ready.
+///
+/// # Errors
+/// [`crate::store::StoreError`] when the store cannot take writes or be read.
+async fn not_ready(state: &crate::app::AppState) -> Result<Option<NotReady>, crate::store::StoreError> {
     // Instances stamp sessions with their own clocks, and end those stamped further ahead
     // than the skew allows: two that far apart would sign users out, or stretch their
     // timeouts. Each within half of it of the database is within all of it of the others.
-    if let Some(ms) = offset.filter(|ms| ms.unsigned_abs() > CLOCK_LIMIT_MS) {
-        let e = ClockOff { database_ahead_ms: ms };
-        crate::fault_log::report("not ready: this host's clock is off the database's", Severity::Error, false, &e);
-        return false;
+    if let Some(ms) = state.store.ready().await?.filter(|ms| ms.unsigned_abs() > CLOCK_LIMIT_MS) {
+        return Ok(Some(NotReady::ClockOff { database_ahead_ms: ms }));
     }
-    match state.factors.has_another_key().await {
-        Ok(false) => true,
-        Ok(true) => {
-            // Every second factor this server seals or checks would fail (a 500 each); the
-            // servers with the recorded key serve them.
-            let e = crate::factors::KeyError::OtherKey;
-            crate::fault_log::report("not ready: the store records another factor key", Severity::Error, false, &e);
-            false
-        }
-        Err(e) => {
-            crate::fault_log::report("not ready: the store cannot take writes", Severity::Warn, true, &e);
-            false
-        }
-    }
+    // Every second factor this server sealed or checked would fail (a 500 each); the servers
+    // with the recorded key serve them.
+    Ok(state.factors.has_another_key().await?.then_some(NotReady::OtherFactorKey))
 }
 
 /// How far this host's clock may be off the database's and the host still be ready
@@ -65,20 +63,38 @@ async fn is_ready(state: &crate::app::AppState) -> bool {
 /// trip, off by at most half of it (milliseconds on a network a database is used over).
 pub const CLOCK_LIMIT_MS: u64 = crate::store::CLOCK_SKEW_MS / 2;
 
-/// How far this host's clock is off the database's, for the log. Either may be the wrong one:
-/// with every instance off by the same amount, it is the database's.
-struct ClockOff {
-    database_ahead_ms: i64,
+/// Why a store that answers is still not ready, for the log.
+enum NotReady {
+    /// This host's clock is more than [`CLOCK_LIMIT_MS`] off the database's. Either may be
+    /// the wrong one: with every instance off by the same amount, it is the database's.
+    ClockOff { database_ahead_ms: i64 },
+    /// The store records another factor key than this server's.
+    OtherFactorKey,
 }
 
-impl std::fmt::Display for ClockOff {
+impl NotReady {
+    /// The kind of fault, as `fault_log` bounds its lines.
+    fn what(&self) -> &'static str {
+        match self {
+            NotReady::ClockOff { .. } => "not ready: this host's clock is off the database's",
+            NotReady::OtherFactorKey => "not ready: the store records another factor key",
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.database_ahead_ms.unsigned_abs() as f64 / 1000.0;
-        let way = if self.database_ahead_ms > 0 { "behind" } else { "ahead of" };
-        write!(
-            f,
-            "this host's clock is {secs:.1} s {way} the database's (more than {} s): check NTP on both",
-            CLOCK_LIMIT_MS / 1000
-        )
+        match self {
+            NotReady::ClockOff { database_ahead_ms } => {
+                let secs = database_ahead_ms.unsigned_abs() as f64 / 1000.0;
+                let way = if *database_ahead_ms > 0 { "behind" } else { "ahead of" };
+                write!(
+                    f,
+                    "this host's clock is {secs:.1} s {way} the database's (more than {} s): check NTP on both",
+                    CLOCK_LIMIT_MS / 1000
+                )
+            }
+            NotReady::OtherFactorKey => crate::factors::KeyError::OtherKey.fmt(f),
+        }
     }
 }
