@@ -14,7 +14,7 @@ use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVe
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use portcullis::config::HashParams;
 use portcullis::password::Workspace;
-use portcullis::password::{HashPool, Password};
+use portcullis::password::{HashPool, Lane, Password};
 
 const PASSWORD: &[u8] = b"correct plum tractor velvet";
 
@@ -123,7 +123,9 @@ fn pool_overhead(c: &mut Criterion) {
     let one = rt.block_on(async { HashPool::start(params, 1, 256) }).unwrap();
     g.bench_function("pool_1worker_sequential", |b| {
         b.iter(|| {
-            let v = rt.block_on(one.verify(Password::new("correct plum tractor velvet"), Some(phc.clone()))).unwrap();
+            let v = rt
+                .block_on(one.verify(Password::new("correct plum tractor velvet"), Some(phc.clone()), Lane::Open))
+                .unwrap();
             assert!(v.valid);
         })
     });
@@ -146,7 +148,10 @@ fn pool_overhead(c: &mut Criterion) {
                     let all = all.clone();
                     let phc = phc.clone();
                     tasks.push(tokio::spawn(async move {
-                        let v = all.verify(Password::new("correct plum tractor velvet"), Some(phc)).await.unwrap();
+                        let v = all
+                            .verify(Password::new("correct plum tractor velvet"), Some(phc), Lane::Open)
+                            .await
+                            .unwrap();
                         drop(permit);
                         assert!(v.valid);
                     }));

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::password::pool::dummy_like;
-use crate::password::{HashPool, Password, PoolError, MAX_PASSWORD_CHARS};
+use crate::password::{HashPool, Lane, Password, PoolError, MAX_PASSWORD_CHARS};
 use crate::store::{now_ms, Store, StoreError, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +90,9 @@ impl Authenticator {
         Authenticator { store, pool, dummy: Arc::default() }
     }
 
-    /// Whether the hash pool would likely take a check now ([`HashPool::has_room`]).
-    pub fn has_room(&self) -> bool {
-        self.pool.has_room()
+    /// Whether the hash pool would likely take a check in `lane` now ([`HashPool::has_room`]).
+    pub fn has_room(&self, lane: Lane) -> bool {
+        self.pool.has_room(lane)
     }
 
     /// Chooses the dummy for unknown usernames now (at start), so that no sign-in waits for
@@ -159,19 +159,20 @@ impl Authenticator {
         dummy
     }
 
-    /// Checks a username and password as typed. On success returns the user, with the
-    /// last sign-in time updated when `completes_sign_in` (no second step follows: a sign-in
-    /// that stops at the second step has not happened, SECURITY.md).
+    /// Checks a username and password as typed, waiting in the hash pool's `lane`. On success
+    /// returns the user, with the last sign-in time updated when `completes_sign_in` (no second
+    /// step follows: a sign-in that stops at the second step has not happened, SECURITY.md).
     ///
     /// # Errors
     /// [`AuthError::InvalidCredentials`] for any refusal (the same answer for all);
-    /// [`AuthError::Overloaded`] when the hash pool's queue is full; [`AuthError::Store`].
+    /// [`AuthError::Overloaded`] when the lane's queue is full; [`AuthError::Store`].
     #[tracing::instrument(name = "authenticate", skip_all)]
     pub async fn authenticate(
         &self,
         typed_username: &str,
         password: Password,
         completes_sign_in: bool,
+        lane: Lane,
     ) -> Result<User, AuthError> {
         if password.char_count() > MAX_PASSWORD_CHARS {
             // No stored password can be this long; refusing it early is the same answer for
@@ -193,7 +194,7 @@ impl Authenticator {
             Some(c) => Some(c.password_hash.clone()),
             None => self.dummy_for_unknown(),
         };
-        let verified = self.pool.verify(password, phc).await?;
+        let verified = self.pool.verify(password, phc, lane).await?;
         let Some(credential) = user else {
             return Err(AuthError::InvalidCredentials(FailureReason::UnknownUser));
         };
@@ -236,7 +237,8 @@ impl Authenticator {
 
     /// Whether `password` is `user_key`'s current password (for a change of password: the
     /// same check as a sign-in, on the hash pool, but no sign-in is recorded). An unknown user
-    /// is checked against the dummy, so it costs the same.
+    /// is checked against the dummy, so it costs the same. Only signed-in users ask this, so
+    /// it waits in [`Lane::Known`].
     ///
     /// # Errors
     /// [`AuthError::Overloaded`] when the pool is full, [`AuthError::Store`] when the store
@@ -251,7 +253,7 @@ impl Authenticator {
             Some(c) => Some(c.password_hash.clone()),
             None => self.dummy_for_unknown(),
         };
-        let verified = self.pool.verify(password, phc).await?;
+        let verified = self.pool.verify(password, phc, Lane::Known).await?;
         Ok(credential.is_some() && verified.valid)
     }
 }

@@ -55,7 +55,7 @@ keys! {
     "body_read_timeout" = "20s" : "a client must send each request's whole body within this of its headers, or gets 408 and is disconnected",
     "hash_workers" = "0" : "argon2 worker threads (0: one per core)",
     "async_workers" = "0" : "threads answering requests, beside the argon2 workers (0: one per core)",
-    "hash_queue" = "256" : "password checks waiting for a worker before the server answers 503",
+    "hash_queue" = "256" : "password checks waiting for a worker before the server answers 503, in each of the two queues (strangers; known browsers and signed-in users)",
     "cert_check_interval" = "5s" : "how often the certificate files are checked for changes",
     "database_url" = "" : "PostgreSQL store: postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=disable|prefer|require|verify-ca|verify-full&sslrootcert=FILE] or, for a Unix socket, postgres://USER@/DB?host=/run/postgresql[&port=PORT] (default: the sled store in data_dir)",
     "instance_name" = "" : "this instance's name in log lines and failed-login records (default: the host name)",

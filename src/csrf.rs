@@ -12,6 +12,13 @@
 //! [`crate::brute_force::BruteForceState`], so the pair of cookie and token cannot sign in a
 //! second time; in memory ([`RetiredSet`]) retired ids are kept until they would have expired
 //! anyway, at most [`MAX_RETIRED`] of them.
+//!
+//! The same secret signs device cookies ([`Csrf::issue_device_cookie`]): each sign-in gives the
+//! browser one bound to the username, and a later login form from that browser for that
+//! username waits in the hash pool's known lane ([`crate::password::Lane::Known`]), out of the
+//! way of a flood from elsewhere (OWASP, "Slow Down Online Guessing Attacks with Device
+//! Cookies"). Like a pre-login value it is the time it was issued, a random id and a tag, and
+//! costs the server no memory.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,7 +49,15 @@ pub const PRELOGIN_LIFETIME: Duration = Duration::from_secs(2 * LOGIN_TOKEN_LIFE
 /// to expiry are forgotten first (32 bytes each, 8 MiB in all).
 pub const MAX_RETIRED: usize = 250_000;
 
-/// Bytes in a pre-login value: issue time (8), random id (16), tag (16).
+/// The device cookie: set at every sign-in, for the username signed in
+/// ([`Csrf::issue_device_cookie`]).
+pub const DEVICE_COOKIE: &str = "__Host-portcullis-device";
+
+/// How long a device cookie is good for after the sign-in that set it, in its `Max-Age` and
+/// in its tag. Every sign-in sets a new one, so a browser used at least this often stays known.
+pub const DEVICE_COOKIE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Bytes in a pre-login value or a device cookie: issue time (8), random id (16), tag (16).
 const PRELOGIN_BYTES: usize = 40;
 
 /// Characters in a pre-login value: [`PRELOGIN_BYTES`] in unpadded base64url.
@@ -181,6 +196,45 @@ impl Csrf {
             return None;
         }
         Some(PreLogin { value: cookie.to_string(), id: *id, issued })
+    }
+
+    /// A new device cookie's value for the user whose key (`normalise_key` of the username) is
+    /// `user_key`, issued at `now_secs`: the time, a random id and a 128-bit tag over both and
+    /// the key. The username itself is not in it.
+    ///
+    /// # Errors
+    /// [`CsrfError::Random`] when the system's random source fails.
+    pub fn issue_device_cookie(&self, user_key: &str, now_secs: u64) -> Result<String, CsrfError> {
+        let mut id = [0u8; 16];
+        crate::random::fill(&mut id)?;
+        let tag = self.device_mac(user_key, &now_secs.to_be_bytes(), &id).finalize().into_bytes();
+        let mut bytes = Vec::with_capacity(PRELOGIN_BYTES);
+        bytes.extend_from_slice(&now_secs.to_be_bytes());
+        bytes.extend_from_slice(&id);
+        bytes.extend_from_slice(&tag[..16]);
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Whether `cookie` is a device cookie this server issued for `user_key` (the tag checks,
+    /// in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything else, one
+    /// for another username included, is `false`.
+    pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
+        if cookie.len() != PRELOGIN_CHARS {
+            return false;
+        }
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(cookie) else { return false };
+        let Some((issued, rest)) = bytes.split_first_chunk::<8>() else { return false };
+        let Some((id, tag)) = rest.split_first_chunk::<16>() else { return false };
+        if self.device_mac(user_key, issued, id).verify_truncated_left(tag).is_err() {
+            return false;
+        }
+        // The same 60 s of clock skew as the forms.
+        let issued = u64::from_be_bytes(*issued);
+        issued <= now_secs.saturating_add(60) && now_secs.saturating_sub(issued) < DEVICE_COOKIE_LIFETIME.as_secs()
+    }
+
+    fn device_mac(&self, user_key: &str, issued: &[u8; 8], id: &[u8; 16]) -> Hmac<Sha256> {
+        self.mac(&[b"device", user_key.as_bytes(), issued, id])
     }
 
     /// The hidden-field token for a login form, bound to the pre-login cookie and the time.
@@ -352,6 +406,29 @@ mod tests {
         assert_eq!(here.open_ceremony(&pre, &sealed, now).as_deref(), Some(state));
         assert_eq!(csrf.open_ceremony(&pre, &sealed, now), None);
         assert_eq!(Csrf::new([7; 32]).ceremonies_of_this_process().unwrap().open_ceremony(&pre, &sealed, now), None);
+    }
+
+    #[test]
+    fn a_device_cookie_is_known_only_for_its_username_unaltered_and_until_it_expires() {
+        let csrf = Csrf::new([7; 32]);
+        let now = 1_800_000_000;
+        let cookie = csrf.issue_device_cookie("alice", now).unwrap();
+        assert!(csrf.is_known_device(&cookie, "alice", now));
+        assert!(!csrf.is_known_device(&cookie, "bob", now), "bound to its username");
+        assert!(!Csrf::new([8; 32]).is_known_device(&cookie, "alice", now), "another key did not issue it");
+        assert_ne!(cookie, csrf.issue_device_cookie("alice", now).unwrap(), "each is new");
+        let last = now + DEVICE_COOKIE_LIFETIME.as_secs() - 1;
+        assert!(csrf.is_known_device(&cookie, "alice", last));
+        assert!(!csrf.is_known_device(&cookie, "alice", last + 1), "expired");
+        assert!(!csrf.is_known_device(&cookie, "alice", now - 61), "issued in the future");
+        let mut bytes = URL_SAFE_NO_PAD.decode(&cookie).unwrap();
+        bytes[7] ^= 1;
+        assert!(!csrf.is_known_device(&URL_SAFE_NO_PAD.encode(&bytes), "alice", now), "its time altered");
+        for junk in ["", "x", &cookie[1..], &format!("{cookie}A"), &"A".repeat(54)] {
+            assert!(!csrf.is_known_device(junk, "alice", now), "{junk}");
+        }
+        let pre = csrf.issue_prelogin(now).unwrap();
+        assert!(!csrf.is_known_device(pre.value(), "alice", now), "a pre-login value is no device cookie");
     }
 
     #[test]

@@ -53,7 +53,7 @@ use crate::csrf::Csrf;
 use crate::domain::normalise_key;
 use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
 use crate::failures::{CaptchaDemanded, Recorded};
-use crate::password::Password;
+use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions};
 use crate::store::{now_ms, Factors, StoreError};
@@ -79,14 +79,18 @@ pub struct Attempt<'a> {
     pub previous_session: Option<SessionToken>,
     /// Where to go afterwards (already checked by `safe_next`), kept with a pending sign-in.
     pub next: Option<&'a str>,
+    /// The `__Host-portcullis-device` cookie's value, if any: one issued for this username
+    /// puts the password check in the hash pool's known lane.
+    pub device: Option<&'a str>,
 }
 
 /// What became of an attempt. (No `Debug`: it can hold a session token.)
 pub enum Outcome {
     /// Signed in: the new session's token, for the cookie. The pre-login value is retired.
     /// `must_enrol`: the `second_factor` policy wants a second factor this user lacks, so
-    /// the session may use `/account` only until one is enrolled.
-    SignedIn { token: SessionToken, must_enrol: bool },
+    /// the session may use `/account` only until one is enrolled. `device_cookie`: a new
+    /// `__Host-portcullis-device` value for this user.
+    SignedIn { token: SessionToken, must_enrol: bool, device_cookie: String },
     /// The password was right and a second factor is owed: the pending sign-in's token, for
     /// the `__Host-portcullis-mfa` cookie. No session exists yet.
     SecondFactorNeeded { pending: SessionToken },
@@ -109,8 +113,8 @@ pub struct SecondAttempt<'a> {
 
 /// What became of a second-step attempt.
 pub enum StepOutcome {
-    /// Signed in with two factors; `next` as given at the first step.
-    SignedIn { token: SessionToken, next: Option<String> },
+    /// Signed in with two factors; `next` as given at the first step; a new device cookie.
+    SignedIn { token: SessionToken, next: Option<String>, device_cookie: String },
     /// Refused and recorded. `restart`: the pending sign-in is over (the captcha threshold
     /// was reached), so the password must be given again.
     Refused { refusal: Refusal, restart: bool },
@@ -257,17 +261,20 @@ impl SignIn {
     /// 500), never a sign-in or a refusal that was not recorded.
     #[tracing::instrument(name = "sign_in", skip_all)]
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
-        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next } = attempt;
+        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next, device } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
         let digest = username_digest(&user_key);
         let judged = Judged { service: self, client, username, digest: Some(digest) };
         let address = client.key();
         let now = now_ms();
+        // A browser that signed in as this username before waits apart from a flood.
+        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user_key, now / 1000));
+        let lane = if known { Lane::Known } else { Lane::Open };
 
         // A full hash pool is a 503 before anything is spent: in a flood from elsewhere, the
         // real user's tries would otherwise use up their address's quota on checks that never
         // ran, and meet 429 once the flood was over (a review saw Retry-After: 80).
-        if !self.auth.has_room() {
+        if !self.auth.has_room(lane) {
             return Err(SignInError::Overloaded);
         }
         if let Err(wait) = self.spend_address_quota(address, now).await? {
@@ -320,7 +327,7 @@ impl SignIn {
             .summary(&user_key)
             .await
             .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
-        let user = match self.auth.authenticate(username, password, !factors.has_second_factor()).await {
+        let user = match self.auth.authenticate(username, password, !factors.has_second_factor(), lane).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
                 let counted = self.count_failure(reservation, address, digest).await?;
@@ -368,8 +375,9 @@ impl SignIn {
             }
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
-        let token = self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures, None).await?;
-        Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin) })
+        let (token, device_cookie) =
+            self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures, None).await?;
+        Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
     }
 
     /// Checks that `password` is `user`'s for a signed-in account form (`/account/confirm`,
@@ -396,8 +404,8 @@ impl SignIn {
         let digest = username_digest(&user.key);
         let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
         let address = client.key();
-        // As at sign-in: a full pool spends nothing.
-        if !self.auth.has_room() {
+        // As at sign-in: a full pool spends nothing. A signed-in user is known.
+        if !self.auth.has_room(Lane::Known) {
             return Err(SignInError::Overloaded);
         }
         if let Err(wait) = self.spend_address_quota(address, now_ms()).await? {
@@ -439,6 +447,7 @@ impl SignIn {
     /// how many there were): the browser's previous session ended and a new one made with
     /// `factors` in one durable step, the success recorded (a success that cannot be recorded
     /// does not happen). `passkey` names the passkey a passkey sign-in used, for its record.
+    /// Returns the session's token and a new device cookie for the user.
     async fn complete(
         &self,
         user: &crate::store::User,
@@ -447,7 +456,12 @@ impl SignIn {
         previous_session: Option<&SessionToken>,
         after_failures: usize,
         passkey: Option<&str>,
-    ) -> Result<SessionToken, SignInError> {
+    ) -> Result<(SessionToken, String), SignInError> {
+        // Made first: a random source that fails stops the sign-in before anything is written.
+        let device_cookie = self
+            .csrf
+            .issue_device_cookie(&user.key, now_ms() / 1000)
+            .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
         if factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
             self.auth
@@ -479,7 +493,7 @@ impl SignIn {
             }
             return Err(SignInError::SuccessUnrecorded(e));
         }
-        Ok(token)
+        Ok((token, device_cookie))
     }
 
     /// Judges a second-step attempt in the order of the module note.
@@ -599,9 +613,9 @@ impl SignIn {
                     }
                 };
                 let after_failures = cleared.unwrap_or(0);
-                let token =
+                let (token, device_cookie) =
                     self.complete(&user, Factors::Two, client, previous_session.as_ref(), after_failures, None).await?;
-                Ok(StepOutcome::SignedIn { token, next })
+                Ok(StepOutcome::SignedIn { token, next, device_cookie })
             }
         }
     }
@@ -675,6 +689,7 @@ mod tests {
     use super::*;
     use crate::brute_force::InMemory;
     use crate::config::Rate;
+    use crate::password::PoolError;
 
     const GOOD: &str = "quartz lantern velvet 8127 orbit";
 
@@ -683,6 +698,8 @@ mod tests {
         service: SignIn,
         client: Client,
         store: crate::store::Store,
+        /// The device cookie the fixture's attempts send.
+        device: Option<String>,
         _dir: tempfile::TempDir,
     }
 
@@ -711,7 +728,7 @@ mod tests {
             policy: SecondFactorPolicy::Optional,
         };
         let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
-        Fixture { service, client, store: services.store.clone(), _dir: dir }
+        Fixture { service, client, store: services.store.clone(), device: None, _dir: dir }
     }
 
     /// A visitor's form: a pre-login value and the CSRF token bound to it.
@@ -745,6 +762,7 @@ mod tests {
                 captcha,
                 previous_session: None,
                 next: None,
+                device: self.device.as_deref(),
             };
             self.service.attempt(attempt).await
         }
@@ -784,28 +802,54 @@ mod tests {
         assert!(r.retry_after.is_some_and(|s| s >= 1), "{r:?}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_hash_pool_is_a_503_before_the_address_quota_is_spent() {
-        let mut f = fixture(rate(1), None, 100).await;
-        // One worker and a queue of one, both held by slow hashes of the pool's own.
+    /// A pool of one worker and open queue of one, both held by slow checks from strangers
+    /// (a flood); the handles to wait for them.
+    async fn flooded(f: &mut Fixture) -> Vec<tokio::task::JoinHandle<Result<crate::password::Verified, PoolError>>> {
         let slow = crate::config::HashParams { memory_kib: 32 * 1024, iterations: 24, parallelism: 1 };
         let pool = crate::password::pool::HashPool::start(slow, 1, 1).unwrap();
         f.service.auth = Authenticator::new(f.store.clone(), pool.clone());
-        let mut busy = Vec::new();
-        for _ in 0..2 {
-            let pool = pool.clone();
-            busy.push(tokio::spawn(async move { pool.hash(crate::password::Password::new("x")).await }));
-            // The worker takes the first before the second is queued (a hash takes far longer).
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut flood = Vec::new();
+        for queued in [false, true] {
+            let p = pool.clone();
+            flood.push(tokio::spawn(async move { p.verify(Password::new("x"), None, Lane::Open).await }));
+            // The first is running (the queue empty again) before the second waits.
+            while pool.waiting() < flood.len() || pool.has_room(Lane::Open) == queued {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-        assert!(!pool.has_room());
+        flood
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_hash_pool_is_a_503_before_the_address_quota_is_spent() {
+        let mut f = fixture(rate(1), None, 100).await;
+        let flood = flooded(&mut f).await;
         let form = f.form();
         assert!(matches!(f.judge(&form, &form.csrf, "alice", GOOD, "").await, Err(SignInError::Overloaded)));
-        for b in busy {
-            b.await.unwrap().unwrap();
+        for check in flood {
+            check.await.unwrap().unwrap();
         }
         // The one unit of the address's quota is still there: the 503 spent nothing.
         assert!(signed_in(&f.attempt("alice", GOOD).await));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_browser_that_signed_in_before_gets_past_a_flood_for_that_username_only() {
+        let mut f = fixture(None, None, 100).await;
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        assert!(f.service.csrf.is_known_device(&device_cookie, "alice", now_ms() / 1000));
+        let flood = flooded(&mut f).await;
+        f.device = Some(device_cookie);
+        let form = f.form();
+        let bob = f.judge(&form, &form.csrf, "bob", GOOD, "").await;
+        assert!(matches!(bob, Err(SignInError::Overloaded)), "alice's cookie does nothing for bob");
+        let Outcome::SignedIn { device_cookie: renewed, .. } = f.attempt("Alice", GOOD).await else {
+            panic!("refused")
+        };
+        assert!(f.service.csrf.is_known_device(&renewed, "alice", now_ms() / 1000), "and a new one is set");
+        for check in flood {
+            check.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
@@ -892,6 +936,7 @@ mod tests {
             captcha: "",
             previous_session: SessionToken::parse(&old.encode()),
             next: None,
+            device: None,
         };
         let Outcome::SignedIn { token: new, .. } = f.service.attempt(attempt).await.unwrap() else { panic!("refused") };
         assert!(f.service.sessions.resolve(&old.encode()).await.unwrap().is_none(), "the old session ended");

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::UnicodeNormalization;
 
-pub use pool::{HashPool, PoolError, Verified};
+pub use pool::{HashPool, Lane, PoolError, Verified};
 pub use workspace::Workspace;
 
 /// Longest password accepted, in characters: far above NIST's floor of 64, low enough that a

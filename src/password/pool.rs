@@ -1,14 +1,21 @@
 //! argon2id on a bounded pool: a fixed number of worker threads (one per core by default)
-//! behind a bounded queue. A flood of logins waits in the queue and, past it, is refused with
-//! [`PoolError::Overloaded`], so neither the async workers nor memory are ever swamped: at
-//! most `workers × argon2 memory` is in use for hashing at any moment.
+//! behind two bounded queues, its [`Lane`]s. A flood of logins waits in its queue and, past it,
+//! is refused with [`PoolError::Overloaded`], so neither the async workers nor memory are ever
+//! swamped: at most `workers × argon2 memory` is in use for hashing at any moment.
+//!
+//! Checks for callers the server already knows ([`Lane::Known`]: a browser with a device
+//! cookie for the username typed, a signed-in user, the administrator) have a queue of their
+//! own, and workers take from it first. A flood from many addresses fills the open queue
+//! only, so people signing in again from their own browsers still get through (OWASP,
+//! "Slow Down Online Guessing Attacks with Device Cookies"). What enters the known queue is
+//! bounded by the per-username quota of each username someone holds a device cookie for.
 //!
 //! The pool counts the argon2 work its checks have done ([`HashPool::verify_work`]), so tests
 //! can compare what a known and an unknown username cost without timing them.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
 use tokio::sync::oneshot;
@@ -39,20 +46,77 @@ pub enum PoolError {
     Random(#[from] crate::random::RandomError),
 }
 
+/// Which queue a job waits in. Workers take every job waiting in [`Lane::Known`] before
+/// any in [`Lane::Open`]; each queue holds up to `hash_queue` jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Anyone: a login form from a browser the server does not know.
+    Open,
+    /// A caller the server already knows: a browser that presents a device cookie for the
+    /// username it types ([`crate::csrf::Csrf::is_known_device`]), a signed-in user, or the
+    /// administrator.
+    Known,
+}
+
 enum Job {
     Verify { password: Password, phc: Option<String>, reply: oneshot::Sender<Verified> },
     Hash { password: Password, reply: oneshot::Sender<Result<String, PoolError>> },
 }
 
+/// The two queues, and whether the pool has stopped taking jobs.
+#[derive(Default)]
+struct Queues {
+    open: VecDeque<(Job, tracing::Span)>,
+    known: VecDeque<(Job, tracing::Span)>,
+    stopped: bool,
+}
+
+impl Queues {
+    fn lane(&mut self, lane: Lane) -> &mut VecDeque<(Job, tracing::Span)> {
+        match lane {
+            Lane::Open => &mut self.open,
+            Lane::Known => &mut self.known,
+        }
+    }
+
+    /// The next job: the known lane's first.
+    fn next(&mut self) -> Option<(Job, tracing::Span)> {
+        self.known.pop_front().or_else(|| self.open.pop_front())
+    }
+}
+
+/// What the handles and the workers share: the queues, and the signal of a job or the stop.
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    arrived: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        // A poisoned lock means a thread panicked while pushing or popping, which neither
+        // does with the lock held in a way that leaves the queues inconsistent: carry on.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Inner {
-    sender: SyncSender<(Job, tracing::Span)>,
+    shared: Arc<Shared>,
+    /// Jobs queued or running, in both lanes.
     waiting: AtomicUsize,
-    /// Jobs the pool takes at once: the queue and one running per worker.
-    capacity: usize,
+    /// Jobs each lane's queue holds (`hash_queue`).
+    queue: usize,
     workers: usize,
     work: Arc<AtomicU64>,
     /// Where each run's time goes (`portcullis_password_hash_seconds`), once metrics are on.
     runs: OnceLock<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.lock().stopped = true;
+        self.shared.arrived.notify_all();
+    }
 }
 
 /// A handle to the pool; cheap to clone. The workers stop when the last handle is dropped.
@@ -72,7 +136,7 @@ struct Hasher {
 }
 
 impl HashPool {
-    /// Starts `workers` threads behind a queue of `queue` jobs.
+    /// Starts `workers` threads behind two queues ([`Lane`]s) of `queue` jobs each.
     pub fn start(params: HashParams, workers: usize, queue: usize) -> Result<Self, PoolError> {
         let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
             .map_err(|e| PoolError::Params(e.to_string()))?;
@@ -84,18 +148,22 @@ impl HashPool {
         let hasher = Arc::new(Hasher { argon2, params, dummy, work: Arc::clone(&work) });
 
         let workers = workers.max(1);
-        let (sender, receiver) = sync_channel::<(Job, tracing::Span)>(queue.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
-        let capacity = queue.max(1) + workers;
-        let inner =
-            Arc::new(Inner { sender, waiting: AtomicUsize::new(0), capacity, workers, work, runs: OnceLock::new() });
+        let shared = Arc::new(Shared::default());
+        let inner = Arc::new(Inner {
+            shared: Arc::clone(&shared),
+            waiting: AtomicUsize::new(0),
+            queue: queue.max(1),
+            workers,
+            work,
+            runs: OnceLock::new(),
+        });
         for i in 0..workers {
-            let receiver = Arc::clone(&receiver);
+            let shared = Arc::clone(&shared);
             let hasher = Arc::clone(&hasher);
             let inner = Arc::downgrade(&inner);
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(&receiver, &hasher, &inner))
+                .spawn(move || worker(&shared, &hasher, &inner))
                 .map_err(|e| PoolError::Hash(format!("cannot start worker: {e}")))?;
         }
         Ok(HashPool { inner })
@@ -111,17 +179,17 @@ impl HashPool {
         let _ = self.inner.runs.set(runs);
     }
 
-    /// Jobs queued or running.
+    /// Jobs queued or running, in both lanes.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Ordering::Relaxed)
     }
 
-    /// Whether a job submitted now would likely be taken (fewer than the queue plus the
-    /// workers are waiting or running). A hint, not a promise: the pool may fill before the
-    /// job comes. A sign-in asks first, so that in a flood it answers 503 before it spends
-    /// the client's quotas on a check that would not run.
-    pub fn has_room(&self) -> bool {
-        self.inner.waiting.load(Ordering::Relaxed) < self.inner.capacity
+    /// Whether a job submitted now to `lane` would likely be taken (its queue is not full).
+    /// A hint, not a promise: the queue may fill before the job comes. A sign-in asks first,
+    /// so that in a flood it answers 503 before it spends the client's quotas on a check that
+    /// would not run.
+    pub fn has_room(&self, lane: Lane) -> bool {
+        self.inner.shared.lock().lane(lane).len() < self.inner.queue
     }
 
     /// The argon2 work all password checks have done since start, in KiB × passes (the
@@ -135,65 +203,94 @@ impl HashPool {
     /// Checks `password` against a stored PHC string, or against the pool's dummy hash (made
     /// with the current parameters) when there is none. For unknown users, pass a dummy
     /// shaped like the stored hashes ([`dummy_like`]), so both take the same work even when
-    /// the stored hashes were made with other parameters.
-    pub async fn verify(&self, password: Password, phc: Option<String>) -> Result<Verified, PoolError> {
+    /// the stored hashes were made with other parameters. It waits in `lane`'s queue.
+    ///
+    /// # Errors
+    /// [`PoolError::Overloaded`] when that queue is full.
+    pub async fn verify(&self, password: Password, phc: Option<String>, lane: Lane) -> Result<Verified, PoolError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Verify { password, phc, reply })?;
+        self.submit(Job::Verify { password, phc, reply }, lane)?;
         answer.await.map_err(|_| PoolError::Stopped)
     }
 
-    /// Hashes a new password with the current parameters.
+    /// Hashes a new password with the current parameters. New passwords come only from
+    /// callers the server knows (a signed-in user, the administrator): [`Lane::Known`].
+    ///
+    /// # Errors
+    /// [`PoolError::Overloaded`] when that queue is full.
     pub async fn hash(&self, password: Password) -> Result<String, PoolError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Hash { password, reply })?;
+        self.submit(Job::Hash { password, reply }, Lane::Known)?;
         answer.await.map_err(|_| PoolError::Stopped)?
     }
 
-    fn submit(&self, job: Job) -> Result<(), PoolError> {
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-        match self.inner.sender.try_send((job, tracing::Span::current())) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => Err(PoolError::Overloaded),
-                    TrySendError::Disconnected(_) => Err(PoolError::Stopped),
-                }
-            }
+    fn submit(&self, job: Job, lane: Lane) -> Result<(), PoolError> {
+        let mut queues = self.inner.shared.lock();
+        if queues.stopped {
+            return Err(PoolError::Stopped);
         }
+        let queue = queues.lane(lane);
+        if queue.len() >= self.inner.queue {
+            return Err(PoolError::Overloaded);
+        }
+        queue.push_back((job, tracing::Span::current()));
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        drop(queues);
+        self.inner.shared.arrived.notify_one();
+        Ok(())
     }
 }
 
 /// How long an idle worker keeps its argon2 buffer before freeing it.
 const KEEP_BUFFER_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
+/// What a worker waiting for a job gets.
+enum Received {
+    Job((Job, tracing::Span)),
+    /// A second passed without a job.
+    Quiet,
+    /// The pool stopped and its queues are empty.
+    Stopped,
+}
+
+fn receive(shared: &Shared) -> Received {
+    let mut queues = shared.lock();
+    loop {
+        if let Some(job) = queues.next() {
+            return Received::Job(job);
+        }
+        if queues.stopped {
+            return Received::Stopped;
+        }
+        let (guard, waited) =
+            shared.arrived.wait_timeout(queues, KEEP_BUFFER_WHEN_IDLE).unwrap_or_else(|e| e.into_inner());
+        queues = guard;
+        if waited.timed_out() {
+            return queues.next().map_or(Received::Quiet, Received::Job);
+        }
+    }
+}
+
+fn worker(shared: &Shared, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
     lower_priority();
     let mut workspace = Workspace::wiped_when_idle();
     let mut next = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => {
-                // Wait for work at most a second at a time, holding the queue only while
-                // waiting: then every idle worker gets its turn to notice the quiet, and gives
-                // its (already wiped) buffer back, so an idle server holds no argon2 memory.
-                let received = match receiver.lock() {
-                    Ok(rx) => rx.recv_timeout(KEEP_BUFFER_WHEN_IDLE),
-                    Err(_) => return,
-                };
-                match received {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if workspace.held_bytes() > 0 {
-                            workspace.release();
-                            crate::memory::give_back_freed();
-                        }
-                        continue;
+            // Wait for work at most a second at a time: an idle worker then gives its
+            // (already wiped) buffer back, so an idle server holds no argon2 memory.
+            None => match receive(shared) {
+                Received::Job(job) => job,
+                Received::Quiet => {
+                    if workspace.held_bytes() > 0 {
+                        workspace.release();
+                        crate::memory::give_back_freed();
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    continue;
                 }
-            }
+                Received::Stopped => return,
+            },
         };
         let started = std::time::Instant::now();
         run(job, hasher, &mut workspace);
@@ -205,7 +302,7 @@ fn worker(receiver: &Mutex<Receiver<(Job, tracing::Span)>>, hasher: &Hasher, inn
         }
         // A job waiting already: its argon2 pass overwrites the buffer. None: wipe now,
         // before sleeping on the queue.
-        next = receiver.lock().ok().and_then(|rx| rx.try_recv().ok());
+        next = shared.lock().next();
         if next.is_none() {
             workspace.wipe();
         }
@@ -316,10 +413,12 @@ mod tests {
         let pool = HashPool::start(TINY, 1, 4).unwrap();
         let phc = pool.hash(Password::new("plum tractor velvet orbit")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
-        assert!(pool.verify(Password::new("plum tractor velvet orbit"), Some(phc.clone())).await.unwrap().valid);
-        assert!(!pool.verify(Password::new("plum tractor velvet orbiT"), Some(phc)).await.unwrap().valid);
-        assert!(!pool.verify(Password::new("anything"), None).await.unwrap().valid);
-        assert!(!pool.verify(Password::new("anything"), Some("garbage".into())).await.unwrap().valid);
+        assert!(
+            pool.verify(Password::new("plum tractor velvet orbit"), Some(phc.clone()), Lane::Open).await.unwrap().valid
+        );
+        assert!(!pool.verify(Password::new("plum tractor velvet orbiT"), Some(phc), Lane::Open).await.unwrap().valid);
+        assert!(!pool.verify(Password::new("anything"), None, Lane::Open).await.unwrap().valid);
+        assert!(!pool.verify(Password::new("anything"), Some("garbage".into()), Lane::Open).await.unwrap().valid);
     }
 
     #[tokio::test]
@@ -327,12 +426,12 @@ mod tests {
         let old = HashPool::start(HashParams { memory_kib: 32, ..TINY }, 1, 4).unwrap();
         let phc = old.hash(Password::new("plum tractor velvet orbit")).await.unwrap();
         let new = HashPool::start(TINY, 1, 4).unwrap();
-        let wrong = new.verify(Password::new("wrong wrong wrong wrong"), Some(phc.clone())).await.unwrap();
+        let wrong = new.verify(Password::new("wrong wrong wrong wrong"), Some(phc.clone()), Lane::Open).await.unwrap();
         assert!(wrong.upgraded_hash.is_none());
-        let right = new.verify(Password::new("plum tractor velvet orbit"), Some(phc)).await.unwrap();
+        let right = new.verify(Password::new("plum tractor velvet orbit"), Some(phc), Lane::Open).await.unwrap();
         let upgraded = right.upgraded_hash.unwrap();
         assert!(upgraded.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
-        let again = new.verify(Password::new("plum tractor velvet orbit"), Some(upgraded)).await.unwrap();
+        let again = new.verify(Password::new("plum tractor velvet orbit"), Some(upgraded), Lane::Open).await.unwrap();
         assert!(again.valid && again.upgraded_hash.is_none());
     }
 
@@ -360,13 +459,55 @@ mod tests {
         let mut refused = 0;
         for _ in 0..20 {
             let pool = pool.clone();
-            match pool.submit(Job::Hash { password: Password::new("x"), reply: oneshot::channel().0 }) {
+            match pool.submit(Job::Hash { password: Password::new("x"), reply: oneshot::channel().0 }, Lane::Open) {
                 Ok(()) => pending.push(()),
                 Err(PoolError::Overloaded) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }
         assert!(refused >= 17, "only {refused} refused");
+    }
+
+    /// A flood that fills the open queue leaves the known lane its own room, and the worker
+    /// takes a known job before every open one that waited longer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_known_job_gets_past_a_full_open_queue_and_is_taken_first() {
+        let slow = HashParams { memory_kib: 32 * 1024, iterations: 8, parallelism: 1 };
+        let pool = HashPool::start(slow, 1, 2).unwrap();
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let run = |lane: Lane, name: &'static str| {
+            let (pool, done) = (pool.clone(), done.clone());
+            let (reply, answer) = oneshot::channel();
+            let submitted = pool.submit(Job::Verify { password: Password::new("x"), phc: None, reply }, lane);
+            tokio::spawn(async move {
+                if answer.await.is_ok() {
+                    let _ = done.send(name);
+                }
+            });
+            submitted
+        };
+        run(Lane::Open, "open 1").unwrap();
+        // The worker has taken the first (the queue is empty again) before two more wait in
+        // the open queue, and then a fourth does not fit.
+        while !pool.inner.shared.lock().open.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for name in ["open 2", "open 3"] {
+            run(Lane::Open, name).unwrap();
+        }
+        assert!(!pool.has_room(Lane::Open));
+        assert!(matches!(run(Lane::Open, "refused"), Err(PoolError::Overloaded)));
+        assert!(pool.has_room(Lane::Known));
+        run(Lane::Known, "known").unwrap();
+        let mut order = Vec::new();
+        while order.len() < 4 {
+            order.push(finished.recv().await.unwrap());
+        }
+        let known = order.iter().position(|n| *n == "known").unwrap();
+        let waited = |n| order.iter().position(|o| *o == n).unwrap();
+        assert_eq!(order[0], "open 1", "{order:?}");
+        assert!(known < waited("open 2") && known < waited("open 3"), "{order:?}");
+        assert_eq!(pool.waiting(), 0);
     }
 
     #[tokio::test]
@@ -380,7 +521,7 @@ mod tests {
             let pool = pool.clone();
             async move {
                 let before = pool.verify_work();
-                let v = pool.verify(Password::new("plum tractor velvet orbit"), p).await.unwrap();
+                let v = pool.verify(Password::new("plum tractor velvet orbit"), p, Lane::Open).await.unwrap();
                 (pool.verify_work() - before, v.valid)
             }
         };

@@ -234,16 +234,12 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         _ => {}
     }
     let mut resp = match judged {
-        Ok(Outcome::SignedIn { token, .. }) => {
-            let mut resp = see_other(rd.as_deref().or(next).unwrap_or("/"));
-            let cookie = cookies::set(SESSION_COOKIE, &token.encode(), None);
-            for c in [cookie, cookies::clear(crate::csrf::PRELOGIN_COOKIE)] {
-                if let Ok(v) = c.parse() {
-                    resp.headers_mut().append(header::SET_COOKIE, v);
-                }
-            }
-            resp
-        }
+        Ok(Outcome::SignedIn { token, device_cookie, .. }) => super::login::after_sign_in(
+            rd.as_deref().or(next).unwrap_or("/"),
+            &token,
+            &device_cookie,
+            crate::csrf::PRELOGIN_COOKIE,
+        ),
         Ok(Outcome::Refused(refusal)) => {
             super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal).await
         }

@@ -173,9 +173,10 @@ impl SignIn {
         };
         let previous = a.previous_session.as_ref();
         let name = Some(verified.passkey_name.as_str());
-        let token = self.complete(&user, Factors::Two, a.client, previous, after_failures, name).await?;
+        let (token, device_cookie) =
+            self.complete(&user, Factors::Two, a.client, previous, after_failures, name).await?;
         // A user-verified passkey is two factors: the `second_factor` policy is met.
-        Ok(Outcome::SignedIn { token, must_enrol: false })
+        Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie })
     }
 }
 

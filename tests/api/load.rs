@@ -1,5 +1,6 @@
 //! Under load: a saturated hash pool refuses the excess politely and leaves the rest of the
-//! server responsive; connections past the cap wait for a slot.
+//! server responsive, and browsers that signed in before still get through; connections past
+//! the cap wait for a slot.
 //!
 //! No assertion here is about how long something takes (this runs on small shared
 //! machines); latencies are printed for whoever is curious.
@@ -10,7 +11,7 @@ use portcullis::config::HashParams;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::helpers::{spawn_app_with, GOOD_PASSWORD};
+use crate::helpers::{set_cookies, spawn_app_with, GOOD_PASSWORD};
 
 const LOGINS: usize = 60;
 
@@ -138,5 +139,62 @@ async fn connections_past_max_connections_wait_for_a_slot_instead_of_failing() {
     }
     for status in clients.join_all().await {
         assert_eq!(status.expect("served after waiting for a slot"), 200);
+    }
+}
+
+/// A check the pool takes most of a second over (64 MiB, 24 passes: parameters are read from
+/// the hash checked), matching no password: what a flood of strangers keeps the pool busy with.
+const SLOW_CHECK: &str =
+    "$argon2id$v=19$m=65536,t=24,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_signed_in_before_gets_past_a_flood_that_fills_the_pool() {
+    use portcullis::password::{Lane, Password};
+    let app = spawn_app_with(|s| {
+        s.hash_workers = 1;
+        s.hash_queue = 1;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+
+    let known = app.new_browser();
+    let first = app.login_with(&known, "alice", GOOD_PASSWORD).await;
+    assert_eq!(first.status(), 303);
+    let device = set_cookies(&first).into_iter().find(|c| c.starts_with("__Host-portcullis-device="));
+    let device = device.expect("a sign-in sets a device cookie");
+    assert!(device.ends_with("; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=7776000"), "{device}");
+    // It names the browser, not the session: signing out keeps it.
+    let out = app.logout_with(&known).await;
+    assert!(!set_cookies(&out).iter().any(|c| c.starts_with("__Host-portcullis-device=")));
+
+    // Strangers' checks hold the one worker and the open queue's one place.
+    let pool = app.state.pool.clone();
+    let mut flood = Vec::new();
+    for queued in [false, true] {
+        let p = pool.clone();
+        flood.push(tokio::spawn(
+            async move { p.verify(Password::new("guess"), Some(SLOW_CHECK.into()), Lane::Open).await },
+        ));
+        while pool.waiting() < flood.len() || pool.has_room(Lane::Open) == queued {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let stranger = app.new_browser();
+    assert_eq!(
+        app.login_with(&stranger, "alice", GOOD_PASSWORD).await.status(),
+        503,
+        "a new browser waits out the flood"
+    );
+    assert_eq!(app.login_with(&known, "bob", GOOD_PASSWORD).await.status(), 503, "alice's cookie does nothing for bob");
+    let again = app.login_with(&known, "alice", GOOD_PASSWORD).await;
+    assert_eq!(again.status(), 303, "the known browser gets through");
+    assert!(
+        set_cookies(&again).iter().any(|c| c.starts_with("__Host-portcullis-device=")),
+        "and its cookie is renewed"
+    );
+    assert!(flood.iter().any(|f| !f.is_finished()), "the flood outlasted the sign-ins");
+    for check in flood {
+        assert!(!check.await.unwrap().unwrap().valid);
     }
 }

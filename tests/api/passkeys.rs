@@ -172,8 +172,11 @@ async fn a_form_a_passkey_signed_in_with_stays_retired_past_its_expiry_by_the_sl
     let csrf = hidden_field(&form.text().await.unwrap(), "csrf").unwrap();
     let begin = begin_sign_in(&app, &other, &csrf).await;
     let credential = assert_with(&app, &mut device, json(begin).await);
-    assert_eq!(finish(&app, &other, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+    let signed_in = finish(&app, &other, &csrf, &credential).await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let device_cookie = crate::helpers::cookie_value(&signed_in, "__Host-portcullis-device").expect("a device cookie");
+    assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now), "a passkey sign-in sets one too");
     let pre = app.state.csrf.prelogin(&prelogin, now).expect("the form's pre-login value");
     // A passkey sign-in judged just before the expiry retires the form after its checks, as a
     // password's does: the retirement must outlive the expiry.

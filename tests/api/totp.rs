@@ -160,6 +160,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let browser = app.new_browser();
     let resp = password_step(&app, &browser, "alice").await;
     assert!(cookie_value(&resp, "__Host-portcullis").is_none(), "no session before the second factor");
+    assert!(cookie_value(&resp, "__Host-portcullis-device").is_none(), "nor a device cookie");
     assert_eq!(last_sign_in().await, signed_in_before, "nobody signed in yet: LAST LOGIN unchanged");
     // The right password is on record even if nobody ever gives the code (a sign that
     // someone else knows it), and it is no success.
@@ -190,6 +191,8 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/");
     let session = cookie_value(&resp, "__Host-portcullis").expect("a session cookie");
+    let device_cookie = cookie_value(&resp, "__Host-portcullis-device").expect("a device cookie");
+    assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now_ms() / 1000), "set at the second step");
     let active = app.state.sessions.resolve(&session).await.unwrap().unwrap();
     assert_eq!(active.record.factors, Factors::Two, "signed in with two factors");
     assert_eq!(successes(&app.log_lines()), successes_before + 1, "the sign-in is logged once, at the second step");

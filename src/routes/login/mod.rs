@@ -12,7 +12,7 @@ use poem::{Request, Response};
 use crate::app::AppState;
 use crate::brute_force::{QuotaKey, StateError};
 use crate::cookies;
-use crate::csrf::{PreLogin, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
+use crate::csrf::{PreLogin, DEVICE_COOKIE, DEVICE_COOKIE_LIFETIME, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
 use crate::fault_log::Severity;
 use crate::rate_limit::CAPTCHA_DRAWS;
 
@@ -52,6 +52,24 @@ impl<'a> Form<'a> {
     pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
         Form { status, error: None, username: "", next, rd: None, captcha: None, retry_after: None }
     }
+}
+
+/// The 303 that ends every sign-in (password, second factor, passkey): to `to`, with the new
+/// session's cookie, a new device cookie for the user ([`crate::csrf::DEVICE_COOKIE`], kept
+/// for [`crate::csrf::DEVICE_COOKIE_LIFETIME`] and through sign-outs: it names a browser, not
+/// a session), and `finished`, the cookie of the step that ended, removed.
+pub fn after_sign_in(to: &str, token: &crate::session::SessionToken, device_cookie: &str, finished: &str) -> Response {
+    let mut resp = crate::routes::see_other(to);
+    let h = resp.headers_mut();
+    let device = cookies::set(DEVICE_COOKIE, device_cookie, Some(DEVICE_COOKIE_LIFETIME.as_secs()));
+    for cookie in
+        [cookies::set(crate::session::SESSION_COOKIE, &token.encode(), None), device, cookies::clear(finished)]
+    {
+        if let Ok(v) = cookie.parse() {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 /// The visitor's pre-login cookie, if this server issued it and it is neither expired nor

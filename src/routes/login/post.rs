@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{Form, GENERIC_FAILURE};
 use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
-use crate::csrf::PRELOGIN_COOKIE;
+use crate::csrf::{DEVICE_COOKIE, PRELOGIN_COOKIE};
 use crate::factors::MFA_COOKIE;
 use crate::metrics::LoginResult;
 use crate::password::Password;
@@ -49,6 +49,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let client = client::client(req, &state.settings.trusted_proxies);
     let prelogin = cookies::get(req, PRELOGIN_COOKIE);
+    let device = cookies::get(req, DEVICE_COOKIE);
     let rd = super::checked_rd(&state, form.rd.as_deref());
     let attempt = Attempt {
         client: &client,
@@ -60,6 +61,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
         // A second step ends where this one would have: at `rd` (checked again there) or `next`.
         next: rd.as_deref().or(super::safe_next(form.next.as_deref())),
+        device: device.as_deref(),
     };
     let next = super::safe_next(form.next.as_deref());
     let outcome = state.sign_in.attempt(attempt).await;
@@ -82,16 +84,10 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             }
             resp
         }
-        Ok(Outcome::SignedIn { token, must_enrol }) => {
+        Ok(Outcome::SignedIn { token, must_enrol, device_cookie }) => {
             // The `second_factor` policy: enrol first, then go on.
-            let mut resp = see_other(if must_enrol { "/account" } else { rd.as_deref().or(next).unwrap_or("/") });
-            let h = resp.headers_mut();
-            for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(PRELOGIN_COOKIE)] {
-                if let Ok(v) = cookie.parse() {
-                    h.append(header::SET_COOKIE, v);
-                }
-            }
-            resp
+            let to = if must_enrol { "/account" } else { rd.as_deref().or(next).unwrap_or("/") };
+            super::after_sign_in(to, &token, &device_cookie, PRELOGIN_COOKIE)
         }
         Ok(Outcome::Refused(refusal)) => {
             refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await

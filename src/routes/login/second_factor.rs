@@ -140,17 +140,10 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         StepOutcome::Restart => {}
     }
     match outcome {
-        StepOutcome::SignedIn { token, next } => {
+        StepOutcome::SignedIn { token, next, device_cookie } => {
             let rd = super::checked_rd(&state, next.as_deref());
             let next = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
-            let mut resp = see_other(next);
-            let h = resp.headers_mut();
-            for cookie in [cookies::set(SESSION_COOKIE, &token.encode(), None), cookies::clear(MFA_COOKIE)] {
-                if let Ok(v) = cookie.parse() {
-                    h.append(header::SET_COOKIE, v);
-                }
-            }
-            resp
+            super::after_sign_in(next, &token, &device_cookie, MFA_COOKIE)
         }
         StepOutcome::Restart => restart(),
         StepOutcome::Refused { refusal, restart: over } => {
