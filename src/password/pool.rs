@@ -225,10 +225,8 @@ impl HashPool {
     }
 
     fn submit(&self, job: Job, lane: Lane) -> Result<(), PoolError> {
+        // Not stopped: that happens only once the last handle, like `self`, is gone.
         let mut queues = self.inner.shared.lock();
-        if queues.stopped {
-            return Err(PoolError::Stopped);
-        }
         let queue = queues.lane(lane);
         if queue.len() >= self.inner.queue {
             return Err(PoolError::Overloaded);
