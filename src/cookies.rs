@@ -42,7 +42,7 @@ pub fn clear(name: &str) -> String {
 /// `__Secure-…` and carries `Domain=` that value, so it reaches every host under it (the
 /// applications that forward auth gates). Applied once, at the edge ([`scoped`]), so no cookie,
 /// present or future, can miss the rule (SPEC.md, "Gating other applications": the pre-login
-/// and any other cookie follow the session cookie's rule).
+/// and any other cookie follow the session cookie's rule), but those in [`HOST_ONLY`].
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     domain: Option<String>,
@@ -56,6 +56,9 @@ impl Scope {
 
     /// The name a cookie written as `__Host-NAME` has on the wire under this scope.
     pub fn name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if HOST_ONLY.contains(&name) {
+            return std::borrow::Cow::Borrowed(name);
+        }
         match (&self.domain, name.strip_prefix(HOST_PREFIX)) {
             (Some(_), Some(rest)) => std::borrow::Cow::Owned(format!("{SECURE_PREFIX}{rest}")),
             _ => std::borrow::Cow::Borrowed(name),
@@ -65,10 +68,19 @@ impl Scope {
     /// A `Set-Cookie` value as written by [`set`] or [`clear`], rewritten for this scope.
     fn rewrite(&self, value: &str) -> Option<String> {
         let domain = self.domain.as_deref()?;
+        if HOST_ONLY.iter().any(|name| value.strip_prefix(name).is_some_and(|rest| rest.starts_with('='))) {
+            return None;
+        }
         let rest = value.strip_prefix(HOST_PREFIX)?;
         Some(format!("{SECURE_PREFIX}{rest}; Domain={domain}"))
     }
 }
+
+/// Cookies that keep their `__Host-` name and no `Domain` under any scope: the device
+/// cookie ([`crate::csrf::DEVICE_COOKIE`]) is read only by this host's login forms, so no gated
+/// application needs it, and a sibling host could otherwise set one over it (cookie tossing)
+/// to put its holder back among strangers during a flood.
+pub const HOST_ONLY: [&str; 1] = [crate::csrf::DEVICE_COOKIE];
 
 const HOST_PREFIX: &str = "__Host-";
 const SECURE_PREFIX: &str = "__Secure-";
@@ -109,6 +121,9 @@ mod tests {
             scope.rewrite(&clear("__Host-portcullis")).unwrap(),
             "__Secure-portcullis=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0; Domain=example.com"
         );
+        let device = crate::csrf::DEVICE_COOKIE;
+        assert_eq!(scope.name(device), device, "the device cookie stays host-only");
+        assert_eq!(scope.rewrite(&set(device, "v", Some(60))), None);
         let host_only = Scope::default();
         assert_eq!(host_only.name("__Host-portcullis"), "__Host-portcullis");
         assert_eq!(host_only.rewrite(&set("__Host-portcullis", "v", None)), None);

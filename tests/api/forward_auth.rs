@@ -8,7 +8,7 @@ use portcullis::config::{parse_net, CookieDomain, Settings};
 use portcullis::store::Factors;
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, TestApp, GOOD_PASSWORD};
 
 const RULES: &str = r#"
 [access]
@@ -33,7 +33,7 @@ fn gated(s: &mut Settings, trusted: &str) {
 /// A session for alice with `factors`, as the cookie header a proxy would pass on.
 async fn session_cookie(app: &TestApp, factors: Factors) -> String {
     if app.state.store.users.get("alice").await.unwrap().is_none() {
-        app.add_user("alice", crate::helpers::GOOD_PASSWORD, false).await;
+        app.add_user("alice", GOOD_PASSWORD, false).await;
     }
     let alice = app.state.store.users.get("alice").await.unwrap().unwrap();
     let token = app.state.sessions.create(&alice, factors, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
@@ -282,7 +282,7 @@ async fn an_invalid_rule_or_cookie_domain_stops_the_start_with_one_line() {
 }
 
 #[tokio::test]
-async fn with_a_cookie_domain_every_cookie_is_secure_prefixed_with_the_domain() {
+async fn with_a_cookie_domain_every_cookie_but_the_device_cookie_is_secure_prefixed_with_the_domain() {
     let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
     let resp = app.client.get(app.url("/login")).send().await.unwrap();
     let cookies: Vec<String> =
@@ -299,6 +299,21 @@ async fn with_a_cookie_domain_every_cookie_is_secure_prefixed_with_the_domain() 
     assert_eq!(ok.status(), StatusCode::OK);
     let ignored = forward_auth(&app, "/page", &[("cookie", &host_only)]).send().await.unwrap();
     assert_eq!(ignored.status(), StatusCode::FOUND);
+
+    // The device cookie stays host-only: only this host's login form reads it, so no gated
+    // application gets it, and no sibling host can set one over it.
+    // (session_cookie above added alice)
+    let mut browser = crate::helpers::Visitor::new(&app, None);
+    let (_, page) = browser.get("/login").await;
+    let resp = browser.submit(&page, "alice", GOOD_PASSWORD, None).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let set = crate::helpers::set_cookies(&resp);
+    let device = set.iter().find(|c| c.contains("portcullis-device=")).expect("a device cookie");
+    assert!(device.starts_with("__Host-portcullis-device=") && !device.contains("Domain="), "{device}");
+    assert!(set.iter().any(|c| c.starts_with("__Secure-portcullis=") && c.ends_with("; Domain=example.test")));
+    let value = device.split(';').next().unwrap().trim_start_matches("__Host-portcullis-device=");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(app.state.csrf.is_known_device(value, "alice", now));
 }
 
 #[tokio::test]
@@ -464,7 +479,7 @@ async fn a_user_the_second_factor_policy_sends_to_enrol_reaches_no_application_f
         .client
         .post(app.url("/login"))
         .header("cookie", prelogin.join("; "))
-        .form(&[("username", "alice"), ("password", crate::helpers::GOOD_PASSWORD), ("csrf", &csrf), ("rd", rd)])
+        .form(&[("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", &csrf), ("rd", rd)])
         .send()
         .await
         .unwrap();
@@ -479,7 +494,7 @@ async fn with_second_factor_admins_only_an_administrator_without_one_is_kept_fro
         s.second_factor = SecondFactorPolicy::Admins;
     })
     .await;
-    app.add_user("root", crate::helpers::GOOD_PASSWORD, true).await;
+    app.add_user("root", GOOD_PASSWORD, true).await;
     let user = app.state.store.users.get("root").await.unwrap().unwrap();
     let token = app.state.sessions.create(&user, Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
     let root = format!("__Secure-portcullis={}", token.encode());
