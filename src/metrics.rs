@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
 use crate::audit::FailureReason;
-use crate::password::HashPool;
+use crate::password::{HashPool, Lane};
 use crate::store::Store;
 
 /// The route patterns `portcullis_http_requests_total{route}` may carry; a pattern not in
@@ -121,6 +121,11 @@ struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -133,9 +138,13 @@ struct Inner {
     authz_duration: Histogram,
     http_requests: Family<HttpLabels, Counter>,
     hash_queue_depth: Gauge<i64, AtomicI64>,
+    hash_queued: Family<LaneLabels, Gauge<i64, AtomicI64>>,
     sessions_active: Gauge<i64, AtomicI64>,
     pool: HashPool,
 }
+
+/// The hash pool's queues as `portcullis_password_hash_queued` labels them.
+const LANES: [(Lane, &str); 2] = [(Lane::Open, "open"), (Lane::Known, "known")];
 
 /// The server's metrics; cheap to clone. [`Metrics::off`] counts nothing (metrics_addr off).
 #[derive(Clone, Default)]
@@ -186,6 +195,16 @@ impl Metrics {
             "Password checks and hashes queued or running on the argon2 pool",
             hash_queue_depth.clone(),
         );
+        let hash_queued = Family::<LaneLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "password_hash_queued",
+            "Password checks waiting for an argon2 worker, by queue: open (strangers) or known (a \
+             browser with a device cookie for the username typed, a signed-in user)",
+            hash_queued.clone(),
+        );
+        for (_, lane) in LANES {
+            let _ = hash_queued.get_or_create(&LaneLabels { lane });
+        }
         let sessions_active = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "sessions_active",
@@ -218,6 +237,7 @@ impl Metrics {
             authz_duration,
             http_requests,
             hash_queue_depth,
+            hash_queued,
             sessions_active,
             pool: pool.clone(),
         })))
@@ -260,6 +280,10 @@ impl Metrics {
         let mut out = String::new();
         if let Some(m) = &self.0 {
             m.hash_queue_depth.set(i64::try_from(m.pool.waiting()).unwrap_or(i64::MAX));
+            for (lane, label) in LANES {
+                let queued = i64::try_from(m.pool.queued(lane)).unwrap_or(i64::MAX);
+                m.hash_queued.get_or_create(&LaneLabels { lane: label }).set(queued);
+            }
             // Writing into a String cannot fail.
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &m.registry);
         }

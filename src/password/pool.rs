@@ -47,7 +47,8 @@ pub enum PoolError {
 }
 
 /// Which queue a job waits in. Workers take every job waiting in [`Lane::Known`] before
-/// any in [`Lane::Open`]; each queue holds up to `hash_queue` jobs.
+/// any in [`Lane::Open`]; each queue holds up to `hash_queue` jobs, and a known job that finds
+/// its queue full waits in the open one if that has room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
     /// Anyone: a login form from a browser the server does not know.
@@ -77,6 +78,16 @@ impl Queues {
             Lane::Open => &mut self.open,
             Lane::Known => &mut self.known,
         }
+    }
+
+    /// The queue a job for `lane` would wait in now, each holding `bound`: its own, or for a
+    /// known job whose own is full the open one; `None` when neither has room.
+    fn room(&mut self, lane: Lane, bound: usize) -> Option<Lane> {
+        let fallback = match lane {
+            Lane::Known => Some(Lane::Open),
+            Lane::Open => None,
+        };
+        std::iter::once(lane).chain(fallback).find(|l| self.lane(*l).len() < bound)
     }
 
     /// The next job: the known lane's first.
@@ -184,12 +195,17 @@ impl HashPool {
         self.inner.waiting.load(Ordering::Relaxed)
     }
 
-    /// Whether a job submitted now to `lane` would likely be taken (its queue is not full).
-    /// A hint, not a promise: the queue may fill before the job comes. A sign-in asks first,
-    /// so that in a flood it answers 503 before it spends the client's quotas on a check that
-    /// would not run.
+    /// Whether a job submitted now to `lane` would likely be taken (a queue it may wait in is
+    /// not full). A hint, not a promise: the queue may fill before the job comes. A sign-in
+    /// asks first, so that in a flood it answers 503 before it spends the client's quotas on
+    /// a check that would not run.
     pub fn has_room(&self, lane: Lane) -> bool {
-        self.inner.shared.lock().lane(lane).len() < self.inner.queue
+        self.inner.shared.lock().room(lane, self.inner.queue).is_some()
+    }
+
+    /// Jobs waiting in `lane`'s queue (not running).
+    pub fn queued(&self, lane: Lane) -> usize {
+        self.inner.shared.lock().lane(lane).len()
     }
 
     /// The argon2 work all password checks have done since start, in KiB × passes (the
@@ -227,11 +243,8 @@ impl HashPool {
     fn submit(&self, job: Job, lane: Lane) -> Result<(), PoolError> {
         // Not stopped: that happens only once the last handle, like `self`, is gone.
         let mut queues = self.inner.shared.lock();
-        let queue = queues.lane(lane);
-        if queue.len() >= self.inner.queue {
-            return Err(PoolError::Overloaded);
-        }
-        queue.push_back((job, tracing::Span::current()));
+        let Some(lane) = queues.room(lane, self.inner.queue) else { return Err(PoolError::Overloaded) };
+        queues.lane(lane).push_back((job, tracing::Span::current()));
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         drop(queues);
         self.inner.shared.arrived.notify_one();
@@ -506,6 +519,27 @@ mod tests {
         assert_eq!(order[0], "open 1", "{order:?}");
         assert!(known < waited("open 2") && known < waited("open 3"), "{order:?}");
         assert_eq!(pool.waiting(), 0);
+    }
+
+    /// Known jobs past their own queue wait with strangers' while that has room; past both,
+    /// they are refused too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_known_job_past_its_full_queue_waits_in_the_open_one() {
+        let slow = HashParams { memory_kib: 32 * 1024, iterations: 8, parallelism: 1 };
+        let pool = HashPool::start(slow, 1, 1).unwrap();
+        let submit = |lane| pool.submit(Job::Hash { password: Password::new("x"), reply: oneshot::channel().0 }, lane);
+        submit(Lane::Known).unwrap();
+        while pool.queued(Lane::Known) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        submit(Lane::Known).unwrap();
+        assert_eq!((pool.queued(Lane::Known), pool.queued(Lane::Open)), (1, 0));
+        assert!(pool.has_room(Lane::Known), "the open queue has room");
+        submit(Lane::Known).unwrap();
+        assert_eq!((pool.queued(Lane::Known), pool.queued(Lane::Open)), (1, 1));
+        assert!(!pool.has_room(Lane::Known) && !pool.has_room(Lane::Open));
+        assert!(matches!(submit(Lane::Known), Err(PoolError::Overloaded)));
+        assert!(matches!(submit(Lane::Open), Err(PoolError::Overloaded)));
     }
 
     #[tokio::test]

@@ -106,6 +106,8 @@ async fn counters_move_by_exactly_the_sign_ins_failures_and_refusals_that_happen
     assert_eq!(delta(&before, &after, "portcullis_login_duration_seconds_count"), 15.0);
     assert_eq!(delta(&before, &after, "portcullis_password_hash_seconds_count"), 13.0);
     assert_eq!(after["portcullis_password_hash_queue_depth"], 0.0);
+    assert_eq!(after["portcullis_password_hash_queued{lane=\"open\"}"], 0.0);
+    assert_eq!(after["portcullis_password_hash_queued{lane=\"known\"}"], 0.0);
     assert!(after.contains_key("portcullis_sessions_active"), "{text}");
     assert_eq!(after[&format!("portcullis_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
     // Bounded labels: no username, address or raw path anywhere.
@@ -238,4 +240,33 @@ async fn sessions_active_is_the_count_of_stored_sessions_taken_in_the_background
     }
     task.abort();
     assert_eq!(seen, Some(2.0));
+}
+
+/// What each of the hash pool's queues holds is shown on its own, so an operator sees a
+/// flood of strangers apart from known browsers waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_queues_are_shown_by_lane() {
+    use portcullis::password::{Lane, Password};
+    let app = with_metrics(|s| s.hash_workers = 1).await;
+    let pool = app.state.pool.clone();
+    let slow = "$argon2id$v=19$m=65536,t=24,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let check = |lane| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.verify(Password::new("x"), Some(slow.into()), lane).await })
+    };
+    let mut checks = vec![check(Lane::Open)];
+    while pool.waiting() == 0 || pool.queued(Lane::Open) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    checks.extend([check(Lane::Open), check(Lane::Open), check(Lane::Known)]);
+    while pool.waiting() < 4 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let now = samples(&scrape_text(&app).await);
+    assert_eq!(now["portcullis_password_hash_queued{lane=\"open\"}"], 2.0);
+    assert_eq!(now["portcullis_password_hash_queued{lane=\"known\"}"], 1.0);
+    assert_eq!(now["portcullis_password_hash_queue_depth"], 4.0, "queued or running");
+    for c in checks {
+        c.await.unwrap().unwrap();
+    }
 }
