@@ -14,11 +14,12 @@
 //! anyway, at most [`MAX_RETIRED`] of them.
 //!
 //! The same secret signs device cookies ([`Csrf::issue_device_cookie`]): each sign-in gives the
-//! browser one bound to the username, and a later login form from that browser for that
+//! browser a token bound to the username, and a later login form from that browser for that
 //! username waits in the hash pool's known lane ([`crate::password::Lane::Known`]), out of the
 //! way of a flood from elsewhere (OWASP, "Slow Down Online Guessing Attacks with Device
-//! Cookies"). Like a pre-login value it is the time it was issued, a random id and a tag, and
-//! costs the server no memory.
+//! Cookies"). Like a pre-login value each token is the time it was issued, a random id and a
+//! tag, and costs the server no memory; one cookie holds the tokens of the last
+//! [`DEVICE_COOKIE_USERS`] usernames signed in with that browser.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,9 +54,14 @@ pub const MAX_RETIRED: usize = 250_000;
 /// ([`Csrf::issue_device_cookie`]).
 pub const DEVICE_COOKIE: &str = "__Host-portcullis-device";
 
-/// How long a device cookie is good for after the sign-in that set it, in its `Max-Age` and
-/// in its tag. Every sign-in sets a new one, so a browser used at least this often stays known.
+/// How long a device cookie's token is good for after the sign-in that made it, and the
+/// cookie's `Max-Age`. Every sign-in makes a new one, so a browser used at least this often
+/// stays known.
 pub const DEVICE_COOKIE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Usernames one device cookie keeps a token for (a shared or an administrator's browser signs
+/// in as several): the newest first; a sign-in as a sixth pushes out the oldest.
+pub const DEVICE_COOKIE_USERS: usize = 5;
 
 /// Bytes in a pre-login value or a device cookie: issue time (8), random id (16), tag (16).
 const PRELOGIN_BYTES: usize = 40;
@@ -114,6 +120,38 @@ const CEREMONY_TAG_BYTES: usize = 16;
 /// Longest sealed ceremony cookie opened: webauthn-rs's discoverable state is a few hundred
 /// bytes; a browser keeps cookies up to 4 KiB.
 const MAX_CEREMONY_COOKIE_CHARS: usize = 4096;
+
+/// The first [`DEVICE_COOKIE_USERS`] tokens of a device cookie's value (more are ignored,
+/// so a cookie a client wrote itself costs at most that many checks).
+fn device_tokens(cookie: &str) -> impl Iterator<Item = &str> {
+    cookie.split('.').take(DEVICE_COOKIE_USERS)
+}
+
+/// One token of a device cookie, read but not checked.
+struct DeviceToken {
+    issued: u64,
+    id: [u8; 16],
+    tag: [u8; 16],
+}
+
+impl DeviceToken {
+    fn parse(token: &str) -> Option<Self> {
+        if token.len() != PRELOGIN_CHARS {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+        let (issued, rest) = bytes.split_first_chunk::<8>()?;
+        let (id, tag) = rest.split_first_chunk::<16>()?;
+        Some(DeviceToken { issued: u64::from_be_bytes(*issued), id: *id, tag: tag.try_into().ok()? })
+    }
+
+    /// Issued no more than the forms' 60 s of clock skew ahead of `now_secs`, and less than
+    /// [`DEVICE_COOKIE_LIFETIME`] before it.
+    fn in_date(&self, now_secs: u64) -> bool {
+        self.issued <= now_secs.saturating_add(60)
+            && now_secs.saturating_sub(self.issued) < DEVICE_COOKIE_LIFETIME.as_secs()
+    }
+}
 
 #[derive(Clone)]
 pub struct Csrf {
@@ -198,13 +236,20 @@ impl Csrf {
         Some(PreLogin { value: cookie.to_string(), id: *id, issued })
     }
 
-    /// A new device cookie's value for the user whose key (`normalise_key` of the username) is
-    /// `user_key`, issued at `now_secs`: the time, a random id and a 128-bit tag over both and
-    /// the key. The username itself is not in it.
+    /// A device cookie's new value after a sign-in, at `now_secs`, of the user whose key
+    /// (`normalise_key` of the username) is `user_key`: a new token for that user (the time, a
+    /// random id and a 128-bit tag over both and the key; the username itself is not in it),
+    /// then the tokens of `previous` (the browser's cookie) for other users that have not
+    /// expired, [`DEVICE_COOKIE_USERS`] in all, joined by `.`.
     ///
     /// # Errors
     /// [`CsrfError::Random`] when the system's random source fails.
-    pub fn issue_device_cookie(&self, user_key: &str, now_secs: u64) -> Result<String, CsrfError> {
+    pub fn issue_device_cookie(
+        &self,
+        user_key: &str,
+        previous: Option<&str>,
+        now_secs: u64,
+    ) -> Result<String, CsrfError> {
         let mut id = [0u8; 16];
         crate::random::fill(&mut id)?;
         let tag = self.device_mac(user_key, &now_secs.to_be_bytes(), &id).finalize().into_bytes();
@@ -212,25 +257,28 @@ impl Csrf {
         bytes.extend_from_slice(&now_secs.to_be_bytes());
         bytes.extend_from_slice(&id);
         bytes.extend_from_slice(&tag[..16]);
-        Ok(URL_SAFE_NO_PAD.encode(bytes))
+        let mut value = URL_SAFE_NO_PAD.encode(bytes);
+        // Another user's token cannot be checked without their key: kept while it is shaped
+        // like one and in date, at most a cookie's worth.
+        let others = device_tokens(previous.unwrap_or(""))
+            .filter(|t| matches!(DeviceToken::parse(t), Some(d) if d.in_date(now_secs)))
+            .filter(|t| !self.is_known_device(t, user_key, now_secs))
+            .take(DEVICE_COOKIE_USERS - 1);
+        for token in others {
+            value.push('.');
+            value.push_str(token);
+        }
+        Ok(value)
     }
 
-    /// Whether `cookie` is a device cookie this server issued for `user_key` (the tag checks,
-    /// in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything else, one
-    /// for another username included, is `false`.
+    /// Whether `cookie` holds a device token this server issued for `user_key` (the tag
+    /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything
+    /// else, a token for another username included, is `false`.
     pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
-        if cookie.len() != PRELOGIN_CHARS {
-            return false;
-        }
-        let Ok(bytes) = URL_SAFE_NO_PAD.decode(cookie) else { return false };
-        let Some((issued, rest)) = bytes.split_first_chunk::<8>() else { return false };
-        let Some((id, tag)) = rest.split_first_chunk::<16>() else { return false };
-        if self.device_mac(user_key, issued, id).verify_truncated_left(tag).is_err() {
-            return false;
-        }
-        // The same 60 s of clock skew as the forms.
-        let issued = u64::from_be_bytes(*issued);
-        issued <= now_secs.saturating_add(60) && now_secs.saturating_sub(issued) < DEVICE_COOKIE_LIFETIME.as_secs()
+        device_tokens(cookie).filter_map(DeviceToken::parse).any(|d| {
+            d.in_date(now_secs)
+                && self.device_mac(user_key, &d.issued.to_be_bytes(), &d.id).verify_truncated_left(&d.tag).is_ok()
+        })
     }
 
     fn device_mac(&self, user_key: &str, issued: &[u8; 8], id: &[u8; 16]) -> Hmac<Sha256> {
@@ -412,11 +460,11 @@ mod tests {
     fn a_device_cookie_is_known_only_for_its_username_unaltered_and_until_it_expires() {
         let csrf = Csrf::new([7; 32]);
         let now = 1_800_000_000;
-        let cookie = csrf.issue_device_cookie("alice", now).unwrap();
+        let cookie = csrf.issue_device_cookie("alice", None, now).unwrap();
         assert!(csrf.is_known_device(&cookie, "alice", now));
         assert!(!csrf.is_known_device(&cookie, "bob", now), "bound to its username");
         assert!(!Csrf::new([8; 32]).is_known_device(&cookie, "alice", now), "another key did not issue it");
-        assert_ne!(cookie, csrf.issue_device_cookie("alice", now).unwrap(), "each is new");
+        assert_ne!(cookie, csrf.issue_device_cookie("alice", None, now).unwrap(), "each is new");
         let last = now + DEVICE_COOKIE_LIFETIME.as_secs() - 1;
         assert!(csrf.is_known_device(&cookie, "alice", last));
         assert!(!csrf.is_known_device(&cookie, "alice", last + 1), "expired");
@@ -424,11 +472,46 @@ mod tests {
         let mut bytes = URL_SAFE_NO_PAD.decode(&cookie).unwrap();
         bytes[7] ^= 1;
         assert!(!csrf.is_known_device(&URL_SAFE_NO_PAD.encode(&bytes), "alice", now), "its time altered");
-        for junk in ["", "x", &cookie[1..], &format!("{cookie}A"), &"A".repeat(54)] {
+        for junk in ["", "x", ".", &cookie[1..], &format!("{cookie}A"), &"A".repeat(54), &format!("{cookie}=")] {
             assert!(!csrf.is_known_device(junk, "alice", now), "{junk}");
         }
         let pre = csrf.issue_prelogin(now).unwrap();
         assert!(!csrf.is_known_device(pre.value(), "alice", now), "a pre-login value is no device cookie");
+    }
+
+    #[test]
+    fn a_device_cookie_keeps_the_last_five_usernames_once_each_and_drops_what_cannot_be_a_token() {
+        let csrf = Csrf::new([7; 32]);
+        let now = 1_800_000_000;
+        let mut cookie: Option<String> = None;
+        for (i, user) in ["carol", "dave", "erin", "carol", "frank", "grace", "heidi"].iter().enumerate() {
+            cookie = Some(csrf.issue_device_cookie(user, cookie.as_deref(), now + i as u64).unwrap());
+        }
+        let cookie = cookie.unwrap();
+        assert_eq!(cookie.split('.').count(), DEVICE_COOKIE_USERS);
+        let known: Vec<_> = ["carol", "dave", "erin", "frank", "grace", "heidi"]
+            .into_iter()
+            .filter(|u| csrf.is_known_device(&cookie, u, now + 9))
+            .collect();
+        // carol signed in again after erin: her older token went, and dave is the oldest left out.
+        assert_eq!(known, ["carol", "erin", "frank", "grace", "heidi"]);
+        assert!(csrf.is_known_device(cookie.split('.').next().unwrap(), "heidi", now + 9), "newest first");
+
+        // Junk and expired tokens are not carried over.
+        let old = csrf.issue_device_cookie("ivan", None, now).unwrap();
+        let later = now + DEVICE_COOKIE_LIFETIME.as_secs();
+        let shaped = URL_SAFE_NO_PAD.encode([&later.to_be_bytes()[..], &[9u8; 32]].concat());
+        let messy = format!("junk.{old}..{shaped}");
+        let renewed = csrf.issue_device_cookie("judy", Some(&messy), later).unwrap();
+        assert_eq!(renewed.split('.').count(), 2, "judy's, and the token-shaped one it cannot check: {renewed}");
+        assert!(!csrf.is_known_device(&renewed, "ivan", later));
+        // Only the first five tokens are looked at.
+        let buried = format!(
+            "{}.{}",
+            vec!["A".repeat(54); DEVICE_COOKIE_USERS].join("."),
+            csrf.issue_device_cookie("kim", None, now).unwrap()
+        );
+        assert!(!csrf.is_known_device(&buried, "kim", now));
     }
 
     #[test]

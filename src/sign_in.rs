@@ -109,6 +109,8 @@ pub struct SecondAttempt<'a> {
     pub proof: Option<Proof>,
     /// The browser's current session, ended on success.
     pub previous_session: Option<SessionToken>,
+    /// The browser's device cookie, if any, kept with the new token.
+    pub device: Option<&'a str>,
 }
 
 /// What became of a second-step attempt.
@@ -375,8 +377,9 @@ impl SignIn {
             }
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
-        let (token, device_cookie) =
-            self.complete(&user, Factors::One, client, previous_session.as_ref(), after_failures, None).await?;
+        let (token, device_cookie) = self
+            .complete(&user, Factors::One, client, (previous_session.as_ref(), device), after_failures, None)
+            .await?;
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
     }
 
@@ -447,20 +450,21 @@ impl SignIn {
     /// how many there were): the browser's previous session ended and a new one made with
     /// `factors` in one durable step, the success recorded (a success that cannot be recorded
     /// does not happen). `passkey` names the passkey a passkey sign-in used, for its record.
-    /// Returns the session's token and a new device cookie for the user.
+    /// `browser`: the browser's session and device cookie, if any. Returns the session's token
+    /// and the device cookie's new value, with a token for this user.
     async fn complete(
         &self,
         user: &crate::store::User,
         factors: Factors,
         client: &Client,
-        previous_session: Option<&SessionToken>,
+        (previous_session, device): (Option<&SessionToken>, Option<&str>),
         after_failures: usize,
         passkey: Option<&str>,
     ) -> Result<(SessionToken, String), SignInError> {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
-            .issue_device_cookie(&user.key, now_ms() / 1000)
+            .issue_device_cookie(&user.key, device, now_ms() / 1000)
             .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
         if factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
@@ -502,7 +506,7 @@ impl SignIn {
     /// [`SignInError`] when the attempt cannot be judged or recorded: a 503 (or 500).
     #[tracing::instrument(name = "second_factor", skip_all)]
     pub async fn second_step(&self, attempt: SecondAttempt<'_>) -> Result<StepOutcome, SignInError> {
-        let SecondAttempt { client, pending, csrf, proof, previous_session } = attempt;
+        let SecondAttempt { client, pending, csrf, proof, previous_session, device } = attempt;
         let store_err = |what| move |source| SignInError::Store { what, source };
         let Some(cookie) = pending else { return Ok(StepOutcome::Restart) };
         let Some((hash, first, user)) =
@@ -613,8 +617,9 @@ impl SignIn {
                     }
                 };
                 let after_failures = cleared.unwrap_or(0);
-                let (token, device_cookie) =
-                    self.complete(&user, Factors::Two, client, previous_session.as_ref(), after_failures, None).await?;
+                let (token, device_cookie) = self
+                    .complete(&user, Factors::Two, client, (previous_session.as_ref(), device), after_failures, None)
+                    .await?;
                 Ok(StepOutcome::SignedIn { token, next, device_cookie })
             }
         }

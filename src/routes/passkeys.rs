@@ -217,6 +217,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     let client = client::client(req, &state.settings.trusted_proxies);
     let prelogin = cookies::get(req, crate::csrf::PRELOGIN_COOKIE);
     let ceremony = cookies::get(req, CEREMONY_COOKIE);
+    let device = cookies::get(req, crate::csrf::DEVICE_COOKIE);
     let attempt = PasskeyAttempt {
         client: &client,
         csrf: &form.csrf,
@@ -224,6 +225,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         ceremony: ceremony.as_deref(),
         credential: &form.credential,
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
+        device: device.as_deref(),
     };
     let next = super::login::safe_next(form.next.as_deref());
     let rd = super::login::checked_rd(&state, form.rd.as_deref());

@@ -39,6 +39,8 @@ pub struct PasskeyAttempt<'a> {
     pub credential: &'a str,
     /// The browser's current session, ended on success.
     pub previous_session: Option<SessionToken>,
+    /// The browser's device cookie, if any, kept with the new token.
+    pub device: Option<&'a str>,
 }
 
 /// What beginning a passkey sign-in gave.
@@ -174,7 +176,7 @@ impl SignIn {
         let previous = a.previous_session.as_ref();
         let name = Some(verified.passkey_name.as_str());
         let (token, device_cookie) =
-            self.complete(&user, Factors::Two, a.client, previous, after_failures, name).await?;
+            self.complete(&user, Factors::Two, a.client, (previous, a.device), after_failures, name).await?;
         // A user-verified passkey is two factors: the `second_factor` policy is met.
         Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie })
     }

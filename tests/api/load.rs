@@ -198,3 +198,23 @@ async fn a_browser_that_signed_in_before_gets_past_a_flood_that_fills_the_pool()
         assert!(!check.await.unwrap().unwrap().valid);
     }
 }
+
+#[tokio::test]
+async fn one_browser_stays_known_for_each_username_it_signed_in_as() {
+    let app = spawn_app_with(|_| {}).await;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    let mut last = None;
+    for user in ["alice", "bob", "alice"] {
+        let resp = app.login_with(&browser, user, GOOD_PASSWORD).await;
+        assert_eq!(resp.status(), 303);
+        last = crate::helpers::cookie_value(&resp, "__Host-portcullis-device");
+        assert_eq!(app.logout_with(&browser).await.status(), 303);
+    }
+    let cookie = last.expect("a device cookie");
+    assert_eq!(cookie.split('.').count(), 2, "alice's second sign-in replaced her first token: {cookie}");
+    assert!(app.state.csrf.is_known_device(&cookie, "alice", now()));
+    assert!(app.state.csrf.is_known_device(&cookie, "bob", now()));
+}

@@ -118,6 +118,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let client = client::client(req, &state.settings.trusted_proxies);
     let cookie = cookies::get(req, MFA_COOKIE);
+    let device = cookies::get(req, crate::csrf::DEVICE_COOKIE);
     let attempt = SecondAttempt {
         client: &client,
         pending: cookie.as_deref(),
@@ -129,6 +130,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             Some(Proof::Passkey { ceremony, credential: form.credential.clone() })
         },
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
+        device: device.as_deref(),
     };
     let outcome = match state.sign_in.second_step(attempt).await {
         Ok(o) => o,
