@@ -8,7 +8,8 @@
 //! own, and workers take from it first. A flood from many addresses fills the open queue
 //! only, so people signing in again from their own browsers still get through (OWASP,
 //! "Slow Down Online Guessing Attacks with Device Cookies"). What enters the known queue is
-//! bounded by the per-username quota of each username someone holds a device cookie for.
+//! bounded by the quotas its callers spend (`login_quota_per_user` for each username a device
+//! cookie or a session is held for, the per-address one behind it) and by the administrator.
 //!
 //! The pool counts the argon2 work its checks have done ([`HashPool::verify_work`]), so tests
 //! can compare what a known and an unknown username cost without timing them.
@@ -59,6 +60,18 @@ pub enum Lane {
     Known,
 }
 
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Open, Lane::Known];
+
+    /// Its name in metrics (`portcullis_password_hash_queued{lane}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Open => "open",
+            Lane::Known => "known",
+        }
+    }
+}
+
 enum Job {
     Verify { password: Password, phc: Option<String>, reply: oneshot::Sender<Verified> },
     Hash { password: Password, reply: oneshot::Sender<Result<String, PoolError>> },
@@ -80,14 +93,21 @@ impl Queues {
         }
     }
 
+    fn len(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Open => self.open.len(),
+            Lane::Known => self.known.len(),
+        }
+    }
+
     /// The queue a job for `lane` would wait in now, each holding `bound`: its own, or for a
     /// known job whose own is full the open one; `None` when neither has room.
-    fn room(&mut self, lane: Lane, bound: usize) -> Option<Lane> {
+    fn room(&self, lane: Lane, bound: usize) -> Option<Lane> {
         let fallback = match lane {
             Lane::Known => Some(Lane::Open),
             Lane::Open => None,
         };
-        std::iter::once(lane).chain(fallback).find(|l| self.lane(*l).len() < bound)
+        std::iter::once(lane).chain(fallback).find(|l| self.len(*l) < bound)
     }
 
     /// The next job: the known lane's first.
@@ -105,8 +125,8 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queues> {
-        // A poisoned lock means a thread panicked while pushing or popping, which neither
-        // does with the lock held in a way that leaves the queues inconsistent: carry on.
+        // Only pushes, pops and the stop flag happen under the lock, none of which leaves the
+        // queues half changed if a thread panics: a poisoned lock is safe to carry on with.
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -116,7 +136,7 @@ struct Inner {
     /// Jobs queued or running, in both lanes.
     waiting: AtomicUsize,
     /// Jobs each lane's queue holds (`hash_queue`).
-    queue: usize,
+    queue_bound: usize,
     workers: usize,
     work: Arc<AtomicU64>,
     /// Where each run's time goes (`portcullis_password_hash_seconds`), once metrics are on.
@@ -124,8 +144,14 @@ struct Inner {
 }
 
 impl Drop for Inner {
+    /// Stops the workers. Jobs still queued are dropped unrun (their passwords wiped): with
+    /// the last handle gone nobody waits for their answers.
     fn drop(&mut self) {
-        self.shared.lock().stopped = true;
+        let mut queues = self.shared.lock();
+        queues.stopped = true;
+        let orphans = (std::mem::take(&mut queues.known), std::mem::take(&mut queues.open));
+        drop(queues);
+        drop(orphans);
         self.shared.arrived.notify_all();
     }
 }
@@ -163,7 +189,7 @@ impl HashPool {
         let inner = Arc::new(Inner {
             shared: Arc::clone(&shared),
             waiting: AtomicUsize::new(0),
-            queue: queue.max(1),
+            queue_bound: queue.max(1),
             workers,
             work,
             runs: OnceLock::new(),
@@ -200,12 +226,12 @@ impl HashPool {
     /// asks first, so that in a flood it answers 503 before it spends the client's quotas on
     /// a check that would not run.
     pub fn has_room(&self, lane: Lane) -> bool {
-        self.inner.shared.lock().room(lane, self.inner.queue).is_some()
+        self.inner.shared.lock().room(lane, self.inner.queue_bound).is_some()
     }
 
     /// Jobs waiting in `lane`'s queue (not running).
     pub fn queued(&self, lane: Lane) -> usize {
-        self.inner.shared.lock().lane(lane).len()
+        self.inner.shared.lock().len(lane)
     }
 
     /// The argon2 work all password checks have done since start, in KiB × passes (the
@@ -219,10 +245,12 @@ impl HashPool {
     /// Checks `password` against a stored PHC string, or against the pool's dummy hash (made
     /// with the current parameters) when there is none. For unknown users, pass a dummy
     /// shaped like the stored hashes ([`dummy_like`]), so both take the same work even when
-    /// the stored hashes were made with other parameters. It waits in `lane`'s queue.
+    /// the stored hashes were made with other parameters. It waits in `lane`'s queue (a known
+    /// check in the open one when its own is full).
     ///
     /// # Errors
-    /// [`PoolError::Overloaded`] when that queue is full.
+    /// [`PoolError::Overloaded`] when no queue it may wait in has room; [`PoolError::Stopped`]
+    /// if the pool stops before answering.
     pub async fn verify(&self, password: Password, phc: Option<String>, lane: Lane) -> Result<Verified, PoolError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Verify { password, phc, reply }, lane)?;
@@ -233,7 +261,8 @@ impl HashPool {
     /// callers the server knows (a signed-in user, the administrator): [`Lane::Known`].
     ///
     /// # Errors
-    /// [`PoolError::Overloaded`] when that queue is full.
+    /// [`PoolError::Overloaded`] when both queues are full; [`PoolError::Hash`] when argon2
+    /// fails (the random salt included); [`PoolError::Stopped`] if the pool stops first.
     pub async fn hash(&self, password: Password) -> Result<String, PoolError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Hash { password, reply }, Lane::Known)?;
@@ -243,7 +272,7 @@ impl HashPool {
     fn submit(&self, job: Job, lane: Lane) -> Result<(), PoolError> {
         // Not stopped: that happens only once the last handle, like `self`, is gone.
         let mut queues = self.inner.shared.lock();
-        let Some(lane) = queues.room(lane, self.inner.queue) else { return Err(PoolError::Overloaded) };
+        let Some(lane) = queues.room(lane, self.inner.queue_bound) else { return Err(PoolError::Overloaded) };
         queues.lane(lane).push_back((job, tracing::Span::current()));
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         drop(queues);
@@ -518,7 +547,33 @@ mod tests {
         let waited = |n| order.iter().position(|o| *o == n).unwrap();
         assert_eq!(order[0], "open 1", "{order:?}");
         assert!(known < waited("open 2") && known < waited("open 3"), "{order:?}");
-        assert_eq!(pool.waiting(), 0);
+        // A worker answers before it counts the job done.
+        while pool.waiting() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The workers stop when the last handle goes, and what was queued is not run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_workers_stop_when_the_last_handle_is_dropped() {
+        let slow = HashParams { memory_kib: 32 * 1024, iterations: 8, parallelism: 1 };
+        let pool = HashPool::start(slow, 2, 8).unwrap();
+        let shared = Arc::downgrade(&pool.inner.shared);
+        for _ in 0..6 {
+            let job = Job::Verify { password: Password::new("x"), phc: None, reply: oneshot::channel().0 };
+            pool.submit(job, Lane::Open).unwrap();
+        }
+        let work = Arc::clone(&pool.inner.work);
+        drop(pool);
+        // Each worker holds the queues until it returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while shared.upgrade().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the workers did not stop");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A check takes far longer than the drop: at most the two running had started.
+        let one = 32 * 1024 * 8;
+        assert!(work.load(Ordering::Relaxed) <= 2 * one, "{} checks ran", work.load(Ordering::Relaxed) / one);
     }
 
     /// Known jobs past their own queue wait with strangers' while that has room; past both,
