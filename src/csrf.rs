@@ -63,11 +63,11 @@ pub const DEVICE_COOKIE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600)
 /// in as several): the newest first; a sign-in as a sixth pushes out the oldest.
 pub const DEVICE_COOKIE_USERS: usize = 5;
 
-/// Bytes in a pre-login value or a device cookie: issue time (8), random id (16), tag (16).
-const PRELOGIN_BYTES: usize = 40;
+/// Bytes in a [`Stamp`]: issue time (8), random id (16), tag (16).
+const STAMP_BYTES: usize = 40;
 
-/// Characters in a pre-login value: [`PRELOGIN_BYTES`] in unpadded base64url.
-const PRELOGIN_CHARS: usize = 54;
+/// Characters in a [`Stamp`]: [`STAMP_BYTES`] in unpadded base64url.
+const STAMP_CHARS: usize = 54;
 
 /// A pre-login cookie value this server issued, not expired and not retired.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,29 +127,58 @@ fn device_tokens(cookie: &str) -> impl Iterator<Item = &str> {
     cookie.split('.').take(DEVICE_COOKIE_USERS)
 }
 
-/// One token of a device cookie, read but not checked.
-struct DeviceToken {
+/// What pre-login values and device tokens are made of: the time it was issued, a random id
+/// and a 128-bit tag over both (and whatever else its kind binds), [`STAMP_CHARS`] characters
+/// of unpadded base64url. Only what the tag covers differs between the kinds.
+struct Stamp {
     issued: u64,
     id: [u8; 16],
     tag: [u8; 16],
 }
 
-impl DeviceToken {
-    fn parse(token: &str) -> Option<Self> {
-        if token.len() != PRELOGIN_CHARS {
-            return None;
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-        let (issued, rest) = bytes.split_first_chunk::<8>()?;
-        let (id, tag) = rest.split_first_chunk::<16>()?;
-        Some(DeviceToken { issued: u64::from_be_bytes(*issued), id: *id, tag: tag.try_into().ok()? })
+impl Stamp {
+    /// A stamp issued at `issued` with a new random id, tagged with `mac` over the two.
+    fn issue(issued: u64, mac: impl FnOnce(&[u8; 8], &[u8; 16]) -> Hmac<Sha256>) -> Result<Self, CsrfError> {
+        let mut id = [0u8; 16];
+        crate::random::fill(&mut id)?;
+        let full = mac(&issued.to_be_bytes(), &id).finalize().into_bytes();
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&full[..16]);
+        Ok(Stamp { issued, id, tag })
     }
 
-    /// Issued no more than the forms' 60 s of clock skew ahead of `now_secs`, and less than
-    /// [`DEVICE_COOKIE_LIFETIME`] before it.
-    fn in_date(&self, now_secs: u64) -> bool {
+    fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(STAMP_BYTES);
+        bytes.extend_from_slice(&self.issued.to_be_bytes());
+        bytes.extend_from_slice(&self.id);
+        bytes.extend_from_slice(&self.tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Reads a stamp's fields; its tag is not checked yet ([`Stamp::is_tagged_by`]).
+    fn parse(value: &str) -> Option<Self> {
+        if value.len() != STAMP_CHARS {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
+        let (issued, rest) = bytes.split_first_chunk::<8>()?;
+        let (id, tag) = rest.split_first_chunk::<16>()?;
+        Some(Stamp { issued: u64::from_be_bytes(*issued), id: *id, tag: tag.try_into().ok()? })
+    }
+
+    /// Whether its tag is `mac`'s over its time and id (in constant time).
+    fn is_tagged_by(&self, mac: impl FnOnce(&[u8; 8], &[u8; 16]) -> Hmac<Sha256>) -> bool {
+        mac(&self.issued.to_be_bytes(), &self.id).verify_truncated_left(&self.tag).is_ok()
+    }
+
+    /// Less than `lifetime` old at `now_secs`.
+    fn is_younger_than(&self, lifetime: Duration, now_secs: u64) -> bool {
+        now_secs.saturating_sub(self.issued) < lifetime.as_secs()
+    }
+
+    /// Issued no more than the forms' 60 s of clock skew ahead of `now_secs`.
+    fn is_not_ahead_of(&self, now_secs: u64) -> bool {
         self.issued <= now_secs.saturating_add(60)
-            && now_secs.saturating_sub(self.issued) < DEVICE_COOKIE_LIFETIME.as_secs()
     }
 }
 
@@ -200,40 +229,25 @@ impl Csrf {
     /// [`CsrfError::Random`] when the system's random source fails: without it every visitor
     /// would share one id, and one sign-in would retire everyone's forms.
     pub fn issue_prelogin(&self, now_secs: u64) -> Result<PreLogin, CsrfError> {
-        let mut id = [0u8; 16];
-        crate::random::fill(&mut id)?;
-        let tag = self.prelogin_tag(now_secs, &id);
-        let mut bytes = Vec::with_capacity(PRELOGIN_BYTES);
-        bytes.extend_from_slice(&now_secs.to_be_bytes());
-        bytes.extend_from_slice(&id);
-        bytes.extend_from_slice(&tag[..16]);
-        Ok(PreLogin { value: URL_SAFE_NO_PAD.encode(bytes), id, issued: now_secs })
+        let stamp = Stamp::issue(now_secs, |issued, id| self.prelogin_mac(issued, id))?;
+        Ok(PreLogin { value: stamp.encode(), id: stamp.id, issued: now_secs })
     }
 
-    fn prelogin_tag(&self, issued: u64, id: &[u8; 16]) -> [u8; 32] {
-        self.mac(&[b"prelogin", &issued.to_be_bytes(), id]).finalize().into_bytes().into()
+    fn prelogin_mac(&self, issued: &[u8; 8], id: &[u8; 16]) -> Hmac<Sha256> {
+        self.mac(&[b"prelogin", issued, id])
     }
 
     /// Parses a pre-login cookie value: `None` unless this server issued it (the tag checks,
     /// in constant time) and it has not expired at `now_secs`. Whether it was retired is the
     /// brute-force state's to say (`is_retired` with [`PreLogin::id`]).
     pub fn prelogin(&self, cookie: &str, now_secs: u64) -> Option<PreLogin> {
-        if cookie.len() != PRELOGIN_CHARS {
-            return None;
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
-        let (issued, rest) = bytes.split_first_chunk::<8>()?;
-        let (id, tag) = rest.split_first_chunk::<16>()?;
-        let issued = u64::from_be_bytes(*issued);
-        let mac = self.mac(&[b"prelogin", &issued.to_be_bytes(), id]);
-        mac.verify_truncated_left(tag).ok()?;
-        // The same 60 s of clock skew as login tokens.
+        let stamp = Stamp::parse(cookie).filter(|s| s.is_tagged_by(|issued, id| self.prelogin_mac(issued, id)))?;
         // Valid while younger than the lifetime, never at it: its retirement, if it signed in,
         // is kept until `expires_at`, and is pruned from that second on.
-        if issued > now_secs.saturating_add(60) || now_secs.saturating_sub(issued) >= PRELOGIN_LIFETIME.as_secs() {
+        if !stamp.is_not_ahead_of(now_secs) || !stamp.is_younger_than(PRELOGIN_LIFETIME, now_secs) {
             return None;
         }
-        Some(PreLogin { value: cookie.to_string(), id: *id, issued })
+        Some(PreLogin { value: cookie.to_string(), id: stamp.id, issued: stamp.issued })
     }
 
     /// A device cookie's new value after a sign-in, at `now_secs`, of the user whose key
@@ -250,18 +264,12 @@ impl Csrf {
         previous: Option<&str>,
         now_secs: u64,
     ) -> Result<String, CsrfError> {
-        let mut id = [0u8; 16];
-        crate::random::fill(&mut id)?;
-        let tag = self.device_mac(user_key, &now_secs.to_be_bytes(), &id).finalize().into_bytes();
-        let mut bytes = Vec::with_capacity(PRELOGIN_BYTES);
-        bytes.extend_from_slice(&now_secs.to_be_bytes());
-        bytes.extend_from_slice(&id);
-        bytes.extend_from_slice(&tag[..16]);
-        let mut value = URL_SAFE_NO_PAD.encode(bytes);
+        let mut value = Stamp::issue(now_secs, |issued, id| self.device_mac(user_key, issued, id))?.encode();
         // Another user's token cannot be checked without their key: kept while it is shaped
-        // like one and in date, at most a cookie's worth.
+        // like one and not too old, at most a cookie's worth. One issued ahead of this clock
+        // (by an instance whose clock runs fast) is kept too: keeping grants nothing.
         let others = device_tokens(previous.unwrap_or(""))
-            .filter(|t| matches!(DeviceToken::parse(t), Some(d) if d.in_date(now_secs)))
+            .filter(|t| Stamp::parse(t).is_some_and(|d| d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)))
             .filter(|t| !self.is_known_device(t, user_key, now_secs))
             .take(DEVICE_COOKIE_USERS - 1);
         for token in others {
@@ -275,9 +283,10 @@ impl Csrf {
     /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything
     /// else, a token for another username included, is `false`.
     pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
-        device_tokens(cookie).filter_map(DeviceToken::parse).any(|d| {
-            d.in_date(now_secs)
-                && self.device_mac(user_key, &d.issued.to_be_bytes(), &d.id).verify_truncated_left(&d.tag).is_ok()
+        device_tokens(cookie).filter_map(Stamp::parse).any(|d| {
+            d.is_not_ahead_of(now_secs)
+                && d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
+                && d.is_tagged_by(|issued, id| self.device_mac(user_key, issued, id))
         })
     }
 
@@ -505,6 +514,10 @@ mod tests {
         let renewed = csrf.issue_device_cookie("judy", Some(&messy), later).unwrap();
         assert_eq!(renewed.split('.').count(), 2, "judy's, and the token-shaped one it cannot check: {renewed}");
         assert!(!csrf.is_known_device(&renewed, "ivan", later));
+        // One issued ahead of this clock (another instance's runs fast) is carried over.
+        let ahead = csrf.issue_device_cookie("liam", None, now + 2 * 86_400).unwrap();
+        let kept = csrf.issue_device_cookie("mia", Some(&ahead), now).unwrap();
+        assert!(csrf.is_known_device(&kept, "liam", now + 2 * 86_400), "{kept}");
         // Only the first five tokens are looked at.
         let buried = format!(
             "{}.{}",
