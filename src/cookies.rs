@@ -80,7 +80,7 @@ impl Scope {
 /// cookie ([`crate::csrf::DEVICE_COOKIE`]) is read only by this host's login forms, so no gated
 /// application needs it, and a sibling host could otherwise set one over it (cookie tossing)
 /// to put its holder back among strangers during a flood.
-pub const HOST_ONLY: [&str; 1] = [crate::csrf::DEVICE_COOKIE];
+const HOST_ONLY: [&str; 1] = [crate::csrf::DEVICE_COOKIE];
 
 const HOST_PREFIX: &str = "__Host-";
 const SECURE_PREFIX: &str = "__Secure-";

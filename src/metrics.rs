@@ -143,9 +143,6 @@ struct Inner {
     pool: HashPool,
 }
 
-/// The hash pool's queues as `portcullis_password_hash_queued` labels them.
-const LANES: [(Lane, &str); 2] = [(Lane::Open, "open"), (Lane::Known, "known")];
-
 /// The server's metrics; cheap to clone. [`Metrics::off`] counts nothing (metrics_addr off).
 #[derive(Clone, Default)]
 pub struct Metrics(Option<Arc<Inner>>);
@@ -202,8 +199,8 @@ impl Metrics {
              browser with a device cookie for the username typed, a signed-in user)",
             hash_queued.clone(),
         );
-        for (_, lane) in LANES {
-            let _ = hash_queued.get_or_create(&LaneLabels { lane });
+        for lane in Lane::ALL {
+            let _ = hash_queued.get_or_create(&LaneLabels { lane: lane.label() });
         }
         let sessions_active = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -280,9 +277,9 @@ impl Metrics {
         let mut out = String::new();
         if let Some(m) = &self.0 {
             m.hash_queue_depth.set(i64::try_from(m.pool.waiting()).unwrap_or(i64::MAX));
-            for (lane, label) in LANES {
+            for lane in Lane::ALL {
                 let queued = i64::try_from(m.pool.queued(lane)).unwrap_or(i64::MAX);
-                m.hash_queued.get_or_create(&LaneLabels { lane: label }).set(queued);
+                m.hash_queued.get_or_create(&LaneLabels { lane: lane.label() }).set(queued);
             }
             // Writing into a String cannot fail.
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &m.registry);

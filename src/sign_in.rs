@@ -84,6 +84,14 @@ pub struct Attempt<'a> {
     pub device: Option<&'a str>,
 }
 
+/// What a browser brings to the end of its sign-in.
+struct Browser<'a> {
+    /// Its current session, ended (session fixation, OWASP ASVS 3.2.1).
+    session: Option<&'a SessionToken>,
+    /// Its device cookie, whose tokens for other usernames the new value keeps.
+    device: Option<&'a str>,
+}
+
 /// What became of an attempt. (No `Debug`: it can hold a session token.)
 pub enum Outcome {
     /// Signed in: the new session's token, for the cookie. The pre-login value is retired.
@@ -378,7 +386,14 @@ impl SignIn {
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
         let (token, device_cookie) = self
-            .complete(&user, Factors::One, client, (previous_session.as_ref(), device), after_failures, None)
+            .complete(
+                &user,
+                Factors::One,
+                client,
+                Browser { session: previous_session.as_ref(), device },
+                after_failures,
+                None,
+            )
             .await?;
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
     }
@@ -450,21 +465,21 @@ impl SignIn {
     /// how many there were): the browser's previous session ended and a new one made with
     /// `factors` in one durable step, the success recorded (a success that cannot be recorded
     /// does not happen). `passkey` names the passkey a passkey sign-in used, for its record.
-    /// `browser`: the browser's session and device cookie, if any. Returns the session's token
-    /// and the device cookie's new value, with a token for this user.
+    /// Returns the session's token and the browser's device cookie's new value, with a token
+    /// for this user.
     async fn complete(
         &self,
         user: &crate::store::User,
         factors: Factors,
         client: &Client,
-        (previous_session, device): (Option<&SessionToken>, Option<&str>),
+        browser: Browser<'_>,
         after_failures: usize,
         passkey: Option<&str>,
     ) -> Result<(SessionToken, String), SignInError> {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
-            .issue_device_cookie(&user.key, device, now_ms() / 1000)
+            .issue_device_cookie(&user.key, browser.device, now_ms() / 1000)
             .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
         if factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
@@ -474,7 +489,7 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not record the sign-in", source })?;
         }
         // Session fixation: whatever session this browser had is ended, and a new token issued.
-        let previous = previous_session.map(SessionToken::hash);
+        let previous = browser.session.map(SessionToken::hash);
         let token = self
             .sessions
             .create_in_place_of(previous.as_ref(), user, factors, client.ip, &client.user_agent)
@@ -618,7 +633,14 @@ impl SignIn {
                 };
                 let after_failures = cleared.unwrap_or(0);
                 let (token, device_cookie) = self
-                    .complete(&user, Factors::Two, client, (previous_session.as_ref(), device), after_failures, None)
+                    .complete(
+                        &user,
+                        Factors::Two,
+                        client,
+                        Browser { session: previous_session.as_ref(), device },
+                        after_failures,
+                        None,
+                    )
                     .await?;
                 Ok(StepOutcome::SignedIn { token, next, device_cookie })
             }

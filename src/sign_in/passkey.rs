@@ -175,8 +175,16 @@ impl SignIn {
         };
         let previous = a.previous_session.as_ref();
         let name = Some(verified.passkey_name.as_str());
-        let (token, device_cookie) =
-            self.complete(&user, Factors::Two, a.client, (previous, a.device), after_failures, name).await?;
+        let (token, device_cookie) = self
+            .complete(
+                &user,
+                Factors::Two,
+                a.client,
+                super::Browser { session: previous, device: a.device },
+                after_failures,
+                name,
+            )
+            .await?;
         // A user-verified passkey is two factors: the `second_factor` policy is met.
         Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie })
     }
