@@ -385,3 +385,38 @@ pub fn root_or_skip(for_what: &str) -> bool {
     eprintln!("skipped: needs root, {for_what}");
     false
 }
+
+/// A check the pool takes most of a second over (64 MiB, 24 passes: the parameters are read
+/// from the hash checked), matching no password: what a flood keeps the pool busy with.
+pub const SLOW_CHECK: &str =
+    "$argon2id$v=19$m=65536,t=24,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// One [`SLOW_CHECK`] on `pool`, waiting in `lane`.
+pub fn slow_check(
+    pool: &portcullis::password::HashPool,
+    lane: portcullis::password::Lane,
+) -> tokio::task::JoinHandle<Result<portcullis::password::Verified, portcullis::password::PoolError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.verify(Password::new("guess"), Some(SLOW_CHECK.into()), lane).await })
+}
+
+/// Waits until `done` says so of `pool`, checking every 5 ms.
+pub async fn until(pool: &portcullis::password::HashPool, done: impl Fn(&portcullis::password::HashPool) -> bool) {
+    while !done(pool) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Strangers' slow checks holding a pool of one worker: one running, and its open queue full.
+pub async fn flood_one_worker(
+    pool: &portcullis::password::HashPool,
+) -> Vec<tokio::task::JoinHandle<Result<portcullis::password::Verified, portcullis::password::PoolError>>> {
+    use portcullis::password::Lane;
+    let mut flood = vec![slow_check(pool, Lane::Open)];
+    until(pool, |p| p.waiting() == 1 && p.queued(Lane::Open) == 0).await;
+    while pool.has_room(Lane::Open) {
+        flood.push(slow_check(pool, Lane::Open));
+        until(pool, |p| p.waiting() == flood.len()).await;
+    }
+    flood
+}

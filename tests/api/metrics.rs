@@ -246,22 +246,14 @@ async fn sessions_active_is_the_count_of_stored_sessions_taken_in_the_background
 /// flood of strangers apart from known browsers waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hash_queues_are_shown_by_lane() {
-    use portcullis::password::{Lane, Password};
+    use crate::helpers::{slow_check, until};
+    use portcullis::password::Lane;
     let app = with_metrics(|s| s.hash_workers = 1).await;
-    let pool = app.state.pool.clone();
-    let slow = "$argon2id$v=19$m=65536,t=24,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let check = |lane| {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.verify(Password::new("x"), Some(slow.into()), lane).await })
-    };
-    let mut checks = vec![check(Lane::Open)];
-    while pool.waiting() == 0 || pool.queued(Lane::Open) > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    checks.extend([check(Lane::Open), check(Lane::Open), check(Lane::Known)]);
-    while pool.waiting() < 4 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let pool = &app.state.pool;
+    let mut checks = vec![slow_check(pool, Lane::Open)];
+    until(pool, |p| p.waiting() == 1 && p.queued(Lane::Open) == 0).await;
+    checks.extend([Lane::Open, Lane::Open, Lane::Known].map(|lane| slow_check(pool, lane)));
+    until(pool, |p| p.waiting() == 4).await;
     let now = samples(&scrape_text(&app).await);
     assert_eq!(now["portcullis_password_hash_queued{lane=\"open\"}"], 2.0);
     assert_eq!(now["portcullis_password_hash_queued{lane=\"known\"}"], 1.0);

@@ -697,3 +697,25 @@ async fn an_authenticator_set_up_again_with_no_recovery_codes_left_brings_a_fres
     assert_eq!(resp.status(), 200, "codes shown");
     assert_eq!(recovery_codes(&resp.text().await.unwrap()).len(), 10);
 }
+
+/// The second step renews the browser's device cookie without losing its other usernames.
+#[tokio::test]
+async fn the_second_step_keeps_the_device_cookies_other_usernames() {
+    let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let step = fresh_step().await;
+    let (secret, _) = enrol(&app, &first, step).await;
+    let browser = app.new_browser();
+    sign_in(&app, &browser, "bob").await;
+    assert_eq!(app.logout_with(&browser).await.status(), 303);
+    password_step(&app, &browser, "alice").await;
+    let resp = submit(&app, &browser, "code", &code(&secret, step)).await;
+    assert_eq!(resp.status(), 303);
+    let device = cookie_value(&resp, "__Host-portcullis-device").expect("a device cookie");
+    for user in ["alice", "bob"] {
+        assert!(app.state.csrf.is_known_device(&device, user, now_ms() / 1000), "{user}: {device}");
+    }
+}
