@@ -38,6 +38,13 @@ pub enum QuotaKey {
     /// `login_quota_per_user`: every password check for this username
     /// ([`crate::rate_limit::username_digest`] of the normalised key).
     Username(u128),
+    /// `login_quota_per_user` of the browsers known to this username (a device cookie for
+    /// it, [`crate::csrf::Csrf::is_known_device`]), apart from strangers': a flood aimed at the
+    /// username spends the strangers' one and does not keep its owner's browsers out (OWASP,
+    /// "Slow Down Online Guessing Attacks with Device Cookies"). One per username, not per
+    /// token, since every sign-in makes a new token: whoever holds an account of their own
+    /// cannot mint fresh quotas by signing in.
+    KnownUsername(u128),
     /// [`crate::rate_limit::CAPTCHA_DRAWS`]: captcha pictures drawn for this address.
     CaptchaDraws(AddressKey),
 }
@@ -48,6 +55,7 @@ impl QuotaKey {
         match self {
             QuotaKey::Address(_) => "address",
             QuotaKey::Username(_) => "username",
+            QuotaKey::KnownUsername(_) => "known_username",
             QuotaKey::CaptchaDraws(_) => "captcha_draws",
         }
     }
@@ -60,7 +68,7 @@ impl QuotaKey {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
                 IpAddr::V6(v6) => v6.octets().to_vec(),
             },
-            QuotaKey::Username(u) => u.to_be_bytes().to_vec(),
+            QuotaKey::Username(u) | QuotaKey::KnownUsername(u) => u.to_be_bytes().to_vec(),
         }
     }
 }
@@ -259,6 +267,7 @@ impl BruteForceState for InMemory {
         let taken = match key {
             QuotaKey::Address(a) => self.quotas.per_address.take(rate, &a),
             QuotaKey::Username(u) => self.quotas.per_username.take(rate, &u),
+            QuotaKey::KnownUsername(u) => self.quotas.per_known_username.take(rate, &u),
             QuotaKey::CaptchaDraws(a) => self.quotas.captcha_draws.take(rate, &a),
         };
         Ok(taken.map_err(|ms| Wait { ms }))
@@ -670,6 +679,15 @@ mod tests {
         assert!((1..=20).contains(&wait.retry_after_secs()));
         assert_eq!(s.take(QuotaKey::Address(ip(2)), rate, 0).await.unwrap(), Ok(()), "keys are independent");
         assert_eq!(s.take(QuotaKey::CaptchaDraws(ip(1)), rate, 0).await.unwrap(), Ok(()), "quotas are independent");
+        let (strangers, known) = (QuotaKey::Username(7), QuotaKey::KnownUsername(7));
+        for _ in 0..3 {
+            assert_eq!(s.take(strangers, rate, 0).await.unwrap(), Ok(()));
+        }
+        assert!(s.take(strangers, rate, 0).await.unwrap().is_err());
+        for _ in 0..3 {
+            assert_eq!(s.take(known, rate, 0).await.unwrap(), Ok(()), "a username's known browsers: apart");
+        }
+        assert!(s.take(known, rate, 0).await.unwrap().is_err(), "and as bounded");
     }
 
     #[tokio::test]
@@ -700,6 +718,8 @@ mod tests {
     fn quota_keys_are_plain_bytes() {
         assert_eq!(QuotaKey::Address(ip(7)).bytes(), vec![192, 0, 2, 7]);
         assert_eq!(QuotaKey::Username(1).bytes().len(), 16);
+        assert_eq!(QuotaKey::KnownUsername(1).bytes(), QuotaKey::Username(1).bytes(), "told apart by kind");
+        assert_ne!(QuotaKey::KnownUsername(1).kind(), QuotaKey::Username(1).kind());
         let v6 = AddressKey::of("2001:db8::1".parse().unwrap());
         assert_eq!(QuotaKey::CaptchaDraws(v6).bytes()[8..], [0; 8], "IPv6 by /64");
     }

@@ -132,6 +132,9 @@ pub struct LoginQuotas {
     pub per_address: Limiter<AddressKey>,
     /// Keyed by [`username_digest`].
     pub per_username: Limiter<u128>,
+    /// `login_quota_per_user` of the browsers known to a username, keyed by
+    /// [`username_digest`]: only device tokens the server issued make keys.
+    pub per_known_username: Limiter<u128>,
     /// Captcha pictures drawn per address ([`CAPTCHA_DRAWS`]): drawing costs a few ms of CPU,
     /// and `GET /login` is otherwise unlimited, so a flagged address must not be able to
     /// make the server draw as fast as it can ask.
@@ -146,6 +149,7 @@ impl LoginQuotas {
         LoginQuotas {
             per_address: Limiter::new(per_address, MAX_KEYS),
             per_username: Limiter::new(per_username, MAX_KEYS),
+            per_known_username: Limiter::new(per_username, MAX_KEYS),
             captcha_draws: Limiter::new(Some(CAPTCHA_DRAWS), MAX_KEYS),
         }
     }
@@ -153,6 +157,7 @@ impl LoginQuotas {
     pub fn prune(&self) {
         self.per_address.prune();
         self.per_username.prune();
+        self.per_known_username.prune();
         self.captcha_draws.prune();
     }
 }

@@ -9,7 +9,11 @@
 //!    attempt reserves its place among the `captcha_after_failures` checks allowed without
 //!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
-//!    a user's quota without solving captchas or passing CSRF),
+//!    a user's quota without solving captchas or passing CSRF); the browsers with a device
+//!    cookie for the username spend a quota of the same rate kept for them instead, so a
+//!    flood aimed at the username does not keep its owner's browsers out (OWASP, "Slow Down
+//!    Online Guessing Attacks with Device Cookies"), and their checks wait in the hash
+//!    pool's known lane,
 //! 5. the password, on the hash pool (an unknown user costs and answers the same),
 //! 6. on success: the pre-login value is retired (the form signs in once); then, for a user
 //!    with a second factor, a pending sign-in is started ([`Outcome::SecondFactorNeeded`]) and
@@ -79,8 +83,9 @@ pub struct Attempt<'a> {
     pub previous_session: Option<SessionToken>,
     /// Where to go afterwards (already checked by `safe_next`), kept with a pending sign-in.
     pub next: Option<&'a str>,
-    /// The `__Host-portcullis-device` cookie's value, if any: one issued for this username
-    /// puts the password check in the hash pool's known lane.
+    /// The `__Host-portcullis-device` cookie's value, if any: a token issued for this
+    /// username puts the password check in the hash pool's known lane and on the quota of the
+    /// username's known browsers instead of the strangers' one.
     pub device: Option<&'a str>,
 }
 
@@ -117,7 +122,8 @@ pub struct SecondAttempt<'a> {
     pub proof: Option<Proof>,
     /// The browser's current session, ended on success.
     pub previous_session: Option<SessionToken>,
-    /// The browser's device cookie, if any, kept with the new token.
+    /// The browser's device cookie, if any: a token for the user puts the check on the quota
+    /// of the user's known browsers, and the others are kept with the new token.
     pub device: Option<&'a str>,
 }
 
@@ -241,6 +247,16 @@ impl SignIn {
         self.spend(self.per_username, QuotaKey::Username(digest), now).await
     }
 
+    /// Spends one check of a sign-in from the username's quota: the one of its known
+    /// browsers when `known` (a device cookie for it, [`Csrf::is_known_device`]), else the
+    /// strangers' one.
+    async fn spend_check_quota(&self, digest: u128, known: bool, now: u64) -> Result<Result<(), Wait>, StateError> {
+        match known {
+            true => self.spend(self.per_username, QuotaKey::KnownUsername(digest), now).await,
+            false => self.spend_username_quota(digest, now).await,
+        }
+    }
+
     async fn spend(&self, rate: Option<Rate>, key: QuotaKey, now: u64) -> Result<Result<(), Wait>, StateError> {
         match rate {
             Some(rate) => self.state.take(key, rate, now).await,
@@ -322,7 +338,7 @@ impl SignIn {
             }
         };
 
-        if let Err(wait) = self.spend_username_quota(digest, now).await? {
+        if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
             }
@@ -571,7 +587,9 @@ impl SignIn {
                 }
             }
         };
-        if let Err(wait) = self.spend_username_quota(digest, now).await? {
+        // A browser known to the user spends its known browsers' quota, as at the password step.
+        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user.key, now / 1000));
+        if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
             }
@@ -877,6 +895,25 @@ mod tests {
         for check in flood {
             check.await.unwrap().unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn known_browsers_spend_a_quota_of_their_own_so_a_flood_aimed_at_the_username_does_not_keep_them_out() {
+        let mut f = fixture(None, rate(2), 100).await;
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        // Strangers spend the rest of alice's quota.
+        assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword);
+        assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::RateLimited);
+        // Her browsers have a quota of their own, at the same rate.
+        f.device = Some(device_cookie);
+        let Outcome::SignedIn { device_cookie: renewed, .. } = f.attempt("alice", GOOD).await else {
+            panic!("her browser is kept out")
+        };
+        assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword);
+        // Shared by all of them, however many tokens signing in makes.
+        f.device = Some(renewed);
+        let r = refusal(f.attempt("alice", GOOD).await);
+        assert_eq!(r.reason, FailureReason::RateLimited, "and spent as anyone's: {r:?}");
     }
 
     #[tokio::test]

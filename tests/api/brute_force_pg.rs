@@ -67,6 +67,16 @@ async fn a_quota_allows_its_burst_over_both_instances_then_says_how_long_to_wait
     assert_eq!(one.take(QuotaKey::Address(ip(2)), rate, 1_000_000).await.unwrap(), Ok(()), "keys are independent");
     let draws = QuotaKey::CaptchaDraws(ip(1));
     assert_eq!(one.take(draws, rate, 1_000_000).await.unwrap(), Ok(()), "quotas are independent");
+    // A username's known browsers have their own quota, shared over the instances too.
+    let (strangers, known) = (QuotaKey::Username(7), QuotaKey::KnownUsername(7));
+    for s in [&one, &two, &one] {
+        assert_eq!(s.take(strangers, rate, 1_000_000).await.unwrap(), Ok(()));
+    }
+    assert!(two.take(strangers, rate, 1_000_000).await.unwrap().is_err());
+    for s in [&two, &one, &two] {
+        assert_eq!(s.take(known, rate, 1_000_000).await.unwrap(), Ok(()), "apart from the strangers'");
+    }
+    assert!(one.take(known, rate, 1_000_000).await.unwrap().is_err(), "and as bounded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

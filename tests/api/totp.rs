@@ -719,3 +719,29 @@ async fn the_second_step_keeps_the_device_cookies_other_usernames() {
         assert!(app.state.csrf.is_known_device(&device, user, now_ms() / 1000), "{user}: {device}");
     }
 }
+
+/// A flood aimed at one username spends its strangers' quota; the owner's browser, known by
+/// its device cookie, spends the username's known browsers' quota at both steps and signs in.
+#[tokio::test]
+async fn a_known_browser_signs_in_with_both_steps_after_others_spent_the_usernames_quota() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 100;
+        s.login_quota_per_user =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(3600) });
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let own = app.new_browser();
+    sign_in(&app, &own, "alice").await; // 1
+    let step = fresh_step().await;
+    let (secret, _) = enrol(&app, &own, step).await;
+    assert_eq!(app.logout_with(&own).await.status(), 303);
+    let stranger = app.new_browser();
+    assert_eq!(app.login_with(&stranger, "alice", "not her password at all").await.status(), 401); // 2
+    assert_eq!(app.login_with(&stranger, "alice", "not her password either").await.status(), 401); // 3
+    assert_eq!(app.login_with(&stranger, "alice", GOOD_PASSWORD).await.status(), 429, "alice's quota is spent");
+    password_step(&app, &own, "alice").await;
+    let resp = submit(&app, &own, "code", &code(&secret, step)).await;
+    assert_eq!(resp.status(), 303, "her own browser signs in, code and all");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 429, "strangers still wait");
+}
