@@ -454,6 +454,8 @@ impl SignIn {
                 return Ok(PasswordCheck::CaptchaDemanded);
             }
         };
+        // The strangers' quota, though the check waits in the known lane: a stolen session
+        // gets no second quota of guesses (a flood aimed at the username can hold this at 429).
         if let Err(wait) = self.spend_username_quota(digest, now_ms()).await? {
             held.release().await?;
             judged.record(FailureReason::RateLimited, false).await?;
