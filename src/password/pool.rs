@@ -116,11 +116,14 @@ impl Queues {
     }
 }
 
-/// What the handles and the workers share: the queues, and the signal of a job or the stop.
+/// What the handles and the workers share: the queues, the signal of a job or the stop, and
+/// the argon2 memory the workers hold.
 #[derive(Default)]
 struct Shared {
     queues: Mutex<Queues>,
     arrived: Condvar,
+    /// Bytes of argon2 buffers the workers hold now ([`HashPool::held_bytes`]).
+    held: AtomicUsize,
 }
 
 impl Shared {
@@ -229,6 +232,13 @@ impl HashPool {
         self.inner.shared.lock().room(lane, self.inner.queue_bound).is_some()
     }
 
+    /// Bytes of argon2 memory the workers hold now: a buffer each after a check, wiped at
+    /// once and given back after [`KEEP_BUFFER_WHEN_IDLE`] without work, so an idle server
+    /// holds none.
+    pub fn held_bytes(&self) -> usize {
+        self.inner.shared.held.load(Ordering::Relaxed)
+    }
+
     /// Jobs waiting in `lane`'s queue (not running).
     pub fn queued(&self, lane: Lane) -> usize {
         self.inner.shared.lock().len(lane)
@@ -314,26 +324,41 @@ fn receive(shared: &Shared) -> Received {
 fn worker(shared: &Shared, hasher: &Hasher, inner: &std::sync::Weak<Inner>) {
     lower_priority();
     let mut workspace = Workspace::wiped_when_idle();
+    // What this worker last counted into `shared.held`.
+    let mut counted = 0;
+    let mut count = |workspace: &Workspace| {
+        let now = workspace.held_bytes();
+        shared.held.fetch_add(now, Ordering::Relaxed);
+        shared.held.fetch_sub(counted, Ordering::Relaxed);
+        counted = now;
+    };
     let mut next = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            // Wait for work at most a second at a time: an idle worker then gives its
-            // (already wiped) buffer back, so an idle server holds no argon2 memory.
+            // Wait for work at most a second at a time, each worker on its own clock: an idle
+            // worker then gives its (already wiped) buffer back, so an idle server holds no
+            // argon2 memory.
             None => match receive(shared) {
                 Received::Job(job) => job,
                 Received::Quiet => {
                     if workspace.held_bytes() > 0 {
                         workspace.release();
+                        count(&workspace);
                         crate::memory::give_back_freed();
                     }
                     continue;
                 }
-                Received::Stopped => return,
+                Received::Stopped => {
+                    workspace.release();
+                    count(&workspace);
+                    return;
+                }
             },
         };
         let started = std::time::Instant::now();
         run(job, hasher, &mut workspace);
+        count(&workspace);
         if let Some(inner) = inner.upgrade() {
             inner.waiting.fetch_sub(1, Ordering::Relaxed);
             if let Some(runs) = inner.runs.get() {
@@ -550,6 +575,31 @@ mod tests {
         // A worker answers before it counts the job done.
         while pool.waiting() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every worker gives its buffer back after a quiet second, not only the one that waited
+    /// first (before 40faa63 the workers took turns at one receiver's lock, which the waiting
+    /// one kept taking back: a new server still held the first hash's 19 MiB 6 s later).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_idle_worker_gives_its_argon2_memory_back() {
+        let params = HashParams { memory_kib: 8 * 1024, iterations: 2, parallelism: 1 };
+        let pool = HashPool::start(params, 2, 4).unwrap();
+        assert_eq!(pool.held_bytes(), 0);
+        let checks: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.verify(Password::new("x"), None, Lane::Open).await })
+            })
+            .collect();
+        for c in checks {
+            c.await.unwrap().unwrap();
+        }
+        assert!(pool.held_bytes() >= 8 * 1024 * 1024, "held just after: {}", pool.held_bytes());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.held_bytes() > 0 {
+            assert!(std::time::Instant::now() < deadline, "still held: {}", pool.held_bytes());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
