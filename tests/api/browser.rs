@@ -1,6 +1,6 @@
-//! Passkeys in a real browser: starts the server on https://localhost:PORT and runs
-//! `tests/browser/passkeys.mjs` (headless Chromium through playwright-core, with Chrome's
-//! virtual authenticator). Needs `node`, Chromium (`/usr/bin/chromium`, or
+//! Passkeys and the device cookie in a real browser: starts the server on
+//! https://localhost:PORT and runs `tests/browser/passkeys.mjs` (headless Chromium through
+//! playwright-core, with Chrome's virtual authenticator). Needs `node`, Chromium (`/usr/bin/chromium`, or
 //! `PORTCULLIS_CHROMIUM`) and `npm ci` run in `tests/browser`; without them the test says
 //! why and passes as skipped, unless `PORTCULLIS_REQUIRE_ALL` is set (as `.ci/run` does).
 //! Set `PORTCULLIS_SCREENSHOTS=DIR` to keep screenshots of the pages with passkey buttons at

@@ -1,4 +1,5 @@
-// Passkeys in a real browser (issue 14): Debian's headless Chromium driven by playwright-core,
+// Passkeys, and the device cookie Chromium keeps, in a real browser (issue 14): Debian's
+// headless Chromium driven by playwright-core,
 // with Chrome's virtual WebAuthn authenticator (DevTools `WebAuthn` domain: CTAP2, internal
 // transport, resident keys, user verification). Run by tests/api/browser.rs against a server
 // it started; never downloads a browser.
@@ -108,6 +109,16 @@ try {
   await signOut(page);
   await shoot(page, 'login');
 
+  step('the device cookie outlives the sign-out, host-only, for 90 days');
+  const jar = async () => context.cookies(base);
+  const deviceCookie = async () => (await jar()).find((c) => c.name === '__Host-portcullis-device');
+  const device = await deviceCookie();
+  const { value: _, ...attributes } = device || {};
+  check(device && device.httpOnly && device.secure && device.sameSite === 'Lax' && device.path === '/'
+    && device.domain === new URL(base).hostname && device.expires > Date.now() / 1000 + 89 * 86400,
+  `device cookie: ${JSON.stringify(attributes)}`);
+  check(!(await jar()).some((c) => c.name === '__Host-portcullis'), 'the session cookie is gone');
+
   if (secondFactor) {
     step('password, then the passkey as the second factor');
     await signInWithPassword(page, password);
@@ -133,6 +144,8 @@ try {
   await passkeyButton.waitFor({ state: 'visible' });
   await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), passkeyButton.click()]);
   check((await page.textContent('h1')).includes(user), 'the home page greets the user');
+  const renewed = await deviceCookie();
+  check(renewed && renewed.value !== device.value, 'a passkey sign-in renews the device cookie');
 
   check(scriptErrors.length === 0, `script errors: ${scriptErrors.join(' | ')}`);
   step('done');
