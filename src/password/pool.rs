@@ -53,11 +53,11 @@ pub enum PoolError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
     /// Anyone: a login form from a browser the server does not know.
-    Open,
+    Open = 0,
     /// A caller the server already knows: a browser that presents a device cookie for the
     /// username it types ([`crate::csrf::Csrf::is_known_device`]), a signed-in user, or the
     /// administrator.
-    Known,
+    Known = 1,
 }
 
 impl Lane {
@@ -77,27 +77,16 @@ enum Job {
     Hash { password: Password, reply: oneshot::Sender<Result<String, PoolError>> },
 }
 
-/// The two queues, and whether the pool has stopped taking jobs.
+/// The two queues (indexed by [`Lane`]), and whether the pool has stopped taking jobs.
 #[derive(Default)]
 struct Queues {
-    open: VecDeque<(Job, tracing::Span)>,
-    known: VecDeque<(Job, tracing::Span)>,
+    lanes: [VecDeque<(Job, tracing::Span)>; 2],
     stopped: bool,
 }
 
 impl Queues {
-    fn lane(&mut self, lane: Lane) -> &mut VecDeque<(Job, tracing::Span)> {
-        match lane {
-            Lane::Open => &mut self.open,
-            Lane::Known => &mut self.known,
-        }
-    }
-
     fn len(&self, lane: Lane) -> usize {
-        match lane {
-            Lane::Open => self.open.len(),
-            Lane::Known => self.known.len(),
-        }
+        self.lanes[lane as usize].len()
     }
 
     /// The queue a job for `lane` would wait in now, each holding `bound`: its own, or for a
@@ -112,7 +101,8 @@ impl Queues {
 
     /// The next job: the known lane's first.
     fn next(&mut self) -> Option<(Job, tracing::Span)> {
-        self.known.pop_front().or_else(|| self.open.pop_front())
+        let [open, known] = &mut self.lanes;
+        known.pop_front().or_else(|| open.pop_front())
     }
 }
 
@@ -152,7 +142,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let mut queues = self.shared.lock();
         queues.stopped = true;
-        let orphans = (std::mem::take(&mut queues.known), std::mem::take(&mut queues.open));
+        let orphans = std::mem::take(&mut queues.lanes);
         drop(queues);
         drop(orphans);
         self.shared.arrived.notify_all();
@@ -283,7 +273,7 @@ impl HashPool {
         // Not stopped: that happens only once the last handle, like `self`, is gone.
         let mut queues = self.inner.shared.lock();
         let Some(lane) = queues.room(lane, self.inner.queue_bound) else { return Err(PoolError::Overloaded) };
-        queues.lane(lane).push_back((job, tracing::Span::current()));
+        queues.lanes[lane as usize].push_back((job, tracing::Span::current()));
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         drop(queues);
         self.inner.shared.arrived.notify_one();
@@ -554,7 +544,7 @@ mod tests {
         run(Lane::Open, "open 1").unwrap();
         // The worker has taken the first (the queue is empty again) before two more wait in
         // the open queue, and then a fourth does not fit.
-        while !pool.inner.shared.lock().open.is_empty() {
+        while pool.queued(Lane::Open) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         for name in ["open 2", "open 3"] {
