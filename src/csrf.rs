@@ -269,8 +269,12 @@ impl Csrf {
         // like one and not too old, at most a cookie's worth. One issued ahead of this clock
         // (by an instance whose clock runs fast) is kept too: keeping grants nothing.
         let others = device_tokens(previous.unwrap_or(""))
-            .filter(|t| Stamp::parse(t).is_some_and(|d| d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)))
-            .filter(|t| !self.is_known_device(t, user_key, now_secs))
+            .filter(|t| {
+                Stamp::parse(t).is_some_and(|d| {
+                    d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
+                        && !self.is_device_token_for(&d, user_key, now_secs)
+                })
+            })
             .take(DEVICE_COOKIE_USERS - 1);
         for token in others {
             value.push('.');
@@ -283,11 +287,14 @@ impl Csrf {
     /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything
     /// else, a token for another username included, is `false`.
     pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
-        device_tokens(cookie).filter_map(Stamp::parse).any(|d| {
-            d.is_not_ahead_of(now_secs)
-                && d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
-                && d.is_tagged_by(|issued, id| self.device_mac(user_key, issued, id))
-        })
+        device_tokens(cookie).filter_map(Stamp::parse).any(|d| self.is_device_token_for(&d, user_key, now_secs))
+    }
+
+    /// Whether `token` is one this server issued for `user_key` and valid at `now_secs`.
+    fn is_device_token_for(&self, token: &Stamp, user_key: &str, now_secs: u64) -> bool {
+        token.is_not_ahead_of(now_secs)
+            && token.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
+            && token.is_tagged_by(|issued, id| self.device_mac(user_key, issued, id))
     }
 
     fn device_mac(&self, user_key: &str, issued: &[u8; 8], id: &[u8; 16]) -> Hmac<Sha256> {
