@@ -20,7 +20,6 @@ use super::account::CsrfOnly;
 use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
 use crate::fault_log::Severity;
-use crate::metrics::LoginResult;
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
 use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
@@ -230,11 +229,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     let next = super::login::safe_next(form.next.as_deref());
     let rd = super::login::checked_rd(&state, form.rd.as_deref());
     let judged = state.sign_in.with_passkey(&state.passkeys, attempt).await;
-    match &judged {
-        Ok(Outcome::SignedIn { .. }) => state.metrics.login_attempt(LoginResult::Success),
-        Ok(Outcome::Refused(refusal)) => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
-        _ => {}
-    }
+    super::login::count_judged(&state.metrics, &judged);
     let mut resp = match judged {
         Ok(Outcome::SignedIn { token, device_cookie, .. }) => super::login::after_sign_in(
             rd.as_deref().or(next).unwrap_or("/"),
@@ -433,11 +428,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(Some((removed, codes_voided))) => {
             tracing::info!(passkey = %removed.name, "passkey removed");
             let username = &session.user.display_name;
-            state.audit.record(&AuthEvent::MfaRemoved { username, kind: crate::factors::FactorKind::Passkey.as_str() });
-            if codes_voided > 0 {
-                let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
-                state.audit.record(&AuthEvent::MfaRemoved { username, kind });
-            }
+            super::account::record_factor_removed(&state, username, crate::factors::FactorKind::Passkey, codes_voided);
             see_other(ACCOUNT_PASSKEYS)
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),

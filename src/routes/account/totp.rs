@@ -208,11 +208,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     match state.factors.remove_totp(&session.user.key).await {
         Ok(Some(codes_voided)) => {
-            let username = &session.user.display_name;
-            state.audit.record(&AuthEvent::MfaRemoved { username, kind: FactorKind::Totp.as_str() });
-            if codes_voided > 0 {
-                state.audit.record(&AuthEvent::MfaRemoved { username, kind: FactorKind::RecoveryCodes.as_str() });
-            }
+            super::record_factor_removed(&state, &session.user.display_name, FactorKind::Totp, codes_voided);
             Notice::TotpRemoved.attach(&state.csrf, &session.token_hash, see_other("/account"))
         }
         Ok(None) => see_other("/account"),

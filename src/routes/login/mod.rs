@@ -14,7 +14,9 @@ use crate::brute_force::{QuotaKey, StateError};
 use crate::cookies;
 use crate::csrf::{PreLogin, DEVICE_COOKIE, DEVICE_COOKIE_LIFETIME, PRELOGIN_COOKIE, PRELOGIN_LIFETIME};
 use crate::fault_log::Severity;
+use crate::metrics::LoginResult;
 use crate::rate_limit::CAPTCHA_DRAWS;
+use crate::sign_in::{Outcome, SignInError};
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -51,6 +53,17 @@ pub struct Form<'a> {
 impl<'a> Form<'a> {
     pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
         Form { status, error: None, username: "", next, rd: None, captcha: None, retry_after: None }
+    }
+}
+
+/// Counts a judged password or passkey sign-in in `portcullis_login_attempts_total`: a
+/// session or a refusal. A right password that leads on to a second step is counted when that
+/// step ends (`second_factor`), and an attempt that could not be judged not at all.
+pub fn count_judged(metrics: &crate::metrics::Metrics, judged: &Result<Outcome, SignInError>) {
+    match judged {
+        Ok(Outcome::SignedIn { .. }) => metrics.login_attempt(LoginResult::Success),
+        Ok(Outcome::Refused(refusal)) => metrics.login_attempt(LoginResult::Refused(refusal.reason)),
+        Ok(Outcome::SecondFactorNeeded { .. }) | Err(_) => {}
     }
 }
 

@@ -11,7 +11,6 @@ use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::{DEVICE_COOKIE, PRELOGIN_COOKIE};
 use crate::factors::MFA_COOKIE;
-use crate::metrics::LoginResult;
 use crate::password::Password;
 use crate::routes::{read_form, see_other, State};
 use crate::session::{SessionToken, SESSION_COOKIE};
@@ -65,12 +64,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let next = super::safe_next(form.next.as_deref());
     let outcome = state.sign_in.attempt(attempt).await;
-    match &outcome {
-        Ok(Outcome::SignedIn { .. }) => state.metrics.login_attempt(LoginResult::Success),
-        Ok(Outcome::Refused(refusal)) => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
-        // Counted when the second step ends (routes::login::second_factor).
-        Ok(Outcome::SecondFactorNeeded { .. }) | Err(_) => {}
-    }
+    super::count_judged(&state.metrics, &outcome);
     match outcome {
         Ok(Outcome::SecondFactorNeeded { pending }) => {
             let mut resp = see_other(super::second_factor::PATH);
