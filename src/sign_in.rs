@@ -251,10 +251,8 @@ impl SignIn {
     /// browsers when `known` (a device cookie for it, [`Csrf::is_known_device`]), else the
     /// strangers' one.
     async fn spend_check_quota(&self, digest: u128, known: bool, now: u64) -> Result<Result<(), Wait>, StateError> {
-        match known {
-            true => self.spend(self.per_username, QuotaKey::KnownUsername(digest), now).await,
-            false => self.spend_username_quota(digest, now).await,
-        }
+        let key = if known { QuotaKey::KnownUsername(digest) } else { QuotaKey::Username(digest) };
+        self.spend(self.per_username, key, now).await
     }
 
     async fn spend(&self, rate: Option<Rate>, key: QuotaKey, now: u64) -> Result<Result<(), Wait>, StateError> {

@@ -501,9 +501,9 @@ async fn users_list_with_their_valid_sessions_counted(store: &Store) {
     s.insert(&[2; 32], &session("alice", 1000, 8000)).await.unwrap(); // idle 2 s
     s.insert(&[3; 32], &session("alice", 0, 9900)).await.unwrap(); // exactly 10 s old
     s.insert(&[4; 32], &session("alice", 1000, 9000)).await.unwrap(); // exactly 1 s idle
-                                                                      // [5] seen after `now`: no age; [9] exactly as far ahead as the clock skew allows: valid.
-    s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap();
-    s.insert(&[9; 32], &session("bob", 9999, 10_000 + super::CLOCK_SKEW_MS)).await.unwrap();
+    s.insert(&[5; 32], &session("bob", 9999, 10_050)).await.unwrap(); // seen after `now`: no age
+    let at_the_skew = session("bob", 9999, 10_000 + super::CLOCK_SKEW_MS); // as far ahead as allowed: valid
+    s.insert(&[9; 32], &at_the_skew).await.unwrap();
     // Stamped further ahead than the clock skew allowed (a clock stepped back): not valid.
     s.insert(&[7; 32], &session("carol", 9999, 10_000 + super::CLOCK_SKEW_MS + 1)).await.unwrap();
     s.insert(&[8; 32], &session("carol", 10_000 + super::CLOCK_SKEW_MS + 1, 10_000)).await.unwrap();
