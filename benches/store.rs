@@ -95,6 +95,7 @@ fn record(i: u64, spacing_ms: u64) -> (FailureRecord, String) {
         count: 1,
         typed: None,
         instance: String::new(),
+        known_browser: false,
     };
     (record, name)
 }

@@ -392,6 +392,7 @@ mod tests {
             count: 1,
             typed: None,
             instance: String::new(),
+            known_browser: false,
         }
     }
 

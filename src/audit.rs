@@ -105,13 +105,15 @@ pub enum AuthEvent<'a> {
     },
     /// `max_reached`: this failure made a count reach the captcha threshold (OWASP
     /// `authn_login_fail_max`). `username` is the identity checked, `typed` what was typed
-    /// when it differs (see [`FailureRecord`]).
+    /// when it differs, `known_browser` whether a device token for it came along (see
+    /// [`FailureRecord`]).
     LoginFailed {
         username: &'a str,
         typed: Option<&'a str>,
         client: &'a Client,
         reason: FailureReason,
         max_reached: bool,
+        known_browser: bool,
     },
     /// Refusals from one address for one reason within one minute, counted instead of
     /// logged one by one (`authn_login_fail_repeat`); `first` is the first of them (which
@@ -524,6 +526,7 @@ impl Audit {
         client: &Client,
         reason: FailureReason,
         max_reached: bool,
+        known_browser: bool,
     ) -> Result<(), AuditError> {
         let now = now_ms();
         let slot = (client.key(), reason);
@@ -546,6 +549,7 @@ impl Audit {
             typed: typed.clone(),
             count: 1,
             instance: self.instance.to_string(),
+            known_browser,
         };
         let mut counting = false;
         if counts {
@@ -587,7 +591,14 @@ impl Audit {
             }
         }
         self.log_failure(
-            &AuthEvent::LoginFailed { username: &identity, typed: typed.as_deref(), client, reason, max_reached },
+            &AuthEvent::LoginFailed {
+                username: &identity,
+                typed: typed.as_deref(),
+                client,
+                reason,
+                max_reached,
+                known_browser,
+            },
             now,
         )
     }
@@ -722,12 +733,13 @@ fn emit(event: &AuthEvent<'_>) {
                 failures = after_failures, "login succeeded"
             )
         }
-        AuthEvent::LoginFailed { username, typed, client, reason, max_reached } => {
+        AuthEvent::LoginFailed { username, typed, client, reason, max_reached, known_browser } => {
             let event = if max_reached { "authn_login_fail_max" } else { "authn_login_fail" };
             // `typed` after `ip`: the fail2ban filter reads event, time, username, ip in order.
+            // `known_browser` only when true, as the record keeps it.
             tracing::warn!(
                 target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
-                typed, reason = reason.as_str(), "login failed"
+                typed, reason = reason.as_str(), known_browser = known_browser.then_some(true), "login failed"
             )
         }
         AuthEvent::LoginFailedRepeatedly { first, count, minute } => tracing::warn!(
@@ -810,6 +822,7 @@ mod tests {
             client: &client,
             reason: FailureReason::BadPassword,
             max_reached: false,
+            known_browser: false,
         });
         let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
         let text = std::fs::read_to_string(file).unwrap();
@@ -832,7 +845,7 @@ mod tests {
         let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
         let event = AuthEvent::LoggedOut { username: "alice", client: &client };
         assert!(matches!(audit.record_checked(&event), Err(AuditError::Log)));
-        let failed = audit.record_failure("alice", &client, FailureReason::BadPassword, false).await;
+        let failed = audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await;
         assert!(matches!(failed, Err(AuditError::Log)));
         // And a writable log is fine again.
         let ok = Audit::open(tempfile::tempdir().unwrap().path(), 7, None).unwrap();
@@ -857,13 +870,13 @@ mod tests {
         for i in 0..50u32 {
             let client = Client { ip: format!("2001:db8::{i:x}").parse().unwrap(), user_agent: "bot".into() };
             let name = format!("{}{i}", "u".repeat(250));
-            audit.record_failure(&name, &client, FailureReason::RateLimited, false).await.unwrap();
-            audit.record_failure(&name, &client, FailureReason::Csrf, false).await.unwrap();
+            audit.record_failure(&name, &client, FailureReason::RateLimited, false, false).await.unwrap();
+            audit.record_failure(&name, &client, FailureReason::Csrf, false, false).await.unwrap();
         }
         // Password checks keep a record each.
         let other = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new() };
         for _ in 0..3 {
-            audit.record_failure("alice", &other, FailureReason::BadPassword, false).await.unwrap();
+            audit.record_failure("alice", &other, FailureReason::BadPassword, false, false).await.unwrap();
         }
         audit.close_counts(now_ms(), true).await.unwrap();
         let records: Vec<FailureRecord> =
@@ -889,7 +902,7 @@ mod tests {
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
         let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
         for reason in [FailureReason::BadPassword, FailureReason::Csrf, FailureReason::Csrf] {
-            let got = audit.record_failure("alice", &client, reason, false).await;
+            let got = audit.record_failure("alice", &client, reason, false, false).await;
             assert!(matches!(got, Err(AuditError::Reserve)), "{got:?}");
         }
         assert_eq!(store.failures.count().await.unwrap(), 0);
@@ -904,7 +917,7 @@ mod tests {
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
         let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
         for _ in 0..5 {
-            audit.record_failure("alice", &client, FailureReason::BadPassword, false).await.unwrap();
+            audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
         }
         assert_eq!(store.failures.count().await.unwrap(), 5);
         let events: Vec<String> = lines(logs.path()).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();

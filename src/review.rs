@@ -372,6 +372,10 @@ pub struct RecordView {
     /// instances were kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// The attempt came from a browser with a device token for the username (see
+    /// [`FailureRecord::known_browser`]); absent from JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub known_browser: bool,
 }
 
 fn one() -> u64 {
@@ -391,6 +395,7 @@ impl RecordView {
             count: self.count,
             typed: self.typed.as_deref().map(|t| printable(t).into_owned()),
             instance: printable(&self.instance).into_owned(),
+            known_browser: self.known_browser,
         }
     }
 }
@@ -406,6 +411,7 @@ impl From<&FailureRecord> for RecordView {
             count: r.count.max(1),
             typed: r.typed.clone(),
             instance: r.instance.clone(),
+            known_browser: r.known_browser,
         }
     }
 }
@@ -633,18 +639,19 @@ pub fn text_table(records: &[RecordView]) -> String {
     // The longest reason's name (`bad_second_factor`), so that COUNT stays in its column.
     let reason_w = FailureReason::ALL.iter().map(|r| r.as_str().len()).max().unwrap_or(6);
     let mut out = format!(
-        "{:<24}  {:<ip_w$}  {:<reason_w$}  {:>5}  {:<24}  USER AGENT\n",
-        "TIME", "IP", "REASON", "COUNT", "USERNAME"
+        "{:<24}  {:<ip_w$}  {:<reason_w$}  {:>5}  {:<7}  {:<24}  USER AGENT\n",
+        "TIME", "IP", "REASON", "COUNT", "BROWSER", "USERNAME"
     );
     for r in records {
         out.push_str(&format!(
-            "{:<24}  {}  {:<reason_w$}  {:>5}  {}  {}\n",
+            "{:<24}  {}  {:<reason_w$}  {:>5}  {:<7}  {}  {}\n",
             r.time,
             cut(&r.ip, ip_w),
             r.reason,
             r.count,
+            if r.known_browser { "known" } else { "-" },
             cut(&r.username, 24),
-            cut(&r.user_agent, 30).trim_end()
+            cut(&r.user_agent, 24).trim_end()
         ));
     }
     out
@@ -739,6 +746,7 @@ mod tests {
             count: 1,
             typed: None,
             instance: String::new(),
+            known_browser: false,
         }
     }
 
@@ -919,6 +927,7 @@ mod tests {
             count: 1,
             typed: None,
             instance: String::new(),
+            known_browser: false,
         }]);
         assert_eq!(table.lines().count(), 2, "{table}");
     }
@@ -934,6 +943,7 @@ mod tests {
             count: 7,
             typed: None,
             instance: String::new(),
+            known_browser: false,
         };
         let rows: Vec<RecordView> = FailureReason::ALL.iter().map(|r| row(r.as_str())).collect();
         let table = text_table(&rows);

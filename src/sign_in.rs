@@ -288,11 +288,12 @@ impl SignIn {
         let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next, device } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
         let digest = username_digest(&user_key);
-        let judged = Judged { service: self, client, username, digest: Some(digest) };
         let address = client.key();
         let now = now_ms();
-        // A browser that signed in as this username before waits apart from a flood.
+        // A browser that signed in as this username before waits apart from a flood (and its
+        // refusals say so in the records).
         let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user_key, now / 1000));
+        let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: known };
         let lane = if known { Lane::Known } else { Lane::Open };
 
         // A full hash pool is a 503 before anything is spent: in a flood from elsewhere, the
@@ -434,7 +435,10 @@ impl SignIn {
             return Ok(PasswordCheck::NothingTyped);
         }
         let digest = username_digest(&user.key);
-        let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
+        // The records' `known_browser` is the login form's: what this check comes with is a
+        // session, and a stolen one is no owner mistyping.
+        let judged =
+            Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: false };
         let address = client.key();
         // As at sign-in: a full pool spends nothing. A signed-in user is known.
         if !self.auth.has_room(Lane::Known) {
@@ -546,7 +550,12 @@ impl SignIn {
             return Ok(StepOutcome::Restart);
         };
         let digest = username_digest(&user.key);
-        let judged = Judged { service: self, client, username: &user.display_name, digest: Some(digest) };
+        let address = client.key();
+        let now = now_ms();
+        // A browser known to the user spends its known browsers' quota, as at the password step.
+        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user.key, now / 1000));
+        let judged =
+            Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: known };
         let refused = |o: Outcome| match o {
             Outcome::Refused(refusal) => StepOutcome::Refused { refusal, restart: false },
             // `refuse` only ever answers `Refused`.
@@ -554,8 +563,6 @@ impl SignIn {
         };
         // The quota first, as on the password step: every attempt counts, a forged one too,
         // so a loop of bad CSRF tokens cannot make store work the quota does not meter.
-        let address = client.key();
-        let now = now_ms();
         if let Err(wait) = self.spend_address_quota(address, now).await? {
             let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
             return Ok(refused(o));
@@ -587,8 +594,6 @@ impl SignIn {
                 }
             }
         };
-        // A browser known to the user spends its known browsers' quota, as at the password step.
-        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user.key, now / 1000));
         if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
@@ -681,6 +686,9 @@ struct Judged<'a> {
     /// The username's key digest, for the captcha question; `None`: the attempt names none to
     /// count (a passkey sign-in).
     digest: Option<u128>,
+    /// A device token for the username came with the attempt ([`Csrf::is_known_device`]):
+    /// written into the refusal's record.
+    known_browser: bool,
 }
 
 impl Judged<'_> {
@@ -699,7 +707,7 @@ impl Judged<'_> {
     async fn record(&self, reason: FailureReason, max_reached: bool) -> Result<(), SignInError> {
         let s = self.service;
         s.audit
-            .record_failure(self.username, self.client, reason, max_reached)
+            .record_failure(self.username, self.client, reason, max_reached, self.known_browser)
             .await
             .map_err(SignInError::RefusalUnrecorded)
     }
@@ -895,6 +903,30 @@ mod tests {
         for check in flood {
             check.await.unwrap().unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_records_whether_the_browser_had_signed_in_as_the_username_before() {
+        let mut f = fixture(None, None, 100).await;
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        refusal(f.attempt("alice", "wrong").await);
+        f.device = Some(device_cookie);
+        refusal(f.attempt("Alice", "wrong").await);
+        refusal(f.attempt("bob", "wrong").await);
+        refusal(f.forged("alice", GOOD).await);
+        let records = f.store.failures.query(&crate::store::FailureQuery::default()).await.unwrap();
+        let seen: Vec<(&str, FailureReason, bool)> =
+            records.iter().rev().map(|(_, r)| (r.username.as_str(), r.reason, r.known_browser)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("alice", FailureReason::BadPassword, false),
+                ("alice", FailureReason::BadPassword, true),
+                ("bob", FailureReason::UnknownUser, false),
+                ("alice", FailureReason::Csrf, true),
+            ],
+            "a stranger, then her browser (any spelling), her browser typing another name, and a forged form from it"
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_one_ceremony_per_user.sql"),
     include_str!("migrations/0012_bounded_failure_counts.sql"),
     include_str!("migrations/0013_sessions_stamped_ahead.sql"),
+    include_str!("migrations/0014_known_browser.sql"),
 ];
 
 /// The schema version this build writes.

@@ -69,7 +69,7 @@ impl SignIn {
         csrf: &str,
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
-        let judged = Judged { service: self, client, username: "", digest: None };
+        let judged = Judged { service: self, client, username: "", digest: None, known_browser: false };
         // A quota of its own, not the password form's: a button pressed again and again (a
         // passkey not found, an office behind one address) must not use up the address's
         // sign-ins.
@@ -116,14 +116,16 @@ impl SignIn {
     /// As [`SignIn::attempt`].
     #[tracing::instrument(name = "sign_in_passkey", skip_all)]
     pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
-        let anonymous = Judged { service: self, client: a.client, username: "", digest: None };
+        let anonymous = Judged { service: self, client: a.client, username: "", digest: None, known_browser: false };
         if let Some(refused) = self.address_quota(&anonymous).await? {
             return Ok(Outcome::Refused(refused));
         }
         // The user the answer names, for the record only (see the module note).
         let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
         let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
-        let judged = Judged { username: &user_key, ..anonymous };
+        let known_browser =
+            !user_key.is_empty() && a.device.is_some_and(|d| self.csrf.is_known_device(d, &user_key, now_ms() / 1000));
+        let judged = Judged { username: &user_key, known_browser, ..anonymous };
         let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };

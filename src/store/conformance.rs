@@ -74,6 +74,7 @@ pub fn failure(time: u64, ip: &str, username: &str, reason: FailureReason) -> Fa
         typed: None,
         count: 1,
         instance: "web-1".into(),
+        known_browser: false,
     }
 }
 
@@ -783,11 +784,18 @@ async fn failure_records_keep_their_instance(store: &Store) {
     let f = &store.failures;
     let mut one = failure(1000, "192.0.2.1", "alice", FailureReason::BadPassword);
     one.instance = "web-2".into();
+    one.known_browser = true;
     f.append(&one, "alice", None).await.unwrap();
     f.append(&failure(1001, "192.0.2.1", "alice", FailureReason::BadPassword), "alice", None).await.unwrap();
-    let got: Vec<String> =
-        f.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r.instance).collect();
-    assert_eq!(got, ["web-1", "web-2"], "instance: each record keeps the instance that wrote it");
+    let got: Vec<(String, bool)> = f
+        .query(&FailureQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| (r.instance, r.known_browser))
+        .collect();
+    let want = [("web-1".to_string(), false), ("web-2".to_string(), true)];
+    assert_eq!(got, want, "instance and known_browser: each record keeps what it was written with");
 }
 
 /// Everything `store copy` moves, read back whole from a copy: users (`==` on the whole
@@ -811,6 +819,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
         r.typed = (i % 2 == 0).then(|| format!("  User{i}"));
         r.count = i + 1;
         r.instance = format!("web-{i}");
+        r.known_browser = i % 3 == 0;
         from.failures.append(&r, &r.username, None).await.unwrap();
     }
     let csrf = from.secrets.secret("csrf").await.unwrap();
@@ -923,7 +932,10 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     );
     let copied_records: Vec<FailureRecord> =
         to.failures.query(&FailureQuery::default()).await.unwrap().into_iter().map(|(_, r)| r).collect();
-    assert_eq!(copied_records, newest_first, "copy: failure records in order, with typed, count and instance");
+    assert_eq!(
+        copied_records, newest_first,
+        "copy: failure records in order, with typed, count, instance and known_browser"
+    );
     let q = FailureQuery { user_key: Some("user3".into()), ..Default::default() };
     assert_eq!(to.failures.query(&q).await.unwrap().len(), 1, "copy: the username filter finds copied records");
     assert_eq!(to.secrets.secret("csrf").await.unwrap(), csrf, "copy: the CSRF key");

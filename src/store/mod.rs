@@ -264,6 +264,17 @@ pub struct FailureRecord {
     /// truth"); empty in records made before it was kept, and not written then.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// The attempt came with a device token for this username (`csrf::DEVICE_COOKIE`): from a
+    /// browser that signed in as it before, so more likely its owner mistyping than a
+    /// stranger guessing. Set by sign-ins (the password, the second step, a passkey naming a
+    /// user); false (and not written) for a signed-in user's password check, and in records
+    /// made before it was kept.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub known_browser: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> u64 {

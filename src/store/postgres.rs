@@ -152,7 +152,8 @@ fn token_hash_of(row: &Row, i: usize) -> Result<TokenHash> {
     bytes.try_into().map_err(|_| StoreError::Corrupt("a session's token hash is not 32 bytes".into()))
 }
 
-const FAILURE_COLUMNS: &str = "id, time_ms, host(ip), username, reason, user_agent, typed, count, instance";
+const FAILURE_COLUMNS: &str =
+    "id, time_ms, host(ip), username, reason, user_agent, typed, count, instance, known_browser";
 
 fn failure_of(row: &Row) -> Result<(Cursor, FailureRecord)> {
     let reason: String = row.get(4);
@@ -168,6 +169,7 @@ fn failure_of(row: &Row) -> Result<(Cursor, FailureRecord)> {
         typed: row.get(6),
         count: unms(row.get(7)).max(1),
         instance: row.get(8),
+        known_browser: row.get(9),
     };
     Ok((Cursor::new(record.time, unms(id)), record))
 }
@@ -670,8 +672,9 @@ impl FailureStore for PgStore {
             .await?
             .query_one(
                 "WITH ins AS (
-                     INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance)
-                     VALUES ($1, $2::text::inet, $3, $4, $5, $6, $7, $8, $10) RETURNING id),
+                     INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance,
+                                           known_browser)
+                     VALUES ($1, $2::text::inet, $3, $4, $5, $6, $7, $8, $10, $11) RETURNING id),
                  capped AS (
                      DELETE FROM failures WHERE $9::bigint IS NOT NULL AND id <= (SELECT id FROM ins) - $9)
                  SELECT id FROM ins",
@@ -687,6 +690,7 @@ impl FailureStore for PgStore {
                     &cap,
                     // A record from a caller that names no instance is this handle's.
                     &pg_text(if record.instance.is_empty() { &self.instance } else { &record.instance }),
+                    &record.known_browser,
                 ],
             )
             .await?;
@@ -795,7 +799,7 @@ impl FailureStore for PgStore {
         // are drawn in that order, so records of one millisecond keep their order.
         type Text<'a> = std::borrow::Cow<'a, str>;
         let mut cols: (Vec<i64>, Vec<Text>, Vec<Text>, Vec<String>, Vec<Option<Text>>) = Default::default();
-        let mut rest: (Vec<&str>, Vec<Text>, Vec<i64>, Vec<Text>) = Default::default();
+        let mut rest: (Vec<&str>, Vec<Text>, Vec<i64>, Vec<Text>, Vec<bool>) = Default::default();
         for r in records {
             cols.0.push(ms(r.time));
             cols.1.push(pg_text(&r.ip));
@@ -806,17 +810,19 @@ impl FailureStore for PgStore {
             rest.1.push(pg_text(&r.user_agent));
             rest.2.push(ms(r.count.max(1)));
             rest.3.push(pg_text(&r.instance));
+            rest.4.push(r.known_browser);
         }
         self.client()
             .await?
             .execute(
-                "INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance)
-                 SELECT t, i::inet, u, k, ty, r, ua, c, ins
+                "INSERT INTO failures (time_ms, ip, username, user_key, typed, reason, user_agent, count, instance,
+                                       known_browser)
+                 SELECT t, i::inet, u, k, ty, r, ua, c, ins, kb
                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::text[], $8::bigint[], $9::text[]) WITH ORDINALITY
-                      AS x(t, i, u, k, ty, r, ua, c, ins, n)
+                             $7::text[], $8::bigint[], $9::text[], $10::boolean[]) WITH ORDINALITY
+                      AS x(t, i, u, k, ty, r, ua, c, ins, kb, n)
                  ORDER BY n",
-                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &rest.0, &rest.1, &rest.2, &rest.3],
+                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &rest.0, &rest.1, &rest.2, &rest.3, &rest.4],
             )
             .await?;
         Ok(())

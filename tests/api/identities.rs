@@ -121,6 +121,7 @@ async fn invisible_characters_make_no_new_user_and_old_names_holding_them_are_sh
             typed: None,
             count: 1,
             instance: String::new(),
+            known_browser: false,
         };
         services.audit.append(&record).await.unwrap();
     }

@@ -37,6 +37,7 @@ pub(crate) fn known_records(now: u64) -> Vec<FailureRecord> {
                 count: 1,
                 typed: None,
                 instance: String::new(),
+                known_browser: false,
             }
         })
         .collect()
@@ -158,6 +159,46 @@ async fn the_audit_command_reaches_a_running_server() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["username"], "ghost");
     assert_eq!(lines[0]["reason"], "unknown_user");
+}
+
+/// A failed login from a browser that signed in as the username before (its device cookie
+/// came along) says so wherever records are read: the store, the auth log, the admin page,
+/// and `audit` as JSON and as a table. A stranger's does not.
+#[tokio::test]
+async fn a_failure_from_a_browser_that_signed_in_before_is_marked_known_wherever_records_are_read() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let hers = app.new_browser();
+    assert_eq!(app.login_with(&hers, "alice", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(app.logout_with(&hers).await.status(), 303);
+    assert_eq!(app.login_with(&hers, "alice", "not her password").await.status(), 401);
+    let stranger = app.new_browser();
+    assert_eq!(app.login_with(&stranger, "alice", "a stranger's guess").await.status(), 401);
+
+    let known: Vec<bool> =
+        app.records(portcullis::store::FailureQuery::default()).await.iter().map(|r| r.known_browser).collect();
+    assert_eq!(known, [false, true], "newest first: the stranger's, then her browser's");
+    let logged: Vec<Option<bool>> = app
+        .log_lines()
+        .iter()
+        .filter(|l| l["event"] == "authn_login_fail")
+        .map(|l| l.get("known_browser").map(|v| v.as_bool().unwrap()))
+        .collect();
+    assert_eq!(logged, [Some(true), None], "in the log only when true, as in the record");
+
+    let admin = admin_browser(&app).await;
+    let page = admin.get(app.url("/admin/failed-logins?user=alice")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(page.matches(">known browser</small>").count(), 1, "{page}");
+
+    let (ok, out, err) = portcullis(&app.settings, &["audit", "--json", "--user", "alice"]).await;
+    assert!(ok, "{err}");
+    let fields: Vec<Option<bool>> =
+        json_lines(&out).iter().map(|l| l.get("known_browser").map(|v| v.as_bool().unwrap())).collect();
+    assert_eq!(fields, [None, Some(true)]);
+    let (ok, out, err) = portcullis(&app.settings, &["audit", "--user", "alice"]).await;
+    assert!(ok, "{err}");
+    let browsers: Vec<&str> = out.lines().map(|l| l.split_whitespace().nth(4).unwrap()).collect();
+    assert_eq!(browsers, ["BROWSER", "-", "known"], "{out}");
 }
 
 /// A signed-in admin browser.

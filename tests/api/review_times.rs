@@ -20,6 +20,7 @@ fn at(time: u64, agent: &str) -> FailureRecord {
         count: 1,
         typed: None,
         instance: String::new(),
+        known_browser: false,
     }
 }
 

@@ -741,7 +741,16 @@ async fn a_known_browser_signs_in_with_both_steps_after_others_spent_the_usernam
     assert_eq!(app.login_with(&stranger, "alice", "not her password either").await.status(), 401); // 3
     assert_eq!(app.login_with(&stranger, "alice", GOOD_PASSWORD).await.status(), 429, "alice's quota is spent");
     password_step(&app, &own, "alice").await;
-    let resp = submit(&app, &own, "code", &code(&secret, step)).await;
+    let right = code(&secret, step);
+    let wrong = if right == "123456" { "654321" } else { "123456" };
+    assert_eq!(submit(&app, &own, "code", wrong).await.status(), 401);
+    let resp = submit(&app, &own, "code", &right).await;
     assert_eq!(resp.status(), 303, "her own browser signs in, code and all");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 429, "strangers still wait");
+    // Her mistyped code is recorded as her browser's; the strangers' tries are not (their two
+    // refusals from one address in one minute are one record of count 2).
+    let records = app.records(portcullis::store::FailureQuery::default()).await;
+    let seen: Vec<(&str, bool)> = records.iter().map(|r| (r.reason.as_str(), r.known_browser)).collect();
+    let want = [("bad_second_factor", true), ("rate_limited", false), ("bad_password", false), ("bad_password", false)];
+    assert_eq!(seen, want, "newest first");
 }
