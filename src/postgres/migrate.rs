@@ -48,6 +48,18 @@ pub async fn has_schema(client: &tokio_postgres::Client) -> Result<bool, PgError
 /// [`PgError::Db`] when a statement fails (nothing is applied then), and
 /// [`PgError::SchemaTooNew`] when the database is ahead of this build.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError> {
+    // Up to date (every start but an upgrade's, and every CLI command): read, and neither lock
+    // nor create anything, so a database that takes no writes (a hot standby, a read-only
+    // role or `default_transaction_read_only`) can still be read, by `audit` and `user list`.
+    if has_schema(client).await? {
+        let found = version(client).await?;
+        if found > LATEST {
+            return Err(PgError::SchemaTooNew { found, known: LATEST });
+        }
+        if found == LATEST {
+            return Ok(found);
+        }
+    }
     // READ COMMITTED whatever the database's default (see `connect::ISOLATION`): the checks
     // below must see what a migrator that held the lock before committed.
     let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::ReadCommitted).start().await?;
@@ -63,7 +75,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError
          )",
     )
     .await?;
-    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM portcullis_schema", &[]).await?.get(0);
+    let found = version(&tx).await?;
     if found > LATEST {
         return Err(PgError::SchemaTooNew { found, known: LATEST });
     }
@@ -75,4 +87,9 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError
     }
     tx.commit().await?;
     Ok(found)
+}
+
+/// The newest version recorded in `portcullis_schema` (0 when none is).
+async fn version(client: &impl tokio_postgres::GenericClient) -> Result<i32, PgError> {
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM portcullis_schema", &[]).await?.get(0))
 }

@@ -113,6 +113,8 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
     let server = server_on(&url, dir.path()).await;
     let client = server.browser();
     until_ready_is(&server, &client, StatusCode::OK, None).await;
+    let signed_in = server.browser();
+    assert_eq!(child::login(&server, &signed_in, "alice", GOOD_PASSWORD).await.0, 303);
 
     // As after a failover that left the instance on a server that takes no writes: every
     // connection it had is gone, and each new one begins read-only. Reads still work, so
@@ -132,6 +134,23 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
     assert!(server.output().contains("the database takes no writes"), "the reason is logged: {}", server.output());
     let (status, cookie) = child::login(&server, &server.browser(), "alice", GOOD_PASSWORD).await;
     assert_eq!((status, cookie), (503, None), "no sign-in without its session written");
+    // What only reads still works, as README says: a signed-in page (its activity unrecorded,
+    // which can only bring the idle timeout sooner), and the CLI's reads, which a review found
+    // refused because every command first tried to create the schema table.
+    let home = signed_in.get(server.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::OK);
+    let csrf = crate::helpers::hidden_field(&home.text().await.unwrap(), "csrf").unwrap();
+    let out = signed_in.post(server.url("/logout")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::SERVICE_UNAVAILABLE, "no sign-out that was not written");
+    for args in [&["user", "list"][..], &["audit"]] {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
+        let run = child::run_cli(cmd, None).await;
+        run.assert_ok(&format!("{args:?} on a database that takes no writes"));
+    }
+    let mut cmd = child::command(dir.path());
+    cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(["user", "unlock", "alice"]);
+    child::run_cli(cmd, None).await.assert_one_line_failure("a change on a database that takes no writes");
 
     // Writable again: ready again, and signing in, with no restart (the connections that
     // began read-only were not kept).
