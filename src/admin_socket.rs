@@ -139,16 +139,17 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .add_in_groups(name, Password::new(password), *admin, groups.clone(), by)
             .await
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
-        Request::UserPasswd { name, password } => users
-            .set_password(name, Password::new(password), by)
-            .await
-            .map(|set| format!("password changed; {} session(s) ended", set.sessions_ended)),
+        Request::UserPasswd { name, password } => {
+            users.set_password(name, Password::new(password), by).await.map(|set| {
+                format!("password of {} changed; {} session(s) ended", set.user.display_name, set.sessions_ended)
+            })
+        }
         Request::UserGroups { name, add, remove } => users.change_groups(name, add, remove, by).await.map(|(n, g)| {
             let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
             format!("user {n} is in: {}", if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") })
         }),
         Request::UserDel { name } => {
-            users.delete(name, by).await.map(|n| format!("user deleted; {n} session(s) ended"))
+            users.delete(name, by).await.map(|(n, ended)| format!("user {n} deleted; {ended} session(s) ended"))
         }
         Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
         Request::UserDisable { name } => users

@@ -2,7 +2,7 @@
 //! [`crate::config::KEYS`], so every setting is a `--flag` without a second list to maintain.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
@@ -627,9 +627,10 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
 /// With `database_url` there is no socket: the database is the one truth every instance
 /// shares, so the command works on it directly (SPEC.md, "Several instances, one truth").
 ///
-/// A request that writes nothing ([`Request::writes`]) opens no auth log, and on sled needs
-/// a store already there: a read leaves no directory behind where it runs (README, "where CLI
-/// events go with database_url").
+/// A request that writes nothing ([`Request::writes`]) opens no auth log. On sled, every
+/// request but `user add` needs a store already there, so a command run in the wrong place
+/// leaves no directory behind and says so; `user add` makes one and says where (README,
+/// "where CLI events go with database_url").
 async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
     let open = |settings| async move {
         if request.writes() {
@@ -667,7 +668,8 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
             bail!("cannot read {}: {e}", settings.data_dir.display());
         }
     }
-    if !Store::exists(&settings.data_dir) {
+    let made_here = !Store::exists(&settings.data_dir);
+    if made_here {
         // A data_dir with a factor key and no store is a PostgreSQL instance's: a command run
         // without its database_url (kept in an EnvironmentFile, say) must not make a new, empty
         // sled store there and report success.
@@ -677,8 +679,14 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
                 settings.data_dir.display()
             );
         }
-        if !request.writes() {
-            bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+        // Only `user add` makes a store, and says where: any other command there could only
+        // fail after making one, and run in the wrong directory (or without the database_url
+        // of a PostgreSQL deployment) it reported "no user" as if the real store had lost them.
+        if !matches!(request, Request::UserAdd { .. }) {
+            bail!(
+                "no store in {} (is data_dir right? With PostgreSQL, set database_url as the servers have it)",
+                absolute(&settings.data_dir).display()
+            );
         }
     }
     let services = match open(settings).await {
@@ -691,7 +699,20 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         Err(e) => return Err(e),
     };
     // Every store write is durable when it returns: nothing to flush here.
-    Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await)
+    let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
+    if made_here && matches!(response, Response::Done { .. }) {
+        eprintln!(
+            "made a new store in {} (with PostgreSQL, set database_url as the servers have it)",
+            absolute(&settings.data_dir).display()
+        );
+    }
+    Ok(response)
+}
+
+/// `path` from the root, for messages that must say which directory was meant; as given when
+/// the working directory cannot be read.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Where `store copy` writes: a database or a sled directory.
@@ -733,6 +754,10 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
         let mut line = Zeroizing::new(String::new());
         std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
         // Spaces around it are a slip of the pen (`echo " $URL"`), never part of a URL or path.
+        if line.trim().is_empty() {
+            // `printenv PGURL` of a variable set without `export` prints nothing.
+            bail!("--to -: nothing was read from standard input (is the variable exported?)");
+        }
         Target::parse(line.trim())?
     } else {
         Target::parse(to)?

@@ -255,7 +255,7 @@ impl UserAdmin {
     }
 
     /// Deletes the user (with their second factors) and ends their sessions, durably.
-    pub async fn delete(&self, name: &str, by: &str) -> Result<usize, UserError> {
+    pub async fn delete(&self, name: &str, by: &str) -> Result<(String, usize), UserError> {
         let (username, record) = self.existing(name).await?;
         // Factors first: a user re-created under this name must not inherit them.
         self.store.factors.clear(username.key()).await?;
@@ -264,7 +264,7 @@ impl UserAdmin {
         // use whether or not the removal below succeeds.
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
         let ended = self.sessions.end_all(username.key(), None).await?;
-        Ok(ended)
+        Ok((record.display_name, ended))
     }
 
     /// Disables or enables the user, durably. Disabling also ends their sessions; returns how

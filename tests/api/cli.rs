@@ -686,6 +686,45 @@ async fn a_command_refused_for_its_log_directory_makes_no_store() {
     assert!(!dir.path().join("data").exists(), "a store was made");
 }
 
+/// Run where there is no store (the wrong directory, or a PostgreSQL deployment's settings
+/// without their database_url), only `user add` makes one, and it says where; every other
+/// command refuses with one line naming the directory and makes nothing. A review ran
+/// `user passwd` so and was told "password changed" of a store nobody used.
+#[tokio::test]
+async fn only_user_add_makes_a_store_and_it_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = std::fs::canonicalize(d).unwrap().join("data");
+    for args in [
+        &["user", "passwd", "alice", "--password-stdin"][..],
+        &["user", "del", "alice"],
+        &["user", "unlock", "alice"],
+        &["user", "disable", "alice"],
+        &["user", "enable", "alice"],
+        &["user", "reset-factors", "alice"],
+        &["user", "groups", "alice", "--add", "dev"],
+        &["user", "list"],
+        &["audit"],
+    ] {
+        let run = cli_with_password(d, args, GOOD_PASSWORD).await;
+        let err = run.assert_one_line_failure(&args.join(" "));
+        assert!(err.contains(&format!("no store in {}", data.display())) && err.contains("database_url"), "{err}");
+        assert!(!data.exists(), "{args:?} made a store");
+    }
+    let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await;
+    run.assert_ok("add");
+    assert_eq!(run.stdout.trim(), "user alice added");
+    assert_eq!(
+        run.stderr.trim(),
+        format!("made a new store in {} (with PostgreSQL, set database_url as the servers have it)", data.display())
+    );
+    // Once there, it is used without a word, and the commands name whom they changed.
+    let run = cli_with_password(d, &["user", "passwd", "ALICE", "--password-stdin"], NEW_PASSWORD).await;
+    assert_eq!((run.stdout.trim(), run.stderr.as_str()), ("password of alice changed; 0 session(s) ended", ""));
+    let run = cli(d, &["user", "del", "Alice"]).await;
+    assert_eq!((run.stdout.trim(), run.stderr.as_str()), ("user alice deleted; 0 session(s) ended", ""));
+}
+
 /// A group both added and removed in one command is refused, not settled by whichever the
 /// code applies last (found by a review: the removal won, silently).
 #[tokio::test]

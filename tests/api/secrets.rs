@@ -48,7 +48,7 @@ async fn no_log_page_or_output_ever_shows_a_password_or_a_session_token() {
         let run = child::cli(&d, args, Some(pw)).await;
         outputs.push((format!("`{}`", args.join(" ")), format!("{}\n{}", run.stdout, run.stderr)));
     }
-    assert!(outputs[3].1.contains("password changed"), "{}", outputs[3].1);
+    assert!(outputs[3].1.contains("password of alice changed"), "{}", outputs[3].1);
 
     let mut pages = Vec::new();
     let mut tokens = Vec::new();

@@ -414,3 +414,16 @@ async fn with_a_database_the_commands_take_a_log_directory_of_their_own() {
     assert_eq!(std::fs::read_dir(a.path().join("logs")).unwrap().count(), 0, "nothing in the service's");
     assert_eq!(std::fs::read_dir(a.path().join("admin-logs")).unwrap().count(), 1, "the event logged here");
 }
+
+/// `--to -` with nothing on standard input (`printenv PGURL` of a variable set without
+/// `export`) says so, rather than that the target is neither a URL nor a directory.
+#[tokio::test]
+async fn a_target_missing_from_standard_input_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    for stdin in ["", "   "] {
+        let run = cli(dir.path(), None, &["store", "copy", "--to", "-"], Some(stdin)).await;
+        let err = run.assert_one_line_failure("an empty standard input");
+        assert!(err.contains("nothing was read from standard input"), "{err}");
+    }
+    assert!(!dir.path().join("data").exists(), "nothing made");
+}
