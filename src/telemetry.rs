@@ -14,8 +14,11 @@ use tracing_subscriber::EnvFilter;
 /// What the terminal log shows unless `RUST_LOG` says otherwise. The HTTP/2 library's own
 /// warnings are left out: each names a client's misbehaviour it has already dealt with (a
 /// rapid-reset connection answered with GOAWAY logs one), so a flood of such clients wrote a
-/// line each, and nothing in them is the operator's to act on.
-pub const DEFAULT_FILTER: &str = "info,poem=warn,sled=warn,h2=error";
+/// line each, and nothing in them is the operator's to act on. So are the PostgreSQL pool's:
+/// a database outage wrote "Connection error: db error" (no cause) about ten times per
+/// instance, beside `fault_log`'s own lines, which say what failed, with the cause, once
+/// per kind every 10 s.
+pub const DEFAULT_FILTER: &str = "info,poem=warn,sled=warn,h2=error,deadpool.postgres=error";
 
 /// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
 pub fn init_terminal(instance: &str) {
@@ -161,10 +164,12 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "h2::proto::streams::recv", "remotely-reset pending-accept streams reached limit");
+            tracing::warn!(target: "deadpool.postgres", "Connection error: db error");
             tracing::warn!(target: "portcullis::audit", "login failed");
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert!(!text.contains("remotely-reset") && text.contains("login failed"), "{text}");
+        assert!(!text.contains("Connection error"), "{text}");
     }
 
     #[test]
