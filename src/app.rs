@@ -200,6 +200,45 @@ impl Application {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings);
         let services = Services::open(&settings, settings.hash_worker_count()).await?;
+        // A missing key is made only for a store that never had one: otherwise the start is
+        // refused before a new key is written, which would only stand in the way of the right
+        // one (an instance started before its factor.key was copied in).
+        let key_file = settings.data_dir.join(crate::factors::key::KEY_FILE);
+        if !key_file.try_exists().unwrap_or(true) {
+            let keyed = services.store.secrets.get(crate::factors::key::FINGERPRINT_NAME).await?.is_some();
+            if keyed || services.store.factors.any_totp().await?.is_some() {
+                anyhow::bail!(
+                    "there is no {}, and this store was first used with one: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
+                    key_file.display()
+                );
+            }
+        }
+        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
+            .context("cannot open the factor key (data_dir/factor.key)")?;
+        // A key that does not open the store's second factors (an instance started without
+        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
+        if let Some((user, totp)) = services.store.factors.any_totp().await? {
+            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
+                anyhow::bail!(
+                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
+                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+                );
+            }
+        }
+        // Checked before any background task holds the store, so a refusal lets go of it, and
+        // before a development certificate is made or a port bound: a refused start leaves
+        // nothing behind.
+        // The first start records the key's fingerprint; an instance with another key (one
+        // started without the first one's factor.key) refuses to start rather than keying
+        // second factors no other instance can check.
+        let fingerprint = factor_key.fingerprint();
+        let recorded = services.store.secrets.claim(crate::factors::key::FINGERPRINT_NAME, &fingerprint).await?;
+        if recorded != fingerprint {
+            anyhow::bail!(
+                "{} is not the factor key this store was first used with: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
+                settings.data_dir.join(crate::factors::key::KEY_FILE).display()
+            );
+        }
         let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
         if generated_certificate {
             tracing::warn!(
@@ -237,43 +276,6 @@ impl Application {
         };
         background.extend(metrics.spawn_session_count(services.store.clone()));
 
-        // A missing key is made only for a store that never had one: otherwise the start is
-        // refused before a new key is written, which would only stand in the way of the right
-        // one (an instance started before its factor.key was copied in).
-        let key_file = settings.data_dir.join(crate::factors::key::KEY_FILE);
-        if !key_file.try_exists().unwrap_or(true) {
-            let keyed = services.store.secrets.get(crate::factors::key::FINGERPRINT_NAME).await?.is_some();
-            if keyed || services.store.factors.any_totp().await?.is_some() {
-                anyhow::bail!(
-                    "there is no {}, and this store was first used with one: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
-                    key_file.display()
-                );
-            }
-        }
-        let factor_key = crate::factors::FactorKey::load_or_create(&settings.data_dir)
-            .context("cannot open the factor key (data_dir/factor.key)")?;
-        // A key that does not open the store's second factors (an instance started without
-        // the first one's factor.key) would fail every TOTP sign-in: refuse to start instead.
-        if let Some((user, totp)) = services.store.factors.any_totp().await? {
-            if let Err(crate::factors::KeyError::OtherKey) = factor_key.open(&user, &totp.sealed_secret) {
-                anyhow::bail!(
-                    "{} is not the key this store's second factors were sealed with: copy factor.key from the instance (or backup) that made them",
-                    settings.data_dir.join(crate::factors::key::KEY_FILE).display()
-                );
-            }
-        }
-        // Checked before any background task holds the store, so a refusal lets go of it.
-        // The first start records the key's fingerprint; an instance with another key (one
-        // started without the first one's factor.key) refuses to start rather than keying
-        // second factors no other instance can check.
-        let fingerprint = factor_key.fingerprint();
-        let recorded = services.store.secrets.claim(crate::factors::key::FINGERPRINT_NAME, &fingerprint).await?;
-        if recorded != fingerprint {
-            anyhow::bail!(
-                "{} is not the factor key this store was first used with: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
-                settings.data_dir.join(crate::factors::key::KEY_FILE).display()
-            );
-        }
         let mut csrf = Csrf::new(services.store.secrets.secret("csrf").await?);
         // With PostgreSQL the state is the database's, shared by every instance on it; with
         // sled it is this process's.

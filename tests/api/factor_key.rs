@@ -52,10 +52,13 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     );
     let (dir, settings) = app.stop().await;
     std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
-    // A missing key is named as missing, and no new one is left in the way of the right one.
+    std::fs::remove_dir_all(&settings.cert_dir).unwrap();
+    // A missing key is named as missing, and no new one is left in the way of the right one;
+    // nor is a development certificate made by a start that was refused.
     let err = refusal(&settings).await;
     assert!(err.contains("there is no") && err.contains("copy factor.key"), "{err}");
     assert!(!settings.data_dir.join("factor.key").exists(), "no key made by a refused start");
+    assert!(!settings.cert_dir.join("cert.pem").exists(), "no certificate made by a refused start");
 
     let asked = cli(&["store", "forget-factor-key"]).await;
     asked.assert_one_line_failure("without --yes");
