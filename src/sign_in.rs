@@ -152,21 +152,42 @@ pub struct Refusal {
     pub captcha_demanded: bool,
 }
 
+/// A captcha answered on a signed-in account form, for [`SignIn::check_password`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptchaAnswer<'a> {
+    /// The key its challenge was issued under: [`account_captcha_key`] of the session.
+    pub key: &'a str,
+    /// What was typed; empty when the form showed no captcha.
+    pub answer: &'a str,
+}
+
 /// What [`SignIn::check_password`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PasswordCheck {
     /// The user's password.
     Right,
     /// Not the user's password; counted and recorded like a wrong password at the login form.
-    Wrong,
+    /// `captcha_next`: the next check wants a captcha solved (this one was past the threshold,
+    /// or brought the count to it), so the form shows a picture at once.
+    Wrong { captcha_next: bool },
     /// A quota is spent: try again after `retry_after` seconds.
     TooMany { retry_after: u64 },
     /// The username or address has failed often enough (checks in flight included) to be
-    /// asked for a captcha, which only the login form gives: no password was checked.
+    /// asked for a captcha, and none was solved (none typed, or a wrong answer: recorded as
+    /// `captcha_required` or `bad_captcha`): no password was checked. The form shows a new
+    /// challenge, issued under [`account_captcha_key`].
     CaptchaDemanded,
     /// Nothing was typed: a form not filled in, not a guess, so nothing was checked, counted
     /// or recorded.
     NothingTyped,
+}
+
+/// The key a signed-in account form's captcha challenge is issued and checked under
+/// (`Captchas::issue`, `Captchas::check`): the session's, so an answer is good for the session
+/// that was shown the picture only, and apart from every login form's.
+pub fn account_captcha_key(session_hash: &crate::store::TokenHash) -> String {
+    use base64::Engine as _;
+    format!("session.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session_hash))
 }
 
 /// Why an attempt could not be judged. Each is a 503 except where
@@ -418,10 +439,13 @@ impl SignIn {
     /// a reservation of the captcha threshold (so concurrent checks cannot pass it either),
     /// the per-username quota, the hash on the pool; a wrong one counted toward the threshold
     /// and recorded as `bad_password`, each refusal before it recorded too. Past the threshold
-    /// no password is checked: only the login form, with its captcha, takes guesses then. So
-    /// a stolen session cannot guess faster than the login form allows, nor write more
-    /// records. An empty password is no guess ([`PasswordCheck::NothingTyped`]). Nothing here
-    /// signs anyone in or clears a failure.
+    /// a password is checked only with `captcha`, the session's challenge
+    /// ([`account_captcha_key`]), solved: one check per solved captcha, as at the login form.
+    /// So a stolen session cannot guess faster than the login form allows, nor write more
+    /// records, and failures others caused (three wrong passwords typed for the username at
+    /// the login form, from anywhere) cannot keep the user from changing their password. An
+    /// empty password is no guess ([`PasswordCheck::NothingTyped`]). Nothing here signs anyone
+    /// in or clears a failure.
     ///
     /// # Errors
     /// As [`SignIn::attempt`].
@@ -430,6 +454,7 @@ impl SignIn {
         client: &Client,
         user: &crate::store::User,
         password: Password,
+        captcha: CaptchaAnswer<'_>,
     ) -> Result<PasswordCheck, SignInError> {
         if password.expose().is_empty() {
             return Ok(PasswordCheck::NothingTyped);
@@ -448,30 +473,46 @@ impl SignIn {
             judged.record(FailureReason::RateLimited, false).await?;
             return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
         }
-        // Given back on every way out but a failure (a dropped request included).
+        // Given back on every way out but a failure (a dropped request included). Past the
+        // threshold there is none: the solved captcha goes with this one check.
         let held = match self.state.reserve(address, digest, now_ms()).await? {
-            Ok(r) => Held::new(Arc::clone(&self.state), r),
+            Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
             Err(CaptchaDemanded) => {
-                judged.record(FailureReason::CaptchaRequired, false).await?;
-                return Ok(PasswordCheck::CaptchaDemanded);
+                let refused = if captcha.answer.trim().is_empty() {
+                    Some(FailureReason::CaptchaRequired)
+                } else if !self.captchas.check(captcha.key, captcha.answer, now_ms()).await? {
+                    Some(FailureReason::BadCaptcha)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    judged.record(reason, false).await?;
+                    return Ok(PasswordCheck::CaptchaDemanded);
+                }
+                None
             }
         };
         // The strangers' quota, though the check waits in the known lane: a stolen session
         // gets no second quota of guesses (a flood aimed at the username can hold this at 429).
         if let Err(wait) = self.spend_username_quota(digest, now_ms()).await? {
-            held.release().await?;
+            if let Some(h) = held {
+                h.release().await?;
+            }
             judged.record(FailureReason::RateLimited, false).await?;
             return Ok(PasswordCheck::TooMany { retry_after: wait.retry_after_secs() });
         }
         match self.auth.verify_current(&user.key, password).await {
             Ok(true) => {
-                held.release().await?;
+                if let Some(h) = held {
+                    h.release().await?;
+                }
                 Ok(PasswordCheck::Right)
             }
             Ok(false) => {
-                let counted = held.fail(now_ms()).await?;
+                let past_threshold = held.is_none();
+                let counted = self.count_failure(held, address, digest).await?;
                 judged.record(FailureReason::BadPassword, counted.reached_threshold).await?;
-                Ok(PasswordCheck::Wrong)
+                Ok(PasswordCheck::Wrong { captcha_next: past_threshold || counted.reached_threshold })
             }
             Err(AuthError::Overloaded) => Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => Err(SignInError::Store { what: "could not check the password", source }),

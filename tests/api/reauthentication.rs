@@ -40,6 +40,9 @@ async fn browser_signed_in_ago(
     (browser_signed_in_with_cookie(app, &token.encode()), token.encode())
 }
 
+/// Another password that passes the policy.
+const NEW_PASSWORD: &str = "a whole new passphrase";
+
 fn stale() -> Duration {
     RECENT_AUTHENTICATION + Duration::from_secs(60)
 }
@@ -182,17 +185,99 @@ async fn past_the_captcha_threshold_no_password_is_checked_on_the_account_pages_
         }
     }
     assert_eq!(checked, app.settings.captcha_after_failures, "only the threshold's worth of passwords is checked");
-    // Past it, not even the right one is checked here: the login form, with its captcha, is the
-    // only place left to try. The session stays (its owner may be the one who mistyped).
+    // Past it, not even the right one is checked without a captcha solved, as at the login
+    // form. The session stays (its owner may be the one who mistyped), and is shown a picture.
     let resp = post(&app, &dave, "/account/confirm", &[("csrf", &csrf), ("current", GOOD_PASSWORD)]).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_none());
-    assert!(resp.text().await.unwrap().contains("sign out and sign in again"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("the characters in the picture") && page.contains("src=\"data:image/png;base64,"), "{page}");
     let fails = app.log_lines().into_iter().filter(|l| l["reason"] == "bad_password").count();
     assert_eq!(fails, app.settings.captcha_after_failures as usize);
     assert_eq!(dave.get(app.url("/account")).send().await.unwrap().status(), StatusCode::OK);
     let form = dave.get(app.url("/login")).send().await.unwrap();
     assert_eq!(form.status(), StatusCode::SEE_OTHER, "still signed in");
+}
+
+/// Three wrong passwords typed for a username at the login form, from anywhere and with no
+/// captcha, put it past the threshold; its owner, signed in, still changes the password and
+/// confirms it by solving a captcha on the account forms, one check per solved picture, as
+/// the login form asks (a review found the forms refused the owner for the failure window).
+#[tokio::test]
+async fn past_the_threshold_the_account_forms_check_a_password_with_a_solved_captcha() {
+    let app = passkey_app().await;
+    app.add_user("erin", GOOD_PASSWORD, false).await;
+    let (erin, token) = browser_signed_in_ago(&app, "erin", stale(), Factors::One).await;
+    for i in 0..app.settings.captcha_after_failures {
+        let resp = app.login_with(&app.new_browser(), "erin", &format!("a stranger's guess {i}")).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let key = portcullis::sign_in::account_captcha_key(&SessionToken::parse(&token).unwrap().hash());
+    let answer = || app.state.captchas.answer_for_tests(&key).expect("a picture was drawn for the session");
+    let csrf = csrf_of(&erin, app.url("/account/confirm")).await;
+    let confirm = |fields: Vec<(&'static str, String)>| {
+        let (erin, url) = (erin.clone(), app.url("/account/confirm"));
+        async move { erin.post(url).form(&fields).send().await.unwrap() }
+    };
+    let with =
+        |captcha: String| vec![("csrf", csrf.clone()), ("current", GOOD_PASSWORD.to_string()), ("captcha", captcha)];
+
+    // No captcha: a picture, nothing checked. A wrong answer: another picture, nothing checked.
+    assert_eq!(confirm(with(String::new())).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(confirm(with("wrong".into())).await.status(), StatusCode::FORBIDDEN);
+    // A stolen session guessing with a solved picture gets one check for it, counted, and the
+    // answer to the form comes with the next picture.
+    let first = answer();
+    let guess = vec![("csrf", csrf.clone()), ("current", "not her password".into()), ("captcha", first.clone())];
+    let wrong = confirm(guess).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().await.unwrap().contains("name=\"captcha\""), "a picture at once");
+    assert_ne!(answer(), first, "a new one");
+    assert_eq!(confirm(with(first)).await.status(), StatusCode::FORBIDDEN, "one check per solved picture");
+    // The owner: solved, confirmed.
+    let resp = confirm(with(answer())).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_some());
+    let reasons: Vec<String> = app
+        .log_lines()
+        .iter()
+        .filter(|l| l["event"].as_str().unwrap().starts_with("authn_login_fail") && l["username"] == "erin")
+        .map(|l| l["reason"].as_str().unwrap().to_string())
+        .collect();
+    let want = [
+        "bad_password",
+        "bad_password",
+        "bad_password",
+        "captcha_required",
+        "bad_captcha",
+        "bad_password",
+        "bad_captcha",
+    ];
+    assert_eq!(reasons, want);
+
+    // The password form alike: the picture comes with the form again, and solving it changes the password.
+    let form = erin.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = crate::helpers::hidden_field(&form, "csrf").unwrap();
+    let change = |captcha: String| {
+        let fields = vec![
+            ("csrf", csrf.clone()),
+            ("current", GOOD_PASSWORD.to_string()),
+            ("new", NEW_PASSWORD.to_string()),
+            ("repeat", NEW_PASSWORD.to_string()),
+            ("captcha", captcha),
+        ];
+        let (erin, url) = (erin.clone(), app.url("/account/password"));
+        async move { erin.post(url).form(&fields).send().await.unwrap() }
+    };
+    let resp = change(String::new()).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("the characters in the picture") && page.contains("name=\"captcha\""), "{page}");
+    let resp = change(answer()).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "changed");
+    assert!(cookie_value(&resp, "__Host-portcullis").is_some(), "and the session renewed");
+    let verified = app.state.auth.verify_current("erin", portcullis::password::Password::new(NEW_PASSWORD)).await;
+    assert!(verified.unwrap(), "the new password is hers");
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 //! The right password is remembered for [`RECENT_AUTHENTICATION`] in a cookie signed for this
 //! session ([`CONFIRMED_COOKIE`]): the session itself is unchanged, so its absolute timeout,
 //! its factors and its token stay what they were. A wrong one counts like a wrong password at
-//! the login form, and past the captcha threshold no password is checked here
-//! ([`super::password::check_current`]).
+//! the login form, and past the captcha threshold a password is checked here only with a
+//! captcha solved, one check per picture ([`super::password::check_current`]).
 
 use askama::Template;
 use poem::http::{header, StatusCode};
@@ -105,6 +105,8 @@ struct ConfirmPage<'a> {
     next: &'a str,
     minutes: u64,
     error: Option<&'a str>,
+    /// A captcha challenge (a `data:` URI), when the check wants one solved.
+    captcha: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,9 @@ pub struct ConfirmForm {
     #[serde(default)]
     current: String,
     next: Option<String>,
+    /// The captcha's answer, when the form showed one.
+    #[serde(default)]
+    captcha: String,
 }
 
 impl Drop for ConfirmForm {
@@ -139,7 +144,7 @@ pub async fn show(req: &Request, state: State<'_>, query: Option<Query<ConfirmQu
     if session.authenticated_recently(now_ms()) {
         return see_other(then.path());
     }
-    page(&state, &session, then, StatusCode::OK, None)
+    page(&state, &session, then, StatusCode::OK, None, None)
 }
 
 #[handler]
@@ -153,23 +158,37 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    match check_current(req, &state, &session, &form.current).await {
+    match check_current(req, &state, &session, &form.current, &form.captcha).await {
         Ok(PasswordCheck::Right) => {}
-        Ok(PasswordCheck::Wrong) => {
-            return page(&state, &session, then, StatusCode::UNAUTHORIZED, Some("That is not your password."))
+        Ok(PasswordCheck::Wrong { captcha_next }) => {
+            // A picture at once when the next check wants one, not after another refusal.
+            let image = if captcha_next {
+                match super::password::new_captcha(&state, &session).await {
+                    Ok(image) => Some(image),
+                    Err(resp) => return resp,
+                }
+            } else {
+                None
+            };
+            return page(&state, &session, then, StatusCode::UNAUTHORIZED, Some("That is not your password."), image);
         }
         Ok(PasswordCheck::TooMany { retry_after }) => {
             let message = "Too many password checks. Please wait and try again.";
             return with_retry_after(
-                page(&state, &session, then, StatusCode::TOO_MANY_REQUESTS, Some(message)),
+                page(&state, &session, then, StatusCode::TOO_MANY_REQUESTS, Some(message), None),
                 retry_after,
             );
         }
         Ok(PasswordCheck::NothingTyped) => {
-            return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."))
+            return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."), None)
         }
         Ok(PasswordCheck::CaptchaDemanded) => {
-            return page(&state, &session, then, StatusCode::FORBIDDEN, Some(super::password::CAPTCHA_DEMANDED))
+            let image = match super::password::new_captcha(&state, &session).await {
+                Ok(image) => image,
+                Err(resp) => return resp,
+            };
+            let demanded = Some(super::password::CAPTCHA_DEMANDED);
+            return page(&state, &session, then, StatusCode::FORBIDDEN, demanded, Some(image));
         }
         Err(resp) => return resp,
     }
@@ -205,7 +224,14 @@ pub(crate) fn with_confirmation(req: &Request, state: &AppState, mut session: Ac
     session
 }
 
-fn page(state: &AppState, session: &ActiveSession, then: Then, status: StatusCode, error: Option<&str>) -> Response {
+fn page(
+    state: &AppState,
+    session: &ActiveSession,
+    then: Then,
+    status: StatusCode,
+    error: Option<&str>,
+    captcha: Option<String>,
+) -> Response {
     let csrf = state.csrf.session_token(&session.token_hash);
     html(
         status,
@@ -215,6 +241,7 @@ fn page(state: &AppState, session: &ActiveSession, then: Then, status: StatusCod
             next: then.path(),
             minutes: RECENT_AUTHENTICATION.as_secs() / 60,
             error,
+            captcha,
         },
     )
 }

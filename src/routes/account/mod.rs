@@ -54,6 +54,8 @@ struct AccountPage<'a> {
     notice_alert: bool,
     /// The password form's error, shown beside it.
     password_error: Option<&'a str>,
+    /// A captcha challenge for the password form (a `data:` URI), when its check wants one.
+    password_captcha: Option<String>,
     factors: FactorSummary,
     /// When the authenticator app was set up (RFC 3339), if it is.
     totp_since: Option<crate::routes::Moment>,
@@ -77,18 +79,19 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let notice = flash::take(req, &state.csrf, &session.token_hash);
-    let page = render_listed(&state, &session, Some(sessions), StatusCode::OK, notice, None).await;
+    let page = render_listed(&state, &session, Some(sessions), StatusCode::OK, notice, None, None).await;
     flash::cleared(req, page)
 }
 
-/// The page for `session`, with `status` and the password form's error.
+/// The page for `session`, with `status`, the password form's error, and a captcha for it.
 pub(super) async fn render(
     state: &crate::app::AppState,
     session: &ActiveSession,
     status: StatusCode,
     password_error: Option<&str>,
+    password_captcha: Option<String>,
 ) -> Response {
-    render_listed(state, session, None, status, None, password_error).await
+    render_listed(state, session, None, status, None, password_error, password_captcha).await
 }
 
 /// [`render`], with the user's sessions when they were read already (valid ones, newest
@@ -100,6 +103,7 @@ async fn render_listed(
     status: StatusCode,
     notice: Option<flash::Notice>,
     password_error: Option<&str>,
+    password_captcha: Option<String>,
 ) -> Response {
     let user = &session.user;
     let sessions = match sessions {
@@ -133,6 +137,7 @@ async fn render_listed(
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
             notice: notice.map(|n| n.text()),
             password_error,
+            password_captcha,
             factors,
             totp_since,
             must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),

@@ -2,8 +2,9 @@
 //! the account page"). The current password is checked on the hash pool like a sign-in and
 //! counts like one: it spends the per-username quota, and a wrong one is a recorded
 //! `bad_password` failure that counts toward the captcha threshold, so a stolen session
-//! cannot be used to guess the password faster than the login form allows. Success ends every
-//! other session and gives this browser a new token (OWASP ASVS 4.0 §3.3.3, §3.2.1).
+//! cannot be used to guess the password faster than the login form allows; past the threshold
+//! the form asks for a captcha, as the login form does. Success ends every other session and
+//! gives this browser a new token (OWASP ASVS 4.0 §3.3.3, §3.2.1).
 
 use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
@@ -15,7 +16,7 @@ use crate::routes::flash::Notice;
 use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
 use crate::session::ActiveSession;
 use crate::session::SESSION_COOKIE;
-use crate::sign_in::PasswordCheck;
+use crate::sign_in::{account_captcha_key, CaptchaAnswer, PasswordCheck};
 use crate::users::UserError;
 use crate::{client, cookies};
 
@@ -30,6 +31,9 @@ pub struct PasswordForm {
     pub new: String,
     #[serde(default)]
     pub repeat: String,
+    /// The captcha's answer, when the form showed one.
+    #[serde(default)]
+    pub captcha: String,
 }
 
 impl Drop for PasswordForm {
@@ -57,7 +61,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let again = |status, message: &'static str| {
         let session = session.clone();
         let state = state.0.clone();
-        async move { super::render(&state, &session, status, Some(message)).await }
+        async move { super::render(&state, &session, status, Some(message), None).await }
     };
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
@@ -68,16 +72,32 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if same && !form.new.is_empty() {
         return again(StatusCode::BAD_REQUEST, "The new password is the one you have now: choose another.").await;
     }
-    match check_current(req, &state, &session, &form.current).await {
+    match check_current(req, &state, &session, &form.current, &form.captcha).await {
         Ok(PasswordCheck::Right) => {}
-        Ok(PasswordCheck::Wrong) => {
-            return again(StatusCode::UNAUTHORIZED, "Your current password is not right.").await
+        Ok(PasswordCheck::Wrong { captcha_next }) => {
+            let message = "Your current password is not right.";
+            // A picture at once when the next check wants one, not after another refusal.
+            let image = if captcha_next {
+                match new_captcha(&state, &session).await {
+                    Ok(image) => Some(image),
+                    Err(resp) => return resp,
+                }
+            } else {
+                None
+            };
+            return super::render(&state, &session, StatusCode::UNAUTHORIZED, Some(message), image).await;
         }
         Ok(PasswordCheck::TooMany { retry_after }) => {
             let resp = again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.");
             return with_retry_after(resp.await, retry_after);
         }
-        Ok(PasswordCheck::CaptchaDemanded) => return again(StatusCode::FORBIDDEN, CAPTCHA_DEMANDED).await,
+        Ok(PasswordCheck::CaptchaDemanded) => {
+            let image = match new_captcha(&state, &session).await {
+                Ok(image) => image,
+                Err(resp) => return resp,
+            };
+            return super::render(&state, &session, StatusCode::FORBIDDEN, Some(CAPTCHA_DEMANDED), Some(image)).await;
+        }
         Ok(PasswordCheck::NothingTyped) => return again(StatusCode::BAD_REQUEST, "Type your current password.").await,
         Err(resp) => return resp,
     }
@@ -88,7 +108,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(set) => set,
         Err(UserError::WeakPassword(why)) => {
             let message = format!("Please choose another new password: {why}.");
-            return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message)).await;
+            return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message), None).await;
         }
         Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
         Err(UserError::Hashing(_)) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
@@ -111,11 +131,12 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     Notice::PasswordChanged { ended: set.sessions_ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
 }
 
-/// What the account's password forms say once [`check_current`] no longer checks.
-pub(super) const CAPTCHA_DEMANDED: &str = "There have been too many wrong passwords for this account. To go on, sign out and sign in again (you will be asked to type the characters in a picture), or try again later.";
+/// What the account's password forms say when [`check_current`] wants a captcha solved.
+pub(super) const CAPTCHA_DEMANDED: &str = "There have been too many wrong passwords for this account. Fill in the form again, with the characters in the picture.";
 
 /// Checks that `current` is the signed-in user's password, with the login form's defences
-/// ([`crate::sign_in::SignIn::check_password`]).
+/// ([`crate::sign_in::SignIn::check_password`]); `captcha`: the answer to the session's
+/// challenge, if the form showed one.
 ///
 /// # Errors
 /// The answer to send (503 or 500) when the check could not be made.
@@ -124,8 +145,25 @@ pub(super) async fn check_current(
     state: &AppState,
     session: &ActiveSession,
     current: &str,
+    captcha: &str,
 ) -> Result<PasswordCheck, Response> {
     let client = client::client(req, &state.settings.trusted_proxies);
-    let checked = state.sign_in.check_password(&client, &session.user, Password::new(current)).await;
+    let key = account_captcha_key(&session.token_hash);
+    let answer = CaptchaAnswer { key: &key, answer: captcha };
+    let checked = state.sign_in.check_password(&client, &session.user, Password::new(current), answer).await;
     checked.map_err(|e| crate::routes::not_judged("password check not judged", &e))
+}
+
+/// A new captcha challenge for `session`'s account forms (replacing its open one), as a
+/// `data:` URI.
+///
+/// # Errors
+/// A 503 page when no picture can be drawn or its answer kept.
+pub(super) async fn new_captcha(state: &AppState, session: &ActiveSession) -> Result<String, Response> {
+    let key = account_captcha_key(&session.token_hash);
+    state.captchas.issue(&key, crate::store::now_ms()).await.map_err(|e| {
+        let unavailable = matches!(e, crate::captcha::CaptchaError::State(_));
+        crate::fault_log::report("captcha failed", crate::fault_log::Severity::Error, unavailable, &e);
+        error_page(StatusCode::SERVICE_UNAVAILABLE)
+    })
 }
