@@ -54,8 +54,9 @@ struct AccountPage<'a> {
     notice_alert: bool,
     /// The password form's error, shown beside it.
     password_error: Option<&'a str>,
-    /// A captcha challenge for the password form (a `data:` URI), when its check wants one.
-    password_captcha: Option<String>,
+    /// A captcha challenge for the password form (a `data:` URI), when its check wants one
+    /// (`templates/account_captcha.html`).
+    captcha: Option<String>,
     factors: FactorSummary,
     /// When the authenticator app was set up (RFC 3339), if it is.
     totp_since: Option<crate::routes::Moment>,
@@ -137,7 +138,7 @@ async fn render_listed(
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
             notice: notice.map(|n| n.text()),
             password_error,
-            password_captcha,
+            captcha: password_captcha,
             factors,
             totp_since,
             must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),
