@@ -265,7 +265,12 @@ impl Gate {
             return None;
         }
         let Some(url::Host::Domain(host)) = url.host() else { return None };
-        self.covers(host).then_some(url)
+        // A host name's characters only (RFC 1123 letters, digits and hyphens, dots, and the
+        // underscores DNS names carry): the WHATWG parser lets `;`, `&`, `*` and the like
+        // through, so `https://evil.com;.example.com/` was "under" example.com. No browser
+        // reaches another site with it, but no such host exists to be sent to either.
+        let host_name = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+        (host.bytes().all(host_name) && self.covers(host)).then_some(url)
     }
 }
 
@@ -488,6 +493,10 @@ mod tests {
             "javascript:alert(1)//https://app.example.com",
             "https://192.0.2.1/",
             "https://[::1]/",
+            "https://evil.com;.example.com/",
+            "https://evil.com&.example.com/",
+            "https://a*b.example.com/",
+            "https://a!b.example.com/",
             "",
         ] {
             assert_eq!(g.safe_rd(bad), None, "{bad:?}");
@@ -707,7 +716,7 @@ mod tests {
         fn whatever_rd_lets_through_is_https_on_a_gated_host(
             scheme in prop::sample::select(vec!["https://", "HTTPS://", "http://", "https:", "https:/", "//", ""]),
             userinfo in prop::sample::select(vec!["", "u@", "u:p@", "app.example.com@"]),
-            host in prop::sample::select(vec!["app.example.com", "example.com", "evil-example.com", "example.com.evil.net", "a.b.example.com", "EXAMPLE.COM", "xn--e1afmkfd.example.com"]),
+            host in prop::sample::select(vec!["app.example.com", "example.com", "evil-example.com", "example.com.evil.net", "a.b.example.com", "EXAMPLE.COM", "xn--e1afmkfd.example.com", "evil.net;.example.com", "a&b.example.com"]),
             port in prop::sample::select(vec!["", ":443", ":8443", ":x"]),
             rest in "[/a-zA-Z0-9?&=#%.\\\\@:;\\t ]{0,24}",
         ) {
@@ -719,6 +728,7 @@ mod tests {
                 prop_assert!(url.username().is_empty() && url.password().is_none());
                 let h = url.host_str().unwrap();
                 prop_assert!(h == "example.com" || h.ends_with(".example.com"), "{} -> {}", raw, out);
+                prop_assert!(h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)), "{} -> {}", raw, out);
                 prop_assert!(poem::http::HeaderValue::from_str(&out).is_ok());
                 // A second pass agrees: the answer is stable.
                 prop_assert_eq!(g.safe_rd(&out), Some(out.clone()));
