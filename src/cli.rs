@@ -683,12 +683,13 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         // fail after making one, and run in the wrong directory (or without the database_url
         // of a PostgreSQL deployment) it reported "no user" as if the real store had lost them.
         if !matches!(request, Request::UserAdd { .. }) {
-            bail!(
-                "no store in {} (is data_dir right? With PostgreSQL, set database_url as the servers have it)",
-                absolute(&settings.data_dir).display()
-            );
+            return Err(no_store(settings));
         }
     }
+    // The directories a refused `user add` made, to be taken away again: a weak password
+    // typed in the wrong directory must not leave a store there that later commands find.
+    let data_made = made_here && !settings.data_dir.exists();
+    let logs_made = data_made && !settings.log_dir.exists();
     let services = match open(settings).await {
         Ok(s) => s,
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
@@ -700,13 +701,31 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     };
     // Every store write is durable when it returns: nothing to flush here.
     let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
-    if made_here && matches!(response, Response::Done { .. }) {
-        eprintln!(
-            "made a new store in {} (with PostgreSQL, set database_url as the servers have it)",
-            absolute(&settings.data_dir).display()
-        );
+    // Closed before its directory may go.
+    drop(services);
+    if made_here {
+        let refused = !matches!(response, Response::Done { .. });
+        let removed = refused
+            && data_made
+            && std::fs::remove_dir_all(&settings.data_dir).is_ok()
+            && (!logs_made || std::fs::remove_dir_all(&settings.log_dir).is_ok());
+        if !removed {
+            eprintln!(
+                "made a new store in {} (with PostgreSQL, set database_url as the servers have it)",
+                printable(&absolute(&settings.data_dir).display().to_string())
+            );
+        }
     }
     Ok(response)
+}
+
+/// The refusal of a command that needs a store where `data_dir` holds none (and no
+/// `database_url` is set): the directory meant, whole and escaped.
+fn no_store(settings: &Settings) -> anyhow::Error {
+    anyhow!(
+        "no store in {} (is data_dir right? With PostgreSQL, set database_url as the servers have it)",
+        printable(&absolute(&settings.data_dir).display().to_string())
+    )
 }
 
 /// `path` from the root, for messages that must say which directory was meant; as given when
@@ -846,7 +865,7 @@ async fn open_configured(settings: &Settings) -> anyhow::Result<Store> {
             .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
         None => {
             if !Store::exists(&settings.data_dir) {
-                bail!("no store in {} (is data_dir right?)", settings.data_dir.display());
+                return Err(no_store(settings));
             }
             Store::open(&settings.data_dir).map_err(|e| match e {
                 StoreError::Locked(dir) => anyhow!("the store in {dir} is in use by a running server: stop it first"),
@@ -866,6 +885,12 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
             message: "this removes every user's authenticator app and recovery codes and the recorded factor key: run it again with --yes".into(),
         }
         .into());
+    }
+    // Not made here: "forgot the key" of a store nobody uses would hide a wrong data_dir. (A
+    // service's directory is refused as such when opened, below.)
+    let foreign = crate::store::foreign_owner(&settings.data_dir).is_some();
+    if settings.database_url.is_none() && !foreign && !Store::exists(&settings.data_dir) {
+        return Err(no_store(&settings));
     }
     // Opened as the `user` commands open it, for the auth log: each user whose factors go is
     // logged as a reset, as `user reset-factors` logs one.

@@ -90,7 +90,9 @@ async fn weak_passwords_are_refused_with_one_line_and_change_nothing() {
         assert!(err.contains("password"), "{err}");
         assert!(!err.contains(weak), "the refused password is echoed: {err}");
     }
-    assert!(names(&list_json(d).await).is_empty());
+    // Nor is a store left behind by the refused first user (a weak password typed in the
+    // wrong directory would leave one that later commands find).
+    assert!(!d.join("data").exists() && !d.join("logs").exists(), "a refused user add made a store");
 
     cli_with_password(d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add carol");
     let run = cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "123456789123456").await;
@@ -705,11 +707,20 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
         &["user", "groups", "alice", "--add", "dev"],
         &["user", "list"],
         &["audit"],
+        &["store", "forget-factor-key", "--yes"],
+        &["store", "copy", "--to", "elsewhere"],
     ] {
         let run = cli_with_password(d, args, GOOD_PASSWORD).await;
         let err = run.assert_one_line_failure(&args.join(" "));
         assert!(err.contains(&format!("no store in {}", data.display())) && err.contains("database_url"), "{err}");
-        assert!(!data.exists(), "{args:?} made a store");
+        assert!(!data.exists() && !d.join("logs").exists(), "{args:?} made a store");
+    }
+    // A refused first `user add` leaves nothing; a good one makes the store and says where.
+    for name in ["a\u{200b}lice", "alice\u{1b}"] {
+        cli_with_password(d, &["user", "add", name, "--password-stdin"], GOOD_PASSWORD)
+            .await
+            .assert_one_line_failure("an invisible character in a new name");
+        assert!(!data.exists() && !d.join("logs").exists(), "{name:?}: a refused user add made a store");
     }
     let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await;
     run.assert_ok("add");
