@@ -280,8 +280,10 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// refusals that checked nothing about any user (past the quota, or without a valid CSRF
 /// token), which is what a scripted flood is made of. Each attempt that reached a password,
 /// a captcha or a username quota keeps its own record.
-/// What refusals are counted by: the client address and the reason.
-type Slot = (crate::client::AddressKey, FailureReason);
+/// What refusals are counted by: the client address, the reason, and whether they came from
+/// a known browser, so one record's `known_browser` is true of every attempt it counts (an
+/// owner's refusal is not folded into strangers' from the same NAT, nor theirs into hers).
+type Slot = (crate::client::AddressKey, FailureReason, bool);
 
 /// Adds one to `slot`'s count if its counted minute is `minute`; returns whether it did.
 fn add_to_open_minute(counted: &mut HashMap<Slot, Counted>, slot: &Slot, minute: u64) -> bool {
@@ -529,7 +531,7 @@ impl Audit {
         known_browser: bool,
     ) -> Result<(), AuditError> {
         let now = now_ms();
-        let slot = (client.key(), reason);
+        let slot = (client.key(), reason, known_browser);
         let counts = self.store.is_some() && counted_per_minute(reason);
         // A repeat inside an open minute only adds to its count: in a flood this is the common
         // case, so it comes before the store lookup of the identity.
@@ -892,6 +894,31 @@ mod tests {
         let repeats: Vec<_> = lines.iter().filter(|l| l["event"] == "authn_login_fail_repeat").collect();
         assert!((2..=4).contains(&repeats.len()), "{repeats:?}");
         assert!(lines.len() <= 3 + 4 + 4, "{} lines", lines.len());
+    }
+
+    /// A counted record says `known_browser` of every attempt it stands for: an owner's
+    /// refusals behind a NAT are counted apart from strangers' at the same address.
+    #[tokio::test]
+    async fn refusals_from_a_known_browser_are_counted_apart_from_strangers_at_one_address() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
+        let nat = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "any".into() };
+        for known in [true, false, false, true, false] {
+            audit.record_failure("alice", &nat, FailureReason::Csrf, false, known).await.unwrap();
+        }
+        audit.close_counts(now_ms(), true).await.unwrap();
+        let mut counted: Vec<(bool, u64)> = audit
+            .failures(&FailureQuery::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| (r.known_browser, r.count))
+            .collect();
+        counted.sort();
+        // (More records, with the same totals, when the minute turned over during the test.)
+        let total = |known: bool| counted.iter().filter(|c| c.0 == known).map(|c| c.1).sum::<u64>();
+        assert_eq!((total(true), total(false)), (2, 3), "{counted:?}");
     }
 
     #[tokio::test]

@@ -280,6 +280,40 @@ async fn past_the_threshold_the_account_forms_check_a_password_with_a_solved_cap
     assert!(verified.unwrap(), "the new password is hers");
 }
 
+/// The account forms draw their pictures on the login form's per-address quota of drawings
+/// (60 a minute): with the address quota off, a session past the threshold made the server
+/// draw one per request without bound (a review drew 1000 in 3 s).
+#[tokio::test]
+async fn the_account_forms_draw_pictures_on_the_addresss_drawing_quota() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        crate::passkeys::on_localhost(s);
+        s.login_quota_per_ip = None;
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("gus", GOOD_PASSWORD, false).await;
+    let (gus, _) = browser_signed_in_ago(&app, "gus", stale(), Factors::One).await;
+    for i in 0..app.settings.captcha_after_failures {
+        app.login_with(&app.new_browser(), "gus", &format!("a stranger's guess {i}")).await;
+    }
+    let csrf = csrf_of(&gus, app.url("/account/confirm")).await;
+    // The quota refills by one a second while this runs: a few more than the burst.
+    let burst = portcullis::rate_limit::CAPTCHA_DRAWS.burst as usize;
+    let mut drawn = 0;
+    loop {
+        let resp = post(&app, &gus, "/account/confirm", &[("csrf", &csrf), ("current", GOOD_PASSWORD)]).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(resp.headers().contains_key("retry-after"));
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.text().await.unwrap().contains("data:image/png"));
+        drawn += 1;
+        assert!(drawn <= burst + 20, "no end to the pictures");
+    }
+    assert!(drawn >= burst, "{drawn}");
+}
+
 #[tokio::test]
 async fn a_confirmation_goes_on_only_to_the_account_pages() {
     let app = passkey_app().await;

@@ -163,7 +163,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(PasswordCheck::Wrong { captcha_next }) => {
             // A picture at once when the next check wants one, not after another refusal.
             let image = if captcha_next {
-                match super::password::new_captcha(&state, &session).await {
+                match super::password::new_captcha(req, &state, &session).await {
                     Ok(image) => Some(image),
                     Err(resp) => return resp,
                 }
@@ -183,7 +183,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             return page(&state, &session, then, StatusCode::BAD_REQUEST, Some("Type your password."), None)
         }
         Ok(PasswordCheck::CaptchaDemanded) => {
-            let image = match super::password::new_captcha(&state, &session).await {
+            let image = match super::password::new_captcha(req, &state, &session).await {
                 Ok(image) => image,
                 Err(resp) => return resp,
             };

@@ -11,6 +11,7 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::brute_force::QuotaKey;
 use crate::password::Password;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
@@ -78,7 +79,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             let message = "Your current password is not right.";
             // A picture at once when the next check wants one, not after another refusal.
             let image = if captcha_next {
-                match new_captcha(&state, &session).await {
+                match new_captcha(req, &state, &session).await {
                     Ok(image) => Some(image),
                     Err(resp) => return resp,
                 }
@@ -92,7 +93,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             return with_retry_after(resp.await, retry_after);
         }
         Ok(PasswordCheck::CaptchaDemanded) => {
-            let image = match new_captcha(&state, &session).await {
+            let image = match new_captcha(req, &state, &session).await {
                 Ok(image) => image,
                 Err(resp) => return resp,
             };
@@ -155,13 +156,25 @@ pub(super) async fn check_current(
 }
 
 /// A new captcha challenge for `session`'s account forms (replacing its open one), as a
-/// `data:` URI.
+/// `data:` URI; drawn on the same per-address quota as the login form's
+/// ([`crate::rate_limit::CAPTCHA_DRAWS`]), since each costs a few ms of CPU.
 ///
 /// # Errors
-/// A 503 page when no picture can be drawn or its answer kept.
-pub(super) async fn new_captcha(state: &AppState, session: &ActiveSession) -> Result<String, Response> {
+/// A 429 page with `Retry-After` past that quota; a 503 page when no picture can be drawn or
+/// its answer kept.
+pub(super) async fn new_captcha(req: &Request, state: &AppState, session: &ActiveSession) -> Result<String, Response> {
+    let now = crate::store::now_ms();
+    let address = client::client(req, &state.settings.trusted_proxies).key();
+    let drawn = state.brute_force.take(QuotaKey::CaptchaDraws(address), crate::rate_limit::CAPTCHA_DRAWS, now).await;
+    match drawn {
+        Ok(Ok(())) => {}
+        Ok(Err(wait)) => {
+            return Err(with_retry_after(error_page(StatusCode::TOO_MANY_REQUESTS), wait.retry_after_secs()))
+        }
+        Err(e) => return Err(crate::routes::unavailable("cannot count captcha pictures", &e)),
+    }
     let key = account_captcha_key(&session.token_hash);
-    state.captchas.issue(&key, crate::store::now_ms()).await.map_err(|e| {
+    state.captchas.issue(&key, now).await.map_err(|e| {
         let unavailable = matches!(e, crate::captcha::CaptchaError::State(_));
         crate::fault_log::report("captcha failed", crate::fault_log::Severity::Error, unavailable, &e);
         error_page(StatusCode::SERVICE_UNAVAILABLE)
