@@ -37,7 +37,16 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
             return error_page(StatusCode::FORBIDDEN);
         }
         if let Err(e) = state.sessions.end(&session.token_hash).await {
-            return crate::routes::store_error(&e, "could not end a session");
+            // Said plainly, and the cookie kept so that the next try can end the session: on a
+            // shared computer "busy" read as done, with the session still open behind it.
+            let unavailable = e.is_unavailable();
+            let chain = crate::text::error_chain(&e);
+            crate::fault_log::report("could not end a session", crate::fault_log::Severity::Error, unavailable, &chain);
+            return crate::routes::error_page_saying(
+                crate::routes::fault_status(unavailable),
+                "Not signed out",
+                "The server could not sign you out just now, so this browser is still signed in. Please try again in a moment.",
+            );
         }
         let client = client::client(req, &state.settings.trusted_proxies);
         state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });

@@ -181,6 +181,13 @@ pub fn error_page(status: StatusCode) -> Response {
         s if s.is_client_error() => ("Bad request", "The server could not understand this request."),
         _ => ("Something went wrong", "The server could not complete this request. Please try again."),
     };
+    error_page_saying(status, title, message)
+}
+
+/// A page for an error status with its own title and message, for a case the generic words
+/// would mislead about (a sign-out that did not happen is not just "busy"); a 503 carries
+/// `Retry-After: 1`.
+pub fn error_page_saying(status: StatusCode, title: &str, message: &str) -> Response {
     let resp = html(status, &ErrorPage { title, message });
     if status == StatusCode::SERVICE_UNAVAILABLE {
         return with_retry_after(resp, 1);

@@ -142,6 +142,8 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
     let csrf = crate::helpers::hidden_field(&home.text().await.unwrap(), "csrf").unwrap();
     let out = signed_in.post(server.url("/logout")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(out.status(), StatusCode::SERVICE_UNAVAILABLE, "no sign-out that was not written");
+    assert!(out.headers().get("set-cookie").is_none(), "the cookie is kept for the next try");
+    assert!(out.text().await.unwrap().contains("still signed in"), "and the page says so, not only \"busy\"");
     for args in [&["user", "list"][..], &["audit"]] {
         let mut cmd = child::command(dir.path());
         cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);
