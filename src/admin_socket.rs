@@ -174,7 +174,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         Request::UserList => {
             return match users.list().await {
                 Ok(users) => Response::Users { users },
-                Err(e) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: crate::text::error_chain(&e) },
             }
         }
         Request::Audit { filters, summary } => {
@@ -188,14 +188,16 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .await;
             return match answer {
                 Ok(Ok(answer)) => Response::Review { answer },
-                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Ok(Err(e)) => Response::Error { message: crate::text::error_chain(&e) },
                 Err(_) => Response::Error { message: "the review failed".into() },
             };
         }
     };
+    // The whole chain: "store error: database error: db error" alone hid the database's own
+    // reason ("cannot execute UPDATE in a read-only transaction") from the operator.
     match result {
         Ok(message) => Response::Done { message },
-        Err(e) => Response::Error { message: e.to_string() },
+        Err(e) => Response::Error { message: crate::text::error_chain(&e) },
     }
 }
 
