@@ -502,7 +502,9 @@ fn spawn_ceremony_purge(passkeys: crate::passkeys::Passkeys) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             if let Err(e) = passkeys.purge().await {
-                tracing::warn!(error = %e, "could not purge expired passkey ceremonies");
+                let chain = crate::text::error_chain(&e);
+                let what = "could not purge expired passkey ceremonies";
+                crate::fault_log::report(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &chain);
             }
         }
     })
@@ -516,12 +518,22 @@ fn spawn_session_purge(sessions: Sessions, factors: SecondFactors) -> JoinHandle
             ticker.tick().await;
             match sessions.purge_expired().await {
                 Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
-                Err(e) => tracing::warn!(error = %e, "session purge failed"),
+                Err(e) => {
+                    let chain = crate::text::error_chain(&e);
+                    crate::fault_log::report(
+                        "session purge failed",
+                        crate::fault_log::Severity::Warn,
+                        e.is_unavailable(),
+                        &chain,
+                    )
+                }
                 _ => {}
             }
             // Pending two-step sign-ins that were never finished.
             if let Err(e) = factors.purge().await {
-                tracing::warn!(error = %e, "pending sign-in purge failed");
+                let chain = crate::text::error_chain(&e);
+                let what = "pending sign-in purge failed";
+                crate::fault_log::report(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &chain);
             }
         }
     })
@@ -535,7 +547,10 @@ fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
         loop {
             ticker.tick().await;
             if let Err(e) = state.brute_force.prune(crate::store::now_ms()).await {
-                tracing::warn!(error = %e, "cannot prune the brute-force state");
+                // Once per kind every 10 s with the cause, as the requests' faults are logged.
+                let chain = crate::text::error_chain(&e);
+                let what = "cannot prune the brute-force state";
+                crate::fault_log::report(what, crate::fault_log::Severity::Warn, true, &chain);
             }
         }
     })

@@ -193,8 +193,8 @@ fn write_owed(owed: &Owed) {
     let Owed { kind, severity, suppressed, since } = owed;
     let secs = since.as_secs();
     match severity {
-        Severity::Error => tracing::error!(suppressed, "{kind} ({suppressed} more like it in the last {secs} s)"),
-        Severity::Warn => tracing::warn!(suppressed, "{kind} ({suppressed} more like it in the last {secs} s)"),
+        Severity::Error => tracing::error!(suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)"),
+        Severity::Warn => tracing::warn!(suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)"),
     }
 }
 

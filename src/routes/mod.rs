@@ -214,8 +214,9 @@ pub fn store_error(e: &crate::store::StoreError, what: &'static str) -> Response
 
 /// The 503 page for a part that did not answer (the brute-force state, the random source),
 /// with the error logged through [`crate::fault_log`] under `what`.
-pub fn unavailable(what: &'static str, error: &dyn std::fmt::Display) -> Response {
-    crate::fault_log::report(what, Severity::Error, true, error);
+pub fn unavailable(what: &'static str, error: &(dyn std::error::Error + 'static)) -> Response {
+    // With its sources: "the brute-force state cannot be used" alone does not say why.
+    crate::fault_log::report(what, Severity::Error, true, &crate::text::error_chain(error));
     error_page(StatusCode::SERVICE_UNAVAILABLE)
 }
 

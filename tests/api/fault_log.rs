@@ -102,6 +102,14 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     let ends: Vec<&String> = recovered.iter().filter(|l| l.contains("the store works again")).collect();
     assert_eq!(ends.len(), 1, "{ends:#?}");
     assert!(ends[0].contains(" WARN "), "{}", ends[0]);
+    // Each line with an error says why, not only what: the brute-force state's and the pool's
+    // wrappers alone ("the brute-force state cannot be used", "db error") named no cause.
+    for line in recovered.iter().filter(|l| l.contains(" error=")) {
+        let error = line.split(" error=").nth(1).unwrap_or("");
+        let error = error.split(" instance=").next().unwrap_or("").split(" suppressed=").next().unwrap_or("");
+        let bare = ["the brute-force state cannot be used", "db error"].iter().any(|w| error.trim_end().ends_with(w));
+        assert!(!bare, "an error without its cause: {line}");
+    }
     let total = recovered.iter().filter(|l| l.contains(" ERROR ") || l.contains(" WARN ")).count();
     assert!(total < 30, "{total} error and warning lines for {} requests: {recovered:#?}", pages + SIGN_INS + 20);
     drop(server);
