@@ -771,7 +771,13 @@ impl std::fmt::Display for Target {
 async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     let target = if to == "-" {
         let mut line = Zeroizing::new(String::new());
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
+        if std::io::stdin().is_terminal() {
+            // Typed, not piped: asked for, and not echoed (it may hold the database password).
+            *line = rpassword::prompt_password("Target (postgres:// URL or directory): ")
+                .context("cannot read the target from the terminal")?;
+        } else {
+            std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
+        }
         // Spaces around it are a slip of the pen (`echo " $URL"`), never part of a URL or path.
         if line.trim().is_empty() {
             // `printenv PGURL` of a variable set without `export` prints nothing.

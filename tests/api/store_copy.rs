@@ -427,3 +427,38 @@ async fn a_target_missing_from_standard_input_is_named_as_such() {
     }
     assert!(!dir.path().join("data").exists(), "nothing made");
 }
+
+/// `--to -` on a terminal asks for the target (and does not echo it: it may hold the
+/// database's password) instead of waiting silently (found by an operator's review).
+#[tokio::test]
+async fn a_target_asked_for_on_a_terminal_is_prompted_for() {
+    let Ok(script) = which_script() else {
+        assert!(std::env::var_os("PORTCULLIS_REQUIRE_ALL").is_none(), "util-linux `script` is missing");
+        eprintln!("skipped: util-linux `script` (a terminal for the command) is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let command = format!("{} store copy --to -", env!("CARGO_BIN_EXE_portcullis"));
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(script)
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"ftp://nowhere\n").unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Target (postgres:// URL or directory): "), "{text}");
+    assert!(text.contains("--to must be a postgres:// URL or a directory"), "the typed line was read: {text}");
+}
+
+fn which_script() -> Result<&'static str, ()> {
+    ["/usr/bin/script", "/bin/script"].into_iter().find(|p| std::path::Path::new(p).exists()).ok_or(())
+}
