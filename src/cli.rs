@@ -676,7 +676,7 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         if settings.data_dir.join(crate::factors::key::KEY_FILE).exists() {
             bail!(
                 "{} holds a factor key but no store: set database_url (or PORTCULLIS_DATABASE_URL) as the servers have it",
-                settings.data_dir.display()
+                printable(&absolute(&settings.data_dir).display().to_string())
             );
         }
         // Only `user add` makes a store, and says where: any other command there could only
