@@ -629,8 +629,8 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
 ///
 /// A request that writes nothing ([`Request::writes`]) opens no auth log. On sled, every
 /// request but `user add` needs a store already there, so a command run in the wrong place
-/// leaves no directory behind and says so; `user add` makes one and says where (README,
-/// "where CLI events go with database_url").
+/// leaves no directory behind and says so; `user add` makes one and says where, or takes it
+/// away again when it refuses the user (README, "where CLI events go with database_url").
 async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
     let open = |settings| async move {
         if request.writes() {
