@@ -111,8 +111,8 @@ pub enum StoreCommand {
     #[command(after_help = STORE_COPY_EXAMPLE)]
     Copy {
         /// Where to: a postgres:// URL (its schema is created) or a directory for a sled
-        /// store; it must hold no records. `-` reads it from standard input (keeps a
-        /// password out of the process list)
+        /// store; it must hold no records. `-` reads it from standard input, or asks for it
+        /// without echo on a terminal (keeps a password out of the process list)
         #[arg(long, value_name = "TARGET")]
         to: String,
     },
