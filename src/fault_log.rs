@@ -46,6 +46,9 @@ pub struct Owed {
     pub severity: Severity,
     pub suppressed: u64,
     pub since: Duration,
+    /// The last of the faults left out, so the line that counts them says why (empty when
+    /// none was noted).
+    pub error: String,
 }
 
 /// The end of an outage: how long it lasted (first unavailable fault to recovery) and how
@@ -63,6 +66,8 @@ struct Kind {
     severity: Severity,
     last_line: Instant,
     suppressed: u64,
+    /// The error of the last fault left out ([`Limiter::note_error`]).
+    last_error: String,
 }
 
 #[derive(Debug)]
@@ -96,7 +101,7 @@ impl Limiter {
             outage.last_fault = outage.last_fault.max(now);
         }
         let Some(kind) = self.kinds.iter_mut().find(|k| k.what == what) else {
-            self.kinds.push(Kind { what, severity, last_line: now, suppressed: 0 });
+            self.kinds.push(Kind { what, severity, last_line: now, suppressed: 0, last_error: String::new() });
             return Verdict::Log { suppressed: 0, since: Duration::ZERO };
         };
         let since = now.saturating_duration_since(kind.last_line);
@@ -118,12 +123,23 @@ impl Limiter {
         for kind in &mut self.kinds {
             let since = now.saturating_duration_since(kind.last_line);
             if kind.suppressed > 0 && since >= interval {
-                owed.push(Owed { kind: kind.what, severity: kind.severity, suppressed: kind.suppressed, since });
+                let error = std::mem::take(&mut kind.last_error);
+                owed.push(Owed { kind: kind.what, severity: kind.severity, suppressed: kind.suppressed, since, error });
                 kind.suppressed = 0;
                 kind.last_line = now;
             }
         }
         owed
+    }
+
+    /// Keeps `error` as the last of kind `what`'s faults left out, for the line that will count
+    /// them ([`Owed::error`]).
+    pub fn note_error(&mut self, what: &'static str, error: &dyn std::fmt::Display) {
+        if let Some(kind) = self.kinds.iter_mut().find(|k| k.what == what) {
+            use std::fmt::Write as _;
+            kind.last_error.clear();
+            let _ = write!(kind.last_error, "{error}");
+        }
     }
 
     /// Whether an outage is going on (an unavailable fault since the last recovery).
@@ -150,6 +166,7 @@ impl Limiter {
                 severity: k.severity,
                 suppressed: k.suppressed,
                 since: now.saturating_duration_since(k.last_line),
+                error: k.last_error,
             })
             .collect();
         Some(Recovery { lasted: now.saturating_duration_since(outage.since), faults: outage.faults, owed })
@@ -168,7 +185,12 @@ fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
 /// `unavailable` is the error's `is_unavailable()`: the store or shared state did not answer
 /// (the request got 503), as opposed to a fault of the server's own (500).
 pub fn report(what: &'static str, severity: Severity, unavailable: bool, error: &dyn std::fmt::Display) {
-    let verdict = limiter().fault(what, severity, unavailable, Instant::now());
+    let mut limiter = limiter();
+    let verdict = limiter.fault(what, severity, unavailable, Instant::now());
+    if verdict == Verdict::Suppress {
+        limiter.note_error(what, error);
+    }
+    drop(limiter);
     match verdict {
         Verdict::Suppress => {}
         Verdict::Log { suppressed: 0, .. } => match severity {
@@ -190,11 +212,18 @@ pub fn report(what: &'static str, severity: Severity, unavailable: bool, error: 
 }
 
 fn write_owed(owed: &Owed) {
-    let Owed { kind, severity, suppressed, since } = owed;
+    let Owed { kind, severity, suppressed, since, error } = owed;
     let secs = since.as_secs();
+    // The last one's error, so a line that only counts still says why; named apart from a
+    // written fault's `error`, since this line is none.
+    let last_error = (!error.is_empty()).then_some(error.as_str());
     match severity {
-        Severity::Error => tracing::error!(suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)"),
-        Severity::Warn => tracing::warn!(suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)"),
+        Severity::Error => {
+            tracing::error!(last_error, suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)")
+        }
+        Severity::Warn => {
+            tracing::warn!(last_error, suppressed, "{kind} (and {suppressed} more like it in the last {secs} s)")
+        }
     }
 }
 
@@ -281,7 +310,13 @@ mod tests {
         l.fault("a", Severity::Warn, true, t0 + 2 * S);
         assert_eq!(l.due(t0 + 9 * S), vec![], "not yet");
         let owed = l.due(t0 + 10 * S);
-        assert_eq!(owed, vec![Owed { kind: "a", severity: Severity::Warn, suppressed: 2, since: 10 * S }]);
+        let error = String::new();
+        assert_eq!(owed, vec![Owed { kind: "a", severity: Severity::Warn, suppressed: 2, since: 10 * S, error }]);
+        // A count owed says why, with the last left-out fault's error.
+        assert_eq!(l.fault("a", Severity::Warn, true, t0 + 12 * S), Verdict::Suppress);
+        l.note_error("a", &"connection refused");
+        let owed = l.due(t0 + 25 * S);
+        assert_eq!(owed.iter().map(|o| o.error.as_str()).collect::<Vec<_>>(), ["connection refused"]);
         assert_eq!(l.due(t0 + 30 * S), vec![], "written once");
         // The count's line counts as the kind's line: the next fault waits for its interval.
         assert_eq!(l.fault("a", Severity::Warn, true, t0 + 15 * S), Verdict::Suppress);
@@ -306,7 +341,8 @@ mod tests {
         let r = l.recovered(true, S, last + S).expect("recovered");
         assert_eq!(r.faults, 50);
         assert_eq!(r.lasted, Duration::from_millis(5900));
-        assert_eq!(r.owed, vec![Owed { kind: "a", severity: Severity::Error, suppressed: 49, since: last + S - t0 }]);
+        let (since, error) = (last + S - t0, String::new());
+        assert_eq!(r.owed, vec![Owed { kind: "a", severity: Severity::Error, suppressed: 49, since, error }]);
         assert_eq!(l.recovered(true, S, last + 2 * S), None, "said once");
         // The next outage's first fault is written at once, whatever the interval.
         assert!(matches!(l.fault("a", Severity::Error, true, last + 2 * S), Verdict::Log { suppressed: 0, .. }));

@@ -110,6 +110,10 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
         let bare = ["the brute-force state cannot be used", "db error"].iter().any(|w| error.trim_end().ends_with(w));
         assert!(!bare, "an error without its cause: {line}");
     }
+    // A line that counts faults says why too (the last one's error), not only how many.
+    for line in recovered.iter().filter(|l| l.contains("more like it in the last")) {
+        assert!(line.contains(" error=") || line.contains(" last_error="), "a count without its cause: {line}");
+    }
     let total = recovered.iter().filter(|l| l.contains(" ERROR ") || l.contains(" WARN ")).count();
     assert!(total < 30, "{total} error and warning lines for {} requests: {recovered:#?}", pages + SIGN_INS + 20);
     drop(server);
