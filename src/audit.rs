@@ -746,7 +746,8 @@ fn emit(event: &AuthEvent<'_>) {
         }
         AuthEvent::LoginFailedRepeatedly { first, count, minute } => tracing::warn!(
             target: TARGET, event = "authn_login_fail_repeat", time, username = first.username, ip = first.ip,
-            user_agent = first.user_agent, reason = first.reason.as_str(), count, minute = rfc3339(minute),
+            user_agent = first.user_agent, reason = first.reason.as_str(),
+            known_browser = first.known_browser.then_some(true), count, minute = rfc3339(minute),
             "login attempts refused, counted per address and minute"
         ),
         AuthEvent::SecondFactorPending { username, client } => tracing::info!(
@@ -919,6 +920,15 @@ mod tests {
         // (More records, with the same totals, when the minute turned over during the test.)
         let total = |known: bool| counted.iter().filter(|c| c.0 == known).map(|c| c.1).sum::<u64>();
         assert_eq!((total(true), total(false)), (2, 3), "{counted:?}");
+        // And the line that counts each record's refusals says which they are, as it does.
+        let mut repeats: Vec<(bool, u64)> = lines(logs.path())
+            .iter()
+            .filter(|l| l["event"] == "authn_login_fail_repeat")
+            .map(|l| (l.get("known_browser").and_then(|v| v.as_bool()).unwrap_or(false), l["count"].as_u64().unwrap()))
+            .collect();
+        repeats.sort();
+        let counting: Vec<(bool, u64)> = counted.iter().filter(|c| c.1 > 1).copied().collect();
+        assert_eq!(repeats, counting);
     }
 
     #[tokio::test]

@@ -30,7 +30,8 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
     let mut resp = see_other(rd.as_deref().unwrap_or("/login"));
     let current = match current_session(req, &state).await {
         Ok(s) => s,
-        Err(resp) => return resp,
+        // The session could not even be read: not ended either, and said so.
+        Err(resp) => return not_signed_out(resp.status()),
     };
     if let Some(session) = current {
         if !state.csrf.check_session(&session.token_hash, &form.csrf) {
@@ -42,11 +43,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
             let unavailable = e.is_unavailable();
             let chain = crate::text::error_chain(&e);
             crate::fault_log::report("could not end a session", crate::fault_log::Severity::Error, unavailable, &chain);
-            return crate::routes::error_page_saying(
-                crate::routes::fault_status(unavailable),
-                "Not signed out",
-                "The server could not sign you out just now, so this browser is still signed in. Please try again in a moment.",
-            );
+            return not_signed_out(crate::routes::fault_status(unavailable));
         }
         let client = client::client(req, &state.settings.trusted_proxies);
         state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });
@@ -55,4 +52,15 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// The answer to a sign-out the store could not make (`status`: 503, or 500 for a fault of the
+/// server's own): the browser is told it is still signed in, and keeps its cookie so that the
+/// next try can end the session (on a shared computer a generic "busy" read as done).
+fn not_signed_out(status: StatusCode) -> Response {
+    crate::routes::error_page_saying(
+        status,
+        "Not signed out",
+        "The server could not sign you out just now, so this browser is still signed in. Please try again in a moment.",
+    )
 }

@@ -48,6 +48,12 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     // Forms fetched while the database answers, posted while it does not.
     let page = client.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
     let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
+    // A browser signed in before, to sign out while the database is down.
+    let admin = server.browser();
+    let password = crate::store_copy::first_admin_password(&server).await;
+    assert_eq!(child::login(&server, &admin, "admin", &password).await.0, 303);
+    let home = admin.get(server.url("/")).send().await.unwrap().text().await.unwrap();
+    let home_csrf = crate::helpers::hidden_field(&home, "csrf").unwrap();
 
     tokio::task::block_in_place(|| cluster.stop_server());
     let stopped = Instant::now();
@@ -74,6 +80,11 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     for _ in 0..20 {
         assert_eq!(client.get(server.url("/readyz")).send().await.unwrap().status(), 503);
     }
+    // A sign-out that could not be made says the browser is still signed in, not "busy".
+    let out = admin.post(server.url("/logout")).form(&[("csrf", home_csrf.as_str())]).send().await.unwrap();
+    assert_eq!(out.status(), 503);
+    assert!(out.headers().get("set-cookie").is_none(), "the cookie is kept for the next try");
+    assert!(out.text().await.unwrap().contains("still signed in"));
 
     tokio::task::block_in_place(|| cluster.start_server()).expect("the database starts again");
     let recovered = loop {

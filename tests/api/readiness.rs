@@ -144,6 +144,10 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
     assert_eq!(out.status(), StatusCode::SERVICE_UNAVAILABLE, "no sign-out that was not written");
     assert!(out.headers().get("set-cookie").is_none(), "the cookie is kept for the next try");
     assert!(out.text().await.unwrap().contains("still signed in"), "and the page says so, not only \"busy\"");
+    let others =
+        signed_in.post(server.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(others.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(others.text().await.unwrap().contains("still signed in"), "sign out everywhere else alike");
     for args in [&["user", "list"][..], &["audit"]] {
         let mut cmd = child::command(dir.path());
         cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(args);

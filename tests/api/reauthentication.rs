@@ -304,6 +304,7 @@ async fn the_account_forms_draw_pictures_on_the_addresss_drawing_quota() {
         let resp = post(&app, &gus, "/account/confirm", &[("csrf", &csrf), ("current", GOOD_PASSWORD)]).await;
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             assert!(resp.headers().contains_key("retry-after"));
+            assert!(resp.text().await.unwrap().contains("Too many new pictures"), "not a generic page");
             break;
         }
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);

@@ -169,7 +169,10 @@ pub(super) async fn new_captcha(req: &Request, state: &AppState, session: &Activ
     match drawn {
         Ok(Ok(())) => {}
         Ok(Err(wait)) => {
-            return Err(with_retry_after(error_page(StatusCode::TOO_MANY_REQUESTS), wait.retry_after_secs()))
+            let wait = wait.retry_after_secs();
+            let message = format!("Too many new pictures were asked for from your address. Please wait {wait} s.");
+            let page = crate::routes::error_page_saying(StatusCode::TOO_MANY_REQUESTS, "Too many pictures", &message);
+            return Err(with_retry_after(page, wait));
         }
         Err(e) => return Err(crate::routes::unavailable("cannot count captcha pictures", &e)),
     }
