@@ -686,10 +686,9 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
             return Err(no_store(settings));
         }
     }
-    // The directories a refused `user add` made, to be taken away again: a weak password
-    // typed in the wrong directory must not leave a store there that later commands find.
-    let data_made = made_here && !settings.data_dir.exists();
-    let logs_made = data_made && !settings.log_dir.exists();
+    // What a refused `user add` makes, to be taken away again: a weak password typed in the
+    // wrong directory must not leave a store there that later commands find.
+    let made = made_here.then(|| Made::before(&[&settings.data_dir, &settings.log_dir]));
     let services = match open(settings).await {
         Ok(s) => s,
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
@@ -703,13 +702,9 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
     // Closed before its directory may go.
     drop(services);
-    if made_here {
+    if let Some(made) = made {
         let refused = !matches!(response, Response::Done { .. });
-        let removed = refused
-            && data_made
-            && std::fs::remove_dir_all(&settings.data_dir).is_ok()
-            && (!logs_made || std::fs::remove_dir_all(&settings.log_dir).is_ok());
-        if !removed {
+        if !(refused && made.undo()) {
             eprintln!(
                 "made a new store in {} (with PostgreSQL, set database_url as the servers have it)",
                 printable(&absolute(&settings.data_dir).display().to_string())
@@ -717,6 +712,61 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         }
     }
     Ok(response)
+}
+
+/// The directories opening a new store makes, noted before it is opened: those missing (from
+/// the topmost missing ancestor down) and those there but empty, with their permissions.
+struct Made {
+    missing: Vec<PathBuf>,
+    empty: Vec<(PathBuf, std::fs::Permissions)>,
+}
+
+impl Made {
+    fn before(dirs: &[&Path]) -> Made {
+        let mut made = Made { missing: Vec::new(), empty: Vec::new() };
+        for dir in dirs.iter().map(|d| absolute(d)) {
+            if !dir.exists() {
+                let mut top = dir.clone();
+                while let Some(parent) = top.parent().filter(|p| !p.exists()) {
+                    top = parent.to_path_buf();
+                }
+                made.missing.push(top);
+            } else if let (Ok(mut entries), Ok(meta)) = (std::fs::read_dir(&dir), std::fs::metadata(&dir)) {
+                if entries.next().is_none() {
+                    made.empty.push((dir, meta.permissions()));
+                }
+            }
+        }
+        made
+    }
+
+    /// Takes away what was made: the missing directories, the contents of the empty ones (and
+    /// their permissions back). `false` when something could not be, or when no directory was
+    /// made here, so the store stays and is announced.
+    fn undo(&self) -> bool {
+        let gone = |r: std::io::Result<()>| r.is_ok() || r.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let mut all = !(self.missing.is_empty() && self.empty.is_empty());
+        for dir in &self.missing {
+            all &= gone(std::fs::remove_dir_all(dir));
+        }
+        for (dir, permissions) in &self.empty {
+            let entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+                Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(_) => {
+                    all = false;
+                    continue;
+                }
+            };
+            for entry in entries {
+                // The entry itself, never what a link in it points to.
+                let is_dir = entry.symlink_metadata().is_ok_and(|m| m.is_dir());
+                let removed = if is_dir { std::fs::remove_dir_all(&entry) } else { std::fs::remove_file(&entry) };
+                all &= gone(removed);
+            }
+            all &= std::fs::set_permissions(dir, permissions.clone()).is_ok();
+        }
+        all
+    }
 }
 
 /// The refusal of a command that needs a store where `data_dir` holds none (and no

@@ -722,6 +722,22 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
             .assert_one_line_failure("an invisible character in a new name");
         assert!(!data.exists() && !d.join("logs").exists(), "{name:?}: a refused user add made a store");
     }
+    // Nor in a data_dir that is there but empty (left empty, its mode as it was), nor below
+    // directories it had to make.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cli_with_password(d, &["user", "add", "alice", "--password-stdin"], "short")
+        .await
+        .assert_one_line_failure("a weak password");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "the empty data_dir is empty again");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o755);
+    std::fs::remove_dir(&data).unwrap();
+    let mut nested = child::command(d);
+    nested.env("PORTCULLIS_DATA_DIR", "x/y/data").env("PORTCULLIS_LOG_DIR", "l/m/logs");
+    nested.args(["user", "add", "alice", "--password-stdin"]);
+    child::run_cli(nested, Some("short\n")).await.assert_one_line_failure("a weak password, nested");
+    assert!(!d.join("x").exists() && !d.join("l").exists(), "the directories it made above the store");
     let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await;
     run.assert_ok("add");
     assert_eq!(run.stdout.trim(), "user alice added");
