@@ -647,8 +647,15 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
                 settings.log_dir.display()
             );
         }
+        // A refused change logs nothing: the log directory it made is taken away with it.
+        let logs = request.writes().then(|| Made::before(&[&settings.log_dir]));
         let services = open(settings).await?;
-        return Ok(admin_socket::execute(&services.users, &services.audit, request, "cli").await);
+        let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
+        drop(services);
+        if let Some(logs) = logs.filter(|_| !matches!(response, Response::Done { .. })) {
+            logs.undo_if_nothing_written();
+        }
+        return Ok(response);
     }
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
@@ -689,6 +696,7 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     // What a refused `user add` makes, to be taken away again: a weak password typed in the
     // wrong directory must not leave a store there that later commands find.
     let made = made_here.then(|| Made::before(&[&settings.data_dir, &settings.log_dir]));
+    let logs = (!made_here && request.writes()).then(|| Made::before(&[&settings.log_dir]));
     let services = match open(settings).await {
         Ok(s) => s,
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => bail!(
@@ -702,8 +710,11 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
     // Closed before its directory may go.
     drop(services);
+    let refused = !matches!(response, Response::Done { .. });
+    if let Some(logs) = logs.filter(|_| refused) {
+        logs.undo_if_nothing_written();
+    }
     if let Some(made) = made {
-        let refused = !matches!(response, Response::Done { .. });
         if !(refused && made.undo()) {
             eprintln!(
                 "made a new store in {} (with PostgreSQL, set database_url as the servers have it)",
@@ -738,6 +749,24 @@ impl Made {
             }
         }
         made
+    }
+
+    /// [`Made::undo`] when every file made is empty: a refused command's log directory, which
+    /// holds an event only if something happened before the refusal (then it stays).
+    fn undo_if_nothing_written(&self) -> bool {
+        fn written(path: &Path) -> bool {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(path)
+                    .map_or(true, |entries| entries.filter_map(Result::ok).any(|e| written(&e.path()))),
+                Ok(m) => m.len() > 0,
+                Err(_) => false,
+            }
+        }
+        let dirs = self.missing.iter().chain(self.empty.iter().map(|(d, _)| d));
+        if dirs.clone().any(|d| written(d)) {
+            return false;
+        }
+        self.undo()
     }
 
     /// Takes away what was made: the missing directories, the contents of the empty ones (and

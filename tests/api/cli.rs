@@ -741,6 +741,12 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
     let run = cli_with_password(d, &["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD).await;
     run.assert_ok("add");
     assert_eq!(run.stdout.trim(), "user alice added");
+    // A refused change on the stopped server's store makes no log directory either: it has
+    // nothing to log.
+    let mut refused = child::command(d);
+    refused.env("PORTCULLIS_LOG_DIR", "other-logs").args(["user", "unlock", "nobody"]);
+    child::run_cli(refused, None).await.assert_one_line_failure("unlock an unknown user");
+    assert!(!d.join("other-logs").exists(), "a refused change made a log directory");
     assert_eq!(
         run.stderr.trim(),
         format!("made a new store in {} (with PostgreSQL, set database_url as the servers have it)", data.display())

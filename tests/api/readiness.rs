@@ -154,11 +154,13 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
         let run = child::run_cli(cmd, None).await;
         run.assert_ok(&format!("{args:?} on a database that takes no writes"));
     }
-    let mut cmd = child::command(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = child::command(elsewhere.path());
     cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).args(["user", "disable", "alice"]);
     let run = child::run_cli(cmd, None).await;
     let err = run.assert_one_line_failure("a change on a database that takes no writes");
     assert!(err.contains("read-only transaction"), "the database's own reason: {err}");
+    assert!(!elsewhere.path().join("logs").exists(), "a refused change left a log directory");
 
     // Writable again: ready again, and signing in, with no restart (the connections that
     // began read-only were not kept).
