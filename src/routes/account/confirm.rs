@@ -161,14 +161,9 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     match check_current(req, &state, &session, &form.current, &form.captcha).await {
         Ok(PasswordCheck::Right) => {}
         Ok(PasswordCheck::Wrong { captcha_next }) => {
-            // A picture at once when the next check wants one, not after another refusal.
-            let image = if captcha_next {
-                match super::password::new_captcha(req, &state, &session).await {
-                    Ok(image) => Some(image),
-                    Err(resp) => return resp,
-                }
-            } else {
-                None
+            let image = match super::password::captcha_if(captcha_next, req, &state, &session).await {
+                Ok(image) => image,
+                Err(resp) => return resp,
             };
             return page(&state, &session, then, StatusCode::UNAUTHORIZED, Some("That is not your password."), image);
         }

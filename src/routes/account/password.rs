@@ -77,14 +77,9 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(PasswordCheck::Right) => {}
         Ok(PasswordCheck::Wrong { captcha_next }) => {
             let message = "Your current password is not right.";
-            // A picture at once when the next check wants one, not after another refusal.
-            let image = if captcha_next {
-                match new_captcha(req, &state, &session).await {
-                    Ok(image) => Some(image),
-                    Err(resp) => return resp,
-                }
-            } else {
-                None
+            let image = match captcha_if(captcha_next, req, &state, &session).await {
+                Ok(image) => image,
+                Err(resp) => return resp,
             };
             return super::render(&state, &session, StatusCode::UNAUTHORIZED, Some(message), image).await;
         }
@@ -153,6 +148,23 @@ pub(super) async fn check_current(
     let answer = CaptchaAnswer { key: &key, answer: captcha };
     let checked = state.sign_in.check_password(&client, &session.user, Password::new(current), answer).await;
     checked.map_err(|e| crate::routes::not_judged("password check not judged", &e))
+}
+
+/// [`new_captcha`] when `wanted` (a wrong password whose next check wants a captcha, so the
+/// picture comes at once rather than after another refusal), else none.
+///
+/// # Errors
+/// As [`new_captcha`].
+pub(super) async fn captcha_if(
+    wanted: bool,
+    req: &Request,
+    state: &AppState,
+    session: &ActiveSession,
+) -> Result<Option<String>, Response> {
+    if !wanted {
+        return Ok(None);
+    }
+    new_captcha(req, state, session).await.map(Some)
 }
 
 /// A new captcha challenge for `session`'s account forms (replacing its open one), as a
