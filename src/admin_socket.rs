@@ -201,16 +201,51 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
     }
 }
 
+/// The admin socket being served. Dropping it stops the accepting task and removes the socket
+/// file, so a start that fails after opening it leaves no socket behind for the next command
+/// to try; [`Listening::stop`] does the same and waits until the task has let go of the store.
+pub struct Listening {
+    path: PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Listening {
+    /// Stops accepting, waits for the accepting task to end (it holds the store), and removes
+    /// the socket file.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        // Drop removes the file.
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Binds the socket (replacing a stale one: holding the store lock proves no other server
-/// uses this directory) and serves it until the task is aborted.
-pub fn serve(data_dir: &Path, users: UserAdmin, audit: Audit) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// uses this directory) and serves it until the returned [`Listening`] is stopped or dropped.
+///
+/// # Errors
+/// When the socket cannot be bound or its mode set (the directory is not writable, the path is
+/// longer than a Unix socket address allows).
+pub fn serve(data_dir: &Path, users: UserAdmin, audit: Audit) -> std::io::Result<Listening> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    // From here on the file is removed again if anything fails.
+    let mut listening = Listening { path: path.clone(), task: None };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let me = unsafe_uid();
-    Ok(tokio::spawn(async move {
+    listening.task = Some(tokio::spawn(async move {
         let mut backoff = crate::serve::Backoff::new("admin socket");
         loop {
             let (stream, _) = backoff.accept(|| listener.accept()).await;
@@ -223,7 +258,8 @@ pub fn serve(data_dir: &Path, users: UserAdmin, audit: Audit) -> std::io::Result
                 let _ = tokio::time::timeout(Duration::from_secs(60), handle(stream, &users, &audit)).await;
             });
         }
-    }))
+    }));
+    Ok(listening)
 }
 
 fn unsafe_uid() -> u32 {
@@ -471,5 +507,25 @@ mod tests {
         assert_eq!(records_of(answer).0, 0, "no second request");
         task.abort();
         assert_eq!(asked.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_socket_file_goes_when_its_server_stops_or_its_start_fails_after_opening_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = crate::app::services_with_alice(dir.path(), "quartz lantern velvet 8127 orbit").await;
+        let data_dir = dir.path().join("data");
+        let path = socket_path(&data_dir);
+
+        // A start that fails later drops what it opened.
+        let listening = serve(&data_dir, services.users.clone(), services.audit.clone()).unwrap();
+        assert!(path.exists());
+        drop(listening);
+        assert!(!path.exists(), "a failed start left {}", path.display());
+        assert!(call(&data_dir, &Request::UserList).await.unwrap().is_none(), "no server answers");
+
+        let listening = serve(&data_dir, services.users.clone(), services.audit.clone()).unwrap();
+        assert!(matches!(call(&data_dir, &Request::UserList).await.unwrap(), Some(Response::Users { .. })));
+        listening.stop().await;
+        assert!(!path.exists(), "a stopped server left {}", path.display());
     }
 }

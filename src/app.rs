@@ -145,6 +145,8 @@ pub struct Application {
     metrics: Option<tls::Listener>,
     state: Arc<AppState>,
     background: Vec<JoinHandle<()>>,
+    /// Removes its socket file when dropped, also when a later step of the start fails.
+    admin_socket: Option<admin_socket::Listening>,
     /// Whether a development certificate was generated at this start.
     pub generated_certificate: bool,
     /// The first administrator's password, when this start created them. Shown once.
@@ -303,12 +305,13 @@ impl Application {
         }
         background.push(tls::spawn_reloader(settings.cert_dir.clone(), resolver, settings.cert_check_interval));
         // With PostgreSQL the CLI works on the database itself, from any host: no socket.
-        if settings.database_url.is_none() {
-            background.push(
+        let admin_socket = match settings.database_url {
+            None => Some(
                 admin_socket::serve(&settings.data_dir, users.clone(), services.audit.clone())
                     .context("cannot open the admin socket")?,
-            );
-        }
+            ),
+            Some(_) => None,
+        };
         let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{}", https.local_addr()));
         let origin = url::Url::parse(&origin).with_context(|| format!("public_url {origin} is not a URL"))?;
         let rp_id = crate::passkeys::rp_id(
@@ -389,6 +392,7 @@ impl Application {
             metrics: metrics_listener,
             state,
             background,
+            admin_socket,
             generated_certificate,
             initial_admin_password,
         })
@@ -487,7 +491,9 @@ impl Application {
         for task in self.background {
             let _ = task.await;
         }
-        let _ = std::fs::remove_file(admin_socket::socket_path(&self.state.settings.data_dir));
+        if let Some(socket) = self.admin_socket {
+            socket.stop().await;
+        }
         if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {
             tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
         }
