@@ -19,9 +19,10 @@ pub mod url;
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The database answered with an error, or the connection failed. The message comes from
-    /// the driver and never holds the password (tokio-postgres redacts it).
-    #[error("database error: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    /// the driver and never holds the password (tokio-postgres redacts it); see [`describe`]
+    /// for what it says.
+    #[error("database error: {}", describe(.0))]
+    Db(tokio_postgres::Error),
     /// No connection could be had from the pool in time (the database is down or slow).
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -46,6 +47,34 @@ pub enum PgError {
     /// The database holds a schema newer than this build knows: refuse rather than guess.
     #[error("the database schema is version {found}, newer than this portcullis knows ({known}); upgrade portcullis")]
     SchemaTooNew { found: i32, known: i32 },
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(e)
+    }
+}
+
+/// The driver's error in one line, with its causes: the database's own words for an error it
+/// answered (`ERROR: cannot execute UPDATE in a read-only transaction (SQLSTATE 25006)`, where
+/// the driver alone says "db error"), else the driver's words and their causes (`error
+/// connecting to server: Connection refused (os error 111)`). So [`PgError::Db`] has no
+/// `source`: its text is the whole chain, which error chains would otherwise print twice.
+///
+/// The database's DETAIL is left out: for a constraint it quotes the failing row ("Failing row
+/// contains (…)"), which may hold a password hash or a token's hash, and no log gets those.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            if let Some(hint) = db.hint() {
+                text.push_str("; hint: ");
+                text.push_str(hint);
+            }
+            text
+        }
+        None => crate::text::error_chain(e),
+    }
 }
 
 impl PgError {
@@ -114,5 +143,25 @@ impl PgError {
             },
             PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } | PgError::NoStore => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_error_reads_in_one_line_with_its_cause_and_no_source_to_print_again() {
+        // Port 1 on loopback: nothing listens there (it is privileged and unused).
+        let e = tokio_postgres::connect("host=127.0.0.1 port=1 user=x connect_timeout=5", tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        let e = PgError::from(e);
+        let text = crate::text::error_chain(&e);
+        assert!(text.starts_with("database error: error connecting to server: "), "{text}");
+        assert!(text.contains("refused"), "the cause: {text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(std::error::Error::source(&e).is_none(), "the text is the whole chain");
     }
 }

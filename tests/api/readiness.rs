@@ -160,6 +160,10 @@ async fn readyz_is_503_while_the_database_begins_every_transaction_read_only_and
     let run = child::run_cli(cmd, None).await;
     let err = run.assert_one_line_failure("a change on a database that takes no writes");
     assert!(err.contains("read-only transaction"), "the database's own reason: {err}");
+    assert!(
+        err.contains("SQLSTATE 25006") && !err.contains("db error"),
+        "its code, not the driver's bare words: {err}"
+    );
     assert!(!elsewhere.path().join("logs").exists(), "a refused change left a log directory");
 
     // Writable again: ready again, and signing in, with no restart (the connections that
