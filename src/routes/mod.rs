@@ -317,6 +317,7 @@ pub fn see_other(location: &str) -> Response {
 /// The raw bytes (which may hold a password) are wiped after parsing.
 pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> Result<T, Response> {
     if !is_form(req) {
+        drain(body, u64::MAX).await;
         let mut resp = error_page(StatusCode::UNSUPPORTED_MEDIA_TYPE);
         // RFC 9110 §15.5.16: say which content codings would have been accepted.
         resp.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -324,7 +325,8 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     }
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
+    if let Some(declared) = declared.filter(|&n| n > MAX_FORM_BYTES as u64) {
+        drain(body, declared).await;
         return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
     }
     let bytes = match body.into_bytes_limit(MAX_FORM_BYTES).await {
@@ -340,6 +342,26 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     let parsed = serde_urlencoded::from_bytes::<T>(&raw);
     zeroize::Zeroize::zeroize(&mut raw);
     parsed.map_err(|_| error_page(StatusCode::BAD_REQUEST))
+}
+
+/// At most this much of a refused body is read, and thrown away, before the refusal.
+pub const DRAIN_BYTES: u64 = 64 * 1024;
+
+/// Reads and discards a refused body of at most [`DRAIN_BYTES`] (`declared`: its
+/// `Content-Length`, `u64::MAX` when unknown), within `body_read_timeout` like any body.
+///
+/// Over HTTP/2 an answer sent before the request's body ends is followed by RST_STREAM(NO_ERROR)
+/// (RFC 9113 §8.1), which curl 7.88 (Debian 12's, the one the README's commands use) reports
+/// as "Stream error in the HTTP/2 framing layer" instead of showing the 415 or 413; a small
+/// body read first leaves nothing to reset. A body declared larger than that is not worth
+/// reading: it gets its answer and the reset.
+async fn drain(body: poem::Body, declared: u64) {
+    use tokio::io::AsyncReadExt;
+    if declared > DRAIN_BYTES && declared != u64::MAX {
+        return;
+    }
+    let mut rest = body.into_async_read().take(DRAIN_BYTES);
+    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
 }
 
 /// Whether the body is declared as what our forms send (HTML §4.10.21.7): exactly one

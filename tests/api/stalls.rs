@@ -261,6 +261,40 @@ async fn an_oversized_http2_post_gets_its_whole_413_then_a_reset_without_error()
     assert_eq!(reason, h2::Reason::NO_ERROR);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_refused_http2_body_is_read_before_its_415_or_413_so_the_answer_ends_the_stream() {
+    // curl 7.88 (Debian 12's) drops an answer followed by RST_STREAM(NO_ERROR) and says
+    // "Stream error in the HTTP/2 framing layer": the README's own curl commands hit it.
+    let app = app_with_deadlines(|_| {}).await;
+    let mut send = h2_client(&app.settings.cert_dir, app.addr, "127.0.0.1".parse().unwrap()).await;
+    let authority = app.addr.to_string();
+    for (content_type, length, status) in
+        [("application/json", 3, 415), ("text/plain", 40_000, 415), ("application/x-www-form-urlencoded", 20_000, 413)]
+    {
+        let mut request = post_login(&authority, length);
+        request.headers_mut().insert("content-type", content_type.parse().unwrap());
+        let (mut response, mut body) = send.send_request(request, false).unwrap();
+        // No answer while the (small) body is still owed: an answer now would come with a reset.
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut response).await;
+        assert!(early.is_err(), "{content_type} {length}: answered before its body arrived");
+        body.reserve_capacity(length);
+        let mut left = length;
+        while left > 0 {
+            let n = left.min(8 * 1024);
+            body.send_data(Bytes::from(vec![b'a'; n]), n == left).unwrap();
+            left -= n;
+        }
+        let response = tokio::time::timeout(PATIENCE, response).await.expect("no answer").unwrap();
+        assert_eq!(response.status(), status, "{content_type} {length}");
+        let mut recv = response.into_body();
+        while let Some(chunk) = recv.data().await {
+            chunk.expect("the page arrives whole");
+        }
+        let reset = tokio::time::timeout(Duration::from_millis(300), std::future::poll_fn(|cx| body.poll_reset(cx)));
+        assert!(reset.await.is_err(), "{content_type} {length}: the stream was reset after its answer");
+    }
+}
+
 /// Opens `conns` HTTP/2 connections from one address, each trying `streams` POSTs whose
 /// declared 16 KiB body stops 384 bytes short; each task returns its streams' bodies (which
 /// must stay alive, or the client resets the streams). Streams past the server's cap wait in
