@@ -454,9 +454,9 @@ impl Application {
         );
         let http = async {
             if let Some(listener) = self.http {
-                let redirect = redirect_to_https
-                    .data(RedirectTarget(origin))
-                    .around(|ep, req| async move { Ok(routes::security_headers(ep.as_ref(), req).await) });
+                let redirect = redirect_to_https.data(RedirectTarget(origin)).around(|ep, req| async move {
+                    Ok(routes::security_headers(ep.as_ref(), req, &routes::Policies::default()).await)
+                });
                 let options = serve::Options {
                     name: "http",
                     idle_timeout: REDIRECT_IDLE_TIMEOUT,

@@ -140,6 +140,26 @@ impl Gate {
         }
     }
 
+    /// The CSP source expressions, space-separated, of every origin [`Gate::safe_rd`] can
+    /// send a browser to (any port): with `cookie_domain` `d`, `https://d:* https://*.d:*`;
+    /// without it, `https://{public_url's host}:*` (none when that host is an address, which
+    /// `safe_rd` never sends to). They go into `form-action`: the answer to a sign-in,
+    /// second-step or sign-out form may redirect to `rd`, and Chromium checks every redirect
+    /// of a form's navigation against `form-action` (CSP Level 3, §6.4.1), so with `'self'`
+    /// alone it stopped the browser on the login host.
+    pub fn form_action_sources(&self) -> Option<String> {
+        match &self.domain {
+            Some(d) => Some(format!("https://{d}:* https://*.{d}:*", d = d.as_str())),
+            None => {
+                let host = &self.own_host;
+                let name = !host.is_empty()
+                    && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                    && host.parse::<std::net::Ipv4Addr>().is_err();
+                name.then(|| format!("https://{host}:*"))
+            }
+        }
+    }
+
     /// `{public_url}/login?rd={url, percent-encoded}`: where a visitor who must sign in goes.
     pub fn login_location(&self, url: &str) -> String {
         format!("{}/login?rd={}", self.origin, utf8_percent_encode(url, RD_VALUE))
@@ -464,6 +484,20 @@ mod tests {
         let mut s = Settings { public_url: Some("https://login.example.com".into()), ..Settings::default() };
         s.cookie_domain = domain.map(|d| CookieDomain::parse(d).unwrap());
         Gate::new(&s)
+    }
+
+    #[test]
+    fn form_action_admits_exactly_the_origins_rd_may_name() {
+        assert_eq!(
+            gate(Some("example.com")).form_action_sources().as_deref(),
+            Some("https://example.com:* https://*.example.com:*")
+        );
+        assert_eq!(gate(None).form_action_sources().as_deref(), Some("https://login.example.com:*"));
+        // An address: `rd` is never sent there, so nothing is added to `'self'`.
+        for public_url in ["https://127.0.0.1:8443", "https://[::1]:8443"] {
+            let s = Settings { public_url: Some(public_url.into()), ..Settings::default() };
+            assert_eq!(Gate::new(&s).form_action_sources(), None, "{public_url}");
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub const MAX_FORM_BYTES: usize = 16 * 1024;
 pub fn router(state: Arc<AppState>) -> impl Endpoint {
     let metrics = state.metrics.clone();
     let scope = crate::cookies::Scope::new(state.settings.cookie_domain.as_ref().map(|d| d.as_str().to_string()));
+    let policies = Policies::new(&state.settings);
     // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
         .at("/", allowing(GET, get(home::home)))
@@ -76,7 +77,10 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
             let scope = scope.clone();
             async move { crate::cookies::scoped(ep.as_ref(), req, scope).await }
         })
-        .around(|ep, req| async move { Ok(security_headers(ep.as_ref(), req).await) })
+        .around(move |ep, req| {
+            let policies = policies.clone();
+            async move { Ok(security_headers(ep.as_ref(), req, &policies).await) }
+        })
 }
 
 const GET: &str = "GET, HEAD";
@@ -97,7 +101,8 @@ fn allowing(allow: &'static str, route: RouteMethod) -> impl Endpoint<Output = R
     })
 }
 
-/// The Content-Security-Policy: nothing but our own stylesheet and images, no scripts at all.
+/// The Content-Security-Policy: nothing but our own stylesheet and images (the captcha and
+/// the TOTP QR code are `data:` images), no scripts at all, forms posted to this origin only.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
 frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
@@ -106,6 +111,42 @@ frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 /// script fetches the ceremony's options from this origin, hence `connect-src 'self'`.
 pub const PASSKEY_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
 img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+/// The two Content-Security-Policy values this server sends ([`CSP`], [`PASSKEY_CSP`]), with
+/// `form-action` also admitting the origins `rd` may name ([`Gate::form_action_sources`]):
+/// forms are still posted here, but their answer may redirect to a gated application.
+///
+/// [`Gate::form_action_sources`]: crate::forward_auth::Gate::form_action_sources
+#[derive(Clone)]
+pub struct Policies {
+    plain: HeaderValue,
+    passkey: HeaderValue,
+}
+
+impl Default for Policies {
+    /// Forms go to this origin only: for listeners that serve no page with a form.
+    fn default() -> Self {
+        Policies { plain: HeaderValue::from_static(CSP), passkey: HeaderValue::from_static(PASSKEY_CSP) }
+    }
+}
+
+impl Policies {
+    /// The policies for `settings` (their `cookie_domain` and `public_url`).
+    pub fn new(settings: &crate::config::Settings) -> Self {
+        let Some(sources) = crate::forward_auth::Gate::new(settings).form_action_sources() else {
+            return Policies::default();
+        };
+        let widen = |csp: &str| {
+            let csp = csp.replace("form-action 'self'", &format!("form-action 'self' {sources}"));
+            // Host names, `*`, `:` and `/` only (checked in `config` and by the Gate).
+            HeaderValue::from_str(&csp).ok()
+        };
+        match (widen(CSP), widen(PASSKEY_CSP)) {
+            (Some(plain), Some(passkey)) => Policies { plain, passkey },
+            _ => Policies::default(),
+        }
+    }
+}
 
 /// A response extension set by handlers of pages with a passkey button (see
 /// [`passkeys::with_passkey_script`]); never sent to the client.
@@ -116,7 +157,7 @@ pub struct PasskeyScript;
 /// body errors as `Err`, which would otherwise skip response middleware), and gives error
 /// statuses a page. Only a static file that was found may be cached; everything else,
 /// `/static/` errors included, is `no-store`.
-pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
+pub async fn security_headers<E: Endpoint>(ep: &E, req: Request, policies: &Policies) -> Response {
     let static_path = req.uri().path().starts_with("/static/");
     let head = req.method() == poem::http::Method::HEAD;
     let mut resp = match ep.call(req).await {
@@ -138,7 +179,7 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request) -> Response {
     let scripts = resp.extensions().get::<PasskeyScript>().is_some();
     let h = resp.headers_mut();
     h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if scripts { PASSKEY_CSP } else { CSP }));
+    h.insert(header::CONTENT_SECURITY_POLICY, if scripts { policies.passkey.clone() } else { policies.plain.clone() });
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -282,6 +282,22 @@ async fn an_invalid_rule_or_cookie_domain_stops_the_start_with_one_line() {
 }
 
 #[tokio::test]
+async fn with_a_cookie_domain_forms_may_end_on_its_hosts_and_without_one_on_this_origin_only() {
+    // Chromium holds the 303 to `rd` after a form to `form-action` (tests/api/browser.rs).
+    let app = spawn_app_with(|s| gated(s, "")).await;
+    for path in ["/login", "/login?rd=https%3A%2F%2Fwiki.example.test%2F"] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("form-action 'self' https://example.test:* https://*.example.test:*;"), "{path}: {csp}");
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+    }
+    let plain = crate::helpers::spawn_app().await;
+    let resp = plain.client.get(plain.url("/login")).send().await.unwrap();
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("form-action 'self';"), "an address as public_url: this origin only: {csp}");
+}
+
+#[tokio::test]
 async fn with_a_cookie_domain_every_cookie_but_the_device_cookie_is_secure_prefixed_with_the_domain() {
     let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
     let resp = app.client.get(app.url("/login")).send().await.unwrap();

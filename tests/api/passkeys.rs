@@ -362,7 +362,7 @@ async fn password_then_passkey(
     assert_eq!(resp.headers()["location"], "/login/second-factor", "a user with a passkey owes a second factor");
     let page = browser.get(app.url("/login/second-factor")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert_eq!(csp, portcullis::routes::PASSKEY_CSP, "the second-factor page has a passkey button");
+    assert!(csp.starts_with("default-src 'none'; script-src 'self'; connect-src 'self';"), "a passkey button: {csp}");
     let page = page.text().await.unwrap();
     assert!(page.contains("Use a passkey"), "{page}");
     let csrf = hidden_field(&page, "csrf").unwrap();
