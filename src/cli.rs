@@ -395,6 +395,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     for line in crate::config::ignored_variables() {
         eprintln!("portcullis: warning: {line}");
     }
+    let logs_held =
+        matches!(cli.command, Some(Command::User(_) | Command::Audit(_) | Command::Store(_) | Command::BenchAudit(_)));
+    if logs_held {
+        crate::telemetry::init_cli();
+    }
+    let result = run_command(cli);
+    if logs_held {
+        crate::telemetry::end_cli(result.is_ok());
+    }
+    result
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.config, cli.serve.0),
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
@@ -424,8 +437,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `portcullis config check`: every effective setting as `key = value  # source`, aligned,
-/// which is also valid TOML.
+/// `portcullis config check`: every effective setting as `key = value  # source`, aligned
+/// (an unset one commented out), which is also a settings file that checks the same.
 fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
@@ -436,8 +449,12 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     let width = settings.iter().map(len).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
     for s in &settings {
-        let line = format!("{} = {}", s.key, s.value);
-        text.push_str(&format!("{line:<width$}  # {}\n", s.source));
+        // A setting left unset is shown commented out: `database_url = ""` read back is an
+        // error (README: an empty one is refused), and for the others it would no longer
+        // read as unset, so the output stays a file that checks the same.
+        let unset = s.value == "\"\"" && s.source == "default";
+        let line = format!("{}{} = {}", if unset { "# " } else { "" }, s.key, s.value);
+        text.push_str(&format!("{line:<width$}  # {}{}\n", s.source, if unset { ", unset" } else { "" }));
     }
     print_out(&text)
 }

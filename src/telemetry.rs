@@ -34,6 +34,55 @@ pub fn init_terminal(instance: &str) {
         .try_init();
 }
 
+/// What a command other than `serve` shows on standard error: warnings and errors only (its
+/// result is its own output), unless `RUST_LOG` says otherwise.
+pub const CLI_FILTER: &str = "warn,sled=error,h2=error,deadpool.postgres=error";
+
+/// The lines a command other than `serve` logged, held until it ends ([`end_cli`]).
+static CLI_LINES: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Where [`init_cli`]'s lines go: [`CLI_LINES`].
+struct CliLines;
+
+impl std::io::Write for CliLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A poisoned lock only means another thread panicked while writing a line.
+        CLI_LINES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts the terminal log of a command other than `serve` (`user`, `audit`, `store`): one
+/// line per warning, without the time, escaped like the server's, so what such a command did
+/// on the way (such as taking group access away from the store's files) is said, not lost.
+/// The lines are held until [`end_cli`], so a command that fails still says one line.
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(CLI_FILTER));
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .fmt_fields(escaped_fields())
+        .with_writer(|| CliLines)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Writes the lines [`init_cli`] held to standard error when the command `succeeded`; a
+/// failed command's one line is its error (the CLI's contract), so they are dropped then.
+pub fn end_cli(succeeded: bool) {
+    let lines = std::mem::take(&mut *CLI_LINES.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    if succeeded && !lines.is_empty() {
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(&lines);
+    }
+}
+
 /// An event format that adds this process's `instance_name` to every line another format
 /// writes (SPEC.md, "Several instances, one truth": `instance` in every log line), so lines
 /// gathered from several instances say where each came from. It is added at the end: the

@@ -103,17 +103,21 @@ fn check_host(host: &str) -> Result<(), String> {
 /// `postgres://USER@:5433/DB`, `postgres:///DB`), and whether it had none. The authority
 /// ends at the first `/`, `?` or `#` (RFC 3986 §3.2), and its host starts after the last `@`.
 fn with_stand_in_host(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
-    let Some(scheme_end) = text.find("://") else { return (text.into(), false) };
-    let start = scheme_end + 3;
-    let rest = &text[start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
-    let host_and_port = &rest[host_start..authority_end];
+    let Some((at, host_and_port)) = host_and_port(text) else { return (text.into(), false) };
     if !host_and_port.is_empty() && !host_and_port.starts_with(':') {
         return (text.into(), false);
     }
-    let at = start + host_start;
     (format!("{}stand-in.invalid{}", &text[..at], &text[at..]).into(), true)
+}
+
+/// Where the authority's `host[:port]` part of `text` starts, and that part (after any
+/// `user@`, before the path, query or fragment); `None` without `://`.
+fn host_and_port(text: &str) -> Option<(usize, &str)> {
+    let start = text.find("://")? + 3;
+    let rest = &text[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
+    Some((start + host_start, &rest[host_start..authority_end]))
 }
 
 /// The query's `key=value` pairs, percent-decoded as libpq decodes them (a `+` stays a `+`:
@@ -154,7 +158,12 @@ impl DatabaseUrl {
         // The URL standard's parser refuses an empty host after a user (`USER@/DB`) or before
         // a port (`:5433`); libpq reads it as "no host here" (a `host` parameter, or its
         // default, supplies one). Parsed with a stand-in host, which is then ignored.
-        let (text, no_host) = with_stand_in_host(text.trim());
+        let text = text.trim();
+        // libpq's `host1:port1,host2:port2`: the URL parser would call it a bad port.
+        if host_and_port(text).is_some_and(|(_, h)| h.contains(',')) {
+            return Err("names several hosts: only one host is supported".into());
+        }
+        let (text, no_host) = with_stand_in_host(text);
         let url = url::Url::parse(&text).map_err(|e| format!("not a postgres:// URL ({e})"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err("must start with postgres:// or postgresql://".into());
@@ -450,6 +459,7 @@ mod tests {
             ("postgres://user:hunter2@/db?host=relative/dir", "neither a host name"),
             ("postgres://user:hunter2@/db?host=a,b", "several hosts"),
             ("postgres://user:hunter2@a,b/db", "several hosts"),
+            ("postgres://user:hunter2@127.0.0.1:5432,127.0.0.2:5432/db", "several hosts"),
             ("postgres://user:hunter2@/db?host=/s&port=", "port must be"),
             ("postgres://user:hunter2@/db?host=/s&port=0", "port must be"),
             ("postgres://user:hunter2@/db?host=/s&port=5432,5433", "port must be"),

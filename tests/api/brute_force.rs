@@ -64,6 +64,8 @@ async fn after_n_failures_from_an_address_a_captcha_is_demanded_even_for_the_rig
     }
     let (_, page) = attacker.get("/login").await;
     assert!(shows_captcha(&page), "the address is flagged, so the form shows a challenge");
+    // Passkeys are off on an address (no public_url): neither a button nor the picture's text offers one.
+    assert!(!page.to_lowercase().contains("passkey"), "{page}");
     let resp = attacker.submit(&page, "alice", GOOD_PASSWORD, None).await;
     assert_eq!(resp.status(), 401, "the right password without the captcha is refused");
     assert!(!attacker.has_session());

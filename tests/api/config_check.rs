@@ -60,7 +60,7 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     // Every key in KEYS, once, in order: keys other branches add show up by themselves.
-    let keys: Vec<&str> = out.stdout.lines().map(|l| l.split(" = ").next().unwrap()).collect();
+    let keys: Vec<&str> = out.stdout.lines().map(|l| l.trim_start_matches("# ").split(" = ").next().unwrap()).collect();
     let mut expected: Vec<&str> = portcullis::config::KEYS.iter().map(|k| k.name).collect();
     expected.push("access"); // file only, last
     assert_eq!(keys, expected);
@@ -81,6 +81,19 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
     assert_eq!(printed["min_password_length"].as_integer(), Some(20));
     assert_eq!(printed["access"]["rules"][0]["policy"].as_str(), Some("bypass"), "{}", out.stdout);
+    // Unset ones are commented out: `database_url = ""` read back would be refused.
+    for key in ["public_url", "database_url", "cookie_domain", "webauthn_rp_id"] {
+        let unset = format!("# {key} = \"\"");
+        let l = out.stdout.lines().find(|l| l.starts_with(&unset)).unwrap_or_else(|| panic!("{key}: {}", out.stdout));
+        assert!(l.ends_with("# default, unset"), "{l}");
+    }
+    std::fs::write(dir.path().join("printed.toml"), &out.stdout).unwrap();
+    let again = run(check(dir.path(), &["--config", "printed.toml"], &[])).await;
+    assert_eq!(again.status, 0, "the printed file is refused: {}", again.stderr);
+    for key in ["min_password_length", "trusted_proxies", "session_idle_timeout", "http_addr"] {
+        let value = |text: &str| line(text, key).split("  #").next().unwrap().trim_end().to_string();
+        assert_eq!(value(&again.stdout), value(&out.stdout), "{key} read back");
+    }
 }
 
 #[tokio::test]
