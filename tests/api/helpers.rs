@@ -412,6 +412,8 @@ pub async fn flood_one_worker(
     pool: &portcullis::password::HashPool,
 ) -> Vec<tokio::task::JoinHandle<Result<portcullis::password::Verified, portcullis::password::PoolError>>> {
     use portcullis::password::Lane;
+    // Idle first: a job still running from the start would pass for the first check.
+    until(pool, |p| p.waiting() == 0).await;
     let mut flood = vec![slow_check(pool, Lane::Open)];
     until(pool, |p| p.waiting() == 1 && p.queued(Lane::Open) == 0).await;
     while pool.has_room(Lane::Open) {
