@@ -287,9 +287,7 @@ impl Settings {
             .map(|(key, r)| {
                 // An empty name means the host name: show the name the server will use.
                 let value = match key {
-                    "instance_name" => {
-                        escape_controls(&toml::Value::String(settings.instance_name.clone()).to_string())
-                    }
+                    "instance_name" => one_line_toml(&toml::Value::String(settings.instance_name.clone())),
                     _ => shown_value(key, &r.value),
                 };
                 Effective { key, value, source: r.source.clone() }
@@ -307,7 +305,7 @@ impl Settings {
             t.entry("default_policy").or_insert_with(|| toml::Value::String("deny".into()));
             t.entry("rules").or_insert_with(|| toml::Value::Array(Vec::new()));
         }
-        shown.push(Effective { key: "access", value: escape_controls(&access.to_string()), source });
+        shown.push(Effective { key: "access", value: one_line_toml(&access), source });
         Ok(shown)
     }
 
@@ -585,7 +583,51 @@ fn shown_value(key: &str, value: &toml::Value) -> String {
         toml::Value::String(s) if SECRET_BEARING.contains(&key) => toml::Value::String(crate::postgres::url::redact(s)),
         other => other.clone(),
     };
-    escape_controls(&value.to_string())
+    one_line_toml(&value)
+}
+
+/// `value` as one line of TOML that reads back as the same value, every control, bidi or
+/// invisible character in a string written as a `\u` escape (TOML 1.0, "String"), so a
+/// terminal shows what is there and `config check`'s output read back checks the same (the
+/// `toml` crate writes a string with a line break over several lines).
+fn one_line_toml(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => toml_string(s),
+        toml::Value::Array(items) => format!("[{}]", items.iter().map(one_line_toml).collect::<Vec<_>>().join(", ")),
+        toml::Value::Table(t) if t.is_empty() => "{}".into(),
+        toml::Value::Table(t) => {
+            let bare =
+                |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let fields: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{} = {}", if bare(k) { k.clone() } else { toml_string(k) }, one_line_toml(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        // Numbers, booleans and dates: one line of ASCII already.
+        other => other.to_string(),
+    }
+}
+
+/// A TOML basic string of `s` on one line (see [`one_line_toml`]).
+fn toml_string(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || crate::text::is_hidden(c) => {
+                let n = u32::from(c);
+                // Writing to a String cannot fail.
+                let _ = if n <= 0xFFFF { write!(out, "\\u{n:04X}") } else { write!(out, "\\U{n:08X}") };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// This machine's cores (as many as the process may use).
@@ -829,6 +871,19 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_toml_reads_back_as_the_same_value_and_shows_no_control_character() {
+        let text = "a = \"q\\nr\\t\\\"x\\\\y\\u202Ez\\u0000\"\nb = [\"\\n\", 3, true]\n\
+                    c = { \"odd key\" = { inner = [1.5] }, \"\\n\" = \"v\" }\nd = []\n";
+        let table: toml::Table = text.parse().unwrap();
+        for (key, value) in &table {
+            let line = one_line_toml(value);
+            assert!(!line.chars().any(|c| c.is_control() || crate::text::is_hidden(c)), "{key}: {line}");
+            let back: toml::Table = format!("v = {line}").parse().unwrap_or_else(|e| panic!("{key}: {line}: {e}"));
+            assert_eq!(&back["v"], value, "{key}: {line}");
+        }
+    }
 
     fn flags(pairs: &[(&str, &str)]) -> Overrides {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

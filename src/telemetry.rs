@@ -68,9 +68,29 @@ pub fn init_cli() {
         .fmt_fields(escaped_fields())
         .with_writer(|| CliLines)
         .with_ansi(ansi)
-        .with_target(false)
-        .without_time()
+        .event_format(CliFormat)
         .try_init();
+}
+
+/// A command's line, in the words of its other messages: `portcullis: warning: MESSAGE
+/// field=value …` (`error:` for errors, `note:` below warnings when `RUST_LOG` asks for them).
+struct CliFormat;
+
+impl<S, N> FormatEvent<S, N> for CliFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let kind = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => "note",
+        };
+        write!(writer, "portcullis: {kind}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Writes the lines [`init_cli`] held to standard error when the command `succeeded`; a

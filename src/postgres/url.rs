@@ -75,6 +75,10 @@ impl Endpoint {
     /// address otherwise (PostgreSQL 15 docs §34.1.2, `host`).
     fn parse(value: &str) -> Result<Endpoint, String> {
         if value.starts_with('/') {
+            // libpq splits `host` at commas, socket directories too: `/run/a,/run/b` is two.
+            if value.contains(',') {
+                return Err("names several hosts: only one host is supported".into());
+            }
             return Ok(Endpoint::Socket(PathBuf::from(value)));
         }
         check_host(value)?;
@@ -123,13 +127,18 @@ fn host_and_port(text: &str) -> Option<(usize, &str)> {
 /// The query's `key=value` pairs, percent-decoded as libpq decodes them (a `+` stays a `+`:
 /// it is not a form).
 fn query_params(query: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let decode = |s: &str| percent_decode(s).ok_or_else(|| "holds a %-escape that is not UTF-8".to_string());
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("parameter `{}` has no value (KEY=VALUE)", crate::text::printable(&decode(pair)?)));
         };
-        out.push((decode(key)?, decode(value)?));
+        let key = decode(key)?;
+        // libpq keeps the last of a repeated parameter; a repeat is more likely a mistake.
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(format!("parameter `{}` is given twice", crate::text::printable(&key)));
+        }
+        out.push((key, decode(value)?));
     }
     Ok(out)
 }
@@ -460,6 +469,9 @@ mod tests {
             ("postgres://user:hunter2@/db?host=a,b", "several hosts"),
             ("postgres://user:hunter2@a,b/db", "several hosts"),
             ("postgres://user:hunter2@127.0.0.1:5432,127.0.0.2:5432/db", "several hosts"),
+            ("postgres://user:hunter2@/db?host=/run/a,/run/b", "several hosts"),
+            ("postgres://user:hunter2@/db?host=/run/a&host=/run/b", "given twice"),
+            ("postgres://user:hunter2@db/db?sslmode=require&sslmode=disable", "given twice"),
             ("postgres://user:hunter2@/db?host=/s&port=", "port must be"),
             ("postgres://user:hunter2@/db?host=/s&port=0", "port must be"),
             ("postgres://user:hunter2@/db?host=/s&port=5432,5433", "port must be"),

@@ -370,22 +370,30 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
         drain(body, declared).await;
         return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
     }
-    let bytes = match body.into_bytes_limit(MAX_FORM_BYTES).await {
-        Ok(b) => b,
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE)),
-        // The body stopped short of `body_read_timeout` (see `serve`).
-        Err(poem::error::ReadBodyError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return Err(error_page(StatusCode::REQUEST_TIMEOUT))
+    // One buffer, a byte longer than the limit, never grown (so never copied, and wiped as
+    // it is dropped): the body's bytes may be a password.
+    let mut raw = zeroize::Zeroizing::new(vec![0u8; MAX_FORM_BYTES + 1]);
+    let mut filled = 0;
+    let mut reader = body.into_async_read();
+    while filled < raw.len() {
+        match tokio::io::AsyncReadExt::read(&mut reader, &mut raw[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            // The body stopped short of `body_read_timeout` (see `serve`).
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(error_page(StatusCode::REQUEST_TIMEOUT)),
+            Err(_) => return Err(error_page(StatusCode::BAD_REQUEST)),
         }
-        Err(_) => return Err(error_page(StatusCode::BAD_REQUEST)),
-    };
-    let mut raw = Vec::from(bytes);
-    let parsed = serde_urlencoded::from_bytes::<T>(&raw);
-    zeroize::Zeroize::zeroize(&mut raw);
-    parsed.map_err(|_| error_page(StatusCode::BAD_REQUEST))
+    }
+    if filled > MAX_FORM_BYTES {
+        // Undeclared (no Content-Length) and too long: read on, as for a declared one.
+        drain_reader(reader).await;
+        return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    serde_urlencoded::from_bytes::<T>(&raw[..filled]).map_err(|_| error_page(StatusCode::BAD_REQUEST))
 }
 
-/// At most this much of a refused body is read, and thrown away, before the refusal.
+/// At most this much of a refused body is read, and thrown away, before the refusal (beyond
+/// [`MAX_FORM_BYTES`] for a body too long).
 pub const DRAIN_BYTES: u64 = 64 * 1024;
 
 /// Reads and discards a refused body of at most [`DRAIN_BYTES`] (`declared`: its
@@ -397,12 +405,16 @@ pub const DRAIN_BYTES: u64 = 64 * 1024;
 /// body read first leaves nothing to reset. A body declared larger than that is not worth
 /// reading: it gets its answer and the reset.
 async fn drain(body: poem::Body, declared: u64) {
-    use tokio::io::AsyncReadExt;
     if declared > DRAIN_BYTES && declared != u64::MAX {
         return;
     }
-    let mut rest = body.into_async_read().take(DRAIN_BYTES);
-    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+    drain_reader(body.into_async_read()).await;
+}
+
+/// [`drain`] of a body already being read: at most [`DRAIN_BYTES`] more.
+async fn drain_reader(reader: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::io::copy(&mut reader.take(DRAIN_BYTES), &mut tokio::io::sink()).await;
 }
 
 /// Whether the body is declared as what our forms send (HTML §4.10.21.7): exactly one

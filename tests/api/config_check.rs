@@ -97,6 +97,21 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
 }
 
 #[tokio::test]
+async fn a_value_with_a_line_break_or_a_bidi_control_is_printed_on_one_line_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = "q\nr\u{202e}s\"t\\u";
+    let out = run(check(dir.path(), &["--data-dir", odd], &[])).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let shown = line(&out.stdout, "data_dir");
+    assert!(shown.starts_with(r#"data_dir = "q\u000Ar\u202Es\"t\\u""#), "{shown}");
+    assert!(!out.stdout.contains('\u{202e}'), "{}", out.stdout);
+    std::fs::write(dir.path().join("printed.toml"), &out.stdout).unwrap();
+    let again = run(check(dir.path(), &["--config", "printed.toml"], &[])).await;
+    assert_eq!(again.status, 0, "the printed file is refused: {}", again.stderr);
+    assert!(line(&again.stdout, "data_dir").starts_with(r#"data_dir = "q\u000Ar\u202Es\"t\\u""#), "{}", again.stdout);
+}
+
+#[tokio::test]
 async fn an_unknown_key_in_the_file_is_one_line_naming_it_and_the_file_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("portcullis.toml"), "min_pasword_length = 20\n").unwrap();

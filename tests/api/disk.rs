@@ -289,7 +289,8 @@ async fn existing_loose_directories_and_files_are_made_private_by_the_cli_and_by
     run.assert_ok("user unlock");
     assert_private(d, "after `user unlock`");
     // Said, as README promises, not done silently: one warning per change, escaped paths.
-    let said = run.stderr.lines().filter(|l| l.contains("WARN took group and other access away")).count();
+    let said =
+        run.stderr.lines().filter(|l| l.starts_with("portcullis: warning: took group and other access away")).count();
     assert!(said >= 3, "the CLI's tightening was not said: {}", run.stderr);
     assert!(run.stderr.lines().all(|l| l.contains("took group and other access away")), "{}", run.stderr);
 
