@@ -8,7 +8,7 @@
 // cookie domain), PORTCULLIS_RESOLVE (a host name pattern mapped to 127.0.0.1, such as
 // *.example.test), PORTCULLIS_CHROMIUM (default /usr/bin/chromium). Prints one line per
 // step; exits non-zero at the first failure.
-import { chromium } from 'playwright-core';
+import { check, inChromium, step } from './common.mjs';
 
 const base = process.env.PORTCULLIS_URL;
 const user = process.env.PORTCULLIS_USER;
@@ -21,22 +21,7 @@ if (!base || !user || !password || !rd || !rdOut || !resolve) {
   process.exit(2);
 }
 
-function step(text) {
-  console.log(`step: ${text}`);
-}
-
-function check(condition, message) {
-  if (!condition) { throw new Error(message); }
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.PORTCULLIS_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    `--host-resolver-rules=MAP ${resolve} 127.0.0.1`],
-});
-let failed = false;
-try {
+await inChromium([`--host-resolver-rules=MAP ${resolve} 127.0.0.1`], async (browser) => {
   // The development certificate is self-signed (it names localhost).
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
@@ -69,12 +54,5 @@ try {
   check(new URL(page.url()).pathname === '/login', `signed out: ${page.url()}`);
 
   check(violations.length === 0, `CSP violations: ${violations.join(' | ')}`);
-  step('done');
   await context.close();
-} catch (e) {
-  failed = true;
-  console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -8,8 +8,8 @@
 // PORTCULLIS_CHROMIUM (default /usr/bin/chromium), PORTCULLIS_SCREENSHOTS (a directory; none
 // taken when unset), PORTCULLIS_SECOND_FACTOR=1 to also sign in with password + passkey.
 // Prints one line per step; exits non-zero at the first failure.
-import { chromium } from 'playwright-core';
 import path from 'node:path';
+import { check, inChromium, step } from './common.mjs';
 
 const base = process.env.PORTCULLIS_URL;
 const user = process.env.PORTCULLIS_USER;
@@ -23,14 +23,6 @@ if (!base || !user || !password) {
 
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
-
-function step(text) {
-  console.log(`step: ${text}`);
-}
-
-function check(condition, message) {
-  if (!condition) { throw new Error(message); }
-}
 
 async function shoot(page, name) {
   if (!shots) { return; }
@@ -53,13 +45,7 @@ async function signOut(page) {
   await Promise.all([page.waitForURL(`${base}/login`), page.click('form[action="/logout"] button')]);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.PORTCULLIS_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
-});
-let failed = false;
-try {
+await inChromium([], async (browser) => {
   // The development certificate is self-signed (it names localhost).
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP });
   const page = await context.newPage();
@@ -148,12 +134,5 @@ try {
   check(renewed && renewed.value !== device.value, 'a passkey sign-in renews the device cookie');
 
   check(scriptErrors.length === 0, `script errors: ${scriptErrors.join(' | ')}`);
-  step('done');
   await context.close();
-} catch (e) {
-  failed = true;
-  console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});
