@@ -152,6 +152,24 @@ pub struct Refusal {
     pub captcha_demanded: bool,
 }
 
+impl SignIn {
+    /// Whether `device` (the browser's device cookie) holds a token for `user_key`
+    /// ([`Csrf::is_known_device`]) at `now` (Unix ms).
+    fn is_known_browser(&self, device: Option<&str>, user_key: &str, now: u64) -> bool {
+        device.is_some_and(|d| self.csrf.is_known_device(d, user_key, now / 1000))
+    }
+
+    /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
+    /// under `key` is refused (`captcha_required` with none typed, `bad_captcha` for a wrong
+    /// one; a checked answer is used up either way), or `None` when it was solved.
+    async fn captcha_refusal(&self, key: &str, answer: &str, now: u64) -> Result<Option<FailureReason>, SignInError> {
+        if answer.trim().is_empty() {
+            return Ok(Some(FailureReason::CaptchaRequired));
+        }
+        Ok((!self.captchas.check(key, answer, now).await?).then_some(FailureReason::BadCaptcha))
+    }
+}
+
 /// A captcha answered on a signed-in account form, for [`SignIn::check_password`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CaptchaAnswer<'a> {
@@ -313,7 +331,7 @@ impl SignIn {
         let now = now_ms();
         // A browser that signed in as this username before waits apart from a flood (and its
         // refusals say so in the records).
-        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user_key, now / 1000));
+        let known = self.is_known_browser(device, &user_key, now);
         let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: known };
         let lane = if known { Lane::Known } else { Lane::Open };
 
@@ -344,14 +362,7 @@ impl SignIn {
         let (reservation, captcha_solved) = match reserved {
             Ok(r) => (Some(Held::new(Arc::clone(&self.state), r)), false),
             Err(CaptchaDemanded) => {
-                let refused = if captcha.trim().is_empty() {
-                    Some(FailureReason::CaptchaRequired)
-                } else if !self.captchas.check(prelogin.value(), captcha, now).await? {
-                    Some(FailureReason::BadCaptcha)
-                } else {
-                    None
-                };
-                if let Some(reason) = refused {
+                if let Some(reason) = self.captcha_refusal(prelogin.value(), captcha, now).await? {
                     return judged.refuse(reason, None, false).await;
                 }
                 (None, true)
@@ -478,14 +489,7 @@ impl SignIn {
         let held = match self.state.reserve(address, digest, now_ms()).await? {
             Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
             Err(CaptchaDemanded) => {
-                let refused = if captcha.answer.trim().is_empty() {
-                    Some(FailureReason::CaptchaRequired)
-                } else if !self.captchas.check(captcha.key, captcha.answer, now_ms()).await? {
-                    Some(FailureReason::BadCaptcha)
-                } else {
-                    None
-                };
-                if let Some(reason) = refused {
+                if let Some(reason) = self.captcha_refusal(captcha.key, captcha.answer, now_ms()).await? {
                     judged.record(reason, false).await?;
                     return Ok(PasswordCheck::CaptchaDemanded);
                 }
@@ -594,7 +598,7 @@ impl SignIn {
         let address = client.key();
         let now = now_ms();
         // A browser known to the user spends its known browsers' quota, as at the password step.
-        let known = device.is_some_and(|d| self.csrf.is_known_device(d, &user.key, now / 1000));
+        let known = self.is_known_browser(device, &user.key, now);
         let judged =
             Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: known };
         let refused = |o: Outcome| match o {
