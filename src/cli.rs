@@ -666,13 +666,7 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         }
         // A refused change logs nothing: the log directory it made is taken away with it.
         let logs = request.writes().then(|| Made::before(&[&settings.log_dir]));
-        let services = open(settings).await?;
-        let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
-        drop(services);
-        if let Some(logs) = logs.filter(|_| !matches!(response, Response::Done { .. })) {
-            logs.undo_if_nothing_written();
-        }
-        return Ok(response);
+        return Ok(execute(open(settings).await?, request, logs).await);
     }
     if let Some(response) = admin_socket::call(&settings.data_dir, request).await? {
         return Ok(response);
@@ -723,14 +717,8 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         ),
         Err(e) => return Err(e),
     };
-    // Every store write is durable when it returns: nothing to flush here.
-    let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
-    // Closed before its directory may go.
-    drop(services);
+    let response = execute(services, request, logs).await;
     let refused = !matches!(response, Response::Done { .. });
-    if let Some(logs) = logs.filter(|_| refused) {
-        logs.undo_if_nothing_written();
-    }
     if let Some(made) = made {
         if !(refused && made.undo()) {
             eprintln!(
@@ -740,6 +728,19 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         }
     }
     Ok(response)
+}
+
+/// Runs `request` on `services`, closes them, and takes `logs` (the log directory this
+/// command made) away again when the request was refused and nothing was written there.
+async fn execute(services: Services, request: &Request, logs: Option<Made>) -> Response {
+    // Every store write is durable when it returns: nothing to flush here.
+    let response = admin_socket::execute(&services.users, &services.audit, request, "cli").await;
+    // Closed before its directory may go.
+    drop(services);
+    if let Some(logs) = logs.filter(|_| !matches!(response, Response::Done { .. })) {
+        logs.undo_if_nothing_written();
+    }
+    response
 }
 
 /// The directories opening a new store makes, noted before it is opened: those missing (from
@@ -770,7 +771,7 @@ impl Made {
 
     /// [`Made::undo`] when every file made is empty: a refused command's log directory, which
     /// holds an event only if something happened before the refusal (then it stays).
-    fn undo_if_nothing_written(&self) -> bool {
+    fn undo_if_nothing_written(&self) {
         fn written(path: &Path) -> bool {
             match std::fs::symlink_metadata(path) {
                 Ok(m) if m.is_dir() => std::fs::read_dir(path)
@@ -779,11 +780,10 @@ impl Made {
                 Err(_) => false,
             }
         }
-        let dirs = self.missing.iter().chain(self.empty.iter().map(|(d, _)| d));
-        if dirs.clone().any(|d| written(d)) {
-            return false;
+        let mut dirs = self.missing.iter().chain(self.empty.iter().map(|(d, _)| d));
+        if !dirs.any(|d| written(d)) {
+            self.undo();
         }
-        self.undo()
     }
 
     /// Takes away what was made: the missing directories, the contents of the empty ones (and
