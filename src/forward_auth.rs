@@ -152,9 +152,7 @@ impl Gate {
             Some(d) => Some(format!("https://{d}:* https://*.{d}:*", d = d.as_str())),
             None => {
                 let host = &self.own_host;
-                let name = !host.is_empty()
-                    && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-                    && host.parse::<std::net::Ipv4Addr>().is_err();
+                let name = is_host_name(host) && host.parse::<std::net::Ipv4Addr>().is_err();
                 name.then(|| format!("https://{host}:*"))
             }
         }
@@ -285,13 +283,17 @@ impl Gate {
             return None;
         }
         let Some(url::Host::Domain(host)) = url.host() else { return None };
-        // A host name's characters only (RFC 1123 letters, digits and hyphens, dots, and the
-        // underscores DNS names carry): the WHATWG parser lets `;`, `&`, `*` and the like
-        // through, so `https://evil.com;.example.com/` was "under" example.com. No browser
-        // reaches another site with it, but no such host exists to be sent to either.
-        let host_name = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
-        (host.bytes().all(host_name) && self.covers(host)).then_some(url)
+        // The WHATWG parser lets `;`, `&`, `*` and the like through, so
+        // `https://evil.com;.example.com/` was "under" example.com. No browser reaches another
+        // site with it, but no such host exists to be sent to either.
+        (is_host_name(host) && self.covers(host)).then_some(url)
     }
+}
+
+/// Whether `host` is made of a host name's characters only (RFC 1123 letters, digits and
+/// hyphens, dots, and the underscores DNS names carry), and is not empty.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 /// The path of a URL that [`Gate::checked_url`] accepted, as sent: from the first `/` after
