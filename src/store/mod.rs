@@ -269,12 +269,8 @@ pub struct FailureRecord {
     /// stranger guessing. Set by sign-ins (the password, the second step, a passkey naming a
     /// user); false (and not written) for a signed-in user's password check, and in records
     /// made before it was kept.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub known_browser: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn one() -> u64 {
