@@ -508,9 +508,8 @@ fn spawn_ceremony_purge(passkeys: crate::passkeys::Passkeys) -> JoinHandle<()> {
         loop {
             tick.tick().await;
             if let Err(e) = passkeys.purge().await {
-                let chain = crate::text::error_chain(&e);
                 let what = "could not purge expired passkey ceremonies";
-                crate::fault_log::report(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &chain);
+                crate::fault_log::report_error(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &e);
             }
         }
     })
@@ -525,21 +524,15 @@ fn spawn_session_purge(sessions: Sessions, factors: SecondFactors) -> JoinHandle
             match sessions.purge_expired().await {
                 Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions removed"),
                 Err(e) => {
-                    let chain = crate::text::error_chain(&e);
-                    crate::fault_log::report(
-                        "session purge failed",
-                        crate::fault_log::Severity::Warn,
-                        e.is_unavailable(),
-                        &chain,
-                    )
+                    let what = "session purge failed";
+                    crate::fault_log::report_error(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &e)
                 }
                 _ => {}
             }
             // Pending two-step sign-ins that were never finished.
             if let Err(e) = factors.purge().await {
-                let chain = crate::text::error_chain(&e);
                 let what = "pending sign-in purge failed";
-                crate::fault_log::report(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &chain);
+                crate::fault_log::report_error(what, crate::fault_log::Severity::Warn, e.is_unavailable(), &e);
             }
         }
     })
@@ -554,9 +547,8 @@ fn spawn_pruning(state: Arc<AppState>) -> JoinHandle<()> {
             ticker.tick().await;
             if let Err(e) = state.brute_force.prune(crate::store::now_ms()).await {
                 // Once per kind every 10 s with the cause, as the requests' faults are logged.
-                let chain = crate::text::error_chain(&e);
                 let what = "cannot prune the brute-force state";
-                crate::fault_log::report(what, crate::fault_log::Severity::Warn, true, &chain);
+                crate::fault_log::report_error(what, crate::fault_log::Severity::Warn, true, &e);
             }
         }
     })

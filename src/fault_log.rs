@@ -180,6 +180,17 @@ fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
     LIMITER.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// [`report`] of `error` with its sources (`text::error_chain`): "the brute-force state cannot
+/// be used" or "store error" alone does not say why.
+pub fn report_error(
+    what: &'static str,
+    severity: Severity,
+    unavailable: bool,
+    error: &(dyn std::error::Error + 'static),
+) {
+    report(what, severity, unavailable, &crate::text::error_chain(error));
+}
+
 /// Logs one fault of kind `what` (a fixed text saying what could not be done) with its
 /// `error`, or counts it when a line of that kind was written less than [`INTERVAL`] ago.
 /// `unavailable` is the error's `is_unavailable()`: the store or shared state did not answer

@@ -114,11 +114,8 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         }
         Err(e) => {
             // Said plainly: "busy" alone read as done, with the other sessions still open.
-            let unavailable = e.is_unavailable();
-            let chain = crate::text::error_chain(&e);
-            crate::fault_log::report("could not end sessions", crate::fault_log::Severity::Error, unavailable, &chain);
             crate::routes::error_page_saying(
-                crate::routes::fault_status(unavailable),
+                crate::routes::store_fault(&e, "could not end sessions"),
                 "Other sessions not signed out",
                 "The server could not sign out your other sessions just now: they are still signed in. Please try again in a moment.",
             )

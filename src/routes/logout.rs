@@ -40,10 +40,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         if let Err(e) = state.sessions.end(&session.token_hash).await {
             // Said plainly, and the cookie kept so that the next try can end the session: on a
             // shared computer "busy" read as done, with the session still open behind it.
-            let unavailable = e.is_unavailable();
-            let chain = crate::text::error_chain(&e);
-            crate::fault_log::report("could not end a session", crate::fault_log::Severity::Error, unavailable, &chain);
-            return not_signed_out(crate::routes::fault_status(unavailable));
+            return not_signed_out(crate::routes::store_fault(&e, "could not end a session"));
         }
         let client = client::client(req, &state.settings.trusted_proxies);
         state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });

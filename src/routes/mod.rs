@@ -248,16 +248,21 @@ pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
 /// promise (fail closed, never a 500 for a full disk); 500 for anything else. Logs the error
 /// with `what` happened through [`crate::fault_log`] (bounded while the store is down).
 pub fn store_error(e: &crate::store::StoreError, what: &'static str) -> Response {
+    error_page(store_fault(e, what))
+}
+
+/// The status [`store_error`] answers for `e`, which it logs under `what`: for a page that
+/// must say more than the generic words (a sign-out that did not happen is not just "busy").
+pub fn store_fault(e: &crate::store::StoreError, what: &'static str) -> StatusCode {
     let unavailable = e.is_unavailable();
-    crate::fault_log::report(what, Severity::Error, unavailable, &crate::text::error_chain(e));
-    error_page(fault_status(unavailable))
+    crate::fault_log::report_error(what, Severity::Error, unavailable, e);
+    fault_status(unavailable)
 }
 
 /// The 503 page for a part that did not answer (the brute-force state, the random source),
 /// with the error logged through [`crate::fault_log`] under `what`.
 pub fn unavailable(what: &'static str, error: &(dyn std::error::Error + 'static)) -> Response {
-    // With its sources: "the brute-force state cannot be used" alone does not say why.
-    crate::fault_log::report(what, Severity::Error, true, &crate::text::error_chain(error));
+    crate::fault_log::report_error(what, Severity::Error, true, error);
     error_page(StatusCode::SERVICE_UNAVAILABLE)
 }
 
@@ -292,8 +297,7 @@ pub fn fault_status(unavailable: bool) -> StatusCode {
 /// flood ([`crate::sign_in::SignInError::is_worth_logging`]).
 pub(crate) fn not_judged(what: &'static str, e: &crate::sign_in::SignInError) -> Response {
     if e.is_worth_logging() {
-        let chain = crate::text::error_chain(e);
-        crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &chain);
+        crate::fault_log::report_error(what, crate::fault_log::Severity::Error, e.is_unavailable(), e);
     }
     error_page(fault_status(e.is_unavailable()))
 }
@@ -358,7 +362,7 @@ pub fn see_other(location: &str) -> Response {
 /// The raw bytes (which may hold a password) are wiped after parsing.
 pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> Result<T, Response> {
     if !is_form(req) {
-        drain(body, u64::MAX).await;
+        drain(body.into_async_read()).await;
         let mut resp = error_page(StatusCode::UNSUPPORTED_MEDIA_TYPE);
         // RFC 9110 §15.5.16: say which content codings would have been accepted.
         resp.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -367,7 +371,10 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&n| n > MAX_FORM_BYTES as u64) {
-        drain(body, declared).await;
+        // Larger than that is not worth reading: it gets its answer and the reset.
+        if declared <= DRAIN_BYTES {
+            drain(body.into_async_read()).await;
+        }
         return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
     }
     // One buffer, a byte longer than the limit, never grown (so never copied, and wiped as
@@ -386,7 +393,7 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
     }
     if filled > MAX_FORM_BYTES {
         // Undeclared (no Content-Length) and too long: read on, as for a declared one.
-        drain_reader(reader).await;
+        drain(reader).await;
         return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
     }
     serde_urlencoded::from_bytes::<T>(&raw[..filled]).map_err(|_| error_page(StatusCode::BAD_REQUEST))
@@ -396,23 +403,14 @@ pub async fn read_form<T: DeserializeOwned>(req: &Request, body: poem::Body) -> 
 /// [`MAX_FORM_BYTES`] for a body too long).
 pub const DRAIN_BYTES: u64 = 64 * 1024;
 
-/// Reads and discards a refused body of at most [`DRAIN_BYTES`] (`declared`: its
-/// `Content-Length`, `u64::MAX` when unknown), within `body_read_timeout` like any body.
+/// Reads and discards at most [`DRAIN_BYTES`] more of a refused body, within
+/// `body_read_timeout` like any body.
 ///
 /// Over HTTP/2 an answer sent before the request's body ends is followed by RST_STREAM(NO_ERROR)
 /// (RFC 9113 §8.1), which curl 7.88 (Debian 12's, the one the README's commands use) reports
 /// as "Stream error in the HTTP/2 framing layer" instead of showing the 415 or 413; a small
-/// body read first leaves nothing to reset. A body declared larger than that is not worth
-/// reading: it gets its answer and the reset.
-async fn drain(body: poem::Body, declared: u64) {
-    if declared > DRAIN_BYTES && declared != u64::MAX {
-        return;
-    }
-    drain_reader(body.into_async_read()).await;
-}
-
-/// [`drain`] of a body already being read: at most [`DRAIN_BYTES`] more.
-async fn drain_reader(reader: impl tokio::io::AsyncRead + Unpin) {
+/// body read first leaves nothing to reset.
+async fn drain(reader: impl tokio::io::AsyncRead + Unpin) {
     use tokio::io::AsyncReadExt;
     let _ = tokio::io::copy(&mut reader.take(DRAIN_BYTES), &mut tokio::io::sink()).await;
 }

@@ -243,8 +243,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
         // A passkey sign-in never asks for another factor.
         Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
-            let chain = crate::text::error_chain(&e);
-            crate::fault_log::report("passkey sign-in not judged", Severity::Error, e.is_unavailable(), &chain);
+            crate::fault_log::report_error("passkey sign-in not judged", Severity::Error, e.is_unavailable(), &e);
             error_page(crate::routes::fault_status(e.is_unavailable()))
         }
     };
