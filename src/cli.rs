@@ -445,16 +445,21 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     // Aligned to the widest line that fits a terminal; a longer one (the `access` rules on one
     // line) has its comment right after it, not every other line padded to its width.
     const WIDE: usize = 64;
-    let len = |s: &crate::config::Effective| s.key.len() + 3 + s.value.chars().count();
-    let width = settings.iter().map(len).filter(|&n| n <= WIDE).max().unwrap_or(0);
+    let lines: Vec<(String, bool)> = settings
+        .iter()
+        .map(|s| {
+            // A setting left unset is shown commented out: `database_url = ""` read back is an
+            // error (README: an empty one is refused), and for the others it would no longer
+            // read as unset, so the output stays a file that checks the same.
+            let unset = s.value == "\"\"" && s.source == "default";
+            (format!("{}{} = {}", if unset { "# " } else { "" }, s.key, s.value), unset)
+        })
+        .collect();
+    let width = lines.iter().map(|(l, _)| crate::text::columns(l)).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
-    for s in &settings {
-        // A setting left unset is shown commented out: `database_url = ""` read back is an
-        // error (README: an empty one is refused), and for the others it would no longer
-        // read as unset, so the output stays a file that checks the same.
-        let unset = s.value == "\"\"" && s.source == "default";
-        let line = format!("{}{} = {}", if unset { "# " } else { "" }, s.key, s.value);
-        text.push_str(&format!("{line:<width$}  # {}{}\n", s.source, if unset { ", unset" } else { "" }));
+    for ((line, unset), s) in lines.iter().zip(&settings) {
+        let comment = format!("# {}{}", s.source, if *unset { ", unset" } else { "" });
+        text.push_str(&format!("{}  {comment}\n", crate::text::pad(line, width)));
     }
     print_out(&text)
 }
@@ -1179,7 +1184,7 @@ fn users_text(users: &[UserSummary], json: bool) -> String {
     // Names are shown escaped: a user made before invisible characters were refused must not
     // read as another (`admin` + U+2060 shows as `admin\u{2060}`).
     let names: Vec<String> = users.iter().map(|u| printable(&u.username).into_owned()).collect();
-    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(8);
+    let width = names.iter().map(|n| crate::text::columns(n)).max().unwrap_or(4).max(8);
     let mut text = format!(
         "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  GROUPS\n",
         "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS", "STATE"
@@ -1190,8 +1195,8 @@ fn users_text(users: &[UserSummary], json: bool) -> String {
         // there need not (found by a review).
         let groups = if u.groups.is_empty() { "-".to_string() } else { u.groups.join(",") };
         text += &format!(
-            "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  {}\n",
-            name,
+            "{}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  {}\n",
+            crate::text::pad(name, width),
             if u.admin { "yes" } else { "no" },
             printable(&u.created_at),
             printable(u.last_login_at.as_deref().unwrap_or("never")),
@@ -1256,6 +1261,26 @@ mod tests {
         let text = super::users_text(&[u], false);
         assert!(!text.chars().any(|c| c == '\u{1b}' || c == '\u{9b}' || c == '\u{7}'), "{text:?}");
         assert!(text.contains("ops\\u{1b}]0;title\\u{7}"), "{text}");
+    }
+
+    #[test]
+    fn the_user_table_keeps_its_columns_in_line_for_wide_names() {
+        let user = |name: &str| crate::users::UserSummary {
+            username: name.into(),
+            admin: false,
+            created_at: "2026-12-02T00:00:00.000Z".into(),
+            last_login_at: None,
+            active_sessions: 0,
+            disabled: false,
+            groups: vec![],
+        };
+        // Two CJK characters take four columns, as `abcd` does; a combining mark takes none.
+        let text = super::users_text(&[user("山田"), user("abcdefghij"), user("e\u{301}mile")], false);
+        let admin: Vec<usize> = text
+            .lines()
+            .map(|l| crate::text::columns(&l[..l.find("ADMIN").or_else(|| l.find("no")).unwrap()]))
+            .collect();
+        assert!(admin.windows(2).all(|w| w[0] == w[1]), "{text}\n{admin:?}");
     }
 
     /// Every command and subcommand, hidden ones included, with its path.

@@ -11,7 +11,7 @@ use crate::audit::{rfc3339, FailureReason};
 use crate::config::escape_controls;
 use crate::domain::normalise_key;
 use crate::store::{Cursor, FailureQuery, FailureRecord};
-use crate::text::printable;
+use crate::text::{columns, pad, printable};
 
 /// Most records a summary reads (newest first); beyond, it says it is partial.
 pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
@@ -595,17 +595,18 @@ fn add_seen(map: &mut HashMap<String, Seen>, key: &str, t: u64, n: usize) {
     }
 }
 
-/// `s` escaped and fitted to `width` columns, cut before an escape rather than inside one
-/// (`…z\u{2…` hid which character was there).
+/// `s` escaped and fitted to `width` terminal columns ([`columns`]: a wide character takes
+/// two), cut before an escape rather than inside one (`…z\u{2…` hid which character was
+/// there).
 fn cut(s: &str, width: usize) -> String {
     let p = printable(s);
-    if p.chars().count() <= width {
-        return format!("{p:<width$}");
+    if columns(&p) <= width {
+        return pad(&p, width);
     }
     let mut t = String::new();
     let mut used = 0;
     for unit in escape_units(&p) {
-        let n = unit.chars().count();
+        let n = columns(unit);
         if used + n > width.saturating_sub(1) {
             break;
         }
@@ -613,7 +614,7 @@ fn cut(s: &str, width: usize) -> String {
         used += n;
     }
     t.push('…');
-    format!("{t:<width$}")
+    pad(&t, width)
 }
 
 /// `s` in pieces that must not be split: each `\u{…}` escape whole, every other character
@@ -930,6 +931,28 @@ mod tests {
             known_browser: false,
         }]);
         assert_eq!(table.lines().count(), 2, "{table}");
+    }
+
+    #[test]
+    fn wide_usernames_keep_the_table_in_line() {
+        let row = |username: &str| RecordView {
+            time: "2026-12-01T00:00:00.000Z".into(),
+            ip: "192.0.2.1".into(),
+            username: username.into(),
+            reason: "bad_password".into(),
+            user_agent: "curl".into(),
+            count: 1,
+            typed: None,
+            instance: String::new(),
+            known_browser: false,
+        };
+        // Short, cut and combining: the user agent starts in one column on every line.
+        let long = "長".repeat(20);
+        let table = text_table(&[row("山田"), row(&long), row("alice"), row("e\u{301}mile")]);
+        let at: Vec<usize> =
+            table.lines().map(|l| columns(&l[..l.find("USER AGENT").or_else(|| l.find("curl")).unwrap()])).collect();
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "{table}\n{at:?}");
+        assert!(table.contains(&format!("{}…", "長".repeat(11))), "cut to 23 columns and the ellipsis: {table}");
     }
 
     #[test]

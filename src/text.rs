@@ -1,6 +1,6 @@
 //! Text that people cannot see or that moves the reader: which characters a username may not
 //! hold, how attacker-controlled text is escaped for terminals and JSON lines, and how an
-//! error and its causes become one line.
+//! error and its causes become one line, and how wide text is on a terminal.
 //!
 //! The set comes from the Unicode property tables (via `icu_properties`), not a hand-picked
 //! list: a list misses look-alikes such as U+2060, U+3164 or the tag characters.
@@ -142,6 +142,23 @@ pub fn escape_json(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// How many terminal columns `s` takes: 2 for each wide character (CJK, most emoji), 0 for a
+/// combining mark, 1 for the rest (Unicode UAX #11, East Asian Width, via `unicode-width`).
+/// For text already passed through [`printable`], which leaves no control character to count.
+pub fn columns(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
+}
+
+/// `s` followed by spaces up to `width` terminal columns ([`columns`]), so the next column of
+/// a table starts in line whatever script `s` is in; `s` as it is when it is that wide or
+/// wider. Rust's `{:<width$}` counts characters, which pushes a row of wide ones right.
+pub fn pad(s: &str, width: usize) -> String {
+    let mut out = String::with_capacity(s.len() + width);
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(columns(s))));
+    out
+}
+
 /// An error and its sources on one line, `outer: inner: …`. A source whose message the line
 /// already ends with is not repeated: an error type that quotes its source in its own message
 /// (thiserror's `"…: {0}"` beside `#[source]`) still appears once.
@@ -161,6 +178,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn columns_count_what_a_terminal_shows() {
+        assert_eq!(super::columns("alice"), 5);
+        assert_eq!(super::columns("山田"), 4, "wide characters take two columns");
+        assert_eq!(super::columns("e\u{301}"), 1, "a combining mark takes none");
+        assert_eq!(super::pad("山田", 6), "山田  ");
+        assert_eq!(super::pad("alice", 3), "alice", "never cut");
+    }
+
     #[test]
     fn unprintable_undoes_printable_and_nothing_else() {
         for s in [
