@@ -140,9 +140,12 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         client: &'a Client,
     },
+    /// Sessions ended by their user (*sign out everywhere else*): `count` sessions and
+    /// `pending` second-step sign-ins that were waiting for a factor.
     SessionsEnded {
         username: &'a str,
         count: usize,
+        pending: usize,
         by: &'a str,
     },
     UserAdded {
@@ -762,8 +765,8 @@ fn emit(event: &AuthEvent<'_>) {
             target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
             user_agent = client.user_agent, "password confirmed again"
         ),
-        AuthEvent::SessionsEnded { username, count, by } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count, by, "sessions ended"
+        AuthEvent::SessionsEnded { username, count, pending, by } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count, pending, by, "sessions ended"
         ),
         AuthEvent::UserAdded { username, admin, by } => tracing::info!(
             target: TARGET, event = "user_created", time, username, admin, by, "user added"

@@ -296,6 +296,20 @@ impl Sessions {
         self.store.sessions.delete_for_user(user_key, keep).await
     }
 
+    /// *Sign out everywhere else*: ends the user's pending second-step sign-ins, then their
+    /// sessions but `keep`, durably. Returns how many of each ended: `(sessions, pending)`.
+    /// A second step begun elsewhere with the password ends too, so whoever holds the password
+    /// but not yet the factor must start again (and the user hears that one was waiting).
+    ///
+    /// # Errors
+    /// [`StoreError`] when either cannot be written; the pending sign-ins go first, so a
+    /// failure leaves every session as it was or only sessions still open, never the reverse.
+    pub async fn end_others(&self, user_key: &str, keep: &TokenHash) -> Result<(usize, usize), StoreError> {
+        let pending = self.store.factors.take_pending_of(user_key).await?;
+        let sessions = self.end_all(user_key, Some(keep)).await?;
+        Ok((sessions, pending))
+    }
+
     /// The user's sessions that are still valid, newest first.
     pub async fn list(&self, user: &User) -> Result<Vec<StoredSession>, StoreError> {
         let sessions = self.store.sessions.list_for_user(&user.key).await?;

@@ -30,7 +30,12 @@ pub enum Notice {
     /// `POST /admin/unlock` named no existing user.
     NoSuchUser,
     /// *Sign out everywhere else* ended this many sessions.
-    SessionsEnded { count: usize },
+    SessionsEnded {
+        count: usize,
+        /// Pending second-step sign-ins ended with them (none in a notice from before).
+        #[serde(default)]
+        pending: usize,
+    },
     /// `POST /account/password` changed the password, ending this many other sessions.
     PasswordChanged { ended: usize },
     /// An authenticator app was turned on.
@@ -50,7 +55,11 @@ impl Notice {
                 format!("{} is unlocked: failure count and captcha demand cleared.", crate::text::printable(name))
             }
             Notice::NoSuchUser => "No such user to unlock.".to_string(),
-            Notice::SessionsEnded { count } => format!("Signed out of {count} other session(s)."),
+            Notice::SessionsEnded { count, pending: 0 } => format!("Signed out of {count} other session(s)."),
+            Notice::SessionsEnded { count, pending } => format!(
+                "Signed out of {count} other session(s), and ended {pending} sign-in(s) that had your password \
+                 and were waiting for the second step. If you did not start them, change your password."
+            ),
             Notice::PasswordChanged { ended } => {
                 format!("Your password is changed. {ended} other session(s) were signed out.")
             }
@@ -65,7 +74,8 @@ impl Notice {
     /// Whether the notice asks the person to do something (shown as an alert) rather than
     /// reporting what was done.
     pub fn asks_action(&self) -> bool {
-        matches!(self, Notice::SecondFactorNeeded)
+        // Ended sign-ins that had the password: the user should ask whether they were theirs.
+        matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. })
     }
 
     /// Adds the cookie that carries this notice, signed for the session whose token hash is

@@ -41,6 +41,8 @@ struct HomePage<'a> {
     csrf: &'a str,
     sessions: Vec<SessionView>,
     notice: Option<String>,
+    /// The notice asks the person to do something: shown as an alert.
+    notice_alert: bool,
     /// Carried into the sign-out form: an application's "sign out" link can name where to
     /// land afterwards (checked like every `rd`).
     rd: Option<String>,
@@ -62,7 +64,7 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
     };
     let views = session_views(sessions, &session.token_hash);
     // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
-    let notice = flash::take(req, &state.csrf, &session.token_hash).map(|n| n.text());
+    let notice = flash::take(req, &state.csrf, &session.token_hash);
     let csrf = state.csrf.session_token(&session.token_hash);
     let page = html(
         StatusCode::OK,
@@ -72,7 +74,8 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
             admin: session.user.admin,
             csrf: &csrf,
             sessions: views,
-            notice,
+            notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
+            notice: notice.map(|n| n.text()),
             rd,
         },
     );
@@ -102,15 +105,16 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return error_page(StatusCode::FORBIDDEN);
     }
-    match state.sessions.end_all(&session.user.key, Some(&session.token_hash)).await {
-        Ok(count) => {
+    match state.sessions.end_others(&session.user.key, &session.token_hash).await {
+        Ok((count, pending)) => {
             state.audit.record(&AuthEvent::SessionsEnded {
                 username: &session.user.display_name,
                 count,
+                pending,
                 by: &session.user.display_name,
             });
             let back = if form.from == "account" { "/account" } else { "/" };
-            Notice::SessionsEnded { count }.attach(&state.csrf, &session.token_hash, see_other(back))
+            Notice::SessionsEnded { count, pending }.attach(&state.csrf, &session.token_hash, see_other(back))
         }
         Err(e) => {
             // Said plainly: "busy" alone read as done, with the other sessions still open.

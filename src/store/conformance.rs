@@ -1070,7 +1070,7 @@ async fn pending_sign_ins_are_taken_once_and_purged(store: &Store) {
     let plain = PendingSignIn { expires_at: 5_000, next: None, captcha_solved: false, ..p.clone() };
     f.insert_pending(&[2; 32], &plain).await.unwrap();
     assert_eq!(f.pending(&[1; 32]).await.unwrap(), Some(p), "pending: round trip");
-    assert_eq!(f.pending(&[2; 32]).await.unwrap(), Some(plain), "pending: round trip, no captcha");
+    assert_eq!(f.pending(&[2; 32]).await.unwrap(), Some(plain.clone()), "pending: round trip, no captcha");
     assert!(f.take_pending(&[1; 32]).await.unwrap(), "pending: taken");
     assert!(!f.take_pending(&[1; 32]).await.unwrap(), "pending: taken once");
     assert!(f.pending(&[1; 32]).await.unwrap().is_none());
@@ -1079,4 +1079,11 @@ async fn pending_sign_ins_are_taken_once_and_purged(store: &Store) {
         .unwrap();
     assert_eq!(f.purge_pending(2_000).await.unwrap(), 1, "pending: the expired one goes");
     assert!(f.pending(&[2; 32]).await.unwrap().is_some(), "pending: the live one stays");
+    let bobs = PendingSignIn { user_key: "bob".into(), ..plain.clone() };
+    f.insert_pending(&[4; 32], &bobs).await.unwrap();
+    f.insert_pending(&[5; 32], &PendingSignIn { expires_at: 1, ..plain }).await.unwrap();
+    assert_eq!(f.take_pending_of("alice").await.unwrap(), 2, "pending: all of one user's, expired or not");
+    assert!(f.pending(&[2; 32]).await.unwrap().is_none() && f.pending(&[5; 32]).await.unwrap().is_none());
+    assert_eq!(f.pending(&[4; 32]).await.unwrap(), Some(bobs), "pending: another user's stay");
+    assert_eq!(f.take_pending_of("alice").await.unwrap(), 0);
 }

@@ -1090,6 +1090,11 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
+    async fn take_pending_of(&self, user_key: &str) -> Result<usize> {
+        let n = self.client().await?.execute("DELETE FROM pending_sign_ins WHERE user_key = $1", &[&user_key]).await?;
+        Ok(n as usize)
+    }
+
     async fn purge_pending(&self, now: u64) -> Result<usize> {
         let n =
             self.client().await?.execute("DELETE FROM pending_sign_ins WHERE expires_at_ms < $1", &[&ms(now)]).await?;

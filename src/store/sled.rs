@@ -1279,6 +1279,25 @@ impl FactorStore for SledStore {
         self.durable(taken).await
     }
 
+    async fn take_pending_of(&self, user_key: &str) -> Result<usize> {
+        let user_key = user_key.to_string();
+        // A scan: pending sign-ins live minutes and are few; an index would cost every sign-in
+        // with a second factor a write for what only this rare action reads.
+        let removed = self
+            .blocking(move |s| {
+                let mut n = 0;
+                for kv in s.pending_sign_ins.iter() {
+                    let (k, v) = kv?;
+                    if decode::<PendingRecord>(&v).is_ok_and(|r| r.user_key == user_key) {
+                        n += usize::from(s.pending_sign_ins.remove(k)?.is_some());
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        self.durable(removed).await
+    }
+
     async fn purge_pending(&self, now: u64) -> Result<usize> {
         let removed = self
             .blocking(move |s| {

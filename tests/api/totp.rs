@@ -363,6 +363,51 @@ async fn resetting_the_users_factors_ends_a_pending_second_step() {
 }
 
 #[tokio::test]
+async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was_waiting() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("nora", GOOD_PASSWORD, false).await;
+    app.add_user("omar", GOOD_PASSWORD, false).await;
+    let nora = app.new_browser();
+    sign_in(&app, &nora, "nora").await;
+    let (secret, _) = enrol(&app, &nora, fresh_step().await).await;
+    let omar = app.new_browser();
+    sign_in(&app, &omar, "omar").await;
+    enrol(&app, &omar, fresh_step().await).await;
+    // Someone with Nora's password, at the second step; and Omar, at his.
+    let thief = app.new_browser();
+    password_step(&app, &thief, "nora").await;
+    let csrf = second_csrf(&app, &thief).await;
+    let omars_other = app.new_browser();
+    password_step(&app, &omars_other, "omar").await;
+
+    let home_csrf = app.home_csrf(&nora).await;
+    let resp = nora.post(app.url("/sessions/end-others")).form(&[("csrf", home_csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let page = nora.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains(r#"<p class="alert" role="alert">Signed out of 0 other session(s), and ended 1 sign-in(s)"#)
+            && page.contains("If you did not start them, change your password."),
+        "{page}"
+    );
+
+    // The right code no longer signs the thief in; the step is over.
+    let step = fresh_step().await;
+    let resp = thief
+        .post(app.url("/login/second-factor"))
+        .form(&[("csrf", csrf.as_str()), ("code", code(&secret, step).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+    assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), 303, "not signed in");
+    // Another user's second step is untouched.
+    assert_eq!(omars_other.get(app.url("/login/second-factor")).send().await.unwrap().status(), 200);
+    let log = app.log_lines();
+    let ended = log.iter().find(|l| l["event"] == "session_revoked").expect("logged");
+    assert_eq!((ended["count"].as_u64(), ended["pending"].as_u64()), (Some(0), Some(1)), "{ended}");
+}
+
+#[tokio::test]
 async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
     let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
