@@ -100,7 +100,8 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     let session = match current_session(req, &state).await {
         Ok(Some(session)) => session,
         Ok(None) => return see_other("/login"),
-        Err(resp) => return resp,
+        // The session could not even be read: nothing was ended either, and said so.
+        Err(resp) => return others_not_signed_out(resp.status()),
     };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return error_page(StatusCode::FORBIDDEN);
@@ -116,13 +117,16 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             let back = if form.from == "account" { "/account" } else { "/" };
             Notice::SessionsEnded { count, pending }.attach(&state.csrf, &session.token_hash, see_other(back))
         }
-        Err(e) => {
-            // Said plainly: "busy" alone read as done, with the other sessions still open.
-            crate::routes::error_page_saying(
-                crate::routes::store_fault(&e, "could not end sessions"),
-                "Other sessions not signed out",
-                "The server could not sign out your other sessions just now: they are still signed in. Please try again in a moment.",
-            )
-        }
+        Err(e) => others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions")),
     }
+}
+
+/// The page for *sign out everywhere else* when the store could not do it (`status`, a 503 or
+/// 500). Said plainly: "busy" alone read as done, with the other sessions still open.
+fn others_not_signed_out(status: StatusCode) -> Response {
+    crate::routes::error_page_saying(
+        status,
+        "Other sessions not signed out",
+        "The server could not sign out your other sessions just now: they are still signed in. Please try again in a moment.",
+    )
 }

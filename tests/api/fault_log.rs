@@ -85,6 +85,12 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     assert_eq!(out.status(), 503);
     assert!(out.headers().get("set-cookie").is_none(), "the cookie is kept for the next try");
     assert!(out.text().await.unwrap().contains("still signed in"));
+    // Sign out everywhere else alike, though here the session itself could not be read.
+    let others =
+        admin.post(server.url("/sessions/end-others")).form(&[("csrf", home_csrf.as_str())]).send().await.unwrap();
+    assert_eq!(others.status(), 503);
+    let page = others.text().await.unwrap();
+    assert!(page.contains("Other sessions not signed out") && page.contains("still signed in"), "{page}");
 
     tokio::task::block_in_place(|| cluster.start_server()).expect("the database starts again");
     let recovered = loop {
