@@ -83,7 +83,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "DUR|RFC3339")]
     until: Option<String>,
     /// Only this username (matched case- and width-insensitively; as the table or `--json`
-    /// shows it, escapes such as \u{1b} included; the table cuts names past 23 characters)
+    /// shows it, escapes such as \u{1b} included; the table cuts names wider than 24 columns)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
     /// Only this address or CIDR range
@@ -160,7 +160,7 @@ pub enum UserCommand {
         after_help = "Example:\n  echo 'correct plum tractor velvet' | portcullis user add alice --password-stdin"
     )]
     Add {
-        /// The new user's name: at most 64 visible characters of one script, matched without regard
+        /// The new user's name: at most 64 characters (code points) of one script, matched without regard
         /// to case or width (README, "Managing users")
         name: String,
         /// Give the user access to the admin pages (and the group `admins`)
@@ -318,34 +318,10 @@ const SETTINGS_FLAGS_GO_TO_SERVE: &str = "other commands read portcullis.toml an
 /// one of clap's. The line is built from a second parse of `args` escaped as [`printable`]
 /// shows text, without colours: the quoted argument keeps all of what was typed, on one line.
 pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    // The command typed (`portcullis user groups`), whose help says what it takes.
+    let path = command_path(args);
     if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         // clap would print the command's help: name the command that wants a subcommand.
-        let root = <Cli as clap::CommandFactory>::command();
-        let mut command = root.clone();
-        let mut path = vec!["portcullis".to_string()];
-        // Whether an option (on this command or a global one on the root) takes a value, so the
-        // next argument is that value, not a subcommand (`--config user store`).
-        let takes_value = |command: &clap::Command, option: &str| {
-            let named = |o: &clap::Arg| match option.strip_prefix("--") {
-                Some(long) => o.get_long() == Some(long),
-                None => option.len() == 2 && o.get_short().is_some_and(|c| option.ends_with(c)),
-            };
-            let takes = |c: &clap::Command| c.get_arguments().any(|o| named(o) && o.get_action().takes_values());
-            takes(command) || takes(&root)
-        };
-        let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
-        while let Some(arg) = rest.next() {
-            if arg.starts_with('-') {
-                if !arg.contains('=') && takes_value(&command, arg) {
-                    rest.next();
-                }
-                continue;
-            }
-            let Some(sub) = command.find_subcommand(arg).cloned() else { continue };
-            path.push(sub.get_name().to_string());
-            command = sub;
-        }
-        let path = path.join(" ");
         return format!("`{path}` needs a subcommand (see {path} --help)");
     }
     if error.kind() == clap::error::ErrorKind::UnknownArgument {
@@ -372,7 +348,39 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
     let message = first.join(" ");
     let message = message.trim_start_matches("error: ");
     let message = if escaped_already { message.into() } else { printable(message) };
-    format!("{message} (see portcullis --help)")
+    format!("{message} (see {path} --help)")
+}
+
+/// The command and subcommands `args` name (`portcullis user groups`), skipping options and
+/// their values: an option's value is not a subcommand even when it is spelt like one
+/// (`--config user store` names `portcullis store`).
+fn command_path(args: &[std::ffi::OsString]) -> String {
+    let root = <Cli as clap::CommandFactory>::command();
+    let mut command = root.clone();
+    let mut path = vec!["portcullis".to_string()];
+    // Whether an option (on this command or a global one on the root) takes a value, so the
+    // next argument is that value, not a subcommand.
+    let takes_value = |command: &clap::Command, option: &str| {
+        let named = |o: &clap::Arg| match option.strip_prefix("--") {
+            Some(long) => o.get_long() == Some(long),
+            None => option.len() == 2 && o.get_short().is_some_and(|c| option.ends_with(c)),
+        };
+        let takes = |c: &clap::Command| c.get_arguments().any(|o| named(o) && o.get_action().takes_values());
+        takes(command) || takes(&root)
+    };
+    let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(arg) = rest.next() {
+        if arg.starts_with('-') {
+            if !arg.contains('=') && takes_value(&command, arg) {
+                rest.next();
+            }
+            continue;
+        }
+        let Some(sub) = command.find_subcommand(arg).cloned() else { continue };
+        path.push(sub.get_name().to_string());
+        command = sub;
+    }
+    path.join(" ")
 }
 
 /// Runs a parsed command line.

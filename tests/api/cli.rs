@@ -147,6 +147,9 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         (&["user", "del", "a\nb"][..], "\"a\\nb\""),
         // A command without its subcommand says so (clap would print the whole help).
         (&["user"][..], "`portcullis user` needs a subcommand (see portcullis user --help)"),
+        // A refused value points at the help of the command that takes it.
+        (&["user", "groups", "alice", "--add", "a,b"][..], "(see portcullis user groups --help)"),
+        (&["audit", "--limit", "x"][..], "(see portcullis audit --help)"),
         // An option's value is not a subcommand, even when it is spelt like one.
         (&["--config", "audit", "user"][..], "`portcullis user` needs a subcommand"),
         (&["--config=audit", "store"][..], "`portcullis store` needs a subcommand"),
