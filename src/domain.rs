@@ -35,6 +35,35 @@ pub enum UsernameError {
     MixedScripts,
     #[error("the username has two or more spaces in a row, which a page shows as one")]
     SpaceRun,
+    #[error(
+        "the username stacks more than {MAX_MARK_RUN} marks on one character, or one mark twice, which can draw over other text (Unicode UTS #39 section 5.4)"
+    )]
+    MarkRun,
+}
+
+/// Most nonspacing marks one character may carry in a new username (UTS #39 §5.4).
+pub const MAX_MARK_RUN: usize = 4;
+
+/// Whether `display`, decomposed (NFD), has a run of more than [`MAX_MARK_RUN`] nonspacing
+/// or enclosing marks (General_Category Mn, Me), or the same mark twice in one run: the
+/// optional checks of Unicode UTS #39 §5.4, against marks stacked to draw over the lines
+/// around a name.
+fn has_mark_run(display: &str) -> bool {
+    use icu_properties::props::GeneralCategory;
+    use icu_properties::CodePointMapData;
+    let categories = CodePointMapData::<GeneralCategory>::new();
+    let mut run: Vec<char> = Vec::new();
+    for c in display.nfd() {
+        if matches!(categories.get(c), GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark) {
+            if run.contains(&c) || run.len() == MAX_MARK_RUN {
+                return true;
+            }
+            run.push(c);
+        } else {
+            run.clear();
+        }
+    }
+    false
 }
 
 impl Username {
@@ -59,7 +88,8 @@ impl Username {
     /// §5): every non-ASCII character must have identifier status Allowed (this refuses blanks
     /// that are not format characters, such as U+2800, U+FFFC or U+1D159), all letters must be
     /// of one script (Han with Hiragana/Katakana or Hangul counts as one, as UTS #39 §5.1
-    /// says), and no run of two spaces may appear. Sign-in keeps using [`Username::parse`], so
+    /// says), no run of two spaces may appear, and no character may carry more than
+    /// [`MAX_MARK_RUN`] marks or one mark twice (§5.4). Sign-in keeps using [`Username::parse`], so
     /// names created before these rules keep working.
     ///
     /// # Errors
@@ -75,6 +105,9 @@ impl Username {
         }
         if username.display.contains("  ") {
             return Err(UsernameError::SpaceRun);
+        }
+        if has_mark_run(&username.display) {
+            return Err(UsernameError::MarkRun);
         }
         Ok(username)
     }
@@ -119,6 +152,23 @@ pub fn looks_of(display: &str) -> String {
     let written: String = unicode_security::skeleton(display).collect();
     let looks: String = unicode_security::skeleton(&normalise_key(&written)).collect();
     looks.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What a name looks like drawn in a left-to-right paragraph and in a right-to-left one: its
+/// bidi skeletons (Unicode UTS #39 §4.1, `bidiSkeleton`, from Unicode 15.1), [`looks_of`] the
+/// characters in the order the Unicode Bidirectional Algorithm (UAX #9) draws them. Two names
+/// that share either can pass for each other on a page or terminal though their characters
+/// differ in order: Hebrew `דוד2` and `2דוד` are both drawn `2דוד` in a left-to-right line.
+/// Bracket mirroring (UAX #9 rule L4) is not applied: `unicode-bidi` does not give it, and a
+/// name differing only in a mirrored bracket is still told apart by [`looks_of`].
+pub fn bidi_looks_of(display: &str) -> [String; 2] {
+    use unicode_bidi::{BidiInfo, Level};
+    [Level::ltr(), Level::rtl()].map(|direction| {
+        let info = BidiInfo::new(display, Some(direction));
+        let visual: String =
+            info.paragraphs.iter().map(|para| info.reorder_line(para, para.range.clone()).into_owned()).collect();
+        looks_of(&visual)
+    })
 }
 
 /// Longest group name accepted, in characters.
@@ -288,5 +338,39 @@ mod tests {
         assert_eq!(looks("aIice"), looks("alice"), "a capital I reads as l");
         assert_eq!(looks("paypaI"), looks("paypal"));
         assert_ne!(looks("alice"), looks("alicia"));
+    }
+
+    #[test]
+    fn stacked_marks_are_refused_and_ordinary_ones_kept() {
+        for good in [
+            "jos\u{e9}",
+            "e\u{301}mile",
+            "Vi\u{1ec7}t",
+            "\u{e2a}\u{e49}\u{e21}",
+            "\u{928}\u{92e}\u{938}\u{94d}\u{924}\u{947}",
+        ] {
+            assert!(Username::parse_new(good).is_ok(), "{good:?}");
+        }
+        let zalgo = "zalgo\u{301}\u{302}\u{303}\u{304}\u{306}";
+        assert_eq!(Username::parse_new(zalgo), Err(UsernameError::MarkRun));
+        assert_eq!(Username::parse_new("a\u{301}\u{301}"), Err(UsernameError::MarkRun), "one mark twice");
+        assert!(Username::parse_new("a\u{301}\u{302}\u{303}\u{304}").is_ok(), "four are allowed");
+        assert!(Username::parse(zalgo).is_ok(), "an existing name still signs in");
+    }
+
+    #[test]
+    fn names_drawn_alike_share_a_bidi_skeleton_and_others_do_not() {
+        // In a left-to-right line a digit after Hebrew letters is drawn before them.
+        assert_eq!(bidi_looks_of("\u{5d3}\u{5d5}\u{5d3}2")[0], bidi_looks_of("2\u{5d3}\u{5d5}\u{5d3}")[0]);
+        assert_ne!(
+            looks_of("\u{5d3}\u{5d5}\u{5d3}2"),
+            looks_of("2\u{5d3}\u{5d5}\u{5d3}"),
+            "the plain skeletons differ"
+        );
+        // And Latin in a right-to-left line: `ab 1` is drawn there as `1 ab`.
+        assert_eq!(bidi_looks_of("ab 1")[1], bidi_looks_of("1 ab")[1]);
+        assert_ne!(bidi_looks_of("ab 1")[0], bidi_looks_of("1 ab")[0]);
+        assert_ne!(bidi_looks_of("\u{5d3}\u{5d5}\u{5d3}1"), bidi_looks_of("\u{5d3}\u{5d5}\u{5d3}2"));
+        assert_eq!(bidi_looks_of("alice")[0], looks_of("alice"), "a left-to-right name is drawn as written");
     }
 }

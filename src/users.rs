@@ -157,12 +157,16 @@ impl UserAdmin {
             return Err(UserError::AlreadyExists(crate::text::printable(&existing.display_name).into_owned()));
         }
         // A second name that reads as an existing one (UTS #39 §4 confusables: Cyrillic `а`
-        // for Latin `a`, `rn` for `m`) is refused. One pass over the users: `user add` is an
-        // administrator's act, not a request path.
+        // for Latin `a`, `rn` for `m`), or is drawn as one (§4.1 bidi skeletons: Hebrew `2דוד`
+        // beside `דוד2`), is refused. One pass over the users: `user add` is an administrator's
+        // act, not a request path.
         let looks = username.skeleton();
-        if let Some(twin) =
-            self.store.users.list().await?.into_iter().find(|u| crate::domain::looks_of(&u.display_name) == looks)
-        {
+        let drawn = crate::domain::bidi_looks_of(username.as_str());
+        let alike = |u: &User| {
+            let theirs = crate::domain::bidi_looks_of(&u.display_name);
+            crate::domain::looks_of(&u.display_name) == looks || theirs[0] == drawn[0] || theirs[1] == drawn[1]
+        };
+        if let Some(twin) = self.store.users.list().await?.into_iter().find(alike) {
             return Err(UserError::LooksLike(crate::text::printable(&twin.display_name).into_owned()));
         }
         let password = self.checked(password, username.key()).await?;

@@ -27,7 +27,12 @@ async fn user_add_refuses_names_that_read_as_another_and_user_list_shows_old_one
     assert!(run.ok, "{}", run.stderr);
     let run = user_add(dir.path(), "a b").await;
     assert!(run.ok, "{}", run.stderr);
+    let run = user_add(dir.path(), "\u{5d3}\u{5d5}\u{5d3}2").await;
+    assert!(run.ok, "{}", run.stderr);
     for (twin, why) in [
+        // Drawn as the one above in a left-to-right line (UTS #39 §4.1 bidi skeleton).
+        ("2\u{5d3}\u{5d5}\u{5d3}", "looks like"),
+        ("zalgo\u{301}\u{302}\u{303}\u{304}\u{306}", "marks"),
         ("\u{430}dmin", "scripts"),
         ("adrnin", "looks like"),
         ("a  b", "spaces"),
