@@ -11,7 +11,7 @@ use crate::audit::{rfc3339, FailureReason};
 use crate::config::escape_controls;
 use crate::domain::normalise_key;
 use crate::store::{Cursor, FailureQuery, FailureRecord};
-use crate::text::{columns, pad, printable};
+use crate::text::{columns, pad, printable, printable_name};
 
 /// Most records a summary reads (newest first); beyond, it says it is partial.
 pub const SUMMARY_SCAN_LIMIT: usize = 200_000;
@@ -389,11 +389,11 @@ impl RecordView {
         RecordView {
             time: printable(&self.time).into_owned(),
             ip: printable(&self.ip).into_owned(),
-            username: printable(&self.username).into_owned(),
+            username: printable_name(&self.username).into_owned(),
             reason: printable(&self.reason).into_owned(),
             user_agent: printable(&self.user_agent).into_owned(),
             count: self.count,
-            typed: self.typed.as_deref().map(|t| printable(t).into_owned()),
+            typed: self.typed.as_deref().map(|t| printable_name(t).into_owned()),
             instance: printable(&self.instance).into_owned(),
             known_browser: self.known_browser,
         }
@@ -437,7 +437,7 @@ fn first_of(n: Option<u64>) -> String {
 impl Top {
     /// The value with invisible and control characters escaped, for pages.
     pub fn shown(&self) -> String {
-        printable(&self.value).into_owned()
+        printable_name(&self.value).into_owned()
     }
 
     /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.
@@ -595,11 +595,11 @@ fn add_seen(map: &mut HashMap<String, Seen>, key: &str, t: u64, n: usize) {
     }
 }
 
-/// `s` escaped and fitted to `width` terminal columns ([`columns`]: a wide character takes
+/// `s` escaped ([`printable_name`]) and fitted to `width` terminal columns ([`columns`]: a wide character takes
 /// two), cut before an escape rather than inside one (`…z\u{2…` hid which character was
 /// there).
 fn cut(s: &str, width: usize) -> String {
-    let p = printable(s);
+    let p = printable_name(s);
     if columns(&p) <= width {
         return pad(&p, width);
     }

@@ -56,6 +56,18 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{")))
 }
 
+/// A name for an audit table or page, where what an attacker typed is shown: [`printable`],
+/// and, when the name reads as plain ASCII but is not (its UTS #39 §4 skeleton is all ASCII:
+/// Cyrillic `аdmin` or `сосо`, fullwidth `ａｄｍｉｎ`), every non-ASCII character escaped
+/// too (`\u{430}dmin`), so a typed look-alike cannot pass for an ASCII name in a list of
+/// them. [`unprintable`] reads it back.
+pub fn printable_name(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() || !crate::domain::looks_of(s).is_ascii() {
+        return printable(s);
+    }
+    escaped_where(s, |at, c| !c.is_ascii() || c.is_ascii_control() || (c == '\\' && s[at..].starts_with("\\u{")))
+}
+
 /// `s` with every [`needs_escape`] character escaped as [`printable`] does, and nothing else:
 /// for a last pass over text whose backslashes are already unambiguous (Rust's `Debug`
 /// quoting writes a typed backslash `\\`) and which may hold escapes already, a field's
@@ -82,8 +94,9 @@ fn escaped_where(s: &str, escapes: impl Fn(usize, char) -> bool) -> Cow<'_, str>
     Cow::Owned(out)
 }
 
-/// The inverse of [`printable`]: each escape it writes (`\u{…}` in its exact form, lower-case
-/// hex, of a [`needs_escape`] character or of a backslash) is turned back into the character;
+/// The inverse of [`printable`] and [`printable_name`]: each escape they write (`\u{…}` in its
+/// exact form, lower-case hex, of a non-ASCII or control character or of a backslash) is turned
+/// back into the character;
 /// any other text, `\u{41}` or `\u{A}` included, is left as it is. For what an administrator
 /// sends back from a page (the admin page puts filter values back escaped), so searching for
 /// what is shown finds exactly what it shows.
@@ -99,7 +112,8 @@ pub fn unprintable(s: &str) -> Cow<'_, str> {
         let decoded = after.find('}').filter(|end| (1..=6).contains(end)).and_then(|end| {
             let c = u32::from_str_radix(&after[..end], 16).ok().and_then(char::from_u32)?;
             let canonical = c.escape_unicode().to_string() == rest[at..at + 3 + end + 1];
-            (canonical && (needs_escape(c) || c == '\\')).then_some((c, end))
+            // Any non-ASCII character: [`printable_name`] escapes look-alike letters too.
+            (canonical && (!c.is_ascii() || needs_escape(c) || c == '\\')).then_some((c, end))
         });
         match decoded {
             Some((c, end)) => {
@@ -178,6 +192,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_that_reads_as_ascii_but_is_not_is_escaped_and_read_back() {
+        use super::{printable_name, unprintable};
+        assert_eq!(printable_name("\u{430}dmin"), "\\u{430}dmin", "Cyrillic a");
+        assert_eq!(printable_name("\u{441}\u{43e}\u{441}\u{43e}"), "\\u{441}\\u{43e}\\u{441}\\u{43e}", "Cyrillic coco");
+        assert_eq!(printable_name("\u{ff41}dmin"), "\\u{ff41}dmin", "fullwidth");
+        for kept in ["alice", "jos\u{e9}", "\u{418}\u{432}\u{430}\u{43d}", "\u{5c71}\u{7530}", "a\u{2060}b"] {
+            assert_eq!(printable_name(kept), super::printable(kept), "{kept:?}");
+        }
+        for s in ["\u{430}dmin", "\u{ff41}d\\u{41}", "\\u{430}dmin", "\u{441}\u{43e}\u{1b}"] {
+            assert_eq!(unprintable(&printable_name(s)), s, "{s:?}");
+        }
+    }
+
     #[test]
     fn columns_count_what_a_terminal_shows() {
         assert_eq!(super::columns("alice"), 5);

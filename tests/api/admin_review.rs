@@ -162,6 +162,36 @@ async fn filter_values_from_a_link_are_put_back_into_the_form_escaped() {
 }
 
 #[tokio::test]
+async fn a_typed_look_alike_of_an_ascii_name_is_shown_escaped_and_found_as_shown() {
+    let app = spawn_app().await;
+    let admin = admin_browser(&app).await;
+    // Cyrillic `а`: a name no user has, which reads as `admin` (whose failures sit beside it).
+    for name in ["\u{430}dmin", "\u{430}dmin", "admin"] {
+        assert_eq!(app.login(name, "not the password at all").await.status(), 401);
+    }
+    let summary = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
+    assert!(summary.contains("\\u{430}dmin") && !summary.contains('\u{430}'), "{summary}");
+    let rows = |page: &str| page.matches("<span class=\"reason").count();
+    let page = admin
+        .get(app.url("/admin/failed-logins"))
+        .query(&[("user", "\\u{430}dmin")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rows(&page), 2, "the text shown finds the look-alike's records, not admin's");
+    assert_eq!(hidden_field(&page, "user").as_deref(), Some("\\u{430}dmin"));
+    // The CLI's table alike.
+    let (ok, out, err) = crate::review::portcullis(&app.settings, &["audit", "--user", "\\u{430}dmin"]).await;
+    assert!(
+        ok && out.lines().filter(|l| l.contains("\\u{430}dmin")).count() == 2 && !out.contains('\u{430}'),
+        "{out}{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_status_notice_cannot_be_put_in_a_link() {
     let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     app.add_user("alice", GOOD_PASSWORD, false).await;

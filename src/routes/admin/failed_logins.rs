@@ -84,7 +84,7 @@ impl Query {
 
 fn href(filters: &FilterArgs) -> String {
     // The user as the page shows it, which the page reads back (`Query::parse`).
-    let user = filters.user.as_deref().map(|u| crate::text::printable(u).into_owned());
+    let user = filters.user.as_deref().map(|u| crate::text::printable_name(u).into_owned());
     let pairs: Vec<(&str, &str)> = [
         ("since", &filters.since),
         ("until", &filters.until),
@@ -233,8 +233,9 @@ fn render(
     let csrf = state.csrf.session_token(&admin.token_hash);
     // The values put back into the fields come from the URL, which anyone can send an
     // administrator: shown as every page shows such text (`\u{…}` for controls and invisible
-    // characters), so a link cannot pre-fill a look-alike name into the unlock box.
-    let field = |v: &Option<String>| crate::text::printable(v.as_deref().unwrap_or("")).into_owned();
+    // characters, and look-alike letters in a name that reads as ASCII), so a link cannot
+    // pre-fill a look-alike name into the unlock box.
+    let field = |v: &Option<String>| crate::text::printable_name(v.as_deref().unwrap_or("")).into_owned();
     let (since, until, user, ip) =
         (field(&filters.since), field(&filters.until), field(&filters.user), field(&filters.ip));
     let page = AdminPage {
