@@ -322,7 +322,9 @@ fn raw_path(raw: &str) -> &str {
 ///
 /// Case-insensitive routers (Express's default, Koa, ASP.NET Core), which serve `/ADMIN/users`
 /// from the `/admin` handler, are not a reading of the path but of the rules: see
-/// [`crate::access::Access::decide_ignoring_case`].
+/// [`crate::access::Access::decide_ignoring_case`]. Those that decode first and ignore case
+/// by Unicode's rules (ASP.NET Core's `OrdinalIgnoreCase`) also read `/ſtaff` as `/staff`: each
+/// reading above with non-ASCII characters is given once more, folded ([`unicode_folded`]).
 ///
 /// # Errors
 /// [`TargetError::AmbiguousPath`] when the path after such an authority is one servers read
@@ -336,9 +338,28 @@ pub fn other_readings(raw: &str) -> Result<Vec<String>, TargetError> {
         let decoded = normalise_path(path)?;
         readings.extend([path.to_string(), decoded]);
     }
+    let folded: Vec<String> = readings.iter().filter_map(|r| unicode_folded(r)).collect();
+    readings.extend(folded);
     readings.sort_unstable();
     readings.dedup();
     Ok(readings)
+}
+
+/// `path` (percent-encoded) as an application that decodes it and then ignores case by
+/// Unicode's rules would route it: decoded, NFKC-normalised, upper- then lower-cased (full
+/// case mapping, so the long s `ſ` U+017F reads as `s`, the Kelvin sign U+212A as `k`,
+/// full-width `Ａ` as `a`) and encoded again; [`crate::access::Access::decide_ignoring_case`]
+/// covers only ASCII letters, which is all the encoded path shows it. `None` for a path
+/// with no non-ASCII character once decoded, or whose bytes are not UTF-8 (no such reading).
+fn unicode_folded(path: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8().ok()?;
+    if decoded.is_ascii() {
+        return None;
+    }
+    let nfkc: String = decoded.nfkc().collect();
+    let folded: String = nfkc.to_uppercase().to_lowercase().nfkc().collect();
+    Some(utf8_percent_encode(&folded, PATH_ENCODE).to_string())
 }
 
 /// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the
@@ -479,6 +500,20 @@ pub fn wants_page(accept: Option<&str>, requested_with: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_path_read_with_unicode_case_folding_is_one_more_reading() {
+        let readings = super::other_readings("/%C5%BFtaff/x").unwrap();
+        assert!(readings.contains(&"/staff/x".to_string()), "long s: {readings:?}");
+        let readings = super::other_readings("/\u{212a}eys").unwrap();
+        assert!(readings.contains(&"/keys".to_string()), "Kelvin sign: {readings:?}");
+        let readings = super::other_readings("/\u{ff21}dmin").unwrap();
+        assert!(readings.contains(&"/admin".to_string()), "full-width: {readings:?}");
+        let readings = super::other_readings("/CAF%C3%89").unwrap();
+        assert!(readings.contains(&"/caf%C3%A9".to_string()), "{readings:?}");
+        assert_eq!(super::other_readings("/Admin/x").unwrap(), ["/Admin/x"], "ASCII: the rules' own folding");
+        assert_eq!(super::other_readings("/%FF/x").unwrap(), ["/%FF/x"], "not UTF-8: no such reading");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -415,7 +415,13 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
-    for path in ["/Docs/Page", "//docs/page", "/PUBLIC/x"] {
+    // Routers that decode and then ignore case by Unicode's rules (ASP.NET Core) read
+    // full-width `Ａ` as `a` (found by a review, with `ſ` for `s` through real nginx and Caddy).
+    for path in ["/%EF%BC%A1dmin/users", "/\u{ff21}DMIN"] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    for path in ["/Docs/Page", "//docs/page", "/PUBLIC/x", "/D%C3%96cs/%C3%A9t%C3%A9"] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
     // Anonymous: under the bypass rule to one reading, not to the other (an application that
