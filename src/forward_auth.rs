@@ -410,6 +410,13 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     if lower.contains("%2f") || lower.contains("%5c") {
         return Err(TargetError::AmbiguousPath("an encoded slash or backslash"));
     }
+    // A control character (`%0a`, `%09`, `%00`) in a path is no name a page links to, and
+    // applications read it apart: some trim it (`/%0aadmin` is `/admin` there), some end a
+    // regular expression's `.` at it (Spring's CVE-2022-22978), some cut the path at `%00`.
+    let control = |hex: &[u8]| matches!(hex, [b'0' | b'1', _] | [b'7', b'f']);
+    if lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..])) {
+        return Err(TargetError::AmbiguousPath("an encoded control character"));
+    }
     let decoded = decode_unreserved(&encoded);
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let mut out: Vec<&str> = Vec::with_capacity(segments.len());

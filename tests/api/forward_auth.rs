@@ -443,6 +443,12 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/public/../admin",
         "/admin/%2e%2e/public/x",
         "/admin/./x",
+        // Control characters: trimmed by some applications, ending a regex's `.` in others.
+        "/%0aadmin",
+        "/%09admin",
+        "/admin%0d%0a/x",
+        "/public/%00/../admin",
+        "/%7Fadmin",
         // nginx passes a `#` in the request line on as it is; Go's servers resolve what follows.
         "/public/x#/../../admin",
         "/public/x#",
