@@ -428,7 +428,8 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
             tracing::info!(passkey = %removed.name, "passkey removed");
             let username = &session.user.display_name;
             super::account::record_factor_removed(&state, username, crate::factors::FactorKind::Passkey, codes_voided);
-            see_other(ACCOUNT_PASSKEYS)
+            let removed = crate::routes::flash::Notice::PasskeyRemoved { name: removed.name };
+            removed.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),
         Err(e) => passkey_failure(&e, "could not remove a passkey"),

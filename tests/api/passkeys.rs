@@ -304,6 +304,14 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
     assert_eq!(removed["kind"], "passkey");
+    // The page says which one went, and that the sessions it began did not.
+    let page = alice.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("Your passkey \u{201c}new &#60;name&#62;\u{201d} is removed. Sessions it signed in stay open")
+            || page
+                .contains("Your passkey \u{201c}new &lt;name&gt;\u{201d} is removed. Sessions it signed in stay open"),
+        "{page}"
+    );
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a removed passkey signs nobody in");
 }
