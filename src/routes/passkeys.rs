@@ -237,7 +237,12 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
             &device_cookie,
             crate::csrf::PRELOGIN_COOKIE,
         ),
-        Ok(Outcome::Refused(refusal)) => {
+        Ok(Outcome::Refused(mut refusal)) => {
+            // A passkey whose user is disabled or gone reads as any refused passkey, as a
+            // disabled user's right password reads as a wrong one: only the record says why.
+            if matches!(refusal.reason, FailureReason::Disabled | FailureReason::UnknownUser) {
+                refusal.reason = FailureReason::BadPasskey;
+            }
             super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal).await
         }
         // A passkey sign-in never asks for another factor.

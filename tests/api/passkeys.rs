@@ -325,6 +325,21 @@ async fn a_deleted_users_passkey_does_not_sign_in_a_new_user_of_the_same_name() 
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("That passkey was not accepted."), "as any refused passkey");
+}
+
+#[tokio::test]
+async fn a_disabled_users_passkey_is_refused_as_any_refused_passkey_and_recorded_as_disabled() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    app.state.users.set_disabled("alice", true, "test").await.unwrap();
+    let resp = sign_in(&app, &app.new_browser(), &mut device).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("That passkey was not accepted.") && !page.contains("Incorrect username"), "{page}");
+    let records = app.records(portcullis::store::FailureQuery::default()).await;
+    assert_eq!(records[0].reason, portcullis::audit::FailureReason::Disabled, "the record says why");
 }
 
 #[tokio::test]
