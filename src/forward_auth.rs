@@ -279,7 +279,8 @@ impl Gate {
             return None;
         }
         let url = url::Url::parse(raw).ok()?;
-        if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() {
+        // Port 0 names no service a browser can reach (RFC 6335 §6: reserved).
+        if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() || url.port() == Some(0) {
             return None;
         }
         let Some(url::Host::Domain(host)) = url.host() else { return None };
@@ -575,6 +576,8 @@ mod tests {
             "https://evil.com&.example.com/",
             "https://a*b.example.com/",
             "https://a!b.example.com/",
+            "https://app.example.com:0/x",
+            "https://app.example.com:000/",
             "",
         ] {
             assert_eq!(g.safe_rd(bad), None, "{bad:?}");
@@ -795,7 +798,7 @@ mod tests {
             scheme in prop::sample::select(vec!["https://", "HTTPS://", "http://", "https:", "https:/", "//", ""]),
             userinfo in prop::sample::select(vec!["", "u@", "u:p@", "app.example.com@"]),
             host in prop::sample::select(vec!["app.example.com", "example.com", "evil-example.com", "example.com.evil.net", "a.b.example.com", "EXAMPLE.COM", "xn--e1afmkfd.example.com", "evil.net;.example.com", "a&b.example.com"]),
-            port in prop::sample::select(vec!["", ":443", ":8443", ":x"]),
+            port in prop::sample::select(vec!["", ":443", ":8443", ":x", ":0", ":00"]),
             rest in "[/a-zA-Z0-9?&=#%.\\\\@:;\\t ]{0,24}",
         ) {
             let g = gate(Some("example.com"));
@@ -808,6 +811,7 @@ mod tests {
                 prop_assert!(h == "example.com" || h.ends_with(".example.com"), "{} -> {}", raw, out);
                 prop_assert!(h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)), "{} -> {}", raw, out);
                 prop_assert!(poem::http::HeaderValue::from_str(&out).is_ok());
+                prop_assert_ne!(url.port(), Some(0), "{} -> {}", raw, out);
                 // A second pass agrees: the answer is stable.
                 prop_assert_eq!(g.safe_rd(&out), Some(out.clone()));
                 // And it round-trips through the login location.
