@@ -75,7 +75,7 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: unknown key `{key}`")]
     UnknownKey { path: PathBuf, key: String },
-    #[error("invalid {key} = {value:?} (from {source_name}): {message}")]
+    #[error("invalid {key} = {} (from {source_name}): {message}", crate::text::quoted(.value))]
     Invalid { key: &'static str, value: String, source_name: String, message: String },
     /// A `PORTCULLIS_*` variable that is not UTF-8 (its value is not shown: it may hold a
     /// password). Ignoring it would start on the default, say a new sled store instead of

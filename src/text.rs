@@ -68,6 +68,24 @@ pub fn printable_name(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| !c.is_ascii() || c.is_ascii_control() || (c == '\\' && s[at..].starts_with("\\u{")))
 }
 
+/// `s` in double quotes for an error line: a quote, a backslash, `\n`, `\r`, `\t` and
+/// `\0` escaped as Rust's `{:?}` writes them, every other [`needs_escape`] character as
+/// `\u{…}`, and every other character as it is. Rust's `{:?}` also escapes combining marks
+/// (`"ร\u{e49}าน"`), which made Thai and Devanagari names unreadable in error lines.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\0' => out.extend(c.escape_debug()),
+            c if needs_escape(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `s` with every [`needs_escape`] character escaped as [`printable`] does, and nothing else:
 /// for a last pass over text whose backslashes are already unambiguous (Rust's `Debug`
 /// quoting writes a typed backslash `\\`) and which may hold escapes already, a field's
@@ -204,6 +222,17 @@ mod tests {
         for s in ["\u{430}dmin", "\u{ff41}d\\u{41}", "\\u{430}dmin", "\u{441}\u{43e}\u{1b}"] {
             assert_eq!(unprintable(&printable_name(s)), s, "{s:?}");
         }
+    }
+
+    #[test]
+    fn quoted_escapes_what_debug_does_but_keeps_every_scripts_marks() {
+        use super::quoted;
+        for s in ["alice", "a\"b", "a\\u{41}", "a\nb\t\r\0", "x\u{1b}[2J", "ad\u{202e}min"] {
+            assert_eq!(quoted(s), format!("{s:?}"), "{s:?}");
+        }
+        assert_eq!(quoted("\u{e23}\u{e49}\u{e32}\u{e19}"), "\"\u{e23}\u{e49}\u{e32}\u{e19}\"", "Thai, as written");
+        assert_eq!(quoted("e\u{301}mile"), "\"e\u{301}mile\"");
+        assert_eq!(quoted("\u{ff2e}O"), "\"\\u{ff2e}O\"", "full-width: escaped, as printable shows it");
     }
 
     #[test]

@@ -15,11 +15,11 @@ use crate::store::{now_ms, FactorSummary, Store, StoreError, User};
 pub enum UserError {
     #[error("invalid username: {0}")]
     InvalidUsername(#[from] UsernameError),
-    #[error("no user named {0:?}")]
+    #[error("no user named {}", crate::text::quoted(.0))]
     UnknownUser(String),
-    #[error("a user named {0:?} already exists")]
+    #[error("a user named {} already exists", crate::text::quoted(.0))]
     AlreadyExists(String),
-    #[error("the username looks like that of the existing user {0:?}")]
+    #[error("the username looks like that of the existing user {}", crate::text::quoted(.0))]
     LooksLike(String),
     #[error("weak password: {0}")]
     WeakPassword(#[from] WeakPassword),
@@ -31,7 +31,7 @@ pub enum UserError {
     #[error("the admins group cannot be listed: it follows the administrator flag (portcullis user add NAME --admin)")]
     ReservedGroup,
     /// `user groups NAME --add G --remove G`: which one was meant cannot be known.
-    #[error("the group {0:?} is both added and removed: give it once")]
+    #[error("the group {} is both added and removed: give it once", crate::text::quoted(.0))]
     AddedAndRemoved(String),
     #[error(transparent)]
     Store(#[from] StoreError),

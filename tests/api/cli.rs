@@ -145,6 +145,8 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         (&["audit", "--limit", "1\n2"][..], "'1\\u{a}2'"),
         (&["bo\n\ngus"][..], "'bo\\u{a}\\u{a}gus'"),
         (&["user", "del", "a\nb"][..], "\"a\\nb\""),
+        // Marks of every script as written: Rust's `{:?}` wrote `"ร\u{e49}าน"`.
+        (&["user", "del", "\u{e23}\u{e49}\u{e32}\u{e19}"][..], "no user named \"\u{e23}\u{e49}\u{e32}\u{e19}\""),
         // A command without its subcommand says so (clap would print the whole help).
         (&["user"][..], "`portcullis user` needs a subcommand (see portcullis user --help)"),
         // A refused value points at the help of the command that takes it.
