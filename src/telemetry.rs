@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
-use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -162,21 +161,69 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool 
 
 /// Field formatting for the terminal: every value (the message too) with invisible, control,
 /// line-break and bidi characters escaped (`\u{1b}`), so a username or an error quoting one
-/// cannot forge a line, recolour the terminal or pass for another name
-/// ([`crate::text::escape_hidden`]). Strings are quoted as `Debug` quotes them.
+/// cannot forge a line, recolour the terminal or pass for another name. Strings are quoted by
+/// [`crate::text::quoted`] (as `Debug` quotes them, but with every script's marks as
+/// written: `"ร้าน"`, not `"ร\u{e49}าน"`); other values are written by `Debug` and passed
+/// through [`crate::text::escape_hidden`], once.
 pub fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
-    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        // `Debug` has escaped a string's controls and backslashes already; what it leaves
-        // (bidi, format characters) and `Display` values get escaped here, once.
-        let text = format!("{value:?}");
-        let shown = crate::text::escape_hidden(&text);
-        if field.name() == "message" {
-            write!(w, "{shown}")
-        } else {
-            write!(w, "{}={shown}", field.name())
+    EscapedFields
+}
+
+/// [`escaped_fields`]: makes one [`EscapedVisitor`] per event or span.
+struct EscapedFields;
+
+impl<'a> tracing_subscriber::field::MakeVisitor<Writer<'a>> for EscapedFields {
+    type Visitor = EscapedVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> Self::Visitor {
+        EscapedVisitor { writer, first: true, result: Ok(()) }
+    }
+}
+
+/// Writes fields as `name=value`, space-separated, the message bare.
+struct EscapedVisitor<'a> {
+    writer: Writer<'a>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl EscapedVisitor<'_> {
+    fn write(&mut self, field: &tracing::field::Field, shown: &str) {
+        if self.result.is_err() {
+            return;
         }
-    })
-    .delimited(" ")
+        let gap = if std::mem::take(&mut self.first) { "" } else { " " };
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{gap}{shown}")
+        } else {
+            write!(self.writer, "{gap}{}={shown}", field.name())
+        };
+    }
+}
+
+impl tracing::field::Visit for EscapedVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.write(field, &crate::text::quoted(value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        // `Debug` has escaped a string's controls and backslashes already; what it leaves
+        // (bidi, format characters) and `Display` values get escaped here.
+        let text = format!("{value:?}");
+        self.write(field, &crate::text::escape_hidden(&text));
+    }
+}
+
+impl tracing_subscriber::field::VisitOutput<std::fmt::Result> for EscapedVisitor<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.result
+    }
+}
+
+impl tracing_subscriber::field::VisitFmt for EscapedVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        &mut self.writer
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +310,12 @@ mod tests {
         assert!(text.contains(r#"agent="evil\u{202e}RTL""#), "{text}");
         assert!(text.contains(r#"typed="m\\u{9b}""#), "{text}");
         assert!(!text.contains("u{5c}"), "{text}");
+    }
+
+    #[test]
+    fn terminal_lines_keep_every_scripts_marks_as_written() {
+        let text = terminal_text(|| tracing::warn!(username = "\u{e23}\u{e49}\u{e32}\u{e19}", count = 2, "x"));
+        assert!(text.contains("username=\"\u{e23}\u{e49}\u{e32}\u{e19}\" count=2"), "{text}");
     }
 
     #[test]
