@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::GOOD_PASSWORD;
+use crate::helpers::{TestApp, GOOD_PASSWORD};
 use crate::passkeys::passkey_app;
 use crate::pg::REQUIRE_ALL;
 
@@ -46,9 +46,14 @@ fn can_run() -> bool {
 }
 
 /// Runs `tests/browser/{script}` with `cmd`'s environment; returns its stdout once it passed.
-async fn run_script(script: &str, configure: impl FnOnce(&mut Command)) -> String {
+async fn run_script(script: &str, app: &TestApp, user: &str, configure: impl FnOnce(&mut Command)) -> String {
     let mut cmd = Command::new("node");
-    cmd.arg(script).current_dir(browser_dir()).env("PORTCULLIS_CHROMIUM", chromium());
+    cmd.arg(script)
+        .current_dir(browser_dir())
+        .env("PORTCULLIS_CHROMIUM", chromium())
+        .env("PORTCULLIS_URL", app.settings.public_url.clone().expect("a public_url the browser opens"))
+        .env("PORTCULLIS_USER", user)
+        .env("PORTCULLIS_PASSWORD", GOOD_PASSWORD);
     configure(&mut cmd);
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("node runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -64,12 +69,8 @@ async fn a_passkey_registered_in_chromium_signs_in_with_no_password_and_no_captc
     }
     let app = passkey_app().await;
     app.add_user("carol", GOOD_PASSWORD, false).await;
-    let url = app.settings.public_url.clone().unwrap();
-    run_script("passkeys.mjs", |cmd| {
-        cmd.env("PORTCULLIS_URL", url)
-            .env("PORTCULLIS_USER", "carol")
-            .env("PORTCULLIS_PASSWORD", GOOD_PASSWORD)
-            .env("PORTCULLIS_SECOND_FACTOR", if SECOND_FACTOR_PAGE { "1" } else { "0" });
+    run_script("passkeys.mjs", &app, "carol", |cmd| {
+        cmd.env("PORTCULLIS_SECOND_FACTOR", if SECOND_FACTOR_PAGE { "1" } else { "0" });
     })
     .await;
     let lines = app.log_lines();
@@ -105,12 +106,8 @@ async fn in_chromium_sign_in_and_sign_out_with_rd_land_on_the_gated_host() {
     app.add_user("dave", GOOD_PASSWORD, false).await;
     // The gated "application" is this server's /healthz under another host name: any HTTPS
     // page on a host under the cookie domain will do.
-    let url = app.settings.public_url.clone().unwrap();
-    run_script("gated.mjs", |cmd| {
-        cmd.env("PORTCULLIS_URL", url)
-            .env("PORTCULLIS_USER", "dave")
-            .env("PORTCULLIS_PASSWORD", GOOD_PASSWORD)
-            .env("PORTCULLIS_RD", format!("https://wiki.example.test:{port}/healthz?from=sign-in"))
+    run_script("gated.mjs", &app, "dave", |cmd| {
+        cmd.env("PORTCULLIS_RD", format!("https://wiki.example.test:{port}/healthz?from=sign-in"))
             .env("PORTCULLIS_RD_OUT", format!("https://wiki.example.test:{port}/healthz?from=sign-out"))
             .env("PORTCULLIS_RESOLVE", "*.example.test");
     })
