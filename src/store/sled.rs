@@ -799,6 +799,29 @@ impl SledStore {
             .map_err(|e| StoreError::Unavailable(format!("a store task ended: {e}").into()))?
     }
 
+    /// Removes the pending sign-ins `doomed` picks (given each record, `None` for one that no
+    /// longer decodes), durably; returns how many went. A scan: pending sign-ins live minutes
+    /// and are few, and an index by user would cost every two-step sign-in a write for what
+    /// only *sign out everywhere else* reads.
+    async fn remove_pending_where(
+        &self,
+        doomed: impl Fn(Option<PendingRecord>) -> bool + Send + 'static,
+    ) -> Result<usize> {
+        let removed = self
+            .blocking(move |s| {
+                let mut n = 0;
+                for kv in s.pending_sign_ins.iter() {
+                    let (k, v) = kv?;
+                    if doomed(decode::<PendingRecord>(&v).ok()) {
+                        n += usize::from(s.pending_sign_ins.remove(k)?.is_some());
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        self.durable(removed).await
+    }
+
     /// `value`, once every write before this call is durable.
     async fn durable<T>(&self, value: T) -> Result<T> {
         self.flush().await?;
@@ -1281,38 +1304,12 @@ impl FactorStore for SledStore {
 
     async fn take_pending_of(&self, user_key: &str) -> Result<usize> {
         let user_key = user_key.to_string();
-        // A scan: pending sign-ins live minutes and are few; an index would cost every sign-in
-        // with a second factor a write for what only this rare action reads.
-        let removed = self
-            .blocking(move |s| {
-                let mut n = 0;
-                for kv in s.pending_sign_ins.iter() {
-                    let (k, v) = kv?;
-                    if decode::<PendingRecord>(&v).is_ok_and(|r| r.user_key == user_key) {
-                        n += usize::from(s.pending_sign_ins.remove(k)?.is_some());
-                    }
-                }
-                Ok(n)
-            })
-            .await?;
-        self.durable(removed).await
+        self.remove_pending_where(move |r| r.is_some_and(|r| r.user_key == user_key)).await
     }
 
     async fn purge_pending(&self, now: u64) -> Result<usize> {
-        let removed = self
-            .blocking(move |s| {
-                let mut n = 0;
-                for kv in s.pending_sign_ins.iter() {
-                    let (k, v) = kv?;
-                    if decode::<PendingRecord>(&v).map_or(true, |r| r.expires_at < now) {
-                        s.pending_sign_ins.remove(k)?;
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })
-            .await?;
-        self.durable(removed).await
+        // One that no longer reads is of no use either.
+        self.remove_pending_where(move |r| r.is_none_or(|r| r.expires_at < now)).await
     }
 
     async fn count(&self) -> Result<u64> {
