@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -166,7 +167,7 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool 
 /// written: `"ร้าน"`, not `"ร\u{e49}าน"`); other values are written by `Debug` and passed
 /// through [`crate::text::escape_hidden`], once.
 pub fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
-    EscapedFields
+    EscapedFields.delimited(" ")
 }
 
 /// [`escaped_fields`]: makes one [`EscapedVisitor`] per event or span.
@@ -176,14 +177,13 @@ impl<'a> tracing_subscriber::field::MakeVisitor<Writer<'a>> for EscapedFields {
     type Visitor = EscapedVisitor<'a>;
 
     fn make_visitor(&self, writer: Writer<'a>) -> Self::Visitor {
-        EscapedVisitor { writer, first: true, result: Ok(()) }
+        EscapedVisitor { writer, result: Ok(()) }
     }
 }
 
-/// Writes fields as `name=value`, space-separated, the message bare.
+/// Writes fields as `name=value`, the message bare (`delimited` puts the spaces between).
 struct EscapedVisitor<'a> {
     writer: Writer<'a>,
-    first: bool,
     result: std::fmt::Result,
 }
 
@@ -192,11 +192,10 @@ impl EscapedVisitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let gap = if std::mem::take(&mut self.first) { "" } else { " " };
         self.result = if field.name() == "message" {
-            write!(self.writer, "{gap}{shown}")
+            write!(self.writer, "{shown}")
         } else {
-            write!(self.writer, "{gap}{}={shown}", field.name())
+            write!(self.writer, "{}={shown}", field.name())
         };
     }
 }
