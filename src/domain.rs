@@ -112,11 +112,11 @@ impl Username {
         Ok(username)
     }
 
-    /// What the name looks like: see [`looks_of`]. Two names that look the same can pass for
-    /// each other (`admin` and Cyrillic `аdmin`, `rn` and `m`, `aIice` and `alice`, `a  b` and
-    /// `a b`).
-    pub fn skeleton(&self) -> String {
-        looks_of(&self.display)
+    /// What the name looks like ([`Looks`]): two names that look the same can pass for each
+    /// other (`admin` and Cyrillic `аdmin`, `rn` and `m`, `aIice` and `alice`, `a  b` and
+    /// `a b`, Hebrew `2דוד` and `דוד2`).
+    pub fn looks(&self) -> Looks {
+        Looks::of(&self.display)
     }
 
     /// Rebuilds a username from a stored record (already checked when it was created).
@@ -169,6 +169,27 @@ pub fn bidi_looks_of(display: &str) -> [String; 2] {
             info.paragraphs.iter().map(|para| info.reorder_line(para, para.range.clone()).into_owned()).collect();
         looks_of(&visual)
     })
+}
+
+/// How a name looks, written plainly and drawn in either direction: its confusable skeleton
+/// ([`looks_of`]) and its bidi skeletons ([`bidi_looks_of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Looks {
+    plain: String,
+    drawn: [String; 2],
+}
+
+impl Looks {
+    /// The looks of `display`, a name as written.
+    pub fn of(display: &str) -> Self {
+        Looks { plain: looks_of(display), drawn: bidi_looks_of(display) }
+    }
+
+    /// Whether two names can pass for each other: the same confusable skeleton (UTS #39 §4), or
+    /// drawn alike in a left-to-right or in a right-to-left line (§4.1).
+    pub fn alike(&self, other: &Looks) -> bool {
+        self.plain == other.plain || self.drawn[0] == other.drawn[0] || self.drawn[1] == other.drawn[1]
+    }
 }
 
 /// Longest group name accepted, in characters.
@@ -330,7 +351,7 @@ mod tests {
 
     #[test]
     fn look_alike_names_share_a_skeleton_and_different_names_do_not() {
-        let looks = |s: &str| Username::parse(s).unwrap().skeleton();
+        let looks = |s: &str| looks_of(Username::parse(s).unwrap().as_str());
         assert_eq!(looks("admin"), looks("\u{430}dmin"));
         assert_eq!(looks("admin"), looks("adrnin"));
         assert_eq!(looks("a b"), looks_of("a  b"));

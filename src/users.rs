@@ -160,12 +160,8 @@ impl UserAdmin {
         // for Latin `a`, `rn` for `m`), or is drawn as one (§4.1 bidi skeletons: Hebrew `2דוד`
         // beside `דוד2`), is refused. One pass over the users: `user add` is an administrator's
         // act, not a request path.
-        let looks = username.skeleton();
-        let drawn = crate::domain::bidi_looks_of(username.as_str());
-        let alike = |u: &User| {
-            let theirs = crate::domain::bidi_looks_of(&u.display_name);
-            crate::domain::looks_of(&u.display_name) == looks || theirs[0] == drawn[0] || theirs[1] == drawn[1]
-        };
+        let looks = username.looks();
+        let alike = |u: &User| crate::domain::Looks::of(&u.display_name).alike(&looks);
         if let Some(twin) = self.store.users.list().await?.into_iter().find(alike) {
             return Err(UserError::LooksLike(crate::text::printable(&twin.display_name).into_owned()));
         }
