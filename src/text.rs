@@ -53,7 +53,12 @@ pub fn needs_escape(c: char) -> bool {
 /// name typed as the text `\u{ff4d}` cannot pass for the escaped `ｍ` either, and
 /// [`unprintable`] can undo the escaping exactly. Borrowed when nothing needed escaping.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    escaped_where(s, |at, c| needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{")))
+    escaped_where(s, |at, c| escaped_by_printable(s, at, c))
+}
+
+/// Whether [`printable`] escapes `c`, at byte `at` of `s`.
+fn escaped_by_printable(s: &str, at: usize, c: char) -> bool {
+    needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{"))
 }
 
 /// A name for an audit table or page, where what an attacker typed is shown: [`printable`],
@@ -65,7 +70,7 @@ pub fn printable_name(s: &str) -> Cow<'_, str> {
     if s.is_ascii() || !crate::domain::looks_of(s).is_ascii() {
         return printable(s);
     }
-    escaped_where(s, |at, c| !c.is_ascii() || c.is_ascii_control() || (c == '\\' && s[at..].starts_with("\\u{")))
+    escaped_where(s, |at, c| !c.is_ascii() || escaped_by_printable(s, at, c))
 }
 
 /// `s` in double quotes for an error line: a quote, a backslash, `\n`, `\r`, `\t` and
