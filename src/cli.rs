@@ -453,21 +453,16 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     // Aligned to the widest line that fits a terminal; a longer one (the `access` rules on one
     // line) has its comment right after it, not every other line padded to its width.
     const WIDE: usize = 64;
-    let lines: Vec<(String, bool)> = settings
-        .iter()
-        .map(|s| {
-            // A setting left unset is shown commented out: `database_url = ""` read back is an
-            // error (README: an empty one is refused), and for the others it would no longer
-            // read as unset, so the output stays a file that checks the same.
-            let unset = s.value == "\"\"" && s.source == "default";
-            (format!("{}{} = {}", if unset { "# " } else { "" }, s.key, s.value), unset)
-        })
-        .collect();
-    let width = lines.iter().map(|(l, _)| crate::text::columns(l)).filter(|&n| n <= WIDE).max().unwrap_or(0);
+    // A setting left unset is shown commented out: `database_url = ""` read back is an error
+    // (README: an empty one is refused), and for the others it would no longer read as unset,
+    // so the output stays a file that checks the same.
+    let unset = |s: &crate::config::Effective| s.value == "\"\"" && s.source == "default";
+    let line = |s: &crate::config::Effective| format!("{}{} = {}", if unset(s) { "# " } else { "" }, s.key, s.value);
+    let width = settings.iter().map(|s| crate::text::columns(&line(s))).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
-    for ((line, unset), s) in lines.iter().zip(&settings) {
-        let comment = format!("# {}{}", s.source, if *unset { ", unset" } else { "" });
-        text.push_str(&format!("{}  {comment}\n", crate::text::pad(line, width)));
+    for s in &settings {
+        let comment = format!("# {}{}", s.source, if unset(s) { ", unset" } else { "" });
+        text.push_str(&format!("{}  {comment}\n", crate::text::pad(&line(s), width)));
     }
     print_out(&text)
 }
