@@ -85,6 +85,12 @@ impl Notice {
         matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. })
     }
 
+    /// Whether the notice is about passkeys: the account page shows it in their section, where
+    /// a passkey's removal lands (`/account#passkeys-heading`), not at the top out of view.
+    pub fn about_passkeys(&self) -> bool {
+        matches!(self, Notice::PasskeyRemoved { .. })
+    }
+
     /// Adds the cookie that carries this notice, signed for the session whose token hash is
     /// `session_hash`, to `resp` (a redirect to the page).
     pub fn attach(&self, csrf: &Csrf, session_hash: &[u8; 32], mut resp: Response) -> Response {

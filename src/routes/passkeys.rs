@@ -110,6 +110,8 @@ struct PasskeysPage<'a> {
     passkeys: Vec<PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// Shown only on the account page (see its `passkey_notice`).
+    passkey_notice: Option<String>,
     /// The session may add a passkey without confirming its password first.
     recent: bool,
 }
@@ -276,6 +278,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
         passkeys,
         passkeys_enabled: state.passkeys.enabled(),
         passkey_error: error,
+        passkey_notice: None,
         recent: session.authenticated_recently(now_ms()),
     };
     with_passkey_script(html(status, &page))

@@ -312,6 +312,8 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
                 .contains("Your passkey \u{201c}new &lt;name&gt;\u{201d} is removed. Sessions it signed in stay open"),
         "{page}"
     );
+    // In the passkeys section, where the page lands (`#passkeys-heading`), not above it.
+    assert!(page.find("id=\"passkeys-heading\"") < page.find("Your passkey \u{201c}"), "{page}");
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a removed passkey signs nobody in");
 }

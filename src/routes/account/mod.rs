@@ -66,6 +66,8 @@ struct AccountPage<'a> {
     passkeys: Vec<crate::routes::passkeys::PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// A notice about passkeys, shown in their section, where the page lands after a removal.
+    passkey_notice: Option<String>,
     /// The session may add or remove a second factor without confirming its password first
     /// ([`confirm`]).
     recent: bool,
@@ -129,6 +131,11 @@ async fn render_listed(
     };
     let passkeys_enabled = state.passkeys.enabled();
     let csrf = state.csrf.session_token(&session.token_hash);
+    // A notice about passkeys is shown in their section, where the page is scrolled to.
+    let (passkey_notice, notice) = match notice {
+        Some(n) if n.about_passkeys() => (Some(n.text()), None),
+        other => (None, other),
+    };
     let page = html(
         status,
         &AccountPage {
@@ -145,6 +152,7 @@ async fn render_listed(
             passkeys,
             passkeys_enabled,
             passkey_error: None,
+            passkey_notice,
             recent: session.authenticated_recently(crate::store::now_ms()),
         },
     );
