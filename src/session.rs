@@ -90,6 +90,36 @@ impl ActiveSession {
     }
 }
 
+/// Why *sign out everywhere else* did not finish ([`Sessions::end_others`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EndOthersError {
+    /// Nothing was ended, or only pending sign-ins: the other sessions are still signed in.
+    #[error("the other sessions could not be ended: {0}")]
+    NothingEnded(#[source] StoreError),
+    /// The other sessions ended (`sessions` of them, and `pending` sign-ins), but the new
+    /// credential generation could not be written: this session goes on, and a sign-in whose
+    /// password was being checked at that instant may still finish.
+    #[error("the other sessions ended, but no new generation began: {error}")]
+    NotSealed {
+        sessions: usize,
+        pending: usize,
+        #[source]
+        error: StoreError,
+    },
+    /// The other sessions ended and the new generation began, but this browser's new token
+    /// could not be written: this session is over with the old generation.
+    #[error("the other sessions ended, and this one with them: {error}")]
+    ThisEndedToo {
+        sessions: usize,
+        pending: usize,
+        #[source]
+        error: StoreError,
+    },
+    /// The user was deleted meanwhile: every session of theirs is over, this one too.
+    #[error("the user was deleted meanwhile")]
+    UserGone,
+}
+
 /// Creates, resolves and ends sessions.
 #[derive(Clone)]
 pub struct Sessions {
@@ -141,10 +171,11 @@ impl Sessions {
         self.start(previous, user, factors, None, ip, user_agent).await
     }
 
-    /// A new token for a session that goes on from `continued` after a password change,
-    /// which ends every session of the user: `changed` is the user as the change left it (the
-    /// new credential generation). Same factors and start, so its absolute timeout still counts
-    /// from the sign-in (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
+    /// A new token for a session that goes on from `continued` into a new credential
+    /// generation (a password change, *sign out everywhere else*), which ends every session of
+    /// the old one: `changed` is the user as the change left it. `continued`'s record is
+    /// removed. Same factors and start, so its absolute timeout still counts from the sign-in
+    /// (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
     ///
     /// # Errors
     /// As [`Sessions::create_in_place_of`].
@@ -157,7 +188,9 @@ impl Sessions {
     ) -> Result<SessionToken, StoreError> {
         let record = &continued.record;
         debug_assert_eq!(record.user_key, changed.key);
-        self.start(None, changed, record.factors, Some(record.created_at), ip, user_agent).await
+        // Its old token is over with the old generation; removed here rather than when seen.
+        let previous = Some(&continued.token_hash);
+        self.start(previous, changed, record.factors, Some(record.created_at), ip, user_agent).await
     }
 
     async fn start(
@@ -297,17 +330,44 @@ impl Sessions {
     }
 
     /// *Sign out everywhere else*: ends the user's pending second-step sign-ins, then their
-    /// sessions but `keep`, durably. Returns how many of each ended: `(sessions, pending)`.
+    /// sessions but `current`, then starts a new credential generation
+    /// ([`crate::store::UserStore::renew_generation`]) and moves `current` onto it under a new
+    /// token (same start and factors, as [`Sessions::renew`]). The new generation is what
+    /// closes the race with a sign-in whose password was being checked at that instant: its
+    /// check was made under the old generation, so it records no sign-in, and a session or
+    /// pending sign-in stored by a step that read the user before is over when it is stored.
     /// A second step begun elsewhere with the password ends too, so whoever holds the password
     /// but not yet the factor must start again (and the user hears that one was waiting).
     ///
+    /// Returns the browser's new token and how many ended: `(token, sessions, pending)`.
+    ///
     /// # Errors
-    /// [`StoreError`] when either cannot be written; the pending sign-ins go first, so a
-    /// failure leaves every session as it was or only sessions still open, never the reverse.
-    pub async fn end_others(&self, user_key: &str, keep: &TokenHash) -> Result<(usize, usize), StoreError> {
-        let pending = self.store.factors.take_pending_of(user_key).await?;
-        let sessions = self.end_all(user_key, Some(keep)).await?;
-        Ok((sessions, pending))
+    /// [`EndOthersError::NothingEnded`] when the pending sign-ins or the sessions could not be
+    /// ended (pending sign-ins go first, so that failure leaves every session as it was or only
+    /// sessions still open, never the reverse); [`EndOthersError::NotSealed`] when the others
+    /// ended but the new generation could not be written; [`EndOthersError::ThisEndedToo`]
+    /// when this browser's new token could not be: it must sign in again (failing closed);
+    /// [`EndOthersError::UserGone`] when the user was deleted meanwhile.
+    pub async fn end_others(
+        &self,
+        current: &ActiveSession,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Result<(SessionToken, usize, usize), EndOthersError> {
+        let user_key = &current.user.key;
+        let pending = self.store.factors.take_pending_of(user_key).await.map_err(EndOthersError::NothingEnded)?;
+        let sessions = self.end_all(user_key, Some(&current.token_hash)).await.map_err(EndOthersError::NothingEnded)?;
+        let renewed = self.store.users.renew_generation(user_key, now_ms()).await;
+        let changed = match renewed {
+            Ok(Some(changed)) => changed,
+            Ok(None) => return Err(EndOthersError::UserGone),
+            Err(error) => return Err(EndOthersError::NotSealed { sessions, pending, error }),
+        };
+        let token = self
+            .renew(current, &changed, ip, user_agent)
+            .await
+            .map_err(|error| EndOthersError::ThisEndedToo { sessions, pending, error })?;
+        Ok((token, sessions, pending))
     }
 
     /// The user's sessions that are still valid, newest first.
@@ -463,6 +523,36 @@ mod tests {
         assert!(sessions.resolve(&late.encode()).await.unwrap().is_none());
         assert!(store.sessions.get(&late.hash()).await.unwrap().is_none(), "removed when seen");
         assert!(sessions.resolve(&current.encode()).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn signing_out_everywhere_else_ends_what_a_sign_in_checked_just_before_it_stores_just_after() {
+        let (_dir, store, sessions) = open_sessions();
+        store.users.insert(&alice(), "$argon2id$...").await.unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let here = sessions.create(&alice(), Factors::Two, ip, "ua").await.unwrap();
+        let elsewhere = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
+        let current = sessions.resolve(&here.encode()).await.unwrap().unwrap();
+        // A sign-in elsewhere has read the user and is checking the password at the click.
+        let checking = store.users.credential("alice").await.unwrap().unwrap();
+        let (token, ended, pending) = sessions.end_others(&current, ip, "ua").await.unwrap();
+        assert_eq!((ended, pending), (1, 0));
+        assert!(sessions.resolve(&elsewhere.encode()).await.unwrap().is_none());
+        assert!(sessions.resolve(&here.encode()).await.unwrap().is_none(), "this browser's old token is over");
+        assert!(store.sessions.get(&here.hash()).await.unwrap().is_none(), "and removed");
+        let went_on = sessions.resolve(&token.encode()).await.unwrap().expect("this browser goes on");
+        assert_eq!(
+            (went_on.record.created_at, went_on.record.factors),
+            (current.record.created_at, Factors::Two),
+            "same start and factors"
+        );
+        // The check finishes: it records no sign-in, and a session stored by a step that read
+        // the user before the click is over.
+        assert_eq!(store.users.record_login(&checking, None, Some(now_ms())).await.unwrap(), None);
+        let late = sessions.create(&checking.user, Factors::One, ip, "ua").await.unwrap();
+        assert!(sessions.resolve(&late.encode()).await.unwrap().is_none());
+        let listed = sessions.list(&went_on.user).await.unwrap();
+        assert_eq!(listed.len(), 1, "only this browser is listed");
     }
 
     /// A session stored directly under a fresh token, with the given times.

@@ -8,6 +8,7 @@ use poem::{handler, Body, Request, Response};
 use crate::audit::AuthEvent;
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
+use crate::session::{EndOthersError, SESSION_COOKIE};
 use crate::text::printable;
 
 pub(super) struct SessionView {
@@ -106,18 +107,54 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return error_page(StatusCode::FORBIDDEN);
     }
-    match state.sessions.end_others(&session.user.key, &session.token_hash).await {
-        Ok((count, pending)) => {
-            state.audit.record(&AuthEvent::SessionsEnded {
-                username: &session.user.display_name,
-                count,
-                pending,
-                by: &session.user.display_name,
-            });
+    let session = crate::routes::account::confirm::with_confirmation(req, &state, session);
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let record = |count, pending| {
+        state.audit.record(&AuthEvent::SessionsEnded {
+            username: &session.user.display_name,
+            count,
+            pending,
+            by: &session.user.display_name,
+        })
+    };
+    match state.sessions.end_others(&session, client.ip, &client.user_agent).await {
+        Ok((token, count, pending)) => {
+            record(count, pending);
             let back = if form.from == "account" { "/account" } else { "/" };
-            Notice::SessionsEnded { count, pending }.attach(&state.csrf, &session.token_hash, see_other(back))
+            // This browser goes on under the new credential generation, with a new token.
+            let mut resp = see_other(back);
+            if let Ok(v) = crate::cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
+                resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
+            }
+            if let Some(at) = session.confirmed_at {
+                crate::routes::account::confirm::carry_confirmation(&state, &token.hash(), at, &mut resp);
+            }
+            Notice::SessionsEnded { count, pending }.attach(&state.csrf, &token.hash(), resp)
         }
-        Err(e) => others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions")),
+        Err(EndOthersError::NothingEnded(e)) => {
+            others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions"))
+        }
+        Err(EndOthersError::NotSealed { sessions, pending, error }) => {
+            record(sessions, pending);
+            let status = crate::routes::store_fault(&error, "ended the other sessions but began no new generation");
+            crate::routes::error_page_saying(
+                status,
+                "Other sessions signed out, not all done",
+                "Your other sessions are signed out, but the server could not finish: a sign-in under way at this moment could still complete. Please try again in a moment.",
+            )
+        }
+        Err(EndOthersError::ThisEndedToo { sessions, pending, error }) => {
+            record(sessions, pending);
+            let status =
+                crate::routes::store_fault(&error, "ended the other sessions but could not go on with this one");
+            crate::routes::error_page_saying(
+                status,
+                "Signed out everywhere",
+                "Your other sessions are signed out, and this one with them: the server could not keep it signed in. Please sign in again.",
+            )
+        }
+        // Deleted meanwhile: nothing of this session goes on.
+        Err(EndOthersError::UserGone) => see_other("/login"),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct User {
     /// Unix time in milliseconds.
     pub created_at: u64,
     /// The user's credential generation (Unix ms): when the password last changed, the
-    /// second factors were reset (`user reset-factors`) or the user was disabled. A session or pending sign-in begun
+    /// second factors were reset (`user reset-factors`), the user signed out everywhere else
+    /// (`session::Sessions::end_others`) or the user was disabled. A session or pending sign-in begun
     /// under another generation is over, and a password check made under one records no
     /// sign-in under the next ([`UserStore::record_login`]).
     pub password_changed_at: u64,

@@ -416,6 +416,48 @@ async fn a_password_change_gives_a_new_token_but_keeps_the_sessions_start_and_co
 }
 
 #[tokio::test]
+async fn signing_out_everywhere_else_gives_a_new_token_that_is_as_recently_confirmed_as_the_old_no_more() {
+    let app = passkey_app().await;
+    app.add_user("gus", GOOD_PASSWORD, false).await;
+    let (gus, old) = browser_signed_in_ago(&app, "gus", stale(), Factors::Two).await;
+    let started = app.sessions_of("gus").await[0].record.created_at;
+    let end_others = |csrf: String| {
+        let gus = gus.clone();
+        let url = app.url("/sessions/end-others");
+        async move { gus.post(url).form(&[("csrf", csrf.as_str()), ("from", "account")]).send().await.unwrap() }
+    };
+    // Not confirmed: the new token is not either.
+    let resp = end_others(csrf_of(&gus, app.url("/account")).await).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account"));
+    let renewed = cookie_value(&resp, "__Host-portcullis").expect("a new token");
+    assert_ne!(renewed, old);
+    assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_none(), "no confirmation was made");
+    let sessions = app.sessions_of("gus").await;
+    assert_eq!(sessions.len(), 1, "the old token is removed: {sessions:?}");
+    assert_eq!((sessions[0].record.created_at, sessions[0].record.factors), (started, Factors::Two));
+    let asked = gus.get(app.url("/account/totp")).send().await.unwrap();
+    assert_eq!(location(&asked), "/account/confirm?next=/account/totp");
+    let left_behind = browser_signed_in_with_cookie(&app, &old);
+    let resp = left_behind.get(app.url("/")).send().await.unwrap();
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login"), "the old token is over");
+
+    // Confirmed: the confirmation goes on with the new token, with its own time.
+    let csrf = csrf_of(&gus, app.url("/account/confirm?next=/account/totp")).await;
+    let right = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("next", "/account/totp")];
+    assert_eq!(post(&app, &gus, "/account/confirm", &right).await.status(), StatusCode::SEE_OTHER);
+    let confirmed_at = |cookie: String| cookie.split_once('.').unwrap().0.to_string();
+    let resp = end_others(csrf_of(&gus, app.url("/")).await).await;
+    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account"));
+    let carried = cookie_value(&resp, "__Host-portcullis-confirmed").expect("the confirmation carried over");
+    assert_eq!(gus.get(app.url("/account/totp")).send().await.unwrap().status(), StatusCode::OK);
+    // Re-signed for the new token, not moved forward: another end gives the same time.
+    let resp = end_others(csrf_of(&gus, app.url("/")).await).await;
+    let again = cookie_value(&resp, "__Host-portcullis-confirmed").unwrap();
+    assert_eq!(confirmed_at(again.clone()), confirmed_at(carried.clone()));
+    assert_ne!(again, carried, "signed for another token");
+}
+
+#[tokio::test]
 async fn password_checks_refused_on_the_account_pages_are_recorded_like_the_login_forms_refusals() {
     let app = crate::helpers::spawn_app_with(|s| {
         crate::passkeys::on_localhost(s);

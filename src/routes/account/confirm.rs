@@ -197,8 +197,14 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
 /// Adds to `resp` the [`CONFIRMED_COOKIE`] saying the session whose token hash is
 /// `session_hash` typed its password now.
 pub(crate) fn remember_confirmation(state: &AppState, session_hash: &[u8; 32], resp: &mut Response) {
-    let now = now_ms();
-    let value = format!("{now}.{}", state.csrf.notice_tag(session_hash, &confirmed_payload(now)));
+    carry_confirmation(state, session_hash, now_ms(), resp);
+}
+
+/// Remembers a confirmation made at `at` (Unix ms) for the session `session_hash`: one made
+/// under the token a session had before it was given a new one (*sign out everywhere else*),
+/// so the new token is as recently confirmed as the old, no more.
+pub(crate) fn carry_confirmation(state: &AppState, session_hash: &[u8; 32], at: u64, resp: &mut Response) {
+    let value = format!("{at}.{}", state.csrf.notice_tag(session_hash, &confirmed_payload(at)));
     if let Ok(v) = cookies::set(CONFIRMED_COOKIE, &value, Some(RECENT_AUTHENTICATION.as_secs())).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
