@@ -1187,7 +1187,10 @@ fn users_text(users: &[UserSummary], json: bool) -> String {
     // Names are shown escaped: a user made before invisible characters were refused must not
     // read as another (`admin` + U+2060 shows as `admin\u{2060}`).
     let names: Vec<String> = users.iter().map(|u| printable(&u.username).into_owned()).collect();
-    let width = names.iter().map(|n| crate::text::columns(n)).max().unwrap_or(4).max(8);
+    // Names are shown whole (they are what `user passwd NAME` and the rest take), but one wider
+    // than a name column can reasonably be pushes only its own row right, not every row.
+    const WIDE: usize = 32;
+    let width = names.iter().map(|n| crate::text::columns(n)).filter(|&n| n <= WIDE).max().unwrap_or(0).max(8);
     let mut text = format!(
         "{:<width$}  {:<5}  {:<24}  {:<24}  {:<8}  {:<8}  GROUPS\n",
         "USERNAME", "ADMIN", "CREATED", "LAST LOGIN", "SESSIONS", "STATE"
@@ -1284,6 +1287,26 @@ mod tests {
             .map(|l| crate::text::columns(&l[..l.find("ADMIN").or_else(|| l.find("no")).unwrap()]))
             .collect();
         assert!(admin.windows(2).all(|w| w[0] == w[1]), "{text}\n{admin:?}");
+    }
+
+    #[test]
+    fn a_name_too_wide_for_the_user_table_is_shown_whole_and_widens_only_its_own_row() {
+        let user = |name: &str| crate::users::UserSummary {
+            username: name.into(),
+            admin: false,
+            created_at: "2026-12-02T00:00:00.000Z".into(),
+            last_login_at: None,
+            active_sessions: 0,
+            disabled: false,
+            groups: vec![],
+        };
+        let long = "山".repeat(64);
+        let text = super::users_text(&[user("alice"), user(&long), user("bob")], false);
+        let widths: Vec<usize> = text.lines().map(crate::text::columns).collect();
+        assert!(text.contains(&format!("{long}  no")), "whole, not cut: {text}");
+        assert_eq!(widths[1], widths[3], "{text}");
+        assert!(widths[1] < 100, "{text}");
+        assert!(widths[2] > widths[1] + 100, "{text}");
     }
 
     /// Every command and subcommand, hidden ones included, with its path.
