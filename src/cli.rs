@@ -1269,9 +1269,9 @@ mod tests {
         assert!(text.contains("ops\\u{1b}]0;title\\u{7}"), "{text}");
     }
 
-    #[test]
-    fn the_user_table_keeps_its_columns_in_line_for_wide_names() {
-        let user = |name: &str| crate::users::UserSummary {
+    /// A plain user of that name, as `user list` gets one.
+    fn user(name: &str) -> crate::users::UserSummary {
+        crate::users::UserSummary {
             username: name.into(),
             admin: false,
             created_at: "2026-12-02T00:00:00.000Z".into(),
@@ -1279,7 +1279,11 @@ mod tests {
             active_sessions: 0,
             disabled: false,
             groups: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn the_user_table_keeps_its_columns_in_line_for_wide_names() {
         // Two CJK characters take four columns, as `abcd` does; a combining mark takes none.
         let text = super::users_text(&[user("山田"), user("abcdefghij"), user("e\u{301}mile")], false);
         let admin: Vec<usize> = text
@@ -1291,15 +1295,6 @@ mod tests {
 
     #[test]
     fn a_name_too_wide_for_the_user_table_is_shown_whole_and_widens_only_its_own_row() {
-        let user = |name: &str| crate::users::UserSummary {
-            username: name.into(),
-            admin: false,
-            created_at: "2026-12-02T00:00:00.000Z".into(),
-            last_login_at: None,
-            active_sessions: 0,
-            disabled: false,
-            groups: vec![],
-        };
         let long = "山".repeat(64);
         let text = super::users_text(&[user("alice"), user(&long), user("bob")], false);
         let widths: Vec<usize> = text.lines().map(crate::text::columns).collect();
