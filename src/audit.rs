@@ -147,6 +147,8 @@ pub enum AuthEvent<'a> {
         count: usize,
         pending: usize,
         by: &'a str,
+        /// The browser that asked: a stolen session that signs its owner out shows here.
+        client: &'a Client,
     },
     UserAdded {
         username: &'a str,
@@ -765,8 +767,9 @@ fn emit(event: &AuthEvent<'_>) {
             target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
             user_agent = client.user_agent, "password confirmed again"
         ),
-        AuthEvent::SessionsEnded { username, count, pending, by } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count, pending, by, "sessions ended"
+        AuthEvent::SessionsEnded { username, count, pending, by, client } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count, pending, by, ip = %client.ip,
+            user_agent = client.user_agent, "sessions ended"
         ),
         AuthEvent::UserAdded { username, admin, by } => tracing::info!(
             target: TARGET, event = "user_created", time, username, admin, by, "user added"

@@ -93,21 +93,12 @@ impl ActiveSession {
 /// Why *sign out everywhere else* did not finish ([`Sessions::end_others`]).
 #[derive(Debug, thiserror::Error)]
 pub enum EndOthersError {
-    /// Nothing was ended, or only pending sign-ins: the other sessions are still signed in.
+    /// No session was ended (pending second steps may have been): the others are still
+    /// signed in.
     #[error("the other sessions could not be ended: {0}")]
     NothingEnded(#[source] StoreError),
-    /// The other sessions ended (`sessions` of them, and `pending` sign-ins), but the new
-    /// credential generation could not be written: this session goes on, and a sign-in whose
-    /// password was being checked at that instant may still finish.
-    #[error("the other sessions ended, but no new generation began: {error}")]
-    NotSealed {
-        sessions: usize,
-        pending: usize,
-        #[source]
-        error: StoreError,
-    },
-    /// The other sessions ended and the new generation began, but this browser's new token
-    /// could not be written: this session is over with the old generation.
+    /// The other sessions ended (`sessions` of them, and `pending` sign-ins), but this
+    /// browser's new token could not be written: this session is over with them.
     #[error("the other sessions ended, and this one with them: {error}")]
     ThisEndedToo {
         sessions: usize,
@@ -115,9 +106,11 @@ pub enum EndOthersError {
         #[source]
         error: StoreError,
     },
-    /// The user was deleted meanwhile: every session of theirs is over, this one too.
-    #[error("the user was deleted meanwhile")]
-    UserGone,
+    /// Something else began a new credential generation first (the same click sent twice, a
+    /// password change), or the user is gone: this session is already over, and this request
+    /// ended nothing.
+    #[error("the session was ended meanwhile")]
+    Superseded,
 }
 
 /// Creates, resolves and ends sessions.
@@ -329,40 +322,52 @@ impl Sessions {
         self.store.sessions.delete_for_user(user_key, keep).await
     }
 
-    /// *Sign out everywhere else*: ends the user's pending second-step sign-ins, then their
-    /// sessions but `current`, then starts a new credential generation
-    /// ([`crate::store::UserStore::renew_generation`]) and moves `current` onto it under a new
-    /// token (same start and factors, as [`Sessions::renew`]). The new generation is what
-    /// closes the race with a sign-in whose password was being checked at that instant: its
-    /// check was made under the old generation, so it records no sign-in, and a session or
-    /// pending sign-in stored by a step that read the user before is over when it is stored.
-    /// A second step begun elsewhere with the password ends too, so whoever holds the password
-    /// but not yet the factor must start again (and the user hears that one was waiting).
+    /// *Sign out everywhere else*: ends the user's pending second-step sign-ins, then begins a
+    /// new credential generation ([`crate::store::UserStore::renew_generation`]) from
+    /// `current`'s, which ends every session of the old one, and moves `current` onto it under
+    /// a new token (same start and factors, as [`Sessions::renew`]). The generation is what
+    /// also ends a sign-in whose password was being checked at that instant: its check was made
+    /// under the old one, so it records no sign-in, and a session or pending sign-in stored by
+    /// a step that read the user before is over when it is stored. A second step begun
+    /// elsewhere with the password ends too, so whoever holds the password but not yet the
+    /// factor must start again (and the user hears that one was waiting). The generation moves
+    /// on only from `current`'s, so of two clicks sent at once one wins and the other ends
+    /// nothing (the winner's new token is not one of the "others").
     ///
-    /// Returns the browser's new token and how many ended: `(token, sessions, pending)`.
+    /// Returns the browser's new token and how many ended: `(token, sessions, pending)`, the
+    /// sessions counted as the user's page listed them (valid ones other than `current`).
     ///
     /// # Errors
-    /// [`EndOthersError::NothingEnded`] when the pending sign-ins or the sessions could not be
-    /// ended (pending sign-ins go first, so that failure leaves every session as it was or only
-    /// sessions still open, never the reverse); [`EndOthersError::NotSealed`] when the others
-    /// ended but the new generation could not be written; [`EndOthersError::ThisEndedToo`]
-    /// when this browser's new token could not be: it must sign in again (failing closed);
-    /// [`EndOthersError::UserGone`] when the user was deleted meanwhile.
+    /// [`EndOthersError::NothingEnded`] when the list, the pending sign-ins or the new
+    /// generation could not be read or written (pending sign-ins go first, so a failure leaves
+    /// every session as it was); [`EndOthersError::ThisEndedToo`] when this browser's new token
+    /// could not be written: it must sign in again (failing closed);
+    /// [`EndOthersError::Superseded`] when another change of generation came first.
     pub async fn end_others(
         &self,
         current: &ActiveSession,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<(SessionToken, usize, usize), EndOthersError> {
-        let user_key = &current.user.key;
-        let pending = self.store.factors.take_pending_of(user_key).await.map_err(EndOthersError::NothingEnded)?;
-        let sessions = self.end_all(user_key, Some(&current.token_hash)).await.map_err(EndOthersError::NothingEnded)?;
-        let renewed = self.store.users.renew_generation(user_key, now_ms()).await;
-        let changed = match renewed {
+        let user = &current.user;
+        let listed = self.list(user).await.map_err(EndOthersError::NothingEnded)?;
+        let sessions = listed.iter().filter(|s| s.token_hash != current.token_hash).count();
+        let pending = self.store.factors.take_pending_of(&user.key).await.map_err(EndOthersError::NothingEnded)?;
+        let from = Some(current.record.password_changed_at);
+        let changed = match self.store.users.renew_generation(&user.key, now_ms(), from).await {
             Ok(Some(changed)) => changed,
-            Ok(None) => return Err(EndOthersError::UserGone),
-            Err(error) => return Err(EndOthersError::NotSealed { sessions, pending, error }),
+            Ok(None) => return Err(EndOthersError::Superseded),
+            Err(e) => return Err(EndOthersError::NothingEnded(e)),
         };
+        // Over already, with the old generation: removed now rather than when next seen.
+        if let Err(e) = self.end_all(&user.key, Some(&current.token_hash)).await {
+            crate::fault_log::report(
+                "could not remove the sessions of an ended generation (they are over all the same)",
+                crate::fault_log::Severity::Warn,
+                e.is_unavailable(),
+                &e,
+            );
+        }
         let token = self
             .renew(current, &changed, ip, user_agent)
             .await

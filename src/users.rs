@@ -248,7 +248,7 @@ impl UserAdmin {
     async fn end_generation(&self, key: &str, name: &str) -> Result<usize, UserError> {
         self.store
             .users
-            .renew_generation(key, now_ms())
+            .renew_generation(key, now_ms(), None)
             .await?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         Ok(self.sessions.end_all(key, None).await?)

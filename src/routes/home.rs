@@ -115,6 +115,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             count,
             pending,
             by: &session.user.display_name,
+            client: &client,
         })
     };
     match state.sessions.end_others(&session, client.ip, &client.user_agent).await {
@@ -134,15 +135,6 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         Err(EndOthersError::NothingEnded(e)) => {
             others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions"))
         }
-        Err(EndOthersError::NotSealed { sessions, pending, error }) => {
-            record(sessions, pending);
-            let status = crate::routes::store_fault(&error, "ended the other sessions but began no new generation");
-            crate::routes::error_page_saying(
-                status,
-                "Other sessions signed out, not all done",
-                "Your other sessions are signed out, but the server could not finish: a sign-in under way at this moment could still complete. Please try again in a moment.",
-            )
-        }
         Err(EndOthersError::ThisEndedToo { sessions, pending, error }) => {
             record(sessions, pending);
             let status =
@@ -153,8 +145,9 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 "Your other sessions are signed out, and this one with them: the server could not keep it signed in. Please sign in again.",
             )
         }
-        // Deleted meanwhile: nothing of this session goes on.
-        Err(EndOthersError::UserGone) => see_other("/login"),
+        // This session was over before this request ended anything (the same click sent twice:
+        // the other one did it). A browser that kept the other answer's cookie is signed in.
+        Err(EndOthersError::Superseded) => see_other("/login"),
     }
 }
 

@@ -346,11 +346,22 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
     // A new generation without a new password: the hash stays, the generation moves on.
     let before = verified(store, "alice").await;
-    let renewed = u.renew_generation("alice", 9).await.unwrap().unwrap();
+    let renewed = u.renew_generation("alice", 9, None).await.unwrap().unwrap();
     assert!(renewed.password_changed_at > before.user.password_changed_at, "updates: renewed generation");
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2, "updates: hash kept");
     assert!(u.record_login(&before, None, Some(10)).await.unwrap().is_none(), "updates: check from before refused");
-    assert!(u.renew_generation("nobody", 9).await.unwrap().is_none(), "updates: renew an unknown user");
+    assert!(u.renew_generation("nobody", 9, None).await.unwrap().is_none(), "updates: renew an unknown user");
+    // From a given generation: only while it is still the user's.
+    let stale = before.user.password_changed_at;
+    assert!(u.renew_generation("alice", 9, Some(stale)).await.unwrap().is_none(), "updates: renew from a past one");
+    assert_eq!(u.get("alice").await.unwrap().unwrap(), renewed, "updates: nothing changed by it");
+    let from = renewed.password_changed_at;
+    let next = u.renew_generation("alice", 9, Some(from)).await.unwrap().unwrap();
+    assert!(next.password_changed_at > from, "updates: renew from the current one");
+    assert!(
+        u.renew_generation("nobody", 9, Some(from)).await.unwrap().is_none(),
+        "updates: renew an unknown user from"
+    );
 
     // Disabled: a login checked against the right hash records nothing and says disabled.
     assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);

@@ -382,8 +382,10 @@ pub trait UserStore: Send + Sync {
     /// Starts a new credential generation without a new password: `password_changed_at` as
     /// [`UserStore::set_password_hash`] sets it, the hash kept (`user reset-factors`: sessions
     /// a sign-in with a removed factor starts after the reset are of the old generation).
-    /// `None` if no such user.
-    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>>;
+    /// With `from`, only if the generation is still `from` (a compare-and-set: of two clicks of
+    /// *sign out everywhere else* from one session, one wins). `None` if no such user, or if
+    /// the generation was no longer `from` (nothing changed then).
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>>;
     /// Sets the `disabled` flag; `None` if no such user.
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
     /// Adds the groups in `add` and then removes those in `remove`, in one atomic change (a

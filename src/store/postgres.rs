@@ -266,9 +266,12 @@ impl UserStore for PgStore {
         Ok(row.as_ref().map(user_of))
     }
 
-    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
-        let sql = format!("UPDATE users SET {NEW_GENERATION} WHERE key = $1 RETURNING {USER_COLUMNS}");
-        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now)]).await?;
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
+        let sql = format!(
+            "UPDATE users SET {NEW_GENERATION}
+             WHERE key = $1 AND ($3::bigint IS NULL OR password_changed_at_ms = $3) RETURNING {USER_COLUMNS}"
+        );
+        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &from.map(ms)]).await?;
         Ok(row.as_ref().map(user_of))
     }
 

@@ -884,12 +884,17 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
-    async fn renew_generation(&self, key: &str, now: u64) -> Result<Option<User>> {
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
+        let mut moved_on = false;
         let after = self.update_user_with(key, |user| {
-            user.renew_generation(now);
-            true
+            // Set on every try: sled calls this again when another write came between.
+            moved_on = from.is_some_and(|g| user.password_changed_at != g);
+            if !moved_on {
+                user.renew_generation(now);
+            }
+            !moved_on
         })?;
-        self.durable(after.map(|r| r.user())).await
+        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
     }
 
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {

@@ -455,6 +455,30 @@ async fn signing_out_everywhere_else_gives_a_new_token_that_is_as_recently_confi
     let again = cookie_value(&resp, "__Host-portcullis-confirmed").unwrap();
     assert_eq!(confirmed_at(again.clone()), confirmed_at(carried.clone()));
     assert_ne!(again, carried, "signed for another token");
+
+    // The carried cookie lasts what is left of the confirmation's time; one already over is
+    // not carried at all.
+    for (ago_secs, max_age) in [(570, Some(30)), (660, None)] {
+        let (browser, cookie) = browser_signed_in_ago(&app, "gus", stale(), Factors::Two).await;
+        let hash = SessionToken::parse(&cookie).unwrap().hash();
+        let at = now_ms() - ago_secs * 1000;
+        let confirmed = format!("{at}.{}", app.state.csrf.notice_tag(&hash, format!("confirmed:{at}").as_bytes()));
+        let browser =
+            browser_with_cookies(&app, &[("__Host-portcullis", &cookie), ("__Host-portcullis-confirmed", &confirmed)]);
+        let csrf = csrf_of(&browser, app.url("/")).await;
+        let resp = post(&app, &browser, "/sessions/end-others", &[("csrf", &csrf)]).await;
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let set: Vec<String> =
+            resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().into()).collect();
+        let carried = set.iter().find(|c| c.starts_with("__Host-portcullis-confirmed="));
+        let seconds = carried.map(|c| c.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().parse::<u64>());
+        match (max_age, seconds) {
+            (Some(expected), Some(Ok(got))) => assert!(got.abs_diff(expected) <= 2, "{ago_secs} s ago: {set:?}"),
+            (None, None) => {}
+            _ => panic!("{ago_secs} s ago: {set:?}"),
+        }
+        drop(browser);
+    }
 }
 
 #[tokio::test]

@@ -90,6 +90,49 @@ async fn the_home_page_lists_sessions_and_can_end_the_others() {
     assert_eq!(again.get(app.url("/")).send().await.unwrap().status(), 200);
 }
 
+/// A double click sends the same session's *sign out everywhere else* twice at once: one
+/// wins and gives the browser its new token, the other ends nothing (above all not the
+/// winner's new token, which a review saw it end as one of the "others").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_one_working_token() {
+    // Two sign-ins a round, more than the username's quota allows in a window.
+    let app = spawn_app_with(|s| s.login_quota_per_user = None).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for round in 0..8 {
+        let elsewhere = app.new_browser();
+        app.login_with(&elsewhere, "alice", GOOD_PASSWORD).await;
+        let here = app.new_browser();
+        app.login_with(&here, "alice", GOOD_PASSWORD).await;
+        let csrf = app.home_csrf(&here).await;
+        let click = || here.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send();
+        let (one, two) = tokio::join!(click(), click());
+        let answers: Vec<(String, Option<String>)> = [one.unwrap(), two.unwrap()]
+            .iter()
+            .map(|r| {
+                assert_eq!(r.status(), 303, "round {round}");
+                (r.headers()["location"].to_str().unwrap().to_string(), cookie_value(r, "__Host-portcullis"))
+            })
+            .collect();
+        let won: Vec<_> = answers.iter().filter(|(to, token)| to == "/" && token.is_some()).collect();
+        assert_eq!(won.len(), 1, "round {round}: one click wins: {answers:?}");
+        assert!(answers.iter().any(|(to, token)| to == "/login" && token.is_none()), "round {round}: {answers:?}");
+        let sessions = app.sessions_of("alice").await;
+        assert_eq!(sessions.len(), 1, "round {round}: the winner's token alone: {sessions:?}");
+        let winner = crate::helpers::browser(&app.settings.cert_dir);
+        let token = won[0].1.as_ref().unwrap();
+        let home =
+            winner.get(app.url("/")).header("cookie", format!("__Host-portcullis={token}")).send().await.unwrap();
+        assert_eq!(home.status(), 200, "round {round}: the new token works");
+        assert_eq!(elsewhere.get(app.url("/")).send().await.unwrap().status(), 303, "round {round}");
+    }
+    let logged: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
+    assert_eq!(logged.len(), 8, "one line per round: {logged:?}");
+    // The other browser (and from the second round on, the last round's winner), never the twin.
+    let counts: Vec<_> = logged.iter().map(|l| l["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [1, 2, 2, 2, 2, 2, 2, 2], "{logged:?}");
+    assert!(logged.iter().all(|l| l["ip"] == "127.0.0.1" && l["user_agent"].is_string()), "who asked: {logged:?}");
+}
+
 #[tokio::test]
 async fn a_restart_keeps_users_and_sessions() {
     let app = spawn_app().await;

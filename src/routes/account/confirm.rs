@@ -203,9 +203,14 @@ pub(crate) fn remember_confirmation(state: &AppState, session_hash: &[u8; 32], r
 /// Remembers a confirmation made at `at` (Unix ms) for the session `session_hash`: one made
 /// under the token a session had before it was given a new one (*sign out everywhere else*),
 /// so the new token is as recently confirmed as the old, no more.
+/// The cookie lasts what is left of the confirmation's time; one already over is not sent.
 pub(crate) fn carry_confirmation(state: &AppState, session_hash: &[u8; 32], at: u64, resp: &mut Response) {
+    let left_ms = (RECENT_AUTHENTICATION.as_millis() as u64).saturating_sub(now_ms().saturating_sub(at));
+    if left_ms == 0 {
+        return;
+    }
     let value = format!("{at}.{}", state.csrf.notice_tag(session_hash, &confirmed_payload(at)));
-    if let Ok(v) = cookies::set(CONFIRMED_COOKIE, &value, Some(RECENT_AUTHENTICATION.as_secs())).parse() {
+    if let Ok(v) = cookies::set(CONFIRMED_COOKIE, &value, Some(left_ms.div_ceil(1000))).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
