@@ -459,7 +459,7 @@ async fn signing_out_everywhere_else_gives_a_new_token_that_is_as_recently_confi
     // The carried cookie lasts what is left of the confirmation's time; one already over is
     // not carried at all.
     for (ago_secs, max_age) in [(570, Some(30)), (660, None)] {
-        let (browser, cookie) = browser_signed_in_ago(&app, "gus", stale(), Factors::Two).await;
+        let (_, cookie) = browser_signed_in_ago(&app, "gus", stale(), Factors::Two).await;
         let hash = SessionToken::parse(&cookie).unwrap().hash();
         let at = now_ms() - ago_secs * 1000;
         let confirmed = format!("{at}.{}", app.state.csrf.notice_tag(&hash, format!("confirmed:{at}").as_bytes()));
@@ -477,7 +477,6 @@ async fn signing_out_everywhere_else_gives_a_new_token_that_is_as_recently_confi
             (None, None) => {}
             _ => panic!("{ago_secs} s ago: {set:?}"),
         }
-        drop(browser);
     }
 }
 
