@@ -27,6 +27,12 @@ pub enum AuthError {
     InvalidCredentials(FailureReason),
     #[error("too many password checks in progress")]
     Overloaded,
+    /// The password was right, but the user's credential generation moved on while it was
+    /// checked (*sign out everywhere else*, `user reset-factors`): the check belongs to the
+    /// old generation and signs nobody in. Not a wrong password: nothing to count or record
+    /// as one, and its owner can simply sign in again.
+    #[error("the account changed while the password was checked")]
+    Superseded,
     /// The store failed (for example a full disk): the caller answers 503 or 500 as
     /// `StoreError::is_unavailable` says.
     #[error(transparent)]
@@ -215,7 +221,7 @@ impl Authenticator {
             .record_login(&credential, verified.upgraded_hash.as_deref(), completes_sign_in.then(now_ms))
             .await?;
         let Some(user) = recorded else {
-            return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
+            return Err(self.not_recorded(&credential).await?);
         };
         if user.disabled {
             // Checked after the password, so a disabled account answers in the same time and
@@ -223,6 +229,21 @@ impl Authenticator {
             return Err(AuthError::InvalidCredentials(FailureReason::Disabled));
         }
         Ok(user)
+    }
+
+    /// Why a right password recorded no sign-in ([`crate::store::UserStore::record_login`] said
+    /// `None`: the user's generation moved on while the hash was checked), read afresh: a new
+    /// password, or the user gone, makes it a wrong one; a disabled user, `Disabled`; the same
+    /// password under a new generation, [`AuthError::Superseded`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read the user.
+    async fn not_recorded(&self, checked: &crate::store::Credential) -> Result<AuthError, StoreError> {
+        Ok(match self.store.users.credential(&checked.user.key).await? {
+            Some(now) if now.user.disabled => AuthError::InvalidCredentials(FailureReason::Disabled),
+            Some(now) if now.password_hash == checked.password_hash => AuthError::Superseded,
+            _ => AuthError::InvalidCredentials(FailureReason::BadPassword),
+        })
     }
 
     /// Sets `user_key`'s last sign-in time to now, at the end of a sign-in whose password

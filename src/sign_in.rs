@@ -109,6 +109,10 @@ pub enum Outcome {
     SecondFactorNeeded { pending: SessionToken },
     /// Refused, and recorded.
     Refused(Refusal),
+    /// The password was right, but the account's credential generation moved on while it was
+    /// checked (*sign out everywhere else* at that instant): no sign-in, no failure counted or
+    /// recorded, the check's place given back. The form may be sent again.
+    Interrupted,
 }
 
 /// One attempt at the second step, as the client sent it.
@@ -390,6 +394,12 @@ impl SignIn {
                 let counted = self.count_failure(reservation, address, digest).await?;
                 return judged.refuse_counted(reason, counted).await;
             }
+            Err(AuthError::Superseded) => {
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
+                return Ok(Outcome::Interrupted);
+            }
             Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => {
                 return Err(SignInError::Store { what: "login failed: the store cannot be used", source })
@@ -520,8 +530,11 @@ impl SignIn {
             }
             Err(AuthError::Overloaded) => Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => Err(SignInError::Store { what: "could not check the password", source }),
-            // `verify_current` answers a wrong password with `false`, not with this.
-            Err(e @ AuthError::InvalidCredentials(_)) => Err(SignInError::Unexpected(anyhow::anyhow!(e))),
+            // `verify_current` answers a wrong password with `false`, and records no sign-in
+            // that could be superseded.
+            Err(e @ (AuthError::InvalidCredentials(_) | AuthError::Superseded)) => {
+                Err(SignInError::Unexpected(anyhow::anyhow!(e)))
+            }
             Err(AuthError::Unexpected(e)) => Err(SignInError::Unexpected(e)),
         }
     }
@@ -883,6 +896,7 @@ mod tests {
         match outcome {
             Outcome::Refused(r) => r,
             Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => panic!("signed in"),
+            Outcome::Interrupted => panic!("interrupted"),
         }
     }
 

@@ -247,8 +247,8 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
             }
             super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal).await
         }
-        // A passkey sign-in never asks for another factor.
-        Ok(Outcome::SecondFactorNeeded { .. }) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
+        // A passkey sign-in never asks for another factor, nor checks a password.
+        Ok(Outcome::SecondFactorNeeded { .. } | Outcome::Interrupted) => error_page(StatusCode::INTERNAL_SERVER_ERROR),
         Err(e) => {
             crate::fault_log::report_error("passkey sign-in not judged", Severity::Error, e.is_unavailable(), &e);
             error_page(crate::routes::fault_status(e.is_unavailable()))

@@ -195,7 +195,7 @@ impl SignIn {
 fn refusal(outcome: Result<Outcome, SignInError>) -> Result<super::Refusal, SignInError> {
     match outcome? {
         Outcome::Refused(r) => Ok(r),
-        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } => {
+        Outcome::SignedIn { .. } | Outcome::SecondFactorNeeded { .. } | Outcome::Interrupted => {
             Err(SignInError::Unexpected(anyhow::anyhow!("a refusal was not a refusal")))
         }
     }

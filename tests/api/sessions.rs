@@ -133,6 +133,55 @@ async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_o
     assert!(logged.iter().all(|l| l["ip"] == "127.0.0.1" && l["user_agent"].is_string()), "who asked: {logged:?}");
 }
 
+/// A right password whose check is under way when its user signs out everywhere else signs
+/// nobody in (it belongs to the generation the click ended), and is no wrong password either:
+/// the form again with 409, nothing recorded or counted against the username (a review saw
+/// such sign-ins logged `bad_password`, raising the username's captcha).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_not_failed() {
+    use portcullis::config::HashParams;
+    let app = spawn_app_with(|s| {
+        // Slow enough (about a second here) for the click to land while the hash is checked.
+        s.argon2 = HashParams { memory_kib: 65536, iterations: 8, parallelism: 1 };
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let here = app.new_browser();
+    assert_eq!(app.login_with(&here, "alice", GOOD_PASSWORD).await.status(), 303);
+    let mut interrupted = None;
+    for _ in 0..5 {
+        let racer = app.new_browser();
+        let csrf = app.login_csrf(&racer).await;
+        let post = racer
+            .post(app.url("/login"))
+            .form(&[("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())])
+            .send();
+        let sign_in = tokio::spawn(post);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let click = here.post(app.url("/sessions/end-others")).form(&[("csrf", app.home_csrf(&here).await.as_str())]);
+        assert_eq!(click.send().await.unwrap().status(), 303);
+        let resp = sign_in.await.unwrap().unwrap();
+        match resp.status().as_u16() {
+            409 => {
+                interrupted = Some(resp.text().await.unwrap());
+                assert_eq!(racer.get(app.url("/")).send().await.unwrap().status(), 303, "not signed in");
+                break;
+            }
+            // Checked before the click: signed in, and then signed out by it.
+            303 => assert_eq!(racer.get(app.url("/")).send().await.unwrap().status(), 303),
+            other => panic!("{other}: {}", resp.text().await.unwrap()),
+        }
+    }
+    let page = interrupted.expect("a click landed while a password was checked");
+    assert!(page.contains("signed out everywhere while you were signing in"), "{page}");
+    assert!(page.contains("value=\"alice\""), "the username is kept: {page}");
+    let query = portcullis::store::FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+    assert!(app.records(query).await.is_empty(), "nothing recorded");
+    assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_login_fail"), "nothing logged as a failure");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "signs in again");
+}
+
 #[tokio::test]
 async fn a_restart_keeps_users_and_sessions() {
     let app = spawn_app().await;

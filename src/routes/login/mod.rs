@@ -63,7 +63,7 @@ pub fn count_judged(metrics: &crate::metrics::Metrics, judged: &Result<Outcome, 
     match judged {
         Ok(Outcome::SignedIn { .. }) => metrics.login_attempt(LoginResult::Success),
         Ok(Outcome::Refused(refusal)) => metrics.login_attempt(LoginResult::Refused(refusal.reason)),
-        Ok(Outcome::SecondFactorNeeded { .. }) | Err(_) => {}
+        Ok(Outcome::SecondFactorNeeded { .. } | Outcome::Interrupted) | Err(_) => {}
     }
 }
 

@@ -86,9 +86,21 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(Outcome::Refused(refusal)) => {
             refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
         }
+        // The password was right: the form again, with the username, saying what happened.
+        Ok(Outcome::Interrupted) => {
+            let error = Some(INTERRUPTED.to_string());
+            let form =
+                Form { error, username: &form.username, rd: rd.as_deref(), ..Form::new(StatusCode::CONFLICT, next) };
+            super::render(req, &state, form).await
+        }
         Err(e) => crate::routes::not_judged("sign-in not judged", &e),
     }
 }
+
+/// What the form says when the account changed while its password was checked
+/// ([`Outcome::Interrupted`]).
+pub(crate) const INTERRUPTED: &str =
+    "Your account was signed out everywhere while you were signing in. Please sign in again.";
 
 /// The form again, saying why: 429 for a quota (with `Retry-After`), 403 for CSRF, and 401
 /// with one message for every wrong username, password or captcha.
