@@ -140,7 +140,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .await
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
         Request::UserPasswd { name, password } => {
-            users.set_password(name, Password::new(password), by).await.map(|set| {
+            users.set_password(name, Password::new(password), by, None).await.map(|set| {
                 format!("password of {} changed; {} session(s) ended", set.user.display_name, set.sessions_ended)
             })
         }

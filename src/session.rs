@@ -518,7 +518,7 @@ mod tests {
         let current = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         // A password change (generation 1 → 2) ends every session; then a sign-in whose
         // password was checked before the change stores its session (the racing order).
-        let changed = store.users.set_password_hash("alice", "$argon2id$new", 2).await.unwrap().unwrap();
+        let changed = store.users.set_password_hash("alice", "$argon2id$new", 2, None).await.unwrap().unwrap();
         assert_eq!(sessions.end_all("alice", None).await.unwrap(), 1);
         let late = sessions.create(&alice(), Factors::One, ip, "ua").await.unwrap();
         let renewed = sessions.create(&changed, Factors::One, ip, "ua").await.unwrap();

@@ -33,6 +33,11 @@ pub enum UserError {
     /// `user groups NAME --add G --remove G`: which one was meant cannot be known.
     #[error("the group {} is both added and removed: give it once", crate::text::quoted(.0))]
     AddedAndRemoved(String),
+    /// The user's credential generation moved on after the change was asked for under it (a
+    /// `user passwd`, a reset of factors, a disable or *sign out everywhere else* meanwhile):
+    /// nothing changed.
+    #[error("the account changed meanwhile: nothing was changed")]
+    Superseded,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -193,18 +198,37 @@ impl UserAdmin {
     /// Sets a new password and ends all the user's sessions, durably. Returns the user as the
     /// change left it (its new credential generation, which the sessions ended here and any a
     /// racing sign-in starts are not of) and how many sessions ended.
-    pub async fn set_password(&self, name: &str, password: Password, by: &str) -> Result<PasswordSet, UserError> {
-        let (username, _) = self.existing(name).await?;
+    ///
+    /// `from`: the credential generation the change was asked under (a signed-in user's own
+    /// change, whose current password was checked in it); the change is made only while it is
+    /// still the user's, so a `user passwd`, a reset, a disable or *sign out everywhere else*
+    /// that lands while the passwords are hashed is not undone by it. `None` (an
+    /// administrator's `user passwd`) changes it whatever it is.
+    ///
+    /// # Errors
+    /// [`UserError::Superseded`] when the generation is no longer `from`;
+    /// [`UserError::UnknownUser`], [`UserError::WeakPassword`], and the store's and hash
+    /// pool's errors.
+    pub async fn set_password(
+        &self,
+        name: &str,
+        password: Password,
+        by: &str,
+        from: Option<u64>,
+    ) -> Result<PasswordSet, UserError> {
+        let (username, record) = self.existing(name).await?;
+        if from.is_some_and(|g| record.password_changed_at != g) {
+            return Err(UserError::Superseded);
+        }
         let password = self.checked(password, username.key()).await?;
         let hash = self.pool.hash(password).await?;
         let now = now_ms();
         // In place: a `user disable` or a sign-in meanwhile must not be overwritten.
-        let record = self
-            .store
-            .users
-            .set_password_hash(username.key(), &hash, now)
-            .await?
-            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        let record = match self.store.users.set_password_hash(username.key(), &hash, now, from).await? {
+            Some(record) => record,
+            None if from.is_some() => return Err(UserError::Superseded),
+            None => return Err(UserError::UnknownUser(name.to_string())),
+        };
         // Logged once it has happened, whatever comes next: the new generation already ends
         // every session at its next use; removing them is housekeeping that may fail alone.
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });

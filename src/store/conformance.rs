@@ -319,7 +319,7 @@ async fn verified(store: &Store, key: &str) -> Credential {
 async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     let u = &store.users;
     u.insert(&user("alice"), HASH_A).await.unwrap();
-    assert!(u.set_password_hash("nobody", HASH_B, 5).await.unwrap().is_none(), "updates: unknown user");
+    assert!(u.set_password_hash("nobody", HASH_B, 5, None).await.unwrap().is_none(), "updates: unknown user");
     assert!(u.set_disabled("nobody", true).await.unwrap().is_none());
     let nobody = Credential { user: user("nobody"), password_hash: HASH_A.into() };
     assert!(u.record_login(&nobody, None, Some(5)).await.unwrap().is_none());
@@ -335,15 +335,15 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     assert_eq!(late.last_login_at, Some(8), "updates: an upgrade by another sign-in is no password change");
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_B);
 
-    let changed = u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
+    let changed = u.set_password_hash("alice", HASH_A2, 9, None).await.unwrap().unwrap();
     assert_eq!((changed.password_changed_at, changed.last_login_at), (9, Some(8)), "updates: only what was asked");
     assert!(u.record_login(&first, None, Some(10)).await.unwrap().is_none(), "updates: old password refused");
     // Two changes within one millisecond are still two passwords.
     let second = verified(store, "alice").await;
-    let again = u.set_password_hash("alice", HASH_A, 9).await.unwrap().unwrap();
+    let again = u.set_password_hash("alice", HASH_A, 9, None).await.unwrap().unwrap();
     assert!(again.password_changed_at > second.user.password_changed_at, "updates: the generation increases");
     assert!(u.record_login(&second, None, Some(10)).await.unwrap().is_none(), "updates: same-millisecond change");
-    u.set_password_hash("alice", HASH_A2, 9).await.unwrap().unwrap();
+    u.set_password_hash("alice", HASH_A2, 9, None).await.unwrap().unwrap();
     // A new generation without a new password: the hash stays, the generation moves on.
     let before = verified(store, "alice").await;
     let renewed = u.renew_generation("alice", 9, None).await.unwrap().unwrap();
@@ -362,6 +362,14 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
         u.renew_generation("nobody", 9, Some(from)).await.unwrap().is_none(),
         "updates: renew an unknown user from"
     );
+    // A new password from a given generation: likewise.
+    let current = next.password_changed_at;
+    assert!(u.set_password_hash("alice", HASH_A, 9, Some(from)).await.unwrap().is_none(), "updates: from a past one");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2, "updates: hash not changed by it");
+    let changed = u.set_password_hash("alice", HASH_A, 9, Some(current)).await.unwrap().unwrap();
+    assert!(changed.password_changed_at > current, "updates: a new password from the current one");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A);
+    u.set_password_hash("alice", HASH_A2, 9, None).await.unwrap().unwrap();
 
     // Disabled: a login checked against the right hash records nothing and says disabled.
     assert!(u.set_disabled("alice", true).await.unwrap().unwrap().disabled);
@@ -416,7 +424,7 @@ async fn concurrent_updates_lose_nothing(store: &Store) {
     }));
     let users = store.users.clone();
     tasks.push(tokio::spawn(async move {
-        users.set_password_hash("alice", HASH_A2, 500).await.unwrap();
+        users.set_password_hash("alice", HASH_A2, 500, None).await.unwrap();
     }));
     for t in tasks {
         t.await.unwrap();

@@ -377,8 +377,17 @@ pub trait UserStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool>;
     /// Stores a new password hash and sets `password_changed_at` to `now`, or one more than
     /// its previous value if that is not earlier (it identifies the password: see
-    /// [`UserStore::record_login`]); `None` if no such user.
-    async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>>;
+    /// [`UserStore::record_login`]). With `from`, only if the generation is still `from` (a
+    /// change whose current password was checked under one generation is not made in the next:
+    /// a `user passwd`, a reset or *sign out everywhere else* meanwhile wins). `None` if no
+    /// such user, or if the generation was no longer `from` (nothing changed then).
+    async fn set_password_hash(
+        &self,
+        key: &str,
+        password_hash: &str,
+        now: u64,
+        from: Option<u64>,
+    ) -> Result<Option<User>>;
     /// Starts a new credential generation without a new password: `password_changed_at` as
     /// [`UserStore::set_password_hash`] sets it, the hash kept (`user reset-factors`: sessions
     /// a sign-in with a removed factor starts after the reset are of the old generation).

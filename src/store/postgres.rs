@@ -205,6 +205,24 @@ impl PgStore {
     async fn client(&self) -> Result<Conn> {
         Ok(self.pool.get().await?)
     }
+
+    /// A new credential generation for the user `key` at `now`, with `password_hash` when
+    /// given, in one statement: only from `from` when given ([`UserStore::set_password_hash`],
+    /// [`UserStore::renew_generation`]). `None` if no such user, or the generation moved on.
+    async fn next_generation(
+        &self,
+        key: &str,
+        now: u64,
+        from: Option<u64>,
+        password_hash: Option<&str>,
+    ) -> Result<Option<User>> {
+        let sql = format!(
+            "UPDATE users SET {NEW_GENERATION}, password_hash = COALESCE($4, password_hash)
+             WHERE key = $1 AND ($3::bigint IS NULL OR password_changed_at_ms = $3) RETURNING {USER_COLUMNS}"
+        );
+        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &from.map(ms), &password_hash]).await?;
+        Ok(row.as_ref().map(user_of))
+    }
 }
 
 #[async_trait]
@@ -259,20 +277,18 @@ impl UserStore for PgStore {
         Ok(self.client().await?.execute("DELETE FROM users WHERE key = $1", &[&key]).await? > 0)
     }
 
-    async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
-        let sql =
-            format!("UPDATE users SET {NEW_GENERATION}, password_hash = $3 WHERE key = $1 RETURNING {USER_COLUMNS}");
-        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &password_hash]).await?;
-        Ok(row.as_ref().map(user_of))
+    async fn set_password_hash(
+        &self,
+        key: &str,
+        password_hash: &str,
+        now: u64,
+        from: Option<u64>,
+    ) -> Result<Option<User>> {
+        self.next_generation(key, now, from, Some(password_hash)).await
     }
 
     async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
-        let sql = format!(
-            "UPDATE users SET {NEW_GENERATION}
-             WHERE key = $1 AND ($3::bigint IS NULL OR password_changed_at_ms = $3) RETURNING {USER_COLUMNS}"
-        );
-        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &from.map(ms)]).await?;
-        Ok(row.as_ref().map(user_of))
+        self.next_generation(key, now, from, None).await
     }
 
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {

@@ -379,6 +379,31 @@ impl SledStore {
     /// whether it changed it (it may run more than once if another write races). Returns the
     /// record as it is afterwards, or `None` if there is no such user. A record that cannot be
     /// decoded is left as it is (never deleted) and reported as corrupt.
+    /// A new credential generation for the user `key` at `now`, with `password_hash` when
+    /// given, durably: only from `from` when given ([`UserStore::set_password_hash`],
+    /// [`UserStore::renew_generation`]). `None` if no such user, or the generation moved on.
+    async fn next_generation(
+        &self,
+        key: &str,
+        now: u64,
+        from: Option<u64>,
+        password_hash: Option<&str>,
+    ) -> Result<Option<User>> {
+        let mut moved_on = false;
+        let after = self.update_user_with(key, |user| {
+            // Set on every try: sled calls this again when another write came between.
+            moved_on = from.is_some_and(|g| user.password_changed_at != g);
+            if !moved_on {
+                if let Some(hash) = password_hash {
+                    user.password_hash = hash.to_string();
+                }
+                user.renew_generation(now);
+            }
+            !moved_on
+        })?;
+        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
+    }
+
     fn update_user_with(
         &self,
         key: &str,
@@ -875,26 +900,18 @@ impl UserStore for SledStore {
         self.durable(existed).await
     }
 
-    async fn set_password_hash(&self, key: &str, password_hash: &str, now: u64) -> Result<Option<User>> {
-        let after = self.update_user_with(key, |user| {
-            user.password_hash = password_hash.to_string();
-            user.renew_generation(now);
-            true
-        })?;
-        self.durable(after.map(|r| r.user())).await
+    async fn set_password_hash(
+        &self,
+        key: &str,
+        password_hash: &str,
+        now: u64,
+        from: Option<u64>,
+    ) -> Result<Option<User>> {
+        self.next_generation(key, now, from, Some(password_hash)).await
     }
 
     async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
-        let mut moved_on = false;
-        let after = self.update_user_with(key, |user| {
-            // Set on every try: sled calls this again when another write came between.
-            moved_on = from.is_some_and(|g| user.password_changed_at != g);
-            if !moved_on {
-                user.renew_generation(now);
-            }
-            !moved_on
-        })?;
-        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
+        self.next_generation(key, now, from, None).await
     }
 
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>> {

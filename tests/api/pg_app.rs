@@ -297,8 +297,12 @@ async fn a_sign_in_checked_before_a_password_change_and_stored_after_it_gets_no_
         b.post(login_url).form(&form).send().await.unwrap().status()
     });
     assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the sign-in waits at its session");
-    let set =
-        app.state.users.set_password("alice", portcullis::password::Password::new("nimbus crater tulip 5531"), "test");
+    let set = app.state.users.set_password(
+        "alice",
+        portcullis::password::Password::new("nimbus crater tulip 5531"),
+        "test",
+        None,
+    );
     assert_eq!(set.await.unwrap().sessions_ended, 0, "the sign-in's session is not there yet to be ended");
     holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
     assert_eq!(sign_in.await.unwrap(), StatusCode::SEE_OTHER);

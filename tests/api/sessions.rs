@@ -49,7 +49,8 @@ async fn a_password_change_ends_every_session_of_that_user_only() {
     app.login_with(&a1, "alice", GOOD_PASSWORD).await;
     app.login_with(&a2, "alice", GOOD_PASSWORD).await;
     app.login_with(&b, "bob", GOOD_PASSWORD).await;
-    let set = app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test").await.unwrap();
+    let set =
+        app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test", None).await.unwrap();
     assert_eq!(set.sessions_ended, 2);
     assert_eq!(a1.get(app.url("/")).send().await.unwrap().status(), 303);
     assert_eq!(a2.get(app.url("/")).send().await.unwrap().status(), 303);
@@ -180,6 +181,63 @@ async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_no
     assert!(app.records(query).await.is_empty(), "nothing recorded");
     assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_login_fail"), "nothing logged as a failure");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "signs in again");
+}
+
+/// A user's own password change is made only in the credential generation its current
+/// password was checked in: an administrator's `user passwd`, or *sign out everywhere else*
+/// from another browser, landing while the passwords are hashed wins, and the change is not
+/// made (a review saw it undo the administrator's new password and bring its session back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() {
+    use portcullis::config::HashParams;
+    let app = spawn_app_with(|s| {
+        s.argon2 = HashParams { memory_kib: 65536, iterations: 8, parallelism: 1 };
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let admins = "an administrator's new passphrase";
+    // (what lands meanwhile, the password that works afterwards)
+    for (what, password_after) in [("user passwd", admins), ("sign out everywhere else", GOOD_PASSWORD)] {
+        let mut superseded = false;
+        for _ in 0..5 {
+            let changing = app.new_browser();
+            assert_eq!(app.login_with(&changing, "alice", GOOD_PASSWORD).await.status(), 303, "{what}");
+            let other = app.new_browser();
+            assert_eq!(app.login_with(&other, "alice", GOOD_PASSWORD).await.status(), 303, "{what}");
+            let page = changing.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+            let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
+            let new = "the change under way 5521";
+            let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new), ("repeat", new)];
+            let change = tokio::spawn(changing.post(app.url("/account/password")).form(&form).send());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if what == "user passwd" {
+                app.state.users.set_password("alice", Password::new(admins), "test", None).await.unwrap();
+            } else {
+                let click = other.post(app.url("/sessions/end-others")).form(&[("csrf", app.home_csrf(&other).await)]);
+                assert_eq!(click.send().await.unwrap().status(), 303);
+            }
+            let resp = change.await.unwrap().unwrap();
+            let status = resp.status().as_u16();
+            let page = resp.text().await.unwrap();
+            if status == 303 {
+                // Made before the other landed: put the password back for the next round.
+                app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None).await.unwrap();
+                continue;
+            }
+            assert_eq!(status, 409, "{what}: {page}");
+            assert!(page.contains("Password not changed") && page.contains("nothing was changed"), "{page}");
+            assert_eq!(changing.get(app.url("/")).send().await.unwrap().status(), 303, "{what}: that session is over");
+            let after = app.login_with(&app.new_browser(), "alice", password_after).await;
+            assert_eq!(after.status(), 303, "{what}: the password that landed works");
+            superseded = true;
+            break;
+        }
+        assert!(superseded, "{what} landed while a change was under way");
+        if what == "user passwd" {
+            app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None).await.unwrap();
+        }
+    }
 }
 
 #[tokio::test]

@@ -100,8 +100,19 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
     // Ends every session of the user (this one too) and logs `authn_password_change`.
-    let set = match state.users.set_password(&user.display_name, Password::new(&form.new), &user.display_name).await {
+    // Only in the generation the current password was just checked in: a `user passwd`, a
+    // reset, a disable or *sign out everywhere else* landing meanwhile is not undone by it.
+    let from = Some(session.record.password_changed_at);
+    let new = Password::new(&form.new);
+    let set = match state.users.set_password(&user.display_name, new, &user.display_name, from).await {
         Ok(set) => set,
+        Err(UserError::Superseded) => {
+            return crate::routes::error_page_saying(
+                StatusCode::CONFLICT,
+                "Password not changed",
+                "Your account was signed out everywhere, or its password changed, while you were changing it: nothing was changed. Please sign in again.",
+            )
+        }
         Err(UserError::WeakPassword(why)) => {
             let message = format!("Please choose another new password: {why}.");
             return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message), None).await;
