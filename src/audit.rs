@@ -130,6 +130,13 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         client: &'a Client,
     },
+    /// The right password, checked while the user's credential generation moved on (*sign out
+    /// everywhere else*, `user reset-factors`): no sign-in, no failure
+    /// (`authn_login_interrupted`). Logged because whoever typed it knows the password.
+    LoginInterrupted {
+        username: &'a str,
+        client: &'a Client,
+    },
     LoggedOut {
         username: &'a str,
         client: &'a Client,
@@ -758,6 +765,10 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::SecondFactorPending { username, client } => tracing::info!(
             target: TARGET, event = "authn_login_mfa_pending", time, username, ip = %client.ip,
             user_agent = client.user_agent, "password right, second factor owed"
+        ),
+        AuthEvent::LoginInterrupted { username, client } => tracing::info!(
+            target: TARGET, event = "authn_login_interrupted", time, username, ip = %client.ip,
+            user_agent = client.user_agent, "password right, but the account changed meanwhile: no sign-in"
         ),
         AuthEvent::LoggedOut { username, client } => tracing::info!(
             target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,

@@ -32,7 +32,10 @@ pub enum AuthError {
     /// old generation and signs nobody in. Not a wrong password: nothing to count or record
     /// as one, and its owner can simply sign in again.
     #[error("the account changed while the password was checked")]
-    Superseded,
+    Superseded {
+        /// The user's stored name, for the record of it.
+        username: String,
+    },
     /// The store failed (for example a full disk): the caller answers 503 or 500 as
     /// `StoreError::is_unavailable` says.
     #[error(transparent)]
@@ -241,7 +244,9 @@ impl Authenticator {
     async fn not_recorded(&self, checked: &crate::store::Credential) -> Result<AuthError, StoreError> {
         Ok(match self.store.users.credential(&checked.user.key).await? {
             Some(now) if now.user.disabled => AuthError::InvalidCredentials(FailureReason::Disabled),
-            Some(now) if now.password_hash == checked.password_hash => AuthError::Superseded,
+            Some(now) if now.password_hash == checked.password_hash => {
+                AuthError::Superseded { username: now.user.display_name }
+            }
             _ => AuthError::InvalidCredentials(FailureReason::BadPassword),
         })
     }

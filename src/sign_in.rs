@@ -111,7 +111,8 @@ pub enum Outcome {
     Refused(Refusal),
     /// The password was right, but the account's credential generation moved on while it was
     /// checked (*sign out everywhere else* at that instant): no sign-in, no failure counted or
-    /// recorded, the check's place given back. The form may be sent again.
+    /// recorded (`authn_login_interrupted` is logged), the check's place given back. The form
+    /// may be sent again.
     Interrupted,
 }
 
@@ -394,10 +395,13 @@ impl SignIn {
                 let counted = self.count_failure(reservation, address, digest).await?;
                 return judged.refuse_counted(reason, counted).await;
             }
-            Err(AuthError::Superseded) => {
+            Err(AuthError::Superseded { username }) => {
                 if let Some(r) = reservation {
                     r.release().await?;
                 }
+                // A right password all the same: whoever typed it knows it (as a second
+                // step's `authn_login_mfa_pending` says), so it is on the record.
+                self.audit.record(&AuthEvent::LoginInterrupted { username: &username, client });
                 return Ok(Outcome::Interrupted);
             }
             Err(AuthError::Overloaded) => return Err(SignInError::Overloaded),
@@ -532,7 +536,7 @@ impl SignIn {
             Err(AuthError::Store(source)) => Err(SignInError::Store { what: "could not check the password", source }),
             // `verify_current` answers a wrong password with `false`, and records no sign-in
             // that could be superseded.
-            Err(e @ (AuthError::InvalidCredentials(_) | AuthError::Superseded)) => {
+            Err(e @ (AuthError::InvalidCredentials(_) | AuthError::Superseded { .. })) => {
                 Err(SignInError::Unexpected(anyhow::anyhow!(e)))
             }
             Err(AuthError::Unexpected(e)) => Err(SignInError::Unexpected(e)),

@@ -136,7 +136,7 @@ async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_o
 
 /// A right password whose check is under way when its user signs out everywhere else signs
 /// nobody in (it belongs to the generation the click ended), and is no wrong password either:
-/// the form again with 409, nothing recorded or counted against the username (a review saw
+/// the form again with 409, no failure recorded or counted against the username (a review saw
 /// such sign-ins logged `bad_password`, raising the username's captcha).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_not_failed() {
@@ -180,6 +180,9 @@ async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_no
     let query = portcullis::store::FailureQuery { user_key: Some("alice".into()), ..Default::default() };
     assert!(app.records(query).await.is_empty(), "nothing recorded");
     assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_login_fail"), "nothing logged as a failure");
+    // But a right password is on the record: whoever typed it knows it.
+    let line = app.log_lines().into_iter().find(|l| l["event"] == "authn_login_interrupted").expect("logged");
+    assert_eq!((line["username"].as_str(), line["ip"].as_str()), (Some("alice"), Some("127.0.0.1")));
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "signs in again");
 }
 
