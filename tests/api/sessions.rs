@@ -134,20 +134,25 @@ async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_o
     assert!(logged.iter().all(|l| l["ip"] == "127.0.0.1" && l["user_agent"].is_string()), "who asked: {logged:?}");
 }
 
+/// A server whose password hashing is slow enough (about a second here) for a change to land
+/// while a password is checked, without the username's quota, and the user `alice`.
+async fn slow_hashing_app_with_alice() -> crate::helpers::TestApp {
+    let app = spawn_app_with(|s| {
+        s.argon2 = portcullis::config::HashParams { memory_kib: 65536, iterations: 8, parallelism: 1 };
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app
+}
+
 /// A right password whose check is under way when its user signs out everywhere else signs
 /// nobody in (it belongs to the generation the click ended), and is no wrong password either:
 /// the form again with 409, no failure recorded or counted against the username (a review saw
 /// such sign-ins logged `bad_password`, raising the username's captcha).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_not_failed() {
-    use portcullis::config::HashParams;
-    let app = spawn_app_with(|s| {
-        // Slow enough (about a second here) for the click to land while the hash is checked.
-        s.argon2 = HashParams { memory_kib: 65536, iterations: 8, parallelism: 1 };
-        s.login_quota_per_user = None;
-    })
-    .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let app = slow_hashing_app_with_alice().await;
     let here = app.new_browser();
     assert_eq!(app.login_with(&here, "alice", GOOD_PASSWORD).await.status(), 303);
     let mut interrupted = None;
@@ -192,13 +197,7 @@ async fn a_sign_in_checked_while_its_user_signs_out_everywhere_is_interrupted_no
 /// made (a review saw it undo the administrator's new password and bring its session back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() {
-    use portcullis::config::HashParams;
-    let app = spawn_app_with(|s| {
-        s.argon2 = HashParams { memory_kib: 65536, iterations: 8, parallelism: 1 };
-        s.login_quota_per_user = None;
-    })
-    .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let app = slow_hashing_app_with_alice().await;
     let admins = "an administrator's new passphrase";
     // (what lands meanwhile, the password that works afterwards)
     for (what, password_after) in [("user passwd", admins), ("sign out everywhere else", GOOD_PASSWORD)] {
