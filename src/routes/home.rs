@@ -139,10 +139,11 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             record(sessions, pending);
             let status =
                 crate::routes::store_fault(&error, "ended the other sessions but could not go on with this one");
-            crate::routes::error_page_saying(
+            crate::routes::error_page_leading(
                 status,
                 "Signed out everywhere",
                 "Your other sessions are signed out, and this one with them: the server could not keep it signed in. Please sign in again.",
+                crate::routes::SIGN_IN_AGAIN,
             )
         }
         // This session was over before this request ended anything (the same click sent twice:

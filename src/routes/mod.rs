@@ -203,7 +203,15 @@ pub async fn security_headers<E: Endpoint>(ep: &E, req: Request, policies: &Poli
 struct ErrorPage<'a> {
     title: &'a str,
     message: &'a str,
+    /// Where the page's one button goes, and what it says.
+    next: (&'a str, &'a str),
 }
+
+/// The error pages' button: home, which sends a signed-out visitor on to `/login`.
+const HOME: (&str, &str) = ("/", "Go to the home page");
+
+/// The button of a page telling a browser its session is over.
+pub const SIGN_IN_AGAIN: (&str, &str) = ("/login", "Sign in");
 
 /// A page for an error status.
 pub fn error_page(status: StatusCode) -> Response {
@@ -229,7 +237,12 @@ pub fn error_page(status: StatusCode) -> Response {
 /// would mislead about (a sign-out that did not happen is not just "busy"); a 503 carries
 /// `Retry-After: 1`.
 pub fn error_page_saying(status: StatusCode, title: &str, message: &str) -> Response {
-    let resp = html(status, &ErrorPage { title, message });
+    error_page_leading(status, title, message, HOME)
+}
+
+/// [`error_page_saying`] whose button goes to `next` (`(path, label)`) instead of home.
+pub fn error_page_leading(status: StatusCode, title: &str, message: &str, next: (&str, &str)) -> Response {
+    let resp = html(status, &ErrorPage { title, message, next });
     if status == StatusCode::SERVICE_UNAVAILABLE {
         return with_retry_after(resp, 1);
     }

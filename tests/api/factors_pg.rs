@@ -211,6 +211,7 @@ async fn on_postgresql_signing_out_everywhere_else_that_cannot_finish_says_what_
     assert!(resp.status().is_server_error(), "{}", resp.status());
     let page = resp.text().await.unwrap();
     assert!(page.contains("Signed out everywhere") && page.contains("and this one with them"), "{page}");
+    assert!(page.contains("href=\"/login\">Sign in</a>"), "the way back: {page}");
     db.batch_execute("DROP TRIGGER refused ON sessions").await.unwrap();
     assert_eq!(elsewhere.get(app.url("/")).send().await.unwrap().status(), 303, "the others are out");
     assert_eq!(here.get(app.url("/")).send().await.unwrap().status(), 303, "and this one");

@@ -107,10 +107,11 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let set = match state.users.set_password(&user.display_name, new, &user.display_name, from).await {
         Ok(set) => set,
         Err(UserError::Superseded) => {
-            return crate::routes::error_page_saying(
+            return crate::routes::error_page_leading(
                 StatusCode::CONFLICT,
                 "Password not changed",
                 "Your account was signed out everywhere, or its password changed, while you were changing it: nothing was changed. Please sign in again.",
+                crate::routes::SIGN_IN_AGAIN,
             )
         }
         Err(UserError::WeakPassword(why)) => {
