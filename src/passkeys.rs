@@ -63,6 +63,11 @@ pub enum PasskeyError {
     /// The user has [`MAX_PER_USER`] passkeys.
     #[error("at most {MAX_PER_USER} passkeys per user")]
     TooMany,
+    /// The user's credential generation moved on while the passkey was added (`user
+    /// reset-factors`, a password change, *sign out everywhere else*): it was taken back, and
+    /// the session that asked is over.
+    #[error("the account changed while the passkey was added")]
+    Superseded,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -256,6 +261,11 @@ impl Passkeys {
             sign_count: 0,
         };
         match self.store.passkeys.add_passkey(&stored).await {
+            Ok(()) if !crate::factors::generation_holds(&self.store, &user.key, user.password_changed_at).await? => {
+                // Added after a reset removed the user's factors: taken back.
+                self.store.passkeys.remove_passkey(&user.key, &stored.id).await?;
+                Err(PasskeyError::Superseded)
+            }
             Ok(()) => Ok(stored),
             Err(StoreError::AlreadyExists) => Err(PasskeyError::Duplicate),
             Err(e) => Err(e.into()),

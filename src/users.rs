@@ -248,11 +248,19 @@ impl UserAdmin {
     /// what was removed, and how many sessions ended.
     pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
         let (username, record) = self.existing(name).await?;
+        // A new generation before the removal too: a factor that a change under way writes
+        // after the removal then finds its generation gone and takes itself back
+        // (`factors::generation_holds`), so the reset is not undone by it.
+        self.store
+            .users
+            .renew_generation(username.key(), now_ms(), None)
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         let removed = self.remove_second_factors(username.key()).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
-        // After the removal: a sign-in that read the user before and proved a factor removed
-        // just now starts a session of the old generation; one that reads it after finds no
-        // factor to prove.
+        // And after it: a sign-in that read the user before and proved a factor removed just
+        // now starts a session of an old generation; one that reads it after finds no factor
+        // to prove.
         let ended = self.end_generation(username.key(), name).await?;
         Ok((record.display_name, removed, ended))
     }

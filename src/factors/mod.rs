@@ -95,6 +95,22 @@ pub enum Enrolment {
     /// The user's authenticator is no longer the one the enrolment began with (another
     /// window enrolled or removed one first), or the user is gone: nothing changed.
     Changed,
+    /// The user's credential generation moved on while the enrolment was written (`user
+    /// reset-factors`, a password change, *sign out everywhere else*): what it wrote was taken
+    /// back, and the session that asked is over.
+    Superseded,
+}
+
+/// Whether the user `user_key` is still in the credential generation `generation` (the one
+/// the session that asked for a change of factors was in). A factor written by a signed-in
+/// request stands only if this holds after the write: one that landed after a `user
+/// reset-factors` removed the factors (which begins a new generation first) is taken back, so
+/// a reset cannot be undone by a change under way. A user who is gone holds no generation.
+///
+/// # Errors
+/// [`StoreError`] when the user cannot be read.
+pub async fn generation_holds(store: &Store, user_key: &str, generation: u64) -> Result<bool, StoreError> {
+    Ok(store.users.get(user_key).await?.is_some_and(|u| u.password_changed_at == generation))
 }
 
 /// Why a proof could not be judged or a factor not changed.
@@ -246,6 +262,7 @@ impl SecondFactors {
     pub async fn enrol_totp(
         &self,
         user_key: &str,
+        generation: u64,
         secret: &[u8],
         code: &str,
         replacing: Option<u64>,
@@ -261,6 +278,12 @@ impl SecondFactors {
         self.store.factors.use_totp_step(user_key, step).await?;
         let totp = TotpFactor { sealed_secret: sealed, created_at: now };
         if self.store.factors.set_totp(user_key, &totp, replacing).await? {
+            if !generation_holds(&self.store, user_key, generation).await? {
+                // Written after a reset removed the factors: taken back. No other enrolment
+                // can have come between (it would have found this one and been refused).
+                self.remove_totp(user_key).await?;
+                return Ok(Enrolment::Superseded);
+            }
             Ok(Enrolment::Enrolled)
         } else {
             // Another enrolment (another window) or a removal came first, or the user is gone.
@@ -310,17 +333,29 @@ impl SecondFactors {
     }
 
     /// Makes a new set of recovery codes for the user (the old ones are void) and returns them
-    /// to be shown once; `None` if no such user.
+    /// to be shown once; `None` if no such user, or if the user's credential generation is no
+    /// longer `generation` once they are written ([`generation_holds`]: they are voided again).
     ///
     /// # Errors
     /// [`FactorError`] when no random bytes can be had, the store cannot be used, or it
     /// records another factor key ([`KeyError::OtherKey`]).
-    pub async fn new_recovery_codes(&self, user_key: &str) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
+    pub async fn new_recovery_codes(
+        &self,
+        user_key: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
         self.keys_agree().await?;
         let codes = recovery::generate()?;
         let hashes: Vec<[u8; 32]> =
             codes.iter().filter_map(|c| recovery::normalise(c)).map(|c| self.key.recovery_hash(user_key, &c)).collect();
-        Ok(self.store.factors.set_recovery_codes(user_key, &hashes).await?.then_some(codes))
+        if !self.store.factors.set_recovery_codes(user_key, &hashes).await? {
+            return Ok(None);
+        }
+        if !generation_holds(&self.store, user_key, generation).await? {
+            self.store.factors.set_recovery_codes(user_key, &[]).await?;
+            return Ok(None);
+        }
+        Ok(Some(codes))
     }
 }
 

@@ -47,7 +47,7 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     let secret = totp::new_secret().unwrap();
     let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
     assert_eq!(
-        app.state.factors.enrol_totp("alice", &secret, &code, None).await.unwrap(),
+        app.state.factors.enrol_totp("alice", app.generation("alice").await, &secret, &code, None).await.unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     let (dir, settings) = app.stop().await;
@@ -146,13 +146,18 @@ async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records
     let other_key = |e: portcullis::factors::FactorError| {
         matches!(e, portcullis::factors::FactorError::Key(portcullis::factors::KeyError::OtherKey))
     };
-    assert!(app.state.factors.enrol_totp("alice", &secret, &code, None).await.is_err_and(other_key));
-    assert!(app.state.factors.new_recovery_codes("alice").await.is_err_and(other_key));
+    assert!(app
+        .state
+        .factors
+        .enrol_totp("alice", app.generation("alice").await, &secret, &code, None)
+        .await
+        .is_err_and(other_key));
+    assert!(app.state.factors.new_recovery_codes("alice", app.generation("alice").await).await.is_err_and(other_key));
     assert!(!app.state.factors.summary("alice").await.unwrap().totp, "nothing sealed");
     // Forgotten with no instance recording another key: this server's key is recorded again.
     assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
     assert_eq!(
-        app.state.factors.enrol_totp("alice", &secret, &code, None).await.unwrap(),
+        app.state.factors.enrol_totp("alice", app.generation("alice").await, &secret, &code, None).await.unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     assert_eq!(ready().await, 200);

@@ -144,6 +144,11 @@ impl TestApp {
     }
 
     /// The valid sessions of the user stored under `key`, newest first (as `/account` lists them).
+    /// The user `key`'s credential generation now (what a session of theirs would be in).
+    pub async fn generation(&self, key: &str) -> u64 {
+        self.state.store.users.get(key).await.unwrap().expect("a user of that name").password_changed_at
+    }
+
     pub async fn sessions_of(&self, key: &str) -> Vec<portcullis::store::StoredSession> {
         let user = self.state.store.users.get(key).await.unwrap().expect("a user of that name");
         self.state.sessions.list(&user).await.unwrap()

@@ -840,3 +840,44 @@ async fn passkey_sign_ins_are_counted_in_the_login_attempts_metric() {
     };
     assert_eq!((login("success", "none"), login("failure", "bad_passkey")), (1.0, 1.0));
 }
+
+/// A change of factors under way when `user reset-factors` lands is taken back once written
+/// (its generation is gone), for each kind: a passkey, an authenticator app, recovery codes.
+/// Driven at the services, with the user as the session read it before the reset, so the
+/// order is the racing one every time.
+#[tokio::test]
+async fn factors_written_after_a_reset_by_a_change_begun_before_it_are_taken_back() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let before = app.state.store.users.get("alice").await.unwrap().unwrap();
+
+    // A passkey registration begun before the reset, finished after it.
+    let csrf = account_csrf(&app, &browser).await;
+    let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    let ceremony = crate::helpers::cookie_value(&begin, portcullis::passkeys::CEREMONY_COOKIE).expect("a ceremony");
+    let mut options: serde_json::Value = json(begin).await;
+    options["publicKey"]["authenticatorSelection"]["residentKey"] = "discouraged".into();
+    options["publicKey"]["authenticatorSelection"]["requireResidentKey"] = false.into();
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let answer = SoftPasskey::new(true).do_registration(origin(&app), ccr).unwrap();
+    let credential = serde_json::to_string(&answer).unwrap();
+    app.state.users.reset_factors("alice", "test").await.unwrap();
+    let finished = app.state.passkeys.finish_registration(&before, Some(&ceremony), &credential, "late").await;
+    assert!(matches!(finished, Err(portcullis::passkeys::PasskeyError::Superseded)), "{finished:?}");
+
+    // An authenticator app and recovery codes asked for in the generation before the reset.
+    let secret = portcullis::factors::totp::new_secret().unwrap();
+    let code = portcullis::factors::totp::code_at(&secret, portcullis::store::now_ms() / 1000).unwrap();
+    let generation = before.password_changed_at;
+    let enrolled = app.state.factors.enrol_totp("alice", generation, &secret, &code, None).await.unwrap();
+    assert_eq!(enrolled, portcullis::factors::Enrolment::Superseded);
+    assert!(app.state.factors.new_recovery_codes("alice", generation).await.unwrap().is_none());
+
+    let left = app.state.factors.summary("alice").await.unwrap();
+    assert!(!left.has_second_factor() && left.recovery_codes == 0, "nothing stands: {left:?}");
+    assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
+    // In the generation that is the user's now, the same writes stand.
+    let now = app.generation("alice").await;
+    let enrolled = app.state.factors.enrol_totp("alice", now, &secret, &code, None).await.unwrap();
+    assert_eq!(enrolled, portcullis::factors::Enrolment::Enrolled);
+}

@@ -476,7 +476,11 @@ async fn a_two_step_sign_in_costs_one_argon2_verify_like_a_password_only_one() {
         app.add_user(&two, GOOD_PASSWORD, false).await;
         let secret = totp::new_secret().unwrap().to_vec();
         assert_eq!(
-            app.state.factors.enrol_totp(&two, &secret, &code(&secret, step - 1), None).await.unwrap(),
+            app.state
+                .factors
+                .enrol_totp(&two, app.generation(&two).await, &secret, &code(&secret, step - 1), None)
+                .await
+                .unwrap(),
             portcullis::factors::Enrolment::Enrolled
         );
         secrets.push(secret);
@@ -514,7 +518,11 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     let secret = totp::new_secret().unwrap();
     let now = now_ms() / 1000;
     assert_eq!(
-        app.state.factors.enrol_totp("alice", &secret, &totp::code_at(&secret, now).unwrap(), None).await.unwrap(),
+        app.state
+            .factors
+            .enrol_totp("alice", app.generation("alice").await, &secret, &totp::code_at(&secret, now).unwrap(), None)
+            .await
+            .unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     let (dir, settings) = app.stop().await;

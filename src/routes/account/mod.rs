@@ -178,3 +178,15 @@ pub(crate) fn record_factor_removed(
         state.audit.record(&AuthEvent::MfaRemoved { username, kind });
     }
 }
+
+/// The page for a change of factors that landed after its account moved to a new credential
+/// generation (a reset of its factors, a password change, *sign out everywhere else*): taken
+/// back, and this session is over. 409, leading to the sign-in form.
+pub(crate) fn not_changed(title: &str) -> poem::Response {
+    crate::routes::error_page_leading(
+        poem::http::StatusCode::CONFLICT,
+        title,
+        "Your account's second factors were reset, or it was signed out everywhere, while you were making this change: nothing was changed. Please sign in again.",
+        crate::routes::SIGN_IN_AGAIN,
+    )
+}

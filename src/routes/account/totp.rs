@@ -171,7 +171,8 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         return error_page(StatusCode::BAD_REQUEST);
     };
     let user = &session.user;
-    let enrolled = match state.factors.enrol_totp(&user.key, &secret, &form.code, replacing).await {
+    let generation = session.record.password_changed_at;
+    let enrolled = match state.factors.enrol_totp(&user.key, generation, &secret, &form.code, replacing).await {
         Ok(e) => e,
         Err(e) => return factor_error(&e, "could not enrol an authenticator"),
     };
@@ -182,6 +183,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             let began = Some(form.replacing.as_str());
             return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message), began).await;
         }
+        Enrolment::Superseded => return super::not_changed("Authenticator app not set up"),
         Enrolment::Changed => {
             // This secret is worth nothing now: remove it from the app, start again.
             let message =
