@@ -102,10 +102,10 @@ pub enum Enrolment {
 }
 
 /// Whether the user `user_key` is still in the credential generation `generation` (the one
-/// the session that asked for a change of factors was in). A factor written by a signed-in
-/// request stands only if this holds after the write: one that landed after a `user
-/// reset-factors` removed the factors (which begins a new generation first) is taken back, so
-/// a reset cannot be undone by a change under way. A user who is gone holds no generation.
+/// the session that asked for a change of factors was in). A factor a signed-in request adds
+/// stands only if this holds after the write: one that landed after a `user reset-factors`
+/// removed the factors (which begins a new generation first) is taken back, so a reset cannot
+/// be undone by a change under way. A user who is gone holds no generation.
 ///
 /// # Errors
 /// [`StoreError`] when the user cannot be read.
@@ -278,9 +278,11 @@ impl SecondFactors {
         self.store.factors.use_totp_step(user_key, step).await?;
         let totp = TotpFactor { sealed_secret: sealed, created_at: now };
         if self.store.factors.set_totp(user_key, &totp, replacing).await? {
-            if !generation_holds(&self.store, user_key, generation).await? {
-                // Written after a reset removed the factors: taken back. No other enrolment
-                // can have come between (it would have found this one and been refused).
+            // A first authenticator may have been written after a reset removed the factors:
+            // then it is taken back (the user had none before it; no other enrolment can have
+            // come between, as it would have found this one and been refused). A replacement
+            // needs none: it found the one it replaces, so a reset's removal is still to come.
+            if replacing.is_none() && !generation_holds(&self.store, user_key, generation).await? {
                 self.remove_totp(user_key).await?;
                 return Ok(Enrolment::Superseded);
             }
@@ -333,29 +335,19 @@ impl SecondFactors {
     }
 
     /// Makes a new set of recovery codes for the user (the old ones are void) and returns them
-    /// to be shown once; `None` if no such user, or if the user's credential generation is no
-    /// longer `generation` once they are written ([`generation_holds`]: they are voided again).
+    /// to be shown once; `None` if no such user. (Unlike the factors, codes written after a
+    /// reset need no taking back: without a factor they sign nobody in, and the next first
+    /// factor replaces them: [`void_codes_without_factor`].)
     ///
     /// # Errors
     /// [`FactorError`] when no random bytes can be had, the store cannot be used, or it
     /// records another factor key ([`KeyError::OtherKey`]).
-    pub async fn new_recovery_codes(
-        &self,
-        user_key: &str,
-        generation: u64,
-    ) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
+    pub async fn new_recovery_codes(&self, user_key: &str) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
         self.keys_agree().await?;
         let codes = recovery::generate()?;
         let hashes: Vec<[u8; 32]> =
             codes.iter().filter_map(|c| recovery::normalise(c)).map(|c| self.key.recovery_hash(user_key, &c)).collect();
-        if !self.store.factors.set_recovery_codes(user_key, &hashes).await? {
-            return Ok(None);
-        }
-        if !generation_holds(&self.store, user_key, generation).await? {
-            self.store.factors.set_recovery_codes(user_key, &[]).await?;
-            return Ok(None);
-        }
-        Ok(Some(codes))
+        Ok(self.store.factors.set_recovery_codes(user_key, &hashes).await?.then_some(codes))
     }
 }
 

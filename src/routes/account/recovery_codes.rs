@@ -63,9 +63,8 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
 
 /// Makes a new set of recovery codes and shows them, once.
 async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
-    let codes = match state.factors.new_recovery_codes(&session.user.key, session.record.password_changed_at).await {
+    let codes = match state.factors.new_recovery_codes(&session.user.key).await {
         Ok(Some(c)) => c,
-        // The user is gone, or was moved to a new generation meanwhile: this session is over.
         Ok(None) => return see_other("/login"),
         Err(e) => return factor_error(&e, "could not make recovery codes"),
     };
