@@ -364,7 +364,10 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             .await
         }
         Err(e @ PasskeyError::Store(_)) => passkey_failure(&e, "could not add a passkey"),
-        Err(PasskeyError::Superseded) => crate::routes::account::not_changed("Passkey not added"),
+        Err(PasskeyError::Superseded) => crate::routes::account::not_changed(
+            "Passkey not added",
+            "Your device may still list the passkey it made: remove it there, as it will not sign in.",
+        ),
         Err(e) => {
             let message = match e {
                 PasskeyError::BadName => "Please give the passkey a name of 1 to 64 characters, with no control or invisible characters (such as direction marks).".to_string(),

@@ -181,12 +181,11 @@ pub(crate) fn record_factor_removed(
 
 /// The page for a change of factors that landed after its account moved to a new credential
 /// generation (a reset of its factors, a password change, *sign out everywhere else*): taken
-/// back, and this session is over. 409, leading to the sign-in form.
-pub(crate) fn not_changed(title: &str) -> poem::Response {
-    crate::routes::error_page_leading(
-        poem::http::StatusCode::CONFLICT,
-        title,
-        "Your account's second factors were reset, or it was signed out everywhere, while you were making this change: nothing was changed. Please sign in again.",
-        crate::routes::SIGN_IN_AGAIN,
-    )
+/// back, and this session is over. 409, leading to the sign-in form; `leftover` says what the
+/// user's device still holds.
+pub(crate) fn not_changed(title: &str, leftover: &str) -> poem::Response {
+    let message = format!(
+        "Your account's second factors were reset, or it was signed out everywhere, while you were making this change, so it was not made. {leftover} Please sign in again."
+    );
+    crate::routes::error_page_leading(poem::http::StatusCode::CONFLICT, title, &message, crate::routes::SIGN_IN_AGAIN)
 }

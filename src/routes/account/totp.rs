@@ -183,7 +183,10 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             let began = Some(form.replacing.as_str());
             return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message), began).await;
         }
-        Enrolment::Superseded => return super::not_changed("Authenticator app not set up"),
+        Enrolment::Superseded => {
+            let leftover = "Remove the entry you just added from your authenticator app.";
+            return super::not_changed("Authenticator app not set up", leftover);
+        }
         Enrolment::Changed => {
             // This secret is worth nothing now: remove it from the app, start again.
             let message =
