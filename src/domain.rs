@@ -48,7 +48,7 @@ pub const MAX_MARK_RUN: usize = 4;
 /// or enclosing marks (General_Category Mn, Me), or the same mark twice in one run: the
 /// optional checks of Unicode UTS #39 §5.4, against marks stacked to draw over the lines
 /// around a name.
-fn has_mark_run(display: &str) -> bool {
+pub(crate) fn has_mark_run(display: &str) -> bool {
     use icu_properties::props::GeneralCategory;
     use icu_properties::CodePointMapData;
     let categories = CodePointMapData::<GeneralCategory>::new();

@@ -477,7 +477,9 @@ fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
     serde_json::from_str(&stored.passkey).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
 
-/// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden or control.
+/// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden or control, and no
+/// more marks stacked on one character than a username may carry (UTS #39 §5.4,
+/// `domain::MAX_MARK_RUN`).
 ///
 /// # Errors
 /// [`PasskeyError::BadName`].
@@ -485,7 +487,8 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
     let name = name.trim();
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_CHARS
-        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c));
+        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c))
+        && !crate::domain::has_mark_run(name);
     ok.then(|| name.to_string()).ok_or(PasskeyError::BadName)
 }
 
@@ -496,8 +499,14 @@ mod tests {
     #[test]
     fn names_are_trimmed_and_bounded() {
         assert_eq!(parse_name("  my phone ").unwrap(), "my phone");
-        for bad in ["", "   ", "a\nb", "x\u{202e}y", &"n".repeat(65)] {
+        for bad in
+            ["", "   ", "a\nb", "x\u{202e}y", &"n".repeat(65), &format!("Z{}", "\u{336}\u{30d}\u{357}".repeat(3))]
+        {
             assert!(parse_name(bad).is_err(), "{bad:?}");
+        }
+        // Symbols and emoji name devices well: a label shown only to its owner.
+        for good in ["🔐 Yubikey", "iPhone ❤", "Zoë's laptop", "ノートパソコン"] {
+            assert_eq!(parse_name(good).unwrap(), good);
         }
     }
 

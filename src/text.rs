@@ -56,6 +56,14 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| escaped_by_printable(s, at, c))
 }
 
+/// A label its owner chose for their own thing (a passkey's name), for a page: only the
+/// [`is_hidden`] characters escaped (and a backslash that begins `\u{`, so [`unprintable`]
+/// reads it back exactly). Symbols and emoji stay: they name devices well, and unlike a
+/// username, a label is shown to no one else and passes for nothing.
+pub fn printable_label(s: &str) -> Cow<'_, str> {
+    escaped_where(s, |at, c| is_hidden(c) || (c == '\\' && s[at..].starts_with("\\u{")))
+}
+
 /// Whether [`printable`] escapes `c`, at byte `at` of `s`.
 fn escaped_by_printable(s: &str, at: usize, c: char) -> bool {
     needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{"))

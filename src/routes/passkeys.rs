@@ -95,7 +95,7 @@ pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>,
         .into_iter()
         .map(|p| PasskeyView {
             id: URL_SAFE_NO_PAD.encode(&p.id),
-            name: printable(&p.name).into_owned(),
+            name: crate::text::printable_label(&p.name).into_owned(),
             created: super::Moment::at(p.created_at),
             last_used: p.last_used_at.map(super::Moment::at),
         })
@@ -342,8 +342,9 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         return error_page(StatusCode::PAYLOAD_TOO_LARGE);
     }
     let ceremony = cookies::get(req, CEREMONY_COOKIE);
-    let result =
-        state.passkeys.finish_registration(&session.user, ceremony.as_deref(), &form.credential, &form.name).await;
+    // The name as the page showed it: escapes read back, so a name saved unchanged stays the same.
+    let name = crate::text::unprintable(&form.name);
+    let result = state.passkeys.finish_registration(&session.user, ceremony.as_deref(), &form.credential, &name).await;
     let mut resp = match result {
         Ok(added) => {
             tracing::info!(passkey = %added.name, "passkey added");
@@ -408,7 +409,9 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
-    match state.passkeys.rename(&session.user.key, &id, &form.name).await {
+    // The rename box holds the name as the page shows it: escapes read back, so a name saved
+    // unchanged stays the same (a review saw `🔐` grow `\u{5c}u{1f510}` with each save).
+    match state.passkeys.rename(&session.user.key, &id, &crate::text::unprintable(&form.name)).await {
         Ok(true) => see_other(ACCOUNT_PASSKEYS),
         Ok(false) => error_page(StatusCode::NOT_FOUND),
         Err(PasskeyError::BadName) => {

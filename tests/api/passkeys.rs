@@ -300,6 +300,24 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
     let page = alice.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("new &#60;name&#62;") || page.contains("new &lt;name&gt;"), "escaped: {page}");
+    // A name with symbols is shown as it is, and saved back unchanged from the rename box it
+    // stays the same (a review saw `🔐` become `\u{1f510}`, then grow with every save).
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "🔐 Yubikey")];
+    assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
+    for _ in 0..2 {
+        let page = alice.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
+        let shown = page.split("name=\"name\" type=\"text\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(shown, "🔐 Yubikey", "{page}");
+        let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", shown)];
+        assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
+        let stored = app.state.passkeys.list("alice").await.unwrap();
+        assert_eq!(stored[0].name, "🔐 Yubikey", "saved unchanged");
+    }
+    let stacked = format!("Z{}", "\u{336}\u{30d}\u{357}".repeat(3));
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", stacked.as_str())];
+    assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 400);
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name>")];
+    assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
     let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
