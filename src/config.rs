@@ -860,17 +860,52 @@ pub fn parse_rate(s: &str) -> Result<Option<Rate>, String> {
     Ok(Some(Rate { burst, period }))
 }
 
-/// A single address or a CIDR range.
+/// A single address or a CIDR range. An IPv4-mapped IPv6 one (`::ffff:10.0.0.1`,
+/// `::ffff:10.0.0.0/104`) is read as the IPv4 one it names, as client addresses are
+/// (`client::canonical`): written either way it matches the same clients (a review saw an
+/// audit filter so written match nothing).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => s
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("`{s}` is not an address or CIDR range"))?,
+    };
+    Ok(as_ipv4(net))
+}
+
+/// `net` as an IPv4 range when it lies within `::ffff:0:0/96` (RFC 4291 §2.5.5.2).
+fn as_ipv4(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else { return net };
+    match v6.network().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(net)
+        }
+        _ => net,
     }
-    s.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| format!("`{s}` is not an address or CIDR range"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_mapped_addresses_and_ranges_are_read_as_the_ipv4_ones_they_name() {
+        for (written, read) in [
+            ("::ffff:10.0.0.1", "10.0.0.1/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+            ("::ffff:10.1.2.3/120", "10.1.2.0/24"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("::/0", "::/0"),
+            ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ] {
+            assert_eq!(parse_net(written).unwrap(), read.parse::<IpNet>().unwrap(), "{written}");
+        }
+        assert!(parse_net("::ffff:10.0.0.1/133").is_err());
+    }
 
     #[test]
     fn one_line_toml_reads_back_as_the_same_value_and_shows_no_control_character() {
