@@ -477,17 +477,34 @@ fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
     serde_json::from_str(&stored.passkey).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
 
-/// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden or control, and no
-/// more marks stacked on one character than a username may carry (UTS #39 §5.4,
+/// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden, control or
+/// unassigned (nor U+FFFD, what invalid UTF-8 in a form becomes), at least one that draws
+/// something (not only blanks such as U+2800, or marks), not starting with a mark, and no more
+/// marks stacked on one character than a username may carry, none twice (UTS #39 §5.4,
 /// `domain::MAX_MARK_RUN`).
 ///
 /// # Errors
 /// [`PasskeyError::BadName`].
 pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
+    use icu_properties::props::GeneralCategory;
+    use icu_properties::CodePointMapData;
+    let categories = CodePointMapData::<GeneralCategory>::new();
+    let mark = |c: char| {
+        matches!(
+            categories.get(c),
+            GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark | GeneralCategory::SpacingMark
+        )
+    };
+    // Unassigned (noncharacters included), and U+FFFD: what a form's invalid UTF-8 became.
+    let unknown = |c: char| categories.get(c) == GeneralCategory::Unassigned || c == char::REPLACEMENT_CHARACTER;
+    // Something to see: not only blanks (U+2800 draws nothing) and marks.
+    let shows = |c: char| !c.is_whitespace() && !mark(c) && c != '\u{2800}';
     let name = name.trim();
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_CHARS
-        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c))
+        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c) || unknown(c))
+        && name.chars().any(shows)
+        && !name.chars().next().is_some_and(mark)
         && !crate::domain::has_mark_run(name);
     ok.then(|| name.to_string()).ok_or(PasskeyError::BadName)
 }
@@ -499,13 +516,33 @@ mod tests {
     #[test]
     fn names_are_trimmed_and_bounded() {
         assert_eq!(parse_name("  my phone ").unwrap(), "my phone");
-        for bad in
-            ["", "   ", "a\nb", "x\u{202e}y", &"n".repeat(65), &format!("Z{}", "\u{336}\u{30d}\u{357}".repeat(3))]
-        {
+        let stacked = format!("Z{}", "\u{336}\u{30d}\u{357}".repeat(3));
+        let long = "n".repeat(65);
+        let refused = ["", "   ", "a\nb", "x\u{202e}y", long.as_str(), stacked.as_str()];
+        // Blank, only marks, or unassigned (noncharacters too), or U+FFFD from invalid UTF-8.
+        let blank_or_unknown = [
+            "\u{2800}",
+            "\u{2800}\u{2800}",
+            "\u{301}",
+            "\u{301}abc",
+            "a\u{ffff}b",
+            "a\u{fdd0}b",
+            "a\u{378}b",
+            "a\u{fffd}b",
+        ];
+        for bad in refused.into_iter().chain(blank_or_unknown) {
             assert!(parse_name(bad).is_err(), "{bad:?}");
         }
         // Symbols and emoji name devices well: a label shown only to its owner.
-        for good in ["🔐 Yubikey", "iPhone ❤", "Zoë's laptop", "ノートパソコン"] {
+        let named = [
+            "🔐 Yubikey",
+            "iPhone ❤",
+            "Zoë's laptop",
+            "ノートパソコン",
+            "Key\u{20e3}",
+            "a\u{300}\u{301}\u{302}\u{303}",
+        ];
+        for good in named.into_iter().chain(["🇺🇸 👍🏽"]) {
             assert_eq!(parse_name(good).unwrap(), good);
         }
     }

@@ -34,6 +34,9 @@ pub const ACCOUNT_PASSKEYS: &str = "/account#passkeys-heading";
 /// Largest credential JSON accepted from a browser, in bytes (well under the form cap).
 const MAX_CREDENTIAL_JSON: usize = 12 * 1024;
 
+/// What the passkey pages say of a name `passkeys::parse_name` refuses.
+const BAD_NAME: &str = "Please give the passkey a name of 1 to 64 characters that shows something, with no control or invisible characters (such as direction marks or joiners), no unassigned ones, and no mark twice or more than 4 on one letter.";
+
 #[derive(Deserialize)]
 pub struct SignInForm {
     #[serde(default)]
@@ -371,7 +374,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         ),
         Err(e) => {
             let message = match e {
-                PasskeyError::BadName => "Please give the passkey a name of 1 to 64 characters, with no control or invisible characters (such as direction marks).".to_string(),
+                PasskeyError::BadName => BAD_NAME.to_string(),
                 PasskeyError::Duplicate => "That passkey is registered already.".to_string(),
                 PasskeyError::NoCeremony => {
                     "Adding the passkey took too long or was not started here. Please try again.".to_string()
@@ -414,15 +417,7 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
     match state.passkeys.rename(&session.user.key, &id, &crate::text::unprintable(&form.name)).await {
         Ok(true) => see_other(ACCOUNT_PASSKEYS),
         Ok(false) => error_page(StatusCode::NOT_FOUND),
-        Err(PasskeyError::BadName) => {
-            page(
-                &state,
-                &session,
-                StatusCode::BAD_REQUEST,
-                Some("Please give the passkey a name of 1 to 64 characters, with no control or invisible characters (such as direction marks)."),
-            )
-            .await
-        }
+        Err(PasskeyError::BadName) => page(&state, &session, StatusCode::BAD_REQUEST, Some(BAD_NAME)).await,
         Err(e) => passkey_failure(&e, "could not rename a passkey"),
     }
 }
@@ -443,7 +438,10 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
             tracing::info!(passkey = %removed.name, "passkey removed");
             let username = &session.user.display_name;
             super::account::record_factor_removed(&state, username, crate::factors::FactorKind::Passkey, codes_voided);
-            let removed = crate::routes::flash::Notice::PasskeyRemoved { name: removed.name };
+            // As the page showed it: a name typed as the text `\u{202e}` must not pass for an
+            // escaped direction mark here either (a review saw the notice print it bare).
+            let name = crate::text::printable_label(&removed.name).into_owned();
+            let removed = crate::routes::flash::Notice::PasskeyRemoved { name };
             removed.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),

@@ -316,8 +316,11 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     let stacked = format!("Z{}", "\u{336}\u{30d}\u{357}".repeat(3));
     let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", stacked.as_str())];
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 400);
-    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name>")];
+    // Typed as `\u{5c}u{41}`: stored as the text `\u{41}`, which every view shows escaped
+    // (`\u{5c}u{41}`), the removal notice too, so it cannot pass for an escape.
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name> \\u{5c}u{41}")];
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
+    assert_eq!(app.state.passkeys.list("alice").await.unwrap()[0].name, "new <name> \\u{41}");
     let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
@@ -325,9 +328,10 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     // The page says which one went, and that the sessions it began did not.
     let page = alice.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(
-        page.contains("Your passkey \u{201c}new &#60;name&#62;\u{201d} is removed. Sessions it signed in stay open")
-            || page
-                .contains("Your passkey \u{201c}new &lt;name&gt;\u{201d} is removed. Sessions it signed in stay open"),
+        page.contains("Your passkey \u{201c}new &#60;name&#62; \\u{5c}u{41}\u{201d} is removed. Sessions it signed in")
+            || page.contains(
+                "Your passkey \u{201c}new &lt;name&gt; \\u{5c}u{41}\u{201d} is removed. Sessions it signed in"
+            ),
         "{page}"
     );
     // In the passkeys section, where the page lands (`#passkeys-heading`), not above it.
