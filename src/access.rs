@@ -263,8 +263,11 @@ impl Rule {
                         .map_err(fail)?
                 }
                 "networks" => {
-                    rule.networks =
-                        items.iter().map(|s| crate::config::parse_net(s)).collect::<Result<_, _>>().map_err(fail)?
+                    rule.networks = items
+                        .iter()
+                        .map(|s| crate::config::parse_trusted_net(s))
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?
                 }
                 "users" => {
                     rule.users = items

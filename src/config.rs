@@ -342,7 +342,7 @@ impl Settings {
             session_absolute_timeout: p.parse("session_absolute_timeout", parse_duration)?,
             captcha_after_failures: p.parse("captcha_after_failures", |s| parse_range(s, 0, 1000))?,
             failure_window: p.parse("failure_window", parse_duration)?,
-            trusted_proxies: p.parse_list("trusted_proxies", parse_net)?,
+            trusted_proxies: p.parse_list("trusted_proxies", parse_trusted_net)?,
             login_quota_per_ip: p.parse("login_quota_per_ip", parse_rate)?,
             login_quota_per_user: p.parse("login_quota_per_user", parse_rate)?,
             audit_retention: p.parse("audit_retention", parse_duration)?,
@@ -875,6 +875,26 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     Ok(as_ipv4(net))
 }
 
+/// [`parse_net`] for a setting that grants trust or access (`trusted_proxies`, access rules'
+/// `networks`): a range written with bits set past its prefix (`127.0.0.1/24`) is refused
+/// rather than widened to its network, since whoever wrote it most likely meant the one
+/// address (a review saw `::ffff:127.0.0.1/96` trust every IPv4 peer without a word).
+///
+/// # Errors
+/// As [`parse_net`], and for such a range, naming the network it would have been.
+pub fn parse_trusted_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        if net != net.trunc() {
+            return Err(format!(
+                "`{s}` has bits set past its /{}: write `{}` for the whole range, or the address alone",
+                net.prefix_len(),
+                net.trunc()
+            ));
+        }
+    }
+    parse_net(s)
+}
+
 /// `net` as an IPv4 range when it lies within `::ffff:0:0/96` (RFC 4291 §2.5.5.2).
 fn as_ipv4(net: IpNet) -> IpNet {
     let IpNet::V6(v6) = net else { return net };
@@ -905,6 +925,27 @@ mod tests {
             assert_eq!(parse_net(written).unwrap(), read.parse::<IpNet>().unwrap(), "{written}");
         }
         assert!(parse_net("::ffff:10.0.0.1/133").is_err());
+    }
+
+    #[test]
+    fn a_range_that_grants_trust_is_refused_with_bits_set_past_its_prefix() {
+        for (written, network) in [
+            ("127.0.0.1/24", "127.0.0.0/24"),
+            ("::ffff:127.0.0.1/96", "::ffff:0.0.0.0/96"),
+            ("10.0.0.1/8", "10.0.0.0/8"),
+        ] {
+            let e = parse_trusted_net(written).unwrap_err();
+            assert!(e.contains(network), "{written}: {e}");
+            assert!(parse_net(written).is_ok(), "a filter reads it as its network: {written}");
+        }
+        for fine in
+            ["127.0.0.1", "127.0.0.1/32", "10.0.0.0/8", "::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "2001:db8::/32"]
+        {
+            assert!(parse_trusted_net(fine).is_ok(), "{fine}");
+        }
+        let flags = &flags(&[("trusted_proxies", "127.0.0.1/24")]);
+        let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
+        assert!(e.contains("trusted_proxies") && e.contains("127.0.0.0/24"), "{e}");
     }
 
     #[test]
