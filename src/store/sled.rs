@@ -379,31 +379,6 @@ impl SledStore {
     /// whether it changed it (it may run more than once if another write races). Returns the
     /// record as it is afterwards, or `None` if there is no such user. A record that cannot be
     /// decoded is left as it is (never deleted) and reported as corrupt.
-    /// A new credential generation for the user `key` at `now`, with `password_hash` when
-    /// given, durably: only from `from` when given ([`UserStore::set_password_hash`],
-    /// [`UserStore::renew_generation`]). `None` if no such user, or the generation moved on.
-    async fn next_generation(
-        &self,
-        key: &str,
-        now: u64,
-        from: Option<u64>,
-        password_hash: Option<&str>,
-    ) -> Result<Option<User>> {
-        let mut moved_on = false;
-        let after = self.update_user_with(key, |user| {
-            // Set on every try: sled calls this again when another write came between.
-            moved_on = from.is_some_and(|g| user.password_changed_at != g);
-            if !moved_on {
-                if let Some(hash) = password_hash {
-                    user.password_hash = hash.to_string();
-                }
-                user.renew_generation(now);
-            }
-            !moved_on
-        })?;
-        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
-    }
-
     fn update_user_with(
         &self,
         key: &str,
@@ -435,6 +410,31 @@ impl SledStore {
             Some(e) => Err(StoreError::Corrupt(e)),
             None => Ok(after),
         }
+    }
+
+    /// A new credential generation for the user `key` at `now`, with `password_hash` when
+    /// given, durably: only from `from` when given ([`UserStore::set_password_hash`],
+    /// [`UserStore::renew_generation`]). `None` if no such user, or the generation moved on.
+    async fn next_generation(
+        &self,
+        key: &str,
+        now: u64,
+        from: Option<u64>,
+        password_hash: Option<&str>,
+    ) -> Result<Option<User>> {
+        let mut moved_on = false;
+        let after = self.update_user_with(key, |user| {
+            // Set on every try: sled calls this again when another write came between.
+            moved_on = from.is_some_and(|g| user.password_changed_at != g);
+            if !moved_on {
+                if let Some(hash) = password_hash {
+                    user.password_hash = hash.to_string();
+                }
+                user.renew_generation(now);
+            }
+            !moved_on
+        })?;
+        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
     }
 
     /// Sets the user's `disabled` flag in place (so a concurrent login or password change is
