@@ -251,11 +251,7 @@ impl UserAdmin {
         // A new generation before the removal too: a factor that a change under way writes
         // after the removal then finds its generation gone and takes itself back
         // (`factors::generation_holds`), so the reset is not undone by it.
-        self.store
-            .users
-            .renew_generation(username.key(), now_ms(), None)
-            .await?
-            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        self.begin_generation(username.key(), name).await?;
         let removed = self.remove_second_factors(username.key()).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         // And after it: a sign-in that read the user before and proved a factor removed just
@@ -278,12 +274,22 @@ impl UserAdmin {
     /// sign-in checked before now stores later (`store::Session::password_changed_at`).
     /// Returns how many sessions ended.
     async fn end_generation(&self, key: &str, name: &str) -> Result<usize, UserError> {
+        self.begin_generation(key, name).await?;
+        Ok(self.sessions.end_all(key, None).await?)
+    }
+
+    /// Starts a new credential generation for the user `key` (`name` as typed, for the error),
+    /// whatever the current one is.
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`] when there is no such user; the store's errors.
+    async fn begin_generation(&self, key: &str, name: &str) -> Result<(), UserError> {
         self.store
             .users
             .renew_generation(key, now_ms(), None)
             .await?
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
-        Ok(self.sessions.end_all(key, None).await?)
+        Ok(())
     }
 
     /// Deletes the user (with their second factors) and ends their sessions, durably.
