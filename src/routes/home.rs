@@ -8,7 +8,7 @@ use poem::{handler, Body, Request, Response};
 use crate::audit::AuthEvent;
 use crate::routes::flash::{self, Notice};
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
-use crate::session::{EndOthersError, SESSION_COOKIE};
+use crate::session::EndOthersError;
 use crate::text::printable;
 
 pub(super) struct SessionView {
@@ -123,13 +123,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             record(count, pending);
             let back = if form.from == "account" { "/account" } else { "/" };
             // This browser goes on under the new credential generation, with a new token.
-            let mut resp = see_other(back);
-            if let Ok(v) = crate::cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
-                resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
-            }
-            if let Some(at) = session.confirmed_at {
-                crate::routes::account::confirm::carry_confirmation(&state, &token.hash(), at, &mut resp);
-            }
+            let resp = crate::routes::account::confirm::continued(&state, back, &token, session.confirmed_at);
             Notice::SessionsEnded { count, pending }.attach(&state.csrf, &token.hash(), resp)
         }
         Err(EndOthersError::NothingEnded(e)) => {

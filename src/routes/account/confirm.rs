@@ -196,15 +196,34 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
 
 /// Adds to `resp` the [`CONFIRMED_COOKIE`] saying the session whose token hash is
 /// `session_hash` typed its password now.
-pub(crate) fn remember_confirmation(state: &AppState, session_hash: &[u8; 32], resp: &mut Response) {
+fn remember_confirmation(state: &AppState, session_hash: &[u8; 32], resp: &mut Response) {
     carry_confirmation(state, session_hash, now_ms(), resp);
+}
+
+/// A 303 to `to` for a browser whose session went on under the new token `token`
+/// (`Sessions::renew`: a password change, *sign out everywhere else*): the session cookie set
+/// to it, and a password confirmation made at `confirmed_at` (Unix ms) carried over to it.
+pub(crate) fn continued(
+    state: &AppState,
+    to: &str,
+    token: &crate::session::SessionToken,
+    confirmed_at: Option<u64>,
+) -> Response {
+    let mut resp = crate::routes::see_other(to);
+    if let Ok(v) = cookies::set(crate::session::SESSION_COOKIE, &token.encode(), None).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if let Some(at) = confirmed_at {
+        carry_confirmation(state, &token.hash(), at, &mut resp);
+    }
+    resp
 }
 
 /// Remembers a confirmation made at `at` (Unix ms) for the session `session_hash`: one made
 /// under the token a session had before it was given a new one (*sign out everywhere else*),
 /// so the new token is as recently confirmed as the old, no more.
 /// The cookie lasts what is left of the confirmation's time; one already over is not sent.
-pub(crate) fn carry_confirmation(state: &AppState, session_hash: &[u8; 32], at: u64, resp: &mut Response) {
+fn carry_confirmation(state: &AppState, session_hash: &[u8; 32], at: u64, resp: &mut Response) {
     let left_ms = (RECENT_AUTHENTICATION.as_millis() as u64).saturating_sub(now_ms().saturating_sub(at));
     if left_ms == 0 {
         return;

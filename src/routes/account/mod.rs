@@ -187,5 +187,12 @@ pub(crate) fn not_changed(title: &str, leftover: &str) -> poem::Response {
     let message = format!(
         "Your account's second factors were reset, or it was signed out everywhere, while you were making this change, so it was not made. {leftover} Please sign in again."
     );
-    crate::routes::error_page_leading(poem::http::StatusCode::CONFLICT, title, &message, crate::routes::SIGN_IN_AGAIN)
+    changed_meanwhile(title, &message)
+}
+
+/// 409 with `title` and `message`, leading to the sign-in form: a change this session asked
+/// for was not made, because its account moved to a new credential generation meanwhile,
+/// which also ended the session.
+pub(crate) fn changed_meanwhile(title: &str, message: &str) -> poem::Response {
+    crate::routes::error_page_leading(poem::http::StatusCode::CONFLICT, title, message, crate::routes::SIGN_IN_AGAIN)
 }

@@ -6,20 +6,19 @@
 //! the form asks for a captcha, as the login form does. Success ends every other session and
 //! gives this browser a new token (OWASP ASVS 4.0 §3.3.3, §3.2.1).
 
-use poem::http::{header, StatusCode};
+use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::brute_force::QuotaKey;
+use crate::client;
 use crate::password::Password;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
 use crate::session::ActiveSession;
-use crate::session::SESSION_COOKIE;
 use crate::sign_in::{account_captcha_key, CaptchaAnswer, PasswordCheck};
 use crate::users::UserError;
-use crate::{client, cookies};
 
 /// The form as posted; the passwords are wiped on drop.
 #[derive(Deserialize)]
@@ -107,11 +106,9 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let set = match state.users.set_password(&user.display_name, new, &user.display_name, from).await {
         Ok(set) => set,
         Err(UserError::Superseded) => {
-            return crate::routes::error_page_leading(
-                StatusCode::CONFLICT,
+            return super::changed_meanwhile(
                 "Password not changed",
                 "Your account was signed out everywhere, or its password changed, while you were changing it: nothing was changed. Please sign in again.",
-                crate::routes::SIGN_IN_AGAIN,
             )
         }
         Err(UserError::WeakPassword(why)) => {
@@ -130,12 +127,8 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(t) => t,
         Err(e) => return crate::routes::store_error(&e, "could not create a session"),
     };
-    let mut resp = see_other("/account");
-    if let Ok(v) = cookies::set(SESSION_COOKIE, &token.encode(), None).parse() {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
     // The session keeps its start, so the password just typed counts as a confirmation.
-    super::confirm::remember_confirmation(&state, &token.hash(), &mut resp);
+    let resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));
     Notice::PasswordChanged { ended: set.sessions_ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
 }
 
