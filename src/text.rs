@@ -61,12 +61,19 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 /// reads it back exactly). Symbols and emoji stay: they name devices well, and unlike a
 /// username, a label is shown to no one else and passes for nothing.
 pub fn printable_label(s: &str) -> Cow<'_, str> {
-    escaped_where(s, |at, c| is_hidden(c) || (c == '\\' && s[at..].starts_with("\\u{")))
+    escaped_where(s, |at, c| is_hidden(c) || begins_escape(s, at, c))
 }
 
 /// Whether [`printable`] escapes `c`, at byte `at` of `s`.
 fn escaped_by_printable(s: &str, at: usize, c: char) -> bool {
-    needs_escape(c) || (c == '\\' && s[at..].starts_with("\\u{"))
+    needs_escape(c) || begins_escape(s, at, c)
+}
+
+/// Whether `c`, at byte `at` of `s`, is a backslash that begins `\u{`: written `\u{5c}` by
+/// every escaping here, so typed text cannot pass for an escape and [`unprintable`] reads
+/// back exactly what was escaped.
+fn begins_escape(s: &str, at: usize, c: char) -> bool {
+    c == '\\' && s[at..].starts_with("\\u{")
 }
 
 /// A name for an audit table or page, where what an attacker typed is shown: [`printable`],
