@@ -199,6 +199,8 @@ pub enum AuthEvent<'a> {
     MfaRemoved {
         username: &'a str,
         kind: &'a str,
+        /// Sessions the factor had signed in that its removal ended (a passkey's; 0 otherwise).
+        sessions: usize,
     },
     /// `user reset-factors`: every second factor removed and the sessions ended.
     FactorsReset {
@@ -810,8 +812,9 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::MfaAdded { username, kind } => tracing::info!(
             target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
         ),
-        AuthEvent::MfaRemoved { username, kind } => tracing::warn!(
-            target: TARGET, event = "mfa_removed", time, username, kind, by = username, "second factor removed"
+        AuthEvent::MfaRemoved { username, kind, sessions } => tracing::warn!(
+            target: TARGET, event = "mfa_removed", time, username, kind, sessions, by = username,
+            "second factor removed"
         ),
         AuthEvent::FactorsReset { username, by } => tracing::warn!(
             target: TARGET, event = "user_factors_reset", time, username, by, "second factors reset"

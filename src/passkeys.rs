@@ -22,7 +22,7 @@ use webauthn_rs::prelude::{
 
 use crate::session::SessionToken;
 use crate::store::passkeys::{Ceremony, CeremonyKind, StoredPasskey, MAX_CREDENTIAL_ID_BYTES};
-use crate::store::{now_ms, Store, StoreError, User};
+use crate::store::{now_ms, Store, StoreError, TokenHash, User};
 
 /// The cookie that binds an open ceremony to the browser that began it (`__Host-`: Secure,
 /// Path=/, no Domain; HttpOnly, so the page's script never sees it).
@@ -70,6 +70,25 @@ pub enum PasskeyError {
     Superseded,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The passkey was removed (`removed`, as it was stored), but the sessions it signed in
+    /// could not be ended: they are still signed in.
+    #[error("the passkey was removed, but the sessions it signed in could not be ended: {source}")]
+    SessionsNotEnded {
+        removed: Box<StoredPasskey>,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What [`Passkeys::remove`] did.
+#[derive(Debug)]
+pub struct Removed {
+    /// The passkey, as it was stored.
+    pub passkey: StoredPasskey,
+    /// How many recovery codes went with it ([`crate::factors::void_codes_without_factor`]).
+    pub codes_voided: usize,
+    /// How many sessions it had signed in were ended.
+    pub sessions_ended: usize,
 }
 
 impl PasskeyError {
@@ -104,10 +123,12 @@ struct Registration {
     state: PasskeyRegistration,
 }
 
-/// A verified passkey use: whose it is.
+/// A verified passkey use: whose it is, and which.
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub user_key: String,
+    /// The credential id (raw bytes).
+    pub passkey_id: Vec<u8>,
     pub passkey_name: String,
 }
 
@@ -281,21 +302,31 @@ impl Passkeys {
         Ok(self.store.passkeys.rename_passkey(user_key, id, &name).await?)
     }
 
-    /// Removes the user's passkey `id`; the removed one and how many recovery codes went with
-    /// it (the last second factor removed takes them: [`crate::factors::void_codes_without_factor`]),
-    /// or `None` when the user has no such passkey.
+    /// Removes the user's passkey `id`, and ends the sessions it signed in (as the first factor
+    /// or the second) but `keep` (the asker's, who has just proved who they are): a lost or
+    /// stolen passkey's sessions are over with it. The last second factor removed takes the
+    /// recovery codes ([`crate::factors::void_codes_without_factor`]). `None` when the user has
+    /// no such passkey.
+    ///
+    /// A sign-in that checked the passkey just before the removal and stores its session just
+    /// after ends that session itself ([`crate::factors::SecondFactors::holds_passkey`]).
     ///
     /// # Errors
-    /// [`PasskeyError::Store`].
-    pub async fn remove(&self, user_key: &str, id: &[u8]) -> Result<Option<(StoredPasskey, usize)>, PasskeyError> {
-        let Some(p) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
+    /// [`PasskeyError::Store`] when nothing was removed; [`PasskeyError::SessionsNotEnded`]
+    /// when the passkey was, but its sessions could not be ended.
+    pub async fn remove(&self, user_key: &str, id: &[u8], keep: &TokenHash) -> Result<Option<Removed>, PasskeyError> {
+        let Some(passkey) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
             return Ok(None);
         };
         if !self.store.passkeys.remove_passkey(user_key, id).await? {
             return Ok(None);
         }
         let codes_voided = crate::factors::void_codes_without_factor(&self.store, user_key).await;
-        Ok(Some((p, codes_voided)))
+        let sessions_ended = match self.store.sessions.delete_for_passkey(user_key, id, Some(keep)).await {
+            Ok(n) => n,
+            Err(source) => return Err(PasskeyError::SessionsNotEnded { removed: Box::new(passkey), source }),
+        };
+        Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
     }
 
     /// Takes one of `address`'s discoverable sign-in begins; `Err(seconds)` to wait when its
@@ -424,7 +455,11 @@ impl Passkeys {
         if !self.store.passkeys.record_passkey_use(&stored.id, &json, result.counter(), now_ms()).await? {
             return Err(PasskeyError::Rejected("signature counter did not move forward".into()));
         }
-        Ok(Verified { user_key: stored.user_key.clone(), passkey_name: stored.name.clone() })
+        Ok(Verified {
+            user_key: stored.user_key.clone(),
+            passkey_id: stored.id.clone(),
+            passkey_name: stored.name.clone(),
+        })
     }
 
     /// Stores a ceremony's state under a new cookie's hash; returns the options and cookie.

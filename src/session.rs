@@ -113,6 +113,20 @@ pub enum EndOthersError {
     Superseded,
 }
 
+/// What a sign-in proved, as its session keeps it: how many factors, and the passkey used if
+/// one was (its credential id, raw bytes), whose removal then ends the session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignedInWith {
+    pub factors: Factors,
+    pub passkey_id: Option<Vec<u8>>,
+}
+
+impl From<Factors> for SignedInWith {
+    fn from(factors: Factors) -> Self {
+        SignedInWith { factors, passkey_id: None }
+    }
+}
+
 /// Creates, resolves and ends sessions.
 #[derive(Clone)]
 pub struct Sessions {
@@ -140,7 +154,7 @@ impl Sessions {
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
-        self.create_in_place_of(None, user, factors, ip, user_agent).await
+        self.create_in_place_of(None, user, factors.into(), ip, user_agent).await
     }
 
     /// As [`Sessions::create`], ending `previous` (the browser's session before a sign-in,
@@ -157,17 +171,17 @@ impl Sessions {
         &self,
         previous: Option<&TokenHash>,
         user: &User,
-        factors: Factors,
+        with: SignedInWith,
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StoreError> {
-        self.start(previous, user, factors, None, ip, user_agent).await
+        self.start(previous, user, with, None, ip, user_agent).await
     }
 
     /// A new token for a session that goes on from `continued` into a new credential
     /// generation (a password change, *sign out everywhere else*), which ends every session of
     /// the old one: `changed` is the user as the change left it. `continued`'s record is
-    /// removed. Same factors and start, so its absolute timeout still counts from the sign-in
+    /// removed. Same factors, passkey and start, so its absolute timeout still counts from the sign-in
     /// (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
     ///
     /// # Errors
@@ -183,14 +197,15 @@ impl Sessions {
         debug_assert_eq!(record.user_key, changed.key);
         // Its old token is over with the old generation; removed here rather than when seen.
         let previous = Some(&continued.token_hash);
-        self.start(previous, changed, record.factors, Some(record.created_at), ip, user_agent).await
+        let with = SignedInWith { factors: record.factors, passkey_id: record.passkey_id.clone() };
+        self.start(previous, changed, with, Some(record.created_at), ip, user_agent).await
     }
 
     async fn start(
         &self,
         previous: Option<&TokenHash>,
         user: &User,
-        factors: Factors,
+        with: SignedInWith,
         started_at: Option<u64>,
         ip: std::net::IpAddr,
         user_agent: &str,
@@ -203,8 +218,9 @@ impl Sessions {
             last_seen_at: now,
             ip: ip.to_string(),
             user_agent: user_agent.chars().take(200).collect(),
-            factors,
+            factors: with.factors,
             password_changed_at: user.password_changed_at,
+            passkey_id: with.passkey_id,
         };
         self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
         Ok(token)
@@ -628,6 +644,7 @@ mod tests {
             user_agent: String::new(),
             factors: Factors::One,
             password_changed_at: 1,
+            passkey_id: None,
         };
         let now = 10_000_000;
         assert!(!sessions.is_expired(&r(now - 1000, now - 1000), now));

@@ -59,7 +59,7 @@ use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
 use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
-use crate::session::{SessionToken, Sessions};
+use crate::session::{SessionToken, Sessions, SignedInWith};
 use crate::store::{now_ms, Factors, StoreError};
 
 /// Characters of the typed username kept as the key of the per-username defences: enough
@@ -446,16 +446,13 @@ impl SignIn {
             }
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
-        let (token, device_cookie) = self
-            .complete(
-                &user,
-                Factors::One,
-                client,
-                Browser { session: previous_session.as_ref(), device },
-                after_failures,
-                None,
-            )
-            .await?;
+        let with = SignedInWith::from(Factors::One);
+        let browser = Browser { session: previous_session.as_ref(), device };
+        let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, None).await?
+        else {
+            // Not reached: only a sign-in with a passkey can find it removed.
+            return Err(SignInError::Unexpected(anyhow::anyhow!("a password sign-in's passkey was removed")));
+        };
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
     }
 
@@ -544,26 +541,27 @@ impl SignIn {
     }
 
     /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
-    /// how many there were): the browser's previous session ended and a new one made with
-    /// `factors` in one durable step, the success recorded (a success that cannot be recorded
-    /// does not happen). `passkey` names the passkey a passkey sign-in used, for its record.
-    /// Returns the session's token and the browser's device cookie's new value, with a token
-    /// for this user.
+    /// how many there were): the browser's previous session ended and a new one made `with`
+    /// its factors and passkey in one durable step, the success recorded (a success that
+    /// cannot be recorded does not happen). `passkey` names the passkey a passkey sign-in
+    /// used, for its record. Returns the session's token and the browser's device cookie's
+    /// new value, with a token for this user; `None`, with no session and nothing recorded,
+    /// when the passkey the sign-in used was removed while it was checked.
     async fn complete(
         &self,
         user: &crate::store::User,
-        factors: Factors,
+        with: SignedInWith,
         client: &Client,
         browser: Browser<'_>,
         after_failures: usize,
         passkey: Option<&str>,
-    ) -> Result<(SessionToken, String), SignInError> {
+    ) -> Result<Option<(SessionToken, String)>, SignInError> {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
             .issue_device_cookie(&user.key, browser.device, now_ms() / 1000)
             .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
-        if factors == Factors::Two {
+        if with.factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
             self.auth
                 .record_sign_in(&user.key)
@@ -572,11 +570,27 @@ impl SignIn {
         }
         // Session fixation: whatever session this browser had is ended, and a new token issued.
         let previous = browser.session.map(SessionToken::hash);
+        let passkey_id = with.passkey_id.clone();
         let token = self
             .sessions
-            .create_in_place_of(previous.as_ref(), user, factors, client.ip, &client.user_agent)
+            .create_in_place_of(previous.as_ref(), user, with, client.ip, &client.user_agent)
             .await
             .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
+        if let Some(id) = passkey_id {
+            // Asked once the session is stored: a removal before this read ends it itself
+            // (`Passkeys::remove` removes the passkey, then its sessions).
+            let held = match self.factors.holds_passkey(&user.key, &id).await {
+                Ok(held) => held,
+                Err(source) => {
+                    self.end_unrecorded(&token).await;
+                    return Err(SignInError::Store { what: "could not read the passkey", source });
+                }
+            };
+            if !held {
+                self.end_unrecorded(&token).await;
+                return Ok(None);
+            }
+        }
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
         let succeeded = match passkey {
@@ -584,17 +598,23 @@ impl SignIn {
             None => AuthEvent::LoginSucceeded { username, client, after_failures },
         };
         if let Err(e) = self.audit.record_checked(&succeeded) {
-            if let Err(e) = self.sessions.end(&token.hash()).await {
-                crate::fault_log::report(
-                    "could not end the unrecorded session",
-                    crate::fault_log::Severity::Error,
-                    e.is_unavailable(),
-                    &e,
-                );
-            }
+            self.end_unrecorded(&token).await;
             return Err(SignInError::SuccessUnrecorded(e));
         }
-        Ok((token, device_cookie))
+        Ok(Some((token, device_cookie)))
+    }
+
+    /// Ends a session [`SignIn::complete`] stored but will not answer with; a failure is
+    /// reported, not returned (the sign-in fails either way).
+    async fn end_unrecorded(&self, token: &SessionToken) {
+        if let Err(e) = self.sessions.end(&token.hash()).await {
+            crate::fault_log::report(
+                "could not end the unrecorded session",
+                crate::fault_log::Severity::Error,
+                e.is_unavailable(),
+                &e,
+            );
+        }
     }
 
     /// Judges a second-step attempt in the order of the module note.
@@ -689,7 +709,7 @@ impl SignIn {
                     _ => Ok(StepOutcome::Restart),
                 }
             }
-            Verdict::Accepted(_) => {
+            Verdict::Accepted(_, passkey_id) => {
                 let (user, next, cleared) = match reservation {
                     // Single use: of two attempts that both got here, one goes on.
                     Some(r) => {
@@ -717,17 +737,14 @@ impl SignIn {
                     }
                 };
                 let after_failures = cleared.unwrap_or(0);
-                let (token, device_cookie) = self
-                    .complete(
-                        &user,
-                        Factors::Two,
-                        client,
-                        Browser { session: previous_session.as_ref(), device },
-                        after_failures,
-                        None,
-                    )
-                    .await?;
-                Ok(StepOutcome::SignedIn { token, next, device_cookie })
+                let with = SignedInWith { factors: Factors::Two, passkey_id };
+                let browser = Browser { session: previous_session.as_ref(), device };
+                match self.complete(&user, with, client, browser, after_failures, None).await? {
+                    Some((token, device_cookie)) => Ok(StepOutcome::SignedIn { token, next, device_cookie }),
+                    // The passkey was removed while it was checked: it signs nobody in, and
+                    // the sign-in starts again at the password.
+                    None => Ok(StepOutcome::Restart),
+                }
             }
         }
     }

@@ -75,9 +75,11 @@ impl Proof {
 }
 
 /// What a proof came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    Accepted(FactorKind),
+    /// Accepted: the kind of factor, and for a passkey its credential id (raw bytes), which
+    /// the session keeps so that removing the passkey ends it.
+    Accepted(FactorKind, Option<Vec<u8>>),
     /// Refused, with the log's reason (`bad_second_factor` or `reused_code`).
     Refused(FailureReason),
     /// Nothing was checked: the passkey answer's ceremony is not this browser's open one (it
@@ -184,6 +186,16 @@ impl SecondFactors {
         SecondFactors { store, key, passkeys: None }
     }
 
+    /// Whether the user `user_key` still holds the passkey `passkey_id`. A sign-in that used
+    /// it asks once its session is stored: a removal that came between the check and the
+    /// store ended the sessions before this one was there, so the sign-in ends it itself.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the passkey cannot be read.
+    pub async fn holds_passkey(&self, user_key: &str, passkey_id: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.store.passkeys.passkey(passkey_id).await?.is_some_and(|p| p.user_key == user_key))
+    }
+
     /// The same service, checking passkey proofs with `passkeys`.
     pub fn with_passkeys(mut self, passkeys: crate::passkeys::Passkeys) -> Self {
         self.passkeys = Some(passkeys);
@@ -211,7 +223,7 @@ impl SecondFactors {
                 let secret = self.key.open(user_key, &stored.sealed_secret)?;
                 let Some(step) = totp::check(&secret, code, now_secs) else { return Ok(bad) };
                 if self.store.factors.use_totp_step(user_key, step).await? {
-                    Ok(Verdict::Accepted(FactorKind::Totp))
+                    Ok(Verdict::Accepted(FactorKind::Totp, None))
                 } else {
                     Ok(Verdict::Refused(FailureReason::ReusedCode))
                 }
@@ -220,7 +232,7 @@ impl SecondFactors {
                 let Some(code) = recovery::normalise(code) else { return Ok(bad) };
                 let hash = self.key.recovery_hash(user_key, &code);
                 if self.store.factors.use_recovery_code(user_key, &hash).await? {
-                    Ok(Verdict::Accepted(FactorKind::RecoveryCodes))
+                    Ok(Verdict::Accepted(FactorKind::RecoveryCodes, None))
                 } else {
                     Ok(bad)
                 }
@@ -231,7 +243,7 @@ impl SecondFactors {
                 // of an answer checked (another user's passkey, a bad signature) is a wrong
                 // factor.
                 match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
-                    Ok(_) => Ok(Verdict::Accepted(FactorKind::Passkey)),
+                    Ok(used) => Ok(Verdict::Accepted(FactorKind::Passkey, Some(used.passkey_id))),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
                     Err(crate::passkeys::PasskeyError::NoCeremony) => Ok(Verdict::Unchecked),
                     Err(e) => {

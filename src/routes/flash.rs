@@ -42,8 +42,13 @@ pub enum Notice {
     TotpEnabled,
     /// The authenticator app was removed.
     TotpRemoved,
-    /// A passkey was removed (its name as stored).
-    PasskeyRemoved { name: String },
+    /// A passkey was removed (its name as shown), ending `ended` other sessions it had signed in.
+    PasskeyRemoved {
+        name: String,
+        /// None in a notice from before sessions kept their passkey.
+        #[serde(default)]
+        ended: usize,
+    },
     /// `GET /login?rd=` for an application whose rule asks two factors, from a user who has no
     /// second factor to sign in with: signing in again could only give one factor again.
     SecondFactorNeeded,
@@ -67,10 +72,14 @@ impl Notice {
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
             Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
-            // A passkey alone signs in: the sessions it began stay until signed out.
-            Notice::PasskeyRemoved { name } => format!(
-                "Your passkey \u{201c}{name}\u{201d} is removed. Sessions it signed in stay open: if its device \
-                 was lost or stolen, look at your sessions below and sign out the others."
+            // This session stays signed in even when the passkey signed it in: its user has
+            // just proved who they are.
+            Notice::PasskeyRemoved { name, ended: 0 } => {
+                format!("Your passkey \u{201c}{name}\u{201d} is removed. No other session was signed in with it.")
+            }
+            Notice::PasskeyRemoved { name, ended } => format!(
+                "Your passkey \u{201c}{name}\u{201d} is removed, and the {ended} other session(s) signed in with it \
+                 are signed out."
             ),
             Notice::SecondFactorNeeded => "The page you opened needs a second factor, and your account has none yet. \
                  Set one up below, then open the page again and sign in with it."

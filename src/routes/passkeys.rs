@@ -433,18 +433,29 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
-    match state.passkeys.remove(&session.user.key, &id).await {
-        Ok(Some((removed, codes_voided))) => {
-            tracing::info!(passkey = %removed.name, "passkey removed");
-            let username = &session.user.display_name;
-            super::account::record_factor_removed(&state, username, crate::factors::FactorKind::Passkey, codes_voided);
+    let username = &session.user.display_name;
+    let kind = crate::factors::FactorKind::Passkey;
+    match state.passkeys.remove(&session.user.key, &id, &session.token_hash).await {
+        Ok(Some(removed)) => {
+            tracing::info!(passkey = %removed.passkey.name, "passkey removed");
+            super::account::record_factor_removed(&state, username, kind, removed.sessions_ended, removed.codes_voided);
             // As the page showed it: a name typed as the text `\u{202e}` must not pass for an
             // escaped direction mark here either (a review saw the notice print it bare).
-            let name = crate::text::printable_label(&removed.name).into_owned();
-            let removed = crate::routes::flash::Notice::PasskeyRemoved { name };
-            removed.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
+            let name = crate::text::printable_label(&removed.passkey.name).into_owned();
+            let notice = crate::routes::flash::Notice::PasskeyRemoved { name, ended: removed.sessions_ended };
+            notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),
+        Err(PasskeyError::SessionsNotEnded { removed, source }) => {
+            let status = crate::routes::store_fault(&source, "removed a passkey but could not end its sessions");
+            // Recorded as removed, since it is; the sessions are said to be open.
+            super::account::record_factor_removed(&state, username, kind, 0, 0);
+            let name = crate::text::printable_label(&removed.name);
+            let message = format!(
+                "Your passkey \u{201c}{name}\u{201d} is removed, but the server could not sign out the sessions it signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment."
+            );
+            crate::routes::error_page_saying(status, "Passkey removed, its sessions not signed out", &message)
+        }
         Err(e) => passkey_failure(&e, "could not remove a passkey"),
     }
 }

@@ -23,7 +23,7 @@ use crate::audit::{Client, FailureReason};
 use crate::brute_force::Retire;
 use crate::passkeys::{Begun, PasskeyError, Passkeys, CEREMONY_LIFETIME};
 use crate::rate_limit::username_digest;
-use crate::session::SessionToken;
+use crate::session::{SessionToken, SignedInWith};
 use crate::store::{now_ms, Factors};
 
 /// A passkey sign-in as the client sent it. Nothing here has been checked.
@@ -174,18 +174,15 @@ impl SignIn {
         let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let previous = a.previous_session.as_ref();
+        let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device };
         let name = Some(verified.passkey_name.as_str());
-        let (token, device_cookie) = self
-            .complete(
-                &user,
-                Factors::Two,
-                a.client,
-                super::Browser { session: previous, device: a.device },
-                after_failures,
-                name,
-            )
-            .await?;
+        let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
+        let Some((token, device_cookie)) = self.complete(&user, with, a.client, browser, after_failures, name).await?
+        else {
+            // Removed while it was checked: a removed passkey signs nobody in, and nothing was
+            // guessed (not counted).
+            return judged.refuse(FailureReason::BadPasskey, None, false).await;
+        };
         // A user-verified passkey is two factors: the `second_factor` policy is met.
         Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie })
     }

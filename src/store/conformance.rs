@@ -60,6 +60,7 @@ pub fn session(user_key: &str, created_at: u64, last_seen_at: u64) -> Session {
         factors: Factors::One,
         // As `user` makes them.
         password_changed_at: 1,
+        passkey_id: None,
     }
 }
 
@@ -91,6 +92,7 @@ pub async fn run(harness: &mut dyn Harness) {
     a_session_starts_in_place_of_the_previous_one_within_the_cap(&harness.fresh().await).await;
     simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
     a_session_resolves_with_its_user_and_only_that_users_sessions(&harness.fresh().await).await;
+    sessions_signed_in_with_a_passkey_end_with_it(&harness.fresh().await).await;
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
@@ -545,9 +547,10 @@ async fn a_session_starts_in_place_of_the_previous_one_within_the_cap(store: &St
     // Idle 1 s, absolute 10 s, at most 3 each.
     let cap = SessionCap { max_per_user: 3, idle_ms: 1000, absolute_ms: 10_000 };
     s.insert(&[1; 32], &session("bob", 1000, 1000)).await.unwrap();
-    s.start(Some(&[1; 32]), &[2; 32], &session("alice", 20_000, 20_000), cap, 20_000).await.unwrap();
+    let with_passkey = Session { passkey_id: Some(b"k-1".to_vec()), ..session("alice", 20_000, 20_000) };
+    s.start(Some(&[1; 32]), &[2; 32], &with_passkey, cap, 20_000).await.unwrap();
     assert!(s.get(&[1; 32]).await.unwrap().is_none(), "sessions: start ends the previous session");
-    assert_eq!(s.get(&[2; 32]).await.unwrap(), Some(session("alice", 20_000, 20_000)), "sessions: start stores");
+    assert_eq!(s.get(&[2; 32]).await.unwrap(), Some(with_passkey), "sessions: start stores, its passkey too");
     s.start(Some(&[9; 32]), &[3; 32], &session("alice", 20_100, 20_100), cap, 20_100).await.unwrap();
     // [4]: seen last of all, but past the absolute timeout: it goes before any live one.
     s.insert(&[4; 32], &session("alice", 1, 20_150)).await.unwrap();
@@ -567,6 +570,29 @@ async fn a_session_starts_in_place_of_the_previous_one_within_the_cap(store: &St
     kept.sort();
     assert_eq!(kept, [5, 6, 10], "sessions: a session stamped ahead goes first");
     assert!(s.get(&[8; 32]).await.unwrap().is_some(), "sessions: another user's sessions are not counted or ended");
+}
+
+/// Removing a passkey's sessions ends exactly those of its user signed in with it: not the
+/// user's others (a password, another passkey), nor another user's with the same id.
+async fn sessions_signed_in_with_a_passkey_end_with_it(store: &Store) {
+    let s = &store.sessions;
+    let with = |user_key: &str, id: &[u8]| Session { passkey_id: Some(id.to_vec()), ..session(user_key, 10, 10) };
+    s.insert(&[1; 32], &with("alice", b"k-lost")).await.unwrap();
+    s.insert(&[2; 32], &with("alice", b"k-lost")).await.unwrap();
+    s.insert(&[3; 32], &with("alice", b"k-kept")).await.unwrap();
+    s.insert(&[4; 32], &session("alice", 10, 10)).await.unwrap();
+    s.insert(&[5; 32], &with("bob", b"k-lost")).await.unwrap();
+    s.insert(&[6; 32], &with("alice", b"k-lost")).await.unwrap();
+    let n = s.delete_for_passkey("alice", b"k-lost", Some(&[6; 32])).await.unwrap();
+    assert_eq!(n, 2, "sessions: the passkey's two, not the one kept");
+    let mut left = Vec::new();
+    for h in 1..=6u8 {
+        left.push(s.get(&[h; 32]).await.unwrap().is_some());
+    }
+    assert_eq!(left, [false, false, true, true, true, true], "sessions: only the passkey's, only its user's");
+    assert_eq!(s.list_for_user("alice").await.unwrap().len(), 3, "sessions: the user's index follows");
+    assert_eq!(s.delete_for_passkey("alice", b"k-lost", None).await.unwrap(), 1, "sessions: the kept one, unkept");
+    assert_eq!(s.delete_for_passkey("alice", b"k-lost", None).await.unwrap(), 0, "sessions: none the third time");
 }
 
 /// 12 sign-ins of one user at once, at a cap of 16 over 8 older sessions: exactly the 4
@@ -611,7 +637,7 @@ async fn a_session_resolves_with_its_user_and_only_that_users_sessions(store: &S
     let one = vec![super::StoredSession { token_hash: [1; 32], record: session("alice", 1000, 1000) }];
     assert_eq!(alone.user_sessions, one, "resolve: a lone session lists itself");
 
-    let two = Session { factors: Factors::Two, ..session("alice", 2000, 2500) };
+    let two = Session { factors: Factors::Two, passkey_id: Some(b"k-alice".to_vec()), ..session("alice", 2000, 2500) };
     s.insert(&[2; 32], &two).await.unwrap();
     // Long expired: still listed, the caller judges.
     s.insert(&[3; 32], &session("alice", 1, 1)).await.unwrap();
@@ -828,7 +854,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     u.insert(&User { admin: true, ..user("root") }, HASH_A2).await.unwrap();
     u.insert(&user("bob"), HASH_A).await.unwrap();
     u.set_disabled("bob", true).await.unwrap();
-    let two = Session { factors: Factors::Two, ..session("alice", 10, 20) };
+    let two = Session { factors: Factors::Two, passkey_id: Some(vec![0xff; 1023]), ..session("alice", 10, 20) };
     from.sessions.insert(&[1; 32], &two).await.unwrap();
     from.sessions.insert(&[2; 32], &session("bob", 30, 40)).await.unwrap();
     from.sessions.insert(&[3; 32], &session("root", 50, 60)).await.unwrap();

@@ -128,6 +128,10 @@ pub struct Session {
     /// or a reset of the second factors ends every session, even one that a sign-in checked
     /// just before the change stored just after the change ended the others.
     pub password_changed_at: u64,
+    /// The credential id (WebAuthn §6.1, raw bytes) of the passkey the sign-in used, as the
+    /// first factor or the second; `None` for a sign-in without one. Removing that passkey
+    /// ends the session ([`SessionStore::delete_for_passkey`]).
+    pub passkey_id: Option<Vec<u8>>,
 }
 
 /// The number of distinct authentication factors a session was signed in with.
@@ -473,6 +477,9 @@ pub trait SessionStore: Send + Sync {
     async fn times_for_user(&self, user_key: &str) -> Result<Vec<SessionTimes>>;
     /// Removes all the user's sessions but `keep`; returns how many were removed.
     async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize>;
+    /// Removes the user's sessions signed in with the passkey `passkey_id`
+    /// ([`Session::passkey_id`]) but `keep`, durably; returns how many were removed.
+    async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize>;
     /// Removes every session idle for `idle_ms` or older than `absolute_ms` at `now` (all
     /// Unix/duration milliseconds), or stamped further ahead of `now` than [`CLOCK_SKEW_MS`]
     /// allows ([`SessionCap::has_expired`]; an engine with a clock of its own judges that from

@@ -95,7 +95,7 @@ fn user_of(row: &Row) -> User {
 }
 
 const SESSION_COLUMNS: &str =
-    "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors, password_changed_at_ms";
+    "user_key, created_at_ms, last_seen_at_ms, ip, user_agent, token_hash, factors, password_changed_at_ms, passkey_id";
 
 fn session_of(row: &Row) -> Session {
     session_at(row, 0)
@@ -111,6 +111,7 @@ fn session_at(row: &Row, base: usize) -> Session {
         user_agent: row.get(base + 4),
         factors: Factors::from_count(row.get::<_, i16>(base + 6).into()),
         password_changed_at: unms(row.get(base + 7)),
+        passkey_id: row.get(base + 8),
     }
 }
 
@@ -121,7 +122,7 @@ fn session_at(row: &Row, base: usize) -> Session {
 const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
         u.last_login_at_ms, u.disabled, NULL::text, u.groups,
         s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
-        s.password_changed_at_ms
+        s.password_changed_at_ms, s.passkey_id
  FROM sessions s
  LEFT JOIN users u ON u.key = s.user_key
  WHERE s.token_hash = $1";
@@ -129,7 +130,7 @@ const RESOLVE_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_m
 /// Where the resolved session's columns begin in [`RESOLVE_SQL`]'s and
 /// [`RESOLVE_LISTING_SQL`]'s rows, and where the listed session's begin in the latter's.
 const RESOLVED_SESSION: usize = 9;
-const LISTED_SESSION: usize = 17;
+const LISTED_SESSION: usize = 18;
 
 /// [`RESOLVE_SQL`] with each session of the same user from column [`LISTED_SESSION`] (by `sessions_by_user`):
 /// one row per such session, the session's own among them (so an inner join: never a row
@@ -139,9 +140,9 @@ const LISTED_SESSION: usize = 17;
 const RESOLVE_LISTING_SQL: &str = "SELECT u.key, u.display_name, u.admin, u.created_at_ms, u.password_changed_at_ms,
         u.last_login_at_ms, u.disabled, NULL::text, u.groups,
         s.user_key, s.created_at_ms, s.last_seen_at_ms, s.ip, s.user_agent, s.token_hash, s.factors,
-        s.password_changed_at_ms,
+        s.password_changed_at_ms, s.passkey_id,
         o.user_key, o.created_at_ms, o.last_seen_at_ms, o.ip, o.user_agent, o.token_hash, o.factors,
-        o.password_changed_at_ms
+        o.password_changed_at_ms, o.passkey_id
  FROM sessions s
  LEFT JOIN users u ON u.key = s.user_key
  JOIN sessions o ON o.user_key = s.user_key
@@ -443,10 +444,11 @@ async fn insert_user(client: &dyn Statements, user: &User, password_hash: &str) 
     Ok(())
 }
 
-/// The eight columns a session row is written with, `$1` to `$8` in [`INSERT_SESSION`] and
-/// in `session_start` (migration 9).
+/// The nine columns a session row is written with, `$1` to `$9` in [`INSERT_SESSION`] and
+/// in `session_start` (migration 16).
 const INSERT_SESSION: &str = "INSERT INTO sessions (token_hash, user_key, created_at_ms, last_seen_at_ms, ip, \
-                              user_agent, factors, password_changed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                              user_agent, factors, password_changed_at_ms, passkey_id) \
+                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// A session as its row's column values, so the three statements that write one bind them
 /// alike: times in milliseconds as `bigint`, the factor count as `smallint`.
@@ -471,9 +473,9 @@ impl<'a> SessionRow<'a> {
         }
     }
 
-    /// `$1` to `$8`: token hash, user key, created, last seen, address, user agent, factors,
-    /// credential generation.
-    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    /// `$1` to `$9`: token hash, user key, created, last seen, address, user agent, factors,
+    /// credential generation, passkey.
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.token_hash,
             &self.session.user_key,
@@ -483,6 +485,7 @@ impl<'a> SessionRow<'a> {
             &self.session.user_agent,
             &self.factors,
             &self.password_changed_at_ms,
+            &self.session.passkey_id,
         ]
     }
 }
@@ -492,7 +495,8 @@ impl SessionStore for PgStore {
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()> {
         let sql = format!(
             "{INSERT_SESSION} ON CONFLICT (token_hash) DO UPDATE SET user_key = $2, created_at_ms = $3,
-                 last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7, password_changed_at_ms = $8"
+                 last_seen_at_ms = $4, ip = $5, user_agent = $6, factors = $7, password_changed_at_ms = $8,
+                 passkey_id = $9"
         );
         let row = SessionRow::new(token_hash, session);
         self.client().await?.execute(&sql, &row.params()).await?;
@@ -573,6 +577,20 @@ impl SessionStore for PgStore {
         Ok(n as usize)
     }
 
+    async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize> {
+        let keep = keep.map(|k| &k[..]);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM sessions WHERE user_key = $1 AND passkey_id = $2
+                 AND ($3::bytea IS NULL OR token_hash <> $3)",
+                &[&user_key, &passkey_id, &keep],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         // `SessionCap::has_expired`, as the sled engine: idle or old for at least the limit,
         // or stamped further ahead than the clock skew allows ($4). Every instance purges, the
@@ -618,14 +636,14 @@ impl SessionStore for PgStore {
         cap: super::SessionCap,
         now: u64,
     ) -> Result<()> {
-        // One round trip and one commit (`session_start`, migration 8), under a per-user lock
+        // One round trip and one commit (`session_start`, migration 16), under a per-user lock
         // so racing sign-ins of one user end exactly the sessions past the cap.
         let row = SessionRow::new(token_hash, session);
-        let [hash, user_key, created, last_seen, ip, user_agent, factors, generation] = row.params();
+        let [hash, user_key, created, last_seen, ip, user_agent, factors, generation, passkey] = row.params();
         self.client()
             .await?
             .execute(
-                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 &[
                     &previous.map(|p| &p[..]),
                     hash,
@@ -636,6 +654,7 @@ impl SessionStore for PgStore {
                     user_agent,
                     factors,
                     generation,
+                    passkey,
                     &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
                     &ms(cap.idle_ms),
                     &ms(cap.absolute_ms),

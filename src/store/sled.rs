@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -116,6 +118,10 @@ struct SessionRecord {
     /// no user's: `open` fills them in from their users first ([`GENERATIONS_FILLED`]).
     #[serde(default)]
     password_changed_at: u64,
+    /// `Session::passkey_id` in base64url without padding (as WebAuthn writes credential ids
+    /// in text); absent for a sign-in without a passkey and in records written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passkey: Option<String>,
 }
 
 fn one_factor() -> u8 {
@@ -132,6 +138,9 @@ impl SessionRecord {
             user_agent: self.user_agent,
             factors: Factors::from_count(self.factors.into()),
             password_changed_at: self.password_changed_at,
+            // An id that does not read names no passkey: no removal can match it, which only
+            // leaves the session to its other ends (sign-out, timeouts, generations).
+            passkey_id: self.passkey.and_then(|id| URL_SAFE_NO_PAD.decode(id).ok()),
         }
     }
 
@@ -145,6 +154,7 @@ impl SessionRecord {
             user_agent: s.user_agent.clone(),
             factors: s.factors.count(),
             password_changed_at: s.password_changed_at,
+            passkey: s.passkey_id.as_ref().map(|id| URL_SAFE_NO_PAD.encode(id)),
         }
     }
 }
@@ -1061,6 +1071,17 @@ impl SessionStore for SledStore {
         self.durable(n).await
     }
 
+    async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize> {
+        let mut removed = 0;
+        for s in self.user_sessions(user_key)? {
+            let its = s.record.passkey_id.as_deref() == Some(passkey_id) && keep != Some(&s.token_hash);
+            if its && self.delete_session(&s.token_hash)? {
+                removed += 1;
+            }
+        }
+        self.durable(removed).await
+    }
+
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         let n = self
             .blocking(move |s| {
@@ -1453,6 +1474,7 @@ mod tests {
             user_agent: "t".into(),
             factors: 1,
             password_changed_at: 1,
+            passkey: None,
         }
     }
 

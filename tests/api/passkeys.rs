@@ -325,15 +325,13 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
     assert_eq!(removed["kind"], "passkey");
-    // The page says which one went, and that the sessions it began did not.
+    // The page says which one went, and that no other session was signed in with it.
     let page = alice.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        page.contains("Your passkey \u{201c}new &#60;name&#62; \\u{5c}u{41}\u{201d} is removed. Sessions it signed in")
-            || page.contains(
-                "Your passkey \u{201c}new &lt;name&gt; \\u{5c}u{41}\u{201d} is removed. Sessions it signed in"
-            ),
-        "{page}"
-    );
+    let said = |lt: &str, gt: &str| {
+        let escaped = "\\u{5c}u{41}";
+        format!("Your passkey \u{201c}new {lt}name{gt} {escaped}\u{201d} is removed. No other session was signed in")
+    };
+    assert!(page.contains(&said("&#60;", "&#62;")) || page.contains(&said("&lt;", "&gt;")), "{page}");
     // In the passkeys section, where the page lands (`#passkeys-heading`), not above it.
     assert!(page.find("id=\"passkeys-heading\"") < page.find("Your passkey \u{201c}"), "{page}");
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
@@ -395,6 +393,83 @@ async fn without_a_host_name_there_is_no_passkey_button_and_no_script() {
     assert!(!resp.text().await.unwrap().contains("passkey"));
     let csrf = app.login_csrf(&app.client).await;
     assert_eq!(begin_sign_in(&app, &app.client, &csrf).await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Removes the device's passkey on the account page of `browser`; the answer.
+pub async fn remove_passkey(app: &TestApp, browser: &reqwest::Client, device: &Device) -> reqwest::Response {
+    let csrf = account_csrf(app, browser).await;
+    let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+    let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
+    browser.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap()
+}
+
+/// Whether `browser`'s session still opens the home page (a 303 to /login when it is over).
+async fn signed_in(app: &TestApp, browser: &reqwest::Client) -> bool {
+    let status = browser.get(app.url("/")).send().await.unwrap().status();
+    assert!(status == StatusCode::OK || status == StatusCode::SEE_OTHER, "{status}");
+    status == StatusCode::OK
+}
+
+#[tokio::test]
+async fn removing_a_passkey_signs_out_the_sessions_it_signed_in_and_no_others() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let by_password = app.new_browser();
+    assert_eq!(app.login_with(&by_password, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let (mut lost, _) = register(&app, &owner, "lost key").await;
+    let (mut kept, _) = register(&app, &owner, "kept key").await;
+    // The lost key signs in alone, and as the second step after the password; the kept key
+    // signs in a third browser.
+    let first_factor = app.new_browser();
+    assert_eq!(sign_in(&app, &first_factor, &mut lost).await.status(), StatusCode::SEE_OTHER);
+    let second_step = app.new_browser();
+    assert_eq!(password_then_passkey(&app, &second_step, "alice", &mut lost).await.status(), StatusCode::SEE_OTHER);
+    let other_key = app.new_browser();
+    assert_eq!(sign_in(&app, &other_key, &mut kept).await.status(), StatusCode::SEE_OTHER);
+
+    assert_eq!(remove_passkey(&app, &owner, &lost).await.status(), StatusCode::SEE_OTHER);
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let said = "Your passkey \u{201c}lost key\u{201d} is removed, and the 2 other session(s) signed in with it are \
+                signed out.";
+    assert!(page.contains(said), "{page}");
+    assert!(!signed_in(&app, &first_factor).await, "signed in with the lost key alone: over");
+    assert!(!signed_in(&app, &second_step).await, "its second step was the lost key: over");
+    assert!(signed_in(&app, &other_key).await, "another passkey's session stays");
+    assert!(signed_in(&app, &by_password).await, "a password session from before stays");
+    assert!(signed_in(&app, &owner).await, "the asker stays");
+    assert_eq!(app.sessions_of("alice").await.len(), 3);
+    let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
+    assert_eq!((removed["kind"].as_str(), removed["sessions"].as_u64()), (Some("passkey"), Some(2)));
+
+    // A session removing the passkey it signed in with stays signed in: it has just proved
+    // who it is (the removal asks for a recent sign-in).
+    assert_eq!(remove_passkey(&app, &other_key, &kept).await.status(), StatusCode::SEE_OTHER);
+    let page = other_key.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("No other session was signed in with it."), "{page}");
+    assert!(signed_in(&app, &other_key).await);
+}
+
+#[tokio::test]
+async fn a_passkey_session_that_signed_out_everywhere_else_still_ends_with_its_passkey() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut lost, _) = register(&app, &owner, "lost key").await;
+    let (mut spare, _) = register(&app, &owner, "spare key").await;
+    let thief = app.new_browser();
+    assert_eq!(sign_in(&app, &thief, &mut lost).await.status(), StatusCode::SEE_OTHER);
+    // The thief signs the owner out everywhere else: its session goes on under a new token,
+    // still the lost key's.
+    let csrf = app.home_csrf(&thief).await;
+    let resp = thief.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(!signed_in(&app, &owner).await);
+    assert!(signed_in(&app, &thief).await);
+    // The owner signs in with the spare key and removes the lost one.
+    let owner = app.new_browser();
+    assert_eq!(sign_in(&app, &owner, &mut spare).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(remove_passkey(&app, &owner, &lost).await.status(), StatusCode::SEE_OTHER);
+    assert!(!signed_in(&app, &thief).await, "the renewed session was still the lost key's");
+    assert!(signed_in(&app, &owner).await);
 }
 
 /// Password, then the passkey at `/login/second-factor`: the second page's response.

@@ -617,6 +617,7 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
             user_agent: "test".into(),
             factors: Factors::One,
             password_changed_at: app.state.store.users.get("alice").await.unwrap().unwrap().password_changed_at,
+            passkey_id: None,
         };
         app.state.store.sessions.insert(&token.hash(), &record).await.unwrap();
         let resp = cookieless

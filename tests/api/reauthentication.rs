@@ -34,6 +34,7 @@ async fn browser_signed_in_ago(
         user_agent: "portcullis-tests/1.0".into(),
         factors,
         password_changed_at: app.state.store.users.get(user).await.unwrap().unwrap().password_changed_at,
+        passkey_id: None,
     };
     let cap = SessionCap { max_per_user: MAX_SESSIONS_PER_USER, idle_ms: 3_600_000, absolute_ms: 86_400_000 };
     app.state.store.sessions.start(None, &token.hash(), &record, cap, now).await.unwrap();

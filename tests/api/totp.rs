@@ -695,7 +695,8 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
         let factors = app.state.factors.clone();
         async move {
             let proof = Proof::Totp(code(&secret, at).into());
-            factors.verify("alice", &proof, at * totp::STEP_SECS).await.unwrap() == Verdict::Accepted(FactorKind::Totp)
+            factors.verify("alice", &proof, at * totp::STEP_SECS).await.unwrap()
+                == Verdict::Accepted(FactorKind::Totp, None)
         }
     };
     assert!(accepted(secret_a.clone(), step + 1).await, "the first window's authenticator");
@@ -711,7 +712,7 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     assert_eq!((c.status().as_u16(), c.headers()["location"].to_str().unwrap()), (303, "/account"), "replaced");
     let kept =
         app.state.factors.verify("alice", &Proof::RecoveryCode(codes[0].clone().into()), step * totp::STEP_SECS).await;
-    assert_eq!(kept.unwrap(), Verdict::Accepted(FactorKind::RecoveryCodes), "the codes from before still work");
+    assert_eq!(kept.unwrap(), Verdict::Accepted(FactorKind::RecoveryCodes, None), "the codes from before still work");
     let (_, form_stale) = enrolment_form(&stale, &|s| code(s, step));
     let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();
     assert_eq!(late.status(), 409, "a page from before the replacement");

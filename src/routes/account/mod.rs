@@ -163,19 +163,21 @@ async fn render_listed(
     }
 }
 
-/// Logs a second factor of `kind` removed (`mfa_removed`), and, when it was the last and
-/// `codes_voided` recovery codes went with it, their removal too (kind `recovery_codes`).
+/// Logs a second factor of `kind` removed (`mfa_removed`, with the `sessions` its removal
+/// ended), and, when it was the last and `codes_voided` recovery codes went with it, their
+/// removal too (kind `recovery_codes`).
 pub(crate) fn record_factor_removed(
     state: &crate::app::AppState,
     username: &str,
     kind: crate::factors::FactorKind,
+    sessions: usize,
     codes_voided: usize,
 ) {
     use crate::audit::AuthEvent;
-    state.audit.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str() });
+    state.audit.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str(), sessions });
     if codes_voided > 0 {
         let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
-        state.audit.record(&AuthEvent::MfaRemoved { username, kind });
+        state.audit.record(&AuthEvent::MfaRemoved { username, kind, sessions: 0 });
     }
 }
 
