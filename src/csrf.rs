@@ -287,7 +287,18 @@ impl Csrf {
     /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything
     /// else, a token for another username included, is `false`.
     pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
-        device_tokens(cookie).filter_map(Stamp::parse).any(|d| self.is_device_token_for(&d, user_key, now_secs))
+        self.known_device_issued(cookie, user_key, now_secs).is_some()
+    }
+
+    /// When the newest device token in `cookie` for `user_key` that [`Csrf::is_known_device`]
+    /// would accept was issued (Unix seconds), so the caller can refuse one from before the
+    /// user's last change of credentials; `None` without such a token.
+    pub fn known_device_issued(&self, cookie: &str, user_key: &str, now_secs: u64) -> Option<u64> {
+        device_tokens(cookie)
+            .filter_map(Stamp::parse)
+            .filter(|d| self.is_device_token_for(d, user_key, now_secs))
+            .map(|d| d.issued)
+            .max()
     }
 
     /// Whether `token` is one this server issued for `user_key` and valid at `now_secs`.

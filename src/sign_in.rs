@@ -159,9 +159,36 @@ pub struct Refusal {
 
 impl SignIn {
     /// Whether `device` (the browser's device cookie) holds a token for `user_key`
-    /// ([`Csrf::is_known_device`]) at `now` (Unix ms).
-    fn is_known_browser(&self, device: Option<&str>, user_key: &str, now: u64) -> bool {
-        device.is_some_and(|d| self.csrf.is_known_device(d, user_key, now / 1000))
+    /// ([`Csrf::is_known_device`]) at `now` (Unix ms) issued in the user's current credential
+    /// generation: a browser that signed in before a password change, a factor reset, a
+    /// disable or *sign out everywhere else* (a thief's, say) is a stranger again until it
+    /// signs in anew. `generation` is the user's when the caller holds the user; otherwise it
+    /// is read, only when a token is found (a browser without one costs no read).
+    ///
+    /// # Errors
+    /// [`SignInError::Store`] when the user cannot be read.
+    async fn is_known_browser(
+        &self,
+        device: Option<&str>,
+        user_key: &str,
+        generation: Option<u64>,
+        now: u64,
+    ) -> Result<bool, SignInError> {
+        let Some(issued) = device.and_then(|d| self.csrf.known_device_issued(d, user_key, now / 1000)) else {
+            return Ok(false);
+        };
+        let generation = match generation {
+            Some(g) => Some(g),
+            None => self
+                .auth
+                .generation(user_key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not read the user", source })?,
+        };
+        // The token keeps whole seconds: one of the generation's own second counts (a sign-in
+        // just after the change must be known; one just before in the same second is a race
+        // nobody can aim at).
+        Ok(generation.is_some_and(|g| issued >= g / 1000))
     }
 
     /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
@@ -336,7 +363,7 @@ impl SignIn {
         let now = now_ms();
         // A browser that signed in as this username before waits apart from a flood (and its
         // refusals say so in the records).
-        let known = self.is_known_browser(device, &user_key, now);
+        let known = self.is_known_browser(device, &user_key, None, now).await?;
         let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: known };
         let lane = if known { Lane::Known } else { Lane::Open };
 
@@ -635,7 +662,7 @@ impl SignIn {
         let address = client.key();
         let now = now_ms();
         // A browser known to the user spends its known browsers' quota, as at the password step.
-        let known = self.is_known_browser(device, &user.key, now);
+        let known = self.is_known_browser(device, &user.key, Some(user.password_changed_at), now).await?;
         let judged =
             Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: known };
         let refused = |o: Outcome| match o {
@@ -1007,6 +1034,23 @@ mod tests {
             ],
             "a stranger, then her browser (any spelling), her browser typing another name, and a forged form from it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_browser_that_signed_in_before_the_credentials_changed_is_a_stranger_again() {
+        let mut f = fixture(None, rate(2), 100).await;
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        // A thief's browser, say; the owner's password is then changed (a new generation, a
+        // second later: the token keeps whole seconds).
+        f.device = Some(device_cookie);
+        let later = now_ms() + 1000;
+        assert!(f.store.users.renew_generation("alice", later, None).await.unwrap().is_some());
+        // It spends the strangers' quota (2, one spent by the sign-in), not her browsers' (2,
+        // untouched), and is recorded as a stranger.
+        assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword);
+        assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::RateLimited);
+        let records = f.store.failures.query(&crate::store::FailureQuery::default()).await.unwrap();
+        assert!(records.iter().all(|(_, r)| !r.known_browser), "{records:?}");
     }
 
     #[tokio::test]
