@@ -5,8 +5,12 @@ use askama::Template;
 use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
 use crate::audit::AuthEvent;
 use crate::routes::flash::{self, Notice};
+use crate::routes::passkeys::PasskeyView;
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
 use crate::session::EndOthersError;
 use crate::text::printable;
@@ -16,22 +20,67 @@ pub(super) struct SessionView {
     pub last_seen: super::Moment,
     pub ip: String,
     pub user_agent: String,
+    /// How it signed in: "password", "two factors", or the passkey by name.
+    pub signed_in_with: String,
     pub current: bool,
 }
 
-/// The user's sessions as the pages show them, newest first.
-pub(super) fn session_views(sessions: Vec<crate::store::StoredSession>, current: &[u8; 32]) -> Vec<SessionView> {
+/// The user's sessions as the pages show them, newest first; `passkeys` are the user's, as
+/// their section shows them, to name the passkey a session signed in with.
+pub(super) fn session_views(
+    sessions: Vec<crate::store::StoredSession>,
+    current: &[u8; 32],
+    passkeys: &[PasskeyView],
+) -> Vec<SessionView> {
     sessions
         .into_iter()
         .map(|s| SessionView {
             created: super::Moment::at(s.record.created_at),
             last_seen: super::Moment::at(s.record.last_seen_at),
+            signed_in_with: signed_in_with(&s.record, passkeys),
             ip: s.record.ip,
             // Invisible and control characters shown as escapes, as on every other page.
             user_agent: printable(&s.record.user_agent).into_owned(),
             current: &s.token_hash == current,
         })
         .collect()
+}
+
+/// What the sessions table says a session signed in with, so a user about to remove a
+/// passkey sees which sessions go with it.
+fn signed_in_with(session: &crate::store::Session, passkeys: &[PasskeyView]) -> String {
+    match &session.passkey_id {
+        Some(id) => {
+            let id = URL_SAFE_NO_PAD.encode(id);
+            match passkeys.iter().find(|p| p.id == id) {
+                // Already escaped for display (`printable_label`); the template escapes HTML.
+                Some(p) => format!("passkey \u{201c}{}\u{201d}", p.name),
+                None => "a removed passkey".to_string(),
+            }
+        }
+        None if session.factors == crate::store::Factors::Two => "two factors".to_string(),
+        None => "password".to_string(),
+    }
+}
+
+/// The user's passkeys as their section shows them when one of `sessions` was signed in
+/// with a passkey (to name it there), else none and no store read.
+///
+/// # Errors
+/// The page for a store that cannot answer.
+pub(super) async fn passkeys_named_by(
+    state: &crate::app::AppState,
+    user_key: &str,
+    sessions: &[crate::store::StoredSession],
+) -> Result<Vec<PasskeyView>, Response> {
+    if sessions.iter().all(|s| s.record.passkey_id.is_none()) {
+        return Ok(Vec::new());
+    }
+    match crate::routes::passkeys::views(state, user_key).await {
+        Ok(v) => Ok(v),
+        Err(crate::passkeys::PasskeyError::Store(e)) => Err(crate::routes::store_error(&e, "could not list passkeys")),
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 #[derive(Template)]
@@ -63,7 +112,11 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
         Ok(None) => return see_other("/login"),
         Err(resp) => return resp,
     };
-    let views = session_views(sessions, &session.token_hash);
+    let passkeys = match passkeys_named_by(&state, &session.user.key, &sessions).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let views = session_views(sessions, &session.token_hash, &passkeys);
     // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
     let notice = flash::take(req, &state.csrf, &session.token_hash);
     let csrf = state.csrf.session_token(&session.token_hash);

@@ -141,7 +141,7 @@ async fn render_listed(
         &AccountPage {
             username: &printable(&user.display_name),
             csrf: &csrf,
-            sessions: session_views(sessions, &session.token_hash),
+            sessions: session_views(sessions, &session.token_hash, &passkeys),
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
             notice: notice.map(|n| n.text()),
             password_error,
