@@ -20,7 +20,7 @@ pub(super) struct SessionView {
     pub last_seen: super::Moment,
     pub ip: String,
     pub user_agent: String,
-    /// How it signed in: "password", "two factors", or the passkey by name.
+    /// How it signed in ("with …"): "password", "two factors", or the passkey by name.
     pub signed_in_with: String,
     pub current: bool,
 }

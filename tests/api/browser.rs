@@ -75,6 +75,8 @@ async fn a_passkey_registered_in_chromium_signs_in_with_no_password_and_no_captc
     .await;
     let lines = app.log_lines();
     assert!(lines.iter().any(|l| l["event"] == "mfa_added" && l["kind"] == "passkey"), "registration logged");
+    let removed = lines.iter().find(|l| l["event"] == "mfa_removed" && l["kind"] == "passkey");
+    assert_eq!(removed.map(|l| l["sessions"].clone()), Some(1.into()), "the removal ended the copy's session");
     let passkey_ok = lines.iter().filter(|l| l["method"] == "passkey").count();
     assert!(passkey_ok >= 1, "the passkey sign-in is logged");
     assert!(

@@ -431,7 +431,7 @@ async fn removing_a_passkey_signs_out_the_sessions_it_signed_in_and_no_others() 
     // which go with the key before removing it.
     for path in ["/", "/account"] {
         let page = owner.get(app.url(path)).send().await.unwrap().text().await.unwrap();
-        let cells = |what: &str| page.matches(&format!("<td>{what}</td>")).count();
+        let cells = |what: &str| page.matches(&format!("<span class=\"with\">with {what}</span>")).count();
         let counted =
             (cells("passkey \u{201c}lost key\u{201d}"), cells("passkey \u{201c}kept key\u{201d}"), cells("password"));
         assert_eq!(counted, (2, 1, 2), "{path}: {page}");
@@ -455,7 +455,7 @@ async fn removing_a_passkey_signs_out_the_sessions_it_signed_in_and_no_others() 
     assert_eq!(remove_passkey(&app, &other_key, &kept).await.status(), StatusCode::SEE_OTHER);
     let page = other_key.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("No other session was signed in with it."), "{page}");
-    assert!(page.contains("<td>a removed passkey</td>"), "{page}");
+    assert!(page.contains("<span class=\"with\">with a removed passkey</span>"), "{page}");
     assert!(signed_in(&app, &other_key).await);
 }
 

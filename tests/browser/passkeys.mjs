@@ -133,6 +133,36 @@ await inChromium([], async (browser) => {
   const renewed = await deviceCookie();
   check(renewed && renewed.value !== device.value, 'a passkey sign-in renews the device cookie');
 
+  step('a copy of the passkey signs in another browser; removing the passkey signs that one out');
+  const thief = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP });
+  const thiefPage = await thief.newPage();
+  const thiefCdp = await thief.newCDPSession(thiefPage);
+  await thiefCdp.send('WebAuthn.enable', { enableUI: false });
+  const copy = await thiefCdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true,
+      isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  const [stolen] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
+  await thiefCdp.send('WebAuthn.addCredential', { authenticatorId: copy.authenticatorId, credential: stolen });
+  await thiefPage.goto(`${base}/login`);
+  const thiefButton = thiefPage.locator('form[data-passkey="get"] button[type=submit]');
+  await thiefButton.waitFor({ state: 'visible' });
+  await Promise.all([thiefPage.waitForURL(`${base}/`, { waitUntil: 'load' }), thiefButton.click()]);
+  await page.goto(`${base}/account`);
+  const withCells = await page.locator('table.sessions .with').allTextContents();
+  check(withCells.filter((t) => t === 'with passkey \u201cVirtual authenticator\u201d').length === 2,
+    `both sessions say the passkey signed them in: ${JSON.stringify(withCells)}`);
+  await shoot(page, 'account-sessions');
+  await Promise.all([page.waitForURL(`${base}/account`, { waitUntil: 'load' }),
+    page.click('form[action="/account/passkeys/remove"] button[type=submit]')]);
+  await page.waitForSelector('text=the 1 other session(s) signed in with it are signed out');
+  await shoot(page, 'account-passkey-removed');
+  await thiefPage.goto(`${base}/`);
+  check(thiefPage.url().startsWith(`${base}/login`), `the copy's session is over: ${thiefPage.url()}`);
+  await page.goto(`${base}/`);
+  check(page.url() === `${base}/`, 'the browser that removed it stays signed in');
+  await thief.close();
+
   check(scriptErrors.length === 0, `script errors: ${scriptErrors.join(' | ')}`);
   await context.close();
 });
