@@ -248,7 +248,8 @@ impl Passkeys {
     }
 
     /// Finishes adding a passkey for `user`, named `name`, from the browser's answer
-    /// `credential` (JSON) and the ceremony cookie.
+    /// `credential` (JSON) and the ceremony cookie, asked by `asker` (the user's session):
+    /// taken back if that session was ended meanwhile ([`crate::factors::Asker::still_holds`]).
     ///
     /// # Errors
     /// [`PasskeyError::NoCeremony`] unless this browser began a registration for this user
@@ -257,6 +258,7 @@ impl Passkeys {
     pub async fn finish_registration(
         &self,
         user: &User,
+        asker: &crate::factors::Asker<'_>,
         cookie: Option<&str>,
         credential: &str,
         name: &str,
@@ -282,8 +284,9 @@ impl Passkeys {
             sign_count: 0,
         };
         match self.store.passkeys.add_passkey(&stored).await {
-            Ok(()) if !crate::factors::generation_holds(&self.store, &user.key, user.password_changed_at).await? => {
-                // Added after a reset removed the user's factors: taken back.
+            Ok(()) if !asker.still_holds(&self.store).await? => {
+                // Added after the asking session ended (a reset that removed the user's
+                // factors, the removal of its passkey): taken back.
                 self.store.passkeys.remove_passkey(&user.key, &stored.id).await?;
                 Err(PasskeyError::Superseded)
             }

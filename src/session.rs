@@ -90,6 +90,19 @@ impl ActiveSession {
     }
 }
 
+/// Why no session was started ([`Sessions::create_in_place_of`], [`Sessions::renew`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not write it (nothing of it happened then, or the previous session
+    /// alone ended), or the random source failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The passkey the session was signed in with was removed meanwhile: the removal ends the
+    /// sessions it signed in, and this one, stored after it looked, ended itself.
+    #[error("the passkey this session was signed in with was removed")]
+    PasskeyRemoved,
+}
+
 /// Why *sign out everywhere else* did not finish ([`Sessions::end_others`]).
 #[derive(Debug, thiserror::Error)]
 pub enum EndOthersError {
@@ -98,13 +111,14 @@ pub enum EndOthersError {
     #[error("the other sessions could not be ended: {0}")]
     NothingEnded(#[source] StoreError),
     /// The other sessions ended (`sessions` of them, and `pending` sign-ins), but this
-    /// browser's new token could not be written: this session is over with them.
+    /// browser's new token could not be written, or its passkey was removed meanwhile: this
+    /// session is over with them.
     #[error("the other sessions ended, and this one with them: {error}")]
     ThisEndedToo {
         sessions: usize,
         pending: usize,
         #[source]
-        error: StoreError,
+        error: StartError,
     },
     /// Something else began a new credential generation first (the same click sent twice, a
     /// password change), or the user is gone: this session is already over, and this request
@@ -153,7 +167,7 @@ impl Sessions {
         factors: Factors,
         ip: std::net::IpAddr,
         user_agent: &str,
-    ) -> Result<SessionToken, StoreError> {
+    ) -> Result<SessionToken, StartError> {
         self.create_in_place_of(None, user, factors.into(), ip, user_agent).await
     }
 
@@ -164,9 +178,14 @@ impl Sessions {
     /// used (expired ones first), so one account's state, and its home page, stay small; safe
     /// when sign-ins race ([`crate::store::SessionStore::start`]).
     ///
+    /// A session signed in with a passkey is made only while the passkey is there: asked once
+    /// the session is stored, so of a removal ([`crate::passkeys::Passkeys::remove`] removes the
+    /// passkey, then its sessions) and this, one always sees the other.
+    ///
     /// # Errors
-    /// [`StoreError`] when the store cannot write (nothing of it happened then, or the
-    /// previous session alone ended) or the random source fails.
+    /// [`StartError::Store`] when the store cannot write (nothing of it happened then, or the
+    /// previous session alone ended) or the random source fails;
+    /// [`StartError::PasskeyRemoved`].
     pub async fn create_in_place_of(
         &self,
         previous: Option<&TokenHash>,
@@ -174,7 +193,7 @@ impl Sessions {
         with: SignedInWith,
         ip: std::net::IpAddr,
         user_agent: &str,
-    ) -> Result<SessionToken, StoreError> {
+    ) -> Result<SessionToken, StartError> {
         self.start(previous, user, with, None, ip, user_agent).await
     }
 
@@ -192,7 +211,7 @@ impl Sessions {
         changed: &User,
         ip: std::net::IpAddr,
         user_agent: &str,
-    ) -> Result<SessionToken, StoreError> {
+    ) -> Result<SessionToken, StartError> {
         let record = &continued.record;
         debug_assert_eq!(record.user_key, changed.key);
         // Its old token is over with the old generation; removed here rather than when seen.
@@ -209,7 +228,7 @@ impl Sessions {
         started_at: Option<u64>,
         ip: std::net::IpAddr,
         user_agent: &str,
-    ) -> Result<SessionToken, StoreError> {
+    ) -> Result<SessionToken, StartError> {
         let token = SessionToken::generate()?;
         let now = now_ms();
         let record = Session {
@@ -223,7 +242,23 @@ impl Sessions {
             passkey_id: with.passkey_id,
         };
         self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
+        if let Some(id) = &record.passkey_id {
+            let held = self.store.passkeys.passkey(id).await.map(|p| p.is_some_and(|p| p.user_key == user.key));
+            if !matches!(held, Ok(true)) {
+                self.discard(&token).await;
+                return Err(held.err().map_or(StartError::PasskeyRemoved, StartError::Store));
+            }
+        }
         Ok(token)
+    }
+
+    /// Ends a session just stored that will not be answered with; a failure is reported, not
+    /// returned (the caller fails either way).
+    pub async fn discard(&self, token: &SessionToken) {
+        if let Err(e) = self.end(&token.hash()).await {
+            let what = "could not end a session made but not answered with";
+            crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
+        }
     }
 
     /// The per-user cap with this service's timeouts.

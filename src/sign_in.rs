@@ -59,7 +59,7 @@ use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
 use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
-use crate::session::{SessionToken, Sessions, SignedInWith};
+use crate::session::{SessionToken, Sessions, SignedInWith, StartError};
 use crate::store::{now_ms, Factors, StoreError};
 
 /// Characters of the typed username kept as the key of the per-username defences: enough
@@ -597,27 +597,17 @@ impl SignIn {
         }
         // Session fixation: whatever session this browser had is ended, and a new token issued.
         let previous = browser.session.map(SessionToken::hash);
-        let passkey_id = with.passkey_id.clone();
-        let token = self
+        let token = match self
             .sessions
             .create_in_place_of(previous.as_ref(), user, with, client.ip, &client.user_agent)
             .await
-            .map_err(|source| SignInError::Store { what: "could not create a session", source })?;
-        if let Some(id) = passkey_id {
-            // Asked once the session is stored: a removal before this read ends it itself
-            // (`Passkeys::remove` removes the passkey, then its sessions).
-            let held = match self.factors.holds_passkey(&user.key, &id).await {
-                Ok(held) => held,
-                Err(source) => {
-                    self.end_unrecorded(&token).await;
-                    return Err(SignInError::Store { what: "could not read the passkey", source });
-                }
-            };
-            if !held {
-                self.end_unrecorded(&token).await;
-                return Ok(None);
+        {
+            Ok(token) => token,
+            Err(StartError::PasskeyRemoved) => return Ok(None),
+            Err(StartError::Store(source)) => {
+                return Err(SignInError::Store { what: "could not create a session", source })
             }
-        }
+        };
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
         let succeeded = match passkey {
@@ -625,23 +615,10 @@ impl SignIn {
             None => AuthEvent::LoginSucceeded { username, client, after_failures },
         };
         if let Err(e) = self.audit.record_checked(&succeeded) {
-            self.end_unrecorded(&token).await;
+            self.sessions.discard(&token).await;
             return Err(SignInError::SuccessUnrecorded(e));
         }
         Ok(Some((token, device_cookie)))
-    }
-
-    /// Ends a session [`SignIn::complete`] stored but will not answer with; a failure is
-    /// reported, not returned (the sign-in fails either way).
-    async fn end_unrecorded(&self, token: &SessionToken) {
-        if let Err(e) = self.sessions.end(&token.hash()).await {
-            crate::fault_log::report(
-                "could not end the unrecorded session",
-                crate::fault_log::Severity::Error,
-                e.is_unavailable(),
-                &e,
-            );
-        }
     }
 
     /// Judges a second-step attempt in the order of the module note.

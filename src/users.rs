@@ -250,7 +250,7 @@ impl UserAdmin {
         let (username, record) = self.existing(name).await?;
         // A new generation before the removal too: a factor that a change under way writes
         // after the removal then finds its generation gone and takes itself back
-        // (`factors::generation_holds`), so the reset is not undone by it.
+        // (`factors::Asker::still_holds`), so the reset is not undone by it.
         self.begin_generation(username.key(), name).await?;
         let removed = self.remove_second_factors(username.key()).await?;
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });

@@ -97,22 +97,59 @@ pub enum Enrolment {
     /// The user's authenticator is no longer the one the enrolment began with (another
     /// window enrolled or removed one first), or the user is gone: nothing changed.
     Changed,
-    /// The user's credential generation moved on while the enrolment was written (`user
-    /// reset-factors`, a password change, *sign out everywhere else*): what it wrote was taken
-    /// back, and the session that asked is over.
+    /// The session that asked was ended while the enrolment was written (`user
+    /// reset-factors`, a password change, *sign out everywhere else*, the removal of the
+    /// passkey it was signed in with): what it wrote was taken back ([`Asker::still_holds`]).
     Superseded,
 }
 
-/// Whether the user `user_key` is still in the credential generation `generation` (the one
-/// the session that asked for a change of factors was in). A factor a signed-in request adds
-/// stands only if this holds after the write: one that landed after a `user reset-factors`
-/// removed the factors (which begins a new generation first) is taken back, so a reset cannot
-/// be undone by a change under way. A user who is gone holds no generation.
-///
-/// # Errors
-/// [`StoreError`] when the user cannot be read.
-pub async fn generation_holds(store: &Store, user_key: &str, generation: u64) -> Result<bool, StoreError> {
-    Ok(store.users.get(user_key).await?.is_some_and(|u| u.password_changed_at == generation))
+/// Who asks for a change of factors: the user, and the credential generation and passkey of
+/// the session asking (as it was read for the request).
+#[derive(Clone, Copy, Debug)]
+pub struct Asker<'a> {
+    pub user_key: &'a str,
+    /// `Session::password_changed_at`.
+    pub generation: u64,
+    /// `Session::passkey_id`: the passkey the session was signed in with, if any.
+    pub passkey_id: Option<&'a [u8]>,
+}
+
+impl<'a> Asker<'a> {
+    /// The session `session` asking.
+    pub fn of(session: &'a crate::store::Session) -> Self {
+        Asker {
+            user_key: &session.user_key,
+            generation: session.password_changed_at,
+            passkey_id: session.passkey_id.as_deref(),
+        }
+    }
+
+    /// A session of `user_key` in `generation` signed in without a passkey.
+    pub fn in_generation(user_key: &'a str, generation: u64) -> Self {
+        Asker { user_key, generation, passkey_id: None }
+    }
+
+    /// Whether the asking session still stands: its user still in its credential generation,
+    /// and the passkey it was signed in with, if any, still the user's. A factor a signed-in
+    /// request adds stands only if this holds after the write, so nothing under way undoes what
+    /// ended the session meanwhile: a `user reset-factors` (which begins a new generation
+    /// before it removes the factors), *sign out everywhere else*, a password change, or the
+    /// removal of that passkey (which removes the passkey before its sessions). A user who is
+    /// gone holds nothing.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the user or the passkey cannot be read.
+    pub async fn still_holds(&self, store: &Store) -> Result<bool, StoreError> {
+        let in_generation =
+            store.users.get(self.user_key).await?.is_some_and(|u| u.password_changed_at == self.generation);
+        if !in_generation {
+            return Ok(false);
+        }
+        match self.passkey_id {
+            Some(id) => Ok(store.passkeys.passkey(id).await?.is_some_and(|p| p.user_key == self.user_key)),
+            None => Ok(true),
+        }
+    }
 }
 
 /// Why a proof could not be judged or a factor not changed.
@@ -184,16 +221,6 @@ pub struct SecondFactors {
 impl SecondFactors {
     pub fn new(store: Store, key: Arc<FactorKey>) -> Self {
         SecondFactors { store, key, passkeys: None }
-    }
-
-    /// Whether the user `user_key` still holds the passkey `passkey_id`. A sign-in that used
-    /// it asks once its session is stored: a removal that came between the check and the
-    /// store ended the sessions before this one was there, so the sign-in ends it itself.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the passkey cannot be read.
-    pub async fn holds_passkey(&self, user_key: &str, passkey_id: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.store.passkeys.passkey(passkey_id).await?.is_some_and(|p| p.user_key == user_key))
     }
 
     /// The same service, checking passkey proofs with `passkeys`.
@@ -273,12 +300,12 @@ impl SecondFactors {
     /// ([`KeyError::OtherKey`]).
     pub async fn enrol_totp(
         &self,
-        user_key: &str,
-        generation: u64,
+        asker: &Asker<'_>,
         secret: &[u8],
         code: &str,
         replacing: Option<u64>,
     ) -> Result<Enrolment, FactorError> {
+        let user_key = asker.user_key;
         let now = now_ms();
         let Some(step) = totp::check(secret, code, now / 1000) else { return Ok(Enrolment::WrongCode) };
         self.keys_agree().await?;
@@ -290,11 +317,12 @@ impl SecondFactors {
         self.store.factors.use_totp_step(user_key, step).await?;
         let totp = TotpFactor { sealed_secret: sealed, created_at: now };
         if self.store.factors.set_totp(user_key, &totp, replacing).await? {
-            // A first authenticator may have been written after a reset removed the factors:
-            // then it is taken back (the user had none before it; no other enrolment can have
-            // come between, as it would have found this one and been refused). A replacement
-            // needs none: it found the one it replaces, so a reset's removal is still to come.
-            if replacing.is_none() && !generation_holds(&self.store, user_key, generation).await? {
+            // Written after the asking session ended (a reset, *sign out everywhere else*, its
+            // passkey removed): taken back. No other enrolment can have come between, as it
+            // would have found this one and been refused. A replacement taken back leaves no
+            // authenticator: the one it replaced is gone, and an app the session that is over
+            // chose must not stay.
+            if !asker.still_holds(&self.store).await? {
                 self.remove_totp(user_key).await?;
                 return Ok(Enrolment::Superseded);
             }

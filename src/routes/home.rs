@@ -12,7 +12,7 @@ use crate::audit::AuthEvent;
 use crate::routes::flash::{self, Notice};
 use crate::routes::passkeys::PasskeyView;
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
-use crate::session::EndOthersError;
+use crate::session::{EndOthersError, StartError};
 use crate::text::printable;
 
 pub(super) struct SessionView {
@@ -184,12 +184,19 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         }
         Err(EndOthersError::ThisEndedToo { sessions, pending, error }) => {
             record(sessions, pending);
-            let status =
-                crate::routes::store_fault(&error, "ended the other sessions but could not go on with this one");
+            let (status, why) = match error {
+                StartError::Store(e) => (
+                    crate::routes::store_fault(&e, "ended the other sessions but could not go on with this one"),
+                    "the server could not keep it signed in",
+                ),
+                StartError::PasskeyRemoved => {
+                    (StatusCode::CONFLICT, "the passkey it was signed in with was removed meanwhile")
+                }
+            };
             crate::routes::error_page_leading(
                 status,
                 "Signed out everywhere",
-                "Your other sessions are signed out, and this one with them: the server could not keep it signed in. Please sign in again.",
+                &format!("Your other sessions are signed out, and this one with them: {why}. Please sign in again."),
                 crate::routes::SIGN_IN_AGAIN,
             )
         }

@@ -347,7 +347,9 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
     let ceremony = cookies::get(req, CEREMONY_COOKIE);
     // The name as the page showed it: escapes read back, so a name saved unchanged stays the same.
     let name = crate::text::unprintable(&form.name);
-    let result = state.passkeys.finish_registration(&session.user, ceremony.as_deref(), &form.credential, &name).await;
+    let asker = crate::factors::Asker::of(&session.record);
+    let result =
+        state.passkeys.finish_registration(&session.user, &asker, ceremony.as_deref(), &form.credential, &name).await;
     let mut resp = match result {
         Ok(added) => {
             tracing::info!(passkey = %added.name, "passkey added");

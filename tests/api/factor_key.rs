@@ -5,7 +5,7 @@
 //! good: every TOTP secret and recovery code goes (they cannot be checked anyway), then a
 //! server starts with a new key.
 
-use portcullis::factors::totp;
+use portcullis::factors::{totp, Asker};
 use portcullis::store::now_ms;
 
 use crate::child;
@@ -47,7 +47,11 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     let secret = totp::new_secret().unwrap();
     let code = totp::code_at(&secret, now_ms() / 1000).unwrap();
     assert_eq!(
-        app.state.factors.enrol_totp("alice", app.generation("alice").await, &secret, &code, None).await.unwrap(),
+        app.state
+            .factors
+            .enrol_totp(&Asker::in_generation("alice", app.generation("alice").await), &secret, &code, None)
+            .await
+            .unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     let (dir, settings) = app.stop().await;
@@ -149,7 +153,7 @@ async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records
     assert!(app
         .state
         .factors
-        .enrol_totp("alice", app.generation("alice").await, &secret, &code, None)
+        .enrol_totp(&Asker::in_generation("alice", app.generation("alice").await), &secret, &code, None)
         .await
         .is_err_and(other_key));
     assert!(app.state.factors.new_recovery_codes("alice").await.is_err_and(other_key));
@@ -157,7 +161,11 @@ async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records
     // Forgotten with no instance recording another key: this server's key is recorded again.
     assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());
     assert_eq!(
-        app.state.factors.enrol_totp("alice", app.generation("alice").await, &secret, &code, None).await.unwrap(),
+        app.state
+            .factors
+            .enrol_totp(&Asker::in_generation("alice", app.generation("alice").await), &secret, &code, None)
+            .await
+            .unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     assert_eq!(ready().await, 200);

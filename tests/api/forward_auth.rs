@@ -5,6 +5,7 @@
 
 use portcullis::access::Access;
 use portcullis::config::{parse_net, CookieDomain, Settings};
+use portcullis::factors::Asker;
 use portcullis::store::Factors;
 use reqwest::StatusCode;
 
@@ -566,7 +567,11 @@ async fn a_one_factor_session_sent_back_from_a_two_factor_page_signs_in_again_on
     let step = portcullis::store::now_ms() / 1000 / portcullis::factors::totp::STEP_SECS;
     let code = portcullis::factors::totp::code_at(&secret, step * portcullis::factors::totp::STEP_SECS).unwrap();
     assert_eq!(
-        app.state.factors.enrol_totp("alice", app.generation("alice").await, &secret, &code, None).await.unwrap(),
+        app.state
+            .factors
+            .enrol_totp(&Asker::in_generation("alice", app.generation("alice").await), &secret, &code, None)
+            .await
+            .unwrap(),
         portcullis::factors::Enrolment::Enrolled
     );
     let resp = go().await.unwrap();

@@ -13,6 +13,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis::config::Settings;
+use portcullis::factors::Asker;
 use portcullis::store::Factors;
 use reqwest::StatusCode;
 use url::Url;
@@ -969,14 +970,16 @@ async fn factors_written_after_a_reset_by_a_change_begun_before_it_are_taken_bac
     let answer = SoftPasskey::new(true).do_registration(origin(&app), ccr).unwrap();
     let credential = serde_json::to_string(&answer).unwrap();
     app.state.users.reset_factors("alice", "test").await.unwrap();
-    let finished = app.state.passkeys.finish_registration(&before, Some(&ceremony), &credential, "late").await;
+    let asker = Asker::in_generation("alice", before.password_changed_at);
+    let finished = app.state.passkeys.finish_registration(&before, &asker, Some(&ceremony), &credential, "late").await;
     assert!(matches!(finished, Err(portcullis::passkeys::PasskeyError::Superseded)), "{finished:?}");
 
     // An authenticator app asked for in the generation before the reset.
     let secret = portcullis::factors::totp::new_secret().unwrap();
     let code = portcullis::factors::totp::code_at(&secret, portcullis::store::now_ms() / 1000).unwrap();
     let generation = before.password_changed_at;
-    let enrolled = app.state.factors.enrol_totp("alice", generation, &secret, &code, None).await.unwrap();
+    let enrolled =
+        app.state.factors.enrol_totp(&Asker::in_generation("alice", generation), &secret, &code, None).await.unwrap();
     assert_eq!(enrolled, portcullis::factors::Enrolment::Superseded);
 
     let left = app.state.factors.summary("alice").await.unwrap();
@@ -984,6 +987,69 @@ async fn factors_written_after_a_reset_by_a_change_begun_before_it_are_taken_bac
     assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
     // In the generation that is the user's now, the same writes stand.
     let now = app.generation("alice").await;
-    let enrolled = app.state.factors.enrol_totp("alice", now, &secret, &code, None).await.unwrap();
+    let enrolled =
+        app.state.factors.enrol_totp(&Asker::in_generation("alice", now), &secret, &code, None).await.unwrap();
     assert_eq!(enrolled, portcullis::factors::Enrolment::Enrolled);
+}
+
+/// What a session signed in with a passkey asks for while that passkey is being removed (its
+/// request read the session just before the removal; a review raced them over HTTP and saw
+/// the thief's new token outlive the removal, and a passkey added as it landed stay): a new
+/// token after *sign out everywhere else* or a password change is not made, and a factor it
+/// adds is taken back.
+#[tokio::test]
+async fn a_session_whose_passkey_was_removed_meanwhile_gets_no_new_token_and_adds_no_factor() {
+    use portcullis::session::{EndOthersError, StartError};
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut lost, _) = register(&app, &owner, "lost key").await;
+    let thief = app.new_browser();
+    let signed_in = sign_in(&app, &thief, &mut lost).await;
+    let cookie = crate::helpers::cookie_value(&signed_in, portcullis::session::SESSION_COOKIE).unwrap();
+    // The thief's requests have read their session; then the owner removes the key.
+    let read = app.state.sessions.resolve(&cookie).await.unwrap().expect("signed in");
+    assert_eq!(read.record.passkey_id.as_deref(), Some(&lost.credential_id[..]));
+    let (begin, ceremony) = {
+        let csrf = account_csrf(&app, &thief).await;
+        let begin =
+            thief.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+        let ceremony = crate::helpers::cookie_value(&begin, portcullis::passkeys::CEREMONY_COOKIE).unwrap();
+        (json(begin).await, ceremony)
+    };
+    assert_eq!(remove_passkey(&app, &owner, &lost).await.status(), StatusCode::SEE_OTHER);
+
+    let (ip, ua) = ("127.0.0.1".parse().unwrap(), "thief");
+    let renewed = app.state.sessions.renew(&read, &read.user, ip, ua).await;
+    assert!(matches!(renewed, Err(StartError::PasskeyRemoved)), "{:?}", renewed.err());
+    let ended = app.state.sessions.end_others(&read, ip, ua).await;
+    assert!(
+        matches!(ended, Err(EndOthersError::ThisEndedToo { error: StartError::PasskeyRemoved, .. })),
+        "{:?}",
+        ended.err()
+    );
+    assert!(!signed_in_as(&app, &cookie).await);
+
+    let asker = Asker::of(&read.record);
+    let secret = portcullis::factors::totp::new_secret().unwrap();
+    let code = portcullis::factors::totp::code_at(&secret, portcullis::store::now_ms() / 1000).unwrap();
+    let user = app.state.store.users.get("alice").await.unwrap().unwrap();
+    let asker_now = Asker { generation: user.password_changed_at, ..asker };
+    let enrolled = app.state.factors.enrol_totp(&asker_now, &secret, &code, None).await.unwrap();
+    assert_eq!(enrolled, portcullis::factors::Enrolment::Superseded, "its passkey is gone");
+    let mut options = begin;
+    options["publicKey"]["authenticatorSelection"]["residentKey"] = "discouraged".into();
+    options["publicKey"]["authenticatorSelection"]["requireResidentKey"] = false.into();
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let answer = SoftPasskey::new(true).do_registration(origin(&app), ccr).unwrap();
+    let credential = serde_json::to_string(&answer).unwrap();
+    let finished =
+        app.state.passkeys.finish_registration(&user, &asker_now, Some(&ceremony), &credential, "mine").await;
+    assert!(matches!(finished, Err(portcullis::passkeys::PasskeyError::Superseded)), "{finished:?}");
+    let left = app.state.factors.summary("alice").await.unwrap();
+    assert!(!left.totp && left.passkeys == 0, "nothing the thief's session added stands: {left:?}");
+}
+
+/// Whether the session cookie `cookie` still signs in.
+async fn signed_in_as(app: &TestApp, cookie: &str) -> bool {
+    app.state.sessions.resolve(cookie).await.unwrap().is_some()
 }

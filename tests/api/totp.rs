@@ -6,7 +6,7 @@
 use portcullis::audit::FailureReason;
 use portcullis::client::AddressKey;
 use portcullis::config::Settings;
-use portcullis::factors::{totp, FactorKind, Proof, Verdict};
+use portcullis::factors::{totp, Asker, FactorKind, Proof, Verdict};
 use portcullis::rate_limit::username_digest;
 use portcullis::store::{now_ms, Factors, FailureQuery};
 
@@ -478,7 +478,12 @@ async fn a_two_step_sign_in_costs_one_argon2_verify_like_a_password_only_one() {
         assert_eq!(
             app.state
                 .factors
-                .enrol_totp(&two, app.generation(&two).await, &secret, &code(&secret, step - 1), None)
+                .enrol_totp(
+                    &Asker::in_generation(&two, app.generation(&two).await),
+                    &secret,
+                    &code(&secret, step - 1),
+                    None
+                )
                 .await
                 .unwrap(),
             portcullis::factors::Enrolment::Enrolled
@@ -520,7 +525,12 @@ async fn a_server_whose_factor_key_does_not_open_the_stores_second_factors_refus
     assert_eq!(
         app.state
             .factors
-            .enrol_totp("alice", app.generation("alice").await, &secret, &totp::code_at(&secret, now).unwrap(), None)
+            .enrol_totp(
+                &Asker::in_generation("alice", app.generation("alice").await),
+                &secret,
+                &totp::code_at(&secret, now).unwrap(),
+                None
+            )
             .await
             .unwrap(),
         portcullis::factors::Enrolment::Enrolled

@@ -181,13 +181,13 @@ pub(crate) fn record_factor_removed(
     }
 }
 
-/// The page for a change of factors that landed after its account moved to a new credential
-/// generation (a reset of its factors, a password change, *sign out everywhere else*): taken
-/// back, and this session is over. 409, leading to the sign-in form; `leftover` says what the
-/// user's device still holds.
+/// The page for a change of factors that landed after its session was ended (a reset of its
+/// factors, a password change, *sign out everywhere else*, the removal of the passkey it was
+/// signed in with): taken back, and this session is over. 409, leading to the sign-in form;
+/// `leftover` says what the user's device still holds.
 pub(crate) fn not_changed(title: &str, leftover: &str) -> poem::Response {
     let message = format!(
-        "Your account's second factors were reset, or it was signed out everywhere, while you were making this change, so it was not made. {leftover} Please sign in again."
+        "Your account's second factors were reset, it was signed out everywhere, or the passkey this session was signed in with was removed, while you were making this change, so it was not made. {leftover} Please sign in again."
     );
     changed_meanwhile(title, &message)
 }

@@ -16,7 +16,7 @@ use crate::client;
 use crate::password::Password;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
-use crate::session::ActiveSession;
+use crate::session::{ActiveSession, StartError};
 use crate::sign_in::{account_captcha_key, CaptchaAnswer, PasswordCheck};
 use crate::users::UserError;
 
@@ -125,7 +125,17 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     // This browser goes on with a new token, as many factors as before.
     let token = match state.sessions.renew(&session, &set.user, client.ip, &client.user_agent).await {
         Ok(t) => t,
-        Err(e) => return crate::routes::store_error(&e, "could not create a session"),
+        Err(StartError::Store(e)) => return crate::routes::store_error(&e, "could not create a session"),
+        // Removed while the password was changed: the removal ended the sessions it signed
+        // in, this one with them.
+        Err(StartError::PasskeyRemoved) => {
+            return crate::routes::error_page_leading(
+                StatusCode::CONFLICT,
+                "Password changed, signed out",
+                "Your password is changed, but the passkey this session was signed in with was removed meanwhile, so this session is over too. Please sign in again.",
+                crate::routes::SIGN_IN_AGAIN,
+            )
+        }
     };
     // The session keeps its start, so the password just typed counts as a confirmation.
     let resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));

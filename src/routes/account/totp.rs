@@ -171,8 +171,8 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         return error_page(StatusCode::BAD_REQUEST);
     };
     let user = &session.user;
-    let generation = session.record.password_changed_at;
-    let enrolled = match state.factors.enrol_totp(&user.key, generation, &secret, &form.code, replacing).await {
+    let asker = crate::factors::Asker::of(&session.record);
+    let enrolled = match state.factors.enrol_totp(&asker, &secret, &form.code, replacing).await {
         Ok(e) => e,
         Err(e) => return factor_error(&e, "could not enrol an authenticator"),
     };
