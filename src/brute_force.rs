@@ -47,6 +47,9 @@ pub enum QuotaKey {
     KnownUsername(u128),
     /// [`crate::rate_limit::CAPTCHA_DRAWS`]: captcha pictures drawn for this address.
     CaptchaDraws(AddressKey),
+    /// [`crate::rate_limit::SIGN_OUTS_ELSEWHERE`]: *sign out everywhere else* asked by this
+    /// user's sessions ([`crate::rate_limit::username_digest`] of the user's key).
+    SignOutsElsewhere(u128),
 }
 
 impl QuotaKey {
@@ -57,6 +60,7 @@ impl QuotaKey {
             QuotaKey::Username(_) => "username",
             QuotaKey::KnownUsername(_) => "known_username",
             QuotaKey::CaptchaDraws(_) => "captcha_draws",
+            QuotaKey::SignOutsElsewhere(_) => "sign_outs_elsewhere",
         }
     }
 
@@ -68,7 +72,9 @@ impl QuotaKey {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
                 IpAddr::V6(v6) => v6.octets().to_vec(),
             },
-            QuotaKey::Username(u) | QuotaKey::KnownUsername(u) => u.to_be_bytes().to_vec(),
+            QuotaKey::Username(u) | QuotaKey::KnownUsername(u) | QuotaKey::SignOutsElsewhere(u) => {
+                u.to_be_bytes().to_vec()
+            }
         }
     }
 }
@@ -269,6 +275,7 @@ impl BruteForceState for InMemory {
             QuotaKey::Username(u) => self.quotas.per_username.take(rate, &u),
             QuotaKey::KnownUsername(u) => self.quotas.per_known_username.take(rate, &u),
             QuotaKey::CaptchaDraws(a) => self.quotas.captcha_draws.take(rate, &a),
+            QuotaKey::SignOutsElsewhere(u) => self.quotas.sign_outs_elsewhere.take(rate, &u),
         };
         Ok(taken.map_err(|ms| Wait { ms }))
     }

@@ -139,10 +139,20 @@ pub struct LoginQuotas {
     /// and `GET /login` is otherwise unlimited, so a flagged address must not be able to
     /// make the server draw as fast as it can ask.
     pub captcha_draws: Limiter<AddressKey>,
+    /// *Sign out everywhere else* per user ([`SIGN_OUTS_ELSEWHERE`]).
+    pub sign_outs_elsewhere: Limiter<u128>,
 }
 
 /// Captcha pictures one address may have drawn: enough for a busy office behind one NAT.
 pub const CAPTCHA_DRAWS: Rate = Rate { burst: 60, period: Duration::from_secs(60) };
+
+/// *Sign out everywhere else* per user: five at once (a double click spends two), then one
+/// every 2 minutes. Each ends the
+/// user's other sessions and any sign-in under way, so a thief who shares a passkey or a
+/// password with the owner, clicking it in a loop (a review saw 600 a second), would keep the
+/// owner from staying signed in long enough to remove that passkey or change the password,
+/// and write a log line each time. The owner has those two to end a thief's sessions anyway.
+pub const SIGN_OUTS_ELSEWHERE: Rate = Rate { burst: 5, period: Duration::from_secs(600) };
 
 impl LoginQuotas {
     pub fn new(per_address: Option<Rate>, per_username: Option<Rate>) -> Self {
@@ -151,6 +161,7 @@ impl LoginQuotas {
             per_username: Limiter::new(per_username, MAX_KEYS),
             per_known_username: Limiter::new(per_username, MAX_KEYS),
             captcha_draws: Limiter::new(Some(CAPTCHA_DRAWS), MAX_KEYS),
+            sign_outs_elsewhere: Limiter::new(Some(SIGN_OUTS_ELSEWHERE), MAX_KEYS),
         }
     }
 

@@ -9,6 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use crate::audit::AuthEvent;
+use crate::brute_force::QuotaKey;
+use crate::rate_limit::{username_digest, SIGN_OUTS_ELSEWHERE};
 use crate::routes::flash::{self, Notice};
 use crate::routes::passkeys::PasskeyView;
 use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
@@ -161,6 +163,17 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         return error_page(StatusCode::FORBIDDEN);
     }
     let session = crate::routes::account::confirm::with_confirmation(req, &state, session);
+    let quota = QuotaKey::SignOutsElsewhere(username_digest(&session.user.key));
+    match state.brute_force.take(quota, SIGN_OUTS_ELSEWHERE, crate::store::now_ms()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(wait)) => return too_many_sign_outs(wait.retry_after_secs()),
+        Err(e) => {
+            // Said as any failure to sign out is: "busy" alone reads as done.
+            let what = "could not spend the sign-out quota";
+            crate::fault_log::report_error(what, crate::fault_log::Severity::Error, true, &e);
+            return others_not_signed_out(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let record = |count, pending| {
         state.audit.record(&AuthEvent::SessionsEnded {
@@ -204,6 +217,21 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         // the other one did it). A browser that kept the other answer's cookie is signed in.
         Err(EndOthersError::Superseded) => see_other("/login"),
     }
+}
+
+/// 429 for a user past [`SIGN_OUTS_ELSEWHERE`], with the other ways to end a session now.
+fn too_many_sign_outs(retry_after: u64) -> Response {
+    let minutes = retry_after.div_ceil(60);
+    let message = format!(
+        "Your account was signed out everywhere else several times in the last few minutes, so it cannot be again for about {minutes} minute(s): nothing was signed out now. To end a session you do not know at once, change your password, or remove the passkey it signed in with (your account page says which)."
+    );
+    let page = crate::routes::error_page_leading(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Please wait",
+        &message,
+        ("/account", "Your account"),
+    );
+    crate::routes::with_retry_after(page, retry_after)
 }
 
 /// The page for *sign out everywhere else* when the store could not do it (`status`, a 503 or

@@ -91,19 +91,55 @@ async fn the_home_page_lists_sessions_and_can_end_the_others() {
     assert_eq!(again.get(app.url("/")).send().await.unwrap().status(), 200);
 }
 
+/// *Sign out everywhere else* is limited per user (five at once, then one every 2 minutes): a
+/// review saw a thief sharing the owner's passkey click it 600 times a second, so the owner
+/// never stayed signed in long enough to remove the passkey, and each wrote a log line.
+#[tokio::test]
+async fn signing_out_everywhere_else_in_a_loop_is_refused_after_five() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let thief = app.new_browser();
+    app.login_with(&thief, "alice", GOOD_PASSWORD).await;
+    for _ in 0..5 {
+        let csrf = app.home_csrf(&thief).await;
+        let resp = thief.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+        assert_eq!(resp.status(), 303);
+    }
+    let owner = app.new_browser();
+    app.login_with(&owner, "alice", GOOD_PASSWORD).await;
+    let csrf = app.home_csrf(&thief).await;
+    let resp = thief.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=120).contains(&wait), "{wait}");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("nothing was signed out now") && page.contains("change your password"), "{page}");
+    assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the owner stays signed in");
+    // The limit is the user's, whichever session asks.
+    let csrf = app.home_csrf(&owner).await;
+    let resp = owner.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let ended: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
+    assert_eq!(ended.len(), 5, "only the five that happened are logged");
+}
+
 /// A double click sends the same session's *sign out everywhere else* twice at once: one
 /// wins and gives the browser its new token, the other ends nothing (above all not the
 /// winner's new token, which a review saw it end as one of the "others").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_one_working_token() {
-    // Two sign-ins a round, more than the username's quota allows in a window.
+    // Two sign-ins a round, more than the username's quota allows in a window, and a user
+    // every two rounds: each round's two clicks spend two of its five sign-outs.
     let app = spawn_app_with(|s| s.login_quota_per_user = None).await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
     for round in 0..8 {
+        let name = format!("alice{}", round / 2);
+        if round % 2 == 0 {
+            app.add_user(&name, GOOD_PASSWORD, false).await;
+        }
         let elsewhere = app.new_browser();
-        app.login_with(&elsewhere, "alice", GOOD_PASSWORD).await;
+        app.login_with(&elsewhere, &name, GOOD_PASSWORD).await;
         let here = app.new_browser();
-        app.login_with(&here, "alice", GOOD_PASSWORD).await;
+        app.login_with(&here, &name, GOOD_PASSWORD).await;
         let csrf = app.home_csrf(&here).await;
         let click = || here.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send();
         let (one, two) = tokio::join!(click(), click());
@@ -117,7 +153,7 @@ async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_o
         let won: Vec<_> = answers.iter().filter(|(to, token)| to == "/" && token.is_some()).collect();
         assert_eq!(won.len(), 1, "round {round}: one click wins: {answers:?}");
         assert!(answers.iter().any(|(to, token)| to == "/login" && token.is_none()), "round {round}: {answers:?}");
-        let sessions = app.sessions_of("alice").await;
+        let sessions = app.sessions_of(&name).await;
         assert_eq!(sessions.len(), 1, "round {round}: the winner's token alone: {sessions:?}");
         let winner = crate::helpers::browser(&app.settings.cert_dir);
         let token = won[0].1.as_ref().unwrap();
@@ -128,9 +164,9 @@ async fn the_same_click_sent_twice_ends_the_others_once_and_leaves_the_browser_o
     }
     let logged: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
     assert_eq!(logged.len(), 8, "one line per round: {logged:?}");
-    // The other browser (and from the second round on, the last round's winner), never the twin.
+    // The other browser (and in a user's second round, its first round's winner), never the twin.
     let counts: Vec<_> = logged.iter().map(|l| l["count"].as_u64().unwrap()).collect();
-    assert_eq!(counts, [1, 2, 2, 2, 2, 2, 2, 2], "{logged:?}");
+    assert_eq!(counts, [1, 2, 1, 2, 1, 2, 1, 2], "{logged:?}");
     assert!(logged.iter().all(|l| l["ip"] == "127.0.0.1" && l["user_agent"].is_string()), "who asked: {logged:?}");
 }
 
