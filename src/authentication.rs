@@ -261,15 +261,6 @@ impl Authenticator {
         self.store.users.record_sign_in(user_key, now_ms()).await
     }
 
-    /// The credential generation of `user_key` (`User::password_changed_at`, Unix ms), or
-    /// `None` for no such user.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot answer.
-    pub async fn generation(&self, user_key: &str) -> Result<Option<u64>, crate::store::StoreError> {
-        Ok(self.store.users.get(user_key).await?.map(|u| u.password_changed_at))
-    }
-
     /// Whether `password` is `user_key`'s current password (for a change of password: the
     /// same check as a sign-in, on the hash pool, but no sign-in is recorded). An unknown user
     /// is checked against the dummy, so it costs the same. Only signed-in users ask this, so

@@ -158,37 +158,22 @@ pub struct Refusal {
 }
 
 impl SignIn {
-    /// Whether `device` (the browser's device cookie) holds a token for `user_key`
-    /// ([`Csrf::is_known_device`]) at `now` (Unix ms) issued in the user's current credential
-    /// generation: a browser that signed in before a password change, a factor reset, a
-    /// disable or *sign out everywhere else* (a thief's, say) is a stranger again until it
-    /// signs in anew. `generation` is the user's when the caller holds the user; otherwise it
-    /// is read, only when a token is found (a browser without one costs no read).
-    ///
-    /// # Errors
-    /// [`SignInError::Store`] when the user cannot be read.
-    async fn is_known_browser(
-        &self,
-        device: Option<&str>,
-        user_key: &str,
-        generation: Option<u64>,
-        now: u64,
-    ) -> Result<bool, SignInError> {
-        let Some(issued) = device.and_then(|d| self.csrf.known_device_issued(d, user_key, now / 1000)) else {
-            return Ok(false);
-        };
-        let generation = match generation {
-            Some(g) => Some(g),
-            None => self
-                .auth
-                .generation(user_key)
-                .await
-                .map_err(|source| SignInError::Store { what: "could not read the user", source })?,
-        };
-        // The token keeps whole seconds: one of the generation's own second counts (a sign-in
-        // just after the change must be known; one just before in the same second is a race
-        // nobody can aim at).
-        Ok(generation.is_some_and(|g| issued >= g / 1000))
+    /// When the newest device token `device` (the browser's device cookie) holds for
+    /// `user_key` was issued (Unix seconds; [`Csrf::known_device_issued`]) at `now` (Unix ms):
+    /// the browser signed in as the user before, which the records' `known_browser` says.
+    fn device_token_issued(&self, device: Option<&str>, user_key: &str, now: u64) -> Option<u64> {
+        device.and_then(|d| self.csrf.known_device_issued(d, user_key, now / 1000))
+    }
+
+    /// Whether a device token issued at `issued` gives the known browsers' queue and quota:
+    /// only in the user's current credential generation `generation` (`None`: no such user),
+    /// so a browser that signed in before a password change, a factor reset, a disable or
+    /// *sign out everywhere else* (a thief's, say) waits as a stranger until it signs in anew.
+    /// The token keeps whole seconds: one of the generation's own second counts (a sign-in just
+    /// after the change must be known; one just before in the same second is a race nobody
+    /// can aim at).
+    fn of_generation(issued: Option<u64>, generation: Option<u64>) -> bool {
+        issued.zip(generation).is_some_and(|(issued, g)| issued >= g / 1000)
     }
 
     /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
@@ -363,9 +348,11 @@ impl SignIn {
         let now = now_ms();
         // A browser that signed in as this username before waits apart from a flood (and its
         // refusals say so in the records).
-        let known = self.is_known_browser(device, &user_key, None, now).await?;
-        let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: known };
-        let lane = if known { Lane::Known } else { Lane::Open };
+        let token = self.device_token_issued(device, &user_key, now);
+        let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: token.is_some() };
+        // Whether the token is of the user's generation is read with the factors below; until
+        // then, the pool's room is judged in the lane it would give.
+        let lane = if token.is_some() { Lane::Known } else { Lane::Open };
 
         // A full hash pool is a 503 before anything is spent: in a flood from elsewhere, the
         // real user's tries would otherwise use up their address's quota on checks that never
@@ -401,21 +388,33 @@ impl SignIn {
             }
         };
 
+        // The user's factors, read before the password is checked, so the check knows whether
+        // it ends the sign-in (and sets the last sign-in time) or only opens the second step.
+        // Nobody's key has no factors; the read costs the same either way. A browser with a
+        // device token reads them now, with the user's generation in the same statement, so
+        // its token is judged before a quota is chosen; the others after their quota.
+        let key = user_key.as_str();
+        let read_factors = |with_generation: bool| async move {
+            let read = if with_generation {
+                self.factors.summary_with_generation(key).await
+            } else {
+                self.factors.summary(key).await.map(|f| (f, None))
+            };
+            read.map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
+        };
+        let early = if token.is_some() { Some(read_factors(true).await?) } else { None };
+        let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
+        let lane = if known { Lane::Known } else { Lane::Open };
         if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
             }
             return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
         }
-
-        // Read before the password is checked, so the check knows whether it ends the sign-in
-        // (and sets the last sign-in time) or only opens the second step. Nobody's key has no
-        // factors; the read costs the same either way.
-        let factors = self
-            .factors
-            .summary(&user_key)
-            .await
-            .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })?;
+        let (factors, _) = match early {
+            Some(read) => read,
+            None => read_factors(false).await?,
+        };
         let user = match self.auth.authenticate(username, password, !factors.has_second_factor(), lane).await {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
@@ -639,9 +638,15 @@ impl SignIn {
         let address = client.key();
         let now = now_ms();
         // A browser known to the user spends its known browsers' quota, as at the password step.
-        let known = self.is_known_browser(device, &user.key, Some(user.password_changed_at), now).await?;
-        let judged =
-            Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: known };
+        let token = self.device_token_issued(device, &user.key, now);
+        let known = Self::of_generation(token, Some(user.password_changed_at));
+        let judged = Judged {
+            service: self,
+            client,
+            username: &user.display_name,
+            digest: Some(digest),
+            known_browser: token.is_some(),
+        };
         let refused = |o: Outcome| match o {
             Outcome::Refused(refusal) => StepOutcome::Refused { refusal, restart: false },
             // `refuse` only ever answers `Refused`.
@@ -1023,11 +1028,11 @@ mod tests {
         let later = now_ms() + 1000;
         assert!(f.store.users.renew_generation("alice", later, None).await.unwrap().is_some());
         // It spends the strangers' quota (2, one spent by the sign-in), not her browsers' (2,
-        // untouched), and is recorded as a stranger.
+        // untouched); its records still say it signed in as her before.
         assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword);
         assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::RateLimited);
         let records = f.store.failures.query(&crate::store::FailureQuery::default()).await.unwrap();
-        assert!(records.iter().all(|(_, r)| !r.known_browser), "{records:?}");
+        assert!(records.iter().all(|(_, r)| r.known_browser), "{records:?}");
     }
 
     #[tokio::test]

@@ -237,6 +237,15 @@ impl SecondFactors {
         self.store.factors.summary(user_key).await
     }
 
+    /// [`SecondFactors::summary`] with the user's credential generation (`None`: no such
+    /// user), in the same one read ([`crate::store::FactorStore::summary_with_generation`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn summary_with_generation(&self, user_key: &str) -> Result<(FactorSummary, Option<u64>), StoreError> {
+        self.store.factors.summary_with_generation(user_key).await
+    }
+
     /// Checks `proof` for `user_key` at `now_secs` and uses it up when accepted (a TOTP step
     /// is accepted once, RFC 6238 §5.2; a recovery code once, NIST SP 800-63B §5.1.2.2).
     ///

@@ -123,7 +123,8 @@ impl SignIn {
         // The user the answer names, for the record only (see the module note).
         let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
         let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
-        let known_browser = !user_key.is_empty() && self.is_known_browser(a.device, &user_key, None, now_ms()).await?;
+        // For the records only: a passkey sign-in spends no username's quota.
+        let known_browser = !user_key.is_empty() && self.device_token_issued(a.device, &user_key, now_ms()).is_some();
         let judged = Judged { username: &user_key, known_browser, ..anonymous };
         let Some(prelogin) = self.valid_prelogin(a.csrf, a.prelogin, now_ms()).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;

@@ -1021,6 +1021,10 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     assert!(f.any_totp().await.unwrap().is_none(), "factors: nobody has TOTP yet");
     assert!(f.set_totp("alice", &totp, None).await.unwrap());
     assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: TOTP round trip");
+    let summary = f.summary("alice").await.unwrap();
+    assert_eq!(f.summary_with_generation("alice").await.unwrap(), (summary, Some(1)), "factors: with the generation");
+    let none = (FactorSummary::default(), None);
+    assert_eq!(f.summary_with_generation("nobody").await.unwrap(), none, "factors: nobody's");
     // Enrolments are compare-and-set on the authenticator they replace: of two begun from one
     // state (two windows), one is stored; a replacement names the one it replaces.
     let other = TotpFactor { sealed_secret: vec![4, 5], created_at: 6 };

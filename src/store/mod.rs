@@ -628,6 +628,11 @@ pub trait FactorStore: Send + Sync {
     /// What second factors `user_key` has, passkeys included (all zero for an unknown user):
     /// one read, as a sign-in asks it.
     async fn summary(&self, user_key: &str) -> Result<FactorSummary>;
+    /// [`FactorStore::summary`] with the user's credential generation (`User::password_changed_at`;
+    /// `None` for an unknown user), in the same one read: what a sign-in from a browser with a
+    /// device token for the username asks before the password check, so that checking the
+    /// token's generation costs no statement more.
+    async fn summary_with_generation(&self, user_key: &str) -> Result<(FactorSummary, Option<u64>)>;
     /// The user's TOTP authenticator, if enrolled.
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>>;
     /// Enrols (or replaces) the user's TOTP authenticator if the one they have now is

@@ -933,6 +933,13 @@ const SUMMARY_SQL: &str = "SELECT (SELECT totp_sealed FROM second_factors WHERE 
         coalesce((SELECT cardinality(recovery_hashes) FROM second_factors WHERE user_key = $1), 0),
         (SELECT count(*) FROM passkeys WHERE user_key = $1)";
 
+/// [`SUMMARY_SQL`] with the user's credential generation (NULL for no such user) as a fourth
+/// column: one statement, all by primary key.
+const SUMMARY_WITH_GENERATION_SQL: &str = "SELECT (SELECT totp_sealed FROM second_factors WHERE user_key = $1),
+        coalesce((SELECT cardinality(recovery_hashes) FROM second_factors WHERE user_key = $1), 0),
+        (SELECT count(*) FROM passkeys WHERE user_key = $1),
+        (SELECT password_changed_at_ms FROM users WHERE key = $1)";
+
 /// A TOTP step as PostgreSQL's bigint (steps are Unix seconds / 30: far below the limit).
 fn step_of(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
@@ -944,6 +951,13 @@ impl FactorStore for PgStore {
         let row = self.client().await?.query_one(SUMMARY_SQL, &[&user_key]).await?;
         let passkeys = usize::try_from(row.get::<_, i64>(2)).unwrap_or(0);
         Ok(FactorSummary { passkeys, ..summary_of(Some(&row)) })
+    }
+
+    async fn summary_with_generation(&self, user_key: &str) -> Result<(FactorSummary, Option<u64>)> {
+        let row = self.client().await?.query_one(SUMMARY_WITH_GENERATION_SQL, &[&user_key]).await?;
+        let passkeys = usize::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+        let generation = row.get::<_, Option<i64>>(3).map(unms);
+        Ok((FactorSummary { passkeys, ..summary_of(Some(&row)) }, generation))
     }
 
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {

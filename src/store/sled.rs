@@ -1236,6 +1236,11 @@ impl FactorStore for SledStore {
         Ok(FactorSummary { passkeys, ..self.factor_record(user_key)?.summary() })
     }
 
+    async fn summary_with_generation(&self, user_key: &str) -> Result<(FactorSummary, Option<u64>)> {
+        let generation = self.user(user_key)?.map(|u| u.password_changed_at);
+        Ok((self.summary(user_key).await?, generation))
+    }
+
     async fn totp(&self, user_key: &str) -> Result<Option<TotpFactor>> {
         Ok(self.factor_record(user_key)?.totp.map(|t| TotpFactor { sealed_secret: t.sealed, created_at: t.created_at }))
     }
