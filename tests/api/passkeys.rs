@@ -46,7 +46,7 @@ fn origin(app: &TestApp) -> Url {
 /// A user's software authenticator with what a resident key would remember.
 pub struct Device {
     soft: SoftPasskey,
-    credential_id: Vec<u8>,
+    pub credential_id: Vec<u8>,
     user_handle: Vec<u8>,
 }
 

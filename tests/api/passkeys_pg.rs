@@ -169,3 +169,42 @@ async fn a_passkey_removed_whose_sessions_cannot_be_ended_says_so() {
     db.batch_execute("DROP TRIGGER no_session_ends ON sessions").await.unwrap();
     app.stop().await;
 }
+
+/// *Sign out everywhere else* from a session signed in with a passkey that is removed while
+/// the new token is being stored (held here at the per-user lock of its start): no new token,
+/// and the page says this session is over too, and why (a review saw such a token outlive
+/// the removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_everywhere_else_while_its_passkey_is_removed_leaves_no_session() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.database_url = Some(url.clone());
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "lost key").await;
+    let thief = app.new_browser();
+    let csrf = login_csrf(&app, &thief).await;
+    let credential = assert_with(&app, &mut device, json(begin_sign_in(&app, &thief, &csrf).await).await);
+    assert_eq!(finish(&app, &thief, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+    let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
+    holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
+    let home_csrf = app.home_csrf(&thief).await;
+    let (t, base) = (thief.clone(), app.url("/sessions/end-others"));
+    let click = tokio::spawn(async move {
+        let resp = t.post(base).form(&[("csrf", home_csrf.as_str())]).send().await.unwrap();
+        (resp.status(), resp.headers().get("set-cookie").is_some(), resp.text().await.unwrap())
+    });
+    assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the new token waits at its start");
+    let removed = app.state.passkeys.remove("alice", &device.credential_id, &[0; 32]).await.unwrap();
+    assert!(removed.is_some());
+    holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
+    let (status, cookie_set, page) = click.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(!cookie_set, "no new token");
+    assert!(page.contains("the passkey it was signed in with was removed meanwhile"), "{page}");
+    assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
+    assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+}
