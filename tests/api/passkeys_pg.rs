@@ -55,9 +55,21 @@ async fn a_passkey_sign_in_begun_on_one_instance_finishes_on_another_once() {
     assert_eq!(two.sessions_of("alice").await.iter().filter(|s| s.record.factors == Factors::Two).count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_gets_no_session() {
-    let Some(url) = pg::database().await else { return };
+/// A PostgreSQL server and alice, with a passkey registered by her browser (`owner`), whose
+/// copy a thief answers a sign-in with: the sign-in (`thief`, its status awaited from
+/// `sign_in`) has checked the passkey and waits to store its session at the per-user lock
+/// `holder` holds.
+struct HeldSignIn {
+    app: crate::helpers::TestApp,
+    owner: reqwest::Client,
+    device: crate::passkeys::Device,
+    thief: reqwest::Client,
+    holder: tokio_postgres::Client,
+    sign_in: tokio::task::JoinHandle<StatusCode>,
+}
+
+async fn held_passkey_sign_in() -> Option<HeldSignIn> {
+    let url = pg::database().await?;
     let app = spawn_app_with(|s| {
         on_localhost(s);
         s.database_url = Some(url.clone());
@@ -65,8 +77,6 @@ async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_get
     .await;
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "the lost key").await;
-    // Whoever holds the lost key signs in; the session's start waits on the per-user lock
-    // held here, after the passkey was checked.
     let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
     holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
     let thief = app.new_browser();
@@ -83,12 +93,27 @@ async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_get
             .status()
     });
     assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the sign-in waits at its session");
-    let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
+    Some(HeldSignIn { app, owner, device, thief, holder, sign_in })
+}
+
+impl HeldSignIn {
+    /// Lets the held sign-in go on; its status.
+    async fn release(mut self) -> (StatusCode, Self) {
+        self.holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
+        let status = (&mut self.sign_in).await.unwrap();
+        (status, self)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_gets_no_session() {
+    let Some(held) = held_passkey_sign_in().await else { return };
+    let (_, removed, _) = held.app.state.users.reset_factors("alice", "test").await.unwrap();
     assert_eq!(removed.passkeys, 1);
-    holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
+    let (status, HeldSignIn { app, thief, .. }) = held.release().await;
     // The passkey is gone once the session is stored: the sign-in ends it and is refused as
     // any removed passkey is.
-    assert_eq!(sign_in.await.unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let home = thief.get(app.url("/")).send().await.unwrap();
     assert_eq!(home.status(), StatusCode::SEE_OTHER, "the lost key's session is over");
     assert!(app.sessions_of("alice").await.is_empty());
@@ -97,36 +122,12 @@ async fn a_passkey_sign_in_checked_before_a_factor_reset_and_stored_after_it_get
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passkey_sign_in_checked_before_its_passkey_was_removed_and_stored_after_gets_no_session() {
-    let Some(url) = pg::database().await else { return };
-    let app = spawn_app_with(|s| {
-        on_localhost(s);
-        s.database_url = Some(url.clone());
-    })
-    .await;
-    let owner = signed_in_browser(&app, "alice").await;
-    let (mut device, _) = register(&app, &owner, "the lost key").await;
-    // As above, but the owner removes the key on the account page while the thief's sign-in
-    // waits at its session, the passkey already checked.
-    let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
-    holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
-    let thief = app.new_browser();
-    let csrf = login_csrf(&app, &thief).await;
-    let options = json(begin_sign_in(&app, &thief, &csrf).await).await;
-    let credential = assert_with(&app, &mut device, options);
-    let (t, base) = (thief.clone(), app.url("/login/passkey"));
-    let sign_in = tokio::spawn(async move {
-        t.post(base)
-            .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(pg::advisory_lock_waiters(&holder).await, 1, "the sign-in waits at its session");
-    let removed = remove_passkey(&app, &owner, &device).await;
+    // As above, but the owner removes the key on the account page.
+    let Some(held) = held_passkey_sign_in().await else { return };
+    let removed = remove_passkey(&held.app, &held.owner, &held.device).await;
     assert_eq!(removed.status(), StatusCode::SEE_OTHER);
-    holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();
-    assert_eq!(sign_in.await.unwrap(), StatusCode::UNAUTHORIZED, "a removed passkey signs nobody in");
+    let (status, HeldSignIn { app, thief, owner, .. }) = held.release().await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a removed passkey signs nobody in");
     assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), StatusCode::SEE_OTHER);
     assert_eq!(app.sessions_of("alice").await.len(), 1, "the owner's session alone");
     assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), StatusCode::OK);

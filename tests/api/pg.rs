@@ -515,7 +515,9 @@ fn certificates() -> (String, String, String) {
 /// How many sessions wait for an advisory lock, once one does (or after 2 s): for a test that
 /// holds a lock a request will wait on, to act while that request waits.
 pub async fn advisory_lock_waiters(client: &tokio_postgres::Client) -> i64 {
-    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    // This database's only: the tests' databases share one cluster, and run at once.
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
     for _ in 0..100 {
         let n: i64 = client.query_one(waiting, &[]).await.unwrap().get(0);
         if n > 0 {
