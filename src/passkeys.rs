@@ -60,6 +60,9 @@ pub enum PasskeyError {
     /// The name is empty, too long or holds control characters.
     #[error("a passkey name is 1 to 64 printable characters")]
     BadName,
+    /// Another of the user's passkeys has this name, or one that can pass for it.
+    #[error("another of your passkeys has this name, or one that looks like it")]
+    NameTaken,
     /// The user has [`MAX_PER_USER`] passkeys.
     #[error("at most {MAX_PER_USER} passkeys per user")]
     TooMany,
@@ -213,15 +216,21 @@ impl Passkeys {
     }
 
     /// Begins adding a passkey to `user`'s account: a discoverable credential with user
-    /// verification, none of the user's present passkeys again.
+    /// verification, none of the user's present passkeys again. `name`, when the form sent
+    /// it, is checked now as the finish will check it, so the device does not make a passkey
+    /// the server then refuses for its name.
     ///
     /// # Errors
-    /// [`PasskeyError::Disabled`], [`PasskeyError::TooMany`], [`PasskeyError::Store`].
-    pub async fn begin_registration(&self, user: &User) -> Result<Begun, PasskeyError> {
+    /// [`PasskeyError::Disabled`], [`PasskeyError::TooMany`], [`PasskeyError::BadName`],
+    /// [`PasskeyError::NameTaken`], [`PasskeyError::Store`].
+    pub async fn begin_registration(&self, user: &User, name: Option<&str>) -> Result<Begun, PasskeyError> {
         let webauthn = self.webauthn()?;
         let existing = self.list(&user.key).await?;
         if existing.len() >= MAX_PER_USER {
             return Err(PasskeyError::TooMany);
+        }
+        if let Some(name) = name {
+            name_for(&parse_name(name)?, &existing, None)?;
         }
         let handle = match existing.first() {
             Some(p) => Uuid::from_bytes(p.user_handle),
@@ -264,6 +273,7 @@ impl Passkeys {
         name: &str,
     ) -> Result<StoredPasskey, PasskeyError> {
         let name = parse_name(name)?;
+        name_for(&name, &self.list(&user.key).await?, None)?;
         let webauthn = self.webauthn()?;
         let Registration { handle, state } = self.take(cookie, CeremonyKind::Register, Some(&user.key)).await?;
         let reg: RegisterPublicKeyCredential =
@@ -302,6 +312,7 @@ impl Passkeys {
     /// [`PasskeyError::BadName`], [`PasskeyError::Store`].
     pub async fn rename(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool, PasskeyError> {
         let name = parse_name(name)?;
+        name_for(&name, &self.list(user_key).await?, Some(id))?;
         Ok(self.store.passkeys.rename_passkey(user_key, id, &name).await?)
     }
 
@@ -545,6 +556,24 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
         && !name.chars().next().is_some_and(mark)
         && !crate::domain::has_mark_run(name);
     ok.then(|| name.to_string()).ok_or(PasskeyError::BadName)
+}
+
+/// `name` (parsed) for a passkey among the user's `existing` ones, but `except` (the one
+/// being renamed): refused when one of the others has a name that can pass for it (the same
+/// confusable skeleton, or drawn alike: [`crate::domain::Looks`], UTS #39 §4), so each entry of
+/// the list is told apart, and one added by whoever shares the account cannot pose as one of
+/// the owner's (a review saw two entries named "Laptop").
+fn name_for(name: &str, existing: &[StoredPasskey], except: Option<&[u8]>) -> Result<(), PasskeyError> {
+    let looks = crate::domain::Looks::of(name);
+    let taken = existing
+        .iter()
+        .filter(|p| Some(p.id.as_slice()) != except)
+        .any(|p| crate::domain::Looks::of(&p.name).alike(&looks));
+    if taken {
+        Err(PasskeyError::NameTaken)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@
   function begin(form) {
     var body = new URLSearchParams();
     body.set('csrf', form.elements.csrf.value);
+    // A name refused is said now, before the device makes a passkey the server will refuse.
+    if (form.elements.name) { body.set('name', form.elements.name.value); }
     return fetch(form.dataset.begin, {
       method: 'POST',
       credentials: 'same-origin',

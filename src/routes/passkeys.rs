@@ -36,6 +36,17 @@ const MAX_CREDENTIAL_JSON: usize = 12 * 1024;
 
 /// What the passkey pages say of a name `passkeys::parse_name` refuses.
 const BAD_NAME: &str = "Please give the passkey a name of 1 to 64 characters that shows something, with no control or invisible characters (such as direction marks or joiners), no unassigned ones, and no mark twice or more than 4 on one letter.";
+/// A name another of the user's passkeys has, or one that can pass for it.
+const NAME_TAKEN: &str = "You have a passkey with that name, or one that looks like it. Please choose another name, so the list tells them apart.";
+
+/// `POST /account/passkeys/begin`: the CSRF token, and the name typed so far (pages from
+/// before it was sent send none).
+#[derive(serde::Deserialize)]
+pub struct BeginForm {
+    #[serde(default)]
+    pub csrf: String,
+    pub name: Option<String>,
+}
 
 #[derive(Deserialize)]
 pub struct SignInForm {
@@ -297,7 +308,7 @@ pub async fn list(req: &Request, state: State<'_>) -> Response {
 
 #[handler]
 pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Response {
-    let form: CsrfOnly = match read_form(req, body).await {
+    let form: BeginForm = match read_form(req, body).await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -319,10 +330,14 @@ pub async fn register_begin(req: &Request, body: Body, state: State<'_>) -> Resp
     if let Err(resp) = ceremony_quota(req, &state).await {
         return resp;
     }
-    match state.passkeys.begin_registration(&session.user).await {
+    // The name box's text, escapes read back as at the finish; none from an older page.
+    let name = form.name.as_deref().map(crate::text::unprintable);
+    match state.passkeys.begin_registration(&session.user, name.as_deref()).await {
         Ok(b) => begun(b),
         Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
         Err(PasskeyError::TooMany) => json_error(StatusCode::BAD_REQUEST, &PasskeyError::TooMany.to_string()),
+        Err(PasskeyError::BadName) => json_error(StatusCode::BAD_REQUEST, BAD_NAME),
+        Err(PasskeyError::NameTaken) => json_error(StatusCode::BAD_REQUEST, NAME_TAKEN),
         Err(e) => {
             crate::fault_log::report("passkey registration not begun", Severity::Error, e.is_unavailable(), &e);
             let status = crate::routes::fault_status(e.is_unavailable());
@@ -377,6 +392,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(e) => {
             let message = match e {
                 PasskeyError::BadName => BAD_NAME.to_string(),
+                PasskeyError::NameTaken => NAME_TAKEN.to_string(),
                 PasskeyError::Duplicate => "That passkey is registered already.".to_string(),
                 PasskeyError::NoCeremony => {
                     "Adding the passkey took too long or was not started here. Please try again.".to_string()
@@ -420,6 +436,7 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(true) => see_other(ACCOUNT_PASSKEYS),
         Ok(false) => error_page(StatusCode::NOT_FOUND),
         Err(PasskeyError::BadName) => page(&state, &session, StatusCode::BAD_REQUEST, Some(BAD_NAME)).await,
+        Err(PasskeyError::NameTaken) => page(&state, &session, StatusCode::BAD_REQUEST, Some(NAME_TAKEN)).await,
         Err(e) => passkey_failure(&e, "could not rename a passkey"),
     }
 }

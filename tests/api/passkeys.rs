@@ -1053,3 +1053,45 @@ async fn a_session_whose_passkey_was_removed_meanwhile_gets_no_new_token_and_add
 async fn signed_in_as(app: &TestApp, cookie: &str) -> bool {
     app.state.sessions.resolve(cookie).await.unwrap().is_some()
 }
+
+/// No two of a user's passkeys have names that can pass for each other (a review saw a
+/// thief's passkey added as a second "Laptop" beside the owner's): refused when adding, at
+/// the start (before the device makes a passkey) and at the finish, and when renaming.
+#[tokio::test]
+async fn a_passkey_cannot_take_a_name_that_passes_for_another_of_the_users() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let (laptop, resp) = register(&app, &alice, "Laptop").await;
+    assert!(resp.status().is_redirection() || resp.status().is_success(), "{}", resp.status());
+    // "Lаptop" with a Cyrillic а, and in other letter cases.
+    for name in ["Lаptop", "laptop", "  LAPTOP "] {
+        let (_, resp) = register(&app, &alice, name).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert!(resp.text().await.unwrap().contains("looks like it"), "{name}");
+        let csrf = account_csrf(&app, &alice).await;
+        let begin = alice
+            .post(app.url("/account/passkeys/begin"))
+            .form(&[("csrf", csrf.as_str()), ("name", name)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(begin.status(), StatusCode::BAD_REQUEST, "{name}: refused before the device makes one");
+        assert!(json(begin).await["error"].as_str().unwrap().contains("looks like it"), "{name}");
+    }
+    assert_eq!(app.state.passkeys.list("alice").await.unwrap().len(), 1);
+    let (phone, resp) = register(&app, &alice, "Phone").await;
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let csrf = account_csrf(&app, &alice).await;
+    let rename = |device: &Device, name: &'static str| {
+        let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+        let (alice, csrf, url) = (alice.clone(), csrf.clone(), app.url("/account/passkeys/rename"));
+        async move {
+            alice.post(url).form(&[("csrf", csrf.as_str()), ("id", id.as_str()), ("name", name)]).send().await.unwrap()
+        }
+    };
+    assert_eq!(rename(&phone, "laptop").await.status(), StatusCode::BAD_REQUEST, "renamed to pass for another");
+    assert_eq!(rename(&laptop, "LAPTOP").await.status(), StatusCode::SEE_OTHER, "its own name, in other case");
+    // Another user's names are theirs.
+    let bob = signed_in_browser(&app, "bob").await;
+    assert_eq!(register(&app, &bob, "Laptop").await.1.status(), StatusCode::OK, "added, with recovery codes");
+}
