@@ -258,3 +258,29 @@ async fn user_factors_and_reset_factors_work_through_a_running_servers_admin_soc
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"], "/");
     child::cli(d, &["user", "factors", "nobody"], None).await.assert_one_line_failure("factors of nobody");
 }
+
+/// A password change renews this browser's device token in the new credential generation, so
+/// it signs in again as a known browser, while a browser that signed in before the change (a
+/// thief's) waits as a stranger: with the strangers' quota of the username spent, the first
+/// gets in and the second gets 429.
+#[tokio::test]
+async fn a_password_change_keeps_this_browser_known_and_makes_the_others_strangers() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_user =
+            Some(portcullis::config::Rate { burst: 3, period: std::time::Duration::from_secs(900) });
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    // Two strangers' checks, and the current password on the form the third.
+    let mine = signed_in(&app, "alice").await;
+    let thief = signed_in(&app, "alice").await;
+    // Device tokens keep whole seconds, and one of the change's own second counts: the change
+    // comes in the next.
+    tokio::time::sleep(std::time::Duration::from_millis(1050 - now_ms() % 1000)).await;
+    let changed = change(&app, &mine, GOOD_PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(changed.status(), 303);
+    assert!(cookie_value(&changed, portcullis::csrf::DEVICE_COOKIE).is_some(), "a new device token");
+    app.logout_with(&mine).await;
+    assert_eq!(app.login_with(&mine, "alice", NEW_PASSWORD).await.status(), 303, "still known");
+    assert_eq!(app.login_with(&thief, "alice", NEW_PASSWORD).await.status(), 429, "a stranger now");
+}

@@ -138,7 +138,20 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     };
     // The session keeps its start, so the password just typed counts as a confirmation.
-    let resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));
+    let mut resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));
+    // This browser has just typed the password, as at a sign-in: its device token is renewed in
+    // the new generation, which voids the old ones (a thief's among them), so it stays known.
+    let previous = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
+    match state.csrf.issue_device_cookie(&user.key, previous.as_deref(), crate::store::now_ms() / 1000) {
+        Ok(value) => {
+            let lifetime = Some(crate::csrf::DEVICE_COOKIE_LIFETIME.as_secs());
+            if let Ok(v) = crate::cookies::set(crate::csrf::DEVICE_COOKIE, &value, lifetime).parse() {
+                resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
+            }
+        }
+        // Only the browser's place in a flood is at stake: it signs in as a stranger once.
+        Err(e) => tracing::warn!(error = %e, "no new device token after a password change"),
+    }
     Notice::PasswordChanged { ended: set.sessions_ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
 }
 
