@@ -323,7 +323,9 @@ impl Passkeys {
     /// no such passkey.
     ///
     /// A sign-in that checked the passkey just before the removal and stores its session just
-    /// after ends that session itself ([`crate::factors::SecondFactors::holds_passkey`]).
+    /// after ends that session itself ([`crate::session::Sessions::create_in_place_of`]); a
+    /// password change or *sign out everywhere else* one of its sessions asked is made only
+    /// while the passkey is there ([`crate::store::Holding`]).
     ///
     /// # Errors
     /// [`PasskeyError::Store`] when nothing was removed; [`PasskeyError::SessionsNotEnded`]

@@ -404,7 +404,9 @@ impl Sessions {
         let listed = self.list(user).await.map_err(EndOthersError::NothingEnded)?;
         let sessions = listed.iter().filter(|s| s.token_hash != current.token_hash).count();
         let pending = self.store.factors.take_pending_of(&user.key).await.map_err(EndOthersError::NothingEnded)?;
-        let from = Some(current.record.password_changed_at);
+        // Also none once the passkey this session was signed in with is removed: its removal
+        // ended this session, which must not end the others after it.
+        let from = Some(crate::store::Holding::of(&current.record));
         let changed = match self.store.users.renew_generation(&user.key, now_ms(), from).await {
             Ok(Some(changed)) => changed,
             Ok(None) => return Err(EndOthersError::Superseded),

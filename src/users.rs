@@ -199,14 +199,15 @@ impl UserAdmin {
     /// change left it (its new credential generation, which the sessions ended here and any a
     /// racing sign-in starts are not of) and how many sessions ended.
     ///
-    /// `from`: the credential generation the change was asked under (a signed-in user's own
-    /// change, whose current password was checked in it); the change is made only while it is
-    /// still the user's, so a `user passwd`, a reset, a disable or *sign out everywhere else*
-    /// that lands while the passwords are hashed is not undone by it. `None` (an
+    /// `from`: what the change was asked under (a signed-in user's own change, whose current
+    /// password was checked in its session's generation); the change is made only while it
+    /// holds ([`crate::store::Holding`]), so a `user passwd`, a reset, a disable or *sign out
+    /// everywhere else* that lands while the passwords are hashed is not undone by it, nor
+    /// is the removal of the passkey the session was signed in with. `None` (an
     /// administrator's `user passwd`) changes it whatever it is.
     ///
     /// # Errors
-    /// [`UserError::Superseded`] when the generation is no longer `from`;
+    /// [`UserError::Superseded`] when `from` no longer holds;
     /// [`UserError::UnknownUser`], [`UserError::WeakPassword`], and the store's and hash
     /// pool's errors.
     pub async fn set_password(
@@ -214,10 +215,10 @@ impl UserAdmin {
         name: &str,
         password: Password,
         by: &str,
-        from: Option<u64>,
+        from: Option<crate::store::Holding<'_>>,
     ) -> Result<PasswordSet, UserError> {
         let (username, record) = self.existing(name).await?;
-        if from.is_some_and(|g| record.password_changed_at != g) {
+        if from.is_some_and(|f| record.password_changed_at != f.generation) {
             return Err(UserError::Superseded);
         }
         let password = self.checked(password, username.key()).await?;

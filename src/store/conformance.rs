@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use super::copy::{copy, Copied, CopyError};
 use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
 use super::{
-    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, PendingSignIn, Session, SessionCap, Store,
-    StoreError, TotpFactor, User, UserFactors,
+    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, Holding, PendingSignIn, Session, SessionCap,
+    Store, StoreError, TotpFactor, User, UserFactors,
 };
 use crate::audit::FailureReason;
 
@@ -355,22 +355,38 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     assert!(u.renew_generation("nobody", 9, None).await.unwrap().is_none(), "updates: renew an unknown user");
     // From a given generation: only while it is still the user's.
     let stale = before.user.password_changed_at;
-    assert!(u.renew_generation("alice", 9, Some(stale)).await.unwrap().is_none(), "updates: renew from a past one");
+    assert!(
+        u.renew_generation("alice", 9, Some(Holding::generation(stale))).await.unwrap().is_none(),
+        "updates: renew from a past one"
+    );
     assert_eq!(u.get("alice").await.unwrap().unwrap(), renewed, "updates: nothing changed by it");
     let from = renewed.password_changed_at;
-    let next = u.renew_generation("alice", 9, Some(from)).await.unwrap().unwrap();
+    let next = u.renew_generation("alice", 9, Some(Holding::generation(from))).await.unwrap().unwrap();
     assert!(next.password_changed_at > from, "updates: renew from the current one");
     assert!(
-        u.renew_generation("nobody", 9, Some(from)).await.unwrap().is_none(),
+        u.renew_generation("nobody", 9, Some(Holding::generation(from))).await.unwrap().is_none(),
         "updates: renew an unknown user from"
     );
     // A new password from a given generation: likewise.
     let current = next.password_changed_at;
-    assert!(u.set_password_hash("alice", HASH_A, 9, Some(from)).await.unwrap().is_none(), "updates: from a past one");
+    assert!(
+        u.set_password_hash("alice", HASH_A, 9, Some(Holding::generation(from))).await.unwrap().is_none(),
+        "updates: from a past one"
+    );
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A2, "updates: hash not changed by it");
-    let changed = u.set_password_hash("alice", HASH_A, 9, Some(current)).await.unwrap().unwrap();
+    let changed = u.set_password_hash("alice", HASH_A, 9, Some(Holding::generation(current))).await.unwrap().unwrap();
     assert!(changed.password_changed_at > current, "updates: a new password from the current one");
     assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A);
+    // From a session signed in with a passkey: only while the user still holds it.
+    store.passkeys.add_passkey(&passkey(b"k-held", "alice", 9)).await.unwrap();
+    let with = |generation| Holding { generation, passkey_id: Some(&b"k-held"[..]) };
+    let renewed = u.renew_generation("alice", 9, Some(with(changed.password_changed_at))).await.unwrap();
+    let renewed = renewed.expect("updates: renew while the passkey is held");
+    assert!(store.passkeys.remove_passkey("alice", b"k-held").await.unwrap());
+    let gen = renewed.password_changed_at;
+    assert!(u.renew_generation("alice", 9, Some(with(gen))).await.unwrap().is_none(), "updates: its passkey gone");
+    assert!(u.set_password_hash("alice", HASH_B, 9, Some(with(gen))).await.unwrap().is_none(), "updates: likewise");
+    assert_eq!(u.credential("alice").await.unwrap().unwrap().password_hash, HASH_A, "updates: hash not changed");
     u.set_password_hash("alice", HASH_A2, 9, None).await.unwrap().unwrap();
 
     // Disabled: a login checked against the right hash records nothing and says disabled.

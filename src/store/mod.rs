@@ -111,6 +111,34 @@ pub struct Credential {
     pub password_hash: String,
 }
 
+/// What a change of credential generation asked by a signed-in session needs to still hold
+/// when it is made, in the same atomic step ([`UserStore::set_password_hash`],
+/// [`UserStore::renew_generation`]): the user still in the session's generation, and the
+/// passkey the session was signed in with, if any, still the user's. The removal of that
+/// passkey and the change are ordered (a row lock on PostgreSQL, a lock of the engine on
+/// sled): a change made first is followed by the removal; a removal made first stops it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holding<'a> {
+    /// `User::password_changed_at` when the session read it.
+    pub generation: u64,
+    /// `Session::passkey_id`.
+    pub passkey_id: Option<&'a [u8]>,
+}
+
+impl Holding<'static> {
+    /// The generation alone (a session signed in without a passkey).
+    pub fn generation(generation: u64) -> Self {
+        Holding { generation, passkey_id: None }
+    }
+}
+
+impl<'a> Holding<'a> {
+    /// What `session` holds.
+    pub fn of(session: &'a Session) -> Self {
+        Holding { generation: session.password_changed_at, passkey_id: session.passkey_id.as_deref() }
+    }
+}
+
 /// A signed-in session (stored under the hash of its token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
@@ -381,24 +409,26 @@ pub trait UserStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool>;
     /// Stores a new password hash and sets `password_changed_at` to `now`, or one more than
     /// its previous value if that is not earlier (it identifies the password: see
-    /// [`UserStore::record_login`]). With `from`, only if the generation is still `from` (a
-    /// change whose current password was checked under one generation is not made in the next:
-    /// a `user passwd`, a reset or *sign out everywhere else* meanwhile wins). `None` if no
-    /// such user, or if the generation was no longer `from` (nothing changed then).
+    /// [`UserStore::record_login`]). With `from`, only while it holds ([`Holding`]: a change
+    /// whose current password was checked under one generation is not made in the next, a
+    /// `user passwd`, a reset or *sign out everywhere else* meanwhile wins, nor once the
+    /// passkey its session was signed in with is removed). `None` if no such user, or if
+    /// `from` no longer held (nothing changed then).
     async fn set_password_hash(
         &self,
         key: &str,
         password_hash: &str,
         now: u64,
-        from: Option<u64>,
+        from: Option<Holding<'_>>,
     ) -> Result<Option<User>>;
     /// Starts a new credential generation without a new password: `password_changed_at` as
     /// [`UserStore::set_password_hash`] sets it, the hash kept (`user reset-factors`: sessions
     /// a sign-in with a removed factor starts after the reset are of the old generation).
-    /// With `from`, only if the generation is still `from` (a compare-and-set: of two clicks of
-    /// *sign out everywhere else* from one session, one wins). `None` if no such user, or if
-    /// the generation was no longer `from` (nothing changed then).
-    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>>;
+    /// With `from`, only while it holds (a compare-and-set: of two clicks of *sign out
+    /// everywhere else* from one session, one wins; and none after the removal of the passkey
+    /// that session was signed in with). `None` if no such user, or if `from` no longer held
+    /// (nothing changed then).
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<Holding<'_>>) -> Result<Option<User>>;
     /// Sets the `disabled` flag; `None` if no such user.
     async fn set_disabled(&self, key: &str, disabled: bool) -> Result<Option<User>>;
     /// Adds the groups in `add` and then removes those in `remove`, in one atomic change (a

@@ -214,14 +214,22 @@ impl PgStore {
         &self,
         key: &str,
         now: u64,
-        from: Option<u64>,
+        from: Option<super::Holding<'_>>,
         password_hash: Option<&str>,
     ) -> Result<Option<User>> {
+        // The passkey's row is locked (FOR SHARE) by the statement that moves the generation
+        // on: a removal (`DELETE FROM passkeys`) waits for it, or, committed first, leaves no
+        // row for it to find.
         let sql = format!(
             "UPDATE users SET {NEW_GENERATION}, password_hash = COALESCE($4, password_hash)
-             WHERE key = $1 AND ($3::bigint IS NULL OR password_changed_at_ms = $3) RETURNING {USER_COLUMNS}"
+             WHERE key = $1 AND ($3::bigint IS NULL OR password_changed_at_ms = $3)
+               AND ($5::bytea IS NULL OR EXISTS (SELECT 1 FROM passkeys WHERE id = $5 AND user_key = $1 FOR SHARE))
+             RETURNING {USER_COLUMNS}"
         );
-        let row = self.client().await?.query_opt(&sql, &[&key, &ms(now), &from.map(ms), &password_hash]).await?;
+        let generation = from.map(|f| ms(f.generation));
+        let passkey = from.and_then(|f| f.passkey_id);
+        let row =
+            self.client().await?.query_opt(&sql, &[&key, &ms(now), &generation, &password_hash, &passkey]).await?;
         Ok(row.as_ref().map(user_of))
     }
 }
@@ -283,12 +291,12 @@ impl UserStore for PgStore {
         key: &str,
         password_hash: &str,
         now: u64,
-        from: Option<u64>,
+        from: Option<super::Holding<'_>>,
     ) -> Result<Option<User>> {
         self.next_generation(key, now, from, Some(password_hash)).await
     }
 
-    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<super::Holding<'_>>) -> Result<Option<User>> {
         self.next_generation(key, now, from, None).await
     }
 

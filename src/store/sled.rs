@@ -212,6 +212,11 @@ pub struct SledStore {
     factors: ::sled::Tree,
     pending_sign_ins: ::sled::Tree,
     durability: Arc<GroupCommit>,
+    /// Held by a passkey's removal and by a change of credential generation that needs the
+    /// passkey its session was signed in with ([`super::Holding`]), so the two are ordered.
+    /// Both are rare (a removal, a password change, *sign out everywhere else*): one lock
+    /// for the store is enough.
+    passkey_removals: Arc<std::sync::Mutex<()>>,
     /// How many failure records there are, once counted ([`SledStore::count_failures`]);
     /// `UNCOUNTED` until then, when the cap is not enforced on append.
     failure_total: Arc<AtomicU64>,
@@ -307,6 +312,7 @@ impl SledStore {
             pending_sign_ins: db.open_tree("pending_sign_ins")?,
             durability: Arc::new(GroupCommit::start(db.clone())?),
             failure_total: Arc::new(AtomicU64::new(UNCOUNTED)),
+            passkey_removals: Arc::new(std::sync::Mutex::new(())),
             db,
         };
         store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
@@ -429,22 +435,34 @@ impl SledStore {
         &self,
         key: &str,
         now: u64,
-        from: Option<u64>,
+        from: Option<super::Holding<'_>>,
         password_hash: Option<&str>,
     ) -> Result<Option<User>> {
-        let mut moved_on = false;
-        let after = self.update_user_with(key, |user| {
-            // Set on every try: sled calls this again when another write came between.
-            moved_on = from.is_some_and(|g| user.password_changed_at != g);
-            if !moved_on {
-                if let Some(hash) = password_hash {
-                    user.password_hash = hash.to_string();
+        let after = {
+            // Ordered with a passkey's removal, which takes the same lock: the passkey is there
+            // for the whole change, or the removal came first and the change is not made.
+            // The lock guards no data: one a panic poisoned still orders.
+            let _held = self.passkey_removals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(id) = from.and_then(|f| f.passkey_id) {
+                if !self.holds_passkey(key, id)? {
+                    return Ok(None);
                 }
-                user.renew_generation(now);
             }
-            !moved_on
-        })?;
-        self.durable(after.filter(|_| !moved_on).map(|r| r.user())).await
+            let mut moved_on = false;
+            let after = self.update_user_with(key, |user| {
+                // Set on every try: sled calls this again when another write came between.
+                moved_on = from.is_some_and(|f| user.password_changed_at != f.generation);
+                if !moved_on {
+                    if let Some(hash) = password_hash {
+                        user.password_hash = hash.to_string();
+                    }
+                    user.renew_generation(now);
+                }
+                !moved_on
+            })?;
+            after.filter(|_| !moved_on)
+        };
+        self.durable(after.map(|r| r.user())).await
     }
 
     /// Sets the user's `disabled` flag in place (so a concurrent login or password change is
@@ -915,12 +933,12 @@ impl UserStore for SledStore {
         key: &str,
         password_hash: &str,
         now: u64,
-        from: Option<u64>,
+        from: Option<super::Holding<'_>>,
     ) -> Result<Option<User>> {
         self.next_generation(key, now, from, Some(password_hash)).await
     }
 
-    async fn renew_generation(&self, key: &str, now: u64, from: Option<u64>) -> Result<Option<User>> {
+    async fn renew_generation(&self, key: &str, now: u64, from: Option<super::Holding<'_>>) -> Result<Option<User>> {
         self.next_generation(key, now, from, None).await
     }
 

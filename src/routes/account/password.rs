@@ -101,14 +101,14 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     // Ends every session of the user (this one too) and logs `authn_password_change`.
     // Only in the generation the current password was just checked in: a `user passwd`, a
     // reset, a disable or *sign out everywhere else* landing meanwhile is not undone by it.
-    let from = Some(session.record.password_changed_at);
+    let from = Some(crate::store::Holding::of(&session.record));
     let new = Password::new(&form.new);
     let set = match state.users.set_password(&user.display_name, new, &user.display_name, from).await {
         Ok(set) => set,
         Err(UserError::Superseded) => {
             return super::changed_meanwhile(
                 "Password not changed",
-                "Your account was signed out everywhere, or its password changed, while you were changing it: nothing was changed. Please sign in again.",
+                "Your account was signed out everywhere, its password changed, or the passkey this session was signed in with was removed, while you were changing it: nothing was changed. Please sign in again.",
             )
         }
         Err(UserError::WeakPassword(why)) => {

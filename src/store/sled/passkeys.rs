@@ -87,6 +87,11 @@ impl SledStore {
     }
 
     /// The passkey `id` if `user_key` owns it.
+    /// Whether `user_key` holds the passkey `id`.
+    pub(super) fn holds_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
+        Ok(self.owned(user_key, id)?.is_some())
+    }
+
     fn owned(&self, user_key: &str, id: &[u8]) -> Result<Option<PasskeyRecord>> {
         let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
         let record: PasskeyRecord = decode(&v)?;
@@ -174,11 +179,17 @@ impl PasskeyStore for SledStore {
     }
 
     async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
-        if self.owned(user_key, id)?.is_none() {
-            return Ok(false);
-        }
-        let removed = self.passkeys()?.remove(id)?.is_some();
-        self.user_passkeys()?.remove(owner_key(user_key, id))?;
+        let removed = {
+            // Ordered with a change of generation that needs this passkey (`next_generation`).
+            // The lock guards no data: one a panic poisoned still orders.
+            let _held = self.passkey_removals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.owned(user_key, id)?.is_none() {
+                return Ok(false);
+            }
+            let removed = self.passkeys()?.remove(id)?.is_some();
+            self.user_passkeys()?.remove(owner_key(user_key, id))?;
+            removed
+        };
         self.durable(removed).await
     }
 
