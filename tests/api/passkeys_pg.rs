@@ -134,12 +134,16 @@ async fn a_passkey_sign_in_checked_before_its_passkey_was_removed_and_stored_aft
     app.stop().await;
 }
 
-/// A passkey removed whose sessions cannot then be ended (the failure made by a trigger in the
-/// real database): the page says it is removed and that its sessions are still signed in,
-/// not a bare "busy" that reads as nothing done, and the removal is logged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passkey_removed_whose_sessions_cannot_be_ended_says_so() {
-    let Some(url) = pg::database().await else { return };
+/// A PostgreSQL server (its database's URL) and alice, signed in in `owner`'s browser with a
+/// passkey registered there, whose copy signed in `thief`'s.
+async fn thief_signed_in_with_a_copy() -> Option<(
+    portcullis::postgres::url::DatabaseUrl,
+    crate::helpers::TestApp,
+    reqwest::Client,
+    crate::passkeys::Device,
+    reqwest::Client,
+)> {
+    let url = pg::database().await?;
     let app = spawn_app_with(|s| {
         on_localhost(s);
         s.database_url = Some(url.clone());
@@ -151,6 +155,15 @@ async fn a_passkey_removed_whose_sessions_cannot_be_ended_says_so() {
     let csrf = login_csrf(&app, &thief).await;
     let credential = assert_with(&app, &mut device, json(begin_sign_in(&app, &thief, &csrf).await).await);
     assert_eq!(finish(&app, &thief, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+    Some((url, app, owner, device, thief))
+}
+
+/// A passkey removed whose sessions cannot then be ended (the failure made by a trigger in the
+/// real database): the page says it is removed and that its sessions are still signed in,
+/// not a bare "busy" that reads as nothing done, and the removal is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_removed_whose_sessions_cannot_be_ended_says_so() {
+    let Some((url, app, owner, device, _thief)) = thief_signed_in_with_a_copy().await else { return };
     let db = portcullis::postgres::connect::connect(&url).await.unwrap();
     db.batch_execute(
         "CREATE FUNCTION refused_by_the_test() RETURNS trigger LANGUAGE plpgsql AS
@@ -177,18 +190,7 @@ async fn a_passkey_removed_whose_sessions_cannot_be_ended_says_so() {
 /// the removal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_out_everywhere_else_while_its_passkey_is_removed_leaves_no_session() {
-    let Some(url) = pg::database().await else { return };
-    let app = spawn_app_with(|s| {
-        on_localhost(s);
-        s.database_url = Some(url.clone());
-    })
-    .await;
-    let owner = signed_in_browser(&app, "alice").await;
-    let (mut device, _) = register(&app, &owner, "lost key").await;
-    let thief = app.new_browser();
-    let csrf = login_csrf(&app, &thief).await;
-    let credential = assert_with(&app, &mut device, json(begin_sign_in(&app, &thief, &csrf).await).await);
-    assert_eq!(finish(&app, &thief, &csrf, &credential).await.status(), StatusCode::SEE_OTHER);
+    let Some((url, app, _owner, device, thief)) = thief_signed_in_with_a_copy().await else { return };
     let holder = portcullis::postgres::connect::connect(&url).await.unwrap();
     holder.batch_execute("SELECT pg_advisory_lock(2, hashtext('alice'))").await.unwrap();
     let home_csrf = app.home_csrf(&thief).await;
