@@ -566,11 +566,14 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
 /// the list is told apart, and one added by whoever shares the account cannot pose as one of
 /// the owner's (a review saw two entries named "Laptop").
 fn name_for(name: &str, existing: &[StoredPasskey], except: Option<&[u8]>) -> Result<(), PasskeyError> {
-    let looks = crate::domain::Looks::of(name);
-    let taken = existing
-        .iter()
-        .filter(|p| Some(p.id.as_slice()) != except)
-        .any(|p| crate::domain::Looks::of(&p.name).alike(&looks));
+    // As written, and in lower case: a skeleton reads a capital I as l (right for a username
+    // shown as typed), which would tell `IPHONE` from `iPhone` (a review saw both kept).
+    let looks = |n: &str| [crate::domain::Looks::of(n), crate::domain::Looks::of(&n.to_lowercase())];
+    let [plain, lower] = looks(name);
+    let taken = existing.iter().filter(|p| Some(p.id.as_slice()) != except).any(|p| {
+        let [their_plain, their_lower] = looks(&p.name);
+        their_plain.alike(&plain) || their_lower.alike(&lower)
+    });
     if taken {
         Err(PasskeyError::NameTaken)
     } else {

@@ -1066,7 +1066,8 @@ async fn a_passkey_cannot_take_a_name_that_passes_for_another_of_the_users() {
     let alice = signed_in_browser(&app, "alice").await;
     let (laptop, resp) = register(&app, &alice, "Laptop").await;
     assert!(resp.status().is_redirection() || resp.status().is_success(), "{}", resp.status());
-    // "Lаptop" with a Cyrillic а, and in other letter cases.
+    // "Lаptop" with a Cyrillic а, and in other letter cases (a capital I, which a skeleton
+    // reads as l, included).
     for name in ["Lаptop", "laptop", "  LAPTOP "] {
         let (_, resp) = register(&app, &alice, name).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{name}");
@@ -1093,6 +1094,8 @@ async fn a_passkey_cannot_take_a_name_that_passes_for_another_of_the_users() {
         }
     };
     assert_eq!(rename(&phone, "laptop").await.status(), StatusCode::BAD_REQUEST, "renamed to pass for another");
+    assert_eq!(rename(&phone, "iPhone").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(rename(&laptop, "IPHONE").await.status(), StatusCode::BAD_REQUEST, "a capital I is an i too");
     assert_eq!(rename(&laptop, "LAPTOP").await.status(), StatusCode::SEE_OTHER, "its own name, in other case");
     // Another user's names are theirs.
     let bob = signed_in_browser(&app, "bob").await;
