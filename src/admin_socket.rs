@@ -159,14 +159,30 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         Request::UserEnable { name } => {
             users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
         }
-        Request::UserFactors { name } => users.factors(name).await.map(|(n, f)| {
-            format!(
-                "{n}: authenticator app: {}; recovery codes left: {}; passkeys: {}",
-                if f.totp { "yes" } else { "no" },
-                f.recovery_codes,
-                f.passkeys
-            )
-        }),
+        Request::UserFactors { name } => match (users.factors(name).await, users.passkeys(name).await) {
+            (Ok((n, f)), Ok(passkeys)) => {
+                let mut out = format!(
+                    "{n}: authenticator app: {}; recovery codes left: {}; passkeys: {}",
+                    if f.totp { "yes" } else { "no" },
+                    f.recovery_codes,
+                    f.passkeys
+                );
+                for p in passkeys {
+                    // One line each, escaped by the client as every answer is: a name holds no
+                    // line break (`passkeys::parse_name` refuses control characters, and one
+                    // stored otherwise is flattened here), so a name cannot make a line of its own.
+                    let used = p.last_used_at.map_or_else(
+                        || "never used".to_string(),
+                        |t| format!("last used {}", crate::audit::rfc3339(t)),
+                    );
+                    let added = crate::audit::rfc3339(p.created_at);
+                    let name = p.name.replace(['\n', '\r'], " ");
+                    out.push_str(&format!("\n  passkey \"{name}\": added {added}, {used}"));
+                }
+                Ok(out)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
         Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
             let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
             format!("second factors of {n} reset ({removed} removed); {ended} session(s) ended")

@@ -639,7 +639,10 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     match ask(&settings, &request).await? {
         // Messages name users; a stored name from before the rules were tightened may hold
         // invisible characters.
-        Response::Done { message } => print_out(&format!("{}\n", printable(&message))),
+        // Line by line: the server's own line breaks stay, anything else is escaped.
+        Response::Done { message } => {
+            print_out(&message.split('\n').map(|line| format!("{}\n", printable(line))).collect::<String>())
+        }
         Response::Users { users } => print_out(&users_text(&users, json)),
         Response::Error { message } => Err(anyhow!(message)),
         Response::Review { .. } => bail!("unexpected answer from the server"),

@@ -244,6 +244,19 @@ impl UserAdmin {
         Ok((record.display_name, summary))
     }
 
+    /// The user's passkeys (stored name, credential id, added and last used), oldest first:
+    /// what `user factors` lists, so an administrator told of a lost or stolen key can see
+    /// which entries the account holds.
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`], and the store's errors.
+    pub async fn passkeys(&self, name: &str) -> Result<Vec<crate::store::passkeys::StoredPasskey>, UserError> {
+        let (username, _) = self.existing(name).await?;
+        let mut passkeys = self.store.passkeys.passkeys_of(username.key()).await?;
+        passkeys.sort_by_key(|p| p.created_at);
+        Ok(passkeys)
+    }
+
     /// Removes every second factor of the user and ends their sessions, durably (a lost phone:
     /// the user signs in with the password alone, then enrols again). Returns the stored name,
     /// what was removed, and how many sessions ended.

@@ -559,8 +559,18 @@ async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
     let (mut device, _) = register(&app, &browser, "key").await;
     let (_, summary) = app.state.users.factors("alice").await.unwrap();
     assert_eq!(summary.passkeys, 1, "user factors counts the passkey");
+    // And lists it by name, through the running server's admin socket, for an administrator
+    // told of a lost key.
+    let (_, resp) = register(&app, &browser, "new <phone>").await;
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice"], None).await;
+    run.assert_ok("user factors");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].ends_with("passkeys: 2"), "{}", run.stdout);
+    assert!(lines[1].starts_with("  passkey \"key\": added 20") && lines[1].contains(", never used"), "{}", run.stdout);
+    assert!(lines[2].starts_with("  passkey \"new <phone>\": added "), "{}", run.stdout);
     let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
-    assert_eq!(removed.passkeys, 1, "reset-factors removes passkeys too");
+    assert_eq!(removed.passkeys, 2, "reset-factors removes passkeys too");
     assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
     let resp = sign_in(&app, &app.new_browser(), &mut device).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "a reset passkey signs nobody in");
