@@ -243,7 +243,7 @@ impl Sessions {
         };
         self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
         if let Some(id) = &record.passkey_id {
-            let held = self.store.passkeys.passkey(id).await.map(|p| p.is_some_and(|p| p.user_key == user.key));
+            let held = self.store.passkeys.holds(&user.key, id).await;
             if !matches!(held, Ok(true)) {
                 self.discard(&token).await;
                 return Err(held.err().map_or(StartError::PasskeyRemoved, StartError::Store));

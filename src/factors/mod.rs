@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::FailureReason;
 use crate::session::SessionToken;
-use crate::store::{now_ms, FactorSummary, PendingSignIn, Store, StoreError, TokenHash, TotpFactor, User};
+use crate::store::{now_ms, FactorSummary, Holding, PendingSignIn, Store, StoreError, TokenHash, TotpFactor, User};
 pub use key::{FactorKey, KeyError};
 
 /// The cookie that carries a pending two-step sign-in between the password and the second
@@ -103,30 +103,23 @@ pub enum Enrolment {
     Superseded,
 }
 
-/// Who asks for a change of factors: the user, and the credential generation and passkey of
-/// the session asking (as it was read for the request).
+/// Who asks for a change of factors: the user, and what the session asking holds (its
+/// credential generation and passkey, as it was read for the request).
 #[derive(Clone, Copy, Debug)]
 pub struct Asker<'a> {
     pub user_key: &'a str,
-    /// `Session::password_changed_at`.
-    pub generation: u64,
-    /// `Session::passkey_id`: the passkey the session was signed in with, if any.
-    pub passkey_id: Option<&'a [u8]>,
+    pub holding: Holding<'a>,
 }
 
 impl<'a> Asker<'a> {
     /// The session `session` asking.
     pub fn of(session: &'a crate::store::Session) -> Self {
-        Asker {
-            user_key: &session.user_key,
-            generation: session.password_changed_at,
-            passkey_id: session.passkey_id.as_deref(),
-        }
+        Asker { user_key: &session.user_key, holding: Holding::of(session) }
     }
 
     /// A session of `user_key` in `generation` signed in without a passkey.
     pub fn in_generation(user_key: &'a str, generation: u64) -> Self {
-        Asker { user_key, generation, passkey_id: None }
+        Asker { user_key, holding: Holding::generation(generation) }
     }
 
     /// Whether the asking session still stands: its user still in its credential generation,
@@ -140,13 +133,13 @@ impl<'a> Asker<'a> {
     /// # Errors
     /// [`StoreError`] when the user or the passkey cannot be read.
     pub async fn still_holds(&self, store: &Store) -> Result<bool, StoreError> {
-        let in_generation =
-            store.users.get(self.user_key).await?.is_some_and(|u| u.password_changed_at == self.generation);
+        let Holding { generation, passkey_id } = self.holding;
+        let in_generation = store.users.get(self.user_key).await?.is_some_and(|u| u.password_changed_at == generation);
         if !in_generation {
             return Ok(false);
         }
-        match self.passkey_id {
-            Some(id) => Ok(store.passkeys.passkey(id).await?.is_some_and(|p| p.user_key == self.user_key)),
+        match passkey_id {
+            Some(id) => store.passkeys.holds(self.user_key, id).await,
             None => Ok(true),
         }
     }

@@ -100,6 +100,10 @@ pub trait PasskeyStore: Send + Sync {
     async fn add_passkey(&self, passkey: &StoredPasskey) -> Result<()>;
     /// The passkey with this credential id, whoever owns it.
     async fn passkey(&self, id: &[u8]) -> Result<Option<StoredPasskey>>;
+    /// Whether `user_key` holds the passkey `id` (a session signed in with it still stands).
+    async fn holds(&self, user_key: &str, id: &[u8]) -> Result<bool> {
+        Ok(self.passkey(id).await?.is_some_and(|p| p.user_key == user_key))
+    }
     /// The user's passkeys, oldest first.
     async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>>;
     /// Renames the user's passkey; false when the user has no such passkey.

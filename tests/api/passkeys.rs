@@ -1046,7 +1046,10 @@ async fn a_session_whose_passkey_was_removed_meanwhile_gets_no_new_token_and_add
     let secret = portcullis::factors::totp::new_secret().unwrap();
     let code = portcullis::factors::totp::code_at(&secret, portcullis::store::now_ms() / 1000).unwrap();
     let user = app.state.store.users.get("alice").await.unwrap().unwrap();
-    let asker_now = Asker { generation: user.password_changed_at, ..asker };
+    let asker_now = Asker {
+        holding: portcullis::store::Holding { generation: user.password_changed_at, ..asker.holding },
+        ..asker
+    };
     let enrolled = app.state.factors.enrol_totp(&asker_now, &secret, &code, None).await.unwrap();
     assert_eq!(enrolled, portcullis::factors::Enrolment::Superseded, "its passkey is gone");
     let mut options = begin;
