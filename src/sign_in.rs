@@ -389,20 +389,18 @@ impl SignIn {
         };
 
         // The user's factors, read before the password is checked, so the check knows whether
-        // it ends the sign-in (and sets the last sign-in time) or only opens the second step.
-        // Nobody's key has no factors; the read costs the same either way. A browser with a
-        // device token reads them now, with the user's generation in the same statement, so
-        // its token is judged before a quota is chosen; the others after their quota.
+        // it ends the sign-in (and sets the last sign-in time) or only opens the second step,
+        // with the user's generation in the same statement. Nobody's key has no factors; the
+        // read costs the same either way. A browser with a device token reads them now, so its
+        // token is judged before a quota is chosen; the others after their quota.
         let key = user_key.as_str();
-        let read_factors = |with_generation: bool| async move {
-            let read = if with_generation {
-                self.factors.summary_with_generation(key).await
-            } else {
-                self.factors.summary(key).await.map(|f| (f, None))
-            };
-            read.map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
+        let read_factors = || async move {
+            self.factors
+                .summary_with_generation(key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
         };
-        let early = if token.is_some() { Some(read_factors(true).await?) } else { None };
+        let early = if token.is_some() { Some(read_factors().await?) } else { None };
         let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
         let lane = if known { Lane::Known } else { Lane::Open };
         if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
@@ -413,7 +411,7 @@ impl SignIn {
         }
         let (factors, _) = match early {
             Some(read) => read,
-            None => read_factors(false).await?,
+            None => read_factors().await?,
         };
         let user = match self.auth.authenticate(username, password, !factors.has_second_factor(), lane).await {
             Ok(user) => user,
