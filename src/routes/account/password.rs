@@ -129,11 +129,9 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         // Removed while the password was changed: the removal ended the sessions it signed
         // in, this one with them.
         Err(StartError::PasskeyRemoved) => {
-            return crate::routes::error_page_leading(
-                StatusCode::CONFLICT,
+            return super::changed_meanwhile(
                 "Password changed, signed out",
                 "Your password is changed, but the passkey this session was signed in with was removed meanwhile, so this session is over too. Please sign in again.",
-                crate::routes::SIGN_IN_AGAIN,
             )
         }
     };
@@ -144,8 +142,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     let previous = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
     match state.csrf.issue_device_cookie(&user.key, previous.as_deref(), crate::store::now_ms() / 1000) {
         Ok(value) => {
-            let lifetime = Some(crate::csrf::DEVICE_COOKIE_LIFETIME.as_secs());
-            if let Ok(v) = crate::cookies::set(crate::csrf::DEVICE_COOKIE, &value, lifetime).parse() {
+            if let Ok(v) = crate::routes::login::device_cookie(&value).parse() {
                 resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
             }
         }

@@ -74,15 +74,22 @@ pub fn count_judged(metrics: &crate::metrics::Metrics, judged: &Result<Outcome, 
 pub fn after_sign_in(to: &str, token: &crate::session::SessionToken, device_cookie: &str, finished: &str) -> Response {
     let mut resp = crate::routes::see_other(to);
     let h = resp.headers_mut();
-    let device = cookies::set(DEVICE_COOKIE, device_cookie, Some(DEVICE_COOKIE_LIFETIME.as_secs()));
-    for cookie in
-        [cookies::set(crate::session::SESSION_COOKIE, &token.encode(), None), device, cookies::clear(finished)]
-    {
+    for cookie in [
+        cookies::set(crate::session::SESSION_COOKIE, &token.encode(), None),
+        self::device_cookie(device_cookie),
+        cookies::clear(finished),
+    ] {
         if let Ok(v) = cookie.parse() {
             h.append(header::SET_COOKIE, v);
         }
     }
     resp
+}
+
+/// The `Set-Cookie` value of a device cookie holding `value`
+/// ([`crate::csrf::Csrf::issue_device_cookie`]), kept for [`DEVICE_COOKIE_LIFETIME`].
+pub fn device_cookie(value: &str) -> String {
+    cookies::set(DEVICE_COOKIE, value, Some(DEVICE_COOKIE_LIFETIME.as_secs()))
 }
 
 /// The visitor's pre-login cookie, if this server issued it and it is neither expired nor
