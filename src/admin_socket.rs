@@ -178,6 +178,10 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                     let added = crate::audit::rfc3339(p.created_at);
                     let name = p.name.replace(['\n', '\r'], " ");
                     out.push_str(&format!("\n  passkey \"{name}\": added {added}, {used}"));
+                    if let Some(t) = p.clone_suspected_at {
+                        let at = crate::audit::rfc3339(t);
+                        out.push_str(&format!("; refused {at}: its signature counter went back (a copy may exist)"));
+                    }
                 }
                 Ok(out)
             }

@@ -137,6 +137,14 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         client: &'a Client,
     },
+    /// A passkey's verified answer carried a signature counter at or below the one stored: two
+    /// copies of the key may be in use (W3C WebAuthn §6.1.1). Refused as any bad passkey, and
+    /// logged apart (`authn_passkey_clone_suspected`, a warning) with the passkey's name.
+    PasskeyCloneSuspected {
+        username: &'a str,
+        passkey: &'a str,
+        client: &'a Client,
+    },
     LoggedOut {
         username: &'a str,
         client: &'a Client,
@@ -771,6 +779,10 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::LoginInterrupted { username, client } => tracing::info!(
             target: TARGET, event = "authn_login_interrupted", time, username, ip = %client.ip,
             user_agent = client.user_agent, "password right, but the account changed meanwhile: no sign-in"
+        ),
+        AuthEvent::PasskeyCloneSuspected { username, passkey, client } => tracing::warn!(
+            target: TARGET, event = "authn_passkey_clone_suspected", time, username, passkey, ip = %client.ip,
+            user_agent = client.user_agent, "a passkey's signature counter went back: a copy of it may be in use"
         ),
         AuthEvent::LoggedOut { username, client } => tracing::info!(
             target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,

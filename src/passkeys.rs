@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use url::Url;
 use webauthn_rs::prelude::{
-    CreationChallengeResponse, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
-    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Uuid, Webauthn, WebauthnBuilder,
+    AuthenticationResult, CreationChallengeResponse, DiscoverableAuthentication, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Uuid, Webauthn,
+    WebauthnBuilder, WebauthnError,
 };
 
 use crate::session::SessionToken;
@@ -54,6 +55,16 @@ pub enum PasskeyError {
     /// does not know, or one of another user.
     #[error("the passkey was not accepted: {0}")]
     Rejected(String),
+    /// A verified answer whose signature counter did not move past the stored one: two copies
+    /// of the key may be in use (W3C WebAuthn §6.1.1). Refused; the passkey is flagged
+    /// ([`StoredPasskey::clone_suspected_at`]) before this is returned.
+    #[error("the passkey's signature counter did not move forward: a copy of it may be in use")]
+    PossibleClone {
+        /// The owner's normalised username.
+        user_key: String,
+        /// The passkey's name, as its owner gave it.
+        name: String,
+    },
     /// The passkey is registered already (to this user or another).
     #[error("this passkey is registered already")]
     Duplicate,
@@ -292,6 +303,7 @@ impl Passkeys {
             created_at: now_ms(),
             last_used_at: None,
             sign_count: 0,
+            clone_suspected_at: None,
         };
         match self.store.passkeys.add_passkey(&stored).await {
             Ok(()) if !asker.still_holds(&self.store).await? => {
@@ -390,9 +402,9 @@ impl Passkeys {
     ///
     /// # Errors
     /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`]
-    /// for an unknown passkey, a wrong user handle, a failed verification, or a signature
-    /// counter that did not move forward (a cloned authenticator, W3C WebAuthn §6.1.1);
-    /// [`PasskeyError::Store`].
+    /// for an unknown passkey, a wrong user handle or a failed verification;
+    /// [`PasskeyError::PossibleClone`] for a verified answer whose signature counter did not
+    /// move forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
     pub async fn finish_sign_in(&self, state: &str, credential: &str) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
         let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
@@ -406,10 +418,8 @@ impl Passkeys {
             return Err(PasskeyError::Rejected("user handle does not match the passkey".into()));
         }
         let mut passkey: Passkey = parse_passkey(&stored)?;
-        let result = webauthn
-            .finish_discoverable_authentication_v2(&cred, state, &passkey)
-            .map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        self.note_use(&stored, &mut passkey, &result).await
+        let result = webauthn.finish_discoverable_authentication_v2(&cred, state, &passkey);
+        self.note_use(&stored, &mut passkey, result).await
     }
 
     /// Begins a passkey check for `user_key` as the second factor (the user is known: the
@@ -451,31 +461,52 @@ impl Passkeys {
             .filter(|p| p.user_key == user_key)
             .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
         let mut passkey = parse_passkey(&stored)?;
-        let result =
-            webauthn.finish_passkey_authentication(&cred, &state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        self.note_use(&stored, &mut passkey, &result).await
+        let result = webauthn.finish_passkey_authentication(&cred, &state);
+        self.note_use(&stored, &mut passkey, result).await
     }
 
+    /// Notes a verified use of `stored` (`result`: webauthn-rs's verdict on the answer), or
+    /// flags the passkey when its signature counter did not move forward.
     async fn note_use(
         &self,
         stored: &StoredPasskey,
         passkey: &mut Passkey,
-        result: &webauthn_rs::prelude::AuthenticationResult,
+        result: Result<AuthenticationResult, WebauthnError>,
     ) -> Result<Verified, PasskeyError> {
+        let result = match result {
+            Ok(r) => r,
+            // Reported only after the signature checked out (webauthn-rs-core's
+            // `authenticate_single_credential`), so nobody without the key can flag it.
+            Err(WebauthnError::CredentialPossibleCompromise) => return Err(self.possible_clone(stored).await?),
+            Err(e) => return Err(PasskeyError::Rejected(e.to_string())),
+        };
         if !result.user_verified() {
             // webauthn-rs requires it already; kept here so a change there cannot weaken us.
             return Err(PasskeyError::Rejected("user not verified".into()));
         }
-        passkey.update_credential(result);
+        passkey.update_credential(&result);
         let json = serde_json::to_string(&*passkey).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         if !self.store.passkeys.record_passkey_use(&stored.id, &json, result.counter(), now_ms()).await? {
-            return Err(PasskeyError::Rejected("signature counter did not move forward".into()));
+            // Another use with a higher counter was noted since this one's passkey was read.
+            return Err(self.possible_clone(stored).await?);
         }
         Ok(Verified {
             user_key: stored.user_key.clone(),
             passkey_id: stored.id.clone(),
             passkey_name: stored.name.clone(),
         })
+    }
+
+    /// Flags `stored` as possibly cloned and gives the error that says so, or
+    /// [`PasskeyError::Rejected`] if it was removed meanwhile.
+    ///
+    /// # Errors
+    /// [`PasskeyError::Store`] when the flag cannot be written: the sign-in fails closed.
+    async fn possible_clone(&self, stored: &StoredPasskey) -> Result<PasskeyError, PasskeyError> {
+        if !self.store.passkeys.flag_possible_clone(&stored.id, now_ms()).await? {
+            return Ok(PasskeyError::Rejected("the passkey was removed".into()));
+        }
+        Ok(PasskeyError::PossibleClone { user_key: stored.user_key.clone(), name: stored.name.clone() })
     }
 
     /// Stores a ceremony's state under a new cookie's hash; returns the options and cookie.

@@ -333,6 +333,24 @@ impl SignIn {
         }
     }
 
+    /// Counts and records a wrong second factor; `restart`: the pending sign-in's one check
+    /// (after a solved captcha) was spent on it.
+    async fn refuse_step(
+        &self,
+        judged: Judged<'_>,
+        reason: FailureReason,
+        reservation: Option<Held>,
+        address: crate::client::AddressKey,
+        digest: u128,
+        restart: bool,
+    ) -> Result<StepOutcome, SignInError> {
+        let counted = self.count_failure(reservation, address, digest).await?;
+        match judged.refuse_counted(reason, counted).await? {
+            Outcome::Refused(refusal) => Ok(StepOutcome::Refused { refusal, restart }),
+            _ => Ok(StepOutcome::Restart),
+        }
+    }
+
     /// Judges one attempt in the order of the module note.
     ///
     /// # Errors
@@ -694,7 +712,12 @@ impl SignIn {
         if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
             return Ok(StepOutcome::Restart);
         }
-        match self.factors.verify(&user.key, &proof, now / 1000).await? {
+        let verdict = self.factors.verify(&user.key, &proof, now / 1000).await?;
+        if let Verdict::PossibleClone(passkey) = &verdict {
+            let (username, client) = (user.key.as_str(), judged.client);
+            self.audit.record(&AuthEvent::PasskeyCloneSuspected { username, passkey, client });
+        }
+        match verdict {
             Verdict::Unchecked => {
                 match reservation {
                     Some(r) => r.release().await?,
@@ -709,12 +732,10 @@ impl SignIn {
                 }
                 Ok(nothing_checked())
             }
-            Verdict::Refused(reason) => {
-                let counted = self.count_failure(reservation, address, digest).await?;
-                match judged.refuse_counted(reason, counted).await? {
-                    Outcome::Refused(refusal) => Ok(StepOutcome::Refused { refusal, restart: one_check }),
-                    _ => Ok(StepOutcome::Restart),
-                }
+            Verdict::Refused(reason) => self.refuse_step(judged, reason, reservation, address, digest, one_check).await,
+            Verdict::PossibleClone(_) => {
+                let reason = FailureReason::BadSecondFactor;
+                self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
             Verdict::Accepted(_, passkey_id) => {
                 let (user, next, cleared) = match reservation {

@@ -82,6 +82,10 @@ pub enum Verdict {
     Accepted(FactorKind, Option<Vec<u8>>),
     /// Refused, with the log's reason (`bad_second_factor` or `reused_code`).
     Refused(FailureReason),
+    /// A passkey refused because its signature counter did not move forward (a copy of it may
+    /// be in use; the passkey is flagged): a wrong factor (`bad_second_factor`), worth an
+    /// event of its own. Holds the passkey's name.
+    PossibleClone(String),
     /// Nothing was checked: the passkey answer's ceremony is not this browser's open one (it
     /// expired, or another sign-in of the user began one since, which ends it). Not a wrong
     /// factor: nothing was guessed.
@@ -275,6 +279,7 @@ impl SecondFactors {
                     Ok(used) => Ok(Verdict::Accepted(FactorKind::Passkey, Some(used.passkey_id))),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
                     Err(crate::passkeys::PasskeyError::NoCeremony) => Ok(Verdict::Unchecked),
+                    Err(crate::passkeys::PasskeyError::PossibleClone { name, .. }) => Ok(Verdict::PossibleClone(name)),
                     Err(e) => {
                         tracing::debug!(error = %e, "passkey refused as a second factor");
                         Ok(bad)

@@ -94,6 +94,9 @@ pub struct PasskeyView {
     pub name: String,
     pub created: super::Moment,
     pub last_used: Option<super::Moment>,
+    /// When a sign-in with it was last refused because its signature counter went back (a
+    /// copy of it may exist: W3C WebAuthn §6.1.1).
+    pub clone_suspected: Option<super::Moment>,
 }
 
 /// The user's passkeys for the page (`templates/account_passkeys.html` reads `passkeys`,
@@ -112,6 +115,7 @@ pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>,
             name: crate::text::printable_label(&p.name).into_owned(),
             created: super::Moment::at(p.created_at),
             last_used: p.last_used_at.map(super::Moment::at),
+            clone_suspected: p.clone_suspected_at.map(super::Moment::at),
         })
         .collect())
 }

@@ -19,7 +19,7 @@
 //! per-address quota and count bound the attempts.
 
 use super::{Judged, Outcome, SignIn, SignInError};
-use crate::audit::{Client, FailureReason};
+use crate::audit::{AuthEvent, Client, FailureReason};
 use crate::brute_force::Retire;
 use crate::passkeys::{Begun, PasskeyError, Passkeys, CEREMONY_LIFETIME};
 use crate::rate_limit::username_digest;
@@ -153,6 +153,11 @@ impl SignIn {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })
             }
             Err(e) => {
+                if let PasskeyError::PossibleClone { user_key, name } = &e {
+                    let event =
+                        AuthEvent::PasskeyCloneSuspected { username: user_key, passkey: name, client: a.client };
+                    self.audit.record(&event);
+                }
                 tracing::debug!(error = %e, "passkey refused");
                 let counted = self.state.record_failure(address, None, now_ms()).await?;
                 return judged.refuse_counted(FailureReason::BadPasskey, counted).await;

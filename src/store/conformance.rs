@@ -138,6 +138,7 @@ pub fn passkey(id: &[u8], user_key: &str, created_at: u64) -> StoredPasskey {
         created_at,
         last_used_at: None,
         sign_count: 0,
+        clone_suspected_at: None,
     }
 }
 
@@ -198,6 +199,13 @@ async fn passkey_counters_only_move_forward(store: &Store) {
         assert!((1..=2).contains(&noted), "passkeys: concurrent uses with equal counters are noted once ({noted})");
         assert_eq!(p.passkey(b"c").await.unwrap().unwrap().sign_count, base + 1);
     }
+    assert_eq!(p.passkey(b"c").await.unwrap().unwrap().clone_suspected_at, None, "passkeys: none suspected yet");
+    assert!(p.flag_possible_clone(b"c", 100).await.unwrap());
+    assert!(p.flag_possible_clone(b"c", 110).await.unwrap());
+    let c = p.passkey(b"c").await.unwrap().unwrap();
+    assert_eq!(c.clone_suspected_at, Some(110), "passkeys: the latest suspected clone's time is kept");
+    assert_eq!((c.sign_count, c.last_used_at), (25, Some(90)), "passkeys: a suspicion is not a use");
+    assert!(!p.flag_possible_clone(b"gone", 120).await.unwrap(), "passkeys: no such passkey to suspect");
 }
 
 async fn futures_count(tasks: impl Iterator<Item = tokio::task::JoinHandle<bool>>) -> usize {
@@ -898,6 +906,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     let used = StoredPasskey { user_handle: [3; 16], name: "laptop".into(), ..passkey(b"k-used", "alice", 14) };
     p.add_passkey(&used).await.unwrap();
     assert!(p.record_passkey_use(b"k-used", r#"{"cred":{"n":7}}"#, 7, 15).await.unwrap());
+    assert!(p.flag_possible_clone(b"k-used", 16).await.unwrap());
     p.add_passkey(&passkey(b"k-new", "root", 16)).await.unwrap();
     p.add_passkey(&passkey(&[0xff; 1023], "root", 17)).await.unwrap();
 

@@ -31,6 +31,10 @@ pub struct StoredPasskey {
     pub last_used_at: Option<u64>,
     /// The authenticator's signature counter at its last use (0 for authenticators without one).
     pub sign_count: u32,
+    /// Unix ms of the latest sign-in whose verified answer carried a signature counter at or
+    /// below the stored one: a sign that two copies of the key are in use (W3C WebAuthn §6.1.1,
+    /// "cloned authenticator"). Refused, and kept here for its owner to see; `None` if never.
+    pub clone_suspected_at: Option<u64>,
 }
 
 /// What an open ceremony is for.
@@ -118,6 +122,9 @@ pub trait PasskeyStore: Send + Sync {
     /// and of two concurrent uses only one with a higher counter wins. Returns whether it
     /// was noted; false too when the passkey is gone.
     async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool>;
+    /// Notes at `now` that a verified answer of the passkey `id` carried a counter that did not
+    /// move forward ([`StoredPasskey::clone_suspected_at`]); false when the passkey is gone.
+    async fn flag_possible_clone(&self, id: &[u8], now: u64) -> Result<bool>;
     /// Stores an open ceremony under `key` (the SHA-256 of the browser's ceremony cookie),
     /// replacing one with the same key. A ceremony of a kind that is
     /// [`CeremonyKind::one_per_user`] also ends the user's other open ones of that kind, so a

@@ -1114,3 +1114,75 @@ async fn a_passkey_cannot_take_a_name_that_passes_for_another_of_the_users() {
     let bob = signed_in_browser(&app, "bob").await;
     assert_eq!(register(&app, &bob, "Laptop").await.1.status(), StatusCode::OK, "added, with recovery codes");
 }
+
+/// Two answers of one device to two open ceremonies, the later sent first: the earlier one's
+/// signature counter is then behind the stored one, as a copy's would be (W3C WebAuthn §6.1.1).
+#[tokio::test]
+async fn a_passkey_whose_counter_goes_back_is_refused_logged_and_flagged_for_its_owner() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "Laptop key").await;
+    let (early, late) = (app.new_browser(), app.new_browser());
+    let early_csrf = login_csrf(&app, &early).await;
+    let early_options = json(begin_sign_in(&app, &early, &early_csrf).await).await;
+    let late_csrf = login_csrf(&app, &late).await;
+    let late_options = json(begin_sign_in(&app, &late, &late_csrf).await).await;
+    let early_answer = assert_with(&app, &mut device, early_options);
+    let late_answer = assert_with(&app, &mut device, late_options);
+    assert_eq!(finish(&app, &late, &late_csrf, &late_answer).await.status(), StatusCode::SEE_OTHER);
+    let resp = finish(&app, &early, &early_csrf, &early_answer).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("That passkey was not accepted"), "as any refused passkey");
+    assert!(!signed_in(&app, &early).await);
+
+    let lines = app.log_lines();
+    let event = lines.iter().find(|l| l["event"] == "authn_passkey_clone_suspected").expect("logged apart");
+    assert_eq!(
+        (&event["username"], &event["passkey"], &event["level"]),
+        (&"alice".into(), &"Laptop key".into(), &"WARN".into())
+    );
+    assert_eq!(event["ip"], "127.0.0.1");
+    let fail = lines.iter().find(|l| l["event"] == "authn_login_fail").expect("recorded as a failure");
+    assert_eq!((&fail["reason"], &fail["username"]), (&"bad_passkey".into(), &"alice".into()));
+
+    let stored = app.state.passkeys.list("alice").await.unwrap();
+    assert!(stored[0].clone_suspected_at.is_some(), "the passkey is flagged");
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("a copy of this passkey may be in use"), "the owner is told on the account page");
+    let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice"], None).await;
+    run.assert_ok("user factors");
+    assert!(run.stdout.contains("its signature counter went back (a copy may exist)"), "{}", run.stdout);
+    // The later answer's sign-in stands: the server cannot tell which of two copies is the
+    // owner's, and the owner decides on the account page.
+    assert!(signed_in(&app, &late).await);
+}
+
+#[tokio::test]
+async fn a_second_steps_passkey_whose_counter_went_back_is_a_wrong_factor_and_flagged() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "key").await;
+    let thief = app.new_browser();
+    assert_eq!(app.login_with(&thief, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = thief.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let begin = thief.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
+    let rcr: RequestChallengeResponse = serde_json::from_value(json(begin.send().await.unwrap()).await).unwrap();
+    let held_back = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
+    // The device signs in elsewhere meanwhile, moving the stored counter past the held answer's.
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut device).await.status(), StatusCode::SEE_OTHER);
+    let resp = thief
+        .post(app.url("/login/second-factor"))
+        .form(&[("csrf", csrf.as_str()), ("credential", held_back.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let lines = app.log_lines();
+    let event = lines.iter().find(|l| l["event"] == "authn_passkey_clone_suspected").expect("logged apart");
+    assert_eq!((&event["username"], &event["passkey"]), (&"alice".into(), &"key".into()));
+    let fail = lines.iter().find(|l| l["reason"] == "bad_second_factor").expect("a wrong second factor");
+    assert_eq!(fail["username"], "alice");
+    assert!(app.state.passkeys.list("alice").await.unwrap()[0].clone_suspected_at.is_some());
+    assert!(!signed_in(&app, &thief).await);
+}

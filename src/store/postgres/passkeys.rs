@@ -1,7 +1,7 @@
 //! [`PasskeyStore`] on PostgreSQL: the `passkeys` and `webauthn_ceremonies` tables of
-//! migration `0006_passkeys.sql`. Each method is one statement, so instances sharing the
-//! database agree: a ceremony is taken by exactly one `DELETE … RETURNING`, and a counter only
-//! moves forward under the row lock.
+//! migrations `0006_passkeys.sql` and `0017_passkey_clones.sql`. Each method is one statement,
+//! so instances sharing the database agree: a ceremony is taken by exactly one `DELETE …
+//! RETURNING`, and a counter only moves forward under the row lock.
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
@@ -10,7 +10,53 @@ use super::{ms, unms, PgStore};
 use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
-const COLUMNS: &str = "id, user_key, user_handle, name, passkey, created_at_ms, last_used_at_ms, sign_count";
+macro_rules! columns {
+    () => {
+        "id, user_key, user_handle, name, passkey, created_at_ms, last_used_at_ms, sign_count, clone_suspected_at_ms"
+    };
+}
+const COLUMNS: &str = columns!();
+
+/// Inserts a passkey whole ([`Params`]); a credential id registered already inserts nothing.
+const INSERT: &str = concat!(
+    "INSERT INTO passkeys (",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING"
+);
+
+/// [`INSERT`]'s parameters: `p` and its times in the columns' types.
+struct Params<'a> {
+    p: &'a StoredPasskey,
+    handle: &'a [u8],
+    times: [Option<i64>; 3],
+    sign_count: i64,
+}
+
+impl<'a> Params<'a> {
+    fn of(p: &'a StoredPasskey) -> Self {
+        Params {
+            p,
+            handle: &p.user_handle,
+            times: [Some(ms(p.created_at)), p.last_used_at.map(ms), p.clone_suspected_at.map(ms)],
+            sign_count: i64::from(p.sign_count),
+        }
+    }
+
+    fn list(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+        let p = self.p;
+        [
+            &p.id,
+            &p.user_key,
+            &self.handle,
+            &p.name,
+            &p.passkey,
+            &self.times[0],
+            &self.times[1],
+            &self.sign_count,
+            &self.times[2],
+        ]
+    }
+}
 
 fn passkey_of(row: &Row) -> Result<StoredPasskey> {
     let handle: Vec<u8> = row.get(2);
@@ -23,32 +69,14 @@ fn passkey_of(row: &Row) -> Result<StoredPasskey> {
         created_at: unms(row.get(5)),
         last_used_at: row.get::<_, Option<i64>>(6).map(unms),
         sign_count: u32::try_from(row.get::<_, i64>(7)).unwrap_or(u32::MAX),
+        clone_suspected_at: row.get::<_, Option<i64>>(8).map(unms),
     })
 }
 
 #[async_trait]
 impl PasskeyStore for PgStore {
     async fn add_passkey(&self, p: &StoredPasskey) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO passkeys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
-        );
-        let added = self
-            .client()
-            .await?
-            .execute(
-                &sql,
-                &[
-                    &p.id,
-                    &p.user_key,
-                    &&p.user_handle[..],
-                    &p.name,
-                    &p.passkey,
-                    &ms(p.created_at),
-                    &p.last_used_at.map(ms),
-                    &i64::from(p.sign_count),
-                ],
-            )
-            .await?;
+        let added = self.client().await?.execute(INSERT, &Params::of(p).list()).await?;
         if added == 0 {
             return Err(StoreError::AlreadyExists);
         }
@@ -86,6 +114,11 @@ impl PasskeyStore for PgStore {
                    WHERE id = $1 AND (sign_count < $3 OR (sign_count = 0 AND $3 = 0))";
         let n = self.client().await?.execute(sql, &[&id, &passkey, &i64::from(sign_count), &ms(now)]).await?;
         Ok(n > 0)
+    }
+
+    async fn flag_possible_clone(&self, id: &[u8], now: u64) -> Result<bool> {
+        let sql = "UPDATE passkeys SET clone_suspected_at_ms = $2 WHERE id = $1";
+        Ok(self.client().await?.execute(sql, &[&id, &ms(now)]).await? > 0)
     }
 
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
@@ -135,22 +168,8 @@ impl PasskeyStore for PgStore {
         // One transaction: a page is there whole or not at all.
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let sql = format!(
-            "INSERT INTO passkeys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
-        );
-
         for p in passkeys {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                &p.id,
-                &p.user_key,
-                &&p.user_handle[..],
-                &p.name,
-                &p.passkey,
-                &ms(p.created_at),
-                &p.last_used_at.map(ms),
-                &i64::from(p.sign_count),
-            ];
-            if tx.execute(&sql, &params).await? == 0 {
+            if tx.execute(INSERT, &Params::of(p).list()).await? == 0 {
                 return Err(StoreError::AlreadyExists);
             }
         }

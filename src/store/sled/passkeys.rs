@@ -23,6 +23,9 @@ struct PasskeyRecord {
     created_at: u64,
     last_used_at: Option<u64>,
     sign_count: u32,
+    /// Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    clone_suspected_at: Option<u64>,
 }
 
 impl PasskeyRecord {
@@ -36,6 +39,7 @@ impl PasskeyRecord {
             created_at: p.created_at,
             last_used_at: p.last_used_at,
             sign_count: p.sign_count,
+            clone_suspected_at: p.clone_suspected_at,
         }
     }
 
@@ -49,6 +53,7 @@ impl PasskeyRecord {
             created_at: self.created_at,
             last_used_at: self.last_used_at,
             sign_count: self.sign_count,
+            clone_suspected_at: self.clone_suspected_at,
         }
     }
 }
@@ -86,12 +91,12 @@ impl SledStore {
         Ok(self.db.open_tree("ceremony_owners")?)
     }
 
-    /// The passkey `id` if `user_key` owns it.
     /// Whether `user_key` holds the passkey `id`.
     pub(super) fn holds_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
         Ok(self.owned(user_key, id)?.is_some())
     }
 
+    /// The passkey `id` if `user_key` owns it.
     fn owned(&self, user_key: &str, id: &[u8]) -> Result<Option<PasskeyRecord>> {
         let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
         let record: PasskeyRecord = decode(&v)?;
@@ -217,6 +222,19 @@ impl PasskeyStore for SledStore {
             serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
         })?;
         self.durable(noted).await
+    }
+
+    async fn flag_possible_clone(&self, id: &[u8], now: u64) -> Result<bool> {
+        let mut flagged = false;
+        self.passkeys()?.fetch_and_update(id, |old| {
+            flagged = false;
+            let bytes = old?;
+            let Ok(mut record) = serde_json::from_slice::<PasskeyRecord>(bytes) else { return Some(bytes.to_vec()) };
+            record.clone_suspected_at = Some(now);
+            flagged = true;
+            serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
+        })?;
+        self.durable(flagged).await
     }
 
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
