@@ -40,6 +40,30 @@ async function signInWithPassword(page, pass) {
   await Promise.all([page.waitForLoadState('load'), page.click('form[action="/login"] button[type=submit]')]);
 }
 
+// A virtual authenticator (CTAP2, internal, resident keys, user verification) in `page`'s
+// context, holding `credential` if given (a copy of another's, with its signature counter).
+async function authenticatorIn(context, page, credential) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('WebAuthn.enable', { enableUI: false });
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true,
+      isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  if (credential) { await cdp.send('WebAuthn.addCredential', { authenticatorId, credential }); }
+  return { cdp, authenticatorId };
+}
+
+// A browser context with a copy of `credential` on a login page with its passkey button shown.
+async function copyOnLoginPage(browser, credential) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP });
+  const page = await context.newPage();
+  await authenticatorIn(context, page, credential);
+  await page.goto(`${base}/login`);
+  const button = page.locator('form[data-passkey="get"] button[type=submit]');
+  await button.waitFor({ state: 'visible' });
+  return { context, page, button };
+}
+
 async function signOut(page) {
   await page.goto(`${base}/`);
   await Promise.all([page.waitForURL(`${base}/login`), page.click('form[action="/logout"] button')]);
@@ -56,18 +80,7 @@ await inChromium([], async (browser) => {
     if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) { scriptErrors.push(m.text()); }
   });
 
-  const cdp = await context.newCDPSession(page);
-  await cdp.send('WebAuthn.enable', { enableUI: false });
-  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: {
-      protocol: 'ctap2',
-      transport: 'internal',
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
+  const { cdp, authenticatorId } = await authenticatorIn(context, page);
 
   step('sign in with the password');
   await signInWithPassword(page, password);
@@ -133,22 +146,21 @@ await inChromium([], async (browser) => {
   const renewed = await deviceCookie();
   check(renewed && renewed.value !== device.value, 'a passkey sign-in renews the device cookie');
 
-  step('a copy of the passkey signs in another browser; removing the passkey signs that one out');
-  const thief = await browser.newContext({ ignoreHTTPSErrors: true, viewport: DESKTOP });
-  const thiefPage = await thief.newPage();
-  const thiefCdp = await thief.newCDPSession(thiefPage);
-  await thiefCdp.send('WebAuthn.enable', { enableUI: false });
-  const copy = await thiefCdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true,
-      isUserVerified: true, automaticPresenceSimulation: true },
-  });
+  step('a copy of the passkey signs in another browser');
   const [stolen] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
-  await thiefCdp.send('WebAuthn.addCredential', { authenticatorId: copy.authenticatorId, credential: stolen });
-  await thiefPage.goto(`${base}/login`);
-  const thiefButton = thiefPage.locator('form[data-passkey="get"] button[type=submit]');
-  await thiefButton.waitFor({ state: 'visible' });
+  const { context: thief, page: thiefPage, button: thiefButton } = await copyOnLoginPage(browser, stolen);
   await Promise.all([thiefPage.waitForURL(`${base}/`, { waitUntil: 'load' }), thiefButton.click()]);
+
+  step('a second copy, made before the first was used, is behind on the counter: refused, and the passkey flagged');
+  const late = await copyOnLoginPage(browser, stolen);
+  await late.button.click();
+  await late.page.waitForSelector('text=That passkey was not accepted');
+  check(late.page.url().startsWith(`${base}/login`), `the late copy signs nobody in: ${late.page.url()}`);
+  await late.context.close();
   await page.goto(`${base}/account`);
+  check(await page.locator('.passkey-clone').count() === 1, 'the account page flags the passkey');
+  await shoot(page, 'account-passkey-flagged');
+  step('removing the passkey signs that browser out');
   const withCells = await page.locator('table.sessions .with').allTextContents();
   check(withCells.filter((t) => t === 'with passkey \u201cVirtual authenticator\u201d').length === 2,
     `both sessions say the passkey signed them in: ${JSON.stringify(withCells)}`);
