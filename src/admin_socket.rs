@@ -66,6 +66,11 @@ pub enum Request {
     UserResetFactors {
         name: String,
     },
+    /// `user factors NAME --remove-passkey PASSKEY`.
+    UserRemovePasskey {
+        name: String,
+        passkey: String,
+    },
     Audit {
         filters: FilterArgs,
         summary: bool,
@@ -86,7 +91,8 @@ impl Request {
             | Request::UserUnlock { .. }
             | Request::UserDisable { .. }
             | Request::UserEnable { .. }
-            | Request::UserResetFactors { .. } => true,
+            | Request::UserResetFactors { .. }
+            | Request::UserRemovePasskey { .. } => true,
         }
     }
 }
@@ -114,6 +120,7 @@ impl std::fmt::Debug for Request {
             Request::UserEnable { name } => write!(f, "UserEnable({name:?})"),
             Request::UserFactors { name } => write!(f, "UserFactors({name:?})"),
             Request::UserResetFactors { name } => write!(f, "UserResetFactors({name:?})"),
+            Request::UserRemovePasskey { name, passkey } => write!(f, "UserRemovePasskey({name:?}, {passkey:?})"),
             Request::Audit { summary, .. } => write!(f, "Audit(summary={summary})"),
         }
     }
@@ -187,6 +194,17 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             }
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
+        Request::UserRemovePasskey { name, passkey } => users.remove_passkey(name, passkey, by).await.map(|(n, r)| {
+            let mut out = format!(
+                "passkey \"{}\" of {n} removed; {} session(s) signed in with it ended",
+                r.passkey.name.replace(['\n', '\r'], " "),
+                r.sessions_ended
+            );
+            if r.codes_voided > 0 {
+                out.push_str(&format!("; its {} recovery codes voided (no second factor left)", r.codes_voided));
+            }
+            out
+        }),
         Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
             let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
             format!("second factors of {n} reset ({removed} removed); {ended} session(s) ended")

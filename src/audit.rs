@@ -203,12 +203,14 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         kind: &'a str,
     },
-    /// A second factor removed on `/account`.
+    /// A second factor removed on `/account` (`by` the user) or by `user factors
+    /// --remove-passkey`.
     MfaRemoved {
         username: &'a str,
         kind: &'a str,
         /// Sessions the factor had signed in that its removal ended (a passkey's; 0 otherwise).
         sessions: usize,
+        by: &'a str,
     },
     /// `user reset-factors`: every second factor removed and the sessions ended.
     FactorsReset {
@@ -502,6 +504,24 @@ impl Audit {
         self.budget.limit.store(limits.log_bytes_per_day.unwrap_or(u64::MAX), Ordering::SeqCst);
         self.limits = Arc::new(limits);
         self
+    }
+
+    /// Logs a second factor of `kind` removed by `by` (`mfa_removed`, with the `sessions` its
+    /// removal ended), and, when it was the last and `codes_voided` recovery codes went with
+    /// it, their removal too (kind `recovery_codes`).
+    pub fn factor_removed(
+        &self,
+        username: &str,
+        kind: crate::factors::FactorKind,
+        sessions: usize,
+        codes_voided: usize,
+        by: &str,
+    ) {
+        self.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str(), sessions, by });
+        if codes_voided > 0 {
+            let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
+            self.record(&AuthEvent::MfaRemoved { username, kind, sessions: 0, by });
+        }
     }
 
     /// Records the event in the file (synchronously, so the line exists before the response
@@ -824,8 +844,8 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::MfaAdded { username, kind } => tracing::info!(
             target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
         ),
-        AuthEvent::MfaRemoved { username, kind, sessions } => tracing::warn!(
-            target: TARGET, event = "mfa_removed", time, username, kind, sessions, by = username,
+        AuthEvent::MfaRemoved { username, kind, sessions, by } => tracing::warn!(
+            target: TARGET, event = "mfa_removed", time, username, kind, sessions, by,
             "second factor removed"
         ),
         AuthEvent::FactorsReset { username, by } => tracing::warn!(

@@ -225,11 +225,16 @@ pub enum UserCommand {
         /// The user, as `user list` shows the name
         name: String,
     },
-    /// List the user's second factors (authenticator app, recovery codes, passkeys)
-    #[command(after_help = "Example:\n  portcullis user factors alice")]
+    /// List the user's second factors (authenticator app, recovery codes, passkeys), or remove one passkey
+    #[command(
+        after_help = "Examples:\n  portcullis user factors alice\n  portcullis user factors alice --remove-passkey \"Work laptop\"   (a lost key: ends the sessions it signed in)"
+    )]
     Factors {
         /// The user, as `user list` shows the name
         name: String,
+        /// Remove the user's passkey of this name, as the listing shows it, and end the sessions it signed in
+        #[arg(long, value_name = "PASSKEY")]
+        remove_passkey: Option<String>,
     },
     /// Remove all the user's second factors and end their sessions (a lost phone)
     #[command(after_help = "Example:\n  portcullis user reset-factors alice")]
@@ -633,7 +638,10 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Unlock { name } => (Request::UserUnlock { name: shown(name) }, false),
         UserCommand::Disable { name } => (Request::UserDisable { name: shown(name) }, false),
         UserCommand::Enable { name } => (Request::UserEnable { name: shown(name) }, false),
-        UserCommand::Factors { name } => (Request::UserFactors { name: shown(name) }, false),
+        UserCommand::Factors { name, remove_passkey: None } => (Request::UserFactors { name: shown(name) }, false),
+        UserCommand::Factors { name, remove_passkey: Some(passkey) } => {
+            (Request::UserRemovePasskey { name: shown(name), passkey: shown(passkey) }, false)
+        }
         UserCommand::ResetFactors { name } => (Request::UserResetFactors { name: shown(name) }, false),
     };
     match ask(&settings, &request).await? {

@@ -94,7 +94,33 @@ pub enum PasskeyError {
     },
 }
 
-/// What [`Passkeys::remove`] did.
+/// Removes `user_key`'s passkey `id` from `store` and ends the sessions it signed in but
+/// `keep`: [`Passkeys::remove`] for a user on `/account`, and for an administrator
+/// (`user factors --remove-passkey`, no session kept), who needs no relying party.
+///
+/// # Errors
+/// As [`Passkeys::remove`].
+pub async fn remove(
+    store: &Store,
+    user_key: &str,
+    id: &[u8],
+    keep: Option<&TokenHash>,
+) -> Result<Option<Removed>, PasskeyError> {
+    let Some(passkey) = store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
+        return Ok(None);
+    };
+    if !store.passkeys.remove_passkey(user_key, id).await? {
+        return Ok(None);
+    }
+    let codes_voided = crate::factors::void_codes_without_factor(store, user_key).await;
+    let sessions_ended = match store.sessions.delete_for_passkey(user_key, id, keep).await {
+        Ok(n) => n,
+        Err(source) => return Err(PasskeyError::SessionsNotEnded { removed: Box::new(passkey), source }),
+    };
+    Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
+}
+
+/// What [`remove`] did.
 #[derive(Debug)]
 pub struct Removed {
     /// The passkey, as it was stored.
@@ -343,18 +369,7 @@ impl Passkeys {
     /// [`PasskeyError::Store`] when nothing was removed; [`PasskeyError::SessionsNotEnded`]
     /// when the passkey was, but its sessions could not be ended.
     pub async fn remove(&self, user_key: &str, id: &[u8], keep: &TokenHash) -> Result<Option<Removed>, PasskeyError> {
-        let Some(passkey) = self.store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
-            return Ok(None);
-        };
-        if !self.store.passkeys.remove_passkey(user_key, id).await? {
-            return Ok(None);
-        }
-        let codes_voided = crate::factors::void_codes_without_factor(&self.store, user_key).await;
-        let sessions_ended = match self.store.sessions.delete_for_passkey(user_key, id, Some(keep)).await {
-            Ok(n) => n,
-            Err(source) => return Err(PasskeyError::SessionsNotEnded { removed: Box::new(passkey), source }),
-        };
-        Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
+        remove(&self.store, user_key, id, Some(keep)).await
     }
 
     /// Takes one of `address`'s discoverable sign-in begins; `Err(seconds)` to wait when its

@@ -38,6 +38,16 @@ pub enum UserError {
     /// nothing changed.
     #[error("the account changed meanwhile: nothing was changed")]
     Superseded,
+    /// `user factors NAME --remove-passkey P`: the user has no passkey named P.
+    #[error("{} has no passkey named {} (portcullis user factors {} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), .user)]
+    NoSuchPasskey { user: String, passkey: String },
+    /// `user factors NAME --remove-passkey P`: several of the user's passkeys are named P
+    /// (stored before names had to differ): which one is meant cannot be known.
+    #[error("{count} passkeys of {} are named {}: the user can rename one on /account, or portcullis user reset-factors removes them all", crate::text::quoted(.user), crate::text::quoted(.passkey))]
+    SamePasskeyName { user: String, passkey: String, count: usize },
+    /// The passkey was removed, but the sessions it signed in could not be ended.
+    #[error("the passkey is removed, but the sessions it signed in could not be ended: {0}")]
+    PasskeySessionsNotEnded(StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -255,6 +265,49 @@ impl UserAdmin {
         let mut passkeys = self.store.passkeys.passkeys_of(username.key()).await?;
         passkeys.sort_by_key(|p| p.created_at);
         Ok(passkeys)
+    }
+
+    /// Removes the user's passkey named `passkey` (exactly as stored, as `user factors` shows
+    /// it) and ends the sessions it signed in, alone or as the second step: for a key its owner
+    /// lost, who cannot reach `/account` without it. The last second factor removed takes the
+    /// recovery codes, as on `/account`. Logged `mfa_removed` `by`. Returns the user's stored
+    /// name and what was removed.
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`], [`UserError::NoSuchPasskey`],
+    /// [`UserError::SamePasskeyName`] (nothing removed), [`UserError::PasskeySessionsNotEnded`]
+    /// (removed, sessions still open), and the store's errors.
+    pub async fn remove_passkey(
+        &self,
+        name: &str,
+        passkey: &str,
+        by: &str,
+    ) -> Result<(String, crate::passkeys::Removed), UserError> {
+        let (username, record) = self.existing(name).await?;
+        let named: Vec<_> =
+            self.store.passkeys.passkeys_of(username.key()).await?.into_iter().filter(|p| p.name == passkey).collect();
+        let (user, passkey) = (record.display_name.clone(), passkey.to_string());
+        let id = match named.as_slice() {
+            [one] => one.id.clone(),
+            [] => return Err(UserError::NoSuchPasskey { user, passkey }),
+            _ => return Err(UserError::SamePasskeyName { user, passkey, count: named.len() }),
+        };
+        let kind = crate::factors::FactorKind::Passkey;
+        match crate::passkeys::remove(&self.store, username.key(), &id, None).await {
+            Ok(Some(removed)) => {
+                self.audit.factor_removed(&user, kind, removed.sessions_ended, removed.codes_voided, by);
+                Ok((user, removed))
+            }
+            // Removed meanwhile (by its owner, or another administrator).
+            Ok(None) => Err(UserError::NoSuchPasskey { user, passkey }),
+            Err(crate::passkeys::PasskeyError::SessionsNotEnded { source, .. }) => {
+                self.audit.factor_removed(&user, kind, 0, 0, by);
+                Err(UserError::PasskeySessionsNotEnded(source))
+            }
+            Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
+            // `passkeys::remove` gives no other error.
+            Err(e) => Err(UserError::Store(StoreError::Corrupt(e.to_string()))),
+        }
     }
 
     /// Removes every second factor of the user and ends their sessions, durably (a lost phone:
@@ -491,6 +544,23 @@ mod tests {
         );
         users.add("alice", password(), false, "test").await.unwrap();
         assert_eq!(users.list().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn of_two_passkeys_stored_with_one_name_neither_is_removed_by_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = admin_on(dir.path()).await;
+        users.add("alice", Password::new("plum tractor velvet orbit"), false, "test").await.unwrap();
+        // As a version before names had to differ could have stored them.
+        for id in [b"k1", b"k2"] {
+            let p = crate::store::conformance::passkey(id, "alice", 1);
+            users.store.passkeys.add_passkey(&p).await.unwrap();
+        }
+        let refused = users.remove_passkey("alice", "phone", "test").await;
+        assert!(matches!(refused, Err(UserError::SamePasskeyName { count: 2, .. })), "{refused:?}");
+        assert_eq!(users.store.passkeys.passkeys_of("alice").await.unwrap().len(), 2, "nothing removed");
+        let missing = users.remove_passkey("alice", "Phone", "test").await;
+        assert!(matches!(missing, Err(UserError::NoSuchPasskey { .. })), "names are matched exactly: {missing:?}");
     }
 
     #[test]

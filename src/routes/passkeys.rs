@@ -461,7 +461,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     match state.passkeys.remove(&session.user.key, &id, &session.token_hash).await {
         Ok(Some(removed)) => {
             tracing::info!(passkey = %removed.passkey.name, "passkey removed");
-            super::account::record_factor_removed(&state, username, kind, removed.sessions_ended, removed.codes_voided);
+            state.audit.factor_removed(username, kind, removed.sessions_ended, removed.codes_voided, username);
             // As the page showed it: a name typed as the text `\u{202e}` must not pass for an
             // escaped direction mark here either (a review saw the notice print it bare).
             let name = crate::text::printable_label(&removed.passkey.name).into_owned();
@@ -472,7 +472,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(PasskeyError::SessionsNotEnded { removed, source }) => {
             let status = crate::routes::store_fault(&source, "removed a passkey but could not end its sessions");
             // Recorded as removed, since it is; the sessions are said to be open.
-            super::account::record_factor_removed(&state, username, kind, 0, 0);
+            state.audit.factor_removed(username, kind, 0, 0, username);
             let name = crate::text::printable_label(&removed.name);
             let message = format!(
                 "Your passkey \u{201c}{name}\u{201d} is removed, but the server could not sign out the sessions it signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment."

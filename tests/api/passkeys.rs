@@ -1186,3 +1186,46 @@ async fn a_second_steps_passkey_whose_counter_went_back_is_a_wrong_factor_and_fl
     assert!(app.state.passkeys.list("alice").await.unwrap()[0].clone_suspected_at.is_some());
     assert!(!signed_in(&app, &thief).await);
 }
+
+#[tokio::test]
+async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_sessions_it_signed_in() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut lost, _) = register(&app, &owner, "Work laptop").await;
+    let (_kept, _) = register(&app, &owner, "Phone").await;
+    let finder = app.new_browser();
+    assert_eq!(sign_in(&app, &finder, &mut lost).await.status(), StatusCode::SEE_OTHER);
+
+    let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice", "--remove-passkey", "Nope"], None).await;
+    let err = run.assert_one_line_failure("an unknown passkey");
+    assert!(
+        err.contains("\"alice\" has no passkey named \"Nope\" (portcullis user factors alice lists them)"),
+        "{err}"
+    );
+
+    let args = ["user", "factors", "alice", "--remove-passkey", "Work laptop"];
+    let run = crate::child::cli(app.dir.path(), &args, None).await;
+    run.assert_ok("remove a passkey");
+    assert_eq!(run.stdout, "passkey \"Work laptop\" of alice removed; 1 session(s) signed in with it ended\n");
+    assert!(!signed_in(&app, &finder).await, "the lost key's session is over");
+    assert!(signed_in(&app, &owner).await, "a session it did not sign in stands");
+    let names: Vec<String> = app.state.passkeys.list("alice").await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["Phone"]);
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut lost).await.status(), StatusCode::UNAUTHORIZED);
+    let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("logged");
+    assert_eq!(
+        (&removed["username"], &removed["kind"], &removed["sessions"]),
+        (&"alice".into(), &"passkey".into(), &1.into())
+    );
+    assert_eq!(removed["by"], "cli");
+
+    // The last second factor takes the recovery codes with it, as on /account.
+    let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice", "--remove-passkey", "Phone"], None).await;
+    run.assert_ok("remove the last passkey");
+    assert!(
+        run.stdout.contains("of alice removed; 0 session(s) signed in with it ended; its 10 recovery codes voided"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(app.state.users.factors("alice").await.unwrap().1.recovery_codes, 0);
+}

@@ -163,24 +163,6 @@ async fn render_listed(
     }
 }
 
-/// Logs a second factor of `kind` removed (`mfa_removed`, with the `sessions` its removal
-/// ended), and, when it was the last and `codes_voided` recovery codes went with it, their
-/// removal too (kind `recovery_codes`).
-pub(crate) fn record_factor_removed(
-    state: &crate::app::AppState,
-    username: &str,
-    kind: crate::factors::FactorKind,
-    sessions: usize,
-    codes_voided: usize,
-) {
-    use crate::audit::AuthEvent;
-    state.audit.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str(), sessions });
-    if codes_voided > 0 {
-        let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
-        state.audit.record(&AuthEvent::MfaRemoved { username, kind, sessions: 0 });
-    }
-}
-
 /// The page for a change of factors that landed after its session was ended (a reset of its
 /// factors, a password change, *sign out everywhere else*, the removal of the passkey it was
 /// signed in with): taken back, and this session is over. 409, leading to the sign-in form;

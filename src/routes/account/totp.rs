@@ -213,7 +213,8 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     match state.factors.remove_totp(&session.user.key).await {
         Ok(Some(codes_voided)) => {
-            super::record_factor_removed(&state, &session.user.display_name, FactorKind::Totp, 0, codes_voided);
+            let username = &session.user.display_name;
+            state.audit.factor_removed(username, FactorKind::Totp, 0, codes_voided, username);
             Notice::TotpRemoved.attach(&state.csrf, &session.token_hash, see_other("/account"))
         }
         Ok(None) => see_other("/account"),
