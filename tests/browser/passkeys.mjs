@@ -160,13 +160,25 @@ await inChromium([], async (browser) => {
   await page.goto(`${base}/account`);
   check(await page.locator('.passkey-clone').count() === 1, 'the account page flags the passkey');
   await shoot(page, 'account-passkey-flagged');
-  step('removing the passkey signs that browser out');
+  step('a 64-character name without a space keeps the sessions table inside the card');
+  const longName = 'W'.repeat(64);
+  await page.fill('form[action="/account/passkeys/rename"] input[name=name]', longName);
+  await Promise.all([page.waitForURL(`${base}/account#passkeys-heading`, { waitUntil: 'load' }),
+    page.click('form[action="/account/passkeys/rename"] button[type=submit]')]);
   const withCells = await page.locator('table.sessions .with').allTextContents();
-  check(withCells.filter((t) => t === 'with passkey \u201cVirtual authenticator\u201d').length === 2,
+  check(withCells.filter((t) => t === `with passkey \u201c${longName}\u201d`).length === 2,
     `both sessions say the passkey signed them in: ${JSON.stringify(withCells)}`);
+  const overflow = await page.evaluate(() => {
+    const table = document.querySelector('table.sessions').getBoundingClientRect();
+    const card = document.querySelector('.card').getBoundingClientRect();
+    return table.right - card.right;
+  });
+  check(overflow <= 0, `the sessions table ends ${overflow}px past the card`);
+
+  step('removing the passkey signs that browser out');
   await shoot(page, 'account-sessions');
-  await Promise.all([page.waitForURL(`${base}/account`, { waitUntil: 'load' }),
-    page.click('form[action="/account/passkeys/remove"] button[type=submit]')]);
+  // Already at /account#passkeys-heading, where the removal answers: the notice says it is done.
+  await page.click('form[action="/account/passkeys/remove"] button[type=submit]');
   await page.waitForSelector('text=the 1 other session(s) signed in with it are signed out');
   await shoot(page, 'account-passkey-removed');
   await thiefPage.goto(`${base}/`);
