@@ -177,18 +177,20 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                 for p in passkeys {
                     // One line each, escaped by the client as every answer is: a name holds no
                     // line break (`passkeys::parse_name` refuses control characters, and one
-                    // stored otherwise is flattened here), so a name cannot make a line of its own.
+                    // stored otherwise is flattened here), so a name cannot make a line of its
+                    // own. It comes last, after what the server says of the passkey, so no name
+                    // can pose as that (a review made `x": added 1999…` read as dates).
                     let used = p.last_used_at.map_or_else(
                         || "never used".to_string(),
                         |t| format!("last used {}", crate::audit::rfc3339(t)),
                     );
                     let added = crate::audit::rfc3339(p.created_at);
-                    let name = p.name.replace(['\n', '\r'], " ");
-                    out.push_str(&format!("\n  passkey \"{name}\": added {added}, {used}"));
-                    if let Some(t) = p.clone_suspected_at {
+                    let refused = p.clone_suspected_at.map_or_else(String::new, |t| {
                         let at = crate::audit::rfc3339(t);
-                        out.push_str(&format!("; refused {at}: its signature counter went back (a copy may exist)"));
-                    }
+                        format!(", refused {at}: its signature counter went back (a copy may exist)")
+                    });
+                    let name = p.name.replace(['\n', '\r'], " ");
+                    out.push_str(&format!("\n  passkey added {added}, {used}{refused}; named: {name}"));
                 }
                 Ok(out)
             }

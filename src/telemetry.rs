@@ -36,7 +36,9 @@ pub fn init_terminal(instance: &str) {
 
 /// What a command other than `serve` shows on standard error: warnings and errors only (its
 /// result is its own output), unless `RUST_LOG` says otherwise.
-pub const CLI_FILTER: &str = "warn,sled=error,h2=error,deadpool.postgres=error";
+/// A command's own authentication events (`user disable` logs `user_disabled`, a warning)
+/// go to the auth log only: its message says what it did.
+pub const CLI_FILTER: &str = "warn,portcullis::audit=off,sled=error,h2=error,deadpool.postgres=error";
 
 /// The lines a command other than `serve` logged, held until it ends ([`end_cli`]).
 static CLI_LINES: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());

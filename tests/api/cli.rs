@@ -62,6 +62,12 @@ async fn user_commands_manage_a_stopped_store_and_the_server_sees_the_result() {
         .await
         .assert_ok("passwd alice");
     cli(d, &["user", "unlock", "alice"]).await.assert_ok("unlock alice");
+    // A warning of the auth log (`user_disabled`) goes to the log, not to the terminal, where
+    // the command's own line says what it did (a review saw `warning: user disabled event=…`).
+    let disabled = cli(d, &["user", "disable", "alice"]).await;
+    disabled.assert_ok("disable alice");
+    assert_eq!(disabled.stderr, "", "nothing but the command's own line");
+    cli(d, &["user", "enable", "alice"]).await.assert_ok("enable alice");
     cli(d, &["user", "del", "bob"]).await.assert_ok("del bob");
     assert_eq!(names(&list_json(d).await), ["alice", "root"]);
 
@@ -74,7 +80,7 @@ async fn user_commands_manage_a_stopped_store_and_the_server_sees_the_result() {
     assert_eq!(app.login_with(&app.new_browser(), "bob", GOOD_PASSWORD).await.status(), 401);
     assert_eq!(app.login_with(&app.new_browser(), "root", GOOD_PASSWORD).await.status(), 303);
     let lines = app.log_lines();
-    for event in ["user_created", "authn_password_change", "user_unlocked", "user_deleted"] {
+    for event in ["user_created", "authn_password_change", "user_unlocked", "user_disabled", "user_deleted"] {
         assert!(lines.iter().any(|l| l["event"] == event && l["by"] == "cli"), "no {event} by cli");
     }
     assert!(!app.log_text().contains(GOOD_PASSWORD) && !app.log_text().contains(NEW_PASSWORD));

@@ -567,8 +567,8 @@ async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
     run.assert_ok("user factors");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(lines[0].ends_with("passkeys: 2"), "{}", run.stdout);
-    assert!(lines[1].starts_with("  passkey \"key\": added 20") && lines[1].contains(", never used"), "{}", run.stdout);
-    assert!(lines[2].starts_with("  passkey \"new <phone>\": added "), "{}", run.stdout);
+        lines[1].starts_with("  passkey added 20") && lines[1].ends_with(", never used; named: key"),
+    assert!(lines[2].starts_with("  passkey added ") && lines[2].ends_with("; named: new <phone>"), "{}", run.stdout);
     let (_, removed, _) = app.state.users.reset_factors("alice", "test").await.unwrap();
     assert_eq!(removed.passkeys, 2, "reset-factors removes passkeys too");
     assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
