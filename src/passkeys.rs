@@ -22,8 +22,9 @@ use webauthn_rs::prelude::{
 };
 
 use crate::session::SessionToken;
-use crate::store::passkeys::{Ceremony, CeremonyKind, StoredPasskey, MAX_CREDENTIAL_ID_BYTES};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyUse, StoredPasskey, MAX_CREDENTIAL_ID_BYTES};
 use crate::store::{now_ms, Store, StoreError, TokenHash, User};
+use sha2::{Digest, Sha256};
 
 /// The cookie that binds an open ceremony to the browser that began it (`__Host-`: Secure,
 /// Path=/, no Domain; HttpOnly, so the page's script never sees it).
@@ -55,6 +56,10 @@ pub enum PasskeyError {
     /// does not know, or one of another user.
     #[error("the passkey was not accepted: {0}")]
     Rejected(String),
+    /// A verified answer that was used already (the same answer sent twice): nothing new was
+    /// proved or guessed.
+    #[error("this passkey answer was used already")]
+    AnswerUsed,
     /// A verified answer whose signature counter did not move past the stored one: two copies
     /// of the key may be in use (W3C WebAuthn §6.1.1). Refused; the passkey is flagged
     /// ([`StoredPasskey::clone_suspected_at`]) before this is returned.
@@ -330,6 +335,7 @@ impl Passkeys {
             last_used_at: None,
             sign_count: 0,
             clone_suspected_at: None,
+            last_client_data_hash: None,
         };
         match self.store.passkeys.add_passkey(&stored).await {
             Ok(()) if !asker.still_holds(&self.store).await? => {
@@ -419,7 +425,8 @@ impl Passkeys {
     /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`]
     /// for an unknown passkey, a wrong user handle or a failed verification;
     /// [`PasskeyError::PossibleClone`] for a verified answer whose signature counter did not
-    /// move forward (a cloned authenticator, W3C WebAuthn §6.1.1); [`PasskeyError::Store`].
+    /// move forward (a cloned authenticator, W3C WebAuthn §6.1.1), unless it is the answer
+    /// last noted, sent again: [`PasskeyError::AnswerUsed`]; [`PasskeyError::Store`].
     pub async fn finish_sign_in(&self, state: &str, credential: &str) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
         let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
@@ -434,7 +441,7 @@ impl Passkeys {
         }
         let mut passkey: Passkey = parse_passkey(&stored)?;
         let result = webauthn.finish_discoverable_authentication_v2(&cred, state, &passkey);
-        self.note_use(&stored, &mut passkey, result).await
+        self.note_use(&stored, &mut passkey, &cred, result).await
     }
 
     /// Begins a passkey check for `user_key` as the second factor (the user is known: the
@@ -477,22 +484,26 @@ impl Passkeys {
             .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
         let mut passkey = parse_passkey(&stored)?;
         let result = webauthn.finish_passkey_authentication(&cred, &state);
-        self.note_use(&stored, &mut passkey, result).await
+        self.note_use(&stored, &mut passkey, &cred, result).await
     }
 
-    /// Notes a verified use of `stored` (`result`: webauthn-rs's verdict on the answer), or
+    /// Notes a verified use of `stored` (`answer`; `result`: webauthn-rs's verdict on it), or
     /// flags the passkey when its signature counter did not move forward.
     async fn note_use(
         &self,
         stored: &StoredPasskey,
         passkey: &mut Passkey,
+        answer: &PublicKeyCredential,
         result: Result<AuthenticationResult, WebauthnError>,
     ) -> Result<Verified, PasskeyError> {
+        let client_data_hash: [u8; 32] = Sha256::digest(&answer.response.client_data_json).into();
         let result = match result {
             Ok(r) => r,
             // Reported only after the signature checked out (webauthn-rs-core's
             // `authenticate_single_credential`), so nobody without the key can flag it.
-            Err(WebauthnError::CredentialPossibleCompromise) => return Err(self.possible_clone(stored).await?),
+            Err(WebauthnError::CredentialPossibleCompromise) => {
+                return Err(self.possible_clone(stored, &client_data_hash).await?)
+            }
             Err(e) => return Err(PasskeyError::Rejected(e.to_string())),
         };
         if !result.user_verified() {
@@ -501,9 +512,10 @@ impl Passkeys {
         }
         passkey.update_credential(&result);
         let json = serde_json::to_string(&*passkey).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        if !self.store.passkeys.record_passkey_use(&stored.id, &json, result.counter(), now_ms()).await? {
+        let used = PasskeyUse { passkey: &json, sign_count: result.counter(), client_data_hash, at: now_ms() };
+        if !self.store.passkeys.record_passkey_use(&stored.id, &used).await? {
             // Another use with a higher counter was noted since this one's passkey was read.
-            return Err(self.possible_clone(stored).await?);
+            return Err(self.possible_clone(stored, &client_data_hash).await?);
         }
         Ok(Verified {
             user_key: stored.user_key.clone(),
@@ -512,13 +524,25 @@ impl Passkeys {
         })
     }
 
-    /// Flags `stored` as possibly cloned and gives the error that says so, or
-    /// [`PasskeyError::Rejected`] if it was removed meanwhile.
+    /// The error for a verified answer of `stored` (whose client data hashes to
+    /// `client_data_hash`) with a counter behind the stored one: [`PasskeyError::AnswerUsed`]
+    /// when the last use noted was this very answer (sent twice, as a double click or a
+    /// retried request does: not a copy), else the passkey is flagged as possibly cloned and
+    /// the error says so; [`PasskeyError::Rejected`] if it was removed meanwhile.
     ///
     /// # Errors
     /// [`PasskeyError::Store`] when the flag cannot be written: the sign-in fails closed.
-    async fn possible_clone(&self, stored: &StoredPasskey) -> Result<PasskeyError, PasskeyError> {
-        if !self.store.passkeys.flag_possible_clone(&stored.id, now_ms()).await? {
+    async fn possible_clone(
+        &self,
+        stored: &StoredPasskey,
+        client_data_hash: &[u8; 32],
+    ) -> Result<PasskeyError, PasskeyError> {
+        // Read again: the use that moved the counter may have been noted after `stored` was read.
+        let latest = self.store.passkeys.passkey(&stored.id).await?;
+        if latest.as_ref().is_some_and(|p| p.last_client_data_hash.as_ref() == Some(client_data_hash)) {
+            return Ok(PasskeyError::AnswerUsed);
+        }
+        if latest.is_none() || !self.store.passkeys.flag_possible_clone(&stored.id, now_ms()).await? {
             return Ok(PasskeyError::Rejected("the passkey was removed".into()));
         }
         Ok(PasskeyError::PossibleClone { user_key: stored.user_key.clone(), name: stored.name.clone() })

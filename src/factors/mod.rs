@@ -278,7 +278,9 @@ impl SecondFactors {
                 match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
                     Ok(used) => Ok(Verdict::Accepted(FactorKind::Passkey, Some(used.passkey_id))),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
-                    Err(crate::passkeys::PasskeyError::NoCeremony) => Ok(Verdict::Unchecked),
+                    Err(crate::passkeys::PasskeyError::NoCeremony | crate::passkeys::PasskeyError::AnswerUsed) => {
+                        Ok(Verdict::Unchecked)
+                    }
                     Err(crate::passkeys::PasskeyError::PossibleClone { name, .. }) => Ok(Verdict::PossibleClone(name)),
                     Err(e) => {
                         tracing::debug!(error = %e, "passkey refused as a second factor");

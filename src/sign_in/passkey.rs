@@ -152,6 +152,10 @@ impl SignIn {
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })
             }
+            // The same answer sent twice (a double click, a retried request): its twin signed
+            // in, or is signing in, with this form, so this one is an expired form, as a
+            // password form sent twice is (nothing new was proved or guessed, nothing flagged).
+            Err(PasskeyError::AnswerUsed) => return judged.refuse(FailureReason::Csrf, None, false).await,
             Err(e) => {
                 if let PasskeyError::PossibleClone { user_key, name } = &e {
                     let event =

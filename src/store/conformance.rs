@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 
 use super::copy::{copy, Copied, CopyError};
-use super::passkeys::{Ceremony, CeremonyKind, StoredPasskey};
+use super::passkeys::{Ceremony, CeremonyKind, PasskeyUse, StoredPasskey};
 use super::{
     Credential, FactorSummary, Factors, FailureQuery, FailureRecord, Holding, PendingSignIn, Session, SessionCap,
     Store, StoreError, TotpFactor, User, UserFactors,
@@ -139,7 +139,16 @@ pub fn passkey(id: &[u8], user_key: &str, created_at: u64) -> StoredPasskey {
         last_used_at: None,
         sign_count: 0,
         clone_suspected_at: None,
+        last_client_data_hash: None,
     }
+}
+
+/// A use of a passkey for tests: its JSON, counter and time; the client data hash is made
+/// of the JSON's first byte and the counter.
+pub fn used(passkey: &str, sign_count: u32, at: u64) -> PasskeyUse<'_> {
+    let mut client_data_hash = [passkey.as_bytes().first().copied().unwrap_or(0); 32];
+    client_data_hash[..4].copy_from_slice(&sign_count.to_be_bytes());
+    PasskeyUse { passkey, sign_count, client_data_hash, at }
 }
 
 async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
@@ -176,24 +185,31 @@ async fn passkey_counters_only_move_forward(store: &Store) {
     let p = &store.passkeys;
     store.users.insert(&user("alice"), HASH_A).await.unwrap();
     p.add_passkey(&passkey(b"zero", "alice", 1)).await.unwrap();
-    assert!(p.record_passkey_use(b"zero", "z1", 0, 50).await.unwrap(), "passkeys: a counter-less key is noted");
-    assert!(p.record_passkey_use(b"zero", "z2", 0, 60).await.unwrap());
+    assert!(p.record_passkey_use(b"zero", &used("z1", 0, 50)).await.unwrap(), "passkeys: a counter-less key is noted");
+    assert!(p.record_passkey_use(b"zero", &used("z2", 0, 60)).await.unwrap());
     let z = p.passkey(b"zero").await.unwrap().unwrap();
     assert_eq!((z.passkey.as_str(), z.last_used_at), ("z2", Some(60)));
     p.add_passkey(&passkey(b"c", "alice", 2)).await.unwrap();
-    assert!(p.record_passkey_use(b"c", "c5", 5, 70).await.unwrap());
-    assert!(!p.record_passkey_use(b"c", "c5again", 5, 80).await.unwrap(), "passkeys: a repeated counter is refused");
-    assert!(!p.record_passkey_use(b"c", "c4", 4, 80).await.unwrap(), "passkeys: a counter going back is refused");
-    assert!(!p.record_passkey_use(b"c", "c0", 0, 80).await.unwrap(), "passkeys: a counter reset is refused");
+    assert!(p.record_passkey_use(b"c", &used("c5", 5, 70)).await.unwrap());
+    assert!(
+        !p.record_passkey_use(b"c", &used("c5again", 5, 80)).await.unwrap(),
+        "passkeys: a repeated counter is refused"
+    );
+    assert!(
+        !p.record_passkey_use(b"c", &used("c4", 4, 80)).await.unwrap(),
+        "passkeys: a counter going back is refused"
+    );
+    assert!(!p.record_passkey_use(b"c", &used("c0", 0, 80)).await.unwrap(), "passkeys: a counter reset is refused");
     let c = p.passkey(b"c").await.unwrap().unwrap();
     assert_eq!((c.passkey.as_str(), c.sign_count, c.last_used_at), ("c5", 5, Some(70)));
-    assert!(!p.record_passkey_use(b"gone", "x", 9, 80).await.unwrap(), "passkeys: no such passkey");
+    assert_eq!(c.last_client_data_hash, Some(used("c5", 5, 70).client_data_hash), "passkeys: the noted answer's hash");
+    assert!(!p.record_passkey_use(b"gone", &used("x", 9, 80)).await.unwrap(), "passkeys: no such passkey");
     // Several rounds, because a lost race (an engine retrying its update) shows only sometimes.
     for round in 0..10u32 {
         let base = 6 + 2 * round;
         let racers = (0..8u32).map(|i| {
             let p = std::sync::Arc::clone(p);
-            tokio::spawn(async move { p.record_passkey_use(b"c", "race", base + i % 2, 90).await.unwrap() })
+            tokio::spawn(async move { p.record_passkey_use(b"c", &used("race", base + i % 2, 90)).await.unwrap() })
         });
         let noted = futures_count(racers).await;
         assert!((1..=2).contains(&noted), "passkeys: concurrent uses with equal counters are noted once ({noted})");
@@ -822,7 +838,7 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap();
     store.failures.set_count(&at, 3).await.unwrap();
     store.passkeys.add_passkey(&passkey(b"pk", "alice", 30)).await.unwrap();
-    store.passkeys.record_passkey_use(b"pk", "used", 4, 40).await.unwrap();
+    store.passkeys.record_passkey_use(b"pk", &used("used", 4, 40)).await.unwrap();
     let ceremony = Ceremony {
         kind: CeremonyKind::Register,
         user_key: Some("alice".into()),
@@ -903,9 +919,9 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     assert!(f.use_totp_step("bob", 77).await.unwrap());
     assert!(f.remove_totp("bob").await.unwrap());
     let p = &from.passkeys;
-    let used = StoredPasskey { user_handle: [3; 16], name: "laptop".into(), ..passkey(b"k-used", "alice", 14) };
-    p.add_passkey(&used).await.unwrap();
-    assert!(p.record_passkey_use(b"k-used", r#"{"cred":{"n":7}}"#, 7, 15).await.unwrap());
+    let laptop = StoredPasskey { user_handle: [3; 16], name: "laptop".into(), ..passkey(b"k-used", "alice", 14) };
+    p.add_passkey(&laptop).await.unwrap();
+    assert!(p.record_passkey_use(b"k-used", &used(r#"{"cred":{"n":7}}"#, 7, 15)).await.unwrap());
     assert!(p.flag_possible_clone(b"k-used", 16).await.unwrap());
     p.add_passkey(&passkey(b"k-new", "root", 16)).await.unwrap();
     p.add_passkey(&passkey(&[0xff; 1023], "root", 17)).await.unwrap();

@@ -31,10 +31,27 @@ pub struct StoredPasskey {
     pub last_used_at: Option<u64>,
     /// The authenticator's signature counter at its last use (0 for authenticators without one).
     pub sign_count: u32,
+    /// SHA-256 of the client data (`clientDataJSON`, W3C WebAuthn §5.8.1) of the last use
+    /// noted: the same answer sent twice is then told from a copy's, whose client data holds
+    /// another challenge. `None` before its first noted use.
+    pub last_client_data_hash: Option<[u8; 32]>,
     /// Unix ms of the latest sign-in whose verified answer carried a signature counter at or
     /// below the stored one: a sign that two copies of the key are in use (W3C WebAuthn §6.1.1,
     /// "cloned authenticator"). Refused, and kept here for its owner to see; `None` if never.
     pub clone_suspected_at: Option<u64>,
+}
+
+/// A verified use of a passkey, as [`PasskeyStore::record_passkey_use`] notes it.
+#[derive(Clone, Copy, Debug)]
+pub struct PasskeyUse<'a> {
+    /// The updated `webauthn_rs::prelude::Passkey` as JSON.
+    pub passkey: &'a str,
+    /// The answer's signature counter.
+    pub sign_count: u32,
+    /// SHA-256 of the answer's `clientDataJSON` ([`StoredPasskey::last_client_data_hash`]).
+    pub client_data_hash: [u8; 32],
+    /// Unix ms.
+    pub at: u64,
 }
 
 /// What an open ceremony is for.
@@ -116,12 +133,12 @@ pub trait PasskeyStore: Send + Sync {
     async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool>;
     /// Removes all the user's passkeys (reset, deletion); returns how many.
     async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize>;
-    /// Notes a use at `now` with the authenticator's new counter and the updated `passkey`
-    /// JSON, provided the counter moved forward (or both are 0, for authenticators without a
-    /// counter): a counter that goes back may be a cloned authenticator (W3C WebAuthn §6.1.1),
+    /// Notes a use (`used`: the authenticator's new counter, the updated passkey JSON, the
+    /// answer's client data hash, the time), provided the counter moved forward (or both are
+    /// 0, for authenticators without a counter): a counter that goes back may be a cloned authenticator (W3C WebAuthn §6.1.1),
     /// and of two concurrent uses only one with a higher counter wins. Returns whether it
     /// was noted; false too when the passkey is gone.
-    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool>;
+    async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool>;
     /// Notes at `now` that a verified answer of the passkey `id` carried a counter that did not
     /// move forward ([`StoredPasskey::clone_suspected_at`]); false when the passkey is gone.
     async fn flag_possible_clone(&self, id: &[u8], now: u64) -> Result<bool>;

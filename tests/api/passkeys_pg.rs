@@ -211,3 +211,15 @@ async fn signing_out_everywhere_else_while_its_passkey_is_removed_leaves_no_sess
     assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), StatusCode::SEE_OTHER);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgresql_one_answer_sent_twice_at_once_signs_in_once_and_flags_nothing() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.database_url = Some(url.clone());
+        s.login_quota_per_ip = None;
+    })
+    .await;
+    crate::passkeys::answers_sent_twice_sign_in_once(&app).await;
+}

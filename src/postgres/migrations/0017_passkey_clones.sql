@@ -1,6 +1,8 @@
 -- Schema v17: when a passkey's verified answer last carried a signature counter that did not
 -- move forward (store::StoredPasskey::clone_suspected_at; NULL: never), a sign of a cloned
--- authenticator (W3C WebAuthn §6.1.1) that the owner sees on the account page. Nullable, so
--- binaries of v16 that insert and read passkeys by their column names work on during a
--- rolling upgrade.
-ALTER TABLE passkeys ADD COLUMN clone_suspected_at_ms bigint;
+-- authenticator (W3C WebAuthn §6.1.1) that the owner sees on the account page; and the SHA-256
+-- of the client data of its last noted use, so the same answer sent twice is not taken for a
+-- copy's. Nullable, so binaries of v16 that insert and read passkeys by their column names
+-- work on during a rolling upgrade.
+ALTER TABLE passkeys ADD COLUMN clone_suspected_at_ms bigint,
+                     ADD COLUMN last_client_data_hash bytea;

@@ -7,12 +7,13 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::{ms, unms, PgStore};
-use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
 macro_rules! columns {
     () => {
-        "id, user_key, user_handle, name, passkey, created_at_ms, last_used_at_ms, sign_count, clone_suspected_at_ms"
+        "id, user_key, user_handle, name, passkey, created_at_ms, last_used_at_ms, sign_count, clone_suspected_at_ms, \
+         last_client_data_hash"
     };
 }
 const COLUMNS: &str = columns!();
@@ -21,13 +22,14 @@ const COLUMNS: &str = columns!();
 const INSERT: &str = concat!(
     "INSERT INTO passkeys (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
 );
 
 /// [`INSERT`]'s parameters: `p` and its times in the columns' types.
 struct Params<'a> {
     p: &'a StoredPasskey,
     handle: &'a [u8],
+    client_data_hash: Option<&'a [u8]>,
     times: [Option<i64>; 3],
     sign_count: i64,
 }
@@ -37,12 +39,13 @@ impl<'a> Params<'a> {
         Params {
             p,
             handle: &p.user_handle,
+            client_data_hash: p.last_client_data_hash.as_ref().map(|h| &h[..]),
             times: [Some(ms(p.created_at)), p.last_used_at.map(ms), p.clone_suspected_at.map(ms)],
             sign_count: i64::from(p.sign_count),
         }
     }
 
-    fn list(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+    fn list(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
         let p = self.p;
         [
             &p.id,
@@ -54,6 +57,7 @@ impl<'a> Params<'a> {
             &self.times[1],
             &self.sign_count,
             &self.times[2],
+            &self.client_data_hash,
         ]
     }
 }
@@ -70,6 +74,10 @@ fn passkey_of(row: &Row) -> Result<StoredPasskey> {
         last_used_at: row.get::<_, Option<i64>>(6).map(unms),
         sign_count: u32::try_from(row.get::<_, i64>(7)).unwrap_or(u32::MAX),
         clone_suspected_at: row.get::<_, Option<i64>>(8).map(unms),
+        last_client_data_hash: match row.get::<_, Option<Vec<u8>>>(9) {
+            Some(h) => Some(h.try_into().map_err(|_| StoreError::Corrupt("a passkey's client data hash".into()))?),
+            None => None,
+        },
     })
 }
 
@@ -108,11 +116,12 @@ impl PasskeyStore for PgStore {
         Ok(n as usize)
     }
 
-    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool> {
+    async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {
         // The WHERE is the compare, re-checked on the latest row after a concurrent update.
-        let sql = "UPDATE passkeys SET passkey = $2, sign_count = $3, last_used_at_ms = $4
+        let sql = "UPDATE passkeys SET passkey = $2, sign_count = $3, last_used_at_ms = $4, last_client_data_hash = $5
                    WHERE id = $1 AND (sign_count < $3 OR (sign_count = 0 AND $3 = 0))";
-        let n = self.client().await?.execute(sql, &[&id, &passkey, &i64::from(sign_count), &ms(now)]).await?;
+        let (count, hash) = (i64::from(used.sign_count), &used.client_data_hash[..]);
+        let n = self.client().await?.execute(sql, &[&id, &used.passkey, &count, &ms(used.at), &hash]).await?;
         Ok(n > 0)
     }
 

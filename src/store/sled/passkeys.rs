@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, index_prefix, SledStore, SCHEMA_VERSION};
-use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, StoredPasskey};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
 /// Orders ceremony puts in this process (one process holds a sled store): see `put_ceremony`.
@@ -23,9 +23,11 @@ struct PasskeyRecord {
     created_at: u64,
     last_used_at: Option<u64>,
     sign_count: u32,
-    /// Absent in records written before it existed.
+    /// Absent in records written before they existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     clone_suspected_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_client_data_hash: Option<[u8; 32]>,
 }
 
 impl PasskeyRecord {
@@ -40,6 +42,7 @@ impl PasskeyRecord {
             last_used_at: p.last_used_at,
             sign_count: p.sign_count,
             clone_suspected_at: p.clone_suspected_at,
+            last_client_data_hash: p.last_client_data_hash,
         }
     }
 
@@ -54,6 +57,7 @@ impl PasskeyRecord {
             last_used_at: self.last_used_at,
             sign_count: self.sign_count,
             clone_suspected_at: self.clone_suspected_at,
+            last_client_data_hash: self.last_client_data_hash,
         }
     }
 }
@@ -203,7 +207,8 @@ impl PasskeyStore for SledStore {
         self.durable(removed).await
     }
 
-    async fn record_passkey_use(&self, id: &[u8], passkey: &str, sign_count: u32, now: u64) -> Result<bool> {
+    async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {
+        let sign_count = used.sign_count;
         let mut noted = false;
         self.passkeys()?.fetch_and_update(id, |old| {
             // sled calls this again when another writer got in first: only the last call
@@ -216,8 +221,9 @@ impl PasskeyStore for SledStore {
                 return Some(bytes.to_vec());
             }
             record.sign_count = sign_count;
-            record.passkey = passkey.to_string();
-            record.last_used_at = Some(now);
+            record.passkey = used.passkey.to_string();
+            record.last_used_at = Some(used.at);
+            record.last_client_data_hash = Some(used.client_data_hash);
             noted = true;
             serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
         })?;
