@@ -568,8 +568,8 @@ fn spawn_count_closing(audit: Audit) -> JoinHandle<()> {
 }
 
 /// Counts the failed-login records once (so `audit_max_records` applies from then on,
-/// dropping the oldest beyond it), then deletes records older than `audit_retention`, at
-/// start and hourly.
+/// dropping the oldest beyond it), then deletes records older than `audit_retention`, and
+/// the notes of whose removed passkeys were, at start and hourly.
 fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinHandle<()> {
     tokio::spawn(async move {
         match store.failures.enforce_cap(Some(max_records)).await {
@@ -584,6 +584,10 @@ fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinH
                 Ok(n) if n > 0 => tracing::info!(removed = n, "old failed-login records removed"),
                 Err(e) => tracing::warn!(error = %e, "failed-login retention failed"),
                 _ => {}
+            }
+            // Whose removed passkeys were, kept as long as the records that name them.
+            if let Err(e) = store.passkeys.purge_removed_passkeys(cutoff).await {
+                tracing::warn!(error = %e, "could not forget old removed passkeys");
             }
         }
     })

@@ -114,7 +114,7 @@ pub async fn remove(
     let Some(passkey) = store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
         return Ok(None);
     };
-    if !store.passkeys.remove_passkey(user_key, id).await? {
+    if !store.passkeys.remove_passkey(user_key, id, now_ms()).await? {
         return Ok(None);
     }
     let codes_voided = crate::factors::void_codes_without_factor(store, user_key).await;
@@ -123,6 +123,17 @@ pub async fn remove(
         Err(source) => return Err(PasskeyError::SessionsNotEnded { removed: Box::new(passkey), source }),
     };
     Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
+}
+
+/// What a sign-in answer names ([`Passkeys::claimed`]).
+#[derive(Debug)]
+pub enum Claimed {
+    /// A registered passkey.
+    Passkey(StoredPasskey),
+    /// A passkey removed from this user (normalised username) within `audit_retention`.
+    Removed(String),
+    /// No passkey this server knows, or no credential at all.
+    Nothing,
 }
 
 /// What [`remove`] did.
@@ -341,7 +352,7 @@ impl Passkeys {
             Ok(()) if !asker.still_holds(&self.store).await? => {
                 // Added after the asking session ended (a reset that removed the user's
                 // factors, the removal of its passkey): taken back.
-                self.store.passkeys.remove_passkey(&user.key, &stored.id).await?;
+                self.store.passkeys.remove_passkey(&user.key, &stored.id, now_ms()).await?;
                 Err(PasskeyError::Superseded)
             }
             Ok(()) => Ok(stored),
@@ -401,19 +412,22 @@ impl Passkeys {
         Ok(BegunSignIn { options, state })
     }
 
-    /// The credential id and user handle a sign-in answer claims, before it is verified, so
-    /// the caller can apply the per-user defences to the user it names. `None` for an
-    /// answer that is not a credential or names no known passkey.
+    /// The passkey a sign-in answer names, before it is verified, for the record of its
+    /// attempt (the module note of `sign_in::passkey`): [`Claimed::Removed`] with its former
+    /// owner when it was removed, so that a lost key still being tried shows under its user.
     ///
     /// # Errors
     /// [`PasskeyError::Store`].
-    pub async fn claimed(&self, credential: &str) -> Result<Option<StoredPasskey>, PasskeyError> {
-        let Ok(cred) = serde_json::from_str::<PublicKeyCredential>(credential) else { return Ok(None) };
+    pub async fn claimed(&self, credential: &str) -> Result<Claimed, PasskeyError> {
+        let Ok(cred) = serde_json::from_str::<PublicKeyCredential>(credential) else { return Ok(Claimed::Nothing) };
         let id = cred.get_credential_id();
         if id.is_empty() || id.len() > MAX_CREDENTIAL_ID_BYTES {
-            return Ok(None);
+            return Ok(Claimed::Nothing);
         }
-        Ok(self.store.passkeys.passkey(id).await?)
+        if let Some(passkey) = self.store.passkeys.passkey(id).await? {
+            return Ok(Claimed::Passkey(passkey));
+        }
+        Ok(self.store.passkeys.former_owner(id).await?.map_or(Claimed::Nothing, Claimed::Removed))
     }
 
     /// Finishes a discoverable sign-in: verifies the answer against `state` (what

@@ -332,7 +332,7 @@ impl UserAdmin {
     /// passkeys. Returns what was removed.
     async fn remove_second_factors(&self, key: &str) -> Result<FactorSummary, UserError> {
         let mut removed = self.store.factors.clear(key).await?;
-        removed.passkeys = self.store.passkeys.remove_passkeys_of(key).await?;
+        removed.passkeys = self.store.passkeys.remove_passkeys_of(key, now_ms()).await?;
         Ok(removed)
     }
 

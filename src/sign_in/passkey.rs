@@ -9,7 +9,8 @@
 //! 3. no captcha: a user-verified passkey is not guessable, and this is the accessible way
 //!    past the picture (WCAG 2.2 SC 3.3.8, "Accessible Authentication (Minimum)"),
 //! 4. the assertion (webauthn-rs); a failure adds to the address's failure count and is
-//!    recorded with reason `bad_passkey` for the user the answer names,
+//!    recorded with reason `bad_passkey` for the user the answer names (the owner of a passkey
+//!    removed within `audit_retention` too: a lost key still tried shows under its user),
 //! 5. on success the same as a password sign-in, with a session of [`Factors::Two`].
 //!
 //! No per-username defence: an assertion is a signature, nothing to guess, and the
@@ -21,7 +22,7 @@
 use super::{Judged, Outcome, SignIn, SignInError};
 use crate::audit::{AuthEvent, Client, FailureReason};
 use crate::brute_force::Retire;
-use crate::passkeys::{Begun, PasskeyError, Passkeys, CEREMONY_LIFETIME};
+use crate::passkeys::{Begun, Claimed, PasskeyError, Passkeys, CEREMONY_LIFETIME};
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, SignedInWith};
 use crate::store::{now_ms, Factors};
@@ -122,7 +123,12 @@ impl SignIn {
         }
         // The user the answer names, for the record only (see the module note).
         let claimed = passkeys.claimed(a.credential).await.map_err(store("could not look up a passkey"))?;
-        let user_key = claimed.as_ref().map(|p| p.user_key.clone()).unwrap_or_default();
+        let user_key = match &claimed {
+            Claimed::Passkey(p) => p.user_key.clone(),
+            // Refused below as any unknown passkey, and recorded under whose it was.
+            Claimed::Removed(former_owner) => former_owner.clone(),
+            Claimed::Nothing => String::new(),
+        };
         // For the records only: a passkey sign-in spends no username's quota.
         let known_browser = !user_key.is_empty() && self.device_token_issued(a.device, &user_key, now_ms()).is_some();
         let judged = Judged { username: &user_key, known_browser, ..anonymous };
@@ -141,11 +147,11 @@ impl SignIn {
         // session's, so a `user reset-factors` that removes this passkey after the check ends
         // the session however late it is stored (`UserAdmin::reset_factors`).
         let named = match &claimed {
-            Some(p) => passkeys
+            Claimed::Passkey(p) => passkeys
                 .user(&p.user_key)
                 .await
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
-            None => None,
+            Claimed::Removed(_) | Claimed::Nothing => None,
         };
         let verified = match passkeys.finish_sign_in(&state, a.credential).await {
             Ok(v) => v,

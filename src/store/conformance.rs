@@ -171,14 +171,22 @@ async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
     assert!(!p.rename_passkey("bob", b"k1", "mine").await.unwrap(), "passkeys: another user cannot rename it");
     assert!(p.rename_passkey("alice", b"k1", "laptop").await.unwrap(), "passkeys: rename");
     assert_eq!(p.passkey(b"k1").await.unwrap().unwrap().name, "laptop");
-    assert!(!p.remove_passkey("bob", b"k1").await.unwrap(), "passkeys: another user cannot remove it");
-    assert!(p.remove_passkey("alice", b"k1").await.unwrap(), "passkeys: remove");
-    assert!(p.passkey(b"k1").await.unwrap().is_none() && !p.remove_passkey("alice", b"k1").await.unwrap());
+    assert!(!p.remove_passkey("bob", b"k1", 30).await.unwrap(), "passkeys: another user cannot remove it");
+    assert_eq!(p.former_owner(b"k1").await.unwrap(), None, "passkeys: a registered one has no former owner");
+    assert!(p.remove_passkey("alice", b"k1", 40).await.unwrap(), "passkeys: remove");
+    assert!(p.passkey(b"k1").await.unwrap().is_none() && !p.remove_passkey("alice", b"k1", 41).await.unwrap());
+    assert_eq!(p.former_owner(b"k1").await.unwrap().as_deref(), Some("alice"), "passkeys: whose it was");
     assert!(store.users.delete("alice").await.unwrap());
     assert!(p.passkey(b"k2").await.unwrap().is_none(), "passkeys: deleting a user removes their passkeys");
     assert!(p.passkeys_of("alice").await.unwrap().is_empty());
-    assert_eq!(p.remove_passkeys_of("bob").await.unwrap(), 1, "passkeys: remove all of a user's");
+    assert_eq!(p.former_owner(b"k1").await.unwrap(), None, "passkeys: a deleted user's are forgotten");
+    assert_eq!(p.former_owner(b"k2").await.unwrap(), None, "passkeys: deleted with the user, not removed");
+    assert_eq!(p.remove_passkeys_of("bob", 50).await.unwrap(), 1, "passkeys: remove all of a user's");
     assert!(p.passkey(b"kb").await.unwrap().is_none());
+    assert_eq!(p.former_owner(b"kb").await.unwrap().as_deref(), Some("bob"), "passkeys: a reset's too");
+    assert_eq!(p.purge_removed_passkeys(50).await.unwrap(), 0, "passkeys: removed at 50 is kept at cutoff 50");
+    assert_eq!(p.purge_removed_passkeys(51).await.unwrap(), 1, "passkeys: older notes are purged");
+    assert_eq!(p.former_owner(b"kb").await.unwrap(), None);
 }
 
 async fn passkey_counters_only_move_forward(store: &Store) {
@@ -406,7 +414,7 @@ async fn user_updates_are_explicit_and_compare_and_swap(store: &Store) {
     let with = |generation| Holding { generation, passkey_id: Some(&b"k-held"[..]) };
     let renewed = u.renew_generation("alice", 9, Some(with(changed.password_changed_at))).await.unwrap();
     let renewed = renewed.expect("updates: renew while the passkey is held");
-    assert!(store.passkeys.remove_passkey("alice", b"k-held").await.unwrap());
+    assert!(store.passkeys.remove_passkey("alice", b"k-held", 1).await.unwrap());
     let gen = renewed.password_changed_at;
     assert!(u.renew_generation("alice", 9, Some(with(gen))).await.unwrap().is_none(), "updates: its passkey gone");
     assert!(u.set_password_hash("alice", HASH_B, 9, Some(with(gen))).await.unwrap().is_none(), "updates: likewise");

@@ -11,7 +11,9 @@
 //! and challenges issued before still hold on the copy. Not copied: the brute-force state
 //! (quotas, failure counts in the window, open challenges), which lapses within minutes, and
 //! for the same reason pending two-step sign-ins and open WebAuthn ceremonies (minutes at
-//! most): a user halfway through a sign-in during the move starts it again.
+//! most): a user halfway through a sign-in during the move starts it again. Nor whose removed
+//! passkeys were ([`super::passkeys::PasskeyStore::former_owner`]): a failed sign-in with one
+//! is then recorded without a username, as before they were kept.
 //!
 //! The TOTP secrets stay sealed and recovery codes stay keyed under `data_dir/factor.key`,
 //! which is not in any store: the servers on the copy need the same file (the CLI copies it

@@ -129,10 +129,19 @@ pub trait PasskeyStore: Send + Sync {
     async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>>;
     /// Renames the user's passkey; false when the user has no such passkey.
     async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool>;
-    /// Removes the user's passkey; false when the user has no such passkey.
-    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool>;
-    /// Removes all the user's passkeys (reset, deletion); returns how many.
-    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize>;
+    /// Removes the user's passkey, and notes at `now` whose it was
+    /// ([`PasskeyStore::former_owner`]); false when the user has no such passkey.
+    async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool>;
+    /// Removes all the user's passkeys (a reset of factors), noting at `now` whose they were;
+    /// returns how many. Deleting the user removes them and those notes.
+    async fn remove_passkeys_of(&self, user_key: &str, now: u64) -> Result<usize>;
+    /// The user whose passkey `id` was removed, if it was: failed sign-ins with a removed
+    /// passkey are recorded under its former owner, who can then see a lost key still being
+    /// tried. None once the note is purged ([`PasskeyStore::purge_removed_passkeys`]) or the
+    /// user deleted.
+    async fn former_owner(&self, id: &[u8]) -> Result<Option<String>>;
+    /// Forgets whose passkeys were removed before `before` (Unix ms); returns how many notes.
+    async fn purge_removed_passkeys(&self, before: u64) -> Result<usize>;
     /// Notes a use (`used`: the authenticator's new counter, the updated passkey JSON, the
     /// answer's client data hash, the time), provided the counter moved forward (or both are
     /// 0, for authenticators without a counter): a counter that goes back may be a cloned authenticator (W3C WebAuthn §6.1.1),

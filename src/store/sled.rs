@@ -922,8 +922,10 @@ impl UserStore for SledStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        // Passkeys first: a user made later under the same name must not inherit them.
-        self.delete_user_passkeys(key)?;
+        // Passkeys first: a user made later under the same name must not inherit them, nor
+        // the failed sign-ins of the removed ones.
+        self.delete_user_passkeys(key, None)?;
+        self.forget_removed_passkeys(key)?;
         let existed = self.delete_user(key)?;
         self.durable(existed).await
     }

@@ -1265,3 +1265,34 @@ pub async fn answers_sent_twice_sign_in_once(app: &TestApp) {
     assert!(!app.log_lines().iter().any(|l| l["reason"] == "bad_passkey"), "no refused passkey");
     assert_eq!(app.state.passkeys.list("alice").await.unwrap()[0].clone_suspected_at, None);
 }
+
+#[tokio::test]
+async fn a_removed_passkey_still_tried_is_recorded_under_its_former_owner_until_the_user_is_deleted() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut lost, _) = register(&app, &owner, "Lost").await;
+    let (mut reset, _) = register(&app, &owner, "Reset").await;
+    assert_eq!(remove_passkey(&app, &owner, &lost).await.status(), StatusCode::SEE_OTHER);
+    let finder = app.new_browser();
+    let resp = sign_in(&app, &finder, &mut lost).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("That passkey was not accepted"), "as any unknown passkey");
+    let bad_passkeys = |username: &'static str| {
+        let lines = app.log_lines();
+        lines.iter().filter(|l| l["reason"] == "bad_passkey" && l["username"] == username).count()
+    };
+    assert_eq!(bad_passkeys("alice"), 1, "the removed key's attempt shows under alice");
+    let query = portcullis::store::FailureQuery { user_key: Some("alice".into()), ..Default::default() };
+    assert_eq!(app.records(query.clone()).await.len(), 1, "and `audit --user alice` finds it");
+
+    // A reset of factors notes whose its passkeys were too.
+    app.state.users.reset_factors("alice", "test").await.unwrap();
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut reset).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(bad_passkeys("alice"), 2);
+
+    // A deleted user's are forgotten: a new alice is not named by the old alice's keys.
+    app.state.users.delete("alice", "test").await.unwrap();
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut lost).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!((bad_passkeys("alice"), bad_passkeys("")), (2, 1));
+}

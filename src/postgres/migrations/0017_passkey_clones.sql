@@ -6,3 +6,14 @@
 -- work on during a rolling upgrade.
 ALTER TABLE passkeys ADD COLUMN clone_suspected_at_ms bigint,
                      ADD COLUMN last_client_data_hash bytea;
+
+-- Whose removed passkeys were (PasskeyStore::former_owner): a failed sign-in with a removed
+-- passkey is recorded under its former owner. Deleting the user deletes the notes; they are
+-- purged after `audit_retention` with the failed-login records they explain.
+CREATE TABLE removed_passkeys (
+    id bytea PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 1023),
+    user_key text NOT NULL REFERENCES users (key) ON DELETE CASCADE ON UPDATE CASCADE,
+    removed_at_ms bigint NOT NULL
+);
+CREATE INDEX removed_passkeys_by_time ON removed_passkeys (removed_at_ms);
+CREATE INDEX removed_passkeys_by_user ON removed_passkeys (user_key);

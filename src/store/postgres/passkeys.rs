@@ -1,7 +1,7 @@
-//! [`PasskeyStore`] on PostgreSQL: the `passkeys` and `webauthn_ceremonies` tables of
-//! migrations `0006_passkeys.sql` and `0017_passkey_clones.sql`. Each method is one statement,
-//! so instances sharing the database agree: a ceremony is taken by exactly one `DELETE …
-//! RETURNING`, and a counter only moves forward under the row lock.
+//! [`PasskeyStore`] on PostgreSQL: the `passkeys`, `webauthn_ceremonies` and
+//! `removed_passkeys` tables of migrations `0006_passkeys.sql` and `0017_passkey_clones.sql`.
+//! Each method is one statement, so instances sharing the database agree: a ceremony is taken
+//! by exactly one `DELETE … RETURNING`, and a counter only moves forward under the row lock.
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
@@ -106,14 +106,28 @@ impl PasskeyStore for PgStore {
         Ok(self.client().await?.execute(sql, &[&user_key, &id, &name]).await? > 0)
     }
 
-    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
-        let sql = "DELETE FROM passkeys WHERE user_key = $1 AND id = $2";
-        Ok(self.client().await?.execute(sql, &[&user_key, &id]).await? > 0)
+    async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool> {
+        let sql = "WITH gone AS (DELETE FROM passkeys WHERE user_key = $1 AND id = $2 RETURNING id, user_key)
+                   INSERT INTO removed_passkeys (id, user_key, removed_at_ms) SELECT id, user_key, $3 FROM gone
+                   ON CONFLICT (id) DO UPDATE SET user_key = EXCLUDED.user_key, removed_at_ms = EXCLUDED.removed_at_ms";
+        Ok(self.client().await?.execute(sql, &[&user_key, &id, &ms(now)]).await? > 0)
     }
 
-    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize> {
-        let n = self.client().await?.execute("DELETE FROM passkeys WHERE user_key = $1", &[&user_key]).await?;
-        Ok(n as usize)
+    async fn remove_passkeys_of(&self, user_key: &str, now: u64) -> Result<usize> {
+        let sql = "WITH gone AS (DELETE FROM passkeys WHERE user_key = $1 RETURNING id, user_key)
+                   INSERT INTO removed_passkeys (id, user_key, removed_at_ms) SELECT id, user_key, $2 FROM gone
+                   ON CONFLICT (id) DO UPDATE SET user_key = EXCLUDED.user_key, removed_at_ms = EXCLUDED.removed_at_ms";
+        Ok(self.client().await?.execute(sql, &[&user_key, &ms(now)]).await? as usize)
+    }
+
+    async fn former_owner(&self, id: &[u8]) -> Result<Option<String>> {
+        let sql = "SELECT user_key FROM removed_passkeys WHERE id = $1";
+        Ok(self.client().await?.query_opt(sql, &[&id]).await?.map(|row| row.get(0)))
+    }
+
+    async fn purge_removed_passkeys(&self, before: u64) -> Result<usize> {
+        let sql = "DELETE FROM removed_passkeys WHERE removed_at_ms < $1";
+        Ok(self.client().await?.execute(sql, &[&ms(before)]).await? as usize)
     }
 
     async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {

@@ -2,6 +2,7 @@
 //! - `passkeys`: credential id → JSON [`PasskeyRecord`]
 //! - `user_passkeys`: username key, 0x00, credential id → () (each user's list)
 //! - `ceremonies`: SHA-256 of the ceremony cookie → JSON [`CeremonyRecord`]
+//! - `removed_passkeys`: credential id → JSON [`RemovedRecord`] (whose it was, when removed)
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,13 @@ impl PasskeyRecord {
     }
 }
 
+/// Whose a removed passkey was ([`PasskeyStore::former_owner`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RemovedRecord {
+    user_key: String,
+    removed_at: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CeremonyRecord {
     kind: CeremonyKind,
@@ -83,6 +91,30 @@ impl SledStore {
 
     fn user_passkeys(&self) -> Result<::sled::Tree> {
         Ok(self.db.open_tree("user_passkeys")?)
+    }
+
+    fn removed_passkeys(&self) -> Result<::sled::Tree> {
+        Ok(self.db.open_tree("removed_passkeys")?)
+    }
+
+    /// Notes that `user_key`'s passkey `id` was removed at `now`.
+    fn note_removed(&self, user_key: &str, id: &[u8], now: u64) -> Result<()> {
+        let record = RemovedRecord { user_key: user_key.to_string(), removed_at: now };
+        self.removed_passkeys()?.insert(id, encode(&record)?)?;
+        Ok(())
+    }
+
+    /// Forgets every removed passkey of `user_key` (the user is deleted). A scan: deletions
+    /// are rare, and the notes few (purged after `audit_retention`).
+    pub(super) fn forget_removed_passkeys(&self, user_key: &str) -> Result<()> {
+        let tree = self.removed_passkeys()?;
+        for kv in tree.iter() {
+            let (id, v) = kv?;
+            if decode::<RemovedRecord>(&v)?.user_key == user_key {
+                tree.remove(id)?;
+            }
+        }
+        Ok(())
     }
 
     fn ceremonies(&self) -> Result<::sled::Tree> {
@@ -120,17 +152,22 @@ impl SledStore {
         Ok(n)
     }
 
-    /// Removes every passkey of `user_key`; returns how many (also used when a user is deleted).
-    pub(super) fn delete_user_passkeys(&self, user_key: &str) -> Result<usize> {
+    /// Removes every passkey of `user_key`; returns how many. `removed_at`: when, to note
+    /// whose they were (a reset of factors); `None` when the user is deleted.
+    pub(super) fn delete_user_passkeys(&self, user_key: &str, removed_at: Option<u64>) -> Result<usize> {
         let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
         let prefix = index_prefix(user_key);
         let mut removed = 0;
         for kv in index.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            if passkeys.remove(&k[prefix.len()..])?.is_some() {
+            let id = &k[prefix.len()..];
+            if passkeys.remove(id)?.is_some() {
                 removed += 1;
+                if let Some(now) = removed_at {
+                    self.note_removed(user_key, id, now)?;
+                }
             }
-            index.remove(k)?;
+            index.remove(&k)?;
         }
         Ok(removed)
     }
@@ -187,7 +224,7 @@ impl PasskeyStore for SledStore {
         self.durable(renamed).await
     }
 
-    async fn remove_passkey(&self, user_key: &str, id: &[u8]) -> Result<bool> {
+    async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool> {
         let removed = {
             // Ordered with a change of generation that needs this passkey (`next_generation`).
             // The lock guards no data: one a panic poisoned still orders.
@@ -197,14 +234,35 @@ impl PasskeyStore for SledStore {
             }
             let removed = self.passkeys()?.remove(id)?.is_some();
             self.user_passkeys()?.remove(owner_key(user_key, id))?;
+            if removed {
+                self.note_removed(user_key, id, now)?;
+            }
             removed
         };
         self.durable(removed).await
     }
 
-    async fn remove_passkeys_of(&self, user_key: &str) -> Result<usize> {
-        let removed = self.delete_user_passkeys(user_key)?;
+    async fn remove_passkeys_of(&self, user_key: &str, now: u64) -> Result<usize> {
+        let removed = self.delete_user_passkeys(user_key, Some(now))?;
         self.durable(removed).await
+    }
+
+    async fn former_owner(&self, id: &[u8]) -> Result<Option<String>> {
+        let Some(v) = self.removed_passkeys()?.get(id)? else { return Ok(None) };
+        Ok(Some(decode::<RemovedRecord>(&v)?.user_key))
+    }
+
+    async fn purge_removed_passkeys(&self, before: u64) -> Result<usize> {
+        let tree = self.removed_passkeys()?;
+        let mut purged = 0;
+        for kv in tree.iter() {
+            let (id, v) = kv?;
+            if decode::<RemovedRecord>(&v)?.removed_at < before {
+                tree.remove(id)?;
+                purged += 1;
+            }
+        }
+        self.durable(purged).await
     }
 
     async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {
