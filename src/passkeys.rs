@@ -316,7 +316,9 @@ impl Passkeys {
     /// # Errors
     /// [`PasskeyError::NoCeremony`] unless this browser began a registration for this user
     /// within [`CEREMONY_LIFETIME`] and has not finished it; [`PasskeyError::Rejected`];
-    /// [`PasskeyError::Duplicate`]; [`PasskeyError::BadName`]; [`PasskeyError::Store`].
+    /// [`PasskeyError::Duplicate`]; [`PasskeyError::BadName`]; [`PasskeyError::NameTaken`]
+    /// (also for a name another write took at the same moment: the passkey is taken back);
+    /// [`PasskeyError::Store`].
     pub async fn finish_registration(
         &self,
         user: &User,
@@ -355,6 +357,10 @@ impl Passkeys {
                 self.store.passkeys.remove_passkey(&user.key, &stored.id, now_ms()).await?;
                 Err(PasskeyError::Superseded)
             }
+            Ok(()) if !self.still_apart(&user.key, &stored.id, &stored.name).await? => {
+                self.store.passkeys.remove_passkey(&user.key, &stored.id, now_ms()).await?;
+                Err(PasskeyError::NameTaken)
+            }
             Ok(()) => Ok(stored),
             Err(StoreError::AlreadyExists) => Err(PasskeyError::Duplicate),
             Err(e) => Err(e.into()),
@@ -364,11 +370,30 @@ impl Passkeys {
     /// Renames the user's passkey `id`; false when the user has no such passkey.
     ///
     /// # Errors
-    /// [`PasskeyError::BadName`], [`PasskeyError::Store`].
+    /// [`PasskeyError::BadName`]; [`PasskeyError::NameTaken`] when another of the user's
+    /// passkeys has a name that can pass for it, also one written at the same moment (the
+    /// rename is undone then); [`PasskeyError::Store`].
     pub async fn rename(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool, PasskeyError> {
         let name = parse_name(name)?;
-        name_for(&name, &self.list(user_key).await?, Some(id))?;
-        Ok(self.store.passkeys.rename_passkey(user_key, id, &name).await?)
+        let existing = self.list(user_key).await?;
+        name_for(&name, &existing, Some(id))?;
+        let Some(before) = existing.into_iter().find(|p| p.id == id) else { return Ok(false) };
+        if !self.store.passkeys.rename_passkey(user_key, id, &name).await? {
+            return Ok(false);
+        }
+        if !self.still_apart(user_key, id, &name).await? {
+            self.store.passkeys.rename_passkey(user_key, id, &before.name).await?;
+            return Err(PasskeyError::NameTaken);
+        }
+        Ok(true)
+    }
+
+    /// Whether the passkey `id`, just written as `name`, still stands apart from the user's
+    /// others, read again after the write. Two writes checked at the same moment can each pass
+    /// [`name_for`] before the other lands; the later one's check sees both and undoes it (or
+    /// both do, and the user tries again), so lookalikes never stay.
+    async fn still_apart(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool, PasskeyError> {
+        Ok(name_for(name, &self.list(user_key).await?, Some(id)).is_ok())
     }
 
     /// Removes the user's passkey `id`, and ends the sessions it signed in (as the first factor
@@ -732,6 +757,37 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         passkeys.purge().await.unwrap();
         assert_eq!(passkeys.begins_per_address.len(), 0, "pruned with the ceremonies");
+    }
+
+    /// Two renames checked at the same moment each pass the check before the other lands: the
+    /// check again after the write undoes one (or both), never leaving lookalikes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_renames_to_lookalike_names_at_once_at_most_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let origin = Url::parse("https://localhost:4000").unwrap();
+        let passkeys = Arc::new(Passkeys::new(store.clone(), "localhost", &origin, None).unwrap());
+        store.users.insert(&crate::store::conformance::user("alice"), "hash").await.unwrap();
+        for (id, name) in [(b"k1", "one"), (b"k2", "two")] {
+            let p = StoredPasskey { name: name.into(), ..crate::store::conformance::passkey(id, "alice", 1) };
+            store.passkeys.add_passkey(&p).await.unwrap();
+        }
+        for round in 0..200 {
+            let (a, b) = (format!("Laptop {round}"), format!("LAPTOP {round}"));
+            let renames = [(b"k1", a), (b"k2", b)].map(|(id, name)| {
+                let passkeys = Arc::clone(&passkeys);
+                tokio::spawn(async move { passkeys.rename("alice", id, &name).await })
+            });
+            for r in renames {
+                let outcome = r.await.unwrap();
+                assert!(matches!(outcome, Ok(true) | Err(PasskeyError::NameTaken)), "{outcome:?}");
+            }
+            let names: Vec<String> = passkeys.list("alice").await.unwrap().into_iter().map(|p| p.name).collect();
+            assert!(
+                name_for(&names[0], &passkeys.list("alice").await.unwrap(), Some(b"k1")).is_ok(),
+                "round {round}: {names:?}"
+            );
+        }
     }
 
     #[test]
