@@ -125,6 +125,17 @@ pub async fn remove(
     Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
 }
 
+/// The owner ([`Ceremony::owner`]) of a second-step passkey check: the user and the pending
+/// sign-in it checks (`pending`, the hash of its `__Host-portcullis-mfa` cookie), so each
+/// pending sign-in has its own check and a new begin ends only that sign-in's earlier ones.
+/// One per user let whoever knew the password end the owner's check under way by beginning
+/// one of their own, every few seconds (a review refused 7 of the owner's 12 sign-ins so).
+pub fn second_step_owner(user_key: &str, pending: &TokenHash) -> String {
+    let hex: String = pending.iter().map(|b| format!("{b:02x}")).collect();
+    // The hash's 64 hex digits end it, so no two pairs give one owner whatever the key holds.
+    format!("{user_key}/{hex}")
+}
+
 /// What a sign-in answer names ([`Passkeys::claimed`]).
 #[derive(Debug)]
 pub enum Claimed {
@@ -483,13 +494,14 @@ impl Passkeys {
         self.note_use(&stored, &mut passkey, &cred, result).await
     }
 
-    /// Begins a passkey check for `user_key` as the second factor (the user is known: the
-    /// password was right), offering only that user's passkeys.
+    /// Begins a passkey check for `user_key` as the second factor of the pending sign-in
+    /// `pending` (the user is known: the password was right), offering only that user's
+    /// passkeys; it ends that sign-in's earlier check, no other ([`second_step_owner`]).
     ///
     /// # Errors
     /// [`PasskeyError::Disabled`], [`PasskeyError::Rejected`] when the user has no passkey,
     /// [`PasskeyError::Store`].
-    pub async fn begin_second_factor(&self, user_key: &str) -> Result<Begun, PasskeyError> {
+    pub async fn begin_second_factor(&self, user_key: &str, pending: &TokenHash) -> Result<Begun, PasskeyError> {
         let webauthn = self.webauthn()?;
         let keys = self.list(user_key).await?.iter().map(parse_passkey).collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
@@ -497,21 +509,23 @@ impl Passkeys {
         }
         let (rcr, state): (RequestChallengeResponse, PasskeyAuthentication) =
             webauthn.start_passkey_authentication(&keys).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        self.open(CeremonyKind::SecondFactor, Some(user_key), &state, &rcr).await
+        self.open(CeremonyKind::SecondFactor, Some(&second_step_owner(user_key, pending)), &state, &rcr).await
     }
 
-    /// Finishes a second-factor passkey check for `user_key`.
+    /// Finishes a second-factor passkey check for `user_key` and the pending sign-in `pending`.
     ///
     /// # Errors
     /// As [`Passkeys::finish_sign_in`]; the passkey must be `user_key`'s.
     pub async fn finish_second_factor(
         &self,
         user_key: &str,
+        pending: &TokenHash,
         cookie: Option<&str>,
         credential: &str,
     ) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
-        let state: PasskeyAuthentication = self.take(cookie, CeremonyKind::SecondFactor, Some(user_key)).await?;
+        let owner = second_step_owner(user_key, pending);
+        let state: PasskeyAuthentication = self.take(cookie, CeremonyKind::SecondFactor, Some(&owner)).await?;
         let cred: PublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         let stored = self
@@ -591,14 +605,14 @@ impl Passkeys {
     async fn open<S: serde::Serialize, O: serde::Serialize>(
         &self,
         kind: CeremonyKind,
-        user_key: Option<&str>,
+        owner: Option<&str>,
         state: &S,
         options: &O,
     ) -> Result<Begun, PasskeyError> {
         let token = SessionToken::generate()?;
         let ceremony = Ceremony {
             kind,
-            user_key: user_key.map(str::to_string),
+            owner: owner.map(str::to_string),
             state: serde_json::to_string(state).map_err(|e| PasskeyError::Rejected(e.to_string()))?,
             expires_at: now_ms() + CEREMONY_LIFETIME.as_millis() as u64,
         };
@@ -607,16 +621,16 @@ impl Passkeys {
         Ok(Begun { options, cookie: token.encode() })
     }
 
-    /// Takes (once) the ceremony bound to `cookie`, if it is of `kind` for `user_key`.
+    /// Takes (once) the ceremony bound to `cookie`, if it is of `kind` for `owner`.
     async fn take<S: serde::de::DeserializeOwned>(
         &self,
         cookie: Option<&str>,
         kind: CeremonyKind,
-        user_key: Option<&str>,
+        owner: Option<&str>,
     ) -> Result<S, PasskeyError> {
         let token = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?;
         let c = self.store.passkeys.take_ceremony(&token.hash(), now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
-        if c.kind != kind || c.user_key.as_deref() != user_key {
+        if c.kind != kind || c.owner.as_deref() != owner {
             return Err(PasskeyError::NoCeremony);
         }
         serde_json::from_str(&c.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))

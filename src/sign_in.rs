@@ -712,7 +712,7 @@ impl SignIn {
         if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
             return Ok(StepOutcome::Restart);
         }
-        let verdict = self.factors.verify(&user.key, &proof, now / 1000).await?;
+        let verdict = self.factors.verify(&user.key, &hash, &proof, now / 1000).await?;
         if let Verdict::PossibleClone(passkey) = &verdict {
             let (username, client) = (user.key.as_str(), judged.client);
             self.audit.record(&AuthEvent::PasskeyCloneSuspected { username, passkey, client });

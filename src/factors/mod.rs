@@ -243,12 +243,20 @@ impl SecondFactors {
         self.store.factors.summary_with_generation(user_key).await
     }
 
-    /// Checks `proof` for `user_key` at `now_secs` and uses it up when accepted (a TOTP step
-    /// is accepted once, RFC 6238 §5.2; a recovery code once, NIST SP 800-63B §5.1.2.2).
+    /// Checks `proof` for `user_key` at `now_secs`, the second step of the pending sign-in
+    /// `pending` (a passkey answers that sign-in's own check), and uses it up when accepted
+    /// (a TOTP step is accepted once, RFC 6238 §5.2; a recovery code once, NIST SP 800-63B
+    /// §5.1.2.2).
     ///
     /// # Errors
     /// [`FactorError`] when the store cannot be used or the secret cannot be opened.
-    pub async fn verify(&self, user_key: &str, proof: &Proof, now_secs: u64) -> Result<Verdict, FactorError> {
+    pub async fn verify(
+        &self,
+        user_key: &str,
+        pending: &TokenHash,
+        proof: &Proof,
+        now_secs: u64,
+    ) -> Result<Verdict, FactorError> {
         let bad = Verdict::Refused(FailureReason::BadSecondFactor);
         match proof {
             Proof::Totp(code) => {
@@ -275,7 +283,7 @@ impl SecondFactors {
                 // The ceremony is taken (one use) and the counter noted inside; any refusal
                 // of an answer checked (another user's passkey, a bad signature) is a wrong
                 // factor.
-                match passkeys.finish_second_factor(user_key, ceremony.as_deref(), credential).await {
+                match passkeys.finish_second_factor(user_key, pending, ceremony.as_deref(), credential).await {
                     Ok(used) => Ok(Verdict::Accepted(FactorKind::Passkey, Some(used.passkey_id))),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
                     Err(crate::passkeys::PasskeyError::NoCeremony | crate::passkeys::PasskeyError::AnswerUsed) => {

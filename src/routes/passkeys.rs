@@ -512,7 +512,7 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
     if let Err(resp) = ceremony_quota(req, &state).await {
         return resp;
     }
-    match state.passkeys.begin_second_factor(&user.key).await {
+    match state.passkeys.begin_second_factor(&user.key, &hash).await {
         Ok(b) => begun(b),
         Err(PasskeyError::Disabled) => json_error(StatusCode::NOT_FOUND, "Passkeys are not available on this server."),
         Err(PasskeyError::Rejected(_)) => json_error(StatusCode::BAD_REQUEST, "You have no passkey."),

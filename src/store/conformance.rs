@@ -242,14 +242,10 @@ async fn futures_count(tasks: impl Iterator<Item = tokio::task::JoinHandle<bool>
 
 async fn ceremonies_are_taken_once_and_expire(store: &Store) {
     let p = &store.passkeys;
-    let c = Ceremony {
-        kind: CeremonyKind::SignIn,
-        user_key: None,
-        state: r#"{"challenge":"x"}"#.into(),
-        expires_at: 1_000,
-    };
+    let c =
+        Ceremony { kind: CeremonyKind::SignIn, owner: None, state: r#"{"challenge":"x"}"#.into(), expires_at: 1_000 };
     p.put_ceremony(&[1; 32], &c).await.unwrap();
-    let r = Ceremony { kind: CeremonyKind::Register, user_key: Some("alice".into()), ..c.clone() };
+    let r = Ceremony { kind: CeremonyKind::Register, owner: Some("alice".into()), ..c.clone() };
     p.put_ceremony(&[2; 32], &r).await.unwrap();
     p.put_ceremony(&[3; 32], &Ceremony { expires_at: 500, ..c.clone() }).await.unwrap();
     assert!(p.take_ceremony(&[9; 32], 10).await.unwrap().is_none(), "ceremonies: unknown key");
@@ -265,9 +261,9 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
 
     // One open registration and one open second-factor check per user: a new one ends the
     // user's others of its kind, and no one else's; discoverable sign-ins are not a user's.
-    let bob = Ceremony { user_key: Some("bob".into()), ..r.clone() };
+    let bob = Ceremony { owner: Some("bob".into()), ..r.clone() };
     let second = Ceremony { kind: CeremonyKind::SecondFactor, ..r.clone() };
-    let bob_second = Ceremony { user_key: Some("bob".into()), ..second.clone() };
+    let bob_second = Ceremony { owner: Some("bob".into()), ..second.clone() };
     let puts = [(5u8, &r), (6, &r), (7, &bob), (8, &second), (9, &r), (10, &second), (11, &bob_second), (12, &second)];
     for (k, c) in puts.into_iter().chain([(13, &c), (14, &c)]) {
         p.put_ceremony(&[k; 32], c).await.unwrap();
@@ -281,7 +277,7 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
     }
     // Begun at once, as many times as anyone likes: one stays open (a review found two
     // begins could each remove the other's before their own insert).
-    let carol = Ceremony { user_key: Some("carol".into()), ..r.clone() };
+    let carol = Ceremony { owner: Some("carol".into()), ..r.clone() };
     let racers = (20..36u8).map(|k| {
         let (p, carol) = (std::sync::Arc::clone(p), carol.clone());
         tokio::spawn(async move { p.put_ceremony(&[k; 32], &carol).await.unwrap() })
@@ -849,7 +845,7 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     store.passkeys.record_passkey_use(b"pk", &used("used", 4, 40)).await.unwrap();
     let ceremony = Ceremony {
         kind: CeremonyKind::Register,
-        user_key: Some("alice".into()),
+        owner: Some("alice".into()),
         state: "s".into(),
         expires_at: u64::MAX / 2,
     };

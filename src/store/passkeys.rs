@@ -78,11 +78,11 @@ impl CeremonyKind {
         }
     }
 
-    /// Whether a user has at most one open ceremony of this kind: a new one ends the others
-    /// ([`PasskeyStore::put_ceremony`]). A registration (signed in) and a second-factor check
-    /// (the password was right) each name their user, so neither can fill the store by being
-    /// begun again and again; a discoverable sign-in names nobody, and the login form's
-    /// per-address quota bounds it instead.
+    /// Whether an owner ([`Ceremony::owner`]) has at most one open ceremony of this kind: a
+    /// new one ends the others ([`PasskeyStore::put_ceremony`]). A registration (signed in)
+    /// and a second-factor check (of a pending sign-in: the password was right) each have
+    /// one, so neither can fill the store by being begun again and again; a discoverable
+    /// sign-in has none, and the login form's per-address quota bounds it instead.
     pub fn one_per_user(self) -> bool {
         matches!(self, CeremonyKind::Register | CeremonyKind::SecondFactor)
     }
@@ -98,9 +98,10 @@ impl CeremonyKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ceremony {
     pub kind: CeremonyKind,
-    /// The user it is for: the signed-in user (register), the user whose password was right
-    /// (second factor), none for a discoverable sign-in.
-    pub user_key: Option<String>,
+    /// Whom it is for: the signed-in user's key (register); for a second-factor check, the
+    /// user whose password was right and the pending sign-in it checks
+    /// (`crate::passkeys::second_step_owner`); none for a discoverable sign-in.
+    pub owner: Option<String>,
     /// webauthn-rs's state (`PasskeyRegistration`, `DiscoverableAuthentication` or
     /// `PasskeyAuthentication`) as JSON: it holds the challenge and must never reach the client.
     pub state: String,

@@ -705,7 +705,7 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
         let factors = app.state.factors.clone();
         async move {
             let proof = Proof::Totp(code(&secret, at).into());
-            factors.verify("alice", &proof, at * totp::STEP_SECS).await.unwrap()
+            factors.verify("alice", &[0; 32], &proof, at * totp::STEP_SECS).await.unwrap()
                 == Verdict::Accepted(FactorKind::Totp, None)
         }
     };
@@ -720,8 +720,11 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     // A new phone for the same factor: the printed codes stay good, no new set replaces them
     // (a review found them silently voided).
     assert_eq!((c.status().as_u16(), c.headers()["location"].to_str().unwrap()), (303, "/account"), "replaced");
-    let kept =
-        app.state.factors.verify("alice", &Proof::RecoveryCode(codes[0].clone().into()), step * totp::STEP_SECS).await;
+    let kept = app
+        .state
+        .factors
+        .verify("alice", &[0; 32], &Proof::RecoveryCode(codes[0].clone().into()), step * totp::STEP_SECS)
+        .await;
     assert_eq!(kept.unwrap(), Verdict::Accepted(FactorKind::RecoveryCodes, None), "the codes from before still work");
     let (_, form_stale) = enrolment_form(&stale, &|s| code(s, step));
     let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();

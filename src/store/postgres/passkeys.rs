@@ -156,7 +156,7 @@ impl PasskeyStore for PgStore {
         };
         self.client()
             .await?
-            .execute(sql, &[&&key[..], &c.kind.as_str(), &c.user_key, &c.state, &ms(c.expires_at)])
+            .execute(sql, &[&&key[..], &c.kind.as_str(), &c.owner, &c.state, &ms(c.expires_at)])
             .await?;
         Ok(())
     }
@@ -167,7 +167,7 @@ impl PasskeyStore for PgStore {
         let kind: String = row.get(0);
         let kind = CeremonyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("ceremony kind {kind:?}")))?;
         let expires_at = unms(row.get(3));
-        Ok((expires_at > now).then(|| Ceremony { kind, user_key: row.get(1), state: row.get(2), expires_at }))
+        Ok((expires_at > now).then(|| Ceremony { kind, owner: row.get(1), state: row.get(2), expires_at }))
     }
 
     async fn purge_ceremonies(&self, now: u64) -> Result<usize> {

@@ -304,12 +304,12 @@ impl PasskeyStore for SledStore {
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
         let record = CeremonyRecord {
             kind: c.kind,
-            user_key: c.user_key.clone(),
+            user_key: c.owner.clone(),
             state: c.state.clone(),
             expires_at: c.expires_at,
         };
         let value = encode(&record)?;
-        let (key, kind, user) = (*key, c.kind, c.user_key.clone());
+        let (key, kind, user) = (*key, c.kind, c.owner.clone());
         self.blocking(move |s| {
             let tree = s.ceremonies()?;
             // The others' removal and the insert are one step: two begins at once would each
@@ -341,7 +341,7 @@ impl PasskeyStore for SledStore {
         let r: CeremonyRecord = decode(&v)?;
         Ok((r.expires_at > now).then_some(Ceremony {
             kind: r.kind,
-            user_key: r.user_key,
+            owner: r.user_key,
             state: r.state,
             expires_at: r.expires_at,
         }))
