@@ -170,9 +170,9 @@ fn ceremonies(c: &mut Criterion) {
     let rt = runtime();
     let store = Store::open(dir.path()).unwrap();
     let far = START_MS * 2;
-    let open = |kind, user_key: Option<&str>| Ceremony {
+    let open = |kind, owner: Option<&str>| Ceremony {
         kind,
-        user_key: user_key.map(str::to_string),
+        owner: owner.map(str::to_string),
         state: "{}".into(),
         expires_at: far,
     };
