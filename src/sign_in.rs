@@ -142,6 +142,9 @@ pub enum StepOutcome {
     /// No pending sign-in (none, expired, used, or the user or password changed): start at
     /// `/login` again. Nothing was checked, so nothing is recorded.
     Restart,
+    /// Nothing was checked (nothing typed, or a passkey answer whose check is over): the form
+    /// again, nothing recorded or counted.
+    Unchecked,
 }
 
 /// Why an attempt was refused, and what the client must do next.
@@ -677,7 +680,7 @@ impl SignIn {
         if !self.csrf.check_session(&hash, csrf) {
             return Ok(refused(judged.refuse(FailureReason::Csrf, None, false).await?));
         }
-        let Some(proof) = proof else { return Ok(nothing_checked()) };
+        let Some(proof) = proof else { return Ok(StepOutcome::Unchecked) };
         // A pending sign-in whose password step solved the captcha carries one code check,
         // whatever the counts say by now: failures others caused (three wrong passwords typed
         // for this name, or by colleagues behind one address) cannot keep the user who solved
@@ -730,7 +733,7 @@ impl SignIn {
                         .await
                         .map_err(store_err("could not keep a pending sign-in"))?,
                 }
-                Ok(nothing_checked())
+                Ok(StepOutcome::Unchecked)
             }
             Verdict::Refused(reason) => self.refuse_step(judged, reason, reservation, address, digest, one_check).await,
             Verdict::PossibleClone(_) => {
@@ -776,13 +779,6 @@ impl SignIn {
             }
         }
     }
-}
-
-/// A second step in which nothing was checked (nothing typed, or a passkey answer whose
-/// ceremony had ended): refused, neither recorded nor counted; the form is shown again.
-fn nothing_checked() -> StepOutcome {
-    let refusal = Refusal { reason: FailureReason::BadSecondFactor, retry_after: None, captcha_demanded: false };
-    StepOutcome::Refused { refusal, restart: false }
 }
 
 /// An attempt being judged, with what every refusal needs.

@@ -797,8 +797,8 @@ async fn another_sign_in_of_the_user_leaves_a_pending_sign_ins_passkey_check_ope
     assert!(signed_in(&app, &first).await);
 }
 
-/// A passkey answer whose check is over (expired here) checked nothing: refused, neither
-/// recorded nor counted.
+/// A passkey answer whose check is over (expired here) checked nothing: 403 as an expired
+/// form, neither recorded nor counted.
 #[tokio::test]
 async fn a_passkey_check_that_is_over_is_not_a_wrong_factor() {
     let app = passkey_app().await;
@@ -814,7 +814,8 @@ async fn a_passkey_check_that_is_over_is_not_a_wrong_factor() {
     app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap();
     let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
     let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the check that is over signs nobody in");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "the check that is over signs nobody in");
+    assert!(resp.text().await.unwrap().contains("That passkey check is over. Please try again."));
     assert!(!app.log_text().contains("bad_second_factor"), "and is no failure: nothing was checked");
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty());
 }
@@ -847,7 +848,7 @@ async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one
     let ended = answer(&mut device, options);
     let resp =
         first.post("/login/second-factor", &[("csrf", first_csrf.as_str()), ("credential", ended.as_str())]).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the ended check signs nobody in, and the form stays");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "the ended check signs nobody in, and the form stays");
     // The same pending sign-in, checked again: signed in, no password or captcha asked.
     let options = json(first.post(begin, &[("csrf", first_csrf.as_str())]).await).await;
     let fresh = answer(&mut device, options);
@@ -1319,4 +1320,39 @@ async fn a_removed_passkey_still_tried_is_recorded_under_its_former_owner_until_
     app.add_user("alice", GOOD_PASSWORD, false).await;
     assert_eq!(sign_in(&app, &app.new_browser(), &mut lost).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!((bad_passkeys("alice"), bad_passkeys("")), (2, 1));
+}
+
+/// At the second step too, one answer sent twice signs in once; the twin finds its check
+/// used (403, nothing recorded), where a review saw 401 "not accepted" and a failure counted
+/// in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_steps_answer_sent_twice_signs_in_once_and_records_nothing() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "key").await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
+    let rcr: RequestChallengeResponse = serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap();
+    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
+    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
+    let send = || browser.post(app.url("/login/second-factor")).form(&form).send();
+    let (a, b) = tokio::join!(send(), send());
+    // One signs in (303 to /); the twin finds the check used (403) or, later still, the
+    // pending sign-in over (303 to /login).
+    let mut outcomes: Vec<(StatusCode, String)> = [a.unwrap(), b.unwrap()]
+        .iter()
+        .map(|r| (r.status(), r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default()))
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes[0], (StatusCode::SEE_OTHER, "/".to_string()), "{outcomes:?}");
+    assert!(
+        outcomes[1].0 == StatusCode::FORBIDDEN || outcomes[1] == (StatusCode::SEE_OTHER, "/login".to_string()),
+        "{outcomes:?}"
+    );
+    assert_eq!(app.sessions_of("alice").await.len(), 2, "the owner's and one more");
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
+    assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_passkey_clone_suspected"));
 }

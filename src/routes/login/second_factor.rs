@@ -139,7 +139,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     match &outcome {
         StepOutcome::SignedIn { .. } => state.metrics.login_attempt(LoginResult::Success),
         StepOutcome::Refused { refusal, .. } => state.metrics.login_attempt(LoginResult::Refused(refusal.reason)),
-        StepOutcome::Restart => {}
+        StepOutcome::Restart | StepOutcome::Unchecked => {}
     }
     match outcome {
         StepOutcome::SignedIn { token, next, device_cookie } => {
@@ -148,38 +148,54 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             super::after_sign_in(next, &token, &device_cookie, MFA_COOKIE)
         }
         StepOutcome::Restart => restart(),
-        StepOutcome::Refused { refusal, restart: over } => {
-            let (status, message) = match refusal.reason {
-                FailureReason::RateLimited => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "Too many attempts. Please wait {} and try again.",
-                        humantime::format_duration(std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1)))
+        StepOutcome::Unchecked | StepOutcome::Refused { .. } => {
+            let (refusal, over) = match outcome {
+                StepOutcome::Refused { refusal, restart } => (Some(refusal), restart),
+                _ => (None, false),
+            };
+            let (status, message) = match refusal.as_ref().map(|r| r.reason) {
+                // Nothing was checked: an empty form, or a passkey answer whose check is over
+                // (it expired, this sign-in began another, or its twin sent at the same moment
+                // used it): nothing recorded, as an expired form.
+                None if !form.credential.is_empty() => {
+                    (StatusCode::FORBIDDEN, "That passkey check is over. Please try again.".to_string())
+                }
+                None => (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string()),
+                Some(reason) => match reason {
+                    FailureReason::RateLimited => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "Too many attempts. Please wait {} and try again.",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                refusal.as_ref().and_then(|r| r.retry_after).unwrap_or(1),
+                            ))
+                        ),
                     ),
-                ),
-                FailureReason::Csrf => (
-                    StatusCode::FORBIDDEN,
-                    "This form has expired or was not sent from this site. Please try again.".to_string(),
-                ),
-                FailureReason::CaptchaRequired => (
-                    StatusCode::UNAUTHORIZED,
-                    "Too many wrong attempts. Please sign in again with your password.".to_string(),
-                ),
-                _ if over && !form.credential.is_empty() => (
-                    StatusCode::UNAUTHORIZED,
-                    "That passkey was not accepted. Please sign in again with your password.".to_string(),
-                ),
-                _ if !form.credential.is_empty() => {
-                    (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
-                }
-                _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
-                    (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
-                }
-                _ if over => (
-                    StatusCode::UNAUTHORIZED,
-                    "That code is not right, or was already used. Please sign in again with your password.".to_string(),
-                ),
-                _ => (StatusCode::UNAUTHORIZED, "That code is not right, or was already used.".to_string()),
+                    FailureReason::Csrf => (
+                        StatusCode::FORBIDDEN,
+                        "This form has expired or was not sent from this site. Please try again.".to_string(),
+                    ),
+                    FailureReason::CaptchaRequired => (
+                        StatusCode::UNAUTHORIZED,
+                        "Too many wrong attempts. Please sign in again with your password.".to_string(),
+                    ),
+                    _ if over && !form.credential.is_empty() => (
+                        StatusCode::UNAUTHORIZED,
+                        "That passkey was not accepted. Please sign in again with your password.".to_string(),
+                    ),
+                    _ if !form.credential.is_empty() => {
+                        (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
+                    }
+                    _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
+                        (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
+                    }
+                    _ if over => (
+                        StatusCode::UNAUTHORIZED,
+                        "That code is not right, or was already used. Please sign in again with your password."
+                            .to_string(),
+                    ),
+                    _ => (StatusCode::UNAUTHORIZED, "That code is not right, or was already used.".to_string()),
+                },
             };
             // The page needs the pending sign-in's name and token binding: read it again (a
             // refusal never ends it, except past the captcha threshold).
@@ -206,7 +222,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                     r
                 }
             };
-            match refusal.retry_after {
+            match refusal.and_then(|r| r.retry_after) {
                 Some(secs) => crate::routes::with_retry_after(resp, secs),
                 None => resp,
             }
