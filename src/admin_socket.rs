@@ -197,14 +197,13 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         Request::UserRemovePasskey { name, passkey } => users.remove_passkey(name, passkey, by).await.map(|(n, r)| {
-            let mut out = format!(
-                "passkey \"{}\" of {n} removed; {} session(s) signed in with it ended",
-                r.passkey.name.replace(['\n', '\r'], " "),
-                r.sessions_ended
-            );
+            // The name last, as `user factors` lists it: nothing after it can be taken for
+            // what the server says.
+            let mut out = format!("{n}: passkey removed, {} session(s) signed in with it ended", r.sessions_ended);
             if r.codes_voided > 0 {
-                out.push_str(&format!("; its {} recovery codes voided (no second factor left)", r.codes_voided));
+                out.push_str(&format!(", its {} recovery codes voided (no second factor left)", r.codes_voided));
             }
+            out.push_str(&format!("; named: {}", r.passkey.name.replace(['\n', '\r'], " ")));
             out
         }),
         Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {

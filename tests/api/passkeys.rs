@@ -1235,7 +1235,7 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
     let args = ["user", "factors", "alice", "--remove-passkey", "Work laptop"];
     let run = crate::child::cli(app.dir.path(), &args, None).await;
     run.assert_ok("remove a passkey");
-    assert_eq!(run.stdout, "passkey \"Work laptop\" of alice removed; 1 session(s) signed in with it ended\n");
+    assert_eq!(run.stdout, "alice: passkey removed, 1 session(s) signed in with it ended; named: Work laptop\n");
     assert!(!signed_in(&app, &finder).await, "the lost key's session is over");
     assert!(signed_in(&app, &owner).await, "a session it did not sign in stands");
     let names: Vec<String> = app.state.passkeys.list("alice").await.unwrap().into_iter().map(|p| p.name).collect();
@@ -1251,11 +1251,8 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
     // The last second factor takes the recovery codes with it, as on /account.
     let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice", "--remove-passkey", "Phone"], None).await;
     run.assert_ok("remove the last passkey");
-    assert!(
-        run.stdout.contains("of alice removed; 0 session(s) signed in with it ended; its 10 recovery codes voided"),
-        "{}",
-        run.stdout
-    );
+    let voided = "alice: passkey removed, 0 session(s) signed in with it ended, its 10 recovery codes voided";
+    assert!(run.stdout.starts_with(voided) && run.stdout.ends_with("; named: Phone\n"), "{}", run.stdout);
     assert_eq!(app.state.users.factors("alice").await.unwrap().1.recovery_codes, 0);
 }
 
