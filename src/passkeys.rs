@@ -386,14 +386,14 @@ impl Passkeys {
     /// rename is undone then); [`PasskeyError::Store`].
     pub async fn rename(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool, PasskeyError> {
         let name = parse_name(name)?;
-        let existing = self.list(user_key).await?;
-        name_for(&name, &existing, Some(id))?;
-        let Some(before) = existing.into_iter().find(|p| p.id == id) else { return Ok(false) };
-        if !self.store.passkeys.rename_passkey(user_key, id, &name).await? {
+        name_for(&name, &self.list(user_key).await?, Some(id))?;
+        let Some(before) = self.store.passkeys.rename_passkey(user_key, id, &name, None).await? else {
             return Ok(false);
-        }
+        };
         if !self.still_apart(user_key, id, &name).await? {
-            self.store.passkeys.rename_passkey(user_key, id, &before.name).await?;
+            // Back to the name this rename replaced, and only while it still bears this one:
+            // a rename made since stands.
+            self.store.passkeys.rename_passkey(user_key, id, &before, Some(&name)).await?;
             return Err(PasskeyError::NameTaken);
         }
         Ok(true)
@@ -515,7 +515,8 @@ impl Passkeys {
     /// Finishes a second-factor passkey check for `user_key` and the pending sign-in `pending`.
     ///
     /// # Errors
-    /// As [`Passkeys::finish_sign_in`]; the passkey must be `user_key`'s.
+    /// As [`Passkeys::finish_sign_in`]; the passkey must be `user_key`'s; an answer to another
+    /// challenge (an earlier check's) is [`PasskeyError::NoCeremony`].
     pub async fn finish_second_factor(
         &self,
         user_key: &str,
@@ -537,6 +538,13 @@ impl Passkeys {
             .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
         let mut passkey = parse_passkey(&stored)?;
         let result = webauthn.finish_passkey_authentication(&cred, &state);
+        if let Err(WebauthnError::MismatchedChallenge) = result {
+            // An answer to an earlier check of this sign-in, in a tab of the same browser,
+            // whose one ceremony cookie a newer begin replaced: its check is over, and nothing
+            // was checked (the challenge is compared before the signature), as for an expired
+            // check.
+            return Err(PasskeyError::NoCeremony);
+        }
         self.note_use(&stored, &mut passkey, &cred, result).await
     }
 
@@ -801,6 +809,40 @@ mod tests {
                 name_for(&names[0], &passkeys.list("alice").await.unwrap(), Some(b"k1")).is_ok(),
                 "round {round}: {names:?}"
             );
+        }
+    }
+
+    /// A rename undone for a lookalike goes back to the name it replaced, and only while its
+    /// own name stands: a third rename that answered well stays (a review saw one reverted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undoing_a_rename_keeps_a_rename_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let origin = Url::parse("https://localhost:4000").unwrap();
+        let passkeys = Arc::new(Passkeys::new(store.clone(), "localhost", &origin, None).unwrap());
+        store.users.insert(&crate::store::conformance::user("alice"), "hash").await.unwrap();
+        for (id, name) in [(b"k1", "one"), (b"k2", "two")] {
+            let p = StoredPasskey { name: name.into(), ..crate::store::conformance::passkey(id, "alice", 1) };
+            store.passkeys.add_passkey(&p).await.unwrap();
+        }
+        for round in 0..200 {
+            let renames = [
+                (b"k1", format!("Laptop {round}")),
+                (b"k2", format!("LAPTOP {round}")),
+                (b"k1", format!("Desk {round}")),
+            ]
+            .map(|(id, name)| {
+                let passkeys = Arc::clone(&passkeys);
+                tokio::spawn(async move { passkeys.rename("alice", id, &name).await })
+            });
+            let mut outcomes = Vec::new();
+            for r in renames {
+                outcomes.push(r.await.unwrap());
+            }
+            let k1 = passkeys.list("alice").await.unwrap().into_iter().find(|p| p.id == b"k1").unwrap().name;
+            if matches!(outcomes[2], Ok(true)) && matches!(outcomes[0], Err(PasskeyError::NameTaken)) {
+                assert_eq!(k1, format!("Desk {round}"), "round {round}: {outcomes:?}");
+            }
         }
     }
 

@@ -168,8 +168,17 @@ async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
     assert_eq!(summary, FactorSummary { totp: false, recovery_codes: 0, passkeys: 2 }, "factors: passkeys count");
     assert!(summary.has_second_factor(), "factors: a passkey is a second factor");
     assert_eq!(p.passkey(b"k1").await.unwrap(), Some(passkey(b"k1", "alice", 10)), "passkeys: get by id");
-    assert!(!p.rename_passkey("bob", b"k1", "mine").await.unwrap(), "passkeys: another user cannot rename it");
-    assert!(p.rename_passkey("alice", b"k1", "laptop").await.unwrap(), "passkeys: rename");
+    assert_eq!(
+        p.rename_passkey("bob", b"k1", "mine", None).await.unwrap(),
+        None,
+        "passkeys: another user cannot rename it"
+    );
+    let renamed = p.rename_passkey("alice", b"k1", "laptop", None).await.unwrap();
+    assert_eq!(renamed.as_deref(), Some("phone"), "passkeys: rename, and the name it had");
+    assert_eq!(p.rename_passkey("alice", b"k1", "desk", Some("phone")).await.unwrap(), None, "passkeys: not named so");
+    let renamed = p.rename_passkey("alice", b"k1", "desk", Some("laptop")).await.unwrap();
+    assert_eq!(renamed.as_deref(), Some("laptop"), "passkeys: named so");
+    assert!(p.rename_passkey("alice", b"k1", "laptop", Some("desk")).await.unwrap().is_some());
     assert_eq!(p.passkey(b"k1").await.unwrap().unwrap().name, "laptop");
     assert!(!p.remove_passkey("bob", b"k1", 30).await.unwrap(), "passkeys: another user cannot remove it");
     assert_eq!(p.former_owner(b"k1").await.unwrap(), None, "passkeys: a registered one has no former owner");

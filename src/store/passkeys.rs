@@ -128,8 +128,11 @@ pub trait PasskeyStore: Send + Sync {
     }
     /// The user's passkeys, oldest first.
     async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>>;
-    /// Renames the user's passkey; false when the user has no such passkey.
-    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool>;
+    /// Renames the user's passkey to `name`, provided it is named `from` when that is given
+    /// (a compare-and-set: undoing a rename must not undo another made since), and returns
+    /// the name it had; `None` when the user has no such passkey, or it is named otherwise.
+    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str, from: Option<&str>)
+        -> Result<Option<String>>;
     /// Removes the user's passkey, and notes at `now` whose it was
     /// ([`PasskeyStore::former_owner`]); false when the user has no such passkey.
     async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool>;

@@ -1353,3 +1353,34 @@ async fn a_second_steps_answer_sent_twice_signs_in_once_and_records_nothing() {
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
     assert!(!app.log_lines().iter().any(|l| l["event"] == "authn_passkey_clone_suspected"));
 }
+
+/// Two tabs of one browser share its ceremony cookie: the first tab's answer meets the
+/// second tab's check, another challenge. Its check is over (403, nothing recorded), where a
+/// review saw a wrong factor counted towards the captcha.
+#[tokio::test]
+async fn an_answer_to_an_earlier_check_of_the_same_browser_is_a_check_that_is_over() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "key").await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let begin = || async {
+        let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
+        let rcr: RequestChallengeResponse = serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap();
+        rcr
+    };
+    let first_tab = begin().await;
+    let _second_tab = begin().await;
+    let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), first_tab).unwrap()).unwrap();
+    let form = [("csrf", csrf.as_str()), ("credential", answer.as_str())];
+    let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.text().await.unwrap().contains("That passkey check is over"));
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
+    let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), begin().await).unwrap()).unwrap();
+    let form = [("csrf", csrf.as_str()), ("credential", answer.as_str())];
+    let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "a new check of the same sign-in goes on");
+}

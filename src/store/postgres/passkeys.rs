@@ -101,9 +101,18 @@ impl PasskeyStore for PgStore {
         self.client().await?.query(&sql, &[&user_key]).await?.iter().map(passkey_of).collect()
     }
 
-    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool> {
-        let sql = "UPDATE passkeys SET name = $3 WHERE user_key = $1 AND id = $2";
-        Ok(self.client().await?.execute(sql, &[&user_key, &id, &name]).await? > 0)
+    async fn rename_passkey(
+        &self,
+        user_key: &str,
+        id: &[u8],
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<Option<String>> {
+        // The row locked first, so the name returned is the one this update replaced.
+        let sql = "WITH old AS (SELECT id, name FROM passkeys WHERE user_key = $1 AND id = $2 FOR UPDATE)
+                   UPDATE passkeys p SET name = $3 FROM old
+                   WHERE p.id = old.id AND ($4::text IS NULL OR old.name = $4) RETURNING old.name";
+        Ok(self.client().await?.query_opt(sql, &[&user_key, &id, &name, &from]).await?.map(|row| row.get(0)))
     }
 
     async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool> {

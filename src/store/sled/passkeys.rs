@@ -204,21 +204,26 @@ impl PasskeyStore for SledStore {
         Ok(out)
     }
 
-    async fn rename_passkey(&self, user_key: &str, id: &[u8], name: &str) -> Result<bool> {
-        let mut renamed = false;
+    async fn rename_passkey(
+        &self,
+        user_key: &str,
+        id: &[u8],
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<Option<String>> {
+        let mut renamed = None;
         self.passkeys()?.fetch_and_update(id, |old| {
             // sled calls this again when another writer got in first: only the last call counts.
-            renamed = false;
+            renamed = None;
             let bytes = old?;
             let mut record: PasskeyRecord = match serde_json::from_slice(bytes) {
                 Ok(r) => r,
                 Err(_) => return Some(bytes.to_vec()),
             };
-            if record.user_key != user_key {
+            if record.user_key != user_key || from.is_some_and(|f| f != record.name) {
                 return Some(bytes.to_vec());
             }
-            record.name = name.to_string();
-            renamed = true;
+            renamed = Some(std::mem::replace(&mut record.name, name.to_string()));
             serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
         })?;
         self.durable(renamed).await
