@@ -781,12 +781,9 @@ mod tests {
         assert_eq!(passkeys.begins_per_address.len(), 0, "pruned with the ceremonies");
     }
 
-    /// Two renames checked at the same moment each pass the check before the other lands: the
-    /// check again after the write undoes one (or both), never leaving lookalikes.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn of_two_renames_to_lookalike_names_at_once_at_most_one_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    /// Passkeys on a store in `dir` where alice has the passkeys `k1` ("one") and `k2` ("two").
+    async fn alice_with_two_passkeys(dir: &std::path::Path) -> Arc<Passkeys> {
+        let store = Store::open(dir).unwrap();
         let origin = Url::parse("https://localhost:4000").unwrap();
         let passkeys = Arc::new(Passkeys::new(store.clone(), "localhost", &origin, None).unwrap());
         store.users.insert(&crate::store::conformance::user("alice"), "hash").await.unwrap();
@@ -794,6 +791,15 @@ mod tests {
             let p = StoredPasskey { name: name.into(), ..crate::store::conformance::passkey(id, "alice", 1) };
             store.passkeys.add_passkey(&p).await.unwrap();
         }
+        passkeys
+    }
+
+    /// Two renames checked at the same moment each pass the check before the other lands: the
+    /// check again after the write undoes one (or both), never leaving lookalikes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_renames_to_lookalike_names_at_once_at_most_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let passkeys = alice_with_two_passkeys(dir.path()).await;
         for round in 0..200 {
             let (a, b) = (format!("Laptop {round}"), format!("LAPTOP {round}"));
             let renames = [(b"k1", a), (b"k2", b)].map(|(id, name)| {
@@ -817,14 +823,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn undoing_a_rename_keeps_a_rename_made_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let origin = Url::parse("https://localhost:4000").unwrap();
-        let passkeys = Arc::new(Passkeys::new(store.clone(), "localhost", &origin, None).unwrap());
-        store.users.insert(&crate::store::conformance::user("alice"), "hash").await.unwrap();
-        for (id, name) in [(b"k1", "one"), (b"k2", "two")] {
-            let p = StoredPasskey { name: name.into(), ..crate::store::conformance::passkey(id, "alice", 1) };
-            store.passkeys.add_passkey(&p).await.unwrap();
-        }
+        let passkeys = alice_with_two_passkeys(dir.path()).await;
         for round in 0..200 {
             let renames = [
                 (b"k1", format!("Laptop {round}")),

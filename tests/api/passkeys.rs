@@ -484,6 +484,25 @@ async fn a_passkey_session_that_signed_out_everywhere_else_still_ends_with_its_p
 }
 
 /// Password, then the passkey at `/login/second-factor`: the second page's response.
+/// Signs `browser` in as `name` with the password, up to the second step; the step's CSRF token.
+async fn to_second_step(app: &TestApp, browser: &reqwest::Client, name: &str) -> String {
+    assert_eq!(app.login_with(browser, name, GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    hidden_field(&page, "csrf").expect("the second step has a csrf field")
+}
+
+/// Begins the second step's passkey check in `browser`; its options.
+async fn begin_check(app: &TestApp, browser: &reqwest::Client, csrf: &str) -> RequestChallengeResponse {
+    let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf)]);
+    serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap()
+}
+
+/// Posts `answer` (the device's, as JSON) to the second step.
+async fn answer_check(app: &TestApp, browser: &reqwest::Client, csrf: &str, answer: &str) -> reqwest::Response {
+    let form = [("csrf", csrf), ("credential", answer)];
+    browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap()
+}
+
 async fn password_then_passkey(
     app: &TestApp,
     browser: &reqwest::Client,
@@ -775,24 +794,14 @@ async fn another_sign_in_of_the_user_leaves_a_pending_sign_ins_passkey_check_ope
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "laptop").await;
     let (first, second) = (app.new_browser(), app.new_browser());
-    let begin = |browser: reqwest::Client| {
-        let app = &app;
-        async move {
-            assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
-            let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
-            let csrf = hidden_field(&page, "csrf").unwrap();
-            let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
-            (csrf, json(begun.send().await.unwrap()).await)
-        }
-    };
-    let (csrf, options) = begin(first.clone()).await;
+    let csrf = to_second_step(&app, &first, "alice").await;
+    let options = begin_check(&app, &first, &csrf).await;
     for _ in 0..3 {
-        begin(second.clone()).await;
+        let other = to_second_step(&app, &second, "alice").await;
+        begin_check(&app, &second, &other).await;
     }
-    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
-    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
-    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
-    let resp = first.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), options).unwrap()).unwrap();
+    let resp = answer_check(&app, &first, &csrf, &credential).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "the first sign-in's check was still open");
     assert!(signed_in(&app, &first).await);
 }
@@ -805,15 +814,11 @@ async fn a_passkey_check_that_is_over_is_not_a_wrong_factor() {
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "laptop").await;
     let browser = app.new_browser();
-    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
-    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
-    let rcr: RequestChallengeResponse = serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap();
-    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
+    let csrf = to_second_step(&app, &browser, "alice").await;
+    let options = begin_check(&app, &browser, &csrf).await;
+    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), options).unwrap()).unwrap();
     app.state.store.passkeys.purge_ceremonies(u64::MAX).await.unwrap();
-    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
-    let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    let resp = answer_check(&app, &browser, &csrf, &credential).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN, "the check that is over signs nobody in");
     assert!(resp.text().await.unwrap().contains("That passkey check is over. Please try again."));
     assert!(!app.log_text().contains("bad_second_factor"), "and is no failure: nothing was checked");
@@ -1192,20 +1197,12 @@ async fn a_second_steps_passkey_whose_counter_went_back_is_a_wrong_factor_and_fl
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "key").await;
     let thief = app.new_browser();
-    assert_eq!(app.login_with(&thief, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
-    let page = thief.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let begin = thief.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
-    let rcr: RequestChallengeResponse = serde_json::from_value(json(begin.send().await.unwrap()).await).unwrap();
-    let held_back = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
+    let csrf = to_second_step(&app, &thief, "alice").await;
+    let options = begin_check(&app, &thief, &csrf).await;
+    let held_back = serde_json::to_string(&device.soft.do_authentication(origin(&app), options).unwrap()).unwrap();
     // The device signs in elsewhere meanwhile, moving the stored counter past the held answer's.
     assert_eq!(sign_in(&app, &app.new_browser(), &mut device).await.status(), StatusCode::SEE_OTHER);
-    let resp = thief
-        .post(app.url("/login/second-factor"))
-        .form(&[("csrf", csrf.as_str()), ("credential", held_back.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = answer_check(&app, &thief, &csrf, &held_back).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let lines = app.log_lines();
     let event = lines.iter().find(|l| l["event"] == "authn_passkey_clone_suspected").expect("logged apart");
@@ -1328,18 +1325,16 @@ async fn a_second_steps_answer_sent_twice_signs_in_once_and_records_nothing() {
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "key").await;
     let browser = app.new_browser();
-    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
-    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
-    let rcr: RequestChallengeResponse = serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap();
-    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), rcr).unwrap()).unwrap();
-    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str())];
-    let send = || browser.post(app.url("/login/second-factor")).form(&form).send();
-    let (a, b) = tokio::join!(send(), send());
+    let csrf = to_second_step(&app, &browser, "alice").await;
+    let options = begin_check(&app, &browser, &csrf).await;
+    let credential = serde_json::to_string(&device.soft.do_authentication(origin(&app), options).unwrap()).unwrap();
+    let (a, b) = tokio::join!(
+        answer_check(&app, &browser, &csrf, &credential),
+        answer_check(&app, &browser, &csrf, &credential)
+    );
     // One signs in (303 to /); the twin finds the check used (403) or, later still, the
     // pending sign-in over (303 to /login).
-    let mut outcomes: Vec<(StatusCode, String)> = [a.unwrap(), b.unwrap()]
+    let mut outcomes: Vec<(StatusCode, String)> = [a, b]
         .iter()
         .map(|r| (r.status(), r.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default()))
         .collect();
@@ -1363,24 +1358,16 @@ async fn an_answer_to_an_earlier_check_of_the_same_browser_is_a_check_that_is_ov
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "key").await;
     let browser = app.new_browser();
-    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
-    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let begin = || async {
-        let begun = browser.post(app.url("/login/second-factor/passkey/begin")).form(&[("csrf", csrf.as_str())]);
-        let rcr: RequestChallengeResponse = serde_json::from_value(json(begun.send().await.unwrap()).await).unwrap();
-        rcr
-    };
-    let first_tab = begin().await;
-    let _second_tab = begin().await;
+    let csrf = to_second_step(&app, &browser, "alice").await;
+    let first_tab = begin_check(&app, &browser, &csrf).await;
+    let _second_tab = begin_check(&app, &browser, &csrf).await;
     let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), first_tab).unwrap()).unwrap();
-    let form = [("csrf", csrf.as_str()), ("credential", answer.as_str())];
-    let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    let resp = answer_check(&app, &browser, &csrf, &answer).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(resp.text().await.unwrap().contains("That passkey check is over"));
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
-    let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), begin().await).unwrap()).unwrap();
-    let form = [("csrf", csrf.as_str()), ("credential", answer.as_str())];
-    let resp = browser.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+    let fresh = begin_check(&app, &browser, &csrf).await;
+    let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), fresh).unwrap()).unwrap();
+    let resp = answer_check(&app, &browser, &csrf, &answer).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "a new check of the same sign-in goes on");
 }
