@@ -526,7 +526,8 @@ impl Passkeys {
     ) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
         let owner = second_step_owner(user_key, pending);
-        let state: PasskeyAuthentication = self.take(cookie, CeremonyKind::SecondFactor, Some(&owner)).await?;
+        let (key, ceremony) = self.take_whole(cookie, CeremonyKind::SecondFactor, Some(&owner)).await?;
+        let state: PasskeyAuthentication = state_of(&ceremony)?;
         let cred: PublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         let stored = self
@@ -542,7 +543,9 @@ impl Passkeys {
             // An answer to an earlier check of this sign-in, in a tab of the same browser,
             // whose one ceremony cookie a newer begin replaced: its check is over, and nothing
             // was checked (the challenge is compared before the signature), as for an expired
-            // check.
+            // check. The current check is put back for its own answer (a review saw the old
+            // answer end it too).
+            self.store.passkeys.put_ceremony(&key, &ceremony).await?;
             return Err(PasskeyError::NoCeremony);
         }
         self.note_use(&stored, &mut passkey, &cred, result).await
@@ -636,12 +639,24 @@ impl Passkeys {
         kind: CeremonyKind,
         owner: Option<&str>,
     ) -> Result<S, PasskeyError> {
+        let (_, ceremony) = self.take_whole(cookie, kind, owner).await?;
+        state_of(&ceremony)
+    }
+
+    /// [`Passkeys::take`], giving the ceremony whole and the key it was stored under.
+    async fn take_whole(
+        &self,
+        cookie: Option<&str>,
+        kind: CeremonyKind,
+        owner: Option<&str>,
+    ) -> Result<(TokenHash, Ceremony), PasskeyError> {
         let token = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?;
-        let c = self.store.passkeys.take_ceremony(&token.hash(), now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
+        let key = token.hash();
+        let c = self.store.passkeys.take_ceremony(&key, now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
         if c.kind != kind || c.owner.as_deref() != owner {
             return Err(PasskeyError::NoCeremony);
         }
-        serde_json::from_str(&c.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
+        Ok((key, c))
     }
 
     /// Removes expired ceremonies (a background task calls this).
@@ -653,6 +668,11 @@ impl Passkeys {
         self.begins_per_address.prune();
         Ok(self.store.passkeys.purge_ceremonies(now_ms()).await?)
     }
+}
+
+/// The webauthn-rs state a ceremony holds.
+fn state_of<S: serde::de::DeserializeOwned>(ceremony: &Ceremony) -> Result<S, PasskeyError> {
+    serde_json::from_str(&ceremony.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
 
 fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
