@@ -525,29 +525,44 @@ impl Passkeys {
         credential: &str,
     ) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
+        let key = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?.hash();
         let owner = second_step_owner(user_key, pending);
-        let (key, ceremony) = self.take_whole(cookie, CeremonyKind::SecondFactor, Some(&owner)).await?;
-        let state: PasskeyAuthentication = state_of(&ceremony)?;
-        let cred: PublicKeyCredential =
-            serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
-        let stored = self
+        // Read, not yet taken: an answer to another challenge must leave this check open.
+        let ceremony = self
             .store
             .passkeys
-            .passkey(cred.get_credential_id())
+            .ceremony(&key, now_ms())
             .await?
-            .filter(|p| p.user_key == user_key)
-            .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
-        let mut passkey = parse_passkey(&stored)?;
-        let result = webauthn.finish_passkey_authentication(&cred, &state);
-        if let Err(WebauthnError::MismatchedChallenge) = result {
+            .filter(|c| c.kind == CeremonyKind::SecondFactor && c.owner.as_deref() == Some(owner.as_str()))
+            .ok_or(PasskeyError::NoCeremony)?;
+        let state: PasskeyAuthentication = state_of(&ceremony)?;
+        let checked = async {
+            let cred: PublicKeyCredential = serde_json::from_str(credential)
+                .map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+            let stored = self
+                .store
+                .passkeys
+                .passkey(cred.get_credential_id())
+                .await?
+                .filter(|p| p.user_key == user_key)
+                .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
+            let passkey = parse_passkey(&stored)?;
+            let result = webauthn.finish_passkey_authentication(&cred, &state);
+            Ok::<_, PasskeyError>((cred, stored, passkey, result))
+        }
+        .await;
+        if let Ok((.., Err(WebauthnError::MismatchedChallenge))) = &checked {
             // An answer to an earlier check of this sign-in, in a tab of the same browser,
-            // whose one ceremony cookie a newer begin replaced: its check is over, and nothing
-            // was checked (the challenge is compared before the signature), as for an expired
-            // check. The current check is put back for its own answer (a review saw the old
-            // answer end it too).
-            self.store.passkeys.put_ceremony(&key, &ceremony).await?;
+            // whose one ceremony cookie a newer begin replaced: that check is over, and
+            // nothing was checked (the challenge is compared before the signature). This one
+            // stays open for its own answer (a review saw the old answer end it too).
             return Err(PasskeyError::NoCeremony);
         }
+        // Any other answer uses the check up: of two sent at once, one takes it.
+        if self.store.passkeys.take_ceremony(&key, now_ms()).await?.is_none() {
+            return Err(PasskeyError::NoCeremony);
+        }
+        let (cred, stored, mut passkey, result) = checked?;
         self.note_use(&stored, &mut passkey, &cred, result).await
     }
 
@@ -639,24 +654,12 @@ impl Passkeys {
         kind: CeremonyKind,
         owner: Option<&str>,
     ) -> Result<S, PasskeyError> {
-        let (_, ceremony) = self.take_whole(cookie, kind, owner).await?;
-        state_of(&ceremony)
-    }
-
-    /// [`Passkeys::take`], giving the ceremony whole and the key it was stored under.
-    async fn take_whole(
-        &self,
-        cookie: Option<&str>,
-        kind: CeremonyKind,
-        owner: Option<&str>,
-    ) -> Result<(TokenHash, Ceremony), PasskeyError> {
         let token = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?;
-        let key = token.hash();
-        let c = self.store.passkeys.take_ceremony(&key, now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
+        let c = self.store.passkeys.take_ceremony(&token.hash(), now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
         if c.kind != kind || c.owner.as_deref() != owner {
             return Err(PasskeyError::NoCeremony);
         }
-        Ok((key, c))
+        state_of(&c)
     }
 
     /// Removes expired ceremonies (a background task calls this).

@@ -258,6 +258,10 @@ async fn ceremonies_are_taken_once_and_expire(store: &Store) {
     p.put_ceremony(&[2; 32], &r).await.unwrap();
     p.put_ceremony(&[3; 32], &Ceremony { expires_at: 500, ..c.clone() }).await.unwrap();
     assert!(p.take_ceremony(&[9; 32], 10).await.unwrap().is_none(), "ceremonies: unknown key");
+    assert_eq!(p.ceremony(&[1; 32], 10).await.unwrap(), Some(c.clone()), "ceremonies: read");
+    assert_eq!(p.ceremony(&[1; 32], 10).await.unwrap(), Some(c.clone()), "ceremonies: a read takes nothing");
+    assert_eq!(p.ceremony(&[3; 32], 500).await.unwrap(), None, "ceremonies: an expired one reads as none");
+    assert_eq!(p.ceremony(&[9; 32], 10).await.unwrap(), None);
     let racers = (0..6).map(|_| {
         let p = std::sync::Arc::clone(p);
         tokio::spawn(async move { p.take_ceremony(&[1; 32], 10).await.unwrap().is_some() })

@@ -161,6 +161,9 @@ pub trait PasskeyStore: Send + Sync {
     /// client cannot fill the store by beginning ceremonies it never finishes (each lives 5
     /// minutes).
     async fn put_ceremony(&self, key: &TokenHash, ceremony: &Ceremony) -> Result<()>;
+    /// The ceremony under `key` if it has not expired at `now`, read, not taken: to see what
+    /// an answer is checked against before it uses the ceremony up.
+    async fn ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>>;
     /// Removes and returns the ceremony under `key` if it has not expired at `now`: a
     /// ceremony is finished at most once, even when two instances try at the same moment.
     async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>>;

@@ -81,6 +81,14 @@ fn passkey_of(row: &Row) -> Result<StoredPasskey> {
     })
 }
 
+/// A ceremony from its row (kind, user_key, state, expires_at_ms), unless expired at `now`.
+fn ceremony_of(row: &Row, now: u64) -> Result<Option<Ceremony>> {
+    let kind: String = row.get(0);
+    let kind = CeremonyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("ceremony kind {kind:?}")))?;
+    let expires_at = unms(row.get(3));
+    Ok((expires_at > now).then(|| Ceremony { kind, owner: row.get(1), state: row.get(2), expires_at }))
+}
+
 #[async_trait]
 impl PasskeyStore for PgStore {
     async fn add_passkey(&self, p: &StoredPasskey) -> Result<()> {
@@ -170,13 +178,16 @@ impl PasskeyStore for PgStore {
         Ok(())
     }
 
+    async fn ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        let sql = "SELECT kind, user_key, state, expires_at_ms FROM webauthn_ceremonies WHERE key = $1";
+        let Some(row) = self.client().await?.query_opt(sql, &[&&key[..]]).await? else { return Ok(None) };
+        ceremony_of(&row, now)
+    }
+
     async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
         let sql = "DELETE FROM webauthn_ceremonies WHERE key = $1 RETURNING kind, user_key, state, expires_at_ms";
         let Some(row) = self.client().await?.query_opt(sql, &[&&key[..]]).await? else { return Ok(None) };
-        let kind: String = row.get(0);
-        let kind = CeremonyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("ceremony kind {kind:?}")))?;
-        let expires_at = unms(row.get(3));
-        Ok((expires_at > now).then(|| Ceremony { kind, owner: row.get(1), state: row.get(2), expires_at }))
+        ceremony_of(&row, now)
     }
 
     async fn purge_ceremonies(&self, now: u64) -> Result<usize> {

@@ -78,6 +78,18 @@ struct CeremonyRecord {
     expires_at: u64,
 }
 
+impl CeremonyRecord {
+    /// The ceremony, unless it expired at `now`.
+    fn unless_expired(self, now: u64) -> Option<Ceremony> {
+        (self.expires_at > now).then_some(Ceremony {
+            kind: self.kind,
+            owner: self.user_key,
+            state: self.state,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
 fn owner_key(user_key: &str, id: &[u8]) -> Vec<u8> {
     let mut k = index_prefix(user_key);
     k.extend_from_slice(id);
@@ -339,17 +351,16 @@ impl PasskeyStore for SledStore {
         self.durable(()).await
     }
 
+    async fn ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        let Some(v) = self.ceremonies()?.get(key)? else { return Ok(None) };
+        Ok(decode::<CeremonyRecord>(&v)?.unless_expired(now))
+    }
+
     async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
         // `remove` returns the value it removed: of two callers only one gets it.
         let Some(v) = self.ceremonies()?.remove(key)? else { return Ok(None) };
         self.flush().await?;
-        let r: CeremonyRecord = decode(&v)?;
-        Ok((r.expires_at > now).then_some(Ceremony {
-            kind: r.kind,
-            owner: r.user_key,
-            state: r.state,
-            expires_at: r.expires_at,
-        }))
+        Ok(decode::<CeremonyRecord>(&v)?.unless_expired(now))
     }
 
     async fn purge_ceremonies(&self, now: u64) -> Result<usize> {
