@@ -110,6 +110,44 @@ fn render(
     }
 }
 
+/// What the second step's page says of an attempt that did not sign in: `refusal` (`None`:
+/// nothing was checked), `over` (the pending sign-in ended with it), `passkey` (a passkey
+/// answer was sent).
+fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: bool) -> (StatusCode, String) {
+    let unauthorized = |m: &str| (StatusCode::UNAUTHORIZED, m.to_string());
+    let Some(refusal) = refusal else {
+        // Nothing was checked: an empty form, or a passkey answer whose check is over (it
+        // expired, this sign-in began another, or its twin sent at the same moment used it):
+        // nothing recorded, as an expired form.
+        return match passkey {
+            true => (StatusCode::FORBIDDEN, "That passkey check is over. Please try again.".to_string()),
+            false => unauthorized("Please type the code from your authenticator app."),
+        };
+    };
+    match refusal.reason {
+        FailureReason::RateLimited => {
+            let wait = std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1));
+            let message = format!("Too many attempts. Please wait {} and try again.", humantime::format_duration(wait));
+            (StatusCode::TOO_MANY_REQUESTS, message)
+        }
+        FailureReason::Csrf => (
+            StatusCode::FORBIDDEN,
+            "This form has expired or was not sent from this site. Please try again.".to_string(),
+        ),
+        FailureReason::CaptchaRequired => {
+            unauthorized("Too many wrong attempts. Please sign in again with your password.")
+        }
+        _ => match (passkey, over) {
+            (true, true) => unauthorized("That passkey was not accepted. Please sign in again with your password."),
+            (true, false) => unauthorized("That passkey was not accepted. Please try again."),
+            (false, true) => {
+                unauthorized("That code is not right, or was already used. Please sign in again with your password.")
+            }
+            (false, false) => unauthorized("That code is not right, or was already used."),
+        },
+    }
+}
+
 #[handler]
 pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
     let form: SecondFactorForm = match read_form(req, body).await {
@@ -153,50 +191,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                 StepOutcome::Refused { refusal, restart } => (Some(refusal), restart),
                 _ => (None, false),
             };
-            let (status, message) = match refusal.as_ref().map(|r| r.reason) {
-                // Nothing was checked: an empty form, or a passkey answer whose check is over
-                // (it expired, this sign-in began another, or its twin sent at the same moment
-                // used it): nothing recorded, as an expired form.
-                None if !form.credential.is_empty() => {
-                    (StatusCode::FORBIDDEN, "That passkey check is over. Please try again.".to_string())
-                }
-                None => (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string()),
-                Some(reason) => match reason {
-                    FailureReason::RateLimited => (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "Too many attempts. Please wait {} and try again.",
-                            humantime::format_duration(std::time::Duration::from_secs(
-                                refusal.as_ref().and_then(|r| r.retry_after).unwrap_or(1),
-                            ))
-                        ),
-                    ),
-                    FailureReason::Csrf => (
-                        StatusCode::FORBIDDEN,
-                        "This form has expired or was not sent from this site. Please try again.".to_string(),
-                    ),
-                    FailureReason::CaptchaRequired => (
-                        StatusCode::UNAUTHORIZED,
-                        "Too many wrong attempts. Please sign in again with your password.".to_string(),
-                    ),
-                    _ if over && !form.credential.is_empty() => (
-                        StatusCode::UNAUTHORIZED,
-                        "That passkey was not accepted. Please sign in again with your password.".to_string(),
-                    ),
-                    _ if !form.credential.is_empty() => {
-                        (StatusCode::UNAUTHORIZED, "That passkey was not accepted. Please try again.".to_string())
-                    }
-                    _ if form.code.trim().is_empty() && form.recovery_code.trim().is_empty() => {
-                        (StatusCode::UNAUTHORIZED, "Please type the code from your authenticator app.".to_string())
-                    }
-                    _ if over => (
-                        StatusCode::UNAUTHORIZED,
-                        "That code is not right, or was already used. Please sign in again with your password."
-                            .to_string(),
-                    ),
-                    _ => (StatusCode::UNAUTHORIZED, "That code is not right, or was already used.".to_string()),
-                },
-            };
+            let (status, message) = step_message(refusal.as_ref(), over, !form.credential.is_empty());
             // The page needs the pending sign-in's name and token binding: read it again (a
             // refusal never ends it, except past the captcha threshold).
             let pending = match &cookie {
