@@ -138,6 +138,13 @@ pub enum Response {
 /// Default number of records `portcullis audit` prints.
 pub const DEFAULT_AUDIT_LIMIT: usize = 100;
 
+/// A passkey's name on one line of an answer: the client escapes each line, and a name holds
+/// no line break (`passkeys::parse_name` refuses control characters; one stored otherwise is
+/// flattened here), so it cannot make a line of its own.
+fn one_line(name: &str) -> String {
+    name.replace(['\n', '\r'], " ")
+}
+
 /// Runs a request against the user service (used by the socket server and by the CLI when
 /// no server is running).
 pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &str) -> Response {
@@ -175,11 +182,9 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                     f.passkeys
                 );
                 for p in passkeys {
-                    // One line each, escaped by the client as every answer is: a name holds no
-                    // line break (`passkeys::parse_name` refuses control characters, and one
-                    // stored otherwise is flattened here), so a name cannot make a line of its
-                    // own. It comes last, after what the server says of the passkey, so no name
-                    // can pose as that (a review made `x": added 1999…` read as dates).
+                    // One line each ([`one_line`]). The name comes last, after what the server
+                    // says of the passkey, so no name can pose as that (a review made
+                    // `x": added 1999…` read as dates).
                     let used = p.last_used_at.map_or_else(
                         || "never used".to_string(),
                         |t| format!("last used {}", crate::audit::rfc3339(t)),
@@ -189,8 +194,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                         let at = crate::audit::rfc3339(t);
                         format!(", refused {at}: its signature counter went back (a copy may exist)")
                     });
-                    let name = p.name.replace(['\n', '\r'], " ");
-                    out.push_str(&format!("\n  passkey added {added}, {used}{refused}; named: {name}"));
+                    out.push_str(&format!("\n  passkey added {added}, {used}{refused}; named: {}", one_line(&p.name)));
                 }
                 Ok(out)
             }
@@ -203,7 +207,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             if r.codes_voided > 0 {
                 out.push_str(&format!(", its {} recovery codes voided (no second factor left)", r.codes_voided));
             }
-            out.push_str(&format!("; named: {}", r.passkey.name.replace(['\n', '\r'], " ")));
+            out.push_str(&format!("; named: {}", one_line(&r.passkey.name)));
             out
         }),
         Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {

@@ -104,13 +104,14 @@ pub enum PasskeyError {
 /// (`user factors --remove-passkey`, no session kept), who needs no relying party.
 ///
 /// # Errors
-/// As [`Passkeys::remove`].
+/// [`RemoveError::Store`] when nothing was removed; [`RemoveError::SessionsNotEnded`] when
+/// the passkey was, but its sessions could not be ended.
 pub async fn remove(
     store: &Store,
     user_key: &str,
     id: &[u8],
     keep: Option<&TokenHash>,
-) -> Result<Option<Removed>, PasskeyError> {
+) -> Result<Option<Removed>, RemoveError> {
     let Some(passkey) = store.passkeys.passkey(id).await?.filter(|p| p.user_key == user_key) else {
         return Ok(None);
     };
@@ -120,9 +121,33 @@ pub async fn remove(
     let codes_voided = crate::factors::void_codes_without_factor(store, user_key).await;
     let sessions_ended = match store.sessions.delete_for_passkey(user_key, id, keep).await {
         Ok(n) => n,
-        Err(source) => return Err(PasskeyError::SessionsNotEnded { removed: Box::new(passkey), source }),
+        Err(source) => return Err(RemoveError::SessionsNotEnded { removed: Box::new(passkey), source }),
     };
     Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
+}
+
+/// Why [`remove`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The passkey was removed (`removed`, as it was stored), but the sessions it signed in
+    /// could not be ended: they are still signed in.
+    #[error("the passkey was removed, but the sessions it signed in could not be ended: {source}")]
+    SessionsNotEnded {
+        removed: Box<StoredPasskey>,
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl From<RemoveError> for PasskeyError {
+    fn from(e: RemoveError) -> Self {
+        match e {
+            RemoveError::Store(e) => PasskeyError::Store(e),
+            RemoveError::SessionsNotEnded { removed, source } => PasskeyError::SessionsNotEnded { removed, source },
+        }
+    }
 }
 
 /// The owner ([`Ceremony::owner`]) of a second-step passkey check: the user and the pending
@@ -422,7 +447,7 @@ impl Passkeys {
     /// [`PasskeyError::Store`] when nothing was removed; [`PasskeyError::SessionsNotEnded`]
     /// when the passkey was, but its sessions could not be ended.
     pub async fn remove(&self, user_key: &str, id: &[u8], keep: &TokenHash) -> Result<Option<Removed>, PasskeyError> {
-        remove(&self.store, user_key, id, Some(keep)).await
+        Ok(remove(&self.store, user_key, id, Some(keep)).await?)
     }
 
     /// Takes one of `address`'s discoverable sign-in begins; `Err(seconds)` to wait when its

@@ -262,9 +262,7 @@ impl UserAdmin {
     /// [`UserError::UnknownUser`], and the store's errors.
     pub async fn passkeys(&self, name: &str) -> Result<Vec<crate::store::passkeys::StoredPasskey>, UserError> {
         let (username, _) = self.existing(name).await?;
-        let mut passkeys = self.store.passkeys.passkeys_of(username.key()).await?;
-        passkeys.sort_by_key(|p| p.created_at);
-        Ok(passkeys)
+        Ok(self.store.passkeys.passkeys_of(username.key()).await?)
     }
 
     /// Removes the user's passkey named `passkey` (exactly as stored, as `user factors` shows
@@ -300,13 +298,11 @@ impl UserAdmin {
             }
             // Removed meanwhile (by its owner, or another administrator).
             Ok(None) => Err(UserError::NoSuchPasskey { user, passkey }),
-            Err(crate::passkeys::PasskeyError::SessionsNotEnded { source, .. }) => {
+            Err(crate::passkeys::RemoveError::SessionsNotEnded { source, .. }) => {
                 self.audit.factor_removed(&user, kind, 0, 0, by);
                 Err(UserError::PasskeySessionsNotEnded(source))
             }
-            Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
-            // `passkeys::remove` gives no other error.
-            Err(e) => Err(UserError::Store(StoreError::Corrupt(e.to_string()))),
+            Err(crate::passkeys::RemoveError::Store(e)) => Err(e.into()),
         }
     }
 

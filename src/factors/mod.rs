@@ -86,9 +86,9 @@ pub enum Verdict {
     /// be in use; the passkey is flagged): a wrong factor (`bad_second_factor`), worth an
     /// event of its own. Holds the passkey's name.
     PossibleClone(String),
-    /// Nothing was checked: the passkey answer's ceremony is not this browser's open one (it
-    /// expired, or another sign-in of the user began one since, which ends it). Not a wrong
-    /// factor: nothing was guessed.
+    /// Nothing was checked: the passkey answer's ceremony is not this pending sign-in's open
+    /// one (it expired, was used by the same answer sent at once, or the sign-in began another
+    /// since), or the answer is to another challenge. Not a wrong factor: nothing was guessed.
     Unchecked,
 }
 
@@ -280,9 +280,9 @@ impl SecondFactors {
             }
             Proof::Passkey { ceremony, credential } => {
                 let Some(passkeys) = &self.passkeys else { return Ok(bad) };
-                // The ceremony is taken (one use) and the counter noted inside; any refusal
-                // of an answer checked (another user's passkey, a bad signature) is a wrong
-                // factor.
+                // The ceremony is taken (one use; an answer to another challenge leaves it) and
+                // the counter noted inside; any refusal of an answer checked (another user's
+                // passkey, a bad signature) is a wrong factor.
                 match passkeys.finish_second_factor(user_key, pending, ceremony.as_deref(), credential).await {
                     Ok(used) => Ok(Verdict::Accepted(FactorKind::Passkey, Some(used.passkey_id))),
                     Err(crate::passkeys::PasskeyError::Store(e)) => Err(e.into()),
