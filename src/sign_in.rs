@@ -29,10 +29,11 @@
 //!
 //! The second step ([`SignIn::second_step`], `/login/second-factor`) runs the same defences
 //! around the factor check: the pending sign-in (single use, 5 minutes, bound to the user's
-//! password), CSRF bound to it, the per-address quota, the captcha threshold (reached, the
-//! pending sign-in ends and the password must be given again, with the captcha), the
-//! per-username quota, then the factor; a wrong or reused code counts as a failure like a
-//! wrong password. A pending sign-in whose password step solved the captcha meets no
+//! password), CSRF bound to it, the per-address quota, the captcha threshold for a code
+//! (reached, the pending sign-in ends and the password must be given again, with the
+//! captcha; a passkey's answer, a signature nobody can guess, meets none), the per-username
+//! quota, then the factor; a wrong or reused code or a refused answer counts as a failure
+//! like a wrong password. A pending sign-in whose password step solved the captcha meets no
 //! threshold but carries one check, used up by it (right: signed in; wrong: the password and
 //! a captcha again), so failures others caused never keep the user who solved it out, and
 //! every guess past the threshold costs a captcha. It costs no argon2 verify: one per
@@ -60,7 +61,7 @@ use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions, SignedInWith, StartError};
-use crate::store::{now_ms, Factors, StoreError};
+use crate::store::{now_ms, Factors, StoreError, TokenHash, User};
 
 /// Characters of the typed username kept as the key of the per-username defences: enough
 /// for any accepted username (64), bounded whatever an attacker types.
@@ -334,6 +335,24 @@ impl SignIn {
             Some(r) => r.fail(now_ms()).await,
             None => self.state.record_failure(address, Some(digest), now_ms()).await,
         }
+    }
+
+    /// Ends the pending sign-in `cookie` names (its `hash`) after its factor was accepted, read
+    /// again so a password change or `user disable` meanwhile stops it: its user and `next`,
+    /// for the one caller that ended it; `None` for any other, or when it is no longer valid.
+    async fn take_pending(
+        &self,
+        cookie: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<(User, Option<String>)>, SignInError> {
+        let store_err = |what| move |source| SignInError::Store { what, source };
+        let Some((_, pending, user)) =
+            self.factors.pending(cookie).await.map_err(store_err("could not read a pending sign-in"))?
+        else {
+            return Ok(None);
+        };
+        let ended = self.factors.finish(hash).await.map_err(store_err("could not end a pending sign-in"))?;
+        Ok(ended.then_some((user, pending.next)))
     }
 
     /// Counts and records a wrong second factor; `restart`: the pending sign-in's one check
@@ -689,7 +708,12 @@ impl SignIn {
         // not even checked, and the sign-in starts again at the password, where the captcha
         // is asked for.
         let one_check = first.captcha_solved;
-        let reservation = if one_check {
+        // A passkey's answer is a signature: it cannot be guessed, so the threshold, which is
+        // there to stop guessing codes, is not met for it. Otherwise three wrong passwords
+        // typed for the name, by anyone from anywhere, would end the user's check under way
+        // and refuse its right answer. A refused answer still counts as a failure.
+        let guessable = !matches!(proof, Proof::Passkey { .. });
+        let reservation = if one_check || !guessable {
             None
         } else {
             match self.state.reserve(address, digest, now).await? {
@@ -722,16 +746,17 @@ impl SignIn {
         }
         match verdict {
             Verdict::Unchecked => {
-                match reservation {
-                    Some(r) => r.release().await?,
-                    // Nothing was checked, so the one check is not spent: the pending sign-in
-                    // goes back as it was (a passkey answer whose ceremony another begin had
-                    // ended would otherwise cost a password and a captcha again).
-                    None => self
-                        .factors
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
+                // Nothing was checked, so the one check is not spent: the pending sign-in
+                // goes back as it was (a passkey answer whose ceremony another begin had
+                // ended would otherwise cost a password and a captcha again).
+                if one_check {
+                    self.factors
                         .put_back(&hash, &first)
                         .await
-                        .map_err(store_err("could not keep a pending sign-in"))?,
+                        .map_err(store_err("could not keep a pending sign-in"))?;
                 }
                 Ok(StepOutcome::Unchecked)
             }
@@ -741,31 +766,21 @@ impl SignIn {
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
             Verdict::Accepted(_, passkey_id) => {
-                let (user, next, cleared) = match reservation {
-                    // Single use: of two attempts that both got here, one goes on.
-                    Some(r) => {
-                        let Some((_, pending, user)) = self
-                            .factors
-                            .pending(cookie)
-                            .await
-                            .map_err(store_err("could not read a pending sign-in"))?
-                        else {
-                            r.release().await?;
-                            return Ok(StepOutcome::Restart);
-                        };
-                        if !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
-                            r.release().await?;
-                            return Ok(StepOutcome::Restart);
-                        }
-                        // The check's place given back and the username's failures cleared, in
-                        // one step.
-                        let cleared = r.succeed(None, Some(username_digest(&user.key)), now_ms()).await?;
-                        (user, pending.next, cleared)
+                // Single use: of two attempts that both got here, one goes on (the one check
+                // was used up before it was made).
+                let taken = if one_check { Some((user, first.next)) } else { self.take_pending(cookie, &hash).await? };
+                let Some((user, next)) = taken else {
+                    if let Some(r) = reservation {
+                        r.release().await?;
                     }
-                    None => {
-                        let cleared = self.state.succeed(None, None, Some(digest), now_ms()).await?;
-                        (user, first.next, cleared)
-                    }
+                    return Ok(StepOutcome::Restart);
+                };
+                // The check's place given back and the username's failures cleared, in one
+                // step.
+                let digest = username_digest(&user.key);
+                let cleared = match reservation {
+                    Some(r) => r.succeed(None, Some(digest), now_ms()).await?,
+                    None => self.state.succeed(None, None, Some(digest), now_ms()).await?,
                 };
                 let after_failures = cleared.unwrap_or(0);
                 let with = SignedInWith { factors: Factors::Two, passkey_id };

@@ -12,9 +12,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use portcullis::audit::FailureReason;
 use portcullis::config::Settings;
 use portcullis::factors::Asker;
-use portcullis::store::Factors;
+use portcullis::store::{now_ms, Factors};
 use reqwest::StatusCode;
 use url::Url;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
@@ -362,7 +363,7 @@ async fn a_disabled_users_passkey_is_refused_as_any_refused_passkey_and_recorded
     let page = resp.text().await.unwrap();
     assert!(page.contains("That passkey was not accepted.") && !page.contains("Incorrect username"), "{page}");
     let records = app.records(portcullis::store::FailureQuery::default()).await;
-    assert_eq!(records[0].reason, portcullis::audit::FailureReason::Disabled, "the record says why");
+    assert_eq!(records[0].reason, FailureReason::Disabled, "the record says why");
 }
 
 #[tokio::test]
@@ -861,6 +862,51 @@ async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one
         first.post("/login/second-factor", &[("csrf", first_csrf.as_str()), ("credential", fresh.as_str())]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert!(first.has_session(), "{:?}", resp.headers());
+}
+
+/// A passkey's answer cannot be guessed, so the captcha threshold, which stops guessing
+/// codes, does not end a check under way: three wrong passwords typed for the name by anyone
+/// (a review needed no password to make the owner's right answer a 401 "Too many wrong
+/// attempts") leave it open. A refused answer there is still a counted failure, and the
+/// check stays open for the right one.
+#[tokio::test]
+async fn wrong_passwords_typed_by_others_do_not_end_a_passkey_check_under_way() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.captcha_after_failures = 3;
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "laptop").await;
+    let (mut other_device, _) = register(&app, &signed_in_browser(&app, "bob").await, "bobs").await;
+    let browser = app.new_browser();
+    let csrf = to_second_step(&app, &browser, "alice").await;
+    let options = begin_check(&app, &browser, &csrf).await;
+    for _ in 0..3 {
+        app.login_with(&app.new_browser(), "alice", "not the password at all").await;
+    }
+    let digest = portcullis::rate_limit::username_digest("alice");
+    let state = &app.state.brute_force;
+    let elsewhere = portcullis::client::AddressKey::of("192.0.2.99".parse().unwrap());
+    assert!(state.needs_captcha(elsewhere, Some(digest), now_ms()).await.unwrap(), "the threshold is reached");
+
+    // Bob's passkey answering alice's check: refused and counted, and the check stays open.
+    let forged = other_device.soft.do_authentication(origin(&app), options.clone());
+    let forged = forged.map(|a| serde_json::to_string(&a).unwrap()).unwrap_or_else(|_| "{}".into());
+    let resp = answer_check(&app, &browser, &csrf, &forged).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("That passkey was not accepted. Please try again."));
+    let refused = app.records(portcullis::store::FailureQuery::default()).await;
+    assert_eq!(refused.iter().filter(|r| r.reason == FailureReason::BadSecondFactor).count(), 1, "{refused:?}");
+
+    let options = begin_check(&app, &browser, &csrf).await;
+    let answer = serde_json::to_string(&device.soft.do_authentication(origin(&app), options).unwrap()).unwrap();
+    let resp = answer_check(&app, &browser, &csrf, &answer).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "the right answer signs in past the threshold");
+    assert_eq!(resp.headers()["location"], "/");
+    assert!(signed_in(&app, &browser).await);
+    assert!(!app.log_text().contains("captcha_required"), "{}", app.log_text());
+    assert!(!state.needs_captcha(elsewhere, Some(digest), now_ms()).await.unwrap(), "a sign-in clears the username's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
