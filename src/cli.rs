@@ -233,7 +233,8 @@ pub enum UserCommand {
         /// The user, as `user list` shows the name
         name: String,
         /// Remove the user's passkey of this name, as the listing shows it, and end the sessions it signed in
-        #[arg(long, value_name = "PASSKEY")]
+        // A name may begin with a hyphen: what follows the option is its value.
+        #[arg(long, value_name = "PASSKEY", allow_hyphen_values = true)]
         remove_passkey: Option<String>,
     },
     /// Remove all the user's second factors and end their sessions (a lost phone)

@@ -10,6 +10,7 @@ use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError
 use crate::random::RandomError;
 use crate::session::Sessions;
 use crate::store::{now_ms, FactorSummary, Store, StoreError, User};
+use unicode_normalization::UnicodeNormalization;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -39,7 +40,7 @@ pub enum UserError {
     #[error("the account changed meanwhile: nothing was changed")]
     Superseded,
     /// `user factors NAME --remove-passkey P`: the user has no passkey named P.
-    #[error("{} has no passkey named {} (portcullis user factors {} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), .user)]
+    #[error("{} has no passkey named {} (portcullis user factors {}{} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), if .user.starts_with('-') { "-- " } else { "" }, .user)]
     NoSuchPasskey { user: String, passkey: String },
     /// `user factors NAME --remove-passkey P`: several of the user's passkeys are named P
     /// (stored before names had to differ): which one is meant cannot be known.
@@ -282,8 +283,16 @@ impl UserAdmin {
         by: &str,
     ) -> Result<(String, crate::passkeys::Removed), UserError> {
         let (username, record) = self.existing(name).await?;
-        let named: Vec<_> =
-            self.store.passkeys.passkeys_of(username.key()).await?.into_iter().filter(|p| p.name == passkey).collect();
+        let passkeys = self.store.passkeys.passkeys_of(username.key()).await?;
+        // Exactly as stored; failing that, as a terminal shows it: a name stored decomposed
+        // (`e` and U+0301) looks composed (`é`) in the listing, and the two are one text
+        // (Unicode canonical equivalence, UAX #15), which no lookalike rule can tell apart.
+        let mut named: Vec<_> = passkeys.iter().filter(|p| p.name == passkey).collect();
+        if named.is_empty() {
+            let nfc = |s: &str| s.nfc().collect::<String>();
+            let wanted = nfc(passkey);
+            named = passkeys.iter().filter(|p| nfc(&p.name) == wanted).collect();
+        }
         let (user, passkey) = (record.display_name.clone(), passkey.to_string());
         let id = match named.as_slice() {
             [one] => one.id.clone(),
@@ -557,6 +566,27 @@ mod tests {
         assert_eq!(users.store.passkeys.passkeys_of("alice").await.unwrap().len(), 2, "nothing removed");
         let missing = users.remove_passkey("alice", "Phone", "test").await;
         assert!(matches!(missing, Err(UserError::NoSuchPasskey { .. })), "names are matched exactly: {missing:?}");
+    }
+
+    #[test]
+    fn the_hint_for_a_username_that_looks_like_an_option_is_a_command_that_parses() {
+        let missing = UserError::NoSuchPasskey { user: "-bob".into(), passkey: "x".into() };
+        assert!(missing.to_string().ends_with("(portcullis user factors -- -bob lists them)"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_passkey_stored_decomposed_is_removed_by_its_composed_name_as_a_terminal_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = admin_on(dir.path()).await;
+        users.add("alice", Password::new("plum tractor velvet orbit"), false, "test").await.unwrap();
+        let mut p = crate::store::conformance::passkey(b"k1", "alice", 1);
+        p.name = "Cafe\u{301} laptop".to_string();
+        users.store.passkeys.add_passkey(&p).await.unwrap();
+        let missing = users.remove_passkey("alice", "Cafe laptop", "test").await;
+        assert!(matches!(missing, Err(UserError::NoSuchPasskey { .. })), "a mark is not dropped: {missing:?}");
+        let (_, removed) = users.remove_passkey("alice", "Caf\u{e9} laptop", "test").await.unwrap();
+        assert_eq!(removed.sessions_ended, 0);
+        assert!(users.store.passkeys.passkeys_of("alice").await.unwrap().is_empty());
     }
 
     #[test]

@@ -1265,6 +1265,7 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
     let owner = signed_in_browser(&app, "alice").await;
     let (mut lost, _) = register(&app, &owner, "Work laptop").await;
     let (_kept, _) = register(&app, &owner, "Phone").await;
+    let (_old, _) = register(&app, &owner, "-old").await;
     let finder = app.new_browser();
     assert_eq!(sign_in(&app, &finder, &mut lost).await.status(), StatusCode::SEE_OTHER);
 
@@ -1274,6 +1275,10 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
         err.contains("\"alice\" has no passkey named \"Nope\" (portcullis user factors alice lists them)"),
         "{err}"
     );
+    // A name that begins with a hyphen is the option's value, not another option.
+    let run = crate::child::cli(app.dir.path(), &["user", "factors", "alice", "--remove-passkey", "-old"], None).await;
+    run.assert_ok("remove a passkey named -old");
+    assert!(run.stdout.ends_with("; named: -old\n"), "{}", run.stdout);
 
     let args = ["user", "factors", "alice", "--remove-passkey", "Work laptop"];
     let run = crate::child::cli(app.dir.path(), &args, None).await;
@@ -1284,7 +1289,7 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
     let names: Vec<String> = app.state.passkeys.list("alice").await.unwrap().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["Phone"]);
     assert_eq!(sign_in(&app, &app.new_browser(), &mut lost).await.status(), StatusCode::UNAUTHORIZED);
-    let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("logged");
+    let removed = app.log_lines().into_iter().filter(|l| l["event"] == "mfa_removed").last().expect("logged");
     assert_eq!(
         (&removed["username"], &removed["kind"], &removed["sessions"]),
         (&"alice".into(), &"passkey".into(), &1.into())
