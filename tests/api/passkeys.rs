@@ -1289,7 +1289,7 @@ async fn an_administrator_removes_one_lost_passkey_by_name_and_ends_only_the_ses
     let names: Vec<String> = app.state.passkeys.list("alice").await.unwrap().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["Phone"]);
     assert_eq!(sign_in(&app, &app.new_browser(), &mut lost).await.status(), StatusCode::UNAUTHORIZED);
-    let removed = app.log_lines().into_iter().filter(|l| l["event"] == "mfa_removed").last().expect("logged");
+    let removed = app.log_lines().into_iter().rfind(|l| l["event"] == "mfa_removed").expect("logged");
     assert_eq!(
         (&removed["username"], &removed["kind"], &removed["sessions"]),
         (&"alice".into(), &"passkey".into(), &1.into())
