@@ -826,22 +826,32 @@ async fn a_passkey_check_that_is_over_is_not_a_wrong_factor() {
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty());
 }
 
+/// A passkey app whose captcha comes after 3 failures.
+async fn captcha_after_three() -> TestApp {
+    spawn_app_with(|s| {
+        on_localhost(s);
+        s.captcha_after_failures = 3;
+    })
+    .await
+}
+
+/// Three wrong passwords for `name`, each from a browser of its own: the threshold reached.
+async fn three_wrong_passwords(app: &TestApp, name: &str) {
+    for _ in 0..3 {
+        app.login_with(&app.new_browser(), name, "not the password at all").await;
+    }
+}
+
 /// Past the captcha threshold a pending sign-in carries one check, used up by it; a passkey
 /// answer whose check is over (expired here) checks nothing, so the one check is kept and the
 /// browser can answer again (a review found it spent, sending the user back to the password
 /// and a captcha).
 #[tokio::test]
 async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one_check() {
-    let app = spawn_app_with(|s| {
-        on_localhost(s);
-        s.captcha_after_failures = 3;
-    })
-    .await;
+    let app = captcha_after_three().await;
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "laptop").await;
-    for _ in 0..3 {
-        app.login_with(&app.new_browser(), "alice", "not the password at all").await;
-    }
+    three_wrong_passwords(&app, "alice").await;
     let mut first = Visitor::new(&app, None);
     let first_csrf = crate::totp::password_with_captcha(&mut first).await;
     let begin = "/login/second-factor/passkey/begin";
@@ -871,20 +881,14 @@ async fn past_the_threshold_an_ended_passkey_check_keeps_the_solved_captchas_one
 /// check stays open for the right one.
 #[tokio::test]
 async fn wrong_passwords_typed_by_others_do_not_end_a_passkey_check_under_way() {
-    let app = spawn_app_with(|s| {
-        on_localhost(s);
-        s.captcha_after_failures = 3;
-    })
-    .await;
+    let app = captcha_after_three().await;
     let owner = signed_in_browser(&app, "alice").await;
     let (mut device, _) = register(&app, &owner, "laptop").await;
     let (mut other_device, _) = register(&app, &signed_in_browser(&app, "bob").await, "bobs").await;
     let browser = app.new_browser();
     let csrf = to_second_step(&app, &browser, "alice").await;
     let options = begin_check(&app, &browser, &csrf).await;
-    for _ in 0..3 {
-        app.login_with(&app.new_browser(), "alice", "not the password at all").await;
-    }
+    three_wrong_passwords(&app, "alice").await;
     let digest = portcullis::rate_limit::username_digest("alice");
     let state = &app.state.brute_force;
     let elsewhere = portcullis::client::AddressKey::of("192.0.2.99".parse().unwrap());
