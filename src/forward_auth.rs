@@ -339,28 +339,49 @@ pub fn other_readings(raw: &str) -> Result<Vec<String>, TargetError> {
         let decoded = normalise_path(path)?;
         readings.extend([path.to_string(), decoded]);
     }
-    let folded: Vec<String> = readings.iter().filter_map(|r| unicode_folded(r)).collect();
+    let folded: Vec<String> = readings.iter().flat_map(|r| unicode_folded(r)).collect();
     readings.extend(folded);
     readings.sort_unstable();
     readings.dedup();
     Ok(readings)
 }
 
-/// `path` (percent-encoded) as an application that decodes it and then ignores case by
-/// Unicode's rules would route it: decoded, NFKC-normalised, upper- then lower-cased (full
-/// case mapping, so the long s `ſ` U+017F reads as `s`, the Kelvin sign U+212A as `k`,
-/// full-width `Ａ` as `a`) and encoded again; [`crate::access::Access::decide_ignoring_case`]
-/// covers only ASCII letters, which is all the encoded path shows it. `None` for a path
-/// with no non-ASCII character once decoded, or whose bytes are not UTF-8 (no such reading).
-fn unicode_folded(path: &str) -> Option<String> {
+/// `path` (percent-encoded) as applications that decode it and then ignore case by Unicode's
+/// rules would route it, decoded, NFKC-normalised and encoded again, in both kinds of case
+/// mapping (Unicode §3.13): the full mapping of a whole string, upper- then lower-cased (the
+/// long s `ſ` U+017F reads as `s`, the Kelvin sign U+212A as `k`, full-width `Ａ` as `a`,
+/// `ß` as `ss`), and the simple mapping of each character alone, as Java's
+/// `equalsIgnoreCase` and Python's `re.IGNORECASE` compare (`İ` U+0130 reads as `i` there,
+/// as `i` with a combining dot in the full mapping). [`crate::access::Access::decide_ignoring_case`]
+/// covers only ASCII letters, which is all the encoded path shows it. Empty for a path with no
+/// non-ASCII character once decoded, or whose bytes are not UTF-8 (no such reading).
+fn unicode_folded(path: &str) -> Vec<String> {
     use unicode_normalization::UnicodeNormalization;
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8().ok()?;
+    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else { return Vec::new() };
     if decoded.is_ascii() {
-        return None;
+        return Vec::new();
     }
     let nfkc: String = decoded.nfkc().collect();
-    let folded: String = nfkc.to_uppercase().to_lowercase().nfkc().collect();
-    Some(utf8_percent_encode(&folded, PATH_ENCODE).to_string())
+    let full: String = nfkc.to_uppercase().to_lowercase().nfkc().collect();
+    let simple: String = nfkc.chars().map(simple_folded).collect::<String>().nfkc().collect();
+    let mut folded = vec![utf8_percent_encode(&full, PATH_ENCODE).to_string()];
+    if simple != full {
+        folded.push(utf8_percent_encode(&simple, PATH_ENCODE).to_string());
+    }
+    folded
+}
+
+/// `c` upper- then lower-cased by the simple case mappings (UnicodeData.txt), which map one
+/// character to one: where the full mapping gives several characters, the simple uppercase
+/// is the character itself (`ß` stays `ß`) and the simple lowercase is the full one's first
+/// (only `İ` U+0130 has a lowercase of two, `i` and U+0307, and its simple one is `i`).
+fn simple_folded(c: char) -> char {
+    let mut upper = c.to_uppercase();
+    let upper = match (upper.next(), upper.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    };
+    upper.to_lowercase().next().unwrap_or(upper)
 }
 
 /// WHATWG URL's path percent-encode set: what the URL parser would encode in a path, so the
@@ -518,6 +539,10 @@ mod tests {
         assert!(readings.contains(&"/admin".to_string()), "full-width: {readings:?}");
         let readings = super::other_readings("/CAF%C3%89").unwrap();
         assert!(readings.contains(&"/caf%C3%A9".to_string()), "{readings:?}");
+        let readings = super::other_readings("/adm%C4%B0n").unwrap();
+        assert!(readings.contains(&"/admin".to_string()), "dotted capital I, as Java and Python fold it: {readings:?}");
+        let readings = super::other_readings("/stra%C3%9Fe").unwrap();
+        assert!(readings.contains(&"/strasse".to_string()), "sharp s, fully: {readings:?}");
         assert_eq!(super::other_readings("/Admin/x").unwrap(), ["/Admin/x"], "ASCII: the rules' own folding");
         assert_eq!(super::other_readings("/%FF/x").unwrap(), ["/%FF/x"], "not UTF-8: no such reading");
     }
