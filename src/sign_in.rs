@@ -707,12 +707,14 @@ impl SignIn {
         // login form. Any other pending sign-in meets the threshold here: past it the code is
         // not even checked, and the sign-in starts again at the password, where the captcha
         // is asked for.
-        let one_check = first.captcha_solved;
-        // A passkey's answer is a signature: it cannot be guessed, so the threshold, which is
-        // there to stop guessing codes, is not met for it. Otherwise three wrong passwords
-        // typed for the name, by anyone from anywhere, would end the user's check under way
-        // and refuse its right answer. A refused answer still counts as a failure.
+        //
+        // A passkey's answer is a signature: it cannot be guessed, so neither the threshold nor
+        // the one check, which are there to make guessing codes cost captchas, applies to it.
+        // Otherwise three wrong passwords typed for the name, by anyone from anywhere, would
+        // end the user's check under way and refuse its right answer. A refused answer still
+        // counts as a failure, and the check stays open for the right one.
         let guessable = !matches!(proof, Proof::Passkey { .. });
+        let one_check = first.captcha_solved && guessable;
         let reservation = if one_check || !guessable {
             None
         } else {
