@@ -23,9 +23,30 @@ use tracing_subscriber::EnvFilter;
 /// thousand, and the server records each refusal itself (`bad_passkey`).
 pub const DEFAULT_FILTER: &str = "info,poem=warn,sled=warn,h2=error,deadpool.postgres=error,webauthn_rs_core=off";
 
+/// `RUST_LOG`'s filter, or `default` when it is unset or unreadable. The WebAuthn library
+/// stays off unless `RUST_LOG` names it (`webauthn_rs_core=debug`): `RUST_LOG=info`, a common
+/// setting, would otherwise bring back its ERROR lines with a sender's bytes (a review saw
+/// 40 KB of them from one request).
+fn filter_or(default: &str) -> EnvFilter {
+    filter_from(std::env::var(EnvFilter::DEFAULT_ENV).ok(), default)
+}
+
+/// [`filter_or`] with `RUST_LOG`'s value given.
+fn filter_from(rust_log: Option<String>, default: &str) -> EnvFilter {
+    let from_env = rust_log.filter(|v| !v.trim().is_empty()).map(|v| (EnvFilter::try_new(&v), v));
+    match from_env {
+        Some((Ok(filter), v)) if v.contains("webauthn") => filter,
+        Some((Ok(filter), _)) => match "webauthn_rs_core=off".parse() {
+            Ok(off) => filter.add_directive(off),
+            Err(_) => filter, // a fixed, valid directive: never reached
+        },
+        _ => EnvFilter::new(default),
+    }
+}
+
 /// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
 pub fn init_terminal(instance: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = filter_or(DEFAULT_FILTER);
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let format = tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi);
     let _ = tracing_subscriber::fmt()
@@ -67,7 +88,7 @@ impl std::io::Write for CliLines {
 /// on the way (such as taking group access away from the store's files) is said, not lost.
 /// The lines are held until [`end_cli`], so a command that fails still says one line.
 pub fn init_cli() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(CLI_FILTER));
+    let filter = filter_or(CLI_FILTER);
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -293,6 +314,28 @@ mod tests {
         assert!(!text.contains("remotely-reset") && text.contains("login failed"), "{text}");
         assert!(!text.contains("Connection error"), "{text}");
         assert!(!text.contains("authenticator_data_parser"), "a sender's bytes at ERROR: {text}");
+    }
+
+    #[test]
+    fn rust_log_keeps_the_webauthn_library_off_unless_it_names_it() {
+        let lines = |rust_log: Option<&str>| {
+            let buffer = Buffer::default();
+            let out = buffer.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(filter_from(rust_log.map(str::to_string), DEFAULT_FILTER))
+                .with_writer(move || out.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::error!(target: "webauthn_rs_core::internals", "cbor_parser");
+                tracing::info!(target: "portcullis::serve", "listening");
+            });
+            let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+            (text.contains("cbor_parser"), text.contains("listening"))
+        };
+        assert_eq!(lines(None), (false, true));
+        assert_eq!(lines(Some("info")), (false, true), "a common setting");
+        assert_eq!(lines(Some("")), (false, true), "empty: the default");
+        assert_eq!(lines(Some("debug,webauthn_rs_core=error")), (true, true), "asked for by name");
     }
 
     #[test]
