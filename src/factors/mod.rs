@@ -45,6 +45,18 @@ impl FactorKind {
     }
 }
 
+/// What [`SecondFactors::new_recovery_codes`] did.
+#[derive(Debug)]
+pub enum NewCodes {
+    /// The new codes, stored, to be shown once.
+    Made(Vec<Zeroizing<String>>),
+    /// The user's codes changed between reading and replacing them (another set was made at
+    /// the same moment): nothing stored; the other set is the one that works.
+    Changed,
+    /// No such user (deleted meanwhile).
+    NoUser,
+}
+
 /// What a client offers as its second factor. Holds a secret: no `Debug`.
 pub enum Proof {
     /// A TOTP code as typed or pasted.
@@ -187,7 +199,7 @@ pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> 
         if summary.has_second_factor() || summary.recovery_codes == 0 {
             return Ok(0);
         }
-        store.factors.set_recovery_codes(user_key, &[]).await?;
+        store.factors.set_recovery_codes(user_key, &[], None).await?;
         Ok::<usize, StoreError>(summary.recovery_codes)
     };
     voided.await.unwrap_or_else(|e| {
@@ -391,20 +403,43 @@ impl SecondFactors {
         Ok(Some(void_codes_without_factor(&self.store, user_key).await))
     }
 
-    /// Makes a new set of recovery codes for the user (the old ones are void) and returns them
-    /// to be shown once; `None` if no such user. (Unlike the factors, codes written after a
-    /// reset need no taking back: without a factor they sign nobody in, and the next first
-    /// factor replaces them: [`void_codes_without_factor`].)
+    /// A fingerprint of the user's recovery codes as they are now, for a page's form to send
+    /// back with a request for new ones ([`SecondFactors::new_recovery_codes`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn codes_seen(&self, user_key: &str) -> Result<String, StoreError> {
+        Ok(recovery::fingerprint(&self.store.factors.recovery_codes(user_key).await?))
+    }
+
+    /// Makes a new set of recovery codes for the user in place of the set they have now (the
+    /// old ones are void) and returns them to be shown once. `seen`: the
+    /// [`SecondFactors::codes_seen`] of the page that asked, whose codes are the ones to
+    /// replace (`None`: whatever the user has now). Of two sets asked for from the same old
+    /// set (two tabs, a double submit, two instances), one is stored and the other is
+    /// [`NewCodes::Changed`], never shown as if it worked. (Unlike the factors, codes written
+    /// after a reset need no taking back: without a factor they sign nobody in, and the next
+    /// first factor replaces them: [`void_codes_without_factor`].)
     ///
     /// # Errors
     /// [`FactorError`] when no random bytes can be had, the store cannot be used, or it
     /// records another factor key ([`KeyError::OtherKey`]).
-    pub async fn new_recovery_codes(&self, user_key: &str) -> Result<Option<Vec<Zeroizing<String>>>, FactorError> {
+    pub async fn new_recovery_codes(&self, user_key: &str, seen: Option<&str>) -> Result<NewCodes, FactorError> {
         self.keys_agree().await?;
+        let before = self.store.factors.recovery_codes(user_key).await?;
+        if seen.is_some_and(|seen| seen != recovery::fingerprint(&before)) {
+            return Ok(NewCodes::Changed);
+        }
         let codes = recovery::generate()?;
         let hashes: Vec<[u8; 32]> =
             codes.iter().filter_map(|c| recovery::normalise(c)).map(|c| self.key.recovery_hash(user_key, &c)).collect();
-        Ok(self.store.factors.set_recovery_codes(user_key, &hashes).await?.then_some(codes))
+        if self.store.factors.set_recovery_codes(user_key, &hashes, Some(&before)).await? {
+            return Ok(NewCodes::Made(codes));
+        }
+        Ok(match self.store.users.get(user_key).await? {
+            Some(_) => NewCodes::Changed,
+            None => NewCodes::NoUser,
+        })
     }
 }
 

@@ -34,6 +34,20 @@ pub fn generate() -> Result<Vec<Zeroizing<String>>, crate::random::RandomError> 
     Ok(codes)
 }
 
+/// A fingerprint of a user's set of code hashes (as the store keeps them, in order): the
+/// first 16 bytes of their SHA-256, in hex. A page that offers new codes carries it, so a
+/// request from a page shown before the set changed (another tab made new codes since) is
+/// told so instead of voiding the set just printed. Derived from keyed hashes, it says
+/// nothing about the codes.
+pub fn fingerprint(hashes: &[[u8; 32]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for h in hashes {
+        digest.update(h);
+    }
+    digest.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A code as typed, in the form it is hashed in, if it can be one: case, spaces and dashes
 /// ignored, and the letters people type for the missing ones read as what they look like.
 pub fn normalise(typed: &str) -> Option<Zeroizing<String>> {

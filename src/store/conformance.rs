@@ -931,7 +931,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     let f = &from.factors;
     f.set_totp("alice", &TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }, None).await.unwrap();
     assert!(f.use_totp_step("alice", 12_345).await.unwrap());
-    f.set_recovery_codes("alice", &[[4; 32], [5; 32]]).await.unwrap();
+    f.set_recovery_codes("alice", &[[4; 32], [5; 32]], None).await.unwrap();
     f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }, None).await.unwrap();
     assert!(f.use_totp_step("bob", 77).await.unwrap());
     assert!(f.remove_totp("bob").await.unwrap());
@@ -1075,7 +1075,7 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     assert_eq!(f.summary("alice").await.unwrap(), FactorSummary::default(), "factors: none at first");
     let totp = TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 5 };
     assert!(!f.set_totp("nobody", &totp, None).await.unwrap(), "factors: no TOTP for an unknown user");
-    assert!(!f.set_recovery_codes("nobody", &[[1; 32]]).await.unwrap());
+    assert!(!f.set_recovery_codes("nobody", &[[1; 32]], None).await.unwrap());
     assert!(f.any_totp().await.unwrap().is_none(), "factors: nobody has TOTP yet");
     assert!(f.set_totp("alice", &totp, None).await.unwrap());
     assert_eq!(f.totp("alice").await.unwrap(), Some(totp.clone()), "factors: TOTP round trip");
@@ -1120,14 +1120,35 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     assert_eq!(won, 1, "factors: of concurrent uses of one step, exactly one wins");
 
     // Recovery codes: each once; a new set voids the old.
-    assert!(f.set_recovery_codes("alice", &[[1; 32], [2; 32], [3; 32]]).await.unwrap());
+    assert!(f.set_recovery_codes("alice", &[[1; 32], [2; 32], [3; 32]], None).await.unwrap());
     assert_eq!(f.summary("alice").await.unwrap().recovery_codes, 3);
     assert!(f.use_recovery_code("alice", &[2; 32]).await.unwrap());
     assert!(!f.use_recovery_code("alice", &[2; 32]).await.unwrap(), "factors: a recovery code is used once");
     assert!(!f.use_recovery_code("bob", &[1; 32]).await.unwrap());
-    assert!(f.set_recovery_codes("alice", &[[9; 32]]).await.unwrap());
+    assert!(f.set_recovery_codes("alice", &[[9; 32]], None).await.unwrap());
     assert!(!f.use_recovery_code("alice", &[1; 32]).await.unwrap(), "factors: new codes void the old");
     assert_eq!(f.summary("alice").await.unwrap(), FactorSummary { totp: true, recovery_codes: 1, passkeys: 0 });
+    // A new set replaces the set read before it, or nothing: of two made at once from one set
+    // (two tabs), one is stored, and the other is told, not shown as if it worked.
+    let before = f.recovery_codes("alice").await.unwrap();
+    assert_eq!(before, [[9; 32]], "factors: the codes' hashes as set");
+    let sets: Vec<[[u8; 32]; 1]> = (20..26u8).map(|i| [[i; 32]]).collect();
+    let racers: Vec<_> = sets.iter().map(|set| f.set_recovery_codes("alice", set, Some(&before))).collect();
+    let results: Vec<bool> = futures_join(racers).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results.iter().filter(|won| **won).count(), 1, "factors: of concurrent new sets, one is stored");
+    let stored = f.recovery_codes("alice").await.unwrap();
+    let winner = results.iter().position(|won| *won).unwrap();
+    assert_eq!(stored, sets[winner], "factors: the one told it was stored");
+    assert!(!f.set_recovery_codes("alice", &[[30; 32]], Some(&before)).await.unwrap(), "factors: a stale set");
+    assert!(!f.set_recovery_codes("alice", &[[30; 32]], Some(&[])).await.unwrap(), "factors: codes are there");
+    // A user with no factor record has no codes: a set made from none is stored, once.
+    store.users.insert(&user("carol"), HASH_A).await.unwrap();
+    assert_eq!(f.recovery_codes("carol").await.unwrap(), Vec::<[u8; 32]>::new());
+    assert!(!f.set_recovery_codes("carol", &[[31; 32]], Some(&[[9; 32]])).await.unwrap(), "factors: none to replace");
+    let racers: Vec<_> = sets.iter().map(|set| f.set_recovery_codes("carol", set, Some(&[]))).collect();
+    let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1, "factors: of concurrent first sets, one is stored");
+    assert_eq!(f.recovery_codes("nobody").await.unwrap(), Vec::<[u8; 32]>::new());
 
     assert!(f.remove_totp("alice").await.unwrap());
     assert!(!f.remove_totp("alice").await.unwrap(), "factors: a second removal finds nothing");

@@ -679,9 +679,20 @@ pub trait FactorStore: Send + Sync {
     /// every step used before for this user; returns `false` (refuse: a reused code) otherwise.
     /// RFC 6238 §5.2: a code is accepted at most once.
     async fn use_totp_step(&self, user_key: &str, step: u64) -> Result<bool>;
-    /// Replaces the user's recovery codes (their keyed hashes) with `hashes`; the old ones are
-    /// void. `false` if no such user.
-    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool>;
+    /// The keyed hashes of the user's unused recovery codes, in the order they were set (none
+    /// for an unknown user).
+    async fn recovery_codes(&self, user_key: &str) -> Result<Vec<[u8; 32]>>;
+    /// Replaces the user's recovery codes (their keyed hashes) with `hashes` if the codes the
+    /// user has now are `replacing` ([`FactorStore::recovery_codes`]; `None`: whatever they
+    /// are), in one step: of two replacements begun from the same codes, one is stored, so no
+    /// set is shown as made and then found void. The old ones are void. `false` if no such
+    /// user, or the codes changed meanwhile.
+    async fn set_recovery_codes(
+        &self,
+        user_key: &str,
+        hashes: &[[u8; 32]],
+        replacing: Option<&[[u8; 32]]>,
+    ) -> Result<bool>;
     /// Uses up the recovery code whose keyed hash is `hash`; `false` if the user has no such
     /// unused code.
     async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool>;

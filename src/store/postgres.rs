@@ -1059,16 +1059,42 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
-    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool> {
+    async fn recovery_codes(&self, user_key: &str) -> Result<Vec<[u8; 32]>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT recovery_hashes FROM second_factors WHERE user_key = $1", &[&user_key])
+            .await?;
+        let hashes: Vec<Vec<u8>> = row.map(|r| r.get(0)).unwrap_or_default();
+        hashes
+            .into_iter()
+            .map(|h| {
+                <[u8; 32]>::try_from(h).map_err(|_| StoreError::Corrupt(format!("a recovery code hash of {user_key}")))
+            })
+            .collect()
+    }
+
+    async fn set_recovery_codes(
+        &self,
+        user_key: &str,
+        hashes: &[[u8; 32]],
+        replacing: Option<&[[u8; 32]]>,
+    ) -> Result<bool> {
         let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let before: Option<Vec<&[u8]>> = replacing.map(|b| b.iter().map(|h| &h[..]).collect());
+        // No row is no codes: with codes expected, a row must be there to replace; two
+        // inserts from no codes meet in ON CONFLICT, where the second finds the first's codes.
         let n = self
             .client()
             .await?
             .execute(
                 "INSERT INTO second_factors (user_key, recovery_hashes)
                  SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
-                 ON CONFLICT (user_key) DO UPDATE SET recovery_hashes = excluded.recovery_hashes",
-                &[&user_key, &hashes],
+                   AND ($3::bytea[] IS NULL OR cardinality($3::bytea[]) = 0
+                        OR EXISTS (SELECT 1 FROM second_factors WHERE user_key = $1))
+                 ON CONFLICT (user_key) DO UPDATE SET recovery_hashes = excluded.recovery_hashes
+                 WHERE $3::bytea[] IS NULL OR second_factors.recovery_hashes = $3::bytea[]",
+                &[&user_key, &hashes, &before],
             )
             .await?;
         Ok(n > 0)

@@ -1310,13 +1310,25 @@ impl FactorStore for SledStore {
         self.durable(fresh).await
     }
 
-    async fn set_recovery_codes(&self, user_key: &str, hashes: &[[u8; 32]]) -> Result<bool> {
+    async fn recovery_codes(&self, user_key: &str) -> Result<Vec<[u8; 32]>> {
+        Ok(self.factor_record(user_key)?.recovery)
+    }
+
+    async fn set_recovery_codes(
+        &self,
+        user_key: &str,
+        hashes: &[[u8; 32]],
+        replacing: Option<&[[u8; 32]]>,
+    ) -> Result<bool> {
         if !self.user_exists(user_key)? {
             return Ok(false);
         }
         let set = self.update_factors(user_key, |r| {
-            r.recovery = hashes.to_vec();
-            true
+            let unchanged = replacing.is_none_or(|before| r.recovery == before);
+            if unchanged {
+                r.recovery = hashes.to_vec();
+            }
+            unchanged
         })?;
         self.durable(set).await
     }

@@ -156,7 +156,7 @@ async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records
         .enrol_totp(&Asker::in_generation("alice", app.generation("alice").await), &secret, &code, None)
         .await
         .is_err_and(other_key));
-    assert!(app.state.factors.new_recovery_codes("alice").await.is_err_and(other_key));
+    assert!(app.state.factors.new_recovery_codes("alice", None).await.is_err_and(other_key));
     assert!(!app.state.factors.summary("alice").await.unwrap().totp, "nothing sealed");
     // Forgotten with no instance recording another key: this server's key is recorded again.
     assert!(secrets.forget(FINGERPRINT_NAME).await.unwrap());

@@ -701,7 +701,7 @@ async fn codes_a_user_kept_without_any_factor_give_way_to_a_fresh_set_with_the_f
     let app = passkey_app().await;
     let alice = signed_in_browser(&app, "alice").await;
     let stale = [[7u8; 32]; 10];
-    assert!(app.state.store.factors.set_recovery_codes("alice", &stale).await.unwrap());
+    assert!(app.state.store.factors.set_recovery_codes("alice", &stale, None).await.unwrap());
     let (_, resp) = register(&app, &alice, "the owner's key").await;
     assert_eq!(resp.status(), StatusCode::OK, "the first factor brings its own codes: {:?}", resp.headers());
     let fresh = crate::totp::recovery_codes(&resp.text().await.unwrap());

@@ -253,10 +253,10 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert_eq!(resp.status(), 303);
 
     // The count reads as English, and the last codes say to make new ones.
-    app.state.store.factors.set_recovery_codes("alice", &[[7u8; 32]]).await.unwrap();
+    app.state.store.factors.set_recovery_codes("alice", &[[7u8; 32]], None).await.unwrap();
     let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("1 unused recovery code left") && page.contains("consider making new ones"), "{page}");
-    app.state.store.factors.set_recovery_codes("alice", &[]).await.unwrap();
+    app.state.store.factors.set_recovery_codes("alice", &[], None).await.unwrap();
     let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("No unused recovery codes left"), "{page}");
 }
@@ -555,7 +555,7 @@ async fn a_new_user_never_inherits_factors_written_for_a_deleted_namesake() {
     app.add_user("dana", GOOD_PASSWORD, false).await;
     // What a request that checked dana still existed just before `user del` could leave: a
     // second factor stored after the delete cleared them (the store's delete alone here).
-    assert!(app.state.store.factors.set_recovery_codes("dana", &[[7u8; 32]; 10]).await.unwrap());
+    assert!(app.state.store.factors.set_recovery_codes("dana", &[[7u8; 32]; 10], None).await.unwrap());
     assert!(app.state.store.users.delete("dana").await.unwrap());
     assert_eq!(app.state.store.factors.summary("dana").await.unwrap().recovery_codes, 10, "left behind");
     app.add_user("dana", GOOD_PASSWORD, false).await;
@@ -747,6 +747,63 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     assert_eq!(late.status(), 409, "overtaken, whatever was mistyped on the way");
 }
 
+/// New recovery codes are made in place of the set the page showed: a page shown before
+/// another tab made new ones, or the same click sent twice, is told so (409) and makes none,
+/// so no set is shown and then found void (a review saw two 200s at once and one set void).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_recovery_codes_replace_only_the_set_the_page_showed() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    sign_in(&app, &browser, "alice").await;
+    enrol(&app, &browser, fresh_step().await).await;
+    let form = || async {
+        let page = browser.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+        [("csrf", hidden_field(&page, "csrf").unwrap()), ("seen", hidden_field(&page, "seen").unwrap())]
+    };
+    let post = |form: [(&'static str, String); 2]| browser.post(app.url("/account/recovery-codes")).form(&form).send();
+    let works = |code: String| {
+        let factors = app.state.factors.clone();
+        async move {
+            let proof = Proof::RecoveryCode(code.into());
+            factors.verify("alice", &[0; 32], &proof, 0).await.unwrap()
+                == Verdict::Accepted(FactorKind::RecoveryCodes, None)
+        }
+    };
+
+    // Two tabs showing the same codes: the first makes new ones, the second is told.
+    let (tab_a, tab_b) = (form().await, form().await);
+    let a = post(tab_a).await.unwrap();
+    assert_eq!(a.status(), 200);
+    let printed = recovery_codes(&a.text().await.unwrap());
+    let b = post(tab_b).await.unwrap();
+    assert_eq!(b.status(), 409);
+    let text = b.text().await.unwrap();
+    assert!(text.contains("Recovery codes not made") && !text.contains("class=\"codes\""), "{text}");
+    assert!(works(printed[0].clone()).await, "the printed set still works");
+
+    // The same form sent eight times at once: one set made, seven told.
+    let same = form().await;
+    let asks: Vec<_> = (0..8).map(|_| tokio::spawn(post(same.clone()))).collect();
+    let mut statuses = Vec::new();
+    let mut shown = Vec::new();
+    for ask in asks {
+        let answer = ask.await.unwrap().unwrap();
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 200 {
+            shown = recovery_codes(&answer.text().await.unwrap());
+        }
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    assert!(works(shown[0].clone()).await, "the set shown is the one stored");
+
+    // A page from before the field (no `seen`) replaces whatever is there.
+    let [csrf, _] = form().await;
+    let resp = browser.post(app.url("/account/recovery-codes")).form(&[csrf]).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn an_authenticator_set_up_again_with_no_recovery_codes_left_brings_a_fresh_set() {
     let app = spawn_app_with(|_| {}).await;
@@ -756,7 +813,7 @@ async fn an_authenticator_set_up_again_with_no_recovery_codes_left_brings_a_fres
     let step = fresh_step().await;
     enrol(&app, &browser, step).await;
     // Every code used up (or never printed): a user must not be left without any.
-    app.state.store.factors.set_recovery_codes("alice", &[]).await.unwrap();
+    app.state.store.factors.set_recovery_codes("alice", &[], None).await.unwrap();
     let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
     assert!(hidden_field(&page, "replacing").is_some(), "the page replaces an authenticator");
     let (_, form) = enrolment_form(&page, &|s| code(s, step));

@@ -71,6 +71,9 @@ struct AccountPage<'a> {
     /// The session may add or remove a second factor without confirming its password first
     /// ([`confirm`]).
     recent: bool,
+    /// The recovery codes this page shows the count of, for its *Make new recovery codes*
+    /// form ([`crate::factors::SecondFactors::codes_seen`]); empty without a second factor.
+    codes_seen: String,
 }
 
 #[handler]
@@ -129,6 +132,13 @@ async fn render_listed(
         Err(crate::passkeys::PasskeyError::Store(e)) => return store_error(&e, "could not list passkeys"),
         Err(_) => Vec::new(),
     };
+    let codes_seen = match factors.has_second_factor() {
+        true => match state.factors.codes_seen(&user.key).await {
+            Ok(seen) => seen,
+            Err(e) => return store_error(&e, "could not read the user's recovery codes"),
+        },
+        false => String::new(),
+    };
     let passkeys_enabled = state.passkeys.enabled();
     let csrf = state.csrf.session_token(&session.token_hash);
     // A notice about passkeys is shown in their section, where the page is scrolled to.
@@ -154,6 +164,7 @@ async fn render_listed(
             passkey_error: None,
             passkey_notice,
             recent: session.authenticated_recently(crate::store::now_ms()),
+            codes_seen,
         },
     );
     if passkeys_enabled {

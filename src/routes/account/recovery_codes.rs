@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::totp::factor_error;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
-use crate::factors::FactorKind;
+use crate::factors::{FactorKind, NewCodes};
 use crate::routes::{html_with_secret, see_other, store_error, State};
 use crate::session::ActiveSession;
 
@@ -39,16 +39,32 @@ pub(crate) async fn codes_with_first_factor(
 ) -> Response {
     match state.factors.summary(&session.user.key).await {
         Ok(s) if s.recovery_codes == 0 || (!replaced && s.second_factors() == 1) => {
-            issue_codes(state, session, headline).await
+            issue_codes(state, session, headline, None).await
         }
         Ok(_) => otherwise,
         Err(e) => store_error(&e, "could not read the user's second factors"),
     }
 }
 
+/// The account page's *Make new recovery codes* form.
+#[derive(serde::Deserialize)]
+struct NewCodesForm {
+    #[serde(default)]
+    csrf: String,
+    /// The codes the page was shown with ([`crate::factors::SecondFactors::codes_seen`]);
+    /// absent from a page older than the field, which then replaces whatever is there.
+    #[serde(default)]
+    seen: Option<String>,
+}
+
 #[handler]
 pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> Response {
-    let session = match super::recent_session_posting(req, body, &state).await {
+    let form: NewCodesForm = match crate::routes::read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let then = super::confirm::Then::Account;
+    let session = match super::confirm::signed_in_recently(req, &state, super::SIGNED_OUT, &form.csrf, then).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -58,17 +74,32 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         Ok(_) => return see_other("/account"),
         Err(e) => return store_error(&e, "could not read the user's second factors"),
     }
-    issue_codes(&state, &session, "Your new recovery codes are ready; the old ones no longer work.").await
+    let headline = "Your new recovery codes are ready; the old ones no longer work.";
+    issue_codes(&state, &session, headline, form.seen.as_deref()).await
 }
 
-/// Makes a new set of recovery codes and shows them, once.
-async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str) -> Response {
-    let codes = match state.factors.new_recovery_codes(&session.user.key).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return see_other("/login"),
+/// Makes a new set of recovery codes in place of the set `seen` (`None`: whatever the user
+/// has) and shows them, once.
+async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, seen: Option<&str>) -> Response {
+    let codes = match state.factors.new_recovery_codes(&session.user.key, seen).await {
+        Ok(NewCodes::Made(c)) => c,
+        Ok(NewCodes::Changed) => return made_elsewhere(),
+        Ok(NewCodes::NoUser) => return see_other("/login"),
         Err(e) => return factor_error(&e, "could not make recovery codes"),
     };
     let username = &session.user.display_name;
     state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::RecoveryCodes.as_str() });
     html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline })
+}
+
+/// 409 when the user's codes changed after the page that asked was shown (new ones made in
+/// another tab, or by the same click sent twice): none are made, so the set printed from the
+/// other answer stays the one that works.
+fn made_elsewhere() -> Response {
+    crate::routes::error_page_leading(
+        StatusCode::CONFLICT,
+        "Recovery codes not made",
+        "Your recovery codes were changed after this page was shown (new ones were made in another window, or this button was pressed twice), so no new ones were made here. If you have the newest set, keep it. If you did not see it, make new codes again from your account page.",
+        ("/account", "Your account"),
+    )
 }
