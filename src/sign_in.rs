@@ -30,8 +30,9 @@
 //! The second step ([`SignIn::second_step`], `/login/second-factor`) runs the same defences
 //! around the factor check: the pending sign-in (single use, 5 minutes, bound to the user's
 //! password), CSRF bound to it, the per-address quota, the captcha threshold for a code
-//! (reached, the pending sign-in ends and the password must be given again, with the
-//! captcha; a passkey's answer, a signature nobody can guess, meets none), the per-username
+//! (reached, a code is checked only with the pending sign-in's own captcha solved, one check
+//! per picture, as on `/account/confirm`; a passkey's answer, a signature nobody can guess,
+//! meets none), the per-username
 //! quota, then the factor; a wrong or reused code or a refused answer counts as a failure
 //! like a wrong password. A pending sign-in whose password step solved the captcha meets no
 //! threshold but carries one check, used up by it (right: signed in; wrong: the password and
@@ -131,14 +132,17 @@ pub struct SecondAttempt<'a> {
     /// The browser's device cookie, if any: a token for the user puts the check on the quota
     /// of the user's known browsers, and the others are kept with the new token.
     pub device: Option<&'a str>,
+    /// The answer to the pending sign-in's captcha ([`pending_captcha_key`]), empty when the
+    /// page showed none: past the threshold a code is checked only with it solved.
+    pub captcha: &'a str,
 }
 
 /// What became of a second-step attempt.
 pub enum StepOutcome {
     /// Signed in with two factors; `next` as given at the first step; a new device cookie.
     SignedIn { token: SessionToken, next: Option<String>, device_cookie: String },
-    /// Refused and recorded. `restart`: the pending sign-in is over (the captcha threshold
-    /// was reached), so the password must be given again.
+    /// Refused and recorded. `restart`: the pending sign-in is over (its one check after a
+    /// captcha solved at the password step was spent), so the password must be given again.
     Refused { refusal: Refusal, restart: bool },
     /// No pending sign-in (none, expired, used, or the user or password changed): start at
     /// `/login` again. Nothing was checked, so nothing is recorded.
@@ -227,6 +231,13 @@ pub enum PasswordCheck {
 pub fn account_captcha_key(session_hash: &crate::store::TokenHash) -> String {
     use base64::Engine as _;
     format!("session.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session_hash))
+}
+
+/// The key a pending sign-in's captcha is issued under (the second step's page past the
+/// threshold): `pending.` and the base64url of the hash of its `__Host-portcullis-mfa` cookie.
+pub fn pending_captcha_key(pending_hash: &crate::store::TokenHash) -> String {
+    use base64::Engine as _;
+    format!("pending.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pending_hash))
 }
 
 /// Why an attempt could not be judged. Each is a 503 except where
@@ -664,7 +675,7 @@ impl SignIn {
     /// [`SignInError`] when the attempt cannot be judged or recorded: a 503 (or 500).
     #[tracing::instrument(name = "second_factor", skip_all)]
     pub async fn second_step(&self, attempt: SecondAttempt<'_>) -> Result<StepOutcome, SignInError> {
-        let SecondAttempt { client, pending, csrf, proof, previous_session, device } = attempt;
+        let SecondAttempt { client, pending, csrf, proof, previous_session, device, captcha } = attempt;
         let store_err = |what| move |source| SignInError::Store { what, source };
         let Some(cookie) = pending else { return Ok(StepOutcome::Restart) };
         let Some((hash, first, user)) =
@@ -704,9 +715,10 @@ impl SignIn {
         // whatever the counts say by now: failures others caused (three wrong passwords typed
         // for this name, or by colleagues behind one address) cannot keep the user who solved
         // it from the second step, and each guess still costs a solved captcha, as on the
-        // login form. Any other pending sign-in meets the threshold here: past it the code is
-        // not even checked, and the sign-in starts again at the password, where the captcha
-        // is asked for.
+        // login form. Any other pending sign-in meets the threshold here: past it a code is
+        // checked only with the pending sign-in's own captcha solved, one check per picture,
+        // as on `/account/confirm`, so the user stays at this step (a stranger's three wrong
+        // passwords used to send them back to the password) and each guess costs a picture.
         //
         // A passkey's answer is a signature: it cannot be guessed, so neither the threshold nor
         // the one check, which are there to make guessing codes cost captchas, applies to it.
@@ -721,12 +733,12 @@ impl SignIn {
             match self.state.reserve(address, digest, now).await? {
                 Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
                 Err(CaptchaDemanded) => {
-                    self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))?;
-                    let Outcome::Refused(refusal) = judged.refuse(FailureReason::CaptchaRequired, None, false).await?
-                    else {
-                        return Ok(StepOutcome::Restart);
-                    };
-                    return Ok(StepOutcome::Refused { refusal, restart: true });
+                    let key = pending_captcha_key(&hash);
+                    if let Some(reason) = self.captcha_refusal(&key, captcha, now).await? {
+                        return Ok(refused(judged.refuse(reason, None, false).await?));
+                    }
+                    // Solved (and so spent): this one check goes with it.
+                    None
                 }
             }
         };

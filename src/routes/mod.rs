@@ -561,6 +561,38 @@ pub async fn must_enrol(state: &AppState, user: &crate::store::User) -> Result<b
 /// State extractor shorthand.
 pub type State<'a> = Data<&'a Arc<AppState>>;
 
+/// A new captcha challenge under `key` (replacing the one open under it), as a `data:` URI;
+/// drawn on the same per-address quota as the login form's ([`crate::rate_limit::CAPTCHA_DRAWS`]),
+/// since each costs a few ms of CPU. For the forms past the threshold that are not the login
+/// form: a signed-in account form ([`crate::sign_in::account_captcha_key`]) and the second
+/// step ([`crate::sign_in::pending_captcha_key`]).
+///
+/// # Errors
+/// A 429 page with `Retry-After` past that quota; a 503 page when no picture can be drawn or
+/// its answer kept.
+// The error is the very response the handler returns at once.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn draw_captcha(req: &Request, state: &crate::app::AppState, key: &str) -> Result<String, Response> {
+    let now = crate::store::now_ms();
+    let address = crate::client::client(req, &state.settings.trusted_proxies).key();
+    let quota = crate::brute_force::QuotaKey::CaptchaDraws(address);
+    match state.brute_force.take(quota, crate::rate_limit::CAPTCHA_DRAWS, now).await {
+        Ok(Ok(())) => {}
+        Ok(Err(wait)) => {
+            let wait = wait.retry_after_secs();
+            let message = format!("Too many new pictures were asked for from your address. Please wait {wait} s.");
+            let page = error_page_saying(StatusCode::TOO_MANY_REQUESTS, "Too many pictures", &message);
+            return Err(with_retry_after(page, wait));
+        }
+        Err(e) => return Err(unavailable("cannot count captcha pictures", &e)),
+    }
+    state.captchas.issue(key, now).await.map_err(|e| {
+        let unavailable = matches!(e, crate::captcha::CaptchaError::State(_));
+        crate::fault_log::report("captcha failed", crate::fault_log::Severity::Error, unavailable, &e);
+        error_page(StatusCode::SERVICE_UNAVAILABLE)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -368,6 +368,13 @@ impl<'a> Visitor<'a> {
         self.app.state.captchas.answer_for_tests(pre)
     }
 
+    /// The answer to this visitor's pending sign-in's captcha (the second step past the
+    /// threshold; a test-only hook, absent in release builds).
+    pub fn second_step_captcha_answer(&self) -> Option<String> {
+        let token = portcullis::session::SessionToken::parse(self.cookies.get("__Host-portcullis-mfa")?)?;
+        self.app.state.captchas.answer_for_tests(&portcullis::sign_in::pending_captcha_key(&token.hash()))
+    }
+
     pub fn has_session(&self) -> bool {
         self.cookies.contains_key("__Host-portcullis")
     }

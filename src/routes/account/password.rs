@@ -11,7 +11,6 @@ use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::brute_force::QuotaKey;
 use crate::client;
 use crate::password::Password;
 use crate::routes::flash::Notice;
@@ -193,30 +192,10 @@ pub(super) async fn captcha_if(
 }
 
 /// A new captcha challenge for `session`'s account forms (replacing its open one), as a
-/// `data:` URI; drawn on the same per-address quota as the login form's
-/// ([`crate::rate_limit::CAPTCHA_DRAWS`]), since each costs a few ms of CPU.
+/// `data:` URI ([`crate::routes::draw_captcha`]).
 ///
 /// # Errors
-/// A 429 page with `Retry-After` past that quota; a 503 page when no picture can be drawn or
-/// its answer kept.
+/// As [`crate::routes::draw_captcha`].
 pub(super) async fn new_captcha(req: &Request, state: &AppState, session: &ActiveSession) -> Result<String, Response> {
-    let now = crate::store::now_ms();
-    let address = client::client(req, &state.settings.trusted_proxies).key();
-    let drawn = state.brute_force.take(QuotaKey::CaptchaDraws(address), crate::rate_limit::CAPTCHA_DRAWS, now).await;
-    match drawn {
-        Ok(Ok(())) => {}
-        Ok(Err(wait)) => {
-            let wait = wait.retry_after_secs();
-            let message = format!("Too many new pictures were asked for from your address. Please wait {wait} s.");
-            let page = crate::routes::error_page_saying(StatusCode::TOO_MANY_REQUESTS, "Too many pictures", &message);
-            return Err(with_retry_after(page, wait));
-        }
-        Err(e) => return Err(crate::routes::unavailable("cannot count captcha pictures", &e)),
-    }
-    let key = account_captcha_key(&session.token_hash);
-    state.captchas.issue(&key, now).await.map_err(|e| {
-        let unavailable = matches!(e, crate::captcha::CaptchaError::State(_));
-        crate::fault_log::report("captcha failed", crate::fault_log::Severity::Error, unavailable, &e);
-        error_page(StatusCode::SERVICE_UNAVAILABLE)
-    })
+    crate::routes::draw_captcha(req, state, &account_captcha_key(&session.token_hash)).await
 }

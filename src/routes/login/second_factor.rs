@@ -3,7 +3,8 @@
 //! to the pending sign-in named by the `__Host-portcullis-mfa` cookie; `POST` asks the sign-in
 //! service ([`crate::sign_in::SignIn::second_step`]) and renders its outcome: 303 with the
 //! session cookie (two factors) on success, the form again with 401 for a wrong or reused
-//! code, and 303 to `/login` when there is no pending sign-in to finish.
+//! code, and 303 to `/login` when there is no pending sign-in to finish. Past the captcha
+//! threshold the form shows the pending sign-in's own picture, whose answer goes with a code.
 
 use crate::metrics::LoginResult;
 use askama::Template;
@@ -34,6 +35,9 @@ struct SecondFactorPage<'a> {
     passkey: bool,
     /// The user has an authenticator app: ask for its code.
     totp: bool,
+    /// Past the captcha threshold: the pending sign-in's picture (a `data:` URI), whose
+    /// answer goes with a code.
+    captcha: Option<String>,
 }
 
 /// The form as posted. (The codes are wiped on drop.)
@@ -48,6 +52,9 @@ pub struct SecondFactorForm {
     /// A passkey's answer (JSON), from `static/passkey.js`.
     #[serde(default)]
     pub credential: String,
+    /// The answer to the pending sign-in's captcha, when the page showed one.
+    #[serde(default)]
+    pub captcha: String,
 }
 
 impl Drop for SecondFactorForm {
@@ -70,12 +77,16 @@ fn restart() -> Response {
 pub async fn show(req: &Request, state: State<'_>) -> Response {
     let Some(cookie) = cookies::get(req, MFA_COOKIE) else { return restart() };
     match state.factors.pending(&cookie).await {
-        Ok(Some((hash, _, user))) => {
+        Ok(Some((hash, pending, user))) => {
             let offers = match offers(&state, &user.key).await {
                 Ok(o) => o,
                 Err(resp) => return resp,
             };
-            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers)
+            let captcha = match captcha_if_past_threshold(req, &state, &hash, &pending, &user.key).await {
+                Ok(c) => c,
+                Err(resp) => return resp,
+            };
+            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers, captcha)
         }
         Ok(None) => restart(),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
@@ -91,6 +102,31 @@ async fn offers(state: &AppState, user_key: &str) -> Result<(bool, bool), Respon
     Ok((summary.totp, summary.passkeys > 0 && state.passkeys.enabled()))
 }
 
+/// The pending sign-in's captcha picture when the user's name or the client's address is past
+/// the threshold, so a code can be checked (`SignIn::second_step`); `None` below it, and for
+/// a pending sign-in whose password step solved one (its one check needs no other).
+// The error is the very response the handler returns at once.
+#[allow(clippy::result_large_err)]
+async fn captcha_if_past_threshold(
+    req: &Request,
+    state: &AppState,
+    hash: &[u8; 32],
+    pending: &crate::store::PendingSignIn,
+    user_key: &str,
+) -> Result<Option<String>, Response> {
+    if pending.captcha_solved {
+        return Ok(None);
+    }
+    let address = client::client(req, &state.settings.trusted_proxies).key();
+    let digest = crate::rate_limit::username_digest(user_key);
+    match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
+        Ok(false) => Ok(None),
+        Ok(true) => crate::routes::draw_captcha(req, state, &crate::sign_in::pending_captcha_key(hash)).await.map(Some),
+        Err(e) => Err(crate::routes::unavailable("cannot read the failure counts", &e)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call per outcome; a struct would only rename them
 fn render(
     state: &AppState,
     hash: &[u8; 32],
@@ -99,10 +135,12 @@ fn render(
     error: Option<&str>,
     restart: bool,
     (totp, passkey): (bool, bool),
+    captcha: Option<String>,
 ) -> Response {
     let csrf = state.csrf.session_token(hash);
     let username = crate::text::printable(username);
-    let resp = html(status, &SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp });
+    let page = SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp, captcha };
+    let resp = html(status, &page);
     if passkey {
         crate::routes::passkeys::with_passkey_script(resp)
     } else {
@@ -134,9 +172,12 @@ fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: 
             StatusCode::FORBIDDEN,
             "This form has expired or was not sent from this site. Please try again.".to_string(),
         ),
-        FailureReason::CaptchaRequired => {
-            unauthorized("Too many wrong attempts. Please sign in again with your password.")
-        }
+        FailureReason::CaptchaRequired => unauthorized(
+            "There have been too many wrong attempts for this account: please also type the characters in the picture.",
+        ),
+        FailureReason::BadCaptcha => unauthorized(
+            "The characters did not match the picture, so the code was not checked. Please try again with the new picture.",
+        ),
         _ => match (passkey, over) {
             (true, true) => unauthorized("That passkey was not accepted. Please sign in again with your password."),
             (true, false) => unauthorized("That passkey was not accepted. Please try again."),
@@ -169,6 +210,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         },
         previous_session: cookies::get(req, SESSION_COOKIE).and_then(|c| SessionToken::parse(&c)),
         device: device.as_deref(),
+        captcha: &form.captcha,
     };
     let outcome = match state.sign_in.second_step(attempt).await {
         Ok(o) => o,
@@ -193,7 +235,8 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             };
             let (status, message) = step_message(refusal.as_ref(), over, !form.credential.is_empty());
             // The page needs the pending sign-in's name and token binding: read it again (a
-            // refusal never ends it, except past the captcha threshold).
+            // refusal never ends it, except a wrong code on the one check a captcha solved at
+            // the password step gave).
             let pending = match &cookie {
                 Some(c) if !over => match state.factors.pending(c).await {
                     Ok(p) => p,
@@ -202,15 +245,19 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                 _ => None,
             };
             let mut resp = match pending {
-                Some((hash, _, user)) => {
+                Some((hash, pending, user)) => {
                     let offers = match offers(&state, &user.key).await {
                         Ok(o) => o,
                         Err(resp) => return resp,
                     };
-                    render(&state, &hash, &user.display_name, status, Some(&message), false, offers)
+                    let captcha = match captcha_if_past_threshold(req, &state, &hash, &pending, &user.key).await {
+                        Ok(c) => c,
+                        Err(resp) => return resp,
+                    };
+                    render(&state, &hash, &user.display_name, status, Some(&message), false, offers, captcha)
                 }
                 None => {
-                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, (false, false));
+                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, (false, false), None);
                     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
                         r.headers_mut().append(header::SET_COOKIE, v);
                     }
