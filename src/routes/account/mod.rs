@@ -55,7 +55,7 @@ struct AccountPage<'a> {
     /// The password form's error, shown beside it.
     password_error: Option<&'a str>,
     /// A captcha challenge for the password form (a `data:` URI), when its check wants one
-    /// (`templates/account_captcha.html`).
+    /// (`templates/captcha.html`).
     captcha: Option<String>,
     factors: FactorSummary,
     /// When the authenticator app was set up (RFC 3339), if it is.
