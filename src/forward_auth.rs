@@ -347,14 +347,19 @@ pub fn other_readings(raw: &str) -> Result<Vec<String>, TargetError> {
 }
 
 /// `path` (percent-encoded) as applications that decode it and then ignore case by Unicode's
-/// rules would route it, decoded, NFKC-normalised and encoded again, in both kinds of case
-/// mapping (Unicode §3.13): the full mapping of a whole string, upper- then lower-cased (the
-/// long s `ſ` U+017F reads as `s`, the Kelvin sign U+212A as `k`, full-width `Ａ` as `a`,
-/// `ß` as `ss`), and the simple mapping of each character alone, as Java's
-/// `equalsIgnoreCase` and Python's `re.IGNORECASE` compare (`İ` U+0130 reads as `i` there,
-/// as `i` with a combining dot in the full mapping). [`crate::access::Access::decide_ignoring_case`]
-/// covers only ASCII letters, which is all the encoded path shows it. Empty for a path with no
-/// non-ASCII character once decoded, or whose bytes are not UTF-8 (no such reading).
+/// rules, or compare it decomposed, would route it: decoded, NFKC-normalised, case-mapped and
+/// encoded again. The case mappings are both kinds (Unicode §3.13): the full mapping of the
+/// whole string, lowered, raised and lowered again, which is what full case folding does to
+/// a path a rule could match (Python's `casefold`, Go's `cases.Fold`: the long s `ſ` U+017F
+/// reads as `s`, the Kelvin sign U+212A as `k`, full-width `Ａ` as `a`, `ß` and `ẞ` as `ss`),
+/// and raised (Cherokee folds to its capitals); and the simple mapping of each character
+/// alone, as Java's `equalsIgnoreCase` and Python's `re.IGNORECASE` compare (`İ` U+0130 reads
+/// as `i` there, as `i` with a combining dot in the full mapping). Each is given composed
+/// (NFKC) and decomposed (NFKD), since an application that decomposes reads `/admiń` as
+/// `/admin` and a combining acute, which a prefix `/admin` matches.
+/// [`crate::access::Access::decide_ignoring_case`] covers only ASCII letters, which is all the
+/// encoded path shows it. Empty for a path with no non-ASCII character once decoded, or whose
+/// bytes are not UTF-8 (no such reading).
 fn unicode_folded(path: &str) -> Vec<String> {
     use unicode_normalization::UnicodeNormalization;
     let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else { return Vec::new() };
@@ -362,12 +367,16 @@ fn unicode_folded(path: &str) -> Vec<String> {
         return Vec::new();
     }
     let nfkc: String = decoded.nfkc().collect();
-    let full: String = nfkc.to_uppercase().to_lowercase().nfkc().collect();
-    let simple: String = nfkc.chars().map(simple_folded).collect::<String>().nfkc().collect();
-    let mut folded = vec![utf8_percent_encode(&full, PATH_ENCODE).to_string()];
-    if simple != full {
-        folded.push(utf8_percent_encode(&simple, PATH_ENCODE).to_string());
-    }
+    let lowered = nfkc.to_lowercase().to_uppercase().to_lowercase();
+    let raised = nfkc.to_uppercase();
+    let simple: String = nfkc.chars().map(simple_folded).collect();
+    let mut folded: Vec<String> = [lowered, raised, simple]
+        .iter()
+        .flat_map(|f| [f.nfkc().collect::<String>(), f.nfkd().collect::<String>()])
+        .map(|f| utf8_percent_encode(&f, PATH_ENCODE).to_string())
+        .collect();
+    folded.sort_unstable();
+    folded.dedup();
     folded
 }
 
@@ -543,6 +552,12 @@ mod tests {
         assert!(readings.contains(&"/admin".to_string()), "dotted capital I, as Java and Python fold it: {readings:?}");
         let readings = super::other_readings("/stra%C3%9Fe").unwrap();
         assert!(readings.contains(&"/strasse".to_string()), "sharp s, fully: {readings:?}");
+        let readings = super::other_readings("/ki%E1%BA%9E").unwrap();
+        assert!(readings.contains(&"/kiss".to_string()), "capital sharp s, folded: {readings:?}");
+        let readings = super::other_readings("/admi%C5%84").unwrap();
+        assert!(readings.contains(&"/admin%CC%81".to_string()), "decomposed: {readings:?}");
+        let readings = super::other_readings("/%EA%AE%B3").unwrap();
+        assert!(readings.contains(&"/%E1%8F%A3".to_string()), "Cherokee folds to capitals: {readings:?}");
         assert_eq!(super::other_readings("/Admin/x").unwrap(), ["/Admin/x"], "ASCII: the rules' own folding");
         assert_eq!(super::other_readings("/%FF/x").unwrap(), ["/%FF/x"], "not UTF-8: no such reading");
     }
