@@ -51,10 +51,11 @@ pub(crate) async fn codes_with_first_factor(
 struct NewCodesForm {
     #[serde(default)]
     csrf: String,
-    /// The codes the page was shown with ([`crate::factors::SecondFactors::codes_seen`]);
-    /// absent from a page older than the field, which then replaces whatever is there.
+    /// The codes the page was shown with ([`crate::factors::SecondFactors::codes_seen`]).
+    /// Absent (a page from before the field, a hand-made request) matches no set: 409, as
+    /// a page shown before the codes changed, since what it would replace is unknown.
     #[serde(default)]
-    seen: Option<String>,
+    seen: String,
 }
 
 #[handler]
@@ -75,7 +76,7 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         Err(e) => return store_error(&e, "could not read the user's second factors"),
     }
     let headline = "Your new recovery codes are ready; the old ones no longer work.";
-    issue_codes(&state, &session, headline, form.seen.as_deref()).await
+    issue_codes(&state, &session, headline, Some(&form.seen)).await
 }
 
 /// Makes a new set of recovery codes in place of the set `seen` (`None`: whatever the user
