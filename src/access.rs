@@ -235,6 +235,22 @@ impl Rule {
                         items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
                 }
                 "path" => {
+                    // Rules match the percent-encoded path, so a rule with `σ` in it would never
+                    // match and protect nothing (a review's `^/σοφ` let every request through).
+                    if let Some(s) = items.iter().find(|s| !s.is_ascii()) {
+                        let encode = |c: char| {
+                            percent_encoding::utf8_percent_encode(
+                                c.encode_utf8(&mut [0; 4]),
+                                percent_encoding::NON_ALPHANUMERIC,
+                            )
+                            .to_string()
+                        };
+                        let ascii: String =
+                            s.chars().map(|c| if c.is_ascii() { c.to_string() } else { encode(c) }).collect();
+                        return Err(fail(format!(
+                            "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `{ascii}`"
+                        )));
+                    }
                     // Bounded compiled size: a rule cannot make every request slow.
                     let compile = |s: &String, folded: bool| {
                         regex::RegexBuilder::new(s).size_limit(1 << 20).case_insensitive(folded).build().map_err(|e| {
@@ -448,6 +464,10 @@ mod tests {
             ("[[access.rules]]\npath = 3\npolicy = \"deny\"", "access.rules #1 path:"),
             ("[[access.rules]]\ndomain = []\npolicy = \"bypass\"", "access.rules #1 domain: an empty list"),
             ("[[access.rules]]\npath = []\npolicy = \"bypass\"", "access.rules #1 path: an empty list"),
+            (
+                "[[access.rules]]\npath = [\"^/\u{3c3}\u{3bf}\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/\u{3c3}\u{3bf}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `^/%CF%83%CE%BF`",
+            ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
