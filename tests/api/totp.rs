@@ -243,8 +243,8 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     // New recovery codes void the old ones.
     let page = first.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("8 unused recovery codes left"), "{page}");
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let resp = first.post(app.url("/account/recovery-codes")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    let form = [("csrf", hidden_field(&page, "csrf").unwrap()), ("seen", hidden_field(&page, "seen").unwrap())];
+    let resp = first.post(app.url("/account/recovery-codes")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let fresh = recovery_codes(&resp.text().await.unwrap());
     let (_, resp) = two_steps(&app, "alice", "recovery_code", &codes[2]).await;
