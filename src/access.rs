@@ -251,6 +251,11 @@ impl Rule {
                             "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `{ascii}`"
                         )));
                     }
+                    if let Some(s) = items.iter().find(|s| needs_non_ascii(s)) {
+                        return Err(fail(format!(
+                            "`{s}` can only match characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write those characters as their UTF-8 bytes, `%C3%A9` for `é`"
+                        )));
+                    }
                     // Bounded compiled size: a rule cannot make every request slow.
                     let compile = |s: &String, folded: bool| {
                         regex::RegexBuilder::new(s).size_limit(1 << 20).case_insensitive(folded).build().map_err(|e| {
@@ -350,6 +355,27 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whether the regular expression `pattern` (ASCII text) has a part that only characters
+/// outside ASCII can match: a literal such as `\x{e9}`, or a class such as `[\x{e0}-\x{ff}]`.
+/// Such a part never matches the percent-encoded path rules are matched against. A pattern
+/// that does not parse is left to the compiler's own error.
+fn needs_non_ascii(pattern: &str) -> bool {
+    use regex_syntax::hir::{Class, HirKind};
+    fn walk(hir: &regex_syntax::hir::Hir) -> bool {
+        match hir.kind() {
+            HirKind::Literal(l) => !l.0.is_ascii(),
+            HirKind::Class(Class::Unicode(c)) => c.ranges().iter().all(|r| !r.start().is_ascii()),
+            HirKind::Class(Class::Bytes(c)) => c.ranges().iter().all(|r| !r.start().is_ascii()),
+            HirKind::Repetition(r) => r.min > 0 && walk(&r.sub),
+            HirKind::Capture(c) => walk(&c.sub),
+            HirKind::Concat(parts) => parts.iter().any(walk),
+            HirKind::Alternation(arms) => arms.iter().all(walk),
+            HirKind::Empty | HirKind::Look(_) => false,
+        }
+    }
+    regex_syntax::parse(pattern).is_ok_and(|hir| walk(&hir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +472,18 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_that_only_non_ascii_text_can_match_is_found() {
+        for never in [r"^/caf\x{e9}", r"^/[\x{e0}-\x{ff}]", r"^/(\x{e9}|\x{e8})", r"^/\p{Greek}+", r"^/a\x{e9}{2}"] {
+            assert!(super::needs_non_ascii(never), "{never}");
+        }
+        for fine in
+            ["^/admin", "^/public/", r"^/[^/]+/x", r"^/\w+", r"^/caf(\x{e9})?", "(?i)^/a", r"^/%C3%A9", ".", "("]
+        {
+            assert!(!super::needs_non_ascii(fine), "{fine}");
+        }
+    }
+
+    #[test]
     fn an_invalid_rule_is_one_line_naming_its_position_and_field() {
         for (text, want) in [
             ("[[access.rules]]\npath = [\"(\"]\npolicy = \"deny\"", "access.rules #1 path:"),
@@ -464,6 +502,14 @@ mod tests {
             ("[[access.rules]]\npath = 3\npolicy = \"deny\"", "access.rules #1 path:"),
             ("[[access.rules]]\ndomain = []\npolicy = \"bypass\"", "access.rules #1 domain: an empty list"),
             ("[[access.rules]]\npath = []\npolicy = \"bypass\"", "access.rules #1 path: an empty list"),
+            (
+                "[[access.rules]]\npath = [\"^/caf\\\\x{e9}\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/caf\\x{e9}` can only match characters outside ASCII",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/[\\\\x{e0}-\\\\x{ff}]+\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/[\\x{e0}-\\x{ff}]+` can only match",
+            ),
             (
                 "[[access.rules]]\npath = [\"^/\u{3c3}\u{3bf}\"]\npolicy = \"deny\"",
                 "access.rules #1 path: `^/\u{3c3}\u{3bf}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `^/%CF%83%CE%BF`",
