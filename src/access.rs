@@ -247,8 +247,28 @@ impl Rule {
                         };
                         let ascii: String =
                             s.chars().map(|c| if c.is_ascii() { c.to_string() } else { encode(c) }).collect();
+                        // Inside a class the bytes would be single characters (`[%C3%A9]` is
+                        // `%`, `C`, `3`, `A`, `9`): no spelling to offer there but alternatives.
+                        let how = match s.contains('[') {
+                            false => format!("write `{ascii}`"),
+                            true => "write each such character as its UTF-8 bytes in upper-case hex (`%C3%A9` for `\u{e9}`), as alternatives rather than in a class: `(%C3%A0|%C3%A9)`".to_string(),
+                        };
                         return Err(fail(format!(
-                            "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `{ascii}`"
+                            "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: {how}"
+                        )));
+                    }
+                    // The path's escapes are upper-case hex (RFC 3986 §6.2.2.1), so `%c3` in a
+                    // rule never matches.
+                    let lower_hex = |s: &str| {
+                        s.as_bytes().windows(3).any(|w| {
+                            w[0] == b'%'
+                                && w[1..].iter().all(u8::is_ascii_hexdigit)
+                                && w[1..].iter().any(u8::is_ascii_lowercase)
+                        })
+                    };
+                    if let Some(s) = items.iter().find(|s| lower_hex(s)) {
+                        return Err(fail(format!(
+                            "`{s}` has a percent escape in lower-case hex, and paths are matched with upper-case hex (`%C3`, not `%c3`), so it would never match"
                         )));
                     }
                     if let Some(s) = items.iter().find(|s| needs_non_ascii(s)) {
@@ -509,6 +529,14 @@ mod tests {
             (
                 "[[access.rules]]\npath = [\"^/[\\\\x{e0}-\\\\x{ff}]+\"]\npolicy = \"deny\"",
                 "access.rules #1 path: `^/[\\x{e0}-\\x{ff}]+` can only match",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/caf[\u{e9}\u{e8}]\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/caf[\u{e9}\u{e8}]` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write each such character as its UTF-8 bytes in upper-case hex (`%C3%A9` for `\u{e9}`), as alternatives rather than in a class",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/%cf%83\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/%cf%83` has a percent escape in lower-case hex",
             ),
             (
                 "[[access.rules]]\npath = [\"^/\u{3c3}\u{3bf}\"]\npolicy = \"deny\"",

@@ -78,6 +78,9 @@ pub struct TargetRequest {
     /// [`other_readings`]). A verify whose answer would differ for any of them is refused
     /// (400): no answer is right for every application.
     pub other_readings: Vec<String>,
+    /// Readings of applications that ignore case by Unicode's rules ([`Readings::case_folded`]):
+    /// judged only as those applications route, with the rules matched without regard to case.
+    pub case_folded_readings: Vec<String>,
     /// Upper-case method.
     pub method: String,
 }
@@ -241,9 +244,10 @@ impl Gate {
         let (url, host, path_and_query) = self.parse_url(&raw)?;
         let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
         let path = path_and_query.find('?').map_or(path_and_query.as_str(), |i| &path_and_query[..i]);
-        let other_readings =
-            other_readings(raw_path(&raw))?.into_iter().filter(|p| p != path).map(|p| format!("{p}{query}")).collect();
-        Ok(TargetRequest { url, host, path_and_query, other_readings, method })
+        let readings = other_readings(raw_path(&raw))?;
+        let with_query = |r: Vec<String>| r.into_iter().filter(|p| p != path).map(|p| format!("{p}{query}")).collect();
+        let (other_readings, case_folded_readings) = (with_query(readings.other), with_query(readings.case_folded));
+        Ok(TargetRequest { url, host, path_and_query, other_readings, case_folded_readings, method })
     }
 
     /// `(url, host, normalised path and query)` of an https URL on a gated host.
@@ -330,54 +334,82 @@ fn raw_path(raw: &str) -> &str {
 /// # Errors
 /// [`TargetError::AmbiguousPath`] when the path after such an authority is one servers read
 /// two ways ([`normalise_path`]'s refusals).
-pub fn other_readings(raw: &str) -> Result<Vec<String>, TargetError> {
+pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
     let literal = if raw.is_empty() { "/".to_string() } else { utf8_percent_encode(raw, PATH_ENCODE).to_string() };
-    let mut readings = vec![literal.clone()];
+    let mut other = vec![literal.clone()];
     if literal.starts_with("//") {
         let after = literal.trim_start_matches('/');
         let path = after.find('/').map_or("/", |i| &after[i..]);
         let decoded = normalise_path(path)?;
-        readings.extend([path.to_string(), decoded]);
+        other.extend([path.to_string(), decoded]);
     }
-    let folded: Vec<String> = readings.iter().flat_map(|r| unicode_folded(r)).collect();
-    readings.extend(folded);
-    readings.sort_unstable();
-    readings.dedup();
-    Ok(readings)
+    let mut case_folded = Vec::new();
+    for reading in other.clone() {
+        let unicode = unicode_readings(&reading);
+        other.extend(unicode.other.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?);
+        case_folded.extend(unicode.case_folded.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?);
+    }
+    for readings in [&mut other, &mut case_folded] {
+        readings.sort_unstable();
+        readings.dedup();
+    }
+    Ok(Readings { other, case_folded })
 }
 
-/// `path` (percent-encoded) as applications that decode it and then ignore case by Unicode's
-/// rules, or compare it decomposed, would route it: decoded, NFKC-normalised, case-mapped and
-/// encoded again. The case mappings are both kinds (Unicode §3.13): the full mapping of the
-/// whole string, lowered, raised and lowered again, which is what full case folding does to
-/// a path a rule could match (Python's `casefold`, Go's `cases.Fold`: the long s `ſ` U+017F
-/// reads as `s`, the Kelvin sign U+212A as `k`, full-width `Ａ` as `a`, `ß` and `ẞ` as `ss`),
-/// and raised (Cherokee folds to its capitals); and the simple mapping of each character
-/// alone, as Java's `equalsIgnoreCase` and Python's `re.IGNORECASE` compare (`İ` U+0130 reads
-/// as `i` there, as `i` with a combining dot in the full mapping). Each is given composed
-/// (NFKC) and decomposed (NFKD), since an application that decomposes reads `/admiń` as
-/// `/admin` and a combining acute, which a prefix `/admin` matches.
-/// [`crate::access::Access::decide_ignoring_case`] covers only ASCII letters, which is all the
-/// encoded path shows it. Empty for a path with no non-ASCII character once decoded, or whose
-/// bytes are not UTF-8 (no such reading).
-fn unicode_folded(path: &str) -> Vec<String> {
+/// The readings [`other_readings`] finds: of applications that keep case, and of those that
+/// ignore it by Unicode's rules. The second are judged with the rules matched without regard
+/// to case only: a case-sensitive application never routes `/PUBLIC/CAFÉ` for `/public/café`,
+/// and judging it so refused every non-ASCII path under a rule (found by a review).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Readings {
+    /// As sent, and as applications that keep case read it (percent-encoded).
+    pub other: Vec<String>,
+    /// As applications that ignore case by Unicode's rules read it (percent-encoded).
+    pub case_folded: Vec<String>,
+}
+
+/// `path` (percent-encoded) as applications that decode it, as UTF-8 or, when it is not, as
+/// Latin-1 (WSGI, PEP 3333), and then normalise it or ignore case by Unicode's rules would
+/// route it, each encoded again and read by [`normalise_path`] (NFKC makes full-width `／`
+/// a slash and `．．` a dot segment, which is refused).
+///
+/// `other`: composed (NFKC, `/ａdmin` reads as `/admin`) and decomposed (NFKD: `/admiń`
+/// as `/admin` and a combining accent, which a prefix matches), and with default-ignorable
+/// characters dropped, as NFKC_Casefold does (`/ad\u{AD}min` as `/admin`).
+///
+/// `case_folded`: each of those in both kinds of case mapping (Unicode §3.13): the full
+/// mapping of the whole string, lowered, raised and lowered again, which is what full case
+/// folding does to text a rule could match (Python's `casefold`, Go's `cases.Fold`: `ſ` as `s`,
+/// the Kelvin sign as `k`, `ß` and `ẞ` as `ss`), and raised (Cherokee folds to capitals); and
+/// the simple mapping of each character alone, as Java's `equalsIgnoreCase` and Python's
+/// `re.IGNORECASE` compare (`İ` U+0130 as `i`, where the full mapping gives `i` and a dot).
+///
+/// Both empty for a path with no character outside ASCII once decoded.
+fn unicode_readings(path: &str) -> Readings {
     use unicode_normalization::UnicodeNormalization;
-    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else { return Vec::new() };
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+    let decoded = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => e.into_bytes().iter().map(|&b| char::from(b)).collect(),
+    };
     if decoded.is_ascii() {
-        return Vec::new();
+        return Readings::default();
     }
-    let nfkc: String = decoded.nfkc().collect();
-    let lowered = nfkc.to_lowercase().to_uppercase().to_lowercase();
-    let raised = nfkc.to_uppercase();
-    let simple: String = nfkc.chars().map(simple_folded).collect();
-    let mut folded: Vec<String> = [lowered, raised, simple]
+    let visible: String = decoded.chars().filter(|&c| !crate::text::is_default_ignorable(c)).collect();
+    let forms: Vec<String> = [&decoded, &visible]
         .iter()
-        .flat_map(|f| [f.nfkc().collect::<String>(), f.nfkd().collect::<String>()])
-        .map(|f| utf8_percent_encode(&f, PATH_ENCODE).to_string())
+        .flat_map(|t| [t.nfkc().collect::<String>(), t.nfkd().collect::<String>()])
         .collect();
-    folded.sort_unstable();
-    folded.dedup();
-    folded
+    let case_folded: Vec<String> = forms
+        .iter()
+        .flat_map(|f| {
+            let simple: String = f.chars().map(simple_folded).collect();
+            [f.to_lowercase().to_uppercase().to_lowercase(), f.to_uppercase(), simple]
+        })
+        .flat_map(|f| [f.nfkc().collect::<String>(), f.nfkd().collect::<String>()])
+        .collect();
+    let encode = |v: Vec<String>| v.iter().map(|f| utf8_percent_encode(f, PATH_ENCODE).to_string()).collect();
+    Readings { other: encode(forms), case_folded: encode(case_folded) }
 }
 
 /// `c` upper- then lower-cased by the simple case mappings (UnicodeData.txt), which map one
@@ -540,26 +572,36 @@ pub fn wants_page(accept: Option<&str>, requested_with: Option<&str>) -> bool {
 mod tests {
     #[test]
     fn a_path_read_with_unicode_case_folding_is_one_more_reading() {
-        let readings = super::other_readings("/%C5%BFtaff/x").unwrap();
-        assert!(readings.contains(&"/staff/x".to_string()), "long s: {readings:?}");
-        let readings = super::other_readings("/\u{212a}eys").unwrap();
-        assert!(readings.contains(&"/keys".to_string()), "Kelvin sign: {readings:?}");
-        let readings = super::other_readings("/\u{ff21}dmin").unwrap();
-        assert!(readings.contains(&"/admin".to_string()), "full-width: {readings:?}");
-        let readings = super::other_readings("/CAF%C3%89").unwrap();
-        assert!(readings.contains(&"/caf%C3%A9".to_string()), "{readings:?}");
-        let readings = super::other_readings("/adm%C4%B0n").unwrap();
-        assert!(readings.contains(&"/admin".to_string()), "dotted capital I, as Java and Python fold it: {readings:?}");
-        let readings = super::other_readings("/stra%C3%9Fe").unwrap();
-        assert!(readings.contains(&"/strasse".to_string()), "sharp s, fully: {readings:?}");
-        let readings = super::other_readings("/ki%E1%BA%9E").unwrap();
-        assert!(readings.contains(&"/kiss".to_string()), "capital sharp s, folded: {readings:?}");
-        let readings = super::other_readings("/admi%C5%84").unwrap();
-        assert!(readings.contains(&"/admin%CC%81".to_string()), "decomposed: {readings:?}");
-        let readings = super::other_readings("/%EA%AE%B3").unwrap();
-        assert!(readings.contains(&"/%E1%8F%A3".to_string()), "Cherokee folds to capitals: {readings:?}");
-        assert_eq!(super::other_readings("/Admin/x").unwrap(), ["/Admin/x"], "ASCII: the rules' own folding");
-        assert_eq!(super::other_readings("/%FF/x").unwrap(), ["/%FF/x"], "not UTF-8: no such reading");
+        let folded = |path: &str| super::other_readings(path).unwrap().case_folded;
+        let kept = |path: &str| super::other_readings(path).unwrap().other;
+        let has = |readings: Vec<String>, want: &str| readings.iter().any(|r| r == want);
+        assert!(has(folded("/%C5%BFtaff/x"), "/staff/x"), "long s");
+        assert!(has(folded("/\u{212a}eys"), "/keys"), "Kelvin sign");
+        assert!(has(kept("/\u{ff21}dmin"), "/Admin"), "full-width, composed: case kept");
+        assert!(has(folded("/\u{ff21}dmin"), "/admin"), "full-width, folded");
+        assert!(has(folded("/CAF%C3%89"), "/caf%C3%A9"));
+        assert!(has(folded("/adm%C4%B0n"), "/admin"), "dotted capital I, as Java and Python fold it");
+        assert!(has(folded("/stra%C3%9Fe"), "/strasse"), "sharp s, fully");
+        assert!(has(folded("/ki%E1%BA%9E"), "/kiss"), "capital sharp s, folded");
+        assert!(has(kept("/admi%C5%84"), "/admin%CC%81"), "decomposed");
+        assert!(has(folded("/%EA%AE%B3"), "/%E1%8F%A3"), "Cherokee folds to capitals");
+        assert!(has(kept("/ad%C2%ADmin"), "/admin"), "a soft hyphen dropped, as NFKC_Casefold does");
+        assert!(has(folded("/ki%DF"), "/kiss"), "not UTF-8: read as Latin-1, as WSGI does");
+        assert!(has(kept("/%EF%BC%8F%EF%BC%8Fadmin"), "/admin"), "full-width slashes merged");
+        assert_eq!(
+            super::other_readings("/x/%EF%BC%8E%EF%BC%8E/admin"),
+            Err(TargetError::AmbiguousPath("a dot segment")),
+            "full-width dots make a dot segment"
+        );
+        // A case-sensitive application never routes the raised reading, so it is no reading
+        // of one: `/public/café` stays under a rule for `/public/`.
+        assert!(!has(kept("/public/caf%C3%A9"), "/PUBLIC/CAF%C3%89"));
+        let ascii = super::other_readings("/Admin/x").unwrap();
+        assert_eq!(
+            (ascii.other, ascii.case_folded),
+            (vec!["/Admin/x".to_string()], vec![]),
+            "ASCII: the rules' own folding"
+        );
     }
 
     use super::*;

@@ -37,6 +37,12 @@ pub fn is_hidden(c: char) -> bool {
         || CodePointSetData::new::<BidiControl>().contains(c)
 }
 
+/// Whether `c` is a Default_Ignorable_Code_Point (UAX #44): shown as nothing, and dropped by
+/// NFKC_Casefold (the soft hyphen U+00AD, U+200B, the variation selectors).
+pub fn is_default_ignorable(c: char) -> bool {
+    !c.is_ascii() && CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+}
+
 /// Whether [`printable`] escapes `c`: every [`is_hidden`] character, and every non-ASCII
 /// character whose UTS #39 identifier status is not Allowed. That second set holds the blanks
 /// that are not format characters (U+2800 Braille blank, U+FFFC, U+1D159, U+16FE4) and the

@@ -82,10 +82,17 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     // different answers, no answer is safe for every application.
     let access = &state.settings.access;
     let normalised = std::iter::once(&target.path_and_query);
-    for reading in normalised.chain(&target.other_readings) {
+    let as_they_route = normalised.chain(&target.other_readings).flat_map(|reading| {
         let other = Target { path_and_query: reading, ..t };
-        let answers = [access.decide(&other, subject.as_ref()), access.decide_ignoring_case(&other, subject.as_ref())];
-        if answers.into_iter().any(|d| allowed_for(d, factors) != allowed) {
+        [access.decide(&other, subject.as_ref()), access.decide_ignoring_case(&other, subject.as_ref())]
+    });
+    // Those that ignore case by Unicode's rules ignore it in the rules too.
+    let ignoring_case = target
+        .case_folded_readings
+        .iter()
+        .map(|reading| access.decide_ignoring_case(&Target { path_and_query: reading, ..t }, subject.as_ref()));
+    for decision in as_they_route.chain(ignoring_case) {
+        if allowed_for(decision, factors) != allowed {
             tracing::debug!(
                 "forward-auth request refused: applications' readings of the path are answered differently"
             );
