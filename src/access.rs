@@ -237,6 +237,14 @@ impl Rule {
                 "path" => {
                     // Rules match the percent-encoded path, so a rule with `σ` in it would never
                     // match and protect nothing (a review's `^/σοφ` let every request through).
+                    if let Some((s, why)) = items.iter().find_map(|s| escape_never_matched(s).map(|why| (s, why))) {
+                        return Err(fail(format!("`{s}` {why}, so it would never match")));
+                    }
+                    if let Some((s, c)) = items.iter().find_map(|s| spelled_many_ways(s).map(|c| (s, c))) {
+                        return Err(fail(format!(
+                            "`{s}` names `{c}`, which applications also reach by other spellings (another case, composed or decomposed), and those cannot all be judged alike: write the rule on a part of the path in ASCII, or on characters without case"
+                        )));
+                    }
                     if let Some(s) = items.iter().find(|s| !s.is_ascii()) {
                         let encode = |c: char| {
                             percent_encoding::utf8_percent_encode(
@@ -251,7 +259,7 @@ impl Rule {
                         // `%`, `C`, `3`, `A`, `9`): no spelling to offer there but alternatives.
                         let how = match s.contains('[') {
                             false => format!("write `{ascii}`"),
-                            true => "write each such character as its UTF-8 bytes in upper-case hex (`%C3%A9` for `\u{e9}`), as alternatives rather than in a class: `(%C3%A0|%C3%A9)`".to_string(),
+                            true => "write each such character as its UTF-8 bytes in upper-case hex, and a class of them as alternatives of those (`[\u{6771}\u{4eac}]` as `(%E6%9D%B1|%E4%BA%AC)`; a negated class cannot be written)".to_string(),
                         };
                         return Err(fail(format!(
                             "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: {how}"
@@ -373,6 +381,52 @@ fn strings(value: &toml::Value) -> Result<Vec<String>, String> {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Why a percent escape in `pattern` never matches the path as rules see it (normalised by
+/// `forward_auth::normalise_path`), if one does: an escape of a plain character (`%7E`, which
+/// the path has as `~`), of `/`, `\\` or a control character (paths with those are refused),
+/// or one inside a class (`[%C3%A9]` is the characters `%`, `C`, `3`, `A` and `9`).
+fn escape_never_matched(pattern: &str) -> Option<&'static str> {
+    let bytes = pattern.as_bytes();
+    let mut in_class = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'[' if i == 0 || bytes[i - 1] != b'\\' => in_class = true,
+            b']' if i == 0 || bytes[i - 1] != b'\\' => in_class = false,
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else { continue };
+                if in_class {
+                    return Some("has a percent escape inside a class, which matches its characters one by one");
+                }
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    return Some("escapes a plain character, which the path holds as itself (`~`, not `%7E`)");
+                }
+                if byte == b'/' || byte == b'\\' || byte.is_ascii_control() {
+                    return Some("escapes a slash, a backslash or a control character, and such paths are refused");
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The first character outside ASCII that `pattern` names in percent escapes and that has
+/// other spellings an application may route alike (another case, a composed or decomposed
+/// form): the readings of the path judge those against ASCII rules, and a rule on one of them
+/// would see its own path refused (400) as answered differently under another spelling.
+fn spelled_many_ways(pattern: &str) -> Option<char> {
+    use unicode_normalization::UnicodeNormalization;
+    let decoded = percent_encoding::percent_decode_str(pattern).decode_utf8_lossy().into_owned();
+    decoded.chars().filter(|c| !c.is_ascii() && *c != char::REPLACEMENT_CHARACTER).find(|&c| {
+        let one = c.to_string();
+        c.to_lowercase().ne(one.chars())
+            || c.to_uppercase().ne(one.chars())
+            || one.nfkd().ne(one.chars())
+            || one.nfkc().ne(one.chars())
+    })
 }
 
 /// Whether the regular expression `pattern` (ASCII text) has a part that only characters
@@ -531,16 +585,28 @@ mod tests {
                 "access.rules #1 path: `^/[\\x{e0}-\\x{ff}]+` can only match",
             ),
             (
-                "[[access.rules]]\npath = [\"^/caf[\u{e9}\u{e8}]\"]\npolicy = \"deny\"",
-                "access.rules #1 path: `^/caf[\u{e9}\u{e8}]` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write each such character as its UTF-8 bytes in upper-case hex (`%C3%A9` for `\u{e9}`), as alternatives rather than in a class",
+                "[[access.rules]]\npath = [\"^/[\u{6771}\u{4eac}]\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/[\u{6771}\u{4eac}]` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write each such character as its UTF-8 bytes in upper-case hex, and a class of them as alternatives",
             ),
             (
-                "[[access.rules]]\npath = [\"^/%cf%83\"]\npolicy = \"deny\"",
-                "access.rules #1 path: `^/%cf%83` has a percent escape in lower-case hex",
+                "[[access.rules]]\npath = [\"^/caf[\u{e9}\u{e8}]\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/caf[\u{e9}\u{e8}]` names `\u{e9}`, which applications also reach by other spellings",
+            ),
+            ("[[access.rules]]\npath = [\"^/%7Ealice\"]\npolicy = \"deny\"", "access.rules #1 path: `^/%7Ealice` escapes a plain character"),
+            ("[[access.rules]]\npath = [\"^/x%2Fy\"]\npolicy = \"deny\"", "access.rules #1 path: `^/x%2Fy` escapes a slash"),
+            ("[[access.rules]]\npath = [\"^/caf[%C3%A9]\"]\npolicy = \"deny\"", "access.rules #1 path: `^/caf[%C3%A9]` has a percent escape inside a class"),
+            ("[[access.rules]]\npath = [\"^/caf%C3%A9\"]\npolicy = \"deny\"", "access.rules #1 path: `^/caf%C3%A9` names `\u{e9}`, which applications also reach by other spellings"),
+            (
+                "[[access.rules]]\npath = [\"^/%e6%9d%b1\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/%e6%9d%b1` has a percent escape in lower-case hex",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/\u{6771}\u{4eac}\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/\u{6771}\u{4eac}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `^/%E6%9D%B1%E4%BA%AC`",
             ),
             (
                 "[[access.rules]]\npath = [\"^/\u{3c3}\u{3bf}\"]\npolicy = \"deny\"",
-                "access.rules #1 path: `^/\u{3c3}\u{3bf}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write `^/%CF%83%CE%BF`",
+                "access.rules #1 path: `^/\u{3c3}\u{3bf}` names `\u{3c3}`, which applications also reach by other spellings",
             ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),

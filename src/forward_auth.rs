@@ -468,6 +468,10 @@ const PATH_ENCODE: &AsciiSet = &percent_encoding::CONTROLS
 ///   before it strips parameters reads the same): a servlet container resolves
 ///   `/admin/..;/public/x` to `/public/x`, every other server keeps it under `/admin`.
 pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
+    // Refused in a request target already; a reading gets one from NFKC (full-width `＼`).
+    if raw.contains('\\') {
+        return Err(TargetError::AmbiguousPath("a backslash"));
+    }
     let encoded = utf8_percent_encode(raw, PATH_ENCODE).to_string();
     let lower = encoded.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
@@ -592,6 +596,11 @@ mod tests {
             super::other_readings("/x/%EF%BC%8E%EF%BC%8E/admin"),
             Err(TargetError::AmbiguousPath("a dot segment")),
             "full-width dots make a dot segment"
+        );
+        assert_eq!(
+            super::other_readings("/x/..%EF%BC%BCadmin"),
+            Err(TargetError::AmbiguousPath("a backslash")),
+            "a full-width backslash is one once composed"
         );
         // A case-sensitive application never routes the raised reading, so it is no reading
         // of one: `/public/café` stays under a rule for `/public/`.
