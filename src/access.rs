@@ -401,10 +401,13 @@ fn escape_never_matched(pattern: &str) -> Option<&'static str> {
                     return Some("has a percent escape inside a class, which matches its characters one by one");
                 }
                 if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    return Some("escapes a plain character, which the path holds as itself (`~`, not `%7E`)");
+                    return Some("escapes a plain character (a letter, a digit, `-`, `.`, `_` or `~`), which the path holds as itself");
                 }
                 if byte == b'/' || byte == b'\\' || byte.is_ascii_control() {
                     return Some("escapes a slash, a backslash or a control character, and such paths are refused");
+                }
+                if crate::forward_auth::DECODED_BEFORE_ROUTING.contains(&byte) {
+                    return Some("escapes a character routers decode before they route (`+`, `@`, `(`: write it as itself, with a backslash where the regular expression needs one), and a path with it either way is judged so");
                 }
             }
             _ => {}
@@ -594,6 +597,7 @@ mod tests {
             ),
             ("[[access.rules]]\npath = [\"^/%7Ealice\"]\npolicy = \"deny\"", "access.rules #1 path: `^/%7Ealice` escapes a plain character"),
             ("[[access.rules]]\npath = [\"^/x%2Fy\"]\npolicy = \"deny\"", "access.rules #1 path: `^/x%2Fy` escapes a slash"),
+            ("[[access.rules]]\npath = [\"^/q/a%2Bb\"]\npolicy = \"deny\"", "access.rules #1 path: `^/q/a%2Bb` escapes a character routers decode"),
             ("[[access.rules]]\npath = [\"^/caf[%C3%A9]\"]\npolicy = \"deny\"", "access.rules #1 path: `^/caf[%C3%A9]` has a percent escape inside a class"),
             ("[[access.rules]]\npath = [\"^/caf%C3%A9\"]\npolicy = \"deny\"", "access.rules #1 path: `^/caf%C3%A9` names `\u{e9}`, which applications also reach by other spellings"),
             (

@@ -343,6 +343,8 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         let decoded = normalise_path(path)?;
         other.extend([path.to_string(), decoded]);
     }
+    let reserved_decoded: Vec<String> = other.iter().map(|r| decode_reserved(r).into_owned()).collect();
+    other.extend(reserved_decoded);
     let mut case_folded = Vec::new();
     for reading in other.clone() {
         let unicode = unicode_readings(&reading);
@@ -524,6 +526,23 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
 /// `.`, `_`, `~`) decoded, as RFC 3986 §6.2.2.2 says every reader may; everything else stays
 /// encoded (a `%2F` is not a `/`).
 fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    decode_where(path, |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Characters that mean nothing special inside a path segment to the servers and routers
+/// rules are written for, which decode their escapes before they route (Go's `net/http`,
+/// Flask's Werkzeug): `/a%2Bb` is `/a+b` there, so a rule on either spelling must see both
+/// (a review reached `/plus/a+b` past a deny rule for it as `/plus/a%2Bb`). `/`, `?`, `#`,
+/// `%` and `;` are not among them: decoding those changes what the path says.
+pub const DECODED_BEFORE_ROUTING: &[u8] = b"!$&'()*+,:=@[]|^";
+
+/// `path` with the escapes of [`DECODED_BEFORE_ROUTING`] decoded too, as those routers read it.
+fn decode_reserved(path: &str) -> Cow<'_, str> {
+    decode_where(path, |b| DECODED_BEFORE_ROUTING.contains(&b))
+}
+
+/// `path` with the escapes of the bytes `decoded` says decoded (any hex case).
+fn decode_where(path: &str, decoded: impl Fn(u8) -> bool) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
     }
@@ -536,7 +555,7 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
             if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
                 let b = h * 16 + l;
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                if decoded(b) {
                     out.push(b as char);
                     i += 3;
                     continue;
@@ -602,6 +621,9 @@ mod tests {
             Err(TargetError::AmbiguousPath("a backslash")),
             "a full-width backslash is one once composed"
         );
+        assert!(has(kept("/plus/a%2Bb"), "/plus/a+b"), "routers decode reserved characters in a segment");
+        assert!(has(kept("/p/%40admin%28x%29"), "/p/@admin(x)"));
+        assert!(!has(kept("/a%3Fb"), "/a?b"), "but not a question mark");
         // A case-sensitive application never routes the raised reading, so it is no reading
         // of one: `/public/café` stays under a rule for `/public/`.
         assert!(!has(kept("/public/caf%C3%A9"), "/PUBLIC/CAF%C3%89"));

@@ -437,7 +437,13 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     // Names outside ASCII under a rule stay under it: applications that ignore case are judged
     // with the rules ignoring case too (a review saw every such name refused when the upper-
     // cased reading was judged as a case-sensitive application would).
-    for path in ["/public/caf%C3%A9", "/public/%E6%9D%B1%E4%BA%AC", "/public/%F0%9F%98%80.png", "/public/Stra%C3%9Fe"] {
+    for path in [
+        "/public/caf%C3%A9",
+        "/public/%E6%9D%B1%E4%BA%AC",
+        "/public/%F0%9F%98%80.png",
+        "/public/Stra%C3%9Fe",
+        "/public/a%2Bb",
+    ] {
         assert_eq!(forward_auth(&app, path, &[]).send().await.unwrap().status(), StatusCode::OK, "{path}");
     }
     // Read differently by different servers: refused, never matched as under `/public/`.
