@@ -281,7 +281,7 @@ impl Rule {
                     }
                     if let Some(s) = items.iter().find(|s| needs_non_ascii(s)) {
                         return Err(fail(format!(
-                            "`{s}` can only match characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write those characters as their UTF-8 bytes, `%C3%A9` for `é`"
+                            "`{s}` can only match characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write those characters as their UTF-8 bytes (`%E6%9D%B1` for `東`; a letter with case or accents cannot be named)"
                         )));
                     }
                     // Bounded compiled size: a rule cannot make every request slow.
