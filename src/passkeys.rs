@@ -89,14 +89,8 @@ pub enum PasskeyError {
     Superseded,
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The passkey was removed (`removed`, as it was stored), but the sessions it signed in
-    /// could not be ended: they are still signed in.
-    #[error("the passkey was removed, but the sessions it signed in could not be ended: {source}")]
-    SessionsNotEnded {
-        removed: Box<StoredPasskey>,
-        #[source]
-        source: StoreError,
-    },
+    #[error(transparent)]
+    SessionsNotEnded(#[from] SessionsNotEnded),
 }
 
 /// Removes `user_key`'s passkey `id` from `store` and ends the sessions it signed in but
@@ -121,7 +115,7 @@ pub async fn remove(
     let codes_voided = crate::factors::void_codes_without_factor(store, user_key).await;
     let sessions_ended = match store.sessions.delete_for_passkey(user_key, id, keep).await {
         Ok(n) => n,
-        Err(source) => return Err(RemoveError::SessionsNotEnded { removed: Box::new(passkey), source }),
+        Err(source) => return Err(SessionsNotEnded { removed: Box::new(passkey), source }.into()),
     };
     Ok(Some(Removed { passkey, codes_voided, sessions_ended }))
 }
@@ -131,21 +125,25 @@ pub async fn remove(
 pub enum RemoveError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The passkey was removed (`removed`, as it was stored), but the sessions it signed in
-    /// could not be ended: they are still signed in.
-    #[error("the passkey was removed, but the sessions it signed in could not be ended: {source}")]
-    SessionsNotEnded {
-        removed: Box<StoredPasskey>,
-        #[source]
-        source: StoreError,
-    },
+    #[error(transparent)]
+    SessionsNotEnded(#[from] SessionsNotEnded),
+}
+
+/// The passkey was removed (`removed`, as it was stored), but the sessions it signed in could
+/// not be ended: they are still signed in.
+#[derive(Debug, thiserror::Error)]
+#[error("the passkey was removed, but the sessions it signed in could not be ended: {source}")]
+pub struct SessionsNotEnded {
+    pub removed: Box<StoredPasskey>,
+    #[source]
+    pub source: StoreError,
 }
 
 impl From<RemoveError> for PasskeyError {
     fn from(e: RemoveError) -> Self {
         match e {
             RemoveError::Store(e) => PasskeyError::Store(e),
-            RemoveError::SessionsNotEnded { removed, source } => PasskeyError::SessionsNotEnded { removed, source },
+            RemoveError::SessionsNotEnded(e) => PasskeyError::SessionsNotEnded(e),
         }
     }
 }
@@ -550,17 +548,11 @@ impl Passkeys {
         credential: &str,
     ) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
-        let key = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?.hash();
+        let key = ceremony_key(cookie)?;
         let owner = second_step_owner(user_key, pending);
         // Read, not yet taken: an answer to another challenge must leave this check open.
-        let ceremony = self
-            .store
-            .passkeys
-            .ceremony(&key, now_ms())
-            .await?
-            .filter(|c| c.kind == CeremonyKind::SecondFactor && c.owner.as_deref() == Some(owner.as_str()))
-            .ok_or(PasskeyError::NoCeremony)?;
-        let state: PasskeyAuthentication = state_of(&ceremony)?;
+        let read = self.store.passkeys.ceremony(&key, now_ms()).await?;
+        let state: PasskeyAuthentication = state_for(read, CeremonyKind::SecondFactor, Some(&owner))?;
         let checked = async {
             let cred: PublicKeyCredential = serde_json::from_str(credential)
                 .map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
@@ -679,12 +671,8 @@ impl Passkeys {
         kind: CeremonyKind,
         owner: Option<&str>,
     ) -> Result<S, PasskeyError> {
-        let token = cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?;
-        let c = self.store.passkeys.take_ceremony(&token.hash(), now_ms()).await?.ok_or(PasskeyError::NoCeremony)?;
-        if c.kind != kind || c.owner.as_deref() != owner {
-            return Err(PasskeyError::NoCeremony);
-        }
-        state_of(&c)
+        let taken = self.store.passkeys.take_ceremony(&ceremony_key(cookie)?, now_ms()).await?;
+        state_for(taken, kind, owner)
     }
 
     /// Removes expired ceremonies (a background task calls this).
@@ -698,9 +686,19 @@ impl Passkeys {
     }
 }
 
-/// The webauthn-rs state a ceremony holds.
-fn state_of<S: serde::de::DeserializeOwned>(ceremony: &Ceremony) -> Result<S, PasskeyError> {
-    serde_json::from_str(&ceremony.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
+/// The store key of the ceremony a `__Host-portcullis-webauthn` cookie names.
+fn ceremony_key(cookie: Option<&str>) -> Result<TokenHash, PasskeyError> {
+    Ok(cookie.and_then(SessionToken::parse).ok_or(PasskeyError::NoCeremony)?.hash())
+}
+
+/// The webauthn-rs state `ceremony` holds, if it is one of `kind` for `owner`.
+fn state_for<S: serde::de::DeserializeOwned>(
+    ceremony: Option<Ceremony>,
+    kind: CeremonyKind,
+    owner: Option<&str>,
+) -> Result<S, PasskeyError> {
+    let c = ceremony.filter(|c| c.kind == kind && c.owner.as_deref() == owner).ok_or(PasskeyError::NoCeremony)?;
+    serde_json::from_str(&c.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
 
 fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {

@@ -307,7 +307,9 @@ impl UserAdmin {
             }
             // Removed meanwhile (by its owner, or another administrator).
             Ok(None) => Err(UserError::NoSuchPasskey { user, passkey }),
-            Err(crate::passkeys::RemoveError::SessionsNotEnded { source, .. }) => {
+            Err(crate::passkeys::RemoveError::SessionsNotEnded(crate::passkeys::SessionsNotEnded {
+                source, ..
+            })) => {
                 self.audit.factor_removed(&user, kind, 0, 0, by);
                 Err(UserError::PasskeySessionsNotEnded(source))
             }

@@ -469,7 +469,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
             notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
         }
         Ok(None) => error_page(StatusCode::NOT_FOUND),
-        Err(PasskeyError::SessionsNotEnded { removed, source }) => {
+        Err(PasskeyError::SessionsNotEnded(crate::passkeys::SessionsNotEnded { removed, source })) => {
             let status = crate::routes::store_fault(&source, "removed a passkey but could not end its sessions");
             // Recorded as removed, since it is; the sessions are said to be open.
             state.audit.factor_removed(username, kind, 0, 0, username);
