@@ -82,7 +82,7 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
                 Ok(o) => o,
                 Err(resp) => return resp,
             };
-            let captcha = match captcha_if_past_threshold(req, &state, &hash, &pending, &user.key).await {
+            let captcha = match captcha_if_past_threshold(req, &state, (&hash, &pending), &user.key, None).await {
                 Ok(c) => c,
                 Err(resp) => return resp,
             };
@@ -104,25 +104,34 @@ async fn offers(state: &AppState, user_key: &str) -> Result<(bool, bool), Respon
 
 /// The pending sign-in's captcha picture when the user's name or the client's address is past
 /// the threshold, so a code can be checked (`SignIn::second_step`); `None` below it, and for
-/// a pending sign-in whose password step solved one (its one check needs no other).
+/// a pending sign-in whose password step solved one (its one check needs no other). `known`:
+/// whether it is past, when a refusal just said so (no need to read the counts again).
 // The error is the very response the handler returns at once.
 #[allow(clippy::result_large_err)]
 async fn captcha_if_past_threshold(
     req: &Request,
     state: &AppState,
-    hash: &[u8; 32],
-    pending: &crate::store::PendingSignIn,
+    (hash, pending): (&[u8; 32], &crate::store::PendingSignIn),
     user_key: &str,
+    known: Option<bool>,
 ) -> Result<Option<String>, Response> {
     if pending.captcha_solved {
         return Ok(None);
     }
-    let address = client::client(req, &state.settings.trusted_proxies).key();
-    let digest = crate::rate_limit::username_digest(user_key);
-    match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
-        Ok(false) => Ok(None),
-        Ok(true) => crate::routes::draw_captcha(req, state, &crate::sign_in::pending_captcha_key(hash)).await.map(Some),
-        Err(e) => Err(crate::routes::unavailable("cannot read the failure counts", &e)),
+    let past = match known {
+        Some(past) => past,
+        None => {
+            let address = client::client(req, &state.settings.trusted_proxies).key();
+            let digest = crate::rate_limit::username_digest(user_key);
+            match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
+                Ok(past) => past,
+                Err(e) => return Err(crate::routes::unavailable("cannot read the failure counts", &e)),
+            }
+        }
+    };
+    match past {
+        false => Ok(None),
+        true => crate::routes::draw_captcha(req, state, &crate::sign_in::pending_captcha_key(hash)).await.map(Some),
     }
 }
 
@@ -250,10 +259,12 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                         Ok(o) => o,
                         Err(resp) => return resp,
                     };
-                    let captcha = match captcha_if_past_threshold(req, &state, &hash, &pending, &user.key).await {
-                        Ok(c) => c,
-                        Err(resp) => return resp,
-                    };
+                    let known = refusal.as_ref().map(|r| r.captcha_demanded);
+                    let captcha =
+                        match captcha_if_past_threshold(req, &state, (&hash, &pending), &user.key, known).await {
+                            Ok(c) => c,
+                            Err(resp) => return resp,
+                        };
                     render(&state, &hash, &user.display_name, status, Some(&message), false, offers, captcha)
                 }
                 None => {
