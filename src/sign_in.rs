@@ -229,15 +229,19 @@ pub enum PasswordCheck {
 /// (`Captchas::issue`, `Captchas::check`): the session's, so an answer is good for the session
 /// that was shown the picture only, and apart from every login form's.
 pub fn account_captcha_key(session_hash: &crate::store::TokenHash) -> String {
-    use base64::Engine as _;
-    format!("session.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session_hash))
+    captcha_key("session", session_hash)
 }
 
 /// The key a pending sign-in's captcha is issued under (the second step's page past the
 /// threshold): `pending.` and the base64url of the hash of its `__Host-portcullis-mfa` cookie.
 pub fn pending_captcha_key(pending_hash: &crate::store::TokenHash) -> String {
+    captcha_key("pending", pending_hash)
+}
+
+/// `kind.` and the base64url of `hash`: keys of the two kinds cannot meet.
+fn captcha_key(kind: &str, hash: &crate::store::TokenHash) -> String {
     use base64::Engine as _;
-    format!("pending.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pending_hash))
+    format!("{kind}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash))
 }
 
 /// Why an attempt could not be judged. Each is a 503 except where
@@ -790,8 +794,7 @@ impl SignIn {
                     return Ok(StepOutcome::Restart);
                 };
                 // The check's place given back and the username's failures cleared, in one
-                // step.
-                let digest = username_digest(&user.key);
+                // step (the pending sign-in is this user's, so `digest` is theirs).
                 let cleared = match reservation {
                     Some(r) => r.succeed(None, Some(digest), now_ms()).await?,
                     None => self.state.succeed(None, None, Some(digest), now_ms()).await?,
