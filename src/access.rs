@@ -235,54 +235,8 @@ impl Rule {
                         items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
                 }
                 "path" => {
-                    // Rules match the percent-encoded path, so a rule with `σ` in it would never
-                    // match and protect nothing (a review's `^/σοφ` let every request through).
-                    if let Some((s, why)) = items.iter().find_map(|s| escape_never_matched(s).map(|why| (s, why))) {
-                        return Err(fail(format!("`{s}` {why}, so it would never match")));
-                    }
-                    if let Some((s, c)) = items.iter().find_map(|s| spelled_many_ways(s).map(|c| (s, c))) {
-                        return Err(fail(format!(
-                            "`{s}` names `{c}`, which applications also reach by other spellings (another case, composed or decomposed), and those cannot all be judged alike: write the rule on a part of the path in ASCII, or on characters without case"
-                        )));
-                    }
-                    if let Some(s) = items.iter().find(|s| !s.is_ascii()) {
-                        let encode = |c: char| {
-                            percent_encoding::utf8_percent_encode(
-                                c.encode_utf8(&mut [0; 4]),
-                                percent_encoding::NON_ALPHANUMERIC,
-                            )
-                            .to_string()
-                        };
-                        let ascii: String =
-                            s.chars().map(|c| if c.is_ascii() { c.to_string() } else { encode(c) }).collect();
-                        // Inside a class the bytes would be single characters (`[%C3%A9]` is
-                        // `%`, `C`, `3`, `A`, `9`): no spelling to offer there but alternatives.
-                        let how = match s.contains('[') {
-                            false => format!("write `{ascii}`"),
-                            true => "write each such character as its UTF-8 bytes in upper-case hex, and a class of them as alternatives of those (`[\u{6771}\u{4eac}]` as `(%E6%9D%B1|%E4%BA%AC)`; a negated class cannot be written)".to_string(),
-                        };
-                        return Err(fail(format!(
-                            "`{s}` has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: {how}"
-                        )));
-                    }
-                    // The path's escapes are upper-case hex (RFC 3986 §6.2.2.1), so `%c3` in a
-                    // rule never matches.
-                    let lower_hex = |s: &str| {
-                        s.as_bytes().windows(3).any(|w| {
-                            w[0] == b'%'
-                                && w[1..].iter().all(u8::is_ascii_hexdigit)
-                                && w[1..].iter().any(u8::is_ascii_lowercase)
-                        })
-                    };
-                    if let Some(s) = items.iter().find(|s| lower_hex(s)) {
-                        return Err(fail(format!(
-                            "`{s}` has a percent escape in lower-case hex, and paths are matched with upper-case hex (`%C3`, not `%c3`), so it would never match"
-                        )));
-                    }
-                    if let Some(s) = items.iter().find(|s| needs_non_ascii(s)) {
-                        return Err(fail(format!(
-                            "`{s}` can only match characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write those characters as their UTF-8 bytes (`%E6%9D%B1` for `東`; a letter with case or accents cannot be named)"
-                        )));
+                    if let Some((s, why)) = items.iter().find_map(|s| never_matches(s).map(|why| (s, why))) {
+                        return Err(fail(format!("`{s}` {why}")));
                     }
                     // Bounded compiled size: a rule cannot make every request slow.
                     let compile = |s: &String, folded: bool| {
@@ -381,6 +335,49 @@ fn strings(value: &toml::Value) -> Result<Vec<String>, String> {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Why the path rule `s` would never match (or, naming a character with other spellings,
+/// never be judged by its own answer), if so: rules match the percent-encoded path, so a rule
+/// with `σ` in it would protect nothing (a review's `^/σοφ` let every request through).
+fn never_matches(s: &str) -> Option<String> {
+    if let Some(why) = escape_never_matched(s) {
+        return Some(format!("{why}, so it would never match"));
+    }
+    if let Some(c) = spelled_many_ways(s) {
+        return Some(format!(
+            "names `{c}`, which applications also reach by other spellings (another case, composed or decomposed), and those cannot all be judged alike: write the rule on a part of the path in ASCII, or on characters without case"
+        ));
+    }
+    if !s.is_ascii() {
+        let encode = |c: char| {
+            percent_encoding::utf8_percent_encode(c.encode_utf8(&mut [0; 4]), percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
+        };
+        let ascii: String = s.chars().map(|c| if c.is_ascii() { c.to_string() } else { encode(c) }).collect();
+        // Inside a class the bytes would be single characters (`[%C3%A9]` is `%`, `C`, `3`,
+        // `A`, `9`): no spelling to offer there but alternatives.
+        let how = match s.contains('[') {
+            false => format!("write `{ascii}`"),
+            true => "write each such character as its UTF-8 bytes in upper-case hex, and a class of them as alternatives of those (`[\u{6771}\u{4eac}]` as `(%E6%9D%B1|%E4%BA%AC)`; a negated class cannot be written)".to_string(),
+        };
+        return Some(format!(
+            "has characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: {how}"
+        ));
+    }
+    // The path's escapes are upper-case hex (RFC 3986 §6.2.2.1), so `%c3` never matches.
+    let lower_hex = s
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1..].iter().all(u8::is_ascii_hexdigit) && w[1..].iter().any(u8::is_ascii_lowercase));
+    if lower_hex {
+        return Some(
+            "has a percent escape in lower-case hex, and paths are matched with upper-case hex (`%C3`, not `%c3`), so it would never match".into(),
+        );
+    }
+    needs_non_ascii(s).then(|| {
+        "can only match characters outside ASCII, and paths are matched percent-encoded (upper-case hex), so it would never match: write those characters as their UTF-8 bytes (`%E6%9D%B1` for `東`; a letter with case or accents cannot be named)".into()
+    })
 }
 
 /// Why a percent escape in `pattern` never matches the path as rules see it (normalised by
