@@ -247,6 +247,11 @@ impl Rule {
                     rule.paths = items.iter().map(|s| compile(s, false)).collect::<Result<_, _>>().map_err(fail)?;
                     rule.paths_folded =
                         items.iter().map(|s| compile(s, true)).collect::<Result<_, _>>().map_err(fail)?;
+                    for (s, (as_sent, folded)) in items.iter().zip(rule.paths.iter().zip(&rule.paths_folded)) {
+                        if let Some(why) = only_refused_paths(s, as_sent, folded) {
+                            return Err(fail(format!("`{s}` {why}")));
+                        }
+                    }
                 }
                 "methods" => {
                     rule.methods = items
@@ -342,7 +347,7 @@ fn one_line(s: &str) -> String {
 /// with `σ` in it would protect nothing (a review's `^/σοφ` let every request through).
 fn never_matches(s: &str) -> Option<String> {
     if let Some(why) = escape_never_matched(s) {
-        return Some(format!("{why}, so it would never match"));
+        return Some(why);
     }
     if let Some(c) = spelled_many_ways(s) {
         return Some(format!(
@@ -380,11 +385,75 @@ fn never_matches(s: &str) -> Option<String> {
     })
 }
 
+/// Why the anchored pattern `s` (compiled as `as_sent` and, ignoring case, `folded`) would
+/// never decide a request, if it would not: each path it names (its literal prefixes, each
+/// alone and with a few plain continuations) is one forward auth refuses (400) whatever the
+/// rules say (a dot segment: `^/a/\.\./admin`), or one applications also read otherwise, so
+/// that a rule matching one spelling only is answered two ways (400): `^/admin;x` (the
+/// parameter is dropped), `^//admin` (slashes merged), `^/e%CC%81` (composed as `é`),
+/// `^/%C2%ADadmin` (the soft hyphen dropped), `^/%FF` (not UTF-8, read as Latin-1). Found by
+/// a review: such rules loaded, and protected or opened nothing.
+fn only_refused_paths(s: &str, as_sent: &regex::Regex, folded: &regex::Regex) -> Option<String> {
+    use regex_syntax::hir::{literal::Extractor, Look};
+    let hir = regex_syntax::parse(s).ok()?;
+    if !hir.properties().look_set_prefix().contains(Look::Start) {
+        return None;
+    }
+    let answer = |reading: &str, ignoring_case: bool| match ignoring_case {
+        false => as_sent.is_match(reading),
+        true => folded.is_match(reading),
+    };
+    // A literal outside ASCII comes from case-insensitive matching (`(?i)k` also names the
+    // Kelvin sign), and a path is sent percent-encoded, so the rule never sees it as such.
+    let literals = Extractor::new().extract(&hir);
+    let ascii =
+        literals.literals()?.iter().filter_map(|l| std::str::from_utf8(l.as_bytes()).ok().filter(|t| t.is_ascii()));
+    for literal in ascii {
+        let whole = whole_characters(literal);
+        let named: Vec<String> =
+            ["", "x", "0", "/x"].iter().map(|tail| format!("{whole}{tail}")).filter(|p| as_sent.is_match(p)).collect();
+        let refused = |path: &String| match crate::forward_auth::reading_apart(path, answer) {
+            Ok(apart) => apart.map(|a| {
+                let how = if a.ignoring_case { " (ignoring case)" } else { "" };
+                format!(
+                    "applications read it both as `{}` and as `{}`{how}, and the rule tells those apart",
+                    a.normalised, a.reading
+                )
+            }),
+            Err(e) => Some(e.to_string()),
+        };
+        let why: Vec<String> = named.iter().map_while(refused).collect();
+        if !named.is_empty() && why.len() == named.len() {
+            return Some(format!(
+                "only matches paths that forward auth refuses (400), such as `{}`: {}, so it would never decide",
+                named[0], why[0]
+            ));
+        }
+    }
+    None
+}
+
+/// `literal` (percent-encoded) without an escape cut short or a UTF-8 character whose last
+/// bytes are missing at its end: the extractor stops a literal anywhere, and `/%E6%9D` is the
+/// start of `/%E6%9D%B1` (`/東`), not a path of its own.
+fn whole_characters(mut literal: &str) -> &str {
+    loop {
+        let Some(i) = literal.rfind('%') else { return literal };
+        let cut_escape = literal.len() - i < 3;
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(literal).collect();
+        let cut_character = std::str::from_utf8(&bytes).is_err_and(|e| e.error_len().is_none());
+        if !(cut_escape || cut_character) {
+            return literal;
+        }
+        literal = &literal[..i];
+    }
+}
+
 /// Why a percent escape in `pattern` never matches the path as rules see it (normalised by
 /// `forward_auth::normalise_path`), if one does: an escape of a plain character (`%7E`, which
 /// the path has as `~`), of `/`, `\\` or a control character (paths with those are refused),
 /// or one inside a class (`[%C3%A9]` is the characters `%`, `C`, `3`, `A` and `9`).
-fn escape_never_matched(pattern: &str) -> Option<&'static str> {
+fn escape_never_matched(pattern: &str) -> Option<String> {
     let bytes = pattern.as_bytes();
     let mut in_class = false;
     for (i, &b) in bytes.iter().enumerate() {
@@ -393,18 +462,27 @@ fn escape_never_matched(pattern: &str) -> Option<&'static str> {
             b']' if i == 0 || bytes[i - 1] != b'\\' => in_class = false,
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else { continue };
+                let Some((hex, byte)) = hex.and_then(|h| Some((h, u8::from_str_radix(h, 16).ok()?))) else { continue };
                 if in_class {
-                    return Some("has a percent escape inside a class, which matches its characters one by one");
+                    return Some("has a percent escape inside a class, which matches its characters one by one, so it would never match".into());
                 }
+                let itself = || regex::escape(char::from(byte).encode_utf8(&mut [0; 4]));
                 if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                    return Some("escapes a plain character (a letter, a digit, `-`, `.`, `_` or `~`), which the path holds as itself");
+                    return Some(format!(
+                        "escapes a plain character (a letter, a digit, `-`, `.`, `_` or `~`) as `%{hex}`, which the path holds as itself, so it would never match: write `{}`",
+                        itself()
+                    ));
                 }
                 if byte == b'/' || byte == b'\\' || byte.is_ascii_control() {
-                    return Some("escapes a slash, a backslash or a control character, and such paths are refused");
+                    return Some(format!(
+                        "escapes a slash, a backslash or a control character as `%{hex}`, and such paths are refused, so it would never match"
+                    ));
                 }
                 if crate::forward_auth::DECODED_BEFORE_ROUTING.contains(&byte) {
-                    return Some("escapes a character routers decode before they route (`+`, `@`, `(`: write it as itself, with a backslash where the regular expression needs one), and a path with it either way is judged so");
+                    return Some(format!(
+                        "escapes a character routers decode before they route as `%{hex}`, and a path with it either way is judged as if it were written as itself, so it would never match: write `{}`",
+                        itself()
+                    ));
                 }
             }
             _ => {}
@@ -609,6 +687,18 @@ mod tests {
                 "[[access.rules]]\npath = [\"^/\u{3c3}\u{3bf}\"]\npolicy = \"deny\"",
                 "access.rules #1 path: `^/\u{3c3}\u{3bf}` names `\u{3c3}`, which applications also reach by other spellings",
             ),
+            (
+                "[[access.rules]]\npath = [\"^/%61dmin\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/%61dmin` escapes a plain character (a letter, a digit, `-`, `.`, `_` or `~`) as `%61`, which the path holds as itself, so it would never match: write `a`",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/x%2E%2E/y\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/x%2E%2E/y` escapes a plain character (a letter, a digit, `-`, `.`, `_` or `~`) as `%2E`, which the path holds as itself, so it would never match: write `\\.`",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/p/a%2Bb\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/p/a%2Bb` escapes a character routers decode before they route as `%2B`, and a path with it either way is judged as if it were written as itself, so it would never match: write `\\+`",
+            ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
@@ -617,6 +707,58 @@ mod tests {
             let err = access(text).unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
             assert!(!err.contains('\n'), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_rule_naming_only_paths_read_two_ways_is_refused_with_one_of_them() {
+        let rule = |path: &str| access(&format!("[[access.rules]]\npath = [{path:?}]\npolicy = \"deny\""));
+        for (path, why) in [
+            ("^/admin;x", "such as `/admin;x`: applications read it both as `/admin` and as `/admin;x`"),
+            ("^//admin", "such as `//admin`: applications read it both as `/admin` and as `//admin`"),
+            ("^/e%CC%81", "such as `/e%CC%81`: applications read it both as `/e%CC%81` and as `/%C3%A9`"),
+            ("^/%C2%ADadmin", "such as `/%C2%ADadmin`: applications read it both as `/%C2%ADadmin` and as `/admin`"),
+            (
+                "^/%E2%80%8Badmin",
+                "such as `/%E2%80%8Badmin`: applications read it both as `/%E2%80%8Badmin` and as `/admin`",
+            ),
+            ("^/%FF", "such as `/%FF`: applications read it both as `/%FF` and as `/%C3%BF`"),
+            (
+                r"^/a/\.\./admin",
+                "such as `/a/../admin`: the path reads differently to different servers (a dot segment)",
+            ),
+            (r"^/a/\.\.$", "such as `/a/..`: the path reads differently to different servers (a dot segment)"),
+            ("^/x#y", "such as `/x#y`: the path reads differently to different servers (a '#' in the request target)"),
+            // One arm that never decides is a rule that does not do what it says.
+            ("^/(public|admin;x)", "such as `/admin;x`"),
+        ] {
+            let err = rule(path).unwrap_err();
+            let want =
+                format!("access.rules #1 path: `{path}` only matches paths that forward auth refuses (400), {why}");
+            assert!(err.starts_with(&want), "{path}: {err}");
+            assert!(err.ends_with("so it would never decide"), "{path}: {err}");
+        }
+        // A prefix of paths that are answered alike, however it ends, and literals cut inside
+        // a character (`/%E6%9D` begins `/東`) or named only by ignoring case (the Kelvin sign
+        // of `(?i)k`) are no reason.
+        for path in [
+            "^/",
+            "^/admin",
+            r"^/a/\.\.",
+            r"^/x\.\./y",
+            r"^/\.well-known/",
+            "^/admin(/|$)",
+            "^/admin(;.*)?$",
+            "^/api/v[0-9]+/",
+            "^/%E6%9D%B1",
+            "^/%E6%9D",
+            "(?i)^/kelvin",
+            r"^/x\?debug=1",
+            "^/a%20b",
+            "^/~alice",
+            "/admin;x",
+        ] {
+            assert!(rule(path).is_ok(), "{path}: {:?}", rule(path).err());
         }
     }
 

@@ -85,6 +85,63 @@ pub struct TargetRequest {
     pub method: String,
 }
 
+impl TargetRequest {
+    /// A reading of the path (plus the query) that `answer(reading, ignoring_case)` answers
+    /// apart from the normalised one, if any, and whether as an application ignoring case:
+    /// [`TargetRequest::other_readings`] are asked both as a case-keeping and as a
+    /// case-ignoring application routes, [`TargetRequest::case_folded_readings`] as a
+    /// case-ignoring one only. Where one parts, no answer is right for every application,
+    /// and a verify is refused (400).
+    pub fn reading_apart<T: PartialEq>(&self, answer: impl Fn(&str, bool) -> T) -> Option<ReadApart> {
+        apart(&self.path_and_query, &self.other_readings, &self.case_folded_readings, answer)
+    }
+}
+
+/// [`TargetRequest::reading_apart`] for `path_and_query` as a request would send it (`/path`
+/// and an optional `?query`), for judging a rule before any request comes.
+///
+/// # Errors
+/// [`TargetError::AmbiguousPath`] when the path is refused whatever the rules say: it holds a
+/// `#`, or [`normalise_path`] or [`other_readings`] refuse it.
+pub fn reading_apart<T: PartialEq>(
+    path_and_query: &str,
+    answer: impl Fn(&str, bool) -> T,
+) -> Result<Option<ReadApart>, TargetError> {
+    if path_and_query.contains('#') {
+        return Err(TargetError::AmbiguousPath("a '#' in the request target"));
+    }
+    let (path, query) = path_and_query.find('?').map_or((path_and_query, ""), |i| path_and_query.split_at(i));
+    let readings = other_readings(path)?;
+    let with_query = |r: Vec<String>| r.into_iter().map(|p| format!("{p}{query}")).collect::<Vec<_>>();
+    let normalised = format!("{}{query}", normalise_path(path)?);
+    Ok(apart(&normalised, &with_query(readings.other), &with_query(readings.case_folded), answer))
+}
+
+fn apart<T: PartialEq>(
+    normalised: &str,
+    other: &[String],
+    case_folded: &[String],
+    answer: impl Fn(&str, bool) -> T,
+) -> Option<ReadApart> {
+    let expected = answer(normalised, false);
+    let as_they_route = std::iter::once(normalised).chain(other.iter().map(String::as_str));
+    let mut asked =
+        as_they_route.flat_map(|r| [(r, false), (r, true)]).chain(case_folded.iter().map(|r| (r.as_str(), true)));
+    let (reading, ignoring_case) = asked.find(|&(r, ignoring_case)| answer(r, ignoring_case) != expected)?;
+    Some(ReadApart { normalised: normalised.to_string(), reading: reading.to_string(), ignoring_case })
+}
+
+/// Two readings of one path that a question answers apart ([`reading_apart`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadApart {
+    /// The path (plus query) as [`normalise_path`] reads it.
+    pub normalised: String,
+    /// The reading answered otherwise.
+    pub reading: String,
+    /// Whether asked as an application that ignores case routes.
+    pub ignoring_case: bool,
+}
+
 /// Why the proxy's description of a request was refused (all 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {

@@ -81,23 +81,17 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     // route, some route on the path as sent, some ignore case): where the readings would get
     // different answers, no answer is safe for every application.
     let access = &state.settings.access;
-    let normalised = std::iter::once(&target.path_and_query);
-    let as_they_route = normalised.chain(&target.other_readings).flat_map(|reading| {
+    let apart = target.reading_apart(|reading, ignoring_case| {
         let other = Target { path_and_query: reading, ..t };
-        [access.decide(&other, subject.as_ref()), access.decide_ignoring_case(&other, subject.as_ref())]
+        let decision = match ignoring_case {
+            false => access.decide(&other, subject.as_ref()),
+            true => access.decide_ignoring_case(&other, subject.as_ref()),
+        };
+        allowed_for(decision, factors)
     });
-    // Those that ignore case by Unicode's rules ignore it in the rules too.
-    let ignoring_case = target
-        .case_folded_readings
-        .iter()
-        .map(|reading| access.decide_ignoring_case(&Target { path_and_query: reading, ..t }, subject.as_ref()));
-    for decision in as_they_route.chain(ignoring_case) {
-        if allowed_for(decision, factors) != allowed {
-            tracing::debug!(
-                "forward-auth request refused: applications' readings of the path are answered differently"
-            );
-            return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
-        }
+    if apart.is_some() {
+        tracing::debug!("forward-auth request refused: applications' readings of the path are answered differently");
+        return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
     }
     match allowed {
         Some(true) => {
