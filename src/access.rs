@@ -478,6 +478,11 @@ fn escape_never_matched(pattern: &str) -> Option<String> {
                         "escapes a slash, a backslash or a control character as `%{hex}`, and such paths are refused, so it would never match"
                     ));
                 }
+                if byte == b';' {
+                    return Some(format!(
+                        "escapes `;` as `%{hex}`, which applications decode, and some then drop with the rest of its segment as a parameter, so it would never decide: write the rule on the part of the path before it"
+                    ));
+                }
                 if crate::forward_auth::DECODED_BEFORE_ROUTING.contains(&byte) {
                     return Some(format!(
                         "escapes a character routers decode before they route as `%{hex}`, and a path with it either way is judged as if it were written as itself, so it would never match: write `{}`",
@@ -699,6 +704,10 @@ mod tests {
                 "[[access.rules]]\npath = [\"^/p/a%2Bb\"]\npolicy = \"deny\"",
                 "access.rules #1 path: `^/p/a%2Bb` escapes a character routers decode before they route as `%2B`, and a path with it either way is judged as if it were written as itself, so it would never match: write `\\+`",
             ),
+            (
+                "[[access.rules]]\npath = [\"^/semi/a%3Bb\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/semi/a%3Bb` escapes `;` as `%3B`, which applications decode, and some then drop",
+            ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
@@ -729,6 +738,7 @@ mod tests {
             ),
             (r"^/a/\.\.$", "such as `/a/..`: the path reads differently to different servers (a dot segment)"),
             ("^/x#y", "such as `/x#y`: the path reads differently to different servers (a '#' in the request target)"),
+            ("^/semi/a;b", "such as `/semi/a;b`: applications read it both as `/semi/a` and as `/semi/a;b`"),
             // One arm that never decides is a rule that does not do what it says.
             ("^/(public|admin;x)", "such as `/admin;x`"),
         ] {

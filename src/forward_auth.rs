@@ -393,14 +393,23 @@ fn raw_path(raw: &str) -> &str {
 /// two ways ([`normalise_path`]'s refusals).
 pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
     let literal = if raw.is_empty() { "/".to_string() } else { utf8_percent_encode(raw, PATH_ENCODE).to_string() };
-    let mut other = vec![literal.clone()];
+    let mut other = vec![literal.clone(), normalise_path(raw)?];
     if literal.starts_with("//") {
         let after = literal.trim_start_matches('/');
         let path = after.find('/').map_or("/", |i| &after[i..]);
         let decoded = normalise_path(path)?;
         other.extend([path.to_string(), decoded]);
     }
-    let reserved_decoded: Vec<String> = other.iter().map(|r| decode_reserved(r).into_owned()).collect();
+    // A router decodes reserved characters in whatever path its server hands it: as sent or
+    // normalised (a review reached `/plus/a+b` past a rule for it with `/%70lus/a%2Bb`,
+    // `//plus/a%2Bb` and `/plus;x/a%2Bb`). A server that decodes before it drops `;params`
+    // reads `/admin%3Bx/y` as `/admin/y`.
+    let mut reserved_decoded = Vec::new();
+    for reading in &other {
+        let decoded = decode_reserved(reading);
+        reserved_decoded.push(normalise_path(&decoded)?);
+        reserved_decoded.push(decoded.into_owned());
+    }
     other.extend(reserved_decoded);
     let mut case_folded = Vec::new();
     for reading in other.clone() {
@@ -589,9 +598,10 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
 /// Characters that mean nothing special inside a path segment to the servers and routers
 /// rules are written for, which decode their escapes before they route (Go's `net/http`,
 /// Flask's Werkzeug): `/a%2Bb` is `/a+b` there, so a rule on either spelling must see both
-/// (a review reached `/plus/a+b` past a deny rule for it as `/plus/a%2Bb`). `/`, `?`, `#`,
-/// `%` and `;` are not among them: decoding those changes what the path says.
-pub const DECODED_BEFORE_ROUTING: &[u8] = b"!$&'()*+,:=@[]|^";
+/// (a review reached `/plus/a+b` past a deny rule for it as `/plus/a%2Bb`, and Flask's
+/// `/semi/a;b` with `/semi/a%3Bb`). `/`, `?`, `#` and `%` are not among them: decoding those
+/// changes what the path says.
+pub const DECODED_BEFORE_ROUTING: &[u8] = b"!$&'()*+,:;=@[]|^";
 
 /// `path` with the escapes of [`DECODED_BEFORE_ROUTING`] decoded too, as those routers read it.
 fn decode_reserved(path: &str) -> Cow<'_, str> {
@@ -681,6 +691,12 @@ mod tests {
         assert!(has(kept("/plus/a%2Bb"), "/plus/a+b"), "routers decode reserved characters in a segment");
         assert!(has(kept("/p/%40admin%28x%29"), "/p/@admin(x)"));
         assert!(!has(kept("/a%3Fb"), "/a?b"), "but not a question mark");
+        // In the path as the server normalised it too (review 106).
+        assert!(has(kept("/%70lus/a%2Bb"), "/plus/a+b"), "an unreserved escape decoded as well");
+        assert!(has(kept("//plus/a%2Bb"), "/plus/a+b"), "slashes merged as well");
+        assert!(has(kept("/plus;x/a%2Bb"), "/plus/a+b"), "a parameter dropped as well");
+        assert!(has(kept("/semi/a%3Bb"), "/semi/a;b"), "Flask routes `/semi/a;b`");
+        assert!(has(kept("/admin%3Bx/y"), "/admin/y"), "decoded before the parameter is dropped");
         // A case-sensitive application never routes the raised reading, so it is no reading
         // of one: `/public/café` stays under a rule for `/public/`.
         assert!(!has(kept("/public/caf%C3%A9"), "/PUBLIC/CAF%C3%89"));

@@ -477,6 +477,50 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);
 }
 
+/// Routers decode `+`, `@`, `(` and the like before they route (Go's `net/http`, Flask), in
+/// whatever path their server hands them: as sent, or with unreserved escapes decoded, slashes
+/// merged and `;params` dropped. Review 105 reached `/plus/a+b` past a rule for it with
+/// `/plus/a%2Bb`; review 106, after that was fixed, with one more spelling in the same path.
+#[tokio::test]
+async fn a_rule_naming_a_reserved_character_holds_however_the_path_spells_it() {
+    let app = spawn_app_with(|s| gated_with_rules(s, "^/public/", r"^/plus/a\\+b")).await;
+    let cookie = session_cookie(&app, Factors::Two).await;
+    let nginx = |path: &str| {
+        app.client
+            .get(app.url("/api/authz/auth-request"))
+            .header("x-original-url", format!("https://app.example.test{path}"))
+            .header("x-original-method", "GET")
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
+    assert_eq!(nginx("/plus/a+b").await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(caddy("/plus/a+b").await.unwrap().status(), StatusCode::FORBIDDEN);
+    for path in [
+        "/plus//a+b",
+        "/%70lus/a+b",
+        "/plus/a%2Bb",
+        "/%70lus/a%2Bb",
+        "/plu%73/a%2bb",
+        "/plus/%61%2Bb",
+        "/plus/a%2B%62",
+        "//plus/a%2Bb",
+        "/plus;x/a%2Bb",
+        "/plus;jsessionid=1/a%2Bb",
+        "/%50lus/a%2Bb",
+    ] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    // A server that decodes `%3B` before it drops `;params` reads `/%3Bx/plus/a+b` as the
+    // denied path, Flask reads `/plus/a%3Bb` as `/plus/a;b`.
+    assert_eq!(caddy("/%3Bx/plus/a+b").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    // Names with reserved characters elsewhere are no one's business.
+    for path in ["/files/a%2Bb%281%29%2Cc.pdf", "/users/john%40example.com", "/x/a|b", "/plus/a%3Bb"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
+    }
+}
+
 #[tokio::test]
 async fn a_user_the_second_factor_policy_sends_to_enrol_reaches_no_application_first() {
     use portcullis::config::SecondFactorPolicy;
