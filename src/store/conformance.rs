@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 
 use super::copy::{copy, Copied, CopyError};
-use super::passkeys::{Ceremony, CeremonyKind, PasskeyUse, StoredPasskey};
+use super::passkeys::{Ceremony, CeremonyKind, PasskeyUse, RemovedPasskey, StoredPasskey};
 use super::{
     Credential, FactorSummary, Factors, FailureQuery, FailureRecord, Holding, PendingSignIn, Session, SessionCap,
     Store, StoreError, TotpFactor, User, UserFactors,
@@ -942,6 +942,10 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     assert!(p.flag_possible_clone(b"k-used", 16).await.unwrap());
     p.add_passkey(&passkey(b"k-new", "root", 16)).await.unwrap();
     p.add_passkey(&passkey(&[0xff; 1023], "root", 17)).await.unwrap();
+    p.add_passkey(&passkey(b"k-lost", "alice", 18)).await.unwrap();
+    assert!(p.remove_passkey("alice", b"k-lost", 19).await.unwrap());
+    p.add_passkey(&passkey(b"k-reset", "bob", 20)).await.unwrap();
+    assert_eq!(p.remove_passkeys_of("bob", 21).await.unwrap(), 1);
 
     // Paged exports meet every record once, in their order.
     let mut paged = Vec::new();
@@ -1001,13 +1005,32 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
         paged.extend(page.into_iter().map(|k| k.id));
     }
     assert_eq!(paged, [b"k-new".to_vec(), b"k-used".to_vec(), vec![0xff; 1023]], "export: passkeys in id order, paged");
+    let mut paged = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = p.export_removed_passkeys(after.as_deref(), 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.extend(page);
+    }
+    let removed = [
+        RemovedPasskey { id: b"k-lost".to_vec(), user_key: "alice".into(), removed_at: 19 },
+        RemovedPasskey { id: b"k-reset".to_vec(), user_key: "bob".into(), removed_at: 21 },
+    ];
+    assert_eq!(paged, removed, "export: whose removed passkeys were, in id order, paged");
 
     let copied = copy(from, to).await.unwrap();
     assert_eq!(
         copied,
-        Copied { users: 3, factors: 2, passkeys: 3, sessions: 3, failures: 7, secrets: 2 },
+        Copied { users: 3, factors: 2, passkeys: 3, removed_passkeys: 2, sessions: 3, failures: 7, secrets: 2 },
         "copy: the counts"
     );
+    assert_eq!(
+        to.passkeys.export_removed_passkeys(None, usize::MAX).await.unwrap(),
+        removed,
+        "copy: whose removed passkeys were, and when they were removed"
+    );
+    assert_eq!(to.passkeys.former_owner(b"k-lost").await.unwrap().as_deref(), Some("alice"));
     assert_eq!(to.factors.export(None, usize::MAX).await.unwrap(), factors, "copy: second factors whole");
     assert!(!to.factors.use_totp_step("alice", 12_345).await.unwrap(), "copy: a used TOTP step stays used");
     assert!(!to.factors.use_totp_step("bob", 77).await.unwrap(), "copy: a used step without TOTP stays used");

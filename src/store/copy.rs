@@ -6,14 +6,14 @@
 //! What is copied: users whole (hashes and every other field, see [`super::Credential`]),
 //! their second factors whole (sealed TOTP secret, the latest TOTP step used, recovery-code
 //! hashes: [`super::UserFactors`]) and passkeys (name, times, sign count, user handle),
+//! whose removed passkeys were ([`super::passkeys::PasskeyStore::former_owner`]: a failed
+//! sign-in with one is recorded under its former owner, on the copy too),
 //! sessions (token hashes, times, factors), failed-login records in time order (`typed`,
 //! `count`, `instance`), and the server secrets (CSRF and captcha keys), so sessions, forms
 //! and challenges issued before still hold on the copy. Not copied: the brute-force state
 //! (quotas, failure counts in the window, open challenges), which lapses within minutes, and
 //! for the same reason pending two-step sign-ins and open WebAuthn ceremonies (minutes at
-//! most): a user halfway through a sign-in during the move starts it again. Nor whose removed
-//! passkeys were ([`super::passkeys::PasskeyStore::former_owner`]): a failed sign-in with one
-//! is then recorded without a username, as before they were kept.
+//! most): a user halfway through a sign-in during the move starts it again.
 //!
 //! The TOTP secrets stay sealed and recovery codes stay keyed under `data_dir/factor.key`,
 //! which is not in any store: the servers on the copy need the same file (the CLI copies it
@@ -31,21 +31,25 @@ pub struct Copied {
     /// Users' second-factor records (each: TOTP, recovery codes, the used step).
     pub factors: u64,
     pub passkeys: u64,
+    /// Notes of whose a removed passkey was.
+    pub removed_passkeys: u64,
     pub sessions: u64,
     pub failures: u64,
     pub secrets: u64,
 }
 
 impl std::fmt::Display for Copied {
-    /// `3 users, 2 second factors, 1 passkey, 1 session, 12 failed-login records and 2 secrets`.
+    /// `3 users, 2 second factors, 1 passkey, 0 removed passkeys' owners, 1 session, 12
+    /// failed-login records and 2 secrets`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
         write!(
             f,
-            "{}, {}, {}, {}, {} and {}",
+            "{}, {}, {}, {}, {}, {} and {}",
             n(self.users, "user", "users"),
             n(self.factors, "second factor", "second factors"),
             n(self.passkeys, "passkey", "passkeys"),
+            n(self.removed_passkeys, "removed passkey's owner", "removed passkeys' owners"),
             n(self.sessions, "session", "sessions"),
             n(self.failures, "failed-login record", "failed-login records"),
             n(self.secrets, "secret", "secrets")
@@ -74,6 +78,7 @@ pub async fn holds(store: &Store) -> Result<Copied, StoreError> {
         users: store.users.count().await?,
         factors: store.factors.count().await?,
         passkeys: store.passkeys.count_passkeys().await?,
+        removed_passkeys: store.passkeys.count_removed_passkeys().await?,
         sessions: store.sessions.count().await?,
         failures: store.failures.count().await?,
         secrets: store.secrets.export().await?.len() as u64,
@@ -127,6 +132,15 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
         after = Some(last.id.clone());
         to.passkeys.import_passkeys(&page).await?;
         copied.passkeys += page.len() as u64;
+    }
+
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = from.passkeys.export_removed_passkeys(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        to.passkeys.import_removed_passkeys(&page).await?;
+        copied.removed_passkeys += page.len() as u64;
     }
 
     let mut after: Option<TokenHash> = None;

@@ -11,6 +11,17 @@ use super::{Result, TokenHash};
 /// Longest credential id WebAuthn allows (W3C WebAuthn Level 3 §5.1.2: at most 1023 bytes).
 pub const MAX_CREDENTIAL_ID_BYTES: usize = 1023;
 
+/// Whose a removed passkey was ([`PasskeyStore::former_owner`]), as `store copy` moves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovedPasskey {
+    /// The credential id.
+    pub id: Vec<u8>,
+    /// The normalised username of whoever held it.
+    pub user_key: String,
+    /// When it was removed, Unix ms.
+    pub removed_at: u64,
+}
+
 /// One registered passkey.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredPasskey {
@@ -180,4 +191,15 @@ pub trait PasskeyStore: Send + Sync {
     /// # Errors
     /// [`super::StoreError::AlreadyExists`] when a credential id is registered already.
     async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()>;
+    /// How many notes of whose a removed passkey was are kept.
+    async fn count_removed_passkeys(&self) -> Result<u64>;
+    /// Up to `limit` notes of removed passkeys, in credential-id order, those after the id
+    /// `after`: a page of what `store copy` moves.
+    async fn export_removed_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<RemovedPasskey>>;
+    /// Stores exported notes of removed passkeys exactly as they are, durably; each owner must
+    /// have been imported first.
+    ///
+    /// # Errors
+    /// [`super::StoreError::AlreadyExists`] when a note for a credential id is there already.
+    async fn import_removed_passkeys(&self, removed: &[RemovedPasskey]) -> Result<()>;
 }

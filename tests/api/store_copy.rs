@@ -159,7 +159,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let copied = cli(a.path(), None, &["store", "copy", "--to", "-"], Some(&target)).await;
     copied.assert_ok("copy to PostgreSQL");
     assert!(
-        copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 1 session, 3 failed-login records and 3 secrets into postgres://"),
+        copied.stdout.starts_with("copied 3 users, 0 second factors, 0 passkeys, 0 removed passkeys' owners, 1 session, 3 failed-login records and 3 secrets into postgres://"),
         "{copied:?}"
     );
     // No second factor yet, but the store records its key: the servers there need it (they
@@ -186,7 +186,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     copied.assert_ok("copy to sled");
     assert!(
         copied.stdout.starts_with(
-            "copied 3 users, 0 second factors, 0 passkeys, 3 sessions, 4 failed-login records and 3 secrets into "
+            "copied 3 users, 0 second factors, 0 passkeys, 0 removed passkeys' owners, 3 sessions, 4 failed-login records and 3 secrets into "
         ),
         "{copied:?}"
     );

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::{ms, unms, PgStore};
-use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, StoredPasskey};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, RemovedPasskey, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
 macro_rules! columns {
@@ -213,6 +213,35 @@ impl PasskeyStore for PgStore {
         let tx = client.transaction().await?;
         for p in passkeys {
             if tx.execute(INSERT, &Params::of(p).list()).await? == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_removed_passkeys(&self) -> Result<u64> {
+        let n: i64 = self.client().await?.query_one("SELECT count(*) FROM removed_passkeys", &[]).await?.get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn export_removed_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<RemovedPasskey>> {
+        let sql = "SELECT id, user_key, removed_at_ms FROM removed_passkeys
+                   WHERE $1::bytea IS NULL OR id > $1 ORDER BY id LIMIT $2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.client().await?.query(sql, &[&after, &limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| RemovedPasskey { id: row.get(0), user_key: row.get(1), removed_at: unms(row.get(2)) })
+            .collect())
+    }
+
+    async fn import_removed_passkeys(&self, removed: &[RemovedPasskey]) -> Result<()> {
+        let sql = "INSERT INTO removed_passkeys (id, user_key, removed_at_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for r in removed {
+            if tx.execute(sql, &[&r.id, &r.user_key, &ms(r.removed_at)]).await? == 0 {
                 return Err(StoreError::AlreadyExists);
             }
         }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, index_prefix, SledStore, SCHEMA_VERSION};
-use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, StoredPasskey};
+use crate::store::passkeys::{Ceremony, CeremonyKind, PasskeyStore, PasskeyUse, RemovedPasskey, StoredPasskey};
 use crate::store::{Result, StoreError, TokenHash};
 
 /// Orders ceremony puts in this process (one process holds a sled store): see `put_ceremony`.
@@ -413,6 +413,41 @@ impl PasskeyStore for SledStore {
                 return Err(StoreError::AlreadyExists);
             }
             index.insert(owner_key(&p.user_key, &p.id), &[])?;
+        }
+        self.durable(()).await
+    }
+
+    async fn count_removed_passkeys(&self) -> Result<u64> {
+        Ok(self.removed_passkeys()?.len() as u64)
+    }
+
+    async fn export_removed_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<RemovedPasskey>> {
+        let after = after.map(<[u8]>::to_vec);
+        self.blocking(move |s| {
+            let tree = s.removed_passkeys()?;
+            let range = match after {
+                Some(a) => tree.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => tree.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    let RemovedRecord { user_key, removed_at } = decode(&v)?;
+                    Ok(RemovedPasskey { id: k.to_vec(), user_key, removed_at })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn import_removed_passkeys(&self, removed: &[RemovedPasskey]) -> Result<()> {
+        let tree = self.removed_passkeys()?;
+        for r in removed {
+            let bytes = encode(&RemovedRecord { user_key: r.user_key.clone(), removed_at: r.removed_at })?;
+            if tree.compare_and_swap(&r.id, None as Option<&[u8]>, Some(bytes))?.is_err() {
+                return Err(StoreError::AlreadyExists);
+            }
         }
         self.durable(()).await
     }
