@@ -110,11 +110,46 @@ pub fn reading_apart<T: PartialEq>(
     if path_and_query.contains('#') {
         return Err(TargetError::AmbiguousPath("a '#' in the request target"));
     }
-    let (path, query) = path_and_query.find('?').map_or((path_and_query, ""), |i| path_and_query.split_at(i));
-    let readings = other_readings(path)?;
-    let with_query = |r: Vec<String>| r.into_iter().map(|p| format!("{p}{query}")).collect::<Vec<_>>();
-    let normalised = format!("{}{query}", normalise_path(path)?);
-    Ok(apart(&normalised, &with_query(readings.other), &with_query(readings.case_folded), answer))
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let (normalised, readings) = read(path, query)?;
+    Ok(apart(&normalised, &readings.other, &readings.case_folded, answer))
+}
+
+/// The path as sent, `raw_path`, and the query, each plus its `?`, as rules match them (the
+/// path by [`normalise_path`], the query with unreserved escapes decoded, RFC 3986
+/// §6.2.2.2), and every other reading applications make of them: each reading of the path
+/// ([`other_readings`]) with the query as sent, as normalised, and with the escapes of
+/// [`DECODED_BEFORE_ROUTING`] decoded too, as frameworks hand parameters to applications
+/// (a review passed a rule for `/export?fmt=csv` with `/export?fmt=%63sv`).
+///
+/// # Errors
+/// As [`normalise_path`] and [`other_readings`].
+fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
+    let path = normalise_path(raw_path)?;
+    let readings = other_readings(raw_path)?;
+    let queries: Vec<String> = match query {
+        None => vec![String::new()],
+        Some(q) => {
+            let normalised = decode_unreserved(q);
+            let decoded = decode_reserved(&normalised).into_owned();
+            vec![format!("?{normalised}"), format!("?{q}"), format!("?{decoded}")]
+        }
+    };
+    let main = format!("{path}{}", queries[0]);
+    let with_queries = |paths: &[String]| {
+        let mut all: Vec<String> =
+            paths.iter().flat_map(|p| queries.iter().map(move |q| format!("{p}{q}"))).filter(|r| *r != main).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    let mut paths = readings.other;
+    paths.push(path);
+    let readings = Readings { other: with_queries(&paths), case_folded: with_queries(&readings.case_folded) };
+    Ok((main, readings))
 }
 
 fn apart<T: PartialEq>(
@@ -271,7 +306,7 @@ impl Gate {
             (Flavour::AuthRequest, _, None) => return Err(TargetError::Missing("X-Original-URL")),
             (_, Some(f), Some(o)) => {
                 let same = |a: &str, b: &str| {
-                    let parse = |s: &str| self.parse_url(s).ok().map(|(u, _, _)| u);
+                    let parse = |s: &str| self.parse_url(s).ok().map(|(u, ..)| u);
                     parse(a).is_some() && parse(a) == parse(b)
                 };
                 if !same(&f.0, &o.0) || !f.1.trim().eq_ignore_ascii_case(o.1.trim()) {
@@ -298,27 +333,20 @@ impl Gate {
         if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)) {
             return Err(TargetError::BadMethod);
         }
-        let (url, host, path_and_query) = self.parse_url(&raw)?;
-        let query = path_and_query.find('?').map_or("", |i| &path_and_query[i..]);
-        let path = path_and_query.find('?').map_or(path_and_query.as_str(), |i| &path_and_query[..i]);
-        let readings = other_readings(raw_path(&raw))?;
-        let with_query = |r: Vec<String>| r.into_iter().filter(|p| p != path).map(|p| format!("{p}{query}")).collect();
-        let (other_readings, case_folded_readings) = (with_query(readings.other), with_query(readings.case_folded));
+        let (url, host, query) = self.parse_url(&raw)?;
+        // From the raw text, not `url.path()`: the URL parser has already resolved dot
+        // segments without merging slashes, one reading of several (see `normalise_path`).
+        let (path_and_query, readings) = read(raw_path(&raw), query.as_deref())?;
+        let (other_readings, case_folded_readings) = (readings.other, readings.case_folded);
         Ok(TargetRequest { url, host, path_and_query, other_readings, case_folded_readings, method })
     }
 
-    /// `(url, host, normalised path and query)` of an https URL on a gated host.
-    fn parse_url(&self, raw: &str) -> Result<(String, String, String), TargetError> {
+    /// `(url, host, query)` of an https URL on a gated host; the query as the URL parser
+    /// serialises it (percent-encoded), without its `?`.
+    fn parse_url(&self, raw: &str) -> Result<(String, String, Option<String>), TargetError> {
         let url = self.checked_url(raw).ok_or(TargetError::Outside)?;
         let host = url.host_str().unwrap_or_default().to_string();
-        // From the raw text, not `url.path()`: the URL parser has already resolved dot
-        // segments without merging slashes, one reading of several (see `normalise_path`).
-        let mut path_and_query = normalise_path(raw_path(raw))?;
-        if let Some(q) = url.query() {
-            path_and_query.push('?');
-            path_and_query.push_str(q);
-        }
-        Ok((url.to_string(), host, path_and_query))
+        Ok((url.to_string(), host, url.query().map(str::to_string)))
     }
 
     /// The open-redirect boundary: `rd` as a URL to send a browser to, if it is `https`, on a
@@ -442,7 +470,9 @@ pub struct Readings {
 /// a slash and `．．` a dot segment, which is refused).
 ///
 /// `other`: composed (NFKC, `/ａdmin` reads as `/admin`) and decomposed (NFKD: `/admiń`
-/// as `/admin` and a combining accent, which a prefix matches), and with default-ignorable
+/// as `/admin` and a combining accent, which a prefix matches), decomposed without its
+/// accents (combining marks), as applications that fold accents read it (`/admín/x` as
+/// `/admin/x`, found by a review), and with default-ignorable
 /// characters dropped, as NFKC_Casefold does (`/ad\u{AD}min` as `/admin`).
 ///
 /// `case_folded`: each of those in both kinds of case mapping (Unicode §3.13): the full
@@ -466,7 +496,10 @@ fn unicode_readings(path: &str) -> Readings {
     let visible: String = decoded.chars().filter(|&c| !crate::text::is_default_ignorable(c)).collect();
     let forms: Vec<String> = [&decoded, &visible]
         .iter()
-        .flat_map(|t| [t.nfkc().collect::<String>(), t.nfkd().collect::<String>()])
+        .flat_map(|t| {
+            let stripped = t.nfkd().filter(|&c| !unicode_normalization::char::is_combining_mark(c)).collect();
+            [t.nfkc().collect::<String>(), t.nfkd().collect::<String>(), stripped]
+        })
         .collect();
     let case_folded: Vec<String> = forms
         .iter()
@@ -534,7 +567,9 @@ const PATH_ENCODE: &AsciiSet = &percent_encoding::CONTROLS
 ///   the only answer safe in both directions, and browsers never send these for a plain link;
 /// - a dot segment with parameters (`..;`, `.;x`, or `..%3B`, which a server that decodes
 ///   before it strips parameters reads the same): a servlet container resolves
-///   `/admin/..;/public/x` to `/public/x`, every other server keeps it under `/admin`.
+///   `/admin/..;/public/x` to `/public/x`, every other server keeps it under `/admin`;
+/// - an overlong UTF-8 sequence (`%C0%AE`, `%E0%80%AE`): no character, and `.` or `/` to a
+///   decoder that accepts it.
 pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     // Refused in a request target already; a reading gets one from NFKC (full-width `＼`).
     if raw.contains('\\') {
@@ -551,6 +586,13 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     let control = |hex: &[u8]| matches!(hex, [b'0' | b'1', _] | [b'7', b'f']);
     if lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..])) {
         return Err(TargetError::AmbiguousPath("an encoded control character"));
+    }
+    // An overlong UTF-8 sequence (`%C0%AE` for `.`) is no character, but decoders that
+    // accept them (CVE-2000-0884's IIS, old Tomcat, some hand-written ones) read `..` or `/`
+    // in it, which no rule can see.
+    let overlong = ["%c0", "%c1", "%e0%8", "%e0%9", "%f0%8"];
+    if overlong.iter().any(|o| lower.contains(o)) {
+        return Err(TargetError::AmbiguousPath("an overlong UTF-8 sequence"));
     }
     let decoded = decode_unreserved(&encoded);
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
@@ -674,6 +716,9 @@ mod tests {
         assert!(has(folded("/stra%C3%9Fe"), "/strasse"), "sharp s, fully");
         assert!(has(folded("/ki%E1%BA%9E"), "/kiss"), "capital sharp s, folded");
         assert!(has(kept("/admi%C5%84"), "/admin%CC%81"), "decomposed");
+        assert!(has(kept("/adm%C3%ADn/x"), "/admin/x"), "accents folded, anywhere (review 108)");
+        assert!(has(kept("/a%CC%81dmin/x"), "/admin/x"), "a combining accent dropped");
+        assert!(has(folded("/%C3%81DMIN"), "/admin"), "folded both ways");
         assert!(has(folded("/%EA%AE%B3"), "/%E1%8F%A3"), "Cherokee folds to capitals");
         assert!(has(kept("/ad%C2%ADmin"), "/admin"), "a soft hyphen dropped, as NFKC_Casefold does");
         assert!(has(folded("/ki%DF"), "/kiss"), "not UTF-8: read as Latin-1, as WSGI does");
@@ -914,6 +959,10 @@ mod tests {
             "/public/..%3B/y",
             "/public/%2e%2e%3b/y",
             "/public/%2e%3b/y",
+            "/public/%C0%AE%C0%AE/admin",
+            "/public/%c0%af../admin",
+            "/public/%E0%80%AE%E0%80%AE/admin",
+            "/public/%F0%80%80%AE",
             "/public//../admin",
             "//../admin",
             "/public/../admin",

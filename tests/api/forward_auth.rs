@@ -421,7 +421,17 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     // Java's `equalsIgnoreCase` and Python's `re.IGNORECASE` read `İ` as `i` (the next review).
     // An application that decomposes reads `/admiń` as `/admin` and a combining accent (the one
     // after that).
-    for path in ["/%EF%BC%A1dmin/users", "/\u{ff21}DMIN", "/adm%C4%B0n", "/ADM\u{130}N/users", "/admi%C5%84/users"] {
+    // One that folds accents reads `/admín/x` as `/admin/x` (review 108).
+    for path in [
+        "/%EF%BC%A1dmin/users",
+        "/\u{ff21}DMIN",
+        "/adm%C4%B0n",
+        "/ADM\u{130}N/users",
+        "/admi%C5%84/users",
+        "/adm%C3%ADn/x",
+        "/a%CC%81dmin/x",
+        "/%C3%A1dmin/x",
+    ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
@@ -468,6 +478,9 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         // nginx passes a `#` in the request line on as it is; Go's servers resolve what follows.
         "/public/x#/../../admin",
         "/public/x#",
+        // Overlong UTF-8: `.` to decoders that accept it (review 108).
+        "/public/%C0%AE%C0%AE/admin/x",
+        "/public/%E0%80%AE%E0%80%AE/admin/x",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
@@ -519,6 +532,22 @@ async fn a_rule_naming_a_reserved_character_holds_however_the_path_spells_it() {
     for path in ["/files/a%2Bb%281%29%2Cc.pdf", "/users/john%40example.com", "/x/a|b", "/plus/a%3Bb"] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
+}
+
+/// Rules match the path and query: frameworks hand parameters to applications decoded, so a
+/// rule on the query holds against escapes of it (review 108 reached a real Flask's
+/// `/export?fmt=csv` with `/export?fmt=%63sv`).
+#[tokio::test]
+async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
+    let app = spawn_app_with(|s| gated_with_rules(s, "^/public/", r"^/export\\?fmt=csv")).await;
+    let cookie = session_cookie(&app, Factors::Two).await;
+    let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
+    assert_eq!(caddy("/export?fmt=csv").await.unwrap().status(), StatusCode::FORBIDDEN);
+    for path in ["/export?fmt=%63sv", "/export?%66mt=csv", "/%65xport?fm%74=c%73v"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    assert_eq!(caddy("/export?fmt=pdf").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(caddy("/search?q=%63%2B%2B").await.unwrap().status(), StatusCode::OK, "no rule names it");
 }
 
 #[tokio::test]
