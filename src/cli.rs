@@ -548,9 +548,16 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
             bail!("cannot show the first administrator's password on standard output ({e}): the account was not kept");
         }
     }
+    // Which store: a `PORTCULLIS_DATABASE_URL` left exported outranks a `--data-dir` on the
+    // command line, and the start said nothing of it (review 107).
+    let store = match &app.state().settings.database_url {
+        Some(url) => format!("PostgreSQL at {url}"),
+        None => format!("sled in {}", app.state().settings.data_dir.display()),
+    };
     tracing::info!(
         https = %app.https_addr(),
         http = %app.http_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),
+        store = %store,
         async_workers = tokio::runtime::Handle::current().metrics().num_workers(),
         hash_workers = app.hash_workers(),
         "portcullis is listening; open {}/",
@@ -1087,7 +1094,7 @@ fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow
 /// gets): a server on the copy would refuse to start.
 ///
 /// # Errors
-/// When the fingerprints differ, or the key cannot be read.
+/// When the fingerprints differ, or the key is missing or cannot be read.
 fn refuse_a_key_the_source_was_not_used_with(
     recorded: Option<[u8; 32]>,
     key_file: &std::path::Path,
@@ -1095,7 +1102,12 @@ fn refuse_a_key_the_source_was_not_used_with(
     let Some(recorded) = recorded else { return Ok(()) };
     let text = match std::fs::read_to_string(key_file) {
         Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // A sled copy would be made without the key, and every server on it refuse to start;
+        // a database copy's servers would need a key this run could not check (review 107).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "there is no {}, and this store's second factors are sealed under the factor key it was first used with: copy that key here first (servers on the copy need it)",
+            key_file.display()
+        ),
         Err(e) => return Err(anyhow!(e).context(format!("cannot read the factor key {}", key_file.display()))),
     };
     let key = crate::factors::FactorKey::parse(&text)

@@ -414,6 +414,9 @@ async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
     };
     let line = start(child::quick_with(&[("--async-workers", "3"), ("--hash-workers", "1")]));
     assert!(line.contains("async_workers=3") && line.contains("hash_workers=1"), "{line}");
+    // And which store it serves from (review 107: an exported database URL outranked a
+    // `--data-dir`, and nothing said so).
+    assert!(line.contains("store=sled in ") && line.contains("data"), "{line}");
     // Defaults: one of each per core.
     let cores = std::thread::available_parallelism().unwrap().get();
     let line = start(child::QUICK.to_vec());

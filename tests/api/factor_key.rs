@@ -128,6 +128,12 @@ async fn store_copy_refuses_a_local_factor_key_the_store_was_not_first_used_with
     let err = run.assert_one_line_failure("a copy with the wrong local key");
     assert!(err.contains("is not the factor key this store was first used with"), "{err}");
     assert!(!into.exists(), "nothing written");
+    // Nor with none at all: the copy's servers could not start (review 107).
+    std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
+    let run = child::run_cli_when_released(dir.path(), &["store", "copy", "--to", into.to_str().unwrap()]).await;
+    let err = run.assert_one_line_failure("a copy without the local key");
+    assert!(err.contains("factor.key, and this store's second factors are sealed under"), "{err}");
+    assert!(!into.exists(), "nothing written");
 }
 
 #[tokio::test]
