@@ -57,6 +57,15 @@ fn forward_auth(app: &TestApp, uri: &str, extra: &[(&str, &str)]) -> reqwest::Re
     req
 }
 
+/// An auth-request (nginx) verify of a GET of `path` on app.example.test with `cookie`.
+fn auth_request(app: &TestApp, path: &str, cookie: &str) -> reqwest::RequestBuilder {
+    app.client
+        .get(app.url("/api/authz/auth-request"))
+        .header("x-original-url", format!("https://app.example.test{path}"))
+        .header("x-original-method", "GET")
+        .header("cookie", cookie)
+}
+
 #[tokio::test]
 async fn a_peer_that_is_not_a_trusted_proxy_gets_403_whatever_it_sends() {
     let app = spawn_app_with(|s| gated(s, "")).await;
@@ -385,14 +394,7 @@ fn gated_with_admin_denied(s: &mut Settings) {
 async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_rule() {
     let app = spawn_app_with(gated_with_admin_denied).await;
     let cookie = session_cookie(&app, Factors::Two).await;
-    let nginx = |path: &str| {
-        app.client
-            .get(app.url("/api/authz/auth-request"))
-            .header("x-original-url", format!("https://app.example.test{path}"))
-            .header("x-original-method", "GET")
-            .header("cookie", cookie.clone())
-            .send()
-    };
+    let nginx = |path: &str| auth_request(&app, path, &cookie).send();
     let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
     // `/admin` however an application reads them (decoding, merging and dropping `;params`
     // first, or routing on the path as sent): denied.
@@ -498,14 +500,7 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
 async fn a_rule_naming_a_reserved_character_holds_however_the_path_spells_it() {
     let app = spawn_app_with(|s| gated_with_rules(s, "^/public/", r"^/plus/a\\+b")).await;
     let cookie = session_cookie(&app, Factors::Two).await;
-    let nginx = |path: &str| {
-        app.client
-            .get(app.url("/api/authz/auth-request"))
-            .header("x-original-url", format!("https://app.example.test{path}"))
-            .header("x-original-method", "GET")
-            .header("cookie", cookie.clone())
-            .send()
-    };
+    let nginx = |path: &str| auth_request(&app, path, &cookie).send();
     let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
     assert_eq!(nginx("/plus/a+b").await.unwrap().status(), StatusCode::FORBIDDEN);
     assert_eq!(caddy("/plus/a+b").await.unwrap().status(), StatusCode::FORBIDDEN);

@@ -109,6 +109,33 @@ impl SledStore {
         Ok(self.db.open_tree("removed_passkeys")?)
     }
 
+    /// Up to `limit` records of the tree `tree` opens, in key order, those after the key
+    /// `after`, each made by `record` from its key and value: a page of an export.
+    async fn export_page<T: Send + 'static>(
+        &self,
+        tree: fn(&SledStore) -> Result<::sled::Tree>,
+        after: Option<&[u8]>,
+        limit: usize,
+        record: fn(&[u8], &[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let after = after.map(<[u8]>::to_vec);
+        self.blocking(move |s| {
+            let tree = tree(s)?;
+            let range = match after {
+                Some(a) => tree.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => tree.iter(),
+            };
+            range
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    record(&k, &v)
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Notes that `user_key`'s passkey `id` was removed at `now`.
     fn note_removed(&self, user_key: &str, id: &[u8], now: u64) -> Result<()> {
         let record = RemovedRecord { user_key: user_key.to_string(), removed_at: now };
@@ -386,22 +413,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn export_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPasskey>> {
-        let after = after.map(<[u8]>::to_vec);
-        self.blocking(move |s| {
-            let tree = s.passkeys()?;
-            let range = match after {
-                Some(a) => tree.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-                None => tree.iter(),
-            };
-            range
-                .take(limit)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    Ok(decode::<PasskeyRecord>(&v)?.stored(&k))
-                })
-                .collect()
-        })
-        .await
+        self.export_page(SledStore::passkeys, after, limit, |k, v| Ok(decode::<PasskeyRecord>(v)?.stored(k))).await
     }
 
     async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()> {
@@ -422,21 +434,9 @@ impl PasskeyStore for SledStore {
     }
 
     async fn export_removed_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<RemovedPasskey>> {
-        let after = after.map(<[u8]>::to_vec);
-        self.blocking(move |s| {
-            let tree = s.removed_passkeys()?;
-            let range = match after {
-                Some(a) => tree.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-                None => tree.iter(),
-            };
-            range
-                .take(limit)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    let RemovedRecord { user_key, removed_at } = decode(&v)?;
-                    Ok(RemovedPasskey { id: k.to_vec(), user_key, removed_at })
-                })
-                .collect()
+        self.export_page(SledStore::removed_passkeys, after, limit, |k, v| {
+            let RemovedRecord { user_key, removed_at } = decode(v)?;
+            Ok(RemovedPasskey { id: k.to_vec(), user_key, removed_at })
         })
         .await
     }
