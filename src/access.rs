@@ -75,10 +75,7 @@ impl HostPattern {
 #[derive(Clone, Debug)]
 pub struct Rule {
     domains: Vec<HostPattern>,
-    paths: Vec<Regex>,
-    /// `paths` matching without regard to case: how a case-insensitive router (Express's
-    /// default, ASP.NET Core) sends a path to a handler ([`Access::decide_ignoring_case`]).
-    paths_folded: Vec<Regex>,
+    paths: Vec<PathPattern>,
     /// Upper-case method names.
     methods: Vec<String>,
     networks: Vec<IpNet>,
@@ -86,6 +83,69 @@ pub struct Rule {
     users: Vec<String>,
     groups: Vec<Group>,
     pub policy: Policy,
+}
+
+/// One regular expression of a rule's `path`.
+#[derive(Clone, Debug)]
+struct PathPattern {
+    as_written: Regex,
+    /// The same without regard to case: how a case-insensitive router (Express's default,
+    /// ASP.NET Core) sends a path to a handler ([`Access::decide_ignoring_case`]).
+    folded: Regex,
+    /// Whether it names the query's `?` (`\?`, `[?&]`), and so is matched against the path
+    /// and query; one that does not is matched against the path alone, as applications route
+    /// (a review's anonymous `/assets/x?.css` passed a bypass for `\.(css|js)$`).
+    names_query: bool,
+}
+
+impl PathPattern {
+    fn parse(s: &str) -> Result<Self, String> {
+        // Bounded compiled size: a rule cannot make every request slow.
+        let compile = |folded: bool| {
+            regex::RegexBuilder::new(s)
+                .size_limit(1 << 20)
+                .case_insensitive(folded)
+                .build()
+                .map_err(|e| format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string())))
+        };
+        Ok(PathPattern { as_written: compile(false)?, folded: compile(true)?, names_query: names_query(s) })
+    }
+
+    /// Whether it matches `path_and_query` (normalised, the query after the first `?`).
+    fn is_match(&self, path_and_query: &str, folded: bool) -> bool {
+        let subject = match self.names_query {
+            true => path_and_query,
+            false => path_and_query.split_once('?').map_or(path_and_query, |(path, _)| path),
+        };
+        match folded {
+            false => self.as_written.is_match(subject),
+            true => self.folded.is_match(subject),
+        }
+    }
+}
+
+/// Whether the regular expression `pattern` names a `?`: as a literal (`\?`, `[?]`) or in a
+/// small class (`[?&]`), not as one of the many characters `.` or `[^/]` match.
+fn names_query(pattern: &str) -> bool {
+    use regex_syntax::hir::{Class, HirKind};
+    fn walk(hir: &regex_syntax::hir::Hir) -> bool {
+        match hir.kind() {
+            HirKind::Literal(l) => l.0.contains(&b'?'),
+            HirKind::Class(Class::Unicode(c)) => {
+                let size: u32 = c.ranges().iter().map(|r| u32::from(r.end()) - u32::from(r.start()) + 1).sum();
+                size <= 16 && c.ranges().iter().any(|r| r.start() <= '?' && '?' <= r.end())
+            }
+            HirKind::Class(Class::Bytes(c)) => {
+                let size: u32 = c.ranges().iter().map(|r| u32::from(r.end()) - u32::from(r.start()) + 1).sum();
+                size <= 16 && c.ranges().iter().any(|r| r.start() <= b'?' && b'?' <= r.end())
+            }
+            HirKind::Repetition(r) => walk(&r.sub),
+            HirKind::Capture(c) => walk(&c.sub),
+            HirKind::Concat(parts) | HirKind::Alternation(parts) => parts.iter().any(walk),
+            HirKind::Empty | HirKind::Look(_) => false,
+        }
+    }
+    regex_syntax::parse(pattern).is_ok_and(|hir| walk(&hir))
 }
 
 /// The request a proxy asks about.
@@ -207,7 +267,6 @@ impl Rule {
         let mut rule = Rule {
             domains: Vec::new(),
             paths: Vec::new(),
-            paths_folded: Vec::new(),
             methods: Vec::new(),
             networks: Vec::new(),
             users: Vec::new(),
@@ -238,17 +297,9 @@ impl Rule {
                     if let Some((s, why)) = items.iter().find_map(|s| never_matches(s).map(|why| (s, why))) {
                         return Err(fail(format!("`{s}` {why}")));
                     }
-                    // Bounded compiled size: a rule cannot make every request slow.
-                    let compile = |s: &String, folded: bool| {
-                        regex::RegexBuilder::new(s).size_limit(1 << 20).case_insensitive(folded).build().map_err(|e| {
-                            format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string()))
-                        })
-                    };
-                    rule.paths = items.iter().map(|s| compile(s, false)).collect::<Result<_, _>>().map_err(fail)?;
-                    rule.paths_folded =
-                        items.iter().map(|s| compile(s, true)).collect::<Result<_, _>>().map_err(fail)?;
-                    for (s, (as_sent, folded)) in items.iter().zip(rule.paths.iter().zip(&rule.paths_folded)) {
-                        if let Some(why) = only_refused_paths(s, as_sent, folded) {
+                    rule.paths = items.iter().map(|s| PathPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?;
+                    for (s, pattern) in items.iter().zip(&rule.paths) {
+                        if let Some(why) = only_refused_paths(s, pattern) {
                             return Err(fail(format!("`{s}` {why}")));
                         }
                     }
@@ -314,9 +365,8 @@ impl Rule {
     }
 
     fn matches_request(&self, t: &Target<'_>, folded: bool) -> bool {
-        let paths = if folded { &self.paths_folded } else { &self.paths };
         (self.domains.is_empty() || self.domains.iter().any(|d| d.matches(t.host)))
-            && (paths.is_empty() || paths.iter().any(|p| p.is_match(t.path_and_query)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query, folded)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == t.method))
             && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&t.client)))
     }
@@ -393,16 +443,13 @@ fn never_matches(s: &str) -> Option<String> {
 /// parameter is dropped), `^//admin` (slashes merged), `^/e%CC%81` (composed as `é`),
 /// `^/%C2%ADadmin` (the soft hyphen dropped), `^/%FF` (not UTF-8, read as Latin-1). Found by
 /// a review: such rules loaded, and protected or opened nothing.
-fn only_refused_paths(s: &str, as_sent: &regex::Regex, folded: &regex::Regex) -> Option<String> {
+fn only_refused_paths(s: &str, pattern: &PathPattern) -> Option<String> {
     use regex_syntax::hir::{literal::Extractor, Look};
     let hir = regex_syntax::parse(s).ok()?;
     if !hir.properties().look_set_prefix().contains(Look::Start) {
         return None;
     }
-    let answer = |reading: &str, ignoring_case: bool| match ignoring_case {
-        false => as_sent.is_match(reading),
-        true => folded.is_match(reading),
-    };
+    let answer = |reading: &str, ignoring_case: bool| pattern.is_match(reading, ignoring_case);
     // A literal outside ASCII comes from case-insensitive matching (`(?i)k` also names the
     // Kelvin sign), and a path is sent percent-encoded, so the rule never sees it as such.
     let literals = Extractor::new().extract(&hir);
@@ -414,7 +461,7 @@ fn only_refused_paths(s: &str, as_sent: &regex::Regex, folded: &regex::Regex) ->
     for literal in ascii {
         let whole = whole_characters(literal);
         let named: Vec<String> =
-            ["", "x", "0", "/x"].iter().map(|tail| format!("{whole}{tail}")).filter(|p| as_sent.is_match(p)).collect();
+            ["", "x", "0", "/x"].iter().map(|tail| format!("{whole}{tail}")).filter(|p| answer(p, false)).collect();
         let refused = |path: &String| match crate::forward_auth::reading_apart(path, answer) {
             Ok(apart) => apart.map(|a| {
                 let how = if a.ignoring_case { " (ignoring case)" } else { "" };
@@ -480,6 +527,11 @@ fn escape_never_matched(pattern: &str) -> Option<String> {
                     return Some(format!(
                         "escapes a slash, a backslash or a control character as `%{hex}`, and such paths are refused, so it would never match"
                     ));
+                }
+                if byte == b'+' && pattern[..i].contains("\\?") {
+                    return Some(
+                        "escapes `+` as `%2B` in the query, where applications read a `+` as a space, so it would never decide: a plus sign in a query cannot be told from a space (write `(\\+|%20)` for a space)".into(),
+                    );
                 }
                 if byte == b';' {
                     return Some(format!(
@@ -632,6 +684,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_is_matched_against_the_query_only_if_it_names_the_query() {
+        for pattern in [r"^/export\?fmt=csv", r"\.bak(\?|$)", r"^/s[?&]q=", r"^/a[?]b", r"(?x) ^/x \? y"] {
+            assert!(names_query(pattern), "{pattern}");
+        }
+        for pattern in ["^/admin", r"\.(css|js)$", r"^/[^/]+$", "^/a.b", r"^/x\.y", "(", r"^/a\+b"] {
+            assert!(!names_query(pattern), "{pattern}");
+        }
+        let a = access(
+            "[[access.rules]]\npath = [\"\\\\.(css|js)$\"]\npolicy = \"bypass\"\n\
+             [[access.rules]]\npath = [\"\\\\.bak$\", \"^/export\\\\?(.*&)?fmt=csv(&|$)\"]\npolicy = \"deny\"\n\
+             [access]\ndefault_policy = \"one_factor\"",
+        )
+        .unwrap();
+        let d = |path: &str| a.decide(&target("app.example.com", path, "GET"), None);
+        // What applications route is the path: a review's anonymous `/assets/x?.css` passed the
+        // bypass, and `/a.css?v=3` (a cache-busting query) did not.
+        assert_eq!(d("/assets/x?.css"), Decision::Policy(Policy::OneFactor, DecidedBy::Default));
+        assert_eq!(d("/assets/a.css?v=3"), Decision::Policy(Policy::Bypass, DecidedBy::Rule(1)));
+        assert_eq!(d("/x.bak?y=1"), Decision::Policy(Policy::Deny, DecidedBy::Rule(2)));
+        assert_eq!(d("/export?x=1&fmt=csv"), Decision::Policy(Policy::Deny, DecidedBy::Rule(2)));
+        assert_eq!(d("/export?fmt=pdf"), Decision::Policy(Policy::OneFactor, DecidedBy::Default));
+    }
+
+    #[test]
     fn a_pattern_that_only_non_ascii_text_can_match_is_found() {
         for never in [r"^/caf\x{e9}", r"^/[\x{e0}-\x{ff}]", r"^/(\x{e9}|\x{e8})", r"^/\p{Greek}+", r"^/a\x{e9}{2}"] {
             assert!(super::needs_non_ascii(never), "{never}");
@@ -706,6 +782,10 @@ mod tests {
             (
                 "[[access.rules]]\npath = [\"^/p/a%2Bb\"]\npolicy = \"deny\"",
                 "access.rules #1 path: `^/p/a%2Bb` escapes a character routers decode before they route as `%2B`, and a path with it either way is judged as if it were written as itself, so it would never match: write `\\+`",
+            ),
+            (
+                "[[access.rules]]\npath = [\"^/q\\\\?x=%2B\"]\npolicy = \"deny\"",
+                "access.rules #1 path: `^/q\\?x=%2B` escapes `+` as `%2B` in the query, where applications read a `+` as a space",
             ),
             (
                 "[[access.rules]]\npath = [\"^/semi/a%3Bb\"]\npolicy = \"deny\"",
@@ -791,8 +871,7 @@ mod tests {
         let groups = prop::sample::subsequence(vec!["ops", "dev"], 0..=1);
         (hosts, paths, methods, groups, any_policy()).prop_map(|(h, p, m, g, policy)| Rule {
             domains: h.iter().map(|s| HostPattern::parse(s).unwrap()).collect(),
-            paths: p.iter().map(|s| Regex::new(s).unwrap()).collect(),
-            paths_folded: p.iter().map(|s| Regex::new(&format!("(?i){s}")).unwrap()).collect(),
+            paths: p.iter().map(|s| PathPattern::parse(s).unwrap()).collect(),
             methods: m.iter().map(|s| s.to_string()).collect(),
             networks: Vec::new(),
             users: Vec::new(),
@@ -842,7 +921,7 @@ mod tests {
             policy in any_policy(),
             (h, p, m) in any_target(),
         ) {
-            let everything = Rule { domains: vec![], paths: vec![], paths_folded: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy };
+            let everything = Rule { domains: vec![], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy };
             let mut all = vec![everything];
             all.extend(rules);
             let a = Access { default_policy: Policy::Deny, rules: all };
@@ -854,7 +933,7 @@ mod tests {
             rules in prop::collection::vec(any_rule(), 0..6),
             (h, p, m) in any_target(),
         ) {
-            let never = Rule { domains: vec![HostPattern::parse("nowhere.invalid").unwrap()], paths: vec![], paths_folded: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy: Policy::Bypass };
+            let never = Rule { domains: vec![HostPattern::parse("nowhere.invalid").unwrap()], paths: vec![], methods: vec![], networks: vec![], users: vec![], groups: vec![], policy: Policy::Bypass };
             let t = target(&h, &p, &m);
             let plain = Access { default_policy: Policy::Deny, rules: rules.clone() }.decide(&t, None);
             let mut with = vec![never];
