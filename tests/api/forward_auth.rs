@@ -546,7 +546,8 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
 
     // Form decoding: `+` and `%20` are both a space, so a rule must name both; older parsers
     // split at `;` (review 109 passed a rule naming `\+` with `%20`).
-    let app = spawn_app_with(|s| gated_with_rules(s, r"\\.(css|js)$", r"^/dl\\?(.*&)?f=a(\\+|%20)b(&|$)")).await;
+    let app =
+        spawn_app_with(|s| gated_with_rules(s, r"\\.(css|js)(\\?.*)?$", r"^/dl\\?(.*&)?f=a(\\+|%20)b(&|$)")).await;
     let cookie = session_cookie(&app, Factors::Two).await;
     let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
     for path in ["/dl?f=a+b", "/dl?f=a%20b", "/dl?x=1&f=a%20b&y"] {
@@ -556,13 +557,17 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     // One naming a single spelling of the space would never decide: refused at start.
     let plus_only = "[[access.rules]]\npath = [\"^/dl\\\\?f=a\\\\+b\"]\npolicy = \"deny\"";
     let err = Access::from_file(&plus_only.parse().unwrap()).unwrap_err();
-    assert!(err.contains("applications read it both as `/dl?f=a+b` and as `/dl?f=a%20b`"), "{err}");
-    // A rule that does not name the query is matched against the path, as applications route:
-    // an anonymous `/assets/x?.css` passed a bypass for `\.(css|js)$` (review 109), and a
-    // cache-busting query kept `/a.css?v=3` from it.
+    assert!(err.contains("names a space in the query one way only"), "{err}");
+    // Text in the query grants nothing: a rule is also matched against the path alone, as
+    // applications route, and the stricter answer holds (an anonymous `/assets/x?.css` passed a
+    // bypass for `\.(css|js)$` in review 109, `/admin/x?.png` one for `\.png(\?.*)?$` in 111).
     let anonymous = |path: &str| forward_auth(&app, path, &[]).send();
-    assert_eq!(anonymous("/assets/x?.css").await.unwrap().status(), StatusCode::FOUND);
+    for path in ["/assets/x?.css", "/admin/x?v=1.js", "/%61dmin/x?.css"] {
+        let status = anonymous(path).await.unwrap().status();
+        assert!(matches!(status, StatusCode::FOUND | StatusCode::BAD_REQUEST), "{path}: {status}");
+    }
     assert_eq!(anonymous("/assets/a.css?v=3").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(anonymous("/assets/a.css").await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
