@@ -110,18 +110,29 @@ impl PathPattern {
         Ok(PathPattern { as_written: compile(false)?, folded: compile(true)?, requires_query: requires_query(s) })
     }
 
-    /// Whether it matches `path_and_query` (normalised: the query after the first `?`), or,
-    /// with `path_alone`, the path without its query (a rule on the query still sees it).
-    fn is_match(&self, path_and_query: &str, folded: bool, path_alone: bool) -> bool {
-        let subject = match path_alone && !self.requires_query {
-            true => path_and_query.split_once('?').map_or(path_and_query, |(path, _)| path),
-            false => path_and_query,
-        };
-        match folded {
-            false => self.as_written.is_match(subject),
-            true => self.folded.is_match(subject),
+    /// Whether it matches `path_and_query` (normalised: the query after the first `?`, which
+    /// holds no other), asked as `asked` says.
+    fn is_match(&self, path_and_query: &str, folded: bool, asked: Asked) -> bool {
+        let regex = if folded { &self.folded } else { &self.as_written };
+        let path = path_and_query.split_once('?').map_or(path_and_query, |(path, _)| path);
+        match asked {
+            Asked::AsWritten => regex.is_match(path_and_query),
+            Asked::AsRouted if self.requires_query => regex.is_match(path_and_query),
+            Asked::AsRouted => regex.is_match(path),
+            Asked::Either => regex.is_match(path_and_query) || regex.is_match(path),
         }
     }
+}
+
+/// How a path rule is asked about a request ([`Access::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// Against the path and query.
+    AsWritten,
+    /// Against the path alone, as applications route, unless every match needs the query.
+    AsRouted,
+    /// Either of those.
+    Either,
 }
 
 /// Whether every match of the regular expression `pattern` holds a `?` (`\\?`, `[?]`), so it
@@ -237,35 +248,29 @@ impl Access {
         self.decide_with(target, subject, true)
     }
 
-    /// The stricter of two askings: each path rule matched against the path and query (as
-    /// written), and matched against the path alone unless it names the query (as applications
-    /// route). Rules can then grant nothing through text in the query (a review's anonymous
-    /// `/admin?.css` passed a bypass for `\.(css|js)$`, `/admin/x?.png` one for
-    /// `\.png(\?.*)?$`), and keep what they restrict (`^/export.*fmt=csv`, `\.bak$` for
-    /// `/x.bak?y`).
+    /// The stricter of two askings: each path rule matched as applications route (against
+    /// the path alone, unless every match needs the query's `?`), and matched either so or
+    /// against the path and query as written. A rule then grants only by what applications
+    /// route (a review's anonymous `/admin?.css` passed a bypass for `\.(css|js)$`,
+    /// `/admin/x?.png` one for `\.png(\?.*)?$`), and restricts by either (`^/export.*fmt=csv`,
+    /// `\.bak$` for `/x.bak?y`); `^/$` still lets `/?utm_source=x` through (the next review).
     fn decide_with(&self, target: &Target<'_>, subject: Option<&Subject<'_>>, folded: bool) -> Decision {
-        let as_written = self.first_match(target, subject, folded, false);
+        let as_routed = self.first_match(target, subject, folded, Asked::AsRouted);
         if !target.path_and_query.contains('?') {
-            return as_written;
+            return as_routed;
         }
-        let as_routed = self.first_match(target, subject, folded, true);
-        if as_routed.strictness() > as_written.strictness() {
-            as_routed
+        let either = self.first_match(target, subject, folded, Asked::Either);
+        if either.strictness() > as_routed.strictness() {
+            either
         } else {
-            as_written
+            as_routed
         }
     }
 
-    fn first_match(
-        &self,
-        target: &Target<'_>,
-        subject: Option<&Subject<'_>>,
-        folded: bool,
-        path_alone: bool,
-    ) -> Decision {
+    fn first_match(&self, target: &Target<'_>, subject: Option<&Subject<'_>>, folded: bool, asked: Asked) -> Decision {
         for (i, rule) in self.rules.iter().enumerate() {
             let by = DecidedBy::Rule(i + 1);
-            if !rule.matches_request(target, folded, path_alone) {
+            if !rule.matches_request(target, folded, asked) {
                 continue;
             }
             if rule.users.is_empty() && rule.groups.is_empty() {
@@ -384,9 +389,9 @@ impl Rule {
         Ok(rule)
     }
 
-    fn matches_request(&self, t: &Target<'_>, folded: bool, path_alone: bool) -> bool {
+    fn matches_request(&self, t: &Target<'_>, folded: bool, asked: Asked) -> bool {
         (self.domains.is_empty() || self.domains.iter().any(|d| d.matches(t.host)))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query, folded, path_alone)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query, folded, asked)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == t.method))
             && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&t.client)))
     }
@@ -479,7 +484,7 @@ fn only_refused_paths(s: &str, pattern: &PathPattern) -> Option<String> {
     if !hir.properties().look_set_prefix().contains(Look::Start) {
         return None;
     }
-    let answer = |reading: &str, ignoring_case: bool| pattern.is_match(reading, ignoring_case, false);
+    let answer = |reading: &str, ignoring_case: bool| pattern.is_match(reading, ignoring_case, Asked::AsWritten);
     // A literal outside ASCII comes from case-insensitive matching (`(?i)k` also names the
     // Kelvin sign), and a path is sent percent-encoded, so the rule never sees it as such.
     let literals = Extractor::new().extract(&hir);
@@ -731,7 +736,9 @@ mod tests {
 
     #[test]
     fn a_rule_grants_nothing_through_the_query_and_restricts_through_either() {
-        for pattern in [r"^/export\?fmt=csv", r"^/a[?]b", r"(?x) ^/x \? y", r"^/(a|b)\?x", r"\?.+"] {
+        for pattern in
+            [r"^/export\?fmt=csv", r"^/a[?]b", r"(?x) ^/x \? y", r"^/(a|b)\?x", r"\?.+", r"\.(css|js)\?v=[0-9]+$"]
+        {
             assert!(requires_query(pattern), "{pattern}");
         }
         for pattern in
@@ -776,8 +783,14 @@ mod tests {
             assert_eq!(d(path), Policy::Deny, "{path}");
         }
         assert_eq!(d("/export?fmt=pdf"), Policy::OneFactor);
-        // `$` before a cache-busting query: not granted by the query's reading (as before).
-        assert_eq!(d("/a.css?v=3"), Policy::OneFactor);
+        // What applications route grants, whatever the query (review 112: `^/$` sent every
+        // `/?utm_source=x` to sign in).
+        assert_eq!(d("/a.css?v=3"), Policy::Bypass);
+        let home = rules(&[("^/$", "bypass"), ("^/wiki/Main_Page$", "bypass")]);
+        for path in ["/?utm_source=newsletter&utm_medium=email", "/wiki/Main_Page?action=view", "/"] {
+            let decision = home.decide(&target("app.example.com", path, "GET"), None);
+            assert!(matches!(decision, Decision::Policy(Policy::Bypass, _)), "{path}: {decision:?}");
+        }
     }
 
     #[test]

@@ -135,7 +135,9 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
-            let normalised = decode_unreserved(q).into_owned();
+            // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
+            // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
+            let normalised = decode_unreserved(q).replace('?', "%3F");
             let decoded = decode_reserved(&normalised).into_owned();
             // Form decoding, which frameworks apply to the query: `+` is a space there, as
             // `%20` is (a review passed a rule for `f=a\+b` with `f=a%20b`); older parsers
@@ -143,8 +145,11 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             let spaces = normalised.replace('+', "%20");
             let pluses = normalised.replace("%20", "+");
             let split = normalised.replace(';', "&");
+            // Applications that trim values (`.strip()`) read `view=full%20` as `view=full`:
+            // blanks and control characters dropped (found by the same review).
+            let trimmed = trimmed_values(&normalised);
             let unicode = unicode_readings(&normalised);
-            let queries = [normalised, q.to_string(), decoded, spaces, pluses, split];
+            let queries = [normalised, q.to_string(), decoded, spaces, pluses, split, trimmed];
             (queries.iter().map(|q| format!("?{q}")).collect(), unicode)
         }
     };
@@ -166,6 +171,41 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     let other = tidy([with_queries(&paths), with_path(&unicode.other)].concat());
     let case_folded = tidy([with_queries(&readings.case_folded), with_path(&unicode.case_folded)].concat());
     Ok((main, Readings { other, case_folded }))
+}
+
+/// `query` (percent-encoded) with each parameter's name and value trimmed of blanks at either
+/// end (`+` and the escapes of spaces and control characters), as an application that strips
+/// what it gets reads it.
+fn trimmed_values(query: &str) -> String {
+    // The length of the blank at the start of `s`, if one is there.
+    let blank_at = |s: &str| -> Option<usize> {
+        if s.starts_with('+') {
+            return Some(1);
+        }
+        let byte = s.strip_prefix('%').and_then(|h| h.get(..2)).and_then(|h| u8::from_str_radix(h, 16).ok())?;
+        (byte == b' ' || byte.is_ascii_control()).then_some(3)
+    };
+    let trim = |mut s: &str| -> String {
+        while let Some(n) = blank_at(s) {
+            s = &s[n..];
+        }
+        // From the end: the last blank is one character (`+`) or an escape of three.
+        loop {
+            let cut = [1, 3].into_iter().find(|&n| s.len() >= n && blank_at(&s[s.len() - n..]) == Some(n));
+            match cut {
+                Some(n) => s = &s[..s.len() - n],
+                None => return s.to_string(),
+            }
+        }
+    };
+    query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, value)) => format!("{}={}", trim(name), trim(value)),
+            None => trim(param),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn apart<T: PartialEq>(
@@ -759,6 +799,8 @@ mod tests {
         assert!(has(kept("//plus/a%2Bb"), "/plus/a+b"), "slashes merged as well");
         assert!(has(kept("/plus;x/a%2Bb"), "/plus/a+b"), "a parameter dropped as well");
         assert!(has(kept("/semi/a%3Bb"), "/semi/a;b"), "Flask routes `/semi/a;b`");
+        assert_eq!(super::trimmed_values("a=+x%20y%09&%20b%0A=z+&c"), "a=x%20y&b=z&c");
+        assert_eq!(super::trimmed_values("a=%2"), "a=%2", "a cut escape stays");
         assert!(has(kept("/admin%3Bx/y"), "/admin/y"), "decoded before the parameter is dropped");
         // A case-sensitive application never routes the raised reading, so it is no reading
         // of one: `/public/café` stays under a rule for `/public/`.

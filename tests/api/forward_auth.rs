@@ -541,6 +541,10 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     for path in ["/export?fmt=%63sv", "/export?%66mt=csv", "/%65xport?fm%74=c%73v"] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
+    // And as applications that trim values read it (review 112: `fmt=%09csv`).
+    for path in ["/export?fmt=%09csv", "/export?fmt=+csv", "/export?fmt=%00csv"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
     assert_eq!(caddy("/export?fmt=pdf").await.unwrap().status(), StatusCode::OK);
     assert_eq!(caddy("/search?q=%63%2B%2B").await.unwrap().status(), StatusCode::OK, "no rule names it");
 
@@ -568,6 +572,31 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     }
     assert_eq!(anonymous("/assets/a.css?v=3").await.unwrap().status(), StatusCode::OK);
     assert_eq!(anonymous("/assets/a.css").await.unwrap().status(), StatusCode::OK);
+
+    // A rule naming the query's `?` names the separator, not one inside the query (review 112
+    // reached `/admin/x` with `?.css?v=1` past a bypass for `\.(css|js)\?v=[0-9]+$`); and a
+    // page's bypass holds whatever the query (`/?utm_source=x`, the same review).
+    let app = spawn_app_with(|s| {
+        gated(s, "127.0.0.1");
+        let rules = r#"
+            [[access.rules]]
+            path = ["^/$", "\\.(css|js)\\?v=[0-9]+$"]
+            policy = "bypass"
+            [[access.rules]]
+            domain = ["*.example.test"]
+            policy = "one_factor"
+        "#;
+        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    })
+    .await;
+    let anonymous = |path: &str| forward_auth(&app, path, &[]).send();
+    for path in ["/admin/x?.css?v=1", "/admin/x?a=1&b=.js?v=22", "/admin/x?%3F.css?v=1"] {
+        let status = anonymous(path).await.unwrap().status();
+        assert!(matches!(status, StatusCode::FOUND | StatusCode::BAD_REQUEST), "{path}: {status}");
+    }
+    for path in ["/a.css?v=1", "/?utm_source=newsletter&utm_medium=email", "/"] {
+        assert_eq!(anonymous(path).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
 }
 
 #[tokio::test]
