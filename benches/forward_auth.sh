@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Forward-auth figures (issue 13), with the release build and Debian's nginx, all on loopback:
 #  1. nginx serving a small static file over TLS (`loadtest --mode get`): the baseline;
-#  2. verifies per second, signed in, keep-alive (`loadtest --mode verify`), same client;
+#  2. verifies per second, signed in, keep-alive (`loadtest --mode verify`), same client, of a
+#     plain target and of one with accents in its path and query (the most readings to judge);
 #  3. signed-in page views (`--mode views`), which verifies must not fall below;
 #  4. a gated request through nginx (the README's nginx configuration) at 8 clients, and the
 #     time each auth subrequest spent in portcullis as nginx saw it ($upstream_response_time,
@@ -64,6 +65,7 @@ sed -e "s|listen 443 ssl;|listen 127.0.0.1:$PG ssl;|" \
     -e "s|127.0.0.1:4000|127.0.0.1:$PC|" -e "s|127.0.0.1:8080|127.0.0.1:$PA|" \
     -e "s|login.example.com|localhost|" -e "s|proxy_ssl_verify on;|proxy_ssl_verify off;|" \
     -e "s|        internal;|        internal;\n        access_log $work/verify.log timing;|" \
+    -e "s|app.example.com|localhost:$PG|g" \
     contrib/forward-auth/nginx.conf >"$work/nginx/gated.conf"
 cat >"$work/nginx/nginx.conf" <<EOF
 daemon off;
@@ -100,11 +102,16 @@ lt() { echo "$PASSWORD" | "$BIN" loadtest --username bench --password-stdin --co
 field() { python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['$1'])"; }
 static=$(lt --mode get --url "https://localhost:$PN/small.txt")
 verify=$(lt --mode verify --url "https://localhost:$PC" --target "https://localhost:$PG/app")
+# The most readings a target has: letters with accents in the path and the query, each read
+# composed, decomposed, without accents and case-folded, with the query's other spellings.
+accents=$(lt --mode verify --url "https://localhost:$PC" \
+    --target "https://localhost:$PG/caf%C3%A9/%C3%89t%C3%A9?q=%C3%A9l%C3%A8ve+x&y=%C3%BC")
 views=$(lt --mode views --url "https://localhost:$PC")
 : >"$work/verify.log"
 gated=$(lt --mode get --url "https://localhost:$PG/app" --sign-in-url "https://localhost:$PC")
 echo "nginx static file over TLS:   $(field views_per_sec <<<"$static")/s  p99 $(field p99_ms <<<"$static") ms"
 echo "verifies (signed in):         $(field views_per_sec <<<"$verify")/s  p99 $(field p99_ms <<<"$verify") ms  errors $(field errors <<<"$verify")"
+echo "verifies, accented target:    $(field views_per_sec <<<"$accents")/s  p99 $(field p99_ms <<<"$accents") ms  errors $(field errors <<<"$accents")"
 echo "signed-in page views:         $(field views_per_sec <<<"$views")/s  p99 $(field p99_ms <<<"$views") ms"
 echo "gated GETs through nginx:     $(field views_per_sec <<<"$gated")/s  p99 $(field p99_ms <<<"$gated") ms  errors $(field errors <<<"$gated")"
 sort -n "$work/verify.log" | awk '{v[NR] = $1} END {
