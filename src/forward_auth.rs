@@ -174,24 +174,31 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
 }
 
 /// `query` (percent-encoded) with each parameter's name and value trimmed of blanks at either
-/// end (`+` and the escapes of spaces and control characters), as an application that strips
-/// what it gets reads it.
+/// end, as an application that strips what it gets reads it: `+`, and the escapes of
+/// whitespace (Unicode's White_Space: `%C2%A0`, `%E3%80%80`, which Python's `strip`, Go's
+/// `TrimSpace` and .NET's `Trim` remove; found by a review), control characters and the
+/// byte-order mark (JavaScript's `trim`).
 fn trimmed_values(query: &str) -> String {
-    // The length of the blank at the start of `s`, if one is there.
+    // The length of the blank `s` starts with (one character or its UTF-8 escapes), if any.
     let blank_at = |s: &str| -> Option<usize> {
         if s.starts_with('+') {
             return Some(1);
         }
-        let byte = s.strip_prefix('%').and_then(|h| h.get(..2)).and_then(|h| u8::from_str_radix(h, 16).ok())?;
-        (byte == b' ' || byte.is_ascii_control()).then_some(3)
+        (1..=4).map(|n| n * 3).find(|&len| {
+            let Some(escapes) = s.get(..len) else { return false };
+            let bytes: Vec<u8> = percent_encoding::percent_decode_str(escapes).collect();
+            let whole = escapes.as_bytes().chunks(3).all(|c| c[0] == b'%') && bytes.len() == len / 3;
+            let mut chars = std::str::from_utf8(&bytes).ok().into_iter().flat_map(str::chars);
+            let blank = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
+            whole && matches!((chars.next(), chars.next()), (Some(c), None) if blank(c))
+        })
     };
     let trim = |mut s: &str| -> String {
         while let Some(n) = blank_at(s) {
             s = &s[n..];
         }
-        // From the end: the last blank is one character (`+`) or an escape of three.
         loop {
-            let cut = [1, 3].into_iter().find(|&n| s.len() >= n && blank_at(&s[s.len() - n..]) == Some(n));
+            let cut = [1, 3, 6, 9, 12].into_iter().find(|&n| s.len() >= n && blank_at(&s[s.len() - n..]) == Some(n));
             match cut {
                 Some(n) => s = &s[..s.len() - n],
                 None => return s.to_string(),
@@ -801,6 +808,12 @@ mod tests {
         assert!(has(kept("/semi/a%3Bb"), "/semi/a;b"), "Flask routes `/semi/a;b`");
         assert_eq!(super::trimmed_values("a=+x%20y%09&%20b%0A=z+&c"), "a=x%20y&b=z&c");
         assert_eq!(super::trimmed_values("a=%2"), "a=%2", "a cut escape stays");
+        assert_eq!(
+            super::trimmed_values("f=csv%C2%A0&v=%E2%80%83full%E3%80%80&m=%EF%BB%BFadmin%E2%80%A8"),
+            "f=csv&v=full&m=admin",
+            "Unicode's whitespace and the byte-order mark (review 113)"
+        );
+        assert_eq!(super::trimmed_values("f=%C3%A9t%C3%A9&g=%E6%9D%B1"), "f=%C3%A9t%C3%A9&g=%E6%9D%B1", "letters stay");
         assert!(has(kept("/admin%3Bx/y"), "/admin/y"), "decoded before the parameter is dropped");
         // A case-sensitive application never routes the raised reading, so it is no reading
         // of one: `/public/café` stays under a rule for `/public/`.

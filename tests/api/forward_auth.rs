@@ -541,8 +541,15 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     for path in ["/export?fmt=%63sv", "/export?%66mt=csv", "/%65xport?fm%74=c%73v"] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
-    // And as applications that trim values read it (review 112: `fmt=%09csv`).
-    for path in ["/export?fmt=%09csv", "/export?fmt=+csv", "/export?fmt=%00csv"] {
+    // And as applications that trim values read it (review 112: `fmt=%09csv`; review 113:
+    // Unicode's whitespace, which Python's `strip` removes too).
+    for path in [
+        "/export?fmt=%09csv",
+        "/export?fmt=+csv",
+        "/export?fmt=%00csv",
+        "/export?fmt=%C2%A0csv",
+        "/export?fmt=%E3%80%80csv",
+    ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
     assert_eq!(caddy("/export?fmt=pdf").await.unwrap().status(), StatusCode::OK);
