@@ -470,8 +470,8 @@ fn never_matches(s: &str) -> Option<String> {
     })
 }
 
-/// Why the anchored pattern `s` (compiled as `as_sent` and, ignoring case, `folded`) would
-/// never decide a request, if it would not: every path it names (its literal prefixes, each
+/// Why the anchored pattern `s` (compiled as `pattern`) would never decide a request, if it
+/// would not: every path it names (its literal prefixes, each
 /// alone and with a few plain continuations) is one forward auth refuses (400) whatever the
 /// rules say (a dot segment: `^/a/\.\./admin`), or one applications also read otherwise, so
 /// that a rule matching one spelling only is answered two ways (400): `^/admin;x` (the
@@ -616,27 +616,22 @@ fn needs_encoded(pattern: &str) -> bool {
 /// not parse is left to the compiler's own error.
 fn every_match_has(pattern: &str, wanted: impl Fn(char) -> bool) -> bool {
     use regex_syntax::hir::{Class, Hir, HirKind};
-    let in_range = |start: u32, end: u32| {
-        let ascii_end = end.min(0x7f);
-        (start..=ascii_end).all(|c| char::from_u32(c).is_some_and(&wanted)) && (end < 0x80 || wanted('\u{80}'))
-    };
-    let walk = |hir: &Hir| -> bool {
-        fn go(hir: &Hir, literal: &dyn Fn(&[u8]) -> bool, range: &dyn Fn(u32, u32) -> bool) -> bool {
-            match hir.kind() {
-                HirKind::Literal(l) => literal(&l.0),
-                HirKind::Class(Class::Unicode(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
-                HirKind::Class(Class::Bytes(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
-                HirKind::Repetition(r) => r.min > 0 && go(&r.sub, literal, range),
-                HirKind::Capture(c) => go(&c.sub, literal, range),
-                HirKind::Concat(parts) => parts.iter().any(|p| go(p, literal, range)),
-                HirKind::Alternation(arms) => arms.iter().all(|a| go(a, literal, range)),
-                HirKind::Empty | HirKind::Look(_) => false,
-            }
+    fn walk(hir: &Hir, wanted: &dyn Fn(char) -> bool) -> bool {
+        let range = |start: u32, end: u32| {
+            (start..=end.min(0x7f)).all(|c| char::from_u32(c).is_some_and(wanted)) && (end < 0x80 || wanted('\u{80}'))
+        };
+        match hir.kind() {
+            HirKind::Literal(l) => String::from_utf8_lossy(&l.0).chars().any(wanted),
+            HirKind::Class(Class::Unicode(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
+            HirKind::Class(Class::Bytes(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
+            HirKind::Repetition(r) => r.min > 0 && walk(&r.sub, wanted),
+            HirKind::Capture(c) => walk(&c.sub, wanted),
+            HirKind::Concat(parts) => parts.iter().any(|p| walk(p, wanted)),
+            HirKind::Alternation(arms) => arms.iter().all(|a| walk(a, wanted)),
+            HirKind::Empty | HirKind::Look(_) => false,
         }
-        let literal = |bytes: &[u8]| String::from_utf8_lossy(bytes).chars().any(&wanted);
-        go(hir, &literal, &in_range)
-    };
-    regex_syntax::parse(pattern).is_ok_and(|hir| walk(&hir))
+    }
+    regex_syntax::parse(pattern).is_ok_and(|hir| walk(&hir, &wanted))
 }
 
 #[cfg(test)]

@@ -124,8 +124,9 @@ pub fn reading_apart<T: PartialEq>(
 /// ([`other_readings`]) with the query as sent, as normalised, and with the escapes of
 /// [`DECODED_BEFORE_ROUTING`] decoded too, as frameworks hand parameters to applications
 /// (a review passed a rule for `/export?fmt=csv` with `/export?fmt=%63sv`), with `+` and
-/// `%20` swapped, and with `;` as `&`; and the normalised path with the query's readings by
-/// Unicode's rules ([`unicode_readings`]).
+/// `%20` swapped, with `;` as `&`, and with values trimmed ([`trimmed_values`]); and the
+/// normalised path with the query's readings by Unicode's rules ([`unicode_readings`]). A `?`
+/// inside the query is `%3F` in every reading but the one as sent.
 ///
 /// # Errors
 /// As [`normalise_path`] and [`other_readings`].
@@ -215,6 +216,8 @@ fn trimmed_values(query: &str) -> String {
         .join("&")
 }
 
+/// The first reading `answer` answers apart from `normalised` (see
+/// [`TargetRequest::reading_apart`]).
 fn apart<T: PartialEq>(
     normalised: &str,
     other: &[String],
