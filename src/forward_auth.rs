@@ -149,9 +149,20 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             // Applications that trim values (`.strip()`) read `view=full%20` as `view=full`:
             // blanks and control characters dropped (found by the same review).
             let trimmed = trimmed_values(&normalised);
-            let unicode = unicode_readings(&normalised);
-            let queries = [normalised, q.to_string(), decoded, spaces, pluses, split, trimmed];
-            (queries.iter().map(|q| format!("?{q}")).collect(), unicode)
+            // And all of those at once, as a framework that decodes, splits at `;` and hands
+            // over values its application strips reads it (a review passed rules with two of
+            // them together: `f=x%40y.z+`, `x=1;fmt=+csv`): escapes of characters that do not
+            // part parameters decoded, `;` as `&`, values trimmed, spaces either way.
+            let parts = |b: u8| DECODED_BEFORE_ROUTING.contains(&b) && !b"&=+;".contains(&b);
+            let all = trimmed_values(&decode_where(&normalised, parts).replace(';', "&"));
+            let (all_plus, all_spaces) = (all.replace("%20", "+"), all.replace('+', "%20"));
+            // By Unicode's rules, as sent and with all of those.
+            let mut unicode = unicode_readings(&normalised);
+            let more = unicode_readings(&all_spaces);
+            unicode.other.extend(more.other);
+            unicode.case_folded.extend(more.case_folded);
+            let queries = [normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+            (queries.iter().map(|q| format!("?{q}")).collect::<Vec<_>>(), unicode)
         }
     };
     let main = format!("{path}{}", queries[0]);
@@ -161,16 +172,24 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
         all.dedup();
         all
     };
-    let with_queries = |paths: &[String]| {
+    let unicode_queries = |forms: &[String]| forms.iter().map(|q| format!("?{q}")).collect::<Vec<_>>();
+    let (folded_queries, kept_queries) = (unicode_queries(&unicode.case_folded), unicode_queries(&unicode.other));
+    let combined = |paths: &[String], queries: &[&[String]]| {
+        let queries: Vec<&String> = queries.iter().flat_map(|q| q.iter()).collect();
         paths.iter().flat_map(|p| queries.iter().map(move |q| format!("{p}{q}"))).collect::<Vec<_>>()
     };
-    // The query's other spellings by Unicode's rules (an application comparing parameters
-    // under accent- or width-folding collations), with the path as rules read it.
-    let with_path = |forms: &[String]| forms.iter().map(|q| format!("{path}?{q}")).collect::<Vec<_>>();
+    // Every reading of the path with every reading of the query: an application may read
+    // both otherwise at once (`/%EF%BD%85xport?fmt=%EF%BD%83sv`, the same review).
     let mut paths = readings.other;
     paths.push(path.clone());
-    let other = tidy([with_queries(&paths), with_path(&unicode.other)].concat());
-    let case_folded = tidy([with_queries(&readings.case_folded), with_path(&unicode.case_folded)].concat());
+    let other = tidy(combined(&paths, &[&queries, &kept_queries]));
+    let case_folded = tidy(
+        [
+            combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
+            combined(&paths, &[&folded_queries]),
+        ]
+        .concat(),
+    );
     Ok((main, Readings { other, case_folded }))
 }
 
