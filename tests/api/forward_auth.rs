@@ -385,6 +385,20 @@ fn gated_with_rules(s: &mut Settings, bypassed: &str, denied: &str) {
     s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
 }
 
+/// An application gating `*.example.test` with one rule of `policy` on `paths` (a TOML list of
+/// path patterns), and `one_factor` for the rest.
+async fn with_one_rule(paths: &str, policy: &str) -> TestApp {
+    let rules = format!(
+        "[[access.rules]]\npath = {paths}\npolicy = \"{policy}\"\n\
+         [[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n"
+    );
+    spawn_app_with(move |s| {
+        gated(s, "127.0.0.1");
+        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    })
+    .await
+}
+
 /// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
 fn gated_with_admin_denied(s: &mut Settings) {
     gated_with_rules(s, "^/public/", "^/admin");
@@ -557,19 +571,7 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
 
     // Two of those at once, as a framework that decodes and splits at `;` hands over values
     // its application strips (review 114), also with the path read otherwise.
-    let app = spawn_app_with(|s| {
-        gated(s, "127.0.0.1");
-        let rules = r#"
-            [[access.rules]]
-            path = ["^/dl\\?(.*&)?f=x@y\\.z(&|$)", "^/export\\?(.*&)?fmt=csv(&|$)"]
-            policy = "deny"
-            [[access.rules]]
-            domain = ["*.example.test"]
-            policy = "one_factor"
-        "#;
-        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
-    })
-    .await;
+    let app = with_one_rule(r#"["^/dl\\?(.*&)?f=x@y\\.z(&|$)", "^/export\\?(.*&)?fmt=csv(&|$)"]"#, "deny").await;
     let cookie = session_cookie(&app, Factors::Two).await;
     let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
     assert_eq!(caddy("/dl?f=x@y.z").await.unwrap().status(), StatusCode::FORBIDDEN);
@@ -618,19 +620,7 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     // A rule naming the query's `?` names the separator, not one inside the query (review 112
     // reached `/admin/x` with `?.css?v=1` past a bypass for `\.(css|js)\?v=[0-9]+$`); and a
     // page's bypass holds whatever the query (`/?utm_source=x`, the same review).
-    let app = spawn_app_with(|s| {
-        gated(s, "127.0.0.1");
-        let rules = r#"
-            [[access.rules]]
-            path = ["^/$", "\\.(css|js)\\?v=[0-9]+$"]
-            policy = "bypass"
-            [[access.rules]]
-            domain = ["*.example.test"]
-            policy = "one_factor"
-        "#;
-        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
-    })
-    .await;
+    let app = with_one_rule(r#"["^/$", "\\.(css|js)\\?v=[0-9]+$"]"#, "bypass").await;
     let anonymous = |path: &str| forward_auth(&app, path, &[]).send();
     for path in ["/admin/x?.css?v=1", "/admin/x?a=1&b=.js?v=22", "/admin/x?%3F.css?v=1"] {
         let status = anonymous(path).await.unwrap().status();
