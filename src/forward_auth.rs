@@ -180,8 +180,8 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     };
     // Every reading of the path with every reading of the query: an application may read
     // both otherwise at once (`/%EF%BD%85xport?fmt=%EF%BD%83sv`, the same review).
-    let mut paths = readings.other;
-    paths.push(path.clone());
+    // `other_readings` holds the normalised path too.
+    let paths = readings.other;
     let other = tidy(combined(&paths, &[&queries, &kept_queries]));
     let case_folded = tidy(
         [
@@ -483,9 +483,9 @@ fn raw_path(raw: &str) -> &str {
     rest.find(['?', '#']).map_or(rest, |i| &rest[..i])
 }
 
-/// The readings of the path `raw` (as sent) that applications make besides
-/// [`normalise_path`]'s, each found routing a request past a rule
-/// that the normalised reading applied (by reviews, through real nginx and Caddy):
+/// The readings of the path `raw` (as sent) that applications make: [`normalise_path`]'s,
+/// and these, each found routing a request past a rule that the normalised reading applied
+/// (by reviews, through real nginx and Caddy):
 /// - as sent (characters a URL may not hold percent-encoded, so rules see ASCII, nothing
 ///   decoded, merged or dropped): routers that match the raw path (Express) send
 ///   `/%70ublic/x` and `/public;x/a` elsewhere than `/public/`;
