@@ -342,10 +342,10 @@ impl Settings {
             session_absolute_timeout: p.parse("session_absolute_timeout", parse_duration)?,
             captcha_after_failures: p.parse("captcha_after_failures", |s| parse_range(s, 0, 1000))?,
             failure_window: p.parse("failure_window", parse_duration)?,
-            trusted_proxies: p.parse_list("trusted_proxies", parse_trusted_proxy)?,
+            trusted_proxies: p.parse_whole_list("trusted_proxies", parse_trusted_proxy, trusting_no_everyone)?,
             login_quota_per_ip: p.parse("login_quota_per_ip", parse_rate)?,
             login_quota_per_user: p.parse("login_quota_per_user", parse_rate)?,
-            audit_retention: p.parse("audit_retention", parse_duration)?,
+            audit_retention: p.parse("audit_retention", parse_retention)?,
             audit_max_records: p.parse("audit_max_records", |s| parse_range(s, 1, 1_000_000_000))?.into(),
             audit_log_bytes_per_day: u64::from(p.parse("audit_log_mib_per_day", |s| parse_range(s, 1, 1_048_576))?)
                 << 20,
@@ -425,6 +425,19 @@ impl Settings {
             }
             if parent && psl::domain(rp_id.as_bytes()).is_none() {
                 return Err(p.invalid("webauthn_rp_id", "is a public suffix: browsers refuse it as a relying party"));
+            }
+        }
+        // Two listeners on one address fail only when the server starts, after `config check`
+        // (and a unit's `ExecStartPre=`) said the configuration was fine.
+        let listeners = [("https_addr", Some(settings.https_addr)), ("http_addr", settings.http_addr)];
+        for (key, addr) in [("http_addr", settings.http_addr), ("metrics_addr", settings.metrics_addr)] {
+            let Some(addr) = addr else { continue };
+            if let Some((other, _)) =
+                listeners.iter().take_while(|(k, _)| *k != key).find(|(_, o)| o.is_some_and(|o| same_socket(o, addr)))
+            {
+                return Err(
+                    p.invalid(key, &format!("is the address {other} listens on: give each listener its own port"))
+                );
             }
         }
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
@@ -739,6 +752,19 @@ impl Parser {
         };
         items.iter().map(|s| f(s).map_err(|m| self.invalid(key, &m))).collect()
     }
+
+    /// [`Self::parse_list`], then `whole` on the list it read, for rules about the entries
+    /// together (ranges that between them cover everything).
+    fn parse_whole_list<T>(
+        &self,
+        key: &'static str,
+        f: impl Fn(&str) -> Result<T, String>,
+        whole: impl Fn(&[T]) -> Result<(), String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let items = self.parse_list(key, f)?;
+        whole(&items).map_err(|m| self.invalid(key, &m))?;
+        Ok(items)
+    }
 }
 
 /// `text` with control and invisible characters (line breaks, terminal escapes, bidi) written
@@ -833,6 +859,29 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 /// quota, a `handshake_timeout` of `1ms` refuses every client.
 pub const MIN_DURATION: Duration = Duration::from_secs(1);
 
+/// Whether two listeners would take the same socket: one port (not 0, which the system picks)
+/// on one address, or on a wildcard (`0.0.0.0`, `::`) beside any.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// `audit_retention`: a [`parse_duration`] of at least a day, counted in whole days (rounded
+/// down), as the daily log files are: a review's `90s`, meant as days, deleted every
+/// failed-login record within seconds.
+///
+/// # Errors
+/// As [`parse_duration`], and for less than a day.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    const DAY: u64 = 86_400;
+    let d = parse_duration(s)?;
+    if d.as_secs() < DAY {
+        return Err(format!(
+            "`{s}` is less than a day: failed-login records and log files are kept for whole days (at least 1d)"
+        ));
+    }
+    Ok(Duration::from_secs(d.as_secs() / DAY * DAY))
+}
+
 /// Durations like `30s`, `15m`, `12h`, `90d`, at least [`MIN_DURATION`] (1 second) and at
 /// most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -895,17 +944,47 @@ pub fn parse_trusted_net(s: &str) -> Result<IpNet, String> {
     parse_net(s)
 }
 
-/// A `trusted_proxies` entry: [`parse_trusted_net`], and not every address there is (`/0`):
-/// a client believed on its own `X-Forwarded-For` names any address it likes, so quotas per
-/// address would hold no one (found by a review, 25 of 25 guesses from one host answered).
+/// A `trusted_proxies` entry: [`parse_trusted_net`], and no wider than a private network's
+/// range (`10.0.0.0/8` for IPv4, `fc00::/7` for IPv6): no proxy fleet spans more, and a
+/// range that does (`0.0.0.0/1`) trusts half of the Internet's clients to name their own
+/// addresses (a review passed `0.0.0.0/1` and `128.0.0.0/1`, together every address).
+///
+/// # Errors
+/// As [`parse_trusted_net`], and for a wider range, naming the widest believed.
 fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
     let net = parse_trusted_net(s)?;
-    if net.prefix_len() == 0 {
+    let widest = match net {
+        IpNet::V4(_) => 8,
+        IpNet::V6(_) => 7,
+    };
+    if net.prefix_len() < widest {
         return Err(format!(
-            "`{s}` trusts every address, so any client could name its own address in X-Forwarded-For and no per-address quota would hold: list the proxies' addresses or ranges"
+            "`{s}` trusts {}, so clients in it could name their own addresses in X-Forwarded-For and no per-address quota would hold them: list the proxies' addresses or ranges (/{widest} at the widest)",
+            if net.prefix_len() == 0 { "every address".to_string() } else { format!("a /{} of the Internet", net.prefix_len()) },
         ));
     }
     Ok(net)
+}
+
+/// The `trusted_proxies` list, refused when its ranges cover every IPv4 or every IPv6 address
+/// between them (`0.0.0.0/0`, or `0.0.0.0/1` with `128.0.0.0/1`): a client believed on its
+/// own `X-Forwarded-For` names any address it likes, so quotas per address would hold no one
+/// (found by reviews: 25 of 25 guesses from one host answered, then the same through two
+/// halves).
+///
+/// # Errors
+/// Naming the family of addresses the ranges cover.
+fn trusting_no_everyone(nets: &[IpNet]) -> Result<(), String> {
+    let families = [("IPv4", IpNet::V4(ipnet::Ipv4Net::default())), ("IPv6", IpNet::V6(ipnet::Ipv6Net::default()))];
+    for (family, all) in families {
+        let within: Vec<IpNet> = nets.iter().copied().filter(|n| all.contains(n)).collect();
+        if IpNet::aggregate(&within).contains(&all) {
+            return Err(format!(
+                "its ranges together trust every {family} address, so any client could name its own address in X-Forwarded-For and no per-address quota would hold: list the proxies' addresses or ranges"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `net` as an IPv4 range when it lies within `::ffff:0:0/96` (RFC 4291 §2.5.5.2).
@@ -961,6 +1040,23 @@ mod tests {
             let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
             assert!(e.contains("trusts every address"), "{everyone}: {e}");
         }
+        for wide in ["0.0.0.0/1, 128.0.0.0/1", "10.0.0.1, 2000::/3", "::ffff:128.0.0.0/97", "::/1, 8000::/1"] {
+            let flags = &flags(&[("trusted_proxies", wide)]);
+            let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
+            assert!(
+                e.contains("of the Internet") && (e.contains("/8 at the widest") || e.contains("/7 at the widest")),
+                "{wide}: {e}"
+            );
+        }
+        // Between them, many ranges each narrow enough can still cover a whole family.
+        let halves: Vec<String> = (0..=255).map(|a| format!("{a}.0.0.0/8")).collect();
+        let many = &flags(&[("trusted_proxies", &halves.join(","))]);
+        let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
+        assert!(e.contains("together trust every IPv4 address"), "{e}");
+        for fine in ["10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "fc00::/7, 127.0.0.1", "0.0.0.0/8, 128.0.0.0/8"] {
+            let fine_flags = &flags(&[("trusted_proxies", fine)]);
+            assert!(Settings::from_layers(None, fine_flags, &Overrides::new()).is_ok(), "{fine}");
+        }
         let flags = &flags(&[("trusted_proxies", "127.0.0.1/24")]);
         let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
         assert!(e.contains("trusted_proxies") && e.contains("127.0.0.0/24"), "{e}");
@@ -981,6 +1077,35 @@ mod tests {
 
     fn flags(pairs: &[(&str, &str)]) -> Overrides {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn two_listeners_on_one_socket_are_refused_before_the_start() {
+        for (key, value, clash) in [
+            ("metrics_addr", "127.0.0.1:4000", "https_addr"),
+            ("metrics_addr", "0.0.0.0:4000", "https_addr"),
+            ("http_addr", "127.0.0.1:4000", "https_addr"),
+            ("metrics_addr", "127.0.0.1:4080", "http_addr"),
+        ] {
+            let layers = &flags(&[(key, value), ("http_addr", "127.0.0.1:4080")]);
+            let layers = if key == "http_addr" { &flags(&[(key, value)]) } else { layers };
+            let e = Settings::from_layers(None, layers, &Overrides::new()).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(&format!("the address {clash} listens on")), "{key}={value}: {e}");
+        }
+        let fine = &flags(&[("metrics_addr", "127.0.0.1:9100"), ("http_addr", "127.0.0.2:4000")]);
+        assert!(Settings::from_layers(None, fine, &Overrides::new()).is_ok());
+    }
+
+    #[test]
+    fn audit_retention_is_whole_days_and_at_least_one() {
+        for short in ["90s", "90m", "23h", "1s"] {
+            let e = Settings::from_layers(None, &flags(&[("audit_retention", short)]), &Overrides::new()).unwrap_err();
+            assert!(e.to_string().contains("less than a day"), "{short}: {e}");
+        }
+        for (written, days) in [("1d", 1), ("36h", 1), ("90d", 90), ("2weeks", 14)] {
+            let s = Settings::from_layers(None, &flags(&[("audit_retention", written)]), &Overrides::new()).unwrap();
+            assert_eq!(s.audit_retention, Duration::from_secs(days * 86_400), "{written}");
+        }
     }
 
     #[test]
