@@ -327,7 +327,12 @@ impl Application {
         background.push(spawn_ceremony_purge(passkeys.clone()));
         let factors = SecondFactors::new(services.store.clone(), Arc::new(factor_key)).with_passkeys(passkeys.clone());
         background.push(spawn_session_purge(services.sessions.clone(), factors.clone()));
-        background.push(spawn_retention(services.store.clone(), settings.audit_retention, settings.audit_max_records));
+        background.push(spawn_retention(
+            services.store.clone(),
+            settings.log_dir.clone(),
+            settings.audit_retention,
+            settings.audit_max_records,
+        ));
         background.push(spawn_count_closing(services.audit.clone()));
         // PostgreSQL's readiness check is real; sled's always passes, so there the store counts
         // as working again only after an interval without a fault.
@@ -568,9 +573,10 @@ fn spawn_count_closing(audit: Audit) -> JoinHandle<()> {
 }
 
 /// Counts the failed-login records once (so `audit_max_records` applies from then on,
-/// dropping the oldest beyond it), then deletes records older than `audit_retention`, and
-/// the notes of whose removed passkeys were, at start and hourly.
-fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinHandle<()> {
+/// dropping the oldest beyond it), then deletes records older than `audit_retention`, the
+/// notes of whose removed passkeys were, and the daily log files in `log_dir` past it, at
+/// start and hourly.
+fn spawn_retention(store: Store, log_dir: std::path::PathBuf, retention: Duration, max_records: u64) -> JoinHandle<()> {
     tokio::spawn(async move {
         match store.failures.enforce_cap(Some(max_records)).await {
             Ok(n) => tracing::debug!(records = n, "failed-login records counted"),
@@ -588,6 +594,11 @@ fn spawn_retention(store: Store, retention: Duration, max_records: u64) -> JoinH
             // Whose removed passkeys were, kept as long as the records that name them.
             if let Err(e) = store.passkeys.purge_removed_passkeys(cutoff).await {
                 tracing::warn!(error = %e, "could not forget old removed passkeys");
+            }
+            match crate::audit::prune_log_files(&log_dir, retention, crate::store::now_ms()) {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "old log files removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete old log files"),
+                _ => {}
             }
         }
     })

@@ -440,6 +440,42 @@ pub struct Audit {
     instance: Arc<str>,
 }
 
+/// Deletes the daily log files in `log_dir` whose every line is older than `retention` at
+/// `now_ms` (Unix milliseconds): `auth.log.YYYY-MM-DD` once the end of that UTC day is
+/// `retention` past. Files named otherwise are left alone, so today's, and any an operator
+/// put there, stay. Returns how many were deleted.
+///
+/// # Errors
+/// When `log_dir` cannot be listed or a file past retention cannot be deleted.
+pub fn prune_log_files(log_dir: &Path, retention: std::time::Duration, now_ms: u64) -> std::io::Result<usize> {
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(log_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(date) = name.to_str().and_then(|n| n.strip_prefix("auth.log.")).and_then(log_file_date) else {
+            continue;
+        };
+        let Some(end) = date.next_day() else { continue };
+        let end_ms = end.midnight().assume_utc().unix_timestamp().max(0) as u64 * 1000;
+        if end_ms.saturating_add(retention.as_millis() as u64) <= now_ms {
+            std::fs::remove_file(entry.path())?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The day a daily log file's name ends with (`YYYY-MM-DD`, as tracing-appender writes it).
+fn log_file_date(day: &str) -> Option<time::Date> {
+    let mut parts = day.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || (y.len(), m.len(), d.len()) != (4, 2, 2) {
+        return None;
+    }
+    let month = time::Month::try_from(m.parse::<u8>().ok()?).ok()?;
+    time::Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()
+}
+
 impl Audit {
     /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them,
     /// as the instance named after this host (`instance_name`'s default): see [`Audit::open_as`].
@@ -457,10 +493,18 @@ impl Audit {
         crate::store::ensure_private_dir(log_dir, |name| name.starts_with("auth.log"))
             .with_context(|| format!("cannot use {}", log_dir.display()))?;
         let budget = Arc::new(LogBudget::new(log_dir));
+        // Old files go by the date in their names (`prune_log_files`), not by tracing-appender's
+        // `max_log_files`, which keeps the newest files by creation time: a review saw it keep
+        // files years old through quiet days, and delete today's when older ones were copied in.
+        prune_log_files(
+            log_dir,
+            std::time::Duration::from_secs(keep_days.max(1) as u64 * 86_400),
+            crate::store::now_ms(),
+        )
+        .with_context(|| format!("cannot delete old log files in {}", log_dir.display()))?;
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
             .filename_prefix("auth.log")
-            .max_log_files(keep_days.max(1))
             .build(log_dir)
             .with_context(|| format!("cannot open the log in {}", log_dir.display()))?;
         let format =

@@ -387,17 +387,32 @@ async fn log_files_rotate_daily_and_old_ones_are_deleted_past_the_retention() {
     let mut settings = test_settings(dir.path());
     settings.audit_retention = std::time::Duration::from_secs(3 * 86_400);
     std::fs::create_dir_all(&settings.log_dir).unwrap();
-    for day in 1..=6 {
-        std::fs::write(settings.log_dir.join(format!("auth.log.2020-01-0{day}")), "{}\n").unwrap();
+    let day = |days_ago: u64| {
+        let at = portcullis::store::now_ms() - days_ago * 86_400_000;
+        format!("auth.log.{}", &portcullis::audit::rfc3339(at)[..10])
+    };
+    // Today's file first, with a line in it; then older ones, created after it (a review saw
+    // files copied in later make the newest-by-creation rule delete today's), and files years
+    // old, which a rule keeping the newest N kept through quiet days.
+    std::fs::write(settings.log_dir.join(day(0)), "{\"kept\":true}\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for name in [day(1), day(3), day(4), day(10), "auth.log.2020-01-01".into(), "auth.log.2020-01-02".into()] {
+        std::fs::write(settings.log_dir.join(name), "{}\n").unwrap();
     }
+    std::fs::write(settings.log_dir.join("auth.log.notes"), "an operator's\n").unwrap();
     let app = crate::helpers::spawn_in(dir, settings).await;
-    let names: Vec<String> = std::fs::read_dir(&app.settings.log_dir)
+    let mut names: Vec<String> = std::fs::read_dir(&app.settings.log_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let today = format!("auth.log.{}", &portcullis::audit::rfc3339(portcullis::store::now_ms())[..10]);
-    assert!(names.contains(&today), "{names:?}");
-    assert!(names.len() <= 4, "three days kept besides today at most: {names:?}");
+    names.sort();
+    // A file goes once its last line is older than the retention: the day 3 days ago ended
+    // 2 days ago, so it stays; 4 days ago, gone.
+    let mut kept = vec![day(0), day(1), day(3), "auth.log.notes".to_string()];
+    kept.sort();
+    assert_eq!(names, kept);
+    let today = std::fs::read_to_string(app.settings.log_dir.join(day(0))).unwrap();
+    assert!(today.starts_with("{\"kept\":true}\n"), "{today}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
