@@ -385,6 +385,14 @@ impl Gate {
             let method = d.original_method.ok_or(TargetError::Missing("X-Original-Method"))?;
             Ok(Some((url.to_string(), method)))
         };
+        // A method header of the other set, sent without its URL, still describes the request:
+        // one that differs is a contradiction, as a differing URL is (a review sent
+        // `X-Original-Method: DELETE` beside `X-Forwarded-Method: GET` and was judged on GET).
+        if let (Some(a), Some(b)) = (d.forwarded_method, d.original_method) {
+            if !a.trim().eq_ignore_ascii_case(b.trim()) {
+                return Err(TargetError::Contradictory);
+            }
+        }
         let (forwarded, original) = (from_forwarded()?, from_original()?);
         let (raw, method) = match (flavour, forwarded, original) {
             (Flavour::ForwardAuth, None, _) => return Err(TargetError::Missing("X-Forwarded-Host")),
@@ -952,6 +960,12 @@ mod tests {
             Described { original_url: Some("https://other.example.com/"), original_method: Some("GET"), ..fa.clone() };
         assert_eq!(g.target(Flavour::ForwardAuth, &both_differ), Err(TargetError::Contradictory));
         assert_eq!(g.target(Flavour::AuthRequest, &both_differ), Err(TargetError::Contradictory));
+        let other_method = Described { original_method: Some("DELETE"), ..fa.clone() };
+        assert_eq!(g.target(Flavour::ForwardAuth, &other_method), Err(TargetError::Contradictory));
+        let same_method = Described { original_method: Some(" GET"), ..fa.clone() };
+        assert!(g.target(Flavour::ForwardAuth, &same_method).is_ok());
+        let other_method = Described { forwarded_method: Some("GET"), ..ar.clone() };
+        assert_eq!(g.target(Flavour::AuthRequest, &other_method), Err(TargetError::Contradictory));
         let both_agree = Described {
             original_url: Some("https://app.example.com//%61dmin?x=%2F"),
             original_method: Some("GET"),

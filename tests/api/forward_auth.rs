@@ -155,6 +155,9 @@ async fn missing_or_contradictory_headers_and_targets_off_the_gated_hosts_get_40
         ("a host with a path", described("https", "app.example.test/public")),
         ("a host with a fragment", described("https", "app.example.test#")),
         ("a scheme with a host and path", described("https://app.example.test/public/x?a=", "app.example.test")),
+        // A method header of the other set without its URL still describes the request.
+        ("nginx's method alone disagrees", forward_auth(&app, "/", &[("x-original-method", "DELETE")])),
+        ("forward-auth's method alone disagrees", auth_request(&app, "/", "").header("x-forwarded-method", "DELETE")),
     ]);
     for (what, req) in cases {
         let resp = req.send().await.unwrap();

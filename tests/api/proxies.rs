@@ -121,7 +121,8 @@ async fn upstream() -> SocketAddr {
         };
         let names = ["x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-path"];
         let rewrites: Vec<String> = names.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
-        let overrides = ["x-http-method-override", "x-http-method", "x-method-override"];
+        let overrides =
+            ["x-http-method-override", "x-http-method", "x-method-override", "x-original-method", "x-forwarded-method"];
         let overrides: Vec<String> =
             overrides.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
         poem::web::Json(serde_json::json!({
@@ -474,6 +475,10 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
             ("x_http_method_override", "DELETE"),
             ("x-http-method", "DELETE"),
             ("x-method-override", "DELETE"),
+            ("x-original-method", "DELETE"),
+            ("x_original_method", "DELETE"),
+            ("x-forwarded-method", "DELETE"),
+            ("x_forwarded_method", "DELETE"),
         ],
     )
     .await;
