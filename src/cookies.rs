@@ -7,20 +7,63 @@ use poem::Request;
 /// The first cookie called `name` (a `__Host-` name, renamed by the request's [`Scope`]) in
 /// the request's `Cookie` headers.
 pub fn get(req: &Request, name: &str) -> Option<String> {
+    values(req, name).next()
+}
+
+/// Every cookie called `name` (as [`get`] reads it) in the request, without repeats, in the
+/// order sent: a browser sends one per path and domain it holds under that name, the
+/// longest path first, so a host under `cookie_domain` can put its own before ours for a
+/// path of its choosing (cookie tossing, see [`clear_under`]).
+pub fn get_all(req: &Request, name: &str) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for v in values(req, name) {
+        if !all.contains(&v) {
+            all.push(v);
+        }
+    }
+    all
+}
+
+/// The values of the cookies called `name` under the request's [`Scope`], in order.
+fn values<'a>(req: &'a Request, name: &str) -> impl Iterator<Item = String> + 'a {
     let name = match req.extensions().get::<Scope>() {
-        Some(scope) => scope.name(name),
-        None => std::borrow::Cow::Borrowed(name),
+        Some(scope) => scope.name(name).into_owned(),
+        None => name.to_string(),
     };
-    let name = name.as_ref();
     req.headers()
         .get_all(poem::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_string())
 }
+
+/// `Set-Cookie` values removing the cookies called `name` that a browser would send with a
+/// request for `path` on a path of their own (`/wiki`, `/wiki/`, `/wiki/page` for
+/// `/wiki/page`): those only a host under `cookie_domain` sets (cookie tossing), since every
+/// cookie this server sets has `Path=/`, which is never removed. For at most the first
+/// [`TOSSED_DEPTH`] segments, so that the answer's headers stay small enough for a proxy's
+/// buffer; a path that cannot be a cookie's (`;`, controls, over 1,024 bytes) is skipped.
+pub fn clear_under(name: &str, path: &str) -> Vec<String> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut paths: Vec<&str> = Vec::new();
+    for (i, _) in path.match_indices('/').skip(1).take(TOSSED_DEPTH) {
+        paths.extend([&path[..i], &path[..=i]]);
+    }
+    if path.matches('/').count() <= TOSSED_DEPTH && path.len() > 1 && !path.ends_with('/') {
+        paths.push(path);
+    }
+    paths
+        .into_iter()
+        .filter(|p| p.len() <= 1024 && !p.chars().any(|c| c == ';' || c.is_control()))
+        .map(|p| format!("{name}=; Path={p}; Secure; HttpOnly; SameSite=Lax; Max-Age=0"))
+        .collect()
+}
+
+/// How many segments of a path [`clear_under`] clears tossed cookies under.
+pub const TOSSED_DEPTH: usize = 8;
 
 /// A `Set-Cookie` value for a host-only, HTTPS-only cookie that scripts cannot read.
 /// `max_age` of `None` makes it last until the browser closes.
@@ -90,7 +133,22 @@ const SECURE_PREFIX: &str = "__Secure-";
 pub async fn scoped<E: poem::Endpoint>(ep: &E, mut req: Request, scope: Scope) -> poem::Result<poem::Response> {
     use poem::IntoResponse;
     req.extensions_mut().insert(scope.clone());
+    // A name sent twice means a cookie of that name scoped to this path or above it was set
+    // by some other host under the domain (ours all have `Path=/`): it goes, whatever this
+    // request makes of it, so that it cannot keep a browser signed out or signed in as
+    // someone else here.
+    let tossed: Vec<String> = match scope.domain {
+        Some(_) => crate::routes::SCOPED_COOKIES
+            .iter()
+            .filter(|n| values(&req, n).nth(1).is_some())
+            .flat_map(|n| clear_under(n, req.uri().path()))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut resp = ep.call(req).await?.into_response();
+    for v in tossed.iter().filter_map(|v| v.parse().ok()) {
+        resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
+    }
     if scope.domain.is_some() {
         let values: Vec<_> = resp.headers().get_all(poem::http::header::SET_COOKIE).iter().cloned().collect();
         if !values.is_empty() {
@@ -127,6 +185,31 @@ mod tests {
         let host_only = Scope::default();
         assert_eq!(host_only.name("__Host-portcullis"), "__Host-portcullis");
         assert_eq!(host_only.rewrite(&set("__Host-portcullis", "v", None)), None);
+    }
+
+    #[test]
+    fn tossed_cookies_are_cleared_on_every_path_a_request_would_send_them_but_ours() {
+        let paths = |path: &str| -> Vec<String> {
+            clear_under("n", path)
+                .iter()
+                .map(|c| c.strip_prefix("n=; Path=").unwrap().split(';').next().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(paths("/"), Vec::<String>::new());
+        assert_eq!(paths("/wiki"), ["/wiki"]);
+        assert_eq!(paths("/wiki/page?x=/y#z"), ["/wiki", "/wiki/", "/wiki/page"]);
+        assert_eq!(paths("/wiki/"), ["/wiki", "/wiki/"]);
+        assert!(paths("/a;b/c").is_empty(), "no cookie has a `;` in its path");
+        let deep = "/a".repeat(TOSSED_DEPTH + 3);
+        assert_eq!(paths(&deep).len(), 2 * TOSSED_DEPTH);
+        assert!(clear_under("n", "/x").iter().all(|c| c.ends_with("; Secure; HttpOnly; SameSite=Lax; Max-Age=0")));
+    }
+
+    #[test]
+    fn every_value_of_a_name_is_read_once_in_the_order_sent() {
+        let req = Request::builder().header("cookie", "n=b; m=x; n=a; n=b").header("cookie", "n=c").finish();
+        assert_eq!(get_all(&req, "n"), ["b", "a", "c"]);
+        assert_eq!(get(&req, "n").as_deref(), Some("b"));
     }
 
     #[test]

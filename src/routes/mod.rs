@@ -27,6 +27,18 @@ use crate::app::AppState;
 use crate::fault_log::Severity;
 use crate::session::{ActiveSession, SESSION_COOKIE};
 
+/// Every cookie this server sets under `cookie_domain`'s `__Secure-` name (the device cookie
+/// stays `__Host-`, which no other host can set): copies of them on paths of their own, which
+/// only another host under the domain sets, are cleared ([`crate::cookies::scoped`]).
+pub(crate) const SCOPED_COOKIES: [&str; 6] = [
+    SESSION_COOKIE,
+    crate::factors::MFA_COOKIE,
+    crate::csrf::PRELOGIN_COOKIE,
+    crate::passkeys::CEREMONY_COOKIE,
+    flash::FLASH_COOKIE,
+    account::confirm::CONFIRMED_COOKIE,
+];
+
 /// Largest form body accepted.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
@@ -473,7 +485,7 @@ fn parameters_tidied(value: &str) -> String {
 // The error is the very response the handler returns at once; boxing it gains nothing.
 #[allow(clippy::result_large_err)]
 pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
-    let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
+    let Some(cookie) = session_cookie(req, state).await? else { return Ok(None) };
     let found = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
     Ok(found.map(|s| account::confirm::with_confirmation(req, state, s)))
 }
@@ -485,10 +497,48 @@ pub async fn current_session_listing(
     req: &Request,
     state: &AppState,
 ) -> Result<Option<(ActiveSession, Vec<crate::store::StoredSession>)>, Response> {
-    let Some(cookie) = crate::cookies::get(req, SESSION_COOKIE) else { return Ok(None) };
+    let Some(cookie) = session_cookie(req, state).await? else { return Ok(None) };
     let found = state.sessions.resolve_listing(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
     Ok(found.map(|(s, listed)| (account::confirm::with_confirmation(req, state, s), listed)))
 }
+
+/// The session cookie to resolve: the request's only one, or of several (a host under
+/// `cookie_domain` can set its own for a path of its choosing, which browsers send before
+/// ours) the only one whose session is live. Two live sessions are never picked between,
+/// since the one sent first may be an attacker's, signed in as them (cookie tossing, found by
+/// a review): the request is answered as signed out, and the tossed cookie is cleared
+/// ([`crate::cookies::scoped`], and `GET /login` for an application's path). Past
+/// [`MAX_SESSION_COOKIES`] values none is looked up.
+#[allow(clippy::result_large_err)]
+async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String>, Response> {
+    let mut all = crate::cookies::get_all(req, SESSION_COOKIE);
+    if all.len() <= 1 {
+        return Ok(all.pop());
+    }
+    if all.len() > MAX_SESSION_COOKIES {
+        tracing::warn!(
+            cookies = all.len(),
+            "a request sent more session cookies than are looked up: answered as signed out"
+        );
+        return Ok(None);
+    }
+    let mut live: Vec<(String, crate::store::TokenHash)> = Vec::new();
+    for cookie in all {
+        if let Some(s) = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))? {
+            if !live.iter().any(|(_, hash)| *hash == s.token_hash) {
+                live.push((cookie, s.token_hash));
+            }
+        }
+    }
+    if live.len() > 1 {
+        tracing::warn!(sessions = live.len(), "a request sent the cookies of more than one live session (cookie tossing by a host under cookie_domain?): answered as signed out");
+        return Ok(None);
+    }
+    Ok(live.pop().map(|(cookie, _)| cookie))
+}
+
+/// How many session cookies of one request [`session_cookie`] looks up at most.
+const MAX_SESSION_COOKIES: usize = 4;
 
 /// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)
 /// without one, 503 when the store cannot say.

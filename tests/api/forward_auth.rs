@@ -777,3 +777,80 @@ async fn rules_with_capital_letters_apply_and_other_cases_of_their_paths_are_ref
     assert_eq!(signed_in("/admin/users").await, StatusCode::BAD_REQUEST, "denied to a case-insensitive router");
     assert_eq!(signed_in("/Home/Index").await, StatusCode::OK);
 }
+
+/// A host under `cookie_domain` can set a session cookie of its own for a path of its
+/// choosing, which browsers send before ours (cookie tossing, found by a review: signed in as
+/// alice, the victim was mallory under `/wiki`, and signing in again did not mend it).
+#[tokio::test]
+async fn a_session_cookie_another_host_tossed_is_never_picked_and_is_cleared() {
+    let app = spawn_app_with(|s| gated(s, "127.0.0.1")).await;
+    let alice = session_cookie(&app, Factors::One).await;
+    app.add_user("mallory", GOOD_PASSWORD, false).await;
+    let mallory = app.state.store.users.get("mallory").await.unwrap().unwrap();
+    let token = app.state.sessions.create(&mallory, Factors::One, "127.0.0.1".parse().unwrap(), "test").await.unwrap();
+    let mallory = format!("__Secure-portcullis={}", token.encode());
+    let gate = &app;
+    let verify = |cookie: String| async move {
+        let resp = forward_auth(gate, "/wiki/page", &[("cookie", &cookie)]).send().await.unwrap();
+        let user = resp.headers().get("remote-user").map(|v| v.to_str().unwrap().to_string());
+        (resp.status(), user)
+    };
+    // Two live sessions: neither, whichever comes first.
+    for cookie in [format!("{mallory}; {alice}"), format!("{alice}; {mallory}")] {
+        let (status, user) = verify(cookie.clone()).await;
+        assert_eq!((status, user), (StatusCode::FOUND, None), "{cookie}");
+    }
+    // One live session among cookies that are not: that one (a tossed value that is no session
+    // cannot sign a browser out), repeats of it too.
+    let garbage = "__Secure-portcullis=garbage";
+    let expired = "__Secure-portcullis=".to_string() + &"A".repeat(43);
+    for cookie in [format!("{garbage}; {alice}"), format!("{expired}; {alice}; {garbage}"), format!("{alice}; {alice}")]
+    {
+        assert_eq!(verify(cookie.clone()).await, (StatusCode::OK, Some("alice".to_string())), "{cookie}");
+    }
+    // More than are looked up: none.
+    let many: Vec<String> = (0..4).map(|i| format!("__Secure-portcullis=x{i}")).collect();
+    assert_eq!(verify(format!("{}; {alice}", many.join("; "))).await.0, StatusCode::FOUND);
+
+    // The gate sends such a browser to sign in, where only ours is sent (`Path=/`): it is sent
+    // back with the application path's own session cookies removed, or it would loop.
+    let rd = "https://app.example.test/wiki/page?x=1";
+    let resp = app
+        .client
+        .get(app.url(&format!("/login?rd={}", urlencoding(rd))))
+        .header("cookie", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], rd);
+    let cleared: Vec<&str> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    for path in ["/wiki", "/wiki/", "/wiki/page"] {
+        let want = format!(
+            "__Secure-portcullis=; Path={path}; Secure; HttpOnly; SameSite=Lax; Max-Age=0; Domain=example.test"
+        );
+        assert!(cleared.contains(&want.as_str()), "{path}: {cleared:?}");
+    }
+    assert!(!cleared.iter().any(|c| c.contains("Path=/;")), "ours stays: {cleared:?}");
+
+    // On this server's own pages the request that sends two clears the path's copies itself.
+    let resp =
+        app.client.get(app.url("/account/totp")).header("cookie", format!("{mallory}; {alice}")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "signed out, not mallory");
+    let cleared: Vec<&str> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    for path in ["/account", "/account/", "/account/totp"] {
+        let want = format!(
+            "__Secure-portcullis=; Path={path}; Secure; HttpOnly; SameSite=Lax; Max-Age=0; Domain=example.test"
+        );
+        assert!(cleared.contains(&want.as_str()), "{path}: {cleared:?}");
+    }
+    // A browser sending one sets off nothing.
+    let resp = app.client.get(app.url("/account/totp")).header("cookie", &alice).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("set-cookie").is_none());
+}
+
+/// `s` percent-encoded for a query value.
+fn urlencoding(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -35,7 +35,7 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
                 // Sent on at once only when the session is enough for that address; otherwise
                 // verify would send the browser straight back here, for ever.
                 Some(url) if crate::routes::authz::session_suffices(req, &state, url, &session) => {
-                    return see_other(url)
+                    return clearing_tossed(&state, url, see_other(url))
                 }
                 // Signing in again helps only someone with a second factor to sign in with;
                 // anyone else would come back here for ever, so they are sent to enrol one.
@@ -67,4 +67,23 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
         }
     };
     super::render(req, &state, Form { captcha, rd: rd.as_deref(), error, ..Form::new(StatusCode::OK, next) }).await
+}
+
+/// `resp`, sending a signed-in browser on to the application at `url`, with `Set-Cookie`s
+/// removing session cookies another host under `cookie_domain` set for that application's
+/// paths: the gate answers a browser that sends two live sessions as signed out, and sends it
+/// here, which sees only ours (`Path=/`) and would send it back for ever
+/// ([`crate::cookies::clear_under`]). Without `cookie_domain` the session cookie is `__Host-`,
+/// which has no other path and no other host can set.
+fn clearing_tossed(state: &crate::app::AppState, url: &str, mut resp: Response) -> Response {
+    if state.settings.cookie_domain.is_none() {
+        return resp;
+    }
+    let Ok(parsed) = url::Url::parse(url) else { return resp };
+    for v in crate::cookies::clear_under(crate::session::SESSION_COOKIE, parsed.path()) {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
