@@ -155,7 +155,14 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
         Request::UserPasswd { name, password } => {
             users.set_password(name, Password::new(password), by, None).await.map(|set| {
-                format!("password of {} changed; {} session(s) ended", set.user.display_name, set.sessions_ended)
+                let pending = match set.pending_ended {
+                    0 => String::new(),
+                    n => format!(" and {n} sign-in(s) waiting for a second step"),
+                };
+                format!(
+                    "password of {} changed; {} session(s){pending} ended",
+                    set.user.display_name, set.sessions_ended
+                )
             })
         }
         Request::UserGroups { name, add, remove } => users.change_groups(name, add, remove, by).await.map(|(n, g)| {

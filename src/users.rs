@@ -73,6 +73,9 @@ pub struct PasswordSet {
     pub user: User,
     /// How many of the user's sessions ended.
     pub sessions_ended: usize,
+    /// How many of the user's sign-ins waiting for their second step ended (the new password
+    /// voids them anyway; counted so that the answer says what went).
+    pub pending_ended: usize,
 }
 
 /// A user as `user list` shows it: never the hash.
@@ -245,7 +248,8 @@ impl UserAdmin {
         // every session at its next use; removing them is housekeeping that may fail alone.
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
         let ended = self.sessions.end_all(username.key(), None).await?;
-        Ok(PasswordSet { user: record, sessions_ended: ended })
+        let pending_ended = self.store.factors.take_pending_of(username.key()).await?;
+        Ok(PasswordSet { user: record, sessions_ended: ended, pending_ended })
     }
 
     /// The user's second factors (what `user factors` prints), with the stored name.

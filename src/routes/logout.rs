@@ -1,10 +1,12 @@
-//! `POST /logout`: ends the session on the server (durably), clears the cookie, 303 to /login.
+//! `POST /logout`: ends the session, and a sign-in waiting for its second step, on the server
+//! (durably), clears their cookies, 303 to /login.
 
 use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::audit::AuthEvent;
+use crate::factors::MFA_COOKIE;
 use crate::routes::{current_session, error_page, read_form, see_other, State};
 use crate::session::SESSION_COOKIE;
 use crate::{client, cookies};
@@ -33,6 +35,27 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         // The session could not even be read: not ended either, and said so.
         Err(resp) => return not_signed_out(resp.status()),
     };
+    // A sign-in waiting for its second step ends too ("Cancel and start again" posts here): on
+    // a shared computer whoever held the second factor (a phone, a sheet of recovery codes)
+    // could otherwise still finish it for 5 minutes without the password (found by a review).
+    if let Some(cookie) = cookies::get(req, MFA_COOKIE) {
+        let pending = match state.factors.pending(&cookie).await {
+            Ok(p) => p,
+            Err(e) => return not_signed_out(crate::routes::store_fault(&e, "could not read a pending sign-in")),
+        };
+        if let Some((hash, ..)) = pending {
+            let session_csrf = current.as_ref().is_some_and(|s| state.csrf.check_session(&s.token_hash, &form.csrf));
+            if !session_csrf && !state.csrf.check_session(&hash, &form.csrf) {
+                return error_page(StatusCode::FORBIDDEN);
+            }
+            if let Err(e) = state.factors.finish(&hash).await {
+                return not_signed_out(crate::routes::store_fault(&e, "could not end a pending sign-in"));
+            }
+        }
+        if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     if let Some(session) = current {
         if !state.csrf.check_session(&session.token_hash, &form.csrf) {
             return error_page(StatusCode::FORBIDDEN);

@@ -416,6 +416,57 @@ async fn resetting_the_users_factors_ends_a_pending_second_step() {
     assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
 }
 
+/// "Cancel and start again" and `POST /logout` end a sign-in waiting for its second step on
+/// the server: on a shared computer, whoever held the phone or a recovery code could
+/// otherwise still finish it without the password (found by a review).
+#[tokio::test]
+async fn cancelling_or_signing_out_at_the_second_step_ends_the_pending_sign_in() {
+    let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    enrol(&app, &first, fresh_step().await).await;
+    let pending_of = |resp: &reqwest::Response| {
+        let set = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string());
+        let mfa = set.into_iter().find(|c| c.starts_with("__Host-portcullis-mfa=")).unwrap();
+        mfa.split(';').next().unwrap().to_string()
+    };
+    let replayed = |cookie: String| {
+        let app = &app;
+        async move {
+            let other = app.new_browser();
+            let resp = other.get(app.url("/login/second-factor")).header("cookie", cookie).send().await.unwrap();
+            resp.status().as_u16()
+        }
+    };
+
+    let browser = app.new_browser();
+    let pending = pending_of(&password_step(&app, &browser, "alice").await);
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    let cancel = page.split("<form").find(|f| f.contains("Cancel and start again")).expect("a cancel form");
+    assert!(cancel.contains(r#"method="post" action="/logout""#), "a POST, never a link: {cancel}");
+    let csrf = hidden_field(cancel, "csrf").unwrap();
+    // A form from elsewhere ends nothing.
+    let resp = browser.post(app.url("/logout")).form(&[("csrf", "forged")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(replayed(pending.clone()).await, 200);
+    let resp = browser.post(app.url("/logout")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+    let cleared = resp.headers().get_all("set-cookie").iter().any(|v| {
+        let v = v.to_str().unwrap();
+        v.starts_with("__Host-portcullis-mfa=;") && v.contains("Max-Age=0")
+    });
+    assert!(cleared, "the cookie goes");
+    assert_eq!(replayed(pending).await, 303, "and the sign-in with it, on the server");
+
+    // An administrator's `user passwd` ends a waiting sign-in too, and says so.
+    let pending = pending_of(&password_step(&app, &app.new_browser(), "alice").await);
+    let new = portcullis::password::Password::new("a whole new passphrase");
+    let set = app.state.users.set_password("alice", new, "test", None).await.unwrap();
+    assert_eq!(set.pending_ended, 1);
+    assert_eq!(replayed(pending).await, 303);
+}
+
 #[tokio::test]
 async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was_waiting() {
     let app = spawn_app_with(|_| {}).await;
