@@ -93,6 +93,34 @@ pub struct Client {
     pub user_agent: String,
 }
 
+/// How a sign-in was made, for its `authn_login_success` line's `method` (and what goes with
+/// it), so that an operator sees a recovery code spent, and how many are left, without asking
+/// the store (found by a review).
+#[derive(Clone, Copy, Debug)]
+pub enum SignInMethod<'a> {
+    /// The password alone: no `method`.
+    Password,
+    /// The password, then a code from an authenticator app: `totp`.
+    Totp,
+    /// The password, then a recovery code: `recovery_code`, with the unused codes `left`
+    /// (`None` when the store could not say).
+    RecoveryCode { left: Option<usize> },
+    /// A passkey, alone or as the second step: `passkey`, with its name when known.
+    Passkey(Option<&'a str>),
+}
+
+impl SignInMethod<'_> {
+    /// The line's `method`: `None` for the password alone.
+    pub fn as_str(&self) -> Option<&'static str> {
+        match self {
+            SignInMethod::Password => None,
+            SignInMethod::Totp => Some("totp"),
+            SignInMethod::RecoveryCode { .. } => Some("recovery_code"),
+            SignInMethod::Passkey(_) => Some("passkey"),
+        }
+    }
+}
+
 /// Something worth an audit line. Event names follow OWASP's logging vocabulary.
 #[derive(Debug)]
 pub enum AuthEvent<'a> {
@@ -102,6 +130,7 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         client: &'a Client,
         after_failures: usize,
+        method: SignInMethod<'a>,
     },
     /// `max_reached`: this failure made a count reach the captcha threshold (OWASP
     /// `authn_login_fail_max`). `username` is the identity checked, `typed` what was typed
@@ -189,14 +218,6 @@ pub enum AuthEvent<'a> {
     UserEnabled {
         username: &'a str,
         by: &'a str,
-    },
-    /// A sign-in with a passkey (two factors): `authn_login_success` (or `…successafterfail`)
-    /// with `method` `passkey` and the passkey's name.
-    PasskeyLoginSucceeded {
-        username: &'a str,
-        client: &'a Client,
-        after_failures: usize,
-        passkey: &'a str,
     },
     /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`).
     MfaAdded {
@@ -814,11 +835,16 @@ pub fn rfc3339(ms: u64) -> String {
 fn emit(event: &AuthEvent<'_>) {
     let time = rfc3339(crate::store::now_ms());
     match *event {
-        AuthEvent::LoginSucceeded { username, client, after_failures } => {
+        AuthEvent::LoginSucceeded { username, client, after_failures, method } => {
             let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
+            let (passkey, recovery_codes_left) = match method {
+                SignInMethod::Passkey(name) => (name, None),
+                SignInMethod::RecoveryCode { left } => (None, left),
+                SignInMethod::Password | SignInMethod::Totp => (None, None),
+            };
             tracing::info!(
                 target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
-                failures = after_failures, "login succeeded"
+                failures = after_failures, method = method.as_str(), passkey, recovery_codes_left, "login succeeded"
             )
         }
         AuthEvent::LoginFailed { username, typed, client, reason, max_reached, known_browser } => {
@@ -878,13 +904,6 @@ fn emit(event: &AuthEvent<'_>) {
         AuthEvent::UserEnabled { username, by } => tracing::info!(
             target: TARGET, event = "user_enabled", time, username, by, "user enabled"
         ),
-        AuthEvent::PasskeyLoginSucceeded { username, client, after_failures, passkey } => {
-            let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
-            tracing::info!(
-                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
-                failures = after_failures, method = "passkey", passkey, "login succeeded"
-            )
-        }
         AuthEvent::MfaAdded { username, kind } => tracing::info!(
             target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
         ),

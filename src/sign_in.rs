@@ -48,6 +48,7 @@ pub use passkey::{BeginOutcome, PasskeyAttempt};
 
 use std::sync::Arc;
 
+use crate::audit::SignInMethod;
 use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
 use crate::authentication::{AuthError, Authenticator};
 use crate::brute_force::{BruteForceState, Held, QuotaKey, Retire, StateError, Wait};
@@ -57,7 +58,7 @@ use crate::config::Rate;
 use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
-use crate::factors::{FactorError, Proof, SecondFactors, Verdict};
+use crate::factors::{FactorError, FactorKind, Proof, SecondFactors, Verdict};
 use crate::failures::{CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
@@ -527,7 +528,8 @@ impl SignIn {
         }
         let with = SignedInWith::from(Factors::One);
         let browser = Browser { session: previous_session.as_ref(), device };
-        let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, None).await?
+        let method = crate::audit::SignInMethod::Password;
+        let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, method).await?
         else {
             // Not reached: only a sign-in with a passkey can find it removed.
             return Err(SignInError::Unexpected(anyhow::anyhow!("a password sign-in's passkey was removed")));
@@ -633,7 +635,7 @@ impl SignIn {
         client: &Client,
         browser: Browser<'_>,
         after_failures: usize,
-        passkey: Option<&str>,
+        method: crate::audit::SignInMethod<'_>,
     ) -> Result<Option<(SessionToken, String)>, SignInError> {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
@@ -662,10 +664,7 @@ impl SignIn {
         };
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
-        let succeeded = match passkey {
-            Some(passkey) => AuthEvent::PasskeyLoginSucceeded { username, client, after_failures, passkey },
-            None => AuthEvent::LoginSucceeded { username, client, after_failures },
-        };
+        let succeeded = AuthEvent::LoginSucceeded { username, client, after_failures, method };
         if let Err(e) = self.audit.record_checked(&succeeded) {
             self.sessions.discard(&token).await;
             return Err(SignInError::SuccessUnrecorded(e));
@@ -783,7 +782,7 @@ impl SignIn {
                 let reason = FailureReason::BadSecondFactor;
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
-            Verdict::Accepted(_, passkey_id) => {
+            Verdict::Accepted(kind, passkey_id) => {
                 // Single use: of two attempts that both got here, one goes on (the one check
                 // was used up before it was made).
                 let taken = if one_check { Some((user, first.next)) } else { self.take_pending(cookie, &hash).await? };
@@ -802,7 +801,15 @@ impl SignIn {
                 let after_failures = cleared.unwrap_or(0);
                 let with = SignedInWith { factors: Factors::Two, passkey_id };
                 let browser = Browser { session: previous_session.as_ref(), device };
-                match self.complete(&user, with, client, browser, after_failures, None).await? {
+                let method = match kind {
+                    FactorKind::Totp => SignInMethod::Totp,
+                    // Read after the code was spent: what is left now.
+                    FactorKind::RecoveryCodes => SignInMethod::RecoveryCode {
+                        left: self.factors.summary(&user.key).await.ok().map(|f| f.recovery_codes),
+                    },
+                    FactorKind::Passkey => SignInMethod::Passkey(None),
+                };
+                match self.complete(&user, with, client, browser, after_failures, method).await? {
                     Some((token, device_cookie)) => Ok(StepOutcome::SignedIn { token, next, device_cookie }),
                     // The passkey was removed while it was checked: it signs nobody in, and
                     // the sign-in starts again at the password.

@@ -193,7 +193,9 @@ impl SignIn {
         let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device };
         let name = Some(verified.passkey_name.as_str());
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
-        let Some((token, device_cookie)) = self.complete(&user, with, a.client, browser, after_failures, name).await?
+        let Some((token, device_cookie)) = self
+            .complete(&user, with, a.client, browser, after_failures, crate::audit::SignInMethod::Passkey(name))
+            .await?
         else {
             // Removed while it was checked: a removed passkey signs nobody in, and nothing was
             // guessed (not counted).

@@ -196,6 +196,8 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let active = app.state.sessions.resolve(&session).await.unwrap().unwrap();
     assert_eq!(active.record.factors, Factors::Two, "signed in with two factors");
     assert_eq!(successes(&app.log_lines()), successes_before + 1, "the sign-in is logged once, at the second step");
+    let signed_in = app.log_lines().into_iter().rfind(|l| l["event"] == "authn_login_success").unwrap();
+    assert_eq!((&signed_in["method"], &signed_in["recovery_codes_left"]), (&"totp".into(), &serde_json::Value::Null));
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
     assert!(last_sign_in().await > signed_in_before, "the sign-in happened with the second factor");
 
@@ -235,6 +237,13 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let summary = app.state.factors.summary("alice").await.unwrap();
     assert_eq!(summary.recovery_codes, 8);
     let log = app.log_lines();
+    // Each recovery code spent is on the line that signed in with it, with what is left.
+    let spent: Vec<_> = log
+        .iter()
+        .filter(|l| l["event"].as_str().unwrap().starts_with("authn_login_success") && l["method"] == "recovery_code")
+        .map(|l| l["recovery_codes_left"].as_u64().unwrap())
+        .collect();
+    assert_eq!(spent, [9, 8]);
     let fails: Vec<_> = log.iter().filter(|l| l["event"] == "authn_login_fail").map(|l| l["reason"].clone()).collect();
     assert_eq!(fails, ["reused_code", "bad_second_factor", "bad_second_factor"]);
     let text = app.log_text();
