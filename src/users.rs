@@ -40,7 +40,7 @@ pub enum UserError {
     #[error("the account changed meanwhile: nothing was changed")]
     Superseded,
     /// `user factors NAME --remove-passkey P`: the user has no passkey named P.
-    #[error("{} has no passkey named {} (portcullis user factors {}{} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), if .user.starts_with('-') { "-- " } else { "" }, .user)]
+    #[error("{} has no passkey named {} ({} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), factors_command(.user))]
     NoSuchPasskey { user: String, passkey: String },
     /// `user factors NAME --remove-passkey P`: several of the user's passkeys are named P
     /// (stored before names had to differ): which one is meant cannot be known.
@@ -511,6 +511,15 @@ fn generate_password_from(fill: impl FnOnce(&mut [u8]) -> Result<(), RandomError
     Ok(password)
 }
 
+/// `portcullis user factors NAME` as a shell reads it back, for hints an operator may paste:
+/// NAME quoted (a name may hold `$(…)`, `;` or a space, found by a review) and after `--` when
+/// it starts with `-`, with anything a terminal would act on escaped.
+fn factors_command(user: &str) -> String {
+    let quoted = shlex::try_quote(user).map(|q| q.into_owned()).unwrap_or_else(|_| user.to_string());
+    let dashes = if user.starts_with('-') { "-- " } else { "" };
+    crate::text::printable(&format!("portcullis user factors {dashes}{quoted}")).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +587,8 @@ mod tests {
     fn the_hint_for_a_username_that_looks_like_an_option_is_a_command_that_parses() {
         let missing = UserError::NoSuchPasskey { user: "-bob".into(), passkey: "x".into() };
         assert!(missing.to_string().ends_with("(portcullis user factors -- -bob lists them)"), "{missing}");
+        let missing = UserError::NoSuchPasskey { user: "x$(touch pwned);y".into(), passkey: "x".into() };
+        assert!(missing.to_string().ends_with("(portcullis user factors 'x$(touch pwned);y' lists them)"), "{missing}");
     }
 
     #[tokio::test]
