@@ -249,7 +249,12 @@ impl Application {
                 tls::DEV_CERT_NAMES.join(", ")
             );
         }
-        let resolver = tls::CertResolver::new(tls::load_certified_key(&settings.cert_dir)?);
+        let certified = tls::load_certified_key(&settings.cert_dir)?;
+        let public_host = settings.public_url.as_deref().and_then(crate::config::origin_host);
+        for warning in tls::warnings(&settings.cert_dir, &certified, public_host.as_deref()) {
+            tracing::warn!("{warning}");
+        }
+        let resolver = tls::CertResolver::new(certified);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;
         let https = tls::Listener::bind(settings.https_addr, Some(tls_config), tls::Limits::from_settings(&settings))
             .await

@@ -144,6 +144,43 @@ pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(certified))
 }
 
+/// What an operator should hear about the pair in `dir` as loaded (`key`), one line each:
+/// a leaf that does not name `public_host` (`public_url`'s host), which every browser would
+/// refuse (the development certificate names only localhost: a review started one behind
+/// `public_url = https://login.example.com` without a word), and a `key.pem` other users
+/// may read. Empty when both are fine.
+pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(host), Ok(leaf)) = (public_host, key.end_entity_cert()) {
+        let named = rustls::pki_types::ServerName::try_from(host.to_string()).ok().is_some_and(|name| {
+            webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        });
+        if !named {
+            out.push(format!(
+                "{} does not name public_url's host {}: browsers will refuse it (the development certificate names only {})",
+                cert_path(dir).display(),
+                crate::text::printable(host),
+                DEV_CERT_NAMES.join(", ")
+            ));
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key_file = key_path(dir);
+        if let Ok(meta) = std::fs::metadata(&key_file) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(format!(
+                    "{} may be read by other users (mode {mode:03o}): chmod 600 it, or 640 for a group only the server is in",
+                    key_file.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Serves whichever certificate was loaded last.
 #[derive(Debug)]
 pub struct CertResolver {
@@ -478,6 +515,23 @@ impl AsyncWrite for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_not_naming_public_urls_host_or_a_key_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        ensure_certificate(dir.path()).unwrap();
+        let key = load_certified_key(dir.path()).unwrap();
+        for named in [None, Some("localhost"), Some("127.0.0.1"), Some("::1")] {
+            assert_eq!(warnings(dir.path(), &key, named), Vec::<String>::new(), "{named:?}");
+        }
+        let w = warnings(dir.path(), &key, Some("login.example.com"));
+        assert!(w.len() == 1 && w[0].contains("does not name public_url's host login.example.com"), "{w:?}");
+        std::fs::set_permissions(key_path(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = warnings(dir.path(), &key, Some("localhost"));
+        assert!(w.len() == 1 && w[0].contains("mode 644"), "{w:?}");
+    }
 
     #[test]
     fn a_development_pair_is_generated_once_with_a_private_key() {
