@@ -769,7 +769,23 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
     let run = cli_with_password(d, &["user", "passwd", "ALICE", "--password-stdin"], NEW_PASSWORD).await;
     assert_eq!((run.stdout.trim(), run.stderr.as_str()), ("password of alice changed; 0 session(s) ended", ""));
     let run = cli(d, &["user", "del", "Alice"]).await;
-    assert_eq!((run.stdout.trim(), run.stderr.as_str()), ("user alice deleted; 0 session(s) ended", ""));
+    // No administrator was ever made in this store: said, since no one can open /admin.
+    assert_eq!(
+        (run.stdout.trim(), run.stderr.as_str()),
+        ("user alice deleted; 0 session(s) ended; no enabled administrator is left to open /admin (portcullis user add NAME --admin makes one)", "")
+    );
+    cli_with_password(d, &["user", "add", "root", "--admin", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    cli_with_password(d, &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
+    let run = cli(d, &["user", "del", "bob"]).await;
+    assert_eq!(run.stdout.trim(), "user bob deleted; 0 session(s) ended", "an administrator is left");
+    let run = cli(d, &["user", "disable", "root"]).await;
+    assert!(
+        run.stdout
+            .trim()
+            .ends_with("no enabled administrator is left to open /admin (portcullis user add NAME --admin makes one)"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// A group both added and removed in one command is refused, not settled by whichever the
