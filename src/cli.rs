@@ -76,10 +76,11 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// Only records after this: a duration back from now (2h, 7d), `now`, or an RFC 3339 time
+    /// Only records at or after this: a duration back from now (2h, 7d), `now`, or an RFC 3339 time
     #[arg(long, value_name = "DUR|RFC3339")]
     since: Option<String>,
-    /// Only records before this (same forms as --since)
+    /// Only records at or before this (same forms as --since; both ends are inclusive, to the
+    /// millisecond: adjacent windows share the records of their common instant)
     #[arg(long, value_name = "DUR|RFC3339")]
     until: Option<String>,
     /// Only this username (matched case- and width-insensitively; as the table or `--json`
