@@ -137,13 +137,16 @@ pub async fn scoped<E: poem::Endpoint>(ep: &E, mut req: Request, scope: Scope) -
     // by some other host under the domain (ours all have `Path=/`): it goes, whatever this
     // request makes of it, so that it cannot keep a browser signed out or signed in as
     // someone else here.
+    // Not on the verify endpoints: the cookies there are an application's, sent for its path,
+    // and ours for the endpoint's path would mean nothing (`GET /login` clears those).
+    let verify = req.uri().path().starts_with("/api/authz/");
     let tossed: Vec<String> = match scope.domain {
-        Some(_) => crate::routes::SCOPED_COOKIES
+        Some(_) if !verify => crate::routes::SCOPED_COOKIES
             .iter()
             .filter(|n| values(&req, n).nth(1).is_some())
             .flat_map(|n| clear_under(n, req.uri().path()))
             .collect(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let mut resp = ep.call(req).await?.into_response();
     for v in tossed.iter().filter_map(|v| v.parse().ok()) {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::audit::AuthEvent;
 use crate::factors::MFA_COOKIE;
-use crate::routes::{current_session, error_page, read_form, see_other, State};
+use crate::routes::{error_page, read_form, see_other, State};
 use crate::session::SESSION_COOKIE;
 use crate::{client, cookies};
 
@@ -30,36 +30,45 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let rd = crate::routes::login::checked_rd(&state, form.rd.as_deref());
     let mut resp = see_other(rd.as_deref().unwrap_or("/login"));
-    let current = match current_session(req, &state).await {
+    // Every live session the request carries, not only the one a page would pick: another
+    // host under `cookie_domain` can set a session of its own for `Path=/logout`, with which a
+    // sign-out answered as signed out ended nothing while the browser forgot its cookie (found
+    // by a review). The browser holds each token, so once the form's token is one of theirs,
+    // each ends.
+    let sessions = match crate::routes::live_sessions(req, &state).await {
         Ok(s) => s,
-        // The session could not even be read: not ended either, and said so.
+        // The sessions could not even be read: not ended either, and said so.
         Err(resp) => return not_signed_out(resp.status()),
     };
     // A sign-in waiting for its second step ends too ("Cancel and start again" posts here): on
     // a shared computer whoever held the second factor (a phone, a sheet of recovery codes)
     // could otherwise still finish it for 5 minutes without the password (found by a review).
-    if let Some(cookie) = cookies::get(req, MFA_COOKIE) {
-        let pending = match state.factors.pending(&cookie).await {
-            Ok(p) => p,
+    let mut pending = Vec::new();
+    let waiting = cookies::get_all(req, MFA_COOKIE);
+    for cookie in waiting.iter().take(crate::routes::MAX_SESSION_COOKIES) {
+        match state.factors.pending(cookie).await {
+            Ok(Some((hash, ..))) => pending.push(hash),
+            Ok(None) => {}
             Err(e) => return not_signed_out(crate::routes::store_fault(&e, "could not read a pending sign-in")),
-        };
-        if let Some((hash, ..)) = pending {
-            let session_csrf = current.as_ref().is_some_and(|s| state.csrf.check_session(&s.token_hash, &form.csrf));
-            if !session_csrf && !state.csrf.check_session(&hash, &form.csrf) {
-                return error_page(StatusCode::FORBIDDEN);
-            }
-            if let Err(e) = state.factors.finish(&hash).await {
-                return not_signed_out(crate::routes::store_fault(&e, "could not end a pending sign-in"));
-            }
         }
+    }
+    let held = !sessions.is_empty() || !pending.is_empty();
+    let theirs = sessions.iter().any(|s| state.csrf.check_session(&s.token_hash, &form.csrf))
+        || pending.iter().any(|h| state.csrf.check_session(h, &form.csrf));
+    if held && !theirs {
+        return error_page(StatusCode::FORBIDDEN);
+    }
+    for hash in &pending {
+        if let Err(e) = state.factors.finish(hash).await {
+            return not_signed_out(crate::routes::store_fault(&e, "could not end a pending sign-in"));
+        }
+    }
+    if !waiting.is_empty() {
         if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    if let Some(session) = current {
-        if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-            return error_page(StatusCode::FORBIDDEN);
-        }
+    for session in &sessions {
         if let Err(e) = state.sessions.end(&session.token_hash).await {
             // Said plainly, and the cookie kept so that the next try can end the session: on a
             // shared computer "busy" read as done, with the session still open behind it.

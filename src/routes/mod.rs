@@ -537,8 +537,52 @@ async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String
     Ok(live.pop().map(|(cookie, _)| cookie))
 }
 
+/// The cookie of the sign-in waiting for its second step, as [`session_cookie`] picks a
+/// session's: the request's only one, or of several (tossed by another host under
+/// `cookie_domain` for a path of its own, found by a review to show the attacker's pending
+/// sign-in) the only one naming a pending sign-in; `None` when none or two do.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn pending_cookie(req: &Request, state: &AppState) -> Result<Option<String>, Response> {
+    let mut all = crate::cookies::get_all(req, crate::factors::MFA_COOKIE);
+    if all.len() <= 1 {
+        return Ok(all.pop());
+    }
+    if all.len() > MAX_SESSION_COOKIES {
+        return Ok(None);
+    }
+    let mut live = Vec::new();
+    for cookie in all {
+        let found =
+            state.factors.pending(&cookie).await.map_err(|e| store_error(&e, "could not read a pending sign-in"))?;
+        if found.is_some() {
+            live.push(cookie);
+        }
+    }
+    Ok(if live.len() == 1 { live.pop() } else { None })
+}
+
 /// How many session cookies of one request [`session_cookie`] looks up at most.
-const MAX_SESSION_COOKIES: usize = 4;
+pub(crate) const MAX_SESSION_COOKIES: usize = 4;
+
+/// Every live session the request's session cookies name, each once (none past
+/// [`MAX_SESSION_COOKIES`] values): for `POST /logout`, which ends them all, where a page
+/// picks one or none ([`current_session`]).
+#[allow(clippy::result_large_err)]
+pub(crate) async fn live_sessions(req: &Request, state: &AppState) -> Result<Vec<ActiveSession>, Response> {
+    let all = crate::cookies::get_all(req, SESSION_COOKIE);
+    if all.len() > MAX_SESSION_COOKIES {
+        return Ok(Vec::new());
+    }
+    let mut live: Vec<ActiveSession> = Vec::new();
+    for cookie in all {
+        if let Some(s) = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))? {
+            if !live.iter().any(|l| l.token_hash == s.token_hash) {
+                live.push(s);
+            }
+        }
+    }
+    Ok(live)
+}
 
 /// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)
 /// without one, 503 when the store cannot say.

@@ -495,7 +495,11 @@ pub async fn second_factor_begin(req: &Request, body: Body, state: State<'_>) ->
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let Some(cookie) = cookies::get(req, crate::factors::MFA_COOKIE) else {
+    let cookie = match crate::routes::pending_cookie(req, &state).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let Some(cookie) = cookie else {
         return json_error(StatusCode::UNAUTHORIZED, "Please sign in again.");
     };
     let (hash, user) = match state.factors.pending(&cookie).await {

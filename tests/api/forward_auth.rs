@@ -800,6 +800,9 @@ async fn a_session_cookie_another_host_tossed_is_never_picked_and_is_cleared() {
         let (status, user) = verify(cookie.clone()).await;
         assert_eq!((status, user), (StatusCode::FOUND, None), "{cookie}");
     }
+    // The verify itself clears nothing: the cookies it sees are for the application's path.
+    let resp = forward_auth(&app, "/wiki/page", &[("cookie", &format!("{mallory}; {alice}"))]).send().await.unwrap();
+    assert!(resp.headers().get("set-cookie").is_none());
     // One live session among cookies that are not: that one (a tossed value that is no session
     // cannot sign a browser out), repeats of it too.
     let garbage = "__Secure-portcullis=garbage";
@@ -848,6 +851,21 @@ async fn a_session_cookie_another_host_tossed_is_never_picked_and_is_cleared() {
     let resp = app.client.get(app.url("/account/totp")).header("cookie", &alice).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("set-cookie").is_none());
+
+    // Signing out with a copy planted for `Path=/logout` ends every session the browser holds
+    // once the form is one of theirs, not none while the browser forgets its cookie.
+    let token = |cookie: &str| cookie.split_once('=').unwrap().1.to_string();
+    let hash = |cookie: &str| portcullis::session::SessionToken::parse(&token(cookie)).unwrap().hash();
+    let sessions = &app.state.sessions;
+    let live = |cookie: String| async move { sessions.resolve(&token(&cookie)).await.unwrap().is_some() };
+    let both = format!("{mallory}; {alice}");
+    let logout =
+        |csrf: String| app.client.post(app.url("/logout")).header("cookie", &both).form(&[("csrf", csrf)]).send();
+    assert_eq!(logout("forged".into()).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert!(live(alice.clone()).await && live(mallory.clone()).await, "a forged form ends nothing");
+    let resp = logout(app.state.csrf.session_token(&hash(&alice))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(!live(alice.clone()).await && !live(mallory.clone()).await, "both ended");
 }
 
 /// `s` percent-encoded for a query value.

@@ -75,7 +75,11 @@ fn restart() -> Response {
 
 #[handler]
 pub async fn show(req: &Request, state: State<'_>) -> Response {
-    let Some(cookie) = cookies::get(req, MFA_COOKIE) else { return restart() };
+    let cookie = match crate::routes::pending_cookie(req, &state).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let Some(cookie) = cookie else { return restart() };
     match state.factors.pending(&cookie).await {
         Ok(Some((hash, pending, user))) => {
             let offers = match offers(&state, &user.key).await {
@@ -205,7 +209,10 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     let client = client::client(req, &state.settings.trusted_proxies);
-    let cookie = cookies::get(req, MFA_COOKIE);
+    let cookie = match crate::routes::pending_cookie(req, &state).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
     let device = cookies::get(req, crate::csrf::DEVICE_COOKIE);
     let attempt = SecondAttempt {
         client: &client,
