@@ -477,9 +477,14 @@ pub fn prune_log_files(log_dir: &Path, retention: std::time::Duration, now_ms: u
             continue;
         };
         let Some(end) = date.next_day() else { continue };
+        // A directory so named is not one of ours (a review's stopped the start).
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
         let end_ms = end.midnight().assume_utc().unix_timestamp().max(0) as u64 * 1000;
         if end_ms.saturating_add(retention.as_millis() as u64) <= now_ms {
-            std::fs::remove_file(entry.path())?;
+            std::fs::remove_file(entry.path())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display())))?;
             deleted += 1;
         }
     }

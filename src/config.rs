@@ -860,9 +860,11 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 pub const MIN_DURATION: Duration = Duration::from_secs(1);
 
 /// Whether two listeners would take the same socket: one port (not 0, which the system picks)
-/// on one address, or on a wildcard (`0.0.0.0`, `::`) beside any.
+/// on one address (an IPv4-mapped IPv6 one is its IPv4 address), or on a wildcard (`0.0.0.0`,
+/// `::`) beside any.
 fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() != 0 && a.port() == b.port() && (x == y || x.is_unspecified() || y.is_unspecified())
 }
 
 /// `audit_retention`: a [`parse_duration`] of at least a day, counted in whole days (rounded
@@ -966,26 +968,42 @@ fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// The `trusted_proxies` list, refused when its ranges cover every IPv4 or every IPv6 address
-/// between them (`0.0.0.0/0`, or `0.0.0.0/1` with `128.0.0.0/1`): a client believed on its
-/// own `X-Forwarded-For` names any address it likes, so quotas per address would hold no one
-/// (found by reviews: 25 of 25 guesses from one host answered, then the same through two
-/// halves).
+/// The `trusted_proxies` list, refused when its ranges together trust more addresses than
+/// [`MOST_TRUSTED_V4`] or [`MOST_TRUSTED_V6`] (`1.0.0.0/8` to `255.0.0.0/8`, or sixteen /7s
+/// covering `2000::/3`): a client believed on its own `X-Forwarded-For` names any address it
+/// likes, so quotas per address would hold no one (found by reviews: 25 of 25 guesses from one
+/// host answered, then the same through two halves, then through every /8 but one).
 ///
 /// # Errors
-/// Naming the family of addresses the ranges cover.
+/// Naming the family of addresses the ranges trust too many of.
 fn trusting_no_everyone(nets: &[IpNet]) -> Result<(), String> {
-    let families = [("IPv4", IpNet::V4(ipnet::Ipv4Net::default())), ("IPv6", IpNet::V6(ipnet::Ipv6Net::default()))];
-    for (family, all) in families {
+    let families = [
+        ("IPv4", IpNet::V4(ipnet::Ipv4Net::default()), MOST_TRUSTED_V4, "four /8s"),
+        ("IPv6", IpNet::V6(ipnet::Ipv6Net::default()), MOST_TRUSTED_V6, "two /7s"),
+    ];
+    for (family, all, most, as_ranges) in families {
         let within: Vec<IpNet> = nets.iter().copied().filter(|n| all.contains(n)).collect();
-        if IpNet::aggregate(&within).contains(&all) {
+        let bits = all.max_prefix_len();
+        let trusted = IpNet::aggregate(&within)
+            .iter()
+            .map(|n| 1u128.checked_shl(u32::from(bits - n.prefix_len())).unwrap_or(u128::MAX))
+            .fold(0u128, u128::saturating_add);
+        if trusted > most {
             return Err(format!(
-                "its ranges together trust every {family} address, so any client could name its own address in X-Forwarded-For and no per-address quota would hold: list the proxies' addresses or ranges"
+                "its ranges together trust more {family} addresses than {as_ranges}, so their clients could name their own addresses in X-Forwarded-For and no per-address quota would hold: list the proxies' addresses or ranges"
             ));
         }
     }
     Ok(())
 }
+
+/// Most IPv4 addresses `trusted_proxies` may trust together: four /8s, room for every private
+/// range (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`, `127/8`) and a provider's.
+pub const MOST_TRUSTED_V4: u128 = 4 << 24;
+
+/// Most IPv6 addresses `trusted_proxies` may trust together: two /7s (`fc00::/7`, unique local
+/// addresses, and as much again).
+pub const MOST_TRUSTED_V6: u128 = 2 << 121;
 
 /// `net` as an IPv4 range when it lies within `::ffff:0:0/96` (RFC 4291 §2.5.5.2).
 fn as_ipv4(net: IpNet) -> IpNet {
@@ -1052,8 +1070,20 @@ mod tests {
         let halves: Vec<String> = (0..=255).map(|a| format!("{a}.0.0.0/8")).collect();
         let many = &flags(&[("trusted_proxies", &halves.join(","))]);
         let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
-        assert!(e.contains("together trust every IPv4 address"), "{e}");
-        for fine in ["10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16", "fc00::/7, 127.0.0.1", "0.0.0.0/8, 128.0.0.0/8"] {
+        assert!(e.contains("together trust more IPv4 addresses than four /8s"), "{e}");
+        let most: Vec<String> = (1..=255).map(|a| format!("{a}.0.0.0/8")).collect();
+        let many = &flags(&[("trusted_proxies", &most.join(","))]);
+        assert!(Settings::from_layers(None, many, &Overrides::new()).is_err(), "every /8 but one");
+        let sevens: Vec<String> = (0..16).map(|i| format!("{:x}::/7", 0x2000 + i * 0x200)).collect();
+        let many = &flags(&[("trusted_proxies", &sevens.join(","))]);
+        let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
+        assert!(e.contains("more IPv6 addresses than two /7s"), "{e}");
+        for fine in [
+            "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8",
+            "fc00::/7, 127.0.0.1",
+            "0.0.0.0/8, 128.0.0.0/8",
+            "fc00::/7, fe80::/10",
+        ] {
             let fine_flags = &flags(&[("trusted_proxies", fine)]);
             assert!(Settings::from_layers(None, fine_flags, &Overrides::new()).is_ok(), "{fine}");
         }
@@ -1084,6 +1114,7 @@ mod tests {
         for (key, value, clash) in [
             ("metrics_addr", "127.0.0.1:4000", "https_addr"),
             ("metrics_addr", "0.0.0.0:4000", "https_addr"),
+            ("metrics_addr", "[::ffff:127.0.0.1]:4000", "https_addr"),
             ("http_addr", "127.0.0.1:4000", "https_addr"),
             ("metrics_addr", "127.0.0.1:4080", "http_addr"),
         ] {

@@ -400,6 +400,8 @@ async fn log_files_rotate_daily_and_old_ones_are_deleted_past_the_retention() {
         std::fs::write(settings.log_dir.join(name), "{}\n").unwrap();
     }
     std::fs::write(settings.log_dir.join("auth.log.notes"), "an operator's\n").unwrap();
+    // A directory so named is not a log file: left, and no reason to stop the start.
+    std::fs::create_dir(settings.log_dir.join("auth.log.2020-01-03")).unwrap();
     let app = crate::helpers::spawn_in(dir, settings).await;
     let mut names: Vec<String> = std::fs::read_dir(&app.settings.log_dir)
         .unwrap()
@@ -408,7 +410,7 @@ async fn log_files_rotate_daily_and_old_ones_are_deleted_past_the_retention() {
     names.sort();
     // A file goes once its last line is older than the retention: the day 3 days ago ended
     // 2 days ago, so it stays; 4 days ago, gone.
-    let mut kept = vec![day(0), day(1), day(3), "auth.log.notes".to_string()];
+    let mut kept = vec![day(0), day(1), day(3), "auth.log.notes".to_string(), "auth.log.2020-01-03".to_string()];
     kept.sort();
     assert_eq!(names, kept);
     let today = std::fs::read_to_string(app.settings.log_dir.join(day(0))).unwrap();
