@@ -70,9 +70,25 @@ pub fn printable_label(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| is_hidden(c) || begins_escape(s, at, c))
 }
 
-/// Whether [`printable`] escapes `c`, at byte `at` of `s`.
+/// Whether [`printable`] escapes `c`, at byte `at` of `s`: also a nonspacing or enclosing mark
+/// past [`crate::domain::MAX_MARK_RUN`] of them in a row, the most a new username may hold
+/// (UTS #39 §5.4): a typed name of 59 stacked accents drew over the rows around it in the
+/// audit table (found by a review).
 fn escaped_by_printable(s: &str, at: usize, c: char) -> bool {
-    needs_escape(c) || begins_escape(s, at, c)
+    needs_escape(c)
+        || begins_escape(s, at, c)
+        || (is_mark(c)
+            && s[..at].chars().rev().take_while(|&p| is_mark(p)).nth(crate::domain::MAX_MARK_RUN - 1).is_some())
+}
+
+/// Whether `c` is a nonspacing or enclosing mark (General_Category Mn, Me), drawn over the
+/// character before it.
+fn is_mark(c: char) -> bool {
+    !c.is_ascii()
+        && matches!(
+            CodePointMapData::<GeneralCategory>::new().get(c),
+            GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+        )
 }
 
 /// Whether `c`, at byte `at` of `s`, is a backslash that begins `\u{`: written `\u{5c}` by
@@ -347,6 +363,18 @@ mod tests {
             let shown = printable(&format!("x{c}y")).into_owned();
             assert!(!shown.chars().any(is_hidden), "{shown:?}");
         }
+    }
+
+    #[test]
+    fn printable_escapes_marks_stacked_past_what_a_username_may_hold() {
+        // Vietnamese stacks two; four stay; the fifth and later are escaped, and read back.
+        assert_eq!(printable("e\u{302}\u{301}"), "e\u{302}\u{301}");
+        let four = format!("a{}", "\u{301}".repeat(4));
+        assert_eq!(printable(&four), four);
+        let zalgo = format!("a{}b", "\u{301}".repeat(59));
+        let shown = printable(&zalgo).into_owned();
+        assert_eq!(shown, format!("a{}{}b", "\u{301}".repeat(4), "\\u{301}".repeat(55)));
+        assert_eq!(unprintable(&shown), zalgo);
     }
 
     #[test]
