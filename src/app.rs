@@ -202,6 +202,13 @@ impl Application {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings);
         let services = Services::open(&settings, settings.hash_worker_count()).await?;
+        // Said at the start, not first at the first refusal (found by a review).
+        if services.audit.below_disk_reserve() {
+            tracing::warn!(
+                reserve_mib = settings.disk_reserve_bytes >> 20,
+                "less free disk space than disk_reserve_mib where the store or the log is: refused logins will be answered 503 and not recorded until space is freed"
+            );
+        }
         // A missing key is made only for a store that never had one: otherwise the start is
         // refused before a new key is written, which would only stand in the way of the right
         // one (an instance started before its factor.key was copied in).

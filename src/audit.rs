@@ -569,6 +569,12 @@ impl Audit {
         Audit { store: Some(store), instance: instance.into(), ..Self::terminal_only() }
     }
 
+    /// Whether a refusal recorded now would be turned away for want of disk space: some
+    /// filesystem of the store or the log has less than `disk_reserve_mib` free.
+    pub fn below_disk_reserve(&self) -> bool {
+        self.limits.below_reserve()
+    }
+
     /// The same sink with disk limits (without them nothing is capped).
     pub fn with_limits(mut self, limits: DiskLimits) -> Self {
         self.budget.limit.store(limits.log_bytes_per_day.unwrap_or(u64::MAX), Ordering::SeqCst);

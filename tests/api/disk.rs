@@ -214,6 +214,23 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
     let _ = std::fs::remove_file(&filler);
 }
 
+/// A server started with less free space than its reserve says so at once, not first at the
+/// first refusal it turns away (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_below_the_free_space_reserve_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 TiB, the most the setting takes: more than this machine's free space, as the test
+    // checks before it relies on it.
+    if free_bytes(dir.path()) >= 1 << 40 {
+        println!("more than 1 TiB free: skipped");
+        return;
+    }
+    let flags = child::quick_with(&[("--disk-reserve-mib", "1048576")]);
+    let server = tokio::task::block_in_place(|| ServerProcess::start(dir.path(), &flags));
+    let said = server.stderr.lock().unwrap().iter().any(|l| l.contains("refused logins will be answered 503"));
+    assert!(said, "{}", server.output());
+}
+
 /// Free bytes on the filesystem holding `dir` (statvfs).
 #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
 fn free_bytes(dir: &Path) -> u64 {
