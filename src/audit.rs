@@ -516,7 +516,7 @@ impl Audit {
     /// # Errors
     /// When `log_dir` cannot be made private or the log file cannot be opened.
     pub fn open_as(log_dir: &Path, keep_days: usize, store: Option<Store>, instance: &str) -> anyhow::Result<Self> {
-        crate::store::ensure_private_dir(log_dir, |name| name.starts_with("auth.log"))
+        crate::store::ensure_private_dir_of_files(log_dir, |name| name.starts_with("auth.log"))
             .with_context(|| format!("cannot use {}", log_dir.display()))?;
         let budget = Arc::new(LogBudget::new(log_dir));
         // Old files go by the date in their names (`prune_log_files`), not by tracing-appender's

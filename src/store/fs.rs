@@ -21,6 +21,22 @@ use std::path::Path;
 /// The directory belongs to another user than this process's, or creating it or changing a
 /// mode failed; the message says which path and how to fix it by hand.
 pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
+    ensure_private(dir, ours, true)
+}
+
+/// [`ensure_private_dir`] for a directory whose own entries are files (the log directory):
+/// an entry `ours` names that is a directory is not gone into, since none of ours is one (a
+/// review's `auth.log.2026-10-05/` had everything in it made private).
+///
+/// # Errors
+/// As [`ensure_private_dir`].
+pub fn ensure_private_dir_of_files(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
+    ensure_private(dir, ours, false)
+}
+
+/// [`ensure_private_dir`], going into the directories among `ours` entries only when
+/// `recurse`.
+fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     trusted_ancestors(dir)?;
     if !dir.exists() {
@@ -48,8 +64,8 @@ pub fn ensure_private_dir(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::R
     tighten(dir, true, false)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if ours(&entry.file_name().to_string_lossy()) {
-            tighten(&entry.path(), false, true)?;
+        if ours(&entry.file_name().to_string_lossy()) && (recurse || !entry.file_type()?.is_dir()) {
+            tighten(&entry.path(), false, recurse)?;
         }
     }
     Ok(())
@@ -64,6 +80,14 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
         return Ok(());
     }
     let mode = meta.permissions().mode() & 0o7777;
+    // A file with other names (hard links) may be someone else's, reached from elsewhere: its
+    // mode is theirs to change (a review's link made a file outside the directory private).
+    if meta.is_file() && std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "a file portcullis keeps private has other names (hard links): its mode was left as it is");
+        }
+        return Ok(());
+    }
     if mode & 0o077 != 0 {
         let private = mode & 0o700;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
@@ -240,6 +264,29 @@ mod tests {
             assert!(e.to_string().contains("is a link to") && e.to_string().contains("nowhere"), "{dir:?}: {e}");
         }
         assert!(!tmp.path().join("nowhere").exists(), "nothing made where the link points");
+    }
+
+    #[test]
+    fn a_log_directory_is_not_gone_into_past_its_files_nor_a_hard_link_changed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let open = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (logs, elsewhere) = (tmp.path().join("logs"), tmp.path().join("elsewhere"));
+        let named_dir = logs.join("auth.log.2026-10-05");
+        std::fs::create_dir_all(&named_dir).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        let (inside, outside, linked) =
+            (named_dir.join("keepme"), elsewhere.join("theirs"), logs.join("auth.log.2026-10-06"));
+        for file in [&inside, &outside, &logs.join("auth.log.2026-10-07")] {
+            std::fs::write(file, "x").unwrap();
+            open(file);
+        }
+        std::fs::hard_link(&outside, &linked).unwrap();
+        ensure_private_dir_of_files(&logs, |n| n.starts_with("auth.log")).unwrap();
+        assert_eq!(mode(&logs.join("auth.log.2026-10-07")), 0o600, "ours is made private");
+        assert_eq!(mode(&inside), 0o644, "a directory so named is not gone into");
+        assert_eq!(mode(&outside), 0o644, "a file with another name elsewhere keeps its mode");
     }
 
     #[test]
