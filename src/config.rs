@@ -342,7 +342,7 @@ impl Settings {
             session_absolute_timeout: p.parse("session_absolute_timeout", parse_duration)?,
             captcha_after_failures: p.parse("captcha_after_failures", |s| parse_range(s, 0, 1000))?,
             failure_window: p.parse("failure_window", parse_duration)?,
-            trusted_proxies: p.parse_whole_list("trusted_proxies", parse_trusted_proxy, trusting_no_everyone)?,
+            trusted_proxies: p.parse_whole_list("trusted_proxies", parse_trusted_proxy, trusting_within_limits)?,
             login_quota_per_ip: p.parse("login_quota_per_ip", parse_rate)?,
             login_quota_per_user: p.parse("login_quota_per_user", parse_rate)?,
             audit_retention: p.parse("audit_retention", parse_retention)?,
@@ -976,7 +976,7 @@ fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
 ///
 /// # Errors
 /// Naming the family of addresses the ranges trust too many of.
-fn trusting_no_everyone(nets: &[IpNet]) -> Result<(), String> {
+fn trusting_within_limits(nets: &[IpNet]) -> Result<(), String> {
     let families = [
         ("IPv4", IpNet::V4(ipnet::Ipv4Net::default()), MOST_TRUSTED_V4, "four /8s"),
         ("IPv6", IpNet::V6(ipnet::Ipv6Net::default()), MOST_TRUSTED_V6, "two /7s"),

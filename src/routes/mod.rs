@@ -515,8 +515,10 @@ async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String
     if all.len() <= 1 {
         return Ok(all.pop());
     }
+    // At `debug`, as the verify's reasons: any client can send such requests, as many as it
+    // likes, and the log is not to be flooded at its word.
     if all.len() > MAX_SESSION_COOKIES {
-        tracing::warn!(
+        tracing::debug!(
             cookies = all.len(),
             "a request sent more session cookies than are looked up: answered as signed out"
         );
@@ -531,7 +533,7 @@ async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String
         }
     }
     if live.len() > 1 {
-        tracing::warn!(sessions = live.len(), "a request sent the cookies of more than one live session (cookie tossing by a host under cookie_domain?): answered as signed out");
+        tracing::debug!(sessions = live.len(), "a request sent the cookies of more than one live session (cookie tossing by a host under cookie_domain?): answered as signed out");
         return Ok(None);
     }
     Ok(live.pop().map(|(cookie, _)| cookie))
