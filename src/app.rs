@@ -284,7 +284,7 @@ impl Application {
             None => None,
         };
         let metrics = if metrics_listener.is_some() {
-            crate::metrics::Metrics::new(&services.pool)
+            crate::metrics::Metrics::new(&services.pool, &services.audit)
         } else {
             crate::metrics::Metrics::off()
         };

@@ -373,6 +373,9 @@ struct LogBudget {
     bytes: AtomicU64,
     /// Whether today's file already says that the limit was reached.
     announced: AtomicBool,
+    /// Failed-login lines left out over the limit since the start, every day together (for
+    /// `portcullis_audit_log_lines_dropped_total`).
+    dropped: AtomicU64,
 }
 
 impl LogBudget {
@@ -385,6 +388,7 @@ impl LogBudget {
             day: AtomicU64::new(now / 86_400_000),
             bytes: AtomicU64::new(bytes),
             announced: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -569,6 +573,14 @@ impl Audit {
         Audit { store: Some(store), instance: instance.into(), ..Self::terminal_only() }
     }
 
+    /// How many failed-login lines this sink has left out of the log since it was opened,
+    /// past `audit_log_mib_per_day` (each day's are in the store only): a flood from many
+    /// addresses can spend the day's budget and leave a log reader such as fail2ban blind
+    /// until the next UTC day (found by a review).
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.budget.dropped.load(Ordering::Relaxed)
+    }
+
     /// Whether a refusal recorded now would be turned away for want of disk space: some
     /// filesystem of the store or the log has less than `disk_reserve_mib` free.
     pub fn below_disk_reserve(&self) -> bool {
@@ -727,6 +739,7 @@ impl Audit {
     /// the first line left out is replaced by one saying so.
     fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
         if !self.budget.admits(now) {
+            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.budget.announced.swap(true, Ordering::SeqCst) {
                 let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
                 let time = rfc3339(now);

@@ -140,7 +140,11 @@ struct Inner {
     hash_queue_depth: Gauge<i64, AtomicI64>,
     hash_queued: Family<LaneLabels, Gauge<i64, AtomicI64>>,
     sessions_active: Gauge<i64, AtomicI64>,
+    /// Caught up with the audit sink's own count at each render, under the lock so that two
+    /// scrapes at once cannot both add the same lines.
+    log_lines_dropped: std::sync::Mutex<Counter>,
     pool: HashPool,
+    audit: crate::audit::Audit,
 }
 
 /// The server's metrics; cheap to clone. [`Metrics::off`] counts nothing (metrics_addr off).
@@ -163,7 +167,7 @@ impl Metrics {
     /// counters already at zero (so a rate over one that has not moved yet is 0, not absent;
     /// `http_requests_total`'s status is open-ended, so its series come as they are counted).
     /// Hands the pool the histogram of its argon2 runs.
-    pub fn new(pool: &HashPool) -> Self {
+    pub fn new(pool: &HashPool, audit: &crate::audit::Audit) -> Self {
         let mut registry = Registry::with_prefix("portcullis");
         let login_attempts = Family::<LoginLabels, Counter>::default();
         registry.register(
@@ -208,6 +212,12 @@ impl Metrics {
             "Sessions in the store (counted every 15 s; expired ones count until the next purge)",
             sessions_active.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "audit_log_lines_dropped",
+            "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
+            log_lines_dropped.clone(),
+        );
         let authz_requests = Family::<AuthzLabels, Counter>::default();
         registry.register("authz_requests", "Forward-auth decisions (/api/authz/*) by result", authz_requests.clone());
         for result in AuthzResult::ALL {
@@ -236,7 +246,9 @@ impl Metrics {
             hash_queue_depth,
             hash_queued,
             sessions_active,
+            log_lines_dropped: std::sync::Mutex::new(log_lines_dropped),
             pool: pool.clone(),
+            audit: audit.clone(),
         })))
     }
 
@@ -280,6 +292,10 @@ impl Metrics {
             for lane in Lane::ALL {
                 let queued = i64::try_from(m.pool.queued(lane)).unwrap_or(i64::MAX);
                 m.hash_queued.get_or_create(&LaneLabels { lane: lane.label() }).set(queued);
+            }
+            // The sink counts; the counter catches up to it (both only ever grow).
+            if let Ok(counter) = m.log_lines_dropped.lock() {
+                counter.inc_by(m.audit.log_lines_dropped().saturating_sub(counter.get()));
             }
             // Writing into a String cannot fail.
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &m.registry);

@@ -265,3 +265,26 @@ async fn the_hash_queues_are_shown_by_lane() {
         c.await.unwrap().unwrap();
     }
 }
+
+/// Failed-login lines left out of the log past `audit_log_mib_per_day` are counted, so that a
+/// flood spending the day's budget (and blinding a log reader such as fail2ban) shows (found
+/// by a review).
+#[tokio::test]
+async fn failed_login_lines_left_out_of_the_log_are_counted() {
+    let app = with_metrics(|s| {
+        s.captcha_after_failures = 1000;
+        s.audit_log_bytes_per_day = 1;
+    })
+    .await;
+    let before = samples(&scrape_text(&app).await);
+    let mut visitor = Visitor::new(&app, Some("198.51.100.9"));
+    for _ in 0..3 {
+        assert_eq!(visitor.attempt("admin", "not the password at all", None).await.0, 401);
+    }
+    let logged = app.log_lines().iter().filter(|l| l["event"] == "authn_login_fail").count();
+    let after = samples(&scrape_text(&app).await);
+    let dropped = delta(&before, &after, "portcullis_audit_log_lines_dropped_total");
+    assert!(dropped >= 2.0, "{dropped}");
+    assert_eq!(dropped as usize + logged, 3, "each failure is logged or counted as left out");
+    assert_eq!(app.records(Default::default()).await.len(), 3, "the store has every one");
+}
