@@ -140,11 +140,31 @@ struct Inner {
     hash_queue_depth: Gauge<i64, AtomicI64>,
     hash_queued: Family<LaneLabels, Gauge<i64, AtomicI64>>,
     sessions_active: Gauge<i64, AtomicI64>,
-    /// Caught up with the audit sink's own count at each render, under the lock so that two
-    /// scrapes at once cannot both add the same lines.
-    log_lines_dropped: std::sync::Mutex<Counter>,
     pool: HashPool,
-    audit: crate::audit::Audit,
+}
+
+/// `portcullis_audit_log_lines_dropped_total`, read from the audit sink's own count at each
+/// scrape (a counter of ours beside it would only be kept in step with it).
+struct LogLinesDropped(crate::audit::Audit);
+
+impl std::fmt::Debug for LogLinesDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLinesDropped")
+    }
+}
+
+impl prometheus_client::collector::Collector for LogLinesDropped {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(self.0.log_lines_dropped());
+        let metric = encoder.encode_descriptor(
+            "audit_log_lines_dropped",
+            "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
 }
 
 /// The server's metrics; cheap to clone. [`Metrics::off`] counts nothing (metrics_addr off).
@@ -212,12 +232,7 @@ impl Metrics {
             "Sessions in the store (counted every 15 s; expired ones count until the next purge)",
             sessions_active.clone(),
         );
-        let log_lines_dropped = Counter::default();
-        registry.register(
-            "audit_log_lines_dropped",
-            "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
-            log_lines_dropped.clone(),
-        );
+        registry.register_collector(Box::new(LogLinesDropped(audit.clone())));
         let authz_requests = Family::<AuthzLabels, Counter>::default();
         registry.register("authz_requests", "Forward-auth decisions (/api/authz/*) by result", authz_requests.clone());
         for result in AuthzResult::ALL {
@@ -246,9 +261,7 @@ impl Metrics {
             hash_queue_depth,
             hash_queued,
             sessions_active,
-            log_lines_dropped: std::sync::Mutex::new(log_lines_dropped),
             pool: pool.clone(),
-            audit: audit.clone(),
         })))
     }
 
@@ -292,10 +305,6 @@ impl Metrics {
             for lane in Lane::ALL {
                 let queued = i64::try_from(m.pool.queued(lane)).unwrap_or(i64::MAX);
                 m.hash_queued.get_or_create(&LaneLabels { lane: lane.label() }).set(queued);
-            }
-            // The sink counts; the counter catches up to it (both only ever grow).
-            if let Ok(counter) = m.log_lines_dropped.lock() {
-                counter.inc_by(m.audit.log_lines_dropped().saturating_sub(counter.get()));
             }
             // Writing into a String cannot fail.
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &m.registry);
