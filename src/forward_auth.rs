@@ -402,7 +402,8 @@ impl Gate {
                     let parse = |s: &str| self.parse_url(s).ok().map(|(u, ..)| u);
                     parse(a).is_some() && parse(a) == parse(b)
                 };
-                if !same(&f.0, &o.0) || !f.1.trim().eq_ignore_ascii_case(o.1.trim()) {
+                // The methods were compared above, with or without their URLs.
+                if !same(&f.0, &o.0) {
                     return Err(TargetError::Contradictory);
                 }
                 if flavour == Flavour::ForwardAuth {
