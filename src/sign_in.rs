@@ -48,8 +48,7 @@ pub use passkey::{BeginOutcome, PasskeyAttempt};
 
 use std::sync::Arc;
 
-use crate::audit::SignInMethod;
-use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason};
+use crate::audit::{Audit, AuditError, AuthEvent, Client, FailureReason, SignInMethod};
 use crate::authentication::{AuthError, Authenticator};
 use crate::brute_force::{BruteForceState, Held, QuotaKey, Retire, StateError, Wait};
 use crate::captcha::Captchas;
@@ -528,7 +527,7 @@ impl SignIn {
         }
         let with = SignedInWith::from(Factors::One);
         let browser = Browser { session: previous_session.as_ref(), device };
-        let method = crate::audit::SignInMethod::Password;
+        let method = SignInMethod::Password;
         let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, method).await?
         else {
             // Not reached: only a sign-in with a passkey can find it removed.
@@ -635,7 +634,7 @@ impl SignIn {
         client: &Client,
         browser: Browser<'_>,
         after_failures: usize,
-        method: crate::audit::SignInMethod<'_>,
+        method: SignInMethod<'_>,
     ) -> Result<Option<(SessionToken, String)>, SignInError> {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
