@@ -49,12 +49,9 @@ pub const MAX_MARK_RUN: usize = 4;
 /// optional checks of Unicode UTS #39 §5.4, against marks stacked to draw over the lines
 /// around a name.
 pub(crate) fn has_mark_run(display: &str) -> bool {
-    use icu_properties::props::GeneralCategory;
-    use icu_properties::CodePointMapData;
-    let categories = CodePointMapData::<GeneralCategory>::new();
     let mut run: Vec<char> = Vec::new();
     for c in display.nfd() {
-        if matches!(categories.get(c), GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark) {
+        if crate::text::is_mark(c) {
             if run.contains(&c) || run.len() == MAX_MARK_RUN {
                 return true;
             }

@@ -83,7 +83,7 @@ fn escaped_by_printable(s: &str, at: usize, c: char) -> bool {
 
 /// Whether `c` is a nonspacing or enclosing mark (General_Category Mn, Me), drawn over the
 /// character before it.
-fn is_mark(c: char) -> bool {
+pub(crate) fn is_mark(c: char) -> bool {
     !c.is_ascii()
         && matches!(
             CodePointMapData::<GeneralCategory>::new().get(c),
