@@ -607,7 +607,15 @@ fn spawn_retention(store: Store, log_dir: std::path::PathBuf, retention: Duratio
             if let Err(e) = store.passkeys.purge_removed_passkeys(cutoff).await {
                 tracing::warn!(error = %e, "could not forget old removed passkeys");
             }
-            match crate::audit::prune_log_files(&log_dir, retention, crate::store::now_ms()) {
+            // Directory listing and deletes: file-system calls, kept off the async workers.
+            let dir = log_dir.clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                crate::audit::prune_log_files(&dir, retention, crate::store::now_ms())
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|deleted| deleted);
+            match pruned {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "old log files removed"),
                 Err(e) => tracing::warn!(error = %e, "cannot delete old log files"),
                 _ => {}
