@@ -507,36 +507,20 @@ pub async fn current_session_listing(
 /// ours) the only one whose session is live. Two live sessions are never picked between,
 /// since the one sent first may be an attacker's, signed in as them (cookie tossing, found by
 /// a review): the request is answered as signed out, and the tossed cookie is cleared
-/// ([`crate::cookies::scoped`], and `GET /login` for an application's path). Past
-/// [`MAX_SESSION_COOKIES`] values none is looked up.
+/// ([`crate::cookies::scoped`], and `GET /login` for an application's path).
 #[allow(clippy::result_large_err)]
 async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String>, Response> {
-    let mut all = crate::cookies::get_all(req, SESSION_COOKIE);
+    let all = crate::cookies::get_all(req, SESSION_COOKIE);
     if all.len() <= 1 {
-        return Ok(all.pop());
+        return Ok(all.into_iter().next());
     }
-    // At `debug`, as the verify's reasons: any client can send such requests, as many as it
-    // likes, and the log is not to be flooded at its word.
-    if all.len() > MAX_SESSION_COOKIES {
-        tracing::debug!(
-            cookies = all.len(),
-            "a request sent more session cookies than are looked up: answered as signed out"
-        );
-        return Ok(None);
-    }
-    let mut live: Vec<(String, crate::store::TokenHash)> = Vec::new();
-    for cookie in all {
-        if let Some(s) = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))? {
-            if !live.iter().any(|(_, hash)| *hash == s.token_hash) {
-                live.push((cookie, s.token_hash));
-            }
-        }
-    }
+    let live = live_cookies(all, |c| Box::pin(resolved(state, c)), |s| s.token_hash).await?;
     if live.len() > 1 {
+        // At `debug`, as the verify's reasons: any client can send such requests, as many as
+        // it likes, and the log is not to be flooded at its word.
         tracing::debug!(sessions = live.len(), "a request sent the cookies of more than one live session (cookie tossing by a host under cookie_domain?): answered as signed out");
-        return Ok(None);
     }
-    Ok(live.pop().map(|(cookie, _)| cookie))
+    Ok(only_one(live))
 }
 
 /// The cookie of the sign-in waiting for its second step, as [`session_cookie`] picks a
@@ -545,26 +529,12 @@ async fn session_cookie(req: &Request, state: &AppState) -> Result<Option<String
 /// sign-in) the only one naming a pending sign-in; `None` when none or two do.
 #[allow(clippy::result_large_err)]
 pub(crate) async fn pending_cookie(req: &Request, state: &AppState) -> Result<Option<String>, Response> {
-    let mut all = crate::cookies::get_all(req, crate::factors::MFA_COOKIE);
+    let all = crate::cookies::get_all(req, crate::factors::MFA_COOKIE);
     if all.len() <= 1 {
-        return Ok(all.pop());
+        return Ok(all.into_iter().next());
     }
-    if all.len() > MAX_SESSION_COOKIES {
-        return Ok(None);
-    }
-    let mut live = Vec::new();
-    for cookie in all {
-        let found =
-            state.factors.pending(&cookie).await.map_err(|e| store_error(&e, "could not read a pending sign-in"))?;
-        if found.is_some() {
-            live.push(cookie);
-        }
-    }
-    Ok(if live.len() == 1 { live.pop() } else { None })
+    Ok(only_one(live_cookies(all, |c| Box::pin(pending_of(state, c)), |hash| *hash).await?))
 }
-
-/// How many session cookies of one request [`session_cookie`] looks up at most.
-pub(crate) const MAX_SESSION_COOKIES: usize = 4;
 
 /// Every live session the request's session cookies name, each once (none past
 /// [`MAX_SESSION_COOKIES`] values): for `POST /logout`, which ends them all, where a page
@@ -572,19 +542,61 @@ pub(crate) const MAX_SESSION_COOKIES: usize = 4;
 #[allow(clippy::result_large_err)]
 pub(crate) async fn live_sessions(req: &Request, state: &AppState) -> Result<Vec<ActiveSession>, Response> {
     let all = crate::cookies::get_all(req, SESSION_COOKIE);
+    let live = live_cookies(all, |c| Box::pin(resolved(state, c)), |s| s.token_hash).await?;
+    Ok(live.into_iter().map(|(_, session)| session).collect())
+}
+
+/// The session the cookie value `cookie` names, if live, or the answer to send (503 when the
+/// store cannot say).
+#[allow(clippy::result_large_err)]
+async fn resolved(state: &AppState, cookie: String) -> Result<Option<ActiveSession>, Response> {
+    state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))
+}
+
+/// The hash of the pending sign-in the cookie value `cookie` names, if it is one, or the
+/// answer to send (503 when the store cannot say).
+#[allow(clippy::result_large_err)]
+async fn pending_of(state: &AppState, cookie: String) -> Result<Option<crate::store::TokenHash>, Response> {
+    let found =
+        state.factors.pending(&cookie).await.map_err(|e| store_error(&e, "could not read a pending sign-in"))?;
+    Ok(found.map(|(hash, ..)| hash))
+}
+
+/// Of the values `all` of one cookie name, those `lookup` finds live, each with what it found
+/// and each once by `key` of it (two spellings of one token are one); none is looked up past
+/// [`MAX_SESSION_COOKIES`] values, so a request cannot make this server do more lookups than
+/// that at its word.
+#[allow(clippy::result_large_err)]
+async fn live_cookies<'s, T, K: PartialEq>(
+    all: Vec<String>,
+    lookup: impl Fn(String) -> BoxFuture<'s, Result<Option<T>, Response>>,
+    key: impl Fn(&T) -> K,
+) -> Result<Vec<(String, T)>, Response> {
     if all.len() > MAX_SESSION_COOKIES {
+        tracing::debug!(cookies = all.len(), "a request sent more cookies of one name than are looked up: none is");
         return Ok(Vec::new());
     }
-    let mut live: Vec<ActiveSession> = Vec::new();
+    let mut live: Vec<(String, T)> = Vec::new();
     for cookie in all {
-        if let Some(s) = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))? {
-            if !live.iter().any(|l| l.token_hash == s.token_hash) {
-                live.push(s);
+        if let Some(found) = lookup(cookie.clone()).await? {
+            if !live.iter().any(|(_, l)| key(l) == key(&found)) {
+                live.push((cookie, found));
             }
         }
     }
     Ok(live)
 }
+
+/// The value of the one live cookie of `live`; `None` for none or several.
+fn only_one<T>(mut live: Vec<(String, T)>) -> Option<String> {
+    (live.len() == 1).then(|| live.pop().map(|(cookie, _)| cookie)).flatten()
+}
+
+/// A lookup's answer to come, sendable across the server's threads.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How many values of one cookie name a request may carry and have them looked up.
+pub(crate) const MAX_SESSION_COOKIES: usize = 4;
 
 /// The signed-in session, or the answer to send: 303 to `signed_out` (a sign-in page)
 /// without one, 503 when the store cannot say.
