@@ -143,27 +143,38 @@ struct Inner {
     pool: HashPool,
 }
 
-/// `portcullis_audit_log_lines_dropped_total`, read from the audit sink's own count at each
-/// scrape (a counter of ours beside it would only be kept in step with it).
-struct LogLinesDropped(crate::audit::Audit);
+/// `portcullis_audit_log_lines_dropped_total` and `portcullis_audit_records_dropped_total`,
+/// read from the audit sink's own counts at each scrape (counters of ours beside them would
+/// only be kept in step with them).
+struct AuditDrops(crate::audit::Audit);
 
-impl std::fmt::Debug for LogLinesDropped {
+impl std::fmt::Debug for AuditDrops {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogLinesDropped")
+        f.write_str("AuditDrops")
     }
 }
 
-impl prometheus_client::collector::Collector for LogLinesDropped {
+impl prometheus_client::collector::Collector for AuditDrops {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
-        let counter = prometheus_client::metrics::counter::ConstCounter::new(self.0.log_lines_dropped());
-        let metric = encoder.encode_descriptor(
-            "audit_log_lines_dropped",
-            "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
+        let counters = [
+            (
+                "audit_log_lines_dropped",
+                "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
+                self.0.log_lines_dropped(),
+            ),
+            (
+                "audit_records_dropped",
+                "Oldest failed-login records dropped from the store past audit_max_records by this instance",
+                self.0.records_dropped(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = prometheus_client::metrics::counter::ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -232,7 +243,7 @@ impl Metrics {
             "Sessions in the store (counted every 15 s; expired ones count until the next purge)",
             sessions_active.clone(),
         );
-        registry.register_collector(Box::new(LogLinesDropped(audit.clone())));
+        registry.register_collector(Box::new(AuditDrops(audit.clone())));
         let authz_requests = Family::<AuthzLabels, Counter>::default();
         registry.register("authz_requests", "Forward-auth decisions (/api/authz/*) by result", authz_requests.clone());
         for result in AuthzResult::ALL {

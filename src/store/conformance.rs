@@ -745,7 +745,7 @@ async fn failures_query_and_page_without_gaps_or_repeats(store: &Store) {
         let ip = if i < 5 { "192.0.2.1" } else { "198.51.100.7" };
         let reason = if i == 9 { FailureReason::Csrf } else { FailureReason::BadPassword };
         // Two records share each millisecond: cursors still order them.
-        cursors.push(f.append(&failure(1000 + i / 2, ip, user, reason), user, None).await.unwrap());
+        cursors.push(f.append(&failure(1000 + i / 2, ip, user, reason), user, None).await.unwrap().at);
     }
     assert_eq!(f.count().await.unwrap(), 10);
     let all = f.query(&FailureQuery::default()).await.unwrap();
@@ -805,9 +805,12 @@ async fn the_record_cap_keeps_the_newest(store: &Store) {
         f.append(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3)).await.unwrap();
     }
     assert_eq!(f.enforce_cap(Some(3)).await.unwrap(), 3, "cap: counting trims to the cap");
+    let mut dropped = Vec::new();
     for i in 5..10u64 {
-        f.append(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3)).await.unwrap();
+        let record = failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf);
+        dropped.push(f.append(&record, "alice", Some(3)).await.unwrap().dropped);
     }
+    assert_eq!(dropped, [1; 5], "cap: each append at the cap says it pushed one record out");
     let records = f.query(&FailureQuery::default()).await.unwrap();
     let times: Vec<u64> = records.iter().map(|(_, r)| r.time).collect();
     assert_eq!(times, [1009, 1008, 1007], "cap: the newest are kept");
@@ -816,6 +819,8 @@ async fn the_record_cap_keeps_the_newest(store: &Store) {
     assert_eq!(f.query(&q).await.unwrap().len(), 3, "cap: dropped records leave no index entries");
     let q = FailureQuery { ip: Some("192.0.2.1/32".parse().unwrap()), ..Default::default() };
     assert_eq!(f.query(&q).await.unwrap().len(), 3);
+    let record = failure(1010, "192.0.2.1", "alice", FailureReason::Csrf);
+    assert_eq!(f.append(&record, "alice", None).await.unwrap().dropped, 0, "cap: none dropped without one");
 }
 
 async fn secrets_are_stable_and_agreed_on(store: &Store) {
@@ -852,7 +857,7 @@ async fn write_everything(store: &Store) -> [u8; 32] {
     store.users.change_groups("bob", &[crate::domain::Group::parse("ops").unwrap()], &[]).await.unwrap();
     store.sessions.insert(&[1; 32], &session("alice", 10, 10)).await.unwrap();
     store.sessions.touch(&[1; 32], 20).await.unwrap();
-    let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap();
+    let at = store.failures.append(&failure(5, "192.0.2.1", "eve", FailureReason::Csrf), "eve", None).await.unwrap().at;
     store.failures.set_count(&at, 3).await.unwrap();
     store.passkeys.add_passkey(&passkey(b"pk", "alice", 30)).await.unwrap();
     store.passkeys.record_passkey_use(b"pk", &used("used", 4, 40)).await.unwrap();

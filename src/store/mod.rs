@@ -317,6 +317,16 @@ fn is_one(n: &u64) -> bool {
     *n == 1
 }
 
+/// What [`FailureStore::append`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The new record's place.
+    pub at: Cursor,
+    /// How many of the oldest records went to keep the store within `max_records` (0 below
+    /// the cap; 1 at it, as a rule).
+    pub dropped: u64,
+}
+
 /// A failure record's place in time order: names the record (to set its count) and is the
 /// keyset cursor of a page (the records after it, newest first). Opaque outside the store:
 /// the only other form it has is the text of [`Cursor::encode`] (base64url of 16 bytes, the
@@ -559,8 +569,9 @@ pub trait SessionStore: Send + Sync {
 pub trait FailureStore: Send + Sync {
     /// Appends a record; `user_key` is the normalised form of what was typed, for queries by
     /// user. With `max_records` (once [`FailureStore::enforce_cap`] has run) the oldest
-    /// records go so that at most that many are kept. Returns the record's cursor.
-    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor>;
+    /// records go so that at most that many are kept. Returns the record's cursor and how
+    /// many old records it pushed out.
+    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Appended>;
     /// Sets the `count` of the record at `at`; a record already dropped stays dropped.
     async fn set_count(&self, at: &Cursor, count: u64) -> Result<()>;
     /// Records matching `q`, newest first, each with its cursor.

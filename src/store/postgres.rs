@@ -13,9 +13,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession,
-    TokenHash, TotpFactor, User, UserFactors, UserStore,
+    Appended, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore,
+    PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError,
+    StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, MIGRATE_TIMEOUT, POOL_SIZE};
@@ -707,7 +707,7 @@ fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[async_trait]
 impl FailureStore for PgStore {
-    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor> {
+    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Appended> {
         // The cap in the same statement, counted in ids rather than rows (a count(*) per
         // append would scan the table): ids are one sequence and records are dropped only
         // from the old end, so the newest `max` ids are at most `max` records. A sequence
@@ -722,8 +722,9 @@ impl FailureStore for PgStore {
                                            known_browser)
                      VALUES ($1, $2::text::inet, $3, $4, $5, $6, $7, $8, $10, $11) RETURNING id),
                  capped AS (
-                     DELETE FROM failures WHERE $9::bigint IS NOT NULL AND id <= (SELECT id FROM ins) - $9)
-                 SELECT id FROM ins",
+                     DELETE FROM failures WHERE $9::bigint IS NOT NULL AND id <= (SELECT id FROM ins) - $9
+                     RETURNING 1)
+                 SELECT id, (SELECT count(*) FROM capped) FROM ins",
                 &[
                     &ms(record.time),
                     &pg_text(&record.ip),
@@ -740,7 +741,7 @@ impl FailureStore for PgStore {
                 ],
             )
             .await?;
-        Ok(Cursor::new(record.time, unms(row.get(0))))
+        Ok(Appended { at: Cursor::new(record.time, unms(row.get(0))), dropped: unms(row.get(1)) })
     }
 
     async fn set_count(&self, at: &Cursor, count: u64) -> Result<()> {

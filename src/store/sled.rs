@@ -28,9 +28,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore, PendingSignIn,
-    Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError, StoredSession,
-    TokenHash, TotpFactor, User, UserFactors, UserStore,
+    Appended, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore,
+    PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError,
+    StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -639,7 +639,13 @@ impl SledStore {
     /// With `max_records` (and once the records were counted, see [`SledStore::count_failures`]),
     /// the oldest records are dropped so that at most that many are kept: whatever floods
     /// in, the records cannot grow past it (issue 11 §1).
-    fn append_failure(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Vec<u8>> {
+    /// Appends a record; returns its key and how many of the oldest went past `max_records`.
+    fn append_failure(
+        &self,
+        record: &FailureRecord,
+        user_key: &str,
+        max_records: Option<u64>,
+    ) -> Result<(Vec<u8>, u64)> {
         let mut key = record.time.to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.failures.insert(&key, encode(record)?)?;
@@ -647,18 +653,20 @@ impl SledStore {
         self.failures_by_ip.insert(secondary_key(record.ip.as_bytes(), &key), &[])?;
         // Not counted yet: the count runs at start, in the background; until then no cap.
         if self.failure_total.load(Ordering::SeqCst) == UNCOUNTED {
-            return Ok(key);
+            return Ok((key, 0));
         }
         let total = self.failure_total.fetch_add(1, Ordering::SeqCst);
+        let mut dropped = 0;
         if let Some(max) = max_records {
             let mut total = total.saturating_add(1);
             while total > max.max(1) {
                 let Some((k, v)) = self.failures.pop_min()? else { break };
                 self.remove_failure_indexes(&k, &v)?;
                 total = self.failure_total.fetch_sub(1, Ordering::SeqCst) - 1;
+                dropped += 1;
             }
         }
-        Ok(key)
+        Ok((key, dropped))
     }
 
     /// Counts the failure records (a scan: run it off the async workers) so that the cap of
@@ -1146,10 +1154,10 @@ impl SessionStore for SledStore {
 
 #[async_trait]
 impl FailureStore for SledStore {
-    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Cursor> {
-        let key = self.append_failure(record, user_key, max_records)?;
+    async fn append(&self, record: &FailureRecord, user_key: &str, max_records: Option<u64>) -> Result<Appended> {
+        let (key, dropped) = self.append_failure(record, user_key, max_records)?;
         let at = cursor_of(&key)?;
-        self.durable(at).await
+        self.durable(Appended { at, dropped }).await
     }
 
     async fn set_count(&self, at: &Cursor, count: u64) -> Result<()> {
@@ -1828,7 +1836,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&record).unwrap(), old);
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let key = store.append_failure(&record, "alice", None).unwrap();
+        let (key, _) = store.append_failure(&record, "alice", None).unwrap();
         store.set_failure_count(&key, 42).unwrap();
         assert_eq!(store.failures(&FailureQuery::default()).unwrap()[0].1.count, 42);
     }

@@ -231,6 +231,26 @@ async fn a_start_below_the_free_space_reserve_says_so() {
     assert!(said, "{}", server.output());
 }
 
+/// Records pushed out of the store past `audit_max_records` are said on the terminal, once
+/// an hour rather than once a record, and the newest are kept (found by a review: the oldest
+/// records, an earlier attack's, went without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_dropped_past_the_cap_are_said_once_and_the_newest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let flags = child::quick_with(&[("--audit-max-records", "3")]);
+    let server = tokio::task::block_in_place(|| ServerProcess::start(d, &flags));
+    let browser = server.browser();
+    for i in 0..7 {
+        assert_eq!(wrong_password(&browser, &server.origin, &format!("nobody{i}"), "agent").await, 401);
+    }
+    let said = || server.stderr.lock().unwrap().iter().filter(|l| l.contains("audit_max_records")).count();
+    assert_eq!(said(), 1, "{}", server.output());
+    tokio::task::block_in_place(|| server.terminate());
+    let names: Vec<_> = audit_json(d).await.iter().map(|r| r["username"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["nobody6", "nobody5", "nobody4"]);
+}
+
 /// Free bytes on the filesystem holding `dir` (statvfs).
 #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
 fn free_bytes(dir: &Path) -> u64 {

@@ -288,3 +288,24 @@ async fn failed_login_lines_left_out_of_the_log_are_counted() {
     assert_eq!(dropped as usize + logged, 3, "each failure is logged or counted as left out");
     assert_eq!(app.records(Default::default()).await.len(), 3, "the store has every one");
 }
+
+/// Failed-login records pushed out of the store past `audit_max_records` are counted, so an
+/// operator learns that earlier records (an earlier attack's) are going.
+#[tokio::test]
+async fn failed_login_records_dropped_past_the_cap_are_counted() {
+    let app = with_metrics(|s| {
+        s.captcha_after_failures = 1000;
+        s.audit_max_records = 2;
+    })
+    .await;
+    // The cap applies once the records are counted (in the background at start): counted now.
+    app.state.store.failures.enforce_cap(Some(2)).await.unwrap();
+    let before = samples(&scrape_text(&app).await);
+    let mut visitor = Visitor::new(&app, Some("198.51.100.9"));
+    for i in 0..5 {
+        assert_eq!(visitor.attempt(&format!("nobody{i}"), "not the password at all", None).await.0, 401);
+    }
+    let after = samples(&scrape_text(&app).await);
+    assert_eq!(delta(&before, &after, "portcullis_audit_records_dropped_total"), 3.0);
+    assert_eq!(app.records(Default::default()).await.len(), 2, "the newest are kept");
+}
