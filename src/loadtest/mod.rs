@@ -8,7 +8,9 @@
 //! (as a browser whose window closes) instead of signing out: a sign-out is a second page
 //! view and a durable store write that would make the figure about logouts as much as
 //! logins. The server purges those sessions at their idle timeout. The latency recorded is
-//! the POST /login round trip (the request that carries the password check).
+//! the POST /login round trip (the request that carries the password check). One sign-in
+//! before the clock starts (not counted) stops the run with the reason when the server
+//! refuses for good: a wrong password, a demanded captcha, a quota, a CSRF refusal.
 //!
 //! In `views` mode each virtual user signs in once, then repeats GET / with its session
 //! cookie and counts 200s. In `verify` mode it signs in once, then asks
@@ -186,7 +188,8 @@ pub struct Report {
     pub p99_ms: f64,
     pub max_ms: f64,
     /// Errors by HTTP status ("401", "429", "503", ...) or kind ("connect", "timeout",
-    /// "request", "no_form", "wrong_redirect", "no_session_cookie", "sign_in").
+    /// "request", "no_form", "wrong_redirect", "no_session_cookie", "sign_in",
+    /// "captcha_required").
     pub errors_by_kind: BTreeMap<String, u64>,
     /// GET /healthz at `--probe-rate`, on its own connection.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -378,6 +381,34 @@ struct VirtualUser {
 /// A failed step, named for the error breakdown.
 type Failure = String;
 
+/// The error kind of a sign-in refused for want of a captcha (HTTP 401 with the form's
+/// demand for one): nothing was checked, and the run cannot solve it.
+const CAPTCHA_REQUIRED: &str = "captcha_required";
+
+fn contains(body: &[u8], text: &str) -> bool {
+    body.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// Why the server refused a sign-in for good, as a line for the terminal; `None` for what
+/// trying again may mend (a 503, a dropped connection).
+fn refusal(kind: &str, username: &str, retry_after: Option<u64>) -> Option<String> {
+    Some(match kind {
+        "401" => format!("cannot sign in as {username:?} (HTTP 401): check the username and password"),
+        CAPTCHA_REQUIRED => format!(
+            "the server demands a captcha of {username:?} or of this address (captcha_after_failures), which a load \
+             test cannot solve: run the server with --captcha-after-failures 1000 for the test, or wait out its \
+             failure_window (`portcullis user unlock NAME` clears the username's count)"
+        ),
+        "429" => format!(
+            "the server's quota refuses sign-ins from this address or as {username:?} for now (HTTP 429{}): run the \
+             server with --login-quota-per-ip off --login-quota-per-user off for the test",
+            retry_after.map(|s| format!(", Retry-After {s} s")).unwrap_or_default()
+        ),
+        "403" => format!("cannot sign in as {username:?} (HTTP 403: the form's CSRF check refused it)"),
+        _ => return None,
+    })
+}
+
 /// How long to wait after a failure: the server's `Retry-After` for 429 and 503, capped.
 fn pause_after(kind: &str, retry_after: Option<u64>) -> Duration {
     match (kind, retry_after) {
@@ -447,8 +478,12 @@ impl VirtualUser {
         let status = resp.status();
         self.retry_after = retry_after(&resp);
         let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let _ = resp.bytes().await.map_err(|e| error_kind(&e))?;
+        let body = resp.bytes().await.map_err(|e| error_kind(&e))?;
         let latency = started.elapsed();
+        if status == StatusCode::UNAUTHORIZED && contains(&body, crate::routes::login::CAPTCHA_REQUIRED) {
+            // Nothing was checked: not a wrong password, and no retry will do without a picture.
+            return Err(CAPTCHA_REQUIRED.into());
+        }
         if status != StatusCode::SEE_OTHER {
             return Err(status.as_u16().to_string());
         }
@@ -459,6 +494,32 @@ impl VirtualUser {
             return Err("no_session_cookie".into());
         }
         Ok(latency)
+    }
+
+    /// Signs in once before the clock starts, trying again (20 times, 100 ms apart) after what
+    /// may pass, such as a 503. Returns whether it signed in.
+    ///
+    /// # Errors
+    /// When the server refuses for good: a wrong password, a demanded captcha, a quota, or
+    /// a CSRF refusal (the message says which, and what to do).
+    async fn sign_in_before_the_clock(
+        &mut self,
+        form_url: &Url,
+        username: &str,
+        password: &SecretString,
+    ) -> anyhow::Result<bool> {
+        for _ in 0..20 {
+            match self.sign_in(form_url, username, password).await {
+                Ok(_) => return Ok(true),
+                Err(kind) => {
+                    if let Some(why) = refusal(&kind, username, self.retry_after) {
+                        bail!(why);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// GET `url` (with `headers`); `Ok(latency)` on a 200.
@@ -526,7 +587,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let _ = r.bytes().await;
     }
 
-    // Views: every virtual user signs in once (not timed).
+    // Views: every virtual user signs in once (not timed). Logins: one sign-in before the
+    // clock, so that a wrong password or a server that demands a captcha is said at once, not
+    // after a run of refusals that each left a failed-login record (found by a review).
     let mut setup = Tally::new();
     let signs_in_once = matches!(opts.mode, Mode::Views | Mode::Verify) || opts.sign_in_url.is_some();
     let form_url = match (&opts.sign_in_url, opts.mode) {
@@ -538,24 +601,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     };
     if signs_in_once {
         for user in &mut users {
-            let mut signed_in = false;
-            for _ in 0..20 {
-                match user.sign_in(&form_url, &opts.username, &opts.password).await {
-                    Ok(_) => {
-                        setup.ok += 1;
-                        signed_in = true;
-                        break;
-                    }
-                    Err(kind) if kind == "401" || kind == "403" => {
-                        bail!("cannot sign in as {} (HTTP {kind}): check the username and password", opts.username)
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-            if !signed_in {
-                setup.error("sign_in".into());
+            match user.sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await? {
+                true => setup.ok += 1,
+                false => setup.error("sign_in".into()),
             }
         }
+    } else if opts.mode == Mode::Logins {
+        users[0].sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await?;
+        users[0].jar.clear();
     }
 
     let probe_client = match opts.probe_rate {

@@ -78,13 +78,45 @@ async fn a_next_target_is_followed_and_a_wrong_password_is_an_error() {
     let report = loadtest::run(opts).await.unwrap();
     assert!(report.logins > 0 && report.errors == 0, "{report:?}");
 
+    // Said before the clock starts, after one refusal rather than a run of them (each a
+    // failed-login record; found by a review).
     let mut opts = options(&app, Mode::Logins, &app.base);
     opts.password = SecretString::from("not the password at all");
     opts.duration = Duration::from_millis(500);
     opts.probe_rate = None;
-    let report = loadtest::run(opts).await.unwrap();
-    assert_eq!(report.logins, 0);
-    assert!(report.errors > 0 && report.errors_by_kind.contains_key("401"), "{report:?}");
+    let err = loadtest::run(opts).await.unwrap_err().to_string();
+    assert!(err.contains("check the username and password"), "{err}");
+    assert_eq!(app.records(Default::default()).await.len(), 1, "one attempt");
+}
+
+/// A server that demands a captcha, or whose quota refuses, is said so with what to do,
+/// not reported as a run of 401s or 429s (found by a review).
+#[tokio::test]
+async fn a_demanded_captcha_or_a_spent_quota_is_said_before_the_run() {
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_ip = None;
+        s.captcha_after_failures = 1;
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    let mut opts = options(&app, Mode::Logins, &app.base);
+    opts.password = SecretString::from("not the password at all");
+    loadtest::run(opts).await.unwrap_err();
+    let err = loadtest::run(options(&app, Mode::Logins, &app.base)).await.unwrap_err().to_string();
+    assert!(err.contains("demands a captcha") && err.contains("--captcha-after-failures"), "{err}");
+    let err = loadtest::run(options(&app, Mode::Views, &app.base)).await.unwrap_err().to_string();
+    assert!(err.contains("demands a captcha"), "{err}");
+
+    let app = spawn_app_with(|s| {
+        s.login_quota_per_ip = Some(portcullis::config::Rate { burst: 1, period: Duration::from_secs(3600) });
+    })
+    .await;
+    app.add_user("bench", GOOD_PASSWORD, false).await;
+    // The one sign-in the quota allows, before the clock; the run's are refused.
+    let report = loadtest::run(options(&app, Mode::Logins, &app.base)).await.unwrap();
+    assert_eq!(report.logins, 0, "{report:?}");
+    let err = loadtest::run(options(&app, Mode::Logins, &app.base)).await.unwrap_err().to_string();
+    assert!(err.contains("HTTP 429, Retry-After") && err.contains("--login-quota-per-ip off"), "{err}");
 }
 
 #[tokio::test]

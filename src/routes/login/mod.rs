@@ -35,6 +35,10 @@ struct LoginPage<'a> {
 /// The one message for every wrong username, password or captcha.
 pub const GENERIC_FAILURE: &str = "Incorrect username or password.";
 
+/// The message of a sign-in sent without the captcha the form demands (`captcha_required`:
+/// nothing was checked). `portcullis loadtest` tells this refusal from a wrong password by it.
+pub const CAPTCHA_REQUIRED: &str = "Please also type the characters shown in the picture.";
+
 /// What the form page should say and show.
 pub struct Form<'a> {
     pub status: StatusCode,

@@ -6,7 +6,7 @@ use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use super::{Form, GENERIC_FAILURE};
+use super::{Form, CAPTCHA_REQUIRED, GENERIC_FAILURE};
 use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::{DEVICE_COOKIE, PRELOGIN_COOKIE};
@@ -128,9 +128,7 @@ pub(crate) async fn refused(
             StatusCode::UNAUTHORIZED,
             "That passkey was not accepted. Please try again, or sign in with your password.".into(),
         ),
-        FailureReason::CaptchaRequired => {
-            (StatusCode::UNAUTHORIZED, "Please also type the characters shown in the picture.".into())
-        }
+        FailureReason::CaptchaRequired => (StatusCode::UNAUTHORIZED, CAPTCHA_REQUIRED.into()),
         _ => (StatusCode::UNAUTHORIZED, GENERIC_FAILURE.into()),
     };
     let captcha = refusal.captcha_demanded.then_some(client.key());
