@@ -144,6 +144,9 @@ fn roots(url: &DatabaseUrl) -> Result<RootCertStore, PgError> {
                 let cert = cert.map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
                 store.add(cert).map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
             }
+            if store.is_empty() {
+                return Err(PgError::Setup(format!("sslrootcert {shown} holds no PEM certificate")));
+            }
         }
         None => {
             let found = rustls_native_certs::load_native_certs();

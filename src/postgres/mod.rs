@@ -73,8 +73,45 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => crate::text::error_chain(e),
+        None => {
+            let mut text = crate::text::error_chain(e);
+            if let Some(hint) = hint(e) {
+                text.push_str("; ");
+                text.push_str(hint);
+            }
+            text
+        }
     }
+}
+
+/// What to do about a connection refused on this side, where the driver's words leave an
+/// operator guessing (found by a review): a certificate rustls would not accept (its errors
+/// are Rust names, `Other(OtherError(CaUsedAsEndEntity))`), or a password the URL lacks.
+fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::CertificateError;
+    // An `io::Error`'s `source` skips the error it wraps: each link is also asked for that.
+    let links = std::iter::successors(Some(e), |s| s.source())
+        .flat_map(|s| [Some(s), s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as _)])
+        .flatten();
+    for link in links {
+        if let Some(rustls::Error::InvalidCertificate(why)) = link.downcast_ref::<rustls::Error>() {
+            return Some(match why {
+                // BadSignature: an issuer of the same name that did not sign it.
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    "the database's certificate is not issued by a certificate in sslrootcert (or, without it, the system's roots)"
+                }
+                CertificateError::Other(other)
+                    if other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity) =>
+                {
+                    "the database presents a CA certificate (CA:TRUE, such as a plain self-signed one) as its own, which rustls refuses where libpq accepts it: give the database a certificate issued by the CA in sslrootcert"
+                }
+                _ => return None,
+            });
+        }
+    }
+    e.to_string()
+        .contains("password missing")
+        .then_some("give the password in database_url (percent-encoded): PGPASSWORD and ~/.pgpass are not read")
 }
 
 impl PgError {
@@ -163,5 +200,22 @@ mod tests {
         assert!(text.contains("refused"), "the cause: {text}");
         assert!(!text.contains('\n'), "one line: {text}");
         assert!(std::error::Error::source(&e).is_none(), "the text is the whole chain");
+    }
+
+    /// As tokio-postgres-rustls hands a refused certificate on: an `io::Error` around rustls's.
+    fn refused(why: rustls::CertificateError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(why))
+    }
+
+    #[test]
+    fn a_refused_certificate_or_a_missing_password_says_what_to_do() {
+        let ca = rustls::OtherError(std::sync::Arc::new(webpki::Error::CaUsedAsEndEntity));
+        let hint_of = |e: std::io::Error| hint(&e).unwrap_or_default();
+        assert!(hint_of(refused(rustls::CertificateError::Other(ca))).contains("issued by the CA in sslrootcert"));
+        assert!(hint_of(refused(rustls::CertificateError::UnknownIssuer)).contains("not issued by a certificate"));
+        assert!(hint_of(refused(rustls::CertificateError::BadSignature)).contains("not issued by a certificate"));
+        assert_eq!(hint(&refused(rustls::CertificateError::Expired)), None, "rustls says that well itself");
+        let missing = std::io::Error::other("invalid configuration: password missing");
+        assert!(hint_of(missing).contains("PGPASSWORD and ~/.pgpass are not read"));
     }
 }

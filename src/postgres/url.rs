@@ -129,7 +129,7 @@ fn host_and_port(text: &str) -> Option<(usize, &str)> {
 fn query_params(query: &str) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let decode = |s: &str| percent_decode(s).ok_or_else(|| "holds a %-escape that is not UTF-8".to_string());
+        let decode = |s: &str| percent_decode(s).ok_or_else(|| BAD_ESCAPE.to_string());
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("parameter `{}` has no value (KEY=VALUE)", crate::text::printable(&decode(pair)?)));
         };
@@ -155,6 +155,10 @@ pub struct DatabaseUrl {
     root_cert: Option<PathBuf>,
 }
 
+/// What a bad `%` escape is told (without saying where: it may be in the password).
+const BAD_ESCAPE: &str =
+    "holds a bad %-escape: % must be followed by two hex digits (write % itself as %25), and the bytes must be UTF-8";
+
 /// PostgreSQL's default port.
 pub const DEFAULT_PORT: u16 = 5432;
 
@@ -177,9 +181,7 @@ impl DatabaseUrl {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err("must start with postgres:// or postgresql://".into());
         }
-        let decode = |s: &str| -> Result<String, String> {
-            percent_decode(s).ok_or_else(|| "holds a %-escape that is not UTF-8".to_string())
-        };
+        let decode = |s: &str| -> Result<String, String> { percent_decode(s).ok_or_else(|| BAD_ESCAPE.to_string()) };
         let mut user = decode(url.username())?;
         let password = match url.password() {
             Some(p) => Some(SecretString::from(decode(p)?)),
@@ -365,7 +367,19 @@ fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
+/// `s` percent-decoded; `None` when a `%` is not followed by two hex digits (libpq refuses
+/// such a URL, "invalid percent-encoded token": a password with a stray `%` would otherwise
+/// fail later as a wrong password; found by a review) or the bytes are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let well_formed = b
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'%')
+        .all(|(i, _)| b.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return None;
+    }
     percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
 }
 
@@ -480,6 +494,11 @@ mod tests {
             ("postgres://user:hunter2@/db?host=/s&sslrootcert=", "sslrootcert is empty"),
             ("postgres://user:hunter2@/db?host=/s&sslmode", "no value"),
             ("postgres://user:hunter2@/db/x?host=/s", "just the database name"),
+            ("postgres://user:hun%ZZter2@h/db", "bad %-escape"),
+            ("postgres://user:hunter2%4@h/db", "bad %-escape"),
+            ("postgres://user:hunter2%@h/db", "bad %-escape"),
+            ("postgres://user:hunter2@h/db?sslrootcert=/ca%G1.pem", "bad %-escape"),
+            ("postgres://user:hunter2@h/d%b", "bad %-escape"),
         ] {
             let err = DatabaseUrl::parse(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(err.contains(says), "{bad}: {err}");

@@ -220,8 +220,15 @@ async fn each_sslmode_does_what_libpq_does() {
         format!("sslmode=require&sslrootcert={other}"),
     ] {
         let u = url("127.0.0.1", &q);
-        assert!(connect(&u).await.is_err(), "{u}");
+        let err = connect(&u).await.err().unwrap_or_else(|| panic!("{u} was accepted")).to_string();
+        assert!(err.contains("not issued by a certificate in sslrootcert"), "{u}: what to do: {err}");
     }
+    // A root file with no certificate in it is said to be one (it said "set sslrootcert").
+    let empty = cluster.ca_file.with_file_name("not-pem.txt");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let u = url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={}", empty.display()));
+    let err = pool(&u, 1).err().expect("refused").to_string();
+    assert!(err.contains("holds no PEM certificate"), "{err}");
 }
 
 #[tokio::test]
