@@ -104,14 +104,36 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
         (false, false) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let generated = rcgen::generate_simple_self_signed(DEV_CERT_NAMES.map(str::to_string).to_vec())
-                .context("cannot generate a development certificate")?;
-            write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert, generated.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
+            let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
+            write_private(&key, key_pem.as_bytes())?;
+            std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
             Ok(true)
         }
     }
 }
+
+/// How long a generated development certificate is valid, in days (as mkcert's): a developer
+/// may import it as trusted, and a copy of its key should not be good for ever (rcgen's
+/// default ran to the year 4096; found by a review). Past it the start says so
+/// ([`warnings`]), and removing both files makes a new pair.
+pub const DEV_CERT_DAYS: i64 = 825;
+
+/// A self-signed certificate for [`DEV_CERT_NAMES`] and its key, both PEM.
+fn development_pair() -> Result<(String, String), rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(DEV_CERT_NAMES.map(str::to_string).to_vec())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis development certificate");
+    let now = time::OffsetDateTime::now_utc();
+    // A day back: a client whose clock is a little behind still accepts it at once.
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(DEV_CERT_DAYS);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Within this many days of its end a certificate is said to need renewing at start.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -164,6 +186,9 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
             ));
         }
     }
+    if let Ok(leaf) = key.end_entity_cert() {
+        out.extend(validity_warning(dir, leaf, time::OffsetDateTime::now_utc()));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -179,6 +204,28 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
         }
     }
     out
+}
+
+/// What to say of `leaf`'s dates at `now`: expired, not valid yet, or ending within
+/// [`EXPIRY_WARNING_DAYS`]; `None` when none of these (or the dates cannot be read).
+fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let validity = cert.validity();
+    let (from, until) = (validity.not_before.to_datetime(), validity.not_after.to_datetime());
+    let day = |t: time::OffsetDateTime| t.date().to_string();
+    let path = cert_path(dir);
+    let path = path.display();
+    if until <= now {
+        return Some(format!(
+            "{path} expired on {}: browsers refuse it (renew it; a development pair is made anew once cert.pem and key.pem are removed)",
+            day(until)
+        ));
+    }
+    if from > now {
+        return Some(format!("{path} is not valid until {}: browsers refuse it until then", day(from)));
+    }
+    let left = (until - now).whole_days();
+    (left < EXPIRY_WARNING_DAYS).then(|| format!("{path} expires on {} (in {left} days): renew it", day(until)))
 }
 
 /// Serves whichever certificate was loaded last.
@@ -542,7 +589,35 @@ mod tests {
         assert!(!ensure_certificate(dir.path()).unwrap());
         let mode = std::fs::metadata(key_path(dir.path())).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        load_certified_key(dir.path()).unwrap();
+        let key = load_certified_key(dir.path()).unwrap();
+        // Valid from a day back for DEV_CERT_DAYS, not to the year 4096 (found by a review).
+        let leaf = key.end_entity_cert().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let (from, until) = (cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime());
+        assert_eq!((until - from).whole_days(), DEV_CERT_DAYS + 1);
+        assert!(cert.subject().to_string().contains("portcullis development certificate"));
+        assert_eq!(warnings(dir.path(), &key, Some("localhost")), Vec::<String>::new(), "nothing to say at once");
+    }
+
+    /// A certificate past its end, before its start, or near its end is said at start; the
+    /// server still starts (an operator renewing it needs it running to be reached at all).
+    #[test]
+    fn an_expired_or_expiring_certificate_is_said() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        ensure_certificate(dir.path()).unwrap();
+        let key = load_certified_key(dir.path()).unwrap();
+        let leaf = key.end_entity_cert().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let at = |days: i64| validity_warning(dir.path(), leaf, now + time::Duration::days(days));
+        assert_eq!(at(0), None);
+        assert_eq!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 1), None);
+        let soon = at(DEV_CERT_DAYS - 5).unwrap();
+        assert!(soon.contains("expires on") && soon.contains("(in 4 days)"), "{soon}");
+        let past = at(DEV_CERT_DAYS + 1).unwrap();
+        assert!(past.contains("expired on") && past.contains("cert.pem and key.pem are removed"), "{past}");
+        let early = at(-2).unwrap();
+        assert!(early.contains("is not valid until"), "{early}");
     }
 
     #[test]
