@@ -111,6 +111,9 @@ impl Services {
                 .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
             None => Store::open(&settings.data_dir)?,
         };
+        if crate::store::copy::unfinished(&store).await? {
+            anyhow::bail!(crate::store::copy::UNFINISHED_MESSAGE);
+        }
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);
         let keep_days = (settings.audit_retention.as_secs() / 86_400).max(1) as usize;
