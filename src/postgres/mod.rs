@@ -75,7 +75,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         }
         None => {
             let mut text = crate::text::error_chain(e);
-            if let Some(hint) = hint(e) {
+            if let Some(hint) = hint(e, &text) {
                 text.push_str("; ");
                 text.push_str(hint);
             }
@@ -86,8 +86,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 
 /// What to do about a connection refused on this side, where the driver's words leave an
 /// operator guessing (found by a review): a certificate rustls would not accept (its errors
-/// are Rust names, `Other(OtherError(CaUsedAsEndEntity))`), or a password the URL lacks.
-fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+/// are Rust names, `Other(OtherError(CaUsedAsEndEntity))`), or a password the URL lacks
+/// (`text`: the whole chain, where the driver says so).
+fn hint(e: &(dyn std::error::Error + 'static), text: &str) -> Option<&'static str> {
     use rustls::CertificateError;
     // An `io::Error`'s `source` skips the error it wraps: each link is also asked for that.
     let links = std::iter::successors(Some(e), |s| s.source())
@@ -103,14 +104,13 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
                 CertificateError::Other(other)
                     if other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity) =>
                 {
-                    "the database presents a CA certificate (CA:TRUE, such as a plain self-signed one) as its own, which rustls refuses where libpq accepts it: give the database a certificate issued by the CA in sslrootcert"
+                    "the database presents a CA certificate (CA:TRUE, such as a plain self-signed one) as its own, which rustls refuses where libpq accepts it: give the database a certificate issued by a CA, and name that CA in sslrootcert"
                 }
                 _ => return None,
             });
         }
     }
-    e.to_string()
-        .contains("password missing")
+    text.contains("password missing")
         .then_some("give the password in database_url (percent-encoded): PGPASSWORD and ~/.pgpass are not read")
 }
 
@@ -210,12 +210,11 @@ mod tests {
     #[test]
     fn a_refused_certificate_or_a_missing_password_says_what_to_do() {
         let ca = rustls::OtherError(std::sync::Arc::new(webpki::Error::CaUsedAsEndEntity));
-        let hint_of = |e: std::io::Error| hint(&e).unwrap_or_default();
-        assert!(hint_of(refused(rustls::CertificateError::Other(ca))).contains("issued by the CA in sslrootcert"));
+        let hint_of = |e: std::io::Error| hint(&e, &e.to_string()).unwrap_or_default();
+        assert!(hint_of(refused(rustls::CertificateError::Other(ca))).contains("issued by a CA, and name that CA"));
         assert!(hint_of(refused(rustls::CertificateError::UnknownIssuer)).contains("not issued by a certificate"));
         assert!(hint_of(refused(rustls::CertificateError::BadSignature)).contains("not issued by a certificate"));
-        assert_eq!(hint(&refused(rustls::CertificateError::Expired)), None, "rustls says that well itself");
-        let missing = std::io::Error::other("invalid configuration: password missing");
-        assert!(hint_of(missing).contains("PGPASSWORD and ~/.pgpass are not read"));
+        let expired = refused(rustls::CertificateError::Expired);
+        assert_eq!(hint(&expired, &expired.to_string()), None, "rustls says that well itself");
     }
 }

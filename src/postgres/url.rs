@@ -181,6 +181,14 @@ impl DatabaseUrl {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err("must start with postgres:// or postgresql://".into());
         }
+        // Everything after a `#` would be dropped without a word, `?sslmode=verify-full` with
+        // it (found by a review).
+        if url.fragment().is_some() {
+            return Err(
+                "holds a `#`, after which everything would be ignored: write a `#` in a password or a name as %23"
+                    .into(),
+            );
+        }
         let decode = |s: &str| -> Result<String, String> { percent_decode(s).ok_or_else(|| BAD_ESCAPE.to_string()) };
         let mut user = decode(url.username())?;
         let password = match url.password() {
@@ -499,6 +507,10 @@ mod tests {
             ("postgres://user:hunter2%@h/db", "bad %-escape"),
             ("postgres://user:hunter2@h/db?sslrootcert=/ca%G1.pem", "bad %-escape"),
             ("postgres://user:hunter2@h/d%b", "bad %-escape"),
+            ("postgres://user:hunter2@h/db#?sslmode=verify-full", "holds a `#`"),
+            ("postgres://user:hunter2@h/db?sslmode=verify-full#x", "holds a `#`"),
+            ("postgres://user:hunter2@h/db#fr%ag", "holds a `#`"),
+            ("postgres://user:hunter2@/db#?host=/s", "holds a `#`"),
         ] {
             let err = DatabaseUrl::parse(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(err.contains(says), "{bad}: {err}");

@@ -241,6 +241,13 @@ async fn a_wrong_database_password_fails_without_the_password_in_the_error() {
     assert!(!shown.contains("wrongpw"), "{shown}");
     let pool_err = pool(&u, 1).unwrap().get().await.unwrap_err();
     assert!(!format!("{pool_err} {pool_err:?}").contains("wrongpw"));
+    // None at all, where the database asks for one: said to belong in the URL, since the
+    // variables and the file libpq reads are not read (found by a review).
+    let host_and_port = &cluster.tcp_base[cluster.tcp_base.rfind('@').unwrap() + 1..];
+    let base = format!("postgres://postgres@{host_and_port}");
+    let u = DatabaseUrl::parse(&format!("{base}/postgres?sslmode=disable")).unwrap();
+    let err = connect(&u).await.unwrap_err().to_string();
+    assert!(err.contains("password missing") && err.contains("PGPASSWORD and ~/.pgpass are not read"), "{err}");
 }
 
 #[tokio::test]
