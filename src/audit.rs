@@ -607,9 +607,17 @@ impl Audit {
         self.budget.dropped.load(Ordering::Relaxed)
     }
 
-    /// How many of the oldest failed-login records this sink's appends have pushed out of the
-    /// store past `audit_max_records` since it was opened (records past `audit_retention` are
-    /// not counted: their going is the setting's purpose).
+    /// Counts `dropped` records that went past `audit_max_records` otherwise than by this
+    /// sink's appends (at start, when the store held more than the cap: a lower setting, or a
+    /// copied store), for [`Audit::records_dropped`] and the terminal's warning.
+    pub fn note_records_dropped(&self, dropped: u64) {
+        self.limits.count_dropped(dropped, now_ms());
+    }
+
+    /// How many of the oldest failed-login records went from the store past
+    /// `audit_max_records` since this sink was opened: pushed out by its appends, or dropped
+    /// at start ([`Audit::note_records_dropped`]). Records past `audit_retention` are not
+    /// counted: their going is the setting's purpose.
     pub fn records_dropped(&self) -> u64 {
         self.limits.records_dropped.load(Ordering::Relaxed)
     }

@@ -327,6 +327,16 @@ pub struct Appended {
     pub dropped: u64,
 }
 
+/// What [`FailureStore::enforce_cap`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capped {
+    /// Records kept.
+    pub kept: u64,
+    /// The oldest records dropped past the cap (a lower `audit_max_records` than before, or
+    /// a copy of a store that held more).
+    pub dropped: u64,
+}
+
 /// A failure record's place in time order: names the record (to set its count) and is the
 /// keyset cursor of a page (the records after it, newest first). Opaque outside the store:
 /// the only other form it has is the text of [`Cursor::encode`] (base64url of 16 bytes, the
@@ -582,8 +592,8 @@ pub trait FailureStore: Send + Sync {
     async fn count(&self) -> Result<u64>;
     /// Counts the records, drops the oldest beyond `max_records`, and from then on applies
     /// the cap on append (a scan: the server runs it once, in the background, at start).
-    /// Returns how many are kept.
-    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64>;
+    /// Returns how many are kept and how many went.
+    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<Capped>;
     /// Up to `limit` records, oldest first, those after `after`, each with its cursor: a
     /// page of what `store copy` moves (paged, so a million records are never all in memory).
     async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>>;

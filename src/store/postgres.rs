@@ -13,9 +13,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-    Appended, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore,
-    PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError,
-    StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
+    Appended, Capped, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord,
+    FailureStore, PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes,
+    StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, MIGRATE_TIMEOUT, POOL_SIZE};
@@ -806,10 +806,11 @@ impl FailureStore for PgStore {
         Ok(unms(n))
     }
 
-    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64> {
+    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<Capped> {
         let client = self.client().await?;
+        let mut dropped = 0;
         if let Some(max) = max_records {
-            client
+            dropped = client
                 .execute(
                     "DELETE FROM failures WHERE id IN (
                          SELECT id FROM failures ORDER BY time_ms DESC, id DESC OFFSET $1)",
@@ -818,7 +819,7 @@ impl FailureStore for PgStore {
                 .await?;
         }
         let n: i64 = client.query_one("SELECT count(*) FROM failures", &[]).await?.get(0);
-        Ok(unms(n))
+        Ok(Capped { kept: unms(n), dropped })
     }
 
     async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>> {

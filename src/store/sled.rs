@@ -28,9 +28,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Appended, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord, FailureStore,
-    PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes, StoreError,
-    StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
+    Appended, Capped, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord,
+    FailureStore, PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes,
+    StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -671,24 +671,26 @@ impl SledStore {
 
     /// Counts the failure records (a scan: run it off the async workers) so that the cap of
     /// [`SledStore::append_failure`] applies from now on, and drops the oldest beyond
-    /// `max_records`. Returns how many there are.
-    fn count_failures(&self, max_records: Option<u64>) -> Result<u64> {
+    /// `max_records`. Returns how many there are and how many went.
+    fn count_failures(&self, max_records: Option<u64>) -> Result<Capped> {
         let mut n = 0u64;
         for kv in self.failures.iter() {
             kv?;
             n += 1;
         }
+        let mut dropped = 0;
         if let Some(max) = max_records {
             while n > max {
                 let Some((k, v)) = self.failures.pop_min()? else { break };
                 self.remove_failure_indexes(&k, &v)?;
                 n -= 1;
+                dropped += 1;
             }
         }
         // Appends since the scan began are not in `n`; the cap then lags by that many until
         // the next purge, which is harmless.
         self.failure_total.store(n, Ordering::SeqCst);
-        Ok(n)
+        Ok(Capped { kept: n, dropped })
     }
 
     /// Sets the `count` of the record stored under `key` (an aggregated refusal, see
@@ -1179,9 +1181,9 @@ impl FailureStore for SledStore {
         Ok(self.failure_count() as u64)
     }
 
-    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<u64> {
-        let n = self.blocking(move |s| s.count_failures(max_records)).await?;
-        self.durable(n).await
+    async fn enforce_cap(&self, max_records: Option<u64>) -> Result<Capped> {
+        let capped = self.blocking(move |s| s.count_failures(max_records)).await?;
+        self.durable(capped).await
     }
 
     async fn export(&self, after: Option<Cursor>, limit: usize) -> Result<Vec<(Cursor, FailureRecord)>> {
@@ -1782,7 +1784,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.failure_count(), 5);
-        assert_eq!(store.count_failures(Some(3)).unwrap(), 3);
+        assert_eq!(store.count_failures(Some(3)).unwrap().kept, 3);
         for i in 5..10u64 {
             store
                 .append_failure(&failure(1000 + i, "192.0.2.1", "alice", FailureReason::Csrf), "alice", Some(3))

@@ -247,8 +247,22 @@ async fn records_dropped_past_the_cap_are_said_once_and_the_newest_kept() {
     let said = || server.stderr.lock().unwrap().iter().filter(|l| l.contains("audit_max_records")).count();
     assert_eq!(said(), 1, "{}", server.output());
     tokio::task::block_in_place(|| server.terminate());
-    let names: Vec<_> = audit_json(d).await.iter().map(|r| r["username"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["nobody6", "nobody5", "nobody4"]);
+    let names = || async {
+        audit_json(d).await.iter().map(|r| r["username"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names().await, ["nobody6", "nobody5", "nobody4"]);
+
+    // A lower cap at the next start drops the oldest at once, and says so too.
+    let flags = child::quick_with(&[("--audit-max-records", "1")]);
+    let server = tokio::task::block_in_place(|| ServerProcess::start(d, &flags));
+    let said = || server.stderr.lock().unwrap().iter().any(|l| l.contains("dropped_since_start=2"));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !said() {
+        assert!(std::time::Instant::now() < until, "{}", server.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| server.terminate());
+    assert_eq!(names().await, ["nobody6"]);
 }
 
 /// Free bytes on the filesystem holding `dir` (statvfs).
