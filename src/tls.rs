@@ -123,10 +123,12 @@ fn development_pair() -> Result<(String, String), rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(DEV_CERT_NAMES.map(str::to_string).to_vec())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis development certificate");
-    let now = time::OffsetDateTime::now_utc();
-    // A day back: a client whose clock is a little behind still accepts it at once.
-    params.not_before = now - time::Duration::days(1);
-    params.not_after = now + time::Duration::days(DEV_CERT_DAYS);
+    // From a day back, so a client whose clock is a little behind accepts it at once; no
+    // longer than 825 days in all, and for server authentication, as Apple's platforms
+    // require of a TLS server certificate (found by a review).
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = params.not_before + time::Duration::days(DEV_CERT_DAYS);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -186,9 +188,7 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
             ));
         }
     }
-    if let Ok(leaf) = key.end_entity_cert() {
-        out.extend(validity_warning(dir, leaf, time::OffsetDateTime::now_utc()));
-    }
+    out.extend(dates_warning(dir, key));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -204,6 +204,11 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
         }
     }
     out
+}
+
+/// What to say of the dates of `key`'s certificate now ([`validity_warning`]).
+fn dates_warning(dir: &Path, key: &CertifiedKey) -> Option<String> {
+    validity_warning(dir, key.end_entity_cert().ok()?, time::OffsetDateTime::now_utc())
 }
 
 /// What to say of `leaf`'s dates at `now`: expired, not valid yet, or ending within
@@ -224,8 +229,11 @@ fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDate
     if from > now {
         return Some(format!("{path} is not valid until {}: browsers refuse it until then", day(from)));
     }
-    let left = (until - now).whole_days();
-    (left < EXPIRY_WARNING_DAYS).then(|| format!("{path} expires on {} (in {left} days): renew it", day(until)))
+    let left = until - now;
+    // Whole days rounded up, as the date reads: ten days from now, less a second, is "in 10".
+    let days = (left.whole_seconds() + 86_399) / 86_400;
+    (left < time::Duration::days(EXPIRY_WARNING_DAYS))
+        .then(|| format!("{path} expires on {} (in {days} days): renew it", day(until)))
 }
 
 /// Serves whichever certificate was loaded last.
@@ -243,6 +251,11 @@ impl CertResolver {
         if let Ok(mut current) = self.current.write() {
             *current = key;
         }
+    }
+
+    /// The pair in service.
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| Arc::clone(&k))
     }
 }
 
@@ -273,25 +286,41 @@ fn fingerprint(dir: &Path) -> Option<(SystemTime, u64, SystemTime, u64)> {
 }
 
 /// Re-reads the pair whenever the files change. A pair that is half-written or mismatched
-/// is skipped (and retried at the next change), keeping the one in service.
+/// is skipped (and retried at the next change), keeping the one in service. The dates of the
+/// pair in service are said as at start ([`warnings`]) when a new pair is loaded and once a
+/// UTC day, so a server running past a failed renewal says so before browsers do (found by
+/// a review: only the start said it).
 pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration) -> tokio::task::JoinHandle<()> {
     // Taken now rather than when the task first runs: a change landing in between would
     // otherwise become the baseline and never be loaded.
     let mut seen = fingerprint(&dir);
+    // The start has said today's.
+    let mut dates_said = time::OffsetDateTime::now_utc().date();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            let today = time::OffsetDateTime::now_utc().date();
+            if today != dates_said {
+                dates_said = today;
+                if let Some(warning) = resolver.current().and_then(|key| dates_warning(&dir, &key)) {
+                    tracing::warn!("{warning}");
+                }
+            }
             let now = fingerprint(&dir);
             if now.is_none() || now == seen {
                 continue;
             }
             match load_certified_key(&dir) {
                 Ok(key) => {
+                    let warning = dates_warning(&dir, &key);
                     resolver.replace(key);
                     seen = now;
                     tracing::info!(dir = %dir.display(), "certificate reloaded");
+                    if let Some(warning) = warning {
+                        tracing::warn!("{warning}");
+                    }
                 }
                 Err(e) => {
                     // Remember this version too: it is retried when the files change again
@@ -594,7 +623,9 @@ mod tests {
         let leaf = key.end_entity_cert().unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
         let (from, until) = (cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime());
-        assert_eq!((until - from).whole_days(), DEV_CERT_DAYS + 1);
+        assert_eq!((until - from).whole_days(), DEV_CERT_DAYS);
+        let eku = cert.extended_key_usage().unwrap().expect("an extended key usage");
+        assert!(eku.value.server_auth, "for TLS servers");
         assert!(cert.subject().to_string().contains("portcullis development certificate"));
         assert_eq!(warnings(dir.path(), &key, Some("localhost")), Vec::<String>::new(), "nothing to say at once");
     }
@@ -610,11 +641,13 @@ mod tests {
         let leaf = key.end_entity_cert().unwrap();
         let now = time::OffsetDateTime::now_utc();
         let at = |days: i64| validity_warning(dir.path(), leaf, now + time::Duration::days(days));
+        // It ends DEV_CERT_DAYS - 1 days from its making, less the moments since.
         assert_eq!(at(0), None);
-        assert_eq!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 1), None);
-        let soon = at(DEV_CERT_DAYS - 5).unwrap();
-        assert!(soon.contains("expires on") && soon.contains("(in 4 days)"), "{soon}");
-        let past = at(DEV_CERT_DAYS + 1).unwrap();
+        assert_eq!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 2), None, "15 days left");
+        assert!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 1).is_some(), "14 days left, less a moment");
+        let soon = at(DEV_CERT_DAYS - 6).unwrap();
+        assert!(soon.contains("expires on") && soon.contains("(in 5 days)"), "{soon}");
+        let past = at(DEV_CERT_DAYS).unwrap();
         assert!(past.contains("expired on") && past.contains("cert.pem and key.pem are removed"), "{past}");
         let early = at(-2).unwrap();
         assert!(early.contains("is not valid until"), "{early}");
