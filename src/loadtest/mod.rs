@@ -65,9 +65,9 @@ pub struct LoadtestArgs {
     /// The server, e.g. https://127.0.0.1:4000 (a path such as /login?next=/x is kept)
     #[arg(long)]
     pub url: String,
-    /// The account to sign in as
+    /// The account to sign in as (every mode signs in but get without --sign-in-url)
     #[arg(long)]
-    pub username: String,
+    pub username: Option<String>,
     /// Read the password as one line from standard input instead of prompting
     #[arg(long)]
     pub password_stdin: bool,
@@ -389,8 +389,14 @@ fn contains(body: &[u8], text: &str) -> bool {
     body.windows(text.len()).any(|w| w == text.as_bytes())
 }
 
+/// Whether trying again may mend a failure of this kind: a 5xx (a full queue, a store away)
+/// or the connection, not an answer about the sign-in or the request.
+fn passing(kind: &str) -> bool {
+    kind.starts_with('5') || matches!(kind, "connect" | "timeout" | "request" | "body")
+}
+
 /// Why the server refused a sign-in for good, as a line for the terminal; `None` for what
-/// trying again may mend (a 503, a dropped connection).
+/// trying again may mend ([`passing`]).
 fn refusal(kind: &str, username: &str, retry_after: Option<u64>) -> Option<String> {
     Some(match kind {
         "401" => format!("cannot sign in as {username:?} (HTTP 401): check the username and password"),
@@ -405,7 +411,29 @@ fn refusal(kind: &str, username: &str, retry_after: Option<u64>) -> Option<Strin
             retry_after.map(|s| format!(", Retry-After {s} s")).unwrap_or_default()
         ),
         "403" => format!("cannot sign in as {username:?} (HTTP 403: the form's CSRF check refused it)"),
-        _ => return None,
+        "no_form" => "the sign-in page has no form to fill in (is --url a portcullis server?)".to_string(),
+        "wrong_redirect" | "no_session_cookie" => {
+            format!("signing in as {username:?} did not end in a session ({kind}): is --url a portcullis server?")
+        }
+        _ if passing(kind) => return None,
+        _ => format!("cannot sign in as {username:?} (HTTP {kind})"),
+    })
+}
+
+/// Why the forward-auth endpoint refused a verify of `target` for good (see [`refusal`]).
+fn verify_refusal(kind: &str, target: &str) -> Option<String> {
+    Some(match kind {
+        "400" => format!(
+            "the forward-auth endpoint refused --target {target} (HTTP 400): its host must be one portcullis gates \
+             (public_url's host, or one under cookie_domain; an IP address is none): give --target https://HOST/PATH"
+        ),
+        "403" => format!(
+            "the forward-auth endpoint answered 403 for --target {target}: this machine is not in the server's \
+             trusted_proxies, or its rules deny the user there"
+        ),
+        "401" => format!("the forward-auth endpoint answered 401 for --target {target}: the session was not accepted"),
+        _ if passing(kind) => return None,
+        _ => format!("the forward-auth endpoint answered HTTP {kind} for --target {target}"),
     })
 }
 
@@ -497,29 +525,32 @@ impl VirtualUser {
     }
 
     /// Signs in once before the clock starts, trying again (20 times, 100 ms apart) after what
-    /// may pass, such as a 503. Returns whether it signed in.
+    /// may pass, such as a 503. Returns `None` once signed in, or the kind of the last failure
+    /// when every try failed so.
     ///
     /// # Errors
-    /// When the server refuses for good: a wrong password, a demanded captcha, a quota, or
-    /// a CSRF refusal (the message says which, and what to do).
+    /// When the server refuses for good: a wrong password, a demanded captcha, a quota, a
+    /// CSRF refusal, a page without the form (the message says which, and what to do).
     async fn sign_in_before_the_clock(
         &mut self,
         form_url: &Url,
         username: &str,
         password: &SecretString,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<Failure>> {
+        let mut last = None;
         for _ in 0..20 {
             match self.sign_in(form_url, username, password).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(None),
                 Err(kind) => {
                     if let Some(why) = refusal(&kind, username, self.retry_after) {
                         bail!(why);
                     }
+                    last = Some(kind);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        Ok(false)
+        Ok(last)
     }
 
     /// GET `url` (with `headers`); `Ok(latency)` on a 200.
@@ -602,13 +633,39 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if signs_in_once {
         for user in &mut users {
             match user.sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await? {
-                true => setup.ok += 1,
-                false => setup.error("sign_in".into()),
+                None => setup.ok += 1,
+                Some(_) => setup.error("sign_in".into()),
             }
         }
     } else if opts.mode == Mode::Logins {
-        users[0].sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await?;
+        if let Some(kind) = users[0].sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await? {
+            bail!("the sign-in before the run failed 20 times in 2 s (the last: {kind}): is the server overloaded?");
+        }
         users[0].jar.clear();
+    }
+    // Verify: one verify before the clock, so a target the endpoint refuses (an IP address,
+    // say: the default's origin) is said at once rather than as a run of 400s (found by a
+    // review).
+    let verify_headers = |target: &str| [("x-original-url", target.to_string()), ("x-original-method", "GET".into())];
+    if opts.mode == Mode::Verify {
+        if let Some(user) = users.iter_mut().find(|u| !u.jar.is_empty()) {
+            let headers = verify_headers(&target);
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            for attempt in 1..=20 {
+                match user.get_with(&verify_url, &headers).await {
+                    Ok(_) => break,
+                    Err(kind) => {
+                        if let Some(why) = verify_refusal(&kind, &target) {
+                            bail!(why);
+                        }
+                        if attempt == 20 {
+                            bail!("the verify before the run failed 20 times in 2 s (the last: {kind})");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
     }
 
     let probe_client = match opts.probe_rate {
@@ -635,6 +692,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let mode = opts.mode;
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
+            // Made once: the client shares the machine with the server it measures.
+            let owned = verify_headers(&target);
+            let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
             while Instant::now() < deadline {
                 let step = async {
                     match mode {
@@ -645,10 +705,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             r
                         }
                         Mode::Views => user.view(&home_url).await,
-                        Mode::Verify => {
-                            let headers = [("x-original-url", target.as_str()), ("x-original-method", "GET")];
-                            user.get_with(&verify_url, &headers).await
-                        }
+                        Mode::Verify => user.get_with(&verify_url, &headers).await,
                         Mode::Get => user.view(&get_url).await,
                     }
                 };
@@ -857,11 +914,16 @@ pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
         (None, true) => Trust::Insecure,
         (None, false) => Trust::System,
     };
-    let password = read_password(args.password_stdin)?;
+    // `get` without `--sign-in-url` only GETs: no account, no password asked for.
+    let (username, password) = match (args.mode, &args.sign_in_url, args.username) {
+        (Mode::Get, None, _) => (String::new(), SecretString::from(String::new())),
+        (_, _, Some(name)) => (name, read_password(args.password_stdin)?),
+        (_, _, None) => bail!("--username is needed: every mode signs in but get without --sign-in-url"),
+    };
     let progress = if std::io::stderr().is_terminal() { Progress::Terminal } else { Progress::Lines };
     let report = run(Options {
         url,
-        username: args.username,
+        username,
         password,
         concurrency: args.concurrency,
         duration: args.duration,

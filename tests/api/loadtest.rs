@@ -160,4 +160,29 @@ async fn verify_mode_counts_forward_auth_verifies_of_a_signed_in_user() {
     // The same client against a plain URL: the baseline mode.
     let report = loadtest::run(options(&app, Mode::Get, &app.url("/healthz"))).await.unwrap();
     assert!(report.views.unwrap() > 0 && report.errors == 0, "{report:?}");
+
+    // A target the endpoint refuses (the default, --url's origin: an IP address) is said
+    // before the run, not counted as a run of 400s (found by a review).
+    let err = loadtest::run(options(&app, Mode::Verify, &app.base)).await.unwrap_err().to_string();
+    assert!(err.contains("HTTP 400") && err.contains("its host must be one portcullis gates"), "{err}");
+}
+
+/// The command itself: `--mode get` without `--sign-in-url` asks for no account (it signs in
+/// nowhere; found by a review), and every other mode names the missing `--username`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_mode_needs_no_account_and_the_others_name_the_missing_username() {
+    use crate::child::{self, ServerProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| ServerProcess::start(dir.path(), child::QUICK));
+    let ca = dir.path().join("certs/cert.pem");
+    let common = ["--ca", ca.to_str().unwrap(), "--duration", "1s", "--concurrency", "1"];
+    let healthz = server.url("/healthz");
+    let mut args = vec!["loadtest", "--mode", "get", "--url", healthz.as_str()];
+    args.extend(common);
+    let run = child::cli(dir.path(), &args, None).await;
+    run.assert_ok("get without an account");
+    let mut args = vec!["loadtest", "--url", server.origin.as_str()];
+    args.extend(common);
+    let run = child::cli(dir.path(), &args, None).await;
+    assert!(run.assert_one_line_failure("logins without --username").contains("--username is needed"));
 }
