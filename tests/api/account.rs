@@ -83,6 +83,18 @@ async fn the_account_page_is_for_signed_in_users_and_the_home_page_links_to_it()
     assert!(!page.contains("<script>"), "never an inline script");
 }
 
+/// The new password's hint and `minlength` follow `min_password_length` (a review found the
+/// hint saying 15 and `minlength="1"` whatever the setting).
+#[tokio::test]
+async fn the_new_password_hint_says_the_configured_minimum() {
+    let app = spawn_app_with(|s| s.min_password_length = 20).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    let page = account_page(&app, &alice).await;
+    assert!(page.contains(r#"autocomplete="new-password" minlength="20""#), "{page}");
+    assert!(page.contains("At least 20 characters"), "{page}");
+}
+
 #[tokio::test]
 async fn a_wrong_current_password_is_401_counted_and_recorded_like_a_failed_sign_in() {
     let app = spawn_app_with(|s| {

@@ -74,6 +74,9 @@ struct AccountPage<'a> {
     /// The recovery codes this page shows the count of, for its *Make new recovery codes*
     /// form ([`crate::factors::SecondFactors::codes_seen`]); empty without a second factor.
     codes_seen: String,
+    /// `min_password_length`, for the new password's hint and `minlength` (a review found the
+    /// hint saying 15 whatever the setting).
+    min_password_length: usize,
 }
 
 #[handler]
@@ -153,6 +156,7 @@ async fn render_listed(
             csrf: &csrf,
             sessions: session_views(sessions, &session.token_hash, &passkeys),
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
+            min_password_length: state.settings.min_password_length,
             notice: notice.map(|n| n.text()),
             password_error,
             captcha: password_captcha,
