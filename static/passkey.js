@@ -121,7 +121,11 @@
       }).catch(function (err) {
         if (button) { button.disabled = false; }
         var cancelled = err && (err.name === 'NotAllowedError' || err.name === 'AbortError');
-        say(cancelled ? 'Cancelled, or the passkey was not available. You can try again.' : (err.message || String(err)), true);
+        // InvalidStateError at creation: the authenticator already holds one of this account's
+        // passkeys (the server lists them to exclude); the browser's own words are technical.
+        var held = err && err.name === 'InvalidStateError' && kind === 'create';
+        say(held ? 'This device already holds a passkey for your account: it is in the list below, so there is nothing to add.'
+          : cancelled ? 'Cancelled, or the passkey was not available. You can try again.' : (err.message || String(err)), true);
       });
     });
   }

@@ -42,6 +42,11 @@ pub enum Notice {
     TotpEnabled,
     /// The authenticator app was removed.
     TotpRemoved,
+    /// A passkey was added (its name as shown), when it was not the first factor (whose
+    /// recovery codes page says so).
+    PasskeyAdded { name: String },
+    /// A passkey was renamed (its new name as shown).
+    PasskeyRenamed { name: String },
     /// A passkey was removed (its name as shown), ending `ended` other sessions it had signed in.
     PasskeyRemoved {
         name: String,
@@ -54,6 +59,11 @@ pub enum Notice {
     SecondFactorNeeded,
 }
 
+/// `1 session`, `2 sessions`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 impl Notice {
     /// The sentence shown, with invisible characters in names escaped.
     pub fn text(&self) -> String {
@@ -62,23 +72,35 @@ impl Notice {
                 format!("{} is unlocked: failure count and captcha demand cleared.", crate::text::printable(name))
             }
             Notice::NoSuchUser => "No such user to unlock.".to_string(),
-            Notice::SessionsEnded { count, pending: 0 } => format!("Signed out of {count} other session(s)."),
+            Notice::SessionsEnded { count, pending: 0 } => {
+                format!("Signed out of {}.", counted(*count, "other session", "other sessions"))
+            }
             Notice::SessionsEnded { count, pending } => format!(
-                "Signed out of {count} other session(s), and ended {pending} sign-in(s) that had your password \
-                 and were waiting for the second step. If you did not start them, change your password."
+                "Signed out of {}, and ended {} that had your password and {} waiting for the second step. If you \
+                 did not start {}, change your password.",
+                counted(*count, "other session", "other sessions"),
+                counted(*pending, "sign-in", "sign-ins"),
+                if *pending == 1 { "was" } else { "were" },
+                if *pending == 1 { "it" } else { "them" }
             ),
+            Notice::PasswordChanged { ended: 1 } => "Your password is changed. 1 other session was signed out.".into(),
             Notice::PasswordChanged { ended } => {
-                format!("Your password is changed. {ended} other session(s) were signed out.")
+                format!("Your password is changed. {ended} other sessions were signed out.")
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
             Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
             // This session stays signed in even when the passkey signed it in: its user has
             // just proved who they are.
+            Notice::PasskeyAdded { name } => format!("Your passkey \u{201c}{name}\u{201d} is added."),
+            Notice::PasskeyRenamed { name } => format!("Your passkey is renamed \u{201c}{name}\u{201d}."),
             Notice::PasskeyRemoved { name, ended: 0 } => {
                 format!("Your passkey \u{201c}{name}\u{201d} is removed. No other session was signed in with it.")
             }
+            Notice::PasskeyRemoved { name, ended: 1 } => format!(
+                "Your passkey \u{201c}{name}\u{201d} is removed, and the other session signed in with it is signed out."
+            ),
             Notice::PasskeyRemoved { name, ended } => format!(
-                "Your passkey \u{201c}{name}\u{201d} is removed, and the {ended} other session(s) signed in with it \
+                "Your passkey \u{201c}{name}\u{201d} is removed, and the {ended} other sessions signed in with it \
                  are signed out."
             ),
             Notice::SecondFactorNeeded => "The page you opened needs a second factor, and your account has none yet. \
@@ -91,13 +113,14 @@ impl Notice {
     /// reporting what was done.
     pub fn asks_action(&self) -> bool {
         // Ended sign-ins that had the password: the user should ask whether they were theirs.
-        matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. })
+        // No such user to unlock: nothing was done (a review saw it styled as a success).
+        matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. } | Notice::NoSuchUser)
     }
 
     /// Whether the notice is about passkeys: the account page shows it in their section, where
     /// a passkey's removal lands (`/account#passkeys-heading`), not at the top out of view.
     pub fn about_passkeys(&self) -> bool {
-        matches!(self, Notice::PasskeyRemoved { .. })
+        matches!(self, Notice::PasskeyAdded { .. } | Notice::PasskeyRenamed { .. } | Notice::PasskeyRemoved { .. })
     }
 
     /// Adds the cookie that carries this notice, signed for the session whose token hash is

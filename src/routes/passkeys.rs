@@ -378,7 +378,9 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             });
             // As with an authenticator app (a server that turns passkeys off must not lock
             // the user out either).
-            let otherwise = see_other(ACCOUNT_PASSKEYS);
+            let name = crate::text::printable_label(&added.name).into_owned();
+            let notice = crate::routes::flash::Notice::PasskeyAdded { name };
+            let otherwise = notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS));
             crate::routes::account::recovery_codes::codes_with_first_factor(
                 &state,
                 &session,
@@ -436,8 +438,14 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
     // The rename box holds the name as the page shows it: escapes read back, so a name saved
     // unchanged stays the same (a review saw `🔐` grow `\u{5c}u{1f510}` with each save).
-    match state.passkeys.rename(&session.user.key, &id, &crate::text::unprintable(&form.name)).await {
-        Ok(true) => see_other(ACCOUNT_PASSKEYS),
+    let name = crate::text::unprintable(&form.name);
+    match state.passkeys.rename(&session.user.key, &id, &name).await {
+        // Said, as a removal is (a review saw nothing change on the page but the name).
+        Ok(true) => {
+            let name = crate::text::printable_label(name.trim()).into_owned();
+            let notice = crate::routes::flash::Notice::PasskeyRenamed { name };
+            notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
+        }
         Ok(false) => error_page(StatusCode::NOT_FOUND),
         Err(PasskeyError::BadName) => page(&state, &session, StatusCode::BAD_REQUEST, Some(BAD_NAME)).await,
         Err(PasskeyError::NameTaken) => page(&state, &session, StatusCode::BAD_REQUEST, Some(NAME_TAKEN)).await,

@@ -217,7 +217,9 @@ async fn a_status_notice_cannot_be_put_in_a_link() {
         admin.post(app.url("/admin/unlock")).form(&[("username", "nobody"), ("csrf", &csrf)]).send().await.unwrap();
     let shown =
         admin.get(app.url(resp.headers()["location"].to_str().unwrap())).send().await.unwrap().text().await.unwrap();
-    assert!(shown.contains("No such user to unlock"), "{shown}");
+    // Nothing was done: said as an alert, not as news (found by a review).
+    assert!(shown.contains(r#"<p class="alert" role="alert">No such user to unlock."#), "{shown}");
+    assert!(!shown.contains(r#"<p class="notice" role="status">"#), "{shown}");
 
     let mut other = Visitor::new(&app, Some("203.0.113.9"));
     assert_eq!(other.attempt("admin", &app.admin_password, None).await.0, 303);
@@ -226,7 +228,7 @@ async fn a_status_notice_cannot_be_put_in_a_link() {
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/");
     let home = admin.get(app.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(home.contains("Signed out of 1 other session(s)."), "{home}");
+    assert!(home.contains("Signed out of 1 other session."), "{home}");
     let home = admin.get(app.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(!home.contains("Signed out of"), "a notice shows once");
 }

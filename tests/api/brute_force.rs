@@ -64,6 +64,10 @@ async fn after_n_failures_from_an_address_a_captcha_is_demanded_even_for_the_rig
     }
     let (_, page) = attacker.get("/login").await;
     assert!(shows_captcha(&page), "the address is flagged, so the form shows a challenge");
+    // The way to a new picture comes after the answer's box, in the tab order too (a review
+    // found it between the picture and the box).
+    let (answer, new_one) = (page.find(r#"id="captcha""#).unwrap(), page.find("Show a new picture").unwrap());
+    assert!(answer < new_one, "{page}");
     // Passkeys are off on an address (no public_url): neither a button nor the picture's text offers one.
     assert!(!page.to_lowercase().contains("passkey"), "{page}");
     let resp = attacker.submit(&page, "alice", GOOD_PASSWORD, None).await;

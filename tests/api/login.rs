@@ -11,6 +11,9 @@ async fn the_login_page_has_the_form_the_spec_promises() {
     assert!(body.contains(r#"<form method="post" action="/login""#), "{body}");
     assert!(body.contains(r#"name="username""#) && body.contains(r#"name="password""#));
     assert!(hidden_field(&body, "csrf").is_some());
+    // Plain `username`: `webauthn` promised passkey autofill, which the page never starts
+    // (found by a review).
+    assert!(body.contains(r#"autocomplete="username" "#), "{body}");
 }
 
 #[tokio::test]

@@ -144,6 +144,9 @@ async fn a_passkey_registered_on_the_account_page_signs_in_from_login_with_two_f
     let (_, again) = register(&app, &browser, "my phone").await;
     assert_eq!(again.status(), StatusCode::SEE_OTHER, "codes only with the first factor");
     assert_eq!(app.state.factors.summary("alice").await.unwrap().recovery_codes, 10, "the same codes");
+    // Said on the page it lands on (a review saw nothing said).
+    let account = browser.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(account.contains("Your passkey \u{201c}my phone\u{201d} is added."), "{account}");
     let page = browser.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("my laptop") && page.contains("never used"), "{page}");
     let added = app.log_lines().into_iter().find(|l| l["event"] == "mfa_added").expect("mfa_added is logged");
@@ -300,6 +303,10 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 400);
     let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name>")];
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
+    // Said where the page lands, in the passkeys' section (a review saw nothing said).
+    let account = alice.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let said = |escaped: &str| format!("Your passkey is renamed \u{201c}new {escaped}\u{201d}.");
+    assert!(account.contains(&said("&#60;name&#62;")) || account.contains(&said("&lt;name&gt;")), "{account}");
     let page = alice.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("new &#60;name&#62;") || page.contains("new &lt;name&gt;"), "escaped: {page}");
     // A name with symbols is shown as it is, and saved back unchanged from the rename box it
@@ -440,7 +447,7 @@ async fn removing_a_passkey_signs_out_the_sessions_it_signed_in_and_no_others() 
     }
     assert_eq!(remove_passkey(&app, &owner, &lost).await.status(), StatusCode::SEE_OTHER);
     let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    let said = "Your passkey \u{201c}lost key\u{201d} is removed, and the 2 other session(s) signed in with it are \
+    let said = "Your passkey \u{201c}lost key\u{201d} is removed, and the 2 other sessions signed in with it are \
                 signed out.";
     assert!(page.contains(said), "{page}");
     assert!(!signed_in(&app, &first_factor).await, "signed in with the lost key alone: over");

@@ -285,7 +285,7 @@ async fn the_admin_page_filters_pages_summarises_and_charts() {
 
     // Summary and chart.
     let (_, page) = get(String::new()).await;
-    assert!(page.contains("30 failed attempt(s)"));
+    assert!(page.contains("30 failed attempts"));
     let svg_start = page.find("<svg").unwrap();
     let svg_end = page.find("</svg>").unwrap() + "</svg>".len();
     let svg = &page[svg_start..svg_end];

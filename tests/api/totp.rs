@@ -507,8 +507,8 @@ async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was
     assert_eq!(resp.status(), 303);
     let page = nora.get(app.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(
-        page.contains(r#"<p class="alert" role="alert">Signed out of 0 other session(s), and ended 1 sign-in(s)"#)
-            && page.contains("If you did not start them, change your password."),
+        page.contains(r#"<p class="alert" role="alert">Signed out of 0 other sessions, and ended 1 sign-in"#)
+            && page.contains("that had your password and was waiting for the second step. If you did not start it, change your password."),
         "{page}"
     );
 

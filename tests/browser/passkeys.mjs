@@ -104,6 +104,13 @@ await inChromium([], async (browser) => {
   check(credentials.length === 1 && credentials[0].isResidentCredential, 'one resident credential on the authenticator');
   await shoot(page, 'account');
 
+  step('adding a passkey this device already holds is said plainly');
+  await page.fill('#passkey-name', 'Again');
+  await add.click();
+  // The browser's InvalidStateError (the excluded credential) reads as technical text.
+  await page.waitForSelector('text=This device already holds a passkey for your account');
+  check(await page.locator('.passkey-list li').count() === 1, 'still one passkey listed');
+
   step('sign out');
   await signOut(page);
   await shoot(page, 'login');
@@ -165,6 +172,7 @@ await inChromium([], async (browser) => {
   await page.fill('form[action="/account/passkeys/rename"] input[name=name]', longName);
   await Promise.all([page.waitForURL(`${base}/account#passkeys-heading`, { waitUntil: 'load' }),
     page.click('form[action="/account/passkeys/rename"] button[type=submit]')]);
+  await page.waitForSelector(`text=Your passkey is renamed \u201c${longName}\u201d.`);
   const withCells = await page.locator('table.sessions .with').allTextContents();
   check(withCells.filter((t) => t === `with passkey \u201c${longName}\u201d`).length === 2,
     `both sessions say the passkey signed them in: ${JSON.stringify(withCells)}`);
@@ -179,7 +187,7 @@ await inChromium([], async (browser) => {
   await shoot(page, 'account-sessions');
   // Already at /account#passkeys-heading, where the removal answers: the notice says it is done.
   await page.click('form[action="/account/passkeys/remove"] button[type=submit]');
-  await page.waitForSelector('text=the 1 other session(s) signed in with it are signed out');
+  await page.waitForSelector('text=the other session signed in with it is signed out');
   await shoot(page, 'account-passkey-removed');
   await thiefPage.goto(`${base}/`);
   check(thiefPage.url().startsWith(`${base}/login`), `the copy's session is over: ${thiefPage.url()}`);

@@ -110,7 +110,9 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     // A notice only from what this server did (a cookie set by the action), never the URL.
-    let notice = flash::take(req, &state.csrf, &admin.token_hash).map(|n| n.text());
+    let notice = flash::take(req, &state.csrf, &admin.token_hash);
+    let notice_alert = notice.as_ref().is_some_and(flash::Notice::asks_action);
+    let notice = notice.map(|n| n.text());
     let filters = match Query::parse(req.uri().query()) {
         Ok(filters) => filters,
         Err(e) => {
@@ -125,7 +127,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
                 reason: q.reason,
                 ..Default::default()
             };
-            let page = Shown { error: Some(for_page(&e.to_string())), notice, ..Shown::default() };
+            let page = Shown { error: Some(for_page(&e.to_string())), notice, notice_alert, ..Shown::default() };
             return flash::cleared(req, render(&state, &admin, &sent, &limit, StatusCode::BAD_REQUEST, page));
         }
     };
@@ -191,6 +193,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
     let page = Shown {
         error,
         notice,
+        notice_alert,
         summary,
         chart,
         records: records.iter().map(RecordView::shown).collect(),
@@ -215,6 +218,8 @@ fn for_page(message: &str) -> String {
 struct Shown {
     error: Option<String>,
     notice: Option<String>,
+    /// The notice says nothing was done (shown as an alert, not as news).
+    notice_alert: bool,
     summary: Option<Summary>,
     chart: String,
     records: Vec<RecordView>,
