@@ -283,8 +283,8 @@ pub struct DiskLimits {
     pub watch: Vec<PathBuf>,
     /// The minute (+1, so 0 means never) in which the reserve was last reported.
     reserve_warned: AtomicU64,
-    /// Records dropped past `max_records` by this sink's appends since it was opened (for
-    /// `portcullis_audit_records_dropped_total`).
+    /// Records dropped past `max_records` since the sink was opened, by its appends or at
+    /// start (for `portcullis_audit_records_dropped_total`).
     records_dropped: AtomicU64,
     /// The hour (+1, so 0 means never) in which records dropped past the cap were last
     /// reported.
@@ -317,7 +317,7 @@ impl DiskLimits {
             tracing::warn!(
                 max_records = self.max_records.unwrap_or(0),
                 dropped_since_start = total,
-                "the store holds audit_max_records failed-login records: the oldest are dropped as new ones come"
+                "failed-login records past audit_max_records were dropped, the oldest first: raise it to keep more"
             );
         }
     }

@@ -392,7 +392,7 @@ fn contains(body: &[u8], text: &str) -> bool {
 /// Whether trying again may mend a failure of this kind: a 5xx (a full queue, a store away)
 /// or the connection, not an answer about the sign-in or the request.
 fn passing(kind: &str) -> bool {
-    kind.starts_with('5') || matches!(kind, "connect" | "timeout" | "request" | "body")
+    kind.starts_with('5') || matches!(kind, "connect" | "timeout" | "request")
 }
 
 /// Why the server refused a sign-in for good, as a line for the terminal; `None` for what
