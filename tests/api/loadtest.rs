@@ -186,3 +186,50 @@ async fn get_mode_needs_no_account_and_the_others_name_the_missing_username() {
     let run = child::cli(dir.path(), &args, None).await;
     assert!(run.assert_one_line_failure("logins without --username").contains("--username is needed"));
 }
+
+/// A server that answers every request with 503 is said before the run in every mode that
+/// signs in, not after a run of nothing (found by a review: views mode took 17 s to say
+/// nothing succeeded).
+#[tokio::test]
+async fn a_server_answering_only_503_is_said_before_the_run() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n";
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    for mode in [Mode::Logins, Mode::Views, Mode::Verify] {
+        let opts = Options {
+            url: origin.parse().unwrap(),
+            username: "bench".into(),
+            password: SecretString::from(GOOD_PASSWORD),
+            concurrency: 4,
+            duration: Duration::from_secs(30),
+            trust: Trust::Insecure,
+            probe_rate: None,
+            mode,
+            allow_remote: false,
+            progress: Progress::None,
+            http1: true,
+            target: None,
+            sign_in_url: None,
+        };
+        let err = loadtest::run(opts).await.unwrap_err().to_string();
+        assert!(err.contains("failed 20 times") && err.contains("503"), "{mode:?}: {err}");
+    }
+    server.abort();
+}
