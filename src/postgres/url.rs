@@ -172,6 +172,15 @@ impl DatabaseUrl {
         // a port (`:5433`); libpq reads it as "no host here" (a `host` parameter, or its
         // default, supplies one). Parsed with a stand-in host, which is then ignored.
         let text = text.trim();
+        // A URL's fragment: everything after a `#` would be dropped without a word,
+        // `?sslmode=verify-full` with it; and one in a password ends the authority there, so
+        // it must be caught before the URL is parsed (found by reviews).
+        if text.contains('#') {
+            return Err(
+                "holds a `#`, after which everything would be ignored: write a `#` in a password or a name as %23"
+                    .into(),
+            );
+        }
         // libpq's `host1:port1,host2:port2`: the URL parser would call it a bad port.
         if host_and_port(text).is_some_and(|(_, h)| h.contains(',')) {
             return Err("names several hosts: only one host is supported".into());
@@ -180,14 +189,6 @@ impl DatabaseUrl {
         let url = url::Url::parse(&text).map_err(|e| format!("not a postgres:// URL ({e})"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err("must start with postgres:// or postgresql://".into());
-        }
-        // Everything after a `#` would be dropped without a word, `?sslmode=verify-full` with
-        // it (found by a review).
-        if url.fragment().is_some() {
-            return Err(
-                "holds a `#`, after which everything would be ignored: write a `#` in a password or a name as %23"
-                    .into(),
-            );
         }
         let decode = |s: &str| -> Result<String, String> { percent_decode(s).ok_or_else(|| BAD_ESCAPE.to_string()) };
         let mut user = decode(url.username())?;
@@ -511,6 +512,9 @@ mod tests {
             ("postgres://user:hunter2@h/db?sslmode=verify-full#x", "holds a `#`"),
             ("postgres://user:hunter2@h/db#fr%ag", "holds a `#`"),
             ("postgres://user:hunter2@/db#?host=/s", "holds a `#`"),
+            ("postgres://user:hunter2#x@h/db", "holds a `#`"),
+            ("postgres://user:hun#ter2@127.0.0.1:5432/db", "holds a `#`"),
+            ("postgres://us#er:hunter2@h/db", "holds a `#`"),
         ] {
             let err = DatabaseUrl::parse(bad).err().unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(err.contains(says), "{bad}: {err}");
