@@ -915,6 +915,11 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     // directory of this user's only, on a path nobody else can change.
     crate::store::ensure_ours(&settings.data_dir).context("cannot read data_dir's factor key")?;
     let from = open_configured(&settings).await?;
+    // Before the target is opened, made or given the factor key (found by a review: a refused
+    // copy left a new store and a copy of the key behind).
+    if crate::store::copy::unfinished(&from).await? {
+        bail!(crate::store::copy::CopyError::SourceUnfinished);
+    }
     // The key's fingerprint travels with the secrets: servers on the copy refuse to start
     // without that key even when no user has a second factor yet. Before the target is made:
     // a copy a server could not start on is no copy.

@@ -40,7 +40,7 @@ pub async fn unfinished(store: &Store) -> Result<bool, StoreError> {
 }
 
 /// What a server or a command says of a store [`unfinished`] finds.
-pub const UNFINISHED_MESSAGE: &str = "this store is the target of a store copy that has not finished (still running, or failed halfway): wait for its counts, or empty the store and copy again";
+pub const UNFINISHED_MESSAGE: &str = "this store is the target of a store copy that has not finished (still running, or stopped halfway): wait for its counts, or empty it (a database: DROP DATABASE and CREATE DATABASE; a sled directory: remove it) and copy again";
 
 /// How many records of each kind a copy wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub enum CopyError {
     /// The source is itself the target of a copy that has not finished: nothing was written.
     #[error("the source: {UNFINISHED_MESSAGE}")]
     SourceUnfinished,
+    /// The target is what a copy that stopped halfway left: nothing was written.
+    #[error("the target: {UNFINISHED_MESSAGE}")]
+    TargetUnfinished,
     /// Reading the source or writing the target failed; the target may hold part of the copy
     /// (empty it before trying again).
     #[error(transparent)]
@@ -102,7 +105,8 @@ pub async fn holds(store: &Store) -> Result<Copied, StoreError> {
         removed_passkeys: store.passkeys.count_removed_passkeys().await?,
         sessions: store.sessions.count().await?,
         failures: store.failures.count().await?,
-        secrets: store.secrets.export().await?.len() as u64,
+        // The mark of an unfinished copy is not one of the server's secrets.
+        secrets: store.secrets.export().await?.iter().filter(|(name, _)| name != UNFINISHED).count() as u64,
     })
 }
 
@@ -117,6 +121,9 @@ pub async fn holds(store: &Store) -> Result<Copied, StoreError> {
 /// them when something else writes to the target meanwhile.
 pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
     let there = holds(to).await?;
+    if unfinished(to).await? {
+        return Err(CopyError::TargetUnfinished);
+    }
     if there != Copied::default() {
         return Err(CopyError::NotEmpty(there));
     }

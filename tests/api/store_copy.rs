@@ -234,6 +234,12 @@ async fn a_store_whose_copy_has_not_finished_is_refused_until_it_has() {
     let run = cli(b.path(), None, &["store", "copy", "--to", c.path().join("data").to_str().unwrap()], None).await;
     let err = run.assert_one_line_failure("a copy from a store mid-copy");
     assert!(err.contains("the source") && err.contains("has not finished"), "{err}");
+    assert!(!c.path().join("data").exists(), "refused before the target is made or given the factor key");
+    // Copying into it again is refused as what it is, with how to empty it, not as a store
+    // holding one secret too many.
+    let run = cli(a.path(), None, &["store", "copy", "--to", into.to_str().unwrap()], None).await;
+    let err = run.assert_one_line_failure("a copy into a store mid-copy");
+    assert!(err.contains("the target: this store is the target of a store copy") && err.contains("remove it"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
