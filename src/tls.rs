@@ -118,11 +118,14 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
 /// ([`warnings`]), and removing both files makes a new pair.
 pub const DEV_CERT_DAYS: i64 = 825;
 
+/// The common name of a generated development certificate.
+const DEV_CERT_NAME: &str = "portcullis development certificate";
+
 /// A self-signed certificate for [`DEV_CERT_NAMES`] and its key, both PEM.
 fn development_pair() -> Result<(String, String), rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(DEV_CERT_NAMES.map(str::to_string).to_vec())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis development certificate");
+    params.distinguished_name.push(rcgen::DnType::CommonName, DEV_CERT_NAME);
     // From a day back, so a client whose clock is a little behind accepts it at once; no
     // longer than 825 days in all, and for server authentication, as Apple's platforms
     // require of a TLS server certificate (found by a review).
@@ -188,7 +191,7 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
             ));
         }
     }
-    out.extend(dates_warning(dir, key));
+    out.extend(dates_warning(dir, key).map(|(_, warning)| warning));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -207,13 +210,22 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
 }
 
 /// What to say of the dates of `key`'s certificate now ([`validity_warning`]).
-fn dates_warning(dir: &Path, key: &CertifiedKey) -> Option<String> {
+fn dates_warning(dir: &Path, key: &CertifiedKey) -> Option<(Dates, String)> {
     validity_warning(dir, key.end_entity_cert().ok()?, time::OffsetDateTime::now_utc())
+}
+
+/// What is wrong with a certificate's dates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dates {
+    Expired,
+    NotYetValid,
+    /// Within [`EXPIRY_WARNING_DAYS`] of its end.
+    EndingSoon,
 }
 
 /// What to say of `leaf`'s dates at `now`: expired, not valid yet, or ending within
 /// [`EXPIRY_WARNING_DAYS`]; `None` when none of these (or the dates cannot be read).
-fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Option<String> {
+fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Option<(Dates, String)> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     let validity = cert.validity();
     let (from, until) = (validity.not_before.to_datetime(), validity.not_after.to_datetime());
@@ -221,19 +233,21 @@ fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDate
     let path = cert_path(dir);
     let path = path.display();
     if until <= now {
-        return Some(format!(
-            "{path} expired on {}: browsers refuse it (renew it; a development pair is made anew once cert.pem and key.pem are removed)",
-            day(until)
-        ));
+        // Renewing is the advice for a real certificate; a development pair is made anew.
+        let development = cert.subject().to_string().contains(DEV_CERT_NAME);
+        let what = if development { "remove cert.pem and key.pem for a new development pair" } else { "renew it" };
+        return Some((Dates::Expired, format!("{path} expired on {}: browsers refuse it ({what})", day(until))));
     }
     if from > now {
-        return Some(format!("{path} is not valid until {}: browsers refuse it until then", day(from)));
+        let warning = format!("{path} is not valid until {}: browsers refuse it until then", day(from));
+        return Some((Dates::NotYetValid, warning));
     }
     let left = until - now;
     // Whole days rounded up, as the date reads: ten days from now, less a second, is "in 10".
     let days = (left.whole_seconds() + 86_399) / 86_400;
+    let days = if days == 1 { "1 day".to_string() } else { format!("{days} days") };
     (left < time::Duration::days(EXPIRY_WARNING_DAYS))
-        .then(|| format!("{path} expires on {} (in {days} days): renew it", day(until)))
+        .then(|| (Dates::EndingSoon, format!("{path} expires on {} (in {days}): renew it", day(until))))
 }
 
 /// Serves whichever certificate was loaded last.
@@ -296,6 +310,8 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
     let mut seen = fingerprint(&dir);
     // The start has said today's.
     let mut dates_said = time::OffsetDateTime::now_utc().date();
+    // The version of the files last deferred as not valid yet (said once, not every tick).
+    let mut deferred = None;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,7 +320,7 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
             let today = time::OffsetDateTime::now_utc().date();
             if today != dates_said {
                 dates_said = today;
-                if let Some(warning) = resolver.current().and_then(|key| dates_warning(&dir, &key)) {
+                if let Some((_, warning)) = resolver.current().and_then(|key| dates_warning(&dir, &key)) {
                     tracing::warn!("{warning}");
                 }
             }
@@ -313,15 +329,29 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
                 continue;
             }
             match load_certified_key(&dir) {
-                Ok(key) => {
-                    let warning = dates_warning(&dir, &key);
-                    resolver.replace(key);
-                    seen = now;
-                    tracing::info!(dir = %dir.display(), "certificate reloaded");
-                    if let Some(warning) = warning {
-                        tracing::warn!("{warning}");
+                // Not put in service in place of the one there (found by a review): an expired
+                // pair never will be good, so it is kept out until the files change again; one
+                // not valid yet is looked at again each tick, and loaded once it is.
+                Ok(key) => match dates_warning(&dir, &key) {
+                    Some((Dates::Expired, warning)) => {
+                        seen = now;
+                        tracing::warn!("certificate change ignored, keeping the current one: {warning}");
                     }
-                }
+                    Some((Dates::NotYetValid, warning)) => {
+                        if deferred != now {
+                            deferred = now;
+                            tracing::warn!("certificate change deferred, keeping the current one: {warning}");
+                        }
+                    }
+                    warning => {
+                        resolver.replace(key);
+                        seen = now;
+                        tracing::info!(dir = %dir.display(), "certificate reloaded");
+                        if let Some((_, warning)) = warning {
+                            tracing::warn!("{warning}");
+                        }
+                    }
+                },
                 Err(e) => {
                     // Remember this version too: it is retried when the files change again
                     // (a half-written pair completes), not warned about every tick.
@@ -641,16 +671,57 @@ mod tests {
         let leaf = key.end_entity_cert().unwrap();
         let now = time::OffsetDateTime::now_utc();
         let at = |days: i64| validity_warning(dir.path(), leaf, now + time::Duration::days(days));
+        let at_text = |days: i64| at(days).map(|(_, warning)| warning);
         // It ends DEV_CERT_DAYS - 1 days from its making, less the moments since.
-        assert_eq!(at(0), None);
-        assert_eq!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 2), None, "15 days left");
+        assert_eq!(at_text(0), None);
+        assert_eq!(at_text(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 2), None, "15 days left");
         assert!(at(DEV_CERT_DAYS - EXPIRY_WARNING_DAYS - 1).is_some(), "14 days left, less a moment");
-        let soon = at(DEV_CERT_DAYS - 6).unwrap();
-        assert!(soon.contains("expires on") && soon.contains("(in 5 days)"), "{soon}");
-        let past = at(DEV_CERT_DAYS).unwrap();
-        assert!(past.contains("expired on") && past.contains("cert.pem and key.pem are removed"), "{past}");
-        let early = at(-2).unwrap();
-        assert!(early.contains("is not valid until"), "{early}");
+        let (kind, soon) = at(DEV_CERT_DAYS - 6).unwrap();
+        assert!(kind == Dates::EndingSoon && soon.contains("expires on") && soon.contains("(in 5 days)"), "{soon}");
+        let (_, last) = at(DEV_CERT_DAYS - 2).unwrap();
+        assert!(last.contains("(in 1 day)"), "{last}");
+        let (kind, past) = at(DEV_CERT_DAYS).unwrap();
+        assert!(kind == Dates::Expired && past.contains("expired on"), "{past}");
+        assert!(past.contains("remove cert.pem and key.pem for a new development pair"), "{past}");
+        let (kind, early) = at(-2).unwrap();
+        assert!(kind == Dates::NotYetValid && early.contains("is not valid until"), "{early}");
+    }
+
+    /// A pair put in `cert_dir` while the server runs replaces the one in service only when
+    /// its dates are good now: an expired one is left out, one not valid yet waits until it
+    /// is (found by a review: both were put in service).
+    #[tokio::test]
+    async fn a_reload_keeps_the_current_pair_when_the_new_one_is_expired_or_not_valid_yet() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        ensure_certificate(dir.path()).unwrap();
+        let first = load_certified_key(dir.path()).unwrap();
+        let resolver = CertResolver::new(Arc::clone(&first));
+        let reloader = spawn_reloader(dir.path().to_path_buf(), Arc::clone(&resolver), Duration::from_millis(20));
+        let served = || resolver.current().unwrap().end_entity_cert().unwrap().to_vec();
+        let first_der = served();
+        for (from, until) in [(-30, -1), (2, 30)] {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            (params.not_before, params.not_after) =
+                (now + time::Duration::days(from), now + time::Duration::days(until));
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            std::fs::write(key_path(dir.path()), key.serialize_pem()).unwrap();
+            std::fs::write(cert_path(dir.path()), cert.pem()).unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(served(), first_der, "days {from}..{until}: the current pair stays in service");
+        }
+        // A good one is loaded.
+        std::fs::remove_file(cert_path(dir.path())).unwrap();
+        std::fs::remove_file(key_path(dir.path())).unwrap();
+        ensure_certificate(dir.path()).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while served() == first_der {
+            assert!(std::time::Instant::now() < until, "a good new pair is loaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reloader.abort();
     }
 
     #[test]
