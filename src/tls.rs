@@ -239,7 +239,9 @@ fn validity_warning(dir: &Path, leaf: &CertificateDer<'_>, now: time::OffsetDate
         return Some((Dates::Expired, format!("{path} expired on {}: browsers refuse it ({what})", day(until))));
     }
     if from > now {
-        let warning = format!("{path} is not valid until {}: browsers refuse it until then", day(from));
+        // To the minute: it may be today (found by a review: the date alone said nothing then).
+        let when = format!("{} {:02}:{:02} UTC", day(from), from.hour(), from.minute());
+        let warning = format!("{path} is not valid until {when}: browsers refuse it until then");
         return Some((Dates::NotYetValid, warning));
     }
     let left = until - now;
@@ -684,7 +686,10 @@ mod tests {
         assert!(kind == Dates::Expired && past.contains("expired on"), "{past}");
         assert!(past.contains("remove cert.pem and key.pem for a new development pair"), "{past}");
         let (kind, early) = at(-2).unwrap();
-        assert!(kind == Dates::NotYetValid && early.contains("is not valid until"), "{early}");
+        assert!(
+            kind == Dates::NotYetValid && early.contains("is not valid until") && early.contains(" UTC:"),
+            "{early}"
+        );
     }
 
     /// A pair put in `cert_dir` while the server runs replaces the one in service only when

@@ -581,6 +581,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     check_target(&opts.url, opts.allow_remote)?;
     if let Some(url) = &opts.sign_in_url {
         check_target(url, opts.allow_remote)?;
+        // The other modes sign in at --url (found by a review: it was ignored without a word).
+        if opts.mode != Mode::Get {
+            bail!("--sign-in-url is for --mode get; the other modes sign in at --url");
+        }
     }
     if opts.concurrency == 0 {
         bail!("--concurrency must be at least 1");

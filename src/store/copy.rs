@@ -82,7 +82,7 @@ pub enum CopyError {
     #[error("the target is not empty (it holds {0}); store copy writes only into an empty store")]
     NotEmpty(Copied),
     /// The source is itself the target of a copy that has not finished: nothing was written.
-    #[error("the source: {UNFINISHED_MESSAGE}")]
+    #[error("the source is the target of a store copy that has not finished (still running, or stopped halfway): it holds only part of what was copied, so it is not copied on")]
     SourceUnfinished,
     /// The target is what a copy that stopped halfway left: nothing was written.
     #[error("the target: {UNFINISHED_MESSAGE}")]

@@ -185,6 +185,12 @@ async fn get_mode_needs_no_account_and_the_others_name_the_missing_username() {
     args.extend(common);
     let run = child::cli(dir.path(), &args, None).await;
     assert!(run.assert_one_line_failure("logins without --username").contains("--username is needed"));
+    // --sign-in-url is get mode's: elsewhere it is refused, not ignored (found by a review).
+    let mut args = vec!["loadtest", "--mode", "views", "--url", server.origin.as_str(), "--username", "x"];
+    args.extend(["--sign-in-url", server.origin.as_str(), "--password-stdin"]);
+    args.extend(common);
+    let run = child::cli(dir.path(), &args, Some("a password\n")).await;
+    assert!(run.assert_one_line_failure("--sign-in-url in views").contains("--sign-in-url is for --mode get"));
 }
 
 /// A server that answers every request with 503 is said before the run in every mode that

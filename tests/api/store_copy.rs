@@ -233,7 +233,7 @@ async fn a_store_whose_copy_has_not_finished_is_refused_until_it_has() {
     let c = tempfile::tempdir().unwrap();
     let run = cli(b.path(), None, &["store", "copy", "--to", c.path().join("data").to_str().unwrap()], None).await;
     let err = run.assert_one_line_failure("a copy from a store mid-copy");
-    assert!(err.contains("the source") && err.contains("has not finished"), "{err}");
+    assert!(err.contains("the source is the target of a store copy that has not finished"), "{err}");
     assert!(!c.path().join("data").exists(), "refused before the target is made or given the factor key");
     // Copying into it again is refused as what it is, with how to empty it, not as a store
     // holding one secret too many.
