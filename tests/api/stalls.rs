@@ -248,7 +248,10 @@ async fn an_oversized_http2_post_gets_its_whole_413_then_a_reset_without_error()
     let authority = app.addr.to_string();
     let (response, mut body) = send.send_request(post_login(&authority, 200_000), false).unwrap();
     body.reserve_capacity(16 * 1024);
-    body.send_data(Bytes::from(vec![b'a'; 16 * 1024]), false).unwrap();
+    // The declared length is over the limit, so the server may answer and reset the stream
+    // before this is sent (on a loaded CI host it did): the send then finds the stream gone,
+    // which is the client's to meet, not a fault.
+    let sent = body.send_data(Bytes::from(vec![b'a'; 16 * 1024]), false);
     let response = tokio::time::timeout(PATIENCE, response).await.expect("no answer").unwrap();
     assert_eq!(response.status(), 413);
     let mut page = Vec::new();
@@ -257,8 +260,13 @@ async fn an_oversized_http2_post_gets_its_whole_413_then_a_reset_without_error()
         page.extend_from_slice(&chunk.expect("the page arrives whole"));
     }
     assert!(String::from_utf8_lossy(&page).contains("larger than this server accepts"));
-    let reason = tokio::time::timeout(PATIENCE, std::future::poll_fn(|cx| body.poll_reset(cx))).await.unwrap().unwrap();
-    assert_eq!(reason, h2::Reason::NO_ERROR);
+    let reason = tokio::time::timeout(PATIENCE, std::future::poll_fn(|cx| body.poll_reset(cx))).await.unwrap();
+    match (reason, sent) {
+        (Ok(reason), _) => assert_eq!(reason, h2::Reason::NO_ERROR),
+        // Released with the stream the send found gone: the 413 above arrived whole.
+        (Err(_), Err(_)) => {}
+        (Err(e), _) => panic!("no reset to read: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
