@@ -89,10 +89,10 @@ impl Notice {
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
             Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
-            // This session stays signed in even when the passkey signed it in: its user has
-            // just proved who they are.
             Notice::PasskeyAdded { name } => format!("Your passkey \u{201c}{name}\u{201d} is added."),
             Notice::PasskeyRenamed { name } => format!("Your passkey is renamed \u{201c}{name}\u{201d}."),
+            // This session stays signed in even when the passkey signed it in: its user has
+            // just proved who they are.
             Notice::PasskeyRemoved { name, ended: 0 } => {
                 format!("Your passkey \u{201c}{name}\u{201d} is removed. No other session was signed in with it.")
             }
