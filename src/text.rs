@@ -70,6 +70,12 @@ pub fn printable_label(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| is_hidden(c) || begins_escape(s, at, c))
 }
 
+/// `n` and the noun that agrees with it: `1 session`, `2 sessions` (`one` and `many` are the
+/// singular and plural forms).
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Whether [`printable`] escapes `c`, at byte `at` of `s`: also a nonspacing or enclosing mark
 /// past [`crate::domain::MAX_MARK_RUN`] of them in a row, the most a new username may hold
 /// (UTS #39 §5.4): a typed name of 59 stacked accents drew over the rows around it in the

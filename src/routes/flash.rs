@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cookies;
 use crate::csrf::Csrf;
+use crate::text::counted;
 
 /// The cookie's name.
 pub const FLASH_COOKIE: &str = "__Host-portcullis-flash";
@@ -59,11 +60,6 @@ pub enum Notice {
     SecondFactorNeeded,
 }
 
-/// `1 session`, `2 sessions`.
-fn counted(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 impl Notice {
     /// The sentence shown, with invisible characters in names escaped.
     pub fn text(&self) -> String {
@@ -73,13 +69,13 @@ impl Notice {
             }
             Notice::NoSuchUser => "No such user to unlock.".to_string(),
             Notice::SessionsEnded { count, pending: 0 } => {
-                format!("Signed out of {}.", counted(*count, "other session", "other sessions"))
+                format!("Signed out of {}.", counted(*count as u64, "other session", "other sessions"))
             }
             Notice::SessionsEnded { count, pending } => format!(
                 "Signed out of {}, and ended {} that had your password and {} waiting for the second step. If you \
                  did not start {}, change your password.",
-                counted(*count, "other session", "other sessions"),
-                counted(*pending, "sign-in", "sign-ins"),
+                counted(*count as u64, "other session", "other sessions"),
+                counted(*pending as u64, "sign-in", "sign-ins"),
                 if *pending == 1 { "was" } else { "were" },
                 if *pending == 1 { "it" } else { "them" }
             ),

@@ -60,7 +60,7 @@ impl std::fmt::Display for Copied {
     /// `3 users, 2 second factors, 1 passkey, 0 removed passkeys' owners, 1 session, 12
     /// failed-login records and 2 secrets`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+        let n = crate::text::counted;
         write!(
             f,
             "{}, {}, {}, {}, {}, {} and {}",
