@@ -437,6 +437,20 @@ fn verify_refusal(kind: &str, target: &str) -> Option<String> {
     })
 }
 
+/// What a virtual user does once before the clock starts ([`VirtualUser::before_the_clock`]).
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// Sign in at the form.
+    SignIn { form_url: &'a Url, username: &'a str, password: &'a SecretString },
+    /// Ask the forward-auth endpoint `url` about `target`.
+    Verify { url: &'a Url, target: &'a str },
+}
+
+/// The headers nginx's `auth_request` sends about `target`.
+fn verify_headers(target: &str) -> [(&'static str, &str); 2] {
+    [("x-original-url", target), ("x-original-method", "GET")]
+}
+
 /// How long to wait after a failure: the server's `Retry-After` for 429 and 503, capped.
 fn pause_after(kind: &str, retry_after: Option<u64>) -> Duration {
     match (kind, retry_after) {
@@ -524,31 +538,30 @@ impl VirtualUser {
         Ok(latency)
     }
 
-    /// Signs in once before the clock starts, trying again (20 times, 100 ms apart) after what
-    /// may pass, such as a 503. Returns `None` once signed in, or the kind of the last failure
-    /// when every try failed so.
+    /// Does `step` once before the clock starts, trying again (20 times, 100 ms apart) after
+    /// what may pass, such as a 503. Returns `None` once it succeeded, or the kind of the last
+    /// failure when every try failed so.
     ///
     /// # Errors
-    /// When the server refuses for good: a wrong password, a demanded captcha, a quota, a
-    /// CSRF refusal, a page without the form (the message says which, and what to do).
-    async fn sign_in_before_the_clock(
-        &mut self,
-        form_url: &Url,
-        username: &str,
-        password: &SecretString,
-    ) -> anyhow::Result<Option<Failure>> {
+    /// When the server refuses for good ([`refusal`], [`verify_refusal`]: the message says
+    /// why, and what to do).
+    async fn before_the_clock(&mut self, step: Step<'_>) -> anyhow::Result<Option<Failure>> {
         let mut last = None;
         for _ in 0..20 {
-            match self.sign_in(form_url, username, password).await {
-                Ok(_) => return Ok(None),
-                Err(kind) => {
-                    if let Some(why) = refusal(&kind, username, self.retry_after) {
-                        bail!(why);
-                    }
-                    last = Some(kind);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            let result = match step {
+                Step::SignIn { form_url, username, password } => self.sign_in(form_url, username, password).await,
+                Step::Verify { url, target } => self.get_with(url, &verify_headers(target)).await,
+            };
+            let Err(kind) = result else { return Ok(None) };
+            let why = match step {
+                Step::SignIn { username, .. } => refusal(&kind, username, self.retry_after),
+                Step::Verify { target, .. } => verify_refusal(&kind, target),
+            };
+            if let Some(why) = why {
+                bail!(why);
             }
+            last = Some(kind);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(last)
     }
@@ -637,9 +650,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let unavailable = |kind: Failure| {
         anyhow!("the sign-in before the run failed 20 times in 2 s (the last: {kind}): is the server overloaded?")
     };
+    let sign_in = Step::SignIn { form_url: &form_url, username: &opts.username, password: &opts.password };
     if signs_in_once {
         for user in &mut users {
-            match user.sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await? {
+            match user.before_the_clock(sign_in).await? {
                 None => setup.ok += 1,
                 // Not one signed in: said now, not after a run of nothing (found by a review:
                 // 8 virtual users took 17 s to fail one by one).
@@ -648,7 +662,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             }
         }
     } else if opts.mode == Mode::Logins {
-        if let Some(kind) = users[0].sign_in_before_the_clock(&form_url, &opts.username, &opts.password).await? {
+        if let Some(kind) = users[0].before_the_clock(sign_in).await? {
             return Err(unavailable(kind));
         }
         users[0].jar.clear();
@@ -656,24 +670,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Verify: one verify before the clock, so a target the endpoint refuses (an IP address,
     // say: the default's origin) is said at once rather than as a run of 400s (found by a
     // review).
-    let verify_headers = |target: &str| [("x-original-url", target.to_string()), ("x-original-method", "GET".into())];
     if opts.mode == Mode::Verify {
         if let Some(user) = users.iter_mut().find(|u| !u.jar.is_empty()) {
-            let headers = verify_headers(&target);
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            for attempt in 1..=20 {
-                match user.get_with(&verify_url, &headers).await {
-                    Ok(_) => break,
-                    Err(kind) => {
-                        if let Some(why) = verify_refusal(&kind, &target) {
-                            bail!(why);
-                        }
-                        if attempt == 20 {
-                            bail!("the verify before the run failed 20 times in 2 s (the last: {kind})");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
+            if let Some(kind) = user.before_the_clock(Step::Verify { url: &verify_url, target: &target }).await? {
+                bail!("the verify before the run failed 20 times in 2 s (the last: {kind})");
             }
         }
     }
@@ -702,9 +702,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let mode = opts.mode;
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
-            // Made once: the client shares the machine with the server it measures.
-            let owned = verify_headers(&target);
-            let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
             while Instant::now() < deadline {
                 let step = async {
                     match mode {
@@ -715,7 +712,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             r
                         }
                         Mode::Views => user.view(&home_url).await,
-                        Mode::Verify => user.get_with(&verify_url, &headers).await,
+                        Mode::Verify => user.get_with(&verify_url, &verify_headers(&target)).await,
                         Mode::Get => user.view(&get_url).await,
                     }
                 };
