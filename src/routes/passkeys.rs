@@ -132,6 +132,8 @@ struct PasskeysPage<'a> {
     passkey_notice: Option<String>,
     /// The session may add a passkey without confirming its password first.
     recent: bool,
+    /// What removing one takes with it ([`crate::routes::account::removal_note`]).
+    removal_note: Option<String>,
 }
 
 /// Marks a page as one with a passkey button: [`super::security_headers`] gives it
@@ -289,6 +291,11 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
         Ok(v) => v,
         Err(e) => return passkey_failure(&e, "could not list passkeys"),
     };
+    let factors = match state.factors.summary(&session.user.key).await {
+        Ok(f) => f,
+        Err(e) => return crate::routes::store_error(&e, "could not read the user's second factors"),
+    };
+    let required = state.settings.second_factor.requires(session.user.admin);
     let csrf = state.csrf.session_token(&session.token_hash);
     let page = PasskeysPage {
         username: &printable(&session.user.display_name),
@@ -298,6 +305,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
         passkey_error: error,
         passkey_notice: None,
         recent: session.authenticated_recently(now_ms()),
+        removal_note: crate::routes::account::removal_note(&factors, required),
     };
     with_passkey_script(html(status, &page))
 }

@@ -211,7 +211,16 @@ async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_a
         app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"],
         "/login/second-factor"
     );
-    let csrf = hidden_field(&account_page(&app, &alice).await, "csrf").unwrap();
+    let page = account_page(&app, &alice).await;
+    // The button asks once more (found by a review: one click removed it), and says what goes.
+    let confirm = page.split("<details class=\"confirm\">").nth(1).expect("the removal sits in a disclosure");
+    let confirm = &confirm[..confirm.find("</details>").unwrap()];
+    assert!(confirm.contains("action=\"/account/totp/remove\""), "{confirm}");
+    assert!(
+        confirm.contains("It is your only second factor: signing in will ask for your password alone, and your 10 recovery codes will stop working."),
+        "{confirm}"
+    );
+    let csrf = hidden_field(&page, "csrf").unwrap();
     let resp = alice.post(app.url("/account/totp/remove")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(resp.status(), 303);
     assert!(app.log_lines().iter().any(|l| l["event"] == "mfa_removed" && l["kind"] == "totp"));

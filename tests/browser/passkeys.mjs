@@ -186,7 +186,14 @@ await inChromium([], async (browser) => {
   step('removing the passkey signs that browser out');
   await shoot(page, 'account-sessions');
   // Already at /account#passkeys-heading, where the removal answers: the notice says it is done.
-  await page.click('form[action="/account/passkeys/remove"] button[type=submit]');
+  // The removal asks once more: its button only opens what it takes and the button that does it.
+  const removeButton = page.locator('form[action="/account/passkeys/remove"] button[type=submit]');
+  check(!(await removeButton.isVisible()), 'the removal is not one click: its button is hidden until asked for');
+  await page.click(`summary[aria-label="Remove ${longName}"]`);
+  check(await page.isVisible('text=It is your only second factor: signing in will ask for your password alone'),
+    'opening the removal says it is the only second factor');
+  await shoot(page, 'account-passkey-remove-confirm');
+  await removeButton.click();
   await page.waitForSelector('text=the other session signed in with it is signed out');
   await shoot(page, 'account-passkey-removed');
   await thiefPage.goto(`${base}/`);

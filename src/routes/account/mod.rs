@@ -77,6 +77,28 @@ struct AccountPage<'a> {
     /// `min_password_length`, for the new password's hint and `minlength` (a review found the
     /// hint saying 15 whatever the setting).
     min_password_length: usize,
+    /// What removing a second factor takes with it, said before the removal is confirmed
+    /// ([`removal_note`]).
+    removal_note: Option<String>,
+}
+
+/// What removing one of the user's second factors (whose count and recovery codes `factors`
+/// gives) would take with it, said beside the button that confirms the removal; `None` when
+/// another second factor stays. `required`: the `second_factor` policy wants one for this user.
+pub(crate) fn removal_note(factors: &FactorSummary, required: bool) -> Option<String> {
+    if factors.second_factors() != 1 {
+        return None;
+    }
+    let mut note = String::from("It is your only second factor: signing in will ask for your password alone");
+    if factors.recovery_codes > 0 {
+        let codes = crate::text::counted(factors.recovery_codes as u64, "recovery code", "recovery codes");
+        note.push_str(&format!(", and your {codes} will stop working"));
+    }
+    note.push('.');
+    if required {
+        note.push_str(" This server will then ask you to set up another.");
+    }
+    Some(note)
 }
 
 #[handler]
@@ -163,6 +185,7 @@ async fn render_listed(
             factors,
             totp_since,
             must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),
+            removal_note: removal_note(&factors, state.settings.second_factor.requires(user.admin)),
             passkeys,
             passkeys_enabled,
             passkey_error: None,
@@ -194,4 +217,31 @@ pub(crate) fn not_changed(title: &str, leftover: &str) -> poem::Response {
 /// which also ended the session.
 pub(crate) fn changed_meanwhile(title: &str, message: &str) -> poem::Response {
     crate::routes::error_page_leading(poem::http::StatusCode::CONFLICT, title, message, crate::routes::SIGN_IN_AGAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn factors(totp: bool, passkeys: usize, recovery_codes: usize) -> FactorSummary {
+        FactorSummary { totp, passkeys, recovery_codes }
+    }
+
+    #[test]
+    fn a_removal_says_what_goes_with_the_last_second_factor_and_nothing_while_another_stays() {
+        assert_eq!(removal_note(&factors(true, 1, 10), false), None);
+        assert_eq!(removal_note(&factors(false, 2, 10), true), None);
+        assert_eq!(
+            removal_note(&factors(true, 0, 10), false).as_deref(),
+            Some("It is your only second factor: signing in will ask for your password alone, and your 10 recovery codes will stop working.")
+        );
+        assert_eq!(
+            removal_note(&factors(false, 1, 1), false).as_deref(),
+            Some("It is your only second factor: signing in will ask for your password alone, and your 1 recovery code will stop working.")
+        );
+        assert_eq!(
+            removal_note(&factors(true, 0, 0), true).as_deref(),
+            Some("It is your only second factor: signing in will ask for your password alone. This server will then ask you to set up another.")
+        );
+    }
 }
