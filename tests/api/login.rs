@@ -59,6 +59,7 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
     };
     assert_eq!(strip(&b1, "alice"), strip(&b2, "mallory"));
     assert!(b1.contains("Incorrect username or password."));
+    assert!(b1.contains("id=\"login-error\"") && b1.contains("aria-describedby=\"login-error\""), "{b1}");
 }
 
 #[tokio::test]
