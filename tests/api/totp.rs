@@ -219,7 +219,10 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let page = resp.text().await.unwrap();
     assert!(page.contains("not right, or was already used"));
     // The error is the code fields' description, for a screen reader on the field.
-    assert!(page.contains("id=\"factor-error\"") && page.matches("aria-describedby=\"factor-error\"").count() == 2, "{page}");
+    assert!(
+        page.contains("id=\"factor-error\"") && page.matches("aria-describedby=\"factor-error\"").count() == 2,
+        "{page}"
+    );
     // A code two steps old: refused.
     let (_, resp) = two_steps(&app, "alice", "code", &code(&secret, step - 2)).await;
     assert_eq!(resp.status(), 401);
