@@ -57,14 +57,23 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         )
         .at("/logout", allowing(POST, post(logout::logout)))
         .at("/account", allowing(GET, get(account::show)))
-        .at("/account/password", allowing(POST, post(account::password::change)))
+        .at(
+            "/account/password",
+            allowing("GET, HEAD, POST", get(account::to_password_form).post(account::password::change)),
+        )
         .at(
             account::confirm::PATH,
             allowing("GET, HEAD, POST", get(account::confirm::show).post(account::confirm::confirm)),
         )
         .at("/account/totp", allowing("GET, HEAD, POST", get(account::totp::enrol).post(account::totp::confirm)))
         .at("/account/totp/remove", allowing(POST, post(account::totp::remove)))
-        .at("/account/recovery-codes", allowing(POST, post(account::recovery_codes::new_recovery_codes)))
+        .at(
+            "/account/recovery-codes",
+            allowing(
+                "GET, HEAD, POST",
+                get(account::to_recovery_codes).post(account::recovery_codes::new_recovery_codes),
+            ),
+        )
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
         .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
         .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))

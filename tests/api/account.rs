@@ -118,6 +118,22 @@ async fn a_wrong_current_password_is_401_counted_and_recorded_like_a_failed_sign
 }
 
 #[tokio::test]
+async fn the_forms_answer_addresses_opened_again_go_back_to_their_sections() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    // A refused change answers at /account/password: Enter in the address bar then is a GET.
+    assert_eq!(change(&app, &alice, "wrong", NEW_PASSWORD, NEW_PASSWORD).await.status(), 401);
+    for (path, to) in [("/account/password", "/account#password"), ("/account/recovery-codes", "/account#recovery")] {
+        let resp = alice.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 303, "{path}");
+        assert_eq!(resp.headers()["location"], to);
+    }
+    let page = account_page(&app, &alice).await;
+    assert!(page.contains("id=\"password\"") && page.contains("id=\"recovery\""), "the sections they name");
+}
+
+#[tokio::test]
 async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
     let app = spawn_app().await;
     app.add_user("alice", GOOD_PASSWORD, false).await;

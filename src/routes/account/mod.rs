@@ -114,6 +114,21 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
     flash::cleared(req, page)
 }
 
+/// `GET /account/password`: the address bar after a refused password change (the page is the
+/// POST's answer), opened again with Enter or from history: 303 to that form on `/account`,
+/// not a 405 (found by a review).
+#[handler]
+pub fn to_password_form() -> Response {
+    see_other("/account#password")
+}
+
+/// `GET /account/recovery-codes`: as [`to_password_form`], after new recovery codes were shown
+/// (once: they are not shown again): 303 to their section on `/account`.
+#[handler]
+pub fn to_recovery_codes() -> Response {
+    see_other("/account#recovery")
+}
+
 /// The page for `session`, with `status`, the password form's error, and a captcha for it.
 pub(super) async fn render(
     state: &crate::app::AppState,
