@@ -399,6 +399,8 @@ struct LogBudget {
     bytes: AtomicU64,
     /// Whether today's file already says that the limit was reached.
     announced: AtomicBool,
+    /// Whether today's file already says that its lines are short from now on.
+    shortened: AtomicBool,
     /// Failed-login lines left out over the limit since the start, every day together (for
     /// `portcullis_audit_log_lines_dropped_total`).
     dropped: AtomicU64,
@@ -414,20 +416,42 @@ impl LogBudget {
             day: AtomicU64::new(now / 86_400_000),
             bytes: AtomicU64::new(bytes),
             announced: AtomicBool::new(false),
+            shortened: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// Whether a failed-login line may still be written today; a new UTC day (a new file)
-    /// starts from zero.
-    fn admits(&self, now: u64) -> bool {
+    /// How a failed-login line may still be written today ([`Room`]); a new UTC day (a new
+    /// file) starts from zero.
+    fn admits(&self, now: u64) -> Room {
         let day = now / 86_400_000;
         if self.day.swap(day, Ordering::SeqCst) != day {
             self.bytes.store(0, Ordering::SeqCst);
             self.announced.store(false, Ordering::SeqCst);
+            self.shortened.store(false, Ordering::SeqCst);
         }
-        self.bytes.load(Ordering::SeqCst) < self.limit.load(Ordering::SeqCst)
+        let (bytes, limit) = (self.bytes.load(Ordering::SeqCst), self.limit.load(Ordering::SeqCst));
+        if bytes >= limit {
+            Room::None
+        } else if bytes >= limit / 2 {
+            Room::Short
+        } else {
+            Room::Full
+        }
     }
+}
+
+/// What is left of the day's `audit_log_mib_per_day` for failed-login lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    Full,
+    /// The second half: lines in their short form ([`emit_short`]), whose size an attacker
+    /// cannot inflate much, so that a flood of the longest usernames and user agents spends
+    /// the budget on many more lines before a log reader such as fail2ban goes blind (a review
+    /// filled 32 MiB with about 6,900 full lines of 4,875 bytes; a short one takes at most about
+    /// 480).
+    Short,
+    None,
 }
 
 thread_local! {
@@ -666,13 +690,19 @@ impl Audit {
 
     /// Records the event like [`Audit::record`] and says whether its line reached the log file.
     pub fn record_checked(&self, event: &AuthEvent<'_>) -> Result<(), AuditError> {
+        self.write_checked(|| emit(event))
+    }
+
+    /// Runs `emit` into the log file and on the terminal; says whether its line reached the
+    /// file.
+    fn write_checked(&self, emit: impl Fn()) -> Result<(), AuditError> {
         let mut written = true;
         if let Some(file) = &self.file {
             let before = LOG_WRITE_FAILURES.with(Cell::get);
-            tracing::dispatcher::with_default(file, || emit(event));
+            tracing::dispatcher::with_default(file, &emit);
             written = LOG_WRITE_FAILURES.with(Cell::get) == before;
         }
-        emit(event);
+        emit();
         if written {
             Ok(())
         } else {
@@ -776,28 +806,44 @@ impl Audit {
         )
     }
 
-    /// Writes a failure's log line unless today's failed-login lines are over the limit;
-    /// the first line left out is replaced by one saying so.
+    /// Writes a failure's log line, at `now` (Unix ms: the record's own time, so that the line
+    /// and the record agree to the millisecond), while today's failed-login lines are under
+    /// the limit: in full for its first half, then short ([`emit_short`]).
+    /// The first short line and the first line left out are each preceded by one saying so.
     fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
-        if !self.budget.admits(now) {
-            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
-            if !self.budget.announced.swap(true, Ordering::SeqCst) {
-                let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
-                let time = rfc3339(now);
-                let announce = || {
-                    tracing::warn!(
-                        target: TARGET, event = "audit_log_limit", time, limit_mib,
-                        "the auth log reached audit_log_mib_per_day: further failed logins today are kept in the store only"
-                    )
-                };
+        let room = self.budget.admits(now);
+        let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
+        let time = rfc3339(now);
+        let say = |flag: &AtomicBool, announce: &dyn Fn()| {
+            if !flag.swap(true, Ordering::SeqCst) {
                 if let Some(file) = &self.file {
                     tracing::dispatcher::with_default(file, announce);
                 }
                 announce();
             }
-            return Ok(());
+        };
+        match room {
+            Room::Full => self.write_checked(|| emit_at(event, time.clone())),
+            Room::Short => {
+                say(&self.budget.shortened, &|| {
+                    tracing::warn!(
+                        target: TARGET, event = "audit_log_short", time, limit_mib,
+                        "the auth log reached half of audit_log_mib_per_day: failed-login lines are short from now on (no user agent, the username cut to 32 characters)"
+                    )
+                });
+                self.write_checked(|| emit_short(event, time.clone()))
+            }
+            Room::None => {
+                self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+                say(&self.budget.announced, &|| {
+                    tracing::warn!(
+                        target: TARGET, event = "audit_log_limit", time, limit_mib,
+                        "the auth log reached audit_log_mib_per_day: further failed logins today are kept in the store only"
+                    )
+                });
+                Ok(())
+            }
         }
-        self.record_checked(event)
     }
 
     /// Brings the records of minutes that are over (all of them with `all`, at shutdown) up
@@ -900,7 +946,38 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 fn emit(event: &AuthEvent<'_>) {
-    let time = rfc3339(crate::store::now_ms());
+    emit_at(event, rfc3339(crate::store::now_ms()))
+}
+
+/// Longest username, in characters, of a failed-login line in its short form.
+const SHORT_USERNAME_CHARS: usize = 32;
+
+/// A failed-login line in its short form, for the second half of the day's
+/// `audit_log_mib_per_day` ([`Room::Short`]): the same event, time, address and reason, in the
+/// order the fail2ban filter reads them, with `short: true`, the username cut to
+/// [`SHORT_USERNAME_CHARS`] and no user agent or typed spelling (the store keeps them whole).
+/// Other events are written in full.
+fn emit_short(event: &AuthEvent<'_>, time: String) {
+    let cut = |s: &str| -> String { s.chars().take(SHORT_USERNAME_CHARS).collect() };
+    match *event {
+        AuthEvent::LoginFailed { username, client, reason, max_reached, known_browser, .. } => {
+            let event = if max_reached { "authn_login_fail_max" } else { "authn_login_fail" };
+            tracing::warn!(
+                target: TARGET, event, time, username = cut(username), ip = %client.ip, reason = reason.as_str(),
+                known_browser = known_browser.then_some(true), short = true, "login failed"
+            )
+        }
+        AuthEvent::LoginFailedRepeatedly { first, count, minute } => tracing::warn!(
+            target: TARGET, event = "authn_login_fail_repeat", time, username = cut(&first.username), ip = first.ip,
+            reason = first.reason.as_str(), known_browser = first.known_browser.then_some(true), count,
+            minute = rfc3339(minute), short = true, "login attempts refused, counted per address and minute"
+        ),
+        _ => emit_at(event, time),
+    }
+}
+
+/// Writes `event`'s line with `time` (RFC 3339) as its `time` field.
+fn emit_at(event: &AuthEvent<'_>, time: String) {
     match *event {
         AuthEvent::LoginSucceeded { username, client, after_failures, method } => {
             let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
@@ -1141,12 +1218,67 @@ mod tests {
         assert_eq!(store.failures.count().await.unwrap(), 5);
         let events: Vec<String> = lines(logs.path()).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();
         // (A line written just before midnight and the rest after it would make two days.)
-        assert!(events.len() <= 4, "{events:?}");
-        assert_eq!(events[0], "authn_login_fail");
-        assert_eq!(events[1], "audit_log_limit");
+        // One byte: from its first line the day is past half of it.
+        assert!(events.len() <= 6, "{events:?}");
+        assert_eq!(events[..3], ["audit_log_short", "authn_login_fail", "audit_log_limit"]);
         // Other events are never left out.
         let event = AuthEvent::LoggedOut { username: "alice", client: &client };
         assert!(audit.record_checked(&event).is_ok());
         assert_eq!(lines(logs.path()).last().unwrap()["event"], "session_logout");
+    }
+
+    #[tokio::test]
+    async fn the_second_half_of_the_days_log_holds_short_lines_with_the_records_own_times() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        // The longest lines an attacker can make: every character escaped six bytes long.
+        let name = "\u{202e}".repeat(300);
+        for i in 0..120u32 {
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
+            audit.record_failure(&name, &client, FailureReason::UnknownUser, false, false).await.unwrap();
+        }
+        let lines = lines(logs.path());
+        let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        let short_at = events.iter().position(|e| *e == "audit_log_short").expect("the switch is said");
+        let limit_at = events.iter().position(|e| *e == "audit_log_limit").expect("the end is said");
+        assert!(short_at < limit_at && events.iter().filter(|e| e.starts_with("audit_log")).count() == 2, "{events:?}");
+        let (full, short) = (&lines[..short_at], &lines[short_at + 1..limit_at]);
+        assert!(full.iter().all(|l| l["user_agent"].as_str() == Some(name.as_str()) && l.get("short").is_none()));
+        for l in short {
+            assert_eq!((l["event"].as_str(), l["short"].as_bool()), (Some("authn_login_fail"), Some(true)), "{l}");
+            assert_eq!(l["username"].as_str().unwrap().chars().count(), SHORT_USERNAME_CHARS, "{l}");
+            assert!(l.get("user_agent").is_none() && l.get("typed").is_none() && l["ip"].is_string(), "{l}");
+        }
+        assert!(
+            short.len() > 5 * full.len(),
+            "half the budget holds many more short lines: {} against {}",
+            short.len(),
+            full.len()
+        );
+        // contrib's fail2ban filter reads both forms, and takes the address from each.
+        let conf =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/fail2ban/filter.d/portcullis.conf"));
+        let conf = conf.unwrap();
+        let failregex = conf.lines().find_map(|l| l.strip_prefix("failregex = ")).unwrap();
+        let re = regex::Regex::new(&failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)")).unwrap();
+        let text: String = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        let hosts: Vec<&str> =
+            text.lines().filter_map(|l| re.captures(l)).map(|c| c.name("host").unwrap().as_str()).collect();
+        let fails: Vec<&str> =
+            lines.iter().filter(|l| l["event"] == "authn_login_fail").map(|l| l["ip"].as_str().unwrap()).collect();
+        assert_eq!(hosts, fails);
+        // Every failed-login line carries its record's time, to the millisecond.
+        let records = store.failures.query(&FailureQuery::default()).await.unwrap();
+        assert_eq!(records.len(), 120);
+        for l in lines.iter().filter(|l| l["event"] == "authn_login_fail") {
+            let ip = l["ip"].as_str().unwrap();
+            let record = records.iter().find(|(_, r)| r.ip == ip).map(|(_, r)| r).unwrap();
+            assert_eq!(l["time"].as_str().unwrap(), rfc3339(record.time), "{l}");
+        }
     }
 }
