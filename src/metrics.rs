@@ -8,7 +8,7 @@
 //! allocated per request. With `metrics_addr = "off"` nothing is counted at all.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,11 +199,23 @@ impl Metrics {
     /// `http_requests_total`'s status is open-ended, so its series come as they are counted).
     /// Hands the pool the histogram of its argon2 runs.
     pub fn new(pool: &HashPool, audit: &crate::audit::Audit) -> Self {
-        let mut registry = Registry::with_prefix("portcullis");
+        let mut root = Registry::default();
+        // Prometheus's own name, unprefixed as client libraries write it: a restart shows as
+        // its change (with sled, a restart also forgets the quotas and failure counts, which
+        // live in memory), and the counters' resets line up with it.
+        let started = Gauge::<f64, AtomicU64>::default();
+        started
+            .set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+        root.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            started,
+        );
+        let registry = root.sub_registry_with_prefix("portcullis");
         let login_attempts = Family::<LoginLabels, Counter>::default();
         registry.register(
             "login_attempts",
-            "Sign-in attempts (POST /login) by result (success, failure, refused) and reason",
+            "Judged sign-in steps (POST /login, /login/second-factor, /login/passkey) by result (success, failure, refused) and reason",
             login_attempts.clone(),
         );
         for labels in std::iter::once(LoginResult::Success)
@@ -263,7 +275,7 @@ impl Metrics {
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION") }),
         );
         Metrics(Some(Arc::new(Inner {
-            registry,
+            registry: root,
             login_attempts,
             login_duration,
             authz_requests,

@@ -110,6 +110,12 @@ async fn counters_move_by_exactly_the_sign_ins_failures_and_refusals_that_happen
     assert_eq!(after["portcullis_password_hash_queued{lane=\"known\"}"], 0.0);
     assert!(after.contains_key("portcullis_sessions_active"), "{text}");
     assert_eq!(after[&format!("portcullis_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
+    // The start, under Prometheus's own name: a restart (with sled, quotas and failure counts
+    // forgotten) shows as its change.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = after["process_start_time_seconds"];
+    assert!(started <= now && started > now - 600.0, "{started} against {now}");
+    assert!(text.contains("# TYPE process_start_time_seconds gauge"), "{text}");
     // Bounded labels: no username, address or raw path anywhere.
     for secret in ["alice-the-secret-name", "ghost", "198.51.100", "127.0.0.1", "/nope"] {
         assert!(!text.contains(secret), "{secret} leaked into the metrics:\n{text}");
