@@ -872,10 +872,15 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 /// failed-login record within seconds.
 ///
 /// # Errors
-/// As [`parse_duration`], and for less than a day.
+/// Not a duration, more than 100 years, or less than a day.
 fn parse_retention(s: &str) -> Result<Duration, String> {
     const DAY: u64 = 86_400;
-    let d = parse_duration(s)?;
+    // Read as a duration first, so that `0s` is told the same minimum as `1s` (a review saw
+    // "at least 1 second" for one and "at least 1d" for the other).
+    let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 90d or 2weeks ({e})"))?;
+    if d > MAX_DURATION {
+        return Err("must be at most 100 years".into());
+    }
     if d.as_secs() < DAY {
         return Err(format!(
             "`{s}` is less than a day: failed-login records and log files are kept for whole days (at least 1d)"
@@ -1129,7 +1134,7 @@ mod tests {
 
     #[test]
     fn audit_retention_is_whole_days_and_at_least_one() {
-        for short in ["90s", "90m", "23h", "1s"] {
+        for short in ["90s", "90m", "23h", "1s", "0s"] {
             let e = Settings::from_layers(None, &flags(&[("audit_retention", short)]), &Overrides::new()).unwrap_err();
             assert!(e.to_string().contains("less than a day"), "{short}: {e}");
         }
