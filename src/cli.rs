@@ -305,7 +305,7 @@ impl Args for ConfigFlags {
                 .long(k.name.replace('_', "-"))
                 .value_name("VALUE")
                 .help(format!("{}{default}", k.help))
-                .help_heading("Settings (also PORTCULLIS_<KEY> or the config file)")
+                .help_heading("Settings of `serve`, the default command (also PORTCULLIS_<KEY> or the config file; other commands read only those two)")
         }))
     }
 
@@ -1282,6 +1282,14 @@ fn confirmed(first: &mut String, second: &mut String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_level_help_says_its_settings_flags_are_serves() {
+        // `portcullis --audit-max-records 10 config check` is refused; the help listed them
+        // as `portcullis [OPTIONS]` without a word (review 128).
+        let help = <Cli as clap::CommandFactory>::command().render_help().to_string();
+        assert!(help.contains("Settings of `serve`, the default command"), "{help}");
+    }
 
     #[test]
     fn the_user_table_escapes_every_field_an_answer_brings() {
