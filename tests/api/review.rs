@@ -235,6 +235,29 @@ async fn the_admin_page_is_for_admins_only() {
 }
 
 #[tokio::test]
+async fn the_admin_page_says_when_records_were_dropped_at_the_cap() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 1000;
+        s.audit_max_records = 2;
+    })
+    .await;
+    let admin = admin_browser(&app).await;
+    let url = app.url("/admin/failed-logins");
+    let page = || async { admin.get(&url).send().await.unwrap().text().await.unwrap() };
+    assert!(!page().await.contains("audit_max_records"), "nothing dropped, nothing said");
+    let mut visitor = Visitor::new(&app, Some("198.51.100.9"));
+    for i in 0..5 {
+        assert_eq!(visitor.attempt(&format!("nobody{i}"), "not the password at all", None).await.0, 401);
+    }
+    let text = page().await;
+    assert!(
+        text.contains("The store keeps at most 2 failed-login records (audit_max_records): this server has dropped 3 older records since it started"),
+        "{text}"
+    );
+    assert!(text.contains("Last 48 hours, UTC"), "the chart says its zone");
+}
+
+#[tokio::test]
 async fn the_admin_page_filters_pages_summarises_and_charts() {
     let app = spawn_app().await;
     let now = portcullis::store::now_ms();

@@ -29,6 +29,10 @@ struct AdminPage<'a> {
     limit: &'a str,
     reasons: &'a [&'a str],
     shown: Shown,
+    /// Said when this server has dropped records at `audit_max_records` since it started
+    /// ([`crate::audit::Audit::records_dropped`]): the history shown is then cut short, which
+    /// the page otherwise did not say (review 128).
+    dropped: Option<String>,
 }
 
 /// The page's query as sent: every value text, parsed below with its own message. (With
@@ -227,6 +231,17 @@ struct Shown {
     first_href: Option<String>,
 }
 
+/// What the page says of `dropped` records dropped at the cap of `max` since the start.
+fn dropped_note(dropped: u64, max: u64) -> Option<String> {
+    (dropped > 0).then(|| {
+        format!(
+            "The store keeps at most {} (audit_max_records): this server has dropped {} since it started, the oldest first, so the records here may begin after an attack did.",
+            crate::text::counted(max, "failed-login record", "failed-login records"),
+            crate::text::counted(dropped, "older record", "older records"),
+        )
+    })
+}
+
 fn render(
     state: &crate::app::AppState,
     admin: &crate::session::ActiveSession,
@@ -254,6 +269,7 @@ fn render(
         limit,
         reasons: &FailureReason::ALL.map(FailureReason::as_str),
         shown,
+        dropped: dropped_note(state.audit.records_dropped(), state.settings.audit_max_records),
     };
     html(status, &page)
 }
