@@ -229,7 +229,11 @@ impl EscapedVisitor<'_> {
 
 impl tracing::field::Visit for EscapedVisitor<'_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.write(field, &crate::text::quoted(value));
+        let shown = match field.name() {
+            "username" | "typed" => crate::text::quoted_name(value),
+            _ => crate::text::quoted(value),
+        };
+        self.write(field, &shown);
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -360,6 +364,21 @@ mod tests {
         assert!(text.contains(r#"agent="evil\u{202e}RTL""#), "{text}");
         assert!(text.contains(r#"typed="m\\u{9b}""#), "{text}");
         assert!(!text.contains("u{5c}"), "{text}");
+    }
+
+    #[test]
+    fn a_name_that_passes_for_ascii_is_shown_on_the_terminal_as_the_audit_table_shows_it() {
+        let stacked = format!("a{}", "\u{301}".repeat(40));
+        let text = terminal_text(|| {
+            tracing::warn!(username = "\u{430}dmin", typed = "\u{ff41}dmin", other = "\u{430}dmin", "x");
+            tracing::warn!(username = stacked.as_str(), "y");
+            tracing::warn!(username = String::from("\u{430}dmin"), "z");
+        });
+        assert!(text.contains(r#"username="\u{430}dmin" typed="\u{ff41}dmin""#), "{text}");
+        // Other fields are not names: text in them stays as written.
+        assert!(text.contains("other=\"\u{430}dmin\""), "{text}");
+        assert!(text.contains(&format!("a{}\\u{{301}}", "\u{301}".repeat(crate::domain::MAX_MARK_RUN))), "{text}");
+        assert_eq!(text.matches(r#"username="\u{430}dmin""#).count(), 2, "as a String too: {text}");
     }
 
     #[test]

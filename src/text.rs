@@ -121,12 +121,27 @@ pub fn printable_name(s: &str) -> Cow<'_, str> {
 /// `\u{…}`, and every other character as it is. Rust's `{:?}` also escapes combining marks
 /// (`"ร\u{e49}าน"`), which made Thai and Devanagari names unreadable in error lines.
 pub fn quoted(s: &str) -> String {
+    quoted_where(s, |_, c| needs_escape(c))
+}
+
+/// [`quoted`] for a name someone typed, as the terminal's `username` and `typed` fields show
+/// it: also escaped where [`printable_name`] escapes (every non-ASCII letter of a look-alike
+/// that reads as ASCII, `"\u{430}dmin"`, and marks past a run's limit), so the terminal shows
+/// what the audit table and the admin page show (review 128 saw Cyrillic `аdmin` raw there).
+pub fn quoted_name(s: &str) -> String {
+    let lookalike = !s.is_ascii() && crate::domain::looks_of(s).is_ascii();
+    quoted_where(s, |at, c| (lookalike && !c.is_ascii()) || escaped_by_printable(s, at, c))
+}
+
+/// `s` in double quotes, `"`, `\`, `\n`, `\r`, `\t` and `\0` escaped as `{:?}` writes them and
+/// each other character for which `escapes(byte offset, character)` holds as `\u{…}`.
+fn quoted_where(s: &str, escapes: impl Fn(usize, char) -> bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
+    for (at, c) in s.char_indices() {
         match c {
             '"' | '\\' | '\n' | '\r' | '\t' | '\0' => out.extend(c.escape_debug()),
-            c if needs_escape(c) => out.extend(c.escape_unicode()),
+            c if escapes(at, c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
