@@ -457,6 +457,10 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
 fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
+    let metrics_addr = Settings::load(config, flags).ok().and_then(|s| s.metrics_addr);
+    if let Some(warning) = crate::config::metrics_exposure(metrics_addr) {
+        eprintln!("portcullis: warning: {warning}");
+    }
     // Aligned to the widest line that fits a terminal; a longer one (the `access` rules on one
     // line) has its comment right after it, not every other line padded to its width.
     const WIDE: usize = 64;
@@ -555,6 +559,9 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
         Some(url) => format!("PostgreSQL at {url}"),
         None => format!("sled in {}", app.state().settings.data_dir.display()),
     };
+    if let Some(warning) = crate::config::metrics_exposure(app.metrics_addr()) {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         https = %app.https_addr(),
         http = %app.http_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),

@@ -4,7 +4,7 @@
 //! environment variable names and the file's accepted keys, so the three cannot drift apart.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -867,6 +867,26 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0 && a.port() == b.port() && (x == y || x.is_unspecified() || y.is_unspecified())
 }
 
+/// A warning for `metrics_addr` on a wildcard or a global address, which more than loopback
+/// and private networks may reach: `/metrics` has no TLS and no sign-in (README, *Metrics*,
+/// says to keep it on loopback or a private network; review 128 saw `0.0.0.0` pass without a
+/// word). `None` for loopback, private (RFC 1918, RFC 4193) and link-local addresses.
+pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
+    let addr = addr?;
+    let inside = match addr.ip().to_canonical() {
+        IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    };
+    (!inside).then(|| {
+        format!(
+            "metrics_addr {addr} may be reached from outside: /metrics has no TLS and no sign-in, so keep it on loopback or a private address"
+        )
+    })
+}
+
 /// `audit_retention`: a [`parse_duration`] of at least a day, counted in whole days (rounded
 /// down), as the daily log files are: a review's `90s`, meant as days, deleted every
 /// failed-login record within seconds.
@@ -1130,6 +1150,25 @@ mod tests {
         }
         let fine = &flags(&[("metrics_addr", "127.0.0.1:9100"), ("http_addr", "127.0.0.2:4000")]);
         assert!(Settings::from_layers(None, fine, &Overrides::new()).is_ok());
+    }
+
+    #[test]
+    fn a_metrics_listener_outside_loopback_and_private_networks_is_warned_of() {
+        for quiet in [
+            "127.0.0.1:9464",
+            "10.1.2.3:9464",
+            "192.168.1.5:9464",
+            "[::1]:9464",
+            "[fd00::5]:9464",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert_eq!(metrics_exposure(Some(quiet.parse().unwrap())), None, "{quiet}");
+        }
+        for loud in ["0.0.0.0:9464", "[::]:9464", "203.0.113.7:9464", "[2001:db8::1]:9464"] {
+            let warning = metrics_exposure(Some(loud.parse().unwrap()));
+            assert!(warning.is_some_and(|w| w.contains("no TLS and no sign-in")), "{loud}");
+        }
+        assert_eq!(metrics_exposure(None), None);
     }
 
     #[test]

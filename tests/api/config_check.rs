@@ -311,3 +311,16 @@ async fn a_long_refused_value_is_shown_by_its_start_on_one_short_line() {
     assert!(out.stderr.len() < 600, "{} bytes: {}", out.stderr.len(), out.stderr);
     assert!(!out.stderr.contains("u{2026}"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_metrics_listener_others_may_reach_is_warned_of_and_still_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = run(check(dir.path(), &[], &[("PORTCULLIS_METRICS_ADDR", "0.0.0.0:9464")])).await;
+    assert_eq!(wide.status, 0, "{}", wide.stderr);
+    assert_eq!(
+        wide.stderr.trim_end(),
+        "portcullis: warning: metrics_addr 0.0.0.0:9464 may be reached from outside: /metrics has no TLS and no sign-in, so keep it on loopback or a private address"
+    );
+    let local = run(check(dir.path(), &[], &[("PORTCULLIS_METRICS_ADDR", "127.0.0.1:9464")])).await;
+    assert_eq!((local.status, local.stderr.as_str()), (0, ""));
+}
