@@ -208,6 +208,29 @@ pub struct Access {
 }
 
 impl Access {
+    /// The first `domain` entry no request can ever be judged for, as the one line
+    /// `access.rules #N domain: …` ending in `whose` (what a gated host is, for the message):
+    /// an exact name `gates` does not cover, or a `*.` pattern whose hosts it does not. The
+    /// verify refuses a target on any other host before the rules (README, "Gating other
+    /// applications"), so such a rule only looks like it protects something (review 130).
+    pub fn domain_never_gated(&self, gates: impl Fn(&str) -> bool, whose: &str) -> Option<String> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            for pattern in &rule.domains {
+                let (named, sample) = match pattern {
+                    HostPattern::Exact(h) => (h.clone(), h.clone()),
+                    HostPattern::Under(d) => (format!("*.{d}"), format!("a.{d}")),
+                };
+                if !gates(&sample) {
+                    return Some(format!(
+                        "access.rules #{} domain: `{named}` is not {whose}, so no request for it is ever judged",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Reads `[access]` from the settings file's table (absent: no rules, default deny).
     ///
     /// # Errors

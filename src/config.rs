@@ -410,6 +410,16 @@ impl Settings {
                 Some(_) => {}
             }
         }
+        if let Some((path, _)) = file {
+            let gate = crate::forward_auth::Gate::new(&settings);
+            let whose = match settings.cookie_domain {
+                Some(_) => "under cookie_domain",
+                None => "public_url's host (cookie_domain gates other hosts)",
+            };
+            if let Some(message) = settings.access.domain_never_gated(|h| gate.covers(h), whose) {
+                return Err(ConfigError::Parse { path: path.clone(), message: escape_controls(&message) });
+            }
+        }
         if let Some(rp_id) = &settings.webauthn_rp_id {
             // W3C WebAuthn §5.1.3: the relying-party id is the origin's host or a registrable
             // parent of it; a browser refuses any other, so every ceremony would fail.
@@ -1215,6 +1225,29 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("session_idle_timeout") && text.contains("--session-idle-timeout"), "{text}");
         assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn a_rule_for_a_host_no_request_is_judged_for_is_refused() {
+        let with = |head: &str, domain: &str| {
+            let text = format!("{head}\n[[access.rules]]\ndomain = [\"{domain}\"]\npolicy = \"one_factor\"\n");
+            let file = (PathBuf::from("p.toml"), text.parse::<toml::Table>().unwrap());
+            Settings::from_layers(Some(&file), &Overrides::new(), &Overrides::new())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let shared = "public_url = \"https://login.example.com\"\ncookie_domain = \"example.com\"";
+        for good in ["wiki.example.com", "*.example.com", "example.com", "login.example.com", "*.a.example.com"] {
+            assert_eq!(with(shared, good), Ok(()), "{good}");
+        }
+        for bad in ["evil.com", "*.com", "example.org", "wiki.example.com.evil.com"] {
+            let e = with(shared, bad).unwrap_err();
+            assert!(e.contains(&format!("access.rules #1 domain: `{bad}` is not under cookie_domain")), "{e}");
+        }
+        let own = "public_url = \"https://login.example.com\"";
+        assert_eq!(with(own, "login.example.com"), Ok(()));
+        let e = with(own, "wiki.example.com").unwrap_err();
+        assert!(e.contains("is not public_url's host (cookie_domain gates other hosts)"), "{e}");
     }
 
     #[test]
