@@ -166,7 +166,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .await
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
         Request::UserPasswd { name, password } => {
-            users.set_password(name, Password::new(password), by, None).await.map(|set| {
+            users.set_password(name, Password::new(password), by, None, None).await.map(|set| {
                 let pending = match set.pending_ended {
                     0 => String::new(),
                     n => format!(" and {n} sign-in(s) waiting for a second step"),

@@ -101,6 +101,20 @@ pub enum StartError {
     /// sessions it signed in, and this one, stored after it looked, ended itself.
     #[error("the passkey this session was signed in with was removed")]
     PasskeyRemoved,
+    /// The session that was to go on under a new token ([`Sessions::renew`]) was ended
+    /// meanwhile (a sign-out while its password was changed): nothing was stored.
+    #[error("this session was signed out meanwhile")]
+    SignedOut,
+}
+
+/// What a new session's token takes the place of ([`Sessions::start`]).
+#[derive(Clone, Copy)]
+enum Previous<'a> {
+    /// A sign-in: the browser's session before it, whoever's, if any, is removed (session
+    /// fixation, OWASP ASVS 3.2.1).
+    Replaced(Option<&'a TokenHash>),
+    /// A session going on under a new token: only while this one is still stored.
+    Continued(&'a TokenHash),
 }
 
 /// Why *sign out everywhere else* did not finish ([`Sessions::end_others`]).
@@ -194,7 +208,7 @@ impl Sessions {
         ip: std::net::IpAddr,
         user_agent: &str,
     ) -> Result<SessionToken, StartError> {
-        self.start(previous, user, with, None, ip, user_agent).await
+        self.start(Previous::Replaced(previous), user, with, None, ip, user_agent).await
     }
 
     /// A new token for a session that goes on from `continued` into a new credential
@@ -204,7 +218,9 @@ impl Sessions {
     /// (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
     ///
     /// # Errors
-    /// As [`Sessions::create_in_place_of`].
+    /// As [`Sessions::create_in_place_of`], and [`StartError::SignedOut`] when `continued` was
+    /// ended meanwhile (a sign-out racing the change wins: review 129 kept a session signed
+    /// out during its password change alive under the change's new token).
     pub async fn renew(
         &self,
         continued: &ActiveSession,
@@ -214,15 +230,14 @@ impl Sessions {
     ) -> Result<SessionToken, StartError> {
         let record = &continued.record;
         debug_assert_eq!(record.user_key, changed.key);
-        // Its old token is over with the old generation; removed here rather than when seen.
-        let previous = Some(&continued.token_hash);
         let with = SignedInWith { factors: record.factors, passkey_id: record.passkey_id.clone() };
+        let previous = Previous::Continued(&continued.token_hash);
         self.start(previous, changed, with, Some(record.created_at), ip, user_agent).await
     }
 
     async fn start(
         &self,
-        previous: Option<&TokenHash>,
+        previous: Previous<'_>,
         user: &User,
         with: SignedInWith,
         started_at: Option<u64>,
@@ -241,7 +256,23 @@ impl Sessions {
             password_changed_at: user.password_changed_at,
             passkey_id: with.passkey_id,
         };
-        self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
+        match previous {
+            Previous::Replaced(previous) => {
+                self.store.sessions.start(previous, &token.hash(), &record, self.cap(), now).await?;
+            }
+            Previous::Continued(previous) => {
+                let sessions = &self.store.sessions;
+                if !sessions.continue_session(previous, &token.hash(), &record, self.cap(), now).await? {
+                    // Ended meanwhile: by the removal of its passkey (which says so), or a sign-out.
+                    if let Some(id) = &record.passkey_id {
+                        if !self.store.passkeys.holds(&user.key, id).await? {
+                            return Err(StartError::PasskeyRemoved);
+                        }
+                    }
+                    return Err(StartError::SignedOut);
+                }
+            }
+        }
         if let Some(id) = &record.passkey_id {
             let held = self.store.passkeys.holds(&user.key, id).await;
             if !matches!(held, Ok(true)) {
@@ -332,13 +363,20 @@ impl Sessions {
             return Ok(None);
         }
         let generation = record.password_changed_at;
-        let Some(user) = found.user.filter(|u| !u.disabled && u.password_changed_at == generation) else {
-            // Deleted, disabled, or of another credential generation (a password change, a
-            // factor reset or a disable since): each ends the sessions too, but a sign-in that
-            // was being checked at that moment may have started one just after.
+        let Some(user) = found.user.filter(|u| !u.disabled) else {
+            // Deleted or disabled: each ends the sessions too, but a sign-in that was being
+            // checked at that moment may have started one just after.
             self.store.sessions.delete(&token_hash).await?;
             return Ok(None);
         };
+        if user.password_changed_at != generation {
+            // Of another credential generation (a password change, a factor reset, *sign out
+            // everywhere else* since): over, but its record is left for the change that may be
+            // going on from it ([`Sessions::renew`] goes on only from a stored record, so that
+            // a sign-out meanwhile wins); the change's own sweep or the timeouts remove it. A
+            // double click of *sign out everywhere else* otherwise removed it under the winner.
+            return Ok(None);
+        }
         let mut user_sessions = self.valid_newest_first(found.user_sessions, generation, now);
         let grain = (self.idle.as_millis() as u64 / 20).clamp(1, 30_000);
         if now.saturating_sub(record.last_seen_at) >= grain {
@@ -564,7 +602,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_session_begun_under_an_older_password_does_not_resolve_is_not_listed_and_is_removed() {
+    async fn a_session_begun_under_an_older_password_does_not_resolve_and_is_not_listed() {
         let (_dir, store, sessions) = open_sessions();
         store.users.insert(&alice(), "$argon2id$...").await.unwrap();
         let ip = "127.0.0.1".parse().unwrap();
@@ -579,7 +617,10 @@ mod tests {
         let (_, listed) = sessions.resolve_listing(&renewed.encode()).await.unwrap().unwrap();
         assert_eq!(listed.len(), 1, "only the session of the new password is listed");
         assert!(sessions.resolve(&late.encode()).await.unwrap().is_none());
-        assert!(store.sessions.get(&late.hash()).await.unwrap().is_none(), "removed when seen");
+        // Its record is left when seen (a change may be going on from it: `renew`); the next
+        // change's sweep or its timeouts remove it.
+        assert!(store.sessions.get(&late.hash()).await.unwrap().is_some(), "left when seen");
+        assert_eq!(sessions.end_all("alice", Some(&renewed.hash())).await.unwrap(), 1);
         assert!(sessions.resolve(&current.encode()).await.unwrap().is_none());
     }
 

@@ -656,7 +656,8 @@ impl SignIn {
             .await
         {
             Ok(token) => token,
-            Err(StartError::PasskeyRemoved) => return Ok(None),
+            // (`SignedOut` is `renew`'s only: a sign-in replaces a session, it does not go on.)
+            Err(StartError::PasskeyRemoved | StartError::SignedOut) => return Ok(None),
             Err(StartError::Store(source)) => {
                 return Err(SignInError::Store { what: "could not create a session", source })
             }

@@ -218,7 +218,9 @@ impl UserAdmin {
     /// holds ([`crate::store::Holding`]), so a `user passwd`, a reset, a disable or *sign out
     /// everywhere else* that lands while the passwords are hashed is not undone by it, nor
     /// is the removal of the passkey the session was signed in with. `None` (an
-    /// administrator's `user passwd`) changes it whatever it is.
+    /// administrator's `user passwd`) changes it whatever it is. `keep`: that session, whose
+    /// record is left for [`crate::session::Sessions::renew`] to go on from (its generation is
+    /// over all the same), so that a sign-out of it meanwhile is seen there; not counted.
     ///
     /// # Errors
     /// [`UserError::Superseded`] when `from` no longer holds;
@@ -230,6 +232,7 @@ impl UserAdmin {
         password: Password,
         by: &str,
         from: Option<crate::store::Holding<'_>>,
+        keep: Option<&crate::store::TokenHash>,
     ) -> Result<PasswordSet, UserError> {
         let (username, record) = self.existing(name).await?;
         if from.is_some_and(|f| record.password_changed_at != f.generation) {
@@ -247,7 +250,7 @@ impl UserAdmin {
         // Logged once it has happened, whatever comes next: the new generation already ends
         // every session at its next use; removing them is housekeeping that may fail alone.
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
-        let ended = self.sessions.end_all(username.key(), None).await?;
+        let ended = self.sessions.end_all(username.key(), keep).await?;
         let pending_ended = self.store.factors.take_pending_of(username.key()).await?;
         Ok(PasswordSet { user: record, sessions_ended: ended, pending_ended })
     }

@@ -205,6 +205,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
                 StartError::PasskeyRemoved => {
                     (StatusCode::CONFLICT, "the passkey it was signed in with was removed meanwhile")
                 }
+                StartError::SignedOut => (StatusCode::CONFLICT, "it was signed out meanwhile"),
             };
             crate::routes::error_page_leading(
                 status,

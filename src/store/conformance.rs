@@ -90,6 +90,7 @@ pub async fn run(harness: &mut dyn Harness) {
     sessions_stamped_too_far_ahead_are_purged(&harness.fresh().await).await;
     users_list_with_their_valid_sessions_counted(&harness.fresh().await).await;
     a_session_starts_in_place_of_the_previous_one_within_the_cap(&harness.fresh().await).await;
+    a_session_goes_on_under_a_new_token_only_while_it_is_stored(&harness.fresh().await).await;
     simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
     a_session_resolves_with_its_user_and_only_that_users_sessions(&harness.fresh().await).await;
     sessions_signed_in_with_a_passkey_end_with_it(&harness.fresh().await).await;
@@ -627,6 +628,28 @@ async fn a_session_starts_in_place_of_the_previous_one_within_the_cap(store: &St
     kept.sort();
     assert_eq!(kept, [5, 6, 10], "sessions: a session stamped ahead goes first");
     assert!(s.get(&[8; 32]).await.unwrap().is_some(), "sessions: another user's sessions are not counted or ended");
+}
+
+/// A session goes on under a new token only while its old one is stored; of a sign-out and
+/// the going on, racing, exactly one removes the old record, and only a going on that did
+/// stores the new one (review 129: a sign-out during a password change was undone by it).
+async fn a_session_goes_on_under_a_new_token_only_while_it_is_stored(store: &Store) {
+    let s = &store.sessions;
+    let cap = SessionCap { max_per_user: 64, idle_ms: 60_000, absolute_ms: 600_000 };
+    let alice = session("alice", 1000, 1000);
+    s.insert(&[1; 32], &alice).await.unwrap();
+    assert!(s.continue_session(&[1; 32], &[2; 32], &alice, cap, 1000).await.unwrap(), "sessions: goes on");
+    assert!(s.get(&[1; 32]).await.unwrap().is_none() && s.get(&[2; 32]).await.unwrap() == Some(alice.clone()));
+    assert!(!s.continue_session(&[1; 32], &[3; 32], &alice, cap, 1000).await.unwrap(), "sessions: ended first");
+    assert!(s.get(&[3; 32]).await.unwrap().is_none(), "sessions: nothing stored for an ended session");
+    for round in 0..20u8 {
+        let (old, new) = ([100 + round; 32], [200 - round; 32]);
+        s.insert(&old, &alice).await.unwrap();
+        let (ended, went_on) = tokio::join!(s.delete(&old), s.continue_session(&old, &new, &alice, cap, 1000));
+        let (ended, went_on) = (ended.unwrap(), went_on.unwrap());
+        assert!(ended != went_on, "sessions: exactly one of a sign-out and a going on takes the old record");
+        assert_eq!(s.get(&new).await.unwrap().is_some(), went_on, "sessions: the new one stored only if it went on");
+    }
 }
 
 /// Removing a passkey's sessions ends exactly those of its user signed in with it: not the

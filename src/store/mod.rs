@@ -572,6 +572,27 @@ pub trait SessionStore: Send + Sync {
         }
         Ok(())
     }
+
+    /// Goes on with the session stored under `previous` as `session` under `token_hash` (a
+    /// password change, *sign out everywhere else*), as [`SessionStore::start`] does, but only
+    /// while `previous` is still stored: `false`, with nothing stored, when it was ended
+    /// meanwhile (a sign-out of that session while its password was being changed: the
+    /// sign-out wins, found by review 129). Of this and a removal of `previous` racing it,
+    /// exactly one removes the record, and that one decides.
+    async fn continue_session(
+        &self,
+        previous: &TokenHash,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: SessionCap,
+        now: u64,
+    ) -> Result<bool> {
+        if !self.delete(previous).await? {
+            return Ok(false);
+        }
+        self.start(None, token_hash, session, cap, now).await?;
+        Ok(true)
+    }
 }
 
 /// Failed-login records, time-ordered, with a cap on how many are kept (issue 11 §1).

@@ -232,6 +232,46 @@ impl PgStore {
             self.client().await?.query_opt(&sql, &[&key, &ms(now), &generation, &password_hash, &passkey]).await?;
         Ok(row.as_ref().map(user_of))
     }
+
+    /// Runs `call` (`SELECT session_start` or `SELECT session_continue`) with its fourteen
+    /// arguments: `previous`, the new session's row, the cap and `now`; the one row it answers.
+    async fn session_call(
+        &self,
+        call: &str,
+        previous: Option<&TokenHash>,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: super::SessionCap,
+        now: u64,
+    ) -> Result<tokio_postgres::Row> {
+        let row = SessionRow::new(token_hash, session);
+        let [hash, user_key, created, last_seen, ip, user_agent, factors, generation, passkey] = row.params();
+        let sql = format!("{call}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)");
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &sql,
+                &[
+                    &previous.map(|p| &p[..]),
+                    hash,
+                    user_key,
+                    created,
+                    last_seen,
+                    ip,
+                    user_agent,
+                    factors,
+                    generation,
+                    passkey,
+                    &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
+                    &ms(cap.idle_ms),
+                    &ms(cap.absolute_ms),
+                    &ms(now),
+                ],
+            )
+            .await?;
+        Ok(row)
+    }
 }
 
 #[async_trait]
@@ -646,31 +686,23 @@ impl SessionStore for PgStore {
     ) -> Result<()> {
         // One round trip and one commit (`session_start`, migration 16), under a per-user lock
         // so racing sign-ins of one user end exactly the sessions past the cap.
-        let row = SessionRow::new(token_hash, session);
-        let [hash, user_key, created, last_seen, ip, user_agent, factors, generation, passkey] = row.params();
-        self.client()
-            .await?
-            .execute(
-                "SELECT session_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                &[
-                    &previous.map(|p| &p[..]),
-                    hash,
-                    user_key,
-                    created,
-                    last_seen,
-                    ip,
-                    user_agent,
-                    factors,
-                    generation,
-                    passkey,
-                    &i32::try_from(cap.max_per_user).unwrap_or(i32::MAX),
-                    &ms(cap.idle_ms),
-                    &ms(cap.absolute_ms),
-                    &ms(now),
-                ],
-            )
-            .await?;
+        self.session_call("SELECT session_start", previous, token_hash, session, cap, now).await?;
         Ok(())
+    }
+
+    async fn continue_session(
+        &self,
+        previous: &TokenHash,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: super::SessionCap,
+        now: u64,
+    ) -> Result<bool> {
+        // `session_continue` (migration 18): `session_start` only when its DELETE of `previous`
+        // found the row, in one transaction; a sign-out's DELETE racing it waits on the row's
+        // lock and then finds it gone, or found it first and this one stores nothing.
+        let row = self.session_call("SELECT session_continue", Some(previous), token_hash, session, cap, now).await?;
+        Ok(row.try_get::<_, bool>(0)?)
     }
 
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {

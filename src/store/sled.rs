@@ -1085,6 +1085,25 @@ impl SessionStore for SledStore {
         self.durable(()).await
     }
 
+    async fn continue_session(
+        &self,
+        previous: &TokenHash,
+        token_hash: &TokenHash,
+        session: &Session,
+        cap: SessionCap,
+        now: u64,
+    ) -> Result<bool> {
+        // sled's remove is atomic: of this and a sign-out removing `previous`, one sees it.
+        if !self.delete_session(previous)? {
+            return Ok(false);
+        }
+        self.insert_session(token_hash, &SessionRecord::new(session))?;
+        for s in cap.past_the_cap(self.user_session_times(&session.user_key)?, now) {
+            self.delete_session(&s.token_hash)?;
+        }
+        self.durable(true).await
+    }
+
     // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
     // of (redone if lost), so they do not wait for a flush, and a disk that cannot be written
     // does not stop them (a signed-in user still sees their page; SECURITY.md).

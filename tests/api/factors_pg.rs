@@ -150,7 +150,7 @@ async fn on_postgresql_a_change_whose_session_cleanup_fails_is_still_logged() {
     .unwrap();
     let users = &app.state.users;
     let new = Password::new("a different passphrase 4417 tundra");
-    assert!(users.set_password("alice", new, "test", None).await.is_err(), "the cleanup failed");
+    assert!(users.set_password("alice", new, "test", None, None).await.is_err(), "the cleanup failed");
     assert!(users.set_disabled("bob", true, "test").await.is_err());
     assert!(users.delete("carol", "test").await.is_err());
     let events: Vec<_> = app.log_lines().iter().map(|l| (l["event"].clone(), l["username"].clone())).collect();

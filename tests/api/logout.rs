@@ -39,3 +39,24 @@ async fn logout_is_recorded_in_the_auth_log() {
     assert!(lines.iter().any(|l| l["event"] == "authn_login_success" && l["username"] == "alice"));
     assert!(lines.iter().any(|l| l["event"] == "session_logout" && l["username"] == "alice"));
 }
+
+/// A sign-out while the same session changes its password (in another tab) wins: the change
+/// goes on under a new token only from a stored record, and the sign-out removes it, also
+/// when the change has already begun the new credential generation (review 129 kept such a
+/// session alive under the change's new token). Here the change stops right after beginning
+/// the generation; the sign-out comes; then the change goes on and is refused.
+#[tokio::test]
+async fn a_sign_out_during_a_password_change_of_the_same_session_wins() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let token = cookie_value(&app.login("alice", GOOD_PASSWORD).await, "__Host-portcullis").unwrap();
+    let session = app.state.sessions.resolve(&token).await.unwrap().unwrap();
+    let changed = app.state.store.users.set_password_hash("alice", "$argon2id$...", 2, None).await.unwrap().unwrap();
+    // The session is over (another generation), so the form's token is not asked for.
+    let resp = app.client.post(app.url("/logout")).form(&[("csrf", "")]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(app.state.store.sessions.get(&session.token_hash).await.unwrap().is_none(), "its record is gone");
+    let went_on = app.state.sessions.renew(&session, &changed, "127.0.0.1".parse().unwrap(), "ua").await;
+    assert!(matches!(went_on, Err(portcullis::session::StartError::SignedOut)), "{:?}", went_on.err());
+    assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
+}

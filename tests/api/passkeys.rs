@@ -1142,7 +1142,7 @@ async fn a_session_whose_passkey_was_removed_meanwhile_gets_no_new_token_and_add
     // Nor is the password changed.
     let new = portcullis::password::Password::new("a thief's new passphrase 5521");
     let from = Some(portcullis::store::Holding::of(&read.record));
-    let changed = app.state.users.set_password("alice", new, "alice", from).await;
+    let changed = app.state.users.set_password("alice", new, "alice", from, None).await;
     assert!(matches!(changed, Err(portcullis::users::UserError::Superseded)), "{:?}", changed.err());
 
     let asker = Asker::of(&read.record);

@@ -302,6 +302,7 @@ async fn a_sign_in_checked_before_a_password_change_and_stored_after_it_gets_no_
         portcullis::password::Password::new("nimbus crater tulip 5531"),
         "test",
         None,
+        None,
     );
     assert_eq!(set.await.unwrap().sessions_ended, 0, "the sign-in's session is not there yet to be ended");
     holder.batch_execute("SELECT pg_advisory_unlock(2, hashtext('alice'))").await.unwrap();

@@ -49,8 +49,12 @@ async fn a_password_change_ends_every_session_of_that_user_only() {
     app.login_with(&a1, "alice", GOOD_PASSWORD).await;
     app.login_with(&a2, "alice", GOOD_PASSWORD).await;
     app.login_with(&b, "bob", GOOD_PASSWORD).await;
-    let set =
-        app.state.users.set_password("alice", Password::new("a whole new passphrase"), "test", None).await.unwrap();
+    let set = app
+        .state
+        .users
+        .set_password("alice", Password::new("a whole new passphrase"), "test", None, None)
+        .await
+        .unwrap();
     assert_eq!(set.sessions_ended, 2);
     assert_eq!(a1.get(app.url("/")).send().await.unwrap().status(), 303);
     assert_eq!(a2.get(app.url("/")).send().await.unwrap().status(), 303);
@@ -250,7 +254,7 @@ async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() 
             let change = tokio::spawn(changing.post(app.url("/account/password")).form(&form).send());
             tokio::time::sleep(Duration::from_millis(150)).await;
             if what == "user passwd" {
-                app.state.users.set_password("alice", Password::new(admins), "test", None).await.unwrap();
+                app.state.users.set_password("alice", Password::new(admins), "test", None, None).await.unwrap();
             } else {
                 let click = other.post(app.url("/sessions/end-others")).form(&[("csrf", app.home_csrf(&other).await)]);
                 assert_eq!(click.send().await.unwrap().status(), 303);
@@ -260,7 +264,7 @@ async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() 
             let page = resp.text().await.unwrap();
             if status == 303 {
                 // Made before the other landed: put the password back for the next round.
-                app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None).await.unwrap();
+                app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None, None).await.unwrap();
                 continue;
             }
             assert_eq!(status, 409, "{what}: {page}");
@@ -274,7 +278,7 @@ async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() 
         }
         assert!(superseded, "{what} landed while a change was under way");
         if what == "user passwd" {
-            app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None).await.unwrap();
+            app.state.users.set_password("alice", Password::new(GOOD_PASSWORD), "test", None, None).await.unwrap();
         }
     }
 }

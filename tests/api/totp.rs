@@ -485,7 +485,7 @@ async fn cancelling_or_signing_out_at_the_second_step_ends_the_pending_sign_in()
     // An administrator's `user passwd` ends a waiting sign-in too, and says so.
     let pending = pending_of(&password_step(&app, &app.new_browser(), "alice").await);
     let new = portcullis::password::Password::new("a whole new passphrase");
-    let set = app.state.users.set_password("alice", new, "test", None).await.unwrap();
+    let set = app.state.users.set_password("alice", new, "test", None, None).await.unwrap();
     assert_eq!(set.pending_ended, 3);
     assert_eq!(replayed(pending).await, 303);
 }

@@ -97,12 +97,13 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     }
     let user = &session.user;
     let client = client::client(req, &state.settings.trusted_proxies);
-    // Ends every session of the user (this one too) and logs `authn_password_change`.
+    // Ends every other session of the user (this one goes on below, or ends there) and logs
+    // `authn_password_change`.
     // Only in the generation the current password was just checked in: a `user passwd`, a
     // reset, a disable or *sign out everywhere else* landing meanwhile is not undone by it.
     let from = Some(crate::store::Holding::of(&session.record));
     let new = Password::new(&form.new);
-    let set = match state.users.set_password(&user.display_name, new, &user.display_name, from).await {
+    let set = match state.users.set_password(&user.display_name, new, &user.display_name, from, Some(&session.token_hash)).await {
         Ok(set) => set,
         Err(UserError::Superseded) => {
             return super::changed_meanwhile(
@@ -133,6 +134,14 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
                 "Your password is changed, but the passkey this session was signed in with was removed meanwhile, so this session is over too. Please sign in again.",
             )
         }
+        // Signed out (another tab) while the password was hashed: the sign-out wins, and
+        // this browser is told the change happened all the same (found by review 129).
+        Err(StartError::SignedOut) => {
+            return super::changed_meanwhile(
+                "Password changed, signed out",
+                "Your password is changed, but this session was signed out meanwhile, so it stays signed out. Please sign in again with the new password.",
+            )
+        }
     };
     // The session keeps its start, so the password just typed counts as a confirmation.
     let mut resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));
@@ -148,7 +157,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         // Only the browser's place in a flood is at stake: it signs in as a stranger once.
         Err(e) => tracing::warn!(error = %e, "no new device token after a password change"),
     }
-    Notice::PasswordChanged { ended: set.sessions_ended.saturating_sub(1) }.attach(&state.csrf, &token.hash(), resp)
+    Notice::PasswordChanged { ended: set.sessions_ended }.attach(&state.csrf, &token.hash(), resp)
 }
 
 /// What the account's password forms say when [`check_current`] wants a captcha solved.
