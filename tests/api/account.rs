@@ -250,6 +250,39 @@ async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_a
     assert_eq!(resp.status(), 403);
 }
 
+/// The first second factor ends the sessions signed in with the password alone (review 129:
+/// one kept full access after the owner set up the factor, minted recovery codes that voided
+/// the owner's, and under `second_factor = all` passed as enrolled). The enrolling browser
+/// goes on with the same token.
+#[tokio::test]
+async fn the_first_second_factor_signs_out_the_sessions_that_signed_in_without_it() {
+    let app = spawn_app_with(|s| s.second_factor = portcullis::config::SecondFactorPolicy::All).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let phished = signed_in(&app, "alice").await;
+    assert_eq!(phished.get(app.url("/")).send().await.unwrap().headers()["location"], "/account", "held to enrol");
+    let owner = signed_in(&app, "alice").await;
+    let page = owner.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let b32 = hidden_field(&page, "secret").unwrap();
+    let secret = totp::from_base32(&b32).unwrap().to_vec();
+    let form = [
+        ("csrf", hidden_field(&page, "csrf").unwrap()),
+        ("secret", b32),
+        ("tag", hidden_field(&page, "tag").unwrap()),
+        ("code", totp::code_at(&secret, now_ms() / 1000).unwrap()),
+    ];
+    let resp = owner.post(app.url("/account/totp")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("set-cookie").is_none_or(|c| !c.to_str().unwrap().starts_with("__Host-portcullis=")));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Your 1 other session signed in without it, so it is now signed out."), "{text}");
+    assert!(text.contains("class=\"codes\""), "the codes are shown all the same");
+    let after = phished.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(after.headers()["location"], "/login?next=/account", "the password-only session is over");
+    assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the owner goes on");
+    let ended = app.log_lines().into_iter().find(|l| l["event"] == "session_revoked").expect("logged");
+    assert_eq!((ended["count"].as_u64(), ended["by"].as_str()), (Some(1), Some("alice")));
+}
+
 #[tokio::test]
 async fn an_enrolment_form_with_a_secret_the_server_did_not_give_this_session_is_refused() {
     let app = spawn_app().await;

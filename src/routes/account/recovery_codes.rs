@@ -30,20 +30,50 @@ struct CodesPage<'a> {
 /// the last factor voided them): they are replaced, never revived. A factor that `replaced`
 /// one of its kind (an authenticator app set up on a new phone) is no first factor: the
 /// user's codes stay as they are, printed for the account rather than for a device.
+///
+/// The first second factor also ends the user's other sessions (this one, which has just
+/// proved the factor, goes on): each signed in with the password alone, and one the password
+/// was phished for would otherwise keep its access, and under `second_factor = all` pass as
+/// enrolled, after the owner set up the factor (found by review 129, which minted recovery
+/// codes from such a session). Without a new credential generation, so this browser keeps its
+/// token and a second window's form stays good.
 pub(crate) async fn codes_with_first_factor(
+    req: &Request,
     state: &AppState,
     session: &ActiveSession,
     headline: &str,
     replaced: bool,
     otherwise: Response,
 ) -> Response {
-    match state.factors.summary(&session.user.key).await {
-        Ok(s) if s.recovery_codes == 0 || (!replaced && s.second_factors() == 1) => {
-            issue_codes(state, session, headline, None).await
-        }
-        Ok(_) => otherwise,
-        Err(e) => store_error(&e, "could not read the user's second factors"),
+    let first = match state.factors.summary(&session.user.key).await {
+        Ok(s) if !replaced && s.second_factors() == 1 => true,
+        Ok(s) if s.recovery_codes == 0 => false,
+        Ok(_) => return otherwise,
+        Err(e) => return store_error(&e, "could not read the user's second factors"),
+    };
+    if !first {
+        return issue_codes(state, session, headline, None).await;
     }
+    // The codes are shown whatever the sign-out did: this page is their only showing.
+    let user = &session.user;
+    let headline = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+        Ok(0) => headline.to_string(),
+        Ok(count) => {
+            let client = crate::client::client(req, &state.settings.trusted_proxies);
+            let username = &user.display_name;
+            let ended = AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client };
+            state.audit.record(&ended);
+            let others = crate::text::counted(count as u64, "other session", "other sessions");
+            let verb = if count == 1 { "it is" } else { "they are" };
+            format!("{headline} Your {others} signed in without it, so {verb} now signed out.")
+        }
+        Err(e) => {
+            let what = "a first second factor could not end the other sessions";
+            crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
+            format!("{headline} Your other sessions could not be signed out just now: use Sign out everywhere else on your account page.")
+        }
+    };
+    issue_codes(state, session, &headline, None).await
 }
 
 /// The account page's *Make new recovery codes* form.

@@ -202,7 +202,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
     let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
     let replaced = replacing.is_some();
-    codes_with_first_factor(&state, &session, "Your authenticator app is set up.", replaced, otherwise).await
+    codes_with_first_factor(req, &state, &session, "Your authenticator app is set up.", replaced, otherwise).await
 }
 
 #[handler]
