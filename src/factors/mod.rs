@@ -117,6 +117,9 @@ pub enum Enrolment {
     /// reset-factors`, a password change, *sign out everywhere else*, the removal of the
     /// passkey it was signed in with): what it wrote was taken back ([`Asker::still_holds`]).
     Superseded,
+    /// This very secret is the user's authenticator already: the same form was sent twice (a
+    /// double click), and the other sending set it up. Nothing changed here.
+    SentTwice,
 }
 
 /// Who asks for a change of factors: the user, and what the session asking holds (its
@@ -357,6 +360,15 @@ impl SecondFactors {
             }
             Ok(Enrolment::Enrolled)
         } else {
+            // The same form sent twice: the other sending stored this secret (review 129 was
+            // told to delete a working entry from the app). Compared in constant time, as
+            // secrets are.
+            if let Some(stored) = self.store.factors.totp(user_key).await? {
+                let opened = self.key.open(user_key, &stored.sealed_secret)?;
+                if bool::from(subtle::ConstantTimeEq::ct_eq(opened.as_slice(), secret)) {
+                    return Ok(Enrolment::SentTwice);
+                }
+            }
             // Another enrolment (another window) or a removal came first, or the user is gone.
             Ok(Enrolment::Changed)
         }

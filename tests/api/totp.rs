@@ -876,6 +876,32 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
     assert_eq!(late.status(), 409, "overtaken, whatever was mistyped on the way");
 }
 
+/// The same enrolment form sent twice (a double click): the second answer says the app is
+/// set up and to keep its entry (review 129 was told it was not set up and to delete the
+/// entry that worked, the answer a browser shows being the last).
+#[tokio::test]
+async fn the_same_enrolment_sent_twice_says_the_app_is_set_up() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    sign_in(&app, &browser, "alice").await;
+    let step = fresh_step().await;
+    let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let (secret, form) = enrolment_form(&page, &|s| code(s, step));
+    let first = browser.post(app.url("/account/totp")).form(&form).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = browser.post(app.url("/account/totp")).form(&form).send().await.unwrap();
+    assert_eq!(second.status(), 409);
+    let text = second.text().await.unwrap();
+    assert!(
+        text.contains("Your authenticator app is set up: this form was sent twice") && text.contains("keep the entry"),
+        "{text}"
+    );
+    let proof = Proof::Totp(code(&secret, step + 1).into());
+    let verdict = app.state.factors.verify("alice", &[0; 32], &proof, (step + 1) * totp::STEP_SECS).await.unwrap();
+    assert_eq!(verdict, Verdict::Accepted(FactorKind::Totp, None), "that secret is the one stored");
+}
+
 /// New recovery codes are made in place of the set the page showed: a page shown before
 /// another tab made new ones, or the same click sent twice, is told so (409) and makes none,
 /// so no set is shown and then found void (a review saw two 200s at once and one set void).

@@ -187,6 +187,14 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             let leftover = "Remove the entry you just added from your authenticator app.";
             return super::not_changed("Authenticator app not set up", leftover);
         }
+        Enrolment::SentTwice => {
+            return crate::routes::error_page_leading(
+                StatusCode::CONFLICT,
+                "Authenticator app set up",
+                "Your authenticator app is set up: this form was sent twice, and the other sending set it up, so keep the entry you added to the app. If this is the first authenticator of your account, its recovery codes were shown in answer to the other sending; if you did not see them, make new ones from your account page.",
+                ("/account", "Your account"),
+            )
+        }
         Enrolment::Changed => {
             // This secret is worth nothing now: remove it from the app, start again.
             let message =
