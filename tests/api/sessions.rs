@@ -283,6 +283,35 @@ async fn a_password_change_under_way_does_not_undo_what_lands_while_it_hashes() 
     }
 }
 
+/// The same password form sent twice at once (a double click): one changes it, and the other,
+/// finding the change made, says the password is changed, not "nothing was changed" (review
+/// 129; the answer a browser shows is the last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_password_change_sent_twice_says_it_is_changed() {
+    let app = slow_hashing_app_with_alice().await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    let page = browser.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
+    let new = "the change sent twice 7730";
+    let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new), ("repeat", new)];
+    let send = || browser.post(app.url("/account/password")).form(&form).send();
+    let (one, two) = tokio::join!(send(), send());
+    let mut answers = Vec::new();
+    for resp in [one.unwrap(), two.unwrap()] {
+        answers.push((resp.status().as_u16(), resp.text().await.unwrap()));
+    }
+    answers.sort_by_key(|(status, _)| *status);
+    assert_eq!(answers[0].0, 303, "one changes it");
+    assert_eq!(answers[1].0, 409, "{}", answers[1].1);
+    assert!(
+        answers[1].1.contains("Your password is changed to the new one you typed: this form was sent twice"),
+        "{}",
+        answers[1].1
+    );
+    assert_eq!(app.login_with(&app.new_browser(), "alice", new).await.status(), 303, "the new password works");
+}
+
 #[tokio::test]
 async fn a_restart_keeps_users_and_sessions() {
     let app = spawn_app().await;

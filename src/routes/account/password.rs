@@ -103,13 +103,28 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     // reset, a disable or *sign out everywhere else* landing meanwhile is not undone by it.
     let from = Some(crate::store::Holding::of(&session.record));
     let new = Password::new(&form.new);
-    let set = match state.users.set_password(&user.display_name, new, &user.display_name, from, Some(&session.token_hash)).await {
+    let set = match state
+        .users
+        .set_password(&user.display_name, new, &user.display_name, from, Some(&session.token_hash))
+        .await
+    {
         Ok(set) => set,
         Err(UserError::Superseded) => {
+            // The same form sent twice (a double click): the other sending changed it, to this
+            // very password, and its answer carries the session's new token (review 129 was
+            // told nothing was changed). Checked only here, at one argon2 verify.
+            if matches!(state.auth.verify_current(&user.key, Password::new(&form.new)).await, Ok(true)) {
+                return crate::routes::error_page_leading(
+                    StatusCode::CONFLICT,
+                    "Password changed",
+                    "Your password is changed to the new one you typed: this form was sent twice, and the other sending changed it.",
+                    ("/account", "Your account"),
+                );
+            }
             return super::changed_meanwhile(
                 "Password not changed",
                 "Your account was signed out everywhere, its password changed, or the passkey this session was signed in with was removed, while you were changing it: nothing was changed. Please sign in again.",
-            )
+            );
         }
         Err(UserError::WeakPassword(why)) => {
             let message = format!("Please choose another new password: {why}.");
