@@ -538,6 +538,16 @@ impl SledStore {
         Ok(())
     }
 
+    /// Stores `session` under `token_hash`, then removes the owner's sessions past `cap` at
+    /// `now` ([`SessionCap::past_the_cap`]); not yet flushed.
+    fn insert_within_cap(&self, token_hash: &TokenHash, session: &Session, cap: SessionCap, now: u64) -> Result<()> {
+        self.insert_session(token_hash, &SessionRecord::new(session))?;
+        for s in cap.past_the_cap(self.user_session_times(&session.user_key)?, now) {
+            self.delete_session(&s.token_hash)?;
+        }
+        Ok(())
+    }
+
     /// Removes one session; returns whether it existed.
     fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         let Some(old) = self.sessions.remove(token_hash)? else { return Ok(false) };
@@ -1078,10 +1088,7 @@ impl SessionStore for SledStore {
         if let Some(old) = previous {
             self.delete_session(old)?;
         }
-        self.insert_session(token_hash, &SessionRecord::new(session))?;
-        for s in cap.past_the_cap(self.user_session_times(&session.user_key)?, now) {
-            self.delete_session(&s.token_hash)?;
-        }
+        self.insert_within_cap(token_hash, session, cap, now)?;
         self.durable(()).await
     }
 
@@ -1097,10 +1104,7 @@ impl SessionStore for SledStore {
         if !self.delete_session(previous)? {
             return Ok(false);
         }
-        self.insert_session(token_hash, &SessionRecord::new(session))?;
-        for s in cap.past_the_cap(self.user_session_times(&session.user_key)?, now) {
-            self.delete_session(&s.token_hash)?;
-        }
+        self.insert_within_cap(token_hash, session, cap, now)?;
         self.durable(true).await
     }
 
