@@ -235,6 +235,42 @@ impl Sessions {
         self.start(previous, changed, with, Some(record.created_at), ip, user_agent).await
     }
 
+    /// Moves `current` into the user's new credential generation as `changed` has it, under
+    /// the same token (same start, factors and passkey): for a change that ends the other
+    /// sessions and sign-ins in flight but gives this one no new privilege, so its token, and
+    /// the form tokens bound to it, stay good (the first second factor: a second window's
+    /// form and a double click's twin still work). Only while `current` is stored.
+    ///
+    /// # Errors
+    /// As [`Sessions::renew`].
+    pub async fn restamp(&self, current: &ActiveSession, changed: &User) -> Result<(), StartError> {
+        let now = now_ms();
+        let record =
+            Session { password_changed_at: changed.password_changed_at, last_seen_at: now, ..current.record.clone() };
+        let hash = &current.token_hash;
+        if !self.store.sessions.continue_session(hash, hash, &record, self.cap(), now).await? {
+            return Err(self.why_ended(&changed.key, &record).await?);
+        }
+        if let Some(id) = &record.passkey_id {
+            if !self.store.passkeys.holds(&changed.key, id).await? {
+                self.store.sessions.delete(hash).await?;
+                return Err(StartError::PasskeyRemoved);
+            }
+        }
+        Ok(())
+    }
+
+    /// Why a session that was to go on was found ended: the removal of its passkey (which
+    /// says so), else a sign-out.
+    async fn why_ended(&self, user_key: &str, record: &Session) -> Result<StartError, StoreError> {
+        if let Some(id) = &record.passkey_id {
+            if !self.store.passkeys.holds(user_key, id).await? {
+                return Ok(StartError::PasskeyRemoved);
+            }
+        }
+        Ok(StartError::SignedOut)
+    }
+
     async fn start(
         &self,
         previous: Previous<'_>,
@@ -263,13 +299,7 @@ impl Sessions {
             Previous::Continued(previous) => {
                 let sessions = &self.store.sessions;
                 if !sessions.continue_session(previous, &token.hash(), &record, self.cap(), now).await? {
-                    // Ended meanwhile: by the removal of its passkey (which says so), or a sign-out.
-                    if let Some(id) = &record.passkey_id {
-                        if !self.store.passkeys.holds(&user.key, id).await? {
-                            return Err(StartError::PasskeyRemoved);
-                        }
-                    }
-                    return Err(StartError::SignedOut);
+                    return Err(self.why_ended(&user.key, &record).await?);
                 }
             }
         }

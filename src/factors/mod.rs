@@ -369,6 +369,11 @@ impl SecondFactors {
                     return Ok(Enrolment::SentTwice);
                 }
             }
+            // Another session's first factor came first and ended this one (review 131 was
+            // offered a new secret "to replace it", as if still signed in).
+            if !asker.still_holds(&self.store).await? {
+                return Ok(Enrolment::Superseded);
+            }
             // Another enrolment (another window) or a removal came first, or the user is gone.
             Ok(Enrolment::Changed)
         }

@@ -640,6 +640,10 @@ async fn a_session_goes_on_under_a_new_token_only_while_it_is_stored(store: &Sto
     s.insert(&[1; 32], &alice).await.unwrap();
     assert!(s.continue_session(&[1; 32], &[2; 32], &alice, cap, 1000).await.unwrap(), "sessions: goes on");
     assert!(s.get(&[1; 32]).await.unwrap().is_none() && s.get(&[2; 32]).await.unwrap() == Some(alice.clone()));
+    // Under the same token, into a new generation (`Sessions::restamp`).
+    let restamped = Session { password_changed_at: 7, last_seen_at: 1500, ..alice.clone() };
+    assert!(s.continue_session(&[2; 32], &[2; 32], &restamped, cap, 1500).await.unwrap(), "sessions: same token");
+    assert_eq!(s.get(&[2; 32]).await.unwrap(), Some(restamped), "sessions: restamped in place");
     assert!(!s.continue_session(&[1; 32], &[3; 32], &alice, cap, 1000).await.unwrap(), "sessions: ended first");
     assert!(s.get(&[3; 32]).await.unwrap().is_none(), "sessions: nothing stored for an ended session");
     for round in 0..20u8 {

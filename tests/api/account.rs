@@ -261,6 +261,10 @@ async fn the_first_second_factor_signs_out_the_sessions_that_signed_in_without_i
     let phished = signed_in(&app, "alice").await;
     assert_eq!(phished.get(app.url("/")).send().await.unwrap().headers()["location"], "/account", "held to enrol");
     let owner = signed_in(&app, "alice").await;
+    // A sign-in whose password was checked before the factor is stored stores its session
+    // after (review 131 kept such a session, and with it full access).
+    let read_before = app.state.store.users.get("alice").await.unwrap().unwrap();
+    let account_before = account_page(&app, &owner).await;
     let page = owner.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
     let b32 = hidden_field(&page, "secret").unwrap();
     let secret = totp::from_base32(&b32).unwrap().to_vec();
@@ -281,6 +285,13 @@ async fn the_first_second_factor_signs_out_the_sessions_that_signed_in_without_i
     assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the owner goes on");
     let ended = app.log_lines().into_iter().find(|l| l["event"] == "session_revoked").expect("logged");
     assert_eq!((ended["count"].as_u64(), ended["by"].as_str()), (Some(1), Some("alice")));
+    let ip = "127.0.0.1".parse().unwrap();
+    let late = app.state.sessions.create(&read_before, portcullis::store::Factors::One, ip, "ua").await.unwrap();
+    assert!(app.state.sessions.resolve(&late.encode()).await.unwrap().is_none(), "a sign-in in flight gets nothing");
+    // The owner's token is the same, so a form shown before (another window) still works.
+    let csrf = hidden_field(&account_before, "csrf").unwrap();
+    let resp = owner.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/"));
 }
 
 #[tokio::test]

@@ -902,6 +902,25 @@ async fn the_same_enrolment_sent_twice_says_the_app_is_set_up() {
     assert_eq!(verdict, Verdict::Accepted(FactorKind::Totp, None), "that secret is the one stored");
 }
 
+/// Two sessions setting up the user's first authenticator at once: the one that loses was
+/// ended by the winner's first factor, and is told its app was not set up and to sign in
+/// again, not offered a new secret as if still signed in (review 131).
+#[tokio::test]
+async fn the_loser_of_two_first_enrolments_is_told_it_was_signed_out() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let generation = app.state.store.users.get("alice").await.unwrap().unwrap().password_changed_at;
+    let now = now_ms() / 1000;
+    let (winner, loser) = ([1u8; 20], [2u8; 20]);
+    let asker = portcullis::factors::Asker::in_generation("alice", generation);
+    let won = app.state.factors.enrol_totp(&asker, &winner, &code(&winner, now / totp::STEP_SECS), None).await;
+    assert_eq!(won.unwrap(), portcullis::factors::Enrolment::Enrolled);
+    // The winner's first factor moves the user on, as its page does.
+    app.state.store.users.renew_generation("alice", now_ms(), None).await.unwrap().unwrap();
+    let lost = app.state.factors.enrol_totp(&asker, &loser, &code(&loser, now / totp::STEP_SECS), None).await;
+    assert_eq!(lost.unwrap(), portcullis::factors::Enrolment::Superseded);
+}
+
 /// New recovery codes are made in place of the set the page showed: a page shown before
 /// another tab made new ones, or the same click sent twice, is told so (409) and makes none,
 /// so no set is shown and then found void (a review saw two 200s at once and one set void).

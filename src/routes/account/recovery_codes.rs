@@ -31,12 +31,14 @@ struct CodesPage<'a> {
 /// one of its kind (an authenticator app set up on a new phone) is no first factor: the
 /// user's codes stay as they are, printed for the account rather than for a device.
 ///
-/// The first second factor also ends the user's other sessions (this one, which has just
-/// proved the factor, goes on): each signed in with the password alone, and one the password
-/// was phished for would otherwise keep its access, and under `second_factor = all` pass as
-/// enrolled, after the owner set up the factor (found by review 129, which minted recovery
-/// codes from such a session). Without a new credential generation, so this browser keeps its
-/// token and a second window's form stays good.
+/// The first second factor also ends the user's other sessions and password sign-ins in
+/// flight, with a new credential generation (as *sign out everywhere else* does): each signed
+/// in with the password alone, and one the password was phished for would otherwise keep its
+/// access, and under `second_factor = all` pass as enrolled, after the owner set up the factor
+/// (found by review 129, which minted recovery codes from such a session; review 131 kept one
+/// whose password check was under way). This session, which has just proved the factor, goes
+/// on into the new generation under the same token ([`crate::session::Sessions::restamp`]), so
+/// a second window's form and a double click's twin stay good.
 pub(crate) async fn codes_with_first_factor(
     req: &Request,
     state: &AppState,
@@ -55,25 +57,72 @@ pub(crate) async fn codes_with_first_factor(
         return issue_codes(state, session, headline, None).await;
     }
     // The codes are shown whatever the sign-out did: this page is their only showing.
-    let user = &session.user;
-    let headline = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+    let headline = match others_signed_out(req, state, session).await {
         Ok(0) => headline.to_string(),
         Ok(count) => {
-            let client = crate::client::client(req, &state.settings.trusted_proxies);
-            let username = &user.display_name;
-            let ended = AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client };
-            state.audit.record(&ended);
             let others = crate::text::counted(count as u64, "other session", "other sessions");
             let verb = if count == 1 { "it is" } else { "they are" };
             format!("{headline} Your {others} signed in without it, so {verb} now signed out.")
         }
-        Err(e) => {
-            let what = "a first second factor could not end the other sessions";
-            crate::fault_log::report(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
-            format!("{headline} Your other sessions could not be signed out just now: use Sign out everywhere else on your account page.")
-        }
+        Err(Ended::ThisToo) => format!(
+            "{headline} This session was signed out meanwhile, with your others: sign in again once the codes are kept."
+        ),
+        Err(Ended::NotOthers) => format!(
+            "{headline} Your other sessions could not be signed out just now: use Sign out everywhere else on your account page."
+        ),
     };
     issue_codes(state, session, &headline, None).await
+}
+
+/// How [`others_signed_out`] did not finish.
+enum Ended {
+    /// The others are over, and this session too (signed out or changed meanwhile).
+    ThisToo,
+    /// The store failed before the others were ended (reported).
+    NotOthers,
+}
+
+/// A new credential generation for `session`'s user, its other sessions removed, and
+/// `session` moved into it under its token; how many others ended.
+async fn others_signed_out(req: &Request, state: &AppState, session: &ActiveSession) -> Result<usize, Ended> {
+    let user = &session.user;
+    let report = |what: &'static str, e: &crate::store::StoreError, unavailable: bool| {
+        crate::fault_log::report_error(what, crate::fault_log::Severity::Error, unavailable, e);
+    };
+    let from = Some(crate::store::Holding::of(&session.record));
+    let changed = match state.store.users.renew_generation(&user.key, crate::store::now_ms(), from).await {
+        Ok(Some(changed)) => changed,
+        Ok(None) => return Err(Ended::ThisToo),
+        Err(e) => {
+            report("a first second factor could not end the other sessions", &e, e.is_unavailable());
+            return Err(Ended::NotOthers);
+        }
+    };
+    // Over already, with the old generation: removed now rather than when their time is up.
+    let count = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+        Ok(n) => n,
+        Err(e) => {
+            report(
+                "could not remove the sessions of an ended generation (they are over all the same)",
+                &e,
+                e.is_unavailable(),
+            );
+            0
+        }
+    };
+    if count > 0 {
+        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let username = &user.display_name;
+        state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
+    }
+    match state.sessions.restamp(session, &changed).await {
+        Ok(()) => Ok(count),
+        Err(crate::session::StartError::Store(e)) => {
+            report("ended the other sessions but could not go on with this one", &e, e.is_unavailable());
+            Err(Ended::ThisToo)
+        }
+        Err(_) => Err(Ended::ThisToo),
+    }
 }
 
 /// The account page's *Make new recovery codes* form.
