@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::audit::AuthEvent;
 use crate::factors::MFA_COOKIE;
-use crate::routes::{error_page, read_form, see_other, State};
+use crate::routes::{read_form, see_other, State};
 use crate::session::SESSION_COOKIE;
 use crate::{client, cookies};
 
@@ -56,7 +56,14 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
     let theirs = sessions.iter().any(|s| state.csrf.check_session(&s.token_hash, &form.csrf))
         || pending.iter().any(|h| state.csrf.check_session(h, &form.csrf));
     if held && !theirs {
-        return error_page(StatusCode::FORBIDDEN);
+        // Most often a page shown before this browser's session got a new token (a password
+        // change in another tab): said so, since a bare "not allowed" left the user signed in
+        // with no idea why (review 131).
+        return crate::routes::error_page_saying(
+            StatusCode::FORBIDDEN,
+            "Not signed out",
+            "This page was out of date (your session changed since it was shown, perhaps in another tab), so this browser is still signed in. Reload the page and sign out again.",
+        );
     }
     for hash in &pending {
         if let Err(e) = state.factors.finish(hash).await {
