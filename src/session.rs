@@ -436,6 +436,26 @@ impl Sessions {
         self.store.sessions.delete(token_hash).await
     }
 
+    /// Ends the session stored under `token_hash`, if any, and those it went on as in the
+    /// last [`crate::store::SUCCESSOR_MS`] (a password change and then *sign out everywhere
+    /// else*: a few links at most), durably: for a sign-out with a token a change in another
+    /// tab has just replaced. Returns how many ended.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read or write them.
+    pub async fn end_with_successors(&self, token_hash: &TokenHash) -> Result<usize, StoreError> {
+        const MOST_LINKS: usize = 4;
+        let now = now_ms();
+        let mut ended = usize::from(self.end(token_hash).await?);
+        let mut hash = *token_hash;
+        for _ in 0..MOST_LINKS {
+            let Some(next) = self.store.sessions.successor(&hash, now).await? else { break };
+            ended += usize::from(self.end(&next).await?);
+            hash = next;
+        }
+        Ok(ended)
+    }
+
     /// Ends all of a user's sessions except `keep`, durably; returns how many ended.
     pub async fn end_all(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize, StoreError> {
         self.store.sessions.delete_for_user(user_key, keep).await

@@ -78,15 +78,17 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
     // The records of this browser's tokens that are no longer sessions (of an older
     // credential generation) go too: one may be a session going on under a new token at this
     // moment (a password change, *sign out everywhere else* in another tab), which goes on only
-    // while the record is there, so the sign-out wins (found by review 129). The browser holds
-    // each token, so ending them needs no form token; nothing live is among them.
+    // while the record is there, so the sign-out wins (found by review 129). And when it has
+    // gone on already, the token it went on as, in the last minute, ends too (review 131: the
+    // other tab's answer carried it). The browser held each token, so ending them needs no
+    // form token; nothing live is among them.
     for cookie in cookies::get_all(req, SESSION_COOKIE).iter().take(crate::routes::MAX_SESSION_COOKIES) {
         let Some(token) = crate::session::SessionToken::parse(cookie) else { continue };
         let hash = token.hash();
         if sessions.iter().any(|s| s.token_hash == hash) {
             continue;
         }
-        if let Err(e) = state.sessions.end(&hash).await {
+        if let Err(e) = state.sessions.end_with_successors(&hash).await {
             return not_signed_out(crate::routes::store_fault(&e, "could not end a session"));
         }
     }

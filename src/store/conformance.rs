@@ -646,6 +646,13 @@ async fn a_session_goes_on_under_a_new_token_only_while_it_is_stored(store: &Sto
     assert_eq!(s.get(&[2; 32]).await.unwrap(), Some(restamped), "sessions: restamped in place");
     assert!(!s.continue_session(&[1; 32], &[3; 32], &alice, cap, 1000).await.unwrap(), "sessions: ended first");
     assert!(s.get(&[3; 32]).await.unwrap().is_none(), "sessions: nothing stored for an ended session");
+    // Going on under a new token leaves a link from the old one, for a minute.
+    assert_eq!(s.successor(&[1; 32], 1000).await.unwrap(), Some([2; 32]), "sessions: the old token leads on");
+    assert_eq!(s.successor(&[2; 32], 1500).await.unwrap(), None, "sessions: the same token is no link");
+    let late = 1000 + super::SUCCESSOR_MS + 1;
+    assert_eq!(s.successor(&[1; 32], late).await.unwrap(), None, "sessions: a link past its minute leads nowhere");
+    s.purge_expired(u64::MAX / 4, u64::MAX / 4, late).await.unwrap();
+    assert_eq!(s.successor(&[1; 32], 1000).await.unwrap(), None, "sessions: and is purged");
     for round in 0..20u8 {
         let (old, new) = ([100 + round; 32], [200 - round; 32]);
         s.insert(&old, &alice).await.unwrap();

@@ -579,6 +579,9 @@ pub trait SessionStore: Send + Sync {
     /// meanwhile (a sign-out of that session while its password was being changed: the
     /// sign-out wins, found by review 129). Of this and a removal of `previous` racing it,
     /// exactly one removes the record, and that one decides.
+    ///
+    /// Under a new token, it also records that `previous` went on as `token_hash` at `now`
+    /// (Unix ms), for [`SessionStore::successor`].
     async fn continue_session(
         &self,
         previous: &TokenHash,
@@ -586,14 +589,19 @@ pub trait SessionStore: Send + Sync {
         session: &Session,
         cap: SessionCap,
         now: u64,
-    ) -> Result<bool> {
-        if !self.delete(previous).await? {
-            return Ok(false);
-        }
-        self.start(None, token_hash, session, cap, now).await?;
-        Ok(true)
-    }
+    ) -> Result<bool>;
+
+    /// The token hash the session stored under `previous` went on as, if it did within
+    /// [`SUCCESSOR_MS`] before `now` (Unix ms): a sign-out sent with the old token just after a
+    /// password change or *sign out everywhere else* of the same session stored the new one
+    /// (another tab's) ends that one too (review 131). Older links are forgotten, so a thief
+    /// holding an old cookie cannot sign the owner out later.
+    async fn successor(&self, previous: &TokenHash, now: u64) -> Result<Option<TokenHash>>;
 }
+
+/// How long a session's old token leads to its new one ([`SessionStore::successor`]), in
+/// milliseconds: the time a sign-out in another tab takes to cross a change's answer.
+pub const SUCCESSOR_MS: u64 = 60_000;
 
 /// Failed-login records, time-ordered, with a cap on how many are kept (issue 11 §1).
 #[async_trait]

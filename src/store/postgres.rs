@@ -658,6 +658,9 @@ impl SessionStore for PgStore {
                 &[&ms(idle_ms), &ms(absolute_ms), &ms(now), &ms(super::CLOCK_SKEW_MS)],
             )
             .await?;
+        // Links past their time lead nowhere any more.
+        let stale = ms(now.saturating_sub(super::SUCCESSOR_MS));
+        self.client().await?.execute("DELETE FROM session_successors WHERE at_ms < $1", &[&stale]).await?;
         Ok(n as usize)
     }
 
@@ -703,6 +706,19 @@ impl SessionStore for PgStore {
         // lock and then finds it gone, or found it first and this one stores nothing.
         let row = self.session_call("SELECT session_continue", Some(previous), token_hash, session, cap, now).await?;
         Ok(row.try_get::<_, bool>(0)?)
+    }
+
+    async fn successor(&self, previous: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT to_token FROM session_successors WHERE from_token = $1 AND at_ms >= $2",
+                &[&&previous[..], &ms(now.saturating_sub(super::SUCCESSOR_MS))],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
     }
 
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {

@@ -198,6 +198,14 @@ struct PendingRecord {
     captcha_solved: bool,
 }
 
+/// A `session_successors` value: the new token hash (32 bytes), then the Unix ms it was
+/// stored at (8 bytes, big-endian). `None` for anything else.
+fn successor_link(value: &[u8]) -> Option<(TokenHash, u64)> {
+    let next = <[u8; 32]>::try_from(value.get(..32)?).ok()?;
+    let at = <[u8; 8]>::try_from(value.get(32..40)?).ok()?;
+    Some((next, u64::from_be_bytes(at)))
+}
+
 /// The sled engine: one process, one directory.
 #[derive(Clone)]
 pub struct SledStore {
@@ -211,6 +219,8 @@ pub struct SledStore {
     failures_by_ip: ::sled::Tree,
     factors: ::sled::Tree,
     pending_sign_ins: ::sled::Tree,
+    /// Old token hash → new token hash and Unix ms ([`super::SessionStore::successor`]).
+    session_successors: ::sled::Tree,
     durability: Arc<GroupCommit>,
     /// Held by a passkey's removal and by a change of credential generation that needs the
     /// passkey its session was signed in with ([`super::Holding`]), so the two are ordered.
@@ -310,6 +320,7 @@ impl SledStore {
             failures_by_ip: db.open_tree("failures_by_ip")?,
             factors: db.open_tree("factors")?,
             pending_sign_ins: db.open_tree("pending_sign_ins")?,
+            session_successors: db.open_tree("session_successors")?,
             durability: Arc::new(GroupCommit::start(db.clone())?),
             failure_total: Arc::new(AtomicU64::new(UNCOUNTED)),
             passkey_removals: Arc::new(std::sync::Mutex::new(())),
@@ -1105,7 +1116,17 @@ impl SessionStore for SledStore {
             return Ok(false);
         }
         self.insert_within_cap(token_hash, session, cap, now)?;
+        if previous != token_hash {
+            let mut link = token_hash.to_vec();
+            link.extend_from_slice(&now.to_be_bytes());
+            self.session_successors.insert(previous, link)?;
+        }
         self.durable(true).await
+    }
+
+    async fn successor(&self, previous: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
+        let link = self.session_successors.get(previous)?.and_then(|v| successor_link(&v));
+        Ok(link.filter(|(_, at)| now.saturating_sub(*at) <= super::SUCCESSOR_MS).map(|(next, _)| next))
     }
 
     // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
@@ -1139,7 +1160,16 @@ impl SessionStore for SledStore {
         let n = self
             .blocking(move |s| {
                 let cap = super::SessionCap { max_per_user: usize::MAX, idle_ms, absolute_ms };
-                s.purge_sessions(|r| cap.has_expired(r.created_at, r.last_seen_at, now))
+                let n = s.purge_sessions(|r| cap.has_expired(r.created_at, r.last_seen_at, now))?;
+                // Links past their time lead nowhere any more.
+                for link in s.session_successors.iter() {
+                    let (old, link) = link?;
+                    let at = successor_link(&link).map_or(0, |(_, at)| at);
+                    if now.saturating_sub(at) > super::SUCCESSOR_MS {
+                        s.session_successors.remove(old)?;
+                    }
+                }
+                Ok(n)
             })
             .await?;
         self.durable(n).await

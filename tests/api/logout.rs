@@ -62,3 +62,33 @@ async fn a_sign_out_during_a_password_change_of_the_same_session_wins() {
     assert!(matches!(went_on, Err(portcullis::session::StartError::SignedOut)), "{:?}", went_on.err());
     assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
 }
+
+/// A sign-out sent with the token a password change in another tab has just replaced ends the
+/// session under its new token too (review 131: the other tab's answer carried the new token,
+/// which stayed valid, while this tab was told it was signed out).
+#[tokio::test]
+async fn a_sign_out_with_the_token_a_change_just_replaced_ends_the_new_one() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let old = cookie_value(&app.login("alice", GOOD_PASSWORD).await, "__Host-portcullis").unwrap();
+    let page = app.client.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
+    let new_password = "a tab changed it meanwhile 3390";
+    let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new_password), ("repeat", new_password)];
+    let changed = app.client.post(app.url("/account/password")).form(&form).send().await.unwrap();
+    assert_eq!(changed.status(), 303);
+    let new = cookie_value(&changed, "__Host-portcullis").unwrap();
+    // The other tab, which still sends the old cookie.
+    let other_tab = app.new_browser();
+    let out = other_tab
+        .post(app.url("/logout"))
+        .header("cookie", format!("__Host-portcullis={old}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let home = app.new_browser().get(app.url("/")).header("cookie", format!("__Host-portcullis={new}")).send().await;
+    assert_eq!(home.unwrap().status(), 303, "the new token is over too");
+    assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
+}
