@@ -374,6 +374,13 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
     let ceremony = cookies::get(req, CEREMONY_COOKIE);
     // The name as the page showed it: escapes read back, so a name saved unchanged stays the same.
     let name = crate::text::unprintable(&form.name);
+    // A first factor begins a new generation before it is stored.
+    let (session, signed_out) =
+        match crate::routes::account::recovery_codes::first_factor_generation(req, &state, &session).await {
+            Ok(Some((going_on, ended))) => (going_on, Some(ended)),
+            Ok(None) => (session, None),
+            Err(resp) => return resp,
+        };
     let asker = crate::factors::Asker::of(&session.record);
     let result =
         state.passkeys.finish_registration(&session.user, &asker, ceremony.as_deref(), &form.credential, &name).await;
@@ -390,12 +397,12 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             let notice = crate::routes::flash::Notice::PasskeyAdded { name };
             let otherwise = notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS));
             crate::routes::account::recovery_codes::codes_with_first_factor(
-                req,
                 &state,
                 &session,
                 "Your passkey is added.",
                 false,
                 otherwise,
+                signed_out,
             )
             .await
         }
@@ -423,6 +430,10 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     if let Ok(v) = cookies::clear(CEREMONY_COOKIE).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    // A new generation began: this browser's device token goes on in it (as for an app).
+    if signed_out.is_some() {
+        return crate::routes::account::recovery_codes::with_device_cookie(req, &state, &session.user.key, resp);
     }
     resp
 }

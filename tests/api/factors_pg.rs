@@ -220,3 +220,36 @@ async fn on_postgresql_signing_out_everywhere_else_that_cannot_finish_says_what_
     assert_eq!(logged[0]["count"].as_u64(), Some(1));
     app.stop().await;
 }
+
+/// Of two sessions adding the user's first second factor at once, one begins the new
+/// credential generation and the other, its compare-and-set lost, stores nothing (review 132
+/// kept both an attacker's app and the owner's passkey when the generation moved after the
+/// factors were stored). Here the enrolment is held at the users row while "the other
+/// session" moves the generation on; it is then refused with nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_first_factors_at_once_the_one_that_loses_the_generation_stores_nothing() {
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let browser = app.new_browser();
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    let page = browser.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let (_, form) = enrolment_form(&page, &|s| totp::code_at(s, now_ms() / 1000).unwrap());
+    let mut holder = portcullis::postgres::connect::connect(&url).await.unwrap();
+    let hold = holder.transaction().await.unwrap();
+    hold.execute("SELECT 1 FROM users WHERE key = 'alice' FOR UPDATE", &[]).await.unwrap();
+    let (b, to) = (browser.clone(), app.url("/account/totp"));
+    let enrolling = tokio::spawn(async move { b.post(to).form(&form).send().await.unwrap() });
+    // The other session's first factor moves the generation on first, while this one waits.
+    let watcher = portcullis::postgres::connect::connect(&url).await.unwrap();
+    assert_eq!(pg::row_lock_waiters(&watcher).await, 1, "the enrolment waits at the users row");
+    let moved = now_ms() as i64 + 1;
+    hold.execute("UPDATE users SET password_changed_at_ms = $1 WHERE key = 'alice'", &[&moved]).await.unwrap();
+    hold.commit().await.unwrap();
+    let resp = enrolling.await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Second factor not set up"), "{text}");
+    let factors = app.state.factors.summary("alice").await.unwrap();
+    assert!(!factors.has_second_factor(), "nothing stored: {factors:?}");
+}

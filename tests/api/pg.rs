@@ -512,6 +512,21 @@ fn certificates() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// How many sessions wait for a row lock (a transaction id) in this database, once one does
+/// (or after 10 s): for a test that holds a row a request's statement will wait on.
+pub async fn row_lock_waiters(client: &tokio_postgres::Client) -> i64 {
+    let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted
+                   AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())";
+    for _ in 0..500 {
+        let n: i64 = client.query_one(waiting, &[]).await.unwrap().get(0);
+        if n > 0 {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    0
+}
+
 /// How many sessions wait for an advisory lock, once one does (or after 2 s): for a test that
 /// holds a lock a request will wait on, to act while that request waits.
 pub async fn advisory_lock_waiters(client: &tokio_postgres::Client) -> i64 {

@@ -30,99 +30,115 @@ struct CodesPage<'a> {
 /// the last factor voided them): they are replaced, never revived. A factor that `replaced`
 /// one of its kind (an authenticator app set up on a new phone) is no first factor: the
 /// user's codes stay as they are, printed for the account rather than for a device.
-///
-/// The first second factor also ends the user's other sessions and password sign-ins in
-/// flight, with a new credential generation (as *sign out everywhere else* does): each signed
-/// in with the password alone, and one the password was phished for would otherwise keep its
-/// access, and under `second_factor = all` pass as enrolled, after the owner set up the factor
-/// (found by review 129, which minted recovery codes from such a session; review 131 kept one
-/// whose password check was under way). This session, which has just proved the factor, goes
-/// on into the new generation under the same token ([`crate::session::Sessions::restamp`]), so
-/// a second window's form and a double click's twin stay good.
+/// `signed_out`: what [`first_factor_generation`] did before the factor was stored, said under
+/// the headline.
 pub(crate) async fn codes_with_first_factor(
-    req: &Request,
     state: &AppState,
     session: &ActiveSession,
     headline: &str,
     replaced: bool,
     otherwise: Response,
+    signed_out: Option<Result<usize, ()>>,
 ) -> Response {
-    let first = match state.factors.summary(&session.user.key).await {
-        Ok(s) if !replaced && s.second_factors() == 1 => true,
-        Ok(s) if s.recovery_codes == 0 => false,
+    match state.factors.summary(&session.user.key).await {
+        Ok(s) if (!replaced && s.second_factors() == 1) || s.recovery_codes == 0 => {}
         Ok(_) => return otherwise,
         Err(e) => return store_error(&e, "could not read the user's second factors"),
-    };
-    if !first {
-        return issue_codes(state, session, headline, None).await;
     }
-    // The codes are shown whatever the sign-out did: this page is their only showing.
-    let headline = match others_signed_out(req, state, session).await {
-        Ok(0) => headline.to_string(),
-        Ok(count) => {
+    let said = match signed_out {
+        Some(Ok(count)) if count > 0 => {
             let others = crate::text::counted(count as u64, "other session", "other sessions");
             let verb = if count == 1 { "it is" } else { "they are" };
             format!("{headline} Your {others} signed in without it, so {verb} now signed out.")
         }
-        Err(Ended::ThisToo) => format!(
-            "{headline} This session was signed out meanwhile, with your others: sign in again once the codes are kept."
-        ),
-        Err(Ended::NotOthers) => format!(
+        Some(Err(())) => format!(
             "{headline} Your other sessions could not be signed out just now: use Sign out everywhere else on your account page."
         ),
+        _ => headline.to_string(),
     };
-    issue_codes(state, session, &headline, None).await
+    issue_codes(state, session, &said, None).await
 }
 
-/// How [`others_signed_out`] did not finish.
-enum Ended {
-    /// The others are over, and this session too (signed out or changed meanwhile).
-    ThisToo,
-    /// The store failed before the others were ended (reported).
-    NotOthers,
+/// Before the first second factor of `session`'s user is stored (none yet, and `session`
+/// signed in with the password alone): a new credential generation, as *sign out everywhere
+/// else* begins, which ends the user's other sessions and the password sign-ins under way,
+/// each signed in without the factor (one the password was phished for would otherwise keep its
+/// access, and under `second_factor = all` pass as enrolled: reviews 129 and 131). `session`
+/// goes on into it under the same token ([`crate::session::Sessions::restamp`]), so a second
+/// window's form and a double click's twin stay good, and the factor is then stored in the new
+/// generation. Of two sessions adding a first factor at once (an app and a passkey), the
+/// compare-and-set lets one begin it; the other is over and stores nothing (review 132 kept
+/// both when the generation moved after the factors were stored).
+///
+/// `Ok(None)`: not a first factor, nothing done. `Ok(Some((session, Ok(n))))`: the session as it
+/// goes on, `n` others ended; `Ok(Some((session, Err(()))))`: the generation moved on, but the
+/// others' records could not be removed (they are over all the same; reported).
+///
+/// # Errors
+/// The answer to give: 409 when another change came first (this session is over), 503 when the
+/// store failed before anything changed.
+/// `resp` with a new device cookie for `user_key` in the user's current credential
+/// generation (the one this browser's session goes on in), replacing the browser's old one:
+/// after [`first_factor_generation`], as after a password change.
+pub(crate) fn with_device_cookie(req: &Request, state: &AppState, user_key: &str, mut resp: Response) -> Response {
+    let previous = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
+    match state.csrf.issue_device_cookie(user_key, previous.as_deref(), crate::store::now_ms() / 1000) {
+        Ok(value) => {
+            if let Ok(v) = crate::routes::login::device_cookie(&value).parse() {
+                resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
+            }
+        }
+        // Only the browser's place in a flood is at stake: it signs in as a stranger once.
+        Err(e) => tracing::warn!(error = %e, "no new device token after a first second factor"),
+    }
+    resp
 }
 
-/// A new credential generation for `session`'s user, its other sessions removed, and
-/// `session` moved into it under its token; how many others ended.
-async fn others_signed_out(req: &Request, state: &AppState, session: &ActiveSession) -> Result<usize, Ended> {
+/// What a first factor refused by [`first_factor_generation`] leaves to tidy.
+const LEFTOVER: &str = "If you added an entry for it to an authenticator app, remove that entry.";
+
+pub(crate) async fn first_factor_generation(
+    req: &Request,
+    state: &AppState,
+    session: &ActiveSession,
+) -> Result<Option<(ActiveSession, Result<usize, ()>)>, Response> {
     let user = &session.user;
-    let report = |what: &'static str, e: &crate::store::StoreError, unavailable: bool| {
-        crate::fault_log::report_error(what, crate::fault_log::Severity::Error, unavailable, e);
-    };
+    if session.record.factors != crate::store::Factors::One {
+        return Ok(None);
+    }
+    match state.factors.summary(&user.key).await {
+        Ok(s) if s.has_second_factor() => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(store_error(&e, "could not read the user's second factors")),
+    }
     let from = Some(crate::store::Holding::of(&session.record));
     let changed = match state.store.users.renew_generation(&user.key, crate::store::now_ms(), from).await {
         Ok(Some(changed)) => changed,
-        Ok(None) => return Err(Ended::ThisToo),
+        Ok(None) => return Err(super::not_changed("Second factor not set up", LEFTOVER)),
+        Err(e) => return Err(store_error(&e, "could not begin a new credential generation")),
+    };
+    let ended = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+        Ok(n) => Ok(n),
         Err(e) => {
-            report("a first second factor could not end the other sessions", &e, e.is_unavailable());
-            return Err(Ended::NotOthers);
+            let what = "a first second factor could not remove the other sessions (they are over all the same)";
+            crate::fault_log::report_error(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
+            Err(())
         }
     };
-    // Over already, with the old generation: removed now rather than when their time is up.
-    let count = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
-        Ok(n) => n,
-        Err(e) => {
-            report(
-                "could not remove the sessions of an ended generation (they are over all the same)",
-                &e,
-                e.is_unavailable(),
-            );
-            0
-        }
-    };
-    if count > 0 {
+    if let Ok(count @ 1..) = ended {
         let client = crate::client::client(req, &state.settings.trusted_proxies);
         let username = &user.display_name;
         state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
     }
     match state.sessions.restamp(session, &changed).await {
-        Ok(()) => Ok(count),
-        Err(crate::session::StartError::Store(e)) => {
-            report("ended the other sessions but could not go on with this one", &e, e.is_unavailable());
-            Err(Ended::ThisToo)
-        }
-        Err(_) => Err(Ended::ThisToo),
+        Ok(()) => {}
+        Err(crate::session::StartError::Store(e)) => return Err(store_error(&e, "could not go on with this session")),
+        Err(_) => return Err(super::not_changed("Second factor not set up", LEFTOVER)),
     }
+    let mut record = session.record.clone();
+    record.password_changed_at = changed.password_changed_at;
+    let going_on = ActiveSession { record, user: changed, ..session.clone() };
+    Ok(Some((going_on, ended)))
 }
 
 /// The account page's *Make new recovery codes* form.

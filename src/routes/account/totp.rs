@@ -170,47 +170,73 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     let (Some(secret), Some(replacing)) = (totp::from_base32(&form.secret).filter(|_| tagged), replacing) else {
         return error_page(StatusCode::BAD_REQUEST);
     };
-    let user = &session.user;
-    let asker = crate::factors::Asker::of(&session.record);
-    let enrolled = match state.factors.enrol_totp(&asker, &secret, &form.code, replacing).await {
-        Ok(e) => e,
-        Err(e) => return factor_error(&e, "could not enrol an authenticator"),
+    // A first factor begins a new generation before it is stored (a code that is not right
+    // changes nothing, so it is checked first; `enrol_totp` checks it again).
+    let mut signed_out = None;
+    let session = match totp::check(&secret, &form.code, crate::store::now_ms() / 1000) {
+        None => session,
+        Some(_) => match super::recovery_codes::first_factor_generation(req, &state, &session).await {
+            Ok(Some((going_on, ended))) => {
+                signed_out = Some(ended);
+                going_on
+            }
+            Ok(None) => session,
+            Err(resp) => return resp,
+        },
     };
-    match enrolled {
-        Enrolment::Enrolled => {}
-        Enrolment::WrongCode => {
-            let message = "That code is not right. Type the code the app shows now (and check that the phone's clock is set automatically).";
-            let began = Some(form.replacing.as_str());
-            return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message), began).await;
+    let bumped = signed_out.is_some();
+    // Every answer after a new generation began (the factor stored or not) gives this browser a
+    // device token of the new generation, which voided the old ones, as a password change does:
+    // it must not become a stranger to the brute-force defence by setting up a factor.
+    let resp = async {
+        let user = &session.user;
+        let asker = crate::factors::Asker::of(&session.record);
+        let enrolled = match state.factors.enrol_totp(&asker, &secret, &form.code, replacing).await {
+            Ok(e) => e,
+            Err(e) => return factor_error(&e, "could not enrol an authenticator"),
+        };
+        match enrolled {
+            Enrolment::Enrolled => {}
+            Enrolment::WrongCode => {
+                let message = "That code is not right. Type the code the app shows now (and check that the phone's clock is set automatically).";
+                let began = Some(form.replacing.as_str());
+                return enrol_page(&state, &session, &secret, StatusCode::BAD_REQUEST, Some(message), began).await;
+            }
+            Enrolment::Superseded => {
+                let leftover = "Remove the entry you just added from your authenticator app.";
+                return super::not_changed("Authenticator app not set up", leftover);
+            }
+            Enrolment::SentTwice => {
+                return crate::routes::error_page_leading(
+                    StatusCode::CONFLICT,
+                    "Authenticator app set up",
+                    "Your authenticator app is set up: this form was sent twice, and the other sending set it up, so keep the entry you added to the app. If this is the first authenticator of your account, its recovery codes were shown in answer to the other sending; if you did not see them, make new ones from your account page.",
+                    ("/account", "Your account"),
+                )
+            }
+            Enrolment::Changed => {
+                // This secret is worth nothing now: remove it from the app, start again.
+                let message =
+                    "Your authenticator app was changed in another window meanwhile, so this one was not set up: \
+                    remove the entry you just added from the app, and scan this new code if you want to replace it.";
+                let fresh = match totp::new_secret() {
+                    Ok(s) => s,
+                    Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
+                };
+                return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message), None).await;
+            }
         }
-        Enrolment::Superseded => {
-            let leftover = "Remove the entry you just added from your authenticator app.";
-            return super::not_changed("Authenticator app not set up", leftover);
-        }
-        Enrolment::SentTwice => {
-            return crate::routes::error_page_leading(
-                StatusCode::CONFLICT,
-                "Authenticator app set up",
-                "Your authenticator app is set up: this form was sent twice, and the other sending set it up, so keep the entry you added to the app. If this is the first authenticator of your account, its recovery codes were shown in answer to the other sending; if you did not see them, make new ones from your account page.",
-                ("/account", "Your account"),
-            )
-        }
-        Enrolment::Changed => {
-            // This secret is worth nothing now: remove it from the app, start again.
-            let message =
-                "Your authenticator app was changed in another window meanwhile, so this one was not set up: \
-                remove the entry you just added from the app, and scan this new code if you want to replace it.";
-            let fresh = match totp::new_secret() {
-                Ok(s) => s,
-                Err(e) => return factor_error(&e.into(), "cannot make a TOTP secret"),
-            };
-            return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message), None).await;
-        }
+        state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
+        let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
+        let replaced = replacing.is_some();
+        let headline = "Your authenticator app is set up.";
+        codes_with_first_factor(&state, &session, headline, replaced, otherwise, signed_out).await
     }
-    state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
-    let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
-    let replaced = replacing.is_some();
-    codes_with_first_factor(req, &state, &session, "Your authenticator app is set up.", replaced, otherwise).await
+    .await;
+    if bumped {
+        return super::recovery_codes::with_device_cookie(req, &state, &session.user.key, resp);
+    }
+    resp
 }
 
 #[handler]
