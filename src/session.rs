@@ -436,21 +436,31 @@ impl Sessions {
         self.store.sessions.delete(token_hash).await
     }
 
-    /// Ends the session stored under `token_hash`, if any, and those it went on as in the
-    /// last [`crate::store::SUCCESSOR_MS`] (a password change and then *sign out everywhere
-    /// else*: a few links at most), durably: for a sign-out with a token a change in another
-    /// tab has just replaced. Returns how many ended.
+    /// Ends the session stored under `token_hash`, if any, and with `follow`, those it went on
+    /// as in the last [`crate::store::SUCCESSOR_MS`] (a password change and then *sign out
+    /// everywhere else*: a few links at most), durably: for a sign-out with a token a change in
+    /// another tab has just replaced. Returns the users (stored spelling) of the sessions that
+    /// ended by a link, for the log.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot read or write them.
-    pub async fn end_with_successors(&self, token_hash: &TokenHash) -> Result<usize, StoreError> {
+    pub async fn end_with_successors(&self, token_hash: &TokenHash, follow: bool) -> Result<Vec<String>, StoreError> {
         const MOST_LINKS: usize = 4;
         let now = now_ms();
-        let mut ended = usize::from(self.end(token_hash).await?);
+        self.end(token_hash).await?;
+        let mut ended = Vec::new();
         let mut hash = *token_hash;
         for _ in 0..MOST_LINKS {
+            if !follow {
+                break;
+            }
             let Some(next) = self.store.sessions.successor(&hash, now).await? else { break };
-            ended += usize::from(self.end(&next).await?);
+            if let Some(session) = self.store.sessions.get(&next).await? {
+                if self.end(&next).await? {
+                    let user = self.store.users.get(&session.user_key).await?;
+                    ended.push(user.map_or(session.user_key, |u| u.display_name));
+                }
+            }
             hash = next;
         }
         Ok(ended)

@@ -88,8 +88,18 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         if sessions.iter().any(|s| s.token_hash == hash) {
             continue;
         }
-        if let Err(e) = state.sessions.end_with_successors(&hash).await {
-            return not_signed_out(crate::routes::store_fault(&e, "could not end a session"));
+        // The link is followed only with the form's token of the old session (the other tab's
+        // page was shown under it): a cookie alone, as a thief may hold, ends no live session
+        // (review 132).
+        let follow = state.csrf.check_session(&hash, &form.csrf);
+        match state.sessions.end_with_successors(&hash, follow).await {
+            Ok(users) => {
+                let client = client::client(req, &state.settings.trusted_proxies);
+                for username in &users {
+                    state.audit.record(&AuthEvent::LoggedOut { username, client: &client });
+                }
+            }
+            Err(e) => return not_signed_out(crate::routes::store_fault(&e, "could not end a session")),
         }
     }
     for session in &sessions {

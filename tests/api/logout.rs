@@ -91,4 +91,30 @@ async fn a_sign_out_with_the_token_a_change_just_replaced_ends_the_new_one() {
     let home = app.new_browser().get(app.url("/")).header("cookie", format!("__Host-portcullis={new}")).send().await;
     assert_eq!(home.unwrap().status(), 303, "the new token is over too");
     assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
+    assert!(app.log_lines().iter().any(|l| l["event"] == "session_logout" && l["username"] == "alice"), "logged");
+}
+
+/// The link from an old token is followed only with that old session's form token: a cookie
+/// alone (a thief's, say) ends no live session (review 132).
+#[tokio::test]
+async fn the_old_token_alone_without_its_form_token_ends_no_live_session() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let old = cookie_value(&app.login("alice", GOOD_PASSWORD).await, "__Host-portcullis").unwrap();
+    let csrf = app.home_csrf(&app.client).await;
+    let changed = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await;
+    let new = cookie_value(&changed.unwrap(), "__Host-portcullis").unwrap();
+    for forged in ["", "forged"] {
+        let out = app
+            .new_browser()
+            .post(app.url("/logout"))
+            .header("cookie", format!("__Host-portcullis={old}"))
+            .form(&[("csrf", forged)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 303);
+    }
+    let home = app.new_browser().get(app.url("/")).header("cookie", format!("__Host-portcullis={new}")).send().await;
+    assert_eq!(home.unwrap().status(), 200, "the new session stays");
 }
