@@ -51,9 +51,8 @@ pub(crate) async fn codes_with_first_factor(
             let verb = if count == 1 { "it is" } else { "they are" };
             format!("{headline} Your {others} signed in without it, so {verb} now signed out.")
         }
-        Some(Err(())) => format!(
-            "{headline} Your other sessions could not be signed out just now: use Sign out everywhere else on your account page."
-        ),
+        // The generation moved on, so they are over, though their records could not be removed.
+        Some(Err(())) => format!("{headline} Your other sessions, which signed in without it, are now signed out."),
         _ => headline.to_string(),
     };
     issue_codes(state, session, &said, None).await
@@ -71,8 +70,8 @@ pub(crate) async fn codes_with_first_factor(
 /// both when the generation moved after the factors were stored).
 ///
 /// `Ok(None)`: not a first factor, nothing done. `Ok(Some((session, Ok(n))))`: the session as it
-/// goes on, `n` others ended; `Ok(Some((session, Err(()))))`: the generation moved on, but the
-/// others' records could not be removed (they are over all the same; reported).
+/// goes on, `n` others ended; `Ok(Some((session, Err(()))))`: the generation moved on, so the
+/// others are over, but their records could not be removed (reported).
 ///
 /// # Errors
 /// The answer to give: 409 when another change came first (this session is over), 503 when the
