@@ -107,3 +107,30 @@ fn the_example_settings_pass_config_check_and_match_the_units_directories() {
         assert!(exec.contains("--config /etc/portcullis/portcullis.toml"), "{exec}");
     }
 }
+
+/// The commented gating example at the end of `contrib/portcullis.toml`, uncommented as it
+/// says (one "# " off each line), passes `config check`: a newcomer found no `[access]`
+/// example there (review 130).
+#[test]
+fn the_example_settings_gating_block_passes_config_check_once_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let block = &EXAMPLE[EXAMPLE.find("# Gating other applications").expect("the gating example")..];
+    let uncommented: String = block
+        .lines()
+        .skip_while(|l| !l.starts_with("# cookie_domain"))
+        .map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')).unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.contains("[[access.rules]]"), "{uncommented}");
+    let file = dir.path().join("gating.toml");
+    std::fs::write(&file, format!("public_url = \"https://login.example.com\"\n{uncommented}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{uncommented}", String::from_utf8_lossy(&out.stderr));
+}
