@@ -532,7 +532,26 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("stopped before the database was there");
         return Ok(());
     };
-    let shutdown = stopped(stop_rx);
+    // A store only a restart can mend stops the server too, with an error (so a supervisor
+    // starts it again), after draining what it can: `Store::fatal_fault`.
+    let fatal = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let shutdown = {
+        let (store, fatal) = (app.state().store.clone(), std::sync::Arc::clone(&fatal));
+        async move {
+            tokio::select! {
+                () = stopped(stop_rx) => {}
+                e = store.fatal_fault() => {
+                    tracing::error!(
+                        error = %e,
+                        "the store could not write and only a restart opens it again: stopping (systemd restarts \
+                         portcullis by itself; free disk space first if it is full)"
+                    );
+                    exit_if_still_running_after(STOP_DEADLINE);
+                    let _ = fatal.set(e);
+                }
+            }
+        }
+    };
     if let Some(password) = &app.initial_admin_password {
         // Printed to the terminal only (never through tracing, so never into log files).
         let text = zeroize::Zeroizing::new(format!(
@@ -572,8 +591,34 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
         app.public_origin()
     );
     app.run_until_stopped(shutdown).await?;
+    if let Some(e) = fatal.get() {
+        bail!("stopped because the store could not write: {e}");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a server stopping for a failed store ([`crate::store::Store::fatal_fault`]) may
+/// take to drain (`serve::CLOSE_GRACE` and a little) before it exits regardless: a request already inside the failed engine may
+/// never come back (sled can spin on a read after a failed write).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Exits the process with status 1 when it is still running `after` from now, whatever its
+/// tasks are doing.
+fn exit_if_still_running_after(after: std::time::Duration) {
+    let watchdog = std::thread::Builder::new().name("stop-deadline".into()).spawn(move || {
+        std::thread::sleep(after);
+        let _ = writeln!(
+            std::io::stderr(),
+            "portcullis: stopped after {} s without draining: the store could not write",
+            after.as_secs()
+        );
+        std::process::exit(1);
+    });
+    if watchdog.is_err() {
+        // Without a thread to wait, the deadline is now: the store is closed to every call.
+        std::process::exit(1);
+    }
 }
 
 /// The longest wait between two tries to reach a database that is not there yet.

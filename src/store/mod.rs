@@ -816,6 +816,9 @@ pub struct Store {
     /// The PostgreSQL engine's pool, for the brute-force state it shares
     /// ([`Store::shared_brute_force`]); `None` on sled.
     pg_pool: Option<crate::postgres::db::Db>,
+    /// The sled engine's first write error, once there is one (see [`Store::fatal_fault`]);
+    /// `None` on PostgreSQL.
+    sled_fault: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Store {
@@ -833,6 +836,9 @@ impl Store {
     /// [`StoreError::Unavailable`] when the database cannot be reached, does not answer, or
     /// takes no writes (the message says which).
     pub async fn ready(&self) -> Result<Option<i64>> {
+        if let Some(e) = self.sled_fault.as_ref().and_then(|f| f.borrow().clone()) {
+            return Err(StoreError::Unavailable(format!("the store could not write ({e})").into()));
+        }
         let Some(pool) = &self.pg_pool else { return Ok(None) };
         Ok(Some(pool.get().await?.writable().await?))
     }
@@ -848,7 +854,25 @@ impl Store {
     /// [`StoreError::Locked`] when another process holds it; [`StoreError::Unavailable`] when
     /// it cannot be opened.
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self::from_engine(self::sled::SledStore::open(dir)?))
+        let engine = self::sled::SledStore::open(dir)?;
+        let sled_fault = Some(engine.fatal_fault());
+        Ok(Store { sled_fault, ..Self::from_engine(engine) })
+    }
+
+    /// Completes, with the error, when the store has failed in a way only opening it again
+    /// can mend: on sled, the first write that could not be flushed (a full disk, an I/O
+    /// error), after which sled refuses every write and may spin on reads, so this handle
+    /// answers every call with [`StoreError::Unavailable`] (503) from then on. The server
+    /// stops then, for its supervisor to start it again (systemd: `Restart=on-failure`), which
+    /// opens the store anew once the disk has room. Never completes on PostgreSQL, whose
+    /// connections recover by themselves.
+    pub async fn fatal_fault(&self) -> String {
+        if let Some(mut fault) = self.sled_fault.clone() {
+            if let Ok(e) = fault.wait_for(Option::is_some).await {
+                return e.clone().unwrap_or_default();
+            }
+        }
+        std::future::pending().await
     }
 
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date (safe when
@@ -906,6 +930,7 @@ impl Store {
             factors: engine.clone(),
             passkeys: engine,
             pg_pool: None,
+            sled_fault: None,
         }
     }
 }

@@ -171,6 +171,23 @@ impl ServerProcess {
         wait_or_kill(&mut self.child, DEADLINE)
     }
 
+    /// Waits for the server to exit by itself, for at most `within` (then kills it and
+    /// panics); the output is complete afterwards.
+    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() <= until, "the server did not stop by itself: {}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        status
+    }
+
     /// Everything printed so far, standard output then standard error.
     pub fn output(&self) -> String {
         let mut text = self.stdout.lock().unwrap().join("\n");
@@ -304,6 +321,19 @@ pub async fn login_response(
         .send()
         .await
         .unwrap()
+}
+
+/// [`login_response`], `None` when the server does not answer (it stopped).
+pub async fn login_response_if_answered(
+    server: &ServerProcess,
+    client: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> Option<reqwest::Response> {
+    let page = client.get(server.url("/login")).send().await.ok()?.text().await.ok()?;
+    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap_or_default();
+    let form = [("username", user), ("password", password), ("csrf", csrf.as_str())];
+    client.post(server.url("/login")).form(&form).send().await.ok()
 }
 
 /// Sets the child's soft and hard open-files limit to `n` (so raising it cannot help).

@@ -215,6 +215,7 @@ impl SledStore {
 #[async_trait]
 impl PasskeyStore for SledStore {
     async fn add_passkey(&self, p: &StoredPasskey) -> Result<()> {
+        self.usable()?;
         let bytes = encode(&PasskeyRecord::new(p))?;
         if self.passkeys()?.compare_and_swap(&p.id, None as Option<&[u8]>, Some(bytes))?.is_err() {
             return Err(StoreError::AlreadyExists);
@@ -224,11 +225,13 @@ impl PasskeyStore for SledStore {
     }
 
     async fn passkey(&self, id: &[u8]) -> Result<Option<StoredPasskey>> {
+        self.usable()?;
         let Some(v) = self.passkeys()?.get(id)? else { return Ok(None) };
         Ok(Some(decode::<PasskeyRecord>(&v)?.stored(id)))
     }
 
     async fn passkeys_of(&self, user_key: &str) -> Result<Vec<StoredPasskey>> {
+        self.usable()?;
         let (passkeys, index) = (self.passkeys()?, self.user_passkeys()?);
         let prefix = index_prefix(user_key);
         let mut out = Vec::new();
@@ -250,6 +253,7 @@ impl PasskeyStore for SledStore {
         name: &str,
         from: Option<&str>,
     ) -> Result<Option<String>> {
+        self.usable()?;
         let mut renamed = None;
         self.passkeys()?.fetch_and_update(id, |old| {
             // sled calls this again when another writer got in first: only the last call counts.
@@ -269,6 +273,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn remove_passkey(&self, user_key: &str, id: &[u8], now: u64) -> Result<bool> {
+        self.usable()?;
         let removed = {
             // Ordered with a change of generation that needs this passkey (`next_generation`).
             // The lock guards no data: one a panic poisoned still orders.
@@ -287,16 +292,19 @@ impl PasskeyStore for SledStore {
     }
 
     async fn remove_passkeys_of(&self, user_key: &str, now: u64) -> Result<usize> {
+        self.usable()?;
         let removed = self.delete_user_passkeys(user_key, Some(now))?;
         self.durable(removed).await
     }
 
     async fn former_owner(&self, id: &[u8]) -> Result<Option<String>> {
+        self.usable()?;
         let Some(v) = self.removed_passkeys()?.get(id)? else { return Ok(None) };
         Ok(Some(decode::<RemovedRecord>(&v)?.user_key))
     }
 
     async fn purge_removed_passkeys(&self, before: u64) -> Result<usize> {
+        self.usable()?;
         let tree = self.removed_passkeys()?;
         let mut purged = 0;
         for kv in tree.iter() {
@@ -310,6 +318,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {
+        self.usable()?;
         let sign_count = used.sign_count;
         let mut noted = false;
         self.passkeys()?.fetch_and_update(id, |old| {
@@ -333,6 +342,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn flag_possible_clone(&self, id: &[u8], now: u64) -> Result<bool> {
+        self.usable()?;
         let mut flagged = false;
         self.passkeys()?.fetch_and_update(id, |old| {
             flagged = false;
@@ -346,6 +356,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn put_ceremony(&self, key: &TokenHash, c: &Ceremony) -> Result<()> {
+        self.usable()?;
         let record = CeremonyRecord {
             kind: c.kind,
             user_key: c.owner.clone(),
@@ -379,11 +390,13 @@ impl PasskeyStore for SledStore {
     }
 
     async fn ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        self.usable()?;
         let Some(v) = self.ceremonies()?.get(key)? else { return Ok(None) };
         Ok(decode::<CeremonyRecord>(&v)?.unless_expired(now))
     }
 
     async fn take_ceremony(&self, key: &TokenHash, now: u64) -> Result<Option<Ceremony>> {
+        self.usable()?;
         // `remove` returns the value it removed: of two callers only one gets it.
         let Some(v) = self.ceremonies()?.remove(key)? else { return Ok(None) };
         self.flush().await?;
@@ -391,6 +404,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn purge_ceremonies(&self, now: u64) -> Result<usize> {
+        self.usable()?;
         let n = self
             .blocking(move |s| {
                 let tree = s.ceremonies()?;
@@ -409,14 +423,17 @@ impl PasskeyStore for SledStore {
     }
 
     async fn count_passkeys(&self) -> Result<u64> {
+        self.usable()?;
         Ok(self.passkeys()?.len() as u64)
     }
 
     async fn export_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredPasskey>> {
+        self.usable()?;
         self.export_page(SledStore::passkeys, after, limit, |k, v| Ok(decode::<PasskeyRecord>(v)?.stored(k))).await
     }
 
     async fn import_passkeys(&self, passkeys: &[StoredPasskey]) -> Result<()> {
+        self.usable()?;
         let (tree, index) = (self.passkeys()?, self.user_passkeys()?);
         for p in passkeys {
             // The one mapping of a passkey to its record, shared with `add_passkey`.
@@ -430,10 +447,12 @@ impl PasskeyStore for SledStore {
     }
 
     async fn count_removed_passkeys(&self) -> Result<u64> {
+        self.usable()?;
         Ok(self.removed_passkeys()?.len() as u64)
     }
 
     async fn export_removed_passkeys(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<RemovedPasskey>> {
+        self.usable()?;
         self.export_page(SledStore::removed_passkeys, after, limit, |k, v| {
             let RemovedRecord { user_key, removed_at } = decode(v)?;
             Ok(RemovedPasskey { id: k.to_vec(), user_key, removed_at })
@@ -442,6 +461,7 @@ impl PasskeyStore for SledStore {
     }
 
     async fn import_removed_passkeys(&self, removed: &[RemovedPasskey]) -> Result<()> {
+        self.usable()?;
         let tree = self.removed_passkeys()?;
         for r in removed {
             let bytes = encode(&RemovedRecord { user_key: r.user_key.clone(), removed_at: r.removed_at })?;
