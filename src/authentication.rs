@@ -171,16 +171,22 @@ impl Authenticator {
     /// Checks a username and password as typed, waiting in the hash pool's `lane`. On success
     /// returns the user, with the last sign-in time updated when `completes_sign_in` (no second
     /// step follows: a sign-in that stops at the second step has not happened, SECURITY.md).
+    /// `factors_read_under` is the user's generation (`User::password_changed_at`, `None`: no
+    /// such user) when the caller read the factors that decided `completes_sign_in`.
     ///
     /// # Errors
     /// [`AuthError::InvalidCredentials`] for any refusal (the same answer for all);
-    /// [`AuthError::Overloaded`] when the lane's queue is full; [`AuthError::Store`].
+    /// [`AuthError::Superseded`] for a right password of a user whose generation is not
+    /// `factors_read_under` (nothing recorded: the factors may have changed since, review
+    /// 134) or moved on while it was checked; [`AuthError::Overloaded`] when the lane's queue
+    /// is full; [`AuthError::Store`].
     #[tracing::instrument(name = "authenticate", skip_all)]
     pub async fn authenticate(
         &self,
         typed_username: &str,
         password: Password,
         completes_sign_in: bool,
+        factors_read_under: Option<u64>,
         lane: Lane,
     ) -> Result<User, AuthError> {
         if password.char_count() > MAX_PASSWORD_CHARS {
@@ -209,6 +215,13 @@ impl Authenticator {
         };
         if !verified.valid {
             return Err(AuthError::InvalidCredentials(FailureReason::BadPassword));
+        }
+        // A first second factor begins a new generation before it is stored and sweeps the
+        // old generation's sessions after: a sign-in that read "no factor" under the old one
+        // and checks the password under the new one would make a password-only session that
+        // sweep never sees. It starts over instead, as when the password changed meanwhile.
+        if factors_read_under != Some(credential.user.password_changed_at) {
+            return Err(AuthError::Superseded { username: credential.user.display_name });
         }
         if verified.upgraded_hash.is_some() {
             tracing::info!(username = %credential.user.display_name, "password hash upgraded to the current parameters");
@@ -288,6 +301,35 @@ impl Authenticator {
 mod tests {
     use super::*;
     use argon2::password_hash::PasswordHasher;
+
+    /// A right password checked under another generation than the one its factors were
+    /// read under signs nobody in and records nothing: a first second factor may have been
+    /// stored in between (review 134: a password-only session outlived the setup's sweep).
+    #[tokio::test]
+    async fn a_password_checked_under_another_generation_than_its_factors_read_is_superseded() {
+        const PASSWORD: &str = "quartz lantern velvet 8127 orbit";
+        let dir = tempfile::tempdir().unwrap();
+        let services = crate::app::services_with_alice(dir.path(), PASSWORD).await;
+        let auth = Authenticator::new(services.store.clone(), services.pool.clone());
+        let (factors, read_under) = services.store.factors.summary_with_generation("alice").await.unwrap();
+        assert!(!factors.has_second_factor());
+        // The first factor's setup begins its generation (then stores the factor).
+        let renewed = services.store.users.renew_generation("alice", now_ms(), None).await.unwrap().unwrap();
+        assert_ne!(Some(renewed.password_changed_at), read_under);
+        let checked = auth.authenticate("alice", Password::new(PASSWORD), true, read_under, Lane::Open).await;
+        assert!(matches!(checked, Err(AuthError::Superseded { .. })), "{checked:?}");
+        let user = services.store.users.get("alice").await.unwrap().unwrap();
+        assert_eq!(user.last_login_at, None, "a superseded check recorded a sign-in");
+        // Nor may a user who did not exist when the factors were read (made meanwhile).
+        let checked = auth.authenticate("alice", Password::new(PASSWORD), true, None, Lane::Open).await;
+        assert!(matches!(checked, Err(AuthError::Superseded { .. })), "{checked:?}");
+        // Read again, it signs in; a wrong password stays a wrong one whatever was read.
+        let (_, now_under) = services.store.factors.summary_with_generation("alice").await.unwrap();
+        let checked = auth.authenticate("alice", Password::new(PASSWORD), true, now_under, Lane::Open).await;
+        assert!(checked.unwrap().last_login_at.is_some());
+        let wrong = auth.authenticate("alice", Password::new("not it at all"), true, read_under, Lane::Open).await;
+        assert!(matches!(wrong, Err(AuthError::InvalidCredentials(FailureReason::BadPassword))), "{wrong:?}");
+    }
 
     /// An unknown username never waits for the recount of stored hashes: a choice that is due
     /// is used once more while the background recount makes the next.

@@ -464,11 +464,12 @@ impl SignIn {
             }
             return judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await;
         }
-        let (factors, _) = match early {
+        let (factors, generation) = match early {
             Some(read) => read,
             None => read_factors().await?,
         };
-        let user = match self.auth.authenticate(username, password, !factors.has_second_factor(), lane).await {
+        let checked = self.auth.authenticate(username, password, !factors.has_second_factor(), generation, lane).await;
+        let user = match checked {
             Ok(user) => user,
             Err(AuthError::InvalidCredentials(reason)) => {
                 let counted = self.count_failure(reservation, address, digest).await?;
