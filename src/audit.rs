@@ -404,6 +404,15 @@ struct LogBudget {
     /// Failed-login lines left out over the limit since the start, every day together (for
     /// `portcullis_audit_log_lines_dropped_total`).
     dropped: AtomicU64,
+    /// The log directory, for [`LogBudget::mend`].
+    dir: std::path::PathBuf,
+    /// Whether the last write to the log failed (`GET /readyz` is 503 then: every sign-in
+    /// needs its line), and when (Unix ms).
+    failing: AtomicBool,
+    failed_at: AtomicU64,
+    /// Whether a failed write may have left part of a line that [`LogBudget::mend`] could
+    /// not cut: the next line then begins on a new line.
+    partial: AtomicBool,
 }
 
 impl LogBudget {
@@ -418,7 +427,40 @@ impl LogBudget {
             announced: AtomicBool::new(false),
             shortened: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            dir: log_dir.to_path_buf(),
+            failing: AtomicBool::new(false),
+            failed_at: AtomicU64::new(0),
+            partial: AtomicBool::new(false),
         }
+    }
+
+    /// After a failed write (a full disk takes what fits of a line, then refuses the rest):
+    /// cuts today's file back to its last whole line, so that the next line does not run on
+    /// from a partial one (review 135: `..."time":"2026-12-03T00:06:33` and the next record's
+    /// JSON on one line, which jq and fail2ban cannot read). Lines are at most a few KiB
+    /// (usernames and user agents are capped), so the last 64 KiB hold the last line's end.
+    /// When it cannot, the next line starts with a newline instead.
+    fn mend(&self) {
+        let mended = (|| -> std::io::Result<()> {
+            use std::io::{Read, Seek, SeekFrom};
+            let path = self.dir.join(format!("auth.log.{}", &rfc3339(now_ms())[..10]));
+            let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+            let len = file.metadata()?.len();
+            let from = len.saturating_sub(64 * 1024);
+            file.seek(SeekFrom::Start(from))?;
+            let mut tail = Vec::new();
+            (&mut file).take(len - from).read_to_end(&mut tail)?;
+            let keep = match tail.iter().rposition(|&b| b == b'\n') {
+                Some(i) => from + i as u64 + 1,
+                None if from == 0 => 0,
+                None => return Err(std::io::Error::other("no line end in the last 64 KiB")),
+            };
+            if keep < len {
+                file.set_len(keep)?;
+            }
+            Ok(())
+        })();
+        self.partial.store(mended.is_err(), Ordering::SeqCst);
     }
 
     /// How a failed-login line may still be written today ([`Room`]); a new UTC day (a new
@@ -493,8 +535,24 @@ impl std::io::Write for CheckedWriter<'_> {
             Ok(text) => text.as_bytes(),
             Err(_) => buf,
         };
-        Self::count(self.0.write_all(bytes))?;
-        self.1.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let budget = self.1;
+        let written = if budget.partial.load(Ordering::SeqCst) {
+            let mut line = Vec::with_capacity(bytes.len() + 1);
+            line.push(b'\n');
+            line.extend_from_slice(bytes);
+            self.0.write_all(&line)
+        } else {
+            self.0.write_all(bytes)
+        };
+        if written.is_err() {
+            budget.failed_at.store(now_ms(), Ordering::SeqCst);
+            budget.mend();
+        } else {
+            budget.partial.store(false, Ordering::SeqCst);
+        }
+        budget.failing.store(written.is_err(), Ordering::SeqCst);
+        Self::count(written)?;
+        budget.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(buf.len())
     }
 
@@ -555,6 +613,10 @@ fn log_file_date(day: &str) -> Option<time::Date> {
     let month = time::Month::try_from(m.parse::<u8>().ok()?).ok()?;
     time::Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()
 }
+
+/// How long after a failed write to the auth log `GET /readyz` says 503 whatever the disk's
+/// free space ([`Audit::log_unwritable`]).
+pub const LOG_FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Audit {
     /// Writes to daily files `auth.log.YYYY-MM-DD` in `log_dir`, keeping `keep_days` of them,
@@ -646,6 +708,22 @@ impl Audit {
         self.limits.records_dropped.load(Ordering::Relaxed)
     }
 
+    /// Whether the auth log cannot be written now: its last write failed, within the last
+    /// [`LOG_FAILURE_HOLD`] or with its filesystem still below a line's room (64 KiB free, or
+    /// unknown). Every sign-in needs its line (a success that cannot be logged does not
+    /// happen), so `GET /readyz` is 503 then. A load balancer sends no sign-in to an instance
+    /// it holds unready, so no write would prove the log writable again: room on the disk, or
+    /// the hold running out, does (a failure of another kind then shows again at the next
+    /// sign-in).
+    pub fn log_unwritable(&self) -> bool {
+        let budget = &self.budget;
+        let recent =
+            now_ms().saturating_sub(budget.failed_at.load(Ordering::SeqCst)) < LOG_FAILURE_HOLD.as_millis() as u64;
+        self.file.is_some()
+            && budget.failing.load(Ordering::SeqCst)
+            && (recent || free_bytes(&budget.dir).is_none_or(|free| free < 64 * 1024))
+    }
+
     /// Whether a refusal recorded now would be turned away for want of disk space: some
     /// filesystem of the store or the log has less than `disk_reserve_mib` free.
     pub fn below_disk_reserve(&self) -> bool {
@@ -681,29 +759,38 @@ impl Audit {
     /// says the thing happened) and on the terminal. A line that cannot be written is reported
     /// on the terminal; use [`Audit::record_checked`] where the caller must not go on without it.
     pub fn record(&self, event: &AuthEvent<'_>) {
-        if self.record_checked(event).is_err() {
+        if self.write_to_file(|| emit(event)).is_err() {
             // Once per event while the disk is full would be the flood `fault_log` bounds.
             let what = "an authentication event could not be written to the auth log (is the disk full?)";
             crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &AuditError::Log);
         }
+        emit(event);
     }
 
     /// Records the event like [`Audit::record`] and says whether its line reached the log file.
+    /// One that did not is not said on the terminal either: the caller must not go on, so
+    /// the event does not happen (review 135: `login succeeded` on the terminal for sign-ins
+    /// answered 503).
     pub fn record_checked(&self, event: &AuthEvent<'_>) -> Result<(), AuditError> {
-        self.write_checked(|| emit(event))
+        self.write_to_file(|| emit(event))?;
+        emit(event);
+        Ok(())
     }
 
     /// Runs `emit` into the log file and on the terminal; says whether its line reached the
     /// file.
     fn write_checked(&self, emit: impl Fn()) -> Result<(), AuditError> {
-        let mut written = true;
-        if let Some(file) = &self.file {
-            let before = LOG_WRITE_FAILURES.with(Cell::get);
-            tracing::dispatcher::with_default(file, &emit);
-            written = LOG_WRITE_FAILURES.with(Cell::get) == before;
-        }
+        let written = self.write_to_file(&emit);
         emit();
-        if written {
+        written
+    }
+
+    /// Runs `emit` into the log file; says whether its line reached it (always, without one).
+    fn write_to_file(&self, emit: impl Fn()) -> Result<(), AuditError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let before = LOG_WRITE_FAILURES.with(Cell::get);
+        tracing::dispatcher::with_default(file, &emit);
+        if LOG_WRITE_FAILURES.with(Cell::get) == before {
             Ok(())
         } else {
             Err(AuditError::Log)
@@ -1112,6 +1199,84 @@ mod tests {
         // And a writable log is fine again.
         let ok = Audit::open(tempfile::tempdir().unwrap().path(), 7, None).unwrap();
         assert!(ok.record_checked(&event).is_ok());
+        assert!(!ok.log_unwritable());
+    }
+
+    /// What the terminal subscriber of this thread was given, while `f` runs.
+    fn terminal_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    /// An event whose line cannot be written does not happen (the caller answers 503), so the
+    /// terminal does not say it did (review 135); one recorded without a check still is said
+    /// there, the only place left. And `/readyz` hears of it.
+    #[test]
+    fn an_event_that_cannot_be_logged_is_not_said_on_the_terminal_and_makes_the_log_unwritable() {
+        let dir = tempfile::tempdir().unwrap();
+        let today = &rfc3339(now_ms())[..10];
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("auth.log.{today}"))).unwrap();
+        let audit = Audit::open(dir.path(), 7, None).unwrap();
+        assert!(!audit.log_unwritable(), "nothing failed yet");
+        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
+        let method = SignInMethod::Password;
+        let event = AuthEvent::LoginSucceeded { username: "alice", client: &client, after_failures: 0, method };
+        let said = terminal_of(|| assert!(audit.record_checked(&event).is_err()));
+        assert!(!said.contains("alice"), "{said}");
+        assert!(audit.log_unwritable());
+        let said = terminal_of(|| audit.record(&AuthEvent::LoggedOut { username: "alice", client: &client }));
+        assert!(said.contains("alice"), "{said}");
+    }
+
+    /// A write the disk cut short leaves no partial line for the next one to run on from
+    /// (review 135: a record's JSON glued to half of the previous one).
+    #[test]
+    fn a_line_cut_short_by_a_full_disk_is_taken_back_to_the_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = LogBudget::new(dir.path());
+        let today = dir.path().join(format!("auth.log.{}", &rfc3339(now_ms())[..10]));
+        std::fs::write(&today, "{\"a\":1}\n{\"b\":2}\n{\"event\":\"authn_login_fail\",\"time\":\"2026-12-03T00:06:33")
+            .unwrap();
+        budget.mend();
+        assert_eq!(std::fs::read_to_string(&today).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        assert!(!budget.partial.load(Ordering::SeqCst));
+        // A first line cut short leaves an empty file.
+        std::fs::write(&today, "{\"event\":").unwrap();
+        budget.mend();
+        assert_eq!(std::fs::read_to_string(&today).unwrap(), "");
+        // Whole lines are left alone.
+        std::fs::write(&today, "{}\n").unwrap();
+        budget.mend();
+        assert_eq!(std::fs::read_to_string(&today).unwrap(), "{}\n");
+        // When it cannot be mended (here: no file), the next line starts on a line of its own.
+        std::fs::remove_file(&today).unwrap();
+        budget.mend();
+        assert!(budget.partial.load(Ordering::SeqCst));
+        let appender = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix("auth.log")
+            .build(dir.path())
+            .unwrap();
+        let checked = CheckedAppender(appender, Arc::new(budget));
+        std::fs::write(&today, "{\"cut").unwrap();
+        std::io::Write::write_all(&mut checked.make_writer(), b"{\"next\":1}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&today).unwrap(), "{\"cut\n{\"next\":1}\n");
+        assert!(!checked.1.partial.load(Ordering::SeqCst));
     }
 
     fn lines(dir: &Path) -> Vec<serde_json::Value> {

@@ -1,7 +1,8 @@
 //! `GET /healthz`: liveness, with no session and no store access, so it answers even while
 //! every core is hashing. `GET /readyz`: readiness for load balancers, 200 while the store
-//! can take writes and 503 while it cannot (down, hung, or a read-only database: every
-//! sign-in writes), records another factor key than this server's, or keeps a time more than
+//! can take writes and 503 while it cannot (down, hung, a read-only database, a sled store
+//! after a failed write, or an auth log that cannot be written: every sign-in writes both),
+//! records another factor key than this server's, or keeps a time more than
 //! 30 s off this host's clock, with the reason logged (SPEC, "Several instances, one
 //! truth").
 
@@ -52,6 +53,10 @@ async fn not_ready(state: &crate::app::AppState) -> Result<Option<NotReady>, cra
     if let Some(ms) = state.store.ready().await?.filter(|ms| ms.unsigned_abs() > CLOCK_LIMIT_MS) {
         return Ok(Some(NotReady::ClockOff { database_ahead_ms: ms }));
     }
+    // Every sign-in needs its line in the auth log: one that cannot be written is a 503.
+    if state.audit.log_unwritable() {
+        return Ok(Some(NotReady::AuthLogUnwritable));
+    }
     // Every second factor this server sealed or checked would fail (a 500 each); the servers
     // with the recorded key serve them.
     Ok(state.factors.has_another_key().await?.then_some(NotReady::OtherFactorKey))
@@ -70,6 +75,8 @@ enum NotReady {
     ClockOff { database_ahead_ms: i64 },
     /// The store records another factor key than this server's.
     OtherFactorKey,
+    /// The auth log's last write failed ([`crate::audit::Audit::log_unwritable`]).
+    AuthLogUnwritable,
 }
 
 impl NotReady {
@@ -78,6 +85,7 @@ impl NotReady {
         match self {
             NotReady::ClockOff { .. } => "not ready: this host's clock is off the database's",
             NotReady::OtherFactorKey => "not ready: the store records another factor key",
+            NotReady::AuthLogUnwritable => "not ready: the auth log cannot be written",
         }
     }
 }
@@ -95,6 +103,11 @@ impl std::fmt::Display for NotReady {
                 )
             }
             NotReady::OtherFactorKey => crate::factors::KeyError::OtherKey.fmt(f),
+            NotReady::AuthLogUnwritable => write!(
+                f,
+                "the last line could not be written to the auth log in log_dir (is the disk full?): every sign-in is \
+                 answered 503 until it can"
+            ),
         }
     }
 }

@@ -868,4 +868,6 @@ async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     let records = app.records(portcullis::store::FailureQuery { limit: 10, ..Default::default() }).await;
     assert_eq!(records.len(), 1);
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    // Not ready for a load balancer: every sign-in here is a 503 (review 135).
+    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 503);
 }
