@@ -1208,6 +1208,17 @@ fn same_directory(a: &std::path::Path, b: &std::path::Path) -> bool {
 }
 
 async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
+    // Every filter given applies or is refused: an empty one would read as "any" (review 133).
+    let given = [("--since", &args.since), ("--until", &args.until), ("--ip", &args.ip), ("--reason", &args.reason)];
+    if let Some((flag, _)) = given.iter().find(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty())) {
+        bail!("{flag} is empty: leave it out to match every record");
+    }
+    if args.summary && args.limit.is_some() {
+        bail!(
+            "--limit does not apply to --summary, which counts every matching record (up to the newest {})",
+            crate::review::SUMMARY_SCAN_LIMIT
+        );
+    }
     let filters = FilterArgs {
         since: args.since,
         until: args.until,

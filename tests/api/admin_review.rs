@@ -265,6 +265,12 @@ async fn audit_values_that_used_to_wrap_apply_exactly_or_are_refused_in_one_line
         // Given empty, it once listed every record ("every filter applies or is refused").
         vec!["--user", ""],
         vec!["--user", "  "],
+        vec!["--ip", ""],
+        vec!["--reason", ""],
+        vec!["--since", " "],
+        vec!["--until", ""],
+        // The summary counts every matching record: a limit there was silently ignored.
+        vec!["--summary", "--limit", "5"],
     ] {
         let mut args = vec!["audit"];
         args.extend_from_slice(&bad);
