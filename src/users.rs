@@ -432,7 +432,14 @@ impl UserAdmin {
             let groups = record.effective_groups();
             return Ok((record.display_name, groups));
         }
-        let key = self.existing_key(name).await?;
+        let (_, before) = self.existing(name).await?;
+        if add.iter().all(|g| before.groups.contains(g)) && !remove.iter().any(|g| before.groups.contains(g)) {
+            // Nothing to change (review 133: removing a group the user is not in logged a
+            // change): no write, no event saying the groups changed.
+            let groups = before.effective_groups();
+            return Ok((before.display_name, groups));
+        }
+        let key = before.key.clone();
         let record = self
             .store
             .users

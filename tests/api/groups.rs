@@ -75,6 +75,13 @@ async fn groups_are_set_listed_and_changed_through_a_running_servers_socket() {
     // The running server sees them at once.
     let carol = app.state.store.users.get("carol").await.unwrap().unwrap();
     assert_eq!(carol.groups, [Group::parse("dev").unwrap(), Group::parse("wiki").unwrap()]);
+    // A change that changes nothing (a group carol is not in removed, one she is in added)
+    // says her groups and logs no change (review 133).
+    let changes = || app.log_lines().iter().filter(|l| l["event"] == "user_groups_changed").count();
+    let before = changes();
+    let same = cli(&dir, &[], &["user", "groups", "carol", "--remove", "nonexistent", "--add", "dev"], None).await;
+    assert!(same.ok && same.stdout.contains("dev, wiki"), "{same:?}");
+    assert_eq!(changes(), before, "a change of nothing was logged");
 }
 
 #[tokio::test]
