@@ -107,7 +107,15 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     let wrong = [("csrf", csrf.as_str()), ("current", "not the password"), ("next", "/account/passkeys")];
     let resp = post(&app, &thief, "/account/confirm", &wrong).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert!(resp.text().await.unwrap().contains("That is not your password."));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("That is not your password.") && page.contains("minutes ago"), "{page}");
+    // A fresh session may post the form too (a wrong password is checked the same): its page
+    // does not say it signed in long ago (review 133).
+    let (fresh, _) = browser_signed_in_ago(&app, "alice", Duration::from_secs(5), Factors::One).await;
+    let csrf_fresh = csrf_of(&fresh, app.url("/")).await;
+    let wrong_fresh = [("csrf", csrf_fresh.as_str()), ("current", "not the password"), ("next", "/account/passkeys")];
+    let page = post(&app, &fresh, "/account/confirm", &wrong_fresh).await.text().await.unwrap();
+    assert!(page.contains("That is not your password.") && !page.contains("minutes ago"), "{page}");
     let failures = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() }).await;
     assert!(failures.iter().any(|r| r.reason == FailureReason::BadPassword), "{failures:?}");
     assert!(app.log_lines().iter().any(|l| l["event"] == "authn_login_fail" && l["reason"] == "bad_password"));

@@ -104,6 +104,9 @@ struct ConfirmPage<'a> {
     csrf: &'a str,
     next: &'a str,
     minutes: u64,
+    /// Whether the session's last password is older than `minutes` (the page can be reached
+    /// without: a form posted straight to it on a fresh session).
+    due: bool,
     error: Option<&'a str>,
     /// A captcha challenge (a `data:` URI), when the check wants one solved.
     captcha: Option<String>,
@@ -265,6 +268,7 @@ fn page(
             csrf: &csrf,
             next: then.path(),
             minutes: RECENT_AUTHENTICATION.as_secs() / 60,
+            due: !session.authenticated_recently(now_ms()),
             error,
             captcha,
         },
