@@ -191,6 +191,17 @@ async fn get_mode_needs_no_account_and_the_others_name_the_missing_username() {
     args.extend(common);
     let run = child::cli(dir.path(), &args, Some("a password\n")).await;
     assert!(run.assert_one_line_failure("--sign-in-url in views").contains("--sign-in-url is for --mode get"));
+    // Review 133: a run of nothing but redirects says what was probably meant, and a
+    // concurrency no server admits from one address is refused at once.
+    let home = server.url("/account");
+    let mut args = vec!["loadtest", "--mode", "get", "--url", home.as_str()];
+    args.extend(common);
+    let run = child::cli(dir.path(), &args, None).await;
+    assert!(run.stderr.contains("give --sign-in-url"), "{run:?}");
+    let mut args = vec!["loadtest", "--mode", "get", "--url", healthz.as_str(), "--concurrency", "100000"];
+    args.extend(&common[..4]);
+    let run = child::cli(dir.path(), &args, None).await;
+    assert!(run.assert_one_line_failure("--concurrency 100000").contains("between 1 and 10000"));
 }
 
 /// A server that answers every request with 503 is said before the run in every mode that
