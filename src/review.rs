@@ -556,7 +556,10 @@ impl Tally {
         self.total = self.total.saturating_add(n);
         *self.reasons.entry(r.reason.as_str()).or_default() += n;
         add_seen(&mut self.ips, &r.ip, r.time, n);
-        add_seen(&mut self.users, &r.username, r.time, n);
+        // A record standing for counted refusals (`count` > 1) knows only its first attempt's
+        // username: the repeats' went unread (they checked nothing about any user), so the
+        // username is credited with that one attempt, not with the address's count (review 133).
+        add_seen(&mut self.users, &r.username, r.time, 1);
         let b = r.time / HOUR_MS;
         if b >= self.first_bucket && b <= self.last_bucket {
             self.buckets[(b - self.first_bucket) as usize] += n;
@@ -765,6 +768,18 @@ mod tests {
         }
         let huge = FilterArgs { limit: Some(usize::MAX), ..Default::default() };
         assert!(matches!(huge.to_query(0, 1), Err(FilterError::Limit(..))));
+    }
+
+    #[test]
+    fn counted_refusals_count_for_their_address_not_for_the_first_attempts_username() {
+        let mut flood = rec(2_000, "198.51.100.7", "alice", FailureReason::RateLimited);
+        flood.count = 500;
+        let records = [flood, rec(1_000, "203.0.113.9", "bob", FailureReason::BadPassword)];
+        let s = summarise(&records, false, 3_000, 1);
+        assert_eq!(s.total, 501);
+        assert_eq!((s.top_addresses[0].value.as_str(), s.top_addresses[0].count), ("198.51.100.7", 500));
+        let users: Vec<_> = s.top_usernames.iter().map(|t| (t.value.as_str(), t.count)).collect();
+        assert_eq!(users, [("alice", 1), ("bob", 1)]);
     }
 
     #[test]
