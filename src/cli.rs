@@ -355,6 +355,12 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
     let message = first.join(" ");
     let message = message.trim_start_matches("error: ");
     let message = if escaped_already { message.into() } else { printable(message) };
+    // clap's tip for this (after the blank line) is cut with the rest: a username may start
+    // with `-`, and the way to give one is not guessable (review 133).
+    let takes_a_name = path.strip_prefix("portcullis user ").is_some_and(|sub| sub != "list" && sub != "help");
+    if error.kind() == clap::error::ErrorKind::UnknownArgument && takes_a_name {
+        return format!("{message} (a name that starts with `-` goes after `--`: {path} -- -name; see {path} --help)");
+    }
     format!("{message} (see {path} --help)")
 }
 
@@ -686,6 +692,8 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     let shown = |name: String| crate::text::unprintable(&name).into_owned();
     let (request, json) = match cmd {
         UserCommand::Add { name, admin, groups, password_stdin } => {
+            // Refused before the password is asked for, not after it was typed twice (review 133).
+            crate::users::refuse_reserved(&groups)?;
             let password = read_password(password_stdin)?;
             (Request::UserAdd { name: shown(name), password, admin, groups }, false)
         }

@@ -57,9 +57,11 @@ pub enum UserError {
     State(#[from] StateError),
 }
 
-/// [`UserError::ReservedGroup`] when `groups` lists `admins`, which only the administrator
-/// flag gives.
-fn refuse_reserved(groups: &[Group]) -> Result<(), UserError> {
+/// Refuses a listing of `admins` by hand: only the administrator flag gives that group.
+///
+/// # Errors
+/// [`UserError::ReservedGroup`] when `groups` lists `admins`.
+pub fn refuse_reserved(groups: &[Group]) -> Result<(), UserError> {
     match groups.iter().any(|g| g.as_str() == ADMINS_GROUP) {
         true => Err(UserError::ReservedGroup),
         false => Ok(()),

@@ -161,6 +161,8 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         // An option's value is not a subcommand, even when it is spelt like one.
         (&["--config", "audit", "user"][..], "`portcullis user` needs a subcommand"),
         (&["--config=audit", "store"][..], "`portcullis store` needs a subcommand"),
+        // A name that starts with `-` is read as an option: the line says how to give it.
+        (&["user", "add", "-bob"][..], "goes after `--`: portcullis user add -- -name"),
     ] {
         let run = cli(d, args).await;
         let line = run.assert_one_line_failure(&args.join(" "));

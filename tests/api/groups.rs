@@ -60,6 +60,10 @@ async fn groups_story(dir: &std::path::Path, env: &[(&str, String)]) {
     assert!(reserved.assert_one_line_failure("admins listed by hand").contains("administrator flag"));
     let reserved = cli(dir, env, &["user", "add", "dave", "--group", "admins", "--password-stdin"], Some(&pw)).await;
     reserved.assert_one_line_failure("user add --group admins");
+    // Said before a password is asked for (review 133: a terminal without one heard of the
+    // missing terminal first).
+    let reserved = cli(dir, env, &["user", "add", "dave", "--group", "admins"], None).await;
+    assert!(reserved.assert_one_line_failure("user add --group admins, no password").contains("administrator flag"));
     let admin = cli(dir, env, &["user", "groups", "root2", "--add", "ops"], None).await;
     assert!(admin.stdout.contains("admins, ops"), "{admin:?}");
     let list = cli(dir, env, &["user", "list", "--json"], None).await;
