@@ -1202,27 +1202,6 @@ mod tests {
         assert!(!ok.log_unwritable());
     }
 
-    /// What the terminal subscriber of this thread was given, while `f` runs.
-    fn terminal_of(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        text
-    }
-
     /// An event whose line cannot be written does not happen (the caller answers 503), so the
     /// terminal does not say it did (review 135); one recorded without a check still is said
     /// there, the only place left. And `/readyz` hears of it.
@@ -1236,10 +1215,12 @@ mod tests {
         let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
         let method = SignInMethod::Password;
         let event = AuthEvent::LoginSucceeded { username: "alice", client: &client, after_failures: 0, method };
-        let said = terminal_of(|| assert!(audit.record_checked(&event).is_err()));
+        let said = crate::telemetry::tests::terminal_text(|| assert!(audit.record_checked(&event).is_err()));
         assert!(!said.contains("alice"), "{said}");
         assert!(audit.log_unwritable());
-        let said = terminal_of(|| audit.record(&AuthEvent::LoggedOut { username: "alice", client: &client }));
+        let said = crate::telemetry::tests::terminal_text(|| {
+            audit.record(&AuthEvent::LoggedOut { username: "alice", client: &client })
+        });
         assert!(said.contains("alice"), "{said}");
     }
 

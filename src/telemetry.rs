@@ -257,7 +257,7 @@ impl tracing_subscriber::field::VisitFmt for EscapedVisitor<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -286,8 +286,9 @@ mod tests {
         }
     }
 
-    /// What the terminal formatter writes for the events `log` emits.
-    fn terminal_text(log: impl FnOnce()) -> String {
+    /// What the terminal formatter writes for the events `log` emits (other modules' tests
+    /// use it too).
+    pub(crate) fn terminal_text(log: impl FnOnce()) -> String {
         let buffer = Buffer::default();
         let out = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
