@@ -531,8 +531,10 @@ impl SignIn {
         let method = SignInMethod::Password;
         let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, method).await?
         else {
-            // Not reached: only a sign-in with a passkey can find it removed.
-            return Err(SignInError::Unexpected(anyhow::anyhow!("a password sign-in's passkey was removed")));
+            // A first second factor was stored while the password was checked: the password
+            // alone signs in no more, and the sign-in starts over (at the second step).
+            self.audit.record(&AuthEvent::LoginInterrupted { username: &user.display_name, client });
+            return Ok(Outcome::Interrupted);
         };
         Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
     }
@@ -627,7 +629,8 @@ impl SignIn {
     /// cannot be recorded does not happen). `passkey` names the passkey a passkey sign-in
     /// used, for its record. Returns the session's token and the browser's device cookie's
     /// new value, with a token for this user; `None`, with no session and nothing recorded,
-    /// when the passkey the sign-in used was removed while it was checked.
+    /// when the passkey the sign-in used was removed while it was checked, or a password-only
+    /// sign-in's user got a second factor meanwhile.
     async fn complete(
         &self,
         user: &crate::store::User,
@@ -649,6 +652,7 @@ impl SignIn {
                 .await
                 .map_err(|source| SignInError::Store { what: "could not record the sign-in", source })?;
         }
+        let password_only = with.factors == Factors::One;
         // Session fixation: whatever session this browser had is ended, and a new token issued.
         let previous = browser.session.map(SessionToken::hash);
         let token = match self
@@ -663,6 +667,25 @@ impl SignIn {
                 return Err(SignInError::Store { what: "could not create a session", source })
             }
         };
+        // A password alone signs in only a user with no second factor. The factors were read
+        // before the password was checked, in this generation; a first factor is stored after
+        // its generation begins, so one may have come since (review 136). Read once more, now
+        // that the session is stored: a factor stored after this read finds the session in
+        // the setup's sweep that follows it (`recovery_codes::codes_with_first_factor`).
+        if password_only {
+            let factors = self.factors.summary(&user.key).await;
+            let added = match factors {
+                Ok(f) => f.has_second_factor(),
+                Err(source) => {
+                    self.sessions.discard(&token).await;
+                    return Err(SignInError::Store { what: "could not read the user's second factors", source });
+                }
+            };
+            if added {
+                self.sessions.discard(&token).await;
+                return Ok(None);
+            }
+        }
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
         let succeeded = AuthEvent::LoginSucceeded { username, client, after_failures, method };

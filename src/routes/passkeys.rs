@@ -397,6 +397,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             let notice = crate::routes::flash::Notice::PasskeyAdded { name };
             let otherwise = notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS));
             crate::routes::account::recovery_codes::codes_with_first_factor(
+                req,
                 &state,
                 &session,
                 "Your passkey is added.",

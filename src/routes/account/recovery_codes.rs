@@ -31,8 +31,9 @@ struct CodesPage<'a> {
 /// one of its kind (an authenticator app set up on a new phone) is no first factor: the
 /// user's codes stay as they are, printed for the account rather than for a device.
 /// `signed_out`: what [`first_factor_generation`] did before the factor was stored, said under
-/// the headline.
+/// the headline, with what this does once more now that it is stored.
 pub(crate) async fn codes_with_first_factor(
+    req: &Request,
     state: &AppState,
     session: &ActiveSession,
     headline: &str,
@@ -40,6 +41,10 @@ pub(crate) async fn codes_with_first_factor(
     otherwise: Response,
     signed_out: Option<Result<usize, ()>>,
 ) -> Response {
+    let signed_out = match signed_out {
+        Some(before) => Some(sweep_after_the_first_factor(req, state, session, before).await),
+        None => None,
+    };
     match state.factors.summary(&session.user.key).await {
         Ok(s) if (!replaced && s.second_factors() == 1) || s.recovery_codes == 0 => {}
         Ok(_) => return otherwise,
@@ -91,6 +96,37 @@ pub(crate) fn with_device_cookie(req: &Request, state: &AppState, user_key: &str
         Err(e) => tracing::warn!(error = %e, "no new device token after a first second factor"),
     }
     resp
+}
+
+/// Ends `session`'s user's other sessions once more, the first second factor now stored;
+/// returns what both sweeps ended (`before`: the first's). A password sign-in that read "no
+/// second factor" in the new generation, after the first sweep and before the factor was
+/// stored, may have started a password-only session in between, which the first sweep could
+/// not see (review 136: 4 of 9 such races kept one, with full access under `second_factor =
+/// all`). One that starts after this sweep finds the factor when it checks again before it
+/// answers (`SignIn::complete`).
+async fn sweep_after_the_first_factor(
+    req: &Request,
+    state: &AppState,
+    session: &ActiveSession,
+    before: Result<usize, ()>,
+) -> Result<usize, ()> {
+    let user = &session.user;
+    let now = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+        Ok(n) => n,
+        Err(e) => {
+            let what = "a first second factor could not remove the other sessions (they are over all the same)";
+            crate::fault_log::report_error(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
+            return Err(());
+        }
+    };
+    if now > 0 {
+        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let username = &user.display_name;
+        let ended = AuthEvent::SessionsEnded { username, count: now, pending: 0, by: username, client: &client };
+        state.audit.record(&ended);
+    }
+    before.map(|n| n + now)
 }
 
 /// What a first factor refused by [`first_factor_generation`] leaves to tidy.

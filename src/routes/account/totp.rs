@@ -230,7 +230,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
         let replaced = replacing.is_some();
         let headline = "Your authenticator app is set up.";
-        codes_with_first_factor(&state, &session, headline, replaced, otherwise, signed_out).await
+        codes_with_first_factor(req, &state, &session, headline, replaced, otherwise, signed_out).await
     }
     .await;
     if bumped {
