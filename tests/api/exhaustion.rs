@@ -816,6 +816,12 @@ async fn a_full_disk_refuses_what_it_cannot_record_and_stops_the_server_for_a_re
         let run = child::cli(&d, &["user", "add", "carol", "--password-stdin"], Some(GOOD_PASSWORD)).await;
         assert!(!run.ok, "a user was added to a full disk: {run:?}");
         assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+        // A start on the still-full disk is one line that says which store it could not open
+        // (review 136: only "IO error: No space left on device").
+        let start = child::cli(&d, &flags, None).await;
+        assert!(!start.ok, "{start:?}");
+        let line = start.assert_one_line_failure("serve on a full disk");
+        assert!(line.contains("cannot open the store in") && line.contains("data"), "{line}");
     }
 
     // With room again, the store opens and has everything it acknowledged.
