@@ -111,8 +111,16 @@ async fn sweep_after_the_first_factor(
     session: &ActiveSession,
     before: Result<usize, ()>,
 ) -> Result<usize, ()> {
+    let now = end_other_sessions(req, state, session).await?;
+    before.map(|n| n + now)
+}
+
+/// Ends every session of `session`'s user but `session`, for a first second factor, and logs
+/// how many went (`session_revoked`); `Err` when their records could not be removed
+/// (reported: they are over all the same, being of an older generation or swept again).
+async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSession) -> Result<usize, ()> {
     let user = &session.user;
-    let now = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
+    let count = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
         Ok(n) => n,
         Err(e) => {
             let what = "a first second factor could not remove the other sessions (they are over all the same)";
@@ -120,13 +128,12 @@ async fn sweep_after_the_first_factor(
             return Err(());
         }
     };
-    if now > 0 {
+    if count > 0 {
         let client = crate::client::client(req, &state.settings.trusted_proxies);
         let username = &user.display_name;
-        let ended = AuthEvent::SessionsEnded { username, count: now, pending: 0, by: username, client: &client };
-        state.audit.record(&ended);
+        state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
     }
-    before.map(|n| n + now)
+    Ok(count)
 }
 
 /// What a first factor refused by [`first_factor_generation`] leaves to tidy.
@@ -152,19 +159,7 @@ pub(crate) async fn first_factor_generation(
         Ok(None) => return Err(super::not_changed("Second factor not set up", LEFTOVER)),
         Err(e) => return Err(store_error(&e, "could not begin a new credential generation")),
     };
-    let ended = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
-        Ok(n) => Ok(n),
-        Err(e) => {
-            let what = "a first second factor could not remove the other sessions (they are over all the same)";
-            crate::fault_log::report_error(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
-            Err(())
-        }
-    };
-    if let Ok(count @ 1..) = ended {
-        let client = crate::client::client(req, &state.settings.trusted_proxies);
-        let username = &user.display_name;
-        state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
-    }
+    let ended = end_other_sessions(req, state, session).await;
     match state.sessions.restamp(session, &changed).await {
         Ok(()) => {}
         Err(crate::session::StartError::Store(e)) => return Err(store_error(&e, "could not go on with this session")),
