@@ -406,9 +406,8 @@ struct LogBudget {
     dropped: AtomicU64,
     /// The log directory, for [`LogBudget::mend`].
     dir: std::path::PathBuf,
-    /// Whether the last write to the log failed (`GET /readyz` is 503 then: every sign-in
-    /// needs its line), and when (Unix ms).
-    failing: AtomicBool,
+    /// When the last write to the log failed (Unix ms), 0 when it went through: `GET /readyz`
+    /// is 503 while it fails (every sign-in needs its line).
     failed_at: AtomicU64,
     /// Whether a failed write may have left part of a line that [`LogBudget::mend`] could
     /// not cut: the next line then begins on a new line.
@@ -428,7 +427,6 @@ impl LogBudget {
             shortened: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             dir: log_dir.to_path_buf(),
-            failing: AtomicBool::new(false),
             failed_at: AtomicU64::new(0),
             partial: AtomicBool::new(false),
         }
@@ -545,12 +543,12 @@ impl std::io::Write for CheckedWriter<'_> {
             self.0.write_all(bytes)
         };
         if written.is_err() {
-            budget.failed_at.store(now_ms(), Ordering::SeqCst);
+            budget.failed_at.store(now_ms().max(1), Ordering::SeqCst);
             budget.mend();
         } else {
+            budget.failed_at.store(0, Ordering::SeqCst);
             budget.partial.store(false, Ordering::SeqCst);
         }
-        budget.failing.store(written.is_err(), Ordering::SeqCst);
         Self::count(written)?;
         budget.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(buf.len())
@@ -716,12 +714,11 @@ impl Audit {
     /// the hold running out, does (a failure of another kind then shows again at the next
     /// sign-in).
     pub fn log_unwritable(&self) -> bool {
-        let budget = &self.budget;
-        let recent =
-            now_ms().saturating_sub(budget.failed_at.load(Ordering::SeqCst)) < LOG_FAILURE_HOLD.as_millis() as u64;
+        let failed_at = self.budget.failed_at.load(Ordering::SeqCst);
+        let recent = now_ms().saturating_sub(failed_at) < LOG_FAILURE_HOLD.as_millis() as u64;
         self.file.is_some()
-            && budget.failing.load(Ordering::SeqCst)
-            && (recent || free_bytes(&budget.dir).is_none_or(|free| free < 64 * 1024))
+            && failed_at != 0
+            && (recent || free_bytes(&self.budget.dir).is_none_or(|free| free < 64 * 1024))
     }
 
     /// Whether a refusal recorded now would be turned away for want of disk space: some
