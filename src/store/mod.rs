@@ -854,14 +854,7 @@ impl Store {
     /// [`StoreError::Locked`] when another process holds it; [`StoreError::Unavailable`] when
     /// it cannot be opened.
     pub fn open(dir: &Path) -> Result<Self> {
-        // sled names neither the directory nor what it was doing (review 136: a start on a
-        // full disk said only "IO error: No space left on device").
-        let engine = self::sled::SledStore::open(dir).map_err(|e| match e {
-            StoreError::Unavailable(why) if !why.to_string().starts_with("cannot open the store") => {
-                StoreError::Unavailable(format!("cannot open the store in {}: {why}", dir.display()).into())
-            }
-            other => other,
-        })?;
+        let engine = self::sled::SledStore::open(dir)?;
         let sled_fault = Some(engine.fatal_fault());
         Ok(Store { sled_fault, ..Self::from_engine(engine) })
     }

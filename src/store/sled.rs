@@ -320,7 +320,21 @@ impl SledStore {
     }
 
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when another process holds it; [`StoreError::Unavailable`],
+    /// naming `dir`, when it cannot be opened (sled names neither the directory nor what it was
+    /// doing: review 136's start on a full disk said only "IO error: No space left on device").
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_unnamed(dir).map_err(|e| match e {
+            StoreError::Unavailable(why) => {
+                StoreError::Unavailable(format!("cannot open the store in {}: {why}", dir.display()).into())
+            }
+            other => other,
+        })
+    }
+
+    fn open_unnamed(dir: &Path) -> Result<Self> {
         super::ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let db = match ::sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
@@ -336,9 +350,7 @@ impl SledStore {
                     }
                     None => e.to_string(),
                 };
-                return Err(StoreError::Unavailable(
-                    format!("cannot open the store in {}: {why}", dir.display()).into(),
-                ));
+                return Err(StoreError::Unavailable(why.into()));
             }
             Err(e) => return Err(e.into()),
         };
