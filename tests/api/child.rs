@@ -313,14 +313,7 @@ pub async fn login_response(
     user: &str,
     password: &str,
 ) -> reqwest::Response {
-    let page = client.get(server.url("/login")).send().await.unwrap().text().await.unwrap();
-    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap_or_default();
-    client
-        .post(server.url("/login"))
-        .form(&[("username", user), ("password", password), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap()
+    login_response_if_answered(server, client, user, password).await.expect("the server answers")
 }
 
 /// [`login_response`], `None` when the server does not answer (it stopped).

@@ -714,16 +714,6 @@ fn file_size_limit(cmd: &mut std::process::Command, bytes: u64) {
     }
 }
 
-/// One wrong password as [`crate::disk::wrong_password`], `None` when the server did not
-/// answer (it stopped).
-async fn wrong_password_if_answered(client: &reqwest::Client, origin: &str, name: &str, agent: &str) -> Option<u16> {
-    let page = client.get(format!("{origin}/login")).send().await.ok()?.text().await.ok()?;
-    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap_or_default();
-    let form = [("username", name), ("password", "not the password at all"), ("csrf", csrf.as_str())];
-    let resp = client.post(format!("{origin}/login")).header("user-agent", agent).form(&form).send().await;
-    Some(resp.ok()?.status().as_u16())
-}
-
 /// A full disk: what the server acknowledged stays, what it cannot record is refused (503,
 /// never a 401 or a session), and once the store itself cannot write the server stops by
 /// itself with one line saying why, for its supervisor to start it again. sled refuses every
@@ -783,7 +773,7 @@ async fn a_full_disk_refuses_what_it_cannot_record_and_stops_the_server_for_a_re
         for i in 0..32 {
             let (client, origin) = (browsers[i % browsers.len()].clone(), server.origin.clone());
             let (name, agent) = (format!("{long_name}{sent}-{i}"), long_agent.clone());
-            batch.spawn(async move { wrong_password_if_answered(&client, &origin, &name, &agent).await });
+            batch.spawn(async move { crate::disk::wrong_password_if_answered(&client, &origin, &name, &agent).await });
         }
         while let Some(r) = batch.join_next().await {
             *counts.entry(r.unwrap()).or_insert(0) += 1;
