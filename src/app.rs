@@ -204,6 +204,9 @@ impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings);
+        // Before the store and the log are opened (and their directories made), so a start
+        // refused for its certificate leaves nothing behind.
+        tls::check_existing_certificate(&settings.cert_dir)?;
         let services = Services::open(&settings, settings.hash_worker_count()).await?;
         // Said at the start, not first at the first refusal (found by a review).
         if services.audit.below_disk_reserve() {

@@ -93,23 +93,42 @@ pub fn key_path(dir: &Path) -> PathBuf {
 /// The names a generated development certificate covers; the start-up line names them all.
 pub const DEV_CERT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
+/// Whether `dir` holds both `cert.pem` and `key.pem` (true) or neither (false). One without
+/// the other is an error: it usually means a deployment went half-way.
+fn pair_present(dir: &Path) -> anyhow::Result<bool> {
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        (true, false) => bail!("{} exists but {} is missing", cert.display(), key.display()),
+        (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
+    }
+}
+
+/// Refuses a certificate directory that [`ensure_certificate`] and [`load_certified_key`]
+/// would refuse (one file of the pair without the other, a pair that does not load or does
+/// not match), and accepts one with neither file. Asked before the store is opened, so such a
+/// start leaves no `data_dir` or `log_dir` behind (review 133).
+pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
+    if pair_present(dir)? {
+        load_certified_key(dir)?;
+    }
+    Ok(())
+}
+
 /// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
 /// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
 /// the other is an error: it usually means a deployment went half-way.
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
-    let (cert, key) = (cert_path(dir), key_path(dir));
-    match (cert.exists(), key.exists()) {
-        (true, true) => Ok(false),
-        (true, false) => bail!("{} exists but {} is missing", cert.display(), key.display()),
-        (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
-        (false, false) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
-            write_private(&key, key_pem.as_bytes())?;
-            std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
-            Ok(true)
-        }
+    if pair_present(dir)? {
+        return Ok(false);
     }
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
+    write_private(&key, key_pem.as_bytes())?;
+    std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
+    Ok(true)
 }
 
 /// How long a generated development certificate is valid, in days (as mkcert's): a developer

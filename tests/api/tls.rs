@@ -375,3 +375,33 @@ async fn a_returning_client_resumes_its_tls_session() {
     use rustls::HandshakeKind::{Full, Resumed};
     assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
 }
+
+/// A certificate directory that cannot serve refuses the start before the store and the log
+/// are opened: nothing is left behind to clean up (review 133 found `data/` and `logs/`).
+#[tokio::test]
+async fn a_start_refused_for_its_certificate_makes_no_store_or_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = crate::helpers::test_settings(dir.path());
+    let (cert, key) = new_pair();
+    let (_, other_key) = new_pair();
+    std::fs::create_dir_all(&settings.cert_dir).unwrap();
+    for (files, expected) in [
+        (vec![("cert.pem", &cert)], "key.pem is missing"),
+        (vec![("key.pem", &key)], "cert.pem is missing"),
+        (vec![("cert.pem", &cert), ("key.pem", &other_key)], ""),
+    ] {
+        for name in ["cert.pem", "key.pem"] {
+            let _ = std::fs::remove_file(settings.cert_dir.join(name));
+        }
+        for (name, pem) in files {
+            std::fs::write(settings.cert_dir.join(name), pem).unwrap();
+        }
+        let err = match crate::helpers::build_when_released(&settings).await {
+            Err(e) => e,
+            Ok(_) => panic!("started with a certificate it cannot serve"),
+        };
+        assert!(err.contains(expected), "{err}");
+        assert!(!settings.data_dir.exists(), "a refused start made the store: {err}");
+        assert!(!settings.log_dir.exists(), "a refused start made the log: {err}");
+    }
+}
