@@ -604,9 +604,22 @@ fn shown_value(key: &str, value: &toml::Value) -> String {
     }
     let value = match value {
         toml::Value::String(s) if SECRET_BEARING.contains(&key) => toml::Value::String(crate::postgres::url::redact(s)),
+        // A number given as text (a default, the environment, a flag) is shown as the number
+        // a file would hold, so the output reads alike whichever layer a count came from
+        // (review 133); only for a setting that is a count, and only when the number reads
+        // back as the same text.
+        toml::Value::String(s) if is_count(key) => match s.trim().parse::<i64>() {
+            Ok(n) if n.to_string() == s.trim() => toml::Value::Integer(n),
+            _ => value.clone(),
+        },
         other => other.clone(),
     };
     one_line_toml(&value)
+}
+
+/// Whether `key` is a setting whose value is a plain count (its default is digits only).
+fn is_count(key: &str) -> bool {
+    KEYS.iter().any(|k| k.name == key && !k.default.is_empty() && k.default.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `value` as one line of TOML that reads back as the same value, every control, bidi or

@@ -80,6 +80,9 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     // What it prints is a settings file that checks the same.
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
     assert_eq!(printed["min_password_length"].as_integer(), Some(20));
+    // A count reads as a number whichever layer it came from (defaults were quoted text).
+    assert_eq!(printed["argon2_iterations"].as_integer(), Some(2), "{}", out.stdout);
+    assert_eq!(printed["audit_max_records"].as_integer(), Some(100_000), "{}", out.stdout);
     assert_eq!(printed["access"]["rules"][0]["policy"].as_str(), Some("bypass"), "{}", out.stdout);
     // Unset ones are commented out: `database_url = ""` read back would be refused.
     for key in ["public_url", "database_url", "cookie_domain", "webauthn_rp_id"] {
