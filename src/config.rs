@@ -758,7 +758,8 @@ impl Parser {
         f(&text).map_err(|m| self.invalid(key, &m))
     }
 
-    /// A list: a TOML array in the file, a comma-separated string elsewhere.
+    /// A list: a TOML array in the file, a comma-separated string elsewhere (and in the
+    /// file too, read the same way, so a value copied from the environment works there).
     fn parse_list<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, ConfigError> {
         let raw = self.get(key);
         let items: Vec<String> = match &raw.value {
@@ -1229,6 +1230,14 @@ mod tests {
         assert_eq!(s.session_idle_timeout, Duration::from_secs(420));
         assert_eq!(s.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(s.http_addr, None);
+    }
+
+    #[test]
+    fn a_list_in_the_file_may_be_written_as_the_environment_writes_it() {
+        let file: toml::Table = "trusted_proxies = \"127.0.0.1, 10.0.0.0/8\"".parse().unwrap();
+        let file = (PathBuf::from("p.toml"), file);
+        let s = Settings::from_layers(Some(&file), &BTreeMap::new(), &Overrides::new()).unwrap();
+        assert_eq!(s.trusted_proxies, vec!["127.0.0.1/32".parse::<IpNet>().unwrap(), "10.0.0.0/8".parse().unwrap()]);
     }
 
     #[test]
