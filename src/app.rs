@@ -356,7 +356,7 @@ impl Application {
         // PostgreSQL's readiness check is real; sled's always passes, so there the store counts
         // as working again only after an interval without a fault.
         let quiet = if settings.database_url.is_some() { crate::fault_log::TICK } else { crate::fault_log::INTERVAL };
-        background.push(crate::fault_log::spawn_watch(services.store.clone(), quiet));
+        background.push(crate::fault_log::spawn_watch(services.store.clone(), services.audit.clone(), quiet));
         // Last of the steps that can fail: a start refused after the administrator was made
         // would lose the password shown only once.
         let initial_admin_password = if users.is_empty().await? {

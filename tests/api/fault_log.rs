@@ -135,3 +135,34 @@ async fn a_database_outage_logs_each_kind_of_fault_once_per_interval_with_the_co
     assert!(total < 30, "{total} error and warning lines for {} requests: {recovered:#?}", pages + SIGN_INS + 20);
     drop(server);
 }
+
+/// An outage of the authentication log alone (its file is /dev/full: every line fails, as on a
+/// full disk) ends with a line that names the log, once the log takes lines again, not with
+/// "the store works again" for a store that never failed (review 136).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_an_outage_of_the_log_says_the_log_works_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let now = portcullis::store::now_ms();
+    for ms in [now, now + 86_400_000] {
+        let day = &portcullis::audit::rfc3339(ms)[..10];
+        std::os::unix::fs::symlink("/dev/full", logs.join(format!("auth.log.{day}"))).unwrap();
+    }
+    let server = tokio::task::block_in_place(|| ServerProcess::start_with(dir.path(), child::QUICK, |_| {}));
+    let client = server.browser();
+    let refused = child::login_response(&server, &client, "mallory", "not the password at all").await;
+    assert_eq!(refused.status(), 503, "a refusal the log did not take was answered as usual");
+    let failed = Instant::now();
+    let ended = loop {
+        let lines = server.stderr.lock().unwrap().clone();
+        if let Some(line) = lines.iter().find(|l| l.contains("works again") || l.contains("work again")) {
+            break line.clone();
+        }
+        assert!(failed.elapsed() < BOUND, "no line said the outage is over: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ended.contains("the store and the authentication log work again"), "{ended}");
+    // Not before the log's hold of 30 s ran out: until then /readyz said it was not ready.
+    assert!(failed.elapsed() >= Duration::from_secs(29), "{ended} after {:?}", failed.elapsed());
+}
