@@ -160,6 +160,7 @@ async fn no_admin_left(users: &UserAdmin) -> &'static str {
 /// Runs a request against the user service (used by the socket server and by the CLI when
 /// no server is running).
 pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &str) -> Response {
+    let log_failures = audit.log_write_failures();
     let result = match request {
         Request::UserAdd { name, password, admin, groups } => users
             .add_in_groups(name, Password::new(password), *admin, groups.clone(), by)
@@ -259,6 +260,15 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
     // The whole chain: "store error: database error: db error" alone hid the database's own
     // reason ("cannot execute UPDATE in a read-only transaction") from the operator.
     match result {
+        // The change is made and stays made (refusing it for want of a log line would be
+        // worse), but whoever made it must hear that its line may be missing: through the
+        // socket, the server's own error line reaches only the server's log (review 136).
+        Ok(mut message) if audit.log_write_failures() > log_failures => {
+            message.push_str(
+                "; but the auth log could not be written meanwhile (is its disk full?): this change may be missing from it",
+            );
+            Response::Done { message }
+        }
         Ok(message) => Response::Done { message },
         Err(e) => Response::Error { message: crate::text::error_chain(&e) },
     }

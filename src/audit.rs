@@ -412,6 +412,8 @@ struct LogBudget {
     /// Whether a failed write may have left part of a line that [`LogBudget::mend`] could
     /// not cut: the next line then begins on a new line.
     partial: AtomicBool,
+    /// Writes to the log that failed since the start ([`Audit::log_write_failures`]).
+    write_failures: AtomicU64,
 }
 
 impl LogBudget {
@@ -429,6 +431,7 @@ impl LogBudget {
             dir: log_dir.to_path_buf(),
             failed_at: AtomicU64::new(0),
             partial: AtomicBool::new(false),
+            write_failures: AtomicU64::new(0),
         }
     }
 
@@ -543,6 +546,7 @@ impl std::io::Write for CheckedWriter<'_> {
             self.0.write_all(bytes)
         };
         if written.is_err() {
+            budget.write_failures.fetch_add(1, Ordering::SeqCst);
             budget.failed_at.store(now_ms().max(1), Ordering::SeqCst);
             budget.mend();
         } else {
@@ -719,6 +723,13 @@ impl Audit {
         self.file.is_some()
             && failed_at != 0
             && (recent || free_bytes(&self.budget.dir).is_none_or(|free| free < 64 * 1024))
+    }
+
+    /// How many writes to the log file failed since the start (0 without a log file): a
+    /// caller that compares it before and after a change knows whether the change's line may
+    /// be missing (the admin socket tells the CLI so).
+    pub fn log_write_failures(&self) -> u64 {
+        self.budget.write_failures.load(Ordering::SeqCst)
     }
 
     /// Whether a refusal recorded now would be turned away for want of disk space: some

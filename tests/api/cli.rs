@@ -801,3 +801,40 @@ async fn a_group_both_added_and_removed_is_refused() {
     let shown = cli(dir.path(), &["user", "groups", "alice"]).await;
     assert!(!shown.stdout.contains("dev"), "{shown:?}");
 }
+
+/// Today's and tomorrow's auth log files in `log_dir` as /dev/full: every line fails, as on a
+/// full disk.
+fn full_log(log_dir: &Path) {
+    std::fs::create_dir_all(log_dir).unwrap();
+    let now = portcullis::store::now_ms();
+    for ms in [now, now + 86_400_000] {
+        let day = &portcullis::audit::rfc3339(ms)[..10];
+        std::os::unix::fs::symlink("/dev/full", log_dir.join(format!("auth.log.{day}"))).unwrap();
+    }
+}
+
+/// A change whose auth log line could not be written is made (refusing it would be worse),
+/// and the command says its line may be missing, through the socket too, where the server's
+/// own error line reaches only the server's log (review 136).
+#[tokio::test]
+async fn a_change_whose_log_line_failed_says_so_offline_and_through_the_socket() {
+    const MISSING: &str = "the auth log could not be written meanwhile";
+    let offline = tempfile::tempdir().unwrap();
+    full_log(&offline.path().join("logs"));
+    let run = cli_with_password(offline.path(), &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await;
+    run.assert_ok("add bob offline");
+    assert!(run.stdout.contains("user bob added") && run.stdout.contains(MISSING), "{run:?}");
+
+    let app = crate::helpers::spawn_app_with(|s| full_log(&s.log_dir)).await;
+    let d = app.dir.path();
+    let run = cli_with_password(d, &["user", "add", "carol", "--password-stdin"], GOOD_PASSWORD).await;
+    run.assert_ok("add carol through the socket");
+    assert!(run.stdout.contains("user carol added") && run.stdout.contains(MISSING), "{run:?}");
+    // A command that writes no line says nothing of the log: a change of groups that
+    // changes nothing.
+    cli(d, &["user", "groups", "carol", "--add", "dev"]).await.assert_ok("carol into dev");
+    let run = cli(d, &["user", "groups", "carol", "--add", "dev"]).await;
+    run.assert_ok("carol into dev again");
+    assert!(!run.stdout.contains(MISSING), "{run:?}");
+    assert_eq!(names(&list_json(d).await), ["admin", "carol"]);
+}
