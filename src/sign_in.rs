@@ -629,8 +629,8 @@ impl SignIn {
     /// cannot be recorded does not happen). `passkey` names the passkey a passkey sign-in
     /// used, for its record. Returns the session's token and the browser's device cookie's
     /// new value, with a token for this user; `None`, with no session and nothing recorded,
-    /// when the passkey the sign-in used was removed while it was checked, or a password-only
-    /// sign-in's user got a second factor meanwhile.
+    /// when the passkey the sign-in used was removed while it was checked, a password-only
+    /// sign-in's user got a second factor meanwhile, or the app whose code it was was removed.
     async fn complete(
         &self,
         user: &crate::store::User,
@@ -672,16 +672,21 @@ impl SignIn {
         // its generation begins, so one may have come since (review 136). Read once more, now
         // that the session is stored: a factor stored after this read finds the session in
         // the setup's sweep that follows it (`recovery_codes::codes_with_first_factor`).
-        if password_only {
+        // Alike, an app's code signs in only while the app is there: its removal removes the
+        // app, then the sessions it signed in (`SecondFactors::remove_totp`), so of the two one
+        // sees the other.
+        let app_code = matches!(method, SignInMethod::Totp);
+        if password_only || app_code {
             let factors = self.factors.summary(&user.key).await;
-            let added = match factors {
+            let changed = match factors {
+                Ok(f) if app_code => !f.totp,
                 Ok(f) => f.has_second_factor(),
                 Err(source) => {
                     self.sessions.discard(&token).await;
                     return Err(SignInError::Store { what: "could not read the user's second factors", source });
                 }
             };
-            if added {
+            if changed {
                 self.sessions.discard(&token).await;
                 return Ok(None);
             }
@@ -835,8 +840,8 @@ impl SignIn {
                 };
                 match self.complete(&user, with, client, browser, after_failures, method).await? {
                     Some((token, device_cookie)) => Ok(StepOutcome::SignedIn { token, next, device_cookie }),
-                    // The passkey was removed while it was checked: it signs nobody in, and
-                    // the sign-in starts again at the password.
+                    // The passkey or the app was removed while it was checked: it signs
+                    // nobody in, and the sign-in starts again at the password.
                     None => Ok(StepOutcome::Restart),
                 }
             }

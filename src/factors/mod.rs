@@ -104,6 +104,20 @@ pub enum Verdict {
     Unchecked,
 }
 
+/// How a removal of the authenticator app ended ([`SecondFactors::remove_totp`]).
+#[derive(Debug)]
+pub enum TotpRemoval {
+    /// Removed, with the recovery codes that went with it (no factor left), and the other
+    /// sessions it (or a recovery code) signed in that were ended: an error when they could
+    /// not be, though the app is removed.
+    Removed { codes_voided: usize, sessions_ended: Result<usize, StoreError> },
+    /// No app is set up (it was removed already: the form sent twice, or from two windows).
+    NotThere,
+    /// Another app than the one asked about is set up now (replaced from another window
+    /// since the page was shown): nothing was removed.
+    Changed,
+}
+
 /// How an authenticator enrolment ended ([`SecondFactors::enrol_totp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enrolment {
@@ -355,7 +369,7 @@ impl SecondFactors {
             // authenticator: the one it replaced is gone, and an app the session that is over
             // chose must not stay.
             if !asker.still_holds(&self.store).await? {
-                self.remove_totp(user_key).await?;
+                self.remove_app(user_key, Some(totp.created_at)).await?;
                 return Ok(Enrolment::Superseded);
             }
             Ok(Enrolment::Enrolled)
@@ -407,14 +421,46 @@ impl SecondFactors {
         Ok(recorded.is_some_and(|r| r != self.key.fingerprint()))
     }
 
-    /// Removes the user's authenticator app; when no other second factor is left the recovery
-    /// codes go too (they stand in for a factor the user no longer has). Returns `None` when
-    /// there was no app, else how many recovery codes went with it.
+    /// Removes the user's authenticator app if it is the one set up at `enrolled_at` (Unix ms,
+    /// as the page that asked showed it; `None`: whichever it is); when no other second factor
+    /// is left the recovery codes go too (they stand in for a factor the user no longer has).
+    /// Then signs out the user's other sessions whose second step was not a passkey (the app's
+    /// code or a recovery code: [`SecondFactors::end_app_sessions`]), but `keep`: as a passkey's
+    /// removal ends the sessions it signed in, so a phone that is lost stops counting where it
+    /// signed in too (review 137: a thief's session kept passing `two_factor` rules).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be used; nothing was removed then.
+    pub async fn remove_totp(
+        &self,
+        user_key: &str,
+        enrolled_at: Option<u64>,
+        keep: Option<&TokenHash>,
+    ) -> Result<TotpRemoval, StoreError> {
+        let Some(codes_voided) = self.remove_app(user_key, enrolled_at).await? else {
+            return Ok(match self.store.factors.totp(user_key).await? {
+                Some(_) => TotpRemoval::Changed,
+                None => TotpRemoval::NotThere,
+            });
+        };
+        let sessions_ended = self.store.sessions.delete_for_app(user_key, keep).await;
+        Ok(TotpRemoval::Removed { codes_voided, sessions_ended })
+    }
+
+    /// Signs out the user's sessions but `keep` whose second step was not a passkey: those the
+    /// authenticator app signed in (or a recovery code; a session does not tell them apart),
+    /// after the app was replaced. Returns how many.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be used.
-    pub async fn remove_totp(&self, user_key: &str) -> Result<Option<usize>, StoreError> {
-        if !self.store.factors.remove_totp(user_key).await? {
+    pub async fn end_app_sessions(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize, StoreError> {
+        self.store.sessions.delete_for_app(user_key, keep).await
+    }
+
+    /// Removes the app ([`FactorStore::remove_totp`]) and, with it the last factor, the
+    /// recovery codes: `None` when no such app was there, else how many codes went.
+    async fn remove_app(&self, user_key: &str, enrolled_at: Option<u64>) -> Result<Option<usize>, StoreError> {
+        if !self.store.factors.remove_totp(user_key, enrolled_at).await? {
             return Ok(None);
         }
         Ok(Some(void_codes_without_factor(&self.store, user_key).await))

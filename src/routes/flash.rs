@@ -41,8 +41,12 @@ pub enum Notice {
     PasswordChanged { ended: usize },
     /// An authenticator app was turned on.
     TotpEnabled,
-    /// The authenticator app was removed.
-    TotpRemoved,
+    /// The authenticator app was removed, ending this many other sessions its codes (or a
+    /// recovery code) signed in (none in a notice from before).
+    TotpRemoved {
+        #[serde(default)]
+        ended: usize,
+    },
     /// A passkey was added (its name as shown), when it was not the first factor (whose
     /// recovery codes page says so).
     PasskeyAdded { name: String },
@@ -84,7 +88,14 @@ impl Notice {
                 format!("Your password is changed. {ended} other sessions were signed out.")
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
-            Notice::TotpRemoved => "Your authenticator app is removed.".to_string(),
+            Notice::TotpRemoved { ended: 0 } => "Your authenticator app is removed.".to_string(),
+            Notice::TotpRemoved { ended: 1 } => "Your authenticator app is removed, and the other session signed in \
+                 with its code or a recovery code is signed out."
+                .to_string(),
+            Notice::TotpRemoved { ended } => format!(
+                "Your authenticator app is removed, and the {ended} other sessions signed in with its codes or \
+                 recovery codes are signed out."
+            ),
             Notice::PasskeyAdded { name } => format!("Your passkey \u{201c}{name}\u{201d} is added."),
             Notice::PasskeyRenamed { name } => format!("Your passkey is renamed \u{201c}{name}\u{201d}."),
             // This session stays signed in even when the passkey signed it in: its user has

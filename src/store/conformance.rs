@@ -94,6 +94,7 @@ pub async fn run(harness: &mut dyn Harness) {
     simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(&harness.fresh().await).await;
     a_session_resolves_with_its_user_and_only_that_users_sessions(&harness.fresh().await).await;
     sessions_signed_in_with_a_passkey_end_with_it(&harness.fresh().await).await;
+    sessions_signed_in_with_the_app_end_with_it(&harness.fresh().await).await;
     failures_query_and_page_without_gaps_or_repeats(&harness.fresh().await).await;
     the_record_cap_keeps_the_newest(&harness.fresh().await).await;
     secrets_are_stable_and_agreed_on(&harness.fresh().await).await;
@@ -686,6 +687,32 @@ async fn sessions_signed_in_with_a_passkey_end_with_it(store: &Store) {
     assert_eq!(s.delete_for_passkey("alice", b"k-lost", None).await.unwrap(), 0, "sessions: none the third time");
 }
 
+/// Removing the authenticator app's sessions ends exactly its user's two-factor sessions
+/// without a passkey: not those of one factor or a passkey, nor another user's, nor the kept one.
+async fn sessions_signed_in_with_the_app_end_with_it(store: &Store) {
+    let s = &store.sessions;
+    let two = |user_key: &str| Session { factors: Factors::Two, ..session(user_key, 10, 10) };
+    let passkey = Session { passkey_id: Some(b"k".to_vec()), ..two("alice") };
+    s.insert(&[1; 32], &two("alice")).await.unwrap();
+    s.insert(&[2; 32], &two("alice")).await.unwrap();
+    s.insert(&[3; 32], &passkey).await.unwrap();
+    s.insert(&[4; 32], &session("alice", 10, 10)).await.unwrap();
+    s.insert(&[5; 32], &two("bob")).await.unwrap();
+    s.insert(&[6; 32], &two("alice")).await.unwrap();
+    assert_eq!(
+        s.delete_for_app("alice", Some(&[6; 32])).await.unwrap(),
+        2,
+        "sessions: the app's two, not the kept one"
+    );
+    let mut left = Vec::new();
+    for h in 1..=6u8 {
+        left.push(s.get(&[h; 32]).await.unwrap().is_some());
+    }
+    assert_eq!(left, [false, false, true, true, true, true], "sessions: only the app's, only its user's");
+    assert_eq!(s.list_for_user("alice").await.unwrap().len(), 3, "sessions: the user's index follows");
+    assert_eq!(s.delete_for_app("alice", None).await.unwrap(), 1, "sessions: the kept one, unkept");
+}
+
 /// 12 sign-ins of one user at once, at a cap of 16 over 8 older sessions: exactly the 4
 /// oldest go, never one just started (issue 10's race, on every engine).
 async fn simultaneous_starts_at_the_cap_end_only_the_sessions_past_it(store: &Store) {
@@ -979,7 +1006,7 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     f.set_recovery_codes("alice", &[[4; 32], [5; 32]], None).await.unwrap();
     f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }, None).await.unwrap();
     assert!(f.use_totp_step("bob", 77).await.unwrap());
-    assert!(f.remove_totp("bob").await.unwrap());
+    assert!(f.remove_totp("bob", None).await.unwrap());
     let p = &from.passkeys;
     let laptop = StoredPasskey { user_handle: [3; 16], name: "laptop".into(), ..passkey(b"k-used", "alice", 14) };
     p.add_passkey(&laptop).await.unwrap();
@@ -1165,7 +1192,7 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
         .collect();
     let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
     assert_eq!(won, 1, "factors: of concurrent replacements of one authenticator, exactly one is stored");
-    assert!(f.remove_totp("alice").await.unwrap());
+    assert!(f.remove_totp("alice", None).await.unwrap());
     let racers: Vec<_> = (0..6u8)
         .map(|i| {
             let t = TotpFactor { sealed_secret: vec![i], created_at: 20 + u64::from(i) };
@@ -1174,7 +1201,7 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
         .collect();
     let won = futures_join(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
     assert_eq!(won, 1, "factors: of concurrent first enrolments, exactly one is stored");
-    assert!(f.remove_totp("alice").await.unwrap());
+    assert!(f.remove_totp("alice", None).await.unwrap());
     assert!(f.set_totp("alice", &totp, None).await.unwrap());
     assert_eq!(f.any_totp().await.unwrap(), Some(("alice".to_string(), totp.clone())), "factors: any_totp");
     assert!(f.summary("alice").await.unwrap().has_second_factor());
@@ -1218,8 +1245,12 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     assert_eq!(won, 1, "factors: of concurrent first sets, one is stored");
     assert_eq!(f.recovery_codes("nobody").await.unwrap(), Vec::<[u8; 32]>::new());
 
-    assert!(f.remove_totp("alice").await.unwrap());
-    assert!(!f.remove_totp("alice").await.unwrap(), "factors: a second removal finds nothing");
+    // A removal asked for from a page that showed another authenticator removes nothing.
+    let shown = f.totp("alice").await.unwrap().unwrap().created_at;
+    assert!(!f.remove_totp("alice", Some(shown + 1)).await.unwrap(), "factors: another app's removal");
+    assert!(f.totp("alice").await.unwrap().is_some(), "factors: kept when another was to be removed");
+    assert!(f.remove_totp("alice", Some(shown)).await.unwrap());
+    assert!(!f.remove_totp("alice", None).await.unwrap(), "factors: a second removal finds nothing");
     assert!(f.totp("alice").await.unwrap().is_none());
     assert!(!f.use_totp_step("alice", 101).await.unwrap(), "factors: used steps outlive the removal");
     assert!(f.set_totp("alice", &totp, None).await.unwrap());

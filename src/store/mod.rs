@@ -533,6 +533,11 @@ pub trait SessionStore: Send + Sync {
     /// Removes the user's sessions signed in with the passkey `passkey_id`
     /// ([`Session::passkey_id`]) but `keep`, durably; returns how many were removed.
     async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize>;
+    /// Removes the user's sessions signed in with two factors the second of which was not a
+    /// passkey ([`Factors::Two`] without a [`Session::passkey_id`]: an authenticator app's code
+    /// or a recovery code, which a session does not tell apart) but `keep`, durably; returns
+    /// how many were removed. For the removal or replacement of the authenticator app.
+    async fn delete_for_app(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize>;
     /// Removes every session idle for `idle_ms` or older than `absolute_ms` at `now` (all
     /// Unix/duration milliseconds), or stamped further ahead of `now` than [`CLOCK_SKEW_MS`]
     /// allows ([`SessionCap::has_expired`]; an engine with a clock of its own judges that from
@@ -726,8 +731,10 @@ pub trait FactorStore: Send + Sync {
     /// Some user's TOTP authenticator, if any user has one (to check at start that the factor
     /// key opens what the store holds).
     async fn any_totp(&self) -> Result<Option<(String, TotpFactor)>>;
-    /// Removes the user's TOTP authenticator; returns whether there was one.
-    async fn remove_totp(&self, user_key: &str) -> Result<bool>;
+    /// Removes the user's TOTP authenticator if it is the one set up at `enrolled_at` (its
+    /// `created_at`, Unix ms; `None`: whichever they have), in one step; returns whether one
+    /// was removed (`false`: none, or another one, set up meanwhile from another window).
+    async fn remove_totp(&self, user_key: &str, enrolled_at: Option<u64>) -> Result<bool>;
     /// Records that the TOTP time step `step` (RFC 6238 §4: `T`) was used, if it is later than
     /// every step used before for this user; returns `false` (refuse: a reused code) otherwise.
     /// RFC 6238 §5.2: a code is accepted at most once.

@@ -639,6 +639,20 @@ impl SessionStore for PgStore {
         Ok(n as usize)
     }
 
+    async fn delete_for_app(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize> {
+        let keep = keep.map(|k| &k[..]);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM sessions WHERE user_key = $1 AND factors = 2 AND passkey_id IS NULL
+                 AND ($2::bytea IS NULL OR token_hash <> $2)",
+                &[&user_key, &keep],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         // `SessionCap::has_expired`, as the sled engine: idle or old for at least the limit,
         // or stamped further ahead than the clock skew allows ($4). Every instance purges, the
@@ -1081,14 +1095,16 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
-    async fn remove_totp(&self, user_key: &str) -> Result<bool> {
+    async fn remove_totp(&self, user_key: &str, enrolled_at: Option<u64>) -> Result<bool> {
+        // `created_at` as `totp` reads it (0 for one stored without), as `set_totp` compares.
         let n = self
             .client()
             .await?
             .execute(
                 "UPDATE second_factors SET totp_sealed = NULL, totp_created_at_ms = NULL
-                 WHERE user_key = $1 AND totp_sealed IS NOT NULL",
-                &[&user_key],
+                 WHERE user_key = $1 AND totp_sealed IS NOT NULL
+                 AND ($2::bigint IS NULL OR coalesce(totp_created_at_ms, 0) = $2)",
+                &[&user_key, &enrolled_at.map(ms)],
             )
             .await?;
         Ok(n > 0)

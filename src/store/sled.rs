@@ -1249,6 +1249,19 @@ impl SessionStore for SledStore {
         self.durable(removed).await
     }
 
+    async fn delete_for_app(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize> {
+        self.usable()?;
+        let mut removed = 0;
+        for s in self.user_sessions(user_key)? {
+            let r = &s.record;
+            let its = r.factors == Factors::Two && r.passkey_id.is_none() && keep != Some(&s.token_hash);
+            if its && self.delete_session(&s.token_hash)? {
+                removed += 1;
+            }
+        }
+        self.durable(removed).await
+    }
+
     async fn purge_expired(&self, idle_ms: u64, absolute_ms: u64, now: u64) -> Result<usize> {
         self.usable()?;
         let n = self
@@ -1467,9 +1480,12 @@ impl FactorStore for SledStore {
         self.durable(set).await
     }
 
-    async fn remove_totp(&self, user_key: &str) -> Result<bool> {
+    async fn remove_totp(&self, user_key: &str, enrolled_at: Option<u64>) -> Result<bool> {
         self.usable()?;
-        let removed = self.update_factors(user_key, |r| r.totp.take().is_some())?;
+        let removed = self.update_factors(user_key, |r| {
+            let that_one = r.totp.as_ref().is_some_and(|t| enrolled_at.is_none_or(|at| t.created_at == at));
+            that_one && r.totp.take().is_some()
+        })?;
         self.durable(removed).await
     }
 

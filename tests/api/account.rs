@@ -236,8 +236,8 @@ async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_a
         confirm.contains("It is your only second factor: signing in will ask for your password alone, and your 10 recovery codes will stop working."),
         "{confirm}"
     );
-    let csrf = hidden_field(&page, "csrf").unwrap();
-    let resp = alice.post(app.url("/account/totp/remove")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    let resp =
+        alice.post(app.url("/account/totp/remove")).form(&crate::totp::removal_form(&page)).send().await.unwrap();
     assert_eq!(resp.status(), 303);
     assert!(app.log_lines().iter().any(|l| l["event"] == "mfa_removed" && l["kind"] == "totp"));
     let codes_removed = |l: &serde_json::Value| l["event"] == "mfa_removed" && l["kind"] == "recovery_codes";

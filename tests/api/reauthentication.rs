@@ -156,8 +156,9 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     asked(&post(&app, &forged, "/account/totp/remove", &[("csrf", &csrf)]).await, "");
 
     // Now the changes go through.
-    let csrf = csrf_of(&thief, app.url("/account")).await;
-    let resp = post(&app, &thief, "/account/totp/remove", &[("csrf", &csrf)]).await;
+    let page = thief.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let resp =
+        thief.post(app.url("/account/totp/remove")).form(&crate::totp::removal_form(&page)).send().await.unwrap();
     assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/account"));
     assert!(!app.state.factors.summary("alice").await.unwrap().totp);
     let again = thief.get(app.url("/account/confirm")).send().await.unwrap();

@@ -1110,3 +1110,67 @@ async fn a_password_sign_in_racing_the_first_authenticator_keeps_no_session() {
     }
     assert!(kept.is_empty(), "password-only sessions kept after the first authenticator, races {kept:?} of {RACES}");
 }
+
+/// The account page's removal form for the authenticator app, as the page shows it.
+pub(crate) fn removal_form(account_page: &str) -> Vec<(&'static str, String)> {
+    let form = &account_page[account_page.find("action=\"/account/totp/remove\"").expect("a removal form")..];
+    let form = &form[..form.find("</form>").unwrap()];
+    vec![("csrf", hidden_field(form, "csrf").unwrap()), ("enrolled_at", hidden_field(form, "enrolled_at").unwrap())]
+}
+
+/// Replacing or removing the authenticator app signs out the other sessions its codes (or a
+/// recovery code) signed in, as removing a passkey does: review 137 kept a thief's session,
+/// signed in with the lost phone, passing `two_factor` rules after the owner removed the app.
+/// And a page shown before the app was replaced in another window removes nothing.
+#[tokio::test]
+async fn replacing_or_removing_the_app_signs_out_the_sessions_its_codes_signed_in() {
+    let app = spawn_app_with(|s| s.login_quota_per_user = None).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let owner = app.new_browser();
+    sign_in(&app, &owner, "alice").await;
+    let step = fresh_step().await;
+    let (secret, codes) = enrol(&app, &owner, step).await;
+    let account = |browser: &reqwest::Client| {
+        let (url, browser) = (app.url("/account"), browser.clone());
+        async move { browser.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let signed_in = |browser: &reqwest::Client| {
+        let (url, browser) = (app.url("/"), browser.clone());
+        async move { browser.get(url).send().await.unwrap().status() == 200 }
+    };
+    let (thief, resp) = two_steps(&app, "alice", "code", &code(&secret, step)).await;
+    assert_eq!(resp.status(), 303, "signed in with the lost phone's code");
+    let (recovered, resp) = two_steps(&app, "alice", "recovery_code", &codes[0]).await;
+    assert_eq!(resp.status(), 303, "signed in with a recovery code");
+    let stale = account(&owner).await;
+
+    // A new phone: the old one's sessions end, the owner's stays.
+    let page = owner.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
+    let (_, form) = enrolment_form(&page, &|s| code(s, step + 1));
+    let replaced = owner.post(app.url("/account/totp")).form(&form).send().await.unwrap();
+    assert_eq!(replaced.status(), 303, "replaced");
+    assert!(!signed_in(&thief).await, "the old phone's session outlived its replacement");
+    assert!(!signed_in(&recovered).await, "the recovery code's session outlived the replacement");
+    assert!(signed_in(&owner).await, "the owner's own session ends with it");
+
+    // The page from before the replacement names the old app: nothing is removed.
+    let refused = owner.post(app.url("/account/totp/remove")).form(&removal_form(&stale)).send().await.unwrap();
+    assert_eq!(refused.status(), 409);
+    assert!(refused.text().await.unwrap().contains("replaced in another window"));
+    assert!(app.state.factors.summary("alice").await.unwrap().totp, "the new app was removed from an old page");
+    let bare = owner.post(app.url("/account/totp/remove")).form(&removal_form(&stale)[..1]).send().await.unwrap();
+    assert_eq!(bare.status(), 409, "a form that names no app removes none");
+
+    // A thief with a recovery code (they outlive a new phone), then the owner removes the app
+    // from a fresh page.
+    let (thief, resp) = two_steps(&app, "alice", "recovery_code", &codes[1]).await;
+    assert_eq!(resp.status(), 303);
+    let removed = owner.post(app.url("/account/totp/remove")).form(&removal_form(&account(&owner).await)).send().await;
+    let removed = removed.unwrap();
+    assert_eq!((removed.status().as_u16(), removed.headers()["location"].to_str().unwrap()), (303, "/account"));
+    let notice = account(&owner).await;
+    assert!(notice.contains("the other session signed in with its code or a recovery code is signed out"), "{notice}");
+    assert!(!signed_in(&thief).await, "the thief's session outlived the removal");
+    let line = app.log_lines().into_iter().rev().find(|l| l["event"] == "mfa_removed" && l["kind"] == "totp").unwrap();
+    assert_eq!(line["sessions"], 1, "{line}");
+}

@@ -31,18 +31,6 @@ pub struct CsrfOnly {
     pub csrf: String,
 }
 
-/// The session that posted a CSRF-only account form (remove the authenticator, new recovery
-/// codes), if it authenticated recently; otherwise the answer to send: the form's error, the
-/// sign-in page, or `/account/confirm` with `/account` to come back to.
-async fn recent_session_posting(
-    req: &Request,
-    body: poem::Body,
-    state: &crate::app::AppState,
-) -> Result<ActiveSession, Response> {
-    let form: CsrfOnly = crate::routes::read_form(req, body).await?;
-    confirm::signed_in_recently(req, state, SIGNED_OUT, &form.csrf, confirm::Then::Account).await
-}
-
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage<'a> {
@@ -60,6 +48,9 @@ struct AccountPage<'a> {
     factors: FactorSummary,
     /// When the authenticator app was set up (RFC 3339), if it is.
     totp_since: Option<crate::routes::Moment>,
+    /// When the app was set up (Unix ms), for its removal form: a page shown before the app
+    /// was replaced removes nothing (`routes::account::totp::remove`).
+    totp_enrolled_at: u64,
     /// The `second_factor` policy wants a factor this user lacks.
     must_enrol: bool,
     /// The passkeys section (`templates/account_passkeys.html`).
@@ -163,10 +154,11 @@ async fn render_listed(
         Ok(f) => f,
         Err(e) => return store_error(&e, "could not read the user's second factors"),
     };
-    let totp_since = match state.store.factors.totp(&user.key).await {
-        Ok(t) => t.map(|t| crate::routes::Moment::at(t.created_at)),
+    let totp_enrolled_at = match state.factors.totp_enrolled_at(&user.key).await {
+        Ok(at) => at,
         Err(e) => return store_error(&e, "could not read the user's authenticator"),
     };
+    let totp_since = totp_enrolled_at.map(crate::routes::Moment::at);
     let passkeys = match crate::routes::passkeys::views(state, &user.key).await {
         Ok(v) => v,
         Err(crate::passkeys::PasskeyError::Store(e)) => return store_error(&e, "could not list passkeys"),
@@ -199,6 +191,7 @@ async fn render_listed(
             captcha: password_captcha,
             factors,
             totp_since,
+            totp_enrolled_at: totp_enrolled_at.unwrap_or_default(),
             must_enrol: state.settings.second_factor.requires(user.admin) && !factors.has_second_factor(),
             removal_note: removal_note(&factors, state.settings.second_factor.requires(user.admin)),
             passkeys,

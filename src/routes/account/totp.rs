@@ -22,7 +22,7 @@ use super::recovery_codes::codes_with_first_factor;
 use super::SIGNED_OUT;
 use crate::app::AppState;
 use crate::audit::AuthEvent;
-use crate::factors::{totp, Enrolment, FactorError, FactorKind};
+use crate::factors::{totp, Enrolment, FactorError, FactorKind, TotpRemoval};
 use crate::routes::flash::Notice;
 use crate::routes::{error_page, html_with_secret, read_form, see_other, signed_in, store_error, State};
 use crate::session::ActiveSession;
@@ -227,8 +227,20 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             }
         }
         state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
-        let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
         let replaced = replacing.is_some();
+        // The old app's codes sign in no more: nor do the sessions they signed in (as on its
+        // removal), but this one, whose user has just proved who they are.
+        if replaced {
+            if let Err(source) = state.factors.end_app_sessions(&user.key, Some(&session.token_hash)).await {
+                let status = crate::routes::store_fault(&source, "replaced the authenticator but could not end its sessions");
+                return crate::routes::error_page_saying(
+                    status,
+                    "Authenticator app replaced, its sessions not signed out",
+                    "Your new authenticator app is set up, but the server could not sign out the other sessions the old one's codes signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment.",
+                );
+            }
+        }
+        let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
         let headline = "Your authenticator app is set up.";
         codes_with_first_factor(req, &state, &session, headline, replaced, otherwise, signed_out).await
     }
@@ -239,19 +251,54 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
     resp
 }
 
+/// The account page's *Remove authenticator app* form.
+#[derive(serde::Deserialize)]
+struct RemoveForm {
+    #[serde(default)]
+    csrf: String,
+    /// When the app the page showed was set up (Unix ms): a page shown before the app was
+    /// replaced in another window must not remove the new one (review 137). Absent (a
+    /// hand-made request) matches none: 409, since what it would remove is unknown.
+    #[serde(default)]
+    enrolled_at: String,
+}
+
 #[handler]
 pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
-    let session = match super::recent_session_posting(req, body, &state).await {
+    let form: RemoveForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Account).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    match state.factors.remove_totp(&session.user.key).await {
-        Ok(Some(codes_voided)) => {
-            let username = &session.user.display_name;
-            state.audit.factor_removed(username, FactorKind::Totp, 0, codes_voided, username);
-            Notice::TotpRemoved.attach(&state.csrf, &session.token_hash, see_other("/account"))
+    // An unreadable time names no app: it can match none (`u64::MAX` is no setup time).
+    let shown = form.enrolled_at.parse::<u64>().unwrap_or(u64::MAX);
+    let username = &session.user.display_name;
+    match state.factors.remove_totp(&session.user.key, Some(shown), Some(&session.token_hash)).await {
+        Ok(TotpRemoval::Removed { codes_voided, sessions_ended: Ok(ended) }) => {
+            state.audit.factor_removed(username, FactorKind::Totp, ended, codes_voided, username);
+            Notice::TotpRemoved { ended }.attach(&state.csrf, &session.token_hash, see_other("/account"))
         }
-        Ok(None) => see_other("/account"),
+        Ok(TotpRemoval::Removed { codes_voided, sessions_ended: Err(source) }) => {
+            let status = crate::routes::store_fault(&source, "removed the authenticator but could not end its sessions");
+            // Recorded as removed, since it is; the sessions are said to be open.
+            state.audit.factor_removed(username, FactorKind::Totp, 0, codes_voided, username);
+            crate::routes::error_page_saying(
+                status,
+                "Authenticator app removed, its sessions not signed out",
+                "Your authenticator app is removed, but the server could not sign out the other sessions its codes signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment.",
+            )
+        }
+        // Sent twice, or removed from another window: it is gone, as asked.
+        Ok(TotpRemoval::NotThere) => see_other("/account"),
+        Ok(TotpRemoval::Changed) => crate::routes::error_page_leading(
+            StatusCode::CONFLICT,
+            "Authenticator app not removed",
+            "Your authenticator app was replaced in another window after this page was shown, so nothing was removed. Open your account page again to see the app you have now, and remove it from there if you want to.",
+            ("/account", "Your account"),
+        ),
         Err(e) => store_error(&e, "could not remove the authenticator"),
     }
 }
