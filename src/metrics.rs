@@ -97,9 +97,22 @@ impl LoginResult {
                     FailureReason::RateLimited | FailureReason::Csrf | FailureReason::CaptchaRequired => "refused",
                     _ => "failure",
                 };
-                LoginLabels { result, reason: reason.as_str() }
+                LoginLabels { result, reason: metric_reason(reason) }
             }
         }
+    }
+}
+
+/// The `reason` label of a refusal: the record's reason, but one label for an unknown user,
+/// a wrong password and a disabled account. The client is answered alike for the three
+/// (SECURITY.md, "User enumeration"), and whoever reads the metrics (every local user, on the
+/// loopback default) must not tell them apart either, one attempt at a time: review 138 told
+/// an existing name, and a right password of a disabled account, from the counter's step.
+/// The log and the store keep which it was.
+fn metric_reason(reason: FailureReason) -> &'static str {
+    match reason {
+        FailureReason::UnknownUser | FailureReason::BadPassword | FailureReason::Disabled => "bad_credentials",
+        other => other.as_str(),
     }
 }
 
