@@ -413,9 +413,16 @@ impl Rule {
     }
 
     fn matches_request(&self, t: &Target<'_>, folded: bool, asked: Asked) -> bool {
+        /// Whether a rule's `method` covers a request's: itself, and `GET` covers `HEAD` too,
+        /// which applications answer with their GET handler (RFC 9110 §9.3.2; Flask, Express,
+        /// Django and Go's ServeMux route it so): a rule for `GET` that HEAD passed by ran that
+        /// handler all the same (review 137).
+        fn covers(method: &str, requested: &str) -> bool {
+            method == requested || (method == "GET" && requested == "HEAD")
+        }
         (self.domains.is_empty() || self.domains.iter().any(|d| d.matches(t.host)))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.is_match(t.path_and_query, folded, asked)))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m == t.method))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| covers(m, t.method)))
             && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&t.client)))
     }
 
@@ -696,6 +703,21 @@ mod tests {
         users = ["Alice"]
         policy = "one_factor"
     "#;
+
+    #[test]
+    fn a_rule_for_get_covers_head_which_applications_route_to_the_same_handler() {
+        let a = access(
+            "[[access.rules]]\npath = [\"^/getonly\"]\nmethods = [\"GET\"]\npolicy = \"deny\"\n\
+             [[access.rules]]\npath = [\"^/head\"]\nmethods = [\"HEAD\"]\npolicy = \"deny\"\n\
+             [[access.rules]]\npolicy = \"bypass\"",
+        )
+        .unwrap();
+        let d = |path: &str, method: &str| a.decide(&target("app.example.com", path, method), None);
+        assert_eq!(d("/getonly", "HEAD"), Decision::Policy(Policy::Deny, DecidedBy::Rule(1)));
+        assert_eq!(d("/getonly", "POST"), Decision::Policy(Policy::Bypass, DecidedBy::Rule(3)));
+        // Not the other way: a HEAD rule says nothing of GET, which sends the content.
+        assert_eq!(d("/head", "GET"), Decision::Policy(Policy::Bypass, DecidedBy::Rule(3)));
+    }
 
     #[test]
     fn the_first_matching_rule_decides_and_the_default_otherwise() {
