@@ -921,9 +921,10 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
     const DAY: u64 = 86_400;
     // Read as a duration first, so that `0s` is told the same minimum as `1s` (a review saw
     // "at least 1 second" for one and "at least 1d" for the other).
-    let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 90d or 2weeks ({e})"))?;
+    let d = whole_units(s)
+        .ok_or_else(|| "expected a duration in days like 90d (whole numbers of s, m, h or d)".to_string())?;
     if d > MAX_DURATION {
-        return Err("must be at most 100 years".into());
+        return Err("must be at most 100 years (36525d)".into());
     }
     if d.as_secs() < DAY {
         return Err(format!(
@@ -936,14 +937,44 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
 /// Durations like `30s`, `15m`, `12h`, `90d`, at least [`MIN_DURATION`] (1 second) and at
 /// most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s, 15m or 12h ({e})"))?;
+    let d = whole_units(s).ok_or_else(|| {
+        "expected a duration like 30s, 15m, 12h or 90d (whole numbers of s, m, h or d; `1h30m` adds them)".to_string()
+    })?;
     if d < MIN_DURATION {
         return Err("must be at least 1 second".into());
     }
     if d > MAX_DURATION {
-        return Err("must be at most 100 years".into());
+        return Err("must be at most 100 years (36525d)".into());
     }
     Ok(d)
+}
+
+/// `s` as whole numbers of seconds, minutes, hours and days (`30s`, `15m`, `1h30m`, `90d`),
+/// added; `None` for anything else, an empty text, or a sum past `u64` seconds. Only these
+/// four units, in lower case: a general parser read `15M` as fifteen months and `1y`, `1w` or
+/// `2.5h` without a word (review 138), where README names these four.
+fn whole_units(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit: u64 = match &rest[..letters] {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = rest[letters..].trim_start();
+    }
+    Some(Duration::from_secs(total))
 }
 
 /// `N/DUR` (a burst of N refilled evenly over DUR) or `off`.
@@ -1201,9 +1232,14 @@ mod tests {
             let e = Settings::from_layers(None, &flags(&[("audit_retention", short)]), &Overrides::new()).unwrap_err();
             assert!(e.to_string().contains("less than a day"), "{short}: {e}");
         }
-        for (written, days) in [("1d", 1), ("36h", 1), ("90d", 90), ("2weeks", 14)] {
+        for (written, days) in [("1d", 1), ("36h", 1), ("90d", 90), ("14d", 14)] {
             let s = Settings::from_layers(None, &flags(&[("audit_retention", written)]), &Overrides::new()).unwrap();
             assert_eq!(s.audit_retention, Duration::from_secs(days * 86_400), "{written}");
+        }
+        // The settings' four units only (`3M` was three months).
+        for other in ["2weeks", "3M", "1y"] {
+            let e = Settings::from_layers(None, &flags(&[("audit_retention", other)]), &Overrides::new()).unwrap_err();
+            assert!(e.to_string().contains("expected a duration in days like 90d"), "{other}: {e}");
         }
     }
 
@@ -1408,19 +1444,33 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_whole_seconds_minutes_hours_and_days() {
+        for (text, secs) in
+            [("30s", 30), ("15m", 900), ("12h", 43_200), ("90d", 7_776_000), ("1h30m", 5400), ("1h 30m", 5400)]
+        {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        // Months, years, weeks, fractions, milliseconds and bare numbers are not read at all
+        // (`15M` was fifteen months: review 138).
+        for refused in ["15M", "1y", "1w", "2.5h", "999ms", "1ns", "100years", "1800", "m", "", "15 minutes", "-1s"] {
+            let err = parse_duration(refused).unwrap_err();
+            assert!(err.contains("expected a duration like 30s, 15m, 12h or 90d"), "{refused}: {err}");
+        }
+    }
+
+    #[test]
     fn absurdly_long_durations_are_refused_not_a_panic_at_start() {
         // Found by the config property test: a quota of `1/600years` made governor panic when the
         // server built its limiters, instead of a one-line error naming the setting.
-        assert!(parse_rate("1/600years").is_err());
+        assert!(parse_rate("1/219000d").is_err());
         assert!(parse_duration("18446744073709551615s").is_err());
-        assert_eq!(parse_duration("100years"), Ok(MAX_DURATION));
+        assert!(parse_duration("18446744073709551615d").is_err());
+        assert_eq!(parse_duration(&format!("{}s", MAX_DURATION.as_secs())), Ok(MAX_DURATION));
         // And absurdly short ones, which quietly break things.
-        for short in ["0s", "1ns", "999ms"] {
-            assert_eq!(parse_duration(short), Err("must be at least 1 second".into()), "{short}");
-        }
-        assert!(parse_rate("1/1ns").is_err());
+        assert_eq!(parse_duration("0s"), Err("must be at least 1 second".into()));
+        assert!(parse_rate("1/0s").is_err());
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        let err = Settings::from_layers(None, &flags(&[("login_quota_per_ip", "1/600years")]), &Overrides::new())
+        let err = Settings::from_layers(None, &flags(&[("login_quota_per_ip", "1/219000d")]), &Overrides::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("login_quota_per_ip") && err.contains("100 years"), "{err}");
