@@ -227,11 +227,14 @@ pub(crate) async fn void_codes_without_factor(store: &Store, user_key: &str) -> 
 }
 
 /// A code as typed (TOTP, recovery) without the spaces, tabs and dashes people and apps put in
-/// it, each other character through `map`. Wiped when dropped, a code or not; sized up front
-/// so no reallocation leaves a copy behind.
+/// it, each other character through `map`, after NFKC (UAX #15), so full-width digits and
+/// letters, as a Japanese or Chinese input method types them (`１２３４５６`), are the ASCII
+/// ones (review 137). Wiped when dropped, a code or not; sized up front so no reallocation
+/// leaves a copy behind (NFKC never lengthens a full-width or ASCII character).
 fn compact_code(typed: &str, map: impl Fn(char) -> char) -> Zeroizing<String> {
+    use unicode_normalization::UnicodeNormalization;
     let mut code = Zeroizing::new(String::with_capacity(typed.len()));
-    code.extend(typed.chars().filter(|c| !c.is_whitespace() && *c != '-').map(map));
+    code.extend(typed.nfkc().filter(|c| !c.is_whitespace() && *c != '-').map(map));
     code
 }
 

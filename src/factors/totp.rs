@@ -131,6 +131,8 @@ mod tests {
     fn pasted_codes_with_spaces_or_dashes_are_read() {
         assert_eq!(normalise_code(" 123 456\n").as_deref().map(String::as_str), Some("123456"));
         assert_eq!(normalise_code("123-456").as_deref().map(String::as_str), Some("123456"));
+        // Full-width, as an East Asian input method types them, with its wide space.
+        assert_eq!(normalise_code("１２３\u{3000}４５６").as_deref().map(String::as_str), Some("123456"));
         for bad in ["12345", "1234567", "12345a", "+12345", "١٢٣٤٥٦"] {
             assert_eq!(normalise_code(bad), None, "{bad}");
         }
