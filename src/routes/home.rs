@@ -111,7 +111,9 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
     // The session, its user and the list in one store read: one statement on PostgreSQL.
     let (session, sessions) = match enrolled_session_listing(req, &state).await {
         Ok(Some(found)) => found,
-        Ok(None) => return see_other("/login"),
+        // An application's sign-out link followed by someone signed out already: signed out,
+        // as asked, so on to where it said (review 137 was left at the sign-in page).
+        Ok(None) => return see_other(rd.as_deref().unwrap_or("/login")),
         Err(resp) => return resp,
     };
     let passkeys = match passkeys_named_by(&state, &session.user.key, &sessions).await {

@@ -638,6 +638,16 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     assert_eq!(out.headers()["location"], original.as_str());
     assert_eq!(alice.get(&original).header("accept", PAGE).send().await.unwrap().status(), StatusCode::FOUND);
+    // The application's sign-out link followed again, signed out already: on to `rd` as
+    // asked (it was the sign-in page); an `rd` that fails the check still goes there.
+    let public = app.settings.public_url.as_deref().unwrap();
+    let again = alice.get(format!("{public}/")).query(&[("rd", original.as_str())]).send().await.unwrap();
+    assert_eq!(
+        (again.status(), again.headers()["location"].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, original.as_str())
+    );
+    let evil = alice.get(format!("{public}/")).query(&[("rd", "https://evil.test/")]).send().await.unwrap();
+    assert_eq!(evil.headers()["location"], "/login");
 
     // An expired session is refused; the same session made now is let in (so the refusal is
     // the expiry's).
