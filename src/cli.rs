@@ -693,10 +693,13 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
     let shown = |name: String| crate::text::unprintable(&name).into_owned();
     let (request, json) = match cmd {
         UserCommand::Add { name, admin, groups, password_stdin } => {
-            // Refused before the password is asked for, not after it was typed twice (review 133).
+            // Refused before the password is asked for, not after it was typed twice (reviews
+            // 133 and 137); the server parses the name again.
             crate::users::refuse_reserved(&groups)?;
+            let name = shown(name);
+            crate::domain::Username::parse_new(&name).map_err(crate::users::UserError::InvalidUsername)?;
             let password = read_password(password_stdin)?;
-            (Request::UserAdd { name: shown(name), password, admin, groups }, false)
+            (Request::UserAdd { name, password, admin, groups }, false)
         }
         UserCommand::Groups { name, add, remove } => (Request::UserGroups { name: shown(name), add, remove }, false),
         UserCommand::Passwd { name, password_stdin } => {

@@ -163,6 +163,10 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         (&["--config=audit", "store"][..], "`portcullis store` needs a subcommand"),
         // A name that starts with `-` is read as an option: the line says how to give it.
         (&["user", "add", "-bob"][..], "goes after `--`: portcullis user add -- -name"),
+        // A name that cannot be is said before a password is asked for (review 137 heard of
+        // the missing terminal first).
+        (&["user", "add", ""][..], "invalid username: "),
+        (&["user", "add", "a\u{200b}b"][..], "invalid username: "),
     ] {
         let run = cli(d, args).await;
         let line = run.assert_one_line_failure(&args.join(" "));
