@@ -377,6 +377,14 @@ impl Application {
                 Err(e) => return Err(e.into()),
             }
         } else {
+            // Users but no administrator who can sign in (a `user add` run first, or the last
+            // one disabled or deleted): nobody can open /admin, and no first start will make
+            // one. Said at the start (review 138: an operator was left without a word).
+            if !users.list().await?.iter().any(|u| u.admin && !u.disabled) {
+                tracing::warn!(
+                    "no enabled administrator: nobody can open /admin (portcullis user add NAME --admin makes one, or user enable NAME)"
+                );
+            }
             None
         };
 

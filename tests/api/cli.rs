@@ -378,6 +378,7 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || second.terminate_with_output()).await.unwrap();
     assert!(status.success(), "second stop: {status:?}; stderr: {stderr:#?}");
     assert!(printed_password(&stdout).is_none() && !stdout.iter().any(|l| l.contains(&password)));
+    assert!(!stderr.iter().any(|l| l.contains("no enabled administrator")), "{stderr:#?}");
 
     // Third start, stopped at once: the signal handler is in place before "listening".
     let third = tokio::task::spawn_blocking({
@@ -390,6 +391,17 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
     assert!(status.success(), "immediate stop: {status:?}; stderr: {stderr:#?}");
 
     assert_eq!(names(&list_json(&d).await), ["admin", "carol"], "users persist across stops");
+
+    // Without an enabled administrator the start says so (review 138: nothing did).
+    cli(&d, &["user", "disable", "admin"]).await.assert_ok("disable admin");
+    let fourth = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || ServerProcess::start(&d, SERVE)
+    })
+    .await
+    .unwrap();
+    let (_, _, stderr) = tokio::task::spawn_blocking(move || fourth.terminate_with_output()).await.unwrap();
+    assert!(stderr.iter().any(|l| l.contains("WARN") && l.contains("no enabled administrator")), "{stderr:#?}");
 }
 
 #[tokio::test]
