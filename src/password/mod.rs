@@ -150,6 +150,15 @@ impl PasswordPolicy {
 /// inside too many good passphrases to refuse by itself; zxcvbn still weighs it as a user input.
 pub const MIN_CONTEXT_NAME_CHARS: usize = 4;
 
+/// Whether two passwords are one as the rules judge passwords ([`PasswordPolicy::check`]):
+/// case-folded, without invisible characters, trimmed. For a new password that would be the
+/// current one again with only its case or surrounding spaces changed (review 137: README
+/// says every rule judges the folded, trimmed form). The copies are wiped.
+pub fn same_when_folded(a: &Password, b: &Password) -> bool {
+    let (a, b) = (zeroize::Zeroizing::new(fold(a.expose())), zeroize::Zeroizing::new(fold(b.expose())));
+    a.trim() == b.trim()
+}
+
 /// `text` case-folded the way username keys are (NFKC, lower case, NFKC again).
 fn fold(text: &str) -> String {
     // Invisible characters (a soft hyphen inside `al\u{ad}ice`) add nothing a person sees, so

@@ -65,9 +65,10 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if form.new != form.repeat {
         return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
     }
-    // Nothing to hash or check: the user typed both. (NFKC, as passwords are compared.)
-    let same =
-        crate::password::Password::new(&form.new).expose() == crate::password::Password::new(&form.current).expose();
+    // Nothing to hash or check: the user typed both. Judged as the policy judges a new
+    // password (case-folded, trimmed), not only as typed.
+    let (new, current) = (crate::password::Password::new(&form.new), crate::password::Password::new(&form.current));
+    let same = crate::password::same_when_folded(&new, &current);
     if same && !form.new.is_empty() {
         return again(StatusCode::BAD_REQUEST, "The new password is the one you have now: choose another.").await;
     }
