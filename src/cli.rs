@@ -463,9 +463,11 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
 fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
-    let metrics_addr = Settings::load(config, flags).ok().and_then(|s| s.metrics_addr);
-    if let Some(warning) = crate::config::metrics_exposure(metrics_addr) {
-        eprintln!("portcullis: warning: {warning}");
+    if let Ok(loaded) = Settings::load(config, flags) {
+        let hashing = crate::config::weak_hashing(loaded.argon2.memory_kib, loaded.argon2.iterations);
+        for warning in crate::config::metrics_exposure(loaded.metrics_addr).into_iter().chain(hashing) {
+            eprintln!("portcullis: warning: {warning}");
+        }
     }
     // Aligned to the widest line that fits a terminal; a longer one (the `access` rules on one
     // line) has its comment right after it, not every other line padded to its width.
@@ -584,7 +586,9 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
         Some(url) => format!("PostgreSQL at {url}"),
         None => format!("sled in {}", app.state().settings.data_dir.display()),
     };
-    if let Some(warning) = crate::config::metrics_exposure(app.metrics_addr()) {
+    let argon2 = &app.state().settings.argon2;
+    let hashing = crate::config::weak_hashing(argon2.memory_kib, argon2.iterations);
+    for warning in crate::config::metrics_exposure(app.metrics_addr()).into_iter().chain(hashing) {
         tracing::warn!("{warning}");
     }
     tracing::info!(

@@ -911,6 +911,22 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
     })
 }
 
+/// The warning for argon2 parameters below every one of OWASP's minimum configurations for
+/// argon2id (Password Storage Cheat Sheet: 47104 KiB with t=1, 19456 with t=2, 12288 with t=3,
+/// 9216 with t=4, 7168 with t=5), `None` when they meet one. Allowed (a small machine, a
+/// test), but new hashes are then cheaper to crack than the default's, which is worth a word
+/// at start and from `config check` (review 138: 8 KiB passed without one).
+pub fn weak_hashing(memory_kib: u32, iterations: u32) -> Option<String> {
+    const OWASP_MINIMUMS: [(u32, u32); 5] = [(47_104, 1), (19_456, 2), (12_288, 3), (9_216, 4), (7_168, 5)];
+    let meets = OWASP_MINIMUMS.iter().any(|&(m, t)| memory_kib >= m && iterations >= t);
+    (!meets).then(|| {
+        format!(
+            "argon2_memory_kib = {memory_kib} with argon2_iterations = {iterations} is below OWASP's minimum for argon2id \
+             (19456 KiB with 2 iterations, or 47104 with 1): new password hashes are cheaper to crack"
+        )
+    })
+}
+
 /// `audit_retention`: a [`parse_duration`] of at least a day, counted in whole days (rounded
 /// down), as the daily log files are: a review's `90s`, meant as days, deleted every
 /// failed-login record within seconds.
@@ -1224,6 +1240,13 @@ mod tests {
             assert!(warning.is_some_and(|w| w.contains("no TLS and no sign-in")), "{loud}");
         }
         assert_eq!(metrics_exposure(None), None);
+        // OWASP's argon2id minimums, each enough by itself; below all of them, a warning.
+        for (m, t) in [(19_456, 2), (47_104, 1), (7_168, 5), (65_536, 3)] {
+            assert_eq!(weak_hashing(m, t), None, "{m} KiB, t={t}");
+        }
+        for (m, t) in [(8, 1), (19_455, 2), (19_456, 1), (7_168, 4)] {
+            assert!(weak_hashing(m, t).is_some_and(|w| w.contains("below OWASP's minimum")), "{m} KiB, t={t}");
+        }
     }
 
     #[test]

@@ -327,3 +327,21 @@ async fn a_metrics_listener_others_may_reach_is_warned_of_and_still_valid() {
     let local = run(check(dir.path(), &[], &[("PORTCULLIS_METRICS_ADDR", "127.0.0.1:9464")])).await;
     assert_eq!((local.status, local.stderr.as_str()), (0, ""));
 }
+
+/// argon2 parameters below OWASP's minimums for argon2id are allowed, with a warning from
+/// `config check` (review 138: 8 KiB passed without a word).
+#[tokio::test]
+async fn hashing_below_owasps_minimum_is_warned_of_and_still_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let weak = run(check(dir.path(), &["--argon2-memory-kib", "8", "--argon2-iterations", "1"], &[])).await;
+    assert_eq!(weak.status, 0, "{}", weak.stderr);
+    assert!(
+        weak.stderr.starts_with(
+            "portcullis: warning: argon2_memory_kib = 8 with argon2_iterations = 1 is below OWASP's minimum"
+        ),
+        "{}",
+        weak.stderr
+    );
+    let owasp = run(check(dir.path(), &["--argon2-memory-kib", "47104", "--argon2-iterations", "1"], &[])).await;
+    assert_eq!((owasp.status, owasp.stderr.as_str()), (0, ""));
+}
