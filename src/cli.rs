@@ -152,7 +152,7 @@ Examples:
   # The same, with the URL (and its password) out of the process list:
   printenv TARGET_URL | portcullis store copy --to -
   # Back, from the database in database_url to a new sled directory:
-  PORTCULLIS_DATABASE_URL='postgres://...' portcullis store copy --to /var/lib/portcullis/data";
+  PORTCULLIS_DATABASE_URL='postgres://...' portcullis store copy --to /var/lib/portcullis-sled";
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
