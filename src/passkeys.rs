@@ -492,7 +492,7 @@ impl Passkeys {
     /// Finishes a discoverable sign-in: verifies the answer against `state` (what
     /// [`Passkeys::begin_sign_in`] gave, as the browser kept it, its seal checked by the
     /// caller) and the passkey the answer names (whose user handle must match), and notes the
-    /// use.
+    /// use; as its owner's last use only when `signs_in` (the account is not disabled).
     ///
     /// # Errors
     /// [`PasskeyError::NoCeremony`] for a state that is not one; [`PasskeyError::Rejected`]
@@ -500,7 +500,12 @@ impl Passkeys {
     /// [`PasskeyError::PossibleClone`] for a verified answer whose signature counter did not
     /// move forward (a cloned authenticator, W3C WebAuthn §6.1.1), unless it is the answer
     /// last noted, sent again: [`PasskeyError::AnswerUsed`]; [`PasskeyError::Store`].
-    pub async fn finish_sign_in(&self, state: &str, credential: &str) -> Result<Verified, PasskeyError> {
+    pub async fn finish_sign_in(
+        &self,
+        state: &str,
+        credential: &str,
+        signs_in: bool,
+    ) -> Result<Verified, PasskeyError> {
         let webauthn = self.webauthn()?;
         let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
         let cred: PublicKeyCredential =
@@ -514,7 +519,7 @@ impl Passkeys {
         }
         let mut passkey: Passkey = parse_passkey(&stored)?;
         let result = webauthn.finish_discoverable_authentication_v2(&cred, state, &passkey);
-        self.note_use(&stored, &mut passkey, &cred, result).await
+        self.note_use(&stored, &mut passkey, &cred, result, signs_in).await
     }
 
     /// Begins a passkey check for `user_key` as the second factor of the pending sign-in
@@ -580,17 +585,19 @@ impl Passkeys {
             return Err(PasskeyError::NoCeremony);
         }
         let (cred, stored, mut passkey, result) = checked?;
-        self.note_use(&stored, &mut passkey, &cred, result).await
+        self.note_use(&stored, &mut passkey, &cred, result, true).await
     }
 
     /// Notes a verified use of `stored` (`answer`; `result`: webauthn-rs's verdict on it), or
-    /// flags the passkey when its signature counter did not move forward.
+    /// flags the passkey when its signature counter did not move forward. `signs_in`: whether
+    /// the use signs someone in, and so is its owner's last use ([`PasskeyUse::at`]).
     async fn note_use(
         &self,
         stored: &StoredPasskey,
         passkey: &mut Passkey,
         answer: &PublicKeyCredential,
         result: Result<AuthenticationResult, WebauthnError>,
+        signs_in: bool,
     ) -> Result<Verified, PasskeyError> {
         let client_data_hash: [u8; 32] = Sha256::digest(&answer.response.client_data_json).into();
         let result = match result {
@@ -608,7 +615,8 @@ impl Passkeys {
         }
         passkey.update_credential(&result);
         let json = serde_json::to_string(&*passkey).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
-        let used = PasskeyUse { passkey: &json, sign_count: result.counter(), client_data_hash, at: now_ms() };
+        let at = signs_in.then(now_ms);
+        let used = PasskeyUse { passkey: &json, sign_count: result.counter(), client_data_hash, at };
         if !self.store.passkeys.record_passkey_use(&stored.id, &used).await? {
             // Another use with a higher counter was noted since this one's passkey was read.
             return Err(self.possible_clone(stored, &client_data_hash).await?);
@@ -808,7 +816,10 @@ mod tests {
         }
         assert_eq!(store.passkeys.purge_ceremonies(u64::MAX).await.unwrap(), 0, "none stored");
         for state in ["", "{}", "not json"] {
-            assert!(matches!(passkeys.finish_sign_in(state, "{}").await, Err(PasskeyError::NoCeremony)), "{state:?}");
+            assert!(
+                matches!(passkeys.finish_sign_in(state, "{}", true).await, Err(PasskeyError::NoCeremony)),
+                "{state:?}"
+            );
         }
     }
 

@@ -153,7 +153,9 @@ impl SignIn {
                 .map_err(|source| SignInError::Store { what: "could not read the passkey's user", source })?,
             Claimed::Removed(_) | Claimed::Nothing => None,
         };
-        let verified = match passkeys.finish_sign_in(&state, a.credential).await {
+        // A disabled account's verified answer signs nobody in: not its passkey's last use.
+        let signs_in = named.as_ref().is_some_and(|u| !u.disabled);
+        let verified = match passkeys.finish_sign_in(&state, a.credential, signs_in).await {
             Ok(v) => v,
             Err(PasskeyError::Store(source)) => {
                 return Err(SignInError::Store { what: "passkey sign-in failed: the store cannot be used", source })

@@ -150,7 +150,7 @@ pub fn passkey(id: &[u8], user_key: &str, created_at: u64) -> StoredPasskey {
 pub fn used(passkey: &str, sign_count: u32, at: u64) -> PasskeyUse<'_> {
     let mut client_data_hash = [passkey.as_bytes().first().copied().unwrap_or(0); 32];
     client_data_hash[..4].copy_from_slice(&sign_count.to_be_bytes());
-    PasskeyUse { passkey, sign_count, client_data_hash, at }
+    PasskeyUse { passkey, sign_count, client_data_hash, at: Some(at) }
 }
 
 async fn passkeys_round_trip_and_belong_to_their_user(store: &Store) {
@@ -208,6 +208,11 @@ async fn passkey_counters_only_move_forward(store: &Store) {
     assert!(p.record_passkey_use(b"zero", &used("z2", 0, 60)).await.unwrap());
     let z = p.passkey(b"zero").await.unwrap().unwrap();
     assert_eq!((z.passkey.as_str(), z.last_used_at), ("z2", Some(60)));
+    // A verified answer that signed nobody in moves the counter, not the time of last use.
+    let unused = PasskeyUse { at: None, ..used("z3", 0, 65) };
+    assert!(p.record_passkey_use(b"zero", &unused).await.unwrap());
+    let z = p.passkey(b"zero").await.unwrap().unwrap();
+    assert_eq!((z.passkey.as_str(), z.last_used_at), ("z3", Some(60)), "passkeys: no sign-in, no last use");
     p.add_passkey(&passkey(b"c", "alice", 2)).await.unwrap();
     assert!(p.record_passkey_use(b"c", &used("c5", 5, 70)).await.unwrap());
     assert!(

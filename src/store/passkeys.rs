@@ -61,8 +61,11 @@ pub struct PasskeyUse<'a> {
     pub sign_count: u32,
     /// SHA-256 of the answer's `clientDataJSON` ([`StoredPasskey::last_client_data_hash`]).
     pub client_data_hash: [u8; 32],
-    /// Unix ms.
-    pub at: u64,
+    /// When it signed someone in (Unix ms), the new [`StoredPasskey::last_used_at`]; `None` for
+    /// a verified answer that signed nobody in (its account disabled): the counter still moves,
+    /// as the authenticator's did, but the owner's "last used" does not say a sign-in happened
+    /// (review 138).
+    pub at: Option<u64>,
 }
 
 /// What an open ceremony is for.

@@ -371,6 +371,9 @@ async fn a_disabled_users_passkey_is_refused_as_any_refused_passkey_and_recorded
     assert!(page.contains("That passkey was not accepted.") && !page.contains("Incorrect username"), "{page}");
     let records = app.records(portcullis::store::FailureQuery::default()).await;
     assert_eq!(records[0].reason, FailureReason::Disabled, "the record says why");
+    // Nor is it the passkey's last use (review 138: `user factors` showed the refused try).
+    let listed = app.state.passkeys.list("alice").await.unwrap();
+    assert_eq!(listed[0].last_used_at, None, "a refused sign-in shown as the passkey's last use");
 }
 
 #[tokio::test]

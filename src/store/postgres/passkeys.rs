@@ -149,10 +149,11 @@ impl PasskeyStore for PgStore {
 
     async fn record_passkey_use(&self, id: &[u8], used: &PasskeyUse<'_>) -> Result<bool> {
         // The WHERE is the compare, re-checked on the latest row after a concurrent update.
-        let sql = "UPDATE passkeys SET passkey = $2, sign_count = $3, last_used_at_ms = $4, last_client_data_hash = $5
+        let sql = "UPDATE passkeys SET passkey = $2, sign_count = $3, last_used_at_ms = coalesce($4, last_used_at_ms),
+                   last_client_data_hash = $5
                    WHERE id = $1 AND (sign_count < $3 OR (sign_count = 0 AND $3 = 0))";
         let (count, hash) = (i64::from(used.sign_count), &used.client_data_hash[..]);
-        let n = self.client().await?.execute(sql, &[&id, &used.passkey, &count, &ms(used.at), &hash]).await?;
+        let n = self.client().await?.execute(sql, &[&id, &used.passkey, &count, &used.at.map(ms), &hash]).await?;
         Ok(n > 0)
     }
 

@@ -333,7 +333,7 @@ impl PasskeyStore for SledStore {
             }
             record.sign_count = sign_count;
             record.passkey = used.passkey.to_string();
-            record.last_used_at = Some(used.at);
+            record.last_used_at = used.at.or(record.last_used_at);
             record.last_client_data_hash = Some(used.client_data_hash);
             noted = true;
             serde_json::to_vec(&record).ok().or_else(|| Some(bytes.to_vec()))
