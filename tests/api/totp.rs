@@ -1143,6 +1143,7 @@ async fn replacing_or_removing_the_app_signs_out_the_sessions_its_codes_signed_i
     let (recovered, resp) = two_steps(&app, "alice", "recovery_code", &codes[0]).await;
     assert_eq!(resp.status(), 303, "signed in with a recovery code");
     let stale = account(&owner).await;
+    assert!(stale.contains("other sessions signed in with them (or with a recovery code) are signed out"), "{stale}");
 
     // A new phone: the old one's sessions end, the owner's stays.
     let page = owner.get(app.url("/account/totp")).send().await.unwrap().text().await.unwrap();
