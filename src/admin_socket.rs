@@ -178,10 +178,17 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                 )
             })
         }
-        Request::UserGroups { name, add, remove } => users.change_groups(name, add, remove, by).await.map(|(n, g)| {
-            let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
-            format!("user {n} is in: {}", if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") })
-        }),
+        Request::UserGroups { name, add, remove } => {
+            users.change_groups(name, add, remove, by).await.map(|(n, g, changed)| {
+                let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
+                let listed = if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") };
+                // A change asked for that was there already is said (review 138 saw a removal
+                // from a group the user was not in answered as if done).
+                let asked = !add.is_empty() || !remove.is_empty();
+                let unchanged = if asked && !changed { "; nothing changed: the groups were already so" } else { "" };
+                format!("user {n} is in: {listed}{unchanged}")
+            })
+        }
         Request::UserDel { name } => match users.delete(name, by).await {
             Ok((n, ended)) => Ok(format!("user {n} deleted; {ended} session(s) ended{}", no_admin_left(users).await)),
             Err(e) => Err(e),

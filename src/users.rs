@@ -412,16 +412,17 @@ impl UserAdmin {
         Ok((record.display_name.clone(), ended))
     }
 
-    /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name
-    /// and listed groups afterwards. Sessions stay: every verify reads the user's groups afresh,
-    /// so a removal takes effect at the next request.
+    /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name,
+    /// listed groups afterwards, and whether anything changed (`false` for a request that asks
+    /// for none, or only for what already is). Sessions stay: every verify reads the user's
+    /// groups afresh, so a removal takes effect at the next request.
     pub async fn change_groups(
         &self,
         name: &str,
         add: &[Group],
         remove: &[Group],
         by: &str,
-    ) -> Result<(String, Vec<Group>), UserError> {
+    ) -> Result<(String, Vec<Group>, bool), UserError> {
         // Removing it stays possible: a listing made before this rule can be taken back.
         refuse_reserved(add)?;
         if let Some(both) = add.iter().find(|g| remove.contains(g)) {
@@ -432,14 +433,14 @@ impl UserAdmin {
             // saying they changed.
             let (_, record) = self.existing(name).await?;
             let groups = record.effective_groups();
-            return Ok((record.display_name, groups));
+            return Ok((record.display_name, groups, false));
         }
         let (_, before) = self.existing(name).await?;
         if add.iter().all(|g| before.groups.contains(g)) && !remove.iter().any(|g| before.groups.contains(g)) {
             // Nothing to change (review 133: removing a group the user is not in logged a
             // change): no write, no event saying the groups changed.
             let groups = before.effective_groups();
-            return Ok((before.display_name, groups));
+            return Ok((before.display_name, groups, false));
         }
         let key = before.key.clone();
         let record = self
@@ -452,7 +453,7 @@ impl UserAdmin {
         self.audit.record(&AuthEvent::GroupsChanged { username: &record.display_name, groups: &listed, by });
         // What access rules and applications see: `admins` included for an administrator.
         let groups = record.effective_groups();
-        Ok((record.display_name, groups))
+        Ok((record.display_name, groups, true))
     }
 
     /// Clears the user's failure count and captcha demand; returns the user's name.

@@ -85,7 +85,10 @@ async fn groups_are_set_listed_and_changed_through_a_running_servers_socket() {
     let before = changes();
     let same = cli(&dir, &[], &["user", "groups", "carol", "--remove", "nonexistent", "--add", "dev"], None).await;
     assert!(same.ok && same.stdout.contains("dev, wiki"), "{same:?}");
+    assert!(same.stdout.contains("nothing changed"), "answered as if done (review 138): {same:?}");
     assert_eq!(changes(), before, "a change of nothing was logged");
+    let shown = cli(&dir, &[], &["user", "groups", "carol"], None).await;
+    assert!(shown.ok && !shown.stdout.contains("nothing changed"), "a listing asked for no change: {shown:?}");
 }
 
 #[tokio::test]
