@@ -529,8 +529,8 @@ impl SignIn {
         let with = SignedInWith::from(Factors::One);
         let browser = Browser { session: previous_session.as_ref(), device };
         let method = SignInMethod::Password;
-        let Some((token, device_cookie)) = self.complete(&user, with, client, browser, after_failures, method).await?
-        else {
+        let proved = Proved { with, method, app_at_check: None };
+        let Some((token, device_cookie)) = self.complete(&user, proved, client, browser, after_failures).await? else {
             // A first second factor was stored while the password was checked: the password
             // alone signs in no more, and the sign-in starts over (at the second step).
             self.audit.record(&AuthEvent::LoginInterrupted { username: &user.display_name, client });
@@ -624,22 +624,22 @@ impl SignIn {
     }
 
     /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
-    /// how many there were): the browser's previous session ended and a new one made `with`
-    /// its factors and passkey in one durable step, the success recorded (a success that
-    /// cannot be recorded does not happen). `passkey` names the passkey a passkey sign-in
-    /// used, for its record. Returns the session's token and the browser's device cookie's
-    /// new value, with a token for this user; `None`, with no session and nothing recorded,
-    /// when the passkey the sign-in used was removed while it was checked, a password-only
-    /// sign-in's user got a second factor meanwhile, or the app whose code it was was removed.
+    /// how many there were): the browser's previous session ended and a new one made with
+    /// the factors and passkey `proved` says in one durable step, the success recorded (a
+    /// success that cannot be recorded does not happen). Returns the session's token and the
+    /// browser's device cookie's new value, with a token for this user; `None`, with no
+    /// session and nothing recorded, when the passkey the sign-in used was removed while it
+    /// was checked, a password-only sign-in's user got a second factor meanwhile, or the
+    /// authenticator app was removed or replaced since [`Proved::app_at_check`].
     async fn complete(
         &self,
         user: &crate::store::User,
-        with: SignedInWith,
+        proved: Proved<'_>,
         client: &Client,
         browser: Browser<'_>,
         after_failures: usize,
-        method: SignInMethod<'_>,
     ) -> Result<Option<(SessionToken, String)>, SignInError> {
+        let Proved { with, method, app_at_check } = proved;
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
@@ -672,23 +672,27 @@ impl SignIn {
         // its generation begins, so one may have come since (review 136). Read once more, now
         // that the session is stored: a factor stored after this read finds the session in
         // the setup's sweep that follows it (`recovery_codes::codes_with_first_factor`).
-        // Alike, an app's code signs in only while the app is there: its removal removes the
-        // app, then the sessions it signed in (`SecondFactors::remove_totp`), so of the two one
-        // sees the other.
-        let app_code = matches!(method, SignInMethod::Totp);
-        if password_only || app_code {
-            let factors = self.factors.summary(&user.key).await;
-            let changed = match factors {
-                Ok(f) if app_code => !f.totp,
-                Ok(f) => f.has_second_factor(),
-                Err(source) => {
-                    self.sessions.discard(&token).await;
-                    return Err(SignInError::Store { what: "could not read the user's second factors", source });
-                }
-            };
-            if changed {
+        // Alike, a second step by the app's code or a recovery code signs in only while the
+        // app is the one there when the code was checked: its removal or replacement stores
+        // the change, then ends the sessions those codes signed in (`SecondFactors::remove_totp`,
+        // `end_app_sessions`), so of the two one sees the other (review 139 kept such
+        // sessions, a recovery code's too, in 5 of 40 races).
+        let changed = if password_only {
+            self.factors.summary(&user.key).await.map(|f| f.has_second_factor())
+        } else if let Some(app) = app_at_check {
+            self.factors.totp_enrolled_at(&user.key).await.map(|now| now != app)
+        } else {
+            Ok(false)
+        };
+        match changed {
+            Ok(false) => {}
+            Ok(true) => {
                 self.sessions.discard(&token).await;
                 return Ok(None);
+            }
+            Err(source) => {
+                self.sessions.discard(&token).await;
+                return Err(SignInError::Store { what: "could not read the user's second factors", source });
             }
         }
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
@@ -785,6 +789,17 @@ impl SignIn {
         if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
             return Ok(StepOutcome::Restart);
         }
+        // The app as it is before a code is checked: a removal or replacement after this read
+        // is seen again once the session is stored (`SignIn::complete`).
+        let app_at_check = match &proof {
+            Proof::Totp(_) | Proof::RecoveryCode(_) => Some(
+                self.factors
+                    .totp_enrolled_at(&user.key)
+                    .await
+                    .map_err(store_err("could not read the user's authenticator"))?,
+            ),
+            Proof::Passkey { .. } => None,
+        };
         let verdict = self.factors.verify(&user.key, &hash, &proof, now / 1000).await?;
         if let Verdict::PossibleClone(passkey) = &verdict {
             let (username, client) = (user.key.as_str(), judged.client);
@@ -838,7 +853,8 @@ impl SignIn {
                     },
                     FactorKind::Passkey => SignInMethod::Passkey(None),
                 };
-                match self.complete(&user, with, client, browser, after_failures, method).await? {
+                let proved = Proved { with, method, app_at_check };
+                match self.complete(&user, proved, client, browser, after_failures).await? {
                     Some((token, device_cookie)) => Ok(StepOutcome::SignedIn { token, next, device_cookie }),
                     // The passkey or the app was removed while it was checked: it signs
                     // nobody in, and the sign-in starts again at the password.
@@ -847,6 +863,18 @@ impl SignIn {
             }
         }
     }
+}
+
+/// How a sign-in proved who it is ([`SignIn::complete`]).
+struct Proved<'a> {
+    /// The factors and passkey its session is made with.
+    with: SignedInWith,
+    /// How, for its record.
+    method: SignInMethod<'a>,
+    /// For a second step by the app's code or a recovery code: when the authenticator app
+    /// there as the code was checked was set up (Unix ms; `None` inside: no app), read again
+    /// once the session is stored. `None` for other sign-ins.
+    app_at_check: Option<Option<u64>>,
 }
 
 /// An attempt being judged, with what every refusal needs.

@@ -196,7 +196,13 @@ impl SignIn {
         let name = Some(verified.passkey_name.as_str());
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
         let Some((token, device_cookie)) = self
-            .complete(&user, with, a.client, browser, after_failures, crate::audit::SignInMethod::Passkey(name))
+            .complete(
+                &user,
+                super::Proved { with, method: crate::audit::SignInMethod::Passkey(name), app_at_check: None },
+                a.client,
+                browser,
+                after_failures,
+            )
             .await?
         else {
             // Removed while it was checked: a removed passkey signs nobody in, and nothing was
