@@ -251,7 +251,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     let next = super::login::safe_next(form.next.as_deref());
     let rd = super::login::checked_rd(&state, form.rd.as_deref());
     let judged = state.sign_in.with_passkey(&state.passkeys, attempt).await;
-    super::login::count_judged(&state.metrics, &judged);
+    super::login::count_judged_passkey(&state.metrics, &judged);
     let mut resp = match judged {
         Ok(Outcome::SignedIn { token, device_cookie, .. }) => super::login::after_sign_in(
             rd.as_deref().or(next).unwrap_or("/"),

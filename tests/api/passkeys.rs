@@ -1059,11 +1059,16 @@ async fn passkey_sign_ins_are_counted_in_the_login_attempts_metric() {
     let csrf = login_csrf(&app, &other).await;
     assert_eq!(begin_sign_in(&app, &other, &csrf).await.status(), StatusCode::OK);
     assert_eq!(finish(&app, &other, &csrf, "{}").await.status(), StatusCode::UNAUTHORIZED);
+    // A genuine passkey of a disabled account counts as any refused passkey: the metrics must
+    // not say it was genuine (review 139 read `bad_credentials` there).
+    app.state.users.set_disabled("alice", true, "test").await.unwrap();
+    assert_eq!(sign_in(&app, &app.new_browser(), &mut device).await.status(), StatusCode::UNAUTHORIZED);
     let after = samples(&scrape_text(&app).await);
     let login = |result: &str, reason: &str| {
         delta(&before, &after, &format!("portcullis_login_attempts_total{{result=\"{result}\",reason=\"{reason}\"}}"))
     };
-    assert_eq!((login("success", "none"), login("failure", "bad_passkey")), (1.0, 1.0));
+    assert_eq!((login("success", "none"), login("failure", "bad_passkey")), (1.0, 2.0));
+    assert_eq!(login("failure", "bad_credentials"), 0.0);
 }
 
 /// A factor that a change under way adds after `user reset-factors` is taken back once written

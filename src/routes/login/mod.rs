@@ -71,6 +71,23 @@ pub fn count_judged(metrics: &crate::metrics::Metrics, judged: &Result<Outcome, 
     }
 }
 
+/// [`count_judged`] for a passkey sign-in, whose refusals the client sees alike ("That passkey
+/// was not accepted"): one whose record says `disabled` or `unknown_user` (a genuine passkey
+/// of a disabled or deleted account) counts as `bad_passkey`, as a forged answer does, so the
+/// metrics do not tell them apart either (review 139: `bad_credentials` said the passkey was
+/// genuine and its account disabled).
+pub fn count_judged_passkey(metrics: &crate::metrics::Metrics, judged: &Result<Outcome, SignInError>) {
+    use crate::audit::FailureReason;
+    match judged {
+        Ok(Outcome::Refused(refusal))
+            if matches!(refusal.reason, FailureReason::Disabled | FailureReason::UnknownUser) =>
+        {
+            metrics.login_attempt(LoginResult::Refused(FailureReason::BadPasskey))
+        }
+        other => count_judged(metrics, other),
+    }
+}
+
 /// The 303 that ends every sign-in (password, second factor, passkey): to `to`, with the new
 /// session's cookie, a new device cookie for the user ([`crate::csrf::DEVICE_COOKIE`], kept
 /// for [`crate::csrf::DEVICE_COOKIE_LIFETIME`] and through sign-outs: it names a browser, not
