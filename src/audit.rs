@@ -229,7 +229,8 @@ pub enum AuthEvent<'a> {
     MfaRemoved {
         username: &'a str,
         kind: &'a str,
-        /// Sessions the factor had signed in that its removal ended (a passkey's; 0 otherwise).
+        /// Sessions the factor had signed in that its removal ended (a passkey's; an app's, with
+        /// those of recovery codes; 0 for recovery codes).
         sessions: usize,
         by: &'a str,
     },

@@ -41,6 +41,9 @@ pub enum Notice {
     PasswordChanged { ended: usize },
     /// An authenticator app was turned on.
     TotpEnabled,
+    /// The authenticator app was set up again on a new phone, ending this many other sessions
+    /// the old one's codes (or a recovery code) signed in.
+    TotpReplaced { ended: usize },
     /// The authenticator app was removed, ending this many other sessions its codes (or a
     /// recovery code) signed in (none in a notice from before).
     TotpRemoved {
@@ -88,6 +91,18 @@ impl Notice {
                 format!("Your password is changed. {ended} other sessions were signed out.")
             }
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
+            Notice::TotpReplaced { ended: 0 } => {
+                "Your new authenticator app is set up; the old one's codes no longer work.".to_string()
+            }
+            Notice::TotpReplaced { ended: 1 } => {
+                "Your new authenticator app is set up; the old one's codes no longer work, \
+                 and the other session signed in with them or a recovery code is signed out."
+                    .to_string()
+            }
+            Notice::TotpReplaced { ended } => format!(
+                "Your new authenticator app is set up; the old one's codes no longer work, and the {ended} other \
+                 sessions signed in with them or recovery codes are signed out."
+            ),
             Notice::TotpRemoved { ended: 0 } => "Your authenticator app is removed.".to_string(),
             Notice::TotpRemoved { ended: 1 } => "Your authenticator app is removed, and the other session signed in \
                  with its code or a recovery code is signed out."

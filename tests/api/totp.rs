@@ -1150,11 +1150,19 @@ async fn replacing_or_removing_the_app_signs_out_the_sessions_its_codes_signed_i
     let (_, form) = enrolment_form(&page, &|s| code(s, step + 1));
     let replaced = owner.post(app.url("/account/totp")).form(&form).send().await.unwrap();
     assert_eq!(replaced.status(), 303, "replaced");
+    // Said on the page and in the log as the old app's removal (review 139: it read as a
+    // first setup, and its sign-outs were in no record).
+    let notice = account(&owner).await;
+    assert!(notice.contains("the 2 other sessions signed in with them or recovery codes are signed out"), "{notice}");
+    let removal =
+        app.log_lines().into_iter().rev().find(|l| l["event"] == "mfa_removed").expect("the old app's removal");
+    assert_eq!((&removal["kind"], &removal["sessions"]), (&"totp".into(), &2.into()), "{removal}");
     assert!(!signed_in(&thief).await, "the old phone's session outlived its replacement");
     assert!(!signed_in(&recovered).await, "the recovery code's session outlived the replacement");
     assert!(signed_in(&owner).await, "the owner's own session ends with it");
 
-    // The page from before the replacement names the old app: nothing is removed.
+    // The page from before the replacement names the old app: nothing is removed (a new page
+    // from the owner's account, above, took the notice; this one was shown before).
     let refused = owner.post(app.url("/account/totp/remove")).form(&removal_form(&stale)).send().await.unwrap();
     assert_eq!(refused.status(), 409);
     assert!(refused.text().await.unwrap().contains("replaced in another window"));

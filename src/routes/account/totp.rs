@@ -226,21 +226,34 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 return enrol_page(&state, &session, &fresh, StatusCode::CONFLICT, Some(message), None).await;
             }
         }
-        state.audit.record(&AuthEvent::MfaAdded { username: &user.display_name, kind: FactorKind::Totp.as_str() });
+        let username = &user.display_name;
         let replaced = replacing.is_some();
         // The old app's codes sign in no more: nor do the sessions they signed in (as on its
-        // removal), but this one, whose user has just proved who they are.
-        if replaced {
-            if let Err(source) = state.factors.end_app_sessions(&user.key, Some(&session.token_hash)).await {
-                let status = crate::routes::store_fault(&source, "replaced the authenticator but could not end its sessions");
-                return crate::routes::error_page_saying(
-                    status,
-                    "Authenticator app replaced, its sessions not signed out",
-                    "Your new authenticator app is set up, but the server could not sign out the other sessions the old one's codes signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment.",
-                );
-            }
-        }
-        let otherwise = Notice::TotpEnabled.attach(&state.csrf, &session.token_hash, see_other("/account"));
+        // removal), but this one, whose user has just proved who they are. Logged as the old
+        // app's removal, with the sessions it ended, then the new one's addition (review 139:
+        // a replacement read as a first setup, and its sign-outs were in no record).
+        let notice = if replaced {
+            let ended = match state.factors.end_app_sessions(&user.key, Some(&session.token_hash)).await {
+                Ok(n) => n,
+                Err(source) => {
+                    let what = "replaced the authenticator but could not end its sessions";
+                    let status = crate::routes::store_fault(&source, what);
+                    state.audit.factor_removed(username, FactorKind::Totp, 0, 0, username);
+                    state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str() });
+                    return crate::routes::error_page_saying(
+                        status,
+                        "Authenticator app replaced, its sessions not signed out",
+                        "Your new authenticator app is set up, but the server could not sign out the other sessions the old one's codes signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment.",
+                    );
+                }
+            };
+            state.audit.factor_removed(username, FactorKind::Totp, ended, 0, username);
+            Notice::TotpReplaced { ended }
+        } else {
+            Notice::TotpEnabled
+        };
+        state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str() });
+        let otherwise = notice.attach(&state.csrf, &session.token_hash, see_other("/account"));
         let headline = "Your authenticator app is set up.";
         codes_with_first_factor(req, &state, &session, headline, replaced, otherwise, signed_out).await
     }
