@@ -451,7 +451,7 @@ impl Settings {
             }
         }
         if settings.argon2.memory_kib < 8 * settings.argon2.parallelism {
-            return Err(p.invalid("argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
+            return Err(p.invalid("argon2_memory_kib", "must be at least 8 times argon2_parallelism"));
         }
         if settings.session_absolute_timeout < settings.session_idle_timeout {
             return Err(p.invalid("session_absolute_timeout", "must not be shorter than session_idle_timeout"));
@@ -965,8 +965,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `s` as whole numbers of seconds, minutes, hours and days (`30s`, `15m`, `1h30m`, `90d`),
-/// added; `None` for anything else, an empty text, or a sum past `u64` seconds. Only these
+/// `s` as whole numbers of seconds, minutes, hours and days (`30s`, `15m`, `1h30m`, `90d`;
+/// spaces between and around the parts are allowed), added, a sum past `u64` seconds taken
+/// as `u64::MAX` seconds; `None` for anything else or an empty text. Only these
 /// four units, in lower case: a general parser read `15M` as fifteen months and `1y`, `1w` or
 /// `2.5h` without a word (review 138), where README names these four.
 fn whole_units(s: &str) -> Option<Duration> {
@@ -977,7 +978,11 @@ fn whole_units(s: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u64 = rest[..digits].parse().ok()?;
+        if digits == 0 {
+            return None;
+        }
+        // Past `u64` is past every limit: the caller says how far it may go.
+        let n: u64 = rest[..digits].parse().unwrap_or(u64::MAX);
         rest = &rest[digits..];
         let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit: u64 = match &rest[..letters] {
@@ -987,7 +992,7 @@ fn whole_units(s: &str) -> Option<Duration> {
             "d" => 86_400,
             _ => return None,
         };
-        total = total.checked_add(n.checked_mul(unit)?)?;
+        total = total.saturating_add(n.saturating_mul(unit));
         rest = rest[letters..].trim_start();
     }
     Some(Duration::from_secs(total))
@@ -1488,6 +1493,8 @@ mod tests {
         assert!(parse_rate("1/219000d").is_err());
         assert!(parse_duration("18446744073709551615s").is_err());
         assert!(parse_duration("18446744073709551615d").is_err());
+        // Too long is said as too long, however many digits (review 139).
+        assert_eq!(parse_duration("99999999999999999999s"), Err("must be at most 100 years (36525d)".into()));
         assert_eq!(parse_duration(&format!("{}s", MAX_DURATION.as_secs())), Ok(MAX_DURATION));
         // And absurdly short ones, which quietly break things.
         assert_eq!(parse_duration("0s"), Err("must be at least 1 second".into()));
