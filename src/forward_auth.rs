@@ -665,7 +665,7 @@ const PATH_ENCODE: &AsciiSet = &percent_encoding::CONTROLS
 /// - an overlong UTF-8 sequence (`%C0%AE`, `%E0%80%AE`): no character, and `.` or `/` to a
 ///   decoder that accepts it;
 /// - a double-encoded character (`%2561`, `%252F`): the character to an application that
-///   decodes twice, the text `%61` to a rule.
+///   decodes twice, the text `%61` to a rule; and IIS's `%u0061`, a character to IIS only.
 pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     // Refused in a request target already; a reading gets one from NFKC (full-width `＼`).
     if raw.contains('\\') {
@@ -702,6 +702,12 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     let double = |text: &str| text.as_bytes().windows(5).any(|w| &w[..3] == b"%25" && hex(&w[3]) && hex(&w[4]));
     if double(&lower) || double(&decoded) {
         return Err(TargetError::AmbiguousPath("a double-encoded character"));
+    }
+    // IIS's own escape (`%u0061` for `a`), which no other server reads (review 139: `/%u0061dmin`
+    // passed a rule for `^/admin`).
+    let iis = |text: &str| text.as_bytes().windows(6).any(|w| &w[..2] == b"%u" && w[2..].iter().all(hex));
+    if iis(&lower) || iis(&decoded.to_ascii_lowercase()) {
+        return Err(TargetError::AmbiguousPath("an IIS %u escape"));
     }
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let mut out: Vec<&str> = Vec::with_capacity(segments.len());
@@ -1071,6 +1077,8 @@ mod tests {
         }
         for raw in [
             "/%2561dmin",
+            "/%u0061dmin",
+            "/%U0061dmin",
             "/public/%252Fadmin",
             "/x/%25%32%46",
             "/public/..%2fadmin",
