@@ -690,6 +690,22 @@ impl SledStore {
         Ok(removed)
     }
 
+    /// Removes the user's sessions but `keep` that `matches` picks; returns how many.
+    fn delete_user_sessions_where(
+        &self,
+        user_key: &str,
+        keep: Option<&TokenHash>,
+        matches: impl Fn(&Session) -> bool,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for s in self.user_sessions(user_key)? {
+            if keep != Some(&s.token_hash) && matches(&s.record) && self.delete_session(&s.token_hash)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes every session `expired` says is over; returns how many.
     fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<usize> {
         let mut removed = 0;
@@ -1239,26 +1255,15 @@ impl SessionStore for SledStore {
 
     async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize> {
         self.usable()?;
-        let mut removed = 0;
-        for s in self.user_sessions(user_key)? {
-            let its = s.record.passkey_id.as_deref() == Some(passkey_id) && keep != Some(&s.token_hash);
-            if its && self.delete_session(&s.token_hash)? {
-                removed += 1;
-            }
-        }
+        let removed =
+            self.delete_user_sessions_where(user_key, keep, |r| r.passkey_id.as_deref() == Some(passkey_id))?;
         self.durable(removed).await
     }
 
     async fn delete_for_app(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize> {
         self.usable()?;
-        let mut removed = 0;
-        for s in self.user_sessions(user_key)? {
-            let r = &s.record;
-            let its = r.factors == Factors::Two && r.passkey_id.is_none() && keep != Some(&s.token_hash);
-            if its && self.delete_session(&s.token_hash)? {
-                removed += 1;
-            }
-        }
+        let removed =
+            self.delete_user_sessions_where(user_key, keep, |r| r.factors == Factors::Two && r.passkey_id.is_none())?;
         self.durable(removed).await
     }
 
