@@ -464,8 +464,7 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
     if let Ok(loaded) = Settings::load(config, flags) {
-        let hashing = crate::config::weak_hashing(loaded.argon2.memory_kib, loaded.argon2.iterations);
-        for warning in crate::config::metrics_exposure(loaded.metrics_addr).into_iter().chain(hashing) {
+        for warning in crate::config::warnings(loaded.metrics_addr, &loaded.argon2) {
             eprintln!("portcullis: warning: {warning}");
         }
     }
@@ -586,9 +585,7 @@ async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
         Some(url) => format!("PostgreSQL at {url}"),
         None => format!("sled in {}", app.state().settings.data_dir.display()),
     };
-    let argon2 = &app.state().settings.argon2;
-    let hashing = crate::config::weak_hashing(argon2.memory_kib, argon2.iterations);
-    for warning in crate::config::metrics_exposure(app.metrics_addr()).into_iter().chain(hashing) {
+    for warning in crate::config::warnings(app.metrics_addr(), &app.state().settings.argon2) {
         tracing::warn!("{warning}");
     }
     tracing::info!(

@@ -911,12 +911,20 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
     })
 }
 
+/// What `config check` and the start warn of in settings that are valid but risky: a metrics
+/// listener others may reach at `metrics_addr` ([`metrics_exposure`]; the start passes the
+/// address it bound) and argon2 below OWASP's minimums ([`weak_hashing`]).
+pub fn warnings(metrics_addr: Option<SocketAddr>, argon2: &HashParams) -> Vec<String> {
+    metrics_exposure(metrics_addr).into_iter().chain(weak_hashing(argon2)).collect()
+}
+
 /// The warning for argon2 parameters below every one of OWASP's minimum configurations for
 /// argon2id (Password Storage Cheat Sheet: 47104 KiB with t=1, 19456 with t=2, 12288 with t=3,
 /// 9216 with t=4, 7168 with t=5), `None` when they meet one. Allowed (a small machine, a
 /// test), but new hashes are then cheaper to crack than the default's, which is worth a word
 /// at start and from `config check` (review 138: 8 KiB passed without one).
-pub fn weak_hashing(memory_kib: u32, iterations: u32) -> Option<String> {
+pub fn weak_hashing(argon2: &HashParams) -> Option<String> {
+    let HashParams { memory_kib, iterations, .. } = *argon2;
     const OWASP_MINIMUMS: [(u32, u32); 5] = [(47_104, 1), (19_456, 2), (12_288, 3), (9_216, 4), (7_168, 5)];
     let meets = OWASP_MINIMUMS.iter().any(|&(m, t)| memory_kib >= m && iterations >= t);
     (!meets).then(|| {
@@ -1247,10 +1255,15 @@ mod tests {
         assert_eq!(metrics_exposure(None), None);
         // OWASP's argon2id minimums, each enough by itself; below all of them, a warning.
         for (m, t) in [(19_456, 2), (47_104, 1), (7_168, 5), (65_536, 3)] {
-            assert_eq!(weak_hashing(m, t), None, "{m} KiB, t={t}");
+            assert_eq!(
+                weak_hashing(&HashParams { memory_kib: m, iterations: t, parallelism: 1 }),
+                None,
+                "{m} KiB, t={t}"
+            );
         }
         for (m, t) in [(8, 1), (19_455, 2), (19_456, 1), (7_168, 4)] {
-            assert!(weak_hashing(m, t).is_some_and(|w| w.contains("below OWASP's minimum")), "{m} KiB, t={t}");
+            let warning = weak_hashing(&HashParams { memory_kib: m, iterations: t, parallelism: 1 });
+            assert!(warning.is_some_and(|w| w.contains("below OWASP's minimum")), "{m} KiB, t={t}");
         }
     }
 

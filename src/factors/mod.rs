@@ -446,13 +446,13 @@ impl SecondFactors {
                 None => TotpRemoval::NotThere,
             });
         };
-        let sessions_ended = self.store.sessions.delete_for_app(user_key, keep).await;
+        let sessions_ended = self.end_app_sessions(user_key, keep).await;
         Ok(TotpRemoval::Removed { codes_voided, sessions_ended })
     }
 
     /// Signs out the user's sessions but `keep` whose second step was not a passkey: those the
     /// authenticator app signed in (or a recovery code; a session does not tell them apart),
-    /// after the app was replaced. Returns how many.
+    /// after the app was removed or replaced. Returns how many.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be used.
