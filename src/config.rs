@@ -977,8 +977,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// spaces between and around the parts are allowed), added, a sum past `u64` seconds taken
 /// as `u64::MAX` seconds; `None` for anything else or an empty text. Only these
 /// four units, in lower case: a general parser read `15M` as fifteen months and `1y`, `1w` or
-/// `2.5h` without a word (review 138), where README names these four.
-fn whole_units(s: &str) -> Option<Duration> {
+/// `2.5h` without a word (review 138), where README names these four. The audit filters'
+/// durations back from now are read by it too, so `--since 15m` means what a setting does.
+pub fn whole_units(s: &str) -> Option<Duration> {
     let mut rest = s.trim();
     if rest.is_empty() {
         return None;

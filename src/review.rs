@@ -46,7 +46,7 @@ pub struct FilterArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error("--since/--until: `{0}` is neither a duration like 2h, `now`, nor an RFC 3339 time")]
+    #[error("--since/--until: `{0}` is neither a duration like 2h or 1d12h (s, m, h, d), `now`, nor an RFC 3339 time")]
     Time(String),
     #[error("--ip: `{0}` is not an address or CIDR range")]
     Ip(String),
@@ -108,7 +108,9 @@ fn relative_time(s: &str, now_ms: u64) -> Option<i128> {
     if s.eq_ignore_ascii_case("now") {
         return Some(i128::from(now_ms));
     }
-    let d = humantime::parse_duration(s).ok()?;
+    // A sum past `u64` seconds (`99999999999999999999h`) is a typing slip, not "all time":
+    // refused with the format's message, as the general parser did.
+    let d = crate::config::whole_units(s).filter(|d| d.as_secs() != u64::MAX)?;
     Some(i128::from(now_ms) - i128::try_from(d.as_millis()).unwrap_or(i128::MAX / 2))
 }
 
@@ -761,6 +763,13 @@ mod tests {
         assert!(parse_time("yesterday", 0).is_err());
         // Just over 2^64 ms back: `as u64` made it 34 minutes.
         assert_eq!(parse_time("5124095576031h", 10 * HOUR_MS).unwrap(), 0);
+        // The units settings take, in lower case: a general parser read `15M` as fifteen
+        // months back and took `1w` and `2.5h`, where a setting refuses them.
+        assert_eq!(parse_time("15m", 10 * HOUR_MS).unwrap(), 10 * HOUR_MS - 15 * 60_000);
+        assert_eq!(parse_time("1d 2h", 30 * HOUR_MS).unwrap(), 4 * HOUR_MS);
+        for bad in ["15M", "1w", "2.5h", "1y", "3 hours", "99999999999999999999h"] {
+            assert!(matches!(parse_time(bad, 10 * HOUR_MS), Err(FilterError::Time(_))), "{bad}");
+        }
         assert_eq!(parse_time("1969-12-31T23:00:00Z", 0), Err(FilterError::OutOfRange("1969-12-31T23:00:00Z".into())));
         assert_eq!(parse_limit("50", 500), Ok(50));
         for bad in ["0", "-1", "501", "abc", "18446744073709551616", "+5", ""] {
