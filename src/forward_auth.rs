@@ -502,7 +502,9 @@ fn raw_path(raw: &str) -> &str {
 ///   base)`, as Node's documentation shows, PHP's `parse_url`): the parser skips every
 ///   leading slash, takes what follows up to the next slash as a host, and the rest is the
 ///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent and normalised
-///   (an application may decode it after parsing: `//x/%61dmin`).
+///   (an application may decode it after parsing: `//x/%61dmin`);
+/// - each of these with its segments trimmed, as Spring and Windows read them
+///   ([`trimmed_readings`]): `/%20/admin` and `/admin.` are `/admin`.
 ///
 /// Case-insensitive routers (Express's default, Koa, ASP.NET Core), which serve `/ADMIN/users`
 /// from the `/admin` handler, are not a reading of the path but of the rules: see
@@ -540,10 +542,65 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         case_folded.extend(unicode.case_folded.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?);
     }
     for readings in [&mut other, &mut case_folded] {
+        let trimmed = readings.iter().flat_map(|r| trimmed_readings(r)).map(|r| normalise_path(&r));
+        let trimmed = trimmed.collect::<Result<Vec<_>, _>>()?;
+        readings.extend(trimmed);
         readings.sort_unstable();
         readings.dedup();
     }
     Ok(Readings { other, case_folded })
+}
+
+/// `path` (percent-encoded) as servers that trim its segments read it, each reading only
+/// where it differs from `path` (review 142: `/%20/admin` and `/public/..%20/x` passed rules
+/// for `^/admin` and `^/public/`):
+/// - each segment without the spaces around it, as Spring's `AntPathMatcher` with
+///   `trimTokens` routed (before Spring 4.3.1, CVE-2016-5007): `/%20/admin` is `/admin`,
+///   `/public/..%20/x` is `/public/../x`;
+/// - each segment without its trailing dots and spaces and an NTFS stream suffix (`::$DATA`),
+///   as Windows reads a file name (IIS, and applications that map paths to files there):
+///   `/admin.` and `/admin::$DATA` are `/admin`. Dots stop at a segment of one or two, so
+///   `..%20` and `...` are the dot segment Windows 9x read, and refused.
+///
+/// The readings go through [`normalise_path`], which merges the empty segments left and
+/// refuses dot segments.
+fn trimmed_readings(path: &str) -> Vec<String> {
+    fn spaces(segment: &str) -> &str {
+        let mut s = segment;
+        while let Some(rest) = s.strip_prefix("%20") {
+            s = rest;
+        }
+        while let Some(rest) = s.strip_suffix("%20") {
+            s = rest;
+        }
+        s
+    }
+    fn windows(segment: &str) -> &str {
+        let mut s = segment;
+        // A dot segment stays one: `..%20` and `...` are `..` here, and refused.
+        while !is_dots(s) {
+            let ends_with = |suffix: &str| {
+                s.len() >= suffix.len()
+                    && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            };
+            match ["%20", "::$data", "%2e", "."].into_iter().find(|suffix| ends_with(suffix)) {
+                Some(suffix) => s = &s[..s.len() - suffix.len()],
+                None => break,
+            }
+        }
+        s
+    }
+    fn is_dots(s: &str) -> bool {
+        [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| s.eq_ignore_ascii_case(dots))
+    }
+    let mut readings = Vec::new();
+    for trim in [spaces as fn(&str) -> &str, windows] {
+        let trimmed = path.split('/').map(trim).collect::<Vec<_>>().join("/");
+        if trimmed != path {
+            readings.push(trimmed);
+        }
+    }
+    readings
 }
 
 /// The readings [`other_readings`] finds: of applications that keep case, and of those that
@@ -816,6 +873,30 @@ pub fn wants_page(accept: Option<&str>, requested_with: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_path_is_read_with_its_segments_trimmed_as_spring_and_windows_read_it() {
+        let kept = |path: &str| super::other_readings(path).unwrap().other;
+        let has = |readings: Vec<String>, want: &str| readings.iter().any(|r| r == want);
+        assert!(has(kept("/%20/admin"), "/admin"), "a blank segment, trimmed away");
+        assert!(has(kept("/%20admin%20/x"), "/admin/x"));
+        assert!(has(kept("/admin./x"), "/admin/x"), "Windows drops a trailing dot");
+        assert!(has(kept("/admin.%20.%20"), "/admin"));
+        assert!(has(kept("/admin::$DATA"), "/admin"), "and an NTFS stream's name");
+        assert!(has(kept("/admin%3A%3A%24data"), "/admin"), "as routers decode it too");
+        for path in [
+            "/x/.../admin",
+            "/public/..%20/x",
+            "/public/%20../x",
+            "/public/.%20/x",
+            "/public/...%20/x",
+            "/p/..::$DATA/x",
+            "/p/%2e%2e%20/x",
+        ] {
+            assert_eq!(super::other_readings(path), Err(TargetError::AmbiguousPath("a dot segment")), "{path}");
+        }
+        assert_eq!(kept("/plain/path.html"), vec!["/plain/path.html".to_string()], "nothing to trim: one reading");
+    }
+
     #[test]
     fn a_path_read_with_unicode_case_folding_is_one_more_reading() {
         let folded = |path: &str| super::other_readings(path).unwrap().case_folded;

@@ -500,12 +500,24 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         // Overlong UTF-8: `.` to decoders that accept it (review 108).
         "/public/%C0%AE%C0%AE/admin/x",
         "/public/%E0%80%AE%E0%80%AE/admin/x",
+        // Segments trimmed of spaces (Spring's `trimTokens`) or of trailing dots, spaces and
+        // `::$DATA` (Windows): a dot segment there, or a blank one merged away (review 142).
+        "/public/..%20/admin",
+        "/public/%20../admin",
+        "/public/...%20/admin",
+        "/public/..::$DATA/admin",
+        "/%20/admin",
+        "/.%20/admin",
+        "/%20./admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
-    // And the plain readings still pass.
+    // And the plain readings still pass: a trailing dot or space means nothing to a rule here.
     assert_eq!(caddy("//public//x").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(caddy("/wiki/Washington,_D.C.").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(caddy("/files/a%20b%20/c.").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(nginx("/admin.").await.unwrap().status(), StatusCode::FORBIDDEN);
     assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);
 }
 
