@@ -535,7 +535,7 @@ const OTHER_VARIABLES: &[&str] = &[
 /// variable was probably meant: a typo such as `PORTCULLIS_DATABSE_URL` would otherwise
 /// leave `database_url` unset without a word, and the server would start on a new sled
 /// store. Names are shown with their controls escaped; values never (they may hold
-/// passwords). Variables in [`OTHER_VARIABLES`] are not reported.
+/// passwords). Variables in `OTHER_VARIABLES` are not reported.
 pub fn ignored_variables() -> Vec<String> {
     let settings: Vec<String> = KEYS.iter().map(|k| env_name(k.name)).collect();
     let mut lines = Vec::new();

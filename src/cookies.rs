@@ -85,7 +85,7 @@ pub fn clear(name: &str) -> String {
 /// `__Secure-…` and carries `Domain=` that value, so it reaches every host under it (the
 /// applications that forward auth gates). Applied once, at the edge ([`scoped`]), so no cookie,
 /// present or future, can miss the rule (SPEC.md, "Gating other applications": the pre-login
-/// and any other cookie follow the session cookie's rule), but those in [`HOST_ONLY`].
+/// and any other cookie follow the session cookie's rule), but those in `HOST_ONLY`.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     domain: Option<String>,

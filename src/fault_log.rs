@@ -240,7 +240,7 @@ fn write_owed(owed: &Owed) {
 
 /// Every [`TICK`]: writes the counts that are due, and during an outage asks the store
 /// whether it answers (`Store::ready`) and the authentication log whether it takes lines
-/// (`Audit::log_unwritable`); when both do, writes one WARN line saying so ([`recovery_line`]),
+/// (`Audit::log_unwritable`); when both do, writes one WARN line saying so (`recovery_line`),
 /// how long the outage lasted and how many faults it caused. `quiet` is how long no fault must
 /// have come before that: short on PostgreSQL, whose check is real, and [`INTERVAL`] on sled,
 /// whose check always passes (a full disk shows only in writes).

@@ -504,13 +504,13 @@ fn raw_path(raw: &str) -> &str {
 ///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent and normalised
 ///   (an application may decode it after parsing: `//x/%61dmin`);
 /// - each of these with its segments trimmed, as Spring and Windows read them
-///   ([`trimmed_readings`]): `/%20/admin` and `/admin.` are `/admin`.
+///   (`trimmed_readings`): `/%20/admin` and `/admin.` are `/admin`.
 ///
 /// Case-insensitive routers (Express's default, Koa, ASP.NET Core), which serve `/ADMIN/users`
 /// from the `/admin` handler, are not a reading of the path but of the rules: see
 /// [`crate::access::Access::decide_ignoring_case`]. Those that decode first and ignore case
 /// by Unicode's rules (ASP.NET Core's `OrdinalIgnoreCase`) also read `/ſtaff` as `/staff`: each
-/// reading above with non-ASCII characters is given once more, folded ([`unicode_folded`]).
+/// reading above with non-ASCII characters is given once more, folded (`unicode_readings`).
 ///
 /// # Errors
 /// [`TargetError::AmbiguousPath`] when the path after such an authority is one servers read

@@ -175,7 +175,7 @@ pub enum Claimed {
 pub struct Removed {
     /// The passkey, as it was stored.
     pub passkey: StoredPasskey,
-    /// How many recovery codes went with it ([`crate::factors::void_codes_without_factor`]).
+    /// How many recovery codes went with it (`void_codes_without_factor`).
     pub codes_voided: usize,
     /// How many sessions it had signed in were ended.
     pub sessions_ended: usize,
@@ -433,7 +433,7 @@ impl Passkeys {
     /// Removes the user's passkey `id`, and ends the sessions it signed in (as the first factor
     /// or the second) but `keep` (the asker's, who has just proved who they are): a lost or
     /// stolen passkey's sessions are over with it. The last second factor removed takes the
-    /// recovery codes ([`crate::factors::void_codes_without_factor`]). `None` when the user has
+    /// recovery codes (`void_codes_without_factor`). `None` when the user has
     /// no such passkey.
     ///
     /// A sign-in that checked the passkey just before the removal and stores its session just

@@ -485,7 +485,7 @@ impl SecondFactors {
     /// set (two tabs, a double submit, two instances), one is stored and the other is
     /// [`NewCodes::Changed`], never shown as if it worked. (Unlike the factors, codes written
     /// after a reset need no taking back: without a factor they sign nobody in, and the next
-    /// first factor replaces them: [`void_codes_without_factor`].)
+    /// first factor replaces them: `void_codes_without_factor`.)
     ///
     /// # Errors
     /// [`FactorError`] when no random bytes can be had, the store cannot be used, or it

@@ -65,7 +65,7 @@ pub fn uri(secret: &[u8], issuer: &str, account: &str) -> Result<Zeroizing<Strin
 }
 
 /// A code as typed or pasted, if it is one: the digits, with spaces, tabs and dashes that
-/// apps put in the middle taken out; wiped when dropped ([`super::compact_code`]).
+/// apps put in the middle taken out; wiped when dropped (`compact_code`).
 pub fn normalise_code(typed: &str) -> Option<Zeroizing<String>> {
     let digits = super::compact_code(typed, |c| c);
     (digits.len() == DIGITS && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)

@@ -223,7 +223,7 @@ impl HashPool {
     }
 
     /// Bytes of argon2 memory the workers hold now: a buffer each after a check, wiped at
-    /// once and given back after [`KEEP_BUFFER_WHEN_IDLE`] without work, so an idle server
+    /// once and given back after `KEEP_BUFFER_WHEN_IDLE` without work, so an idle server
     /// holds none.
     pub fn held_bytes(&self) -> usize {
         self.inner.shared.held.load(Ordering::Relaxed)

@@ -138,7 +138,7 @@ impl Conn {
         bounded(&self.busy, c.simple_query(sql)).await
     }
 
-    /// Whether this connection's server takes writes now, in one round trip ([`WRITABLE`]):
+    /// Whether this connection's server takes writes now, in one round trip (`WRITABLE`):
     /// for `GET /readyz`, which must not call ready a database that answers reads but refuses
     /// every write (a standby after a failover, `default_transaction_read_only` on). The
     /// answer is how far the database's clock is ahead of this process's (milliseconds,
@@ -146,7 +146,7 @@ impl Conn {
     ///
     /// # Errors
     /// [`PgError::ReadOnly`] with the reason when it does not (the connection is then not
-    /// reused: see [`bounded`]); otherwise as [`Conn::query`].
+    /// reused: see `bounded`); otherwise as [`Conn::query`].
     pub async fn writable(&self) -> Result<i64, PgError> {
         let sent = crate::store::now_ms();
         let messages = self.simple_query(WRITABLE).await?;

@@ -340,7 +340,7 @@ pub(crate) fn not_judged(what: &'static str, e: &crate::sign_in::SignInError) ->
 }
 
 /// [`html`] for a page that shows a secret (a TOTP secret, recovery codes): rendered into a
-/// buffer that wipes what it outgrows ([`WipingBuffer`]), whose bytes are wiped when the server
+/// buffer that wipes what it outgrows (`WipingBuffer`), whose bytes are wiped when the server
 /// lets go of them after sending (what TLS copied to encrypt is rustls's to clear).
 pub fn html_with_secret<T: Template>(status: StatusCode, page: &T) -> Response {
     let mut rendered = WipingBuffer(zeroize::Zeroizing::new(Vec::with_capacity(T::SIZE_HINT.max(16 * 1024))));
