@@ -15,6 +15,11 @@ use crate::forward_auth::{wants_page, AuthzResult, Described, Flavour, Gate, Tar
 use crate::routes::{current_session, must_enrol, store_error, State};
 use crate::store::Factors;
 
+/// On `auth-request`'s 401s: `1` when the request is a page (a browser navigation, by
+/// [`wants_page`]), so nginx answers with the redirect to `Location`, `0` when it is not, so
+/// nginx answers 401. The contrib configuration reads it with `auth_request_set`.
+pub const PAGE_HEADER: &str = "portcullis-page";
+
 #[handler]
 pub async fn forward_auth(req: &Request, state: State<'_>) -> Response {
     counted(req, &state, Flavour::ForwardAuth).await
@@ -126,6 +131,11 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
             let mut resp = status(code);
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
+            }
+            // nginx turns the 401 into the redirect itself: this says whether to, judged as
+            // for Caddy and Traefik (its own map could not read `text/html;q=0`, review 142).
+            if flavour == Flavour::AuthRequest {
+                resp.headers_mut().insert(PAGE_HEADER, HeaderValue::from_static(if page { "1" } else { "0" }));
             }
             (resp, AuthzResult::Unauthenticated)
         }

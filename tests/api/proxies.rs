@@ -541,6 +541,14 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(xhr.status(), StatusCode::UNAUTHORIZED);
     let json = anonymous.get(format!("{base}/api/data")).header("accept", "application/json").send().await.unwrap();
     assert_eq!(json.status(), StatusCode::UNAUTHORIZED);
+    // An `Accept` that names HTML only to refuse it (q=0), judged by portcullis alike for
+    // both proxies (review 142: nginx's own map took it for a page and redirected).
+    for accept in ["text/html;q=0", "text/html; q=0.0, application/json", "*/*;q=0"] {
+        let resp = anonymous.get(format!("{base}/api/data")).header("accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{accept}");
+    }
+    let page = anonymous.get(format!("{base}/api/data")).header("accept", "text/html;q=0.1").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::FOUND);
     let post = anonymous.post(format!("{base}/form")).header("accept", PAGE).form(&[("a", "b")]).send().await.unwrap();
     assert_eq!(post.status(), StatusCode::SEE_OTHER);
     assert!(post.headers()["location"].to_str().unwrap().starts_with(&login_prefix));
