@@ -76,7 +76,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// Only records at or after this: a duration back from now (2h, 7d), `now`, or an RFC 3339 time
+    /// Only records at or after this: a duration back from now in s, m, h, d (2h, 7d, 1d12h), `now`, or an RFC 3339 time
     #[arg(long, value_name = "DUR|RFC3339")]
     since: Option<String>,
     /// Only records at or before this (same forms as --since; both ends are inclusive, to the
