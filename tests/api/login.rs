@@ -174,6 +174,30 @@ async fn malformed_forms_get_a_4xx_never_a_5xx() {
     }
 }
 
+/// A field given twice is refused as it stands (which one was meant is not guessed), before
+/// any quota is spent or anything recorded, as README's `POST /login` row says.
+#[tokio::test]
+async fn a_field_given_twice_is_a_400_that_costs_and_records_nothing() {
+    let app = spawn_app().await;
+    app.add_user("alice", "correct horse battery staple 9", false).await;
+    for body in ["username=alice&username=bob&password=x", "username=alice&password=x&password=y"] {
+        let csrf = app.login_csrf(&app.client).await;
+        let resp = app
+            .client
+            .post(app.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}&{body}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+    }
+    assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
+    assert!(!app.log_text().contains("authn_login_fail"), "nor logged");
+    // The form, sent right, still signs in: no quota or failure count was spent on the above.
+    assert_eq!(app.login("alice", "correct horse battery staple 9").await.status(), 303);
+}
+
 /// Posts the login form from a cookie-less client, sending `extra_cookie` alongside the
 /// pre-login cookie, as a browser that already holds a session (or a planted one) would.
 async fn login_carrying(app: &crate::helpers::TestApp, extra_cookie: &str) -> reqwest::Response {
