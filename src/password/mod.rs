@@ -55,6 +55,12 @@ pub enum WeakPassword {
     Common,
     #[error("the password must not be the username")]
     SameAsUsername,
+    /// A control character (Unicode's Cc: NUL, a tab, a line break, DEL, C1): no sign-in
+    /// form's field takes one, so an administrator could set a password nobody can type
+    /// (review 141). NIST SP 800-63B rev 4 §3.1.1.2 asks verifiers to accept printing
+    /// characters and spaces, which these are not.
+    #[error("the password holds a control character (such as a tab, a line break or NUL), which a sign-in form cannot take; use letters, digits, spaces and symbols")]
+    ControlCharacter,
     #[error("the password is too easy to guess: {0}")]
     Guessable(Guessable),
 }
@@ -119,6 +125,9 @@ impl PasswordPolicy {
         }
         if chars > MAX_PASSWORD_CHARS {
             return Err(WeakPassword::TooLong { max: MAX_PASSWORD_CHARS });
+        }
+        if password.expose().chars().any(char::is_control) {
+            return Err(WeakPassword::ControlCharacter);
         }
         // What every rule below judges: the password case-folded, NFKC again (folding can
         // de-normalise) and trimmed, as usernames are keyed; a copy wiped when this check ends.
@@ -274,6 +283,19 @@ mod tests {
             Err(WeakPassword::SameAsUsername)
         );
         assert!(POLICY.check(&Password::new("plum tractor velvet orbit"), "bob").is_ok());
+        // Before: judged without them (folding drops hidden characters), and stored with them.
+        for control in ['\0', '\t', '\n', '\r', '\u{7f}', '\u{85}', '\u{9b}'] {
+            let typed = format!("plum tractor{control}velvet orbit");
+            assert_eq!(POLICY.check(&Password::new(&typed), "bob"), Err(WeakPassword::ControlCharacter), "{control:?}");
+        }
+        assert!(
+            POLICY.check(&Password::new("plum tractor\u{a0}velvet orbit é"), "bob").is_ok(),
+            "a no-break space is printing"
+        );
+        // Published as an example of a good passphrase (XKCD 936), so among the first tried.
+        for phrase in ["correct horse battery staple", "Correct Horse Battery Staple", "correcthorsebatterystaple"] {
+            assert_eq!(POLICY.check(&Password::new(phrase), "bob"), Err(WeakPassword::Common), "{phrase}");
+        }
     }
 
     #[test]

@@ -106,6 +106,13 @@ async fn weak_passwords_are_refused_with_one_line_and_change_nothing() {
     // No password on standard input at all.
     let run = cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "").await;
     run.assert_one_line_failure("empty stdin");
+    // A control character no sign-in form can take, or the phrase XKCD published (review 141).
+    let run =
+        cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "plum tractor\0velvet orbit nul").await;
+    assert!(run.assert_one_line_failure("NUL").contains("control character"), "{run:?}");
+    let run =
+        cli_with_password(d, &["user", "passwd", "carol", "--password-stdin"], "correct horse battery staple").await;
+    assert!(run.assert_one_line_failure("xkcd").contains("common"), "{run:?}");
 }
 
 #[tokio::test]
