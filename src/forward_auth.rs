@@ -161,7 +161,17 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             let more = unicode_readings(&all_spaces);
             unicode.other.extend(more.other);
             unicode.case_folded.extend(more.case_folded);
-            let queries = [normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+            let mut queries =
+                vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+            // As an application that decodes twice reads it (a framework after its server, a
+            // proxy's rewrite): `fmt=%2563sv` is `fmt=csv` there (review 139). Not refused
+            // as in a path, since `%25` before two hex digits is ordinary in values (a search
+            // for `100%AB`); judged, so only a query a rule tells apart this way is refused.
+            if queries[0].to_ascii_lowercase().contains("%25") {
+                let twice = decode_unreserved(&decode_where(&queries[0], |b| b == b'%')).replace('?', "%3F");
+                let twice_decoded = decode_reserved(&twice).into_owned();
+                queries.extend([twice, twice_decoded]);
+            }
             (queries.iter().map(|q| format!("?{q}")).collect::<Vec<_>>(), unicode)
         }
     };

@@ -583,6 +583,14 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
     }
     assert_eq!(caddy("/export?fmt=pdf").await.unwrap().status(), StatusCode::OK);
     assert_eq!(caddy("/search?q=%63%2B%2B").await.unwrap().status(), StatusCode::OK, "no rule names it");
+    // As an application that decodes twice reads it (review 139: `csv` there).
+    for path in ["/export?fmt=%2563sv", "/export?fmt=%2563%2573v", "/export?%2566mt=csv", "/export?fmt=%25%36%33sv"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+    // A `%` in a value is ordinary where no rule tells its readings apart (a search for `100%AB`).
+    for path in ["/search?q=100%25AB", "/export?fmt=pdf&q=%2563", "/export?fmt=100%25"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
+    }
 
     // Two of those at once, as a framework that decodes and splits at `;` hands over values
     // its application strips (review 114), also with the path read otherwise.
