@@ -209,9 +209,24 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
 /// `TrimSpace` and .NET's `Trim` remove; found by a review), control characters and the
 /// byte-order mark (JavaScript's `trim`).
 fn trimmed_values(query: &str) -> String {
+    query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, value)) => format!("{}={}", trim_blanks(name, true), trim_blanks(value, true)),
+            None => trim_blanks(param, true).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `s` (percent-encoded ASCII) without the blanks at either end, as `strip()` and `trim()`
+/// read it: the escapes of a whitespace character (Unicode's White_Space, so `%C2%A0`,
+/// `%E2%80%A8` and `%C2%85` too), a control character or the byte-order mark, and, when
+/// `plus` (a query, where `+` is a space), `+`.
+fn trim_blanks(s: &str, plus: bool) -> &str {
     // The length of the blank `s` starts with (one character or its UTF-8 escapes), if any.
     let blank_at = |s: &str| -> Option<usize> {
-        if s.starts_with('+') {
+        if plus && s.starts_with('+') {
             return Some(1);
         }
         (1..=4).map(|n| n * 3).find(|&len| {
@@ -223,26 +238,17 @@ fn trimmed_values(query: &str) -> String {
             whole && matches!((chars.next(), chars.next()), (Some(c), None) if blank(c))
         })
     };
-    let trim = |mut s: &str| -> String {
-        while let Some(n) = blank_at(s) {
-            s = &s[n..];
+    let mut s = s;
+    while let Some(n) = blank_at(s) {
+        s = &s[n..];
+    }
+    loop {
+        let cut = [1, 3, 6, 9, 12].into_iter().find(|&n| s.len() >= n && blank_at(&s[s.len() - n..]) == Some(n));
+        match cut {
+            Some(n) => s = &s[..s.len() - n],
+            None => return s,
         }
-        loop {
-            let cut = [1, 3, 6, 9, 12].into_iter().find(|&n| s.len() >= n && blank_at(&s[s.len() - n..]) == Some(n));
-            match cut {
-                Some(n) => s = &s[..s.len() - n],
-                None => return s.to_string(),
-            }
-        }
-    };
-    query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, value)) => format!("{}={}", trim(name), trim(value)),
-            None => trim(param),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    }
 }
 
 /// The first reading `answer` answers apart from `normalised` (see
@@ -564,49 +570,60 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
 /// `path` (percent-encoded) as servers that trim its segments read it, each reading only
 /// where it differs from `path` (review 142: `/%20/admin` and `/public/..%20/x` passed rules
 /// for `^/admin` and `^/public/`):
-/// - each segment without the spaces around it, as Spring's `AntPathMatcher` with
-///   `trimTokens` routed (before Spring 4.3.1, CVE-2016-5007): `/%20/admin` is `/admin`,
-///   `/public/..%20/x` is `/public/../x`;
-/// - each segment without its trailing dots and spaces and an NTFS stream suffix (`::$DATA`),
-///   as Windows reads a file name (IIS, and applications that map paths to files there):
-///   `/admin.` and `/admin::$DATA` are `/admin`. Dots stop at a segment of one or two, so
-///   `..%20` and `...` are the dot segment Windows 9x read, and refused.
+/// - each segment without the blanks around it, as Spring's `AntPathMatcher` with
+///   `trimTokens` routed (before Spring 4.3.1, CVE-2016-5007) and applications that `strip()`
+///   or `trim()` what they route read it ([`trim_blanks`]: Unicode's whitespace and controls,
+///   `%E2%80%A8` and `%C2%85` too): `/%20/admin` is `/admin`, `/public/..%20/x` is
+///   `/public/../x`;
+/// - each segment as Windows names a file (IIS, and applications that map paths to files
+///   there): without an NTFS stream (`::$DATA`, `:$I30:$INDEX_ALLOCATION`) and its trailing
+///   dots and spaces, so `/admin.` and `/admin::$DATA` are `/admin`. A segment of dots alone
+///   is left (`...` is a name to Windows, and `…` reads as one by NFKC), so `..%20` stays
+///   the dot segment it trims to;
+/// - both, one after the other in either order (review 143: `/public/%20..%20./x`).
 ///
 /// The readings go through [`normalise_path`], which merges the empty segments left and
 /// refuses dot segments.
 fn trimmed_readings(path: &str) -> Vec<String> {
-    fn spaces(segment: &str) -> &str {
-        let mut s = segment;
-        while let Some(rest) = s.strip_prefix("%20") {
-            s = rest;
-        }
-        while let Some(rest) = s.strip_suffix("%20") {
-            s = rest;
-        }
-        s
+    fn blanks(segment: &str) -> &str {
+        trim_blanks(segment, false)
     }
     fn windows(segment: &str) -> &str {
-        let mut s = segment;
-        // A dot segment stays one: `..%20` and `...` are `..` here, and refused.
-        while !is_dots(s) {
+        let stream = [segment.find("::"), segment.find(":$")].into_iter().flatten().min();
+        let mut s = stream.map_or(segment, |i| &segment[..i]);
+        while !only_dots(s) {
             let ends_with = |suffix: &str| {
                 s.len() >= suffix.len()
                     && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
             };
-            match ["%20", "::$data", "%2e", "."].into_iter().find(|suffix| ends_with(suffix)) {
+            match ["%20", "%2e", "."].into_iter().find(|suffix| ends_with(suffix)) {
                 Some(suffix) => s = &s[..s.len() - suffix.len()],
                 None => break,
             }
         }
         s
     }
-    fn is_dots(s: &str) -> bool {
-        [".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"].iter().any(|dots| s.eq_ignore_ascii_case(dots))
+    fn only_dots(s: &str) -> bool {
+        let mut rest = s;
+        while !rest.is_empty() {
+            rest = match rest.get(..3) {
+                _ if rest.starts_with('.') => &rest[1..],
+                Some(e) if e.eq_ignore_ascii_case("%2e") => &rest[3..],
+                _ => return false,
+            };
+        }
+        !s.is_empty()
     }
-    let mut readings = Vec::new();
-    for trim in [spaces as fn(&str) -> &str, windows] {
+    let trims: [fn(&str) -> String; 4] = [
+        |seg| blanks(seg).to_string(),
+        |seg| windows(seg).to_string(),
+        |seg| windows(blanks(seg)).to_string(),
+        |seg| blanks(windows(seg)).to_string(),
+    ];
+    let mut readings: Vec<String> = Vec::new();
+    for trim in trims {
         let trimmed = path.split('/').map(trim).collect::<Vec<_>>().join("/");
-        if trimmed != path {
+        if trimmed != path && !readings.contains(&trimmed) {
             readings.push(trimmed);
         }
     }
@@ -746,8 +763,10 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     // A control character (`%0a`, `%09`, `%00`) in a path is no name a page links to, and
     // applications read it apart: some trim it (`/%0aadmin` is `/admin` there), some end a
     // regular expression's `.` at it (Spring's CVE-2022-22978), some cut the path at `%00`.
+    // C1 (U+0080 to U+009F, `%C2%85` a line break to some) likewise (review 143).
     let control = |hex: &[u8]| matches!(hex, [b'0' | b'1', _] | [b'7', b'f']);
-    if lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..])) {
+    let c1 = lower.contains("%c2%8") || lower.contains("%c2%9");
+    if c1 || lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..])) {
         return Err(TargetError::AmbiguousPath("an encoded control character"));
     }
     // An overlong UTF-8 sequence (`%C0%AE` for `.`) is no character, but decoders that
@@ -860,8 +879,9 @@ fn decode_where(path: &str, decoded: impl Fn(u8) -> bool) -> Cow<'_, str> {
 
 /// Whether the request is for a page (a browser navigation), so a redirect to the sign-in
 /// form is the right answer: not `X-Requested-With: XMLHttpRequest`, and an `Accept` that
-/// admits `text/html` (`text/html`, `text/*` or `*/*` with q > 0; none at all admits anything,
-/// RFC 9110 §12.5.1).
+/// admits `text/html` (none at all admits anything, RFC 9110 §12.5.1). Its quality is the
+/// most specific range's that names it (RFC 9110 §12.5.1: `text/html` over `text/*` over
+/// `*/*`), so `text/html;q=0, */*` refuses it (review 143); admitted when above 0.
 pub fn wants_page(accept: Option<&str>, requested_with: Option<&str>) -> bool {
     if requested_with.is_some_and(|v| v.trim().eq_ignore_ascii_case("xmlhttprequest")) {
         return false;
@@ -870,15 +890,24 @@ pub fn wants_page(accept: Option<&str>, requested_with: Option<&str>) -> bool {
     if accept.trim().is_empty() {
         return true;
     }
-    accept.split(',').any(|range| {
+    // The quality of `text/html`, `text/*` and `*/*` (the highest where a range is repeated).
+    let mut quality: [Option<f32>; 3] = [None; 3];
+    for range in accept.split(',') {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q = parts
             .filter_map(|p| p.trim().split_once('='))
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
             .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0));
-        q > 0.0 && matches!(media.as_str(), "text/html" | "text/*" | "*/*")
-    })
+        let slot = match media.as_str() {
+            "text/html" => 0,
+            "text/*" => 1,
+            "*/*" => 2,
+            _ => continue,
+        };
+        quality[slot] = Some(quality[slot].map_or(q, |seen: f32| seen.max(q)));
+    }
+    quality.into_iter().flatten().next().is_some_and(|q| q > 0.0)
 }
 
 #[cfg(test)]
@@ -893,16 +922,43 @@ mod tests {
         assert!(has(kept("/admin.%20.%20"), "/admin"));
         assert!(has(kept("/admin::$DATA"), "/admin"), "and an NTFS stream's name");
         assert!(has(kept("/admin%3A%3A%24data"), "/admin"), "as routers decode it too");
+        assert!(has(kept("/dir::$INDEX_ALLOCATION/"), "/dir/"), "a directory's stream (review 143)");
+        assert!(has(kept("/dir:$i30:$INDEX_ALLOCATION/"), "/dir/"));
+        // Both trims, one after the other (review 143).
+        assert!(has(kept("/api/v1/%20users."), "/api/v1/users"));
+        assert!(has(kept("/api/v1/%20users%20::$DATA"), "/api/v1/users"));
+        assert!(has(kept("/%20dir./"), "/dir/"));
+        // Unicode's blanks, as `strip()` reads them (review 143).
+        assert!(has(kept("/exact%E2%80%A8"), "/exact"));
+        assert!(has(kept("/%E1%9A%80exact"), "/exact"));
         for path in [
-            "/x/.../admin",
             "/public/..%20/x",
             "/public/%20../x",
             "/public/.%20/x",
-            "/public/...%20/x",
             "/p/..::$DATA/x",
+            "/p/..::$INDEX_ALLOCATION/x",
             "/p/%2e%2e%20/x",
+            "/public/%20..%20./x",
+            "/public/%20%2e%2e%20%2e/x",
+            "/public/.%20./x",
+            "/public/%20.%20./x",
+            "/public/..%E2%80%A8/x",
+            "/public/..%E2%80%A9/x",
+            "/public/..%E1%9A%80/x",
         ] {
             assert_eq!(super::other_readings(path), Err(TargetError::AmbiguousPath("a dot segment")), "{path}");
+        }
+        // A C1 control is refused as a C0 one is, and so is a Latin-1 byte that reads as one.
+        for path in ["/exact%C2%85", "/public/..%C2%85/x", "/public/..%85/x", "/x%c2%9b"] {
+            assert_eq!(
+                super::other_readings(path),
+                Err(TargetError::AmbiguousPath("an encoded control character")),
+                "{path}"
+            );
+        }
+        // Dots alone are a name to Windows, and `…` is three of them by NFKC (review 143).
+        for path in ["/x/.../admin", "/wiki/%E2%80%A6", "/public/...%20/x"] {
+            assert!(super::other_readings(path).is_ok(), "{path}");
         }
         assert_eq!(kept("/plain/path.html"), vec!["/plain/path.html".to_string()], "nothing to trim: one reading");
     }
@@ -1137,6 +1193,13 @@ mod tests {
         assert!(wants_page(Some("*/*"), None));
         assert!(!wants_page(Some("application/json"), None));
         assert!(!wants_page(Some("text/html;q=0, application/json"), None));
+        // The most specific range decides (RFC 9110 §12.5.1; review 143).
+        assert!(!wants_page(Some("text/html;q=0, */*"), None));
+        assert!(!wants_page(Some("text/plain, text/html;q=0, */*;q=0.5"), None));
+        assert!(!wants_page(Some("text/*;q=0, */*"), None));
+        assert!(wants_page(Some("text/html;q=0.1, */*;q=0"), None));
+        assert!(wants_page(Some("text/*, */*;q=0"), None));
+        assert!(!wants_page(Some("image/png"), None));
         assert!(!wants_page(Some("text/html"), Some("XMLHttpRequest")));
     }
 

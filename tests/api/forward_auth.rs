@@ -504,11 +504,21 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         // `::$DATA` (Windows): a dot segment there, or a blank one merged away (review 142).
         "/public/..%20/admin",
         "/public/%20../admin",
-        "/public/...%20/admin",
         "/public/..::$DATA/admin",
         "/%20/admin",
         "/.%20/admin",
         "/%20./admin",
+        // Both trims one after the other, Unicode's blanks, a directory's stream, and C1
+        // controls (review 143).
+        "/public/%20..%20./admin",
+        "/public/%20%2e%2e%20%2e/admin",
+        "/public/..%E2%80%A8/admin",
+        "/public/..%C2%85/admin",
+        "/public/..%85/admin",
+        "/public/..::$INDEX_ALLOCATION/admin",
+        "/%20admin./x",
+        "/%E2%80%A8admin",
+        "/%E1%9A%80admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
@@ -516,6 +526,7 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     // And the plain readings still pass: a trailing dot or space means nothing to a rule here.
     assert_eq!(caddy("//public//x").await.unwrap().status(), StatusCode::OK);
     assert_eq!(caddy("/wiki/Washington,_D.C.").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(caddy("/wiki/%E2%80%A6").await.unwrap().status(), StatusCode::OK, "an ellipsis, `...` by NFKC");
     assert_eq!(caddy("/files/a%20b%20/c.").await.unwrap().status(), StatusCode::OK);
     assert_eq!(nginx("/admin.").await.unwrap().status(), StatusCode::FORBIDDEN);
     assert_eq!(nginx("/page;v=1").await.unwrap().status(), StatusCode::OK);

@@ -543,7 +543,7 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     assert_eq!(json.status(), StatusCode::UNAUTHORIZED);
     // An `Accept` that names HTML only to refuse it (q=0), judged by portcullis alike for
     // both proxies (review 142: nginx's own map took it for a page and redirected).
-    for accept in ["text/html;q=0", "text/html; q=0.0, application/json", "*/*;q=0"] {
+    for accept in ["text/html;q=0", "text/html; q=0.0, application/json", "*/*;q=0", "text/html;q=0, */*"] {
         let resp = anonymous.get(format!("{base}/api/data")).header("accept", accept).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{accept}");
     }
