@@ -141,7 +141,7 @@ impl PasswordPolicy {
         if contains_context_word(folded, username_key) {
             return Err(WeakPassword::Guessable(Guessable::ContextWords));
         }
-        if common_passwords().contains(folded) {
+        if common_passwords().contains(folded) || holds_a_published_example(folded) {
             return Err(WeakPassword::Common);
         }
         let head = zeroize::Zeroizing::new(folded.chars().take(ESTIMATE_CHARS).collect::<String>());
@@ -153,6 +153,34 @@ impl PasswordPolicy {
         }
         Ok(())
     }
+}
+
+/// Passphrases published as examples of good ones, as their letters (XKCD 936): attackers
+/// try them first, with any separators, padding and common substitutions.
+const PUBLISHED_EXAMPLES: &[&str] = &["correcthorsebatterystaple"];
+
+/// Whether the folded password holds a [`PUBLISHED_EXAMPLES`] phrase once read as letters
+/// alone, digits read as the letters they stand for (`0` as `o`, `3` as `e`, `4` and `@` as
+/// `a`, `5` and `$` as `s`, `7` as `t`, `1` as `l`): `correct horse battery staple 2024`,
+/// `c0rrect,h0rse,battery,staple` (review 143 passed these past the list's exact match).
+/// The copy is wiped.
+fn holds_a_published_example(folded: &str) -> bool {
+    let letters: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        folded
+            .chars()
+            .filter_map(|c| match c {
+                '0' => Some('o'),
+                '3' => Some('e'),
+                '4' | '@' => Some('a'),
+                '5' | '$' => Some('s'),
+                '7' => Some('t'),
+                '1' => Some('l'),
+                c if c.is_alphabetic() => Some(c),
+                _ => None,
+            })
+            .collect(),
+    );
+    PUBLISHED_EXAMPLES.iter().any(|phrase| letters.contains(phrase))
 }
 
 /// Shortest username key refused inside a password: a shorter name (`al`, `bob`) turns up
@@ -293,7 +321,19 @@ mod tests {
             "a no-break space is printing"
         );
         // Published as an example of a good passphrase (XKCD 936), so among the first tried.
-        for phrase in ["correct horse battery staple", "Correct Horse Battery Staple", "correcthorsebatterystaple"] {
+        for phrase in [
+            "correct horse battery staple",
+            "Correct Horse Battery Staple",
+            "correcthorsebatterystaple",
+            // However separated, padded or spelled (review 143).
+            "correct horse battery staple.",
+            "correct horse battery staple1",
+            "correct horse  battery staple",
+            "correct,horse,battery,staple",
+            "c0rrect h0rse battery staple",
+            "correct horse battery staple 2024",
+            "my correct-horse-battery-staple!",
+        ] {
             assert_eq!(POLICY.check(&Password::new(phrase), "bob"), Err(WeakPassword::Common), "{phrase}");
         }
     }

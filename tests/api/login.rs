@@ -179,7 +179,7 @@ async fn malformed_forms_get_a_4xx_never_a_5xx() {
 #[tokio::test]
 async fn a_field_given_twice_is_a_400_that_costs_and_records_nothing() {
     let app = spawn_app().await;
-    app.add_user("alice", "correct horse battery staple 9", false).await;
+    app.add_user("alice", "quartz lantern velvet 8127 orbit", false).await;
     for body in ["username=alice&username=bob&password=x", "username=alice&password=x&password=y"] {
         let csrf = app.login_csrf(&app.client).await;
         let resp = app
@@ -195,7 +195,7 @@ async fn a_field_given_twice_is_a_400_that_costs_and_records_nothing() {
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
     assert!(!app.log_text().contains("authn_login_fail"), "nor logged");
     // The form, sent right, still signs in: no quota or failure count was spent on the above.
-    assert_eq!(app.login("alice", "correct horse battery staple 9").await.status(), 303);
+    assert_eq!(app.login("alice", "quartz lantern velvet 8127 orbit").await.status(), 303);
 }
 
 /// Posts the login form from a cookie-less client, sending `extra_cookie` alongside the
