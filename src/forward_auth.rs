@@ -136,6 +136,16 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
+            // Escapes that only some decoders read, and read as characters a rule names (ASP.NET
+            // Framework's `Request.QueryString` takes `%u0063` as `c`; review 144): refused as
+            // in a path, since no browser writes them.
+            let lower = [q.to_ascii_lowercase(), decode_unreserved(q).to_ascii_lowercase()];
+            if lower.iter().any(|l| OVERLONG.iter().any(|o| l.contains(o))) {
+                return Err(TargetError::AmbiguousPath("an overlong UTF-8 sequence"));
+            }
+            if lower.iter().any(|l| has_iis_escape(l)) {
+                return Err(TargetError::AmbiguousPath("an IIS %u escape"));
+            }
             // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
             // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
             let normalised = decode_unreserved(q).replace('?', "%3F");
@@ -161,13 +171,20 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             let more = unicode_readings(&all_spaces);
             unicode.other.extend(more.other);
             unicode.case_folded.extend(more.case_folded);
+            // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
+            for forms in [&mut unicode.other, &mut unicode.case_folded] {
+                let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).collect();
+                forms.extend(trimmed);
+            }
             let mut queries =
                 vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
             // As an application that decodes twice reads it (a framework after its server, a
             // proxy's rewrite): `fmt=%2563sv` is `fmt=csv` there (review 139). Not refused
             // as in a path, since `%25` before two hex digits is ordinary in values (a search
             // for `100%AB`); judged, so only a query a rule tells apart this way is refused.
-            if queries[0].to_ascii_lowercase().contains("%25") {
+            // `%%36%33` is `%63` once its unreserved escapes are read, so any `%` left counts
+            // (review 144).
+            if queries[0].contains('%') {
                 let twice = decode_unreserved(&decode_where(&queries[0], |b| b == b'%')).replace('?', "%3F");
                 let twice_decoded = decode_reserved(&twice).into_owned();
                 queries.extend([twice, twice_decoded]);
@@ -192,7 +209,9 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     // both otherwise at once (`/%EF%BD%85xport?fmt=%EF%BD%83sv`, the same review).
     // `other_readings` holds the normalised path too.
     let paths = readings.other;
-    let other = tidy(combined(&paths, &[&queries, &kept_queries]));
+    let mut other = combined(&paths, &[&queries, &kept_queries]);
+    other.extend(delimiters_decoded(&path, query));
+    let other = tidy(other);
     let case_folded = tidy(
         [
             combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
@@ -201,6 +220,28 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
         .concat(),
     );
     Ok((main, Readings { other, case_folded }))
+}
+
+/// The normalised `path` (plus the `query` as sent) as an application behind a rewrite that
+/// decodes the path before it forwards it reads it (Apache's `mod_rewrite` without `[B]`):
+/// an encoded `?` there begins the query, an encoded `#` ends what the application gets, so
+/// `/exact%3Fx` is `/exact` with the query `x`, `/export%3Ffmt=csv` is `/export?fmt=csv`
+/// (review 144). `None` when the path holds neither. Not refused, since a page may be named
+/// with either (`/wiki/C%23`).
+fn delimiters_decoded(path: &str, query: Option<&str>) -> Option<String> {
+    let lower = path.to_ascii_lowercase();
+    let first = [lower.find("%3f"), lower.find("%23")].into_iter().flatten().min()?;
+    let (head, rest) = (&path[..first], &path[first + 3..]);
+    if lower[first..].starts_with("%23") {
+        return Some(head.to_string());
+    }
+    let rest = rest.to_ascii_lowercase().find("%23").map_or(rest, |i| &rest[..i]);
+    // The rewrite decoded the rest too: `%26` parts parameters there.
+    let rest = decode_reserved(rest);
+    Some(match query {
+        Some(q) if !q.is_empty() => format!("{head}?{rest}&{q}"),
+        _ => format!("{head}?{rest}"),
+    })
 }
 
 /// `query` (percent-encoded) with each parameter's name and value trimmed of blanks at either
@@ -774,8 +815,7 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     // in it, which no rule can see.
     // A lone `%C1` is Latin-1's `Á` (`/files/%C1lvaro.txt`, found by a review), so only a
     // lead byte followed by a continuation byte counts.
-    let overlong = ["%c0%8", "%c0%9", "%c0%a", "%c0%b", "%c1%8", "%c1%9", "%c1%a", "%c1%b", "%e0%8", "%e0%9", "%f0%8"];
-    if overlong.iter().any(|o| lower.contains(o)) {
+    if OVERLONG.iter().any(|o| lower.contains(o)) {
         return Err(TargetError::AmbiguousPath("an overlong UTF-8 sequence"));
     }
     // A percent sign encoded before two hex digits (`%2561` for `%61`, `a`) is an `a` to an
@@ -791,8 +831,7 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     }
     // IIS's own escape (`%u0061` for `a`), which no other server reads (review 139: `/%u0061dmin`
     // passed a rule for `^/admin`).
-    let iis = |text: &str| text.as_bytes().windows(6).any(|w| &w[..2] == b"%u" && w[2..].iter().all(hex));
-    if iis(&lower) || iis(&decoded.to_ascii_lowercase()) {
+    if has_iis_escape(&lower) || has_iis_escape(&decoded.to_ascii_lowercase()) {
         return Err(TargetError::AmbiguousPath("an IIS %u escape"));
     }
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
@@ -828,6 +867,16 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// The starts of overlong UTF-8 sequences, escaped in lower case: `%C0%AE` is `.` to decoders
+/// that accept them.
+const OVERLONG: [&str; 11] =
+    ["%c0%8", "%c0%9", "%c0%a", "%c0%b", "%c1%8", "%c1%9", "%c1%a", "%c1%b", "%e0%8", "%e0%9", "%f0%8"];
+
+/// Whether `lower` (escaped, in lower case) holds IIS's own escape, `%u` and four hex digits.
+fn has_iis_escape(lower: &str) -> bool {
+    lower.as_bytes().windows(6).any(|w| &w[..2] == b"%u" && w[2..].iter().all(u8::is_ascii_hexdigit))
 }
 
 /// `path` with percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-`,

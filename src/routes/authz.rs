@@ -120,7 +120,11 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
         }
         Some(false) => {
             let location = gate.login_location(&target.url);
-            let page = wants_page(header_str(req, header::ACCEPT.as_str()), header_str(req, "x-requested-with"));
+            // Several `Accept` lines are one list (RFC 9110 §5.3; review 144 saw the first alone read).
+            let accept: Vec<&str> =
+                req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+            let accept = (!accept.is_empty()).then(|| accept.join(","));
+            let page = wants_page(accept.as_deref(), header_str(req, "x-requested-with"));
             let code = match flavour {
                 // nginx's auth_request passes on only 401 and 403: the redirect is its config's.
                 Flavour::AuthRequest => StatusCode::UNAUTHORIZED,

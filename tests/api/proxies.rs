@@ -539,6 +539,19 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
     let xhr =
         anonymous.get(format!("{base}/api/data")).header("x-requested-with", "XMLHttpRequest").send().await.unwrap();
     assert_eq!(xhr.status(), StatusCode::UNAUTHORIZED);
+    // With the sign-in address, through nginx too (review 144: nginx's `return 401` dropped it).
+    assert!(xhr.headers()["location"].to_str().unwrap().starts_with(&login_prefix), "{:?}", xhr.headers());
+    // Several `Accept` lines are one list (RFC 9110 §5.3), in either order (review 144).
+    for pair in [["application/json", "text/html"], ["text/html", "application/json"]] {
+        let resp = anonymous
+            .get(format!("{base}/api/data"))
+            .header("accept", pair[0])
+            .header("accept", pair[1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FOUND, "{pair:?}");
+    }
     let json = anonymous.get(format!("{base}/api/data")).header("accept", "application/json").send().await.unwrap();
     assert_eq!(json.status(), StatusCode::UNAUTHORIZED);
     // An `Accept` that names HTML only to refuse it (q=0), judged by portcullis alike for
