@@ -176,8 +176,12 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
                 let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).collect();
                 forms.extend(trimmed);
             }
+            // Parameters named as arrays (`fmt[]=csv`, `fmt[0]=csv`), which PHP, Rails and
+            // Express's `qs` hand over as `fmt` (review 144).
+            let arrays = [without_array_suffixes(&decoded), without_array_suffixes(&all_spaces)];
             let mut queries =
                 vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+            queries.extend(arrays.into_iter().flatten());
             // As an application that decodes twice reads it (a framework after its server, a
             // proxy's rewrite): `fmt=%2563sv` is `fmt=csv` there (review 139). Not refused
             // as in a path, since `%25` before two hex digits is ordinary in values (a search
@@ -242,6 +246,26 @@ fn delimiters_decoded(path: &str, query: Option<&str>) -> Option<String> {
         Some(q) if !q.is_empty() => format!("{head}?{rest}&{q}"),
         _ => format!("{head}?{rest}"),
     })
+}
+
+/// `query` with each parameter's name read without the `[…]` groups that end it (`fmt[]`,
+/// `fmt[0]`, `a[b][c]` are `fmt`, `fmt`, `a`), as PHP, Rails and Express's `qs` name them;
+/// `None` when no name has one.
+fn without_array_suffixes(query: &str) -> Option<String> {
+    let mut changed = false;
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| {
+            let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
+            let base = match name.find('[') {
+                Some(i) if i > 0 && name.ends_with(']') => &name[..i],
+                _ => name,
+            };
+            changed |= base.len() != name.len();
+            value.map_or_else(|| base.to_string(), |v| format!("{base}={v}"))
+        })
+        .collect();
+    changed.then(|| params.join("&"))
 }
 
 /// `query` (percent-encoded) with each parameter's name and value trimmed of blanks at either

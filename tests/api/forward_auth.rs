@@ -659,6 +659,10 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/%EF%BD%85xport?fmt=%EF%BD%83sv",
         "/export?fmt=csv%A0",
         "/export?fmt=csv%85",
+        // Array names, as PHP, Rails and `qs` read them (review 144).
+        "/export?fmt[]=csv",
+        "/export?fmt%5B%5D=csv",
+        "/export?x=1&fmt[0]=csv",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
