@@ -173,7 +173,8 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             unicode.case_folded.extend(more.case_folded);
             // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
             for forms in [&mut unicode.other, &mut unicode.case_folded] {
-                let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).collect();
+                let trimmed: Vec<String> =
+                    forms.iter().map(|f| trimmed_values(f)).filter(|t| !forms.contains(t)).collect();
                 forms.extend(trimmed);
             }
             // Parameters named as arrays (`fmt[]=csv`, `fmt[0]=csv`), which PHP, Rails and
@@ -190,8 +191,10 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             // (review 144).
             if queries[0].contains('%') {
                 let twice = decode_unreserved(&decode_where(&queries[0], |b| b == b'%')).replace('?', "%3F");
-                let twice_decoded = decode_reserved(&twice).into_owned();
-                queries.extend([twice, twice_decoded]);
+                if twice != queries[0] {
+                    let twice_decoded = decode_reserved(&twice).into_owned();
+                    queries.extend([twice, twice_decoded]);
+                }
             }
             (queries.iter().map(|q| format!("?{q}")).collect::<Vec<_>>(), unicode)
         }
@@ -293,6 +296,9 @@ fn trim_blanks(s: &str, plus: bool) -> &str {
     let blank_at = |s: &str| -> Option<usize> {
         if plus && s.starts_with('+') {
             return Some(1);
+        }
+        if !s.starts_with('%') {
+            return None;
         }
         (1..=4).map(|n| n * 3).find(|&len| {
             let Some(escapes) = s.get(..len) else { return false };
@@ -650,6 +656,11 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
 /// The readings go through [`normalise_path`], which merges the empty segments left and
 /// refuses dot segments.
 fn trimmed_readings(path: &str) -> Vec<String> {
+    // Only an escape (a blank), a dot or a colon (a stream) can be trimmed: most paths have
+    // none of these, and every verify reads its path many ways.
+    if !path.contains(['%', '.', ':']) {
+        return Vec::new();
+    }
     fn blanks(segment: &str) -> &str {
         trim_blanks(segment, false)
     }
