@@ -118,6 +118,59 @@ pub fn reading_apart<T: PartialEq>(
     Ok(apart(&normalised, &readings.other, &readings.case_folded, answer))
 }
 
+/// `q` with every escape decoded once, as a rewrite that decodes before it forwards hands it
+/// on, written again as a request carries it: controls, spaces, `"`, `#`, `<`, `>`, `` ` ``,
+/// `{`, `}`, `?` and bytes outside ASCII escaped, everything else (`%`, `&`, `=`, `+`, `;`, `[`)
+/// as the decoding left it, for the application to read again.
+fn decoded_once(q: &str) -> String {
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(q).collect();
+    percent_encoding::percent_encode(&bytes, PATH_ENCODE).to_string()
+}
+
+/// The readings of `q` (a query, percent-encoded, without its `?`) as applications read it,
+/// the first its normalised form (see [`read`]), and its readings by Unicode's rules. Each is
+/// also given with parameters named as arrays read by their names (`fmt[]=csv` as `fmt=csv`).
+fn query_readings(q: &str) -> (Vec<String>, Readings) {
+    // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
+    // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
+    let normalised = decode_unreserved(q).replace('?', "%3F");
+    let decoded = decode_reserved(&normalised).into_owned();
+    // Form decoding, which frameworks apply to the query: `+` is a space there, as
+    // `%20` is (a review passed a rule for `f=a\+b` with `f=a%20b`); older parsers
+    // (Python before 3.9.2, Rack 2, Go before 1.17) also split parameters at `;`.
+    let spaces = normalised.replace('+', "%20");
+    let pluses = normalised.replace("%20", "+");
+    let split = normalised.replace(';', "&");
+    // Applications that trim values (`.strip()`) read `view=full%20` as `view=full`:
+    // blanks and control characters dropped (found by the same review).
+    let trimmed = trimmed_values(&normalised);
+    // And all of those at once, as a framework that decodes, splits at `;` and hands
+    // over values its application strips reads it (a review passed rules with two of
+    // them together: `f=x%40y.z+`, `x=1;fmt=+csv`): escapes of characters that do not
+    // part parameters decoded, `;` as `&`, values trimmed, spaces either way.
+    let parts = |b: u8| DECODED_BEFORE_ROUTING.contains(&b) && !b"&=+;".contains(&b);
+    let all = trimmed_values(&decode_where(&normalised, parts).replace(';', "&"));
+    let (all_plus, all_spaces) = (all.replace("%20", "+"), all.replace('+', "%20"));
+    // By Unicode's rules, as sent and with all of those.
+    let mut unicode = unicode_readings(&normalised);
+    let more = unicode_readings(&all_spaces);
+    unicode.other.extend(more.other);
+    unicode.case_folded.extend(more.case_folded);
+    // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
+    for forms in [&mut unicode.other, &mut unicode.case_folded] {
+        let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).filter(|t| !forms.contains(t)).collect();
+        forms.extend(trimmed);
+    }
+    let mut queries = vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+    // Parameters named as arrays, read by their names, in every reading (review 145 passed
+    // `fmt[]=%2563sv` when the array reading was judged alone).
+    for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
+        let arrays: Vec<String> = forms.iter().filter_map(|f| without_array_suffixes(f)).collect();
+        forms.extend(arrays);
+    }
+    (queries, unicode)
+}
+
 /// The path as sent, `raw_path`, and the query, each plus its `?`, as rules match them (the
 /// path by [`normalise_path`], the query with unreserved escapes decoded, RFC 3986
 /// §6.2.2.2), and every other reading applications make of them: each reading of the path
@@ -126,13 +179,22 @@ pub fn reading_apart<T: PartialEq>(
 /// (a review passed a rule for `/export?fmt=csv` with `/export?fmt=%63sv`), with `+` and
 /// `%20` swapped, with `;` as `&`, and with values trimmed ([`trimmed_values`]); and the
 /// normalised path with the query's readings by Unicode's rules ([`unicode_readings`]). A `?`
-/// inside the query is `%3F` in every reading but the one as sent.
+/// inside the query is `%3F` in every reading but the one as sent. The query is also read as
+/// a rewrite that decodes it once hands it on ([`decoded_once`]), and a path with an encoded
+/// `?` or `#` as such a rewrite hands it on ([`split_at_decoded_delimiter`]), each with every
+/// reading above.
 ///
 /// # Errors
 /// As [`normalise_path`] and [`other_readings`].
 fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
     let path = normalise_path(raw_path)?;
     let readings = other_readings(raw_path)?;
+    // The head holds no encoded `?` or `#`, so this reads one level deep (review 145: each of
+    // the path's and the query's readings applies to what the rewrite hands on too).
+    let rewritten = match split_at_decoded_delimiter(raw_path, query) {
+        Some((head, rest)) => Some(read(&head, rest.as_deref())?),
+        None => None,
+    };
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
@@ -146,55 +208,19 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             if lower.iter().any(|l| has_iis_escape(l)) {
                 return Err(TargetError::AmbiguousPath("an IIS %u escape"));
             }
-            // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
-            // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
-            let normalised = decode_unreserved(q).replace('?', "%3F");
-            let decoded = decode_reserved(&normalised).into_owned();
-            // Form decoding, which frameworks apply to the query: `+` is a space there, as
-            // `%20` is (a review passed a rule for `f=a\+b` with `f=a%20b`); older parsers
-            // (Python before 3.9.2, Rack 2, Go before 1.17) also split parameters at `;`.
-            let spaces = normalised.replace('+', "%20");
-            let pluses = normalised.replace("%20", "+");
-            let split = normalised.replace(';', "&");
-            // Applications that trim values (`.strip()`) read `view=full%20` as `view=full`:
-            // blanks and control characters dropped (found by the same review).
-            let trimmed = trimmed_values(&normalised);
-            // And all of those at once, as a framework that decodes, splits at `;` and hands
-            // over values its application strips reads it (a review passed rules with two of
-            // them together: `f=x%40y.z+`, `x=1;fmt=+csv`): escapes of characters that do not
-            // part parameters decoded, `;` as `&`, values trimmed, spaces either way.
-            let parts = |b: u8| DECODED_BEFORE_ROUTING.contains(&b) && !b"&=+;".contains(&b);
-            let all = trimmed_values(&decode_where(&normalised, parts).replace(';', "&"));
-            let (all_plus, all_spaces) = (all.replace("%20", "+"), all.replace('+', "%20"));
-            // By Unicode's rules, as sent and with all of those.
-            let mut unicode = unicode_readings(&normalised);
-            let more = unicode_readings(&all_spaces);
-            unicode.other.extend(more.other);
-            unicode.case_folded.extend(more.case_folded);
-            // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
-            for forms in [&mut unicode.other, &mut unicode.case_folded] {
-                let trimmed: Vec<String> =
-                    forms.iter().map(|f| trimmed_values(f)).filter(|t| !forms.contains(t)).collect();
-                forms.extend(trimmed);
-            }
-            // Parameters named as arrays (`fmt[]=csv`, `fmt[0]=csv`), which PHP, Rails and
-            // Express's `qs` hand over as `fmt` (review 144).
-            let arrays = [without_array_suffixes(&decoded), without_array_suffixes(&all_spaces)];
-            let mut queries =
-                vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
-            queries.extend(arrays.into_iter().flatten());
-            // As an application that decodes twice reads it (a framework after its server, a
-            // proxy's rewrite): `fmt=%2563sv` is `fmt=csv` there (review 139). Not refused
-            // as in a path, since `%25` before two hex digits is ordinary in values (a search
-            // for `100%AB`); judged, so only a query a rule tells apart this way is refused.
-            // `%%36%33` is `%63` once its unreserved escapes are read, so any `%` left counts
-            // (review 144).
-            if queries[0].contains('%') {
-                let twice = decode_unreserved(&decode_where(&queries[0], |b| b == b'%')).replace('?', "%3F");
-                if twice != queries[0] {
-                    let twice_decoded = decode_reserved(&twice).into_owned();
-                    queries.extend([twice, twice_decoded]);
-                }
+            let (mut queries, mut unicode) = query_readings(q);
+            // As an application behind a rewrite that decodes the query once reads it, with
+            // every reading above of what the rewrite hands on (review 144: `fmt=%2563sv` is
+            // `fmt=csv` there; review 145: `fmt=csv%2520`, `x=1%3Bfmt=csv`, `fmt%255B%255D=csv`
+            // when judged alone). Not refused as in a path, since `%25` before two hex digits
+            // is ordinary in values (a search for `100%AB`): only a query a rule tells apart
+            // this way is.
+            let once = decoded_once(q);
+            if once != q {
+                let (more, more_unicode) = query_readings(&once);
+                queries.extend(more);
+                unicode.other.extend(more_unicode.other);
+                unicode.case_folded.extend(more_unicode.case_folded);
             }
             (queries.iter().map(|q| format!("?{q}")).collect::<Vec<_>>(), unicode)
         }
@@ -217,51 +243,55 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     // `other_readings` holds the normalised path too.
     let paths = readings.other;
     let mut other = combined(&paths, &[&queries, &kept_queries]);
-    other.extend(delimiters_decoded(&path, query));
-    let other = tidy(other);
-    let case_folded = tidy(
-        [
-            combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
-            combined(&paths, &[&folded_queries]),
-        ]
-        .concat(),
-    );
+    let mut case_folded = [
+        combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
+        combined(&paths, &[&folded_queries]),
+    ]
+    .concat();
+    if let Some((rewritten_main, more)) = rewritten {
+        other.push(rewritten_main);
+        other.extend(more.other);
+        case_folded.extend(more.case_folded);
+    }
+    let (other, case_folded) = (tidy(other), tidy(case_folded));
     Ok((main, Readings { other, case_folded }))
 }
 
-/// The normalised `path` (plus the `query` as sent) as an application behind a rewrite that
-/// decodes the path before it forwards it reads it (Apache's `mod_rewrite` without `[B]`):
-/// an encoded `?` there begins the query, an encoded `#` ends what the application gets, so
-/// `/exact%3Fx` is `/exact` with the query `x`, `/export%3Ffmt=csv` is `/export?fmt=csv`
-/// (review 144). `None` when the path holds neither. Not refused, since a page may be named
-/// with either (`/wiki/C%23`).
-fn delimiters_decoded(path: &str, query: Option<&str>) -> Option<String> {
-    let lower = path.to_ascii_lowercase();
+/// `raw_path` and `query` as an application behind a rewrite that decodes the path before it
+/// forwards it gets them (Apache's `mod_rewrite` without `[B]`): an encoded `?` there begins
+/// the query (the request's own query after it), an encoded `#` ends what the application
+/// gets, so `/exact%3Fx` is `/exact` with the query `x` and `/export%3Ffmt=csv` is
+/// `/export?fmt=csv` (review 144). `None` when the path holds neither. Not refused, since a
+/// page may be named with either (`/wiki/C%23`).
+fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(String, Option<String>)> {
+    let lower = raw_path.to_ascii_lowercase();
     let first = [lower.find("%3f"), lower.find("%23")].into_iter().flatten().min()?;
-    let (head, rest) = (&path[..first], &path[first + 3..]);
+    let head = raw_path[..first].to_string();
     if lower[first..].starts_with("%23") {
-        return Some(head.to_string());
+        return Some((head, None));
     }
+    let rest = &raw_path[first + 3..];
     let rest = rest.to_ascii_lowercase().find("%23").map_or(rest, |i| &rest[..i]);
-    // The rewrite decoded the rest too: `%26` parts parameters there.
-    let rest = decode_reserved(rest);
-    Some(match query {
-        Some(q) if !q.is_empty() => format!("{head}?{rest}&{q}"),
-        _ => format!("{head}?{rest}"),
-    })
+    let query = match query {
+        Some(q) if !q.is_empty() => format!("{rest}&{q}"),
+        _ => rest.to_string(),
+    };
+    Some((head, Some(query)))
 }
 
-/// `query` with each parameter's name read without the `[…]` groups that end it (`fmt[]`,
-/// `fmt[0]`, `a[b][c]` are `fmt`, `fmt`, `a`), as PHP, Rails and Express's `qs` name them;
-/// `None` when no name has one.
+/// `query` with each parameter's name read up to its first `[` when a `]` follows (`fmt[]`,
+/// `fmt[0]`, `a[b][c]`, `fmt[]x` are `fmt`, `fmt`, `a`, `fmt`), as PHP, Rails and Express's
+/// `qs` name them; `None` when no name has one.
 fn without_array_suffixes(query: &str) -> Option<String> {
     let mut changed = false;
     let params: Vec<String> = query
         .split('&')
         .map(|param| {
             let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
+            // Text after the closing bracket is ignored there too (`fmt[]x` is `fmt[]` to `qs`
+            // and PHP; review 145).
             let base = match name.find('[') {
-                Some(i) if i > 0 && name.ends_with(']') => &name[..i],
+                Some(i) if i > 0 && name[i..].contains(']') => &name[..i],
                 _ => name,
             };
             changed |= base.len() != name.len();

@@ -586,11 +586,25 @@ async fn an_encoded_question_mark_or_hash_in_the_path_is_read_as_a_decoding_rewr
         "/export%3Ffmt=csv",
         "/export%3Fa=1%26fmt=csv",
         "/export%3Fa%3Fb?fmt=csv",
+        // With every other reading of what the rewrite hands on (review 145).
+        "/exact%20%3F",
+        "/exact.%23",
+        "/export;x%3Ffmt=csv",
+        "/export.%3Ffmt=csv",
+        "/export%3Ffmt[]=csv",
+        "/export%3Ffmt=csv%20",
+        "/export%3Fx=1;fmt=csv",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
     }
-    for path in ["/wiki/C%23", "/wiki/Why%3F", "/exactly%3F", "/export%3Ffmt=pdf"] {
+    for path in [
+        "/wiki/C%23",
+        "/wiki/Why%3F",
+        "/exactly%3F",
+        "/export%3Ffmt=pdf",
+        "/search?q=100%25AB&ids[]=1&utm_source=a%2520b",
+    ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
 }
@@ -663,6 +677,17 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/export?fmt[]=csv",
         "/export?fmt%5B%5D=csv",
         "/export?x=1&fmt[0]=csv",
+        // Each of those with the others, and decoded once more (review 145).
+        "/export?fmt[]x=csv",
+        "/export?fmt[]=%2563sv",
+        "/export?fmt[]=csv%A0",
+        "/export?fmt=csv%2520",
+        "/export?%2520fmt=csv",
+        "/export?fmt=csv%25A0",
+        "/export?fmt=csv%2B",
+        "/export?x=1%3Bfmt=csv",
+        "/export?fmt%255B%255D=csv",
+        "/export?fmt=%25EF%25BD%2583sv",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
