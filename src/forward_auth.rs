@@ -164,8 +164,16 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
     let mut queries = vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
     // Parameters named as arrays, read by their names, in every reading (review 145 passed
     // `fmt[]=%2563sv` when the array reading was judged alone).
+    // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
     for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
-        let arrays: Vec<String> = forms.iter().filter_map(|f| without_array_suffixes(f)).collect();
+        let arrays: Vec<String> = forms
+            .iter()
+            .filter_map(|f| without_array_suffixes(f))
+            .flat_map(|a| {
+                let trimmed = trimmed_values(&a);
+                [a, trimmed]
+            })
+            .collect();
         forms.extend(arrays);
     }
     (queries, unicode)
@@ -279,20 +287,23 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(St
     Some((head, Some(query)))
 }
 
-/// `query` with each parameter's name read up to its first `[` when a `]` follows (`fmt[]`,
-/// `fmt[0]`, `a[b][c]`, `fmt[]x` are `fmt`, `fmt`, `a`, `fmt`), as PHP, Rails and Express's
-/// `qs` name them; `None` when no name has one.
+/// `query` with each parameter's name that holds a bracket read as its first run of other
+/// characters (`fmt[]`, `fmt[0]`, `a[b][c]`, `fmt[]x`, `[fmt]` are `fmt`, `fmt`, `a`, `fmt`,
+/// `fmt`), as PHP, Rails and Express's `qs` name them; `None` when no name has one.
 fn without_array_suffixes(query: &str) -> Option<String> {
     let mut changed = false;
     let params: Vec<String> = query
         .split('&')
         .map(|param| {
             let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
-            // Text after the closing bracket is ignored there too (`fmt[]x` is `fmt[]` to `qs`
-            // and PHP; review 145).
-            let base = match name.find('[') {
-                Some(i) if i > 0 && name[i..].contains(']') => &name[..i],
-                _ => name,
+            // The first run of other characters is the name, as Rack reads it
+            // (`\A[\[\]]*([^\[\]]+)\]*`): text after the closing bracket is ignored (`fmt[]x`, by
+            // `qs` and PHP; review 145), and so are brackets before (`[fmt]`, `]fmt`, by `qs`
+            // and Rack; review 146).
+            let base = if name.contains(['[', ']']) {
+                name.split(['[', ']']).find(|part| !part.is_empty()).unwrap_or(name)
+            } else {
+                name
             };
             changed |= base.len() != name.len();
             value.map_or_else(|| base.to_string(), |v| format!("{base}={v}"))
@@ -555,7 +566,14 @@ impl Gate {
     /// `(url, host, query)` of an https URL on a gated host; the query as the URL parser
     /// serialises it (percent-encoded), without its `?`.
     fn parse_url(&self, raw: &str) -> Result<(String, String, Option<String>), TargetError> {
-        let url = self.checked_url(raw).ok_or(TargetError::Outside)?;
+        // A `\` in the query is data, which browsers send as it is (review 146: `?q=a\b` was
+        // refused); read as its escape, as the application reads either. In the path it stays
+        // refused (the URL parser reads it as `/`).
+        let raw = match raw.find('?') {
+            Some(i) if raw[i..].contains('\\') => Cow::Owned(format!("{}{}", &raw[..i], raw[i..].replace('\\', "%5C"))),
+            _ => Cow::Borrowed(raw),
+        };
+        let url = self.checked_url(&raw).ok_or(TargetError::Outside)?;
         let host = url.host_str().unwrap_or_default().to_string();
         Ok((url.to_string(), host, url.query().map(str::to_string)))
     }

@@ -604,6 +604,9 @@ async fn an_encoded_question_mark_or_hash_in_the_path_is_read_as_a_decoding_rewr
         "/exactly%3F",
         "/export%3Ffmt=pdf",
         "/search?q=100%25AB&ids[]=1&utm_source=a%2520b",
+        // A backslash in the query is data, which browsers send as it is (review 146).
+        "/search?q=a\\b",
+        "/x?a=C:\\Users&b=[1]",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
@@ -688,6 +691,13 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/export?x=1%3Bfmt=csv",
         "/export?fmt%255B%255D=csv",
         "/export?fmt=%25EF%25BD%2583sv",
+        // Brackets before the name, as `qs` and Rack read them; a name trimmed after its
+        // brackets go (review 146).
+        "/export?[fmt]=csv",
+        "/export?%5Bfmt%5D=csv",
+        "/export?a=1&[fmt][]=csv",
+        "/export?]fmt=csv",
+        "/export?fmt%20[]=csv",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
