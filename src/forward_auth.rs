@@ -162,6 +162,14 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
         forms.extend(trimmed);
     }
     let mut queries = vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
+    // Node's `new URLSearchParams(url.parse(req.url).query)` drops one leading `?`, so
+    // `??fmt=csv` is `fmt=csv` there (review 146).
+    let after_question_mark: Vec<String> = queries
+        .iter()
+        .filter_map(|f| f.strip_prefix("%3F").or_else(|| f.strip_prefix('?')))
+        .map(String::from)
+        .collect();
+    queries.extend(after_question_mark);
     // Parameters named as arrays, read by their names, in every reading (review 145 passed
     // `fmt[]=%2563sv` when the array reading was judged alone).
     // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
