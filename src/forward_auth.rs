@@ -129,7 +129,8 @@ fn decoded_once(q: &str) -> String {
 
 /// The readings of `q` (a query, percent-encoded, without its `?`) as applications read it,
 /// the first its normalised form (see [`read`]), and its readings by Unicode's rules. Each is
-/// also given with parameters named as arrays read by their names (`fmt[]=csv` as `fmt=csv`).
+/// also given with its names as frameworks rename them ([`names_as_read`]: `fmt[]=csv` as
+/// `fmt=csv`).
 fn query_readings(q: &str) -> (Vec<String>, Readings) {
     // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
     // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
@@ -170,13 +171,13 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
         .map(String::from)
         .collect();
     queries.extend(after_question_mark);
-    // Parameters named as arrays, read by their names, in every reading (review 145 passed
-    // `fmt[]=%2563sv` when the array reading was judged alone).
+    // Names as frameworks rename them (arrays, Spring's `!`, PHP's `_`), in every reading
+    // (review 145 passed `fmt[]=%2563sv` when the array reading was judged alone).
     // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
     for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
         let arrays: Vec<String> = forms
             .iter()
-            .filter_map(|f| without_array_suffixes(f))
+            .flat_map(|f| names_as_read(f))
             .flat_map(|a| {
                 let trimmed = trimmed_values(&a);
                 [a, trimmed]
@@ -295,29 +296,54 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(St
     Some((head, Some(query)))
 }
 
-/// `query` with each parameter's name that holds a bracket read as its first run of other
-/// characters (`fmt[]`, `fmt[0]`, `a[b][c]`, `fmt[]x`, `[fmt]` are `fmt`, `fmt`, `a`, `fmt`,
-/// `fmt`), as PHP, Rails and Express's `qs` name them; `None` when no name has one.
-fn without_array_suffixes(query: &str) -> Option<String> {
-    let mut changed = false;
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| {
-            let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
-            // The first run of other characters is the name, as Rack reads it
-            // (`\A[\[\]]*([^\[\]]+)\]*`): text after the closing bracket is ignored (`fmt[]x`, by
-            // `qs` and PHP; review 145), and so are brackets before (`[fmt]`, `]fmt`, by `qs`
-            // and Rack; review 146).
-            let base = if name.contains(['[', ']']) {
-                name.split(['[', ']']).find(|part| !part.is_empty()).unwrap_or(name)
-            } else {
-                name
-            };
-            changed |= base.len() != name.len();
-            value.map_or_else(|| base.to_string(), |v| format!("{base}={v}"))
-        })
-        .collect();
-    changed.then(|| params.join("&"))
+/// `query` with its parameters' names as frameworks that rename them read them, each reading
+/// only where it differs from `query`:
+/// - a name that holds a bracket as its first run of other characters (`fmt[]`, `fmt[0]`,
+///   `a[b][c]`, `fmt[]x`, `[fmt]` are `fmt`, `fmt`, `a`, `fmt`, `fmt`), as PHP, Rails and
+///   Express's `qs` name them, and without a leading `!`, Spring's default marker
+///   (`WebDataBinder`: `!fmt=csv` sets `fmt` when the request has none);
+/// - that, with PHP's renaming first (`php_register_variable`): a `.`, a space or the first
+///   unmatched `[` in a name is `_`, so `user.id=1` and `user+id=1` are `user_id=1` there.
+fn names_as_read(query: &str) -> Vec<String> {
+    // Every verify reads its query many ways, and most names hold nothing to rename.
+    let mut names = query.split('&').map(|param| param.split_once('=').map_or(param, |(name, _)| name));
+    if !names.any(|name| name.contains(['[', ']', '!', '.', '+']) || name.contains("%20")) {
+        return Vec::new();
+    }
+    let rename = |php: bool| {
+        query
+            .split('&')
+            .map(|param| {
+                let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
+                let name = if php { Cow::Owned(php_name(name)) } else { Cow::Borrowed(name) };
+                let name = name.strip_prefix('!').unwrap_or(&name);
+                // The first run of other characters is the name, as Rack reads it
+                // (`\A[\[\]]*([^\[\]]+)\]*`): text after the closing bracket is ignored
+                // (`fmt[]x`, by `qs` and PHP; review 145), and so are brackets before (`[fmt]`,
+                // `]fmt`, by `qs` and Rack; review 146).
+                let base = name.split(['[', ']']).find(|part| !part.is_empty()).unwrap_or(name);
+                value.map_or_else(|| base.to_string(), |v| format!("{base}={v}"))
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let mut readings: Vec<String> = Vec::new();
+    for reading in [rename(false), rename(true)] {
+        if reading != query && !readings.contains(&reading) {
+            readings.push(reading);
+        }
+    }
+    readings
+}
+
+/// `name` (percent-encoded) as PHP names the variable (`php_register_variable_ex`): `.` and
+/// spaces (`+`, `%20`) are `_`, and so is a `[` no `]` follows.
+fn php_name(name: &str) -> String {
+    let name = name.replace("%20", "_").replace(['.', '+'], "_");
+    match name.find('[') {
+        Some(i) if !name[i..].contains(']') => format!("{}_{}", &name[..i], &name[i + 1..]),
+        _ => name,
+    }
 }
 
 /// `query` (percent-encoded) with each parameter's name and value trimmed of blanks at either
@@ -783,7 +809,9 @@ pub struct Readings {
 /// as `/admin` and a combining accent, which a prefix matches), decomposed without its
 /// accents (combining marks), as applications that fold accents read it (`/admín/x` as
 /// `/admin/x`, found by a review), and with default-ignorable
-/// characters dropped, as NFKC_Casefold does (`/ad\u{AD}min` as `/admin`).
+/// characters dropped, as NFKC_Casefold does (`/ad\u{AD}min` as `/admin`); and with the
+/// division and fraction slashes (U+2215, U+2044) as `/`, as Windows' best-fit mapping reads
+/// them for programs that take paths in the system's code page.
 ///
 /// `case_folded`: each of those in both kinds of case mapping (Unicode §3.13): the full
 /// mapping of the whole string, lowered, raised and lowered again, which is what full case
@@ -804,7 +832,12 @@ fn unicode_readings(path: &str) -> Readings {
         return Readings::default();
     }
     let visible: String = decoded.chars().filter(|&c| !crate::text::is_default_ignorable(c)).collect();
-    let forms: Vec<String> = [&decoded, &visible]
+    // Windows' best-fit mapping, which a program calling its ANSI functions gets a path through
+    // (Orange Tsai's "WorstFit", 2024): the division and fraction slashes are `/` there, as
+    // NFKC makes the full-width one.
+    let best_fit = visible.replace(['\u{2215}', '\u{2044}'], "/");
+    let texts = if best_fit == visible { vec![&decoded, &visible] } else { vec![&decoded, &visible, &best_fit] };
+    let forms: Vec<String> = texts
         .iter()
         .flat_map(|t| {
             let stripped = t.nfkd().filter(|&c| !unicode_normalization::char::is_combining_mark(c)).collect();
@@ -1124,6 +1157,8 @@ mod tests {
         assert!(has(kept("/ad%C2%ADmin"), "/admin"), "a soft hyphen dropped, as NFKC_Casefold does");
         assert!(has(folded("/ki%DF"), "/kiss"), "not UTF-8: read as Latin-1, as WSGI does");
         assert!(has(kept("/%EF%BC%8F%EF%BC%8Fadmin"), "/admin"), "full-width slashes merged");
+        assert!(has(kept("/admin%E2%88%95x"), "/admin/x"), "a division slash, by Windows' best fit");
+        assert!(has(kept("/admin%E2%81%84x"), "/admin/x"), "a fraction slash, by Windows' best fit");
         assert_eq!(
             super::other_readings("/x/%EF%BC%8E%EF%BC%8E/admin"),
             Err(TargetError::AmbiguousPath("a dot segment")),
@@ -1421,6 +1456,19 @@ mod tests {
             g.target(Flavour::AuthRequest, &d("https://app.example.com/public/..%2fadmin")),
             Err(TargetError::AmbiguousPath(_))
         ));
+    }
+
+    #[test]
+    fn parameter_names_are_read_as_frameworks_rename_them() {
+        let read = super::names_as_read;
+        assert_eq!(read("fmt=csv&x=1"), Vec::<String>::new(), "nothing to rename");
+        assert_eq!(read("fmt[]=csv&a[b][c]=1&[x]=2&y[]z=3"), vec!["fmt=csv&a=1&x=2&y=3"], "arrays");
+        assert_eq!(read("!fmt=csv"), vec!["fmt=csv"], "Spring's default marker");
+        assert_eq!(
+            read("user.id=1&user+id=2&user%20id=3&user[id=4"),
+            vec!["user.id=1&user+id=2&user%20id=3&user=4", "user_id=1&user_id=2&user_id=3&user_id=4"]
+        );
+        assert_eq!(read("a.b[c.d]=1"), vec!["a.b=1", "a_b=1"], "the name before the bracket");
     }
 
     proptest! {
