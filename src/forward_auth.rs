@@ -225,6 +225,20 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             if lower.iter().any(|l| has_iis_escape(l)) {
                 return Err(TargetError::AmbiguousPath("an IIS %u escape"));
             }
+            // A parameter's name holding a control character is no name a form gives, and
+            // applications read it apart: PHP cuts a name at `%00` (`fmt%00x=csv` is `fmt=csv`
+            // there; review 147), others keep it or trim it. Asked of the query decoded once
+            // more too (`fmt%2500x`).
+            let once = decoded_once(q);
+            let names_hold_control = |query: &str| {
+                query.to_ascii_lowercase().split(['&', ';']).any(|param| {
+                    let name = param.split_once('=').map_or(param, |(name, _)| name);
+                    has_encoded_control(name)
+                })
+            };
+            if names_hold_control(q) || names_hold_control(&once) {
+                return Err(TargetError::AmbiguousPath("a control character in a parameter's name"));
+            }
             let (mut queries, mut unicode) = query_readings(q);
             // As an application behind a rewrite that decodes the query once reads it, with
             // every reading above of what the rewrite hands on (review 144: `fmt=%2563sv` is
@@ -232,7 +246,6 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
             // when judged alone). Not refused as in a path, since `%25` before two hex digits
             // is ordinary in values (a search for `100%AB`): only a query a rule tells apart
             // this way is.
-            let once = decoded_once(q);
             if once != q {
                 let (more, more_unicode) = query_readings(&once);
                 queries.extend(more);
@@ -929,9 +942,7 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
     // applications read it apart: some trim it (`/%0aadmin` is `/admin` there), some end a
     // regular expression's `.` at it (Spring's CVE-2022-22978), some cut the path at `%00`.
     // C1 (U+0080 to U+009F, `%C2%85` a line break to some) likewise (review 143).
-    let control = |hex: &[u8]| matches!(hex, [b'0' | b'1', _] | [b'7', b'f']);
-    let c1 = lower.contains("%c2%8") || lower.contains("%c2%9");
-    if c1 || lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..])) {
+    if has_encoded_control(&lower) {
         return Err(TargetError::AmbiguousPath("an encoded control character"));
     }
     // An overlong UTF-8 sequence (`%C0%AE` for `.`) is no character, but decoders that
@@ -997,6 +1008,14 @@ pub fn normalise_path(raw: &str) -> Result<String, TargetError> {
 /// that accept them.
 const OVERLONG: [&str; 11] =
     ["%c0%8", "%c0%9", "%c0%a", "%c0%b", "%c1%8", "%c1%9", "%c1%a", "%c1%b", "%e0%8", "%e0%9", "%f0%8"];
+
+/// Whether `lower` (escaped, in lower case) holds the escape of a control character: C0
+/// (`%00` to `%1f`), DEL (`%7f`) or C1 in UTF-8 (`%c2%80` to `%c2%9f`).
+fn has_encoded_control(lower: &str) -> bool {
+    let control = |hex: &[u8]| matches!(hex, [b'0' | b'1', _] | [b'7', b'f']);
+    let c1 = lower.contains("%c2%8") || lower.contains("%c2%9");
+    c1 || lower.as_bytes().windows(3).any(|w| w[0] == b'%' && control(&w[1..]))
+}
 
 /// Whether `lower` (escaped, in lower case) holds IIS's own escape, `%u` and four hex digits.
 fn has_iis_escape(lower: &str) -> bool {
