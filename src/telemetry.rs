@@ -8,7 +8,9 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// What the terminal log shows unless `RUST_LOG` says otherwise. The HTTP/2 library's own
@@ -44,6 +46,17 @@ fn filter_from(rust_log: Option<String>, default: &str) -> EnvFilter {
     }
 }
 
+/// A filter over every line, whatever `RUST_LOG` asks for: the PostgreSQL client's lines below
+/// INFO are dropped, since at DEBUG it writes every statement's parameters, which are password
+/// hashes, the CSRF and captcha keys and session-token hashes (review 148 read the keys off
+/// `RUST_LOG=debug`). Not a directive of the [`EnvFilter`]: one of `RUST_LOG`'s naming the
+/// library more closely, or a span, would win over it.
+fn without_secret_bearing_lines() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+    })
+}
+
 /// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
 pub fn init_terminal(instance: &str) {
     let filter = filter_or(DEFAULT_FILTER);
@@ -55,6 +68,8 @@ pub fn init_terminal(instance: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .event_format(WithInstance::text(format, instance))
+        .finish()
+        .with(without_secret_bearing_lines())
         .try_init();
 }
 
@@ -96,6 +111,8 @@ pub fn init_cli() {
         .with_writer(|| CliLines)
         .with_ansi(ansi)
         .event_format(CliFormat)
+        .finish()
+        .with(without_secret_bearing_lines())
         .try_init();
 }
 
@@ -341,6 +358,31 @@ pub(crate) mod tests {
         assert_eq!(lines(Some("info")), (false, true), "a common setting");
         assert_eq!(lines(Some("")), (false, true), "empty: the default");
         assert_eq!(lines(Some("debug,webauthn_rs_core=error")), (true, true), "asked for by name");
+    }
+
+    #[test]
+    fn the_postgresql_clients_statement_parameters_are_never_logged() {
+        let lines = |rust_log: &str| {
+            let buffer = Buffer::default();
+            let out = buffer.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(filter_from(Some(rust_log.to_string()), DEFAULT_FILTER))
+                .with_writer(move || out.clone())
+                .finish()
+                .with(without_secret_bearing_lines());
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!(target: "tokio_postgres::query", "executing statement s1 with parameters: [secret]");
+                tracing::info!(target: "tokio_postgres::connection", "connected");
+                tracing::debug!(target: "portcullis::serve", "debugging");
+            });
+            let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+            (text.contains("[secret]"), text.contains("connected"), text.contains("debugging"))
+        };
+        assert_eq!(lines("debug"), (false, true, true));
+        assert_eq!(lines("trace"), (false, true, true));
+        assert_eq!(lines("debug,tokio_postgres=debug"), (false, true, true), "even when named");
+        assert_eq!(lines("tokio_postgres::query=trace,debug"), (false, true, true), "even when named closer");
+        assert_eq!(lines("[{x}]=trace,debug"), (false, true, true), "or by a span");
     }
 
     #[test]

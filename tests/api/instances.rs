@@ -513,3 +513,22 @@ async fn with_the_database_server_stopped_during_a_flood_only_503s_then_everythi
         assert!(s.child.try_wait().unwrap().is_none(), "no instance exited or was restarted");
     }
 }
+
+/// `RUST_LOG=debug` on PostgreSQL writes no statement's parameters: the database client logs
+/// them at DEBUG, and they hold the CSRF and captcha keys and password hashes (review 148
+/// read the keys off the terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_debug_writes_no_statements_parameters_to_the_terminal() {
+    let Some(url) = pg::database().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &child::quick_with(&[]), |cmd| {
+        cmd.env("PORTCULLIS_DATABASE_URL", url.to_string()).env("RUST_LOG", "debug,tokio_postgres::query=trace");
+    });
+    let origin = server.origin.clone();
+    let reply = attempt(&server.browser(), &origin, "nobody", "wrong password", &[]).await;
+    assert!(matches!(reply, Reply::Refused(..)), "a sign-in ran its statements");
+    let (_, _, stderr) = server.terminate_with_output();
+    let text = stderr.join("\n");
+    assert!(text.contains("DEBUG"), "RUST_LOG=debug took effect: {text}");
+    assert!(!text.contains("with parameters"), "a statement's parameters were logged");
+}
