@@ -119,7 +119,16 @@ async fn upstream() -> SocketAddr {
         let all = |name: &str| -> Vec<String> {
             req.headers().get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
         };
-        let names = ["x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-path"];
+        let names = [
+            "x-original-url",
+            "x-original-uri",
+            "x-rewrite-url",
+            "x-forwarded-prefix",
+            "x-forwarded-path",
+            "x-script-name",
+            "script-name",
+            "path-info",
+        ];
         let rewrites: Vec<String> = names.iter().flat_map(|n| [all(n), all(&n.replace('-', "_"))]).flatten().collect();
         let overrides =
             ["x-http-method-override", "x-http-method", "x-method-override", "x-original-method", "x-forwarded-method"];
@@ -476,6 +485,10 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
             ("x-forwarded-prefix", "/denied"),
             ("x_forwarded_prefix", "/denied"),
             ("x-forwarded-path", "/denied"),
+            ("x-script-name", "/public"),
+            ("x_script_name", "/public"),
+            ("script_name", "/public"),
+            ("path_info", "/denied"),
         ],
     )
     .await;
