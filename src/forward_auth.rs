@@ -685,6 +685,8 @@ fn raw_path(raw: &str) -> &str {
 ///   leading slash, takes what follows up to the next slash as a host, and the rest is the
 ///   path, so `//x/admin` and `///x:80/admin` are `/admin`; that path as sent and normalised
 ///   (an application may decode it after parsing: `//x/%61dmin`);
+/// - the path after a segment naming a PHP script, as a front controller routes its
+///   `PATH_INFO` (`after_php_scripts`): `/index.php/admin` is `/admin`;
 /// - each of these with its segments trimmed, as Spring and Windows read them
 ///   (`trimmed_readings`): `/%20/admin` and `/admin.` are `/admin`.
 ///
@@ -705,6 +707,13 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         let path = after.find('/').map_or("/", |i| &after[i..]);
         let decoded = normalise_path(path)?;
         other.extend([path.to_string(), decoded]);
+    }
+    // A PHP front controller routes the path after its script (`PATH_INFO`): Laravel, Symfony
+    // and Slim serve `/index.php/admin` as `/admin` (review 147).
+    let after_scripts: Vec<String> = other.iter().flat_map(|r| after_php_scripts(r)).collect();
+    for path in after_scripts {
+        other.push(normalise_path(&path)?);
+        other.push(path);
     }
     // A router decodes reserved characters in whatever path its server hands it: as sent or
     // normalised (a review reached `/plus/a+b` past a rule for it with `/%70lus/a%2Bb`,
@@ -731,6 +740,25 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         readings.dedup();
     }
     Ok(Readings { other, case_folded })
+}
+
+/// The paths after each segment of `path` that names a PHP script (`.php` in any case, as
+/// Windows matches it), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives
+/// `/admin`. Empty when no segment but the last names one.
+fn after_php_scripts(path: &str) -> Vec<String> {
+    if !path.to_ascii_lowercase().contains(".php/") {
+        return Vec::new();
+    }
+    let mut after = Vec::new();
+    let mut at = 0;
+    for segment in path.split('/') {
+        at += segment.len() + 1;
+        let script = segment.len() > 4 && segment.as_bytes()[segment.len() - 4..].eq_ignore_ascii_case(b".php");
+        if script && at <= path.len() {
+            after.push(path[at - 1..].to_string());
+        }
+    }
+    after
 }
 
 /// `path` (percent-encoded) as servers that trim its segments read it, each reading only

@@ -453,11 +453,17 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         // Windows' best-fit mapping makes the division and fraction slashes `/` for a program
         // that takes paths in the system's code page.
         "/x/..%E2%88%95admin/users",
+        // A PHP front controller routes the path after its script (review 147).
+        "/index.php/admin",
+        "/app.PHP/admin/users",
+        "/index.php/%61dmin",
+        "/x/index.php//admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
-    for path in ["/Docs/Page", "//docs/page", "/PUBLIC/x", "/D%C3%96cs/%C3%A9t%C3%A9"] {
+    for path in ["/Docs/Page", "//docs/page", "/PUBLIC/x", "/D%C3%96cs/%C3%A9t%C3%A9", "/index.php/docs", "/docs/x.php"]
+    {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
     // Anonymous: under the bypass rule to one reading, not to the other (an application that
