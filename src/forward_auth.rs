@@ -316,7 +316,10 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(St
 ///   Express's `qs` name them, and without a leading `!`, Spring's default marker
 ///   (`WebDataBinder`: `!fmt=csv` sets `fmt` when the request has none);
 /// - that, with PHP's renaming first (`php_register_variable`): a `.`, a space or the first
-///   unmatched `[` in a name is `_`, so `user.id=1` and `user+id=1` are `user_id=1` there.
+///   unmatched `[` in a name is `_`, so `user.id=1` and `user+id=1` are `user_id=1` there;
+/// - a name with a `.` or a bracket as its last part that is not an index, as ASP.NET Core's
+///   model binding reads a property of a prefixed or nested model (`req.fmt`, `req[fmt]`,
+///   the jQuery form, and `a[0].fmt` bind `Fmt`; review 147).
 fn names_as_read(query: &str) -> Vec<String> {
     // Every verify reads its query many ways, and most names hold nothing to rename.
     let mut names = query.split('&').map(|param| param.split_once('=').map_or(param, |(name, _)| name));
@@ -340,8 +343,18 @@ fn names_as_read(query: &str) -> Vec<String> {
             .collect::<Vec<_>>()
             .join("&")
     };
+    let last_parts = query
+        .split('&')
+        .map(|param| {
+            let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n, Some(v)));
+            let index = |part: &&str| part.is_empty() || part.bytes().all(|b| b.is_ascii_digit());
+            let last = name.rsplit(['.', '[', ']']).find(|part| !index(part)).unwrap_or(name);
+            value.map_or_else(|| last.to_string(), |v| format!("{last}={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
     let mut readings: Vec<String> = Vec::new();
-    for reading in [rename(false), rename(true)] {
+    for reading in [rename(false), rename(true), last_parts] {
         if reading != query && !readings.contains(&reading) {
             readings.push(reading);
         }
@@ -1509,13 +1522,30 @@ mod tests {
     fn parameter_names_are_read_as_frameworks_rename_them() {
         let read = super::names_as_read;
         assert_eq!(read("fmt=csv&x=1"), Vec::<String>::new(), "nothing to rename");
-        assert_eq!(read("fmt[]=csv&a[b][c]=1&[x]=2&y[]z=3"), vec!["fmt=csv&a=1&x=2&y=3"], "arrays");
+        assert_eq!(
+            read("fmt[]=csv&a[b][c]=1&[x]=2&y[]z=3"),
+            vec!["fmt=csv&a=1&x=2&y=3", "fmt=csv&c=1&x=2&z=3"],
+            "arrays"
+        );
         assert_eq!(read("!fmt=csv"), vec!["fmt=csv"], "Spring's default marker");
         assert_eq!(
             read("user.id=1&user+id=2&user%20id=3&user[id=4"),
-            vec!["user.id=1&user+id=2&user%20id=3&user=4", "user_id=1&user_id=2&user_id=3&user_id=4"]
+            vec![
+                "user.id=1&user+id=2&user%20id=3&user=4",
+                "user_id=1&user_id=2&user_id=3&user_id=4",
+                "id=1&user+id=2&user%20id=3&id=4"
+            ]
         );
-        assert_eq!(read("a.b[c.d]=1"), vec!["a.b=1", "a_b=1"], "the name before the bracket");
+        assert_eq!(read("a.b[c.d]=1"), vec!["a.b=1", "a_b=1", "d=1"], "the name before the bracket, and the last part");
+        assert_eq!(
+            read("req[fmt]=csv&req.fmt=csv&a[0].fmt=csv&fmt[0]=csv"),
+            vec![
+                "req=csv&req.fmt=csv&a=csv&fmt=csv",
+                "req=csv&req_fmt=csv&a=csv&fmt=csv",
+                "fmt=csv&fmt=csv&fmt=csv&fmt=csv"
+            ],
+            "ASP.NET Core's prefixed and nested names"
+        );
     }
 
     proptest! {

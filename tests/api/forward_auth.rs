@@ -722,6 +722,10 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/user?user%20id=1",
         "/user?user[id=1",
         "/user?%20user.id[]=1",
+        // ASP.NET Core's prefixed and nested model properties (review 147).
+        "/export?req.fmt=csv",
+        "/export?req[fmt]=csv",
+        "/export?a[0].fmt=csv",
         // A control character in a name, where PHP cuts it (review 147).
         "/export?fmt%00x=csv",
         "/export?x=1&+fmt%00x=csv",
@@ -739,6 +743,7 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/export?q=a%0D%0Ab",
         "/user?user.id=2",
         "/user?user.name=x",
+        "/export?filter[status]=open&page[size]=10",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::OK, "forward-auth {path}");
     }
