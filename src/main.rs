@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         // contract is one line on standard error.
         Err(e) => {
             let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-            eprintln!("portcullis: {}", portcullis::cli::usage_error(&e, &args));
+            // A stray database URL (`store copy postgres://…` without `--to`) is quoted with
+            // its password hidden.
+            let message = portcullis::cli::usage_error(&e, &args);
+            eprintln!("portcullis: {}", portcullis::postgres::url::redact_words(&message));
             return ExitCode::from(2);
         }
     };
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
             // tightened), most of them escaped already: what is left is escaped, newlines too,
             // so the line stays one line and shows what is there.
             let message = portcullis::text::error_chain(e.as_ref());
+            let message = portcullis::postgres::url::redact_words(&message);
             eprintln!("portcullis: {}", portcullis::text::escape_hidden(&message));
             e.downcast_ref::<portcullis::cli::Failure>().map_or(ExitCode::FAILURE, |f| ExitCode::from(f.status))
         }

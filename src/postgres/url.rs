@@ -372,6 +372,34 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// `text` (a message) with [`redact`] applied to each word in it that holds `://` or
+/// `password=`, words ending at whitespace and quotes: a command line's stray argument or a
+/// setting's value quoted in an error (`invalid https_addr = "postgres://u:pw@h/db"`) keeps
+/// its password out of the line (SPEC.md: the database password never appears in an error).
+pub fn redact_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let lower = word.to_ascii_lowercase();
+        if lower.contains("://") || lower.contains("password=") {
+            out.push_str(&redact(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
@@ -551,6 +579,11 @@ mod tests {
             assert!(!redact(bad).contains("hunter2"), "{}", redact(bad));
         }
         assert_eq!(redact("postgres://a:b@c/d"), "postgres://a:***@c/d");
+        assert_eq!(
+            redact_words("invalid https_addr = \"postgres://u:S3@h/db\" (see 'x://a:b@c')"),
+            "invalid https_addr = \"postgres://u:***@h/db\" (see 'x://a:***@c')"
+        );
+        assert_eq!(redact_words("no user named alice:x@y"), "no user named alice:x@y", "not a URL");
         assert_eq!(redact("postgres://a:p@ss@c/d"), "postgres://a:***@c/d");
         assert_eq!(redact("postgres://a@c/d"), "postgres://a@c/d");
         // Passwords that stop a URL parser (found in review): never quoted back.

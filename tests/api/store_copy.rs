@@ -301,11 +301,24 @@ async fn a_bad_or_unreachable_target_is_one_line_without_the_password() {
         "postgres://portcullis:Sekr3t-pw@127.0.0.1:1/db?password=Sekr3t-pw",
         "postgres://portcullis:Sekr3t-pw@127.0.0.1:1/db?sslmode=disable",
         "mysql://portcullis:Sekr3t-pw@127.0.0.1/db",
+        // Mistyped URLs, which were copied into a directory named after them (review 148).
+        "postgres:/portcullis:Sekr3t-pw@127.0.0.1/db",
+        "postgresql:portcullis:Sekr3t-pw@127.0.0.1/db",
+        "postgres//portcullis:Sekr3t-pw@127.0.0.1/db",
+        "portcullis:Sekr3t-pw@127.0.0.1/db",
     ] {
         let run = cli(a.path(), None, &["store", "copy", "--to", to], None).await;
         let err = run.assert_one_line_failure(to);
         assert!(!err.contains("Sekr3t") && !run.stdout.contains("Sekr3t"), "{run:?}");
         assert!(!run.stdout.contains("copied"), "{run:?}");
+    }
+    let made: Vec<_> = std::fs::read_dir(a.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(made.iter().all(|name| !name.to_string_lossy().contains("postgres")), "{made:?}");
+    // Forgetting `--to`: clap's refusal of the stray argument hides the password too.
+    let url = "postgres://portcullis:Sekr3t-pw@127.0.0.1/db";
+    for args in [&["store", "copy", url][..], &["serve", "--https-addr", url]] {
+        let run = cli(a.path(), None, args, None).await;
+        assert!(!run.ok && !run.stderr.contains("Sekr3t") && run.stderr.contains("***"), "{run:?}");
     }
     let help = cli(a.path(), None, &["store", "copy", "--help"], None).await;
     help.assert_ok("--help");
