@@ -73,6 +73,8 @@ pub enum ConfigError {
     Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("config file {path} is larger than {} KiB: is it the settings file?", MAX_CONFIG_BYTES / 1024)]
+    TooLarge { path: PathBuf },
     #[error("config file {path}: unknown key `{key}`")]
     UnknownKey { path: PathBuf, key: String },
     #[error("invalid {key} = {} (from {source_name}): {message}", crate::text::quoted(.value))]
@@ -671,8 +673,20 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// The largest settings file read, in bytes: the shipped one is under 10 KiB, and a path to
+/// something else (`/dev/zero`, a log) must fail in one line, not fill the memory (review 148).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
+    use std::io::Read;
+    let read_error = |error| ConfigError::Read { path: path.to_path_buf(), error };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge { path: path.to_path_buf() });
+    }
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         // Where, so a long file's mistake can be found; the message alone, not the quoted
         // source line (it may hold database_url's password).

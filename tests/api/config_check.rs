@@ -221,6 +221,22 @@ async fn a_file_that_is_not_toml_is_one_line_saying_where() {
     assert!(!out.stderr.contains("\\u{a}") && !out.stderr.contains("hunter2"), "{}", out.stderr);
 }
 
+/// A path to something that is not a settings file fails in one line without reading it all
+/// (review 148: `/dev/zero` took 3 GB in 3 s).
+#[tokio::test]
+async fn a_file_larger_than_any_settings_file_is_one_line_and_read_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(check(dir.path(), &["--config", "/dev/zero"], &[])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("/dev/zero is larger than 1024 KiB"), "{}", out.stderr);
+    std::fs::write(dir.path().join("big.toml"), "#".repeat(1024 * 1024 + 1)).unwrap();
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_CONFIG", "big.toml")])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    std::fs::write(dir.path().join("big.toml"), "#".repeat(1024 * 1024)).unwrap();
+    assert_eq!(run(check(dir.path(), &["--config", "big.toml"], &[])).await.status, 0, "1 MiB is read");
+}
+
 #[tokio::test]
 async fn a_portcullis_toml_that_links_to_nothing_is_an_error_not_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
