@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use regex::Regex;
 
-use crate::domain::{normalise_key, Group};
+use crate::domain::Group;
 
 /// The settings file's table for these rules (file only: no environment variable or flag).
 pub const FILE_KEY: &str = "access";
@@ -379,13 +379,12 @@ impl Rule {
                 "users" => {
                     rule.users = items
                         .iter()
-                        .map(|s| {
-                            let key = normalise_key(s);
-                            if key.is_empty() {
-                                Err("a user name is empty".to_string())
-                            } else {
-                                Ok(key)
-                            }
+                        // As sign-in reads a name: one no account can have (`alice` and a bidi
+                        // control, review 148) would never match, silently.
+                        .map(|s| match crate::domain::Username::parse(s) {
+                            Ok(name) => Ok(name.key().to_string()),
+                            Err(crate::domain::UsernameError::Empty) => Err("a user name is empty".to_string()),
+                            Err(e) => Err(format!("`{}`: {e}", crate::text::printable(s))),
                         })
                         .collect::<Result<_, _>>()
                         .map_err(fail)?
@@ -948,6 +947,7 @@ mod tests {
                 "access.rules #1 path: `^/semi/a%3Bb` escapes `;` as `%3B`, which applications decode, and some then drop",
             ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
+            ("[[access.rules]]\nusers = [\"alice\\u202e\"]\npolicy = \"one_factor\"", "access.rules #1 users: `alice\\u{202e}`: the username contains invisible"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
             ("[access]\nrule = []", "access: unknown key"),
