@@ -176,6 +176,7 @@ fn fit_descriptors(settings: &mut Settings) {
         );
         // The per-address caps shrink with the totals, so it still takes as many addresses
         // as before to hold every slot.
+        let before = (settings.max_connections_per_ip, settings.http_max_connections_per_ip);
         settings.max_connections_per_ip = scaled(settings.max_connections_per_ip, fit.https, settings.max_connections);
         settings.max_connections = fit.https;
         if settings.http_addr.is_some() {
@@ -183,21 +184,34 @@ fn fit_descriptors(settings: &mut Settings) {
                 scaled(settings.http_max_connections_per_ip, fit.http, settings.http_max_connections);
             settings.http_max_connections = fit.http;
         }
+        let after = (settings.max_connections_per_ip, settings.http_max_connections_per_ip);
+        if after == before {
+            return;
+        }
         tracing::warn!(
             max_connections_per_ip = settings.max_connections_per_ip,
             http_max_connections_per_ip = settings.http_max_connections_per_ip,
-            "the per-address caps were lowered in the same proportion"
+            "the per-address caps were lowered with them, as far as it still takes 32 addresses to hold every slot"
         );
     }
 }
 
-/// `per_ip` lowered as `total` is lowered to `fitted` (at least 1, never raised).
+/// `per_ip` lowered as `total` is lowered to `fitted` (at least 1, never raised), but only as
+/// far as it takes [`ADDRESSES_TO_FILL`] addresses to hold every fitted slot: asking for
+/// far more connections than the limit holds (1,000,000 into 19,952) left one connection per
+/// address, less than a browser opens (review 148).
 fn scaled(per_ip: usize, fitted: usize, total: usize) -> usize {
     if total == 0 || fitted >= total {
         return per_ip;
     }
-    (per_ip.saturating_mul(fitted) / total).clamp(1, per_ip.max(1))
+    let proportional = per_ip.saturating_mul(fitted) / total;
+    let enough = per_ip.min(fitted / ADDRESSES_TO_FILL);
+    proportional.max(enough).clamp(1, per_ip.max(1))
 }
+
+/// How many client addresses it takes at least to hold every connection slot, as with the
+/// defaults (1024 connections, 32 per address).
+const ADDRESSES_TO_FILL: usize = 32;
 
 impl Application {
     /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port).
@@ -689,5 +703,9 @@ mod tests {
         assert_eq!(super::scaled(4, 1, 64), 1);
         assert_eq!(super::scaled(32, 1024, 1024), 32);
         assert_eq!(super::scaled(32, 2048, 1024), 32);
+        // Far more asked for than the limit holds: each address keeps what it had while it
+        // still takes 32 of them to fill every slot.
+        assert_eq!(super::scaled(32, 19_952, 1_000_000), 32);
+        assert_eq!(super::scaled(1000, 19_952, 1_000_000), 623);
     }
 }
