@@ -360,6 +360,11 @@ fn client(trust: &Trust, http1: bool) -> anyhow::Result<reqwest::Client> {
         Trust::System => {}
         Trust::Ca(pem) => {
             let certs = reqwest::Certificate::from_pem_bundle(pem).context("reading the --ca certificates")?;
+            // A key or any other file parses as a bundle of none, and every request then fails
+            // as an unknown issuer, which names the server instead of the file (review 148).
+            if certs.is_empty() {
+                bail!("--ca holds no PEM certificate (-----BEGIN CERTIFICATE-----): name the server's certificate or its CA");
+            }
             b = b.tls_certs_only(certs);
         }
         Trust::Insecure => b = b.tls_danger_accept_invalid_certs(true),
@@ -610,7 +615,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     if let Some(r) = opts.probe_rate {
         if !(r > 0.0 && r <= 100_000.0) {
-            bail!("--probe-rate must be between 0 and 100000 per second");
+            bail!("--probe-rate must be more than 0 and at most 100000 per second");
         }
     }
     crate::tls::install_crypto_provider();

@@ -250,3 +250,16 @@ async fn a_server_answering_only_503_is_said_before_the_run() {
     }
     server.abort();
 }
+
+/// A `--ca` file that holds no certificate (its key, any other file) is said to be so before
+/// the run, not left to fail every request as an unknown issuer (review 148).
+#[tokio::test]
+async fn a_ca_file_without_a_certificate_is_named_before_the_run() {
+    let app = bench_app().await;
+    for file in [std::fs::read(app.settings.cert_dir.join("key.pem")).unwrap(), b"root:x:0:0::/root:/bin/sh\n".to_vec()]
+    {
+        let opts = Options { trust: Trust::Ca(file), ..options(&app, Mode::Logins, &app.base) };
+        let err = format!("{:#}", loadtest::run(opts).await.unwrap_err());
+        assert!(err.contains("--ca holds no PEM certificate"), "{err}");
+    }
+}
