@@ -777,7 +777,16 @@ impl Parser {
     fn parse_list<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, ConfigError> {
         let raw = self.get(key);
         let items: Vec<String> = match &raw.value {
-            toml::Value::String(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+            // An empty string is an empty list; an empty entry among others (`a,,b`) is most
+            // likely one lost in editing, so it is refused rather than dropped (review 148).
+            toml::Value::String(s) if s.trim().is_empty() => Vec::new(),
+            toml::Value::String(s) => {
+                let items: Vec<String> = s.split(',').map(|x| x.trim().to_string()).collect();
+                if items.iter().any(String::is_empty) {
+                    return Err(self.invalid(key, "an entry is empty (two commas together, or one at an end)"));
+                }
+                items
+            }
             toml::Value::Array(a) => a
                 .iter()
                 .map(|v| {
@@ -1280,6 +1289,18 @@ mod tests {
             let warning = weak_hashing(&HashParams { memory_kib: m, iterations: t, parallelism: 1 });
             assert!(warning.is_some_and(|w| w.contains("below OWASP's minimum")), "{m} KiB, t={t}");
         }
+    }
+
+    #[test]
+    fn a_list_written_as_text_refuses_an_empty_entry_but_may_be_empty_whole() {
+        let read = |text: &str| Settings::from_layers(None, &flags(&[("trusted_proxies", text)]), &Overrides::new());
+        for text in ["127.0.0.1,,10.0.0.1", "127.0.0.1,", ",127.0.0.1", "127.0.0.1, ,10.0.0.1"] {
+            let e = read(text).unwrap_err().to_string();
+            assert!(e.contains("an entry is empty"), "{text}: {e}");
+        }
+        assert_eq!(read("").unwrap().trusted_proxies, Vec::new());
+        assert_eq!(read(" ").unwrap().trusted_proxies, Vec::new());
+        assert_eq!(read("127.0.0.1, 10.0.0.1").unwrap().trusted_proxies.len(), 2);
     }
 
     #[test]
