@@ -208,10 +208,10 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     let readings = other_readings(raw_path)?;
     // The head holds no encoded `?` or `#`, so this reads one level deep (review 145: each of
     // the path's and the query's readings applies to what the rewrite hands on too).
-    let rewritten = match split_at_decoded_delimiter(raw_path, query) {
-        Some((head, rest)) => Some(read(&head, rest.as_deref())?),
-        None => None,
-    };
+    let rewritten = split_at_decoded_delimiter(raw_path, query)
+        .into_iter()
+        .map(|(head, rest)| read(&head, rest.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
@@ -278,7 +278,7 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
         combined(&paths, &[&folded_queries]),
     ]
     .concat();
-    if let Some((rewritten_main, more)) = rewritten {
+    for (rewritten_main, more) in rewritten {
         other.push(rewritten_main);
         other.extend(more.other);
         case_folded.extend(more.case_folded);
@@ -287,18 +287,27 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     Ok((main, Readings { other, case_folded }))
 }
 
-/// `raw_path` and `query` as an application behind a rewrite that decodes the path before it
-/// forwards it gets them (Apache's `mod_rewrite` without `[B]`): an encoded `?` there begins
-/// the query (the request's own query after it), an encoded `#` ends what the application
-/// gets, so `/exact%3Fx` is `/exact` with the query `x` and `/export%3Ffmt=csv` is
-/// `/export?fmt=csv` (review 144). `None` when the path holds neither. Not refused, since a
-/// page may be named with either (`/wiki/C%23`).
-fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(String, Option<String>)> {
+/// `raw_path` and `query` as applications that decode the path before they split it get
+/// them, each reading a `(path, query)`; empty when the path holds neither an encoded `?`
+/// nor an encoded `#`. Not refused, since a page may be named with either (`/wiki/C%23`).
+/// - Behind a rewrite that decodes the path before it forwards it (Apache's `mod_rewrite`
+///   without `[B]`), an encoded `?` begins the query (the request's own query after it) and
+///   an encoded `#` ends what the application gets: `/exact%3Fx` is `/exact` with the query
+///   `x`, `/export%3Ffmt=csv` is `/export?fmt=csv` (review 144).
+/// - An application that decodes the request URI and takes its path apart itself
+///   (`parse_url(urldecode($_SERVER['REQUEST_URI']), PHP_URL_PATH)`) routes the part before
+///   either and still reads the request's own query (`$_GET`): `/export%23?fmt=csv` is
+///   `/export?fmt=csv` there (review 149).
+fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(String, Option<String>)> {
     let lower = raw_path.to_ascii_lowercase();
-    let first = [lower.find("%3f"), lower.find("%23")].into_iter().flatten().min()?;
+    let Some(first) = [lower.find("%3f"), lower.find("%23")].into_iter().flatten().min() else {
+        return Vec::new();
+    };
     let head = raw_path[..first].to_string();
+    let own_query = (head.clone(), query.map(str::to_string));
     if lower[first..].starts_with("%23") {
-        return Some((head, None));
+        let cut = (head, None);
+        return if cut == own_query { vec![cut] } else { vec![cut, own_query] };
     }
     let rest = &raw_path[first + 3..];
     let rest = rest.to_ascii_lowercase().find("%23").map_or(rest, |i| &rest[..i]);
@@ -306,7 +315,7 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Option<(St
         Some(q) if !q.is_empty() => format!("{rest}&{q}"),
         _ => rest.to_string(),
     };
-    Some((head, Some(query)))
+    vec![(head, Some(query)), own_query]
 }
 
 /// `query` with its parameters' names as frameworks that rename them read them, each reading
@@ -721,13 +730,6 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         let decoded = normalise_path(path)?;
         other.extend([path.to_string(), decoded]);
     }
-    // A PHP front controller routes the path after its script (`PATH_INFO`): Laravel, Symfony
-    // and Slim serve `/index.php/admin` as `/admin` (review 147).
-    let after_scripts: Vec<String> = other.iter().flat_map(|r| after_php_scripts(r)).collect();
-    for path in after_scripts {
-        other.push(normalise_path(&path)?);
-        other.push(path);
-    }
     // A router decodes reserved characters in whatever path its server hands it: as sent or
     // normalised (a review reached `/plus/a+b` past a rule for it with `/%70lus/a%2Bb`,
     // `//plus/a%2Bb` and `/plus;x/a%2Bb`). A server that decodes before it drops `;params`
@@ -749,6 +751,12 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         let trimmed = readings.iter().flat_map(|r| trimmed_readings(r)).map(|r| normalise_path(&r));
         let trimmed = trimmed.collect::<Result<Vec<_>, _>>()?;
         readings.extend(trimmed);
+        // A PHP front controller routes the path after its script (`PATH_INFO`): Laravel,
+        // Symfony and Slim serve `/index.php/admin` as `/admin` (review 147), also once the
+        // script's name is read otherwise (`/index.php./admin`, `/index.php%3Bx/admin`; 149).
+        let after_scripts = readings.iter().flat_map(|r| after_php_scripts(r)).map(|r| normalise_path(&r));
+        let after_scripts = after_scripts.collect::<Result<Vec<_>, _>>()?;
+        readings.extend(after_scripts);
         readings.sort_unstable();
         readings.dedup();
     }
@@ -864,8 +872,9 @@ pub struct Readings {
 /// accents (combining marks), as applications that fold accents read it (`/admín/x` as
 /// `/admin/x`, found by a review), and with default-ignorable
 /// characters dropped, as NFKC_Casefold does (`/ad\u{AD}min` as `/admin`); and with the
-/// division and fraction slashes (U+2215, U+2044) as `/`, as Windows' best-fit mapping reads
-/// them for programs that take paths in the system's code page.
+/// division and fraction slashes (U+2215, U+2044), the yen and won signs (U+00A5, U+20A9)
+/// and the set minus (U+2216) as `/`, as Windows' best-fit mapping reads them (`/` and `\`)
+/// for programs that take paths in the system's code page.
 ///
 /// `case_folded`: each of those in both kinds of case mapping (Unicode §3.13): the full
 /// mapping of the whole string, lowered, raised and lowered again, which is what full case
@@ -888,8 +897,11 @@ fn unicode_readings(path: &str) -> Readings {
     let visible: String = decoded.chars().filter(|&c| !crate::text::is_default_ignorable(c)).collect();
     // Windows' best-fit mapping, which a program calling its ANSI functions gets a path through
     // (Orange Tsai's "WorstFit", 2024): the division and fraction slashes are `/` there, as
-    // NFKC makes the full-width one.
-    let best_fit = visible.replace(['\u{2215}', '\u{2044}'], "/");
+    // NFKC makes the full-width one, and the yen and won signs (code pages 932 and 949) and
+    // the set minus are `\`, a separator to Windows as `/` is (review 149: `/assets/..¥admin`
+    // passed a bypass for `^/assets/`). Read as `/`, since a reading with `\` is refused
+    // whatever the rules say, and `¥` is an ordinary character in Japanese paths.
+    let best_fit = visible.replace(['\u{2215}', '\u{2044}', '\u{a5}', '\u{20a9}', '\u{2216}'], "/");
     let texts = if best_fit == visible { vec![&decoded, &visible] } else { vec![&decoded, &visible, &best_fit] };
     let forms: Vec<String> = texts
         .iter()

@@ -458,6 +458,11 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/app.PHP/admin/users",
         "/index.php/%61dmin",
         "/x/index.php//admin",
+        // ... also once the script's name is read otherwise (review 149).
+        "/index.php./admin",
+        "/index.php%20/admin",
+        "/index.php::$DATA/admin",
+        "/index.php%3Bx/admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
@@ -469,7 +474,17 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
     // Anonymous: under the bypass rule to one reading, not to the other (an application that
     // routes on the path as sent matches no `/public/` route and may serve a catch-all).
     // Windows' best fit reads the fraction slash as `/`.
-    for path in ["/%70ublic/x", "/public;x/secret", "//public/x", "/public%E2%81%84x"] {
+    // The yen and won signs and the set minus are `\` to it (review 149).
+    for path in [
+        "/%70ublic/x",
+        "/public;x/secret",
+        "//public/x",
+        "/public%E2%81%84x",
+        "/public/..%C2%A5admin/x",
+        "/public/..%E2%82%A9admin/x",
+        "/public/..%E2%88%96admin",
+        "/public%C2%A5x",
+    ] {
         assert_eq!(forward_auth(&app, path, &[]).send().await.unwrap().status(), StatusCode::BAD_REQUEST, "{path}");
     }
     assert_eq!(forward_auth(&app, "/public/x;v=1", &[]).send().await.unwrap().status(), StatusCode::OK);
@@ -604,12 +619,18 @@ async fn an_encoded_question_mark_or_hash_in_the_path_is_read_as_a_decoding_rewr
         "/export%3Ffmt[]=csv",
         "/export%3Ffmt=csv%20",
         "/export%3Fx=1;fmt=csv",
+        // As an application that decodes the request URI, routes what comes before either,
+        // and reads the request's own query (review 149).
+        "/export%23?fmt=csv",
+        "/export%23x?fmt=csv",
+        "/export%3Fx?fmt=csv",
     ] {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
     }
     for path in [
         "/wiki/C%23",
+        "/wiki/C%23?lang=en",
         "/wiki/Why%3F",
         "/exactly%3F",
         "/export%3Ffmt=pdf",
