@@ -46,16 +46,23 @@ fn filter_from(rust_log: Option<String>, default: &str) -> EnvFilter {
     }
 }
 
-/// A filter over every line, whatever `RUST_LOG` asks for: the PostgreSQL client's lines below
-/// INFO are dropped, since at DEBUG it writes every statement's parameters, which are password
-/// hashes, the CSRF and captcha keys and session-token hashes (review 148 read the keys off
-/// `RUST_LOG=debug`). Not a directive of the [`EnvFilter`]: one of `RUST_LOG`'s naming the
+/// A filter over every line, whatever `RUST_LOG` asks for: the storage engines' lines below
+/// INFO are dropped, since they write what is stored, which is password hashes, the CSRF and
+/// captcha keys and session-token hashes: the PostgreSQL client every statement's parameters
+/// at DEBUG (review 148 read the keys off `RUST_LOG=debug`), sled every key and value at
+/// TRACE (review 150). Not a directive of the [`EnvFilter`]: one of `RUST_LOG`'s naming the
 /// library more closely, or a span, would win over it.
 fn without_secret_bearing_lines() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+        let engine = SECRET_BEARING_TARGETS
+            .iter()
+            .any(|t| meta.target().strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")));
+        !(engine && *meta.level() > tracing::Level::INFO)
     })
 }
+
+/// The libraries whose lines below INFO hold what is stored ([`without_secret_bearing_lines`]).
+const SECRET_BEARING_TARGETS: [&str; 4] = ["tokio_postgres", "postgres_protocol", "deadpool_postgres", "sled"];
 
 /// Starts the terminal log; `instance` (`instance_name`) ends every line as `instance=NAME`.
 pub fn init_terminal(instance: &str) {
@@ -361,7 +368,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_postgresql_clients_statement_parameters_are_never_logged() {
+    fn the_storage_engines_lines_of_what_is_stored_are_never_logged() {
         let lines = |rust_log: &str| {
             let buffer = Buffer::default();
             let out = buffer.clone();
@@ -372,15 +379,22 @@ pub(crate) mod tests {
                 .with(without_secret_bearing_lines());
             tracing::subscriber::with_default(subscriber, || {
                 tracing::debug!(target: "tokio_postgres::query", "executing statement s1 with parameters: [secret]");
+                tracing::trace!(target: "sled::tree", "inserting key [115, 101] with Set([secret])");
+                tracing::info!(target: "sledge", "another library");
                 tracing::info!(target: "tokio_postgres::connection", "connected");
                 tracing::debug!(target: "portcullis::serve", "debugging");
             });
             let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-            (text.contains("[secret]"), text.contains("connected"), text.contains("debugging"))
+            (
+                text.contains("[secret]"),
+                text.contains("connected") && text.contains("another"),
+                text.contains("debugging"),
+            )
         };
         assert_eq!(lines("debug"), (false, true, true));
         assert_eq!(lines("trace"), (false, true, true));
         assert_eq!(lines("debug,tokio_postgres=debug"), (false, true, true), "even when named");
+        assert_eq!(lines("debug,sled=trace"), (false, true, true), "sled too");
         assert_eq!(lines("tokio_postgres::query=trace,debug"), (false, true, true), "even when named closer");
         assert_eq!(lines("[{x}]=trace,debug"), (false, true, true), "or by a span");
     }
