@@ -342,6 +342,13 @@ impl Rule {
                         items.iter().map(|s| HostPattern::parse(s)).collect::<Result<_, _>>().map_err(fail)?
                 }
                 "path" => {
+                    // An empty pattern matches every path: a `bypass` rule with one opened the
+                    // whole host (review 150).
+                    if items.iter().any(|s| s.is_empty()) {
+                        return Err(fail(
+                            "an empty pattern would match every path (leave the field out for that)".into(),
+                        ));
+                    }
                     if let Some((s, why)) = items.iter().find_map(|s| never_matches(s).map(|why| (s, why))) {
                         return Err(fail(format!("`{s}` {why}")));
                     }
@@ -379,9 +386,10 @@ impl Rule {
                 "users" => {
                     rule.users = items
                         .iter()
-                        // As sign-in reads a name: one no account can have (`alice` and a bidi
-                        // control, review 148) would never match, silently.
-                        .map(|s| match crate::domain::Username::parse(s) {
+                        // As a new name is read: one no account can have (`alice` and a bidi
+                        // control, review 148; Cyrillic `аdmin`, review 150) would never match,
+                        // silently.
+                        .map(|s| match crate::domain::Username::parse_new(s) {
                             Ok(name) => Ok(name.key().to_string()),
                             Err(crate::domain::UsernameError::Empty) => Err("a user name is empty".to_string()),
                             Err(e) => Err(format!("`{}`: {e}", crate::text::printable(s))),
@@ -433,7 +441,12 @@ impl Rule {
 /// A list of strings (a lone string is a list of one).
 fn strings(value: &toml::Value) -> Result<Vec<String>, String> {
     match value {
-        toml::Value::String(s) => Ok(vec![s.clone()]),
+        // Not read as a list of one: `users = "alice,bob"` would be one user no account has,
+        // where `trusted_proxies` splits such a string at its commas (review 150), and a
+        // path's commas belong to its regular expression.
+        toml::Value::String(s) => {
+            Err(format!("must be a list of strings, not one string: write [{}]", one_line(&crate::text::quoted(s))))
+        }
         toml::Value::Array(a) => a
             .iter()
             .map(|v| v.as_str().map(str::to_string).ok_or_else(|| "must be a list of strings".to_string()))
@@ -948,6 +961,10 @@ mod tests {
             ),
             ("[[access.rules]]\nusers = []\npolicy = \"one_factor\"", "access.rules #1 users: an empty list"),
             ("[[access.rules]]\nusers = [\"alice\\u202e\"]\npolicy = \"one_factor\"", "access.rules #1 users: `alice\\u{202e}`: the username contains invisible"),
+            ("[[access.rules]]\nusers = [\"\u{430}dmin\"]\npolicy = \"deny\"", "access.rules #1 users: `\u{430}dmin`: "),
+            ("[[access.rules]]\nusers = \"alice,bob\"\npolicy = \"deny\"", "access.rules #1 users: must be a list of strings, not one string: write [\"alice,bob\"]"),
+            ("[[access.rules]]\npath = [\"\"]\npolicy = \"bypass\"", "access.rules #1 path: an empty pattern would match every path"),
+            ("[[access.rules]]\npath = [\"^/a\", \"\"]\npolicy = \"deny\"", "access.rules #1 path: an empty pattern"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
             ("[access]\nrule = []", "access: unknown key"),
