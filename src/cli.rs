@@ -942,10 +942,7 @@ impl Target {
         }
         // A mistyped URL (`postgres:/u:pw@h/db`) would otherwise become a directory named
         // after it, password and all, and the copy would seem to have worked (review 148).
-        let scheme_like =
-            ["postgres:", "postgresql:", "postgres//", "postgresql//"].iter().any(|s| lower.starts_with(s));
-        let credentials_like = lower.find(':').is_some_and(|colon| lower[colon..].contains('@'));
-        if scheme_like || credentials_like {
+        if crate::postgres::url::looks_like_a_database_url(text) {
             bail!(
                 "--to looks like a database URL but is not a postgres:// one (for a directory of that name, put ./ before it)"
             );

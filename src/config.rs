@@ -729,7 +729,7 @@ impl Parser {
     fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
         let raw = self.get(key);
         let mut value = value_text(&raw.value);
-        if SECRET_BEARING.contains(&key) {
+        if SECRET_BEARING.contains(&key) || crate::postgres::url::looks_like_a_database_url(&value) {
             value = crate::postgres::url::redact(&value);
         }
         // One line on a terminal: a value pasted by mistake (a certificate, a 5 KB blob) is
@@ -837,8 +837,15 @@ fn parse_path(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
+    if crate::postgres::url::looks_like_a_database_url(s) {
+        return Err(LOOKS_LIKE_A_DATABASE_URL.into());
+    }
     Ok(PathBuf::from(s))
 }
+
+/// Why a path or name that looks like a database URL is refused.
+const LOOKS_LIKE_A_DATABASE_URL: &str =
+    "looks like a database URL (is it database_url's value? For a directory of that name, put ./ before it)";
 
 fn parse_public_url(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
@@ -878,6 +885,9 @@ fn parse_rp_id(s: &str) -> Result<Option<String>, String> {
 fn parse_instance_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Ok(crate::postgres::url::host_name());
+    }
+    if crate::postgres::url::looks_like_a_database_url(s) {
+        return Err(LOOKS_LIKE_A_DATABASE_URL.into());
     }
     if s.chars().count() > 64
         || s.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -1289,6 +1299,18 @@ mod tests {
             let warning = weak_hashing(&HashParams { memory_kib: m, iterations: t, parallelism: 1 });
             assert!(warning.is_some_and(|w| w.contains("below OWASP's minimum")), "{m} KiB, t={t}");
         }
+    }
+
+    #[test]
+    fn a_database_url_where_a_path_or_the_instance_name_goes_is_refused_without_its_password() {
+        for key in ["data_dir", "log_dir", "cert_dir", "instance_name"] {
+            for url in ["postgres://u:S3CRET@h/db", "postgres:/u:S3CRET@h/db", "u:S3CRET@h/db"] {
+                let e = Settings::from_layers(None, &flags(&[(key, url)]), &Overrides::new()).unwrap_err().to_string();
+                assert!(e.contains("looks like a database URL") && !e.contains("S3CRET"), "{key} {url}: {e}");
+            }
+        }
+        let s = Settings::from_layers(None, &flags(&[("data_dir", "./postgres:x")]), &Overrides::new()).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./postgres:x"), "a directory of that name, written so");
     }
 
     #[test]

@@ -372,6 +372,17 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Whether `text`, given where a path, a name or a `store copy` target goes, looks like a
+/// database URL, perhaps mistyped (`postgres:/u:pw@h/db`, `u:pw@h/db`): such a value is
+/// refused and shown redacted, since taken as a path it would name a directory after the
+/// password, and as `instance_name` write it into every log line (reviews 148 and 150).
+pub fn looks_like_a_database_url(text: &str) -> bool {
+    let lower = text.trim_start().to_ascii_lowercase();
+    let scheme_like = ["postgres:", "postgresql:", "postgres//", "postgresql//"].iter().any(|s| lower.starts_with(s));
+    let credentials_like = lower.find(':').is_some_and(|colon| lower[colon..].contains('@'));
+    scheme_like || credentials_like || lower.contains("://")
+}
+
 /// `text` (a message) with [`redact`] applied to each word in it that holds `://` or
 /// `password=`, words ending at whitespace and quotes: a command line's stray argument or a
 /// setting's value quoted in an error (`invalid https_addr = "postgres://u:pw@h/db"`) keeps
