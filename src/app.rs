@@ -158,21 +158,37 @@ pub struct Application {
 
 /// Raises the open-files limit and lowers the connection caps to what it holds (see
 /// [`crate::descriptors`]), with one warning line when it had to lower them.
-fn fit_descriptors(settings: &mut Settings) {
+///
+/// # Errors
+/// When the limit holds fewer than [`MIN_CONNECTIONS`] HTTPS connections: a server that
+/// one client could fill is refused rather than started (review 150 started one with a cap
+/// of 1 under `ulimit -n 40`).
+fn fit_descriptors(settings: &mut Settings) -> anyhow::Result<()> {
     let http = if settings.http_addr.is_some() { settings.http_max_connections } else { 0 };
     let fit = crate::descriptors::raise_and_fit(settings.max_connections, http);
+    let wanted = (settings.max_connections + http) as u64 + crate::descriptors::RESERVE;
+    if fit.https < MIN_CONNECTIONS.min(settings.max_connections) {
+        anyhow::bail!(
+            "the open-files limit ({}) holds only {} connections beside the {} descriptors the server keeps for itself: raise it (ulimit -n, LimitNOFILE= in systemd) to at least {wanted}",
+            fit.limit,
+            fit.limit.saturating_sub(crate::descriptors::RESERVE),
+            crate::descriptors::RESERVE,
+        );
+    }
     if fit.lowered(settings.max_connections, http) {
+        let redirector = if settings.http_addr.is_some() {
+            format!(" and http_max_connections from {http} to {}", fit.http)
+        } else {
+            String::new()
+        };
         tracing::warn!(
             open_files_limit = fit.limit,
             max_connections = fit.https,
             http_max_connections = fit.http,
-            "the open-files limit holds only {} connections: max_connections lowered from {} to {} and http_max_connections from {} to {}; raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) to at least {}",
+            "the open-files limit holds only {} connections: max_connections lowered from {} to {}{redirector}; raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) to at least {wanted}",
             fit.limit.saturating_sub(crate::descriptors::RESERVE),
             settings.max_connections,
             fit.https,
-            http,
-            fit.http,
-            (settings.max_connections + http) as u64 + crate::descriptors::RESERVE,
         );
         // The per-address caps shrink with the totals, so it still takes as many addresses
         // as before to hold every slot.
@@ -186,15 +202,19 @@ fn fit_descriptors(settings: &mut Settings) {
         }
         let after = (settings.max_connections_per_ip, settings.http_max_connections_per_ip);
         if after == before {
-            return;
+            return Ok(());
         }
         tracing::warn!(
             max_connections_per_ip = settings.max_connections_per_ip,
             http_max_connections_per_ip = settings.http_max_connections_per_ip,
-            "the per-address caps were lowered with them, as far as it still takes 32 addresses to hold every slot"
+            "the per-address caps were lowered with them"
         );
     }
+    Ok(())
 }
+
+/// Fewest HTTPS connections a server starts with (unless `max_connections` asks for fewer).
+const MIN_CONNECTIONS: usize = 16;
 
 /// `per_ip` lowered as `total` is lowered to `fitted` (at least 1, never raised), but only as
 /// far as it takes [`ADDRESSES_TO_FILL`] addresses to hold every fitted slot: asking for
@@ -217,7 +237,7 @@ impl Application {
     /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
-        fit_descriptors(&mut settings);
+        fit_descriptors(&mut settings)?;
         // Before the store and the log are opened (and their directories made), so a start
         // refused for its certificate leaves nothing behind.
         tls::check_existing_certificate(&settings.cert_dir)?;

@@ -50,3 +50,23 @@ async fn under_a_low_open_files_limit_the_caps_are_lowered_and_a_flood_leaves_ro
     drop(silent);
     server.terminate();
 }
+
+/// A limit that holds hardly any connection beside what the server keeps for itself stops the
+/// start in one line naming the limit to set, rather than serving with a cap one client fills
+/// (review 150: `ulimit -n 40` started with `max_connections` 1).
+#[tokio::test]
+async fn a_limit_that_holds_hardly_any_connection_stops_the_start_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::quick_with(&[]));
+    child::nofile_limit(&mut cmd, 60);
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success(), "{stderr}");
+    let line = stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("the open-files limit (60) holds only 12 connections") && line.contains("at least 1072"),
+        "{line}"
+    );
+    assert!(!dir.path().join("data").exists(), "refused before the store is made");
+}
