@@ -1189,7 +1189,6 @@ mod tests {
         ] {
             let e = parse_trusted_net(written).unwrap_err();
             assert!(e.contains(network), "{written}: {e}");
-            assert!(parse_net(written).is_ok(), "a filter reads it as its network: {written}");
         }
         for fine in
             ["127.0.0.1", "127.0.0.1/32", "10.0.0.0/8", "::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "2001:db8::/32"]

@@ -48,7 +48,7 @@ pub struct FilterArgs {
 pub enum FilterError {
     #[error("--since/--until: `{0}` is neither a duration like 2h or 1d12h (s, m, h, d), `now`, nor an RFC 3339 time")]
     Time(String),
-    #[error("--ip: `{0}` is not an address or CIDR range")]
+    #[error("--ip: {0}")]
     Ip(String),
     #[error("--reason: `{0}` is not one of {names}", names = FailureReason::ALL.map(FailureReason::as_str).join(", "))]
     Reason(String),
@@ -189,7 +189,9 @@ impl FilterArgs {
         let clamped = |t: Option<i128>| t.map(|t| u64::try_from(t.max(0)).unwrap_or(0));
         let (since, until) = (clamped(since), clamped(until));
         let ip = non_empty(&self.ip)
-            .map(|s| crate::config::parse_net(s).map_err(|_| FilterError::Ip(escape_controls(s))))
+            // Refused, not widened, with bits set past the prefix (`127.0.0.5/8`): every filter
+            // applies exactly or is refused (review 150).
+            .map(|s| crate::config::parse_trusted_net(s).map_err(|e| FilterError::Ip(escape_controls(&e))))
             .transpose()?;
         let reason = non_empty(&self.reason).map(parse_reason).transpose()?;
         let user_key = match non_empty(&self.user) {
@@ -863,6 +865,10 @@ mod tests {
         assert!(matches!(bad.to_query(0, 1), Err(FilterError::Reason(_))));
         let bad = FilterArgs { ip: Some("10.0.0.0/99".into()), ..Default::default() };
         assert!(matches!(bad.to_query(0, 1), Err(FilterError::Ip(_))));
+        // Refused, not widened to its network (review 150).
+        let wide = FilterArgs { ip: Some("127.0.0.5/8".into()), ..Default::default() };
+        let e = wide.to_query(0, 1).unwrap_err().to_string();
+        assert!(e.contains("`127.0.0.0/8`"), "{e}");
         let bad = FilterArgs { before: Some("!!".into()), ..Default::default() };
         assert_eq!(bad.to_query(0, 1).unwrap_err(), FilterError::Cursor);
         // Found by the admin_socket fuzz target: junk with control characters came back raw in
