@@ -181,6 +181,13 @@ impl DatabaseUrl {
                     .into(),
             );
         }
+        // The URL standard's parser drops tabs and line breaks wherever they are, so
+        // `port<TAB>cullis` would name `portcullis` and a tab in a password vanish (review 150).
+        if text.chars().any(char::is_control) {
+            return Err(
+                "holds a control character (a tab or a line break?): write one in a password as %09 or %0A".into()
+            );
+        }
         // libpq's `host1:port1,host2:port2`: the URL parser would call it a bad port.
         if host_and_port(text).is_some_and(|(_, h)| h.contains(',')) {
             return Err("names several hosts: only one host is supported".into());
@@ -590,6 +597,10 @@ mod tests {
             assert!(!redact(bad).contains("hunter2"), "{}", redact(bad));
         }
         assert_eq!(redact("postgres://a:b@c/d"), "postgres://a:***@c/d");
+        for text in ["postgres://u:p@h/port\tcullis", "postgres://u:p\tw@h/db"] {
+            let e = DatabaseUrl::parse(text).unwrap_err();
+            assert!(e.contains("control character"), "{text:?}: {e}");
+        }
         assert_eq!(
             redact_words("invalid https_addr = \"postgres://u:S3@h/db\" (see 'x://a:b@c')"),
             "invalid https_addr = \"postgres://u:***@h/db\" (see 'x://a:***@c')"
