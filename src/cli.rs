@@ -1,7 +1,7 @@
 //! The command line: `serve` (the default) and `user ...`. Settings flags are generated from
 //! [`crate::config::KEYS`], so every setting is a `--flag` without a second list to maintain.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -972,7 +972,8 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
             *line = rpassword::prompt_password("Target (postgres:// URL or directory): ")
                 .context("cannot read the target from the terminal")?;
         } else {
-            std::io::stdin().lock().read_line(&mut line).context("cannot read the target from standard input")?;
+            crate::files::read_bounded_line(std::io::stdin().lock(), &mut line)
+                .context("cannot read the target from standard input")?;
         }
         // Spaces around it are a slip of the pen (`echo " $URL"`), never part of a URL or path.
         if line.trim().is_empty() {
@@ -1142,7 +1143,7 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
 fn carry_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let key = match std::fs::read(key_file) {
+    let key = match crate::files::read_small(key_file, crate::factors::key::MAX_KEY_FILE_BYTES) {
         Ok(key) => Zeroizing::new(key),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(anyhow!(e).context(format!("cannot read the factor key {}", key_file.display()))),
@@ -1178,7 +1179,7 @@ fn refuse_a_key_the_source_was_not_used_with(
     key_file: &std::path::Path,
 ) -> anyhow::Result<()> {
     let Some(recorded) = recorded else { return Ok(()) };
-    let text = match std::fs::read_to_string(key_file) {
+    let text = match crate::files::read_small_text(key_file, crate::factors::key::MAX_KEY_FILE_BYTES) {
         Ok(text) => Zeroizing::new(text),
         // A sled copy would be made without the key, and every server on it refuse to start;
         // a database copy's servers would need a key this run could not check (review 107).
@@ -1206,12 +1207,15 @@ fn refuse_a_key_the_source_was_not_used_with(
 /// When the target's key differs, or cannot be read.
 fn refuse_another_factor_key(key_file: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
     let into = dir.join(crate::factors::key::KEY_FILE);
-    let there = match std::fs::read(&into) {
+    let there = match crate::files::read_small(&into, crate::factors::key::MAX_KEY_FILE_BYTES) {
         Ok(there) => Zeroizing::new(there),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(anyhow!(e).context(format!("cannot read {}", into.display()))),
     };
-    let Ok(ours) = std::fs::read(key_file).map(Zeroizing::new) else { return Ok(()) };
+    let Ok(ours) = crate::files::read_small(key_file, crate::factors::key::MAX_KEY_FILE_BYTES).map(Zeroizing::new)
+    else {
+        return Ok(());
+    };
     if there.trim_ascii() != ours.trim_ascii() {
         bail!("the target holds another factor key ({}): remove it, or copy into a new directory", into.display());
     }
@@ -1336,7 +1340,8 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
         // Room for the longest accepted password (4 bytes a character) and a line ending, so
         // reading never reallocates and leaves a partial copy behind in freed memory.
         let mut line = Zeroizing::new(String::with_capacity(4 * crate::password::MAX_PASSWORD_CHARS + 2));
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        crate::files::read_bounded_line(std::io::stdin().lock(), &mut line)
+            .context("cannot read the password from standard input")?;
         let trimmed_len = line.trim_end_matches(['\n', '\r']).len();
         line.truncate(trimmed_len);
         if line.is_empty() {

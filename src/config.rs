@@ -678,15 +678,12 @@ pub fn cores() -> usize {
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
-    use std::io::Read;
-    let read_error = |error| ConfigError::Read { path: path.to_path_buf(), error };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge { path: path.to_path_buf() });
-    }
+    let text = crate::files::read_small_text(path, MAX_CONFIG_BYTES).map_err(|error| match error.kind() {
+        std::io::ErrorKind::InvalidData if error.to_string().starts_with("longer") => {
+            ConfigError::TooLarge { path: path.to_path_buf() }
+        }
+        _ => ConfigError::Read { path: path.to_path_buf(), error },
+    })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         // Where, so a long file's mistake can be found; the message alone, not the quoted
         // source line (it may hold database_url's password).

@@ -21,6 +21,7 @@ pub mod domain;
 pub mod factors;
 pub mod failures;
 pub mod fault_log;
+pub mod files;
 pub mod forward_auth;
 pub mod loadtest;
 pub mod memory;

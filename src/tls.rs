@@ -176,15 +176,20 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 /// Reads the pair in `dir` and checks that the key belongs to the certificate.
 pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let (cert, key) = (cert_path(dir), key_path(dir));
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .with_context(|| format!("cannot read {}", cert.display()))?
+    let cert_pem = crate::files::read_small(&cert, crate::files::MAX_PEM_BYTES)
+        .with_context(|| format!("cannot read {}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
     if chain.is_empty() {
         bail!("{} holds no certificate", cert.display());
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let key_pem = zeroize::Zeroizing::new(
+        crate::files::read_small(&key, crate::files::MAX_PEM_BYTES)
+            .with_context(|| format!("cannot read {}", key.display()))?,
+    );
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("{} is not a PEM private key", key.display()))?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider())
         .with_context(|| format!("{} does not match {}", key.display(), cert.display()))?;
     Ok(Arc::new(certified))

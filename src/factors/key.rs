@@ -15,6 +15,9 @@ use zeroize::Zeroizing;
 /// The file name in `data_dir`.
 pub const KEY_FILE: &str = "factor.key";
 
+/// Most bytes read from `factor.key`: 64 hex digits and a line break, with room for blanks.
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+
 /// Sealed-secret format version (the first byte of every sealed value).
 const VERSION: u8 = 1;
 /// The name under which the store keeps [`FactorKey::fingerprint`] (among its secrets).
@@ -131,7 +134,7 @@ impl FactorKey {
         let io = |source| KeyError::Io { path: path.clone(), source };
         crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
         make_private_if_ours(&path);
-        match std::fs::read_to_string(&path) {
+        match crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES) {
             Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
@@ -147,7 +150,7 @@ impl FactorKey {
                 Ok(Self::from_bytes(&master))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(&path).map_err(io)?;
+                let text = crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES).map_err(io)?;
                 Self::parse(&text).ok_or(KeyError::Malformed(path))
             }
             Err(e) => Err(io(e)),

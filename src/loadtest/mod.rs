@@ -31,7 +31,7 @@ pub mod audit_bench;
 pub mod verify_rate;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -904,7 +904,8 @@ fn spawn_progress(
 fn read_password(from_stdin: bool) -> anyhow::Result<SecretString> {
     let mut line = zeroize::Zeroizing::new(String::new());
     if from_stdin {
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        crate::files::read_bounded_line(std::io::stdin().lock(), &mut line)
+            .context("cannot read the password from standard input")?;
     } else if std::io::stdin().is_terminal() {
         *line = rpassword::prompt_password("Password: ").context("cannot read the password")?;
     } else {
@@ -923,9 +924,10 @@ pub async fn main(args: LoadtestArgs) -> anyhow::Result<()> {
     // Refuse before asking for a password.
     check_target(&url, args.i_own_this_server)?;
     let trust = match (&args.ca, args.insecure) {
-        (Some(path), _) => {
-            Trust::Ca(std::fs::read(path).with_context(|| format!("cannot read --ca {}", path.display()))?)
-        }
+        (Some(path), _) => Trust::Ca(
+            crate::files::read_small(path, crate::files::MAX_PEM_BYTES)
+                .with_context(|| format!("cannot read --ca {}", path.display()))?,
+        ),
         (None, true) => Trust::Insecure,
         (None, false) => Trust::System,
     };

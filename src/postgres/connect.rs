@@ -138,9 +138,9 @@ fn roots(url: &DatabaseUrl) -> Result<RootCertStore, PgError> {
     match url.root_cert() {
         Some(path) => {
             let shown = path.display();
-            let certs = CertificateDer::pem_file_iter(path)
+            let pem = crate::files::read_small(path, crate::files::MAX_PEM_BYTES)
                 .map_err(|e| PgError::Setup(format!("cannot read sslrootcert {shown}: {e}")))?;
-            for cert in certs {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
                 store.add(cert).map_err(|e| PgError::Setup(format!("sslrootcert {shown}: {e}")))?;
             }

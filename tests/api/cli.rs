@@ -861,3 +861,32 @@ async fn a_change_whose_log_line_failed_says_so_offline_and_through_the_socket()
     assert!(!run.stdout.contains(MISSING), "{run:?}");
     assert_eq!(names(&list_json(d).await), ["admin", "carol"]);
 }
+
+/// What a command reads is bounded and from a regular file only: a password piped from
+/// `/dev/zero`, a settings file that is a FIFO, a certificate linked to `/dev/zero` each fail
+/// in one line instead of filling the memory or waiting forever (review 150).
+#[tokio::test]
+async fn endless_or_odd_inputs_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let endless = "b".repeat(65 * 1024);
+    let run = child::cli(dir.path(), &["user", "add", "x", "--password-stdin"], Some(&endless)).await;
+    let err = run.assert_one_line_failure("a password longer than a line may be");
+    assert!(err.contains("longer than 64 KiB"), "{err}");
+
+    let fifo = dir.path().join("settings.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let run = child::cli(dir.path(), &["config", "check", "--config", fifo.to_str().unwrap()], None).await;
+    let err = run.assert_one_line_failure("a FIFO for the settings file");
+    assert!(err.contains("not a regular file"), "{err}");
+
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", certs.join("cert.pem")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", certs.join("key.pem")).unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::QUICK);
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success() && stderr.contains("not a regular file"), "{stderr}");
+}
