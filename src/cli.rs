@@ -464,7 +464,8 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
     if let Ok(loaded) = Settings::load(config, flags) {
-        for warning in crate::config::warnings(loaded.metrics_addr, &loaded.argon2) {
+        let file_warnings = crate::config::file_warnings(config);
+        for warning in crate::config::warnings(loaded.metrics_addr, &loaded.argon2).into_iter().chain(file_warnings) {
             eprintln!("portcullis: warning: {warning}");
         }
     }
@@ -521,11 +522,17 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 /// The server: settings first, since they say how many async workers to start.
 fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref(), &flags)?;
-    runtime(Some(settings.async_worker_count()))?.block_on(serve_until_stopped(settings))
+    let file_warnings = crate::config::file_warnings(config.as_deref());
+    runtime(Some(settings.async_worker_count()))?.block_on(serve_until_stopped(settings, file_warnings))
 }
 
-async fn serve_until_stopped(settings: Settings) -> anyhow::Result<()> {
+/// Serves until a signal; `file_warnings` ([`crate::config::file_warnings`]) are logged once
+/// the terminal log is up.
+async fn serve_until_stopped(settings: Settings, file_warnings: Vec<String>) -> anyhow::Result<()> {
     crate::telemetry::init_terminal(&settings.instance_name);
+    for warning in file_warnings {
+        tracing::warn!("{warning}");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = shutdown_signal();
     tokio::spawn(async move {

@@ -941,6 +941,34 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
     })
 }
 
+/// What `config check` and the start warn of in the settings file itself: one that holds
+/// `database_url` with a password and that other users may read (review 150: a 0644 file
+/// passed without a word, where `factor.key`'s mode is enforced). `config_file` as given on
+/// the command line, else `portcullis.toml` in the working directory.
+pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = config_file.unwrap_or(Path::new("portcullis.toml"));
+    let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode()) else { return Vec::new() };
+    if mode & 0o077 == 0 {
+        return Vec::new();
+    }
+    let Ok(text) = crate::files::read_small_text(path, MAX_CONFIG_BYTES) else { return Vec::new() };
+    let Ok(table) = text.parse::<toml::Table>() else { return Vec::new() };
+    let with_password = table
+        .get("database_url")
+        .and_then(toml::Value::as_str)
+        .and_then(|url| crate::postgres::url::DatabaseUrl::parse(url).ok())
+        .is_some_and(|url| url.password().is_some());
+    if !with_password {
+        return Vec::new();
+    }
+    vec![format!(
+        "the settings file {} holds database_url's password and other users may read it (mode {:04o}): chmod 600 it, or give the URL in PORTCULLIS_DATABASE_URL from a file only the server reads",
+        crate::text::printable(&path.display().to_string()),
+        mode & 0o7777
+    )]
+}
+
 /// What `config check` and the start warn of in settings that are valid but risky: a metrics
 /// listener others may reach at `metrics_addr` ([`metrics_exposure`]; the start passes the
 /// address it bound) and argon2 below OWASP's minimums ([`weak_hashing`]).

@@ -228,7 +228,7 @@ async fn a_file_larger_than_any_settings_file_is_one_line_and_read_no_further() 
     let dir = tempfile::tempdir().unwrap();
     let out = run(check(dir.path(), &["--config", "/dev/zero"], &[])).await;
     assert_eq!(out.status, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("/dev/zero is larger than 1024 KiB"), "{}", out.stderr);
+    assert!(out.stderr.contains("/dev/zero: not a regular file"), "{}", out.stderr);
     std::fs::write(dir.path().join("big.toml"), "#".repeat(1024 * 1024 + 1)).unwrap();
     let out = run(check(dir.path(), &[], &[("PORTCULLIS_CONFIG", "big.toml")])).await;
     assert_eq!(out.status, 2, "{}", out.stderr);
@@ -360,4 +360,30 @@ async fn hashing_below_owasps_minimum_is_warned_of_and_still_valid() {
     );
     let owasp = run(check(dir.path(), &["--argon2-memory-kib", "47104", "--argon2-iterations", "1"], &[])).await;
     assert_eq!((owasp.status, owasp.stderr.as_str()), (0, ""));
+}
+
+/// A settings file that holds the database password and that other users may read is warned
+/// of (review 150); once private, or without a password, it is not.
+#[tokio::test]
+async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(&file, "database_url = \"postgres://app:S3cret-pw@db.example.com/auth\"\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("holds database_url's password and other users may read it (mode 0644)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("S3cret") && !out.stdout.contains("S3cret"), "{}{}", out.stdout, out.stderr);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(!out.stderr.contains("other users may read it"), "{}", out.stderr);
+    std::fs::write(&file, "database_url = \"postgres://app@/auth?host=/run/postgresql\"\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(!out.stderr.contains("other users may read it"), "no password, no warning: {}", out.stderr);
 }
