@@ -33,6 +33,18 @@ fn filter_or(default: &str) -> EnvFilter {
     filter_from(std::env::var(EnvFilter::DEFAULT_ENV).ok(), default)
 }
 
+/// Says, once the log is up, that `RUST_LOG` was set but could not be read, so its default
+/// is in force (review 150: `RUST_LOG=portcullis=LOUD` was ignored without a word).
+fn warn_of_an_unreadable_rust_log() {
+    if let Ok(value) = std::env::var(EnvFilter::DEFAULT_ENV) {
+        if !value.trim().is_empty() {
+            if let Err(e) = EnvFilter::try_new(&value) {
+                tracing::warn!("RUST_LOG could not be read ({e}): its default is used");
+            }
+        }
+    }
+}
+
 /// [`filter_or`] with `RUST_LOG`'s value given.
 fn filter_from(rust_log: Option<String>, default: &str) -> EnvFilter {
     let from_env = rust_log.filter(|v| !v.trim().is_empty()).map(|v| (EnvFilter::try_new(&v), v));
@@ -78,6 +90,7 @@ pub fn init_terminal(instance: &str) {
         .finish()
         .with(without_secret_bearing_lines())
         .try_init();
+    warn_of_an_unreadable_rust_log();
 }
 
 /// What a command other than `serve` shows on standard error: warnings and errors only (its
@@ -121,6 +134,7 @@ pub fn init_cli() {
         .finish()
         .with(without_secret_bearing_lines())
         .try_init();
+    warn_of_an_unreadable_rust_log();
 }
 
 /// A command's line, in the words of its other messages: `portcullis: warning: MESSAGE

@@ -34,3 +34,17 @@ async fn rust_log_trace_on_sled_writes_no_stored_key_or_value() {
     let secret_key = "115, 101, 99, 114, 101, 116, 58";
     assert!(!text.contains(secret_key), "a stored secret's key was logged");
 }
+
+/// A `RUST_LOG` that cannot be read is said to be so, and the default used (review 150).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_rust_log_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        ServerProcess::start_with(dir.path(), QUICK, |cmd| {
+            cmd.env("RUST_LOG", "portcullis=LOUD");
+        })
+    });
+    let (_, _, stderr) = tokio::task::block_in_place(|| server.terminate_with_output());
+    let text = stderr.join("\n");
+    assert!(text.contains("RUST_LOG could not be read") && text.contains("listening"), "{text}");
+}
