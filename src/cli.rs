@@ -331,6 +331,13 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
         // clap would print the command's help: name the command that wants a subcommand.
         return format!("`{path}` needs a subcommand (see {path} --help)");
     }
+    // `PORTCULLIS_CONFIG=''` reaches clap as an empty `--config`, which nobody typed.
+    let empty_config = std::env::var_os("PORTCULLIS_CONFIG").is_some_and(|v| v.is_empty());
+    let names_config =
+        error.get(clap::error::ContextKind::InvalidArg).is_some_and(|a| a.to_string().contains("--config"));
+    if error.kind() == clap::error::ErrorKind::InvalidValue && names_config && empty_config {
+        return format!("PORTCULLIS_CONFIG is empty: unset it, or name the settings file (see {path} --help)");
+    }
     if error.kind() == clap::error::ErrorKind::UnknownArgument {
         // A settings flag after another command (`user list --data-dir X`): `portcullis --help`
         // lists it, so say where it goes rather than that it does not exist.

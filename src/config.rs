@@ -554,6 +554,14 @@ pub fn ignored_variables() -> Vec<String> {
             .filter(|(distance, _)| *distance <= 3)
             .min_by_key(|(distance, _)| *distance);
         let hint = closest.map(|(_, s)| format!(" (did you mean {s}?)")).unwrap_or_default();
+        // `[access]` is a table: the settings file holds it, no variable can (review 150).
+        if name.eq_ignore_ascii_case("PORTCULLIS_ACCESS") {
+            lines.push(format!(
+                "{} is ignored: access rules are read from the settings file only ([access])",
+                escape_controls(&name)
+            ));
+            continue;
+        }
         lines.push(format!("{} is not a setting and is ignored{hint}", escape_controls(&name)));
     }
     lines.sort();

@@ -387,3 +387,15 @@ async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_war
     let out = run(check(dir.path(), &[], &[])).await;
     assert!(!out.stderr.contains("other users may read it"), "no password, no warning: {}", out.stderr);
 }
+
+/// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
+/// `PORTCULLIS_ACCESS` is said to be the file's (review 150).
+#[tokio::test]
+async fn an_empty_config_variable_and_an_access_variable_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_CONFIG", "")])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("PORTCULLIS_CONFIG is empty"), "{}", out.stderr);
+    let out = run(check(dir.path(), &[], &[("PORTCULLIS_ACCESS", "x")])).await;
+    assert!(out.stderr.contains("access rules are read from the settings file only"), "{}", out.stderr);
+}
