@@ -110,8 +110,18 @@ fn pair_present(dir: &Path) -> anyhow::Result<bool> {
 /// not match), and accepts one with neither file. Asked before the store is opened, so such a
 /// start leaves no `data_dir` or `log_dir` behind (review 133).
 pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
+    refuse_a_file_for_the_directory(dir)?;
     if pair_present(dir)? {
         load_certified_key(dir)?;
+    }
+    Ok(())
+}
+
+/// `cert_dir` naming something other than a directory: "cannot create X: File exists" said
+/// nothing of what X was (review 150).
+fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("cert_dir {} is not a directory", crate::text::printable(&dir.display().to_string()));
     }
     Ok(())
 }
@@ -124,6 +134,7 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let (cert, key) = (cert_path(dir), key_path(dir));
+    refuse_a_file_for_the_directory(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
     write_private(&key, key_pem.as_bytes())?;

@@ -890,3 +890,15 @@ async fn endless_or_odd_inputs_fail_in_one_line() {
     let (status, _, stderr) = child::run(cmd, None).await;
     assert!(!status.success() && stderr.contains("not a regular file"), "{stderr}");
 }
+
+/// A `cert_dir` that is a file is named as such, before anything is made (review 150).
+#[tokio::test]
+async fn a_cert_dir_that_is_a_file_is_named_as_such_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::QUICK).env("PORTCULLIS_CERT_DIR", dir.path().join("afile"));
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success() && stderr.contains("afile is not a directory"), "{stderr}");
+    assert!(!dir.path().join("data").exists() && !dir.path().join("logs").exists(), "nothing made");
+}
