@@ -63,14 +63,40 @@ fn filter_from(rust_log: Option<String>, default: &str) -> EnvFilter {
 /// captcha keys and session-token hashes: the PostgreSQL client every statement's parameters
 /// at DEBUG (review 148 read the keys off `RUST_LOG=debug`), sled every key and value at
 /// TRACE (review 150). Not a directive of the [`EnvFilter`]: one of `RUST_LOG`'s naming the
-/// library more closely, or a span, would win over it.
-fn without_secret_bearing_lines() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
-    tracing_subscriber::filter::filter_fn(|meta| {
+/// library more closely, or a span, would win over it. Decided per call site once (a
+/// `filter_fn` would ask again at every event, and make every call site so asked, even those
+/// the [`EnvFilter`] turned off for good).
+fn without_secret_bearing_lines() -> WithoutSecretBearingLines {
+    WithoutSecretBearingLines
+}
+
+/// [`without_secret_bearing_lines`]'s layer.
+struct WithoutSecretBearingLines;
+
+impl WithoutSecretBearingLines {
+    fn drops(meta: &tracing::Metadata<'_>) -> bool {
         let engine = SECRET_BEARING_TARGETS
             .iter()
             .any(|t| meta.target().strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")));
-        !(engine && *meta.level() > tracing::Level::INFO)
-    })
+        engine && *meta.level() > tracing::Level::INFO
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for WithoutSecretBearingLines {
+    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        // `always` leaves the decision to the filters inside; `never` is final.
+        if Self::drops(meta) {
+            tracing::subscriber::Interest::never()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+
+    /// Asked for lines without a registered call site too (the `log` crate's, which sled and
+    /// the PostgreSQL client write through).
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        !Self::drops(meta)
+    }
 }
 
 /// The libraries whose lines below INFO hold what is stored ([`without_secret_bearing_lines`]).
