@@ -763,20 +763,26 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
     Ok(Readings { other, case_folded })
 }
 
-/// The paths after each segment of `path` that names a PHP script (`.php` in any case, as
-/// Windows matches it), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives
-/// `/admin`. Empty when no segment but the last names one.
+/// The paths after each PHP script's name in `path` (`.php` in any case, as Windows matches
+/// it, and the other extensions Debian hands to PHP: `.phtml`, `.phar`, `.php5`, `.php7`,
+/// `.php8`), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`.
+/// Symfony, and Laravel on it, take the script's name as a prefix of the request URI without
+/// a `/` after it (`Request::getUrlencodedPrefix`), so `/index.phpadmin` gives `/admin` too
+/// (review 151). Empty when no name is followed by more.
 fn after_php_scripts(path: &str) -> Vec<String> {
-    if !path.to_ascii_lowercase().contains(".php/") {
+    let lower = path.to_ascii_lowercase();
+    if !lower.contains(".ph") {
         return Vec::new();
     }
     let mut after = Vec::new();
-    let mut at = 0;
-    for segment in path.split('/') {
-        at += segment.len() + 1;
-        let script = segment.len() > 4 && segment.as_bytes()[segment.len() - 4..].eq_ignore_ascii_case(b".php");
-        if script && at <= path.len() {
-            after.push(path[at - 1..].to_string());
+    for extension in [".php", ".phtml", ".phar", ".php5", ".php7", ".php8"] {
+        for (i, _) in lower.match_indices(extension) {
+            // A script has a name: `/.php` is a file of that name, not a script's path.
+            let named = i > 0 && lower.as_bytes()[i - 1] != b'/';
+            let rest = &path[i + extension.len()..];
+            if named && !rest.is_empty() {
+                after.push(if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") });
+            }
         }
     }
     after

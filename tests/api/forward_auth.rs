@@ -463,6 +463,12 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/index.php%20/admin",
         "/index.php::$DATA/admin",
         "/index.php%3Bx/admin",
+        // Symfony takes the script's name as a prefix, `/` or not; other PHP extensions
+        // (review 151).
+        "/index.phpadmin",
+        "/index.php%61dmin",
+        "/index.phtml/admin",
+        "/index.php5/admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
