@@ -107,7 +107,16 @@ impl PathPattern {
                 .build()
                 .map_err(|e| format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string())))
         };
-        Ok(PathPattern { as_written: compile(false)?, folded: compile(true)?, requires_query: requires_query(s) })
+        let as_written = compile(false)?;
+        // One that matches the empty text and a path no rule names matches every path: an
+        // empty alternative (`^/public/|`, review 151), `^` or `.*`. Leaving `path` out says
+        // that; written so it is most likely a slip, and opened a host to a `bypass`.
+        if as_written.is_match("") && as_written.is_match("/portcullis-probe-7f3a/x") {
+            return Err(format!(
+                "`{s}` matches every path (an empty alternative?): leave the field out to match everything"
+            ));
+        }
+        Ok(PathPattern { as_written, folded: compile(true)?, requires_query: requires_query(s) })
     }
 
     /// Whether it matches `path_and_query` (normalised: the query after the first `?`, which
@@ -965,6 +974,9 @@ mod tests {
             ("[[access.rules]]\nusers = \"alice,bob\"\npolicy = \"deny\"", "access.rules #1 users: must be a list of strings, not one string: write [\"alice,bob\"]"),
             ("[[access.rules]]\npath = [\"\"]\npolicy = \"bypass\"", "access.rules #1 path: an empty pattern would match every path"),
             ("[[access.rules]]\npath = [\"^/a\", \"\"]\npolicy = \"deny\"", "access.rules #1 path: an empty pattern"),
+            ("[[access.rules]]\npath = [\"^/public/|\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/public/|` matches every path"),
+            ("[[access.rules]]\npath = [\"^\"]\npolicy = \"bypass\"", "access.rules #1 path: `^` matches every path"),
+            ("[[access.rules]]\npath = [\".*\"]\npolicy = \"bypass\"", "access.rules #1 path: `.*` matches every path"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
             ("[access]\nrule = []", "access: unknown key"),
