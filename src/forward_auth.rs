@@ -208,10 +208,10 @@ fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), Targe
     let readings = other_readings(raw_path)?;
     // The head holds no encoded `?` or `#`, so this reads one level deep (review 145: each of
     // the path's and the query's readings applies to what the rewrite hands on too).
-    let rewritten = split_at_decoded_delimiter(raw_path, query)
-        .into_iter()
-        .map(|(head, rest)| read(&head, rest.as_deref()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut rewrites = split_at_decoded_delimiter(raw_path, query);
+    rewrites.extend(routed_by_query(&path, query));
+    let rewritten =
+        rewrites.into_iter().map(|(head, rest)| read(&head, rest.as_deref())).collect::<Result<Vec<_>, _>>()?;
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
@@ -316,6 +316,24 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
         _ => rest.to_string(),
     };
     vec![(head, Some(query)), own_query]
+}
+
+/// The path and query a front controller that routes by its query reads (CodeIgniter's
+/// `parseRequestURI`: on the root or a PHP script, a query that begins with `/` is the path,
+/// so `/?/admin` and `/index.php?/admin&x=1` route `/admin` with `x=1`; review 151), if
+/// `path` (normalised) and `query` are so.
+fn routed_by_query(path: &str, query: Option<&str>) -> Option<(String, Option<String>)> {
+    let query = query?;
+    let script = path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
+    if path != "/" && !script {
+        return None;
+    }
+    let (head, rest) = match query.split_once('&') {
+        Some((head, rest)) => (head, Some(rest.to_string())),
+        None => (query, None),
+    };
+    let head = head.split(['?', '#']).next().unwrap_or(head);
+    (head.starts_with('/') && head.len() > 1).then(|| (head.to_string(), rest))
 }
 
 /// `query` with its parameters' names as frameworks that rename them read them, each reading
