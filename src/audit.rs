@@ -647,6 +647,12 @@ impl Audit {
             crate::store::now_ms(),
         )
         .with_context(|| format!("cannot delete old log files in {}", log_dir.display()))?;
+        // A FIFO as today's file would hold the start in `open` until a reader comes, deaf to
+        // SIGTERM (review 151).
+        let today = log_dir.join(format!("auth.log.{}", &rfc3339(crate::store::now_ms())[..10]));
+        if std::fs::metadata(&today).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) {
+            anyhow::bail!("{} is a FIFO, not a log file", today.display());
+        }
         let appender = RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
             .filename_prefix("auth.log")

@@ -902,3 +902,21 @@ async fn a_cert_dir_that_is_a_file_is_named_as_such_before_anything_is_made() {
     assert!(!status.success() && stderr.contains("afile is not a directory"), "{stderr}");
     assert!(!dir.path().join("data").exists() && !dir.path().join("logs").exists(), "nothing made");
 }
+
+/// Today's log file as a FIFO stops the start in one line instead of holding it in `open`
+/// (review 151).
+#[tokio::test]
+async fn a_fifo_for_todays_log_file_stops_the_start_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let fifo = logs.join(format!("auth.log.{today}"));
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::QUICK);
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success() && stderr.contains("is a FIFO, not a log file"), "{stderr}");
+}
