@@ -949,32 +949,40 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
     })
 }
 
-/// What `config check` and the start warn of in the settings file itself: one that holds
-/// `database_url` with a password and that other users may read (review 150: a 0644 file
+/// What `config check` and the start warn of in the settings file itself: one that other
+/// users may change, and one that holds `database_url` with a password and that they may read (review 150: a 0644 file
 /// passed without a word, where `factor.key`'s mode is enforced). `config_file` as given on
 /// the command line, else `portcullis.toml` in the working directory.
 pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     let path = config_file.unwrap_or(Path::new("portcullis.toml"));
     let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode()) else { return Vec::new() };
-    if mode & 0o077 == 0 {
-        return Vec::new();
+    let shown = crate::text::printable(&path.display().to_string()).into_owned();
+    let mut warnings = Vec::new();
+    // Whoever may write it decides who gets in (`[access]`, `trusted_proxies`; review 151).
+    if mode & 0o022 != 0 {
+        warnings.push(format!(
+            "other users may change the settings file {shown} (mode {:04o}), and with it who gets in: chmod go-w it",
+            mode & 0o7777
+        ));
     }
-    let Ok(text) = crate::files::read_small_text(path, MAX_CONFIG_BYTES) else { return Vec::new() };
-    let Ok(table) = text.parse::<toml::Table>() else { return Vec::new() };
+    if mode & 0o044 == 0 {
+        return warnings;
+    }
+    let Ok(text) = crate::files::read_small_text(path, MAX_CONFIG_BYTES) else { return warnings };
+    let Ok(table) = text.parse::<toml::Table>() else { return warnings };
     let with_password = table
         .get("database_url")
         .and_then(toml::Value::as_str)
         .and_then(|url| crate::postgres::url::DatabaseUrl::parse(url).ok())
         .is_some_and(|url| url.password().is_some());
-    if !with_password {
-        return Vec::new();
+    if with_password {
+        warnings.push(format!(
+            "the settings file {shown} holds database_url's password and other users may read it (mode {:04o}): chmod 600 it, or give the URL in PORTCULLIS_DATABASE_URL from a file only the server reads",
+            mode & 0o7777
+        ));
     }
-    vec![format!(
-        "the settings file {} holds database_url's password and other users may read it (mode {:04o}): chmod 600 it, or give the URL in PORTCULLIS_DATABASE_URL from a file only the server reads",
-        crate::text::printable(&path.display().to_string()),
-        mode & 0o7777
-    )]
+    warnings
 }
 
 /// What `config check` and the start warn of in settings that are valid but risky: a metrics
@@ -1336,7 +1344,13 @@ mod tests {
     #[test]
     fn a_database_url_where_a_path_or_the_instance_name_goes_is_refused_without_its_password() {
         for key in ["data_dir", "log_dir", "cert_dir", "instance_name"] {
-            for url in ["postgres://u:S3CRET@h/db", "postgres:/u:S3CRET@h/db", "u:S3CRET@h/db"] {
+            for url in [
+                "postgres://u:S3CRET@h/db",
+                "postgres:/u:S3CRET@h/db",
+                "u:S3CRET@h/db",
+                "host=h user=u password=S3CRET dbname=x",
+                "u@db.example.com:5432/db",
+            ] {
                 let e = Settings::from_layers(None, &flags(&[(key, url)]), &Overrides::new()).unwrap_err().to_string();
                 assert!(e.contains("looks like a database URL") && !e.contains("S3CRET"), "{key} {url}: {e}");
             }

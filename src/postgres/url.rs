@@ -387,7 +387,13 @@ pub fn looks_like_a_database_url(text: &str) -> bool {
     let lower = text.trim_start().to_ascii_lowercase();
     let scheme_like = ["postgres:", "postgresql:", "postgres//", "postgresql//"].iter().any(|s| lower.starts_with(s));
     let credentials_like = lower.find(':').is_some_and(|colon| lower[colon..].contains('@'));
-    scheme_like || credentials_like || lower.contains("://")
+    // `user@host:5432/db` without its scheme, and libpq's keyword form (`host=h password=p`;
+    // review 151).
+    let host_port_like = lower.split_once('@').is_some_and(|(_, after)| {
+        after.split_once(':').is_some_and(|(_, port)| port.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    let keywords_like = lower.contains("password=") || (lower.contains("host=") && lower.contains("dbname="));
+    scheme_like || credentials_like || host_port_like || keywords_like || lower.contains("://")
 }
 
 /// `text` (a message) with [`redact`] applied to each word in it that holds `://` or

@@ -386,6 +386,11 @@ async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_war
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(check(dir.path(), &[], &[])).await;
     assert!(!out.stderr.contains("other users may read it"), "no password, no warning: {}", out.stderr);
+    // Writable by others: who gets in is theirs to decide (review 151).
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o602)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(out.stderr.contains("other users may change the settings file"), "{}", out.stderr);
+    assert!(!out.stderr.contains("may read it"), "{}", out.stderr);
 }
 
 /// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
