@@ -169,9 +169,9 @@ fn fit_descriptors(settings: &mut Settings) -> anyhow::Result<()> {
     let wanted = (settings.max_connections + http) as u64 + crate::descriptors::RESERVE;
     if fit.https < MIN_CONNECTIONS.min(settings.max_connections) {
         anyhow::bail!(
-            "the open-files limit ({}) holds only {} connections beside the {} descriptors the server keeps for itself: raise it (ulimit -n, LimitNOFILE= in systemd) to at least {wanted}",
+            "the open-files limit ({}) holds only {} HTTPS connections beside the {} descriptors the server keeps for itself and the redirector's share: raise it (ulimit -n, LimitNOFILE= in systemd) to at least {wanted}",
             fit.limit,
-            fit.limit.saturating_sub(crate::descriptors::RESERVE),
+            fit.https,
             crate::descriptors::RESERVE,
         );
     }

@@ -65,7 +65,7 @@ async fn a_limit_that_holds_hardly_any_connection_stops_the_start_in_one_line() 
     let line = stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
-        line.contains("the open-files limit (60) holds only 12 connections") && line.contains("at least 1072"),
+        line.contains("the open-files limit (60) holds only 12 HTTPS connections") && line.contains("at least 1072"),
         "{line}"
     );
     assert!(!dir.path().join("data").exists(), "refused before the store is made");
