@@ -1100,6 +1100,13 @@ pub fn parse_rate(s: &str) -> Result<Option<Rate>, String> {
 /// (`client::canonical`): written either way it matches the same clients (a review saw an
 /// audit filter so written match nothing).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    // `010.0.0.0/8` is ten to some readers and eight to others (octal); the bare address
+    // parser refuses it, and so is a range written so (review 151), or a prefix with one.
+    let (address, prefix) = s.split_once('/').unwrap_or((s, ""));
+    let padded = |part: &str| part.len() > 1 && part.starts_with('0') && part.bytes().all(|b| b.is_ascii_digit());
+    if !address.contains(':') && (address.split('.').any(padded) || padded(prefix)) {
+        return Err(format!("`{s}` has a number with a leading zero, which some tools read as octal"));
+    }
     let net = match s.parse::<IpNet>() {
         Ok(net) => net.trunc(),
         Err(_) => s
@@ -1219,6 +1226,17 @@ mod tests {
             assert_eq!(parse_net(written).unwrap(), read.parse::<IpNet>().unwrap(), "{written}");
         }
         assert!(parse_net("::ffff:10.0.0.1/133").is_err());
+    }
+
+    #[test]
+    fn a_number_with_a_leading_zero_is_refused_in_an_address_or_range() {
+        for written in ["010.0.0.0/8", "10.0.0.0/08", "10.0.0.01", "127.000.0.1/32"] {
+            let e = parse_net(written).unwrap_err();
+            assert!(e.contains("leading zero"), "{written}: {e}");
+        }
+        for fine in ["10.0.0.0/8", "0.0.0.0/0", "10.0.0.0", "::ffff:10.0.0.0/104", "2001:db8::/32", "fd00::0/8"] {
+            assert!(parse_net(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
