@@ -204,14 +204,29 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
 /// # Errors
 /// As [`normalise_path`] and [`other_readings`].
 fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
+    read_within(raw_path, query, MAX_REWRITES)
+}
+
+/// How many rewrites one reading composes (a decoding rewrite's `%3F`, then CodeIgniter's
+/// query route: `/index.php%3F/admin`). Bounded, since each rewrite's result may name another
+/// (`/index.php%3F/index.php%3F…` read itself once per segment and overflowed the stack).
+const MAX_REWRITES: u8 = 2;
+
+/// [`read`] with at most `rewrites` more rewrites composed.
+fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result<(String, Readings), TargetError> {
     let path = normalise_path(raw_path)?;
     let readings = other_readings(raw_path)?;
-    // The head holds no encoded `?` or `#`, so this reads one level deep (review 145: each of
-    // the path's and the query's readings applies to what the rewrite hands on too).
-    let mut rewrites = split_at_decoded_delimiter(raw_path, query);
-    rewrites.extend(routed_by_query(&path, query));
-    let rewritten =
-        rewrites.into_iter().map(|(head, rest)| read(&head, rest.as_deref())).collect::<Result<Vec<_>, _>>()?;
+    // Each of the path's and the query's readings applies to what the rewrite hands on too
+    // (review 145).
+    let mut rewrites = Vec::new();
+    if rewrites_left > 0 {
+        rewrites.extend(split_at_decoded_delimiter(raw_path, query));
+        rewrites.extend(routed_by_query(&path, query));
+    }
+    let rewritten = rewrites
+        .into_iter()
+        .map(|(head, rest)| read_within(&head, rest.as_deref(), rewrites_left - 1))
+        .collect::<Result<Vec<_>, _>>()?;
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
@@ -324,8 +339,8 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
 /// `path` (normalised) and `query` are so.
 fn routed_by_query(path: &str, query: Option<&str>) -> Option<(String, Option<String>)> {
     let query = query?;
-    let script = path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
-    if path != "/" && !script {
+    let script = |path: &str| path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
+    if path != "/" && !script(path) {
         return None;
     }
     let (head, rest) = match query.split_once('&') {
@@ -333,7 +348,9 @@ fn routed_by_query(path: &str, query: Option<&str>) -> Option<(String, Option<St
         None => (query, None),
     };
     let head = head.split(['?', '#']).next().unwrap_or(head);
-    (head.starts_with('/') && head.len() > 1).then(|| (head.to_string(), rest))
+    // A routed path that is a script again is not routed once more: `/?/a.php&/a.php&…` would
+    // read itself as deep as the query is long.
+    (head.starts_with('/') && head.len() > 1 && !script(head)).then(|| (head.to_string(), rest))
 }
 
 /// `query` with its parameters' names as frameworks that rename them read them, each reading
@@ -1555,6 +1572,16 @@ mod tests {
     }
 
     #[test]
+    fn a_query_routed_path_is_routed_once() {
+        assert_eq!(super::routed_by_query("/", Some("/admin&x=1")), Some(("/admin".into(), Some("x=1".into()))));
+        assert_eq!(super::routed_by_query("/index.php", Some("/admin")), Some(("/admin".into(), None)));
+        assert_eq!(super::routed_by_query("/docs", Some("/admin")), None, "not the root or a script");
+        assert_eq!(super::routed_by_query("/", Some("/a.php&/a.php")), None, "a script again");
+        let deep = format!("/?{}", "/a.php&".repeat(500));
+        assert!(super::reading_apart(&deep, |r, _| r.len()).is_ok());
+    }
+
+    #[test]
     fn parameter_names_are_read_as_frameworks_rename_them() {
         let read = super::names_as_read;
         assert_eq!(read("fmt=csv&x=1"), Vec::<String>::new(), "nothing to rename");
@@ -1643,6 +1670,23 @@ mod tests {
                 let back: Vec<_> = loc.query_pairs().filter(|(k, _)| k == "rd").map(|(_, v)| v.into_owned()).collect();
                 prop_assert_eq!(back, vec![out.clone()]);
             }
+        }
+    }
+}
+/// Rewrites that name further rewrites are read a bounded number of times: before the bound,
+/// `/index.php%3F/index.php%3F…` read itself once per segment and overflowed the stack, which
+/// aborts the whole server.
+#[cfg(test)]
+mod bounded_rewrites {
+    #[test]
+    fn a_rewrite_that_names_another_is_read_a_bounded_number_of_times() {
+        for raw in [
+            format!("/index.php%3F{}", "/index.php%3F".repeat(280)),
+            format!("/?{}", "/a.php%3F/b&".repeat(300)),
+            format!("/index.php%3F/x.php%3F{}", "/y%3F".repeat(600)),
+        ] {
+            let raw = &raw[..raw.len().min(4000)];
+            assert!(super::reading_apart(raw, |r, _| r.len() % 2).is_ok(), "{}", &raw[..40]);
         }
     }
 }
