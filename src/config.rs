@@ -686,11 +686,12 @@ pub fn cores() -> usize {
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
-    let text = crate::files::read_small_text(path, MAX_CONFIG_BYTES).map_err(|error| match error.kind() {
-        std::io::ErrorKind::InvalidData if error.to_string().starts_with("longer") => {
+    let text = crate::files::read_small_text(path, MAX_CONFIG_BYTES).map_err(|error| {
+        if crate::files::is_too_long(&error) {
             ConfigError::TooLarge { path: path.to_path_buf() }
+        } else {
+            ConfigError::Read { path: path.to_path_buf(), error }
         }
-        _ => ConfigError::Read { path: path.to_path_buf(), error },
     })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         // Where, so a long file's mistake can be found; the message alone, not the quoted

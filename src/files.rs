@@ -55,8 +55,28 @@ pub fn read_bounded_line(reader: impl BufRead, line: &mut String) -> std::io::Re
     Ok(read)
 }
 
+/// What [`read_small`] and [`read_bounded_line`] found: more than `max_bytes`.
+#[derive(Debug)]
+struct TooLong {
+    max_bytes: u64,
+}
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "longer than {} KiB", self.max_bytes / 1024)
+    }
+}
+
+impl std::error::Error for TooLong {}
+
 fn too_long(max_bytes: u64) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("longer than {} KiB", max_bytes / 1024))
+    std::io::Error::new(std::io::ErrorKind::InvalidData, TooLong { max_bytes })
+}
+
+/// Whether `error` (from [`read_small`], [`read_small_text`] or [`read_bounded_line`]) says
+/// the input was longer than its bound.
+pub fn is_too_long(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<TooLong>())
 }
 
 #[cfg(test)]
@@ -70,6 +90,8 @@ mod tests {
         std::fs::write(&file, b"abc").unwrap();
         assert_eq!(read_small(&file, 3).unwrap(), b"abc");
         assert_eq!(read_small(&file, 2).unwrap_err().to_string(), "longer than 0 KiB");
+        assert!(is_too_long(&read_small(&file, 2).unwrap_err()));
+        assert!(!is_too_long(&read_small(dir.path(), 10).unwrap_err()));
         assert_eq!(read_small(dir.path(), 10).unwrap_err().to_string(), "not a regular file");
         assert_eq!(read_small(Path::new("/dev/zero"), 10).unwrap_err().to_string(), "not a regular file");
         let fifo = dir.path().join("fifo");
