@@ -157,6 +157,8 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
     let more = unicode_readings(&all_spaces);
     unicode.other.extend(more.other);
     unicode.case_folded.extend(more.case_folded);
+    distinct(&mut unicode.other);
+    distinct(&mut unicode.case_folded);
     // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
     for forms in [&mut unicode.other, &mut unicode.case_folded] {
         let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).filter(|t| !forms.contains(t)).collect();
@@ -171,6 +173,8 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
         .map(String::from)
         .collect();
     queries.extend(after_question_mark);
+    // Most of these are the same text for an ordinary query: each is read on once.
+    distinct_after_first(&mut queries);
     // Names as frameworks rename them (arrays, Spring's `!`, PHP's `_`), in every reading
     // (review 145 passed `fmt[]=%2563sv` when the array reading was judged alone).
     // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
@@ -186,6 +190,17 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
         forms.extend(arrays);
     }
     (queries, unicode)
+}
+
+/// `forms` with its first kept first and the rest sorted, each once.
+fn distinct_after_first(forms: &mut Vec<String>) {
+    if let Some((first, rest)) = forms.split_first_mut() {
+        rest.sort_unstable();
+        let first = first.clone();
+        forms.dedup();
+        forms.retain(|f| *f != first);
+        forms.insert(0, first);
+    }
 }
 
 /// The path as sent, `raw_path`, and the query, each plus its `?`, as rules match them (the
@@ -206,6 +221,18 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
 fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
     read_within(raw_path, query, MAX_REWRITES)
 }
+
+/// The most text, in bytes, a target's readings may come to (each reading of the path joined
+/// with each of the query's, and those of what rewrites hand on): more than twice what the
+/// longest ordinary URL we tried came to (a 4 KB shop filter with brackets, spaces and accents
+/// in every parameter: 1.7 MB), so that a crafted target costs tens of milliseconds of CPU
+/// and a few MiB to judge, not seconds and hundreds of MiB.
+pub const MAX_READING_BYTES: usize = 4 << 20;
+
+/// The most PHP scripts' names a path may hold (`/index.php/admin` holds one): each is read as
+/// a front controller handing on the rest ([`other_readings`]), so their number multiplies the
+/// readings, and no application routes through five.
+pub const MAX_SCRIPT_NAMES: usize = 4;
 
 /// How many rewrites one reading composes (a decoding rewrite's `%3F`, then CodeIgniter's
 /// query route: `/index.php%3F/admin`). Bounded, since each rewrite's result may name another
@@ -271,13 +298,22 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
         }
     };
     let main = format!("{path}{}", queries[0]);
+    // Most readings of an ordinary query are the same: each is joined with every path once.
+    let mut queries = queries;
+    queries.sort_unstable();
+    queries.dedup();
     let tidy = |mut all: Vec<String>| {
         all.retain(|r| *r != main);
         all.sort_unstable();
         all.dedup();
         all
     };
-    let unicode_queries = |forms: &[String]| forms.iter().map(|q| format!("?{q}")).collect::<Vec<_>>();
+    let unicode_queries = |forms: &[String]| {
+        let mut forms = forms.iter().map(|q| format!("?{q}")).collect::<Vec<_>>();
+        forms.sort_unstable();
+        forms.dedup();
+        forms
+    };
     let (folded_queries, kept_queries) = (unicode_queries(&unicode.case_folded), unicode_queries(&unicode.other));
     let combined = |paths: &[String], queries: &[&[String]]| {
         let queries: Vec<&String> = queries.iter().flat_map(|q| q.iter()).collect();
@@ -287,6 +323,21 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
     // both otherwise at once (`/%EF%BD%85xport?fmt=%EF%BD%83sv`, the same review).
     // `other_readings` holds the normalised path too.
     let paths = readings.other;
+    // Each path's reading is judged with each query's: bounded before any is written, as
+    // their number is a product.
+    let bytes = |forms: &[String]| forms.iter().map(String::len).sum::<usize>();
+    let all_queries = queries.len() + kept_queries.len() + folded_queries.len();
+    let query_bytes = bytes(&queries) + bytes(&kept_queries) + bytes(&folded_queries);
+    let path_count = paths.len() + readings.case_folded.len();
+    let path_bytes = bytes(&paths) + bytes(&readings.case_folded);
+    let rewritten_bytes: usize = rewritten.iter().map(|(_, more)| bytes(&more.other) + bytes(&more.case_folded)).sum();
+    let combined_bytes = path_bytes
+        .saturating_mul(all_queries)
+        .saturating_add(query_bytes.saturating_mul(path_count))
+        .saturating_add(rewritten_bytes);
+    if combined_bytes > MAX_READING_BYTES {
+        return Err(TargetError::TooManyReadings("their text would exceed 4 MiB"));
+    }
     let mut other = combined(&paths, &[&queries, &kept_queries]);
     let mut case_folded = [
         combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
@@ -511,6 +562,11 @@ pub enum TargetError {
     AmbiguousPath(&'static str),
     #[error("header {0} holds more than its part of the URL")]
     Malformed(&'static str),
+    /// The target's readings would take more than [`MAX_READING_BYTES`] to judge, or its path
+    /// names more than [`MAX_SCRIPT_NAMES`] PHP scripts: no ordinary URL does, and judging
+    /// every reading of a crafted 4 KB one cost seconds of CPU and hundreds of MB.
+    #[error("the target reads too many ways to judge each ({0})")]
+    TooManyReadings(&'static str),
 }
 
 /// The headers that describe the target, each at most once.
@@ -769,6 +825,8 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
     // normalised (a review reached `/plus/a+b` past a rule for it with `/%70lus/a%2Bb`,
     // `//plus/a%2Bb` and `/plus;x/a%2Bb`). A server that decodes before it drops `;params`
     // reads `/admin%3Bx/y` as `/admin/y`.
+    // Most readings of an ordinary path are the same text: each stage reads each once.
+    distinct(&mut other);
     let mut reserved_decoded = Vec::new();
     for reading in &other {
         let decoded = decode_reserved(reading);
@@ -776,26 +834,42 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
         reserved_decoded.push(decoded.into_owned());
     }
     other.extend(reserved_decoded);
-    let mut case_folded = Vec::new();
-    for reading in other.clone() {
-        let unicode = unicode_readings(&reading);
-        other.extend(unicode.other.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?);
-        case_folded.extend(unicode.case_folded.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?);
+    distinct(&mut other);
+    let (mut unicode_other, mut case_folded) = (Vec::new(), Vec::new());
+    for reading in &other {
+        let unicode = unicode_readings(reading);
+        unicode_other.extend(unicode.other);
+        case_folded.extend(unicode.case_folded);
     }
+    for forms in [&mut unicode_other, &mut case_folded] {
+        distinct(forms);
+        *forms = forms.iter().map(|r| normalise_path(r)).collect::<Result<Vec<_>, _>>()?;
+    }
+    other.extend(unicode_other);
     for readings in [&mut other, &mut case_folded] {
+        distinct(readings);
         let trimmed = readings.iter().flat_map(|r| trimmed_readings(r)).map(|r| normalise_path(&r));
         let trimmed = trimmed.collect::<Result<Vec<_>, _>>()?;
         readings.extend(trimmed);
         // A PHP front controller routes the path after its script (`PATH_INFO`): Laravel,
         // Symfony and Slim serve `/index.php/admin` as `/admin` (review 147), also once the
         // script's name is read otherwise (`/index.php./admin`, `/index.php%3Bx/admin`; 149).
-        let after_scripts = readings.iter().flat_map(|r| after_php_scripts(r)).map(|r| normalise_path(&r));
-        let after_scripts = after_scripts.collect::<Result<Vec<_>, _>>()?;
+        let mut after_scripts = Vec::new();
+        for reading in readings.iter() {
+            for after in after_php_scripts(reading)? {
+                after_scripts.push(normalise_path(&after)?);
+            }
+        }
         readings.extend(after_scripts);
-        readings.sort_unstable();
-        readings.dedup();
+        distinct(readings);
     }
     Ok(Readings { other, case_folded })
+}
+
+/// `forms` sorted, each once.
+fn distinct(forms: &mut Vec<String>) {
+    forms.sort_unstable();
+    forms.dedup();
 }
 
 /// The paths after each PHP script's name in `path` (`.php` in any case, as Windows matches
@@ -804,10 +878,18 @@ pub fn other_readings(raw: &str) -> Result<Readings, TargetError> {
 /// Symfony, and Laravel on it, take the script's name as a prefix of the request URI without
 /// a `/` after it (`Request::getUrlencodedPrefix`), so `/index.phpadmin` gives `/admin` too
 /// (review 151). Empty when no name is followed by more.
-fn after_php_scripts(path: &str) -> Vec<String> {
+///
+/// # Errors
+/// [`TargetError::TooManyReadings`] when the path holds more than [`MAX_SCRIPT_NAMES`] names
+/// that may be a script's.
+fn after_php_scripts(path: &str) -> Result<Vec<String>, TargetError> {
     let lower = path.to_ascii_lowercase();
     if !lower.contains(".ph") {
-        return Vec::new();
+        return Ok(Vec::new());
+    }
+    let names = [".php", ".phtml", ".phar"].iter().map(|e| lower.matches(e).count()).sum::<usize>();
+    if names > MAX_SCRIPT_NAMES {
+        return Err(TargetError::TooManyReadings("more than 4 PHP scripts' names"));
     }
     let mut after = Vec::new();
     for extension in [".php", ".phtml", ".phar", ".php5", ".php7", ".php8"] {
@@ -820,7 +902,7 @@ fn after_php_scripts(path: &str) -> Vec<String> {
             }
         }
     }
-    after
+    Ok(after)
 }
 
 /// `path` (percent-encoded) as servers that trim its segments read it, each reading only
@@ -951,7 +1033,9 @@ fn unicode_readings(path: &str) -> Readings {
             [t.nfkc().collect::<String>(), t.nfkd().collect::<String>(), stripped]
         })
         .collect();
-    let case_folded: Vec<String> = forms
+    let mut forms = forms;
+    distinct(&mut forms);
+    let mut case_folded: Vec<String> = forms
         .iter()
         .flat_map(|f| {
             let simple: String = f.chars().map(simple_folded).collect();
@@ -959,6 +1043,7 @@ fn unicode_readings(path: &str) -> Readings {
         })
         .flat_map(|f| [f.nfkc().collect::<String>(), f.nfkd().collect::<String>()])
         .collect();
+    distinct(&mut case_folded);
     let encode = |v: Vec<String>| v.iter().map(|f| utf8_percent_encode(f, PATH_ENCODE).to_string()).collect();
     Readings { other: encode(forms), case_folded: encode(case_folded) }
 }
@@ -1686,7 +1771,69 @@ mod bounded_rewrites {
             format!("/index.php%3F/x.php%3F{}", "/y%3F".repeat(600)),
         ] {
             let raw = &raw[..raw.len().min(4000)];
-            assert!(super::reading_apart(raw, |r, _| r.len() % 2).is_ok(), "{}", &raw[..40]);
+            let read = super::reading_apart(raw, |r, _| r.len() % 2);
+            assert!(matches!(read, Ok(_) | Err(super::TargetError::TooManyReadings(_))), "{}", &raw[..40]);
+        }
+    }
+}
+
+/// The readings of one target are bounded in number and in text (`MAX_SCRIPT_NAMES`,
+/// `MAX_READING_BYTES`), so that judging a crafted target costs milliseconds, not seconds and
+/// hundreds of MB; ordinary long URLs stay within both.
+#[cfg(test)]
+mod bounded_readings {
+    use super::{reading_apart, TargetError};
+
+    fn read(raw: &str) -> Result<(), TargetError> {
+        reading_apart(raw, |r, _| r.len() % 2).map(|_| ())
+    }
+
+    #[test]
+    fn a_path_naming_more_than_four_php_scripts_is_refused() {
+        assert_eq!(read("/a.php/b.php/c.php/d.php/admin"), Ok(()));
+        for raw in [
+            "/a.php/b.php/c.php/d.php/e.php/admin",
+            "/a.php/b.phtml/c.phar/d.php5/e.PHP/admin",
+            "/a.phpb.phpc.phpd.phpe.php",
+        ] {
+            assert!(matches!(read(raw), Err(TargetError::TooManyReadings(_))), "{raw}");
+        }
+        // Other names that begin so are no scripts'.
+        assert_eq!(read("/a.photo/b.phone/c.photo/d.photo/e.photo/f.phone"), Ok(()));
+    }
+
+    #[test]
+    fn a_target_whose_readings_would_exceed_the_bound_is_refused() {
+        let crafted = format!(
+            "//x/%C5%BF.php%20./{}/i.php%3Bx/{}.phpadmin%20.?{}",
+            "%EF%BD%85%20.%E2%88%95".repeat(20),
+            "%C3%A9%3B%2B".repeat(20),
+            "a.b[c]=%2563%20+%EF%B7%BA&!d=%EF%BD%83%C2%A0&".repeat(20)
+        );
+        assert!(matches!(read(&crafted), Err(TargetError::TooManyReadings(_))));
+    }
+
+    #[test]
+    fn ordinary_long_urls_are_read() {
+        let cap = |s: String| s[..s.len().min(4000)].to_string();
+        for raw in [
+            cap(format!("/shop/caf%C3%A9s?{}", "filter[brand][]=Caf%C3%A9+Noir&".repeat(130))),
+            cap(format!(
+                "/wp-admin/admin-ajax.php?{}",
+                "utm_source=news+letter&utm.medium=e%20mail&q=caf%C3%A9+au+lait&filter[price][min]=10&sort!=asc&"
+                    .repeat(40)
+            )),
+            cap(format!(
+                "/saml/acs?SAMLResponse={}&RelayState=%2Fapp%2F%3Fx%3D1",
+                "PHNhbWxwOlJlc3BvbnNl%2B%2F%3D".repeat(140)
+            )),
+            cap(format!(
+                "{}?{}",
+                "/%E6%9D%B1%E4%BA%AC%E3%83%A9".repeat(12),
+                "q=%EF%BC%A1%E6%9D%B1+%E4%BA%AC+caf%C3%A9&p.x[]=1&".repeat(60)
+            )),
+        ] {
+            assert_eq!(read(&raw), Ok(()), "{}", &raw[..40]);
         }
     }
 }
