@@ -248,7 +248,15 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
     let mut rewrites = Vec::new();
     if rewrites_left > 0 {
         rewrites.extend(split_at_decoded_delimiter(raw_path, query));
-        rewrites.extend(routed_by_query(&path, query));
+        // On the root or a script as any reading of the path gives them: CodeIgniter takes the
+        // script's name off `/index.php/` and routes the query of the `/` left (review 153:
+        // `/index.php/?/admin` passed a deny rule for `^/admin`).
+        let routed = std::iter::once(&path).chain(&readings.other).filter_map(|p| routed_by_query(p, query));
+        for rewrite in routed {
+            if !rewrites.contains(&rewrite) {
+                rewrites.push(rewrite);
+            }
+        }
     }
     let rewritten = rewrites
         .into_iter()
@@ -873,8 +881,8 @@ fn distinct(forms: &mut Vec<String>) {
 }
 
 /// The paths after each PHP script's name in `path` (`.php` in any case, as Windows matches
-/// it, and the other extensions Debian hands to PHP: `.phtml`, `.phar`, `.php5`, `.php7`,
-/// `.php8`), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`.
+/// it, and the other extensions Debian hands to PHP: `.phtml`, `.pht`, `.phar`, `.php3`,
+/// `.php4`, `.php5`, `.php7`, `.php8`; review 153), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`.
 /// Symfony, and Laravel on it, take the script's name as a prefix of the request URI without
 /// a `/` after it (`Request::getUrlencodedPrefix`), so `/index.phpadmin` gives `/admin` too
 /// (review 151). Empty when no name is followed by more.
@@ -887,17 +895,25 @@ fn after_php_scripts(path: &str) -> Result<Vec<String>, TargetError> {
     if !lower.contains(".ph") {
         return Ok(Vec::new());
     }
-    let names = [".php", ".phtml", ".phar"].iter().map(|e| lower.matches(e).count()).sum::<usize>();
-    if names > MAX_SCRIPT_NAMES {
-        return Err(TargetError::TooManyReadings("more than 4 PHP scripts' names"));
-    }
+    // Every extension a PHP handler runs (Debian's `.+\.ph(ar|p|tml)$`, its older
+    // `.+\.ph(p[3457]?|t|tml)$`, and `.php8`): at `.php5`, `.php` matches too, and its reading
+    // (`/5/admin`) is one more to judge, never one less.
+    const EXTENSIONS: [&str; 9] = [".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar"];
     let mut after = Vec::new();
-    for extension in [".php", ".phtml", ".phar", ".php5", ".php7", ".php8"] {
-        for (i, _) in lower.match_indices(extension) {
-            // A script has a name: `/.php` is a file of that name, not a script's path.
-            let named = i > 0 && lower.as_bytes()[i - 1] != b'/';
+    let mut names = 0;
+    for (i, _) in lower.match_indices(".ph") {
+        let matching = EXTENSIONS.iter().filter(|e| lower[i..].starts_with(**e)).collect::<Vec<_>>();
+        names += usize::from(!matching.is_empty());
+        if names > MAX_SCRIPT_NAMES {
+            return Err(TargetError::TooManyReadings("more than 4 PHP scripts' names"));
+        }
+        // A script has a name: `/.php` is a file of that name, not a script's path.
+        if i == 0 || lower.as_bytes()[i - 1] == b'/' {
+            continue;
+        }
+        for extension in matching {
             let rest = &path[i + extension.len()..];
-            if named && !rest.is_empty() {
+            if !rest.is_empty() {
                 after.push(if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") });
             }
         }

@@ -505,6 +505,15 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/?/admin",
         "/index.php?/admin",
         "/index.php?/admin&x=1",
+        // ... also on the `/` left once the script's name is taken off, and other extensions
+        // (review 153).
+        "/index.php/?/admin",
+        "/%69ndex.php/?/admin/users",
+        "/index.phtml/?/admin",
+        "/index.php/%3F/admin",
+        "/index.php3/admin",
+        "/index.php4/admin",
+        "/index.pht/admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
