@@ -131,7 +131,11 @@ fn decoded_once(q: &str) -> String {
 /// the first its normalised form (see [`read`]), and its readings by Unicode's rules. Each is
 /// also given with its names as frameworks rename them ([`names_as_read`]: `fmt[]=csv` as
 /// `fmt=csv`).
-fn query_readings(q: &str) -> (Vec<String>, Readings) {
+///
+/// # Errors
+/// [`TargetError::TooManyReadings`] once the text written, with what `spent` holds already,
+/// exceeds [`MAX_READING_BYTES`]: checked as each stage writes, so a crafted query stops early.
+fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings), TargetError> {
     // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
     // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
     let normalised = decode_unreserved(q).replace('?', "%3F");
@@ -159,9 +163,17 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
     unicode.case_folded.extend(more.case_folded);
     distinct(&mut unicode.other);
     distinct(&mut unicode.case_folded);
+    charge(spent, text_bytes(&unicode.other) + text_bytes(&unicode.case_folded))?;
     // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
     for forms in [&mut unicode.other, &mut unicode.case_folded] {
-        let trimmed: Vec<String> = forms.iter().map(|f| trimmed_values(f)).filter(|t| !forms.contains(t)).collect();
+        let mut trimmed = Vec::new();
+        for form in forms.iter() {
+            let t = trimmed_values(form);
+            if !forms.contains(&t) {
+                charge(spent, t.len())?;
+                trimmed.push(t);
+            }
+        }
         forms.extend(trimmed);
     }
     let mut queries = vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
@@ -175,21 +187,39 @@ fn query_readings(q: &str) -> (Vec<String>, Readings) {
     queries.extend(after_question_mark);
     // Most of these are the same text for an ordinary query: each is read on once.
     distinct_after_first(&mut queries);
+    charge(spent, text_bytes(&queries))?;
     // Names as frameworks rename them (arrays, Spring's `!`, PHP's `_`), in every reading
     // (review 145 passed `fmt[]=%2563sv` when the array reading was judged alone).
     // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
     for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
-        let arrays: Vec<String> = forms
-            .iter()
-            .flat_map(|f| names_as_read(f))
-            .flat_map(|a| {
+        let mut arrays = Vec::new();
+        for form in forms.iter() {
+            for a in names_as_read(form) {
                 let trimmed = trimmed_values(&a);
-                [a, trimmed]
-            })
-            .collect();
+                charge(spent, a.len() + trimmed.len())?;
+                arrays.extend([a, trimmed]);
+            }
+        }
         forms.extend(arrays);
     }
-    (queries, unicode)
+    Ok((queries, unicode))
+}
+
+/// Adds `bytes` written to `spent`.
+///
+/// # Errors
+/// [`TargetError::TooManyReadings`] once `spent` exceeds [`MAX_READING_BYTES`].
+fn charge(spent: &mut usize, bytes: usize) -> Result<(), TargetError> {
+    *spent = spent.saturating_add(bytes);
+    if *spent > MAX_READING_BYTES {
+        return Err(TargetError::TooManyReadings("their text would exceed 4 MiB"));
+    }
+    Ok(())
+}
+
+/// The bytes of text in `forms`.
+fn text_bytes(forms: &[String]) -> usize {
+    forms.iter().map(String::len).sum()
 }
 
 /// `forms` with its first kept first and the rest sorted, each once.
@@ -219,7 +249,7 @@ fn distinct_after_first(forms: &mut Vec<String>) {
 /// # Errors
 /// As [`normalise_path`] and [`other_readings`].
 fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
-    read_within(raw_path, query, MAX_REWRITES)
+    read_within(raw_path, query, MAX_REWRITES, &mut 0)
 }
 
 /// The most text, in bytes, a target's readings may come to (each reading of the path joined
@@ -239,8 +269,15 @@ pub const MAX_SCRIPT_NAMES: usize = 4;
 /// (`/index.php%3F/index.php%3F…` read itself once per segment and overflowed the stack).
 const MAX_REWRITES: u8 = 2;
 
-/// [`read`] with at most `rewrites` more rewrites composed.
-fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result<(String, Readings), TargetError> {
+/// [`read`] with at most `rewrites_left` more rewrites composed, and the bytes of text written
+/// for this target so far in `spent` (every reading of its query, and of the path joined with
+/// them, also for what rewrites hand on), at most [`MAX_READING_BYTES`].
+fn read_within(
+    raw_path: &str,
+    query: Option<&str>,
+    rewrites_left: u8,
+    spent: &mut usize,
+) -> Result<(String, Readings), TargetError> {
     let path = normalise_path(raw_path)?;
     let readings = other_readings(raw_path)?;
     // Each of the path's and the query's readings applies to what the rewrite hands on too
@@ -258,10 +295,6 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
             }
         }
     }
-    let rewritten = rewrites
-        .into_iter()
-        .map(|(head, rest)| read_within(&head, rest.as_deref(), rewrites_left - 1))
-        .collect::<Result<Vec<_>, _>>()?;
     let (queries, unicode) = match query {
         None => (vec![String::new()], Readings::default()),
         Some(q) => {
@@ -289,7 +322,7 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
             if names_hold_control(q) || names_hold_control(&once) {
                 return Err(TargetError::AmbiguousPath("a control character in a parameter's name"));
             }
-            let (mut queries, mut unicode) = query_readings(q);
+            let (mut queries, mut unicode) = query_readings(q, spent)?;
             // As an application behind a rewrite that decodes the query once reads it, with
             // every reading above of what the rewrite hands on (review 144: `fmt=%2563sv` is
             // `fmt=csv` there; review 145: `fmt=csv%2520`, `x=1%3Bfmt=csv`, `fmt%255B%255D=csv`
@@ -297,7 +330,7 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
             // is ordinary in values (a search for `100%AB`): only a query a rule tells apart
             // this way is.
             if once != q {
-                let (more, more_unicode) = query_readings(&once);
+                let (more, more_unicode) = query_readings(&once, spent)?;
                 queries.extend(more);
                 unicode.other.extend(more_unicode.other);
                 unicode.case_folded.extend(more_unicode.case_folded);
@@ -331,27 +364,24 @@ fn read_within(raw_path: &str, query: Option<&str>, rewrites_left: u8) -> Result
     // both otherwise at once (`/%EF%BD%85xport?fmt=%EF%BD%83sv`, the same review).
     // `other_readings` holds the normalised path too.
     let paths = readings.other;
-    // Each path's reading is judged with each query's: bounded before any is written, as
+    // Each path's reading is judged with each query's: charged before any is written, as
     // their number is a product.
-    let bytes = |forms: &[String]| forms.iter().map(String::len).sum::<usize>();
     let all_queries = queries.len() + kept_queries.len() + folded_queries.len();
-    let query_bytes = bytes(&queries) + bytes(&kept_queries) + bytes(&folded_queries);
+    let query_bytes = text_bytes(&queries) + text_bytes(&kept_queries) + text_bytes(&folded_queries);
     let path_count = paths.len() + readings.case_folded.len();
-    let path_bytes = bytes(&paths) + bytes(&readings.case_folded);
-    let rewritten_bytes: usize = rewritten.iter().map(|(_, more)| bytes(&more.other) + bytes(&more.case_folded)).sum();
-    let combined_bytes = path_bytes
-        .saturating_mul(all_queries)
-        .saturating_add(query_bytes.saturating_mul(path_count))
-        .saturating_add(rewritten_bytes);
-    if combined_bytes > MAX_READING_BYTES {
-        return Err(TargetError::TooManyReadings("their text would exceed 4 MiB"));
-    }
+    let path_bytes = text_bytes(&paths) + text_bytes(&readings.case_folded);
+    charge(spent, path_bytes.saturating_mul(all_queries).saturating_add(query_bytes.saturating_mul(path_count)))?;
     let mut other = combined(&paths, &[&queries, &kept_queries]);
     let mut case_folded = [
         combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
         combined(&paths, &[&folded_queries]),
     ]
     .concat();
+    // What rewrites hand on, read within what is left of the bound.
+    let rewritten = rewrites
+        .into_iter()
+        .map(|(head, rest)| read_within(&head, rest.as_deref(), rewrites_left - 1, spent))
+        .collect::<Result<Vec<_>, _>>()?;
     for (rewritten_main, more) in rewritten {
         other.push(rewritten_main);
         other.extend(more.other);
@@ -481,14 +511,21 @@ fn php_name(name: &str) -> String {
 /// `TrimSpace` and .NET's `Trim` remove; found by a review), control characters and the
 /// byte-order mark (JavaScript's `trim`).
 fn trimmed_values(query: &str) -> String {
-    query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, value)) => format!("{}={}", trim_blanks(name, true), trim_blanks(value, true)),
-            None => trim_blanks(param, true).to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    let mut trimmed = String::with_capacity(query.len());
+    for (i, param) in query.split('&').enumerate() {
+        if i > 0 {
+            trimmed.push('&');
+        }
+        match param.split_once('=') {
+            Some((name, value)) => {
+                trimmed.push_str(trim_blanks(name, true));
+                trimmed.push('=');
+                trimmed.push_str(trim_blanks(value, true));
+            }
+            None => trimmed.push_str(trim_blanks(param, true)),
+        }
+    }
+    trimmed
 }
 
 /// `s` (percent-encoded ASCII) without the blanks at either end, as `strip()` and `trim()`
@@ -504,14 +541,22 @@ fn trim_blanks(s: &str, plus: bool) -> &str {
         if !s.starts_with('%') {
             return None;
         }
-        (1..=4).map(|n| n * 3).find(|&len| {
-            let Some(escapes) = s.get(..len) else { return false };
-            let bytes: Vec<u8> = percent_encoding::percent_decode_str(escapes).collect();
-            let whole = escapes.as_bytes().chunks(3).all(|c| c[0] == b'%') && bytes.len() == len / 3;
-            let mut chars = std::str::from_utf8(&bytes).ok().into_iter().flat_map(str::chars);
-            let blank = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
-            whole && matches!((chars.next(), chars.next()), (Some(c), None) if blank(c))
-        })
+        // One character is one to four escapes: decoded here without allocating, as every
+        // reading of a query is trimmed (review 152 timed this on crafted queries).
+        let hex = |c: u8| (c as char).to_digit(16);
+        let (text, mut bytes) = (s.as_bytes(), [0u8; 4]);
+        for n in 1..=4 {
+            let escape = text.get((n - 1) * 3..n * 3)?;
+            let (b'%', Some(high), Some(low)) = (escape[0], hex(escape[1]), hex(escape[2])) else { return None };
+            bytes[n - 1] = (high * 16 + low) as u8;
+            // The first whole character decides: more bytes would make more characters.
+            if let Ok(decoded) = std::str::from_utf8(&bytes[..n]) {
+                let mut chars = decoded.chars();
+                let blank = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
+                return matches!((chars.next(), chars.next()), (Some(c), None) if blank(c)).then_some(n * 3);
+            }
+        }
+        None
     };
     let mut s = s;
     while let Some(n) = blank_at(s) {
@@ -1826,6 +1871,23 @@ mod bounded_readings {
             "%C3%A9%3B%2B".repeat(20),
             "a.b[c]=%2563%20+%EF%B7%BA&!d=%EF%BD%83%C2%A0&".repeat(20)
         );
+        assert!(matches!(read(&crafted), Err(TargetError::TooManyReadings(_))));
+    }
+
+    /// Review 152's hill-climbed shape: a decoding rewrite's `%3F`, then a query of `İ`, `;`,
+    /// `%3B`, `!`, `+`, `%25`, `%26` and `.`, each multiplying the others' readings. Its text
+    /// came to more than the bound only once every reading was written (about 70 ms of CPU in
+    /// a release build, 400 ms for its sibling that was refused); now it is refused as the
+    /// text is written.
+    #[test]
+    fn a_query_whose_readings_multiply_is_refused_as_they_are_written() {
+        let tokens = ["%C4%B0", ".", ";", "%3B", "!", "+", "%25", "%26"];
+        let (mut query, mut state) = (String::new(), 7u32);
+        while query.len() < 2900 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            query.push_str(tokens[(state >> 16) as usize % tokens.len()]);
+        }
+        let crafted = format!("/x%3F{}?{query}", "a".repeat(1100));
         assert!(matches!(read(&crafted), Err(TargetError::TooManyReadings(_))));
     }
 
