@@ -7,6 +7,8 @@
 
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::{handler, Request, Response};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
 
 use crate::access::{Decision, Policy, Subject, Target};
 use crate::app::AppState;
@@ -32,15 +34,45 @@ pub async fn auth_request(req: &Request, state: State<'_>) -> Response {
 
 /// [`verify`], counted in `portcullis_authz_requests_total` and timed in
 /// `portcullis_authz_duration_seconds`.
-async fn counted(req: &Request, state: &AppState, flavour: Flavour) -> Response {
+async fn counted(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> Response {
     let started = std::time::Instant::now();
     let (resp, result) = verify(req, state, flavour).await;
     state.metrics.record_authz(result, started.elapsed());
     resp
 }
 
+/// Targets longer than this, in bytes, are read and judged on the blocking pool, on at most
+/// half the cores at a time ([`in_turn`]): every reading of a crafted 4 KB target takes up to
+/// about 50 ms of CPU in a release build before [`crate::forward_auth::MAX_READING_BYTES`]
+/// refuses it, which on an async worker held every request queued behind it (review 152: a
+/// few clients sending such targets kept `/login` waiting seconds). An ordinary target, read
+/// in microseconds, is read where it arrives.
+pub const READ_INLINE_BYTES: usize = 512;
+
+/// Readings of more text than this, in bytes, are judged on the blocking pool as long targets
+/// are read ([`in_turn`]): each reading is matched against the rules, microseconds a KiB.
+pub const JUDGE_INLINE_BYTES: usize = 32 * 1024;
+
+/// How many long targets are read at once: half the cores, so that a flood of crafted ones
+/// leaves the rest to every other request.
+fn reading_turns() -> usize {
+    (crate::config::cores() / 2).max(1)
+}
+
+/// `work` on the blocking pool, in turn with the other long targets' readings, when `long`;
+/// else here. `None` if its thread failed.
+async fn in_turn<T: Send + 'static>(long: bool, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static TURNS: OnceLock<Semaphore> = OnceLock::new();
+    if !long {
+        return Some(work());
+    }
+    // Never closed, so acquiring only waits.
+    let _turn = TURNS.get_or_init(|| Semaphore::new(reading_turns())).acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
 /// The whole verify: the answer to send and what it was (the hook for metrics).
-pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Response, AuthzResult) {
+pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (Response, AuthzResult) {
     let peer = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip()));
     if !peer.is_some_and(|ip| state.settings.trusted_proxies.iter().any(|n| n.contains(&ip))) {
         // Only a trusted proxy may ask: anyone else could probe who is signed in, or read
@@ -48,11 +80,25 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
         return (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden);
     }
     let gate = Gate::new(&state.settings);
-    let target = match described(req).and_then(|d| gate.target(flavour, &d)) {
-        Ok(t) => t,
-        Err(e) => {
+    let read = match described(req) {
+        Ok(d) => {
+            let long = [d.forwarded_uri, d.original_url].into_iter().flatten().map(str::len).sum::<usize>()
+                > READ_INLINE_BYTES;
+            let owned = OwnedDescribed::from(&d);
+            let gate = gate.clone();
+            in_turn(long, move || gate.target(flavour, &owned.described())).await
+        }
+        Err(e) => Some(Err(e)),
+    };
+    let target = match read {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
             tracing::debug!(error = %e, "forward-auth request refused");
             return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
+        }
+        None => {
+            tracing::error!("reading a forward-auth target stopped unexpectedly");
+            return (status(StatusCode::SERVICE_UNAVAILABLE), AuthzResult::Unavailable);
         }
     };
     let session = match current_session(req, state).await {
@@ -72,29 +118,43 @@ pub async fn verify(req: &Request, state: &AppState, flavour: Flavour) -> (Respo
     };
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let groups = session.as_ref().map(|s| s.user.effective_groups()).unwrap_or_default();
-    let subject = session.as_ref().map(|s| Subject { user_key: &s.user.key, groups: &groups });
-    let t = Target {
-        host: &target.host,
-        path_and_query: &target.path_and_query,
-        method: &target.method,
-        client: client.ip,
-    };
-    let decision = state.settings.access.decide(&t, subject.as_ref());
+    let user_key = session.as_ref().map(|s| s.user.key.clone());
     let factors = session.as_ref().map(|s| s.record.factors);
-    let allowed = allowed_for(decision, factors);
-    // Applications read paths differently (some decode, merge and drop `;params` before they
-    // route, some route on the path as sent, some ignore case): where the readings would get
-    // different answers, no answer is safe for every application.
-    let access = &state.settings.access;
-    let apart = target.reading_apart(|reading, ignoring_case| {
-        let other = Target { path_and_query: reading, ..t };
-        let decision = match ignoring_case {
-            false => access.decide(&other, subject.as_ref()),
-            true => access.decide_ignoring_case(&other, subject.as_ref()),
+    // Judging every reading of a long target costs milliseconds too.
+    let readings_bytes =
+        [&target.other_readings, &target.case_folded_readings].into_iter().flatten().map(String::len).sum::<usize>();
+    let long = readings_bytes > JUDGE_INLINE_BYTES;
+    let judging = Arc::clone(state);
+    let judged = in_turn(long, move || {
+        let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
+        let t = Target {
+            host: &target.host,
+            path_and_query: &target.path_and_query,
+            method: &target.method,
+            client: client.ip,
         };
-        allowed_for(decision, factors)
-    });
-    if apart.is_some() {
+        let access = &judging.settings.access;
+        let decision = access.decide(&t, subject.as_ref());
+        // Applications read paths differently (some decode, merge and drop `;params` before
+        // they route, some route on the path as sent, some ignore case): where the readings
+        // would get different answers, no answer is safe for every application.
+        let apart = target.reading_apart(|reading, ignoring_case| {
+            let other = Target { path_and_query: reading, ..t };
+            let decision = match ignoring_case {
+                false => access.decide(&other, subject.as_ref()),
+                true => access.decide_ignoring_case(&other, subject.as_ref()),
+            };
+            allowed_for(decision, factors)
+        });
+        (decision, apart.is_some(), groups, target)
+    })
+    .await;
+    let Some((decision, apart, groups, target)) = judged else {
+        tracing::error!("judging a forward-auth target stopped unexpectedly");
+        return (status(StatusCode::SERVICE_UNAVAILABLE), AuthzResult::Unavailable);
+    };
+    let allowed = allowed_for(decision, factors);
+    if apart {
         tracing::debug!("forward-auth request refused: applications' readings of the path are answered differently");
         return (status(StatusCode::BAD_REQUEST), AuthzResult::BadRequest);
     }
@@ -184,6 +244,35 @@ fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// [`Described`] with its own copies of the headers, to read on another thread.
+struct OwnedDescribed([Option<String>; 6]);
+
+impl OwnedDescribed {
+    fn from(d: &Described<'_>) -> Self {
+        let own = |v: Option<&str>| v.map(str::to_string);
+        OwnedDescribed([
+            own(d.forwarded_proto),
+            own(d.forwarded_host),
+            own(d.forwarded_uri),
+            own(d.forwarded_method),
+            own(d.original_url),
+            own(d.original_method),
+        ])
+    }
+
+    fn described(&self) -> Described<'_> {
+        let [proto, host, uri, method, original_url, original_method] = self.0.each_ref().map(Option::as_deref);
+        Described {
+            forwarded_proto: proto,
+            forwarded_host: host,
+            forwarded_uri: uri,
+            forwarded_method: method,
+            original_url,
+            original_method,
+        }
+    }
+}
+
 /// The headers that describe the target; each must be given at most once and be text.
 fn described(req: &Request) -> Result<Described<'_>, TargetError> {
     let one = |name: &'static str| -> Result<Option<&str>, TargetError> {
@@ -224,5 +313,33 @@ pub fn session_suffices(req: &Request, state: &AppState, url: &str, session: &cr
         Decision::Policy(Policy::TwoFactor, _) => session.record.factors == Factors::Two,
         // Allowed, or denied whatever the factors: going there shows the application's answer.
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A long target's reading runs off the async worker that received it, on at most half the
+    /// cores at a time; a short one runs where it arrived.
+    #[tokio::test]
+    async fn long_targets_are_read_on_the_blocking_pool_on_half_the_cores() {
+        let here = std::thread::current().id();
+        assert_eq!(super::in_turn(false, || std::thread::current().id()).await, Some(here));
+        assert_ne!(super::in_turn(true, || std::thread::current().id()).await, Some(here));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let works = (0..crate::config::cores() * 3).map(|_| {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            super::in_turn(true, move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        let done = futures_util::future::join_all(works).await;
+        assert!(done.iter().all(Option::is_some));
+        assert!(most.load(Ordering::SeqCst) <= super::reading_turns());
     }
 }
