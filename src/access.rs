@@ -108,12 +108,14 @@ impl PathPattern {
                 .map_err(|e| format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string())))
         };
         let as_written = compile(false)?;
-        // One that matches the empty text and a path no rule names matches every path: an
-        // empty alternative (`^/public/|`, review 151), `^` or `.*`. Leaving `path` out says
-        // that; written so it is most likely a slip, and opened a host to a `bypass`.
-        if as_written.is_match("") && as_written.is_match("/portcullis-probe-7f3a/x") {
+        // One that matches the root and paths alike that no rule names matches every path: an
+        // empty alternative (`^/public/|`, review 151), `^` or `.*`, and an alternative every
+        // path holds (`^/public/|/`, `.`, `[^x]`; review 153). Leaving `path` out says that;
+        // written so it is most likely a slip, and opened a host to a `bypass`.
+        const UNNAMED: [&str; 6] = ["/", "/portcullis-probe-7f3a/x", "/~", "/0?q=1", "/%F0%9F%98%80", "/Z.z"];
+        if UNNAMED.iter().all(|path| as_written.is_match(path)) {
             return Err(format!(
-                "`{s}` matches every path (an empty alternative?): leave the field out to match everything"
+                "`{s}` matches every path (an empty alternative, or one as short as `/`?): leave the field out to match everything"
             ));
         }
         Ok(PathPattern { as_written, folded: compile(true)?, requires_query: requires_query(s) })
@@ -976,6 +978,12 @@ mod tests {
             ("[[access.rules]]\npath = [\"^/a\", \"\"]\npolicy = \"deny\"", "access.rules #1 path: an empty pattern"),
             ("[[access.rules]]\npath = [\"^/public/|\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/public/|` matches every path"),
             ("[[access.rules]]\npath = [\"^\"]\npolicy = \"bypass\"", "access.rules #1 path: `^` matches every path"),
+            // An alternative every path holds (review 153).
+            ("[[access.rules]]\npath = [\"^/public/|/\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/public/|/` matches every path"),
+            ("[[access.rules]]\npath = [\"[^x]\"]\npolicy = \"bypass\"", "access.rules #1 path: `[^x]` matches every path"),
+            ("[[access.rules]]\npath = [\"^/x|^/\"]\npolicy = \"deny\"", "access.rules #1 path: `^/x|^/` matches every path"),
+            ("[[access.rules]]\npath = [\".\"]\npolicy = \"bypass\"", "access.rules #1 path: `.` matches every path"),
+            ("[[access.rules]]\npath = [\"^/\"]\npolicy = \"one_factor\"", "access.rules #1 path: `^/` matches every path"),
             ("[[access.rules]]\npath = [\".*\"]\npolicy = \"bypass\"", "access.rules #1 path: `.*` matches every path"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
@@ -1020,7 +1028,6 @@ mod tests {
         // a character (`/%E6%9D` begins `/東`) or named only by ignoring case (the Kelvin sign
         // of `(?i)k`) are no reason.
         for path in [
-            "^/",
             "^/admin",
             r"^/a/\.\.",
             r"^/x\.\.y/",
