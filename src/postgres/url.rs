@@ -368,14 +368,57 @@ pub fn redact(text: &str) -> String {
         },
         None => text.to_string(),
     };
-    // libpq's `?password=…` form (refused, but quoted in the refusal otherwise).
-    let mut from = 0;
-    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
-        let value_start = from + i + "password=".len();
-        let value_end = out[value_start..].find('&').map_or(out.len(), |e| value_start + e);
-        out.replace_range(value_start..value_end, "***");
-        from = value_start + 3;
+    // The query of a URL that names a password in any spelling (`?password=`, `pass%77ord=`,
+    // `password%3D…`, `password[]=`; refused, but quoted in the refusal otherwise; review
+    // 153): all of it, as no one spelling can be told from the rest.
+    if let Some(scheme_end) = out.find("://") {
+        if let Some(q) = out[scheme_end..].find('?').map(|q| scheme_end + q) {
+            let decoded = percent_encoding::percent_decode_str(&out[q + 1..]).decode_utf8_lossy().to_lowercase();
+            if decoded.contains("pass") {
+                out.replace_range(q + 1.., "***");
+            }
+        }
     }
+    keyword_passwords_masked(&out)
+}
+
+/// `text` with the value after each `password` keyword, as libpq's keyword form writes it
+/// (`password=s3cret`, `password = s3cret`, `password='s 3cret'`, any case, blanks around
+/// the `=`; review 153), replaced by `***`: up to the next blank, `&` or `"`, or within quotes.
+fn keyword_passwords_masked(text: &str) -> String {
+    const KEYWORD: &str = "password";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.to_ascii_lowercase().find(KEYWORD) {
+        let after_keyword = &rest[i + KEYWORD.len()..];
+        let blanks =
+            |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_whitespace() || c == '[' || c == ']').len();
+        let equals = blanks(after_keyword);
+        out.push_str(&rest[..i + KEYWORD.len()]);
+        if !after_keyword[equals..].starts_with('=') {
+            rest = after_keyword;
+            continue;
+        }
+        let value_at = equals + 1 + blanks(&after_keyword[equals + 1..]);
+        out.push_str(&after_keyword[..value_at]);
+        let value = &after_keyword[value_at..];
+        let value_len = match value.strip_prefix('\'') {
+            // libpq: a quoted value runs to the next quote not after a backslash.
+            Some(quoted) => {
+                let mut escaped = false;
+                let close = quoted.char_indices().find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                });
+                close.map_or(value.len(), |(at, _)| at + 2)
+            }
+            None => value.find(|c: char| c.is_whitespace() || c == '&' || c == '"').unwrap_or(value.len()),
+        };
+        out.push_str("***");
+        rest = &value[value_len..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -401,6 +444,9 @@ pub fn looks_like_a_database_url(text: &str) -> bool {
 /// setting's value quoted in an error (`invalid https_addr = "postgres://u:pw@h/db"`) keeps
 /// its password out of the line (SPEC.md: the database password never appears in an error).
 pub fn redact_words(text: &str) -> String {
+    // A keyword's value may stand apart from it (`password = s3cret`): masked in the whole
+    // text first.
+    let text = &keyword_passwords_masked(text);
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
@@ -626,6 +672,23 @@ mod tests {
             assert!(!err.contains(secret), "{err}");
             assert!(!redact(bad).contains(secret), "{}", redact(bad));
         }
+        // Any spelling of the parameter's name, and libpq's keywords with blanks (review 153),
+        // also where a message quotes them.
+        for (bad, secret) in [
+            ("postgres://u@h/db?pass%77ord=s3cretpw", "s3cretpw"),
+            ("postgres://u@h/db?password%3Ds3cretpw", "s3cretpw"),
+            ("postgres://u@h/db?password[]=s3cretpw", "s3cretpw"),
+            ("host=h password = s3cretpw dbname=db", "s3cretpw"),
+            ("host=h password\t=s3cretpw", "s3cretpw"),
+            ("host=h PASSWORD='s3cret pw' dbname=db", "s3cret"),
+            ("host=h password='it\\'s s3cret' dbname=db", "s3cret"),
+        ] {
+            assert!(!redact(bad).contains(secret), "{}", redact(bad));
+            let message = redact_words(&format!("invalid database_url = \"{bad}\": bad"));
+            assert!(!message.contains(secret), "{message}");
+        }
+        assert_eq!(redact("host=h password = s3cret dbname=db"), "host=h password = *** dbname=db");
+        assert_eq!(redact("postgres://u@h/db?sslmode=require"), "postgres://u@h/db?sslmode=require");
     }
 
     #[test]
