@@ -119,9 +119,14 @@ pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
 
 /// `cert_dir` naming something other than a directory: "cannot create X: File exists" said
 /// nothing of what X was (review 150).
+/// Nor one others may write in (`/tmp`), where anyone could have put a pair of their own to
+/// be served (review 153).
 fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("cert_dir {} is not a directory", crate::text::printable(&dir.display().to_string()));
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        crate::store::refuse_shared(dir, &meta).context("cert_dir")?;
     }
     Ok(())
 }
@@ -130,11 +135,11 @@ fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
 /// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
 /// the other is an error: it usually means a deployment went half-way.
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
+    refuse_a_file_for_the_directory(dir)?;
     if pair_present(dir)? {
         return Ok(false);
     }
     let (cert, key) = (cert_path(dir), key_path(dir));
-    refuse_a_file_for_the_directory(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
     write_private(&key, key_pem.as_bytes())?;

@@ -70,6 +70,24 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// Refuses a key that belongs neither to this process's user nor to root: another user could
+/// have chosen it, and every second factor would be sealed under it (review 153, with a key
+/// planted in a shared directory). Root's key, installed for the service's user to read, is
+/// fine, as ssh's StrictModes takes root's files.
+fn refuse_untrusted_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("it belongs to uid {}, neither this process's user (uid {me}) nor root: give it to the service's user, mode 0600", meta.uid()),
+        ));
+    }
+    Ok(())
+}
+
 /// A key copied in readable by others (`install -m 0644`) loses group and other access, with
 /// a warning, when it is this process's user's own; one of another owner (`root:portcullis
 /// 0640`, as configuration tools install secrets) is left as it is, with a warning, since its
@@ -133,6 +151,7 @@ impl FactorKey {
         let path = dir.join(KEY_FILE);
         let io = |source| KeyError::Io { path: path.clone(), source };
         crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
+        refuse_untrusted_owner(&path).map_err(io)?;
         make_private_if_ours(&path);
         match crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES) {
             Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
@@ -228,6 +247,30 @@ impl FactorKey {
 mod tests {
     use super::*;
 
+    /// A key another user (not root) owns is refused, not read nor changed (review 153). Needs
+    /// root to give a file away; says so and passes otherwise.
+    #[test]
+    fn a_key_another_user_owns_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: giving a file to another user needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = tmp.path().join(KEY_FILE);
+        std::fs::write(&path, format!("{}\n", "0".repeat(64))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&path, Some(101), None).unwrap();
+        let e = FactorKey::load_or_create(tmp.path()).err().unwrap();
+        assert!(e.to_string().contains("belongs to uid 101"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644, "left as it is");
+        // Root's own key, as configuration tools install it, is read.
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        assert!(FactorKey::load_or_create(tmp.path()).is_ok());
+    }
+
     #[test]
     fn a_sealed_secret_opens_only_for_its_user_under_its_key() {
         let key = FactorKey::from_bytes(&[7; 32]);
@@ -256,15 +299,7 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(FactorKey::load_or_create(dir.path()).unwrap().id, a.id);
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-        // Another owner's (`root:portcullis 0640` as configuration tools install it, seen from
-        // root here): not ours to change, and no reason to refuse the start.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-            assert_eq!(FactorKey::load_or_create(dir.path()).unwrap().id, a.id);
-            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
-            std::os::unix::fs::chown(&file, Some(0), None).unwrap();
-        }
+        // Another owner's: see `a_key_another_user_owns_is_refused`.
         std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
         assert!(matches!(FactorKey::load_or_create(dir.path()), Err(KeyError::Malformed(_))));
     }

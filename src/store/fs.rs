@@ -61,6 +61,7 @@ fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std
         ));
     }
     refuse_foreign(dir, &meta)?;
+    refuse_shared(dir, &meta)?;
     tighten(dir, true, false)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -88,6 +89,16 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
         }
         return Ok(());
     }
+    // Nor is another user's file (root may change it, but it is not root's to change).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != me {
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), owner, "a file portcullis keeps private belongs to another user: its mode was left as it is");
+        }
+        return Ok(());
+    }
     if mode & 0o077 != 0 {
         let private = mode & 0o700;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
@@ -110,6 +121,28 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
         for entry in std::fs::read_dir(path)? {
             tighten(&entry?.path(), false, true)?;
         }
+    }
+    Ok(())
+}
+
+/// Refuses a directory others may write in (`meta` is `dir`'s, links followed): `/tmp`, or one
+/// made `chmod 1777`, where anyone could have put the files portcullis reads (a `factor.key`
+/// of their choosing), and whose mode is not portcullis's to take away from everyone else
+/// (review 153: `data_dir = "/tmp"` as root would have made `/tmp` mode 0700).
+///
+/// # Errors
+/// [`std::io::ErrorKind::PermissionDenied`], with a line saying what to do, when it is so.
+pub fn refuse_shared(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o1002 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} may be written by other users (mode {mode:04o}), who could have put files there: give portcullis a directory of its own (`mkdir -m 700 DIR`)",
+                dir.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -287,6 +320,22 @@ mod tests {
         assert_eq!(mode(&logs.join("auth.log.2026-10-07")), 0o600, "ours is made private");
         assert_eq!(mode(&inside), 0o644, "a directory so named is not gone into");
         assert_eq!(mode(&outside), 0o644, "a file with another name elsewhere keeps its mode");
+    }
+
+    /// A directory others may write in is refused before anything in it is read or changed
+    /// (review 153: a 1777 `data_dir` was made 0700 and a planted `factor.key` taken).
+    #[test]
+    fn a_directory_others_may_write_in_is_refused_and_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        for shared in [0o1777, 0o777, 0o1700, 0o702] {
+            let dir = tmp.path().join(format!("d{shared:o}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(shared)).unwrap();
+            let e = ensure_private_dir(&dir, |_| true).unwrap_err();
+            assert!(e.to_string().contains("may be written by other users"), "{shared:o}: {e}");
+            assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, shared);
+        }
     }
 
     #[test]

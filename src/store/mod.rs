@@ -28,7 +28,7 @@ mod sled;
 mod fs;
 pub use fs::{
     ensure_ours, ensure_private_dir, ensure_private_dir_of_files, foreign_entry, foreign_owner, private_umask,
-    trusted_ancestors,
+    refuse_shared, trusted_ancestors,
 };
 
 /// The errors of the storage layer, whatever the engine.

@@ -903,6 +903,26 @@ async fn a_cert_dir_that_is_a_file_is_named_as_such_before_anything_is_made() {
     assert!(!dir.path().join("data").exists() && !dir.path().join("logs").exists(), "nothing made");
 }
 
+/// A `data_dir`, `log_dir` or `cert_dir` other users may write in (`/tmp`, a 1777 directory)
+/// stops the start in one line and keeps its mode: the server made it 0700 and took a
+/// `factor.key` planted there (review 153).
+#[tokio::test]
+async fn a_directory_others_may_write_in_stops_the_start_and_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    for var in ["PORTCULLIS_DATA_DIR", "PORTCULLIS_LOG_DIR", "PORTCULLIS_CERT_DIR"] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut cmd = child::command(dir.path());
+        cmd.args(child::QUICK).env(var, &shared);
+        let (status, _, stderr) = child::run(cmd, None).await;
+        assert!(!status.success() && stderr.contains("may be written by other users (mode 1777)"), "{var}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{var}: {stderr}");
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777, "{var}");
+    }
+}
+
 /// Today's log file as a FIFO stops the start in one line instead of holding it in `open`
 /// (review 151).
 #[tokio::test]
