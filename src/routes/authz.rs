@@ -47,11 +47,11 @@ async fn counted(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> Resp
 /// refuses it, which on an async worker held every request queued behind it (review 152: a
 /// few clients sending such targets kept `/login` waiting seconds). An ordinary target, read
 /// in microseconds, is read where it arrives.
-pub const READ_INLINE_BYTES: usize = 512;
+const READ_INLINE_BYTES: usize = 512;
 
 /// Readings of more text than this, in bytes, are judged on the blocking pool as long targets
 /// are read ([`in_turn`]): each reading is matched against the rules, microseconds a KiB.
-pub const JUDGE_INLINE_BYTES: usize = 32 * 1024;
+const JUDGE_INLINE_BYTES: usize = 32 * 1024;
 
 /// How many long targets are read at once: half the cores, so that a flood of crafted ones
 /// leaves the rest to every other request.
