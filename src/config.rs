@@ -955,17 +955,40 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
 /// passed without a word, where `factor.key`'s mode is enforced). `config_file` as given on
 /// the command line, else `portcullis.toml` in the working directory.
 pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let path = config_file.unwrap_or(Path::new("portcullis.toml"));
-    let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode()) else { return Vec::new() };
+    let Ok(meta) = std::fs::metadata(path) else { return Vec::new() };
+    let mode = meta.permissions().mode();
     let shown = crate::text::printable(&path.display().to_string()).into_owned();
     let mut warnings = Vec::new();
-    // Whoever may write it decides who gets in (`[access]`, `trusted_proxies`; review 151).
+    // Whoever may write it decides who gets in (`[access]`, `trusted_proxies`; review 151):
+    // others by its mode, its owner (if neither this user nor root), and whoever may replace
+    // it in its directory (review 153).
     if mode & 0o022 != 0 {
         warnings.push(format!(
             "other users may change the settings file {shown} (mode {:04o}), and with it who gets in: chmod go-w it",
             mode & 0o7777
         ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        warnings.push(format!(
+            "the settings file {shown} belongs to uid {}, who may change who gets in: give it to root or to the service's user",
+            meta.uid()
+        ));
+    }
+    let directory = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(dir_meta) = directory.as_deref().and_then(|d| std::fs::metadata(d).ok()) {
+        let dir_mode = dir_meta.permissions().mode();
+        // The sticky bit keeps others from replacing a file they do not own.
+        let replaceable = dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0;
+        if replaceable {
+            warnings.push(format!(
+                "other users may replace the settings file {shown} in its directory (mode {:04o}), and with it who gets in: keep it in a directory only its owner may write",
+                dir_mode & 0o7777
+            ));
+        }
     }
     if mode & 0o044 == 0 {
         return warnings;

@@ -393,6 +393,36 @@ async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_war
     assert!(!out.stderr.contains("may read it"), "{}", out.stderr);
 }
 
+/// A settings file another user (not root) owns, or in a directory others may write without
+/// the sticky bit, is warned of: either may change who gets in (review 153). One in a private
+/// directory, owned by this user, is not. Giving a file away needs root: said, and passed,
+/// otherwise.
+#[tokio::test]
+async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    std::fs::write(&file, "session_idle_timeout = \"1h\"\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert_eq!((out.status, out.stderr.as_str()), (0, ""), "a private directory, our own file");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(out.stderr.contains("other users may replace the settings file"), "{}", out.stderr);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(!out.stderr.contains("may replace"), "the sticky bit keeps them out: {}", out.stderr);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the owner's part: giving a file to another user needs root");
+        return;
+    }
+    std::os::unix::fs::chown(&file, Some(101), None).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(out.stderr.contains("belongs to uid 101, who may change who gets in"), "{}", out.stderr);
+}
+
 /// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
 /// `PORTCULLIS_ACCESS` is said to be the file's (review 150).
 #[tokio::test]
