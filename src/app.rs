@@ -168,10 +168,17 @@ fn fit_descriptors(settings: &mut Settings) -> anyhow::Result<()> {
     let fit = crate::descriptors::raise_and_fit(settings.max_connections, http);
     let wanted = (settings.max_connections + http) as u64 + crate::descriptors::RESERVE;
     if fit.https < MIN_CONNECTIONS.min(settings.max_connections) {
+        // What is left, not the cap of 1 `fit` keeps: a limit below the reserve holds none
+        // (review 153 read "only 1" under `ulimit -n 10` and 30 alike).
+        let room = fit.limit.saturating_sub(crate::descriptors::RESERVE).saturating_sub(fit.http as u64);
+        let holds = match room {
+            0 => "no HTTPS connections".to_string(),
+            1 => "only 1 HTTPS connection".to_string(),
+            n => format!("only {n} HTTPS connections"),
+        };
         anyhow::bail!(
-            "the open-files limit ({}) holds only {} HTTPS connections beside the {} descriptors the server keeps for itself and the redirector's share: raise it (ulimit -n, LimitNOFILE= in systemd) to at least {wanted}",
+            "the open-files limit ({}) holds {holds} beside the {} descriptors the server keeps for itself and the redirector's share: raise it (ulimit -n, LimitNOFILE= in systemd) to at least {wanted}",
             fit.limit,
-            fit.https,
             crate::descriptors::RESERVE,
         );
     }

@@ -69,4 +69,12 @@ async fn a_limit_that_holds_hardly_any_connection_stops_the_start_in_one_line() 
         "{line}"
     );
     assert!(!dir.path().join("data").exists(), "refused before the store is made");
+    // Below the reserve, none: not the 1 the cap is kept at (review 153).
+    for (limit, holds) in [(30, "holds no HTTPS connections"), (49, "holds only 1 HTTPS connection beside")] {
+        let mut cmd = child::command(dir.path());
+        cmd.args(child::quick_with(&[]));
+        child::nofile_limit(&mut cmd, limit);
+        let (status, _, stderr) = child::run(cmd, None).await;
+        assert!(!status.success() && stderr.contains(holds), "{limit}: {stderr}");
+    }
 }
