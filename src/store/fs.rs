@@ -125,8 +125,8 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Refuses a directory others may write in (`meta` is `dir`'s, links followed): `/tmp`, or one
-/// made `chmod 1777`, where anyone could have put the files portcullis reads (a `factor.key`
+/// Refuses a directory others may write in (`meta` is `dir`'s, links followed): `/tmp`, one
+/// made `chmod 1777`, or one its group may write, where anyone could have put the files portcullis reads (a `factor.key`
 /// of their choosing), and whose mode is not portcullis's to take away from everyone else
 /// (review 153: `data_dir = "/tmp"` as root would have made `/tmp` mode 0700).
 ///
@@ -135,7 +135,9 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
 pub fn refuse_shared(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o1002 != 0 {
+    // Group members too (review 155: a 2770 directory's group planted a link that root's
+    // store was then written through).
+    if mode & 0o1022 != 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
@@ -328,7 +330,7 @@ mod tests {
     fn a_directory_others_may_write_in_is_refused_and_left_as_it_is() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
-        for shared in [0o1777, 0o777, 0o1700, 0o702] {
+        for shared in [0o1777, 0o777, 0o1700, 0o702, 0o770, 0o2770] {
             let dir = tmp.path().join(format!("d{shared:o}"));
             std::fs::create_dir(&dir).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(shared)).unwrap();
