@@ -75,6 +75,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file {path} is larger than {} KiB: is it the settings file?", MAX_CONFIG_BYTES / 1024)]
     TooLarge { path: PathBuf },
+    #[error("portcullis.toml in the working directory is not read: {reason}; name the settings file with --config, or run from another directory")]
+    Untrusted { reason: String },
     #[error("config file {path}: unknown key `{key}`")]
     UnknownKey { path: PathBuf, key: String },
     #[error("invalid {key} = {} (from {source_name}): {message}", crate::text::quoted(.value))]
@@ -495,6 +497,15 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
         Some(path) => Some(read_file(path)?),
         None => {
             let default = Path::new("portcullis.toml");
+            // One in the working directory that another user may have written is not read:
+            // root running `user passwd` in `/tmp` took a planted file's argon2 settings and
+            // password length (review 155). One named with `--config` is the operator's
+            // choice, warned of instead (`file_warnings`).
+            if let Ok(meta) = std::fs::metadata(default) {
+                if let Some(reason) = writers_besides_its_owner(default, &meta).into_iter().next() {
+                    return Err(ConfigError::Untrusted { reason });
+                }
+            }
             // A link to nothing is a file that was meant to be read, not an absent one.
             if default.symlink_metadata().is_ok() {
                 Some(read_file(default)?)
@@ -955,9 +966,36 @@ pub fn metrics_exposure(addr: Option<SocketAddr>) -> Option<String> {
 /// passed without a word, where `factor.key`'s mode is enforced). `config_file` as given on
 /// the command line, else `portcullis.toml` in the working directory.
 pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let path = config_file.unwrap_or(Path::new("portcullis.toml"));
     let Ok(meta) = std::fs::metadata(path) else { return Vec::new() };
+    let mode = meta.permissions().mode();
+    let shown = crate::text::printable(&path.display().to_string()).into_owned();
+    let mut warnings = writers_besides_its_owner(path, &meta);
+    if mode & 0o044 == 0 {
+        return warnings;
+    }
+    let Ok(text) = crate::files::read_small_text(path, MAX_CONFIG_BYTES) else { return warnings };
+    let Ok(table) = text.parse::<toml::Table>() else { return warnings };
+    let with_password = table
+        .get("database_url")
+        .and_then(toml::Value::as_str)
+        .and_then(|url| crate::postgres::url::DatabaseUrl::parse(url).ok())
+        .is_some_and(|url| url.password().is_some());
+    if with_password {
+        warnings.push(format!(
+            "the settings file {shown} holds database_url's password and other users may read it (mode {:04o}): chmod 600 it, or give the URL in PORTCULLIS_DATABASE_URL from a file only the server reads",
+            mode & 0o7777
+        ));
+    }
+    warnings
+}
+
+/// Who else than this user and root may have written the settings file at `path` (`meta`
+/// its metadata, links followed), one line each: others by its mode, its owner when neither,
+/// and whoever may replace it in its directory. Whoever may write it decides who gets in.
+fn writers_besides_its_owner(path: &Path, meta: &std::fs::Metadata) -> Vec<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = meta.permissions().mode();
     let shown = crate::text::printable(&path.display().to_string()).into_owned();
     let mut warnings = Vec::new();
@@ -989,22 +1027,6 @@ pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
                 dir_mode & 0o7777
             ));
         }
-    }
-    if mode & 0o044 == 0 {
-        return warnings;
-    }
-    let Ok(text) = crate::files::read_small_text(path, MAX_CONFIG_BYTES) else { return warnings };
-    let Ok(table) = text.parse::<toml::Table>() else { return warnings };
-    let with_password = table
-        .get("database_url")
-        .and_then(toml::Value::as_str)
-        .and_then(|url| crate::postgres::url::DatabaseUrl::parse(url).ok())
-        .is_some_and(|url| url.password().is_some());
-    if with_password {
-        warnings.push(format!(
-            "the settings file {shown} holds database_url's password and other users may read it (mode {:04o}): chmod 600 it, or give the URL in PORTCULLIS_DATABASE_URL from a file only the server reads",
-            mode & 0o7777
-        ));
     }
     warnings
 }

@@ -386,32 +386,44 @@ async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_war
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(check(dir.path(), &[], &[])).await;
     assert!(!out.stderr.contains("other users may read it"), "no password, no warning: {}", out.stderr);
-    // Writable by others: who gets in is theirs to decide (review 151).
+    // Writable by others: who gets in is theirs to decide (review 151); named with --config,
+    // warned of (the working directory's own is not read at all: see below).
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o602)).unwrap();
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &["--config", "portcullis.toml"], &[])).await;
     assert!(out.stderr.contains("other users may change the settings file"), "{}", out.stderr);
     assert!(!out.stderr.contains("may read it"), "{}", out.stderr);
 }
 
 /// A settings file another user (not root) owns, or in a directory others may write without
-/// the sticky bit, is warned of: either may change who gets in (review 153). One in a private
-/// directory, owned by this user, is not. Giving a file away needs root: said, and passed,
-/// otherwise.
+/// the sticky bit, is warned of when named with `--config` (review 153), and not read at all
+/// when it is the working directory's `portcullis.toml` (review 155: root's `user passwd` in
+/// `/tmp` took a planted file's argon2 settings). One in a private directory, owned by this
+/// user, is read without a word. Giving a file away needs root: said, and passed, otherwise.
 #[tokio::test]
-async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of() {
+async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_read() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("portcullis.toml");
     std::fs::write(&file, "session_idle_timeout = \"1h\"\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let named = ["--config", "portcullis.toml"];
     let out = run(check(dir.path(), &[], &[])).await;
     assert_eq!((out.status, out.stderr.as_str()), (0, ""), "a private directory, our own file");
+    assert!(line(&out.stdout, "session_idle_timeout").contains("file portcullis.toml"), "{}", out.stdout);
+    let refused = |out: &Checked, why: &str| {
+        out.status == 2
+            && out.stderr.starts_with("portcullis: portcullis.toml in the working directory is not read: ")
+            && out.stderr.contains(why)
+            && out.stderr.trim_end().lines().count() == 1
+    };
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(check(dir.path(), &named, &[])).await;
+    assert!(out.status == 0 && out.stderr.contains("other users may replace the settings file"), "{}", out.stderr);
     let out = run(check(dir.path(), &[], &[])).await;
-    assert!(out.stderr.contains("other users may replace the settings file"), "{}", out.stderr);
+    assert!(refused(&out, "other users may replace the settings file"), "{}", out.stderr);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let out = run(check(dir.path(), &[], &[])).await;
-    assert!(!out.stderr.contains("may replace"), "the sticky bit keeps them out: {}", out.stderr);
+    assert_eq!((out.status, out.stderr.as_str()), (0, ""), "the sticky bit keeps them from replacing ours");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -419,8 +431,10 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of() {
         return;
     }
     std::os::unix::fs::chown(&file, Some(101), None).unwrap();
+    let out = run(check(dir.path(), &named, &[])).await;
+    assert!(out.status == 0 && out.stderr.contains("belongs to uid 101, who may change who gets in"), "{}", out.stderr);
     let out = run(check(dir.path(), &[], &[])).await;
-    assert!(out.stderr.contains("belongs to uid 101, who may change who gets in"), "{}", out.stderr);
+    assert!(refused(&out, "belongs to uid 101"), "{}", out.stderr);
 }
 
 /// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
