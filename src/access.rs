@@ -108,14 +108,16 @@ impl PathPattern {
                 .map_err(|e| format!("`{s}` is not a valid regular expression ({})", one_line(&e.to_string())))
         };
         let as_written = compile(false)?;
-        // One that matches the root and paths alike that no rule names matches every path: an
-        // empty alternative (`^/public/|`, review 151), `^` or `.*`, and an alternative every
-        // path holds (`^/public/|/`, `.`, `[^x]`; review 153). Leaving `path` out says that;
-        // written so it is most likely a slip, and opened a host to a `bypass`.
-        const UNNAMED: [&str; 6] = ["/", "/portcullis-probe-7f3a/x", "/~", "/0?q=1", "/%F0%9F%98%80", "/Z.z"];
+        // One that matches paths alike that no rule names, each beginning otherwise, matches
+        // every path (the root perhaps aside): an empty alternative (`^/public/|`, review 151),
+        // `^` or `.*`, an alternative every path holds (`^/public/|/`, `.`, `[^x]`; review
+        // 153), and one every path but the root holds (`^/.`, `^/[^z]`, `^/[^?]*$`; review
+        // 155). Leaving `path` out says that; written so it is most likely a slip, and opened
+        // a host to a `bypass`.
+        const UNNAMED: [&str; 6] = ["/portcullis-probe-7f3a/x", "/~", "/0", "/%F0%9F%98%80", "/Z.z", "/x/y/z.json"];
         if UNNAMED.iter().all(|path| as_written.is_match(path)) {
             return Err(format!(
-                "`{s}` matches every path (an empty alternative, or one as short as `/`?): leave the field out to match everything"
+                "`{s}` matches every path, or every one but `/` (an empty alternative, or one as short as `/` or `/.`?): leave the field out to match everything"
             ));
         }
         Ok(PathPattern { as_written, folded: compile(true)?, requires_query: requires_query(s) })
@@ -984,6 +986,10 @@ mod tests {
             ("[[access.rules]]\npath = [\"^/x|^/\"]\npolicy = \"deny\"", "access.rules #1 path: `^/x|^/` matches every path"),
             ("[[access.rules]]\npath = [\".\"]\npolicy = \"bypass\"", "access.rules #1 path: `.` matches every path"),
             ("[[access.rules]]\npath = [\"^/\"]\npolicy = \"one_factor\"", "access.rules #1 path: `^/` matches every path"),
+            // Every path but the root (review 155).
+            ("[[access.rules]]\npath = [\"^/.\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/.` matches every path"),
+            ("[[access.rules]]\npath = [\"^/[^z]\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/[^z]` matches every path"),
+            ("[[access.rules]]\npath = [\"^/[^?]*$\"]\npolicy = \"bypass\"", "access.rules #1 path: `^/[^?]*$` matches every path"),
             ("[[access.rules]]\npath = [\".*\"]\npolicy = \"bypass\"", "access.rules #1 path: `.*` matches every path"),
             ("[[access.rules]]\ngroups = []\npolicy = \"two_factor\"", "access.rules #1 groups: an empty list"),
             ("[access]\ndefault_policy = \"open\"", "access.default_policy"),
