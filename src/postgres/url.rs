@@ -366,6 +366,23 @@ pub fn redact(text: &str) -> String {
             Some(colon) => format!("{}{}:***{}", &text[..start], &rest[..colon], &rest[at..]),
             None => text.to_string(),
         },
+        // No `@` (forgotten, encoded `%40`, or a full-width `＠`; review 155): a `:` not before
+        // a port's digits begins a password, and everything after it is hidden, since where
+        // it ends cannot be told.
+        None if start > 0 => {
+            let after_host = if rest.starts_with('[') { rest.find(']').map_or(0, |i| i + 1) } else { 0 };
+            match rest[after_host..].find(':').map(|c| after_host + c) {
+                Some(colon) => {
+                    let port = rest[colon + 1..].split(['/', '?', '#']).next().unwrap_or("");
+                    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                        text.to_string()
+                    } else {
+                        format!("{}{}:***", &text[..start], &rest[..colon])
+                    }
+                }
+                None => text.to_string(),
+            }
+        }
         None => text.to_string(),
     };
     // The query of a URL that names a password in any spelling (`?password=`, `pass%77ord=`,
@@ -688,6 +705,20 @@ mod tests {
             assert!(!message.contains(secret), "{message}");
         }
         assert_eq!(redact("host=h password = s3cret dbname=db"), "host=h password = *** dbname=db");
+        // No `@` after the password (review 155): hidden from its `:` on; a port is not.
+        for (bad, secret) in [
+            ("postgres://pc1:SEKRETpw1zzq%40127.0.0.1/pc1", "SEKRET"),
+            ("postgres://pc1:SEKRETpw1zzq", "SEKRET"),
+            ("postgres://pc1:SEKRETpw1zzq/pc1?host=/tmp", "SEKRET"),
+            ("postgres://pc1:SEKRET:pw1zzq", "SEKRET"),
+            ("postgres://pc1:SEKRETpw1zzq\u{ff20}127.0.0.1/pc1", "SEKRET"),
+        ] {
+            assert!(!redact(bad).contains(secret), "{}", redact(bad));
+            assert!(!redact_words(&format!("invalid database_url = \"{bad}\"")).contains(secret), "{bad}");
+        }
+        for fine in ["postgres://h:5432/db", "postgres://[::1]:5432/db", "postgres://[::1]/db", "postgres://h/db"] {
+            assert_eq!(redact(fine), fine);
+        }
         assert_eq!(redact("postgres://u@h/db?sslmode=require"), "postgres://u@h/db?sslmode=require");
     }
 
