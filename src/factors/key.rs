@@ -76,14 +76,16 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// fine, as ssh's StrictModes takes root's files.
 fn refuse_untrusted_owner(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("it belongs to uid {}, neither this process's user (uid {me}) nor root: give it to the service's user, mode 0600", meta.uid()),
-        ));
+    // The link and what it names (review 155: a link of ours to another user's file passed).
+    for meta in [std::fs::symlink_metadata(path), std::fs::metadata(path)].into_iter().flatten() {
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("it belongs to uid {}, neither this process's user (uid {me}) nor root: give it to the service's user, mode 0600", meta.uid()),
+            ));
+        }
     }
     Ok(())
 }
@@ -266,8 +268,15 @@ mod tests {
         let e = FactorKey::load_or_create(tmp.path()).err().unwrap();
         assert!(e.to_string().contains("belongs to uid 101"), "{e}");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644, "left as it is");
+        // Nor through a link of ours (review 155).
+        let other = tempfile::tempdir().unwrap();
+        let theirs = other.path().join("theirs.key");
+        std::fs::rename(&path, &theirs).unwrap();
+        std::os::unix::fs::symlink(&theirs, &path).unwrap();
+        let e = FactorKey::load_or_create(tmp.path()).err().unwrap();
+        assert!(e.to_string().contains("belongs to uid 101"), "through a link: {e}");
         // Root's own key, as configuration tools install it, is read.
-        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(0), None).unwrap();
         assert!(FactorKey::load_or_create(tmp.path()).is_ok());
     }
 
