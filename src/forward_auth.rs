@@ -288,7 +288,7 @@ fn read_within(
         // On the root or a script as any reading of the path gives them: CodeIgniter takes the
         // script's name off `/index.php/` and routes the query of the `/` left (review 153:
         // `/index.php/?/admin` passed a deny rule for `^/admin`).
-        let routed = std::iter::once(&path).chain(&readings.other).filter_map(|p| routed_by_query(p, query));
+        let routed = std::iter::once(&path).chain(&readings.other).flat_map(|p| routed_by_query(p, query));
         for rewrite in routed {
             if !rewrites.contains(&rewrite) {
                 rewrites.push(rewrite);
@@ -422,24 +422,33 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
     vec![(head, Some(query)), own_query]
 }
 
-/// The path and query a front controller that routes by its query reads (CodeIgniter's
-/// `parseRequestURI`: on the root or a PHP script, a query that begins with `/` is the path,
-/// so `/?/admin` and `/index.php?/admin&x=1` route `/admin` with `x=1`; review 151), if
-/// `path` (normalised) and `query` are so.
-fn routed_by_query(path: &str, query: Option<&str>) -> Option<(String, Option<String>)> {
-    let query = query?;
+/// The paths and queries a front controller that routes by its query reads (CodeIgniter's
+/// `_parse_request_uri`: on the root or a PHP script, a query that begins with `/` is the
+/// path, split from its own query at the next `?`, so `/?/admin` routes `/admin` and
+/// `/?/export?fmt=csv` routes `/export` with `fmt=csv`; reviews 151, 154), if `path`
+/// (normalised) and `query` are so; also split at the first `&` instead, as CodeIgniter 4's
+/// `parseRequestURI` and hand-written routers read `/index.php?/admin&x=1`.
+fn routed_by_query(path: &str, query: Option<&str>) -> Vec<(String, Option<String>)> {
+    let Some(query) = query else { return Vec::new() };
     let script = |path: &str| path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
     if path != "/" && !script(path) {
-        return None;
+        return Vec::new();
     }
-    let (head, rest) = match query.split_once('&') {
-        Some((head, rest)) => (head, Some(rest.to_string())),
-        None => (query, None),
-    };
-    let head = head.split(['?', '#']).next().unwrap_or(head);
-    // A routed path that is a script again is not routed once more: `/?/a.php&/a.php&…` would
-    // read itself as deep as the query is long.
-    (head.starts_with('/') && head.len() > 1 && !script(head)).then(|| (head.to_string(), rest))
+    let mut routed = Vec::new();
+    for delimiter in ['?', '&'] {
+        let (head, rest) = match query.split_once(delimiter) {
+            Some((head, rest)) => (head, Some(rest.to_string())),
+            None => (query, None),
+        };
+        let head = head.split(['?', '#']).next().unwrap_or(head);
+        // A routed path that is a script again is not routed once more: `/?/a.php&/a.php&…`
+        // would read itself as deep as the query is long.
+        let reading = (head.to_string(), rest);
+        if head.starts_with('/') && head.len() > 1 && !script(head) && !routed.contains(&reading) {
+            routed.push(reading);
+        }
+    }
+    routed
 }
 
 /// `query` with its parameters' names as frameworks that rename them read them, each reading
@@ -1719,12 +1728,19 @@ mod tests {
 
     #[test]
     fn a_query_routed_path_is_routed_once() {
-        assert_eq!(super::routed_by_query("/", Some("/admin&x=1")), Some(("/admin".into(), Some("x=1".into()))));
-        assert_eq!(super::routed_by_query("/index.php", Some("/admin")), Some(("/admin".into(), None)));
-        assert_eq!(super::routed_by_query("/docs", Some("/admin")), None, "not the root or a script");
-        assert_eq!(super::routed_by_query("/", Some("/a.php&/a.php")), None, "a script again");
+        let one = |path: &str, query: &str| super::routed_by_query(path, Some(query));
+        assert_eq!(one("/", "/admin&x=1"), vec![("/admin&x=1".into(), None), ("/admin".into(), Some("x=1".into()))]);
+        assert_eq!(one("/index.php", "/admin"), vec![("/admin".into(), None)]);
+        assert_eq!(one("/docs", "/admin"), vec![], "not the root or a script");
+        assert_eq!(one("/", "/a.php&/a.php"), vec![], "a script again");
+        // The route's own query after a second `?` (review 154: `/?/export?fmt=csv`).
+        assert_eq!(
+            one("/", "/export?fmt=csv"),
+            vec![("/export".into(), Some("fmt=csv".into())), ("/export".into(), None)]
+        );
         let deep = format!("/?{}", "/a.php&".repeat(500));
-        assert!(super::reading_apart(&deep, |r, _| r.len()).is_ok());
+        let read = super::reading_apart(&deep, |r, _| r.len());
+        assert!(matches!(read, Ok(_) | Err(super::TargetError::TooManyReadings(_))), "{read:?}");
     }
 
     #[test]

@@ -511,6 +511,8 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/%69ndex.php/?/admin/users",
         "/index.phtml/?/admin",
         "/index.php/%3F/admin",
+        // ... with the route's own query after a second `?` (review 154).
+        "/?/admin?x=1",
         "/index.php3/admin",
         "/index.php4/admin",
         "/index.pht/admin",
@@ -726,6 +728,10 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
     }
     assert_eq!(caddy("/export?fmt=pdf").await.unwrap().status(), StatusCode::OK);
+    // CodeIgniter's query route with the route's own query after a second `?` (review 154).
+    for path in ["/?/export?fmt=csv", "/index.php?/export?fmt=csv", "/index.php/?/export?x=1&fmt=c%73v"] {
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
     assert_eq!(caddy("/search?q=%63%2B%2B").await.unwrap().status(), StatusCode::OK, "no rule names it");
     // As an application that decodes twice reads it (review 139: `csv` there).
     for path in [
