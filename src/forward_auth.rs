@@ -114,7 +114,7 @@ pub fn reading_apart<T: PartialEq>(
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
     };
-    let (normalised, readings) = read(path, query)?;
+    let (normalised, readings) = read(path, query, MAX_READING_BYTES)?;
     Ok(apart(&normalised, &readings.other, &readings.case_folded, answer))
 }
 
@@ -133,9 +133,10 @@ fn decoded_once(q: &str) -> String {
 /// `fmt=csv`).
 ///
 /// # Errors
-/// [`TargetError::TooManyReadings`] once the text written, with what `spent` holds already,
-/// exceeds [`MAX_READING_BYTES`]: checked as each stage writes, so a crafted query stops early.
-fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings), TargetError> {
+/// [`TargetError::TooManyReadings`] once the text written, with what `budget` holds already,
+/// exceeds its limit (at most [`MAX_READING_BYTES`]): checked as each stage writes, so a
+/// crafted query stops early.
+fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings), TargetError> {
     // A `?` in the query is data: as `%3F` a rule's `\?` can only be the separator (a
     // review's `/admin/x?.css?v=1` passed a bypass for `\.css\?v=[0-9]+$`).
     let normalised = decode_unreserved(q).replace('?', "%3F");
@@ -163,14 +164,14 @@ fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings),
     unicode.case_folded.extend(more.case_folded);
     distinct(&mut unicode.other);
     distinct(&mut unicode.case_folded);
-    charge(spent, text_bytes(&unicode.other) + text_bytes(&unicode.case_folded))?;
+    budget.charge(text_bytes(&unicode.other) + text_bytes(&unicode.case_folded))?;
     // Those trimmed too: a Latin-1 `%A0` or `%85` is a blank only once read so (review 144).
     for forms in [&mut unicode.other, &mut unicode.case_folded] {
         let mut trimmed = Vec::new();
         for form in forms.iter() {
             let t = trimmed_values(form);
             if !forms.contains(&t) {
-                charge(spent, t.len())?;
+                budget.charge(t.len())?;
                 trimmed.push(t);
             }
         }
@@ -187,7 +188,7 @@ fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings),
     queries.extend(after_question_mark);
     // Most of these are the same text for an ordinary query: each is read on once.
     distinct_after_first(&mut queries);
-    charge(spent, text_bytes(&queries))?;
+    budget.charge(text_bytes(&queries))?;
     // Names as frameworks rename them (arrays, Spring's `!`, PHP's `_`), in every reading
     // (review 145 passed `fmt[]=%2563sv` when the array reading was judged alone).
     // Trimmed once more, as an application that trims names reads `fmt%20[]` (review 146).
@@ -196,7 +197,7 @@ fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings),
         for form in forms.iter() {
             for a in names_as_read(form) {
                 let trimmed = trimmed_values(&a);
-                charge(spent, a.len() + trimmed.len())?;
+                budget.charge(a.len() + trimmed.len())?;
                 arrays.extend([a, trimmed]);
             }
         }
@@ -205,16 +206,24 @@ fn query_readings(q: &str, spent: &mut usize) -> Result<(Vec<String>, Readings),
     Ok((queries, unicode))
 }
 
-/// Adds `bytes` written to `spent`.
-///
-/// # Errors
-/// [`TargetError::TooManyReadings`] once `spent` exceeds [`MAX_READING_BYTES`].
-fn charge(spent: &mut usize, bytes: usize) -> Result<(), TargetError> {
-    *spent = spent.saturating_add(bytes);
-    if *spent > MAX_READING_BYTES {
-        return Err(TargetError::TooManyReadings("their text would exceed 4 MiB"));
+/// The text, in bytes, written for one target's readings so far, and the most it may come to.
+struct Budget {
+    spent: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// Adds `bytes` written.
+    ///
+    /// # Errors
+    /// [`TargetError::TooManyReadings`] once the text exceeds the limit.
+    fn charge(&mut self, bytes: usize) -> Result<(), TargetError> {
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > self.limit {
+            return Err(TargetError::TooManyReadings("their text would exceed 4 MiB"));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The bytes of text in `forms`.
@@ -248,8 +257,8 @@ fn distinct_after_first(forms: &mut Vec<String>) {
 ///
 /// # Errors
 /// As [`normalise_path`] and [`other_readings`].
-fn read(raw_path: &str, query: Option<&str>) -> Result<(String, Readings), TargetError> {
-    read_within(raw_path, query, MAX_REWRITES, &mut 0)
+fn read(raw_path: &str, query: Option<&str>, limit: usize) -> Result<(String, Readings), TargetError> {
+    read_within(raw_path, query, MAX_REWRITES, &mut Budget { spent: 0, limit })
 }
 
 /// The most text, in bytes, a target's readings may come to (each reading of the path joined
@@ -270,13 +279,13 @@ pub const MAX_SCRIPT_NAMES: usize = 4;
 const MAX_REWRITES: u8 = 2;
 
 /// [`read`] with at most `rewrites_left` more rewrites composed, and the bytes of text written
-/// for this target so far in `spent` (every reading of its query, and of the path joined with
-/// them, also for what rewrites hand on), at most [`MAX_READING_BYTES`].
+/// for this target so far in `budget` (every reading of its query, and of the path joined with
+/// them, also for what rewrites hand on), at most its limit.
 fn read_within(
     raw_path: &str,
     query: Option<&str>,
     rewrites_left: u8,
-    spent: &mut usize,
+    budget: &mut Budget,
 ) -> Result<(String, Readings), TargetError> {
     let path = normalise_path(raw_path)?;
     let readings = other_readings(raw_path)?;
@@ -322,7 +331,7 @@ fn read_within(
             if names_hold_control(q) || names_hold_control(&once) {
                 return Err(TargetError::AmbiguousPath("a control character in a parameter's name"));
             }
-            let (mut queries, mut unicode) = query_readings(q, spent)?;
+            let (mut queries, mut unicode) = query_readings(q, budget)?;
             // As an application behind a rewrite that decodes the query once reads it, with
             // every reading above of what the rewrite hands on (review 144: `fmt=%2563sv` is
             // `fmt=csv` there; review 145: `fmt=csv%2520`, `x=1%3Bfmt=csv`, `fmt%255B%255D=csv`
@@ -330,7 +339,7 @@ fn read_within(
             // is ordinary in values (a search for `100%AB`): only a query a rule tells apart
             // this way is.
             if once != q {
-                let (more, more_unicode) = query_readings(&once, spent)?;
+                let (more, more_unicode) = query_readings(&once, budget)?;
                 queries.extend(more);
                 unicode.other.extend(more_unicode.other);
                 unicode.case_folded.extend(more_unicode.case_folded);
@@ -370,7 +379,7 @@ fn read_within(
     let query_bytes = text_bytes(&queries) + text_bytes(&kept_queries) + text_bytes(&folded_queries);
     let path_count = paths.len() + readings.case_folded.len();
     let path_bytes = text_bytes(&paths) + text_bytes(&readings.case_folded);
-    charge(spent, path_bytes.saturating_mul(all_queries).saturating_add(query_bytes.saturating_mul(path_count)))?;
+    budget.charge(path_bytes.saturating_mul(all_queries).saturating_add(query_bytes.saturating_mul(path_count)))?;
     let mut other = combined(&paths, &[&queries, &kept_queries]);
     let mut case_folded = [
         combined(&readings.case_folded, &[&queries, &kept_queries, &folded_queries]),
@@ -380,7 +389,7 @@ fn read_within(
     // What rewrites hand on, read within what is left of the bound.
     let rewritten = rewrites
         .into_iter()
-        .map(|(head, rest)| read_within(&head, rest.as_deref(), rewrites_left - 1, spent))
+        .map(|(head, rest)| read_within(&head, rest.as_deref(), rewrites_left - 1, budget))
         .collect::<Result<Vec<_>, _>>()?;
     for (rewritten_main, more) in rewritten {
         other.push(rewritten_main);
@@ -701,6 +710,21 @@ impl Gate {
     /// # Errors
     /// [`TargetError`]: every case is a 400.
     pub fn target(&self, flavour: Flavour, d: &Described<'_>) -> Result<TargetRequest, TargetError> {
+        self.target_within(flavour, d, MAX_READING_BYTES)
+    }
+
+    /// [`Gate::target`] with the readings' text bounded at `limit` bytes instead of
+    /// [`MAX_READING_BYTES`]: a verify reads a target where it arrives within a small bound,
+    /// and again on the blocking pool only when that is passed.
+    ///
+    /// # Errors
+    /// As [`Gate::target`]; [`TargetError::TooManyReadings`] past `limit`.
+    pub fn target_within(
+        &self,
+        flavour: Flavour,
+        d: &Described<'_>,
+        limit: usize,
+    ) -> Result<TargetRequest, TargetError> {
         let from_forwarded = || -> Result<Option<(String, &str)>, TargetError> {
             let (proto, host, uri) = match (d.forwarded_proto, d.forwarded_host, d.forwarded_uri) {
                 (None, None, None) => return Ok(None),
@@ -780,7 +804,7 @@ impl Gate {
         let (url, host, query) = self.parse_url(&raw)?;
         // From the raw text, not `url.path()`: the URL parser has already resolved dot
         // segments without merging slashes, one reading of several (see `normalise_path`).
-        let (path_and_query, readings) = read(raw_path(&raw), query.as_deref())?;
+        let (path_and_query, readings) = read(raw_path(&raw), query.as_deref(), limit)?;
         let (other_readings, case_folded_readings) = (readings.other, readings.case_folded);
         Ok(TargetRequest { url, host, path_and_query, other_readings, case_folded_readings, method })
     }
