@@ -923,6 +923,37 @@ async fn a_directory_others_may_write_in_stops_the_start_and_keeps_its_mode() {
     }
 }
 
+/// A `cert_dir` under a directory others may change, or owned by another user than root,
+/// stops the start in one line: either could hold a key of someone else's choosing to be
+/// served (review 155). Giving a directory away needs root: said, and passed, otherwise.
+#[tokio::test]
+async fn a_cert_dir_another_user_could_have_filled_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir_all(open.join("certs")).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::QUICK).env("PORTCULLIS_CERT_DIR", open.join("certs"));
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success() && stderr.contains("cert_dir"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!open.join("certs/key.pem").exists(), "no key made there");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the owner's part: giving a directory to another user needs root");
+        return;
+    }
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(101), None).unwrap();
+    let mut cmd = child::command(dir.path());
+    cmd.args(child::QUICK).env("PORTCULLIS_CERT_DIR", &theirs);
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert!(!status.success() && stderr.contains("belongs to uid 101"), "{stderr}");
+    assert!(!theirs.join("key.pem").exists(), "no key made there");
+}
+
 /// Today's log file as a FIFO stops the start in one line instead of holding it in `open`
 /// (review 151).
 #[tokio::test]
