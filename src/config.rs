@@ -506,6 +506,16 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
                     return Err(ConfigError::Untrusted { reason });
                 }
             }
+            // Nor one reached through a link another user made, whatever it names.
+            if let Ok(link) = std::fs::symlink_metadata(default) {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
+                    let reason = format!("it is a link made by uid {}, who may change who gets in", link.uid());
+                    return Err(ConfigError::Untrusted { reason });
+                }
+            }
             // A link to nothing is a file that was meant to be read, not an absent one.
             if default.symlink_metadata().is_ok() {
                 Some(read_file(default)?)

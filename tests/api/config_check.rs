@@ -435,6 +435,13 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_re
     assert!(out.status == 0 && out.stderr.contains("belongs to uid 101, who may change who gets in"), "{}", out.stderr);
     let out = run(check(dir.path(), &[], &[])).await;
     assert!(refused(&out, "belongs to uid 101"), "{}", out.stderr);
+    // A link another user made, to a file of ours.
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    std::fs::rename(&file, dir.path().join("ours.toml")).unwrap();
+    std::os::unix::fs::symlink("ours.toml", &file).unwrap();
+    std::os::unix::fs::lchown(&file, Some(101), None).unwrap();
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(refused(&out, "a link made by uid 101"), "{}", out.stderr);
 }
 
 /// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
