@@ -508,11 +508,8 @@ fn read_layers(config_file: Option<&Path>) -> Result<(Option<(PathBuf, toml::Tab
             }
             // Nor one reached through a link another user made, whatever it names.
             if let Ok(link) = std::fs::symlink_metadata(default) {
-                use std::os::unix::fs::MetadataExt;
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let me = unsafe { libc::geteuid() };
-                if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
-                    let reason = format!("it is a link made by uid {}, who may change who gets in", link.uid());
+                if let Some(uid) = crate::store::untrusted_owner(&link).filter(|_| link.file_type().is_symlink()) {
+                    let reason = format!("it is a link made by uid {uid}, who may change who gets in");
                     return Err(ConfigError::Untrusted { reason });
                 }
             }
@@ -1005,7 +1002,7 @@ pub fn file_warnings(config_file: Option<&Path>) -> Vec<String> {
 /// its metadata, links followed), one line each: others by its mode, its owner when neither,
 /// and whoever may replace it in its directory. Whoever may write it decides who gets in.
 fn writers_besides_its_owner(path: &Path, meta: &std::fs::Metadata) -> Vec<String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode();
     let shown = crate::text::printable(&path.display().to_string()).into_owned();
     let mut warnings = Vec::new();
@@ -1018,12 +1015,9 @@ fn writers_besides_its_owner(path: &Path, meta: &std::fs::Metadata) -> Vec<Strin
             mode & 0o7777
         ));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && meta.uid() != 0 {
+    if let Some(uid) = crate::store::untrusted_owner(meta) {
         warnings.push(format!(
-            "the settings file {shown} belongs to uid {}, who may change who gets in: give it to root or to the service's user",
-            meta.uid()
+            "the settings file {shown} belongs to uid {uid}, who may change who gets in: give it to root or to the service's user"
         ));
     }
     let directory = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));

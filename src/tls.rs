@@ -125,20 +125,17 @@ pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
 /// others may change (review 155 swapped a parent under a 0777 directory, and linked
 /// `cert.pem` to `/etc/shadow` in a directory of their own).
 fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
     if dir.exists() && !dir.is_dir() {
         bail!("cert_dir {} is not a directory", crate::text::printable(&dir.display().to_string()));
     }
     crate::store::trusted_ancestors(dir).context("cert_dir")?;
     if let Ok(meta) = std::fs::metadata(dir) {
         crate::store::refuse_shared(dir, &meta).context("cert_dir")?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me && meta.uid() != 0 {
+        if let Some(uid) = crate::store::untrusted_owner(&meta) {
             bail!(
-                "cert_dir {} belongs to uid {}, neither this process's user (uid {me}) nor root, who could have put a key of their own there",
+                "cert_dir {} belongs to uid {uid}, neither this process's user (uid {}) nor root, who could have put a key of their own there",
                 crate::text::printable(&dir.display().to_string()),
-                meta.uid()
+                crate::store::effective_uid(),
             );
         }
     }

@@ -75,15 +75,13 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// planted in a shared directory). Root's key, installed for the service's user to read, is
 /// fine, as ssh's StrictModes takes root's files.
 fn refuse_untrusted_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
     // The link and what it names (review 155: a link of ours to another user's file passed).
     for meta in [std::fs::symlink_metadata(path), std::fs::metadata(path)].into_iter().flatten() {
-        if meta.uid() != me && meta.uid() != 0 {
+        if let Some(uid) = crate::store::untrusted_owner(&meta) {
+            let me = crate::store::effective_uid();
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("it belongs to uid {}, neither this process's user (uid {me}) nor root: give it to the service's user, mode 0600", meta.uid()),
+                format!("it belongs to uid {uid}, neither this process's user (uid {me}) nor root: give it to the service's user, mode 0600"),
             ));
         }
     }

@@ -254,6 +254,21 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The uid of the owner `meta` gives when it is neither this process's user nor root: one who
+/// could have chosen what a file of settings, keys or certificates holds. Root's files, which
+/// configuration tools install for a service to read, are trusted as ssh's StrictModes trusts
+/// them.
+pub fn untrusted_owner(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    (meta.uid() != effective_uid() && meta.uid() != 0).then_some(meta.uid())
+}
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// The uid of `dir`'s owner (links followed) when that is not this process's user.
 pub fn foreign_owner(dir: &Path) -> Option<u32> {
     foreign_entry(dir).filter(|(found, _)| found == dir).map(|(_, uid)| uid)

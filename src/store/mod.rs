@@ -27,8 +27,8 @@ mod sled;
 
 mod fs;
 pub use fs::{
-    ensure_ours, ensure_private_dir, ensure_private_dir_of_files, foreign_entry, foreign_owner, private_umask,
-    refuse_shared, trusted_ancestors,
+    effective_uid, ensure_ours, ensure_private_dir, ensure_private_dir_of_files, foreign_entry, foreign_owner,
+    private_umask, refuse_shared, trusted_ancestors, untrusted_owner,
 };
 
 /// The errors of the storage layer, whatever the engine.
