@@ -377,6 +377,13 @@ impl Rule {
                         .iter()
                         .map(|m| {
                             let m = m.trim().to_ascii_uppercase();
+                            // `*`, `ANY` and `ALL` are tokens, but no client sends them: written
+                            // as a wildcard, a deny rule would silently never apply.
+                            if ["*", "ANY", "ALL"].contains(&m.as_str()) {
+                                return Err(format!(
+                                    "`{m}` is not an HTTP method (leave the field out for every method)"
+                                ));
+                            }
                             // RFC 9110 §9.1: a method is a token.
                             if !m.is_empty()
                                 && m.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
@@ -901,6 +908,11 @@ mod tests {
                 "access.rules #2 domain:",
             ),
             ("[[access.rules]]\nmethods = [\"G ET\"]\npolicy = \"deny\"", "access.rules #1 methods:"),
+            (
+                "[[access.rules]]\nmethods = [\"*\"]\npolicy = \"deny\"",
+                "access.rules #1 methods: `*` is not an HTTP method (leave the field out for every method)",
+            ),
+            ("[[access.rules]]\nmethods = [\"GET\", \"any\"]\npolicy = \"deny\"", "access.rules #1 methods: `ANY`"),
             ("[[access.rules]]\nnetworks = [\"10.0.0.0/33\"]\npolicy = \"deny\"", "access.rules #1 networks:"),
             ("[[access.rules]]\ngroups = [\"a,b\"]\npolicy = \"deny\"", "access.rules #1 groups:"),
             ("[[access.rules]]\nusers = [\"alice\"]\npolicy = \"bypass\"", "access.rules #1 users:"),
