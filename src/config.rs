@@ -458,7 +458,19 @@ impl Settings {
             return Err(p.invalid("argon2_memory_kib", "must be at least 8 times argon2_parallelism"));
         }
         if settings.session_absolute_timeout < settings.session_idle_timeout {
-            return Err(p.invalid("session_absolute_timeout", "must not be shorter than session_idle_timeout"));
+            // Name the one the operator wrote: a long idle timeout under the default absolute
+            // one is the idle timeout's mistake.
+            return Err(if p.get("session_absolute_timeout").source == "default" {
+                p.invalid(
+                    "session_idle_timeout",
+                    &format!(
+                        "must not be longer than session_absolute_timeout ({}, the default)",
+                        value_text(&p.get("session_absolute_timeout").value)
+                    ),
+                )
+            } else {
+                p.invalid("session_absolute_timeout", "must not be shorter than session_idle_timeout")
+            });
         }
         Ok(settings)
     }
@@ -1358,6 +1370,21 @@ mod tests {
 
     fn flags(pairs: &[(&str, &str)]) -> Overrides {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_timeout_pair_out_of_order_names_the_one_the_operator_wrote() {
+        let e = Settings::from_layers(None, &flags(&[("session_idle_timeout", "400d")]), &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("session_idle_timeout = \"400d\"")
+                && e.contains("must not be longer than session_absolute_timeout (12h, the default)"),
+            "{e}"
+        );
+        let both = flags(&[("session_idle_timeout", "2h"), ("session_absolute_timeout", "1h")]);
+        let e = Settings::from_layers(None, &both, &Overrides::new()).unwrap_err().to_string();
+        assert!(e.contains("session_absolute_timeout = \"1h\"") && e.contains("must not be shorter"), "{e}");
     }
 
     #[test]
