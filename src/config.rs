@@ -1218,7 +1218,41 @@ fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
             if net.prefix_len() == 0 { "every address".to_string() } else { format!("a /{} of the Internet", net.prefix_len()) },
         ));
     }
+    if let Some((name, widest, carried)) = carries_ipv4_clients(net) {
+        return Err(format!(
+            "`{s}` holds {name} addresses, each carrying an IPv4 address any IPv4 host can send from, so it trusts a /{carried} of the IPv4 Internet to name its own addresses in X-Forwarded-For: list the proxies' addresses or ranges (/{widest} at the widest there)"
+        ));
+    }
     Ok(net)
+}
+
+/// IPv6 prefixes whose addresses embed an IPv4 one, with the bit the embedded address starts
+/// at: NAT64's well-known and local-use prefixes (RFC 6052 §2.1, RFC 8215; the /96 form, the
+/// widest reading of the local-use /48), 6to4 (RFC 3056 §2) and Teredo (RFC 4380 §4, the client's
+/// address in the last 32 bits).
+const IPV4_CARRYING: &[(&str, &str, u8)] = &[
+    ("NAT64", "64:ff9b::/96", 96),
+    ("NAT64", "64:ff9b:1::/48", 96),
+    ("6to4", "2002::/16", 16),
+    ("Teredo", "2001::/32", 96),
+];
+
+/// For a range of [`IPV4_CARRYING`] addresses wider than a /8 of the IPv4 addresses they carry:
+/// its name, the widest prefix believed there, and the IPv4 prefix it trusts. `None` for any
+/// other range. Trusting `2002::/16` trusts every IPv4 host that sends through a 6to4 relay
+/// (review 153), which the /7 limit of [`parse_trusted_proxy`] alone lets through.
+fn carries_ipv4_clients(net: IpNet) -> Option<(&'static str, u8, u8)> {
+    IPV4_CARRYING.iter().find_map(|&(name, prefix, start)| {
+        let prefix: IpNet = prefix.parse().ok()?;
+        let widest = start + 8;
+        if prefix.contains(&net) && net.prefix_len() < widest {
+            Some((name, widest, net.prefix_len().saturating_sub(start)))
+        } else if net.contains(&prefix) {
+            Some((name, widest, 0))
+        } else {
+            None
+        }
+    })
 }
 
 /// The `trusted_proxies` list, refused when its ranges together trust more addresses than
@@ -1321,6 +1355,25 @@ mod tests {
             let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
             assert!(e.contains("trusts every address"), "{everyone}: {e}");
         }
+        for (carrying, name) in [
+            ("2002::/16", "6to4"),
+            ("2002:a00::/23", "6to4"),
+            ("64:ff9b::/96", "NAT64"),
+            ("64:ff9b::/100", "NAT64"),
+            ("64:ff9b:1::/48", "NAT64"),
+            ("2001::/32", "Teredo"),
+            ("2001::/16", "Teredo"),
+            ("::/8", "NAT64"),
+        ] {
+            let flags = &flags(&[("trusted_proxies", carrying)]);
+            let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
+            assert!(e.contains(&format!("holds {name} addresses")) && e.contains("IPv4 Internet"), "{carrying}: {e}");
+        }
+        for fine in ["2002:a00::/24", "2002:c000:201::/48", "64:ff9b::a00:0/104", "64:ff9b::c000:201", "2001:db8::/32"]
+        {
+            let flags = &flags(&[("trusted_proxies", fine)]);
+            assert!(Settings::from_layers(None, flags, &Overrides::new()).is_ok(), "{fine}");
+        }
         for wide in ["0.0.0.0/1, 128.0.0.0/1", "10.0.0.1, 2000::/3", "::ffff:128.0.0.0/97", "::/1, 8000::/1"] {
             let flags = &flags(&[("trusted_proxies", wide)]);
             let e = Settings::from_layers(None, flags, &Overrides::new()).unwrap_err().to_string();
@@ -1337,7 +1390,7 @@ mod tests {
         let most: Vec<String> = (1..=255).map(|a| format!("{a}.0.0.0/8")).collect();
         let many = &flags(&[("trusted_proxies", &most.join(","))]);
         assert!(Settings::from_layers(None, many, &Overrides::new()).is_err(), "every /8 but one");
-        let sevens: Vec<String> = (0..16).map(|i| format!("{:x}::/7", 0x2000 + i * 0x200)).collect();
+        let sevens: Vec<String> = (0..16).map(|i| format!("{:x}::/7", 0x4000 + i * 0x200)).collect();
         let many = &flags(&[("trusted_proxies", &sevens.join(","))]);
         let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
         assert!(e.contains("more IPv6 addresses than two /7s"), "{e}");
