@@ -75,6 +75,11 @@ async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form
         assert_eq!(rows(&page), 0, "{query}: no records in place of an error");
         let alert = page.split("role=\"alert\">").nth(1).and_then(|a| a.split('<').next()).unwrap_or("");
         assert!(alert.contains(says), "{query}: {alert:?}");
+        // Not "No records match", which reads as an answer to filters that were never applied.
+        assert!(
+            page.contains("None shown: the filters above were refused.") && !page.contains("No records match"),
+            "{query}"
+        );
     }
 }
 
