@@ -51,6 +51,9 @@ async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form
     assert_eq!((status, rows(&page)), (reqwest::StatusCode::OK, 2));
     let (_, page) = get("limit=4").await;
     assert_eq!(rows(&page), 4, "the page size applies");
+    let (status, page) = get("user=nobody-at-all").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No records match.") && !page.contains("None shown"), "an answer of none");
 
     // A value that does not parse is refused with its message, never replaced by defaults.
     for (query, says) in [
