@@ -100,8 +100,7 @@ fn make_private_if_ours(path: &Path) {
     if !meta.is_file() || mode & 0o077 == 0 {
         return;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::store::effective_uid();
     let (private, shown) = (mode & 0o700, path.display());
     let (from, to) = (format!("{mode:04o}"), format!("{private:04o}"));
     let advice = "give it to the service's user, mode 0600";
@@ -117,6 +116,25 @@ fn make_private_if_ours(path: &Path) {
             tracing::warn!(path = %shown, mode = %from, error = %e, "the factor key is readable by others: {advice}")
         }
     }
+}
+
+/// `error` with the key's owner and mode when it is a refusal to read (a root-owned 0600 key
+/// for a service that runs as another user said only "Permission denied", review 155).
+fn unreadable_why(path: &Path, error: std::io::Error) -> std::io::Error {
+    use std::os::unix::fs::MetadataExt;
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return error;
+    }
+    let Ok(meta) = std::fs::metadata(path) else { return error };
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{error}: it belongs to uid {}, mode {:04o}, and this process runs as uid {}: give it to the service's user, mode 0600 (or root:<the service's group>, 0640)",
+            meta.uid(),
+            meta.mode() & 0o7777,
+            crate::store::effective_uid()
+        ),
+    )
 }
 
 impl FactorKey {
@@ -156,7 +174,7 @@ impl FactorKey {
         match crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES) {
             Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(io(unreadable_why(&path, e))),
         }
         let mut master = Zeroizing::new([0u8; 32]);
         crate::random::fill(&mut master[..])?;

@@ -177,3 +177,37 @@ async fn a_running_server_keys_no_factor_and_is_not_ready_once_the_store_records
     assert_eq!(ready().await, 200);
     app.stop().await;
 }
+
+/// A root-owned 0600 key a server run as its service's user cannot read is refused with the
+/// key's owner and mode and the user the server runs as, not a bare "Permission denied"
+/// (review 155: the operator had to guess which of the two was wrong).
+#[tokio::test]
+async fn a_key_the_services_user_cannot_read_is_named_with_its_owner_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !crate::helpers::root_or_skip("to run the server as another user") {
+        return;
+    }
+    const SERVICE: u32 = 4245;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["data", "logs", "certs"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+        std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(d.join(sub), Some(SERVICE), Some(SERVICE)).unwrap();
+    }
+    let key = d.join("data/factor.key");
+    std::fs::write(&key, format!("{}\n", "3c".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = child::command(d);
+    cmd.args(child::QUICK).uid(SERVICE).gid(SERVICE);
+    let run = child::run_cli(cmd, None).await;
+    let line = run.assert_one_line_failure("serve with root's 0600 key");
+    assert!(
+        line.contains("factor.key")
+            && line.contains("belongs to uid 0, mode 0600, and this process runs as uid 4245")
+            && line.contains("0640"),
+        "{line}"
+    );
+}
