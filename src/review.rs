@@ -56,6 +56,10 @@ pub enum FilterError {
     OutOfRange(String),
     #[error("--since/--until: `{0}` is not a valid RFC 3339 time: {1}")]
     BadDate(String, String),
+    /// A date-time without its seconds, offset or time (`2026-12-01T10:00`): RFC 3339 needs
+    /// all three, and the store's times are UTC.
+    #[error("--since/--until: `{0}` is not a full RFC 3339 time: write `{1}` for UTC, or give another offset")]
+    Incomplete(String, String),
     #[error("--user: the username is empty or too long")]
     User,
     #[error("--limit: `{0}` is not a whole number from 1 to {1}")]
@@ -129,9 +133,19 @@ fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, FilterError> {
     let spaced = s.as_bytes().get(10) == Some(&b' ');
     let with_t = if spaced { Cow::Owned(format!("{}T{}", &s[..10], &s[11..])) } else { Cow::Borrowed(s) };
     time::OffsetDateTime::parse(&with_t, &Rfc3339).map_err(|e| {
-        let looks_like_a_date =
-            s.len() >= 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
-        if looks_like_a_date {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        let looks_like_a_date = digits >= 4 && s.as_bytes().get(digits) == Some(&b'-');
+        // `time` reads four-digit years only: a fifth digit is a year past 9999, not a typo.
+        if looks_like_a_date && digits > 4 {
+            return FilterError::OutOfRange(escape_controls(s));
+        }
+        let completed = [":00Z", "Z", "T00:00:00Z"]
+            .iter()
+            .map(|end| format!("{with_t}{end}"))
+            .find(|full| time::OffsetDateTime::parse(full, &Rfc3339).is_ok());
+        if let (true, Some(full)) = (looks_like_a_date, completed) {
+            FilterError::Incomplete(escape_controls(s), escape_controls(&full))
+        } else if looks_like_a_date {
             FilterError::BadDate(escape_controls(s), e.to_string())
         } else {
             FilterError::Time(escape_controls(s))
@@ -843,7 +857,22 @@ mod tests {
         }
         assert_eq!(parse_time("1970-01-01T01:00:00+01:00", 5), Ok(0));
         assert!(parse_time("9999-12-31T23:59:59.999Z", 0).is_ok());
-        assert!(matches!(parse_time("2026-11-30T10:00:00", 0), Err(FilterError::BadDate(..))), "an offset is required");
+        // What is missing is said, with the time written in full (review 153).
+        for (s, full) in [
+            ("2026-11-30T10:00:00", "2026-11-30T10:00:00Z"),
+            ("2026-11-30T10:00", "2026-11-30T10:00:00Z"),
+            ("2026-11-30 10:00", "2026-11-30T10:00:00Z"),
+            ("2026-11-30", "2026-11-30T00:00:00Z"),
+        ] {
+            assert_eq!(parse_time(s, 0), Err(FilterError::Incomplete(s.into(), full.into())), "{s}");
+        }
+        assert!(
+            matches!(parse_time("2026-11-31", 0), Err(FilterError::BadDate(..))),
+            "a day out of range still says so"
+        );
+        for year in ["10000-01-01T00:00:00Z", "99999-01-01"] {
+            assert_eq!(parse_time(year, 0), Err(FilterError::OutOfRange(year.into())), "{year}");
+        }
         assert!(matches!(parse_time("noon", 0), Err(FilterError::Time(_))));
     }
 
