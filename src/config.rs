@@ -730,7 +730,18 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
             let before = text.get(..span.start).unwrap_or(&text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: ")
+            // The setting the line gives, when it names one (a known name only: the rest of
+            // the line is not shown).
+            let line_text = text.get(span.start..).map_or("", |after| {
+                let start = before.rfind('\n').map_or(0, |i| i + 1);
+                text.get(start..span.start + after.find('\n').unwrap_or(after.len())).unwrap_or("")
+            });
+            let key =
+                line_text.split_once('=').map(|(k, _)| k.trim()).filter(|k| KEYS.iter().any(|key| key.name == *k));
+            match key {
+                Some(key) => format!("line {line}, column {column} ({key}): "),
+                None => format!("line {line}, column {column}: "),
+            }
         });
         let message = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         ConfigError::Parse {

@@ -219,6 +219,11 @@ async fn a_file_that_is_not_toml_is_one_line_saying_where() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("bad.toml: line 3, column "), "{}", out.stderr);
     assert!(!out.stderr.contains("\\u{a}") && !out.stderr.contains("hunter2"), "{}", out.stderr);
+    // A value TOML itself refuses names its setting (review 153), and only the name is shown.
+    std::fs::write(dir.path().join("big.toml"), "# sizes\nargon2_memory_kib = 99999999999999999999999\n").unwrap();
+    let out = run(check(dir.path(), &["--config", "big.toml"], &[])).await;
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("big.toml: line 2, column 21 (argon2_memory_kib): number too large"), "{}", out.stderr);
 }
 
 /// A path to something that is not a settings file fails in one line without reading it all
