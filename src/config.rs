@@ -946,7 +946,14 @@ fn parse_instance_name(s: &str) -> Result<String, String> {
 }
 
 fn parse_range(s: &str, min: u32, max: u32) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| "expected a whole number".to_string())?;
+    let n: u32 = s.parse().map_err(|_| {
+        // Digits that do not fit are a number out of range, not something else.
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            format!("must be between {min} and {max}")
+        } else {
+            "expected a whole number".to_string()
+        }
+    })?;
     if n < min || n > max {
         return Err(format!("must be between {min} and {max}"));
     }
@@ -1434,6 +1441,21 @@ mod tests {
 
     fn flags(pairs: &[(&str, &str)]) -> Overrides {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_number_too_large_for_its_type_is_out_of_range_not_something_else() {
+        for (value, says) in [
+            ("99999999999999999999", "must be between 8 and 4194304"),
+            ("4294967296", "must be between 8 and 4194304"),
+            ("12k", "expected a whole number"),
+            ("-1", "expected a whole number"),
+        ] {
+            let e = Settings::from_layers(None, &flags(&[("argon2_memory_kib", value)]), &Overrides::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{value}: {e}");
+        }
     }
 
     #[test]
