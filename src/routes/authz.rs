@@ -7,12 +7,14 @@
 
 use poem::http::{header, HeaderValue, StatusCode};
 use poem::{handler, Request, Response};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
 use crate::access::{Decision, Policy, Subject, Target};
 use crate::app::AppState;
 use crate::audit::AuthEvent;
+use crate::client::AddressKey;
 use crate::forward_auth::{wants_page, AuthzResult, Described, Flavour, Gate, TargetError};
 use crate::routes::{current_session, must_enrol, store_error, State};
 use crate::store::Factors;
@@ -64,16 +66,76 @@ fn reading_turns() -> usize {
     (crate::config::cores() / 2).max(1)
 }
 
-/// `work` on the blocking pool, in turn with the other long targets' readings, when `long`;
-/// else here. `None` if its thread failed.
-async fn in_turn<T: Send + 'static>(long: bool, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    static TURNS: OnceLock<Semaphore> = OnceLock::new();
+/// Long targets waiting for a turn or being read, per client address, with the one turn that
+/// address's targets take one at a time: see [`in_turn`].
+type ClientTurns = std::sync::Mutex<HashMap<AddressKey, (Arc<Semaphore>, usize)>>;
+
+fn client_turns() -> &'static ClientTurns {
+    static CLIENTS: OnceLock<ClientTurns> = OnceLock::new();
+    CLIENTS.get_or_init(Default::default)
+}
+
+/// A client's place among [`client_turns`]: counted from its making (before any wait, so a
+/// verify dropped while it waits still leaves), and the address forgotten when its last
+/// target is done.
+struct ClientTurn {
+    key: AddressKey,
+    turn: Arc<Semaphore>,
+}
+
+impl ClientTurn {
+    fn enter(key: AddressKey) -> Self {
+        // A panic while the map was held cannot leave it half-changed: each change is one call.
+        let mut clients = client_turns().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = clients.entry(key).or_insert_with(|| (Arc::new(Semaphore::new(1)), 0));
+        entry.1 += 1;
+        ClientTurn { key, turn: Arc::clone(&entry.0) }
+    }
+}
+
+impl Drop for ClientTurn {
+    fn drop(&mut self) {
+        let mut clients = client_turns().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = clients.get_mut(&self.key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                clients.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// `work` on the blocking pool when `long`, else here; `None` if its thread failed.
+///
+/// Long work runs on at most [`reading_turns`] threads at once, and one at a time per client
+/// address (`client`, an [`AddressKey`]): a flood from one address, over any number of
+/// connections, waits behind its own targets, so another client's long target waits for at
+/// most one per address ahead of it. Both turns go with the work to its thread and are given
+/// back when it ends, not when the verify does: a client that hung up once its target was
+/// handed over would otherwise free the turn while the reading still ran, and a loop of such
+/// requests would read on every thread of the pool.
+async fn in_turn<T: Send + 'static>(
+    long: bool,
+    client: AddressKey,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    static TURNS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     if !long {
         return Some(work());
     }
+    let place = ClientTurn::enter(client);
     // Never closed, so acquiring only waits.
-    let _turn = TURNS.get_or_init(|| Semaphore::new(reading_turns())).acquire().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+    let mine = Arc::clone(&place.turn).acquire_owned().await.ok()?;
+    let turn =
+        Arc::clone(TURNS.get_or_init(|| Arc::new(Semaphore::new(reading_turns())))).acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let held = (turn, mine, place);
+        let done = work();
+        drop(held);
+        done
+    })
+    .await
+    .ok()
 }
 
 /// The whole verify: the answer to send and what it was (the hook for metrics).
@@ -84,6 +146,7 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
         // identity headers meant for an application.
         return (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden);
     }
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
     let gate = Gate::new(&state.settings);
     let read = match described(req) {
         Ok(d) => {
@@ -93,7 +156,7 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
                 Some(Err(TargetError::TooManyReadings(_))) | None => {
                     let owned = OwnedDescribed::from(&d);
                     let gate = gate.clone();
-                    in_turn(true, move || gate.target(flavour, &owned.described())).await
+                    in_turn(true, client.key(), move || gate.target(flavour, &owned.described())).await
                 }
                 Some(read) => Some(read),
             }
@@ -126,7 +189,6 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
         },
         None => None,
     };
-    let client = crate::client::client(req, &state.settings.trusted_proxies);
     let groups = session.as_ref().map(|s| s.user.effective_groups()).unwrap_or_default();
     let user_key = session.as_ref().map(|s| s.user.key.clone());
     let factors = session.as_ref().map(|s| s.record.factors);
@@ -135,7 +197,7 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
         [&target.other_readings, &target.case_folded_readings].into_iter().flatten().map(String::len).sum::<usize>();
     let long = readings_bytes > JUDGE_INLINE_BYTES;
     let judging = Arc::clone(state);
-    let judged = in_turn(long, move || {
+    let judged = in_turn(long, client.key(), move || {
         let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
         let t = Target {
             host: &target.host,
@@ -331,26 +393,83 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    fn key(last: u8) -> crate::client::AddressKey {
+        crate::client::AddressKey::of(std::net::IpAddr::from([192, 0, 2, last]))
+    }
+
     /// A long target's reading runs off the async worker that received it, on at most half the
-    /// cores at a time; a short one runs where it arrived.
-    #[tokio::test]
-    async fn long_targets_are_read_on_the_blocking_pool_on_half_the_cores() {
+    /// cores at a time, one at a time per client address, and keeps its turn until it ends,
+    /// whatever became of the verify; a short one runs where it arrived. One test, since the
+    /// turns are the process's: tests run side by side would share them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_targets_are_read_on_the_blocking_pool_in_turns_kept_to_the_end() {
+        use std::time::Duration;
         let here = std::thread::current().id();
-        assert_eq!(super::in_turn(false, || std::thread::current().id()).await, Some(here));
-        assert_ne!(super::in_turn(true, || std::thread::current().id()).await, Some(here));
+        assert_eq!(super::in_turn(false, key(1), || std::thread::current().id()).await, Some(here));
+        assert_ne!(super::in_turn(true, key(1), || std::thread::current().id()).await, Some(here));
+
+        // At most half the cores at once, from many addresses.
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let works = (0..crate::config::cores() * 3).map(|_| {
+        let works = (0..crate::config::cores() * 3).map(|i| {
             let (running, most) = (Arc::clone(&running), Arc::clone(&most));
-            super::in_turn(true, move || {
+            super::in_turn(true, key(i as u8), move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(30));
+                std::thread::sleep(Duration::from_millis(30));
                 running.fetch_sub(1, Ordering::SeqCst);
             })
         });
         let done = futures_util::future::join_all(works).await;
         assert!(done.iter().all(Option::is_some));
         assert!(most.load(Ordering::SeqCst) <= super::reading_turns());
+
+        // One address's flood waits behind its own targets: another address's target, sent
+        // after five of them, is read second, not sixth.
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let work = |name: &'static str, address: u8| {
+            let order = Arc::clone(&order);
+            super::in_turn(true, key(address), move || {
+                std::thread::sleep(Duration::from_millis(30));
+                order.lock().unwrap().push(name);
+            })
+        };
+        let flood = ["a1", "a2", "a3", "a4", "a5"].map(|name| work(name, 100));
+        let (_, other) = futures_util::future::join(futures_util::future::join_all(flood), work("b", 101)).await;
+        assert!(other.is_some());
+        let order = order.lock().unwrap().clone();
+        let at = |name| order.iter().position(|n| *n == name).unwrap();
+        assert!(at("b") < at("a2"), "{order:?}");
+        assert!(super::client_turns().lock().unwrap().is_empty(), "every address forgotten once done");
+
+        // A verify dropped once its reading began (the client hung up) leaves the turn taken
+        // until the reading ends: a loop of such requests must not read on every pool thread.
+        let turns = super::reading_turns();
+        let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let blocked: Vec<_> = (0..turns)
+            .map(|i| {
+                let (release, started_tx, running) = (Arc::clone(&release), started_tx.clone(), Arc::clone(&running));
+                tokio::spawn(super::in_turn(true, key(200 + i as u8), move || {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    let (lock, cvar) = &*release;
+                    let _released = cvar.wait_while(lock.lock().unwrap(), |r| !*r).unwrap();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for _ in 0..turns {
+            started.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        for task in &blocked {
+            task.abort();
+        }
+        let seen = Arc::clone(&running);
+        let next = tokio::spawn(super::in_turn(true, key(250), move || seen.load(Ordering::SeqCst)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        assert_eq!(next.await.unwrap(), Some(0), "the next reading began only once the dropped ones ended");
     }
 
     /// A target is read where it arrives only within [`super::READ_INLINE_BYTES`] of readings:
