@@ -184,14 +184,21 @@ pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The first gid of groups of people rather than of system services: Debian's and most
+/// distributions' `SYS_GID_MAX` (`/etc/login.defs`) is 999.
+pub const FIRST_PEOPLES_GID: u32 = 1000;
+
 /// Checks that nobody but root and this process's user can change what `dir` names. The path
 /// is followed one component at a time, as the kernel would, links included: every directory
 /// a component is looked up in belongs to root or to this process's user and is not writable
 /// by others unless sticky (as `/tmp`), and every link met belongs to root or to this user.
 /// Otherwise the owner of such a directory or link could aim the name elsewhere (a relative
 /// `logs` at `/etc`, then made 0700; a `data` at another server's socket) or swap it back and
-/// forth while the store is opened. Group write is let be: distributions make `/var/log`
-/// writable by a log group (a member could still rename one of root's entries into place).
+/// forth while the store is opened. A directory its group may write is refused as well, unless
+/// the group is a system group (gid below [`FIRST_PEOPLES_GID`]): Ubuntu makes `/var/log`
+/// writable by `syslog`, whose only member is the log daemon, while a group of people
+/// (`ops`, `2775`) is one whose members could rename `data` away and put their own, with an
+/// admin socket root's commands would send passwords to (review 157).
 ///
 /// # Errors
 /// `PermissionDenied` naming the first such directory or link and its owner.
@@ -220,9 +227,16 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
             }
             Some(Component::Normal(name)) => {
                 let meta = std::fs::metadata(&current)?;
-                let others_write = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
-                if others_write {
+                let sticky = meta.mode() & 0o1000 != 0;
+                if meta.mode() & 0o002 != 0 && !sticky {
                     return refuse(format!("is inside {}, which anyone may change", current.display()));
+                }
+                if meta.mode() & 0o020 != 0 && !sticky && meta.gid() >= FIRST_PEOPLES_GID {
+                    return refuse(format!(
+                        "is inside {}, which the members of group {} may change",
+                        current.display(),
+                        meta.gid()
+                    ));
                 }
                 if meta.uid() != 0 && meta.uid() != me {
                     return refuse(format!("is inside {}, which belongs to uid {}", current.display(), meta.uid()));
@@ -352,6 +366,39 @@ mod tests {
             let e = ensure_private_dir(&dir, |_| true).unwrap_err();
             assert!(e.to_string().contains("may be written by other users"), "{shared:o}: {e}");
             assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, shared);
+        }
+    }
+
+    /// A directory inside one a group of people may change is refused (review 157: a member of
+    /// `ops` swapped root's `data` for one of hers); a system group's (Ubuntu's `/var/log`) or
+    /// a sticky one's is not. Giving a directory to another group needs root.
+    #[test]
+    fn a_directory_inside_one_a_group_of_people_may_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        if effective_uid() != 0 {
+            eprintln!("skipping: giving a directory to another group needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        for (mode, gid, refused) in [
+            (0o2775, 4321, true),
+            (0o775, 4321, true),
+            (0o3775, 4321, false),
+            (0o775, 104, false),
+            (0o755, 4321, false),
+        ] {
+            let parent = tmp.path().join(format!("p{mode:o}-{gid}"));
+            std::fs::create_dir(&parent).unwrap();
+            std::os::unix::fs::chown(&parent, None, Some(gid)).unwrap();
+            std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode)).unwrap();
+            let result = ensure_private_dir(&parent.join("data"), |_| true);
+            if refused {
+                let e = result.unwrap_err().to_string();
+                assert!(e.contains(&format!("which the members of group {gid} may change")), "{mode:o} {gid}: {e}");
+                assert!(!parent.join("data").exists(), "nothing made");
+            } else {
+                result.unwrap();
+            }
         }
     }
 
