@@ -96,7 +96,7 @@ impl Services {
         if log {
             // The log directory is judged before the store is opened: a command refused for its
             // log directory must not leave a new, empty store behind.
-            crate::store::ensure_private_dir_of_files(&settings.log_dir, |name| name.starts_with("auth.log"))
+            crate::store::ensure_private_dir_of_files(&settings.log_dir, crate::audit::is_log_file_name)
                 .with_context(|| format!("cannot use {}", settings.log_dir.display()))?;
         }
         let store = match &settings.database_url {

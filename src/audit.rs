@@ -607,6 +607,13 @@ pub fn prune_log_files(log_dir: &Path, retention: std::time::Duration, now_ms: u
 }
 
 /// The day a daily log file's name ends with (`YYYY-MM-DD`, as tracing-appender writes it).
+/// Whether `name` is one of the daily log files, `auth.log.YYYY-MM-DD`: the only files of
+/// `log_dir` portcullis makes private, so a `log_dir` that is a system directory keeps its
+/// other files' modes (review 157: `/var/log`'s own `auth.log` was made 0600).
+pub fn is_log_file_name(name: &str) -> bool {
+    name.strip_prefix("auth.log.").and_then(log_file_date).is_some()
+}
+
 fn log_file_date(day: &str) -> Option<time::Date> {
     let mut parts = day.split('-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
@@ -635,7 +642,7 @@ impl Audit {
     /// # Errors
     /// When `log_dir` cannot be made private or the log file cannot be opened.
     pub fn open_as(log_dir: &Path, keep_days: usize, store: Option<Store>, instance: &str) -> anyhow::Result<Self> {
-        crate::store::ensure_private_dir_of_files(log_dir, |name| name.starts_with("auth.log"))
+        crate::store::ensure_private_dir_of_files(log_dir, is_log_file_name)
             .with_context(|| format!("cannot use {}", log_dir.display()))?;
         let budget = Arc::new(LogBudget::new(log_dir));
         // Old files go by the date in their names (`prune_log_files`), not by tracing-appender's

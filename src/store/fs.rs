@@ -72,11 +72,65 @@ fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std
     Ok(())
 }
 
+/// Refuses a symbolic link among the entries of `dir` that `ours` names, and under those that
+/// are directories: a store file that is a link is written through, wherever it points (review
+/// 157: a service's user left `db -> /root/file` in its store, root copied the store with
+/// `cp -a` and `chown -R`, and a root command on the copy overwrote the file).
+///
+/// # Errors
+/// `PermissionDenied` naming the link and where it points.
+pub fn refuse_links(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<()> {
+    fn walk(path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path).unwrap_or_default();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a link to {}, and the store would be written through it: put the file itself there",
+                    path.display(),
+                    target.display()
+                ),
+            ));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if ours(&entry.file_name().to_string_lossy()) {
+            walk(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes group and other permissions away from `path` (following it only when `follow`),
 /// and, with `recurse`, from everything under it if it is a directory.
+///
+/// # Errors
+/// Also when `path`, or an entry under it, belongs to a user other than this process's and
+/// root ([`untrusted_owner`]).
 fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let meta = if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
+    // Another user's (not root's) file or link among ours was put there to be written to, or
+    // through (review 157: a link planted for today's log while the directory was open to all,
+    // then used once it was made 0700; a hard link to a file its owner reads).
+    if let Some(uid) = untrusted_owner(&meta) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {uid}, neither this process's user (uid {}) nor root, and portcullis would write to it: remove it, since whoever put it there would read what is written, or have it written elsewhere",
+                path.display(),
+                effective_uid()
+            ),
+        ));
+    }
     if !(meta.is_dir() || meta.is_file()) {
         return Ok(());
     }
@@ -89,9 +143,8 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
         }
         return Ok(());
     }
-    // Nor is another user's file (root may change it, but it is not root's to change).
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    // Nor is root's file (root may change it, but it is not root's to change).
+    let me = effective_uid();
     let owner = std::os::unix::fs::MetadataExt::uid(&meta);
     if owner != me {
         if mode & 0o077 != 0 {
@@ -347,7 +400,7 @@ mod tests {
             open(file);
         }
         std::fs::hard_link(&outside, &linked).unwrap();
-        ensure_private_dir_of_files(&logs, |n| n.starts_with("auth.log")).unwrap();
+        ensure_private_dir_of_files(&logs, crate::audit::is_log_file_name).unwrap();
         assert_eq!(mode(&logs.join("auth.log.2026-10-07")), 0o600, "ours is made private");
         assert_eq!(mode(&inside), 0o644, "a directory so named is not gone into");
         assert_eq!(mode(&outside), 0o644, "a file with another name elsewhere keeps its mode");
@@ -400,6 +453,66 @@ mod tests {
                 result.unwrap();
             }
         }
+    }
+
+    /// One of portcullis's own names that another user (not root) owns, a link or a hard link
+    /// to their file, is refused, not written through (review 157); root's, and a system
+    /// log's undated `auth.log`, are let be. Giving a file to another user needs root.
+    #[test]
+    fn an_entry_of_ours_another_user_planted_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let syslogs = logs.join("auth.log");
+        std::fs::write(&syslogs, "sshd: ...").unwrap();
+        std::fs::set_permissions(&syslogs, std::fs::Permissions::from_mode(0o640)).unwrap();
+        ensure_private_dir_of_files(&logs, crate::audit::is_log_file_name).unwrap();
+        assert_eq!(std::fs::metadata(&syslogs).unwrap().permissions().mode() & 0o777, 0o640, "not ours");
+        if effective_uid() != 0 {
+            eprintln!("skipping the rest: giving a file to another user needs root");
+            return;
+        }
+        let elsewhere = tmp.path().join("theirs");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let (victim, spy) = (elsewhere.join("victim"), elsewhere.join("spy"));
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::write(&spy, "").unwrap();
+        std::os::unix::fs::chown(&spy, Some(4321), Some(4321)).unwrap();
+        let today = logs.join("auth.log.2026-12-10");
+        std::os::unix::fs::symlink(&victim, &today).unwrap();
+        std::os::unix::fs::lchown(&today, Some(4321), Some(4321)).unwrap();
+        let e = ensure_private_dir_of_files(&logs, crate::audit::is_log_file_name).unwrap_err().to_string();
+        assert!(e.contains("auth.log.2026-12-10 belongs to uid 4321"), "{e}");
+        std::fs::remove_file(&today).unwrap();
+        std::fs::hard_link(&spy, &today).unwrap();
+        let e = ensure_private_dir_of_files(&logs, crate::audit::is_log_file_name).unwrap_err().to_string();
+        assert!(e.contains("auth.log.2026-12-10 belongs to uid 4321"), "a hard link: {e}");
+        // Root's link (as a test's to /dev/full) is root's to make.
+        std::fs::remove_file(&today).unwrap();
+        std::os::unix::fs::symlink(&victim, &today).unwrap();
+        ensure_private_dir_of_files(&logs, crate::audit::is_log_file_name).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    /// A link among the store's files is refused whoever made it (review 157: a copy's
+    /// `db -> /root/file`, root's after `chown -R`, was overwritten by a root command).
+    #[test]
+    fn a_link_among_the_stores_files_is_refused_and_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, victim) = (tmp.path().join("data"), tmp.path().join("precious"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, data.join("db")).unwrap();
+        let e = crate::store::sled::SledStore::open(&data).err().unwrap().to_string();
+        assert!(e.contains("db is a link to") && e.contains("precious"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(data.join("db")).unwrap();
+        std::fs::create_dir(data.join("blobs")).unwrap();
+        std::os::unix::fs::symlink(&victim, data.join("blobs/1")).unwrap();
+        let e = crate::store::sled::SledStore::open(&data).err().unwrap().to_string();
+        assert!(e.contains("blobs/1 is a link to"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
     #[test]

@@ -336,6 +336,8 @@ impl SledStore {
 
     fn open_unnamed(dir: &Path) -> Result<Self> {
         super::ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        super::fs::refuse_links(dir, |name| matches!(name, "db" | "conf" | "blobs") || name.starts_with("snap."))
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let db = match ::sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
             Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {

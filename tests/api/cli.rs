@@ -568,11 +568,12 @@ async fn root_never_opens_another_users_store_or_log_directory() {
     assert!(!accepted.is_finished(), "nothing connected");
     accepted.abort();
 
-    // A link that a member of a group-writable directory's group made (as in Ubuntu's
-    // /var/log, root:syslog 0775), pointing at a directory of root's: not followed.
+    // A link that a member of a system group's writable directory made (as in Ubuntu's
+    // /var/log, root:syslog 0775; a group of people's is refused outright), pointing at a
+    // directory of root's: not followed.
     let shared = own.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    std::os::unix::fs::chown(&shared, Some(0), Some(SERVICE_UID)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(0), Some(104)).unwrap();
     std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
     std::os::unix::fs::symlink(&roots, shared.join("admin-logs")).unwrap();
     std::os::unix::fs::lchown(shared.join("admin-logs"), Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
