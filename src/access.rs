@@ -272,6 +272,12 @@ impl Access {
         Ok(access)
     }
 
+    /// How many path patterns the rules hold together: judging a target's readings costs in
+    /// proportion to their text times this (each reading is matched against each pattern).
+    pub fn path_patterns(&self) -> usize {
+        self.rules.iter().map(|r| r.paths.len()).sum()
+    }
+
     /// Asks the rules about `target` for `subject` (`None`: not signed in). First match wins.
     pub fn decide(&self, target: &Target<'_>, subject: Option<&Subject<'_>>) -> Decision {
         self.decide_with(target, subject, false)
