@@ -179,12 +179,18 @@ fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings
     }
     let mut queries = vec![normalised, q.to_string(), decoded, spaces, pluses, split, trimmed, all_plus, all_spaces];
     // Node's `new URLSearchParams(url.parse(req.url).query)` drops one leading `?`, so
-    // `??fmt=csv` is `fmt=csv` there (review 146).
-    let after_question_mark: Vec<String> = queries
-        .iter()
-        .filter_map(|f| f.strip_prefix("%3F").or_else(|| f.strip_prefix('?')))
-        .map(String::from)
-        .collect();
+    // `??fmt=csv` is `fmt=csv` there (review 146), and PHP's built-in server (`php -S`, under
+    // `artisan serve` and `spark serve`) drops every one: `???fmt=csv` (review 156).
+    let one_dropped = |f: &str| f.strip_prefix("%3F").or_else(|| f.strip_prefix('?')).map(String::from);
+    let all_dropped = |f: &str| {
+        let mut rest = f;
+        while let Some(after) = rest.strip_prefix("%3F").or_else(|| rest.strip_prefix('?')) {
+            rest = after;
+        }
+        (rest.len() < f.len()).then(|| rest.to_string())
+    };
+    let after_question_mark: Vec<String> =
+        queries.iter().flat_map(|f| [one_dropped(f), all_dropped(f)]).flatten().collect();
     queries.extend(after_question_mark);
     // Most of these are the same text for an ordinary query: each is read on once.
     distinct_after_first(&mut queries);
@@ -439,6 +445,8 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
 /// `parseRequestURI` and hand-written routers read `/index.php?/admin&x=1`.
 fn routed_by_query(path: &str, query: Option<&str>) -> Vec<(String, Option<String>)> {
     let Some(query) = query else { return Vec::new() };
+    // PHP's built-in server drops every leading `?` of the query (review 156: `/??/admin`).
+    let query = query.trim_start_matches('?');
     let script = |path: &str| path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
     if path != "/" && !script(path) {
         return Vec::new();
@@ -960,7 +968,8 @@ fn distinct(forms: &mut Vec<String>) {
 
 /// The paths after each PHP script's name in `path` (`.php` in any case, as Windows matches
 /// it, and the other extensions Debian hands to PHP: `.phtml`, `.pht`, `.phar`, `.php3`,
-/// `.php4`, `.php5`, `.php7`, `.php8`; review 153), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`.
+/// `.php4`, `.php5`, `.php7`, `.php8`; review 153), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`;
+/// and after a CGI or FastCGI script's (`.cgi`, `.fcgi`, `.pl`, `.py`, followed by `/`).
 /// Symfony, and Laravel on it, take the script's name as a prefix of the request URI without
 /// a `/` after it (`Request::getUrlencodedPrefix`), so `/index.phpadmin` gives `/admin` too
 /// (review 151). Empty when no name is followed by more.
@@ -970,20 +979,25 @@ fn distinct(forms: &mut Vec<String>) {
 /// that may be a script's.
 fn after_php_scripts(path: &str) -> Result<Vec<String>, TargetError> {
     let lower = path.to_ascii_lowercase();
-    if !lower.contains(".ph") {
+    if !lower.contains(".ph") && ![".cgi/", ".fcgi/", ".pl/", ".py/"].iter().any(|e| lower.contains(e)) {
         return Ok(Vec::new());
     }
     // Every extension a PHP handler runs (Debian's `.+\.ph(ar|p|tml)$`, its older
     // `.+\.ph(p[3457]?|t|tml)$`, and `.php8`): at `.php5`, `.php` matches too, and its reading
-    // (`/5/admin`) is one more to judge, never one less.
+    // (`/5/admin`) is one more to judge, never one less. And CGI's and FastCGI's front
+    // controllers, which hand on `PATH_INFO` alike (review 156: Flask's and Django's
+    // `app.fcgi/$1` recipes, Trac's and MoinMoin's `.cgi`, Perl's `.pl`, Python's `.py`).
+    // CGI's are read only before a `/`: only PHP's are taken as prefixes (Symfony).
     const EXTENSIONS: [&str; 9] = [".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar"];
+    const CGI: [&str; 4] = [".cgi/", ".fcgi/", ".pl/", ".py/"];
     let mut after = Vec::new();
     let mut names = 0;
-    for (i, _) in lower.match_indices(".ph") {
-        let matching = EXTENSIONS.iter().filter(|e| lower[i..].starts_with(**e)).collect::<Vec<_>>();
+    for (i, _) in lower.match_indices('.') {
+        let cgi = CGI.iter().filter(|e| lower[i..].starts_with(**e)).map(|e| &e[..e.len() - 1]);
+        let matching = EXTENSIONS.iter().copied().filter(|e| lower[i..].starts_with(*e)).chain(cgi).collect::<Vec<_>>();
         names += usize::from(!matching.is_empty());
         if names > MAX_SCRIPT_NAMES {
-            return Err(TargetError::TooManyReadings("more than 4 PHP scripts' names"));
+            return Err(TargetError::TooManyReadings("more than 4 scripts' names"));
         }
         // A script has a name: `/.php` is a file of that name, not a script's path.
         if i == 0 || lower.as_bytes()[i - 1] == b'/' {

@@ -516,6 +516,14 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         "/index.php3/admin",
         "/index.php4/admin",
         "/index.pht/admin",
+        // Every leading `?`, which PHP's built-in server drops, and CGI's front controllers
+        // (review 156).
+        "/??/admin",
+        "/index.php???/admin",
+        "/app.fcgi/admin",
+        "/index.cgi/admin",
+        "/app.py/admin",
+        "/index.PL/admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
@@ -798,6 +806,10 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         // A second `?`, which Node's `URLSearchParams` drops (review 146).
         "/export??fmt=csv",
         "/export?%3Ffmt=csv",
+        // Every leading `?`, which PHP's built-in server drops (review 156).
+        "/export???fmt=csv",
+        "/export????fmt=csv",
+        "/export??%3Ffmt=csv",
         // Spring's default marker, which sets `fmt` when the request has none.
         "/export?!fmt=csv",
         "/export?%21fmt=csv",
