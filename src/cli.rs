@@ -440,29 +440,40 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         None => serve(cli.config, cli.serve.0),
         Some(Command::Serve(flags)) => serve(cli.config, flags.0),
         Some(Command::User(cmd)) => {
-            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            let settings = command_settings(cli.config.as_deref())?;
             runtime(None)?.block_on(user(settings, cmd))
         }
         Some(Command::Audit(args)) => {
-            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            let settings = command_settings(cli.config.as_deref())?;
             runtime(None)?.block_on(audit(settings, args))
         }
         Some(Command::Store(StoreCommand::Copy { to })) => {
-            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            let settings = command_settings(cli.config.as_deref())?;
             runtime(None)?.block_on(store_copy(settings, &to))
         }
         Some(Command::Store(StoreCommand::ForgetFactorKey { yes })) => {
-            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            let settings = command_settings(cli.config.as_deref())?;
             runtime(None)?.block_on(forget_factor_key(settings, yes))
         }
         Some(Command::Config(ConfigCommand::Check(flags))) => config_check(cli.config.as_deref(), &flags.0),
         Some(Command::Loadtest(args)) => runtime(None)?.block_on(crate::loadtest::main(args)),
         Some(Command::BenchVerify(args)) => crate::loadtest::verify_rate::main(args),
         Some(Command::BenchAudit(args)) => {
-            let settings = Settings::load(cli.config.as_deref(), &Overrides::new())?;
+            let settings = command_settings(cli.config.as_deref())?;
             runtime(None)?.block_on(crate::loadtest::audit_bench::main(settings, args))
         }
     }
+}
+
+/// The settings of a command other than `serve` and `config check`, with the settings file's
+/// warnings said (when the command is done) as those two say them: root's `user passwd` with
+/// a `--config` others may write ran without a word (review 157).
+fn command_settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config, &Overrides::new())?;
+    for warning in crate::config::file_warnings(config) {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
 }
 
 /// `portcullis config check`: every effective setting as `key = value  # source`, aligned

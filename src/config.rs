@@ -1050,17 +1050,15 @@ fn writers_besides_its_owner(path: &Path, meta: &std::fs::Metadata) -> Vec<Strin
             "the settings file {shown} belongs to uid {uid}, who may change who gets in: give it to root or to the service's user"
         ));
     }
-    let directory = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
-    if let Some(dir_meta) = directory.as_deref().and_then(|d| std::fs::metadata(d).ok()) {
-        let dir_mode = dir_meta.permissions().mode();
-        // The sticky bit keeps others from replacing a file they do not own.
-        let replaceable = dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0;
-        if replaceable {
-            warnings.push(format!(
-                "other users may replace the settings file {shown} in its directory (mode {:04o}), and with it who gets in: keep it in a directory only its owner may write",
-                dir_mode & 0o7777
-            ));
-        }
+    // Every directory it is looked up in, the links on the way included, as for data_dir:
+    // one owned by another user, or open to others or to a group of people without the sticky
+    // bit, lets them replace it (review 157: a root-owned file in another user's directory was
+    // read, and swapped with `renameat2` between the checks and the reading).
+    if let Err(e) = crate::store::trusted_ancestors(path) {
+        warnings.push(format!(
+            "other users may replace the settings file {shown}, and with it who gets in: {}",
+            crate::text::printable(&e.to_string())
+        ));
     }
     warnings
 }

@@ -397,6 +397,18 @@ async fn a_settings_file_others_may_read_with_the_database_password_in_it_is_war
     let out = run(check(dir.path(), &["--config", "portcullis.toml"], &[])).await;
     assert!(out.stderr.contains("other users may change the settings file"), "{}", out.stderr);
     assert!(!out.stderr.contains("may read it"), "{}", out.stderr);
+    // And by the other commands, which ran without a word (review 157).
+    std::fs::write(&file, "session_idle_timeout = \"1h\"\n").unwrap();
+    let mut list = bare(dir.path());
+    list.args(["--config", "portcullis.toml", "user", "add", "carol", "--password-stdin"]);
+    let (status, _, stderr) = child::run(list, Some(&format!("{}\n", crate::helpers::GOOD_PASSWORD))).await;
+    let out = Checked { status: status.code().unwrap_or(-1), stdout: String::new(), stderr };
+    assert!(
+        out.status == 0
+            && out.stderr.contains("portcullis: warning: other users may change the settings file portcullis.toml"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A settings file another user (not root) owns, or in a directory others may write without
@@ -446,7 +458,17 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_re
     std::os::unix::fs::symlink("ours.toml", &file).unwrap();
     std::os::unix::fs::lchown(&file, Some(101), None).unwrap();
     let out = run(check(dir.path(), &[], &[])).await;
-    assert!(refused(&out, "a link made by uid 101"), "{}", out.stderr);
+    assert!(refused(&out, "a link of uid 101") || refused(&out, "a link made by uid 101"), "{}", out.stderr);
+    // Root's own file in a directory another user owns, who could swap it for theirs
+    // between the checks and the reading (review 157).
+    std::fs::remove_file(&file).unwrap();
+    std::fs::rename(dir.path().join("ours.toml"), &file).unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(101), None).unwrap();
+    let out = run(check(dir.path(), &named, &[])).await;
+    assert!(out.status == 0 && out.stderr.contains("which belongs to uid 101"), "{}", out.stderr);
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert!(refused(&out, "which belongs to uid 101"), "{}", out.stderr);
+    std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
 }
 
 /// An empty `PORTCULLIS_CONFIG` is named as such, not as a `--config` nobody typed, and
