@@ -142,6 +142,22 @@ fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a `cert.pem` or `key.pem` another user (not root) owns, or reached through a link
+/// or directory another user could change (review 157: links in root's 0700 `cert_dir` to a
+/// pair in another user's directory were served, at start and at every reload, and that user
+/// knew the key).
+fn refuse_untrusted_file(path: &Path) -> anyhow::Result<()> {
+    let shown = crate::text::printable(&path.display().to_string()).into_owned();
+    crate::store::trusted_ancestors(path).with_context(|| format!("cannot use {shown}"))?;
+    if let Some(uid) = std::fs::metadata(path).ok().and_then(|meta| crate::store::untrusted_owner(&meta)) {
+        bail!(
+            "{shown} belongs to uid {uid}, neither this process's user (uid {}) nor root, who could have put a key of their own there",
+            crate::store::effective_uid()
+        );
+    }
+    Ok(())
+}
+
 /// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
 /// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
 /// the other is an error: it usually means a deployment went half-way.
@@ -201,8 +217,14 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Reads the pair in `dir` and checks that the key belongs to the certificate.
+///
+/// # Errors
+/// Also when either file, through its links, could have been chosen by a user other than root
+/// and this process's ([`refuse_untrusted_file`]).
 pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let (cert, key) = (cert_path(dir), key_path(dir));
+    refuse_untrusted_file(&key)?;
+    refuse_untrusted_file(&cert)?;
     let cert_pem = crate::files::read_small(&cert, crate::files::MAX_PEM_BYTES)
         .with_context(|| format!("cannot read {}", cert.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
@@ -690,6 +712,32 @@ mod tests {
         std::fs::set_permissions(key_path(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
         let w = warnings(dir.path(), &key, Some("localhost"));
         assert!(w.len() == 1 && w[0].contains("mode 644"), "{w:?}");
+    }
+
+    /// A pair another user owns, or reached through a directory of theirs, is not served
+    /// (review 157), at start or at a reload. Giving files away needs root.
+    #[test]
+    fn a_pair_another_user_could_have_chosen_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        install_crypto_provider();
+        if crate::store::effective_uid() != 0 {
+            eprintln!("skipping: giving a file to another user needs root");
+            return;
+        }
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        ensure_certificate(theirs.path()).unwrap();
+        std::fs::set_permissions(theirs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["cert.pem", "key.pem"] {
+            std::os::unix::fs::symlink(theirs.path().join(name), ours.path().join(name)).unwrap();
+        }
+        assert!(load_certified_key(ours.path()).is_ok(), "root's pair, through root's links");
+        std::os::unix::fs::chown(theirs.path(), Some(4321), None).unwrap();
+        let e = format!("{:#}", load_certified_key(ours.path()).unwrap_err());
+        assert!(e.contains("which belongs to uid 4321"), "root's files in another user's directory: {e}");
+        std::os::unix::fs::chown(theirs.path(), Some(0), None).unwrap();
+        std::os::unix::fs::chown(theirs.path().join("key.pem"), Some(4321), None).unwrap();
+        let e = format!("{:#}", load_certified_key(ours.path()).unwrap_err());
+        assert!(e.contains("key.pem belongs to uid 4321"), "another user's key: {e}");
     }
 
     #[test]
