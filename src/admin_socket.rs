@@ -447,8 +447,13 @@ pub async fn call_within(data_dir: &Path, request: &Request, timeout: Duration) 
     let Ok(socket) = std::fs::symlink_metadata(&path) else { return Ok(None) };
     let owner = std::fs::metadata(data_dir)?.uid();
     if !socket.file_type().is_socket() || socket.uid() != owner {
+        let what = if socket.file_type().is_socket() {
+            format!("a socket of uid {}, and {} belongs to uid {owner}", socket.uid(), data_dir.display())
+        } else {
+            "not a socket".to_string()
+        };
         anyhow::bail!(
-            "{} is not the admin socket of the server that owns {} (a socket of uid {owner}): remove it, or find who put it there",
+            "{} is not the admin socket of the server that owns {} ({what}): remove it, or find who put it there",
             path.display(),
             data_dir.display()
         );

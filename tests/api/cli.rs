@@ -671,7 +671,19 @@ async fn the_admin_socket_must_be_the_data_dirs_own() {
     // A plain file in its place is no socket either.
     std::fs::remove_file(dir.path().join("data/admin.sock")).unwrap();
     std::fs::write(dir.path().join("data/admin.sock"), "").unwrap();
-    cli(dir.path(), &["user", "list"]).await.assert_one_line_failure("a file for a socket");
+    let run = cli(dir.path(), &["user", "list"]).await;
+    let line = run.assert_one_line_failure("a file for a socket");
+    assert!(line.contains("(not a socket)"), "{line}");
+    // Another user's socket is named as theirs, not as the directory owner's (review 157).
+    if !crate::helpers::root_or_skip("to give a socket to another user") {
+        return;
+    }
+    std::fs::remove_file(dir.path().join("data/admin.sock")).unwrap();
+    let _planted = tokio::net::UnixListener::bind(dir.path().join("data/admin.sock")).unwrap();
+    std::os::unix::fs::lchown(dir.path().join("data/admin.sock"), Some(4321), None).unwrap();
+    let run = cli(dir.path(), &["user", "list"]).await;
+    let line = run.assert_one_line_failure("another user's socket");
+    assert!(line.contains("a socket of uid 4321, and") && line.contains("belongs to uid 0"), "{line}");
 }
 
 /// A server that holds the socket but never answers (stopped with SIGSTOP, stuck on a disk):
