@@ -482,6 +482,20 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     let settings =
         Settings::check(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() })?;
     if let Ok(loaded) = Settings::load(config, flags) {
+        // The directories the start refuses, judged without changing them, so a unit's
+        // `ExecStartPre=portcullis config check` stops there too (review 157: `--data-dir /tmp`
+        // passed the check and failed the start).
+        for (key, dir) in [("data_dir", &loaded.data_dir), ("log_dir", &loaded.log_dir), ("cert_dir", &loaded.cert_dir)]
+        {
+            let shared = crate::store::trusted_ancestors(dir).and_then(|()| match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => crate::store::refuse_shared(dir, &meta),
+                _ => Ok(()),
+            });
+            if let Err(e) = shared {
+                let message = crate::text::printable(&format!("{key}: {e}")).into_owned();
+                return Err(Failure { status: CONFIG_INVALID, message }.into());
+            }
+        }
         let file_warnings = crate::config::file_warnings(config);
         for warning in crate::config::warnings(loaded.metrics_addr, &loaded.argon2).into_iter().chain(file_warnings) {
             eprintln!("portcullis: warning: {warning}");

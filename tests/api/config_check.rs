@@ -424,7 +424,16 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_re
     std::fs::write(&file, "session_idle_timeout = \"1h\"\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let named = ["--config", "portcullis.toml"];
-    let out = run(check(dir.path(), &[], &[])).await;
+    // The directories elsewhere, private: the working directory is made 0777 below, and the
+    // check refuses directories in it as the start would.
+    let private = tempfile::tempdir().unwrap();
+    let (data, logs, certs) = (private.path().join("data"), private.path().join("logs"), private.path().join("certs"));
+    let env = [
+        ("PORTCULLIS_DATA_DIR", data.to_str().unwrap()),
+        ("PORTCULLIS_LOG_DIR", logs.to_str().unwrap()),
+        ("PORTCULLIS_CERT_DIR", certs.to_str().unwrap()),
+    ];
+    let out = run(check(dir.path(), &[], &env)).await;
     assert_eq!((out.status, out.stderr.as_str()), (0, ""), "a private directory, our own file");
     assert!(line(&out.stdout, "session_idle_timeout").contains("file portcullis.toml"), "{}", out.stdout);
     let refused = |out: &Checked, why: &str| {
@@ -434,12 +443,12 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_re
             && out.stderr.trim_end().lines().count() == 1
     };
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = run(check(dir.path(), &named, &[])).await;
+    let out = run(check(dir.path(), &named, &env)).await;
     assert!(out.status == 0 && out.stderr.contains("other users may replace the settings file"), "{}", out.stderr);
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &[], &env)).await;
     assert!(refused(&out, "other users may replace the settings file"), "{}", out.stderr);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &[], &env)).await;
     assert_eq!((out.status, out.stderr.as_str()), (0, ""), "the sticky bit keeps them from replacing ours");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -448,25 +457,25 @@ async fn a_settings_file_another_user_owns_or_may_replace_is_warned_of_or_not_re
         return;
     }
     std::os::unix::fs::chown(&file, Some(101), None).unwrap();
-    let out = run(check(dir.path(), &named, &[])).await;
+    let out = run(check(dir.path(), &named, &env)).await;
     assert!(out.status == 0 && out.stderr.contains("belongs to uid 101, who may change who gets in"), "{}", out.stderr);
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &[], &env)).await;
     assert!(refused(&out, "belongs to uid 101"), "{}", out.stderr);
     // A link another user made, to a file of ours.
     std::os::unix::fs::chown(&file, Some(0), None).unwrap();
     std::fs::rename(&file, dir.path().join("ours.toml")).unwrap();
     std::os::unix::fs::symlink("ours.toml", &file).unwrap();
     std::os::unix::fs::lchown(&file, Some(101), None).unwrap();
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &[], &env)).await;
     assert!(refused(&out, "a link of uid 101") || refused(&out, "a link made by uid 101"), "{}", out.stderr);
     // Root's own file in a directory another user owns, who could swap it for theirs
     // between the checks and the reading (review 157).
     std::fs::remove_file(&file).unwrap();
     std::fs::rename(dir.path().join("ours.toml"), &file).unwrap();
     std::os::unix::fs::chown(dir.path(), Some(101), None).unwrap();
-    let out = run(check(dir.path(), &named, &[])).await;
+    let out = run(check(dir.path(), &named, &env)).await;
     assert!(out.status == 0 && out.stderr.contains("which belongs to uid 101"), "{}", out.stderr);
-    let out = run(check(dir.path(), &[], &[])).await;
+    let out = run(check(dir.path(), &[], &env)).await;
     assert!(refused(&out, "which belongs to uid 101"), "{}", out.stderr);
     std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
 }
@@ -481,4 +490,24 @@ async fn an_empty_config_variable_and_an_access_variable_are_named_for_what_they
     assert!(out.stderr.contains("PORTCULLIS_CONFIG is empty"), "{}", out.stderr);
     let out = run(check(dir.path(), &[], &[("PORTCULLIS_ACCESS", "x")])).await;
     assert!(out.stderr.contains("access rules are read from the settings file only"), "{}", out.stderr);
+}
+
+/// A directory the start would refuse (others may write in it) fails the check too, so a
+/// unit's `ExecStartPre=portcullis config check` stops there (review 157); nothing is changed.
+#[tokio::test]
+async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    for key in ["--data-dir", "--log-dir", "--cert-dir"] {
+        let out = run(check(dir.path(), &[key, shared.to_str().unwrap()], &[])).await;
+        assert_eq!(out.status, 2, "{key}: {}", out.stderr);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains("may be written by other users (mode 1777)"), "{key}: {}", out.stderr);
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777);
+    }
+    let out = run(check(dir.path(), &[], &[])).await;
+    assert_eq!(out.status, 0, "{}", out.stderr);
 }
