@@ -362,10 +362,15 @@ pub fn redact(text: &str) -> String {
     let start = text.find("://").map_or(0, |i| i + 3);
     let rest = &text[start..];
     let mut out = match rest.rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{}{}:***{}", &text[..start], &rest[..colon], &rest[at..]),
-            None => text.to_string(),
-        },
+        Some(at) => {
+            // An encoded `:` (`u%3As3cret@`) is a username to libpq, but what follows it was
+            // meant as a password (review 157).
+            let encoded = rest[..at].to_ascii_lowercase().find("%3a");
+            match rest[..at].find(':').or(encoded) {
+                Some(colon) => format!("{}{}:***{}", &text[..start], &rest[..colon], &rest[at..]),
+                None => text.to_string(),
+            }
+        }
         // No `@` (forgotten, encoded `%40`, or a full-width `＠`; review 155): a `:` not before
         // a port's digits begins a password, and everything after it is hidden, since where
         // it ends cannot be told.
@@ -677,6 +682,9 @@ mod tests {
         assert_eq!(redact_words("no user named alice:x@y"), "no user named alice:x@y", "not a URL");
         assert_eq!(redact("postgres://a:p@ss@c/d"), "postgres://a:***@c/d");
         assert_eq!(redact("postgres://a@c/d"), "postgres://a@c/d");
+        // An encoded `:` in the userinfo (review 157).
+        assert_eq!(redact("postgres://u%3AS3cr3t@c/d"), "postgres://u:***@c/d");
+        assert_eq!(redact("postgres://u%3as3cr3t%40x@c/d"), "postgres://u:***@c/d");
         // Passwords that stop a URL parser (found in review): never quoted back.
         for (bad, secret) in [
             ("postgres://pc:Sek#r3t@127.0.0.1:55432/pc", "Sek#r3t"),
