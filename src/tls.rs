@@ -220,7 +220,7 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Also when either file, through its links, could have been chosen by a user other than root
-/// and this process's ([`refuse_untrusted_file`]).
+/// and this process's (`refuse_untrusted_file`).
 pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let (cert, key) = (cert_path(dir), key_path(dir));
     refuse_untrusted_file(&key)?;

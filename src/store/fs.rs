@@ -248,7 +248,7 @@ pub const FIRST_PEOPLES_GID: u32 = 1000;
 /// Otherwise the owner of such a directory or link could aim the name elsewhere (a relative
 /// `logs` at `/etc`, then made 0700; a `data` at another server's socket) or swap it back and
 /// forth while the store is opened. A directory its group may write is refused as well, unless
-/// the group is a system group (gid below [`FIRST_PEOPLES_GID`]): Ubuntu makes `/var/log`
+/// the group is a system group (gid below `FIRST_PEOPLES_GID`, 1000): Ubuntu makes `/var/log`
 /// writable by `syslog`, whose only member is the log daemon, while a group of people
 /// (`ops`, `2775`) is one whose members could rename `data` away and put their own, with an
 /// admin socket root's commands would send passwords to (review 157).
