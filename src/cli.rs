@@ -807,8 +807,14 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     // would leave files the server cannot open, and follow links its owner planted. Its
     // socket is the way in.
     if let Some(uid) = crate::store::foreign_owner(&settings.data_dir) {
+        // Root is told only to start the server: "or as root" would be no advice to root.
+        let who = if crate::store::effective_uid() == 0 {
+            String::new()
+        } else {
+            format!("run it as uid {uid} or as root, ")
+        };
         bail!(
-            "{} belongs to uid {uid} and its admin socket took no command from this user: run it as uid {uid} or as root, with the server running (the commands go through it)",
+            "{} belongs to uid {uid} and its admin socket took no command from this user: {who}with the server running (the commands go through it)",
             settings.data_dir.display()
         );
     }

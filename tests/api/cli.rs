@@ -516,6 +516,8 @@ async fn root_never_opens_another_users_store_or_log_directory() {
         let run = child::cli(dir.path(), args, password).await;
         let line = run.assert_one_line_failure(&args.join(" "));
         assert!(line.contains("belongs to uid 4242"), "{args:?}: {line}");
+        // Root is not told to run it as root (review 157).
+        assert!(!line.contains("or as root"), "{args:?}: {line}");
     }
     for d in ["data", "logs"] {
         assert_eq!(std::fs::read_dir(dir.path().join(d)).unwrap().count(), 0, "nothing written in {d}");
