@@ -446,6 +446,23 @@ pub async fn call_within(data_dir: &Path, request: &Request, timeout: Duration) 
     let path = socket_path(data_dir);
     let Ok(socket) = std::fs::symlink_metadata(&path) else { return Ok(None) };
     let owner = std::fs::metadata(data_dir)?.uid();
+    // Another user's `data_dir` is a service's only where no one else could have made it: in a
+    // directory anyone may create entries in (`/tmp`, sticky or not), whoever made `data` is
+    // its owner, and root's `user passwd` run there sent the password to her socket (review
+    // 158).
+    if owner != crate::store::effective_uid() && owner != 0 {
+        let written = std::path::absolute(data_dir)?;
+        let resolved = std::fs::canonicalize(data_dir)?;
+        for parent in [written.parent(), resolved.parent()].into_iter().flatten() {
+            if std::fs::metadata(parent).is_ok_and(|m| m.mode() & 0o002 != 0) {
+                anyhow::bail!(
+                    "{} belongs to uid {owner} and is in {}, where anyone may make it: nothing is sent to its admin socket (name a data_dir in a directory only root or the service's user may write)",
+                    data_dir.display(),
+                    parent.display()
+                );
+            }
+        }
+    }
     if !socket.file_type().is_socket() || socket.uid() != owner {
         let what = if socket.file_type().is_socket() {
             format!("a socket of uid {}, and {} belongs to uid {owner}", socket.uid(), data_dir.display())

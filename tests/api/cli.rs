@@ -986,3 +986,29 @@ async fn a_fifo_for_todays_log_file_stops_the_start_in_one_line() {
     let (status, _, stderr) = child::run(cmd, None).await;
     assert!(!status.success() && stderr.contains("is a FIFO, not a log file"), "{stderr}");
 }
+
+/// Root's command run in a directory anyone may create entries in (`/tmp`) does not send to the
+/// socket of a `data` another user made there: its owner is whoever made it, not a service
+/// (review 158: root's `user passwd` in `/tmp` sent the new password to such a socket).
+#[tokio::test]
+async fn root_sends_nothing_to_a_data_dir_anyone_could_have_made() {
+    use std::os::unix::fs::PermissionsExt;
+    if !crate::helpers::root_or_skip("to make a directory another user's") {
+        return;
+    }
+    const OTHER: u32 = 4246;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let listener = tokio::net::UnixListener::bind(data.join("admin.sock")).unwrap();
+    std::os::unix::fs::lchown(data.join("admin.sock"), Some(OTHER), Some(OTHER)).unwrap();
+    std::os::unix::fs::chown(&data, Some(OTHER), Some(OTHER)).unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+    let run = cli_with_password(dir.path(), &["user", "passwd", "admin", "--password-stdin"], GOOD_PASSWORD).await;
+    let line = run.assert_one_line_failure("a data dir in a sticky directory");
+    assert!(line.contains("belongs to uid 4246") && line.contains("where anyone may make it"), "{line}");
+    assert!(!accepted.is_finished(), "nothing connected to the socket");
+    accepted.abort();
+}
