@@ -445,8 +445,16 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
 /// `parseRequestURI` and hand-written routers read `/index.php?/admin&x=1`.
 fn routed_by_query(path: &str, query: Option<&str>) -> Vec<(String, Option<String>)> {
     let Some(query) = query else { return Vec::new() };
-    // PHP's built-in server drops every leading `?` of the query (review 156: `/??/admin`).
-    let query = query.trim_start_matches('?');
+    // PHP's built-in server drops every leading `?` of the query (review 156: `/??/admin`),
+    // also as a decoding rewrite hands them on, still encoded here (review 158: `/%3F%3F/admin`,
+    // `/?%3F/admin`).
+    let mut query = query;
+    while let Some(rest) = query
+        .strip_prefix('?')
+        .or_else(|| query.get(..3).filter(|p| p.eq_ignore_ascii_case("%3F")).map(|_| &query[3..]))
+    {
+        query = rest;
+    }
     let script = |path: &str| path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
     if path != "/" && !script(path) {
         return Vec::new();
@@ -969,7 +977,8 @@ fn distinct(forms: &mut Vec<String>) {
 /// The paths after each PHP script's name in `path` (`.php` in any case, as Windows matches
 /// it, and the other extensions Debian hands to PHP: `.phtml`, `.pht`, `.phar`, `.php3`,
 /// `.php4`, `.php5`, `.php7`, `.php8`; review 153), which PHP hands its script as `PATH_INFO`: `/index.php/admin` gives `/admin`;
-/// and after a CGI or FastCGI script's (`.cgi`, `.fcgi`, `.pl`, `.py`, followed by `/`).
+/// and after a CGI, FastCGI, WSGI, PSGI or ISAPI script's (`.cgi`, `.fcgi`, `.pl`, `.py`,
+/// `.wsgi`, `.dll` and others, followed by `/`).
 /// Symfony, and Laravel on it, take the script's name as a prefix of the request URI without
 /// a `/` after it (`Request::getUrlencodedPrefix`), so `/index.phpadmin` gives `/admin` too
 /// (review 151). Empty when no name is followed by more.
@@ -979,7 +988,14 @@ fn distinct(forms: &mut Vec<String>) {
 /// that may be a script's.
 fn after_php_scripts(path: &str) -> Result<Vec<String>, TargetError> {
     let lower = path.to_ascii_lowercase();
-    if !lower.contains(".ph") && ![".cgi/", ".fcgi/", ".pl/", ".py/"].iter().any(|e| lower.contains(e)) {
+    // CGI's, FastCGI's, WSGI's, PSGI's and ISAPI's scripts, read only before a `/`: only PHP's
+    // are taken as prefixes (Symfony). Review 156 named `.fcgi`, `.cgi`, `.pl`, `.py`; 158
+    // `.wsgi` (mod_wsgi's `site.wsgi/$1` recipe), `.dll` and `.exe` (IIS), and the rest.
+    const CGI: [&str; 13] = [
+        ".cgi/", ".fcgi/", ".fcg/", ".pl/", ".fpl/", ".py/", ".wsgi/", ".psgi/", ".rb/", ".sh/", ".lua/", ".dll/",
+        ".exe/",
+    ];
+    if !lower.contains(".ph") && !CGI.iter().any(|e| lower.contains(e)) {
         return Ok(Vec::new());
     }
     // Every extension a PHP handler runs (Debian's `.+\.ph(ar|p|tml)$`, its older
@@ -987,9 +1003,7 @@ fn after_php_scripts(path: &str) -> Result<Vec<String>, TargetError> {
     // (`/5/admin`) is one more to judge, never one less. And CGI's and FastCGI's front
     // controllers, which hand on `PATH_INFO` alike (review 156: Flask's and Django's
     // `app.fcgi/$1` recipes, Trac's and MoinMoin's `.cgi`, Perl's `.pl`, Python's `.py`).
-    // CGI's are read only before a `/`: only PHP's are taken as prefixes (Symfony).
     const EXTENSIONS: [&str; 9] = [".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".pht", ".phtml", ".phar"];
-    const CGI: [&str; 4] = [".cgi/", ".fcgi/", ".pl/", ".py/"];
     let mut after = Vec::new();
     let mut names = 0;
     for (i, _) in lower.match_indices('.') {

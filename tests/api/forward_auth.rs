@@ -520,10 +520,16 @@ async fn doubled_slashes_params_and_encoded_separators_never_slip_past_a_path_ru
         // (review 156).
         "/??/admin",
         "/index.php???/admin",
+        // ... and as a decoding rewrite hands them on (review 158).
+        "/%3F%3F/admin",
+        "/?%3F/admin",
+        "/index.php%3F%3F/admin",
         "/app.fcgi/admin",
         "/index.cgi/admin",
         "/app.py/admin",
         "/index.PL/admin",
+        "/site.wsgi/admin",
+        "/app.dll/admin",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
@@ -810,6 +816,7 @@ async fn a_rule_on_the_query_holds_however_the_query_spells_it() {
         "/export???fmt=csv",
         "/export????fmt=csv",
         "/export??%3Ffmt=csv",
+        "/%3F%3F/export?fmt=csv",
         // Spring's default marker, which sets `fmt` when the request has none.
         "/export?!fmt=csv",
         "/export?%21fmt=csv",
