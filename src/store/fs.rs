@@ -241,6 +241,14 @@ pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
 /// distributions' `SYS_GID_MAX` (`/etc/login.defs`) is 999.
 pub const FIRST_PEOPLES_GID: u32 = 1000;
 
+/// Whether `gid` is a group of people rather than of a system service: from
+/// [`FIRST_PEOPLES_GID`] up, and Debian's `users` (100, which `adduser` may give every new
+/// user) and `staff` (50, local administrators; `/usr/local` and `/var/local` are 2775
+/// `root:staff`) below it (review 158).
+fn is_peoples_group(gid: u32) -> bool {
+    gid >= FIRST_PEOPLES_GID || gid == 100 || gid == 50
+}
+
 /// Checks that nobody but root and this process's user can change what `dir` names. The path
 /// is followed one component at a time, as the kernel would, links included: every directory
 /// a component is looked up in belongs to root or to this process's user and is not writable
@@ -248,7 +256,8 @@ pub const FIRST_PEOPLES_GID: u32 = 1000;
 /// Otherwise the owner of such a directory or link could aim the name elsewhere (a relative
 /// `logs` at `/etc`, then made 0700; a `data` at another server's socket) or swap it back and
 /// forth while the store is opened. A directory its group may write is refused as well, unless
-/// the group is a system group (gid below `FIRST_PEOPLES_GID`, 1000): Ubuntu makes `/var/log`
+/// the group is a system group (gid below `FIRST_PEOPLES_GID`, 1000, but for `users` and
+/// `staff`): Ubuntu makes `/var/log`
 /// writable by `syslog`, whose only member is the log daemon, while a group of people
 /// (`ops`, `2775`) is one whose members could rename `data` away and put their own, with an
 /// admin socket root's commands would send passwords to (review 157).
@@ -284,7 +293,7 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
                 if meta.mode() & 0o002 != 0 && !sticky {
                     return refuse(format!("is inside {}, which anyone may change", current.display()));
                 }
-                if meta.mode() & 0o020 != 0 && !sticky && meta.gid() >= FIRST_PEOPLES_GID {
+                if meta.mode() & 0o020 != 0 && !sticky && is_peoples_group(meta.gid()) {
                     return refuse(format!(
                         "is inside {}, which the members of group {} may change",
                         current.display(),
