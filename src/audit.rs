@@ -606,7 +606,6 @@ pub fn prune_log_files(log_dir: &Path, retention: std::time::Duration, now_ms: u
     Ok(deleted)
 }
 
-/// The day a daily log file's name ends with (`YYYY-MM-DD`, as tracing-appender writes it).
 /// Whether `name` is one of the daily log files, `auth.log.YYYY-MM-DD`: the only files of
 /// `log_dir` portcullis makes private, so a `log_dir` that is a system directory keeps its
 /// other files' modes (review 157: `/var/log`'s own `auth.log` was made 0600).
@@ -614,6 +613,7 @@ pub fn is_log_file_name(name: &str) -> bool {
     name.strip_prefix("auth.log.").and_then(log_file_date).is_some()
 }
 
+/// The day a daily log file's name ends with (`YYYY-MM-DD`, as tracing-appender writes it).
 fn log_file_date(day: &str) -> Option<time::Date> {
     let mut parts = day.split('-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);

@@ -487,11 +487,7 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
         // passed the check and failed the start).
         for (key, dir) in [("data_dir", &loaded.data_dir), ("log_dir", &loaded.log_dir), ("cert_dir", &loaded.cert_dir)]
         {
-            let shared = crate::store::trusted_ancestors(dir).and_then(|()| match std::fs::metadata(dir) {
-                Ok(meta) if meta.is_dir() => crate::store::refuse_shared(dir, &meta),
-                _ => Ok(()),
-            });
-            if let Err(e) = shared {
+            if let Err(e) = crate::store::refuse_changeable(dir) {
                 let message = crate::text::printable(&format!("{key}: {e}")).into_owned();
                 return Err(Failure { status: CONFIG_INVALID, message }.into());
             }

@@ -732,10 +732,7 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             // The setting the line gives, when it names one (a known name only: the rest of
             // the line is not shown).
-            let line_text = text.get(span.start..).map_or("", |after| {
-                let start = before.rfind('\n').map_or(0, |i| i + 1);
-                text.get(start..span.start + after.find('\n').unwrap_or(after.len())).unwrap_or("")
-            });
+            let line_text = text.split('\n').nth(line - 1).unwrap_or("");
             let key =
                 line_text.split_once('=').map(|(k, _)| k.trim()).filter(|k| KEYS.iter().any(|key| key.name == *k));
             match key {

@@ -183,10 +183,7 @@ fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings
     // `artisan serve` and `spark serve`) drops every one: `???fmt=csv` (review 156).
     let one_dropped = |f: &str| f.strip_prefix("%3F").or_else(|| f.strip_prefix('?')).map(String::from);
     let all_dropped = |f: &str| {
-        let mut rest = f;
-        while let Some(after) = rest.strip_prefix("%3F").or_else(|| rest.strip_prefix('?')) {
-            rest = after;
-        }
+        let rest = without_leading_question_marks(f);
         (rest.len() < f.len()).then(|| rest.to_string())
     };
     let after_question_mark: Vec<String> =
@@ -437,6 +434,18 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
     vec![(head, Some(query)), own_query]
 }
 
+/// `query` without every `?` at its start, raw or encoded (`%3F`, `%3f`), as PHP's built-in
+/// server drops them (review 156), also once a decoding rewrite has handed them on (158).
+fn without_leading_question_marks(query: &str) -> &str {
+    let mut rest = query;
+    while let Some(after) =
+        rest.strip_prefix('?').or_else(|| rest.get(..3).filter(|p| p.eq_ignore_ascii_case("%3F")).map(|_| &rest[3..]))
+    {
+        rest = after;
+    }
+    rest
+}
+
 /// The paths and queries a front controller that routes by its query reads (CodeIgniter's
 /// `_parse_request_uri`: on the root or a PHP script, a query that begins with `/` is the
 /// path, split from its own query at the next `?`, so `/?/admin` routes `/admin` and
@@ -445,16 +454,8 @@ fn split_at_decoded_delimiter(raw_path: &str, query: Option<&str>) -> Vec<(Strin
 /// `parseRequestURI` and hand-written routers read `/index.php?/admin&x=1`.
 fn routed_by_query(path: &str, query: Option<&str>) -> Vec<(String, Option<String>)> {
     let Some(query) = query else { return Vec::new() };
-    // PHP's built-in server drops every leading `?` of the query (review 156: `/??/admin`),
-    // also as a decoding rewrite hands them on, still encoded here (review 158: `/%3F%3F/admin`,
-    // `/?%3F/admin`).
-    let mut query = query;
-    while let Some(rest) = query
-        .strip_prefix('?')
-        .or_else(|| query.get(..3).filter(|p| p.eq_ignore_ascii_case("%3F")).map(|_| &query[3..]))
-    {
-        query = rest;
-    }
+    // `/??/admin` under `php -S`, `/%3F%3F/admin` behind a decoding rewrite.
+    let query = without_leading_question_marks(query);
     let script = |path: &str| path.rsplit('/').next().is_some_and(|name| name.to_ascii_lowercase().ends_with(".php"));
     if path != "/" && !script(path) {
         return Vec::new();

@@ -72,6 +72,25 @@ fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std
     Ok(())
 }
 
+/// A refusal to use a path, with the line that says why and what to do.
+fn denied(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, message)
+}
+
+/// The checks of [`ensure_private_dir`] that look at `dir`'s path and mode, without changing
+/// anything and whoever owns it: [`trusted_ancestors`], and [`refuse_shared`] when it exists.
+/// `config check` asks them, so a unit's `ExecStartPre=` stops where the start would.
+///
+/// # Errors
+/// As those two.
+pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
+    trusted_ancestors(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => refuse_shared(dir, &meta),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a symbolic link among the entries of `dir` that `ours` names, and under those that
 /// are directories: a store file that is a link is written through, wherever it points (review
 /// 157: a service's user left `db -> /root/file` in its store, root copied the store with
@@ -84,14 +103,11 @@ pub fn refuse_links(dir: &Path, ours: impl Fn(&str) -> bool) -> std::io::Result<
         let meta = std::fs::symlink_metadata(path)?;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(path).unwrap_or_default();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} is a link to {}, and the store would be written through it: put the file itself there",
-                    path.display(),
-                    target.display()
-                ),
-            ));
+            return Err(denied(format!(
+                "{} is a link to {}, and the store would be written through it: put the file itself there",
+                path.display(),
+                target.display()
+            )));
         }
         if meta.is_dir() {
             for entry in std::fs::read_dir(path)? {
@@ -122,14 +138,11 @@ fn tighten(path: &Path, follow: bool, recurse: bool) -> std::io::Result<()> {
     // through (review 157: a link planted for today's log while the directory was open to all,
     // then used once it was made 0700; a hard link to a file its owner reads).
     if let Some(uid) = untrusted_owner(&meta) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} belongs to uid {uid}, neither this process's user (uid {}) nor root, and portcullis would write to it: remove it, since whoever put it there would read what is written, or have it written elsewhere",
-                path.display(),
-                effective_uid()
-            ),
-        ));
+        return Err(denied(format!(
+            "{} belongs to uid {uid}, neither this process's user (uid {}) nor root, and portcullis would write to it: remove it, since whoever put it there would read what is written, or have it written elsewhere",
+            path.display(),
+            effective_uid()
+        )));
     }
     if !(meta.is_dir() || meta.is_file()) {
         return Ok(());
@@ -191,13 +204,10 @@ pub fn refuse_shared(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()
     // Group members too (review 155: a 2770 directory's group planted a link that root's
     // store was then written through).
     if mode & 0o1022 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} may be written by other users (mode {mode:04o}), who could have put files there: give portcullis a directory of its own (`mkdir -m 700 DIR`)",
-                dir.display()
-            ),
-        ));
+        return Err(denied(format!(
+            "{} may be written by other users (mode {mode:04o}), who could have put files there: give portcullis a directory of its own (`mkdir -m 700 DIR`)",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -211,14 +221,11 @@ fn refuse_foreign(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} belongs to uid {}, not to this process (uid {me}): run portcullis as its owner",
-                dir.display(),
-                meta.uid()
-            ),
-        ));
+        return Err(denied(format!(
+            "{} belongs to uid {}, not to this process (uid {me}): run portcullis as its owner",
+            dir.display(),
+            meta.uid()
+        )));
     }
     Ok(())
 }
@@ -239,7 +246,7 @@ pub fn ensure_ours(dir: &Path) -> std::io::Result<()> {
 
 /// The first gid of groups of people rather than of system services: Debian's and most
 /// distributions' `SYS_GID_MAX` (`/etc/login.defs`) is 999.
-pub const FIRST_PEOPLES_GID: u32 = 1000;
+const FIRST_PEOPLES_GID: u32 = 1000;
 
 /// Whether `gid` is a group of people rather than of a system service: from
 /// [`FIRST_PEOPLES_GID`] up, and Debian's `users` (100, which `adduser` may give every new
@@ -270,10 +277,7 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     let refuse = |what: String| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{} {what}: put it where only root or its own user can change the path", dir.display()),
-        ))
+        Err(denied(format!("{} {what}: put it where only root or its own user can change the path", dir.display())))
     };
     let mut pending: std::collections::VecDeque<PathBuf> =
         std::path::absolute(dir)?.components().map(|c| PathBuf::from(c.as_os_str())).collect();
