@@ -167,11 +167,19 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let (cert, key) = (cert_path(dir), key_path(dir));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    make_directory(dir)?;
     let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
     write_private(&key, key_pem.as_bytes())?;
     std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
     Ok(true)
+}
+
+/// Makes `dir` (and its parents), then judges it as [`ensure_certificate`] judged it missing:
+/// another user may have made it, or a directory on its path, in between, and would then have
+/// swapped in a key of their own (review 159 raced `store copy --to` so).
+fn make_directory(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    refuse_a_file_for_the_directory(dir)
 }
 
 /// How long a generated development certificate is valid, in days (as mkcert's): a developer
@@ -738,6 +746,24 @@ mod tests {
         std::os::unix::fs::chown(theirs.path().join("key.pem"), Some(4321), None).unwrap();
         let e = format!("{:#}", load_certified_key(ours.path()).unwrap_err());
         assert!(e.contains("key.pem belongs to uid 4321"), "another user's key: {e}");
+    }
+
+    /// A `cert_dir` another user made between the look that found it missing and the making
+    /// is refused before a key is written into it (review 159): `make_directory` is what runs
+    /// after that look. Giving a directory away needs root.
+    #[test]
+    fn a_cert_dir_another_user_made_just_before_it_was_made_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        make_directory(&tmp.path().join("made")).unwrap();
+        if crate::store::effective_uid() != 0 {
+            eprintln!("skipping the rest: giving a directory to another user needs root");
+            return;
+        }
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4321), None).unwrap();
+        let e = format!("{:#}", make_directory(&theirs).unwrap_err());
+        assert!(e.contains("belongs to uid 4321"), "{e}");
     }
 
     #[test]

@@ -37,7 +37,6 @@ pub fn ensure_private_dir_of_files(dir: &Path, ours: impl Fn(&str) -> bool) -> s
 /// [`ensure_private_dir`], going into the directories among `ours` entries only when
 /// `recurse`.
 fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     trusted_ancestors(dir)?;
     if !dir.exists() {
         // A link to nothing is not created through: where it points was chosen by whoever made
@@ -48,9 +47,25 @@ fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std
                 format!("{} is a link to {}, which does not exist", dir.display(), target.display()),
             ));
         }
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        return Ok(());
+        return make_private(dir, ours, recurse);
     }
+    judge_found(dir, ours, recurse)
+}
+
+/// Makes `dir` (and its parents) with mode 0700, then judges it as one found: another user may
+/// have made it, or a directory on its path, between the look that found it missing and the
+/// making, and a directory that exists is made without a word (review 159: a user looping
+/// `mkdir` in `/tmp` had root's `store copy --to` write its copy into her directory, 1 run in
+/// 158). Once judged ours in a sticky directory, nobody else can rename it away.
+fn make_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    trusted_ancestors(dir)?;
+    judge_found(dir, ours, recurse)
+}
+
+/// The rest of [`ensure_private`] for a `dir` that exists.
+fn judge_found(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std::io::Result<()> {
     // A file named by mistake (`--log-dir /etc/passwd`, or a link to one) is refused before
     // its mode is touched.
     let meta = std::fs::metadata(dir)?;
@@ -466,6 +481,25 @@ mod tests {
                 result.unwrap();
             }
         }
+    }
+
+    /// A directory another user made between the look that found it missing and the making
+    /// is judged as one found, and refused (review 159 raced `store copy --to` in `/tmp` so):
+    /// `make_private` is what runs after that look. Giving a directory away needs root.
+    #[test]
+    fn a_directory_another_user_made_just_before_it_was_made_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (made, theirs) = (tmp.path().join("made"), tmp.path().join("theirs"));
+        make_private(&made, |_| true, true).unwrap();
+        assert!(made.is_dir());
+        if effective_uid() != 0 {
+            eprintln!("skipping the rest: giving a directory to another user needs root");
+            return;
+        }
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4321), Some(4321)).unwrap();
+        let e = make_private(&theirs, |_| true, true).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 4321"), "{e}");
     }
 
     /// One of portcullis's own names that another user (not root) owns, a link or a hard link
