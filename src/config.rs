@@ -69,15 +69,15 @@ keys! {
 /// Errors while reading settings. Each names the key (or file) at fault in one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {error}")]
+    #[error("cannot read config file {}: {error}", shown_file(.path))]
     Read { path: PathBuf, error: std::io::Error },
-    #[error("config file {path}: {message}")]
+    #[error("config file {}: {message}", shown_file(.path))]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path} is larger than {} KiB: is it the settings file?", MAX_CONFIG_BYTES / 1024)]
+    #[error("config file {} is larger than {} KiB: is it the settings file?", shown_file(.path), MAX_CONFIG_BYTES / 1024)]
     TooLarge { path: PathBuf },
     #[error("portcullis.toml in the working directory is not read: {reason}; name the settings file with --config, or run from another directory")]
     Untrusted { reason: String },
-    #[error("config file {path}: unknown key `{key}`")]
+    #[error("config file {}: unknown key `{key}`", shown_file(.path))]
     UnknownKey { path: PathBuf, key: String },
     #[error("invalid {key} = {} (from {source_name}): {message}", crate::text::quoted(.value))]
     Invalid { key: &'static str, value: String, source_name: String, message: String },
@@ -86,6 +86,17 @@ pub enum ConfigError {
     /// the database `database_url` names.
     #[error("environment variable {var} is not valid UTF-8")]
     NotUnicode { var: String },
+}
+
+/// The settings file's path as an error shows it, its controls escaped; one that looks like a
+/// database URL (`--config 'u:pw@h/db'`, a URL given to the wrong flag) is not shown, since
+/// its password would be (SPEC.md: the database password never appears in an error).
+fn shown_file(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if crate::postgres::url::looks_like_a_database_url(&text) {
+        return "(a path that looks like a database URL, not shown: is it database_url's value?)".into();
+    }
+    crate::text::printable(&text).into_owned()
 }
 
 /// A rate: a burst of `burst` refilled evenly over `period`.

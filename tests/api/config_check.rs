@@ -163,7 +163,15 @@ async fn the_database_password_is_never_printed() {
         run(check(dir.path(), &["--database-url", "postgres://app:hunter2-secret@db/auth?sslmode=maybe"], &[])).await;
     assert_eq!(bad.status, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("database_url"), "{}", bad.stderr);
-    for out in [&good, &bad] {
+    // A URL given to --config, with or without its scheme, is no file to name (review 157).
+    let mut misplaced = Vec::new();
+    for url in ["app:hunter2-secret@db", "postgres://app:hunter2-secret@db/auth", "app:hunter2-secret@db:5432/auth"] {
+        let out = run(check(dir.path(), &["--config", url], &[])).await;
+        assert_eq!(out.status, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("looks like a database URL"), "{}", out.stderr);
+        misplaced.push(out);
+    }
+    for out in [&good, &bad].into_iter().chain(&misplaced) {
         assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"), "{}{}", out.stdout, out.stderr);
     }
 }
