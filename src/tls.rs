@@ -97,6 +97,20 @@ pub const DEV_CERT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// the other is an error: it usually means a deployment went half-way.
 fn pair_present(dir: &Path) -> anyhow::Result<bool> {
     let (cert, key) = (cert_path(dir), key_path(dir));
+    // A link to nothing is neither there nor absent: a pair generated beside it stopped at
+    // "cannot create key.pem: File exists" (review 157), and where it points was someone's
+    // choice.
+    for path in [&cert, &key] {
+        if !path.exists() {
+            if let Ok(target) = std::fs::read_link(path) {
+                bail!(
+                    "{} is a link to {}, which does not exist: put the file there, or remove the link for a development pair",
+                    crate::text::printable(&path.display().to_string()),
+                    crate::text::printable(&target.display().to_string())
+                );
+            }
+        }
+    }
     match (cert.exists(), key.exists()) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
@@ -746,6 +760,20 @@ mod tests {
         std::os::unix::fs::chown(theirs.path().join("key.pem"), Some(4321), None).unwrap();
         let e = format!("{:#}", load_certified_key(ours.path()).unwrap_err());
         assert!(e.contains("key.pem belongs to uid 4321"), "another user's key: {e}");
+    }
+
+    /// A link to nothing in place of `cert.pem` or `key.pem` is named as such, not met with
+    /// "File exists" when a development pair is written beside it (review 157).
+    #[test]
+    fn a_link_to_nothing_in_the_pair_is_named() {
+        install_crypto_provider();
+        for name in ["key.pem", "cert.pem"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(dir.path().join("gone.pem"), dir.path().join(name)).unwrap();
+            let e = format!("{:#}", ensure_certificate(dir.path()).unwrap_err());
+            assert!(e.contains(&format!("{name} is a link to")) && e.contains("gone.pem, which does not exist"), "{e}");
+            assert!(!dir.path().join("gone.pem").exists(), "nothing written through it");
+        }
     }
 
     /// A `cert_dir` another user made between the look that found it missing and the making
