@@ -354,6 +354,13 @@ impl SledStore {
                 };
                 return Err(StoreError::Unavailable(why.into()));
             }
+            // sled's words alone ("Read corrupted data at file offset None") said neither that
+            // the store is damaged nor what to do (review 157).
+            Err(e @ ::sled::Error::Corruption { .. }) => {
+                return Err(StoreError::Unavailable(
+                    format!("its files are damaged ({e}): restore it from a backup (README, \"Backups and upgrades\"), or move it aside for a new, empty store").into(),
+                ))
+            }
             Err(e) => return Err(e.into()),
         };
         let fault = Fault::new();
@@ -2111,6 +2118,20 @@ mod tests {
         assert_eq!(mode(&outside), 0o644, "a symlink's target is not ours to change");
         // Not a file of ours: left alone (the directory's 0700 closes it to others).
         assert_eq!(mode(&data.join("notes.txt")), 0o644);
+    }
+
+    /// A store whose files are damaged says so and what to do, not sled's words alone
+    /// (review 157).
+    #[test]
+    fn a_damaged_store_is_named_so_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append_failure(&failure(5, "192.0.2.1", "alice", FailureReason::Csrf), "alice", None).unwrap();
+        drop(store);
+        // A snapshot sled cannot read (its log's damage sled mostly takes for a torn tail).
+        std::fs::write(dir.path().join("snap.0000000000001000"), [0xA5; 100]).unwrap();
+        let e = SledStore::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("its files are damaged") && e.contains("restore it from a backup"), "{e}");
     }
 
     #[test]
