@@ -1265,6 +1265,24 @@ const IPV4_CARRYING: &[(&str, &str, u8)] = &[
 /// its name, the widest prefix believed there, and the IPv4 prefix it trusts. `None` for any
 /// other range. Trusting `2002::/16` trusts every IPv4 host that sends through a 6to4 relay
 /// (review 153), which the /7 limit of [`parse_trusted_proxy`] alone lets through.
+/// The IPv4 range the [`IPV4_CARRYING`] range `net` carries (its client's address taken from
+/// where the prefix puts it, Teredo's unobfuscated), `None` for any other range.
+fn carried_ipv4(net: IpNet) -> Option<IpNet> {
+    let IpNet::V6(v6) = net else { return None };
+    IPV4_CARRYING.iter().find_map(|&(name, prefix, start)| {
+        let prefix: IpNet = prefix.parse().ok()?;
+        if !prefix.contains(&net) {
+            return None;
+        }
+        // The 32 bits from `start` on (`start` is at most 96).
+        let embedded = (u128::from(v6.network()) >> (96 - start)) as u32;
+        // RFC 4380 §4: Teredo's client address is sent with every bit inverted.
+        let embedded = if name == "Teredo" { !embedded } else { embedded };
+        let carried = v6.prefix_len().saturating_sub(start).min(32);
+        ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(embedded), carried).ok().map(|n| IpNet::V4(n.trunc()))
+    })
+}
+
 fn carries_ipv4_clients(net: IpNet) -> Option<(&'static str, u8, u8)> {
     IPV4_CARRYING.iter().find_map(|&(name, prefix, start)| {
         let prefix: IpNet = prefix.parse().ok()?;
@@ -1293,7 +1311,12 @@ fn trusting_within_limits(nets: &[IpNet]) -> Result<(), String> {
         ("IPv6", IpNet::V6(ipnet::Ipv6Net::default()), MOST_TRUSTED_V6, "two /7s"),
     ];
     for (family, all, most, as_ranges) in families {
-        let within: Vec<IpNet> = nets.iter().copied().filter(|n| all.contains(n)).collect();
+        let mut within: Vec<IpNet> = nets.iter().copied().filter(|n| all.contains(n)).collect();
+        // NAT64, 6to4 and Teredo ranges trust the IPv4 hosts they carry, with the IPv4 ranges
+        // and each other: four /8s of IPv4 through 6to4 and four more as IPv4 would trust eight.
+        if matches!(all, IpNet::V4(_)) {
+            within.extend(nets.iter().filter_map(|&n| carried_ipv4(n)));
+        }
         let bits = all.max_prefix_len();
         let trusted = IpNet::aggregate(&within)
             .iter()
@@ -1414,6 +1437,17 @@ mod tests {
         let most: Vec<String> = (1..=255).map(|a| format!("{a}.0.0.0/8")).collect();
         let many = &flags(&[("trusted_proxies", &most.join(","))]);
         assert!(Settings::from_layers(None, many, &Overrides::new()).is_err(), "every /8 but one");
+        // Through the prefixes that carry IPv4 addresses, counted as the IPv4 they carry.
+        let carried: Vec<String> = (1..=5).map(|a| format!("2002:{a:02x}00::/24")).collect();
+        let many = &flags(&[("trusted_proxies", &carried.join(","))]);
+        let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
+        assert!(e.contains("together trust more IPv4 addresses than four /8s"), "6to4's five /8s: {e}");
+        let mixed = "1.0.0.0/8, 2.0.0.0/8, 64:ff9b::300:0/104, 2001:0:0:0:0:0:fb00:0/104, 2002:500::/24";
+        let many = &flags(&[("trusted_proxies", mixed)]);
+        assert!(Settings::from_layers(None, many, &Overrides::new()).is_err(), "five /8s in three forms");
+        let same = "10.0.0.0/8, 64:ff9b::a00:0/104, 2002:a00::/24, 2001::f500:0/104, 172.16.0.0/12";
+        let same_flags = &flags(&[("trusted_proxies", same)]);
+        assert!(Settings::from_layers(None, same_flags, &Overrides::new()).is_ok(), "10/8 four ways is one /8");
         let sevens: Vec<String> = (0..16).map(|i| format!("{:x}::/7", 0x4000 + i * 0x200)).collect();
         let many = &flags(&[("trusted_proxies", &sevens.join(","))]);
         let e = Settings::from_layers(None, many, &Overrides::new()).unwrap_err().to_string();
