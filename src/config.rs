@@ -1261,10 +1261,6 @@ const IPV4_CARRYING: &[(&str, &str, u8)] = &[
     ("Teredo", "2001::/32", 96),
 ];
 
-/// For a range of [`IPV4_CARRYING`] addresses wider than a /8 of the IPv4 addresses they carry:
-/// its name, the widest prefix believed there, and the IPv4 prefix it trusts. `None` for any
-/// other range. Trusting `2002::/16` trusts every IPv4 host that sends through a 6to4 relay
-/// (review 153), which the /7 limit of [`parse_trusted_proxy`] alone lets through.
 /// The IPv4 range the [`IPV4_CARRYING`] range `net` carries (its client's address taken from
 /// where the prefix puts it, Teredo's unobfuscated), `None` for any other range.
 fn carried_ipv4(net: IpNet) -> Option<IpNet> {
@@ -1283,6 +1279,10 @@ fn carried_ipv4(net: IpNet) -> Option<IpNet> {
     })
 }
 
+/// For a range of [`IPV4_CARRYING`] addresses wider than a /8 of the IPv4 addresses they carry:
+/// its name, the widest prefix believed there, and the IPv4 prefix it trusts. `None` for any
+/// other range. Trusting `2002::/16` trusts every IPv4 host that sends through a 6to4 relay
+/// (review 153), which the /7 limit of [`parse_trusted_proxy`] alone lets through.
 fn carries_ipv4_clients(net: IpNet) -> Option<(&'static str, u8, u8)> {
     IPV4_CARRYING.iter().find_map(|&(name, prefix, start)| {
         let prefix: IpNet = prefix.parse().ok()?;
