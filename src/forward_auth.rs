@@ -93,9 +93,34 @@ impl TargetRequest {
     /// case-ignoring one only. Where one parts, no answer is right for every application,
     /// and a verify is refused (400).
     pub fn reading_apart<T: PartialEq>(&self, answer: impl Fn(&str, bool) -> T) -> Option<ReadApart> {
-        apart(&self.path_and_query, &self.other_readings, &self.case_folded_readings, answer)
+        let (normalised, other, folded) = (&self.path_and_query, &self.other_readings, &self.case_folded_readings);
+        apart(normalised, other, folded, answer, None).unwrap_or(None)
+    }
+
+    /// [`TargetRequest::reading_apart`], given up once [`MAX_JUDGING`] has passed since
+    /// `started`: judging every reading costs the readings' text times what matching it
+    /// against the rules' patterns costs per byte, which a few hundred patterns of some kinds
+    /// (`(?i)(^|/)[a-z]{0,10}secret1(/|$)`, …) make microseconds (review 160: 3 to 20 s of CPU
+    /// for one crafted 4 KB target with 450 to 2,000 such patterns). No ordinary target comes
+    /// near it: with 453 patterns of the usual kinds, 2 MB of readings take about 15 ms.
+    ///
+    /// # Errors
+    /// [`TargetError::TooManyReadings`] when the time has passed before every reading was
+    /// asked.
+    pub fn reading_apart_within<T: PartialEq>(
+        &self,
+        answer: impl Fn(&str, bool) -> T,
+        started: std::time::Instant,
+    ) -> Result<Option<ReadApart>, TargetError> {
+        let (normalised, other, folded) = (&self.path_and_query, &self.other_readings, &self.case_folded_readings);
+        apart(normalised, other, folded, answer, Some(started + MAX_JUDGING))
     }
 }
+
+/// The longest a verify's judging of one target's readings may take, in wall-clock time: past
+/// it the target is refused (400) as one that reads too many ways
+/// ([`TargetRequest::reading_apart_within`]).
+pub const MAX_JUDGING: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// [`TargetRequest::reading_apart`] for `path_and_query` as a request would send it (`/path`
 /// and an optional `?query`), for judging a rule before any request comes.
@@ -115,7 +140,7 @@ pub fn reading_apart<T: PartialEq>(
         None => (path_and_query, None),
     };
     let (normalised, readings) = read(path, query, MAX_READING_BYTES)?;
-    Ok(apart(&normalised, &readings.other, &readings.case_folded, answer))
+    apart(&normalised, &readings.other, &readings.case_folded, answer, None)
 }
 
 /// `q` with every escape decoded once, as a rewrite that decodes before it forwards hands it
@@ -607,19 +632,31 @@ fn trim_blanks(s: &str, plus: bool) -> &str {
 }
 
 /// The first reading `answer` answers apart from `normalised` (see
-/// [`TargetRequest::reading_apart`]).
+/// [`TargetRequest::reading_apart`]), asking no more once `deadline` has passed.
+///
+/// # Errors
+/// [`TargetError::TooManyReadings`] when `deadline` passed before every reading was asked.
 fn apart<T: PartialEq>(
     normalised: &str,
     other: &[String],
     case_folded: &[String],
     answer: impl Fn(&str, bool) -> T,
-) -> Option<ReadApart> {
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<ReadApart>, TargetError> {
     let expected = answer(normalised, false);
     let as_they_route = std::iter::once(normalised).chain(other.iter().map(String::as_str));
-    let mut asked =
+    let asked =
         as_they_route.flat_map(|r| [(r, false), (r, true)]).chain(case_folded.iter().map(|r| (r.as_str(), true)));
-    let (reading, ignoring_case) = asked.find(|&(r, ignoring_case)| answer(r, ignoring_case) != expected)?;
-    Some(ReadApart { normalised: normalised.to_string(), reading: reading.to_string(), ignoring_case })
+    for (reading, ignoring_case) in asked {
+        if deadline.is_some_and(|deadline| std::time::Instant::now() > deadline) {
+            return Err(TargetError::TooManyReadings("judging them would take too long"));
+        }
+        if answer(reading, ignoring_case) != expected {
+            let (normalised, reading) = (normalised.to_string(), reading.to_string());
+            return Ok(Some(ReadApart { normalised, reading, ignoring_case }));
+        }
+    }
+    Ok(None)
 }
 
 /// Two readings of one path that a question answers apart ([`reading_apart`]).
@@ -1912,7 +1949,7 @@ mod bounded_rewrites {
 /// hundreds of MB; ordinary long URLs stay within both.
 #[cfg(test)]
 mod bounded_readings {
-    use super::{reading_apart, TargetError};
+    use super::{reading_apart, TargetError, TargetRequest};
 
     fn read(raw: &str) -> Result<(), TargetError> {
         reading_apart(raw, |r, _| r.len() % 2).map(|_| ())
@@ -1958,6 +1995,29 @@ mod bounded_readings {
         }
         let crafted = format!("/x%3F{}?{query}", "a".repeat(1100));
         assert!(matches!(read(&crafted), Err(TargetError::TooManyReadings(_))));
+    }
+
+    /// Judging stops once `MAX_JUDGING` has passed, with the readings not all asked (review
+    /// 160: some rule sets make each reading's judging cost milliseconds); before, every
+    /// reading is asked.
+    #[test]
+    fn judging_past_its_time_is_refused() {
+        let target = TargetRequest {
+            url: "https://app.example.com/x".into(),
+            host: "app.example.com".into(),
+            path_and_query: "/x".into(),
+            other_readings: (0..50).map(|i| format!("/x{i}")).collect(),
+            case_folded_readings: vec!["/X".into()],
+            method: "GET".into(),
+        };
+        let asked = std::cell::Cell::new(0);
+        let answer = |_: &str, _: bool| asked.set(asked.get() + 1);
+        assert_eq!(target.reading_apart_within(answer, std::time::Instant::now()), Ok(None));
+        assert_eq!(asked.get(), 1 + 50 * 2 + 2 + 1, "every reading asked in time");
+        asked.set(0);
+        let late = std::time::Instant::now() - super::MAX_JUDGING - std::time::Duration::from_millis(1);
+        assert!(matches!(target.reading_apart_within(answer, late), Err(TargetError::TooManyReadings(_))));
+        assert_eq!(asked.get(), 1, "no reading but the first asked once the time had passed");
     }
 
     #[test]

@@ -63,15 +63,25 @@ const READ_INLINE_BYTES: usize = 64 * 1024;
 /// judging`: 3 ns per byte of readings with 21 patterns, 7 with 453).
 const JUDGE_INLINE_WORK: usize = 512 * 1024;
 
-/// How many long targets are read at once: half the cores, so that a flood of crafted ones
-/// leaves the rest to every other request.
+/// How many long targets of anonymous clients are read at once, and how many of signed-in
+/// users: half the cores each, so that a flood of crafted ones from either leaves the rest to
+/// every other request.
 fn reading_turns() -> usize {
     (crate::config::cores() / 2).max(1)
 }
 
-/// Long targets waiting for a turn or being read, per client address, with the one turn that
-/// address's targets take one at a time: see [`in_turn`].
-type ClientTurns = std::sync::Mutex<HashMap<AddressKey, (Arc<Semaphore>, usize)>>;
+/// Whose long target it is, for its turns ([`in_turn`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Whose {
+    /// A signed-in user's (by user key): one at a time per user, in the signed-in users' turns.
+    User(String),
+    /// An anonymous client's: one at a time per address, in the anonymous clients' turns.
+    Anonymous(AddressKey),
+}
+
+/// Long targets waiting for a turn or being read, per user or client address, with the one
+/// turn that user's or address's targets take one at a time: see [`in_turn`].
+type ClientTurns = std::sync::Mutex<HashMap<Whose, (Arc<Semaphore>, usize)>>;
 
 fn client_turns() -> &'static ClientTurns {
     static CLIENTS: OnceLock<ClientTurns> = OnceLock::new();
@@ -82,15 +92,15 @@ fn client_turns() -> &'static ClientTurns {
 /// verify dropped while it waits still leaves), and the address forgotten when its last
 /// target is done.
 struct ClientTurn {
-    key: AddressKey,
+    key: Whose,
     turn: Arc<Semaphore>,
 }
 
 impl ClientTurn {
-    fn enter(key: AddressKey) -> Self {
+    fn enter(key: Whose) -> Self {
         // A panic while the map was held cannot leave it half-changed: each change is one call.
         let mut clients = client_turns().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = clients.entry(key).or_insert_with(|| (Arc::new(Semaphore::new(1)), 0));
+        let entry = clients.entry(key.clone()).or_insert_with(|| (Arc::new(Semaphore::new(1)), 0));
         entry.1 += 1;
         ClientTurn { key, turn: Arc::clone(&entry.0) }
     }
@@ -110,27 +120,29 @@ impl Drop for ClientTurn {
 
 /// `work` on the blocking pool when `long`, else here; `None` if its thread failed.
 ///
-/// Long work runs on at most [`reading_turns`] threads at once, and one at a time per client
-/// address (`client`, an [`AddressKey`]): a flood from one address, over any number of
-/// connections, waits behind its own targets, so another client's long target waits for at
-/// most one per address ahead of it. Both turns go with the work to its thread and are given
-/// back when it ends, not when the verify does: a client that hung up once its target was
-/// handed over would otherwise free the turn while the reading still ran, and a loop of such
-/// requests would read on every thread of the pool.
-async fn in_turn<T: Send + 'static>(
-    long: bool,
-    client: AddressKey,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    static TURNS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+/// Long work runs on at most [`reading_turns`] threads at once for anonymous clients and as
+/// many for signed-in users, and one at a time per client address or per user (`whose`): a
+/// flood from one address, over any number of connections, waits behind its own targets, so
+/// another client's long target waits for at most one per address ahead of it, and a signed-in
+/// user's for none of an anonymous client's. Both turns go with the work to its thread and are
+/// given back when it ends, not when the verify does: a client that hung up once its target
+/// was handed over would otherwise free the turn while the reading still ran, and a loop of
+/// such requests would read on every thread of the pool.
+async fn in_turn<T: Send + 'static>(long: bool, whose: Whose, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static ANONYMOUS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    static SIGNED_IN: OnceLock<Arc<Semaphore>> = OnceLock::new();
     if !long {
         return Some(work());
     }
-    let place = ClientTurn::enter(client);
+    let turns = match whose {
+        Whose::User(_) => &SIGNED_IN,
+        Whose::Anonymous(_) => &ANONYMOUS,
+    };
+    let place = ClientTurn::enter(whose);
     // Never closed, so acquiring only waits.
     let mine = Arc::clone(&place.turn).acquire_owned().await.ok()?;
     let turn =
-        Arc::clone(TURNS.get_or_init(|| Arc::new(Semaphore::new(reading_turns())))).acquire_owned().await.ok()?;
+        Arc::clone(turns.get_or_init(|| Arc::new(Semaphore::new(reading_turns())))).acquire_owned().await.ok()?;
     tokio::task::spawn_blocking(move || {
         let held = (turn, mine, place);
         let done = work();
@@ -160,7 +172,12 @@ impl Asked {
     /// and `target` without its readings: what a pooled verify hands back is a few hundred
     /// bytes, never the readings (review 156: up to 4 MiB each, held by every verify waiting
     /// for its turn to be judged, took the server past 2 GB under a flood).
-    fn judge(self, mut target: TargetRequest) -> (Decision, bool, Vec<crate::domain::Group>, TargetRequest) {
+    ///
+    /// # Errors
+    /// [`TargetError::TooManyReadings`] when judging every reading would take longer than
+    /// [`crate::forward_auth::MAX_JUDGING`].
+    fn judge(self, mut target: TargetRequest) -> Result<Judged, TargetError> {
+        let started = std::time::Instant::now();
         let Asked { state, user_key, groups, factors, client } = self;
         let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
         let t = Target { host: &target.host, path_and_query: &target.path_and_query, method: &target.method, client };
@@ -169,20 +186,27 @@ impl Asked {
         // Applications read paths differently (some decode, merge and drop `;params` before
         // they route, some route on the path as sent, some ignore case): where the readings
         // would get different answers, no answer is safe for every application.
-        let apart = target.reading_apart(|reading, ignoring_case| {
-            let other = Target { path_and_query: reading, ..t };
-            let decision = match ignoring_case {
-                false => access.decide(&other, subject.as_ref()),
-                true => access.decide_ignoring_case(&other, subject.as_ref()),
-            };
-            allowed_for(decision, factors)
-        });
+        let apart = target.reading_apart_within(
+            |reading, ignoring_case| {
+                let other = Target { path_and_query: reading, ..t };
+                let decision = match ignoring_case {
+                    false => access.decide(&other, subject.as_ref()),
+                    true => access.decide_ignoring_case(&other, subject.as_ref()),
+                };
+                allowed_for(decision, factors)
+            },
+            started,
+        )?;
         let apart = apart.is_some();
         target.other_readings = Vec::new();
         target.case_folded_readings = Vec::new();
-        (decision, apart, groups, target)
+        Ok((decision, apart, groups, target))
     }
 }
+
+/// What [`Asked::judge`] hands back: the rules' decision, whether the readings are answered
+/// apart, the groups, and the target without its readings.
+type Judged = (Decision, bool, Vec<crate::domain::Group>, TargetRequest);
 
 /// The whole verify: the answer to send and what it was (the hook for metrics).
 pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (Response, AuthzResult) {
@@ -234,15 +258,22 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
     // `JUDGE_INLINE_WORK`, the judging goes to the pool too (review 156: 450 patterns asked
     // one by one made a 77-byte target cost 7–11 ms of an async worker).
     let patterns = state.settings.access.path_patterns().max(1);
+    // A signed-in user's long targets take turns of their own, apart from anonymous clients':
+    // a flood of crafted targets from many addresses, which needs no account, cannot keep a
+    // signed-in user's long URL waiting (review 160: 85 s behind 40 addresses' targets).
+    let whose = match &session {
+        Some(s) => Whose::User(s.user.key.clone()),
+        None => Whose::Anonymous(client.key()),
+    };
     let judged = match read {
         Ok(target) if readings_bytes(&target).saturating_mul(patterns) <= JUDGE_INLINE_WORK => {
-            Some(Ok(asked.judge(target)))
+            Some(asked.judge(target))
         }
-        Ok(target) => in_turn(true, client.key(), move || Ok(asked.judge(target))).await,
+        Ok(target) => in_turn(true, whose, move || asked.judge(target)).await,
         Err(owned) => {
             let gate = gate.clone();
-            in_turn(true, client.key(), move || {
-                gate.target(flavour, &owned.described()).map(|target| asked.judge(target))
+            in_turn(true, whose, move || {
+                gate.target(flavour, &owned.described()).and_then(|target| asked.judge(target))
             })
             .await
         }
@@ -423,8 +454,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    fn key(last: u8) -> crate::client::AddressKey {
-        crate::client::AddressKey::of(std::net::IpAddr::from([192, 0, 2, last]))
+    fn key(last: u8) -> super::Whose {
+        super::Whose::Anonymous(crate::client::AddressKey::of(std::net::IpAddr::from([192, 0, 2, last])))
     }
 
     /// A long target's reading runs off the async worker that received it, on at most half the
@@ -491,9 +522,19 @@ mod tests {
         for _ in 0..turns {
             started.recv_timeout(Duration::from_secs(10)).unwrap();
         }
+        // Meanwhile a signed-in user's target is read in turns of the signed-in users' own,
+        // not behind anonymous clients' (review 160).
+        let user = super::Whose::User("carol".into());
+        let read = tokio::time::timeout(Duration::from_secs(5), super::in_turn(true, user, || "read")).await;
         for task in &blocked {
             task.abort();
         }
+        if read.is_err() {
+            // Let the blocked readings end, so the failing test ends too.
+            *release.0.lock().unwrap() = true;
+            release.1.notify_all();
+        }
+        assert_eq!(read, Ok(Some("read")), "a signed-in user's target waited behind anonymous ones");
         let seen = Arc::clone(&running);
         let next = tokio::spawn(super::in_turn(true, key(250), move || seen.load(Ordering::SeqCst)));
         tokio::time::sleep(Duration::from_millis(200)).await;
