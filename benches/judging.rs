@@ -31,6 +31,19 @@ fn access(patterns: usize) -> Access {
     Access::from_file(&table).expect("the rules load")
 }
 
+/// `[access]` with `patterns` of review 160's costliest kind, a segment anywhere with bounded
+/// repetitions, ignoring case: each byte costs microseconds once hundreds are matched together.
+fn heavy_access(patterns: usize) -> Access {
+    let mut rules = String::new();
+    for i in 0..patterns {
+        rules.push_str(&format!(
+            "[[access.rules]]\npath = ['(?i)(^|/)[a-z]{{0,10}}secret{i}[a-z]{{0,10}}(/|\\.|$)']\npolicy = 'deny'\n"
+        ));
+    }
+    let table: toml::Table = rules.parse().expect("the rules are TOML");
+    Access::from_file(&table).expect("the rules load")
+}
+
 /// Review 152's kind of target: accents, trimmed segments and a PHP script's name in the path,
 /// and a query whose parameters each read several ways; `repeat` sets its size.
 fn crafted(repeat: usize) -> String {
@@ -103,6 +116,14 @@ fn bench(c: &mut Criterion) {
             let access = access(patterns);
             assert_eq!(access.path_patterns(), patterns + 1);
             let id = BenchmarkId::new(format!("{} patterns", access.path_patterns()), name);
+            group.bench_with_input(id, target, |b, target| b.iter(|| judge(&access, black_box(target))));
+        }
+    }
+    let short = ("short", "/wiki/some/ordinary/page/about/secrets/and/more?x=1&y=two".to_string());
+    for patterns in [100, 450, 2000] {
+        let access = heavy_access(patterns);
+        for (name, target) in [&short, &targets[1]] {
+            let id = BenchmarkId::new(format!("{patterns} heavy patterns"), name);
             group.bench_with_input(id, target, |b, target| b.iter(|| judge(&access, black_box(target))));
         }
     }

@@ -169,6 +169,13 @@ impl PathSet {
         let compile = |folded: bool| {
             regex::RegexSetBuilder::new(&sources)
                 .size_limit((1usize << 20).saturating_mul(sources.len().max(1)))
+                // Room for the states hundreds of patterns with bounded repetitions make
+                // (`(?i)(^|/)[a-z]{0,10}secret1[a-z]{0,10}(/|$)`, review 160): in the default
+                // 2 MiB the lazy DFA gave up and matching cost each byte every pattern's
+                // states, 5.8 ms for a 60-byte target against 450 such patterns, 11.5 us with
+                // this (`cargo bench --bench judging`). Filled only as such rules need it, per
+                // set and thread judging.
+                .dfa_size_limit(16 << 20)
                 .case_insensitive(folded)
                 .build()
                 .map_err(|e| {
