@@ -231,7 +231,52 @@ fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings
         }
         forms.extend(arrays);
     }
+    // One value of each repeated name, in every reading above (`fmt[]=pdf` is `fmt` there).
+    for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
+        let mut kept = Vec::new();
+        for form in forms.iter() {
+            for one in one_value_of_each_name(form) {
+                if !forms.contains(&one) && !kept.contains(&one) {
+                    budget.charge(one.len())?;
+                    kept.push(one);
+                }
+            }
+        }
+        forms.extend(kept);
+    }
     Ok((queries, unicode))
+}
+
+/// `query` as applications that keep one value of a repeated parameter read it, when a name
+/// repeats: the first only (Node's `searchParams.get`, Flask's `args.get`, Go's `Get`) and
+/// the last only (PHP's `$_GET`, Rack): `fmt=csv&fmt=pdf` passed a rule granting `fmt=csv`,
+/// and PHP served `fmt=pdf` (review 160). Names compared without regard to ASCII case, as
+/// ASP.NET Core binds them. Empty when no name repeats.
+fn one_value_of_each_name(query: &str) -> Vec<String> {
+    let params: Vec<&str> = query.split('&').collect();
+    let names: Vec<String> =
+        params.iter().map(|p| p.split_once('=').map_or(*p, |(name, _)| name).to_ascii_lowercase()).collect();
+    let mut seen = std::collections::HashSet::new();
+    if names.iter().all(|name| name.is_empty() || seen.insert(name.as_str())) {
+        return Vec::new();
+    }
+    // Which of each name's places is kept, from the front or from the back.
+    let keep = |order: &mut dyn Iterator<Item = usize>| {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept = vec![false; params.len()];
+        for i in order {
+            kept[i] = names[i].is_empty() || seen.insert(names[i].as_str());
+        }
+        let one: Vec<&str> = params.iter().zip(&kept).filter(|(_, kept)| **kept).map(|(p, _)| *p).collect();
+        one.join("&")
+    };
+    let first = keep(&mut (0..params.len()));
+    let last = keep(&mut (0..params.len()).rev());
+    if first == last {
+        vec![first]
+    } else {
+        vec![first, last]
+    }
 }
 
 /// The text, in bytes, written for one target's readings so far, and the most it may come to.

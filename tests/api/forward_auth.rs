@@ -434,6 +434,38 @@ async fn with_one_rule(paths: &str, policy: &str) -> TestApp {
     .await
 }
 
+/// A grant on one value of a parameter is not given to a query that repeats the parameter
+/// with another value, which applications that keep the first or the last read instead
+/// (review 160: `fmt=csv&fmt=pdf` passed, and PHP served `fmt=pdf`).
+#[tokio::test]
+async fn a_grant_on_a_parameters_value_is_not_given_when_the_parameter_repeats_with_another() {
+    let rules = "[[access.rules]]\npath = [\"^/report\\\\?(.*&)?fmt=csv(&|$)\"]\npolicy = \"one_factor\"\n\
+                 [[access.rules]]\npath = [\"^/report\"]\npolicy = \"deny\"\n\
+                 [[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n";
+    let app = spawn_app_with(move |s| {
+        gated(s, "127.0.0.1");
+        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
+    })
+    .await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    let nginx = |path: &str| auth_request(&app, path, &cookie).send();
+    let caddy = |path: &str| forward_auth(&app, path, &[("cookie", &cookie)]).send();
+    for path in ["/report?fmt=csv", "/report?x=1&fmt=csv&x=2", "/report?fmt=csv&fmt=csv"] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::OK, "auth-request {path}");
+    }
+    assert_eq!(nginx("/report?fmt=pdf").await.unwrap().status(), StatusCode::FORBIDDEN);
+    for path in [
+        "/report?fmt=csv&fmt=pdf",
+        "/report?fmt=pdf&fmt=csv",
+        "/report?fmt=csv&fmt[]=pdf",
+        "/report?fmt=csv&FMT=pdf",
+        "/report?fmt=csv&x=1&fmt=",
+    ] {
+        assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
+        assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
+    }
+}
+
 /// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
 fn gated_with_admin_denied(s: &mut Settings) {
     gated_with_rules(s, "^/public/", "^/admin");
