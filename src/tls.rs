@@ -192,7 +192,7 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
 /// another user may have made it, or a directory on its path, in between, and would then have
 /// swapped in a key of their own (review 159 raced `store copy --to` so).
 fn make_directory(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::store::make_dirs(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     refuse_a_file_for_the_directory(dir)
 }
 
@@ -792,6 +792,9 @@ mod tests {
         std::os::unix::fs::chown(&theirs, Some(4321), None).unwrap();
         let e = format!("{:#}", make_directory(&theirs).unwrap_err());
         assert!(e.contains("belongs to uid 4321"), "{e}");
+        let e = format!("{:#}", make_directory(&theirs.join("certs")).unwrap_err());
+        assert!(e.contains("which belongs to uid 4321"), "a parent of theirs: {e}");
+        assert!(!theirs.join("certs").exists(), "nothing of ours made in their directory");
     }
 
     #[test]

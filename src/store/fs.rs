@@ -58,10 +58,30 @@ fn ensure_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std
 /// `mkdir` in `/tmp` had root's `store copy --to` write its copy into her directory, 1 run in
 /// 158). Once judged ours in a sticky directory, nobody else can rename it away.
 fn make_private(dir: &Path, ours: impl Fn(&str) -> bool, recurse: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    make_dirs(dir)?;
     trusted_ancestors(dir)?;
     judge_found(dir, ours, recurse)
+}
+
+/// Makes `dir` and each missing directory above it, one at a time with mode 0700, each only
+/// once the path to it is judged trusted ([`trusted_ancestors`]): a parent another user made
+/// in between is refused before anything is made inside it (review 160 raced `mkdir p` in a
+/// sticky directory and found root's empty `p/race` left in her `p`).
+///
+/// # Errors
+/// As [`trusted_ancestors`], or the making's own error.
+pub fn make_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::path::absolute(dir)?;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| std::fs::symlink_metadata(d).is_err()).collect();
+    for each in missing.into_iter().rev() {
+        trusted_ancestors(each)?;
+        match std::fs::DirBuilder::new().mode(0o700).create(each) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The rest of [`ensure_private`] for a `dir` that exists.
@@ -500,6 +520,10 @@ mod tests {
         std::os::unix::fs::chown(&theirs, Some(4321), Some(4321)).unwrap();
         let e = make_private(&theirs, |_| true, true).unwrap_err().to_string();
         assert!(e.contains("belongs to uid 4321"), "{e}");
+        // A parent of it they made: refused before anything is made inside (review 160).
+        let e = make_private(&theirs.join("data"), |_| true, true).unwrap_err().to_string();
+        assert!(e.contains("which belongs to uid 4321"), "{e}");
+        assert!(!theirs.join("data").exists(), "nothing of ours made in their directory");
     }
 
     /// One of portcullis's own names that another user (not root) owns, a link or a hard link
