@@ -202,6 +202,9 @@ async fn past_the_captcha_threshold_no_password_is_checked_on_the_account_pages_
     assert!(cookie_value(&resp, "__Host-portcullis-confirmed").is_none());
     let page = resp.text().await.unwrap();
     assert!(page.contains("the characters in the picture") && page.contains("src=\"data:image/png;base64,"), "{page}");
+    // Which of the two it was is not said: a user whose account had none read it as an attack
+    // on the account (review 161).
+    assert!(page.contains("for this account or from this network"), "{page}");
     let fails = app.log_lines().into_iter().filter(|l| l["reason"] == "bad_password").count();
     assert_eq!(fails, app.settings.captcha_after_failures as usize);
     assert_eq!(dave.get(app.url("/account")).send().await.unwrap().status(), StatusCode::OK);

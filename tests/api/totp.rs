@@ -309,6 +309,7 @@ async fn wrong_codes_count_toward_the_captcha_threshold_and_the_right_password_a
     assert!(!set_cookies(&resp).iter().any(|c| c.starts_with("__Host-portcullis-mfa=;")), "the sign-in goes on");
     let page = resp.text().await.unwrap();
     assert!(page.contains("type the characters in the picture") && shows_captcha(&page), "{page}");
+    assert!(page.contains("for this account or from this network"), "{page}");
     let got = reasons(&app, "alice").await;
     assert_eq!(got[0], FailureReason::CaptchaRequired);
     assert_eq!(got.iter().filter(|r| **r == FailureReason::BadSecondFactor).count(), 2);

@@ -177,7 +177,10 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
 }
 
 /// What the account's password forms say when [`check_current`] wants a captcha solved.
-pub(super) const CAPTCHA_DEMANDED: &str = "There have been too many wrong passwords for this account. Fill in the form again, with the characters in the picture.";
+/// Said when the username's or the address's failures demand a captcha: which one is not said,
+/// since a signed-in user whose account had no failure read "too many wrong passwords for
+/// this account" as an attack on it (review 161).
+pub(super) const CAPTCHA_DEMANDED: &str = "There have been too many wrong passwords for this account or from this network. Fill in the form again, with the characters in the picture.";
 
 /// Checks that `current` is the signed-in user's password, with the login form's defences
 /// ([`crate::sign_in::SignIn::check_password`]); `captcha`: the answer to the session's

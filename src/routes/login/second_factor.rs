@@ -186,7 +186,7 @@ fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: 
             "This form has expired or was not sent from this site. Please try again.".to_string(),
         ),
         FailureReason::CaptchaRequired => unauthorized(
-            "There have been too many wrong attempts for this account: please also type the characters in the picture.",
+            "There have been too many wrong attempts for this account or from this network: please also type the characters in the picture.",
         ),
         FailureReason::BadCaptcha => unauthorized(
             "The characters did not match the picture, so the code was not checked. Please try again with the new picture.",
