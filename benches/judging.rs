@@ -2,7 +2,8 @@
 //! of the target ([`portcullis::forward_auth::reading_apart`]) asked of the rules as a
 //! case-keeping and a case-ignoring application routes, for an ordinary target and for a
 //! crafted one whose readings come near the 4 MiB bound and one that begins every pattern in
-//! turn, with 21 and 453 path patterns.
+//! turn, with 21 and 453 path patterns of the usual kinds; and a short and the crafted target
+//! with 100, 450 and 2,000 of review 160's costliest kind (`heavy patterns`).
 //! Reading alone (every answer the same) is measured beside it, so the judging's part shows.
 //!
 //! `cargo bench --bench judging`.

@@ -732,9 +732,10 @@ pub enum TargetError {
     AmbiguousPath(&'static str),
     #[error("header {0} holds more than its part of the URL")]
     Malformed(&'static str),
-    /// The target's readings would take more than [`MAX_READING_BYTES`] to judge, or its path
-    /// names more than [`MAX_SCRIPT_NAMES`] PHP scripts: no ordinary URL does, and judging
-    /// every reading of a crafted 4 KB one cost seconds of CPU and hundreds of MB.
+    /// The target's readings would take more than [`MAX_READING_BYTES`] of text, or judging
+    /// them more than [`MAX_JUDGING`], or its path names more than [`MAX_SCRIPT_NAMES`] PHP
+    /// scripts: no ordinary URL does, and judging every reading of a crafted 4 KB one cost
+    /// seconds of CPU and hundreds of MB.
     #[error("the target reads too many ways to judge each ({0})")]
     TooManyReadings(&'static str),
 }
