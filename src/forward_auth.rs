@@ -97,30 +97,46 @@ impl TargetRequest {
         apart(normalised, other, folded, answer, None).unwrap_or(None)
     }
 
-    /// [`TargetRequest::reading_apart`], given up once [`MAX_JUDGING`] has passed since
-    /// `started`: judging every reading costs the readings' text times what matching it
-    /// against the rules' patterns costs per byte, which a few hundred patterns of some kinds
+    /// [`TargetRequest::reading_apart`], given up at the first reading asked once this
+    /// thread has spent `limit` of CPU time since `started` (a [`thread_cpu_time`]): judging
+    /// every reading costs the readings' text times what matching it against the rules'
+    /// patterns costs per byte, which a few hundred patterns of some kinds
     /// (`(?i)(^|/)[a-z]{0,10}secret1(/|$)`, …) make microseconds (review 160: 3 to 20 s of CPU
-    /// for one crafted 4 KB target with 450 to 2,000 such patterns). No ordinary target comes
-    /// near it: with 453 patterns of the usual kinds, 2 MB of readings take about 15 ms.
+    /// for one crafted 4 KB target with 450 to 2,000 such patterns). CPU time, not the clock,
+    /// so that a flood on other threads does not turn a verdict into a refusal (review 162).
+    /// No ordinary target comes near [`MAX_JUDGING`] with ordinary rules: with 453 patterns of
+    /// the usual kinds, 2 MB of readings take about 15 ms.
     ///
     /// # Errors
-    /// [`TargetError::TooManyReadings`] when the time has passed before every reading was
+    /// [`TargetError::TooManyReadings`] when the time was spent before every reading was
     /// asked.
     pub fn reading_apart_within<T: PartialEq>(
         &self,
         answer: impl Fn(&str, bool) -> T,
-        started: std::time::Instant,
+        started: std::time::Duration,
+        limit: std::time::Duration,
     ) -> Result<Option<ReadApart>, TargetError> {
         let (normalised, other, folded) = (&self.path_and_query, &self.other_readings, &self.case_folded_readings);
-        apart(normalised, other, folded, answer, Some(started + MAX_JUDGING))
+        let spent = || thread_cpu_time().saturating_sub(started) >= limit;
+        apart(normalised, other, folded, answer, Some(&spent))
     }
 }
 
-/// The longest a verify's judging of one target's readings may take, in wall-clock time: past
-/// it the target is refused (400) as one that reads too many ways
+/// The most CPU time a verify's judging of one target's readings may take: past it the
+/// target is refused (400) as one that reads too many ways
 /// ([`TargetRequest::reading_apart_within`]).
 pub const MAX_JUDGING: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`); zero should the clock fail.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write to; the clock id is a constant Linux knows.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    match ok {
+        true => std::time::Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec.clamp(0, 999_999_999) as u32),
+        false => std::time::Duration::ZERO,
+    }
+}
 
 /// [`TargetRequest::reading_apart`] for `path_and_query` as a request would send it (`/path`
 /// and an optional `?query`), for judging a rule before any request comes.
@@ -235,9 +251,8 @@ fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings
     for forms in [&mut queries, &mut unicode.other, &mut unicode.case_folded] {
         let mut kept = Vec::new();
         for form in forms.iter() {
-            for one in one_value_of_each_name(form) {
+            for one in one_value_of_each_name(form, budget)? {
                 if !forms.contains(&one) && !kept.contains(&one) {
-                    budget.charge(one.len())?;
                     kept.push(one);
                 }
             }
@@ -250,15 +265,24 @@ fn query_readings(q: &str, budget: &mut Budget) -> Result<(Vec<String>, Readings
 /// `query` as applications that keep one value of a repeated parameter read it, when a name
 /// repeats: the first only (Node's `searchParams.get`, Flask's `args.get`, Go's `Get`) and
 /// the last only (PHP's `$_GET`, Rack): `fmt=csv&fmt=pdf` passed a rule granting `fmt=csv`,
-/// and PHP served `fmt=pdf` (review 160). Names compared without regard to ASCII case, as
+/// and PHP served `fmt=pdf` (review 160); and with each of a repeated name's values alone, as
+/// an application that reads all of them (`getlist`, `getAll`) may act on any one
+/// (`fmt=csv&fmt=pdf&fmt=csv`, review 162). Names compared without regard to ASCII case, as
 /// ASP.NET Core binds them. Empty when no name repeats.
-fn one_value_of_each_name(query: &str) -> Vec<String> {
+///
+/// # Errors
+/// [`TargetError::TooManyReadings`] once their text, charged to `budget` as each is written,
+/// exceeds its limit.
+fn one_value_of_each_name(query: &str, budget: &mut Budget) -> Result<Vec<String>, TargetError> {
     let params: Vec<&str> = query.split('&').collect();
     let names: Vec<String> =
         params.iter().map(|p| p.split_once('=').map_or(*p, |(name, _)| name).to_ascii_lowercase()).collect();
-    let mut seen = std::collections::HashSet::new();
-    if names.iter().all(|name| name.is_empty() || seen.insert(name.as_str())) {
-        return Vec::new();
+    let mut places: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for name in names.iter().filter(|name| !name.is_empty()) {
+        *places.entry(name.as_str()).or_default() += 1;
+    }
+    if places.values().all(|&n| n == 1) {
+        return Ok(Vec::new());
     }
     // Which of each name's places is kept, from the front or from the back.
     let keep = |order: &mut dyn Iterator<Item = usize>| {
@@ -270,13 +294,23 @@ fn one_value_of_each_name(query: &str) -> Vec<String> {
         let one: Vec<&str> = params.iter().zip(&kept).filter(|(_, kept)| **kept).map(|(p, _)| *p).collect();
         one.join("&")
     };
-    let first = keep(&mut (0..params.len()));
-    let last = keep(&mut (0..params.len()).rev());
-    if first == last {
-        vec![first]
-    } else {
-        vec![first, last]
+    let mut readings = vec![keep(&mut (0..params.len())), keep(&mut (0..params.len()).rev())];
+    budget.charge(readings.iter().map(String::len).sum())?;
+    // Each value of a repeated name alone, the name's other places dropped.
+    let mut alone = std::collections::HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let repeated = places.get(name.as_str()).is_some_and(|&n| n > 1);
+        if !repeated || !alone.insert((name.as_str(), params[i])) {
+            continue;
+        }
+        let one: Vec<&str> =
+            params.iter().enumerate().filter(|&(j, _)| j == i || names[j] != *name).map(|(_, p)| *p).collect();
+        let one = one.join("&");
+        budget.charge(one.len())?;
+        readings.push(one);
     }
+    distinct(&mut readings);
+    Ok(readings)
 }
 
 /// The text, in bytes, written for one target's readings so far, and the most it may come to.
@@ -677,23 +711,23 @@ fn trim_blanks(s: &str, plus: bool) -> &str {
 }
 
 /// The first reading `answer` answers apart from `normalised` (see
-/// [`TargetRequest::reading_apart`]), asking no more once `deadline` has passed.
+/// [`TargetRequest::reading_apart`]), asking no more once `spent` says the time is spent.
 ///
 /// # Errors
-/// [`TargetError::TooManyReadings`] when `deadline` passed before every reading was asked.
+/// [`TargetError::TooManyReadings`] when the time was spent before every reading was asked.
 fn apart<T: PartialEq>(
     normalised: &str,
     other: &[String],
     case_folded: &[String],
     answer: impl Fn(&str, bool) -> T,
-    deadline: Option<std::time::Instant>,
+    spent: Option<&dyn Fn() -> bool>,
 ) -> Result<Option<ReadApart>, TargetError> {
     let expected = answer(normalised, false);
     let as_they_route = std::iter::once(normalised).chain(other.iter().map(String::as_str));
     let asked =
         as_they_route.flat_map(|r| [(r, false), (r, true)]).chain(case_folded.iter().map(|r| (r.as_str(), true)));
     for (reading, ignoring_case) in asked {
-        if deadline.is_some_and(|deadline| std::time::Instant::now() > deadline) {
+        if spent.is_some_and(|spent| spent()) {
             return Err(TargetError::TooManyReadings("judging them would take too long"));
         }
         if answer(reading, ignoring_case) != expected {
@@ -2058,12 +2092,17 @@ mod bounded_readings {
         };
         let asked = std::cell::Cell::new(0);
         let answer = |_: &str, _: bool| asked.set(asked.get() + 1);
-        assert_eq!(target.reading_apart_within(answer, std::time::Instant::now()), Ok(None));
+        let started = super::thread_cpu_time();
+        assert_eq!(target.reading_apart_within(answer, started, super::MAX_JUDGING), Ok(None));
         assert_eq!(asked.get(), 1 + 50 * 2 + 2 + 1, "every reading asked in time");
         asked.set(0);
-        let late = std::time::Instant::now() - super::MAX_JUDGING - std::time::Duration::from_millis(1);
-        assert!(matches!(target.reading_apart_within(answer, late), Err(TargetError::TooManyReadings(_))));
-        assert_eq!(asked.get(), 1, "no reading but the first asked once the time had passed");
+        let spent = target.reading_apart_within(answer, started, std::time::Duration::ZERO);
+        assert!(matches!(spent, Err(TargetError::TooManyReadings(_))), "{spent:?}");
+        assert_eq!(asked.get(), 1, "no reading but the first asked once the time was spent");
+        // The thread's CPU time, which another thread's work does not move.
+        let before = super::thread_cpu_time();
+        std::thread::spawn(|| (0..20_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b))).join().unwrap();
+        assert!(super::thread_cpu_time() - before < std::time::Duration::from_millis(5));
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Asked {
     /// [`TargetError::TooManyReadings`] when judging every reading would take longer than
     /// [`crate::forward_auth::MAX_JUDGING`].
     fn judge(self, mut target: TargetRequest) -> Result<Judged, TargetError> {
-        let started = std::time::Instant::now();
+        let started = crate::forward_auth::thread_cpu_time();
         let Asked { state, user_key, groups, factors, client } = self;
         let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
         let t = Target { host: &target.host, path_and_query: &target.path_and_query, method: &target.method, client };
@@ -196,6 +196,7 @@ impl Asked {
                 allowed_for(decision, factors)
             },
             started,
+            crate::forward_auth::MAX_JUDGING,
         )?;
         let apart = apart.is_some();
         target.other_readings = Vec::new();

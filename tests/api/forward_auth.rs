@@ -460,6 +460,10 @@ async fn a_grant_on_a_parameters_value_is_not_given_when_the_parameter_repeats_w
         "/report?fmt=csv&fmt[]=pdf",
         "/report?fmt=csv&FMT=pdf",
         "/report?fmt=csv&x=1&fmt=",
+        // A value in the middle, which applications reading every value see (review 162).
+        "/report?fmt=csv&fmt=pdf&fmt=csv",
+        "/report?fmt=csv&FMT=pdf&x=1&fmt=csv",
+        "/report?fmt=csv&fmt[]=pdf&fmt=csv",
     ] {
         assert_eq!(nginx(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "auth-request {path}");
         assert_eq!(caddy(path).await.unwrap().status(), StatusCode::BAD_REQUEST, "forward-auth {path}");
