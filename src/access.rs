@@ -363,6 +363,46 @@ impl Access {
         Ok(Access { default_policy, rules, paths })
     }
 
+    /// A warning when judging an ordinary long URL's readings against these rules takes more
+    /// than 50 ms of CPU here (a quarter of [`crate::forward_auth::MAX_JUDGING`]): past that
+    /// limit a verify is refused (400), so such URLs would be refused under load or on a slower
+    /// machine (review 162: 3,000 patterns with wide bounded repetitions refused every OAuth
+    /// callback and SAML request, and nothing said so). `None` for rules that judge it sooner.
+    pub fn slow_judging(&self) -> Option<String> {
+        self.judging_past(std::time::Duration::from_millis(50))
+    }
+
+    /// [`Access::slow_judging`] past `limit` of CPU.
+    fn judging_past(&self, limit: std::time::Duration) -> Option<String> {
+        let patterns = self.path_patterns();
+        if patterns == 0 {
+            return None;
+        }
+        // A SAML request with its relay state (2.5 KB), as the forward-auth tests' ordinary
+        // long URLs are.
+        let url = format!(
+            "/saml/acs?SAMLResponse={}&RelayState=%2Fapp%2F%3Fx%3D1",
+            "PHNhbWxwOlJlc3BvbnNl%2B%2F%3D".repeat(88)
+        );
+        fn target(path_and_query: &str) -> Target<'_> {
+            Target { host: "app.example.com", path_and_query, method: "GET", client: IpAddr::from([192, 0, 2, 1]) }
+        }
+        let started = crate::forward_auth::thread_cpu_time();
+        let _ = crate::forward_auth::reading_apart(&url, |reading, ignoring_case| match ignoring_case {
+            false => self.decide(&target(reading), None),
+            true => self.decide_ignoring_case(&target(reading), None),
+        });
+        let took = crate::forward_auth::thread_cpu_time().saturating_sub(started);
+        (took > limit).then(|| {
+            format!(
+                "access: judging an ordinary {}-byte URL against the rules' {patterns} path patterns took {} ms of CPU here, and a verify stops judging at {} ms (400): long URLs may be refused under load or on a slower machine; use fewer patterns, or ones without wide bounded repetitions",
+                url.len(),
+                took.as_millis(),
+                crate::forward_auth::MAX_JUDGING.as_millis()
+            )
+        })
+    }
+
     /// How many path patterns the rules hold together.
     pub fn path_patterns(&self) -> usize {
         self.rules.iter().map(|r| r.paths.len()).sum()
@@ -839,6 +879,22 @@ mod tests {
         users = ["Alice"]
         policy = "one_factor"
     "#;
+
+    /// Rules that make an ordinary long URL cost more than a limit to judge are warned of
+    /// (review 162), with the limit at nothing here so that the test does not time anything;
+    /// rules without path patterns never are.
+    #[test]
+    fn rules_that_judge_an_ordinary_long_url_slowly_are_warned_of() {
+        let rules = access(RULES).unwrap();
+        let warning = rules.judging_past(std::time::Duration::ZERO).expect("a warning");
+        assert!(
+            warning.contains("3 path patterns") && warning.contains("a verify stops judging at 200 ms"),
+            "{warning}"
+        );
+        assert_eq!(rules.judging_past(std::time::Duration::from_secs(3600)), None);
+        let no_paths = access("[[access.rules]]\ndomain = [\"a.example.com\"]\npolicy = \"deny\"\n").unwrap();
+        assert_eq!(no_paths.judging_past(std::time::Duration::ZERO), None);
+    }
 
     #[test]
     fn a_rule_for_get_covers_head_which_applications_route_to_the_same_handler() {

@@ -493,7 +493,10 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
             }
         }
         let file_warnings = crate::config::file_warnings(config);
-        for warning in crate::config::warnings(loaded.metrics_addr, &loaded.argon2).into_iter().chain(file_warnings) {
+        let judging = loaded.access.slow_judging();
+        for warning in
+            crate::config::warnings(loaded.metrics_addr, &loaded.argon2).into_iter().chain(file_warnings).chain(judging)
+        {
             eprintln!("portcullis: warning: {warning}");
         }
     }
@@ -620,7 +623,9 @@ async fn serve_until_stopped(settings: Settings, file_warnings: Vec<String>) -> 
         Some(url) => format!("PostgreSQL at {url}"),
         None => format!("sled in {}", app.state().settings.data_dir.display()),
     };
-    for warning in crate::config::warnings(app.metrics_addr(), &app.state().settings.argon2) {
+    let judging = app.state().settings.access.slow_judging();
+    for warning in crate::config::warnings(app.metrics_addr(), &app.state().settings.argon2).into_iter().chain(judging)
+    {
         tracing::warn!("{warning}");
     }
     tracing::info!(
