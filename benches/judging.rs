@@ -85,10 +85,7 @@ fn judge(access: &Access, target: &str) -> Decision {
         Target { host: "app.example.com", path_and_query, method: "GET", client: IpAddr::V4(Ipv4Addr::LOCALHOST) }
     }
     let decision = access.decide(&t(target), None);
-    let apart = reading_apart(target, |reading, ignoring_case| match ignoring_case {
-        false => access.decide(&t(reading), None),
-        true => access.decide_ignoring_case(&t(reading), None),
-    });
+    let apart = reading_apart(target, |reading, ignoring_case| access.decide_reading(&t(reading), None, ignoring_case));
     black_box(apart.ok());
     decision
 }

@@ -393,10 +393,9 @@ impl Access {
         // heaviest rule sets cost the start no more than the limit and one reading (a review's
         // 3,000 patterns took 38 s of CPU to judge the whole URL).
         let stop = Decision::SignInFirst(DecidedBy::Default);
-        let _ = crate::forward_auth::reading_apart(&url, |reading, ignoring_case| match (spent(), ignoring_case) {
-            (true, _) => stop,
-            (false, false) => self.decide(&target(reading), None),
-            (false, true) => self.decide_ignoring_case(&target(reading), None),
+        let _ = crate::forward_auth::reading_apart(&url, |reading, ignoring_case| match spent() {
+            true => stop,
+            false => self.decide_reading(&target(reading), None, ignoring_case),
         });
         spent().then(|| {
             format!(
@@ -416,6 +415,12 @@ impl Access {
     /// Asks the rules about `target` for `subject` (`None`: not signed in). First match wins.
     pub fn decide(&self, target: &Target<'_>, subject: Option<&Subject<'_>>) -> Decision {
         self.decide_with(target, subject, false)
+    }
+
+    /// [`Access::decide`], or [`Access::decide_ignoring_case`] when `ignoring_case`: the
+    /// answer for one of a target's readings as `TargetRequest::reading_apart` asks it.
+    pub fn decide_reading(&self, target: &Target<'_>, subject: Option<&Subject<'_>>, ignoring_case: bool) -> Decision {
+        self.decide_with(target, subject, ignoring_case)
     }
 
     /// [`Access::decide`] with every path rule matched without regard to case: the answer for

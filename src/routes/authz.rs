@@ -189,11 +189,7 @@ impl Asked {
         let apart = target.reading_apart_within(
             |reading, ignoring_case| {
                 let other = Target { path_and_query: reading, ..t };
-                let decision = match ignoring_case {
-                    false => access.decide(&other, subject.as_ref()),
-                    true => access.decide_ignoring_case(&other, subject.as_ref()),
-                };
-                allowed_for(decision, factors)
+                allowed_for(access.decide_reading(&other, subject.as_ref(), ignoring_case), factors)
             },
             started,
             crate::forward_auth::MAX_JUDGING,

@@ -423,10 +423,12 @@ fn gated_with_rules(s: &mut Settings, bypassed: &str, denied: &str) {
 /// An application gating `*.example.test` with one rule of `policy` on `paths` (a TOML list of
 /// path patterns), and `one_factor` for the rest.
 async fn with_one_rule(paths: &str, policy: &str) -> TestApp {
-    let rules = format!(
-        "[[access.rules]]\npath = {paths}\npolicy = \"{policy}\"\n\
-         [[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n"
-    );
+    with_rules(format!("[[access.rules]]\npath = {paths}\npolicy = \"{policy}\"\n")).await
+}
+
+/// A gate with `rules` (`[[access.rules]]` tables), then `one_factor` for every gated host.
+async fn with_rules(rules: String) -> TestApp {
+    let rules = format!("{rules}[[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n");
     spawn_app_with(move |s| {
         gated(s, "127.0.0.1");
         s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
@@ -439,13 +441,11 @@ async fn with_one_rule(paths: &str, policy: &str) -> TestApp {
 /// (review 160: `fmt=csv&fmt=pdf` passed, and PHP served `fmt=pdf`).
 #[tokio::test]
 async fn a_grant_on_a_parameters_value_is_not_given_when_the_parameter_repeats_with_another() {
-    let rules = "[[access.rules]]\npath = [\"^/report\\\\?(.*&)?fmt=csv(&|$)\"]\npolicy = \"one_factor\"\n\
-                 [[access.rules]]\npath = [\"^/report\"]\npolicy = \"deny\"\n\
-                 [[access.rules]]\ndomain = [\"*.example.test\"]\npolicy = \"one_factor\"\n";
-    let app = spawn_app_with(move |s| {
-        gated(s, "127.0.0.1");
-        s.access = Access::from_file(&rules.parse().unwrap()).unwrap();
-    })
+    let app = with_rules(
+        "[[access.rules]]\npath = [\"^/report\\\\?(.*&)?fmt=csv(&|$)\"]\npolicy = \"one_factor\"\n\
+         [[access.rules]]\npath = [\"^/report\"]\npolicy = \"deny\"\n"
+            .to_string(),
+    )
     .await;
     let cookie = session_cookie(&app, Factors::One).await;
     let nginx = |path: &str| auth_request(&app, path, &cookie).send();
