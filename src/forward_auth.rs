@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::config::{origin_host, CookieDomain, Settings};
+use crate::cpu_time::CpuAllowance;
 
 /// What a verify answered, for metrics (`portcullis_authz_requests_total{result}`, SPEC.md
 /// "Operations") and tests: every verify ends in exactly one.
@@ -94,30 +95,28 @@ impl TargetRequest {
     /// and a verify is refused (400).
     pub fn reading_apart<T: PartialEq>(&self, answer: impl Fn(&str, bool) -> T) -> Option<ReadApart> {
         let (normalised, other, folded) = (&self.path_and_query, &self.other_readings, &self.case_folded_readings);
-        apart(normalised, other, folded, answer, None).unwrap_or(None)
+        apart(normalised, other, folded, |r, i| Some(answer(r, i)), None).unwrap_or(None)
     }
 
-    /// [`TargetRequest::reading_apart`], given up at the first reading asked once this
-    /// thread has spent `limit` of CPU time since `started` (a [`thread_cpu_time`]): judging
-    /// every reading costs the readings' text times what matching it against the rules'
-    /// patterns costs per byte, which a few hundred patterns of some kinds
+    /// [`TargetRequest::reading_apart`], given up once `allowance` is spent: judging every
+    /// reading costs the readings' text times what matching it against the rules' patterns
+    /// costs per byte, which a few hundred patterns of some kinds
     /// (`(?i)(^|/)[a-z]{0,10}secret1(/|$)`, …) make microseconds (review 160: 3 to 20 s of CPU
-    /// for one crafted 4 KB target with 450 to 2,000 such patterns). CPU time, not the clock,
-    /// so that a flood on other threads does not turn a verdict into a refusal (review 162).
-    /// No ordinary target comes near [`MAX_JUDGING`] with ordinary rules: with 453 patterns of
-    /// the usual kinds, 2 MB of readings take about 15 ms.
+    /// for one crafted 4 KB target with 450 to 2,000 such patterns). `answer` gives `None` once
+    /// the allowance is spent within a reading ([`crate::access::Access::decide_reading_within`]),
+    /// and no reading is asked after it is. No ordinary target comes near [`MAX_JUDGING`] with
+    /// ordinary rules: with 453 patterns of the usual kinds, 2 MB of readings take about 15 ms.
     ///
     /// # Errors
-    /// [`TargetError::TooManyReadings`] when the time was spent before every reading was
-    /// asked.
+    /// [`TargetError::TooManyReadings`] when the allowance was spent before every reading was
+    /// answered.
     pub fn reading_apart_within<T: PartialEq>(
         &self,
-        answer: impl Fn(&str, bool) -> T,
-        started: std::time::Duration,
-        limit: std::time::Duration,
+        answer: impl Fn(&str, bool) -> Option<T>,
+        allowance: &CpuAllowance,
     ) -> Result<Option<ReadApart>, TargetError> {
         let (normalised, other, folded) = (&self.path_and_query, &self.other_readings, &self.case_folded_readings);
-        let spent = || thread_cpu_time().saturating_sub(started) >= limit;
+        let spent = || allowance.spent();
         apart(normalised, other, folded, answer, Some(&spent))
     }
 }
@@ -126,17 +125,6 @@ impl TargetRequest {
 /// target is refused (400) as one that reads too many ways
 /// ([`TargetRequest::reading_apart_within`]).
 pub const MAX_JUDGING: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`); zero should the clock fail.
-pub fn thread_cpu_time() -> std::time::Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec to write to; the clock id is a constant Linux knows.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
-    match ok {
-        true => std::time::Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec.clamp(0, 999_999_999) as u32),
-        false => std::time::Duration::ZERO,
-    }
-}
 
 /// [`TargetRequest::reading_apart`] for `path_and_query` as a request would send it (`/path`
 /// and an optional `?query`), for judging a rule before any request comes.
@@ -156,7 +144,7 @@ pub fn reading_apart<T: PartialEq>(
         None => (path_and_query, None),
     };
     let (normalised, readings) = read(path, query, MAX_READING_BYTES)?;
-    apart(&normalised, &readings.other, &readings.case_folded, answer, None)
+    apart(&normalised, &readings.other, &readings.case_folded, |r, i| Some(answer(r, i)), None)
 }
 
 /// `q` with every escape decoded once, as a rewrite that decodes before it forwards hands it
@@ -711,26 +699,29 @@ fn trim_blanks(s: &str, plus: bool) -> &str {
 }
 
 /// The first reading `answer` answers apart from `normalised` (see
-/// [`TargetRequest::reading_apart`]), asking no more once `spent` says the time is spent.
+/// [`TargetRequest::reading_apart`]), asking no more once `spent` says the time is spent. An
+/// answer given once it is, or none at all (`None`), is not one: it may have been cut short.
 ///
 /// # Errors
-/// [`TargetError::TooManyReadings`] when the time was spent before every reading was asked.
+/// [`TargetError::TooManyReadings`] when the time was spent before every reading was answered.
 fn apart<T: PartialEq>(
     normalised: &str,
     other: &[String],
     case_folded: &[String],
-    answer: impl Fn(&str, bool) -> T,
+    answer: impl Fn(&str, bool) -> Option<T>,
     spent: Option<&dyn Fn() -> bool>,
 ) -> Result<Option<ReadApart>, TargetError> {
-    let expected = answer(normalised, false);
+    let too_long = || TargetError::TooManyReadings("judging them would take too long");
+    let answered = |reading: &str, ignoring_case: bool| match answer(reading, ignoring_case) {
+        Some(given) if !spent.is_some_and(|spent| spent()) => Ok(given),
+        _ => Err(too_long()),
+    };
+    let expected = answered(normalised, false)?;
     let as_they_route = std::iter::once(normalised).chain(other.iter().map(String::as_str));
     let asked =
         as_they_route.flat_map(|r| [(r, false), (r, true)]).chain(case_folded.iter().map(|r| (r.as_str(), true)));
     for (reading, ignoring_case) in asked {
-        if spent.is_some_and(|spent| spent()) {
-            return Err(TargetError::TooManyReadings("judging them would take too long"));
-        }
-        if answer(reading, ignoring_case) != expected {
+        if answered(reading, ignoring_case)? != expected {
             let (normalised, reading) = (normalised.to_string(), reading.to_string());
             return Ok(Some(ReadApart { normalised, reading, ignoring_case }));
         }
@@ -2077,11 +2068,13 @@ mod bounded_readings {
         assert!(matches!(read(&crafted), Err(TargetError::TooManyReadings(_))));
     }
 
-    /// Judging stops once `MAX_JUDGING` has passed, with the readings not all asked (review
-    /// 160: some rule sets make each reading's judging cost milliseconds); before, every
-    /// reading is asked.
+    /// Judging stops once its allowance is spent, with the readings not all asked (review
+    /// 160: some rule sets make each reading's judging cost milliseconds), and an answer cut
+    /// short within a reading (`None`, review 162: one reading cost seconds) is not taken for
+    /// one; before, every reading is asked.
     #[test]
     fn judging_past_its_time_is_refused() {
+        use crate::cpu_time::CpuAllowance;
         let target = TargetRequest {
             url: "https://app.example.com/x".into(),
             host: "app.example.com".into(),
@@ -2091,18 +2084,26 @@ mod bounded_readings {
             method: "GET".into(),
         };
         let asked = std::cell::Cell::new(0);
-        let answer = |_: &str, _: bool| asked.set(asked.get() + 1);
-        let started = super::thread_cpu_time();
-        assert_eq!(target.reading_apart_within(answer, started, super::MAX_JUDGING), Ok(None));
+        let answer = |_: &str, _: bool| {
+            asked.set(asked.get() + 1);
+            Some(())
+        };
+        let ample = CpuAllowance::new(super::MAX_JUDGING);
+        assert_eq!(target.reading_apart_within(answer, &ample), Ok(None));
         assert_eq!(asked.get(), 1 + 50 * 2 + 2 + 1, "every reading asked in time");
         asked.set(0);
-        let spent = target.reading_apart_within(answer, started, std::time::Duration::ZERO);
+        let spent = target.reading_apart_within(answer, &CpuAllowance::new(std::time::Duration::ZERO));
         assert!(matches!(spent, Err(TargetError::TooManyReadings(_))), "{spent:?}");
         assert_eq!(asked.get(), 1, "no reading but the first asked once the time was spent");
-        // The thread's CPU time, which another thread's work does not move.
-        let before = super::thread_cpu_time();
-        std::thread::spawn(|| (0..20_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b))).join().unwrap();
-        assert!(super::thread_cpu_time() - before < std::time::Duration::from_millis(5));
+        // A reading cut short: its answer is none, and judging ends there.
+        asked.set(0);
+        let cut = |reading: &str, _: bool| {
+            asked.set(asked.get() + 1);
+            (reading != "/x7").then_some(())
+        };
+        let spent = target.reading_apart_within(cut, &ample);
+        assert!(matches!(spent, Err(TargetError::TooManyReadings(_))), "{spent:?}");
+        assert_eq!(asked.get(), 1 + 7 * 2 + 2 + 1, "no reading asked after the one cut short");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod cookies;
+pub mod cpu_time;
 pub mod csrf;
 pub mod descriptors;
 pub mod domain;

@@ -177,22 +177,23 @@ impl Asked {
     /// [`TargetError::TooManyReadings`] when judging every reading would take longer than
     /// [`crate::forward_auth::MAX_JUDGING`].
     fn judge(self, mut target: TargetRequest) -> Result<Judged, TargetError> {
-        let started = crate::forward_auth::thread_cpu_time();
+        let allowance = crate::cpu_time::CpuAllowance::new(crate::forward_auth::MAX_JUDGING);
         let Asked { state, user_key, groups, factors, client } = self;
         let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
         let t = Target { host: &target.host, path_and_query: &target.path_and_query, method: &target.method, client };
         let access = &state.settings.access;
-        let decision = access.decide(&t, subject.as_ref());
+        let too_long = || TargetError::TooManyReadings("judging them would take too long");
+        let decision = access.decide_reading_within(&t, subject.as_ref(), false, &allowance).ok_or_else(too_long)?;
         // Applications read paths differently (some decode, merge and drop `;params` before
         // they route, some route on the path as sent, some ignore case): where the readings
         // would get different answers, no answer is safe for every application.
         let apart = target.reading_apart_within(
             |reading, ignoring_case| {
                 let other = Target { path_and_query: reading, ..t };
-                allowed_for(access.decide_reading(&other, subject.as_ref(), ignoring_case), factors)
+                let decided = access.decide_reading_within(&other, subject.as_ref(), ignoring_case, &allowance)?;
+                Some(allowed_for(decided, factors))
             },
-            started,
-            crate::forward_auth::MAX_JUDGING,
+            &allowance,
         )?;
         let apart = apart.is_some();
         target.other_readings = Vec::new();

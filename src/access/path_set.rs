@@ -1,0 +1,285 @@
+//! Every access rule's path patterns matched together: one pass over a reading's text however
+//! many patterns there are, given up as soon as a [`CpuAllowance`] is spent, not only between
+//! readings.
+
+use std::panic::{RefUnwindSafe, UnwindSafe};
+
+use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
+use regex_automata::nfa::thompson::{self, pikevm::PikeVM, WhichCaptures};
+use regex_automata::util::{pool::Pool, syntax};
+use regex_automata::{Input, MatchKind, PatternID, PatternSet};
+
+use super::{one_line, Rule};
+use crate::cpu_time::CpuAllowance;
+
+/// Every rule's path patterns, in the rules' order, as one set per way of matching case:
+/// judging a reading matches it against all of them in one pass of the text (two when it has a
+/// query), however many there are. Asked one by one, each reading of a crafted target against
+/// each pattern cost 5.5 s of CPU with 450 patterns (review 156); `cargo bench --bench
+/// judging`'s crafted target takes 26 ms with 453 together, 1.1 s one by one.
+#[derive(Debug)]
+pub(super) struct PathSet {
+    as_written: Matcher,
+    folded: Matcher,
+    /// Each pattern's [`super::PathPattern::requires_query`], in the sets' order.
+    requires_query: Vec<bool>,
+}
+
+impl PathSet {
+    /// The set of `rules`' patterns, each rule's [`Rule::patterns`] set to its place in it.
+    ///
+    /// # Errors
+    /// When the patterns together pass the compiler's bound, 1 MiB of compiled size per
+    /// pattern (each alone was checked against that bound as its rule was read).
+    pub(super) fn new(rules: &mut [Rule]) -> Result<Self, String> {
+        let mut sources = Vec::new();
+        let mut requires_query = Vec::new();
+        for rule in rules.iter_mut() {
+            rule.patterns = sources.len()..sources.len() + rule.paths.len();
+            sources.extend(rule.paths.iter().map(|p| p.source.as_str()));
+            requires_query.extend(rule.paths.iter().map(|p| p.requires_query));
+        }
+        let compile = |folded: bool| {
+            Matcher::new(&sources, folded)
+                .map_err(|e| format!("access.rules path: the patterns together cannot be compiled ({})", one_line(&e)))
+        };
+        Ok(PathSet { as_written: compile(false)?, folded: compile(true)?, requires_query })
+    }
+
+    /// Which patterns match `path_and_query` (normalised: the query after the first `?`, which
+    /// holds no other), and which its path alone; `None` once `allowance` is spent.
+    pub(super) fn matched(
+        &self,
+        path_and_query: &str,
+        folded: bool,
+        allowance: Option<&CpuAllowance>,
+    ) -> Option<PathsMatched<'_>> {
+        let set = if folded { &self.folded } else { &self.as_written };
+        // The path alone first: when the allowance is spent there, the whole is not matched.
+        let path = match path_and_query.split_once('?') {
+            Some((path, _)) => Some(set.which(path, allowance)?),
+            None => None,
+        };
+        Some(PathsMatched { whole: set.which(path_and_query, allowance)?, path, requires_query: &self.requires_query })
+    }
+}
+
+/// The patterns of a [`PathSet`] one path and query matched.
+pub(super) struct PathsMatched<'a> {
+    /// Matched against the path and query.
+    pub(super) whole: PatternSet,
+    /// Matched against the path alone; `None` when there is no query.
+    pub(super) path: Option<PatternSet>,
+    pub(super) requires_query: &'a [bool],
+}
+
+impl PathsMatched<'_> {
+    /// None matched, for rules without path patterns.
+    pub(super) fn none() -> Self {
+        PathsMatched { whole: PatternSet::new(0), path: None, requires_query: &[] }
+    }
+
+    /// Whether any pattern in `patterns` matched, asked as `asked` says.
+    pub(super) fn any(&self, patterns: std::ops::Range<usize>, asked: super::Asked) -> bool {
+        patterns.into_iter().any(|i| {
+            let matched = |set: &PatternSet| PatternID::new(i).is_ok_and(|id| set.contains(id));
+            let whole = matched(&self.whole);
+            let path = self.path.as_ref().map_or(whole, matched);
+            match asked {
+                super::Asked::AsRouted if self.requires_query[i] => whole,
+                super::Asked::AsRouted => path,
+                super::Asked::Either => whole || path,
+            }
+        })
+    }
+}
+
+/// Room for the lazy DFA's states, per set and thread judging: hundreds of patterns with
+/// bounded repetitions ignoring case (`(?i)(^|/)[a-z]{0,10}secret1[a-z]{0,10}(/|$)`, review
+/// 160) make many, and in the regex crate's default 2 MiB it gave up for a slower engine: 5.8
+/// ms for a 60-byte target against 450 such patterns, 11.5 µs with this (`cargo bench --bench
+/// judging`). Filled only as such rules need it.
+const DFA_CACHE_BYTES: usize = 16 << 20;
+
+/// The patterns of one way of matching case, compiled together.
+struct Matcher {
+    /// The lazy DFA that judges: walked here a byte at a time, so that judging stops within a
+    /// few bytes once the allowance is spent, however costly each byte (review 162: with 3,000
+    /// patterns of `(?i)[^/?]{1,20}[0-9a-f]{4,12}xN[[:alnum:]]{0,16}`, one reading of a 2.6 KB
+    /// URL cost seconds, and the limit was looked at only between readings). It never gives
+    /// up for a slower engine on its own (the regex crate's does when its cache fills too
+    /// often): the allowance bounds it.
+    dfa: DFA,
+    /// For a reading the lazy DFA cannot walk: a Unicode word boundary (`\b`) in a pattern
+    /// beside a byte outside ASCII, which it does not decide.
+    pikevm: PikeVM,
+    caches: Pool<Caches, CachesFn>,
+}
+
+/// What one thread's judging with a [`Matcher`] writes to.
+struct Caches {
+    dfa: DfaCache,
+    pikevm: regex_automata::nfa::thompson::pikevm::Cache,
+}
+
+type CachesFn = Box<dyn Fn() -> Caches + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matcher").field("patterns", &self.dfa.pattern_len()).finish_non_exhaustive()
+    }
+}
+
+/// How a walk of the lazy DFA ended.
+enum Walked {
+    /// Every pattern that matches was found.
+    Whole,
+    /// The allowance was spent first.
+    Spent,
+    /// A byte it cannot decide ([`Matcher::pikevm`]).
+    Quit,
+}
+
+impl Matcher {
+    /// `sources` compiled together, with or without regard to case, as the regex crate would
+    /// (its syntax, Unicode on), at most 1 MiB of compiled size per pattern.
+    fn new(sources: &[&str], folded: bool) -> Result<Self, String> {
+        let nfa = thompson::Compiler::new()
+            .syntax(syntax::Config::new().case_insensitive(folded))
+            .configure(
+                thompson::Config::new()
+                    .nfa_size_limit(Some((1usize << 20).saturating_mul(sources.len().max(1))))
+                    // Which patterns match is all judging asks, never where.
+                    .which_captures(WhichCaptures::None),
+            )
+            .build_many(sources)
+            .map_err(|e| e.to_string())?;
+        let dfa = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    .cache_capacity(DFA_CACHE_BYTES)
+                    .skip_cache_capacity_check(true)
+                    .minimum_cache_clear_count(None)
+                    .unicode_word_boundary(true),
+            )
+            .build_from_nfa(nfa.clone())
+            .map_err(|e| e.to_string())?;
+        let pikevm = PikeVM::builder()
+            .configure(PikeVM::config().match_kind(MatchKind::All))
+            .build_from_nfa(nfa)
+            .map_err(|e| e.to_string())?;
+        let (d, p) = (dfa.clone(), pikevm.clone());
+        let caches: CachesFn = Box::new(move || Caches { dfa: d.create_cache(), pikevm: p.create_cache() });
+        Ok(Matcher { dfa, pikevm, caches: Pool::new(caches) })
+    }
+
+    /// Which patterns match somewhere in `haystack`; `None` once `allowance` is spent.
+    fn which(&self, haystack: &str, allowance: Option<&CpuAllowance>) -> Option<PatternSet> {
+        let mut found = PatternSet::new(self.dfa.pattern_len());
+        if found.capacity() == 0 {
+            return Some(found);
+        }
+        let mut caches = self.caches.get();
+        match self.walk(&mut caches.dfa, haystack.as_bytes(), &mut found, allowance) {
+            Walked::Whole => Some(found),
+            Walked::Spent => None,
+            Walked::Quit => {
+                found.clear();
+                self.pikevm.which_overlapping_matches(&mut caches.pikevm, &Input::new(haystack), &mut found);
+                Some(found)
+            }
+        }
+    }
+
+    /// Walks the lazy DFA over `haystack`, unanchored, adding to `found` every pattern of each
+    /// match state it passes (a match is seen a byte late, and at the end past the last byte).
+    fn walk(
+        &self,
+        cache: &mut DfaCache,
+        haystack: &[u8],
+        found: &mut PatternSet,
+        allowance: Option<&CpuAllowance>,
+    ) -> Walked {
+        let dfa = &self.dfa;
+        let record = |cache: &DfaCache, state, found: &mut PatternSet| {
+            for i in 0..dfa.match_len(cache, state) {
+                found.insert(dfa.match_pattern(cache, state, i));
+            }
+        };
+        let Ok(mut state) = dfa.start_state_forward(cache, &Input::new(haystack)) else { return Walked::Quit };
+        for (at, &byte) in haystack.iter().enumerate() {
+            // A byte costs nanoseconds while the DFA's states are known, up to milliseconds
+            // each when every one is new; looking every 64 bytes costs about 0.4 ns a byte.
+            if at % 64 == 0 && allowance.is_some_and(CpuAllowance::spent) {
+                return Walked::Spent;
+            }
+            // Without a minimum count of cache clears the DFA never gives up: no error here.
+            let Ok(next) = dfa.next_state(cache, state, byte) else { return Walked::Quit };
+            state = next;
+            if state.is_tagged() {
+                if state.is_match() {
+                    record(cache, state, found);
+                    if found.is_full() {
+                        return Walked::Whole;
+                    }
+                } else if state.is_dead() {
+                    return Walked::Whole;
+                } else if state.is_quit() {
+                    return Walked::Quit;
+                }
+            }
+        }
+        match dfa.next_eoi_state(cache, state) {
+            Ok(end) if end.is_match() => record(cache, end, found),
+            Ok(_) => {}
+            Err(_) => return Walked::Quit,
+        }
+        Walked::Whole
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn which(sources: &[&str], haystack: &str, folded: bool) -> Vec<usize> {
+        let m = Matcher::new(sources, folded).unwrap();
+        let found = m.which(haystack, None).unwrap();
+        found.iter().map(|id| id.as_usize()).collect()
+    }
+
+    /// Each pattern that matches anywhere, whichever others do, at the start, in the middle
+    /// and at the end, anchored or not.
+    #[test]
+    fn every_pattern_that_matches_is_found() {
+        let sources = ["^/admin", "x$", "(^|/)secret(/|$)", "^/b", "\\.bak$", "q"];
+        assert_eq!(which(&sources, "/admin/secret/x?q", false), [0, 2, 5]);
+        assert_eq!(which(&sources, "/y/secret", false), [2]);
+        assert_eq!(which(&sources, "/b.bak", false), [3, 4]);
+        assert_eq!(which(&sources, "/ADMIN/SECRET", false), Vec::<usize>::new());
+        assert_eq!(which(&sources, "/ADMIN/SECRET/X", true), [0, 1, 2]);
+        assert_eq!(which(&sources, "", false), Vec::<usize>::new());
+        assert_eq!(which(&[], "/admin", false), Vec::<usize>::new());
+    }
+
+    /// A Unicode word boundary beside a byte outside ASCII, which the lazy DFA cannot decide,
+    /// is decided by the slower engine.
+    #[test]
+    fn a_unicode_word_boundary_beside_non_ascii_is_decided() {
+        let sources = ["\\badmin\\b", "^/b"];
+        assert_eq!(which(&sources, "/admin", false), [0]);
+        assert_eq!(which(&sources, "/éadmin", false), Vec::<usize>::new());
+        assert_eq!(which(&sources, "/b/é/admin", false), [0, 1]);
+    }
+
+    /// Judging stops once the allowance is spent, within the reading.
+    #[test]
+    fn a_spent_allowance_stops_the_walk() {
+        let m = Matcher::new(&["^/admin", "z"], false).unwrap();
+        let spent = CpuAllowance::new(std::time::Duration::ZERO);
+        assert!(m.which("/admin", Some(&spent)).is_none());
+        let ample = CpuAllowance::new(std::time::Duration::from_secs(60));
+        assert_eq!(m.which("/admin", Some(&ample)).map(|f| f.len()), Some(1));
+    }
+}
