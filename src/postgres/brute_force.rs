@@ -6,8 +6,9 @@
 //! the steps a sign-in always takes together (`bf_begin_check`, `bf_end_check`, migration 8,
 //! whose commits do not wait for the WAL flush: it says why).
 //!
-//! Times are Unix milliseconds passed in by the caller (`now_ms`), never the database's
-//! clock, so the same rules hold as in memory and tests can move time. Keys are bytes: the
+//! Times are Unix milliseconds passed in by the caller (`now_ms`), never read here from the
+//! database's clock, so the same rules hold as in memory and tests can move time; the shared
+//! state ([`super::state::PgBruteForce`]) moves each instance's times to the database's clock. Keys are bytes: the
 //! caller passes [`address_key`] and [`username_key`], the same keys the in-memory tables use.
 
 use crate::client::AddressKey;

@@ -171,6 +171,15 @@ impl Conn {
         Err(refusal)
     }
 
+    /// The database's clock (`clock_timestamp()`), Unix milliseconds.
+    ///
+    /// # Errors
+    /// As [`Conn::query`].
+    pub async fn database_clock_ms(&self) -> Result<i64, PgError> {
+        let row = self.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Begins a transaction; it rolls back unless [`Tx::commit`] is called.
     /// Errors as [`Conn::query`].
     // As in `client`: only `Drop` empties `obj`.

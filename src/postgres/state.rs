@@ -3,7 +3,7 @@
 //! failure counts, captcha challenges and retired pre-login ids one instance would (SPEC.md,
 //! "Several instances, one truth"; issue 12 §3). Nothing is kept in the process.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -29,6 +29,33 @@ pub struct PgBruteForce {
     window_ms: u64,
     /// `captcha_after_failures`.
     threshold: u32,
+    /// This host's clock, Unix milliseconds ([`crate::store::now_ms`]; another in tests).
+    local_clock: fn() -> u64,
+    /// How far the database's clock is ahead of `local_clock` (ms, negative when behind), and
+    /// when that was measured; `None` before the first measurement.
+    offset: std::sync::Mutex<Option<(Instant, i64)>>,
+}
+
+/// How often the offset of this host's clock from the database's is measured again: one
+/// round trip at most this often.
+const REMEASURE: Duration = Duration::from_secs(10);
+
+/// An offset below this (milliseconds) is left alone: a round trip's measurement is off by up
+/// to half of it, and a quota's unit is seconds, so a second's skew is worth less than one.
+const OFFSET_IGNORED_MS: i64 = 1_000;
+
+/// The times of one operation, moved from this host's clock to the database's.
+#[derive(Clone, Copy)]
+struct OnDatabaseClock(i64);
+
+impl OnDatabaseClock {
+    /// `local_ms` (Unix milliseconds on this host's clock) on the database's.
+    fn ms(self, local_ms: u64) -> u64 {
+        match self.0 {
+            ahead if ahead >= 0 => local_ms.saturating_add(ahead.unsigned_abs()),
+            behind => local_ms.saturating_sub(behind.unsigned_abs()),
+        }
+    }
 }
 
 impl PgBruteForce {
@@ -36,11 +63,51 @@ impl PgBruteForce {
     /// [`crate::brute_force::InMemory::new`]; the database's schema must be current
     /// (`migrate::migrate`, which `Store::connect` runs).
     pub fn new(pool: Db, window: Duration, threshold: u32) -> Self {
-        PgBruteForce { pool, window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX), threshold }
+        PgBruteForce {
+            pool,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            threshold,
+            local_clock: crate::store::now_ms,
+            offset: std::sync::Mutex::new(None),
+        }
     }
 
-    async fn client(&self) -> Result<Conn, StateError> {
-        Ok(self.pool.get().await?)
+    /// The same with `clock` for this host's (a test's host whose clock is off).
+    pub fn with_local_clock(self, clock: fn() -> u64) -> Self {
+        PgBruteForce { local_clock: clock, ..self }
+    }
+
+    /// A connection, and how to move the caller's times (this host's clock) to the
+    /// database's. Every instance on one database then counts quotas and windows on one clock:
+    /// one whose clock ran 20 s ahead let an address make 7 more attempts right after its
+    /// burst elsewhere, as the quota had refilled by its clock (review 163); a store read
+    /// through instances within `health::CLOCK_LIMIT_MS` of each other is ready, so such a
+    /// skew is one they serve with.
+    async fn client(&self) -> Result<(Conn, OnDatabaseClock), StateError> {
+        let c = self.pool.get().await?;
+        let known = match self.offset.lock() {
+            Ok(offset) => *offset,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        let ahead = match known {
+            Some((at, ahead)) if at.elapsed() < REMEASURE => ahead,
+            _ => {
+                // Others meanwhile go on with the last measurement, rather than each measure.
+                if let (Some((_, last)), Ok(mut offset)) = (known, self.offset.lock()) {
+                    *offset = Some((Instant::now(), last));
+                }
+                let sent = (self.local_clock)();
+                let database = c.database_clock_ms().await?;
+                let middle = (sent / 2).saturating_add((self.local_clock)() / 2);
+                let ahead = database.saturating_sub(i64::try_from(middle).unwrap_or(i64::MAX));
+                match self.offset.lock() {
+                    Ok(mut offset) => *offset = Some((Instant::now(), ahead)),
+                    Err(poisoned) => *poisoned.into_inner() = Some((Instant::now(), ahead)),
+                }
+                ahead
+            }
+        };
+        Ok((c, OnDatabaseClock(if ahead.abs() < OFFSET_IGNORED_MS { 0 } else { ahead })))
     }
 }
 
@@ -51,8 +118,8 @@ fn username_bytes(digest: u128) -> Vec<u8> {
 #[async_trait]
 impl BruteForceState for PgBruteForce {
     async fn take(&self, key: QuotaKey, rate: Rate, now_ms: u64) -> Result<Result<(), Wait>, StateError> {
-        let c = self.client().await?;
-        let taken = bf::take_quota_ms(&c, key.kind(), &key.bytes(), rate, now_ms).await?;
+        let (c, at) = self.client().await?;
+        let taken = bf::take_quota_ms(&c, key.kind(), &key.bytes(), rate, at.ms(now_ms)).await?;
         Ok(taken.map_err(|ms| Wait { ms }))
     }
 
@@ -88,14 +155,14 @@ impl BruteForceState for PgBruteForce {
         username: Option<u128>,
         now_ms: u64,
     ) -> Result<bool, StateError> {
-        let c = self.client().await?;
+        let (c, at) = self.client().await?;
         // No username: an empty key, which no 16-byte username key equals.
         let u = username.map(username_bytes).unwrap_or_default();
-        Ok(bf::needs_captcha(&c, &bf::address_key(address), &u, now_ms, self.threshold).await?)
+        Ok(bf::needs_captcha(&c, &bf::address_key(address), &u, at.ms(now_ms), self.threshold).await?)
     }
 
     async fn clear_username(&self, username: u128) -> Result<usize, StateError> {
-        let c = self.client().await?;
+        let (c, _) = self.client().await?;
         // Every failure row it had, lapsed or not yet pruned, as the in-memory count answers
         // (the trait passes no time): a cutoff of 0 counts them all.
         let n = bf::clear_username(&c, &username_bytes(username), 0).await?;
@@ -109,28 +176,28 @@ impl BruteForceState for PgBruteForce {
         expires_at_ms: u64,
         _now_ms: u64,
     ) -> Result<(), StateError> {
-        let c = self.client().await?;
-        Ok(bf::put_captcha(&c, &slot, &answer_hash, expires_at_ms).await?)
+        let (c, at) = self.client().await?;
+        Ok(bf::put_captcha(&c, &slot, &answer_hash, at.ms(expires_at_ms)).await?)
     }
 
     async fn take_challenge(&self, slot: [u8; 32], now_ms: u64) -> Result<Option<[u8; 32]>, StateError> {
-        let c = self.client().await?;
-        Ok(bf::take_captcha(&c, &slot, now_ms).await?)
+        let (c, at) = self.client().await?;
+        Ok(bf::take_captcha(&c, &slot, at.ms(now_ms)).await?)
     }
 
     async fn retire(&self, id: [u8; 16], expires_at_ms: u64, now_ms: u64) -> Result<bool, StateError> {
-        let c = self.client().await?;
-        Ok(bf::retire_prelogin(&c, &id, expires_at_ms, now_ms).await?)
+        let (c, at) = self.client().await?;
+        Ok(bf::retire_prelogin(&c, &id, at.ms(expires_at_ms), at.ms(now_ms)).await?)
     }
 
     async fn is_retired(&self, id: [u8; 16]) -> Result<bool, StateError> {
-        let c = self.client().await?;
+        let (c, _) = self.client().await?;
         Ok(bf::is_retired(&c, &id).await?)
     }
 
     async fn prune(&self, now_ms: u64) -> Result<(), StateError> {
-        let c = self.client().await?;
-        bf::purge_expired(&c, now_ms).await?;
+        let (c, at) = self.client().await?;
+        bf::purge_expired(&c, at.ms(now_ms)).await?;
         Ok(())
     }
 
@@ -151,15 +218,15 @@ impl BruteForceState for PgBruteForce {
         clear: Option<u128>,
         now_ms: u64,
     ) -> Result<Option<usize>, StateError> {
-        let c = self.client().await?;
+        let (c, at) = self.client().await?;
         let held = reservation.map(|r| (bf::address_key(r.address), username_bytes(r.username)));
         let clear = clear.map(username_bytes);
         let cleared = bf::end_check(
             &c,
             held.as_ref().map(|(a, u)| (&a[..], &u[..])),
-            retire.as_ref().map(|r| (&r.id, r.expires_at_ms)),
+            retire.as_ref().map(|r| (&r.id, at.ms(r.expires_at_ms))),
             clear.as_deref(),
-            now_ms,
+            at.ms(now_ms),
         )
         .await?;
         Ok(cleared.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
@@ -176,10 +243,10 @@ impl PgBruteForce {
         held: bool,
         now_ms: u64,
     ) -> Result<Recorded, StateError> {
-        let c = self.client().await?;
+        let (c, at) = self.client().await?;
         let (a, u) = (bf::address_key(address), username.map(username_bytes));
         let (reached, demanded) =
-            bf::fail_counted(&c, &a, u.as_deref(), held, now_ms, self.window_ms, self.threshold).await?;
+            bf::fail_counted(&c, &a, u.as_deref(), held, at.ms(now_ms), self.window_ms, self.threshold).await?;
         Ok(Recorded { reached_threshold: reached, captcha_demanded: Some(demanded) })
     }
 
@@ -192,9 +259,9 @@ impl PgBruteForce {
         username: u128,
         now_ms: u64,
     ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
-        let c = self.client().await?;
+        let (c, at) = self.client().await?;
         let (a, u) = (bf::address_key(address), username_bytes(username));
-        Ok(match bf::begin_check(&c, prelogin, &a, &u, now_ms, self.threshold).await? {
+        Ok(match bf::begin_check(&c, prelogin, &a, &u, at.ms(now_ms), self.threshold).await? {
             bf::Begun::Retired => None,
             bf::Begun::CaptchaDemanded => Some(Err(CaptchaDemanded)),
             // The rows are found again by their keys when the reservation ends (`bf_take_held`).

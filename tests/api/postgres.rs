@@ -285,6 +285,34 @@ async fn the_gcra_quota_allows_a_burst_then_refills_one_unit_per_interval() {
     assert!(bf::take_quota(&c, "per_address", b"k", MINUTE, later).await.unwrap().is_err());
 }
 
+/// Instances whose clocks differ count quotas and failure windows on the database's clock:
+/// an address that spent its burst on one has none left on another whose clock runs 20 s
+/// ahead, and is told to wait as long there (review 163: that one gave 7 more attempts at
+/// once, its quota refilled by its own clock).
+#[tokio::test]
+async fn an_instance_whose_clock_runs_ahead_gives_no_more_of_a_quota() {
+    use portcullis::brute_force::{BruteForceState, QuotaKey};
+    use portcullis::postgres::state::PgBruteForce;
+    let Some((_url, pool)) = migrated().await else { return };
+    fn on_time() -> u64 {
+        portcullis::store::now_ms()
+    }
+    fn ahead() -> u64 {
+        portcullis::store::now_ms() + 20_000
+    }
+    let instance =
+        |clock: fn() -> u64| PgBruteForce::new(pool.clone(), Duration::from_secs(60), 3).with_local_clock(clock);
+    let (a, e) = (instance(on_time), instance(ahead));
+    let rate = Rate { burst: 20, period: Duration::from_secs(60) };
+    let key = QuotaKey::Address(portcullis::client::AddressKey::of("192.0.2.7".parse().unwrap()));
+    for n in 0..20 {
+        assert!(a.take(key, rate, on_time()).await.unwrap().is_ok(), "unit {n} of the burst");
+    }
+    let there = a.take(key, rate, on_time()).await.unwrap().expect_err("the burst is spent");
+    let ahead_of_it = e.take(key, rate, ahead()).await.unwrap().expect_err("spent on every instance");
+    assert!(ahead_of_it.ms.abs_diff(there.ms) < 1_000, "{ahead_of_it:?} against {there:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_takes_at_once_on_one_key_get_exactly_the_burst() {
     let Some((_, pool)) = migrated().await else { return };
