@@ -93,15 +93,27 @@ pub async fn take_quota_ms(
             &[&quota, &key, &now, &interval, &limit],
         )
         .await?;
-    let refused_tat = match rows.first() {
+    let wait = |tat: i64| tat.saturating_add(interval).saturating_sub(limit).saturating_sub(now);
+    let seen = match rows.first() {
         Some(row) if row.get::<_, bool>(0) => return Ok(Ok(())),
-        Some(row) => row.get::<_, i64>(1),
-        // Refused by a row committed after this statement's snapshot: its tat is at least
-        // one interval past the limit, so one interval is a lower bound of the wait.
-        None => now + limit,
+        Some(row) => Some(row.get::<_, i64>(1)),
+        None => None,
     };
-    let wait_ms = refused_tat + interval - limit - now;
-    Ok(Err(wait_ms.max(1) as u64))
+    // The refusal was judged against the newest row (the conflict waits for a take committing
+    // at once), but the statement's SELECT reads its snapshot, taken before: under a burst of
+    // takes it saw an older, lower tat, and told refused clients to come back in 1 s where the
+    // wait was 90 (review 163). Then the newest row is read again by a statement of its own.
+    let refused_tat = match seen.filter(|&tat| wait(tat) > 0) {
+        Some(tat) => tat,
+        None => {
+            let again = client
+                .query("SELECT tat_ms FROM bf_quotas WHERE quota = $1::text AND key = $2::bytea", &[&quota, &key])
+                .await?;
+            // Gone since (a purge of a full bucket): one interval is a lower bound of the wait.
+            again.first().map_or(now + limit, |row| row.get::<_, i64>(0))
+        }
+    };
+    Ok(Err(wait(refused_tat).max(1) as u64))
 }
 
 /// How long a reserved password check holds its place when its end never comes (an instance

@@ -313,6 +313,30 @@ async fn an_instance_whose_clock_runs_ahead_gives_no_more_of_a_quota() {
     assert!(ahead_of_it.ms.abs_diff(there.ms) < 1_000, "{ahead_of_it:?} against {there:?}");
 }
 
+/// A take refused by a take that committed while it waited is told the wait the newest row
+/// gives, not the one its statement's older snapshot would (review 163: refused clients of a
+/// burst were told `Retry-After: 1` where the wait was 90 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_refused_by_one_committed_meanwhile_is_told_the_whole_wait() {
+    let Some((url, pool)) = migrated().await else { return };
+    let rate = Rate { burst: 2, period: Duration::from_secs(120) };
+    let t0 = 1_700_000_000_000u64;
+    let c = pool.get().await.unwrap();
+    assert_eq!(bf::take_quota(&c, "per_username", b"alice", rate, t0).await.unwrap(), Ok(()));
+    // Another instance takes the last unit in a transaction that commits only once this
+    // one's take is waiting on the row.
+    let mut other = connect(&url).await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute("UPDATE bf_quotas SET tat_ms = tat_ms + 60000 WHERE quota = 'per_username' AND key = 'alice'", &[])
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { bf::take_quota(&c, "per_username", b"alice", rate, t0).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the take waits for the other's row");
+    tx.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), Err(60), "one interval (60 s) until the next unit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_takes_at_once_on_one_key_get_exactly_the_burst() {
     let Some((_, pool)) = migrated().await else { return };
