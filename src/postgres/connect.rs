@@ -214,3 +214,23 @@ impl ServerCertVerifier for WithoutHostName {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// How many other connections of portcullis (its servers and commands, which all connect as
+/// application `portcullis`) are open on `url`'s database now, asked on a connection of its
+/// own made first: a command that must not run beside a server (`store forget-factor-key`)
+/// has none of its own open yet. `pg_stat_activity` shows every role's connections' database
+/// and application name to any role.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn others_connected(url: &DatabaseUrl) -> Result<u64, PgError> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'portcullis' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}

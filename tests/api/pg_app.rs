@@ -311,3 +311,24 @@ async fn a_sign_in_checked_before_a_password_change_and_stored_after_it_gets_no_
     assert!(app.sessions_of("alice").await.is_empty());
     app.stop().await;
 }
+
+/// On PostgreSQL no lock says a server runs: `store forget-factor-key` refuses while an
+/// instance is connected (review 163: a server left running sealed new second factors under
+/// the key being forgotten and recorded it again, so the next instance with a new key refused
+/// to start), and runs once every instance is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_forget_factor_key_refuses_while_an_instance_is_connected() {
+    use portcullis::factors::key::FINGERPRINT_NAME;
+    let Some(url) = pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let run = cli_on(&url, &["store", "forget-factor-key", "--yes"]).await;
+    let err = run.assert_one_line_failure("beside a running instance");
+    assert!(err.contains("connection(s) of portcullis") && err.contains("stop every instance first"), "{err}");
+    assert!(app.state.store.secrets.get(FINGERPRINT_NAME).await.unwrap().is_some(), "the key is still recorded");
+    app.stop().await;
+    let run = cli_on(&url, &["store", "forget-factor-key", "--yes"]).await;
+    run.assert_ok("with every instance stopped");
+    let db = Store::connect(&url, "test").await.unwrap();
+    assert!(db.secrets.get(FINGERPRINT_NAME).await.unwrap().is_none(), "forgotten");
+}
