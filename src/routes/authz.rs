@@ -63,6 +63,14 @@ const READ_INLINE_BYTES: usize = 64 * 1024;
 /// judging`: 3 ns per byte of readings with 21 patterns, 7 with 453).
 const JUDGE_INLINE_WORK: usize = 512 * 1024;
 
+/// The CPU time a judging where the target arrives may take before it is handed to the
+/// blocking pool to be judged again there, whole ([`in_turn`]): some rule sets make even a
+/// short target's few readings cost milliseconds (3,000 patterns of
+/// `(?i)[^/?]{1,20}[0-9a-f]{4,12}xN[[:alnum:]]{0,16}`: 50 ms for a 20-byte target, where
+/// [`JUDGE_INLINE_WORK`] judged it here), which on an async worker held every request queued
+/// behind it. An ordinary target is judged in microseconds.
+const JUDGE_INLINE_CPU: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// How many long targets of anonymous clients are read at once, and how many of signed-in
 /// users: half the cores each, so that a flood of crafted ones from either leaves the rest to
 /// every other request.
@@ -176,12 +184,30 @@ impl Asked {
     /// # Errors
     /// [`TargetError::TooManyReadings`] when judging every reading would take longer than
     /// [`crate::forward_auth::MAX_JUDGING`].
-    fn judge(self, mut target: TargetRequest) -> Result<Judged, TargetError> {
-        let allowance = crate::cpu_time::CpuAllowance::new(crate::forward_auth::MAX_JUDGING);
-        let Asked { state, user_key, groups, factors, client } = self;
-        let subject = user_key.as_deref().map(|user_key| Subject { user_key, groups: &groups });
-        let t = Target { host: &target.host, path_and_query: &target.path_and_query, method: &target.method, client };
-        let access = &state.settings.access;
+    fn judge(self, target: TargetRequest) -> Result<Judged, TargetError> {
+        let judged = self.judge_within(&target, crate::forward_auth::MAX_JUDGING)?;
+        Ok(self.handed_back(judged, target))
+    }
+
+    /// The rules' decision for `target` and whether its readings are answered apart, judged
+    /// within `limit` of this thread's CPU time.
+    ///
+    /// # Errors
+    /// [`TargetError::TooManyReadings`] when `limit` was spent first.
+    fn judge_within(
+        &self,
+        target: &TargetRequest,
+        limit: std::time::Duration,
+    ) -> Result<(Decision, bool), TargetError> {
+        let allowance = crate::cpu_time::CpuAllowance::new(limit);
+        let subject = self.user_key.as_deref().map(|user_key| Subject { user_key, groups: &self.groups });
+        let t = Target {
+            host: &target.host,
+            path_and_query: &target.path_and_query,
+            method: &target.method,
+            client: self.client,
+        };
+        let access = &self.state.settings.access;
         let too_long = || TargetError::TooManyReadings("judging them would take too long");
         let decision = access.decide_reading_within(&t, subject.as_ref(), false, &allowance).ok_or_else(too_long)?;
         // Applications read paths differently (some decode, merge and drop `;params` before
@@ -191,14 +217,18 @@ impl Asked {
             |reading, ignoring_case| {
                 let other = Target { path_and_query: reading, ..t };
                 let decided = access.decide_reading_within(&other, subject.as_ref(), ignoring_case, &allowance)?;
-                Some(allowed_for(decided, factors))
+                Some(allowed_for(decided, self.factors))
             },
             &allowance,
         )?;
-        let apart = apart.is_some();
+        Ok((decision, apart.is_some()))
+    }
+
+    /// What a judging hands back: `target` without its readings, with the groups.
+    fn handed_back(self, (decision, apart): (Decision, bool), mut target: TargetRequest) -> Judged {
         target.other_readings = Vec::new();
         target.case_folded_readings = Vec::new();
-        Ok((decision, apart, groups, target))
+        (decision, apart, self.groups, target)
     }
 }
 
@@ -265,7 +295,12 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
     };
     let judged = match read {
         Ok(target) if readings_bytes(&target).saturating_mul(patterns) <= JUDGE_INLINE_WORK => {
-            Some(asked.judge(target))
+            match asked.judge_within(&target, JUDGE_INLINE_CPU) {
+                Ok(judged) => Some(Ok(asked.handed_back(judged, target))),
+                // Costlier than it looked: judged again, whole, where long targets are.
+                Err(TargetError::TooManyReadings(_)) => in_turn(true, whose, move || asked.judge(target)).await,
+                Err(e) => Some(Err(e)),
+            }
         }
         Ok(target) => in_turn(true, whose, move || asked.judge(target)).await,
         Err(owned) => {

@@ -470,6 +470,26 @@ async fn a_grant_on_a_parameters_value_is_not_given_when_the_parameter_repeats_w
     }
 }
 
+/// A short target whose judging costs more than a few milliseconds where it arrives (rules
+/// whose patterns make each byte costly) is judged again on the blocking pool, and answered as
+/// the rules say, not refused: judged on an async worker, it held every request behind it.
+#[tokio::test]
+async fn a_short_target_costly_to_judge_is_answered_from_the_pool_as_the_rules_say() {
+    let heavy: String = (0..300)
+        .map(|i| {
+            format!(
+                "[[access.rules]]\npath = ['(?i)[^/?]{{1,20}}[0-9a-f]{{4,12}}x{i}[[:alnum:]]{{0,16}}']\npolicy = 'deny'\n"
+            )
+        })
+        .collect();
+    let app = with_rules(format!("{heavy}[[access.rules]]\npath = ['^/public/']\npolicy = 'bypass'\n")).await;
+    let cookie = session_cookie(&app, Factors::One).await;
+    let nginx = |path: &str| auth_request(&app, path, &cookie).send();
+    assert_eq!(nginx("/public/a").await.unwrap().status(), StatusCode::OK, "the bypass");
+    assert_eq!(nginx("/notes/a-deadbeefx17zz").await.unwrap().status(), StatusCode::FORBIDDEN, "rule 18");
+    assert_eq!(nginx("/notes/today").await.unwrap().status(), StatusCode::OK, "the last rule: signed in");
+}
+
 /// A gate with a `deny` on `^/admin` and a `bypass` on `^/public/`.
 fn gated_with_admin_denied(s: &mut Settings) {
     gated_with_rules(s, "^/public/", "^/admin");
