@@ -101,6 +101,15 @@ impl PathsMatched<'_> {
 /// judging`). Filled only as such rules need it.
 const DFA_CACHE_BYTES: usize = 16 << 20;
 
+/// The most states the rules' patterns may make together, in one way of matching case. A state
+/// of the lazy DFA the judging walks is a set of these, so they bound what making one costs,
+/// and each thread judging needs about 48 bytes per state whatever its text (the DFA's room
+/// and working sets). 2,000 patterns of `(?i)(^|/)[a-z]{0,10}secretN[a-z]{0,10}(/|$)` make
+/// 237,000; 3,000 of `(?i)[^/?]{1,20}[0-9a-f]{4,12}xN[[:alnum:]]{0,16}` 854,000; review 164's
+/// 5,000 of `(?i)[^/?]{1,40}[0-9a-f]{4,30}xN[[:alnum:]]{0,40}` made 3.1 million, and its
+/// server 1.3 GB resident after a dozen verifies.
+const MAX_STATES: usize = 1_000_000;
+
 /// The patterns of one way of matching case, compiled together.
 struct Matcher {
     /// The lazy DFA that judges: walked here a byte at a time, so that judging stops within a
@@ -119,7 +128,9 @@ struct Matcher {
 /// What one thread's judging with a [`Matcher`] writes to.
 struct Caches {
     dfa: DfaCache,
-    pikevm: regex_automata::nfa::thompson::pikevm::Cache,
+    /// Made the first time a reading needs the slower engine: it takes 16 bytes per state of
+    /// the patterns' automaton, tens of MB with thousands of wide patterns.
+    pikevm: Option<regex_automata::nfa::thompson::pikevm::Cache>,
 }
 
 type CachesFn = Box<dyn Fn() -> Caches + Send + Sync + UnwindSafe + RefUnwindSafe>;
@@ -144,6 +155,11 @@ impl Matcher {
     /// `sources` compiled together, with or without regard to case, as the regex crate would
     /// (its syntax, Unicode on), at most 1 MiB of compiled size per pattern.
     fn new(sources: &[&str], folded: bool) -> Result<Self, String> {
+        Self::new_within(sources, folded, MAX_STATES)
+    }
+
+    /// [`Matcher::new`], refused past `max_states` states of the patterns' automaton.
+    fn new_within(sources: &[&str], folded: bool, max_states: usize) -> Result<Self, String> {
         let nfa = thompson::Compiler::new()
             .syntax(syntax::Config::new().case_insensitive(folded))
             .configure(
@@ -154,6 +170,13 @@ impl Matcher {
             )
             .build_many(sources)
             .map_err(|e| e.to_string())?;
+        if nfa.states().len() > max_states {
+            return Err(format!(
+                "they make {} states together, more than {max_states}: each verify could then spend the whole judging limit, and each thread judging some {} MB; use fewer patterns, or narrower repetitions (`[^/]{{1,40}}` is 40 copies of its class)",
+                nfa.states().len(),
+                (nfa.states().len() * 48) >> 20
+            ));
+        }
         let dfa = DFA::builder()
             .configure(
                 DFA::config()
@@ -169,8 +192,8 @@ impl Matcher {
             .configure(PikeVM::config().match_kind(MatchKind::All))
             .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
-        let (d, p) = (dfa.clone(), pikevm.clone());
-        let caches: CachesFn = Box::new(move || Caches { dfa: d.create_cache(), pikevm: p.create_cache() });
+        let d = dfa.clone();
+        let caches: CachesFn = Box::new(move || Caches { dfa: d.create_cache(), pikevm: None });
         Ok(Matcher { dfa, pikevm, caches: Pool::new(caches) })
     }
 
@@ -186,7 +209,8 @@ impl Matcher {
             Walked::Spent => None,
             Walked::Quit => {
                 found.clear();
-                self.pikevm.which_overlapping_matches(&mut caches.pikevm, &Input::new(haystack), &mut found);
+                let cache = caches.pikevm.get_or_insert_with(|| self.pikevm.create_cache());
+                self.pikevm.which_overlapping_matches(cache, &Input::new(haystack), &mut found);
                 Some(found)
             }
         }
@@ -207,16 +231,32 @@ impl Matcher {
                 found.insert(dfa.match_pattern(cache, state, i));
             }
         };
+        let spent = || allowance.is_some_and(CpuAllowance::spent);
+        // A state the DFA has not met yet costs up to milliseconds to make with thousands of
+        // wide patterns (every pattern's states that the bytes so far leave alive), so the
+        // allowance is looked at before each one is made, and every 64 bytes otherwise:
+        // known transitions cost nanoseconds, and looking costs about 20 ns (review 164: looked
+        // at every 64 bytes only, a 2-byte path cost 800 ms against 5,000 such patterns).
+        if spent() {
+            return Walked::Spent;
+        }
         let Ok(mut state) = dfa.start_state_forward(cache, &Input::new(haystack)) else { return Walked::Quit };
         for (at, &byte) in haystack.iter().enumerate() {
-            // A byte costs nanoseconds while the DFA's states are known, up to milliseconds
-            // each when every one is new; looking every 64 bytes costs about 0.4 ns a byte.
-            if at % 64 == 0 && allowance.is_some_and(CpuAllowance::spent) {
-                return Walked::Spent;
-            }
-            // Without a minimum count of cache clears the DFA never gives up: no error here.
-            let Ok(next) = dfa.next_state(cache, state, byte) else { return Walked::Quit };
-            state = next;
+            let known = match state.is_tagged() {
+                // A match state's transitions are looked up by `next_state` alone.
+                true => None,
+                false => Some(dfa.next_state_untagged(cache, state, byte)).filter(|next| !next.is_unknown()),
+            };
+            state = match known {
+                Some(next) if at % 64 != 0 || !spent() => next,
+                Some(_) => return Walked::Spent,
+                None if spent() => return Walked::Spent,
+                // Without a minimum count of cache clears the DFA never gives up: no error here.
+                None => match dfa.next_state(cache, state, byte) {
+                    Ok(next) => next,
+                    Err(_) => return Walked::Quit,
+                },
+            };
             if state.is_tagged() {
                 if state.is_match() {
                     record(cache, state, found);
@@ -229,6 +269,9 @@ impl Matcher {
                     return Walked::Quit;
                 }
             }
+        }
+        if spent() {
+            return Walked::Spent;
         }
         match dfa.next_eoi_state(cache, state) {
             Ok(end) if end.is_match() => record(cache, end, found),
@@ -271,6 +314,16 @@ mod tests {
         assert_eq!(which(&sources, "/admin", false), [0]);
         assert_eq!(which(&sources, "/éadmin", false), Vec::<usize>::new());
         assert_eq!(which(&sources, "/b/é/admin", false), [0, 1]);
+    }
+
+    /// Patterns that make more states together than the bound are refused, naming how many.
+    #[test]
+    fn patterns_past_the_bound_of_states_are_refused() {
+        let sources: Vec<String> = (0..20).map(|i| format!("(?i)[^/?]{{1,20}}[0-9a-f]{{4,12}}x{i}")).collect();
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        assert!(Matcher::new(&sources, true).is_ok());
+        let err = Matcher::new_within(&sources, true, 1_000).expect_err("refused");
+        assert!(err.contains("states together, more than 1000") && err.contains("narrower repetitions"), "{err}");
     }
 
     /// Judging stops once the allowance is spent, within the reading.
