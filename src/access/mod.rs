@@ -881,27 +881,41 @@ mod tests {
         assert_eq!(rules.decide_reading_within(&t, None, true, &ample), Some(rules.decide_ignoring_case(&t, None)));
     }
 
+    /// The CPU time of judging `reading` whole against `patterns` deny rules of `pattern`
+    /// (`{i}` its number), and of judging it within a `share` of that, on a second copy of the
+    /// rules, so that neither judging finds states the other's made.
+    fn judged_whole_and_within(
+        pattern: &str,
+        patterns: usize,
+        reading: &str,
+        share: u32,
+    ) -> (std::time::Duration, std::time::Duration) {
+        use crate::cpu_time::thread_cpu_time;
+        let rules: String = (0..patterns)
+            .map(|i| {
+                format!("[[access.rules]]\npath = ['{}']\npolicy = 'deny'\n", pattern.replace("{i}", &i.to_string()))
+            })
+            .collect();
+        let (once, again) = (access(&rules).unwrap(), access(&rules).unwrap());
+        let t = target("app.example.com", reading, "GET");
+        let started = thread_cpu_time();
+        once.decide(&t, None);
+        let whole = thread_cpu_time() - started;
+        let started = thread_cpu_time();
+        let within = again.decide_reading_within(&t, None, false, &CpuAllowance::new(whole / share));
+        assert_eq!(within, None, "judged whole within {:?} of {whole:?}", whole / share);
+        (whole, thread_cpu_time() - started)
+    }
+
     /// With review 162's costliest kind of pattern, one long reading costs many times the
     /// allowance to judge whole, and judging it within the allowance stops near it, long
     /// before the end (a ratio of CPU times measured here, not a time).
     #[test]
     fn judging_a_costly_reading_stops_near_its_allowance() {
-        use crate::cpu_time::thread_cpu_time;
-        let rules: String = (0..300)
-            .map(|i| format!("[[access.rules]]\npath = ['(?i)[^/?]{{1,20}}[0-9a-f]{{4,12}}x{i}[[:alnum:]]{{0,16}}']\npolicy = 'deny'\n"))
-            .collect();
-        // Two of them, so that neither judging finds states the other's made.
-        let (once, again) = (access(&rules).unwrap(), access(&rules).unwrap());
+        let pattern = "(?i)[^/?]{1,20}[0-9a-f]{4,12}x{i}[[:alnum:]]{0,16}";
         let reading = format!("/saml/acs?SAMLResponse={}", "PHNhbWxwOlJlc3BvbnNl+/=".repeat(400));
-        let t = target("app.example.com", &reading, "GET");
-        let started = thread_cpu_time();
-        once.decide(&t, None);
-        let whole = thread_cpu_time() - started;
-        let allowance = whole / 20;
-        let started = thread_cpu_time();
-        assert_eq!(again.decide_reading_within(&t, None, false, &CpuAllowance::new(allowance)), None);
-        let cut = thread_cpu_time() - started;
-        assert!(cut < whole / 4, "judged for {cut:?} of an allowance of {allowance:?} (whole: {whole:?})");
+        let (whole, cut) = judged_whole_and_within(pattern, 300, &reading, 20);
+        assert!(cut < whole / 4, "judged for {cut:?} of an allowance of a 20th of {whole:?}");
     }
 
     /// A short reading (under 64 bytes, so judged with one periodic look at the allowance)
@@ -910,21 +924,10 @@ mod tests {
     /// cost 800 ms against 5,000 wide patterns).
     #[test]
     fn judging_a_short_reading_of_costly_states_stops_near_its_allowance() {
-        use crate::cpu_time::thread_cpu_time;
-        let rules: String = (0..500)
-            .map(|i| format!("[[access.rules]]\npath = ['(?i)[^/?]{{1,40}}[0-9a-f]{{4,30}}x{i}[[:alnum:]]{{0,40}}']\npolicy = 'deny'\n"))
-            .collect();
-        let (once, again) = (access(&rules).unwrap(), access(&rules).unwrap());
+        let pattern = "(?i)[^/?]{1,40}[0-9a-f]{4,30}x{i}[[:alnum:]]{0,40}";
         let reading = format!("/{}", "0123456789abcdef".repeat(3));
-        let t = target("app.example.com", &reading, "GET");
-        let started = thread_cpu_time();
-        once.decide(&t, None);
-        let whole = thread_cpu_time() - started;
-        let allowance = whole / 10;
-        let started = thread_cpu_time();
-        assert_eq!(again.decide_reading_within(&t, None, false, &CpuAllowance::new(allowance)), None);
-        let cut = thread_cpu_time() - started;
-        assert!(cut < whole / 3, "judged for {cut:?} of an allowance of {allowance:?} (whole: {whole:?})");
+        let (whole, cut) = judged_whole_and_within(pattern, 500, &reading, 10);
+        assert!(cut < whole / 3, "judged for {cut:?} of an allowance of a 10th of {whole:?}");
     }
 
     #[test]
