@@ -16,7 +16,7 @@ use crate::cpu_time::CpuAllowance;
 /// judging a reading matches it against all of them in one pass of the text (two when it has a
 /// query), however many there are. Asked one by one, each reading of a crafted target against
 /// each pattern cost 5.5 s of CPU with 450 patterns (review 156); `cargo bench --bench
-/// judging`'s crafted target takes 26 ms with 453 together, 1.1 s one by one.
+/// judging`'s crafted target takes about 30 ms with 453 together, 1.1 s one by one.
 #[derive(Debug)]
 pub(super) struct PathSet {
     as_written: Matcher,
@@ -153,7 +153,11 @@ enum Walked {
 
 impl Matcher {
     /// `sources` compiled together, with or without regard to case, as the regex crate would
-    /// (its syntax, Unicode on), at most 1 MiB of compiled size per pattern.
+    /// (its syntax, Unicode on).
+    ///
+    /// # Errors
+    /// One line when a pattern does not compile, when they pass 1 MiB of compiled size per
+    /// pattern, or when they make more than [`MAX_STATES`] states together.
     fn new(sources: &[&str], folded: bool) -> Result<Self, String> {
         Self::new_within(sources, folded, MAX_STATES)
     }

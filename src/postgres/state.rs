@@ -80,9 +80,9 @@ impl PgBruteForce {
     /// A connection, and how to move the caller's times (this host's clock) to the
     /// database's. Every instance on one database then counts quotas and windows on one clock:
     /// one whose clock ran 20 s ahead let an address make 7 more attempts right after its
-    /// burst elsewhere, as the quota had refilled by its clock (review 163); a store read
-    /// through instances within `health::CLOCK_LIMIT_MS` of each other is ready, so such a
-    /// skew is one they serve with.
+    /// burst elsewhere, as the quota had refilled by its clock (review 163). An instance up to
+    /// `health::CLOCK_LIMIT_MS` (30 s) off the database's clock is still ready, so such skews
+    /// are served with.
     async fn client(&self) -> Result<(Conn, OnDatabaseClock), StateError> {
         let c = self.pool.get().await?;
         let known = match self.offset.lock() {
