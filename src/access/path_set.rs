@@ -19,8 +19,8 @@ use crate::cpu_time::CpuAllowance;
 /// judging`'s crafted target takes about 30 ms with 453 together, 1.1 s one by one.
 #[derive(Debug)]
 pub(super) struct PathSet {
-    as_written: Matcher,
-    folded: Matcher,
+    as_written: Compiled,
+    folded: Compiled,
     /// Each pattern's [`super::PathPattern::requires_query`], in the sets' order.
     requires_query: Vec<bool>,
 }
@@ -40,7 +40,7 @@ impl PathSet {
             requires_query.extend(rule.paths.iter().map(|p| p.requires_query));
         }
         let compile = |folded: bool| {
-            Matcher::new(&sources, folded)
+            Compiled::new(&sources, folded)
                 .map_err(|e| format!("access.rules path: the patterns together cannot be compiled ({})", one_line(&e)))
         };
         Ok(PathSet { as_written: compile(false)?, folded: compile(true)?, requires_query })
@@ -110,6 +110,67 @@ const DFA_CACHE_BYTES: usize = 16 << 20;
 /// server 1.3 GB resident after a dozen verifies.
 const MAX_STATES: usize = 1_000_000;
 
+/// The patterns of one way of matching case: those without a Unicode word boundary (`\b`,
+/// `\B`, `\<`, …) compiled together, and those with one apart, so that a reading with letters
+/// outside ASCII sends only the latter to the slower engine ([`Matcher::pikevm`]): with them
+/// all together, one `\b` among 3,000 wide patterns sent every accented reading there, each
+/// byte costing every pattern's states, with no allowance looked at.
+#[derive(Debug)]
+struct Compiled {
+    /// Each with the place in the rules' order of each of its patterns.
+    parts: Vec<(Matcher, Vec<usize>)>,
+    /// How many patterns in all.
+    patterns: usize,
+}
+
+impl Compiled {
+    /// `sources` compiled with or without regard to case.
+    ///
+    /// # Errors
+    /// As [`Matcher::new_within`], with the states of both parts counted against [`MAX_STATES`].
+    fn new(sources: &[&str], folded: bool) -> Result<Self, String> {
+        let worded = |s: &str| {
+            regex_syntax::ParserBuilder::new()
+                .case_insensitive(folded)
+                .build()
+                .parse(s)
+                .is_ok_and(|hir| hir.properties().look_set().contains_word_unicode())
+        };
+        let (mut parts, mut states) = (Vec::new(), 0);
+        for unicode_words in [false, true] {
+            let ids: Vec<usize> = (0..sources.len()).filter(|&i| worded(sources[i]) == unicode_words).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let part: Vec<&str> = ids.iter().map(|&i| sources[i]).collect();
+            let matcher = Matcher::new_within(&part, folded, MAX_STATES.saturating_sub(states))?;
+            states += matcher.states;
+            parts.push((matcher, ids));
+        }
+        Ok(Compiled { parts, patterns: sources.len() })
+    }
+
+    /// Which patterns match somewhere in `haystack`, by their place in the rules' order;
+    /// `None` once `allowance` is spent.
+    fn which(&self, haystack: &str, allowance: Option<&CpuAllowance>) -> Option<PatternSet> {
+        let mut found = PatternSet::new(self.patterns);
+        for (matcher, ids) in &self.parts {
+            for local in matcher.which(haystack, allowance)?.iter() {
+                if let Some(id) = ids.get(local.as_usize()).and_then(|&i| PatternID::new(i).ok()) {
+                    found.insert(id);
+                }
+            }
+        }
+        Some(found)
+    }
+}
+
+/// The most a reading's bytes times the states of the patterns with a Unicode word boundary
+/// may come to for the slower engine to judge it within an allowance (about 10 ns each at
+/// worst, so about 0.3 s; the patterns' states alive at once are most often far fewer): it
+/// cannot be stopped inside a reading, so past this the reading is not judged (400).
+const SLOWER_ENGINE_WORK: usize = 32 << 20;
+
 /// The patterns of one way of matching case, compiled together.
 struct Matcher {
     /// The lazy DFA that judges: walked here a byte at a time, so that judging stops within a
@@ -120,9 +181,11 @@ struct Matcher {
     /// often): the allowance bounds it.
     dfa: DFA,
     /// For a reading the lazy DFA cannot walk: a Unicode word boundary (`\b`) in a pattern
-    /// beside a byte outside ASCII, which it does not decide.
-    pikevm: PikeVM,
+    /// beside a byte outside ASCII, which it does not decide. `None` when no pattern has one.
+    pikevm: Option<PikeVM>,
     caches: Pool<Caches, CachesFn>,
+    /// The states of the patterns' automaton.
+    states: usize,
 }
 
 /// What one thread's judging with a [`Matcher`] writes to.
@@ -157,12 +220,7 @@ impl Matcher {
     ///
     /// # Errors
     /// One line when a pattern does not compile, when they pass 1 MiB of compiled size per
-    /// pattern, or when they make more than [`MAX_STATES`] states together.
-    fn new(sources: &[&str], folded: bool) -> Result<Self, String> {
-        Self::new_within(sources, folded, MAX_STATES)
-    }
-
-    /// [`Matcher::new`], refused past `max_states` states of the patterns' automaton.
+    /// pattern, or when they make more than `max_states` states together.
     fn new_within(sources: &[&str], folded: bool, max_states: usize) -> Result<Self, String> {
         let nfa = thompson::Compiler::new()
             .syntax(syntax::Config::new().case_insensitive(folded))
@@ -192,13 +250,19 @@ impl Matcher {
             )
             .build_from_nfa(nfa.clone())
             .map_err(|e| e.to_string())?;
-        let pikevm = PikeVM::builder()
-            .configure(PikeVM::config().match_kind(MatchKind::All))
-            .build_from_nfa(nfa)
-            .map_err(|e| e.to_string())?;
+        let states = nfa.states().len();
+        let pikevm = match nfa.look_set_any().contains_word_unicode() {
+            true => Some(
+                PikeVM::builder()
+                    .configure(PikeVM::config().match_kind(MatchKind::All))
+                    .build_from_nfa(nfa)
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
         let d = dfa.clone();
         let caches: CachesFn = Box::new(move || Caches { dfa: d.create_cache(), pikevm: None });
-        Ok(Matcher { dfa, pikevm, caches: Pool::new(caches) })
+        Ok(Matcher { dfa, pikevm, caches: Pool::new(caches), states })
     }
 
     /// Which patterns match somewhere in `haystack`; `None` once `allowance` is spent.
@@ -212,9 +276,14 @@ impl Matcher {
             Walked::Whole => Some(found),
             Walked::Spent => None,
             Walked::Quit => {
+                // Only a Unicode word boundary makes the DFA quit, so there is a PikeVM.
+                let pikevm = self.pikevm.as_ref()?;
+                if allowance.is_some() && haystack.len().saturating_mul(self.states) > SLOWER_ENGINE_WORK {
+                    return None;
+                }
                 found.clear();
-                let cache = caches.pikevm.get_or_insert_with(|| self.pikevm.create_cache());
-                self.pikevm.which_overlapping_matches(cache, &Input::new(haystack), &mut found);
+                let cache = caches.pikevm.get_or_insert_with(|| pikevm.create_cache());
+                pikevm.which_overlapping_matches(cache, &Input::new(haystack), &mut found);
                 Some(found)
             }
         }
@@ -291,7 +360,7 @@ mod tests {
     use super::*;
 
     fn which(sources: &[&str], haystack: &str, folded: bool) -> Vec<usize> {
-        let m = Matcher::new(sources, folded).unwrap();
+        let m = Matcher::new_within(sources, folded, MAX_STATES).unwrap();
         let found = m.which(haystack, None).unwrap();
         found.iter().map(|id| id.as_usize()).collect()
     }
@@ -325,15 +394,37 @@ mod tests {
     fn patterns_past_the_bound_of_states_are_refused() {
         let sources: Vec<String> = (0..20).map(|i| format!("(?i)[^/?]{{1,20}}[0-9a-f]{{4,12}}x{i}")).collect();
         let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
-        assert!(Matcher::new(&sources, true).is_ok());
+        assert!(Matcher::new_within(&sources, true, MAX_STATES).is_ok());
         let err = Matcher::new_within(&sources, true, 1_000).expect_err("refused");
         assert!(err.contains("states together, more than 1000") && err.contains("narrower repetitions"), "{err}");
+    }
+
+    /// Patterns with a Unicode word boundary are compiled apart, so an accented reading sends
+    /// only them to the slower engine; and a reading too long for it against them is not
+    /// judged within an allowance, since it cannot be stopped inside one.
+    #[test]
+    fn patterns_with_unicode_word_boundaries_go_to_the_slower_engine_apart() {
+        let sources = ["^/a", "\\bword\\b", "(?i)^/b"];
+        let c = Compiled::new(&sources, false).unwrap();
+        assert_eq!(c.parts.len(), 2);
+        assert!(c.parts[0].0.pikevm.is_none() && c.parts[1].0.pikevm.is_some());
+        let which = |hay: &str| c.which(hay, None).unwrap().iter().map(|id| id.as_usize()).collect::<Vec<_>>();
+        assert_eq!(which("/a/é/word"), [0, 1]);
+        assert_eq!(which("/B/éword"), [2]);
+        let many: Vec<String> = (0..1000).map(|i| format!("\\bword{i}\\b")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let c = Compiled::new(&many, false).unwrap();
+        let ample = CpuAllowance::new(std::time::Duration::from_secs(3600));
+        let long = format!("/{}/word7", "é".repeat(SLOWER_ENGINE_WORK / c.parts[0].0.states / 2 + 1));
+        assert!(c.which(&long, Some(&ample)).is_none(), "too much for the slower engine");
+        assert_eq!(c.which(&long, None).map(|f| f.len()), Some(1), "judged without an allowance");
+        assert_eq!(c.which("/é/word7", Some(&ample)).map(|f| f.len()), Some(1));
     }
 
     /// Judging stops once the allowance is spent, within the reading.
     #[test]
     fn a_spent_allowance_stops_the_walk() {
-        let m = Matcher::new(&["^/admin", "z"], false).unwrap();
+        let m = Matcher::new_within(&["^/admin", "z"], false, MAX_STATES).unwrap();
         let spent = CpuAllowance::new(std::time::Duration::ZERO);
         assert!(m.which("/admin", Some(&spent)).is_none());
         let ample = CpuAllowance::new(std::time::Duration::from_secs(60));
