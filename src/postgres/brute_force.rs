@@ -79,41 +79,30 @@ pub async fn take_quota_ms(
     let interval = (ms(rate.period.as_millis() as u64) / burst).max(1);
     let limit = interval.saturating_mul(burst);
     let now = ms(now_ms);
-    let rows = client
+    let taken = client
         .query(
-            "WITH up AS (
-                 INSERT INTO bf_quotas AS q (quota, key, tat_ms) VALUES ($1::text, $2::bytea, $3::bigint + $4::bigint)
-                 ON CONFLICT (quota, key) DO UPDATE SET tat_ms = GREATEST(q.tat_ms, $3) + $4
-                 WHERE GREATEST(q.tat_ms, $3) + $4 - $3 <= $5::bigint
-                 RETURNING tat_ms)
-             SELECT true, tat_ms FROM up
-             UNION ALL
-             SELECT false, tat_ms FROM bf_quotas
-             WHERE quota = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM up)",
+            "INSERT INTO bf_quotas AS q (quota, key, tat_ms) VALUES ($1::text, $2::bytea, $3::bigint + $4::bigint)
+             ON CONFLICT (quota, key) DO UPDATE SET tat_ms = GREATEST(q.tat_ms, $3) + $4
+             WHERE GREATEST(q.tat_ms, $3) + $4 - $3 <= $5::bigint
+             RETURNING tat_ms",
             &[&quota, &key, &now, &interval, &limit],
         )
         .await?;
-    let wait = |tat: i64| tat.saturating_add(interval).saturating_sub(limit).saturating_sub(now);
-    let seen = match rows.first() {
-        Some(row) if row.get::<_, bool>(0) => return Ok(Ok(())),
-        Some(row) => Some(row.get::<_, i64>(1)),
-        None => None,
-    };
-    // The refusal was judged against the newest row (the conflict waits for a take committing
-    // at once), but the statement's SELECT reads its snapshot, taken before: under a burst of
-    // takes it saw an older, lower tat, and told refused clients to come back in 1 s where the
-    // wait was 90 (review 163). Then the newest row is read again by a statement of its own.
-    let refused_tat = match seen.filter(|&tat| wait(tat) > 0) {
-        Some(tat) => tat,
-        None => {
-            let again = client
-                .query("SELECT tat_ms FROM bf_quotas WHERE quota = $1::text AND key = $2::bytea", &[&quota, &key])
-                .await?;
-            // Gone since (a purge of a full bucket): one interval is a lower bound of the wait.
-            again.first().map_or(now + limit, |row| row.get::<_, i64>(0))
-        }
-    };
-    Ok(Err(wait(refused_tat).max(1) as u64))
+    if !taken.is_empty() {
+        return Ok(Ok(()));
+    }
+    // Refused, against the newest row (the conflict waits for a take committing at once). Its
+    // tat is read by a statement of its own: one in the same statement reads that statement's
+    // snapshot, taken before, and under a burst of takes an older, lower tat told refused
+    // clients to come back in 1 s where the wait was 90 (reviews 163 and 165: a snapshot one
+    // take behind, with the instances' clocks milliseconds apart, still gave a wait of 1).
+    let newest = client
+        .query("SELECT tat_ms FROM bf_quotas WHERE quota = $1::text AND key = $2::bytea", &[&quota, &key])
+        .await?;
+    // Gone since (a purge of a full bucket): one interval is a lower bound of the wait.
+    let refused_tat = newest.first().map_or(now + limit, |row| row.get::<_, i64>(0));
+    let wait = refused_tat.saturating_add(interval).saturating_sub(limit).saturating_sub(now);
+    Ok(Err(wait.max(1) as u64))
 }
 
 /// How long a reserved password check holds its place when its end never comes (an instance
