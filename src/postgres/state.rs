@@ -31,9 +31,9 @@ pub struct PgBruteForce {
     threshold: u32,
     /// This host's clock, Unix milliseconds ([`crate::store::now_ms`]; another in tests).
     local_clock: fn() -> u64,
-    /// How far the database's clock is ahead of `local_clock` (ms, negative when behind), and
-    /// when that was measured; `None` before the first measurement.
-    offset: std::sync::Mutex<Option<(Instant, i64)>>,
+    /// How far the database's clock is ahead of `local_clock` (ms, negative when behind), as
+    /// last measured; `None` before the first measurement.
+    offset: std::sync::Mutex<Option<Measured>>,
 }
 
 /// How often the offset of this host's clock from the database's is measured again: one
@@ -43,6 +43,32 @@ const REMEASURE: Duration = Duration::from_secs(10);
 /// An offset below this (milliseconds) is left alone: a round trip's measurement is off by up
 /// to half of it, and a quota's unit is seconds, so a second's skew is worth less than one.
 const OFFSET_IGNORED_MS: i64 = 1_000;
+
+/// An offset from the database's clock, and when it was measured, by the monotonic clock and
+/// by this host's, so that a step of this host's clock since is seen.
+#[derive(Clone, Copy)]
+struct Measured {
+    at: Instant,
+    local_ms: u64,
+    ahead_ms: i64,
+}
+
+impl Measured {
+    /// Whether it still holds at `local_ms` (this host's clock now): measured less than
+    /// [`REMEASURE`] ago, and this host's clock has moved as the monotonic clock has since,
+    /// within [`OFFSET_IGNORED_MS`] (review 165: stepped back 20 s by NTP, an instance went on
+    /// with its old offset until it measured again, and an address's burst there was recorded
+    /// 20 s early, so other instances gave it 6 more attempts).
+    fn holds_at(&self, local_ms: u64) -> bool {
+        self.at.elapsed() < REMEASURE && self.clock_agrees(local_ms)
+    }
+
+    /// Whether this host's clock reads `local_ms` as the monotonic clock says it should.
+    fn clock_agrees(&self, local_ms: u64) -> bool {
+        let elapsed = u64::try_from(self.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.local_ms.saturating_add(elapsed).abs_diff(local_ms) < OFFSET_IGNORED_MS.unsigned_abs()
+    }
+}
 
 /// The times of one operation, moved from this host's clock to the database's.
 #[derive(Clone, Copy)]
@@ -90,19 +116,23 @@ impl PgBruteForce {
             Err(poisoned) => *poisoned.into_inner(),
         };
         let ahead = match known {
-            Some((at, ahead)) if at.elapsed() < REMEASURE => ahead,
+            Some(measured) if measured.holds_at((self.local_clock)()) => measured.ahead_ms,
             _ => {
-                // Others meanwhile go on with the last measurement, rather than each measure.
-                if let (Some((_, last)), Ok(mut offset)) = (known, self.offset.lock()) {
-                    *offset = Some((Instant::now(), last));
-                }
                 let sent = (self.local_clock)();
+                // Others meanwhile go on with the last measurement, rather than each measure,
+                // unless this host's clock stepped (then they measure too).
+                let aged = known.filter(|last| last.clock_agrees(sent));
+                if let (Some(last), Ok(mut offset)) = (aged, self.offset.lock()) {
+                    *offset = Some(Measured { at: Instant::now(), local_ms: sent, ..last });
+                }
                 let database = c.database_clock_ms().await?;
-                let middle = (sent / 2).saturating_add((self.local_clock)() / 2);
+                let received = (self.local_clock)();
+                let middle = (sent / 2).saturating_add(received / 2);
                 let ahead = database.saturating_sub(i64::try_from(middle).unwrap_or(i64::MAX));
+                let measured = Some(Measured { at: Instant::now(), local_ms: received, ahead_ms: ahead });
                 match self.offset.lock() {
-                    Ok(mut offset) => *offset = Some((Instant::now(), ahead)),
-                    Err(poisoned) => *poisoned.into_inner() = Some((Instant::now(), ahead)),
+                    Ok(mut offset) => *offset = measured,
+                    Err(poisoned) => *poisoned.into_inner() = measured,
                 }
                 ahead
             }

@@ -313,6 +313,37 @@ async fn an_instance_whose_clock_runs_ahead_gives_no_more_of_a_quota() {
     assert!(ahead_of_it.ms.abs_diff(there.ms) < 1_000, "{ahead_of_it:?} against {there:?}");
 }
 
+/// An instance whose clock is stepped while it runs measures its offset again at once: an
+/// address's burst there is not recorded on the clock's old reading (review 165: stepped back
+/// 20 s by NTP, an instance went on with its old offset, and another then gave the address 6
+/// more attempts).
+#[tokio::test]
+async fn an_instance_whose_clock_is_stepped_measures_its_offset_again() {
+    use portcullis::brute_force::{BruteForceState, QuotaKey};
+    use portcullis::postgres::state::PgBruteForce;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STEP: AtomicU64 = AtomicU64::new(20_000);
+    let Some((_url, pool)) = migrated().await else { return };
+    fn on_time() -> u64 {
+        portcullis::store::now_ms()
+    }
+    fn stepped() -> u64 {
+        portcullis::store::now_ms() + STEP.load(Ordering::Relaxed)
+    }
+    let instance =
+        |clock: fn() -> u64| PgBruteForce::new(pool.clone(), Duration::from_secs(60), 3).with_local_clock(clock);
+    let (a, e) = (instance(on_time), instance(stepped));
+    let rate = Rate { burst: 20, period: Duration::from_secs(60) };
+    let other = QuotaKey::Address(portcullis::client::AddressKey::of("192.0.2.8".parse().unwrap()));
+    assert!(e.take(other, rate, stepped()).await.unwrap().is_ok(), "e measures its clock 20 s ahead");
+    STEP.store(0, Ordering::Relaxed);
+    let key = QuotaKey::Address(portcullis::client::AddressKey::of("192.0.2.9".parse().unwrap()));
+    for n in 0..20 {
+        assert!(e.take(key, rate, stepped()).await.unwrap().is_ok(), "unit {n} of the burst");
+    }
+    a.take(key, rate, on_time()).await.unwrap().expect_err("the burst was counted on the database's clock");
+}
+
 /// A take refused by a take that committed while it waited is told the wait the newest row
 /// gives, not the one its statement's older snapshot would (review 163: refused clients of a
 /// burst were told `Retry-After: 1` where the wait was 90 s).
