@@ -108,7 +108,17 @@ const DFA_CACHE_BYTES: usize = 16 << 20;
 /// 237,000; 3,000 of `(?i)[^/?]{1,20}[0-9a-f]{4,12}xN[[:alnum:]]{0,16}` 854,000; review 164's
 /// 5,000 of `(?i)[^/?]{1,40}[0-9a-f]{4,30}xN[[:alnum:]]{0,40}` made 3.1 million, and its
 /// server 1.3 GB resident after a dozen verifies.
-const MAX_STATES: usize = 1_000_000;
+pub(super) const MAX_STATES: usize = 1_000_000;
+
+/// The automaton states of `source` compiled alone without regard to case (as many as with,
+/// or more); 0 when it does not compile, which its rule's own checks then say.
+pub(super) fn states_alone(source: &str) -> usize {
+    thompson::Compiler::new()
+        .syntax(syntax::Config::new().case_insensitive(true))
+        .configure(thompson::Config::new().nfa_size_limit(Some(1 << 20)).which_captures(WhichCaptures::None))
+        .build(source)
+        .map_or(0, |nfa| nfa.states().len())
+}
 
 /// The patterns of one way of matching case: those without a Unicode word boundary (`\b`,
 /// `\B`, `\<`, …) compiled together, and those with one apart, so that a reading with letters
