@@ -357,33 +357,42 @@ async fn a_take_refused_by_one_committed_meanwhile_is_told_the_whole_wait() {
     // Another instance takes the last unit in a transaction that commits only once this
     // one's take is waiting on the row.
     let mut other = connect(&url).await.unwrap();
-    let tx = other.transaction().await.unwrap();
-    tx.execute("UPDATE bf_quotas SET tat_ms = tat_ms + 60000 WHERE quota = 'per_username' AND key = 'alice'", &[])
-        .await
-        .unwrap();
-    let waiting = tokio::spawn(async move { bf::take_quota(&c, "per_username", b"alice", rate, t0).await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the take waits for the other's row");
-    tx.commit().await.unwrap();
-    assert_eq!(waiting.await.unwrap(), Err(60), "one interval (60 s) until the next unit");
+    let taken = take_while_another_commits(c, &mut other, "alice", rate, t0).await;
+    assert_eq!(taken, Err(60), "one interval (60 s) until the next unit");
 
     // A snapshot that alone refuses too, with a short wait: its clock half a second ahead of
     // this take's, the first unit was taken at t0 + 0.5 s (review 165: `Retry-After: 1`).
     let c = pool.get().await.unwrap();
-    c.execute(
-        "INSERT INTO bf_quotas (quota, key, tat_ms) VALUES ('per_username', 'bob', $1)",
-        &[&(t0 as i64 + 60_500)],
+    let first = t0 as i64 + 60_500;
+    c.execute("INSERT INTO bf_quotas (quota, key, tat_ms) VALUES ('per_username', 'bob', $1)", &[&first])
+        .await
+        .unwrap();
+    let taken = take_while_another_commits(c, &mut other, "bob", rate, t0).await;
+    assert_eq!(taken, Err(61), "the newest row's wait, not the snapshot's half second");
+}
+
+/// `key`'s take at `now_ms` on `c`, while `other` takes a unit of it in a transaction that
+/// commits once this take waits on the row.
+async fn take_while_another_commits(
+    c: portcullis::postgres::db::Conn,
+    other: &mut tokio_postgres::Client,
+    key: &'static str,
+    rate: Rate,
+    now_ms: u64,
+) -> Result<(), u64> {
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE bf_quotas SET tat_ms = tat_ms + 60000 WHERE quota = 'per_username' AND key = $1::text::bytea",
+        &[&key],
     )
     .await
     .unwrap();
-    let tx = other.transaction().await.unwrap();
-    tx.execute("UPDATE bf_quotas SET tat_ms = tat_ms + 60000 WHERE quota = 'per_username' AND key = 'bob'", &[])
-        .await
-        .unwrap();
-    let waiting = tokio::spawn(async move { bf::take_quota(&c, "per_username", b"bob", rate, t0).await.unwrap() });
+    let waiting =
+        tokio::spawn(async move { bf::take_quota(&c, "per_username", key.as_bytes(), rate, now_ms).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the take waits for the other's row");
     tx.commit().await.unwrap();
-    assert_eq!(waiting.await.unwrap(), Err(61), "the newest row's wait, not the snapshot's half second");
+    waiting.await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
