@@ -1149,16 +1149,22 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
     // On sled the store's lock says a server runs (below); on PostgreSQL, its connections do:
     // a server left running seals new second factors under the key being forgotten, and
     // records it again, so the next instance with a new key refuses to start (review 163).
-    if let Some(url) = &settings.database_url {
-        let others = crate::postgres::connect::others_connected(url)
-            .await
-            .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?;
-        if others > 0 {
-            bail!(
-                "{others} connection(s) of portcullis servers or commands are open on this database: stop every instance first"
-            );
+    // The lock is held until the command ends: a server starting meanwhile waits to claim
+    // its key until the forgetting is done (review 165).
+    let _held = match &settings.database_url {
+        Some(url) => {
+            let (held, others) = crate::postgres::connect::lock_out_instances(url)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?;
+            if others > 0 {
+                bail!(
+                    "{others} connection(s) of portcullis servers or commands are open on this database: stop every instance first"
+                );
+            }
+            Some(held)
         }
-    }
+        None => None,
+    };
     // Opened as the `user` commands open it, for the auth log: each user whose factors go is
     // logged as a reset, as `user reset-factors` logs one.
     let services = match Services::open(&settings, 1).await {

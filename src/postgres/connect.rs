@@ -215,22 +215,27 @@ impl ServerCertVerifier for WithoutHostName {
     }
 }
 
-/// How many other connections of portcullis (its servers and commands, which all connect as
-/// application `portcullis`) are open on `url`'s database now, asked on a connection of its
-/// own made first: a command that must not run beside a server (`store forget-factor-key`)
-/// has none of its own open yet. `pg_stat_activity` shows every role's connections' database
-/// and application name to any role.
+/// A connection of its own that holds [`super::secrets::FORGETTING_LOCK`] alone until it is
+/// dropped (a server's start waits for it to claim its factor key), made first by a command
+/// that must not run beside a server (`store forget-factor-key`), and how many other
+/// connections of portcullis (its servers and commands, which all connect as application
+/// `portcullis`) are open on `url`'s database once it holds it. `pg_stat_activity` shows every
+/// role's connections' database and application name to any role.
 ///
 /// # Errors
-/// As [`connect`].
-pub async fn others_connected(url: &DatabaseUrl) -> Result<u64, PgError> {
+/// As [`connect`], and [`PgError::Timeout`] when a start's claim holds the lock past
+/// [`TIMEOUT`].
+pub async fn lock_out_instances(url: &DatabaseUrl) -> Result<(tokio_postgres::Client, u64), PgError> {
+    use super::db::Statements;
     let client = connect(url).await?;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'portcullis' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await?;
-    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    Statements::query(&client, "SELECT pg_advisory_lock($1)", &[&super::secrets::FORGETTING_LOCK]).await?;
+    let row = Statements::query_one(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'portcullis' AND pid <> pg_backend_pid()",
+        &[],
+    )
+    .await?;
+    let others = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    Ok((client, others))
 }

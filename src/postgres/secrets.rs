@@ -5,6 +5,11 @@
 use super::db::Statements;
 use super::PgError;
 
+/// The advisory lock (`pg_advisory_lock`) `store forget-factor-key` holds alone while it
+/// runs, and each [`claim`] of a secret takes shared for its transaction, so that no server
+/// reads or records its factor key in the middle of the forgetting.
+pub const FORGETTING_LOCK: i64 = 0x706f_7274_6b65_7931;
+
 /// The value called `name`, set to `value` unless it has one: when several instances claim a
 /// new name at once, one value wins and all of them get it.
 ///

@@ -942,8 +942,15 @@ impl FailureStore for PgStore {
 #[async_trait]
 impl SecretStore for PgStore {
     async fn claim(&self, name: &str, value: &[u8; 32]) -> Result<[u8; 32]> {
-        let client = self.client().await?;
-        Ok(crate::postgres::secrets::claim(&client, name, value).await?)
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Waits while `store forget-factor-key` runs, which holds the lock alone: a server
+        // starting then would read or record its key in the middle of the forgetting, and run
+        // with none recorded (review 165: 7 of 24 starts in the same instant).
+        tx.query("SELECT pg_advisory_xact_lock_shared($1)", &[&crate::postgres::secrets::FORGETTING_LOCK]).await?;
+        let stored = crate::postgres::secrets::claim(&tx, name, value).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn get(&self, name: &str) -> Result<Option<[u8; 32]>> {

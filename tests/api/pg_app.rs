@@ -332,3 +332,19 @@ async fn on_postgresql_forget_factor_key_refuses_while_an_instance_is_connected(
     let db = Store::connect(&url, "test").await.unwrap();
     assert!(db.secrets.get(FINGERPRINT_NAME).await.unwrap().is_none(), "forgotten");
 }
+
+/// A server's claim of a secret (its factor key's fingerprint at start) waits while `store
+/// forget-factor-key` holds its lock, so no start reads or records a key in the middle of the
+/// forgetting (review 165: 7 of 24 starts in the same instant ran with no key recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_claimed_only_once_forget_factor_key_lets_go() {
+    let Some(url) = pg::database().await else { return };
+    let db = Store::connect(&url, "test").await.unwrap();
+    let (held, _) = portcullis::postgres::connect::lock_out_instances(&url).await.unwrap();
+    let secrets = db.secrets.clone();
+    let claim = tokio::spawn(async move { secrets.claim("a_secret", &[7; 32]).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!claim.is_finished(), "the claim waits for the command");
+    drop(held);
+    assert_eq!(claim.await.unwrap(), [7; 32]);
+}
