@@ -126,6 +126,9 @@ impl TargetRequest {
 /// ([`TargetRequest::reading_apart_within`]).
 pub const MAX_JUDGING: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The refusal of a target whose judging spent its allowance of CPU ([`MAX_JUDGING`]).
+pub const JUDGED_TOO_LONG: TargetError = TargetError::TooManyReadings("judging them would take too long");
+
 /// [`TargetRequest::reading_apart`] for `path_and_query` as a request would send it (`/path`
 /// and an optional `?query`), for judging a rule before any request comes.
 ///
@@ -711,10 +714,9 @@ fn apart<T: PartialEq>(
     answer: impl Fn(&str, bool) -> Option<T>,
     spent: Option<&dyn Fn() -> bool>,
 ) -> Result<Option<ReadApart>, TargetError> {
-    let too_long = || TargetError::TooManyReadings("judging them would take too long");
     let answered = |reading: &str, ignoring_case: bool| match answer(reading, ignoring_case) {
         Some(given) if !spent.is_some_and(|spent| spent()) => Ok(given),
-        _ => Err(too_long()),
+        _ => Err(JUDGED_TOO_LONG),
     };
     let expected = answered(normalised, false)?;
     let as_they_route = std::iter::once(normalised).chain(other.iter().map(String::as_str));

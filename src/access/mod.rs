@@ -233,9 +233,8 @@ impl Decision {
 pub struct Access {
     pub default_policy: Policy,
     rules: Vec<Rule>,
-    /// `None` when no rule has path patterns. Shared: the compiled patterns of thousands of
-    /// rules take hundreds of MB.
-    paths: Option<std::sync::Arc<PathSet>>,
+    /// Shared: the compiled patterns of thousands of rules take hundreds of MB.
+    paths: std::sync::Arc<PathSet>,
 }
 
 impl Access {
@@ -294,10 +293,7 @@ impl Access {
 
     /// The rules in their order, with their path patterns compiled together ([`PathSet`]).
     fn new(default_policy: Policy, mut rules: Vec<Rule>) -> Result<Self, String> {
-        let paths = match rules.iter().any(|r| !r.paths.is_empty()) {
-            true => Some(std::sync::Arc::new(PathSet::new(&mut rules)?)),
-            false => None,
-        };
+        let paths = std::sync::Arc::new(PathSet::new(&mut rules)?);
         Ok(Access { default_policy, rules, paths })
     }
 
@@ -327,13 +323,11 @@ impl Access {
             Target { host: "app.example.com", path_and_query, method: "GET", client: IpAddr::from([192, 0, 2, 1]) }
         }
         let allowance = CpuAllowance::new(limit);
-        // Once past the limit the probe stops, within a reading as a verify does, so the
-        // heaviest rule sets cost the start no more than the limit (a review's 3,000 patterns
-        // took 38 s of CPU to judge the whole URL).
-        let stop = Some(Decision::SignInFirst(DecidedBy::Default));
-        let _ = crate::forward_auth::reading_apart(&url, |reading, ignoring_case| match allowance.spent() {
-            true => stop,
-            false => self.decide_reading_within(&target(reading), None, ignoring_case, &allowance),
+        // Once past the limit the probe stops, within a reading as a verify does (each
+        // reading's answer is then none at once), so the heaviest rule sets cost the start no
+        // more than the limit (a review's 3,000 patterns took 38 s of CPU to judge the whole URL).
+        let _ = crate::forward_auth::reading_apart(&url, |reading, ignoring_case| {
+            self.decide_reading_within(&target(reading), None, ignoring_case, &allowance)
         });
         allowance.spent().then(|| {
             format!(
@@ -362,7 +356,8 @@ impl Access {
     }
 
     /// [`Access::decide_reading`] within `allowance` of this thread's CPU time: `None` once it
-    /// is spent, as soon as it is (every 64 bytes of the text matched), so that a verify's
+    /// is spent, as soon as it is (looked at every 64 bytes of the text matched and before each
+    /// new state of the patterns' automaton), so that a verify's
     /// judging stops at [`crate::forward_auth::MAX_JUDGING`] however costly one reading is.
     pub fn decide_reading_within(
         &self,
@@ -402,10 +397,7 @@ impl Access {
         folded: bool,
         allowance: Option<&CpuAllowance>,
     ) -> Option<Decision> {
-        let paths = match &self.paths {
-            Some(set) => set.matched(target.path_and_query, folded, allowance)?,
-            None => PathsMatched::none(),
-        };
+        let paths = self.paths.matched(target.path_and_query, folded, allowance)?;
         let as_routed = self.first_match(target, subject, &paths, Asked::AsRouted);
         if paths.path.is_none() {
             return Some(as_routed);
@@ -494,8 +486,9 @@ impl Rule {
                         *states = states.saturating_add(path_set::states_alone(s));
                         if *states > path_set::MAX_STATES {
                             return Err(fail(format!(
-                                "the rules' path patterns up to `{s}` make more than {} states together: each verify could then spend the whole judging limit; use fewer patterns, or narrower repetitions (`[^/]{{1,40}}` is 40 copies of its class)",
-                                path_set::MAX_STATES
+                                "the rules' path patterns up to `{s}` make more than {} states together: {}",
+                                path_set::MAX_STATES,
+                                path_set::TOO_MANY_STATES
                             )));
                         }
                     }

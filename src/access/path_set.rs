@@ -17,7 +17,7 @@ use crate::cpu_time::CpuAllowance;
 /// query), however many there are. Asked one by one, each reading of a crafted target against
 /// each pattern cost 5.5 s of CPU with 450 patterns (review 156); `cargo bench --bench
 /// judging`'s crafted target takes about 30 ms with 453 together, 1.1 s one by one.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct PathSet {
     as_written: Compiled,
     folded: Compiled,
@@ -75,6 +75,7 @@ pub(super) struct PathsMatched<'a> {
 
 impl PathsMatched<'_> {
     /// None matched, for rules without path patterns.
+    #[cfg(test)]
     pub(super) fn none() -> Self {
         PathsMatched { whole: PatternSet::new(0), path: None, requires_query: &[] }
     }
@@ -110,6 +111,9 @@ const DFA_CACHE_BYTES: usize = 16 << 20;
 /// server 1.3 GB resident after a dozen verifies.
 pub(super) const MAX_STATES: usize = 1_000_000;
 
+/// What refusing patterns past [`MAX_STATES`] says of them and of what to do.
+pub(super) const TOO_MANY_STATES: &str = "each verify could then spend the whole judging limit; use fewer patterns, or narrower repetitions (`[^/]{1,40}` is 40 copies of its class)";
+
 /// The automaton states of `source` compiled alone without regard to case (as many as with,
 /// or more); 0 when it does not compile, which its rule's own checks then say.
 pub(super) fn states_alone(source: &str) -> usize {
@@ -125,7 +129,7 @@ pub(super) fn states_alone(source: &str) -> usize {
 /// outside ASCII sends only the latter to the slower engine ([`Matcher::pikevm`]): with them
 /// all together, one `\b` among 3,000 wide patterns sent every accented reading there, each
 /// byte costing every pattern's states, with no allowance looked at.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Compiled {
     /// Each with the place in the rules' order of each of its patterns.
     parts: Vec<(Matcher, Vec<usize>)>,
@@ -244,7 +248,7 @@ impl Matcher {
             .map_err(|e| e.to_string())?;
         if nfa.states().len() > max_states {
             return Err(format!(
-                "they make {} states together, more than {max_states}: each verify could then spend the whole judging limit, and each thread judging some {} MB; use fewer patterns, or narrower repetitions (`[^/]{{1,40}}` is 40 copies of its class)",
+                "they make {} states together, more than {max_states}, each thread judging them some {} MB: {TOO_MANY_STATES}",
                 nfa.states().len(),
                 (nfa.states().len() * 48) >> 20
             ));
@@ -278,9 +282,6 @@ impl Matcher {
     /// Which patterns match somewhere in `haystack`; `None` once `allowance` is spent.
     fn which(&self, haystack: &str, allowance: Option<&CpuAllowance>) -> Option<PatternSet> {
         let mut found = PatternSet::new(self.dfa.pattern_len());
-        if found.capacity() == 0 {
-            return Some(found);
-        }
         let mut caches = self.caches.get();
         match self.walk(&mut caches.dfa, haystack.as_bytes(), &mut found, allowance) {
             Walked::Whole => Some(found),

@@ -111,10 +111,9 @@ impl PgBruteForce {
     /// are served with.
     async fn client(&self) -> Result<(Conn, OnDatabaseClock), StateError> {
         let c = self.pool.get().await?;
-        let known = match self.offset.lock() {
-            Ok(offset) => *offset,
-            Err(poisoned) => *poisoned.into_inner(),
-        };
+        // A panic while it was held cannot leave it half-written: each write is one store.
+        let offset = || self.offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = *offset();
         let ahead = match known {
             Some(measured) if measured.holds_at((self.local_clock)()) => measured.ahead_ms,
             _ => {
@@ -122,18 +121,14 @@ impl PgBruteForce {
                 // Others meanwhile go on with the last measurement, rather than each measure,
                 // unless this host's clock stepped (then they measure too).
                 let aged = known.filter(|last| last.clock_agrees(sent));
-                if let (Some(last), Ok(mut offset)) = (aged, self.offset.lock()) {
-                    *offset = Some(Measured { at: Instant::now(), local_ms: sent, ..last });
+                if let Some(last) = aged {
+                    *offset() = Some(Measured { at: Instant::now(), local_ms: sent, ..last });
                 }
                 let database = c.database_clock_ms().await?;
                 let received = (self.local_clock)();
                 let middle = (sent / 2).saturating_add(received / 2);
                 let ahead = database.saturating_sub(i64::try_from(middle).unwrap_or(i64::MAX));
-                let measured = Some(Measured { at: Instant::now(), local_ms: received, ahead_ms: ahead });
-                match self.offset.lock() {
-                    Ok(mut offset) => *offset = measured,
-                    Err(poisoned) => *poisoned.into_inner() = measured,
-                }
+                *offset() = Some(Measured { at: Instant::now(), local_ms: received, ahead_ms: ahead });
                 ahead
             }
         };

@@ -208,8 +208,9 @@ impl Asked {
             client: self.client,
         };
         let access = &self.state.settings.access;
-        let too_long = || TargetError::TooManyReadings("judging them would take too long");
-        let decision = access.decide_reading_within(&t, subject.as_ref(), false, &allowance).ok_or_else(too_long)?;
+        let decision = access
+            .decide_reading_within(&t, subject.as_ref(), false, &allowance)
+            .ok_or(crate::forward_auth::JUDGED_TOO_LONG)?;
         // Applications read paths differently (some decode, merge and drop `;params` before
         // they route, some route on the path as sent, some ignore case): where the readings
         // would get different answers, no answer is safe for every application.
