@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::audit::FailureReason;
 use crate::session::SessionToken;
-use crate::store::{now_ms, FactorSummary, Holding, PendingSignIn, Store, StoreError, TokenHash, TotpFactor, User};
+use crate::store::{
+    now_ms, FactorSummary, Holding, PendingSignIn, RecoveryCodeUse, Store, StoreError, TokenHash, TotpFactor, User,
+};
 pub use key::{FactorKey, KeyError};
 
 /// The cookie that carries a pending two-step sign-in between the password and the second
@@ -304,10 +306,10 @@ impl SecondFactors {
             Proof::RecoveryCode(code) => {
                 let Some(code) = recovery::normalise(code) else { return Ok(bad) };
                 let hash = self.key.recovery_hash(user_key, &code);
-                if self.store.factors.use_recovery_code(user_key, &hash).await? {
-                    Ok(Verdict::Accepted(FactorKind::RecoveryCodes, None))
-                } else {
-                    Ok(bad)
+                match self.store.factors.use_recovery_code(user_key, &hash).await? {
+                    RecoveryCodeUse::Used => Ok(Verdict::Accepted(FactorKind::RecoveryCodes, None)),
+                    RecoveryCodeUse::UsedBefore => Ok(Verdict::Refused(FailureReason::ReusedCode)),
+                    RecoveryCodeUse::NotIssued => Ok(bad),
                 }
             }
             Proof::Passkey { ceremony, credential } => {

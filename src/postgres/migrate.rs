@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_session_passkey.sql"),
     include_str!("migrations/0017_passkey_clones.sql"),
     include_str!("migrations/0018_session_continue.sql"),
+    include_str!("migrations/0019_used_recovery_codes.sql"),
 ];
 
 /// The schema version this build writes.

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use super::copy::{copy, Copied, CopyError};
 use super::passkeys::{Ceremony, CeremonyKind, PasskeyUse, RemovedPasskey, StoredPasskey};
 use super::{
-    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, Holding, PendingSignIn, Session, SessionCap,
-    Store, StoreError, TotpFactor, User, UserFactors,
+    Credential, FactorSummary, Factors, FailureQuery, FailureRecord, Holding, PendingSignIn, RecoveryCodeUse, Session,
+    SessionCap, Store, StoreError, TotpFactor, User, UserFactors,
 };
 use crate::audit::FailureReason;
 
@@ -1008,7 +1008,8 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     let f = &from.factors;
     f.set_totp("alice", &TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }, None).await.unwrap();
     assert!(f.use_totp_step("alice", 12_345).await.unwrap());
-    f.set_recovery_codes("alice", &[[4; 32], [5; 32]], None).await.unwrap();
+    f.set_recovery_codes("alice", &[[4; 32], [5; 32], [6; 32]], None).await.unwrap();
+    assert_eq!(f.use_recovery_code("alice", &[6; 32]).await.unwrap(), RecoveryCodeUse::Used);
     f.set_totp("bob", &TotpFactor { sealed_secret: vec![9], created_at: 13 }, None).await.unwrap();
     assert!(f.use_totp_step("bob", 77).await.unwrap());
     assert!(f.remove_totp("bob", None).await.unwrap());
@@ -1069,8 +1070,9 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
             totp: Some(TotpFactor { sealed_secret: vec![1, 2, 3], created_at: 11 }),
             last_totp_step: Some(12_345),
             recovery_hashes: vec![[4; 32], [5; 32]],
+            used_recovery_hashes: vec![[6; 32]],
         },
-        UserFactors { user_key: "bob".into(), totp: None, last_totp_step: Some(77), recovery_hashes: vec![] },
+        UserFactors { user_key: "bob".into(), last_totp_step: Some(77), ..UserFactors::default() },
     ];
     assert_eq!(paged, factors, "export: second factors whole, in user order, paged");
     let mut paged = Vec::new();
@@ -1111,6 +1113,11 @@ async fn every_record_survives_export_and_import(from: &Store, to: &Store) {
     assert_eq!(to.factors.export(None, usize::MAX).await.unwrap(), factors, "copy: second factors whole");
     assert!(!to.factors.use_totp_step("alice", 12_345).await.unwrap(), "copy: a used TOTP step stays used");
     assert!(!to.factors.use_totp_step("bob", 77).await.unwrap(), "copy: a used step without TOTP stays used");
+    assert_eq!(
+        to.factors.use_recovery_code("alice", &[6; 32]).await.unwrap(),
+        RecoveryCodeUse::UsedBefore,
+        "copy: a used recovery code stays known as used"
+    );
     assert_eq!(
         to.passkeys.export_passkeys(None, usize::MAX).await.unwrap(),
         p.export_passkeys(None, usize::MAX).await.unwrap(),
@@ -1222,11 +1229,22 @@ async fn second_factors_round_trip_and_are_used_once(store: &Store) {
     // Recovery codes: each once; a new set voids the old.
     assert!(f.set_recovery_codes("alice", &[[1; 32], [2; 32], [3; 32]], None).await.unwrap());
     assert_eq!(f.summary("alice").await.unwrap().recovery_codes, 3);
-    assert!(f.use_recovery_code("alice", &[2; 32]).await.unwrap());
-    assert!(!f.use_recovery_code("alice", &[2; 32]).await.unwrap(), "factors: a recovery code is used once");
-    assert!(!f.use_recovery_code("bob", &[1; 32]).await.unwrap());
+    let code_use = |hash: [u8; 32]| async move { f.use_recovery_code("alice", &hash).await.unwrap() };
+    assert_eq!(code_use([2; 32]).await, RecoveryCodeUse::Used);
+    assert_eq!(code_use([2; 32]).await, RecoveryCodeUse::UsedBefore, "factors: a recovery code is used once");
+    assert_eq!(code_use([7; 32]).await, RecoveryCodeUse::NotIssued, "factors: a wrong code");
+    assert_eq!(f.use_recovery_code("bob", &[1; 32]).await.unwrap(), RecoveryCodeUse::NotIssued);
+    let racers: Vec<_> = (0..8).map(|_| f.use_recovery_code("alice", &[3; 32])).collect();
+    let uses: Vec<RecoveryCodeUse> = futures_join(racers).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        uses.iter().filter(|u| **u == RecoveryCodeUse::Used).count(),
+        1,
+        "factors: of concurrent uses of one code, exactly one wins: {uses:?}"
+    );
+    assert!(!uses.contains(&RecoveryCodeUse::NotIssued), "factors: the others are told it was used: {uses:?}");
     assert!(f.set_recovery_codes("alice", &[[9; 32]], None).await.unwrap());
-    assert!(!f.use_recovery_code("alice", &[1; 32]).await.unwrap(), "factors: new codes void the old");
+    assert_eq!(code_use([1; 32]).await, RecoveryCodeUse::NotIssued, "factors: new codes void the old");
+    assert_eq!(code_use([2; 32]).await, RecoveryCodeUse::NotIssued, "factors: a used code of a void set is no code");
     assert_eq!(f.summary("alice").await.unwrap(), FactorSummary { totp: true, recovery_codes: 1, passkeys: 0 });
     // A new set replaces the set read before it, or nothing: of two made at once from one set
     // (two tabs), one is stored, and the other is told, not shown as if it worked.

@@ -649,7 +649,7 @@ pub struct TotpFactor {
 
 /// One user's second factors whole, as `store copy` moves them ([`FactorStore::export`]):
 /// the sealed TOTP secret, the latest TOTP step used (without it a copy would accept again a
-/// code already used: RFC 6238 §5.2) and the unused recovery codes' keyed hashes. The
+/// code already used: RFC 6238 §5.2) and the recovery codes' keyed hashes, unused and used. The
 /// conformance suite compares exported records whole (`==`), so an engine that drops a field
 /// fails it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -661,6 +661,20 @@ pub struct UserFactors {
     pub last_totp_step: Option<u64>,
     /// Keyed hashes of the unused recovery codes, in stored order.
     pub recovery_hashes: Vec<[u8; 32]>,
+    /// Keyed hashes of the set's codes already used, in the order they were used (without
+    /// them a copy would log a reused code as a wrong one).
+    pub used_recovery_hashes: Vec<[u8; 32]>,
+}
+
+/// What [`FactorStore::use_recovery_code`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryCodeUse {
+    /// An unused code of the user's set: now used up.
+    Used,
+    /// A code of the user's set already used (logged `reused_code`: SPEC, second step).
+    UsedBefore,
+    /// No code of the user's set (a wrong code, one of a replaced set, or no such user).
+    NotIssued,
 }
 
 /// Which second factors a user has, and how many of each: the one answer to "has this user a
@@ -753,9 +767,10 @@ pub trait FactorStore: Send + Sync {
         hashes: &[[u8; 32]],
         replacing: Option<&[[u8; 32]]>,
     ) -> Result<bool>;
-    /// Uses up the recovery code whose keyed hash is `hash`; `false` if the user has no such
-    /// unused code.
-    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool>;
+    /// Uses up the recovery code whose keyed hash is `hash`, in one step (of two uses of one
+    /// code, one is [`RecoveryCodeUse::Used`]), and keeps its hash among the set's used ones
+    /// until the set is replaced or cleared, so that a second use is told from a wrong code.
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<RecoveryCodeUse>;
     /// Removes every second factor of the user but passkeys (TOTP, recovery codes; passkeys go
     /// with [`passkeys::PasskeyStore::remove_passkeys_of`], so `passkeys` is 0 here); returns
     /// what there was.

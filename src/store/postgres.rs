@@ -14,8 +14,8 @@ use tokio_postgres::Row;
 
 use super::{
     Appended, Capped, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord,
-    FailureStore, PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes,
-    StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
+    FailureStore, PendingSignIn, RecoveryCodeUse, Resolved, Result, SecretStore, Session, SessionCap, SessionStore,
+    SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 use crate::audit::FailureReason;
 use crate::postgres::connect::{connect, pool, MIGRATE_TIMEOUT, POOL_SIZE};
@@ -1165,7 +1165,8 @@ impl FactorStore for PgStore {
                  SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM users WHERE key = $1)
                    AND ($3::bytea[] IS NULL OR cardinality($3::bytea[]) = 0
                         OR EXISTS (SELECT 1 FROM second_factors WHERE user_key = $1))
-                 ON CONFLICT (user_key) DO UPDATE SET recovery_hashes = excluded.recovery_hashes
+                 ON CONFLICT (user_key) DO UPDATE SET recovery_hashes = excluded.recovery_hashes,
+                                                      used_recovery_hashes = '{}'
                  WHERE $3::bytea[] IS NULL OR second_factors.recovery_hashes = $3::bytea[]",
                 &[&user_key, &hashes, &before],
             )
@@ -1173,17 +1174,29 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
-    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool> {
-        let n = self
-            .client()
-            .await?
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<RecoveryCodeUse> {
+        let client = self.client().await?;
+        let n = client
             .execute(
-                "UPDATE second_factors SET recovery_hashes = array_remove(recovery_hashes, $2)
+                "UPDATE second_factors SET recovery_hashes = array_remove(recovery_hashes, $2),
+                                           used_recovery_hashes = used_recovery_hashes || $2
                  WHERE user_key = $1 AND $2 = ANY(recovery_hashes)",
                 &[&user_key, &&hash[..]],
             )
             .await?;
-        Ok(n > 0)
+        if n > 0 {
+            return Ok(RecoveryCodeUse::Used);
+        }
+        // Read after the update, not in it: a use that committed while the update waited for
+        // the row is seen here, so the second of two uses of one code is told it was used.
+        let used_before = client
+            .query_opt(
+                "SELECT 1 FROM second_factors WHERE user_key = $1 AND $2 = ANY(used_recovery_hashes)",
+                &[&user_key, &&hash[..]],
+            )
+            .await?
+            .is_some();
+        Ok(if used_before { RecoveryCodeUse::UsedBefore } else { RecoveryCodeUse::NotIssued })
     }
 
     async fn clear(&self, user_key: &str) -> Result<FactorSummary> {
@@ -1270,7 +1283,8 @@ impl FactorStore for PgStore {
             .client()
             .await?
             .query(
-                "SELECT user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes
+                "SELECT user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes,
+                        used_recovery_hashes
                  FROM second_factors WHERE $1::text IS NULL OR user_key > $1 ORDER BY user_key LIMIT $2",
                 &[&after, &page(limit)],
             )
@@ -1282,15 +1296,17 @@ impl FactorStore for PgStore {
                     sealed_secret,
                     created_at: unms(r.get::<_, Option<i64>>(2).unwrap_or(0)),
                 });
-                let recovery_hashes = r
-                    .get::<_, Vec<Vec<u8>>>(4)
-                    .into_iter()
-                    .map(|h| {
-                        h.try_into().map_err(|_| StoreError::Corrupt(format!("a recovery code hash of {user_key}")))
-                    })
-                    .collect::<Result<_>>()?;
+                let hashes = |column: usize| {
+                    r.get::<_, Vec<Vec<u8>>>(column)
+                        .into_iter()
+                        .map(|h| {
+                            h.try_into().map_err(|_| StoreError::Corrupt(format!("a recovery code hash of {user_key}")))
+                        })
+                        .collect::<Result<Vec<[u8; 32]>>>()
+                };
+                let (recovery_hashes, used_recovery_hashes) = (hashes(4)?, hashes(5)?);
                 let last_totp_step = r.get::<_, Option<i64>>(3).map(|s| u64::try_from(s).unwrap_or(0));
-                Ok(UserFactors { user_key, totp, last_totp_step, recovery_hashes })
+                Ok(UserFactors { user_key, totp, last_totp_step, recovery_hashes, used_recovery_hashes })
             })
             .collect()
     }
@@ -1299,10 +1315,12 @@ impl FactorStore for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement =
-            "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_key) DO NOTHING";
+            "INSERT INTO second_factors (user_key, totp_sealed, totp_created_at_ms, last_totp_step, recovery_hashes,
+                                         used_recovery_hashes)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_key) DO NOTHING";
         for f in factors {
             let hashes: Vec<&[u8]> = f.recovery_hashes.iter().map(|h| &h[..]).collect();
+            let used: Vec<&[u8]> = f.used_recovery_hashes.iter().map(|h| &h[..]).collect();
             let inserted = tx
                 .execute(
                     statement,
@@ -1312,6 +1330,7 @@ impl FactorStore for PgStore {
                         &f.totp.as_ref().map(|t| ms(t.created_at)),
                         &f.last_totp_step.map(step_of),
                         &hashes,
+                        &used,
                     ],
                 )
                 .await?;

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Appended, Capped, Credential, Cursor, FactorStore, FactorSummary, Factors, FailureQuery, FailureRecord,
-    FailureStore, PendingSignIn, Resolved, Result, SecretStore, Session, SessionCap, SessionStore, SessionTimes,
-    StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
+    FailureStore, PendingSignIn, RecoveryCodeUse, Resolved, Result, SecretStore, Session, SessionCap, SessionStore,
+    SessionTimes, StoreError, StoredSession, TokenHash, TotpFactor, User, UserFactors, UserStore,
 };
 
 /// Version of the record layout; records carry it so later versions can migrate them.
@@ -171,6 +171,9 @@ struct FactorRecord {
     /// Keyed hashes of the unused recovery codes.
     #[serde(default)]
     recovery: Vec<[u8; 32]>,
+    /// Keyed hashes of the set's used recovery codes (emptied with a new set).
+    #[serde(default)]
+    used_recovery: Vec<[u8; 32]>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1534,20 +1537,32 @@ impl FactorStore for SledStore {
             let unchanged = replacing.is_none_or(|before| r.recovery == before);
             if unchanged {
                 r.recovery = hashes.to_vec();
+                r.used_recovery.clear();
             }
             unchanged
         })?;
         self.durable(set).await
     }
 
-    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<bool> {
+    async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<RecoveryCodeUse> {
         self.usable()?;
+        let mut used_before = false;
         let used = self.update_factors(user_key, |r| {
+            used_before = r.used_recovery.contains(hash);
             let before = r.recovery.len();
             r.recovery.retain(|h| h != hash);
-            r.recovery.len() != before
+            let used = r.recovery.len() != before;
+            if used {
+                r.used_recovery.push(*hash);
+            }
+            used
         })?;
-        self.durable(used).await
+        let found = match (used, used_before) {
+            (true, _) => RecoveryCodeUse::Used,
+            (false, true) => RecoveryCodeUse::UsedBefore,
+            (false, false) => RecoveryCodeUse::NotIssued,
+        };
+        self.durable(found).await
     }
 
     async fn clear(&self, user_key: &str) -> Result<FactorSummary> {
@@ -1631,6 +1646,7 @@ impl FactorStore for SledStore {
                         totp: r.totp.map(|t| TotpFactor { sealed_secret: t.sealed, created_at: t.created_at }),
                         last_totp_step: r.last_totp_step,
                         recovery_hashes: r.recovery,
+                        used_recovery_hashes: r.used_recovery,
                     })
                 })
                 .collect()
@@ -1645,6 +1661,7 @@ impl FactorStore for SledStore {
                 totp: f.totp.as_ref().map(|t| TotpRecord { sealed: t.sealed_secret.clone(), created_at: t.created_at }),
                 last_totp_step: f.last_totp_step,
                 recovery: f.recovery_hashes.clone(),
+                used_recovery: f.used_recovery_hashes.clone(),
             };
             if self.factors.compare_and_swap(&f.user_key, None as Option<&[u8]>, Some(encode(&record)?))?.is_err() {
                 return Err(StoreError::AlreadyExists);
