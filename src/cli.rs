@@ -371,6 +371,28 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
     format!("{message} (see {path} --help)")
 }
 
+/// The help `args` asked for of clap's `help` subcommand with `--help` or `-h` (`portcullis help
+/// --help`, `portcullis user help -h`): that subcommand reads them as the name of a command to
+/// explain and refuses them, though the person typing wants the help. The help of the command
+/// above `help`, as `--help` there gives it (to [`clap::Error::print`], which colours it only
+/// on a terminal); `None` for any other error.
+pub fn help_asked_of_help(error: &clap::Error, args: &[std::ffi::OsString]) -> Option<clap::Error> {
+    if error.kind() != clap::error::ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let refused = error.get(clap::error::ContextKind::InvalidSubcommand)?.to_string();
+    if refused != "--help" && refused != "-h" {
+        return None;
+    }
+    let at = args.iter().position(|a| a == "help")?;
+    let mut asked = args[..at].to_vec();
+    asked.push("--help".into());
+    match <Cli as clap::CommandFactory>::command().try_get_matches_from(asked) {
+        Err(help) if help.kind() == clap::error::ErrorKind::DisplayHelp => Some(help),
+        _ => None,
+    }
+}
+
 /// The command and subcommands `args` name (`portcullis user groups`), skipping options and
 /// their values: an option's value is not a subcommand even when it is spelt like one
 /// (`--config user store` names `portcullis store`).

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         // contract is one line on standard error.
         Err(e) => {
             let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            if let Some(help) = portcullis::cli::help_asked_of_help(&e, &args) {
+                let _ = help.print();
+                return ExitCode::SUCCESS;
+            }
             // A stray database URL (`store copy postgres://…` without `--to`) is quoted with
             // its password hidden.
             let message = portcullis::cli::usage_error(&e, &args);

@@ -180,6 +180,19 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         assert!(line.contains(shown) && !line.contains('\u{1b}'), "{line:?}");
     }
     assert_eq!(names(&list_json(d).await), ["alice"]);
+
+    // The help of `help` is the help, as `--help` there gives it, not a refusal of `--help`.
+    for (args, asked) in [
+        (&["help", "--help"][..], &["--help"][..]),
+        (&["help", "-h"][..], &["--help"][..]),
+        (&["user", "help", "-h"][..], &["user", "--help"][..]),
+    ] {
+        let (run, help) = (cli(d, args).await, cli(d, asked).await);
+        run.assert_ok(&args.join(" "));
+        assert!(run.stdout.contains("Usage: portcullis"), "{run:?}");
+        assert_eq!(run.stdout, help.stdout, "{args:?}");
+    }
+    cli(d, &["help", "--bogus"]).await.assert_one_line_failure("help --bogus");
 }
 
 // --- against a running server: through the admin socket ---------------------------------
