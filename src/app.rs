@@ -288,12 +288,14 @@ impl Application {
         // started without the first one's factor.key) refuses to start rather than keying
         // second factors no other instance can check.
         let fingerprint = factor_key.fingerprint();
-        let recorded = services.store.secrets.claim(crate::factors::key::FINGERPRINT_NAME, &fingerprint).await?;
-        if recorded != fingerprint {
-            anyhow::bail!(
+        let other_key = || {
+            anyhow::anyhow!(
                 "{} is not the factor key this store was first used with: copy factor.key from another instance or from a backup (if that key is lost for good: portcullis store forget-factor-key)",
                 settings.data_dir.join(crate::factors::key::KEY_FILE).display()
-            );
+            )
+        };
+        if services.store.secrets.get(crate::factors::key::FINGERPRINT_NAME).await?.is_some_and(|r| r != fingerprint) {
+            return Err(other_key());
         }
         let generated_certificate = tls::ensure_certificate(&settings.cert_dir)?;
         if generated_certificate {
@@ -330,6 +332,15 @@ impl Application {
             ),
             None => None,
         };
+        // Recorded only once every port is bound: after `store forget-factor-key`, a start that
+        // fails for its port (another server there) must not fix the store to the key it held,
+        // and refuse the right start after it (review 166). Claimed, not written: of two
+        // instances with different keys started together, one records its key and the other
+        // stops here.
+        let recorded = services.store.secrets.claim(crate::factors::key::FINGERPRINT_NAME, &fingerprint).await?;
+        if recorded != fingerprint {
+            return Err(other_key());
+        }
         let metrics = if metrics_listener.is_some() {
             crate::metrics::Metrics::new(&services.pool, &services.audit)
         } else {

@@ -79,9 +79,19 @@ async fn on_sled_a_lost_key_refuses_the_start_until_forget_factor_key_removes_wh
     assert!(
         log.lines().any(|l| l.contains("\"user_factors_reset\"")
             && l.contains("store forget-factor-key")
+            && l.contains("\"sessions\":0")
             && l.contains("alice")),
         "{log}"
     );
+    // A start that fails for its port records no key (review 166: it fixed the store to the
+    // key it held, and the right start after it was refused).
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "22".repeat(32))).unwrap();
+    let on_a_busy_port = portcullis::config::Settings { https_addr: busy.local_addr().unwrap(), ..settings.clone() };
+    let err = refusal(&on_a_busy_port).await;
+    assert!(err.contains("cannot listen on https_addr"), "{err}");
+    std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
+    drop(busy);
     let app = spawn_in(dir, settings).await;
     assert!(!app.state.factors.summary("alice").await.unwrap().totp, "the sealed secret went");
     let browser = app.new_browser();
