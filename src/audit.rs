@@ -234,9 +234,14 @@ pub enum AuthEvent<'a> {
         sessions: usize,
         by: &'a str,
     },
-    /// `user reset-factors`: every second factor removed and the sessions ended.
+    /// `user reset-factors` (every second factor removed and the sessions ended) or `store
+    /// forget-factor-key` (the authenticator app and recovery codes removed, sessions kept:
+    /// the key was lost, not the user's devices).
     FactorsReset {
         username: &'a str,
+        /// How many of the user's sessions were ended with the reset (0 for
+        /// `forget-factor-key`, and when ending them failed).
+        sessions: usize,
         by: &'a str,
     },
     /// `groups`: the user's listed groups afterwards, comma-separated.
@@ -1167,8 +1172,8 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "mfa_removed", time, username, kind, sessions, by,
             "second factor removed"
         ),
-        AuthEvent::FactorsReset { username, by } => tracing::warn!(
-            target: TARGET, event = "user_factors_reset", time, username, by, "second factors reset"
+        AuthEvent::FactorsReset { username, sessions, by } => tracing::warn!(
+            target: TARGET, event = "user_factors_reset", time, username, sessions, by, "second factors reset"
         ),
         AuthEvent::GroupsChanged { username, groups, by } => tracing::info!(
             target: TARGET, event = "user_groups_changed", time, username, groups, by, "groups changed"

@@ -132,9 +132,9 @@ const FORGET_FACTOR_KEY_EXAMPLE: &str = "\
 A server whose factor.key is not the one the store was first used with refuses to start. Copy
 the right one from another instance or a backup if you can: this command is for a key lost for
 good. Users with an authenticator app sign in with their password (and passkeys) until they set
-it up again. Stop every server on the store first (with sled the command refuses while one
-runs; with PostgreSQL a server left running with the old key refuses to enrol factors once a
-new instance has recorded its own key).
+it up again; their sessions stay (each reset is logged user_factors_reset with sessions 0).
+Stop every server on the store first: the command refuses while one runs (with sled, the
+store is held; with PostgreSQL, while any portcullis server or command is connected).
 
 Example:
   portcullis store forget-factor-key --yes";
@@ -1207,9 +1207,11 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
             if removed.totp || removed.recovery_codes > 0 {
                 cleared += 1;
                 let name = store.users.get(&user.user_key).await?.map_or(user.user_key.clone(), |u| u.display_name);
-                services
-                    .audit
-                    .record(&crate::audit::AuthEvent::FactorsReset { username: &name, by: "store forget-factor-key" });
+                services.audit.record(&crate::audit::AuthEvent::FactorsReset {
+                    username: &name,
+                    sessions: 0,
+                    by: "store forget-factor-key",
+                });
             }
         }
     }

@@ -336,12 +336,14 @@ impl UserAdmin {
         // (`factors::Asker::still_holds`), so the reset is not undone by it.
         self.begin_generation(username.key(), name).await?;
         let removed = self.remove_second_factors(username.key()).await?;
-        self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, by });
         // And after it: a sign-in that read the user before and proved a factor removed just
         // now starts a session of an old generation; one that reads it after finds no factor
         // to prove.
-        let ended = self.end_generation(username.key(), name).await?;
-        Ok((record.display_name, removed, ended))
+        let ended = self.end_generation(username.key(), name).await;
+        // Logged whether or not the sessions could be ended: the factors are gone either way.
+        let sessions = *ended.as_ref().unwrap_or(&0);
+        self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, sessions, by });
+        Ok((record.display_name, removed, ended?))
     }
 
     /// Removes every second factor of the user `key`: authenticator app, recovery codes and

@@ -336,10 +336,10 @@ async fn user_factors_and_reset_factors_work_through_a_running_servers_admin_soc
     run.assert_ok("user reset-factors");
     assert!(run.stdout.contains("1 session(s) ended"), "{}", run.stdout);
     assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 303, "sessions ended");
-    assert!(app
-        .log_lines()
-        .iter()
-        .any(|l| l["event"] == "user_factors_reset" && l["username"] == "alice" && l["by"] == "cli"));
+    assert!(app.log_lines().iter().any(|l| l["event"] == "user_factors_reset"
+        && l["username"] == "alice"
+        && l["by"] == "cli"
+        && l["sessions"] == 1));
     let run = child::cli(d, &["user", "factors", "alice"], None).await;
     assert!(run.stdout.contains("authenticator app: no"), "{}", run.stdout);
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.headers()["location"], "/");
