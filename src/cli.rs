@@ -374,7 +374,7 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
 /// The help `args` asked for of clap's `help` subcommand with `--help` or `-h` (`portcullis help
 /// --help`, `portcullis user help -h`): that subcommand reads them as the name of a command to
 /// explain and refuses them, though the person typing wants the help. The help of the command
-/// above `help`, as `--help` there gives it (to [`clap::Error::print`], which colours it only
+/// `help` names, or of the one above it, as `--help` there gives it (to [`clap::Error::print`], which colours it only
 /// on a terminal); `None` for any other error.
 pub fn help_asked_of_help(error: &clap::Error, args: &[std::ffi::OsString]) -> Option<clap::Error> {
     if error.kind() != clap::error::ErrorKind::InvalidSubcommand {
@@ -384,8 +384,14 @@ pub fn help_asked_of_help(error: &clap::Error, args: &[std::ffi::OsString]) -> O
     if refused != "--help" && refused != "-h" {
         return None;
     }
+    // The commands named after `help` too: `help user --help` is `user --help` (review 167).
     let at = args.iter().position(|a| a == "help")?;
-    let mut asked = args[..at].to_vec();
+    let mut asked: Vec<std::ffi::OsString> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *i != at && *a != "--help" && *a != "-h")
+        .map(|(_, a)| a.clone())
+        .collect();
     asked.push("--help".into());
     match <Cli as clap::CommandFactory>::command().try_get_matches_from(asked) {
         Err(help) if help.kind() == clap::error::ErrorKind::DisplayHelp => Some(help),

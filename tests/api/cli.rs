@@ -186,6 +186,8 @@ async fn unknown_users_and_bad_flags_fail_with_one_line() {
         (&["help", "--help"][..], &["--help"][..]),
         (&["help", "-h"][..], &["--help"][..]),
         (&["user", "help", "-h"][..], &["user", "--help"][..]),
+        (&["help", "user", "--help"][..], &["user", "--help"][..]),
+        (&["help", "user", "groups", "-h"][..], &["user", "groups", "--help"][..]),
     ] {
         let (run, help) = (cli(d, args).await, cli(d, asked).await);
         run.assert_ok(&args.join(" "));
