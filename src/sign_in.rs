@@ -68,6 +68,14 @@ use crate::store::{now_ms, Factors, StoreError, TokenHash, User};
 /// for any accepted username (64), bounded whatever an attacker types.
 const USER_KEY_CHARS: usize = 256;
 
+/// The typed username as the per-username defences key it ([`username_digest`] of its
+/// normalised form, its first [`USER_KEY_CHARS`] characters): also what `GET /login` asks the
+/// captcha demand of, for a username the form already had.
+pub fn typed_username_digest(typed: &str) -> u128 {
+    let user_key: String = normalise_key(typed).chars().take(USER_KEY_CHARS).collect();
+    username_digest(&user_key)
+}
+
 /// One sign-in attempt, as the client sent it. Nothing here has been checked.
 pub struct Attempt<'a> {
     /// Who is asking (address after `trusted_proxies`, user agent).
@@ -398,7 +406,7 @@ impl SignIn {
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
         let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next, device } = attempt;
         let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
-        let digest = username_digest(&user_key);
+        let digest = typed_username_digest(username);
         let address = client.key();
         let now = now_ms();
         // A browser that signed in as this username before waits apart from a flood (and its

@@ -97,6 +97,28 @@ async fn after_n_failures_on_a_username_from_many_addresses_that_username_needs_
     assert!(shows_captcha(&page), "once the username is known, the challenge appears");
     let records = app.records(FailureQuery { user_key: Some("alice".into()), ..Default::default() }).await;
     assert_eq!(records[0].reason.as_str(), "captcha_required");
+    // *Show a new picture* keeps the username, so the new form shows one (review 167: it showed
+    // none, and the next sign-in was refused first, recorded and counted).
+    let start = page.find(r#"class="new-challenge" href=""#).unwrap() + r#"class="new-challenge" href=""#.len();
+    let href = page[start..].split('"').next().unwrap().replace("&amp;", "&");
+    assert_eq!(href, "/login?username=alice", "{page}");
+    let (_, page) = fresh.get(&href).await;
+    assert!(shows_captcha(&page), "{page}");
+    assert!(page.contains(r#"value="alice""#), "the name filled in: {page}");
+    let answer = fresh.captcha_answer().unwrap();
+    let resp = fresh.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.status(), 303, "signed in with the new picture solved");
+    // A name with no failures asks nothing, and is shown escaped; one no account could have
+    // is dropped.
+    let mut other = Visitor::new(&app, Some("192.0.2.201"));
+    for (asked, shown) in
+        [("bob", Some(r#"value="bob""#)), ("a%0Ab", None), ("%3Cb%3E", Some(r#"value="&#60;b&#62;""#))]
+    {
+        let (status, page) = other.get(&format!("/login?username={asked}")).await;
+        assert_eq!(status, 200);
+        assert!(!shows_captcha(&page), "{asked}: {page}");
+        assert!(shown.is_none_or(|v| page.contains(v)) && !page.contains("<b>"), "{asked}: {page}");
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! `GET /login`: the form (with a captcha when this address has failed too often), or
-//! straight on for someone already signed in.
+//! `GET /login`: the form (with a captcha when this address, or the username the form is
+//! asked for with, has failed too often), or straight on for someone already signed in.
 
 use poem::http::StatusCode;
 use poem::web::Query;
@@ -15,6 +15,10 @@ pub struct LoginQuery {
     next: Option<String>,
     /// Forward auth's return address (SPEC.md, "Gating other applications").
     rd: Option<String>,
+    /// The username to fill in: the form's *Show a new picture* link carries the one typed, so
+    /// a captcha demanded for that username is shown on the new form, not first asked for by
+    /// a refusal (review 167).
+    username: Option<String>,
 }
 
 #[handler]
@@ -60,13 +64,18 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();
-    let captcha = match state.brute_force.needs_captcha(key, None, crate::store::now_ms()).await {
+    // Only a name an account could have: anything else is dropped, not shown back.
+    let username = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
+    let digest = username.map(crate::sign_in::typed_username_digest);
+    let captcha = match state.brute_force.needs_captcha(key, digest, crate::store::now_ms()).await {
         Ok(demanded) => demanded.then_some(key),
         Err(e) => {
             return crate::routes::unavailable("cannot read the failure counts", &e);
         }
     };
-    super::render(req, &state, Form { captcha, rd: rd.as_deref(), error, ..Form::new(StatusCode::OK, next) }).await
+    let form =
+        Form { captcha, rd: rd.as_deref(), error, username: username.unwrap_or(""), ..Form::new(StatusCode::OK, next) };
+    super::render(req, &state, form).await
 }
 
 /// `resp`, sending a signed-in browser on to the application at `url`, with `Set-Cookie`s

@@ -32,6 +32,12 @@ struct LoginPage<'a> {
     passkey: bool,
 }
 
+/// Whether `typed` parses as a username an account could have ([`crate::domain::Username::parse`]):
+/// what `GET /login` takes in `username` and its *Show a new picture* link carries.
+fn could_be_a_username(typed: &str) -> bool {
+    crate::domain::Username::parse(typed).is_ok()
+}
+
 /// The one message for every wrong username, password or captcha.
 pub const GENERIC_FAILURE: &str = "Incorrect username or password.";
 
@@ -177,6 +183,10 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         None
     };
     let mut query: Vec<(&str, &str)> = Vec::new();
+    // The name typed, so the new form asks the captcha that name's failures demand.
+    if could_be_a_username(form.username) {
+        query.push(("username", form.username));
+    }
     if let Some(n) = form.next {
         query.push(("next", n));
     }
