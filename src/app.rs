@@ -125,6 +125,14 @@ impl Services {
         };
         let policy = PasswordPolicy { min_length: settings.min_password_length };
         let shared_brute_force = store.shared_brute_force(settings.failure_window, settings.captcha_after_failures);
+        // Failure records on the clock the shared quotas count on: the database's.
+        let audit = match &shared_brute_force {
+            Some(state) => {
+                let state = Arc::clone(state);
+                audit.with_records_clock(Arc::new(move || state.on_shared_clock(crate::store::now_ms())))
+            }
+            None => audit,
+        };
         let mut users = UserAdmin::new(store.clone(), pool.clone(), policy, sessions.clone(), audit.clone());
         if let Some(state) = &shared_brute_force {
             users = users.with_unlock_hook(unlock_hook(Arc::clone(state)));
@@ -578,7 +586,7 @@ impl Application {
         if let Some(socket) = self.admin_socket {
             socket.stop().await;
         }
-        if let Err(e) = self.state.audit.close_counts(crate::store::now_ms(), true).await {
+        if let Err(e) = self.state.audit.close_counts(self.state.audit.records_now_ms(), true).await {
             tracing::error!(error = %e, "cannot write the last counts of repeated refusals");
         }
         Ok(())
@@ -644,7 +652,7 @@ fn spawn_count_closing(audit: Audit) -> JoinHandle<()> {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
             ticker.tick().await;
-            if let Err(e) = audit.close_counts(crate::store::now_ms(), false).await {
+            if let Err(e) = audit.close_counts(audit.records_now_ms(), false).await {
                 tracing::warn!(error = %e, "cannot write the counts of repeated refusals");
             }
         }

@@ -569,6 +569,9 @@ impl std::io::Write for CheckedWriter<'_> {
     }
 }
 
+/// A clock failure records are stamped on ([`Audit::with_records_clock`]): Unix milliseconds.
+pub type RecordsClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The JSON-lines sink of one application, and the durable store of failed attempts.
 #[derive(Clone)]
 pub struct Audit {
@@ -579,6 +582,10 @@ pub struct Audit {
     counted: Arc<Mutex<HashMap<Slot, Counted>>>,
     /// `instance_name`: in every log line and in the failure records this sink makes.
     instance: Arc<str>,
+    /// The clock failure records are stamped on (Unix milliseconds): on one database, the
+    /// database's, by the shared brute-force state's offset
+    /// ([`crate::brute_force::BruteForceState::on_shared_clock`]); `None`: this host's.
+    records_clock: Option<RecordsClock>,
 }
 
 /// Deletes the daily log files in `log_dir` whose every line is older than `retention` at
@@ -684,6 +691,7 @@ impl Audit {
             budget,
             counted: Arc::default(),
             instance: instance.into(),
+            records_clock: None,
         })
     }
 
@@ -696,7 +704,22 @@ impl Audit {
             budget: Arc::new(LogBudget::new(Path::new(""))),
             counted: Arc::default(),
             instance: crate::postgres::url::host_name().into(),
+            records_clock: None,
         }
+    }
+
+    /// The same, stamping failure records on `clock` (Unix milliseconds): on one database,
+    /// its clock, so records an instance whose clock is off makes sit among the others' in
+    /// the order the attempts came (review 166: two in one second 25 s apart, from an
+    /// instance 25 s ahead and still ready).
+    pub fn with_records_clock(self, clock: RecordsClock) -> Self {
+        Audit { records_clock: Some(clock), ..self }
+    }
+
+    /// Unix milliseconds now on the clock failure records are stamped on
+    /// ([`Audit::with_records_clock`]; this host's otherwise).
+    pub fn records_now_ms(&self) -> u64 {
+        self.records_clock.as_ref().map_or_else(now_ms, |clock| clock())
     }
 
     /// A sink with no log file, on `store`: for commands that only read records (`audit`,
@@ -845,7 +868,7 @@ impl Audit {
         max_reached: bool,
         known_browser: bool,
     ) -> Result<(), AuditError> {
-        let now = now_ms();
+        let now = self.records_now_ms();
         let slot = (client.key(), reason, known_browser);
         let counts = self.store.is_some() && counted_per_minute(reason);
         // A repeat inside an open minute only adds to its count: in a flood this is the common
@@ -1330,6 +1353,24 @@ mod tests {
         let repeats: Vec<_> = lines.iter().filter(|l| l["event"] == "authn_login_fail_repeat").collect();
         assert!((2..=4).contains(&repeats.len()), "{repeats:?}");
         assert!(lines.len() <= 3 + 4 + 4, "{} lines", lines.len());
+    }
+
+    /// Failure records, and their log lines, are stamped on the records' clock (on one
+    /// database, its clock): review 166 found two refusals of one second 25 s apart.
+    #[tokio::test]
+    async fn failure_records_and_their_lines_are_stamped_on_the_records_clock() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let database_ms = now_ms() - 25_000;
+        let clock: RecordsClock = Arc::new(move || database_ms);
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_records_clock(clock);
+        let client = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new() };
+        audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
+        let records = audit.failures(&FailureQuery::default()).await.unwrap();
+        assert_eq!(records.iter().map(|(_, r)| r.time).collect::<Vec<_>>(), [database_ms]);
+        let lines = lines(logs.path());
+        let line = lines.iter().find(|l| l["event"] == "authn_login_fail").unwrap();
+        assert_eq!(line["time"], rfc3339(database_ms), "{line}");
     }
 
     /// A counted record says `known_browser` of every attempt it stands for: an owner's

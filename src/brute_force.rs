@@ -118,6 +118,14 @@ impl Retire {
 /// single steps in order; an engine across a network does each in one round trip.
 #[async_trait]
 pub trait BruteForceState: Send + Sync {
+    /// `local_ms` (this host's clock, Unix milliseconds) on the clock this state counts on,
+    /// without a round trip: the same for a state in this process; for one shared through a
+    /// database, the database's by the offset last measured. What failure records are stamped
+    /// with ([`crate::audit::Audit::with_records_clock`]).
+    fn on_shared_clock(&self, local_ms: u64) -> u64 {
+        local_ms
+    }
+
     /// Takes one unit of `rate` for `key` at `now_ms` (GCRA: a burst of `rate.burst`,
     /// refilled evenly over `rate.period`), or says how long to wait for the next one. The
     /// test and the take are atomic.

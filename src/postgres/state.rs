@@ -142,6 +142,18 @@ fn username_bytes(digest: u128) -> Vec<u8> {
 
 #[async_trait]
 impl BruteForceState for PgBruteForce {
+    fn on_shared_clock(&self, local_ms: u64) -> u64 {
+        // The offset last measured, while this host's clock has not stepped since (then the
+        // next statement measures again; until then, this host's clock as it is).
+        let known = *self.offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match known {
+            Some(measured) if measured.clock_agrees(local_ms) && measured.ahead_ms.abs() >= OFFSET_IGNORED_MS => {
+                OnDatabaseClock(measured.ahead_ms).ms(local_ms)
+            }
+            _ => local_ms,
+        }
+    }
+
     async fn take(&self, key: QuotaKey, rate: Rate, now_ms: u64) -> Result<Result<(), Wait>, StateError> {
         let (c, at) = self.client().await?;
         let taken = bf::take_quota_ms(&c, key.kind(), &key.bytes(), rate, at.ms(now_ms)).await?;

@@ -311,6 +311,10 @@ async fn an_instance_whose_clock_runs_ahead_gives_no_more_of_a_quota() {
     let there = a.take(key, rate, on_time()).await.unwrap().expect_err("the burst is spent");
     let ahead_of_it = e.take(key, rate, ahead()).await.unwrap().expect_err("spent on every instance");
     assert!(ahead_of_it.ms.abs_diff(there.ms) < 1_000, "{ahead_of_it:?} against {there:?}");
+    // Its failure records are stamped on the database's clock too (review 166: 25 s apart
+    // from another instance's made in the same second).
+    let (stamped, database) = (e.on_shared_clock(ahead()), on_time());
+    assert!(stamped.abs_diff(database) < 1_000, "{stamped} against {database}");
 }
 
 /// An instance whose clock is stepped while it runs measures its offset again at once: an
