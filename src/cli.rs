@@ -535,11 +535,24 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     // (README: an empty one is refused), and for the others it would no longer read as unset,
     // so the output stays a file that checks the same.
     let unset = |s: &crate::config::Effective| s.value == "\"\"" && s.source == "default";
-    let line = |s: &crate::config::Effective| format!("{}{} = {}", if unset(s) { "# " } else { "" }, s.key, s.value);
+    // A default taken from the host (`instance_name`) is shown as the server uses it, but
+    // commented out too: a file made of this output and copied to another host would name
+    // that host's records after this one (review 167).
+    let of_this_host = |s: &crate::config::Effective| s.key == "instance_name" && s.source == "default";
+    let commented = |s: &crate::config::Effective| unset(s) || of_this_host(s);
+    let line =
+        |s: &crate::config::Effective| format!("{}{} = {}", if commented(s) { "# " } else { "" }, s.key, s.value);
     let width = settings.iter().map(|s| crate::text::columns(&line(s))).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
     for s in &settings {
-        let comment = format!("# {}{}", s.source, if unset(s) { ", unset" } else { "" });
+        let note = if unset(s) {
+            ", unset"
+        } else if of_this_host(s) {
+            ", this host's name"
+        } else {
+            ""
+        };
+        let comment = format!("# {}{note}", s.source);
         text.push_str(&format!("{}  {comment}\n", crate::text::pad(&line(s), width)));
     }
     print_out(&text)

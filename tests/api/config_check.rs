@@ -74,11 +74,15 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     assert!(idle.contains("\"5m\"") && idle.ends_with("# env PORTCULLIS_SESSION_IDLE_TIMEOUT"), "{idle}");
     assert!(line(&out.stdout, "http_addr").ends_with("# flag --http-addr"), "{}", out.stdout);
     assert!(line(&out.stdout, "https_addr").ends_with("# default"), "{}", out.stdout);
-    // An empty instance name means the host name: the line shows the name the server uses.
+    // An empty instance name means the host name: the line shows the name the server uses,
+    // commented out, so the output copied to another host names that one (review 167).
     let host = portcullis::postgres::url::host_name();
-    assert!(line(&out.stdout, "instance_name").starts_with(&format!("instance_name = \"{host}\"")), "{}", out.stdout);
+    let named = format!("# instance_name = \"{host}\"");
+    let l = out.stdout.lines().find(|l| l.starts_with(&named)).unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(l.ends_with("# default, this host's name"), "{l}");
     // What it prints is a settings file that checks the same.
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert!(!printed.contains_key("instance_name"), "{}", out.stdout);
     assert_eq!(printed["min_password_length"].as_integer(), Some(20));
     // A count reads as a number whichever layer it came from (defaults were quoted text).
     assert_eq!(printed["argon2_iterations"].as_integer(), Some(2), "{}", out.stdout);
@@ -319,10 +323,12 @@ async fn an_access_table_that_leaves_out_its_default_policy_is_shown_with_the_de
     let out = run(check(dir.path(), &["--config", "site.toml"], &[])).await;
     assert_eq!(out.status, 0, "{}", out.stderr);
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert!(!printed.contains_key("instance_name"), "{}", out.stdout);
     assert_eq!(printed["access"]["default_policy"].as_str(), Some("deny"), "{}", out.stdout);
     std::fs::write(dir.path().join("empty.toml"), "[access]\n").unwrap();
     let out = run(check(dir.path(), &["--config", "empty.toml"], &[])).await;
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
+    assert!(!printed.contains_key("instance_name"), "{}", out.stdout);
     assert_eq!(printed["access"]["rules"].as_array().map(Vec::len), Some(0), "{}", out.stdout);
 }
 
