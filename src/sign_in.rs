@@ -68,12 +68,11 @@ use crate::store::{now_ms, Factors, StoreError, TokenHash, User};
 /// for any accepted username (64), bounded whatever an attacker types.
 const USER_KEY_CHARS: usize = 256;
 
-/// The typed username as the per-username defences key it ([`username_digest`] of its
-/// normalised form, its first [`USER_KEY_CHARS`] characters): also what `GET /login` asks the
-/// captcha demand of, for a username the form already had.
-pub fn typed_username_digest(typed: &str) -> u128 {
-    let user_key: String = normalise_key(typed).chars().take(USER_KEY_CHARS).collect();
-    username_digest(&user_key)
+/// The typed username as the per-username defences key it: its normalised form's first 256
+/// characters, whose [`username_digest`] the quotas and failure counts use. Also what `GET
+/// /login` asks the captcha demand of, for a username the form already had.
+pub fn typed_user_key(typed: &str) -> String {
+    normalise_key(typed).chars().take(USER_KEY_CHARS).collect()
 }
 
 /// One sign-in attempt, as the client sent it. Nothing here has been checked.
@@ -405,8 +404,8 @@ impl SignIn {
     #[tracing::instrument(name = "sign_in", skip_all)]
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
         let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next, device } = attempt;
-        let user_key: String = normalise_key(username).chars().take(USER_KEY_CHARS).collect();
-        let digest = typed_username_digest(username);
+        let user_key = typed_user_key(username);
+        let digest = username_digest(&user_key);
         let address = client.key();
         let now = now_ms();
         // A browser that signed in as this username before waits apart from a flood (and its

@@ -66,7 +66,7 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     let key = client.key();
     // Only a name an account could have: anything else is dropped, not shown back.
     let username = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let digest = username.map(crate::sign_in::typed_username_digest);
+    let digest = username.map(|u| crate::rate_limit::username_digest(&crate::sign_in::typed_user_key(u)));
     let captcha = match state.brute_force.needs_captcha(key, digest, crate::store::now_ms()).await {
         Ok(demanded) => demanded.then_some(key),
         Err(e) => {
