@@ -1013,7 +1013,8 @@ impl Audit {
             }
         }
         let event = AuthEvent::LoginFailedRepeatedly { first: &c.first, count: c.count, minute: c.minute * MINUTE_MS };
-        if let Err(e) = self.log_failure(&event, now_ms()) {
+        // On the records' clock, as the records and lines it counts (review 168).
+        if let Err(e) = self.log_failure(&event, self.records_now_ms()) {
             let what = "cannot log the count of repeated refusals";
             crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &e);
         }
@@ -1368,9 +1369,16 @@ mod tests {
         audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
         let records = audit.failures(&FailureQuery::default()).await.unwrap();
         assert_eq!(records.iter().map(|(_, r)| r.time).collect::<Vec<_>>(), [database_ms]);
+        // And the line counting a minute's repeated refusals (review 168).
+        for _ in 0..2 {
+            audit.record_failure("alice", &client, FailureReason::Csrf, false, false).await.unwrap();
+        }
+        audit.close_counts(audit.records_now_ms(), true).await.unwrap();
         let lines = lines(logs.path());
-        let line = lines.iter().find(|l| l["event"] == "authn_login_fail").unwrap();
-        assert_eq!(line["time"], rfc3339(database_ms), "{line}");
+        for event in ["authn_login_fail", "authn_login_fail_repeat"] {
+            let line = lines.iter().find(|l| l["event"] == event).unwrap_or_else(|| panic!("{event}: {lines:?}"));
+            assert_eq!(line["time"], rfc3339(database_ms), "{line}");
+        }
     }
 
     /// A counted record says `known_browser` of every attempt it stands for: an owner's

@@ -538,7 +538,7 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     // A default taken from the host (`instance_name`) is shown as the server uses it, but
     // commented out too: a file made of this output and copied to another host would name
     // that host's records after this one (review 167).
-    let of_this_host = |s: &crate::config::Effective| s.key == "instance_name" && s.source == "default";
+    let of_this_host = |s: &crate::config::Effective| s.of_this_host;
     let commented = |s: &crate::config::Effective| unset(s) || of_this_host(s);
     let line =
         |s: &crate::config::Effective| format!("{}{} = {}", if commented(s) { "# " } else { "" }, s.key, s.value);
@@ -548,7 +548,11 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
         let note = if unset(s) {
             ", unset"
         } else if of_this_host(s) {
-            ", this host's name"
+            if s.source == "default" {
+                ", this host's name"
+            } else {
+                " (empty: this host's name)"
+            }
         } else {
             ""
         };

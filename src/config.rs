@@ -301,11 +301,14 @@ impl Settings {
             .filter_map(|k| raw.get(k.name).map(|r| (k.name, r)))
             .map(|(key, r)| {
                 // An empty name means the host name: show the name the server will use.
-                let value = match key {
-                    "instance_name" => one_line_toml(&toml::Value::String(settings.instance_name.clone())),
-                    _ => shown_value(key, &r.value),
+                let (value, of_this_host) = match key {
+                    "instance_name" => (
+                        one_line_toml(&toml::Value::String(settings.instance_name.clone())),
+                        r.value.as_str().is_some_and(|v| v.trim().is_empty()),
+                    ),
+                    _ => (shown_value(key, &r.value), false),
                 };
-                Effective { key, value, source: r.source.clone() }
+                Effective { key, value, source: r.source.clone(), of_this_host }
             })
             .collect();
         // `[access]` is file only: shown as the inline table it is equal to, so the whole
@@ -320,7 +323,7 @@ impl Settings {
             t.entry("default_policy").or_insert_with(|| toml::Value::String("deny".into()));
             t.entry("rules").or_insert_with(|| toml::Value::Array(Vec::new()));
         }
-        shown.push(Effective { key: "access", value: one_line_toml(&access), source });
+        shown.push(Effective { key: "access", value: one_line_toml(&access), source, of_this_host: false });
         Ok(shown)
     }
 
@@ -645,6 +648,9 @@ pub struct Effective {
     pub value: String,
     /// `default`, `file PATH`, `env PORTCULLIS_KEY` or `flag --key`.
     pub source: String,
+    /// The value is this host's, taken from it because none was given (`instance_name`
+    /// unset or blank: the host name), so it is not one to copy to another host.
+    pub of_this_host: bool,
 }
 
 /// A value as a one-line TOML value, its secrets masked: the password in a URL-valued

@@ -80,6 +80,10 @@ async fn a_good_file_prints_every_setting_with_its_source_and_exits_0() {
     let named = format!("# instance_name = \"{host}\"");
     let l = out.stdout.lines().find(|l| l.starts_with(&named)).unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(l.ends_with("# default, this host's name"), "{l}");
+    // So is a blank one given (review 168: printed as the host's name, a fixed value).
+    let blank = run(check(dir.path(), &[], &[("PORTCULLIS_INSTANCE_NAME", "")])).await;
+    let l = blank.stdout.lines().find(|l| l.starts_with(&named)).unwrap_or_else(|| panic!("{}", blank.stdout));
+    assert!(l.ends_with("# env PORTCULLIS_INSTANCE_NAME (empty: this host's name)"), "{l}");
     // What it prints is a settings file that checks the same.
     let printed: toml::Table = out.stdout.parse().expect("the output is TOML");
     assert!(!printed.contains_key("instance_name"), "{}", out.stdout);
