@@ -50,7 +50,13 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
     // Every GET route answers HEAD too (poem runs the GET handler without the body).
     Route::new()
         .at("/", allowing(GET, get(home::home)))
-        .at("/login", allowing("GET, HEAD, POST", get(login::get::login_form).post(login::post::login)))
+        .at(
+            "/login",
+            allowing(
+                "GET, HEAD, POST",
+                get(login::get::login_form).head(login::get::login_form_head).post(login::post::login),
+            ),
+        )
         .at(
             login::second_factor::PATH,
             allowing("GET, HEAD, POST", get(login::second_factor::show).post(login::second_factor::submit)),

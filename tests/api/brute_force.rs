@@ -121,6 +121,53 @@ async fn after_n_failures_on_a_username_from_many_addresses_that_username_needs_
     }
 }
 
+/// Another site's page cannot spend a visitor's captcha pictures through `GET /login`
+/// (review 168: 60 `<img src=".../login?username=hammered">` on another site spent the
+/// address's quota of pictures, and the real user behind it got none), nor have a name filled
+/// in; and asking with a name spends the address's sign-in quota, so which names failed
+/// lately is not asked for free.
+#[tokio::test]
+async fn only_this_sites_navigations_draw_pictures_and_a_named_form_spends_the_sign_in_quota() {
+    let app = behind_proxy(|s| {
+        s.captcha_after_failures = 3;
+        s.login_quota_per_ip = rate(20, 60);
+    })
+    .await;
+    for i in 0..3 {
+        let mut v = Visitor::new(&app, Some(&format!("192.0.2.{i}")));
+        assert_eq!(v.attempt("alice", "wrong wrong wrong", None).await.0, 401);
+    }
+    let visitor = Visitor::new(&app, Some("203.0.113.5"));
+    let fetch = |method: reqwest::Method, headers: &[(&'static str, &'static str)]| {
+        let mut rb = visitor.request(method, "/login?username=alice");
+        for (name, value) in headers {
+            rb = rb.header(*name, *value);
+        }
+        async move { rb.send().await.unwrap() }
+    };
+    let embedded = [("sec-fetch-dest", "image"), ("sec-fetch-mode", "no-cors"), ("sec-fetch-site", "cross-site")];
+    let navigated_from_elsewhere = [("sec-fetch-dest", "document"), ("sec-fetch-site", "cross-site")];
+    for _ in 0..61 {
+        let page = fetch(reqwest::Method::GET, &embedded).await.text().await.unwrap();
+        assert!(!shows_captcha(&page) && !page.contains(r#"value="alice""#), "{page}");
+    }
+    for _ in 0..61 {
+        assert_eq!(fetch(reqwest::Method::HEAD, &[]).await.status(), 200);
+    }
+    let page = fetch(reqwest::Method::GET, &navigated_from_elsewhere).await.text().await.unwrap();
+    assert!(!shows_captcha(&page) && !page.contains(r#"value="alice""#), "another site's link names no one: {page}");
+    // The address's pictures are all there for the form's own link.
+    let own = [("sec-fetch-dest", "document"), ("sec-fetch-site", "same-origin")];
+    let page = fetch(reqwest::Method::GET, &own).await.text().await.unwrap();
+    assert!(shows_captcha(&page) && page.contains(r#"value="alice""#), "{page}");
+    // Each named form spent a unit of the sign-in quota (a burst of 20): the 21st is past it,
+    // and asks nothing of the name.
+    for n in 2..=21 {
+        let page = fetch(reqwest::Method::GET, &own).await.text().await.unwrap();
+        assert_eq!(page.contains(r#"value="alice""#), n <= 20, "named form {n}: {page}");
+    }
+}
+
 #[tokio::test]
 async fn a_correct_captcha_answer_works_once_and_not_on_replay() {
     let app = behind_proxy(|s| s.captcha_after_failures = 1).await;

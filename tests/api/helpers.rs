@@ -283,7 +283,7 @@ impl<'a> Visitor<'a> {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self.client.request(method, self.app.url(path)).header("user-agent", &self.user_agent);
         if let Some(ip) = &self.ip {
             rb = rb.header("x-forwarded-for", ip);

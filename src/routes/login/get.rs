@@ -7,6 +7,7 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
+use crate::brute_force::QuotaKey;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, see_other, State};
 
@@ -23,6 +24,26 @@ pub struct LoginQuery {
 
 #[handler]
 pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
+    form(req, state, query, Asked::Get).await
+}
+
+/// `HEAD /login`: the headers `GET` would send, with no picture drawn (each spends the
+/// address's quota of them; review 168 spent it with 60 `HEAD`s).
+#[handler]
+pub async fn login_form_head(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
+    let mut resp = form(req, state, query, Asked::Head).await;
+    resp.set_body(());
+    resp
+}
+
+/// How the form was asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Get,
+    Head,
+}
+
+async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>, asked: Asked) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
     let rd = super::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
     let mut error = None;
@@ -64,11 +85,25 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();
-    // Only a name an account could have: anything else is dropped, not shown back.
-    let username = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
+    let now = crate::store::now_ms();
+    let navigation = asked == Asked::Get && is_navigation(req);
+    // Only a name an account could have (anything else is dropped, not shown back), asked by
+    // this site's own link or the user, and for a unit of the address's sign-in quota: which
+    // names failed lately is not to be asked for free, nor by another site's page (review 168).
+    let asked = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
+    let username = match (asked.filter(|_| navigation && from_this_site(req)), state.settings.login_quota_per_ip) {
+        (Some(name), Some(rate)) => match state.brute_force.take(QuotaKey::Address(key), rate, now).await {
+            Ok(taken) => taken.is_ok().then_some(name),
+            Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
+        },
+        (name, _) => name,
+    };
     let digest = username.map(|u| crate::rate_limit::username_digest(&crate::sign_in::typed_user_key(u)));
-    let captcha = match state.brute_force.needs_captcha(key, digest, crate::store::now_ms()).await {
-        Ok(demanded) => demanded.then_some(key),
+    let captcha = match state.brute_force.needs_captcha(key, digest, now).await {
+        // Drawn only for a page a browser shows: each picture spends the address's quota of
+        // them, which 60 `<img>`s on another site spent, leaving the real user behind that
+        // address none (review 168).
+        Ok(demanded) => (demanded && navigation).then_some(key),
         Err(e) => {
             return crate::routes::unavailable("cannot read the failure counts", &e);
         }
@@ -76,6 +111,20 @@ pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<Log
     let form =
         Form { captcha, rd: rd.as_deref(), error, username: username.unwrap_or(""), ..Form::new(StatusCode::OK, next) };
     super::render(req, &state, form).await
+}
+
+/// Whether `req` is a page a browser navigates to, not what another page embeds or fetches
+/// (`<img>`, `<iframe>`, `fetch()`: `Sec-Fetch-Dest` other than `document`, W3C Fetch
+/// Metadata). A client that sends no fetch metadata (curl, older browsers) counts as
+/// navigating.
+fn is_navigation(req: &Request) -> bool {
+    req.headers().get("sec-fetch-dest").is_none_or(|dest| dest == "document")
+}
+
+/// Whether `req` came from this site's own pages or from the user (typed, a bookmark):
+/// `Sec-Fetch-Site` `same-origin` or `none`, or none sent.
+fn from_this_site(req: &Request) -> bool {
+    req.headers().get("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
 }
 
 /// `resp`, sending a signed-in browser on to the application at `url`, with `Set-Cookie`s
