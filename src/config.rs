@@ -904,9 +904,13 @@ fn parse_path(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
-/// Why a path or name that looks like a database URL is refused.
+/// Why a path that looks like a database URL is refused.
 const LOOKS_LIKE_A_DATABASE_URL: &str =
     "looks like a database URL (is it database_url's value? For a directory of that name, put ./ before it)";
+
+/// Why an `instance_name` that looks like a database URL is refused: not a directory, so
+/// `./` is no way out (review 168).
+const NAME_LOOKS_LIKE_A_DATABASE_URL: &str = "looks like a database URL (is it database_url's value?)";
 
 fn parse_public_url(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
@@ -948,7 +952,7 @@ fn parse_instance_name(s: &str) -> Result<String, String> {
         return Ok(crate::postgres::url::host_name());
     }
     if crate::postgres::url::looks_like_a_database_url(s) {
-        return Err(LOOKS_LIKE_A_DATABASE_URL.into());
+        return Err(NAME_LOOKS_LIKE_A_DATABASE_URL.into());
     }
     if s.chars().count() > 64
         || s.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -1580,6 +1584,8 @@ mod tests {
             ] {
                 let e = Settings::from_layers(None, &flags(&[(key, url)]), &Overrides::new()).unwrap_err().to_string();
                 assert!(e.contains("looks like a database URL") && !e.contains("S3CRET"), "{key} {url}: {e}");
+                // The way out for a directory is none for a name (review 168).
+                assert_eq!(e.contains("put ./ before it"), key != "instance_name", "{key} {url}: {e}");
             }
         }
         let s = Settings::from_layers(None, &flags(&[("data_dir", "./postgres:x")]), &Overrides::new()).unwrap();
