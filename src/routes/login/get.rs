@@ -90,8 +90,8 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
     // Only a name an account could have (anything else is dropped, not shown back), asked by
     // this site's own link or the user, and for a unit of the address's sign-in quota: which
     // names failed lately is not to be asked for free, nor by another site's page (review 168).
-    let asked = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let username = match (asked.filter(|_| navigation && from_this_site(req)), state.settings.login_quota_per_ip) {
+    let named = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
+    let username = match (named.filter(|_| navigation && from_this_site(req)), state.settings.login_quota_per_ip) {
         (Some(name), Some(rate)) => match state.brute_force.take(QuotaKey::Address(key), rate, now).await {
             Ok(taken) => taken.is_ok().then_some(name),
             Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
