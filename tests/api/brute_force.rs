@@ -147,6 +147,18 @@ async fn only_this_sites_navigations_draw_pictures_and_a_named_form_spends_the_s
     };
     let embedded = [("sec-fetch-dest", "image"), ("sec-fetch-mode", "no-cors"), ("sec-fetch-site", "cross-site")];
     let navigated_from_elsewhere = [("sec-fetch-dest", "document"), ("sec-fetch-site", "cross-site")];
+    // Another site's speculation rules: Chromium prefetches as if from the address bar
+    // (review 169).
+    let prefetched = [
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-purpose", "prefetch"),
+    ];
+    for _ in 0..61 {
+        let page = fetch(reqwest::Method::GET, &prefetched).await.text().await.unwrap();
+        assert!(!shows_captcha(&page) && !page.contains(r#"value="alice""#), "{page}");
+    }
     for _ in 0..61 {
         let page = fetch(reqwest::Method::GET, &embedded).await.text().await.unwrap();
         assert!(!shows_captcha(&page) && !page.contains(r#"value="alice""#), "{page}");

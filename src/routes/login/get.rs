@@ -115,10 +115,16 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
 
 /// Whether `req` is a page a browser navigates to, not what another page embeds or fetches
 /// (`<img>`, `<iframe>`, `fetch()`: `Sec-Fetch-Dest` other than `document`, W3C Fetch
-/// Metadata). A client that sends no fetch metadata (curl, older browsers) counts as
+/// Metadata), nor a prefetch or prerender it may never show (`Sec-Purpose`, or the older
+/// `Purpose: prefetch`): Chromium's speculation rules on another site's page prefetch with
+/// `Sec-Fetch-Site: none` and `Sec-Fetch-Dest: document`, ten a second without a gesture
+/// (review 169). A client that sends no fetch metadata (curl, older browsers) counts as
 /// navigating.
 fn is_navigation(req: &Request) -> bool {
-    req.headers().get("sec-fetch-dest").is_none_or(|dest| dest == "document")
+    let headers = req.headers();
+    headers.get("sec-fetch-dest").is_none_or(|dest| dest == "document")
+        && !headers.contains_key("sec-purpose")
+        && !headers.get("purpose").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"prefetch"))
 }
 
 /// Whether `req` came from this site's own pages or from the user (typed, a bookmark):
