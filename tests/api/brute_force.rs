@@ -341,3 +341,26 @@ async fn a_flagged_address_cannot_make_the_server_draw_captchas_without_end() {
     let mut other = Visitor::new(&app, Some("198.51.100.81"));
     assert_eq!(other.get("/login").await.0, 200);
 }
+
+/// A sign-in form another site sends is refused as CSRF before it spends the address's quota
+/// (review 169: 20 cross-site `fetch()`es a minute kept the real user's right password at 429).
+#[tokio::test]
+async fn another_sites_sign_in_forms_spend_none_of_the_address_quota() {
+    let app = behind_proxy(|s| s.login_quota_per_ip = rate(3, 60)).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut alice = Visitor::new(&app, Some("203.0.113.9"));
+    for site in ["cross-site", "same-site", "cross-site", "same-site", "cross-site"] {
+        let resp = alice
+            .request(reqwest::Method::POST, "/login")
+            .header("sec-fetch-site", site)
+            .form(&[("username", "alice"), ("password", "x"), ("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{site}");
+    }
+    let (status, _) = alice.attempt("alice", GOOD_PASSWORD, None).await;
+    assert_eq!(status, 303, "the address quota is whole");
+    let reasons: Vec<&str> = app.records(FailureQuery::default()).await.iter().map(|r| r.reason.as_str()).collect();
+    assert!(reasons.iter().all(|r| *r == "csrf") && !reasons.is_empty(), "{reasons:?}");
+}

@@ -91,7 +91,8 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
     // this site's own link or the user, and for a unit of the address's sign-in quota: which
     // names failed lately is not to be asked for free, nor by another site's page (review 168).
     let named = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let username = match (named.filter(|_| navigation && from_this_site(req)), state.settings.login_quota_per_ip) {
+    let username = match (named.filter(|_| navigation && super::from_this_site(req)), state.settings.login_quota_per_ip)
+    {
         (Some(name), Some(rate)) => match state.brute_force.take(QuotaKey::Address(key), rate, now).await {
             Ok(taken) => taken.is_ok().then_some(name),
             Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
@@ -125,12 +126,6 @@ fn is_navigation(req: &Request) -> bool {
     headers.get("sec-fetch-dest").is_none_or(|dest| dest == "document")
         && !headers.contains_key("sec-purpose")
         && !headers.get("purpose").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"prefetch"))
-}
-
-/// Whether `req` came from this site's own pages or from the user (typed, a bookmark):
-/// `Sec-Fetch-Site` `same-origin` or `none`, or none sent.
-fn from_this_site(req: &Request) -> bool {
-    req.headers().get("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
 }
 
 /// `resp`, sending a signed-in browser on to the application at `url`, with `Set-Cookie`s

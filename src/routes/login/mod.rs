@@ -38,6 +38,12 @@ fn could_be_a_username(typed: &str) -> bool {
     crate::domain::Username::parse(typed).is_ok()
 }
 
+/// Whether `req` came from this site's own pages or from the user (typed, a bookmark):
+/// `Sec-Fetch-Site` `same-origin` or `none`, or none sent (W3C Fetch Metadata).
+fn from_this_site(req: &Request) -> bool {
+    req.headers().get("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
+}
+
 /// The one message for every wrong username, password or captcha.
 pub const GENERIC_FAILURE: &str = "Incorrect username or password.";
 
