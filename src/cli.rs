@@ -538,23 +538,17 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
     // A default taken from the host (`instance_name`) is shown as the server uses it, but
     // commented out too: a file made of this output and copied to another host would name
     // that host's records after this one (review 167).
-    let of_this_host = |s: &crate::config::Effective| s.of_this_host;
-    let commented = |s: &crate::config::Effective| unset(s) || of_this_host(s);
+    let commented = |s: &crate::config::Effective| unset(s) || s.of_this_host;
     let line =
         |s: &crate::config::Effective| format!("{}{} = {}", if commented(s) { "# " } else { "" }, s.key, s.value);
     let width = settings.iter().map(|s| crate::text::columns(&line(s))).filter(|&n| n <= WIDE).max().unwrap_or(0);
     let mut text = String::new();
     for s in &settings {
-        let note = if unset(s) {
-            ", unset"
-        } else if of_this_host(s) {
-            if s.source == "default" {
-                ", this host's name"
-            } else {
-                " (empty: this host's name)"
-            }
-        } else {
-            ""
+        let note = match (unset(s), s.of_this_host, s.source == "default") {
+            (true, _, _) => ", unset",
+            (false, true, true) => ", this host's name",
+            (false, true, false) => " (empty: this host's name)",
+            (false, false, _) => "",
         };
         let comment = format!("# {}{note}", s.source);
         text.push_str(&format!("{}  {comment}\n", crate::text::pad(&line(s), width)));

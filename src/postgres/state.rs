@@ -75,6 +75,12 @@ impl Measured {
 struct OnDatabaseClock(i64);
 
 impl OnDatabaseClock {
+    /// The database's clock `ahead_ms` ahead of this host's (negative: behind), as measured;
+    /// an offset under [`OFFSET_IGNORED_MS`] is left alone.
+    fn measured(ahead_ms: i64) -> Self {
+        OnDatabaseClock(if ahead_ms.abs() < OFFSET_IGNORED_MS { 0 } else { ahead_ms })
+    }
+
     /// `local_ms` (Unix milliseconds on this host's clock) on the database's.
     fn ms(self, local_ms: u64) -> u64 {
         match self.0 {
@@ -132,7 +138,7 @@ impl PgBruteForce {
                 ahead
             }
         };
-        Ok((c, OnDatabaseClock(if ahead.abs() < OFFSET_IGNORED_MS { 0 } else { ahead })))
+        Ok((c, OnDatabaseClock::measured(ahead)))
     }
 }
 
@@ -147,8 +153,8 @@ impl BruteForceState for PgBruteForce {
         // next statement measures again; until then, this host's clock as it is).
         let known = *self.offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match known {
-            Some(measured) if measured.clock_agrees(local_ms) && measured.ahead_ms.abs() >= OFFSET_IGNORED_MS => {
-                OnDatabaseClock(measured.ahead_ms).ms(local_ms)
+            Some(measured) if measured.clock_agrees(local_ms) => {
+                OnDatabaseClock::measured(measured.ahead_ms).ms(local_ms)
             }
             _ => local_ms,
         }

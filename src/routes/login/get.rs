@@ -7,7 +7,6 @@ use poem::{handler, Request, Response};
 use serde::Deserialize;
 
 use super::Form;
-use crate::brute_force::QuotaKey;
 use crate::routes::flash::Notice;
 use crate::routes::{current_session, see_other, State};
 
@@ -91,13 +90,12 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
     // this site's own link or the user, and for a unit of the address's sign-in quota: which
     // names failed lately is not to be asked for free, nor by another site's page (review 168).
     let named = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let username = match (named.filter(|_| navigation && super::from_this_site(req)), state.settings.login_quota_per_ip)
-    {
-        (Some(name), Some(rate)) => match state.brute_force.take(QuotaKey::Address(key), rate, now).await {
+    let username = match named.filter(|_| navigation && super::from_this_site(req)) {
+        Some(name) => match state.sign_in.spend_address_quota(key, now).await {
             Ok(taken) => taken.is_ok().then_some(name),
             Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
         },
-        (name, _) => name,
+        None => None,
     };
     let digest = username.map(|u| crate::rate_limit::username_digest(&crate::sign_in::typed_user_key(u)));
     let captcha = match state.brute_force.needs_captcha(key, digest, now).await {
