@@ -688,7 +688,13 @@ async fn sessions_signed_in_with_a_passkey_end_with_it(store: &Store) {
     }
     assert_eq!(left, [false, false, true, true, true, true], "sessions: only the passkey's, only its user's");
     assert_eq!(s.list_for_user("alice").await.unwrap().len(), 3, "sessions: the user's index follows");
-    assert_eq!(s.delete_for_passkey("alice", b"k-lost", None).await.unwrap(), 1, "sessions: the kept one, unkept");
+    let kept = s.get(&[6; 32]).await.unwrap().unwrap();
+    assert_eq!(kept.passkey_id, None, "sessions: the kept one goes on without the passkey");
+    assert_eq!(kept, Session { passkey_id: None, ..with("alice", b"k-lost") }, "sessions: and is otherwise as it was");
+    assert_eq!(s.get(&[5; 32]).await.unwrap().unwrap().passkey_id.as_deref(), Some(&b"k-lost"[..]), "another user's");
+    // Kept, a session of another passkey is not released from it.
+    assert_eq!(s.delete_for_passkey("alice", b"k-lost", Some(&[3; 32])).await.unwrap(), 0);
+    assert_eq!(s.get(&[3; 32]).await.unwrap().unwrap().passkey_id.as_deref(), Some(&b"k-kept"[..]));
     assert_eq!(s.delete_for_passkey("alice", b"k-lost", None).await.unwrap(), 0, "sessions: none the third time");
 }
 

@@ -531,7 +531,11 @@ pub trait SessionStore: Send + Sync {
     /// Removes all the user's sessions but `keep`; returns how many were removed.
     async fn delete_for_user(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize>;
     /// Removes the user's sessions signed in with the passkey `passkey_id`
-    /// ([`Session::passkey_id`]) but `keep`, durably; returns how many were removed.
+    /// ([`Session::passkey_id`]) but `keep`, durably; returns how many were removed. `keep`,
+    /// if that passkey signed it in, goes on without it (its `passkey_id` cleared in the same
+    /// write): the asker has just proved who they are, and its later changes, which are made
+    /// only while the passkey a session signed in with is there ([`Holding`]), must not all
+    /// be refused for the removal it asked (review 171).
     async fn delete_for_passkey(&self, user_key: &str, passkey_id: &[u8], keep: Option<&TokenHash>) -> Result<usize>;
     /// Removes the user's sessions signed in with two factors the second of which was not a
     /// passkey ([`Factors::Two`] without a [`Session::passkey_id`]: an authenticator app's code

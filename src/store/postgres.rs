@@ -631,7 +631,9 @@ impl SessionStore for PgStore {
             .client()
             .await?
             .execute(
-                "DELETE FROM sessions WHERE user_key = $1 AND passkey_id = $2
+                "WITH released AS (UPDATE sessions SET passkey_id = NULL
+                                    WHERE token_hash = $3 AND user_key = $1 AND passkey_id = $2)
+                 DELETE FROM sessions WHERE user_key = $1 AND passkey_id = $2
                  AND ($3::bytea IS NULL OR token_hash <> $3)",
                 &[&user_key, &passkey_id, &keep],
             )

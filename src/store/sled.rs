@@ -626,6 +626,25 @@ impl SledStore {
         Ok(())
     }
 
+    /// Clears the passkey of the session `token_hash` when it is `passkey_id` (not yet
+    /// flushed); any other session, or one that cannot be read, is left as it is.
+    fn release_session_from_passkey(&self, token_hash: &TokenHash, passkey_id: &[u8]) -> Result<()> {
+        self.sessions.fetch_and_update(token_hash, |old| {
+            let old = old?;
+            match serde_json::from_slice::<SessionRecord>(old) {
+                Ok(mut record)
+                    if record.passkey.as_deref().and_then(|id| URL_SAFE_NO_PAD.decode(id).ok()).as_deref()
+                        == Some(passkey_id) =>
+                {
+                    record.passkey = None;
+                    Some(serde_json::to_vec(&record).unwrap_or_else(|_| old.to_vec()))
+                }
+                _ => Some(old.to_vec()),
+            }
+        })?;
+        Ok(())
+    }
+
     /// Stores `session` under `token_hash`, then removes the owner's sessions past `cap` at
     /// `now` ([`SessionCap::past_the_cap`]); not yet flushed.
     fn insert_within_cap(&self, token_hash: &TokenHash, session: &Session, cap: SessionCap, now: u64) -> Result<()> {
@@ -1269,6 +1288,9 @@ impl SessionStore for SledStore {
         self.usable()?;
         let removed =
             self.delete_user_sessions_where(user_key, keep, |r| r.passkey_id.as_deref() == Some(passkey_id))?;
+        if let Some(keep) = keep {
+            self.release_session_from_passkey(keep, passkey_id)?;
+        }
         self.durable(removed).await
     }
 

@@ -468,8 +468,21 @@ async fn removing_a_passkey_signs_out_the_sessions_it_signed_in_and_no_others() 
     assert_eq!(remove_passkey(&app, &other_key, &kept).await.status(), StatusCode::SEE_OTHER);
     let page = other_key.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("No other session was signed in with it."), "{page}");
-    assert!(page.contains("<span class=\"with\">with a removed passkey</span>"), "{page}");
+    assert!(page.contains("<span class=\"with\">with two factors</span>"), "{page}");
     assert!(signed_in(&app, &other_key).await);
+    // ...and no longer hangs on that passkey (review 171: it could add no passkey after,
+    // told that the passkey it signed in with was removed "while" it made the change).
+    let (_, added) = register(&app, &other_key, "new key").await;
+    // The first factor again: a fresh set of recovery codes is shown with it.
+    assert_eq!(added.status(), StatusCode::OK);
+    let page = added.text().await.unwrap();
+    assert!(page.contains("Your passkey is added."), "{page}");
+    const NEW_PASSWORD: &str = "marble orchard quietly 4471";
+    let csrf = account_csrf(&app, &other_key).await;
+    let change = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", NEW_PASSWORD), ("repeat", NEW_PASSWORD)];
+    let changed = other_key.post(app.url("/account/password")).form(&change).send().await.unwrap();
+    assert_eq!(changed.status(), StatusCode::SEE_OTHER);
+    assert!(signed_in(&app, &other_key).await, "the password change renewed this session");
 }
 
 #[tokio::test]
