@@ -367,6 +367,7 @@ impl Passkeys {
         let Registration { handle, state } = self.take(cookie, CeremonyKind::Register, Some(&user.key)).await?;
         let reg: RegisterPublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+        made_on_our_pages(&reg.response.client_data_json)?;
         let passkey: Passkey =
             webauthn.finish_passkey_registration(&reg, &state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         if passkey.cred_id().len() > MAX_CREDENTIAL_ID_BYTES {
@@ -510,6 +511,7 @@ impl Passkeys {
         let state: DiscoverableAuthentication = serde_json::from_str(state).map_err(|_| PasskeyError::NoCeremony)?;
         let cred: PublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
+        made_on_our_pages(&cred.response.client_data_json)?;
         let (handle, id) =
             webauthn.identify_discoverable_authentication(&cred).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         let stored =
@@ -568,6 +570,12 @@ impl Passkeys {
                 .await?
                 .filter(|p| p.user_key == user_key)
                 .ok_or_else(|| PasskeyError::Rejected("not this user's passkey".into()))?;
+            // W3C WebAuthn L3 §7.2 step 6: the user was known before the ceremony, so a user
+            // handle the answer gives must be theirs (review 171: another user's was let by).
+            if cred.get_user_unique_id().is_some_and(|handle| handle != stored.user_handle) {
+                return Err(PasskeyError::Rejected("user handle does not match the passkey".into()));
+            }
+            made_on_our_pages(&cred.response.client_data_json)?;
             let passkey = parse_passkey(&stored)?;
             let result = webauthn.finish_passkey_authentication(&cred, &state);
             Ok::<_, PasskeyError>((cred, stored, passkey, result))
@@ -709,6 +717,35 @@ fn state_for<S: serde::de::DeserializeOwned>(
     serde_json::from_str(&c.state).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
 
+/// What an answer's client data says of the page the ceremony ran in (W3C WebAuthn L3 §5.8.1,
+/// `CollectedClientData`): `crossOrigin` true, and `topOrigin`, for a frame inside another
+/// origin's page.
+#[derive(serde::Deserialize)]
+struct Embedding {
+    #[serde(rename = "crossOrigin", default)]
+    cross_origin: Option<bool>,
+    #[serde(rename = "topOrigin", default)]
+    top_origin: Option<serde::de::IgnoredAny>,
+}
+
+/// Refuses an answer whose client data says it was made in a frame inside another origin's
+/// page (W3C WebAuthn L3 §7.1 step 10 and §7.2 step 13 leave that to the relying party's
+/// policy): this server's pages are never framed (`frame-ancestors 'none'`), so such an answer
+/// was not made on them. webauthn-rs checks `crossOrigin` only when a passkey is registered
+/// (review 171: a sign-in's was let by), and `topOrigin` never. Client data that does not
+/// read is left to webauthn-rs, which refuses it.
+///
+/// # Errors
+/// [`PasskeyError::Rejected`] for `crossOrigin: true` or any `topOrigin`.
+fn made_on_our_pages(client_data_json: &[u8]) -> Result<(), PasskeyError> {
+    match serde_json::from_slice::<Embedding>(client_data_json) {
+        Ok(Embedding { cross_origin: Some(true), .. } | Embedding { top_origin: Some(_), .. }) => {
+            Err(PasskeyError::Rejected("made in a frame of another origin's page".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
     serde_json::from_str(&stored.passkey).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
@@ -802,6 +839,25 @@ mod tests {
         for good in named.into_iter().chain(["🇺🇸 👍🏽"]) {
             assert_eq!(parse_name(good).unwrap(), good);
         }
+    }
+
+    #[test]
+    fn only_client_data_of_a_page_not_framed_by_another_origin_passes() {
+        let base = r#""type":"webauthn.get","challenge":"x","origin":"https://localhost:4000""#;
+        for (extra, passes) in [
+            ("", true),
+            (r#","crossOrigin":false"#, true),
+            (r#","crossOrigin":false,"topOrigin":null"#, true),
+            (r#","crossOrigin":true"#, false),
+            (r#","crossOrigin":true,"topOrigin":"https://evil.example""#, false),
+            (r#","crossOrigin":false,"topOrigin":"https://evil.example""#, false),
+            (r#","topOrigin":"https://localhost:4000""#, false),
+        ] {
+            let data = format!("{{{base}{extra}}}");
+            assert_eq!(made_on_our_pages(data.as_bytes()).is_ok(), passes, "{data}");
+        }
+        // Not client data at all: webauthn-rs refuses it, with its own reason.
+        assert!(made_on_our_pages(b"not json").is_ok());
     }
 
     #[tokio::test]

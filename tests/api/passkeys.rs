@@ -596,6 +596,102 @@ async fn another_users_passkey_is_a_wrong_second_factor_and_counted() {
     assert!(factors_of(&app, "alice").await.iter().all(|f| *f == Factors::One), "no session from it");
 }
 
+/// The device's answer to `options` with client data of our own making (`client_data`, its
+/// challenge filled in), signed as the device signs: what a browser sends for a ceremony run
+/// in a frame, and what no test of the soft authenticator's own client data can show.
+fn assert_with_client_data(device: &mut Device, options: serde_json::Value, client_data: serde_json::Value) -> String {
+    use sha2::Digest;
+    use webauthn_authenticator_rs::AuthenticatorBackendHashedClientData;
+    let id = URL_SAFE_NO_PAD.encode(&device.credential_id);
+    let mut options = options;
+    options["publicKey"]["allowCredentials"] = serde_json::json!([{ "type": "public-key", "id": id }]);
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let mut client_data = client_data;
+    client_data["challenge"] = URL_SAFE_NO_PAD.encode::<&[u8]>(rcr.public_key.challenge.as_ref()).into();
+    let client_data = client_data.to_string().into_bytes();
+    let hash = sha2::Sha256::digest(&client_data).to_vec();
+    let mut answer = AuthenticatorBackendHashedClientData::perform_auth(&mut device.soft, hash, rcr.public_key, 60_000)
+        .expect("the soft passkey signs");
+    answer.response.client_data_json = client_data;
+    let mut json = serde_json::to_value(&answer).unwrap();
+    json["response"]["userHandle"] = URL_SAFE_NO_PAD.encode(&device.user_handle).into();
+    json.to_string()
+}
+
+#[tokio::test]
+async fn an_answer_made_in_a_frame_of_another_origins_page_signs_nobody_in() {
+    // Six refusals of one user: no captcha before the password in between.
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.captcha_after_failures = 100;
+    })
+    .await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &owner, "key").await;
+    let page = origin(&app).origin().ascii_serialization();
+    let made = |extra: serde_json::Value| {
+        let mut data = serde_json::json!({ "type": "webauthn.get", "origin": page });
+        data.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        data
+    };
+    let framed = [
+        serde_json::json!({ "crossOrigin": true, "topOrigin": "https://evil.example" }),
+        serde_json::json!({ "crossOrigin": true }),
+        serde_json::json!({ "crossOrigin": false, "topOrigin": "https://evil.example" }),
+    ];
+    for extra in framed.iter().cloned().chain([serde_json::json!({ "crossOrigin": false })]) {
+        let on_our_page = extra.get("crossOrigin") == Some(&false.into()) && extra.get("topOrigin").is_none();
+        // A discoverable sign-in from /login.
+        let browser = app.new_browser();
+        let csrf = login_csrf(&app, &browser).await;
+        let options = json(begin_sign_in(&app, &browser, &csrf).await).await;
+        let answer = assert_with_client_data(&mut device, options, made(extra.clone()));
+        let resp = finish(&app, &browser, &csrf, &answer).await;
+        let want = if on_our_page { StatusCode::SEE_OTHER } else { StatusCode::UNAUTHORIZED };
+        assert_eq!(resp.status(), want, "/login/passkey with {extra}");
+        // The passkey as the second step after the password.
+        let browser = app.new_browser();
+        let csrf = to_second_step(&app, &browser, "alice").await;
+        let options = serde_json::to_value(begin_check(&app, &browser, &csrf).await).unwrap();
+        let answer = assert_with_client_data(&mut device, options, made(extra.clone()));
+        let resp = answer_check(&app, &browser, &csrf, &answer).await;
+        assert_eq!(resp.status(), want, "/login/second-factor with {extra}");
+    }
+    let refused = app.log_lines().into_iter().filter(|l| l["reason"] == "bad_passkey").count();
+    let second = app.log_lines().into_iter().filter(|l| l["reason"] == "bad_second_factor").count();
+    assert_eq!((refused, second), (3, 3), "each refusal recorded as a refused passkey");
+}
+
+#[tokio::test]
+async fn a_second_steps_passkey_answer_naming_another_user_is_refused() {
+    let app = passkey_app().await;
+    let alice = signed_in_browser(&app, "alice").await;
+    let (mut alices, _) = register(&app, &alice, "alice's").await;
+    let bob = signed_in_browser(&app, "bob").await;
+    let (bobs, _) = register(&app, &bob, "bob's").await;
+    assert_ne!(alices.user_handle, bobs.user_handle);
+    // Alice's own passkey and signature, the user handle bob's (it is not signed).
+    let browser = app.new_browser();
+    let csrf = to_second_step(&app, &browser, "alice").await;
+    let options = serde_json::to_value(begin_check(&app, &browser, &csrf).await).unwrap();
+    let mut answer: serde_json::Value = serde_json::from_str(&assert_with(&app, &mut alices, options)).unwrap();
+    answer["response"]["userHandle"] = URL_SAFE_NO_PAD.encode(&bobs.user_handle).into();
+    let resp = answer_check(&app, &browser, &csrf, &answer.to_string()).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(app.log_lines().iter().any(|l| l["reason"] == "bad_second_factor" && l["username"] == "alice"));
+    // Her own handle, or none (an authenticator may leave it out), is hers.
+    let own = alices.user_handle.clone();
+    for handle in [Some(&own), None] {
+        let browser = app.new_browser();
+        let csrf = to_second_step(&app, &browser, "alice").await;
+        let options = serde_json::to_value(begin_check(&app, &browser, &csrf).await).unwrap();
+        let mut answer: serde_json::Value = serde_json::from_str(&assert_with(&app, &mut alices, options)).unwrap();
+        answer["response"]["userHandle"] = handle.map_or(serde_json::Value::Null, |h| URL_SAFE_NO_PAD.encode(h).into());
+        let resp = answer_check(&app, &browser, &csrf, &answer.to_string()).await;
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "handle {handle:?}");
+    }
+}
+
 #[tokio::test]
 async fn user_factors_lists_passkeys_and_reset_factors_revokes_them() {
     let app = passkey_app().await;
