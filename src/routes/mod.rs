@@ -95,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/healthz", allowing(GET, get(health::healthz)))
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
+        .around(|ep, req| async move { refuse_other_sites_requests(ep.as_ref(), req).await })
         .around(move |ep, req| {
             let metrics = metrics.clone();
             async move { crate::metrics::count(&metrics, ep.as_ref(), req).await }
@@ -112,6 +113,36 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
 
 const GET: &str = "GET, HEAD";
 const POST: &str = "POST";
+
+/// Whether the browser says another site's page sent `req` (`Sec-Fetch-Site` `cross-site` or
+/// `same-site`, W3C Fetch Metadata §2.1): a page of ours sends `same-origin`, the user
+/// `none`; curl and older browsers send nothing.
+pub(crate) fn sent_by_another_site(req: &Request) -> bool {
+    req.headers().get("sec-fetch-site").is_some_and(|site| site == "cross-site" || site == "same-site")
+}
+
+/// Refuses, before any route, a request other than `GET` or `HEAD` that another site's page
+/// sent ([`sent_by_another_site`]; the resource isolation policy of W3C Fetch Metadata): every
+/// form and ceremony of ours is posted from our own pages, and such a request never carries a
+/// token of ours. A 403 and nothing else: no quota spent (another site's `fetch()`es held the
+/// address's sign-ins and passkey button at 429), no record or log line (fail2ban would ban
+/// the visitor's address for another site's doing), and no cookie set or cleared (an empty
+/// form on another site signed the browser out, dropped its pending second step and voided
+/// its open sign-in form: review 170). A browser that sends no fetch metadata is left to the
+/// CSRF tokens.
+async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
+    let reads_only = req.method() == poem::http::Method::GET || req.method() == poem::http::Method::HEAD;
+    if reads_only || !sent_by_another_site(&req) {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    // Read first, as for a 405 (`drain`): an answer before the body's end resets the stream.
+    drain(req.take_body().into_async_read()).await;
+    Ok(error_page_saying(
+        StatusCode::FORBIDDEN,
+        "Sent from another site",
+        "Another site's page sent this form, so nothing was done. Please use this site's own pages.",
+    ))
+}
 
 /// A route's methods, whose 405 answer carries `Allow: {allow}` (RFC 9110 §15.5.6: a 405
 /// must list the methods the resource supports). `allow` must name the methods `route` has.

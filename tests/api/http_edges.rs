@@ -52,6 +52,45 @@ async fn post_as(client: &reqwest::Client, url: String, content_type: Option<&st
     req.send().await.unwrap()
 }
 
+/// A request another site's page sent (the browser's `Sec-Fetch-Site` is `cross-site` or
+/// `same-site`) is refused at every route before anything, even with the right token: 403,
+/// no cookie set or cleared, nothing recorded or logged, no quota spent, the session live
+/// (review 170: an empty form on another site signed the browser out, and its `fetch()`es
+/// held the address's sign-ins and passkey button at 429).
+#[tokio::test]
+async fn every_request_another_sites_page_sends_is_refused_before_anything() {
+    let app = spawn_app().await;
+    let (browser, csrf) = signed_in_admin(&app).await;
+    let form =
+        [("csrf", csrf.as_str()), ("username", "alice"), ("password", GOOD_PASSWORD), ("current", GOOD_PASSWORD)];
+    // 36 of them, past the address's 20 sign-ins a minute had any been spent.
+    for route in POST_ROUTES.iter().chain(&["/account/confirm", "/nowhere"]) {
+        for site in ["cross-site", "same-site"] {
+            let resp = browser.post(app.url(route)).header("sec-fetch-site", site).form(&form).send().await.unwrap();
+            assert_eq!(resp.status(), 403, "{route} from a {site} page");
+            assert!(resp.headers().get("set-cookie").is_none(), "{route}: {:?}", resp.headers());
+            assert!(resp.text().await.unwrap().contains("page sent this form, so nothing was done"), "{route}");
+        }
+    }
+    let home = browser.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 200, "still signed in");
+    assert!(app.records(FailureQuery::default()).await.is_empty(), "nothing recorded");
+    assert!(!app.log_lines().iter().any(|l| l["event"].as_str().is_some_and(|e| e.starts_with("authn_login_fail"))));
+    let other = app.new_browser();
+    assert_eq!(app.login_with(&other, "alice", GOOD_PASSWORD).await.status(), 303, "the address quota is whole");
+    // This site's own pages, and clients that send no fetch metadata, are served.
+    for site in [Some("same-origin"), Some("none"), None] {
+        let csrf = app.home_csrf(&browser).await;
+        let mut signing_out = browser.post(app.url("/logout")).form(&[("csrf", csrf.as_str())]);
+        if let Some(site) = site {
+            signing_out = signing_out.header("sec-fetch-site", site);
+        }
+        assert_eq!(signing_out.send().await.unwrap().status(), 303, "{site:?}");
+        assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303, "{site:?}: signed out");
+        assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+    }
+}
+
 #[tokio::test]
 async fn every_post_route_answers_415_with_the_error_page_for_a_body_that_is_not_a_form() {
     let app = spawn_app().await;

@@ -61,7 +61,6 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         // A second step ends where this one would have: at `rd` (checked again there) or `next`.
         next: rd.as_deref().or(super::safe_next(form.next.as_deref())),
         device: device.as_deref(),
-        from_another_site: !super::from_this_site(req),
     };
     let next = super::safe_next(form.next.as_deref());
     let outcome = state.sign_in.attempt(attempt).await;
