@@ -59,7 +59,12 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         )
         .at(
             login::second_factor::PATH,
-            allowing("GET, HEAD, POST", get(login::second_factor::show).post(login::second_factor::submit)),
+            allowing(
+                "GET, HEAD, POST",
+                get(login::second_factor::show)
+                    .head(login::second_factor::show_head)
+                    .post(login::second_factor::submit),
+            ),
         )
         .at("/logout", allowing(POST, post(logout::logout)))
         .at("/account", allowing(GET, get(account::show)))

@@ -180,6 +180,52 @@ async fn only_this_sites_navigations_draw_pictures_and_a_named_form_spends_the_s
     }
 }
 
+/// Past the threshold, a form another site's page led to offers its picture as a link rather
+/// than drawing it (review 170: a script there navigating again and again spent the address's
+/// 60 pictures a minute in seconds, and the user's own form got 429); the link, this site's
+/// own, draws it.
+#[tokio::test]
+async fn a_form_another_sites_page_led_to_offers_its_picture_and_spends_none() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 3).await;
+    let mut visitor = Visitor::new(&app, Some("203.0.113.6"));
+    for _ in 0..3 {
+        assert_eq!(visitor.attempt("alice", "wrong wrong wrong", None).await.0, 401);
+    }
+    for site in ["cross-site", "same-site"] {
+        for _ in 0..35 {
+            let resp = visitor
+                .request(reqwest::Method::GET, "/login?next=/account")
+                .header("sec-fetch-dest", "document")
+                .header("sec-fetch-mode", "navigate")
+                .header("sec-fetch-site", site)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{site}");
+            let page = resp.text().await.unwrap();
+            assert!(!shows_captcha(&page), "{site}: {page}");
+            assert!(
+                page.contains(r#"<a class="new-challenge" href="/login?next=%2Faccount">Show the picture</a>"#),
+                "{page}"
+            );
+        }
+    }
+    // The address's pictures are left (60 a minute, less the one its third refusal drew): the
+    // link draws one, and so does each own form after it.
+    let mut drawn = 0;
+    for _ in 0..59 {
+        let resp = visitor
+            .request(reqwest::Method::GET, "/login?next=/account")
+            .header("sec-fetch-dest", "document")
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        drawn += usize::from(shows_captcha(&resp.text().await.unwrap()));
+    }
+    assert_eq!(drawn, 59);
+}
+
 #[tokio::test]
 async fn a_correct_captcha_answer_works_once_and_not_on_replay() {
     let app = behind_proxy(|s| s.captcha_after_failures = 1).await;

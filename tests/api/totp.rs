@@ -699,6 +699,53 @@ async fn a_new_user_never_inherits_factors_written_for_a_deleted_namesake() {
     assert_eq!(app.login("dana", GOOD_PASSWORD).await.headers()["location"], "/", "signed in with the password alone");
 }
 
+/// The second step past the threshold draws its picture only for a page this site's pages
+/// or the user asked for: another site's navigations (which bring the `Lax` mfa cookie) get a
+/// link that draws it, and a sibling host's `<img>`, a prefetch or a `HEAD` none (review 170:
+/// a script's navigations spent the address's pictures, and the user's own page got 429).
+#[tokio::test]
+async fn past_the_threshold_the_second_step_draws_pictures_only_for_this_sites_pages() {
+    let (app, _, _, _) = alice_with_an_authenticator_behind_a_threshold_of_3().await;
+    let mut alice = Visitor::new(&app, Some("203.0.113.7"));
+    assert_eq!(alice.attempt("alice", GOOD_PASSWORD, None).await.0, 303);
+    let mut stranger = Visitor::new(&app, Some("198.51.100.67"));
+    for _ in 0..3 {
+        assert_eq!(stranger.attempt("alice", "not the password at all", None).await.0, 401);
+    }
+    let ask = |method: reqwest::Method, headers: &'static [(&'static str, &'static str)]| {
+        let mut rb = alice.request(method, "/login/second-factor");
+        for (name, value) in headers {
+            rb = rb.header(*name, *value);
+        }
+        async move { rb.send().await.unwrap() }
+    };
+    let led_here: &[(&str, &str)] = &[("sec-fetch-dest", "document"), ("sec-fetch-site", "cross-site")];
+    let embedded: &[(&str, &str)] = &[("sec-fetch-dest", "image"), ("sec-fetch-site", "same-site")];
+    let prefetched: &[(&str, &str)] =
+        &[("sec-fetch-dest", "document"), ("sec-fetch-site", "none"), ("sec-purpose", "prefetch")];
+    for _ in 0..25 {
+        let page = ask(reqwest::Method::GET, led_here).await.text().await.unwrap();
+        assert!(!shows_captcha(&page), "{page}");
+        assert!(
+            page.contains(r#"<a class="new-challenge" href="/login/second-factor">Show the picture</a>"#),
+            "{page}"
+        );
+        for headers in [embedded, prefetched] {
+            let page = ask(reqwest::Method::GET, headers).await.text().await.unwrap();
+            assert!(!shows_captcha(&page) && !page.contains("Show the picture"), "{headers:?}: {page}");
+        }
+        assert_eq!(ask(reqwest::Method::HEAD, &[]).await.status(), 200);
+    }
+    // 100 asked, none drawn: the address's 60 a minute are there for the link and after it.
+    let mut drawn = 0;
+    for _ in 0..55 {
+        let page =
+            ask(reqwest::Method::GET, &[("sec-fetch-dest", "document"), ("sec-fetch-site", "same-origin")]).await;
+        drawn += usize::from(shows_captcha(&page.text().await.unwrap()));
+    }
+    assert_eq!(drawn, 55);
+}
+
 /// A server with a captcha threshold of 3 that believes `X-Forwarded-For` from the tests,
 /// and `alice` with an authenticator app: the app, the enrolment's time step, the secret and
 /// the recovery codes.

@@ -85,12 +85,12 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();
     let now = crate::store::now_ms();
-    let navigation = asked == Asked::Get && is_navigation(req);
+    let picture = super::picture_for(req);
     // Only a name an account could have (anything else is dropped, not shown back), asked by
     // this site's own link or the user, and for a unit of the address's sign-in quota: which
     // names failed lately is not to be asked for free, nor by another site's page (review 168).
     let named = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let username = match named.filter(|_| navigation && super::from_this_site(req)) {
+    let username = match named.filter(|_| asked == Asked::Get && picture == super::Picture::Draw) {
         Some(name) => match state.sign_in.spend_address_quota(key, now).await {
             Ok(taken) => taken.is_ok().then_some(name),
             Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
@@ -98,32 +98,24 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
         None => None,
     };
     let digest = username.map(|u| crate::rate_limit::username_digest(&crate::sign_in::typed_user_key(u)));
-    let captcha = match state.brute_force.needs_captcha(key, digest, now).await {
-        // Drawn only for a page a browser shows: each picture spends the address's quota of
-        // them, which 60 `<img>`s on another site spent, leaving the real user behind that
-        // address none (review 168).
-        Ok(demanded) => (demanded && navigation).then_some(key),
+    let demanded = match state.brute_force.needs_captcha(key, digest, now).await {
+        Ok(demanded) => demanded,
         Err(e) => {
             return crate::routes::unavailable("cannot read the failure counts", &e);
         }
     };
-    let form =
-        Form { captcha, rd: rd.as_deref(), error, username: username.unwrap_or(""), ..Form::new(StatusCode::OK, next) };
+    // Drawn only for a page a browser shows, asked for from this site: each picture spends
+    // the address's quota of them, which 60 `<img>`s on another site spent, leaving the real
+    // user behind that address none (review 168), and a script's navigations too (170).
+    let form = Form {
+        captcha: (demanded && picture == super::Picture::Draw).then_some(key),
+        offer_picture: demanded && picture == super::Picture::Offer,
+        rd: rd.as_deref(),
+        error,
+        username: username.unwrap_or(""),
+        ..Form::new(StatusCode::OK, next)
+    };
     super::render(req, &state, form).await
-}
-
-/// Whether `req` is a page a browser navigates to, not what another page embeds or fetches
-/// (`<img>`, `<iframe>`, `fetch()`: `Sec-Fetch-Dest` other than `document`, W3C Fetch
-/// Metadata), nor a prefetch or prerender it may never show (`Sec-Purpose`, or the older
-/// `Purpose: prefetch`): Chromium's speculation rules on another site's page prefetch with
-/// `Sec-Fetch-Site: none` and `Sec-Fetch-Dest: document`, ten a second without a gesture
-/// (review 169). A client that sends no fetch metadata (curl, older browsers) counts as
-/// navigating.
-fn is_navigation(req: &Request) -> bool {
-    let headers = req.headers();
-    headers.get("sec-fetch-dest").is_none_or(|dest| dest == "document")
-        && !headers.contains_key("sec-purpose")
-        && !headers.get("purpose").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"prefetch"))
 }
 
 /// `resp`, sending a signed-in browser on to the application at `url`, with `Set-Cookie`s

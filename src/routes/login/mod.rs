@@ -27,6 +27,8 @@ struct LoginPage<'a> {
     username: &'a str,
     error: Option<&'a str>,
     captcha: Option<&'a str>,
+    /// A link that draws the picture, in its place ([`Form::offer_picture`]).
+    offer_picture: bool,
     new_challenge_href: &'a str,
     /// Show *Sign in with a passkey* (and load `static/passkey.js`).
     passkey: bool,
@@ -42,6 +44,44 @@ fn could_be_a_username(typed: &str) -> bool {
 /// `Sec-Fetch-Site` `same-origin` or `none`, or none sent (W3C Fetch Metadata).
 fn from_this_site(req: &Request) -> bool {
     req.headers().get("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
+}
+
+/// What a page past the captcha threshold, asked for by `req`, may do about its picture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Picture {
+    /// Draw it: a page a browser shows, asked for by this site's pages or the user.
+    Draw,
+    /// Offer a link that draws it: a page another site's page led to. A script there can
+    /// navigate again and again without a gesture, and each navigation drew a picture on the
+    /// address's quota of them (review 170: 60 in a few seconds, after which the user's own
+    /// form got 429); the link is a navigation from this site.
+    Offer,
+    /// Neither: not a page a browser shows (`HEAD`, an `<img>`, `<iframe>` or `fetch()`, a
+    /// prefetch or prerender: [`is_navigation`]).
+    Skip,
+}
+
+/// [`Picture`] for `req`.
+pub(crate) fn picture_for(req: &Request) -> Picture {
+    match (req.method() == poem::http::Method::GET && is_navigation(req), from_this_site(req)) {
+        (false, _) => Picture::Skip,
+        (true, true) => Picture::Draw,
+        (true, false) => Picture::Offer,
+    }
+}
+
+/// Whether `req` is a page a browser navigates to, not what another page embeds or fetches
+/// (`<img>`, `<iframe>`, `fetch()`: `Sec-Fetch-Dest` other than `document`, W3C Fetch
+/// Metadata), nor a prefetch or prerender it may never show (`Sec-Purpose`, or the older
+/// `Purpose: prefetch`): Chromium's speculation rules on another site's page prefetch with
+/// `Sec-Fetch-Site: none` and `Sec-Fetch-Dest: document`, ten a second without a gesture
+/// (review 169). A client that sends no fetch metadata (curl, older browsers) counts as
+/// navigating.
+fn is_navigation(req: &Request) -> bool {
+    let headers = req.headers();
+    headers.get("sec-fetch-dest").is_none_or(|dest| dest == "document")
+        && !headers.contains_key("sec-purpose")
+        && !headers.get("purpose").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"prefetch"))
 }
 
 /// The one message for every wrong username, password or captcha.
@@ -62,13 +102,25 @@ pub struct Form<'a> {
     pub rd: Option<&'a str>,
     /// Draw a captcha challenge for this visitor, who is at this address.
     pub captcha: Option<crate::client::AddressKey>,
+    /// Past the threshold, but the page came from another site's: a link that draws the
+    /// picture in its place ([`Picture::Offer`]).
+    pub offer_picture: bool,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
 }
 
 impl<'a> Form<'a> {
     pub fn new(status: StatusCode, next: Option<&'a str>) -> Self {
-        Form { status, error: None, username: "", next, rd: None, captcha: None, retry_after: None }
+        Form {
+            status,
+            error: None,
+            username: "",
+            next,
+            rd: None,
+            captcha: None,
+            offer_picture: false,
+            retry_after: None,
+        }
     }
 }
 
@@ -210,6 +262,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         username: form.username,
         error: form.error.as_deref(),
         captcha: captcha.as_deref(),
+        offer_picture: form.offer_picture && captcha.is_none(),
         new_challenge_href: &new_challenge_href,
         passkey: state.passkeys.enabled(),
     };

@@ -38,6 +38,8 @@ struct SecondFactorPage<'a> {
     /// Past the captcha threshold: the pending sign-in's picture (a `data:` URI), whose
     /// answer goes with a code.
     captcha: Option<String>,
+    /// Past the threshold, on a page another site's led to: a link that draws the picture.
+    offer_picture: bool,
 }
 
 /// The form as posted. (The codes are wiped on drop.)
@@ -75,6 +77,19 @@ fn restart() -> Response {
 
 #[handler]
 pub async fn show(req: &Request, state: State<'_>) -> Response {
+    page(req, state).await
+}
+
+/// `HEAD /login/second-factor`: the headers `GET` would send, with no picture drawn (poem
+/// answers a `HEAD` with the `GET` handler, as a `GET`, so that one cannot tell).
+#[handler]
+pub async fn show_head(req: &Request, state: State<'_>) -> Response {
+    let mut resp = page(req, state).await;
+    resp.set_body(());
+    resp
+}
+
+async fn page(req: &Request, state: State<'_>) -> Response {
     let cookie = match crate::routes::pending_cookie(req, &state).await {
         Ok(c) => c,
         Err(resp) => return resp,
@@ -86,9 +101,25 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
                 Ok(o) => o,
                 Err(resp) => return resp,
             };
-            let captcha = match captcha_if_past_threshold(req, &state, (&hash, &pending), &user.key, None).await {
-                Ok(c) => c,
-                Err(resp) => return resp,
+            // The mfa cookie is `SameSite=Lax`, so another site's navigations bring it, and
+            // a sibling host's `<img>`s too: a picture only for this site's own (review 170).
+            let step = (&hash, &pending);
+            let captcha = match super::picture_for(req) {
+                super::Picture::Draw => match captcha_if_past_threshold(req, &state, step, &user.key, None).await {
+                    Ok(c) => c.map_or(Captcha::Absent, Captcha::Picture),
+                    Err(resp) => return resp,
+                },
+                super::Picture::Offer => match past_threshold(req, &state, &pending, &user.key).await {
+                    Ok(past) => {
+                        if past {
+                            Captcha::Link
+                        } else {
+                            Captcha::Absent
+                        }
+                    }
+                    Err(resp) => return resp,
+                },
+                super::Picture::Skip => Captcha::Absent,
             };
             render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers, captcha)
         }
@@ -119,24 +150,45 @@ async fn captcha_if_past_threshold(
     user_key: &str,
     known: Option<bool>,
 ) -> Result<Option<String>, Response> {
-    if pending.captcha_solved {
-        return Ok(None);
-    }
     let past = match known {
-        Some(past) => past,
-        None => {
-            let address = client::client(req, &state.settings.trusted_proxies).key();
-            let digest = crate::rate_limit::username_digest(user_key);
-            match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
-                Ok(past) => past,
-                Err(e) => return Err(crate::routes::unavailable("cannot read the failure counts", &e)),
-            }
-        }
+        Some(past) => past && !pending.captcha_solved,
+        None => past_threshold(req, state, pending, user_key).await?,
     };
     match past {
         false => Ok(None),
         true => crate::routes::draw_captcha(req, state, &crate::sign_in::pending_captcha_key(hash)).await.map(Some),
     }
+}
+
+/// Whether the pending sign-in's next check needs a picture: the user's name or the client's
+/// address is past the threshold, and its password step solved none.
+// The error is the very response the handler returns at once.
+#[allow(clippy::result_large_err)]
+async fn past_threshold(
+    req: &Request,
+    state: &AppState,
+    pending: &crate::store::PendingSignIn,
+    user_key: &str,
+) -> Result<bool, Response> {
+    if pending.captcha_solved {
+        return Ok(false);
+    }
+    let address = client::client(req, &state.settings.trusted_proxies).key();
+    let digest = crate::rate_limit::username_digest(user_key);
+    match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
+        Ok(past) => Ok(past),
+        Err(e) => Err(crate::routes::unavailable("cannot read the failure counts", &e)),
+    }
+}
+
+/// The second step's picture as its page shows it.
+enum Captcha {
+    /// Below the threshold, or not shown ([`super::Picture::Skip`]).
+    Absent,
+    /// A `data:` URI, whose answer goes with a code.
+    Picture(String),
+    /// A link that draws it ([`super::Picture::Offer`]).
+    Link,
 }
 
 #[allow(clippy::too_many_arguments)] // one call per outcome; a struct would only rename them
@@ -148,11 +200,17 @@ fn render(
     error: Option<&str>,
     restart: bool,
     (totp, passkey): (bool, bool),
-    captcha: Option<String>,
+    captcha: Captcha,
 ) -> Response {
     let csrf = state.csrf.session_token(hash);
     let username = crate::text::printable(username);
-    let page = SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp, captcha };
+    let offer_picture = matches!(captcha, Captcha::Link);
+    let captcha = match captcha {
+        Captcha::Picture(image) => Some(image),
+        Captcha::Absent | Captcha::Link => None,
+    };
+    let page =
+        SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp, captcha, offer_picture };
     let resp = html(status, &page);
     if passkey {
         crate::routes::passkeys::with_passkey_script(resp)
@@ -269,13 +327,14 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                     let known = refusal.as_ref().map(|r| r.captcha_demanded);
                     let captcha =
                         match captcha_if_past_threshold(req, &state, (&hash, &pending), &user.key, known).await {
-                            Ok(c) => c,
+                            Ok(c) => c.map_or(Captcha::Absent, Captcha::Picture),
                             Err(resp) => return resp,
                         };
                     render(&state, &hash, &user.display_name, status, Some(&message), false, offers, captcha)
                 }
                 None => {
-                    let mut r = render(&state, &[0; 32], "", status, Some(&message), true, (false, false), None);
+                    let mut r =
+                        render(&state, &[0; 32], "", status, Some(&message), true, (false, false), Captcha::Absent);
                     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
                         r.headers_mut().append(header::SET_COOKIE, v);
                     }
