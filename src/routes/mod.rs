@@ -122,7 +122,7 @@ const POST: &str = "POST";
 /// Whether the browser says another site's page sent `req` (`Sec-Fetch-Site` `cross-site` or
 /// `same-site`, W3C Fetch Metadata §2.1): a page of ours sends `same-origin`, the user
 /// `none`; curl and older browsers send nothing.
-pub(crate) fn sent_by_another_site(req: &Request) -> bool {
+fn sent_by_another_site(req: &Request) -> bool {
     req.headers().get("sec-fetch-site").is_some_and(|site| site == "cross-site" || site == "same-site")
 }
 

@@ -23,26 +23,21 @@ pub struct LoginQuery {
 
 #[handler]
 pub async fn login_form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
-    form(req, state, query, Asked::Get).await
+    form(req, state, query).await
 }
 
 /// `HEAD /login`: the headers `GET` would send, with no picture drawn (each spends the
 /// address's quota of them; review 168 spent it with 60 `HEAD`s).
 #[handler]
 pub async fn login_form_head(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
-    let mut resp = form(req, state, query, Asked::Head).await;
+    // Its method stays `HEAD` here (poem makes it `GET` only for a route without a `HEAD`
+    // handler), so `picture_for` draws nothing and takes no name.
+    let mut resp = form(req, state, query).await;
     resp.set_body(());
     resp
 }
 
-/// How the form was asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Asked {
-    Get,
-    Head,
-}
-
-async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>, asked: Asked) -> Response {
+async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
     let rd = super::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
     let mut error = None;
@@ -90,7 +85,7 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>,
     // this site's own link or the user, and for a unit of the address's sign-in quota: which
     // names failed lately is not to be asked for free, nor by another site's page (review 168).
     let named = query.as_ref().and_then(|q| q.username.as_deref()).filter(|u| super::could_be_a_username(u));
-    let username = match named.filter(|_| asked == Asked::Get && picture == super::Picture::Draw) {
+    let username = match named.filter(|_| picture == super::Picture::Draw) {
         Some(name) => match state.sign_in.spend_address_quota(key, now).await {
             Ok(taken) => taken.is_ok().then_some(name),
             Err(e) => return crate::routes::unavailable("cannot count sign-in attempts", &e),
