@@ -368,6 +368,9 @@ impl Passkeys {
         let reg: RegisterPublicKeyCredential =
             serde_json::from_str(credential).map_err(|e| PasskeyError::Rejected(format!("not a credential: {e}")))?;
         made_on_our_pages(&reg.response.client_data_json)?;
+        if has_bytes_past_its_end(&reg.response.attestation_object) {
+            return Err(PasskeyError::Rejected("the authenticator data has bytes past its end".into()));
+        }
         let passkey: Passkey =
             webauthn.finish_passkey_registration(&reg, &state).map_err(|e| PasskeyError::Rejected(e.to_string()))?;
         if passkey.cred_id().len() > MAX_CREDENTIAL_ID_BYTES {
@@ -746,6 +749,40 @@ fn made_on_our_pages(client_data_json: &[u8]) -> Result<(), PasskeyError> {
     }
 }
 
+/// Whether a registration's authenticator data goes on past its parts (W3C WebAuthn L3 §6.1:
+/// 37 bytes, the attested credential data when the AT flag is set, ending with the
+/// credential's public key in CBOR, then extensions in CBOR only when the ED flag is set, and
+/// nothing after). webauthn-rs reads the parts and lets what follows by (review 171: two
+/// bytes past the key were taken). An attestation object or data that does not read is left
+/// to webauthn-rs, which refuses it.
+fn has_bytes_past_its_end(attestation_object: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct AttestationObject<'a> {
+        #[serde(rename = "authData")]
+        auth_data: &'a [u8],
+    }
+    /// `bytes` after the one CBOR item they begin with; `None` when none reads.
+    fn after_cbor_item(bytes: &[u8]) -> Option<&[u8]> {
+        let mut de = serde_cbor_2::Deserializer::from_slice(bytes);
+        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de).ok()?;
+        bytes.get(de.byte_offset()..)
+    }
+    let parts = || {
+        let data = serde_cbor_2::from_slice::<AttestationObject>(attestation_object).ok()?.auth_data;
+        let flags = *data.get(32)?;
+        let mut rest = data.get(37..)?;
+        if flags & 0x40 != 0 {
+            let id_len = usize::from(u16::from_be_bytes(rest.get(16..18)?.try_into().ok()?));
+            rest = after_cbor_item(rest.get(18 + id_len..)?)?;
+        }
+        if flags & 0x80 != 0 {
+            rest = after_cbor_item(rest)?;
+        }
+        Some(!rest.is_empty())
+    };
+    parts().unwrap_or(false)
+}
+
 fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
     serde_json::from_str(&stored.passkey).map_err(|e| PasskeyError::Store(StoreError::Corrupt(e.to_string())))
 }
@@ -839,6 +876,36 @@ mod tests {
         for good in named.into_iter().chain(["🇺🇸 👍🏽"]) {
             assert_eq!(parse_name(good).unwrap(), good);
         }
+    }
+
+    #[test]
+    fn authenticator_data_past_its_key_and_flagged_extensions_is_told() {
+        let object = |data: Vec<u8>| {
+            let entry = (serde_cbor_2::Value::Text("authData".into()), serde_cbor_2::Value::Bytes(data));
+            serde_cbor_2::to_vec(&serde_cbor_2::Value::Map([entry].into_iter().collect())).unwrap()
+        };
+        // rpIdHash, flags, counter; aaguid, a 1-byte id, the key {1: 2}; extensions {}.
+        let data = |flags: u8, tail: &[u8]| {
+            let mut d = vec![0u8; 32];
+            d.extend([flags, 0, 0, 0, 1]);
+            d.extend([0u8; 16]);
+            d.extend([0, 1, 0xaa, 0xa1, 0x01, 0x02]);
+            d.extend(tail);
+            d
+        };
+        for (flags, tail, past) in [
+            (0x45, &[][..], false),
+            (0x45, &[0, 0][..], true),
+            (0xc5, &[0xa0][..], false),
+            (0xc5, &[0xa0, 0][..], true),
+            // Extensions flagged but absent, and data cut short: webauthn-rs refuses them.
+            (0xc5, &[][..], false),
+            (0x45, &[0xa1][..], true),
+        ] {
+            assert_eq!(has_bytes_past_its_end(&object(data(flags, tail))), past, "{flags:#x} {tail:?}");
+        }
+        assert!(!has_bytes_past_its_end(&object(vec![0; 20])), "too short to read");
+        assert!(!has_bytes_past_its_end(b"not cbor"));
     }
 
     #[test]

@@ -65,6 +65,16 @@ async fn account_csrf(app: &TestApp, browser: &reqwest::Client) -> String {
 
 /// Registers a passkey named `name` for the browser's user; returns the device and the answer.
 pub async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (Device, reqwest::Response) {
+    let (csrf, device, answer) = registration_answer(app, browser).await;
+    (device, post_registration(app, browser, &csrf, &answer, name).await)
+}
+
+/// Begins adding a passkey in `browser` and has a new soft passkey answer: the account page's
+/// CSRF token, the device, and its answer, not yet sent.
+async fn registration_answer(
+    app: &TestApp,
+    browser: &reqwest::Client,
+) -> (String, Device, webauthn_rs::prelude::RegisterPublicKeyCredential) {
     let csrf = account_csrf(app, browser).await;
     let begin = browser.post(app.url("/account/passkeys/begin")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(begin.status(), StatusCode::OK);
@@ -79,14 +89,20 @@ pub async fn register(app: &TestApp, browser: &reqwest::Client, name: &str) -> (
     let mut soft = SoftPasskey::new(true);
     let answer = soft.do_registration(origin(app), ccr).expect("the soft passkey registers");
     let credential_id = answer.raw_id.to_vec();
-    let json = serde_json::to_string(&answer).unwrap();
-    let resp = browser
-        .post(app.url("/account/passkeys"))
-        .form(&[("csrf", csrf.as_str()), ("credential", json.as_str()), ("name", name)])
-        .send()
-        .await
-        .unwrap();
-    (Device { soft, credential_id, user_handle }, resp)
+    (csrf, Device { soft, credential_id, user_handle }, answer)
+}
+
+/// Posts a registration `answer` named `name`; the response.
+async fn post_registration(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    csrf: &str,
+    answer: &webauthn_rs::prelude::RegisterPublicKeyCredential,
+    name: &str,
+) -> reqwest::Response {
+    let json = serde_json::to_string(answer).unwrap();
+    let form = [("csrf", csrf), ("credential", json.as_str()), ("name", name)];
+    browser.post(app.url("/account/passkeys")).form(&form).send().await.unwrap()
 }
 
 /// The login form's CSRF token for `browser`.
@@ -394,6 +410,34 @@ async fn registration_with_a_bad_name_or_a_forged_answer_is_a_400_with_the_reaso
     let resp = browser.post(app.url("/account/passkeys")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(app.state.passkeys.list("alice").await.unwrap().is_empty());
+}
+
+/// A registration whose authenticator data goes on past the credential's key (no extensions
+/// flagged) is refused (review 171: two such bytes were taken); the same answer without them
+/// is added. Sent as `none` attestation, whose statement signs nothing, so the data can change.
+#[tokio::test]
+async fn a_registration_whose_authenticator_data_goes_on_past_its_parts_is_refused() {
+    use serde_cbor_2::Value;
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    for (extra, want) in [(&[0u8, 0][..], StatusCode::BAD_REQUEST), (&[][..], StatusCode::OK)] {
+        let (csrf, _, mut answer) = registration_answer(&app, &browser).await;
+        let Value::Map(object) = serde_cbor_2::from_slice(&answer.response.attestation_object).unwrap() else {
+            panic!("an attestation object is a map")
+        };
+        let Some(Value::Bytes(data)) = object.get(&Value::Text("authData".into())) else { panic!("no authData") };
+        assert_eq!(data[32] & 0xc0, 0x40, "attested credential data, no extensions");
+        let data: Vec<u8> = data.iter().chain(extra).copied().collect();
+        let none = [
+            (Value::Text("fmt".into()), Value::Text("none".into())),
+            (Value::Text("attStmt".into()), Value::Map(Default::default())),
+            (Value::Text("authData".into()), Value::Bytes(data)),
+        ];
+        answer.response.attestation_object = serde_cbor_2::to_vec(&Value::Map(none.into_iter().collect())).unwrap();
+        let resp = post_registration(&app, &browser, &csrf, &answer, "key").await;
+        assert_eq!(resp.status(), want, "{} extra bytes: {}", extra.len(), resp.text().await.unwrap());
+    }
+    assert_eq!(app.state.passkeys.list("alice").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
