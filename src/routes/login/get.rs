@@ -102,6 +102,7 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
     // Drawn only for a page a browser shows, asked for from this site: each picture spends
     // the address's quota of them, which 60 `<img>`s on another site spent, leaving the real
     // user behind that address none (review 168), and a script's navigations too (170).
+    // Any other page offers the link that draws it ([`super::Picture::Offer`]).
     let form = Form {
         captcha: (demanded && picture == super::Picture::Draw).then_some(key),
         offer_picture: demanded && picture == super::Picture::Offer,

@@ -46,27 +46,26 @@ fn from_this_site(req: &Request) -> bool {
     req.headers().get("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
 }
 
-/// What a page past the captcha threshold, asked for by `req`, may do about its picture.
+/// What a page past the captcha threshold, asked for by `req`, does about its picture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Picture {
-    /// Draw it: a page a browser shows, asked for by this site's pages or the user.
+    /// Draw it: a page a browser shows now, asked for by this site's pages or the user.
     Draw,
-    /// Offer a link that draws it: a page another site's page led to. A script there can
-    /// navigate again and again without a gesture, and each navigation drew a picture on the
-    /// address's quota of them (review 170: 60 in a few seconds, after which the user's own
-    /// form got 429); the link is a navigation from this site.
+    /// Offer a link that draws it, a navigation from this site. For a page another site's
+    /// page led to: a script there can navigate again and again without a gesture, and each
+    /// navigation drew a picture on the address's quota of them (review 170: 60 in a few
+    /// seconds, after which the user's own form got 429). And for what is not a page shown now
+    /// (`HEAD`, an `<img>`, `<iframe>` or `fetch()`, a prefetch or prerender:
+    /// [`is_navigation`]): a prerendered page may be shown later, and without the link its
+    /// right password was refused `captcha_required` (review 172).
     Offer,
-    /// Neither: not a page a browser shows (`HEAD`, an `<img>`, `<iframe>` or `fetch()`, a
-    /// prefetch or prerender: [`is_navigation`]).
-    Skip,
 }
 
 /// [`Picture`] for `req`.
 pub(crate) fn picture_for(req: &Request) -> Picture {
-    match (req.method() == poem::http::Method::GET && is_navigation(req), from_this_site(req)) {
-        (false, _) => Picture::Skip,
-        (true, true) => Picture::Draw,
-        (true, false) => Picture::Offer,
+    match req.method() == poem::http::Method::GET && is_navigation(req) && from_this_site(req) {
+        true => Picture::Draw,
+        false => Picture::Offer,
     }
 }
 

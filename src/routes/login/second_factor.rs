@@ -110,16 +110,10 @@ async fn page(req: &Request, state: State<'_>) -> Response {
                     Err(resp) => return resp,
                 },
                 super::Picture::Offer => match past_threshold(req, &state, &pending, &user.key).await {
-                    Ok(past) => {
-                        if past {
-                            Captcha::Link
-                        } else {
-                            Captcha::Absent
-                        }
-                    }
+                    Ok(true) => Captcha::Link,
+                    Ok(false) => Captcha::Absent,
                     Err(resp) => return resp,
                 },
-                super::Picture::Skip => Captcha::Absent,
             };
             render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers, captcha)
         }
@@ -183,7 +177,7 @@ async fn past_threshold(
 
 /// The second step's picture as its page shows it.
 enum Captcha {
-    /// Below the threshold, or not shown ([`super::Picture::Skip`]).
+    /// Below the threshold.
     Absent,
     /// A `data:` URI, whose answer goes with a code.
     Picture(String),
