@@ -1,9 +1,9 @@
 //! The sign-in policy: the brute-force sequence of a password sign-in, free of HTTP, so the
 //! login form (and any later sign-in path) only reads its input, calls [`SignIn::attempt`]
 //! and renders the [`Outcome`]. The order keeps each defence cheap and fair:
-//! 0. a hash pool with no room is a 503 at once, before anything is spent or recorded
-//!    (a form another site sent never gets here: the routes refuse it first),
-//! 1. the per-address quota (every attempt counts),
+//! 0. a hash pool with no room is a 503 at once, before anything is spent or recorded,
+//!    and a form another site sent (`Attempt::from_another_site`) is refused as CSRF,
+//! 1. the per-address quota (every other attempt counts),
 //! 2. CSRF: the pre-login value must be one this server issued, unexpired and not retired,
 //!    and the form's token must be bound to it,
 //! 3. the captcha, when this address or username has failed too often; otherwise the
@@ -97,6 +97,12 @@ pub struct Attempt<'a> {
     /// username puts the password check in the hash pool's known lane and on the quota of the
     /// username's known browsers instead of the strangers' one.
     pub device: Option<&'a str>,
+    /// The browser says another site's page sent the form (`Sec-Fetch-Site` `cross-site` or
+    /// `same-site`, W3C Fetch Metadata): refused as CSRF before any quota is spent, since such
+    /// a form never carries a token of ours, and another site's page could otherwise spend
+    /// its visitor's address quota (review 169: 20 `fetch()`es a minute kept the real user's
+    /// right password at 429).
+    pub from_another_site: bool,
 }
 
 /// What a browser brings to the end of its sign-in.
@@ -404,7 +410,18 @@ impl SignIn {
     /// 500), never a sign-in or a refusal that was not recorded.
     #[tracing::instrument(name = "sign_in", skip_all)]
     pub async fn attempt(&self, attempt: Attempt<'_>) -> Result<Outcome, SignInError> {
-        let Attempt { client, username, password, csrf, prelogin, captcha, previous_session, next, device } = attempt;
+        let Attempt {
+            client,
+            username,
+            password,
+            csrf,
+            prelogin,
+            captcha,
+            previous_session,
+            next,
+            device,
+            from_another_site,
+        } = attempt;
         let user_key = typed_user_key(username);
         let digest = username_digest(&user_key);
         let address = client.key();
@@ -416,6 +433,9 @@ impl SignIn {
         // Whether the token is of the user's generation is read with the factors below; until
         // then, the pool's room is judged in the lane it would give.
         let lane = if token.is_some() { Lane::Known } else { Lane::Open };
+        if from_another_site {
+            return judged.refuse(FailureReason::Csrf, None, false).await;
+        }
 
         // A full hash pool is a 503 before anything is spent: in a flood from elsewhere, the
         // real user's tries would otherwise use up their address's quota on checks that never
@@ -1023,6 +1043,7 @@ mod tests {
                 previous_session: None,
                 next: None,
                 device: self.device.as_deref(),
+                from_another_site: false,
             };
             self.service.attempt(attempt).await
         }
@@ -1258,6 +1279,7 @@ mod tests {
             previous_session: SessionToken::parse(&old.encode()),
             next: None,
             device: None,
+            from_another_site: false,
         };
         let Outcome::SignedIn { token: new, .. } = f.service.attempt(attempt).await.unwrap() else { panic!("refused") };
         assert!(f.service.sessions.resolve(&old.encode()).await.unwrap().is_none(), "the old session ended");

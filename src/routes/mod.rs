@@ -122,7 +122,7 @@ const POST: &str = "POST";
 /// Whether the browser says another site's page sent `req` (`Sec-Fetch-Site` `cross-site` or
 /// `same-site`, W3C Fetch Metadata §2.1): a page of ours sends `same-origin`, the user
 /// `none`; curl and older browsers send nothing.
-fn sent_by_another_site(req: &Request) -> bool {
+pub(crate) fn sent_by_another_site(req: &Request) -> bool {
     req.headers().get("sec-fetch-site").is_some_and(|site| site == "cross-site" || site == "same-site")
 }
 
@@ -130,23 +130,32 @@ fn sent_by_another_site(req: &Request) -> bool {
 /// sent ([`sent_by_another_site`]; the resource isolation policy of W3C Fetch Metadata): every
 /// form and ceremony of ours is posted from our own pages, and such a request never carries a
 /// token of ours. A 403 and nothing else: no quota spent (another site's `fetch()`es held the
-/// address's sign-ins and passkey button at 429), no record or log line (fail2ban would ban
-/// the visitor's address for another site's doing), and no cookie set or cleared (an empty
-/// form on another site signed the browser out, dropped its pending second step and voided
-/// its open sign-in form: review 170). A browser that sends no fetch metadata is left to the
-/// CSRF tokens.
+/// address's sign-ins and passkey button at 429), no record, and no cookie set or cleared (an
+/// empty form on another site signed the browser out, dropped its pending second step and
+/// voided its open sign-in form: review 170). `POST /login` alone goes on to its handler,
+/// which records the attempt as `csrf` (folded per minute, not matched by the fail2ban
+/// filter, so another site cannot have its visitors banned) and answers the same page. A
+/// browser that sends no fetch metadata is left to the CSRF tokens.
 async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
     let reads_only = req.method() == poem::http::Method::GET || req.method() == poem::http::Method::HEAD;
-    if reads_only || !sent_by_another_site(&req) {
+    // The password form's own: a refused login attempt is recorded (SPEC.md, "Authentication
+    // records"), and the sign-in refuses it before any quota ([`crate::sign_in::Attempt`]).
+    let password_form = req.method() == poem::http::Method::POST && req.uri().path() == "/login";
+    if reads_only || password_form || !sent_by_another_site(&req) {
         return ep.call(req).await.map(IntoResponse::into_response);
     }
     // Read first, as for a 405 (`drain`): an answer before the body's end resets the stream.
     drain(req.take_body().into_async_read()).await;
-    Ok(error_page_saying(
+    Ok(sent_from_another_site())
+}
+
+/// The answer to a form another site's page sent: a 403 page, and nothing else (no cookie).
+pub(crate) fn sent_from_another_site() -> Response {
+    error_page_saying(
         StatusCode::FORBIDDEN,
         "Sent from another site",
         "Another site's page sent this form, so nothing was done. Please use this site's own pages.",
-    ))
+    )
 }
 
 /// A route's methods, whose 405 answer carries `Allow: {allow}` (RFC 9110 §15.5.6: a 405

@@ -392,8 +392,9 @@ async fn a_flagged_address_cannot_make_the_server_draw_captchas_without_end() {
 }
 
 /// A sign-in form another site sends is refused before it spends the address's quota (review
-/// 169: 20 cross-site `fetch()`es a minute kept the real user's right password at 429), and
-/// is not recorded (review 170: fail2ban would ban the visitor's address for it).
+/// 169: 20 cross-site `fetch()`es a minute kept the real user's right password at 429); it is
+/// recorded as `csrf` (a refused login attempt) and answered with no new form or cookie
+/// (review 170: a new pre-login cookie voided the form open in the visitor's tab).
 #[tokio::test]
 async fn another_sites_sign_in_forms_spend_none_of_the_address_quota() {
     let app = behind_proxy(|s| s.login_quota_per_ip = rate(3, 60)).await;
@@ -408,8 +409,11 @@ async fn another_sites_sign_in_forms_spend_none_of_the_address_quota() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 403, "{site}");
+        assert!(resp.headers().get("set-cookie").is_none(), "{site}: {:?}", resp.headers());
+        assert!(resp.text().await.unwrap().contains("page sent this form, so nothing was done"));
     }
     let (status, _) = alice.attempt("alice", GOOD_PASSWORD, None).await;
     assert_eq!(status, 303, "the address quota is whole");
-    assert!(app.records(FailureQuery::default()).await.is_empty(), "nothing recorded");
+    let reasons: Vec<&str> = app.records(FailureQuery::default()).await.iter().map(|r| r.reason.as_str()).collect();
+    assert!(reasons.iter().all(|r| *r == "csrf") && !reasons.is_empty(), "{reasons:?}");
 }

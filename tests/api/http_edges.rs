@@ -54,9 +54,9 @@ async fn post_as(client: &reqwest::Client, url: String, content_type: Option<&st
 
 /// A request another site's page sent (the browser's `Sec-Fetch-Site` is `cross-site` or
 /// `same-site`) is refused at every route before anything, even with the right token: 403,
-/// no cookie set or cleared, nothing recorded or logged, no quota spent, the session live
-/// (review 170: an empty form on another site signed the browser out, and its `fetch()`es
-/// held the address's sign-ins and passkey button at 429).
+/// no cookie set or cleared, no quota spent, the session live, nothing recorded but the
+/// password form's attempts, as `csrf` (review 170: an empty form on another site signed the
+/// browser out, and its `fetch()`es held the address's sign-ins and passkey button at 429).
 #[tokio::test]
 async fn every_request_another_sites_page_sends_is_refused_before_anything() {
     let app = spawn_app().await;
@@ -74,8 +74,12 @@ async fn every_request_another_sites_page_sends_is_refused_before_anything() {
     }
     let home = browser.get(app.url("/")).send().await.unwrap();
     assert_eq!(home.status(), 200, "still signed in");
-    assert!(app.records(FailureQuery::default()).await.is_empty(), "nothing recorded");
-    assert!(!app.log_lines().iter().any(|l| l["event"].as_str().is_some_and(|e| e.starts_with("authn_login_fail"))));
+    let records = app.records(FailureQuery::default()).await;
+    assert!(records.iter().all(|r| r.reason.as_str() == "csrf" && r.username == "alice"), "{records:?}");
+    assert!(!records.is_empty(), "the password form's attempts are recorded");
+    let fails =
+        app.log_lines().into_iter().filter(|l| l["event"].as_str().is_some_and(|e| e.starts_with("authn_login_fail")));
+    assert!(fails.into_iter().all(|l| l["reason"] == "csrf"));
     let other = app.new_browser();
     assert_eq!(app.login_with(&other, "alice", GOOD_PASSWORD).await.status(), 303, "the address quota is whole");
     // This site's own pages, and clients that send no fetch metadata, are served.

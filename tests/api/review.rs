@@ -372,15 +372,26 @@ async fn the_fail2ban_filter_matches_failed_login_lines_and_only_their_address()
     attacker.attempt("alice", "wrong wrong wrong", None).await;
     let mut alice = Visitor::new(&app, Some("198.51.100.1"));
     alice.attempt("alice", GOOD_PASSWORD, None).await;
+    // A form another site's page made a visitor's browser post: recorded, banning no one.
+    let visitor = Visitor::new(&app, Some("192.0.2.77"));
+    let form = [("username", "alice"), ("password", "x"), ("csrf", "x")];
+    let posted = visitor.request(reqwest::Method::POST, "/login").header("sec-fetch-site", "cross-site").form(&form);
+    assert_eq!(posted.send().await.unwrap().status(), 403);
     let text = app.log_text();
+    assert!(text.contains(r#""ip":"192.0.2.77","user_agent":"#) && text.contains(r#""reason":"csrf""#), "{text}");
 
     let conf =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/fail2ban/filter.d/portcullis.conf"))
             .unwrap();
     let failregex = conf.lines().find_map(|l| l.strip_prefix("failregex = ")).unwrap();
     let re = regex::Regex::new(&failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)")).unwrap();
-    let hosts: Vec<&str> =
-        text.lines().filter_map(|l| re.captures(l)).map(|c| c.name("host").unwrap().as_str()).collect();
+    let ignored = regex::Regex::new(conf.lines().find_map(|l| l.strip_prefix("ignoreregex = ")).unwrap()).unwrap();
+    let hosts: Vec<&str> = text
+        .lines()
+        .filter(|l| !ignored.is_match(l))
+        .filter_map(|l| re.captures(l))
+        .map(|c| c.name("host").unwrap().as_str())
+        .collect();
     assert_eq!(hosts, vec!["203.0.113.66", "203.0.113.66"], "{text}");
 
     if let Ok(out) = Command::new("fail2ban-regex")
@@ -393,8 +404,9 @@ async fn the_fail2ban_filter_matches_failed_login_lines_and_only_their_address()
         assert!(report.contains("203.0.113.66"), "{report}");
         let hits: Vec<&str> = report.lines().filter(|l| l.starts_with("|      ")).collect();
         assert!(hits.iter().all(|l| l.contains("203.0.113.66")), "{report}");
-        assert!(report.contains("Date template hits:\n|- [# of hits] date format\n|  [5]"), "{report}");
+        assert!(report.contains("Date template hits:\n|- [# of hits] date format\n|  [6]"), "{report}");
         assert!(report.contains("Failregex: 2 total"), "{report}");
+        assert!(report.contains("Ignoreregex: 1 total"), "{report}");
     } else {
         eprintln!("fail2ban-regex is not installed; checked the regex in Rust only");
     }

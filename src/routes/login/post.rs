@@ -50,6 +50,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     let prelogin = cookies::get(req, PRELOGIN_COOKIE);
     let device = cookies::get(req, DEVICE_COOKIE);
     let rd = super::checked_rd(&state, form.rd.as_deref());
+    let attempt_from_another_site = crate::routes::sent_by_another_site(req);
     let attempt = Attempt {
         client: &client,
         username: &form.username,
@@ -61,6 +62,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         // A second step ends where this one would have: at `rd` (checked again there) or `next`.
         next: rd.as_deref().or(super::safe_next(form.next.as_deref())),
         device: device.as_deref(),
+        from_another_site: attempt_from_another_site,
     };
     let next = super::safe_next(form.next.as_deref());
     let outcome = state.sign_in.attempt(attempt).await;
@@ -83,6 +85,9 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             let to = if must_enrol { "/account" } else { rd.as_deref().or(next).unwrap_or("/") };
             super::after_sign_in(to, &token, &device_cookie, PRELOGIN_COOKIE)
         }
+        // Recorded, and answered as every route answers another site's form: no new form,
+        // whose pre-login cookie would void the one open in the visitor's tab (review 170).
+        Ok(Outcome::Refused(_)) if attempt_from_another_site => crate::routes::sent_from_another_site(),
         Ok(Outcome::Refused(refusal)) => {
             refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
         }
