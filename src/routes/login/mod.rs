@@ -101,8 +101,8 @@ pub struct Form<'a> {
     pub rd: Option<&'a str>,
     /// Draw a captcha challenge for this visitor, who is at this address.
     pub captcha: Option<crate::client::AddressKey>,
-    /// Past the threshold, but the page came from another site's: a link that draws the
-    /// picture in its place ([`Picture::Offer`]).
+    /// Past the threshold, on a page that draws no picture (another site's page led to it, or
+    /// it is not shown now: `picture_for`): a link that draws the picture in its place.
     pub offer_picture: bool,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
