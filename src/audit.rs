@@ -490,6 +490,15 @@ impl LogBudget {
     }
 }
 
+/// Whether `event` is a failed-login line (or its minute's count) of reason `csrf`.
+fn is_csrf(event: &AuthEvent<'_>) -> bool {
+    match event {
+        AuthEvent::LoginFailed { reason, .. } => *reason == FailureReason::Csrf,
+        AuthEvent::LoginFailedRepeatedly { first, .. } => first.reason == FailureReason::Csrf,
+        _ => false,
+    }
+}
+
 /// What is left of the day's `audit_log_mib_per_day` for failed-login lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Room {
@@ -949,6 +958,19 @@ impl Audit {
     /// The first short line and the first line left out are each preceded by one saying so.
     fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
         let room = self.budget.admits(now);
+        if is_csrf(event) {
+            // A `csrf` refusal checked nothing, the fail2ban filter ignores it, and another
+            // site's page makes each of its visitors' browsers cause one a minute: always
+            // short, and only in the day's first quarter, so that such lines cannot spend the
+            // budget the lines of password guesses need (review 174: 920 of them blinded
+            // fail2ban for the rest of the day).
+            let quarter = self.budget.limit.load(Ordering::SeqCst) / 4;
+            if room != Room::None && self.budget.bytes.load(Ordering::SeqCst) < quarter {
+                return self.write_checked(|| emit_short(event, rfc3339(now)));
+            }
+            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
         let time = rfc3339(now);
         let say = |flag: &AtomicBool, announce: &dyn Fn()| {
@@ -1450,6 +1472,30 @@ mod tests {
         let event = AuthEvent::LoggedOut { username: "alice", client: &client };
         assert!(audit.record_checked(&event).is_ok());
         assert_eq!(lines(logs.path()).last().unwrap()["event"], "session_logout");
+    }
+
+    #[tokio::test]
+    async fn csrf_lines_are_short_and_stop_at_a_quarter_of_the_days_log_leaving_room_for_guesses() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        // Another site's visitors, each from an address of their own, with the longest names.
+        let name = "\u{202e}".repeat(300);
+        for i in 0..200u32 {
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
+            audit.record_failure(&name, &client, FailureReason::Csrf, false, false).await.unwrap();
+        }
+        let csrf = lines(logs.path());
+        assert!(csrf.iter().all(|l| l["reason"] == "csrf" && l["short"] == true && l.get("user_agent").is_none()));
+        let written: usize = csrf.iter().map(|l| l.to_string().len() + 1).sum();
+        assert!(written < 10_000 + 1_000, "a quarter of the budget, at most a line over: {written}");
+        assert_eq!(store.failures.count().await.unwrap(), 200, "every one in the store");
+        // The rest of the day's budget is there for password guesses, in full at first.
+        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into() };
+        audit.record_failure("admin", &guesser, FailureReason::BadPassword, false, false).await.unwrap();
+        let last = lines(logs.path()).pop().unwrap();
+        assert_eq!((last["ip"].as_str(), last.get("short")), (Some("198.51.100.9"), None), "{last}");
     }
 
     #[tokio::test]
