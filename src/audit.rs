@@ -964,8 +964,9 @@ impl Audit {
             // in the day's first quarter (so in full), so that such lines cannot spend the
             // budget the lines of password guesses need (review 174: 920 of them blinded
             // fail2ban for the rest of the day).
+            // (`admits` above has started a new day's count, if it is one.)
             let quarter = self.budget.limit.load(Ordering::SeqCst) / 4;
-            if room == Room::Full && self.budget.bytes.load(Ordering::SeqCst) < quarter {
+            if self.budget.bytes.load(Ordering::SeqCst) < quarter {
                 return self.write_checked(|| emit_at(event, rfc3339(now)));
             }
             self.budget.dropped.fetch_add(1, Ordering::Relaxed);
