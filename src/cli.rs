@@ -305,7 +305,7 @@ impl Args for ConfigFlags {
                 .long(k.name.replace('_', "-"))
                 .value_name("VALUE")
                 .help(format!("{}{default}", k.help))
-                .help_heading("Settings of `serve`, the default command (also PORTCULLIS_<KEY> or the config file; other commands read only those two)")
+                .help_heading("Settings of `serve`, the default command (each also PORTCULLIS_<KEY> or a key in the config file, the only places `user`, `audit`, `store` and `loadtest` read them from)")
         }))
     }
 
