@@ -9,8 +9,9 @@
 //! What refused attempts may cost on disk is bounded (issue 11 §1): repeated flood refusals
 //! from one address are counted into one record per minute ([`Audit::record_failure`]), the
 //! store keeps at most `audit_max_records` of them, a day's log takes at most
-//! `audit_log_mib_per_day` of failed-login lines, and below `disk_reserve_mib` of free space
-//! refusals are not recorded at all (503), so they can never be what fills the disk.
+//! `audit_log_mib_per_day` of failed-login and forward-auth denial lines (denials too are
+//! counted per address and minute, [`Audit::authz_denied`]), and below `disk_reserve_mib` of
+//! free space refusals are not recorded at all (503), so they can never be what fills the disk.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -261,6 +262,18 @@ pub enum AuthEvent<'a> {
         path: &'a str,
         rule: &'a str,
     },
+    /// Forward-auth denials of one address (and one user, or none) within one minute, counted
+    /// instead of logged one by one (`authz_denied_repeat`): the fields of the first (which had
+    /// its own line), `count` all of them, `minute` the minute's start (Unix ms).
+    AuthzDeniedRepeatedly {
+        username: &'a str,
+        ip: &'a str,
+        host: &'a str,
+        path: &'a str,
+        rule: &'a str,
+        count: u64,
+        minute: u64,
+    },
 }
 
 /// Why an authentication record could not be made.
@@ -353,10 +366,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-/// Reasons whose repeats are counted per address and minute instead of stored one by one:
-/// refusals that checked nothing about any user (past the quota, or without a valid CSRF
-/// token), which is what a scripted flood is made of. Each attempt that reached a password,
-/// a captcha or a username quota keeps its own record.
 /// What refusals are counted by: the client address, the reason, and whether they came from
 /// a known browser, so one record's `known_browser` is true of every attempt it counts (an
 /// owner's refusal is not folded into strangers' from the same NAT, nor theirs into hers).
@@ -373,6 +382,10 @@ fn add_to_open_minute(counted: &mut HashMap<Slot, Counted>, slot: &Slot, minute:
     }
 }
 
+/// Reasons whose repeats are counted per address and minute instead of stored one by one:
+/// refusals that checked nothing about any user (past the quota, or without a valid CSRF
+/// token), which is what a scripted flood is made of. Each attempt that reached a password,
+/// a captcha or a username quota keeps its own record.
 fn counted_per_minute(reason: FailureReason) -> bool {
     matches!(reason, FailureReason::RateLimited | FailureReason::Csrf)
 }
@@ -396,7 +409,29 @@ struct Counted {
     count: u64,
 }
 
-/// How many bytes today's log file has taken, against `audit_log_mib_per_day`.
+/// What forward-auth denials are counted by: the client address and the user (empty when not
+/// signed in), so that a signed-in user's denials are never folded into another's.
+type DenialSlot = (crate::client::AddressKey, String);
+
+/// The forward-auth denials of one [`DenialSlot`] in one minute: the first is logged at once,
+/// the rest counted into one `authz_denied_repeat` line when the minute is over.
+struct Denials {
+    minute: u64,
+    count: u64,
+    ip: String,
+    host: String,
+    path: String,
+    rule: String,
+}
+
+/// Longest path of a target kept in an `authz_denied` line, in characters (a target may be
+/// 4,096 bytes: review 177 filled a disk with 4 KB paths).
+pub const MAX_LOGGED_PATH_CHARS: usize = 256;
+
+/// How many bytes today's log file has taken in the lines `audit_log_mib_per_day` limits:
+/// failed and refused logins, and forward-auth denials ([`is_limited_line`]). Sign-ins,
+/// sign-outs and administrative lines do not spend it (review 177: every line did, so a flood
+/// of denied verifies left no room for password guesses).
 struct LogBudget {
     /// The limit in bytes; `u64::MAX`: none.
     limit: AtomicU64,
@@ -426,7 +461,7 @@ impl LogBudget {
     fn new(log_dir: &Path) -> Self {
         let now = now_ms();
         let today = log_dir.join(format!("auth.log.{}", &rfc3339(now)[..10]));
-        let bytes = std::fs::metadata(today).map(|m| m.len()).unwrap_or(0);
+        let bytes = limited_bytes_in(&today);
         LogBudget {
             limit: AtomicU64::new(u64::MAX),
             day: AtomicU64::new(now / 86_400_000),
@@ -490,13 +525,59 @@ impl LogBudget {
     }
 }
 
-/// Whether `event` is a failed-login line (or its minute's count) of reason `csrf`.
-fn is_csrf(event: &AuthEvent<'_>) -> bool {
+/// Whether `event`'s line may use only the day's first quarter of `audit_log_mib_per_day`:
+/// a failed login (or its minute's count) of reason `csrf`, which checked nothing, the fail2ban
+/// filter ignores, and another site's page makes each of its visitors' browsers cause (review
+/// 174); and a forward-auth denial of a visitor who is not signed in, which anyone can cause at
+/// the network's rate (review 177). Such lines cannot spend the budget the lines of password
+/// guesses and signed-in users' denials need.
+fn first_quarter_only(event: &AuthEvent<'_>) -> bool {
     match event {
         AuthEvent::LoginFailed { reason, .. } => *reason == FailureReason::Csrf,
         AuthEvent::LoginFailedRepeatedly { first, .. } => first.reason == FailureReason::Csrf,
+        AuthEvent::AuthzDenied { username, .. } | AuthEvent::AuthzDeniedRepeatedly { username, .. } => {
+            username.is_empty()
+        }
         _ => false,
     }
+}
+
+/// Bytes of the log file at `path` in lines the day's budget limits ([`is_limited_line`]),
+/// read at start so that a restart does not give the day its budget again. A file too long to
+/// read at start (past 256 MiB, written by an older version), unreadable midway or not a
+/// regular file counts whole.
+fn limited_bytes_in(path: &Path) -> u64 {
+    use std::io::BufRead;
+    use std::io::Read as _;
+    let Ok(file) = std::fs::File::open(path) else { return 0 };
+    // Only a regular file's length bounds what is read (a test's `/dev/full` reads forever).
+    let Ok(meta) = file.metadata() else { return 0 };
+    let len = meta.len();
+    if !meta.is_file() || len > 256 << 20 {
+        return len;
+    }
+    let mut total = 0;
+    for line in std::io::BufReader::new(file.take(len)).split(b'\n') {
+        match line {
+            Ok(line) if is_limited_line(&line) => total += line.len() as u64 + 1,
+            Ok(_) => {}
+            Err(_) => return len,
+        }
+    }
+    total
+}
+
+/// Whether a line of the log is one the day's budget limits: its event (the first
+/// `"event":"`, before any field an attacker fills, and theirs are escaped anyway) is a failed
+/// or refused login (`authn_login_fail`, `_max`, `_repeat`) or a forward-auth denial
+/// (`authz_denied`, `_repeat`).
+fn is_limited_line(line: &[u8]) -> bool {
+    const FIELD: &str = "\"event\":\"";
+    let Ok(line) = std::str::from_utf8(line) else { return false };
+    line.find(FIELD).is_some_and(|at| {
+        let event = &line[at + FIELD.len()..];
+        event.starts_with("authn_login_fail") || event.starts_with("authz_denied")
+    })
 }
 
 /// What is left of the day's `audit_log_mib_per_day` for failed-login lines.
@@ -517,6 +598,9 @@ thread_local! {
     /// the recording thread, so comparing this before and after tells whether *that* line
     /// reached the file (tracing-subscriber itself ignores write errors).
     static LOG_WRITE_FAILURES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes written to an auth log file on this thread: compared before and after a line,
+    /// its size, so that only the lines the day's budget limits are counted against it.
+    static LOG_BYTES_WRITTEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The log file appender, counting its failed writes and the bytes it wrote today.
@@ -569,7 +653,7 @@ impl std::io::Write for CheckedWriter<'_> {
             budget.partial.store(false, Ordering::SeqCst);
         }
         Self::count(written)?;
-        budget.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        LOG_BYTES_WRITTEN.with(|n| n.set(n.get() + bytes.len() as u64));
         Ok(buf.len())
     }
 
@@ -589,6 +673,7 @@ pub struct Audit {
     limits: Arc<DiskLimits>,
     budget: Arc<LogBudget>,
     counted: Arc<Mutex<HashMap<Slot, Counted>>>,
+    denials: Arc<Mutex<HashMap<DenialSlot, Denials>>>,
     /// `instance_name`: in every log line and in the failure records this sink makes.
     instance: Arc<str>,
     /// The clock failure records are stamped on (Unix milliseconds): on one database, the
@@ -699,6 +784,7 @@ impl Audit {
             limits: Arc::default(),
             budget,
             counted: Arc::default(),
+            denials: Arc::default(),
             instance: instance.into(),
             records_clock: None,
         })
@@ -712,6 +798,7 @@ impl Audit {
             limits: Arc::default(),
             budget: Arc::new(LogBudget::new(Path::new(""))),
             counted: Arc::default(),
+            denials: Arc::default(),
             instance: crate::postgres::url::host_name().into(),
             records_clock: None,
         }
@@ -836,21 +923,24 @@ impl Audit {
         Ok(())
     }
 
-    /// Runs `emit` into the log file and on the terminal; says whether its line reached the
-    /// file.
-    fn write_checked(&self, emit: impl Fn()) -> Result<(), AuditError> {
+    /// Runs `emit` into the log file and on the terminal, a line the day's budget limits
+    /// ([`LogBudget`]): says whether its line reached the file, and counts its bytes against
+    /// the budget.
+    fn write_limited(&self, emit: impl Fn()) -> Result<(), AuditError> {
         let written = self.write_to_file(&emit);
         emit();
-        written
+        self.budget.bytes.fetch_add(written?, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Runs `emit` into the log file; says whether its line reached it (always, without one).
-    fn write_to_file(&self, emit: impl Fn()) -> Result<(), AuditError> {
-        let Some(file) = &self.file else { return Ok(()) };
-        let before = LOG_WRITE_FAILURES.with(Cell::get);
+    /// Runs `emit` into the log file; says whether its line reached it (always, without one),
+    /// and how many bytes it took.
+    fn write_to_file(&self, emit: impl Fn()) -> Result<u64, AuditError> {
+        let Some(file) = &self.file else { return Ok(0) };
+        let (failures, bytes) = (LOG_WRITE_FAILURES.with(Cell::get), LOG_BYTES_WRITTEN.with(Cell::get));
         tracing::dispatcher::with_default(file, &emit);
-        if LOG_WRITE_FAILURES.with(Cell::get) == before {
-            Ok(())
+        if LOG_WRITE_FAILURES.with(Cell::get) == failures {
+            Ok(LOG_BYTES_WRITTEN.with(Cell::get) - bytes)
         } else {
             Err(AuditError::Log)
         }
@@ -958,16 +1048,11 @@ impl Audit {
     /// The first short line and the first line left out are each preceded by one saying so.
     fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
         let room = self.budget.admits(now);
-        if is_csrf(event) {
-            // A `csrf` refusal checked nothing, the fail2ban filter ignores it, and another
-            // site's page makes each of its visitors' browsers cause one a minute: written only
-            // in the day's first quarter (so in full), so that such lines cannot spend the
-            // budget the lines of password guesses need (review 174: 920 of them blinded
-            // fail2ban for the rest of the day).
+        if first_quarter_only(event) {
             // (`admits` above has started a new day's count, if it is one.)
             let quarter = self.budget.limit.load(Ordering::SeqCst) / 4;
             if self.budget.bytes.load(Ordering::SeqCst) < quarter {
-                return self.write_checked(|| emit_at(event, rfc3339(now)));
+                return self.write_limited(|| emit_at(event, rfc3339(now)));
             }
             self.budget.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -983,7 +1068,7 @@ impl Audit {
             }
         };
         match room {
-            Room::Full => self.write_checked(|| emit_at(event, time.clone())),
+            Room::Full => self.write_limited(|| emit_at(event, time.clone())),
             Room::Short => {
                 say(&self.budget.shortened, &|| {
                     tracing::warn!(
@@ -991,14 +1076,14 @@ impl Audit {
                         "the auth log reached half of audit_log_mib_per_day: failed-login lines are short from now on (no user agent, the username cut to 32 characters)"
                     )
                 });
-                self.write_checked(|| emit_short(event, time.clone()))
+                self.write_limited(|| emit_short(event, time.clone()))
             }
             Room::None => {
                 self.budget.dropped.fetch_add(1, Ordering::Relaxed);
                 say(&self.budget.announced, &|| {
                     tracing::warn!(
                         target: TARGET, event = "audit_log_limit", time, limit_mib,
-                        "the auth log reached audit_log_mib_per_day: further failed logins today are kept in the store only"
+                        "the auth log reached audit_log_mib_per_day: further failed logins today are kept in the store only, and forward-auth denials are not logged"
                     )
                 });
                 Ok(())
@@ -1006,11 +1091,97 @@ impl Audit {
         }
     }
 
+    /// Logs a forward-auth verify answered 403 (`authz_denied`, SPEC.md "Gating other
+    /// applications"): `username` empty when not signed in, `host` and `path` the target's
+    /// (the path cut to [`MAX_LOGGED_PATH_CHARS`]), `rule` the deciding rule's position from
+    /// 1, or `default`.
+    ///
+    /// Bounded as refused logins are, since anyone can send denied targets at the network's
+    /// rate (review 177: 68 GB an hour of lines, a full log disk, and every sign-in 503): the
+    /// first denial of an address (IPv6: its /64) and user in a minute is logged, the rest are
+    /// counted into one `authz_denied_repeat` line when the minute is over
+    /// ([`Audit::close_counts`]); the lines take the day's `audit_log_mib_per_day` (a visitor
+    /// who is not signed in only its first quarter, [`first_quarter_only`]); below
+    /// `disk_reserve_mib` of free space none is written. The answer is 403 whatever was logged.
+    pub fn authz_denied(&self, username: &str, client: &Client, host: &str, path: &str, rule: &str) {
+        let now = self.records_now_ms();
+        let minute = now / MINUTE_MS;
+        let slot = (client.key(), username.to_string());
+        let path: String = path.chars().take(MAX_LOGGED_PATH_CHARS).collect();
+        let closed = {
+            let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            match denials.get_mut(&slot) {
+                Some(d) if d.minute == minute => {
+                    d.count += 1;
+                    return;
+                }
+                _ => {}
+            }
+            let closed = denials.remove(&slot).map(|d| (slot.1.clone(), d));
+            // Past the table's size every denial is logged, still within the day's budget.
+            if denials.len() < MAX_COUNTED {
+                let first = Denials {
+                    minute,
+                    count: 1,
+                    ip: client.ip.to_string(),
+                    host: host.to_string(),
+                    path: path.clone(),
+                    rule: rule.to_string(),
+                };
+                denials.insert(slot, first);
+            }
+            closed
+        };
+        if let Some((username, d)) = closed {
+            self.close_denials(&username, d);
+        }
+        self.log_denial(&AuthEvent::AuthzDenied { username, client, host, path: &path, rule }, now);
+    }
+
+    /// Writes one closed minute's `authz_denied_repeat` line, when it counted more than one.
+    fn close_denials(&self, username: &str, d: Denials) {
+        if d.count > 1 {
+            let event = AuthEvent::AuthzDeniedRepeatedly {
+                username,
+                ip: &d.ip,
+                host: &d.host,
+                path: &d.path,
+                rule: &d.rule,
+                count: d.count,
+                minute: d.minute * MINUTE_MS,
+            };
+            self.log_denial(&event, self.records_now_ms());
+        }
+    }
+
+    /// Writes a denial's line within the day's budget, unless the disk is below its reserve
+    /// (nothing to answer 503 for: the verify is refused whatever is logged).
+    fn log_denial(&self, event: &AuthEvent<'_>, now: u64) {
+        if self.limits.below_reserve() {
+            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Err(e) = self.log_failure(event, now) {
+            let what = "cannot log a forward-auth denial";
+            crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &e);
+        }
+    }
+
     /// Brings the records of minutes that are over (all of them with `all`, at shutdown) up
-    /// to their count, writes their `authn_login_fail_repeat` lines, and makes it durable.
-    /// Called every few seconds by the server.
+    /// to their count, writes their `authn_login_fail_repeat` lines (and forward-auth
+    /// denials' `authz_denied_repeat`), and makes it durable. Called every few seconds by the
+    /// server.
     pub async fn close_counts(&self, now: u64, all: bool) -> Result<(), StoreError> {
         let minute = now / MINUTE_MS;
+        let denials: Vec<(String, Denials)> = {
+            let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            let done: Vec<_> =
+                denials.iter().filter(|(_, d)| all || d.minute < minute).map(|(k, _)| k.clone()).collect();
+            done.into_iter().filter_map(|k| denials.remove(&k).map(|d| (k.1, d))).collect()
+        };
+        for (username, d) in denials {
+            self.close_denials(&username, d);
+        }
         let closed: Vec<Counted> = {
             let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
             let done: Vec<_> = counted.iter().filter(|(_, c)| all || c.minute < minute).map(|(k, _)| *k).collect();
@@ -1063,9 +1234,16 @@ impl Audit {
     /// stored spelling when the user exists (the same lookup as [`crate::authentication`]),
     /// else the normalised input, so `audit --user alice`, the admin filter and the summary's
     /// top usernames find `"   alice"` and `ALICE` under alice. Also what was typed (cut to
-    /// 256 characters) when it differs.
+    /// 256 characters) when it differs, with U+0000 as U+FFFD as in the identity: PostgreSQL's
+    /// `text` cannot hold it, and a record must read the same on both engines (review 177:
+    /// `store copy` from sled changed a `typed` without a word).
     async fn identity(&self, typed: &str) -> Result<(String, Option<String>), StoreError> {
-        let cut = |s: &str| -> String { s.chars().take(MAX_RECORDED_CHARS).collect() };
+        let cut = |s: &str| -> String {
+            s.chars()
+                .take(MAX_RECORDED_CHARS)
+                .map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c })
+                .collect()
+        };
         let stored = match (&self.store, Username::parse(typed)) {
             (Some(store), Ok(name)) => store.users.get(name.key()).await?.map(|u| u.display_name),
             _ => None,
@@ -1120,6 +1298,7 @@ const SHORT_USERNAME_CHARS: usize = 32;
 /// `audit_log_mib_per_day` ([`Room::Short`]): the same event, time, address and reason, in the
 /// order the fail2ban filter reads them, with `short: true`, the username cut to
 /// [`SHORT_USERNAME_CHARS`] and no user agent or typed spelling (the store keeps them whole).
+/// A forward-auth denial's keeps its fields, the username and path cut to as many characters.
 /// Other events are written in full.
 fn emit_short(event: &AuthEvent<'_>, time: String) {
     let cut = |s: &str| -> String { s.chars().take(SHORT_USERNAME_CHARS).collect() };
@@ -1135,6 +1314,15 @@ fn emit_short(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "authn_login_fail_repeat", time, username = cut(&first.username), ip = first.ip,
             reason = first.reason.as_str(), known_browser = first.known_browser.then_some(true), count,
             minute = rfc3339(minute), short = true, "login attempts refused, counted per address and minute"
+        ),
+        AuthEvent::AuthzDenied { username, client, host, path, rule } => tracing::warn!(
+            target: TARGET, event = "authz_denied", time, username = cut(username), ip = %client.ip, host,
+            path = cut(path), rule, short = true, "forward-auth request denied"
+        ),
+        AuthEvent::AuthzDeniedRepeatedly { username, ip, host, path, rule, count, minute } => tracing::warn!(
+            target: TARGET, event = "authz_denied_repeat", time, username = cut(username), ip, host,
+            path = cut(path), rule, count, minute = rfc3339(minute), short = true,
+            "forward-auth requests denied, counted per address and minute"
         ),
         _ => emit_at(event, time),
     }
@@ -1228,6 +1416,10 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         AuthEvent::AuthzDenied { username, client, host, path, rule } => tracing::warn!(
             target: TARGET, event = "authz_denied", time, username, ip = %client.ip, host, path, rule,
             "forward-auth request denied"
+        ),
+        AuthEvent::AuthzDeniedRepeatedly { username, ip, host, path, rule, count, minute } => tracing::warn!(
+            target: TARGET, event = "authz_denied_repeat", time, username, ip, host, path, rule, count,
+            minute = rfc3339(minute), "forward-auth requests denied, counted per address and minute"
         ),
     }
 }
@@ -1552,5 +1744,118 @@ mod tests {
             let record = records.iter().find(|(_, r)| r.ip == ip).map(|(_, r)| r).unwrap();
             assert_eq!(l["time"].as_str().unwrap(), rfc3339(record.time), "{l}");
         }
+    }
+
+    #[tokio::test]
+    async fn forward_auth_denials_are_one_line_per_address_user_and_minute_with_a_count() {
+        let logs = tempfile::tempdir().unwrap();
+        let audit = Audit::open(logs.path(), 7, None).unwrap();
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let long = format!("/admin/{}", "A".repeat(4000));
+        for i in 0..50 {
+            audit.authz_denied("", &client, "app.example.com", if i == 0 { &long } else { "/x" }, "default");
+        }
+        audit.authz_denied("alice", &client, "app.example.com", "/admin", "3");
+        audit.authz_denied("alice", &client, "app.example.com", "/admin", "3");
+        // Another address is another count.
+        let other = Client { ip: "192.0.2.2".parse().unwrap(), user_agent: String::new() };
+        audit.authz_denied("", &other, "app.example.com", "/y", "default");
+        let denied: Vec<serde_json::Value> = lines(logs.path());
+        assert_eq!(denied.len(), 3, "{denied:?}");
+        assert_eq!(denied[0]["path"].as_str().unwrap().chars().count(), MAX_LOGGED_PATH_CHARS);
+        assert_eq!((denied[1]["username"].as_str(), denied[1]["rule"].as_str()), (Some("alice"), Some("3")));
+        assert_eq!(denied[2]["ip"], "192.0.2.2");
+        audit.close_counts(audit.records_now_ms(), true).await.unwrap();
+        let mut repeats: Vec<(String, u64)> = lines(logs.path())
+            .iter()
+            .filter(|l| l["event"] == "authz_denied_repeat")
+            .map(|l| (l["username"].as_str().unwrap().to_string(), l["count"].as_u64().unwrap()))
+            .collect();
+        repeats.sort();
+        // (Two counts of one slot when the minute turned over during the test.)
+        let total = |who: &str| repeats.iter().filter(|r| r.0 == who).map(|r| r.1).sum::<u64>();
+        assert!((49..=50).contains(&total("")) && (0..=2).contains(&total("alice")), "{repeats:?}");
+        assert!(repeats.iter().all(|r| r.1 > 1), "a minute of one denial has no count line: {repeats:?}");
+    }
+
+    #[tokio::test]
+    async fn anonymous_denials_take_a_quarter_of_the_days_log_and_sign_ins_none_of_it() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        // Review 177: denied targets from many addresses, with the longest paths.
+        let path = format!("/{}", "A".repeat(4000));
+        for i in 0..400u32 {
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: String::new() };
+            audit.authz_denied("", &client, "app.example.com", &path, "default");
+        }
+        let denied: usize = lines(logs.path()).iter().map(|l| l.to_string().len() + 1).sum();
+        assert!((9_000..10_000 + 1_000).contains(&denied), "a quarter of the budget, at most a line over: {denied}");
+        // Many sign-ins spend none of it: the day's guesses still get full lines.
+        let user = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: "u".repeat(250) };
+        for _ in 0..200 {
+            let method = SignInMethod::Password;
+            audit
+                .record_checked(&AuthEvent::LoginSucceeded {
+                    username: "alice",
+                    client: &user,
+                    after_failures: 0,
+                    method,
+                })
+                .unwrap();
+        }
+        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into() };
+        audit.record_failure("admin", &guesser, FailureReason::BadPassword, false, false).await.unwrap();
+        let last = lines(logs.path()).pop().unwrap();
+        assert_eq!((last["ip"].as_str(), last.get("short")), (Some("198.51.100.9"), None), "{last}");
+        // A signed-in user's denial is logged past the quarter, as guesses are.
+        audit.authz_denied("alice", &user, "app.example.com", "/admin", "2");
+        let last = lines(logs.path()).pop().unwrap();
+        assert_eq!((last["event"].as_str(), last["username"].as_str()), (Some("authz_denied"), Some("alice")));
+        // A restart counts today's limited lines again, and only those.
+        let kept: u64 = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.contains("\"authz_denied\"") || l.contains("\"authn_login_fail\""))
+            .map(|l| l.len() as u64 + 1)
+            .sum();
+        assert_eq!(LogBudget::new(logs.path()).bytes.load(Ordering::SeqCst), kept);
+    }
+
+    #[test]
+    fn a_line_is_limited_by_its_own_event_not_by_what_an_attacker_wrote_in_it() {
+        assert!(is_limited_line(
+            br#"{"timestamp":"t","level":"WARN","message":"m","event":"authz_denied_repeat","path":"/"}"#
+        ));
+        assert!(is_limited_line(br#"{"level":"WARN","event":"authn_login_fail_max","username":"x"}"#));
+        assert!(!is_limited_line(
+            br#"{"level":"INFO","event":"authn_login_success","username":"\"event\":\"authn_login_fail"}"#
+        ));
+        assert!(!is_limited_line(b"\xff\"event\":\"authz_denied\""));
+    }
+
+    #[test]
+    fn below_the_free_space_reserve_no_denial_is_logged() {
+        let logs = tempfile::tempdir().unwrap();
+        let limits = DiskLimits { reserve_bytes: u64::MAX, watch: vec![logs.path().into()], ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, None).unwrap().with_limits(limits);
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        audit.authz_denied("", &client, "app.example.com", "/x", "default");
+        audit.authz_denied("alice", &client, "app.example.com", "/x", "default");
+        assert!(lines(logs.path()).is_empty());
+        assert_eq!(audit.log_lines_dropped(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_nul_in_what_was_typed_is_recorded_as_postgresql_would_hold_it() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        audit.record_failure("Nul\0byte", &client, FailureReason::UnknownUser, false, false).await.unwrap();
+        let (_, record) = store.failures.query(&FailureQuery::default()).await.unwrap().pop().unwrap();
+        assert_eq!((record.username.as_str(), record.typed.as_deref()), ("nul\u{fffd}byte", Some("Nul\u{fffd}byte")));
     }
 }

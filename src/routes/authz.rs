@@ -13,7 +13,6 @@ use tokio::sync::Semaphore;
 
 use crate::access::{Decision, Policy, Subject, Target};
 use crate::app::AppState;
-use crate::audit::AuthEvent;
 use crate::client::AddressKey;
 use crate::forward_auth::{wants_page, AuthzResult, Described, Flavour, Gate, TargetError, TargetRequest};
 use crate::routes::{current_session, must_enrol, store_error, State};
@@ -376,13 +375,7 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
             };
             let username = session.as_ref().map(|s| s.user.display_name.as_str()).unwrap_or("");
             let path = target.path_and_query.split('?').next().unwrap_or("");
-            state.audit.record(&AuthEvent::AuthzDenied {
-                username,
-                client: &client,
-                host: &target.host,
-                path,
-                rule: &by,
-            });
+            state.audit.authz_denied(username, &client, &target.host, path, &by);
             (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden)
         }
     }
