@@ -13,7 +13,7 @@ use crate::brute_force::QuotaKey;
 use crate::rate_limit::{username_digest, SIGN_OUTS_ELSEWHERE};
 use crate::routes::flash::{self, Notice};
 use crate::routes::passkeys::PasskeyView;
-use crate::routes::{current_session, enrolled_session_listing, error_page, html, read_form, see_other, State};
+use crate::routes::{current_session, enrolled_session_listing, html, read_form, see_other, State};
 use crate::session::{EndOthersError, StartError};
 use crate::text::printable;
 
@@ -162,7 +162,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         Err(resp) => return others_not_signed_out(resp.status()),
     };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
+        return crate::routes::stale_form();
     }
     let session = crate::routes::account::confirm::with_confirmation(req, &state, session);
     let quota = QuotaKey::SignOutsElsewhere(username_digest(&session.user.key));

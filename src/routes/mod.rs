@@ -288,6 +288,18 @@ const HOME: (&str, &str) = ("/", "Go to the home page");
 /// The button of a page telling a browser its session is over.
 pub const SIGN_IN_AGAIN: (&str, &str) = ("/login", "Sign in");
 
+/// The 403 of a signed-in form whose CSRF token is not its session's: most often a page shown
+/// before this browser's session got a new token (a password change or *sign out everywhere
+/// else* in another tab). Said so, and that nothing changed: the generic "You do not have
+/// access to this page" left a user believing a password change had gone through (review 176).
+pub fn stale_form() -> Response {
+    error_page_saying(
+        StatusCode::FORBIDDEN,
+        "Nothing was changed",
+        "This page was out of date (your session changed since it was shown, perhaps in another tab), or the form was not sent from this site, so nothing was changed. Reload the page and try again.",
+    )
+}
+
 /// A page for an error status.
 pub fn error_page(status: StatusCode) -> Response {
     let (title, message) = match status {
@@ -678,7 +690,7 @@ pub(crate) async fn signed_in_with(
 ) -> Result<ActiveSession, Response> {
     let session = signed_in(req, state, signed_out).await?;
     if !state.csrf.check_session(&session.token_hash, csrf) {
-        return Err(error_page(StatusCode::FORBIDDEN));
+        return Err(stale_form());
     }
     Ok(session)
 }

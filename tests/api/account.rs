@@ -371,3 +371,33 @@ async fn a_password_change_keeps_this_browser_known_and_makes_the_others_strange
     assert_eq!(app.login_with(&mine, "alice", NEW_PASSWORD).await.status(), 303, "still known");
     assert_eq!(app.login_with(&thief, "alice", NEW_PASSWORD).await.status(), 429, "a stranger now");
 }
+
+/// A form from a page shown before this browser's session got a new token (another tab's
+/// *sign out everywhere else*) is refused, and says why and that nothing changed: the generic
+/// "You do not have access to this page" left a user believing the password was changed
+/// (review 176).
+#[tokio::test]
+async fn a_stale_tabs_form_is_refused_saying_that_nothing_changed() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    let stale = app.home_csrf(&app.client).await;
+    let rotated = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", stale.as_str())]).send().await;
+    assert_eq!(rotated.unwrap().status(), 303);
+    let new_password = "a stale tab wanted this 7781";
+    let forms: [(&str, Vec<(&str, &str)>); 3] = [
+        ("/account/password", vec![("current", GOOD_PASSWORD), ("new", new_password), ("repeat", new_password)]),
+        ("/sessions/end-others", vec![]),
+        ("/account/recovery-codes", vec![]),
+    ];
+    for (path, mut form) in forms {
+        form.push(("csrf", stale.as_str()));
+        let resp = app.client.post(app.url(path)).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("Nothing was changed") && page.contains("out of date"), "{path}: {page}");
+        assert!(!page.contains("do not have access"), "{path}");
+    }
+    let other = app.new_browser();
+    assert_eq!(app.login_with(&other, "alice", new_password).await.status(), 401, "the password was not changed");
+}

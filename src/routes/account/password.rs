@@ -55,7 +55,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
+        return crate::routes::stale_form();
     }
     let again = |status, message: &'static str| {
         let session = session.clone();
@@ -124,7 +124,9 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             }
             return super::changed_meanwhile(
                 "Password not changed",
-                "Your account was signed out everywhere, its password changed, or the passkey this session was signed in with was removed, while you were changing it: nothing was changed. Please sign in again.",
+                // Another tab's change to another password leaves this browser signed in under the
+                // token that change's answer carried (review 176: "Please sign in again" was wrong).
+                "While you were changing it, your password was changed elsewhere (perhaps in another tab), your account was signed out everywhere, or the passkey this session was signed in with was removed: this change was not made. If this browser was signed out, sign in again.",
             );
         }
         Err(UserError::WeakPassword(why)) => {

@@ -1,11 +1,10 @@
 //! `POST /admin/unlock`: clear a user's failure count and captcha demand (recorded).
 
-use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
 use crate::routes::flash::Notice;
-use crate::routes::{error_page, read_form, see_other, State};
+use crate::routes::{read_form, see_other, State};
 
 #[derive(Deserialize)]
 struct UnlockForm {
@@ -26,7 +25,7 @@ pub async fn unlock(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     if !state.csrf.check_session(&admin.token_hash, &form.csrf) {
-        return error_page(StatusCode::FORBIDDEN);
+        return crate::routes::stale_form();
     }
     // What happened travels in a one-time cookie, not the URL: a link anyone can make must not
     // be able to show "… is unlocked".
