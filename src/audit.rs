@@ -549,13 +549,15 @@ fn first_quarter_only(event: &AuthEvent<'_>) -> bool {
 fn limited_bytes_in(path: &Path) -> u64 {
     use std::io::BufRead;
     use std::io::Read as _;
-    let Ok(file) = std::fs::File::open(path) else { return 0 };
-    // Only a regular file's length bounds what is read (a test's `/dev/full` reads forever).
-    let Ok(meta) = file.metadata() else { return 0 };
+    // Looked at before it is opened: opening a FIFO waits for a writer (review 151's, which
+    // the start refuses after this), and only a regular file's length bounds what is read
+    // (a test's `/dev/full` reads for ever).
+    let Ok(meta) = std::fs::metadata(path) else { return 0 };
     let len = meta.len();
     if !meta.is_file() || len > 256 << 20 {
         return len;
     }
+    let Ok(file) = std::fs::File::open(path) else { return len };
     let mut total = 0;
     for line in std::io::BufReader::new(file.take(len)).split(b'\n') {
         match line {
