@@ -261,7 +261,13 @@ impl Stream for BodyDeadline {
             return Poll::Ready(None);
         }
         match self.inner.as_mut().poll_next(cx) {
-            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
+            // Read off the clock too: a timer polled once the task's cooperative budget is
+            // spent says `Pending` however late it is, and a client whose bytes never stop
+            // (review 175: a chunk-size line of endless zeros) spends it on every turn.
+            Poll::Pending
+                if self.deadline.as_mut().poll(cx).is_ready()
+                    || tokio::time::Instant::now() >= self.deadline.deadline() =>
+            {
                 self.expired = true;
                 Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::TimedOut, "request body not received in time"))))
             }

@@ -15,11 +15,20 @@ use std::time::Duration;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Most bytes an HTTP/1 client may send after a request head before the server has begun its
+/// answer: the largest body any route reads is 64 KiB (a refused form is read that far before
+/// its 413), and the rest is room for pipelined requests. hyper bounds a chunked body's data
+/// but not its framing: review 175 streamed a chunk-size line of endless zeros, which hyper
+/// read at a core's speed (1.17 GB in 20 s) with nothing to hand the handler.
+pub const MAX_UNANSWERED_BYTES: u64 = 1 << 20;
+
 /// Tracks what the client owes on one connection and holds the deadline for it.
 pub struct Owed {
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     protocol: Protocol,
+    /// HTTP/1: bytes read since the current head was complete and before any answer.
+    unanswered: u64,
 }
 
 enum Protocol {
@@ -119,7 +128,7 @@ impl Frames {
 impl Owed {
     /// A tracker for a connection whose protocol will show in its first bytes.
     pub fn new(timeout: Duration) -> Self {
-        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 } }
+        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 }, unanswered: 0 }
     }
 
     /// The connection is ready (TLS handshake done, or a plain connection accepted): its
@@ -183,12 +192,15 @@ impl Owed {
         match &mut self.protocol {
             Protocol::Sniffing { .. } => {}
             Protocol::Http1(head) => {
+                let mut rest = bytes.len();
                 for &b in bytes {
-                    *head = head.next(b);
                     if *head == Head::Complete {
                         break; // the rest is a body or a pipelined request
                     }
+                    *head = head.next(b);
+                    rest -= 1;
                 }
+                self.unanswered += rest as u64;
             }
             Protocol::Http2(frames) => frames.feed(bytes),
         }
@@ -201,12 +213,24 @@ impl Owed {
             if *head == Head::Complete {
                 *head = Head::Between;
             }
+            self.unanswered = 0;
         }
     }
 
-    /// Whether the deadline has passed (registering for a wake-up if not).
+    /// Whether an HTTP/1 client has sent more than [`MAX_UNANSWERED_BYTES`] past a request
+    /// head without an answer begun: the connection is to be cut.
+    pub fn overrun(&self) -> bool {
+        self.unanswered > MAX_UNANSWERED_BYTES
+    }
+
+    /// Whether the deadline has passed (registering for a wake-up if not). Read off the clock
+    /// too: a timer polled after the task's cooperative budget is spent (by a client whose
+    /// bytes never stop) says `Pending` however late it is.
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        self.sleep.as_mut().is_some_and(|s| {
+            let due = s.deadline();
+            s.as_mut().poll(cx).is_ready() || tokio::time::Instant::now() >= due
+        })
     }
 }
 
@@ -243,6 +267,22 @@ mod tests {
         assert!(o.armed());
         let o = fed(&[b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert!(!o.armed());
+    }
+
+    #[tokio::test]
+    async fn an_http1_client_may_send_a_mebibyte_past_a_head_before_an_answer_and_no_more() {
+        let mut owed = fed(&[b"POST /login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        let zeros = vec![b'0'; 64 * 1024];
+        for _ in 0..16 {
+            owed.on_read(&zeros);
+        }
+        assert!(!owed.overrun(), "a mebibyte exactly");
+        owed.on_read(b"0");
+        assert!(owed.overrun());
+        // An answer begun starts the count again.
+        owed.on_write();
+        owed.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!owed.overrun());
     }
 
     #[tokio::test]

@@ -674,6 +674,12 @@ impl AsyncRead for Connection {
         match read {
             Poll::Ready(Ok(())) => {
                 this.owed.on_read(&buf.filled()[before..]);
+                if this.owed.overrun() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "more bytes after a request head than any answer reads",
+                    )));
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -109,6 +109,38 @@ async fn an_http1_body_that_stops_half_way_gets_408_and_the_connection_closes() 
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 }
 
+/// A chunked body whose chunk-size line never ends (endless zeros, as review 175 sent) gives
+/// the handler nothing, so no body deadline or size limit saw it while hyper read it at a
+/// core's speed: the connection is cut once a mebibyte past the head is unanswered, long
+/// before the (here raised) body deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_chunk_size_line_is_cut_off_after_a_mebibyte() {
+    let app = app_with_deadlines(|s| s.body_read_timeout = Duration::from_secs(300)).await;
+    let mut conn = tls(&app.settings.cert_dir, app.addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
+    conn.write_all(
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let zeros = vec![b'0'; 16 * 1024];
+    let (mut sent, started) = (0usize, Instant::now());
+    let cut = loop {
+        if started.elapsed() > PATIENCE {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), conn.write_all(&zeros)).await {
+            Ok(Ok(())) => sent += zeros.len(),
+            Ok(Err(_)) => break true,
+            // Nothing taken for 5 s: the server stopped reading; a read tells whether it closed.
+            Err(_) => break closed_by_server(&mut conn).await.is_ok(),
+        }
+    };
+    assert!(cut, "still taking zeros after {PATIENCE:?} and {sent} bytes");
+    // (What the sockets' buffers hold comes on top of the mebibyte read.)
+    assert!(sent < 64 << 20, "{sent} bytes taken");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_body_is_never_read_does_not_keep_its_connection() {
     // A GET declaring a body it never sends: the handler does not read it, so only the
