@@ -101,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/readyz", allowing(GET, get(health::readyz)))
         .at("/static/:file", allowing(GET, get(static_files::serve)))
         .around(|ep, req| async move { refuse_other_sites_requests(ep.as_ref(), req).await })
+        .around(|ep, req| async move { refuse_unclear_hosts(ep.as_ref(), req).await })
         .around(move |ep, req| {
             let metrics = metrics.clone();
             async move { crate::metrics::count(&metrics, ep.as_ref(), req).await }
@@ -147,6 +148,29 @@ async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> p
     // Read first, as for a 405 (`drain`): an answer before the body's end resets the stream.
     drain(req.take_body().into_async_read()).await;
     Ok(sent_from_another_site())
+}
+
+/// Refuses with 400 a request whose host is not one (review 175): an HTTP/1.1 request without
+/// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), and an HTTP/2 one
+/// whose `Host` names another host than its `:authority` (RFC 9113 §8.3.1 calls it malformed).
+/// Nothing here reads the host (redirects are relative or to `public_url`), but a proxy or
+/// cache in front might read the other one.
+async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    let unclear = match req.version() {
+        poem::http::Version::HTTP_11 => hosts.len() != 1,
+        poem::http::Version::HTTP_2 => {
+            let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+            hosts.len() > 1
+                || hosts.first().zip(authority).is_some_and(|(host, a)| !host.as_bytes().eq_ignore_ascii_case(a))
+        }
+        _ => hosts.len() > 1,
+    };
+    if !unclear {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    drain(req.take_body().into_async_read()).await;
+    Ok(error_page(StatusCode::BAD_REQUEST))
 }
 
 /// The answer to a form another site's page sent: a 403 page, and nothing else (no cookie).

@@ -233,3 +233,75 @@ async fn head_over_http2_on_error_answers_ends_cleanly_with_the_headers() {
         assert!(body.as_ref().is_ok_and(|b| b.is_empty()), "{path}: {body:?}");
     }
 }
+
+/// An HTTP/1.1 request without a `Host`, or with two, is answered 400 (RFC 9112 §3.2: "MUST
+/// respond with a 400"; review 175 got 200 for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_request_without_one_host_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let status = |head: String| {
+        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
+        async move {
+            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
+            conn.write_all(format!("GET /healthz HTTP/1.1\r\n{head}Connection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).await.unwrap();
+            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+        }
+    };
+    let none = status(String::new()).await;
+    let two = status("Host: a\r\nHost: b\r\n".into()).await;
+    let one = status("Host: 127.0.0.1\r\n".into()).await;
+    assert_eq!([none.as_str(), two.as_str()], ["HTTP/1.1 400 Bad Request"; 2]);
+    assert_eq!(one, "HTTP/1.1 200 OK");
+}
+
+/// An HTTP/2 request whose `Host` names another host than its `:authority` is answered 400
+/// (RFC 9113 §8.3.1; review 175 got 200), one whose `Host` agrees is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_whose_host_is_not_its_authority_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    // A frame (RFC 9113 §4.1) and an HPACK string literal (RFC 7541 §5.2, no Huffman coding).
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let mut f = vec![0, 0, payload.len() as u8, kind, flags, 0, 0, 0, u8::from(kind == 1)];
+        f.extend_from_slice(payload);
+        f
+    };
+    let literal = |s: &str| [&[s.len() as u8][..], s.as_bytes()].concat();
+    let status = |host: &str| {
+        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
+        // GET https (static 2, 7), :path and :authority by name (4, 1), then `host` by name.
+        let block = [&[0x82, 0x87, 0x04][..], &literal("/healthz"), &[0x01], &literal("127.0.0.1")].concat();
+        let block = [block, vec![0x00], literal("host"), literal(host)].concat();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, &[]));
+        out.extend(frame(0x1, 0x5, &block)); // HEADERS, END_STREAM | END_HEADERS, stream 1
+        async move {
+            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"h2"]).await;
+            conn.write_all(&out).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The first HEADERS frame on stream 1: its first byte is the status from the
+            // static table (RFC 7541 Appendix A: 8 is 200, 12 is 400).
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before an answer");
+                got.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while at + 9 <= got.len() {
+                    let len = usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+                    if got[at + 3] == 0x1 && got[at + 8] == 1 && at + 9 < got.len() {
+                        return got[at + 9] & 0x7f;
+                    }
+                    at += 9 + len;
+                }
+            }
+        }
+    };
+    assert_eq!(status("evil.example").await, 12, "a Host of another host");
+    assert_eq!(status("127.0.0.1").await, 8, "the same host");
+}

@@ -22,7 +22,7 @@ use crate::helpers::{spawn_app_with, TestApp};
 /// Far longer than any lowered deadline here: past it the server kept what it should not.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 fn connector(cert_dir: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     portcullis::tls::install_crypto_provider();
@@ -36,7 +36,7 @@ fn connector(cert_dir: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsCon
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-async fn tls(cert_dir: &std::path::Path, addr: SocketAddr, source: IpAddr, alpn: &[&[u8]]) -> Tls {
+pub(crate) async fn tls(cert_dir: &std::path::Path, addr: SocketAddr, source: IpAddr, alpn: &[&[u8]]) -> Tls {
     let tcp = connect_from(source, addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     connector(cert_dir, alpn).connect(name, tcp).await.unwrap()
