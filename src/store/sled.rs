@@ -8,7 +8,8 @@
 //!   never stored)
 //! - `user_sessions`: username key, 0x00, token hash → () (an index for "end all sessions")
 //! - `failures`: time (ms, BE) + sled id (BE) → JSON [`FailureRecord`]; `failures_by_user` and
-//!   `failures_by_ip`: length-prefixed user key or address + that key → ()
+//!   `failures_by_ip`: length-prefixed digest of the user key ([`user_index_prefix`]) or
+//!   address + that key → ()
 //! - `meta`: server secrets and the schema version
 //! - `factors`: username key → JSON [`FactorRecord`] (sealed TOTP secret, last TOTP step,
 //!   recovery-code hashes)
@@ -38,6 +39,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The `meta` key set once [`SledStore::fill_session_generations`] has run.
 const GENERATIONS_FILLED: &str = "session_generations_filled";
+
+/// The `meta` key set once `failures_by_user` is keyed by digests ([`user_index_prefix`]).
+const USER_INDEX_DIGESTS: &str = "failures_by_user_digests";
 
 impl From<::sled::Error> for StoreError {
     fn from(e: ::sled::Error) -> Self {
@@ -386,7 +390,27 @@ impl SledStore {
         };
         store.meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
         store.fill_session_generations()?;
+        store.rekey_user_index()?;
         Ok(store)
+    }
+
+    /// Once per store: keys `failures_by_user` by digests ([`user_index_prefix`]) where it was
+    /// keyed by whole user keys, and flushes.
+    fn rekey_user_index(&self) -> Result<()> {
+        if self.meta.get(USER_INDEX_DIGESTS)?.is_some() {
+            return Ok(());
+        }
+        self.failures_by_user.clear()?;
+        for kv in self.failures.iter() {
+            let (k, v) = kv?;
+            // An unreadable record is left as it is, to be reported where it is read.
+            let Ok(record) = decode::<FailureRecord>(&v) else { continue };
+            let user_key = crate::domain::normalise_key(&record.username);
+            self.failures_by_user.insert(secondary_key(&user_index_prefix(&user_key), &k), &[])?;
+        }
+        self.meta.insert(USER_INDEX_DIGESTS, &[1])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Once per store: gives each session written before sessions kept their user's password
@@ -782,7 +806,7 @@ impl SledStore {
         let mut key = record.time.to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.failures.insert(&key, encode(record)?)?;
-        self.failures_by_user.insert(secondary_key(user_key.as_bytes(), &key), &[])?;
+        self.failures_by_user.insert(secondary_key(&user_index_prefix(user_key), &key), &[])?;
         self.failures_by_ip.insert(secondary_key(record.ip.as_bytes(), &key), &[])?;
         // Not counted yet: the count runs at start, in the background; until then no cap.
         if self.failure_total.load(Ordering::SeqCst) == UNCOUNTED {
@@ -846,7 +870,7 @@ impl SledStore {
     fn remove_failure_indexes(&self, key: &[u8], value: &[u8]) -> Result<()> {
         if let Ok(record) = decode::<FailureRecord>(value) {
             let user_key = crate::domain::normalise_key(&record.username);
-            self.failures_by_user.remove(secondary_key(user_key.as_bytes(), key))?;
+            self.failures_by_user.remove(secondary_key(&user_index_prefix(&user_key), key))?;
             self.failures_by_ip.remove(secondary_key(record.ip.as_bytes(), key))?;
         }
         Ok(())
@@ -874,7 +898,7 @@ impl SledStore {
         // A username or a single address has an index; otherwise scan the time range.
         let single_ip = q.ip.filter(|n| n.prefix_len() == n.max_prefix_len()).map(|n| n.addr().to_string());
         let index = match (&q.user_key, &single_ip) {
-            (Some(u), _) => Some((&self.failures_by_user, u.as_bytes().to_vec())),
+            (Some(u), _) => Some((&self.failures_by_user, user_index_prefix(u).to_vec())),
             (None, Some(ip)) => Some((&self.failures_by_ip, ip.as_bytes().to_vec())),
             _ => None,
         };
@@ -886,7 +910,10 @@ impl SledStore {
                     let key = k[2 + prefix.len()..].to_vec();
                     let Some(v) = self.failures.get(&key)? else { continue };
                     let record: FailureRecord = decode(&v)?;
-                    if keep(key, record, &mut out) {
+                    // A digest's other user (never met, but the index does not prove it).
+                    let other_user =
+                        q.user_key.as_ref().is_some_and(|u| crate::domain::normalise_key(&record.username) != *u);
+                    if !other_user && keep(key, record, &mut out) {
                         break;
                     }
                 }
@@ -920,6 +947,19 @@ impl SledStore {
     fn failure_count(&self) -> usize {
         self.failures.len()
     }
+}
+
+/// The prefix of a user's entries in `failures_by_user`: the first 16 bytes of the user key's
+/// SHA-256. Whole keys (a typed name of 256 four-byte characters is 1 KiB) made the index's
+/// inner nodes (256 separators each) larger than sled's blob threshold (a quarter of its
+/// 512 KiB segment), so each split wrote a new blob file: review 178 measured 78 KB of store
+/// per kept record, growing under churn, against 4 to 10 KB for ordinary names.
+fn user_index_prefix(user_key: &str) -> [u8; 16] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(user_key.as_bytes());
+    let mut prefix = [0u8; 16];
+    prefix.copy_from_slice(&digest[..16]);
+    prefix
 }
 
 /// An index key: the length of `prefix` (u16), `prefix`, then the record key, so one
@@ -2113,6 +2153,64 @@ mod tests {
         eprintln!("store size after each 1500 appends, 500 kept: {sizes:?}");
         // 9,000 records of ~800 bytes (plus their index entries) are ~11 MB; the 500 kept ~1 MB.
         assert!(sizes[5] < 2 * sizes[1].max(4 << 20), "{sizes:?}");
+    }
+
+    /// Review 178: one long name of four-byte characters refused again and again (each a
+    /// `captcha_required` record of its own) made 78 KB of store per kept record, growing
+    /// under churn: the user index's inner nodes held whole 1 KiB keys and went to blob files.
+    #[tokio::test]
+    async fn a_flood_of_one_long_name_keeps_the_store_near_the_size_of_what_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.count_failures(Some(500)).unwrap();
+        let tag = "\u{e0041}".repeat(256);
+        let mut record = failure(0, "192.0.2.1", &tag, FailureReason::CaptchaRequired);
+        record.user_agent = tag.clone();
+        record.typed = Some(format!(" {}", &tag[..tag.len() - 4]));
+        let mut sizes = Vec::new();
+        for round in 0..6u64 {
+            for i in 0..1500u64 {
+                record.time = round * 10_000 + i;
+                record.ip = format!("198.51.{}.{}", i >> 8, i & 255);
+                store.append_failure(&record, &tag, Some(500)).unwrap();
+            }
+            store.flush().await.unwrap();
+            sizes.push(dir_bytes(dir.path()));
+        }
+        eprintln!("store size after each 1500 appends, 500 kept: {sizes:?}");
+        // 500 records of about 3.2 KB and their index entries: about 2 MB kept, in about 7 MB
+        // of sled's segments (whole keys in the index: 12 MB after the first round, 19 MB after
+        // the sixth).
+        assert!(sizes.iter().all(|s| *s < 12 << 20), "{sizes:?}");
+        let mine = FailureQuery { user_key: Some(tag.clone()), ..Default::default() };
+        assert_eq!(store.failures(&mine).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn a_user_index_of_whole_keys_is_rekeyed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for (i, user) in ["alice", "bob", "alice"].iter().enumerate() {
+                let (key, _) = store
+                    .append_failure(
+                        &failure(1000 + i as u64, "192.0.2.1", user, FailureReason::BadPassword),
+                        user,
+                        None,
+                    )
+                    .unwrap();
+                // As a store written before the digests.
+                store.failures_by_user.remove(secondary_key(&user_index_prefix(user), &key)).unwrap();
+                store.failures_by_user.insert(secondary_key(user.as_bytes(), &key), &[]).unwrap();
+            }
+            store.meta.remove(USER_INDEX_DIGESTS).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.failures_by_user.len(), 3);
+        let of = |user: &str| FailureQuery { user_key: Some(user.into()), ..Default::default() };
+        assert_eq!(store.failures(&of("alice")).unwrap().len(), 2);
+        assert_eq!(store.failures(&of("bob")).unwrap().len(), 1);
     }
 
     #[test]
