@@ -528,16 +528,14 @@ impl LogBudget {
 /// Whether `event`'s line may use only the day's first quarter of `audit_log_mib_per_day`:
 /// a failed login (or its minute's count) of reason `csrf`, which checked nothing, the fail2ban
 /// filter ignores, and another site's page makes each of its visitors' browsers cause (review
-/// 174); and a forward-auth denial of a visitor who is not signed in, which anyone can cause at
-/// the network's rate (review 177). Such lines cannot spend the budget the lines of password
-/// guesses and signed-in users' denials need.
+/// 174); and a forward-auth denial, which the filter ignores too and anyone can cause at the
+/// network's rate (review 177), or any account holder from many addresses (review 178). Such
+/// lines cannot spend the budget the lines of password guesses need.
 fn first_quarter_only(event: &AuthEvent<'_>) -> bool {
     match event {
         AuthEvent::LoginFailed { reason, .. } => *reason == FailureReason::Csrf,
         AuthEvent::LoginFailedRepeatedly { first, .. } => first.reason == FailureReason::Csrf,
-        AuthEvent::AuthzDenied { username, .. } | AuthEvent::AuthzDeniedRepeatedly { username, .. } => {
-            username.is_empty()
-        }
+        AuthEvent::AuthzDenied { .. } | AuthEvent::AuthzDeniedRepeatedly { .. } => true,
         _ => false,
     }
 }
@@ -1102,8 +1100,8 @@ impl Audit {
     /// rate (review 177: 68 GB an hour of lines, a full log disk, and every sign-in 503): the
     /// first denial of an address (IPv6: its /64) and user in a minute is logged, the rest are
     /// counted into one `authz_denied_repeat` line when the minute is over
-    /// ([`Audit::close_counts`]); the lines take the day's `audit_log_mib_per_day` (a visitor
-    /// who is not signed in only its first quarter, [`first_quarter_only`]); below
+    /// ([`Audit::close_counts`]); the lines take at most the first quarter of the day's
+    /// `audit_log_mib_per_day` ([`first_quarter_only`]); below
     /// `disk_reserve_mib` of free space none is written. The answer is 403 whatever was logged.
     pub fn authz_denied(&self, username: &str, client: &Client, host: &str, path: &str, rule: &str) {
         let now = self.records_now_ms();
@@ -1300,7 +1298,6 @@ const SHORT_USERNAME_CHARS: usize = 32;
 /// `audit_log_mib_per_day` ([`Room::Short`]): the same event, time, address and reason, in the
 /// order the fail2ban filter reads them, with `short: true`, the username cut to
 /// [`SHORT_USERNAME_CHARS`] and no user agent or typed spelling (the store keeps them whole).
-/// A forward-auth denial's keeps its fields, the username and path cut to as many characters.
 /// Other events are written in full.
 fn emit_short(event: &AuthEvent<'_>, time: String) {
     let cut = |s: &str| -> String { s.chars().take(SHORT_USERNAME_CHARS).collect() };
@@ -1316,15 +1313,6 @@ fn emit_short(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "authn_login_fail_repeat", time, username = cut(&first.username), ip = first.ip,
             reason = first.reason.as_str(), known_browser = first.known_browser.then_some(true), count,
             minute = rfc3339(minute), short = true, "login attempts refused, counted per address and minute"
-        ),
-        AuthEvent::AuthzDenied { username, client, host, path, rule } => tracing::warn!(
-            target: TARGET, event = "authz_denied", time, username = cut(username), ip = %client.ip, host,
-            path = cut(path), rule, short = true, "forward-auth request denied"
-        ),
-        AuthEvent::AuthzDeniedRepeatedly { username, ip, host, path, rule, count, minute } => tracing::warn!(
-            target: TARGET, event = "authz_denied_repeat", time, username = cut(username), ip, host,
-            path = cut(path), rule, count, minute = rfc3339(minute), short = true,
-            "forward-auth requests denied, counted per address and minute"
         ),
         _ => emit_at(event, time),
     }
@@ -1781,7 +1769,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn anonymous_denials_take_a_quarter_of_the_days_log_and_sign_ins_none_of_it() {
+    async fn denials_take_a_quarter_of_the_days_log_and_sign_ins_none_of_it() {
         let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::open(data.path()).unwrap();
         let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
@@ -1811,10 +1799,12 @@ mod tests {
         audit.record_failure("admin", &guesser, FailureReason::BadPassword, false, false).await.unwrap();
         let last = lines(logs.path()).pop().unwrap();
         assert_eq!((last["ip"].as_str(), last.get("short")), (Some("198.51.100.9"), None), "{last}");
-        // A signed-in user's denial is logged past the quarter, as guesses are.
+        // A signed-in user's denials too (review 178: an account holder's from many addresses
+        // spent the whole budget).
+        let before = audit.log_lines_dropped();
         audit.authz_denied("alice", &user, "app.example.com", "/admin", "2");
-        let last = lines(logs.path()).pop().unwrap();
-        assert_eq!((last["event"].as_str(), last["username"].as_str()), (Some("authz_denied"), Some("alice")));
+        assert_eq!(lines(logs.path()).pop().unwrap()["event"], "authn_login_fail");
+        assert_eq!(audit.log_lines_dropped(), before + 1);
         // A restart counts today's limited lines again, and only those.
         let kept: u64 = std::fs::read_dir(logs.path())
             .unwrap()
