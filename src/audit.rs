@@ -1101,7 +1101,7 @@ impl Audit {
     /// first denial of an address (IPv6: its /64) and user in a minute is logged, the rest are
     /// counted into one `authz_denied_repeat` line when the minute is over
     /// ([`Audit::close_counts`]); the lines take at most the first quarter of the day's
-    /// `audit_log_mib_per_day` ([`first_quarter_only`]); below
+    /// `audit_log_mib_per_day`, as `csrf` lines; below
     /// `disk_reserve_mib` of free space none is written. The answer is 403 whatever was logged.
     pub fn authz_denied(&self, username: &str, client: &Client, host: &str, path: &str, rule: &str) {
         let now = self.records_now_ms();
