@@ -22,6 +22,17 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// read at a core's speed (1.17 GB in 20 s) with nothing to hand the handler.
 pub const MAX_UNANSWERED_BYTES: u64 = 1 << 20;
 
+/// Most HTTP/2 frames that carry no request (PRIORITY, SETTINGS, PING, WINDOW_UPDATE and
+/// types this server does not know) a client may send in [`CONTROL_FRAME_WINDOW`]: browsers
+/// send a handful per connection (settings, a few window updates as they read), and the
+/// h2 library answers none of these with an error, however many come. Review 179 kept a core
+/// busy per connection with WINDOW_UPDATEs of 1 (1.9 GB in 25 s), PRIORITY frames or frames
+/// of an unknown type, ended only by the idle timeout.
+pub const MAX_CONTROL_FRAMES: u32 = 1000;
+
+/// The window [`MAX_CONTROL_FRAMES`] is counted over.
+pub const CONTROL_FRAME_WINDOW: Duration = Duration::from_secs(10);
+
 /// Tracks what the client owes on one connection and holds the deadline for it.
 pub struct Owed {
     timeout: Duration,
@@ -29,6 +40,9 @@ pub struct Owed {
     protocol: Protocol,
     /// HTTP/1: bytes read since the current head was complete and before any answer.
     unanswered: u64,
+    /// HTTP/2: when the current [`CONTROL_FRAME_WINDOW`] began, and the frames without a
+    /// request counted in it.
+    control: Option<(tokio::time::Instant, u32)>,
 }
 
 enum Protocol {
@@ -85,6 +99,8 @@ struct Frames {
     header_len: usize,
     payload_left: usize,
     block_open: bool,
+    /// Frames that carry no request ([`MAX_CONTROL_FRAMES`]) since the counter was last taken.
+    control_frames: u32,
 }
 
 impl Frames {
@@ -113,7 +129,11 @@ impl Frames {
                         0x1 | 0x5 => self.block_open = h[4] & END_HEADERS == 0,
                         // CONTINUATION (§6.10)
                         0x9 if h[4] & END_HEADERS != 0 => self.block_open = false,
-                        _ => {}
+                        // DATA, RST_STREAM, GOAWAY, CONTINUATION: parts of a request or of its
+                        // end (the h2 library bounds those itself).
+                        0x0 | 0x3 | 0x7 | 0x9 => {}
+                        // PRIORITY, SETTINGS, PING, WINDOW_UPDATE, and unknown types (§5.5).
+                        _ => self.control_frames = self.control_frames.saturating_add(1),
                     }
                 }
             }
@@ -128,7 +148,7 @@ impl Frames {
 impl Owed {
     /// A tracker for a connection whose protocol will show in its first bytes.
     pub fn new(timeout: Duration) -> Self {
-        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 }, unanswered: 0 }
+        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 }, unanswered: 0, control: None }
     }
 
     /// The connection is ready (TLS handshake done, or a plain connection accepted): its
@@ -202,7 +222,18 @@ impl Owed {
                 }
                 self.unanswered += rest as u64;
             }
-            Protocol::Http2(frames) => frames.feed(bytes),
+            Protocol::Http2(frames) => {
+                frames.feed(bytes);
+                let seen = std::mem::take(&mut frames.control_frames);
+                if seen > 0 {
+                    let now = tokio::time::Instant::now();
+                    let (start, count) = match self.control {
+                        Some((start, count)) if now.duration_since(start) < CONTROL_FRAME_WINDOW => (start, count),
+                        _ => (now, 0),
+                    };
+                    self.control = Some((start, count.saturating_add(seen)));
+                }
+            }
         }
     }
 
@@ -219,8 +250,10 @@ impl Owed {
 
     /// Whether an HTTP/1 client has sent more than [`MAX_UNANSWERED_BYTES`] past a request
     /// head without an answer begun: the connection is to be cut.
+    /// Or an HTTP/2 client more than [`MAX_CONTROL_FRAMES`] frames without a request within
+    /// [`CONTROL_FRAME_WINDOW`].
     pub fn overrun(&self) -> bool {
-        self.unanswered > MAX_UNANSWERED_BYTES
+        self.unanswered > MAX_UNANSWERED_BYTES || self.control.is_some_and(|(_, count)| count > MAX_CONTROL_FRAMES)
     }
 
     /// Whether the deadline has passed (registering for a wake-up if not). Read off the clock
@@ -283,6 +316,31 @@ mod tests {
         owed.on_write();
         owed.on_read(b"GET / HTTP/1.1\r\n\r\n");
         assert!(!owed.overrun());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_client_may_send_a_thousand_frames_without_a_request_in_ten_seconds() {
+        let frame = |kind: u8| [0, 0, 4, kind, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut owed = fed(&[PREFACE]);
+        let requests: Vec<u8> = [[0u8, 0, 0, 0x1, 0x5, 0, 0, 0, 1]; 2000].concat();
+        owed.on_read(&requests);
+        assert!(!owed.overrun(), "HEADERS are not counted");
+        // A browser's pace: a window update every 20 ms, for a minute.
+        for _ in 0..3000 {
+            owed.on_read(&frame(0x8));
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+        assert!(!owed.overrun());
+        // A flood of any kind without a request.
+        for kind in [0x2u8, 0x8, 0x20] {
+            let mut owed = fed(&[PREFACE]);
+            for _ in 0..MAX_CONTROL_FRAMES {
+                owed.on_read(&frame(kind));
+            }
+            assert!(!owed.overrun(), "{kind:#x}: a thousand");
+            owed.on_read(&frame(kind));
+            assert!(owed.overrun(), "{kind:#x}");
+        }
     }
 
     #[tokio::test]
