@@ -151,21 +151,26 @@ async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> p
 }
 
 /// Refuses with 400 a request whose host is not one (review 175): an HTTP/1.1 request without
-/// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), and an HTTP/2 one
-/// whose `Host` names another host than its `:authority` (RFC 9113 §8.3.1 calls it malformed).
+/// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), one whose `Host` holds
+/// a list, and an HTTP/2 one whose `Host` names another host than its `:authority` (RFC 9113
+/// §8.3.1 calls it malformed).
 /// Nothing here reads the host (redirects are relative or to `public_url`), but a proxy or
 /// cache in front might read the other one.
 async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
     let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    let unclear = match req.version() {
-        poem::http::Version::HTTP_11 => hosts.len() != 1,
-        poem::http::Version::HTTP_2 => {
-            let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
-            hosts.len() > 1
-                || hosts.first().zip(authority).is_some_and(|(host, a)| !host.as_bytes().eq_ignore_ascii_case(a))
-        }
-        _ => hosts.len() > 1,
-    };
+    // A list in one line (how some intermediaries merge two) is not a host (review 179).
+    let listed = hosts.iter().any(|h| h.as_bytes().iter().any(|b| *b == b',' || b.is_ascii_whitespace()));
+    let unclear = listed
+        || match req.version() {
+            poem::http::Version::HTTP_11 => hosts.len() != 1,
+            poem::http::Version::HTTP_2 => {
+                // Compared as RFC 3986 §6.2.3 normalises them: `:443` is the `https` default.
+                let plain = |s: &[u8]| -> Vec<u8> { s.strip_suffix(b":443").unwrap_or(s).to_ascii_lowercase() };
+                let authority = req.uri().authority().map(|a| plain(a.as_str().as_bytes()));
+                hosts.len() > 1 || hosts.first().zip(authority).is_some_and(|(host, a)| plain(host.as_bytes()) != a)
+            }
+            _ => hosts.len() > 1,
+        };
     if !unclear {
         return ep.call(req).await.map(IntoResponse::into_response);
     }

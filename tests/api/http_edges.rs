@@ -254,8 +254,9 @@ async fn an_http1_request_without_one_host_is_refused() {
     };
     let none = status(String::new()).await;
     let two = status("Host: a\r\nHost: b\r\n".into()).await;
+    let listed = status("Host: 127.0.0.1, evil.example\r\n".into()).await;
     let one = status("Host: 127.0.0.1\r\n".into()).await;
-    assert_eq!([none.as_str(), two.as_str()], ["HTTP/1.1 400 Bad Request"; 2]);
+    assert_eq!([none.as_str(), two.as_str(), listed.as_str()], ["HTTP/1.1 400 Bad Request"; 3]);
     assert_eq!(one, "HTTP/1.1 200 OK");
 }
 
@@ -304,4 +305,5 @@ async fn an_http2_request_whose_host_is_not_its_authority_is_refused() {
     };
     assert_eq!(status("evil.example").await, 12, "a Host of another host");
     assert_eq!(status("127.0.0.1").await, 8, "the same host");
+    assert_eq!(status("127.0.0.1:443").await, 8, "the same host, with the default port (review 179)");
 }
