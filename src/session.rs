@@ -466,6 +466,31 @@ impl Sessions {
         Ok(ended)
     }
 
+    /// Whether `is_its_page` holds for a token the session stored under `token_hash` went on
+    /// from in the last [`crate::store::SUCCESSOR_MS`] (a few links at most): whether a form
+    /// came from another tab's page shown before this browser's password change or *sign out
+    /// everywhere else*, which the tab sends with the new cookie (review 179).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot read the links.
+    pub async fn went_on_from(
+        &self,
+        token_hash: &TokenHash,
+        is_its_page: impl Fn(&TokenHash) -> bool,
+    ) -> Result<bool, StoreError> {
+        const MOST_LINKS: usize = 4;
+        let now = now_ms();
+        let mut hash = *token_hash;
+        for _ in 0..MOST_LINKS {
+            let Some(previous) = self.store.sessions.predecessor(&hash, now).await? else { break };
+            if is_its_page(&previous) {
+                return Ok(true);
+            }
+            hash = previous;
+        }
+        Ok(false)
+    }
+
     /// Ends all of a user's sessions except `keep`, durably; returns how many ended.
     pub async fn end_all(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize, StoreError> {
         self.store.sessions.delete_for_user(user_key, keep).await

@@ -53,8 +53,20 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         }
     }
     let held = !sessions.is_empty() || !pending.is_empty();
-    let theirs = sessions.iter().any(|s| state.csrf.check_session(&s.token_hash, &form.csrf))
+    let mut theirs = sessions.iter().any(|s| state.csrf.check_session(&s.token_hash, &form.csrf))
         || pending.iter().any(|h| state.csrf.check_session(h, &form.csrf));
+    // A tab's page from before this session's last change of token (one cookie jar: the tab
+    // sends the new cookie with the old page's form token), for a minute (review 179: the
+    // sign-out of a stale tab on a shared computer did nothing).
+    for session in &sessions {
+        if theirs {
+            break;
+        }
+        match state.sessions.went_on_from(&session.token_hash, |old| state.csrf.check_session(old, &form.csrf)).await {
+            Ok(found) => theirs = found,
+            Err(e) => return not_signed_out(crate::routes::store_fault(&e, "could not read a session's former token")),
+        }
+    }
     if held && !theirs {
         // Most often a page shown before this browser's session got a new token (a password
         // change in another tab): said so, since a bare "not allowed" left the user signed in

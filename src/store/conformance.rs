@@ -655,8 +655,11 @@ async fn a_session_goes_on_under_a_new_token_only_while_it_is_stored(store: &Sto
     // Going on under a new token leaves a link from the old one, for a minute.
     assert_eq!(s.successor(&[1; 32], 1000).await.unwrap(), Some([2; 32]), "sessions: the old token leads on");
     assert_eq!(s.successor(&[2; 32], 1500).await.unwrap(), None, "sessions: the same token is no link");
+    assert_eq!(s.predecessor(&[2; 32], 1000).await.unwrap(), Some([1; 32]), "sessions: and back");
+    assert_eq!(s.predecessor(&[1; 32], 1000).await.unwrap(), None, "sessions: the first token has none");
     let late = 1000 + super::SUCCESSOR_MS + 1;
     assert_eq!(s.successor(&[1; 32], late).await.unwrap(), None, "sessions: a link past its minute leads nowhere");
+    assert_eq!(s.predecessor(&[2; 32], late).await.unwrap(), None, "sessions: either way");
     s.purge_expired(u64::MAX / 4, u64::MAX / 4, late).await.unwrap();
     assert_eq!(s.successor(&[1; 32], 1000).await.unwrap(), None, "sessions: and is purged");
     for round in 0..20u8 {

@@ -606,6 +606,12 @@ pub trait SessionStore: Send + Sync {
     /// (another tab's) ends that one too (review 131). Older links are forgotten, so a thief
     /// holding an old cookie cannot sign the owner out later.
     async fn successor(&self, previous: &TokenHash, now: u64) -> Result<Option<TokenHash>>;
+
+    /// The token hash the session now stored under `next` went on from, if it did within
+    /// [`SUCCESSOR_MS`] before `now` (Unix ms): the other way along [`SessionStore::successor`]'s
+    /// link. A tab showing a page from before the change sends the new cookie with the old
+    /// page's form token (one cookie jar), and its sign-out is that session's (review 179).
+    async fn predecessor(&self, next: &TokenHash, now: u64) -> Result<Option<TokenHash>>;
 }
 
 /// How long a session's old token leads to its new one ([`SessionStore::successor`]), in

@@ -737,6 +737,20 @@ impl SessionStore for PgStore {
         Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
     }
 
+    async fn predecessor(&self, next: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
+        // The links of the last minutes only (purged with the sessions): no index needed.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT from_token FROM session_successors WHERE to_token = $1 AND at_ms >= $2 ORDER BY at_ms DESC LIMIT 1",
+                &[&&next[..], &ms(now.saturating_sub(super::SUCCESSOR_MS))],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
+    }
+
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

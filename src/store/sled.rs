@@ -1305,6 +1305,20 @@ impl SessionStore for SledStore {
         Ok(link.filter(|(_, at)| now.saturating_sub(*at) <= super::SUCCESSOR_MS).map(|(next, _)| next))
     }
 
+    async fn predecessor(&self, next: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
+        self.usable()?;
+        // The links of the last minutes only (purged with the sessions): a short walk.
+        let mut newest: Option<(TokenHash, u64)> = None;
+        for kv in self.session_successors.iter() {
+            let (old, link) = kv?;
+            let (Some((to, at)), Ok(old)) = (successor_link(&link), <[u8; 32]>::try_from(&old[..])) else { continue };
+            if to == *next && now.saturating_sub(at) <= super::SUCCESSOR_MS && newest.is_none_or(|(_, t)| at > t) {
+                newest = Some((old, at));
+            }
+        }
+        Ok(newest.map(|(old, _)| old))
+    }
+
     // Reads: they may drop dangling index entries, but that is housekeeping nobody is told
     // of (redone if lost), so they do not wait for a flush, and a disk that cannot be written
     // does not stop them (a signed-in user still sees their page; SECURITY.md).

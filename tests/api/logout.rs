@@ -94,6 +94,49 @@ async fn a_sign_out_with_the_token_a_change_just_replaced_ends_the_new_one() {
     assert!(app.log_lines().iter().any(|l| l["event"] == "session_logout" && l["username"] == "alice"), "logged");
 }
 
+/// A tab showing a page from before another tab's *sign out everywhere else* or password
+/// change sends the browser's one cookie, the new token, with the old page's form token: its
+/// sign-out ends the session (review 179: it was refused and the browser stayed signed in).
+#[tokio::test]
+async fn a_stale_tabs_sign_out_after_a_change_of_token_ends_the_session() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for change in ["sign out everywhere else", "password change"] {
+        let browser = app.new_browser();
+        assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), 303);
+        let stale = app.home_csrf(&browser).await;
+        let new_password = "the other tab changed it 4471";
+        let resp = if change == "password change" {
+            let form =
+                [("csrf", stale.as_str()), ("current", GOOD_PASSWORD), ("new", new_password), ("repeat", new_password)];
+            browser.post(app.url("/account/password")).form(&form).send().await.unwrap()
+        } else {
+            browser.post(app.url("/sessions/end-others")).form(&[("csrf", stale.as_str())]).send().await.unwrap()
+        };
+        assert_eq!(resp.status(), 303, "{change}");
+        // The jar now holds the new token; the stale tab posts its page's form token.
+        let out = browser.post(app.url("/logout")).form(&[("csrf", stale.as_str())]).send().await.unwrap();
+        assert_eq!(out.status(), 303, "{change}");
+        assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303, "{change}: signed out");
+        assert!(app.sessions_of("alice").await.is_empty(), "{change}: no session is left");
+        // A form token of no page of this session's still ends nothing.
+        assert_eq!(
+            app.login_with(&browser, "alice", if change == "password change" { new_password } else { GOOD_PASSWORD })
+                .await
+                .status(),
+            303
+        );
+        let out = browser.post(app.url("/logout")).form(&[("csrf", "forged")]).send().await.unwrap();
+        assert_eq!(out.status(), 403, "{change}");
+        assert_eq!(app.sessions_of("alice").await.len(), 1, "{change}");
+        let _ = app
+            .state
+            .users
+            .set_password("alice", portcullis::password::Password::new(GOOD_PASSWORD), "test", None, None)
+            .await;
+    }
+}
+
 /// The link from an old token is followed only with that old session's form token: a cookie
 /// alone (a thief's, say) ends no live session (review 132).
 #[tokio::test]
