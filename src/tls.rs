@@ -695,12 +695,16 @@ impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.owed.on_write();
-        match this.poll_ready(cx) {
+        let written = match this.poll_ready(cx) {
             Poll::Ready(Ok(Ready::Tls(stream))) => Pin::new(stream).poll_write(cx, buf),
             Poll::Ready(Ok(Ready::Plain(stream))) => Pin::new(stream).poll_write(cx, buf),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
+        };
+        if let Poll::Ready(Ok(n)) = written {
+            this.owed.on_written(n);
         }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
