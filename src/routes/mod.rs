@@ -151,23 +151,26 @@ async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> p
 }
 
 /// Refuses with 400 a request whose host is not one (review 175): an HTTP/1.1 request without
-/// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), one whose `Host` holds
-/// a list, and an HTTP/2 one whose `Host` names another host than its `:authority` (RFC 9113
-/// §8.3.1 calls it malformed).
+/// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), one whose `Host` or
+/// `:authority` is not a host (a list, userinfo, a path, empty), and an HTTP/2 one whose
+/// `Host` names another host than its `:authority` (RFC 9113 §8.3.1 calls it malformed).
 /// Nothing here reads the host (redirects are relative or to `public_url`), but a proxy or
 /// cache in front might read the other one.
 async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    // A list in one line (how some intermediaries merge two) is not a host (review 179).
-    let listed = hosts.iter().any(|h| h.as_bytes().iter().any(|b| *b == b',' || b.is_ascii_whitespace()));
-    let unclear = listed
+    let hosts: Vec<&[u8]> = req.headers().get_all(header::HOST).iter().map(HeaderValue::as_bytes).collect();
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    // One host, and a host only: a list in one line (how some intermediaries merge two),
+    // userinfo, a path or anything else outside a name, an address and a port is not one
+    // (reviews 179, 180; RFC 9112 §3.2 "an invalid field value").
+    let a_host = |h: &[u8]| !h.is_empty() && h.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~%[]:".contains(b));
+    // Compared as RFC 3986 §6.2.3 normalises them: `:443` is the `https` default.
+    let plain = |s: &[u8]| -> Vec<u8> { s.strip_suffix(b":443").unwrap_or(s).to_ascii_lowercase() };
+    let unclear = !hosts.iter().all(|h| a_host(h))
+        || !authority.is_none_or(a_host)
         || match req.version() {
             poem::http::Version::HTTP_11 => hosts.len() != 1,
             poem::http::Version::HTTP_2 => {
-                // Compared as RFC 3986 §6.2.3 normalises them: `:443` is the `https` default.
-                let plain = |s: &[u8]| -> Vec<u8> { s.strip_suffix(b":443").unwrap_or(s).to_ascii_lowercase() };
-                let authority = req.uri().authority().map(|a| plain(a.as_str().as_bytes()));
-                hosts.len() > 1 || hosts.first().zip(authority).is_some_and(|(host, a)| plain(host.as_bytes()) != a)
+                hosts.len() > 1 || hosts.first().zip(authority).is_some_and(|(host, a)| plain(host) != plain(a))
             }
             _ => hosts.len() > 1,
         };

@@ -255,6 +255,10 @@ async fn an_http1_request_without_one_host_is_refused() {
     let none = status(String::new()).await;
     let two = status("Host: a\r\nHost: b\r\n".into()).await;
     let listed = status("Host: 127.0.0.1, evil.example\r\n".into()).await;
+    // Not a host (review 180).
+    for host in ["u@127.0.0.1", "127.0.0.1/x", "a;b", ""] {
+        assert_eq!(status(format!("Host: {host}\r\n")).await, "HTTP/1.1 400 Bad Request", "{host:?}");
+    }
     let one = status("Host: 127.0.0.1\r\n".into()).await;
     assert_eq!([none.as_str(), two.as_str(), listed.as_str()], ["HTTP/1.1 400 Bad Request"; 3]);
     assert_eq!(one, "HTTP/1.1 200 OK");
@@ -273,11 +277,14 @@ async fn an_http2_request_whose_host_is_not_its_authority_is_refused() {
         f
     };
     let literal = |s: &str| [&[s.len() as u8][..], s.as_bytes()].concat();
-    let status = |host: &str| {
+    let request = |authority: &str, host: Option<&str>| {
         let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
         // GET https (static 2, 7), :path and :authority by name (4, 1), then `host` by name.
-        let block = [&[0x82, 0x87, 0x04][..], &literal("/healthz"), &[0x01], &literal("127.0.0.1")].concat();
-        let block = [block, vec![0x00], literal("host"), literal(host)].concat();
+        let block = [&[0x82, 0x87, 0x04][..], &literal("/healthz"), &[0x01], &literal(authority)].concat();
+        let block = match host {
+            Some(host) => [block, vec![0x00], literal("host"), literal(host)].concat(),
+            None => block,
+        };
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         out.extend(frame(0x4, 0, &[]));
         out.extend(frame(0x1, 0x5, &block)); // HEADERS, END_STREAM | END_HEADERS, stream 1
@@ -303,7 +310,13 @@ async fn an_http2_request_whose_host_is_not_its_authority_is_refused() {
             }
         }
     };
+    let status = |host: &str| request("127.0.0.1", Some(host));
     assert_eq!(status("evil.example").await, 12, "a Host of another host");
     assert_eq!(status("127.0.0.1").await, 8, "the same host");
     assert_eq!(status("127.0.0.1:443").await, 8, "the same host, with the default port (review 179)");
+    // An :authority that is no host, without a Host (review 180).
+    for authority in ["a,b", "u@evil.example"] {
+        assert_eq!(request(authority, None).await, 12, "{authority}");
+    }
+    assert_eq!(request("127.0.0.1", None).await, 8, "a plain :authority");
 }
