@@ -266,8 +266,6 @@ impl Owed {
         }
     }
 
-    /// The server is writing. In HTTP/1 that is a response (or a 100 Continue) to a complete
-    /// head, so whatever the client sends next starts a new request.
     /// `bytes` of an HTTP/2 connection's frames were written: credit for the client's
     /// window updates ([`WRITTEN_BYTES_PER_CONTROL_FRAME`]).
     pub fn on_written(&mut self, bytes: usize) {
@@ -278,6 +276,8 @@ impl Owed {
         }
     }
 
+    /// The server is writing. In HTTP/1 that is a response (or a 100 Continue) to a complete
+    /// head, so whatever the client sends next starts a new request.
     pub fn on_write(&mut self) {
         if let Protocol::Http1(head) = &mut self.protocol {
             if *head == Head::Complete {
