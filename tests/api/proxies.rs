@@ -301,6 +301,12 @@ fn spawn_caddy(bin: &Path, pki: &Pki, port: u16, auth: SocketAddr, app: SocketAd
         d.join("storage").display()
     );
     std::fs::write(d.join("Caddyfile"), global + &configured("Caddyfile", pki, port, auth, app)).unwrap();
+    run_caddy(bin, port, dir)
+}
+
+/// Caddy running `dir`'s `Caddyfile`, with everything it keeps in `dir`.
+fn run_caddy(bin: &Path, port: u16, dir: tempfile::TempDir) -> Proxy {
+    let d = dir.path();
     let log = d.join("caddy.log");
     let child = Command::new(bin)
         .args(["run", "--config", &d.join("Caddyfile").display().to_string(), "--adapter", "caddyfile"])
@@ -796,18 +802,7 @@ async fn caddy_as_an_http2_reverse_proxy_is_never_cut_under_load() {
             ca = pki.ca.display(),
         );
         std::fs::write(d.join("Caddyfile"), config).unwrap();
-        let log = d.join("caddy.log");
-        let child = Command::new(&bin)
-            .args(["run", "--config", &d.join("Caddyfile").display().to_string(), "--adapter", "caddyfile"])
-            .env("HOME", d)
-            .env("XDG_DATA_HOME", d.join("data"))
-            .env("XDG_CONFIG_HOME", d.join("config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proxy { child, port, log, _dir: dir }
+        run_caddy(&bin, port, dir)
     })
     .await;
     let client = browser(&pki);
