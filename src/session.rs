@@ -163,6 +163,10 @@ pub struct Sessions {
     absolute: Duration,
 }
 
+/// Most links followed between a session's tokens (a password change and then *sign out
+/// everywhere else* within a minute make two).
+const MOST_LINKS: usize = 4;
+
 impl Sessions {
     pub fn new(store: Store, idle: Duration, absolute: Duration) -> Self {
         Sessions { store, idle, absolute }
@@ -445,7 +449,6 @@ impl Sessions {
     /// # Errors
     /// [`StoreError`] when the store cannot read or write them.
     pub async fn end_with_successors(&self, token_hash: &TokenHash, follow: bool) -> Result<Vec<String>, StoreError> {
-        const MOST_LINKS: usize = 4;
         let now = now_ms();
         self.end(token_hash).await?;
         let mut ended = Vec::new();
@@ -478,7 +481,6 @@ impl Sessions {
         token_hash: &TokenHash,
         is_its_page: impl Fn(&TokenHash) -> bool,
     ) -> Result<bool, StoreError> {
-        const MOST_LINKS: usize = 4;
         let now = now_ms();
         let mut hash = *token_hash;
         for _ in 0..MOST_LINKS {

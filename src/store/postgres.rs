@@ -538,6 +538,17 @@ impl<'a> SessionRow<'a> {
     }
 }
 
+impl PgStore {
+    /// The token `sql` finds linked to `hash` (`$1`) within [`super::SUCCESSOR_MS`] before
+    /// `now` (`$2`): one way or the other along `session_successors`.
+    async fn linked_token(&self, sql: &str, hash: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
+        let since = ms(now.saturating_sub(super::SUCCESSOR_MS));
+        let row = self.client().await?.query_opt(sql, &[&&hash[..], &since]).await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
+    }
+}
+
 #[async_trait]
 impl SessionStore for PgStore {
     async fn insert(&self, token_hash: &TokenHash, session: &Session) -> Result<()> {
@@ -725,30 +736,15 @@ impl SessionStore for PgStore {
     }
 
     async fn successor(&self, previous: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT to_token FROM session_successors WHERE from_token = $1 AND at_ms >= $2",
-                &[&&previous[..], &ms(now.saturating_sub(super::SUCCESSOR_MS))],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
+        let sql = "SELECT to_token FROM session_successors WHERE from_token = $1 AND at_ms >= $2";
+        self.linked_token(sql, previous, now).await
     }
 
     async fn predecessor(&self, next: &TokenHash, now: u64) -> Result<Option<TokenHash>> {
         // The links of the last minutes only (purged with the sessions): no index needed.
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT from_token FROM session_successors WHERE to_token = $1 AND at_ms >= $2 ORDER BY at_ms DESC LIMIT 1",
-                &[&&next[..], &ms(now.saturating_sub(super::SUCCESSOR_MS))],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(<[u8; 32]>::try_from(row.try_get::<_, &[u8]>(0)?).ok())
+        let sql =
+            "SELECT from_token FROM session_successors WHERE to_token = $1 AND at_ms >= $2 ORDER BY at_ms DESC LIMIT 1";
+        self.linked_token(sql, next, now).await
     }
 
     async fn import(&self, sessions: &[StoredSession]) -> Result<()> {
