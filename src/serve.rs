@@ -130,7 +130,16 @@ struct ConnectionTask {
 }
 
 impl ConnectionTask {
-    async fn run(mut self, io: crate::tls::Connection) {
+    async fn run(mut self, mut io: crate::tls::Connection) {
+        // The handshake's own deadline bounds this wait; a failed one ends the connection as
+        // hyper's first read of it would have.
+        let h2 = tokio::select! {
+            negotiated = io.negotiate() => match negotiated {
+                Ok(h2) => h2,
+                Err(_) => return,
+            },
+            _ = self.stop.wait_for(|stop| *stop) => return,
+        };
         let activity = Arc::new(Activity::default());
         let service = {
             let activity = Arc::clone(&activity);
@@ -169,7 +178,9 @@ impl ConnectionTask {
             .max_header_list_size(MAX_HEAD_BYTES as u32)
             .max_send_buf_size(MAX_SEND_BUFFER)
             .max_pending_accept_reset_streams(20);
-        let builder = if self.options.http2 { builder } else { builder.http1_only() };
+        // Without this, hyper serves a connection whose first bytes are HTTP/2's preface as
+        // HTTP/2 whatever ALPN chose, and HTTP/1.1 on a connection that chose "h2".
+        let builder = if self.options.http2 && h2 { builder.http2_only() } else { builder.http1_only() };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let why = tokio::select! {

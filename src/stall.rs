@@ -77,12 +77,8 @@ pub struct Owed {
     control: Option<ControlWindow>,
 }
 
+/// What ALPN chose; the server speaks nothing else on the connection (`serve`).
 enum Protocol {
-    /// Not known yet: the first `matched` bytes equal the HTTP/2 preface so far. hyper serves
-    /// a connection that starts with the preface as HTTP/2 whatever ALPN said.
-    Sniffing {
-        matched: usize,
-    },
     Http1(Head),
     Http2(Frames),
 }
@@ -178,9 +174,9 @@ impl Frames {
 }
 
 impl Owed {
-    /// A tracker for a connection whose protocol will show in its first bytes.
+    /// A tracker for a connection that is HTTP/1 unless [`Owed::start`] says ALPN chose HTTP/2.
     pub fn new(timeout: Duration) -> Self {
-        Owed { timeout, sleep: None, protocol: Protocol::Sniffing { matched: 0 }, unanswered: 0, control: None }
+        Owed { timeout, sleep: None, protocol: Protocol::Http1(Head::Leading), unanswered: 0, control: None }
     }
 
     /// The connection is ready (TLS handshake done, or a plain connection accepted): its
@@ -210,26 +206,8 @@ impl Owed {
         if bytes.is_empty() {
             return;
         }
-        if let Protocol::Sniffing { matched } = self.protocol {
-            let n = (PREFACE.len() - matched).min(bytes.len());
-            if bytes[..n] == PREFACE[matched..matched + n] {
-                self.protocol = if matched + n == PREFACE.len() {
-                    Protocol::Http2(Frames::default())
-                } else {
-                    Protocol::Sniffing { matched: matched + n }
-                };
-                self.feed(&bytes[n..]);
-            } else {
-                // HTTP/1: what looked like the preface so far was the start of its head.
-                self.protocol = Protocol::Http1(Head::Leading);
-                self.feed(&PREFACE[..matched]);
-                self.feed(bytes);
-            }
-        } else {
-            self.feed(bytes);
-        }
+        self.feed(bytes);
         let owed = match &self.protocol {
-            Protocol::Sniffing { .. } => true,
             Protocol::Http1(head) => head.owed(),
             Protocol::Http2(frames) => frames.owed(),
         };
@@ -242,7 +220,6 @@ impl Owed {
 
     fn feed(&mut self, bytes: &[u8]) {
         match &mut self.protocol {
-            Protocol::Sniffing { .. } => {}
             Protocol::Http1(head) => {
                 let mut rest = bytes.len();
                 for &b in bytes {
@@ -312,8 +289,17 @@ mod tests {
     use super::*;
 
     fn fed(chunks: &[&[u8]]) -> Owed {
+        fed_as(false, chunks)
+    }
+
+    /// As [`fed`], on a connection whose ALPN chose HTTP/2.
+    fn fed_h2(chunks: &[&[u8]]) -> Owed {
+        fed_as(true, chunks)
+    }
+
+    fn fed_as(h2: bool, chunks: &[&[u8]]) -> Owed {
         let mut o = Owed::new(Duration::from_secs(20));
-        o.start(false);
+        o.start(h2);
         for c in chunks {
             o.on_read(c);
         }
@@ -361,7 +347,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_http2_client_may_send_a_thousand_frames_without_a_request_in_ten_seconds() {
         let frame = |kind: u8| [0, 0, 4, kind, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        let mut owed = fed(&[PREFACE]);
+        let mut owed = fed_h2(&[PREFACE]);
         let requests: Vec<u8> = [[0u8, 0, 0, 0x1, 0x5, 0, 0, 0, 1]; 2000].concat();
         owed.on_read(&requests);
         assert!(!owed.overrun(), "HEADERS are not counted");
@@ -373,7 +359,7 @@ mod tests {
         assert!(!owed.overrun());
         // Go's client: a window update for about every 4 KiB read, at 4,000 small pages a
         // second on one connection (review 180: Caddy's `reverse_proxy` was cut, with 502s).
-        let mut owed = fed(&[PREFACE]);
+        let mut owed = fed_h2(&[PREFACE]);
         for _ in 0..12_000 {
             owed.on_read(&[0u8, 0, 0, 0x1, 0x5, 0, 0, 0, 1]);
             owed.on_written(1_700);
@@ -386,7 +372,7 @@ mod tests {
         assert!(!owed.overrun(), "a proxy's pace");
         // A flood of any kind without a request.
         for kind in [0x2u8, 0x8, 0x20] {
-            let mut owed = fed(&[PREFACE]);
+            let mut owed = fed_h2(&[PREFACE]);
             for _ in 0..MAX_CONTROL_FRAMES {
                 owed.on_read(&frame(kind));
             }
@@ -440,10 +426,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_preface_without_alpn_is_recognised_and_a_head_like_it_is_not() {
-        let o = fed(&[&PREFACE[..5], &PREFACE[5..], &[0, 0, 0, 0x4, 0, 0, 0, 0, 0]]);
-        assert!(matches!(o.protocol, Protocol::Http2(_)) && !o.armed());
-        let o = fed(&[b"PRI", b"NT / HTTP/1.1\r\n\r\n"]);
+    async fn without_alpns_h2_the_preface_is_an_http1_head_like_any_other() {
+        let o = fed(&[&PREFACE[..5], &PREFACE[5..]]);
         assert!(matches!(o.protocol, Protocol::Http1(Head::Complete)));
     }
 }

@@ -661,6 +661,24 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Completes the TLS handshake (nothing to do for plain TCP) and says whether ALPN chose
+    /// HTTP/2 (`true`) or not (`false`: HTTP/1.1, or no ALPN at all). HTTP/2 over TLS is only
+    /// what ALPN names "h2" (RFC 9113 §3.2), so the server speaks what was negotiated.
+    ///
+    /// # Errors
+    /// The handshake's error: refused, broken off, or past `handshake_timeout`.
+    pub async fn negotiate(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| match self.poll_ready(cx) {
+            Poll::Ready(Ok(Ready::Tls(stream))) => Poll::Ready(Ok(stream.get_ref().1.alpn_protocol() == Some(b"h2"))),
+            Poll::Ready(Ok(Ready::Plain(_))) => Poll::Ready(Ok(false)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+}
+
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();

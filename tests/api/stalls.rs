@@ -44,7 +44,7 @@ pub(crate) async fn tls(cert_dir: &std::path::Path, addr: SocketAddr, source: Ip
 
 /// Reads (and discards) until the server closes the connection; `Err` if it is still open
 /// after [`PATIENCE`]. Returns everything read.
-async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, String> {
+pub(crate) async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let until = tokio::time::Instant::now() + PATIENCE;

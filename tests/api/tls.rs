@@ -122,6 +122,33 @@ async fn alpn_offers_h2_and_http_1_1_still_works() {
     assert_eq!(resp.text().await.unwrap(), "ok");
 }
 
+/// Each connection speaks the HTTP that ALPN chose (RFC 9113 §3.2): HTTP/2's preface on a
+/// connection that chose http/1.1 (or offered no ALPN) is no HTTP/2, and an HTTP/1.1 request
+/// on one that chose h2 gets no HTTP/1.1 answer. hyper alone serves both by their first bytes.
+#[tokio::test]
+async fn each_connection_speaks_what_alpn_chose() {
+    let app = spawn_app().await;
+    let source = "127.0.0.1".parse().unwrap();
+    // The preface, then an empty SETTINGS frame: an HTTP/2 server answers with its SETTINGS.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    for alpn in [&[b"http/1.1".as_slice()][..], &[]] {
+        let mut conn = crate::stalls::tls(&app.settings.cert_dir, app.addr, source, alpn).await;
+        conn.write_all(&preface).await.unwrap();
+        let got = crate::stalls::closed_by_server(&mut conn).await.unwrap();
+        assert!(!got.starts_with(&[0, 0]), "ALPN {alpn:?}: answered as HTTP/2: {got:?}");
+    }
+    let mut conn = crate::stalls::tls(&app.settings.cert_dir, app.addr, source, &[b"h2"]).await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let got = crate::stalls::closed_by_server(&mut conn).await.unwrap();
+    assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1 200"), "ALPN h2: answered as HTTP/1.1: {got:?}");
+    // Both still serve what they chose.
+    let mut conn = crate::stalls::tls(&app.settings.cert_dir, app.addr, source, &[b"http/1.1"]).await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let got = crate::stalls::closed_by_server(&mut conn).await.unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{got:?}");
+}
+
 /// Waits (polling, bounded by [`PATIENCE`]) until a fresh client trusting only `pem` gets
 /// through.
 async fn wait_until_served(app: &TestApp, pem: &str) {
