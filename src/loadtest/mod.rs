@@ -74,7 +74,7 @@ pub struct LoadtestArgs {
     /// Virtual users, each with its own connection and cookie jar (1 to 10000)
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// How long to measure, e.g. 10s or 1m
+    /// How long to measure, e.g. 10s or 1m (at most 1day)
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Trust only this CA (PEM) for the server's certificate
@@ -610,8 +610,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if !(1..=MAX_CONCURRENCY).contains(&opts.concurrency) {
         bail!("--concurrency must be between 1 and {MAX_CONCURRENCY}");
     }
-    if opts.duration.is_zero() {
-        bail!("--duration must be more than 0s");
+    if opts.duration.is_zero() || opts.duration > MAX_DURATION {
+        bail!("--duration must be more than 0s and at most 1day");
     }
     if let Some(r) = opts.probe_rate {
         if !(r > 0.0 && r <= 100_000.0) {
@@ -986,6 +986,10 @@ fn redirect_hint(report: &Report) -> &'static str {
 
 /// The most virtual users one run may have.
 pub const MAX_CONCURRENCY: usize = 10_000;
+
+/// The longest `--duration`: a day of measuring is far past any use, and far shorter spans
+/// than some `humantime` accepts would overflow the clock's arithmetic (a panic, not an error).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The report as a few lines of text.
 pub fn human(r: &Report) -> String {

@@ -202,6 +202,22 @@ async fn get_mode_needs_no_account_and_the_others_name_the_missing_username() {
     args.extend(&common[..4]);
     let run = child::cli(dir.path(), &args, None).await;
     assert!(run.assert_one_line_failure("--concurrency 100000").contains("between 1 and 10000"));
+    // A duration past the clock's arithmetic was taken, then panicked (review 177's item).
+    for duration in ["0s", "2days", "18446744073709551615s"] {
+        let args = [
+            "loadtest",
+            "--mode",
+            "get",
+            "--url",
+            healthz.as_str(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--duration",
+            duration,
+        ];
+        let run = child::cli(dir.path(), &args, None).await;
+        assert!(run.assert_one_line_failure(duration).contains("at most 1day"), "{duration}: {run:?}");
+    }
 }
 
 /// A server that answers every request with 503 is said before the run in every mode that
