@@ -102,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
         .at("/static/:file", allowing(GET, get(static_files::serve)))
         .around(|ep, req| async move { refuse_other_sites_requests(ep.as_ref(), req).await })
         .around(|ep, req| async move { refuse_unclear_hosts(ep.as_ref(), req).await })
+        .around(|ep, req| async move { refuse_unknown_codings(ep.as_ref(), req).await })
         .around(move |ep, req| {
             let metrics = metrics.clone();
             async move { crate::metrics::count(&metrics, ep.as_ref(), req).await }
@@ -179,6 +180,32 @@ async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Re
     }
     drain(req.take_body().into_async_read()).await;
     Ok(error_page(StatusCode::BAD_REQUEST))
+}
+
+/// Refuses a request body in a transfer coding other than one `chunked` (review 175): a
+/// coding we do not know gets 501 (RFC 9112 §6.1: "SHOULD respond with 501"), and `chunked`
+/// applied twice ("MUST NOT apply chunked more than once") 400. The HTTP library decodes the
+/// last `chunked` and would hand the handlers what lies under it as if it were the body; nginx
+/// and Go refuse such requests the same way, so what a proxy in front would refuse is not read
+/// differently here.
+async fn refuse_unknown_codings<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
+    let mut chunked = 0;
+    let mut other = false;
+    for value in req.headers().get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                other = true;
+            }
+        }
+    }
+    if !other && chunked <= 1 {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    drain(req.take_body().into_async_read()).await;
+    Ok(error_page(if other { StatusCode::NOT_IMPLEMENTED } else { StatusCode::BAD_REQUEST }))
 }
 
 /// The answer to a form another site's page sent: a 403 page, and nothing else (no cookie).

@@ -264,6 +264,34 @@ async fn an_http1_request_without_one_host_is_refused() {
     assert_eq!(one, "HTTP/1.1 200 OK");
 }
 
+/// A body in a transfer coding other than one `chunked` is refused (RFC 9112 §6.1; review
+/// 175: `chunked, chunked` was decoded once and the rest handed on as the body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_coded_other_than_chunked_once_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let status = |coding: &'static str| {
+        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
+        async move {
+            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
+            let head = format!("POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n{coding}Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n");
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(b"3\r\na=b\r\n0\r\n\r\n").await.unwrap();
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(status("Transfer-Encoding: chunked, chunked\r\n").await, "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        status("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(status("Transfer-Encoding: gzip, chunked\r\n").await, "HTTP/1.1 501 Not Implemented");
+    // One chunked coding is read as ever: the form reaches the sign-in (no token: its 403).
+    assert_eq!(status("Transfer-Encoding: Chunked\r\n").await, "HTTP/1.1 403 Forbidden");
+}
+
 /// An HTTP/2 request whose `Host` names another host than its `:authority` is answered 400
 /// (RFC 9113 §8.3.1; review 175 got 200), one whose `Host` agrees is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
