@@ -154,7 +154,8 @@ async fn refuse_other_sites_requests<E: Endpoint>(ep: &E, mut req: Request) -> p
 /// Refuses with 400 a request whose host is not one (review 175): an HTTP/1.1 request without
 /// a `Host` or with several (RFC 9112 §3.2: "MUST respond with a 400"), one whose `Host` or
 /// `:authority` is not a host (a list, userinfo, a path, empty), and an HTTP/2 one whose
-/// `Host` names another host than its `:authority` (RFC 9113 §8.3.1 calls it malformed).
+/// `Host` names another host than its `:authority` (RFC 9113 §8.3.1 calls it malformed), or
+/// an HTTP/1 one whose absolute-form target names another host than its `Host`.
 /// Nothing here reads the host (redirects are relative or to `public_url`), but a proxy or
 /// cache in front might read the other one.
 async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Result<Response> {
@@ -168,13 +169,11 @@ async fn refuse_unclear_hosts<E: Endpoint>(ep: &E, mut req: Request) -> poem::Re
     let plain = |s: &[u8]| -> Vec<u8> { s.strip_suffix(b":443").unwrap_or(s).to_ascii_lowercase() };
     let unclear = !hosts.iter().all(|h| a_host(h))
         || !authority.is_none_or(a_host)
-        || match req.version() {
-            poem::http::Version::HTTP_11 => hosts.len() != 1,
-            poem::http::Version::HTTP_2 => {
-                hosts.len() > 1 || hosts.first().zip(authority).is_some_and(|(host, a)| plain(host) != plain(a))
-            }
-            _ => hosts.len() > 1,
-        };
+        || hosts.len() > 1
+        || (req.version() == poem::http::Version::HTTP_11 && hosts.is_empty())
+        // An absolute-form target's authority overrides `Host` (RFC 9112 §3.2.2), so the two
+        // must agree, as HTTP/2's do.
+        || hosts.first().zip(authority).is_some_and(|(host, a)| plain(host) != plain(a));
     if !unclear {
         return ep.call(req).await.map(IntoResponse::into_response);
     }

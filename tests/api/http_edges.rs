@@ -262,6 +262,21 @@ async fn an_http1_request_without_one_host_is_refused() {
     let one = status("Host: 127.0.0.1\r\n".into()).await;
     assert_eq!([none.as_str(), two.as_str(), listed.as_str()], ["HTTP/1.1 400 Bad Request"; 3]);
     assert_eq!(one, "HTTP/1.1 200 OK");
+    // An absolute-form target names the host (RFC 9112 §3.2.2): another than `Host` is refused
+    // (review 175 got 200), the same one served.
+    let absolute = |target: &'static str| {
+        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
+        async move {
+            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
+            let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).await.unwrap();
+            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(absolute("https://evil.example/healthz").await, "HTTP/1.1 400 Bad Request");
+    assert_eq!(absolute("https://127.0.0.1/healthz").await, "HTTP/1.1 200 OK");
 }
 
 /// A body in a transfer coding other than one `chunked` is refused (RFC 9112 §6.1; review
