@@ -256,6 +256,37 @@ async fn removing_the_authenticator_app_is_logged_and_sign_in_is_password_only_a
     assert_eq!(resp.status(), 403);
 }
 
+/// A removal or new codes without the field naming what the page showed is a 400 that says
+/// so, not the 409 about another window (review 177's item: no window had changed anything).
+#[tokio::test]
+async fn a_factor_form_without_what_its_page_showed_changes_nothing_and_says_why() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = signed_in(&app, "alice").await;
+    enrol(&app, &alice).await;
+    let page = account_page(&app, &alice).await;
+    let csrf = crate::helpers::hidden_field(&page, "csrf").unwrap();
+    let before = app.state.factors.codes_seen("alice").await.unwrap();
+    for (path, field) in [("/account/totp/remove", "enrolled_at"), ("/account/recovery-codes", "seen")] {
+        for value in [None, Some(""), Some("x")] {
+            let mut form = vec![("csrf", csrf.clone())];
+            form.extend(value.map(|v| (field, v.to_string())));
+            let resp = alice.post(app.url(path)).form(&form).send().await.unwrap();
+            let status = resp.status();
+            let body = resp.text().await.unwrap();
+            if path.ends_with("codes") && value == Some("x") {
+                assert_eq!(status, 409, "{path} {value:?}: a set the page never showed: {body}");
+                continue;
+            }
+            assert_eq!(status, 400, "{path} {value:?}: {body}");
+            assert!(body.contains("did not say which") && body.contains("nothing was changed"), "{body}");
+        }
+    }
+    let summary = app.state.factors.summary("alice").await.unwrap();
+    assert!(summary.totp, "the app stays");
+    assert_eq!(app.state.factors.codes_seen("alice").await.unwrap(), before, "the codes stay");
+}
+
 /// The first second factor ends the sessions signed in with the password alone (review 129:
 /// one kept full access after the owner set up the factor, minted recovery codes that voided
 /// the owner's, and under `second_factor = all` passed as enrolled). The enrolling browser

@@ -1028,10 +1028,11 @@ async fn new_recovery_codes_replace_only_the_set_the_page_showed() {
     assert!(works(shown[0].clone()).await, "the set shown is the one stored");
 
     // A form without `seen` (a page from before the field, a hand-made request) cannot say
-    // which set it replaces: none made (review 101 saw two such at once both answered 200).
+    // which set it replaces: none made (review 101 saw two such at once both answered 200),
+    // and said as a form that lacks it, not as another window's change.
     let [csrf, _] = form().await;
     let resp = browser.post(app.url("/account/recovery-codes")).form(&[csrf]).send().await.unwrap();
-    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.status(), 400);
 }
 
 #[tokio::test]

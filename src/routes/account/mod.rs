@@ -31,6 +31,18 @@ pub struct CsrfOnly {
     pub csrf: String,
 }
 
+/// 400 for an account form without the field naming what its page showed (`enrolled_at`,
+/// `seen`): no page of ours leaves it out, so it is no sign of another window's change (the
+/// 409's words), and nothing is changed since what was meant is unknown.
+fn form_without(what: &str) -> Response {
+    crate::routes::error_page_leading(
+        StatusCode::BAD_REQUEST,
+        "Nothing was changed",
+        &format!("This form did not say which {what} its page showed, so nothing was changed. Open your account page again and use its button."),
+        ("/account", "Your account"),
+    )
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage<'a> {

@@ -177,8 +177,7 @@ struct NewCodesForm {
     #[serde(default)]
     csrf: String,
     /// The codes the page was shown with ([`crate::factors::SecondFactors::codes_seen`]).
-    /// Absent (a page from before the field, a hand-made request) matches no set: 409, as
-    /// a page shown before the codes changed, since what it would replace is unknown.
+    /// Absent (a hand-made request): 400, since what it would replace is unknown.
     #[serde(default)]
     seen: String,
 }
@@ -199,6 +198,9 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         Ok(f) if f.has_second_factor() => {}
         Ok(_) => return see_other("/account"),
         Err(e) => return store_error(&e, "could not read the user's second factors"),
+    }
+    if form.seen.is_empty() {
+        return super::form_without("recovery codes");
     }
     let headline = "Your new recovery codes are ready; the old ones no longer work.";
     issue_codes(&state, &session, headline, Some(&form.seen)).await

@@ -270,8 +270,8 @@ struct RemoveForm {
     #[serde(default)]
     csrf: String,
     /// When the app the page showed was set up (Unix ms): a page shown before the app was
-    /// replaced in another window must not remove the new one (review 137). Absent (a
-    /// hand-made request) matches none: 409, since what it would remove is unknown.
+    /// replaced in another window must not remove the new one (review 137). Absent or
+    /// unreadable (a hand-made request): 400, since what it would remove is unknown.
     #[serde(default)]
     enrolled_at: String,
 }
@@ -286,8 +286,9 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    // An unreadable time names no app: it can match none (`u64::MAX` is no setup time).
-    let shown = form.enrolled_at.parse::<u64>().unwrap_or(u64::MAX);
+    let Ok(shown) = form.enrolled_at.parse::<u64>() else {
+        return super::form_without("authenticator app");
+    };
     let username = &session.user.display_name;
     match state.factors.remove_totp(&session.user.key, Some(shown), Some(&session.token_hash)).await {
         Ok(TotpRemoval::Removed { codes_voided, sessions_ended: Ok(ended) }) => {
