@@ -318,10 +318,16 @@ impl FailureTracker {
             || username.is_some_and(|u| tables.by_username.load(&u, at) >= self.threshold)
     }
 
-    /// Clears the username's count (a success, or `user unlock`) and so its captcha demand;
-    /// returns how many failures it had. Checks in flight stay counted.
+    /// Clears the username's count (`user unlock`) and so its captcha demand; returns how many
+    /// failures it had. Checks in flight stay counted.
     pub fn clear_username(&self, username: u128) -> usize {
         self.lock().by_username.clear(&username)
+    }
+
+    /// The username's failures within the window at `now` (checks in flight not counted).
+    pub fn username_failures(&self, username: u128, now: u64) -> usize {
+        let at = self.at(now);
+        self.lock().by_username.map.get(&username).map_or(0, |e| e.failures(at.since))
     }
 
     pub fn prune(&self, now: u64) {

@@ -20,7 +20,9 @@
 //!    with a second factor, a pending sign-in is started ([`Outcome::SecondFactorNeeded`]) and
 //!    logged (`authn_login_mfa_pending`), and nothing else happens: the username's failures
 //!    stay counted until the second factor is given at [`SignIn::second_step`]. Otherwise the
-//!    username's failure count is cleared, the previous session ends and a new one is made,
+//!    username's failures are counted for the record (and left to lapse: cleared, the name's
+//!    captcha demand would go for real accounts only, a way to tell them from names nobody
+//!    has), the previous session ends and a new one is made,
 //!    and the success is recorded; a success (or a right password owing its second factor)
 //!    that cannot be recorded does not happen.
 //!
@@ -524,13 +526,12 @@ impl SignIn {
         // One step of the state: the check's place given back; the form retired (it signs in
         // once: retired before the session exists, and of two sign-ins sent with one form at
         // once only the first to get here goes on); and, for a user who is signed in by the
-        // password alone, the username's failures cleared (with a second factor owed they stay
-        // counted until it is given).
+        // password alone, the username's failures counted for the success's record.
         let retire = Retire::of(&prelogin);
-        let clear = (!factors.has_second_factor()).then(|| username_digest(&user.key));
+        let tally = (!factors.has_second_factor()).then(|| username_digest(&user.key));
         let ended = match reservation {
-            Some(r) => r.succeed(Some(retire), clear, now_ms()).await?,
-            None => self.state.succeed(None, Some(retire), clear, now_ms()).await?,
+            Some(r) => r.succeed(Some(retire), tally, now_ms()).await?,
+            None => self.state.succeed(None, Some(retire), tally, now_ms()).await?,
         };
         let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
@@ -651,8 +652,8 @@ impl SignIn {
         }
     }
 
-    /// The end of every sign-in, once the username's failures are cleared (`after_failures`:
-    /// how many there were): the browser's previous session ended and a new one made with
+    /// The end of every sign-in, once the username's failures are counted (`after_failures`:
+    /// how many there are within `failure_window`): the browser's previous session ended and a new one made with
     /// the factors and passkey `proved` says in one durable step, the success recorded (a
     /// success that cannot be recorded does not happen). Returns the session's token and the
     /// browser's device cookie's new value, with a token for this user; `None`, with no
@@ -864,13 +865,13 @@ impl SignIn {
                     }
                     return Ok(StepOutcome::Restart);
                 };
-                // The check's place given back and the username's failures cleared, in one
+                // The check's place given back and the username's failures counted, in one
                 // step (the pending sign-in is this user's, so `digest` is theirs).
-                let cleared = match reservation {
+                let counted = match reservation {
                     Some(r) => r.succeed(None, Some(digest), now_ms()).await?,
                     None => self.state.succeed(None, None, Some(digest), now_ms()).await?,
                 };
-                let after_failures = cleared.unwrap_or(0);
+                let after_failures = counted.unwrap_or(0);
                 let with = SignedInWith { factors: Factors::Two, passkey_id };
                 let browser = Browser { session: previous_session.as_ref(), device };
                 let method = match kind {
@@ -1238,7 +1239,31 @@ mod tests {
         assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, &answer).await));
         let elsewhere = crate::client::AddressKey::of("192.0.2.99".parse().unwrap());
         let demanded = f.service.state.needs_captcha(elsewhere, Some(username_digest("alice")), now_ms()).await;
-        assert!(!demanded.unwrap(), "a success clears the username");
+        assert!(demanded.unwrap(), "a success leaves the username's failures to lapse");
+    }
+
+    /// A success leaves the name's captcha demand as an unknown name's stays (review 181: it
+    /// went away when the owner signed in, so anyone who armed a name with failures could tell
+    /// a real account from a name nobody has by watching for that).
+    #[tokio::test]
+    async fn a_names_captcha_demand_goes_the_same_way_whether_or_not_someone_signed_in_as_it() {
+        let f = fixture(None, None, 2).await;
+        // Two failures for each name, from addresses of their own (so the sign-in's is clear).
+        for (i, name) in ["alice", "mallory"].into_iter().enumerate() {
+            let from = crate::client::AddressKey::of(format!("198.51.100.{i}").parse().unwrap());
+            for _ in 0..2 {
+                f.service.state.record_failure(from, Some(username_digest(name)), now_ms()).await.unwrap();
+            }
+        }
+        let form = f.form();
+        f.service.captchas.issue(&form.prelogin, now_ms()).await.unwrap();
+        let answer = f.service.captchas.answer_for_tests(&form.prelogin).unwrap();
+        assert!(signed_in(&f.try_with(&form, &form.csrf, "alice", GOOD, &answer).await));
+        let elsewhere = crate::client::AddressKey::of("192.0.2.99".parse().unwrap());
+        for name in ["alice", "mallory"] {
+            let demanded = f.service.state.needs_captcha(elsewhere, Some(username_digest(name)), now_ms()).await;
+            assert!(demanded.unwrap(), "{name}");
+        }
     }
 
     #[tokio::test]
@@ -1330,6 +1355,9 @@ mod tests {
             down()
         }
         async fn clear_username(&self, _: u128) -> Result<usize, StateError> {
+            down()
+        }
+        async fn username_failures(&self, _: u128, _: u64) -> Result<usize, StateError> {
             down()
         }
         async fn open_challenge(&self, _: [u8; 32], _: [u8; 32], _: u64, _: u64) -> Result<(), StateError> {

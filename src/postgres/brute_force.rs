@@ -261,8 +261,9 @@ pub async fn begin_check(
 /// The end of a password check that did not fail, in one round trip (`bf_end_check`,
 /// migration 8): the place held for `held` (address and username keys; `None`: no
 /// reservation) given back, the pre-login id `retire` (with when it lapses, Unix ms) retired,
-/// and the failures of the username key `clear` forgotten, each when given. `None` when the id
-/// was already retired (nothing cleared then), otherwise how many failures were cleared.
+/// and the failures of the username key `tally` counted (not forgotten: migration 20), each
+/// when given. `None` when the id was already retired, otherwise how many failures `tally`
+/// has within the window at `now_ms` (0 without it).
 /// Commits without waiting for the WAL flush: a sign-in that reports success has flushed it
 /// since (its session); see the migration.
 ///
@@ -273,7 +274,7 @@ pub async fn end_check(
     client: &Client,
     held: Option<(&[u8], &[u8])>,
     retire: Option<(&[u8; 16], u64)>,
-    clear: Option<&[u8]>,
+    tally: Option<&[u8]>,
     now_ms: u64,
 ) -> Result<Option<u64>, PgError> {
     let (address, username) = (held.map(|h| h.0), held.map(|h| h.1));
@@ -281,7 +282,7 @@ pub async fn end_check(
     let row = client
         .query_one(
             "SELECT bf_end_check($1, $2, $3, $4, $5, $6)",
-            &[&address, &username, &id, &expires, &clear, &ms(now_ms)],
+            &[&address, &username, &id, &expires, &tally, &ms(now_ms)],
         )
         .await?;
     Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
@@ -339,8 +340,8 @@ pub async fn needs_captcha(
     Ok(row.get(0))
 }
 
-/// Forgets a username's failures (a successful sign-in, NIST SP 800-63B §5.2.2; or `user
-/// unlock`), not its checks in flight. Returns how many failures still counted at `now_ms`.
+/// Forgets a username's failures (`user unlock`), not its checks in flight. Returns how many
+/// failures still counted at `now_ms`.
 ///
 /// # Errors
 /// [`PgError`] when the database cannot answer.
@@ -354,6 +355,22 @@ pub async fn clear_username(client: &Client, username: &[u8], now_ms: u64) -> Re
         )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// How many failures the username key has within the window at `now_ms` (checks in flight
+/// not counted).
+///
+/// # Errors
+/// [`PgError`] when the database cannot answer.
+pub async fn username_failures(client: &Client, username: &[u8], now_ms: u64) -> Result<u64, PgError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM bf_attempts
+             WHERE scope = 'username' AND key = $1 AND NOT pending AND expires_at_ms > $2",
+            &[&username, &ms(now_ms)],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
 /// Opens a captcha challenge in `slot` (a keyed hash of the visitor's pre-login id), replacing

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0017_passkey_clones.sql"),
     include_str!("migrations/0018_session_continue.sql"),
     include_str!("migrations/0019_used_recovery_codes.sql"),
+    include_str!("migrations/0020_success_keeps_failures.sql"),
 ];
 
 /// The schema version this build writes.

@@ -212,6 +212,12 @@ impl BruteForceState for PgBruteForce {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    async fn username_failures(&self, username: u128, now_ms: u64) -> Result<usize, StateError> {
+        let (c, at) = self.client().await?;
+        let n = bf::username_failures(&c, &username_bytes(username), at.ms(now_ms)).await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     async fn open_challenge(
         &self,
         slot: [u8; 32],
@@ -258,21 +264,21 @@ impl BruteForceState for PgBruteForce {
         &self,
         reservation: Option<Reservation>,
         retire: Option<Retire>,
-        clear: Option<u128>,
+        tally: Option<u128>,
         now_ms: u64,
     ) -> Result<Option<usize>, StateError> {
         let (c, at) = self.client().await?;
         let held = reservation.map(|r| (bf::address_key(r.address), username_bytes(r.username)));
-        let clear = clear.map(username_bytes);
-        let cleared = bf::end_check(
+        let tally = tally.map(username_bytes);
+        let counted = bf::end_check(
             &c,
             held.as_ref().map(|(a, u)| (&a[..], &u[..])),
             retire.as_ref().map(|r| (&r.id, at.ms(r.expires_at_ms))),
-            clear.as_deref(),
+            tally.as_deref(),
             at.ms(now_ms),
         )
         .await?;
-        Ok(cleared.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        Ok(counted.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
     }
 }
 

@@ -186,7 +186,7 @@ impl SignIn {
             }
         };
         // The form signs in once, as for a password, and the username's failures are
-        // cleared, in one step of the state.
+        // counted for the record, in one step of the state.
         let retire = Retire::of(&prelogin);
         let ended = self.state.succeed(None, Some(retire), Some(username_digest(&user.key)), now_ms()).await?;
         let Some(after_failures) = ended else {

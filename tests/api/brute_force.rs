@@ -121,6 +121,36 @@ async fn after_n_failures_on_a_username_from_many_addresses_that_username_needs_
     }
 }
 
+/// Whether a name has an account does not show in its captcha demand (review 181): after
+/// three failures each, `alice` (whose owner then signs in) and `ghost` (nobody) both keep
+/// demanding a picture of everyone until the failures lapse. A success cleared the count, so
+/// an anonymous client polling `GET /login?username=` told real, active accounts apart.
+#[tokio::test]
+async fn a_names_captcha_demand_does_not_tell_whether_its_owner_signed_in() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 3).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    for (i, name) in ["alice", "ghost"].into_iter().enumerate() {
+        for j in 0..3 {
+            let mut v = Visitor::new(&app, Some(&format!("192.0.2.{}", 10 * i + j)));
+            assert_eq!(v.attempt(name, "wrong wrong wrong", None).await.0, 401);
+        }
+    }
+    let mut owner = Visitor::new(&app, Some("203.0.113.7"));
+    let (_, page) = owner.get("/login?username=alice").await;
+    assert!(shows_captcha(&page), "{page}");
+    let answer = owner.captcha_answer().unwrap();
+    let resp = owner.submit(&page, "alice", GOOD_PASSWORD, Some(&answer)).await;
+    assert_eq!(resp.status(), 303, "the owner signs in");
+    let mut watcher = Visitor::new(&app, Some("198.51.100.9"));
+    for name in ["alice", "ghost"] {
+        let (status, page) = watcher.get(&format!("/login?username={name}")).await;
+        assert_eq!(status, 200);
+        assert!(shows_captcha(&page), "{name}: the demand stays until the failures lapse");
+    }
+    let success = app.log_lines().into_iter().find(|l| l["event"] == "authn_login_successafterfail");
+    assert_eq!(success.expect("the success after failures")["failures"], 3);
+}
+
 /// Another site's page cannot spend a visitor's captcha pictures through `GET /login`
 /// (review 168: 60 `<img src=".../login?username=hammered">` on another site spent the
 /// address's quota of pictures, and the real user behind it got none), nor have a name filled

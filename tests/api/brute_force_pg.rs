@@ -94,9 +94,9 @@ async fn a_pre_login_id_is_retired_once_by_concurrent_sign_ins_on_two_instances(
 }
 
 #[tokio::test]
-async fn a_success_ends_its_check_retires_its_form_once_and_clears_the_username_on_every_instance() {
+async fn a_success_ends_its_check_retires_its_form_once_and_counts_the_username_on_every_instance() {
     let Some((one, two)) = two_instances(3).await else { return };
-    conformance::a_success_ends_its_check_retires_its_form_and_clears_the_username(&one, &two).await;
+    conformance::a_success_ends_its_check_retires_its_form_and_counts_the_username(&one, &two).await;
 }
 
 #[tokio::test]

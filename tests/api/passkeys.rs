@@ -1086,7 +1086,10 @@ async fn wrong_passwords_typed_by_others_do_not_end_a_passkey_check_under_way() 
     assert_eq!(resp.headers()["location"], "/");
     assert!(signed_in(&app, &browser).await);
     assert!(!app.log_text().contains("captcha_required"), "{}", app.log_text());
-    assert!(!state.needs_captcha(elsewhere, Some(digest), now_ms()).await.unwrap(), "a sign-in clears the username's");
+    assert!(
+        state.needs_captcha(elsewhere, Some(digest), now_ms()).await.unwrap(),
+        "a sign-in leaves the username's failures to lapse (review 181)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
