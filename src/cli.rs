@@ -847,14 +847,16 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
     // would leave files the server cannot open, and follow links its owner planted. Its
     // socket is the way in.
     if let Some(uid) = crate::store::foreign_owner(&settings.data_dir) {
-        // Root is told only to start the server: "or as root" would be no advice to root.
-        let who = if crate::store::effective_uid() == 0 {
-            String::new()
-        } else {
-            format!("run it as uid {uid} or as root, ")
-        };
+        // Root is told only to start the server: "or as root" would be no advice to root
+        // (review 157), and nothing answered root, so no server is running (review 182).
+        if crate::store::effective_uid() == 0 {
+            bail!(
+                "{} belongs to uid {uid} and no server answered on its admin socket: start the server, then run the command again (the commands go through it)",
+                settings.data_dir.display()
+            );
+        }
         bail!(
-            "{} belongs to uid {uid} and its admin socket took no command from this user: {who}with the server running (the commands go through it)",
+            "{} belongs to uid {uid} and its admin socket took no command from this user: run it as uid {uid} or as root, with the server running (the commands go through it)",
             settings.data_dir.display()
         );
     }
@@ -870,6 +872,14 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         // without its database_url (kept in an EnvironmentFile, say) must not make a new, empty
         // sled store there and report success.
         if settings.data_dir.join(crate::factors::key::KEY_FILE).exists() {
+            // sled's other files there: the store's `db` was lost, not a PostgreSQL instance's
+            // directory (review 182).
+            if Store::has_remains(&settings.data_dir) {
+                bail!(
+                    "the store in {} is damaged (its db file is missing): restore it from a backup (README, \"Backups and upgrades\")",
+                    printable(&absolute(&settings.data_dir).display().to_string())
+                );
+            }
             bail!(
                 "{} holds a factor key but no store: set database_url (or PORTCULLIS_DATABASE_URL) as the servers have it",
                 printable(&absolute(&settings.data_dir).display().to_string())

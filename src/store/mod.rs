@@ -880,6 +880,12 @@ impl Store {
         self::sled::SledStore::exists(dir)
     }
 
+    /// Whether `dir` holds sled's files other than `db` (`conf`, `snap.*`, `blobs`): what is
+    /// left of a store whose `db` is gone.
+    pub fn has_remains(dir: &Path) -> bool {
+        self::sled::SledStore::has_remains(dir)
+    }
+
     /// Opens (creating if needed) the sled store in `dir`. Only one process may hold it.
     ///
     /// # Errors

@@ -326,6 +326,16 @@ impl SledStore {
         dir.join("db").exists()
     }
 
+    /// Whether `dir` holds sled's files other than `db`.
+    pub fn has_remains(dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else { return false };
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == "conf" || name == "blobs" || name.starts_with("snap.")
+        })
+    }
+
     /// Opens (creating if needed) the store in `dir`. Only one process may hold it.
     ///
     /// # Errors
@@ -345,6 +355,11 @@ impl SledStore {
         super::ensure_private_dir(dir, is_store_file).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         super::fs::refuse_links(dir, |name| matches!(name, "db" | "conf" | "blobs") || name.starts_with("snap."))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        // A store opened before has its metadata durable (the first open flushes it), and the
+        // factor key is made after that; a store with the key and without the metadata lost
+        // its contents (review 182: `db` cut short with its snapshot gone opened empty, and the
+        // server made a new administrator as at a first start).
+        let used_before = dir.join("db").exists() && dir.join(crate::factors::key::KEY_FILE).exists();
         let db = match ::sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open() {
             Ok(db) => db,
             Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -370,6 +385,13 @@ impl SledStore {
             }
             Err(e) => return Err(e.into()),
         };
+        // Asked without opening the tree, which would write to what is refused.
+        let has_meta = db.tree_names().iter().any(|name| name.as_ref() == b"meta");
+        if used_before && (!has_meta || db.open_tree("meta")?.get("schema")?.is_none()) {
+            return Err(StoreError::Unavailable(
+                "its files are damaged (what it held is gone, the factor key beside it is not): restore it from a backup (README, \"Backups and upgrades\")".into(),
+            ));
+        }
         let fault = Fault::new();
         let store = SledStore {
             users: db.open_tree("users")?,
@@ -2283,6 +2305,32 @@ mod tests {
         std::fs::write(dir.path().join("snap.0000000000001000"), [0xA5; 100]).unwrap();
         let e = SledStore::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains("its files are damaged") && e.contains("restore it from a backup"), "{e}");
+    }
+
+    /// A store that lost what it held (review 182: `db` cut short with the snapshot gone opened
+    /// empty, and the server made a new administrator as at a first start) is refused when
+    /// the factor key beside it shows it had been used; a store with its metadata, or a new
+    /// one, opens.
+    #[test]
+    fn a_store_emptied_beside_its_factor_key_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join(crate::factors::key::KEY_FILE), "00").unwrap();
+        drop(SledStore::open(dir.path()).expect("used before, whole"));
+        // What is left when sled's files lose their contents: a store without its metadata.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "db" || name == "conf" || name.starts_with("snap.") {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        drop(::sled::Config::new().path(dir.path()).open().unwrap());
+        let e = SledStore::open(dir.path()).err().expect("opened as if new").to_string();
+        assert!(e.contains("its files are damaged") && e.contains("restore it from a backup"), "{e}");
+        // Without the key it is taken for a new store, as at a first start.
+        std::fs::remove_file(dir.path().join(crate::factors::key::KEY_FILE)).unwrap();
+        drop(SledStore::open(dir.path()).expect("a new store"));
     }
 
     #[test]

@@ -531,8 +531,10 @@ async fn root_never_opens_another_users_store_or_log_directory() {
         let run = child::cli(dir.path(), args, password).await;
         let line = run.assert_one_line_failure(&args.join(" "));
         assert!(line.contains("belongs to uid 4242"), "{args:?}: {line}");
-        // Root is not told to run it as root (review 157).
+        // Root is not told to run it as root (review 157), but to start the server, since
+        // none answered (review 182: the sentence read as if one ran).
         assert!(!line.contains("or as root"), "{args:?}: {line}");
+        assert!(!line.contains("admin socket") || line.contains("no server answered"), "{args:?}: {line}");
     }
     for d in ["data", "logs"] {
         assert_eq!(std::fs::read_dir(dir.path().join(d)).unwrap().count(), 0, "nothing written in {d}");
@@ -629,6 +631,12 @@ async fn a_command_in_a_database_instances_data_dir_without_database_url_is_refu
     cli(dir.path(), &["user", "list"]).await.assert_one_line_failure("user list");
     let left: Vec<_> = std::fs::read_dir(dir.path().join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["factor.key"], "no store made beside the key");
+    // With sled's other files there, the store lost its `db`: said so, not sent to PostgreSQL
+    // (review 182).
+    std::fs::write(dir.path().join("data/conf"), "segment_size: 524288\n").unwrap();
+    let run = cli(dir.path(), &["user", "list"]).await;
+    let line = run.assert_one_line_failure("user list without db");
+    assert!(line.contains("is damaged (its db file is missing)") && !line.contains("database_url"), "{line}");
 }
 
 /// A store another user's files keep this process from opening is named as such, with the
