@@ -405,6 +405,22 @@ pub fn foreign_entry(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
     })
 }
 
+/// The first entry of `dir` (or `dir` itself) whose owner may not both read and write it (and,
+/// for a directory, enter it), with its mode: what a permission error in a store of one's own
+/// comes from, which sled does not name.
+pub fn entry_closed_to_its_owner(dir: &Path) -> Option<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let closed = |p: &Path, meta: std::io::Result<std::fs::Metadata>| {
+        let meta = meta.ok()?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let needed = if meta.is_dir() { 0o700 } else { 0o600 };
+        (!meta.file_type().is_symlink() && mode & needed != needed).then(|| (p.to_path_buf(), mode))
+    };
+    closed(dir, std::fs::metadata(dir)).or_else(|| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| closed(&e.path(), std::fs::symlink_metadata(e.path())))
+    })
+}
+
 /// Sets the process's file-creation mask to 0o077, so that every file and directory this
 /// process creates (store files, log files, the generated key, the admin socket) is readable
 /// only by its owner, whatever the mask it was started with (issue 11 §4; ASVS 4.0 V14.1).

@@ -372,7 +372,14 @@ impl SledStore {
                     Some((path, uid)) => {
                         format!("{} belongs to uid {uid}: run portcullis as its owner", path.display())
                     }
-                    None => e.to_string(),
+                    // Ours, but closed to us (review 182: a `db` of mode 0400 was "Permission
+                    // denied" alone).
+                    None => match super::fs::entry_closed_to_its_owner(dir) {
+                        Some((path, mode)) => {
+                            format!("{} has mode {mode:o}: its owner must be able to read and write it ({e})", path.display())
+                        }
+                        None => e.to_string(),
+                    },
                 };
                 return Err(StoreError::Unavailable(why.into()));
             }

@@ -673,6 +673,14 @@ async fn a_store_another_users_files_keep_closed_is_named_with_its_owner() {
     let refused = as_other(dir.path(), &["user", "list"]).await;
     let line = refused.assert_one_line_failure("user list on a store with a file of root's");
     assert!(line.contains("conf") && line.contains("belongs to uid 0"), "{line}");
+
+    // The other user's own store, its `db` closed to its owner: named, with the mode (review
+    // 182: "Permission denied (os error 13)" alone).
+    std::os::unix::fs::chown(data.join("conf"), Some(OTHER), Some(OTHER)).unwrap();
+    std::fs::set_permissions(data.join("db"), std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let refused = as_other(dir.path(), &["user", "list"]).await;
+    let line = refused.assert_one_line_failure("user list on a db of mode 0400");
+    assert!(line.contains("db has mode 400"), "{line}");
 }
 
 /// The CLI talks only to the server of its data_dir: an `admin.sock` that is a link (to
