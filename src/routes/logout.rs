@@ -126,6 +126,15 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
     if let Ok(v) = cookies::clear(SESSION_COOKIE).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
+    // The session's other cookies go with it: bound to it, they are worth nothing now, but
+    // with `cookie_domain` every gated host would go on receiving them (review 183).
+    for name in [crate::routes::account::confirm::CONFIRMED_COOKIE, crate::routes::flash::FLASH_COOKIE] {
+        if cookies::get(req, name).is_some() {
+            if let Ok(v) = cookies::clear(name).parse() {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+    }
     resp
 }
 

@@ -19,6 +19,29 @@ async fn logout_ends_the_session_on_the_server_and_a_replayed_cookie_fails() {
     assert_eq!(resp.headers()["location"], "/login");
 }
 
+/// The session's other cookies (a password confirmation, a notice) go with it: with
+/// `cookie_domain` every gated host went on receiving them for minutes (review 183).
+#[tokio::test]
+async fn logout_clears_the_sessions_other_cookies_too() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.login("alice", GOOD_PASSWORD).await;
+    let csrf = app.home_csrf(&app.client).await;
+    let resp = app
+        .client
+        .post(app.url("/logout"))
+        .header("cookie", "__Host-portcullis-confirmed=1.x; __Host-portcullis-flash=y")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let set = set_cookies(&resp);
+    for name in ["__Host-portcullis=", "__Host-portcullis-confirmed=", "__Host-portcullis-flash="] {
+        assert!(set.iter().any(|c| c.starts_with(name) && c.contains("Max-Age=0")), "{name}: {set:?}");
+    }
+}
+
 #[tokio::test]
 async fn logout_without_the_sessions_csrf_token_is_refused() {
     let app = spawn_app().await;
