@@ -376,7 +376,7 @@ pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (
             let username = session.as_ref().map(|s| s.user.display_name.as_str()).unwrap_or("");
             let path = target.path_and_query.split('?').next().unwrap_or("");
             state.audit.authz_denied(username, &client, &target.host, path, &by);
-            (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden)
+            (denied(), AuthzResult::Forbidden)
         }
     }
 }
@@ -397,6 +397,18 @@ fn allowed_for(decision: Decision, factors: Option<Factors>) -> Option<bool> {
 /// browser, so it says nothing).
 fn status(code: StatusCode) -> Response {
     Response::builder().status(code).finish()
+}
+
+/// The 403 of a rule's denial, with a line of text: Caddy and Traefik hand it to the browser
+/// as it is, and an empty one showed as a blank page (review 183). Text, not one of our
+/// pages: it is shown at the gated application's address, where our page's links and
+/// stylesheet would name the application's paths. (nginx's `auth_request` keeps only the
+/// status; contrib's configuration answers with the same line.)
+fn denied() -> Response {
+    Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .content_type("text/plain; charset=utf-8")
+        .body("You do not have access to this page.\n")
 }
 
 /// The value of a header given at most once, as text.

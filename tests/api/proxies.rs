@@ -593,6 +593,21 @@ async fn the_whole_story(app: &TestApp, pki: &Pki, proxy: &Proxy) {
         let plain = !path.starts_with("//");
         assert!(if plain { status == StatusCode::FORBIDDEN } else { status.as_u16() >= 400 }, "{path}: {status}");
     }
+    // The proxy's answers for portcullis (the denial, the sign-in redirect, a script's 401)
+    // are kept from caches and sniffing and name no proxy version (review 183: nginx's own
+    // pages, with `Server: nginx/1.22.1`).
+    let denial = alice.get(format!("{base}/denied")).header("accept", PAGE).send().await.unwrap();
+    let redirect = anonymous.get(format!("{base}/x")).header("accept", PAGE).send().await.unwrap();
+    let script = anonymous.get(format!("{base}/api/data")).send().await.unwrap();
+    for (what, resp) in [("denial", &denial), ("redirect", &redirect), ("script", &script)] {
+        let h = resp.headers();
+        assert_eq!(h.get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"), "{what}: {h:?}");
+        assert_eq!(h.get("x-content-type-options").map(|v| v.to_str().unwrap()), Some("nosniff"), "{what}: {h:?}");
+        let server = h.get("server").map_or("", |v| v.to_str().unwrap());
+        assert!(!server.contains('/'), "{what}: {server}");
+    }
+    assert_eq!(denial.status(), StatusCode::FORBIDDEN);
+    assert!(denial.headers().contains_key("content-type"), "a page a browser shows: {:?}", denial.headers());
     // Dot segments, which these proxies pass on as sent and applications read two ways
     // (Go's servers resolve them, Flask and Express route them as written), never reach the
     // application past a rule (found by a review: an anonymous visitor reached a denied path
