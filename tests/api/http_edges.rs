@@ -234,23 +234,27 @@ async fn head_over_http2_on_error_answers_ends_cleanly_with_the_headers() {
     }
 }
 
+/// The status line of the answer to `request`, sent as it is on a new HTTP/1.1 connection
+/// (which it should close: `Connection: close`).
+async fn status_line(app: &crate::helpers::TestApp, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn =
+        crate::stalls::tls(&app.settings.cert_dir, app.addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
+    conn.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got).await;
+    String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+}
+
 /// An HTTP/1.1 request without a `Host`, or with two, is answered 400 (RFC 9112 §3.2: "MUST
 /// respond with a 400"; review 175 got 200 for both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_request_without_one_host_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
     let status = |head: String| {
-        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
-        async move {
-            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
-            conn.write_all(format!("GET /healthz HTTP/1.1\r\n{head}Connection: close\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut got = Vec::new();
-            conn.read_to_end(&mut got).await.unwrap();
-            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
-        }
+        let request = format!("GET /healthz HTTP/1.1\r\n{head}Connection: close\r\n\r\n");
+        let app = &app;
+        async move { status_line(app, request.as_bytes()).await }
     };
     let none = status(String::new()).await;
     let two = status("Host: a\r\nHost: b\r\n".into()).await;
@@ -264,38 +268,23 @@ async fn an_http1_request_without_one_host_is_refused() {
     assert_eq!(one, "HTTP/1.1 200 OK");
     // An absolute-form target names the host (RFC 9112 §3.2.2): another than `Host` is refused
     // (review 175 got 200), the same one served.
-    let absolute = |target: &'static str| {
-        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
-        async move {
-            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
-            let head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-            conn.write_all(head.as_bytes()).await.unwrap();
-            let mut got = Vec::new();
-            conn.read_to_end(&mut got).await.unwrap();
-            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
-        }
-    };
-    assert_eq!(absolute("https://evil.example/healthz").await, "HTTP/1.1 400 Bad Request");
-    assert_eq!(absolute("https://127.0.0.1/healthz").await, "HTTP/1.1 200 OK");
+    for (target, want) in
+        [("https://evil.example/healthz", "HTTP/1.1 400 Bad Request"), ("https://127.0.0.1/healthz", "HTTP/1.1 200 OK")]
+    {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(status_line(&app, request.as_bytes()).await, want, "{target}");
+    }
 }
 
 /// A body in a transfer coding other than one `chunked` is refused (RFC 9112 §6.1; review
 /// 175: `chunked, chunked` was decoded once and the rest handed on as the body).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_coded_other_than_chunked_once_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
     let status = |coding: &'static str| {
-        let (certs, addr) = (app.settings.cert_dir.clone(), app.addr);
-        async move {
-            let mut conn = crate::stalls::tls(&certs, addr, "127.0.0.1".parse().unwrap(), &[b"http/1.1"]).await;
-            let head = format!("POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n{coding}Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n");
-            conn.write_all(head.as_bytes()).await.unwrap();
-            conn.write_all(b"3\r\na=b\r\n0\r\n\r\n").await.unwrap();
-            let mut got = Vec::new();
-            let _ = conn.read_to_end(&mut got).await;
-            String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
-        }
+        let request = format!("POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n{coding}Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n3\r\na=b\r\n0\r\n\r\n");
+        let app = &app;
+        async move { status_line(app, request.as_bytes()).await }
     };
     assert_eq!(status("Transfer-Encoding: chunked, chunked\r\n").await, "HTTP/1.1 400 Bad Request");
     assert_eq!(
