@@ -21,7 +21,7 @@ use crate::captcha::ChallengeTable;
 use crate::client::AddressKey;
 use crate::config::Rate;
 use crate::csrf::RetiredSet;
-use crate::failures::{CaptchaDemanded, FailureTracker, Recorded, Reservation};
+use crate::failures::{Asker, CaptchaDemanded, FailureTracker, Recorded, Reservation};
 use crate::rate_limit::LoginQuotas;
 
 /// The shared state cannot be reached or written: the attempt is refused with a 503 (fail
@@ -140,11 +140,13 @@ pub trait BruteForceState: Send + Sync {
     /// comes (its holder died, or its release was lost to an outage) it stops counting at
     /// `now_ms` plus [`crate::failures::RESERVATION_HOLD`] on every engine, so it cannot keep
     /// the real user behind a captcha. A failure counts for the whole window from when it
-    /// lands, whenever that is.
+    /// lands, whenever that is. For an [`Asker::KnownBrowser`] only the address's count can
+    /// demand the captcha; the reservation holds a place in both counts all the same.
     async fn reserve(
         &self,
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Result<Reservation, CaptchaDemanded>, StateError>;
 
@@ -209,12 +211,13 @@ pub trait BruteForceState: Send + Sync {
         prelogin: [u8; 16],
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
         if self.is_retired(prelogin).await? {
             return Ok(None);
         }
-        Ok(Some(self.reserve(address, username, now_ms).await?))
+        Ok(Some(self.reserve(address, username, asker, now_ms).await?))
     }
 
     /// The end of a check that did not fail, at `now_ms`: `reservation`'s place given back
@@ -301,9 +304,10 @@ impl BruteForceState for InMemory {
         &self,
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Result<Reservation, CaptchaDemanded>, StateError> {
-        Ok(self.failures.reserve(address, username, now_ms))
+        Ok(self.failures.reserve(address, username, asker, now_ms))
     }
 
     async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
@@ -465,7 +469,7 @@ pub mod conformance {
         let tasks: Vec<_> = (0..32u8)
             .map(|i| {
                 let s = if i % 2 == 0 { Arc::clone(one) } else { Arc::clone(two) };
-                tokio::spawn(async move { (i, s.reserve(ip(i), alice, 1000).await.unwrap()) })
+                tokio::spawn(async move { (i, s.reserve(ip(i), alice, Asker::Stranger, 1000).await.unwrap()) })
             })
             .collect();
         let mut granted = Vec::new();
@@ -492,16 +496,16 @@ pub mod conformance {
     /// are given back to every instance.
     pub async fn released_or_dropped_reservations_are_given_back(one: &State, two: &State) {
         let alice = username_digest("alice");
-        let r = one.reserve(ip(1), alice, 1000).await.unwrap().unwrap();
-        assert!(two.reserve(ip(2), alice, 1000).await.unwrap().is_err(), "held");
+        let r = one.reserve(ip(1), alice, Asker::Stranger, 1000).await.unwrap().unwrap();
+        assert!(two.reserve(ip(2), alice, Asker::Stranger, 1000).await.unwrap().is_err(), "held");
         two.release(r).await.unwrap();
-        let r = two.reserve(ip(2), alice, 1000).await.unwrap().expect("given back");
+        let r = two.reserve(ip(2), alice, Asker::Stranger, 1000).await.unwrap().expect("given back");
         let held = Held::new(Arc::clone(two), r);
-        assert!(one.reserve(ip(3), alice, 1000).await.unwrap().is_err());
+        assert!(one.reserve(ip(3), alice, Asker::Stranger, 1000).await.unwrap().is_err());
         drop(held);
         // The release runs as a task of its own: let it.
         for _ in 0..500 {
-            if one.reserve(ip(3), alice, 1000).await.unwrap().is_ok() {
+            if one.reserve(ip(3), alice, Asker::Stranger, 1000).await.unwrap().is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -516,22 +520,25 @@ pub mod conformance {
     pub async fn a_stranded_reservation_stops_counting_after_its_lifetime(one: &State, two: &State) {
         use crate::failures::RESERVATION_HOLD_MS as HOLD;
         let alice = username_digest("alice");
-        let _stranded = one.reserve(ip(1), alice, 1000).await.unwrap().unwrap();
-        assert!(two.reserve(ip(2), alice, 1000 + HOLD - 1).await.unwrap().is_err(), "held while it may run");
+        let _stranded = one.reserve(ip(1), alice, Asker::Stranger, 1000).await.unwrap().unwrap();
+        assert!(
+            two.reserve(ip(2), alice, Asker::Stranger, 1000 + HOLD - 1).await.unwrap().is_err(),
+            "held while it may run"
+        );
         assert!(two.needs_captcha(ip(2), Some(alice), 1000 + HOLD - 1).await.unwrap());
         assert!(!two.needs_captcha(ip(2), Some(alice), 1000 + HOLD).await.unwrap(), "lapsed");
         assert!(!one.needs_captcha(ip(1), None, 1000 + HOLD).await.unwrap(), "for its address too");
         // The real user's checks go on as if it had never been, however many.
         for n in 0..3 {
             let t = 1000 + HOLD + n;
-            let r = two.reserve(ip(2), alice, t).await.unwrap().expect("not held by the stranded one");
+            let r = two.reserve(ip(2), alice, Asker::Stranger, t).await.unwrap().expect("not held by the stranded one");
             one.release(r).await.unwrap();
             assert!(!two.needs_captcha(ip(2), Some(alice), t).await.unwrap(), "each end gives its place back");
         }
         one.prune(1000 + HOLD + 10).await.unwrap();
         // A check that fails late counts for the whole window (60 s) from its failure.
         let bob = username_digest("bob");
-        let r = two.reserve(ip(3), bob, 200_000).await.unwrap().unwrap();
+        let r = two.reserve(ip(3), bob, Asker::Stranger, 200_000).await.unwrap().unwrap();
         let failed_at = 200_000 + HOLD - 1;
         one.fail(r, failed_at).await.unwrap();
         assert!(two.needs_captcha(ip(4), Some(bob), 200_000 + HOLD + 1).await.unwrap(), "past the hold, in the window");
@@ -545,10 +552,18 @@ pub mod conformance {
     pub async fn a_success_ends_its_check_retires_its_form_and_counts_the_username(one: &State, two: &State) {
         let alice = username_digest("alice");
         two.record_failure(ip(9), Some(alice), 1000).await.unwrap();
-        let r = one.reserve_for_form([3; 16], ip(1), alice, 1000).await.unwrap().expect("not retired").unwrap();
+        let r = one
+            .reserve_for_form([3; 16], ip(1), alice, Asker::Stranger, 1000)
+            .await
+            .unwrap()
+            .expect("not retired")
+            .unwrap();
         let retire = Retire { id: [3; 16], expires_at_ms: 10_000 };
         assert_eq!(two.succeed(Some(r), Some(retire), Some(alice), 1001).await.unwrap(), Some(1), "one counted");
-        assert!(one.reserve_for_form([3; 16], ip(1), alice, 1002).await.unwrap().is_none(), "the form is retired");
+        assert!(
+            one.reserve_for_form([3; 16], ip(1), alice, Asker::Stranger, 1002).await.unwrap().is_none(),
+            "the form is retired"
+        );
         assert!(two.is_retired([3; 16]).await.unwrap());
         assert_eq!(one.succeed(None, Some(retire), Some(alice), 1002).await.unwrap(), None, "retired once");
         assert_eq!(one.username_failures(alice, 1002).await.unwrap(), 1, "the failure stays");
@@ -556,14 +571,40 @@ pub mod conformance {
         // Neither the failure nor the check is counted any more: three places are free.
         let mut held = Vec::new();
         for i in 0..3 {
-            let r = two.reserve_for_form([10 + i; 16], ip(2), alice, 1003).await.unwrap().unwrap();
+            let r = two.reserve_for_form([10 + i; 16], ip(2), alice, Asker::Stranger, 1003).await.unwrap().unwrap();
             held.push(r.expect("a free place"));
         }
-        assert!(one.reserve(ip(3), alice, 1003).await.unwrap().is_err(), "the threshold still holds");
+        assert!(one.reserve(ip(3), alice, Asker::Stranger, 1003).await.unwrap().is_err(), "the threshold still holds");
         for r in held {
             assert_eq!(one.succeed(Some(r), None, None, 1004).await.unwrap(), Some(0), "a bare release");
         }
         assert!(!two.needs_captcha(ip(2), Some(alice), 1004).await.unwrap(), "every place given back");
+    }
+
+    /// With a threshold of 3: a known browser is demanded a captcha by its address's count
+    /// alone, on every instance; its reservation still holds the username's place (a stranger
+    /// meets it) and its failure counts for the username.
+    pub async fn a_known_browser_meets_its_addresss_threshold_alone(one: &State, two: &State) {
+        let carol = username_digest("carol");
+        for i in 0..3 {
+            two.record_failure(ip(70 + i), Some(carol), 1000).await.unwrap();
+        }
+        assert!(one.reserve(ip(80), carol, Asker::Stranger, 1001).await.unwrap().is_err(), "a stranger");
+        let r = one.reserve(ip(80), carol, Asker::KnownBrowser, 1001).await.unwrap().expect("a known browser");
+        two.release(r).await.unwrap();
+        // (Counts stop at the threshold: a name below it shows a known browser's failure.)
+        let dave = username_digest("dave");
+        let r = one.reserve(ip(80), dave, Asker::KnownBrowser, 1001).await.unwrap().unwrap();
+        two.fail(r, 1002).await.unwrap();
+        assert_eq!(one.username_failures(dave, 1003).await.unwrap(), 1, "its failure counts for the name");
+        let held = two.reserve_for_form([40; 16], ip(81), carol, Asker::KnownBrowser, 1003).await.unwrap();
+        let held = held.expect("not retired").expect("through a form too");
+        one.release(held).await.unwrap();
+        // Its address's own count demands one of it as of anyone.
+        for _ in 0..2 {
+            one.record_failure(ip(80), None, 1004).await.unwrap();
+        }
+        assert!(two.reserve(ip(80), carol, Asker::KnownBrowser, 1005).await.unwrap().is_err(), "its address");
     }
 
     /// With a threshold of 3: where a failure says whether a captcha is now demanded, it says
@@ -571,7 +612,7 @@ pub mod conformance {
     pub async fn a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(one: &State, two: &State) {
         let bob = username_digest("bob");
         for i in 0..4u8 {
-            let counted = match one.reserve(ip(20 + i), bob, 1000).await.unwrap() {
+            let counted = match one.reserve(ip(20 + i), bob, Asker::Stranger, 1000).await.unwrap() {
                 Ok(r) => two.fail(r, 1000).await.unwrap(),
                 Err(CaptchaDemanded) => two.record_failure(ip(20 + i), Some(bob), 1000).await.unwrap(),
             };
@@ -683,6 +724,12 @@ mod tests {
     async fn a_success_ends_its_check_retires_its_form_once_and_counts_the_username() {
         let s = state(3);
         conformance::a_success_ends_its_check_retires_its_form_and_counts_the_username(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_known_browser_meets_its_addresss_threshold_alone() {
+        let s = state(3);
+        conformance::a_known_browser_meets_its_addresss_threshold_alone(&s, &s).await;
     }
 
     #[tokio::test]

@@ -195,6 +195,19 @@ pub struct Recorded {
 #[derive(Debug, PartialEq, Eq)]
 pub struct CaptchaDemanded;
 
+/// Who asks for a password check, for whose counts may demand a captcha of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asker {
+    /// A browser with no device token of the user's current credential generation: the
+    /// address's and the username's counts both demand one.
+    Stranger,
+    /// A browser the user signed in with before (a device token of the user's generation):
+    /// only its address's count demands one, so failures others cause for the name do not
+    /// put its owner's browsers behind a picture (OWASP, "Slow Down Online Guessing Attacks
+    /// with Device Cookies"). Its checks and failures still count for the username.
+    KnownBrowser,
+}
+
 /// A password check allowed to run without a captcha, counted while it runs, as plain
 /// values (so a shared store can hold it too). It must end in [`FailureTracker::fail`] or
 /// [`FailureTracker::release`] (a success, a quota refusal, an overloaded pool, an error).
@@ -255,11 +268,17 @@ impl FailureTracker {
     /// # Errors
     /// [`CaptchaDemanded`] when the address's or the username's failures plus checks in
     /// flight within the window have reached `captcha_after_failures`.
-    pub fn reserve(&self, address: AddressKey, username: u128, now: u64) -> Result<Reservation, CaptchaDemanded> {
+    pub fn reserve(
+        &self,
+        address: AddressKey,
+        username: u128,
+        asker: Asker,
+        now: u64,
+    ) -> Result<Reservation, CaptchaDemanded> {
         let at = self.at(now);
         let mut tables = self.lock();
         if tables.by_address.load(&address, at) >= self.threshold
-            || tables.by_username.load(&username, at) >= self.threshold
+            || (asker == Asker::Stranger && tables.by_username.load(&username, at) >= self.threshold)
         {
             return Err(CaptchaDemanded);
         }
@@ -393,10 +412,19 @@ mod tests {
     fn at_most_the_threshold_of_checks_run_at_once_before_a_captcha() {
         let t = FailureTracker::new(Duration::from_secs(60), 3);
         let ip = key("192.0.2.1");
-        let held: Vec<_> = (0..3).map(|_| t.reserve(ip, d("alice"), 1000).expect("within the threshold")).collect();
-        assert_eq!(t.reserve(ip, d("alice"), 1000).err(), Some(CaptchaDemanded), "three checks in flight");
-        assert_eq!(t.reserve(key("192.0.2.9"), d("alice"), 1000).err(), Some(CaptchaDemanded), "per username too");
-        assert_eq!(t.reserve(ip, d("bob"), 1000).err(), Some(CaptchaDemanded), "per address too");
+        let held: Vec<_> =
+            (0..3).map(|_| t.reserve(ip, d("alice"), Asker::Stranger, 1000).expect("within the threshold")).collect();
+        assert_eq!(
+            t.reserve(ip, d("alice"), Asker::Stranger, 1000).err(),
+            Some(CaptchaDemanded),
+            "three checks in flight"
+        );
+        assert_eq!(
+            t.reserve(key("192.0.2.9"), d("alice"), Asker::Stranger, 1000).err(),
+            Some(CaptchaDemanded),
+            "per username too"
+        );
+        assert_eq!(t.reserve(ip, d("bob"), Asker::Stranger, 1000).err(), Some(CaptchaDemanded), "per address too");
         assert!(t.needs_captcha(ip, "carol", 1000));
         let crossings: Vec<bool> = held.into_iter().map(|r| t.fail(r, 1001).reached_threshold).collect();
         assert_eq!(crossings, [false, false, true], "the crossing is reported once");
@@ -407,10 +435,10 @@ mod tests {
     fn a_released_reservation_gives_its_place_back() {
         let t = FailureTracker::new(Duration::from_secs(60), 1);
         let ip = key("192.0.2.1");
-        let r = t.reserve(ip, d("alice"), 1000).unwrap();
-        assert!(t.reserve(ip, d("alice"), 1000).is_err());
+        let r = t.reserve(ip, d("alice"), Asker::Stranger, 1000).unwrap();
+        assert!(t.reserve(ip, d("alice"), Asker::Stranger, 1000).is_err());
         t.release(r);
-        let r = t.reserve(ip, d("alice"), 1000).expect("a success or an error does not count");
+        let r = t.reserve(ip, d("alice"), Asker::Stranger, 1000).expect("a success or an error does not count");
         t.release(r);
         assert_eq!(t.len(), (0, 0), "nothing is kept for a released check");
     }
@@ -420,10 +448,10 @@ mod tests {
         let t = FailureTracker::new(Duration::from_secs(60), 2);
         let ip = key("192.0.2.1");
         t.record_failure(key("192.0.2.7"), "alice", 1000);
-        let in_flight = t.reserve(ip, d("alice"), 1000).unwrap();
+        let in_flight = t.reserve(ip, d("alice"), Asker::Stranger, 1000).unwrap();
         assert_eq!(t.clear_username(d("alice")), 1);
-        let r = t.reserve(key("192.0.2.8"), d("alice"), 1001).unwrap();
-        assert!(t.reserve(key("192.0.2.9"), d("alice"), 1001).is_err(), "two in flight");
+        let r = t.reserve(key("192.0.2.8"), d("alice"), Asker::Stranger, 1001).unwrap();
+        assert!(t.reserve(key("192.0.2.9"), d("alice"), Asker::Stranger, 1001).is_err(), "two in flight");
         t.release(in_flight);
         t.release(r);
     }
@@ -437,7 +465,7 @@ mod tests {
                 let (t, barrier) = (t.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    let r = t.reserve(key(&format!("198.51.100.{i}")), d("alice"), 1000);
+                    let r = t.reserve(key(&format!("198.51.100.{i}")), d("alice"), Asker::Stranger, 1000);
                     std::thread::sleep(Duration::from_millis(20));
                     r.map(|r| t.fail(r, 1001).reached_threshold)
                 })

@@ -61,7 +61,7 @@ use crate::config::SecondFactorPolicy;
 use crate::csrf::Csrf;
 use crate::domain::normalise_key;
 use crate::factors::{FactorError, FactorKind, Proof, SecondFactors, Verdict};
-use crate::failures::{CaptchaDemanded, Recorded};
+use crate::failures::{Asker, CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions, SignedInWith, StartError};
@@ -198,6 +198,22 @@ impl SignIn {
     /// can aim at).
     fn of_generation(issued: Option<u64>, generation: Option<u64>) -> bool {
         issued.zip(generation).is_some_and(|(issued, g)| issued >= g / 1000)
+    }
+
+    /// Who asks for a check of `user_key` with the browser's device cookie `device`:
+    /// [`Asker::KnownBrowser`] when it holds a token for the user of the user's current
+    /// credential generation, else [`Asker::Stranger`]. For the pages that show whether a
+    /// picture will be asked for, as [`SignIn::attempt`] and [`SignIn::second_step`] judge it.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`] when the user's generation cannot be read (only for a
+    /// browser with a token for the name).
+    pub async fn asker(&self, device: Option<&str>, user_key: &str) -> Result<Asker, crate::store::StoreError> {
+        let Some(issued) = self.device_token_issued(device, user_key, now_ms()) else {
+            return Ok(Asker::Stranger);
+        };
+        let (_, generation) = self.factors.summary_with_generation(user_key).await?;
+        Ok(if Self::of_generation(Some(issued), generation) { Asker::KnownBrowser } else { Asker::Stranger })
     }
 
     /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
@@ -457,7 +473,23 @@ impl SignIn {
         let Some(prelogin) = prelogin else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, now).await? else {
+        // The user's factors, read before the password is checked, so the check knows whether
+        // it ends the sign-in (and sets the last sign-in time) or only opens the second step,
+        // with the user's generation in the same statement. Nobody's key has no factors; the
+        // read costs the same either way. A browser with a device token reads them now, so its
+        // token is judged before its captcha threshold and quota are chosen; the others after
+        // their quota.
+        let key = user_key.as_str();
+        let read_factors = || async move {
+            self.factors
+                .summary_with_generation(key)
+                .await
+                .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
+        };
+        let early = if token.is_some() { Some(read_factors().await?) } else { None };
+        let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
+        let asker = if known { Asker::KnownBrowser } else { Asker::Stranger };
+        let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, asker, now).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
 
@@ -473,20 +505,6 @@ impl SignIn {
             }
         };
 
-        // The user's factors, read before the password is checked, so the check knows whether
-        // it ends the sign-in (and sets the last sign-in time) or only opens the second step,
-        // with the user's generation in the same statement. Nobody's key has no factors; the
-        // read costs the same either way. A browser with a device token reads them now, so its
-        // token is judged before a quota is chosen; the others after their quota.
-        let key = user_key.as_str();
-        let read_factors = || async move {
-            self.factors
-                .summary_with_generation(key)
-                .await
-                .map_err(|source| SignInError::Store { what: "could not read the user's second factors", source })
-        };
-        let early = if token.is_some() { Some(read_factors().await?) } else { None };
-        let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
         let lane = if known { Lane::Known } else { Lane::Open };
         if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
             if let Some(r) = reservation {
@@ -609,7 +627,9 @@ impl SignIn {
         }
         // Given back on every way out but a failure (a dropped request included). Past the
         // threshold there is none: the solved captcha goes with this one check.
-        let held = match self.state.reserve(address, digest, now_ms()).await? {
+        // As at the login form: a signed-in password check's browser is not judged by its
+        // device cookie here.
+        let held = match self.state.reserve(address, digest, Asker::Stranger, now_ms()).await? {
             Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
             Err(CaptchaDemanded) => {
                 if let Some(reason) = self.captcha_refusal(captcha.key, captcha.answer, now_ms()).await? {
@@ -795,7 +815,8 @@ impl SignIn {
         let reservation = if one_check || !guessable {
             None
         } else {
-            match self.state.reserve(address, digest, now).await? {
+            let asker = if known { Asker::KnownBrowser } else { Asker::Stranger };
+            match self.state.reserve(address, digest, asker, now).await? {
                 Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
                 Err(CaptchaDemanded) => {
                     let key = pending_captcha_key(&hash);
@@ -1135,6 +1156,32 @@ mod tests {
         }
     }
 
+    /// A browser the user signed in with before meets its address's captcha threshold alone:
+    /// failures others cause for the name (which lapse, a sign-in clearing none) do not put it
+    /// behind a picture (OWASP device cookies). A stranger still meets the name's; so does the
+    /// same browser once the password changed. (That its failures still count for the name is
+    /// the conformance suite's.)
+    #[tokio::test]
+    async fn a_browser_that_signed_in_before_meets_its_addresss_captcha_threshold_alone() {
+        let mut f = fixture(None, None, 2).await;
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
+        let digest = username_digest("alice");
+        for i in 0..2 {
+            let from = crate::client::AddressKey::of(format!("198.51.100.{i}").parse().unwrap());
+            f.service.state.record_failure(from, Some(digest), now_ms()).await.unwrap();
+        }
+        assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired, "a stranger");
+        f.device = Some(device_cookie.clone());
+        assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::KnownBrowser);
+        assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword, "checked");
+        let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("her browser") };
+        // A new credential generation (a second later: tokens keep whole seconds).
+        f.device = Some(device_cookie.clone());
+        assert!(f.store.users.renew_generation("alice", now_ms() + 1000, None).await.unwrap().is_some());
+        assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::Stranger);
+        assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired, "stale");
+    }
+
     #[tokio::test]
     async fn a_refusal_records_whether_the_browser_had_signed_in_as_the_username_before() {
         let mut f = fixture(None, None, 100).await;
@@ -1328,6 +1375,7 @@ mod tests {
             &self,
             _: crate::client::AddressKey,
             _: u128,
+            _: Asker,
             _: u64,
         ) -> Result<Result<crate::failures::Reservation, CaptchaDemanded>, StateError> {
             down()

@@ -241,14 +241,23 @@ pub async fn begin_check(
     prelogin: Option<&[u8; 16]>,
     address: &[u8],
     username: &[u8],
+    username_counts: bool,
     now_ms: u64,
     threshold: u32,
 ) -> Result<Begun, PgError> {
     let prelogin = prelogin.map(|id| &id[..]);
     let row = client
         .query_one(
-            "SELECT bf_begin_check($1, $2, $3, $4, $5, $6)",
-            &[&prelogin, &address, &username, &ms(now_ms), &(threshold as i32), &ms(RESERVATION_HOLD_MS)],
+            "SELECT bf_begin_check($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &prelogin,
+                &address,
+                &username,
+                &ms(now_ms),
+                &(threshold as i32),
+                &ms(RESERVATION_HOLD_MS),
+                &username_counts,
+            ],
         )
         .await?;
     Ok(match row.get::<_, i16>(0) {

@@ -13,7 +13,7 @@ use super::PgError;
 use crate::brute_force::{BruteForceState, QuotaKey, Retire, StateError, Wait};
 use crate::client::AddressKey;
 use crate::config::Rate;
-use crate::failures::{CaptchaDemanded, Recorded, Reservation};
+use crate::failures::{Asker, CaptchaDemanded, Recorded, Reservation};
 
 impl From<PgError> for StateError {
     fn from(e: PgError) -> Self {
@@ -170,9 +170,10 @@ impl BruteForceState for PgBruteForce {
         &self,
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Result<Reservation, CaptchaDemanded>, StateError> {
-        Ok(self.begin(None, address, username, now_ms).await?.unwrap_or(Err(CaptchaDemanded)))
+        Ok(self.begin(None, address, username, asker, now_ms).await?.unwrap_or(Err(CaptchaDemanded)))
     }
 
     async fn fail(&self, reservation: Reservation, now_ms: u64) -> Result<Recorded, StateError> {
@@ -255,9 +256,10 @@ impl BruteForceState for PgBruteForce {
         prelogin: [u8; 16],
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
-        self.begin(Some(&prelogin), address, username, now_ms).await
+        self.begin(Some(&prelogin), address, username, asker, now_ms).await
     }
 
     async fn succeed(
@@ -306,11 +308,13 @@ impl PgBruteForce {
         prelogin: Option<&[u8; 16]>,
         address: AddressKey,
         username: u128,
+        asker: Asker,
         now_ms: u64,
     ) -> Result<Option<Result<Reservation, CaptchaDemanded>>, StateError> {
         let (c, at) = self.client().await?;
         let (a, u) = (bf::address_key(address), username_bytes(username));
-        Ok(match bf::begin_check(&c, prelogin, &a, &u, at.ms(now_ms), self.threshold).await? {
+        let username_counts = asker == Asker::Stranger;
+        Ok(match bf::begin_check(&c, prelogin, &a, &u, username_counts, at.ms(now_ms), self.threshold).await? {
             bf::Begun::Retired => None,
             bf::Begun::CaptchaDemanded => Some(Err(CaptchaDemanded)),
             // The rows are found again by their keys when the reservation ends (`bf_take_held`).

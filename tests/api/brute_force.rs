@@ -151,6 +151,33 @@ async fn a_names_captcha_demand_does_not_tell_whether_its_owner_signed_in() {
     assert_eq!(success.expect("the success after failures")["failures"], 3);
 }
 
+/// A browser the user signed in with before (its device cookie) meets only its address's
+/// captcha threshold: failures anyone causes for the name, which no sign-in clears, do not
+/// put the owner's browsers behind a picture, on the page or at the form (OWASP device
+/// cookies). A stranger still meets it.
+#[tokio::test]
+async fn a_browser_that_signed_in_before_is_not_put_behind_a_picture_by_failures_for_the_name() {
+    let app = behind_proxy(|s| s.captcha_after_failures = 3).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut owner = Visitor::new(&app, Some("203.0.113.7"));
+    assert_eq!(owner.attempt("alice", GOOD_PASSWORD, None).await.0, 303);
+    let (_, home) = owner.get("/").await;
+    let csrf = crate::helpers::hidden_field(&home, "csrf").unwrap();
+    assert_eq!(owner.post_form("/logout", &[("csrf", &csrf)]).await, 303);
+    assert!(!owner.has_session());
+    for j in 0..3 {
+        let mut v = Visitor::new(&app, Some(&format!("192.0.2.{}", 60 + j)));
+        assert_eq!(v.attempt("alice", "wrong wrong wrong", None).await.0, 401);
+    }
+    let mut stranger = Visitor::new(&app, Some("198.51.100.50"));
+    let (_, page) = stranger.get("/login?username=alice").await;
+    assert!(shows_captcha(&page), "a stranger: {page}");
+    let (_, page) = owner.get("/login?username=alice").await;
+    assert!(!shows_captcha(&page), "her browser: {page}");
+    let resp = owner.submit(&page, "alice", GOOD_PASSWORD, None).await;
+    assert_eq!(resp.status(), 303, "signed in without a picture");
+}
+
 /// Another site's page cannot spend a visitor's captcha pictures through `GET /login`
 /// (review 168: 60 `<img src=".../login?username=hammered">` on another site spent the
 /// address's quota of pictures, and the real user behind it got none), nor have a name filled

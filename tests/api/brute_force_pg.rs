@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use portcullis::brute_force::{conformance, BruteForceState, QuotaKey};
 use portcullis::config::Rate;
+use portcullis::failures::Asker;
 use portcullis::postgres::connect::pool;
 use portcullis::postgres::state::PgBruteForce;
 use portcullis::postgres::url::DatabaseUrl;
@@ -100,6 +101,12 @@ async fn a_success_ends_its_check_retires_its_form_once_and_counts_the_username_
 }
 
 #[tokio::test]
+async fn a_known_browser_meets_its_addresss_threshold_alone_on_every_instance() {
+    let Some((one, two)) = two_instances(3).await else { return };
+    conformance::a_known_browser_meets_its_addresss_threshold_alone(&one, &two).await;
+}
+
+#[tokio::test]
 async fn a_failure_on_either_instance_says_whether_a_captcha_is_now_demanded_in_the_same_round_trip() {
     let Some((one, two)) = two_instances(3).await else { return };
     conformance::a_failure_that_says_whether_a_captcha_is_demanded_says_it_right(&one, &two).await;
@@ -127,6 +134,9 @@ async fn a_failure_with_a_solved_captcha_counts_without_a_reservation() {
     let bob = username_digest("bob");
     assert!(!one.record_failure(ip(1), Some(bob), 1000).await.unwrap().reached_threshold);
     assert!(two.record_failure(ip(2), Some(bob), 1000).await.unwrap().reached_threshold, "the second reaches 2");
-    assert!(one.reserve(ip(3), bob, 1000).await.unwrap().is_err());
-    assert!(one.reserve(ip(3), bob, 61_001).await.unwrap().is_ok(), "failures count for the window only");
+    assert!(one.reserve(ip(3), bob, Asker::Stranger, 1000).await.unwrap().is_err());
+    assert!(
+        one.reserve(ip(3), bob, Asker::Stranger, 61_001).await.unwrap().is_ok(),
+        "failures count for the window only"
+    );
 }

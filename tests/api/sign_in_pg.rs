@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use portcullis::brute_force::conformance::ip;
 use portcullis::brute_force::Retire;
+use portcullis::failures::Asker;
 use portcullis::rate_limit::username_digest;
 use portcullis::store::conformance::{failure, session};
 use portcullis::store::{SessionCap, Store};
@@ -83,12 +84,22 @@ async fn a_refusals_failure_count_and_a_successs_session_survive_a_database_cras
 
     // A success, in the sign-in's order: its check reserved, ended with the form retired and
     // the failures cleared (asynchronous), then the session (synchronous).
-    let r = state.reserve_for_form([1; 16], ip(1), alice, now).await.unwrap().expect("not retired").expect("reserved");
+    let r = state
+        .reserve_for_form([1; 16], ip(1), alice, Asker::Stranger, now)
+        .await
+        .unwrap()
+        .expect("not retired")
+        .expect("reserved");
     let retire = Retire { id: [1; 16], expires_at_ms: now + 3_600_000 };
     assert_eq!(state.succeed(Some(r), Some(retire), Some(alice), now).await.unwrap(), Some(0));
     store.sessions.start(None, &[9; 32], &session("alice", now, now), cap, now).await.unwrap();
     // A refusal, last, so no later commit flushes it: the failure, then its record.
-    let r = state.reserve_for_form([2; 16], ip(2), bob, now).await.unwrap().expect("not retired").expect("reserved");
+    let r = state
+        .reserve_for_form([2; 16], ip(2), bob, Asker::Stranger, now)
+        .await
+        .unwrap()
+        .expect("not retired")
+        .expect("reserved");
     state.fail(r, now).await.unwrap();
     let record = failure(now, "192.0.2.2", "bob", portcullis::audit::FailureReason::BadPassword);
     store.failures.append(&record, "bob", None).await.unwrap();

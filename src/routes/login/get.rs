@@ -92,7 +92,19 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
         },
         None => None,
     };
-    let digest = username.map(|u| crate::rate_limit::username_digest(&crate::sign_in::typed_user_key(u)));
+    // A browser the user signed in with before meets its address's threshold alone, as its
+    // sign-in will.
+    let digest = match username.map(crate::sign_in::typed_user_key) {
+        Some(user_key) => {
+            let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
+            match state.sign_in.asker(device.as_deref(), &user_key).await {
+                Ok(crate::failures::Asker::KnownBrowser) => None,
+                Ok(crate::failures::Asker::Stranger) => Some(crate::rate_limit::username_digest(&user_key)),
+                Err(e) => return crate::routes::store_error(&e, "could not read the user's credential generation"),
+            }
+        }
+        None => None,
+    };
     let demanded = match state.brute_force.needs_captcha(key, digest, now).await {
         Ok(demanded) => demanded,
         Err(e) => {

@@ -168,8 +168,15 @@ async fn past_threshold(
         return Ok(false);
     }
     let address = client::client(req, &state.settings.trusted_proxies).key();
-    let digest = crate::rate_limit::username_digest(user_key);
-    match state.brute_force.needs_captcha(address, Some(digest), crate::store::now_ms()).await {
+    // A browser the user signed in with before meets its address's threshold alone, as the
+    // check will.
+    let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
+    let digest = match state.sign_in.asker(device.as_deref(), user_key).await {
+        Ok(crate::failures::Asker::KnownBrowser) => None,
+        Ok(crate::failures::Asker::Stranger) => Some(crate::rate_limit::username_digest(user_key)),
+        Err(e) => return Err(crate::routes::store_error(&e, "could not read the user's credential generation")),
+    };
+    match state.brute_force.needs_captcha(address, digest, crate::store::now_ms()).await {
         Ok(past) => Ok(past),
         Err(e) => Err(crate::routes::unavailable("cannot read the failure counts", &e)),
     }
