@@ -109,7 +109,14 @@ impl Services {
             Some(url) => Store::connect(url, &settings.instance_name)
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
-            None => Store::open(&settings.data_dir)?,
+            None => {
+                // A factor key without a store: a first start here would make a new store and
+                // administrator in place of the lost one (review 184), as commands refuse to.
+                if let Some(why) = Store::keyed_without_store(&settings.data_dir) {
+                    anyhow::bail!(why);
+                }
+                Store::open(&settings.data_dir)?
+            }
         };
         if crate::store::copy::unfinished(&store).await? {
             anyhow::bail!(crate::store::copy::UNFINISHED_MESSAGE);

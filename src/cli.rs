@@ -871,19 +871,9 @@ async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response>
         // A data_dir with a factor key and no store is a PostgreSQL instance's: a command run
         // without its database_url (kept in an EnvironmentFile, say) must not make a new, empty
         // sled store there and report success.
-        if settings.data_dir.join(crate::factors::key::KEY_FILE).exists() {
-            // sled's other files there: the store's `db` was lost, not a PostgreSQL instance's
-            // directory (review 182).
-            if Store::has_remains(&settings.data_dir) {
-                bail!(
-                    "the store in {} is damaged (its db file is missing): restore it from a backup (README, \"Backups and upgrades\")",
-                    printable(&absolute(&settings.data_dir).display().to_string())
-                );
-            }
-            bail!(
-                "{} holds a factor key but no store: set database_url (or PORTCULLIS_DATABASE_URL) as the servers have it",
-                printable(&absolute(&settings.data_dir).display().to_string())
-            );
+        // (sled's other files there: the store lost its `db`, review 182.)
+        if let Some(why) = Store::keyed_without_store(&absolute(&settings.data_dir)) {
+            bail!("{why}");
         }
         // Only `user add` makes a store, and says where: any other command there could only
         // fail after making one, and run in the wrong directory (or without the database_url

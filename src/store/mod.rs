@@ -880,10 +880,23 @@ impl Store {
         self::sled::SledStore::exists(dir)
     }
 
-    /// Whether `dir` holds sled's files other than `db` (`conf`, `snap.*`, `blobs`): what is
-    /// left of a store whose `db` is gone.
-    pub fn has_remains(dir: &Path) -> bool {
-        self::sled::SledStore::has_remains(dir)
+    /// Why no sled store may be made in `dir`, if it must not: it holds a factor key, which
+    /// only a store's first start (or a PostgreSQL instance's) writes, but no store. With
+    /// sled's other files there the store lost its `db`; without, it is a PostgreSQL
+    /// instance's directory started without its `database_url`. Either way a new store there
+    /// would start as new, with a new administrator (review 184). `None`: a store is there,
+    /// or the directory never had one.
+    pub fn keyed_without_store(dir: &Path) -> Option<String> {
+        if Self::exists(dir) || !dir.join(crate::factors::key::KEY_FILE).exists() {
+            return None;
+        }
+        let path = dir.display().to_string();
+        let shown = crate::text::printable(&path);
+        Some(if self::sled::SledStore::has_remains(dir) {
+            format!("the store in {shown} is damaged (its db file is missing): restore it from a backup (README, \"Backups and upgrades\")")
+        } else {
+            format!("{shown} holds a factor key but no store: set database_url (or PORTCULLIS_DATABASE_URL) as the servers have it, or restore the sled store from a backup")
+        })
     }
 
     /// Opens (creating if needed) the sled store in `dir`. Only one process may hold it.

@@ -639,6 +639,29 @@ async fn a_command_in_a_database_instances_data_dir_without_database_url_is_refu
     assert!(line.contains("is damaged (its db file is missing)") && !line.contains("database_url"), "{line}");
 }
 
+/// `serve` refuses what the commands refuse: a factor key without a store, the store's `db`
+/// lost beside sled's other files or not, is no first start (review 184: it made a new store
+/// and a new `admin`, after which every command took the store).
+#[tokio::test]
+async fn serve_in_a_data_dir_with_a_factor_key_and_no_store_is_refused_and_makes_nothing() {
+    for remains in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/factor.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+        if remains {
+            std::fs::write(dir.path().join("data/conf"), "segment_size: 524288\n").unwrap();
+        }
+        let run = tokio::time::timeout(std::time::Duration::from_secs(30), cli(dir.path(), SERVE))
+            .await
+            .expect("served: a new store was made");
+        let err = &run.stderr;
+        assert!(!run.ok, "{run:?}");
+        let said = if remains { "is damaged (its db file is missing)" } else { "holds a factor key but no store" };
+        assert!(err.contains(said), "{remains}: {err}");
+        assert!(!dir.path().join("data/db").exists() && !run.stdout.contains("First start"), "{run:?}");
+    }
+}
+
 /// A store another user's files keep this process from opening is named as such, with the
 /// file, not "no store" or a bare "Permission denied" (found by an operator's review).
 #[tokio::test]

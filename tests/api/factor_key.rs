@@ -207,6 +207,10 @@ async fn a_key_the_services_user_cannot_read_is_named_with_its_owner_and_mode() 
         std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::chown(d.join(sub), Some(SERVICE), Some(SERVICE)).unwrap();
     }
+    // The service's store first: a factor key without one is refused before the key is read.
+    let mut add = child::command(d);
+    add.args(["user", "add", "alice", "--password-stdin"]).uid(SERVICE).gid(SERVICE);
+    child::run_cli(add, Some(&format!("{GOOD_PASSWORD}\n"))).await.assert_ok("the service's store");
     let key = d.join("data/factor.key");
     std::fs::write(&key, format!("{}\n", "3c".repeat(32))).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
