@@ -179,11 +179,26 @@ impl FactorKey {
         let mut master = Zeroizing::new([0u8; 32]);
         crate::random::fill(&mut master[..])?;
         let hex = Zeroizing::new(master.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        // create_new: of two first starts, one writes and the other reads what it wrote.
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-            Ok(mut f) => {
-                f.write_all(format!("{}\n", hex.as_str()).as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
+        // Written whole beside it, then linked into place: a start killed while writing left
+        // an empty factor.key, which every later start refused (review 184). The link is made
+        // only if no key is there: of two first starts, one links and the other reads its key.
+        let mut suffix = [0u8; 8];
+        crate::random::fill(&mut suffix)?;
+        let tmp = dir.join(format!("{KEY_FILE}.new-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{}\n", hex.as_str()).as_bytes()).and_then(|()| f.sync_all()));
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+        // The name it was written under goes either way (a start killed just here leaves it:
+        // a key nobody uses).
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                // The directory entry too, so the key is there whenever the records it seals are.
+                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
                 Ok(Self::from_bytes(&master))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -317,6 +332,11 @@ mod tests {
         let a = FactorKey::load_or_create(dir.path()).unwrap();
         let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        // Written whole under another name first, which is gone (review 184: a start killed
+        // while writing left an empty key that every later start refused).
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [KEY_FILE], "{names:?}");
+        assert_eq!(std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap().len(), 65);
         let b = FactorKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.id, b.id);
         // Copied in readable by others (`install -m 0644`): made private, and still the key.
