@@ -74,8 +74,8 @@ pub struct LoadtestArgs {
     /// Virtual users, each with its own connection and cookie jar (1 to 10000)
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// How long to measure, e.g. 10s or 1m (at most 1day)
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long to measure, e.g. 10s or 1m (whole s, m, h or d, as in the settings; at most 1d)
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     pub duration: Duration,
     /// Trust only this CA (PEM) for the server's certificate
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
@@ -611,7 +611,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         bail!("--concurrency must be between 1 and {MAX_CONCURRENCY}");
     }
     if opts.duration.is_zero() || opts.duration > MAX_DURATION {
-        bail!("--duration must be more than 0s and at most 1day");
+        bail!("--duration must be more than 0s and at most 1d");
     }
     if let Some(r) = opts.probe_rate {
         if !(r > 0.0 && r <= 100_000.0) {
@@ -988,7 +988,8 @@ fn redirect_hint(report: &Report) -> &'static str {
 pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// The longest `--duration`: a day of measuring is far past any use, and far shorter spans
-/// than some `humantime` accepts would overflow the clock's arithmetic (a panic, not an error).
+/// than the settings' durations allow would overflow the clock's arithmetic (a panic, not an
+/// error).
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The report as a few lines of text.
