@@ -6,7 +6,8 @@
 //! 1. the per-address quota (every other attempt counts),
 //! 2. CSRF: the pre-login value must be one this server issued, unexpired and not retired,
 //!    and the form's token must be bound to it,
-//! 3. the captcha, when this address or username has failed too often; otherwise the
+//! 3. the captcha, when this address or username has failed too often (for a browser with a
+//!    device cookie of the user's generation, this address only); otherwise the
 //!    attempt reserves its place among the `captcha_after_failures` checks allowed without
 //!    one, so simultaneous attempts cannot all slip past (see [`crate::failures`]),
 //! 4. the per-username quota (only attempts that got this far count, so nobody can use up
@@ -673,8 +674,9 @@ impl SignIn {
     }
 
     /// The end of every sign-in, once the username's failures are counted (`after_failures`:
-    /// how many there are within `failure_window`): the browser's previous session ended and a new one made with
-    /// the factors and passkey `proved` says in one durable step, the success recorded (a
+    /// how many there are within `failure_window`): the browser's previous session ended and a
+    /// new one made with the factors and passkey `proved` says in one durable step, the success
+    /// recorded (a
     /// success that cannot be recorded does not happen). Returns the session's token and the
     /// browser's device cookie's new value, with a token for this user; `None`, with no
     /// session and nothing recorded, when the passkey the sign-in used was removed while it
