@@ -180,6 +180,16 @@ impl Stamp {
     fn is_not_ahead_of(&self, now_secs: u64) -> bool {
         self.issued <= now_secs.saturating_add(60)
     }
+
+    /// [`Stamp::is_younger_than`] of a stamp whose time is in milliseconds (a device token's).
+    fn is_younger_than_ms(&self, lifetime: Duration, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(self.issued)) < lifetime.as_millis()
+    }
+
+    /// [`Stamp::is_not_ahead_of`] of a stamp whose time is in milliseconds.
+    fn is_not_ahead_of_ms(&self, now_ms: u64) -> bool {
+        self.issued <= now_ms.saturating_add(60_000)
+    }
 }
 
 #[derive(Clone)]
@@ -250,11 +260,13 @@ impl Csrf {
         Some(PreLogin { value: cookie.to_string(), id: stamp.id, issued: stamp.issued })
     }
 
-    /// A device cookie's new value after a sign-in, at `now_secs`, of the user whose key
-    /// (`normalise_key` of the username) is `user_key`: a new token for that user (the time, a
-    /// random id and a 128-bit tag over both and the key; the username itself is not in it),
-    /// then the tokens of `previous` (the browser's cookie) for other users that have not
-    /// expired, [`DEVICE_COOKIE_USERS`] in all, joined by `.`.
+    /// A device cookie's new value after a sign-in, at `now_ms` (Unix milliseconds), of the
+    /// user whose key (`normalise_key` of the username) is `user_key`: a new token for that user
+    /// (the time in milliseconds, a random id and a 128-bit tag over both and the key; the
+    /// username itself is not in it), then the tokens of `previous` (the browser's cookie) for
+    /// other users that have not expired, [`DEVICE_COOKIE_USERS`] in all, joined by `.`. The
+    /// time is kept to the millisecond so that a token issued in the second of a change of the
+    /// user's credentials, just before it, is not taken for one issued after (review 185).
     ///
     /// # Errors
     /// [`CsrfError::Random`] when the system's random source fails.
@@ -262,17 +274,17 @@ impl Csrf {
         &self,
         user_key: &str,
         previous: Option<&str>,
-        now_secs: u64,
+        now_ms: u64,
     ) -> Result<String, CsrfError> {
-        let mut value = Stamp::issue(now_secs, |issued, id| self.device_mac(user_key, issued, id))?.encode();
+        let mut value = Stamp::issue(now_ms, |issued, id| self.device_mac(user_key, issued, id))?.encode();
         // Another user's token cannot be checked without their key: kept while it is shaped
         // like one and not too old, at most a cookie's worth. One issued ahead of this clock
         // (by an instance whose clock runs fast) is kept too: keeping grants nothing.
         let others = device_tokens(previous.unwrap_or(""))
             .filter(|t| {
                 Stamp::parse(t).is_some_and(|d| {
-                    d.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
-                        && !self.is_device_token_for(&d, user_key, now_secs)
+                    d.is_younger_than_ms(DEVICE_COOKIE_LIFETIME, now_ms)
+                        && !self.is_device_token_for(&d, user_key, now_ms)
                 })
             })
             .take(DEVICE_COOKIE_USERS - 1);
@@ -284,27 +296,28 @@ impl Csrf {
     }
 
     /// Whether `cookie` holds a device token this server issued for `user_key` (the tag
-    /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_secs`. Anything
+    /// checks, in constant time) within [`DEVICE_COOKIE_LIFETIME`] of `now_ms`. Anything
     /// else, a token for another username included, is `false`.
-    pub fn is_known_device(&self, cookie: &str, user_key: &str, now_secs: u64) -> bool {
-        self.known_device_issued(cookie, user_key, now_secs).is_some()
+    pub fn is_known_device(&self, cookie: &str, user_key: &str, now_ms: u64) -> bool {
+        self.known_device_issued(cookie, user_key, now_ms).is_some()
     }
 
     /// When the newest device token in `cookie` for `user_key` that [`Csrf::is_known_device`]
-    /// would accept was issued (Unix seconds), so the caller can refuse one from before the
-    /// user's last change of credentials; `None` without such a token.
-    pub fn known_device_issued(&self, cookie: &str, user_key: &str, now_secs: u64) -> Option<u64> {
+    /// would accept was issued (Unix milliseconds), so the caller can refuse one from before
+    /// the user's last change of credentials; `None` without such a token. (A token of a build
+    /// that kept whole seconds reads as one from 1970, long expired.)
+    pub fn known_device_issued(&self, cookie: &str, user_key: &str, now_ms: u64) -> Option<u64> {
         device_tokens(cookie)
             .filter_map(Stamp::parse)
-            .filter(|d| self.is_device_token_for(d, user_key, now_secs))
+            .filter(|d| self.is_device_token_for(d, user_key, now_ms))
             .map(|d| d.issued)
             .max()
     }
 
-    /// Whether `token` is one this server issued for `user_key` and valid at `now_secs`.
-    fn is_device_token_for(&self, token: &Stamp, user_key: &str, now_secs: u64) -> bool {
-        token.is_not_ahead_of(now_secs)
-            && token.is_younger_than(DEVICE_COOKIE_LIFETIME, now_secs)
+    /// Whether `token` is one this server issued for `user_key` and valid at `now_ms`.
+    fn is_device_token_for(&self, token: &Stamp, user_key: &str, now_ms: u64) -> bool {
+        token.is_not_ahead_of_ms(now_ms)
+            && token.is_younger_than_ms(DEVICE_COOKIE_LIFETIME, now_ms)
             && token.is_tagged_by(|issued, id| self.device_mac(user_key, issued, id))
     }
 
@@ -486,56 +499,56 @@ mod tests {
     #[test]
     fn a_device_cookie_is_known_only_for_its_username_unaltered_and_until_it_expires() {
         let csrf = Csrf::new([7; 32]);
-        let now = 1_800_000_000;
+        let now = 1_800_000_000_000;
         let cookie = csrf.issue_device_cookie("alice", None, now).unwrap();
         assert!(csrf.is_known_device(&cookie, "alice", now));
         assert!(!csrf.is_known_device(&cookie, "bob", now), "bound to its username");
         assert!(!Csrf::new([8; 32]).is_known_device(&cookie, "alice", now), "another key did not issue it");
         assert_ne!(cookie, csrf.issue_device_cookie("alice", None, now).unwrap(), "each is new");
-        let last = now + DEVICE_COOKIE_LIFETIME.as_secs() - 1;
+        let last = now + DEVICE_COOKIE_LIFETIME.as_millis() as u64 - 1;
         assert!(csrf.is_known_device(&cookie, "alice", last));
         assert!(!csrf.is_known_device(&cookie, "alice", last + 1), "expired");
-        assert!(!csrf.is_known_device(&cookie, "alice", now - 61), "issued in the future");
+        assert!(!csrf.is_known_device(&cookie, "alice", now - 61_000), "issued in the future");
         let mut bytes = URL_SAFE_NO_PAD.decode(&cookie).unwrap();
         bytes[7] ^= 1;
         assert!(!csrf.is_known_device(&URL_SAFE_NO_PAD.encode(&bytes), "alice", now), "its time altered");
         for junk in ["", "x", ".", &cookie[1..], &format!("{cookie}A"), &"A".repeat(54), &format!("{cookie}=")] {
             assert!(!csrf.is_known_device(junk, "alice", now), "{junk}");
         }
-        let pre = csrf.issue_prelogin(now).unwrap();
+        let pre = csrf.issue_prelogin(now / 1000).unwrap();
         assert!(!csrf.is_known_device(pre.value(), "alice", now), "a pre-login value is no device cookie");
     }
 
     #[test]
     fn a_device_cookie_keeps_the_last_five_usernames_once_each_and_drops_what_cannot_be_a_token() {
         let csrf = Csrf::new([7; 32]);
-        let now = 1_800_000_000;
+        let now = 1_800_000_000_000;
         let mut cookie: Option<String> = None;
         for (i, user) in ["carol", "dave", "erin", "carol", "frank", "grace", "heidi"].iter().enumerate() {
-            cookie = Some(csrf.issue_device_cookie(user, cookie.as_deref(), now + i as u64).unwrap());
+            cookie = Some(csrf.issue_device_cookie(user, cookie.as_deref(), now + i as u64 * 1000).unwrap());
         }
         let cookie = cookie.unwrap();
         assert_eq!(cookie.split('.').count(), DEVICE_COOKIE_USERS);
         let known: Vec<_> = ["carol", "dave", "erin", "frank", "grace", "heidi"]
             .into_iter()
-            .filter(|u| csrf.is_known_device(&cookie, u, now + 9))
+            .filter(|u| csrf.is_known_device(&cookie, u, now + 9000))
             .collect();
         // carol signed in again after erin: her older token went, and dave is the oldest left out.
         assert_eq!(known, ["carol", "erin", "frank", "grace", "heidi"]);
-        assert!(csrf.is_known_device(cookie.split('.').next().unwrap(), "heidi", now + 9), "newest first");
+        assert!(csrf.is_known_device(cookie.split('.').next().unwrap(), "heidi", now + 9000), "newest first");
 
         // Junk and expired tokens are not carried over.
         let old = csrf.issue_device_cookie("ivan", None, now).unwrap();
-        let later = now + DEVICE_COOKIE_LIFETIME.as_secs();
+        let later = now + DEVICE_COOKIE_LIFETIME.as_millis() as u64;
         let shaped = URL_SAFE_NO_PAD.encode([&later.to_be_bytes()[..], &[9u8; 32]].concat());
         let messy = format!("junk.{old}..{shaped}");
         let renewed = csrf.issue_device_cookie("judy", Some(&messy), later).unwrap();
         assert_eq!(renewed.split('.').count(), 2, "judy's, and the token-shaped one it cannot check: {renewed}");
         assert!(!csrf.is_known_device(&renewed, "ivan", later));
         // One issued ahead of this clock (another instance's runs fast) is carried over.
-        let ahead = csrf.issue_device_cookie("liam", None, now + 2 * 86_400).unwrap();
+        let ahead = csrf.issue_device_cookie("liam", None, now + 2 * 86_400_000).unwrap();
         let kept = csrf.issue_device_cookie("mia", Some(&ahead), now).unwrap();
-        assert!(csrf.is_known_device(&kept, "liam", now + 2 * 86_400), "{kept}");
+        assert!(csrf.is_known_device(&kept, "liam", now + 2 * 86_400_000), "{kept}");
         // Only the first five tokens are looked at.
         let buried = format!(
             "{}.{}",

@@ -184,21 +184,21 @@ pub struct Refusal {
 
 impl SignIn {
     /// When the newest device token `device` (the browser's device cookie) holds for
-    /// `user_key` was issued (Unix seconds; [`Csrf::known_device_issued`]) at `now` (Unix ms):
+    /// `user_key` was issued (Unix ms; [`Csrf::known_device_issued`]) at `now` (Unix ms):
     /// the browser signed in as the user before, which the records' `known_browser` says.
     fn device_token_issued(&self, device: Option<&str>, user_key: &str, now: u64) -> Option<u64> {
-        device.and_then(|d| self.csrf.known_device_issued(d, user_key, now / 1000))
+        device.and_then(|d| self.csrf.known_device_issued(d, user_key, now))
     }
 
     /// Whether a device token issued at `issued` gives the known browsers' queue and quota:
     /// only in the user's current credential generation `generation` (`None`: no such user),
     /// so a browser that signed in before a password change, a factor reset, a disable or
     /// *sign out everywhere else* (a thief's, say) waits as a stranger until it signs in anew.
-    /// The token keeps whole seconds: one of the generation's own second counts (a sign-in just
-    /// after the change must be known; one just before in the same second is a race nobody
-    /// can aim at).
+    /// Both are milliseconds: tokens kept whole seconds, and one from the change's own second
+    /// counted, so a thief signing in again and again kept a token from just before the change
+    /// for its 90 days (review 185).
     fn of_generation(issued: Option<u64>, generation: Option<u64>) -> bool {
-        issued.zip(generation).is_some_and(|(issued, g)| issued >= g / 1000)
+        issued.zip(generation).is_some_and(|(issued, g)| issued >= g)
     }
 
     /// Who asks for a check of `user_key` with the browser's device cookie `device`:
@@ -448,7 +448,14 @@ impl SignIn {
         // A browser that signed in as this username before waits apart from a flood (and its
         // refusals say so in the records).
         let token = self.device_token_issued(device, &user_key, now);
-        let judged = Judged { service: self, client, username, digest: Some(digest), known_browser: token.is_some() };
+        let mut judged = Judged {
+            service: self,
+            client,
+            username,
+            digest: Some(digest),
+            known_browser: token.is_some(),
+            username_exempt: false,
+        };
         // Whether the token is of the user's generation is read with the factors below; until
         // then, the pool's room is judged in the lane it would give.
         let lane = if token.is_some() { Lane::Known } else { Lane::Open };
@@ -490,6 +497,7 @@ impl SignIn {
         let early = if token.is_some() { Some(read_factors().await?) } else { None };
         let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
         let asker = if known { Asker::KnownBrowser } else { Asker::Stranger };
+        judged.username_exempt = known;
         let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, asker, now).await? else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
@@ -615,8 +623,14 @@ impl SignIn {
         let digest = username_digest(&user.key);
         // The records' `known_browser` is the login form's: what this check comes with is a
         // session, and a stolen one is no owner mistyping.
-        let judged =
-            Judged { service: self, client, username: &user.display_name, digest: Some(digest), known_browser: false };
+        let judged = Judged {
+            service: self,
+            client,
+            username: &user.display_name,
+            digest: Some(digest),
+            known_browser: false,
+            username_exempt: false,
+        };
         let address = client.key();
         // As at sign-in: a full pool spends nothing. A signed-in user is known.
         if !self.auth.has_room(Lane::Known) {
@@ -694,7 +708,7 @@ impl SignIn {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
-            .issue_device_cookie(&user.key, browser.device, now_ms() / 1000)
+            .issue_device_cookie(&user.key, browser.device, now_ms())
             .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
         if with.factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
@@ -782,6 +796,7 @@ impl SignIn {
             username: &user.display_name,
             digest: Some(digest),
             known_browser: token.is_some(),
+            username_exempt: known,
         };
         let refused = |o: Outcome| match o {
             Outcome::Refused(refusal) => StepOutcome::Refused { refusal, restart: false },
@@ -940,6 +955,10 @@ struct Judged<'a> {
     /// A device token for the username came with the attempt ([`Csrf::is_known_device`]):
     /// written into the refusal's record.
     known_browser: bool,
+    /// The token is of the user's generation ([`Asker::KnownBrowser`]): the username's count
+    /// demands no captcha of this browser, so the form a refusal shows again asks for none
+    /// (review 185: it drew a required picture the check then ignored).
+    username_exempt: bool,
 }
 
 impl Judged<'_> {
@@ -966,7 +985,9 @@ impl Judged<'_> {
     /// [`Judged::refuse`] for a failure the state has just counted (for this client's address
     /// and this username), which may already say whether a captcha is now demanded.
     async fn refuse_counted(&self, reason: FailureReason, counted: Recorded) -> Result<Outcome, SignInError> {
-        self.refuse_with(reason, None, counted.reached_threshold, counted.captcha_demanded).await
+        // The state's answer counts the username: asked again without it for a known browser.
+        let demanded = counted.captcha_demanded.filter(|_| !self.username_exempt);
+        self.refuse_with(reason, None, counted.reached_threshold, demanded).await
     }
 
     async fn refuse_with(
@@ -980,7 +1001,10 @@ impl Judged<'_> {
         self.record(reason, max_reached).await?;
         let captcha_demanded = match captcha_demanded {
             Some(known) => known,
-            None => s.state.needs_captcha(self.client.key(), self.digest, now_ms()).await?,
+            None => {
+                let digest = self.digest.filter(|_| !self.username_exempt);
+                s.state.needs_captcha(self.client.key(), digest, now_ms()).await?
+            }
         };
         Ok(Outcome::Refused(Refusal { reason, retry_after, captcha_demanded }))
     }
@@ -1143,7 +1167,7 @@ mod tests {
     async fn a_browser_that_signed_in_before_gets_past_a_flood_for_that_username_only() {
         let mut f = fixture(None, None, 100).await;
         let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("refused") };
-        assert!(f.service.csrf.is_known_device(&device_cookie, "alice", now_ms() / 1000));
+        assert!(f.service.csrf.is_known_device(&device_cookie, "alice", now_ms()));
         let flood = flooded(&mut f).await;
         f.device = Some(device_cookie);
         let form = f.form();
@@ -1152,7 +1176,7 @@ mod tests {
         let Outcome::SignedIn { device_cookie: renewed, .. } = f.attempt("Alice", GOOD).await else {
             panic!("refused")
         };
-        assert!(f.service.csrf.is_known_device(&renewed, "alice", now_ms() / 1000), "and a new one is set");
+        assert!(f.service.csrf.is_known_device(&renewed, "alice", now_ms()), "and a new one is set");
         for check in flood {
             check.await.unwrap().unwrap();
         }
@@ -1175,11 +1199,14 @@ mod tests {
         assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired, "a stranger");
         f.device = Some(device_cookie.clone());
         assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::KnownBrowser);
-        assert_eq!(refusal(f.attempt("alice", "wrong").await).reason, FailureReason::BadPassword, "checked");
+        let typo = refusal(f.attempt("alice", "wrong").await);
+        assert_eq!(typo.reason, FailureReason::BadPassword, "checked");
+        assert!(!typo.captcha_demanded, "nor does the form it gets again ask for a picture (review 185)");
         let Outcome::SignedIn { device_cookie, .. } = f.attempt("alice", GOOD).await else { panic!("her browser") };
-        // A new credential generation (a second later: tokens keep whole seconds).
+        // A new credential generation, within the same second (review 185: tokens kept whole
+        // seconds, and one from the change's second counted).
         f.device = Some(device_cookie.clone());
-        assert!(f.store.users.renew_generation("alice", now_ms() + 1000, None).await.unwrap().is_some());
+        assert!(f.store.users.renew_generation("alice", now_ms() + 1, None).await.unwrap().is_some());
         assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::Stranger);
         assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired, "stale");
     }

@@ -137,6 +137,19 @@ fn unreadable_why(path: &Path, error: std::io::Error) -> std::io::Error {
     )
 }
 
+/// Removes what a first start killed between writing its key and linking it into place left
+/// (`factor.key.new-*`, review 185): keys nobody uses, which would only confuse whoever backs
+/// the directory up. Called once `factor.key` is there; a file that cannot be removed is left.
+fn remove_unlinked_keys(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!("{KEY_FILE}.new-");
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl FactorKey {
     /// The key from 32 bytes.
     pub fn from_bytes(master: &[u8; 32]) -> Self {
@@ -172,7 +185,10 @@ impl FactorKey {
         refuse_untrusted_owner(&path).map_err(io)?;
         make_private_if_ours(&path);
         match crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES) {
-            Ok(text) => return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone())),
+            Ok(text) => {
+                remove_unlinked_keys(dir);
+                return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone()));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(unreadable_why(&path, e))),
         }
@@ -201,7 +217,9 @@ impl FactorKey {
                 std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
                 Ok(Self::from_bytes(&master))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another start linked its key first (NotFound: and took this one's unlinked file
+            // away as a leftover, `remove_unlinked_keys`): theirs is the key.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound) => {
                 let text = crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES).map_err(io)?;
                 Self::parse(&text).ok_or(KeyError::Malformed(path))
             }
@@ -334,9 +352,13 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // Written whole under another name first, which is gone (review 184: a start killed
         // while writing left an empty key that every later start refused).
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, [KEY_FILE], "{names:?}");
+        let names = || -> Vec<_> { std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect() };
+        assert_eq!(names(), [KEY_FILE]);
         assert_eq!(std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap().len(), 65);
+        // What a start killed before the link left is taken away by the next (review 185).
+        std::fs::write(dir.path().join(format!("{KEY_FILE}.new-00ff")), "unused").unwrap();
+        FactorKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(names(), [KEY_FILE]);
         let b = FactorKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.id, b.id);
         // Copied in readable by others (`install -m 0644`): made private, and still the key.

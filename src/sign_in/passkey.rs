@@ -70,7 +70,8 @@ impl SignIn {
         csrf: &str,
         prelogin: Option<&str>,
     ) -> Result<BeginOutcome, SignInError> {
-        let judged = Judged { service: self, client, username: "", digest: None, known_browser: false };
+        let judged =
+            Judged { service: self, client, username: "", digest: None, known_browser: false, username_exempt: false };
         // A quota of its own, not the password form's: a button pressed again and again (a
         // passkey not found, an office behind one address) must not use up the address's
         // sign-ins.
@@ -117,7 +118,14 @@ impl SignIn {
     /// As [`SignIn::attempt`].
     #[tracing::instrument(name = "sign_in_passkey", skip_all)]
     pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
-        let anonymous = Judged { service: self, client: a.client, username: "", digest: None, known_browser: false };
+        let anonymous = Judged {
+            service: self,
+            client: a.client,
+            username: "",
+            digest: None,
+            known_browser: false,
+            username_exempt: false,
+        };
         if let Some(refused) = self.address_quota(&anonymous).await? {
             return Ok(Outcome::Refused(refused));
         }

@@ -174,6 +174,11 @@ async fn a_browser_that_signed_in_before_is_not_put_behind_a_picture_by_failures
     assert!(shows_captcha(&page), "a stranger: {page}");
     let (_, page) = owner.get("/login?username=alice").await;
     assert!(!shows_captcha(&page), "her browser: {page}");
+    // Her own typo counts, and the form it gets again asks for no picture (review 185).
+    let resp = owner.submit(&page, "alice", "not quite her password", None).await;
+    assert_eq!(resp.status(), 401);
+    let page = resp.text().await.unwrap();
+    assert!(!shows_captcha(&page), "after her typo: {page}");
     let resp = owner.submit(&page, "alice", GOOD_PASSWORD, None).await;
     assert_eq!(resp.status(), 303, "signed in without a picture");
 }

@@ -373,7 +373,7 @@ async fn with_a_cookie_domain_every_cookie_but_the_device_cookie_is_secure_prefi
     assert!(device.starts_with("__Host-portcullis-device=") && !device.contains("Domain="), "{device}");
     assert!(set.iter().any(|c| c.starts_with("__Secure-portcullis=") && c.ends_with("; Domain=example.test")));
     let value = device.split(';').next().unwrap().trim_start_matches("__Host-portcullis-device=");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(app.state.csrf.is_known_device(value, "alice", now));
 }
 

@@ -198,7 +198,7 @@ async fn a_browser_that_signed_in_before_gets_past_a_flood_that_fills_the_pool()
 #[tokio::test]
 async fn one_browser_stays_known_for_each_username_it_signed_in_as() {
     let app = spawn_app_with(|_| {}).await;
-    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     app.add_user("alice", GOOD_PASSWORD, false).await;
     app.add_user("bob", GOOD_PASSWORD, false).await;
     let browser = app.new_browser();

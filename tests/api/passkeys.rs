@@ -195,7 +195,7 @@ async fn a_form_a_passkey_signed_in_with_stays_retired_past_its_expiry_by_the_sl
     let credential = assert_with(&app, &mut device, json(begin).await);
     let signed_in = finish(&app, &other, &csrf, &credential).await;
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let device_cookie = crate::helpers::cookie_value(&signed_in, "__Host-portcullis-device").expect("a device cookie");
     assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now), "a passkey sign-in sets one too");
     let pre = app.state.csrf.prelogin(&prelogin, now).expect("the form's pre-login value");

@@ -194,7 +194,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert_eq!(resp.headers()["location"], "/");
     let session = cookie_value(&resp, "__Host-portcullis").expect("a session cookie");
     let device_cookie = cookie_value(&resp, "__Host-portcullis-device").expect("a device cookie");
-    assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now_ms() / 1000), "set at the second step");
+    assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now_ms()), "set at the second step");
     let active = app.state.sessions.resolve(&session).await.unwrap().unwrap();
     assert_eq!(active.record.factors, Factors::Two, "signed in with two factors");
     assert_eq!(successes(&app.log_lines()), successes_before + 1, "the sign-in is logged once, at the second step");
@@ -1073,7 +1073,7 @@ async fn the_second_step_keeps_the_device_cookies_other_usernames() {
     assert_eq!(resp.status(), 303);
     let device = cookie_value(&resp, "__Host-portcullis-device").expect("a device cookie");
     for user in ["alice", "bob"] {
-        assert!(app.state.csrf.is_known_device(&device, user, now_ms() / 1000), "{user}: {device}");
+        assert!(app.state.csrf.is_known_device(&device, user, now_ms()), "{user}: {device}");
     }
 }
 

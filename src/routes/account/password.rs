@@ -166,7 +166,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     // This browser has just typed the password, as at a sign-in: its device token is renewed in
     // the new generation, which voids the old ones (a thief's among them), so it stays known.
     let previous = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
-    match state.csrf.issue_device_cookie(&user.key, previous.as_deref(), crate::store::now_ms() / 1000) {
+    match state.csrf.issue_device_cookie(&user.key, previous.as_deref(), crate::store::now_ms()) {
         Ok(value) => {
             if let Ok(v) = crate::routes::login::device_cookie(&value).parse() {
                 resp.headers_mut().append(poem::http::header::SET_COOKIE, v);

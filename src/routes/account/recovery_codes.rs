@@ -86,7 +86,7 @@ pub(crate) async fn codes_with_first_factor(
 /// after [`first_factor_generation`], as after a password change.
 pub(crate) fn with_device_cookie(req: &Request, state: &AppState, user_key: &str, mut resp: Response) -> Response {
     let previous = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
-    match state.csrf.issue_device_cookie(user_key, previous.as_deref(), crate::store::now_ms() / 1000) {
+    match state.csrf.issue_device_cookie(user_key, previous.as_deref(), crate::store::now_ms()) {
         Ok(value) => {
             if let Ok(v) = crate::routes::login::device_cookie(&value).parse() {
                 resp.headers_mut().append(poem::http::header::SET_COOKIE, v);
