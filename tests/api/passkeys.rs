@@ -198,7 +198,7 @@ async fn a_form_a_passkey_signed_in_with_stays_retired_past_its_expiry_by_the_sl
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let device_cookie = crate::helpers::cookie_value(&signed_in, "__Host-portcullis-device").expect("a device cookie");
     assert!(app.state.csrf.is_known_device(&device_cookie, "alice", now), "a passkey sign-in sets one too");
-    let pre = app.state.csrf.prelogin(&prelogin, now).expect("the form's pre-login value");
+    let pre = app.state.csrf.prelogin(&prelogin, now / 1000).expect("the form's pre-login value");
     // A passkey sign-in judged just before the expiry retires the form after its checks, as a
     // password's does: the retirement must outlive the expiry.
     app.state.brute_force.prune(pre.expires_at() * 1000 + 60_000).await.unwrap();
