@@ -114,6 +114,11 @@ struct Browser<'a> {
     session: Option<&'a SessionToken>,
     /// Its device cookie, whose tokens for other usernames the new value keeps.
     device: Option<&'a str>,
+    /// When this sign-in began to be judged (Unix ms): its new device token bears this time,
+    /// not the time it is issued, so a change of the user's credentials made while it was
+    /// judged voids it as it ends the session (review 186: a sign-in racing *sign out
+    /// everywhere else* got a dead session and a token stamped after the change).
+    began_at: u64,
 }
 
 /// What became of an attempt. (No `Debug`: it can hold a session token.)
@@ -583,7 +588,7 @@ impl SignIn {
             return Ok(Outcome::SecondFactorNeeded { pending });
         }
         let with = SignedInWith::from(Factors::One);
-        let browser = Browser { session: previous_session.as_ref(), device };
+        let browser = Browser { session: previous_session.as_ref(), device, began_at: now };
         let method = SignInMethod::Password;
         let proved = Proved { with, method, app_at_check: None };
         let Some((token, device_cookie)) = self.complete(&user, proved, client, browser, after_failures).await? else {
@@ -708,7 +713,7 @@ impl SignIn {
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
-            .issue_device_cookie(&user.key, browser.device, now_ms())
+            .issue_device_cookie(&user.key, browser.device, browser.began_at)
             .map_err(|e| SignInError::Unexpected(anyhow::anyhow!(e)))?;
         if with.factors == Factors::Two {
             // The password step left the last sign-in time alone: this is the sign-in.
@@ -911,7 +916,7 @@ impl SignIn {
                 };
                 let after_failures = counted.unwrap_or(0);
                 let with = SignedInWith { factors: Factors::Two, passkey_id };
-                let browser = Browser { session: previous_session.as_ref(), device };
+                let browser = Browser { session: previous_session.as_ref(), device, began_at: now };
                 let method = match kind {
                     FactorKind::Totp => SignInMethod::Totp,
                     // Read after the code was spent: what is left now.
@@ -1209,6 +1214,25 @@ mod tests {
         assert!(f.store.users.renew_generation("alice", now_ms() + 1, None).await.unwrap().is_some());
         assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::Stranger);
         assert_eq!(refusal(f.attempt("alice", GOOD).await).reason, FailureReason::CaptchaRequired, "stale");
+    }
+
+    /// A sign-in's device token bears the time it began to be judged, so a change of the
+    /// user's credentials made meanwhile voids it as it ends the session (review 186: a
+    /// sign-in racing *sign out everywhere else* kept a token stamped after the change).
+    #[tokio::test]
+    async fn a_device_token_bears_the_time_its_sign_in_began() {
+        let f = fixture(None, None, 100).await;
+        let began_at = now_ms();
+        // The change, while the sign-in is judged.
+        assert!(f.store.users.renew_generation("alice", began_at + 1, None).await.unwrap().is_some());
+        let user_now = f.store.users.get("alice").await.unwrap().unwrap();
+        let proved =
+            Proved { with: SignedInWith::from(Factors::One), method: SignInMethod::Password, app_at_check: None };
+        let browser = Browser { session: None, device: None, began_at };
+        let done = f.service.complete(&user_now, proved, &f.client, browser, 0).await.unwrap();
+        let (_, device_cookie) = done.expect("signed in");
+        assert_eq!(f.service.csrf.known_device_issued(&device_cookie, "alice", now_ms()), Some(began_at));
+        assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::Stranger);
     }
 
     #[tokio::test]

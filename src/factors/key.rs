@@ -215,6 +215,9 @@ impl FactorKey {
             Ok(()) => {
                 // The directory entry too, so the key is there whenever the records it seals are.
                 std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                // A start killed before its link left its key beside, unused (review 186: the
+                // next start, the one making the key, left it).
+                remove_unlinked_keys(dir);
                 Ok(Self::from_bytes(&master))
             }
             // Another start linked its key first (NotFound: and took this one's unlinked file
@@ -347,6 +350,8 @@ mod tests {
     fn the_key_file_is_made_once_private_and_read_back() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        // What a first start killed before its link left, before any key is there.
+        std::fs::write(dir.path().join(format!("{KEY_FILE}.new-0123")), "unused").unwrap();
         let a = FactorKey::load_or_create(dir.path()).unwrap();
         let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -118,6 +118,7 @@ impl SignIn {
     /// As [`SignIn::attempt`].
     #[tracing::instrument(name = "sign_in_passkey", skip_all)]
     pub async fn with_passkey(&self, passkeys: &Passkeys, a: PasskeyAttempt<'_>) -> Result<Outcome, SignInError> {
+        let began_at = now_ms();
         let anonymous = Judged {
             service: self,
             client: a.client,
@@ -200,7 +201,7 @@ impl SignIn {
         let Some(after_failures) = ended else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
-        let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device };
+        let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device, began_at };
         let name = Some(verified.passkey_name.as_str());
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
         let Some((token, device_cookie)) = self
