@@ -208,6 +208,18 @@ pub enum Asker {
     KnownBrowser,
 }
 
+impl Asker {
+    /// [`Asker::KnownBrowser`] when the browser holds a device token of the user's
+    /// generation (`known`), else [`Asker::Stranger`].
+    pub fn of(known: bool) -> Self {
+        if known {
+            Asker::KnownBrowser
+        } else {
+            Asker::Stranger
+        }
+    }
+}
+
 /// A password check allowed to run without a captcha, counted while it runs, as plain
 /// values (so a shared store can hold it too). It must end in [`FailureTracker::fail`] or
 /// [`FailureTracker::release`] (a success, a quota refusal, an overloaded pool, an error).

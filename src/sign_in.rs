@@ -219,7 +219,24 @@ impl SignIn {
             return Ok(Asker::Stranger);
         };
         let (_, generation) = self.factors.summary_with_generation(user_key).await?;
-        Ok(if Self::of_generation(Some(issued), generation) { Asker::KnownBrowser } else { Asker::Stranger })
+        Ok(Asker::of(Self::of_generation(Some(issued), generation)))
+    }
+
+    /// The username digest whose failures demand a picture of this browser for `user_key`
+    /// (`None` for a known browser, [`SignIn::asker`]): what the pages that show whether a
+    /// picture will be asked for pass to [`BruteForceState::needs_captcha`].
+    ///
+    /// # Errors
+    /// As [`SignIn::asker`].
+    pub async fn counted_username(
+        &self,
+        device: Option<&str>,
+        user_key: &str,
+    ) -> Result<Option<u128>, crate::store::StoreError> {
+        Ok(match self.asker(device, user_key).await? {
+            Asker::KnownBrowser => None,
+            Asker::Stranger => Some(username_digest(user_key)),
+        })
     }
 
     /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
@@ -501,9 +518,9 @@ impl SignIn {
         };
         let early = if token.is_some() { Some(read_factors().await?) } else { None };
         let known = Self::of_generation(token, early.as_ref().and_then(|(_, generation)| *generation));
-        let asker = if known { Asker::KnownBrowser } else { Asker::Stranger };
         judged.username_exempt = known;
-        let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, asker, now).await? else {
+        let Some(reserved) = self.state.reserve_for_form(prelogin.id(), address, digest, Asker::of(known), now).await?
+        else {
             return judged.refuse(FailureReason::Csrf, None, false).await;
         };
 
@@ -837,8 +854,7 @@ impl SignIn {
         let reservation = if one_check || !guessable {
             None
         } else {
-            let asker = if known { Asker::KnownBrowser } else { Asker::Stranger };
-            match self.state.reserve(address, digest, asker, now).await? {
+            match self.state.reserve(address, digest, Asker::of(known), now).await? {
                 Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
                 Err(CaptchaDemanded) => {
                     let key = pending_captcha_key(&hash);

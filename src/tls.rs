@@ -669,11 +669,9 @@ impl Connection {
     /// # Errors
     /// The handshake's error: refused, broken off, or past `handshake_timeout`.
     pub async fn negotiate(&mut self) -> io::Result<bool> {
-        std::future::poll_fn(|cx| match self.poll_ready(cx) {
-            Poll::Ready(Ok(Ready::Tls(stream))) => Poll::Ready(Ok(stream.get_ref().1.alpn_protocol() == Some(b"h2"))),
-            Poll::Ready(Ok(Ready::Plain(_))) => Poll::Ready(Ok(false)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        std::future::poll_fn(|cx| {
+            self.poll_ready(cx)
+                .map_ok(|ready| matches!(ready, Ready::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2")))
         })
         .await
     }

@@ -97,9 +97,8 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
     let digest = match username.map(crate::sign_in::typed_user_key) {
         Some(user_key) => {
             let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
-            match state.sign_in.asker(device.as_deref(), &user_key).await {
-                Ok(crate::failures::Asker::KnownBrowser) => None,
-                Ok(crate::failures::Asker::Stranger) => Some(crate::rate_limit::username_digest(&user_key)),
+            match state.sign_in.counted_username(device.as_deref(), &user_key).await {
+                Ok(digest) => digest,
                 Err(e) => return crate::routes::store_error(&e, "could not read the user's credential generation"),
             }
         }

@@ -171,11 +171,11 @@ async fn past_threshold(
     // A browser the user signed in with before meets its address's threshold alone, as the
     // check will.
     let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
-    let digest = match state.sign_in.asker(device.as_deref(), user_key).await {
-        Ok(crate::failures::Asker::KnownBrowser) => None,
-        Ok(crate::failures::Asker::Stranger) => Some(crate::rate_limit::username_digest(user_key)),
-        Err(e) => return Err(crate::routes::store_error(&e, "could not read the user's credential generation")),
-    };
+    let digest = state
+        .sign_in
+        .counted_username(device.as_deref(), user_key)
+        .await
+        .map_err(|e| crate::routes::store_error(&e, "could not read the user's credential generation"))?;
     match state.brute_force.needs_captcha(address, digest, crate::store::now_ms()).await {
         Ok(past) => Ok(past),
         Err(e) => Err(crate::routes::unavailable("cannot read the failure counts", &e)),
