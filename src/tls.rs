@@ -125,6 +125,9 @@ fn pair_present(dir: &Path) -> anyhow::Result<bool> {
 /// start leaves no `data_dir` or `log_dir` behind (review 133).
 pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
     refuse_a_file_for_the_directory(dir)?;
+    if development_certificate_cut_short(dir) {
+        return Ok(());
+    }
     if pair_present(dir)? {
         load_certified_key(dir)?;
     }
@@ -174,18 +177,109 @@ fn refuse_untrusted_file(path: &Path) -> anyhow::Result<()> {
 
 /// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
 /// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
-/// the other is an error: it usually means a deployment went half-way.
+/// the other is an error: it usually means a deployment went half-way, but for a development
+/// certificate a first start cut short left ([`development_certificate_cut_short`]), which is
+/// removed, with a warning, and a new pair made.
+///
+/// Each file is written whole under another name and linked into place, the certificate
+/// first: a start killed while writing left a `key.pem` without its `cert.pem`, which every
+/// later start refused (review 182's kill points, 30–40 ms into a first start).
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
     refuse_a_file_for_the_directory(dir)?;
+    if development_certificate_cut_short(dir) {
+        let cert = cert_path(dir);
+        std::fs::remove_file(&cert).with_context(|| format!("cannot remove {}", cert.display()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "removed a development certificate without its key (a first start stopped before it wrote key.pem): a new pair is made"
+        );
+    }
     if pair_present(dir)? {
+        remove_unlinked_pairs(dir);
         return Ok(false);
     }
     let (cert, key) = (cert_path(dir), key_path(dir));
     make_directory(dir)?;
     let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
-    write_private(&key, key_pem.as_bytes())?;
-    std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
-    Ok(true)
+    let key_pem = zeroize::Zeroizing::new(key_pem);
+    let mut suffix = [0u8; 8];
+    crate::random::fill(&mut suffix)?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let (cert_new, key_new) =
+        (dir.join(format!("cert.pem{UNLINKED}{suffix}")), dir.join(format!("key.pem{UNLINKED}{suffix}")));
+    let linked = write_new(&key_new, key_pem.as_bytes(), 0o600)
+        .and_then(|()| write_new(&cert_new, cert_pem.as_bytes(), 0o644))
+        // A link is made only where nothing is (`AlreadyExists` otherwise).
+        .and_then(|()| std::fs::hard_link(&cert_new, &cert))
+        .and_then(|()| std::fs::hard_link(&key_new, &key));
+    // The names they were written under go either way (a start killed before this leaves
+    // them: `remove_unlinked_pairs` at the next).
+    for path in [&cert_new, &key_new] {
+        let _ = std::fs::remove_file(path);
+    }
+    match linked {
+        Ok(()) => {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot write {}", dir.display()))?;
+            remove_unlinked_pairs(dir);
+            Ok(true)
+        }
+        // Another start linked its certificate first (its instances share `cert_dir`): its
+        // key follows at once, and its pair is the one to serve.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !key.exists() && cert.exists() => {
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while !key.exists() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            pair_present(dir).map(|_| false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => pair_present(dir).map(|_| false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot write a development pair in {}", dir.display()))),
+    }
+}
+
+/// What the names a development pair is written under before it is linked into place carry
+/// between `cert.pem`/`key.pem` and their random suffix.
+const UNLINKED: &str = ".new-";
+
+/// How long ago a development certificate without its key must have been written before a
+/// start takes it for one a first start cut short: a younger one may be another start's,
+/// whose key is being linked this moment.
+const CUT_SHORT_AFTER: Duration = Duration::from_secs(10);
+
+/// Whether `dir` holds what a first start killed between linking its development certificate
+/// and linking its key left: `cert.pem` a development certificate ([`DEV_CERT_NAME`], whose
+/// key nobody else has), written more than [`CUT_SHORT_AFTER`] ago, and no `key.pem`, not even
+/// a link. An operator's certificate without its key is still refused ([`pair_present`]).
+fn development_certificate_cut_short(dir: &Path) -> bool {
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    if std::fs::symlink_metadata(&key).is_ok() {
+        return false;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(&cert) else { return false };
+    let old = meta.modified().ok().and_then(|at| at.elapsed().ok()).is_some_and(|age| age >= CUT_SHORT_AFTER);
+    if !meta.is_file() || !old {
+        return false;
+    }
+    let Ok(pem) = crate::files::read_small(&cert, crate::files::MAX_PEM_BYTES) else { return false };
+    let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&pem).next() else { return false };
+    x509_parser::parse_x509_certificate(&leaf)
+        .is_ok_and(|(_, parsed)| parsed.subject().to_string().contains(&format!("CN={DEV_CERT_NAME}")))
+}
+
+/// Removes what a start killed between writing a development pair and linking it into place
+/// left (`cert.pem.new-*`, `key.pem.new-*`): a key nobody uses. Called once the pair is
+/// there; a file that cannot be removed is left.
+fn remove_unlinked_pairs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefixes = [format!("cert.pem{UNLINKED}"), format!("key.pem{UNLINKED}")];
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if prefixes.iter().any(|p| name.to_string_lossy().starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Makes `dir` (and its parents), then judges it as [`ensure_certificate`] judged it missing:
@@ -224,18 +318,14 @@ fn development_pair() -> Result<(String, String), rcgen::Error> {
 /// Within this many days of its end a certificate is said to need renewing at start.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Writes `contents` to a new file `path` (refused if it exists) with `mode`, on disk before
+/// it returns.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all()?;
-    Ok(())
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 /// Reads the pair in `dir` and checks that the key belongs to the certificate.
@@ -917,6 +1007,50 @@ mod tests {
         std::fs::write(cert_path(dir.path()), "x").unwrap();
         let err = ensure_certificate(dir.path()).unwrap_err().to_string();
         assert!(err.contains("key.pem is missing"), "{err}");
+    }
+
+    /// What a first start killed between linking its certificate and its key left, a
+    /// development certificate alone, is mended at the next start once it is older than
+    /// another start's linking would take; an operator's certificate alone, or a young one,
+    /// is still refused. Leftovers written under other names go.
+    #[test]
+    fn a_development_certificate_a_first_start_left_without_its_key_is_made_anew() {
+        use std::os::unix::fs::PermissionsExt;
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let backdate = |path: &Path| {
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(60)).unwrap();
+        };
+        assert!(ensure_certificate(dir.path()).unwrap());
+        std::fs::remove_file(key_path(dir.path())).unwrap();
+        for leftover in ["cert.pem.new-0011223344556677", "key.pem.new-0011223344556677"] {
+            std::fs::write(dir.path().join(leftover), "x").unwrap();
+        }
+        let young = format!("{:#}", check_existing_certificate(dir.path()).unwrap_err());
+        assert!(young.contains("key.pem is missing"), "another start may be linking its key: {young}");
+        assert!(ensure_certificate(dir.path()).is_err());
+        backdate(&cert_path(dir.path()));
+        check_existing_certificate(dir.path()).unwrap();
+        assert!(ensure_certificate(dir.path()).unwrap(), "a new pair");
+        load_certified_key(dir.path()).unwrap();
+        let mode = std::fs::metadata(key_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        assert_eq!(names, ["cert.pem", "key.pem"], "nothing left beside the pair");
+
+        // An operator's certificate whose key is missing is a deployment gone half-way.
+        let theirs = tempfile::tempdir().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["login.example.com".to_string()]).unwrap();
+        let cert = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(cert_path(theirs.path()), cert.pem()).unwrap();
+        backdate(&cert_path(theirs.path()));
+        let e = format!("{:#}", check_existing_certificate(theirs.path()).unwrap_err());
+        assert!(e.contains("key.pem is missing"), "{e}");
+        assert!(ensure_certificate(theirs.path()).is_err());
+        assert_eq!(std::fs::read_to_string(cert_path(theirs.path())).unwrap(), cert.pem(), "left as it was");
     }
 
     #[test]

@@ -464,6 +464,33 @@ async fn serve_starts_as_many_request_and_hashing_threads_as_configured() {
     assert!(line.contains(&format!("hash_workers={cores}")), "{line}");
 }
 
+/// A first start killed between linking its development certificate and its key left the
+/// certificate alone, and every later start refused it ("cert.pem exists but key.pem is
+/// missing"): the next start makes a new pair and says so (review 182's kill points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_development_certificate_left_without_its_key_is_made_anew_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d: PathBuf = dir.path().to_path_buf();
+    let start = |d: PathBuf| tokio::task::spawn_blocking(move || ServerProcess::start(&d, SERVE));
+    let first = start(d.clone()).await.unwrap();
+    let (status, _, _) = tokio::task::spawn_blocking(move || first.terminate_with_output()).await.unwrap();
+    assert!(status.success());
+    let cert = d.join("certs/cert.pem");
+    let old = std::fs::read_to_string(&cert).unwrap();
+    std::fs::remove_file(d.join("certs/key.pem")).unwrap();
+    // As old as a start cut short a while ago (a younger one may be another start's).
+    let f = std::fs::File::options().write(true).open(&cert).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60)).unwrap();
+    drop(f);
+    let second = start(d.clone()).await.unwrap();
+    let health = second.browser().get(second.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "served with the new pair, which the browser trusts");
+    let (status, _, stderr) = tokio::task::spawn_blocking(move || second.terminate_with_output()).await.unwrap();
+    assert!(status.success(), "{stderr:#?}");
+    assert!(stderr.iter().any(|l| l.contains("removed a development certificate without its key")), "{stderr:#?}");
+    assert_ne!(std::fs::read_to_string(&cert).unwrap(), old, "a new certificate");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_that_cannot_show_the_password_keeps_no_administrator() {
     // A full disk, and /dev/null (where a closed standard output ends up too).
