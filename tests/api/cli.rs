@@ -401,6 +401,10 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
     assert!(status.success(), "second stop: {status:?}; stderr: {stderr:#?}");
     assert!(printed_password(&stdout).is_none() && !stdout.iter().any(|l| l.contains(&password)));
     assert!(!stderr.iter().any(|l| l.contains("no enabled administrator")), "{stderr:#?}");
+    // Until `admin` signs in, a start says how to set its password, should the first start
+    // have been stopped before printing it (review 182: no line said so).
+    let not_yet = "the administrator admin has not signed in yet";
+    assert!(stderr.iter().any(|l| l.contains(not_yet) && l.contains("portcullis user passwd admin")), "{stderr:#?}");
 
     // Third start, stopped at once: the signal handler is in place before "listening".
     let third = tokio::task::spawn_blocking({
@@ -411,6 +415,7 @@ async fn serve_prints_the_admin_password_on_first_start_only_and_stops_cleanly_o
     .unwrap();
     let (status, _, stderr) = tokio::task::spawn_blocking(move || third.terminate_with_output()).await.unwrap();
     assert!(status.success(), "immediate stop: {status:?}; stderr: {stderr:#?}");
+    assert!(!stderr.iter().any(|l| l.contains(not_yet)), "admin has signed in: {stderr:#?}");
 
     assert_eq!(names(&list_json(&d).await), ["admin", "carol"], "users persist across stops");
 
