@@ -116,6 +116,31 @@ pub fn printable_name(s: &str) -> Cow<'_, str> {
     escaped_where(s, |at, c| !c.is_ascii() || escaped_by_printable(s, at, c))
 }
 
+/// [`printable_name`] for a cell of a text table (`audit`'s records and summary), where a run
+/// of spaces would read as a gap between columns (review 188: `admin` + 15 spaces + `9999`
+/// passed for the `admin` row with a count beside it): a space that begins or ends `s` or
+/// follows another is written `\u{20}`. [`unprintable`] reads it back, so a name copied from
+/// the table finds its records.
+pub fn printable_cell(s: &str) -> Cow<'_, str> {
+    let shown = printable_name(s);
+    let spaced = |at: usize| {
+        let b = shown.as_bytes();
+        b[at] == b' ' && (at == 0 || at + 1 == b.len() || b[at - 1] == b' ')
+    };
+    if !(0..shown.len()).any(spaced) {
+        return shown;
+    }
+    let mut out = String::with_capacity(shown.len() + 16);
+    for (at, c) in shown.char_indices() {
+        if spaced(at) {
+            out.push_str("\\u{20}");
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `s` in double quotes for an error line: a quote, a backslash, `\n`, `\r`, `\t` and
 /// `\0` escaped as Rust's `{:?}` writes them, every other [`needs_escape`] character as
 /// `\u{…}`, and every other character as it is. Rust's `{:?}` also escapes combining marks
@@ -194,7 +219,8 @@ pub fn unprintable(s: &str) -> Cow<'_, str> {
             let c = u32::from_str_radix(&after[..end], 16).ok().and_then(char::from_u32)?;
             let canonical = c.escape_unicode().to_string() == rest[at..at + 3 + end + 1];
             // Any non-ASCII character: [`printable_name`] escapes look-alike letters too.
-            (canonical && (!c.is_ascii() || needs_escape(c) || c == '\\')).then_some((c, end))
+            // A space: [`printable_cell`] writes one of a run so.
+            (canonical && (!c.is_ascii() || needs_escape(c) || c == '\\' || c == ' ')).then_some((c, end))
         });
         match decoded {
             Some((c, end)) => {
@@ -212,19 +238,21 @@ pub fn unprintable(s: &str) -> Cow<'_, str> {
 }
 
 /// One serialised JSON text (as serde_json writes it: every character outside ASCII is inside
-/// a string) with every [`is_hidden`] character written as a JSON `\uXXXX` escape (a
+/// a string) with every [`needs_escape`] character written as a JSON `\uXXXX` escape (a
 /// surrogate pair above U+FFFF). serde_json escapes only C0, `"` and `\`; this also covers
 /// DEL, C1 (U+0085 is a line break to many readers), U+2028/U+2029 and the bidi controls, so
-/// a line stays one line to every Unicode-aware reader (RFC 8259 §7 allows any escape).
+/// a line stays one line to every Unicode-aware reader (RFC 8259 §7 allows any escape), and
+/// the blanks that are not format characters (U+2800, U+FFFC), which the terminal escapes too
+/// (review 188: `admin⠀` read as `admin` in the file alone).
 pub fn escape_json(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(is_hidden) {
+    if !json.chars().any(needs_escape) {
         return Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
         // ASCII controls outside strings would be JSON whitespace (\t \n \r), which a caller's
         // line framing needs as is; inside strings serde_json has escaped them already.
-        if is_hidden(c) && !c.is_ascii_whitespace() {
+        if needs_escape(c) && !c.is_ascii_whitespace() {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 // Writing to a String cannot fail.
@@ -333,6 +361,23 @@ mod tests {
         assert_eq!(super::unprintable("\\u{200b}\\u{41}"), "\u{200b}\\u{41}");
     }
 
+    /// A run of spaces, or a space at either end, cannot pass for a gap between a table's
+    /// columns (review 188), and what the cell shows reads back as the name.
+    #[test]
+    fn a_table_cell_shows_runs_of_spaces_and_reads_back() {
+        for (s, shown) in [
+            ("ann lee", "ann lee"),
+            ("admin   9999", "admin \\u{20}\\u{20}9999"),
+            (" admin ", "\\u{20}admin\\u{20}"),
+            ("a\u{200b}  b", "a\\u{200b} \\u{20}b"),
+            (" ", "\\u{20}"),
+        ] {
+            assert_eq!(printable_cell(s), shown, "{s:?}");
+            assert_eq!(unprintable(&printable_cell(s)), s, "{s:?}");
+        }
+        assert_eq!(unprintable("\\u{20}"), " ");
+    }
+
     use super::*;
 
     /// Characters that look like nothing or break lines; each made look-alike usernames or
@@ -416,6 +461,9 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
         assert_eq!(back["username"], value);
         assert_eq!(escape_json("{\"a\":1}\n"), "{\"a\":1}\n", "framing whitespace stays");
+        // The blanks the terminal escapes, as it does (review 188); letters of every script stay.
+        let json = serde_json::json!({ "username": "admin\u{2800}\u{1d159}\u{fffc} Zoë 김민수" }).to_string();
+        assert_eq!(escape_json(&json), "{\"username\":\"admin\\u2800\\ud834\\udd59\\ufffc Zoë 김민수\"}");
     }
 
     #[test]

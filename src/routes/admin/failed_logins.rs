@@ -258,6 +258,7 @@ fn render(
     let field = |v: &Option<String>| crate::text::printable_name(v.as_deref().unwrap_or("")).into_owned();
     let (since, until, user, ip) =
         (field(&filters.since), field(&filters.until), field(&filters.user), field(&filters.ip));
+    let limit = crate::text::printable_name(limit);
     let page = AdminPage {
         admin: &crate::text::printable(&admin.user.display_name),
         csrf: &csrf,
@@ -266,7 +267,7 @@ fn render(
         user: &user,
         ip: &ip,
         reason: filters.reason.as_deref().unwrap_or(""),
-        limit,
+        limit: &limit,
         reasons: &FailureReason::ALL.map(FailureReason::as_str),
         shown,
         dropped: dropped_note(state.audit.records_dropped(), state.settings.audit_max_records),
