@@ -375,8 +375,8 @@ impl Application {
                     settings.failure_window,
                     settings.captcha_after_failures,
                 ));
-                // Its retired pre-login ids go with the process, so must its sealed ceremonies.
-                csrf = csrf.ceremonies_of_this_process()?;
+                // Its retired pre-login ids go with the process, so must its forms.
+                csrf = csrf.of_this_process()?;
                 (Arc::clone(&in_memory) as Arc<dyn BruteForceState>, Some(in_memory))
             }
         };

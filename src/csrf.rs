@@ -195,30 +195,32 @@ impl Stamp {
 #[derive(Clone)]
 pub struct Csrf {
     key: [u8; 32],
-    /// This process's own value in the sealed ceremonies' tags, when retired pre-login ids
-    /// are kept in its memory: see [`Csrf::ceremonies_of_this_process`].
-    ceremony_epoch: Option<[u8; 16]>,
+    /// This process's own value in the pre-login values' and sealed ceremonies' tags, when
+    /// retired pre-login ids are kept in its memory: see [`Csrf::of_this_process`].
+    process_epoch: Option<[u8; 16]>,
 }
 
 impl Csrf {
     pub fn new(key: [u8; 32]) -> Self {
-        Csrf { key, ceremony_epoch: None }
+        Csrf { key, process_epoch: None }
     }
 
-    /// This service, its sealed ceremonies ([`Csrf::seal_ceremony`]) opening only in this
-    /// process. For a brute-force state kept in memory (sled): a sealed sign-in is used once
-    /// because its form is retired, and a restart forgets the retirements, so a finish request
-    /// replayed after a restart would sign in again (with an authenticator that keeps no
-    /// signature counter, as synced passkeys do not). A restart voids the open ones instead:
-    /// 5 minutes of them at most, which start again. With a shared state every instance must
-    /// open every other's, and the retirements survive restarts.
+    /// This service, its pre-login values ([`Csrf::issue_prelogin`]) and sealed ceremonies
+    /// ([`Csrf::seal_ceremony`]) good only in this process. For a brute-force state kept in
+    /// memory (sled): a form signs in once because its pre-login value is retired, and a
+    /// restart forgets the retirements, so a sign-in form re-sent after a restart (a browser's
+    /// history resubmitting it, review 189) or a passkey finish request replayed (with an
+    /// authenticator that keeps no signature counter, as synced passkeys do not) would sign
+    /// in again. A restart voids the open forms instead: their sign-in is refused as an
+    /// expired form (403), which comes back with a new one. With a shared state every instance
+    /// must take every other's, and the retirements survive restarts.
     ///
     /// # Errors
     /// [`CsrfError::Random`] when the system's random source fails.
-    pub fn ceremonies_of_this_process(mut self) -> Result<Self, CsrfError> {
+    pub fn of_this_process(mut self) -> Result<Self, CsrfError> {
         let mut epoch = [0u8; 16];
         crate::random::fill(&mut epoch)?;
-        self.ceremony_epoch = Some(epoch);
+        self.process_epoch = Some(epoch);
         Ok(self)
     }
 
@@ -244,7 +246,11 @@ impl Csrf {
     }
 
     fn prelogin_mac(&self, issued: &[u8; 8], id: &[u8; 16]) -> Hmac<Sha256> {
-        self.mac(&[b"prelogin", issued, id])
+        match &self.process_epoch {
+            Some(epoch) => self.mac(&[b"prelogin", epoch, issued, id]),
+            // As before there were epochs: a shared state's values outlive an upgrade.
+            None => self.mac(&[b"prelogin", issued, id]),
+        }
     }
 
     /// Parses a pre-login cookie value: `None` unless this server issued it (the tag checks,
@@ -385,7 +391,7 @@ impl Csrf {
     /// The MAC over a sealed ceremony: its expiry and state, bound to the form's pre-login id
     /// and, when there is one, this process's own value.
     fn ceremony_mac(&self, pre: &PreLogin, expires: &[u8; 8], state: &[u8]) -> Hmac<Sha256> {
-        let epoch = self.ceremony_epoch.as_ref().map_or(&[][..], |e| &e[..]);
+        let epoch = self.process_epoch.as_ref().map_or(&[][..], |e| &e[..]);
         self.mac(&[b"passkey sign-in", epoch, &pre.id, expires, state])
     }
 
@@ -489,11 +495,11 @@ mod tests {
             assert_eq!(csrf.open_ceremony(&pre, junk, now), None, "{junk:.20}");
         }
         // Bound to this process: another one (a restart) with the same secret does not open it.
-        let here = Csrf::new([7; 32]).ceremonies_of_this_process().unwrap();
+        let here = Csrf::new([7; 32]).of_this_process().unwrap();
         let sealed = here.seal_ceremony(&pre, state, now + 300);
         assert_eq!(here.open_ceremony(&pre, &sealed, now).as_deref(), Some(state));
         assert_eq!(csrf.open_ceremony(&pre, &sealed, now), None);
-        assert_eq!(Csrf::new([7; 32]).ceremonies_of_this_process().unwrap().open_ceremony(&pre, &sealed, now), None);
+        assert_eq!(Csrf::new([7; 32]).of_this_process().unwrap().open_ceremony(&pre, &sealed, now), None);
     }
 
     #[test]
@@ -579,6 +585,22 @@ mod tests {
         assert!(!csrf.check_login("cookie-a", &t, 0));
         let t = csrf.login_token("cookie-a", 0);
         assert!(!csrf.check_login("cookie-a", &t, u64::MAX));
+    }
+
+    /// With retirements in memory, a restart forgets which forms signed in: the forms go with
+    /// the process (review 189 re-sent one after a restart of a sled server, and signed in).
+    #[test]
+    fn a_pre_login_value_of_this_process_is_taken_by_it_alone() {
+        let now = 1_000_000;
+        let shared = Csrf::new([7; 32]);
+        let (here, next) = (shared.clone().of_this_process().unwrap(), shared.clone().of_this_process().unwrap());
+        let pre = here.issue_prelogin(now).unwrap();
+        assert_eq!(here.prelogin(pre.value(), now + 10).as_ref(), Some(&pre));
+        assert!(next.prelogin(pre.value(), now + 10).is_none(), "the next process, same secret");
+        assert!(shared.prelogin(pre.value(), now + 10).is_none(), "a shared state's server");
+        let old = shared.issue_prelogin(now).unwrap();
+        assert!(here.prelogin(old.value(), now + 10).is_none(), "one issued before epochs");
+        assert!(shared.prelogin(old.value(), now + 10).is_some());
     }
 
     #[test]

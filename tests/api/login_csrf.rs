@@ -65,6 +65,31 @@ async fn a_signed_in_forms_cookie_and_token_do_not_sign_in_again() {
     assert!(set.is_some_and(|v| v != pre));
 }
 
+/// On sled the retirements are in memory: a form that signed in and is re-sent after a
+/// restart (a browser's history resubmitting it at a shared computer) is refused as an expired
+/// form, not signed in again (review 189), and the refusal comes with a form that works.
+#[tokio::test]
+async fn on_sled_a_form_that_signed_in_does_not_sign_in_again_after_a_restart() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let c = bare(&app);
+    let (pre, csrf) = form(&app, &c, None).await;
+    let pre = pre.unwrap();
+    assert_eq!(post(&app, &c, &pre, &csrf, GOOD_PASSWORD).await.status(), 303);
+    let (unused, unused_csrf) = form(&app, &c, None).await;
+    let (dir, settings) = app.stop().await;
+    let app = crate::helpers::spawn_in(dir, settings).await;
+    let again = post(&app, &c, &pre, &csrf, GOOD_PASSWORD).await;
+    assert_eq!(again.status(), 403, "re-sent after the restart");
+    assert!(cookie_value(&again, "__Host-portcullis").is_none(), "no session");
+    // A form opened before the restart goes with it too (which of them signed in is forgotten).
+    let unused = post(&app, &c, &unused.unwrap(), &unused_csrf, GOOD_PASSWORD).await;
+    assert_eq!(unused.status(), 403);
+    let fresh = cookie_value(&unused, PRE).expect("a new pre-login value with the refusal");
+    let fresh_csrf = hidden_field(&unused.text().await.unwrap(), "csrf").unwrap();
+    assert_eq!(post(&app, &c, &fresh, &fresh_csrf, GOOD_PASSWORD).await.status(), 303, "its form signs in");
+}
+
 #[tokio::test]
 async fn two_sign_ins_sent_with_one_form_at_once_make_one_session() {
     let app = spawn_app().await;

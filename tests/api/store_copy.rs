@@ -173,7 +173,9 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     crate::helpers::share_factor_key(&a.path().join("data"), &p.path().join("data"));
     let server = start(p.path(), Some(&target), "web-p");
     assert!(signed_in(&server, &session).await, "the session cookie holds on the copy");
-    assert_eq!(sign_in_with(&server, &form_for_pg, "alice", GOOD_PASSWORD).await, 303, "a form issued before");
+    // A sled server's sign-in forms are its own (which of them signed in is in its memory):
+    // refused as expired on the copy (review 189 re-sent one that had signed in, and it did).
+    assert_eq!(sign_in_with(&server, &form_for_pg, "alice", GOOD_PASSWORD).await, 403, "a sled server's form");
     assert_eq!(sign_in(&server, "admin", &admin_password).await.0, 303, "the admin's password");
     assert_eq!(sign_in(&server, "bob", GOOD_PASSWORD).await.0, 401, "bob is still disabled");
     stop(server);
@@ -186,7 +188,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     copied.assert_ok("copy to sled");
     assert!(
         copied.stdout.starts_with(
-            "copied 3 users, 0 second factors, 0 passkeys, 0 removed passkeys' owners, 3 sessions, 4 failed-login records and 3 secrets into "
+            "copied 3 users, 0 second factors, 0 passkeys, 0 removed passkeys' owners, 2 sessions, 5 failed-login records and 3 secrets into "
         ),
         "{copied:?}"
     );
@@ -195,7 +197,7 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
 
     let server = start(b.path(), None, "web-b");
     assert!(signed_in(&server, &session).await, "the first session still holds");
-    assert_eq!(sign_in_with(&server, &form_for_sled, "alice", GOOD_PASSWORD).await, 303);
+    assert_eq!(sign_in_with(&server, &form_for_sled, "alice", GOOD_PASSWORD).await, 403, "another process's form");
     assert_eq!(sign_in(&server, "admin", &admin_password).await.0, 303);
     stop(server);
 }
