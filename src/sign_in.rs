@@ -874,9 +874,22 @@ impl SignIn {
             return Ok(refused(o));
         }
         // The one check is used up before it is made, so two requests with the cookie get one.
-        if one_check && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))? {
+        // Any other code check holds the pending sign-in while it is made, and gives it back
+        // unless it signs in: a code is spent as it is checked, and of two requests with one
+        // pending sign-in only the one that signs in may spend theirs (review 189: two recovery
+        // codes sent at once were both spent for one sign-in, the second without a record).
+        let held = guessable && !one_check;
+        if (one_check || held)
+            && !self.factors.finish(&hash).await.map_err(store_err("could not end a pending sign-in"))?
+        {
+            if let Some(r) = reservation {
+                r.release().await?;
+            }
             return Ok(StepOutcome::Restart);
         }
+        let give_back = || async {
+            self.factors.put_back(&hash, &first).await.map_err(store_err("could not keep a pending sign-in"))
+        };
         // The app as it is before a code is checked: a removal or replacement after this read
         // is seen again once the session is stored (`SignIn::complete`).
         let app_at_check = match &proof {
@@ -888,7 +901,16 @@ impl SignIn {
             ),
             Proof::Passkey { .. } => None,
         };
-        let verdict = self.factors.verify(&user.key, &hash, &proof, now / 1000).await?;
+        let verdict = match self.factors.verify(&user.key, &hash, &proof, now / 1000).await {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                // Not checked: the pending sign-in stays for the next try, if the store lets it.
+                if held {
+                    let _ = give_back().await;
+                }
+                return Err(e.into());
+            }
+        };
         if let Verdict::PossibleClone(passkey) = &verdict {
             let (username, client) = (user.key.as_str(), judged.client);
             self.audit.record(&AuthEvent::PasskeyCloneSuspected { username, passkey, client });
@@ -901,23 +923,33 @@ impl SignIn {
                 // Nothing was checked, so the one check is not spent: the pending sign-in
                 // goes back as it was (a passkey answer whose ceremony another begin had
                 // ended would otherwise cost a password and a captcha again).
-                if one_check {
-                    self.factors
-                        .put_back(&hash, &first)
-                        .await
-                        .map_err(store_err("could not keep a pending sign-in"))?;
+                if one_check || held {
+                    give_back().await?;
                 }
                 Ok(StepOutcome::Unchecked)
             }
-            Verdict::Refused(reason) => self.refuse_step(judged, reason, reservation, address, digest, one_check).await,
+            Verdict::Refused(reason) => {
+                if held {
+                    give_back().await?;
+                }
+                self.refuse_step(judged, reason, reservation, address, digest, one_check).await
+            }
             Verdict::PossibleClone(_) => {
                 let reason = FailureReason::BadSecondFactor;
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
             Verdict::Accepted(kind, passkey_id) => {
-                // Single use: of two attempts that both got here, one goes on (the one check
-                // was used up before it was made).
-                let taken = if one_check { Some((user, first.next)) } else { self.take_pending(cookie, &hash).await? };
+                // Single use: of two attempts that both got here, one goes on (a code check
+                // held the pending sign-in from before it was made). The user is read again,
+                // so a password change or `user disable` meanwhile stops it.
+                let taken = if one_check {
+                    Some((user, first.next.clone()))
+                } else if held {
+                    let holder = self.factors.holder(&first).await.map_err(store_err("could not read a user"))?;
+                    holder.map(|user| (user, first.next.clone()))
+                } else {
+                    self.take_pending(cookie, &hash).await?
+                };
                 let Some((user, next)) = taken else {
                     if let Some(r) = reservation {
                         r.release().await?;

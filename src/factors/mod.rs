@@ -557,6 +557,21 @@ impl SecondFactors {
         let Some(token) = SessionToken::parse(cookie) else { return Ok(None) };
         let hash = token.hash();
         let Some(pending) = self.store.factors.pending(&hash).await? else { return Ok(None) };
+        match self.holder(&pending).await? {
+            Some(u) => Ok(Some((hash, pending, u))),
+            None => {
+                self.store.factors.take_pending(&hash).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The user `pending` may still sign in: unexpired, the user there, enabled, with the
+    /// password that was checked and a second factor to give; `None` otherwise.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn holder(&self, pending: &PendingSignIn) -> Result<Option<User>, StoreError> {
         let valid = pending.expires_at > now_ms();
         let user = self
             .store
@@ -564,17 +579,10 @@ impl SecondFactors {
             .get(&pending.user_key)
             .await?
             .filter(|u| valid && !u.disabled && u.password_changed_at == pending.password_changed_at);
-        let user = match user {
+        Ok(match user {
             Some(u) if self.summary(&u.key).await?.has_second_factor() => Some(u),
             _ => None,
-        };
-        match user {
-            Some(u) => Ok(Some((hash, pending, u))),
-            None => {
-                self.store.factors.take_pending(&hash).await?;
-                Ok(None)
-            }
-        }
+        })
     }
 
     /// Ends a pending sign-in; `true` for the one caller that ended it (single use).

@@ -818,6 +818,35 @@ async fn failures_others_caused_never_keep_a_two_factor_user_who_solved_the_capt
     assert_eq!(status, 303, "password, captcha and a recovery code sign in behind a failing address too");
 }
 
+/// Recovery codes sent at once for one pending sign-in: one signs in, and only its code is
+/// spent (review 189: both were, the second without a record of it).
+#[tokio::test]
+async fn of_recovery_codes_sent_at_once_only_the_one_that_signs_in_is_spent() {
+    let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
+    let before = app.state.factors.summary("alice").await.unwrap().recovery_codes;
+    let browser = app.new_browser();
+    password_step(&app, &browser, "alice").await;
+    let csrf = second_csrf(&app, &browser).await;
+    let send = |code: &str| {
+        let form = [("csrf", csrf.clone()), ("recovery_code", code.to_string())];
+        browser.post(app.url("/login/second-factor")).form(&form).send()
+    };
+    let answers = futures_util::future::join_all(codes[..4].iter().map(|c| send(c))).await;
+    let mut to: Vec<String> =
+        answers.iter().map(|r| r.as_ref().unwrap().headers()["location"].to_str().unwrap().to_string()).collect();
+    to.sort();
+    assert_eq!(to, ["/", "/login", "/login", "/login"], "one signs in, the others start again");
+    let after = app.state.factors.summary("alice").await.unwrap().recovery_codes;
+    assert_eq!(after, before - 1, "one code spent");
+    let log = app.log_lines();
+    let signed_in = log.iter().rfind(|l| l["event"] == "authn_login_success").unwrap();
+    assert_eq!(signed_in["recovery_codes_left"], after, "{signed_in}");
+}
+
 /// A solved captcha buys one code check past the threshold, not a pending sign-in to guess
 /// codes with: a wrong code ends it (the password and a captcha again), and two requests sent
 /// at once with it get one check between them.
