@@ -1207,6 +1207,37 @@ pub(crate) fn removal_form(account_page: &str) -> Vec<(&'static str, String)> {
 /// recovery code) signed in, as removing a passkey does: review 137 kept a thief's session,
 /// signed in with the lost phone, passing `two_factor` rules after the owner removed the app.
 /// And a page shown before the app was replaced in another window removes nothing.
+/// New recovery codes void the old set, and the sessions a code of it signed in with it
+/// (review 187: one a leaked code opened stayed signed in); the owner's own session goes on,
+/// and the page and the log say how many ended.
+#[tokio::test]
+async fn new_recovery_codes_sign_out_the_sessions_a_code_signed_in() {
+    let app = spawn_app_with(|s| s.login_quota_per_user = None).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let owner = app.new_browser();
+    sign_in(&app, &owner, "alice").await;
+    let (_, codes) = enrol(&app, &owner, fresh_step().await).await;
+    let (thief, resp) = two_steps(&app, "alice", "recovery_code", &codes[0]).await;
+    assert_eq!(resp.status(), 303, "signed in with a leaked code");
+    let signed_in = |browser: &reqwest::Client| {
+        let (url, browser) = (app.url("/"), browser.clone());
+        async move { browser.get(url).send().await.unwrap().status() == 200 }
+    };
+    assert!(signed_in(&thief).await);
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("sign out your other sessions that signed in with a code"), "{page}");
+    let form = [("csrf", hidden_field(&page, "csrf").unwrap()), ("seen", hidden_field(&page, "seen").unwrap())];
+    let made = owner.post(app.url("/account/recovery-codes")).form(&form).send().await.unwrap();
+    assert_eq!(made.status(), 200);
+    let text = made.text().await.unwrap();
+    assert!(text.contains("Your 1 other session signed in with a code, so it is now signed out."), "{text}");
+    assert!(!signed_in(&thief).await, "the leaked code's session is over");
+    assert!(signed_in(&owner).await, "the owner's goes on");
+    let log = app.log_lines();
+    let removed = log.iter().rfind(|l| l["event"] == "mfa_removed").unwrap();
+    assert_eq!((&removed["kind"], &removed["sessions"]), (&"recovery_codes".into(), &1.into()), "{removed}");
+}
+
 #[tokio::test]
 async fn replacing_or_removing_the_app_signs_out_the_sessions_its_codes_signed_in() {
     let app = spawn_app_with(|s| s.login_quota_per_user = None).await;

@@ -207,7 +207,10 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
 }
 
 /// Makes a new set of recovery codes in place of the set `seen` (`None`: whatever the user
-/// has) and shows them, once.
+/// has) and shows them, once. In place of a set (`seen`), the old codes sign in no more, nor do
+/// the sessions they signed in, but this one (review 187: a session a leaked code opened
+/// stayed signed in): as on the app's removal, every other session whose second step was not
+/// a passkey is signed out, since a session does not tell an app's code from a recovery code.
 async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, seen: Option<&str>) -> Response {
     let codes = match state.factors.new_recovery_codes(&session.user.key, seen).await {
         Ok(NewCodes::Made(c)) => c,
@@ -216,8 +219,35 @@ async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, 
         Err(e) => return factor_error(&e, "could not make recovery codes"),
     };
     let username = &session.user.display_name;
-    state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::RecoveryCodes.as_str() });
-    html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline })
+    let kind = FactorKind::RecoveryCodes;
+    if seen.is_none() {
+        state.audit.record(&AuthEvent::MfaAdded { username, kind: kind.as_str() });
+        return html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline });
+    }
+    let said = match state.factors.end_app_sessions(&session.user.key, Some(&session.token_hash)).await {
+        Ok(ended) => {
+            state.audit.factor_removed(username, kind, ended, 0, username);
+            match ended {
+                0 => headline.to_string(),
+                n => {
+                    let others = crate::text::counted(n as u64, "other session", "other sessions");
+                    let verb = if n == 1 { "it is" } else { "they are" };
+                    format!("{headline} Your {others} signed in with a code, so {verb} now signed out.")
+                }
+            }
+        }
+        Err(source) => {
+            // The codes are made and must be shown now or never: said with them.
+            let _ = crate::routes::store_fault(
+                &source,
+                "made recovery codes but could not end the sessions codes signed in",
+            );
+            state.audit.factor_removed(username, kind, 0, 0, username);
+            format!("{headline} The server could not sign out the other sessions that signed in with a code: please use Sign out everywhere else on your account page in a moment.")
+        }
+    };
+    state.audit.record(&AuthEvent::MfaAdded { username, kind: kind.as_str() });
+    html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline: &said })
 }
 
 /// 409 when the user's codes changed after the page that asked was shown (new ones made in
