@@ -94,6 +94,18 @@ pub struct Client {
     pub user_agent: String,
 }
 
+/// A second factor's removal, for [`Audit::factor_removed`].
+#[derive(Clone, Copy, Debug)]
+pub struct FactorRemoval<'a> {
+    pub kind: crate::factors::FactorKind,
+    /// Sessions the removal ended.
+    pub sessions: usize,
+    /// Recovery codes that went with it (it was the last factor).
+    pub codes_voided: usize,
+    /// The passkey's name, for a passkey.
+    pub passkey: Option<&'a str>,
+}
+
 /// How a sign-in was made, for its `authn_login_success` line's `method` (and what goes with
 /// it), so that an operator sees a recovery code spent, and how many are left, without asking
 /// the store (found by a review).
@@ -220,20 +232,32 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         by: &'a str,
     },
-    /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`).
+    /// A second factor added on `/account` (`kind`: `totp`, `recovery_codes`, `passkey`), from
+    /// `client` (its `ip` and `user_agent`, so a thief's browser can be told from the owner's:
+    /// review 187), with the passkey's name.
     MfaAdded {
         username: &'a str,
         kind: &'a str,
+        passkey: Option<&'a str>,
+        client: &'a Client,
     },
-    /// A second factor removed on `/account` (`by` the user) or by `user factors
-    /// --remove-passkey`.
+    /// A second factor removed on `/account` (`by` the user, from `client`) or by `user factors
+    /// --remove-passkey` (no client).
     MfaRemoved {
         username: &'a str,
         kind: &'a str,
         /// Sessions the factor had signed in that its removal ended (a passkey's; an app's, with
-        /// those of recovery codes; 0 for recovery codes).
+        /// those of recovery codes; recovery codes made anew: those a code signed in).
         sessions: usize,
         by: &'a str,
+        passkey: Option<&'a str>,
+        client: Option<&'a Client>,
+    },
+    /// A passkey renamed on `/account` (`passkey`: its new name), from `client`.
+    MfaRenamed {
+        username: &'a str,
+        passkey: &'a str,
+        client: &'a Client,
     },
     /// `user reset-factors` (every second factor removed and the sessions ended) or `store
     /// forget-factor-key` (the authenticator app and recovery codes removed, sessions kept:
@@ -883,21 +907,15 @@ impl Audit {
         self
     }
 
-    /// Logs a second factor of `kind` removed by `by` (`mfa_removed`, with the `sessions` its
-    /// removal ended), and, when it was the last and `codes_voided` recovery codes went with
-    /// it, their removal too (kind `recovery_codes`).
-    pub fn factor_removed(
-        &self,
-        username: &str,
-        kind: crate::factors::FactorKind,
-        sessions: usize,
-        codes_voided: usize,
-        by: &str,
-    ) {
-        self.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str(), sessions, by });
+    /// Logs a second factor removed by `by` (`mfa_removed`, with the `sessions` its removal
+    /// ended), from `client` when it was on `/account`, and, when it was the last and
+    /// `codes_voided` recovery codes went with it, their removal too (kind `recovery_codes`).
+    pub fn factor_removed(&self, username: &str, removal: FactorRemoval<'_>, by: &str, client: Option<&Client>) {
+        let FactorRemoval { kind, sessions, codes_voided, passkey } = removal;
+        self.record(&AuthEvent::MfaRemoved { username, kind: kind.as_str(), sessions, by, passkey, client });
         if codes_voided > 0 {
             let kind = crate::factors::FactorKind::RecoveryCodes.as_str();
-            self.record(&AuthEvent::MfaRemoved { username, kind, sessions: 0, by });
+            self.record(&AuthEvent::MfaRemoved { username, kind, sessions: 0, by, passkey: None, client });
         }
     }
 
@@ -1390,12 +1408,18 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         AuthEvent::UserEnabled { username, by } => tracing::info!(
             target: TARGET, event = "user_enabled", time, username, by, "user enabled"
         ),
-        AuthEvent::MfaAdded { username, kind } => tracing::info!(
-            target: TARGET, event = "mfa_added", time, username, kind, by = username, "second factor added"
+        AuthEvent::MfaAdded { username, kind, passkey, client } => tracing::info!(
+            target: TARGET, event = "mfa_added", time, username, kind, passkey, by = username, ip = %client.ip,
+            user_agent = client.user_agent, "second factor added"
         ),
-        AuthEvent::MfaRemoved { username, kind, sessions, by } => tracing::warn!(
-            target: TARGET, event = "mfa_removed", time, username, kind, sessions, by,
+        AuthEvent::MfaRemoved { username, kind, sessions, by, passkey, client } => tracing::warn!(
+            target: TARGET, event = "mfa_removed", time, username, kind, passkey, sessions, by,
+            ip = client.map(|c| tracing::field::display(c.ip)), user_agent = client.map(|c| c.user_agent.as_str()),
             "second factor removed"
+        ),
+        AuthEvent::MfaRenamed { username, passkey, client } => tracing::info!(
+            target: TARGET, event = "mfa_renamed", time, username, kind = "passkey", passkey, by = username,
+            ip = %client.ip, user_agent = client.user_agent, "passkey renamed"
         ),
         AuthEvent::FactorsReset { username, sessions, by } => tracing::warn!(
             target: TARGET, event = "user_factors_reset", time, username, sessions, by, "second factors reset"

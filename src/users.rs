@@ -311,15 +311,24 @@ impl UserAdmin {
         let kind = crate::factors::FactorKind::Passkey;
         match crate::passkeys::remove(&self.store, username.key(), &id, None).await {
             Ok(Some(removed)) => {
-                self.audit.factor_removed(&user, kind, removed.sessions_ended, removed.codes_voided, by);
+                let removal = crate::audit::FactorRemoval {
+                    kind,
+                    sessions: removed.sessions_ended,
+                    codes_voided: removed.codes_voided,
+                    passkey: Some(&removed.passkey.name),
+                };
+                self.audit.factor_removed(&user, removal, by, None);
                 Ok((user, removed))
             }
             // Removed meanwhile (by its owner, or another administrator).
             Ok(None) => Err(UserError::NoSuchPasskey { user, passkey }),
             Err(crate::passkeys::RemoveError::SessionsNotEnded(crate::passkeys::SessionsNotEnded {
-                source, ..
+                source,
+                removed,
             })) => {
-                self.audit.factor_removed(&user, kind, 0, 0, by);
+                let removal =
+                    crate::audit::FactorRemoval { kind, sessions: 0, codes_voided: 0, passkey: Some(&removed.name) };
+                self.audit.factor_removed(&user, removal, by, None);
                 Err(UserError::PasskeySessionsNotEnded(source))
             }
             Err(crate::passkeys::RemoveError::Store(e)) => Err(e.into()),

@@ -21,7 +21,7 @@ use crate::app::AppState;
 use crate::audit::{AuthEvent, FailureReason};
 use crate::fault_log::Severity;
 use crate::passkeys::{Begun, PasskeyError, CEREMONY_COOKIE, CEREMONY_LIFETIME};
-use crate::routes::{error_page, html, read_form, see_other, signed_in, signed_in_with, State};
+use crate::routes::{error_page, html, read_form, see_other, signed_in, State};
 use crate::session::{ActiveSession, SessionToken, SESSION_COOKIE};
 use crate::sign_in::{BeginOutcome, Outcome, PasskeyAttempt};
 use crate::store::now_ms;
@@ -390,6 +390,8 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             state.audit.record(&AuthEvent::MfaAdded {
                 username: &session.user.display_name,
                 kind: crate::factors::FactorKind::Passkey.as_str(),
+                passkey: Some(&added.name),
+                client: &crate::client::client(req, &state.settings.trusted_proxies),
             });
             // As with an authenticator app (a server that turns passkeys off must not lock
             // the user out either).
@@ -452,7 +454,9 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let session = match signed_in_with(req, &state, SIGNED_OUT, &form.csrf).await {
+    // As adding and removing one: a name is what the owner goes by to remove the right passkey
+    // (review 187: a session copied long after its sign-in swapped names unseen).
+    let session = match signed_in_recently(req, &state, SIGNED_OUT, &form.csrf, Then::Passkeys).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -463,6 +467,11 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
     match state.passkeys.rename(&session.user.key, &id, &name).await {
         // Said, as a removal is (a review saw nothing change on the page but the name).
         Ok(true) => {
+            state.audit.record(&AuthEvent::MfaRenamed {
+                username: &session.user.display_name,
+                passkey: name.trim(),
+                client: &crate::client::client(req, &state.settings.trusted_proxies),
+            });
             let name = crate::text::printable_label(name.trim()).into_owned();
             let notice = crate::routes::flash::Notice::PasskeyRenamed { name };
             notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
@@ -486,11 +495,18 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
     let username = &session.user.display_name;
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
     let kind = crate::factors::FactorKind::Passkey;
     match state.passkeys.remove(&session.user.key, &id, &session.token_hash).await {
         Ok(Some(removed)) => {
             tracing::info!(passkey = %removed.passkey.name, "passkey removed");
-            state.audit.factor_removed(username, kind, removed.sessions_ended, removed.codes_voided, username);
+            let removal = crate::audit::FactorRemoval {
+                kind,
+                sessions: removed.sessions_ended,
+                codes_voided: removed.codes_voided,
+                passkey: Some(&removed.passkey.name),
+            };
+            state.audit.factor_removed(username, removal, username, Some(&client));
             // As the page showed it: a name typed as the text `\u{202e}` must not pass for an
             // escaped direction mark here either (a review saw the notice print it bare).
             let name = crate::text::printable_label(&removed.passkey.name).into_owned();
@@ -501,7 +517,9 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(PasskeyError::SessionsNotEnded(crate::passkeys::SessionsNotEnded { removed, source })) => {
             let status = crate::routes::store_fault(&source, "removed a passkey but could not end its sessions");
             // Recorded as removed, since it is; the sessions are said to be open.
-            state.audit.factor_removed(username, kind, 0, 0, username);
+            let removal =
+                crate::audit::FactorRemoval { kind, sessions: 0, codes_voided: 0, passkey: Some(&removed.name) };
+            state.audit.factor_removed(username, removal, username, Some(&client));
             let name = crate::text::printable_label(&removed.name);
             let message = format!(
                 "Your passkey \u{201c}{name}\u{201d} is removed, but the server could not sign out the sessions it signed in: they are still signed in. Please use Sign out everywhere else on your account page in a moment."

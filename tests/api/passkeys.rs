@@ -167,6 +167,9 @@ async fn a_passkey_registered_on_the_account_page_signs_in_from_login_with_two_f
     assert!(page.contains("my laptop") && page.contains("never used"), "{page}");
     let added = app.log_lines().into_iter().find(|l| l["event"] == "mfa_added").expect("mfa_added is logged");
     assert_eq!((added["kind"].as_str(), added["username"].as_str()), (Some("passkey"), Some("alice")));
+    // Which passkey, and from where: a thief's browser can be told from the owner's (review 187).
+    assert_eq!((added["passkey"].as_str(), added["ip"].as_str()), (Some("my laptop"), Some("127.0.0.1")), "{added}");
+    assert!(added["user_agent"].is_string(), "{added}");
 
     let other = app.new_browser();
     let resp = sign_in(&app, &other, &mut device).await;
@@ -346,10 +349,13 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     let form = [("csrf", csrf.as_str()), ("id", id.as_str()), ("name", "new <name> \\u{5c}u{41}")];
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
     assert_eq!(app.state.passkeys.list("alice").await.unwrap()[0].name, "new <name> \\u{41}");
+    let renamed = app.log_lines().into_iter().rfind(|l| l["event"] == "mfa_renamed").expect("a rename is logged");
+    assert_eq!((renamed["passkey"].as_str(), renamed["ip"].as_str()), (Some("new <name> \\u{41}"), Some("127.0.0.1")));
     let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);
     let removed = app.log_lines().into_iter().find(|l| l["event"] == "mfa_removed").expect("mfa_removed is logged");
     assert_eq!(removed["kind"], "passkey");
+    assert_eq!((removed["passkey"].as_str(), removed["ip"].as_str()), (Some("new <name> \\u{41}"), Some("127.0.0.1")));
     // The page says which one went, and that no other session was signed in with it.
     let page = alice.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     let said = |lt: &str, gt: &str| {

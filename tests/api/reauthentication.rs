@@ -94,9 +94,10 @@ async fn a_session_signed_in_long_ago_cannot_add_or_remove_a_second_factor_until
     let page = thief.get(app.url("/account/passkeys")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("href=\"/account/confirm?next=/account/passkeys\""), "the add button asks first: {page}");
     assert!(!page.contains("data-begin=\"/account/passkeys/begin\""), "{page}");
-    // Renaming is no change of factors: allowed.
+    // Nor a rename: the name is what the owner removes a passkey by (review 187 swapped them).
     let rename = [("csrf", csrf.as_str()), ("id", passkey_id.as_str()), ("name", "old laptop")];
-    assert_eq!(post(&app, &thief, "/account/passkeys/rename", &rename).await.status(), StatusCode::SEE_OTHER);
+    asked(&post(&app, &thief, "/account/passkeys/rename", &rename).await, "?next=/account/passkeys");
+    assert_eq!(app.state.passkeys.list("alice").await.unwrap()[0].name, "laptop", "not renamed");
 
     // The confirmation page; a wrong password is refused and counted like a failed sign-in.
     let resp = thief.get(app.url("/account/confirm?next=/account/passkeys")).send().await.unwrap();

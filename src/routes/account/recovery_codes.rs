@@ -60,7 +60,7 @@ pub(crate) async fn codes_with_first_factor(
         Some(Err(())) => format!("{headline} Your other sessions, which signed in without it, are now signed out."),
         _ => headline.to_string(),
     };
-    issue_codes(state, session, &said, None).await
+    issue_codes(req, state, session, &said, None).await
 }
 
 /// Before the first second factor of `session`'s user is stored (none yet, and `session`
@@ -203,7 +203,7 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
         return super::form_without("recovery codes");
     }
     let headline = "Your new recovery codes are ready; the old ones no longer work.";
-    issue_codes(&state, &session, headline, Some(&form.seen)).await
+    issue_codes(req, &state, &session, headline, Some(&form.seen)).await
 }
 
 /// Makes a new set of recovery codes in place of the set `seen` (`None`: whatever the user
@@ -211,7 +211,13 @@ pub async fn new_recovery_codes(req: &Request, body: Body, state: State<'_>) -> 
 /// the sessions they signed in, but this one (review 187: a session a leaked code opened
 /// stayed signed in): as on the app's removal, every other session whose second step was not
 /// a passkey is signed out, since a session does not tell an app's code from a recovery code.
-async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, seen: Option<&str>) -> Response {
+async fn issue_codes(
+    req: &Request,
+    state: &AppState,
+    session: &ActiveSession,
+    headline: &str,
+    seen: Option<&str>,
+) -> Response {
     let codes = match state.factors.new_recovery_codes(&session.user.key, seen).await {
         Ok(NewCodes::Made(c)) => c,
         Ok(NewCodes::Changed) => return made_elsewhere(),
@@ -220,13 +226,16 @@ async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, 
     };
     let username = &session.user.display_name;
     let kind = FactorKind::RecoveryCodes;
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let added = AuthEvent::MfaAdded { username, kind: kind.as_str(), passkey: None, client: &client };
+    let voided = |sessions| crate::audit::FactorRemoval { kind, sessions, codes_voided: 0, passkey: None };
     if seen.is_none() {
-        state.audit.record(&AuthEvent::MfaAdded { username, kind: kind.as_str() });
+        state.audit.record(&added);
         return html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline });
     }
     let said = match state.factors.end_app_sessions(&session.user.key, Some(&session.token_hash)).await {
         Ok(ended) => {
-            state.audit.factor_removed(username, kind, ended, 0, username);
+            state.audit.factor_removed(username, voided(ended), username, Some(&client));
             match ended {
                 0 => headline.to_string(),
                 n => {
@@ -242,11 +251,11 @@ async fn issue_codes(state: &AppState, session: &ActiveSession, headline: &str, 
                 &source,
                 "made recovery codes but could not end the sessions codes signed in",
             );
-            state.audit.factor_removed(username, kind, 0, 0, username);
+            state.audit.factor_removed(username, voided(0), username, Some(&client));
             format!("{headline} The server could not sign out the other sessions that signed in with a code: please use Sign out everywhere else on your account page in a moment.")
         }
     };
-    state.audit.record(&AuthEvent::MfaAdded { username, kind: kind.as_str() });
+    state.audit.record(&added);
     html_with_secret(StatusCode::OK, &CodesPage { codes: &codes, headline: &said })
 }
 

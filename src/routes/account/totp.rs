@@ -227,6 +227,9 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             }
         }
         let username = &user.display_name;
+        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let app = |sessions| crate::audit::FactorRemoval { kind: FactorKind::Totp, sessions, codes_voided: 0, passkey: None };
+        let added = AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str(), passkey: None, client: &client };
         let replaced = replacing.is_some();
         // The old app's codes sign in no more: nor do the sessions they signed in (as on its
         // removal), but this one, whose user has just proved who they are. Logged as the old
@@ -238,8 +241,8 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 Err(source) => {
                     let what = "replaced the authenticator but could not end its sessions";
                     let status = crate::routes::store_fault(&source, what);
-                    state.audit.factor_removed(username, FactorKind::Totp, 0, 0, username);
-                    state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str() });
+                    state.audit.factor_removed(username, app(0), username, Some(&client));
+                    state.audit.record(&added);
                     return crate::routes::error_page_saying(
                         status,
                         "Authenticator app replaced, its sessions not signed out",
@@ -247,12 +250,12 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                     );
                 }
             };
-            state.audit.factor_removed(username, FactorKind::Totp, ended, 0, username);
+            state.audit.factor_removed(username, app(ended), username, Some(&client));
             Notice::TotpReplaced { ended }
         } else {
             Notice::TotpEnabled
         };
-        state.audit.record(&AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str() });
+        state.audit.record(&added);
         let otherwise = notice.attach(&state.csrf, &session.token_hash, see_other("/account"));
         let headline = "Your authenticator app is set up.";
         codes_with_first_factor(req, &state, &session, headline, replaced, otherwise, signed_out).await
@@ -290,15 +293,22 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         return super::form_without("authenticator app");
     };
     let username = &session.user.display_name;
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let app = |sessions, codes_voided| crate::audit::FactorRemoval {
+        kind: FactorKind::Totp,
+        sessions,
+        codes_voided,
+        passkey: None,
+    };
     match state.factors.remove_totp(&session.user.key, Some(shown), Some(&session.token_hash)).await {
         Ok(TotpRemoval::Removed { codes_voided, sessions_ended: Ok(ended) }) => {
-            state.audit.factor_removed(username, FactorKind::Totp, ended, codes_voided, username);
+            state.audit.factor_removed(username, app(ended, codes_voided), username, Some(&client));
             Notice::TotpRemoved { ended }.attach(&state.csrf, &session.token_hash, see_other("/account"))
         }
         Ok(TotpRemoval::Removed { codes_voided, sessions_ended: Err(source) }) => {
             let status = crate::routes::store_fault(&source, "removed the authenticator but could not end its sessions");
             // Recorded as removed, since it is; the sessions are said to be open.
-            state.audit.factor_removed(username, FactorKind::Totp, 0, codes_voided, username);
+            state.audit.factor_removed(username, app(0, codes_voided), username, Some(&client));
             crate::routes::error_page_saying(
                 status,
                 "Authenticator app removed, its sessions not signed out",
