@@ -133,6 +133,13 @@ impl Notice {
 
     /// Whether the notice asks the person to do something (shown as an alert) rather than
     /// reporting what was done.
+    /// Whether this is the owner's answer to a thief (*sign out everywhere else*, a password
+    /// change): the page then names the passkeys added lately, which sign in alone and outlive
+    /// both (review 187).
+    pub fn ends_others(&self) -> bool {
+        matches!(self, Notice::SessionsEnded { .. } | Notice::PasswordChanged { .. })
+    }
+
     pub fn asks_action(&self) -> bool {
         // Ended sign-ins that had the password: the user should ask whether they were theirs.
         // No such user to unlock: nothing was done (a review saw it styled as a success).

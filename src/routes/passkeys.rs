@@ -93,6 +93,8 @@ pub struct PasskeyView {
     pub id: String,
     pub name: String,
     pub created: super::Moment,
+    /// When it was added, Unix ms.
+    pub created_at: u64,
     pub last_used: Option<super::Moment>,
     /// When a sign-in with it was last refused because its signature counter went back (a
     /// copy of it may exist: W3C WebAuthn §6.1.1).
@@ -114,6 +116,7 @@ pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>,
             id: URL_SAFE_NO_PAD.encode(&p.id),
             name: crate::text::printable_label(&p.name).into_owned(),
             created: super::Moment::at(p.created_at),
+            created_at: p.created_at,
             last_used: p.last_used_at.map(super::Moment::at),
             clone_suspected: p.clone_suspected_at.map(super::Moment::at),
         })

@@ -582,3 +582,31 @@ async fn a_session_hammering_the_account_forms_past_the_threshold_is_held_to_the
     assert!(records.len() <= 8, "{} records for 40 requests: {records:?}", records.len());
     assert_eq!(records.iter().filter(|r| r.reason == FailureReason::RateLimited).count(), 1);
 }
+
+/// A passkey a thief adds with a copied session signs in alone, and outlives the owner's
+/// *Sign out everywhere else* and password change (review 187): the page those answer with
+/// names the passkeys added lately, and asks that one not the owner's be removed.
+#[tokio::test]
+async fn signing_out_everywhere_else_names_the_passkeys_added_lately() {
+    let app = passkey_app().await;
+    let owner = signed_in_browser(&app, "alice").await;
+    let (_mine, added) = register(&app, &owner, "mine").await;
+    assert_eq!(added.status(), StatusCode::OK, "the first factor, with its recovery codes");
+    // A copy of a session of two factors, 30 s after its sign-in.
+    let (thief, _) = browser_signed_in_ago(&app, "alice", Duration::from_secs(30), Factors::Two).await;
+    let (_device, added) = register(&app, &thief, "not mine").await;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("added in the last 30 days"), "only after the owner's answer: {page}");
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let resp = owner.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let said = "These passkeys were added in the last 30 days, and a passkey signs in without your password: \u{201c}mine\u{201d} (";
+    assert!(page.contains(said) && page.contains("\u{201c}not mine\u{201d} ("), "{page}");
+    assert!(page.contains("If one is not yours, remove it below."), "{page}");
+    assert!(page.contains("class=\"alert\""), "asks for something to be done: {page}");
+    // Said once: the next visit shows the page as it is.
+    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("added in the last 30 days"), "{page}");
+}

@@ -190,15 +190,24 @@ async fn render_listed(
         Some(n) if n.about_passkeys() => (Some(n.text()), None),
         other => (None, other),
     };
+    let lately = match &notice {
+        Some(n) if n.ends_others() => added_lately(&passkeys, crate::store::now_ms()),
+        _ => None,
+    };
+    let notice_alert = lately.is_some() || notice.as_ref().is_some_and(flash::Notice::asks_action);
+    let notice = notice.map(|n| match &lately {
+        Some(lately) => format!("{} {lately}", n.text()),
+        None => n.text(),
+    });
     let page = html(
         status,
         &AccountPage {
             username: &printable(&user.display_name),
             csrf: &csrf,
             sessions: session_views(sessions, &session.token_hash, &passkeys),
-            notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
+            notice_alert,
             min_password_length: state.settings.min_password_length,
-            notice: notice.map(|n| n.text()),
+            notice,
             password_error,
             captcha: password_captcha,
             factors,
@@ -219,6 +228,29 @@ async fn render_listed(
     } else {
         page
     }
+}
+
+/// How far back [`added_lately`] looks, in milliseconds: a stolen session lives no longer than
+/// the absolute timeout, but its owner may notice days later.
+const LATELY_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// After *sign out everywhere else* or a password change: the passkeys added in the last 30
+/// days, named with when, since a passkey signs in alone and outlives both (review 187: one a
+/// thief added with a copied session went on signing in). `None` when there are none.
+fn added_lately(passkeys: &[crate::routes::passkeys::PasskeyView], now: u64) -> Option<String> {
+    let lately: Vec<String> = passkeys
+        .iter()
+        .filter(|p| now.saturating_sub(p.created_at) <= LATELY_MS)
+        .map(|p| format!("\u{201c}{}\u{201d} ({})", p.name, p.created.minute))
+        .collect();
+    if lately.is_empty() {
+        return None;
+    }
+    let (these, it) = if lately.len() == 1 { ("This passkey was", "it is") } else { ("These passkeys were", "one is") };
+    Some(format!(
+        "{these} added in the last 30 days, and a passkey signs in without your password: {}. If {it} not yours, remove it below.",
+        lately.join(", ")
+    ))
 }
 
 /// The page for a change of factors that landed after its session was ended (a reset of its
