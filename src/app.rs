@@ -481,6 +481,10 @@ impl Application {
             audit: services.audit.clone(),
             factors: factors.clone(),
             policy: settings.second_factor,
+            wrong_codes: crate::sign_in::WrongCodes {
+                threshold: settings.captcha_after_failures,
+                window_ms: u64::try_from(settings.failure_window.as_millis()).unwrap_or(u64::MAX),
+            },
         };
         let state = Arc::new(AppState {
             passkeys,

@@ -239,6 +239,23 @@ impl SignIn {
         })
     }
 
+    /// [`SignIn::counted_username`] for the second step's page: a known browser's exemption
+    /// ends with [`WrongCodes`], as the step's check judges it.
+    ///
+    /// # Errors
+    /// As [`SignIn::asker`], and when the failure records cannot be read.
+    pub async fn counted_username_for_codes(
+        &self,
+        device: Option<&str>,
+        user_key: &str,
+    ) -> Result<Option<u128>, crate::store::StoreError> {
+        let counted = self.counted_username(device, user_key).await?;
+        if counted.is_none() && self.codes_failed_lately(user_key, now_ms()).await? {
+            return Ok(Some(username_digest(user_key)));
+        }
+        Ok(counted)
+    }
+
     /// Past the captcha threshold: why an attempt whose `answer` is for the challenge issued
     /// under `key` is refused (`captcha_required` with none typed, `bad_captcha` for a wrong
     /// one; a checked answer is used up either way), or `None` when it was solved.
@@ -359,6 +376,20 @@ pub struct SignIn {
     pub factors: SecondFactors,
     /// `second_factor`: who must have one.
     pub policy: SecondFactorPolicy,
+    /// When wrong codes end a known browser's exemption at the second step.
+    pub wrong_codes: WrongCodes,
+}
+
+/// How many wrong second-factor codes for a user (`captcha_after_failures`), within how long
+/// (`failure_window`, milliseconds), end the exemption from the username's count that a
+/// browser the user signed in with before has at the second step: past them it meets the
+/// picture a stranger does, one per code checked. Without this, whoever held the password and
+/// a copy of the browser's device cookie guessed codes without pictures for ever (review 187).
+/// Counted from the durable failure records, so every instance counts the same.
+#[derive(Clone, Copy, Debug)]
+pub struct WrongCodes {
+    pub threshold: u32,
+    pub window_ms: u64,
 }
 
 impl SignIn {
@@ -405,6 +436,24 @@ impl SignIn {
             Some(r) => r.fail(now_ms()).await,
             None => self.state.record_failure(address, Some(digest), now_ms()).await,
         }
+    }
+
+    /// Whether [`WrongCodes`]' count of wrong codes for the user is reached within its window
+    /// up to `now` (Unix ms).
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`] when the failure records cannot be read.
+    async fn codes_failed_lately(&self, user_key: &str, now: u64) -> Result<bool, crate::store::StoreError> {
+        let WrongCodes { threshold, window_ms } = self.wrong_codes;
+        let query = crate::store::FailureQuery {
+            since: Some(now.saturating_sub(window_ms)),
+            user_key: Some(user_key.to_string()),
+            reason: Some(FailureReason::BadSecondFactor),
+            limit: threshold.max(1) as usize,
+            ..Default::default()
+        };
+        let records = self.audit.failures(&query).await?;
+        Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= u64::from(threshold))
     }
 
     /// Ends the pending sign-in `cookie` names (its `hash`) after its factor was accepted, read
@@ -811,7 +860,11 @@ impl SignIn {
         let now = now_ms();
         // A browser known to the user spends its known browsers' quota, as at the password step.
         let token = self.device_token_issued(device, &user.key, now);
-        let known = Self::of_generation(token, Some(user.password_changed_at));
+        let guessable = !matches!(proof, Some(Proof::Passkey { .. }));
+        let known = Self::of_generation(token, Some(user.password_changed_at))
+            && !(guessable
+                && proof.is_some()
+                && self.codes_failed_lately(&user.key, now).await.map_err(store_err("could not count wrong codes"))?);
         let judged = Judged {
             service: self,
             client,
@@ -849,7 +902,6 @@ impl SignIn {
         // Otherwise three wrong passwords typed for the name, by anyone from anywhere, would
         // end the user's check under way and refuse its right answer. A refused answer still
         // counts as a failure, and the check stays open for the right one.
-        let guessable = !matches!(proof, Proof::Passkey { .. });
         let one_check = first.captcha_solved && guessable;
         let reservation = if one_check || !guessable {
             None
@@ -1107,6 +1159,7 @@ mod tests {
                 Arc::new(crate::factors::FactorKey::from_bytes(&[5; 32])),
             ),
             policy: SecondFactorPolicy::Optional,
+            wrong_codes: WrongCodes { threshold: captcha_after, window_ms: 15 * 60 * 1000 },
         };
         let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
         Fixture { service, client, store: services.store.clone(), device: None, _dir: dir }

@@ -1141,6 +1141,61 @@ async fn a_known_browser_signs_in_with_both_steps_after_others_spent_the_usernam
     assert_eq!(seen, want, "newest first");
 }
 
+/// A browser the user signed in with before meets no picture for the name's failures at the
+/// second step, but its own wrong codes end that past `captcha_after_failures` (review 187:
+/// whoever held the password and a copied device cookie guessed codes without pictures for
+/// ever): then each code costs a picture, as for a stranger.
+#[tokio::test]
+async fn a_known_browsers_wrong_codes_bring_the_picture_at_the_second_step() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 3;
+        s.login_quota_per_user = None;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let own = app.new_browser();
+    sign_in(&app, &own, "alice").await;
+    let step = fresh_step().await;
+    let (secret, _) = enrol(&app, &own, step).await;
+    assert_eq!(app.logout_with(&own).await.status(), 303);
+    let right = code(&secret, step + 1);
+    let wrong = if right == "123456" { "654321" } else { "123456" };
+    // Each try from an address of its own, so no address reaches the threshold: the password,
+    // then a code, from the browser that holds the device cookie.
+    let mut addresses = (1..).map(|i| format!("198.51.100.{i}"));
+    let mut try_code = |code: String| {
+        let (app, own, from) = (&app, &own, addresses.next().unwrap());
+        async move {
+            let page = own.get(app.url("/login")).header("x-forwarded-for", &from).send().await.unwrap();
+            let csrf = hidden_field(&page.text().await.unwrap(), "csrf").unwrap();
+            let form = [("username", "alice"), ("password", GOOD_PASSWORD), ("csrf", csrf.as_str())];
+            let resp = own.post(app.url("/login")).header("x-forwarded-for", &from).form(&form).send().await.unwrap();
+            assert_eq!(resp.headers()["location"], "/login/second-factor");
+            let page = own.get(app.url("/login/second-factor")).header("x-forwarded-for", &from).send().await.unwrap();
+            let page = page.text().await.unwrap();
+            let csrf = hidden_field(&page, "csrf").unwrap();
+            let form = [("csrf", csrf.as_str()), ("code", code.as_str())];
+            let resp = own.post(app.url("/login/second-factor")).header("x-forwarded-for", &from).form(&form);
+            (shows_captcha(&page), resp.send().await.unwrap().status())
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            try_code(wrong.to_string()).await,
+            (false, reqwest::StatusCode::UNAUTHORIZED),
+            "checked without a picture"
+        );
+    }
+    let got = reasons(&app, "alice").await;
+    assert_eq!(got, [FailureReason::BadSecondFactor; 3], "{got:?}");
+    // The fourth is not checked without one, the right code neither.
+    assert_eq!(try_code(right).await, (true, reqwest::StatusCode::UNAUTHORIZED));
+    let got = reasons(&app, "alice").await;
+    assert_eq!(got[0], FailureReason::CaptchaRequired, "{got:?}");
+    assert_eq!(got.iter().filter(|r| **r == FailureReason::BadSecondFactor).count(), 3, "{got:?}");
+}
+
 /// A password sign-in at the very moment the same user sets up a first authenticator app in
 /// another browser: whatever the interleaving, it leaves no password-only session that works
 /// once the app is set up (review 136: about 4 in 9 kept one, its summary read after the

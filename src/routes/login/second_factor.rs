@@ -168,12 +168,12 @@ async fn past_threshold(
         return Ok(false);
     }
     let address = client::client(req, &state.settings.trusted_proxies).key();
-    // A browser the user signed in with before meets its address's threshold alone, as the
-    // check will.
+    // A browser the user signed in with before meets its address's threshold alone (until its
+    // wrong codes reach it), as the check will.
     let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
     let digest = state
         .sign_in
-        .counted_username(device.as_deref(), user_key)
+        .counted_username_for_codes(device.as_deref(), user_key)
         .await
         .map_err(|e| crate::routes::store_error(&e, "could not read the user's credential generation"))?;
     match state.brute_force.needs_captcha(address, digest, crate::store::now_ms()).await {
