@@ -1911,6 +1911,19 @@ mod tests {
         assert!(store.set_user_disabled("nobody", true).unwrap().is_none());
     }
 
+    /// [`SledStore::open`] once the store in `dir` dropped before is released: sled lets go
+    /// of its lock file when its background flusher drops the last handle, a thread that is
+    /// not ours to join (a loaded machine saw `Locked` at once).
+    fn reopen(dir: &Path) -> Result<SledStore, StoreError> {
+        for _ in 0..500 {
+            match SledStore::open(dir) {
+                Err(StoreError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+        SledStore::open(dir)
+    }
+
     #[test]
     fn sessions_from_before_generations_get_their_users_generation_once_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1923,7 +1936,7 @@ mod tests {
             store.meta.remove(GENERATIONS_FILLED).unwrap(); // as a store written before it
             store.db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).expect("an unreadable session does not stop the store");
+        let store = reopen(dir.path()).expect("an unreadable session does not stop the store");
         assert_eq!(store.session(&[1u8; 32]).unwrap().unwrap().password_changed_at, 7);
         assert_eq!(store.sessions.get([2u8; 32]).unwrap().unwrap(), &b"not json"[..]);
         assert!(store.meta.get(GENERATIONS_FILLED).unwrap().is_some());
@@ -2249,7 +2262,7 @@ mod tests {
             store.meta.remove(USER_INDEX_DIGESTS).unwrap();
             store.db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         assert_eq!(store.failures_by_user.len(), 3);
         let of = |user: &str| FailureQuery { user_key: Some(user.into()), ..Default::default() };
         assert_eq!(store.failures(&of("alice")).unwrap().len(), 2);
@@ -2323,7 +2336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(SledStore::open(dir.path()).unwrap());
         std::fs::write(dir.path().join(crate::factors::key::KEY_FILE), "00").unwrap();
-        drop(SledStore::open(dir.path()).expect("used before, whole"));
+        drop(reopen(dir.path()).expect("used before, whole"));
         // What is left when sled's files lose their contents: a store without its metadata.
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
@@ -2333,11 +2346,11 @@ mod tests {
             }
         }
         drop(::sled::Config::new().path(dir.path()).open().unwrap());
-        let e = SledStore::open(dir.path()).err().expect("opened as if new").to_string();
+        let e = reopen(dir.path()).err().expect("opened as if new").to_string();
         assert!(e.contains("its files are damaged") && e.contains("restore it from a backup"), "{e}");
         // Without the key it is taken for a new store, as at a first start.
         std::fs::remove_file(dir.path().join(crate::factors::key::KEY_FILE)).unwrap();
-        drop(SledStore::open(dir.path()).expect("a new store"));
+        drop(reopen(dir.path()).expect("a new store"));
     }
 
     #[test]
