@@ -675,9 +675,10 @@ impl SignIn {
     /// ([`account_captcha_key`]), solved: one check per solved captcha, as at the login form.
     /// So a stolen session cannot guess faster than the login form allows, nor write more
     /// records, and failures others caused (three wrong passwords typed for the username at
-    /// the login form, from anywhere) cannot keep the user from changing their password. An
-    /// empty password is no guess ([`PasswordCheck::NothingTyped`]). Nothing here signs anyone
-    /// in or clears a failure.
+    /// the login form, from anywhere) cannot keep the user from changing their password: a
+    /// browser with a device cookie (`device`) of the user's generation meets its address's
+    /// threshold alone, and any other one picture. An empty password is no guess
+    /// ([`PasswordCheck::NothingTyped`]). Nothing here signs anyone in or clears a failure.
     ///
     /// # Errors
     /// As [`SignIn::attempt`].
@@ -687,10 +688,19 @@ impl SignIn {
         user: &crate::store::User,
         password: Password,
         captcha: CaptchaAnswer<'_>,
+        device: Option<&str>,
     ) -> Result<PasswordCheck, SignInError> {
         if password.expose().is_empty() {
             return Ok(PasswordCheck::NothingTyped);
         }
+        // The session's own browser, if it signed in as the user before (its device cookie),
+        // meets its address's threshold alone, as at the login form: three wrong passwords a
+        // stranger typed for the name kept the owner from changing a leaked password or
+        // removing a lost passkey without a picture (review 190).
+        let asker = self
+            .asker(device, &user.key)
+            .await
+            .map_err(|source| SignInError::Store { what: "could not read the user's credential generation", source })?;
         let digest = username_digest(&user.key);
         // The records' `known_browser` is the login form's: what this check comes with is a
         // session, and a stolen one is no owner mistyping.
@@ -713,9 +723,7 @@ impl SignIn {
         }
         // Given back on every way out but a failure (a dropped request included). Past the
         // threshold there is none: the solved captcha goes with this one check.
-        // As at the login form: a signed-in password check's browser is not judged by its
-        // device cookie here.
-        let held = match self.state.reserve(address, digest, Asker::Stranger, now_ms()).await? {
+        let held = match self.state.reserve(address, digest, asker, now_ms()).await? {
             Ok(r) => Some(Held::new(Arc::clone(&self.state), r)),
             Err(CaptchaDemanded) => {
                 if let Some(reason) = self.captcha_refusal(captcha.key, captcha.answer, now_ms()).await? {
@@ -745,7 +753,12 @@ impl SignIn {
                 let past_threshold = held.is_none();
                 let counted = self.count_failure(held, address, digest).await?;
                 judged.record(FailureReason::BadPassword, counted.reached_threshold).await?;
-                Ok(PasswordCheck::Wrong { captcha_next: past_threshold || counted.reached_threshold })
+                // The state's answer counts the username: asked again without it for a known browser.
+                let next = match asker {
+                    Asker::Stranger => counted.reached_threshold,
+                    Asker::KnownBrowser => self.state.needs_captcha(address, None, now_ms()).await?,
+                };
+                Ok(PasswordCheck::Wrong { captcha_next: past_threshold || next })
             }
             Err(AuthError::Overloaded) => Err(SignInError::Overloaded),
             Err(AuthError::Store(source)) => Err(SignInError::Store { what: "could not check the password", source }),

@@ -610,3 +610,40 @@ async fn signing_out_everywhere_else_names_the_passkeys_added_lately() {
     let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     assert!(!page.contains("added in the last 30 days"), "{page}");
 }
+
+/// Three wrong passwords a stranger typed for the name, from elsewhere, do not put the
+/// owner's own browser, which signed in as the user before, behind a picture on the account
+/// forms, as at the login form (review 190: a user who cannot solve pictures could neither
+/// change a leaked password nor remove a lost passkey); a session's browser without such a
+/// cookie (a copied session cookie) meets the picture.
+#[tokio::test]
+async fn failures_others_typed_for_the_name_ask_no_picture_of_the_owners_own_browser_on_the_account_forms() {
+    let app = crate::helpers::spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    app.add_user("erin", GOOD_PASSWORD, false).await;
+    let erin = app.new_browser();
+    assert_eq!(app.login_with(&erin, "erin", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let (copy, _) = browser_signed_in_ago(&app, "erin", Duration::from_secs(30), Factors::One).await;
+    for i in 0..app.settings.captcha_after_failures {
+        let stranger = app.new_browser();
+        let from = format!("203.0.113.{i}");
+        let page = stranger.get(app.url("/login")).header("x-forwarded-for", &from).send().await.unwrap();
+        let csrf = hidden_field(&page.text().await.unwrap(), "csrf").unwrap();
+        let guess = format!("a stranger's guess {i}");
+        let form = [("username", "erin"), ("password", guess.as_str()), ("csrf", csrf.as_str())];
+        let resp = stranger.post(app.url("/login")).header("x-forwarded-for", &from).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let change = |browser: &reqwest::Client, new: &'static str| {
+        let (browser, app) = (browser.clone(), &app);
+        async move {
+            let csrf = csrf_of(&browser, app.url("/account")).await;
+            let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new), ("repeat", new)];
+            browser.post(app.url("/account/password")).form(&form).send().await.unwrap()
+        }
+    };
+    let resp = change(&copy, "plum tractor velvet orbit 42 quasar").await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "a browser that never signed in as erin: a picture");
+    assert!(resp.text().await.unwrap().contains("src=\"data:image/png;base64,"));
+    let resp = change(&erin, "plum tractor velvet orbit 42 quasar").await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "her own browser: no picture");
+}

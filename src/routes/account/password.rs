@@ -200,7 +200,9 @@ pub(super) async fn check_current(
     let client = client::client(req, &state.settings.trusted_proxies);
     let key = account_captcha_key(&session.token_hash);
     let answer = CaptchaAnswer { key: &key, answer: captcha };
-    let checked = state.sign_in.check_password(&client, &session.user, Password::new(current), answer).await;
+    let device = crate::cookies::get(req, crate::csrf::DEVICE_COOKIE);
+    let (user, current) = (&session.user, Password::new(current));
+    let checked = state.sign_in.check_password(&client, user, current, answer, device.as_deref()).await;
     checked.map_err(|e| crate::routes::not_judged("password check not judged", &e))
 }
 
