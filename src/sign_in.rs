@@ -938,6 +938,17 @@ impl SignIn {
             let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
             return Ok(refused(o));
         }
+        // The app as it is before a code is checked: a removal or replacement after this read
+        // is seen again once the session is stored (`SignIn::complete`).
+        let app_at_check = match &proof {
+            Proof::Totp(_) | Proof::RecoveryCode(_) => Some(
+                self.factors
+                    .totp_enrolled_at(&user.key)
+                    .await
+                    .map_err(store_err("could not read the user's authenticator"))?,
+            ),
+            Proof::Passkey { .. } => None,
+        };
         // The one check is used up before it is made, so two requests with the cookie get one.
         // Any other code check holds the pending sign-in while it is made, and gives it back
         // unless it signs in: a code is spent as it is checked, and of two requests with one
@@ -954,17 +965,6 @@ impl SignIn {
         }
         let give_back = || async {
             self.factors.put_back(&hash, &first).await.map_err(store_err("could not keep a pending sign-in"))
-        };
-        // The app as it is before a code is checked: a removal or replacement after this read
-        // is seen again once the session is stored (`SignIn::complete`).
-        let app_at_check = match &proof {
-            Proof::Totp(_) | Proof::RecoveryCode(_) => Some(
-                self.factors
-                    .totp_enrolled_at(&user.key)
-                    .await
-                    .map_err(store_err("could not read the user's authenticator"))?,
-            ),
-            Proof::Passkey { .. } => None,
         };
         let verdict = match self.factors.verify(&user.key, &hash, &proof, now / 1000).await {
             Ok(verdict) => verdict,
