@@ -114,6 +114,12 @@ fn pair_present(dir: &Path) -> anyhow::Result<bool> {
     match (cert.exists(), key.exists()) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
+        (true, false) if development_certificate_alone(dir).is_some() => bail!(
+            "{} is a development certificate without its key {}: a start makes a new pair once it is {} s old (another start may be writing this one), or remove it",
+            cert.display(),
+            key.display(),
+            CUT_SHORT_AFTER.as_secs()
+        ),
         (true, false) => bail!("{} exists but {} is missing", cert.display(), key.display()),
         (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
     }
@@ -125,7 +131,7 @@ fn pair_present(dir: &Path) -> anyhow::Result<bool> {
 /// start leaves no `data_dir` or `log_dir` behind (review 133).
 pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
     refuse_a_file_for_the_directory(dir)?;
-    if development_certificate_cut_short(dir) {
+    if development_certificate_cut_short(dir) || unlinked_key_of_a_development_certificate(dir).is_some() {
         return Ok(());
     }
     if pair_present(dir)? {
@@ -186,6 +192,25 @@ fn refuse_untrusted_file(path: &Path) -> anyhow::Result<()> {
 /// later start refused (review 182's kill points, 30–40 ms into a first start).
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
     refuse_a_file_for_the_directory(dir)?;
+    // Its key written beside it: the pair is finished as the start cut short would have
+    // finished it (review 192 stopped one between the two links; another start finishing the
+    // same pair this moment links the same file).
+    if let Some(written) = unlinked_key_of_a_development_certificate(dir) {
+        let key = key_path(dir);
+        match std::fs::hard_link(&written, &key) {
+            Ok(()) => {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("cannot write {}", dir.display()))?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "finished a development pair a first start stopped before linking key.pem"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot write {}", key.display()))),
+        }
+    }
     if development_certificate_cut_short(dir) {
         let cert = cert_path(dir);
         std::fs::remove_file(&cert).with_context(|| format!("cannot remove {}", cert.display()))?;
@@ -253,19 +278,43 @@ const CUT_SHORT_AFTER: Duration = Duration::from_secs(10);
 /// key nobody else has), written more than [`CUT_SHORT_AFTER`] ago, and no `key.pem`, not even
 /// a link. An operator's certificate without its key is still refused ([`pair_present`]).
 fn development_certificate_cut_short(dir: &Path) -> bool {
+    if development_certificate_alone(dir).is_none() {
+        return false;
+    }
+    let written = std::fs::symlink_metadata(cert_path(dir)).and_then(|m| m.modified());
+    written.ok().and_then(|at| at.elapsed().ok()).is_some_and(|age| age >= CUT_SHORT_AFTER)
+}
+
+/// The leaf of `cert.pem` when it is a development certificate ([`DEV_CERT_NAME`]), a file,
+/// and `key.pem` is not there at all, not even as a link.
+fn development_certificate_alone(dir: &Path) -> Option<CertificateDer<'static>> {
     let (cert, key) = (cert_path(dir), key_path(dir));
-    if std::fs::symlink_metadata(&key).is_ok() {
-        return false;
+    if std::fs::symlink_metadata(&key).is_ok() || !std::fs::symlink_metadata(&cert).is_ok_and(|m| m.is_file()) {
+        return None;
     }
-    let Ok(meta) = std::fs::symlink_metadata(&cert) else { return false };
-    let old = meta.modified().ok().and_then(|at| at.elapsed().ok()).is_some_and(|age| age >= CUT_SHORT_AFTER);
-    if !meta.is_file() || !old {
-        return false;
-    }
-    let Ok(pem) = crate::files::read_small(&cert, crate::files::MAX_PEM_BYTES) else { return false };
-    let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&pem).next() else { return false };
-    x509_parser::parse_x509_certificate(&leaf)
-        .is_ok_and(|(_, parsed)| parsed.subject().to_string().contains(&format!("CN={DEV_CERT_NAME}")))
+    let pem = crate::files::read_small(&cert, crate::files::MAX_PEM_BYTES).ok()?;
+    let leaf = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    let development = x509_parser::parse_x509_certificate(&leaf)
+        .is_ok_and(|(_, parsed)| parsed.subject().to_string().contains(&format!("CN={DEV_CERT_NAME}")));
+    development.then_some(leaf)
+}
+
+/// The key a first start wrote for the development certificate in `cert.pem` and was stopped
+/// before linking as `key.pem` (`key.pem.new-*`, matching the certificate), when `key.pem` is
+/// not there at all.
+fn unlinked_key_of_a_development_certificate(dir: &Path) -> Option<PathBuf> {
+    let leaf = development_certificate_alone(dir)?;
+    let prefix = format!("key.pem{UNLINKED}");
+    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|path| {
+        let named = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix.as_str()));
+        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+        let matches = || {
+            let key_pem = zeroize::Zeroizing::new(crate::files::read_small(path, crate::files::MAX_PEM_BYTES).ok()?);
+            let der = PrivateKeyDer::from_pem_slice(&key_pem).ok()?;
+            CertifiedKey::from_der(vec![leaf.clone()], der, &provider()).ok()
+        };
+        named && ours && matches().is_some()
+    })
 }
 
 /// Removes what a start killed between writing a development pair and linking it into place
@@ -1009,6 +1058,32 @@ mod tests {
         assert!(err.contains("key.pem is missing"), "{err}");
     }
 
+    /// Killed between the two links, a first start leaves its key written beside the
+    /// certificate (review 192, with strace): the next start finishes that pair at once, young
+    /// or not, and nothing is left beside it.
+    #[test]
+    fn a_development_pair_cut_short_between_its_links_is_finished_with_its_own_key() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_certificate(dir.path()).unwrap());
+        let (cert, key) = (cert_path(dir.path()), key_path(dir.path()));
+        let written = dir.path().join("key.pem.new-0123456789abcdef");
+        std::fs::rename(&key, &written).unwrap();
+        std::fs::hard_link(&cert, dir.path().join("cert.pem.new-0123456789abcdef")).unwrap();
+        // Another pair's key beside it is not taken.
+        let (_, other) = development_pair().unwrap();
+        std::fs::write(dir.path().join("key.pem.new-00"), other).unwrap();
+        let certificate = std::fs::read(&cert).unwrap();
+        check_existing_certificate(dir.path()).unwrap();
+        assert!(!ensure_certificate(dir.path()).unwrap(), "finished, not made anew");
+        assert_eq!(std::fs::read(&cert).unwrap(), certificate);
+        load_certified_key(dir.path()).unwrap();
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        assert_eq!(names, ["cert.pem", "key.pem"], "nothing left beside the pair");
+    }
+
     /// What a first start killed between linking its certificate and its key left, a
     /// development certificate alone, is mended at the next start once it is older than
     /// another start's linking would take; an operator's certificate alone, or a young one,
@@ -1028,7 +1103,8 @@ mod tests {
             std::fs::write(dir.path().join(leftover), "x").unwrap();
         }
         let young = format!("{:#}", check_existing_certificate(dir.path()).unwrap_err());
-        assert!(young.contains("key.pem is missing"), "another start may be linking its key: {young}");
+        assert!(young.contains("is a development certificate without its key"), "{young}");
+        assert!(young.contains("once it is 10 s old (another start may be writing this one)"), "{young}");
         assert!(ensure_certificate(dir.path()).is_err());
         backdate(&cert_path(dir.path()));
         check_existing_certificate(dir.path()).unwrap();
