@@ -402,14 +402,16 @@ fn one() -> u64 {
 
 impl RecordView {
     /// The fields with invisible and control characters escaped, for pages and terminals
-    /// (HTML escaping alone shows `admin` + U+2060 as `admin`).
+    /// (HTML escaping alone shows `admin` + U+2060 as `admin`), and in the name and the user
+    /// agent a run of spaces, which a page draws as one ([`crate::text::printable_cell`];
+    /// review 192 saw a typed `ad  min` drawn as the user `ad min`).
     pub fn shown(&self) -> RecordView {
         RecordView {
             time: printable(&self.time).into_owned(),
             ip: printable(&self.ip).into_owned(),
-            username: printable_name(&self.username).into_owned(),
+            username: crate::text::printable_cell(&self.username).into_owned(),
             reason: printable(&self.reason).into_owned(),
-            user_agent: printable(&self.user_agent).into_owned(),
+            user_agent: crate::text::printable_cell(&self.user_agent).into_owned(),
             count: self.count,
             typed: self.typed.as_deref().map(|t| printable_name(t).into_owned()),
             instance: printable(&self.instance).into_owned(),
@@ -453,9 +455,10 @@ fn first_of(n: Option<u64>) -> String {
 }
 
 impl Top {
-    /// The value with invisible and control characters escaped, for pages.
+    /// The value with invisible and control characters escaped, and a run of spaces (as
+    /// [`RecordView::shown`]), for pages.
     pub fn shown(&self) -> String {
-        printable_name(&self.value).into_owned()
+        crate::text::printable_cell(&self.value).into_owned()
     }
 
     /// `MM-DD HH:MM:SS` of the last sighting, for narrow table cells.

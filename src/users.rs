@@ -16,11 +16,11 @@ use unicode_normalization::UnicodeNormalization;
 pub enum UserError {
     #[error("invalid username: {0}")]
     InvalidUsername(#[from] UsernameError),
-    #[error("no user named {}", crate::text::quoted(.0))]
+    #[error("no user named {}", crate::text::quoted_name(.0))]
     UnknownUser(String),
-    #[error("a user named {} already exists", crate::text::quoted(.0))]
+    #[error("a user named {} already exists", crate::text::quoted_name(.0))]
     AlreadyExists(String),
-    #[error("the username looks like that of the existing user {}", crate::text::quoted(.0))]
+    #[error("the username looks like that of the existing user {}", crate::text::quoted_name(.0))]
     LooksLike(String),
     #[error("weak password: {0}")]
     WeakPassword(#[from] WeakPassword),
@@ -40,11 +40,11 @@ pub enum UserError {
     #[error("the account changed meanwhile: nothing was changed")]
     Superseded,
     /// `user factors NAME --remove-passkey P`: the user has no passkey named P.
-    #[error("{} has no passkey named {} ({} lists them)", crate::text::quoted(.user), crate::text::quoted(.passkey), factors_command(.user))]
+    #[error("{} has no passkey named {} ({} lists them)", crate::text::quoted_name(.user), crate::text::quoted(.passkey), factors_command(.user))]
     NoSuchPasskey { user: String, passkey: String },
     /// `user factors NAME --remove-passkey P`: several of the user's passkeys are named P
     /// (stored before names had to differ): which one is meant cannot be known.
-    #[error("{count} passkeys of {} are named {}: the user can rename one on /account, or portcullis user reset-factors removes them all", crate::text::quoted(.user), crate::text::quoted(.passkey))]
+    #[error("{count} passkeys of {} are named {}: the user can rename one on /account, or portcullis user reset-factors removes them all", crate::text::quoted_name(.user), crate::text::quoted(.passkey))]
     SamePasskeyName { user: String, passkey: String, count: usize },
     /// The passkey was removed, but the sessions it signed in could not be ended.
     #[error("the passkey is removed, but the sessions it signed in could not be ended: {0}")]

@@ -338,3 +338,21 @@ async fn the_summarys_row_for_refusals_without_a_username_is_not_a_link_to_every
     assert!(page.contains("(none sent)"), "{page}");
     assert!(!page.contains("failed-logins?user=\""), "no link to the unfiltered list: {page}");
 }
+
+/// A run of spaces in a typed name or user agent is drawn as one by a page: the records and
+/// the top usernames write it `\u{20}` (review 192 saw a typed `ad  min` drawn as the user
+/// `ad min`), and the name's link finds exactly the name typed.
+#[tokio::test]
+async fn a_run_of_spaces_in_a_typed_name_is_shown_and_not_drawn_as_one() {
+    let app = spawn_app().await;
+    let admin = admin_browser(&app).await;
+    let resp = app.login("ad  min", "not the password at all").await;
+    assert_eq!(resp.status(), 401);
+    let page = admin.get(app.url("/admin/failed-logins")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(">ad \\u{20}min<"), "{page}");
+    assert!(!page.contains(">ad  min<"), "{page}");
+    let link = page.split("href=\"/admin/failed-logins?user=").nth(1).unwrap().split('"').next().unwrap();
+    let found = admin.get(app.url(&format!("/admin/failed-logins?user={link}"))).send().await.unwrap();
+    let found = found.text().await.unwrap();
+    assert!(found.contains(">ad \\u{20}min<") && found.contains("unknown_user"), "{found}");
+}
