@@ -253,10 +253,12 @@ pub enum AuthEvent<'a> {
         passkey: Option<&'a str>,
         client: Option<&'a Client>,
     },
-    /// A passkey renamed on `/account` (`passkey`: its new name), from `client`.
+    /// A passkey renamed on `/account` (`passkey`: its new name; `was`: its name before, so
+    /// the line ties to the passkey's `mfa_added`), from `client`.
     MfaRenamed {
         username: &'a str,
         passkey: &'a str,
+        was: Option<&'a str>,
         client: &'a Client,
     },
     /// `user reset-factors` (every second factor removed and the sessions ended) or `store
@@ -1417,8 +1419,8 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             ip = client.map(|c| tracing::field::display(c.ip)), user_agent = client.map(|c| c.user_agent.as_str()),
             "second factor removed"
         ),
-        AuthEvent::MfaRenamed { username, passkey, client } => tracing::info!(
-            target: TARGET, event = "mfa_renamed", time, username, kind = "passkey", passkey, by = username,
+        AuthEvent::MfaRenamed { username, passkey, was, client } => tracing::info!(
+            target: TARGET, event = "mfa_renamed", time, username, kind = "passkey", passkey, was, by = username,
             ip = %client.ip, user_agent = client.user_agent, "passkey renamed"
         ),
         AuthEvent::FactorsReset { username, sessions, by } => tracing::warn!(

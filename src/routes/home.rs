@@ -189,7 +189,15 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     match state.sessions.end_others(&session, client.ip, &client.user_agent).await {
         Ok((token, count, pending)) => {
             record(count, pending);
-            let back = if form.from == "account" { "/account" } else { "/" };
+            // Passkeys added lately are marked on the account page, where they can be removed:
+            // a passkey signs in alone and outlives this (review 191: from the home page the
+            // notice said nothing of the one a thief had added).
+            let lately = match state.passkeys.list(&session.user.key).await {
+                Ok(passkeys) => crate::routes::account::any_added_lately(&passkeys, crate::store::now_ms()),
+                // Ended all the same: the page said so; the list is read again there.
+                Err(_) => true,
+            };
+            let back = if form.from == "account" || lately { "/account" } else { "/" };
             // This browser goes on under the new credential generation, with a new token.
             let resp = crate::routes::account::confirm::continued(&state, back, &token, session.confirmed_at);
             Notice::SessionsEnded { count, pending }.attach(&state.csrf, &token.hash(), resp)

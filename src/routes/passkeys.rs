@@ -95,6 +95,9 @@ pub struct PasskeyView {
     pub created: super::Moment,
     /// When it was added, Unix ms.
     pub created_at: u64,
+    /// Marked *added lately* after the owner's answer to a thief
+    /// (`routes::account::mark_added_lately`).
+    pub lately: bool,
     pub last_used: Option<super::Moment>,
     /// When a sign-in with it was last refused because its signature counter went back (a
     /// copy of it may exist: W3C WebAuthn §6.1.1).
@@ -117,6 +120,7 @@ pub async fn views(state: &AppState, user_key: &str) -> Result<Vec<PasskeyView>,
             name: crate::text::printable_label(&p.name).into_owned(),
             created: super::Moment::at(p.created_at),
             created_at: p.created_at,
+            lately: false,
             last_used: p.last_used_at.map(super::Moment::at),
             clone_suspected: p.clone_suspected_at.map(super::Moment::at),
         })
@@ -467,12 +471,18 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
     // The rename box holds the name as the page shows it: escapes read back, so a name saved
     // unchanged stays the same (a review saw `🔐` grow `\u{5c}u{1f510}` with each save).
     let name = crate::text::unprintable(&form.name);
+    // Its name before, for the log line (review 191: the new name alone tied to nothing).
+    let was = match state.passkeys.list(&session.user.key).await {
+        Ok(stored) => stored.into_iter().find(|p| p.id == id).map(|p| p.name),
+        Err(e) => return passkey_failure(&e, "could not read the passkeys"),
+    };
     match state.passkeys.rename(&session.user.key, &id, &name).await {
         // Said, as a removal is (a review saw nothing change on the page but the name).
         Ok(true) => {
             state.audit.record(&AuthEvent::MfaRenamed {
                 username: &session.user.display_name,
                 passkey: name.trim(),
+                was: was.as_deref(),
                 client: &crate::client::client(req, &state.settings.trusted_proxies),
             });
             let name = crate::text::printable_label(name.trim()).into_owned();

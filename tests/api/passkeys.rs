@@ -350,6 +350,7 @@ async fn passkeys_are_renamed_and_removed_only_by_their_owner_and_removal_is_log
     assert_eq!(alice.post(app.url("/account/passkeys/rename")).form(&form).send().await.unwrap().status(), 303);
     assert_eq!(app.state.passkeys.list("alice").await.unwrap()[0].name, "new <name> \\u{41}");
     let renamed = app.log_lines().into_iter().rfind(|l| l["event"] == "mfa_renamed").expect("a rename is logged");
+    assert_eq!(renamed["was"].as_str(), Some("🔐 Yubikey"), "{renamed}");
     assert_eq!((renamed["passkey"].as_str(), renamed["ip"].as_str()), (Some("new <name> \\u{41}"), Some("127.0.0.1")));
     let form = [("csrf", csrf.as_str()), ("id", id.as_str())];
     assert_eq!(alice.post(app.url("/account/passkeys/remove")).form(&form).send().await.unwrap().status(), 303);

@@ -592,23 +592,30 @@ async fn signing_out_everywhere_else_names_the_passkeys_added_lately() {
     let owner = signed_in_browser(&app, "alice").await;
     let (_mine, added) = register(&app, &owner, "mine").await;
     assert_eq!(added.status(), StatusCode::OK, "the first factor, with its recovery codes");
-    // A copy of a session of two factors, 30 s after its sign-in.
+    // A copy of a session of two factors, 30 s after its sign-in, adds one whose name reads as
+    // more of a sentence (review 191).
     let (thief, _) = browser_signed_in_ago(&app, "alice", Duration::from_secs(30), Factors::Two).await;
-    let (_device, added) = register(&app, &thief, "not mine").await;
+    let forged = "Phone\u{201d} (2025-03-01 08:12 UTC), set up by you";
+    let (_device, added) = register(&app, &thief, forged).await;
     assert_eq!(added.status(), StatusCode::SEE_OTHER);
-    let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    assert!(!page.contains("added in the last 30 days"), "only after the owner's answer: {page}");
+    let page = owner.get(app.url("/")).send().await.unwrap().text().await.unwrap();
     let csrf = hidden_field(&page, "csrf").unwrap();
+    // From the home page too (review 191: its notice said nothing): to the account page, where
+    // they are listed.
     let resp = owner.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::SEE_OTHER, "/account"));
     let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    let said = "These passkeys were added in the last 30 days, and a passkey signs in without your password: \u{201c}mine\u{201d} (";
-    assert!(page.contains(said) && page.contains("\u{201c}not mine\u{201d} ("), "{page}");
-    assert!(page.contains("If one is not yours, remove it below."), "{page}");
-    assert!(page.contains("class=\"alert\""), "asks for something to be done: {page}");
+    let alert =
+        page.split("<p class=\"alert\" role=\"alert\">").nth(1).expect("an alert").split("</p>").next().unwrap();
+    assert!(
+        alert.contains("2 passkeys were added in the last 30 days: they are marked added lately under Passkeys below."),
+        "{alert}"
+    );
+    assert!(!alert.contains("set up by you") && !alert.contains("mine"), "no name in the sentence: {alert}");
+    assert_eq!(page.matches("<span class=\"tag\">added lately</span>").count(), 2, "{page}");
     // Said once: the next visit shows the page as it is.
     let page = owner.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
-    assert!(!page.contains("added in the last 30 days"), "{page}");
+    assert!(!page.contains("added in the last 30 days") && !page.contains("added lately"), "{page}");
 }
 
 /// Three wrong passwords a stranger typed for the name, from elsewhere, do not put the

@@ -171,7 +171,7 @@ async fn render_listed(
         Err(e) => return store_error(&e, "could not read the user's authenticator"),
     };
     let totp_since = totp_enrolled_at.map(crate::routes::Moment::at);
-    let passkeys = match crate::routes::passkeys::views(state, &user.key).await {
+    let mut passkeys = match crate::routes::passkeys::views(state, &user.key).await {
         Ok(v) => v,
         Err(crate::passkeys::PasskeyError::Store(e)) => return store_error(&e, "could not list passkeys"),
         Err(_) => Vec::new(),
@@ -191,7 +191,7 @@ async fn render_listed(
         other => (None, other),
     };
     let lately = match &notice {
-        Some(n) if n.ends_others() => added_lately(&passkeys, crate::store::now_ms()),
+        Some(n) if n.ends_others() => mark_added_lately(&mut passkeys, crate::store::now_ms()),
         _ => None,
     };
     let notice_alert = lately.is_some() || notice.as_ref().is_some_and(flash::Notice::asks_action);
@@ -234,23 +234,28 @@ async fn render_listed(
 /// the absolute timeout, but its owner may notice days later.
 const LATELY_MS: u64 = 30 * 24 * 3600 * 1000;
 
-/// After *sign out everywhere else* or a password change: the passkeys added in the last 30
-/// days, named with when, since a passkey signs in alone and outlives both (review 187: one a
-/// thief added with a copied session went on signing in). `None` when there are none.
-fn added_lately(passkeys: &[crate::routes::passkeys::PasskeyView], now: u64) -> Option<String> {
-    let lately: Vec<String> = passkeys
-        .iter()
-        .filter(|p| now.saturating_sub(p.created_at) <= LATELY_MS)
-        .map(|p| format!("\u{201c}{}\u{201d} ({})", p.name, p.created.minute))
-        .collect();
-    if lately.is_empty() {
-        return None;
+/// Whether any of `passkeys` (as the store lists them) was added within [`LATELY_MS`] of `now`.
+pub(crate) fn any_added_lately(passkeys: &[crate::store::passkeys::StoredPasskey], now: u64) -> bool {
+    passkeys.iter().any(|p| now.saturating_sub(p.created_at) <= LATELY_MS)
+}
+
+/// After *sign out everywhere else* or a password change: marks the passkeys added in the last
+/// 30 days *added lately* in the list, and says so, since a passkey signs in alone and outlives
+/// both (review 187: one a thief added with a copied session went on signing in). The names
+/// stay in the list, where each has its own line and its date: in the sentence a name could
+/// pass for more of it (review 191 named one `Phone” (2025-03-01 08:12 UTC) — set up by you`).
+/// `None` when there are none.
+fn mark_added_lately(passkeys: &mut [crate::routes::passkeys::PasskeyView], now: u64) -> Option<String> {
+    let mut lately = 0;
+    for p in passkeys.iter_mut().filter(|p| now.saturating_sub(p.created_at) <= LATELY_MS) {
+        p.lately = true;
+        lately += 1;
     }
-    let (these, it) = if lately.len() == 1 { ("This passkey was", "it is") } else { ("These passkeys were", "one is") };
-    Some(format!(
-        "{these} added in the last 30 days, and a passkey signs in without your password: {}. If {it} not yours, remove it below.",
-        lately.join(", ")
-    ))
+    match lately {
+        0 => None,
+        1 => Some("1 passkey was added in the last 30 days: it is marked added lately under Passkeys below. A passkey signs in without your password: if it is not yours, remove it.".to_string()),
+        n => Some(format!("{n} passkeys were added in the last 30 days: they are marked added lately under Passkeys below. A passkey signs in without your password: remove any that is not yours.")),
+    }
 }
 
 /// The page for a change of factors that landed after its session was ended (a reset of its
