@@ -184,12 +184,12 @@ fn refuse_untrusted_file(path: &Path) -> anyhow::Result<()> {
 /// Makes sure `dir` holds a certificate and key. When both are absent, writes a self-signed
 /// pair for [`DEV_CERT_NAMES`] (the key with mode 0600) and returns true. One without
 /// the other is an error: it usually means a deployment went half-way, but for a development
-/// certificate a first start cut short left ([`development_certificate_cut_short`]), which is
-/// removed, with a warning, and a new pair made.
+/// certificate a first start cut short left: finished with the key it wrote beside it, or,
+/// with none there, removed once 10 s old, with a warning, and a new pair made.
 ///
 /// Each file is written whole under another name and linked into place, the certificate
 /// first: a start killed while writing left a `key.pem` without its `cert.pem`, which every
-/// later start refused (review 182's kill points, 30–40 ms into a first start).
+/// later start refused (review 186's kill points, 30–40 ms into a first start).
 pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
     refuse_a_file_for_the_directory(dir)?;
     // Its key written beside it: the pair is finished as the start cut short would have
