@@ -234,6 +234,11 @@ async fn render_listed(
 /// the absolute timeout, but its owner may notice days later.
 const LATELY_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// Whether a passkey is yours is told by when it was added and last used: whoever could add
+/// one could rename yours (review 193 swapped the names of the owner's and a thief's).
+const BY_DATES: &str =
+    "Go by when each was added and last used, not by its name: whoever added one could also have renamed yours.";
+
 /// Whether any of `passkeys` (as the store lists them) was added within [`LATELY_MS`] of `now`.
 pub(crate) fn any_added_lately(passkeys: &[crate::store::passkeys::StoredPasskey], now: u64) -> bool {
     passkeys.iter().any(|p| now.saturating_sub(p.created_at) <= LATELY_MS)
@@ -253,8 +258,8 @@ fn mark_added_lately(passkeys: &mut [crate::routes::passkeys::PasskeyView], now:
     }
     match lately {
         0 => None,
-        1 => Some("1 passkey was added in the last 30 days: it is marked added lately under Passkeys below. A passkey signs in without your password: if it is not yours, remove it.".to_string()),
-        n => Some(format!("{n} passkeys were added in the last 30 days: they are marked added lately under Passkeys below. A passkey signs in without your password: remove any that is not yours.")),
+        1 => Some(format!("1 passkey was added in the last 30 days: it is marked added lately under Passkeys below. A passkey signs in without your password: if it is not yours, remove it. {BY_DATES}")),
+        n => Some(format!("{n} passkeys were added in the last 30 days: they are marked added lately under Passkeys below. A passkey signs in without your password: remove any that is not yours. {BY_DATES}")),
     }
 }
 
