@@ -1,9 +1,11 @@
 //! Reading what an operator names (a settings file, a key, a certificate, a line on standard
 //! input): bounded in size, and only from a regular file, so a path to `/dev/zero`, a FIFO or
 //! a log fails in one line instead of filling the memory or waiting forever (review 150).
+//! And writing a file whole under another name before it is linked into place, so a process
+//! killed meanwhile leaves no half-written file under the real name (reviews 184, 186).
 
 use std::io::{BufRead, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Most bytes read from a PEM file (a certificate chain, a CA bundle, a private key): the
 /// system's whole CA bundle is about 220 KiB.
@@ -77,6 +79,53 @@ fn too_long(max_bytes: u64) -> std::io::Error {
 /// the input was longer than its bound.
 pub fn is_too_long(error: &std::io::Error) -> bool {
     error.get_ref().is_some_and(|inner| inner.is::<TooLong>())
+}
+
+/// What names a file written whole carry between the real name and a random suffix, before
+/// the file is linked into place ([`unlinked_name`]).
+const UNLINKED: &str = ".new-";
+
+/// A name in `dir` to write `name` under before linking it into place: `NAME.new-` and 16
+/// random hex digits, so two processes writing at once do not meet.
+///
+/// # Errors
+/// [`crate::random::RandomError`] when the system's random source fails.
+pub fn unlinked_name(dir: &Path, name: &str) -> Result<PathBuf, crate::random::RandomError> {
+    let mut suffix = [0u8; 8];
+    crate::random::fill(&mut suffix)?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(dir.join(format!("{name}{UNLINKED}{suffix}")))
+}
+
+/// Whether `entry` (a file name) is one [`unlinked_name`] gave for `name`.
+pub fn is_unlinked_name_of(entry: &str, name: &str) -> bool {
+    entry.strip_prefix(name).is_some_and(|rest| rest.starts_with(UNLINKED))
+}
+
+/// Removes what a process killed between writing a file and linking it into place left in
+/// `dir` ([`unlinked_name`]s of any of `names`): files nobody uses. A file that cannot be
+/// removed is left.
+pub fn remove_unlinked(dir: &Path, names: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        if names.iter().any(|name| is_unlinked_name_of(&entry_name.to_string_lossy(), name)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes `contents` to a new file `path` (refused if it exists) with `mode`, on disk before
+/// it returns.
+///
+/// # Errors
+/// The create's, write's or sync's error (`AlreadyExists` when `path` is there).
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

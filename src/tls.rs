@@ -220,25 +220,22 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         );
     }
     if pair_present(dir)? {
-        remove_unlinked_pairs(dir);
+        crate::files::remove_unlinked(dir, &["cert.pem", "key.pem"]);
         return Ok(false);
     }
     let (cert, key) = (cert_path(dir), key_path(dir));
     make_directory(dir)?;
     let (cert_pem, key_pem) = development_pair().context("cannot generate a development certificate")?;
     let key_pem = zeroize::Zeroizing::new(key_pem);
-    let mut suffix = [0u8; 8];
-    crate::random::fill(&mut suffix)?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let (cert_new, key_new) =
-        (dir.join(format!("cert.pem{UNLINKED}{suffix}")), dir.join(format!("key.pem{UNLINKED}{suffix}")));
-    let linked = write_new(&key_new, key_pem.as_bytes(), 0o600)
-        .and_then(|()| write_new(&cert_new, cert_pem.as_bytes(), 0o644))
+        (crate::files::unlinked_name(dir, "cert.pem")?, crate::files::unlinked_name(dir, "key.pem")?);
+    let linked = crate::files::write_new(&key_new, key_pem.as_bytes(), 0o600)
+        .and_then(|()| crate::files::write_new(&cert_new, cert_pem.as_bytes(), 0o644))
         // A link is made only where nothing is (`AlreadyExists` otherwise).
         .and_then(|()| std::fs::hard_link(&cert_new, &cert))
         .and_then(|()| std::fs::hard_link(&key_new, &key));
     // The names they were written under go either way (a start killed before this leaves
-    // them: `remove_unlinked_pairs` at the next).
+    // them: `files::remove_unlinked` at the next).
     for path in [&cert_new, &key_new] {
         let _ = std::fs::remove_file(path);
     }
@@ -247,7 +244,7 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .with_context(|| format!("cannot write {}", dir.display()))?;
-            remove_unlinked_pairs(dir);
+            crate::files::remove_unlinked(dir, &["cert.pem", "key.pem"]);
             Ok(true)
         }
         // Another start linked its certificate first (its instances share `cert_dir`): its
@@ -263,10 +260,6 @@ pub fn ensure_certificate(dir: &Path) -> anyhow::Result<bool> {
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot write a development pair in {}", dir.display()))),
     }
 }
-
-/// What the names a development pair is written under before it is linked into place carry
-/// between `cert.pem`/`key.pem` and their random suffix.
-const UNLINKED: &str = ".new-";
 
 /// How long ago a development certificate without its key must have been written before a
 /// start takes it for one a first start cut short: a younger one may be another start's,
@@ -304,9 +297,9 @@ fn development_certificate_alone(dir: &Path) -> Option<CertificateDer<'static>> 
 /// not there at all.
 fn unlinked_key_of_a_development_certificate(dir: &Path) -> Option<PathBuf> {
     let leaf = development_certificate_alone(dir)?;
-    let prefix = format!("key.pem{UNLINKED}");
     std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|path| {
-        let named = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix.as_str()));
+        let named =
+            path.file_name().is_some_and(|n| crate::files::is_unlinked_name_of(&n.to_string_lossy(), "key.pem"));
         let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
         let matches = || {
             let key_pem = zeroize::Zeroizing::new(crate::files::read_small(path, crate::files::MAX_PEM_BYTES).ok()?);
@@ -315,20 +308,6 @@ fn unlinked_key_of_a_development_certificate(dir: &Path) -> Option<PathBuf> {
         };
         named && ours && matches().is_some()
     })
-}
-
-/// Removes what a start killed between writing a development pair and linking it into place
-/// left (`cert.pem.new-*`, `key.pem.new-*`): a key nobody uses. Called once the pair is
-/// there; a file that cannot be removed is left.
-fn remove_unlinked_pairs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefixes = [format!("cert.pem{UNLINKED}"), format!("key.pem{UNLINKED}")];
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if prefixes.iter().any(|p| name.to_string_lossy().starts_with(p.as_str())) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// Makes `dir` (and its parents), then judges it as [`ensure_certificate`] judged it missing:
@@ -366,16 +345,6 @@ fn development_pair() -> Result<(String, String), rcgen::Error> {
 
 /// Within this many days of its end a certificate is said to need renewing at start.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
-
-/// Writes `contents` to a new file `path` (refused if it exists) with `mode`, on disk before
-/// it returns.
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
-}
 
 /// Reads the pair in `dir` and checks that the key belongs to the certificate.
 ///

@@ -4,7 +4,6 @@
 //! neither the codes an authenticator app computes nor a way to test recovery-code guesses
 //! offline (OWASP ASVS 4.0 §6.4.1: keys apart from the data they protect).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -137,19 +136,6 @@ fn unreadable_why(path: &Path, error: std::io::Error) -> std::io::Error {
     )
 }
 
-/// Removes what a first start killed between writing its key and linking it into place left
-/// (`factor.key.new-*`, review 185): keys nobody uses, which would only confuse whoever backs
-/// the directory up. Called once `factor.key` is there; a file that cannot be removed is left.
-fn remove_unlinked_keys(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefix = format!("{KEY_FILE}.new-");
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
 impl FactorKey {
     /// The key from 32 bytes.
     pub fn from_bytes(master: &[u8; 32]) -> Self {
@@ -178,7 +164,6 @@ impl FactorKey {
     /// [`KeyError::Io`] when the file cannot be read or written, [`KeyError::Malformed`] when
     /// it does not hold 64 hex digits, [`KeyError::Random`] when no random bytes are to be had.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(KEY_FILE);
         let io = |source| KeyError::Io { path: path.clone(), source };
         crate::store::ensure_private_dir(dir, |_| false).map_err(io)?;
@@ -186,7 +171,7 @@ impl FactorKey {
         make_private_if_ours(&path);
         match crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES) {
             Ok(text) => {
-                remove_unlinked_keys(dir);
+                crate::files::remove_unlinked(dir, &[KEY_FILE]);
                 return Self::parse(&text).ok_or_else(|| KeyError::Malformed(path.clone()));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -198,15 +183,9 @@ impl FactorKey {
         // Written whole beside it, then linked into place: a start killed while writing left
         // an empty factor.key, which every later start refused (review 184). The link is made
         // only if no key is there: of two first starts, one links and the other reads its key.
-        let mut suffix = [0u8; 8];
-        crate::random::fill(&mut suffix)?;
-        let tmp = dir.join(format!("{KEY_FILE}.new-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{}\n", hex.as_str()).as_bytes()).and_then(|()| f.sync_all()));
+        let tmp = crate::files::unlinked_name(dir, KEY_FILE)?;
+        let line = Zeroizing::new(format!("{}\n", hex.as_str()));
+        let written = crate::files::write_new(&tmp, line.as_bytes(), 0o600);
         let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
         // The name it was written under goes either way (a start killed just here leaves it:
         // a key nobody uses).
@@ -217,11 +196,11 @@ impl FactorKey {
                 std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
                 // A start killed before its link left its key beside, unused (review 186: the
                 // next start, the one making the key, left it).
-                remove_unlinked_keys(dir);
+                crate::files::remove_unlinked(dir, &[KEY_FILE]);
                 Ok(Self::from_bytes(&master))
             }
             // Another start linked its key first (NotFound: and took this one's unlinked file
-            // away as a leftover, `remove_unlinked_keys`): theirs is the key.
+            // away as a leftover, `files::remove_unlinked`): theirs is the key.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound) => {
                 let text = crate::files::read_small_text(&path, MAX_KEY_FILE_BYTES).map_err(io)?;
                 Self::parse(&text).ok_or(KeyError::Malformed(path))
