@@ -75,17 +75,23 @@ impl Notice {
                 format!("{} is unlocked: failure count and captcha demand cleared.", crate::text::printable(name))
             }
             Notice::NoSuchUser => "No such user to unlock.".to_string(),
+            Notice::SessionsEnded { count: 0, pending: 0 } => "No other session was signed in.".to_string(),
             Notice::SessionsEnded { count, pending: 0 } => {
                 format!("Signed out of {}.", counted(*count as u64, "other session", "other sessions"))
             }
             Notice::SessionsEnded { count, pending } => format!(
-                "Signed out of {}, and ended {} that had your password and {} waiting for the second step. If you \
-                 did not start {}, change your password.",
-                counted(*count as u64, "other session", "other sessions"),
+                "{} {} that had your password and {} waiting for the second step. If you did not start {}, \
+                 change your password.",
+                if *count == 0 {
+                    "No other session was signed in, but this ended".to_string()
+                } else {
+                    format!("Signed out of {}, and ended", counted(*count as u64, "other session", "other sessions"))
+                },
                 counted(*pending as u64, "sign-in", "sign-ins"),
                 if *pending == 1 { "was" } else { "were" },
                 if *pending == 1 { "it" } else { "them" }
             ),
+            Notice::PasswordChanged { ended: 0 } => "Your password is changed. No other session was signed in.".into(),
             Notice::PasswordChanged { ended: 1 } => "Your password is changed. 1 other session was signed out.".into(),
             Notice::PasswordChanged { ended } => {
                 format!("Your password is changed. {ended} other sessions were signed out.")
@@ -184,4 +190,22 @@ pub fn cleared(req: &Request, mut resp: Response) -> Response {
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Notice;
+
+    #[test]
+    fn nothing_ended_is_said_in_words_not_as_a_zero() {
+        assert_eq!(Notice::SessionsEnded { count: 0, pending: 0 }.text(), "No other session was signed in.");
+        assert!(Notice::SessionsEnded { count: 0, pending: 2 }
+            .text()
+            .starts_with("No other session was signed in, but this ended 2 sign-ins that had your password and were"));
+        assert_eq!(
+            Notice::PasswordChanged { ended: 0 }.text(),
+            "Your password is changed. No other session was signed in."
+        );
+        assert_eq!(Notice::SessionsEnded { count: 2, pending: 0 }.text(), "Signed out of 2 other sessions.");
+    }
 }

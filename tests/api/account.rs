@@ -183,7 +183,7 @@ async fn a_password_change_ends_the_other_sessions_and_rotates_this_one() {
     assert!(app.state.sessions.resolve(&token).await.unwrap().is_some());
     assert_eq!(other.get(app.url("/")).send().await.unwrap().status(), 303, "the other browser is signed out");
     let page = account_page(&app, &alice).await;
-    assert!(page.contains("Your password is changed"), "the notice");
+    assert!(page.contains("Your password is changed. 1 other session was signed out."), "the notice");
     let log = app.log_lines();
     assert!(log
         .iter()

@@ -520,7 +520,7 @@ async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was
     assert_eq!(resp.status(), 303);
     let page = nora.get(app.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(
-        page.contains(r#"<p class="alert" role="alert">Signed out of 0 other sessions, and ended 1 sign-in"#)
+        page.contains(r#"<p class="alert" role="alert">No other session was signed in, but this ended 1 sign-in"#)
             && page.contains("that had your password and was waiting for the second step. If you did not start it, change your password."),
         "{page}"
     );
