@@ -789,7 +789,7 @@ fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
 
 /// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden, control or
 /// unassigned (nor U+FFFD, what invalid UTF-8 in a form becomes), at least one that draws
-/// something (not only blanks such as U+2800, or marks), not starting with a mark, and no more
+/// something (not only blanks such as U+2800, U+FFFC or U+1D159, or marks), not starting with a mark, and no more
 /// marks stacked on one character than a username may carry, none twice (UTS #39 §5.4,
 /// `domain::MAX_MARK_RUN`).
 ///
@@ -807,8 +807,11 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
     };
     // Unassigned (noncharacters included), and U+FFFD: what a form's invalid UTF-8 became.
     let unknown = |c: char| categories.get(c) == GeneralCategory::Unassigned || c == char::REPLACEMENT_CHARACTER;
-    // Something to see: not only blanks (U+2800 draws nothing) and marks.
-    let shows = |c: char| !c.is_whitespace() && !mark(c) && c != '\u{2800}';
+    // Something to see: not only blanks and marks. These symbols draw nothing in most fonts
+    // (review 188 named passkeys with U+1D159 and U+FFFC alone); they are not whitespace, and
+    // the Hangul fillers are already hidden.
+    let blank = |c: char| matches!(c, '\u{2800}' | '\u{FFFC}' | '\u{1D159}' | '\u{16FE4}');
+    let shows = |c: char| !c.is_whitespace() && !mark(c) && !blank(c);
     let name = name.trim();
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_CHARS
@@ -854,6 +857,9 @@ mod tests {
         let blank_or_unknown = [
             "\u{2800}",
             "\u{2800}\u{2800}",
+            "\u{1d159}",
+            "\u{fffc} \u{16fe4}\u{2800}",
+            "\u{3164}\u{ffa0}",
             "\u{301}",
             "\u{301}abc",
             "a\u{ffff}b",
