@@ -211,8 +211,11 @@ pub enum GroupError {
     Empty,
     #[error("the group name is longer than {MAX_GROUP_CHARS} characters")]
     TooLong,
-    #[error("a group name holds only a-z, 0-9, `-`, `_` and `.`, and starts with a letter or digit")]
-    BadCharacter,
+    /// The name holds a character outside the alphabet, or starts with `-`, `_` or `.`:
+    /// `culprit` says which, by code point (a Cyrillic `о` in `оps` looks like the `o` of a
+    /// name the rule allows, so the name as typed shows nothing wrong).
+    #[error("a group name holds only a-z, 0-9, `-`, `_` and `.`, and starts with a letter or digit ({culprit})")]
+    BadCharacter { culprit: String },
 }
 
 impl Group {
@@ -228,9 +231,13 @@ impl Group {
         if name.len() > MAX_GROUP_CHARS {
             return Err(GroupError::TooLong);
         }
-        let first_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !first_ok || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)) {
-            return Err(GroupError::BadCharacter);
+        if let Some(c) = name.chars().find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))) {
+            return Err(GroupError::BadCharacter { culprit: format!("this one holds U+{:04X}", u32::from(c)) });
+        }
+        // Past the check above, a name that does not start with a letter or digit starts with
+        // one of `-`, `_` and `.`, which print as themselves.
+        if let Some(first) = name.chars().next().filter(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit())) {
+            return Err(GroupError::BadCharacter { culprit: format!("this one starts with `{first}`") });
         }
         Ok(Group(name))
     }
@@ -339,8 +346,12 @@ mod tests {
         assert_eq!(Group::parse(""), Err(GroupError::Empty));
         assert_eq!(Group::parse(&"g".repeat(65)), Err(GroupError::TooLong));
         for bad in ["a,b", "a b", "-x", ".x", "gr\u{f6}up", "a\nb", "\u{430}dmins", "a;b"] {
-            assert_eq!(Group::parse(bad), Err(GroupError::BadCharacter), "{bad:?}");
+            assert!(matches!(Group::parse(bad), Err(GroupError::BadCharacter { .. })), "{bad:?}");
         }
+        // The look-alike is named by code point: the name as typed looks allowed.
+        let said = Group::parse("\u{43e}ps").unwrap_err().to_string();
+        assert!(said.ends_with("(this one holds U+043E)"), "{said}");
+        assert!(Group::parse("-x").unwrap_err().to_string().ends_with("(this one starts with `-`)"));
         let back: Group = serde_json::from_str("\"ops\"").unwrap();
         assert_eq!(back, Group::parse("ops").unwrap());
         assert!(serde_json::from_str::<Group>("\"a,b\"").is_err());
