@@ -45,7 +45,8 @@ fn values<'a>(req: &'a Request, name: &str) -> impl Iterator<Item = String> + 'a
 /// `/wiki/page`): those only a host under `cookie_domain` sets (cookie tossing), since every
 /// cookie this server sets has `Path=/`, which is never removed. For at most the first
 /// [`TOSSED_DEPTH`] segments, so that the answer's headers stay small enough for a proxy's
-/// buffer; a path that cannot be a cookie's (`;`, controls, over 1,024 bytes) is skipped.
+/// buffer; a path that cannot be a cookie's (`;`, controls, blanks, over 1,024 bytes) is
+/// skipped, and `/` always is.
 pub fn clear_under(name: &str, path: &str) -> Vec<String> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut paths: Vec<&str> = Vec::new();
@@ -55,9 +56,14 @@ pub fn clear_under(name: &str, path: &str) -> Vec<String> {
     if path.matches('/').count() <= TOSSED_DEPTH && path.len() > 1 && !path.ends_with('/') {
         paths.push(path);
     }
+    paths.dedup();
     paths
         .into_iter()
-        .filter(|p| p.len() <= 1024 && !p.chars().any(|c| c == ';' || c.is_control()))
+        // Never `/`, which is ours: a path that begins `//` has `/` as its first segment's
+        // prefix, and clearing it signed the browser out at any other site's navigation to
+        // `/login?rd=https://app.example.com//x` (review 195). Nor one with blanks, which a
+        // browser trims from the attribute.
+        .filter(|p| *p != "/" && p.len() <= 1024 && !p.chars().any(|c| c == ';' || c.is_control() || c.is_whitespace()))
         .map(|p| format!("{name}=; Path={p}; Secure; HttpOnly; SameSite=Lax; Max-Age=0"))
         .collect()
 }
@@ -202,6 +208,10 @@ mod tests {
         assert_eq!(paths("/wiki"), ["/wiki"]);
         assert_eq!(paths("/wiki/page?x=/y#z"), ["/wiki", "/wiki/", "/wiki/page"]);
         assert_eq!(paths("/wiki/"), ["/wiki", "/wiki/"]);
+        // Ours, `Path=/`, is never among them, however the path begins.
+        assert_eq!(paths("//x"), ["//", "//x"]);
+        assert_eq!(paths("//"), ["//"]);
+        assert_eq!(paths("///?x"), ["//", "///"]);
         assert!(paths("/a;b/c").is_empty(), "no cookie has a `;` in its path");
         let deep = "/a".repeat(TOSSED_DEPTH + 3);
         assert_eq!(paths(&deep).len(), 2 * TOSSED_DEPTH);

@@ -1149,6 +1149,22 @@ async fn a_session_cookie_another_host_tossed_is_never_picked_and_is_cleared() {
         assert!(cleared.contains(&want.as_str()), "{path}: {cleared:?}");
     }
     assert!(!cleared.iter().any(|c| c.contains("Path=/;")), "ours stays: {cleared:?}");
+    // However the path begins: `//x` once cleared `Path=/`, ours, at any site's navigation
+    // (review 195).
+    for rd in ["https://app.example.test//x", "https://app.example.test//", "https://app.example.test/.//x?y=/"] {
+        let resp = app
+            .client
+            .get(app.url(&format!("/login?rd={}", urlencoding(rd))))
+            .header("cookie", &alice)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let cleared: Vec<&str> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert!(!cleared.iter().any(|c| c.contains("Path=/;")), "{rd}: ours stays: {cleared:?}");
+    }
+    assert_eq!(verify(alice.clone()).await, (StatusCode::OK, Some("alice".to_string())), "still signed in");
 
     // On this server's own pages the request that sends two clears the path's copies itself.
     let resp =
