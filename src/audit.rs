@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tracing::Dispatch;
-use tracing_appender::rolling::{RollingFileAppender, RollingWriter, Rotation};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::domain::{normalise_key, Username};
+use crate::log_file::DailyFile;
 use crate::store::{now_ms, Cursor, FailureQuery, FailureRecord, Store, StoreError};
 
 /// The tracing target of audit events; the file sink keeps only these.
@@ -630,15 +630,15 @@ thread_local! {
 }
 
 /// The log file appender, counting its failed writes and the bytes it wrote today.
-struct CheckedAppender(RollingFileAppender, Arc<LogBudget>);
+struct CheckedAppender(Arc<DailyFile>, Arc<LogBudget>);
 
-struct CheckedWriter<'a>(RollingWriter<'a>, &'a LogBudget);
+struct CheckedWriter<'a>(&'a DailyFile, &'a LogBudget);
 
 impl<'a> MakeWriter<'a> for CheckedAppender {
     type Writer = CheckedWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        CheckedWriter(self.0.make_writer(), &self.1)
+        CheckedWriter(&self.0, &self.1)
     }
 }
 
@@ -666,9 +666,9 @@ impl std::io::Write for CheckedWriter<'_> {
             let mut line = Vec::with_capacity(bytes.len() + 1);
             line.push(b'\n');
             line.extend_from_slice(bytes);
-            self.0.write_all(&line)
+            self.0.write_line(&line)
         } else {
-            self.0.write_all(bytes)
+            self.0.write_line(bytes)
         };
         if written.is_err() {
             budget.write_failures.fetch_add(1, Ordering::SeqCst);
@@ -683,8 +683,9 @@ impl std::io::Write for CheckedWriter<'_> {
         Ok(buf.len())
     }
 
+    /// Nothing to flush: each line is written whole, unbuffered.
     fn flush(&mut self) -> std::io::Result<()> {
-        Self::count(self.0.flush())
+        Ok(())
     }
 }
 
@@ -695,6 +696,8 @@ pub type RecordsClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 #[derive(Clone)]
 pub struct Audit {
     file: Option<Dispatch>,
+    /// The file `file` writes to, to say when it had to be made again.
+    daily: Option<Arc<DailyFile>>,
     store: Option<Store>,
     limits: Arc<DiskLimits>,
     budget: Arc<LogBudget>,
@@ -745,7 +748,7 @@ pub fn is_log_file_name(name: &str) -> bool {
     name.strip_prefix("auth.log.").and_then(log_file_date).is_some()
 }
 
-/// The day a daily log file's name ends with (`YYYY-MM-DD`, as tracing-appender writes it).
+/// The day a daily log file's name ends with (`YYYY-MM-DD`, as [`crate::log_file`] writes it).
 fn log_file_date(day: &str) -> Option<time::Date> {
     let mut parts = day.split('-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
@@ -792,20 +795,19 @@ impl Audit {
         if std::fs::metadata(&today).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) {
             anyhow::bail!("{} is a FIFO, not a log file", today.display());
         }
-        let appender = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
-            .filename_prefix("auth.log")
-            .build(log_dir)
-            .with_context(|| format!("cannot open the log in {}", log_dir.display()))?;
+        let daily = Arc::new(
+            DailyFile::open(log_dir).with_context(|| format!("cannot open the log in {}", log_dir.display()))?,
+        );
         let format =
             tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false).with_span_list(false);
         let layer = tracing_subscriber::fmt::layer()
             .json()
             .event_format(crate::telemetry::WithInstance::json(format, instance))
-            .with_writer(CheckedAppender(appender, Arc::clone(&budget)));
+            .with_writer(CheckedAppender(Arc::clone(&daily), Arc::clone(&budget)));
         let subscriber = tracing_subscriber::registry().with(layer);
         Ok(Audit {
             file: Some(Dispatch::new(subscriber)),
+            daily: Some(daily),
             store,
             limits: Arc::default(),
             budget,
@@ -820,6 +822,7 @@ impl Audit {
     pub fn terminal_only() -> Self {
         Audit {
             file: None,
+            daily: None,
             store: None,
             limits: Arc::default(),
             budget: Arc::new(LogBudget::new(Path::new(""))),
@@ -958,7 +961,17 @@ impl Audit {
     fn write_to_file(&self, emit: impl Fn()) -> Result<u64, AuditError> {
         let Some(file) = &self.file else { return Ok(0) };
         let (failures, bytes) = (LOG_WRITE_FAILURES.with(Cell::get), LOG_BYTES_WRITTEN.with(Cell::get));
+        let reopened = self.daily.as_ref().map_or(0, |d| d.reopened());
         tracing::dispatcher::with_default(file, &emit);
+        // Said on the terminal, outside the file's dispatch (whose writer is busy with it).
+        if self.daily.as_ref().is_some_and(|d| d.reopened() != reopened) {
+            crate::fault_log::report(
+                "the auth log file was removed or renamed while in use",
+                crate::fault_log::Severity::Warn,
+                false,
+                &"its lines go on in a new file at today's name",
+            );
+        }
         if LOG_WRITE_FAILURES.with(Cell::get) == failures {
             Ok(LOG_BYTES_WRITTEN.with(Cell::get) - bytes)
         } else {
@@ -1533,12 +1546,7 @@ mod tests {
         std::fs::remove_file(&today).unwrap();
         budget.mend();
         assert!(budget.partial.load(Ordering::SeqCst));
-        let appender = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
-            .filename_prefix("auth.log")
-            .build(dir.path())
-            .unwrap();
-        let checked = CheckedAppender(appender, Arc::new(budget));
+        let checked = CheckedAppender(Arc::new(DailyFile::open(dir.path()).unwrap()), Arc::new(budget));
         std::fs::write(&today, "{\"cut").unwrap();
         std::io::Write::write_all(&mut checked.make_writer(), b"{\"next\":1}\n").unwrap();
         assert_eq!(std::fs::read_to_string(&today).unwrap(), "{\"cut\n{\"next\":1}\n");

@@ -25,6 +25,7 @@ pub mod fault_log;
 pub mod files;
 pub mod forward_auth;
 pub mod loadtest;
+pub mod log_file;
 pub mod memory;
 pub mod metrics;
 pub mod passkeys;

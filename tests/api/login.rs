@@ -256,3 +256,31 @@ async fn a_signed_in_visitor_is_sent_on_from_the_login_page() {
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/");
 }
+
+/// The auth log's file removed or renamed while the server runs (logrotate's rename, an
+/// operator's `rm -r`): the next line goes to a new file at today's name, not to the old one
+/// until midnight (review 194: sign-ins answered 303 with nothing on the record).
+#[tokio::test]
+async fn a_log_file_removed_or_renamed_while_serving_is_made_again_with_the_next_line() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let logs = app.settings.log_dir.clone();
+    let today = || {
+        let mut files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files.pop().unwrap()
+    };
+    let signed_in = |text: String| text.lines().filter(|l| l.contains("\"event\":\"authn_login_success\"")).count();
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303);
+    let file = today();
+    assert_eq!(signed_in(std::fs::read_to_string(&file).unwrap()), 1);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(&file, elsewhere.path().join("rotated")).unwrap();
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(today(), file, "made again at its name");
+    assert_eq!(signed_in(std::fs::read_to_string(&file).unwrap()), 1, "this sign-in's line");
+    assert_eq!(signed_in(std::fs::read_to_string(elsewhere.path().join("rotated")).unwrap()), 1, "none added");
+    std::fs::remove_dir_all(&logs).unwrap();
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(signed_in(std::fs::read_to_string(today()).unwrap()), 1, "the directory too");
+}
