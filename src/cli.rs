@@ -605,6 +605,10 @@ async fn serve_until_stopped(settings: Settings, file_warnings: Vec<String>) -> 
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = shutdown_signal();
+    // SIGHUP's default action would kill the server while it starts (waiting for its
+    // database, say); once this handler is in, it never does, and the certificate reloader
+    // (`tls::spawn_reloader`) answers it once it runs.
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(async move {
         signal.await;
         let _ = stop_tx.send(true);

@@ -395,21 +395,23 @@ pub fn warnings(dir: &Path, key: &CertifiedKey, public_host: Option<&str>) -> Ve
         }
     }
     out.extend(dates_warning(dir, key).map(|(_, warning)| warning));
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let key_file = key_path(dir);
-        if let Ok(meta) = std::fs::metadata(&key_file) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                out.push(format!(
-                    "{} may be read by other users (mode {mode:03o}): chmod 600 it, or 640 for a group only the server is in",
-                    key_file.display()
-                ));
-            }
-        }
-    }
+    out.extend(key_mode_warning(dir));
     out
+}
+
+/// What to say of a private key in `dir` that users other than its owner (and group) may
+/// read, at start and at each reload: renewals are when keys are copied in with the wrong
+/// mode (review 194: a reload put a 0644 key in service without a word).
+fn key_mode_warning(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_file = key_path(dir);
+    let mode = std::fs::metadata(&key_file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} may be read by other users (mode {mode:03o}): chmod 600 it, or 640 for a group only the server is in",
+            key_file.display()
+        )
+    })
 }
 
 /// What to say of the dates of `key`'s certificate now ([`validity_warning`]).
@@ -498,21 +500,47 @@ pub fn server_config(resolver: Arc<CertResolver>) -> anyhow::Result<Arc<rustls::
 }
 
 /// What identifies a version of the files on disk.
-fn fingerprint(dir: &Path) -> Option<(SystemTime, u64, SystemTime, u64)> {
-    let c = std::fs::metadata(cert_path(dir)).ok()?;
-    let k = std::fs::metadata(key_path(dir)).ok()?;
-    Some((c.modified().ok()?, c.len(), k.modified().ok()?, k.len()))
+fn fingerprint(dir: &Path) -> Option<[FileVersion; 2]> {
+    Some([FileVersion::of(&cert_path(dir))?, FileVersion::of(&key_path(dir))?])
 }
 
-/// Re-reads the pair whenever the files change. A pair that is half-written or mismatched
-/// is skipped (and retried at the next change), keeping the one in service. The dates of the
-/// pair in service are said as at start ([`warnings`]) when a new pair is loaded and once a
+/// What tells one version of a file from another: its contents' time and length, its inode
+/// (a pair moved into place), and its status change time, which a `chown` or `chmod` alone
+/// moves (review 194: a pair refused for its owner was not tried again after a `chown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+    changed: (i64, i64),
+}
+
+impl FileVersion {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileVersion {
+            modified: m.modified().ok()?,
+            len: m.len(),
+            inode: m.ino(),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Re-reads the pair whenever the files change, and at SIGHUP (what operators and their
+/// renewal hooks send to mean "reload": the default action killed the server, review 194).
+/// A pair that is half-written or mismatched is skipped (and retried at the next change, or
+/// the next SIGHUP), keeping the one in service. The dates and the key's mode of the pair in
+/// service are said as at start ([`warnings`]) when a new pair is loaded, and the dates once a
 /// UTC day, so a server running past a failed renewal says so before browsers do (found by
 /// a review: only the start said it).
 pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration) -> tokio::task::JoinHandle<()> {
     // Taken now rather than when the task first runs: a change landing in between would
     // otherwise become the baseline and never be loaded.
     let mut seen = fingerprint(&dir);
+    // Installed now too, so a SIGHUP once the server says it listens never kills it.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // The start has said today's.
     let mut dates_said = time::OffsetDateTime::now_utc().date();
     // The version of the files last deferred as not valid yet (said once, not every tick).
@@ -521,7 +549,23 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let asked = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = hangup => true,
+            };
+            if asked {
+                tracing::info!(dir = %dir.display(), "SIGHUP: the certificate pair is read again (the auth log needs no reopening)");
+                // Read again even unchanged: a pair refused for what a SIGHUP's sender mended
+                // outside the files (its directory's owner, say) is tried once more.
+                seen = None;
+                deferred = None;
+            }
             let today = time::OffsetDateTime::now_utc().date();
             if today != dates_said {
                 dates_said = today;
@@ -552,7 +596,7 @@ pub fn spawn_reloader(dir: PathBuf, resolver: Arc<CertResolver>, every: Duration
                         resolver.replace(key);
                         seen = now;
                         tracing::info!(dir = %dir.display(), "certificate reloaded");
-                        if let Some((_, warning)) = warning {
+                        for warning in warning.map(|(_, w)| w).into_iter().chain(key_mode_warning(&dir)) {
                             tracing::warn!("{warning}");
                         }
                     }
@@ -852,6 +896,21 @@ impl AsyncWrite for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pair refused for its owner or mode is tried again after a `chown` or `chmod` alone,
+    /// which moves only the status change time (review 194).
+    #[test]
+    fn a_change_of_owner_or_mode_alone_is_a_new_version_of_the_pair() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(cert_path(dir.path()), "c").unwrap();
+        std::fs::write(key_path(dir.path()), "k").unwrap();
+        let before = fingerprint(dir.path());
+        assert!(before.is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::set_permissions(key_path(dir.path()), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(fingerprint(dir.path()), before);
+    }
 
     #[test]
     fn a_certificate_not_naming_public_urls_host_or_a_key_others_can_read_is_warned_about() {

@@ -432,3 +432,59 @@ async fn a_start_refused_for_its_certificate_makes_no_store_or_log() {
         assert!(!settings.log_dir.exists(), "a refused start made the log: {err}");
     }
 }
+
+/// SIGHUP, which operators and renewal hooks send to mean "reload", reads the pair again at
+/// once and says the key's mode as a start does; it never stops the server (review 194: its
+/// default action killed it, cutting the sign-ins in flight, and a reload put a key others
+/// could read in service without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_certificate_again_and_stops_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        crate::child::ServerProcess::start_with(dir.path(), crate::child::QUICK, |cmd| {
+            cmd.env("PORTCULLIS_CERT_CHECK_INTERVAL", "1h");
+        })
+    });
+    let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+    let hangup = || {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    let healthz = |pem: &str| {
+        let client = client_trusting(pem).pool_max_idle_per_host(0).build().unwrap();
+        let url = server.url("/healthz");
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    };
+    let certs = dir.path().join("certs");
+    let old = std::fs::read_to_string(certs.join("cert.pem")).unwrap();
+    hangup();
+    let until = Instant::now() + PATIENCE;
+    while !server.output().contains("SIGHUP: the certificate pair is read again") {
+        assert!(Instant::now() < until, "{}", server.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(healthz(&old).await.unwrap(), 200, "still serving");
+
+    // A renewed pair whose key was copied in readable by all: served at the next SIGHUP,
+    // not an hour later, with the start's warning.
+    let (cert, key) = new_pair();
+    replace(&certs.join("key.pem"), &key);
+    std::fs::set_permissions(certs.join("key.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    replace(&certs.join("cert.pem"), &cert);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(healthz(&cert).await.is_err(), "not read before the signal");
+    hangup();
+    let until = Instant::now() + PATIENCE;
+    while healthz(&cert).await.is_err() {
+        assert!(Instant::now() < until, "{}", server.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = server.output();
+    assert!(
+        out.contains("certificate reloaded") && out.contains("key.pem may be read by other users (mode 644)"),
+        "{out}"
+    );
+    let status = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "{status}");
+}
