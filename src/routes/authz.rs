@@ -36,10 +36,22 @@ pub async fn auth_request(req: &Request, state: State<'_>) -> Response {
 /// [`verify`], counted in `portcullis_authz_requests_total` and timed in
 /// `portcullis_authz_duration_seconds`.
 async fn counted(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> Response {
+    // A peer that may not ask is no decision: counted as one, any client on the network
+    // could raise the `forbidden` series at will and hide the denials an alert is for
+    // (review 194). `http_requests_total` counts its 403.
+    if !from_trusted_proxy(req, state) {
+        return status(StatusCode::FORBIDDEN);
+    }
     let started = std::time::Instant::now();
     let (resp, result) = verify(req, state, flavour).await;
     state.metrics.record_authz(result, started.elapsed());
     resp
+}
+
+/// Whether `req`'s TCP peer is in `trusted_proxies`, the only ones that may ask.
+fn from_trusted_proxy(req: &Request, state: &AppState) -> bool {
+    let peer = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip()));
+    peer.is_some_and(|ip| state.settings.trusted_proxies.iter().any(|n| n.contains(&ip)))
 }
 
 /// Targets longer than this, in bytes, are read on the blocking pool, on at most half the
@@ -238,8 +250,7 @@ type Judged = (Decision, bool, Vec<crate::domain::Group>, TargetRequest);
 
 /// The whole verify: the answer to send and what it was (the hook for metrics).
 pub async fn verify(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> (Response, AuthzResult) {
-    let peer = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip()));
-    if !peer.is_some_and(|ip| state.settings.trusted_proxies.iter().any(|n| n.contains(&ip))) {
+    if !from_trusted_proxy(req, state) {
         // Only a trusted proxy may ask: anyone else could probe who is signed in, or read
         // identity headers meant for an application.
         return (status(StatusCode::FORBIDDEN), AuthzResult::Forbidden);

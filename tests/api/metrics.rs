@@ -143,6 +143,35 @@ async fn an_authz_decision_recorded_is_counted_under_its_result_and_timed() {
     assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 3.0);
 }
 
+/// A peer outside `trusted_proxies` is refused before any decision, and is no decision in
+/// the metrics either (review 194: anyone could raise the `forbidden` series at will).
+#[tokio::test]
+async fn an_untrusted_peers_verify_is_not_counted_as_a_decision() {
+    let app = with_metrics(|s| s.trusted_proxies = Vec::new()).await;
+    let before = samples(&scrape_text(&app).await);
+    for _ in 0..3 {
+        let resp = app
+            .client
+            .get(app.url("/api/authz/forward-auth"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "localhost")
+            .header("x-forwarded-uri", "/")
+            .header("x-forwarded-method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    }
+    let after = samples(&scrape_text(&app).await);
+    for result in ["allowed", "forbidden", "unauthenticated", "bad_request"] {
+        let series = format!("portcullis_authz_requests_total{{result=\"{result}\"}}");
+        assert_eq!(delta(&before, &after, &series), 0.0, "{series}");
+    }
+    assert_eq!(delta(&before, &after, "portcullis_authz_duration_seconds_count"), 0.0);
+    let refused = "portcullis_http_requests_total{route=\"/api/authz/forward-auth\",status=\"403\"}";
+    assert_eq!(delta(&before, &after, refused), 3.0);
+}
+
 #[tokio::test]
 async fn promtool_accepts_the_metrics_after_traffic() {
     let Some(promtool) = which("promtool") else {
