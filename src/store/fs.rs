@@ -112,17 +112,25 @@ fn denied(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, message)
 }
 
-/// The checks of [`ensure_private_dir`] that look at `dir`'s path and mode, without changing
-/// anything and whoever owns it: [`trusted_ancestors`], and [`refuse_shared`] when it exists.
-/// `config check` asks them, so a unit's `ExecStartPre=` stops where the start would.
+/// The checks of [`ensure_private_dir`] that look at `dir`'s path, owner and mode, without
+/// changing anything: [`trusted_ancestors`], and when it exists, that it is a directory of
+/// this process's user's ([`refuse_foreign`]) that others cannot write to ([`refuse_shared`]).
+/// `config check` asks them, so a unit's `ExecStartPre=` stops where the start would (review
+/// 194: a `data_dir` of another user's passed the check and stopped the start).
 ///
 /// # Errors
-/// As those two.
+/// As those, and `NotADirectory` for a file.
 pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
     trusted_ancestors(dir)?;
     match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => refuse_shared(dir, &meta),
-        _ => Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            refuse_foreign(dir, &meta)?;
+            refuse_shared(dir, &meta)
+        }
+        Ok(_) => {
+            Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())))
+        }
+        Err(_) => Ok(()),
     }
 }
 

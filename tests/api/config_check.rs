@@ -510,7 +510,7 @@ async fn an_empty_config_variable_and_an_access_variable_are_named_for_what_they
     assert!(out.stderr.contains("access rules are read from the settings file only"), "{}", out.stderr);
 }
 
-/// A directory the start would refuse (others may write in it) fails the check too, so a
+/// A directory the start would refuse (others may write in it, another user's, a file) fails the check too, so a
 /// unit's `ExecStartPre=portcullis config check` stops there (review 157); nothing is changed.
 #[tokio::test]
 async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
@@ -525,6 +525,26 @@ async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
         assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
         assert!(out.stderr.contains("may be written by other users (mode 1777)"), "{key}: {}", out.stderr);
         assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777);
+    }
+    // A file named as a directory, and (as root, who can give one away) a directory of another
+    // user's, which the start refuses too (review 194).
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    let out = run(check(dir.path(), &["--data-dir", "file"], &[])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("data_dir: file is not a directory"), "{}", out.stderr);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        for key in ["--data-dir", "--log-dir", "--cert-dir"] {
+            let out = run(check(dir.path(), &[key, theirs.to_str().unwrap()], &[])).await;
+            assert_eq!(out.status, 2, "{key}: {}", out.stderr);
+            assert!(out.stderr.contains("belongs to uid 65534, not to this process (uid 0)"), "{key}: {}", out.stderr);
+        }
+    } else {
+        println!("not root: the other user's directory is not tried (only root can give one away)");
     }
     let out = run(check(dir.path(), &[], &[])).await;
     assert_eq!(out.status, 0, "{}", out.stderr);
