@@ -267,9 +267,16 @@ pub struct Failure {
     pub message: String,
 }
 
-/// Exit status of `config check` for settings that do not load (as `nginx -t` and `sshd -t`
-/// fail with a status of their own, scripts can tell a bad file from a crash).
+/// Exit status of `config check`, `serve` and the other commands for settings that do not
+/// load (as `nginx -t` and `sshd -t` fail with a status of their own, scripts can tell a bad
+/// file from a crash, and a unit's `RestartPreventExitStatus=2` does not restart a server
+/// whose settings will not load again: review 194).
 pub const CONFIG_INVALID: u8 = 2;
+
+/// [`Settings::load`], its error exiting with [`CONFIG_INVALID`].
+fn load_settings(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<Settings> {
+    Settings::load(config, flags).map_err(|e| Failure { status: CONFIG_INVALID, message: e.to_string() }.into())
+}
 
 /// A group name from the command line (see [`Group::parse`]).
 fn parse_group(s: &str) -> Result<Group, String> {
@@ -497,7 +504,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
 /// warnings said (when the command is done) as those two say them: root's `user passwd` with
 /// a `--config` others may write ran without a word (review 157).
 fn command_settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
-    let settings = Settings::load(config, &Overrides::new())?;
+    let settings = load_settings(config, &Overrides::new())?;
     for warning in crate::config::file_warnings(config) {
         tracing::warn!("{warning}");
     }
@@ -591,7 +598,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The server: settings first, since they say how many async workers to start.
 fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
-    let settings = Settings::load(config.as_deref(), &flags)?;
+    let settings = load_settings(config.as_deref(), &flags)?;
     let file_warnings = crate::config::file_warnings(config.as_deref());
     runtime(Some(settings.async_worker_count()))?.block_on(serve_until_stopped(settings, file_warnings))
 }

@@ -184,6 +184,22 @@ async fn the_database_password_is_never_printed() {
     }
 }
 
+/// `serve` and the other commands exit with `config check`'s status 2 for settings that do
+/// not load, so a unit's `RestartPreventExitStatus=2` stops the restarts (review 194: 1).
+#[tokio::test]
+async fn serve_and_the_commands_exit_2_for_settings_that_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["serve", "--http-addr", "off"][..], &["user", "list"][..]] {
+        let mut cmd = bare(dir.path());
+        cmd.args(args).env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "soon");
+        let (status, _, stderr) = child::run(cmd, None).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("invalid session_idle_timeout = \"soon\" (from env"), "{stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "created {left:?}");
+}
+
 #[tokio::test]
 async fn config_check_creates_nothing_in_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
