@@ -113,7 +113,7 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
         Ok(Some(found)) => found,
         // An application's sign-out link followed by someone signed out already: signed out,
         // as asked, so on to where it said (review 137 was left at the sign-in page).
-        Ok(None) => return see_other(rd.as_deref().unwrap_or("/login")),
+        Ok(None) => return crate::routes::to_sign_in(req, rd.as_deref().unwrap_or("/login")),
         Err(resp) => return resp,
     };
     let passkeys = match passkeys_named_by(&state, &session.user.key, &sessions).await {
@@ -157,7 +157,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     };
     let session = match current_session(req, &state).await {
         Ok(Some(session)) => session,
-        Ok(None) => return see_other("/login"),
+        Ok(None) => return crate::routes::to_sign_in(req, "/login"),
         // The session could not even be read: nothing was ended either, and said so.
         Err(resp) => return others_not_signed_out(resp.status()),
     };

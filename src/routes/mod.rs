@@ -733,9 +733,24 @@ pub(crate) const MAX_SESSION_COOKIES: usize = 4;
 pub(crate) async fn signed_in(req: &Request, state: &AppState, signed_out: &str) -> Result<ActiveSession, Response> {
     match current_session(req, state).await {
         Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(see_other(signed_out)),
+        Ok(None) => Err(to_sign_in(req, signed_out)),
         Err(resp) => Err(resp),
     }
+}
+
+/// The 303 for a request that needs a session and has none: to `signed_out` (a `/login`
+/// address), marked `ended=` when the request carried a session cookie that names no session
+/// any more (signed out in another tab or elsewhere, past a timeout, ended by an
+/// administrator): `form` for a form sent, which was not acted on, `session` for a page. The
+/// sign-in form then says why it is shown (reviews 196 and 197: it came bare, and a password
+/// change sent from a stale tab was dropped without a word).
+pub(crate) fn to_sign_in(req: &Request, signed_out: &str) -> Response {
+    if crate::cookies::get_all(req, SESSION_COOKIE).is_empty() || !signed_out.starts_with("/login") {
+        return see_other(signed_out);
+    }
+    let separator = if signed_out.contains('?') { '&' } else { '?' };
+    let ended = if req.method() == poem::http::Method::POST { "form" } else { "session" };
+    see_other(&format!("{signed_out}{separator}ended={ended}"))
 }
 
 /// [`signed_in`] for a form that changes something: the session's CSRF token must be `csrf`

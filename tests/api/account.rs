@@ -318,7 +318,7 @@ async fn the_first_second_factor_signs_out_the_sessions_that_signed_in_without_i
     assert!(text.contains("Your 1 other session signed in without it, so it is now signed out."), "{text}");
     assert!(text.contains("class=\"codes\""), "the codes are shown all the same");
     let after = phished.get(app.url("/account")).send().await.unwrap();
-    assert_eq!(after.headers()["location"], "/login?next=/account", "the password-only session is over");
+    assert_eq!(after.headers()["location"], "/login?next=/account&ended=session", "the password-only session is over");
     assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the owner goes on");
     let ended = app.log_lines().into_iter().find(|l| l["event"] == "session_revoked").expect("logged");
     assert_eq!((ended["count"].as_u64(), ended["by"].as_str()), (Some(1), Some("alice")));

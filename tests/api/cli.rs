@@ -249,7 +249,7 @@ async fn user_passwd_through_the_cli_ends_the_users_live_sessions() {
 
     let resp = alice.get(app.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 303);
-    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(resp.headers()["location"], "/login?ended=session");
     assert_eq!(bob.get(app.url("/")).send().await.unwrap().status(), 200, "only alice's sessions end");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
     assert_eq!(app.login_with(&app.new_browser(), "alice", NEW_PASSWORD).await.status(), 303);
@@ -264,7 +264,7 @@ async fn user_del_through_the_cli_ends_the_users_sessions() {
     cli(app.dir.path(), &["user", "del", "alice"]).await.assert_ok("del alice");
     let resp = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 303);
-    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(resp.headers()["location"], "/login?ended=session");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 401);
 }
 
@@ -280,7 +280,7 @@ async fn a_disabled_user_is_refused_like_a_wrong_password_and_signed_out_until_e
     run.assert_ok("disable alice");
     assert!(run.stdout.contains("disabled; 1 session(s) ended"), "{}", run.stdout);
     let resp = alice.get(app.url("/")).send().await.unwrap();
-    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login?ended=session"));
 
     // The right password gets exactly the answer a wrong one gets; only the log says why.
     let strip = |page: &str| page.replace(&crate::helpers::hidden_field(page, "csrf").unwrap(), "TOKEN");

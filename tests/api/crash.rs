@@ -89,7 +89,7 @@ async fn home(server: &ServerProcess, c: &reqwest::Client, session: &str) -> req
     match resp.status().as_u16() {
         200 => Ok(crate::helpers::hidden_field(&resp.text().await?, "csrf")),
         303 => {
-            assert_eq!(resp.headers()["location"], "/login");
+            assert_eq!(resp.headers()["location"], "/login?ended=session");
             Ok(None)
         }
         other => panic!("GET / answered {other}"),

@@ -165,7 +165,7 @@ async fn attempt(client: &reqwest::Client, origin: &str, user: &str, password: &
 async fn home(client: &reqwest::Client, origin: &str, cookie: &str) -> StatusCode {
     let resp = client.get(format!("{origin}/")).header("cookie", format!("{SESSION}={cookie}")).send().await.unwrap();
     if resp.status() == StatusCode::SEE_OTHER {
-        assert_eq!(resp.headers()["location"], "/login");
+        assert_eq!(resp.headers()["location"], "/login?ended=session");
     }
     resp.status()
 }

@@ -16,7 +16,7 @@ async fn logout_ends_the_session_on_the_server_and_a_replayed_cookie_fails() {
     let replay = app.new_browser();
     let resp = replay.get(app.url("/")).header("cookie", format!("__Host-portcullis={token}")).send().await.unwrap();
     assert_eq!(resp.status(), 303);
-    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(resp.headers()["location"], "/login?ended=session");
 }
 
 /// The session's other cookies (a password confirmation, a notice) go with it: with

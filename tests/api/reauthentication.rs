@@ -453,7 +453,11 @@ async fn signing_out_everywhere_else_gives_a_new_token_that_is_as_recently_confi
     assert_eq!(location(&asked), "/account/confirm?next=/account/totp");
     let left_behind = browser_signed_in_with_cookie(&app, &old);
     let resp = left_behind.get(app.url("/")).send().await.unwrap();
-    assert_eq!((resp.status(), location(&resp)), (StatusCode::SEE_OTHER, "/login"), "the old token is over");
+    assert_eq!(
+        (resp.status(), location(&resp)),
+        (StatusCode::SEE_OTHER, "/login?ended=session"),
+        "the old token is over"
+    );
 
     // Confirmed: the confirmation goes on with the new token, with its own time.
     let csrf = csrf_of(&gus, app.url("/account/confirm?next=/account/totp")).await;

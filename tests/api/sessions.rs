@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portcullis::password::Password;
 
-use crate::helpers::{cookie_value, spawn_app, spawn_app_with, spawn_in, GOOD_PASSWORD};
+use crate::helpers::{cookie_value, hidden_field, spawn_app, spawn_app_with, spawn_in, GOOD_PASSWORD};
 
 #[tokio::test]
 async fn an_idle_session_expires_on_the_server() {
@@ -361,4 +361,47 @@ async fn a_session_a_sign_in_stores_after_a_disable_stays_over_after_the_enable(
     app.state.users.set_disabled("frank", false, "test").await.unwrap();
     assert!(app.state.sessions.resolve(&late.encode()).await.unwrap().is_none());
     assert_eq!(app.login("frank", GOOD_PASSWORD).await.status(), 303, "frank signs in again as usual");
+}
+
+/// A page or form of a session that ended meanwhile (signed out in another tab, timed out,
+/// ended by an administrator) leads to a sign-in form that says so, back to where it was;
+/// it came bare, and a password change sent from a stale tab was dropped without a word
+/// (reviews 196 and 197). Only fixed sentences: a link's `ended=` puts no words of its own.
+#[tokio::test]
+async fn an_ended_sessions_page_or_form_leads_to_a_sign_in_form_that_says_why() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let tab = app.new_browser();
+    assert_eq!(app.login_with(&tab, "alice", GOOD_PASSWORD).await.status(), 303);
+    let page = tab.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    app.state.sessions.end_all("alice", None).await.unwrap();
+
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("current", GOOD_PASSWORD),
+        ("new", "a new one, long enough"),
+        ("repeat", "a new one, long enough"),
+    ];
+    let resp = tab.post(app.url("/account/password")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let to = resp.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(to, "/login?next=/account&ended=form");
+    let page = tab.get(app.url(&to)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Your session ended before that form was sent, so nothing was changed."), "{page}");
+    assert!(page.contains(r#"name="next" value="/account""#), "back to the account page: {page}");
+    assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "unchanged");
+
+    for (path, to) in [("/", "/login?ended=session"), ("/account", "/login?next=/account&ended=session")] {
+        let resp = tab.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.headers()["location"], to, "{path}");
+    }
+    let page = tab.get(app.url("/login?ended=session")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Your session has ended: you were signed out in another tab or elsewhere"), "{page}");
+
+    // A browser that never signed in is sent on as before, and an unknown `ended` says nothing.
+    let stranger = app.new_browser();
+    assert_eq!(stranger.get(app.url("/")).send().await.unwrap().headers()["location"], "/login");
+    let page = stranger.get(app.url("/login?ended=%3Cb%3Ehi")).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("role=\"alert\"") && !page.contains("<b>hi") && !page.contains("&lt;b&gt;hi"), "{page}");
 }

@@ -213,7 +213,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
         .await
         .unwrap();
     assert_eq!(replay.status(), 303);
-    assert_eq!(replay.headers()["location"], "/login");
+    assert_eq!(replay.headers()["location"], "/login?ended=step");
 
     // The same code (its step) again: refused as reused, on another browser too.
     let (_, resp) = two_steps(&app, "alice", "code", &now).await;
@@ -435,7 +435,7 @@ async fn resetting_the_users_factors_ends_a_pending_second_step() {
     app.state.users.reset_factors("nora", "test").await.unwrap();
     // No factor is left to give: the step is over, as after a password change.
     let resp = browser.get(app.url("/login/second-factor")).send().await.unwrap();
-    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login?ended=step"));
 }
 
 /// "Cancel and start again" and `POST /logout` end a sign-in waiting for its second step on
@@ -533,7 +533,10 @@ async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was
         .send()
         .await
         .unwrap();
-    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login"));
+    // Sent back to the password with a word on why (review 196: the form came bare).
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login?ended=step"));
+    let again = thief.get(app.url("/login?ended=step")).send().await.unwrap().text().await.unwrap();
+    assert!(again.contains("Your sign-in was not finished within 5 minutes, or was ended meanwhile."), "{again}");
     assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), 303, "not signed in");
     // Another user's second step is untouched.
     assert_eq!(omars_other.get(app.url("/login/second-factor")).send().await.unwrap().status(), 200);
@@ -839,7 +842,11 @@ async fn of_recovery_codes_sent_at_once_only_the_one_that_signs_in_is_spent() {
     let mut to: Vec<String> =
         answers.iter().map(|r| r.as_ref().unwrap().headers()["location"].to_str().unwrap().to_string()).collect();
     to.sort();
-    assert_eq!(to, ["/", "/login", "/login", "/login"], "one signs in, the others start again");
+    assert_eq!(
+        to,
+        ["/", "/login?ended=step", "/login?ended=step", "/login?ended=step"],
+        "one signs in, the others start again"
+    );
     let after = app.state.factors.summary("alice").await.unwrap().recovery_codes;
     assert_eq!(after, before - 1, "one code spent");
     let log = app.log_lines();
@@ -867,7 +874,7 @@ async fn past_the_threshold_each_code_check_costs_a_solved_captcha() {
     assert!(page.contains("sign in again with your password"), "{page}");
     let resp = thief.post_form_as_is("/login/second-factor", &[("csrf", &csrf), ("code", &code(&secret, step))]).await;
     assert_eq!(resp.status(), 303, "its cookie checks nothing more");
-    assert_eq!(resp.headers()["location"], "/login");
+    assert_eq!(resp.headers()["location"], "/login?ended=step");
     let got = reasons(&app, "alice").await;
     assert_eq!(got[0], FailureReason::BadSecondFactor, "{got:?}");
     assert_eq!(got.iter().filter(|r| **r == FailureReason::BadPassword).count(), 3, "{got:?}");

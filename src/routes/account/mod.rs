@@ -109,7 +109,7 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
     // The session and the user's sessions in one store read.
     let (session, sessions) = match current_session_listing(req, &state).await {
         Ok(Some(found)) => found,
-        Ok(None) => return see_other("/login?next=/account"),
+        Ok(None) => return crate::routes::to_sign_in(req, "/login?next=/account"),
         Err(resp) => return resp,
     };
     let notice = flash::take(req, &state.csrf, &session.token_hash);

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::client;
 use crate::password::Password;
 use crate::routes::flash::Notice;
-use crate::routes::{current_session, error_page, read_form, see_other, with_retry_after, State};
+use crate::routes::{current_session, error_page, read_form, with_retry_after, State};
 use crate::session::{ActiveSession, StartError};
 use crate::sign_in::{account_captcha_key, CaptchaAnswer, PasswordCheck};
 use crate::users::UserError;
@@ -51,7 +51,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let session = match current_session(req, &state).await {
         Ok(Some(s)) => s,
-        Ok(None) => return see_other("/login"),
+        Ok(None) => return crate::routes::to_sign_in(req, "/login?next=/account"),
         Err(resp) => return resp,
     };
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {

@@ -19,6 +19,20 @@ pub struct LoginQuery {
     /// a captcha demanded for that username is shown on the new form, not first asked for by
     /// a refusal (review 167).
     username: Option<String>,
+    /// Why the form is shown, when a session or a second step ended
+    /// ([`crate::routes::to_sign_in`]): `session`, `form` or `step`. Only fixed sentences come
+    /// of it, so a link cannot put words on the page.
+    ended: Option<String>,
+}
+
+/// The sentence for `ended` ([`LoginQuery::ended`]), if it is one of ours.
+fn ended_message(ended: Option<&str>) -> Option<&'static str> {
+    match ended? {
+        "session" => Some("Your session has ended: you were signed out in another tab or elsewhere, or it was not used for too long. Please sign in again."),
+        "form" => Some("Your session ended before that form was sent, so nothing was changed. Please sign in again, then send it again."),
+        "step" => Some("Your sign-in was not finished within 5 minutes, or was ended meanwhile. Please start again with your password."),
+        _ => None,
+    }
 }
 
 #[handler]
@@ -40,8 +54,7 @@ pub async fn login_form_head(req: &Request, state: State<'_>, query: Option<Quer
 async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
     let rd = super::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
-    let mut error = None;
-    match current_session(req, &state).await {
+    let error = match current_session(req, &state).await {
         Ok(Some(session)) => {
             // The `second_factor` policy first: a user who must enrol goes nowhere else, the
             // application in `rd` included (SPEC.md, "can use nothing else until they enrol").
@@ -60,7 +73,7 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
                 // anyone else would come back here for ever, so they are sent to enrol one.
                 Some(_) => match state.factors.summary(&session.user.key).await {
                     Ok(factors) if factors.has_second_factor() => {
-                        error = Some("That page needs you to sign in with a second factor.".to_string());
+                        Some("That page needs you to sign in with a second factor.".to_string())
                     }
                     Ok(_) => {
                         return Notice::SecondFactorNeeded.attach(
@@ -74,9 +87,9 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
                 None => return see_other(next.unwrap_or("/")),
             }
         }
-        Ok(None) => {}
+        Ok(None) => ended_message(query.as_ref().and_then(|q| q.ended.as_deref())).map(str::to_string),
         Err(resp) => return resp,
-    }
+    };
     let client = crate::client::client(req, &state.settings.trusted_proxies);
     let key = client.key();
     let now = crate::store::now_ms();

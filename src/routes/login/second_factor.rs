@@ -67,8 +67,12 @@ impl Drop for SecondFactorForm {
 }
 
 /// To `/login`, forgetting the pending sign-in's cookie.
-fn restart() -> Response {
-    let mut resp = see_other("/login");
+/// Back to the password: a pending sign-in cookie the request carried that names none any
+/// more (past its 5 minutes, used, or ended by a sign-out everywhere, a password change or an
+/// administrator) is said on the form (`ended=step`), which came bare (review 196).
+fn restart(req: &Request) -> Response {
+    let ended = cookies::get(req, MFA_COOKIE).is_some();
+    let mut resp = see_other(if ended { "/login?ended=step" } else { "/login" });
     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -94,7 +98,7 @@ async fn page(req: &Request, state: State<'_>) -> Response {
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let Some(cookie) = cookie else { return restart() };
+    let Some(cookie) = cookie else { return restart(req) };
     match state.factors.pending(&cookie).await {
         Ok(Some((hash, pending, user))) => {
             let offers = match offers(&state, &user.key).await {
@@ -117,7 +121,7 @@ async fn page(req: &Request, state: State<'_>) -> Response {
             };
             render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers, captcha)
         }
-        Ok(None) => restart(),
+        Ok(None) => restart(req),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
     }
 }
@@ -302,7 +306,7 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
             let next = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
             super::after_sign_in(next, &token, &device_cookie, MFA_COOKIE)
         }
-        StepOutcome::Restart => restart(),
+        StepOutcome::Restart => restart(req),
         StepOutcome::Unchecked | StepOutcome::Refused { .. } => {
             let (refusal, over) = match outcome {
                 StepOutcome::Refused { refusal, restart } => (Some(refusal), restart),
