@@ -74,7 +74,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         return crate::routes::error_page_saying(
             StatusCode::FORBIDDEN,
             "Not signed out",
-            "This page was out of date (your session changed since it was shown, perhaps in another tab), so this browser is still signed in. Reload the page and sign out again.",
+            "This page was out of date (your session changed since it was shown, perhaps in another tab), so this browser is still signed in. Go to the home page and press Sign out there (reloading this page sends the same out-of-date form again).",
         );
     }
     for hash in &pending {

@@ -50,7 +50,10 @@ async fn logout_without_the_sessions_csrf_token_is_refused() {
     let resp = app.client.post(app.url("/logout")).form(&[("csrf", "forged")]).send().await.unwrap();
     assert_eq!(resp.status(), 403);
     let page = resp.text().await.unwrap();
-    assert!(page.contains("still signed in") && page.contains("Reload the page and sign out again"), "{page}");
+    assert!(
+        page.contains("still signed in") && page.contains("Go to the home page and press Sign out there"),
+        "{page}"
+    );
     assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
 }
 

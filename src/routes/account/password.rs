@@ -130,7 +130,12 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             );
         }
         Err(UserError::WeakPassword(why)) => {
-            let message = format!("Please choose another new password: {why}.");
+            // Its reason as a sentence of its own: a colon within it read as a second one
+            // (review 196: "…new password: the password is too short: use…").
+            let why = why.to_string();
+            let mut chars = why.chars();
+            let why: String = chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
+            let message = format!("Please choose another new password. {why}.");
             return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message), None).await;
         }
         Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
