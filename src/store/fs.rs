@@ -114,7 +114,7 @@ fn denied(message: String) -> std::io::Error {
 
 /// The checks of [`ensure_private_dir`] that look at `dir`'s path, owner and mode, without
 /// changing anything: [`trusted_ancestors`], and when it exists, that it is a directory of
-/// this process's user's ([`refuse_foreign`]) that others cannot write to ([`refuse_shared`]).
+/// this process's user's (as `serve` refuses another's) that others cannot write to ([`refuse_shared`]).
 /// `config check` asks them, so a unit's `ExecStartPre=` stops where the start would (review
 /// 194: a `data_dir` of another user's passed the check and stopped the start).
 ///
