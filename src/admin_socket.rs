@@ -168,14 +168,8 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
         Request::UserPasswd { name, password } => {
             users.set_password(name, Password::new(password), by, None, None).await.map(|set| {
-                let pending = match set.pending_ended {
-                    0 => String::new(),
-                    n => format!(" and {n} sign-in(s) waiting for a second step"),
-                };
-                format!(
-                    "password of {} changed; {} session(s){pending} ended",
-                    set.user.display_name, set.sessions_ended
-                )
+                let ended = crate::users::Ended { sessions: set.sessions_ended, pending: set.pending_ended };
+                format!("password of {} changed; {ended}", set.user.display_name)
             })
         }
         Request::UserGroups { name, add, remove } => {
@@ -190,12 +184,12 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             })
         }
         Request::UserDel { name } => match users.delete(name, by).await {
-            Ok((n, ended)) => Ok(format!("user {n} deleted; {ended} session(s) ended{}", no_admin_left(users).await)),
+            Ok((n, ended)) => Ok(format!("user {n} deleted; {ended}{}", no_admin_left(users).await)),
             Err(e) => Err(e),
         },
         Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
         Request::UserDisable { name } => match users.set_disabled(name, true, by).await {
-            Ok((n, ended)) => Ok(format!("user {n} disabled; {ended} session(s) ended{}", no_admin_left(users).await)),
+            Ok((n, ended)) => Ok(format!("user {n} disabled; {ended}{}", no_admin_left(users).await)),
             Err(e) => Err(e),
         },
         Request::UserEnable { name } => {
@@ -240,7 +234,7 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
         }),
         Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
             let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
-            format!("second factors of {n} reset ({removed} removed); {ended} session(s) ended")
+            format!("second factors of {n} reset ({removed} removed); {ended}")
         }),
         Request::UserList => {
             return match users.list().await {

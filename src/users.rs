@@ -112,6 +112,25 @@ pub struct UserAdmin {
     on_unlock: Option<UnlockHook>,
 }
 
+/// What an administrator's command ended: the user's sessions, and their sign-ins waiting
+/// for a second step (`user passwd`, `disable`, `del` and `reset-factors` end both, and say
+/// so alike: review 197 saw only `passwd` name the sign-ins it ended).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ended {
+    pub sessions: usize,
+    pub pending: usize,
+}
+
+impl std::fmt::Display for Ended {
+    /// `2 session(s) ended`, or `2 session(s) and 1 sign-in(s) waiting for a second step ended`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pending {
+            0 => write!(f, "{} session(s) ended", self.sessions),
+            n => write!(f, "{} session(s) and {n} sign-in(s) waiting for a second step ended", self.sessions),
+        }
+    }
+}
+
 impl UserAdmin {
     pub fn new(store: Store, pool: HashPool, policy: PasswordPolicy, sessions: Sessions, audit: Audit) -> Self {
         UserAdmin { store, pool, policy, sessions, audit, on_unlock: None }
@@ -338,7 +357,7 @@ impl UserAdmin {
     /// Removes every second factor of the user and ends their sessions, durably (a lost phone:
     /// the user signs in with the password alone, then enrols again). Returns the stored name,
     /// what was removed, and how many sessions ended.
-    pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, usize), UserError> {
+    pub async fn reset_factors(&self, name: &str, by: &str) -> Result<(String, FactorSummary, Ended), UserError> {
         let (username, record) = self.existing(name).await?;
         // A new generation before the removal too: a factor that a change under way writes
         // after the removal then finds its generation gone and takes itself back
@@ -352,7 +371,10 @@ impl UserAdmin {
         // Logged whether or not the sessions could be ended: the factors are gone either way.
         let sessions = *ended.as_ref().unwrap_or(&0);
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, sessions, by });
-        Ok((record.display_name, removed, ended?))
+        let sessions = ended?;
+        // Over already (no factor left to give), removed now rather than when next looked at.
+        let pending = self.store.factors.take_pending_of(username.key()).await?;
+        Ok((record.display_name, removed, Ended { sessions, pending }))
     }
 
     /// Removes every second factor of the user `key`: authenticator app, recovery codes and
@@ -387,7 +409,7 @@ impl UserAdmin {
     }
 
     /// Deletes the user (with their second factors) and ends their sessions, durably.
-    pub async fn delete(&self, name: &str, by: &str) -> Result<(String, usize), UserError> {
+    pub async fn delete(&self, name: &str, by: &str) -> Result<(String, Ended), UserError> {
         let (username, record) = self.existing(name).await?;
         // Factors first: a user re-created under this name must not inherit them.
         self.store.factors.clear(username.key()).await?;
@@ -395,13 +417,14 @@ impl UserAdmin {
         // Logged once it has happened: a session of a user who is gone is refused at its next
         // use whether or not the removal below succeeds.
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
-        let ended = self.sessions.end_all(username.key(), None).await?;
-        Ok((record.display_name, ended))
+        let sessions = self.sessions.end_all(username.key(), None).await?;
+        let pending = self.store.factors.take_pending_of(username.key()).await?;
+        Ok((record.display_name, Ended { sessions, pending }))
     }
 
-    /// Disables or enables the user, durably. Disabling also ends their sessions; returns how
-    /// many ended.
-    pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, usize), UserError> {
+    /// Disables or enables the user, durably. Disabling also ends their sessions and sign-ins
+    /// waiting for a second step; returns how many ended.
+    pub async fn set_disabled(&self, name: &str, disabled: bool, by: &str) -> Result<(String, Ended), UserError> {
         let key = self.existing_key(name).await?;
         let record = self
             .store
@@ -419,8 +442,12 @@ impl UserAdmin {
         });
         // So a session a sign-in checked just before the disable stores after it is over for
         // good, not again after `user enable`.
-        let ended = if disabled { self.end_generation(&record.key, name).await? } else { 0 };
-        Ok((record.display_name.clone(), ended))
+        if !disabled {
+            return Ok((record.display_name.clone(), Ended::default()));
+        }
+        let sessions = self.end_generation(&record.key, name).await?;
+        let pending = self.store.factors.take_pending_of(&record.key).await?;
+        Ok((record.display_name.clone(), Ended { sessions, pending }))
     }
 
     /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name,

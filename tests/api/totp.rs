@@ -432,10 +432,33 @@ async fn resetting_the_users_factors_ends_a_pending_second_step() {
     let browser = app.new_browser();
     password_step(&app, &browser, "nora").await;
     assert_eq!(browser.get(app.url("/login/second-factor")).send().await.unwrap().status(), 200);
-    app.state.users.reset_factors("nora", "test").await.unwrap();
+    let (_, _, ended) = app.state.users.reset_factors("nora", "test").await.unwrap();
+    // Counted and said as `user passwd` says it (review 197: only it named the sign-ins).
+    assert_eq!(ended, portcullis::users::Ended { sessions: 1, pending: 1 });
+    assert_eq!(ended.to_string(), "1 session(s) and 1 sign-in(s) waiting for a second step ended");
     // No factor is left to give: the step is over, as after a password change.
     let resp = browser.get(app.url("/login/second-factor")).send().await.unwrap();
     assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/login?ended=step"));
+}
+
+/// `user disable` and `user del` end a sign-in waiting for its second step, and say so, as
+/// `user passwd` does (review 197).
+#[tokio::test]
+async fn disabling_or_deleting_a_user_ends_and_counts_a_pending_second_step() {
+    let app = spawn_app_with(|_| {}).await;
+    for name in ["nora", "omar"] {
+        app.add_user(name, GOOD_PASSWORD, false).await;
+        let own = app.new_browser();
+        sign_in(&app, &own, name).await;
+        enrol(&app, &own, fresh_step().await).await;
+        password_step(&app, &app.new_browser(), name).await;
+    }
+    let (_, ended) = app.state.users.set_disabled("nora", true, "test").await.unwrap();
+    assert_eq!(ended, portcullis::users::Ended { sessions: 1, pending: 1 });
+    let (_, ended) = app.state.users.delete("omar", "test").await.unwrap();
+    assert_eq!(ended, portcullis::users::Ended { sessions: 1, pending: 1 });
+    let (_, ended) = app.state.users.set_disabled("nora", false, "test").await.unwrap();
+    assert_eq!(ended, portcullis::users::Ended::default(), "enabling ends nothing");
 }
 
 /// "Cancel and start again" and `POST /logout` end a sign-in waiting for its second step on
