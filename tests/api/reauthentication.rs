@@ -237,7 +237,16 @@ async fn past_the_threshold_the_account_forms_check_a_password_with_a_solved_cap
         |captcha: String| vec![("csrf", csrf.clone()), ("current", GOOD_PASSWORD.to_string()), ("captcha", captcha)];
 
     // No captcha: a picture, nothing checked. A wrong answer: another picture, nothing checked.
+    let blank = confirm(with(String::new())).await;
+    assert_eq!(blank.status(), StatusCode::FORBIDDEN);
+    // So the field may be sent empty for a new picture, as its text says (review 196: it was
+    // required, and the text asked for what the browser refused).
+    let page = blank.text().await.unwrap();
+    assert!(page.contains("send the form with this box empty for a new one"), "{page}");
+    assert!(!page.contains(r#"maxlength="16" required"#), "{page}");
+    let shown = answer();
     assert_eq!(confirm(with(String::new())).await.status(), StatusCode::FORBIDDEN);
+    assert_ne!(answer(), shown, "a new picture");
     assert_eq!(confirm(with("wrong".into())).await.status(), StatusCode::FORBIDDEN);
     // A stolen session guessing with a solved picture gets one check for it, counted, and the
     // answer to the form comes with the next picture.
@@ -262,6 +271,7 @@ async fn past_the_threshold_the_account_forms_check_a_password_with_a_solved_cap
         "bad_password",
         "bad_password",
         "bad_password",
+        "captcha_required",
         "captcha_required",
         "bad_captcha",
         "bad_password",

@@ -339,6 +339,14 @@ async fn past_the_threshold_the_second_step_checks_one_code_per_solved_picture()
     // The page shows a picture now; the right code alone is not checked.
     let (_, page) = alice.get("/login/second-factor").await;
     assert!(shows_captcha(&page), "{page}");
+    // A new picture is asked for by a link, as on the login form: the field is required, and
+    // "send the form again" (as its text said) took a guess (review 196).
+    assert!(page.contains(r#"<a class="new-challenge" href="/login/second-factor">Show a new picture</a>"#), "{page}");
+    assert!(page.contains("If you cannot read it, ask for a new one."), "{page}");
+    let first = alice.second_step_captcha_answer().unwrap();
+    let (_, page) = alice.get("/login/second-factor").await;
+    assert!(shows_captcha(&page));
+    assert_ne!(alice.second_step_captcha_answer().unwrap(), first, "the link's page draws a new one");
     let right = code(&secret, step);
     let resp = alice.post("/login/second-factor", &[("csrf", &csrf), ("code", &right)]).await;
     assert_eq!(resp.status(), 401);
