@@ -148,3 +148,15 @@ fn not_signed_out(status: StatusCode) -> Response {
         "The server could not sign you out just now, so this browser is still signed in. Please try again in a moment.",
     )
 }
+
+/// The 405 for `/logout` asked for otherwise than by the form (typed in the address bar, a
+/// link): it says how to sign out, where a bare "cannot be used that way" left the user
+/// unsure whether they were signed out (review 196). Nothing is ended: a link from anywhere
+/// could end sessions otherwise.
+pub fn typed_address() -> Response {
+    crate::routes::error_page_saying(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Not signed out",
+        "This address signs out only with the Sign out button of this site's pages, so that no link can sign you out. If you are signed in, you still are: go to the home page and press Sign out there.",
+    )
+}

@@ -66,7 +66,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
                     .post(login::second_factor::submit),
             ),
         )
-        .at("/logout", allowing(POST, post(logout::logout)))
+        .at("/logout", allowing_else(POST, post(logout::logout), logout::typed_address))
         .at("/account", allowing(GET, get(account::show)))
         .at(
             "/account/password",
@@ -219,13 +219,22 @@ pub(crate) fn sent_from_another_site() -> Response {
 /// A route's methods, whose 405 answer carries `Allow: {allow}` (RFC 9110 §15.5.6: a 405
 /// must list the methods the resource supports). `allow` must name the methods `route` has.
 fn allowing(allow: &'static str, route: RouteMethod) -> impl Endpoint<Output = Response> {
+    allowing_else(allow, route, || error_page(StatusCode::METHOD_NOT_ALLOWED))
+}
+
+/// [`allowing`], with `refusal` as the 405's page.
+fn allowing_else(
+    allow: &'static str,
+    route: RouteMethod,
+    refusal: fn() -> Response,
+) -> impl Endpoint<Output = Response> {
     route.around(move |ep, mut req| async move {
         if !allow.split(", ").any(|m| m == req.method().as_str()) {
             // Answered here rather than by the route, so a small body is read first: over
             // HTTP/2 an answer before the body's end is followed by a stream reset, which
             // curl 7.88 shows instead of the 405 (see `drain`; a review saw it).
             drain(req.take_body().into_async_read()).await;
-            let mut resp = error_page(StatusCode::METHOD_NOT_ALLOWED);
+            let mut resp = refusal();
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return Ok(resp);
         }

@@ -21,6 +21,22 @@ async fn logout_ends_the_session_on_the_server_and_a_replayed_cookie_fails() {
 
 /// The session's other cookies (a password confirmation, a notice) go with it: with
 /// `cookie_domain` every gated host went on receiving them for minutes (review 183).
+/// `/logout` typed in the address bar says how to sign out and ends nothing (review 196: a
+/// bare "cannot be used that way").
+#[tokio::test]
+async fn logout_typed_in_the_address_bar_says_how_to_sign_out_and_ends_nothing() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let alice = app.new_browser();
+    assert_eq!(app.login_with(&alice, "alice", GOOD_PASSWORD).await.status(), 303);
+    let resp = alice.get(app.url("/logout")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Not signed out") && page.contains("go to the home page and press Sign out there"), "{page}");
+    assert_eq!(alice.get(app.url("/")).send().await.unwrap().status(), 200, "still signed in");
+}
+
 #[tokio::test]
 async fn logout_clears_the_sessions_other_cookies_too() {
     let app = spawn_app().await;

@@ -118,7 +118,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
                 return crate::routes::error_page_leading(
                     StatusCode::CONFLICT,
                     "Password changed",
-                    "Your password is changed to the new one you typed: this form was sent twice, and the other sending changed it.",
+                    "Your password is changed to the new one you typed: this form was sent twice (the page reloaded, or the button pressed twice), and the first sending changed it.",
                     ("/account", "Your account"),
                 );
             }

@@ -266,7 +266,7 @@ fn made_elsewhere() -> Response {
     crate::routes::error_page_leading(
         StatusCode::CONFLICT,
         "Recovery codes not made",
-        "Your recovery codes were changed after this page was shown (new ones were made in another window, or this button was pressed twice), so no new ones were made here. If you have the newest set, keep it. If you did not see it, make new codes again from your account page.",
+        "Your recovery codes were changed after this page was shown (new ones were made in another window, this page was reloaded, or its button was pressed twice), so no new ones were made here. If you have the newest set, keep it. If you did not see it, make new codes again from your account page.",
         ("/account", "Your account"),
     )
 }

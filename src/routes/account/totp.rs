@@ -210,7 +210,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
                 return crate::routes::error_page_leading(
                     StatusCode::CONFLICT,
                     "Authenticator app set up",
-                    "Your authenticator app is set up: this form was sent twice, and the other sending set it up, so keep the entry you added to the app. If this is the first authenticator of your account, its recovery codes were shown in answer to the other sending; if you did not see them, make new ones from your account page.",
+                    "Your authenticator app is set up: this form was sent twice (the page reloaded, or the button pressed twice), and the first sending set it up, so keep the entry you added to the app. If this is the first authenticator of your account, its recovery codes were shown in answer to the first sending; if you did not see them, make new ones from your account page.",
                     ("/account", "Your account"),
                 )
             }
