@@ -161,8 +161,9 @@ pub struct SecondAttempt<'a> {
 
 /// What became of a second-step attempt.
 pub enum StepOutcome {
-    /// Signed in with two factors; `next` as given at the first step; a new device cookie.
-    SignedIn { token: SessionToken, next: Option<String>, device_cookie: String },
+    /// Signed in with two factors; `next` as given at the first step; a new device cookie;
+    /// the unused recovery codes left when one signed in (`None` otherwise, or unread).
+    SignedIn { token: SessionToken, next: Option<String>, device_cookie: String, recovery_codes_left: Option<usize> },
     /// Refused and recorded. `restart`: the pending sign-in is over (its one check after a
     /// captcha solved at the password step was spent), so the password must be given again.
     Refused { refusal: Refusal, restart: bool },
@@ -1038,9 +1039,15 @@ impl SignIn {
                     },
                     FactorKind::Passkey => SignInMethod::Passkey(None),
                 };
+                let recovery_codes_left = match method {
+                    SignInMethod::RecoveryCode { left } => left,
+                    _ => None,
+                };
                 let proved = Proved { with, method, app_at_check };
                 match self.complete(&user, proved, client, browser, after_failures).await? {
-                    Some((token, device_cookie)) => Ok(StepOutcome::SignedIn { token, next, device_cookie }),
+                    Some((token, device_cookie)) => {
+                        Ok(StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left })
+                    }
                     // The passkey or the app was removed while it was checked: it signs
                     // nobody in, and the sign-in starts again at the password.
                     None => Ok(StepOutcome::Restart),

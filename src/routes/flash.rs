@@ -19,6 +19,9 @@ use crate::text::counted;
 /// The cookie's name.
 pub const FLASH_COOKIE: &str = "__Host-portcullis-flash";
 
+/// Recovery codes left at or below which a sign-in with one asks for new ones.
+const LOW_RECOVERY_CODES: usize = 3;
+
 /// How long a notice waits for its page, in seconds (the redirect follows at once).
 const MAX_AGE_SECS: u64 = 60;
 
@@ -62,6 +65,9 @@ pub enum Notice {
         #[serde(default)]
         ended: usize,
     },
+    /// A recovery code signed this session in, leaving `left` unused (review 197: the count
+    /// was shown only on the account page, so the last one went without a word).
+    RecoveryCodeUsed { left: usize },
     /// `GET /login?rd=` for an application whose rule asks two factors, from a user who has no
     /// second factor to sign in with: signing in again could only give one factor again.
     SecondFactorNeeded,
@@ -131,14 +137,23 @@ impl Notice {
                 "Your passkey \u{201c}{name}\u{201d} is removed, and the {ended} other sessions signed in with it \
                  are signed out."
             ),
+            Notice::RecoveryCodeUsed { left: 0 } => "You signed in with your last recovery code. Make new ones on \
+                 your account page now: without them, losing your other factors would lock you out."
+                .to_string(),
+            Notice::RecoveryCodeUsed { left: 1 } => "You signed in with a recovery code: only 1 is left. Make new \
+                 ones on your account page before it is used too."
+                .to_string(),
+            Notice::RecoveryCodeUsed { left } if *left <= LOW_RECOVERY_CODES => format!(
+                "You signed in with a recovery code: only {left} are left. Make new ones on your account page before \
+                 they run out."
+            ),
+            Notice::RecoveryCodeUsed { left } => format!("You signed in with a recovery code: {left} are left."),
             Notice::SecondFactorNeeded => "The page you opened needs a second factor, and your account has none yet. \
                  Set one up below, then open the page again and sign in with it."
                 .to_string(),
         }
     }
 
-    /// Whether the notice asks the person to do something (shown as an alert) rather than
-    /// reporting what was done.
     /// Whether this is the owner's answer to a thief (*sign out everywhere else*, a password
     /// change): the page then names the passkeys added lately, which sign in alone and outlive
     /// both (review 187).
@@ -146,10 +161,14 @@ impl Notice {
         matches!(self, Notice::SessionsEnded { .. } | Notice::PasswordChanged { .. })
     }
 
+    /// Whether the notice asks the person to do something (shown as an alert) rather than
+    /// reporting what was done.
     pub fn asks_action(&self) -> bool {
         // Ended sign-ins that had the password: the user should ask whether they were theirs.
         // No such user to unlock: nothing was done (a review saw it styled as a success).
+        // Few recovery codes left: new ones are due.
         matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. } | Notice::NoSuchUser)
+            || matches!(self, Notice::RecoveryCodeUsed { left } if *left <= LOW_RECOVERY_CODES)
     }
 
     /// Whether the notice is about passkeys: the account page shows it in their section, where
@@ -207,5 +226,16 @@ mod tests {
             "Your password is changed. No other session was signed in."
         );
         assert_eq!(Notice::SessionsEnded { count: 2, pending: 0 }.text(), "Signed out of 2 other sessions.");
+    }
+
+    /// Few recovery codes left: said, and as something to do (review 197).
+    #[test]
+    fn a_recovery_code_sign_in_says_how_many_are_left_and_asks_for_new_ones_when_few() {
+        let used = |left| Notice::RecoveryCodeUsed { left };
+        assert_eq!(used(9).text(), "You signed in with a recovery code: 9 are left.");
+        assert!(!used(9).asks_action());
+        assert!(used(3).text().contains("only 3 are left. Make new ones") && used(3).asks_action());
+        assert!(used(1).text().contains("only 1 is left") && used(1).asks_action());
+        assert!(used(0).text().contains("your last recovery code") && used(0).asks_action());
     }
 }

@@ -236,8 +236,11 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     assert_eq!(got, [FailureReason::ReusedCode, FailureReason::BadSecondFactor]);
 
     // Recovery codes: each once, typed in either field, in upper case too.
-    let (_, resp) = two_steps(&app, "alice", "recovery_code", &codes[0].to_uppercase()).await;
+    let (browser, resp) = two_steps(&app, "alice", "recovery_code", &codes[0].to_uppercase()).await;
     assert_eq!(resp.status(), 303);
+    // The next page says how many are left (review 197: only the account page did).
+    let home = browser.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("You signed in with a recovery code: 9 are left."), "{home}");
     let (_, resp) = two_steps(&app, "alice", "recovery_code", &codes[0]).await;
     assert_eq!(resp.status(), 401, "a recovery code works once");
     let (_, resp) = two_steps(&app, "alice", "code", &codes[1]).await;

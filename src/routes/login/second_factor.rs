@@ -301,10 +301,18 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         StepOutcome::Restart | StepOutcome::Unchecked => {}
     }
     match outcome {
-        StepOutcome::SignedIn { token, next, device_cookie } => {
+        StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left } => {
             let rd = super::checked_rd(&state, next.as_deref());
-            let next = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
-            super::after_sign_in(next, &token, &device_cookie, MFA_COOKIE)
+            let to = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
+            let resp = super::after_sign_in(to, &token, &device_cookie, MFA_COOKIE);
+            // How many recovery codes are left, on this site's next page (an application's
+            // address in `rd` shows none; the notice waits a minute for ours).
+            match recovery_codes_left {
+                Some(left) if rd.is_none() => {
+                    crate::routes::flash::Notice::RecoveryCodeUsed { left }.attach(&state.csrf, &token.hash(), resp)
+                }
+                _ => resp,
+            }
         }
         StepOutcome::Restart => restart(req),
         StepOutcome::Unchecked | StepOutcome::Refused { .. } => {
