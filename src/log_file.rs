@@ -97,6 +97,14 @@ impl DailyFile {
 
     fn open_at(&self, now: u64) -> std::io::Result<Open> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        let path = path_of(&self.dir, now);
+        // What the start refuses, refused here too (review 198: a file or link of another
+        // user's put at today's name was written to): the directory through links, the name
+        // itself without, then the file opened.
+        refuse_untrusted(&self.dir, std::fs::metadata(&self.dir))?;
+        if let Ok(found) = std::fs::symlink_metadata(&path) {
+            refuse_untrusted(&path, Ok(found))?;
+        }
         // Without waiting for a reader, should a FIFO be there (review 151: the open held the
         // start, deaf to SIGTERM): with none, it is an error.
         let file = std::fs::OpenOptions::new()
@@ -104,13 +112,29 @@ impl DailyFile {
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NONBLOCK)
-            .open(path_of(&self.dir, now))?;
+            .open(&path)?;
         let meta = file.metadata()?;
+        refuse_untrusted(&path, Ok(meta.clone()))?;
         Ok(Open { file, day: now / DAY_MS, id: (meta.dev(), meta.ino()) })
     }
 }
 
 const DAY_MS: u64 = 86_400_000;
+
+/// `PermissionDenied` when `meta` (of `path`) belongs to a user other than this process's and
+/// root ([`crate::store::untrusted_owner`]): whoever put it there would read what is written.
+fn refuse_untrusted(path: &Path, meta: std::io::Result<std::fs::Metadata>) -> std::io::Result<()> {
+    match crate::store::untrusted_owner(&meta?) {
+        Some(uid) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {uid}, not to this process's user nor root: the log is not written there",
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -143,6 +167,33 @@ mod tests {
         daily.write_line(b"four\n").unwrap();
         assert_eq!(std::fs::read_to_string(today(&logs)).unwrap(), "three\nfour\n");
         assert_eq!(daily.reopened(), 2);
+    }
+
+    /// As root, who can give a file away: another user's file or link at today's name is not
+    /// written to (review 198), and the next line after its removal is.
+    #[test]
+    fn another_users_file_at_todays_name_is_refused() {
+        if crate::store::effective_uid() != 0 {
+            println!("not root: skipped (only root can give a file away)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let daily = DailyFile::open(dir.path()).unwrap();
+        std::fs::remove_file(today(dir.path())).unwrap();
+        std::fs::write(today(dir.path()), "theirs\n").unwrap();
+        std::os::unix::fs::chown(today(dir.path()), Some(65534), Some(65534)).unwrap();
+        let e = daily.write_line(b"lost\n").unwrap_err();
+        assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        assert_eq!(std::fs::read_to_string(today(dir.path())).unwrap(), "theirs\n");
+        std::fs::remove_file(today(dir.path())).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, today(dir.path())).unwrap();
+        std::os::unix::fs::lchown(today(dir.path()), Some(65534), Some(65534)).unwrap();
+        assert!(daily.write_line(b"lost\n").is_err(), "their link");
+        assert!(!elsewhere.exists());
+        std::fs::remove_file(today(dir.path())).unwrap();
+        daily.write_line(b"kept\n").unwrap();
+        assert_eq!(std::fs::read_to_string(today(dir.path())).unwrap(), "kept\n");
     }
 
     #[test]

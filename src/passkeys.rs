@@ -788,8 +788,9 @@ fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, PasskeyError> {
 }
 
 /// A passkey name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, none hidden, control or
-/// unassigned (nor U+FFFD, what invalid UTF-8 in a form becomes), at least one that draws
-/// something (not only blanks such as U+2800, U+FFFC or U+1D159, or marks), not starting with a mark, and no more
+/// unassigned (nor U+FFFD, what invalid UTF-8 in a form becomes), nor a symbol that draws
+/// nothing (U+2800, U+FFFC, U+1D159, U+16FE4), at least one that draws something (not only
+/// blanks or marks), not starting with a mark, and no more
 /// marks stacked on one character than a username may carry, none twice (UTS #39 §5.4,
 /// `domain::MAX_MARK_RUN`).
 ///
@@ -807,15 +808,15 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
     };
     // Unassigned (noncharacters included), and U+FFFD: what a form's invalid UTF-8 became.
     let unknown = |c: char| categories.get(c) == GeneralCategory::Unassigned || c == char::REPLACEMENT_CHARACTER;
-    // Something to see: not only blanks and marks. These symbols draw nothing in most fonts
-    // (review 188 named passkeys with U+1D159 and U+FFFC alone); they are not whitespace, and
-    // the Hangul fillers are already hidden.
+    // Symbols that draw nothing in most fonts, refused anywhere (review 188 named passkeys
+    // with U+1D159 and U+FFFC alone, and 198 `phone` and `phone` + U+FFFC side by side): they
+    // are not whitespace, and the Hangul fillers are already hidden.
     let blank = |c: char| matches!(c, '\u{2800}' | '\u{FFFC}' | '\u{1D159}' | '\u{16FE4}');
-    let shows = |c: char| !c.is_whitespace() && !mark(c) && !blank(c);
+    let shows = |c: char| !c.is_whitespace() && !mark(c);
     let name = name.trim();
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_CHARS
-        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c) || unknown(c))
+        && !name.chars().any(|c| c.is_control() || crate::text::is_hidden(c) || unknown(c) || blank(c))
         && name.chars().any(shows)
         && !name.chars().next().is_some_and(mark)
         && !crate::domain::has_mark_run(name);
@@ -860,6 +861,9 @@ mod tests {
             "\u{1d159}",
             "\u{fffc} \u{16fe4}\u{2800}",
             "\u{3164}\u{ffa0}",
+            "phone\u{fffc}",
+            "my\u{2800}key",
+            "key\u{1d159}",
             "\u{301}",
             "\u{301}abc",
             "a\u{ffff}b",

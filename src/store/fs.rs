@@ -119,7 +119,7 @@ fn denied(message: String) -> std::io::Error {
 /// 194: a `data_dir` of another user's passed the check and stopped the start).
 ///
 /// # Errors
-/// As those, and `NotADirectory` for a file.
+/// As those, and `NotADirectory` for a file, or a path under one.
 pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
     trusted_ancestors(dir)?;
     match std::fs::metadata(dir) {
@@ -130,6 +130,11 @@ pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
         Ok(_) => {
             Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())))
         }
+        // Under a file (`file/sub`): it can never be made (review 198).
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} cannot be made: part of its path is a file", dir.display()),
+        )),
         Err(_) => Ok(()),
     }
 }

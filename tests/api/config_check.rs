@@ -548,6 +548,9 @@ async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
     let out = run(check(dir.path(), &["--data-dir", "file"], &[])).await;
     assert_eq!(out.status, 2, "{}", out.stderr);
     assert!(out.stderr.contains("data_dir: file is not a directory"), "{}", out.stderr);
+    let out = run(check(dir.path(), &["--log-dir", "file/sub"], &[])).await;
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("log_dir: file/sub cannot be made: part of its path is a file"), "{}", out.stderr);
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } == 0 {
         let theirs = dir.path().join("theirs");

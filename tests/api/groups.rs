@@ -52,6 +52,9 @@ async fn groups_story(dir: &std::path::Path, env: &[(&str, String)]) {
     // A bad group name is one line, and nothing changes.
     let bad = cli(dir, env, &["user", "groups", "carol", "--add", "a,b"], None).await;
     assert!(!bad.ok && bad.stderr.contains("group"), "{bad:?}");
+    // The character named is the one typed, not the backslash of how it is shown (review 198).
+    let hidden = cli(dir, env, &["user", "groups", "carol", "--add", "a\u{200b}b"], None).await;
+    assert!(hidden.stderr.contains("'a\\u{200b}b'") && hidden.stderr.contains("(this one holds U+200B)"), "{hidden:?}");
     let unknown = cli(dir, env, &["user", "groups", "nobody", "--add", "x"], None).await;
     unknown.assert_one_line_failure("unknown user");
     // `admins` follows the administrator flag: it cannot be listed by hand, at `user add` or

@@ -397,7 +397,12 @@ async fn an_ended_sessions_page_or_form_leads_to_a_sign_in_form_that_says_why() 
     assert!(page.contains(r#"name="next" value="/account""#), "back to the account page: {page}");
     assert_eq!(app.login_with(&app.new_browser(), "alice", GOOD_PASSWORD).await.status(), 303, "unchanged");
 
-    for (path, to) in [("/", "/login?ended=session"), ("/account", "/login?next=/account&ended=session")] {
+    for (path, to) in [
+        ("/", "/login?ended=session"),
+        ("/account", "/login?next=/account&ended=session"),
+        // The admin page alike (review 198).
+        ("/admin/failed-logins", "/login?next=%2Fadmin%2Ffailed-logins&ended=session"),
+    ] {
         let resp = tab.get(app.url(path)).send().await.unwrap();
         assert_eq!(resp.headers()["location"], to, "{path}");
     }

@@ -458,6 +458,34 @@ async fn sighup_reads_the_certificate_again_and_stops_nothing() {
     };
     let certs = dir.path().join("certs");
     let old = std::fs::read_to_string(certs.join("cert.pem")).unwrap();
+    // From its first moments too, before it listens (review 198: a start reading many rules
+    // was killed by it).
+    let early = tempfile::tempdir().unwrap();
+    // Many rules, read before anything else: the window that was open.
+    let rules: String =
+        (0..1500).map(|i| format!("[[access.rules]]\npath = [\"^/p{i}/\"]\npolicy = \"one_factor\"\n")).collect();
+    std::fs::write(early.path().join("rules.toml"), rules).unwrap();
+    let mut starting = crate::child::command(early.path())
+        .args(["--config", "rules.toml"])
+        .args(crate::child::QUICK)
+        // Not /dev/null: the first start refuses to print its password there.
+        .stdout(std::fs::File::create(early.path().join("out")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let starting_pid = libc::pid_t::try_from(starting.id()).unwrap();
+    // Once it runs its own code: before `main`, the dynamic loader's few milliseconds are
+    // the default action's still.
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(5));
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(starting_pid, libc::SIGHUP) };
+    }
+    let status = starting.try_wait().unwrap();
+    assert!(status.is_none(), "a SIGHUP while starting stopped it: {status:?}");
+    let _ = starting.kill();
+    let _ = starting.wait();
     hangup();
     let until = Instant::now() + PATIENCE;
     while !server.output().contains("SIGHUP: the certificate pair is read again") {

@@ -8,7 +8,7 @@ use poem::http::StatusCode;
 use poem::{Request, Response};
 
 use crate::app::AppState;
-use crate::routes::{enrolled_session, error_page, see_other};
+use crate::routes::{enrolled_session, error_page};
 use crate::session::ActiveSession;
 
 /// The signed-in administrator, or the response to send instead.
@@ -25,7 +25,7 @@ async fn require_admin(req: &Request, state: &AppState) -> Result<ActiveSession,
             _ => "/admin/failed-logins",
         };
         let next = serde_urlencoded::to_string([("next", here)]).unwrap_or_default();
-        return Err(see_other(&format!("/login?{next}")));
+        return Err(crate::routes::to_sign_in(req, &format!("/login?{next}")));
     };
     if !session.user.admin {
         return Err(error_page(StatusCode::FORBIDDEN));
