@@ -307,7 +307,7 @@ pub enum AuthEvent<'a> {
 pub enum AuditError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot write to the auth log (is the disk full?)")]
+    #[error("cannot write to the auth log (is the disk full, or is today's file there not this server's?)")]
     Log,
     #[error("less free disk space than disk_reserve_mib is left; refusals are not recorded")]
     Reserve,
@@ -930,7 +930,7 @@ impl Audit {
     pub fn record(&self, event: &AuthEvent<'_>) {
         if self.write_to_file(|| emit(event)).is_err() {
             // Once per event while the disk is full would be the flood `fault_log` bounds.
-            let what = "an authentication event could not be written to the auth log (is the disk full?)";
+            let what = "an authentication event could not be written to the auth log (is the disk full, or is today's file there not this server's?)";
             crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &AuditError::Log);
         }
         emit(event);

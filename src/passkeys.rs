@@ -823,6 +823,13 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
     ok.then(|| name.to_string()).ok_or(PasskeyError::BadName)
 }
 
+/// Whether `c` is a spacing combining mark (General_Category Mc), which [`crate::text::is_mark`]
+/// leaves out.
+fn is_spacing_mark(c: char) -> bool {
+    use icu_properties::props::GeneralCategory;
+    icu_properties::CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::SpacingMark
+}
+
 /// `name` (parsed) for a passkey among the user's `existing` ones, but `except` (the one
 /// being renamed): refused when one of the others has a name that can pass for it (the same
 /// confusable skeleton, or drawn alike: [`crate::domain::Looks`], UTS #39 §4), so each entry of
@@ -831,11 +838,24 @@ pub fn parse_name(name: &str) -> Result<String, PasskeyError> {
 fn name_for(name: &str, existing: &[StoredPasskey], except: Option<&[u8]>) -> Result<(), PasskeyError> {
     // As written, and in lower case: a skeleton reads a capital I as l (right for a username
     // shown as typed), which would tell `IPHONE` from `iPhone` (a review saw both kept).
-    let looks = |n: &str| [crate::domain::Looks::of(n), crate::domain::Looks::of(&n.to_lowercase())];
-    let [plain, lower] = looks(name);
+    // And without their marks: a skeleton keeps them, and `Work laptop` with a small hook
+    // (U+0345, U+0323, marks of other scripts) under its last letter stood beside `Work laptop`
+    // (review 199).
+    let unmarked = |n: &str| {
+        use unicode_normalization::UnicodeNormalization;
+        n.nfd().filter(|&c| !crate::text::is_mark(c) && !is_spacing_mark(c)).collect::<String>().to_lowercase()
+    };
+    let looks = |n: &str| {
+        [
+            crate::domain::Looks::of(n),
+            crate::domain::Looks::of(&n.to_lowercase()),
+            crate::domain::Looks::of(&unmarked(n)),
+        ]
+    };
+    let [plain, lower, bare] = looks(name);
     let taken = existing.iter().filter(|p| Some(p.id.as_slice()) != except).any(|p| {
-        let [their_plain, their_lower] = looks(&p.name);
-        their_plain.alike(&plain) || their_lower.alike(&lower)
+        let [their_plain, their_lower, their_bare] = looks(&p.name);
+        their_plain.alike(&plain) || their_lower.alike(&lower) || their_bare.alike(&bare)
     });
     if taken {
         Err(PasskeyError::NameTaken)
@@ -982,6 +1002,20 @@ mod tests {
             store.passkeys.add_passkey(&p).await.unwrap();
         }
         passkeys
+    }
+
+    /// A mark added under a letter (a hook, a dot, another script's vowel sign) does not tell
+    /// a name from one already there (review 199); `Zoë's` and `Zoe's` read alike too.
+    #[tokio::test]
+    async fn a_name_with_a_mark_added_passes_for_the_name_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let passkeys = alice_with_two_passkeys(dir.path()).await;
+        passkeys.rename("alice", b"k1", "Work laptop").await.unwrap();
+        for lookalike in ["Work laptop\u{345}", "Work lap\u{323}top", "Work laptop\u{5b4}", "WORK LAPTO\u{301}P"] {
+            let outcome = passkeys.rename("alice", b"k2", lookalike).await;
+            assert!(matches!(outcome, Err(PasskeyError::NameTaken)), "{lookalike:?}: {outcome:?}");
+        }
+        assert!(passkeys.rename("alice", b"k2", "Work phone").await.unwrap());
     }
 
     /// Two renames checked at the same moment each pass the check before the other lands: the

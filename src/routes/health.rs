@@ -105,7 +105,7 @@ impl std::fmt::Display for NotReady {
             NotReady::OtherFactorKey => crate::factors::KeyError::OtherKey.fmt(f),
             NotReady::AuthLogUnwritable => write!(
                 f,
-                "the last line could not be written to the auth log in log_dir (is the disk full?): every sign-in is \
+                "the last line could not be written to the auth log in log_dir (is the disk full, or is today's file there not this server's?): every sign-in is \
                  answered 503 until it can"
             ),
         }
