@@ -189,6 +189,24 @@ impl Notice {
     }
 }
 
+/// [`take`], with what the notice counts read again where it may have changed since it was
+/// set: a recovery code's notice says the codes left now, so codes someone else spent before
+/// this page are in it (review 199: it said 9 when 7 were left). A count that cannot be read
+/// stays as it was set.
+pub async fn take_now(
+    req: &Request,
+    state: &crate::app::AppState,
+    session: &crate::session::ActiveSession,
+) -> Option<Notice> {
+    match take(req, &state.csrf, &session.token_hash)? {
+        Notice::RecoveryCodeUsed { left } => {
+            let now = state.factors.summary(&session.user.key).await.map_or(left, |f| f.recovery_codes);
+            Some(Notice::RecoveryCodeUsed { left: now })
+        }
+        other => Some(other),
+    }
+}
+
 /// The notice this request carries, if any and if signed for this session; pass the page to
 /// [`cleared`] so it shows once (a forged one is cleared too, unshown).
 pub fn take(req: &Request, csrf: &Csrf, session_hash: &[u8; 32]) -> Option<Notice> {

@@ -122,7 +122,7 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
     };
     let views = session_views(sessions, &session.token_hash, &passkeys);
     // From what the server did (a cookie set by "sign out everywhere else"), never the URL.
-    let notice = flash::take(req, &state.csrf, &session.token_hash);
+    let notice = flash::take_now(req, &state, &session).await;
     let csrf = state.csrf.session_token(&session.token_hash);
     let page = html(
         StatusCode::OK,

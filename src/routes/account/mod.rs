@@ -112,7 +112,7 @@ pub async fn show(req: &Request, state: State<'_>) -> Response {
         Ok(None) => return crate::routes::to_sign_in(req, "/login?next=/account"),
         Err(resp) => return resp,
     };
-    let notice = flash::take(req, &state.csrf, &session.token_hash);
+    let notice = flash::take_now(req, &state, &session).await;
     let page = render_listed(&state, &session, Some(sessions), StatusCode::OK, notice, None, None).await;
     flash::cleared(req, page)
 }

@@ -114,7 +114,7 @@ pub async fn failed_logins(req: &Request, state: State<'_>) -> Response {
         Err(resp) => return resp,
     };
     // A notice only from what this server did (a cookie set by the action), never the URL.
-    let notice = flash::take(req, &state.csrf, &admin.token_hash);
+    let notice = flash::take_now(req, &state, &admin).await;
     let notice_alert = notice.as_ref().is_some_and(flash::Notice::asks_action);
     let notice = notice.map(|n| n.text());
     let filters = match Query::parse(req.uri().query()) {
