@@ -145,6 +145,7 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let app = spawn_app_with(|s| {
         s.captcha_after_failures = 100;
         s.login_quota_per_user = None;
+        s.login_quota_per_ip = None;
     })
     .await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
