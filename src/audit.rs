@@ -486,7 +486,7 @@ struct LogBudget {
 impl LogBudget {
     fn new(log_dir: &Path) -> Self {
         let now = now_ms();
-        let today = log_dir.join(format!("auth.log.{}", &rfc3339(now)[..10]));
+        let today = crate::log_file::path_of(log_dir, now);
         let bytes = limited_bytes_in(&today);
         LogBudget {
             limit: AtomicU64::new(u64::MAX),
@@ -511,7 +511,7 @@ impl LogBudget {
     fn mend(&self) {
         let mended = (|| -> std::io::Result<()> {
             use std::io::{Read, Seek, SeekFrom};
-            let path = self.dir.join(format!("auth.log.{}", &rfc3339(now_ms())[..10]));
+            let path = crate::log_file::path_of(&self.dir, now_ms());
             let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
             let len = file.metadata()?.len();
             let from = len.saturating_sub(64 * 1024);
@@ -791,7 +791,7 @@ impl Audit {
         .with_context(|| format!("cannot delete old log files in {}", log_dir.display()))?;
         // A FIFO as today's file would hold the start in `open` until a reader comes, deaf to
         // SIGTERM (review 151).
-        let today = log_dir.join(format!("auth.log.{}", &rfc3339(crate::store::now_ms())[..10]));
+        let today = crate::log_file::path_of(log_dir, crate::store::now_ms());
         if std::fs::metadata(&today).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) {
             anyhow::bail!("{} is a FIFO, not a log file", today.display());
         }
@@ -1528,7 +1528,7 @@ mod tests {
     fn a_line_cut_short_by_a_full_disk_is_taken_back_to_the_last_whole_line() {
         let dir = tempfile::tempdir().unwrap();
         let budget = LogBudget::new(dir.path());
-        let today = dir.path().join(format!("auth.log.{}", &rfc3339(now_ms())[..10]));
+        let today = crate::log_file::path_of(dir.path(), now_ms());
         std::fs::write(&today, "{\"a\":1}\n{\"b\":2}\n{\"event\":\"authn_login_fail\",\"time\":\"2026-12-03T00:06:33")
             .unwrap();
         budget.mend();

@@ -101,9 +101,9 @@ impl DailyFile {
         // What the start refuses, refused here too (review 198: a file or link of another
         // user's put at today's name was written to): the directory through links, the name
         // itself without, then the file opened.
-        refuse_untrusted(&self.dir, std::fs::metadata(&self.dir))?;
+        refuse_untrusted(&self.dir, &std::fs::metadata(&self.dir)?)?;
         if let Ok(found) = std::fs::symlink_metadata(&path) {
-            refuse_untrusted(&path, Ok(found))?;
+            refuse_untrusted(&path, &found)?;
         }
         // Without waiting for a reader, should a FIFO be there (review 151: the open held the
         // start, deaf to SIGTERM): with none, it is an error.
@@ -114,7 +114,7 @@ impl DailyFile {
             .custom_flags(libc::O_NONBLOCK)
             .open(&path)?;
         let meta = file.metadata()?;
-        refuse_untrusted(&path, Ok(meta.clone()))?;
+        refuse_untrusted(&path, &meta)?;
         Ok(Open { file, day: now / DAY_MS, id: (meta.dev(), meta.ino()) })
     }
 }
@@ -123,8 +123,8 @@ const DAY_MS: u64 = 86_400_000;
 
 /// `PermissionDenied` when `meta` (of `path`) belongs to a user other than this process's and
 /// root ([`crate::store::untrusted_owner`]): whoever put it there would read what is written.
-fn refuse_untrusted(path: &Path, meta: std::io::Result<std::fs::Metadata>) -> std::io::Result<()> {
-    match crate::store::untrusted_owner(&meta?) {
+fn refuse_untrusted(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    match crate::store::untrusted_owner(meta) {
         Some(uid) => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(

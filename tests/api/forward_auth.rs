@@ -42,7 +42,7 @@ async fn session_cookie(app: &TestApp, factors: Factors) -> String {
 }
 
 /// A forward-auth request for `uri` on app.example.test with `extra` headers.
-fn forward_auth(app: &TestApp, uri: &str, extra: &[(&str, &str)]) -> reqwest::RequestBuilder {
+pub(crate) fn forward_auth(app: &TestApp, uri: &str, extra: &[(&str, &str)]) -> reqwest::RequestBuilder {
     let mut req = app
         .client
         .get(app.url("/api/authz/forward-auth"))
