@@ -261,8 +261,33 @@ impl Application {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings)?;
         // Before the store and the log are opened (and their directories made), so a start
-        // refused for its certificate leaves nothing behind.
+        // refused for its certificate, a directory or a port leaves nothing behind (review 194:
+        // a port in use had made a store, a factor key and a development pair first).
+        if let Some(why) = settings.unusable_directory() {
+            anyhow::bail!(why);
+        }
         tls::check_existing_certificate(&settings.cert_dir)?;
+        // Bound now, served only once the certificate is there: until then connections wait
+        // in the kernel's backlog.
+        let https = tls::Listener::bind(settings.https_addr, None, tls::Limits::from_settings(&settings))
+            .await
+            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
+        let http = match settings.http_addr {
+            Some(addr) => Some(
+                tls::Listener::bind(addr, None, tls::Limits::redirector_from_settings(&settings))
+                    .await
+                    .with_context(|| format!("cannot listen on http_addr {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                tls::Listener::bind(addr, None, crate::metrics::limits(&settings))
+                    .await
+                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
+            ),
+            None => None,
+        };
         let services = Services::open(&settings, settings.hash_worker_count()).await?;
         // Said at the start, not first at the first refusal (found by a review).
         if services.audit.below_disk_reserve() {
@@ -297,8 +322,8 @@ impl Application {
             }
         }
         // Checked before any background task holds the store, so a refusal lets go of it, and
-        // before a development certificate is made or a port bound: a refused start leaves
-        // nothing behind.
+        // before a development certificate is made: a refused start leaves nothing new behind
+        // but the store.
         // The first start records the key's fingerprint; an instance with another key (one
         // started without the first one's factor.key) refuses to start rather than keying
         // second factors no other instance can check.
@@ -327,26 +352,8 @@ impl Application {
         }
         let resolver = tls::CertResolver::new(certified);
         let tls_config = tls::server_config(Arc::clone(&resolver))?;
-        let https = tls::Listener::bind(settings.https_addr, Some(tls_config), tls::Limits::from_settings(&settings))
-            .await
-            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
-        let http = match settings.http_addr {
-            Some(addr) => Some(
-                tls::Listener::bind(addr, None, tls::Limits::redirector_from_settings(&settings))
-                    .await
-                    .with_context(|| format!("cannot listen on http_addr {addr}"))?,
-            ),
-            None => None,
-        };
+        let https = https.with_tls(tls_config);
         let mut background = Vec::new();
-        let metrics_listener = match settings.metrics_addr {
-            Some(addr) => Some(
-                tls::Listener::bind(addr, None, crate::metrics::limits(&settings))
-                    .await
-                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
-            ),
-            None => None,
-        };
         // Recorded only once every port is bound: after `store forget-factor-key`, a start that
         // fails for its port (another server there) must not fix the store to the key it held,
         // and refuse the right start after it (review 166). Claimed, not written: of two

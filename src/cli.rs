@@ -529,12 +529,8 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
         // The directories the start refuses, judged without changing them, so a unit's
         // `ExecStartPre=portcullis config check` stops there too (review 157: `--data-dir /tmp`
         // passed the check and failed the start).
-        for (key, dir) in [("data_dir", &loaded.data_dir), ("log_dir", &loaded.log_dir), ("cert_dir", &loaded.cert_dir)]
-        {
-            if let Err(e) = crate::store::refuse_changeable(dir) {
-                let message = crate::text::printable(&format!("{key}: {e}")).into_owned();
-                return Err(Failure { status: CONFIG_INVALID, message }.into());
-            }
+        if let Some(why) = loaded.unusable_directory() {
+            return Err(Failure { status: CONFIG_INVALID, message: crate::text::printable(&why).into_owned() }.into());
         }
         let file_warnings = crate::config::file_warnings(config);
         let judging = loaded.access.slow_judging();
@@ -613,6 +609,12 @@ fn serve(config: Option<PathBuf>, flags: Overrides) -> anyhow::Result<()> {
     // SAFETY: signal(2) with SIG_IGN has no preconditions; tokio's handler replaces it later.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let settings = load_settings(config.as_deref(), &flags)?;
+    // Refused here as `config check` refuses it (exit 2, which the unit does not restart), and
+    // before anything is made: a start refused for its `cert_dir` had made a store and a log
+    // directory first (review 198).
+    if let Some(why) = settings.unusable_directory() {
+        return Err(Failure { status: CONFIG_INVALID, message: crate::text::printable(&why).into_owned() }.into());
+    }
     let file_warnings = crate::config::file_warnings(config.as_deref());
     runtime(Some(settings.async_worker_count()))?.block_on(serve_until_stopped(settings, file_warnings))
 }

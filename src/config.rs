@@ -498,6 +498,16 @@ impl Settings {
         }
     }
 
+    /// The first of `data_dir`, `log_dir` and `cert_dir` that a start would refuse (another
+    /// user's, one others may write in, a file, a path under a file), as `key: why`, judged
+    /// without making or changing anything ([`crate::store::refuse_changeable`]). `None` when
+    /// all three may be used or made.
+    pub fn unusable_directory(&self) -> Option<String> {
+        [("data_dir", &self.data_dir), ("log_dir", &self.log_dir), ("cert_dir", &self.cert_dir)]
+            .into_iter()
+            .find_map(|(key, dir)| crate::store::refuse_changeable(dir).err().map(|e| format!("{key}: {e}")))
+    }
+
     /// Number of async (request) workers: the setting, or one per core. Measured on 2 cores
     /// (BENCHMARKS.md): one worker saved no CPU per login measurable above the noise,
     /// and two keep /healthz p99 under 10 ms through a 503 storm of 500 clients where one

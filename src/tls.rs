@@ -714,6 +714,14 @@ impl Listener {
         })
     }
 
+    /// This listener, its connections' TLS handshakes made with `tls` from now on (bound
+    /// before the certificate was loaded, so a start refused for its port made nothing).
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(tls));
+        self.backoff = crate::serve::Backoff::new("https");
+        self
+    }
+
     /// The address actually bound (port 0 becomes a free port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -1007,6 +1007,36 @@ async fn a_cert_dir_that_is_a_file_is_named_as_such_before_anything_is_made() {
     assert!(!dir.path().join("data").exists() && !dir.path().join("logs").exists(), "nothing made");
 }
 
+/// A start refused for its port, or for a directory that can never be made, makes nothing
+/// first (review 194: a port in use had made a store, a factor key, a development pair and the
+/// log directory; 198: a `cert_dir` under a file, the same), and a directory refusal exits 2 as
+/// `config check` does, which the unit does not restart.
+#[tokio::test]
+async fn a_start_refused_for_its_port_or_a_directory_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = |dir: &Path| ["data", "logs", "certs"].into_iter().filter(|d| dir.join(d).exists()).collect::<Vec<_>>();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    // QUICK without its own `--https-addr 127.0.0.1:0`.
+    let quick = child::QUICK.iter().filter(|a| !["--https-addr", "127.0.0.1:0"].contains(a));
+    let mut cmd = child::command(dir.path());
+    cmd.args(quick).env("PORTCULLIS_HTTPS_ADDR", &addr);
+    let (status, _, stderr) = child::run(cmd, None).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on https_addr"), "{stderr}");
+    assert!(made(dir.path()).is_empty(), "made {:?}", made(dir.path()));
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    for var in ["PORTCULLIS_CERT_DIR", "PORTCULLIS_LOG_DIR", "PORTCULLIS_DATA_DIR"] {
+        let mut cmd = child::command(dir.path());
+        cmd.args(child::QUICK).env(var, dir.path().join("afile/sub"));
+        let (status, _, stderr) = child::run(cmd, None).await;
+        assert_eq!(status.code(), Some(2), "{var}: {stderr}");
+        assert!(stderr.contains("cannot be made: part of its path is a file"), "{var}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{var}: {stderr}");
+        assert!(made(dir.path()).is_empty(), "{var} made {:?}", made(dir.path()));
+    }
+}
+
 /// A `data_dir`, `log_dir` or `cert_dir` other users may write in (`/tmp`, a 1777 directory)
 /// stops the start in one line and keeps its mode: the server made it 0700 and took a
 /// `factor.key` planted there (review 153).
