@@ -407,7 +407,12 @@ async fn an_ended_sessions_page_or_form_leads_to_a_sign_in_form_that_says_why() 
         assert_eq!(resp.headers()["location"], to, "{path}");
     }
     let page = tab.get(app.url("/login?ended=session")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Your session has ended: you were signed out in another tab or elsewhere"), "{page}");
+    // Said as information, not as an error of the visitor's (review 196: it was red).
+    assert!(
+        page.contains(r#"<p class="notice" role="status">Your session has ended: you were signed out in another tab"#),
+        "{page}"
+    );
+    assert!(!page.contains(r#"class="alert""#), "{page}");
 
     // A browser that never signed in is sent on as before, and an unknown `ended` says nothing.
     let stranger = app.new_browser();

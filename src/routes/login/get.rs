@@ -54,6 +54,7 @@ pub async fn login_form_head(req: &Request, state: State<'_>, query: Option<Quer
 async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>) -> Response {
     let next = query.as_ref().and_then(|q| super::safe_next(q.next.as_deref()));
     let rd = super::checked_rd(&state, query.as_ref().and_then(|q| q.rd.as_deref()));
+    let mut notice = None;
     let error = match current_session(req, &state).await {
         Ok(Some(session)) => {
             // The `second_factor` policy first: a user who must enrol goes nowhere else, the
@@ -87,7 +88,11 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
                 None => return see_other(next.unwrap_or("/")),
             }
         }
-        Ok(None) => ended_message(query.as_ref().and_then(|q| q.ended.as_deref())).map(str::to_string),
+        // Why the form is shown, only to a browser no session is signed in with.
+        Ok(None) => {
+            notice = ended_message(query.as_ref().and_then(|q| q.ended.as_deref()));
+            None
+        }
         Err(resp) => return resp,
     };
     let client = crate::client::client(req, &state.settings.trusted_proxies);
@@ -132,6 +137,8 @@ async fn form(req: &Request, state: State<'_>, query: Option<Query<LoginQuery>>)
         offer_picture: demanded && picture == super::Picture::Offer,
         rd: rd.as_deref(),
         error,
+        // Not an error of the visitor's: said as information (review 196 read it as one in red).
+        notice,
         username: username.unwrap_or(""),
         ..Form::new(StatusCode::OK, next)
     };

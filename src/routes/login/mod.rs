@@ -26,6 +26,7 @@ struct LoginPage<'a> {
     rd: &'a str,
     username: &'a str,
     error: Option<&'a str>,
+    notice: Option<&'a str>,
     captcha: Option<&'a str>,
     /// A link that draws the picture, in its place ([`Form::offer_picture`]).
     offer_picture: bool,
@@ -94,6 +95,8 @@ pub const CAPTCHA_REQUIRED: &str = "Please also type the characters shown in the
 pub struct Form<'a> {
     pub status: StatusCode,
     pub error: Option<String>,
+    /// Why the form is shown, said as information, not as an error (`ended=`).
+    pub notice: Option<&'static str>,
     pub username: &'a str,
     pub next: Option<&'a str>,
     /// Where to go after signing in, on another gated host: already checked
@@ -113,6 +116,7 @@ impl<'a> Form<'a> {
         Form {
             status,
             error: None,
+            notice: None,
             username: "",
             next,
             rd: None,
@@ -260,6 +264,7 @@ pub async fn render(req: &Request, state: &AppState, mut form: Form<'_>) -> Resp
         rd: form.rd.unwrap_or(""),
         username: form.username,
         error: form.error.as_deref(),
+        notice: form.notice,
         captcha: captcha.as_deref(),
         offer_picture: form.offer_picture && captcha.is_none(),
         new_challenge_href: &new_challenge_href,
