@@ -71,6 +71,29 @@ impl FailureReason {
         FailureReason::ALL.into_iter().find(|r| r.as_str() == name)
     }
 
+    /// What the reason means, in a sentence an administrator reads beside its name (the
+    /// admin page's tooltips): the names stay as the log, `audit` and fail2ban write them.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            FailureReason::UnknownUser => "No account has this username.",
+            FailureReason::BadPassword => "A wrong password for an account that exists.",
+            FailureReason::CaptchaRequired => {
+                "Sent without the picture's characters, which too many failures had made necessary."
+            }
+            FailureReason::BadCaptcha => "The picture's characters were typed wrong.",
+            FailureReason::RateLimited => {
+                "Refused unchecked: too many attempts from this address or for this username lately."
+            }
+            FailureReason::Csrf => "The form's token was missing or expired, or another site's page sent it.",
+            FailureReason::Disabled => "An attempt on a disabled account.",
+            FailureReason::BadPasskey => "A passkey's answer failed its check or named no passkey known here.",
+            FailureReason::BadSecondFactor => "The right password, then a wrong authenticator or recovery code.",
+            FailureReason::ReusedCode => {
+                "A code already used: an authenticator code of a time step used before (RFC 6238 §5.2), or a spent recovery code."
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::UnknownUser => "unknown_user",

@@ -46,7 +46,7 @@ pub struct FilterArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error("--since/--until: `{0}` is neither a duration like 2h or 1d12h (s, m, h, d), `now`, nor an RFC 3339 time")]
+    #[error("--since/--until: `{0}` is neither a duration like 2h or 1d12h (s, m, h, d), `now`, nor an RFC 3339 time such as 2026-01-31T00:00:00Z")]
     Time(String),
     #[error("--ip: {0}")]
     Ip(String),

@@ -51,6 +51,15 @@ async fn the_admin_page_applies_its_filters_together_with_the_page_size_its_form
     assert_eq!((status, rows(&page)), (reqwest::StatusCode::OK, 2));
     let (_, page) = get("limit=4").await;
     assert_eq!(rows(&page), 4, "the page size applies");
+    // Each reason says what it means, beside the records and in a legend (review 196: the
+    // names alone meant nothing to someone who has not read the log's documentation).
+    assert!(
+        page.contains(r#"<span class="reason bad_password" title="A wrong password for an account that exists.">"#),
+        "{page}"
+    );
+    let legend = page.split(r#"<details class="legend">"#).nth(1).unwrap().split("</details>").next().unwrap();
+    assert_eq!(legend.matches("<dt>").count(), 10, "{legend}");
+    assert!(legend.contains("<dt>rate_limited</dt><dd>Refused unchecked: too many attempts"), "{legend}");
     let (status, page) = get("user=nobody-at-all").await;
     assert_eq!(status, 200);
     assert!(page.contains("No records match.") && !page.contains("None shown"), "an answer of none");

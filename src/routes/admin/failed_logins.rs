@@ -35,6 +35,14 @@ struct AdminPage<'a> {
     dropped: Option<String>,
 }
 
+impl AdminPage<'_> {
+    /// The sentence that says what the reason named `name` means, for its tooltip; empty for
+    /// a name that is none of ours.
+    fn meaning(&self, name: &str) -> &'static str {
+        FailureReason::parse(name).map_or("", FailureReason::meaning)
+    }
+}
+
 /// The page's query as sent: every value text, parsed below with its own message. (With
 /// `#[serde(flatten)]` serde_urlencoded cannot read a number, so `limit=50` made the whole
 /// query fail and the page fell back to no filters at all.)
