@@ -487,11 +487,18 @@ struct LogBudget {
     /// The UTC day (days since the epoch) `bytes` is about.
     day: AtomicU64,
     bytes: AtomicU64,
+    /// Of `bytes`, those in lines that may take only the day's first quarter
+    /// ([`first_quarter_only`]): counted apart, so that other lines (a stranger's password
+    /// guesses) do not use up their room (review 201: failed logins from one address stopped
+    /// every denial line for the rest of the day, without a word).
+    quarter_bytes: AtomicU64,
     /// Whether today's file already says that the limit was reached.
     announced: AtomicBool,
+    /// Whether today's file already says that the first-quarter-only lines reached theirs.
+    quarter_announced: AtomicBool,
     /// Whether today's file already says that its lines are short from now on.
     shortened: AtomicBool,
-    /// Failed-login lines left out over the limit since the start, every day together (for
+    /// Failed-login and denial lines left out over the limit since the start, every day together (for
     /// `portcullis_audit_log_lines_dropped_total`).
     dropped: AtomicU64,
     /// The log directory, for [`LogBudget::mend`].
@@ -510,12 +517,14 @@ impl LogBudget {
     fn new(log_dir: &Path) -> Self {
         let now = now_ms();
         let today = crate::log_file::path_of(log_dir, now);
-        let bytes = limited_bytes_in(&today);
+        let (bytes, quarter_bytes) = limited_bytes_in(&today);
         LogBudget {
             limit: AtomicU64::new(u64::MAX),
             day: AtomicU64::new(now / 86_400_000),
             bytes: AtomicU64::new(bytes),
+            quarter_bytes: AtomicU64::new(quarter_bytes),
             announced: AtomicBool::new(false),
+            quarter_announced: AtomicBool::new(false),
             shortened: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             dir: log_dir.to_path_buf(),
@@ -560,7 +569,9 @@ impl LogBudget {
         let day = now / 86_400_000;
         if self.day.swap(day, Ordering::SeqCst) != day {
             self.bytes.store(0, Ordering::SeqCst);
+            self.quarter_bytes.store(0, Ordering::SeqCst);
             self.announced.store(false, Ordering::SeqCst);
+            self.quarter_announced.store(false, Ordering::SeqCst);
             self.shortened.store(false, Ordering::SeqCst);
         }
         let (bytes, limit) = (self.bytes.load(Ordering::SeqCst), self.limit.load(Ordering::SeqCst));
@@ -589,31 +600,37 @@ fn first_quarter_only(event: &AuthEvent<'_>) -> bool {
     }
 }
 
-/// Bytes of the log file at `path` in lines the day's budget limits ([`is_limited_line`]),
-/// read at start so that a restart does not give the day its budget again. A file too long to
-/// read at start (past 256 MiB, written by an older version), unreadable midway or not a
-/// regular file counts whole.
-fn limited_bytes_in(path: &Path) -> u64 {
+/// Bytes of the log file at `path` in lines the day's budget limits ([`is_limited_line`]), and
+/// of those, in lines that may take only its first quarter ([`is_first_quarter_line`]): read at
+/// start so that a restart does not give the day its budget again. A file too long to read at
+/// start (past 256 MiB, written by an older version), unreadable midway or not a regular file
+/// counts whole, in both.
+fn limited_bytes_in(path: &Path) -> (u64, u64) {
     use std::io::BufRead;
     use std::io::Read as _;
     // Looked at before it is opened: opening a FIFO waits for a writer (review 151's, which
     // the start refuses after this), and only a regular file's length bounds what is read
     // (a test's `/dev/full` reads for ever).
-    let Ok(meta) = std::fs::metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::metadata(path) else { return (0, 0) };
     let len = meta.len();
     if !meta.is_file() || len > 256 << 20 {
-        return len;
+        return (len, len);
     }
-    let Ok(file) = std::fs::File::open(path) else { return len };
-    let mut total = 0;
+    let Ok(file) = std::fs::File::open(path) else { return (len, len) };
+    let (mut total, mut quarter) = (0, 0);
     for line in std::io::BufReader::new(file.take(len)).split(b'\n') {
         match line {
-            Ok(line) if is_limited_line(&line) => total += line.len() as u64 + 1,
+            Ok(line) if is_limited_line(&line) => {
+                total += line.len() as u64 + 1;
+                if is_first_quarter_line(&line) {
+                    quarter += line.len() as u64 + 1;
+                }
+            }
             Ok(_) => {}
-            Err(_) => return len,
+            Err(_) => return (len, len),
         }
     }
-    total
+    (total, quarter)
 }
 
 /// Whether a line of the log is one the day's budget limits: its event (the first
@@ -626,6 +643,20 @@ fn is_limited_line(line: &[u8]) -> bool {
     line.find(FIELD).is_some_and(|at| {
         let event = &line[at + FIELD.len()..];
         event.starts_with("authn_login_fail") || event.starts_with("authz_denied")
+    })
+}
+
+/// Whether a limited line ([`is_limited_line`]) is one of those [`first_quarter_only`] names:
+/// a forward-auth denial, or a refused login of reason `csrf`. Only the fields' own quotes are
+/// bare in a line (those in an attacker's values are escaped), so `"reason":"csrf"` is the
+/// field's.
+fn is_first_quarter_line(line: &[u8]) -> bool {
+    const FIELD: &str = "\"event\":\"";
+    let Ok(line) = std::str::from_utf8(line) else { return false };
+    line.find(FIELD).is_some_and(|at| {
+        let event = &line[at + FIELD.len()..];
+        event.starts_with("authz_denied")
+            || (event.starts_with("authn_login_fail") && line.contains("\"reason\":\"csrf\""))
     })
 }
 
@@ -972,11 +1003,12 @@ impl Audit {
     /// Runs `emit` into the log file and on the terminal, a line the day's budget limits
     /// ([`LogBudget`]): says whether its line reached the file, and counts its bytes against
     /// the budget.
-    fn write_limited(&self, emit: impl Fn()) -> Result<(), AuditError> {
+    fn write_limited(&self, emit: impl Fn()) -> Result<u64, AuditError> {
         let written = self.write_to_file(&emit);
         emit();
-        self.budget.bytes.fetch_add(written?, Ordering::SeqCst);
-        Ok(())
+        let written = written?;
+        self.budget.bytes.fetch_add(written, Ordering::SeqCst);
+        Ok(written)
     }
 
     /// Runs `emit` into the log file; says whether its line reached it (always, without one),
@@ -1104,15 +1136,6 @@ impl Audit {
     /// The first short line and the first line left out are each preceded by one saying so.
     fn log_failure(&self, event: &AuthEvent<'_>, now: u64) -> Result<(), AuditError> {
         let room = self.budget.admits(now);
-        if first_quarter_only(event) {
-            // (`admits` above has started a new day's count, if it is one.)
-            let quarter = self.budget.limit.load(Ordering::SeqCst) / 4;
-            if self.budget.bytes.load(Ordering::SeqCst) < quarter {
-                return self.write_limited(|| emit_at(event, rfc3339(now)));
-            }
-            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
         let limit_mib = self.budget.limit.load(Ordering::SeqCst) >> 20;
         let time = rfc3339(now);
         let say = |flag: &AtomicBool, announce: &dyn Fn()| {
@@ -1123,8 +1146,28 @@ impl Audit {
                 announce();
             }
         };
+        if first_quarter_only(event) {
+            // (`admits` above has started a new day's count, if it is one.) Their own quarter,
+            // within the whole day's limit.
+            let quarter = self.budget.limit.load(Ordering::SeqCst) / 4;
+            if room != Room::None && self.budget.quarter_bytes.load(Ordering::SeqCst) < quarter {
+                let written = self.write_limited(|| emit_at(event, time.clone()))?;
+                self.budget.quarter_bytes.fetch_add(written, Ordering::SeqCst);
+                return Ok(());
+            }
+            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+            if room != Room::None {
+                say(&self.budget.quarter_announced, &|| {
+                    tracing::warn!(
+                        target: TARGET, event = "audit_log_quarter", time, limit_mib,
+                        "forward-auth denials and csrf refusals reached a quarter of audit_log_mib_per_day: further ones today are not logged (counted in portcullis_audit_log_lines_dropped_total; csrf refusals stay in the store)"
+                    )
+                });
+            }
+            return Ok(());
+        }
         match room {
-            Room::Full => self.write_limited(|| emit_at(event, time.clone())),
+            Room::Full => self.write_limited(|| emit_at(event, time.clone())).map(drop),
             Room::Short => {
                 say(&self.budget.shortened, &|| {
                     tracing::warn!(
@@ -1132,7 +1175,7 @@ impl Audit {
                         "the auth log reached half of audit_log_mib_per_day: failed-login lines are short from now on (no user agent, the username cut to 32 characters)"
                     )
                 });
-                self.write_limited(|| emit_short(event, time.clone()))
+                self.write_limited(|| emit_short(event, time.clone())).map(drop)
             }
             Room::None => {
                 self.budget.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1726,7 +1769,9 @@ mod tests {
             let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
             audit.record_failure(&name, &client, FailureReason::Csrf, false, false).await.unwrap();
         }
-        let csrf = lines(logs.path());
+        let mut csrf = lines(logs.path());
+        let said = csrf.iter().position(|l| l["event"] == "audit_log_quarter").expect("their end is said");
+        csrf.remove(said);
         assert!(csrf.iter().all(|l| l["reason"] == "csrf" && l.get("short").is_none() && l["user_agent"].is_string()));
         let written: usize = csrf.iter().map(|l| l.to_string().len() + 1).sum();
         assert!(written < 10_000 + 7_000, "a quarter of the budget, at most a line over: {written}");
@@ -1870,7 +1915,52 @@ mod tests {
             .filter(|l| l.contains("\"authz_denied\"") || l.contains("\"authn_login_fail\""))
             .map(|l| l.len() as u64 + 1)
             .sum();
-        assert_eq!(LogBudget::new(logs.path()).bytes.load(Ordering::SeqCst), kept);
+        let budget = LogBudget::new(logs.path());
+        assert_eq!(budget.bytes.load(Ordering::SeqCst), kept);
+        let quartered: u64 = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .flat_map(|t| t.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .filter(|l| l.windows(14).any(|w| w == b"\"authz_denied\""))
+            .map(|l| l.len() as u64 + 1)
+            .sum();
+        assert_eq!(budget.quarter_bytes.load(Ordering::SeqCst), quartered, "the denials' own count too");
+    }
+
+    /// Review 201: a stranger's failed logins (one address, 23 s at 1 MiB) used up the quarter
+    /// the denial lines may take, and every denial after it went unlogged, without a word.
+    #[tokio::test]
+    async fn failed_logins_leave_the_denials_their_quarter_and_its_end_is_said() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(data.path()).unwrap();
+        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
+        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let name = "\u{202e}".repeat(100);
+        for i in 0..400u32 {
+            if audit.budget.bytes.load(Ordering::SeqCst) > 15_000 {
+                break;
+            }
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
+            audit.record_failure(&name, &client, FailureReason::UnknownUser, false, false).await.unwrap();
+        }
+        let before = lines(logs.path()).len();
+        let insider = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new() };
+        audit.authz_denied("alice", &insider, "app.example.com", "/admin", "2");
+        let last = lines(logs.path()).pop().unwrap();
+        assert_eq!((last["event"].as_str(), last["path"].as_str()), (Some("authz_denied"), Some("/admin")), "{last}");
+        assert_eq!(lines(logs.path()).len(), before + 1);
+        // Their own quarter still ends them, once said.
+        let path = format!("/{}", "A".repeat(250));
+        for i in 0..100u32 {
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC633_6400 + i).into(), user_agent: String::new() };
+            audit.authz_denied("", &client, "app.example.com", &path, "default");
+        }
+        let all = lines(logs.path());
+        let events: Vec<&str> = all.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(events.iter().filter(|e| **e == "audit_log_quarter").count(), 1, "{events:?}");
+        let denied: usize = all.iter().filter(|l| l["event"] == "authz_denied").map(|l| l.to_string().len() + 1).sum();
+        assert!((9_000..10_000 + 1_000).contains(&denied), "their quarter, at most a line over: {denied}");
+        assert!(audit.log_lines_dropped() > 0);
     }
 
     #[test]
@@ -1883,6 +1973,11 @@ mod tests {
             br#"{"level":"INFO","event":"authn_login_success","username":"\"event\":\"authn_login_fail"}"#
         ));
         assert!(!is_limited_line(b"\xff\"event\":\"authz_denied\""));
+        assert!(is_first_quarter_line(br#"{"event":"authn_login_fail","username":"x","reason":"csrf"}"#));
+        assert!(is_first_quarter_line(br#"{"event":"authz_denied_repeat","path":"/"}"#));
+        assert!(!is_first_quarter_line(
+            br#"{"event":"authn_login_fail","username":"\"reason\":\"csrf\"","reason":"unknown_user"}"#
+        ));
     }
 
     #[test]

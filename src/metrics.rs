@@ -173,7 +173,7 @@ impl prometheus_client::collector::Collector for AuditDrops {
         let counters = [
             (
                 "audit_log_lines_dropped",
-                "Failed-login lines left out of the auth log past audit_log_mib_per_day (kept in the store only)",
+                "Failed-login and forward-auth denial lines left out of the auth log past audit_log_mib_per_day or its quarter (failed logins are kept in the store)",
                 self.0.log_lines_dropped(),
             ),
             (
