@@ -1,7 +1,9 @@
 //! Failed password checks, counted per client address ([`AddressKey`]) and per username
 //! within `failure_window`. Once either count reaches `captcha_after_failures`, attempts for
-//! that address or username must carry a solved captcha. A success clears the username's count
-//! (NIST SP 800-63B), so the real user is never locked out; counts also lapse with time.
+//! that address or username must carry a solved captcha, which the real user can always solve,
+//! so no one is locked out. Counts lapse with time, and `user unlock` clears a username's; a
+//! success does not (review 181: a demand that went away only for real accounts told them from
+//! names nobody has).
 //!
 //! Checks that run at the same moment: a password check without a captcha first *reserves* an
 //! attempt ([`FailureTracker::reserve`]); the test "failures plus attempts in flight below the
@@ -13,10 +15,16 @@
 //! release was lost) stops counting after [`RESERVATION_HOLD`], so it cannot keep the real
 //! user behind a captcha; a failure, whenever it lands, counts for the whole window.
 //!
-//! Memory: a key is added only by a password check (so at most the hash pool's rate times the
-//! window), holds at most `threshold` timestamps, and is dropped once its newest failure leaves
-//! the window and nothing is in flight for it. A hard cap ([`MAX_KEYS`]) stops new keys beyond
-//! it.
+//! Memory: a key is added by a refused password (a password past the longest allowed is refused
+//! unhashed, so keys can come faster than the hash pool's rate), holds at most `threshold`
+//! timestamps, and is dropped once its newest failure leaves the window and nothing is in
+//! flight for it. A hard cap ([`MAX_KEYS`]) stops new keys beyond it, and a full table fails
+//! closed: a key it cannot hold counts as past the threshold, so every address or username not
+//! already counted must solve a captcha until there is room again (review 202: a full table
+//! demanded none of them, and a name no one had failed yet could be guessed without one).
+//! A full table is pruned at most once per [`FULL_PRUNE_EVERY_MS`] between the background
+//! prunes: pruning on every new key cost each attempt a scan of 250,000 entries (27 ms of an
+//! async worker's time, 60 times an attempt's own).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -28,6 +36,10 @@ use crate::rate_limit::username_digest;
 
 /// Most keys tracked per kind.
 pub const MAX_KEYS: usize = 250_000;
+
+/// How often a full table may be scanned for lapsed keys outside the background prune, in
+/// milliseconds (module note).
+pub const FULL_PRUNE_EVERY_MS: u64 = 1_000;
 
 /// How long a reservation counts when its end never comes (a release lost to a database
 /// outage, an instance killed mid-check). It must outlast any password check with its wait:
@@ -77,23 +89,47 @@ impl Entry {
 
 struct Counts<K> {
     map: HashMap<K, Entry>,
+    /// Most keys held ([`MAX_KEYS`]; smaller in tests).
+    max_keys: usize,
+    /// When the table, full, was last scanned for lapsed keys (Unix ms).
+    full_pruned_at: u64,
+    /// What the keys are (`addresses`, `usernames`), for the warning that the table is full.
+    kind: &'static str,
+    /// Whether that warning was given since the table last had room.
+    full_said: bool,
 }
 
 impl<K: Hash + Eq + Clone> Counts<K> {
-    fn new() -> Self {
-        Counts { map: HashMap::new() }
+    fn new(kind: &'static str, max_keys: usize) -> Self {
+        Counts { map: HashMap::new(), max_keys, full_pruned_at: 0, kind, full_said: false }
     }
 
-    /// Failures within the window plus checks in flight that have not lapsed.
+    /// Failures within the window plus checks in flight that have not lapsed; for a key a
+    /// full table cannot hold, `usize::MAX`: past any threshold (module note).
     fn load(&self, key: &K, at: At) -> usize {
-        self.map.get(key).map_or(0, |e| e.failures(at.since) + e.in_flight(at.now))
+        match self.map.get(key) {
+            Some(e) => e.failures(at.since) + e.in_flight(at.now),
+            None if self.map.len() >= self.max_keys => usize::MAX,
+            None => 0,
+        }
     }
 
     /// The entry for `key`, made if there is room (see [`MAX_KEYS`]).
     fn entry(&mut self, key: &K, at: At) -> Option<&mut Entry> {
-        if !self.map.contains_key(key) && self.map.len() >= MAX_KEYS {
+        if !self.map.contains_key(key) && self.map.len() >= self.max_keys {
+            if at.now < self.full_pruned_at.saturating_add(FULL_PRUNE_EVERY_MS) {
+                return None;
+            }
+            self.full_pruned_at = at.now;
             self.map.retain(|_, e| e.live(at));
-            if self.map.len() >= MAX_KEYS {
+            if self.map.len() >= self.max_keys {
+                if !std::mem::replace(&mut self.full_said, true) {
+                    tracing::warn!(
+                        keys = self.map.len(),
+                        "the failure counts of {} are full: every one not counted yet must solve a captcha until failures lapse (failure_window)",
+                        self.kind
+                    );
+                }
                 return None;
             }
         }
@@ -163,6 +199,9 @@ impl<K: Hash + Eq + Clone> Counts<K> {
             e.live(at)
         });
         self.map.shrink_to_fit();
+        if self.map.len() < self.max_keys {
+            self.full_said = false;
+        }
     }
 }
 
@@ -238,10 +277,18 @@ pub struct Reservation {
 impl FailureTracker {
     /// `window`: how long a failure counts; `threshold`: `captcha_after_failures`.
     pub fn new(window: Duration, threshold: u32) -> Self {
+        Self::holding(window, threshold, MAX_KEYS)
+    }
+
+    /// As [`FailureTracker::new`], each table holding at most `max_keys` keys.
+    fn holding(window: Duration, threshold: u32, max_keys: usize) -> Self {
         FailureTracker {
             window_ms: window.as_millis() as u64,
             threshold: threshold as usize,
-            tables: Mutex::new(Tables { by_address: Counts::new(), by_username: Counts::new() }),
+            tables: Mutex::new(Tables {
+                by_address: Counts::new("addresses", max_keys),
+                by_username: Counts::new("usernames", max_keys),
+            }),
         }
     }
 
@@ -403,6 +450,32 @@ mod tests {
         t2.record_failure(ip, "dave", 1000);
         t2.record_failure(other, "dave", 1001);
         assert!(t2.username_needs_captcha("dave", 1002));
+    }
+
+    /// Review 202: a full table demanded no captcha of a key it could not hold, so a name no
+    /// one had failed yet could be guessed without one, and it was scanned whole for every
+    /// new key (27 ms an attempt at 250,000 keys).
+    #[test]
+    fn a_full_table_demands_a_captcha_of_every_key_it_cannot_hold_and_is_scanned_at_most_once_a_second() {
+        let t = FailureTracker::holding(Duration::from_millis(1_000), 3, 3);
+        for (i, ip) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].into_iter().enumerate() {
+            t.record_failure(key(ip), &format!("user{i}"), 10_000);
+        }
+        let (new_ip, old_ip) = (key("198.51.100.7"), key("192.0.2.1"));
+        assert!(t.address_needs_captcha(new_ip, 10_500), "an address the full table cannot hold");
+        assert!(t.username_needs_captcha("victim", 10_500), "a username alike");
+        assert_eq!(t.reserve(new_ip, d("user0"), Asker::Stranger, 10_500), Err(CaptchaDemanded));
+        assert_eq!(t.reserve(old_ip, d("victim"), Asker::Stranger, 10_500), Err(CaptchaDemanded));
+        assert!(!t.needs_captcha(old_ip, "user0", 10_500), "keys it holds are judged by their counts");
+        // A failure it cannot hold (a captcha solved): the full table is scanned, nothing lapsed.
+        t.record_failure(new_ip, "victim", 10_500);
+        // Lapsed at 11,000 ms, but the last scan (at 10,500) was under a second ago: no scan yet.
+        t.record_failure(new_ip, "victim", 11_200);
+        assert!(t.address_needs_captcha(new_ip, 11_200));
+        // A second after it, the scan makes room.
+        t.record_failure(new_ip, "victim", 11_600);
+        assert!(!t.address_needs_captcha(key("203.0.113.9"), 11_600));
+        assert_eq!(t.len(), (1, 1));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! bucket, which a background task asks for every few seconds. Keys are therefore bounded by
 //! the addresses (or usernames) seen within one quota period, and additionally by a hard cap
 //! ([`MAX_KEYS`]): past it the limiter is pruned at once, and if it is still full it is
-//! reset (logged). A reset can only forgive the per-address quota of a botnet that already
-//! controls that many addresses; the per-username quota is bounded by the hash pool's rate
-//! (one key per password check) and captchas still apply.
+//! reset (logged). A reset can only forgive the quotas of an attacker who already sends from
+//! that many addresses or names; the captcha still applies, since the failure counts
+//! (`crate::failures`) fail closed when full rather than reset.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
