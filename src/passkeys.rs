@@ -345,18 +345,33 @@ impl Passkeys {
 
     /// Finishes adding a passkey for `user`, named `name`, from the browser's answer
     /// `credential` (JSON) and the ceremony cookie, asked by `asker` (the user's session):
-    /// taken back if that session was ended meanwhile ([`crate::factors::Asker::still_holds`]).
+    /// [`Passkeys::verify_registration`], then [`Passkeys::store_registration`].
     ///
     /// # Errors
-    /// [`PasskeyError::NoCeremony`] unless this browser began a registration for this user
-    /// within [`CEREMONY_LIFETIME`] and has not finished it; [`PasskeyError::Rejected`];
-    /// [`PasskeyError::Duplicate`]; [`PasskeyError::BadName`]; [`PasskeyError::NameTaken`]
-    /// (also for a name another write took at the same moment: the passkey is taken back);
-    /// [`PasskeyError::Store`].
+    /// As those two.
     pub async fn finish_registration(
         &self,
         user: &User,
         asker: &crate::factors::Asker<'_>,
+        cookie: Option<&str>,
+        credential: &str,
+        name: &str,
+    ) -> Result<StoredPasskey, PasskeyError> {
+        let verified = self.verify_registration(user, cookie, credential, name).await?;
+        self.store_registration(asker, verified).await
+    }
+
+    /// Checks the browser's answer `credential` (JSON) to the registration this browser began
+    /// (the ceremony cookie), and the name, storing nothing: the passkey to store, with
+    /// [`Passkeys::store_registration`]. The ceremony is spent either way.
+    ///
+    /// # Errors
+    /// [`PasskeyError::NoCeremony`] unless this browser began a registration for this user
+    /// within [`CEREMONY_LIFETIME`] and has not finished it; [`PasskeyError::Rejected`];
+    /// [`PasskeyError::BadName`]; [`PasskeyError::NameTaken`]; [`PasskeyError::Store`].
+    pub async fn verify_registration(
+        &self,
+        user: &User,
         cookie: Option<&str>,
         credential: &str,
         name: &str,
@@ -376,7 +391,7 @@ impl Passkeys {
         if passkey.cred_id().len() > MAX_CREDENTIAL_ID_BYTES {
             return Err(PasskeyError::Rejected("credential id too long".into()));
         }
-        let stored = StoredPasskey {
+        Ok(StoredPasskey {
             id: passkey.cred_id().to_vec(),
             user_key: user.key.clone(),
             user_handle: handle,
@@ -387,16 +402,31 @@ impl Passkeys {
             sign_count: 0,
             clone_suspected_at: None,
             last_client_data_hash: None,
-        };
+        })
+    }
+
+    /// Stores a passkey [`Passkeys::verify_registration`] accepted, asked by `asker` (the
+    /// user's session): taken back if that session was ended meanwhile
+    /// ([`crate::factors::Asker::still_holds`]).
+    ///
+    /// # Errors
+    /// [`PasskeyError::Superseded`] (taken back); [`PasskeyError::Duplicate`];
+    /// [`PasskeyError::NameTaken`] for a name another write took at the same moment (taken
+    /// back); [`PasskeyError::Store`].
+    pub async fn store_registration(
+        &self,
+        asker: &crate::factors::Asker<'_>,
+        stored: StoredPasskey,
+    ) -> Result<StoredPasskey, PasskeyError> {
         match self.store.passkeys.add_passkey(&stored).await {
             Ok(()) if !asker.still_holds(&self.store).await? => {
                 // Added after the asking session ended (a reset that removed the user's
                 // factors, the removal of its passkey): taken back.
-                self.store.passkeys.remove_passkey(&user.key, &stored.id, now_ms()).await?;
+                self.store.passkeys.remove_passkey(&stored.user_key, &stored.id, now_ms()).await?;
                 Err(PasskeyError::Superseded)
             }
-            Ok(()) if !self.still_apart(&user.key, &stored.id, &stored.name).await? => {
-                self.store.passkeys.remove_passkey(&user.key, &stored.id, now_ms()).await?;
+            Ok(()) if !self.still_apart(&stored.user_key, &stored.id, &stored.name).await? => {
+                self.store.passkeys.remove_passkey(&stored.user_key, &stored.id, now_ms()).await?;
                 Err(PasskeyError::NameTaken)
             }
             Ok(()) => Ok(stored),

@@ -381,16 +381,25 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
     let ceremony = cookies::get(req, CEREMONY_COOKIE);
     // The name as the page showed it: escapes read back, so a name saved unchanged stays the same.
     let name = crate::text::unprintable(&form.name);
+    // Checked first: an answer that is refused changes nothing (review 200: a refused one, even
+    // `{}` without a ceremony, had begun the new generation below and signed the user's other
+    // sessions out, as often as sent, past *Sign out everywhere else*'s quota).
+    let verified =
+        state.passkeys.verify_registration(&session.user, ceremony.as_deref(), &form.credential, &name).await;
     // A first factor begins a new generation before it is stored.
-    let (session, signed_out) =
-        match crate::routes::account::recovery_codes::first_factor_generation(req, &state, &session).await {
+    let (session, signed_out) = match &verified {
+        Ok(_) => match crate::routes::account::recovery_codes::first_factor_generation(req, &state, &session).await {
             Ok(Some((going_on, ended))) => (going_on, Some(ended)),
             Ok(None) => (session, None),
             Err(resp) => return resp,
-        };
+        },
+        Err(_) => (session, None),
+    };
     let asker = crate::factors::Asker::of(&session.record);
-    let result =
-        state.passkeys.finish_registration(&session.user, &asker, ceremony.as_deref(), &form.credential, &name).await;
+    let result = match verified {
+        Ok(passkey) => state.passkeys.store_registration(&asker, passkey).await,
+        Err(e) => Err(e),
+    };
     let mut resp = match result {
         Ok(added) => {
             tracing::info!(passkey = %added.name, "passkey added");

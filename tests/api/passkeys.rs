@@ -1649,3 +1649,36 @@ async fn an_older_tabs_answer_racing_the_current_one_leaves_it_to_sign_in() {
     }
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
 }
+
+/// Review 200: a refused registration (`{}` without a ceremony, or a tab's registration another
+/// tab's replaced) of a user's first factor signed the user's other sessions out, as often as
+/// sent, past *Sign out everywhere else*'s quota, and broke the live registration in the other
+/// tab. A refused answer changes nothing; a good one still signs the others out.
+#[tokio::test]
+async fn a_refused_first_passkey_signs_no_other_session_out() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let other = app.new_browser();
+    assert_eq!(app.login_with(&other, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let csrf = account_csrf(&app, &browser).await;
+    for _ in 0..3 {
+        let form = [("csrf", csrf.as_str()), ("credential", "{}"), ("name", "laptop")];
+        let resp = browser.post(app.url("/account/passkeys")).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
+    // Two tabs of the other browser: the first's registration replaced by the second's.
+    let (stale_csrf, _, stale) = registration_answer(&app, &other).await;
+    let _ = registration_answer(&app, &other).await;
+    let refused = post_registration(&app, &browser, &csrf, &stale, "stale").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "another browser's ceremony");
+    let refused = post_registration(&app, &other, &stale_csrf, &stale, "stale").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "the replaced one");
+    assert_eq!(other.get(app.url("/")).send().await.unwrap().status(), StatusCode::OK, "still signed in");
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), StatusCode::OK, "still signed in");
+    assert!(!app.log_lines().iter().any(|l| l["event"] == "session_revoked"), "nothing ended");
+    // (The stale answer spent the ceremony it was sent with: the user begins again.)
+    let (live_csrf, _, live) = registration_answer(&app, &other).await;
+    let added = post_registration(&app, &other, &live_csrf, &live, "live").await;
+    assert_eq!(added.status(), StatusCode::OK, "a good one is added, its codes shown");
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), StatusCode::SEE_OTHER, "now signed out");
+}
