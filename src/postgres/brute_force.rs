@@ -349,7 +349,8 @@ pub async fn needs_captcha(
     Ok(row.get(0))
 }
 
-/// Forgets a username's failures (`user unlock`), not its checks in flight. Returns how many
+/// Forgets a username's failures and checks in flight (`user unlock`: one stranded by an
+/// outage kept the captcha demanded for a minute after it, review 200). Returns how many
 /// failures still counted at `now_ms`.
 ///
 /// # Errors
@@ -357,9 +358,9 @@ pub async fn needs_captcha(
 pub async fn clear_username(client: &Client, username: &[u8], now_ms: u64) -> Result<u64, PgError> {
     let row = client
         .query_one(
-            "WITH gone AS (DELETE FROM bf_attempts WHERE scope = 'username' AND key = $1 AND NOT pending
-                           RETURNING expires_at_ms)
-             SELECT count(*) FILTER (WHERE expires_at_ms > $2) FROM gone",
+            "WITH gone AS (DELETE FROM bf_attempts WHERE scope = 'username' AND key = $1
+                           RETURNING expires_at_ms, pending)
+             SELECT count(*) FILTER (WHERE expires_at_ms > $2 AND NOT pending) FROM gone",
             &[&username, &ms(now_ms)],
         )
         .await?;
