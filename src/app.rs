@@ -251,6 +251,17 @@ fn scaled(per_ip: usize, fitted: usize, total: usize) -> usize {
     proportional.max(enough).clamp(1, per_ip.max(1))
 }
 
+/// A listener bound at `addr` (the setting `key`'s) without TLS yet, or none when it is off.
+///
+/// # Errors
+/// The address cannot be bound (in use, not local, no permission), naming `key`.
+async fn bind(key: &str, addr: Option<SocketAddr>, limits: tls::Limits) -> anyhow::Result<Option<tls::Listener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener =
+        tls::Listener::bind(addr, None, limits).await.with_context(|| format!("cannot listen on {key} {addr}"))?;
+    Ok(Some(listener))
+}
+
 /// How many client addresses it takes at least to hold every connection slot, as with the
 /// defaults (1024 connections, 32 per address).
 const ADDRESSES_TO_FILL: usize = 32;
@@ -269,25 +280,11 @@ impl Application {
         tls::check_existing_certificate(&settings.cert_dir)?;
         // Bound now, served only once the certificate is there: until then connections wait
         // in the kernel's backlog.
-        let https = tls::Listener::bind(settings.https_addr, None, tls::Limits::from_settings(&settings))
-            .await
-            .with_context(|| format!("cannot listen on https_addr {}", settings.https_addr))?;
-        let http = match settings.http_addr {
-            Some(addr) => Some(
-                tls::Listener::bind(addr, None, tls::Limits::redirector_from_settings(&settings))
-                    .await
-                    .with_context(|| format!("cannot listen on http_addr {addr}"))?,
-            ),
-            None => None,
-        };
-        let metrics_listener = match settings.metrics_addr {
-            Some(addr) => Some(
-                tls::Listener::bind(addr, None, crate::metrics::limits(&settings))
-                    .await
-                    .with_context(|| format!("cannot listen on metrics_addr {addr}"))?,
-            ),
-            None => None,
-        };
+        let https = bind("https_addr", Some(settings.https_addr), tls::Limits::from_settings(&settings))
+            .await?
+            .context("https_addr is always set")?;
+        let http = bind("http_addr", settings.http_addr, tls::Limits::redirector_from_settings(&settings)).await?;
+        let metrics_listener = bind("metrics_addr", settings.metrics_addr, crate::metrics::limits(&settings)).await?;
         let services = Services::open(&settings, settings.hash_worker_count()).await?;
         // Said at the start, not first at the first refusal (found by a review).
         if services.audit.below_disk_reserve() {

@@ -1737,10 +1737,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_days_log_limit_failures_are_kept_in_the_store_only_and_the_log_says_so_once() {
-        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Store::open(data.path()).unwrap();
-        let limits = DiskLimits { log_bytes_per_day: Some(1), ..Default::default() };
-        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let (_data, logs, store, audit) = budgeted(1);
         let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
         for _ in 0..5 {
             audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
@@ -1757,12 +1754,19 @@ mod tests {
         assert_eq!(lines(logs.path()).last().unwrap()["event"], "session_logout");
     }
 
-    #[tokio::test]
-    async fn csrf_lines_stop_at_a_quarter_of_the_days_log_leaving_room_for_guesses() {
+    /// A store and an auth log whose day's budget for limited lines is `bytes`: the data and
+    /// log directories (kept while the test runs), the store and the log.
+    fn budgeted(bytes: u64) -> (tempfile::TempDir, tempfile::TempDir, Store, Audit) {
         let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::open(data.path()).unwrap();
-        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
+        let limits = DiskLimits { log_bytes_per_day: Some(bytes), ..Default::default() };
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        (data, logs, store, audit)
+    }
+
+    #[tokio::test]
+    async fn csrf_lines_stop_at_a_quarter_of_the_days_log_leaving_room_for_guesses() {
+        let (_data, logs, store, audit) = budgeted(40_000);
         // Another site's visitors, each from an address of their own, with the longest names.
         let name = "\u{202e}".repeat(300);
         for i in 0..200u32 {
@@ -1785,10 +1789,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_second_half_of_the_days_log_holds_short_lines_with_the_records_own_times() {
-        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Store::open(data.path()).unwrap();
-        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
-        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let (_data, logs, store, audit) = budgeted(40_000);
         // The longest lines an attacker can make: every character escaped six bytes long.
         let name = "\u{202e}".repeat(300);
         for i in 0..120u32 {
@@ -1872,10 +1873,7 @@ mod tests {
 
     #[tokio::test]
     async fn denials_take_a_quarter_of_the_days_log_and_sign_ins_none_of_it() {
-        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Store::open(data.path()).unwrap();
-        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
-        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let (_data, logs, _store, audit) = budgeted(40_000);
         // Review 177: denied targets from many addresses, with the longest paths.
         let path = format!("/{}", "A".repeat(4000));
         for i in 0..400u32 {
@@ -1931,10 +1929,7 @@ mod tests {
     /// the denial lines may take, and every denial after it went unlogged, without a word.
     #[tokio::test]
     async fn failed_logins_leave_the_denials_their_quarter_and_its_end_is_said() {
-        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Store::open(data.path()).unwrap();
-        let limits = DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() };
-        let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
+        let (_data, logs, _store, audit) = budgeted(40_000);
         let name = "\u{202e}".repeat(100);
         for i in 0..400u32 {
             if audit.budget.bytes.load(Ordering::SeqCst) > 15_000 {
