@@ -95,13 +95,14 @@ struct Counts<K> {
     full_pruned_at: u64,
     /// What the keys are (`addresses`, `usernames`), for the warning that the table is full.
     kind: &'static str,
-    /// Whether that warning was given since the table last had room.
-    full_said: bool,
+    /// Whether that warning was given since the table last had room (set where the table is
+    /// only read, so atomic).
+    full_said: std::sync::atomic::AtomicBool,
 }
 
 impl<K: Hash + Eq + Clone> Counts<K> {
     fn new(kind: &'static str, max_keys: usize) -> Self {
-        Counts { map: HashMap::new(), max_keys, full_pruned_at: 0, kind, full_said: false }
+        Counts { map: HashMap::new(), max_keys, full_pruned_at: 0, kind, full_said: Default::default() }
     }
 
     /// Failures within the window plus checks in flight that have not lapsed; for a key a
@@ -109,8 +110,24 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     fn load(&self, key: &K, at: At) -> usize {
         match self.map.get(key) {
             Some(e) => e.failures(at.since) + e.in_flight(at.now),
-            None if self.map.len() >= self.max_keys => usize::MAX,
+            None if self.map.len() >= self.max_keys => {
+                self.say_full();
+                usize::MAX
+            }
             None => 0,
+        }
+    }
+
+    /// Says on the terminal, once until there is room again, that the table is full and what
+    /// that means for the visitors it cannot hold (review 203: nothing said why every new
+    /// visitor was asked for a picture).
+    fn say_full(&self) {
+        if !self.full_said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                keys = self.map.len(),
+                "the failure counts of {} are full (a flood of failed sign-ins): every one not counted yet must solve a captcha until failures lapse (failure_window)",
+                self.kind
+            );
         }
     }
 
@@ -123,13 +140,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
             self.full_pruned_at = at.now;
             self.map.retain(|_, e| e.live(at));
             if self.map.len() >= self.max_keys {
-                if !std::mem::replace(&mut self.full_said, true) {
-                    tracing::warn!(
-                        keys = self.map.len(),
-                        "the failure counts of {} are full: every one not counted yet must solve a captcha until failures lapse (failure_window)",
-                        self.kind
-                    );
-                }
+                self.say_full();
                 return None;
             }
         }
@@ -197,8 +208,8 @@ impl<K: Hash + Eq + Clone> Counts<K> {
             e.live(at)
         });
         self.map.shrink_to_fit();
-        if self.map.len() < self.max_keys {
-            self.full_said = false;
+        if self.map.len() < self.max_keys && self.full_said.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("the failure counts of {} have room again", self.kind);
         }
     }
 }
@@ -465,6 +476,18 @@ mod tests {
         assert_eq!(t.reserve(new_ip, d("user0"), Asker::Stranger, 10_500), Err(CaptchaDemanded));
         assert_eq!(t.reserve(old_ip, d("victim"), Asker::Stranger, 10_500), Err(CaptchaDemanded));
         assert!(!t.needs_captcha(old_ip, "user0", 10_500), "keys it holds are judged by their counts");
+        // Said once on the terminal until there is room again (review 203: never said).
+        let said = crate::telemetry::tests::terminal_text(|| {
+            t.needs_captcha(key("198.51.100.8"), "someone", 10_500);
+        });
+        assert!(said.is_empty(), "said once already: {said}");
+        let fresh = FailureTracker::holding(Duration::from_millis(1_000), 3, 1);
+        fresh.record_failure(old_ip, "user0", 10_000);
+        let said = crate::telemetry::tests::terminal_text(|| {
+            fresh.needs_captcha(new_ip, "user0", 10_500);
+            fresh.needs_captcha(new_ip, "user0", 10_600);
+        });
+        assert_eq!(said.matches("the failure counts of addresses are full").count(), 1, "{said}");
         // A failure it cannot hold (a captcha solved): the full table is scanned, nothing lapsed.
         t.record_failure(new_ip, "victim", 10_500);
         // Lapsed at 11,000 ms, but the last scan (at 10,500) was under a second ago: no scan yet.
