@@ -82,17 +82,24 @@ impl Services {
     /// When the store cannot be opened or reached, the hash pool cannot start, or the audit
     /// log cannot be opened.
     pub async fn open(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
-        Self::open_with(settings, hash_workers, true).await
+        Self::open_with(settings, hash_workers, true, true).await
+    }
+
+    /// As [`Services::open`], for a command that changes something (`user add`): a database's
+    /// older schema is refused, not upgraded ([`Store::connect_command`]). Errors as
+    /// [`Services::open`], and for such a schema.
+    pub async fn open_command(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
+        Self::open_with(settings, hash_workers, true, false).await
     }
 
     /// As [`Services::open`], for a command that records nothing (`user list`, `audit`):
-    /// without the auth log, so it makes no `log_dir` where it runs. Errors as
-    /// [`Services::open`].
+    /// without the auth log, so it makes no `log_dir` where it runs, and neither makes nor
+    /// upgrades a database's schema. Errors as [`Services::open_command`].
     pub async fn open_reading(settings: &Settings, hash_workers: usize) -> anyhow::Result<Self> {
-        Self::open_with(settings, hash_workers, false).await
+        Self::open_with(settings, hash_workers, false, false).await
     }
 
-    async fn open_with(settings: &Settings, hash_workers: usize, log: bool) -> anyhow::Result<Self> {
+    async fn open_with(settings: &Settings, hash_workers: usize, log: bool, upgrade: bool) -> anyhow::Result<Self> {
         if log {
             // The log directory is judged before the store is opened: a command refused for its
             // log directory must not leave a new, empty store behind.
@@ -106,7 +113,10 @@ impl Services {
             Some(url) if !log => Store::connect_existing(url, &settings.instance_name)
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
-            Some(url) => Store::connect(url, &settings.instance_name)
+            Some(url) if upgrade => Store::connect(url, &settings.instance_name)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
+            Some(url) => Store::connect_command(url, &settings.instance_name)
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
             None => {

@@ -846,7 +846,7 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
 async fn ask(settings: &Settings, request: &Request) -> anyhow::Result<Response> {
     let open = |settings| async move {
         if request.writes() {
-            Services::open(settings, 1).await
+            Services::open_command(settings, 1).await
         } else {
             Services::open_reading(settings, 1).await
         }
@@ -1108,7 +1108,7 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     let fingerprint = secrets.into_iter().find(|(n, _)| n == crate::factors::key::FINGERPRINT_NAME).map(|(_, f)| f);
     refuse_a_key_the_source_was_not_used_with(fingerprint, &settings.data_dir.join(crate::factors::key::KEY_FILE))?;
     let into = match &target {
-        Target::Database(url) => Store::connect(url, &settings.instance_name)
+        Target::Database(url) => Store::connect_command(url, &settings.instance_name)
             .await
             .with_context(|| format!("cannot open the target database {url}"))?,
         Target::Directory(dir) => {
@@ -1176,7 +1176,7 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
 /// sled store in `data_dir`, which must exist and not be held by a running server.
 async fn open_configured(settings: &Settings) -> anyhow::Result<Store> {
     Ok(match &settings.database_url {
-        Some(url) => Store::connect(url, &settings.instance_name)
+        Some(url) => Store::connect_command(url, &settings.instance_name)
             .await
             .with_context(|| format!("cannot open the PostgreSQL store at {url}"))?,
         None => {
@@ -1229,7 +1229,7 @@ async fn forget_factor_key(settings: Settings, yes: bool) -> anyhow::Result<()> 
     };
     // Opened as the `user` commands open it, for the auth log: each user whose factors go is
     // logged as a reset, as `user reset-factors` logs one.
-    let services = match Services::open(&settings, 1).await {
+    let services = match Services::open_command(&settings, 1).await {
         Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => {
             bail!("the store in {} is in use by a running server: stop it first", settings.data_dir.display())
         }

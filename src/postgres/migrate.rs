@@ -41,6 +41,18 @@ pub const LATEST: i32 = MIGRATIONS.len() as i32;
 /// apart from the two-integer keys the brute-force functions use.
 pub const LOCK_KEY: i64 = 0x706f_7274_6375_6c6c;
 
+/// The schema version the database holds: 0 when it holds none.
+///
+/// # Errors
+/// [`PgError::Db`] when the question cannot be asked.
+pub async fn found_version(client: &tokio_postgres::Client) -> Result<i32, PgError> {
+    if has_schema(client).await? {
+        version(client).await
+    } else {
+        Ok(0)
+    }
+}
+
 /// Whether the database holds a portcullis schema at all (any version).
 ///
 /// # Errors
@@ -49,7 +61,20 @@ pub async fn has_schema(client: &tokio_postgres::Client) -> Result<bool, PgError
     Ok(client.query_one("SELECT to_regclass('portcullis_schema') IS NOT NULL", &[]).await?.get(0))
 }
 
-/// Brings the database's schema to [`LATEST`]; returns the version it found.
+/// How long one migration statement may wait for a table lock before the attempt is given up
+/// and made again after [`LOCK_RETRY_PAUSE`]: a transaction holding a lock for long (a backup
+/// with `pg_dump` reads every table) would otherwise queue the migration's exclusive lock and
+/// every other instance's statements behind it, so that the old instances of a rolling
+/// upgrade answered 503 while it waited (review 204).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The pause between two attempts that met a lock ([`LOCK_WAIT`]): the other instances'
+/// statements go through meanwhile.
+pub const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Brings the database's schema to [`LATEST`]; returns the version it found. An attempt that
+/// waits longer than [`LOCK_WAIT`] for a table is undone and made again (with a warning) until
+/// it goes through; the caller bounds the whole (`connect::MIGRATE_TIMEOUT`).
 ///
 /// # Errors
 /// [`PgError::Db`] when a statement fails (nothing is applied then), and
@@ -67,13 +92,31 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError
             return Ok(found);
         }
     }
+    loop {
+        match migrate_once(client).await {
+            Err(PgError::Db(e)) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(
+                    retry_in_s = LOCK_RETRY_PAUSE.as_secs(),
+                    "the schema upgrade waits for a table another transaction holds (a backup under way?): nothing was changed, trying again"
+                );
+                tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`migrate`]: all pending migrations in one transaction, or none.
+async fn migrate_once(client: &mut tokio_postgres::Client) -> Result<i32, PgError> {
     // READ COMMITTED whatever the database's default (see `connect::ISOLATION`): the checks
     // below must see what a migrator that held the lock before committed.
     let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::ReadCommitted).start().await?;
     // "relation already exists, skipping" and the like are expected at every start: keep
     // PostgreSQL's notices out of the log.
     tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
+    // Waited for as long as another instance's migration takes.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis())).await?;
     // Under the lock, so two first starts cannot race to create it.
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS portcullis_schema (
@@ -90,9 +133,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError
         let version = i as i32 + 1;
         tx.batch_execute(sql).await?;
         tx.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&version]).await?;
-        tracing::info!(version, "database schema migrated");
     }
     tx.commit().await?;
+    // Said once committed: a start killed before the commit has changed nothing (review 204
+    // read "migrated version=15" in the log of a migration that was rolled back).
+    if found < LATEST {
+        tracing::info!(from = found, to = LATEST, "database schema migrated");
+    }
     Ok(found)
 }
 

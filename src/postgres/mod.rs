@@ -47,6 +47,13 @@ pub enum PgError {
     /// The database holds a schema newer than this build knows: refuse rather than guess.
     #[error("the database schema is version {found}, newer than this portcullis knows ({known}); upgrade portcullis")]
     SchemaTooNew { found: i32, known: i32 },
+    /// A command found a schema older than this build's: only a server's start upgrades it
+    /// (README, "Upgrades"), so that trying a new binary's commands is no one-way step
+    /// (review 204: `user list` upgraded a production database).
+    #[error(
+        "the database schema is version {found}, older than this portcullis's ({known}): a server of this build upgrades it at its start (take a backup first, README \"Upgrades\"); until then use the portcullis the servers run"
+    )]
+    SchemaTooOld { found: i32, known: i32 },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -131,7 +138,11 @@ impl PgError {
                     // operator's `pg_cancel_backend`; either way the database did not do it.
                     || e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
             }
-            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } | PgError::NoStore => false,
+            PgError::Setup(_)
+            | PgError::Random(_)
+            | PgError::SchemaTooNew { .. }
+            | PgError::SchemaTooOld { .. }
+            | PgError::NoStore => false,
         }
     }
 
@@ -178,7 +189,11 @@ impl PgError {
                     })
                 }
             },
-            PgError::Setup(_) | PgError::Random(_) | PgError::SchemaTooNew { .. } | PgError::NoStore => false,
+            PgError::Setup(_)
+            | PgError::Random(_)
+            | PgError::SchemaTooNew { .. }
+            | PgError::SchemaTooOld { .. }
+            | PgError::NoStore => false,
         }
     }
 }

@@ -936,20 +936,36 @@ impl Store {
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses the
     /// connection or a migration, or holds a newer schema than this build knows.
     pub async fn connect(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
-        Self::open_database(url, instance, true).await
+        Self::open_database(url, instance, true, true).await
+    }
+
+    /// [`Store::connect`] for a command: a database without a schema gets one, but an older
+    /// schema is refused, not upgraded (only a server's start upgrades it, README "Upgrades").
+    ///
+    /// # Errors
+    /// As [`Store::connect`], and [`StoreError::Unavailable`] for a schema older than this
+    /// build's.
+    pub async fn connect_command(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
+        Self::open_database(url, instance, true, false).await
     }
 
     /// [`Store::connect`] for a command that only reads: a database holding no portcullis
     /// schema is refused rather than given one, as `Store::exists` guards a sled directory.
     ///
     /// # Errors
-    /// As [`Store::connect`], and [`StoreError::Unavailable`] when the database holds no store.
+    /// As [`Store::connect_command`], and [`StoreError::Unavailable`] when the database holds
+    /// no store.
     pub async fn connect_existing(url: &crate::postgres::url::DatabaseUrl, instance: &str) -> Result<Self> {
-        Self::open_database(url, instance, false).await
+        Self::open_database(url, instance, false, false).await
     }
 
-    async fn open_database(url: &crate::postgres::url::DatabaseUrl, instance: &str, make: bool) -> Result<Self> {
-        let engine = self::postgres::PgStore::open(url, instance, make).await?;
+    async fn open_database(
+        url: &crate::postgres::url::DatabaseUrl,
+        instance: &str,
+        make: bool,
+        upgrade: bool,
+    ) -> Result<Self> {
+        let engine = self::postgres::PgStore::open(url, instance, make, upgrade).await?;
         let pool = engine.pool().clone();
         Ok(Store { pg_pool: Some(pool), ..Self::from_engine(engine) })
     }

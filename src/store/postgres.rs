@@ -180,15 +180,21 @@ impl PgStore {
     /// instances start at once: see `postgres::migrate`), and returns the engine with a pool
     /// of [`POOL_SIZE`] connections; `instance` goes into the failure records it appends.
     /// `make`: a database without a schema gets one; otherwise it is refused (a read makes
-    /// nothing).
+    /// nothing). `upgrade`: a schema older than this build's is upgraded (a server's start);
+    /// otherwise it is refused (a command's, README "Upgrades").
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the database cannot be reached, refuses, holds a
-    /// newer schema than this build knows, or (not `make`) none at all.
-    pub async fn open(url: &DatabaseUrl, instance: &str, make: bool) -> Result<Self> {
+    /// newer schema than this build knows, (not `make`) none at all, or (not `upgrade`) an
+    /// older one.
+    pub async fn open(url: &DatabaseUrl, instance: &str, make: bool, upgrade: bool) -> Result<Self> {
         let mut client = connect(url).await?;
-        if !make && !crate::postgres::migrate::has_schema(&client).await? {
-            return Err(PgError::NoStore.into());
+        match crate::postgres::migrate::found_version(&client).await? {
+            0 if !make => return Err(PgError::NoStore.into()),
+            found if found > 0 && found < crate::postgres::migrate::LATEST && !upgrade => {
+                return Err(PgError::SchemaTooOld { found, known: crate::postgres::migrate::LATEST }.into())
+            }
+            _ => {}
         }
         tokio::time::timeout(MIGRATE_TIMEOUT, migrate(&mut client))
             .await

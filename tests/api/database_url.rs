@@ -73,3 +73,28 @@ async fn a_read_on_a_database_without_a_store_says_so_and_makes_nothing() {
         .get(0);
     assert_eq!(tables, 0, "the read made a schema");
 }
+
+/// Review 204: `user list`, `audit` and the other commands of a new build upgraded an older
+/// schema without a word, after which the old servers could not start again. Only a server's
+/// start upgrades it; a command says so in one line and changes nothing.
+#[tokio::test]
+async fn a_command_refuses_an_older_schema_and_leaves_it_as_it_is() {
+    let Some(db) = pg::database().await else { return };
+    let latest = portcullis::postgres::migrate::LATEST;
+    let client = portcullis::postgres::connect::connect(&db).await.unwrap();
+    client.batch_execute("CREATE TABLE portcullis_schema (version integer PRIMARY KEY)").await.unwrap();
+    for (i, sql) in portcullis::postgres::migrate::MIGRATIONS[..latest as usize - 1].iter().enumerate() {
+        client.batch_execute(sql).await.unwrap();
+        client.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["user", "list"][..], &["audit"][..], &["user", "add", "bob", "--password-stdin"][..]] {
+        let mut cmd = child::command(dir.path());
+        cmd.env("PORTCULLIS_DATABASE_URL", db.to_string()).args(args);
+        let run = child::run_cli(cmd, Some("a good long passphrase\n")).await;
+        let line = run.assert_one_line_failure("a command on an older schema");
+        assert!(line.contains(&format!("version {}, older than this portcullis's ({latest})", latest - 1)), "{line}");
+    }
+    let version: i32 = client.query_one("SELECT max(version) FROM portcullis_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, latest - 1, "left as it was");
+}

@@ -612,3 +612,40 @@ async fn instances_asking_for_a_new_secret_at_once_all_get_the_same_one() {
     assert_eq!(portcullis::postgres::secrets::claim(&c, "csrf", &[99; 32]).await.unwrap(), values[0], "kept");
     assert_eq!(portcullis::postgres::secrets::claim(&c, "captcha", &[99; 32]).await.unwrap(), [99; 32], "one per name");
 }
+
+/// A database at `version`, as a build of that schema left it.
+async fn at_version(url: &DatabaseUrl, version: usize) -> tokio_postgres::Client {
+    let client = connect(url).await.unwrap();
+    client.batch_execute("CREATE TABLE portcullis_schema (version integer PRIMARY KEY)").await.unwrap();
+    for (i, sql) in portcullis::postgres::migrate::MIGRATIONS[..version].iter().enumerate() {
+        client.batch_execute(sql).await.unwrap();
+        client.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await.unwrap();
+    }
+    client
+}
+
+/// Review 204: a migration queued behind a long reader's lock (a backup) held every other
+/// instance's statements on that table behind it, so the old instances of a rolling upgrade
+/// answered 503 for as long. It now gives up after `LOCK_WAIT`, lets them through, and tries
+/// again until it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_waiting_for_a_lock_lets_other_statements_through_and_goes_through_later() {
+    let Some(url) = pg::database().await else { return };
+    let mut migrator = at_version(&url, 18).await;
+    let mut holder = connect(&url).await.unwrap();
+    let backup = holder.transaction().await.unwrap();
+    backup.execute("SELECT count(*) FROM second_factors", &[]).await.unwrap();
+    let migrating = tokio::spawn(async move { migrate(&mut migrator).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An old instance's statement on the table migration 19 alters.
+    let other = connect(&url).await.unwrap();
+    other.batch_execute("SET statement_timeout = '2500ms'").await.unwrap();
+    let started = std::time::Instant::now();
+    other.execute("SELECT count(*) FROM second_factors", &[]).await.expect("not held behind the migration");
+    assert!(started.elapsed() < Duration::from_millis(2_500), "{:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    backup.commit().await.unwrap();
+    assert_eq!(migrating.await.unwrap().unwrap(), 18, "it went through once the reader was done");
+    let version: i32 = other.query_one("SELECT max(version) FROM portcullis_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, LATEST);
+}
