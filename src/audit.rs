@@ -1776,15 +1776,20 @@ mod tests {
         (data, logs, store, audit)
     }
 
+    /// `count` refusals of `reason` for `name`, each from an address of its own (from
+    /// 192.0.2.0 on), `name` as the user agent too.
+    async fn refuse_many(audit: &Audit, count: u32, name: &str, reason: FailureReason) {
+        for i in 0..count {
+            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.to_string() };
+            audit.record_failure(name, &client, reason, false, false).await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn csrf_lines_stop_at_a_quarter_of_the_days_log_leaving_room_for_guesses() {
         let (_data, logs, store, audit) = budgeted(40_000);
         // Another site's visitors, each from an address of their own, with the longest names.
-        let name = "\u{202e}".repeat(300);
-        for i in 0..200u32 {
-            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
-            audit.record_failure(&name, &client, FailureReason::Csrf, false, false).await.unwrap();
-        }
+        refuse_many(&audit, 200, &"\u{202e}".repeat(300), FailureReason::Csrf).await;
         let mut csrf = lines(logs.path());
         let said = csrf.iter().position(|l| l["event"] == "audit_log_quarter").expect("their end is said");
         csrf.remove(said);
@@ -1944,17 +1949,6 @@ mod tests {
     #[tokio::test]
     async fn failed_logins_and_denials_each_keep_their_own_room_and_its_end_is_said_once() {
         let (_data, logs, _store, audit) = budgeted(40_000);
-        let fail_all = |from: u32| {
-            let audit = &audit;
-            async move {
-                let name = "\u{202e}".repeat(100);
-                for i in from..from + 400 {
-                    let ip = std::net::Ipv4Addr::from(0xC000_0200 + i).into();
-                    let client = Client { ip, user_agent: name.clone() };
-                    audit.record_failure(&name, &client, FailureReason::UnknownUser, false, false).await.unwrap();
-                }
-            }
-        };
         let deny_all = |from: u32| {
             let audit = &audit;
             async move {
@@ -1985,7 +1979,7 @@ mod tests {
         deny_all(0).await;
         let denied = bytes_of("authz_denied");
         assert!((9_000..10_000 + 1_000).contains(&denied), "their quarter, at most a line over: {denied}");
-        fail_all(0).await;
+        refuse_many(&audit, 400, &"\u{202e}".repeat(100), FailureReason::UnknownUser).await;
         let failed = bytes_of("authn_login_fail") + bytes_of("authn_login_fail_max");
         assert!((38_000..40_000 + 1_000).contains(&failed), "the whole limit for failed logins: {failed}");
         let events: Vec<String> = lines(logs.path()).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();
@@ -2008,11 +2002,7 @@ mod tests {
     #[tokio::test]
     async fn denials_are_logged_after_failed_logins_filled_their_limit() {
         let (_data, logs, _store, audit) = budgeted(40_000);
-        let name = "\u{202e}".repeat(100);
-        for i in 0..400u32 {
-            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
-            audit.record_failure(&name, &client, FailureReason::UnknownUser, false, false).await.unwrap();
-        }
+        refuse_many(&audit, 400, &"\u{202e}".repeat(100), FailureReason::UnknownUser).await;
         assert!(lines(logs.path()).iter().any(|l| l["event"] == "audit_log_limit"));
         let insider = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new() };
         audit.authz_denied("alice", &insider, "app.example.com", "/admin", "2");
