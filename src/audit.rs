@@ -497,7 +497,8 @@ struct LogBudget {
     quarter_bytes: AtomicU64,
     /// Whether today's file already says that the limit was reached.
     announced: AtomicBool,
-    /// Whether today's file already says that the first-quarter-only lines reached theirs.
+    /// Whether today's file already says that the lines of [`first_quarter_only`] reached their
+    /// quarter.
     quarter_announced: AtomicBool,
     /// Whether today's file already says that its lines are short from now on.
     shortened: AtomicBool,
@@ -589,7 +590,8 @@ impl LogBudget {
     }
 }
 
-/// Whether `event`'s line may use only the day's first quarter of `audit_log_mib_per_day`:
+/// Whether `event`'s line is one of those with a room of their own, a quarter of
+/// `audit_log_mib_per_day` beside the failed logins' ([`LogBudget::quarter_bytes`]):
 /// a failed login (or its minute's count) of reason `csrf`, which checked nothing, the fail2ban
 /// filter ignores, and another site's page makes each of its visitors' browsers cause (review
 /// 174); and a forward-auth denial, which the filter ignores too and anyone can cause at the
@@ -1211,8 +1213,8 @@ impl Audit {
     /// rate (review 177: 68 GB an hour of lines, a full log disk, and every sign-in 503): the
     /// first denial of an address (IPv6: its /64) and user in a minute is logged, the rest are
     /// counted into one `authz_denied_repeat` line when the minute is over
-    /// ([`Audit::close_counts`]); the lines take at most the first quarter of the day's
-    /// `audit_log_mib_per_day`, as `csrf` lines; below
+    /// ([`Audit::close_counts`]); the lines take at most a quarter of the day's
+    /// `audit_log_mib_per_day` beside the failed logins', with `csrf` lines; below
     /// `disk_reserve_mib` of free space none is written. The answer is 403 whatever was logged.
     pub fn authz_denied(&self, username: &str, client: &Client, host: &str, path: &str, rule: &str) {
         let now = self.records_now_ms();

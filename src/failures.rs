@@ -189,7 +189,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
         }
     }
 
-    /// Forgets the failures (not the checks in flight); returns how many there were.
+    /// Forgets the failures and the checks in flight; returns how many failures there were.
     fn clear(&mut self, key: &K) -> usize {
         // The checks in flight go too: one stranded by an outage would otherwise keep the
         // captcha demanded for up to [`RESERVATION_HOLD`] after the administrator's unlock
