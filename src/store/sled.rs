@@ -2234,10 +2234,10 @@ mod tests {
             sizes.push(dir_bytes(dir.path()));
         }
         eprintln!("store size after each 1500 appends, 500 kept: {sizes:?}");
-        // 500 records of about 3.2 KB and their index entries: about 2 MB kept, in about 7 MB
-        // of sled's segments (whole keys in the index: 12 MB after the first round, 19 MB after
-        // the sixth).
-        assert!(sizes.iter().all(|s| *s < 12 << 20), "{sizes:?}");
+        // 500 records of about 3.2 KB and their index entries: about 2 MB kept, in two or three
+        // of sled's 4 MiB segments, as its flusher timed them (a loaded CI run had three, 62
+        // bytes past 12 MiB); whole keys in the index took 19 MB after the sixth round, growing.
+        assert!(sizes.iter().all(|s| *s < 16 << 20), "{sizes:?}");
         let mine = FailureQuery { user_key: Some(tag.clone()), ..Default::default() };
         assert_eq!(store.failures(&mine).unwrap().len(), 500);
     }
