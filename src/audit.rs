@@ -78,14 +78,16 @@ impl FailureReason {
             FailureReason::UnknownUser => "No account has this username.",
             FailureReason::BadPassword => "A wrong password for an account that exists.",
             FailureReason::CaptchaRequired => {
-                "Sent without the picture's characters, which failures (or a flood filling the failure counts) had made necessary."
+                "Sent without the picture's characters when they were asked for: after failures, or while a flood filled the failure counts."
             }
             FailureReason::BadCaptcha => "The picture's characters were typed wrong.",
             FailureReason::RateLimited => {
                 "Refused unchecked: too many attempts from this address or for this username lately."
             }
             FailureReason::Csrf => "The form's token was missing or expired, or another site's page sent it.",
-            FailureReason::Disabled => "The right password for a disabled account: someone knows it.",
+            FailureReason::Disabled => {
+                "The right password, or one of its passkeys, for a disabled account: someone holds its credentials."
+            }
             FailureReason::BadPasskey => "A passkey's answer failed its check or named no passkey known here.",
             FailureReason::BadSecondFactor => "The right password, then a wrong authenticator or recovery code.",
             FailureReason::ReusedCode => {
@@ -502,6 +504,10 @@ struct LogBudget {
     quarter_announced: AtomicBool,
     /// Whether today's file already says that its lines are short from now on.
     shortened: AtomicBool,
+    /// The budget's own lines today's file held at start, with the `limit_mib` each named: said
+    /// once a day, not once a start (review 203), unless the limit changed since (205: a raised
+    /// limit's new ends went unsaid).
+    said_today: Vec<(&'static str, u64)>,
     /// Failed-login and denial lines left out over the limit since the start, every day together (for
     /// `portcullis_audit_log_lines_dropped_total`).
     dropped: AtomicU64,
@@ -527,10 +533,11 @@ impl LogBudget {
             day: AtomicU64::new(now / 86_400_000),
             bytes: AtomicU64::new(today.bytes),
             quarter_bytes: AtomicU64::new(today.quarter_bytes),
-            // Said once a day, not once a start (review 203).
-            announced: AtomicBool::new(today.said.contains(&"audit_log_limit")),
-            quarter_announced: AtomicBool::new(today.said.contains(&"audit_log_quarter")),
-            shortened: AtomicBool::new(today.said.contains(&"audit_log_short")),
+            // Set from `said_today` once the limit is known (`Audit::with_limits`).
+            announced: AtomicBool::new(false),
+            quarter_announced: AtomicBool::new(false),
+            shortened: AtomicBool::new(false),
+            said_today: today.said,
             dropped: AtomicU64::new(0),
             dir: log_dir.to_path_buf(),
             failed_at: AtomicU64::new(0),
@@ -613,8 +620,9 @@ struct Today {
     bytes: u64,
     /// Bytes in `csrf` and denial lines ([`is_first_quarter_line`]).
     quarter_bytes: u64,
-    /// Which of the budget's own lines it holds (`audit_log_short`, `_limit`, `_quarter`).
-    said: Vec<&'static str>,
+    /// Which of the budget's own lines it holds (`audit_log_short`, `_limit`, `_quarter`), with
+    /// the `limit_mib` each names.
+    said: Vec<(&'static str, u64)>,
 }
 
 /// What the log file at `path` holds of the lines the day's budget limits ([`Today`]), read at
@@ -643,12 +651,24 @@ fn limited_bytes_in(path: &Path) -> Today {
                 let said = ["audit_log_short", "audit_log_limit", "audit_log_quarter"]
                     .into_iter()
                     .find(|name| event_of(&line) == Some(name));
-                today.said.extend(said);
+                today.said.extend(said.map(|name| (name, limit_mib_of(&line))));
             }
             Err(_) => return whole(len),
         }
     }
     today
+}
+
+/// The `limit_mib` a budget line names (`u64::MAX` when it names none that reads).
+fn limit_mib_of(line: &[u8]) -> u64 {
+    const FIELD: &str = "\"limit_mib\":";
+    let Ok(line) = std::str::from_utf8(line) else { return u64::MAX };
+    line.find(FIELD)
+        .and_then(|at| {
+            let rest = &line[at + FIELD.len()..];
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// The line's event name: the first `"event":"` field's value (before any field an attacker
@@ -980,7 +1000,12 @@ impl Audit {
 
     /// The same sink with disk limits (without them nothing is capped).
     pub fn with_limits(mut self, limits: DiskLimits) -> Self {
-        self.budget.limit.store(limits.log_bytes_per_day.unwrap_or(u64::MAX), Ordering::SeqCst);
+        let limit = limits.log_bytes_per_day.unwrap_or(u64::MAX);
+        self.budget.limit.store(limit, Ordering::SeqCst);
+        let said = |name| self.budget.said_today.contains(&(name, limit >> 20));
+        self.budget.announced.store(said("audit_log_limit"), Ordering::SeqCst);
+        self.budget.quarter_announced.store(said("audit_log_quarter"), Ordering::SeqCst);
+        self.budget.shortened.store(said("audit_log_short"), Ordering::SeqCst);
         self.limits = Arc::new(limits);
         self
     }
@@ -1998,6 +2023,26 @@ mod tests {
         again.record_failure("admin", &client, FailureReason::BadPassword, false, false).await.unwrap();
         assert_eq!(lines(logs.path()).len(), before, "nothing written, nothing said again");
         assert_eq!((again.log_lines_dropped(), dropped > 0), (2, true));
+    }
+
+    /// Review 205: a limit raised by a restart the same day wrote on, but its ends went unsaid,
+    /// the file holding only the old limit's.
+    #[tokio::test]
+    async fn a_raised_limit_says_its_own_ends() {
+        let (_data, logs, store, audit) = budgeted(1 << 20);
+        refuse_many(&audit, 1_400, &"\u{202e}".repeat(300), FailureReason::UnknownUser).await;
+        let said = |mib: u64| {
+            let events = lines(logs.path());
+            ["audit_log_short", "audit_log_limit"]
+                .map(|e| events.iter().filter(|l| l["event"] == e && l["limit_mib"].as_u64() == Some(mib)).count())
+        };
+        assert_eq!(said(1), [1, 1]);
+        drop(audit);
+        let raised = Audit::open(logs.path(), 7, Some(store.clone()))
+            .unwrap()
+            .with_limits(DiskLimits { log_bytes_per_day: Some(2 << 20), ..Default::default() });
+        refuse_many(&raised, 2_400, &"\u{202e}".repeat(300), FailureReason::UnknownUser).await;
+        assert_eq!((said(1), said(2)), ([1, 1], [1, 1]), "the raised limit's ends said once each");
     }
 
     /// Failed logins filling the whole limit leave the denials' quarter (review 203).

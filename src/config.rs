@@ -43,7 +43,7 @@ keys! {
     "login_quota_per_user" = "10/15m" : "password checks per username (strangers' and the known browsers' counted apart): N/DUR, or `off`",
     "audit_retention" = "90d" : "how long failed-login records and log files are kept",
     "audit_max_records" = "100000" : "most failed-login records kept in the store; past it the oldest are dropped",
-    "audit_log_mib_per_day" = "32" : "MiB of failed-login and forward-auth denial lines one day's auth log may take (1 to 1048576): past half of it they are short, past all of it failures are kept in the store only",
+    "audit_log_mib_per_day" = "32" : "MiB of failed-login lines one day's auth log may take (1 to 1048576): past half of it they are short, past all of it failures are kept in the store only; csrf and forward-auth denial lines take a quarter more, apart",
     "disk_reserve_mib" = "64" : "free MiB on the data and log disks kept for sign-ins (0 to 1048576): below it refusals are answered 503, not recorded",
     "max_connections" = "1024" : "concurrent connections accepted on the HTTPS listener",
     "max_connections_per_ip" = "32" : "concurrent connections one client address (IPv6: one /64) may hold; trusted proxies are exempt",

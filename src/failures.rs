@@ -208,7 +208,11 @@ impl<K: Hash + Eq + Clone> Counts<K> {
             e.live(at)
         });
         self.map.shrink_to_fit();
-        if self.map.len() < self.max_keys && self.full_said.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        // Room again only below nine tenths, so a flood that keeps pace with the lapses is said
+        // full once, not at every prune (review 205).
+        if self.map.len() < self.max_keys - self.max_keys / 10
+            && self.full_said.swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::info!("the failure counts of {} have room again", self.kind);
         }
     }
@@ -497,6 +501,29 @@ mod tests {
         t.record_failure(new_ip, "victim", 11_600);
         assert!(!t.address_needs_captcha(key("203.0.113.9"), 11_600));
         assert_eq!(t.len(), (1, 1));
+    }
+
+    /// Review 205: a flood keeping pace with the lapses had the table said full, then with
+    /// room, then full again, within 10 s. Room again is said below nine tenths.
+    #[test]
+    fn a_full_table_says_it_has_room_again_only_below_nine_tenths() {
+        let t = FailureTracker::holding(Duration::from_millis(1_000), 3, 10);
+        for i in 0..10u32 {
+            t.record_failure(
+                AddressKey::of(std::net::Ipv4Addr::from(0xC000_0200 + i).into()),
+                "u",
+                10_000 + u64::from(i),
+            );
+        }
+        let said = crate::telemetry::tests::terminal_text(|| {
+            t.needs_captcha(key("198.51.100.1"), "u", 10_500);
+            // The first lapses: 9 of 10 left.
+            t.prune(11_000);
+        });
+        assert!(said.contains("are full") && !said.contains("room again"), "{said}");
+        assert_eq!(t.len().0, 9);
+        let said = crate::telemetry::tests::terminal_text(|| t.prune(11_001));
+        assert_eq!(said.matches("the failure counts of addresses have room again").count(), 1, "{said}");
     }
 
     #[test]
