@@ -659,16 +659,10 @@ fn limited_bytes_in(path: &Path) -> Today {
     today
 }
 
-/// The `limit_mib` a budget line names (`u64::MAX` when it names none that reads).
+/// The `limit_mib` a budget line names (`u64::MAX` when it names none that reads). Only the
+/// budget's own lines, a few a day, are read whole.
 fn limit_mib_of(line: &[u8]) -> u64 {
-    const FIELD: &str = "\"limit_mib\":";
-    let Ok(line) = std::str::from_utf8(line) else { return u64::MAX };
-    line.find(FIELD)
-        .and_then(|at| {
-            let rest = &line[at + FIELD.len()..];
-            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
-        })
-        .unwrap_or(u64::MAX)
+    serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v["limit_mib"].as_u64()).unwrap_or(u64::MAX)
 }
 
 /// The line's event name: the first `"event":"` field's value (before any field an attacker
