@@ -66,7 +66,7 @@ use crate::failures::{Asker, CaptchaDemanded, Recorded};
 use crate::password::{Lane, Password};
 use crate::rate_limit::username_digest;
 use crate::session::{SessionToken, Sessions, SignedInWith, StartError};
-use crate::store::{now_ms, Factors, StoreError, TokenHash, User};
+use crate::store::{now_ms, Factors, RecoveryCodeUse, StoreError, TokenHash, User};
 
 /// Characters of the typed username kept as the key of the per-username defences: enough
 /// for any accepted username (64), bounded whatever an attacker types.
@@ -657,8 +657,10 @@ impl SignIn {
         let with = SignedInWith::from(Factors::One);
         let browser = Browser { session: previous_session.as_ref(), device, began_at: now };
         let method = SignInMethod::Password;
-        let proved = Proved { with, method, app_at_check: None };
-        let Some((token, device_cookie)) = self.complete(&user, proved, client, browser, after_failures).await? else {
+        let proved = Proved { with, method, app_at_check: None, recovery_code: None };
+        let Completion::SignedIn { token, device_cookie, .. } =
+            self.complete(&user, proved, client, browser, after_failures).await?
+        else {
             // A first second factor was stored while the password was checked: the password
             // alone signs in no more, and the sign-in starts over (at the second step).
             self.audit.record(&AuthEvent::LoginInterrupted { username: &user.display_name, client });
@@ -774,13 +776,12 @@ impl SignIn {
 
     /// The end of every sign-in, once the username's failures are counted (`after_failures`:
     /// how many there are within `failure_window`): the browser's previous session ended and a
-    /// new one made with the factors and passkey `proved` says in one durable step, the success
-    /// recorded (a
-    /// success that cannot be recorded does not happen). Returns the session's token and the
-    /// browser's device cookie's new value, with a token for this user; `None`, with no
-    /// session and nothing recorded, when the passkey the sign-in used was removed while it
-    /// was checked, a password-only sign-in's user got a second factor meanwhile, or the
-    /// authenticator app was removed or replaced since [`Proved::app_at_check`].
+    /// new one made with the factors and passkey `proved` says in one durable step, the
+    /// recovery code it names used up, the success recorded (a success that cannot be recorded
+    /// does not happen). [`Completion::Restart`], with no session and nothing recorded, when
+    /// the passkey the sign-in used was removed while it was checked, a password-only
+    /// sign-in's user got a second factor meanwhile, or the authenticator app was removed or
+    /// replaced since [`Proved::app_at_check`].
     async fn complete(
         &self,
         user: &crate::store::User,
@@ -788,8 +789,8 @@ impl SignIn {
         client: &Client,
         browser: Browser<'_>,
         after_failures: usize,
-    ) -> Result<Option<(SessionToken, String)>, SignInError> {
-        let Proved { with, method, app_at_check } = proved;
+    ) -> Result<Completion, SignInError> {
+        let Proved { with, mut method, app_at_check, recovery_code } = proved;
         // Made first: a random source that fails stops the sign-in before anything is written.
         let device_cookie = self
             .csrf
@@ -812,7 +813,7 @@ impl SignIn {
         {
             Ok(token) => token,
             // (`SignedOut` is `renew`'s only: a sign-in replaces a session, it does not go on.)
-            Err(StartError::PasskeyRemoved | StartError::SignedOut) => return Ok(None),
+            Err(StartError::PasskeyRemoved | StartError::SignedOut) => return Ok(Completion::Restart),
             Err(StartError::Store(source)) => {
                 return Err(SignInError::Store { what: "could not create a session", source })
             }
@@ -838,12 +839,37 @@ impl SignIn {
             Ok(false) => {}
             Ok(true) => {
                 self.sessions.discard(&token).await;
-                return Ok(None);
+                return Ok(Completion::Restart);
             }
             Err(source) => {
                 self.sessions.discard(&token).await;
                 return Err(SignInError::Store { what: "could not read the user's second factors", source });
             }
+        }
+        // The recovery code is used up only now that its session is stored: a store failing
+        // between the two once lost the user the code behind a 503 (review 200). A session
+        // stored for a code that then cannot be used up is ended; its token was never sent.
+        if let Some(hash) = recovery_code {
+            match self.factors.use_recovery_code(&user.key, &hash).await {
+                Ok(RecoveryCodeUse::Used) => {}
+                Ok(other) => {
+                    self.sessions.discard(&token).await;
+                    return Ok(Completion::CodeRefused(match other {
+                        RecoveryCodeUse::UsedBefore => FailureReason::ReusedCode,
+                        _ => FailureReason::BadSecondFactor,
+                    }));
+                }
+                Err(source) => {
+                    self.sessions.discard(&token).await;
+                    return Err(SignInError::Store { what: "could not use up a recovery code", source });
+                }
+            }
+        }
+        let mut recovery_codes_left = None;
+        if let SignInMethod::RecoveryCode { left } = &mut method {
+            // Read after the code was used up: what is left now.
+            *left = self.factors.summary(&user.key).await.ok().map(|f| f.recovery_codes);
+            recovery_codes_left = *left;
         }
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
@@ -852,7 +878,7 @@ impl SignIn {
             self.sessions.discard(&token).await;
             return Err(SignInError::SuccessUnrecorded(e));
         }
-        Ok(Some((token, device_cookie)))
+        Ok(Completion::SignedIn { token, device_cookie, recovery_codes_left })
     }
 
     /// Judges a second-step attempt in the order of the module note.
@@ -981,8 +1007,14 @@ impl SignIn {
             let (username, client) = (user.key.as_str(), judged.client);
             self.audit.record(&AuthEvent::PasskeyCloneSuspected { username, passkey, client });
         }
+        // A recovery code is accepted as any code is, and used up once its session is stored.
+        let (verdict, recovery_code) = match verdict {
+            Verdict::RecoveryCodeUnused(hash) => (Verdict::Accepted(FactorKind::RecoveryCodes, None), Some(hash)),
+            verdict => (verdict, None),
+        };
         match verdict {
-            Verdict::Unchecked => {
+            // (`RecoveryCodeUnused` is `Accepted` by now.)
+            Verdict::RecoveryCodeUnused(_) | Verdict::Unchecked => {
                 if let Some(r) = reservation {
                     r.release().await?;
                 }
@@ -1009,7 +1041,7 @@ impl SignIn {
                 // held the pending sign-in from before it was made). The user is read again,
                 // so a password change or `user disable` meanwhile stops it.
                 let taken = if one_check {
-                    Some((user, first.next.clone()))
+                    Some((user.clone(), first.next.clone()))
                 } else if held {
                     let holder = self.factors.holder(&first).await.map_err(store_err("could not read a user"))?;
                     holder.map(|user| (user, first.next.clone()))
@@ -1033,24 +1065,27 @@ impl SignIn {
                 let browser = Browser { session: previous_session.as_ref(), device, began_at: now };
                 let method = match kind {
                     FactorKind::Totp => SignInMethod::Totp,
-                    // Read after the code was spent: what is left now.
-                    FactorKind::RecoveryCodes => SignInMethod::RecoveryCode {
-                        left: self.factors.summary(&user.key).await.ok().map(|f| f.recovery_codes),
-                    },
+                    // (`complete` reads what is left once the code is used up.)
+                    FactorKind::RecoveryCodes => SignInMethod::RecoveryCode { left: None },
                     FactorKind::Passkey => SignInMethod::Passkey(None),
                 };
-                let recovery_codes_left = match method {
-                    SignInMethod::RecoveryCode { left } => left,
-                    _ => None,
-                };
-                let proved = Proved { with, method, app_at_check };
+                let proved = Proved { with, method, app_at_check, recovery_code };
                 match self.complete(&user, proved, client, browser, after_failures).await? {
-                    Some((token, device_cookie)) => {
+                    Completion::SignedIn { token, device_cookie, recovery_codes_left } => {
                         Ok(StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left })
                     }
                     // The passkey or the app was removed while it was checked: it signs
                     // nobody in, and the sign-in starts again at the password.
-                    None => Ok(StepOutcome::Restart),
+                    Completion::Restart => Ok(StepOutcome::Restart),
+                    // Another sign-in used the code up first (or a new set voided it): refused
+                    // as a code used before would have been, and a held pending sign-in stays
+                    // for the next code.
+                    Completion::CodeRefused(reason) => {
+                        if held {
+                            give_back().await?;
+                        }
+                        self.refuse_step(judged, reason, None, address, digest, one_check).await
+                    }
                 }
             }
         }
@@ -1067,6 +1102,22 @@ struct Proved<'a> {
     /// there as the code was checked was set up (Unix ms; `None` inside: no app), read again
     /// once the session is stored. `None` for other sign-ins.
     app_at_check: Option<Option<u64>>,
+    /// For a second step by a recovery code: its keyed hash, used up once the session is
+    /// stored ([`Verdict::RecoveryCodeUnused`]).
+    recovery_code: Option<[u8; 32]>,
+}
+
+/// How [`SignIn::complete`] ended.
+enum Completion {
+    /// Signed in: the session's token, the browser's device cookie's new value (with a token
+    /// for this user), and after a recovery code how many unused ones are left (`None` when
+    /// they could not be read, and after any other factor).
+    SignedIn { token: SessionToken, device_cookie: String, recovery_codes_left: Option<usize> },
+    /// No session and nothing recorded: what the sign-in proved no longer holds.
+    Restart,
+    /// No session: the recovery code was used up by another sign-in meanwhile, or voided by a
+    /// new set or a reset; refused for the reason given (`reused_code`, `bad_second_factor`).
+    CodeRefused(FailureReason),
 }
 
 /// An attempt being judged, with what every refusal needs.
@@ -1347,11 +1398,11 @@ mod tests {
         // The change, while the sign-in is judged.
         assert!(f.store.users.renew_generation("alice", began_at + 1, None).await.unwrap().is_some());
         let user_now = f.store.users.get("alice").await.unwrap().unwrap();
-        let proved =
-            Proved { with: SignedInWith::from(Factors::One), method: SignInMethod::Password, app_at_check: None };
+        let with = SignedInWith::from(Factors::One);
+        let proved = Proved { with, method: SignInMethod::Password, app_at_check: None, recovery_code: None };
         let browser = Browser { session: None, device: None, began_at };
         let done = f.service.complete(&user_now, proved, &f.client, browser, 0).await.unwrap();
-        let (_, device_cookie) = done.expect("signed in");
+        let Completion::SignedIn { device_cookie, .. } = done else { panic!("not signed in") };
         assert_eq!(f.service.csrf.known_device_issued(&device_cookie, "alice", now_ms()), Some(began_at));
         assert_eq!(f.service.asker(Some(&device_cookie), "alice").await.unwrap(), Asker::Stranger);
     }

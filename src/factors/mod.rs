@@ -94,6 +94,11 @@ pub enum Verdict {
     /// Accepted: the kind of factor, and for a passkey its credential id (raw bytes), which
     /// the session keeps so that removing the passkey ends it.
     Accepted(FactorKind, Option<Vec<u8>>),
+    /// One of the user's unused recovery codes, by its keyed hash: accepted, but not used up
+    /// yet. The sign-in uses it up ([`SecondFactors::use_recovery_code`]) once its session is
+    /// stored and before it is answered, so that a store failing in between costs no code; of
+    /// two sign-ins with one code, the one that uses it up goes on.
+    RecoveryCodeUnused([u8; 32]),
     /// Refused, with the log's reason (`bad_second_factor` or `reused_code`).
     Refused(FailureReason),
     /// A passkey refused because its signature counter did not move forward (a copy of it may
@@ -279,8 +284,9 @@ impl SecondFactors {
 
     /// Checks `proof` for `user_key` at `now_secs`, the second step of the pending sign-in
     /// `pending` (a passkey answers that sign-in's own check), and uses it up when accepted
-    /// (a TOTP step is accepted once, RFC 6238 §5.2; a recovery code once, NIST SP 800-63B
-    /// §5.1.2.2).
+    /// (a TOTP step is accepted once, RFC 6238 §5.2); a recovery code, accepted once (NIST SP
+    /// 800-63B §5.1.2.2), is used up by the caller with the session it signs in
+    /// ([`Verdict::RecoveryCodeUnused`]).
     ///
     /// # Errors
     /// [`FactorError`] when the store cannot be used or the secret cannot be opened.
@@ -306,7 +312,16 @@ impl SecondFactors {
             Proof::RecoveryCode(code) => {
                 let Some(code) = recovery::normalise(code) else { return Ok(bad) };
                 let hash = self.key.recovery_hash(user_key, &code);
+                // Checked here and used up only once the session it signs in is stored
+                // ([`SecondFactors::use_recovery_code`]): used up first, a store that failed in
+                // between lost the user the code behind a 503 (review 200).
+                if self.store.factors.recovery_codes(user_key).await?.contains(&hash) {
+                    return Ok(Verdict::RecoveryCodeUnused(hash));
+                }
+                // Not an unused code: the store tells a used one from a wrong one, changing
+                // nothing for either.
                 match self.store.factors.use_recovery_code(user_key, &hash).await? {
+                    // Issued between the two reads (a new set made meanwhile) and used up now.
                     RecoveryCodeUse::Used => Ok(Verdict::Accepted(FactorKind::RecoveryCodes, None)),
                     RecoveryCodeUse::UsedBefore => Ok(Verdict::Refused(FailureReason::ReusedCode)),
                     RecoveryCodeUse::NotIssued => Ok(bad),
@@ -331,6 +346,16 @@ impl SecondFactors {
                 }
             }
         }
+    }
+
+    /// Uses up the recovery code whose keyed hash [`Verdict::RecoveryCodeUnused`] gave, durably:
+    /// [`RecoveryCodeUse::Used`] if it was still unused, else what it is now (used by another
+    /// sign-in meanwhile, or void: a new set was made or the factors were reset).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write it.
+    pub async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<RecoveryCodeUse, StoreError> {
+        self.store.factors.use_recovery_code(user_key, hash).await
     }
 
     /// When the user's authenticator app was enrolled (Unix ms), if they have one: what an

@@ -204,10 +204,11 @@ impl SignIn {
         let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device, began_at };
         let name = Some(verified.passkey_name.as_str());
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
-        let Some((token, device_cookie)) = self
+        let method = crate::audit::SignInMethod::Passkey(name);
+        let super::Completion::SignedIn { token, device_cookie, .. } = self
             .complete(
                 &user,
-                super::Proved { with, method: crate::audit::SignInMethod::Passkey(name), app_at_check: None },
+                super::Proved { with, method, app_at_check: None, recovery_code: None },
                 a.client,
                 browser,
                 after_failures,

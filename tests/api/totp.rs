@@ -894,6 +894,49 @@ async fn of_recovery_codes_sent_at_once_only_the_one_that_signs_in_is_spent() {
     assert_eq!(signed_in["recovery_codes_left"], after, "{signed_in}");
 }
 
+/// One recovery code sent at once from several browsers, each past the password: one signs
+/// in, the others are refused as a used code and keep no session. The code is used up with
+/// the session it signs in (review 200), so each may find it unused and store a session;
+/// only the one that uses it up keeps its session.
+#[tokio::test]
+async fn one_recovery_code_sent_at_once_from_several_browsers_signs_in_once() {
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 100;
+        s.login_quota_per_user = None;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
+    let mut browsers = Vec::new();
+    for _ in 0..6 {
+        let browser = app.new_browser();
+        password_step(&app, &browser, "alice").await;
+        let csrf = second_csrf(&app, &browser).await;
+        browsers.push((browser, csrf));
+    }
+    let sends = browsers.iter().map(|(browser, csrf)| {
+        let form = [("csrf", csrf.clone()), ("recovery_code", codes[0].clone())];
+        browser.post(app.url("/login/second-factor")).form(&form).send()
+    });
+    let mut statuses: Vec<u16> =
+        futures_util::future::join_all(sends).await.iter().map(|r| r.as_ref().unwrap().status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 401, 401, 401, 401, 401], "one signs in");
+    assert_eq!(app.state.factors.summary("alice").await.unwrap().recovery_codes, 9, "one code spent");
+    let mut home = Vec::new();
+    for (browser, _) in &browsers {
+        home.push(browser.get(app.url("/")).send().await.unwrap().status().as_u16());
+    }
+    home.sort_unstable();
+    assert_eq!(home, [200, 303, 303, 303, 303, 303], "one session among them");
+    let sessions = app.state.store.sessions.list_for_user("alice").await.unwrap();
+    assert_eq!(sessions.len(), 2, "the first browser's and the winner's, no other stored");
+    let refused = reasons(&app, "alice").await;
+    assert_eq!(refused, [FailureReason::ReusedCode; 5], "the others are told the code was used");
+}
+
 /// A solved captcha buys one code check past the threshold, not a pending sign-in to guess
 /// codes with: a wrong code ends it (the password and a captcha again), and two requests sent
 /// at once with it get one check between them.
@@ -987,7 +1030,7 @@ async fn of_two_windows_enrolling_at_once_one_is_stored_and_the_other_told_so() 
         .factors
         .verify("alice", &[0; 32], &Proof::RecoveryCode(codes[0].clone().into()), step * totp::STEP_SECS)
         .await;
-    assert_eq!(kept.unwrap(), Verdict::Accepted(FactorKind::RecoveryCodes, None), "the codes from before still work");
+    assert!(matches!(kept.unwrap(), Verdict::RecoveryCodeUnused(_)), "the codes from before still work");
     let (_, form_stale) = enrolment_form(&stale, &|s| code(s, step));
     let late = browser.post(app.url("/account/totp")).form(&form_stale).send().await.unwrap();
     assert_eq!(late.status(), 409, "a page from before the replacement");
@@ -1073,8 +1116,7 @@ async fn new_recovery_codes_replace_only_the_set_the_page_showed() {
         let factors = app.state.factors.clone();
         async move {
             let proof = Proof::RecoveryCode(code.into());
-            factors.verify("alice", &[0; 32], &proof, 0).await.unwrap()
-                == Verdict::Accepted(FactorKind::RecoveryCodes, None)
+            matches!(factors.verify("alice", &[0; 32], &proof, 0).await.unwrap(), Verdict::RecoveryCodeUnused(_))
         }
     };
 
