@@ -100,12 +100,24 @@ impl Services {
     }
 
     async fn open_with(settings: &Settings, hash_workers: usize, log: bool, upgrade: bool) -> anyhow::Result<Self> {
-        if log {
-            // The log directory is judged before the store is opened: a command refused for its
-            // log directory must not leave a new, empty store behind.
+        let log_dir = || {
             crate::store::ensure_private_dir_of_files(&settings.log_dir, crate::audit::is_log_file_name)
+                .with_context(|| format!("cannot use {}", settings.log_dir.display()))
+        };
+        // The log directory is judged before the store is opened, so a start or command refused
+        // for it leaves no new, empty store behind; one still to be made is made only once the
+        // store is open, so a start refused for the store (another user's, a factor key without
+        // one, a database that never answers) leaves no empty log directory (review 203).
+        let make_log_dir = if !log {
+            false
+        } else if settings.log_dir.try_exists().unwrap_or(true) {
+            log_dir()?;
+            false
+        } else {
+            crate::store::refuse_changeable(&settings.log_dir)
                 .with_context(|| format!("cannot use {}", settings.log_dir.display()))?;
-        }
+            true
+        };
         let store = match &settings.database_url {
             // The URL's Display shows no password.
             // A read makes nothing, as on sled ("no store in data"): a mistyped database name
@@ -130,6 +142,9 @@ impl Services {
         };
         if crate::store::copy::unfinished(&store).await? {
             anyhow::bail!(crate::store::copy::UNFINISHED_MESSAGE);
+        }
+        if make_log_dir {
+            log_dir()?;
         }
         let pool = HashPool::start(settings.argon2, hash_workers, settings.hash_queue)?;
         let sessions = Sessions::new(store.clone(), settings.session_idle_timeout, settings.session_absolute_timeout);

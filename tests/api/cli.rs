@@ -694,6 +694,7 @@ async fn serve_in_a_data_dir_with_a_factor_key_and_no_store_is_refused_and_makes
         let said = if remains { "is damaged (its db file is missing)" } else { "holds a factor key but no store" };
         assert!(err.contains(said), "{remains}: {err}");
         assert!(!dir.path().join("data/db").exists() && !run.stdout.contains("First start"), "{run:?}");
+        assert!(!dir.path().join("logs").exists(), "an empty log directory made (review 203)");
     }
 }
 

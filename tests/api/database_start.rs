@@ -57,6 +57,7 @@ async fn sigterm_while_serve_waits_for_its_database_stops_it_cleanly() {
     // Nothing listens on this port: a database that is not there (no PostgreSQL needed).
     let port = crate::helpers::free_port();
     let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
     let mut cmd = child::command(dir.path());
     cmd.args(child::QUICK)
         .env("PORTCULLIS_DATABASE_URL", format!("postgres://portcullis@127.0.0.1:{port}/portcullis?sslmode=disable"))
@@ -85,6 +86,8 @@ async fn sigterm_while_serve_waits_for_its_database_stops_it_cleanly() {
         assert!(lines.iter().all(|l| !l.contains("listening")), "{lines:#?}");
         let warning = lines.iter().find(|l| l.contains("waiting for the database")).unwrap();
         assert!(warning.contains("Connection refused") && warning.contains("retry_in_s=1"), "{warning}");
+        // The log directory is made once the store is open (review 203 found an empty one).
+        assert!(!logs.exists(), "a start that never reached its database made {}", logs.display());
     })
     .await
     .unwrap();
