@@ -45,6 +45,14 @@ pub enum QuotaKey {
     /// token, since every sign-in makes a new token: whoever holds an account of their own
     /// cannot mint fresh quotas by signing in.
     KnownUsername(u128),
+    /// `login_quota_per_user` of second-step codes for this username, apart from its password
+    /// checks: a sign-in with two steps spends one unit of each, so a user's own two-step
+    /// sign-ins get the quota's count, not half of it (review 190); an attacker who has the
+    /// password meets the same limit on codes as on passwords.
+    SecondStep(u128),
+    /// [`QuotaKey::SecondStep`] of the browsers known to this username, as
+    /// [`QuotaKey::KnownUsername`] is for password checks.
+    KnownSecondStep(u128),
     /// [`crate::rate_limit::CAPTCHA_DRAWS`]: captcha pictures drawn for this address.
     CaptchaDraws(AddressKey),
     /// [`crate::rate_limit::SIGN_OUTS_ELSEWHERE`]: *sign out everywhere else* asked by this
@@ -59,6 +67,8 @@ impl QuotaKey {
             QuotaKey::Address(_) => "address",
             QuotaKey::Username(_) => "username",
             QuotaKey::KnownUsername(_) => "known_username",
+            QuotaKey::SecondStep(_) => "second_step",
+            QuotaKey::KnownSecondStep(_) => "known_second_step",
             QuotaKey::CaptchaDraws(_) => "captcha_draws",
             QuotaKey::SignOutsElsewhere(_) => "sign_outs_elsewhere",
         }
@@ -72,9 +82,11 @@ impl QuotaKey {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
                 IpAddr::V6(v6) => v6.octets().to_vec(),
             },
-            QuotaKey::Username(u) | QuotaKey::KnownUsername(u) | QuotaKey::SignOutsElsewhere(u) => {
-                u.to_be_bytes().to_vec()
-            }
+            QuotaKey::Username(u)
+            | QuotaKey::KnownUsername(u)
+            | QuotaKey::SecondStep(u)
+            | QuotaKey::KnownSecondStep(u)
+            | QuotaKey::SignOutsElsewhere(u) => u.to_be_bytes().to_vec(),
         }
     }
 }
@@ -294,6 +306,8 @@ impl BruteForceState for InMemory {
             QuotaKey::Address(a) => self.quotas.per_address.take(rate, &a),
             QuotaKey::Username(u) => self.quotas.per_username.take(rate, &u),
             QuotaKey::KnownUsername(u) => self.quotas.per_known_username.take(rate, &u),
+            QuotaKey::SecondStep(u) => self.quotas.second_steps.take(rate, &u),
+            QuotaKey::KnownSecondStep(u) => self.quotas.known_second_steps.take(rate, &u),
             QuotaKey::CaptchaDraws(a) => self.quotas.captcha_draws.take(rate, &a),
             QuotaKey::SignOutsElsewhere(u) => self.quotas.sign_outs_elsewhere.take(rate, &u),
         };
@@ -773,6 +787,12 @@ mod tests {
             assert_eq!(s.take(known, rate, 0).await.unwrap(), Ok(()), "a username's known browsers: apart");
         }
         assert!(s.take(known, rate, 0).await.unwrap().is_err(), "and as bounded");
+        for codes in [QuotaKey::SecondStep(7), QuotaKey::KnownSecondStep(7)] {
+            for _ in 0..3 {
+                assert_eq!(s.take(codes, rate, 0).await.unwrap(), Ok(()), "{codes:?}: apart");
+            }
+            assert!(s.take(codes, rate, 0).await.unwrap().is_err(), "{codes:?}: as bounded");
+        }
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ keys! {
     "failure_window" = "15m" : "how long failed logins count",
     "trusted_proxies" = "" : "addresses and CIDR ranges whose X-Forwarded-For is believed",
     "login_quota_per_ip" = "20/1m" : "login attempts per client address: N/DUR, or `off`",
-    "login_quota_per_user" = "10/15m" : "password checks per username (strangers' and the known browsers' counted apart): N/DUR, or `off`",
+    "login_quota_per_user" = "10/15m" : "password checks per username, and apart from them second-step codes (strangers' and the known browsers' counted apart): N/DUR, or `off`",
     "audit_retention" = "90d" : "how long failed-login records and log files are kept",
     "audit_max_records" = "100000" : "most failed-login records kept in the store; past it the oldest are dropped",
     "audit_log_mib_per_day" = "32" : "MiB of failed-login lines one day's auth log may take (1 to 1048576): past half of it they are short, past all of it failures are kept in the store only; csrf and forward-auth denial lines take a quarter more, apart",

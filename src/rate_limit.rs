@@ -135,6 +135,12 @@ pub struct LoginQuotas {
     /// `login_quota_per_user` of the browsers known to a username, keyed by
     /// [`username_digest`]: only device tokens the server issued make keys.
     pub per_known_username: Limiter<u128>,
+    /// `login_quota_per_user` of second-step codes, keyed by [`username_digest`]
+    /// ([`crate::brute_force::QuotaKey::SecondStep`]): only usernames whose password was
+    /// right make keys.
+    pub second_steps: Limiter<u128>,
+    /// The same for the browsers known to a username.
+    pub known_second_steps: Limiter<u128>,
     /// Captcha pictures drawn per address ([`CAPTCHA_DRAWS`]): drawing costs a few ms of CPU,
     /// and `GET /login` is otherwise unlimited, so a flagged address must not be able to
     /// make the server draw as fast as it can ask.
@@ -160,6 +166,8 @@ impl LoginQuotas {
             per_address: Limiter::new(per_address, MAX_KEYS),
             per_username: Limiter::new(per_username, MAX_KEYS),
             per_known_username: Limiter::new(per_username, MAX_KEYS),
+            second_steps: Limiter::new(per_username, MAX_KEYS),
+            known_second_steps: Limiter::new(per_username, MAX_KEYS),
             captcha_draws: Limiter::new(Some(CAPTCHA_DRAWS), MAX_KEYS),
             sign_outs_elsewhere: Limiter::new(Some(SIGN_OUTS_ELSEWHERE), MAX_KEYS),
         }
@@ -169,6 +177,8 @@ impl LoginQuotas {
         self.per_address.prune();
         self.per_username.prune();
         self.per_known_username.prune();
+        self.second_steps.prune();
+        self.known_second_steps.prune();
         self.captcha_draws.prune();
     }
 }

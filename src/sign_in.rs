@@ -409,11 +409,19 @@ impl SignIn {
         self.spend(self.per_username, QuotaKey::Username(digest), now).await
     }
 
-    /// Spends one check of a sign-in from the username's quota: the one of its known
+    /// Spends one password check of a sign-in from the username's quota: the one of its known
     /// browsers when `known` (a device cookie for it, [`Csrf::is_known_device`]), else the
     /// strangers' one.
-    async fn spend_check_quota(&self, digest: u128, known: bool, now: u64) -> Result<Result<(), Wait>, StateError> {
+    async fn spend_password_quota(&self, digest: u128, known: bool, now: u64) -> Result<Result<(), Wait>, StateError> {
         let key = if known { QuotaKey::KnownUsername(digest) } else { QuotaKey::Username(digest) };
+        self.spend(self.per_username, key, now).await
+    }
+
+    /// Spends one second-step code check from the username's quota of codes
+    /// ([`QuotaKey::SecondStep`], apart from its password checks), known browsers' or
+    /// strangers' as [`SignIn::spend_password_quota`].
+    async fn spend_code_quota(&self, digest: u128, known: bool, now: u64) -> Result<Result<(), Wait>, StateError> {
+        let key = if known { QuotaKey::KnownSecondStep(digest) } else { QuotaKey::SecondStep(digest) };
         self.spend(self.per_username, key, now).await
     }
 
@@ -587,7 +595,7 @@ impl SignIn {
         };
 
         let lane = if known { Lane::Known } else { Lane::Open };
-        if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
+        if let Err(wait) = self.spend_password_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
             }
@@ -958,7 +966,7 @@ impl SignIn {
                 }
             }
         };
-        if let Err(wait) = self.spend_check_quota(digest, known, now).await? {
+        if let Err(wait) = self.spend_code_quota(digest, known, now).await? {
             if let Some(r) = reservation {
                 r.release().await?;
             }

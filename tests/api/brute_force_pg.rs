@@ -78,6 +78,13 @@ async fn a_quota_allows_its_burst_over_both_instances_then_says_how_long_to_wait
         assert_eq!(s.take(known, rate, 1_000_000).await.unwrap(), Ok(()), "apart from the strangers'");
     }
     assert!(one.take(known, rate, 1_000_000).await.unwrap().is_err(), "and as bounded");
+    // Second-step codes too, strangers' and known browsers', each apart from the others.
+    for codes in [QuotaKey::SecondStep(7), QuotaKey::KnownSecondStep(7)] {
+        for s in [&one, &two, &one] {
+            assert_eq!(s.take(codes, rate, 1_000_000).await.unwrap(), Ok(()), "{codes:?} apart");
+        }
+        assert!(two.take(codes, rate, 1_000_000).await.unwrap().is_err(), "{codes:?} as bounded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
