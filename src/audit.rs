@@ -82,7 +82,7 @@ impl FailureReason {
             }
             FailureReason::BadCaptcha => "The picture's characters were typed wrong.",
             FailureReason::RateLimited => {
-                "Refused unchecked: too many attempts from this address or for this username lately."
+                "Refused unchecked: too many attempts from this address or for this username lately, or 100 wrong codes in a row for this user."
             }
             FailureReason::Csrf => "The form's token was missing or expired, or another site's page sent it.",
             FailureReason::Disabled => {

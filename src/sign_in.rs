@@ -387,6 +387,16 @@ pub struct SignIn {
 /// picture a stranger does, one per code checked. Without this, whoever held the password and
 /// a copy of the browser's device cookie guessed codes without pictures for ever (review 187).
 /// Counted from the durable failure records, so every instance counts the same.
+/// Most wrong codes (`bad_second_factor`) in a row for one user before the second step stops
+/// checking codes (TOTP and recovery codes; a passkey's answer cannot be guessed and is still
+/// checked): NIST SP 800-63B §5.2.2 limits consecutive failed attempts on an account to 100.
+/// "In a row" is since the user's last sign-in or credential generation (a password change,
+/// `user passwd`, `user reset-factors`), whichever is later, so either ends it. Only whoever
+/// has the password reaches the second step, so no stranger can lock a user out this way;
+/// without the cap, whoever had it guessed 3 codes every `failure_window` without pictures,
+/// for ever (review 207: about 288 a day, a 27 % chance a year of the right code).
+pub const WRONG_CODES_IN_A_ROW: usize = 100;
+
 #[derive(Clone, Copy, Debug)]
 pub struct WrongCodes {
     pub threshold: u32,
@@ -463,6 +473,23 @@ impl SignIn {
         };
         let records = self.audit.failures(&query).await?;
         Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= u64::from(threshold))
+    }
+
+    /// Whether `user` has [`WRONG_CODES_IN_A_ROW`] wrong codes recorded since their last sign-in
+    /// or credential generation, whichever is later.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`] when the failure records cannot be read.
+    async fn codes_locked(&self, user: &User) -> Result<bool, crate::store::StoreError> {
+        let query = crate::store::FailureQuery {
+            since: Some(user.last_login_at.unwrap_or(0).max(user.password_changed_at).saturating_add(1)),
+            user_key: Some(user.key.clone()),
+            reason: Some(FailureReason::BadSecondFactor),
+            limit: WRONG_CODES_IN_A_ROW,
+            ..Default::default()
+        };
+        let records = self.audit.failures(&query).await?;
+        Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= WRONG_CODES_IN_A_ROW as u64)
     }
 
     /// Ends the pending sign-in `cookie` names (its `hash`) after its factor was accepted, read
@@ -936,6 +963,11 @@ impl SignIn {
             return Ok(refused(judged.refuse(FailureReason::Csrf, None, false).await?));
         }
         let Some(proof) = proof else { return Ok(StepOutcome::Unchecked) };
+        // Past the wrong codes a row allows, no code is checked: 429 without a `Retry-After`,
+        // until a sign-in with a passkey or a new credential generation.
+        if guessable && self.codes_locked(&user).await.map_err(store_err("could not count wrong codes"))? {
+            return Ok(refused(judged.refuse(FailureReason::RateLimited, None, false).await?));
+        }
         // A pending sign-in whose password step solved the captcha carries one code check,
         // whatever the counts say by now: failures others caused (three wrong passwords typed
         // for this name, or by colleagues behind one address) cannot keep the user who solved

@@ -408,6 +408,58 @@ async fn alice_at_the_second_step(configure: impl FnOnce(&mut Settings)) -> (Tes
     (app, browser)
 }
 
+/// NIST SP 800-63B §5.2.2: past 100 wrong codes in a row no code is checked, the right one
+/// neither (429 without a `Retry-After`, recorded `rate_limited`), until the user's next
+/// sign-in or credential generation: a sign-in with a code in between starts the count again,
+/// and a new password lifts it (review 207: whoever had the password guessed 3 codes every 15
+/// minutes without pictures, for ever).
+#[tokio::test]
+async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_password() {
+    use portcullis::password::Password;
+    let app = spawn_app_with(|s| {
+        s.captcha_after_failures = 1000;
+        s.login_quota_per_user = None;
+        s.login_quota_per_ip = None;
+    })
+    .await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let (secret, codes) = enrol(&app, &first, fresh_step().await).await;
+    let wrong = |browser: reqwest::Client, n: usize| {
+        let app = &app;
+        async move {
+            for _ in 0..n {
+                assert_eq!(submit(app, &browser, "code", "12345").await.status(), 401);
+            }
+        }
+    };
+    let browser = app.new_browser();
+    password_step(&app, &browser, "alice").await;
+    wrong(browser.clone(), 99).await;
+    let resp = submit(&app, &browser, "recovery_code", &codes[0]).await;
+    assert_eq!(resp.status(), 303, "99 in a row, then the right code");
+
+    let browser = app.new_browser();
+    password_step(&app, &browser, "alice").await;
+    wrong(browser.clone(), 100).await;
+    let resp = submit(&app, &browser, "code", &code(&secret, now_ms() / 1000 / totp::STEP_SECS)).await;
+    assert_eq!(resp.status(), 429, "the right code, past 100 wrong ones in a row");
+    assert!(!resp.headers().contains_key("retry-after"), "no wait ends it");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Codes are no longer accepted for this account"), "{page}");
+    assert_eq!(submit(&app, &browser, "recovery_code", &codes[1]).await.status(), 429, "nor a recovery code");
+    assert_eq!(reasons(&app, "alice").await[0], FailureReason::RateLimited);
+
+    let new = Password::new("a different passphrase 4417 tundra");
+    app.state.users.set_password("alice", new, "test", None, None).await.unwrap();
+    let browser = app.new_browser();
+    let resp = app.login_with(&browser, "alice", "a different passphrase 4417 tundra").await;
+    assert_eq!(resp.headers()["location"], "/login/second-factor");
+    let resp = submit(&app, &browser, "recovery_code", &codes[1]).await;
+    assert_eq!(resp.status(), 303, "a new password starts the count again");
+}
+
 /// Codes have a quota of `login_quota_per_user` of their own: wrong codes spend it, past it
 /// a code is refused 429 with `Retry-After`, and the password checks' quota is left alone.
 #[tokio::test]

@@ -239,6 +239,14 @@ fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: 
         };
     };
     match refusal.reason {
+        // No wait: the wrong codes in a row are used up (`sign_in::WRONG_CODES_IN_A_ROW`).
+        FailureReason::RateLimited if refusal.retry_after.is_none() => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Codes are no longer accepted for this account: {} wrong codes were typed since its last sign-in, so someone may know its password. Sign in with a passkey if you have one, or ask your administrator to set a new password.",
+                crate::sign_in::WRONG_CODES_IN_A_ROW
+            ),
+        ),
         FailureReason::RateLimited => {
             let wait = std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1));
             let message = format!("Too many attempts. Please wait {} and try again.", humantime::format_duration(wait));
