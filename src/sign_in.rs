@@ -162,8 +162,16 @@ pub struct SecondAttempt<'a> {
 /// What became of a second-step attempt.
 pub enum StepOutcome {
     /// Signed in with two factors; `next` as given at the first step; a new device cookie;
-    /// the unused recovery codes left when one signed in (`None` otherwise, or unread).
-    SignedIn { token: SessionToken, next: Option<String>, device_cookie: String, recovery_codes_left: Option<usize> },
+    /// the unused recovery codes left when one signed in (`None` otherwise, or unread); the
+    /// wrong codes typed for the user in other sign-ins since their last one (up to
+    /// [`WRONG_CODES_IN_A_ROW`]; 0 when unread): whoever typed them had the password.
+    SignedIn {
+        token: SessionToken,
+        next: Option<String>,
+        device_cookie: String,
+        recovery_codes_left: Option<usize>,
+        wrong_codes_before: u64,
+    },
     /// Refused and recorded. `restart`: the pending sign-in is over (its one check after a
     /// captcha solved at the password step was spent), so the password must be given again.
     Refused { refusal: Refusal, restart: bool },
@@ -475,21 +483,23 @@ impl SignIn {
         Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= u64::from(threshold))
     }
 
-    /// Whether `user` has [`WRONG_CODES_IN_A_ROW`] wrong codes recorded since their last sign-in
-    /// or credential generation, whichever is later.
+    /// How many wrong codes (`bad_second_factor`) are recorded for `user` since their last
+    /// sign-in or credential generation, whichever is later, up to `until` (Unix ms; `None`:
+    /// now), counting at most [`WRONG_CODES_IN_A_ROW`].
     ///
     /// # Errors
     /// [`crate::store::StoreError`] when the failure records cannot be read.
-    async fn codes_locked(&self, user: &User) -> Result<bool, crate::store::StoreError> {
+    async fn wrong_codes_in_a_row(&self, user: &User, until: Option<u64>) -> Result<u64, crate::store::StoreError> {
         let query = crate::store::FailureQuery {
             since: Some(user.last_login_at.unwrap_or(0).max(user.password_changed_at).saturating_add(1)),
+            until,
             user_key: Some(user.key.clone()),
             reason: Some(FailureReason::BadSecondFactor),
             limit: WRONG_CODES_IN_A_ROW,
             ..Default::default()
         };
         let records = self.audit.failures(&query).await?;
-        Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= WRONG_CODES_IN_A_ROW as u64)
+        Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>())
     }
 
     /// Ends the pending sign-in `cookie` names (its `hash`) after its factor was accepted, read
@@ -965,7 +975,10 @@ impl SignIn {
         let Some(proof) = proof else { return Ok(StepOutcome::Unchecked) };
         // Past the wrong codes a row allows, no code is checked: 429 without a `Retry-After`,
         // until a sign-in with a passkey or a new credential generation.
-        if guessable && self.codes_locked(&user).await.map_err(store_err("could not count wrong codes"))? {
+        if guessable
+            && self.wrong_codes_in_a_row(&user, None).await.map_err(store_err("could not count wrong codes"))?
+                >= WRONG_CODES_IN_A_ROW as u64
+        {
             return Ok(refused(judged.refuse(FailureReason::RateLimited, None, false).await?));
         }
         // A pending sign-in whose password step solved the captcha carries one code check,
@@ -1094,6 +1107,9 @@ impl SignIn {
                     }
                     return Ok(StepOutcome::Restart);
                 };
+                // Read before this sign-in is recorded as the last: the wrong codes of other
+                // sign-ins since the one before (up to this one's start), for the owner to see.
+                let wrong_codes_before = self.wrong_codes_in_a_row(&user, Some(first.created_at)).await.unwrap_or(0);
                 // The check's place given back and the username's failures counted, in one
                 // step (the pending sign-in is this user's, so `digest` is theirs).
                 let counted = match reservation {
@@ -1111,9 +1127,13 @@ impl SignIn {
                 };
                 let proved = Proved { with, method, app_at_check, recovery_code };
                 match self.complete(&user, proved, client, browser, after_failures).await? {
-                    Completion::SignedIn { token, device_cookie, recovery_codes_left } => {
-                        Ok(StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left })
-                    }
+                    Completion::SignedIn { token, device_cookie, recovery_codes_left } => Ok(StepOutcome::SignedIn {
+                        token,
+                        next,
+                        device_cookie,
+                        recovery_codes_left,
+                        wrong_codes_before,
+                    }),
                     // The passkey or the app was removed while it was checked: it signs
                     // nobody in, and the sign-in starts again at the password.
                     Completion::Restart => Ok(StepOutcome::Restart),

@@ -68,6 +68,10 @@ pub enum Notice {
     /// A recovery code signed this session in, leaving `left` unused (review 197: the count
     /// was shown only on the account page, so the last one went without a word).
     RecoveryCodeUsed { left: usize },
+    /// A second step signed this session in after `count` wrong codes were typed for the user
+    /// in other sign-ins since their last one (counted up to `sign_in::WRONG_CODES_IN_A_ROW`):
+    /// whoever typed them had the password (review 207: the owner was shown nothing).
+    WrongCodesBefore { count: u64 },
     /// `GET /login?rd=` for an application whose rule asks two factors, from a user who has no
     /// second factor to sign in with: signing in again could only give one factor again.
     SecondFactorNeeded,
@@ -148,6 +152,12 @@ impl Notice {
                  they run out."
             ),
             Notice::RecoveryCodeUsed { left } => format!("You signed in with a recovery code: {left} are left."),
+            Notice::WrongCodesBefore { count } => format!(
+                "Since your last sign-in, {} typed for your account in other sign-ins, after the right password. \
+                 If {} not all yours, someone knows your password: change it now.",
+                counted(*count, "wrong code was", "wrong codes were"),
+                if *count == 1 { "it was" } else { "they were" },
+            ),
             Notice::SecondFactorNeeded => "The page you opened needs a second factor, and your account has none yet. \
                  Set one up below, then open the page again and sign in with it."
                 .to_string(),
@@ -167,8 +177,13 @@ impl Notice {
         // Ended sign-ins that had the password: the user should ask whether they were theirs.
         // No such user to unlock: nothing was done (a review saw it styled as a success).
         // Few recovery codes left: new ones are due.
-        matches!(self, Notice::SecondFactorNeeded | Notice::SessionsEnded { pending: 1.., .. } | Notice::NoSuchUser)
-            || matches!(self, Notice::RecoveryCodeUsed { left } if *left <= LOW_RECOVERY_CODES)
+        matches!(
+            self,
+            Notice::SecondFactorNeeded
+                | Notice::SessionsEnded { pending: 1.., .. }
+                | Notice::NoSuchUser
+                | Notice::WrongCodesBefore { .. }
+        ) || matches!(self, Notice::RecoveryCodeUsed { left } if *left <= LOW_RECOVERY_CODES)
     }
 
     /// Whether the notice is about passkeys: the account page shows it in their section, where

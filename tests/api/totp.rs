@@ -460,6 +460,37 @@ async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_pass
     assert_eq!(resp.status(), 303, "a new password starts the count again");
 }
 
+/// The owner is told, at the sign-in after, how many wrong codes were typed in other sign-ins
+/// since their last one: whoever typed them had the password (review 207: nothing said so).
+/// Their own wrong code in this sign-in is not among them, and the next sign-in says nothing.
+#[tokio::test]
+async fn the_next_sign_in_says_how_many_wrong_codes_others_typed_since_the_last() {
+    let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
+    let thief = app.new_browser();
+    password_step(&app, &thief, "alice").await;
+    for wrong in ["12345", "67890"] {
+        assert_eq!(submit(&app, &thief, "code", wrong).await.status(), 401);
+    }
+    let owner = app.new_browser();
+    password_step(&app, &owner, "alice").await;
+    assert_eq!(submit(&app, &owner, "code", "11111").await.status(), 401, "the owner's own typo");
+    assert_eq!(submit(&app, &owner, "recovery_code", &codes[0]).await.status(), 303);
+    let home = owner.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        home.contains("Since your last sign-in, 2 wrong codes were typed for your account in other sign-ins")
+            && home.contains("role=\"alert\""),
+        "{home}"
+    );
+    let (again, resp) = two_steps(&app, "alice", "recovery_code", &codes[1]).await;
+    assert_eq!(resp.status(), 303);
+    let home = again.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(!home.contains("wrong code") && home.contains("recovery code"), "{home}");
+}
+
 /// Codes have a quota of `login_quota_per_user` of their own: wrong codes spend it, past it
 /// a code is refused 429 with `Retry-After`, and the password checks' quota is left alone.
 #[tokio::test]

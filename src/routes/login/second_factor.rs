@@ -309,16 +309,21 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         StepOutcome::Restart | StepOutcome::Unchecked => {}
     }
     match outcome {
-        StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left } => {
+        StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left, wrong_codes_before } => {
+            use crate::routes::flash::Notice;
             let rd = super::checked_rd(&state, next.as_deref());
             let to = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
             let resp = super::after_sign_in(to, &token, &device_cookie, MFA_COOKIE);
-            // How many recovery codes are left, on this site's next page (an application's
-            // address in `rd` shows none; the notice waits a minute for ours).
-            match recovery_codes_left {
-                Some(left) if rd.is_none() => {
-                    crate::routes::flash::Notice::RecoveryCodeUsed { left }.attach(&state.csrf, &token.hash(), resp)
-                }
+            // Wrong codes others typed, or else how many recovery codes are left, on this site's
+            // next page (an application's address in `rd` shows none; the notice waits a minute
+            // for ours). The wrong codes come first: they say the password is known.
+            let notice = match (wrong_codes_before, recovery_codes_left) {
+                (1.., _) => Some(Notice::WrongCodesBefore { count: wrong_codes_before }),
+                (0, Some(left)) => Some(Notice::RecoveryCodeUsed { left }),
+                (0, None) => None,
+            };
+            match notice {
+                Some(notice) if rd.is_none() => notice.attach(&state.csrf, &token.hash(), resp),
                 _ => resp,
             }
         }
