@@ -123,9 +123,31 @@ const POST: &str = "POST";
 
 /// Whether the browser says another site's page sent `req` (`Sec-Fetch-Site` `cross-site` or
 /// `same-site`, W3C Fetch Metadata §2.1): a page of ours sends `same-origin`, the user
-/// `none`; curl and older browsers send nothing.
+/// `none`; curl and older browsers send nothing. Without fetch metadata (a browser older
+/// than it, such as Safari before 16.4), the `Origin` a browser sends with every request but
+/// `GET` and `HEAD` (Fetch §3.1) tells: one other than the request's own, `https` and its
+/// host, or `public_url`'s, is another site's (OWASP CSRF Prevention Cheat Sheet, "Verifying
+/// Origin With Standard Headers"; review 206). `null`, sent from privacy-sensitive contexts,
+/// says nothing.
 pub(crate) fn sent_by_another_site(req: &Request) -> bool {
-    req.headers().get("sec-fetch-site").is_some_and(|site| site == "cross-site" || site == "same-site")
+    match req.headers().get("sec-fetch-site") {
+        Some(site) => site == "cross-site" || site == "same-site",
+        None => req.headers().get(header::ORIGIN).is_some_and(|origin| origin != "null" && !own_origin(origin, req)),
+    }
+}
+
+/// Whether `origin` (an `Origin` header) is `req`'s own origin (`https` and its `Host`, or its
+/// `:authority`), or that of `public_url`, compared as RFC 6454 §5 compares origins: scheme,
+/// host and port, the default port written or not.
+fn own_origin(origin: &HeaderValue, req: &Request) -> bool {
+    let Some(origin) = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()) else { return false };
+    let of = |url: &str| url::Url::parse(url).ok().map(|u| u.origin());
+    let host =
+        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
+    let own = host.and_then(|h| of(&format!("https://{h}")));
+    let public = req.data::<Arc<crate::app::AppState>>().and_then(|s| s.settings.public_url.as_deref().and_then(of));
+    let origin = origin.origin();
+    own.is_some_and(|o| o == origin) || public.is_some_and(|p| p == origin)
 }
 
 /// Refuses, before any route, a request other than `GET` or `HEAD` that another site's page
