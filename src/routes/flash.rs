@@ -40,8 +40,13 @@ pub enum Notice {
         #[serde(default)]
         pending: usize,
     },
-    /// `POST /account/password` changed the password, ending this many other sessions.
-    PasswordChanged { ended: usize },
+    /// `POST /account/password` changed the password, ending this many other sessions and
+    /// `pending` sign-ins waiting for their second step (none in a notice from before).
+    PasswordChanged {
+        ended: usize,
+        #[serde(default)]
+        pending: usize,
+    },
     /// An authenticator app was turned on.
     TotpEnabled,
     /// The authenticator app was set up again on a new phone, ending this many other sessions
@@ -101,11 +106,30 @@ impl Notice {
                 if *pending == 1 { "was" } else { "were" },
                 if *pending == 1 { "it" } else { "them" }
             ),
-            Notice::PasswordChanged { ended: 0 } => "Your password is changed. No other session was signed in.".into(),
-            Notice::PasswordChanged { ended: 1 } => "Your password is changed. 1 other session was signed out.".into(),
-            Notice::PasswordChanged { ended } => {
+            Notice::PasswordChanged { ended: 0, pending: 0 } => {
+                "Your password is changed. No other session was signed in.".into()
+            }
+            Notice::PasswordChanged { ended: 1, pending: 0 } => {
+                "Your password is changed. 1 other session was signed out.".into()
+            }
+            Notice::PasswordChanged { ended, pending: 0 } => {
                 format!("Your password is changed. {ended} other sessions were signed out.")
             }
+            // As *sign out everywhere else* says it (review 207: a thief's second step ended
+            // without a word).
+            Notice::PasswordChanged { ended, pending } => format!(
+                "Your password is changed. {}, and {} that had your old password and {} waiting for the second \
+                 step {} ended. If you did not start {}, someone knew your old password.",
+                if *ended == 0 {
+                    "No other session was signed in".to_string()
+                } else {
+                    format!("{} signed out", counted(*ended as u64, "other session was", "other sessions were"))
+                },
+                counted(*pending as u64, "sign-in", "sign-ins"),
+                if *pending == 1 { "was" } else { "were" },
+                if *pending == 1 { "was" } else { "were" },
+                if *pending == 1 { "it" } else { "them" }
+            ),
             Notice::TotpEnabled => "Your authenticator app is set up.".to_string(),
             Notice::TotpReplaced { ended: 0 } => {
                 "Your new authenticator app is set up; the old one's codes no longer work.".to_string()
@@ -183,6 +207,7 @@ impl Notice {
                 | Notice::SessionsEnded { pending: 1.., .. }
                 | Notice::NoSuchUser
                 | Notice::WrongCodesBefore { .. }
+                | Notice::PasswordChanged { pending: 1.., .. }
         ) || matches!(self, Notice::RecoveryCodeUsed { left } if *left <= LOW_RECOVERY_CODES)
     }
 
@@ -255,9 +280,18 @@ mod tests {
             .text()
             .starts_with("No other session was signed in, but this ended 2 sign-ins that had your password and were"));
         assert_eq!(
-            Notice::PasswordChanged { ended: 0 }.text(),
+            Notice::PasswordChanged { ended: 0, pending: 0 }.text(),
             "Your password is changed. No other session was signed in."
         );
+        let thief = Notice::PasswordChanged { ended: 2, pending: 1 };
+        assert_eq!(
+            thief.text(),
+            "Your password is changed. 2 other sessions were signed out, and 1 sign-in that had your old password \
+             and was waiting for the second step was ended. If you did not start it, someone knew your old password."
+        );
+        assert!(thief.asks_action() && !Notice::PasswordChanged { ended: 2, pending: 0 }.asks_action());
+        let old: Notice = serde_json::from_str(r#"{"kind":"password_changed","ended":1}"#).unwrap();
+        assert_eq!(old.text(), "Your password is changed. 1 other session was signed out.", "a notice from before");
         assert_eq!(Notice::SessionsEnded { count: 2, pending: 0 }.text(), "Signed out of 2 other sessions.");
     }
 

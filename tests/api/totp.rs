@@ -699,6 +699,35 @@ async fn signing_out_everywhere_else_ends_a_pending_second_step_and_says_one_was
     assert_eq!((ended["count"].as_u64(), ended["pending"].as_u64()), (Some(0), Some(1)), "{ended}");
 }
 
+/// A password change that ends a sign-in waiting at its second step says so, as *sign out
+/// everywhere else* does (review 207: the notice said only the sessions ended).
+#[tokio::test]
+async fn a_password_change_says_it_ended_a_sign_in_waiting_for_its_second_step() {
+    let app = spawn_app_with(|_| {}).await;
+    app.add_user("nora", GOOD_PASSWORD, false).await;
+    let nora = app.new_browser();
+    sign_in(&app, &nora, "nora").await;
+    enrol(&app, &nora, fresh_step().await).await;
+    let thief = app.new_browser();
+    password_step(&app, &thief, "nora").await;
+    let page = nora.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let new = "marble orchard quietly 4471";
+    let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new), ("repeat", new)];
+    let resp = nora.post(app.url("/account/password")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let page = nora.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains(
+            "role=\"alert\">Your password is changed. No other session was signed in, and 1 sign-in that \
+             had your old password and was waiting for the second step was ended. If you did not start it, someone \
+             knew your old password."
+        ),
+        "{page}"
+    );
+    assert_eq!(thief.get(app.url("/login/second-factor")).send().await.unwrap().status(), 303, "its step is over");
+}
+
 #[tokio::test]
 async fn a_second_step_form_from_elsewhere_is_refused_as_csrf() {
     let app = spawn_app_with(|s| s.captcha_after_failures = 100).await;

@@ -180,7 +180,11 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         // Only the browser's place in a flood is at stake: it signs in as a stranger once.
         Err(e) => tracing::warn!(error = %e, "no new device token after a password change"),
     }
-    Notice::PasswordChanged { ended: set.sessions_ended }.attach(&state.csrf, &token.hash(), resp)
+    Notice::PasswordChanged { ended: set.sessions_ended, pending: set.pending_ended }.attach(
+        &state.csrf,
+        &token.hash(),
+        resp,
+    )
 }
 
 /// What the account's password forms say when [`check_current`] wants a captcha solved.
