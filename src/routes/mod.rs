@@ -127,12 +127,13 @@ const POST: &str = "POST";
 /// than it, such as Safari before 16.4), the `Origin` a browser sends with every request but
 /// `GET` and `HEAD` (Fetch §3.1) tells: one other than the request's own, `https` and its
 /// host, or `public_url`'s, is another site's (OWASP CSRF Prevention Cheat Sheet, "Verifying
-/// Origin With Standard Headers"; review 206). `null`, sent from privacy-sensitive contexts,
-/// says nothing.
+/// Origin With Standard Headers"; review 206). `null` too: a sandboxed frame or a `data:` page
+/// sends it, and our own pages, whose `Referrer-Policy` is `same-origin`, never do (review 208:
+/// such forms spent the visitor's address quota).
 pub(crate) fn sent_by_another_site(req: &Request) -> bool {
     match req.headers().get("sec-fetch-site") {
         Some(site) => site == "cross-site" || site == "same-site",
-        None => req.headers().get(header::ORIGIN).is_some_and(|origin| origin != "null" && !own_origin(origin, req)),
+        None => req.headers().get(header::ORIGIN).is_some_and(|origin| !own_origin(origin, req)),
     }
 }
 
