@@ -399,11 +399,18 @@ pub struct SignIn {
 /// checking codes (TOTP and recovery codes; a passkey's answer cannot be guessed and is still
 /// checked): NIST SP 800-63B §5.2.2 limits consecutive failed attempts on an account to 100.
 /// "In a row" is since the user's last sign-in or credential generation (a password change,
-/// `user passwd`, `user reset-factors`), whichever is later, so either ends it. Only whoever
-/// has the password reaches the second step, so no stranger can lock a user out this way;
-/// without the cap, whoever had it guessed 3 codes every `failure_window` without pictures,
-/// for ever (review 207: about 288 a day, a 27 % chance a year of the right code).
-pub const WRONG_CODES_IN_A_ROW: usize = 100;
+/// `user passwd`, `user reset-factors`), whichever is later ([`code_run`]), so either ends it.
+/// Only whoever has the password reaches the second step, so no stranger can lock a user out
+/// this way; without the cap, whoever had it guessed 3 codes every `failure_window` without
+/// pictures, for ever (review 207: about 288 a day, a 27 % chance a year of the right code).
+/// Counted with the user's factors ([`crate::store::FactorStore::add_wrong_code`]).
+pub const WRONG_CODES_IN_A_ROW: u32 = 100;
+
+/// When `user`'s run of wrong codes began (Unix ms): the later of their last sign-in and their
+/// credential generation.
+fn code_run(user: &User) -> u64 {
+    user.last_login_at.unwrap_or(0).max(user.password_changed_at)
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct WrongCodes {
@@ -483,6 +490,18 @@ impl SignIn {
         Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= u64::from(threshold))
     }
 
+    /// Counts a wrong code (a guess: a passkey's refused answer is none) toward
+    /// [`WRONG_CODES_IN_A_ROW`], before the refusal is answered.
+    ///
+    /// # Errors
+    /// [`SignInError::Store`] when the count cannot be written: the refusal is not answered.
+    async fn count_wrong_code(&self, user: &User) -> Result<(), SignInError> {
+        match self.factors.add_wrong_code(&user.key, code_run(user)).await {
+            Ok(_) => Ok(()),
+            Err(source) => Err(SignInError::Store { what: "could not count a wrong code", source }),
+        }
+    }
+
     /// How many wrong codes (`bad_second_factor`) are recorded for `user` since their last
     /// sign-in or credential generation, whichever is later, up to `until` (Unix ms; `None`:
     /// now), counting at most [`WRONG_CODES_IN_A_ROW`].
@@ -491,11 +510,11 @@ impl SignIn {
     /// [`crate::store::StoreError`] when the failure records cannot be read.
     async fn wrong_codes_in_a_row(&self, user: &User, until: Option<u64>) -> Result<u64, crate::store::StoreError> {
         let query = crate::store::FailureQuery {
-            since: Some(user.last_login_at.unwrap_or(0).max(user.password_changed_at).saturating_add(1)),
+            since: Some(code_run(user).saturating_add(1)),
             until,
             user_key: Some(user.key.clone()),
             reason: Some(FailureReason::BadSecondFactor),
-            limit: WRONG_CODES_IN_A_ROW,
+            limit: WRONG_CODES_IN_A_ROW as usize,
             ..Default::default()
         };
         let records = self.audit.failures(&query).await?;
@@ -976,8 +995,12 @@ impl SignIn {
         // Past the wrong codes a row allows, no code is checked: 429 without a `Retry-After`,
         // until a sign-in with a passkey or a new credential generation.
         if guessable
-            && self.wrong_codes_in_a_row(&user, None).await.map_err(store_err("could not count wrong codes"))?
-                >= WRONG_CODES_IN_A_ROW as u64
+            && self
+                .factors
+                .wrong_codes(&user.key, code_run(&user))
+                .await
+                .map_err(store_err("could not count wrong codes"))?
+                >= WRONG_CODES_IN_A_ROW
         {
             return Ok(refused(judged.refuse(FailureReason::RateLimited, None, false).await?));
         }
@@ -1083,6 +1106,9 @@ impl SignIn {
                 if held {
                     give_back().await?;
                 }
+                if guessable && reason == FailureReason::BadSecondFactor {
+                    self.count_wrong_code(&user).await?;
+                }
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
             Verdict::PossibleClone(_) => {
@@ -1143,6 +1169,9 @@ impl SignIn {
                     Completion::CodeRefused(reason) => {
                         if held {
                             give_back().await?;
+                        }
+                        if reason == FailureReason::BadSecondFactor {
+                            self.count_wrong_code(&user).await?;
                         }
                         self.refuse_step(judged, reason, None, address, digest, one_check).await
                     }

@@ -358,6 +358,23 @@ impl SecondFactors {
         self.store.factors.use_recovery_code(user_key, hash).await
     }
 
+    /// Counts one more wrong code for the user in the run that began at `run_began` (Unix ms);
+    /// the run's count now ([`crate::store::FactorStore::add_wrong_code`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot write it.
+    pub async fn add_wrong_code(&self, user_key: &str, run_began: u64) -> Result<u32, StoreError> {
+        self.store.factors.add_wrong_code(user_key, run_began).await
+    }
+
+    /// The wrong codes counted for the user in the run that began at `run_began` (Unix ms).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot answer.
+    pub async fn wrong_codes(&self, user_key: &str, run_began: u64) -> Result<u32, StoreError> {
+        self.store.factors.wrong_codes(user_key, run_began).await
+    }
+
     /// When the user's authenticator app was enrolled (Unix ms), if they have one: what an
     /// enrolment page shows it would replace ([`SecondFactors::enrol_totp`]'s `replacing`).
     ///

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0019_used_recovery_codes.sql"),
     include_str!("migrations/0020_success_keeps_failures.sql"),
     include_str!("migrations/0021_known_browser_threshold.sql"),
+    include_str!("migrations/0022_wrong_codes_in_a_row.sql"),
 ];
 
 /// The schema version this build writes.

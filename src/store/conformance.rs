@@ -110,6 +110,7 @@ pub async fn run(harness: &mut dyn Harness) {
     passkey_counters_only_move_forward(&harness.fresh().await).await;
     ceremonies_are_taken_once_and_expire(&harness.fresh().await).await;
     second_factors_round_trip_and_are_used_once(&harness.fresh().await).await;
+    wrong_codes_count_in_their_run_and_go_with_the_factors(&harness.fresh().await).await;
     pending_sign_ins_are_taken_once_and_purged(&harness.fresh().await).await;
     let store = harness.fresh().await;
     let secret = write_everything(&store).await;
@@ -1183,6 +1184,38 @@ async fn a_target_holding_only_second_factors_is_not_empty(from: &Store, to: &St
         }
         other => panic!("copy into a store holding second factors: {other:?}"),
     }
+}
+
+/// Wrong codes in a row (`sign_in::WRONG_CODES_IN_A_ROW`): counted per run, at once from
+/// several callers without losing one, started again by another run, gone with the factors,
+/// and never made for a user without them.
+async fn wrong_codes_count_in_their_run_and_go_with_the_factors(store: &Store) {
+    let f = &store.factors;
+    store.users.insert(&user("alice"), HASH_A).await.unwrap();
+    assert_eq!(f.add_wrong_code("alice", 10).await.unwrap(), 0, "wrong codes: none without factors");
+    assert_eq!(f.count().await.unwrap(), 0, "wrong codes: no record made for a count");
+    assert!(f.set_totp("alice", &TotpFactor { sealed_secret: vec![1], created_at: 5 }, None).await.unwrap());
+    assert_eq!(f.wrong_codes("alice", 10).await.unwrap(), 0);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let factors = store.factors.clone();
+            tokio::spawn(async move { factors.add_wrong_code("alice", 10).await.unwrap() })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=8).collect::<Vec<_>>(), "wrong codes: each caller counted one");
+    assert_eq!(f.wrong_codes("alice", 10).await.unwrap(), 8);
+    assert_eq!(f.wrong_codes("alice", 11).await.unwrap(), 0, "wrong codes: another run's count is none");
+    assert_eq!(f.add_wrong_code("alice", 11).await.unwrap(), 1, "wrong codes: a new run starts again");
+    assert_eq!(f.wrong_codes("alice", 10).await.unwrap(), 0);
+    assert!(f.set_recovery_codes("alice", &[[7; 32]], None).await.unwrap());
+    assert_eq!(f.wrong_codes("alice", 11).await.unwrap(), 1, "wrong codes: kept through other factor changes");
+    f.clear("alice").await.unwrap();
+    assert_eq!(f.wrong_codes("alice", 11).await.unwrap(), 0, "wrong codes: gone with the factors");
 }
 
 async fn second_factors_round_trip_and_are_used_once(store: &Store) {

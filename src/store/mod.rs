@@ -781,6 +781,17 @@ pub trait FactorStore: Send + Sync {
     /// code, one is [`RecoveryCodeUse::Used`]), and keeps its hash among the set's used ones
     /// until the set is replaced or cleared, so that a second use is told from a wrong code.
     async fn use_recovery_code(&self, user_key: &str, hash: &[u8; 32]) -> Result<RecoveryCodeUse>;
+    /// Counts one more wrong code for `user_key` in the run that began at `run_began` (Unix ms:
+    /// the later of the user's last sign-in and credential generation), in one atomic step,
+    /// durably; a count kept for another run starts again at 1. Returns the run's count now
+    /// (0, and nothing stored, for a user without a second-factor record: no code to guess).
+    /// Kept with the factors for `sign_in::WRONG_CODES_IN_A_ROW` (NIST SP 800-63B §5.2.2)
+    /// rather than read from the failure records, which anyone's failures push out (review
+    /// 208); gone with the factors ([`FactorStore::clear`]).
+    async fn add_wrong_code(&self, user_key: &str, run_began: u64) -> Result<u32>;
+    /// The wrong codes counted for `user_key` in the run that began at `run_began` (0 for
+    /// another run, or none).
+    async fn wrong_codes(&self, user_key: &str, run_began: u64) -> Result<u32>;
     /// Removes every second factor of the user but passkeys (TOTP, recovery codes; passkeys go
     /// with [`passkeys::PasskeyStore::remove_passkeys_of`], so `passkeys` is 0 here); returns
     /// what there was.

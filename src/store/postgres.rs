@@ -1150,6 +1150,35 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
+    async fn add_wrong_code(&self, user_key: &str, run_began: u64) -> Result<u32> {
+        // One statement under the row lock: instances counting at once each add one.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE second_factors
+                 SET wrong_codes = CASE WHEN wrong_codes_run_ms = $2 THEN wrong_codes + 1 ELSE 1 END,
+                     wrong_codes_run_ms = $2
+                 WHERE user_key = $1 RETURNING wrong_codes",
+                &[&user_key, &ms(run_began)],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| u32::try_from(r.get::<_, i32>(0)).unwrap_or(0)))
+    }
+
+    async fn wrong_codes(&self, user_key: &str, run_began: u64) -> Result<u32> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT CASE WHEN wrong_codes_run_ms = $2 THEN wrong_codes ELSE 0 END
+                 FROM second_factors WHERE user_key = $1",
+                &[&user_key, &ms(run_began)],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| u32::try_from(r.get::<_, i32>(0)).unwrap_or(0)))
+    }
+
     async fn recovery_codes(&self, user_key: &str) -> Result<Vec<[u8; 32]>> {
         let row = self
             .client()

@@ -178,6 +178,12 @@ struct FactorRecord {
     /// Keyed hashes of the set's used recovery codes (emptied with a new set).
     #[serde(default)]
     used_recovery: Vec<[u8; 32]>,
+    /// Wrong codes in a row ([`FactorStore::add_wrong_code`]), in the run that began at
+    /// `wrong_codes_run` (Unix ms).
+    #[serde(default)]
+    wrong_codes: u32,
+    #[serde(default)]
+    wrong_codes_run: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1628,6 +1634,28 @@ impl FactorStore for SledStore {
         Ok(self.factor_record(user_key)?.recovery)
     }
 
+    async fn add_wrong_code(&self, user_key: &str, run_began: u64) -> Result<u32> {
+        self.usable()?;
+        // Nothing to guess without a record: none is made for a count.
+        if !self.factors.contains_key(user_key)? {
+            return Ok(0);
+        }
+        let mut count = 0;
+        self.update_factors(user_key, |r| {
+            r.wrong_codes = if r.wrong_codes_run == run_began { r.wrong_codes.saturating_add(1) } else { 1 };
+            r.wrong_codes_run = run_began;
+            count = r.wrong_codes;
+            true
+        })?;
+        self.durable(count).await
+    }
+
+    async fn wrong_codes(&self, user_key: &str, run_began: u64) -> Result<u32> {
+        self.usable()?;
+        let r = self.factor_record(user_key)?;
+        Ok(if r.wrong_codes_run == run_began { r.wrong_codes } else { 0 })
+    }
+
     async fn set_recovery_codes(
         &self,
         user_key: &str,
@@ -1767,6 +1795,8 @@ impl FactorStore for SledStore {
                 last_totp_step: f.last_totp_step,
                 recovery: f.recovery_hashes.clone(),
                 used_recovery: f.used_recovery_hashes.clone(),
+                // (A copy starts the wrong codes in a row again: they are no factor.)
+                ..FactorRecord::default()
             };
             if self.factors.compare_and_swap(&f.user_key, None as Option<&[u8]>, Some(encode(&record)?))?.is_err() {
                 return Err(StoreError::AlreadyExists);
