@@ -126,8 +126,11 @@ pub enum Outcome {
     /// Signed in: the new session's token, for the cookie. The pre-login value is retired.
     /// `must_enrol`: the `second_factor` policy wants a second factor this user lacks, so
     /// the session may use `/account` only until one is enrolled. `device_cookie`: a new
-    /// `__Host-portcullis-device` value for this user.
-    SignedIn { token: SessionToken, must_enrol: bool, device_cookie: String },
+    /// `__Host-portcullis-device` value for this user. `wrong_codes_before`: for a passkey
+    /// sign-in, the wrong codes typed for the user in sign-ins since their last one (up to
+    /// [`WRONG_CODES_IN_A_ROW`]; 0 for a password, which a user with codes cannot sign in
+    /// with alone, or when unread), for the owner to see.
+    SignedIn { token: SessionToken, must_enrol: bool, device_cookie: String, wrong_codes_before: u64 },
     /// The password was right and a second factor is owed: the pending sign-in's token, for
     /// the `__Host-portcullis-mfa` cookie. No session exists yet.
     SecondFactorNeeded { pending: SessionToken },
@@ -730,7 +733,8 @@ impl SignIn {
             self.audit.record(&AuthEvent::LoginInterrupted { username: &user.display_name, client });
             return Ok(Outcome::Interrupted);
         };
-        Ok(Outcome::SignedIn { token, must_enrol: self.policy.requires(user.admin), device_cookie })
+        let must_enrol = self.policy.requires(user.admin);
+        Ok(Outcome::SignedIn { token, must_enrol, device_cookie, wrong_codes_before: 0 })
     }
 
     /// Checks that `password` is `user`'s for a signed-in account form (`/account/confirm`,

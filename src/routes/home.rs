@@ -98,6 +98,9 @@ struct HomePage<'a> {
     /// Carried into the sign-out form: an application's "sign out" link can name where to
     /// land afterwards (checked like every `rd`).
     rd: Option<String>,
+    /// After the wrong-codes alert of a sign-in on its way to an application
+    /// ([`crate::routes::login::landing`]): that application's address (the checked `rd`).
+    continue_to: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -133,6 +136,7 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
             csrf: &csrf,
             sessions: views,
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
+            continue_to: rd.clone().filter(|_| matches!(notice, Some(Notice::WrongCodesBefore { .. }))),
             notice: notice.map(|n| n.text()),
             rd,
         },

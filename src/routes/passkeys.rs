@@ -260,12 +260,14 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
     let judged = state.sign_in.with_passkey(&state.passkeys, attempt).await;
     super::login::count_judged_passkey(&state.metrics, &judged);
     let mut resp = match judged {
-        Ok(Outcome::SignedIn { token, device_cookie, .. }) => super::login::after_sign_in(
-            rd.as_deref().or(next).unwrap_or("/"),
-            &token,
-            &device_cookie,
-            crate::csrf::PRELOGIN_COOKIE,
-        ),
+        Ok(Outcome::SignedIn { token, device_cookie, wrong_codes_before, .. }) => {
+            let (to, notice) = super::login::landing(rd.as_deref(), next, wrong_codes_before);
+            let resp = super::login::after_sign_in(&to, &token, &device_cookie, crate::csrf::PRELOGIN_COOKIE);
+            match notice {
+                Some(notice) => notice.attach(&state.csrf, &token.hash(), resp),
+                None => resp,
+            }
+        }
         Ok(Outcome::Refused(mut refusal)) => {
             // A passkey whose user is disabled or gone reads as any refused passkey, as a
             // disabled user's right password reads as a wrong one: only the record says why.

@@ -204,6 +204,9 @@ impl SignIn {
         let browser = super::Browser { session: a.previous_session.as_ref(), device: a.device, began_at };
         let name = Some(verified.passkey_name.as_str());
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
+        // Read before this sign-in is recorded as the last: the wrong codes typed since the one
+        // before, for the owner to see (review 208: a passkey sign-in said nothing of them).
+        let wrong_codes_before = self.wrong_codes_in_a_row(&user, None).await.unwrap_or(0);
         let method = crate::audit::SignInMethod::Passkey(name);
         let super::Completion::SignedIn { token, device_cookie, .. } = self
             .complete(
@@ -220,7 +223,7 @@ impl SignIn {
             return judged.refuse(FailureReason::BadPasskey, None, false).await;
         };
         // A user-verified passkey is two factors: the `second_factor` policy is met.
-        Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie })
+        Ok(Outcome::SignedIn { token, must_enrol: false, device_cookie, wrong_codes_before })
     }
 }
 

@@ -1681,3 +1681,46 @@ async fn a_refused_first_passkey_signs_no_other_session_out() {
     assert_eq!(added.status(), StatusCode::OK, "a good one is added, its codes shown");
     assert!(!signed_in(&app, &browser).await, "now signed out");
 }
+
+/// A passkey sign-in says how many wrong codes were typed after the right password since the
+/// user's last sign-in, as a second step does (review 208: it said nothing, and it also lifts
+/// the cap on wrong codes in a row, so the owner was never told).
+#[tokio::test]
+async fn a_passkey_sign_in_says_how_many_wrong_codes_were_typed_since_the_last() {
+    let app = spawn_app_with(|s| {
+        on_localhost(s);
+        s.captcha_after_failures = 100;
+    })
+    .await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "my laptop").await;
+    let thief = app.new_browser();
+    let csrf = to_second_step(&app, &thief, "alice").await;
+    for wrong in ["12345", "67890", "13579"] {
+        let form = [("csrf", csrf.as_str()), ("recovery_code", wrong)];
+        let resp = thief.post(app.url("/login/second-factor")).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let owner = app.new_browser();
+    assert_eq!(sign_in(&app, &owner, &mut device).await.headers()["location"], "/");
+    let home = owner.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Since your last sign-in, 3 wrong codes were typed for your account"), "{home}");
+
+    // Bound for an application (`rd`), the sign-in shows the alert on this site first, with a
+    // link on to where it was going.
+    let csrf = to_second_step(&app, &thief, "alice").await;
+    let form = [("csrf", csrf.as_str()), ("code", "12345")];
+    assert_eq!(thief.post(app.url("/login/second-factor")).form(&form).send().await.unwrap().status(), 401);
+    let owner = app.new_browser();
+    let rd = format!("{}/app?x=1", app.settings.public_url.as_deref().unwrap());
+    let csrf = login_csrf(&app, &owner).await;
+    let options: serde_json::Value = json(begin_sign_in(&app, &owner, &csrf).await).await;
+    let credential = assert_with(&app, &mut device, options);
+    let form = [("csrf", csrf.as_str()), ("credential", credential.as_str()), ("rd", rd.as_str())];
+    let resp = owner.post(app.url("/login/passkey")).form(&form).send().await.unwrap();
+    let to = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with("/?rd=https%3A%2F%2Flocalhost"), "{to}");
+    let home = owner.get(app.url(&to)).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Since your last sign-in, 1 wrong code was typed"), "{home}");
+    assert!(home.contains(&format!("href=\"{}\">Continue to the application", rd.replace('&', "&amp;"))), "{home}");
+}

@@ -155,6 +155,28 @@ pub fn count_judged_passkey(metrics: &crate::metrics::Metrics, judged: &Result<O
     }
 }
 
+/// Where a sign-in with a second factor lands (`rd`, else `next`, else home), and the notice
+/// it leaves there: after wrong codes typed for the user in other sign-ins (`wrong_codes`),
+/// the alert saying so, and in place of an application's address, which shows no notice of
+/// ours, this site's home page with the alert and a link on to it (review 208: a sign-in
+/// through forward auth never showed it). `None` for the notice when there is nothing to say.
+pub fn landing(
+    rd: Option<&str>,
+    next: Option<&str>,
+    wrong_codes: u64,
+) -> (String, Option<crate::routes::flash::Notice>) {
+    if wrong_codes == 0 {
+        return (rd.or(next).unwrap_or("/").to_string(), None);
+    }
+    let notice = Some(crate::routes::flash::Notice::WrongCodesBefore { count: wrong_codes });
+    match rd {
+        Some(rd) => {
+            (format!("/?rd={}", url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()), notice)
+        }
+        None => (next.unwrap_or("/").to_string(), notice),
+    }
+}
+
 /// The 303 that ends every sign-in (password, second factor, passkey): to `to`, with the new
 /// session's cookie, a new device cookie for the user ([`crate::csrf::DEVICE_COOKIE`], kept
 /// for [`crate::csrf::DEVICE_COOKIE_LIFETIME`] and through sign-outs: it names a browser, not
@@ -307,6 +329,25 @@ pub fn safe_next(next: Option<&str>) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    /// After wrong codes, a sign-in bound for an application lands on this site's home page
+    /// with the alert and the application's address to go on to (review 208); otherwise where
+    /// it was going, without a notice.
+    #[test]
+    fn wrong_codes_turn_a_sign_in_bound_for_an_application_to_the_home_page_first() {
+        use super::landing;
+        use crate::routes::flash::Notice;
+        let app = Some("https://app.example.test/a?b=c&d");
+        assert_eq!(landing(app, Some("/x"), 0), ("https://app.example.test/a?b=c&d".to_string(), None));
+        assert_eq!(landing(None, Some("/x"), 0), ("/x".to_string(), None));
+        assert_eq!(landing(None, None, 0), ("/".to_string(), None));
+        let told = Some(Notice::WrongCodesBefore { count: 2 });
+        assert_eq!(
+            landing(app, None, 2),
+            ("/?rd=https%3A%2F%2Fapp.example.test%2Fa%3Fb%3Dc%26d".to_string(), told.clone())
+        );
+        assert_eq!(landing(None, Some("/x"), 2), ("/x".to_string(), told));
+    }
+
     use super::safe_next;
 
     #[test]

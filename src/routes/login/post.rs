@@ -80,7 +80,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
             }
             resp
         }
-        Ok(Outcome::SignedIn { token, must_enrol, device_cookie }) => {
+        Ok(Outcome::SignedIn { token, must_enrol, device_cookie, .. }) => {
             // The `second_factor` policy: enrol first, then go on.
             let to = if must_enrol { "/account" } else { rd.as_deref().or(next).unwrap_or("/") };
             super::after_sign_in(to, &token, &device_cookie, PRELOGIN_COOKIE)

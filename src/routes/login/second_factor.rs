@@ -312,19 +312,20 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
         StepOutcome::SignedIn { token, next, device_cookie, recovery_codes_left, wrong_codes_before } => {
             use crate::routes::flash::Notice;
             let rd = super::checked_rd(&state, next.as_deref());
-            let to = rd.as_deref().or(super::safe_next(next.as_deref())).unwrap_or("/");
-            let resp = super::after_sign_in(to, &token, &device_cookie, MFA_COOKIE);
-            // Wrong codes others typed, or else how many recovery codes are left, on this site's
-            // next page (an application's address in `rd` shows none; the notice waits a minute
-            // for ours). The wrong codes come first: they say the password is known.
-            let notice = match (wrong_codes_before, recovery_codes_left) {
-                (1.., _) => Some(Notice::WrongCodesBefore { count: wrong_codes_before }),
-                (0, Some(left)) => Some(Notice::RecoveryCodeUsed { left }),
-                (0, None) => None,
+            let (to, wrong_codes) =
+                super::landing(rd.as_deref(), super::safe_next(next.as_deref()), wrong_codes_before);
+            let resp = super::after_sign_in(&to, &token, &device_cookie, MFA_COOKIE);
+            // Wrong codes others typed (this site's page, whatever `rd` said), or else how many
+            // recovery codes are left, on this site's next page (an application's address in
+            // `rd` shows none; the notice waits a minute for ours).
+            let notice = match (wrong_codes, recovery_codes_left) {
+                (Some(wrong), _) => Some(wrong),
+                (None, Some(left)) if rd.is_none() => Some(Notice::RecoveryCodeUsed { left }),
+                (None, _) => None,
             };
             match notice {
-                Some(notice) if rd.is_none() => notice.attach(&state.csrf, &token.hash(), resp),
-                _ => resp,
+                Some(notice) => notice.attach(&state.csrf, &token.hash(), resp),
+                None => resp,
             }
         }
         StepOutcome::Restart => restart(req),
