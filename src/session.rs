@@ -528,7 +528,12 @@ impl Sessions {
         let user = &current.user;
         let listed = self.list(user).await.map_err(EndOthersError::NothingEnded)?;
         let sessions = listed.iter().filter(|s| s.token_hash != current.token_hash).count();
-        let pending = self.store.factors.take_pending_of(&user.key).await.map_err(EndOthersError::NothingEnded)?;
+        let pending = self
+            .store
+            .factors
+            .take_pending_of(&user.key, crate::store::now_ms())
+            .await
+            .map_err(EndOthersError::NothingEnded)?;
         // Also none once the passkey this session was signed in with is removed: its removal
         // ended this session, which must not end the others after it.
         let from = Some(crate::store::Holding::of(&current.record));

@@ -272,7 +272,7 @@ impl UserAdmin {
         // every session at its next use; removing them is housekeeping that may fail alone.
         self.audit.record(&AuthEvent::PasswordChanged { username: &record.display_name, by });
         let ended = self.sessions.end_all(username.key(), keep).await?;
-        let pending_ended = self.store.factors.take_pending_of(username.key()).await?;
+        let pending_ended = self.store.factors.take_pending_of(username.key(), now_ms()).await?;
         Ok(PasswordSet { user: record, sessions_ended: ended, pending_ended })
     }
 
@@ -373,7 +373,7 @@ impl UserAdmin {
         self.audit.record(&AuthEvent::FactorsReset { username: &record.display_name, sessions, by });
         let sessions = ended?;
         // Over already (no factor left to give), removed now rather than when next looked at.
-        let pending = self.store.factors.take_pending_of(username.key()).await?;
+        let pending = self.store.factors.take_pending_of(username.key(), now_ms()).await?;
         Ok((record.display_name, removed, Ended { sessions, pending }))
     }
 
@@ -418,7 +418,7 @@ impl UserAdmin {
         // use whether or not the removal below succeeds.
         self.audit.record(&AuthEvent::UserDeleted { username: &record.display_name, by });
         let sessions = self.sessions.end_all(username.key(), None).await?;
-        let pending = self.store.factors.take_pending_of(username.key()).await?;
+        let pending = self.store.factors.take_pending_of(username.key(), now_ms()).await?;
         Ok((record.display_name, Ended { sessions, pending }))
     }
 
@@ -446,7 +446,7 @@ impl UserAdmin {
             return Ok((record.display_name.clone(), Ended::default()));
         }
         let sessions = self.end_generation(&record.key, name).await?;
-        let pending = self.store.factors.take_pending_of(&record.key).await?;
+        let pending = self.store.factors.take_pending_of(&record.key, now_ms()).await?;
         Ok((record.display_name.clone(), Ended { sessions, pending }))
     }
 

@@ -803,9 +803,11 @@ pub trait FactorStore: Send + Sync {
     /// Removes the pending sign-in; returns whether it was there (of two callers, one gets
     /// `true`: that is what makes the cookie single-use).
     async fn take_pending(&self, token_hash: &TokenHash) -> Result<bool>;
-    /// Removes every pending sign-in of `user_key`, expired or not; returns how many (*sign
-    /// out everywhere else*: a second step begun elsewhere with the password is over too).
-    async fn take_pending_of(&self, user_key: &str) -> Result<usize>;
+    /// Removes every pending sign-in of `user_key`, expired or not; returns how many had not
+    /// expired at `now` (Unix ms): what the user is told was waiting (*sign out everywhere
+    /// else*, a password change: a second step begun elsewhere with the password is over too;
+    /// review 208 saw expired ones counted as "had your old password").
+    async fn take_pending_of(&self, user_key: &str, now: u64) -> Result<usize>;
     /// Removes pending sign-ins that expired before `now` (Unix ms); returns how many.
     async fn purge_pending(&self, now: u64) -> Result<usize>;
     /// How many users have a second-factor record (TOTP, recovery codes or a used step).

@@ -1309,9 +1309,17 @@ impl FactorStore for PgStore {
         Ok(n > 0)
     }
 
-    async fn take_pending_of(&self, user_key: &str) -> Result<usize> {
-        let n = self.client().await?.execute("DELETE FROM pending_sign_ins WHERE user_key = $1", &[&user_key]).await?;
-        Ok(n as usize)
+    async fn take_pending_of(&self, user_key: &str, now: u64) -> Result<usize> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "WITH gone AS (DELETE FROM pending_sign_ins WHERE user_key = $1 RETURNING expires_at_ms)
+                 SELECT count(*) FILTER (WHERE expires_at_ms >= $2) FROM gone",
+                &[&user_key, &ms(now)],
+            )
+            .await?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn purge_pending(&self, now: u64) -> Result<usize> {

@@ -1742,10 +1742,23 @@ impl FactorStore for SledStore {
         self.durable(taken).await
     }
 
-    async fn take_pending_of(&self, user_key: &str) -> Result<usize> {
+    async fn take_pending_of(&self, user_key: &str, now: u64) -> Result<usize> {
         self.usable()?;
         let user_key = user_key.to_string();
-        self.remove_pending_where(move |r| r.is_some_and(|r| r.user_key == user_key)).await
+        let live = self
+            .blocking(move |s| {
+                let mut live = 0;
+                for kv in s.pending_sign_ins.iter() {
+                    let (k, v) = kv?;
+                    let Ok(record) = decode::<PendingRecord>(&v) else { continue };
+                    if record.user_key == user_key && s.pending_sign_ins.remove(k)?.is_some() {
+                        live += usize::from(record.expires_at >= now);
+                    }
+                }
+                Ok(live)
+            })
+            .await?;
+        self.durable(live).await
     }
 
     async fn purge_pending(&self, now: u64) -> Result<usize> {
