@@ -26,6 +26,12 @@ pub const MFA_COOKIE: &str = "__Host-portcullis-mfa";
 /// How long a pending two-step sign-in lasts (SPEC.md: 5 minutes).
 pub const PENDING_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
+/// How long the browser keeps [`MFA_COOKIE`]: an hour past [`PENDING_LIFETIME`], so that a
+/// step finished too late still names its pending sign-in, and the page says it ran out
+/// (`/login?ended=step`) rather than showing a bare sign-in form (review 209: the cookie went
+/// with the step, so the promised notice never showed). The server judges the lifetime.
+pub const MFA_COOKIE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5 * 60 + 3600);
+
 /// A kind of second factor, as logged (`mfa_added`/`mfa_removed` `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FactorKind {

@@ -176,7 +176,9 @@ async fn an_authenticator_app_enrolled_from_the_page_signs_in_and_each_code_and_
     let successes = |log: &[serde_json::Value]| log.iter().filter(|l| l["event"] == "authn_login_success").count();
     let successes_before = successes(&log);
     let mfa = set_cookies(&resp).into_iter().find(|c| c.starts_with("__Host-portcullis-mfa=")).unwrap();
-    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=300"] {
+    // Kept an hour past the step's 5 minutes, so a step finished late is told it ran out
+    // (`/login?ended=step`) rather than shown a bare form (review 209).
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=3900"] {
         assert!(mfa.contains(attr), "{mfa}");
     }
     assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303, "not signed in yet");

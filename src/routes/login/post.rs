@@ -70,7 +70,7 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
     match outcome {
         Ok(Outcome::SecondFactorNeeded { pending }) => {
             let mut resp = see_other(super::second_factor::PATH);
-            let lifetime = crate::factors::PENDING_LIFETIME.as_secs();
+            let lifetime = crate::factors::MFA_COOKIE_LIFETIME.as_secs();
             let h = resp.headers_mut();
             for cookie in [cookies::set(MFA_COOKIE, &pending.encode(), Some(lifetime)), cookies::clear(PRELOGIN_COOKIE)]
             {
