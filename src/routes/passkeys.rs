@@ -274,7 +274,7 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
             if matches!(refusal.reason, FailureReason::Disabled | FailureReason::UnknownUser) {
                 refusal.reason = FailureReason::BadPasskey;
             }
-            super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal).await
+            super::login::post::refused(req, &state, "", next, rd.as_deref(), &client, refusal, false).await
         }
         // A passkey sign-in never asks for another factor, nor checks a password.
         Ok(Outcome::SecondFactorNeeded { .. } | Outcome::Interrupted) => error_page(StatusCode::INTERNAL_SERVER_ERROR),

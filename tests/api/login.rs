@@ -62,6 +62,31 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
     assert!(b1.contains("id=\"login-error\"") && b1.contains("aria-describedby=\"login-error\""), "{b1}");
 }
 
+/// Past the threshold, a form sent with the picture's characters is answered with one
+/// message that names the picture too, whatever was wrong: the right password with a wrong
+/// answer (no password checked) was told "Incorrect username or password" (review 209), and
+/// a wrong password or an unknown name with the right answer reads the same.
+#[tokio::test]
+async fn with_the_picture_answered_the_one_message_names_the_picture_too() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let mut visitor = crate::helpers::Visitor::new(&app, Some("198.51.100.20"));
+    for _ in 0..3 {
+        assert_eq!(visitor.attempt("alice", "not the right password", None).await.0, 401);
+    }
+    let said = "Incorrect username, password or picture characters.";
+    let (status, page) = visitor.attempt("alice", GOOD_PASSWORD, Some("zzzzz")).await;
+    assert_eq!(status, 401);
+    assert!(page.contains(said) && !page.contains("Incorrect username or password."), "{page}");
+    for (name, password) in [("alice", "not the right password"), ("mallory", "not the right password")] {
+        let (_, page) = visitor.get("/login").await;
+        let answer = visitor.captcha_answer().expect("a picture is open");
+        let resp = visitor.submit(&page, name, password, Some(&answer)).await;
+        assert_eq!(resp.status(), 401);
+        assert!(resp.text().await.unwrap().contains(said), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn next_takes_you_to_a_same_origin_path_and_nowhere_else() {
     let app = spawn_app().await;

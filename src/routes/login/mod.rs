@@ -84,8 +84,14 @@ fn is_navigation(req: &Request) -> bool {
         && !headers.get("purpose").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"prefetch"))
 }
 
-/// The one message for every wrong username, password or captcha.
+/// The one message for every wrong username or password.
 pub const GENERIC_FAILURE: &str = "Incorrect username or password.";
+
+/// [`GENERIC_FAILURE`] for a form sent with the picture's characters: the one message for
+/// every wrong username, password or picture answer, which names the picture too (review 209:
+/// a wrong answer, which checks no password, told the user their right password was wrong).
+pub const GENERIC_FAILURE_WITH_PICTURE: &str =
+    "Incorrect username, password or picture characters. Please check them and try again with the new picture.";
 
 /// The message of a sign-in sent without the captcha the form demands (`captcha_required`:
 /// nothing was checked). `portcullis loadtest` tells this refusal from a wrong password by it.

@@ -6,7 +6,7 @@ use poem::http::{header, StatusCode};
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
-use super::{Form, CAPTCHA_REQUIRED, GENERIC_FAILURE};
+use super::{Form, CAPTCHA_REQUIRED, GENERIC_FAILURE, GENERIC_FAILURE_WITH_PICTURE};
 use crate::app::AppState;
 use crate::audit::{Client, FailureReason};
 use crate::csrf::{DEVICE_COOKIE, PRELOGIN_COOKIE};
@@ -89,7 +89,8 @@ pub async fn login(req: &Request, body: Body, state: State<'_>) -> Response {
         // whose pre-login cookie would void the one open in the visitor's tab (review 170).
         Ok(Outcome::Refused(_)) if attempt_from_another_site => crate::routes::sent_from_another_site(),
         Ok(Outcome::Refused(refusal)) => {
-            refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal).await
+            let answered = !form.captcha.trim().is_empty();
+            refused(req, &state, &form.username, next, rd.as_deref(), &client, refusal, answered).await
         }
         // The password was right: the form again, with the username, saying what happened.
         Ok(Outcome::Interrupted) => {
@@ -108,7 +109,9 @@ pub(crate) const INTERRUPTED: &str =
     "Your account was signed out everywhere while you were signing in. Please sign in again.";
 
 /// The form again, saying why: 429 for a quota (with `Retry-After`), 403 for CSRF, and 401
-/// with one message for every wrong username, password or captcha.
+/// with one message for every wrong username, password or captcha (`picture_answered`: the
+/// form carried the picture's characters, which the message then names too).
+#[allow(clippy::too_many_arguments)] // two callers, each with its own; a struct would only rename them
 pub(crate) async fn refused(
     req: &Request,
     state: &AppState,
@@ -117,6 +120,7 @@ pub(crate) async fn refused(
     rd: Option<&str>,
     client: &Client,
     refusal: Refusal,
+    picture_answered: bool,
 ) -> Response {
     let (status, error) = match refusal.reason {
         FailureReason::RateLimited => (
@@ -134,6 +138,7 @@ pub(crate) async fn refused(
             "That passkey was not accepted. Please try again, or sign in with your password.".into(),
         ),
         FailureReason::CaptchaRequired => (StatusCode::UNAUTHORIZED, CAPTCHA_REQUIRED.into()),
+        _ if picture_answered => (StatusCode::UNAUTHORIZED, GENERIC_FAILURE_WITH_PICTURE.into()),
         _ => (StatusCode::UNAUTHORIZED, GENERIC_FAILURE.into()),
     };
     let captcha = refusal.captcha_demanded.then_some(client.key());
