@@ -78,6 +78,8 @@ async fn with_the_picture_answered_the_one_message_names_the_picture_too() {
     let (status, page) = visitor.attempt("alice", GOOD_PASSWORD, Some("zzzzz")).await;
     assert_eq!(status, 401);
     assert!(page.contains(said) && !page.contains("Incorrect username or password."), "{page}");
+    // Whoever cannot see the picture is told what else lifts it (review 209, WCAG 1.1.1).
+    assert!(page.contains("aria-describedby=\"captcha-help\"") && page.contains("Cannot see the picture?"), "{page}");
     for (name, password) in [("alice", "not the right password"), ("mallory", "not the right password")] {
         let (_, page) = visitor.get("/login").await;
         let answer = visitor.captcha_answer().expect("a picture is open");
