@@ -140,7 +140,15 @@ async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
     let alice = signed_in(&app, "alice").await;
     let resp = change(&app, &alice, GOOD_PASSWORD, NEW_PASSWORD, "something else entirely").await;
     assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("differ"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("differ"));
+    // The reason is tied to the fields, and the first takes the focus (review 209, WCAG 3.3.1).
+    for field in ["id=\"current\"", "id=\"new\"", "id=\"repeat\""] {
+        let at = page.find(field).unwrap();
+        let tag = &page[at..at + page[at..].find('>').unwrap()];
+        assert!(tag.contains("password-error"), "{tag}");
+    }
+    assert!(page.contains("required autofocus aria-describedby=\"password-error\""), "{page}");
     let resp = change(&app, &alice, GOOD_PASSWORD, "short", "short").await;
     assert_eq!(resp.status(), 400);
     assert!(resp
