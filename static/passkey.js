@@ -119,7 +119,8 @@
         say('Checking…');
         form.submit();
       }).catch(function (err) {
-        if (button) { button.disabled = false; }
+        // Disabled, the button lost the focus: given back, so a keyboard keeps its place (review 209).
+        if (button) { button.disabled = false; button.focus(); }
         var cancelled = err && (err.name === 'NotAllowedError' || err.name === 'AbortError');
         // InvalidStateError at creation: the authenticator already holds one of this account's
         // passkeys (the server lists them to exclude); the browser's own words are technical.

@@ -110,6 +110,8 @@ await inChromium([], async (browser) => {
   // The browser's InvalidStateError (the excluded credential) reads as technical text.
   await page.waitForSelector('text=This device already holds a passkey for your account');
   check(await page.locator('.passkey-list li').count() === 1, 'still one passkey listed');
+  check(await page.evaluate(() => document.activeElement?.matches('form[data-passkey="create"] button[type=submit]')),
+    'the focus is back on the button after a refused ceremony');
 
   step('sign out');
   await signOut(page);
