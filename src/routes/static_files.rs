@@ -67,4 +67,15 @@ mod tests {
         }
         assert!(!css.contains("outline: 3px solid rgba"), "a faint ring is back");
     }
+
+    /// WCAG 1.4.10: reflow loses nothing; the sessions' browser column, which tells a
+    /// stranger's session apart, is not hidden on narrow screens (review 209), the table
+    /// scrolls inside its box instead.
+    #[test]
+    fn no_column_of_the_sessions_table_is_hidden_on_narrow_screens() {
+        let css = std::str::from_utf8(include_bytes!("../../static/style.css")).unwrap();
+        assert!(!css.contains("nth-child(4) { display: none; }"), "a column is hidden");
+        let table = include_str!("../../templates/sessions_table.html");
+        assert!(table.starts_with("<div class=\"table-scroll\">"), "the table scrolls in its box");
+    }
 }
