@@ -402,7 +402,7 @@ pub struct SignIn {
 /// checking codes (TOTP and recovery codes; a passkey's answer cannot be guessed and is still
 /// checked): NIST SP 800-63B §5.2.2 limits consecutive failed attempts on an account to 100.
 /// "In a row" is since the user's last sign-in or credential generation (a password change,
-/// `user passwd`, `user reset-factors`), whichever is later ([`code_run`]), so either ends it.
+/// `user passwd`, `user reset-factors`), whichever is later (`code_run`), so either ends it.
 /// Only whoever has the password reaches the second step, so no stranger can lock a user out
 /// this way; without the cap, whoever had it guessed 3 codes every `failure_window` without
 /// pictures, for ever (review 207: about 288 a day, a 27 % chance a year of the right code).
