@@ -493,6 +493,15 @@ impl SignIn {
         Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>() >= u64::from(threshold))
     }
 
+    /// Whether `user` is past [`WRONG_CODES_IN_A_ROW`]: no code of theirs is checked until their
+    /// next sign-in (by a passkey) or credential generation.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`] when the count cannot be read.
+    pub async fn codes_locked(&self, user: &User) -> Result<bool, crate::store::StoreError> {
+        Ok(self.factors.wrong_codes(&user.key, code_run(user)).await? >= WRONG_CODES_IN_A_ROW)
+    }
+
     /// Counts a wrong code (a guess: a passkey's refused answer is none) toward
     /// [`WRONG_CODES_IN_A_ROW`], before the refusal is answered.
     ///
@@ -998,14 +1007,7 @@ impl SignIn {
         let Some(proof) = proof else { return Ok(StepOutcome::Unchecked) };
         // Past the wrong codes a row allows, no code is checked: 429 without a `Retry-After`,
         // until a sign-in with a passkey or a new credential generation.
-        if guessable
-            && self
-                .factors
-                .wrong_codes(&user.key, code_run(&user))
-                .await
-                .map_err(store_err("could not count wrong codes"))?
-                >= WRONG_CODES_IN_A_ROW
-        {
+        if guessable && self.codes_locked(&user).await.map_err(store_err("could not count wrong codes"))? {
             return Ok(refused(judged.refuse(FailureReason::RateLimited, None, false).await?));
         }
         // A pending sign-in whose password step solved the captcha carries one code check,

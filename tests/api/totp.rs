@@ -454,6 +454,9 @@ async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_pass
     let page = resp.text().await.unwrap();
     assert!(page.contains("Codes are no longer accepted for this account"), "{page}");
     assert_eq!(submit(&app, &browser, "recovery_code", &codes[1]).await.status(), 429, "nor a recovery code");
+    // The step's page says so before a code is typed (review 208).
+    let shown = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    assert!(shown.contains("Codes are no longer accepted for this account"), "{shown}");
     assert_eq!(reasons(&app, "alice").await[0], FailureReason::RateLimited);
 
     let new = Password::new("a different passphrase 4417 tundra");

@@ -93,6 +93,14 @@ pub async fn show_head(req: &Request, state: State<'_>) -> Response {
     resp
 }
 
+/// What the page says once no code is checked for the user (`sign_in::WRONG_CODES_IN_A_ROW`).
+fn codes_locked() -> String {
+    format!(
+        "Codes are no longer accepted for this account: {} wrong codes were typed since its last sign-in, so someone may know its password. Sign in with a passkey if you have one, or ask your administrator to set a new password.",
+        crate::sign_in::WRONG_CODES_IN_A_ROW
+    )
+}
+
 async fn page(req: &Request, state: State<'_>) -> Response {
     let cookie = match crate::routes::pending_cookie(req, &state).await {
         Ok(c) => c,
@@ -104,6 +112,11 @@ async fn page(req: &Request, state: State<'_>) -> Response {
             let offers = match offers(&state, &user.key).await {
                 Ok(o) => o,
                 Err(resp) => return resp,
+            };
+            // Said before a code is typed, not only after (review 208).
+            let locked = match state.sign_in.codes_locked(&user).await {
+                Ok(locked) => locked.then(codes_locked),
+                Err(e) => return crate::routes::store_error(&e, "could not count wrong codes"),
             };
             // The mfa cookie is `SameSite=Lax`, so another site's navigations bring it, and
             // a sibling host's `<img>`s too: a picture only for this site's own (review 170).
@@ -119,7 +132,7 @@ async fn page(req: &Request, state: State<'_>) -> Response {
                     Err(resp) => return resp,
                 },
             };
-            render(&state, &hash, &user.display_name, StatusCode::OK, None, false, offers, captcha)
+            render(&state, &hash, &user.display_name, StatusCode::OK, locked.as_deref(), false, offers, captcha)
         }
         Ok(None) => restart(req),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
@@ -240,13 +253,7 @@ fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: 
     };
     match refusal.reason {
         // No wait: the wrong codes in a row are used up (`sign_in::WRONG_CODES_IN_A_ROW`).
-        FailureReason::RateLimited if refusal.retry_after.is_none() => (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "Codes are no longer accepted for this account: {} wrong codes were typed since its last sign-in, so someone may know its password. Sign in with a passkey if you have one, or ask your administrator to set a new password.",
-                crate::sign_in::WRONG_CODES_IN_A_ROW
-            ),
-        ),
+        FailureReason::RateLimited if refusal.retry_after.is_none() => (StatusCode::TOO_MANY_REQUESTS, codes_locked()),
         FailureReason::RateLimited => {
             let wait = std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1));
             let message = format!("Too many attempts. Please wait {} and try again.", humantime::format_duration(wait));
