@@ -291,9 +291,46 @@ async fn bind(key: &str, addr: Option<SocketAddr>, limits: tls::Limits) -> anyho
 /// defaults (1024 connections, 32 per address).
 const ADDRESSES_TO_FILL: usize = 32;
 
+/// Removes `dir`, which a refused start made, when it holds nothing but empty files (the day's
+/// auth log opened and never written): a start refused after its store was opened (a factor
+/// key that is not the store's, a certificate that does not load) leaves no log directory
+/// behind (review 208). Anything written stays, and so does the directory.
+fn remove_unused_log_dir(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut empty = Vec::new();
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => empty.push(entry.path()),
+            _ => return,
+        }
+    }
+    for file in empty {
+        if std::fs::remove_file(file).is_err() {
+            return;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 impl Application {
-    /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port).
-    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+    /// Opens the store, prepares TLS and binds the listeners (port 0 picks a free port). A
+    /// start refused after it made the log directory removes it again while nothing was
+    /// written there.
+    ///
+    /// # Errors
+    /// Whatever keeps the server from starting, in one line: a port in use, a directory, a
+    /// certificate, the store or its factor key.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let log_dir = settings.log_dir.clone();
+        let had_log_dir = log_dir.try_exists().unwrap_or(true);
+        let built = Self::build_in(settings).await;
+        if built.is_err() && !had_log_dir {
+            remove_unused_log_dir(&log_dir);
+        }
+        built
+    }
+
+    async fn build_in(mut settings: Settings) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
         fit_descriptors(&mut settings)?;
         // Before the store and the log are opened (and their directories made), so a start

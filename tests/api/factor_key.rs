@@ -110,13 +110,15 @@ async fn on_postgresql_an_instance_started_without_the_first_ones_key_refuses_to
     let err = refusal(&settings).await;
     assert!(err.contains("there is no") && err.contains("copy factor.key from another instance"), "{err}");
     // The refused start made no key of its own (it once left one, which a copy then had to
-    // replace).
+    // replace), nor a log directory with an empty file (review 208).
     assert!(!settings.data_dir.join("factor.key").exists());
+    assert!(!settings.log_dir.exists(), "a log directory was left behind");
     // With another key in place, it is told apart by the fingerprint.
     std::fs::create_dir_all(&settings.data_dir).unwrap();
     std::fs::write(settings.data_dir.join("factor.key"), format!("{}\n", "11".repeat(32))).unwrap();
     let err = refusal(&settings).await;
     assert!(err.contains("is not the factor key this store was first used with"), "{err}");
+    assert!(!settings.log_dir.exists(), "a log directory was left behind");
     std::fs::remove_file(settings.data_dir.join("factor.key")).unwrap();
     // With the first one's key, it starts.
     crate::helpers::share_factor_key(&one.settings.data_dir, &settings.data_dir);
