@@ -406,7 +406,9 @@ pub struct SignIn {
 /// Only whoever has the password reaches the second step, so no stranger can lock a user out
 /// this way; without the cap, whoever had it guessed 3 codes every `failure_window` without
 /// pictures, for ever (review 207: about 288 a day, a 27 % chance a year of the right code).
-/// Counted with the user's factors ([`crate::store::FactorStore::add_wrong_code`]).
+/// Counted with the user's factors ([`crate::store::FactorStore::add_wrong_code`]), each code
+/// before it is checked, so codes sent at once cannot pass it together (review 210: 114 were
+/// checked); a right one signs in, which begins a new run.
 pub const WRONG_CODES_IN_A_ROW: u32 = 100;
 
 /// When `user`'s run of wrong codes began (Unix ms): the later of their last sign-in and their
@@ -502,28 +504,25 @@ impl SignIn {
         Ok(self.factors.wrong_codes(&user.key, code_run(user)).await? >= WRONG_CODES_IN_A_ROW)
     }
 
-    /// Counts a wrong code (a guess: a passkey's refused answer is none) toward
-    /// [`WRONG_CODES_IN_A_ROW`], before the refusal is answered.
+    /// The codes checked for `user` in the run of wrong codes now ([`code_run`]), up to
+    /// [`WRONG_CODES_IN_A_ROW`] and one more: every code is counted before it is checked.
     ///
     /// # Errors
-    /// [`SignInError::Store`] when the count cannot be written: the refusal is not answered.
-    async fn count_wrong_code(&self, user: &User) -> Result<(), SignInError> {
-        match self.factors.add_wrong_code(&user.key, code_run(user)).await {
-            Ok(_) => Ok(()),
-            Err(source) => Err(SignInError::Store { what: "could not count a wrong code", source }),
-        }
+    /// [`crate::store::StoreError`] when the count cannot be read.
+    async fn codes_in_the_run(&self, user: &User) -> Result<u64, crate::store::StoreError> {
+        Ok(u64::from(self.factors.wrong_codes(&user.key, code_run(user)).await?))
     }
 
-    /// How many wrong codes (`bad_second_factor`) are recorded for `user` since their last
-    /// sign-in or credential generation, whichever is later, up to `until` (Unix ms; `None`:
-    /// now), counting at most [`WRONG_CODES_IN_A_ROW`].
+    /// The wrong codes (`bad_second_factor`) recorded for `user` since `since` (Unix ms) in
+    /// the run now, at most [`WRONG_CODES_IN_A_ROW`]: those a pending sign-in begun then typed
+    /// itself, which the alert of its success leaves out. Records others' failures can push
+    /// out, so this may read fewer, and the alert then says more, never less.
     ///
     /// # Errors
     /// [`crate::store::StoreError`] when the failure records cannot be read.
-    async fn wrong_codes_in_a_row(&self, user: &User, until: Option<u64>) -> Result<u64, crate::store::StoreError> {
+    async fn wrong_codes_recorded_since(&self, user: &User, since: u64) -> Result<u64, crate::store::StoreError> {
         let query = crate::store::FailureQuery {
-            since: Some(code_run(user).saturating_add(1)),
-            until,
+            since: Some(code_run(user).saturating_add(1).max(since)),
             user_key: Some(user.key.clone()),
             reason: Some(FailureReason::BadSecondFactor),
             limit: WRONG_CODES_IN_A_ROW as usize,
@@ -1047,6 +1046,17 @@ impl SignIn {
             let o = judged.refuse(FailureReason::RateLimited, Some(wait.retry_after_secs()), false).await?;
             return Ok(refused(o));
         }
+        // Counted before it is checked, so codes sent at once cannot pass the cap together
+        // (review 210 saw 114 checked): a right one signs in, which starts a new run.
+        if guessable {
+            let run = self.factors.add_wrong_code(&user.key, code_run(&user)).await;
+            if run.map_err(store_err("could not count a code"))? > WRONG_CODES_IN_A_ROW {
+                if let Some(r) = reservation {
+                    r.release().await?;
+                }
+                return Ok(refused(judged.refuse(FailureReason::RateLimited, None, false).await?));
+            }
+        }
         // The app as it is before a code is checked: a removal or replacement after this read
         // is seen again once the session is stored (`SignIn::complete`).
         let app_at_check = match &proof {
@@ -1112,9 +1122,6 @@ impl SignIn {
                 if held {
                     give_back().await?;
                 }
-                if guessable && reason == FailureReason::BadSecondFactor {
-                    self.count_wrong_code(&user).await?;
-                }
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
             Verdict::PossibleClone(_) => {
@@ -1139,9 +1146,13 @@ impl SignIn {
                     }
                     return Ok(StepOutcome::Restart);
                 };
-                // Read before this sign-in is recorded as the last: the wrong codes of other
-                // sign-ins since the one before (up to this one's start), for the owner to see.
-                let wrong_codes_before = self.wrong_codes_in_a_row(&user, Some(first.created_at)).await.unwrap_or(0);
+                // Read before this sign-in is recorded as the last: the codes of the run but
+                // this one and those this pending sign-in typed itself, for the owner to see
+                // (counted with the factors, which no flood of others' failures can push out:
+                // review 210).
+                let in_run = self.codes_in_the_run(&user).await.unwrap_or(0);
+                let own = self.wrong_codes_recorded_since(&user, first.created_at).await.unwrap_or(0);
+                let wrong_codes_before = in_run.saturating_sub(u64::from(guessable)).saturating_sub(own);
                 // The check's place given back and the username's failures counted, in one
                 // step (the pending sign-in is this user's, so `digest` is theirs).
                 let counted = match reservation {
@@ -1175,9 +1186,6 @@ impl SignIn {
                     Completion::CodeRefused(reason) => {
                         if held {
                             give_back().await?;
-                        }
-                        if reason == FailureReason::BadSecondFactor {
-                            self.count_wrong_code(&user).await?;
                         }
                         self.refuse_step(judged, reason, None, address, digest, one_check).await
                     }

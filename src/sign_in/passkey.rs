@@ -206,7 +206,7 @@ impl SignIn {
         let with = SignedInWith { factors: Factors::Two, passkey_id: Some(verified.passkey_id) };
         // Read before this sign-in is recorded as the last: the wrong codes typed since the one
         // before, for the owner to see (review 208: a passkey sign-in said nothing of them).
-        let wrong_codes_before = self.wrong_codes_in_a_row(&user, None).await.unwrap_or(0);
+        let wrong_codes_before = self.codes_in_the_run(&user).await.unwrap_or(0);
         let method = crate::audit::SignInMethod::Passkey(name);
         let super::Completion::SignedIn { token, device_cookie, .. } = self
             .complete(
