@@ -513,25 +513,6 @@ impl SignIn {
         Ok(u64::from(self.factors.wrong_codes(&user.key, code_run(user)).await?))
     }
 
-    /// The wrong codes (`bad_second_factor`) recorded for `user` since `since` (Unix ms) in
-    /// the run now, at most [`WRONG_CODES_IN_A_ROW`]: those a pending sign-in begun then typed
-    /// itself, which the alert of its success leaves out. Records others' failures can push
-    /// out, so this may read fewer, and the alert then says more, never less.
-    ///
-    /// # Errors
-    /// [`crate::store::StoreError`] when the failure records cannot be read.
-    async fn wrong_codes_recorded_since(&self, user: &User, since: u64) -> Result<u64, crate::store::StoreError> {
-        let query = crate::store::FailureQuery {
-            since: Some(code_run(user).saturating_add(1).max(since)),
-            user_key: Some(user.key.clone()),
-            reason: Some(FailureReason::BadSecondFactor),
-            limit: WRONG_CODES_IN_A_ROW as usize,
-            ..Default::default()
-        };
-        let records = self.audit.failures(&query).await?;
-        Ok(records.iter().map(|(_, r)| r.count.max(1)).sum::<u64>())
-    }
-
     /// Ends the pending sign-in `cookie` names (its `hash`) after its factor was accepted, read
     /// again so a password change or `user disable` meanwhile stops it: its user and `next`,
     /// for the one caller that ended it; `None` for any other, or when it is no longer valid.
@@ -1085,6 +1066,12 @@ impl SignIn {
         let give_back = || async {
             self.factors.put_back(&hash, &first).await.map_err(store_err("could not keep a pending sign-in"))
         };
+        // Given back after a refused code, counting it as its own.
+        let give_back_refused = || async {
+            let counted =
+                crate::store::PendingSignIn { codes_refused: first.codes_refused.saturating_add(1), ..first.clone() };
+            self.factors.put_back(&hash, &counted).await.map_err(store_err("could not keep a pending sign-in"))
+        };
         let verdict = match self.factors.verify(&user.key, &hash, &proof, now / 1000).await {
             Ok(verdict) => verdict,
             Err(e) => {
@@ -1120,7 +1107,7 @@ impl SignIn {
             }
             Verdict::Refused(reason) => {
                 if held {
-                    give_back().await?;
+                    give_back_refused().await?;
                 }
                 self.refuse_step(judged, reason, reservation, address, digest, one_check).await
             }
@@ -1151,8 +1138,8 @@ impl SignIn {
                 // (counted with the factors, which no flood of others' failures can push out:
                 // review 210).
                 let in_run = self.codes_in_the_run(&user).await.unwrap_or(0);
-                let own = self.wrong_codes_recorded_since(&user, first.created_at).await.unwrap_or(0);
-                let wrong_codes_before = in_run.saturating_sub(u64::from(guessable)).saturating_sub(own);
+                let own = u64::from(guessable) + u64::from(first.codes_refused);
+                let wrong_codes_before = in_run.saturating_sub(own);
                 // The check's place given back and the username's failures counted, in one
                 // step (the pending sign-in is this user's, so `digest` is theirs).
                 let counted = match reservation {
@@ -1185,7 +1172,7 @@ impl SignIn {
                     // for the next code.
                     Completion::CodeRefused(reason) => {
                         if held {
-                            give_back().await?;
+                            give_back_refused().await?;
                         }
                         self.refuse_step(judged, reason, None, address, digest, one_check).await
                     }

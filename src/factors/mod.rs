@@ -581,6 +581,7 @@ impl SecondFactors {
             expires_at: now.saturating_add(PENDING_LIFETIME.as_millis() as u64),
             next: next.map(str::to_string),
             captcha_solved,
+            codes_refused: 0,
         };
         self.store.factors.insert_pending(&token.hash(), &pending).await?;
         Ok(token)

@@ -1357,9 +1357,10 @@ async fn pending_sign_ins_are_taken_once_and_purged(store: &Store) {
         expires_at: 1_000,
         next: Some("/account".into()),
         captcha_solved: true,
+        codes_refused: 7,
     };
     f.insert_pending(&[1; 32], &p).await.unwrap();
-    let plain = PendingSignIn { expires_at: 5_000, next: None, captcha_solved: false, ..p.clone() };
+    let plain = PendingSignIn { expires_at: 5_000, next: None, captcha_solved: false, codes_refused: 0, ..p.clone() };
     f.insert_pending(&[2; 32], &plain).await.unwrap();
     assert_eq!(f.pending(&[1; 32]).await.unwrap(), Some(p), "pending: round trip");
     assert_eq!(f.pending(&[2; 32]).await.unwrap(), Some(plain.clone()), "pending: round trip, no captcha");

@@ -731,6 +731,10 @@ pub struct PendingSignIn {
     /// used up by it: one guess per solved captcha, as on the login form, and the real user,
     /// who solved it, is never kept from the second step by failures others caused.
     pub captcha_solved: bool,
+    /// Codes this pending sign-in had checked and refused: its own, which the alert of its
+    /// success leaves out of the wrong codes it counts (review 211: read from the failure
+    /// records, which others' failures push out, the owner's typos were told as another's).
+    pub codes_refused: u32,
 }
 
 /// Users' second factors and pending two-step sign-ins. Each update is one atomic operation,

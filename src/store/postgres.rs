@@ -1264,8 +1264,9 @@ impl FactorStore for PgStore {
             .await?
             .execute(
                 "INSERT INTO pending_sign_ins
-                 (token_hash, user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 (token_hash, user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved,
+                  codes_refused)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &&token_hash[..],
                     &p.user_key,
@@ -1274,6 +1275,7 @@ impl FactorStore for PgStore {
                     &ms(p.expires_at),
                     &p.next,
                     &p.captcha_solved,
+                    &i32::try_from(p.codes_refused).unwrap_or(i32::MAX),
                 ],
             )
             .await?;
@@ -1285,7 +1287,8 @@ impl FactorStore for PgStore {
             .client()
             .await?
             .query_opt(
-                "SELECT user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved
+                "SELECT user_key, password_changed_at_ms, created_at_ms, expires_at_ms, next, captcha_solved,
+                        codes_refused
                  FROM pending_sign_ins WHERE token_hash = $1",
                 &[&&token_hash[..]],
             )
@@ -1297,6 +1300,7 @@ impl FactorStore for PgStore {
             expires_at: unms(r.get(3)),
             next: r.get(4),
             captcha_solved: r.get(5),
+            codes_refused: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
         }))
     }
 

@@ -209,6 +209,8 @@ struct PendingRecord {
     next: Option<String>,
     #[serde(default)]
     captcha_solved: bool,
+    #[serde(default)]
+    codes_refused: u32,
 }
 
 /// A `session_successors` value: the new token hash (32 bytes), then the Unix ms it was
@@ -1717,6 +1719,7 @@ impl FactorStore for SledStore {
             expires_at: p.expires_at,
             next: p.next.clone(),
             captcha_solved: p.captcha_solved,
+            codes_refused: p.codes_refused,
         };
         self.pending_sign_ins.insert(token_hash, encode(&record)?)?;
         self.durable(()).await
@@ -1733,6 +1736,7 @@ impl FactorStore for SledStore {
             expires_at: r.expires_at,
             next: r.next,
             captcha_solved: r.captcha_solved,
+            codes_refused: r.codes_refused,
         }))
     }
 
