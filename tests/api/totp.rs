@@ -393,18 +393,37 @@ async fn past_the_threshold_the_second_step_checks_one_code_per_solved_picture()
     );
 }
 
+/// Alice on an app with `configure`d settings, signed in and with an authenticator app set up
+/// from the page (one password check spent): the app, the app's secret and her recovery codes.
+async fn alice_enrolled(configure: impl FnOnce(&mut Settings)) -> (TestApp, Vec<u8>, Vec<String>) {
+    let app = spawn_app_with(configure).await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let first = app.new_browser();
+    sign_in(&app, &first, "alice").await;
+    let (secret, codes) = enrol(&app, &first, fresh_step().await).await;
+    (app, secret, codes)
+}
+
+/// `n` new browsers past alice's password, each with its second step's form token.
+async fn at_the_second_step(app: &TestApp, n: usize) -> Vec<(reqwest::Client, String)> {
+    let mut browsers = Vec::new();
+    for _ in 0..n {
+        let browser = app.new_browser();
+        password_step(app, &browser, "alice").await;
+        let csrf = second_csrf(app, &browser).await;
+        browsers.push((browser, csrf));
+    }
+    browsers
+}
+
 /// Alice with an authenticator app, under a captcha threshold of 100 and `configure`d
 /// settings, and a browser past her password (two password sign-ins spent).
 async fn alice_at_the_second_step(configure: impl FnOnce(&mut Settings)) -> (TestApp, reqwest::Client) {
-    let app = spawn_app_with(|s| {
+    let (app, _, _) = alice_enrolled(|s| {
         s.captcha_after_failures = 100;
         configure(s);
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    enrol(&app, &first, fresh_step().await).await;
     let browser = app.new_browser();
     password_step(&app, &browser, "alice").await;
     (app, browser)
@@ -420,17 +439,13 @@ async fn alice_at_the_second_step(configure: impl FnOnce(&mut Settings)) -> (Tes
 #[tokio::test]
 async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_password() {
     use portcullis::password::Password;
-    let app = spawn_app_with(|s| {
+    let (app, secret, codes) = alice_enrolled(|s| {
         s.captcha_after_failures = 1000;
         s.login_quota_per_user = None;
         s.login_quota_per_ip = None;
         s.audit_max_records = 50;
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let (secret, codes) = enrol(&app, &first, fresh_step().await).await;
     let wrong = |browser: reqwest::Client, n: usize| {
         let app = &app;
         async move {
@@ -472,23 +487,13 @@ async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_pass
 /// before it is checked (review 210 saw 114 checked against 100 with 16 in flight).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_sent_at_once_near_the_cap_are_checked_no_more_than_it_allows() {
-    let app = spawn_app_with(|s| {
+    let (app, _, _) = alice_enrolled(|s| {
         s.captcha_after_failures = 1000;
         s.login_quota_per_user = None;
         s.login_quota_per_ip = None;
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    enrol(&app, &first, fresh_step().await).await;
-    let mut browsers = Vec::new();
-    for _ in 0..12 {
-        let browser = app.new_browser();
-        password_step(&app, &browser, "alice").await;
-        let csrf = second_csrf(&app, &browser).await;
-        browsers.push((browser, csrf));
-    }
+    let browsers = at_the_second_step(&app, 12).await;
     let user = app.state.store.users.get("alice").await.unwrap().unwrap();
     let run = user.last_login_at.unwrap_or(0).max(user.password_changed_at);
     for _ in 0..96 {
@@ -512,15 +517,11 @@ async fn codes_sent_at_once_near_the_cap_are_checked_no_more_than_it_allows() {
 async fn the_next_sign_in_says_how_many_wrong_codes_others_typed_since_the_last() {
     // One failure record kept: neither the count nor the owner's own typos are read from the
     // records, which others' failures push out (reviews 210, 211).
-    let app = spawn_app_with(|s| {
+    let (app, _, codes) = alice_enrolled(|s| {
         s.captcha_after_failures = 100;
         s.audit_max_records = 1;
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
     let thief = app.new_browser();
     password_step(&app, &thief, "alice").await;
     for wrong in ["12345", "67890"] {
@@ -577,16 +578,12 @@ async fn wrong_codes_spend_the_per_username_quota_of_codes() {
 /// password).
 #[tokio::test]
 async fn two_step_sign_ins_get_the_whole_per_username_quota() {
-    let app = spawn_app_with(|s| {
+    let (app, _, codes) = alice_enrolled(|s| {
         s.captcha_after_failures = 100;
         s.login_quota_per_user =
             Some(portcullis::config::Rate { burst: 4, period: std::time::Duration::from_secs(3600) });
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
     // One password check spent: three sign-ins with both steps, each from a new browser.
     for code in &codes[..3] {
         let (_, resp) = two_steps(&app, "alice", "recovery_code", code).await;
@@ -1103,22 +1100,12 @@ async fn of_recovery_codes_sent_at_once_only_the_one_that_signs_in_is_spent() {
 /// only the one that uses it up keeps its session.
 #[tokio::test]
 async fn one_recovery_code_sent_at_once_from_several_browsers_signs_in_once() {
-    let app = spawn_app_with(|s| {
+    let (app, _, codes) = alice_enrolled(|s| {
         s.captcha_after_failures = 100;
         s.login_quota_per_user = None;
     })
     .await;
-    app.add_user("alice", GOOD_PASSWORD, false).await;
-    let first = app.new_browser();
-    sign_in(&app, &first, "alice").await;
-    let (_, codes) = enrol(&app, &first, fresh_step().await).await;
-    let mut browsers = Vec::new();
-    for _ in 0..6 {
-        let browser = app.new_browser();
-        password_step(&app, &browser, "alice").await;
-        let csrf = second_csrf(&app, &browser).await;
-        browsers.push((browser, csrf));
-    }
+    let browsers = at_the_second_step(&app, 6).await;
     let sends = browsers.iter().map(|(browser, csrf)| {
         let form = [("csrf", csrf.clone()), ("recovery_code", codes[0].clone())];
         browser.post(app.url("/login/second-factor")).form(&form).send()
