@@ -232,6 +232,15 @@ pub enum AuthEvent<'a> {
         /// The browser that asked: a stolen session that signs its owner out shows here.
         client: &'a Client,
     },
+    /// One session ended by its user from the sessions list (`session_revoked` with a count
+    /// of 1): `ended_ip` and `ended_user_agent` are the ended session's, as the list showed
+    /// them; `client` the browser that asked.
+    SessionEnded {
+        username: &'a str,
+        ended_ip: &'a str,
+        ended_user_agent: &'a str,
+        client: &'a Client,
+    },
     UserAdded {
         username: &'a str,
         admin: bool,
@@ -1503,6 +1512,11 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         AuthEvent::SessionsEnded { username, count, pending, by, client } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count, pending, by, ip = %client.ip,
             user_agent = client.user_agent, "sessions ended"
+        ),
+        AuthEvent::SessionEnded { username, ended_ip, ended_user_agent, client } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
+            by = username, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent,
+            "session ended"
         ),
         AuthEvent::UserAdded { username, admin, by } => tracing::info!(
             target: TARGET, event = "user_created", time, username, admin, by, "user added"

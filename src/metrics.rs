@@ -37,6 +37,7 @@ pub const ROUTES: &[&str] = &[
     "/login/second-factor",
     "/logout",
     "/sessions/end-others",
+    "/sessions/end",
     "/account",
     "/account/password",
     "/account/confirm",

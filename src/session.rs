@@ -63,6 +63,49 @@ impl Drop for SessionToken {
     }
 }
 
+/// How a page names one of the user's sessions so that the user can end it
+/// ([`Sessions::end_listed`]): 16 bytes of SHA-256 over a fixed label and the session's token
+/// hash, 22 characters of base64url in a form. It reveals neither the token nor the hash the
+/// store keys the session by, so a page copied or cached elsewhere ends nothing by itself (the
+/// form also needs the session's CSRF token), and it names the same session on every instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionHandle([u8; 16]);
+
+impl SessionHandle {
+    /// The handle of the session stored under `token_hash`.
+    pub fn of(token_hash: &TokenHash) -> Self {
+        let digest = Sha256::new().chain_update(b"portcullis session handle\0").chain_update(token_hash).finalize();
+        let mut handle = [0u8; 16];
+        handle.copy_from_slice(&digest[..16]);
+        SessionHandle(handle)
+    }
+
+    /// Parses a form's value; anything but exactly 16 bytes of base64url is no handle.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 22 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        Some(SessionHandle(bytes.try_into().ok()?))
+    }
+
+    /// The form's value (22 characters of base64url).
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+}
+
+/// Why one chosen session was not ended ([`Sessions::end_listed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EndOneError {
+    /// The handle names the session that asked: signing out is for that (`POST /logout`).
+    #[error("the session asked to end itself")]
+    ThisSession,
+    /// The store could not list or remove it: it is still signed in.
+    #[error("the session could not be ended: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// A session that is valid now, with its user.
 #[derive(Clone, Debug)]
 pub struct ActiveSession {
@@ -558,6 +601,31 @@ impl Sessions {
         Ok((token, sessions, pending))
     }
 
+    /// Ends the one session of `current`'s user that `handle` names (from the user's list,
+    /// [`Sessions::list`]: never another user's, never an expired one), durably, on every
+    /// instance at once (the store is their one truth). Returns it as it was stored, or `None`
+    /// when the user has no such session now (ended already: by its own sign-out, a timeout,
+    /// or this same request sent twice). OWASP ASVS 4.0 §3.3.4: users can view and end any of
+    /// their sessions.
+    ///
+    /// # Errors
+    /// [`EndOneError::ThisSession`] when `handle` is `current`'s own (nothing ended);
+    /// [`EndOneError::Store`] when the store cannot list or remove it (nothing ended).
+    pub async fn end_listed(
+        &self,
+        current: &ActiveSession,
+        handle: &SessionHandle,
+    ) -> Result<Option<StoredSession>, EndOneError> {
+        if SessionHandle::of(&current.token_hash) == *handle {
+            return Err(EndOneError::ThisSession);
+        }
+        let listed = self.list(&current.user).await?;
+        let Some(chosen) = listed.into_iter().find(|s| SessionHandle::of(&s.token_hash) == *handle) else {
+            return Ok(None);
+        };
+        Ok(self.end(&chosen.token_hash).await?.then_some(chosen))
+    }
+
     /// The user's sessions that are still valid, newest first.
     pub async fn list(&self, user: &User) -> Result<Vec<StoredSession>, StoreError> {
         let sessions = self.store.sessions.list_for_user(&user.key).await?;
@@ -593,6 +661,20 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handle_round_trips_reveals_no_part_of_the_hash_and_junk_is_no_handle() {
+        let hash = SessionToken::generate().unwrap().hash();
+        let handle = SessionHandle::of(&hash);
+        let text = handle.encode();
+        assert_eq!(text.len(), 22);
+        assert_eq!(SessionHandle::parse(&text), Some(handle));
+        assert_ne!(&URL_SAFE_NO_PAD.decode(&text).unwrap()[..], &hash[..16]);
+        assert_ne!(SessionHandle::of(&SessionToken::generate().unwrap().hash()), handle);
+        for junk in ["", "AAAA", &format!("{text}A"), &text[..21], "!!!!!!!!!!!!!!!!!!!!!!"] {
+            assert_eq!(SessionHandle::parse(junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn tokens_round_trip_and_junk_is_no_token() {

@@ -40,6 +40,9 @@ pub enum Notice {
         #[serde(default)]
         pending: usize,
     },
+    /// One session chosen from the list was ended (`POST /sessions/end`); `already`: it had
+    /// ended before the request reached it (its own sign-out, a timeout, the click sent twice).
+    SessionEnded { already: bool },
     /// `POST /account/password` changed the password, ending this many other sessions and
     /// `pending` sign-ins waiting for their second step (none in a notice from before).
     PasswordChanged {
@@ -106,6 +109,8 @@ impl Notice {
                 if *pending == 1 { "was" } else { "were" },
                 if *pending == 1 { "it" } else { "them" }
             ),
+            Notice::SessionEnded { already: false } => "That session is signed out.".to_string(),
+            Notice::SessionEnded { already: true } => "That session had already ended.".to_string(),
             Notice::PasswordChanged { ended: 0, pending: 0 } => {
                 "Your password is changed. No other session was signed in.".into()
             }
@@ -215,6 +220,12 @@ impl Notice {
     /// a passkey's removal lands (`/account#passkeys-heading`), not at the top out of view.
     pub fn about_passkeys(&self) -> bool {
         matches!(self, Notice::PasskeyAdded { .. } | Notice::PasskeyRenamed { .. } | Notice::PasskeyRemoved { .. })
+    }
+
+    /// Whether the notice is about one session of the list: the account page shows it under
+    /// the list, where ending one lands (`/account#sessions`).
+    pub fn about_a_session(&self) -> bool {
+        matches!(self, Notice::SessionEnded { .. })
     }
 
     /// Adds the cookie that carries this notice, signed for the session whose token hash is

@@ -1,5 +1,6 @@
-//! `GET /`: the signed-in home page (greeting, the user's sessions, sign-out buttons), and
-//! `POST /sessions/end-others`: "sign out everywhere else".
+//! `GET /`: the signed-in home page (greeting, the user's sessions, sign-out buttons),
+//! `POST /sessions/end-others`: "sign out everywhere else", and `POST /sessions/end`: one
+//! session of the list signed out.
 
 use askama::Template;
 use poem::http::StatusCode;
@@ -14,7 +15,7 @@ use crate::rate_limit::{username_digest, SIGN_OUTS_ELSEWHERE};
 use crate::routes::flash::{self, Notice};
 use crate::routes::passkeys::PasskeyView;
 use crate::routes::{current_session, enrolled_session_listing, html, read_form, see_other, State};
-use crate::session::{EndOthersError, StartError};
+use crate::session::{EndOneError, EndOthersError, SessionHandle, StartError};
 use crate::text::printable;
 
 pub(super) struct SessionView {
@@ -25,6 +26,8 @@ pub(super) struct SessionView {
     /// How it signed in ("with …"): "password", "two factors", or the passkey by name.
     pub signed_in_with: String,
     pub current: bool,
+    /// What its *Sign out* button sends ([`SessionHandle`]).
+    pub handle: String,
 }
 
 /// The user's sessions as the pages show them, newest first; `passkeys` are the user's, as
@@ -44,6 +47,7 @@ pub(super) fn session_views(
             // Invisible and control characters shown as escapes, as on every other page.
             user_agent: printable(&s.record.user_agent).into_owned(),
             current: &s.token_hash == current,
+            handle: SessionHandle::of(&s.token_hash).encode(),
         })
         .collect()
 }
@@ -92,6 +96,8 @@ struct HomePage<'a> {
     admin: bool,
     csrf: &'a str,
     sessions: Vec<SessionView>,
+    /// Where ending one session lands: here ("").
+    sessions_from: &'static str,
     notice: Option<String>,
     /// The notice asks the person to do something: shown as an alert.
     notice_alert: bool,
@@ -135,6 +141,7 @@ pub async fn home(req: &Request, state: State<'_>, query: Option<poem::web::Quer
             admin: session.user.admin,
             csrf: &csrf,
             sessions: views,
+            sessions_from: "",
             notice_alert: notice.as_ref().is_some_and(flash::Notice::asks_action),
             continue_to: rd.clone().filter(|_| matches!(notice, Some(Notice::WrongCodesBefore { .. }))),
             notice: notice.map(|n| n.text()),
@@ -232,6 +239,82 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         // the other one did it). A browser that kept the other answer's cookie is signed in.
         Err(EndOthersError::Superseded) => see_other("/login"),
     }
+}
+
+/// One session of the user's list signed out, from the home page or `/account`
+/// (`from=account`: back to its list).
+#[derive(serde::Deserialize)]
+pub struct EndOneForm {
+    #[serde(default)]
+    pub csrf: String,
+    /// The session's [`SessionHandle`], as its row's button sends it.
+    #[serde(default)]
+    pub session: String,
+    #[serde(default)]
+    pub from: String,
+}
+
+/// `POST /sessions/end`: ends the one session of the user's list that the form names, on
+/// every instance, and lands back on the list saying so (OWASP ASVS 4.0 §3.3.4). A session
+/// that had ended already is said to have; none is ever another user's. Logged
+/// `session_revoked` with a count of 1 and the ended session's address and browser. No quota:
+/// a request ends at most one of the user's own sessions, and writes a line only when it does.
+#[handler]
+pub async fn end_one_session(req: &Request, body: Body, state: State<'_>) -> Response {
+    let form: EndOneForm = match read_form(req, body).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let session = match current_session(req, &state).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return crate::routes::to_sign_in(req, "/login"),
+        Err(resp) => return session_not_signed_out(resp.status()),
+    };
+    if !state.csrf.check_session(&session.token_hash, &form.csrf) {
+        return crate::routes::stale_form();
+    }
+    let back = if form.from == "account" { "/account#sessions" } else { "/" };
+    let Some(handle) = SessionHandle::parse(form.session.trim()) else {
+        return crate::routes::error_page_leading(
+            StatusCode::BAD_REQUEST,
+            "No such session",
+            "The form named no session of yours. Please choose one from your list of sessions.",
+            (back, "Your sessions"),
+        );
+    };
+    let ended = match state.sessions.end_listed(&session, &handle).await {
+        Ok(ended) => ended,
+        Err(EndOneError::ThisSession) => {
+            return crate::routes::error_page_leading(
+                StatusCode::BAD_REQUEST,
+                "This is your session",
+                "That is the session you are using now: to end it, use Sign out.",
+                (back, "Your sessions"),
+            )
+        }
+        Err(EndOneError::Store(e)) => {
+            return session_not_signed_out(crate::routes::store_fault(&e, "could not end a session"))
+        }
+    };
+    if let Some(ended) = &ended {
+        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        state.audit.record(&AuthEvent::SessionEnded {
+            username: &session.user.display_name,
+            ended_ip: &ended.record.ip,
+            ended_user_agent: &ended.record.user_agent,
+            client: &client,
+        });
+    }
+    Notice::SessionEnded { already: ended.is_none() }.attach(&state.csrf, &session.token_hash, see_other(back))
+}
+
+/// The page for a session of the list the store could not end (`status`, a 503 or 500).
+fn session_not_signed_out(status: StatusCode) -> Response {
+    crate::routes::error_page_saying(
+        status,
+        "Session not signed out",
+        "The server could not sign out that session just now: it is still signed in. Please try again in a moment.",
+    )
 }
 
 /// 429 for a user past [`SIGN_OUTS_ELSEWHERE`], with the other ways to end a session now.

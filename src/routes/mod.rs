@@ -86,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> impl Endpoint {
             ),
         )
         .at("/sessions/end-others", allowing(POST, post(home::end_other_sessions)))
+        .at("/sessions/end", allowing(POST, post(home::end_one_session)))
         .at("/login/passkey", allowing(POST, post(passkeys::login_finish)))
         .at("/login/passkey/begin", allowing(POST, post(passkeys::login_begin)))
         .at("/login/second-factor/passkey/begin", allowing(POST, post(passkeys::second_factor_begin)))

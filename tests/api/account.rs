@@ -428,9 +428,10 @@ async fn a_stale_tabs_form_is_refused_saying_that_nothing_changed() {
     let rotated = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", stale.as_str())]).send().await;
     assert_eq!(rotated.unwrap().status(), 303);
     let new_password = "a stale tab wanted this 7781";
-    let forms: [(&str, Vec<(&str, &str)>); 3] = [
+    let forms: [(&str, Vec<(&str, &str)>); 4] = [
         ("/account/password", vec![("current", GOOD_PASSWORD), ("new", new_password), ("repeat", new_password)]),
         ("/sessions/end-others", vec![]),
+        ("/sessions/end", vec![("session", "AAAAAAAAAAAAAAAAAAAAAA")]),
         ("/account/recovery-codes", vec![]),
     ];
     for (path, mut form) in forms {

@@ -422,3 +422,130 @@ async fn an_ended_sessions_page_or_form_leads_to_a_sign_in_form_that_says_why() 
     let page = stranger.get(app.url("/login?ended=%3Cb%3Ehi")).send().await.unwrap().text().await.unwrap();
     assert!(!page.contains("role=\"alert\"") && !page.contains("<b>hi") && !page.contains("&lt;b&gt;hi"), "{page}");
 }
+
+/// The handle a session's *Sign out* button sends, from the cookie a sign-in set.
+fn handle_of(sign_in: &reqwest::Response) -> String {
+    let token = cookie_value(sign_in, "__Host-portcullis").expect("a session cookie");
+    let hash = portcullis::session::SessionToken::parse(&token).expect("a token").hash();
+    portcullis::session::SessionHandle::of(&hash).encode()
+}
+
+/// A user ends one chosen session of the list (OWASP ASVS 4.0 §3.3.4), from the home page or
+/// the account page: that one is refused at once, every other stays (theirs and others'), the
+/// log says which, and a session already ended, another user's, the user's own, a made-up
+/// handle or a form without its token end nothing.
+#[tokio::test]
+async fn one_session_chosen_from_the_list_is_signed_out_and_no_other() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    app.add_user("bob", GOOD_PASSWORD, false).await;
+    let phone = crate::helpers::browser_builder(&app.settings.cert_dir).user_agent("Phone <b>9</b>").build().unwrap();
+    let laptop = app.new_browser();
+    let bob = app.new_browser();
+    let phone_handle = handle_of(&app.login_with(&phone, "alice", GOOD_PASSWORD).await);
+    let laptop_handle = handle_of(&app.login_with(&laptop, "alice", GOOD_PASSWORD).await);
+    let bob_handle = handle_of(&app.login_with(&bob, "bob", GOOD_PASSWORD).await);
+    let here = handle_of(&app.login("alice", GOOD_PASSWORD).await);
+
+    // Each other session has its button, named for screen readers by its time and address;
+    // this browser's row has none.
+    let page = app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(page.matches(r#"action="/sessions/end""#).count(), 2, "{page}");
+    for h in [&phone_handle, &laptop_handle] {
+        assert!(page.contains(&format!(r#"name="session" value="{h}""#)), "{page}");
+    }
+    assert!(!page.contains(&here) && !page.contains(&bob_handle), "{page}");
+    assert!(page.contains(r#"aria-label="Sign out the session signed in "#) && page.contains("from 127.0.0.1"));
+    assert!(page.contains("Phone &#60;b&#62;9&#60;/b&#62;"), "escaped: {page}");
+
+    let csrf = app.home_csrf(&app.client).await;
+    let end = |handle: &str, from: &str| {
+        let form = [("csrf", csrf.clone()), ("session", handle.to_string()), ("from", from.to_string())];
+        app.client.post(app.url("/sessions/end")).form(&form).send()
+    };
+    let resp = end(&phone_handle, "").await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/");
+    assert_eq!(phone.get(app.url("/")).send().await.unwrap().status(), 303, "the phone is signed out at once");
+    assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 200, "the laptop is not");
+    assert_eq!(bob.get(app.url("/")).send().await.unwrap().status(), 200);
+    let page = app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("That session is signed out."), "{page}");
+    assert!(!page.contains(&phone_handle), "gone from the list");
+    let logged: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let line = &logged[0];
+    assert_eq!(
+        (line["username"].as_str(), line["by"].as_str(), line["count"].as_u64()),
+        (Some("alice"), Some("alice"), Some(1))
+    );
+    assert_eq!(line["ended_user_agent"], "Phone <b>9</b>", "{line}");
+    assert_eq!((line["ended_ip"].as_str(), line["ip"].as_str()), (Some("127.0.0.1"), Some("127.0.0.1")), "{line}");
+    assert_eq!(line["user_agent"], "portcullis-tests/1.0", "who asked: {line}");
+
+    // Sent again (a double click), and bob's: nothing ended, said as "already ended", no line.
+    for h in [&phone_handle, &bob_handle] {
+        let resp = end(h, "").await.unwrap();
+        assert_eq!(resp.status(), 303);
+        let page = app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("That session had already ended."), "{page}");
+    }
+    assert_eq!(bob.get(app.url("/")).send().await.unwrap().status(), 200, "never another user's");
+    // The user's own: that is Sign out's. A made-up handle: no such session.
+    let resp = end(&here, "").await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("to end it, use Sign out"));
+    for junk in ["", "not a handle", "AAAA", &format!("{laptop_handle}A")] {
+        let resp = end(junk, "").await.unwrap();
+        assert_eq!(resp.status(), 400, "{junk:?}");
+        assert!(resp.text().await.unwrap().contains("named no session of yours"), "{junk:?}");
+    }
+    // Without the session's CSRF token: refused, nothing ended.
+    let form = [("csrf", "nope"), ("session", laptop_handle.as_str())];
+    assert_eq!(app.client.post(app.url("/sessions/end")).form(&form).send().await.unwrap().status(), 403);
+    // Another user's session cannot use its own token on alice's sessions either.
+    let bob_csrf = app.home_csrf(&bob).await;
+    let form = [("csrf", bob_csrf.as_str()), ("session", laptop_handle.as_str())];
+    assert_eq!(bob.post(app.url("/sessions/end")).form(&form).send().await.unwrap().status(), 303);
+    assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 200, "bob cannot end alice's");
+    // Signed out already: to the sign-in page, nothing ended.
+    let form = [("csrf", csrf.as_str()), ("session", laptop_handle.as_str())];
+    let resp = phone.post(app.url("/sessions/end")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers()["location"].to_str().unwrap().starts_with("/login"));
+    assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(app.log_lines().iter().filter(|l| l["event"] == "session_revoked").count(), 1, "one line");
+
+    // From the account page: back to its list, the notice there.
+    let resp = end(&laptop_handle, "account").await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/account#sessions");
+    assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 303);
+    let page = app.client.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let list = &page[page.find(r#"id="sessions""#).expect("the sessions section")..];
+    assert!(list.contains("That session is signed out."), "under the list: {page}");
+    assert_eq!(list.matches(r#"name="from" value="account""#).count(), 0, "no other session left: {list}");
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200, "this browser stays");
+}
+
+/// On PostgreSQL, a session ended from another instance's list is refused at once by the
+/// instance that signed it in, as every other sign-out is (issue 12: one truth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_session_ended_on_one_instance_is_refused_at_once_by_another() {
+    let Some(url) = crate::pg::database().await else { return };
+    let one = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    let two = crate::helpers::spawn_beside(&one, |s| s.database_url = Some(url.clone())).await;
+    let name = format!("alice{}", portcullis::store::now_ms());
+    one.add_user(&name, GOOD_PASSWORD, false).await;
+    let phone = one.new_browser();
+    let phone_handle = handle_of(&one.login_with(&phone, &name, GOOD_PASSWORD).await);
+    assert_eq!(phone.get(one.url("/")).send().await.unwrap().status(), 200);
+    let desk = two.new_browser();
+    assert_eq!(two.login_with(&desk, &name, GOOD_PASSWORD).await.status(), 303);
+    let page = desk.get(two.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&phone_handle), "the other instance lists it under the same handle: {page}");
+    let form = [("csrf", hidden_field(&page, "csrf").unwrap()), ("session", phone_handle)];
+    assert_eq!(desk.post(two.url("/sessions/end")).form(&form).send().await.unwrap().status(), 303);
+    assert_eq!(phone.get(one.url("/")).send().await.unwrap().status(), 303, "refused at once on the first");
+    assert_eq!(desk.get(two.url("/")).send().await.unwrap().status(), 200);
+}

@@ -49,6 +49,10 @@ struct AccountPage<'a> {
     username: &'a str,
     csrf: &'a str,
     sessions: Vec<SessionView>,
+    /// Where ending one session lands: back to the list ("account").
+    sessions_from: &'static str,
+    /// A notice about one session of the list, shown under it, where ending one lands.
+    sessions_notice: Option<String>,
     notice: Option<String>,
     /// The notice asks for something to be done (shown as an alert, not as news).
     notice_alert: bool,
@@ -190,6 +194,10 @@ async fn render_listed(
         Some(n) if n.about_passkeys() => (Some(n.text()), None),
         other => (None, other),
     };
+    let (sessions_notice, notice) = match notice {
+        Some(n) if n.about_a_session() => (Some(n.text()), None),
+        other => (None, other),
+    };
     let lately = match &notice {
         Some(n) if n.ends_others() => mark_added_lately(&mut passkeys, crate::store::now_ms()),
         _ => None,
@@ -205,6 +213,8 @@ async fn render_listed(
             username: &printable(&user.display_name),
             csrf: &csrf,
             sessions: session_views(sessions, &session.token_hash, &passkeys),
+            sessions_from: "account",
+            sessions_notice,
             notice_alert,
             min_password_length: state.settings.min_password_length,
             notice,
