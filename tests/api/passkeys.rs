@@ -631,6 +631,30 @@ async fn a_passkey_is_the_second_factor_after_the_right_password() {
     assert!(factors_of(&app, "alice").await.contains(&Factors::Two));
 }
 
+/// Past the cap on wrong codes in a row, the second step offers the passkey alone (which lifts
+/// it), not code fields under a message saying no code is accepted (review 211), and the
+/// passkey signs in.
+#[tokio::test]
+async fn past_the_cap_on_wrong_codes_the_second_step_offers_the_passkey_alone_and_it_signs_in() {
+    let app = passkey_app().await;
+    let browser = signed_in_browser(&app, "alice").await;
+    let (mut device, _) = register(&app, &browser, "key").await;
+    app.logout_with(&browser).await;
+    let user = app.state.store.users.get("alice").await.unwrap().unwrap();
+    let run = user.last_login_at.unwrap_or(0).max(user.password_changed_at);
+    for _ in 0..portcullis::sign_in::WRONG_CODES_IN_A_ROW {
+        app.state.store.factors.add_wrong_code("alice", run).await.unwrap();
+    }
+    assert_eq!(app.login_with(&browser, "alice", GOOD_PASSWORD).await.status(), StatusCode::SEE_OTHER);
+    let page = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Codes are no longer accepted for this account"), "{page}");
+    assert!(!page.contains(r#"name="recovery_code""#) && !page.contains(r#"name="code""#), "{page}");
+    assert!(page.contains("Use a passkey") && page.contains("use your passkey to finish"), "{page}");
+    let resp = password_then_passkey(&app, &app.new_browser(), "alice", &mut device).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/");
+}
+
 #[tokio::test]
 async fn another_users_passkey_is_a_wrong_second_factor_and_counted() {
     let app = passkey_app().await;

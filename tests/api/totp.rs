@@ -468,10 +468,16 @@ async fn past_a_hundred_wrong_codes_in_a_row_no_code_is_checked_until_a_new_pass
     assert!(!resp.headers().contains_key("retry-after"), "no wait ends it");
     let page = resp.text().await.unwrap();
     assert!(page.contains("Codes are no longer accepted for this account"), "{page}");
+    // No field for a code is offered under that (review 211); *Cancel* stays.
+    for field in [r#"name="code""#, r#"name="recovery_code""#] {
+        assert!(!page.contains(field), "{field}: {page}");
+    }
+    assert!(page.contains("Cancel and start again"), "{page}");
     assert_eq!(submit(&app, &browser, "recovery_code", &codes[1]).await.status(), 429, "nor a recovery code");
-    // The step's page says so before a code is typed (review 208).
+    // The step's page says so before a code is typed (review 208), without the code fields.
     let shown = browser.get(app.url("/login/second-factor")).send().await.unwrap().text().await.unwrap();
     assert!(shown.contains("Codes are no longer accepted for this account"), "{shown}");
+    assert!(!shown.contains(r#"name="code""#) && !shown.contains(r#"name="recovery_code""#), "{shown}");
     assert_eq!(reasons(&app, "alice").await[0], FailureReason::RateLimited);
 
     let new = Password::new("a different passphrase 4417 tundra");

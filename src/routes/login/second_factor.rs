@@ -31,6 +31,9 @@ struct SecondFactorPage<'a> {
     error: Option<&'a str>,
     /// The pending sign-in is over: only a link back to `/login`.
     restart: bool,
+    /// No code is checked for the user any more (`sign_in::WRONG_CODES_IN_A_ROW`): the code
+    /// forms are left out, the passkey (which lifts it) and *Cancel* stay.
+    locked: bool,
     /// The user has a passkey: offer it (and load `static/passkey.js`).
     passkey: bool,
     /// The user has an authenticator app: ask for its code.
@@ -93,6 +96,11 @@ pub async fn show_head(req: &Request, state: State<'_>) -> Response {
     resp
 }
 
+/// Whether `refusal` is the cap on wrong codes in a row (a quota refusal without a wait).
+fn locks_codes(refusal: &crate::sign_in::Refusal) -> bool {
+    refusal.reason == FailureReason::RateLimited && refusal.retry_after.is_none()
+}
+
 /// What the page says once no code is checked for the user (`sign_in::WRONG_CODES_IN_A_ROW`).
 fn codes_locked() -> String {
     format!(
@@ -132,7 +140,8 @@ async fn page(req: &Request, state: State<'_>) -> Response {
                     Err(resp) => return resp,
                 },
             };
-            render(&state, &hash, &user.display_name, StatusCode::OK, locked.as_deref(), false, offers, captcha)
+            let shown = if locked.is_some() { Shown::PasskeyOnly } else { Shown::Factors };
+            render(&state, &hash, &user.display_name, StatusCode::OK, locked.as_deref(), shown, offers, captcha)
         }
         Ok(None) => restart(req),
         Err(e) => crate::routes::store_error(&e, "could not read a pending sign-in"),
@@ -209,6 +218,18 @@ enum Captcha {
     Link,
 }
 
+/// Which forms the page holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// The codes' forms and the passkey's, as the user has them.
+    Factors,
+    /// The passkey's alone: codes are locked (`sign_in::WRONG_CODES_IN_A_ROW`; review 211 saw
+    /// the code fields still offered under the message saying none is accepted).
+    PasskeyOnly,
+    /// None: the pending sign-in is over, only a link back to `/login`.
+    Restart,
+}
+
 #[allow(clippy::too_many_arguments)] // one call per outcome; a struct would only rename them
 fn render(
     state: &AppState,
@@ -216,7 +237,7 @@ fn render(
     username: &str,
     status: StatusCode,
     error: Option<&str>,
-    restart: bool,
+    shown: Shown,
     (totp, passkey): (bool, bool),
     captcha: Captcha,
 ) -> Response {
@@ -227,8 +248,18 @@ fn render(
         Captcha::Picture(image) => Some(image),
         Captcha::Absent | Captcha::Link => None,
     };
-    let page =
-        SecondFactorPage { csrf: &csrf, username: &username, error, restart, passkey, totp, captcha, offer_picture };
+    let (restart, locked) = (shown == Shown::Restart, shown == Shown::PasskeyOnly);
+    let page = SecondFactorPage {
+        csrf: &csrf,
+        username: &username,
+        error,
+        restart,
+        locked,
+        passkey,
+        totp,
+        captcha,
+        offer_picture,
+    };
     let resp = html(status, &page);
     if passkey {
         crate::routes::passkeys::with_passkey_script(resp)
@@ -253,7 +284,7 @@ fn step_message(refusal: Option<&crate::sign_in::Refusal>, over: bool, passkey: 
     };
     match refusal.reason {
         // No wait: the wrong codes in a row are used up (`sign_in::WRONG_CODES_IN_A_ROW`).
-        FailureReason::RateLimited if refusal.retry_after.is_none() => (StatusCode::TOO_MANY_REQUESTS, codes_locked()),
+        FailureReason::RateLimited if locks_codes(refusal) => (StatusCode::TOO_MANY_REQUESTS, codes_locked()),
         FailureReason::RateLimited => {
             let wait = std::time::Duration::from_secs(refusal.retry_after.unwrap_or(1));
             let message = format!("Too many attempts. Please wait {} and try again.", humantime::format_duration(wait));
@@ -364,11 +395,21 @@ pub async fn submit(req: &Request, body: Body, state: State<'_>) -> Response {
                             Ok(c) => c.map_or(Captcha::Absent, Captcha::Picture),
                             Err(resp) => return resp,
                         };
-                    render(&state, &hash, &user.display_name, status, Some(&message), false, offers, captcha)
+                    let locked = refusal.as_ref().is_some_and(locks_codes);
+                    let shown = if locked { Shown::PasskeyOnly } else { Shown::Factors };
+                    render(&state, &hash, &user.display_name, status, Some(&message), shown, offers, captcha)
                 }
                 None => {
-                    let mut r =
-                        render(&state, &[0; 32], "", status, Some(&message), true, (false, false), Captcha::Absent);
+                    let mut r = render(
+                        &state,
+                        &[0; 32],
+                        "",
+                        status,
+                        Some(&message),
+                        Shown::Restart,
+                        (false, false),
+                        Captcha::Absent,
+                    );
                     if let Ok(v) = cookies::clear(MFA_COOKIE).parse() {
                         r.headers_mut().append(header::SET_COOKIE, v);
                     }
