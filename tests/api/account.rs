@@ -106,7 +106,11 @@ async fn a_wrong_current_password_is_401_counted_and_recorded_like_a_failed_sign
     let alice = signed_in(&app, "alice").await; // one unit of the quota
     let resp = change(&app, &alice, "not my password", NEW_PASSWORD, NEW_PASSWORD).await;
     assert_eq!(resp.status(), 401);
-    assert!(resp.text().await.unwrap().contains("current password is not right"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("current password is not right"));
+    let current = &page[page.find(r#"id="current""#).unwrap()..];
+    let current = &current[..current.find('>').unwrap()];
+    assert!(current.contains(r#"aria-invalid="true" aria-describedby="password-error""#), "{current}");
     let records = app.records(FailureQuery { user_key: Some("alice".into()), ..FailureQuery::default() }).await;
     assert_eq!(records.iter().map(|r| r.reason).collect::<Vec<_>>(), [FailureReason::BadPassword]);
     assert!(app.log_lines().iter().any(|l| l["event"] == "authn_login_fail" && l["reason"] == "bad_password"));
@@ -142,31 +146,41 @@ async fn a_weak_or_mismatched_new_password_is_400_with_the_reason() {
     assert_eq!(resp.status(), 400);
     let page = resp.text().await.unwrap();
     assert!(page.contains("differ"));
-    // The reason is tied to the fields, and the first takes the focus (review 209, WCAG 3.3.1).
-    for field in ["id=\"current\"", "id=\"new\"", "id=\"repeat\""] {
-        let at = page.find(field).unwrap();
-        let tag = &page[at..at + page[at..].find('>').unwrap()];
-        assert!(tag.contains("password-error"), "{tag}");
-    }
-    assert!(page.contains("required autofocus aria-describedby=\"password-error\""), "{page}");
+    // The reason is tied to the field it is about, marked invalid (review 211: it was tied to
+    // all three), and the first field, empty again, takes the focus (review 209, WCAG 3.3.1).
+    let tag = |page: &str, field: &str| {
+        let at = page.find(&format!("id=\"{field}\"")).unwrap();
+        page[at..at + page[at..].find('>').unwrap()].to_string()
+    };
+    let at_fault = |page: &str, faulty: &str| {
+        for field in ["current", "new", "repeat"] {
+            let tag = tag(page, field);
+            let tied = tag.contains("password-error") && tag.contains("aria-invalid=\"true\"");
+            assert_eq!(tied, field == faulty, "{faulty}: {tag}");
+        }
+        assert!(tag(page, "current").contains("required autofocus"), "{page}");
+    };
+    at_fault(&page, "repeat");
     let resp = change(&app, &alice, GOOD_PASSWORD, "short", "short").await;
     assert_eq!(resp.status(), 400);
-    assert!(resp
-        .text()
-        .await
-        .unwrap()
-        .contains("Please choose another new password. The password is too short: use at least"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Please choose another new password. The password is too short: use at least"));
+    at_fault(&page, "new");
     let resp = change(&app, &alice, GOOD_PASSWORD, "password1234567890", "password1234567890").await;
     assert_eq!(resp.status(), 400);
     // No current password: a form not filled in, nothing checked or recorded.
     let resp = change(&app, &alice, "", NEW_PASSWORD, NEW_PASSWORD).await;
     assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("Type your current password"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Type your current password"));
+    at_fault(&page, "current");
     assert!(app.records(portcullis::store::FailureQuery::default()).await.is_empty(), "nothing recorded");
     // The same password again: nothing would change but the other sessions' end.
     let resp = change(&app, &alice, GOOD_PASSWORD, GOOD_PASSWORD, GOOD_PASSWORD).await;
     assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("the one you have now"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("the one you have now"));
+    at_fault(&page, "new");
     // Nor only its case or surrounding spaces, which the rules do not see (review 137).
     for again in [format!("{GOOD_PASSWORD} "), format!(" {} ", GOOD_PASSWORD.to_uppercase())] {
         let resp = change(&app, &alice, GOOD_PASSWORD, &again, &again).await;

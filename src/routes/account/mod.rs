@@ -58,6 +58,8 @@ struct AccountPage<'a> {
     notice_alert: bool,
     /// The password form's error, shown beside it.
     password_error: Option<&'a str>,
+    /// The `id` of the field that error is about ([`PasswordFault`]), "" for the whole form.
+    password_fault: &'static str,
     /// A captcha challenge for the password form (a `data:` URI), when its check wants one
     /// (`templates/captcha.html`).
     captcha: Option<String>,
@@ -136,12 +138,36 @@ pub fn to_recovery_codes() -> Response {
     see_other("/account#recovery")
 }
 
-/// The page for `session`, with `status`, the password form's error, and a captcha for it.
+/// Which field of the password form an error is about: that one is marked invalid and tied to
+/// the error (WCAG 3.3.1; review 211 saw the error tied to all three).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum PasswordFault {
+    Current,
+    New,
+    Repeat,
+    /// The form as a whole (too many checks, a picture demanded).
+    Form,
+}
+
+impl PasswordFault {
+    /// The `id` of the field at fault, or "" for the form as a whole.
+    fn field(self) -> &'static str {
+        match self {
+            PasswordFault::Current => "current",
+            PasswordFault::New => "new",
+            PasswordFault::Repeat => "repeat",
+            PasswordFault::Form => "",
+        }
+    }
+}
+
+/// The page for `session`, with `status`, the password form's error and the field it is
+/// about, and a captcha for it.
 pub(super) async fn render(
     state: &crate::app::AppState,
     session: &ActiveSession,
     status: StatusCode,
-    password_error: Option<&str>,
+    password_error: Option<(PasswordFault, &str)>,
     password_captcha: Option<String>,
 ) -> Response {
     render_listed(state, session, None, status, None, password_error, password_captcha).await
@@ -155,10 +181,12 @@ async fn render_listed(
     sessions: Option<Vec<StoredSession>>,
     status: StatusCode,
     notice: Option<flash::Notice>,
-    password_error: Option<&str>,
+    password_error: Option<(PasswordFault, &str)>,
     password_captcha: Option<String>,
 ) -> Response {
     let user = &session.user;
+    let password_fault = password_error.map_or("", |(fault, _)| fault.field());
+    let password_error = password_error.map(|(_, message)| message);
     let sessions = match sessions {
         Some(s) => s,
         None => match state.sessions.list(user).await {
@@ -219,6 +247,7 @@ async fn render_listed(
             min_password_length: state.settings.min_password_length,
             notice,
             password_error,
+            password_fault,
             captcha: password_captcha,
             factors,
             totp_since,

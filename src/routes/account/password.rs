@@ -10,6 +10,7 @@ use poem::http::StatusCode;
 use poem::{handler, Body, Request, Response};
 use serde::Deserialize;
 
+use super::PasswordFault as Fault;
 use crate::app::AppState;
 use crate::client;
 use crate::password::Password;
@@ -57,20 +58,21 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
     if !state.csrf.check_session(&session.token_hash, &form.csrf) {
         return crate::routes::stale_form();
     }
-    let again = |status, message: &'static str| {
+    let again = |status, fault, message: &'static str| {
         let session = session.clone();
         let state = state.0.clone();
-        async move { super::render(&state, &session, status, Some(message), None).await }
+        async move { super::render(&state, &session, status, Some((fault, message)), None).await }
     };
     if form.new != form.repeat {
-        return again(StatusCode::BAD_REQUEST, "The new password and its repeat differ.").await;
+        return again(StatusCode::BAD_REQUEST, Fault::Repeat, "The new password and its repeat differ.").await;
     }
     // Nothing to hash or check: the user typed both. Judged as the policy judges a new
     // password (case-folded, trimmed), not only as typed.
     let (new, current) = (crate::password::Password::new(&form.new), crate::password::Password::new(&form.current));
     let same = crate::password::same_when_folded(&new, &current);
     if same && !form.new.is_empty() {
-        return again(StatusCode::BAD_REQUEST, "The new password is the one you have now: choose another.").await;
+        let message = "The new password is the one you have now: choose another.";
+        return again(StatusCode::BAD_REQUEST, Fault::New, message).await;
     }
     match check_current(req, &state, &session, &form.current, &form.captcha).await {
         Ok(PasswordCheck::Right) => {}
@@ -80,10 +82,12 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
                 Ok(image) => image,
                 Err(resp) => return resp,
             };
-            return super::render(&state, &session, StatusCode::UNAUTHORIZED, Some(message), image).await;
+            let error = Some((Fault::Current, message));
+            return super::render(&state, &session, StatusCode::UNAUTHORIZED, error, image).await;
         }
         Ok(PasswordCheck::TooMany { retry_after }) => {
-            let resp = again(StatusCode::TOO_MANY_REQUESTS, "Too many password checks. Please wait and try again.");
+            let message = "Too many password checks. Please wait and try again.";
+            let resp = again(StatusCode::TOO_MANY_REQUESTS, Fault::Form, message);
             return with_retry_after(resp.await, retry_after);
         }
         Ok(PasswordCheck::CaptchaDemanded) => {
@@ -91,9 +95,12 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
                 Ok(image) => image,
                 Err(resp) => return resp,
             };
-            return super::render(&state, &session, StatusCode::FORBIDDEN, Some(CAPTCHA_DEMANDED), Some(image)).await;
+            let error = Some((Fault::Form, CAPTCHA_DEMANDED));
+            return super::render(&state, &session, StatusCode::FORBIDDEN, error, Some(image)).await;
         }
-        Ok(PasswordCheck::NothingTyped) => return again(StatusCode::BAD_REQUEST, "Type your current password.").await,
+        Ok(PasswordCheck::NothingTyped) => {
+            return again(StatusCode::BAD_REQUEST, Fault::Current, "Type your current password.").await
+        }
         Err(resp) => return resp,
     }
     let user = &session.user;
@@ -136,7 +143,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             let mut chars = why.chars();
             let why: String = chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
             let message = format!("Please choose another new password. {why}.");
-            return super::render(&state, &session, StatusCode::BAD_REQUEST, Some(&message), None).await;
+            return super::render(&state, &session, StatusCode::BAD_REQUEST, Some((Fault::New, &message)), None).await;
         }
         Err(UserError::Store(e)) => return crate::routes::store_error(&e, "could not change the password"),
         Err(UserError::Hashing(_)) => return error_page(StatusCode::SERVICE_UNAVAILABLE),
