@@ -135,12 +135,43 @@ struct PasskeysPage<'a> {
     passkeys: Vec<PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// What `passkey_error` is about ([`ErrorAbout`]).
+    passkey_error_for: ErrorAbout,
     /// Shown only on the account page (see its `passkey_notice`).
     passkey_notice: Option<String>,
     /// The session may add a passkey without confirming its password first.
     recent: bool,
     /// What removing one takes with it ([`crate::routes::account::removal_note`]).
     removal_note: Option<String>,
+}
+
+/// Which field of the passkeys section an error is about: that one is marked invalid, tied to
+/// the error and focused (WCAG 3.3.1; review 209 saw a rename's error tied to nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ErrorAbout {
+    /// The section as a whole.
+    #[default]
+    Section,
+    /// The name for a new passkey.
+    NewName,
+    /// The rename box of the passkey with this id (base64url, as [`PasskeyView::id`]), and
+    /// the name typed there, shown again to be mended.
+    Rename { id: String, typed: String },
+}
+
+impl ErrorAbout {
+    /// Whether the error is about the rename box of the passkey `id`.
+    pub fn renames(&self, id: &str) -> bool {
+        matches!(self, ErrorAbout::Rename { id: about, .. } if about == id)
+    }
+
+    /// The name to show in the rename box of the passkey `id` whose stored name shows as `name`.
+    pub fn rename_value<'a>(&'a self, id: &str, name: &'a str) -> &'a str {
+        match self {
+            ErrorAbout::Rename { id: about, typed } if about == id => typed,
+            _ => name,
+        }
+    }
 }
 
 /// Marks a page as one with a passkey button: [`super::security_headers`] gives it
@@ -295,7 +326,13 @@ pub async fn login_finish(req: &Request, body: Body, state: State<'_>) -> Respon
 /// Where a signed-out visitor to these routes is sent.
 const SIGNED_OUT: &str = "/login";
 
-async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, error: Option<&str>) -> Response {
+async fn page(
+    state: &AppState,
+    session: &ActiveSession,
+    status: StatusCode,
+    error: Option<&str>,
+    about: ErrorAbout,
+) -> Response {
     let passkeys = match views(state, &session.user.key).await {
         Ok(v) => v,
         Err(e) => return passkey_failure(&e, "could not list passkeys"),
@@ -312,6 +349,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
         passkeys,
         passkeys_enabled: state.passkeys.enabled(),
         passkey_error: error,
+        passkey_error_for: about,
         passkey_notice: None,
         recent: session.authenticated_recently(now_ms()),
         removal_note: crate::routes::account::removal_note(&factors, required),
@@ -322,7 +360,7 @@ async fn page(state: &AppState, session: &ActiveSession, status: StatusCode, err
 #[handler]
 pub async fn list(req: &Request, state: State<'_>) -> Response {
     match signed_in(req, &state, &Then::Passkeys.sign_in_url()).await {
-        Ok(session) => page(&state, &session, StatusCode::OK, None).await,
+        Ok(session) => page(&state, &session, StatusCode::OK, None, ErrorAbout::Section).await,
         Err(resp) => resp,
     }
 }
@@ -433,6 +471,10 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
             "Your device may still list the passkey it made: remove it there, as it will not sign in.",
         ),
         Err(e) => {
+            let about = match e {
+                PasskeyError::BadName | PasskeyError::NameTaken => ErrorAbout::NewName,
+                _ => ErrorAbout::Section,
+            };
             let message = match e {
                 PasskeyError::BadName => BAD_NAME.to_string(),
                 PasskeyError::NameTaken => NAME_TAKEN.to_string(),
@@ -446,7 +488,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
                     "The passkey could not be added. Please try again.".to_string()
                 }
             };
-            page(&state, &session, StatusCode::BAD_REQUEST, Some(&message)).await
+            page(&state, &session, StatusCode::BAD_REQUEST, Some(&message), about).await
         }
     };
     if let Ok(v) = cookies::clear(CEREMONY_COOKIE).parse() {
@@ -501,8 +543,11 @@ pub async fn rename(req: &Request, body: Body, state: State<'_>) -> Response {
             notice.attach(&state.csrf, &session.token_hash, see_other(ACCOUNT_PASSKEYS))
         }
         Ok(false) => error_page(StatusCode::NOT_FOUND),
-        Err(PasskeyError::BadName) => page(&state, &session, StatusCode::BAD_REQUEST, Some(BAD_NAME)).await,
-        Err(PasskeyError::NameTaken) => page(&state, &session, StatusCode::BAD_REQUEST, Some(NAME_TAKEN)).await,
+        Err(e @ (PasskeyError::BadName | PasskeyError::NameTaken)) => {
+            let message = if matches!(e, PasskeyError::BadName) { BAD_NAME } else { NAME_TAKEN };
+            let about = ErrorAbout::Rename { id: form.id.clone(), typed: form.name.clone() };
+            page(&state, &session, StatusCode::BAD_REQUEST, Some(message), about).await
+        }
         Err(e) => passkey_failure(&e, "could not rename a passkey"),
     }
 }

@@ -75,6 +75,8 @@ struct AccountPage<'a> {
     passkeys: Vec<crate::routes::passkeys::PasskeyView>,
     passkeys_enabled: bool,
     passkey_error: Option<&'a str>,
+    /// Always [`crate::routes::passkeys::ErrorAbout::Section`]: this page shows no passkey error.
+    passkey_error_for: crate::routes::passkeys::ErrorAbout,
     /// A notice about passkeys, shown in their section, where the page lands after a removal.
     passkey_notice: Option<String>,
     /// The session may add or remove a second factor without confirming its password first
@@ -257,6 +259,7 @@ async fn render_listed(
             passkeys,
             passkeys_enabled,
             passkey_error: None,
+            passkey_error_for: crate::routes::passkeys::ErrorAbout::Section,
             passkey_notice,
             recent: session.authenticated_recently(crate::store::now_ms()),
             codes_seen,
