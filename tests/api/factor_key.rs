@@ -227,3 +227,53 @@ async fn a_key_the_services_user_cannot_read_is_named_with_its_owner_and_mode() 
         "{line}"
     );
 }
+
+/// The README's service layout without systemd: `cert_dir` is root's (`install -d -m 0700
+/// /etc/portcullis/certs`, the key given to the service's user with `-o USER`), read by a
+/// server that runs as that user. `config check` and the start take it (review 213: both
+/// refused a `cert_dir` of root's, saying to run the server as root); another user's is still
+/// refused.
+#[tokio::test]
+async fn a_cert_dir_of_roots_holding_the_services_key_is_used_by_a_server_not_run_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !crate::helpers::root_or_skip("to run the server as another user") {
+        return;
+    }
+    const SERVICE: u32 = 4247;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["data", "logs"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+        std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(d.join(sub), Some(SERVICE), Some(SERVICE)).unwrap();
+    }
+    // A pair made by a first start of root's elsewhere, then put in a directory of root's.
+    let pair = tempfile::tempdir().unwrap();
+    portcullis::tls::ensure_certificate(&pair.path().join("certs")).unwrap();
+    let certs = d.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(pair.path().join("certs").join(f), certs.join(f)).unwrap();
+    }
+    std::os::unix::fs::chown(certs.join("key.pem"), Some(SERVICE), Some(SERVICE)).unwrap();
+    let mut check = child::command(d);
+    check.args(["config", "check"]).uid(SERVICE).gid(SERVICE);
+    let run = child::run_cli(check, None).await;
+    assert!(run.ok, "{run:?}");
+    let server = child::ServerProcess::start_with(d, child::QUICK, |cmd| {
+        cmd.uid(SERVICE).gid(SERVICE);
+    });
+    let resp = server.browser().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(server);
+    // Another user's cert_dir is refused still.
+    std::os::unix::fs::chown(&certs, Some(SERVICE + 1), Some(SERVICE + 1)).unwrap();
+    let mut cmd = child::command(d);
+    cmd.args(child::QUICK).uid(SERVICE).gid(SERVICE);
+    let refused = child::run_cli(cmd, None).await;
+    let line = refused.assert_one_line_failure("another user's cert_dir");
+    assert!(line.contains("belongs to uid 4248"), "{line}");
+}
