@@ -40,9 +40,17 @@ pub enum Notice {
         #[serde(default)]
         pending: usize,
     },
-    /// One session chosen from the list was ended (`POST /sessions/end`); `already`: it had
-    /// ended before the request reached it (its own sign-out, a timeout, the click sent twice).
-    SessionEnded { already: bool },
+    /// One session chosen from the list was ended (`POST /sessions/end`), the one of browser
+    /// `browser` at address `ip` (as the list showed them: review 212 could not tell which
+    /// had ended); `already`: it had ended before the request reached it (its own sign-out, a
+    /// timeout, the click sent twice), and then neither is known.
+    SessionEnded {
+        already: bool,
+        #[serde(default)]
+        ip: String,
+        #[serde(default)]
+        browser: String,
+    },
     /// `POST /account/password` changed the password, ending this many other sessions and
     /// `pending` sign-ins waiting for their second step (none in a notice from before).
     PasswordChanged {
@@ -109,8 +117,13 @@ impl Notice {
                 if *pending == 1 { "was" } else { "were" },
                 if *pending == 1 { "it" } else { "them" }
             ),
-            Notice::SessionEnded { already: false } => "That session is signed out.".to_string(),
-            Notice::SessionEnded { already: true } => "That session had already ended.".to_string(),
+            Notice::SessionEnded { already: true, .. } => "That session had already ended.".to_string(),
+            Notice::SessionEnded { ip, browser, .. } => format!(
+                "The session of \u{201c}{}\u{201d} at {} is signed out. If it was not yours, change your password \
+                 too: whoever signed it in could sign in again.",
+                crate::text::printable(browser),
+                crate::text::printable(ip)
+            ),
             Notice::PasswordChanged { ended: 0, pending: 0 } => {
                 "Your password is changed. No other session was signed in.".into()
             }

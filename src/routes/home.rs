@@ -305,7 +305,11 @@ pub async fn end_one_session(req: &Request, body: Body, state: State<'_>) -> Res
             client: &client,
         });
     }
-    Notice::SessionEnded { already: ended.is_none() }.attach(&state.csrf, &session.token_hash, see_other(back))
+    let notice = match ended {
+        Some(ended) => Notice::SessionEnded { already: false, ip: ended.record.ip, browser: ended.record.user_agent },
+        None => Notice::SessionEnded { already: true, ip: String::new(), browser: String::new() },
+    };
+    notice.attach(&state.csrf, &session.token_hash, see_other(back))
 }
 
 /// The page for a session of the list the store could not end (`status`, a 503 or 500).

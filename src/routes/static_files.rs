@@ -69,13 +69,23 @@ mod tests {
     }
 
     /// WCAG 1.4.10: reflow loses nothing; the sessions' browser column, which tells a
-    /// stranger's session apart, is not hidden on narrow screens (review 209), the table
-    /// scrolls inside its box instead.
+    /// stranger's session apart, is not hidden on narrow screens (review 209): each row is a
+    /// card there with every field labelled, its button last (review 212), and the table keeps
+    /// its roles for screen readers.
     #[test]
     fn no_column_of_the_sessions_table_is_hidden_on_narrow_screens() {
         let css = std::str::from_utf8(include_bytes!("../../static/style.css")).unwrap();
         assert!(!css.contains("nth-child(4) { display: none; }"), "a column is hidden");
+        let narrow = &css[css.find("@media (max-width: 600px)").expect("a phone's rules")..];
+        assert!(narrow.contains(".sessions, .sessions tbody, .sessions tr, .sessions td { display: block; }"));
+        assert!(narrow.contains(".sessions td[data-label]::before { content: attr(data-label)"));
         let table = include_str!("../../templates/sessions_table.html");
-        assert!(table.starts_with("<div class=\"table-scroll\">"), "the table scrolls in its box");
+        assert!(table.starts_with("<div class=\"table-scroll\">"), "wider tables scroll in their box");
+        for label in ["Signed in", "Last active", "Address", "Browser"] {
+            assert!(table.contains(&format!("role=\"cell\" data-label=\"{label}\"")), "{label}");
+        }
+        assert!(table.contains("<table class=\"sessions\" role=\"table\">") && table.contains("<tr role=\"row\""));
+        let (browser, button) = (table.find("data-label=\"Browser\"").unwrap(), table.find("<button").unwrap());
+        assert!(browser < button, "the button after what tells the row apart");
     }
 }

@@ -455,7 +455,8 @@ async fn one_session_chosen_from_the_list_is_signed_out_and_no_other() {
         assert!(page.contains(&format!(r#"name="session" value="{h}""#)), "{page}");
     }
     assert!(!page.contains(&here) && !page.contains(&bob_handle), "{page}");
-    assert!(page.contains(r#"aria-label="Sign out the session signed in "#) && page.contains("from 127.0.0.1"));
+    let named = r#"aria-label="End this session: Phone &#60;b&#62;9&#60;/b&#62;, at 127.0.0.1, signed in "#;
+    assert!(page.contains(named), "named by its browser, address and time: {page}");
     assert!(page.contains("Phone &#60;b&#62;9&#60;/b&#62;"), "escaped: {page}");
 
     let csrf = app.home_csrf(&app.client).await;
@@ -470,7 +471,10 @@ async fn one_session_chosen_from_the_list_is_signed_out_and_no_other() {
     assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 200, "the laptop is not");
     assert_eq!(bob.get(app.url("/")).send().await.unwrap().status(), 200);
     let page = app.client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("That session is signed out."), "{page}");
+    let said =
+        "The session of \u{201c}Phone &#60;b&#62;9&#60;/b&#62;\u{201d} at 127.0.0.1 is signed out. If it was not \
+                yours, change your password too";
+    assert!(page.contains(said), "which one, and what else to do: {page}");
     assert!(!page.contains(&phone_handle), "gone from the list");
     let logged: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
     assert_eq!(logged.len(), 1, "{logged:?}");
@@ -523,7 +527,7 @@ async fn one_session_chosen_from_the_list_is_signed_out_and_no_other() {
     assert_eq!(laptop.get(app.url("/")).send().await.unwrap().status(), 303);
     let page = app.client.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
     let list = &page[page.find(r#"id="sessions""#).expect("the sessions section")..];
-    assert!(list.contains("That session is signed out."), "under the list: {page}");
+    assert!(list.contains("The session of \u{201c}portcullis-tests/1.0\u{201d} at 127.0.0.1 is signed out."), "{page}");
     assert_eq!(list.matches(r#"name="from" value="account""#).count(), 0, "no other session left: {list}");
     assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200, "this browser stays");
 }
