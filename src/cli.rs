@@ -533,7 +533,7 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
             return Err(Failure { status: CONFIG_INVALID, message: crate::text::printable(&why).into_owned() }.into());
         }
         let file_warnings = crate::config::file_warnings(config);
-        let judging = loaded.access.slow_judging();
+        let judging = loaded.access.slow_judging().into_iter().chain(crate::config::gate_unreachable(&loaded));
         for warning in
             crate::config::warnings(loaded.metrics_addr, &loaded.argon2).into_iter().chain(file_warnings).chain(judging)
         {
@@ -685,7 +685,8 @@ async fn serve_until_stopped(settings: Settings, file_warnings: Vec<String>) -> 
         Some(url) => format!("PostgreSQL at {url}"),
         None => format!("sled in {}", app.state().settings.data_dir.display()),
     };
-    let judging = app.state().settings.access.slow_judging();
+    let settings = &app.state().settings;
+    let judging = settings.access.slow_judging().into_iter().chain(crate::config::gate_unreachable(settings));
     for warning in crate::config::warnings(app.metrics_addr(), &app.state().settings.argon2).into_iter().chain(judging)
     {
         tracing::warn!("{warning}");

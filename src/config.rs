@@ -77,8 +77,14 @@ pub enum ConfigError {
     TooLarge { path: PathBuf },
     #[error("portcullis.toml in the working directory is not read: {reason}; name the settings file with --config, or run from another directory")]
     Untrusted { reason: String },
-    #[error("config file {}: unknown key `{key}`", shown_file(.path))]
-    UnknownKey { path: PathBuf, key: String },
+    #[error("config file {}: unknown key `{key}`{hint}", shown_file(.path))]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        /// " (did you mean `KEY`?)" for a setting within 3 edits, as for variables (review
+        /// 213: the file's typos got no hint, the environment's did), else empty.
+        hint: String,
+    },
     #[error("invalid {key} = {} (from {source_name}): {message}", crate::text::quoted(.value))]
     Invalid { key: &'static str, value: String, source_name: String, message: String },
     /// A `PORTCULLIS_*` variable that is not UTF-8 (its value is not shown: it may hold a
@@ -780,7 +786,13 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
     if let Some(key) =
         table.keys().find(|k| k.as_str() != crate::access::FILE_KEY && !KEYS.iter().any(|key| key.name == k.as_str()))
     {
-        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: escape_controls(key) });
+        let closest = KEYS
+            .iter()
+            .map(|k| (strsim::levenshtein(k.name, &key.to_lowercase()), k.name))
+            .filter(|(distance, _)| *distance <= 3)
+            .min_by_key(|(distance, _)| *distance);
+        let hint = closest.map(|(_, name)| format!(" (did you mean `{name}`?)")).unwrap_or_default();
+        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: escape_controls(key), hint });
     }
     Ok((path.to_path_buf(), table))
 }
@@ -1099,6 +1111,20 @@ fn writers_besides_its_owner(path: &Path, meta: &std::fs::Metadata) -> Vec<Strin
 /// address it bound) and argon2 below OWASP's minimums ([`weak_hashing`]).
 pub fn warnings(metrics_addr: Option<SocketAddr>, argon2: &HashParams) -> Vec<String> {
     metrics_exposure(metrics_addr).into_iter().chain(weak_hashing(argon2)).collect()
+}
+
+/// The warning for forward auth set up (`cookie_domain` or `[access]` rules) with an empty
+/// `trusted_proxies`: the verify endpoints answer only the peers listed there, so every gated
+/// request would get a bare 403 from the proxy, bypass paths included (review 213: nothing
+/// said why). `None` otherwise.
+pub fn gate_unreachable(settings: &Settings) -> Option<String> {
+    let set_up = settings.cookie_domain.is_some() || settings.access.is_set_up();
+    (set_up && settings.trusted_proxies.is_empty()).then(|| {
+        "forward auth is set up (cookie_domain or [access]) but trusted_proxies is empty: /api/authz/* answers \
+         only the proxies listed there, so every gated request is refused (403); list your proxy's address, \
+         e.g. trusted_proxies = [\"127.0.0.1\"]"
+            .to_string()
+    })
 }
 
 /// The warning for argon2 parameters below every one of OWASP's minimum configurations for

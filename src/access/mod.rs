@@ -261,6 +261,12 @@ impl Access {
         None
     }
 
+    /// Whether any rule is set, or a default other than `deny`: forward auth is meant to be
+    /// used.
+    pub fn is_set_up(&self) -> bool {
+        !self.rules.is_empty() || self.default_policy != Policy::Deny
+    }
+
     /// Reads `[access]` from the settings file's table (absent: no rules, default deny).
     ///
     /// # Errors

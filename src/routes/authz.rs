@@ -40,12 +40,35 @@ async fn counted(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> Resp
     // could raise the `forbidden` series at will and hide the denials an alert is for
     // (review 194). `http_requests_total` counts its 403.
     if !from_trusted_proxy(req, state) {
+        untrusted_peer_said(req);
         return status(StatusCode::FORBIDDEN);
     }
     let started = std::time::Instant::now();
     let (resp, result) = verify(req, state, flavour).await;
     state.metrics.record_authz(result, started.elapsed());
     resp
+}
+
+/// Says, at most once a minute, that a peer not in `trusted_proxies` asked for a decision: a
+/// proxy left out of the list gets a bare 403 for every gated request, and nothing else told
+/// its operator why (review 213). Once a minute, so no client can fill the log with it.
+fn untrusted_peer_said(req: &Request) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SAID_MS: AtomicU64 = AtomicU64::new(0);
+    let now = crate::store::now_ms();
+    let last = LAST_SAID_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 60_000 && last != 0 {
+        return;
+    }
+    if LAST_SAID_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let peer = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip()).to_string());
+    tracing::warn!(
+        peer = peer.as_deref().unwrap_or("unknown"),
+        "a forward-auth request came from a peer not in trusted_proxies and was refused (403); if it is your \
+         proxy, add its address to trusted_proxies (said at most once a minute)"
+    );
 }
 
 /// Whether `req`'s TCP peer is in `trusted_proxies`, the only ones that may ask.
