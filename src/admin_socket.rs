@@ -43,6 +43,13 @@ pub enum Request {
         #[serde(default)]
         remove: Vec<Group>,
     },
+    /// With neither, only shows whether the user is an administrator.
+    UserAdmin {
+        name: String,
+        /// `Some(true)`: make one; `Some(false)`: no longer one.
+        #[serde(default)]
+        admin: Option<bool>,
+    },
     UserPasswd {
         name: String,
         password: String,
@@ -85,6 +92,7 @@ impl Request {
         match self {
             Request::UserList | Request::UserFactors { .. } | Request::Audit { .. } => false,
             Request::UserGroups { add, remove, .. } => !add.is_empty() || !remove.is_empty(),
+            Request::UserAdmin { admin, .. } => admin.is_some(),
             Request::UserAdd { .. }
             | Request::UserPasswd { .. }
             | Request::UserDel { .. }
@@ -112,6 +120,7 @@ impl std::fmt::Debug for Request {
                 write!(f, "UserAdd({name:?}, admin={admin}, groups={groups:?})")
             }
             Request::UserGroups { name, add, remove } => write!(f, "UserGroups({name:?}, +{add:?}, -{remove:?})"),
+            Request::UserAdmin { name, admin } => write!(f, "UserAdmin({name:?}, {admin:?})"),
             Request::UserPasswd { name, .. } => write!(f, "UserPasswd({name:?})"),
             Request::UserDel { name } => write!(f, "UserDel({name:?})"),
             Request::UserList => write!(f, "UserList"),
@@ -151,7 +160,7 @@ fn one_line(name: &str) -> String {
 async fn no_admin_left(users: &UserAdmin) -> &'static str {
     match users.list().await {
         Ok(all) if !all.iter().any(|u| u.admin && !u.disabled) => {
-            "; no enabled administrator is left to open /admin (portcullis user add NAME --admin makes one)"
+            "; no enabled administrator is left to open /admin (portcullis user admin NAME --grant makes one)"
         }
         _ => "",
     }
@@ -183,6 +192,15 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                 format!("user {n} is in: {listed}{unchanged}")
             })
         }
+        Request::UserAdmin { name, admin } => match users.set_admin(name, *admin, by).await {
+            Ok((n, is, changed)) => {
+                let what = if is { "an administrator" } else { "not an administrator" };
+                let unchanged = if admin.is_some() && !changed { "; nothing changed: it was already so" } else { "" };
+                let left = if changed && !is { no_admin_left(users).await } else { "" };
+                Ok(format!("user {n} is {what}{unchanged}{left}"))
+            }
+            Err(e) => Err(e),
+        },
         Request::UserDel { name } => match users.delete(name, by).await {
             Ok((n, ended)) => Ok(format!("user {n} deleted; {ended}{}", no_admin_left(users).await)),
             Err(e) => Err(e),

@@ -515,7 +515,7 @@ impl Application {
             // one. Said at the start (review 138: an operator was left without a word).
             if !users.list().await?.iter().any(|u| u.admin && !u.disabled) {
                 tracing::warn!(
-                    "no enabled administrator: nobody can open /admin (portcullis user add NAME --admin makes one, or user enable NAME)"
+                    "no enabled administrator: nobody can open /admin (portcullis user admin NAME --grant or user add NAME --admin makes one, or user enable NAME)"
                 );
             }
             // A first start stopped between making `admin` and printing its password (review

@@ -254,6 +254,13 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         by: &'a str,
     },
+    /// `user admin NAME --grant` or `--revoke` changed whether the user is an administrator
+    /// (`privilege_permissions_changed`, OWASP Logging Vocabulary): `admin` afterwards.
+    AdminChanged {
+        username: &'a str,
+        admin: bool,
+        by: &'a str,
+    },
     UserUnlocked {
         username: &'a str,
         by: &'a str,
@@ -1526,6 +1533,10 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         ),
         AuthEvent::PasswordChanged { username, by } => tracing::info!(
             target: TARGET, event = "authn_password_change", time, username, by, "password changed"
+        ),
+        AuthEvent::AdminChanged { username, admin, by } => tracing::warn!(
+            target: TARGET, event = "privilege_permissions_changed", time, username, admin, by,
+            "administrator flag changed"
         ),
         AuthEvent::UserUnlocked { username, by } => tracing::info!(
             target: TARGET, event = "user_unlocked", time, username, by, "user unlocked"

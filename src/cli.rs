@@ -186,6 +186,20 @@ pub enum UserCommand {
         #[arg(long, value_name = "G", value_parser = parse_group)]
         remove: Vec<Group>,
     },
+    /// Show whether a user is an administrator (the admin pages, the group `admins`), or change it
+    #[command(
+        after_help = "Examples:\n  portcullis user admin alice --grant\n  portcullis user admin admin --revoke   (once another administrator exists)"
+    )]
+    Admin {
+        /// The user, as `user list` shows the name
+        name: String,
+        /// Make the user an administrator
+        #[arg(long, conflicts_with = "revoke")]
+        grant: bool,
+        /// Make the user no longer an administrator
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Set a user's password (ends all their sessions)
     #[command(after_help = "Example:\n  portcullis user passwd alice   (prompts twice)")]
     Passwd {
@@ -806,6 +820,16 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
             (Request::UserAdd { name, password, admin, groups }, false)
         }
         UserCommand::Groups { name, add, remove } => (Request::UserGroups { name: shown(name), add, remove }, false),
+        UserCommand::Admin { name, grant, revoke } => {
+            let admin = if grant {
+                Some(true)
+            } else if revoke {
+                Some(false)
+            } else {
+                None
+            };
+            (Request::UserAdmin { name: shown(name), admin }, false)
+        }
         UserCommand::Passwd { name, password_stdin } => {
             let password = read_password(password_stdin)?;
             (Request::UserPasswd { name: shown(name), password }, false)

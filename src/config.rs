@@ -508,13 +508,14 @@ impl Settings {
     /// user's, one others may write in, a file, a path under a file), as `key: why`, judged
     /// without making or changing anything ([`crate::store::refuse_changeable`]). `None` when
     /// all three may be used or made. A `cert_dir` of root's is used, as the certificate's
-    /// loading uses it: only read, as `/etc/letsencrypt` is (review 213: the start refused
-    /// the README's `/etc/portcullis/certs` for a server not run as root).
+    /// loading uses it ([`crate::store::refuse_changeable_but_roots`]).
     pub fn unusable_directory(&self) -> Option<String> {
-        let data = [("data_dir", &self.data_dir), ("log_dir", &self.log_dir)];
-        data.into_iter()
-            .find_map(|(key, dir)| crate::store::refuse_changeable(dir).err().map(|e| format!("{key}: {e}")))
-            .or_else(|| crate::tls::refuse_a_file_for_the_directory(&self.cert_dir).err().map(|e| format!("{e:#}")))
+        let judged = [
+            ("data_dir", crate::store::refuse_changeable(&self.data_dir)),
+            ("log_dir", crate::store::refuse_changeable(&self.log_dir)),
+            ("cert_dir", crate::store::refuse_changeable_but_roots(&self.cert_dir)),
+        ];
+        judged.into_iter().find_map(|(key, judged)| judged.err().map(|e| format!("{key}: {e}")))
     }
 
     /// Number of async (request) workers: the setting, or one per core. Measured on 2 cores

@@ -147,7 +147,7 @@ pub fn check_existing_certificate(dir: &Path) -> anyhow::Result<()> {
 /// (`/etc/letsencrypt` is root's, read by the service's user), or one under a directory
 /// others may change (review 155 swapped a parent under a 0777 directory, and linked
 /// `cert.pem` to `/etc/shadow` in a directory of their own).
-pub(crate) fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
+fn refuse_a_file_for_the_directory(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("cert_dir {} is not a directory", crate::text::printable(&dir.display().to_string()));
     }

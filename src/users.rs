@@ -29,7 +29,9 @@ pub enum UserError {
     /// `admins` is given by the administrator flag alone (SPEC.md, "Gating other
     /// applications"): listed by hand it would reach applications as `Remote-Groups: admins`
     /// for someone portcullis does not treat as an administrator.
-    #[error("the admins group cannot be listed: it follows the administrator flag (portcullis user add NAME --admin)")]
+    #[error(
+        "the admins group cannot be listed: it follows the administrator flag (portcullis user admin NAME --grant)"
+    )]
     ReservedGroup,
     /// `user groups NAME --add G --remove G`: which one was meant cannot be known.
     #[error("the group {} is both added and removed: give it once", crate::text::quoted(.0))]
@@ -448,6 +450,35 @@ impl UserAdmin {
         let sessions = self.end_generation(&record.key, name).await?;
         let pending = self.store.factors.take_pending_of(&record.key, now_ms()).await?;
         Ok((record.display_name.clone(), Ended { sessions, pending }))
+    }
+
+    /// Makes the user an administrator (`Some(true)`), or no longer one (`Some(false)`),
+    /// durably, or only reads whether they are (`None`); returns the user's name, whether they
+    /// are one afterwards, and whether anything changed. Sessions stay: every request reads the
+    /// user afresh, so the admin pages and the `admins` group follow at the next request on
+    /// every instance. A change is logged `privilege_permissions_changed` (OWASP's Logging
+    /// Vocabulary), a request for what already is changes and logs nothing.
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`] when there is no such user; the store's.
+    pub async fn set_admin(
+        &self,
+        name: &str,
+        admin: Option<bool>,
+        by: &str,
+    ) -> Result<(String, bool, bool), UserError> {
+        let (_, before) = self.existing(name).await?;
+        let Some(admin) = admin.filter(|&a| a != before.admin) else {
+            return Ok((before.display_name, before.admin, false));
+        };
+        let record = self
+            .store
+            .users
+            .set_admin(&before.key, admin)
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
+        self.audit.record(&AuthEvent::AdminChanged { username: &record.display_name, admin, by });
+        Ok((record.display_name, record.admin, true))
     }
 
     /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name,

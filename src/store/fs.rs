@@ -121,10 +121,28 @@ fn denied(message: String) -> std::io::Error {
 /// # Errors
 /// As those, and `NotADirectory` for a file, or a path under one.
 pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
+    judge_changeable(dir, false)
+}
+
+/// [`refuse_changeable`] for a directory only read, such as `cert_dir`, which may also be
+/// root's (as `/etc/letsencrypt` is, read by a service's user): the certificate's loading
+/// takes it so (review 213: the check before the start refused the README's
+/// `/etc/portcullis/certs` for a server not run as root).
+///
+/// # Errors
+/// As [`refuse_changeable`], but for a directory of root's.
+pub fn refuse_changeable_but_roots(dir: &Path) -> std::io::Result<()> {
+    judge_changeable(dir, true)
+}
+
+fn judge_changeable(dir: &Path, roots_too: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     trusted_ancestors(dir)?;
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
-            refuse_foreign(dir, &meta)?;
+            if !(roots_too && meta.uid() == 0) {
+                refuse_foreign(dir, &meta)?;
+            }
             refuse_shared(dir, &meta)
         }
         Ok(_) => {

@@ -28,7 +28,8 @@ mod sled;
 mod fs;
 pub use fs::{
     effective_uid, ensure_ours, ensure_private_dir, ensure_private_dir_of_files, foreign_entry, foreign_owner,
-    make_dirs, private_umask, refuse_changeable, refuse_shared, trusted_ancestors, untrusted_owner,
+    make_dirs, private_umask, refuse_changeable, refuse_changeable_but_roots, refuse_shared, trusted_ancestors,
+    untrusted_owner,
 };
 
 /// The errors of the storage layer, whatever the engine.
@@ -463,6 +464,10 @@ pub trait UserStore: Send + Sync {
         add: &[crate::domain::Group],
         remove: &[crate::domain::Group],
     ) -> Result<Option<User>>;
+    /// Sets whether the user is an administrator (`admin`), durably; returns the user as
+    /// stored afterwards, or `None` if there is no such user. Sessions read the flag with
+    /// their user on every request, so it takes effect at once on every instance.
+    async fn set_admin(&self, key: &str, admin: bool) -> Result<Option<User>>;
     /// Notes a successful login at `now` by the password `verified` was read with, provided
     /// that password is still the user's (its `password_changed_at` is unchanged: a hash
     /// upgrade by a concurrent sign-in is not a password change) and the user is not disabled.

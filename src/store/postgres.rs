@@ -367,6 +367,12 @@ impl UserStore for PgStore {
         Ok(row.as_ref().map(user_of))
     }
 
+    async fn set_admin(&self, key: &str, admin: bool) -> Result<Option<User>> {
+        let sql = format!("UPDATE users SET admin = $2 WHERE key = $1 RETURNING {USER_COLUMNS}");
+        let row = self.client().await?.query_opt(&sql, &[&key, &admin]).await?;
+        Ok(row.as_ref().map(user_of))
+    }
+
     async fn record_login(
         &self,
         verified: &Credential,

@@ -1197,6 +1197,16 @@ impl UserStore for SledStore {
         self.durable(after.map(|r| r.user())).await
     }
 
+    async fn set_admin(&self, key: &str, admin: bool) -> Result<Option<User>> {
+        self.usable()?;
+        let after = self.update_user_with(key, |user| {
+            let changed = user.admin != admin;
+            user.admin = admin;
+            changed
+        })?;
+        self.durable(after.map(|r| r.user())).await
+    }
+
     async fn record_login(
         &self,
         verified: &Credential,

@@ -902,7 +902,7 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
     // No administrator was ever made in this store: said, since no one can open /admin.
     assert_eq!(
         (run.stdout.trim(), run.stderr.as_str()),
-        ("user alice deleted; 0 session(s) ended; no enabled administrator is left to open /admin (portcullis user add NAME --admin makes one)", "")
+        ("user alice deleted; 0 session(s) ended; no enabled administrator is left to open /admin (portcullis user admin NAME --grant makes one)", "")
     );
     cli_with_password(d, &["user", "add", "root", "--admin", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
     cli_with_password(d, &["user", "add", "bob", "--password-stdin"], GOOD_PASSWORD).await.assert_ok("add");
@@ -910,9 +910,9 @@ async fn only_user_add_makes_a_store_and_it_says_where() {
     assert_eq!(run.stdout.trim(), "user bob deleted; 0 session(s) ended", "an administrator is left");
     let run = cli(d, &["user", "disable", "root"]).await;
     assert!(
-        run.stdout
-            .trim()
-            .ends_with("no enabled administrator is left to open /admin (portcullis user add NAME --admin makes one)"),
+        run.stdout.trim().ends_with(
+            "no enabled administrator is left to open /admin (portcullis user admin NAME --grant makes one)"
+        ),
         "{}",
         run.stdout
     );

@@ -72,6 +72,33 @@ async fn groups_story(dir: &std::path::Path, env: &[(&str, String)]) {
     let list = cli(dir, env, &["user", "list", "--json"], None).await;
     assert_eq!(listed_groups(&list, "carol"), ["dev", "wiki"]);
     assert!(!list.stdout.contains("\"dave\""), "{list:?}");
+    admin_story(dir, env).await;
+}
+
+/// `user admin`: an existing user made an administrator and back, without losing the account
+/// (review 213: only `user del` and `user add --admin` could, losing its second factors).
+async fn admin_story(dir: &std::path::Path, env: &[(&str, String)]) {
+    let shown = cli(dir, env, &["user", "admin", "carol"], None).await;
+    assert_eq!(shown.stdout.trim(), "user carol is not an administrator", "{shown:?}");
+    let granted = cli(dir, env, &["user", "admin", "Carol", "--grant"], None).await;
+    assert_eq!(granted.stdout.trim(), "user carol is an administrator", "{granted:?}");
+    let list = cli(dir, env, &["user", "list", "--json"], None).await;
+    assert_eq!(listed_groups(&list, "carol"), ["admins", "dev", "wiki"]);
+    let again = cli(dir, env, &["user", "admin", "carol", "--grant"], None).await;
+    assert!(again.stdout.contains("nothing changed: it was already so"), "{again:?}");
+    let revoked = cli(dir, env, &["user", "admin", "carol", "--revoke"], None).await;
+    assert_eq!(revoked.stdout.trim(), "user carol is not an administrator", "root2 is one still: {revoked:?}");
+    // Said when no administrator is left (a test server may have one of its own).
+    let list = cli(dir, env, &["user", "list", "--json"], None).await;
+    let others = list.stdout.lines().filter(|l| l.contains("\"admin\":true") && !l.contains("\"root2\"")).count();
+    let last = cli(dir, env, &["user", "admin", "root2", "--revoke"], None).await;
+    assert_eq!(last.stdout.contains("no enabled administrator is left"), others == 0, "{last:?}");
+    cli(dir, env, &["user", "admin", "root2", "--grant"], None).await.assert_ok("root2 again");
+    let both = cli(dir, env, &["user", "admin", "carol", "--grant", "--revoke"], None).await;
+    assert!(!both.ok && both.stderr.contains("cannot be used with"), "{both:?}");
+    cli(dir, env, &["user", "admin", "nobody", "--grant"], None).await.assert_one_line_failure("unknown user");
+    let list = cli(dir, env, &["user", "list", "--json"], None).await;
+    assert_eq!(listed_groups(&list, "carol"), ["dev", "wiki"], "no longer one");
 }
 
 #[tokio::test]
@@ -92,6 +119,22 @@ async fn groups_are_set_listed_and_changed_through_a_running_servers_socket() {
     assert_eq!(changes(), before, "a change of nothing was logged");
     let shown = cli(&dir, &[], &["user", "groups", "carol"], None).await;
     assert!(shown.ok && !shown.stdout.contains("nothing changed"), "a listing asked for no change: {shown:?}");
+    // Each change of the flag is logged, by whom; a request for what already is, not.
+    let changed: Vec<_> =
+        app.log_lines().into_iter().filter(|l| l["event"] == "privilege_permissions_changed").collect();
+    let flags: Vec<_> = changed.iter().map(|l| (l["username"].clone(), l["admin"].clone())).collect();
+    let want = [("carol", true), ("carol", false), ("root2", false), ("root2", true)];
+    assert_eq!(flags, want.map(|(u, a)| (serde_json::json!(u), serde_json::json!(a))), "{changed:?}");
+    assert!(changed.iter().all(|l| l["by"].is_string()), "{changed:?}");
+
+    // A signed-in session follows the flag at its next request.
+    let carol = app.new_browser();
+    assert_eq!(app.login_with(&carol, "carol", GOOD_PASSWORD).await.status(), 303);
+    assert_eq!(carol.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), 403);
+    cli(&dir, &[], &["user", "admin", "carol", "--grant"], None).await.assert_ok("grant");
+    assert_eq!(carol.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), 200);
+    cli(&dir, &[], &["user", "admin", "carol", "--revoke"], None).await.assert_ok("revoke");
+    assert_eq!(carol.get(app.url("/admin/failed-logins")).send().await.unwrap().status(), 403);
 }
 
 #[tokio::test]
