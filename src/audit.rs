@@ -232,14 +232,16 @@ pub enum AuthEvent<'a> {
         /// The browser that asked: a stolen session that signs its owner out shows here.
         client: &'a Client,
     },
-    /// One session ended by its user from the sessions list (`session_revoked` with a count
-    /// of 1): `ended_ip` and `ended_user_agent` are the ended session's, as the list showed
-    /// them; `client` the browser that asked.
+    /// One session ended from a list of the user's sessions (`session_revoked` with a count
+    /// of 1), by its user (`client`: the browser that asked) or by an administrator's `user
+    /// sessions NAME --end` (`client` none): `ended_ip` and `ended_user_agent` are the ended
+    /// session's, as the list showed them.
     SessionEnded {
         username: &'a str,
+        by: &'a str,
         ended_ip: &'a str,
         ended_user_agent: &'a str,
-        client: &'a Client,
+        client: Option<&'a Client>,
     },
     UserAdded {
         username: &'a str,
@@ -1520,10 +1522,14 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "session_revoked", time, username, count, pending, by, ip = %client.ip,
             user_agent = client.user_agent, "sessions ended"
         ),
-        AuthEvent::SessionEnded { username, ended_ip, ended_user_agent, client } => tracing::info!(
+        AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
-            by = username, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent,
+            by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent,
             "session ended"
+        ),
+        AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: None } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
+            by, ended_ip, ended_user_agent, "session ended"
         ),
         AuthEvent::UserAdded { username, admin, by } => tracing::info!(
             target: TARGET, event = "user_created", time, username, admin, by, "user added"

@@ -200,6 +200,17 @@ pub enum UserCommand {
         #[arg(long)]
         revoke: bool,
     },
+    /// List a user's sessions (when and how each signed in, last use, address, browser), or end one
+    #[command(
+        after_help = "Examples:\n  portcullis user sessions alice\n  portcullis user sessions alice --end Kq3xT0bd4mS1f8Yw2Zr9aA   (as the listing shows it)"
+    )]
+    Sessions {
+        /// The user, as `user list` shows the name
+        name: String,
+        /// End the session of this handle (the first column of the listing), on every instance
+        #[arg(long, value_name = "SESSION")]
+        end: Option<String>,
+    },
     /// Set a user's password (ends all their sessions)
     #[command(after_help = "Example:\n  portcullis user passwd alice   (prompts twice)")]
     Passwd {
@@ -820,6 +831,7 @@ async fn user(settings: Settings, cmd: UserCommand) -> anyhow::Result<()> {
             (Request::UserAdd { name, password, admin, groups }, false)
         }
         UserCommand::Groups { name, add, remove } => (Request::UserGroups { name: shown(name), add, remove }, false),
+        UserCommand::Sessions { name, end } => (Request::UserSessions { name: shown(name), end }, false),
         UserCommand::Admin { name, grant, revoke } => {
             let admin = if grant {
                 Some(true)

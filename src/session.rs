@@ -619,7 +619,17 @@ impl Sessions {
         if SessionHandle::of(&current.token_hash) == *handle {
             return Err(EndOneError::ThisSession);
         }
-        let listed = self.list(&current.user).await?;
+        Ok(self.end_of(&current.user, handle).await?)
+    }
+
+    /// Ends the session of `user`'s list ([`Sessions::list`]) that `handle` names, durably:
+    /// for the user ([`Sessions::end_listed`]) or an administrator (`user sessions NAME
+    /// --end`). Returns it as it was stored, or `None` when the user has no such session now.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot list or remove it (nothing ended).
+    pub async fn end_of(&self, user: &User, handle: &SessionHandle) -> Result<Option<StoredSession>, StoreError> {
+        let listed = self.list(user).await?;
         let Some(chosen) = listed.into_iter().find(|s| SessionHandle::of(&s.token_hash) == *handle) else {
             return Ok(None);
         };

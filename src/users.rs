@@ -9,7 +9,7 @@ use crate::domain::{Group, Username, UsernameError, ADMINS_GROUP};
 use crate::password::{HashPool, Password, PasswordPolicy, PolicyError, PoolError, WeakPassword};
 use crate::random::RandomError;
 use crate::session::Sessions;
-use crate::store::{now_ms, FactorSummary, Store, StoreError, User};
+use crate::store::{now_ms, FactorSummary, Store, StoreError, StoredSession, User};
 use unicode_normalization::UnicodeNormalization;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum UserError {
         "the admins group cannot be listed: it follows the administrator flag (portcullis user admin NAME --grant)"
     )]
     ReservedGroup,
+    /// `user sessions NAME --end X`: X is not a session's handle as the listing shows one.
+    #[error("{} is not a session as `portcullis user sessions NAME` lists them (22 characters)", crate::text::quoted(.0))]
+    NoSuchSession(String),
     /// `user groups NAME --add G --remove G`: which one was meant cannot be known.
     #[error("the group {} is both added and removed: give it once", crate::text::quoted(.0))]
     AddedAndRemoved(String),
@@ -479,6 +482,43 @@ impl UserAdmin {
             .ok_or_else(|| UserError::UnknownUser(name.to_string()))?;
         self.audit.record(&AuthEvent::AdminChanged { username: &record.display_name, admin, by });
         Ok((record.display_name, record.admin, true))
+    }
+
+    /// The user's sessions still valid, newest first, with the user's name: what an
+    /// administrator is shown to tell the owner's from a thief's (review 214: only a count).
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`] when there is no such user; the store's.
+    pub async fn sessions(&self, name: &str) -> Result<(String, Vec<StoredSession>), UserError> {
+        let (_, record) = self.existing(name).await?;
+        let sessions = self.sessions.list(&record).await?;
+        Ok((record.display_name, sessions))
+    }
+
+    /// Ends the one session of the user's that `handle` names (as [`UserAdmin::sessions`]
+    /// lists it), durably, on every instance, logged `session_revoked` with `by`; returns the
+    /// user's name and the session ended, or `None` when the user has no such session now.
+    ///
+    /// # Errors
+    /// [`UserError::UnknownUser`] when there is no such user; the store's.
+    pub async fn end_session(
+        &self,
+        name: &str,
+        handle: &crate::session::SessionHandle,
+        by: &str,
+    ) -> Result<(String, Option<StoredSession>), UserError> {
+        let (_, record) = self.existing(name).await?;
+        let ended = self.sessions.end_of(&record, handle).await?;
+        if let Some(ended) = &ended {
+            self.audit.record(&AuthEvent::SessionEnded {
+                username: &record.display_name,
+                by,
+                ended_ip: &ended.record.ip,
+                ended_user_agent: &ended.record.user_agent,
+                client: None,
+            });
+        }
+        Ok((record.display_name, ended))
     }
 
     /// Adds the user to `add` and takes them out of `remove`, durably; returns the user's name,

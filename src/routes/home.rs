@@ -300,9 +300,10 @@ pub async fn end_one_session(req: &Request, body: Body, state: State<'_>) -> Res
         let client = crate::client::client(req, &state.settings.trusted_proxies);
         state.audit.record(&AuthEvent::SessionEnded {
             username: &session.user.display_name,
+            by: &session.user.display_name,
             ended_ip: &ended.record.ip,
             ended_user_agent: &ended.record.user_agent,
-            client: &client,
+            client: Some(&client),
         });
     }
     let notice = match ended {

@@ -553,3 +553,65 @@ async fn on_postgresql_a_session_ended_on_one_instance_is_refused_at_once_by_ano
     assert_eq!(phone.get(one.url("/")).send().await.unwrap().status(), 303, "refused at once on the first");
     assert_eq!(desk.get(two.url("/")).send().await.unwrap().status(), 200);
 }
+
+/// `portcullis ARGS` in `dir` with `env` set.
+async fn cli(dir: &std::path::Path, env: &[(&str, String)], args: &[&str]) -> crate::child::Run {
+    let mut cmd = crate::child::command(dir);
+    cmd.envs(env.iter().map(|(k, v)| (k, v.as_str()))).args(args);
+    crate::child::run_cli(cmd, None).await
+}
+
+/// An administrator lists a user's sessions (when and how each signed in, last use, address,
+/// browser) and ends one by its handle, on a running server through its socket and on
+/// PostgreSQL directly (review 214: only a count was shown, and only all could be ended).
+async fn administrator_ends_one_session(app: &crate::helpers::TestApp, dir: &std::path::Path, env: &[(&str, String)]) {
+    let name = format!("carol{}", portcullis::store::now_ms());
+    app.add_user(&name, GOOD_PASSWORD, false).await;
+    let thief = crate::helpers::browser_builder(&app.settings.cert_dir).user_agent("Thief\tx fake").build().unwrap();
+    let owner = app.new_browser();
+    let thief_handle = handle_of(&app.login_with(&thief, &name, GOOD_PASSWORD).await);
+    let owner_handle = handle_of(&app.login_with(&owner, &name, GOOD_PASSWORD).await);
+    let listed = cli(dir, env, &["user", "sessions", &name]).await;
+    assert!(listed.ok, "{listed:?}");
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a heading, two sessions, how to end one: {listed:?}");
+    assert!(lines[0].ends_with("has 2 session(s), newest first:"), "{listed:?}");
+    assert!(lines[1].trim_start().starts_with(&owner_handle) && lines[2].trim_start().starts_with(&thief_handle));
+    assert!(lines[2].contains("with password") && lines[2].contains("from 127.0.0.1"), "{listed:?}");
+    assert!(!listed.stdout.contains('\t'), "controls escaped: {listed:?}");
+    assert!(lines[2].contains("Thief") && lines[2].contains("fake"), "{listed:?}");
+    assert!(lines[3].contains(&format!("portcullis user sessions {name} --end SESSION")), "{listed:?}");
+
+    let ended = cli(dir, env, &["user", "sessions", &name, "--end", &thief_handle]).await;
+    assert!(ended.ok && ended.stdout.contains(&format!("session {thief_handle} of {name} ended")), "{ended:?}");
+    assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), 303, "ended at once");
+    assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the other stays");
+    let again = cli(dir, env, &["user", "sessions", &name, "--end", &thief_handle]).await;
+    assert!(again.ok && again.stdout.contains("has no session") && again.stdout.contains("ended already"), "{again:?}");
+    let bogus = cli(dir, env, &["user", "sessions", &name, "--end", "nope"]).await;
+    assert!(bogus.assert_one_line_failure("not a handle").contains("is not a session"), "{bogus:?}");
+    cli(dir, env, &["user", "sessions", "nobody", "--end", &owner_handle]).await.assert_one_line_failure("no user");
+    assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_administrator_lists_a_users_sessions_and_ends_one_through_a_running_servers_socket() {
+    let app = spawn_app().await;
+    let dir = app.settings.data_dir.parent().unwrap().to_path_buf();
+    administrator_ends_one_session(&app, &dir, &[]).await;
+    let logged: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_revoked").collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["count"], 1);
+    assert!(
+        logged[0]["by"].is_string() && logged[0]["ended_user_agent"].as_str().unwrap().starts_with("Thief"),
+        "{logged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_an_administrator_ends_one_session_of_a_user_from_any_host() {
+    let Some(url) = crate::pg::database().await else { return };
+    let app = spawn_app_with(|s| s.database_url = Some(url.clone())).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    administrator_ends_one_session(&app, elsewhere.path(), &[("PORTCULLIS_DATABASE_URL", url.to_string())]).await;
+}
