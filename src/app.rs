@@ -59,6 +59,8 @@ pub struct AppState {
     pub factors: SecondFactors,
     /// What `GET /metrics` shows; counts nothing when `metrics_addr` is off.
     pub metrics: crate::metrics::Metrics,
+    /// Sessions used from another client than they signed in from, noted once each.
+    pub client_changes: crate::session::ClientChanges,
 }
 
 /// The services that sit on one open store; shared by the server and by CLI commands that
@@ -568,6 +570,7 @@ impl Application {
             store: services.store,
             factors,
             metrics,
+            client_changes: crate::session::ClientChanges::default(),
         });
         background.push(spawn_pruning(Arc::clone(&state)));
         Ok(Application {

@@ -243,6 +243,17 @@ pub enum AuthEvent<'a> {
         ended_user_agent: &'a str,
         client: Option<&'a Client>,
     },
+    /// A session used from an address or browser other than the ones it signed in from
+    /// (`session_client_changed`; [`crate::session::ClientChanges`]): `session` its handle,
+    /// `client` who used it now.
+    SessionClientChanged {
+        username: &'a str,
+        session: &'a str,
+        changed: &'a str,
+        signed_in_ip: &'a str,
+        signed_in_user_agent: &'a str,
+        client: &'a Client,
+    },
     UserAdded {
         username: &'a str,
         admin: bool,
@@ -1531,6 +1542,13 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
             by, ended_ip, ended_user_agent, "session ended"
         ),
+        AuthEvent::SessionClientChanged { username, session, changed, signed_in_ip, signed_in_user_agent, client } => {
+            tracing::warn!(
+                target: TARGET, event = "session_client_changed", time, username, session, changed, signed_in_ip,
+                signed_in_user_agent, ip = %client.ip, user_agent = client.user_agent,
+                "a session was used from another address or browser than it signed in from"
+            )
+        }
         AuthEvent::UserAdded { username, admin, by } => tracing::info!(
             target: TARGET, event = "user_created", time, username, admin, by, "user added"
         ),

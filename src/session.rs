@@ -68,7 +68,7 @@ impl Drop for SessionToken {
 /// hash, 22 characters of base64url in a form. It reveals neither the token nor the hash the
 /// store keys the session by, so a page copied or cached elsewhere ends nothing by itself (the
 /// form also needs the session's CSRF token), and it names the same session on every instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionHandle([u8; 16]);
 
 impl SessionHandle {
@@ -92,6 +92,88 @@ impl SessionHandle {
     /// The form's value (22 characters of base64url).
     pub fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
+    }
+}
+
+/// What of a session's client differs from the one it signed in from ([`ClientChanges`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientChange {
+    /// Another address, the same browser string (a phone between networks, often).
+    Address,
+    /// Another browser string: a copied cookie, most likely (browsers change theirs at an
+    /// update, rarely within a session's 12 hours).
+    Browser,
+    AddressAndBrowser,
+}
+
+impl ClientChange {
+    /// The log's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientChange::Address => "address",
+            ClientChange::Browser => "browser",
+            ClientChange::AddressAndBrowser => "address and browser",
+        }
+    }
+}
+
+/// Most clients noted per session ([`ClientChanges`]): past it, a thief changing its browser
+/// string at every request writes no more lines.
+const MOST_CLIENTS_NOTED: usize = 8;
+
+/// Most sessions [`ClientChanges`] remembers, the oldest forgotten first: 10,000 sessions of at
+/// most [`MOST_CLIENTS_NOTED`] 16-byte digests each, about 2 MB at worst.
+const MOST_SESSIONS_NOTED: usize = 10_000;
+
+/// Notes a session used from an address or a browser other than the ones it signed in from,
+/// once per session and client on this instance, so the log shows a copied cookie's use
+/// (review 214: a thief who only read pages or used gated applications left no trace, and the
+/// owner's list showed the sign-in's address). A use from the sign-in's own client is not
+/// noted; neither is anything past [`MOST_CLIENTS_NOTED`] clients of one session.
+#[derive(Default)]
+pub struct ClientChanges {
+    seen: std::sync::Mutex<Noted>,
+}
+
+#[derive(Default)]
+struct Noted {
+    clients: std::collections::HashMap<SessionHandle, Vec<[u8; 16]>>,
+    order: std::collections::VecDeque<SessionHandle>,
+}
+
+impl ClientChanges {
+    /// What differs between `session`'s sign-in and the client `ip`, `user_agent` using it now,
+    /// the first time this pair is seen here; `None` when nothing differs or it was noted.
+    pub fn note(&self, session: &ActiveSession, ip: std::net::IpAddr, user_agent: &str) -> Option<ClientChange> {
+        let user_agent: String = user_agent.chars().take(200).collect();
+        let ip = ip.to_string();
+        let change = match (ip != session.record.ip, user_agent != session.record.user_agent) {
+            (false, false) => return None,
+            (true, false) => ClientChange::Address,
+            (false, true) => ClientChange::Browser,
+            (true, true) => ClientChange::AddressAndBrowser,
+        };
+        let digest = Sha256::new().chain_update(ip.as_bytes()).chain_update([0]).chain_update(user_agent.as_bytes());
+        let mut client = [0u8; 16];
+        client.copy_from_slice(&digest.finalize()[..16]);
+        let handle = SessionHandle::of(&session.token_hash);
+        // A poisoned lock only means a panic elsewhere mid-note: the set is still a set.
+        let mut noted = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Noted { clients, order } = &mut *noted;
+        let known = clients.entry(handle).or_insert_with(|| {
+            order.push_back(handle);
+            Vec::new()
+        });
+        if known.contains(&client) || known.len() >= MOST_CLIENTS_NOTED {
+            return None;
+        }
+        known.push(client);
+        while order.len() > MOST_SESSIONS_NOTED {
+            if let Some(oldest) = order.pop_front() {
+                clients.remove(&oldest);
+            }
+        }
+        Some(change)
     }
 }
 

@@ -650,7 +650,26 @@ fn parameters_tidied(value: &str) -> String {
 pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<ActiveSession>, Response> {
     let Some(cookie) = session_cookie(req, state).await? else { return Ok(None) };
     let found = state.sessions.resolve(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
+    if let Some(session) = &found {
+        note_client(req, state, session);
+    }
     Ok(found.map(|s| account::confirm::with_confirmation(req, state, s)))
+}
+
+/// Logs `session_client_changed` the first time `session` is used here from an address or
+/// browser other than its sign-in's ([`crate::session::ClientChanges`]).
+fn note_client(req: &Request, state: &AppState, session: &ActiveSession) {
+    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    if let Some(change) = state.client_changes.note(session, client.ip, &client.user_agent) {
+        state.audit.record(&crate::audit::AuthEvent::SessionClientChanged {
+            username: &session.user.display_name,
+            session: &crate::session::SessionHandle::of(&session.token_hash).encode(),
+            changed: change.as_str(),
+            signed_in_ip: &session.record.ip,
+            signed_in_user_agent: &session.record.user_agent,
+            client: &client,
+        });
+    }
 }
 
 /// [`current_session`] with the user's valid sessions, newest first, from the same store read
@@ -662,6 +681,9 @@ pub async fn current_session_listing(
 ) -> Result<Option<(ActiveSession, Vec<crate::store::StoredSession>)>, Response> {
     let Some(cookie) = session_cookie(req, state).await? else { return Ok(None) };
     let found = state.sessions.resolve_listing(&cookie).await.map_err(|e| store_error(&e, "session lookup failed"))?;
+    if let Some((session, _)) = &found {
+        note_client(req, state, session);
+    }
     Ok(found.map(|(s, listed)| (account::confirm::with_confirmation(req, state, s), listed)))
 }
 

@@ -615,3 +615,42 @@ async fn on_postgresql_an_administrator_ends_one_session_of_a_user_from_any_host
     let elsewhere = tempfile::tempdir().unwrap();
     administrator_ends_one_session(&app, elsewhere.path(), &[("PORTCULLIS_DATABASE_URL", url.to_string())]).await;
 }
+
+/// A session used from another browser than it signed in from (a copied cookie) is logged
+/// `session_client_changed`, once per client on an instance, with its handle and both clients;
+/// the owner's own use is not, and a thief changing its browser string at every request writes
+/// no more than 8 lines (review 214: a copied cookie's use left no trace at all).
+#[tokio::test]
+async fn a_session_used_from_another_browser_is_logged_once_per_client() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let sign_in = app.login("alice", GOOD_PASSWORD).await;
+    let handle = handle_of(&sign_in);
+    let token = cookie_value(&sign_in, "__Host-portcullis").unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200);
+    }
+    let changed = || app.log_lines().into_iter().filter(|l| l["event"] == "session_client_changed").collect::<Vec<_>>();
+    assert!(changed().is_empty(), "the owner's own use: {:?}", changed());
+    let thief = |ua: &str| {
+        let c = crate::helpers::browser_builder(&app.settings.cert_dir).cookie_store(false).user_agent(ua).build();
+        c.unwrap()
+    };
+    for path in ["/", "/account", "/"] {
+        let resp = thief("Thief/1.0").get(app.url(path)).header("cookie", format!("__Host-portcullis={token}"));
+        assert_eq!(resp.send().await.unwrap().status(), 200, "{path}");
+    }
+    let lines = changed();
+    assert_eq!(lines.len(), 1, "once for this client: {lines:?}");
+    let line = &lines[0];
+    assert_eq!((line["username"].as_str(), line["session"].as_str()), (Some("alice"), Some(handle.as_str())));
+    assert_eq!((line["changed"].as_str(), line["user_agent"].as_str()), (Some("browser"), Some("Thief/1.0")));
+    assert_eq!(line["signed_in_user_agent"], "portcullis-tests/1.0");
+    assert_eq!((line["signed_in_ip"].as_str(), line["ip"].as_str()), (Some("127.0.0.1"), Some("127.0.0.1")));
+    for i in 0..20 {
+        let resp =
+            thief(&format!("Thief/{i}.1")).get(app.url("/")).header("cookie", format!("__Host-portcullis={token}"));
+        assert_eq!(resp.send().await.unwrap().status(), 200);
+    }
+    assert_eq!(changed().len(), 8, "at most 8 clients noted per session");
+}
