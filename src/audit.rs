@@ -993,9 +993,9 @@ impl Audit {
         self.limits.records_dropped.load(Ordering::Relaxed)
     }
 
-    /// Whether the auth log cannot be written now: its last write failed, within the last
-    /// [`LOG_FAILURE_HOLD`] or with its filesystem still below a line's room (64 KiB free, or
-    /// unknown). Every sign-in needs its line (a success that cannot be logged does not
+    /// Whether the auth log cannot be written now: its filesystem is below a line's room (64
+    /// KiB free), whether or not a write failed yet, or its last write failed within the last
+    /// [`LOG_FAILURE_HOLD`] (or with its free space unknown). Every sign-in needs its line (a success that cannot be logged does not
     /// happen), so `GET /readyz` is 503 then. A load balancer sends no sign-in to an instance
     /// it holds unready, so no write would prove the log writable again: room on the disk, or
     /// the hold running out, does (a failure of another kind then shows again at the next
@@ -1003,9 +1003,10 @@ impl Audit {
     pub fn log_unwritable(&self) -> bool {
         let failed_at = self.budget.failed_at.load(Ordering::SeqCst);
         let recent = now_ms().saturating_sub(failed_at) < LOG_FAILURE_HOLD.as_millis() as u64;
-        self.file.is_some()
-            && failed_at != 0
-            && (recent || free_bytes(&self.budget.dir).is_none_or(|free| free < 64 * 1024))
+        // A full disk without a failed line too: refusals below the reserve are turned away
+        // before they are written, so none may have failed (review 215: 503s, ready).
+        let low = || free_bytes(&self.budget.dir).is_some_and(|free| free < 64 * 1024);
+        self.file.is_some() && ((failed_at != 0 && (recent || free_bytes(&self.budget.dir).is_none())) || low())
     }
 
     /// How many writes to the log file failed since the start (0 without a log file): a

@@ -226,6 +226,36 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
     let _ = std::fs::remove_file(&filler);
 }
 
+/// A log disk filled by something else makes the instance not ready at once, before any line
+/// fails: refusals are turned away by the reserve before they are written, so no write ever
+/// failed, and `/readyz` said 200 while every refused sign-in was a 503 (review 215). Freed,
+/// it is ready again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_disk_makes_the_instance_not_ready_before_any_line_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let Some(fs) = Tmpfs::mount(&d.join("small"), 1024) else {
+        println!("cannot mount a tmpfs here: skipped");
+        return;
+    };
+    std::fs::create_dir(fs.0.join("logs")).unwrap();
+    std::os::unix::fs::symlink(fs.0.join("logs"), d.join("logs")).unwrap();
+    let server = tokio::task::block_in_place(|| ServerProcess::start(&d, child::QUICK));
+    let client = server.browser();
+    let ready = || async { client.get(server.url("/readyz")).send().await.unwrap().status().as_u16() };
+    assert_eq!(ready().await, 200);
+    let filler = fs.0.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    assert_eq!(ready().await, 503, "a full log disk, nothing written yet");
+    assert!(server.output().contains("not ready: the auth log cannot be written"), "{}", server.output());
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(ready().await, 200, "ready again once space is freed");
+}
+
 /// A server started with less free space than its reserve says so at once, not first at the
 /// first refusal it turns away (found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
