@@ -139,6 +139,9 @@ impl Services {
                 if let Some(why) = Store::keyed_without_store(&settings.data_dir) {
                     anyhow::bail!(why);
                 }
+                if let Some(moved) = crate::store::copy::moved_to(&settings.data_dir) {
+                    anyhow::bail!(crate::store::copy::moved_message(&settings.data_dir, &moved));
+                }
                 Store::open(&settings.data_dir)?
             }
         };

@@ -1191,6 +1191,21 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     };
     let copied = crate::store::copy::copy(&from, &into).await.with_context(|| format!("cannot copy into {target}"))?;
     let mut text = format!("copied {copied} into {target}\n");
+    // The sled source is marked moved, so a server that lost its database_url does not serve
+    // it again ([`crate::store::copy::MOVED`]).
+    if let (None, Target::Database(_)) = (&settings.database_url, &target) {
+        let marker = settings.data_dir.join(crate::store::copy::MOVED);
+        let line = format!("copied to {target} at {} by store copy\n", crate::audit::rfc3339(crate::store::now_ms()));
+        // A copy made again from it (to another database) marks it anew.
+        let _ = std::fs::remove_file(&marker);
+        crate::files::write_new(&marker, line.as_bytes(), 0o600)
+            .with_context(|| format!("copied, but could not mark the sled store moved ({})", marker.display()))?;
+        text += &format!(
+            "marked the sled store in {} moved ({}): servers and commands refuse it while that file is there\n",
+            settings.data_dir.display(),
+            marker.display()
+        );
+    }
     if copied.factors > 0 || fingerprint.is_some() {
         // Without the same key, copied TOTP users cannot finish a sign-in and recovery codes
         // do not match: say so where the operator looks (README, "Moving between engines").

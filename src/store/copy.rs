@@ -42,6 +42,29 @@ pub async fn unfinished(store: &Store) -> Result<bool, StoreError> {
 /// What a server or a command says of a store [`unfinished`] finds.
 pub const UNFINISHED_MESSAGE: &str = "this store is the target of a store copy that has not finished (still running, or stopped halfway): wait for its counts, or empty it (a database: DROP DATABASE and CREATE DATABASE; a sled directory: remove it) and copy again";
 
+/// The file a copy from a sled store into a database leaves in the sled store's directory:
+/// servers and commands refuse that store while it is there ([`moved_to`]), so a server whose
+/// `database_url` went missing (an environment file no longer loaded) does not serve the old
+/// users and sessions again (review 215: a user deleted on PostgreSQL signed in, one added
+/// there did not exist, and `/readyz` said ready). Removing it uses the store again.
+pub const MOVED: &str = "MOVED";
+
+/// Where and when the sled store in `data_dir` was copied to, as its [`MOVED`] file says, when
+/// it is there.
+pub fn moved_to(data_dir: &std::path::Path) -> Option<String> {
+    let text = crate::files::read_small_text(&data_dir.join(MOVED), 4096).ok()?;
+    Some(crate::text::printable(text.lines().next().unwrap_or("").trim()).into_owned())
+}
+
+/// The refusal of a store [`moved_to`] names.
+pub fn moved_message(data_dir: &std::path::Path, moved: &str) -> String {
+    format!(
+        "the sled store in {} was {moved}: set database_url as the servers there have it (is the environment file still loaded?), or, to use this store again instead, remove {}",
+        data_dir.display(),
+        data_dir.join(MOVED).display()
+    )
+}
+
 /// How many records of each kind a copy wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Copied {

@@ -168,6 +168,18 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     let password = cluster_password();
     assert!(!copied.stdout.contains(&password) && !copied.stderr.contains(&password), "{copied:?}");
     assert_eq!(snapshot(p.path(), Some(&target)).await, before, "audit and users read the same from the copy");
+    // The sled source is marked moved: a server or command that lost database_url is refused
+    // there, not served the old users and sessions (review 215), until the mark is removed.
+    assert!(copied.stdout.contains("marked the sled store in") && copied.stdout.contains("moved"), "{copied:?}");
+    let mut serve = child::command(a.path());
+    serve.args(child::QUICK);
+    let refused = child::run_cli(serve, None).await;
+    let line = refused.assert_one_line_failure("serve on the moved sled store");
+    assert!(line.contains("was copied to postgres://") && line.contains("set database_url"), "{line}");
+    assert!(!line.contains(&cluster_password()), "{line}");
+    cli(a.path(), None, &["user", "list"], None).await.assert_one_line_failure("a command on the moved store");
+    std::fs::remove_file(a.path().join("data").join("MOVED")).unwrap();
+    cli(a.path(), None, &["user", "list"], None).await.assert_ok("the mark removed, the store is used again");
 
     // The servers on the copy get the factor key the store was first used with (README).
     crate::helpers::share_factor_key(&a.path().join("data"), &p.path().join("data"));
