@@ -550,6 +550,9 @@ struct LogBudget {
     partial: AtomicBool,
     /// Writes to the log that failed since the start ([`Audit::log_write_failures`]).
     write_failures: AtomicU64,
+    /// The last failed write's error, as the system said it (review 215: "is the disk full"
+    /// was said of a directory made read-only).
+    last_error: std::sync::Mutex<String>,
 }
 
 impl LogBudget {
@@ -572,6 +575,7 @@ impl LogBudget {
             failed_at: AtomicU64::new(0),
             partial: AtomicBool::new(false),
             write_failures: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(String::new()),
         }
     }
 
@@ -778,15 +782,9 @@ impl std::io::Write for CheckedWriter<'_> {
             Err(_) => buf,
         };
         let budget = self.1;
-        let written = if budget.partial.load(Ordering::SeqCst) {
-            let mut line = Vec::with_capacity(bytes.len() + 1);
-            line.push(b'\n');
-            line.extend_from_slice(bytes);
-            self.0.write_line(&line)
-        } else {
-            self.0.write_line(bytes)
-        };
-        if written.is_err() {
+        let written = self.0.write_line_after(bytes, budget.partial.load(Ordering::SeqCst));
+        if let Err(e) = &written {
+            *budget.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e.to_string();
             budget.write_failures.fetch_add(1, Ordering::SeqCst);
             budget.failed_at.store(now_ms().max(1), Ordering::SeqCst);
             budget.mend();
@@ -1009,6 +1007,12 @@ impl Audit {
         self.file.is_some() && ((failed_at != 0 && (recent || free_bytes(&self.budget.dir).is_none())) || low())
     }
 
+    /// The error of the last write to the log file that failed, as the system gave it (empty
+    /// when none did since the start).
+    pub fn last_log_error(&self) -> String {
+        self.budget.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// How many writes to the log file failed since the start (0 without a log file): a
     /// caller that compares it before and after a change knows whether the change's line may
     /// be missing (the admin socket tells the CLI so).
@@ -1052,8 +1056,9 @@ impl Audit {
     pub fn record(&self, event: &AuthEvent<'_>) {
         if self.write_to_file(|| emit(event)).is_err() {
             // Once per event while the disk is full would be the flood `fault_log` bounds.
-            let what = "an authentication event could not be written to the auth log (is the disk full, or is today's file there not this server's?)";
-            crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &AuditError::Log);
+            let what = "an authentication event could not be written to the auth log";
+            let why = self.last_log_error();
+            crate::fault_log::report(what, crate::fault_log::Severity::Error, false, &why);
         }
         emit(event);
     }

@@ -62,6 +62,16 @@ impl DailyFile {
     /// # Errors
     /// When the file cannot be opened or written; the next line tries to open it again.
     pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        self.write_line_after(line, false)
+    }
+
+    /// [`DailyFile::write_line`], after a line that may have been cut short (`cut`): then the
+    /// line starts on a line of its own, unless the file it lands in is empty (a file made
+    /// again after the failure: review 215 found it begun with an empty line, not JSON).
+    ///
+    /// # Errors
+    /// As [`DailyFile::write_line`].
+    pub fn write_line_after(&self, line: &[u8], cut: bool) -> std::io::Result<()> {
         let now = crate::store::now_ms();
         let mut open = self.lock();
         let path = path_of(&self.dir, now);
@@ -87,6 +97,12 @@ impl DailyFile {
                 open.insert(self.open_at(now)?)
             }
         };
+        if cut && current.file.metadata()?.len() > 0 {
+            let mut whole = Vec::with_capacity(line.len() + 1);
+            whole.push(b'\n');
+            whole.extend_from_slice(line);
+            return current.file.write_all(&whole);
+        }
         current.file.write_all(line)
     }
 
@@ -142,6 +158,20 @@ mod tests {
 
     fn today(dir: &Path) -> PathBuf {
         path_of(dir, crate::store::now_ms())
+    }
+
+    /// After a line that may have been cut short, the next starts on a line of its own, but a
+    /// file made again since starts with the line itself, not an empty one (review 215).
+    #[test]
+    fn a_line_after_a_cut_one_starts_a_line_of_its_own_but_never_a_file_with_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let daily = DailyFile::open(dir.path()).unwrap();
+        daily.write_line(b"{\"cut").unwrap();
+        daily.write_line_after(b"{}\n", true).unwrap();
+        assert_eq!(std::fs::read_to_string(today(dir.path())).unwrap(), "{\"cut\n{}\n");
+        std::fs::rename(today(dir.path()), dir.path().join("rotated")).unwrap();
+        daily.write_line_after(b"{}\n", true).unwrap();
+        assert_eq!(std::fs::read_to_string(today(dir.path())).unwrap(), "{}\n", "a new file, no empty first line");
     }
 
     #[test]

@@ -178,6 +178,11 @@ impl prometheus_client::collector::Collector for AuditDrops {
                 self.0.log_lines_dropped(),
             ),
             (
+                "audit_log_write_failures",
+                "Lines the auth log file could not take (a full disk, a read-only directory): those failed-login lines are in the store only, and sign-ins that needed one were answered 503",
+                self.0.log_write_failures(),
+            ),
+            (
                 "audit_records_dropped",
                 "Oldest failed-login records dropped from the store past audit_max_records by this instance",
                 self.0.records_dropped(),

@@ -55,7 +55,7 @@ async fn not_ready(state: &crate::app::AppState) -> Result<Option<NotReady>, cra
     }
     // Every sign-in needs its line in the auth log: one that cannot be written is a 503.
     if state.audit.log_unwritable() {
-        return Ok(Some(NotReady::AuthLogUnwritable));
+        return Ok(Some(NotReady::AuthLogUnwritable { last_error: state.audit.last_log_error() }));
     }
     // Every second factor this server sealed or checked would fail (a 500 each); the servers
     // with the recorded key serve them.
@@ -75,8 +75,10 @@ enum NotReady {
     ClockOff { database_ahead_ms: i64 },
     /// The store records another factor key than this server's.
     OtherFactorKey,
-    /// The auth log's last write failed ([`crate::audit::Audit::log_unwritable`]).
-    AuthLogUnwritable,
+    /// The auth log's last write failed, or its disk is full
+    /// ([`crate::audit::Audit::log_unwritable`]); `last_error` the last failed write's error,
+    /// empty when none failed yet.
+    AuthLogUnwritable { last_error: String },
 }
 
 impl NotReady {
@@ -85,7 +87,7 @@ impl NotReady {
         match self {
             NotReady::ClockOff { .. } => "not ready: this host's clock is off the database's",
             NotReady::OtherFactorKey => "not ready: the store records another factor key",
-            NotReady::AuthLogUnwritable => "not ready: the auth log cannot be written",
+            NotReady::AuthLogUnwritable { .. } => "not ready: the auth log cannot be written",
         }
     }
 }
@@ -103,10 +105,14 @@ impl std::fmt::Display for NotReady {
                 )
             }
             NotReady::OtherFactorKey => crate::factors::KeyError::OtherKey.fmt(f),
-            NotReady::AuthLogUnwritable => write!(
+            NotReady::AuthLogUnwritable { last_error } if last_error.is_empty() => write!(
                 f,
-                "the last line could not be written to the auth log in log_dir (is the disk full, or is today's file there not this server's?): every sign-in is \
-                 answered 503 until it can"
+                "the disk of the auth log in log_dir has less than 64 KiB free: every sign-in is answered 503 until it has"
+            ),
+            NotReady::AuthLogUnwritable { last_error } => write!(
+                f,
+                "the last line could not be written to the auth log in log_dir ({last_error}): every sign-in is answered \
+                 503 until it can"
             ),
         }
     }

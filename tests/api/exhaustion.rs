@@ -866,4 +866,12 @@ async fn logins_that_cannot_be_written_to_the_auth_log_are_refused() {
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
     // Not ready for a load balancer: every sign-in here is a 503 (review 135).
     assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 503);
+    // Counted for metrics, and said with the system's own error, not a guess (review 215:
+    // "is the disk full" was said of a read-only directory).
+    assert!(app.state.audit.log_write_failures() >= 3, "{}", app.state.audit.log_write_failures());
+    assert!(
+        app.state.audit.last_log_error().contains("No space left on device"),
+        "{}",
+        app.state.audit.last_log_error()
+    );
 }

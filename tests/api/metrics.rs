@@ -113,6 +113,8 @@ async fn counters_move_by_exactly_the_sign_ins_failures_and_refusals_that_happen
     assert_eq!(after["portcullis_password_hash_queued{lane=\"open\"}"], 0.0);
     assert_eq!(after["portcullis_password_hash_queued{lane=\"known\"}"], 0.0);
     assert!(after.contains_key("portcullis_sessions_active"), "{text}");
+    // Lines the auth log could not take (review 215: counted nowhere); none here.
+    assert_eq!(after["portcullis_audit_log_write_failures_total"], 0.0, "{text}");
     assert_eq!(after[&format!("portcullis_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
     // The start, under Prometheus's own name: a restart (with sled, quotas and failure counts
     // forgotten) shows as its change.
