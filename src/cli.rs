@@ -554,7 +554,20 @@ fn config_check(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::
         // The directories the start refuses, judged without changing them, so a unit's
         // `ExecStartPre=portcullis config check` stops there too (review 157: `--data-dir /tmp`
         // passed the check and failed the start).
-        if let Some(why) = loaded.unusable_directory() {
+        // Root checks a service's settings as the service's start judges them: its
+        // directories are that user's once it has run (review 215); that a start as root
+        // would refuse them (review 194) is said as a warning.
+        let (unusable, roots_start) = match crate::store::effective_uid() {
+            0 => (loaded.unusable_directory_to_its_owner(), loaded.unusable_directory()),
+            _ => (loaded.unusable_directory(), None),
+        };
+        if let Some(why) = roots_start.filter(|_| unusable.is_none()) {
+            eprintln!(
+                "portcullis: warning: {}; a server run by its owner (as the systemd unit runs it) is fine, one run as root refuses it",
+                crate::text::printable(&why)
+            );
+        }
+        if let Some(why) = unusable {
             return Err(Failure { status: CONFIG_INVALID, message: crate::text::printable(&why).into_owned() }.into());
         }
         let file_warnings = crate::config::file_warnings(config);

@@ -510,10 +510,26 @@ impl Settings {
     /// all three may be used or made. A `cert_dir` of root's is used, as the certificate's
     /// loading uses it ([`crate::store::refuse_changeable_but_roots`]).
     pub fn unusable_directory(&self) -> Option<String> {
+        self.unusable_directory_judged(crate::store::refuse_changeable, crate::store::refuse_changeable_but_roots)
+    }
+
+    /// [`Settings::unusable_directory`] as the start of each directory's owner would judge it
+    /// ([`crate::store::refuse_changeable_by_its_owner`]): what root's `config check` asks of
+    /// a service's settings, whose directories are the service's user's.
+    pub fn unusable_directory_to_its_owner(&self) -> Option<String> {
+        let judge = crate::store::refuse_changeable_by_its_owner;
+        self.unusable_directory_judged(judge, judge)
+    }
+
+    fn unusable_directory_judged(
+        &self,
+        judge: fn(&Path) -> std::io::Result<()>,
+        judge_certs: fn(&Path) -> std::io::Result<()>,
+    ) -> Option<String> {
         let judged = [
-            ("data_dir", crate::store::refuse_changeable(&self.data_dir)),
-            ("log_dir", crate::store::refuse_changeable(&self.log_dir)),
-            ("cert_dir", crate::store::refuse_changeable_but_roots(&self.cert_dir)),
+            ("data_dir", judge(&self.data_dir)),
+            ("log_dir", judge(&self.log_dir)),
+            ("cert_dir", judge_certs(&self.cert_dir)),
         ];
         judged.into_iter().find_map(|(key, judged)| judged.err().map(|e| format!("{key}: {e}")))
     }

@@ -121,7 +121,18 @@ fn denied(message: String) -> std::io::Error {
 /// # Errors
 /// As those, and `NotADirectory` for a file, or a path under one.
 pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
-    judge_changeable(dir, false)
+    judge_changeable(dir, Owners::Mine)
+}
+
+/// [`refuse_changeable`] as the start of `dir`'s owner would judge it: for root checking a
+/// service's settings (`config check`), whose directories belong to the service's user once it
+/// has run (review 215: the README's check before a restart failed on every such host). The
+/// path and the mode are judged all the same.
+///
+/// # Errors
+/// As [`refuse_changeable`], but for a directory of another user's.
+pub fn refuse_changeable_by_its_owner(dir: &Path) -> std::io::Result<()> {
+    judge_changeable(dir, Owners::Any)
 }
 
 /// [`refuse_changeable`] for a directory only read, such as `cert_dir`, which may also be
@@ -132,15 +143,28 @@ pub fn refuse_changeable(dir: &Path) -> std::io::Result<()> {
 /// # Errors
 /// As [`refuse_changeable`], but for a directory of root's.
 pub fn refuse_changeable_but_roots(dir: &Path) -> std::io::Result<()> {
-    judge_changeable(dir, true)
+    judge_changeable(dir, Owners::MineOrRoots)
 }
 
-fn judge_changeable(dir: &Path, roots_too: bool) -> std::io::Result<()> {
+/// Whose directory [`judge_changeable`] takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    Mine,
+    MineOrRoots,
+    Any,
+}
+
+fn judge_changeable(dir: &Path, owners: Owners) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     trusted_ancestors(dir)?;
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
-            if !(roots_too && meta.uid() == 0) {
+            let taken = match owners {
+                Owners::Mine => false,
+                Owners::MineOrRoots => meta.uid() == 0,
+                Owners::Any => true,
+            };
+            if !taken {
                 refuse_foreign(dir, &meta)?;
             }
             refuse_shared(dir, &meta)

@@ -28,8 +28,8 @@ mod sled;
 mod fs;
 pub use fs::{
     effective_uid, ensure_ours, ensure_private_dir, ensure_private_dir_of_files, foreign_entry, foreign_owner,
-    make_dirs, private_umask, refuse_changeable, refuse_changeable_but_roots, refuse_shared, trusted_ancestors,
-    untrusted_owner,
+    make_dirs, private_umask, refuse_changeable, refuse_changeable_but_roots, refuse_changeable_by_its_owner,
+    refuse_shared, trusted_ancestors, untrusted_owner,
 };
 
 /// The errors of the storage layer, whatever the engine.
