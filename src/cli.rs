@@ -714,7 +714,9 @@ async fn serve_until_stopped(settings: Settings, file_warnings: Vec<String>) -> 
         // next start (with somewhere to write) makes one and shows its password.
         if let Err(e) = shown {
             app.state().users.delete("admin", "first start").await?;
-            bail!("cannot show the first administrator's password on standard output ({e}): the account was not kept");
+            bail!(
+                "cannot show the first administrator's password on standard output ({e}): the account was not kept; start again with standard output on a terminal or the journal, or make an administrator with `portcullis user add NAME --admin`"
+            );
         }
     }
     // Which store: a `PORTCULLIS_DATABASE_URL` left exported outranks a `--data-dir` on the

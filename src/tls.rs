@@ -120,8 +120,17 @@ fn pair_present(dir: &Path) -> anyhow::Result<bool> {
             key.display(),
             CUT_SHORT_AFTER.as_secs()
         ),
-        (true, false) => bail!("{} exists but {} is missing", cert.display(), key.display()),
-        (false, true) => bail!("{} exists but {} is missing", key.display(), cert.display()),
+        // What to do, said (review 213): the README's fix was not in the line.
+        (true, false) => bail!(
+            "{} exists but {} is missing: put the certificate's key there, or remove both for a new development pair",
+            cert.display(),
+            key.display()
+        ),
+        (false, true) => bail!(
+            "{} exists but {} is missing: put the key's certificate chain there, or remove both for a new development pair",
+            key.display(),
+            cert.display()
+        ),
     }
 }
 
@@ -365,7 +374,13 @@ pub fn load_certified_key(dir: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     }
     let key_pem = zeroize::Zeroizing::new(
         crate::files::read_small(&key, crate::files::MAX_PEM_BYTES)
-            .with_context(|| format!("cannot read {}", key.display()))?,
+            .with_context(|| {
+                format!(
+                    "cannot read {} (it must be readable by the user running portcullis, uid {}: e.g. install -m 0600 -o USER)",
+                    key.display(),
+                    crate::store::effective_uid()
+                )
+            })?,
     );
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .with_context(|| format!("{} is not a PEM private key", key.display()))?;

@@ -110,7 +110,10 @@
       event.preventDefault();
       if (button) { button.disabled = true; }
       say(kind === 'create' ? 'Follow your browser to create the passkey…' : 'Follow your browser to use your passkey…');
+      var rpId = '';
       begin(form).then(function (options) {
+        var pk = options.publicKey || {};
+        rpId = kind === 'create' ? (pk.rp && pk.rp.id) || '' : pk.rpId || '';
         return kind === 'create'
           ? navigator.credentials.create(creationOptions(options)).then(registration)
           : navigator.credentials.get(requestOptions(options)).then(assertion);
@@ -125,7 +128,15 @@
         // InvalidStateError at creation: the authenticator already holds one of this account's
         // passkeys (the server lists them to exclude); the browser's own words are technical.
         var held = err && err.name === 'InvalidStateError' && kind === 'create';
+        // SecurityError: this page's host is not the relying party's or under it (a server
+        // reached by address while its passkeys are for its name); the browser says only
+        // "This is an invalid domain." (review 213).
+        var host = window.location.hostname;
+        var elsewhere = err && err.name === 'SecurityError' && rpId && host !== rpId &&
+          host.slice(-(rpId.length + 1)) !== '.' + rpId;
         say(held ? 'This device already holds a passkey for your account: it is in the list below, so there is nothing to add.'
+          : elsewhere ? 'Passkeys for this server work only at ' + rpId + ' (and names under it), not at ' + host +
+            ': open this page at that address and try again.'
           : cancelled ? 'Cancelled, or the passkey was not available. You can try again.' : (err.message || String(err)), true);
       });
     });

@@ -366,8 +366,12 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
     use std::path::{Component, PathBuf};
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
+    // "Its own user" read as the directory's owner (review 213): said as the user running this.
     let refuse = |what: String| {
-        Err(denied(format!("{} {what}: put it where only root or its own user can change the path", dir.display())))
+        Err(denied(format!(
+            "{} {what}: put it where only root and the user running portcullis (uid {me}) can change the path",
+            dir.display()
+        )))
     };
     let mut pending: std::collections::VecDeque<PathBuf> =
         std::path::absolute(dir)?.components().map(|c| PathBuf::from(c.as_os_str())).collect();
@@ -395,7 +399,12 @@ pub fn trusted_ancestors(dir: &Path) -> std::io::Result<()> {
                     ));
                 }
                 if meta.uid() != 0 && meta.uid() != me {
-                    return refuse(format!("is inside {}, which belongs to uid {}", current.display(), meta.uid()));
+                    return refuse(format!(
+                        "is inside {}, which belongs to uid {} (run this as that user instead, e.g. with sudo -u '#{}')",
+                        current.display(),
+                        meta.uid(),
+                        meta.uid()
+                    ));
                 }
                 let next = current.join(name);
                 let Ok(entry) = std::fs::symlink_metadata(&next) else {

@@ -35,7 +35,7 @@ pub use fs::{
 /// The errors of the storage layer, whatever the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store at {0} is in use by another process")]
+    #[error("the store at {0} is in use by another process (a portcullis server already serving it? the `user` commands reach it through its admin socket; a second server needs another data_dir)")]
     Locked(String),
     /// The engine could not do its work (an I/O failure such as a full disk, a lost database
     /// connection): see [`StoreError::is_unavailable`].
