@@ -169,6 +169,10 @@ pub enum AuthEvent<'a> {
         client: &'a Client,
         after_failures: usize,
         method: SignInMethod<'a>,
+        /// With `after_failures`: the addresses those failures came from, newest first (at
+        /// most [`FAILURES_FROM_SHOWN`], then `+N`), read from the records at the sign-in; the
+        /// line outlives the records a flood can push out (review 214).
+        failures_from: Option<&'a str>,
     },
     /// `max_reached`: this failure made a count reach the captcha threshold (OWASP
     /// `authn_login_fail_max`). `username` is the identity checked, `typed` what was typed
@@ -1485,10 +1489,32 @@ fn emit_short(event: &AuthEvent<'_>, time: String) {
     }
 }
 
+/// Most addresses a success line names for the failures before it (`failures_from`).
+pub const FAILURES_FROM_SHOWN: usize = 5;
+
+/// `failures_from` of a success line: the distinct addresses of `records` (newest first), at
+/// most [`FAILURES_FROM_SHOWN`] of them and `+N` for the rest; `None` when there are none.
+pub fn failures_from(records: &[(crate::store::Cursor, FailureRecord)]) -> Option<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (_, r) in records {
+        if !seen.contains(&r.ip.as_str()) {
+            seen.push(&r.ip);
+        }
+    }
+    if seen.is_empty() {
+        return None;
+    }
+    let shown = seen.iter().take(FAILURES_FROM_SHOWN).copied().collect::<Vec<_>>().join(", ");
+    Some(match seen.len().saturating_sub(FAILURES_FROM_SHOWN) {
+        0 => shown,
+        more => format!("{shown} +{more}"),
+    })
+}
+
 /// Writes `event`'s line with `time` (RFC 3339) as its `time` field.
 fn emit_at(event: &AuthEvent<'_>, time: String) {
     match *event {
-        AuthEvent::LoginSucceeded { username, client, after_failures, method } => {
+        AuthEvent::LoginSucceeded { username, client, after_failures, method, failures_from } => {
             let event = if after_failures > 0 { "authn_login_successafterfail" } else { "authn_login_success" };
             let (passkey, recovery_codes_left) = match method {
                 SignInMethod::Passkey(name) => (name, None),
@@ -1497,7 +1523,8 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             };
             tracing::info!(
                 target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
-                failures = after_failures, method = method.as_str(), passkey, recovery_codes_left, "login succeeded"
+                failures = after_failures, failures_from, method = method.as_str(), passkey, recovery_codes_left,
+                "login succeeded"
             )
         }
         AuthEvent::LoginFailed { username, typed, client, reason, max_reached, known_browser } => {
@@ -1666,7 +1693,13 @@ mod tests {
         assert!(!audit.log_unwritable(), "nothing failed yet");
         let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
         let method = SignInMethod::Password;
-        let event = AuthEvent::LoginSucceeded { username: "alice", client: &client, after_failures: 0, method };
+        let event = AuthEvent::LoginSucceeded {
+            username: "alice",
+            client: &client,
+            after_failures: 0,
+            method,
+            failures_from: None,
+        };
         let said = crate::telemetry::tests::terminal_text(|| assert!(audit.record_checked(&event).is_err()));
         assert!(!said.contains("alice"), "{said}");
         assert!(audit.log_unwritable());
@@ -1985,6 +2018,7 @@ mod tests {
                     client: &user,
                     after_failures: 0,
                     method,
+                    failures_from: None,
                 })
                 .unwrap();
         }
@@ -2144,5 +2178,28 @@ mod tests {
         audit.record_failure("Nul\0byte", &client, FailureReason::UnknownUser, false, false).await.unwrap();
         let (_, record) = store.failures.query(&FailureQuery::default()).await.unwrap().pop().unwrap();
         assert_eq!((record.username.as_str(), record.typed.as_deref()), ("nul\u{fffd}byte", Some("Nul\u{fffd}byte")));
+    }
+
+    #[test]
+    fn a_success_line_names_the_failures_addresses_newest_first_at_most_five() {
+        let record = |ip: &str| {
+            let r = FailureRecord {
+                time: 0,
+                ip: ip.into(),
+                username: "alice".into(),
+                reason: FailureReason::BadPassword,
+                user_agent: String::new(),
+                typed: None,
+                count: 1,
+                instance: String::new(),
+                known_browser: false,
+            };
+            (crate::store::Cursor::new(0, 0), r)
+        };
+        assert_eq!(failures_from(&[]), None);
+        let some: Vec<_> = ["a", "b", "a", "c"].into_iter().map(record).collect();
+        assert_eq!(failures_from(&some).as_deref(), Some("a, b, c"));
+        let many: Vec<_> = ["1", "2", "3", "4", "5", "6", "7", "1"].into_iter().map(record).collect();
+        assert_eq!(failures_from(&many).as_deref(), Some("1, 2, 3, 4, 5 +2"));
     }
 }

@@ -930,7 +930,28 @@ impl SignIn {
         }
         // A sign-in that cannot be recorded does not happen: end the new session and say so.
         let username = &user.display_name;
-        let succeeded = AuthEvent::LoginSucceeded { username, client, after_failures, method };
+        // Where the failures came from, while their records are there (review 214: a flood
+        // after the sign-in pushed them out, leaving a count that said from nowhere).
+        let failures_from = match after_failures {
+            0 => None,
+            _ => {
+                let query = crate::store::FailureQuery {
+                    since: Some(now_ms().saturating_sub(self.wrong_codes.window_ms)),
+                    user_key: Some(user.key.clone()),
+                    limit: 200,
+                    ..Default::default()
+                };
+                // Only a line's detail: a store that cannot say leaves it out, not the sign-in.
+                self.audit.failures(&query).await.ok().and_then(|r| crate::audit::failures_from(&r))
+            }
+        };
+        let succeeded = AuthEvent::LoginSucceeded {
+            username,
+            client,
+            after_failures,
+            method,
+            failures_from: failures_from.as_deref(),
+        };
         if let Err(e) = self.audit.record_checked(&succeeded) {
             self.sessions.discard(&token).await;
             return Err(SignInError::SuccessUnrecorded(e));

@@ -148,7 +148,11 @@ async fn a_names_captcha_demand_does_not_tell_whether_its_owner_signed_in() {
         assert!(shows_captcha(&page), "{name}: the demand stays until the failures lapse");
     }
     let success = app.log_lines().into_iter().find(|l| l["event"] == "authn_login_successafterfail");
-    assert_eq!(success.expect("the success after failures")["failures"], 3);
+    let success = success.expect("the success after failures");
+    assert_eq!(success["failures"], 3);
+    // From where, newest first, while the records are there: a flood may push them out of
+    // the store later, and the line outlives them (review 214).
+    assert_eq!(success["failures_from"], "192.0.2.2, 192.0.2.1, 192.0.2.0", "{success}");
 }
 
 /// A browser the user signed in with before (its device cookie) meets only its address's
