@@ -117,6 +117,17 @@ impl FailureReason {
 pub struct Client {
     pub ip: IpAddr,
     pub user_agent: String,
+    /// The handle of the session it did it in, or of the session its sign-in made
+    /// ([`crate::session::SessionHandle`]): lines carry it as `session`, so what a session did
+    /// is tied to the sign-in that made it and to `user sessions` (review 214).
+    pub session: Option<String>,
+}
+
+impl Client {
+    /// The same client, acting in the session stored under `token_hash`.
+    pub fn in_session(&self, token_hash: &crate::store::TokenHash) -> Client {
+        Client { session: Some(crate::session::SessionHandle::of(token_hash).encode()), ..self.clone() }
+    }
 }
 
 /// A second factor's removal, for [`Audit::factor_removed`].
@@ -1522,7 +1533,7 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
                 SignInMethod::Password | SignInMethod::Totp => (None, None),
             };
             tracing::info!(
-                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
                 failures = after_failures, failures_from, method = method.as_str(), passkey, recovery_codes_left,
                 "login succeeded"
             )
@@ -1532,7 +1543,7 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             // `typed` after `ip`: the fail2ban filter reads event, time, username, ip in order.
             // `known_browser` only when true, as the record keeps it.
             tracing::warn!(
-                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent,
+                target: TARGET, event, time, username, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
                 typed, reason = reason.as_str(), known_browser = known_browser.then_some(true), "login failed"
             )
         }
@@ -1544,31 +1555,31 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         ),
         AuthEvent::SecondFactorPending { username, client } => tracing::info!(
             target: TARGET, event = "authn_login_mfa_pending", time, username, ip = %client.ip,
-            user_agent = client.user_agent, "password right, second factor owed"
+            user_agent = client.user_agent, session = client.session.as_deref(), "password right, second factor owed"
         ),
         AuthEvent::LoginInterrupted { username, client } => tracing::info!(
             target: TARGET, event = "authn_login_interrupted", time, username, ip = %client.ip,
-            user_agent = client.user_agent, "password right, but the account changed meanwhile: no sign-in"
+            user_agent = client.user_agent, session = client.session.as_deref(), "password right, but the account changed meanwhile: no sign-in"
         ),
         AuthEvent::PasskeyCloneSuspected { username, passkey, client } => tracing::warn!(
             target: TARGET, event = "authn_passkey_clone_suspected", time, username, passkey, ip = %client.ip,
-            user_agent = client.user_agent, "a passkey's signature counter went back: a copy of it may be in use"
+            user_agent = client.user_agent, session = client.session.as_deref(), "a passkey's signature counter went back: a copy of it may be in use"
         ),
         AuthEvent::LoggedOut { username, client } => tracing::info!(
-            target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent,
+            target: TARGET, event = "session_logout", time, username, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
             "logged out"
         ),
         AuthEvent::Reauthenticated { username, client } => tracing::info!(
             target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
-            user_agent = client.user_agent, "password confirmed again"
+            user_agent = client.user_agent, session = client.session.as_deref(), "password confirmed again"
         ),
         AuthEvent::SessionsEnded { username, count, pending, by, client } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count, pending, by, ip = %client.ip,
-            user_agent = client.user_agent, "sessions ended"
+            user_agent = client.user_agent, session = client.session.as_deref(), "sessions ended"
         ),
         AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
-            by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent,
+            by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
             "session ended"
         ),
         AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: None } => tracing::info!(
@@ -1578,7 +1589,7 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         AuthEvent::SessionClientChanged { username, session, changed, signed_in_ip, signed_in_user_agent, client } => {
             tracing::warn!(
                 target: TARGET, event = "session_client_changed", time, username, session, changed, signed_in_ip,
-                signed_in_user_agent, ip = %client.ip, user_agent = client.user_agent,
+                signed_in_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
                 "a session was used from another address or browser than it signed in from"
             )
         }
@@ -1606,16 +1617,16 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         ),
         AuthEvent::MfaAdded { username, kind, passkey, client } => tracing::info!(
             target: TARGET, event = "mfa_added", time, username, kind, passkey, by = username, ip = %client.ip,
-            user_agent = client.user_agent, "second factor added"
+            user_agent = client.user_agent, session = client.session.as_deref(), "second factor added"
         ),
         AuthEvent::MfaRemoved { username, kind, sessions, by, passkey, client } => tracing::warn!(
             target: TARGET, event = "mfa_removed", time, username, kind, passkey, sessions, by,
             ip = client.map(|c| tracing::field::display(c.ip)), user_agent = client.map(|c| c.user_agent.as_str()),
-            "second factor removed"
+            session = client.and_then(|c| c.session.as_deref()), "second factor removed"
         ),
         AuthEvent::MfaRenamed { username, passkey, was, client } => tracing::info!(
             target: TARGET, event = "mfa_renamed", time, username, kind = "passkey", passkey, was, by = username,
-            ip = %client.ip, user_agent = client.user_agent, "passkey renamed"
+            ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(), "passkey renamed"
         ),
         AuthEvent::FactorsReset { username, sessions, by } => tracing::warn!(
             target: TARGET, event = "user_factors_reset", time, username, sessions, by, "second factors reset"
@@ -1642,7 +1653,8 @@ mod tests {
     fn hostile_usernames_stay_inside_one_valid_json_line() {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open(dir.path(), 7, None).unwrap();
-        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: "ua\"}\n{\"forged\":1".into() };
+        let client =
+            Client { ip: "10.0.0.1".parse().unwrap(), user_agent: "ua\"}\n{\"forged\":1".into(), session: None };
         let name = "eve\r\n{\"event\":\"authn_login_success\"}\u{1b}[2J\"";
         audit.record(&AuthEvent::LoginFailed {
             username: name,
@@ -1670,7 +1682,7 @@ mod tests {
         let today = &rfc3339(now_ms())[..10];
         std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("auth.log.{today}"))).unwrap();
         let audit = Audit::open(dir.path(), 7, None).unwrap();
-        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new(), session: None };
         let event = AuthEvent::LoggedOut { username: "alice", client: &client };
         assert!(matches!(audit.record_checked(&event), Err(AuditError::Log)));
         let failed = audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await;
@@ -1691,7 +1703,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("auth.log.{today}"))).unwrap();
         let audit = Audit::open(dir.path(), 7, None).unwrap();
         assert!(!audit.log_unwritable(), "nothing failed yet");
-        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new(), session: None };
         let method = SignInMethod::Password;
         let event = AuthEvent::LoginSucceeded {
             username: "alice",
@@ -1756,13 +1768,14 @@ mod tests {
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
         // One IPv6 /64 is one address, as for the quota.
         for i in 0..50u32 {
-            let client = Client { ip: format!("2001:db8::{i:x}").parse().unwrap(), user_agent: "bot".into() };
+            let client =
+                Client { ip: format!("2001:db8::{i:x}").parse().unwrap(), user_agent: "bot".into(), session: None };
             let name = format!("{}{i}", "u".repeat(250));
             audit.record_failure(&name, &client, FailureReason::RateLimited, false, false).await.unwrap();
             audit.record_failure(&name, &client, FailureReason::Csrf, false, false).await.unwrap();
         }
         // Password checks keep a record each.
-        let other = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new() };
+        let other = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new(), session: None };
         for _ in 0..3 {
             audit.record_failure("alice", &other, FailureReason::BadPassword, false, false).await.unwrap();
         }
@@ -1791,7 +1804,7 @@ mod tests {
         let database_ms = now_ms() - 25_000;
         let clock: RecordsClock = Arc::new(move || database_ms);
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_records_clock(clock);
-        let client = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.7".parse().unwrap(), user_agent: String::new(), session: None };
         audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
         let records = audit.failures(&FailureQuery::default()).await.unwrap();
         assert_eq!(records.iter().map(|(_, r)| r.time).collect::<Vec<_>>(), [database_ms]);
@@ -1814,7 +1827,7 @@ mod tests {
         let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::open(data.path()).unwrap();
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
-        let nat = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "any".into() };
+        let nat = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "any".into(), session: None };
         for known in [true, false, false, true, false] {
             audit.record_failure("alice", &nat, FailureReason::Csrf, false, known).await.unwrap();
         }
@@ -1847,7 +1860,7 @@ mod tests {
         let store = Store::open(data.path()).unwrap();
         let limits = DiskLimits { reserve_bytes: u64::MAX, watch: vec![data.path().into()], ..Default::default() };
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap().with_limits(limits);
-        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new(), session: None };
         for reason in [FailureReason::BadPassword, FailureReason::Csrf, FailureReason::Csrf] {
             let got = audit.record_failure("alice", &client, reason, false, false).await;
             assert!(matches!(got, Err(AuditError::Reserve)), "{got:?}");
@@ -1859,7 +1872,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_days_log_limit_failures_are_kept_in_the_store_only_and_the_log_says_so_once() {
         let (_data, logs, store, audit) = budgeted(1);
-        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new(), session: None };
         for _ in 0..5 {
             audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await.unwrap();
         }
@@ -1889,7 +1902,11 @@ mod tests {
     /// 192.0.2.0 on), `name` as the user agent too.
     async fn refuse_many(audit: &Audit, count: u32, name: &str, reason: FailureReason) {
         for i in 0..count {
-            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.to_string() };
+            let client = Client {
+                ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(),
+                user_agent: name.to_string(),
+                session: None,
+            };
             audit.record_failure(name, &client, reason, false, false).await.unwrap();
         }
     }
@@ -1907,7 +1924,7 @@ mod tests {
         assert!(written < 10_000 + 7_000, "a quarter of the budget, at most a line over: {written}");
         assert_eq!(store.failures.count().await.unwrap(), 200, "every one in the store");
         // The rest of the day's budget is there for password guesses, in full at first.
-        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into() };
+        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into(), session: None };
         audit.record_failure("admin", &guesser, FailureReason::BadPassword, false, false).await.unwrap();
         let last = lines(logs.path()).pop().unwrap();
         assert_eq!((last["ip"].as_str(), last.get("short")), (Some("198.51.100.9"), None), "{last}");
@@ -1919,7 +1936,11 @@ mod tests {
         // The longest lines an attacker can make: every character escaped six bytes long.
         let name = "\u{202e}".repeat(300);
         for i in 0..120u32 {
-            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: name.clone() };
+            let client = Client {
+                ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(),
+                user_agent: name.clone(),
+                session: None,
+            };
             audit.record_failure(&name, &client, FailureReason::UnknownUser, false, false).await.unwrap();
         }
         let lines = lines(logs.path());
@@ -1969,7 +1990,7 @@ mod tests {
     async fn forward_auth_denials_are_one_line_per_address_user_and_minute_with_a_count() {
         let logs = tempfile::tempdir().unwrap();
         let audit = Audit::open(logs.path(), 7, None).unwrap();
-        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new(), session: None };
         let long = format!("/admin/{}", "A".repeat(4000));
         for i in 0..50 {
             audit.authz_denied("", &client, "app.example.com", if i == 0 { &long } else { "/x" }, "default");
@@ -1977,7 +1998,7 @@ mod tests {
         audit.authz_denied("alice", &client, "app.example.com", "/admin", "3");
         audit.authz_denied("alice", &client, "app.example.com", "/admin", "3");
         // Another address is another count.
-        let other = Client { ip: "192.0.2.2".parse().unwrap(), user_agent: String::new() };
+        let other = Client { ip: "192.0.2.2".parse().unwrap(), user_agent: String::new(), session: None };
         audit.authz_denied("", &other, "app.example.com", "/y", "default");
         let denied: Vec<serde_json::Value> = lines(logs.path());
         assert_eq!(denied.len(), 3, "{denied:?}");
@@ -2003,13 +2024,17 @@ mod tests {
         // Review 177: denied targets from many addresses, with the longest paths.
         let path = format!("/{}", "A".repeat(4000));
         for i in 0..400u32 {
-            let client = Client { ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(), user_agent: String::new() };
+            let client = Client {
+                ip: std::net::Ipv4Addr::from(0xC000_0200 + i).into(),
+                user_agent: String::new(),
+                session: None,
+            };
             audit.authz_denied("", &client, "app.example.com", &path, "default");
         }
         let denied: usize = lines(logs.path()).iter().map(|l| l.to_string().len() + 1).sum();
         assert!((9_000..10_000 + 1_000).contains(&denied), "a quarter of the budget, at most a line over: {denied}");
         // Many sign-ins spend none of it: the day's guesses still get full lines.
-        let user = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: "u".repeat(250) };
+        let user = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: "u".repeat(250), session: None };
         for _ in 0..200 {
             let method = SignInMethod::Password;
             audit
@@ -2022,7 +2047,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into() };
+        let guesser = Client { ip: "198.51.100.9".parse().unwrap(), user_agent: "x".into(), session: None };
         audit.record_failure("admin", &guesser, FailureReason::BadPassword, false, false).await.unwrap();
         let last = lines(logs.path()).pop().unwrap();
         assert_eq!((last["ip"].as_str(), last.get("short")), (Some("198.51.100.9"), None), "{last}");
@@ -2064,8 +2089,11 @@ mod tests {
             async move {
                 let path = format!("/{}", "A".repeat(250));
                 for i in from..from + 100 {
-                    let client =
-                        Client { ip: std::net::Ipv4Addr::from(0xC633_6400 + i).into(), user_agent: String::new() };
+                    let client = Client {
+                        ip: std::net::Ipv4Addr::from(0xC633_6400 + i).into(),
+                        user_agent: String::new(),
+                        session: None,
+                    };
                     audit.authz_denied("", &client, "app.example.com", &path, "default");
                 }
             }
@@ -2101,7 +2129,7 @@ mod tests {
         let again = Audit::open(logs.path(), 7, Some(_store.clone()))
             .unwrap()
             .with_limits(DiskLimits { log_bytes_per_day: Some(40_000), ..Default::default() });
-        let client = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new(), session: None };
         again.authz_denied("alice", &client, "app.example.com", "/admin", "2");
         again.record_failure("admin", &client, FailureReason::BadPassword, false, false).await.unwrap();
         assert_eq!(lines(logs.path()).len(), before, "nothing written, nothing said again");
@@ -2134,7 +2162,7 @@ mod tests {
         let (_data, logs, _store, audit) = budgeted(40_000);
         refuse_many(&audit, 400, &"\u{202e}".repeat(100), FailureReason::UnknownUser).await;
         assert!(lines(logs.path()).iter().any(|l| l["event"] == "audit_log_limit"));
-        let insider = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new() };
+        let insider = Client { ip: "203.0.113.5".parse().unwrap(), user_agent: String::new(), session: None };
         audit.authz_denied("alice", &insider, "app.example.com", "/admin", "2");
         let last = lines(logs.path()).pop().unwrap();
         assert_eq!((last["event"].as_str(), last["path"].as_str()), (Some("authz_denied"), Some("/admin")), "{last}");
@@ -2162,7 +2190,7 @@ mod tests {
         let logs = tempfile::tempdir().unwrap();
         let limits = DiskLimits { reserve_bytes: u64::MAX, watch: vec![logs.path().into()], ..Default::default() };
         let audit = Audit::open(logs.path(), 7, None).unwrap().with_limits(limits);
-        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new(), session: None };
         audit.authz_denied("", &client, "app.example.com", "/x", "default");
         audit.authz_denied("alice", &client, "app.example.com", "/x", "default");
         assert!(lines(logs.path()).is_empty());
@@ -2174,7 +2202,7 @@ mod tests {
         let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::open(data.path()).unwrap();
         let audit = Audit::open(logs.path(), 7, Some(store.clone())).unwrap();
-        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new() };
+        let client = Client { ip: "192.0.2.1".parse().unwrap(), user_agent: String::new(), session: None };
         audit.record_failure("Nul\0byte", &client, FailureReason::UnknownUser, false, false).await.unwrap();
         let (_, record) = store.failures.query(&FailureQuery::default()).await.unwrap().pop().unwrap();
         assert_eq!((record.username.as_str(), record.typed.as_deref()), ("nul\u{fffd}byte", Some("Nul\u{fffd}byte")));

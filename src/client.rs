@@ -99,7 +99,7 @@ pub fn client(req: &Request, trusted: &[IpNet]) -> Client {
         .get(poem::http::header::USER_AGENT)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(256).collect())
         .unwrap_or_default();
-    Client { ip: client_ip(peer, &xff, trusted), user_agent }
+    Client { ip: client_ip(peer, &xff, trusted), user_agent, session: None }
 }
 
 #[cfg(test)]

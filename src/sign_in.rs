@@ -945,6 +945,8 @@ impl SignIn {
                 self.audit.failures(&query).await.ok().and_then(|r| crate::audit::failures_from(&r))
             }
         };
+        // The line names the session it made, as every later line of that session does.
+        let client = &client.in_session(&token.hash());
         let succeeded = AuthEvent::LoginSucceeded {
             username,
             client,
@@ -1343,7 +1345,7 @@ mod tests {
             policy: SecondFactorPolicy::Optional,
             wrong_codes: WrongCodes { threshold: captcha_after, window_ms: 15 * 60 * 1000 },
         };
-        let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into() };
+        let client = Client { ip: "192.0.2.10".parse().unwrap(), user_agent: "test".into(), session: None };
         Fixture { service, client, store: services.store.clone(), device: None, _dir: dir }
     }
 

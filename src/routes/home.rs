@@ -187,7 +187,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             return others_not_signed_out(StatusCode::SERVICE_UNAVAILABLE);
         }
     }
-    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     let record = |count, pending| {
         state.audit.record(&AuthEvent::SessionsEnded {
             username: &session.user.display_name,
@@ -297,7 +297,7 @@ pub async fn end_one_session(req: &Request, body: Body, state: State<'_>) -> Res
         }
     };
     if let Some(ended) = &ended {
-        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         state.audit.record(&AuthEvent::SessionEnded {
             username: &session.user.display_name,
             by: &session.user.display_name,

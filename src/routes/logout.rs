@@ -120,7 +120,7 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
             // shared computer "busy" read as done, with the session still open behind it.
             return not_signed_out(crate::routes::store_fault(&e, "could not end a session"));
         }
-        let client = client::client(req, &state.settings.trusted_proxies);
+        let client = client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         state.audit.record(&AuthEvent::LoggedOut { username: &session.user.display_name, client: &client });
     }
     if let Ok(v) = cookies::clear(SESSION_COOKIE).parse() {

@@ -447,7 +447,7 @@ pub async fn register(req: &Request, body: Body, state: State<'_>) -> Response {
                 username: &session.user.display_name,
                 kind: crate::factors::FactorKind::Passkey.as_str(),
                 passkey: Some(&added.name),
-                client: &crate::client::client(req, &state.settings.trusted_proxies),
+                client: &crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash),
             });
             // As with an authenticator app (a server that turns passkeys off must not lock
             // the user out either).
@@ -564,7 +564,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
     };
     let Some(id) = credential_id(&form.id) else { return error_page(StatusCode::BAD_REQUEST) };
     let username = &session.user.display_name;
-    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     let kind = crate::factors::FactorKind::Passkey;
     match state.passkeys.remove(&session.user.key, &id, &session.token_hash).await {
         Ok(Some(removed)) => {

@@ -1239,7 +1239,8 @@ async fn a_flood_of_denied_targets_costs_the_log_one_line_a_minute_and_leaves_gu
     assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
     // Password guesses after it are logged in full (recorded as the sign-in records them:
     // this gate's `public_url` is another origin than the test client's).
-    let guesser = portcullis::audit::Client { ip: "203.0.113.9".parse().unwrap(), user_agent: "x".into() };
+    let guesser =
+        portcullis::audit::Client { ip: "203.0.113.9".parse().unwrap(), user_agent: "x".into(), session: None };
     let reason = portcullis::audit::FailureReason::BadPassword;
     app.state.audit.record_failure("carol", &guesser, reason, false, false).await.unwrap();
     let last = app.log_lines().pop().unwrap();

@@ -654,3 +654,31 @@ async fn a_session_used_from_another_browser_is_logged_once_per_client() {
     }
     assert_eq!(changed().len(), 8, "at most 8 clients noted per session");
 }
+
+/// The sign-in's line names the session it made, and every line of what that session does
+/// names it too (`session`, its handle, as `user sessions` lists it and
+/// `session_client_changed` names it), so a change is tied to the sign-in behind it (review
+/// 214: `mfa_added` by a copied cookie could not be told from its owner's).
+#[tokio::test]
+async fn the_lines_of_a_sessions_sign_in_and_actions_name_the_session() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let other = app.new_browser();
+    app.login_with(&other, "alice", GOOD_PASSWORD).await;
+    let handle = handle_of(&app.login("alice", GOOD_PASSWORD).await);
+    let csrf = app.home_csrf(&app.client).await;
+    let resp = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let lines = app.log_lines();
+    let signed_in: Vec<_> = lines.iter().filter(|l| l["event"] == "authn_login_success").collect();
+    assert_eq!(signed_in.len(), 2);
+    assert_eq!(signed_in[1]["session"], handle.as_str(), "{:?}", signed_in[1]);
+    assert_ne!(signed_in[0]["session"], signed_in[1]["session"]);
+    let ended = lines.iter().find(|l| l["event"] == "session_revoked").unwrap();
+    assert_eq!(ended["session"], handle.as_str(), "{ended}");
+    // Lines of no session carry none.
+    let wrong = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
+    assert_eq!(wrong.status(), 401);
+    let failed = app.log_lines().into_iter().find(|l| l["event"] == "authn_login_fail").unwrap();
+    assert!(failed.get("session").is_none(), "{failed}");
+}

@@ -190,7 +190,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
         }
         Err(resp) => return resp,
     }
-    let client = client::client(req, &state.settings.trusted_proxies);
+    let client = client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     state.audit.record(&AuthEvent::Reauthenticated { username: &session.user.display_name, client: &client });
     let mut resp = see_other(then.path());
     remember_confirmation(&state, &session.token_hash, &mut resp);

@@ -104,7 +104,7 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
         Err(resp) => return resp,
     }
     let user = &session.user;
-    let client = client::client(req, &state.settings.trusted_proxies);
+    let client = client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     // Ends every other session of the user (this one goes on below, or ends there) and logs
     // `authn_password_change`.
     // Only in the generation the current password was just checked in: a `user passwd`, a

@@ -129,7 +129,7 @@ async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSes
         }
     };
     if count > 0 {
-        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         let username = &user.display_name;
         state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
     }
@@ -226,7 +226,7 @@ async fn issue_codes(
     };
     let username = &session.user.display_name;
     let kind = FactorKind::RecoveryCodes;
-    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     let added = AuthEvent::MfaAdded { username, kind: kind.as_str(), passkey: None, client: &client };
     let voided = |sessions| crate::audit::FactorRemoval { kind, sessions, codes_voided: 0, passkey: None };
     if seen.is_none() {

@@ -227,7 +227,7 @@ pub async fn confirm(req: &Request, body: Body, state: State<'_>) -> Response {
             }
         }
         let username = &user.display_name;
-        let client = crate::client::client(req, &state.settings.trusted_proxies);
+        let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         let app = |sessions| crate::audit::FactorRemoval { kind: FactorKind::Totp, sessions, codes_voided: 0, passkey: None };
         let added = AuthEvent::MfaAdded { username, kind: FactorKind::Totp.as_str(), passkey: None, client: &client };
         let replaced = replacing.is_some();
@@ -293,7 +293,7 @@ pub async fn remove(req: &Request, body: Body, state: State<'_>) -> Response {
         return super::form_without("authenticator app");
     };
     let username = &session.user.display_name;
-    let client = crate::client::client(req, &state.settings.trusted_proxies);
+    let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
     let app = |sessions, codes_voided| crate::audit::FactorRemoval {
         kind: FactorKind::Totp,
         sessions,
