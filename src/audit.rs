@@ -242,6 +242,9 @@ pub enum AuthEvent<'a> {
     SessionsEnded {
         username: &'a str,
         count: usize,
+        /// The ended sessions' handles, comma-separated, when known (review 214: only a
+        /// count, so the log could not show whose sessions a thief ended).
+        ended: Option<&'a str>,
         pending: usize,
         by: &'a str,
         /// The browser that asked: a stolen session that signs its owner out shows here.
@@ -1573,8 +1576,8 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
             user_agent = client.user_agent, session = client.session.as_deref(), "password confirmed again"
         ),
-        AuthEvent::SessionsEnded { username, count, pending, by, client } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count, pending, by, ip = %client.ip,
+        AuthEvent::SessionsEnded { username, count, ended, pending, by, client } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count, ended, pending, by, ip = %client.ip,
             user_agent = client.user_agent, session = client.session.as_deref(), "sessions ended"
         ),
         AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(

@@ -254,7 +254,8 @@ pub enum EndOthersError {
     /// session is over with them.
     #[error("the other sessions ended, and this one with them: {error}")]
     ThisEndedToo {
-        sessions: usize,
+        /// The handles of the sessions that ended.
+        sessions: Vec<SessionHandle>,
         pending: usize,
         #[source]
         error: StartError,
@@ -635,8 +636,9 @@ impl Sessions {
     /// on only from `current`'s, so of two clicks sent at once one wins and the other ends
     /// nothing (the winner's new token is not one of the "others").
     ///
-    /// Returns the browser's new token and how many ended: `(token, sessions, pending)`, the
-    /// sessions counted as the user's page listed them (valid ones other than `current`).
+    /// Returns the browser's new token and what ended: `(token, sessions, pending)`, the
+    /// sessions' handles as the user's page listed them (valid ones other than `current`), and
+    /// how many pending sign-ins.
     ///
     /// # Errors
     /// [`EndOthersError::NothingEnded`] when the list, the pending sign-ins or the new
@@ -649,10 +651,14 @@ impl Sessions {
         current: &ActiveSession,
         ip: std::net::IpAddr,
         user_agent: &str,
-    ) -> Result<(SessionToken, usize, usize), EndOthersError> {
+    ) -> Result<(SessionToken, Vec<SessionHandle>, usize), EndOthersError> {
         let user = &current.user;
         let listed = self.list(user).await.map_err(EndOthersError::NothingEnded)?;
-        let sessions = listed.iter().filter(|s| s.token_hash != current.token_hash).count();
+        let sessions: Vec<SessionHandle> = listed
+            .iter()
+            .filter(|s| s.token_hash != current.token_hash)
+            .map(|s| SessionHandle::of(&s.token_hash))
+            .collect();
         let pending = self
             .store
             .factors
@@ -676,11 +682,10 @@ impl Sessions {
                 &e,
             );
         }
-        let token = self
-            .renew(current, &changed, ip, user_agent)
-            .await
-            .map_err(|error| EndOthersError::ThisEndedToo { sessions, pending, error })?;
-        Ok((token, sessions, pending))
+        match self.renew(current, &changed, ip, user_agent).await {
+            Ok(token) => Ok((token, sessions, pending)),
+            Err(error) => Err(EndOthersError::ThisEndedToo { sessions, pending, error }),
+        }
     }
 
     /// Ends the one session of `current`'s user that `handle` names (from the user's list,
@@ -901,7 +906,7 @@ mod tests {
         // A sign-in elsewhere has read the user and is checking the password at the click.
         let checking = store.users.credential("alice").await.unwrap().unwrap();
         let (token, ended, pending) = sessions.end_others(&current, ip, "ua").await.unwrap();
-        assert_eq!((ended, pending), (1, 0));
+        assert_eq!((ended, pending), (vec![SessionHandle::of(&elsewhere.hash())], 0));
         assert!(sessions.resolve(&elsewhere.encode()).await.unwrap().is_none());
         assert!(sessions.resolve(&here.encode()).await.unwrap().is_none(), "this browser's old token is over");
         assert!(store.sessions.get(&here.hash()).await.unwrap().is_none(), "and removed");

@@ -188,18 +188,21 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         }
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
-    let record = |count, pending| {
+    let record = |ended: &[crate::session::SessionHandle], pending| {
+        let handles = ended.iter().map(SessionHandle::encode).collect::<Vec<_>>().join(",");
         state.audit.record(&AuthEvent::SessionsEnded {
             username: &session.user.display_name,
-            count,
+            count: ended.len(),
+            ended: Some(&handles).filter(|h| !h.is_empty()).map(String::as_str),
             pending,
             by: &session.user.display_name,
             client: &client,
         })
     };
     match state.sessions.end_others(&session, client.ip, &client.user_agent).await {
-        Ok((token, count, pending)) => {
-            record(count, pending);
+        Ok((token, ended, pending)) => {
+            record(&ended, pending);
+            let count = ended.len();
             // Passkeys added lately are marked on the account page, where they can be removed:
             // a passkey signs in alone and outlives this (review 191: from the home page the
             // notice said nothing of the one a thief had added).
@@ -217,7 +220,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions"))
         }
         Err(EndOthersError::ThisEndedToo { sessions, pending, error }) => {
-            record(sessions, pending);
+            record(&sessions, pending);
             let (status, why) = match error {
                 StartError::Store(e) => (
                     crate::routes::store_fault(&e, "ended the other sessions but could not go on with this one"),

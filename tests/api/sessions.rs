@@ -664,7 +664,7 @@ async fn the_lines_of_a_sessions_sign_in_and_actions_name_the_session() {
     let app = spawn_app().await;
     app.add_user("alice", GOOD_PASSWORD, false).await;
     let other = app.new_browser();
-    app.login_with(&other, "alice", GOOD_PASSWORD).await;
+    let other_handle = handle_of(&app.login_with(&other, "alice", GOOD_PASSWORD).await);
     let handle = handle_of(&app.login("alice", GOOD_PASSWORD).await);
     let csrf = app.home_csrf(&app.client).await;
     let resp = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
@@ -676,6 +676,8 @@ async fn the_lines_of_a_sessions_sign_in_and_actions_name_the_session() {
     assert_ne!(signed_in[0]["session"], signed_in[1]["session"]);
     let ended = lines.iter().find(|l| l["event"] == "session_revoked").unwrap();
     assert_eq!(ended["session"], handle.as_str(), "{ended}");
+    // Which sessions *sign out everywhere else* ended, not only how many (review 214).
+    assert_eq!((ended["count"].as_u64(), ended["ended"].as_str()), (Some(1), Some(other_handle.as_str())), "{ended}");
     // Lines of no session carry none.
     let wrong = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
     assert_eq!(wrong.status(), 401);

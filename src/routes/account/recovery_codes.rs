@@ -131,7 +131,15 @@ async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSes
     if count > 0 {
         let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         let username = &user.display_name;
-        state.audit.record(&AuthEvent::SessionsEnded { username, count, pending: 0, by: username, client: &client });
+        let ended = None;
+        state.audit.record(&AuthEvent::SessionsEnded {
+            username,
+            count,
+            ended,
+            pending: 0,
+            by: username,
+            client: &client,
+        });
     }
     Ok(count)
 }
