@@ -196,12 +196,7 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
     assert_eq!(signed_in, 303, "a sign-in within the reserve: {}", server.output());
 
     // Something else fills the disk: a correct sign-in is 503 (SPEC), never 500.
-    let filler = fs.0.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .stderr(std::process::Stdio::null())
-        .status();
+    let filler = fill(&fs.0);
     // (What is left in files' last pages and in sled's segments still takes a few writes.)
     // The first sign-in the store cannot write is 503; then the server stops by itself for a
     // restart (sled takes no writes after a failed one: tests/api/exhaustion.rs).
@@ -226,6 +221,18 @@ async fn refusals_stop_at_the_free_space_reserve_and_a_full_disk_answers_a_corre
     let _ = std::fs::remove_file(&filler);
 }
 
+/// Fills the filesystem at `dir` with a file of zeros (something else filling the disk); the
+/// file, to free the space again.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    filler
+}
+
 /// A log disk filled by something else makes the instance not ready at once, before any line
 /// fails: refusals are turned away by the reserve before they are written, so no write ever
 /// failed, and `/readyz` said 200 while every refused sign-in was a 503 (review 215). Freed,
@@ -244,12 +251,7 @@ async fn a_full_log_disk_makes_the_instance_not_ready_before_any_line_fails() {
     let client = server.browser();
     let ready = || async { client.get(server.url("/readyz")).send().await.unwrap().status().as_u16() };
     assert_eq!(ready().await, 200);
-    let filler = fs.0.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .stderr(std::process::Stdio::null())
-        .status();
+    let filler = fill(&fs.0);
     assert_eq!(ready().await, 503, "a full log disk, nothing written yet");
     assert!(server.output().contains("not ready: the auth log cannot be written"), "{}", server.output());
     std::fs::remove_file(&filler).unwrap();
