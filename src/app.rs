@@ -428,7 +428,7 @@ impl Application {
             return Err(other_key());
         }
         let metrics = if metrics_listener.is_some() {
-            crate::metrics::Metrics::new(&services.pool, &services.audit)
+            crate::metrics::Metrics::new(&services.pool, &services.audit, Arc::clone(&resolver))
         } else {
             crate::metrics::Metrics::off()
         };

@@ -197,6 +197,27 @@ impl prometheus_client::collector::Collector for AuditDrops {
     }
 }
 
+/// `portcullis_tls_certificate_not_after_seconds`, read from the certificate in service at
+/// each scrape (a reload replaces it; one refused leaves the old one, still counting down).
+struct CertificateEnd(Arc<crate::tls::CertResolver>);
+
+impl std::fmt::Debug for CertificateEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateEnd")
+    }
+}
+
+impl prometheus_client::collector::Collector for CertificateEnd {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Some(end) = self.0.not_after_unix() else { return Ok(()) };
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(end);
+        let help = "When the TLS certificate in service ends (its notAfter), in seconds since the Unix epoch";
+        let metric = encoder.encode_descriptor("tls_certificate_not_after_seconds", help, None, gauge.metric_type())?;
+        gauge.encode(metric)
+    }
+}
+
 /// The server's metrics; cheap to clone. [`Metrics::off`] counts nothing (metrics_addr off).
 #[derive(Clone, Default)]
 pub struct Metrics(Option<Arc<Inner>>);
@@ -217,7 +238,7 @@ impl Metrics {
     /// counters already at zero (so a rate over one that has not moved yet is 0, not absent;
     /// `http_requests_total`'s status is open-ended, so its series come as they are counted).
     /// Hands the pool the histogram of its argon2 runs.
-    pub fn new(pool: &HashPool, audit: &crate::audit::Audit) -> Self {
+    pub fn new(pool: &HashPool, audit: &crate::audit::Audit, certificate: Arc<crate::tls::CertResolver>) -> Self {
         let mut root = Registry::default();
         // Prometheus's own name, unprefixed as client libraries write it: a restart shows as
         // its change (with sled, a restart also forgets the quotas and failure counts, which
@@ -275,6 +296,7 @@ impl Metrics {
             sessions_active.clone(),
         );
         registry.register_collector(Box::new(AuditDrops(audit.clone())));
+        registry.register_collector(Box::new(CertificateEnd(certificate)));
         let authz_requests = Family::<AuthzLabels, Counter>::default();
         registry.register("authz_requests", "Forward-auth decisions (/api/authz/*) by result", authz_requests.clone());
         for result in AuthzResult::ALL {

@@ -490,6 +490,17 @@ impl CertResolver {
     }
 
     /// The pair in service.
+    /// When the certificate in service ends (its leaf's notAfter), in Unix seconds; `None`
+    /// when its dates cannot be read. For `portcullis_tls_certificate_not_after_seconds`: a
+    /// pair refused at a reload leaves the old one counting down, which only the log said
+    /// (review 215).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        let key = self.current()?;
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.read().ok().map(|k| Arc::clone(&k))
     }

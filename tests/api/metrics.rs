@@ -113,6 +113,11 @@ async fn counters_move_by_exactly_the_sign_ins_failures_and_refusals_that_happen
     assert_eq!(after["portcullis_password_hash_queued{lane=\"open\"}"], 0.0);
     assert_eq!(after["portcullis_password_hash_queued{lane=\"known\"}"], 0.0);
     assert!(after.contains_key("portcullis_sessions_active"), "{text}");
+    // When the certificate in service ends (review 215: only the log said it): the test
+    // server's development pair, valid for a year or more.
+    let end = after["portcullis_tls_certificate_not_after_seconds"];
+    let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(end > now_secs + 300.0 * 86_400.0, "{end} against {now_secs}");
     // Lines the auth log could not take (review 215: counted nowhere); none here.
     assert_eq!(after["portcullis_audit_log_write_failures_total"], 0.0, "{text}");
     assert_eq!(after[&format!("portcullis_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
