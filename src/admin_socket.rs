@@ -189,12 +189,12 @@ fn session_listing(name: &str, sessions: &[crate::store::StoredSession]) -> Stri
             (None, _) => "password",
         };
         out.push_str(&format!(
-            "\n  {}  signed in {} with {with}, last active {}, from {}, browser {}",
+            "\n  {}  signed in {} with {with}, last active {}, from {}, browser \"{}\"",
             crate::session::SessionHandle::of(&s.token_hash).encode(),
             crate::audit::rfc3339(s.record.created_at),
             crate::audit::rfc3339(s.record.last_seen_at),
             one_line(&s.record.ip),
-            crate::text::quoted(&one_line(&s.record.user_agent)),
+            one_line(&s.record.user_agent),
         ));
     }
     out.push_str(&format!("\nend one with: portcullis user sessions {name} --end SESSION"));
@@ -245,19 +245,17 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
             Request::UserSessions { name, end: Some(handle) } => {
                 match crate::session::SessionHandle::parse(handle.trim()) {
                 None => Err(crate::users::UserError::NoSuchSession(crate::text::printable(handle).into_owned())),
-                Some(h) => users.end_session(name, &h, by).await.map(|(n, ended)| match ended {
-                    Some(s) => format!(
-                        "session {} of {n} ended (signed in {} from {}, browser {})",
+                Some(h) => match users.end_session(name, &h, by).await {
+                    Ok((n, Some(s))) => Ok(format!(
+                        "session {} of {n} ended (signed in {} from {}, browser \"{}\")",
                         h.encode(),
                         crate::audit::rfc3339(s.record.created_at),
                         one_line(&s.record.ip),
-                        crate::text::quoted(&one_line(&s.record.user_agent)),
-                    ),
-                    None => format!(
-                        "{n} has no session {}: it has ended already, or is not theirs (portcullis user sessions {n} lists them)",
-                        h.encode()
-                    ),
-                }),
+                        one_line(&s.record.user_agent),
+                    )),
+                    Ok((n, None)) => Err(crate::users::UserError::SessionGone { user: n, handle: h.encode() }),
+                    Err(e) => Err(e),
+                },
             }
             }
             Request::UserDel { name } => match users.delete(name, by).await {

@@ -245,6 +245,9 @@ pub enum AuthEvent<'a> {
         /// The ended sessions' handles, comma-separated, when known (review 214: only a
         /// count, so the log could not show whose sessions a thief ended).
         ended: Option<&'a str>,
+        /// The handle the asking session goes on under (*sign out everywhere else* gives it a
+        /// new token), so its later lines are tied to this one (review 216).
+        renewed: Option<&'a str>,
         pending: usize,
         by: &'a str,
         /// The browser that asked: a stolen session that signs its owner out shows here.
@@ -253,10 +256,12 @@ pub enum AuthEvent<'a> {
     /// One session ended from a list of the user's sessions (`session_revoked` with a count
     /// of 1), by its user (`client`: the browser that asked) or by an administrator's `user
     /// sessions NAME --end` (`client` none): `ended_ip` and `ended_user_agent` are the ended
-    /// session's, as the list showed them.
+    /// session's, as the list showed them, `ended` its handle (review 216: not to be told from
+    /// the `session_client_changed` line that named it).
     SessionEnded {
         username: &'a str,
         by: &'a str,
+        ended: &'a str,
         ended_ip: &'a str,
         ended_user_agent: &'a str,
         client: Option<&'a Client>,
@@ -1576,17 +1581,17 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "authn_reauth_success", time, username, ip = %client.ip,
             user_agent = client.user_agent, session = client.session.as_deref(), "password confirmed again"
         ),
-        AuthEvent::SessionsEnded { username, count, ended, pending, by, client } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count, ended, pending, by, ip = %client.ip,
+        AuthEvent::SessionsEnded { username, count, ended, renewed, pending, by, client } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count, ended, renewed, pending, by, ip = %client.ip,
             user_agent = client.user_agent, session = client.session.as_deref(), "sessions ended"
         ),
-        AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
+        AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
             by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
             "session ended"
         ),
-        AuthEvent::SessionEnded { username, by, ended_ip, ended_user_agent, client: None } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count = 1_usize, pending = 0_usize,
+        AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: None } => tracing::info!(
+            target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
             by, ended_ip, ended_user_agent, "session ended"
         ),
         AuthEvent::SessionClientChanged { username, session, changed, signed_in_ip, signed_in_user_agent, client } => {

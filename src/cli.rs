@@ -208,7 +208,8 @@ pub enum UserCommand {
         /// The user, as `user list` shows the name
         name: String,
         /// End the session of this handle (the first column of the listing), on every instance
-        #[arg(long, value_name = "SESSION")]
+        // A handle may begin with a hyphen (1 in 64): what follows the option is its value.
+        #[arg(long, value_name = "SESSION", allow_hyphen_values = true)]
         end: Option<String>,
     },
     /// Set a user's password (ends all their sessions)
@@ -1147,6 +1148,13 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     // data_dir's factor key is read (and carried) even when the store is a database: from a
     // directory of this user's only, on a path nobody else can change.
     crate::store::ensure_ours(&settings.data_dir).context("cannot read data_dir's factor key")?;
+    // A sled store copied into a database already is its past: copied again, a second database
+    // or an unmarked sled copy would serve it (review 216).
+    if settings.database_url.is_none() {
+        if let Some(moved) = crate::store::copy::moved_to(&settings.data_dir) {
+            bail!(crate::store::copy::moved_message(&settings.data_dir, &moved));
+        }
+    }
     let from = open_configured(&settings).await?;
     // Before the target is opened, made or given the factor key (found by a review: a refused
     // copy left a new store and a copy of the key behind).

@@ -345,7 +345,10 @@ impl Sessions {
     /// generation (a password change, *sign out everywhere else*), which ends every session of
     /// the old one: `changed` is the user as the change left it. `continued`'s record is
     /// removed. Same factors, passkey and start, so its absolute timeout still counts from the sign-in
-    /// (OWASP ASVS 4.0 §3.3.1); only the token and generation are new.
+    /// (OWASP ASVS 4.0 §3.3.1), and the same sign-in address and browser, so the list still
+    /// shows where it signed in and a copied cookie that renews it is still seen as another
+    /// client (review 216: the thief's became the record's); only the token and generation are
+    /// new. `ip` and `user_agent` stand in only for a stored address that does not parse.
     ///
     /// # Errors
     /// As [`Sessions::create_in_place_of`], and [`StartError::SignedOut`] when `continued` was
@@ -362,6 +365,10 @@ impl Sessions {
         debug_assert_eq!(record.user_key, changed.key);
         let with = SignedInWith { factors: record.factors, passkey_id: record.passkey_id.clone() };
         let previous = Previous::Continued(&continued.token_hash);
+        let (ip, user_agent) = match record.ip.parse() {
+            Ok(signed_in_from) => (signed_in_from, record.user_agent.as_str()),
+            Err(_) => (ip, user_agent),
+        };
         self.start(previous, changed, with, Some(record.created_at), ip, user_agent).await
     }
 

@@ -33,6 +33,10 @@ pub enum UserError {
         "the admins group cannot be listed: it follows the administrator flag (portcullis user admin NAME --grant)"
     )]
     ReservedGroup,
+    /// `user sessions NAME --end X`: the user has no session of that handle now (review 216: it
+    /// exited 0, as if done).
+    #[error("{user} has no session {handle}: it has ended already, or is not theirs (portcullis user sessions {user} lists them)")]
+    SessionGone { user: String, handle: String },
     /// `user sessions NAME --end X`: X is not a session's handle as the listing shows one.
     #[error("{} is not a session as `portcullis user sessions NAME` lists them (22 characters)", crate::text::quoted(.0))]
     NoSuchSession(String),
@@ -513,6 +517,7 @@ impl UserAdmin {
             self.audit.record(&AuthEvent::SessionEnded {
                 username: &record.display_name,
                 by,
+                ended: &handle.encode(),
                 ended_ip: &ended.record.ip,
                 ended_user_agent: &ended.record.user_agent,
                 client: None,

@@ -188,12 +188,14 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
         }
     }
     let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
-    let record = |ended: &[crate::session::SessionHandle], pending| {
+    let record = |ended: &[crate::session::SessionHandle], pending, renewed: Option<&crate::session::SessionToken>| {
         let handles = ended.iter().map(SessionHandle::encode).collect::<Vec<_>>().join(",");
+        let renewed = renewed.map(|t| SessionHandle::of(&t.hash()).encode());
         state.audit.record(&AuthEvent::SessionsEnded {
             username: &session.user.display_name,
             count: ended.len(),
             ended: Some(&handles).filter(|h| !h.is_empty()).map(String::as_str),
+            renewed: renewed.as_deref(),
             pending,
             by: &session.user.display_name,
             client: &client,
@@ -201,7 +203,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
     };
     match state.sessions.end_others(&session, client.ip, &client.user_agent).await {
         Ok((token, ended, pending)) => {
-            record(&ended, pending);
+            record(&ended, pending, Some(&token));
             let count = ended.len();
             // Passkeys added lately are marked on the account page, where they can be removed:
             // a passkey signs in alone and outlives this (review 191: from the home page the
@@ -220,7 +222,7 @@ pub async fn end_other_sessions(req: &Request, body: Body, state: State<'_>) -> 
             others_not_signed_out(crate::routes::store_fault(&e, "could not end sessions"))
         }
         Err(EndOthersError::ThisEndedToo { sessions, pending, error }) => {
-            record(&sessions, pending);
+            record(&sessions, pending, None);
             let (status, why) = match error {
                 StartError::Store(e) => (
                     crate::routes::store_fault(&e, "ended the other sessions but could not go on with this one"),
@@ -304,6 +306,7 @@ pub async fn end_one_session(req: &Request, body: Body, state: State<'_>) -> Res
         state.audit.record(&AuthEvent::SessionEnded {
             username: &session.user.display_name,
             by: &session.user.display_name,
+            ended: &handle.encode(),
             ended_ip: &ended.record.ip,
             ended_user_agent: &ended.record.user_agent,
             client: Some(&client),

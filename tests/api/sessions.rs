@@ -586,8 +586,13 @@ async fn administrator_ends_one_session(app: &crate::helpers::TestApp, dir: &std
     assert!(ended.ok && ended.stdout.contains(&format!("session {thief_handle} of {name} ended")), "{ended:?}");
     assert_eq!(thief.get(app.url("/")).send().await.unwrap().status(), 303, "ended at once");
     assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the other stays");
+    // Nothing ended is a failure, not a success (review 216), and the line says why.
     let again = cli(dir, env, &["user", "sessions", &name, "--end", &thief_handle]).await;
-    assert!(again.ok && again.stdout.contains("has no session") && again.stdout.contains("ended already"), "{again:?}");
+    let line = again.assert_one_line_failure("a session ended already");
+    assert!(line.contains("has no session") && line.contains("ended already"), "{line}");
+    // A handle may begin with a hyphen (1 in 64): taken as the option's value (review 216).
+    let hyphen = cli(dir, env, &["user", "sessions", &name, "--end", "-AAAAAAAAAAAAAAAAAAAAA"]).await;
+    assert!(hyphen.assert_one_line_failure("a hyphen handle").contains("has no session -AAAA"), "{hyphen:?}");
     let bogus = cli(dir, env, &["user", "sessions", &name, "--end", "nope"]).await;
     assert!(bogus.assert_one_line_failure("not a handle").contains("is not a session"), "{bogus:?}");
     cli(dir, env, &["user", "sessions", "nobody", "--end", &owner_handle]).await.assert_one_line_failure("no user");
@@ -606,6 +611,7 @@ async fn an_administrator_lists_a_users_sessions_and_ends_one_through_a_running_
         logged[0]["by"].is_string() && logged[0]["ended_user_agent"].as_str().unwrap().starts_with("Thief"),
         "{logged:?}"
     );
+    assert_eq!(logged[0]["ended"].as_str().map(str::len), Some(22), "which session: {logged:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,6 +675,7 @@ async fn the_lines_of_a_sessions_sign_in_and_actions_name_the_session() {
     let csrf = app.home_csrf(&app.client).await;
     let resp = app.client.post(app.url("/sessions/end-others")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(resp.status(), 303);
+    let renewed = handle_of(&resp);
     let lines = app.log_lines();
     let signed_in: Vec<_> = lines.iter().filter(|l| l["event"] == "authn_login_success").collect();
     assert_eq!(signed_in.len(), 2);
@@ -678,9 +685,40 @@ async fn the_lines_of_a_sessions_sign_in_and_actions_name_the_session() {
     assert_eq!(ended["session"], handle.as_str(), "{ended}");
     // Which sessions *sign out everywhere else* ended, not only how many (review 214).
     assert_eq!((ended["count"].as_u64(), ended["ended"].as_str()), (Some(1), Some(other_handle.as_str())), "{ended}");
+    // And the handle the session goes on under, which its later lines name (review 216).
+    assert_eq!(ended["renewed"], renewed.as_str(), "{ended}");
     // Lines of no session carry none.
     let wrong = app.login_with(&app.new_browser(), "alice", "not the password at all").await;
     assert_eq!(wrong.status(), 401);
     let failed = app.log_lines().into_iter().find(|l| l["event"] == "authn_login_fail").unwrap();
     assert!(failed.get("session").is_none(), "{failed}");
+}
+
+/// A copied cookie that signs out everywhere else goes on under a new token, but still as a
+/// session of its sign-in's address and browser: its next use is noted as another client's,
+/// under the new handle (review 216: the record took the thief's browser, and the thief's use
+/// went unnoted from then on).
+#[tokio::test]
+async fn a_copied_cookie_that_signs_out_everywhere_else_is_still_seen_as_another_client() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let sign_in = app.login("alice", GOOD_PASSWORD).await;
+    let token = cookie_value(&sign_in, "__Host-portcullis").unwrap();
+    let thief = crate::helpers::browser_builder(&app.settings.cert_dir).user_agent("Thief/2.0").build().unwrap();
+    let cookie = format!("__Host-portcullis={token}");
+    let page = thief.get(app.url("/")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let form = [("csrf", csrf.as_str())];
+    let resp = thief.post(app.url("/sessions/end-others")).header("cookie", &cookie).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let renewed = handle_of(&resp);
+    let new_token = cookie_value(&resp, "__Host-portcullis").unwrap();
+    let listed = app.sessions_of("alice").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].record.user_agent, "portcullis-tests/1.0", "the sign-in's browser, not the thief's");
+    let cookie = format!("__Host-portcullis={new_token}");
+    assert_eq!(thief.get(app.url("/")).header("cookie", &cookie).send().await.unwrap().status(), 200);
+    let changed: Vec<_> =
+        app.log_lines().into_iter().filter(|l| l["event"] == "session_client_changed").collect();
+    assert!(changed.iter().any(|l| l["session"] == renewed.as_str() && l["user_agent"] == "Thief/2.0"), "{changed:?}");
 }

@@ -178,6 +178,11 @@ async fn sled_to_postgresql_to_sled_keeps_users_sessions_failure_records_and_sec
     assert!(line.contains("was copied to postgres://") && line.contains("set database_url"), "{line}");
     assert!(!line.contains(&cluster_password()), "{line}");
     cli(a.path(), None, &["user", "list"], None).await.assert_one_line_failure("a command on the moved store");
+    // Nor copied again: into a second database or an unmarked sled copy (review 216).
+    let again = a.path().join("again");
+    let copied = cli(a.path(), None, &["store", "copy", "--to", again.to_str().unwrap()], None).await;
+    assert!(copied.assert_one_line_failure("a copy of the moved store").contains("set database_url"), "{copied:?}");
+    assert!(!again.exists(), "nothing made");
     std::fs::remove_file(a.path().join("data").join("MOVED")).unwrap();
     cli(a.path(), None, &["user", "list"], None).await.assert_ok("the mark removed, the store is used again");
 

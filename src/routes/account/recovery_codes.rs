@@ -136,6 +136,7 @@ async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSes
             username,
             count,
             ended,
+            renewed: None,
             pending: 0,
             by: username,
             client: &client,
