@@ -205,45 +205,42 @@ fn session_listing(name: &str, sessions: &[crate::store::StoredSession]) -> Stri
 /// no server is running).
 pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &str) -> Response {
     let log_failures = audit.log_write_failures();
-    let result =
-        match request {
-            Request::UserAdd { name, password, admin, groups } => users
-                .add_in_groups(name, Password::new(password), *admin, groups.clone(), by)
-                .await
-                .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
-            Request::UserPasswd { name, password } => {
-                users.set_password(name, Password::new(password), by, None, None).await.map(|set| {
-                    let ended = crate::users::Ended { sessions: set.sessions_ended, pending: set.pending_ended };
-                    format!("password of {} changed; {ended}", set.user.display_name)
-                })
+    let result = match request {
+        Request::UserAdd { name, password, admin, groups } => users
+            .add_in_groups(name, Password::new(password), *admin, groups.clone(), by)
+            .await
+            .map(|u| format!("user {} added{}", u, if *admin { " (admin)" } else { "" })),
+        Request::UserPasswd { name, password } => {
+            users.set_password(name, Password::new(password), by, None, None).await.map(|set| {
+                let ended = crate::users::Ended { sessions: set.sessions_ended, pending: set.pending_ended };
+                format!("password of {} changed; {ended}", set.user.display_name)
+            })
+        }
+        Request::UserGroups { name, add, remove } => {
+            users.change_groups(name, add, remove, by).await.map(|(n, g, changed)| {
+                let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
+                let listed = if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") };
+                // A change asked for that was there already is said (review 138 saw a removal
+                // from a group the user was not in answered as if done).
+                let asked = !add.is_empty() || !remove.is_empty();
+                let unchanged = if asked && !changed { "; nothing changed: the groups were already so" } else { "" };
+                format!("user {n} is in: {listed}{unchanged}")
+            })
+        }
+        Request::UserAdmin { name, admin } => match users.set_admin(name, *admin, by).await {
+            Ok((n, is, changed)) => {
+                let what = if is { "an administrator" } else { "not an administrator" };
+                let unchanged = if admin.is_some() && !changed { "; nothing changed: it was already so" } else { "" };
+                let left = if changed && !is { no_admin_left(users).await } else { "" };
+                Ok(format!("user {n} is {what}{unchanged}{left}"))
             }
-            Request::UserGroups { name, add, remove } => {
-                users.change_groups(name, add, remove, by).await.map(|(n, g, changed)| {
-                    let listed: Vec<&str> = g.iter().map(Group::as_str).collect();
-                    let listed = if listed.is_empty() { "(no group)".to_string() } else { listed.join(", ") };
-                    // A change asked for that was there already is said (review 138 saw a removal
-                    // from a group the user was not in answered as if done).
-                    let asked = !add.is_empty() || !remove.is_empty();
-                    let unchanged =
-                        if asked && !changed { "; nothing changed: the groups were already so" } else { "" };
-                    format!("user {n} is in: {listed}{unchanged}")
-                })
-            }
-            Request::UserAdmin { name, admin } => match users.set_admin(name, *admin, by).await {
-                Ok((n, is, changed)) => {
-                    let what = if is { "an administrator" } else { "not an administrator" };
-                    let unchanged =
-                        if admin.is_some() && !changed { "; nothing changed: it was already so" } else { "" };
-                    let left = if changed && !is { no_admin_left(users).await } else { "" };
-                    Ok(format!("user {n} is {what}{unchanged}{left}"))
-                }
-                Err(e) => Err(e),
-            },
-            Request::UserSessions { name, end: None } => {
-                users.sessions(name).await.map(|(n, sessions)| session_listing(&n, &sessions))
-            }
-            Request::UserSessions { name, end: Some(handle) } => {
-                match crate::session::SessionHandle::parse(handle.trim()) {
+            Err(e) => Err(e),
+        },
+        Request::UserSessions { name, end: None } => {
+            users.sessions(name).await.map(|(n, sessions)| session_listing(&n, &sessions))
+        }
+        Request::UserSessions { name, end: Some(handle) } => {
+            match crate::session::SessionHandle::parse(handle.trim()) {
                 None => Err(crate::users::UserError::NoSuchSession(crate::text::printable(handle).into_owned())),
                 Some(h) => match users.end_session(name, &h, by).await {
                     Ok((n, Some(s))) => Ok(format!(
@@ -257,91 +254,84 @@ pub async fn execute(users: &UserAdmin, audit: &Audit, request: &Request, by: &s
                     Err(e) => Err(e),
                 },
             }
-            }
-            Request::UserDel { name } => match users.delete(name, by).await {
-                Ok((n, ended)) => Ok(format!("user {n} deleted; {ended}{}", no_admin_left(users).await)),
-                Err(e) => Err(e),
-            },
-            Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
-            Request::UserDisable { name } => match users.set_disabled(name, true, by).await {
-                Ok((n, ended)) => Ok(format!("user {n} disabled; {ended}{}", no_admin_left(users).await)),
-                Err(e) => Err(e),
-            },
-            Request::UserEnable { name } => {
-                users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
-            }
-            Request::UserFactors { name } => match (users.factors(name).await, users.passkeys(name).await) {
-                (Ok((n, f)), Ok(passkeys)) => {
-                    let mut out = format!(
-                        "{n}: authenticator app: {}; recovery codes left: {}; passkeys: {}",
-                        if f.totp { "yes" } else { "no" },
-                        f.recovery_codes,
-                        f.passkeys
+        }
+        Request::UserDel { name } => match users.delete(name, by).await {
+            Ok((n, ended)) => Ok(format!("user {n} deleted; {ended}{}", no_admin_left(users).await)),
+            Err(e) => Err(e),
+        },
+        Request::UserUnlock { name } => users.unlock(name, by).await.map(|n| format!("user {n} unlocked")),
+        Request::UserDisable { name } => match users.set_disabled(name, true, by).await {
+            Ok((n, ended)) => Ok(format!("user {n} disabled; {ended}{}", no_admin_left(users).await)),
+            Err(e) => Err(e),
+        },
+        Request::UserEnable { name } => {
+            users.set_disabled(name, false, by).await.map(|(n, _)| format!("user {n} enabled"))
+        }
+        Request::UserFactors { name } => match (users.factors(name).await, users.passkeys(name).await) {
+            (Ok((n, f)), Ok(passkeys)) => {
+                let mut out = format!(
+                    "{n}: authenticator app: {}; recovery codes left: {}; passkeys: {}",
+                    if f.totp { "yes" } else { "no" },
+                    f.recovery_codes,
+                    f.passkeys
+                );
+                for p in passkeys {
+                    // One line each ([`one_line`]). The name comes last, after what the server
+                    // says of the passkey, so no name can pose as that (a review made
+                    // `x": added 1999…` read as dates).
+                    let used = p.last_used_at.map_or_else(
+                        || "never used".to_string(),
+                        |t| format!("last used {}", crate::audit::rfc3339(t)),
                     );
-                    for p in passkeys {
-                        // One line each ([`one_line`]). The name comes last, after what the server
-                        // says of the passkey, so no name can pose as that (a review made
-                        // `x": added 1999…` read as dates).
-                        let used = p.last_used_at.map_or_else(
-                            || "never used".to_string(),
-                            |t| format!("last used {}", crate::audit::rfc3339(t)),
-                        );
-                        let added = crate::audit::rfc3339(p.created_at);
-                        let refused = p.clone_suspected_at.map_or_else(String::new, |t| {
-                            let at = crate::audit::rfc3339(t);
-                            format!(", refused {at}: its signature counter went back (a copy may exist)")
-                        });
-                        out.push_str(&format!(
-                            "\n  passkey added {added}, {used}{refused}; named: {}",
-                            one_line(&p.name)
-                        ));
-                    }
-                    Ok(out)
+                    let added = crate::audit::rfc3339(p.created_at);
+                    let refused = p.clone_suspected_at.map_or_else(String::new, |t| {
+                        let at = crate::audit::rfc3339(t);
+                        format!(", refused {at}: its signature counter went back (a copy may exist)")
+                    });
+                    out.push_str(&format!("\n  passkey added {added}, {used}{refused}; named: {}", one_line(&p.name)));
                 }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
-            Request::UserRemovePasskey { name, passkey } => {
-                users.remove_passkey(name, passkey, by).await.map(|(n, r)| {
-                    // The name last, as `user factors` lists it: nothing after it can be taken for
-                    // what the server says.
-                    let mut out =
-                        format!("{n}: passkey removed, {} session(s) signed in with it ended", r.sessions_ended);
-                    if r.codes_voided > 0 {
-                        out.push_str(&format!(
-                            ", its {} recovery codes voided (no second factor left)",
-                            r.codes_voided
-                        ));
-                    }
-                    out.push_str(&format!("; named: {}", one_line(&r.passkey.name)));
-                    out
-                })
+                Ok(out)
             }
-            Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
-                let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
-                format!("second factors of {n} reset ({removed} removed); {ended}")
-            }),
-            Request::UserList => {
-                return match users.list().await {
-                    Ok(users) => Response::Users { users },
-                    Err(e) => Response::Error { message: crate::text::error_chain(&e) },
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Request::UserRemovePasskey { name, passkey } => {
+            users.remove_passkey(name, passkey, by).await.map(|(n, r)| {
+                // The name last, as `user factors` lists it: nothing after it can be taken for
+                // what the server says.
+                let mut out = format!("{n}: passkey removed, {} session(s) signed in with it ended", r.sessions_ended);
+                if r.codes_voided > 0 {
+                    out.push_str(&format!(", its {} recovery codes voided (no second factor left)", r.codes_voided));
                 }
+                out.push_str(&format!("; named: {}", one_line(&r.passkey.name)));
+                out
+            })
+        }
+        Request::UserResetFactors { name } => users.reset_factors(name, by).await.map(|(n, f, ended)| {
+            let removed = f.totp as usize + f.passkeys + usize::from(f.recovery_codes > 0);
+            format!("second factors of {n} reset ({removed} removed); {ended}")
+        }),
+        Request::UserList => {
+            return match users.list().await {
+                Ok(users) => Response::Users { users },
+                Err(e) => Response::Error { message: crate::text::error_chain(&e) },
             }
-            Request::Audit { filters, summary } => {
-                let (audit, filters, summary) = (audit.clone(), filters.clone(), *summary);
-                // In a task of its own, so a panic in a review is an error answer, not a lost socket;
-                // ended with the connection.
-                let answer = crate::review::Spawned::new(async move {
-                    review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms()).await
-                })
-                .finished()
-                .await;
-                return match answer {
-                    Ok(Ok(answer)) => Response::Review { answer },
-                    Ok(Err(e)) => Response::Error { message: crate::text::error_chain(&e) },
-                    Err(_) => Response::Error { message: "the review failed".into() },
-                };
-            }
-        };
+        }
+        Request::Audit { filters, summary } => {
+            let (audit, filters, summary) = (audit.clone(), filters.clone(), *summary);
+            // In a task of its own, so a panic in a review is an error answer, not a lost socket;
+            // ended with the connection.
+            let answer = crate::review::Spawned::new(async move {
+                review(&audit, &filters, summary, DEFAULT_AUDIT_LIMIT, crate::store::now_ms()).await
+            })
+            .finished()
+            .await;
+            return match answer {
+                Ok(Ok(answer)) => Response::Review { answer },
+                Ok(Err(e)) => Response::Error { message: crate::text::error_chain(&e) },
+                Err(_) => Response::Error { message: "the review failed".into() },
+            };
+        }
+    };
     // The whole chain: "store error: database error: db error" alone hid the database's own
     // reason ("cannot execute UPDATE in a read-only transaction") from the operator.
     match result {

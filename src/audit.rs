@@ -1585,11 +1585,13 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "session_revoked", time, username, count, ended, renewed, pending, by, ip = %client.ip,
             user_agent = client.user_agent, session = client.session.as_deref(), "sessions ended"
         ),
-        AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: Some(client) } => tracing::info!(
-            target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
-            by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
-            "session ended"
-        ),
+        AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: Some(client) } => {
+            tracing::info!(
+                target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
+                by, ended_ip, ended_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
+                "session ended"
+            )
+        }
         AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: None } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
             by, ended_ip, ended_user_agent, "session ended"

@@ -718,7 +718,6 @@ async fn a_copied_cookie_that_signs_out_everywhere_else_is_still_seen_as_another
     assert_eq!(listed[0].record.user_agent, "portcullis-tests/1.0", "the sign-in's browser, not the thief's");
     let cookie = format!("__Host-portcullis={new_token}");
     assert_eq!(thief.get(app.url("/")).header("cookie", &cookie).send().await.unwrap().status(), 200);
-    let changed: Vec<_> =
-        app.log_lines().into_iter().filter(|l| l["event"] == "session_client_changed").collect();
+    let changed: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_client_changed").collect();
     assert!(changed.iter().any(|l| l["session"] == renewed.as_str() && l["user_agent"] == "Thief/2.0"), "{changed:?}");
 }
