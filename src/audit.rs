@@ -273,6 +273,8 @@ pub enum AuthEvent<'a> {
         username: &'a str,
         session: &'a str,
         changed: &'a str,
+        /// The last client of this session noted on this instance: others are not.
+        last_noted: bool,
         signed_in_ip: &'a str,
         signed_in_user_agent: &'a str,
         client: &'a Client,
@@ -384,8 +386,10 @@ pub enum AuthEvent<'a> {
 pub enum AuditError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot write to the auth log (is the disk full, or is today's file there not this server's?)")]
-    Log,
+    /// The system's error, as the write got it (review 216: a guess at a full disk was said
+    /// first, the real error seconds later).
+    #[error("cannot write to the auth log: {0}")]
+    Log(String),
     #[error("less free disk space than disk_reserve_mib is left; refusals are not recorded")]
     Reserve,
 }
@@ -1125,7 +1129,7 @@ impl Audit {
         if LOG_WRITE_FAILURES.with(Cell::get) == failures {
             Ok(LOG_BYTES_WRITTEN.with(Cell::get) - bytes)
         } else {
-            Err(AuditError::Log)
+            Err(AuditError::Log(self.last_log_error()))
         }
     }
 }
@@ -1596,9 +1600,18 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
             by, ended_ip, ended_user_agent, "session ended"
         ),
-        AuthEvent::SessionClientChanged { username, session, changed, signed_in_ip, signed_in_user_agent, client } => {
+        AuthEvent::SessionClientChanged {
+            username,
+            session,
+            changed,
+            last_noted,
+            signed_in_ip,
+            signed_in_user_agent,
+            client,
+        } => {
             tracing::warn!(
-                target: TARGET, event = "session_client_changed", time, username, session, changed, signed_in_ip,
+                target: TARGET, event = "session_client_changed", time, username, session, changed,
+                last_noted = last_noted.then_some(true), signed_in_ip,
                 signed_in_user_agent, ip = %client.ip, user_agent = client.user_agent, session = client.session.as_deref(),
                 "a session was used from another address or browser than it signed in from"
             )
@@ -1694,9 +1707,9 @@ mod tests {
         let audit = Audit::open(dir.path(), 7, None).unwrap();
         let client = Client { ip: "10.0.0.1".parse().unwrap(), user_agent: String::new(), session: None };
         let event = AuthEvent::LoggedOut { username: "alice", client: &client };
-        assert!(matches!(audit.record_checked(&event), Err(AuditError::Log)));
+        assert!(matches!(audit.record_checked(&event), Err(AuditError::Log(_))));
         let failed = audit.record_failure("alice", &client, FailureReason::BadPassword, false, false).await;
-        assert!(matches!(failed, Err(AuditError::Log)));
+        assert!(matches!(failed, Err(AuditError::Log(_))));
         // And a writable log is fine again.
         let ok = Audit::open(tempfile::tempdir().unwrap().path(), 7, None).unwrap();
         assert!(ok.record_checked(&event).is_ok());

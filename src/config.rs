@@ -518,7 +518,20 @@ impl Settings {
     /// a service's settings, whose directories are the service's user's.
     pub fn unusable_directory_to_its_owner(&self) -> Option<String> {
         let judge = crate::store::refuse_changeable_by_its_owner;
-        self.unusable_directory_judged(judge, judge)
+        if let Some(why) = self.unusable_directory_judged(judge, judge) {
+            return Some(why);
+        }
+        // One server user must own them all: a start by either owner refuses the other's
+        // (review 216: root's check passed a data_dir and a log_dir of two users).
+        let uid = |dir: &Path| std::fs::metadata(dir).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        match (uid(&self.data_dir), uid(&self.log_dir)) {
+            (Some(a), Some(b)) if a != b => Some(format!(
+                "data_dir {} belongs to uid {a} and log_dir {} to uid {b}: one server user must own both, as a start by either refuses the other's",
+                self.data_dir.display(),
+                self.log_dir.display()
+            )),
+            _ => None,
+        }
     }
 
     fn unusable_directory_judged(

@@ -143,8 +143,15 @@ struct Noted {
 
 impl ClientChanges {
     /// What differs between `session`'s sign-in and the client `ip`, `user_agent` using it now,
-    /// the first time this pair is seen here; `None` when nothing differs or it was noted.
-    pub fn note(&self, session: &ActiveSession, ip: std::net::IpAddr, user_agent: &str) -> Option<ClientChange> {
+    /// the first time this pair is seen here, and whether it is the last client of the session
+    /// noted ([`MOST_CLIENTS_NOTED`]: the line says so, review 216); `None` when nothing
+    /// differs or it was noted.
+    pub fn note(
+        &self,
+        session: &ActiveSession,
+        ip: std::net::IpAddr,
+        user_agent: &str,
+    ) -> Option<(ClientChange, bool)> {
         let user_agent: String = user_agent.chars().take(200).collect();
         let ip = ip.to_string();
         let change = match (ip != session.record.ip, user_agent != session.record.user_agent) {
@@ -168,12 +175,13 @@ impl ClientChanges {
             return None;
         }
         known.push(client);
+        let last = known.len() == MOST_CLIENTS_NOTED;
         while order.len() > MOST_SESSIONS_NOTED {
             if let Some(oldest) = order.pop_front() {
                 clients.remove(&oldest);
             }
         }
-        Some(change)
+        Some((change, last))
     }
 }
 

@@ -49,25 +49,33 @@ async fn counted(req: &Request, state: &Arc<AppState>, flavour: Flavour) -> Resp
     resp
 }
 
-/// Says, at most once a minute, that a peer not in `trusted_proxies` asked for a decision: a
-/// proxy left out of the list gets a bare 403 for every gated request, and nothing else told
-/// its operator why (review 213). Once a minute, so no client can fill the log with it.
+/// Most peers not in `trusted_proxies` said per minute ([`untrusted_peer_said`]).
+const UNTRUSTED_PEERS_SAID: usize = 8;
+
+/// Says, once a minute for each of up to [`UNTRUSTED_PEERS_SAID`] peers, that a peer not in
+/// `trusted_proxies` asked for a decision: a proxy left out of the list gets a bare 403 for
+/// every gated request, and nothing else told its operator why (review 213). Per peer, so a
+/// client asking faster cannot keep the proxy's address out of the line (review 216); bounded,
+/// so no number of clients can fill the log with it.
 fn untrusted_peer_said(req: &Request) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_SAID_MS: AtomicU64 = AtomicU64::new(0);
-    let now = crate::store::now_ms();
-    let last = LAST_SAID_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) < 60_000 && last != 0 {
-        return;
+    static SAID: std::sync::Mutex<(u64, Vec<std::net::IpAddr>)> = std::sync::Mutex::new((0, Vec::new()));
+    let Some(peer) = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip())) else { return };
+    let minute = crate::store::now_ms() / 60_000;
+    {
+        // A poisoned lock only means a panic elsewhere mid-note: the list is still a list.
+        let mut said = SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if said.0 != minute {
+            *said = (minute, Vec::new());
+        }
+        if said.1.contains(&peer) || said.1.len() >= UNTRUSTED_PEERS_SAID {
+            return;
+        }
+        said.1.push(peer);
     }
-    if LAST_SAID_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
-        return;
-    }
-    let peer = req.remote_addr().as_socket_addr().map(|a| crate::client::canonical(a.ip()).to_string());
     tracing::warn!(
-        peer = peer.as_deref().unwrap_or("unknown"),
+        peer = %peer,
         "a forward-auth request came from a peer not in trusted_proxies and was refused (403); if it is your \
-         proxy, add its address to trusted_proxies (said at most once a minute)"
+         proxy, add its address to trusted_proxies (said once a minute per peer, for at most 8 peers)"
     );
 }
 

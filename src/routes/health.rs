@@ -107,7 +107,8 @@ impl std::fmt::Display for NotReady {
             NotReady::OtherFactorKey => crate::factors::KeyError::OtherKey.fmt(f),
             NotReady::AuthLogUnwritable { last_error } if last_error.is_empty() => write!(
                 f,
-                "the disk of the auth log in log_dir has less than 64 KiB free: every sign-in is answered 503 until it has"
+                "the disk of the auth log in log_dir has less than 64 KiB free: sign-ins are answered 503 as soon as their \
+                 line cannot be written, until there is room"
             ),
             NotReady::AuthLogUnwritable { last_error } => write!(
                 f,

@@ -660,11 +660,12 @@ pub async fn current_session(req: &Request, state: &AppState) -> Result<Option<A
 /// browser other than its sign-in's ([`crate::session::ClientChanges`]).
 fn note_client(req: &Request, state: &AppState, session: &ActiveSession) {
     let client = crate::client::client(req, &state.settings.trusted_proxies);
-    if let Some(change) = state.client_changes.note(session, client.ip, &client.user_agent) {
+    if let Some((change, last_noted)) = state.client_changes.note(session, client.ip, &client.user_agent) {
         state.audit.record(&crate::audit::AuthEvent::SessionClientChanged {
             username: &session.user.display_name,
             session: &crate::session::SessionHandle::of(&session.token_hash).encode(),
             changed: change.as_str(),
+            last_noted,
             signed_in_ip: &session.record.ip,
             signed_in_user_agent: &session.record.user_agent,
             client: &client,

@@ -597,6 +597,19 @@ async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
                 out.stderr
             );
         }
+        // Two users' directories: no start by either takes both (review 216).
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&other, Some(65533), Some(65533)).unwrap();
+        let out = run(check(
+            dir.path(),
+            &["--data-dir", theirs.to_str().unwrap(), "--log-dir", other.to_str().unwrap()],
+            &[],
+        ))
+        .await;
+        assert_eq!(out.status, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("one server user must own both"), "{}", out.stderr);
         // The mode is judged all the same.
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
         let out = run(check(dir.path(), &["--data-dir", theirs.to_str().unwrap()], &[])).await;
