@@ -268,6 +268,8 @@ async fn a_target_that_is_not_empty_is_refused_in_one_line_and_left_as_it_was() 
     let a = tempfile::tempdir().unwrap();
     cli(a.path(), None, &["user", "add", "alice", "--password-stdin"], Some(GOOD_PASSWORD)).await.assert_ok("add");
     cli(a.path(), None, &["store", "copy", "--to", &target], None).await.assert_ok("the first copy");
+    // The source is marked moved by that copy; taken back, to copy it again into each target.
+    std::fs::remove_file(a.path().join("data").join("MOVED")).unwrap();
     let before = snapshot(a.path(), Some(&target)).await;
 
     let again = cli(a.path(), None, &["store", "copy", "--to", &target], None).await;
