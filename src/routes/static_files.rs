@@ -66,6 +66,12 @@ mod tests {
             assert!(css.contains(rule), "{rule}");
         }
         assert!(!css.contains("outline: 3px solid rgba"), "a faint ring is back");
+        // The field an error is about shows it, as the error is tied to it (review 211).
+        assert!(css.contains(r#"input[aria-invalid="true"] { border-color: var(--danger);"#));
+        for background in ["#ffffff", "#f8fafc"] {
+            let danger = var(css, "--danger");
+            assert!(contrast(danger, background) >= 3.0, "{danger} on {background}");
+        }
     }
 
     /// WCAG 1.4.10: reflow loses nothing; the sessions' browser column, which tells a
