@@ -117,19 +117,19 @@ impl ClientChange {
     }
 }
 
-/// Most clients noted per session ([`ClientChanges`]): past it, a thief changing its browser
+/// Most clients noted per session ([`ClientChanges`], 8): past it, a thief changing its browser
 /// string at every request writes no more lines.
 const MOST_CLIENTS_NOTED: usize = 8;
 
 /// Most sessions [`ClientChanges`] remembers, the oldest forgotten first: 10,000 sessions of at
-/// most [`MOST_CLIENTS_NOTED`] 16-byte digests each, about 2 MB at worst.
+/// most `MOST_CLIENTS_NOTED` (8) 16-byte digests each, about 2 MB at worst.
 const MOST_SESSIONS_NOTED: usize = 10_000;
 
 /// Notes a session used from an address or a browser other than the ones it signed in from,
 /// once per session and client on this instance, so the log shows a copied cookie's use
 /// (review 214: a thief who only read pages or used gated applications left no trace, and the
 /// owner's list showed the sign-in's address). A use from the sign-in's own client is not
-/// noted; neither is anything past [`MOST_CLIENTS_NOTED`] clients of one session.
+/// noted; neither is anything past `MOST_CLIENTS_NOTED` (8) clients of one session.
 #[derive(Default)]
 pub struct ClientChanges {
     seen: std::sync::Mutex<Noted>,
@@ -144,7 +144,7 @@ struct Noted {
 impl ClientChanges {
     /// What differs between `session`'s sign-in and the client `ip`, `user_agent` using it now,
     /// the first time this pair is seen here, and whether it is the last client of the session
-    /// noted ([`MOST_CLIENTS_NOTED`]: the line says so, review 216); `None` when nothing
+    /// noted (the 8th, `MOST_CLIENTS_NOTED`: the line says so, review 216); `None` when nothing
     /// differs or it was noted.
     pub fn note(
         &self,
