@@ -188,7 +188,7 @@ pub enum UserCommand {
     },
     /// Show whether a user is an administrator (the admin pages, the group `admins`), or change it
     #[command(
-        after_help = "Examples:\n  portcullis user admin alice --grant\n  portcullis user admin admin --revoke   (once another administrator exists)"
+        after_help = "Examples:\n  portcullis user admin alice --grant\n  portcullis user admin admin --revoke   (says so when no administrator is left)"
     )]
     Admin {
         /// The user, as `user list` shows the name

@@ -524,11 +524,16 @@ impl Settings {
         // One server user must own them all: a start by either owner refuses the other's
         // (review 216: root's check passed a data_dir and a log_dir of two users).
         let uid = |dir: &Path| std::fs::metadata(dir).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-        match (uid(&self.data_dir), uid(&self.log_dir)) {
-            (Some(a), Some(b)) if a != b => Some(format!(
+        match (uid(&self.data_dir), uid(&self.log_dir), uid(&self.cert_dir)) {
+            (Some(a), Some(b), _) if a != b => Some(format!(
                 "data_dir {} belongs to uid {a} and log_dir {} to uid {b}: one server user must own both, as a start by either refuses the other's",
                 self.data_dir.display(),
                 self.log_dir.display()
+            )),
+            // The certificate's directory may be root's too (review 218: a third user's passed).
+            (Some(a), _, Some(c)) if c != a && c != 0 => Some(format!(
+                "cert_dir {} belongs to uid {c}, neither data_dir's owner (uid {a}) nor root: a start by uid {a} refuses it",
+                self.cert_dir.display()
             )),
             _ => None,
         }

@@ -584,12 +584,16 @@ impl Sessions {
     /// Ends the session stored under `token_hash`, if any, and with `follow`, those it went on
     /// as in the last [`crate::store::SUCCESSOR_MS`] (a password change and then *sign out
     /// everywhere else*: a few links at most), durably: for a sign-out with a token a change in
-    /// another tab has just replaced. Returns the users (stored spelling) of the sessions that
-    /// ended by a link, for the log.
+    /// another tab has just replaced. Returns the users (stored spelling) and token hashes of
+    /// the sessions that ended by a link, for the log.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot read or write them.
-    pub async fn end_with_successors(&self, token_hash: &TokenHash, follow: bool) -> Result<Vec<String>, StoreError> {
+    pub async fn end_with_successors(
+        &self,
+        token_hash: &TokenHash,
+        follow: bool,
+    ) -> Result<Vec<(String, TokenHash)>, StoreError> {
         let now = now_ms();
         self.end(token_hash).await?;
         let mut ended = Vec::new();
@@ -602,7 +606,7 @@ impl Sessions {
             if let Some(session) = self.store.sessions.get(&next).await? {
                 if self.end(&next).await? {
                     let user = self.store.users.get(&session.user_key).await?;
-                    ended.push(user.map_or(session.user_key, |u| u.display_name));
+                    ended.push((user.map_or(session.user_key, |u| u.display_name), next));
                 }
             }
             hash = next;

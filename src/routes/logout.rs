@@ -105,10 +105,12 @@ pub async fn logout(req: &Request, body: Body, state: State<'_>) -> Response {
         // (review 132).
         let follow = state.csrf.check_session(&hash, &form.csrf);
         match state.sessions.end_with_successors(&hash, follow).await {
-            Ok(users) => {
+            Ok(ended) => {
+                // Each line names the session it ended (review 218: this one, a thief's path
+                // README names, went without).
                 let client = client::client(req, &state.settings.trusted_proxies);
-                for username in &users {
-                    state.audit.record(&AuthEvent::LoggedOut { username, client: &client });
+                for (username, session) in &ended {
+                    state.audit.record(&AuthEvent::LoggedOut { username, client: &client.in_session(session) });
                 }
             }
             Err(e) => return not_signed_out(crate::routes::store_fault(&e, "could not end a session")),

@@ -50,10 +50,18 @@ pub const UNFINISHED_MESSAGE: &str = "this store is the target of a store copy t
 pub const MOVED: &str = "MOVED";
 
 /// Where and when the sled store in `data_dir` was copied to, as its [`MOVED`] file says, when
-/// it is there.
+/// there is anything at that name: one this user cannot read, an empty one, a directory or a
+/// link to nothing marks the store all the same (review 218: a root-owned 0600 copy of the
+/// mark was ignored by the service's user).
 pub fn moved_to(data_dir: &std::path::Path) -> Option<String> {
-    let text = crate::files::read_small_text(&data_dir.join(MOVED), 4096).ok()?;
-    Some(crate::text::printable(text.lines().next().unwrap_or("").trim()).into_owned())
+    let path = data_dir.join(MOVED);
+    std::fs::symlink_metadata(&path).ok()?;
+    let said = crate::files::read_small_text(&path, 4096).ok();
+    let first = said.as_deref().and_then(|t| t.lines().next()).map(str::trim).filter(|l| !l.is_empty());
+    Some(match first {
+        Some(line) => crate::text::printable(line).into_owned(),
+        None => "copied to a database by store copy (its mark says no more)".to_string(),
+    })
 }
 
 /// The refusal of a store [`moved_to`] names.
@@ -220,4 +228,27 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
     }
     to.secrets.forget(UNFINISHED).await?;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Anything at the mark's name marks the store, whatever it holds or whoever may read it
+    /// (review 218: a mark the service's user could not read was ignored).
+    #[test]
+    fn anything_at_the_marks_name_marks_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(moved_to(dir.path()), None);
+        std::fs::write(dir.path().join(MOVED), "copied to postgres://db/p at T by store copy\n").unwrap();
+        assert_eq!(moved_to(dir.path()).as_deref(), Some("copied to postgres://db/p at T by store copy"));
+        std::fs::write(dir.path().join(MOVED), "").unwrap();
+        assert!(moved_to(dir.path()).unwrap().contains("its mark says no more"));
+        std::fs::remove_file(dir.path().join(MOVED)).unwrap();
+        std::fs::create_dir(dir.path().join(MOVED)).unwrap();
+        assert!(moved_to(dir.path()).is_some(), "a directory");
+        std::fs::remove_dir(dir.path().join(MOVED)).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nothing"), dir.path().join(MOVED)).unwrap();
+        assert!(moved_to(dir.path()).is_some(), "a link to nothing");
+    }
 }

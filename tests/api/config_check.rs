@@ -610,6 +610,32 @@ async fn a_directory_the_start_refuses_fails_the_check_without_being_changed() {
         .await;
         assert_eq!(out.status, 2, "{}", out.stderr);
         assert!(out.stderr.contains("one server user must own both"), "{}", out.stderr);
+        // Nor a certificate directory of a third user's (review 218); root's is fine.
+        let logs = dir.path().join("theirs-logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&logs, Some(65534), Some(65534)).unwrap();
+        let service = |certs: &std::path::Path| {
+            check(
+                dir.path(),
+                &[
+                    "--data-dir",
+                    theirs.to_str().unwrap(),
+                    "--log-dir",
+                    logs.to_str().unwrap(),
+                    "--cert-dir",
+                    certs.to_str().unwrap(),
+                ],
+                &[],
+            )
+        };
+        let out = run(service(&other)).await;
+        assert_eq!(out.status, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("neither data_dir's owner (uid 65534) nor root"), "{}", out.stderr);
+        let roots = dir.path().join("roots-certs");
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(run(service(&roots)).await.status, 0);
         // The mode is judged all the same.
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
         let out = run(check(dir.path(), &["--data-dir", theirs.to_str().unwrap()], &[])).await;

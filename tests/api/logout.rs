@@ -133,7 +133,12 @@ async fn a_sign_out_with_the_token_a_change_just_replaced_ends_the_new_one() {
     let home = app.new_browser().get(app.url("/")).header("cookie", format!("__Host-portcullis={new}")).send().await;
     assert_eq!(home.unwrap().status(), 303, "the new token is over too");
     assert!(app.sessions_of("alice").await.is_empty(), "no session is left");
-    assert!(app.log_lines().iter().any(|l| l["event"] == "session_logout" && l["username"] == "alice"), "logged");
+    // Logged, naming the session it ended: the one under the new token (review 218).
+    let new_hash = portcullis::session::SessionToken::parse(&new).unwrap().hash();
+    let handle = portcullis::session::SessionHandle::of(&new_hash).encode();
+    let lines = app.log_lines();
+    let out = lines.iter().find(|l| l["event"] == "session_logout" && l["username"] == "alice").expect("logged");
+    assert_eq!(out["session"], handle.as_str(), "{out}");
 }
 
 /// A tab showing a page from before another tab's *sign out everywhere else* or password
