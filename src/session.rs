@@ -638,6 +638,23 @@ impl Sessions {
         Ok(false)
     }
 
+    /// [`Sessions::end_all`], returning the handles of the sessions stored for the user just
+    /// before (whatever their generation), for the log line that names them (review 218); how
+    /// many ended is the count of the store's removal.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot list or remove them.
+    pub async fn end_all_named(
+        &self,
+        user_key: &str,
+        keep: Option<&TokenHash>,
+    ) -> Result<(usize, Vec<SessionHandle>), StoreError> {
+        let stored = self.store.sessions.list_for_user(user_key).await?;
+        let handles =
+            stored.iter().filter(|s| Some(&s.token_hash) != keep).map(|s| SessionHandle::of(&s.token_hash)).collect();
+        Ok((self.end_all(user_key, keep).await?, handles))
+    }
+
     /// Ends all of a user's sessions except `keep`, durably; returns how many ended.
     pub async fn end_all(&self, user_key: &str, keep: Option<&TokenHash>) -> Result<usize, StoreError> {
         self.store.sessions.delete_for_user(user_key, keep).await

@@ -348,6 +348,11 @@ async fn the_first_second_factor_signs_out_the_sessions_that_signed_in_without_i
     assert_eq!(owner.get(app.url("/")).send().await.unwrap().status(), 200, "the owner goes on");
     let ended = app.log_lines().into_iter().find(|l| l["event"] == "session_revoked").expect("logged");
     assert_eq!((ended["count"].as_u64(), ended["by"].as_str()), (Some(1), Some("alice")));
+    // Which one, by its handle, as the other lines name sessions (review 218).
+    let listed = app.sessions_of("alice").await;
+    let owners = portcullis::session::SessionHandle::of(&listed[0].token_hash).encode();
+    let named = ended["ended"].as_str().expect("the ended session named");
+    assert!(named.len() == 22 && named != owners, "{ended}");
     let ip = "127.0.0.1".parse().unwrap();
     let late = app.state.sessions.create(&read_before, portcullis::store::Factors::One, ip, "ua").await.unwrap();
     assert!(app.state.sessions.resolve(&late.encode()).await.unwrap().is_none(), "a sign-in in flight gets nothing");

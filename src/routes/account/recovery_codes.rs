@@ -120,8 +120,8 @@ async fn sweep_after_the_first_factor(
 /// (reported: they are over all the same, being of an older generation or swept again).
 async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSession) -> Result<usize, ()> {
     let user = &session.user;
-    let count = match state.sessions.end_all(&user.key, Some(&session.token_hash)).await {
-        Ok(n) => n,
+    let (count, handles) = match state.sessions.end_all_named(&user.key, Some(&session.token_hash)).await {
+        Ok(ended) => ended,
         Err(e) => {
             let what = "a first second factor could not remove the other sessions (they are over all the same)";
             crate::fault_log::report_error(what, crate::fault_log::Severity::Error, e.is_unavailable(), &e);
@@ -131,7 +131,8 @@ async fn end_other_sessions(req: &Request, state: &AppState, session: &ActiveSes
     if count > 0 {
         let client = crate::client::client(req, &state.settings.trusted_proxies).in_session(&session.token_hash);
         let username = &user.display_name;
-        let ended = None;
+        let handles = handles.iter().map(crate::session::SessionHandle::encode).collect::<Vec<_>>().join(",");
+        let ended = Some(handles.as_str()).filter(|h| !h.is_empty());
         state.audit.record(&AuthEvent::SessionsEnded {
             username,
             count,
