@@ -253,7 +253,13 @@ async fn a_full_log_disk_makes_the_instance_not_ready_before_any_line_fails() {
     assert_eq!(ready().await, 200);
     let filler = fill(&fs.0);
     assert_eq!(ready().await, 503, "a full log disk, nothing written yet");
-    assert!(server.output().contains("not ready: the auth log cannot be written"), "{}", server.output());
+    // Said on the terminal (read by another thread: waited for a moment).
+    let said = || server.output().contains("not ready: the auth log cannot be written");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !said() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said(), "{}", server.output());
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(ready().await, 200, "ready again once space is freed");
 }
