@@ -266,6 +266,14 @@ pub enum AuthEvent<'a> {
         ended_user_agent: &'a str,
         client: Option<&'a Client>,
     },
+    /// A session went on under a new token after its user changed the password on the account
+    /// page (`session_renewed`, OWASP Logging Vocabulary): `client` names the old handle as
+    /// `session`, `renewed` the new one.
+    SessionRenewed {
+        username: &'a str,
+        renewed: &'a str,
+        client: &'a Client,
+    },
     /// A session used from an address or browser other than the ones it signed in from
     /// (`session_client_changed`; [`crate::session::ClientChanges`]): `session` its handle,
     /// `client` who used it now.
@@ -1599,6 +1607,10 @@ fn emit_at(event: &AuthEvent<'_>, time: String) {
         AuthEvent::SessionEnded { username, by, ended, ended_ip, ended_user_agent, client: None } => tracing::info!(
             target: TARGET, event = "session_revoked", time, username, count = 1_usize, ended, pending = 0_usize,
             by, ended_ip, ended_user_agent, "session ended"
+        ),
+        AuthEvent::SessionRenewed { username, renewed, client } => tracing::info!(
+            target: TARGET, event = "session_renewed", time, username, renewed, ip = %client.ip,
+            user_agent = client.user_agent, session = client.session.as_deref(), "session renewed"
         ),
         AuthEvent::SessionClientChanged {
             username,

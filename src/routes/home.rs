@@ -26,7 +26,7 @@ pub(super) struct SessionView {
     /// How it signed in ("with …"): "password", "two factors", or the passkey by name.
     pub signed_in_with: String,
     pub current: bool,
-    /// What its *Sign out* button sends ([`SessionHandle`]).
+    /// What its *End this session* button sends ([`SessionHandle`]).
     pub handle: String,
 }
 

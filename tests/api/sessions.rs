@@ -724,3 +724,27 @@ async fn a_copied_cookie_that_signs_out_everywhere_else_is_still_seen_as_another
     let changed: Vec<_> = app.log_lines().into_iter().filter(|l| l["event"] == "session_client_changed").collect();
     assert!(changed.iter().any(|l| l["session"] == renewed.as_str() && l["user_agent"] == "Thief/2.0"), "{changed:?}");
 }
+
+/// A password change on the account page moves the session to a new token, and says which
+/// (`session_renewed`: the old handle as `session`, the new one as `renewed`), so the session's
+/// later lines are tied to its sign-in (review 218: no line named the new handle).
+#[tokio::test]
+async fn a_password_change_names_the_handle_its_session_goes_on_under() {
+    let app = spawn_app().await;
+    app.add_user("alice", GOOD_PASSWORD, false).await;
+    let old = handle_of(&app.login("alice", GOOD_PASSWORD).await);
+    let page = app.client.get(app.url("/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = hidden_field(&page, "csrf").unwrap();
+    let new_password = "a whole new passphrase 8812";
+    let form = [("csrf", csrf.as_str()), ("current", GOOD_PASSWORD), ("new", new_password), ("repeat", new_password)];
+    let changed = app.client.post(app.url("/account/password")).form(&form).send().await.unwrap();
+    assert_eq!(changed.status(), 303);
+    let new = handle_of(&changed);
+    let line = app.log_lines().into_iter().find(|l| l["event"] == "session_renewed").expect("logged");
+    assert_eq!(
+        (line["session"].as_str(), line["renewed"].as_str()),
+        (Some(old.as_str()), Some(new.as_str())),
+        "{line}"
+    );
+    assert_eq!(line["username"], "alice");
+}

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::PasswordFault as Fault;
 use crate::app::AppState;
+use crate::audit::AuthEvent;
 use crate::client;
 use crate::password::Password;
 use crate::routes::flash::Notice;
@@ -173,6 +174,10 @@ pub async fn change(req: &Request, body: Body, state: State<'_>) -> Response {
             )
         }
     };
+    // Which handle the session goes on under, so its later lines are tied to this one (review
+    // 218: nothing named it after a password change).
+    let renewed = crate::session::SessionHandle::of(&token.hash()).encode();
+    state.audit.record(&AuthEvent::SessionRenewed { username: &user.display_name, renewed: &renewed, client: &client });
     // The session keeps its start, so the password just typed counts as a confirmation.
     let mut resp = super::confirm::continued(&state, "/account", &token, Some(crate::store::now_ms()));
     // This browser has just typed the password, as at a sign-in: its device token is renewed in
