@@ -139,9 +139,7 @@ impl Services {
                 if let Some(why) = Store::keyed_without_store(&settings.data_dir) {
                     anyhow::bail!(why);
                 }
-                if let Some(moved) = crate::store::copy::moved_to(&settings.data_dir) {
-                    anyhow::bail!(crate::store::copy::moved_message(&settings.data_dir, &moved));
-                }
+                crate::store::copy::refuse_moved(&settings.data_dir)?;
                 Store::open(&settings.data_dir)?
             }
         };

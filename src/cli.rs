@@ -1151,9 +1151,7 @@ async fn store_copy(settings: Settings, to: &str) -> anyhow::Result<()> {
     // A sled store copied into a database already is its past: copied again, a second database
     // or an unmarked sled copy would serve it (review 216).
     if settings.database_url.is_none() {
-        if let Some(moved) = crate::store::copy::moved_to(&settings.data_dir) {
-            bail!(crate::store::copy::moved_message(&settings.data_dir, &moved));
-        }
+        crate::store::copy::refuse_moved(&settings.data_dir)?;
     }
     let from = open_configured(&settings).await?;
     // Before the target is opened, made or given the factor key (found by a review: a refused

@@ -40,11 +40,7 @@ impl SessionToken {
 
     /// Parses a cookie value; anything that is not exactly 32 bytes of base64url is no token.
     pub fn parse(cookie: &str) -> Option<Self> {
-        if cookie.len() != 43 {
-            return None;
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
-        Some(SessionToken(bytes.try_into().ok()?))
+        decode_exact(cookie).map(SessionToken)
     }
 
     pub fn encode(&self) -> String {
@@ -82,11 +78,7 @@ impl SessionHandle {
 
     /// Parses a form's value; anything but exactly 16 bytes of base64url is no handle.
     pub fn parse(text: &str) -> Option<Self> {
-        if text.len() != 22 {
-            return None;
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        Some(SessionHandle(bytes.try_into().ok()?))
+        decode_exact(text).map(SessionHandle)
     }
 
     /// The form's value (22 characters of base64url).
@@ -194,6 +186,15 @@ pub enum EndOneError {
     /// The store could not list or remove it: it is still signed in.
     #[error("the session could not be ended: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Exactly `N` bytes from unpadded base64url text of exactly their length (43 characters for
+/// 32 bytes, 22 for 16): a longer text is refused before it is decoded.
+fn decode_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != (N * 4).div_ceil(3) {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
 }
 
 /// A session that is valid now, with its user.

@@ -64,8 +64,20 @@ pub fn moved_to(data_dir: &std::path::Path) -> Option<String> {
     })
 }
 
+/// Refuses the sled store in `data_dir` when [`moved_to`] finds it marked, with
+/// one line naming the database: for `serve`, the commands and another `store copy` alike.
+///
+/// # Errors
+/// The refusal, one line naming the database it was copied to.
+pub fn refuse_moved(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    match moved_to(data_dir) {
+        Some(moved) => anyhow::bail!(moved_message(data_dir, &moved)),
+        None => Ok(()),
+    }
+}
+
 /// The refusal of a store [`moved_to`] names.
-pub fn moved_message(data_dir: &std::path::Path, moved: &str) -> String {
+fn moved_message(data_dir: &std::path::Path, moved: &str) -> String {
     format!(
         "the sled store in {} was {moved}: set database_url as the servers there have it (is the environment file still loaded?), or, to use this store again instead, remove {}",
         data_dir.display(),
