@@ -630,6 +630,17 @@ const OTHER_VARIABLES: &[&str] = &[
     "PORTCULLIS_USER",
 ];
 
+/// The setting whose name is closest to `typed` (any case), within 3 edits: what a typo in a
+/// variable's or a settings file's key was probably meant to be.
+fn closest_key(typed: &str) -> Option<&'static str> {
+    let typed = typed.to_lowercase();
+    KEYS.iter()
+        .map(|k| (strsim::levenshtein(k.name, &typed), k.name))
+        .filter(|(distance, _)| *distance <= 3)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
 /// One line for each `PORTCULLIS_*` variable in the process environment that names no
 /// setting, saying it is ignored and, when one is close (at most 3 edits), which setting's
 /// variable was probably meant: a typo such as `PORTCULLIS_DATABSE_URL` would otherwise
@@ -646,12 +657,10 @@ pub fn ignored_variables() -> Vec<String> {
         if !name.to_ascii_uppercase().starts_with("PORTCULLIS_") || known {
             continue;
         }
-        let closest = settings
-            .iter()
-            .map(|s| (strsim::levenshtein(s, &name.to_uppercase()), s))
-            .filter(|(distance, _)| *distance <= 3)
-            .min_by_key(|(distance, _)| *distance);
-        let hint = closest.map(|(_, s)| format!(" (did you mean {s}?)")).unwrap_or_default();
+        // The prefix is the same on both sides, so the distance is the keys'.
+        let typed = name.to_uppercase();
+        let closest = closest_key(typed.get("PORTCULLIS_".len()..).unwrap_or(""));
+        let hint = closest.map(|k| format!(" (did you mean {}?)", env_name(k))).unwrap_or_default();
         // `[access]` is a table: the settings file holds it, no variable can (review 150).
         if name.eq_ignore_ascii_case("PORTCULLIS_ACCESS") {
             lines.push(format!(
@@ -821,12 +830,7 @@ fn read_file(path: &Path) -> Result<(PathBuf, toml::Table), ConfigError> {
     if let Some(key) =
         table.keys().find(|k| k.as_str() != crate::access::FILE_KEY && !KEYS.iter().any(|key| key.name == k.as_str()))
     {
-        let closest = KEYS
-            .iter()
-            .map(|k| (strsim::levenshtein(k.name, &key.to_lowercase()), k.name))
-            .filter(|(distance, _)| *distance <= 3)
-            .min_by_key(|(distance, _)| *distance);
-        let hint = closest.map(|(_, name)| format!(" (did you mean `{name}`?)")).unwrap_or_default();
+        let hint = closest_key(key).map(|name| format!(" (did you mean `{name}`?)")).unwrap_or_default();
         return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key: escape_controls(key), hint });
     }
     Ok((path.to_path_buf(), table))
